@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: MIT
+/*
+ * ABI tests for /dev/llmos that every command must pass: the size/flags
+ * contract of the ioctl dispatcher (see the DOC block in
+ * include/uapi/linux/llmos.h), plus the VERSION command itself and module
+ * unload while the device is open.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <linux/llmos.h>
+
+#include "kselftest_harness.h"
+
+#define LLMOS_DEV "/dev/llmos"
+
+/* A buffer larger than any command struct, to grow sizes into. */
+#define ABI_BUF 4096
+
+FIXTURE(abi) {
+	int fd;
+	unsigned char *buf;
+};
+
+/*
+ * One variant per command. @size is the kernel's struct, @min the first
+ * published size. @fill prepares a valid argument where one exists; @ok is
+ * the result of the exact-size call with that argument.
+ */
+FIXTURE_VARIANT(abi) {
+	unsigned long cmd;
+	uint32_t size;
+	uint32_t min;
+};
+
+FIXTURE_VARIANT_ADD(abi, version) {
+	.cmd = LLMOS_IOC_VERSION,
+	.size = sizeof(struct llmos_version),
+	.min = sizeof(struct llmos_version),
+};
+
+FIXTURE_SETUP(abi)
+{
+	self->fd = open(LLMOS_DEV, O_RDWR | O_CLOEXEC);
+	ASSERT_LE(0, self->fd) {
+		TH_LOG("open %s: %s", LLMOS_DEV, strerror(errno));
+	}
+	self->buf = calloc(1, ABI_BUF);
+	ASSERT_NE(NULL, self->buf);
+}
+
+FIXTURE_TEARDOWN(abi)
+{
+	free(self->buf);
+	close(self->fd);
+}
+
+static int call(int fd, unsigned long cmd, void *arg, uint32_t size)
+{
+	memcpy(arg, &size, sizeof(size));
+	return ioctl(fd, cmd, arg) ? -errno : 0;
+}
+
+TEST_F(abi, null_pointer_is_efault)
+{
+	ASSERT_EQ(-1, ioctl(self->fd, variant->cmd, NULL));
+	ASSERT_EQ(EFAULT, errno);
+}
+
+TEST_F(abi, bad_pointer_is_efault)
+{
+	ASSERT_EQ(-1, ioctl(self->fd, variant->cmd, (void *)16));
+	ASSERT_EQ(EFAULT, errno);
+}
+
+TEST_F(abi, size_below_minimum_is_einval)
+{
+	ASSERT_EQ(-EINVAL, call(self->fd, variant->cmd, self->buf,
+				variant->min - 1));
+	ASSERT_EQ(-EINVAL, call(self->fd, variant->cmd, self->buf, 0));
+	ASSERT_EQ(-EINVAL, call(self->fd, variant->cmd, self->buf, 8));
+}
+
+TEST_F(abi, dirty_tail_is_e2big)
+{
+	self->buf[variant->size] = 1;
+	ASSERT_EQ(-E2BIG, call(self->fd, variant->cmd, self->buf,
+			       variant->size + 1));
+	memset(self->buf, 0, ABI_BUF);
+	self->buf[ABI_BUF - 1] = 0x80;
+	ASSERT_EQ(-E2BIG, call(self->fd, variant->cmd, self->buf, ABI_BUF));
+}
+
+TEST_F(abi, clean_tail_acts_as_exact_size)
+{
+	unsigned char *exact = calloc(1, ABI_BUF);
+	int want, got;
+
+	ASSERT_NE(NULL, exact);
+	want = call(self->fd, variant->cmd, exact, variant->size);
+	got = call(self->fd, variant->cmd, self->buf, variant->size + 1);
+	ASSERT_EQ(want, got);
+	/* The reply is the same, and nothing is written past the struct. */
+	((uint32_t *)self->buf)[0] = variant->size;
+	ASSERT_EQ(0, memcmp(exact, self->buf, variant->size));
+	ASSERT_EQ(0, self->buf[variant->size]);
+	memset(self->buf, 0, ABI_BUF);
+	got = call(self->fd, variant->cmd, self->buf, ABI_BUF);
+	ASSERT_EQ(want, got);
+	for (int i = variant->size; i < ABI_BUF; i++)
+		ASSERT_EQ(0, self->buf[i]);
+	free(exact);
+}
+
+TEST_F(abi, unknown_flags_are_einval)
+{
+	uint32_t flags = 1u << 31;
+
+	memcpy(self->buf + 4, &flags, sizeof(flags));
+	ASSERT_EQ(-EINVAL, call(self->fd, variant->cmd, self->buf,
+				variant->size));
+}
+
+TEST_F(abi, wrong_encoding_is_enotty)
+{
+	unsigned int nr = _IOC_NR(variant->cmd);
+
+	/* Same number, but with direction/size bits or another type. */
+	ASSERT_EQ(-ENOTTY, call(self->fd, _IOWR(LLMOS_TYPE, nr, uint64_t),
+				self->buf, variant->size));
+	ASSERT_EQ(-ENOTTY, call(self->fd, _IO(LLMOS_TYPE + 1, nr),
+				self->buf, variant->size));
+}
+
+FIXTURE(dev) {
+	int fd;
+};
+
+FIXTURE_SETUP(dev)
+{
+	self->fd = open(LLMOS_DEV, O_RDWR | O_CLOEXEC);
+	ASSERT_LE(0, self->fd) {
+		TH_LOG("open %s: %s", LLMOS_DEV, strerror(errno));
+	}
+}
+
+FIXTURE_TEARDOWN(dev)
+{
+	close(self->fd);
+}
+
+TEST_F(dev, version_reports_abi_1_0)
+{
+	struct llmos_version v = { .size = sizeof(v) };
+
+	v.out_features = ~0ull;
+	ASSERT_EQ(0, ioctl(self->fd, LLMOS_IOC_VERSION, &v));
+	ASSERT_EQ(LLMOS_ABI_MAJOR, v.out_abi_major);
+	ASSERT_EQ(LLMOS_ABI_MINOR, v.out_abi_minor);
+	ASSERT_EQ(1u, v.out_abi_major);
+	ASSERT_EQ(0u, v.out_abi_minor);
+	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_VERSION);
+	ASSERT_EQ(sizeof(v), v.size);
+	ASSERT_EQ(0u, v.flags);
+}
+
+TEST_F(dev, unknown_command_is_enotty)
+{
+	struct llmos_version v = { .size = sizeof(v) };
+
+	ASSERT_EQ(-1, ioctl(self->fd, _IO(LLMOS_TYPE, 0xff), &v));
+	ASSERT_EQ(ENOTTY, errno);
+	ASSERT_EQ(-1, ioctl(self->fd, _IO(LLMOS_TYPE, LLMOS_CMD_BASE - 1), &v));
+	ASSERT_EQ(ENOTTY, errno);
+	ASSERT_EQ(-1, ioctl(self->fd, TCGETS, &v));
+	ASSERT_EQ(ENOTTY, errno);
+}
+
+TEST_F(dev, many_opens_are_independent)
+{
+	struct llmos_version v = { .size = sizeof(v) };
+	int fds[64];
+
+	for (int i = 0; i < 64; i++) {
+		fds[i] = open(LLMOS_DEV, O_RDWR | O_CLOEXEC);
+		ASSERT_LE(0, fds[i]);
+	}
+	for (int i = 0; i < 64; i++) {
+		ASSERT_EQ(0, ioctl(fds[i], LLMOS_IOC_VERSION, &v));
+		ASSERT_EQ(0, close(fds[i]));
+	}
+}
+
+/*
+ * The open file holds a module reference: unloading must be refused (not
+ * crash, not leave a dangling device) while it is open.
+ */
+TEST_F(dev, unload_refused_while_open)
+{
+	struct llmos_version v = { .size = sizeof(v) };
+	long ret;
+
+	if (geteuid() != 0)
+		SKIP(return, "needs root to call delete_module");
+	ret = syscall(SYS_delete_module, "llmos", O_NONBLOCK);
+	ASSERT_EQ(-1, ret);
+	ASSERT_TRUE(errno == EWOULDBLOCK || errno == EBUSY) {
+		TH_LOG("delete_module: %s", strerror(errno));
+	}
+	ASSERT_EQ(0, ioctl(self->fd, LLMOS_IOC_VERSION, &v));
+	ASSERT_EQ(1u, v.out_abi_major);
+}
+
+TEST_HARNESS_MAIN

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# Boot the Debian 6.12 kernel under QEMU (TCG) with a busybox initramfs that
+# holds the module and the guest programs, and run them.
+#
+#   run.sh [options] test   load the module, run every program in the tests
+#                           folder (TAP), unload; print the TAP and a summary,
+#                           fail on a failing or missing case, a bad kernel
+#                           log, a crash or a timeout (then show the guest's
+#                           kernel log)
+#   run.sh [options] demo   load the module and run the demo script
+#   run.sh [options] shell  interactive guest shell on this terminal
+#
+# Options: --module KO  --tests DIR  --demo FILE  --bin FILE (extra program
+# in /bin, repeatable)  --out DIR (logs, counts)  --timeout SECONDS (whole VM)
+# Environment: LLMOS_CACHE (kernel.env from tools/deps.sh), LLMOS_VM_SMP,
+# LLMOS_VM_MEM, LLMOS_VM_APPEND (extra kernel arguments).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+CACHE=${LLMOS_CACHE:-/var/cache/llmos}
+module=
+tests=
+demo=
+out=
+vm_timeout=300
+bins=()
+
+die() { printf 'vm: error: %s\n' "$*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--module) module=$2; shift 2 ;;
+	--tests) tests=$2; shift 2 ;;
+	--demo) demo=$2; shift 2 ;;
+	--bin) bins+=("$2"); shift 2 ;;
+	--out) out=$2; shift 2 ;;
+	--timeout) vm_timeout=$2; shift 2 ;;
+	test | demo | shell) mode=$1; shift ;;
+	*) die "unknown argument '$1' (see the top of $0)" ;;
+	esac
+done
+[ -n "${mode:-}" ] || die "say test, demo or shell"
+[ -f "$CACHE/kernel.env" ] || die "no $CACHE/kernel.env: run 'make deps' first"
+# shellcheck disable=SC1091
+. "$CACHE/kernel.env"
+[ -f "$LLMOS_VMLINUZ" ] || die "no kernel image $LLMOS_VMLINUZ: run 'make deps'"
+[ -n "$module" ] && [ -f "$module" ] || die "no module: give --module PATH/llmos.ko"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: run 'make deps'"
+
+out=${out:-$(mktemp -d)}
+mkdir -p "$out"
+stage="$out/initramfs"
+rm -rf "$stage"
+mkdir -p "$stage"/{bin,sbin,usr/bin,lib,tests,proc,sys,dev,tmp}
+cp /bin/busybox "$stage/bin/busybox"
+cp "$here/init" "$stage/init"
+cp "$module" "$stage/lib/llmos.ko"
+if [ -n "$tests" ]; then
+	cp "$tests"/* "$stage/tests/"
+fi
+[ -z "$demo" ] || cp "$demo" "$stage/bin/demo"
+for b in "${bins[@]}"; do
+	cp "$b" "$stage/bin/"
+done
+(cd "$stage" && find . | busybox cpio -o -H newc 2>/dev/null) | gzip -1 >"$out/initrd.gz"
+
+append="console=ttyS0 loglevel=7 panic=-1 oops=panic panic_on_warn=1"
+append+=" slub_debug=FZPU kfence.sample_interval=10 llmos.mode=$mode"
+append+=" llmos.timeout=$((vm_timeout / 2)) ${LLMOS_VM_APPEND:-}"
+qemu=(qemu-system-x86_64 -accel tcg -cpu max -m "${LLMOS_VM_MEM:-1G}"
+	-smp "${LLMOS_VM_SMP:-2}" -nodefaults -no-reboot
+	-kernel "$LLMOS_VMLINUZ" -initrd "$out/initrd.gz"
+	-device isa-debug-exit,iobase=0xf4,iosize=4)
+
+if [ "$mode" = shell ]; then
+	exec "${qemu[@]}" -nographic -serial mon:stdio -append "${append/loglevel=7/loglevel=4}"
+fi
+
+console="$out/console.log"
+tap="$out/tap.log"
+: >"$tap"
+rc=0
+start=$(date +%s.%N)
+if [ "$mode" = demo ]; then
+	timeout "$vm_timeout" "${qemu[@]}" -display none -serial "file:$console" \
+		-serial stdio -append "$append" </dev/null || rc=$?
+	[ "$rc" -eq 3 ] && exit 0
+	echo "vm: demo failed (QEMU status $rc); guest kernel log:" >&2
+	tail -n 100 "$console" >&2
+	exit 1
+fi
+
+timeout "$vm_timeout" "${qemu[@]}" -display none -serial "file:$console" \
+	-serial "file:$tap" -append "$append" </dev/null || rc=$?
+secs=$(echo "$(date +%s.%N) - $start" | bc)
+
+tr -d '\r' <"$tap" >"$tap.clean"
+# Count cases. A program contributes its TAP results; a missing plan, fewer
+# results than planned, a non-zero exit (other than kselftest's 4 = all
+# skipped) with no failing case, or a bad kernel log adds a failure.
+read -r passed failed skipped < <(awk -v qemu_rc="$rc" '
+function problem(msg) { failed++; print "not ok - " msg > "/dev/stderr" }
+/^### test / { name = $3; plan = -1; n = 0; sfail = 0; open_sec = 1; next }
+/^### exit / {
+	open_sec = 0
+	if (plan < 0) problem(name ": no TAP plan")
+	else if (n < plan) problem(name ": " plan - n " of " plan " cases missing")
+	if ($4 != 0 && $4 != 4 && sfail == 0) problem(name ": exit status " $4)
+	next
+}
+/^### case ok / { passed++; next }
+/^### case fail / { problem(substr($0, 15)); next }
+/^### kernel-log-bad / { problem("kernel log after " $3 " shows BUG/WARNING/oops"); next }
+/^### done/ { done = 1; next }
+open_sec && /^1\.\.[0-9]+/ { plan = substr($1, 4) + 0; next }
+open_sec && /^ok / { n++; if ($0 ~ /# [Ss][Kk][Ii][Pp]/) skipped++; else passed++; next }
+open_sec && /^not ok / { n++; sfail++; failed++; next }
+END {
+	if (open_sec) problem(name ": did not finish")
+	if (!done) problem("guest did not finish the run")
+	if (qemu_rc != 3) problem("QEMU exit status " qemu_rc " (3 = guest reported success; 124 = timeout)")
+	printf "%d %d %d\n", passed, failed, skipped
+}' "$tap.clean")
+
+cat "$tap.clean"
+printf '%s %s %s\n' "$passed" "$failed" "$skipped" >"$out/counts"
+printf 'vm: %d passed, %d failed, %d skipped in %.1f s (logs in %s)\n' \
+	"$passed" "$failed" "$skipped" "$secs" "$out"
+if [ "$failed" -ne 0 ]; then
+	echo "vm: guest kernel log (last 150 lines of $console):"
+	tail -n 150 "$console" | tr -d '\r'
+	exit 1
+fi
