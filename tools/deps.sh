@@ -25,7 +25,8 @@ die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
 # library is what the statically linked guest programs link against).
 PKGS=(
 	build-essential bc bison flex kmod cpio gzip xz-utils pkg-config
-	cmake ninja-build ccache clang-format clang-tidy
+	cmake ninja-build ccache clang-format clang-tidy bc file
+	libcli11-dev nlohmann-json3-dev
 	googletest libgtest-dev libgmock-dev libbenchmark-dev
 	liburing-dev libnuma-dev libelf-dev zlib1g-dev libzstd-dev
 	qemu-system-x86 busybox-static clang-19 llvm-19 dwarves

@@ -8,7 +8,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -36,8 +35,8 @@ FIXTURE(abi) {
  */
 FIXTURE_VARIANT(abi) {
 	unsigned long cmd;
-	uint32_t size;
-	uint32_t min;
+	__u32 size;
+	__u32 min;
 };
 
 FIXTURE_VARIANT_ADD(abi, version) {
@@ -62,7 +61,7 @@ FIXTURE_TEARDOWN(abi)
 	close(self->fd);
 }
 
-static int call(int fd, unsigned long cmd, void *arg, uint32_t size)
+static int call(int fd, unsigned long cmd, void *arg, __u32 size)
 {
 	memcpy(arg, &size, sizeof(size));
 	return ioctl(fd, cmd, arg) ? -errno : 0;
@@ -108,7 +107,7 @@ TEST_F(abi, clean_tail_acts_as_exact_size)
 	got = call(self->fd, variant->cmd, self->buf, variant->size + 1);
 	ASSERT_EQ(want, got);
 	/* The reply is the same, and nothing is written past the struct. */
-	((uint32_t *)self->buf)[0] = variant->size;
+	((__u32 *)self->buf)[0] = variant->size;
 	ASSERT_EQ(0, memcmp(exact, self->buf, variant->size));
 	ASSERT_EQ(0, self->buf[variant->size]);
 	memset(self->buf, 0, ABI_BUF);
@@ -121,7 +120,7 @@ TEST_F(abi, clean_tail_acts_as_exact_size)
 
 TEST_F(abi, unknown_flags_are_einval)
 {
-	uint32_t flags = 1u << 31;
+	__u32 flags = 1u << 31;
 
 	memcpy(self->buf + 4, &flags, sizeof(flags));
 	ASSERT_EQ(-EINVAL, call(self->fd, variant->cmd, self->buf,

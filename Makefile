@@ -1,0 +1,61 @@
+# SPDX-License-Identifier: MIT
+#
+#   make demo     set up, build, boot the test VM and show the module answering
+#   make check    set up, build, lint, run every test; last line "N passed, N failed"
+#
+#   make deps | build | kmod | lint | unit | vm-test | vm-shell | clean
+#
+# LLMOS_CACHE (default /var/cache/llmos) holds downloaded packages, the
+# unpacked kernel and the compiler cache, outside the clone.
+
+LLMOS_CACHE ?= /var/cache/llmos
+export LLMOS_CACHE
+export CCACHE_DIR ?= $(LLMOS_CACHE)/ccache
+export CCACHE_BASEDIR := $(CURDIR)
+
+BUILD := $(CURDIR)/build
+KENV := . $(LLMOS_CACHE)/kernel.env &&
+LANES := default asan tsan
+
+.PHONY: all deps build kmod userspace lint unit vm-test vm-shell demo check clean
+
+all: build
+
+deps:
+	@bash tools/deps.sh
+
+build: kmod userspace
+
+kmod: deps
+	@$(KENV) $(MAKE) -s -C $$LLMOS_KDIR M=$(CURDIR)/kmod modules
+
+# One CMake build per lane: default (also builds the static guest
+# programs), asan (address + undefined) and tsan.
+userspace: deps
+	@bash tools/build-userspace.sh default
+
+lint: deps
+	@bash tools/check.sh lint
+
+unit: userspace
+	@cd $(BUILD)/default && ctest --output-on-failure
+
+vm-test: build
+	@tools/vm/run.sh --module kmod/llmos.ko --tests $(BUILD)/default/kernel-tests \
+		--out $(BUILD)/vm test
+
+vm-shell: build
+	@tools/vm/run.sh --module kmod/llmos.ko --tests $(BUILD)/default/kernel-tests \
+		--bin $(BUILD)/default/tools/llmosctl --out $(BUILD)/vm-shell shell
+
+demo: build
+	@tools/vm/run.sh --module kmod/llmos.ko --demo tools/vm/demo.sh \
+		--bin $(BUILD)/default/tools/llmosctl --out $(BUILD)/vm-demo demo
+
+check:
+	@bash tools/check.sh
+
+clean:
+	rm -rf $(BUILD)
+	@if [ -f $(LLMOS_CACHE)/kernel.env ]; then \
+		$(KENV) $(MAKE) -s -C $$LLMOS_KDIR M=$(CURDIR)/kmod clean; fi

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# Configure and build one userspace lane in build/LANE:
+#   default   the normal build (+ static tools and kernel test programs)
+#   asan      AddressSanitizer + UndefinedBehaviorSanitizer
+#   tsan      ThreadSanitizer
+set -euo pipefail
+cd "$(dirname "$0")/.."
+lane=${1:-default}
+CACHE=${LLMOS_CACHE:-/var/cache/llmos}
+export CCACHE_DIR=${CCACHE_DIR:-$CACHE/ccache}
+args=()
+case "$lane" in
+default)
+	# shellcheck disable=SC1091
+	[ -f "$CACHE/kernel.env" ] && args+=("-DLLMOS_KSRC=$(. "$CACHE/kernel.env" && echo "$LLMOS_KSRC")")
+	;;
+asan) args+=(-DLLMOS_SANITIZE=address,undefined) ;;
+tsan) args+=(-DLLMOS_SANITIZE=thread) ;;
+*) echo "build-userspace: unknown lane '$lane' (default, asan, tsan)" >&2; exit 2 ;;
+esac
+cmake -S . -B "build/$lane" -G Ninja "${args[@]}" >/dev/null
+cmake --build "build/$lane"

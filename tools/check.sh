@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# make check: deps -> build -> lint -> unit/e2e tests (default, asan+ubsan,
+# tsan lanes) -> kernel tests in the VM. Every step runs even when an earlier
+# one failed (unless it needs what failed); the last line is
+# "N passed, N failed[, N skipped]" over all test cases (each gtest case,
+# each kselftest case, each VM runner case, each lint step), and the exit
+# status is non-zero on any failure.
+#
+#   tools/check.sh          everything
+#   tools/check.sh lint     the lint steps only
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+CACHE=${LLMOS_CACHE:-/var/cache/llmos}
+export LLMOS_CACHE=$CACHE
+export CCACHE_DIR=${CCACHE_DIR:-$CACHE/ccache}
+export CCACHE_BASEDIR=$root
+logs=$root/build/logs
+mkdir -p "$logs"
+
+passed=0
+failed=0
+skipped=0
+failures=()
+
+say() { printf 'check: %s\n' "$*"; }
+
+# count NAME PASS FAIL SKIP
+count() {
+	passed=$((passed + $2))
+	failed=$((failed + $3))
+	skipped=$((skipped + $4))
+	[ "$3" -eq 0 ] || failures+=("$1")
+}
+
+# run NAME CMD...: run a step with its output in build/logs/NAME.log; on
+# failure show the end of that log. Returns the step's status.
+run() {
+	local name=$1 t0 rc=0
+	shift
+	t0=$(date +%s)
+	"$@" >"$logs/$name.log" 2>&1 || rc=$?
+	if [ $rc -eq 0 ]; then
+		say "$name: ok ($(($(date +%s) - t0)) s)"
+	else
+		say "$name: FAILED (status $rc, $(($(date +%s) - t0)) s); end of $logs/$name.log:"
+		tail -n 60 "$logs/$name.log" | sed 's/^/    /'
+	fi
+	return $rc
+}
+
+# A step that is one test case.
+case_step() {
+	local name=$1
+	if run "$@"; then count "$name" 1 0 0; else count "$name" 0 1 0; fi
+}
+
+# A build step: counted only when it fails (it is not a test case).
+build_step() {
+	local name=$1
+	run "$@" && return 0
+	count "$name" 0 1 0
+	return 1
+}
+
+kenv() {
+	# shellcheck disable=SC1091
+	. "$CACHE/kernel.env"
+}
+
+kernel_c_files() {
+	find kmod include/uapi bpf tests/kernel -name '*.[ch]' \
+		! -name '*.mod.c' ! -name 'vmlinux.h' 2>/dev/null | sort
+}
+
+cxx_files() {
+	find userspace tools tests -name '*.cc' -o -name '*.hh' 2>/dev/null | sort
+}
+
+lint_checkpatch() {
+	kenv
+	local f out bad=0
+	for f in $(kernel_c_files); do
+		out=$(perl "$LLMOS_KSRC/scripts/checkpatch.pl" --strict --no-tree \
+			--quiet --show-types -f "$f" 2>&1) || true
+		if [ -n "$out" ]; then
+			printf '%s\n' "$out"
+			bad=1
+		fi
+	done
+	return $bad
+}
+
+# kernel-doc parses cleanly, and every UAPI struct and enum has a comment.
+lint_kerneldoc() {
+	kenv
+	local out bad=0 name
+	out=$(perl "$LLMOS_KSRC/scripts/kernel-doc" -none -Wall \
+		include/uapi/linux/llmos.h $(find kmod -name '*.[ch]' ! -name '*.mod.c') 2>&1)
+	if [ -n "$out" ]; then
+		printf '%s\n' "$out"
+		bad=1
+	fi
+	for name in $(sed -nE 's/^(struct|enum) (llmos_[a-z0-9_]+) \{.*/\1:\2/p' \
+		include/uapi/linux/llmos.h); do
+		if ! grep -qE "^ \* ${name%%:*} ${name#*:} - " include/uapi/linux/llmos.h; then
+			echo "include/uapi/linux/llmos.h: ${name/:/ } has no kernel-doc comment"
+			bad=1
+		fi
+	done
+	return $bad
+}
+
+lint_clang_format() {
+	# shellcheck disable=SC2046
+	clang-format --dry-run --Werror $(cxx_files)
+}
+
+lint_spdx() {
+	local f bad=0
+	for f in $(git ls-files --cached --others --exclude-standard |
+		grep -E '\.(c|h|cc|hh|sh|bpf\.c)$|(^|/)(Makefile|Kbuild|CMakeLists\.txt)$'); do
+		if ! head -n 2 "$f" | grep -q 'SPDX-License-Identifier:'; then
+			echo "$f: no SPDX line at the top"
+			bad=1
+		fi
+	done
+	return $bad
+}
+
+lint() {
+	case_step lint-checkpatch lint_checkpatch
+	case_step lint-kernel-doc lint_kerneldoc
+	case_step lint-clang-format lint_clang_format
+	case_step lint-spdx lint_spdx
+}
+
+# ctest in build/LANE, counted from its JUnit report.
+ctest_lane() {
+	local lane=$1 junit t0 rc=0
+	junit="$root/build/$lane/junit.xml"
+	t0=$(date +%s)
+	rm -f "$junit"
+	(cd "build/$lane" && ctest --output-on-failure --output-junit "$junit" \
+		--timeout 300) >"$logs/ctest-$lane.log" 2>&1 || rc=$?
+	if [ ! -f "$junit" ]; then
+		say "ctest-$lane: no report; end of $logs/ctest-$lane.log:"
+		tail -n 60 "$logs/ctest-$lane.log" | sed 's/^/    /'
+		count "ctest-$lane" 0 1 0
+		return
+	fi
+	local tests fails skips
+	tests=$(grep -m1 -oE 'tests="[0-9]+"' "$junit" | tr -dc 0-9)
+	fails=$(grep -m1 -oE 'failures="[0-9]+"' "$junit" | tr -dc 0-9)
+	skips=$(grep -m1 -oE 'skipped="[0-9]+"' "$junit" | tr -dc 0-9)
+	say "ctest-$lane: $((tests - fails - skips)) passed, $fails failed, $skips skipped ($(($(date +%s) - t0)) s)"
+	if [ "$fails" -ne 0 ] || [ $rc -ne 0 ]; then
+		grep -E '^\s+[0-9]+ - |Failed|\[  FAILED  \]' "$logs/ctest-$lane.log" | head -n 40 | sed 's/^/    /'
+		[ "$fails" -ne 0 ] || fails=1
+	fi
+	grep -E '\(Skipped\)' "$logs/ctest-$lane.log" | sed 's/^/    skipped: /'
+	count "ctest-$lane" $((tests - fails - skips)) "$fails" "$skips"
+}
+
+vm_tests() {
+	local t0 rc=0 p f s
+	t0=$(date +%s)
+	rm -f build/vm/counts
+	tools/vm/run.sh --module kmod/llmos.ko --tests build/default/kernel-tests \
+		--out build/vm test >"$logs/vm.log" 2>&1 || rc=$?
+	if [ -f build/vm/counts ]; then
+		read -r p f s <build/vm/counts
+	else
+		p=0 f=1 s=0
+	fi
+	say "vm: $p passed, $f failed, $s skipped ($(($(date +%s) - t0)) s)"
+	if [ "$f" -ne 0 ] || [ $rc -ne 0 ]; then
+		grep -E '^not ok|^### case fail|^### kernel-log-bad' "$logs/vm.log" | sed 's/^/    /'
+		tail -n 80 "$logs/vm.log" | sed 's/^/    /'
+		[ "$f" -ne 0 ] || f=1
+	fi
+	count vm "$p" "$f" "$s"
+}
+
+summary() {
+	[ ${#failures[@]} -eq 0 ] || say "failed steps: ${failures[*]}"
+	if [ "$skipped" -gt 0 ]; then
+		echo "$passed passed, $failed failed, $skipped skipped"
+	else
+		echo "$passed passed, $failed failed"
+	fi
+	[ "$failed" -eq 0 ]
+}
+
+main() {
+	local t0
+	t0=$(date +%s)
+	if [ "${1:-}" = lint ]; then
+		lint
+		summary
+		return
+	fi
+	if ! build_step deps bash tools/deps.sh; then
+		summary
+		return
+	fi
+	local kmod_ok=1 default_ok=1
+	build_step kmod bash -c '. "$LLMOS_CACHE/kernel.env" &&
+		make -C "$LLMOS_KDIR" M="$PWD/kmod" modules' || kmod_ok=0
+	build_step build-default tools/build-userspace.sh default || default_ok=0
+	lint
+	[ $default_ok -eq 0 ] || ctest_lane default
+	build_step build-asan tools/build-userspace.sh asan && ctest_lane asan
+	build_step build-tsan tools/build-userspace.sh tsan && ctest_lane tsan
+	if [ $kmod_ok -eq 1 ] && [ $default_ok -eq 1 ]; then
+		vm_tests
+	fi
+	say "total $(($(date +%s) - t0)) s"
+	summary
+}
+
+main "$@"

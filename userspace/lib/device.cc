@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: MIT
+#include <cerrno>
+#include <cstdlib>
+#include <fcntl.h>
+#include <linux/llmos.h>
+#include <llmos/device.hh>
+#include <string>
+#include <sys/ioctl.h>
+
+namespace llmos {
+
+std::vector<std::string> feature_names(uint64_t features) {
+    static constexpr struct {
+        uint64_t bit;
+        const char* name;
+    } known[] = {
+        {LLMOS_FEATURE_VERSION, "version"},
+    };
+    std::vector<std::string> names;
+    for (const auto& k : known) {
+        if (features & k.bit) {
+            names.emplace_back(k.name);
+            features &= ~k.bit;
+        }
+    }
+    for (unsigned i = 0; i < 64; ++i) {
+        if (features & (uint64_t{1} << i)) {
+            names.push_back("bit " + std::to_string(i));
+        }
+    }
+    return names;
+}
+
+std::string default_device_path() {
+    const char* env = std::getenv("LLMOS_DEVICE");
+    return env && *env ? env : "/dev/llmos";
+}
+
+static result<abi_version> ioc_version(int fd) noexcept {
+    llmos_version v{};
+    v.size = sizeof(v);
+    if (::ioctl(fd, LLMOS_IOC_VERSION, &v) != 0) {
+        // A file that is not our device rejects the command number.
+        if (errno == ENOTTY || errno == EINVAL) {
+            return errc::not_llmos_device;
+        }
+        return last_error();
+    }
+    return abi_version{v.out_abi_major, v.out_abi_minor, v.out_features};
+}
+
+result<device> device::open(const std::string& path) {
+    unique_fd fd{::open(path.c_str(), O_RDWR | O_CLOEXEC)};
+    if (!fd) {
+        return last_error();
+    }
+    auto v = ioc_version(fd.get());
+    if (!v) {
+        return v.error();
+    }
+    if (v->major != LLMOS_ABI_MAJOR) {
+        return errc::abi_mismatch;
+    }
+    return device{std::move(fd), path, v.value()};
+}
+
+result<abi_version> device::query_version() const noexcept {
+    return ioc_version(_fd.get());
+}
+
+} // namespace llmos
