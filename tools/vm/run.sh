@@ -85,7 +85,9 @@ rc=0
 start=$(date +%s.%N)
 if [ "$mode" = demo ]; then
 	timeout "$vm_timeout" "${qemu[@]}" -display none -serial "file:$console" \
-		-serial stdio -append "$append" </dev/null || rc=$?
+		-serial stdio -append "$append" </dev/null |
+		sed -u -e 's/\r$//' -e 's/^### case ok /[ok] /' -e 's/^### case fail /[FAILED] /'
+	rc=${PIPESTATUS[0]}
 	[ "$rc" -eq 3 ] && exit 0
 	echo "vm: demo failed (QEMU status $rc); guest kernel log:" >&2
 	tail -n 100 "$console" >&2
