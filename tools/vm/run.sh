@@ -131,7 +131,14 @@ printf '%s %s %s\n' "$passed" "$failed" "$skipped" >"$out/counts"
 printf 'vm: %d passed, %d failed, %d skipped in %.1f s (logs in %s)\n' \
 	"$passed" "$failed" "$skipped" "$secs" "$out"
 if [ "$failed" -ne 0 ]; then
-	echo "vm: guest kernel log (last 150 lines of $console):"
-	tail -n 150 "$console" | tr -d '\r'
+	first=$(grep -nE 'BUG:|WARNING:|Oops|Kernel panic|Call Trace:' "$console" |
+		head -n1 | cut -d: -f1)
+	if [ -n "$first" ]; then
+		echo "vm: guest kernel log from its first complaint (line $first of $console):"
+		tail -n +"$((first > 5 ? first - 5 : 1))" "$console" | head -n 200 | tr -d '\r'
+	else
+		echo "vm: guest kernel log (last 150 lines of $console):"
+		tail -n 150 "$console" | tr -d '\r'
+	fi
 	exit 1
 fi
