@@ -2,15 +2,16 @@
 /*
  * llmos: the /dev/llmos misc device, its ioctl dispatcher and module init.
  *
- * Commands are dispatched through one table indexed by command number. Each
- * entry names the command's struct and the last member of its first
- * published version: the kernel accepts any user size from that member's end
- * up, copies the struct in with copy_struct_from_user() (E2BIG on a non-zero
- * tail it does not know) and copies the reply back for as many bytes as both
- * sides know.
+ * Commands are dispatched through tables indexed by command number, one for
+ * /dev/llmos and one for mindspace fds. Each entry names the command's
+ * struct and the last member of its first published version: the kernel
+ * accepts any user size from that member's end up, copies the struct in
+ * with copy_struct_from_user() (E2BIG on a non-zero tail it does not know)
+ * and copies the reply back for as many bytes as both sides know.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/debugfs.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
@@ -49,6 +50,13 @@ static int llmos_version(struct llmos_ucmd *ucmd)
 
 union llmos_ucmd_buffer {
 	struct llmos_version version;
+	struct llmos_ms_create ms_create;
+	struct llmos_ms_open ms_open;
+	struct llmos_ms_destroy ms_destroy;
+	struct llmos_ms_list ms_list;
+	struct llmos_ms_query ms_query;
+	struct llmos_ms_export ms_export;
+	struct llmos_quota quota;
 };
 
 struct llmos_ioctl_op {
@@ -57,8 +65,8 @@ struct llmos_ioctl_op {
 	int (*execute)(struct llmos_ucmd *ucmd);
 };
 
-#define LLMOS_IOCTL_OP(_ioctl, _fn, _struct, _last)                         \
-	[_IOC_NR(_ioctl) - LLMOS_CMD_BASE] = {                              \
+#define LLMOS_IOCTL_OP(_base, _ioctl, _fn, _struct, _last)                  \
+	[_IOC_NR(_ioctl) - (_base)] = {                                     \
 		.size = sizeof(_struct) +                                   \
 			BUILD_BUG_ON_ZERO(sizeof(union llmos_ucmd_buffer) < \
 					  sizeof(_struct)),                 \
@@ -66,13 +74,36 @@ struct llmos_ioctl_op {
 		.execute = _fn,                                             \
 	}
 
-static const struct llmos_ioctl_op llmos_ioctl_ops[] = {
-	LLMOS_IOCTL_OP(LLMOS_IOC_VERSION, llmos_version, struct llmos_version,
-		       out_features),
+#define LLMOS_DEV_OP(...) LLMOS_IOCTL_OP(LLMOS_CMD_BASE, __VA_ARGS__)
+#define LLMOS_MSFD_OP(...) LLMOS_IOCTL_OP(LLMOS_MSFD_CMD_BASE, __VA_ARGS__)
+
+static const struct llmos_ioctl_op llmos_dev_ops[] = {
+	LLMOS_DEV_OP(LLMOS_IOC_VERSION, llmos_version, struct llmos_version,
+		     out_features),
+	LLMOS_DEV_OP(LLMOS_IOC_MS_CREATE, llmos_ms_create,
+		     struct llmos_ms_create, __reserved2),
+	LLMOS_DEV_OP(LLMOS_IOC_MS_OPEN, llmos_ms_open, struct llmos_ms_open,
+		     __reserved),
+	LLMOS_DEV_OP(LLMOS_IOC_MS_DESTROY, llmos_ms_destroy,
+		     struct llmos_ms_destroy, name),
+	LLMOS_DEV_OP(LLMOS_IOC_MS_LIST, llmos_ms_list, struct llmos_ms_list,
+		     count),
+	LLMOS_DEV_OP(LLMOS_IOC_MS_INFO, llmos_ms_info, struct llmos_ms_query,
+		     __reserved),
+	LLMOS_DEV_OP(LLMOS_IOC_QUOTA, llmos_quota, struct llmos_quota,
+		     out_limit),
 };
 
-static long llmos_fops_ioctl(struct file *filp, unsigned int cmd,
-			     unsigned long arg)
+static const struct llmos_ioctl_op llmos_msfd_ops[] = {
+	LLMOS_MSFD_OP(LLMOS_MSFD_IOC_INFO, llmos_msfd_info,
+		      struct llmos_ms_query, __reserved),
+	LLMOS_MSFD_OP(LLMOS_MSFD_IOC_EXPORT_DMABUF, llmos_msfd_export_dmabuf,
+		      struct llmos_ms_export, __reserved),
+};
+
+static long llmos_dispatch(struct file *filp, unsigned int cmd,
+			   unsigned long arg, const struct llmos_ioctl_op *ops,
+			   unsigned int nr_ops, unsigned int base)
 {
 	const struct llmos_ioctl_op *op;
 	union llmos_ucmd_buffer buf;
@@ -83,11 +114,11 @@ static long llmos_fops_ioctl(struct file *filp, unsigned int cmd,
 	/* Every command is _IO(LLMOS_TYPE, nr): no size or direction bits. */
 	if (cmd != _IO(LLMOS_TYPE, _IOC_NR(cmd)))
 		return -ENOTTY;
-	/* Unsigned: a number below LLMOS_CMD_BASE wraps past the table. */
-	idx = _IOC_NR(cmd) - LLMOS_CMD_BASE;
-	if (idx >= ARRAY_SIZE(llmos_ioctl_ops))
+	/* Unsigned: a number below the base wraps past the table. */
+	idx = _IOC_NR(cmd) - base;
+	if (idx >= nr_ops)
 		return -ENOTTY;
-	op = &llmos_ioctl_ops[idx];
+	op = &ops[idx];
 	if (!op->execute)
 		return -ENOTTY;
 
@@ -107,6 +138,28 @@ static long llmos_fops_ioctl(struct file *filp, unsigned int cmd,
 	return op->execute(&ucmd);
 }
 
+static long llmos_fops_ioctl(struct file *filp, unsigned int cmd,
+			     unsigned long arg)
+{
+	return llmos_dispatch(filp, cmd, arg, llmos_dev_ops,
+			      ARRAY_SIZE(llmos_dev_ops), LLMOS_CMD_BASE);
+}
+
+/**
+ * llmos_ms_fops_ioctl() - ioctl() on a mindspace fd
+ * @filp: the mindspace file
+ * @cmd: command
+ * @arg: user pointer to the command's struct
+ *
+ * Return: 0 or a negative errno.
+ */
+long llmos_ms_fops_ioctl(struct file *filp, unsigned int cmd,
+			 unsigned long arg)
+{
+	return llmos_dispatch(filp, cmd, arg, llmos_msfd_ops,
+			      ARRAY_SIZE(llmos_msfd_ops), LLMOS_MSFD_CMD_BASE);
+}
+
 static const struct file_operations llmos_fops = {
 	.owner = THIS_MODULE,
 	.unlocked_ioctl = llmos_fops_ioctl,
@@ -119,23 +172,34 @@ static struct miscdevice llmos_misc = {
 	.fops = &llmos_fops,
 };
 
+static struct dentry *llmos_debugfs;
+
 static int __init llmos_init(void)
 {
 	int ret;
 
+	llmos_debugfs = debugfs_create_dir("llmos", NULL);
+	llmos_ms_debugfs_init(llmos_debugfs);
+
 	ret = misc_register(&llmos_misc);
 	if (ret) {
 		pr_err("cannot register /dev/llmos: %d\n", ret);
-		return ret;
+		goto err_debugfs;
 	}
 	pr_info("ABI %u.%u, module %s\n", LLMOS_ABI_MAJOR, LLMOS_ABI_MINOR,
 		LLMOS_MODULE_VERSION);
 	return 0;
+
+err_debugfs:
+	debugfs_remove_recursive(llmos_debugfs);
+	return ret;
 }
 
 static void __exit llmos_exit(void)
 {
 	misc_deregister(&llmos_misc);
+	debugfs_remove_recursive(llmos_debugfs);
+	llmos_ms_exit();
 }
 
 module_init(llmos_init);
@@ -145,3 +209,4 @@ MODULE_DESCRIPTION("llmos: mindspaces and request scheduling for language models
 MODULE_AUTHOR("The llmos developers");
 MODULE_LICENSE("GPL");
 MODULE_VERSION(LLMOS_MODULE_VERSION);
+MODULE_IMPORT_NS(DMA_BUF);

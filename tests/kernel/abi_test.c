@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,32 +25,53 @@
 #define ABI_BUF 4096
 
 FIXTURE(abi) {
-	int fd;
+	int dev;
+	int fd; /* the file the command is issued on */
 	unsigned char *buf;
 };
 
 /*
- * One variant per command. @size is the kernel's struct, @min the first
- * published size. @fill prepares a valid argument where one exists; @ok is
- * the result of the exact-size call with that argument.
+ * One variant per command: @size is the kernel's struct, @min the first
+ * published size, @msfd whether it is a mindspace fd command.
  */
 FIXTURE_VARIANT(abi) {
 	unsigned long cmd;
 	__u32 size;
 	__u32 min;
+	bool msfd;
 };
 
-FIXTURE_VARIANT_ADD(abi, version) {
-	.cmd = LLMOS_IOC_VERSION,
-	.size = sizeof(struct llmos_version),
-	.min = sizeof(struct llmos_version),
-};
+#define ABI_VARIANT(_name, _cmd, _struct, _msfd)		\
+	FIXTURE_VARIANT_ADD(abi, _name) {			\
+		.cmd = _cmd,					\
+		.size = sizeof(_struct),			\
+		.min = sizeof(_struct),				\
+		.msfd = _msfd,					\
+	}
+
+ABI_VARIANT(version, LLMOS_IOC_VERSION, struct llmos_version, false);
+ABI_VARIANT(ms_create, LLMOS_IOC_MS_CREATE, struct llmos_ms_create, false);
+ABI_VARIANT(ms_open, LLMOS_IOC_MS_OPEN, struct llmos_ms_open, false);
+ABI_VARIANT(ms_destroy, LLMOS_IOC_MS_DESTROY, struct llmos_ms_destroy, false);
+ABI_VARIANT(ms_list, LLMOS_IOC_MS_LIST, struct llmos_ms_list, false);
+ABI_VARIANT(ms_info, LLMOS_IOC_MS_INFO, struct llmos_ms_query, false);
+ABI_VARIANT(quota, LLMOS_IOC_QUOTA, struct llmos_quota, false);
+ABI_VARIANT(msfd_info, LLMOS_MSFD_IOC_INFO, struct llmos_ms_query, true);
+ABI_VARIANT(msfd_export, LLMOS_MSFD_IOC_EXPORT_DMABUF,
+	    struct llmos_ms_export, true);
 
 FIXTURE_SETUP(abi)
 {
-	self->fd = open(LLMOS_DEV, O_RDWR | O_CLOEXEC);
-	ASSERT_LE(0, self->fd) {
+	self->dev = open(LLMOS_DEV, O_RDWR | O_CLOEXEC);
+	ASSERT_LE(0, self->dev) {
 		TH_LOG("open %s: %s", LLMOS_DEV, strerror(errno));
+	}
+	self->fd = self->dev;
+	if (variant->msfd) {
+		struct llmos_ms_create c = { .size = sizeof(c), .length = 4096 };
+
+		ASSERT_EQ(0, ioctl(self->dev, LLMOS_IOC_MS_CREATE, &c));
+		self->fd = c.out_fd;
 	}
 	self->buf = calloc(1, ABI_BUF);
 	ASSERT_NE(NULL, self->buf);
@@ -58,7 +80,9 @@ FIXTURE_SETUP(abi)
 FIXTURE_TEARDOWN(abi)
 {
 	free(self->buf);
-	close(self->fd);
+	if (self->fd != self->dev)
+		close(self->fd);
+	close(self->dev);
 }
 
 static int call(int fd, unsigned long cmd, void *arg, __u32 size)
@@ -132,7 +156,7 @@ TEST_F(abi, wrong_encoding_is_enotty)
 	unsigned int nr = _IOC_NR(variant->cmd);
 
 	/* Same number, but with direction/size bits or another type. */
-	ASSERT_EQ(-ENOTTY, call(self->fd, _IOWR(LLMOS_TYPE, nr, uint64_t),
+	ASSERT_EQ(-ENOTTY, call(self->fd, _IOWR(LLMOS_TYPE, nr, __u64),
 				self->buf, variant->size));
 	ASSERT_EQ(-ENOTTY, call(self->fd, _IO(LLMOS_TYPE + 1, nr),
 				self->buf, variant->size));

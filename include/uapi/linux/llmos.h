@@ -46,16 +46,36 @@
 
 enum {
 	LLMOS_CMD_VERSION = LLMOS_CMD_BASE,
+	LLMOS_CMD_MS_CREATE,
+	LLMOS_CMD_MS_OPEN,
+	LLMOS_CMD_MS_DESTROY,
+	LLMOS_CMD_MS_LIST,
+	LLMOS_CMD_MS_INFO,
+	LLMOS_CMD_QUOTA,
+};
+
+/* Commands on a mindspace fd (the fd MS_CREATE and MS_OPEN return). */
+#define LLMOS_MSFD_CMD_BASE 0x40
+
+enum {
+	LLMOS_CMD_MSFD_INFO = LLMOS_MSFD_CMD_BASE,
+	LLMOS_CMD_MSFD_EXPORT_DMABUF,
 };
 
 /**
  * enum llmos_feature - capabilities reported by %LLMOS_IOC_VERSION
  * @LLMOS_FEATURE_VERSION: the VERSION command itself; always set.
+ * @LLMOS_FEATURE_MINDSPACE: host-backed mindspaces: MS_CREATE, MS_OPEN,
+ *	MS_DESTROY, MS_LIST, MS_INFO, QUOTA and the mindspace fd commands.
+ * @LLMOS_FEATURE_MS_DMABUF: mindspaces backed by an imported dma-buf
+ *	(%LLMOS_MS_DMABUF) and EXPORT_DMABUF.
  *
  * A bit is set only when the module implements that part of the ABI.
  */
 enum llmos_feature {
 	LLMOS_FEATURE_VERSION = 1 << 0,
+	LLMOS_FEATURE_MINDSPACE = 1 << 1,
+	LLMOS_FEATURE_MS_DMABUF = 1 << 2,
 };
 
 /**
@@ -79,5 +99,310 @@ struct llmos_version {
 };
 
 #define LLMOS_IOC_VERSION _IO(LLMOS_TYPE, LLMOS_CMD_VERSION)
+
+/**
+ * DOC: Mindspaces
+ *
+ * A mindspace is a named, permission-checked, mmap-able memory region that
+ * holds a model's or an agent's working state. It is reached through a
+ * mindspace fd (an anonymous inode) that MS_CREATE and MS_OPEN return:
+ * mmap() it with %MAP_SHARED at any page-aligned offset and length inside
+ * the mindspace; its own commands are %LLMOS_MSFD_IOC_INFO and
+ * %LLMOS_MSFD_IOC_EXPORT_DMABUF.
+ *
+ * A mindspace is host-backed (pages allocated on first touch, on the
+ * requested NUMA node, charged to the memory cgroup of the task that
+ * touches them) or backed by an imported dma-buf (%LLMOS_MS_DMABUF).
+ *
+ * Lifetime: a mindspace lives while a mindspace fd or a mapping of it
+ * exists. A %LLMOS_MS_PERSISTENT one also lives with no fd at all, until
+ * MS_DESTROY (or module unload); its memory is freed once the last fd and
+ * mapping are gone.
+ *
+ * Ids are never reused while the module is loaded. Names are unique
+ * (one namespace for the whole system), 1 to %LLMOS_NAME_MAX - 1
+ * characters of ``[A-Za-z0-9._:-]``, starting with a letter, digit or
+ * ``_``, NUL-terminated; an empty name means an anonymous mindspace.
+ *
+ * Permissions follow SysV IPC: owner uid/gid (the creator's fsuid/fsgid)
+ * and a mode (``0777`` bits); opening checks read (and write, unless
+ * %LLMOS_MS_OPEN_RDONLY) permission; %CAP_SYS_ADMIN overrides. Only the
+ * owner or %CAP_SYS_ADMIN may destroy.
+ *
+ * Limits: the bytes of all mindspaces a uid owns are bounded by its quota
+ * (%LLMOS_IOC_QUOTA; default: module parameter ``user_quota_bytes``,
+ * 0 = unlimited) and all mindspaces together by the module parameter
+ * ``total_limit_bytes`` (0 = unlimited). Both are charged at creation for
+ * the full length, so a mindspace never fails on a later page fault
+ * because of them.
+ *
+ * Errors of the mindspace commands, beyond the common ones:
+ *
+ * - EINVAL: zero, unaligned or too large a length; a bad name; a mode with
+ *   bits outside ``0777``; a NUMA node that is not online (or one given
+ *   with %LLMOS_MS_DMABUF); both or neither of id and name given where one
+ *   is needed;
+ *   MS_DESTROY of a mindspace that is not persistent.
+ * - EEXIST: the name is taken.
+ * - ENOENT: no mindspace with that id or name.
+ * - EACCES: the mode does not grant the access asked for.
+ * - EPERM: MS_DESTROY by someone other than the owner; QUOTA set, or read
+ *   for another uid, without %CAP_SYS_ADMIN.
+ * - EDQUOT: the owner's quota would be exceeded.
+ * - ENOSPC: the total limit would be exceeded.
+ * - EBADF: %LLMOS_MS_DMABUF with a dmabuf_fd that is not open.
+ * - EOVERFLOW: MS_LIST with too small a buffer (the count is still
+ *   written back).
+ * - EOPNOTSUPP: EXPORT_DMABUF of a host-backed mindspace.
+ * - ENOMEM: out of kernel memory.
+ */
+
+#define LLMOS_NAME_MAX 64
+#define LLMOS_NUMA_ANY (-1)
+
+/**
+ * enum llmos_ms_flags - flags of MS_CREATE, reported by MS_INFO
+ * @LLMOS_MS_PERSISTENT: the mindspace outlives its last fd, until
+ *	MS_DESTROY or module unload
+ * @LLMOS_MS_DMABUF: back the mindspace with the dma-buf given in
+ *	&llmos_ms_create.dmabuf_fd instead of host pages
+ * @LLMOS_MS_NODE: allocate host pages on &llmos_ms_create.numa_node
+ *	(preferred, not strict); without it, on the node of the task that
+ *	touches them
+ */
+enum llmos_ms_flags {
+	LLMOS_MS_PERSISTENT = 1 << 0,
+	LLMOS_MS_DMABUF = 1 << 1,
+	LLMOS_MS_NODE = 1 << 2,
+};
+
+/**
+ * struct llmos_ms_create - ioctl(LLMOS_IOC_MS_CREATE)
+ * @size: sizeof(struct llmos_ms_create)
+ * @flags: &enum llmos_ms_flags
+ * @length: size in bytes, a non-zero multiple of the page size. With
+ *	%LLMOS_MS_DMABUF, 0 takes the dma-buf's size; otherwise it must equal
+ *	the dma-buf's size.
+ * @numa_node: with %LLMOS_MS_NODE (host-backed only), the online NUMA
+ *	node to allocate pages on; otherwise must be 0
+ * @mode: permission bits (``0777``); 0 means ``0600``
+ * @dmabuf_fd: with %LLMOS_MS_DMABUF, the dma-buf to import (the mindspace
+ *	keeps its own reference; the caller may close the fd); otherwise
+ *	must be 0
+ * @__reserved: must be 0
+ * @name: NUL-terminated name, or empty for an anonymous mindspace
+ * @out_id: the new mindspace's id
+ * @out_fd: a mindspace fd (read-write, close-on-exec)
+ * @__reserved2: must be 0
+ */
+struct llmos_ms_create {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 length;
+	__s32 numa_node;
+	__u32 mode;
+	__s32 dmabuf_fd;
+	__u32 __reserved;
+	char name[LLMOS_NAME_MAX];
+	__aligned_u64 out_id;
+	__s32 out_fd;
+	__u32 __reserved2;
+};
+
+#define LLMOS_IOC_MS_CREATE _IO(LLMOS_TYPE, LLMOS_CMD_MS_CREATE)
+
+/**
+ * enum llmos_ms_open_flags - flags of MS_OPEN
+ * @LLMOS_MS_OPEN_RDONLY: open read-only: needs read permission only; the
+ *	fd cannot be mapped writable
+ */
+enum llmos_ms_open_flags {
+	LLMOS_MS_OPEN_RDONLY = 1 << 0,
+};
+
+/**
+ * struct llmos_ms_open - ioctl(LLMOS_IOC_MS_OPEN)
+ * @size: sizeof(struct llmos_ms_open)
+ * @flags: &enum llmos_ms_open_flags
+ * @id: the mindspace's id, or 0 to open by @name
+ * @name: the mindspace's name, or empty to open by @id
+ * @out_fd: a mindspace fd (close-on-exec)
+ * @__reserved: must be 0
+ */
+struct llmos_ms_open {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 id;
+	char name[LLMOS_NAME_MAX];
+	__s32 out_fd;
+	__u32 __reserved;
+};
+
+#define LLMOS_IOC_MS_OPEN _IO(LLMOS_TYPE, LLMOS_CMD_MS_OPEN)
+
+/**
+ * struct llmos_ms_destroy - ioctl(LLMOS_IOC_MS_DESTROY)
+ * @size: sizeof(struct llmos_ms_destroy)
+ * @flags: must be 0
+ * @id: the mindspace's id, or 0 to name it by @name
+ * @name: the mindspace's name, or empty to name it by @id
+ *
+ * Ends a persistent mindspace: its name is free at once, its memory is
+ * freed when the last fd and mapping of it are gone.
+ */
+struct llmos_ms_destroy {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 id;
+	char name[LLMOS_NAME_MAX];
+};
+
+#define LLMOS_IOC_MS_DESTROY _IO(LLMOS_TYPE, LLMOS_CMD_MS_DESTROY)
+
+/**
+ * struct llmos_ms_info - what MS_INFO, MS_LIST and MSFD_INFO report
+ * @id: the mindspace's id
+ * @length: size in bytes
+ * @resident: bytes of host memory allocated (touched) so far; for a
+ *	dma-buf mindspace, its whole length
+ * @created_ns: creation time, CLOCK_REALTIME nanoseconds
+ * @flags: &enum llmos_ms_flags
+ * @mode: permission bits
+ * @uid: owner uid (in the reader's user namespace)
+ * @gid: owner gid (in the reader's user namespace)
+ * @numa_node: requested NUMA node or %LLMOS_NUMA_ANY
+ * @map_count: mappings (VMAs) of it that exist now (host-backed; a
+ *	mapping of a dma-buf mindspace is a mapping of the dma-buf itself)
+ * @open_count: mindspace fds (open files) that exist now
+ * @__reserved: 0
+ * @name: its name, empty if anonymous or destroyed
+ *
+ * Read through a user pointer with an element size: a caller built
+ * against a shorter version of this struct gets the prefix it knows.
+ */
+struct llmos_ms_info {
+	__aligned_u64 id;
+	__aligned_u64 length;
+	__aligned_u64 resident;
+	__aligned_u64 created_ns;
+	__u32 flags;
+	__u32 mode;
+	__u32 uid;
+	__u32 gid;
+	__s32 numa_node;
+	__u32 map_count;
+	__u32 open_count;
+	__u32 __reserved;
+	char name[LLMOS_NAME_MAX];
+};
+
+/**
+ * struct llmos_ms_list - ioctl(LLMOS_IOC_MS_LIST)
+ * @size: sizeof(struct llmos_ms_list)
+ * @flags: must be 0
+ * @entries_uptr: user array of @count elements of @entry_size bytes each
+ * @entry_size: size of one element, at least 128 (the first published
+ *	struct llmos_ms_info)
+ * @count: in: capacity of the array; out: number of mindspaces visible to
+ *	the caller. When the capacity is smaller, the first ones (by id) are
+ *	written and the ioctl fails with EOVERFLOW.
+ *
+ * Lists, in id order, the mindspaces the caller may read (all of them
+ * with %CAP_SYS_ADMIN).
+ */
+struct llmos_ms_list {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 entries_uptr;
+	__u32 entry_size;
+	__u32 count;
+};
+
+#define LLMOS_IOC_MS_LIST _IO(LLMOS_TYPE, LLMOS_CMD_MS_LIST)
+
+/**
+ * struct llmos_ms_query - ioctl(LLMOS_IOC_MS_INFO) and
+ *	ioctl(LLMOS_MSFD_IOC_INFO)
+ * @size: sizeof(struct llmos_ms_query)
+ * @flags: must be 0
+ * @id: on /dev/llmos: the mindspace's id, or 0 to name it by @name; on a
+ *	mindspace fd: must be 0
+ * @name: on /dev/llmos: its name, or empty; on a mindspace fd: empty
+ * @info_uptr: user pointer to a struct llmos_ms_info
+ * @info_size: its size, at least 128
+ * @__reserved: must be 0
+ *
+ * On /dev/llmos, needs read permission on the mindspace.
+ */
+struct llmos_ms_query {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 id;
+	char name[LLMOS_NAME_MAX];
+	__aligned_u64 info_uptr;
+	__u32 info_size;
+	__u32 __reserved;
+};
+
+#define LLMOS_IOC_MS_INFO _IO(LLMOS_TYPE, LLMOS_CMD_MS_INFO)
+#define LLMOS_MSFD_IOC_INFO _IO(LLMOS_TYPE, LLMOS_CMD_MSFD_INFO)
+
+/**
+ * struct llmos_ms_export - ioctl(LLMOS_MSFD_IOC_EXPORT_DMABUF)
+ * @size: sizeof(struct llmos_ms_export)
+ * @flags: must be 0
+ * @out_fd: a dma-buf fd (read-write, close-on-exec) for the mindspace's
+ *	memory, for another process or a peer device
+ * @__reserved: must be 0
+ *
+ * Only for dma-buf-backed mindspaces (EOPNOTSUPP otherwise); needs a
+ * mindspace fd opened read-write (EACCES otherwise).
+ */
+struct llmos_ms_export {
+	__u32 size;
+	__u32 flags;
+	__s32 out_fd;
+	__u32 __reserved;
+};
+
+#define LLMOS_MSFD_IOC_EXPORT_DMABUF \
+	_IO(LLMOS_TYPE, LLMOS_CMD_MSFD_EXPORT_DMABUF)
+
+#define LLMOS_UID_SELF ((__u32)-1)
+#define LLMOS_QUOTA_UNLIMITED ((__u64)-1)
+
+/**
+ * enum llmos_quota_flags - flags of QUOTA
+ * @LLMOS_QUOTA_SET: set the limit of @uid to &llmos_quota.limit
+ *	(needs %CAP_SYS_ADMIN)
+ */
+enum llmos_quota_flags {
+	LLMOS_QUOTA_SET = 1 << 0,
+};
+
+/**
+ * struct llmos_quota - ioctl(LLMOS_IOC_QUOTA)
+ * @size: sizeof(struct llmos_quota)
+ * @flags: &enum llmos_quota_flags
+ * @uid: the uid, or %LLMOS_UID_SELF for the caller's; another uid than
+ *	the caller's needs %CAP_SYS_ADMIN
+ * @__reserved: must be 0
+ * @limit: with %LLMOS_QUOTA_SET: the new limit in bytes; 0 returns to
+ *	the module default, %LLMOS_QUOTA_UNLIMITED lifts it; otherwise
+ *	must be 0
+ * @out_used: bytes of mindspaces the uid owns
+ * @out_limit: the limit in force (%LLMOS_QUOTA_UNLIMITED for none)
+ */
+struct llmos_quota {
+	__u32 size;
+	__u32 flags;
+	__u32 uid;
+	__u32 __reserved;
+	__aligned_u64 limit;
+	__aligned_u64 out_used;
+	__aligned_u64 out_limit;
+};
+
+#define LLMOS_IOC_QUOTA _IO(LLMOS_TYPE, LLMOS_CMD_QUOTA)
 
 #endif /* _UAPI_LINUX_LLMOS_H */
