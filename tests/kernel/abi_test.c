@@ -41,24 +41,68 @@ FIXTURE_VARIANT(abi) {
 	bool msfd;
 };
 
-#define ABI_VARIANT(_name, _cmd, _struct, _msfd)		\
-	FIXTURE_VARIANT_ADD(abi, _name) {			\
-		.cmd = _cmd,					\
-		.size = sizeof(_struct),			\
-		.min = sizeof(_struct),				\
-		.msfd = _msfd,					\
-	}
+FIXTURE_VARIANT_ADD(abi, version) {
+	.cmd = LLMOS_IOC_VERSION,
+	.size = sizeof(struct llmos_version),
+	.min = sizeof(struct llmos_version),
+	.msfd = false,
+};
 
-ABI_VARIANT(version, LLMOS_IOC_VERSION, struct llmos_version, false);
-ABI_VARIANT(ms_create, LLMOS_IOC_MS_CREATE, struct llmos_ms_create, false);
-ABI_VARIANT(ms_open, LLMOS_IOC_MS_OPEN, struct llmos_ms_open, false);
-ABI_VARIANT(ms_destroy, LLMOS_IOC_MS_DESTROY, struct llmos_ms_destroy, false);
-ABI_VARIANT(ms_list, LLMOS_IOC_MS_LIST, struct llmos_ms_list, false);
-ABI_VARIANT(ms_info, LLMOS_IOC_MS_INFO, struct llmos_ms_query, false);
-ABI_VARIANT(quota, LLMOS_IOC_QUOTA, struct llmos_quota, false);
-ABI_VARIANT(msfd_info, LLMOS_MSFD_IOC_INFO, struct llmos_ms_query, true);
-ABI_VARIANT(msfd_export, LLMOS_MSFD_IOC_EXPORT_DMABUF,
-	    struct llmos_ms_export, true);
+FIXTURE_VARIANT_ADD(abi, ms_create) {
+	.cmd = LLMOS_IOC_MS_CREATE,
+	.size = sizeof(struct llmos_ms_create),
+	.min = sizeof(struct llmos_ms_create),
+	.msfd = false,
+};
+
+FIXTURE_VARIANT_ADD(abi, ms_open) {
+	.cmd = LLMOS_IOC_MS_OPEN,
+	.size = sizeof(struct llmos_ms_open),
+	.min = sizeof(struct llmos_ms_open),
+	.msfd = false,
+};
+
+FIXTURE_VARIANT_ADD(abi, ms_destroy) {
+	.cmd = LLMOS_IOC_MS_DESTROY,
+	.size = sizeof(struct llmos_ms_destroy),
+	.min = sizeof(struct llmos_ms_destroy),
+	.msfd = false,
+};
+
+FIXTURE_VARIANT_ADD(abi, ms_list) {
+	.cmd = LLMOS_IOC_MS_LIST,
+	.size = sizeof(struct llmos_ms_list),
+	.min = sizeof(struct llmos_ms_list),
+	.msfd = false,
+};
+
+FIXTURE_VARIANT_ADD(abi, ms_info) {
+	.cmd = LLMOS_IOC_MS_INFO,
+	.size = sizeof(struct llmos_ms_query),
+	.min = sizeof(struct llmos_ms_query),
+	.msfd = false,
+};
+
+FIXTURE_VARIANT_ADD(abi, quota) {
+	.cmd = LLMOS_IOC_QUOTA,
+	.size = sizeof(struct llmos_quota),
+	.min = sizeof(struct llmos_quota),
+	.msfd = false,
+};
+
+FIXTURE_VARIANT_ADD(abi, msfd_info) {
+	.cmd = LLMOS_MSFD_IOC_INFO,
+	.size = sizeof(struct llmos_ms_query),
+	.min = sizeof(struct llmos_ms_query),
+	.msfd = true,
+};
+
+FIXTURE_VARIANT_ADD(abi, msfd_export) {
+	.cmd = LLMOS_MSFD_IOC_EXPORT_DMABUF,
+	.size = sizeof(struct llmos_ms_export),
+	.min = sizeof(struct llmos_ms_export),
+	.msfd = true,
+};
 
 FIXTURE_SETUP(abi)
 {

@@ -46,6 +46,12 @@ static long counter(const char *name)
 	return found;
 }
 
+/* strcpy() into a mapping or a struct, with the terminating NUL. */
+static void put_str(char *dst, const char *src)
+{
+	memcpy(dst, src, strlen(src) + 1);
+}
+
 /* Names longer than the field are cut without a NUL, on purpose. */
 static void set_name(char *dst, const char *src)
 {
@@ -291,12 +297,12 @@ TEST_F(ms, node_is_kept)
 
 TEST_F(ms, names_are_validated)
 {
-	const char *bad[] = { "a/b", "a b", ".hidden", "-x", "x\x01", "é", "a\\b" };
+	static const char * const bad[] = { "a/b", "a b", ".hidden", "-x", "x\x01", "é", "a\\b" };
 	char longname[LLMOS_NAME_MAX + 1];
 	struct llmos_ms_create c = { .length = PAGE };
 	int fd;
 
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
 		EXPECT_EQ(-EINVAL, create(self->dev, bad[i], PAGE, 0, 0, NULL)) {
 			TH_LOG("name '%s'", bad[i]);
 		}
@@ -350,7 +356,7 @@ TEST_F(ms, two_processes_share_bytes)
 			 cfd, 3 * PAGE);
 		if (q == MAP_FAILED)
 			_exit(2);
-		strcpy(q + 10, "hello from the child");
+		put_str(q + 10, "hello from the child");
 		_exit(0);
 	}
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
@@ -399,7 +405,7 @@ TEST_F(ms, persistent_survives_its_fds)
 	ASSERT_LE(0, fd);
 	p = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	ASSERT_NE(MAP_FAILED, p);
-	strcpy(p + 2 * PAGE, "remember me");
+	put_str(p + 2 * PAGE, "remember me");
 	munmap(p, 4 * PAGE);
 	close(fd);
 
@@ -546,7 +552,7 @@ TEST_F(ms, permissions_follow_the_mode)
 	ASSERT_LE(0, fd);
 	p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	ASSERT_NE(MAP_FAILED, p);
-	strcpy(p, "root's");
+	put_str(p, "root's");
 	munmap(p, PAGE);
 	close(fd);
 	EXPECT_EQ(0, as_other_user(other_reads, self->dev, "readable"));
@@ -817,13 +823,13 @@ TEST_F(ms, dmabuf_from_udmabuf)
 	ASSERT_LE(0, buf);
 	mem = mmap(NULL, 8 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
 	ASSERT_NE(MAP_FAILED, mem);
-	strcpy(mem + PAGE, "in the memfd");
+	put_str(mem + PAGE, "in the memfd");
 
 	c.dmabuf_fd = buf;
 	c.length = 4 * PAGE; /* must match the dma-buf */
 	EXPECT_EQ(-EINVAL, create_raw(self->dev, &c));
 	c.length = 0;
-	strcpy(c.name, "gpu-like");
+	put_str(c.name, "gpu-like");
 	fd = create_raw(self->dev, &c);
 	ASSERT_LE(0, fd);
 	close(buf); /* the mindspace keeps its own reference */
@@ -837,7 +843,7 @@ TEST_F(ms, dmabuf_from_udmabuf)
 	p = mmap(NULL, 8 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	ASSERT_NE(MAP_FAILED, p);
 	EXPECT_STREQ("in the memfd", p + PAGE);
-	strcpy(p + 5 * PAGE, "through the mindspace");
+	put_str(p + 5 * PAGE, "through the mindspace");
 	EXPECT_STREQ("through the mindspace", mem + 5 * PAGE);
 
 	/* Export: another fd to the same memory. */
