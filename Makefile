@@ -40,13 +40,14 @@ lint: deps
 unit: userspace
 	@cd $(BUILD)/default && ctest --output-on-failure
 
+VM_TESTS := --tests $(BUILD)/default/kernel-tests --tests tests/vm \
+	--bin $(BUILD)/default/tools/llmosctl
+
 vm-test: build
-	@tools/vm/run.sh --module kmod/llmos.ko --tests $(BUILD)/default/kernel-tests \
-		--out $(BUILD)/vm test
+	@tools/vm/run.sh --module kmod/llmos.ko $(VM_TESTS) --out $(BUILD)/vm test
 
 vm-shell: build
-	@tools/vm/run.sh --module kmod/llmos.ko --tests $(BUILD)/default/kernel-tests \
-		--bin $(BUILD)/default/tools/llmosctl --out $(BUILD)/vm-shell shell
+	@tools/vm/run.sh --module kmod/llmos.ko $(VM_TESTS) --out $(BUILD)/vm-shell shell
 
 demo: build
 	@tools/vm/run.sh --module kmod/llmos.ko --demo tools/vm/demo.sh \

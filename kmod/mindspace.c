@@ -147,12 +147,14 @@ static u32 llmos_name_hash(const char *name)
 
 /*
  * A name is NUL-terminated within LLMOS_NAME_MAX, starts with a letter, a
- * digit or '_' and goes on with letters, digits and "._:-". Returns its
- * length (0 for the empty name) or -EINVAL.
+ * digit or '_', goes on with letters, digits and "._:-", and is not all
+ * digits (tools read such a string as an id). Returns its length (0 for
+ * the empty name) or -EINVAL.
  */
 static int llmos_name_check(const char *name)
 {
 	size_t len = strnlen(name, LLMOS_NAME_MAX);
+	bool digits = true;
 	size_t i;
 
 	if (len == LLMOS_NAME_MAX)
@@ -162,7 +164,10 @@ static int llmos_name_check(const char *name)
 	for (i = 0; i < len; i++) {
 		if (!isalnum(name[i]) && !strchr("._:-", name[i]))
 			return -EINVAL;
+		digits &= !!isdigit(name[i]);
 	}
+	if (len && digits)
+		return -EINVAL;
 	return len;
 }
 

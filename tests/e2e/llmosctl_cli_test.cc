@@ -61,3 +61,37 @@ TEST(llmosctl, wrong_device_is_named) {
 }
 
 } // namespace
+
+namespace {
+
+TEST(llmosctl, ms_usage_errors_come_before_the_device) {
+    auto r = run("--device /nonexistent/llmos ms create x --size 12Q");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_EQ(r.output, "llmosctl: bad --size '12Q' (e.g. 4096, 64K, 16M, 1G)\n");
+    r = run("--device /nonexistent/llmos ms create x --size 4K --mode 0999");
+    EXPECT_EQ(r.status, 2) << r.output;
+    r = run("ms create x");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("--size"), std::string::npos) << r.output;
+    r = run("ms");
+    EXPECT_EQ(r.status, 2) << r.output;
+}
+
+TEST(llmosctl, ms_commands_name_the_missing_device) {
+    for (const char* cmd : {"ms list", "ms info x", "ms rm x", "ms quota", "ms read x"}) {
+        auto r = run(std::string{"--device /nonexistent/llmos "} + cmd);
+        EXPECT_EQ(r.status, 1) << cmd << ": " << r.output;
+        EXPECT_NE(r.output.find("is the llmos module loaded?"), std::string::npos) << r.output;
+    }
+}
+
+TEST(llmosctl, ms_load_checks_the_file_first) {
+    auto r = run("--device /nonexistent/llmos ms load /nonexistent/file");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_EQ(r.output, "llmosctl: cannot open /nonexistent/file: No such file or directory\n");
+    r = run("--device /nonexistent/llmos ms load /dev/null");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_EQ(r.output, "llmosctl: /dev/null: not a saved llmos mindspace\n");
+}
+
+} // namespace

@@ -297,7 +297,9 @@ TEST_F(ms, node_is_kept)
 
 TEST_F(ms, names_are_validated)
 {
-	static const char * const bad[] = { "a/b", "a b", ".hidden", "-x", "x\x01", "é", "a\\b" };
+	static const char * const bad[] = {
+		"a/b", "a b", ".hidden", "-x", "x\x01", "é", "a\\b", "123", "0",
+	};
 	char longname[LLMOS_NAME_MAX + 1];
 	struct llmos_ms_create c = { .length = PAGE };
 	int fd;

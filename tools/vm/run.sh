@@ -12,7 +12,7 @@
 #   run.sh [options] demo   load the module and run the demo script
 #   run.sh [options] shell  interactive guest shell on this terminal
 #
-# Options: --module KO  --tests DIR  --demo FILE  --bin FILE (extra program
+# Options: --module KO  --tests DIR (repeatable)  --demo FILE  --bin FILE (extra program
 # in /bin, repeatable)  --out DIR (logs, counts)  --timeout SECONDS (whole VM)
 # Environment: LLMOS_CACHE (kernel.env from tools/deps.sh), LLMOS_VM_SMP,
 # LLMOS_VM_MEM, LLMOS_VM_APPEND (extra kernel arguments).
@@ -21,7 +21,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 CACHE=${LLMOS_CACHE:-/var/cache/llmos}
 module=
-tests=
+tests=()
 demo=
 out=
 vm_timeout=300
@@ -32,7 +32,7 @@ die() { printf 'vm: error: %s\n' "$*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--module) module=$2; shift 2 ;;
-	--tests) tests=$2; shift 2 ;;
+	--tests) tests+=("$2"); shift 2 ;;
 	--demo) demo=$2; shift 2 ;;
 	--bin) bins+=("$2"); shift 2 ;;
 	--out) out=$2; shift 2 ;;
@@ -57,9 +57,9 @@ mkdir -p "$stage"/{bin,sbin,usr/bin,lib,tests,proc,sys,dev,tmp}
 cp /bin/busybox "$stage/bin/busybox"
 cp "$here/init" "$stage/init"
 cp "$module" "$stage/lib/llmos.ko"
-if [ -n "$tests" ]; then
-	cp "$tests"/* "$stage/tests/"
-fi
+for t in "${tests[@]}"; do
+	cp "$t"/* "$stage/tests/"
+done
 [ -z "$demo" ] || cp "$demo" "$stage/bin/demo"
 for b in "${bins[@]}"; do
 	cp "$b" "$stage/bin/"

@@ -15,6 +15,8 @@ std::vector<std::string> feature_names(uint64_t features) {
         const char* name;
     } known[] = {
         {LLMOS_FEATURE_VERSION, "version"},
+        {LLMOS_FEATURE_MINDSPACE, "mindspace"},
+        {LLMOS_FEATURE_MS_DMABUF, "ms-dmabuf"},
     };
     std::vector<std::string> names;
     for (const auto& k : known) {

@@ -14,6 +14,12 @@ public:
             return "not an llmos device";
         case errc::abi_mismatch:
             return "the llmos module speaks an incompatible ABI version";
+        case errc::not_ms_file:
+            return "not a saved llmos mindspace";
+        case errc::ms_file_version:
+            return "saved mindspace of an unsupported format version";
+        case errc::ms_file_corrupt:
+            return "saved mindspace is truncated or corrupt";
         }
         return "unknown llmos error " + std::to_string(ev);
     }

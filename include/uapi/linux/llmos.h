@@ -122,7 +122,8 @@ struct llmos_version {
  * Ids are never reused while the module is loaded. Names are unique
  * (one namespace for the whole system), 1 to %LLMOS_NAME_MAX - 1
  * characters of ``[A-Za-z0-9._:-]``, starting with a letter, digit or
- * ``_``, NUL-terminated; an empty name means an anonymous mindspace.
+ * ``_``, not all digits (tools take a number for an id), NUL-terminated;
+ * an empty name means an anonymous mindspace.
  *
  * Permissions follow SysV IPC: owner uid/gid (the creator's fsuid/fsgid)
  * and a mode (``0777`` bits); opening checks read (and write, unless

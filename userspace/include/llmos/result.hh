@@ -12,6 +12,9 @@ namespace llmos {
 enum class errc {
     not_llmos_device = 1, ///< the file answers, but not as /dev/llmos does
     abi_mismatch,         ///< the module speaks an incompatible ABI major
+    not_ms_file,          ///< not a saved mindspace (bad magic)
+    ms_file_version,      ///< a saved mindspace of an unknown format version
+    ms_file_corrupt,      ///< a saved mindspace that is truncated or damaged
 };
 
 const std::error_category& llmos_category() noexcept;
@@ -57,6 +60,8 @@ public:
         check();
         return std::get<0>(std::move(_v));
     }
+    T& operator*() & { return value(); }
+    const T& operator*() const& { return value(); }
     T* operator->() { return &value(); }
     const T* operator->() const { return &value(); }
 

@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: MIT
+#include "util.hh"
+
+#include <cstdio>
+#include <limits>
+
+namespace llmosctl {
+
+std::optional<uint64_t> parse_size(std::string_view s, bool suffixes) {
+    uint64_t v = 0;
+    size_t i = 0;
+    for (; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i) {
+        uint64_t d = static_cast<uint64_t>(s[i] - '0');
+        if (v > (std::numeric_limits<uint64_t>::max() - d) / 10) {
+            return std::nullopt;
+        }
+        v = v * 10 + d;
+    }
+    if (i == 0) {
+        return std::nullopt;
+    }
+    auto rest = s.substr(i);
+    if (rest.empty()) {
+        return v;
+    }
+    if (!suffixes) {
+        return std::nullopt;
+    }
+    unsigned shift = 0;
+    switch (rest[0]) {
+    case 'K':
+    case 'k':
+        shift = 10;
+        break;
+    case 'M':
+        shift = 20;
+        break;
+    case 'G':
+        shift = 30;
+        break;
+    case 'T':
+        shift = 40;
+        break;
+    default:
+        return std::nullopt;
+    }
+    rest.remove_prefix(1);
+    if (!rest.empty() && rest != "B" && rest != "iB") {
+        return std::nullopt;
+    }
+    if (v > (std::numeric_limits<uint64_t>::max() >> shift)) {
+        return std::nullopt;
+    }
+    return v << shift;
+}
+
+std::string format_size(uint64_t bytes) {
+    static constexpr const char* units[] = {"", "K", "M", "G", "T", "P", "E"};
+    unsigned u = 0;
+    double v = static_cast<double>(bytes);
+    while (v >= 1024 && u + 1 < std::size(units)) {
+        v /= 1024;
+        ++u;
+    }
+    char buf[32];
+    if (u == 0) {
+        std::snprintf(buf, sizeof(buf), "%llu", static_cast<unsigned long long>(bytes));
+    } else if (v == static_cast<double>(static_cast<uint64_t>(v))) {
+        std::snprintf(buf, sizeof(buf), "%llu%s", static_cast<unsigned long long>(v), units[u]);
+    } else {
+        std::snprintf(buf, sizeof(buf), "%.1f%s", v, units[u]);
+    }
+    return buf;
+}
+
+std::optional<uint32_t> parse_mode(std::string_view s) {
+    if (s.empty()) {
+        return 0;
+    }
+    if (s.size() > 4) {
+        return std::nullopt;
+    }
+    uint32_t m = 0;
+    for (char c : s) {
+        if (c < '0' || c > '7') {
+            return std::nullopt;
+        }
+        m = m * 8 + static_cast<uint32_t>(c - '0');
+    }
+    if (m > 0777) {
+        return std::nullopt;
+    }
+    return m;
+}
+
+std::string format_mode(uint32_t mode) {
+    char buf[8];
+    std::snprintf(buf, sizeof(buf), "%04o", mode & 07777);
+    return buf;
+}
+
+int fail(const std::string& what, std::error_code ec) {
+    std::fprintf(stderr, "llmosctl: %s: %s\n", what.c_str(), ec.message().c_str());
+    return exit_failure;
+}
+
+int fail_device(const std::string& path, std::error_code ec) {
+    std::string hint;
+    if (ec == std::errc::no_such_file_or_directory) {
+        hint = " (is the llmos module loaded? insmod llmos.ko)";
+    } else if (ec == std::errc::permission_denied) {
+        hint = " (needs membership of the device's group, or root)";
+    }
+    std::fprintf(stderr, "llmosctl: cannot open %s: %s%s\n", path.c_str(), ec.message().c_str(),
+                 hint.c_str());
+    return exit_failure;
+}
+
+int usage(const std::string& message) {
+    std::fprintf(stderr, "llmosctl: %s\n", message.c_str());
+    return exit_usage;
+}
+
+} // namespace llmosctl

@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+namespace llmosctl {
+
+constexpr int exit_failure = 1;
+constexpr int exit_usage = 2;
+
+/// "4096", "64K", "16M", "1G", "2T" (binary units; an optional "iB" or
+/// "B" after the letter). nullopt for anything else or on overflow.
+/// With suffixes = false, only plain numbers.
+std::optional<uint64_t> parse_size(std::string_view s, bool suffixes = true);
+/// 1536 -> "1.5K", 1048576 -> "1M", 100 -> "100".
+std::string format_size(uint64_t bytes);
+/// Octal permission bits ("0640", "640"); empty = 0 (the default).
+std::optional<uint32_t> parse_mode(std::string_view s);
+/// 0640 -> "0640".
+std::string format_mode(uint32_t mode);
+
+/// Prints "llmosctl: WHAT: MESSAGE" and returns exit_failure.
+int fail(const std::string& what, std::error_code ec);
+/// The same for a device that cannot be opened, with a hint for the usual
+/// causes.
+int fail_device(const std::string& path, std::error_code ec);
+/// Prints "llmosctl: MESSAGE" and returns exit_usage.
+int usage(const std::string& message);
+
+} // namespace llmosctl

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: MIT
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <linux/llmos.h>
+#include <llmos/ms_file.hh>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <vector>
+#include <zlib.h>
+
+namespace llmos {
+
+namespace {
+
+constexpr char magic[8] = {'L', 'L', 'M', 'O', 'S', 'M', 'S', '1'};
+constexpr uint32_t format_version = 1;
+constexpr size_t chunk = 1 << 20;
+constexpr size_t page = 4096;
+
+// Field offsets in the header.
+enum : size_t {
+    off_magic = 0,
+    off_version = 8,
+    off_header_size = 12,
+    off_length = 16,
+    off_flags = 24,
+    off_mode = 28,
+    off_node = 32,
+    off_crc = 36,
+    off_created = 40,
+    off_name = 48,
+    off_end = off_name + LLMOS_NAME_MAX,
+};
+
+template <typename T>
+void put_le(ms_file_header& h, size_t off, T v) {
+    for (size_t i = 0; i < sizeof(T); ++i) {
+        h[off + i] = static_cast<std::byte>((static_cast<uint64_t>(v) >> (8 * i)) & 0xff);
+    }
+}
+
+template <typename T>
+T get_le(std::span<const std::byte> h, size_t off) {
+    uint64_t v = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) {
+        v |= static_cast<uint64_t>(h[off + i]) << (8 * i);
+    }
+    return static_cast<T>(v);
+}
+
+bool all_zero(std::span<const std::byte> s) {
+    return std::all_of(s.begin(), s.end(), [](std::byte b) { return b == std::byte{0}; });
+}
+
+std::error_code write_all(int fd, const std::byte* p, size_t n, off_t off) {
+    while (n) {
+        ssize_t w = ::pwrite(fd, p, n, off);
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return last_error();
+        }
+        p += w;
+        n -= static_cast<size_t>(w);
+        off += w;
+    }
+    return {};
+}
+
+// Reads exactly n bytes; a short file is corrupt.
+std::error_code read_all(int fd, std::byte* p, size_t n, off_t off) {
+    while (n) {
+        ssize_t r = ::pread(fd, p, n, off);
+        if (r < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return last_error();
+        }
+        if (r == 0) {
+            return errc::ms_file_corrupt;
+        }
+        p += r;
+        n -= static_cast<size_t>(r);
+        off += r;
+    }
+    return {};
+}
+
+} // namespace
+
+uint32_t crc32_update(uint32_t crc, std::span<const std::byte> data) noexcept {
+    while (!data.empty()) {
+        auto n = std::min<size_t>(data.size(), 1u << 30);
+        crc = static_cast<uint32_t>(
+            ::crc32(crc, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(n)));
+        data = data.subspan(n);
+    }
+    return crc;
+}
+
+ms_file_header encode_ms_file_header(const ms_file_meta& m) {
+    ms_file_header h{};
+    std::memcpy(h.data() + off_magic, magic, sizeof(magic));
+    put_le<uint32_t>(h, off_version, format_version);
+    put_le<uint32_t>(h, off_header_size, ms_file_header_size);
+    put_le<uint64_t>(h, off_length, m.length);
+    put_le<uint32_t>(h, off_flags, m.flags);
+    put_le<uint32_t>(h, off_mode, m.mode);
+    put_le<uint32_t>(h, off_node, static_cast<uint32_t>(m.numa_node));
+    put_le<uint32_t>(h, off_crc, m.crc32);
+    put_le<uint64_t>(h, off_created, m.created_ns);
+    std::memcpy(h.data() + off_name, m.name.data(),
+                std::min<size_t>(m.name.size(), LLMOS_NAME_MAX - 1));
+    return h;
+}
+
+result<ms_file_meta> decode_ms_file_header(std::span<const std::byte> h) {
+    if (h.size() < ms_file_header_size || std::memcmp(h.data(), magic, sizeof(magic)) != 0) {
+        return errc::not_ms_file;
+    }
+    if (get_le<uint32_t>(h, off_version) != format_version) {
+        return errc::ms_file_version;
+    }
+    ms_file_meta m;
+    m.length = get_le<uint64_t>(h, off_length);
+    m.flags = get_le<uint32_t>(h, off_flags);
+    m.mode = get_le<uint32_t>(h, off_mode);
+    m.numa_node = static_cast<int32_t>(get_le<uint32_t>(h, off_node));
+    m.crc32 = get_le<uint32_t>(h, off_crc);
+    m.created_ns = get_le<uint64_t>(h, off_created);
+    auto name = reinterpret_cast<const char*>(h.data() + off_name);
+    size_t name_len = strnlen(name, LLMOS_NAME_MAX);
+    if (get_le<uint32_t>(h, off_header_size) != ms_file_header_size || m.length == 0 ||
+        m.length % page != 0 || name_len == LLMOS_NAME_MAX || (m.mode & ~0777u) ||
+        !all_zero(h.subspan(off_end, ms_file_header_size - off_end))) {
+        return errc::ms_file_corrupt;
+    }
+    m.name.assign(name, name_len);
+    return m;
+}
+
+std::error_code save_ms_file(int fd, ms_file_meta m, std::span<const std::byte> data) {
+    m.length = data.size();
+    m.crc32 = crc32_update(0, data);
+    if (::ftruncate(fd, 0) != 0) {
+        return last_error();
+    }
+    auto h = encode_ms_file_header(m);
+    if (auto ec = write_all(fd, h.data(), h.size(), 0)) {
+        return ec;
+    }
+    for (size_t off = 0; off < data.size(); off += page) {
+        auto p = data.subspan(off, std::min(page, data.size() - off));
+        if (all_zero(p)) {
+            continue; // a hole
+        }
+        if (auto ec =
+                write_all(fd, p.data(), p.size(), static_cast<off_t>(ms_file_header_size + off))) {
+            return ec;
+        }
+    }
+    if (::ftruncate(fd, static_cast<off_t>(ms_file_header_size + data.size())) != 0) {
+        return last_error();
+    }
+    return {};
+}
+
+result<ms_file_meta> read_ms_file_meta(int fd) {
+    ms_file_header h;
+    if (auto ec = read_all(fd, h.data(), h.size(), 0)) {
+        return ec == errc::ms_file_corrupt ? errc::not_ms_file : ec;
+    }
+    auto m = decode_ms_file_header(h);
+    if (!m) {
+        return m;
+    }
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+        return last_error();
+    }
+    if (static_cast<uint64_t>(st.st_size) != ms_file_header_size + m->length) {
+        return errc::ms_file_corrupt;
+    }
+    return m;
+}
+
+std::error_code load_ms_file_data(int fd, const ms_file_meta& m, std::span<std::byte> dest) {
+    if (dest.size() != m.length) {
+        return std::make_error_code(std::errc::invalid_argument);
+    }
+    std::vector<std::byte> buf(chunk);
+    static const std::vector<std::byte> zeros(chunk);
+    uint32_t crc = 0;
+    uint64_t pos = 0; // data offset up to which the CRC has been computed
+    while (pos < m.length) {
+        // The next data region at or after pos; holes read as zeros.
+        off_t data = ::lseek(fd, static_cast<off_t>(ms_file_header_size + pos), SEEK_DATA);
+        uint64_t data_pos = m.length;
+        if (data >= 0) {
+            data_pos =
+                std::min<uint64_t>(static_cast<uint64_t>(data) - ms_file_header_size, m.length);
+        } else if (errno != ENXIO) {
+            return last_error();
+        }
+        data_pos -= data_pos % page;
+        while (pos < data_pos) {
+            auto n = std::min<uint64_t>(chunk, data_pos - pos);
+            crc = crc32_update(crc, std::span{zeros}.first(n));
+            pos += n;
+        }
+        if (pos >= m.length) {
+            break;
+        }
+        auto n = std::min<uint64_t>(chunk, m.length - pos);
+        if (auto ec = read_all(fd, buf.data(), n, static_cast<off_t>(ms_file_header_size + pos))) {
+            return ec;
+        }
+        auto in = std::span{buf}.first(n);
+        crc = crc32_update(crc, in);
+        for (size_t off = 0; off < n; off += page) {
+            auto p = in.subspan(off, std::min<size_t>(page, n - off));
+            if (!all_zero(p)) {
+                std::memcpy(dest.data() + pos + off, p.data(), p.size());
+            }
+        }
+        pos += n;
+    }
+    if (crc != m.crc32) {
+        return errc::ms_file_corrupt;
+    }
+    return {};
+}
+
+} // namespace llmos
