@@ -16,6 +16,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,6 +31,9 @@
 #define OTHER_UID 1000
 #define COUNTERS "/sys/kernel/debug/llmos/counters"
 #define TOTAL_LIMIT "/sys/module/llmos/parameters/total_limit_bytes"
+#define DEBUGFS_LIST "/sys/kernel/debug/llmos/mindspaces"
+#define CGROOT "/sys/fs/cgroup"
+#define CGTEST CGROOT "/llmos-ms-test"
 
 static long counter(const char *name)
 {
@@ -164,6 +169,30 @@ static int write_file(const char *path, const char *val)
 	n = write(fd, val, strlen(val));
 	close(fd);
 	return n == (ssize_t)strlen(val) ? 0 : -EIO;
+}
+
+static long read_long(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	long v = -1;
+
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+/* The NUMA node of the page at @addr, or -1. */
+static int page_node(void *addr)
+{
+	int node = -1;
+
+	/* get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR) */
+	if (syscall(SYS_get_mempolicy, &node, NULL, 0, addr, 3))
+		return -1;
+	return node;
 }
 
 FIXTURE(ms) {
@@ -973,6 +1002,106 @@ TEST_F(ms, many_mindspaces_and_fds)
 			ASSERT_EQ(0, destroy(self->dev, info.id, NULL));
 		close(fds[i]);
 	}
+}
+
+TEST_F(ms, pages_go_to_the_requested_node)
+{
+	struct llmos_ms_create c = { .length = 4 * PAGE, .flags = LLMOS_MS_NODE };
+
+	if (access("/sys/devices/system/node/node1", F_OK))
+		SKIP(return, "the guest has one NUMA node (boot it with two)");
+	for (int node = 0; node < 2; node++) {
+		char *p;
+		int fd;
+
+		c.numa_node = node;
+		fd = create_raw(self->dev, &c);
+		ASSERT_LE(0, fd);
+		p = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		ASSERT_NE(MAP_FAILED, p);
+		for (int i = 0; i < 4; i++) {
+			p[i * PAGE] = 1;
+			EXPECT_EQ(node, page_node(p + i * PAGE));
+		}
+		munmap(p, 4 * PAGE);
+		close(fd);
+	}
+}
+
+/* In a new memory cgroup, touching 2 MiB of a mindspace charges it. */
+static int touch_in_cgroup(int dev)
+{
+	const size_t len = 8 << 20, touch = 2 << 20;
+	char pid[32];
+	long before, after;
+	char *p;
+	int fd;
+
+	snprintf(pid, sizeof(pid), "%d", getpid());
+	if (write_file(CGTEST "/cgroup.procs", pid))
+		return 40;
+	fd = create(dev, NULL, len, 0, 0, NULL);
+	if (fd < 0)
+		return 41;
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		return 42;
+	before = read_long(CGTEST "/memory.current");
+	for (size_t off = 0; off < touch; off += PAGE)
+		p[off] = 1;
+	after = read_long(CGTEST "/memory.current");
+	if (before < 0 || after - before < (long)touch)
+		return 43;
+	munmap(p, len);
+	close(fd);
+	return 0;
+}
+
+TEST_F(ms, pages_are_charged_to_the_memcg_of_the_toucher)
+{
+	int status;
+	pid_t pid;
+
+	if (access(CGROOT "/cgroup.controllers", F_OK) ||
+	    write_file(CGROOT "/cgroup.subtree_control", "+memory"))
+		SKIP(return, "no cgroup2 memory controller");
+	rmdir(CGTEST);
+	ASSERT_EQ(0, mkdir(CGTEST, 0755));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0)
+		_exit(touch_in_cgroup(self->dev));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_EQ(0, WEXITSTATUS(status));
+	/* Freed pages are uncharged: the cgroup can go. */
+	EXPECT_EQ(0, rmdir(CGTEST));
+}
+
+TEST_F(ms, debugfs_lists_live_mindspaces)
+{
+	char line[512], want[128];
+	bool found = false;
+	__u64 id;
+	char *p;
+	FILE *f;
+	int fd;
+
+	fd = create(self->dev, "debugfs-view", 4 * PAGE, 0, 0640, &id);
+	ASSERT_LE(0, fd);
+	p = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	p[0] = 1;
+	f = fopen(DEBUGFS_LIST, "r");
+	ASSERT_NE(NULL, f);
+	/* id name uid gid mode length resident backing node maps fds persistent */
+	snprintf(want, sizeof(want), "%llu\tdebugfs-view\t0\t0\t0640\t16384\t4096\thost\t-1\t1\t1\t0\n",
+		 (unsigned long long)id);
+	while (fgets(line, sizeof(line), f))
+		found |= !strcmp(line, want);
+	fclose(f);
+	EXPECT_TRUE(found);
+	munmap(p, 4 * PAGE);
+	close(fd);
 }
 
 TEST_HARNESS_MAIN

@@ -14,8 +14,9 @@
 #
 # Options: --module KO  --tests DIR (repeatable)  --demo FILE  --bin FILE (extra program
 # in /bin, repeatable)  --out DIR (logs, counts)  --timeout SECONDS (whole VM)
-# Environment: LLMOS_CACHE (kernel.env from tools/deps.sh), LLMOS_VM_SMP,
-# LLMOS_VM_MEM, LLMOS_VM_APPEND (extra kernel arguments).
+# Environment: LLMOS_CACHE (kernel.env from tools/deps.sh), LLMOS_VM_MEM_MB
+# (default 1024), LLMOS_VM_NUMA (2 nodes by default, or 1), LLMOS_VM_APPEND
+# (extra kernel arguments).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -69,8 +70,19 @@ done
 append="console=ttyS0 loglevel=7 panic=-1 oops=panic panic_on_warn=1"
 append+=" slub_debug=FZPU kfence.sample_interval=10 llmos.mode=$mode"
 append+=" llmos.timeout=$((vm_timeout / 2)) ${LLMOS_VM_APPEND:-}"
-qemu=(qemu-system-x86_64 -accel tcg -cpu max -m "${LLMOS_VM_MEM:-1G}"
-	-smp "${LLMOS_VM_SMP:-2}" -nodefaults -no-reboot
+# Two NUMA nodes (one socket, one CPU and half the memory each), so that
+# node placement is tested; LLMOS_VM_NUMA=1 boots one node.
+mem_mb=${LLMOS_VM_MEM_MB:-1024}
+qemu=(qemu-system-x86_64 -accel tcg -cpu max -m "${mem_mb}M" -nodefaults -no-reboot)
+if [ "${LLMOS_VM_NUMA:-2}" = 2 ]; then
+	qemu+=(-smp 2,sockets=2,cores=1
+		-object "memory-backend-ram,id=m0,size=$((mem_mb / 2))M"
+		-object "memory-backend-ram,id=m1,size=$((mem_mb / 2))M"
+		-numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1)
+else
+	qemu+=(-smp 2)
+fi
+qemu+=(
 	-kernel "$LLMOS_VMLINUZ" -initrd "$out/initrd.gz"
 	-device isa-debug-exit,iobase=0xf4,iosize=4)
 
