@@ -3,6 +3,7 @@
 #   make demo     set up, build, boot the test VM and show the module answering
 #   make check    set up, build, lint, run every test; last line "N passed, N failed"
 #
+#   make bench    benchmarks (ratios against baselines in the same run)
 #   make deps | build | kmod | lint | unit | vm-test | vm-shell | clean
 #
 # LLMOS_CACHE (default /var/cache/llmos) holds downloaded packages, the
@@ -17,7 +18,7 @@ BUILD := $(CURDIR)/build
 KENV := . $(LLMOS_CACHE)/kernel.env &&
 LANES := default asan tsan
 
-.PHONY: all deps build kmod userspace lint unit vm-test vm-shell demo check clean
+.PHONY: all deps build kmod userspace lint unit vm-test vm-shell demo bench check clean
 
 all: build
 
@@ -52,6 +53,11 @@ vm-shell: build
 demo: build
 	@tools/vm/run.sh --module kmod/llmos.ko --demo tools/vm/demo.sh \
 		--bin $(BUILD)/default/tools/llmosctl --out $(BUILD)/vm-demo demo
+
+# Benchmarks: ratios against baselines measured in the same run.
+bench: build
+	@tools/vm/run.sh --module kmod/llmos.ko --bench $(BUILD)/default/kernel-bench \
+		--out $(BUILD)/vm-bench bench
 
 check:
 	@bash tools/check.sh

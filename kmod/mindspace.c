@@ -368,8 +368,11 @@ static struct file *llmos_ms_file(struct llmos_ms *ms, bool writable)
 
 	file = anon_inode_getfile("[llmos-mindspace]", &llmos_ms_fops, ms,
 				  writable ? O_RDWR : O_RDONLY);
-	if (!IS_ERR(file))
-		atomic_inc(&ms->open_count);
+	if (IS_ERR(file))
+		return file;
+	/* lseek() finds resident pages (SEEK_DATA) and holes (SEEK_HOLE). */
+	file->f_mode |= FMODE_LSEEK;
+	atomic_inc(&ms->open_count);
 	return file;
 }
 
@@ -447,6 +450,52 @@ static int llmos_ms_mmap(struct file *file, struct vm_area_struct *vma)
 	return 0;
 }
 
+/*
+ * The first resident page at or after @idx (SEEK_DATA) or the first page
+ * that is not resident (SEEK_HOLE); ms->nr_pages when there is none.
+ */
+static pgoff_t llmos_ms_seek_page(struct llmos_ms *ms, pgoff_t idx, int whence)
+{
+	XA_STATE(xas, &ms->pages, idx);
+	struct page *page;
+
+	if (ms->dmabuf)
+		return whence == SEEK_DATA ? idx : ms->nr_pages;
+	rcu_read_lock();
+	if (whence == SEEK_DATA) {
+		page = xas_find(&xas, ms->nr_pages - 1);
+		idx = page ? xas.xa_index : ms->nr_pages;
+	} else {
+		for (page = xas_load(&xas); page && idx < ms->nr_pages;
+		     page = xas_next(&xas))
+			idx++;
+	}
+	rcu_read_unlock();
+	return min(idx, ms->nr_pages);
+}
+
+/*
+ * A mindspace fd seeks like a sparse file of the mindspace's length:
+ * SEEK_DATA and SEEK_HOLE tell touched pages from untouched ones without
+ * allocating any (a dma-buf mindspace is all data).
+ */
+static loff_t llmos_ms_llseek(struct file *file, loff_t offset, int whence)
+{
+	struct llmos_ms *ms = file->private_data;
+	pgoff_t idx;
+	loff_t pos;
+
+	if (whence != SEEK_DATA && whence != SEEK_HOLE)
+		return fixed_size_llseek(file, offset, whence, ms->length);
+	if (offset < 0 || offset >= ms->length)
+		return -ENXIO;
+	idx = llmos_ms_seek_page(ms, offset >> PAGE_SHIFT, whence);
+	if (whence == SEEK_DATA && idx >= ms->nr_pages)
+		return -ENXIO;
+	pos = max_t(loff_t, offset, (loff_t)idx << PAGE_SHIFT);
+	return vfs_setpos(file, min_t(loff_t, pos, ms->length), ms->length);
+}
+
 static int llmos_ms_fops_release(struct inode *inode, struct file *file)
 {
 	struct llmos_ms *ms = file->private_data;
@@ -458,6 +507,7 @@ static int llmos_ms_fops_release(struct inode *inode, struct file *file)
 
 static const struct file_operations llmos_ms_fops = {
 	.owner = THIS_MODULE,
+	.llseek = llmos_ms_llseek,
 	.mmap = llmos_ms_mmap,
 	.release = llmos_ms_fops_release,
 	.unlocked_ioctl = llmos_ms_fops_ioctl,

@@ -1104,4 +1104,39 @@ TEST_F(ms, debugfs_lists_live_mindspaces)
 	close(fd);
 }
 
+TEST_F(ms, lseek_finds_touched_pages_without_allocating)
+{
+	struct llmos_ms_info info;
+	char *p;
+	int fd;
+
+	fd = create(self->dev, NULL, 64 * PAGE, 0, 0, NULL);
+	ASSERT_LE(0, fd);
+	EXPECT_EQ(-1, lseek(fd, 0, SEEK_DATA)); /* nothing touched yet */
+	EXPECT_EQ(ENXIO, errno);
+	EXPECT_EQ(0, lseek(fd, 0, SEEK_HOLE));
+	p = mmap(NULL, 64 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	p[3 * PAGE] = p[4 * PAGE] = p[10 * PAGE] = p[63 * PAGE] = 1;
+	EXPECT_EQ(3 * PAGE, lseek(fd, 0, SEEK_DATA));
+	EXPECT_EQ(3 * PAGE + 5, lseek(fd, 3 * PAGE + 5, SEEK_DATA));
+	EXPECT_EQ(5 * PAGE, lseek(fd, 3 * PAGE, SEEK_HOLE));
+	EXPECT_EQ(10 * PAGE, lseek(fd, 5 * PAGE, SEEK_DATA));
+	EXPECT_EQ(11 * PAGE, lseek(fd, 10 * PAGE, SEEK_HOLE));
+	EXPECT_EQ(63 * PAGE, lseek(fd, 11 * PAGE, SEEK_DATA));
+	EXPECT_EQ(64 * PAGE, lseek(fd, 63 * PAGE, SEEK_HOLE));
+	EXPECT_EQ(-1, lseek(fd, 64 * PAGE, SEEK_DATA));
+	EXPECT_EQ(ENXIO, errno);
+	EXPECT_EQ(-1, lseek(fd, -1, SEEK_HOLE));
+	EXPECT_EQ(ENXIO, errno);
+	EXPECT_EQ(64 * PAGE, lseek(fd, 0, SEEK_END));
+	EXPECT_EQ(100, lseek(fd, 100, SEEK_SET));
+	EXPECT_EQ(-1, lseek(fd, 1, SEEK_END));
+	EXPECT_EQ(EINVAL, errno);
+	ASSERT_EQ(0, info_fd(fd, &info));
+	EXPECT_EQ(4 * PAGE, info.resident);
+	munmap(p, 64 * PAGE);
+	close(fd);
+}
+
 TEST_HARNESS_MAIN

@@ -159,6 +159,44 @@ TEST(ms_file, damaged_or_truncated_data_is_refused) {
     EXPECT_EQ(llmos::read_ms_file_meta(f.fd()).error(), llmos::errc::not_ms_file);
 }
 
+TEST(ms_file, crc_of_zeros_matches_the_bytewise_crc) {
+    std::vector<std::byte> zeros(300000);
+    for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{4096}, size_t{65537}, zeros.size()}) {
+        uint32_t seed = llmos::crc32_update(0, std::as_bytes(std::span{"seed", 4}));
+        EXPECT_EQ(llmos::crc32_zeros(seed, n), llmos::crc32_update(seed, std::span{zeros}.first(n)))
+            << n;
+    }
+}
+
+TEST(ms_file, save_reads_only_the_given_data_ranges) {
+    const size_t len = 1 << 20;
+    region src(len);
+    std::memset(src.p + 8192, 0x11, 4096);
+    std::memset(src.p + 65536, 0x22, 8192);
+    // Protect everything, then open up only the data ranges: touching
+    // anything else would fault.
+    ASSERT_EQ(::mprotect(src.p, len, PROT_NONE), 0);
+    ASSERT_EQ(::mprotect(src.p + 8192, 4096, PROT_READ), 0);
+    ASSERT_EQ(::mprotect(src.p + 65536, 8192, PROT_READ), 0);
+    std::vector<llmos::byte_range> ranges{{8192, 4096}, {65536, 8192}};
+    tmpfile f;
+    ASSERT_FALSE(llmos::save_ms_file(f.fd(), sample_meta(), src.span(), &ranges));
+    ASSERT_EQ(::mprotect(src.p, len, PROT_READ), 0);
+    auto m = llmos::read_ms_file_meta(f.fd());
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->crc32, llmos::crc32_update(0, src.span()));
+    region dst(len);
+    ASSERT_FALSE(llmos::load_ms_file_data(f.fd(), *m, dst.span()));
+    EXPECT_EQ(std::memcmp(src.p, dst.p, len), 0);
+    // Ranges out of order or past the end are refused.
+    std::vector<llmos::byte_range> bad{{65536, 8192}, {8192, 4096}};
+    EXPECT_EQ(llmos::save_ms_file(f.fd(), sample_meta(), src.span(), &bad),
+              std::errc::invalid_argument);
+    bad = {{len - 4096, 8192}};
+    EXPECT_EQ(llmos::save_ms_file(f.fd(), sample_meta(), src.span(), &bad),
+              std::errc::invalid_argument);
+}
+
 TEST(ms_file, destination_must_match_the_length) {
     region dst(8192);
     auto m = sample_meta();

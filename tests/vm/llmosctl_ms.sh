@@ -67,6 +67,13 @@ refuse "a file that is no mindspace is refused" 1 "not a saved llmos mindspace" 
 expect "create a 64M mindspace" llmosctl ms create big --size 64M
 expect "write one byte deep inside" llmosctl ms write big --offset 50000000 Z
 expect "save it" llmosctl ms save big big.llmosms
+expect "saving touched no untouched page" sh -c \
+	'llmosctl --json ms info big | grep -q "\"resident\": 4096"'
+expect "reading all of it neither" sh -c \
+	'[ "$(llmosctl ms read big | wc -c)" -eq 67108864 ] &&
+	 llmosctl --json ms info big | grep -q "\"resident\": 4096"'
+expect "and it reads the byte in place" sh -c \
+	'[ "$(llmosctl ms read big | tail -c +50000001 | head -c 1)" = Z ]'
 expect "the file is sparse" sh -c '[ "$(du -k big.llmosms | cut -f1)" -lt 1024 ]'
 expect "remove and load it" sh -c 'llmosctl ms rm big && llmosctl ms load big.llmosms'
 expect "only the written page is resident after load" sh -c \

@@ -256,12 +256,40 @@ int cmd_ms_read(const options& o, const ms_args& a) {
     if (a.offset > ms->length()) {
         return llmosctl::usage("offset " + std::to_string(a.offset) + " is past the end");
     }
-    uint64_t n = a.length ? std::min(a.length, ms->length() - a.offset) : ms->length() - a.offset;
+    uint64_t end = a.offset + (a.length ? std::min(a.length, ms->length() - a.offset)
+                                        : ms->length() - a.offset);
     auto m = ms->map();
     if (!m) {
         return fail("cannot map mindspace '" + a.key + "'", m.error());
     }
-    if (std::fwrite(m->data() + a.offset, 1, n, stdout) != n) {
+    auto ranges = ms->data_ranges();
+    if (!ranges) {
+        return fail("mindspace '" + a.key + "'", ranges.error());
+    }
+    // Untouched pages are written as zeros without touching (allocating) them.
+    static const std::vector<char> zeros(1 << 16);
+    uint64_t pos = a.offset;
+    auto emit = [&](uint64_t to, bool data) {
+        while (pos < to) {
+            uint64_t n = data ? to - pos : std::min<uint64_t>(zeros.size(), to - pos);
+            const void* src = data ? static_cast<const void*>(m->data() + pos) : zeros.data();
+            if (std::fwrite(src, 1, n, stdout) != n) {
+                return false;
+            }
+            pos += n;
+        }
+        return true;
+    };
+    for (const auto& r : *ranges) {
+        if (r.offset + r.length <= pos || r.offset >= end) {
+            continue;
+        }
+        if (!emit(std::max(r.offset, pos), false) ||
+            !emit(std::min(r.offset + r.length, end), true)) {
+            return fail("cannot write to standard output", llmos::last_error());
+        }
+    }
+    if (!emit(end, false)) {
         return fail("cannot write to standard output", llmos::last_error());
     }
     return 0;
@@ -294,7 +322,11 @@ int cmd_ms_save(const options& o, const ms_args& a) {
     meta.numa_node = info->numa_node;
     meta.created_ns = info->created_ns;
     meta.name = info->name;
-    if (auto ec = llmos::save_ms_file(out.get(), meta, m->bytes())) {
+    auto ranges = ms->data_ranges();
+    if (!ranges) {
+        return fail("mindspace '" + a.key + "'", ranges.error());
+    }
+    if (auto ec = llmos::save_ms_file(out.get(), meta, m->bytes(), &*ranges)) {
         return fail("cannot save to " + a.file, ec);
     }
     if (::fsync(out.get()) != 0) {

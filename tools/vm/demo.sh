@@ -2,13 +2,29 @@
 # SPDX-License-Identifier: MIT
 # What `make demo` shows inside the VM, once the module is loaded.
 set -e
+run() {
+	echo "\$ $*"
+	"$@"
+	echo
+}
+
 echo
-echo "\$ ls -l /dev/llmos"
-ls -l /dev/llmos
+run ls -l /dev/llmos
+run llmosctl status
+echo "# A persistent mindspace holds an agent's context; it outlives every process."
+run llmosctl ms create agent-ctx --size 1G --mode 0640
+run llmosctl ms write agent-ctx "system: you are a helpful assistant."
+run llmosctl ms write agent-ctx --offset 4096 "user: what is a mindspace?"
+run llmosctl ms info agent-ctx
+echo "# Pages are allocated on first touch: 1G of address space, 8K resident."
+run llmosctl ms list
+echo "# Save it (sparse file), remove it, load it back: same bytes."
+run llmosctl ms save agent-ctx /tmp/agent-ctx.llmosms
+run ls -ls /tmp/agent-ctx.llmosms
+run llmosctl ms rm agent-ctx
+run llmosctl ms load /tmp/agent-ctx.llmosms
+run llmosctl ms read agent-ctx --length 36
 echo
-echo "\$ llmosctl status"
-llmosctl status
-echo
-echo "\$ llmosctl --json status"
-llmosctl --json status
-echo
+run llmosctl --json ms quota
+run cat /sys/kernel/debug/llmos/mindspaces
+run llmosctl ms rm agent-ctx

@@ -10,6 +10,8 @@
 #                           log, a crash or a timeout (then show the guest's
 #                           kernel log)
 #   run.sh [options] demo   load the module and run the demo script
+#   run.sh [options] bench  load the module and run every program in the
+#                           bench folder (--bench DIR), showing their output
 #   run.sh [options] shell  interactive guest shell on this terminal
 #
 # Options: --module KO  --tests DIR (repeatable)  --demo FILE  --bin FILE (extra program
@@ -24,6 +26,7 @@ CACHE=${LLMOS_CACHE:-/var/cache/llmos}
 module=
 tests=()
 demo=
+bench=
 out=
 vm_timeout=300
 bins=()
@@ -35,10 +38,11 @@ while [ $# -gt 0 ]; do
 	--module) module=$2; shift 2 ;;
 	--tests) tests+=("$2"); shift 2 ;;
 	--demo) demo=$2; shift 2 ;;
+	--bench) bench=$2; shift 2 ;;
 	--bin) bins+=("$2"); shift 2 ;;
 	--out) out=$2; shift 2 ;;
 	--timeout) vm_timeout=$2; shift 2 ;;
-	test | demo | shell) mode=$1; shift ;;
+	test | demo | bench | shell) mode=$1; shift ;;
 	*) die "unknown argument '$1' (see the top of $0)" ;;
 	esac
 done
@@ -54,7 +58,7 @@ out=${out:-$(mktemp -d)}
 mkdir -p "$out"
 stage="$out/initramfs"
 rm -rf "$stage"
-mkdir -p "$stage"/{bin,sbin,usr/bin,lib,tests,proc,sys,dev,tmp}
+mkdir -p "$stage"/{bin,sbin,usr/bin,lib,tests,bench,proc,sys,dev,tmp}
 cp /bin/busybox "$stage/bin/busybox"
 cp "$here/init" "$stage/init"
 cp "$module" "$stage/lib/llmos.ko"
@@ -62,6 +66,7 @@ for t in "${tests[@]}"; do
 	cp "$t"/* "$stage/tests/"
 done
 [ -z "$demo" ] || cp "$demo" "$stage/bin/demo"
+[ -z "$bench" ] || cp "$bench"/* "$stage/bench/"
 for b in "${bins[@]}"; do
 	cp "$b" "$stage/bin/"
 done
@@ -95,13 +100,16 @@ tap="$out/tap.log"
 : >"$tap"
 rc=0
 start=$(date +%s.%N)
-if [ "$mode" = demo ]; then
-	timeout "$vm_timeout" "${qemu[@]}" -display none -serial "file:$console" \
-		-serial stdio -append "$append" </dev/null |
-		sed -u -e 's/\r$//' -e 's/^### case ok /[ok] /' -e 's/^### case fail /[FAILED] /'
-	rc=${PIPESTATUS[0]}
+if [ "$mode" = demo ] || [ "$mode" = bench ]; then
+	{
+		rc=0
+		timeout "$vm_timeout" "${qemu[@]}" -display none -serial "file:$console" \
+			-serial stdio -append "$append" </dev/null || rc=$?
+		echo "$rc" >"$out/qemu.rc"
+	} | sed -u -e 's/\r$//' -e 's/^### case ok /[ok] /' -e 's/^### case fail /[FAILED] /'
+	rc=$(cat "$out/qemu.rc")
 	[ "$rc" -eq 3 ] && exit 0
-	echo "vm: demo failed (QEMU status $rc); guest kernel log:" >&2
+	echo "vm: $mode failed (QEMU status $rc); guest kernel log:" >&2
 	tail -n 100 "$console" >&2
 	exit 1
 fi

@@ -165,6 +165,28 @@ result<mapping> mindspace::map(uint64_t offset, uint64_t length) const {
     return mapping{static_cast<std::byte*>(p), length};
 }
 
+result<std::vector<byte_range>> mindspace::data_ranges() const {
+    std::vector<byte_range> out;
+    off_t pos = 0;
+    const auto end = static_cast<off_t>(_length);
+    while (pos < end) {
+        off_t data = ::lseek(_fd.get(), pos, SEEK_DATA);
+        if (data < 0) {
+            if (errno == ENXIO) {
+                break; // no data after pos
+            }
+            return last_error();
+        }
+        off_t hole = ::lseek(_fd.get(), data, SEEK_HOLE);
+        if (hole < 0) {
+            return last_error();
+        }
+        out.push_back({static_cast<uint64_t>(data), static_cast<uint64_t>(hole - data)});
+        pos = hole;
+    }
+    return out;
+}
+
 result<unique_fd> mindspace::export_dmabuf() const {
     llmos_ms_export e{};
     e.size = sizeof(e);

@@ -101,6 +101,27 @@ uint32_t crc32_update(uint32_t crc, std::span<const std::byte> data) noexcept {
     return crc;
 }
 
+uint32_t crc32_zeros(uint32_t crc, uint64_t n) noexcept {
+    // zeros[k]: the CRC of 2^k zero bytes (from a zero start).
+    static const auto zeros = [] {
+        std::array<uLong, 64> z{};
+        static const Bytef zero = 0;
+        z[0] = ::crc32(0, &zero, 1);
+        for (size_t k = 1; k < z.size(); ++k) {
+            z[k] =
+                ::crc32_combine(z[k - 1], z[k - 1], static_cast<z_off_t>(uint64_t{1} << (k - 1)));
+        }
+        return z;
+    }();
+    for (size_t k = 0; n; ++k, n >>= 1) {
+        if (n & 1) {
+            crc = static_cast<uint32_t>(
+                ::crc32_combine(crc, zeros[k], static_cast<z_off_t>(uint64_t{1} << k)));
+        }
+    }
+    return crc;
+}
+
 ms_file_header encode_ms_file_header(const ms_file_meta& m) {
     ms_file_header h{};
     std::memcpy(h.data() + off_magic, magic, sizeof(magic));
@@ -142,25 +163,42 @@ result<ms_file_meta> decode_ms_file_header(std::span<const std::byte> h) {
     return m;
 }
 
-std::error_code save_ms_file(int fd, ms_file_meta m, std::span<const std::byte> data) {
-    m.length = data.size();
-    m.crc32 = crc32_update(0, data);
+std::error_code save_ms_file(int fd, ms_file_meta m, std::span<const std::byte> data,
+                             const std::vector<byte_range>* data_ranges) {
+    std::vector<byte_range> all{{0, data.size()}};
+    if (!data_ranges) {
+        data_ranges = &all;
+    }
     if (::ftruncate(fd, 0) != 0) {
         return last_error();
     }
+    uint32_t crc = 0;
+    uint64_t pos = 0;
+    for (const auto& r : *data_ranges) {
+        if (r.offset < pos || r.offset > data.size() || r.length > data.size() - r.offset) {
+            return std::make_error_code(std::errc::invalid_argument);
+        }
+        crc = crc32_zeros(crc, r.offset - pos);
+        auto run = data.subspan(r.offset, r.length);
+        crc = crc32_update(crc, run);
+        for (size_t off = 0; off < run.size(); off += page) {
+            auto p = run.subspan(off, std::min(page, run.size() - off));
+            if (all_zero(p)) {
+                continue; // a hole
+            }
+            if (auto ec = write_all(fd, p.data(), p.size(),
+                                    static_cast<off_t>(ms_file_header_size + r.offset + off))) {
+                return ec;
+            }
+        }
+        pos = r.offset + r.length;
+    }
+    crc = crc32_zeros(crc, data.size() - pos);
+    m.length = data.size();
+    m.crc32 = crc;
     auto h = encode_ms_file_header(m);
     if (auto ec = write_all(fd, h.data(), h.size(), 0)) {
         return ec;
-    }
-    for (size_t off = 0; off < data.size(); off += page) {
-        auto p = data.subspan(off, std::min(page, data.size() - off));
-        if (all_zero(p)) {
-            continue; // a hole
-        }
-        if (auto ec =
-                write_all(fd, p.data(), p.size(), static_cast<off_t>(ms_file_header_size + off))) {
-            return ec;
-        }
     }
     if (::ftruncate(fd, static_cast<off_t>(ms_file_header_size + data.size())) != 0) {
         return last_error();
@@ -192,7 +230,6 @@ std::error_code load_ms_file_data(int fd, const ms_file_meta& m, std::span<std::
         return std::make_error_code(std::errc::invalid_argument);
     }
     std::vector<std::byte> buf(chunk);
-    static const std::vector<std::byte> zeros(chunk);
     uint32_t crc = 0;
     uint64_t pos = 0; // data offset up to which the CRC has been computed
     while (pos < m.length) {
@@ -206,10 +243,9 @@ std::error_code load_ms_file_data(int fd, const ms_file_meta& m, std::span<std::
             return last_error();
         }
         data_pos -= data_pos % page;
-        while (pos < data_pos) {
-            auto n = std::min<uint64_t>(chunk, data_pos - pos);
-            crc = crc32_update(crc, std::span{zeros}.first(n));
-            pos += n;
+        if (pos < data_pos) {
+            crc = crc32_zeros(crc, data_pos - pos);
+            pos = data_pos;
         }
         if (pos >= m.length) {
             break;

@@ -108,7 +108,10 @@ struct llmos_version {
  * mindspace fd (an anonymous inode) that MS_CREATE and MS_OPEN return:
  * mmap() it with %MAP_SHARED at any page-aligned offset and length inside
  * the mindspace; its own commands are %LLMOS_MSFD_IOC_INFO and
- * %LLMOS_MSFD_IOC_EXPORT_DMABUF.
+ * %LLMOS_MSFD_IOC_EXPORT_DMABUF. lseek() on it works as on a sparse file of
+ * the mindspace's length: %SEEK_DATA and %SEEK_HOLE find the pages that
+ * have been touched and those that have not, without allocating any (so a
+ * large, mostly empty mindspace can be saved without touching its holes).
  *
  * A mindspace is host-backed (pages allocated on first touch, on the
  * requested NUMA node, charged to the memory cgroup of the task that

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <llmos/device.hh>
+#include <llmos/ms_file.hh>
 #include <llmos/result.hh>
 #include <llmos/unique_fd.hh>
 #include <optional>
@@ -99,6 +100,9 @@ public:
     /// Maps [offset, offset + length) (length 0: to the end); both
     /// page-aligned. Writable unless the mindspace was opened read-only.
     result<mapping> map(uint64_t offset = 0, uint64_t length = 0) const;
+    /// The touched parts of the mindspace (SEEK_DATA/SEEK_HOLE on its fd),
+    /// sorted; what is outside them reads as zeros. Allocates nothing.
+    result<std::vector<byte_range>> data_ranges() const;
     /// LLMOS_MSFD_IOC_EXPORT_DMABUF: a dma-buf fd for its memory.
     result<unique_fd> export_dmabuf() const;
 

@@ -7,6 +7,7 @@
 #include <llmos/result.hh>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace llmos {
 
@@ -37,10 +38,22 @@ result<ms_file_meta> decode_ms_file_header(std::span<const std::byte> h);
 
 /// CRC-32 (zlib's) of `data`, continuing from `crc` (start with 0).
 uint32_t crc32_update(uint32_t crc, std::span<const std::byte> data) noexcept;
+/// The same for `n` zero bytes, in O(log n).
+uint32_t crc32_zeros(uint32_t crc, uint64_t n) noexcept;
+
+/// A run of bytes: [offset, offset + length).
+struct byte_range {
+    uint64_t offset = 0;
+    uint64_t length = 0;
+};
 
 /// Writes `m` and `data` to `fd` (at its start; the file is truncated):
 /// zero pages become holes. m.length and m.crc32 are taken from `data`.
-std::error_code save_ms_file(int fd, ms_file_meta m, std::span<const std::byte> data);
+/// With `data_ranges` (sorted, as mindspace::data_ranges() gives), only
+/// those parts of `data` are read: the rest is known to be zero and is
+/// never touched (reading it would allocate a mindspace's pages).
+std::error_code save_ms_file(int fd, ms_file_meta m, std::span<const std::byte> data,
+                             const std::vector<byte_range>* data_ranges = nullptr);
 
 /// Reads the header of the file at `fd` and checks the file's size.
 result<ms_file_meta> read_ms_file_meta(int fd);
