@@ -71,7 +71,7 @@ kenv() {
 }
 
 kernel_c_files() {
-	find kmod include/uapi bpf tests/kernel -name '*.[ch]' \
+	find kmod include/uapi bpf tests/kernel tests/bench -name '*.[ch]' \
 		! -name '*.mod.c' ! -name 'vmlinux.h' 2>/dev/null | sort
 }
 

@@ -1094,7 +1094,8 @@ TEST_F(ms, debugfs_lists_live_mindspaces)
 	f = fopen(DEBUGFS_LIST, "r");
 	ASSERT_NE(NULL, f);
 	/* id name uid gid mode length resident backing node maps fds persistent */
-	snprintf(want, sizeof(want), "%llu\tdebugfs-view\t0\t0\t0640\t16384\t4096\thost\t-1\t1\t1\t0\n",
+	snprintf(want, sizeof(want),
+		 "%llu\tdebugfs-view\t0\t0\t0640\t16384\t4096\thost\t-1\t1\t1\t0\n",
 		 (unsigned long long)id);
 	while (fgets(line, sizeof(line), f))
 		found |= !strcmp(line, want);
@@ -1117,7 +1118,10 @@ TEST_F(ms, lseek_finds_touched_pages_without_allocating)
 	EXPECT_EQ(0, lseek(fd, 0, SEEK_HOLE));
 	p = mmap(NULL, 64 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	ASSERT_NE(MAP_FAILED, p);
-	p[3 * PAGE] = p[4 * PAGE] = p[10 * PAGE] = p[63 * PAGE] = 1;
+	p[3 * PAGE] = 1;
+	p[4 * PAGE] = 1;
+	p[10 * PAGE] = 1;
+	p[63 * PAGE] = 1;
 	EXPECT_EQ(3 * PAGE, lseek(fd, 0, SEEK_DATA));
 	EXPECT_EQ(3 * PAGE + 5, lseek(fd, 3 * PAGE + 5, SEEK_DATA));
 	EXPECT_EQ(5 * PAGE, lseek(fd, 3 * PAGE, SEEK_HOLE));
