@@ -41,7 +41,8 @@ lint: deps
 unit: userspace
 	@cd $(BUILD)/default && ctest --output-on-failure
 
-VM_TESTS := --tests $(BUILD)/default/kernel-tests --tests tests/vm \
+VM_TESTS := --tests $(BUILD)/default/kernel-tests --tests $(BUILD)/default/vm-gtests \
+	--tests tests/vm \
 	--bin $(BUILD)/default/tools/llmosctl
 
 vm-test: build

@@ -169,6 +169,7 @@ vm_tests() {
 	t0=$(date +%s)
 	rm -f build/vm/counts
 	tools/vm/run.sh --module kmod/llmos.ko --tests build/default/kernel-tests \
+		--tests build/default/vm-gtests \
 		--tests tests/vm --bin build/default/tools/llmosctl \
 		--out build/vm test >"$logs/vm.log" 2>&1 || rc=$?
 	if [ -f build/vm/counts ]; then

@@ -3,9 +3,11 @@
 // llmosctl as a user runs it: exit codes and the one-line errors.
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <gtest/gtest.h>
 #include <string>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace {
 
@@ -14,8 +16,8 @@ struct run_result {
     std::string output; // stdout and stderr
 };
 
-run_result run(const std::string& args) {
-    std::string cmd = std::string{LLMOSCTL_PATH} + " " + args + " 2>&1";
+run_result run_with_env(const std::string& env, const std::string& args) {
+    std::string cmd = env + LLMOSCTL_PATH + " " + args + " 2>&1";
     FILE* p = ::popen(cmd.c_str(), "r");
     if (!p) {
         return {-1, "popen failed"};
@@ -28,6 +30,10 @@ run_result run(const std::string& args) {
     }
     int st = ::pclose(p);
     return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+run_result run(const std::string& args) {
+    return run_with_env("", args);
 }
 
 TEST(llmosctl, no_subcommand_is_a_usage_error) {
@@ -92,6 +98,51 @@ TEST(llmosctl, ms_load_checks_the_file_first) {
     r = run("--device /nonexistent/llmos ms load /dev/null");
     EXPECT_EQ(r.status, 1) << r.output;
     EXPECT_EQ(r.output, "llmosctl: /dev/null: not a saved llmos mindspace\n");
+}
+
+} // namespace
+
+namespace {
+
+// llmosctl ms on the local backend, as on a machine without the module.
+class llmosctl_local : public ::testing::Test {
+protected:
+    std::string _dir;
+    void SetUp() override {
+        char tmpl[] = "/tmp/llmosctl-local-XXXXXX";
+        ASSERT_NE(::mkdtemp(tmpl), nullptr);
+        _dir = tmpl;
+    }
+    void TearDown() override { (void)std::system(("rm -rf " + _dir).c_str()); }
+    run_result ctl(const std::string& args) { return run("--backend local " + args); }
+    std::string env() const { return "LLMOS_LOCAL_DIR=" + _dir + "/store "; }
+    run_result run(const std::string& args) { return ::run_with_env(env(), args); }
+};
+
+TEST_F(llmosctl_local, save_and_load_round_trip_bytes_exactly) {
+    ASSERT_EQ(ctl("ms create conv --size 1M --mode 0640").status, 0);
+    ASSERT_EQ(ctl("ms write conv 'hello, local mindspace'").status, 0);
+    ASSERT_EQ(::system(("head -c 65536 /dev/urandom >" + _dir + "/rand").c_str()), 0);
+    ASSERT_EQ(ctl("ms write conv --offset 131072 - <" + _dir + "/rand").status, 0);
+    ASSERT_EQ(ctl("ms read conv >" + _dir + "/before").status, 0);
+    auto r = ctl("ms save conv " + _dir + "/conv.llmosms");
+    ASSERT_EQ(r.status, 0) << r.output;
+    ASSERT_EQ(ctl("ms rm conv").status, 0);
+    r = ctl("ms info conv");
+    EXPECT_EQ(r.status, 1) << r.output;
+    r = ctl("ms load " + _dir + "/conv.llmosms");
+    ASSERT_EQ(r.status, 0) << r.output;
+    ASSERT_EQ(ctl("ms read conv >" + _dir + "/after").status, 0);
+    EXPECT_EQ(::system(("cmp -s " + _dir + "/before " + _dir + "/after").c_str()), 0);
+    r = ctl("--json ms info conv");
+    EXPECT_NE(r.output.find("\"mode\": \"0640\""), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("\"length\": 1048576"), std::string::npos) << r.output;
+    r = ctl("status");
+    EXPECT_EQ(r.status, 0);
+    EXPECT_NE(r.output.find("backend:  local"), std::string::npos) << r.output;
+    r = ctl("ms quota");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.output.find("quotas need the llmos module"), std::string::npos) << r.output;
 }
 
 } // namespace

@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
 #include <iostream>
@@ -26,23 +27,44 @@ using nlohmann::json;
 
 struct options {
     bool json = false;
-    std::string device = llmos::default_device_path();
+    std::string device;  ///< --device: the kernel backend at this path
+    std::string backend; ///< --backend: auto, kernel or local
 };
 
 llmos::result<llmos::device> open_device(const options& o) {
-    return llmos::device::open(o.device);
+    if (!o.device.empty() || o.backend == "kernel") {
+        return llmos::device::open(o.device.empty() ? llmos::default_device_path() : o.device);
+    }
+    if (o.backend == "local") {
+        return llmos::device::open_local();
+    }
+    return llmos::device::open_auto();
+}
+
+int fail_open(const options& o, std::error_code ec) {
+    bool local = o.device.empty() &&
+                 (o.backend == "local" || (o.backend.empty() && std::getenv("LLMOS_BACKEND") &&
+                                           std::string{std::getenv("LLMOS_BACKEND")} == "local"));
+    if (local) {
+        return fail("cannot open the local store " + llmos::default_local_dir(), ec);
+    }
+    if (ec == std::errc::invalid_argument && o.device.empty()) {
+        return llmosctl::usage("LLMOS_BACKEND must be auto, kernel or local");
+    }
+    return llmosctl::fail_device(o.device.empty() ? llmos::default_device_path() : o.device, ec);
 }
 
 int cmd_status(const options& o) {
     auto dev = open_device(o);
     if (!dev) {
-        return llmosctl::fail_device(o.device, dev.error());
+        return fail_open(o, dev.error());
     }
     const auto& v = dev->version();
     auto features = llmos::feature_names(v.features);
+    const char* backend = llmos::to_string(dev->kind());
     if (o.json) {
         json j = {
-            {"backend", "kernel"},
+            {"backend", backend},
             {"device", dev->path()},
             {"abi", {{"major", v.major}, {"minor", v.minor}}},
             {"features", features},
@@ -54,10 +76,11 @@ int cmd_status(const options& o) {
     for (const auto& f : features) {
         list += (list.empty() ? "" : " ") + f;
     }
-    std::printf("backend:  kernel\n"
-                "device:   %s\n"
+    std::printf("backend:  %s\n"
+                "%-9s %s\n"
                 "abi:      %u.%u\n"
                 "features: %s\n",
+                backend, dev->kind() == llmos::backend_kind::kernel ? "device:" : "store:",
                 dev->path().c_str(), v.major, v.minor, list.c_str());
     return 0;
 }
@@ -103,7 +126,7 @@ int cmd_ms_create(const options& o, const ms_args& a) {
     }
     auto dev = open_device(o);
     if (!dev) {
-        return llmosctl::fail_device(o.device, dev.error());
+        return fail_open(o, dev.error());
     }
     llmos::ms_create_options c;
     c.name = a.key;
@@ -131,7 +154,7 @@ int cmd_ms_create(const options& o, const ms_args& a) {
 int cmd_ms_list(const options& o) {
     auto dev = open_device(o);
     if (!dev) {
-        return llmosctl::fail_device(o.device, dev.error());
+        return fail_open(o, dev.error());
     }
     auto all = llmos::list_mindspaces(*dev);
     if (!all) {
@@ -161,8 +184,9 @@ int cmd_ms_list(const options& o) {
 int cmd_ms_info(const options& o, const ms_args& a) {
     auto dev = open_device(o);
     if (!dev) {
-        return llmosctl::fail_device(o.device, dev.error());
+        return fail_open(o, dev.error());
     }
+    bool local = dev->kind() == llmos::backend_kind::local; // no map/fd counts there
     auto i = llmos::mindspace_info(*dev, llmos::ms_key::parse(a.key));
     if (!i) {
         return fail("mindspace '" + a.key + "'", i.error());
@@ -180,22 +204,23 @@ int cmd_ms_info(const options& o, const ms_args& a) {
         "persistent: %s\n"
         "owner:      uid %u gid %u, mode %s\n"
         "numa node:  %s\n"
-        "mappings:   %u\n"
-        "open fds:   %u\n",
+        "mappings:   %s\n"
+        "open fds:   %s\n",
         static_cast<unsigned long long>(i->id), i->name.empty() ? "-" : i->name.c_str(),
         llmosctl::format_size(i->length).c_str(), static_cast<unsigned long long>(i->length),
         llmosctl::format_size(i->resident).c_str(), static_cast<unsigned long long>(i->resident),
         i->dmabuf() ? "dma-buf" : "host", i->persistent() ? "yes" : "no", i->uid, i->gid,
         llmosctl::format_mode(i->mode).c_str(),
-        i->numa_node < 0 ? "any" : std::to_string(i->numa_node).c_str(), i->map_count,
-        i->open_count);
+        i->numa_node < 0 ? "any" : std::to_string(i->numa_node).c_str(),
+        local ? "-" : std::to_string(i->map_count).c_str(),
+        local ? "-" : std::to_string(i->open_count).c_str());
     return 0;
 }
 
 int cmd_ms_rm(const options& o, const ms_args& a) {
     auto dev = open_device(o);
     if (!dev) {
-        return llmosctl::fail_device(o.device, dev.error());
+        return fail_open(o, dev.error());
     }
     auto key = llmos::ms_key::parse(a.key);
     if (auto ec = llmos::destroy_mindspace(*dev, key)) {
@@ -221,7 +246,7 @@ int cmd_ms_rm(const options& o, const ms_args& a) {
 int cmd_ms_write(const options& o, const ms_args& a) {
     auto dev = open_device(o);
     if (!dev) {
-        return llmosctl::fail_device(o.device, dev.error());
+        return fail_open(o, dev.error());
     }
     auto ms = llmos::mindspace::open(*dev, llmos::ms_key::parse(a.key));
     if (!ms) {
@@ -247,7 +272,7 @@ int cmd_ms_write(const options& o, const ms_args& a) {
 int cmd_ms_read(const options& o, const ms_args& a) {
     auto dev = open_device(o);
     if (!dev) {
-        return llmosctl::fail_device(o.device, dev.error());
+        return fail_open(o, dev.error());
     }
     auto ms = llmos::mindspace::open(*dev, llmos::ms_key::parse(a.key), true);
     if (!ms) {
@@ -298,7 +323,7 @@ int cmd_ms_read(const options& o, const ms_args& a) {
 int cmd_ms_save(const options& o, const ms_args& a) {
     auto dev = open_device(o);
     if (!dev) {
-        return llmosctl::fail_device(o.device, dev.error());
+        return fail_open(o, dev.error());
     }
     auto ms = llmos::mindspace::open(*dev, llmos::ms_key::parse(a.key), true);
     if (!ms) {
@@ -350,7 +375,7 @@ int cmd_ms_load(const options& o, const ms_args& a) {
     }
     auto dev = open_device(o);
     if (!dev) {
-        return llmosctl::fail_device(o.device, dev.error());
+        return fail_open(o, dev.error());
     }
     llmos::ms_create_options c;
     c.name = a.name.empty() ? meta->name : a.name;
@@ -405,7 +430,12 @@ int cmd_ms_quota(const options& o, const std::string& uid_arg, const std::string
     }
     auto dev = open_device(o);
     if (!dev) {
-        return llmosctl::fail_device(o.device, dev.error());
+        return fail_open(o, dev.error());
+    }
+    if (dev->kind() == llmos::backend_kind::local) {
+        std::fprintf(stderr, "llmosctl: quotas need the llmos module (the local backend has "
+                             "none: bound it with the size of its tmpfs)\n");
+        return exit_failure;
     }
     auto q = llmos::quota(*dev, uid, set);
     if (!q) {
@@ -431,7 +461,12 @@ int main(int argc, char** argv) {
     app.require_subcommand(0, 1);
     options o;
     app.add_flag("--json", o.json, "machine-readable output");
-    app.add_option("--device", o.device, "llmos device (default $LLMOS_DEVICE or /dev/llmos)");
+    app.add_option("--device", o.device,
+                   "use the module through this device (default $LLMOS_DEVICE or /dev/llmos)");
+    app.add_option("--backend", o.backend,
+                   "kernel, local, or auto: the module if /dev/llmos exists, else local "
+                   "(default $LLMOS_BACKEND or auto)")
+        ->check(CLI::IsMember({"auto", "kernel", "local"}));
 
     int rc = 0;
     app.add_subcommand("status", "show the module's ABI version and features")->callback([&] {

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: MIT
+#include "local.hh"
+
 #include <cerrno>
 #include <cstdlib>
 #include <fcntl.h>
@@ -38,6 +40,15 @@ std::string default_device_path() {
     return env && *env ? env : "/dev/llmos";
 }
 
+std::string default_local_dir() {
+    const char* env = std::getenv("LLMOS_LOCAL_DIR");
+    return env && *env ? env : "/dev/shm/llmos";
+}
+
+const char* to_string(backend_kind k) noexcept {
+    return k == backend_kind::kernel ? "kernel" : "local";
+}
+
 static result<abi_version> ioc_version(int fd) noexcept {
     llmos_version v{};
     v.size = sizeof(v);
@@ -63,10 +74,40 @@ result<device> device::open(const std::string& path) {
     if (v->major != LLMOS_ABI_MAJOR) {
         return errc::abi_mismatch;
     }
-    return device{std::move(fd), path, v.value()};
+    return device{backend_kind::kernel, std::move(fd), path, v.value()};
+}
+
+result<device> device::open_local(const std::string& dir) {
+    auto fd = local::open_store(dir);
+    if (!fd) {
+        return fd.error();
+    }
+    return device{backend_kind::local, std::move(*fd), dir, local::version()};
+}
+
+result<device> device::open_auto() {
+    const char* env = std::getenv("LLMOS_BACKEND");
+    std::string want = env ? env : "";
+    if (want == "kernel") {
+        return open();
+    }
+    if (want == "local") {
+        return open_local();
+    }
+    if (!want.empty() && want != "auto") {
+        return std::make_error_code(std::errc::invalid_argument);
+    }
+    auto dev = open();
+    if (dev || dev.error() != std::errc::no_such_file_or_directory) {
+        return dev;
+    }
+    return open_local();
 }
 
 result<abi_version> device::query_version() const noexcept {
+    if (_kind == backend_kind::local) {
+        return local::version();
+    }
     return ioc_version(_fd.get());
 }
 

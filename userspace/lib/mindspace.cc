@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: MIT
+#include "local.hh"
+
 #include <algorithm>
 #include <charconv>
 #include <cstring>
@@ -66,6 +68,30 @@ ms_key ms_key::parse(std::string_view s) {
     return k;
 }
 
+bool valid_ms_name(std::string_view name) noexcept {
+    if (name.empty()) {
+        return true;
+    }
+    auto alnum = [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    };
+    if (name.size() >= LLMOS_NAME_MAX || (!alnum(name[0]) && name[0] != '_')) {
+        return false;
+    }
+    bool digits = true;
+    for (char c : name) {
+        if (!alnum(c) && c != '.' && c != '_' && c != ':' && c != '-') {
+            return false;
+        }
+        digits &= c >= '0' && c <= '9';
+    }
+    return !digits;
+}
+
+uint64_t mindspace::data_offset() const noexcept {
+    return _kind == backend_kind::local ? local::data_offset : 0;
+}
+
 bool ms_info::persistent() const noexcept {
     return flags & LLMOS_MS_PERSISTENT;
 }
@@ -102,6 +128,13 @@ mapping::~mapping() {
 }
 
 result<mindspace> mindspace::create(const device& dev, const ms_create_options& o) {
+    if (dev.kind() == backend_kind::local) {
+        auto m = local::create(dev.fd(), o);
+        if (!m) {
+            return m.error();
+        }
+        return mindspace{std::move(m->fd), m->info.id, m->info.length, true, backend_kind::local};
+    }
     llmos_ms_create c{};
     c.size = sizeof(c);
     c.length = o.length;
@@ -126,10 +159,18 @@ result<mindspace> mindspace::create(const device& dev, const ms_create_options& 
     if (!i) {
         return i.error();
     }
-    return mindspace{std::move(fd), c.out_id, i->length, true};
+    return mindspace{std::move(fd), c.out_id, i->length, true, backend_kind::kernel};
 }
 
 result<mindspace> mindspace::open(const device& dev, const ms_key& key, bool read_only) {
+    if (dev.kind() == backend_kind::local) {
+        auto m = local::open(dev.fd(), key, read_only);
+        if (!m) {
+            return m.error();
+        }
+        return mindspace{std::move(m->fd), m->info.id, m->info.length, !read_only,
+                         backend_kind::local};
+    }
     llmos_ms_open o{};
     o.size = sizeof(o);
     o.flags = read_only ? LLMOS_MS_OPEN_RDONLY : 0;
@@ -143,10 +184,13 @@ result<mindspace> mindspace::open(const device& dev, const ms_key& key, bool rea
     if (!i) {
         return i.error();
     }
-    return mindspace{std::move(fd), i->id, i->length, !read_only};
+    return mindspace{std::move(fd), i->id, i->length, !read_only, backend_kind::kernel};
 }
 
 result<ms_info> mindspace::info() const {
+    if (_kind == backend_kind::local) {
+        return local::info(_fd.get(), _id);
+    }
     return query(_fd.get(), LLMOS_MSFD_IOC_INFO, nullptr);
 }
 
@@ -158,7 +202,8 @@ result<mapping> mindspace::map(uint64_t offset, uint64_t length) const {
         length = _length - offset;
     }
     int prot = PROT_READ | (_writable ? PROT_WRITE : 0);
-    void* p = ::mmap(nullptr, length, prot, MAP_SHARED, _fd.get(), static_cast<off_t>(offset));
+    void* p = ::mmap(nullptr, length, prot, MAP_SHARED, _fd.get(),
+                     static_cast<off_t>(data_offset() + offset));
     if (p == MAP_FAILED) {
         return last_error();
     }
@@ -167,8 +212,9 @@ result<mapping> mindspace::map(uint64_t offset, uint64_t length) const {
 
 result<std::vector<byte_range>> mindspace::data_ranges() const {
     std::vector<byte_range> out;
-    off_t pos = 0;
-    const auto end = static_cast<off_t>(_length);
+    const auto base = static_cast<off_t>(data_offset());
+    off_t pos = base;
+    const auto end = base + static_cast<off_t>(_length);
     while (pos < end) {
         off_t data = ::lseek(_fd.get(), pos, SEEK_DATA);
         if (data < 0) {
@@ -181,13 +227,20 @@ result<std::vector<byte_range>> mindspace::data_ranges() const {
         if (hole < 0) {
             return last_error();
         }
-        out.push_back({static_cast<uint64_t>(data), static_cast<uint64_t>(hole - data)});
+        hole = std::min(hole, end);
+        if (data >= end) {
+            break;
+        }
+        out.push_back({static_cast<uint64_t>(data - base), static_cast<uint64_t>(hole - data)});
         pos = hole;
     }
     return out;
 }
 
 result<unique_fd> mindspace::export_dmabuf() const {
+    if (_kind == backend_kind::local) {
+        return std::make_error_code(std::errc::operation_not_supported);
+    }
     llmos_ms_export e{};
     e.size = sizeof(e);
     if (::ioctl(_fd.get(), LLMOS_MSFD_IOC_EXPORT_DMABUF, &e) != 0) {
@@ -197,6 +250,9 @@ result<unique_fd> mindspace::export_dmabuf() const {
 }
 
 result<std::vector<ms_info>> list_mindspaces(const device& dev) {
+    if (dev.kind() == backend_kind::local) {
+        return local::list(dev.fd());
+    }
     std::vector<llmos_ms_info> buf(16);
     for (;;) {
         llmos_ms_list l{};
@@ -221,10 +277,16 @@ result<std::vector<ms_info>> list_mindspaces(const device& dev) {
 }
 
 result<ms_info> mindspace_info(const device& dev, const ms_key& key) {
+    if (dev.kind() == backend_kind::local) {
+        return local::info(dev.fd(), key);
+    }
     return query(dev.fd(), LLMOS_IOC_MS_INFO, &key);
 }
 
 std::error_code destroy_mindspace(const device& dev, const ms_key& key) {
+    if (dev.kind() == backend_kind::local) {
+        return local::destroy(dev.fd(), key);
+    }
     llmos_ms_destroy d{};
     d.size = sizeof(d);
     d.id = key.id;
@@ -236,6 +298,9 @@ std::error_code destroy_mindspace(const device& dev, const ms_key& key) {
 }
 
 result<quota_info> quota(const device& dev, uint32_t uid, std::optional<uint64_t> set) {
+    if (dev.kind() == backend_kind::local) {
+        return std::make_error_code(std::errc::operation_not_supported);
+    }
     llmos_quota q{};
     q.size = sizeof(q);
     q.uid = uid;

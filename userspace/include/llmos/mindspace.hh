@@ -81,16 +81,22 @@ class mindspace {
     uint64_t _id = 0;
     uint64_t _length = 0;
     bool _writable = true;
+    backend_kind _kind = backend_kind::kernel;
 
-    mindspace(unique_fd fd, uint64_t id, uint64_t length, bool writable)
+    mindspace(unique_fd fd, uint64_t id, uint64_t length, bool writable, backend_kind kind)
         : _fd(std::move(fd))
         , _id(id)
         , _length(length)
-        , _writable(writable) {}
+        , _writable(writable)
+        , _kind(kind) {}
+    /// Where the mindspace's bytes start in its fd (the local backend's
+    /// files begin with a header page).
+    uint64_t data_offset() const noexcept;
 
 public:
-    /// LLMOS_IOC_MS_CREATE. Errors: the errno of the ioctl (EINVAL, EEXIST,
-    /// EDQUOT, ENOSPC, EBADF, ...).
+    /// LLMOS_IOC_MS_CREATE (or the local backend's equivalent). Errors: the
+    /// errno of the ioctl (EINVAL, EEXIST, EDQUOT, ENOSPC, EBADF, ...); the
+    /// local backend has no quotas and no dma-buf mindspaces (EOPNOTSUPP).
     static result<mindspace> create(const device& dev, const ms_create_options& o);
     /// LLMOS_IOC_MS_OPEN, read-write or read-only. Errors: ENOENT, EACCES.
     static result<mindspace> open(const device& dev, const ms_key& key, bool read_only = false);
@@ -127,9 +133,15 @@ struct quota_info {
 constexpr uint32_t uid_self = UINT32_MAX;
 
 /// LLMOS_IOC_QUOTA: read the quota of `uid`, or set it first when `set`
-/// has a value (0 = module default, UINT64_MAX = unlimited).
+/// has a value (0 = module default, UINT64_MAX = unlimited). The local
+/// backend has no quotas (EOPNOTSUPP).
 result<quota_info> quota(const device& dev, uint32_t uid = uid_self,
                          std::optional<uint64_t> set = std::nullopt);
+
+/// Whether `name` is a valid mindspace name: empty (anonymous), or 1 to 63
+/// characters of [A-Za-z0-9._:-], starting with a letter, digit or '_',
+/// not all digits (the module applies the same rule).
+bool valid_ms_name(std::string_view name) noexcept;
 
 /// The system page size.
 size_t page_size() noexcept;

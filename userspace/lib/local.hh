@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: MIT
+//
+// The local backend's mindspaces, for machines without the llmos module.
+//
+// A store is a folder (default /dev/shm/llmos, on tmpfs) shared by every
+// process of the machine:
+//
+//   ms/ID            one file per mindspace: a 4096-byte header (the saved-
+//                    mindspace header, llmos/ms_file.hh) then its bytes; the
+//                    file's owner and mode are the mindspace's
+//   by-name/NAME     symlink to ../ms/ID
+//   next-id          the id counter, updated under flock
+//
+// Each process that has a mindspace open holds a shared flock on its file
+// (a mapping keeps the file, and so the lock). A mindspace that is not
+// persistent and whose file nobody holds is removed by the next list or
+// create that comes across it. tmpfs keeps the bytes until then, and until
+// the machine restarts; holes stay unallocated.
+#pragma once
+
+#include <llmos/device.hh>
+#include <llmos/mindspace.hh>
+
+namespace llmos::local {
+
+constexpr uint64_t data_offset = 4096;
+
+/// Creates the store's folders if needed; returns the store folder.
+result<unique_fd> open_store(const std::string& dir);
+abi_version version() noexcept;
+
+struct opened {
+    unique_fd fd;
+    ms_info info;
+};
+
+result<opened> create(int store, const ms_create_options& o);
+result<opened> open(int store, const ms_key& key, bool read_only);
+result<ms_info> info(int fd, uint64_t id);
+result<ms_info> info(int store, const ms_key& key);
+std::error_code destroy(int store, const ms_key& key);
+result<std::vector<ms_info>> list(int store);
+
+} // namespace llmos::local
