@@ -409,4 +409,29 @@ struct llmos_quota {
 
 #define LLMOS_IOC_QUOTA _IO(LLMOS_TYPE, LLMOS_CMD_QUOTA)
 
+/**
+ * enum llmos_req_state - the life of a request
+ * @LLMOS_REQ_QUEUED: submitted, waiting in the scheduler (or in a worker's
+ *	local queue)
+ * @LLMOS_REQ_DISPATCHED: handed to a worker
+ * @LLMOS_REQ_RUNNING: the worker said it started
+ * @LLMOS_REQ_COMPLETED: done, with a result
+ * @LLMOS_REQ_CANCELLED: cancelled before it completed
+ * @LLMOS_REQ_FAILED: the worker reported a failure
+ * @LLMOS_REQ_STATE_MAX: number of states plus one
+ *
+ * QUEUED -> DISPATCHED -> RUNNING -> COMPLETED or FAILED; any state before
+ * those -> CANCELLED. A worker that goes away puts what it held back to
+ * QUEUED, at the front of its tenant.
+ */
+enum llmos_req_state {
+	LLMOS_REQ_QUEUED = 1,
+	LLMOS_REQ_DISPATCHED,
+	LLMOS_REQ_RUNNING,
+	LLMOS_REQ_COMPLETED,
+	LLMOS_REQ_CANCELLED,
+	LLMOS_REQ_FAILED,
+	LLMOS_REQ_STATE_MAX,
+};
+
 #endif /* _UAPI_LINUX_LLMOS_H */

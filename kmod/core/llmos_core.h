@@ -1,0 +1,248 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * llmos core: the policy-free request scheduler and the built-in policy.
+ *
+ * Plain C, compiled into the module and into libllmos (its local backend
+ * and host tests). It allocates nothing and takes no lock: the caller embeds
+ * or allocates every object, serialises all calls on one scheduler, and
+ * passes the time in (so tests are deterministic).
+ *
+ * Queues are treaps ordered by (k1, k2). A tenant's queue is ordered by
+ * priority, then submission: k1 = 256 - priority, k2 = submission sequence;
+ * requests a vanished worker held go back with k1 = 0 (ahead of everything
+ * of their tenant) in their original order. A worker's local queue is FIFO.
+ *
+ * The built-in policy is weighted fair queuing across tenants (start-time
+ * fair queuing on expected tokens): each backlogged tenant has a virtual
+ * time; dispatch serves the tenant with the smallest, then advances it by
+ * cost * LLMOS_CORE_WFQ_SCALE / weight; a tenant that becomes backlogged
+ * starts at max(its virtual time, the scheduler's virtual clock).
+ */
+#ifndef _LLMOS_CORE_SCHED_H
+#define _LLMOS_CORE_SCHED_H
+
+#ifdef __KERNEL__
+#include <linux/errno.h>
+#include <linux/stddef.h>
+#include <linux/string.h>
+#include <linux/types.h>
+#else
+#include "llmos_core_user.h"
+#endif
+#include <linux/llmos.h>
+
+#include "llmos_treap.h"
+
+#define LLMOS_CORE_WFQ_SCALE 1048576u /* 2^20 */
+#define LLMOS_CORE_DEFAULT_WEIGHT 100
+#define LLMOS_CORE_MAX_WEIGHT 10000
+#define LLMOS_CORE_LAT_BUCKETS 32
+
+struct llmos_core_worker;
+struct llmos_core_tenant;
+
+/**
+ * struct llmos_core_req - a request
+ * @id_node: in the scheduler's index by id
+ * @q_node: in a tenant queue, a worker's local queue, or a worker's
+ *	in-flight set
+ * @id: unique id (from 1)
+ * @seq: submission sequence
+ * @tenant: tenant id
+ * @cost: expected tokens (0 counts as 1)
+ * @prio: priority, 0..255, higher first within a tenant
+ * @state: &enum llmos_req_state
+ * @deadline_ns: absolute deadline, 0 for none (for policies that use it)
+ * @ms_id: mindspace holding the prompt and the result
+ * @prompt_off: prompt offset in the mindspace
+ * @prompt_len: prompt length
+ * @result_off: result offset, set at completion
+ * @result_len: result length, set at completion
+ * @tokens: tokens produced, set at completion
+ * @status: 0, or the worker's error at completion
+ * @requeues: times a vanished worker gave it back
+ * @t_submit: submission time, ns
+ * @t_dispatch: last dispatch time, ns
+ * @t_run: last start time, ns
+ * @t_end: completion or cancellation time, ns
+ * @ten: its tenant
+ * @worker: the worker holding it (local queue or in flight), or NULL
+ * @owner: the caller's (the client that submitted it)
+ */
+struct llmos_core_req {
+	struct llmos_tnode id_node;
+	struct llmos_tnode q_node;
+	u64 id;
+	u64 seq;
+	u32 tenant;
+	u32 cost;
+	u8 prio;
+	u8 state;
+	u64 deadline_ns;
+	u64 ms_id;
+	u64 prompt_off;
+	u64 prompt_len;
+	u64 result_off;
+	u64 result_len;
+	u32 tokens;
+	s32 status;
+	u32 requeues;
+	u64 t_submit;
+	u64 t_dispatch;
+	u64 t_run;
+	u64 t_end;
+	struct llmos_core_tenant *ten;
+	struct llmos_core_worker *worker;
+	void *owner;
+};
+
+/**
+ * struct llmos_core_tenant - a tenant: a share of the scheduler
+ * @id_node: in the scheduler's index by tenant id
+ * @vt_node: in the set of backlogged tenants, by virtual time
+ * @id: tenant id
+ * @weight: share (1..%LLMOS_CORE_MAX_WEIGHT)
+ * @vtime: virtual time
+ * @q: queued requests
+ * @served_reqs: requests dispatched
+ * @served_tokens: tokens of completed requests
+ */
+struct llmos_core_tenant {
+	struct llmos_tnode id_node;
+	struct llmos_tnode vt_node;
+	u32 id;
+	u32 weight;
+	u64 vtime;
+	struct llmos_treap q;
+	u64 served_reqs;
+	u64 served_tokens;
+};
+
+/**
+ * struct llmos_core_worker - a worker: runs requests, @capacity at a time
+ * @id_node: in the scheduler's index by worker id
+ * @id: unique id (from 1)
+ * @capacity: requests it may hold at once (batch slots)
+ * @numa_node: its NUMA node, or -1
+ * @model: the model it serves (0: any)
+ * @local: its local queue (requests the policy put aside for it)
+ * @inflight: requests dispatched to it and not finished, by id
+ * @owner: the caller's
+ */
+struct llmos_core_worker {
+	struct llmos_tnode id_node;
+	u64 id;
+	u32 capacity;
+	s32 numa_node;
+	u64 model;
+	struct llmos_treap local;
+	struct llmos_treap inflight;
+	void *owner;
+};
+
+/**
+ * struct llmos_core_stats - counters of a scheduler
+ * @nr: requests in each state now (index: &enum llmos_req_state)
+ * @submitted: requests submitted
+ * @dispatched: dispatches (a requeued request counts again)
+ * @completed: requests completed
+ * @failed: requests failed
+ * @cancelled: requests cancelled
+ * @requeued: requests given back by vanished workers
+ * @lat_hist: dispatch latency (submission to first dispatch): bucket b
+ *	counts latencies in [2^b, 2^(b+1)) microseconds, b = 0 also below
+ */
+struct llmos_core_stats {
+	u64 nr[LLMOS_REQ_STATE_MAX];
+	u64 submitted;
+	u64 dispatched;
+	u64 completed;
+	u64 failed;
+	u64 cancelled;
+	u64 requeued;
+	u64 lat_hist[LLMOS_CORE_LAT_BUCKETS];
+};
+
+/**
+ * struct llmos_core_sched - a scheduler
+ * @reqs: requests that are not released, by id
+ * @tenants: tenants, by id
+ * @backlog: tenants with queued requests, by (virtual time, id)
+ * @workers: workers, by id
+ * @last_req_id: the last request id given
+ * @last_worker_id: the last worker id given
+ * @seq: submission sequence
+ * @vclock: virtual clock of the built-in policy
+ * @stats: counters
+ */
+struct llmos_core_sched {
+	struct llmos_treap reqs;
+	struct llmos_treap tenants;
+	struct llmos_treap backlog;
+	struct llmos_treap workers;
+	u64 last_req_id;
+	u64 last_worker_id;
+	u64 seq;
+	u64 vclock;
+	struct llmos_core_stats stats;
+};
+
+void llmos_core_init(struct llmos_core_sched *s);
+
+/*
+ * Submit @r (tenant, cost, prio, deadline, mindspace fields set by the
+ * caller). Its tenant is created from *@spare when new (*@spare is then
+ * set to NULL: the scheduler owns it). Returns 0, or -ENOMEM when the
+ * tenant is new and there is no spare.
+ */
+int llmos_core_submit(struct llmos_core_sched *s, struct llmos_core_req *r,
+		      struct llmos_core_tenant **spare, u64 now);
+struct llmos_core_req *llmos_core_find(struct llmos_core_sched *s, u64 id);
+/* Cancel a request that has not finished: 0, or -EALREADY. */
+int llmos_core_cancel(struct llmos_core_sched *s, struct llmos_core_req *r,
+		      u64 now);
+/* Forget a finished request (the caller frees it): 0, or -EBUSY. */
+int llmos_core_release(struct llmos_core_sched *s, struct llmos_core_req *r);
+
+void llmos_core_worker_add(struct llmos_core_sched *s,
+			   struct llmos_core_worker *w);
+/*
+ * Take @w away: what it held goes back to the front of its tenant, in
+ * submission order. Returns how many requests were requeued.
+ */
+u32 llmos_core_worker_remove(struct llmos_core_sched *s,
+			     struct llmos_core_worker *w);
+/*
+ * Hand @w up to @max requests (fewer if its capacity is reached), oldest
+ * first out of its local queue, which the policy fills when it is empty.
+ * Returns how many were written to @out.
+ */
+u32 llmos_core_dispatch(struct llmos_core_sched *s, struct llmos_core_worker *w,
+			struct llmos_core_req **out, u32 max, u64 now);
+/* DISPATCHED -> RUNNING, by the worker holding it: 0, -ESRCH, -EINVAL. */
+int llmos_core_start(struct llmos_core_sched *s, struct llmos_core_worker *w,
+		     struct llmos_core_req *r, u64 now);
+/*
+ * DISPATCHED or RUNNING -> COMPLETED (@status 0) or FAILED, by the worker
+ * holding it: 0, -ESRCH (not held by @w), -EINVAL (wrong state).
+ */
+int llmos_core_complete(struct llmos_core_sched *s, struct llmos_core_worker *w,
+			struct llmos_core_req *r, s32 status, u32 tokens,
+			u64 result_off, u64 result_len, u64 now);
+
+/*
+ * Set a tenant's weight (1..LLMOS_CORE_MAX_WEIGHT), creating it from
+ * *@spare if new: 0, -EINVAL, -ENOMEM.
+ */
+int llmos_core_set_weight(struct llmos_core_sched *s, u32 tenant, u32 weight,
+			  struct llmos_core_tenant **spare);
+struct llmos_core_tenant *llmos_core_tenant_find(struct llmos_core_sched *s,
+						 u32 tenant);
+/* Iterate tenants by id: pass NULL for the first. */
+struct llmos_core_tenant *llmos_core_tenant_next(struct llmos_core_sched *s,
+						 struct llmos_core_tenant *t);
+/* Remove and return a tenant with no queued request, for freeing. */
+struct llmos_core_tenant *llmos_core_tenant_pop(struct llmos_core_sched *s);
+u32 llmos_core_queued(const struct llmos_core_sched *s);
+
+#endif /* _LLMOS_CORE_SCHED_H */

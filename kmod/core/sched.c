@@ -1,0 +1,355 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * llmos core: request lifecycle, queues, workers and the built-in weighted
+ * fair queuing policy. See llmos_core.h.
+ */
+#include "llmos_core.h"
+
+#define llmos_container_of(ptr, type, member) \
+	((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* Tenant queue keys: requeued requests (k1 = 0) first, then by priority. */
+#define LLMOS_K1_REQUEUED 0
+#define LLMOS_K1_PRIO(prio) (256 - (u64)(prio))
+
+static struct llmos_core_req *llmos_q_req(struct llmos_tnode *n)
+{
+	return n ? llmos_container_of(n, struct llmos_core_req, q_node) : NULL;
+}
+
+static struct llmos_core_tenant *llmos_vt_tenant(struct llmos_tnode *n)
+{
+	return n ? llmos_container_of(n, struct llmos_core_tenant, vt_node) :
+		   NULL;
+}
+
+static struct llmos_core_tenant *llmos_id_tenant(struct llmos_tnode *n)
+{
+	return n ? llmos_container_of(n, struct llmos_core_tenant, id_node) :
+		   NULL;
+}
+
+void llmos_core_init(struct llmos_core_sched *s)
+{
+	memset(s, 0, sizeof(*s));
+	llmos_treap_init(&s->reqs);
+	llmos_treap_init(&s->tenants);
+	llmos_treap_init(&s->backlog);
+	llmos_treap_init(&s->workers);
+}
+
+static void llmos_set_state(struct llmos_core_sched *s,
+			    struct llmos_core_req *r, u8 state)
+{
+	if (r->state)
+		s->stats.nr[r->state]--;
+	r->state = state;
+	s->stats.nr[state]++;
+}
+
+static bool llmos_finished(u8 state)
+{
+	return state == LLMOS_REQ_COMPLETED || state == LLMOS_REQ_CANCELLED ||
+	       state == LLMOS_REQ_FAILED;
+}
+
+static struct llmos_core_tenant *
+llmos_tenant_get(struct llmos_core_sched *s, u32 id,
+		 struct llmos_core_tenant **spare)
+{
+	struct llmos_core_tenant *t;
+
+	t = llmos_id_tenant(llmos_treap_find(&s->tenants, id, 0));
+	if (t || !spare || !*spare)
+		return t;
+	t = *spare;
+	*spare = NULL;
+	memset(t, 0, sizeof(*t));
+	t->id = id;
+	t->weight = LLMOS_CORE_DEFAULT_WEIGHT;
+	llmos_treap_init(&t->q);
+	llmos_treap_insert(&s->tenants, &t->id_node, id, 0);
+	return t;
+}
+
+/* Queue @r in its tenant with key @k1, making the tenant backlogged. */
+static void llmos_tenant_enqueue(struct llmos_core_sched *s,
+				 struct llmos_core_req *r, u64 k1)
+{
+	struct llmos_core_tenant *t = r->ten;
+
+	if (llmos_treap_empty(&t->q)) {
+		if (t->vtime < s->vclock)
+			t->vtime = s->vclock;
+		llmos_treap_insert(&s->backlog, &t->vt_node, t->vtime, t->id);
+	}
+	llmos_treap_insert(&t->q, &r->q_node, k1, r->seq);
+}
+
+static void llmos_tenant_dequeue(struct llmos_core_sched *s,
+				 struct llmos_core_req *r)
+{
+	struct llmos_core_tenant *t = r->ten;
+
+	llmos_treap_erase(&t->q, &r->q_node);
+	if (llmos_treap_empty(&t->q))
+		llmos_treap_erase(&s->backlog, &t->vt_node);
+}
+
+int llmos_core_submit(struct llmos_core_sched *s, struct llmos_core_req *r,
+		      struct llmos_core_tenant **spare, u64 now)
+{
+	struct llmos_core_tenant *t = llmos_tenant_get(s, r->tenant, spare);
+
+	if (!t)
+		return -ENOMEM;
+	r->id = ++s->last_req_id;
+	r->seq = ++s->seq;
+	r->ten = t;
+	r->worker = NULL;
+	r->state = 0;
+	r->requeues = 0;
+	r->t_submit = now;
+	r->t_dispatch = 0;
+	r->t_run = 0;
+	r->t_end = 0;
+	llmos_set_state(s, r, LLMOS_REQ_QUEUED);
+	llmos_treap_insert(&s->reqs, &r->id_node, r->id, 0);
+	llmos_tenant_enqueue(s, r, LLMOS_K1_PRIO(r->prio));
+	s->stats.submitted++;
+	return 0;
+}
+
+struct llmos_core_req *llmos_core_find(struct llmos_core_sched *s, u64 id)
+{
+	struct llmos_tnode *n = llmos_treap_find(&s->reqs, id, 0);
+
+	return n ? llmos_container_of(n, struct llmos_core_req, id_node) : NULL;
+}
+
+/* Take @r out of wherever it waits or runs. */
+static void llmos_req_unlink(struct llmos_core_sched *s,
+			     struct llmos_core_req *r)
+{
+	if (r->state == LLMOS_REQ_QUEUED) {
+		if (r->worker)
+			llmos_treap_erase(&r->worker->local, &r->q_node);
+		else
+			llmos_tenant_dequeue(s, r);
+	} else {
+		llmos_treap_erase(&r->worker->inflight, &r->q_node);
+	}
+	r->worker = NULL;
+}
+
+int llmos_core_cancel(struct llmos_core_sched *s, struct llmos_core_req *r,
+		      u64 now)
+{
+	if (llmos_finished(r->state))
+		return -EALREADY;
+	llmos_req_unlink(s, r);
+	r->t_end = now;
+	llmos_set_state(s, r, LLMOS_REQ_CANCELLED);
+	s->stats.cancelled++;
+	return 0;
+}
+
+int llmos_core_release(struct llmos_core_sched *s, struct llmos_core_req *r)
+{
+	if (!llmos_finished(r->state))
+		return -EBUSY;
+	llmos_treap_erase(&s->reqs, &r->id_node);
+	s->stats.nr[r->state]--;
+	r->state = 0;
+	return 0;
+}
+
+void llmos_core_worker_add(struct llmos_core_sched *s,
+			   struct llmos_core_worker *w)
+{
+	w->id = ++s->last_worker_id;
+	llmos_treap_init(&w->local);
+	llmos_treap_init(&w->inflight);
+	llmos_treap_insert(&s->workers, &w->id_node, w->id, 0);
+}
+
+static void llmos_requeue(struct llmos_core_sched *s, struct llmos_core_req *r)
+{
+	r->worker = NULL;
+	r->requeues++;
+	llmos_set_state(s, r, LLMOS_REQ_QUEUED);
+	llmos_tenant_enqueue(s, r, LLMOS_K1_REQUEUED);
+	s->stats.requeued++;
+}
+
+u32 llmos_core_worker_remove(struct llmos_core_sched *s,
+			     struct llmos_core_worker *w)
+{
+	struct llmos_core_req *r;
+	u32 n = 0;
+
+	while ((r = llmos_q_req(llmos_treap_first(&w->inflight)))) {
+		llmos_treap_erase(&w->inflight, &r->q_node);
+		llmos_requeue(s, r);
+		n++;
+	}
+	while ((r = llmos_q_req(llmos_treap_first(&w->local)))) {
+		llmos_treap_erase(&w->local, &r->q_node);
+		llmos_requeue(s, r);
+		n++;
+	}
+	llmos_treap_erase(&s->workers, &w->id_node);
+	return n;
+}
+
+/*
+ * The built-in policy: move up to @budget requests from the tenant with
+ * the smallest virtual time to @w's local queue.
+ */
+static void llmos_wfq_dispatch(struct llmos_core_sched *s,
+			       struct llmos_core_worker *w, u32 budget)
+{
+	while (budget--) {
+		struct llmos_core_tenant *t;
+		struct llmos_core_req *r;
+
+		t = llmos_vt_tenant(llmos_treap_first(&s->backlog));
+		if (!t)
+			return;
+		r = llmos_q_req(llmos_treap_first(&t->q));
+		llmos_treap_erase(&t->q, &r->q_node);
+		llmos_treap_erase(&s->backlog, &t->vt_node);
+		s->vclock = t->vtime;
+		t->vtime += (u64)(r->cost ? r->cost : 1) * LLMOS_CORE_WFQ_SCALE /
+			    t->weight;
+		if (!llmos_treap_empty(&t->q))
+			llmos_treap_insert(&s->backlog, &t->vt_node, t->vtime,
+					   t->id);
+		r->worker = w;
+		llmos_treap_insert(&w->local, &r->q_node, 0, ++s->seq);
+	}
+}
+
+static u32 llmos_lat_bucket(u64 ns)
+{
+	u64 us = ns >> 10;
+	u32 b;
+
+	if (!us)
+		return 0;
+	b = 63 - __builtin_clzll(us);
+	return b < LLMOS_CORE_LAT_BUCKETS ? b : LLMOS_CORE_LAT_BUCKETS - 1;
+}
+
+u32 llmos_core_dispatch(struct llmos_core_sched *s, struct llmos_core_worker *w,
+			struct llmos_core_req **out, u32 max, u64 now)
+{
+	u32 room = w->capacity > w->inflight.nr ?
+		   w->capacity - w->inflight.nr : 0;
+	u32 n = 0;
+
+	if (max > room)
+		max = room;
+	if (w->local.nr < max)
+		llmos_wfq_dispatch(s, w, max - w->local.nr);
+	while (n < max) {
+		struct llmos_core_req *r = llmos_q_req(llmos_treap_first(&w->local));
+
+		if (!r)
+			break;
+		llmos_treap_erase(&w->local, &r->q_node);
+		llmos_treap_insert(&w->inflight, &r->q_node, r->id, 0);
+		if (!r->t_dispatch)
+			s->stats.lat_hist[llmos_lat_bucket(now - r->t_submit)]++;
+		r->t_dispatch = now;
+		r->ten->served_reqs++;
+		llmos_set_state(s, r, LLMOS_REQ_DISPATCHED);
+		s->stats.dispatched++;
+		out[n++] = r;
+	}
+	return n;
+}
+
+int llmos_core_start(struct llmos_core_sched *s, struct llmos_core_worker *w,
+		     struct llmos_core_req *r, u64 now)
+{
+	if (r->worker != w || r->state == LLMOS_REQ_QUEUED)
+		return -ESRCH;
+	if (r->state != LLMOS_REQ_DISPATCHED)
+		return -EINVAL;
+	r->t_run = now;
+	llmos_set_state(s, r, LLMOS_REQ_RUNNING);
+	return 0;
+}
+
+int llmos_core_complete(struct llmos_core_sched *s, struct llmos_core_worker *w,
+			struct llmos_core_req *r, s32 status, u32 tokens,
+			u64 result_off, u64 result_len, u64 now)
+{
+	if (r->worker != w || r->state == LLMOS_REQ_QUEUED)
+		return -ESRCH;
+	if (r->state != LLMOS_REQ_DISPATCHED && r->state != LLMOS_REQ_RUNNING)
+		return -EINVAL;
+	llmos_treap_erase(&w->inflight, &r->q_node);
+	r->worker = NULL;
+	r->status = status;
+	r->tokens = tokens;
+	r->result_off = result_off;
+	r->result_len = result_len;
+	r->t_end = now;
+	if (status) {
+		llmos_set_state(s, r, LLMOS_REQ_FAILED);
+		s->stats.failed++;
+	} else {
+		llmos_set_state(s, r, LLMOS_REQ_COMPLETED);
+		s->stats.completed++;
+		r->ten->served_tokens += tokens;
+	}
+	return 0;
+}
+
+int llmos_core_set_weight(struct llmos_core_sched *s, u32 tenant, u32 weight,
+			  struct llmos_core_tenant **spare)
+{
+	struct llmos_core_tenant *t;
+
+	if (!weight || weight > LLMOS_CORE_MAX_WEIGHT)
+		return -EINVAL;
+	t = llmos_tenant_get(s, tenant, spare);
+	if (!t)
+		return -ENOMEM;
+	t->weight = weight;
+	return 0;
+}
+
+struct llmos_core_tenant *llmos_core_tenant_find(struct llmos_core_sched *s,
+						 u32 tenant)
+{
+	return llmos_id_tenant(llmos_treap_find(&s->tenants, tenant, 0));
+}
+
+struct llmos_core_tenant *llmos_core_tenant_next(struct llmos_core_sched *s,
+						 struct llmos_core_tenant *t)
+{
+	return llmos_id_tenant(t ? llmos_treap_next(&t->id_node) :
+				   llmos_treap_first(&s->tenants));
+}
+
+struct llmos_core_tenant *llmos_core_tenant_pop(struct llmos_core_sched *s)
+{
+	struct llmos_core_tenant *t;
+
+	for (t = llmos_core_tenant_next(s, NULL); t;
+	     t = llmos_core_tenant_next(s, t)) {
+		if (llmos_treap_empty(&t->q)) {
+			llmos_treap_erase(&s->tenants, &t->id_node);
+			return t;
+		}
+	}
+	return NULL;
+}
+
+u32 llmos_core_queued(const struct llmos_core_sched *s)
+{
+	return s->stats.nr[LLMOS_REQ_QUEUED];
+}
