@@ -10,11 +10,15 @@
 #define LLMOS_MODULE_VERSION "0.1.0"
 
 /* Features this build of the module implements (enum llmos_feature). */
-#define LLMOS_FEATURES_IMPLEMENTED \
-	(LLMOS_FEATURE_VERSION | LLMOS_FEATURE_MINDSPACE | LLMOS_FEATURE_MS_DMABUF)
+#define LLMOS_FEATURES_IMPLEMENTED                                        \
+	(LLMOS_FEATURE_VERSION | LLMOS_FEATURE_MINDSPACE |                \
+	 LLMOS_FEATURE_MS_DMABUF | LLMOS_FEATURE_SCHED)
 
 struct dentry;
 struct file;
+struct inode;
+struct poll_table_struct;
+struct seq_file;
 
 /**
  * struct llmos_ucmd - one ioctl being executed
@@ -48,5 +52,22 @@ int llmos_msfd_export_dmabuf(struct llmos_ucmd *ucmd);
 
 void llmos_ms_debugfs_init(struct dentry *dir);
 void llmos_ms_exit(void);
+
+/* sched.c: clients (open files of /dev/llmos) and the scheduler commands */
+int llmos_client_open(struct inode *inode, struct file *file);
+int llmos_client_release(struct inode *inode, struct file *file);
+__poll_t llmos_client_poll(struct file *file, struct poll_table_struct *wait);
+int llmos_worker_register(struct llmos_ucmd *ucmd);
+int llmos_submit(struct llmos_ucmd *ucmd);
+int llmos_dispatch(struct llmos_ucmd *ucmd);
+int llmos_start(struct llmos_ucmd *ucmd);
+int llmos_complete(struct llmos_ucmd *ucmd);
+int llmos_cancel(struct llmos_ucmd *ucmd);
+int llmos_wait(struct llmos_ucmd *ucmd);
+int llmos_set_weight(struct llmos_ucmd *ucmd);
+int llmos_stats(struct llmos_ucmd *ucmd);
+void llmos_sched_counters_show(struct seq_file *m);
+int llmos_sched_init(void);
+void llmos_sched_exit(void);
 
 #endif /* _LLMOS_H */

@@ -57,6 +57,15 @@ union llmos_ucmd_buffer {
 	struct llmos_ms_query ms_query;
 	struct llmos_ms_export ms_export;
 	struct llmos_quota quota;
+	struct llmos_worker_register worker_register;
+	struct llmos_submit submit;
+	struct llmos_dispatch dispatch;
+	struct llmos_start start;
+	struct llmos_complete complete;
+	struct llmos_cancel cancel;
+	struct llmos_wait wait;
+	struct llmos_set_weight set_weight;
+	struct llmos_sched_stats stats;
 };
 
 struct llmos_ioctl_op {
@@ -92,6 +101,21 @@ static const struct llmos_ioctl_op llmos_dev_ops[] = {
 		     __reserved),
 	LLMOS_DEV_OP(LLMOS_IOC_QUOTA, llmos_quota, struct llmos_quota,
 		     out_limit),
+	LLMOS_DEV_OP(LLMOS_IOC_WORKER_REGISTER, llmos_worker_register,
+		     struct llmos_worker_register, out_worker_id),
+	LLMOS_DEV_OP(LLMOS_IOC_SUBMIT, llmos_submit, struct llmos_submit,
+		     out_id),
+	LLMOS_DEV_OP(LLMOS_IOC_DISPATCH, llmos_dispatch, struct llmos_dispatch,
+		     out_count),
+	LLMOS_DEV_OP(LLMOS_IOC_START, llmos_start, struct llmos_start, id),
+	LLMOS_DEV_OP(LLMOS_IOC_COMPLETE, llmos_complete, struct llmos_complete,
+		     result_len),
+	LLMOS_DEV_OP(LLMOS_IOC_CANCEL, llmos_cancel, struct llmos_cancel, id),
+	LLMOS_DEV_OP(LLMOS_IOC_WAIT, llmos_wait, struct llmos_wait, out_end_ns),
+	LLMOS_DEV_OP(LLMOS_IOC_SET_WEIGHT, llmos_set_weight,
+		     struct llmos_set_weight, weight),
+	LLMOS_DEV_OP(LLMOS_IOC_STATS, llmos_stats, struct llmos_sched_stats,
+		     out_lat_hist),
 };
 
 static const struct llmos_ioctl_op llmos_msfd_ops[] = {
@@ -101,9 +125,10 @@ static const struct llmos_ioctl_op llmos_msfd_ops[] = {
 		      struct llmos_ms_export, __reserved),
 };
 
-static long llmos_dispatch(struct file *filp, unsigned int cmd,
-			   unsigned long arg, const struct llmos_ioctl_op *ops,
-			   unsigned int nr_ops, unsigned int base)
+static long llmos_ioctl_dispatch(struct file *filp, unsigned int cmd,
+				 unsigned long arg,
+				 const struct llmos_ioctl_op *ops,
+				 unsigned int nr_ops, unsigned int base)
 {
 	const struct llmos_ioctl_op *op;
 	union llmos_ucmd_buffer buf;
@@ -141,8 +166,8 @@ static long llmos_dispatch(struct file *filp, unsigned int cmd,
 static long llmos_fops_ioctl(struct file *filp, unsigned int cmd,
 			     unsigned long arg)
 {
-	return llmos_dispatch(filp, cmd, arg, llmos_dev_ops,
-			      ARRAY_SIZE(llmos_dev_ops), LLMOS_CMD_BASE);
+	return llmos_ioctl_dispatch(filp, cmd, arg, llmos_dev_ops,
+				    ARRAY_SIZE(llmos_dev_ops), LLMOS_CMD_BASE);
 }
 
 /**
@@ -156,12 +181,16 @@ static long llmos_fops_ioctl(struct file *filp, unsigned int cmd,
 long llmos_ms_fops_ioctl(struct file *filp, unsigned int cmd,
 			 unsigned long arg)
 {
-	return llmos_dispatch(filp, cmd, arg, llmos_msfd_ops,
-			      ARRAY_SIZE(llmos_msfd_ops), LLMOS_MSFD_CMD_BASE);
+	return llmos_ioctl_dispatch(filp, cmd, arg, llmos_msfd_ops,
+				    ARRAY_SIZE(llmos_msfd_ops),
+				    LLMOS_MSFD_CMD_BASE);
 }
 
 static const struct file_operations llmos_fops = {
 	.owner = THIS_MODULE,
+	.open = llmos_client_open,
+	.release = llmos_client_release,
+	.poll = llmos_client_poll,
 	.unlocked_ioctl = llmos_fops_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
 };
@@ -178,6 +207,9 @@ static int __init llmos_init(void)
 {
 	int ret;
 
+	ret = llmos_sched_init();
+	if (ret)
+		return ret;
 	llmos_debugfs = debugfs_create_dir("llmos", NULL);
 	llmos_ms_debugfs_init(llmos_debugfs);
 
@@ -192,6 +224,7 @@ static int __init llmos_init(void)
 
 err_debugfs:
 	debugfs_remove_recursive(llmos_debugfs);
+	llmos_sched_exit();
 	return ret;
 }
 
@@ -200,6 +233,7 @@ static void __exit llmos_exit(void)
 	misc_deregister(&llmos_misc);
 	debugfs_remove_recursive(llmos_debugfs);
 	llmos_ms_exit();
+	llmos_sched_exit();
 }
 
 module_init(llmos_init);

@@ -1020,6 +1020,7 @@ static int llmos_counters_show(struct seq_file *m, void *unused)
 		   atomic_long_read(&llmos_nr_pages),
 		   atomic_long_read(&llmos_nr_dmabufs), llmos_charged);
 	mutex_unlock(&llmos_ms_lock);
+	llmos_sched_counters_show(m);
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(llmos_counters);

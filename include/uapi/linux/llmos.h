@@ -52,6 +52,15 @@ enum {
 	LLMOS_CMD_MS_LIST,
 	LLMOS_CMD_MS_INFO,
 	LLMOS_CMD_QUOTA,
+	LLMOS_CMD_WORKER_REGISTER,
+	LLMOS_CMD_SUBMIT,
+	LLMOS_CMD_DISPATCH,
+	LLMOS_CMD_START,
+	LLMOS_CMD_COMPLETE,
+	LLMOS_CMD_CANCEL,
+	LLMOS_CMD_WAIT,
+	LLMOS_CMD_SET_WEIGHT,
+	LLMOS_CMD_STATS,
 };
 
 /* Commands on a mindspace fd (the fd MS_CREATE and MS_OPEN return). */
@@ -69,6 +78,8 @@ enum {
  *	MS_DESTROY, MS_LIST, MS_INFO, QUOTA and the mindspace fd commands.
  * @LLMOS_FEATURE_MS_DMABUF: mindspaces backed by an imported dma-buf
  *	(%LLMOS_MS_DMABUF) and EXPORT_DMABUF.
+ * @LLMOS_FEATURE_SCHED: the request scheduler: WORKER_REGISTER, SUBMIT,
+ *	DISPATCH, START, COMPLETE, CANCEL, WAIT, SET_WEIGHT and STATS.
  *
  * A bit is set only when the module implements that part of the ABI.
  */
@@ -76,6 +87,7 @@ enum llmos_feature {
 	LLMOS_FEATURE_VERSION = 1 << 0,
 	LLMOS_FEATURE_MINDSPACE = 1 << 1,
 	LLMOS_FEATURE_MS_DMABUF = 1 << 2,
+	LLMOS_FEATURE_SCHED = 1 << 3,
 };
 
 /**
@@ -433,5 +445,311 @@ enum llmos_req_state {
 	LLMOS_REQ_FAILED,
 	LLMOS_REQ_STATE_MAX,
 };
+
+/**
+ * DOC: Request scheduler
+ *
+ * Every inference request goes through one system-wide scheduler. An open
+ * /dev/llmos is a *client*: it submits requests (SUBMIT), which it owns,
+ * and collects them when they finish (WAIT; poll() reports POLLIN while a
+ * finished request waits). A client that registers (WORKER_REGISTER)
+ * is also a *worker*: it takes requests (DISPATCH), may say it started one
+ * (START) and reports each finished (COMPLETE). When a worker's file is
+ * closed (the process exits or crashes), every request it held goes back
+ * to the front of its tenant, in submission order: nothing is lost and
+ * nothing completes twice. When a client's file is closed, its unfinished
+ * requests are cancelled.
+ *
+ * The built-in policy is weighted fair queuing across tenants on expected
+ * tokens (weights: SET_WEIGHT), priority order then FIFO within a tenant.
+ *
+ * Errors of the scheduler commands, beyond the common ones:
+ *
+ * - EINVAL: a capacity, priority, weight, count or element size out of
+ *   range; DISPATCH, START or COMPLETE on a file that is not a worker.
+ * - EBUSY: WORKER_REGISTER on a file that is a worker already.
+ * - ENOENT: no request with that id (or not one of the caller's, for WAIT).
+ * - ESRCH: START or COMPLETE of a request the calling worker does not hold.
+ * - EALREADY: CANCEL of a finished request.
+ * - EPERM: CANCEL of another client's request, or SET_WEIGHT, without
+ *   %CAP_SYS_ADMIN.
+ * - EAGAIN: nothing ready with %LLMOS_NONBLOCK; SUBMIT past the per-client
+ *   limit of unfinished and uncollected requests (module parameter
+ *   ``max_client_requests``).
+ * - ETIMEDOUT: DISPATCH or WAIT waited timeout_ms for nothing.
+ * - EINTR: a signal interrupted a wait.
+ */
+
+/* Wait for nothing: fail with EAGAIN instead (DISPATCH, WAIT). */
+#define LLMOS_NONBLOCK (1U << 0)
+
+#define LLMOS_MAX_CAPACITY 4096
+#define LLMOS_MAX_PRIORITY 255
+#define LLMOS_MAX_WEIGHT 10000
+#define LLMOS_MAX_DISPATCH 256
+#define LLMOS_LAT_BUCKETS 32
+
+/**
+ * struct llmos_worker_register - ioctl(LLMOS_IOC_WORKER_REGISTER)
+ * @size: sizeof(struct llmos_worker_register)
+ * @flags: must be 0
+ * @capacity: requests it may hold at once (1..%LLMOS_MAX_CAPACITY)
+ * @numa_node: its NUMA node, or -1
+ * @model: the model it serves (0: any), for policies
+ * @out_worker_id: its id
+ *
+ * Makes the calling file a worker, until it is closed.
+ */
+struct llmos_worker_register {
+	__u32 size;
+	__u32 flags;
+	__u32 capacity;
+	__s32 numa_node;
+	__aligned_u64 model;
+	__aligned_u64 out_worker_id;
+};
+
+/**
+ * struct llmos_submit - ioctl(LLMOS_IOC_SUBMIT)
+ * @size: sizeof(struct llmos_submit)
+ * @flags: must be 0
+ * @tenant: tenant id
+ * @priority: 0..%LLMOS_MAX_PRIORITY, higher first within the tenant
+ * @cost: expected tokens (0 counts as 1)
+ * @__reserved: must be 0
+ * @deadline_ns: absolute CLOCK_MONOTONIC deadline, 0 for none
+ * @ms_id: mindspace holding the prompt (and, later, the result)
+ * @prompt_off: prompt offset in it
+ * @prompt_len: prompt length
+ * @out_id: the request's id
+ */
+struct llmos_submit {
+	__u32 size;
+	__u32 flags;
+	__u32 tenant;
+	__u32 priority;
+	__u32 cost;
+	__u32 __reserved;
+	__aligned_u64 deadline_ns;
+	__aligned_u64 ms_id;
+	__aligned_u64 prompt_off;
+	__aligned_u64 prompt_len;
+	__aligned_u64 out_id;
+};
+
+/**
+ * struct llmos_req_desc - a request, as DISPATCH hands it to a worker
+ * @id: request id
+ * @tenant: tenant id
+ * @priority: priority
+ * @cost: expected tokens
+ * @requeues: times a vanished worker gave it back
+ * @deadline_ns: deadline, 0 for none
+ * @ms_id: mindspace holding the prompt
+ * @prompt_off: prompt offset
+ * @prompt_len: prompt length
+ * @submit_ns: submission time, CLOCK_MONOTONIC
+ */
+struct llmos_req_desc {
+	__aligned_u64 id;
+	__u32 tenant;
+	__u32 priority;
+	__u32 cost;
+	__u32 requeues;
+	__aligned_u64 deadline_ns;
+	__aligned_u64 ms_id;
+	__aligned_u64 prompt_off;
+	__aligned_u64 prompt_len;
+	__aligned_u64 submit_ns;
+};
+
+/**
+ * struct llmos_dispatch - ioctl(LLMOS_IOC_DISPATCH)
+ * @size: sizeof(struct llmos_dispatch)
+ * @flags: %LLMOS_NONBLOCK or 0
+ * @descs_uptr: user array of @max elements of @desc_size bytes
+ * @desc_size: size of one element, at least 64 (the first published
+ *	struct llmos_req_desc)
+ * @max: most requests to take (1..%LLMOS_MAX_DISPATCH); fewer are given
+ *	when the worker's capacity is reached
+ * @timeout_ms: longest wait for a first request, 0 for no limit
+ * @out_count: requests written
+ *
+ * Waits until at least one request is there for the worker (unless
+ * %LLMOS_NONBLOCK), then takes up to @max; they are DISPATCHED.
+ */
+struct llmos_dispatch {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 descs_uptr;
+	__u32 desc_size;
+	__u32 max;
+	__u32 timeout_ms;
+	__u32 out_count;
+};
+
+/**
+ * struct llmos_start - ioctl(LLMOS_IOC_START)
+ * @size: sizeof(struct llmos_start)
+ * @flags: must be 0
+ * @id: a request the calling worker holds, DISPATCHED; it becomes RUNNING
+ */
+struct llmos_start {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 id;
+};
+
+/**
+ * struct llmos_complete - ioctl(LLMOS_IOC_COMPLETE)
+ * @size: sizeof(struct llmos_complete)
+ * @flags: must be 0
+ * @id: a request the calling worker holds
+ * @status: 0 (COMPLETED) or a negative errno (FAILED)
+ * @tokens: tokens produced
+ * @result_off: where the result is in the request's mindspace
+ * @result_len: its length
+ */
+struct llmos_complete {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 id;
+	__s32 status;
+	__u32 tokens;
+	__aligned_u64 result_off;
+	__aligned_u64 result_len;
+};
+
+/**
+ * struct llmos_cancel - ioctl(LLMOS_IOC_CANCEL)
+ * @size: sizeof(struct llmos_cancel)
+ * @flags: must be 0
+ * @id: a request of the caller (any, with %CAP_SYS_ADMIN) that has not
+ *	finished; its client collects it with WAIT as CANCELLED
+ */
+struct llmos_cancel {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 id;
+};
+
+/**
+ * struct llmos_wait - ioctl(LLMOS_IOC_WAIT)
+ * @size: sizeof(struct llmos_wait)
+ * @flags: %LLMOS_NONBLOCK or 0
+ * @id: the request to wait for, or 0 for whichever of the caller's
+ *	finishes first
+ * @timeout_ms: longest wait, 0 for no limit
+ * @out_state: %LLMOS_REQ_COMPLETED, %LLMOS_REQ_FAILED or
+ *	%LLMOS_REQ_CANCELLED
+ * @out_id: the request
+ * @out_status: the worker's status
+ * @out_tokens: tokens produced
+ * @out_result_off: result offset in the mindspace
+ * @out_result_len: result length
+ * @out_submit_ns: submission time, CLOCK_MONOTONIC
+ * @out_dispatch_ns: last dispatch time (0: never dispatched)
+ * @out_end_ns: completion or cancellation time
+ *
+ * Collects one finished request of the caller: after WAIT returns it, its
+ * id is gone.
+ */
+struct llmos_wait {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 id;
+	__u32 timeout_ms;
+	__u32 out_state;
+	__aligned_u64 out_id;
+	__s32 out_status;
+	__u32 out_tokens;
+	__aligned_u64 out_result_off;
+	__aligned_u64 out_result_len;
+	__aligned_u64 out_submit_ns;
+	__aligned_u64 out_dispatch_ns;
+	__aligned_u64 out_end_ns;
+};
+
+/**
+ * struct llmos_set_weight - ioctl(LLMOS_IOC_SET_WEIGHT)
+ * @size: sizeof(struct llmos_set_weight)
+ * @flags: must be 0
+ * @tenant: tenant id
+ * @weight: its share, 1..%LLMOS_MAX_WEIGHT (default 100); needs
+ *	%CAP_SYS_ADMIN
+ */
+struct llmos_set_weight {
+	__u32 size;
+	__u32 flags;
+	__u32 tenant;
+	__u32 weight;
+};
+
+/**
+ * struct llmos_tenant_stats - one tenant, in STATS
+ * @tenant: tenant id
+ * @weight: its weight
+ * @queued: requests queued now
+ * @__reserved: 0
+ * @served_reqs: requests dispatched
+ * @served_tokens: tokens of completed requests
+ */
+struct llmos_tenant_stats {
+	__u32 tenant;
+	__u32 weight;
+	__u32 queued;
+	__u32 __reserved;
+	__aligned_u64 served_reqs;
+	__aligned_u64 served_tokens;
+};
+
+/**
+ * struct llmos_sched_stats - ioctl(LLMOS_IOC_STATS)
+ * @size: sizeof(struct llmos_sched_stats)
+ * @flags: must be 0
+ * @tenants_uptr: user array for per-tenant counters, or 0
+ * @tenant_size: size of one element, at least 32
+ * @tenant_count: in: capacity of the array; out: number of tenants (the
+ *	first ones by id are written; no error when there are more)
+ * @out_nr: requests in each state now, by &enum llmos_req_state (element 0
+ *	is unused)
+ * @out_submitted: requests submitted since load
+ * @out_dispatched: dispatches (a requeued request counts again)
+ * @out_completed: requests completed
+ * @out_failed: requests failed
+ * @out_cancelled: requests cancelled
+ * @out_requeued: requests given back by vanished workers
+ * @out_workers: workers registered now
+ * @out_clients: open /dev/llmos files now
+ * @out_lat_hist: dispatch latency (submission to first dispatch): element
+ *	b counts latencies in [2^b, 2^(b+1)) microseconds (b = 0: also less)
+ */
+struct llmos_sched_stats {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 tenants_uptr;
+	__u32 tenant_size;
+	__u32 tenant_count;
+	__aligned_u64 out_nr[8];
+	__aligned_u64 out_submitted;
+	__aligned_u64 out_dispatched;
+	__aligned_u64 out_completed;
+	__aligned_u64 out_failed;
+	__aligned_u64 out_cancelled;
+	__aligned_u64 out_requeued;
+	__u32 out_workers;
+	__u32 out_clients;
+	__aligned_u64 out_lat_hist[LLMOS_LAT_BUCKETS];
+};
+
+#define LLMOS_IOC_WORKER_REGISTER _IO(LLMOS_TYPE, LLMOS_CMD_WORKER_REGISTER)
+#define LLMOS_IOC_SUBMIT _IO(LLMOS_TYPE, LLMOS_CMD_SUBMIT)
+#define LLMOS_IOC_DISPATCH _IO(LLMOS_TYPE, LLMOS_CMD_DISPATCH)
+#define LLMOS_IOC_START _IO(LLMOS_TYPE, LLMOS_CMD_START)
+#define LLMOS_IOC_COMPLETE _IO(LLMOS_TYPE, LLMOS_CMD_COMPLETE)
+#define LLMOS_IOC_CANCEL _IO(LLMOS_TYPE, LLMOS_CMD_CANCEL)
+#define LLMOS_IOC_WAIT _IO(LLMOS_TYPE, LLMOS_CMD_WAIT)
+#define LLMOS_IOC_SET_WEIGHT _IO(LLMOS_TYPE, LLMOS_CMD_SET_WEIGHT)
+#define LLMOS_IOC_STATS _IO(LLMOS_TYPE, LLMOS_CMD_STATS)
 
 #endif /* _UAPI_LINUX_LLMOS_H */

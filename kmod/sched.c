@@ -1,0 +1,707 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * llmos: the request scheduler's kernel side - clients, workers and the
+ * ioctls around the policy-free core in core/.
+ *
+ * Every open /dev/llmos is a client (struct llmos_client). Its requests are
+ * kernel objects (struct llmos_kreq) embedding the core's request; the
+ * client owns them from SUBMIT until WAIT collects them, or until its file
+ * is closed. One spinlock serialises the core and every client's lists;
+ * nothing under it sleeps or touches user memory.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/capability.h>
+#include <linux/fs.h>
+#include <linux/jiffies.h>
+#include <linux/list.h>
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/poll.h>
+#include <linux/sched/signal.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/timekeeping.h>
+#include <linux/uaccess.h>
+#include <linux/wait.h>
+
+#include <linux/llmos.h>
+
+#include "core/llmos_core.h"
+#include "llmos.h"
+
+static unsigned int max_client_requests = 65536;
+module_param(max_client_requests, uint, 0644);
+MODULE_PARM_DESC(max_client_requests,
+		 "unfinished and uncollected requests one open /dev/llmos may have");
+
+/**
+ * struct llmos_client - an open /dev/llmos
+ * @worker: the core's worker, valid while @is_worker
+ * @is_worker: WORKER_REGISTER was done
+ * @reqs: every request it submitted and has not collected
+ * @done: its finished requests, oldest first, not collected yet
+ * @nr_reqs: length of @reqs
+ * @wq: WAIT and poll() sleep here
+ *
+ * All fields but @wq are under llmos_sched.lock.
+ */
+struct llmos_client {
+	struct llmos_core_worker worker;
+	bool is_worker;
+	struct list_head reqs;
+	struct list_head done;
+	u32 nr_reqs;
+	wait_queue_head_t wq;
+};
+
+/**
+ * struct llmos_kreq - a request
+ * @core: the core's request
+ * @client: the client that submitted it
+ * @node: in @client's reqs
+ * @done_node: in @client's done list once finished
+ */
+struct llmos_kreq {
+	struct llmos_core_req core;
+	struct llmos_client *client;
+	struct list_head node;
+	struct list_head done_node;
+};
+
+static struct {
+	spinlock_t lock;	/* protects core, every client's lists */
+	struct llmos_core_sched core;
+	wait_queue_head_t work_wq;	/* workers waiting in DISPATCH */
+	u32 nr_workers;			/* under lock */
+	atomic_t nr_clients;
+	atomic_long_t nr_reqs;		/* llmos_kreq objects alive */
+} llmos_sched;
+
+static struct kmem_cache *llmos_req_cache;
+
+static struct llmos_kreq *llmos_kreq(struct llmos_core_req *r)
+{
+	return container_of(r, struct llmos_kreq, core);
+}
+
+static struct llmos_client *llmos_client(struct llmos_ucmd *ucmd)
+{
+	return ucmd->file->private_data;
+}
+
+static bool llmos_req_finished(const struct llmos_core_req *r)
+{
+	return r->state == LLMOS_REQ_COMPLETED ||
+	       r->state == LLMOS_REQ_FAILED || r->state == LLMOS_REQ_CANCELLED;
+}
+
+/* Tell @kr's client that it finished. Under the lock. */
+static void llmos_req_notify(struct llmos_kreq *kr)
+{
+	lockdep_assert_held(&llmos_sched.lock);
+	list_add_tail(&kr->done_node, &kr->client->done);
+	wake_up(&kr->client->wq);
+}
+
+/* Forget a finished request entirely. Under the lock. */
+static void llmos_req_free(struct llmos_kreq *kr)
+{
+	lockdep_assert_held(&llmos_sched.lock);
+	llmos_core_release(&llmos_sched.core, &kr->core);
+	list_del(&kr->node);
+	kr->client->nr_reqs--;
+	kmem_cache_free(llmos_req_cache, kr);
+	atomic_long_dec(&llmos_sched.nr_reqs);
+}
+
+/**
+ * llmos_client_open() - open of /dev/llmos: a new client
+ * @inode: the device inode
+ * @file: the new file
+ *
+ * Return: 0 or -ENOMEM.
+ */
+int llmos_client_open(struct inode *inode, struct file *file)
+{
+	struct llmos_client *c;
+
+	c = kzalloc(sizeof(*c), GFP_KERNEL_ACCOUNT);
+	if (!c)
+		return -ENOMEM;
+	INIT_LIST_HEAD(&c->reqs);
+	INIT_LIST_HEAD(&c->done);
+	init_waitqueue_head(&c->wq);
+	file->private_data = c;
+	atomic_inc(&llmos_sched.nr_clients);
+	return 0;
+}
+
+/**
+ * llmos_client_release() - last close of a client
+ * @inode: the device inode
+ * @file: the file
+ *
+ * A worker's requests go back to their tenants; the client's unfinished
+ * requests are cancelled and all of them freed.
+ *
+ * Return: 0.
+ */
+int llmos_client_release(struct inode *inode, struct file *file)
+{
+	struct llmos_client *c = file->private_data;
+	struct llmos_kreq *kr, *tmp;
+	u32 requeued = 0;
+
+	spin_lock(&llmos_sched.lock);
+	if (c->is_worker) {
+		requeued = llmos_core_worker_remove(&llmos_sched.core, &c->worker);
+		llmos_sched.nr_workers--;
+	}
+	list_for_each_entry_safe(kr, tmp, &c->reqs, node) {
+		if (!llmos_req_finished(&kr->core))
+			llmos_core_cancel(&llmos_sched.core, &kr->core,
+					  ktime_get_ns());
+		llmos_req_free(kr);
+	}
+	spin_unlock(&llmos_sched.lock);
+	if (requeued)
+		wake_up(&llmos_sched.work_wq);
+	kfree(c);
+	atomic_dec(&llmos_sched.nr_clients);
+	return 0;
+}
+
+/**
+ * llmos_client_poll() - poll() on a client: POLLIN while a finished
+ *	request waits to be collected
+ * @file: the file
+ * @wait: poll table
+ *
+ * Return: the poll mask.
+ */
+__poll_t llmos_client_poll(struct file *file, struct poll_table_struct *wait)
+{
+	struct llmos_client *c = file->private_data;
+	__poll_t mask = 0;
+
+	poll_wait(file, &c->wq, wait);
+	spin_lock(&llmos_sched.lock);
+	if (!list_empty(&c->done))
+		mask |= EPOLLIN | EPOLLRDNORM;
+	spin_unlock(&llmos_sched.lock);
+	return mask;
+}
+
+/**
+ * llmos_worker_register() - LLMOS_IOC_WORKER_REGISTER
+ * @ucmd: the command, a struct llmos_worker_register
+ *
+ * Return: 0 or a negative errno.
+ */
+int llmos_worker_register(struct llmos_ucmd *ucmd)
+{
+	struct llmos_worker_register *cmd = ucmd->cmd;
+	struct llmos_client *c = llmos_client(ucmd);
+	int ret = 0;
+
+	if (cmd->flags || !cmd->capacity || cmd->capacity > LLMOS_MAX_CAPACITY ||
+	    cmd->numa_node < -1)
+		return -EINVAL;
+	spin_lock(&llmos_sched.lock);
+	if (c->is_worker) {
+		ret = -EBUSY;
+	} else {
+		c->worker.capacity = cmd->capacity;
+		c->worker.numa_node = cmd->numa_node;
+		c->worker.model = cmd->model;
+		c->worker.owner = c;
+		llmos_core_worker_add(&llmos_sched.core, &c->worker);
+		c->is_worker = true;
+		llmos_sched.nr_workers++;
+		cmd->out_worker_id = c->worker.id;
+	}
+	spin_unlock(&llmos_sched.lock);
+	return ret ?: llmos_ucmd_respond(ucmd, sizeof(*cmd));
+}
+
+/*
+ * A tenant for @tenant ready before the lock is taken for good: NULL when
+ * it exists already (or memory is short: the core then says -ENOMEM).
+ */
+static struct llmos_core_tenant *llmos_tenant_spare(u32 tenant)
+{
+	bool exists;
+
+	spin_lock(&llmos_sched.lock);
+	exists = llmos_core_tenant_find(&llmos_sched.core, tenant);
+	spin_unlock(&llmos_sched.lock);
+	return exists ? NULL : kzalloc(sizeof(struct llmos_core_tenant),
+				       GFP_KERNEL);
+}
+
+/**
+ * llmos_submit() - LLMOS_IOC_SUBMIT
+ * @ucmd: the command, a struct llmos_submit
+ *
+ * Return: 0 with the request's id in out_id, or a negative errno.
+ */
+int llmos_submit(struct llmos_ucmd *ucmd)
+{
+	struct llmos_submit *cmd = ucmd->cmd;
+	struct llmos_client *c = llmos_client(ucmd);
+	struct llmos_core_tenant *spare;
+	struct llmos_kreq *kr;
+	int ret;
+
+	if (cmd->flags || cmd->__reserved || cmd->priority > LLMOS_MAX_PRIORITY)
+		return -EINVAL;
+	kr = kmem_cache_zalloc(llmos_req_cache, GFP_KERNEL_ACCOUNT);
+	if (!kr)
+		return -ENOMEM;
+	atomic_long_inc(&llmos_sched.nr_reqs);
+	kr->client = c;
+	kr->core.tenant = cmd->tenant;
+	kr->core.prio = cmd->priority;
+	kr->core.cost = cmd->cost;
+	kr->core.deadline_ns = cmd->deadline_ns;
+	kr->core.ms_id = cmd->ms_id;
+	kr->core.prompt_off = cmd->prompt_off;
+	kr->core.prompt_len = cmd->prompt_len;
+	kr->core.owner = kr;
+	spare = llmos_tenant_spare(cmd->tenant);
+
+	spin_lock(&llmos_sched.lock);
+	if (c->nr_reqs >= READ_ONCE(max_client_requests)) {
+		ret = -EAGAIN;
+	} else {
+		ret = llmos_core_submit(&llmos_sched.core, &kr->core, &spare,
+					ktime_get_ns());
+	}
+	if (!ret) {
+		list_add_tail(&kr->node, &c->reqs);
+		c->nr_reqs++;
+		cmd->out_id = kr->core.id;
+	}
+	spin_unlock(&llmos_sched.lock);
+	kfree(spare);
+	if (ret) {
+		kmem_cache_free(llmos_req_cache, kr);
+		atomic_long_dec(&llmos_sched.nr_reqs);
+		return ret;
+	}
+	wake_up(&llmos_sched.work_wq);
+
+	ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
+	if (ret) {
+		/* The caller cannot know the id: take the request back. */
+		spin_lock(&llmos_sched.lock);
+		llmos_core_cancel(&llmos_sched.core, &kr->core, ktime_get_ns());
+		llmos_req_free(kr);
+		spin_unlock(&llmos_sched.lock);
+	}
+	return ret;
+}
+
+static bool llmos_can_dispatch(struct llmos_client *c)
+{
+	bool ready;
+
+	spin_lock(&llmos_sched.lock);
+	ready = llmos_core_queued(&llmos_sched.core) &&
+		c->worker.inflight.nr < c->worker.capacity;
+	spin_unlock(&llmos_sched.lock);
+	return ready;
+}
+
+static void llmos_desc_fill(struct llmos_req_desc *d,
+			    const struct llmos_core_req *r)
+{
+	d->id = r->id;
+	d->tenant = r->tenant;
+	d->priority = r->prio;
+	d->cost = r->cost;
+	d->requeues = r->requeues;
+	d->deadline_ns = r->deadline_ns;
+	d->ms_id = r->ms_id;
+	d->prompt_off = r->prompt_off;
+	d->prompt_len = r->prompt_len;
+	d->submit_ns = r->t_submit;
+}
+
+/**
+ * llmos_dispatch() - LLMOS_IOC_DISPATCH
+ * @ucmd: the command, a struct llmos_dispatch
+ *
+ * Return: 0 with out_count requests written, or a negative errno.
+ */
+int llmos_dispatch(struct llmos_ucmd *ucmd)
+{
+	struct llmos_dispatch *cmd = ucmd->cmd;
+	struct llmos_client *c = llmos_client(ucmd);
+	void __user *uptr = u64_to_user_ptr(cmd->descs_uptr);
+	struct llmos_core_req **reqs = NULL;
+	struct llmos_req_desc *descs = NULL;
+	long timeout;
+	u32 n = 0, i;
+	int ret;
+
+	if (cmd->flags & ~LLMOS_NONBLOCK || !cmd->max ||
+	    cmd->max > LLMOS_MAX_DISPATCH ||
+	    cmd->desc_size < sizeof(struct llmos_req_desc) ||
+	    cmd->desc_size > PAGE_SIZE)
+		return -EINVAL;
+	if (!c->is_worker)
+		return -EINVAL;
+	/* Check the array now: once dispatched, requests must reach it. */
+	if (clear_user(uptr, (size_t)cmd->max * cmd->desc_size))
+		return -EFAULT;
+	reqs = kcalloc(cmd->max, sizeof(*reqs), GFP_KERNEL);
+	descs = kcalloc(cmd->max, sizeof(*descs), GFP_KERNEL);
+	if (!reqs || !descs) {
+		ret = -ENOMEM;
+		goto out;
+	}
+
+	timeout = cmd->timeout_ms ? msecs_to_jiffies(cmd->timeout_ms) :
+				    MAX_SCHEDULE_TIMEOUT;
+	for (;;) {
+		spin_lock(&llmos_sched.lock);
+		n = llmos_core_dispatch(&llmos_sched.core, &c->worker, reqs,
+					cmd->max, ktime_get_ns());
+		for (i = 0; i < n; i++)
+			llmos_desc_fill(&descs[i], reqs[i]);
+		spin_unlock(&llmos_sched.lock);
+		if (n)
+			break;
+		if (cmd->flags & LLMOS_NONBLOCK) {
+			ret = -EAGAIN;
+			goto out;
+		}
+		timeout = wait_event_interruptible_timeout(llmos_sched.work_wq,
+							   llmos_can_dispatch(c),
+							   timeout);
+		if (timeout < 0) {
+			ret = -EINTR;
+			goto out;
+		}
+		if (!timeout) {
+			ret = -ETIMEDOUT;
+			goto out;
+		}
+	}
+
+	for (i = 0; i < n; i++) {
+		if (copy_to_user(uptr + (size_t)i * cmd->desc_size, &descs[i],
+				 sizeof(descs[i]))) {
+			ret = -EFAULT;
+			goto out;
+		}
+	}
+	cmd->out_count = n;
+	ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
+out:
+	kfree(descs);
+	kfree(reqs);
+	return ret;
+}
+
+/**
+ * llmos_start() - LLMOS_IOC_START
+ * @ucmd: the command, a struct llmos_start
+ *
+ * Return: 0 or a negative errno.
+ */
+int llmos_start(struct llmos_ucmd *ucmd)
+{
+	struct llmos_start *cmd = ucmd->cmd;
+	struct llmos_client *c = llmos_client(ucmd);
+	struct llmos_core_req *r;
+	int ret;
+
+	if (cmd->flags || !c->is_worker)
+		return -EINVAL;
+	spin_lock(&llmos_sched.lock);
+	r = llmos_core_find(&llmos_sched.core, cmd->id);
+	ret = r ? llmos_core_start(&llmos_sched.core, &c->worker, r,
+				   ktime_get_ns()) : -ENOENT;
+	spin_unlock(&llmos_sched.lock);
+	return ret;
+}
+
+/**
+ * llmos_complete() - LLMOS_IOC_COMPLETE
+ * @ucmd: the command, a struct llmos_complete
+ *
+ * Return: 0 or a negative errno.
+ */
+int llmos_complete(struct llmos_ucmd *ucmd)
+{
+	struct llmos_complete *cmd = ucmd->cmd;
+	struct llmos_client *c = llmos_client(ucmd);
+	struct llmos_core_req *r;
+	int ret;
+
+	if (cmd->flags || !c->is_worker || cmd->status > 0 ||
+	    cmd->status < -MAX_ERRNO)
+		return -EINVAL;
+	spin_lock(&llmos_sched.lock);
+	r = llmos_core_find(&llmos_sched.core, cmd->id);
+	ret = r ? llmos_core_complete(&llmos_sched.core, &c->worker, r,
+				      cmd->status, cmd->tokens,
+				      cmd->result_off, cmd->result_len,
+				      ktime_get_ns()) : -ENOENT;
+	if (!ret)
+		llmos_req_notify(llmos_kreq(r));
+	spin_unlock(&llmos_sched.lock);
+	return ret;
+}
+
+/**
+ * llmos_cancel() - LLMOS_IOC_CANCEL
+ * @ucmd: the command, a struct llmos_cancel
+ *
+ * Return: 0 or a negative errno.
+ */
+int llmos_cancel(struct llmos_ucmd *ucmd)
+{
+	struct llmos_cancel *cmd = ucmd->cmd;
+	struct llmos_client *c = llmos_client(ucmd);
+	struct llmos_core_req *r;
+	int ret;
+
+	if (cmd->flags)
+		return -EINVAL;
+	spin_lock(&llmos_sched.lock);
+	r = llmos_core_find(&llmos_sched.core, cmd->id);
+	if (!r)
+		ret = -ENOENT;
+	else if (llmos_kreq(r)->client != c && !capable(CAP_SYS_ADMIN))
+		ret = -EPERM;
+	else
+		ret = llmos_core_cancel(&llmos_sched.core, r, ktime_get_ns());
+	if (!ret)
+		llmos_req_notify(llmos_kreq(r));
+	spin_unlock(&llmos_sched.lock);
+	return ret;
+}
+
+/*
+ * The finished request WAIT would collect: @id, or the oldest finished.
+ * Under the lock. NULL: none yet; ERR_PTR(-ENOENT): @id is not ours.
+ */
+static struct llmos_kreq *llmos_wait_pick(struct llmos_client *c, u64 id)
+{
+	struct llmos_core_req *r;
+
+	lockdep_assert_held(&llmos_sched.lock);
+	if (!id)
+		return list_first_entry_or_null(&c->done, struct llmos_kreq,
+						done_node);
+	r = llmos_core_find(&llmos_sched.core, id);
+	if (!r || llmos_kreq(r)->client != c)
+		return ERR_PTR(-ENOENT);
+	return llmos_req_finished(r) ? llmos_kreq(r) : NULL;
+}
+
+static bool llmos_wait_ready(struct llmos_client *c, u64 id)
+{
+	struct llmos_kreq *kr;
+
+	spin_lock(&llmos_sched.lock);
+	kr = llmos_wait_pick(c, id);
+	spin_unlock(&llmos_sched.lock);
+	return kr;
+}
+
+/**
+ * llmos_wait() - LLMOS_IOC_WAIT
+ * @ucmd: the command, a struct llmos_wait
+ *
+ * Return: 0 with a finished request described, or a negative errno.
+ */
+int llmos_wait(struct llmos_ucmd *ucmd)
+{
+	struct llmos_wait *cmd = ucmd->cmd;
+	struct llmos_client *c = llmos_client(ucmd);
+	struct llmos_kreq *kr;
+	long timeout;
+
+	if (cmd->flags & ~LLMOS_NONBLOCK)
+		return -EINVAL;
+	timeout = cmd->timeout_ms ? msecs_to_jiffies(cmd->timeout_ms) :
+				    MAX_SCHEDULE_TIMEOUT;
+	for (;;) {
+		spin_lock(&llmos_sched.lock);
+		kr = llmos_wait_pick(c, cmd->id);
+		if (!IS_ERR_OR_NULL(kr)) {
+			struct llmos_core_req *r = &kr->core;
+
+			cmd->out_state = r->state;
+			cmd->out_id = r->id;
+			cmd->out_status = r->status;
+			cmd->out_tokens = r->tokens;
+			cmd->out_result_off = r->result_off;
+			cmd->out_result_len = r->result_len;
+			cmd->out_submit_ns = r->t_submit;
+			cmd->out_dispatch_ns = r->t_dispatch;
+			cmd->out_end_ns = r->t_end;
+			list_del(&kr->done_node);
+			llmos_req_free(kr);
+		}
+		spin_unlock(&llmos_sched.lock);
+		if (IS_ERR(kr))
+			return PTR_ERR(kr);
+		if (kr)
+			return llmos_ucmd_respond(ucmd, sizeof(*cmd));
+		if (cmd->flags & LLMOS_NONBLOCK)
+			return -EAGAIN;
+		timeout = wait_event_interruptible_timeout(c->wq,
+							   llmos_wait_ready(c, cmd->id),
+							   timeout);
+		if (timeout < 0)
+			return -EINTR;
+		if (!timeout)
+			return -ETIMEDOUT;
+	}
+}
+
+/**
+ * llmos_set_weight() - LLMOS_IOC_SET_WEIGHT
+ * @ucmd: the command, a struct llmos_set_weight
+ *
+ * Return: 0 or a negative errno.
+ */
+int llmos_set_weight(struct llmos_ucmd *ucmd)
+{
+	struct llmos_set_weight *cmd = ucmd->cmd;
+	struct llmos_core_tenant *spare;
+	int ret;
+
+	if (cmd->flags || !cmd->weight || cmd->weight > LLMOS_MAX_WEIGHT)
+		return -EINVAL;
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	spare = llmos_tenant_spare(cmd->tenant);
+	spin_lock(&llmos_sched.lock);
+	ret = llmos_core_set_weight(&llmos_sched.core, cmd->tenant, cmd->weight,
+				    &spare);
+	spin_unlock(&llmos_sched.lock);
+	kfree(spare);
+	return ret;
+}
+
+/**
+ * llmos_stats() - LLMOS_IOC_STATS
+ * @ucmd: the command, a struct llmos_sched_stats
+ *
+ * Return: 0 or a negative errno.
+ */
+int llmos_stats(struct llmos_ucmd *ucmd)
+{
+	struct llmos_sched_stats *cmd = ucmd->cmd;
+	void __user *uptr = u64_to_user_ptr(cmd->tenants_uptr);
+	const struct llmos_core_stats *st = &llmos_sched.core.stats;
+	struct llmos_tenant_stats *ts = NULL;
+	struct llmos_core_tenant *t;
+	u32 cap = 0, n = 0, i;
+	int ret = 0;
+
+	if (cmd->flags || (cmd->tenant_count &&
+			   cmd->tenant_size < sizeof(struct llmos_tenant_stats)))
+		return -EINVAL;
+	if (cmd->tenant_count) {
+		spin_lock(&llmos_sched.lock);
+		cap = llmos_sched.core.tenants.nr;
+		spin_unlock(&llmos_sched.lock);
+		cap = min(cap, cmd->tenant_count);
+		ts = kcalloc(cap, sizeof(*ts), GFP_KERNEL);
+		if (cap && !ts)
+			return -ENOMEM;
+	}
+
+	spin_lock(&llmos_sched.lock);
+	BUILD_BUG_ON(ARRAY_SIZE(cmd->out_nr) < LLMOS_REQ_STATE_MAX);
+	for (i = 0; i < LLMOS_REQ_STATE_MAX; i++)
+		cmd->out_nr[i] = st->nr[i];
+	cmd->out_submitted = st->submitted;
+	cmd->out_dispatched = st->dispatched;
+	cmd->out_completed = st->completed;
+	cmd->out_failed = st->failed;
+	cmd->out_cancelled = st->cancelled;
+	cmd->out_requeued = st->requeued;
+	cmd->out_workers = llmos_sched.nr_workers;
+	cmd->out_clients = atomic_read(&llmos_sched.nr_clients);
+	BUILD_BUG_ON(LLMOS_LAT_BUCKETS != LLMOS_CORE_LAT_BUCKETS);
+	memcpy(cmd->out_lat_hist, st->lat_hist, sizeof(cmd->out_lat_hist));
+	for (t = llmos_core_tenant_next(&llmos_sched.core, NULL); t;
+	     t = llmos_core_tenant_next(&llmos_sched.core, t)) {
+		if (n < cap) {
+			ts[n].tenant = t->id;
+			ts[n].weight = t->weight;
+			ts[n].queued = t->q.nr;
+			ts[n].served_reqs = t->served_reqs;
+			ts[n].served_tokens = t->served_tokens;
+		}
+		n++;
+	}
+	spin_unlock(&llmos_sched.lock);
+
+	for (i = 0; i < min(n, cap); i++) {
+		if (copy_to_user(uptr + (size_t)i * cmd->tenant_size, &ts[i],
+				 sizeof(ts[i]))) {
+			ret = -EFAULT;
+			goto out;
+		}
+	}
+	cmd->tenant_count = n;
+	ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
+out:
+	kfree(ts);
+	return ret;
+}
+
+/**
+ * llmos_sched_counters_show() - the scheduler's object counters, for the
+ *	debugfs counters file
+ * @m: the file
+ */
+void llmos_sched_counters_show(struct seq_file *m)
+{
+	seq_printf(m, "requests %ld\nclients %d\n",
+		   atomic_long_read(&llmos_sched.nr_reqs),
+		   atomic_read(&llmos_sched.nr_clients));
+}
+
+/**
+ * llmos_sched_init() - set up the scheduler at module load
+ *
+ * Return: 0 or -ENOMEM.
+ */
+int llmos_sched_init(void)
+{
+	spin_lock_init(&llmos_sched.lock);
+	init_waitqueue_head(&llmos_sched.work_wq);
+	llmos_core_init(&llmos_sched.core);
+	llmos_req_cache = KMEM_CACHE(llmos_kreq, SLAB_ACCOUNT);
+	return llmos_req_cache ? 0 : -ENOMEM;
+}
+
+/**
+ * llmos_sched_exit() - free the scheduler at module unload
+ *
+ * No client is left (each holds a module reference): only tenants remain.
+ */
+void llmos_sched_exit(void)
+{
+	struct llmos_core_tenant *t;
+
+	spin_lock(&llmos_sched.lock);
+	while ((t = llmos_core_tenant_pop(&llmos_sched.core)))
+		kfree(t);
+	spin_unlock(&llmos_sched.lock);
+	WARN_ON(atomic_long_read(&llmos_sched.nr_reqs) ||
+		llmos_core_queued(&llmos_sched.core));
+	kmem_cache_destroy(llmos_req_cache);
+}
