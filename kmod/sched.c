@@ -489,13 +489,16 @@ int llmos_cancel(struct llmos_ucmd *ucmd)
 
 /*
  * The finished request WAIT would collect: @id, or the oldest finished.
- * Under the lock. NULL: none yet; ERR_PTR(-ENOENT): @id is not ours.
+ * Under the lock. NULL: none yet; ERR_PTR(-ENOENT): @id is not ours, or
+ * there is nothing to wait for.
  */
 static struct llmos_kreq *llmos_wait_pick(struct llmos_client *c, u64 id)
 {
 	struct llmos_core_req *r;
 
 	lockdep_assert_held(&llmos_sched.lock);
+	if (!id && list_empty(&c->reqs))
+		return ERR_PTR(-ENOENT); /* nothing would ever come */
 	if (!id)
 		return list_first_entry_or_null(&c->done, struct llmos_kreq,
 						done_node);

@@ -18,7 +18,7 @@
 # in /bin, repeatable)  --out DIR (logs, counts)  --timeout SECONDS (whole VM)
 # Environment: LLMOS_CACHE (kernel.env from tools/deps.sh), LLMOS_VM_MEM_MB
 # (default 1024), LLMOS_VM_NUMA (2 nodes by default, or 1), LLMOS_VM_APPEND
-# (extra kernel arguments).
+# (extra kernel arguments), LLMOS_TEST_SCALE (size of stress tests, default 1).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -74,7 +74,8 @@ done
 
 append="console=ttyS0 loglevel=7 panic=-1 oops=panic panic_on_warn=1"
 append+=" slub_debug=FZPU kfence.sample_interval=10 llmos.mode=$mode"
-append+=" llmos.timeout=$((vm_timeout / 2)) ${LLMOS_VM_APPEND:-}"
+append+=" llmos.timeout=$((vm_timeout / 2)) llmos.scale=${LLMOS_TEST_SCALE:-1}"
+append+=" ${LLMOS_VM_APPEND:-}"
 # Two NUMA nodes (one socket, one CPU and half the memory each), so that
 # node placement is tested; LLMOS_VM_NUMA=1 boots one node.
 mem_mb=${LLMOS_VM_MEM_MB:-1024}

@@ -468,7 +468,8 @@ enum llmos_req_state {
  * - EINVAL: a capacity, priority, weight, count or element size out of
  *   range; DISPATCH, START or COMPLETE on a file that is not a worker.
  * - EBUSY: WORKER_REGISTER on a file that is a worker already.
- * - ENOENT: no request with that id (or not one of the caller's, for WAIT).
+ * - ENOENT: no request with that id (or not one of the caller's, for
+ *   WAIT); WAIT for any request by a client that has none outstanding.
  * - ESRCH: START or COMPLETE of a request the calling worker does not hold.
  * - EALREADY: CANCEL of a finished request.
  * - EPERM: CANCEL of another client's request, or SET_WEIGHT, without

@@ -1,0 +1,677 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Request scheduler tests: the lifecycle through the ioctls, blocking and
+ * non-blocking dispatch, capacity, cancel in every state, a worker that dies
+ * with requests in flight, a client that goes away, weights, and a stress
+ * run of 8 clients and 4 workers in threads (its size scaled by
+ * LLMOS_TEST_SCALE) where every request must complete exactly once.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/llmos.h>
+
+#include "kselftest_harness.h"
+
+#define OTHER_UID 1000
+
+static int dev_open(void)
+{
+	return open("/dev/llmos", O_RDWR | O_CLOEXEC);
+}
+
+static int reg(int fd, __u32 capacity)
+{
+	struct llmos_worker_register r = {
+		.size = sizeof(r), .capacity = capacity, .numa_node = -1,
+	};
+
+	return ioctl(fd, LLMOS_IOC_WORKER_REGISTER, &r) ? -errno : 0;
+}
+
+static long long submit3(int fd, __u32 tenant, __u32 prio, __u32 cost)
+{
+	struct llmos_submit s = {
+		.size = sizeof(s), .tenant = tenant, .priority = prio,
+		.cost = cost, .ms_id = 77, .prompt_off = 4096, .prompt_len = 100,
+	};
+
+	return ioctl(fd, LLMOS_IOC_SUBMIT, &s) ? -errno : (long long)s.out_id;
+}
+
+static long long submit(int fd, __u32 tenant)
+{
+	return submit3(fd, tenant, 0, 1);
+}
+
+static int dispatch(int fd, struct llmos_req_desc *d, __u32 max, __u32 flags,
+		    __u32 timeout_ms)
+{
+	struct llmos_dispatch c = {
+		.size = sizeof(c), .flags = flags,
+		.descs_uptr = (__u64)(uintptr_t)d, .desc_size = sizeof(*d),
+		.max = max, .timeout_ms = timeout_ms,
+	};
+
+	return ioctl(fd, LLMOS_IOC_DISPATCH, &c) ? -errno : (int)c.out_count;
+}
+
+static int start(int fd, __u64 id)
+{
+	struct llmos_start c = { .size = sizeof(c), .id = id };
+
+	return ioctl(fd, LLMOS_IOC_START, &c) ? -errno : 0;
+}
+
+static int complete(int fd, __u64 id, __s32 status, __u32 tokens)
+{
+	struct llmos_complete c = {
+		.size = sizeof(c), .id = id, .status = status, .tokens = tokens,
+		.result_off = 8192, .result_len = tokens * 4,
+	};
+
+	return ioctl(fd, LLMOS_IOC_COMPLETE, &c) ? -errno : 0;
+}
+
+static int cancel(int fd, __u64 id)
+{
+	struct llmos_cancel c = { .size = sizeof(c), .id = id };
+
+	return ioctl(fd, LLMOS_IOC_CANCEL, &c) ? -errno : 0;
+}
+
+static int wait_req(int fd, __u64 id, __u32 flags, __u32 timeout_ms,
+		    struct llmos_wait *out)
+{
+	struct llmos_wait w = {
+		.size = sizeof(w), .id = id, .flags = flags,
+		.timeout_ms = timeout_ms,
+	};
+	int ret = ioctl(fd, LLMOS_IOC_WAIT, &w) ? -errno : 0;
+
+	if (out)
+		*out = w;
+	return ret;
+}
+
+static int stats(int fd, struct llmos_sched_stats *st,
+		 struct llmos_tenant_stats *ts, __u32 n)
+{
+	memset(st, 0, sizeof(*st));
+	st->size = sizeof(*st);
+	st->tenants_uptr = (__u64)(uintptr_t)ts;
+	st->tenant_size = sizeof(*ts);
+	st->tenant_count = n;
+	return ioctl(fd, LLMOS_IOC_STATS, st) ? -errno : 0;
+}
+
+static double test_scale(void)
+{
+	const char *s = getenv("LLMOS_TEST_SCALE");
+	double v = s ? atof(s) : 1.0;
+
+	return v > 0 ? v : 1.0;
+}
+
+FIXTURE(sched) {
+	int client;
+	int worker;
+	struct llmos_sched_stats st0;
+};
+
+FIXTURE_SETUP(sched)
+{
+	struct llmos_tenant_stats ts;
+
+	self->client = dev_open();
+	ASSERT_LE(0, self->client);
+	self->worker = dev_open();
+	ASSERT_LE(0, self->worker);
+	ASSERT_EQ(0, stats(self->client, &self->st0, &ts, 0));
+}
+
+FIXTURE_TEARDOWN(sched)
+{
+	struct llmos_sched_stats st;
+	struct llmos_tenant_stats ts;
+
+	close(self->client);
+	close(self->worker);
+	/* Nothing left queued or in flight by this test. */
+	int fd = dev_open();
+
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, stats(fd, &st, &ts, 0));
+	EXPECT_EQ(0, st.out_nr[LLMOS_REQ_QUEUED]);
+	EXPECT_EQ(0, st.out_nr[LLMOS_REQ_DISPATCHED]);
+	EXPECT_EQ(0, st.out_nr[LLMOS_REQ_RUNNING]);
+	EXPECT_EQ(0, st.out_workers);
+	close(fd);
+}
+
+TEST_F(sched, submit_dispatch_complete_wait)
+{
+	struct llmos_req_desc d[8];
+	struct llmos_wait w;
+	struct pollfd pfd = { .fd = self->client, .events = POLLIN };
+	long long ids[3];
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	for (int i = 0; i < 3; i++) {
+		ids[i] = submit3(self->client, 5, 0, 10 + i);
+		ASSERT_LT(0, ids[i]);
+	}
+	ASSERT_EQ(3, dispatch(self->worker, d, 8, 0, 0));
+	for (int i = 0; i < 3; i++) {
+		EXPECT_EQ(ids[i], d[i].id);
+		EXPECT_EQ(5, d[i].tenant);
+		EXPECT_EQ(10 + i, d[i].cost);
+		EXPECT_EQ(77, d[i].ms_id);
+		EXPECT_EQ(4096, d[i].prompt_off);
+		EXPECT_EQ(100, d[i].prompt_len);
+		EXPECT_EQ(0, d[i].requeues);
+		EXPECT_LT(0, d[i].submit_ns);
+	}
+	EXPECT_EQ(0, poll(&pfd, 1, 0));
+	ASSERT_EQ(0, start(self->worker, d[0].id));
+	for (int i = 0; i < 3; i++)
+		ASSERT_EQ(0, complete(self->worker, d[i].id, 0, 20 + i));
+	EXPECT_EQ(1, poll(&pfd, 1, 0));
+	EXPECT_TRUE(pfd.revents & POLLIN);
+	for (int i = 0; i < 3; i++) {
+		ASSERT_EQ(0, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, &w));
+		EXPECT_EQ(ids[i], w.out_id);
+		EXPECT_EQ(LLMOS_REQ_COMPLETED, w.out_state);
+		EXPECT_EQ(0, w.out_status);
+		EXPECT_EQ(20 + i, w.out_tokens);
+		EXPECT_EQ(8192, w.out_result_off);
+		EXPECT_EQ((20 + i) * 4, w.out_result_len);
+		EXPECT_LE(w.out_submit_ns, w.out_dispatch_ns);
+		EXPECT_LE(w.out_dispatch_ns, w.out_end_ns);
+	}
+	/* Collected: the ids are gone, and there is nothing left to wait for. */
+	EXPECT_EQ(-ENOENT, wait_req(self->client, ids[0], 0, 0, NULL));
+	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, 0, 0, NULL));
+}
+
+TEST_F(sched, dispatch_without_work_fails_or_times_out)
+{
+	struct llmos_req_desc d[1];
+	struct timespec a, b;
+
+	ASSERT_EQ(0, reg(self->worker, 1));
+	EXPECT_EQ(-EAGAIN, dispatch(self->worker, d, 1, LLMOS_NONBLOCK, 0));
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	EXPECT_EQ(-ETIMEDOUT, dispatch(self->worker, d, 1, 0, 200));
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	EXPECT_LE(190, (b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000);
+}
+
+TEST_F(sched, dispatch_sleeps_until_a_submit)
+{
+	struct llmos_req_desc d[1];
+	int status;
+	pid_t pid;
+
+	ASSERT_EQ(0, reg(self->worker, 1));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		usleep(200 * 1000);
+		_exit(submit(self->client, 1) > 0 ? 0 : 1);
+	}
+	ASSERT_EQ(1, dispatch(self->worker, d, 1, 0, 20000));
+	ASSERT_EQ(0, complete(self->worker, d[0].id, 0, 1));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_EQ(0, WEXITSTATUS(status));
+	/* The child's copy of the client is closed; ours collects it. */
+	EXPECT_EQ(0, wait_req(self->client, 0, 0, 5000, NULL));
+}
+
+TEST_F(sched, worker_arguments_are_checked)
+{
+	struct llmos_worker_register r = { .size = sizeof(r), .numa_node = -1 };
+	struct llmos_dispatch c = { .size = sizeof(c) };
+	struct llmos_req_desc d[2];
+
+	EXPECT_EQ(-EINVAL, dispatch(self->worker, d, 1, LLMOS_NONBLOCK, 0));
+	EXPECT_EQ(-EINVAL, start(self->worker, 1));
+	EXPECT_EQ(-EINVAL, complete(self->worker, 1, 0, 0));
+	EXPECT_EQ(-EINVAL, reg(self->worker, 0));
+	EXPECT_EQ(-EINVAL, reg(self->worker, LLMOS_MAX_CAPACITY + 1));
+	r.capacity = 1;
+	r.numa_node = -2;
+	EXPECT_EQ(-1, ioctl(self->worker, LLMOS_IOC_WORKER_REGISTER, &r));
+	EXPECT_EQ(EINVAL, errno);
+	ASSERT_EQ(0, reg(self->worker, 2));
+	EXPECT_EQ(-EBUSY, reg(self->worker, 2));
+	EXPECT_EQ(-EINVAL, dispatch(self->worker, d, 0, LLMOS_NONBLOCK, 0));
+	EXPECT_EQ(-EINVAL, dispatch(self->worker, d, LLMOS_MAX_DISPATCH + 1,
+				    LLMOS_NONBLOCK, 0));
+	EXPECT_EQ(-EINVAL, dispatch(self->worker, d, 1, 1u << 5, 0));
+	c.descs_uptr = (__u64)(uintptr_t)d;
+	c.desc_size = sizeof(d[0]) - 1;
+	c.max = 1;
+	c.flags = LLMOS_NONBLOCK;
+	EXPECT_EQ(-1, ioctl(self->worker, LLMOS_IOC_DISPATCH, &c));
+	EXPECT_EQ(EINVAL, errno);
+	/* A bad array is refused before anything is taken. */
+	ASSERT_LT(0, submit(self->client, 1));
+	c.desc_size = sizeof(d[0]);
+	c.descs_uptr = 16;
+	EXPECT_EQ(-1, ioctl(self->worker, LLMOS_IOC_DISPATCH, &c));
+	EXPECT_EQ(EFAULT, errno);
+	ASSERT_EQ(1, dispatch(self->worker, d, 2, LLMOS_NONBLOCK, 0));
+	EXPECT_EQ(0, complete(self->worker, d[0].id, 0, 1));
+}
+
+TEST_F(sched, submit_arguments_are_checked)
+{
+	struct llmos_submit s = { .size = sizeof(s) };
+
+	s.priority = LLMOS_MAX_PRIORITY + 1;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, &s));
+	EXPECT_EQ(EINVAL, errno);
+	s.priority = 0;
+	s.__reserved = 1;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, &s));
+	EXPECT_EQ(EINVAL, errno);
+	s.__reserved = 0;
+	s.flags = 1;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, &s));
+	EXPECT_EQ(EINVAL, errno);
+	/* A reply that cannot be written takes the request back. */
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, (void *)16));
+	EXPECT_EQ(EFAULT, errno);
+	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL));
+}
+
+TEST_F(sched, capacity_limits_what_a_worker_holds)
+{
+	struct llmos_req_desc d[8];
+
+	ASSERT_EQ(0, reg(self->worker, 2));
+	for (int i = 0; i < 5; i++)
+		ASSERT_LT(0, submit(self->client, 1));
+	ASSERT_EQ(2, dispatch(self->worker, d, 8, 0, 0));
+	EXPECT_EQ(-EAGAIN, dispatch(self->worker, d + 2, 8, LLMOS_NONBLOCK, 0));
+	ASSERT_EQ(0, complete(self->worker, d[0].id, 0, 1));
+	ASSERT_EQ(1, dispatch(self->worker, d + 2, 8, LLMOS_NONBLOCK, 0));
+	ASSERT_EQ(0, complete(self->worker, d[1].id, 0, 1));
+	ASSERT_EQ(0, complete(self->worker, d[2].id, 0, 1));
+	ASSERT_EQ(2, dispatch(self->worker, d, 8, LLMOS_NONBLOCK, 0));
+	ASSERT_EQ(0, complete(self->worker, d[0].id, 0, 1));
+	ASSERT_EQ(0, complete(self->worker, d[1].id, 0, 1));
+	for (int i = 0; i < 5; i++)
+		ASSERT_EQ(0, wait_req(self->client, 0, 0, 5000, NULL));
+}
+
+TEST_F(sched, cancel_in_every_state)
+{
+	struct llmos_req_desc d[4];
+	struct llmos_wait w;
+	long long q, disp, run, done;
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	done = submit(self->client, 1);
+	run = submit(self->client, 1);
+	disp = submit(self->client, 1);
+	ASSERT_EQ(3, dispatch(self->worker, d, 3, 0, 0));
+	q = submit(self->client, 1);
+	ASSERT_EQ(0, start(self->worker, run));
+	ASSERT_EQ(0, complete(self->worker, done, 0, 3));
+	EXPECT_EQ(0, cancel(self->client, q));
+	EXPECT_EQ(0, cancel(self->client, disp));
+	EXPECT_EQ(0, cancel(self->client, run));
+	EXPECT_EQ(-EALREADY, cancel(self->client, done));
+	EXPECT_EQ(-EALREADY, cancel(self->client, q));
+	/* The worker learns it lost them. */
+	EXPECT_EQ(-ESRCH, complete(self->worker, run, 0, 1));
+	EXPECT_EQ(-ESRCH, start(self->worker, disp));
+	EXPECT_EQ(-EAGAIN, dispatch(self->worker, d, 4, LLMOS_NONBLOCK, 0));
+	ASSERT_EQ(0, wait_req(self->client, done, 0, 0, &w));
+	EXPECT_EQ(LLMOS_REQ_COMPLETED, w.out_state);
+	for (int i = 0; i < 3; i++) {
+		ASSERT_EQ(0, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, &w));
+		EXPECT_EQ(LLMOS_REQ_CANCELLED, w.out_state);
+	}
+	EXPECT_EQ(-ENOENT, cancel(self->client, q)); /* collected */
+	EXPECT_EQ(-ENOENT, complete(self->worker, run, 0, 1));
+}
+
+static int other_cancels(int client, long long id)
+{
+	if (setgid(OTHER_UID) || setuid(OTHER_UID))
+		return 10;
+	return cancel(client, id) == -EPERM ? 0 : 11;
+}
+
+TEST_F(sched, only_the_owner_or_an_admin_cancels)
+{
+	int other = dev_open(), status;
+	long long id;
+	pid_t pid;
+
+	ASSERT_LE(0, other);
+	id = submit(self->client, 1);
+	ASSERT_LT(0, id);
+	if (getuid() == 0) {
+		pid = fork();
+		ASSERT_LE(0, pid);
+		if (pid == 0)
+			_exit(other_cancels(other, id));
+		ASSERT_EQ(pid, waitpid(pid, &status, 0));
+		EXPECT_EQ(0, WEXITSTATUS(status));
+	}
+	/* An administrator may. */
+	EXPECT_EQ(0, cancel(other, id));
+	EXPECT_EQ(0, wait_req(self->client, id, 0, 0, NULL));
+	close(other);
+}
+
+TEST_F(sched, worker_checks_on_complete_and_start)
+{
+	struct llmos_req_desc d[2];
+	struct llmos_wait w;
+	int other = dev_open();
+	long long id;
+
+	ASSERT_LE(0, other);
+	ASSERT_EQ(0, reg(self->worker, 2));
+	ASSERT_EQ(0, reg(other, 2));
+	id = submit(self->client, 1);
+	EXPECT_EQ(-ESRCH, start(self->worker, id)); /* queued */
+	ASSERT_EQ(1, dispatch(self->worker, d, 2, 0, 0));
+	EXPECT_EQ(-ESRCH, complete(other, id, 0, 1));
+	EXPECT_EQ(-ESRCH, start(other, id));
+	EXPECT_EQ(-ENOENT, complete(self->worker, id + 1000000, 0, 1));
+	EXPECT_EQ(-EINVAL, complete(self->worker, id, 5, 1)); /* status > 0 */
+	ASSERT_EQ(0, start(self->worker, id));
+	EXPECT_EQ(-EINVAL, start(self->worker, id));
+	ASSERT_EQ(0, complete(self->worker, id, -EIO, 0));
+	EXPECT_EQ(-ESRCH, complete(self->worker, id, 0, 1));
+	ASSERT_EQ(0, wait_req(self->client, id, 0, 0, &w));
+	EXPECT_EQ(LLMOS_REQ_FAILED, w.out_state);
+	EXPECT_EQ(-EIO, w.out_status);
+	close(other);
+}
+
+TEST_F(sched, wait_checks_the_id)
+{
+	int other = dev_open();
+	long long mine, theirs;
+
+	ASSERT_LE(0, other);
+	mine = submit(self->client, 1);
+	theirs = submit(other, 1);
+	EXPECT_EQ(-ENOENT, wait_req(self->client, theirs, LLMOS_NONBLOCK, 0, NULL));
+	EXPECT_EQ(-EAGAIN, wait_req(self->client, mine, LLMOS_NONBLOCK, 0, NULL));
+	EXPECT_EQ(-ETIMEDOUT, wait_req(self->client, 0, 0, 100, NULL));
+	EXPECT_EQ(-EINVAL, wait_req(self->client, 0, 1u << 4, 0, NULL));
+	close(other); /* its request is cancelled and freed */
+}
+
+/* A worker process that takes three requests, starts one, and dies. */
+static int crashing_worker(void)
+{
+	struct llmos_req_desc d[3];
+	int fd = dev_open();
+
+	if (fd < 0 || reg(fd, 4))
+		return 1;
+	if (dispatch(fd, d, 3, 0, 5000) != 3)
+		return 2;
+	if (start(fd, d[0].id))
+		return 3;
+	_exit(0); /* no COMPLETE: the module must give them back */
+}
+
+TEST_F(sched, a_dead_workers_requests_complete_exactly_once)
+{
+	struct llmos_sched_stats st;
+	struct llmos_tenant_stats ts;
+	struct llmos_req_desc d[8];
+	long long ids[5];
+	int status, seen[5] = { 0 };
+	pid_t pid;
+
+	for (int i = 0; i < 5; i++)
+		ids[i] = submit(self->client, 3);
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0)
+		_exit(crashing_worker());
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_EQ(0, WEXITSTATUS(status));
+
+	ASSERT_EQ(0, stats(self->client, &st, &ts, 0));
+	EXPECT_EQ(self->st0.out_requeued + 3, st.out_requeued);
+	ASSERT_EQ(0, reg(self->worker, 8));
+	ASSERT_EQ(5, dispatch(self->worker, d, 8, 0, 0));
+	/* The three it held come first, in submission order, marked. */
+	for (int i = 0; i < 5; i++) {
+		EXPECT_EQ(ids[i], d[i].id);
+		EXPECT_EQ(i < 3 ? 1 : 0, d[i].requeues);
+		ASSERT_EQ(0, complete(self->worker, d[i].id, 0, 1));
+	}
+	for (int i = 0; i < 5; i++) {
+		struct llmos_wait w;
+
+		ASSERT_EQ(0, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, &w));
+		EXPECT_EQ(LLMOS_REQ_COMPLETED, w.out_state);
+		for (int k = 0; k < 5; k++)
+			seen[k] += w.out_id == (__u64)ids[k];
+	}
+	for (int k = 0; k < 5; k++)
+		EXPECT_EQ(1, seen[k]);
+	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL));
+}
+
+TEST_F(sched, a_closed_clients_requests_are_cancelled)
+{
+	struct llmos_req_desc d[4];
+	int gone = dev_open();
+
+	ASSERT_LE(0, gone);
+	ASSERT_EQ(0, reg(self->worker, 4));
+	for (int i = 0; i < 4; i++)
+		ASSERT_LT(0, submit(gone, 9));
+	ASSERT_EQ(2, dispatch(self->worker, d, 2, 0, 0));
+	close(gone);
+	EXPECT_EQ(-ENOENT, complete(self->worker, d[0].id, 0, 1));
+	EXPECT_EQ(-ENOENT, start(self->worker, d[1].id));
+	EXPECT_EQ(-EAGAIN, dispatch(self->worker, d, 4, LLMOS_NONBLOCK, 0));
+}
+
+TEST_F(sched, weights_divide_the_service)
+{
+	struct llmos_set_weight sw = { .size = sizeof(sw), .tenant = 21, .weight = 300 };
+	struct llmos_tenant_stats ts[64];
+	struct llmos_sched_stats st;
+	struct llmos_req_desc d[1];
+	int from22 = 0;
+	bool found = false;
+
+	if (getuid() != 0)
+		SKIP(return, "needs CAP_SYS_ADMIN to set weights");
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_SET_WEIGHT, &sw));
+	sw.tenant = 22;
+	sw.weight = 100;
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_SET_WEIGHT, &sw));
+	sw.weight = 0;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SET_WEIGHT, &sw));
+	EXPECT_EQ(EINVAL, errno);
+	sw.weight = LLMOS_MAX_WEIGHT + 1;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SET_WEIGHT, &sw));
+	EXPECT_EQ(EINVAL, errno);
+	for (int i = 0; i < 200; i++) {
+		ASSERT_LT(0, submit(self->client, 21));
+		ASSERT_LT(0, submit(self->client, 22));
+	}
+	ASSERT_EQ(0, reg(self->worker, 1));
+	for (int i = 0; i < 200; i++) {
+		ASSERT_EQ(1, dispatch(self->worker, d, 1, 0, 0));
+		from22 += d[0].tenant == 22;
+		ASSERT_EQ(0, complete(self->worker, d[0].id, 0, 1));
+	}
+	EXPECT_LE(47, from22); /* a quarter of 200 */
+	EXPECT_GE(53, from22);
+	ASSERT_EQ(0, stats(self->client, &st, ts, 64));
+	for (__u32 i = 0; i < st.tenant_count && i < 64; i++) {
+		if (ts[i].tenant == 21) {
+			EXPECT_EQ(300, ts[i].weight);
+			found = true;
+		}
+	}
+	EXPECT_TRUE(found);
+	/* The rest go when the client closes (teardown checks). */
+}
+
+static int other_sets_weight(int fd)
+{
+	struct llmos_set_weight sw = { .size = sizeof(sw), .tenant = 1, .weight = 5 };
+
+	if (setgid(OTHER_UID) || setuid(OTHER_UID))
+		return 10;
+	if (ioctl(fd, LLMOS_IOC_SET_WEIGHT, &sw) == 0 || errno != EPERM)
+		return 11;
+	return 0;
+}
+
+TEST_F(sched, setting_weights_needs_privilege)
+{
+	int status;
+	pid_t pid;
+
+	if (getuid() != 0)
+		SKIP(return, "needs root to switch users");
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0)
+		_exit(other_sets_weight(self->client));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_EQ(0, WEXITSTATUS(status));
+}
+
+/* The stress run: 8 clients, 4 workers, every request exactly once. */
+#define CLIENTS 8
+#define WORKERS 4
+
+struct stress {
+	int per_client;
+	atomic_int stop;
+	atomic_long completions;
+	atomic_int errors;
+};
+
+static void *stress_worker(void *arg)
+{
+	struct stress *s = arg;
+	struct llmos_req_desc d[16];
+	int fd = dev_open();
+
+	if (fd < 0 || reg(fd, 16)) {
+		s->errors++;
+		return NULL;
+	}
+	while (!s->stop) {
+		int n = dispatch(fd, d, 16, 0, 50);
+
+		if (n == -ETIMEDOUT)
+			continue;
+		if (n < 0) {
+			s->errors++;
+			break;
+		}
+		for (int i = 0; i < n; i++) {
+			if (complete(fd, d[i].id, 0, 1))
+				s->errors++;
+			s->completions++;
+		}
+	}
+	close(fd);
+	return NULL;
+}
+
+static void *stress_client(void *arg)
+{
+	struct stress *s = arg;
+	int fd = dev_open(), n = s->per_client;
+	unsigned char *seen = calloc(n, 1);
+	long long *ids = calloc(n, sizeof(*ids));
+
+	if (fd < 0 || !seen || !ids) {
+		s->errors++;
+		return NULL;
+	}
+	for (int i = 0; i < n; i++) {
+		ids[i] = submit3(fd, i % 3, i % 2, 1);
+		if (ids[i] <= 0)
+			s->errors++;
+	}
+	for (int i = 0; i < n; i++) {
+		struct llmos_wait w;
+
+		if (wait_req(fd, 0, 0, 60000, &w) || w.out_state != LLMOS_REQ_COMPLETED) {
+			s->errors++;
+			break;
+		}
+		/* A client's ids increase: find this one by bisection. */
+		{
+			int lo = 0, hi = n - 1;
+
+			while (lo < hi) {
+				int mid = (lo + hi) / 2;
+
+				if (ids[mid] < (long long)w.out_id)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			if (ids[lo] != (long long)w.out_id || seen[lo]++)
+				s->errors++;
+		}
+	}
+	for (int i = 0; i < n; i++)
+		if (seen[i] != 1)
+			s->errors++;
+	free(seen);
+	free(ids);
+	close(fd);
+	return NULL;
+}
+
+TEST_F_TIMEOUT(sched, stress_every_request_completes_exactly_once, 900)
+{
+	struct stress s = { .per_client = (int)(10000 * test_scale()) };
+	pthread_t w[WORKERS], c[CLIENTS];
+
+	if (s.per_client < 10)
+		s.per_client = 10;
+	for (int i = 0; i < WORKERS; i++)
+		ASSERT_EQ(0, pthread_create(&w[i], NULL, stress_worker, &s));
+	for (int i = 0; i < CLIENTS; i++)
+		ASSERT_EQ(0, pthread_create(&c[i], NULL, stress_client, &s));
+	for (int i = 0; i < CLIENTS; i++)
+		pthread_join(c[i], NULL);
+	s.stop = 1;
+	for (int i = 0; i < WORKERS; i++)
+		pthread_join(w[i], NULL);
+	EXPECT_EQ(0, s.errors);
+	EXPECT_EQ((long)CLIENTS * s.per_client, s.completions);
+	TH_LOG("%d clients x %d requests, %d workers", CLIENTS, s.per_client, WORKERS);
+}
+
+TEST_HARNESS_MAIN
