@@ -16,6 +16,10 @@
 
 struct dentry;
 struct file;
+struct io_uring_cmd;
+struct llmos_client;
+struct llmos_dispatch;
+struct llmos_wait;
 struct inode;
 struct poll_table_struct;
 struct seq_file;
@@ -67,6 +71,21 @@ int llmos_wait(struct llmos_ucmd *ucmd);
 int llmos_set_weight(struct llmos_ucmd *ucmd);
 int llmos_stats(struct llmos_ucmd *ucmd);
 void llmos_sched_counters_show(struct seq_file *m);
+int llmos_dispatch_check(struct llmos_client *c,
+			 const struct llmos_dispatch *cmd);
+int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
+			u32 max);
+int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd);
+int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd);
+int llmos_park_wait(struct llmos_client *c, struct io_uring_cmd *ioucmd,
+		    u64 id);
+bool llmos_unpark(struct llmos_client *c, struct io_uring_cmd *ioucmd);
+
+/* uring.c */
+int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags);
+void llmos_uring_kick(struct io_uring_cmd *ioucmd);
+/* main.c: the ioctls of /dev/llmos, for io_uring commands too */
+long llmos_dev_ioctl(struct file *filp, unsigned int cmd, unsigned long arg);
 int llmos_sched_init(void);
 void llmos_sched_exit(void);
 

@@ -163,8 +163,15 @@ static long llmos_ioctl_dispatch(struct file *filp, unsigned int cmd,
 	return op->execute(&ucmd);
 }
 
-static long llmos_fops_ioctl(struct file *filp, unsigned int cmd,
-			     unsigned long arg)
+/**
+ * llmos_dev_ioctl() - ioctl() on /dev/llmos
+ * @filp: the file
+ * @cmd: command
+ * @arg: user pointer to the command's struct
+ *
+ * Return: 0 or a negative errno.
+ */
+long llmos_dev_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
 	return llmos_ioctl_dispatch(filp, cmd, arg, llmos_dev_ops,
 				    ARRAY_SIZE(llmos_dev_ops), LLMOS_CMD_BASE);
@@ -191,8 +198,9 @@ static const struct file_operations llmos_fops = {
 	.open = llmos_client_open,
 	.release = llmos_client_release,
 	.poll = llmos_client_poll,
-	.unlocked_ioctl = llmos_fops_ioctl,
+	.unlocked_ioctl = llmos_dev_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
+	.uring_cmd = llmos_uring_cmd,
 };
 
 static struct miscdevice llmos_misc = {

@@ -44,6 +44,10 @@ MODULE_PARM_DESC(max_client_requests,
  * @done: its finished requests, oldest first, not collected yet
  * @nr_reqs: length of @reqs
  * @wq: WAIT and poll() sleep here
+ * @park_dispatch: an io_uring DISPATCH waiting for work, or NULL
+ * @park_node: in llmos_sched.parked while @park_dispatch is set
+ * @park_wait: an io_uring WAIT waiting for a finished request, or NULL
+ * @park_wait_id: the request @park_wait waits for (0: any)
  *
  * All fields but @wq are under llmos_sched.lock.
  */
@@ -54,6 +58,10 @@ struct llmos_client {
 	struct list_head done;
 	u32 nr_reqs;
 	wait_queue_head_t wq;
+	struct io_uring_cmd *park_dispatch;
+	struct list_head park_node;
+	struct io_uring_cmd *park_wait;
+	u64 park_wait_id;
 };
 
 /**
@@ -74,6 +82,7 @@ static struct {
 	spinlock_t lock;	/* protects core, every client's lists */
 	struct llmos_core_sched core;
 	wait_queue_head_t work_wq;	/* workers waiting in DISPATCH */
+	struct list_head parked;	/* clients with a parked DISPATCH */
 	u32 nr_workers;			/* under lock */
 	atomic_t nr_clients;
 	atomic_long_t nr_reqs;		/* llmos_kreq objects alive */
@@ -97,12 +106,51 @@ static bool llmos_req_finished(const struct llmos_core_req *r)
 	       r->state == LLMOS_REQ_FAILED || r->state == LLMOS_REQ_CANCELLED;
 }
 
+static u32 llmos_worker_room(const struct llmos_client *c)
+{
+	const struct llmos_core_worker *w = &c->worker;
+
+	return w->capacity > w->inflight.nr ? w->capacity - w->inflight.nr : 0;
+}
+
+/*
+ * Complete parked io_uring DISPATCHes of workers with room, as many as the
+ * queued requests can feed; they take their requests in their own task.
+ * Under the lock.
+ */
+static void llmos_kick_workers(void)
+{
+	u32 budget = llmos_core_queued(&llmos_sched.core);
+	struct llmos_client *c, *tmp;
+
+	lockdep_assert_held(&llmos_sched.lock);
+	list_for_each_entry_safe(c, tmp, &llmos_sched.parked, park_node) {
+		u32 room = llmos_worker_room(c);
+
+		if (!budget)
+			break;
+		if (!room)
+			continue;
+		list_del_init(&c->park_node);
+		llmos_uring_kick(c->park_dispatch);
+		c->park_dispatch = NULL;
+		budget -= min(budget, room);
+	}
+}
+
 /* Tell @kr's client that it finished. Under the lock. */
 static void llmos_req_notify(struct llmos_kreq *kr)
 {
+	struct llmos_client *c = kr->client;
+
 	lockdep_assert_held(&llmos_sched.lock);
-	list_add_tail(&kr->done_node, &kr->client->done);
-	wake_up(&kr->client->wq);
+	list_add_tail(&kr->done_node, &c->done);
+	wake_up(&c->wq);
+	if (c->park_wait &&
+	    (!c->park_wait_id || c->park_wait_id == kr->core.id)) {
+		llmos_uring_kick(c->park_wait);
+		c->park_wait = NULL;
+	}
 }
 
 /* Forget a finished request entirely. Under the lock. */
@@ -132,6 +180,7 @@ int llmos_client_open(struct inode *inode, struct file *file)
 		return -ENOMEM;
 	INIT_LIST_HEAD(&c->reqs);
 	INIT_LIST_HEAD(&c->done);
+	INIT_LIST_HEAD(&c->park_node);
 	init_waitqueue_head(&c->wq);
 	file->private_data = c;
 	atomic_inc(&llmos_sched.nr_clients);
@@ -165,6 +214,8 @@ int llmos_client_release(struct inode *inode, struct file *file)
 					  ktime_get_ns());
 		llmos_req_free(kr);
 	}
+	if (requeued)
+		llmos_kick_workers();
 	spin_unlock(&llmos_sched.lock);
 	if (requeued)
 		wake_up(&llmos_sched.work_wq);
@@ -283,6 +334,7 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 		list_add_tail(&kr->node, &c->reqs);
 		c->nr_reqs++;
 		cmd->out_id = kr->core.id;
+		llmos_kick_workers();
 	}
 	spin_unlock(&llmos_sched.lock);
 	kfree(spare);
@@ -331,6 +383,73 @@ static void llmos_desc_fill(struct llmos_req_desc *d,
 }
 
 /**
+ * llmos_dispatch_into() - hand a worker what is there for it, now
+ * @c: the worker's client
+ * @descs_uptr: user array of @max elements of @desc_size bytes, checked
+ *	writable by the caller
+ * @desc_size: element size (at least sizeof(struct llmos_req_desc))
+ * @max: most requests to take
+ *
+ * Return: requests written (0: none there), or -ENOMEM or -EFAULT.
+ */
+int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
+			u32 max)
+{
+	void __user *uptr = u64_to_user_ptr(descs_uptr);
+	struct llmos_core_req **reqs;
+	struct llmos_req_desc *descs;
+	u32 n, i;
+	int ret;
+
+	reqs = kcalloc(max, sizeof(*reqs), GFP_KERNEL);
+	descs = kcalloc(max, sizeof(*descs), GFP_KERNEL);
+	if (!reqs || !descs) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	spin_lock(&llmos_sched.lock);
+	n = llmos_core_dispatch(&llmos_sched.core, &c->worker, reqs, max,
+				ktime_get_ns());
+	for (i = 0; i < n; i++)
+		llmos_desc_fill(&descs[i], reqs[i]);
+	spin_unlock(&llmos_sched.lock);
+	ret = n;
+	for (i = 0; i < n; i++) {
+		if (copy_to_user(uptr + (size_t)i * desc_size, &descs[i],
+				 sizeof(descs[i]))) {
+			ret = -EFAULT;
+			break;
+		}
+	}
+out:
+	kfree(descs);
+	kfree(reqs);
+	return ret;
+}
+
+/**
+ * llmos_dispatch_check() - validate a DISPATCH command
+ * @c: the caller's client
+ * @cmd: the command
+ *
+ * Return: 0, -EINVAL, or -EFAULT when the array is not writable (checked
+ * now: once dispatched, requests must reach it).
+ */
+int llmos_dispatch_check(struct llmos_client *c,
+			 const struct llmos_dispatch *cmd)
+{
+	if (cmd->flags & ~LLMOS_NONBLOCK || !cmd->max ||
+	    cmd->max > LLMOS_MAX_DISPATCH ||
+	    cmd->desc_size < sizeof(struct llmos_req_desc) ||
+	    cmd->desc_size > PAGE_SIZE || !c->is_worker)
+		return -EINVAL;
+	if (clear_user(u64_to_user_ptr(cmd->descs_uptr),
+		       (size_t)cmd->max * cmd->desc_size))
+		return -EFAULT;
+	return 0;
+}
+
+/**
  * llmos_dispatch() - LLMOS_IOC_DISPATCH
  * @ucmd: the command, a struct llmos_dispatch
  *
@@ -340,71 +459,83 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
 {
 	struct llmos_dispatch *cmd = ucmd->cmd;
 	struct llmos_client *c = llmos_client(ucmd);
-	void __user *uptr = u64_to_user_ptr(cmd->descs_uptr);
-	struct llmos_core_req **reqs = NULL;
-	struct llmos_req_desc *descs = NULL;
 	long timeout;
-	u32 n = 0, i;
-	int ret;
+	int n;
 
-	if (cmd->flags & ~LLMOS_NONBLOCK || !cmd->max ||
-	    cmd->max > LLMOS_MAX_DISPATCH ||
-	    cmd->desc_size < sizeof(struct llmos_req_desc) ||
-	    cmd->desc_size > PAGE_SIZE)
-		return -EINVAL;
-	if (!c->is_worker)
-		return -EINVAL;
-	/* Check the array now: once dispatched, requests must reach it. */
-	if (clear_user(uptr, (size_t)cmd->max * cmd->desc_size))
-		return -EFAULT;
-	reqs = kcalloc(cmd->max, sizeof(*reqs), GFP_KERNEL);
-	descs = kcalloc(cmd->max, sizeof(*descs), GFP_KERNEL);
-	if (!reqs || !descs) {
-		ret = -ENOMEM;
-		goto out;
-	}
-
+	n = llmos_dispatch_check(c, cmd);
+	if (n)
+		return n;
 	timeout = cmd->timeout_ms ? msecs_to_jiffies(cmd->timeout_ms) :
 				    MAX_SCHEDULE_TIMEOUT;
 	for (;;) {
-		spin_lock(&llmos_sched.lock);
-		n = llmos_core_dispatch(&llmos_sched.core, &c->worker, reqs,
-					cmd->max, ktime_get_ns());
-		for (i = 0; i < n; i++)
-			llmos_desc_fill(&descs[i], reqs[i]);
-		spin_unlock(&llmos_sched.lock);
+		n = llmos_dispatch_into(c, cmd->descs_uptr, cmd->desc_size,
+					cmd->max);
+		if (n < 0)
+			return n;
 		if (n)
 			break;
-		if (cmd->flags & LLMOS_NONBLOCK) {
-			ret = -EAGAIN;
-			goto out;
-		}
+		if (cmd->flags & LLMOS_NONBLOCK)
+			return -EAGAIN;
 		timeout = wait_event_interruptible_timeout(llmos_sched.work_wq,
 							   llmos_can_dispatch(c),
 							   timeout);
-		if (timeout < 0) {
-			ret = -EINTR;
-			goto out;
-		}
-		if (!timeout) {
-			ret = -ETIMEDOUT;
-			goto out;
-		}
-	}
-
-	for (i = 0; i < n; i++) {
-		if (copy_to_user(uptr + (size_t)i * cmd->desc_size, &descs[i],
-				 sizeof(descs[i]))) {
-			ret = -EFAULT;
-			goto out;
-		}
+		if (timeout < 0)
+			return -EINTR;
+		if (!timeout)
+			return -ETIMEDOUT;
 	}
 	cmd->out_count = n;
-	ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
-out:
-	kfree(descs);
-	kfree(reqs);
+	return llmos_ucmd_respond(ucmd, sizeof(*cmd));
+}
+
+/**
+ * llmos_park_dispatch() - park an io_uring DISPATCH until work comes
+ * @c: the worker's client
+ * @ioucmd: the command
+ *
+ * Return: 0 (parked: llmos_uring_kick() will be called on it), -EBUSY
+ * (one is parked already), or -EAGAIN (work is there: take it now).
+ */
+int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd)
+{
+	int ret = 0;
+
+	spin_lock(&llmos_sched.lock);
+	if (c->park_dispatch) {
+		ret = -EBUSY;
+	} else if (llmos_core_queued(&llmos_sched.core) &&
+		   llmos_worker_room(c)) {
+		ret = -EAGAIN;
+	} else {
+		c->park_dispatch = ioucmd;
+		list_add_tail(&c->park_node, &llmos_sched.parked);
+	}
+	spin_unlock(&llmos_sched.lock);
 	return ret;
+}
+
+/**
+ * llmos_unpark() - take back a parked io_uring command (to cancel it)
+ * @c: its client
+ * @ioucmd: the command
+ *
+ * Return: whether it was parked (then the caller completes it).
+ */
+bool llmos_unpark(struct llmos_client *c, struct io_uring_cmd *ioucmd)
+{
+	bool found = false;
+
+	spin_lock(&llmos_sched.lock);
+	if (c->park_dispatch == ioucmd) {
+		c->park_dispatch = NULL;
+		list_del_init(&c->park_node);
+		found = true;
+	} else if (c->park_wait == ioucmd) {
+		c->park_wait = NULL;
+		found = true;
+	}
+	spin_unlock(&llmos_sched.lock);
+	return found;
 }
 
 /**
@@ -452,8 +583,10 @@ int llmos_complete(struct llmos_ucmd *ucmd)
 				      cmd->status, cmd->tokens,
 				      cmd->result_off, cmd->result_len,
 				      ktime_get_ns()) : -ENOENT;
-	if (!ret)
+	if (!ret) {
 		llmos_req_notify(llmos_kreq(r));
+		llmos_kick_workers(); /* this worker has room again */
+	}
 	spin_unlock(&llmos_sched.lock);
 	return ret;
 }
@@ -519,6 +652,75 @@ static bool llmos_wait_ready(struct llmos_client *c, u64 id)
 }
 
 /**
+ * llmos_wait_collect() - collect a finished request of a client, now
+ * @c: the client
+ * @id: the request, or 0 for the oldest finished
+ * @cmd: its out_* fields are filled
+ *
+ * Return: 0, -EAGAIN (not finished yet) or -ENOENT.
+ */
+int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd)
+{
+	struct llmos_kreq *kr;
+	int ret = 0;
+
+	spin_lock(&llmos_sched.lock);
+	kr = llmos_wait_pick(c, id);
+	if (IS_ERR(kr)) {
+		ret = PTR_ERR(kr);
+	} else if (!kr) {
+		ret = -EAGAIN;
+	} else {
+		struct llmos_core_req *r = &kr->core;
+
+		cmd->out_state = r->state;
+		cmd->out_id = r->id;
+		cmd->out_status = r->status;
+		cmd->out_tokens = r->tokens;
+		cmd->out_result_off = r->result_off;
+		cmd->out_result_len = r->result_len;
+		cmd->out_submit_ns = r->t_submit;
+		cmd->out_dispatch_ns = r->t_dispatch;
+		cmd->out_end_ns = r->t_end;
+		list_del(&kr->done_node);
+		llmos_req_free(kr);
+	}
+	spin_unlock(&llmos_sched.lock);
+	return ret;
+}
+
+/**
+ * llmos_park_wait() - park an io_uring WAIT until a request finishes
+ * @c: the client
+ * @ioucmd: the command
+ * @id: the request it waits for, or 0 for any
+ *
+ * Return: 0 (parked), -EBUSY (one is parked already), -EAGAIN (one has
+ * finished: collect it now) or -ENOENT (nothing to wait for).
+ */
+int llmos_park_wait(struct llmos_client *c, struct io_uring_cmd *ioucmd,
+		    u64 id)
+{
+	struct llmos_kreq *kr;
+	int ret = 0;
+
+	spin_lock(&llmos_sched.lock);
+	kr = llmos_wait_pick(c, id);
+	if (IS_ERR(kr)) {
+		ret = PTR_ERR(kr);
+	} else if (kr) {
+		ret = -EAGAIN;
+	} else if (c->park_wait) {
+		ret = -EBUSY;
+	} else {
+		c->park_wait = ioucmd;
+		c->park_wait_id = id;
+	}
+	spin_unlock(&llmos_sched.lock);
+	return ret;
+}
+
+/**
  * llmos_wait() - LLMOS_IOC_WAIT
  * @ucmd: the command, a struct llmos_wait
  *
@@ -528,38 +730,19 @@ int llmos_wait(struct llmos_ucmd *ucmd)
 {
 	struct llmos_wait *cmd = ucmd->cmd;
 	struct llmos_client *c = llmos_client(ucmd);
-	struct llmos_kreq *kr;
 	long timeout;
+	int ret;
 
 	if (cmd->flags & ~LLMOS_NONBLOCK)
 		return -EINVAL;
 	timeout = cmd->timeout_ms ? msecs_to_jiffies(cmd->timeout_ms) :
 				    MAX_SCHEDULE_TIMEOUT;
 	for (;;) {
-		spin_lock(&llmos_sched.lock);
-		kr = llmos_wait_pick(c, cmd->id);
-		if (!IS_ERR_OR_NULL(kr)) {
-			struct llmos_core_req *r = &kr->core;
-
-			cmd->out_state = r->state;
-			cmd->out_id = r->id;
-			cmd->out_status = r->status;
-			cmd->out_tokens = r->tokens;
-			cmd->out_result_off = r->result_off;
-			cmd->out_result_len = r->result_len;
-			cmd->out_submit_ns = r->t_submit;
-			cmd->out_dispatch_ns = r->t_dispatch;
-			cmd->out_end_ns = r->t_end;
-			list_del(&kr->done_node);
-			llmos_req_free(kr);
-		}
-		spin_unlock(&llmos_sched.lock);
-		if (IS_ERR(kr))
-			return PTR_ERR(kr);
-		if (kr)
+		ret = llmos_wait_collect(c, cmd->id, cmd);
+		if (!ret)
 			return llmos_ucmd_respond(ucmd, sizeof(*cmd));
-		if (cmd->flags & LLMOS_NONBLOCK)
-			return -EAGAIN;
+		if (ret != -EAGAIN || cmd->flags & LLMOS_NONBLOCK)
+			return ret;
 		timeout = wait_event_interruptible_timeout(c->wq,
 							   llmos_wait_ready(c, cmd->id),
 							   timeout);
@@ -686,6 +869,7 @@ int llmos_sched_init(void)
 {
 	spin_lock_init(&llmos_sched.lock);
 	init_waitqueue_head(&llmos_sched.work_wq);
+	INIT_LIST_HEAD(&llmos_sched.parked);
 	llmos_core_init(&llmos_sched.core);
 	llmos_req_cache = KMEM_CACHE(llmos_kreq, SLAB_ACCOUNT);
 	return llmos_req_cache ? 0 : -ENOMEM;

@@ -743,6 +743,29 @@ struct llmos_sched_stats {
 	__aligned_u64 out_lat_hist[LLMOS_LAT_BUCKETS];
 };
 
+/**
+ * struct llmos_uring_sqe - the command area of an IORING_OP_URING_CMD SQE
+ * @arg_uptr: user pointer to the command's argument struct, as the ioctl
+ *	takes it
+ * @__reserved: must be 0
+ *
+ * SQE fields: opcode %IORING_OP_URING_CMD, fd an open /dev/llmos, cmd_op
+ * one of %LLMOS_IOC_SUBMIT, %LLMOS_IOC_START, %LLMOS_IOC_COMPLETE,
+ * %LLMOS_IOC_CANCEL, %LLMOS_IOC_DISPATCH, %LLMOS_IOC_WAIT (others:
+ * EOPNOTSUPP). The CQE's res is the ioctl's result (0 or a negative errno)
+ * and, for DISPATCH, the number of descriptors written. DISPATCH and WAIT
+ * never block the ring: with nothing ready they stay pending (at most one
+ * of each per file, EBUSY otherwise) until a request comes or finishes;
+ * with %LLMOS_NONBLOCK, DISPATCH completes at once with 0 and WAIT with
+ * EAGAIN. A pending DISPATCH may complete with 0 when another worker took
+ * the request first: submit it again. Pending commands complete with
+ * ECANCELED when their ring is closed.
+ */
+struct llmos_uring_sqe {
+	__aligned_u64 arg_uptr;
+	__aligned_u64 __reserved;
+};
+
 #define LLMOS_IOC_WORKER_REGISTER _IO(LLMOS_TYPE, LLMOS_CMD_WORKER_REGISTER)
 #define LLMOS_IOC_SUBMIT _IO(LLMOS_TYPE, LLMOS_CMD_SUBMIT)
 #define LLMOS_IOC_DISPATCH _IO(LLMOS_TYPE, LLMOS_CMD_DISPATCH)

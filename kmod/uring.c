@@ -1,0 +1,227 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * llmos: io_uring commands (IORING_OP_URING_CMD) on /dev/llmos.
+ *
+ * The SQE carries the ioctl command number in cmd_op and, in its command
+ * area, a pointer to the same argument struct the ioctl takes. SUBMIT,
+ * START, COMPLETE and CANCEL run at once, through the ioctl code. DISPATCH
+ * and WAIT do not block the ring: when nothing is there they are parked
+ * (one of each per file) and completed from the task that owns them, in
+ * task work, when a request arrives or finishes: the descriptors are
+ * copied into that task's memory. A parked command is cancelled (-ECANCELED)
+ * when its ring goes away.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/fs.h>
+#include <linux/io_uring/cmd.h>
+#include <linux/uaccess.h>
+
+#include <linux/llmos.h>
+
+#include "llmos.h"
+
+/**
+ * struct llmos_uring_pdu - what a parked command remembers
+ * @arg_uptr: the user's argument struct
+ * @descs_uptr: DISPATCH: the descriptor array
+ * @id: WAIT: the request waited for (0: any)
+ * @desc_size: DISPATCH: element size
+ * @max: DISPATCH: most requests to take
+ */
+struct llmos_uring_pdu {
+	u64 arg_uptr;
+	u64 descs_uptr;
+	u64 id;
+	u32 desc_size;
+	u32 max;
+};
+
+static struct llmos_uring_pdu *llmos_pdu(struct io_uring_cmd *ioucmd)
+{
+	return io_uring_cmd_to_pdu(ioucmd, struct llmos_uring_pdu);
+}
+
+/* Read an argument struct as the ioctl dispatcher does. */
+static int llmos_uring_read(u64 uptr, void *kbuf, size_t ksize, size_t min)
+{
+	void __user *u = u64_to_user_ptr(uptr);
+	u32 size;
+
+	if (get_user(size, (u32 __user *)u))
+		return -EFAULT;
+	if (size < min)
+		return -EINVAL;
+	return copy_struct_from_user(kbuf, ksize, u, size);
+}
+
+/* DISPATCH's reply: the number of descriptors written, or an error. */
+static int llmos_uring_dispatch_reply(struct llmos_uring_pdu *pdu, int n)
+{
+	struct llmos_dispatch __user *u = u64_to_user_ptr(pdu->arg_uptr);
+
+	if (n >= 0 && put_user(n, &u->out_count))
+		return -EFAULT;
+	return n;
+}
+
+static void llmos_uring_dispatch_tw(struct io_uring_cmd *ioucmd,
+				    unsigned int issue_flags)
+{
+	struct llmos_uring_pdu *pdu = llmos_pdu(ioucmd);
+	int n = -ECANCELED;
+
+	/* A kick that finds nothing (another worker was faster) gives 0. */
+	if (!(issue_flags & IO_URING_F_TASK_DEAD)) {
+		n = llmos_dispatch_into(ioucmd->file->private_data,
+					pdu->descs_uptr, pdu->desc_size,
+					pdu->max);
+		n = llmos_uring_dispatch_reply(pdu, n);
+	}
+	io_uring_cmd_done(ioucmd, n, 0, issue_flags);
+}
+
+static int llmos_uring_wait_reply(struct io_uring_cmd *ioucmd)
+{
+	struct llmos_uring_pdu *pdu = llmos_pdu(ioucmd);
+	struct llmos_wait cmd;
+	u32 size;
+	int ret;
+
+	if (get_user(size, (u32 __user *)u64_to_user_ptr(pdu->arg_uptr)))
+		return -EFAULT;
+	ret = llmos_uring_read(pdu->arg_uptr, &cmd, sizeof(cmd),
+			       offsetofend(struct llmos_wait, out_end_ns));
+	if (ret)
+		return ret;
+	ret = llmos_wait_collect(ioucmd->file->private_data, pdu->id, &cmd);
+	if (ret)
+		return ret;
+	if (copy_to_user(u64_to_user_ptr(pdu->arg_uptr), &cmd,
+			 min_t(size_t, size, sizeof(cmd))))
+		return -EFAULT;
+	return 0;
+}
+
+static void llmos_uring_wait_tw(struct io_uring_cmd *ioucmd,
+				unsigned int issue_flags)
+{
+	int ret = -ECANCELED;
+
+	if (!(issue_flags & IO_URING_F_TASK_DEAD))
+		ret = llmos_uring_wait_reply(ioucmd);
+	io_uring_cmd_done(ioucmd, ret, 0, issue_flags);
+}
+
+/**
+ * llmos_uring_kick() - complete a parked command in its task
+ * @ioucmd: a command llmos_park_dispatch() or llmos_park_wait() parked
+ *
+ * Called with the scheduler's spinlock held.
+ */
+void llmos_uring_kick(struct io_uring_cmd *ioucmd)
+{
+	io_uring_cmd_complete_in_task(ioucmd, ioucmd->cmd_op == LLMOS_IOC_WAIT ?
+					      llmos_uring_wait_tw :
+					      llmos_uring_dispatch_tw);
+}
+
+static int llmos_uring_dispatch(struct io_uring_cmd *ioucmd, u64 arg_uptr,
+				unsigned int issue_flags)
+{
+	struct llmos_client *c = ioucmd->file->private_data;
+	struct llmos_uring_pdu *pdu = llmos_pdu(ioucmd);
+	struct llmos_dispatch cmd;
+	int ret;
+
+	ret = llmos_uring_read(arg_uptr, &cmd, sizeof(cmd),
+			       offsetofend(struct llmos_dispatch, out_count));
+	if (ret)
+		return ret;
+	ret = llmos_dispatch_check(c, &cmd);
+	if (ret)
+		return ret;
+	pdu->arg_uptr = arg_uptr;
+	pdu->descs_uptr = cmd.descs_uptr;
+	pdu->desc_size = cmd.desc_size;
+	pdu->max = cmd.max;
+	for (;;) {
+		ret = llmos_dispatch_into(c, cmd.descs_uptr, cmd.desc_size,
+					  cmd.max);
+		/* Through io_uring, LLMOS_NONBLOCK with nothing there is 0. */
+		if (ret || cmd.flags & LLMOS_NONBLOCK)
+			return llmos_uring_dispatch_reply(pdu, ret);
+		ret = llmos_park_dispatch(c, ioucmd);
+		if (ret != -EAGAIN)
+			break;
+	}
+	if (ret)
+		return ret;
+	io_uring_cmd_mark_cancelable(ioucmd, issue_flags);
+	return -EIOCBQUEUED;
+}
+
+static int llmos_uring_wait(struct io_uring_cmd *ioucmd, u64 arg_uptr,
+			    unsigned int issue_flags)
+{
+	struct llmos_uring_pdu *pdu = llmos_pdu(ioucmd);
+	struct llmos_wait cmd;
+	int ret;
+
+	ret = llmos_uring_read(arg_uptr, &cmd, sizeof(cmd),
+			       offsetofend(struct llmos_wait, out_end_ns));
+	if (ret)
+		return ret;
+	if (cmd.flags & ~LLMOS_NONBLOCK)
+		return -EINVAL;
+	pdu->arg_uptr = arg_uptr;
+	pdu->id = cmd.id;
+	for (;;) {
+		ret = llmos_uring_wait_reply(ioucmd);
+		if (ret != -EAGAIN || cmd.flags & LLMOS_NONBLOCK)
+			return ret;
+		ret = llmos_park_wait(ioucmd->file->private_data, ioucmd,
+				      cmd.id);
+		if (ret != -EAGAIN)
+			break;
+	}
+	if (ret)
+		return ret;
+	io_uring_cmd_mark_cancelable(ioucmd, issue_flags);
+	return -EIOCBQUEUED;
+}
+
+/**
+ * llmos_uring_cmd() - file_operations.uring_cmd of /dev/llmos
+ * @ioucmd: the command
+ * @issue_flags: IO_URING_F_*
+ *
+ * Return: the result to post, or -EIOCBQUEUED when parked.
+ */
+int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags)
+{
+	const struct llmos_uring_sqe *sqe;
+
+	if (issue_flags & IO_URING_F_CANCEL) {
+		if (llmos_unpark(ioucmd->file->private_data, ioucmd))
+			io_uring_cmd_done(ioucmd, -ECANCELED, 0, issue_flags);
+		return 0;
+	}
+	sqe = io_uring_sqe_cmd(ioucmd->sqe);
+	if (sqe->__reserved)
+		return -EINVAL;
+	switch (ioucmd->cmd_op) {
+	case LLMOS_IOC_SUBMIT:
+	case LLMOS_IOC_START:
+	case LLMOS_IOC_COMPLETE:
+	case LLMOS_IOC_CANCEL:
+		return llmos_dev_ioctl(ioucmd->file, ioucmd->cmd_op,
+				       sqe->arg_uptr);
+	case LLMOS_IOC_DISPATCH:
+		return llmos_uring_dispatch(ioucmd, sqe->arg_uptr, issue_flags);
+	case LLMOS_IOC_WAIT:
+		return llmos_uring_wait(ioucmd, sqe->arg_uptr, issue_flags);
+	default:
+		return -EOPNOTSUPP;
+	}
+}
