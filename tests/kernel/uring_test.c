@@ -1,0 +1,490 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The scheduler through io_uring (IORING_OP_URING_CMD): batched submits and
+ * completions, DISPATCH and WAIT parked until something happens, their
+ * cancellation when the ring goes, bad input, and a threaded stress run
+ * where every request completes exactly once.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <linux/llmos.h>
+
+#include "kselftest_harness.h"
+
+static int dev_open(void)
+{
+	return open("/dev/llmos", O_RDWR | O_CLOEXEC);
+}
+
+static void prep_cmd(struct io_uring_sqe *sqe, int fd, __u32 op, void *arg,
+		     __u64 user_data)
+{
+	struct llmos_uring_sqe *c;
+
+	memset(sqe, 0, sizeof(*sqe));
+	sqe->opcode = IORING_OP_URING_CMD;
+	sqe->fd = fd;
+	sqe->cmd_op = op;
+	c = (struct llmos_uring_sqe *)sqe->cmd;
+	c->arg_uptr = (__u64)(uintptr_t)arg;
+	sqe->user_data = user_data;
+}
+
+static int queue_cmd(struct io_uring *ring, int fd, __u32 op, void *arg,
+		     __u64 user_data)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+
+	if (!sqe)
+		return -EBUSY;
+	prep_cmd(sqe, fd, op, arg, user_data);
+	return 0;
+}
+
+/* The next CQE within @ms, or -ETIME; its res in *res, user_data returned. */
+static long long next_cqe(struct io_uring *ring, int ms, int *res)
+{
+	struct __kernel_timespec ts = {
+		.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000LL,
+	};
+	struct io_uring_cqe *cqe;
+	long long ud;
+	int ret;
+
+	ret = io_uring_wait_cqe_timeout(ring, &cqe, &ts);
+	if (ret)
+		return ret;
+	*res = cqe->res;
+	ud = (long long)cqe->user_data;
+	io_uring_cqe_seen(ring, cqe);
+	return ud;
+}
+
+static int reg(int fd, __u32 capacity)
+{
+	struct llmos_worker_register r = {
+		.size = sizeof(r), .capacity = capacity, .numa_node = -1,
+	};
+
+	return ioctl(fd, LLMOS_IOC_WORKER_REGISTER, &r) ? -errno : 0;
+}
+
+static long long submit_ioctl(int fd, __u32 tenant)
+{
+	struct llmos_submit s = { .size = sizeof(s), .tenant = tenant };
+
+	return ioctl(fd, LLMOS_IOC_SUBMIT, &s) ? -errno : (long long)s.out_id;
+}
+
+FIXTURE(ring) {
+	int client, worker;
+	struct io_uring cring, wring;
+	bool wring_live;
+};
+
+FIXTURE_SETUP(ring)
+{
+	self->client = dev_open();
+	self->worker = dev_open();
+	ASSERT_LE(0, self->client);
+	ASSERT_LE(0, self->worker);
+	ASSERT_EQ(0, io_uring_queue_init(64, &self->cring, 0));
+	ASSERT_EQ(0, io_uring_queue_init(64, &self->wring, 0));
+	self->wring_live = true;
+}
+
+FIXTURE_TEARDOWN(ring)
+{
+	io_uring_queue_exit(&self->cring);
+	if (self->wring_live)
+		io_uring_queue_exit(&self->wring);
+	close(self->client);
+	close(self->worker);
+}
+
+TEST_F(ring, batched_submit_dispatch_complete_wait)
+{
+	struct llmos_submit s[8];
+	struct llmos_dispatch d = { .size = sizeof(d) };
+	struct llmos_req_desc descs[16];
+	struct llmos_complete c[8];
+	struct llmos_wait w[8];
+	int res, seen = 0;
+
+	for (int i = 0; i < 8; i++) {
+		memset(&s[i], 0, sizeof(s[i]));
+		s[i].size = sizeof(s[i]);
+		s[i].tenant = 4;
+		s[i].cost = i + 1;
+		ASSERT_EQ(0, queue_cmd(&self->cring, self->client,
+				       LLMOS_IOC_SUBMIT, &s[i], i));
+	}
+	ASSERT_EQ(8, io_uring_submit(&self->cring)); /* one system call */
+	for (int i = 0; i < 8; i++) {
+		long long ud = next_cqe(&self->cring, 5000, &res);
+
+		ASSERT_LE(0, ud);
+		ASSERT_EQ(0, res);
+		ASSERT_LT(0, s[ud].out_id);
+	}
+
+	ASSERT_EQ(0, reg(self->worker, 16));
+	d.descs_uptr = (__u64)(uintptr_t)descs;
+	d.desc_size = sizeof(descs[0]);
+	d.max = 16;
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 100));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	ASSERT_EQ(100, next_cqe(&self->wring, 5000, &res));
+	ASSERT_EQ(8, res);
+	EXPECT_EQ(8, d.out_count);
+	for (int i = 0; i < 8; i++) {
+		EXPECT_EQ(s[i].out_id, descs[i].id);
+		memset(&c[i], 0, sizeof(c[i]));
+		c[i].size = sizeof(c[i]);
+		c[i].id = descs[i].id;
+		c[i].tokens = 10 + i;
+		ASSERT_EQ(0, queue_cmd(&self->wring, self->worker,
+				       LLMOS_IOC_COMPLETE, &c[i], 200 + i));
+	}
+	ASSERT_EQ(8, io_uring_submit(&self->wring));
+	for (int i = 0; i < 8; i++) {
+		ASSERT_LE(200, next_cqe(&self->wring, 5000, &res));
+		ASSERT_EQ(0, res);
+	}
+	/* One WAIT at a time may be pending: collect them one by one. */
+	for (int i = 0; i < 8; i++) {
+		memset(&w[i], 0, sizeof(w[i]));
+		w[i].size = sizeof(w[i]);
+		ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_WAIT,
+				       &w[i], 300 + i));
+		ASSERT_EQ(1, io_uring_submit(&self->cring));
+		ASSERT_EQ(300 + i, next_cqe(&self->cring, 5000, &res));
+		ASSERT_EQ(0, res);
+		EXPECT_EQ(LLMOS_REQ_COMPLETED, w[i].out_state);
+		for (int k = 0; k < 8; k++)
+			seen += w[i].out_id == s[k].out_id && w[i].out_tokens == 10 + k;
+	}
+	EXPECT_EQ(8, seen);
+}
+
+TEST_F(ring, dispatch_waits_in_the_ring_until_work_comes)
+{
+	struct llmos_dispatch d = { .size = sizeof(d) };
+	struct llmos_req_desc desc;
+	long long id;
+	int res;
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	d.descs_uptr = (__u64)(uintptr_t)&desc;
+	d.desc_size = sizeof(desc);
+	d.max = 1;
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 1));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	EXPECT_EQ(-ETIME, next_cqe(&self->wring, 100, &res)); /* parked */
+	id = submit_ioctl(self->client, 1);
+	ASSERT_LT(0, id);
+	ASSERT_EQ(1, next_cqe(&self->wring, 5000, &res));
+	ASSERT_EQ(1, res);
+	EXPECT_EQ(id, desc.id);
+}
+
+TEST_F(ring, one_parked_dispatch_per_worker)
+{
+	struct llmos_dispatch d = { .size = sizeof(d) }, d2;
+	struct llmos_req_desc desc[2];
+	int res;
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	d.descs_uptr = (__u64)(uintptr_t)&desc[0];
+	d.desc_size = sizeof(desc[0]);
+	d.max = 1;
+	d2 = d;
+	d2.descs_uptr = (__u64)(uintptr_t)&desc[1];
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 1));
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d2, 2));
+	ASSERT_EQ(2, io_uring_submit(&self->wring));
+	ASSERT_EQ(2, next_cqe(&self->wring, 5000, &res));
+	EXPECT_EQ(-EBUSY, res);
+	/* LLMOS_NONBLOCK through the ring: 0 at once. */
+	d2.flags = LLMOS_NONBLOCK;
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d2, 3));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	ASSERT_EQ(3, next_cqe(&self->wring, 5000, &res));
+	EXPECT_EQ(0, res);
+}
+
+TEST_F(ring, closing_the_ring_cancels_what_is_parked)
+{
+	struct llmos_dispatch d = { .size = sizeof(d) };
+	struct llmos_wait w = { .size = sizeof(w) };
+	struct llmos_req_desc desc;
+	struct llmos_dispatch nd = { .size = sizeof(nd) };
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	ASSERT_LT(0, submit_ioctl(self->worker, 9)); /* something to WAIT for */
+	d.descs_uptr = (__u64)(uintptr_t)&desc;
+	d.desc_size = sizeof(desc);
+	d.max = 1;
+	/* Parked: the request above went nowhere yet? It is queued: take it. */
+	nd = d;
+	nd.flags = LLMOS_NONBLOCK;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &nd));
+	ASSERT_EQ(1, nd.out_count);
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 1));
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_WAIT, &w, 2));
+	ASSERT_EQ(2, io_uring_submit(&self->wring));
+	usleep(50 * 1000);
+	io_uring_queue_exit(&self->wring); /* must not hang */
+	self->wring_live = false;
+	/* Nothing is left parked: a new request is not eaten by a ghost. */
+	ASSERT_LT(0, submit_ioctl(self->client, 1));
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &nd));
+	EXPECT_EQ(1, nd.out_count);
+}
+
+TEST_F(ring, async_cancel_of_a_parked_dispatch)
+{
+	struct llmos_dispatch d = { .size = sizeof(d) };
+	struct llmos_req_desc desc;
+	struct io_uring_sqe *sqe;
+	int res, got = 0, dispatch_res = 1, cancel_res = 1;
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	d.descs_uptr = (__u64)(uintptr_t)&desc;
+	d.desc_size = sizeof(desc);
+	d.max = 1;
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 1));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	sqe = io_uring_get_sqe(&self->wring);
+	ASSERT_NE(NULL, sqe);
+	io_uring_prep_cancel64(sqe, 1, 0);
+	sqe->user_data = 2;
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	for (int i = 0; i < 2; i++) {
+		long long ud = next_cqe(&self->wring, 2000, &res);
+
+		if (ud == 1) {
+			dispatch_res = res;
+			got++;
+		} else if (ud == 2) {
+			cancel_res = res;
+			got++;
+		}
+	}
+	/*
+	 * IORING_OP_ASYNC_CANCEL does not reach driver commands in this
+	 * kernel (only ring exit does): the cancel finds nothing, and the
+	 * DISPATCH stays parked until work comes.
+	 */
+	TH_LOG("ASYNC_CANCEL of a parked uring_cmd: %d", cancel_res);
+	if (cancel_res == 0) {
+		EXPECT_EQ(2, got);
+		EXPECT_EQ(-ECANCELED, dispatch_res);
+	} else {
+		EXPECT_EQ(-ENOENT, cancel_res);
+		ASSERT_LT(0, submit_ioctl(self->client, 1));
+		ASSERT_EQ(1, next_cqe(&self->wring, 5000, &res));
+		EXPECT_EQ(1, res);
+	}
+}
+
+TEST_F(ring, parked_wait_completes_when_a_request_finishes)
+{
+	struct llmos_wait w = { .size = sizeof(w) };
+	struct llmos_complete c = { .size = sizeof(c) };
+	struct llmos_dispatch nd = { .size = sizeof(nd) };
+	struct llmos_req_desc desc;
+	long long id;
+	int res;
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	id = submit_ioctl(self->client, 2);
+	ASSERT_LT(0, id);
+	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_WAIT, &w, 7));
+	ASSERT_EQ(1, io_uring_submit(&self->cring));
+	EXPECT_EQ(-ETIME, next_cqe(&self->cring, 100, &res));
+	nd.descs_uptr = (__u64)(uintptr_t)&desc;
+	nd.desc_size = sizeof(desc);
+	nd.max = 1;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &nd));
+	c.id = id;
+	c.tokens = 5;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE, &c));
+	ASSERT_EQ(7, next_cqe(&self->cring, 5000, &res));
+	ASSERT_EQ(0, res);
+	EXPECT_EQ(id, w.out_id);
+	EXPECT_EQ(5, w.out_tokens);
+	/* Nothing left: a WAIT now fails at once. */
+	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_WAIT, &w, 8));
+	ASSERT_EQ(1, io_uring_submit(&self->cring));
+	ASSERT_EQ(8, next_cqe(&self->cring, 5000, &res));
+	EXPECT_EQ(-ENOENT, res);
+}
+
+TEST_F(ring, bad_commands_are_refused)
+{
+	struct llmos_version v = { .size = sizeof(v) };
+	struct llmos_submit s = { .size = sizeof(s) };
+	struct io_uring_sqe *sqe;
+	int res;
+
+	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_VERSION, &v, 1));
+	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_SUBMIT, (void *)16, 2));
+	sqe = io_uring_get_sqe(&self->cring);
+	prep_cmd(sqe, self->client, LLMOS_IOC_SUBMIT, &s, 3);
+	((struct llmos_uring_sqe *)sqe->cmd)->__reserved = 1;
+	s.size = 4;
+	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_SUBMIT, &s, 4));
+	ASSERT_EQ(4, io_uring_submit(&self->cring));
+	for (int i = 0; i < 4; i++) {
+		long long ud = next_cqe(&self->cring, 5000, &res);
+
+		switch (ud) {
+		case 1:
+			EXPECT_EQ(-EOPNOTSUPP, res);
+			break;
+		case 2:
+			EXPECT_EQ(-EFAULT, res);
+			break;
+		case 3:
+		case 4:
+			EXPECT_EQ(-EINVAL, res);
+			break;
+		default:
+			ASSERT_TRUE(false);
+		}
+	}
+}
+
+/* Stress: workers and clients all on rings; every request exactly once. */
+struct ring_stress {
+	int per_client;
+	atomic_int stop;
+	atomic_long done;
+	atomic_int errors;
+};
+
+static void *ring_worker(void *arg)
+{
+	struct ring_stress *s = arg;
+	struct llmos_dispatch d = { .size = sizeof(d) };
+	struct llmos_req_desc descs[32];
+	struct llmos_complete c[32];
+	struct io_uring ring;
+	int fd = dev_open(), res, n;
+
+	if (fd < 0 || reg(fd, 32) || io_uring_queue_init(128, &ring, 0)) {
+		s->errors++;
+		return NULL;
+	}
+	d.descs_uptr = (__u64)(uintptr_t)descs;
+	d.desc_size = sizeof(descs[0]);
+	d.max = 32;
+	while (!s->stop) {
+		long long ud;
+
+		queue_cmd(&ring, fd, LLMOS_IOC_DISPATCH, &d, 1);
+		io_uring_submit(&ring);
+		do {
+			ud = next_cqe(&ring, 50, &res);
+		} while (ud == -ETIME && !s->stop);
+		if (ud == -ETIME)
+			break; /* stopping with the DISPATCH parked: ring exit cancels it */
+		if (ud != 1 || res < 0) {
+			s->errors++;
+			break;
+		}
+		n = res; /* 0: another worker was faster */
+		for (int i = 0; i < n; i++) {
+			memset(&c[i], 0, sizeof(c[i]));
+			c[i].size = sizeof(c[i]);
+			c[i].id = descs[i].id;
+			queue_cmd(&ring, fd, LLMOS_IOC_COMPLETE, &c[i], 2);
+		}
+		if (n && io_uring_submit(&ring) != n)
+			s->errors++;
+		for (int i = 0; i < n; i++) {
+			if (next_cqe(&ring, 5000, &res) != 2 || res) {
+				s->errors++;
+				break;
+			}
+			s->done++;
+		}
+	}
+	io_uring_queue_exit(&ring);
+	close(fd);
+	return NULL;
+}
+
+static void *ring_client(void *arg)
+{
+	struct ring_stress *s = arg;
+	struct llmos_submit sub[32];
+	struct io_uring ring;
+	int fd = dev_open(), left = s->per_client, res;
+
+	if (fd < 0 || io_uring_queue_init(64, &ring, 0)) {
+		s->errors++;
+		return NULL;
+	}
+	while (left > 0) {
+		int n = left < 32 ? left : 32;
+
+		for (int i = 0; i < n; i++) {
+			memset(&sub[i], 0, sizeof(sub[i]));
+			sub[i].size = sizeof(sub[i]);
+			sub[i].tenant = i % 4;
+			queue_cmd(&ring, fd, LLMOS_IOC_SUBMIT, &sub[i], i);
+		}
+		if (io_uring_submit(&ring) != n)
+			s->errors++;
+		for (int i = 0; i < n; i++)
+			if (next_cqe(&ring, 5000, &res) < 0 || res)
+				s->errors++;
+		/* Collect this batch before the next (bounded memory). */
+		for (int i = 0; i < n; i++) {
+			struct llmos_wait w = { .size = sizeof(w), .timeout_ms = 60000 };
+
+			if (ioctl(fd, LLMOS_IOC_WAIT, &w) || w.out_state != LLMOS_REQ_COMPLETED)
+				s->errors++;
+		}
+		left -= n;
+	}
+	io_uring_queue_exit(&ring);
+	close(fd);
+	return NULL;
+}
+
+TEST_F_TIMEOUT(ring, stress_through_rings_every_request_once, 900)
+{
+	const char *scale = getenv("LLMOS_TEST_SCALE");
+	struct ring_stress s = { .per_client = 10000 };
+	pthread_t w[4], c[4];
+
+	if (scale && atof(scale) > 0)
+		s.per_client = (int)(10000 * atof(scale));
+	if (s.per_client < 32)
+		s.per_client = 32;
+	for (int i = 0; i < 4; i++)
+		ASSERT_EQ(0, pthread_create(&w[i], NULL, ring_worker, &s));
+	for (int i = 0; i < 4; i++)
+		ASSERT_EQ(0, pthread_create(&c[i], NULL, ring_client, &s));
+	for (int i = 0; i < 4; i++)
+		pthread_join(c[i], NULL);
+	s.stop = 1;
+	for (int i = 0; i < 4; i++)
+		pthread_join(w[i], NULL);
+	EXPECT_EQ(0, s.errors);
+	EXPECT_EQ(4L * s.per_client, s.done);
+}
+
+TEST_HARNESS_MAIN
