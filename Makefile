@@ -57,6 +57,7 @@ demo: build
 
 # Benchmarks: ratios against baselines measured in the same run.
 bench: build
+	@for b in $(BUILD)/default/host-bench/*; do echo "# $$b (this machine)"; $$b; done
 	@tools/vm/run.sh --module kmod/llmos.ko --bench $(BUILD)/default/kernel-bench \
 		--out $(BUILD)/vm-bench bench
 

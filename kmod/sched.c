@@ -145,7 +145,8 @@ static void llmos_req_notify(struct llmos_kreq *kr)
 
 	lockdep_assert_held(&llmos_sched.lock);
 	list_add_tail(&kr->done_node, &c->done);
-	wake_up(&c->wq);
+	if (wq_has_sleeper(&c->wq))
+		wake_up(&c->wq);
 	if (c->park_wait &&
 	    (!c->park_wait_id || c->park_wait_id == kr->core.id)) {
 		llmos_uring_kick(c->park_wait);
@@ -321,29 +322,36 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 	kr->core.prompt_off = cmd->prompt_off;
 	kr->core.prompt_len = cmd->prompt_len;
 	kr->core.owner = kr;
-	spare = llmos_tenant_spare(cmd->tenant);
-
-	spin_lock(&llmos_sched.lock);
-	if (c->nr_reqs >= READ_ONCE(max_client_requests)) {
-		ret = -EAGAIN;
-	} else {
-		ret = llmos_core_submit(&llmos_sched.core, &kr->core, &spare,
-					ktime_get_ns());
+	spare = NULL;
+	for (;;) {
+		spin_lock(&llmos_sched.lock);
+		if (c->nr_reqs >= READ_ONCE(max_client_requests))
+			ret = -EAGAIN;
+		else
+			ret = llmos_core_submit(&llmos_sched.core, &kr->core,
+						&spare, ktime_get_ns());
+		if (!ret) {
+			list_add_tail(&kr->node, &c->reqs);
+			c->nr_reqs++;
+			cmd->out_id = kr->core.id;
+			llmos_kick_workers();
+		}
+		spin_unlock(&llmos_sched.lock);
+		/* A new tenant: allocate it outside the lock, once. */
+		if (ret != -ENOMEM || spare)
+			break;
+		spare = kzalloc(sizeof(*spare), GFP_KERNEL);
+		if (!spare)
+			break;
 	}
-	if (!ret) {
-		list_add_tail(&kr->node, &c->reqs);
-		c->nr_reqs++;
-		cmd->out_id = kr->core.id;
-		llmos_kick_workers();
-	}
-	spin_unlock(&llmos_sched.lock);
 	kfree(spare);
 	if (ret) {
 		kmem_cache_free(llmos_req_cache, kr);
 		atomic_long_dec(&llmos_sched.nr_reqs);
 		return ret;
 	}
-	wake_up(&llmos_sched.work_wq);
+	if (wq_has_sleeper(&llmos_sched.work_wq))
+		wake_up(&llmos_sched.work_wq);
 
 	ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
 	if (ret) {
