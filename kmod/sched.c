@@ -31,6 +31,9 @@
 #include "core/llmos_core.h"
 #include "llmos.h"
 
+#define CREATE_TRACE_POINTS
+#include "trace.h"
+
 static unsigned int max_client_requests = 65536;
 module_param(max_client_requests, uint, 0644);
 MODULE_PARM_DESC(max_client_requests,
@@ -144,6 +147,8 @@ static void llmos_req_notify(struct llmos_kreq *kr)
 	struct llmos_client *c = kr->client;
 
 	lockdep_assert_held(&llmos_sched.lock);
+	trace_req_complete(kr->core.id, kr->core.state, kr->core.status,
+			   kr->core.tokens, kr->core.t_end - kr->core.t_submit);
 	list_add_tail(&kr->done_node, &c->done);
 	if (wq_has_sleeper(&c->wq))
 		wake_up(&c->wq);
@@ -208,6 +213,8 @@ int llmos_client_release(struct inode *inode, struct file *file)
 	if (c->is_worker) {
 		requeued = llmos_core_worker_remove(&llmos_sched.core, &c->worker);
 		llmos_sched.nr_workers--;
+		trace_sched_worker(c->worker.id, false, c->worker.capacity,
+				   requeued);
 	}
 	list_for_each_entry_safe(kr, tmp, &c->reqs, node) {
 		if (!llmos_req_finished(&kr->core))
@@ -273,6 +280,7 @@ int llmos_worker_register(struct llmos_ucmd *ucmd)
 		c->is_worker = true;
 		llmos_sched.nr_workers++;
 		cmd->out_worker_id = c->worker.id;
+		trace_sched_worker(c->worker.id, true, c->worker.capacity, 0);
 	}
 	spin_unlock(&llmos_sched.lock);
 	return ret ?: llmos_ucmd_respond(ucmd, sizeof(*cmd));
@@ -334,6 +342,9 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 			list_add_tail(&kr->node, &c->reqs);
 			c->nr_reqs++;
 			cmd->out_id = kr->core.id;
+			trace_req_submit(kr->core.id, kr->core.tenant,
+					 kr->core.prio, kr->core.cost,
+					 llmos_core_queued(&llmos_sched.core));
 			llmos_kick_workers();
 		}
 		spin_unlock(&llmos_sched.lock);
@@ -418,8 +429,12 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 	spin_lock(&llmos_sched.lock);
 	n = llmos_core_dispatch(&llmos_sched.core, &c->worker, reqs, max,
 				ktime_get_ns());
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n; i++) {
 		llmos_desc_fill(&descs[i], reqs[i]);
+		trace_req_dispatch(reqs[i]->id, c->worker.id,
+				   reqs[i]->t_dispatch - reqs[i]->t_submit,
+				   reqs[i]->requeues);
+	}
 	spin_unlock(&llmos_sched.lock);
 	ret = n;
 	for (i = 0; i < n; i++) {

@@ -565,6 +565,64 @@ TEST_F(sched, setting_weights_needs_privilege)
 	EXPECT_EQ(0, WEXITSTATUS(status));
 }
 
+static int write_str(const char *path, const char *v)
+{
+	int fd = open(path, O_WRONLY | O_TRUNC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = write(fd, v, strlen(v));
+	close(fd);
+	return n == (ssize_t)strlen(v) ? 0 : -EIO;
+}
+
+TEST_F(sched, tracepoints_record_the_lifecycle)
+{
+	const char *tr = "/sys/kernel/tracing";
+	char path[128], want[4][96], *buf;
+	struct llmos_req_desc d[1];
+	bool found[4] = { false };
+	long long id;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/events/llmos/enable", tr);
+	if (access(path, W_OK))
+		SKIP(return, "no tracefs at %s", tr);
+	snprintf(path, sizeof(path), "%s/trace", tr);
+	ASSERT_EQ(0, write_str(path, ""));
+	snprintf(path, sizeof(path), "%s/events/llmos/enable", tr);
+	ASSERT_EQ(0, write_str(path, "1"));
+	ASSERT_EQ(0, reg(self->worker, 1));
+	id = submit3(self->client, 42, 3, 7);
+	ASSERT_EQ(1, dispatch(self->worker, d, 1, 0, 0));
+	ASSERT_EQ(0, complete(self->worker, id, 0, 9));
+	ASSERT_EQ(0, write_str(path, "0"));
+
+	snprintf(want[0], sizeof(want[0]), "req_submit: id=%lld tenant=42 prio=3 cost=7", id);
+	snprintf(want[1], sizeof(want[1]), "req_dispatch: id=%lld worker=", id);
+	snprintf(want[2], sizeof(want[2]), "req_complete: id=%lld state=%d status=0 tokens=9",
+		 id, LLMOS_REQ_COMPLETED);
+	snprintf(want[3], sizeof(want[3]), "sched_worker: worker=");
+	snprintf(path, sizeof(path), "%s/trace", tr);
+	f = fopen(path, "r");
+	ASSERT_NE(NULL, f);
+	buf = malloc(4096);
+	ASSERT_NE(NULL, buf);
+	while (fgets(buf, 4096, f)) {
+		for (int i = 0; i < 4; i++)
+			found[i] |= strstr(buf, want[i]) != NULL;
+	}
+	fclose(f);
+	free(buf);
+	for (int i = 0; i < 4; i++) {
+		EXPECT_TRUE(found[i]) {
+			TH_LOG("no '%s' in the trace", want[i]);
+		}
+	}
+	EXPECT_EQ(0, wait_req(self->client, id, 0, 0, NULL));
+}
+
 /* The stress run: 8 clients, 4 workers, every request exactly once. */
 #define CLIENTS 8
 #define WORKERS 4
