@@ -611,7 +611,7 @@ TEST_F(sched, tracepoints_record_the_lifecycle)
 	ASSERT_NE(NULL, buf);
 	while (fgets(buf, 4096, f)) {
 		for (int i = 0; i < 4; i++)
-			found[i] |= strstr(buf, want[i]) != NULL;
+			found[i] |= !!strstr(buf, want[i]);
 	}
 	fclose(f);
 	free(buf);
