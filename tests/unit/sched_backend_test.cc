@@ -1,0 +1,257 @@
+// SPDX-License-Identifier: MIT
+//
+// libllmos's scheduler API, the same tests against every backend this
+// machine has: the local one (the core in this process) always, the kernel
+// one where /dev/llmos is (the test VM runs this program, as TAP).
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <gtest/gtest.h>
+#include <linux/llmos.h>
+#include <llmos/sched.hh>
+#include <map>
+#include <thread>
+#include <unistd.h>
+
+namespace {
+
+using llmos::backend_kind;
+using llmos::wait_for;
+using namespace std::chrono_literals;
+
+std::vector<backend_kind> available_backends() {
+    std::vector<backend_kind> v{backend_kind::local};
+    if (::access("/dev/llmos", F_OK) == 0) {
+        v.push_back(backend_kind::kernel);
+    }
+    return v;
+}
+
+class sched_backend : public ::testing::TestWithParam<backend_kind> {
+protected:
+    std::optional<llmos::device> _dev;
+
+    void SetUp() override {
+        auto d = GetParam() == backend_kind::local ? llmos::device::open_local(local_dir())
+                                                   : llmos::device::open();
+        ASSERT_TRUE(d) << d.error().message();
+        _dev.emplace(std::move(*d));
+    }
+    static std::string local_dir() {
+        static std::string dir = [] {
+            char tmpl[] = "/tmp/llmos-sched-XXXXXX";
+            std::string d{::mkdtemp(tmpl)};
+            std::atexit([] { std::filesystem::remove_all(local_dir()); });
+            return d;
+        }();
+        return dir;
+    }
+    const llmos::device& dev() { return *_dev; }
+    llmos::sched_client client() { return llmos::sched_client::open(dev()).value(); }
+    llmos::sched_worker worker(uint32_t cap) {
+        return llmos::sched_worker::open(dev(), cap).value();
+    }
+};
+
+std::string backend_name(const ::testing::TestParamInfo<backend_kind>& p) {
+    return llmos::to_string(p.param);
+}
+
+INSTANTIATE_TEST_SUITE_P(backends, sched_backend, ::testing::ValuesIn(available_backends()),
+                         backend_name);
+
+TEST_P(sched_backend, a_request_goes_through_its_whole_life) {
+    auto c = client();
+    auto w = worker(4);
+    std::vector<uint64_t> ids;
+    for (uint32_t i = 0; i < 3; ++i) {
+        ids.push_back(c.submit({.tenant = 7, .cost = 5 + i, .ms_id = 3, .prompt_len = 10}).value());
+    }
+    auto got = w.dispatch(8).value();
+    ASSERT_EQ(got.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(got[i].id, ids[i]);
+        EXPECT_EQ(got[i].tenant, 7u);
+        EXPECT_EQ(got[i].cost, 5u + i);
+        EXPECT_EQ(got[i].ms_id, 3u);
+        EXPECT_EQ(got[i].prompt_len, 10u);
+    }
+    EXPECT_FALSE(w.start(ids[0]));
+    EXPECT_EQ(w.start(ids[0]), std::errc::invalid_argument);
+    for (size_t i = 0; i < 3; ++i) {
+        EXPECT_FALSE(w.complete(ids[i], 0, 100 + static_cast<uint32_t>(i), 4096, 64));
+    }
+    for (size_t i = 0; i < 3; ++i) {
+        auto f = c.wait(ids[i]).value();
+        EXPECT_EQ(f.state, static_cast<uint32_t>(LLMOS_REQ_COMPLETED));
+        EXPECT_EQ(f.tokens, 100u + i);
+        EXPECT_EQ(f.result_off, 4096u);
+        EXPECT_LE(f.submit_ns, f.dispatch_ns);
+        EXPECT_LE(f.dispatch_ns, f.end_ns);
+    }
+    EXPECT_EQ(c.wait(0, wait_for::none()).error(), std::errc::no_such_file_or_directory);
+}
+
+TEST_P(sched_backend, nothing_to_take_fails_or_times_out) {
+    auto w = worker(1);
+    EXPECT_EQ(w.dispatch(1, wait_for::none()).error(), std::errc::resource_unavailable_try_again);
+    EXPECT_EQ(w.dispatch(1, wait_for::at_most(100ms)).error(), std::errc::timed_out);
+    auto c = client();
+    auto id = c.submit({}).value();
+    EXPECT_EQ(c.wait(id, wait_for::none()).error(), std::errc::resource_unavailable_try_again);
+    EXPECT_EQ(c.wait(0, wait_for::at_most(50ms)).error(), std::errc::timed_out);
+    EXPECT_FALSE(c.cancel(id));
+    EXPECT_EQ(c.wait(id).value().state, static_cast<uint32_t>(LLMOS_REQ_CANCELLED));
+}
+
+TEST_P(sched_backend, bad_arguments_are_refused) {
+    auto c = client();
+    EXPECT_EQ(c.submit({.priority = 256}).error(), std::errc::invalid_argument);
+    EXPECT_EQ(llmos::sched_worker::open(dev(), 0).error(), std::errc::invalid_argument);
+    EXPECT_EQ(llmos::sched_worker::open(dev(), LLMOS_MAX_CAPACITY + 1).error(),
+              std::errc::invalid_argument);
+    auto w = worker(1);
+    EXPECT_EQ(w.dispatch(0, wait_for::none()).error(), std::errc::invalid_argument);
+    EXPECT_EQ(w.complete(1, 5, 0), std::errc::invalid_argument);
+    EXPECT_EQ(w.complete(~0ull, 0, 0), std::errc::no_such_file_or_directory);
+    EXPECT_EQ(c.cancel(~0ull), std::errc::no_such_file_or_directory);
+    EXPECT_EQ(llmos::set_tenant_weight(dev(), 1, 0), std::errc::invalid_argument);
+}
+
+TEST_P(sched_backend, a_vanished_worker_gives_its_requests_back) {
+    auto c = client();
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < 4; ++i) {
+        ids.push_back(c.submit({.tenant = 3}).value());
+    }
+    {
+        auto w = worker(3);
+        ASSERT_EQ(w.dispatch(3).value().size(), 3u);
+    } // gone without completing
+    auto w = worker(8);
+    auto got = w.dispatch(8).value();
+    ASSERT_EQ(got.size(), 4u);
+    for (size_t i = 0; i < 4; ++i) {
+        EXPECT_EQ(got[i].id, ids[i]);
+        EXPECT_EQ(got[i].requeues, i < 3 ? 1u : 0u);
+        EXPECT_FALSE(w.complete(got[i].id, 0, 1));
+    }
+    std::map<uint64_t, int> seen;
+    for (int i = 0; i < 4; ++i) {
+        seen[c.wait().value().id]++;
+    }
+    for (auto id : ids) {
+        EXPECT_EQ(seen[id], 1);
+    }
+}
+
+TEST_P(sched_backend, a_closed_clients_requests_are_cancelled) {
+    auto w = worker(4);
+    uint64_t held;
+    {
+        auto c = client();
+        held = c.submit({}).value();
+        c.submit({}).value();
+        ASSERT_EQ(w.dispatch(1).value().size(), 1u);
+    }
+    EXPECT_EQ(w.complete(held, 0, 1), std::errc::no_such_file_or_directory);
+    EXPECT_EQ(w.dispatch(4, wait_for::none()).error(), std::errc::resource_unavailable_try_again);
+}
+
+TEST_P(sched_backend, cancel_in_every_state) {
+    auto c = client();
+    auto w = worker(4);
+    auto a = c.submit({}).value();
+    auto b = c.submit({}).value();
+    ASSERT_EQ(w.dispatch(1).value().size(), 1u); // a
+    auto d = c.submit({}).value();
+    ASSERT_EQ(w.dispatch(1).value().size(), 1u); // b
+    EXPECT_FALSE(w.start(b));
+    EXPECT_FALSE(c.cancel(a)); // dispatched
+    EXPECT_FALSE(c.cancel(b)); // running
+    EXPECT_FALSE(c.cancel(d)); // queued
+    EXPECT_EQ(c.cancel(d), std::errc::connection_already_in_progress);
+    EXPECT_EQ(w.complete(b, 0, 1), std::errc::no_such_process);
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(c.wait().value().state, static_cast<uint32_t>(LLMOS_REQ_CANCELLED));
+    }
+}
+
+TEST_P(sched_backend, threads_complete_every_request_exactly_once) {
+    const char* scale = std::getenv("LLMOS_TEST_SCALE");
+    const int per_client = static_cast<int>(2000 * (scale ? std::atof(scale) : 1.0)) + 10;
+    std::atomic<bool> stop{false};
+    std::atomic<int> errors{0};
+    std::atomic<long> done{0};
+    std::vector<std::thread> workers, clients;
+    for (int i = 0; i < 2; ++i) {
+        workers.emplace_back([&] {
+            auto w = worker(16);
+            while (!stop) {
+                auto got = w.dispatch(16, wait_for::at_most(20ms));
+                if (!got) {
+                    errors += got.error() != std::errc::timed_out;
+                    continue;
+                }
+                for (auto& r : *got) {
+                    errors += static_cast<bool>(w.complete(r.id, 0, 1));
+                    done++;
+                }
+            }
+        });
+    }
+    for (int i = 0; i < 4; ++i) {
+        clients.emplace_back([&, i] {
+            auto c = client();
+            std::map<uint64_t, int> seen;
+            for (int k = 0; k < per_client; ++k) {
+                seen[c.submit({.tenant = static_cast<uint32_t>(i)}).value()] = 0;
+            }
+            for (int k = 0; k < per_client; ++k) {
+                auto f = c.wait(0, wait_for::at_most(60s));
+                if (!f || f->state != LLMOS_REQ_COMPLETED || ++seen[f->id] != 1) {
+                    errors++;
+                }
+            }
+            errors += static_cast<int>(seen.size()) != per_client;
+        });
+    }
+    for (auto& t : clients) {
+        t.join();
+    }
+    stop = true;
+    for (auto& t : workers) {
+        t.join();
+    }
+    EXPECT_EQ(errors, 0);
+    EXPECT_EQ(done, 4L * per_client);
+}
+
+TEST_P(sched_backend, stats_count_what_happened) {
+    auto before = llmos::scheduler_stats(dev()).value();
+    auto c = client();
+    auto w = worker(2);
+    auto id = c.submit({.tenant = 99, .cost = 4}).value();
+    auto mid = llmos::scheduler_stats(dev()).value();
+    EXPECT_EQ(mid.submitted, before.submitted + 1);
+    EXPECT_EQ(mid.nr[LLMOS_REQ_QUEUED], before.nr[LLMOS_REQ_QUEUED] + 1);
+    EXPECT_GE(mid.workers, 1u);
+    bool found = false;
+    for (auto& t : mid.tenants) {
+        found |= t.tenant == 99 && t.queued == 1;
+    }
+    EXPECT_TRUE(found);
+    ASSERT_EQ(w.dispatch(1).value().size(), 1u);
+    EXPECT_FALSE(w.complete(id, 0, 4));
+    c.wait(id).value();
+    auto after = llmos::scheduler_stats(dev()).value();
+    EXPECT_EQ(after.completed, before.completed + 1);
+    uint64_t hist = 0, hist0 = 0;
+    for (int i = 0; i < 32; ++i) {
+        hist += after.lat_hist[i];
+        hist0 += before.lat_hist[i];
+    }
+    EXPECT_EQ(hist, hist0 + 1);
+}
+
+} // namespace

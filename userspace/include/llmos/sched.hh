@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <llmos/device.hh>
+#include <llmos/result.hh>
+#include <llmos/unique_fd.hh>
+#include <optional>
+#include <vector>
+
+namespace llmos {
+
+
+/// What a request carries (LLMOS_IOC_SUBMIT).
+struct submit_options {
+    uint32_t tenant = 0;
+    uint32_t priority = 0; ///< 0..255, higher first within the tenant
+    uint32_t cost = 1;     ///< expected tokens
+    uint64_t deadline_ns = 0;
+    uint64_t ms_id = 0;
+    uint64_t prompt_off = 0;
+    uint64_t prompt_len = 0;
+};
+
+/// A request as a worker receives it (struct llmos_req_desc).
+struct request_desc {
+    uint64_t id = 0;
+    uint32_t tenant = 0;
+    uint32_t priority = 0;
+    uint32_t cost = 0;
+    uint32_t requeues = 0;
+    uint64_t deadline_ns = 0;
+    uint64_t ms_id = 0;
+    uint64_t prompt_off = 0;
+    uint64_t prompt_len = 0;
+    uint64_t submit_ns = 0;
+};
+
+/// A finished request as its client collects it (struct llmos_wait).
+struct finished_request {
+    uint64_t id = 0;
+    uint32_t state = 0; ///< LLMOS_REQ_COMPLETED, _FAILED or _CANCELLED
+    int32_t status = 0;
+    uint32_t tokens = 0;
+    uint64_t result_off = 0;
+    uint64_t result_len = 0;
+    uint64_t submit_ns = 0;
+    uint64_t dispatch_ns = 0;
+    uint64_t end_ns = 0;
+};
+
+/// How long DISPATCH and WAIT may block: not at all, up to a limit, or
+/// until something comes.
+struct wait_for {
+    bool block = true;
+    std::optional<std::chrono::milliseconds> limit;
+
+    static wait_for none() { return {false, std::nullopt}; }
+    static wait_for forever() { return {true, std::nullopt}; }
+    static wait_for at_most(std::chrono::milliseconds ms) { return {true, ms}; }
+};
+
+/// A client of the scheduler: submits requests and collects them. With the
+/// kernel backend, an open /dev/llmos of its own; with the local backend, a
+/// client of the process's in-process scheduler. Move-only; destroying it
+/// cancels its unfinished requests.
+class sched_client {
+    backend_kind _kind;
+    unique_fd _fd;   // kernel
+    uint64_t _local; // local: client handle
+
+    friend class sched_worker;
+    sched_client(backend_kind k, unique_fd fd, uint64_t local)
+        : _kind(k)
+        , _fd(std::move(fd))
+        , _local(local) {}
+
+public:
+    sched_client(sched_client&& o) noexcept;
+    sched_client& operator=(sched_client&& o) noexcept;
+    ~sched_client();
+
+    /// A new client on `dev`'s backend.
+    static result<sched_client> open(const device& dev);
+
+    /// SUBMIT: the new request's id. Errors: EINVAL, EAGAIN (per-client
+    /// limit), ENOMEM.
+    result<uint64_t> submit(const submit_options& o);
+    /// CANCEL. Errors: ENOENT, EALREADY, EPERM.
+    std::error_code cancel(uint64_t id);
+    /// WAIT: collect `id` (0: the oldest finished). Errors: ENOENT (not
+    /// ours, or nothing outstanding), EAGAIN (none ready, without
+    /// blocking), ETIMEDOUT, EINTR.
+    result<finished_request> wait(uint64_t id = 0, wait_for w = wait_for::forever());
+
+    backend_kind kind() const noexcept { return _kind; }
+    /// The kernel backend's /dev/llmos fd (-1 for the local backend).
+    int fd() const noexcept { return _fd.get(); }
+};
+
+/// A worker: a client that takes requests. Move-only; destroying it gives
+/// back what it held (to the front of its tenant) and cancels what it
+/// submitted itself.
+class sched_worker {
+    sched_client _c;
+    uint64_t _id;
+    uint32_t _capacity;
+
+    sched_worker(sched_client c, uint64_t id, uint32_t cap)
+        : _c(std::move(c))
+        , _id(id)
+        , _capacity(cap) {}
+
+public:
+    /// WORKER_REGISTER on a new client. Errors: EINVAL (capacity).
+    static result<sched_worker> open(const device& dev, uint32_t capacity, int numa_node = -1,
+                                     uint64_t model = 0);
+
+    /// DISPATCH: up to `max` requests (at least one unless it fails).
+    /// Errors: EAGAIN (none, without blocking), ETIMEDOUT, EINVAL.
+    result<std::vector<request_desc>> dispatch(uint32_t max, wait_for w = wait_for::forever());
+    /// START. Errors: ENOENT, ESRCH (not held), EINVAL (not DISPATCHED).
+    std::error_code start(uint64_t id);
+    /// COMPLETE (status 0, or a negative errno for a failure).
+    std::error_code complete(uint64_t id, int32_t status, uint32_t tokens, uint64_t result_off = 0,
+                             uint64_t result_len = 0);
+
+    uint64_t id() const noexcept { return _id; }
+    uint32_t capacity() const noexcept { return _capacity; }
+    sched_client& client() noexcept { return _c; }
+};
+
+struct tenant_stats {
+    uint32_t tenant = 0;
+    uint32_t weight = 0;
+    uint32_t queued = 0;
+    uint64_t served_reqs = 0;
+    uint64_t served_tokens = 0;
+};
+
+struct sched_stats {
+    uint64_t nr[8] = {}; ///< requests in each state (index: enum llmos_req_state)
+    uint64_t submitted = 0;
+    uint64_t dispatched = 0;
+    uint64_t completed = 0;
+    uint64_t failed = 0;
+    uint64_t cancelled = 0;
+    uint64_t requeued = 0;
+    uint32_t workers = 0;
+    uint32_t clients = 0;
+    uint64_t lat_hist[32] = {}; ///< dispatch latency, log2 microseconds
+    std::vector<tenant_stats> tenants;
+};
+
+/// STATS.
+result<sched_stats> scheduler_stats(const device& dev);
+/// SET_WEIGHT (CAP_SYS_ADMIN with the kernel backend). Errors: EINVAL, EPERM.
+std::error_code set_tenant_weight(const device& dev, uint32_t tenant, uint32_t weight);
+
+} // namespace llmos

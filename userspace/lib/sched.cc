@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: MIT
+#include "local_sched.hh"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <linux/llmos.h>
+#include <llmos/sched.hh>
+#include <sys/ioctl.h>
+
+namespace llmos {
+
+namespace {
+
+std::error_code ioctl_err(int fd, unsigned long cmd, void* arg) {
+    return ::ioctl(fd, cmd, arg) != 0 ? last_error() : std::error_code{};
+}
+
+uint32_t flags_of(const wait_for& w) {
+    return w.block ? 0 : LLMOS_NONBLOCK;
+}
+
+uint32_t timeout_of(const wait_for& w) {
+    if (!w.block || !w.limit) {
+        return 0;
+    }
+    auto ms = w.limit->count();
+    return ms <= 0 ? 1 : static_cast<uint32_t>(std::min<int64_t>(ms, UINT32_MAX));
+}
+
+} // namespace
+
+sched_client::sched_client(sched_client&& o) noexcept
+    : _kind(o._kind)
+    , _fd(std::move(o._fd))
+    , _local(std::exchange(o._local, 0)) {
+}
+
+sched_client& sched_client::operator=(sched_client&& o) noexcept {
+    if (this != &o) {
+        if (_local) {
+            local_sched::close_client(_local);
+        }
+        _kind = o._kind;
+        _fd = std::move(o._fd);
+        _local = std::exchange(o._local, 0);
+    }
+    return *this;
+}
+
+sched_client::~sched_client() {
+    if (_local) {
+        local_sched::close_client(_local);
+    }
+}
+
+result<sched_client> sched_client::open(const device& dev) {
+    if (dev.kind() == backend_kind::local) {
+        return sched_client{backend_kind::local, unique_fd{}, local_sched::open_client()};
+    }
+    // A client of its own: requests belong to the open file.
+    unique_fd fd{::open(dev.path().c_str(), O_RDWR | O_CLOEXEC)};
+    if (!fd) {
+        return last_error();
+    }
+    return sched_client{backend_kind::kernel, std::move(fd), 0};
+}
+
+result<uint64_t> sched_client::submit(const submit_options& o) {
+    if (_kind == backend_kind::local) {
+        return local_sched::submit(_local, o);
+    }
+    llmos_submit s{};
+    s.size = sizeof(s);
+    s.tenant = o.tenant;
+    s.priority = o.priority;
+    s.cost = o.cost;
+    s.deadline_ns = o.deadline_ns;
+    s.ms_id = o.ms_id;
+    s.prompt_off = o.prompt_off;
+    s.prompt_len = o.prompt_len;
+    if (auto ec = ioctl_err(_fd.get(), LLMOS_IOC_SUBMIT, &s)) {
+        return ec;
+    }
+    return static_cast<uint64_t>(s.out_id);
+}
+
+std::error_code sched_client::cancel(uint64_t id) {
+    if (_kind == backend_kind::local) {
+        return local_sched::cancel(_local, id);
+    }
+    llmos_cancel c{};
+    c.size = sizeof(c);
+    c.id = id;
+    return ioctl_err(_fd.get(), LLMOS_IOC_CANCEL, &c);
+}
+
+result<finished_request> sched_client::wait(uint64_t id, wait_for w) {
+    if (_kind == backend_kind::local) {
+        return local_sched::wait(_local, id, w);
+    }
+    llmos_wait c{};
+    c.size = sizeof(c);
+    c.id = id;
+    c.flags = flags_of(w);
+    c.timeout_ms = timeout_of(w);
+    if (auto ec = ioctl_err(_fd.get(), LLMOS_IOC_WAIT, &c)) {
+        return ec;
+    }
+    return finished_request{c.out_id,        c.out_state,       c.out_status,
+                            c.out_tokens,    c.out_result_off,  c.out_result_len,
+                            c.out_submit_ns, c.out_dispatch_ns, c.out_end_ns};
+}
+
+result<sched_worker> sched_worker::open(const device& dev, uint32_t capacity, int numa_node,
+                                        uint64_t model) {
+    auto c = sched_client::open(dev);
+    if (!c) {
+        return c.error();
+    }
+    if (c->_kind == backend_kind::local) {
+        auto id = local_sched::register_worker(c->_local, capacity, numa_node, model);
+        if (!id) {
+            return id.error();
+        }
+        return sched_worker{std::move(*c), *id, capacity};
+    }
+    llmos_worker_register r{};
+    r.size = sizeof(r);
+    r.capacity = capacity;
+    r.numa_node = numa_node;
+    r.model = model;
+    if (auto ec = ioctl_err(c->fd(), LLMOS_IOC_WORKER_REGISTER, &r)) {
+        return ec;
+    }
+    return sched_worker{std::move(*c), r.out_worker_id, capacity};
+}
+
+result<std::vector<request_desc>> sched_worker::dispatch(uint32_t max, wait_for w) {
+    if (_c._kind == backend_kind::local) {
+        return local_sched::dispatch(_c._local, max, w);
+    }
+    if (!max || max > LLMOS_MAX_DISPATCH) {
+        return std::make_error_code(std::errc::invalid_argument);
+    }
+    std::vector<llmos_req_desc> buf(max);
+    llmos_dispatch d{};
+    d.size = sizeof(d);
+    d.flags = flags_of(w);
+    d.timeout_ms = timeout_of(w);
+    d.descs_uptr = reinterpret_cast<uintptr_t>(buf.data());
+    d.desc_size = sizeof(llmos_req_desc);
+    d.max = max;
+    if (auto ec = ioctl_err(_c.fd(), LLMOS_IOC_DISPATCH, &d)) {
+        return ec;
+    }
+    std::vector<request_desc> out(d.out_count);
+    for (uint32_t i = 0; i < d.out_count; ++i) {
+        const auto& b = buf[i];
+        out[i] = {b.id,          b.tenant, b.priority,   b.cost,       b.requeues,
+                  b.deadline_ns, b.ms_id,  b.prompt_off, b.prompt_len, b.submit_ns};
+    }
+    return out;
+}
+
+std::error_code sched_worker::start(uint64_t id) {
+    if (_c._kind == backend_kind::local) {
+        return local_sched::start(_c._local, id);
+    }
+    llmos_start s{};
+    s.size = sizeof(s);
+    s.id = id;
+    return ioctl_err(_c.fd(), LLMOS_IOC_START, &s);
+}
+
+std::error_code sched_worker::complete(uint64_t id, int32_t status, uint32_t tokens,
+                                       uint64_t result_off, uint64_t result_len) {
+    if (_c._kind == backend_kind::local) {
+        return local_sched::complete(_c._local, id, status, tokens, result_off, result_len);
+    }
+    llmos_complete c{};
+    c.size = sizeof(c);
+    c.id = id;
+    c.status = status;
+    c.tokens = tokens;
+    c.result_off = result_off;
+    c.result_len = result_len;
+    return ioctl_err(_c.fd(), LLMOS_IOC_COMPLETE, &c);
+}
+
+result<sched_stats> scheduler_stats(const device& dev) {
+    if (dev.kind() == backend_kind::local) {
+        return local_sched::stats();
+    }
+    std::vector<llmos_tenant_stats> ts(64);
+    for (;;) {
+        llmos_sched_stats s{};
+        s.size = sizeof(s);
+        s.tenants_uptr = reinterpret_cast<uintptr_t>(ts.data());
+        s.tenant_size = sizeof(llmos_tenant_stats);
+        s.tenant_count = static_cast<uint32_t>(ts.size());
+        if (auto ec = ioctl_err(dev.fd(), LLMOS_IOC_STATS, &s)) {
+            return ec;
+        }
+        if (s.tenant_count > ts.size()) {
+            ts.resize(s.tenant_count + 16); // more appeared: again
+            continue;
+        }
+        sched_stats out;
+        std::memcpy(out.nr, s.out_nr, sizeof(out.nr));
+        out.submitted = s.out_submitted;
+        out.dispatched = s.out_dispatched;
+        out.completed = s.out_completed;
+        out.failed = s.out_failed;
+        out.cancelled = s.out_cancelled;
+        out.requeued = s.out_requeued;
+        out.workers = s.out_workers;
+        out.clients = s.out_clients;
+        std::memcpy(out.lat_hist, s.out_lat_hist, sizeof(out.lat_hist));
+        for (uint32_t i = 0; i < s.tenant_count; ++i) {
+            const auto& t = ts[i];
+            out.tenants.push_back({t.tenant, t.weight, t.queued, t.served_reqs, t.served_tokens});
+        }
+        return out;
+    }
+}
+
+std::error_code set_tenant_weight(const device& dev, uint32_t tenant, uint32_t weight) {
+    if (dev.kind() == backend_kind::local) {
+        return local_sched::set_weight(tenant, weight);
+    }
+    llmos_set_weight w{};
+    w.size = sizeof(w);
+    w.tenant = tenant;
+    w.weight = weight;
+    return ioctl_err(dev.fd(), LLMOS_IOC_SET_WEIGHT, &w);
+}
+
+} // namespace llmos
