@@ -11,7 +11,6 @@
 
 namespace llmos {
 
-
 /// What a request carries (LLMOS_IOC_SUBMIT).
 struct submit_options {
     uint32_t tenant = 0;
