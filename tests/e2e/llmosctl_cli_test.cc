@@ -146,3 +146,35 @@ TEST_F(llmosctl_local, save_and_load_round_trip_bytes_exactly) {
 }
 
 } // namespace
+
+namespace {
+
+TEST_F(llmosctl_local, sched_status_and_bench_run_on_the_local_backend) {
+    auto r = ctl("sched status");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("policy:    built-in"), std::string::npos) << r.output;
+    r = ctl("--json bench --workers 2 --service exp:1 --arrival poisson:2000 --requests 200");
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("\"requests\": 200"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("\"sojourn_ms\""), std::string::npos) << r.output;
+    r = ctl("--json top --interval 0.05 --iterations 2");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("\"tokens_per_s\""), std::string::npos) << r.output;
+}
+
+TEST_F(llmosctl_local, bench_and_sched_usage_errors) {
+    auto r = ctl("bench --service uniform:3");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("bad --service"), std::string::npos) << r.output;
+    r = ctl("bench --arrival poisson:-1");
+    EXPECT_EQ(r.status, 2) << r.output;
+    r = ctl("bench --workers 0");
+    EXPECT_EQ(r.status, 2) << r.output;
+    r = ctl("sched weight 1 0");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("Invalid argument"), std::string::npos) << r.output;
+    r = ctl("top --interval 0");
+    EXPECT_EQ(r.status, 2) << r.output;
+}
+
+} // namespace

@@ -6,6 +6,9 @@
 #include "util.hh"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -15,8 +18,11 @@
 #include <llmos/device.hh>
 #include <llmos/mindspace.hh>
 #include <llmos/ms_file.hh>
+#include <llmos/sched.hh>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
+#include <thread>
 #include <unistd.h>
 
 namespace {
@@ -453,6 +459,331 @@ int cmd_ms_quota(const options& o, const std::string& uid_arg, const std::string
     return 0;
 }
 
+/// The latency below which a fraction `q` of the histogram lies, in
+/// microseconds (the upper bound of its bucket), or 0 when empty.
+uint64_t hist_quantile(const uint64_t (&h)[32], double q) {
+    uint64_t total = 0;
+    for (auto c : h) {
+        total += c;
+    }
+    if (!total) {
+        return 0;
+    }
+    uint64_t seen = 0;
+    for (int b = 0; b < 32; ++b) {
+        seen += h[b];
+        if (static_cast<double>(seen) >= q * static_cast<double>(total)) {
+            return uint64_t{2} << b;
+        }
+    }
+    return uint64_t{2} << 31;
+}
+
+const char* state_name(int s) {
+    static const char* names[] = {"-",         "queued",    "dispatched", "running",
+                                  "completed", "cancelled", "failed"};
+    return s >= 0 && s < 7 ? names[s] : "?";
+}
+
+json stats_json(const llmos::sched_stats& st, const char* backend) {
+    json states = json::object();
+    for (int s = LLMOS_REQ_QUEUED; s < LLMOS_REQ_STATE_MAX; ++s) {
+        states[state_name(s)] = st.nr[s];
+    }
+    json tenants = json::array();
+    for (const auto& t : st.tenants) {
+        tenants.push_back({{"tenant", t.tenant},
+                           {"weight", t.weight},
+                           {"queued", t.queued},
+                           {"served_requests", t.served_reqs},
+                           {"served_tokens", t.served_tokens}});
+    }
+    return {
+        {"backend", backend},
+        {"policy", "built-in (weighted fair queuing)"},
+        {"workers", st.workers},
+        {"clients", st.clients},
+        {"requests", states},
+        {"submitted", st.submitted},
+        {"dispatched", st.dispatched},
+        {"completed", st.completed},
+        {"failed", st.failed},
+        {"cancelled", st.cancelled},
+        {"requeued", st.requeued},
+        {"dispatch_latency_us",
+         {{"p50_below", hist_quantile(st.lat_hist, 0.5)},
+          {"p99_below", hist_quantile(st.lat_hist, 0.99)}}},
+        {"tenants", tenants},
+    };
+}
+
+int cmd_sched_status(const options& o) {
+    auto dev = open_device(o);
+    if (!dev) {
+        return fail_open(o, dev.error());
+    }
+    auto st = llmos::scheduler_stats(*dev);
+    if (!st) {
+        return fail("scheduler status", st.error());
+    }
+    const char* backend = llmos::to_string(dev->kind());
+    if (o.json) {
+        std::cout << stats_json(*st, backend).dump(2) << '\n';
+        return 0;
+    }
+    std::printf(
+        "backend:   %s%s\n"
+        "policy:    built-in (weighted fair queuing)\n"
+        "workers:   %u\n"
+        "clients:   %u\n"
+        "requests:  %llu queued, %llu dispatched, %llu running\n"
+        "since load: %llu submitted, %llu completed, %llu failed, %llu cancelled, "
+        "%llu requeued\n"
+        "dispatch latency: p50 < %llu us, p99 < %llu us\n",
+        backend, dev->kind() == llmos::backend_kind::local ? " (this process's scheduler)" : "",
+        st->workers, st->clients, static_cast<unsigned long long>(st->nr[1]),
+        static_cast<unsigned long long>(st->nr[2]), static_cast<unsigned long long>(st->nr[3]),
+        static_cast<unsigned long long>(st->submitted),
+        static_cast<unsigned long long>(st->completed), static_cast<unsigned long long>(st->failed),
+        static_cast<unsigned long long>(st->cancelled),
+        static_cast<unsigned long long>(st->requeued),
+        static_cast<unsigned long long>(hist_quantile(st->lat_hist, 0.5)),
+        static_cast<unsigned long long>(hist_quantile(st->lat_hist, 0.99)));
+    if (!st->tenants.empty()) {
+        std::printf("\n%-10s %7s %8s %12s %14s\n", "TENANT", "WEIGHT", "QUEUED", "SERVED",
+                    "TOKENS");
+        for (const auto& t : st->tenants) {
+            std::printf("%-10u %7u %8u %12llu %14llu\n", t.tenant, t.weight, t.queued,
+                        static_cast<unsigned long long>(t.served_reqs),
+                        static_cast<unsigned long long>(t.served_tokens));
+        }
+    }
+    return 0;
+}
+
+int cmd_sched_weight(const options& o, uint32_t tenant, uint32_t weight) {
+    auto dev = open_device(o);
+    if (!dev) {
+        return fail_open(o, dev.error());
+    }
+    if (auto ec = llmos::set_tenant_weight(*dev, tenant, weight)) {
+        return fail("cannot set the weight of tenant " + std::to_string(tenant), ec);
+    }
+    return 0;
+}
+
+int cmd_top(const options& o, double interval, int iterations) {
+    if (interval <= 0) {
+        return llmosctl::usage("--interval must be positive");
+    }
+    auto dev = open_device(o);
+    if (!dev) {
+        return fail_open(o, dev.error());
+    }
+    auto prev = llmos::scheduler_stats(*dev);
+    if (!prev) {
+        return fail("scheduler status", prev.error());
+    }
+    bool tty = ::isatty(STDOUT_FILENO) && !o.json;
+    for (int i = 0; iterations <= 0 || i < iterations; ++i) {
+        std::this_thread::sleep_for(std::chrono::duration<double>(interval));
+        auto st = llmos::scheduler_stats(*dev);
+        if (!st) {
+            return fail("scheduler status", st.error());
+        }
+        auto rate = [&](uint64_t now, uint64_t before) {
+            return static_cast<double>(now - before) / interval;
+        };
+        uint64_t tokens = 0, tokens0 = 0;
+        for (const auto& t : st->tenants) {
+            tokens += t.served_tokens;
+        }
+        for (const auto& t : prev->tenants) {
+            tokens0 += t.served_tokens;
+        }
+        if (o.json) {
+            json j = stats_json(*st, llmos::to_string(dev->kind()));
+            j["rates"] = {{"submitted_per_s", rate(st->submitted, prev->submitted)},
+                          {"completed_per_s", rate(st->completed, prev->completed)},
+                          {"tokens_per_s", rate(tokens, tokens0)}};
+            std::cout << j.dump() << '\n' << std::flush;
+        } else {
+            if (tty) {
+                std::printf("\x1b[H\x1b[2J");
+            }
+            std::printf("llmos top - %s backend, every %.1f s\n\n"
+                        "workers %u  clients %u  queued %llu  dispatched %llu  running %llu\n"
+                        "submitted %.0f/s  completed %.0f/s  tokens %.0f/s  requeued %llu\n"
+                        "dispatch latency p50 < %llu us  p99 < %llu us\n\n",
+                        llmos::to_string(dev->kind()), interval, st->workers, st->clients,
+                        static_cast<unsigned long long>(st->nr[1]),
+                        static_cast<unsigned long long>(st->nr[2]),
+                        static_cast<unsigned long long>(st->nr[3]),
+                        rate(st->submitted, prev->submitted), rate(st->completed, prev->completed),
+                        rate(tokens, tokens0), static_cast<unsigned long long>(st->requeued),
+                        static_cast<unsigned long long>(hist_quantile(st->lat_hist, 0.5)),
+                        static_cast<unsigned long long>(hist_quantile(st->lat_hist, 0.99)));
+            std::printf("%-10s %7s %8s %12s\n", "TENANT", "WEIGHT", "QUEUED", "TOKENS/S");
+            for (const auto& t : st->tenants) {
+                uint64_t before = 0;
+                for (const auto& p : prev->tenants) {
+                    if (p.tenant == t.tenant) {
+                        before = p.served_tokens;
+                    }
+                }
+                std::printf("%-10u %7u %8u %12.0f\n", t.tenant, t.weight, t.queued,
+                            rate(t.served_tokens, before));
+            }
+            std::fflush(stdout);
+        }
+        prev = std::move(st);
+    }
+    return 0;
+}
+
+struct bench_args {
+    int workers = 2;
+    uint32_t capacity = 1;
+    std::string service = "exp:5";
+    std::string arrival = "poisson:200";
+    int requests = 1000;
+    int tenants = 1;
+    uint64_t seed = 1;
+};
+
+/// "exp:MEAN" (milliseconds) or "poisson:RATE" (per second): the number.
+std::optional<double> parse_dist(const std::string& s, const std::string& kind) {
+    if (s.rfind(kind + ":", 0) != 0) {
+        return std::nullopt;
+    }
+    try {
+        size_t used = 0;
+        double v = std::stod(s.substr(kind.size() + 1), &used);
+        if (used != s.size() - kind.size() - 1 || !(v > 0)) {
+            return std::nullopt;
+        }
+        return v;
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+}
+
+int cmd_bench(const options& o, const bench_args& b) {
+    auto service = parse_dist(b.service, "exp");
+    if (!service) {
+        return llmosctl::usage("bad --service '" + b.service + "' (exp:MEAN_MS, e.g. exp:5)");
+    }
+    auto rate = parse_dist(b.arrival, "poisson");
+    if (!rate) {
+        return llmosctl::usage("bad --arrival '" + b.arrival +
+                               "' (poisson:RATE per second, e.g. poisson:200)");
+    }
+    if (b.workers < 1 || b.workers > 256 || b.requests < 1 || b.tenants < 1 || !b.capacity) {
+        return llmosctl::usage("--workers 1..256, --requests, --tenants and --capacity >= 1");
+    }
+    auto dev = open_device(o);
+    if (!dev) {
+        return fail_open(o, dev.error());
+    }
+    auto client = llmos::sched_client::open(*dev);
+    if (!client) {
+        return fail("cannot open a scheduler client", client.error());
+    }
+    std::atomic<bool> stop{false};
+    std::atomic<int> errors{0};
+    std::vector<std::thread> workers;
+    for (int i = 0; i < b.workers; ++i) {
+        workers.emplace_back([&, i] {
+            auto w = llmos::sched_worker::open(*dev, b.capacity);
+            if (!w) {
+                errors++;
+                return;
+            }
+            std::mt19937_64 rng(b.seed * 7919 + static_cast<uint64_t>(i));
+            std::exponential_distribution<double> svc(1.0 / *service);
+            while (!stop) {
+                auto got = w->dispatch(1, llmos::wait_for::at_most(std::chrono::milliseconds(50)));
+                if (!got) {
+                    errors += got.error() != std::errc::timed_out;
+                    continue;
+                }
+                for (auto& r : *got) {
+                    std::this_thread::sleep_for(
+                        std::chrono::duration<double, std::milli>(svc(rng)));
+                    errors += static_cast<bool>(w->complete(r.id, 0, 1));
+                }
+            }
+        });
+    }
+    std::vector<double> wait_ms, sojourn_ms;
+    std::mt19937_64 rng(b.seed);
+    std::exponential_distribution<double> gap(*rate);
+    std::uniform_int_distribution<int> tenant(0, b.tenants - 1);
+    auto next = std::chrono::steady_clock::now();
+    auto collect = [&](llmos::wait_for w) {
+        auto f = client->wait(0, w);
+        if (!f) {
+            return false;
+        }
+        wait_ms.push_back(static_cast<double>(f->dispatch_ns - f->submit_ns) / 1e6);
+        sojourn_ms.push_back(static_cast<double>(f->end_ns - f->submit_ns) / 1e6);
+        return true;
+    };
+    for (int i = 0; i < b.requests; ++i) {
+        next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+            std::chrono::duration<double>(gap(rng)));
+        while (collect(llmos::wait_for::none())) {
+        }
+        std::this_thread::sleep_until(next);
+        if (!client->submit({.tenant = static_cast<uint32_t>(tenant(rng))})) {
+            errors++;
+        }
+    }
+    while (static_cast<int>(wait_ms.size()) < b.requests &&
+           collect(llmos::wait_for::at_most(std::chrono::seconds(30)))) {
+    }
+    stop = true;
+    for (auto& t : workers) {
+        t.join();
+    }
+    if (static_cast<int>(wait_ms.size()) != b.requests || errors) {
+        std::fprintf(stderr, "llmosctl: bench: %zu of %d requests finished, %d errors\n",
+                     wait_ms.size(), b.requests, errors.load());
+        return exit_failure;
+    }
+    auto summary = [](std::vector<double>& v) {
+        std::sort(v.begin(), v.end());
+        double sum = 0;
+        for (double x : v) {
+            sum += x;
+        }
+        auto q = [&](double p) { return v[std::min(v.size() - 1, size_t(p * double(v.size())))]; };
+        return json{{"mean", sum / double(v.size())}, {"p50", q(0.5)}, {"p99", q(0.99)}};
+    };
+    json j = {{"backend", llmos::to_string(dev->kind())},
+              {"policy", "built-in (weighted fair queuing)"},
+              {"workers", b.workers},
+              {"requests", b.requests},
+              {"service", b.service},
+              {"arrival", b.arrival},
+              {"wait_ms", summary(wait_ms)},
+              {"sojourn_ms", summary(sojourn_ms)}};
+    if (o.json) {
+        std::cout << j.dump(2) << '\n';
+        return 0;
+    }
+    std::printf("%s backend, %s policy: %d requests, %d workers, service %s, arrival %s\n"
+                "%-8s %10s %10s %10s\n",
+                llmos::to_string(dev->kind()), "built-in", b.requests, b.workers, b.service.c_str(),
+                b.arrival.c_str(), "(ms)", "mean", "p50", "p99");
+    for (const char* k : {"wait_ms", "sojourn_ms"}) {
+        std::printf("%-8.*s %10.2f %10.2f %10.2f\n", static_cast<int>(std::strlen(k) - 3), k,
+                    j[k]["mean"].get<double>(), j[k]["p50"].get<double>(),
+                    j[k]["p99"].get<double>());
+    }
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -515,6 +846,35 @@ int main(int argc, char** argv) {
     quota->add_option("--uid", quota_uid, "uid (default: yours)");
     quota->add_option("--set", quota_set, "new limit: a size, 'unlimited' or 'default'");
     quota->callback([&] { rc = cmd_ms_quota(o, quota_uid, quota_set); });
+
+    auto* sched = app.add_subcommand("sched", "the request scheduler: status, weight");
+    sched->require_subcommand(1);
+    sched->add_subcommand("status", "show the scheduler's policy, workers, queues and tenants")
+        ->callback([&] { rc = cmd_sched_status(o); });
+    uint32_t w_tenant = 0, w_weight = 0;
+    auto* weight = sched->add_subcommand("weight", "set a tenant's share (root)");
+    weight->add_option("tenant", w_tenant, "tenant id")->required();
+    weight->add_option("weight", w_weight, "share, 1..10000 (default 100)")->required();
+    weight->callback([&] { rc = cmd_sched_weight(o, w_tenant, w_weight); });
+
+    double top_interval = 1.0;
+    int top_iterations = 0;
+    auto* top = app.add_subcommand("top", "live view of the scheduler (Ctrl-C to stop)");
+    top->add_option("--interval", top_interval, "seconds between refreshes (default 1)");
+    top->add_option("--iterations", top_iterations, "stop after this many (default: never)");
+    top->callback([&] { rc = cmd_top(o, top_interval, top_iterations); });
+
+    bench_args ba;
+    auto* bench = app.add_subcommand(
+        "bench", "synthetic workers: wait and sojourn times of the scheduler's policy");
+    bench->add_option("--workers", ba.workers, "worker threads (default 2)");
+    bench->add_option("--capacity", ba.capacity, "requests each worker holds (default 1)");
+    bench->add_option("--service", ba.service, "service time: exp:MEAN_MS (default exp:5)");
+    bench->add_option("--arrival", ba.arrival, "arrivals: poisson:RATE/s (default poisson:200)");
+    bench->add_option("--requests", ba.requests, "requests (default 1000)");
+    bench->add_option("--tenants", ba.tenants, "tenants, chosen uniformly (default 1)");
+    bench->add_option("--seed", ba.seed, "random seed (default 1)");
+    bench->callback([&] { rc = cmd_bench(o, ba); });
 
     try {
         app.parse(argc, argv);
