@@ -20,6 +20,7 @@ struct io_uring_cmd;
 struct llmos_client;
 struct llmos_dispatch;
 struct llmos_wait;
+struct llmos_wait_batch;
 struct inode;
 struct poll_table_struct;
 struct seq_file;
@@ -79,6 +80,12 @@ int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd);
 int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd);
 int llmos_park_wait(struct llmos_client *c, struct io_uring_cmd *ioucmd,
 		    u64 id);
+int llmos_complete_batch(struct llmos_ucmd *ucmd);
+int llmos_submit_batch(struct llmos_ucmd *ucmd);
+int llmos_wait_batch(struct llmos_ucmd *ucmd);
+int llmos_wait_batch_check(const struct llmos_wait_batch *cmd);
+int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
+			  u32 entry_size, u32 max);
 bool llmos_unpark(struct llmos_client *c, struct io_uring_cmd *ioucmd);
 
 /* uring.c */

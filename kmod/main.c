@@ -66,6 +66,9 @@ union llmos_ucmd_buffer {
 	struct llmos_wait wait;
 	struct llmos_set_weight set_weight;
 	struct llmos_sched_stats stats;
+	struct llmos_complete_batch complete_batch;
+	struct llmos_wait_batch wait_batch;
+	struct llmos_submit_batch submit_batch;
 };
 
 struct llmos_ioctl_op {
@@ -116,6 +119,12 @@ static const struct llmos_ioctl_op llmos_dev_ops[] = {
 		     struct llmos_set_weight, weight),
 	LLMOS_DEV_OP(LLMOS_IOC_STATS, llmos_stats, struct llmos_sched_stats,
 		     out_lat_hist),
+	LLMOS_DEV_OP(LLMOS_IOC_COMPLETE_BATCH, llmos_complete_batch,
+		     struct llmos_complete_batch, __reserved),
+	LLMOS_DEV_OP(LLMOS_IOC_WAIT_BATCH, llmos_wait_batch,
+		     struct llmos_wait_batch, out_count),
+	LLMOS_DEV_OP(LLMOS_IOC_SUBMIT_BATCH, llmos_submit_batch,
+		     struct llmos_submit_batch, __reserved),
 };
 
 static const struct llmos_ioctl_op llmos_msfd_ops[] = {

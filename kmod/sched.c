@@ -375,6 +375,126 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 	return ret;
 }
 
+/**
+ * llmos_submit_batch() - LLMOS_IOC_SUBMIT_BATCH
+ * @ucmd: the command, a struct llmos_submit_batch
+ *
+ * Return: 0 when every entry was read and written back (each has its
+ * out_id and out_error), or a negative errno.
+ */
+int llmos_submit_batch(struct llmos_ucmd *ucmd)
+{
+	struct llmos_submit_batch *cmd = ucmd->cmd;
+	struct llmos_client *c = llmos_client(ucmd);
+	void __user *uptr = u64_to_user_ptr(cmd->entries_uptr);
+	struct llmos_core_tenant *spare = NULL;
+	struct llmos_submit_entry *e;
+	struct llmos_kreq **kr;
+	u32 i, done = 0;
+	int ret = 0;
+
+	if (cmd->flags || cmd->__reserved || !cmd->count ||
+	    cmd->count > LLMOS_MAX_DISPATCH ||
+	    cmd->entry_size < sizeof(*e) || cmd->entry_size > PAGE_SIZE)
+		return -EINVAL;
+	e = kcalloc(cmd->count, sizeof(*e), GFP_KERNEL);
+	kr = kcalloc(cmd->count, sizeof(*kr), GFP_KERNEL);
+	if (!e || !kr) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < cmd->count; i++) {
+		if (copy_from_user(&e[i], uptr + (size_t)i * cmd->entry_size,
+				   sizeof(*e))) {
+			ret = -EFAULT;
+			goto out;
+		}
+		e[i].out_id = 0;
+		e[i].out_error = -EINVAL;
+		if (e[i].__reserved || e[i].__reserved2 ||
+		    e[i].priority > LLMOS_MAX_PRIORITY)
+			continue;
+		e[i].out_error = -ENOMEM;
+		kr[i] = kmem_cache_zalloc(llmos_req_cache, GFP_KERNEL_ACCOUNT);
+		if (!kr[i])
+			continue;
+		atomic_long_inc(&llmos_sched.nr_reqs);
+		kr[i]->client = c;
+		kr[i]->core.tenant = e[i].tenant;
+		kr[i]->core.prio = e[i].priority;
+		kr[i]->core.cost = e[i].cost;
+		kr[i]->core.deadline_ns = e[i].deadline_ns;
+		kr[i]->core.ms_id = e[i].ms_id;
+		kr[i]->core.prompt_off = e[i].prompt_off;
+		kr[i]->core.prompt_len = e[i].prompt_len;
+		kr[i]->core.owner = kr[i];
+	}
+
+	for (i = 0; i < cmd->count; i++) {
+		if (!kr[i])
+			continue;
+		spin_lock(&llmos_sched.lock);
+		if (c->nr_reqs >= READ_ONCE(max_client_requests))
+			e[i].out_error = -EAGAIN;
+		else
+			e[i].out_error = llmos_core_submit(&llmos_sched.core,
+							   &kr[i]->core, &spare,
+							   ktime_get_ns());
+		if (!e[i].out_error) {
+			list_add_tail(&kr[i]->node, &c->reqs);
+			c->nr_reqs++;
+			e[i].out_id = kr[i]->core.id;
+			trace_req_submit(e[i].out_id, e[i].tenant,
+					 e[i].priority, e[i].cost,
+					 llmos_core_queued(&llmos_sched.core));
+			done++;
+		}
+		spin_unlock(&llmos_sched.lock);
+		if (e[i].out_error == -ENOMEM && !spare) {
+			/* A new tenant: allocate it outside the lock, retry. */
+			spare = kzalloc(sizeof(*spare), GFP_KERNEL);
+			if (spare)
+				i--;
+			continue;
+		}
+		if (e[i].out_error) {
+			kmem_cache_free(llmos_req_cache, kr[i]);
+			atomic_long_dec(&llmos_sched.nr_reqs);
+		}
+		kr[i] = NULL;
+	}
+	kfree(spare);
+	if (done) {
+		spin_lock(&llmos_sched.lock);
+		llmos_kick_workers();
+		spin_unlock(&llmos_sched.lock);
+		if (wq_has_sleeper(&llmos_sched.work_wq))
+			wake_up(&llmos_sched.work_wq);
+	}
+	for (i = 0; i < cmd->count; i++) {
+		void __user *u = uptr + (size_t)i * cmd->entry_size;
+
+		if (put_user(e[i].out_id, (u64 __user *)(u +
+			     offsetof(struct llmos_submit_entry, out_id))) ||
+		    put_user(e[i].out_error, (s32 __user *)(u +
+			     offsetof(struct llmos_submit_entry, out_error))))
+			ret = -EFAULT;
+	}
+	cmd->out_done = done;
+	if (!ret)
+		ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
+out:
+	for (i = 0; kr && i < cmd->count; i++) {
+		if (kr[i]) {
+			kmem_cache_free(llmos_req_cache, kr[i]);
+			atomic_long_dec(&llmos_sched.nr_reqs);
+		}
+	}
+	kfree(kr);
+	kfree(e);
+	return ret;
+}
+
 static bool llmos_can_dispatch(struct llmos_client *c)
 {
 	bool ready;
@@ -584,6 +704,27 @@ int llmos_start(struct llmos_ucmd *ucmd)
 	return ret;
 }
 
+/* COMPLETE of one request by worker @c. Under the lock. */
+static int llmos_complete_one(struct llmos_client *c, u64 id, s32 status,
+			      u32 tokens, u64 result_off, u64 result_len)
+{
+	struct llmos_core_req *r;
+	int ret;
+
+	lockdep_assert_held(&llmos_sched.lock);
+	if (status > 0 || status < -MAX_ERRNO)
+		return -EINVAL;
+	r = llmos_core_find(&llmos_sched.core, id);
+	if (!r)
+		return -ENOENT;
+	ret = llmos_core_complete(&llmos_sched.core, &c->worker, r, status,
+				  tokens, result_off, result_len,
+				  ktime_get_ns());
+	if (!ret)
+		llmos_req_notify(llmos_kreq(r));
+	return ret;
+}
+
 /**
  * llmos_complete() - LLMOS_IOC_COMPLETE
  * @ucmd: the command, a struct llmos_complete
@@ -594,23 +735,71 @@ int llmos_complete(struct llmos_ucmd *ucmd)
 {
 	struct llmos_complete *cmd = ucmd->cmd;
 	struct llmos_client *c = llmos_client(ucmd);
-	struct llmos_core_req *r;
 	int ret;
 
-	if (cmd->flags || !c->is_worker || cmd->status > 0 ||
-	    cmd->status < -MAX_ERRNO)
+	if (cmd->flags || !c->is_worker)
 		return -EINVAL;
 	spin_lock(&llmos_sched.lock);
-	r = llmos_core_find(&llmos_sched.core, cmd->id);
-	ret = r ? llmos_core_complete(&llmos_sched.core, &c->worker, r,
-				      cmd->status, cmd->tokens,
-				      cmd->result_off, cmd->result_len,
-				      ktime_get_ns()) : -ENOENT;
-	if (!ret) {
-		llmos_req_notify(llmos_kreq(r));
+	ret = llmos_complete_one(c, cmd->id, cmd->status, cmd->tokens,
+				 cmd->result_off, cmd->result_len);
+	if (!ret)
 		llmos_kick_workers(); /* this worker has room again */
-	}
 	spin_unlock(&llmos_sched.lock);
+	return ret;
+}
+
+/**
+ * llmos_complete_batch() - LLMOS_IOC_COMPLETE_BATCH
+ * @ucmd: the command, a struct llmos_complete_batch
+ *
+ * Return: 0 when every entry was read (each has its out_error), or a
+ * negative errno.
+ */
+int llmos_complete_batch(struct llmos_ucmd *ucmd)
+{
+	struct llmos_complete_batch *cmd = ucmd->cmd;
+	struct llmos_client *c = llmos_client(ucmd);
+	void __user *uptr = u64_to_user_ptr(cmd->entries_uptr);
+	struct llmos_complete_entry *e;
+	u32 i, done = 0;
+	int ret = 0;
+
+	if (cmd->flags || cmd->__reserved || !c->is_worker || !cmd->count ||
+	    cmd->count > LLMOS_MAX_DISPATCH ||
+	    cmd->entry_size < sizeof(*e) || cmd->entry_size > PAGE_SIZE)
+		return -EINVAL;
+	e = kcalloc(cmd->count, sizeof(*e), GFP_KERNEL);
+	if (!e)
+		return -ENOMEM;
+	for (i = 0; i < cmd->count; i++) {
+		if (copy_from_user(&e[i], uptr + (size_t)i * cmd->entry_size,
+				   sizeof(*e))) {
+			ret = -EFAULT;
+			goto out;
+		}
+	}
+	spin_lock(&llmos_sched.lock);
+	for (i = 0; i < cmd->count; i++) {
+		e[i].out_error = e[i].__reserved ? -EINVAL :
+			llmos_complete_one(c, e[i].id, e[i].status, e[i].tokens,
+					   e[i].result_off, e[i].result_len);
+		done += !e[i].out_error;
+	}
+	if (done)
+		llmos_kick_workers();
+	spin_unlock(&llmos_sched.lock);
+	for (i = 0; i < cmd->count; i++) {
+		if (put_user(e[i].out_error, (s32 __user *)(uptr +
+			     (size_t)i * cmd->entry_size +
+			     offsetof(struct llmos_complete_entry, out_error)))) {
+			ret = -EFAULT;
+			goto out;
+		}
+	}
+	cmd->out_done = done;
+	ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
+out:
+	kfree(e);
 	return ret;
 }
 
@@ -710,6 +899,119 @@ int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd)
 	}
 	spin_unlock(&llmos_sched.lock);
 	return ret;
+}
+
+/**
+ * llmos_wait_batch_into() - collect up to @max finished requests, now
+ * @c: the client
+ * @entries_uptr: user array of @max elements of @entry_size bytes, checked
+ *	writable by the caller
+ * @entry_size: element size (at least sizeof(struct llmos_finished))
+ * @max: most to collect
+ *
+ * Return: requests written (0: none finished yet), -ENOENT (nothing
+ * outstanding), -ENOMEM or -EFAULT.
+ */
+int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
+			  u32 entry_size, u32 max)
+{
+	void __user *uptr = u64_to_user_ptr(entries_uptr);
+	struct llmos_finished *f;
+	struct llmos_kreq *kr;
+	u32 n = 0, i;
+	int ret;
+
+	f = kcalloc(max, sizeof(*f), GFP_KERNEL);
+	if (!f)
+		return -ENOMEM;
+	spin_lock(&llmos_sched.lock);
+	if (list_empty(&c->reqs)) {
+		spin_unlock(&llmos_sched.lock);
+		kfree(f);
+		return -ENOENT; /* nothing would ever come */
+	}
+	while (n < max && !list_empty(&c->done)) {
+		kr = list_first_entry(&c->done, struct llmos_kreq, done_node);
+		f[n].id = kr->core.id;
+		f[n].state = kr->core.state;
+		f[n].status = kr->core.status;
+		f[n].tokens = kr->core.tokens;
+		f[n].result_off = kr->core.result_off;
+		f[n].result_len = kr->core.result_len;
+		f[n].submit_ns = kr->core.t_submit;
+		f[n].dispatch_ns = kr->core.t_dispatch;
+		f[n].end_ns = kr->core.t_end;
+		list_del(&kr->done_node);
+		llmos_req_free(kr);
+		n++;
+	}
+	spin_unlock(&llmos_sched.lock);
+	ret = n;
+	for (i = 0; ret > 0 && i < n; i++) {
+		if (copy_to_user(uptr + (size_t)i * entry_size, &f[i],
+				 sizeof(f[i])))
+			ret = -EFAULT;
+	}
+	kfree(f);
+	return ret;
+}
+
+/**
+ * llmos_wait_batch_check() - validate a WAIT_BATCH command
+ * @cmd: the command
+ *
+ * Return: 0, -EINVAL, or -EFAULT when the array is not writable.
+ */
+int llmos_wait_batch_check(const struct llmos_wait_batch *cmd)
+{
+	if (cmd->flags & ~LLMOS_NONBLOCK || !cmd->max ||
+	    cmd->max > LLMOS_MAX_DISPATCH ||
+	    cmd->entry_size < sizeof(struct llmos_finished) ||
+	    cmd->entry_size > PAGE_SIZE)
+		return -EINVAL;
+	if (clear_user(u64_to_user_ptr(cmd->entries_uptr),
+		       (size_t)cmd->max * cmd->entry_size))
+		return -EFAULT;
+	return 0;
+}
+
+/**
+ * llmos_wait_batch() - LLMOS_IOC_WAIT_BATCH
+ * @ucmd: the command, a struct llmos_wait_batch
+ *
+ * Return: 0 with out_count requests collected, or a negative errno.
+ */
+int llmos_wait_batch(struct llmos_ucmd *ucmd)
+{
+	struct llmos_wait_batch *cmd = ucmd->cmd;
+	struct llmos_client *c = llmos_client(ucmd);
+	long timeout;
+	int n;
+
+	n = llmos_wait_batch_check(cmd);
+	if (n)
+		return n;
+	timeout = cmd->timeout_ms ? msecs_to_jiffies(cmd->timeout_ms) :
+				    MAX_SCHEDULE_TIMEOUT;
+	for (;;) {
+		n = llmos_wait_batch_into(c, cmd->entries_uptr, cmd->entry_size,
+					  cmd->max);
+		if (n < 0)
+			return n;
+		if (n)
+			break;
+		if (cmd->flags & LLMOS_NONBLOCK)
+			return -EAGAIN;
+		timeout = wait_event_interruptible_timeout(c->wq,
+							   llmos_wait_ready(c, 0),
+							   timeout);
+		if (timeout < 0)
+			return -EINTR;
+		if (!timeout)
+			return -ETIMEDOUT;
+	}
+	cmd->out_count = n;
+	return llmos_ucmd_respond(ucmd, sizeof(*cmd));
 }
 
 /**

@@ -24,10 +24,10 @@
 /**
  * struct llmos_uring_pdu - what a parked command remembers
  * @arg_uptr: the user's argument struct
- * @descs_uptr: DISPATCH: the descriptor array
+ * @descs_uptr: DISPATCH, WAIT_BATCH: the element array
  * @id: WAIT: the request waited for (0: any)
- * @desc_size: DISPATCH: element size
- * @max: DISPATCH: most requests to take
+ * @desc_size: DISPATCH, WAIT_BATCH: element size
+ * @max: DISPATCH, WAIT_BATCH: most elements to write
  */
 struct llmos_uring_pdu {
 	u64 arg_uptr;
@@ -113,6 +113,30 @@ static void llmos_uring_wait_tw(struct io_uring_cmd *ioucmd,
 	io_uring_cmd_done(ioucmd, ret, 0, issue_flags);
 }
 
+/* WAIT_BATCH's reply: the number of requests collected, or an error. */
+static int llmos_uring_wait_batch_reply(struct io_uring_cmd *ioucmd)
+{
+	struct llmos_uring_pdu *pdu = llmos_pdu(ioucmd);
+	struct llmos_wait_batch __user *u = u64_to_user_ptr(pdu->arg_uptr);
+	int n;
+
+	n = llmos_wait_batch_into(ioucmd->file->private_data, pdu->descs_uptr,
+				  pdu->desc_size, pdu->max);
+	if (n >= 0 && put_user(n, &u->out_count))
+		return -EFAULT;
+	return n;
+}
+
+static void llmos_uring_wait_batch_tw(struct io_uring_cmd *ioucmd,
+				      unsigned int issue_flags)
+{
+	int n = -ECANCELED;
+
+	if (!(issue_flags & IO_URING_F_TASK_DEAD))
+		n = llmos_uring_wait_batch_reply(ioucmd);
+	io_uring_cmd_done(ioucmd, n, 0, issue_flags);
+}
+
 /**
  * llmos_uring_kick() - complete a parked command in its task
  * @ioucmd: a command llmos_park_dispatch() or llmos_park_wait() parked
@@ -121,9 +145,49 @@ static void llmos_uring_wait_tw(struct io_uring_cmd *ioucmd,
  */
 void llmos_uring_kick(struct io_uring_cmd *ioucmd)
 {
-	io_uring_cmd_complete_in_task(ioucmd, ioucmd->cmd_op == LLMOS_IOC_WAIT ?
-					      llmos_uring_wait_tw :
-					      llmos_uring_dispatch_tw);
+	switch (ioucmd->cmd_op) {
+	case LLMOS_IOC_WAIT:
+		io_uring_cmd_complete_in_task(ioucmd, llmos_uring_wait_tw);
+		break;
+	case LLMOS_IOC_WAIT_BATCH:
+		io_uring_cmd_complete_in_task(ioucmd, llmos_uring_wait_batch_tw);
+		break;
+	default:
+		io_uring_cmd_complete_in_task(ioucmd, llmos_uring_dispatch_tw);
+		break;
+	}
+}
+
+static int llmos_uring_wait_batch(struct io_uring_cmd *ioucmd, u64 arg_uptr,
+				  unsigned int issue_flags)
+{
+	struct llmos_uring_pdu *pdu = llmos_pdu(ioucmd);
+	struct llmos_wait_batch cmd;
+	int ret;
+
+	ret = llmos_uring_read(arg_uptr, &cmd, sizeof(cmd),
+			       offsetofend(struct llmos_wait_batch, out_count));
+	if (ret)
+		return ret;
+	ret = llmos_wait_batch_check(&cmd);
+	if (ret)
+		return ret;
+	pdu->arg_uptr = arg_uptr;
+	pdu->descs_uptr = cmd.entries_uptr;
+	pdu->desc_size = cmd.entry_size;
+	pdu->max = cmd.max;
+	for (;;) {
+		ret = llmos_uring_wait_batch_reply(ioucmd);
+		if (ret || cmd.flags & LLMOS_NONBLOCK)
+			return ret;
+		ret = llmos_park_wait(ioucmd->file->private_data, ioucmd, 0);
+		if (ret != -EAGAIN)
+			break;
+	}
+	if (ret)
+		return ret;
+	io_uring_cmd_mark_cancelable(ioucmd, issue_flags);
+	return -EIOCBQUEUED;
 }
 
 static int llmos_uring_dispatch(struct io_uring_cmd *ioucmd, u64 arg_uptr,
@@ -212,8 +276,10 @@ int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags)
 		return -EINVAL;
 	switch (ioucmd->cmd_op) {
 	case LLMOS_IOC_SUBMIT:
+	case LLMOS_IOC_SUBMIT_BATCH:
 	case LLMOS_IOC_START:
 	case LLMOS_IOC_COMPLETE:
+	case LLMOS_IOC_COMPLETE_BATCH:
 	case LLMOS_IOC_CANCEL:
 		return llmos_dev_ioctl(ioucmd->file, ioucmd->cmd_op,
 				       sqe->arg_uptr);
@@ -221,6 +287,8 @@ int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags)
 		return llmos_uring_dispatch(ioucmd, sqe->arg_uptr, issue_flags);
 	case LLMOS_IOC_WAIT:
 		return llmos_uring_wait(ioucmd, sqe->arg_uptr, issue_flags);
+	case LLMOS_IOC_WAIT_BATCH:
+		return llmos_uring_wait_batch(ioucmd, sqe->arg_uptr, issue_flags);
 	default:
 		return -EOPNOTSUPP;
 	}

@@ -177,6 +177,30 @@ FIXTURE_VARIANT_ADD(abi, stats) {
 	.impure = false,
 };
 
+FIXTURE_VARIANT_ADD(abi, submit_batch) {
+	.cmd = LLMOS_IOC_SUBMIT_BATCH,
+	.size = sizeof(struct llmos_submit_batch),
+	.min = sizeof(struct llmos_submit_batch),
+	.msfd = false,
+	.impure = false,
+};
+
+FIXTURE_VARIANT_ADD(abi, complete_batch) {
+	.cmd = LLMOS_IOC_COMPLETE_BATCH,
+	.size = sizeof(struct llmos_complete_batch),
+	.min = sizeof(struct llmos_complete_batch),
+	.msfd = false,
+	.impure = false,
+};
+
+FIXTURE_VARIANT_ADD(abi, wait_batch) {
+	.cmd = LLMOS_IOC_WAIT_BATCH,
+	.size = sizeof(struct llmos_wait_batch),
+	.min = sizeof(struct llmos_wait_batch),
+	.msfd = false,
+	.impure = false,
+};
+
 FIXTURE_SETUP(abi)
 {
 	self->dev = open(LLMOS_DEV, O_RDWR | O_CLOEXEC);

@@ -565,6 +565,96 @@ TEST_F(sched, setting_weights_needs_privilege)
 	EXPECT_EQ(0, WEXITSTATUS(status));
 }
 
+TEST_F(sched, batch_commands_report_each_entry)
+{
+	struct llmos_submit_entry se[4] = {
+		{ .tenant = 1, .cost = 2 },
+		{ .tenant = 1, .priority = LLMOS_MAX_PRIORITY + 1 }, /* bad */
+		{ .tenant = 2, .cost = 3 },
+		{ .tenant = 1, .__reserved = 1 }, /* bad */
+	};
+	struct llmos_submit_batch sb = {
+		.size = sizeof(sb), .entries_uptr = (__u64)(uintptr_t)se,
+		.entry_size = sizeof(se[0]), .count = 4,
+	};
+	struct llmos_complete_entry ce[3];
+	struct llmos_complete_batch cb = {
+		.size = sizeof(cb), .entries_uptr = (__u64)(uintptr_t)ce,
+		.entry_size = sizeof(ce[0]), .count = 3,
+	};
+	struct llmos_finished fin[8];
+	struct llmos_wait_batch wb = {
+		.size = sizeof(wb), .entries_uptr = (__u64)(uintptr_t)fin,
+		.entry_size = sizeof(fin[0]), .max = 8, .flags = LLMOS_NONBLOCK,
+	};
+	struct llmos_req_desc d[4];
+
+	/* Nothing outstanding yet: nothing to wait for. */
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_WAIT_BATCH, &wb));
+	EXPECT_EQ(ENOENT, errno);
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_SUBMIT_BATCH, &sb));
+	EXPECT_EQ(2, sb.out_done);
+	EXPECT_EQ(0, se[0].out_error);
+	EXPECT_EQ(-EINVAL, se[1].out_error);
+	EXPECT_EQ(0, se[2].out_error);
+	EXPECT_EQ(-EINVAL, se[3].out_error);
+	EXPECT_EQ(0, se[1].out_id);
+	EXPECT_LT(se[0].out_id, se[2].out_id);
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_WAIT_BATCH, &wb));
+	EXPECT_EQ(EAGAIN, errno);
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	ASSERT_EQ(2, dispatch(self->worker, d, 4, 0, 0));
+	memset(ce, 0, sizeof(ce));
+	ce[0].id = se[0].out_id;
+	ce[0].tokens = 11;
+	ce[1].id = se[2].out_id + 1000000; /* not there */
+	ce[2].id = se[2].out_id;
+	ce[2].status = -EIO;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE_BATCH, &cb));
+	EXPECT_EQ(2, cb.out_done);
+	EXPECT_EQ(0, ce[0].out_error);
+	EXPECT_EQ(-ENOENT, ce[1].out_error);
+	EXPECT_EQ(0, ce[2].out_error);
+
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_WAIT_BATCH, &wb));
+	ASSERT_EQ(2, wb.out_count);
+	EXPECT_EQ(se[0].out_id, fin[0].id);
+	EXPECT_EQ(LLMOS_REQ_COMPLETED, fin[0].state);
+	EXPECT_EQ(11, fin[0].tokens);
+	EXPECT_EQ(se[2].out_id, fin[1].id);
+	EXPECT_EQ(LLMOS_REQ_FAILED, fin[1].state);
+	EXPECT_EQ(-EIO, fin[1].status);
+
+	/* Sizes and counts are checked. */
+	sb.count = 0;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT_BATCH, &sb));
+	EXPECT_EQ(EINVAL, errno);
+	sb.count = LLMOS_MAX_DISPATCH + 1;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT_BATCH, &sb));
+	EXPECT_EQ(EINVAL, errno);
+	sb.count = 1;
+	sb.entry_size = sizeof(se[0]) - 1;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT_BATCH, &sb));
+	EXPECT_EQ(EINVAL, errno);
+	sb.entry_size = sizeof(se[0]);
+	sb.entries_uptr = 16;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT_BATCH, &sb));
+	EXPECT_EQ(EFAULT, errno);
+	cb.entries_uptr = 16;
+	EXPECT_EQ(-1, ioctl(self->worker, LLMOS_IOC_COMPLETE_BATCH, &cb));
+	EXPECT_EQ(EFAULT, errno);
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_COMPLETE_BATCH, &cb));
+	EXPECT_EQ(EINVAL, errno); /* not a worker */
+	wb.entry_size = sizeof(fin[0]) - 1;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_WAIT_BATCH, &wb));
+	EXPECT_EQ(EINVAL, errno);
+	wb.entry_size = sizeof(fin[0]);
+	wb.entries_uptr = 16;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_WAIT_BATCH, &wb));
+	EXPECT_EQ(EFAULT, errno);
+}
+
 static int write_str(const char *path, const char *v)
 {
 	int fd = open(path, O_WRONLY | O_TRUNC);

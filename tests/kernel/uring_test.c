@@ -330,6 +330,37 @@ TEST_F(ring, parked_wait_completes_when_a_request_finishes)
 	EXPECT_EQ(-ENOENT, res);
 }
 
+TEST_F(ring, parked_wait_batch_collects_what_finished)
+{
+	struct llmos_finished fin[4];
+	struct llmos_wait_batch wb = {
+		.size = sizeof(wb), .entries_uptr = (__u64)(uintptr_t)fin,
+		.entry_size = sizeof(fin[0]), .max = 4,
+	};
+	struct llmos_complete c = { .size = sizeof(c) };
+	struct llmos_dispatch nd = { .size = sizeof(nd) };
+	struct llmos_req_desc desc;
+	long long id;
+	int res;
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	id = submit_ioctl(self->client, 2);
+	ASSERT_LT(0, id);
+	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_WAIT_BATCH, &wb, 9));
+	ASSERT_EQ(1, io_uring_submit(&self->cring));
+	EXPECT_EQ(-ETIME, next_cqe(&self->cring, 100, &res));
+	nd.descs_uptr = (__u64)(uintptr_t)&desc;
+	nd.desc_size = sizeof(desc);
+	nd.max = 1;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &nd));
+	c.id = id;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE, &c));
+	ASSERT_EQ(9, next_cqe(&self->cring, 5000, &res));
+	ASSERT_EQ(1, res);
+	EXPECT_EQ(1, wb.out_count);
+	EXPECT_EQ(id, fin[0].id);
+}
+
 TEST_F(ring, bad_commands_are_refused)
 {
 	struct llmos_version v = { .size = sizeof(v) };

@@ -72,8 +72,10 @@ for b in "${bins[@]}"; do
 done
 (cd "$stage" && find . | busybox cpio -o -H newc 2>/dev/null) | gzip -1 >"$out/initrd.gz"
 
-append="console=ttyS0 loglevel=7 panic=-1 oops=panic panic_on_warn=1"
-append+=" slub_debug=FZPU kfence.sample_interval=10 llmos.mode=$mode"
+append="console=ttyS0 loglevel=7 panic=-1 oops=panic panic_on_warn=1 llmos.mode=$mode"
+# Tests run with slab debugging and KFENCE; benchmarks measure the kernel
+# as it is shipped.
+[ "$mode" = bench ] || append+=" slub_debug=FZPU kfence.sample_interval=10"
 append+=" llmos.timeout=$((vm_timeout / 2)) llmos.scale=${LLMOS_TEST_SCALE:-1}"
 append+=" ${LLMOS_VM_APPEND:-}"
 # Two NUMA nodes (one socket, one CPU and half the memory each), so that

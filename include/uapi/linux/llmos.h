@@ -61,6 +61,9 @@ enum {
 	LLMOS_CMD_WAIT,
 	LLMOS_CMD_SET_WEIGHT,
 	LLMOS_CMD_STATS,
+	LLMOS_CMD_COMPLETE_BATCH,
+	LLMOS_CMD_WAIT_BATCH,
+	LLMOS_CMD_SUBMIT_BATCH,
 };
 
 /* Commands on a mindspace fd (the fd MS_CREATE and MS_OPEN return). */
@@ -79,7 +82,9 @@ enum {
  * @LLMOS_FEATURE_MS_DMABUF: mindspaces backed by an imported dma-buf
  *	(%LLMOS_MS_DMABUF) and EXPORT_DMABUF.
  * @LLMOS_FEATURE_SCHED: the request scheduler: WORKER_REGISTER, SUBMIT,
- *	DISPATCH, START, COMPLETE, CANCEL, WAIT, SET_WEIGHT and STATS.
+ *	DISPATCH, START, COMPLETE, CANCEL, WAIT, SET_WEIGHT, STATS,
+ *	SUBMIT_BATCH, COMPLETE_BATCH and WAIT_BATCH, also as io_uring
+ *	commands.
  *
  * A bit is set only when the module implements that part of the ABI.
  */
@@ -744,22 +749,167 @@ struct llmos_sched_stats {
 };
 
 /**
+ * struct llmos_submit_entry - one request in SUBMIT_BATCH
+ * @tenant: tenant id
+ * @priority: 0..%LLMOS_MAX_PRIORITY
+ * @cost: expected tokens
+ * @__reserved: must be 0
+ * @deadline_ns: absolute CLOCK_MONOTONIC deadline, 0 for none
+ * @ms_id: mindspace holding the prompt
+ * @prompt_off: prompt offset in it
+ * @prompt_len: prompt length
+ * @out_id: the request's id, 0 when it was not submitted
+ * @out_error: 0, or what SUBMIT would have failed with for this entry
+ * @__reserved2: must be 0
+ */
+struct llmos_submit_entry {
+	__u32 tenant;
+	__u32 priority;
+	__u32 cost;
+	__u32 __reserved;
+	__aligned_u64 deadline_ns;
+	__aligned_u64 ms_id;
+	__aligned_u64 prompt_off;
+	__aligned_u64 prompt_len;
+	__aligned_u64 out_id;
+	__s32 out_error;
+	__u32 __reserved2;
+};
+
+/**
+ * struct llmos_submit_batch - ioctl(LLMOS_IOC_SUBMIT_BATCH)
+ * @size: sizeof(struct llmos_submit_batch)
+ * @flags: must be 0
+ * @entries_uptr: user array of @count elements of @entry_size bytes
+ * @entry_size: size of one element, at least 64
+ * @count: number of elements (1..%LLMOS_MAX_DISPATCH)
+ * @out_done: entries submitted (the others have out_error set)
+ * @__reserved: must be 0
+ *
+ * SUBMIT many requests in one command, in array order. It succeeds as a
+ * whole when every entry was read and written back.
+ */
+struct llmos_submit_batch {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 entries_uptr;
+	__u32 entry_size;
+	__u32 count;
+	__u32 out_done;
+	__u32 __reserved;
+};
+
+/**
+ * struct llmos_complete_entry - one request in COMPLETE_BATCH
+ * @id: a request the calling worker holds
+ * @status: 0 (COMPLETED) or a negative errno (FAILED)
+ * @tokens: tokens produced
+ * @result_off: result offset in the request's mindspace
+ * @result_len: result length
+ * @out_error: 0, or what COMPLETE would have failed with for this entry
+ * @__reserved: must be 0
+ */
+struct llmos_complete_entry {
+	__aligned_u64 id;
+	__s32 status;
+	__u32 tokens;
+	__aligned_u64 result_off;
+	__aligned_u64 result_len;
+	__s32 out_error;
+	__u32 __reserved;
+};
+
+/**
+ * struct llmos_complete_batch - ioctl(LLMOS_IOC_COMPLETE_BATCH)
+ * @size: sizeof(struct llmos_complete_batch)
+ * @flags: must be 0
+ * @entries_uptr: user array of @count elements of @entry_size bytes
+ * @entry_size: size of one element, at least 40
+ * @count: number of elements (1..%LLMOS_MAX_DISPATCH)
+ * @out_done: entries that completed (the others have out_error set)
+ * @__reserved: must be 0
+ *
+ * COMPLETE for many requests in one command. It succeeds as a whole when
+ * every entry was read; each entry reports its own result.
+ */
+struct llmos_complete_batch {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 entries_uptr;
+	__u32 entry_size;
+	__u32 count;
+	__u32 out_done;
+	__u32 __reserved;
+};
+
+/**
+ * struct llmos_finished - one request collected by WAIT_BATCH
+ * @id: the request
+ * @state: %LLMOS_REQ_COMPLETED, %LLMOS_REQ_FAILED or %LLMOS_REQ_CANCELLED
+ * @status: the worker's status
+ * @tokens: tokens produced
+ * @__reserved: 0
+ * @result_off: result offset in the mindspace
+ * @result_len: result length
+ * @submit_ns: submission time, CLOCK_MONOTONIC
+ * @dispatch_ns: last dispatch time (0: never dispatched)
+ * @end_ns: completion or cancellation time
+ */
+struct llmos_finished {
+	__aligned_u64 id;
+	__u32 state;
+	__s32 status;
+	__u32 tokens;
+	__u32 __reserved;
+	__aligned_u64 result_off;
+	__aligned_u64 result_len;
+	__aligned_u64 submit_ns;
+	__aligned_u64 dispatch_ns;
+	__aligned_u64 end_ns;
+};
+
+/**
+ * struct llmos_wait_batch - ioctl(LLMOS_IOC_WAIT_BATCH)
+ * @size: sizeof(struct llmos_wait_batch)
+ * @flags: %LLMOS_NONBLOCK or 0
+ * @entries_uptr: user array of @max elements of @entry_size bytes
+ * @entry_size: size of one element, at least 64
+ * @max: most requests to collect (1..%LLMOS_MAX_DISPATCH)
+ * @timeout_ms: longest wait for a first one, 0 for no limit
+ * @out_count: requests collected, oldest finished first
+ *
+ * WAIT for any of the caller's requests, collecting up to @max at once.
+ */
+struct llmos_wait_batch {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 entries_uptr;
+	__u32 entry_size;
+	__u32 max;
+	__u32 timeout_ms;
+	__u32 out_count;
+};
+
+/**
  * struct llmos_uring_sqe - the command area of an IORING_OP_URING_CMD SQE
  * @arg_uptr: user pointer to the command's argument struct, as the ioctl
  *	takes it
  * @__reserved: must be 0
  *
  * SQE fields: opcode %IORING_OP_URING_CMD, fd an open /dev/llmos, cmd_op
- * one of %LLMOS_IOC_SUBMIT, %LLMOS_IOC_START, %LLMOS_IOC_COMPLETE,
- * %LLMOS_IOC_CANCEL, %LLMOS_IOC_DISPATCH, %LLMOS_IOC_WAIT (others:
- * EOPNOTSUPP). The CQE's res is the ioctl's result (0 or a negative errno)
- * and, for DISPATCH, the number of descriptors written. DISPATCH and WAIT
- * never block the ring: with nothing ready they stay pending (at most one
- * of each per file, EBUSY otherwise) until a request comes or finishes;
- * with %LLMOS_NONBLOCK, DISPATCH completes at once with 0 and WAIT with
- * EAGAIN. A pending DISPATCH may complete with 0 when another worker took
- * the request first: submit it again. Pending commands complete with
- * ECANCELED when their ring is closed.
+ * one of %LLMOS_IOC_SUBMIT, %LLMOS_IOC_SUBMIT_BATCH, %LLMOS_IOC_START,
+ * %LLMOS_IOC_COMPLETE, %LLMOS_IOC_COMPLETE_BATCH, %LLMOS_IOC_CANCEL,
+ * %LLMOS_IOC_DISPATCH,
+ * %LLMOS_IOC_WAIT, %LLMOS_IOC_WAIT_BATCH (others: EOPNOTSUPP). The CQE's
+ * res is the ioctl's result (0 or a negative errno) and, for DISPATCH and
+ * WAIT_BATCH, the number of elements written. DISPATCH and the WAITs never
+ * block the ring: with nothing ready they stay pending (at most one DISPATCH
+ * and one WAIT or WAIT_BATCH per file, EBUSY otherwise) until a request
+ * comes or finishes; with %LLMOS_NONBLOCK, DISPATCH and WAIT_BATCH complete
+ * at once with 0 and WAIT with EAGAIN. A pending DISPATCH or WAIT_BATCH may
+ * complete with 0 when another taker was first: submit it again. Pending
+ * commands complete with ECANCELED when their ring is closed
+ * (IORING_OP_ASYNC_CANCEL does not reach them in kernel 6.12).
  */
 struct llmos_uring_sqe {
 	__aligned_u64 arg_uptr;
@@ -775,5 +925,8 @@ struct llmos_uring_sqe {
 #define LLMOS_IOC_WAIT _IO(LLMOS_TYPE, LLMOS_CMD_WAIT)
 #define LLMOS_IOC_SET_WEIGHT _IO(LLMOS_TYPE, LLMOS_CMD_SET_WEIGHT)
 #define LLMOS_IOC_STATS _IO(LLMOS_TYPE, LLMOS_CMD_STATS)
+#define LLMOS_IOC_COMPLETE_BATCH _IO(LLMOS_TYPE, LLMOS_CMD_COMPLETE_BATCH)
+#define LLMOS_IOC_WAIT_BATCH _IO(LLMOS_TYPE, LLMOS_CMD_WAIT_BATCH)
+#define LLMOS_IOC_SUBMIT_BATCH _IO(LLMOS_TYPE, LLMOS_CMD_SUBMIT_BATCH)
 
 #endif /* _UAPI_LINUX_LLMOS_H */
