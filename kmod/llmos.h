@@ -91,6 +91,7 @@ bool llmos_unpark(struct llmos_client *c, struct io_uring_cmd *ioucmd);
 /* uring.c */
 int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags);
 void llmos_uring_kick(struct io_uring_cmd *ioucmd);
+void llmos_uring_cancel(struct io_uring_cmd *ioucmd);
 /* main.c: the ioctls of /dev/llmos, for io_uring commands too */
 long llmos_dev_ioctl(struct file *filp, unsigned int cmd, unsigned long arg);
 int llmos_sched_init(void);

@@ -816,8 +816,24 @@ int llmos_cancel(struct llmos_ucmd *ucmd)
 	struct llmos_core_req *r;
 	int ret;
 
-	if (cmd->flags)
+	if (cmd->flags & ~LLMOS_CANCEL_PENDING)
 		return -EINVAL;
+	if (cmd->flags & LLMOS_CANCEL_PENDING) {
+		if (cmd->id)
+			return -EINVAL;
+		spin_lock(&llmos_sched.lock);
+		if (c->park_dispatch) {
+			list_del_init(&c->park_node);
+			llmos_uring_cancel(c->park_dispatch);
+			c->park_dispatch = NULL;
+		}
+		if (c->park_wait) {
+			llmos_uring_cancel(c->park_wait);
+			c->park_wait = NULL;
+		}
+		spin_unlock(&llmos_sched.lock);
+		return 0;
+	}
 	spin_lock(&llmos_sched.lock);
 	r = llmos_core_find(&llmos_sched.core, cmd->id);
 	if (!r)

@@ -190,6 +190,24 @@ static int llmos_uring_wait_batch(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 	return -EIOCBQUEUED;
 }
 
+static void llmos_uring_cancel_tw(struct io_uring_cmd *ioucmd,
+				  unsigned int issue_flags)
+{
+	io_uring_cmd_done(ioucmd, -ECANCELED, 0, issue_flags);
+}
+
+/**
+ * llmos_uring_cancel() - complete a parked command with -ECANCELED, in its
+ *	task
+ * @ioucmd: a command taken back from its parking place
+ *
+ * Called with the scheduler's spinlock held.
+ */
+void llmos_uring_cancel(struct io_uring_cmd *ioucmd)
+{
+	io_uring_cmd_complete_in_task(ioucmd, llmos_uring_cancel_tw);
+}
+
 static int llmos_uring_dispatch(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 				unsigned int issue_flags)
 {

@@ -297,6 +297,48 @@ TEST_F(ring, async_cancel_of_a_parked_dispatch)
 	}
 }
 
+TEST_F(ring, cancel_pending_completes_parked_commands)
+{
+	struct llmos_dispatch d = { .size = sizeof(d) };
+	struct llmos_wait w = { .size = sizeof(w) };
+	struct llmos_cancel c = { .size = sizeof(c), .flags = LLMOS_CANCEL_PENDING };
+	struct llmos_req_desc desc;
+	int res, seen = 0;
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	ASSERT_LT(0, submit_ioctl(self->worker, 9)); /* its own, to WAIT for */
+	d.descs_uptr = (__u64)(uintptr_t)&desc;
+	d.desc_size = sizeof(desc);
+	d.max = 1;
+	d.flags = LLMOS_NONBLOCK;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &d)); /* take it */
+	d.flags = 0;
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 1));
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_WAIT, &w, 2));
+	ASSERT_EQ(2, io_uring_submit(&self->wring));
+	EXPECT_EQ(-ETIME, next_cqe(&self->wring, 100, &res));
+	c.id = 5;
+	EXPECT_EQ(-1, ioctl(self->worker, LLMOS_IOC_CANCEL, &c));
+	EXPECT_EQ(EINVAL, errno);
+	c.id = 0;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_CANCEL, &c));
+	for (int i = 0; i < 2; i++) {
+		long long ud = next_cqe(&self->wring, 5000, &res);
+
+		EXPECT_TRUE(ud == 1 || ud == 2);
+		EXPECT_EQ(-ECANCELED, res);
+		seen++;
+	}
+	EXPECT_EQ(2, seen);
+	/* Nothing is parked any more: a new DISPATCH parks again. */
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 3));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	EXPECT_EQ(-ETIME, next_cqe(&self->wring, 100, &res));
+	ASSERT_LT(0, submit_ioctl(self->client, 1));
+	ASSERT_EQ(3, next_cqe(&self->wring, 5000, &res));
+	EXPECT_EQ(1, res);
+}
+
 TEST_F(ring, parked_wait_completes_when_a_request_finishes)
 {
 	struct llmos_wait w = { .size = sizeof(w) };

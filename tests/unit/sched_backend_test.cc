@@ -37,14 +37,17 @@ protected:
         ASSERT_TRUE(d) << d.error().message();
         _dev.emplace(std::move(*d));
     }
-    static std::string local_dir() {
-        static std::string dir = [] {
-            char tmpl[] = "/tmp/llmos-sched-XXXXXX";
-            std::string d{::mkdtemp(tmpl)};
-            std::atexit([] { std::filesystem::remove_all(local_dir()); });
-            return d;
-        }();
-        return dir;
+    // One store for the whole run, removed at exit.
+    static const std::string& local_dir() {
+        static const struct store {
+            std::string dir;
+            store() {
+                char tmpl[] = "/tmp/llmos-sched-XXXXXX";
+                dir = ::mkdtemp(tmpl);
+            }
+            ~store() { std::filesystem::remove_all(dir); }
+        } s;
+        return s.dir;
     }
     const llmos::device& dev() { return *_dev; }
     llmos::sched_client client() { return llmos::sched_client::open(dev()).value(); }

@@ -626,10 +626,15 @@ struct llmos_complete {
 	__aligned_u64 result_len;
 };
 
+/* CANCEL: cancel this file's pending io_uring DISPATCH and WAITs instead. */
+#define LLMOS_CANCEL_PENDING (1U << 0)
+
 /**
  * struct llmos_cancel - ioctl(LLMOS_IOC_CANCEL)
  * @size: sizeof(struct llmos_cancel)
- * @flags: must be 0
+ * @flags: 0, or %LLMOS_CANCEL_PENDING: complete the io_uring DISPATCH and
+ *	WAIT commands pending on this file with ECANCELED (@id must be 0;
+ *	IORING_OP_ASYNC_CANCEL cannot reach them in kernel 6.12)
  * @id: a request of the caller (any, with %CAP_SYS_ADMIN) that has not
  *	finished; its client collects it with WAIT as CANCELLED
  */
@@ -908,8 +913,9 @@ struct llmos_wait_batch {
  * comes or finishes; with %LLMOS_NONBLOCK, DISPATCH and WAIT_BATCH complete
  * at once with 0 and WAIT with EAGAIN. A pending DISPATCH or WAIT_BATCH may
  * complete with 0 when another taker was first: submit it again. Pending
- * commands complete with ECANCELED when their ring is closed
- * (IORING_OP_ASYNC_CANCEL does not reach them in kernel 6.12).
+ * commands complete with ECANCELED when their ring is closed, or on
+ * CANCEL with %LLMOS_CANCEL_PENDING (IORING_OP_ASYNC_CANCEL does not reach
+ * them in kernel 6.12).
  */
 struct llmos_uring_sqe {
 	__aligned_u64 arg_uptr;
