@@ -12,7 +12,8 @@
 /* Features this build of the module implements (enum llmos_feature). */
 #define LLMOS_FEATURES_IMPLEMENTED                                        \
 	(LLMOS_FEATURE_VERSION | LLMOS_FEATURE_MINDSPACE |                \
-	 LLMOS_FEATURE_MS_DMABUF | LLMOS_FEATURE_SCHED)
+	 LLMOS_FEATURE_MS_DMABUF | LLMOS_FEATURE_SCHED |                  \
+	 LLMOS_FEATURE_BPF_POLICY)
 
 struct dentry;
 struct file;

@@ -30,6 +30,7 @@
 
 #include "core/llmos_core.h"
 #include "llmos.h"
+#include "llmos_bpf.h"
 
 #define CREATE_TRACE_POINTS
 #include "trace.h"
@@ -141,6 +142,44 @@ static void llmos_kick_workers(void)
 	}
 }
 
+/**
+ * llmos_sched_core() - the scheduler's core, for the BPF policy glue
+ *
+ * Return: the core; use it with the lock held.
+ */
+struct llmos_core_sched *llmos_sched_core(void)
+{
+	return &llmos_sched.core;
+}
+
+/**
+ * llmos_sched_lock() - take the scheduler's lock
+ */
+void llmos_sched_lock(void)
+	__acquires(&llmos_sched.lock)
+{
+	spin_lock(&llmos_sched.lock);
+}
+
+/**
+ * llmos_sched_unlock() - release the scheduler's lock
+ */
+void llmos_sched_unlock(void)
+	__releases(&llmos_sched.lock)
+{
+	spin_unlock(&llmos_sched.lock);
+}
+
+/**
+ * llmos_sched_kick() - requests changed hands: wake the workers that may
+ *	take them. Under the lock.
+ */
+void llmos_sched_kick(void)
+{
+	llmos_kick_workers();
+	wake_up(&llmos_sched.work_wq);
+}
+
 /* Tell @kr's client that it finished. Under the lock. */
 static void llmos_req_notify(struct llmos_kreq *kr)
 {
@@ -211,6 +250,7 @@ int llmos_client_release(struct inode *inode, struct file *file)
 
 	spin_lock(&llmos_sched.lock);
 	if (c->is_worker) {
+		llmos_bpf_worker(&c->worker, false);
 		requeued = llmos_core_worker_remove(&llmos_sched.core, &c->worker);
 		llmos_sched.nr_workers--;
 		trace_sched_worker(c->worker.id, false, c->worker.capacity,
@@ -281,6 +321,7 @@ int llmos_worker_register(struct llmos_ucmd *ucmd)
 		llmos_sched.nr_workers++;
 		cmd->out_worker_id = c->worker.id;
 		trace_sched_worker(c->worker.id, true, c->worker.capacity, 0);
+		llmos_bpf_worker(&c->worker, true);
 	}
 	spin_unlock(&llmos_sched.lock);
 	return ret ?: llmos_ucmd_respond(ucmd, sizeof(*cmd));
@@ -338,6 +379,7 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 		else
 			ret = llmos_core_submit(&llmos_sched.core, &kr->core,
 						&spare, ktime_get_ns());
+		llmos_bpf_check_fault();
 		if (!ret) {
 			list_add_tail(&kr->node, &c->reqs);
 			c->nr_reqs++;
@@ -440,6 +482,7 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd)
 			e[i].out_error = llmos_core_submit(&llmos_sched.core,
 							   &kr[i]->core, &spare,
 							   ktime_get_ns());
+		llmos_bpf_check_fault();
 		if (!e[i].out_error) {
 			list_add_tail(&kr[i]->node, &c->reqs);
 			c->nr_reqs++;
@@ -549,6 +592,7 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 	spin_lock(&llmos_sched.lock);
 	n = llmos_core_dispatch(&llmos_sched.core, &c->worker, reqs, max,
 				ktime_get_ns());
+	llmos_bpf_check_fault();
 	for (i = 0; i < n; i++) {
 		llmos_desc_fill(&descs[i], reqs[i]);
 		trace_req_dispatch(reqs[i]->id, c->worker.id,
@@ -700,6 +744,8 @@ int llmos_start(struct llmos_ucmd *ucmd)
 	r = llmos_core_find(&llmos_sched.core, cmd->id);
 	ret = r ? llmos_core_start(&llmos_sched.core, &c->worker, r,
 				   ktime_get_ns()) : -ENOENT;
+	if (!ret)
+		llmos_bpf_running(r, &c->worker);
 	spin_unlock(&llmos_sched.lock);
 	return ret;
 }
@@ -720,8 +766,10 @@ static int llmos_complete_one(struct llmos_client *c, u64 id, s32 status,
 	ret = llmos_core_complete(&llmos_sched.core, &c->worker, r, status,
 				  tokens, result_off, result_len,
 				  ktime_get_ns());
-	if (!ret)
+	if (!ret) {
+		llmos_bpf_completed(r);
 		llmos_req_notify(llmos_kreq(r));
+	}
 	return ret;
 }
 
@@ -1162,6 +1210,7 @@ int llmos_stats(struct llmos_ucmd *ucmd)
 	cmd->out_clients = atomic_read(&llmos_sched.nr_clients);
 	BUILD_BUG_ON(LLMOS_LAT_BUCKETS != LLMOS_CORE_LAT_BUCKETS);
 	memcpy(cmd->out_lat_hist, st->lat_hist, sizeof(cmd->out_lat_hist));
+	llmos_bpf_stats(cmd);
 	for (t = llmos_core_tenant_next(&llmos_sched.core, NULL); t;
 	     t = llmos_core_tenant_next(&llmos_sched.core, t)) {
 		if (n < cap) {
@@ -1208,12 +1257,19 @@ void llmos_sched_counters_show(struct seq_file *m)
  */
 int llmos_sched_init(void)
 {
+	int ret;
+
 	spin_lock_init(&llmos_sched.lock);
 	init_waitqueue_head(&llmos_sched.work_wq);
 	INIT_LIST_HEAD(&llmos_sched.parked);
 	llmos_core_init(&llmos_sched.core);
 	llmos_req_cache = KMEM_CACHE(llmos_kreq, SLAB_ACCOUNT);
-	return llmos_req_cache ? 0 : -ENOMEM;
+	if (!llmos_req_cache)
+		return -ENOMEM;
+	ret = llmos_bpf_init();
+	if (ret)
+		kmem_cache_destroy(llmos_req_cache);
+	return ret;
 }
 
 /**
@@ -1225,6 +1281,7 @@ void llmos_sched_exit(void)
 {
 	struct llmos_core_tenant *t;
 
+	llmos_bpf_exit();
 	spin_lock(&llmos_sched.lock);
 	while ((t = llmos_core_tenant_pop(&llmos_sched.core)))
 		kfree(t);

@@ -40,6 +40,8 @@
 
 struct llmos_core_worker;
 struct llmos_core_tenant;
+struct llmos_core_queue;
+struct llmos_core_sched;
 
 /**
  * struct llmos_core_req - a request
@@ -65,8 +67,11 @@ struct llmos_core_tenant;
  * @t_dispatch: last dispatch time, ns
  * @t_run: last start time, ns
  * @t_end: completion or cancellation time, ns
+ * @policy_data: free for the attached policy (the only field a BPF policy
+ *	may write)
  * @ten: its tenant
  * @worker: the worker holding it (local queue or in flight), or NULL
+ * @dsq: the policy queue holding it, or NULL
  * @owner: the caller's (the client that submitted it)
  */
 struct llmos_core_req {
@@ -91,8 +96,10 @@ struct llmos_core_req {
 	u64 t_dispatch;
 	u64 t_run;
 	u64 t_end;
+	u64 policy_data;
 	struct llmos_core_tenant *ten;
 	struct llmos_core_worker *worker;
+	struct llmos_core_queue *dsq;
 	void *owner;
 };
 
@@ -141,6 +148,45 @@ struct llmos_core_worker {
 };
 
 /**
+ * struct llmos_core_queue - a queue created by a policy
+ * @id_node: in the scheduler's index of policy queues, by id
+ * @id: the id the policy chose
+ * @q: its requests, by (key, submission sequence)
+ */
+struct llmos_core_queue {
+	struct llmos_tnode id_node;
+	u64 id;
+	struct llmos_treap q;
+};
+
+/**
+ * struct llmos_core_policy - a policy that replaces the built-in one
+ * @enqueue: place @r (QUEUED) in one of its queues with
+ *	llmos_core_queue_insert() (or a worker's local queue); 0 on success.
+ *	A request it leaves nowhere goes to the built-in policy and the
+ *	scheduler records a fault.
+ * @dispatch: move up to @budget requests to @w's local queue with
+ *	llmos_core_queue_move()
+ * @dequeue: @r left the policy's queues (cancelled), or NULL
+ *
+ * Requests the policy does not take, or leaves behind when it goes, are
+ * served by the built-in policy: nothing is lost.
+ */
+struct llmos_core_policy {
+	int (*enqueue)(struct llmos_core_sched *s, struct llmos_core_req *r);
+	void (*dispatch)(struct llmos_core_sched *s, struct llmos_core_worker *w,
+			 u32 budget);
+	void (*dequeue)(struct llmos_core_sched *s, struct llmos_core_req *r);
+};
+
+/* Why a policy misbehaved (llmos_core_sched.policy_fault). */
+enum llmos_core_fault {
+	LLMOS_CORE_FAULT_NONE,
+	LLMOS_CORE_FAULT_ENQUEUE,	/* enqueue left a request nowhere */
+	LLMOS_CORE_FAULT_MISUSE,	/* a queue call out of place */
+};
+
+/**
  * struct llmos_core_stats - counters of a scheduler
  * @nr: requests in each state now (index: &enum llmos_req_state)
  * @submitted: requests submitted
@@ -173,6 +219,12 @@ struct llmos_core_stats {
  * @last_worker_id: the last worker id given
  * @seq: submission sequence
  * @vclock: virtual clock of the built-in policy
+ * @queues: the policy's queues, by id
+ * @policy: the attached policy, or NULL for the built-in one
+ * @enqueuing: the request being enqueued by @policy, or NULL
+ * @dispatching: the worker @policy is dispatching to, or NULL
+ * @policy_fault: &enum llmos_core_fault, set when @policy misbehaved
+ * @policy_fault_req: the request involved in @policy_fault, or 0
  * @stats: counters
  */
 struct llmos_core_sched {
@@ -184,6 +236,12 @@ struct llmos_core_sched {
 	u64 last_worker_id;
 	u64 seq;
 	u64 vclock;
+	struct llmos_treap queues;
+	const struct llmos_core_policy *policy;
+	struct llmos_core_req *enqueuing;
+	struct llmos_core_worker *dispatching;
+	u32 policy_fault;
+	u64 policy_fault_req;
 	struct llmos_core_stats stats;
 };
 
@@ -244,5 +302,26 @@ struct llmos_core_tenant *llmos_core_tenant_next(struct llmos_core_sched *s,
 /* Remove and return a tenant with no queued request, for freeing. */
 struct llmos_core_tenant *llmos_core_tenant_pop(struct llmos_core_sched *s);
 u32 llmos_core_queued(const struct llmos_core_sched *s);
+
+/* Policy queues. Calls out of place set policy_fault and do nothing. */
+/* Add @q (allocated by the caller) with @id: 0, or -EEXIST. */
+int llmos_core_queue_add(struct llmos_core_sched *s, struct llmos_core_queue *q,
+			 u64 id);
+struct llmos_core_queue *llmos_core_queue_find(struct llmos_core_sched *s,
+					       u64 id);
+/* In enqueue: put the request being enqueued in @q, ordered by @key. */
+int llmos_core_queue_insert(struct llmos_core_sched *s,
+			    struct llmos_core_queue *q,
+			    struct llmos_core_req *r, u64 key);
+/* In dispatch: move up to @n heads of @q to @w's local queue. */
+u32 llmos_core_queue_move(struct llmos_core_sched *s, struct llmos_core_queue *q,
+			  struct llmos_core_worker *w, u32 n);
+/*
+ * Detach the policy: its queued requests go to the built-in policy, in
+ * submission order. Then llmos_core_queue_pop() hands back each queue, for
+ * freeing.
+ */
+void llmos_core_policy_reset(struct llmos_core_sched *s);
+struct llmos_core_queue *llmos_core_queue_pop(struct llmos_core_sched *s);
 
 #endif /* _LLMOS_CORE_SCHED_H */

@@ -36,6 +36,7 @@ void llmos_core_init(struct llmos_core_sched *s)
 	llmos_treap_init(&s->tenants);
 	llmos_treap_init(&s->backlog);
 	llmos_treap_init(&s->workers);
+	llmos_treap_init(&s->queues);
 }
 
 static void llmos_set_state(struct llmos_core_sched *s,
@@ -113,10 +114,30 @@ int llmos_core_submit(struct llmos_core_sched *s, struct llmos_core_req *r,
 	r->t_dispatch = 0;
 	r->t_run = 0;
 	r->t_end = 0;
+	r->dsq = NULL;
+	r->policy_data = 0;
 	llmos_set_state(s, r, LLMOS_REQ_QUEUED);
 	llmos_treap_insert(&s->reqs, &r->id_node, r->id, 0);
-	llmos_tenant_enqueue(s, r, LLMOS_K1_PRIO(r->prio));
 	s->stats.submitted++;
+	if (s->policy) {
+		int ret;
+
+		s->enqueuing = r;
+		ret = s->policy->enqueue(s, r);
+		s->enqueuing = NULL;
+		if (!ret && (r->dsq || r->worker))
+			return 0;
+		/* Left nowhere: the built-in policy takes it. */
+		if (r->dsq)
+			llmos_treap_erase(&r->dsq->q, &r->q_node);
+		r->dsq = NULL;
+		r->worker = NULL;
+		if (!s->policy_fault) {
+			s->policy_fault = LLMOS_CORE_FAULT_ENQUEUE;
+			s->policy_fault_req = r->id;
+		}
+	}
+	llmos_tenant_enqueue(s, r, LLMOS_K1_PRIO(r->prio));
 	return 0;
 }
 
@@ -132,10 +153,16 @@ static void llmos_req_unlink(struct llmos_core_sched *s,
 			     struct llmos_core_req *r)
 {
 	if (r->state == LLMOS_REQ_QUEUED) {
-		if (r->worker)
+		if (r->worker) {
 			llmos_treap_erase(&r->worker->local, &r->q_node);
-		else
+		} else if (r->dsq) {
+			llmos_treap_erase(&r->dsq->q, &r->q_node);
+			r->dsq = NULL;
+			if (s->policy && s->policy->dequeue)
+				s->policy->dequeue(s, r);
+		} else {
 			llmos_tenant_dequeue(s, r);
+		}
 	} else {
 		llmos_treap_erase(&r->worker->inflight, &r->q_node);
 	}
@@ -250,6 +277,12 @@ u32 llmos_core_dispatch(struct llmos_core_sched *s, struct llmos_core_worker *w,
 
 	if (max > room)
 		max = room;
+	if (s->policy && w->local.nr < max) {
+		s->dispatching = w;
+		s->policy->dispatch(s, w, max - w->local.nr);
+		s->dispatching = NULL;
+	}
+	/* The built-in policy serves what the attached one did not take. */
 	if (w->local.nr < max)
 		llmos_wfq_dispatch(s, w, max - w->local.nr);
 	while (n < max) {
@@ -352,4 +385,101 @@ struct llmos_core_tenant *llmos_core_tenant_pop(struct llmos_core_sched *s)
 u32 llmos_core_queued(const struct llmos_core_sched *s)
 {
 	return s->stats.nr[LLMOS_REQ_QUEUED];
+}
+
+static void llmos_policy_fault(struct llmos_core_sched *s, u64 req)
+{
+	if (!s->policy_fault) {
+		s->policy_fault = LLMOS_CORE_FAULT_MISUSE;
+		s->policy_fault_req = req;
+	}
+}
+
+int llmos_core_queue_add(struct llmos_core_sched *s, struct llmos_core_queue *q,
+			 u64 id)
+{
+	if (llmos_core_queue_find(s, id))
+		return -EEXIST;
+	q->id = id;
+	llmos_treap_init(&q->q);
+	llmos_treap_insert(&s->queues, &q->id_node, id, 0);
+	return 0;
+}
+
+struct llmos_core_queue *llmos_core_queue_find(struct llmos_core_sched *s,
+					       u64 id)
+{
+	struct llmos_tnode *n = llmos_treap_find(&s->queues, id, 0);
+
+	return n ? llmos_container_of(n, struct llmos_core_queue, id_node) :
+		   NULL;
+}
+
+int llmos_core_queue_insert(struct llmos_core_sched *s,
+			    struct llmos_core_queue *q,
+			    struct llmos_core_req *r, u64 key)
+{
+	if (!q || r != s->enqueuing || r->dsq || r->worker) {
+		llmos_policy_fault(s, r->id);
+		return -EINVAL;
+	}
+	r->dsq = q;
+	llmos_treap_insert(&q->q, &r->q_node, key, r->seq);
+	return 0;
+}
+
+u32 llmos_core_queue_move(struct llmos_core_sched *s, struct llmos_core_queue *q,
+			  struct llmos_core_worker *w, u32 n)
+{
+	u32 moved = 0;
+
+	if (!q || w != s->dispatching) {
+		llmos_policy_fault(s, 0);
+		return 0;
+	}
+	while (moved < n) {
+		struct llmos_core_req *r = llmos_q_req(llmos_treap_first(&q->q));
+
+		if (!r)
+			break;
+		llmos_treap_erase(&q->q, &r->q_node);
+		r->dsq = NULL;
+		r->worker = w;
+		llmos_treap_insert(&w->local, &r->q_node, 0, ++s->seq);
+		moved++;
+	}
+	return moved;
+}
+
+void llmos_core_policy_reset(struct llmos_core_sched *s)
+{
+	struct llmos_tnode *n;
+
+	s->policy = NULL;
+	s->enqueuing = NULL;
+	s->dispatching = NULL;
+	for (n = llmos_treap_first(&s->queues); n; n = llmos_treap_next(n)) {
+		struct llmos_core_queue *q =
+			llmos_container_of(n, struct llmos_core_queue, id_node);
+		struct llmos_core_req *r;
+
+		/* Tenant queues order by submission: the order comes back. */
+		while ((r = llmos_q_req(llmos_treap_first(&q->q)))) {
+			llmos_treap_erase(&q->q, &r->q_node);
+			r->dsq = NULL;
+			llmos_tenant_enqueue(s, r, LLMOS_K1_PRIO(r->prio));
+		}
+	}
+	s->policy_fault = LLMOS_CORE_FAULT_NONE;
+	s->policy_fault_req = 0;
+}
+
+struct llmos_core_queue *llmos_core_queue_pop(struct llmos_core_sched *s)
+{
+	struct llmos_tnode *n = llmos_treap_first(&s->queues);
+
+	if (!n)
+		return NULL;
+	llmos_treap_erase(&s->queues, n);
+	return llmos_container_of(n, struct llmos_core_queue, id_node);
 }

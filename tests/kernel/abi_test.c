@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,7 +173,9 @@ FIXTURE_VARIANT_ADD(abi, set_weight) {
 FIXTURE_VARIANT_ADD(abi, stats) {
 	.cmd = LLMOS_IOC_STATS,
 	.size = sizeof(struct llmos_sched_stats),
-	.min = sizeof(struct llmos_sched_stats),
+	/* It grew (policy fields): the first published size still works. */
+	.min = offsetof(struct llmos_sched_stats, out_lat_hist) +
+	       sizeof(((struct llmos_sched_stats *)0)->out_lat_hist),
 	.msfd = false,
 	.impure = false,
 };

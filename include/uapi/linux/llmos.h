@@ -81,6 +81,8 @@ enum {
  *	MS_DESTROY, MS_LIST, MS_INFO, QUOTA and the mindspace fd commands.
  * @LLMOS_FEATURE_MS_DMABUF: mindspaces backed by an imported dma-buf
  *	(%LLMOS_MS_DMABUF) and EXPORT_DMABUF.
+ * @LLMOS_FEATURE_BPF_POLICY: BPF scheduling policies (struct_ops
+ *	llmos_sched_ops) can be attached.
  * @LLMOS_FEATURE_SCHED: the request scheduler: WORKER_REGISTER, SUBMIT,
  *	DISPATCH, START, COMPLETE, CANCEL, WAIT, SET_WEIGHT, STATS,
  *	SUBMIT_BATCH, COMPLETE_BATCH and WAIT_BATCH, also as io_uring
@@ -93,6 +95,7 @@ enum llmos_feature {
 	LLMOS_FEATURE_MINDSPACE = 1 << 1,
 	LLMOS_FEATURE_MS_DMABUF = 1 << 2,
 	LLMOS_FEATURE_SCHED = 1 << 3,
+	LLMOS_FEATURE_BPF_POLICY = 1 << 4,
 };
 
 /**
@@ -714,6 +717,45 @@ struct llmos_tenant_stats {
 	__aligned_u64 served_tokens;
 };
 
+#define LLMOS_POLICY_NAME_LEN 32
+#define LLMOS_EXIT_MSG_LEN 128
+
+/**
+ * enum llmos_policy_state - which policy schedules, in STATS
+ * @LLMOS_POLICY_BUILTIN: the built-in one (no BPF policy attached)
+ * @LLMOS_POLICY_BPF: an attached BPF policy
+ * @LLMOS_POLICY_EJECTED: a BPF policy is attached but was ejected; the
+ *	built-in one schedules until it is detached
+ */
+enum llmos_policy_state {
+	LLMOS_POLICY_BUILTIN,
+	LLMOS_POLICY_BPF,
+	LLMOS_POLICY_EJECTED,
+};
+
+/**
+ * enum llmos_exit_kind - why a BPF policy stopped scheduling
+ * @LLMOS_EXIT_NONE: it has not stopped
+ * @LLMOS_EXIT_DETACH: it was detached
+ * @LLMOS_EXIT_ERROR: it reported an error (llmos_policy_error())
+ * @LLMOS_EXIT_STALL: a request waited past its timeout_ms while a worker
+ *	had room (the watchdog)
+ * @LLMOS_EXIT_ENQUEUE: enqueue left a request in no queue
+ * @LLMOS_EXIT_MISUSE: a kfunc was used out of place (a request that is
+ *	not being enqueued, a worker that is not being dispatched to, an
+ *	unknown queue)
+ * @LLMOS_EXIT_INIT: its init callback failed
+ */
+enum llmos_exit_kind {
+	LLMOS_EXIT_NONE,
+	LLMOS_EXIT_DETACH,
+	LLMOS_EXIT_ERROR,
+	LLMOS_EXIT_STALL,
+	LLMOS_EXIT_ENQUEUE,
+	LLMOS_EXIT_MISUSE,
+	LLMOS_EXIT_INIT,
+};
+
 /**
  * struct llmos_sched_stats - ioctl(LLMOS_IOC_STATS)
  * @size: sizeof(struct llmos_sched_stats)
@@ -734,6 +776,13 @@ struct llmos_tenant_stats {
  * @out_clients: open /dev/llmos files now
  * @out_lat_hist: dispatch latency (submission to first dispatch): element
  *	b counts latencies in [2^b, 2^(b+1)) microseconds (b = 0: also less)
+ * @out_policy_state: &enum llmos_policy_state
+ * @out_exit_kind: &enum llmos_exit_kind of the last BPF policy to stop
+ * @out_exit_code: its error code (llmos_policy_error()), or 0
+ * @out_exit_req: the request involved, or 0
+ * @out_ejections: BPF policies stopped since load (detaches included)
+ * @out_policy: name of the attached (or last) BPF policy
+ * @out_exit_msg: what happened, in words
  */
 struct llmos_sched_stats {
 	__u32 size;
@@ -751,6 +800,13 @@ struct llmos_sched_stats {
 	__u32 out_workers;
 	__u32 out_clients;
 	__aligned_u64 out_lat_hist[LLMOS_LAT_BUCKETS];
+	__u32 out_policy_state;
+	__u32 out_exit_kind;
+	__s64 out_exit_code;
+	__aligned_u64 out_exit_req;
+	__aligned_u64 out_ejections;
+	char out_policy[LLMOS_POLICY_NAME_LEN];
+	char out_exit_msg[LLMOS_EXIT_MSG_LEN];
 };
 
 /**

@@ -1,0 +1,517 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * llmos: BPF scheduling policies - the llmos_sched_ops struct_ops type.
+ *
+ * One policy may be attached at a time (CAP_SYS_ADMIN). While it is
+ * active, the core's policy hooks call its enqueue and dispatch callbacks
+ * with the scheduler's lock held; the requests it holds sit in queues it
+ * created with kfuncs (kfuncs.c). It stops scheduling - is ejected - when
+ * it is detached, when it reports an error, when it misuses a kfunc or
+ * leaves a request in no queue, or when the watchdog sees a request wait
+ * past timeout_ms while a worker has room. Ejecting moves every request it
+ * held to the built-in policy in submission order, keeps the reason for
+ * STATS and calls its exit callback; the struct_ops map stays attached,
+ * inert, until it is detached.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/bpf.h>
+#include <linux/bpf_verifier.h>
+#include <linux/btf.h>
+#include <linux/btf_ids.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/timekeeping.h>
+#include <linux/workqueue.h>
+
+#include "llmos.h"
+#include "llmos_bpf.h"
+
+#define LLMOS_DEFAULT_TIMEOUT_MS 30000
+
+static struct {
+	/* All under the scheduler's lock. */
+	struct llmos_sched_ops *ops;	/* attached, or NULL */
+	bool active;			/* ops schedules (not ejected) */
+	int in_cb;			/* inside one of its callbacks */
+	u32 fault_kind;			/* reported by a kfunc, not acted on */
+	s64 fault_code;
+	u64 fault_req;
+	struct llmos_exit_info exit;	/* why the last one stopped */
+	char name[LLMOS_POLICY_NAME_LEN];
+	u64 ejections;
+} llmos_bpf;
+
+static struct btf *llmos_bpf_btf;
+static struct delayed_work llmos_bpf_watchdog_work;
+
+BTF_ID_LIST_SINGLE(llmos_req_btf_ids, struct, llmos_core_req)
+
+/**
+ * llmos_bpf_in_callback() - whether a policy callback is running
+ *
+ * Return: true inside one (the scheduler's lock is then held).
+ */
+bool llmos_bpf_in_callback(void)
+{
+	return llmos_bpf.in_cb > 0;
+}
+
+/**
+ * llmos_bpf_fault() - record a policy fault, acted on when its callback
+ *	returns
+ * @kind: &enum llmos_exit_kind
+ * @code: an error code, or 0
+ * @req: the request involved, or 0
+ */
+void llmos_bpf_fault(u32 kind, s64 code, u64 req)
+{
+	if (llmos_bpf.fault_kind)
+		return;
+	llmos_bpf.fault_kind = kind;
+	llmos_bpf.fault_code = code;
+	llmos_bpf.fault_req = req;
+}
+
+static const char *llmos_exit_words(u32 kind)
+{
+	switch (kind) {
+	case LLMOS_EXIT_DETACH:
+		return "detached";
+	case LLMOS_EXIT_ERROR:
+		return "the policy reported an error";
+	case LLMOS_EXIT_STALL:
+		return "a request waited past timeout_ms while a worker had room";
+	case LLMOS_EXIT_ENQUEUE:
+		return "enqueue left a request in no queue";
+	case LLMOS_EXIT_MISUSE:
+		return "a kfunc was used out of place";
+	case LLMOS_EXIT_INIT:
+		return "init failed";
+	}
+	return "unknown";
+}
+
+/* Stop the policy: its requests go to the built-in one. Under the lock. */
+static void llmos_bpf_eject(u32 kind, s64 code, u64 req)
+{
+	struct llmos_core_sched *s = llmos_sched_core();
+	struct llmos_core_queue *q;
+
+	if (!llmos_bpf.active)
+		return;
+	llmos_bpf.active = false;
+	llmos_core_policy_reset(s);
+	while ((q = llmos_core_queue_pop(s)))
+		kfree(q);
+	llmos_bpf.fault_kind = 0;
+	memset(&llmos_bpf.exit, 0, sizeof(llmos_bpf.exit));
+	llmos_bpf.exit.kind = kind;
+	llmos_bpf.exit.code = code;
+	llmos_bpf.exit.req = req;
+	if (req)
+		snprintf(llmos_bpf.exit.msg, sizeof(llmos_bpf.exit.msg),
+			 "%s (request %llu)", llmos_exit_words(kind), req);
+	else
+		strscpy(llmos_bpf.exit.msg, llmos_exit_words(kind),
+			sizeof(llmos_bpf.exit.msg));
+	llmos_bpf.ejections++;
+	if (llmos_bpf.ops->exit) {
+		llmos_bpf.in_cb++;
+		llmos_bpf.ops->exit(&llmos_bpf.exit);
+		llmos_bpf.in_cb--;
+	}
+	pr_info("policy %s stopped: %s\n", llmos_bpf.name, llmos_bpf.exit.msg);
+	llmos_sched_kick();
+}
+
+/**
+ * llmos_bpf_check_fault() - eject the policy if it misbehaved in the last
+ *	core call
+ */
+void llmos_bpf_check_fault(void)
+{
+	struct llmos_core_sched *s = llmos_sched_core();
+
+	if (!llmos_bpf.active)
+		return;
+	if (llmos_bpf.fault_kind)
+		llmos_bpf_eject(llmos_bpf.fault_kind, llmos_bpf.fault_code,
+				llmos_bpf.fault_req);
+	else if (s->policy_fault == LLMOS_CORE_FAULT_ENQUEUE)
+		llmos_bpf_eject(LLMOS_EXIT_ENQUEUE, 0, s->policy_fault_req);
+	else if (s->policy_fault)
+		llmos_bpf_eject(LLMOS_EXIT_MISUSE, 0, s->policy_fault_req);
+}
+
+static int llmos_bpf_enqueue(struct llmos_core_sched *s,
+			     struct llmos_core_req *r)
+{
+	int ret;
+
+	llmos_bpf.in_cb++;
+	ret = llmos_bpf.ops->enqueue(r, 0);
+	llmos_bpf.in_cb--;
+	return ret;
+}
+
+static void llmos_bpf_dispatch(struct llmos_core_sched *s,
+			       struct llmos_core_worker *w, u32 budget)
+{
+	llmos_bpf.in_cb++;
+	llmos_bpf.ops->dispatch(w, budget);
+	llmos_bpf.in_cb--;
+}
+
+static void llmos_bpf_dequeue(struct llmos_core_sched *s,
+			      struct llmos_core_req *r)
+{
+	if (!llmos_bpf.ops->dequeue)
+		return;
+	llmos_bpf.in_cb++;
+	llmos_bpf.ops->dequeue(r);
+	llmos_bpf.in_cb--;
+}
+
+static const struct llmos_core_policy llmos_bpf_policy = {
+	.enqueue = llmos_bpf_enqueue,
+	.dispatch = llmos_bpf_dispatch,
+	.dequeue = llmos_bpf_dequeue,
+};
+
+/**
+ * llmos_bpf_running() - tell the policy a request started
+ * @r: the request
+ * @w: its worker
+ */
+void llmos_bpf_running(struct llmos_core_req *r, struct llmos_core_worker *w)
+{
+	if (!llmos_bpf.active || !llmos_bpf.ops->running)
+		return;
+	llmos_bpf.in_cb++;
+	llmos_bpf.ops->running(r, w);
+	llmos_bpf.in_cb--;
+}
+
+/**
+ * llmos_bpf_completed() - tell the policy a request finished
+ * @r: the request
+ */
+void llmos_bpf_completed(struct llmos_core_req *r)
+{
+	if (!llmos_bpf.active || !llmos_bpf.ops->completed)
+		return;
+	llmos_bpf.in_cb++;
+	llmos_bpf.ops->completed(r, r->status, r->t_end - r->t_dispatch,
+				 r->tokens);
+	llmos_bpf.in_cb--;
+}
+
+/**
+ * llmos_bpf_worker() - tell the policy a worker came or went
+ * @w: the worker
+ * @online: it came
+ */
+void llmos_bpf_worker(struct llmos_core_worker *w, bool online)
+{
+	void (*cb)(struct llmos_core_worker *w);
+
+	if (!llmos_bpf.active)
+		return;
+	cb = online ? llmos_bpf.ops->worker_online :
+		      llmos_bpf.ops->worker_offline;
+	if (!cb)
+		return;
+	llmos_bpf.in_cb++;
+	cb(w);
+	llmos_bpf.in_cb--;
+}
+
+/**
+ * llmos_bpf_stats() - the policy part of STATS
+ * @st: filled
+ */
+void llmos_bpf_stats(struct llmos_sched_stats *st)
+{
+	st->out_policy_state = llmos_bpf.active ? LLMOS_POLICY_BPF :
+			       llmos_bpf.ops ? LLMOS_POLICY_EJECTED :
+			       LLMOS_POLICY_BUILTIN;
+	st->out_exit_kind = llmos_bpf.exit.kind;
+	st->out_exit_code = llmos_bpf.exit.code;
+	st->out_exit_req = llmos_bpf.exit.req;
+	st->out_ejections = llmos_bpf.ejections;
+	strscpy(st->out_policy, llmos_bpf.name, sizeof(st->out_policy));
+	strscpy(st->out_exit_msg, llmos_bpf.exit.msg, sizeof(st->out_exit_msg));
+}
+
+static bool llmos_worker_has_room(struct llmos_core_sched *s)
+{
+	struct llmos_tnode *n;
+
+	for (n = llmos_treap_first(&s->workers); n; n = llmos_treap_next(n)) {
+		struct llmos_core_worker *w =
+			container_of(n, struct llmos_core_worker, id_node);
+
+		if (w->capacity > w->inflight.nr + w->local.nr)
+			return true;
+	}
+	return false;
+}
+
+/* The oldest request in the policy's queues, or NULL. */
+static struct llmos_core_req *llmos_policy_oldest(struct llmos_core_sched *s)
+{
+	struct llmos_core_req *oldest = NULL;
+	struct llmos_tnode *qn, *n;
+
+	for (qn = llmos_treap_first(&s->queues); qn; qn = llmos_treap_next(qn)) {
+		struct llmos_core_queue *q =
+			container_of(qn, struct llmos_core_queue, id_node);
+
+		for (n = llmos_treap_first(&q->q); n; n = llmos_treap_next(n)) {
+			struct llmos_core_req *r =
+				container_of(n, struct llmos_core_req, q_node);
+
+			if (!oldest || r->t_submit < oldest->t_submit)
+				oldest = r;
+		}
+	}
+	return oldest;
+}
+
+static void llmos_bpf_watchdog(struct work_struct *work)
+{
+	struct llmos_core_sched *s = llmos_sched_core();
+	struct llmos_core_req *r;
+	unsigned long next = 0;
+	u64 timeout_ns;
+
+	llmos_sched_lock();
+	if (llmos_bpf.active) {
+		timeout_ns = (u64)(llmos_bpf.ops->timeout_ms ?:
+				   LLMOS_DEFAULT_TIMEOUT_MS) * NSEC_PER_MSEC;
+		r = llmos_worker_has_room(s) ? llmos_policy_oldest(s) : NULL;
+		if (r && ktime_get_ns() - r->t_submit > timeout_ns)
+			llmos_bpf_eject(LLMOS_EXIT_STALL, 0, r->id);
+	}
+	if (llmos_bpf.active)
+		next = msecs_to_jiffies(clamp_t(u32, llmos_bpf.ops->timeout_ms / 4,
+						50, 1000));
+	llmos_sched_unlock();
+	if (next)
+		schedule_delayed_work(&llmos_bpf_watchdog_work, next);
+}
+
+static int llmos_bpf_ops_init(struct btf *btf)
+{
+	llmos_bpf_btf = btf;
+	return 0;
+}
+
+static int llmos_bpf_check_member(const struct btf_type *t,
+				  const struct btf_member *member,
+				  const struct bpf_prog *prog)
+{
+	/* Every callback runs under a spinlock. */
+	return prog->sleepable ? -EINVAL : 0;
+}
+
+static int llmos_bpf_init_member(const struct btf_type *t,
+				 const struct btf_member *member,
+				 void *kdata, const void *udata)
+{
+	const struct llmos_sched_ops *uops = udata;
+	struct llmos_sched_ops *ops = kdata;
+	u32 moff = __btf_member_bit_offset(t, member) / 8;
+
+	switch (moff) {
+	case offsetof(struct llmos_sched_ops, timeout_ms):
+		ops->timeout_ms = uops->timeout_ms;
+		return 1;
+	case offsetof(struct llmos_sched_ops, flags):
+		if (uops->flags)
+			return -EINVAL;
+		ops->flags = 0;
+		return 1;
+	case offsetof(struct llmos_sched_ops, name):
+		if (strnlen(uops->name, sizeof(uops->name)) == sizeof(uops->name))
+			return -EINVAL;
+		strscpy(ops->name, uops->name, sizeof(ops->name));
+		return 1;
+	}
+	return 0;
+}
+
+static bool llmos_bpf_is_valid_access(int off, int size,
+				      enum bpf_access_type type,
+				      const struct bpf_prog *prog,
+				      struct bpf_insn_access_aux *info)
+{
+	return bpf_tracing_btf_ctx_access(off, size, type, prog, info);
+}
+
+/* A policy may write one field: the request's policy_data. */
+static int llmos_bpf_btf_struct_access(struct bpf_verifier_log *log,
+				       const struct bpf_reg_state *reg,
+				       int off, int size)
+{
+	if (reg->btf == llmos_bpf_btf && reg->btf_id == llmos_req_btf_ids[0] &&
+	    off == offsetof(struct llmos_core_req, policy_data) &&
+	    size == sizeof(u64))
+		return NOT_INIT;
+	bpf_log(log, "llmos: a policy may only write a request's policy_data\n");
+	return -EACCES;
+}
+
+static const struct bpf_verifier_ops llmos_bpf_verifier_ops = {
+	.get_func_proto = bpf_base_func_proto,
+	.is_valid_access = llmos_bpf_is_valid_access,
+	.btf_struct_access = llmos_bpf_btf_struct_access,
+};
+
+static int llmos_bpf_reg(void *kdata, struct bpf_link *link)
+{
+	struct llmos_sched_ops *ops = kdata;
+	struct llmos_core_sched *s = llmos_sched_core();
+	int ret = 0;
+
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	if (!ops->enqueue || !ops->dispatch)
+		return -EINVAL;
+	llmos_sched_lock();
+	if (llmos_bpf.ops) {
+		ret = -EBUSY;
+		goto out_unlock;
+	}
+	llmos_bpf.ops = ops;
+	llmos_bpf.active = true;
+	llmos_bpf.fault_kind = 0;
+	strscpy(llmos_bpf.name, ops->name[0] ? ops->name : "unnamed",
+		sizeof(llmos_bpf.name));
+	memset(&llmos_bpf.exit, 0, sizeof(llmos_bpf.exit));
+	s->policy_fault = LLMOS_CORE_FAULT_NONE;
+	s->policy = &llmos_bpf_policy;
+	if (ops->init) {
+		llmos_bpf.in_cb++;
+		ret = ops->init();
+		llmos_bpf.in_cb--;
+		if (ret) {
+			llmos_bpf_eject(LLMOS_EXIT_INIT, ret, 0);
+			llmos_bpf.ops = NULL;
+			goto out_unlock;
+		}
+	}
+	llmos_bpf_check_fault();
+	pr_info("policy %s attached\n", llmos_bpf.name);
+out_unlock:
+	llmos_sched_unlock();
+	if (!ret)
+		schedule_delayed_work(&llmos_bpf_watchdog_work,
+				      msecs_to_jiffies(50));
+	return ret;
+}
+
+static void llmos_bpf_unreg(void *kdata, struct bpf_link *link)
+{
+	llmos_sched_lock();
+	if (llmos_bpf.ops == kdata) {
+		llmos_bpf_eject(LLMOS_EXIT_DETACH, 0, 0);
+		llmos_bpf.ops = NULL;
+	}
+	llmos_sched_unlock();
+	cancel_delayed_work_sync(&llmos_bpf_watchdog_work);
+}
+
+static s32 llmos_bpf_stub_init(void)
+{
+	return 0;
+}
+
+static void llmos_bpf_stub_exit(struct llmos_exit_info *ei)
+{
+}
+
+static s32 llmos_bpf_stub_enqueue(struct llmos_core_req *req, u64 enq_flags)
+{
+	return 0;
+}
+
+static void llmos_bpf_stub_dispatch(struct llmos_core_worker *w, u32 budget)
+{
+}
+
+static void llmos_bpf_stub_running(struct llmos_core_req *req,
+				   struct llmos_core_worker *w)
+{
+}
+
+static void llmos_bpf_stub_completed(struct llmos_core_req *req, s32 status,
+				     u64 runtime_ns, u32 tokens)
+{
+}
+
+static void llmos_bpf_stub_req(struct llmos_core_req *req)
+{
+}
+
+static void llmos_bpf_stub_worker(struct llmos_core_worker *w)
+{
+}
+
+static struct llmos_sched_ops llmos_bpf_cfi_stubs = {
+	.init = llmos_bpf_stub_init,
+	.exit = llmos_bpf_stub_exit,
+	.enqueue = llmos_bpf_stub_enqueue,
+	.dispatch = llmos_bpf_stub_dispatch,
+	.running = llmos_bpf_stub_running,
+	.completed = llmos_bpf_stub_completed,
+	.dequeue = llmos_bpf_stub_req,
+	.worker_online = llmos_bpf_stub_worker,
+	.worker_offline = llmos_bpf_stub_worker,
+};
+
+static struct bpf_struct_ops llmos_bpf_st_ops = {
+	.verifier_ops = &llmos_bpf_verifier_ops,
+	.init = llmos_bpf_ops_init,
+	.check_member = llmos_bpf_check_member,
+	.init_member = llmos_bpf_init_member,
+	.reg = llmos_bpf_reg,
+	.unreg = llmos_bpf_unreg,
+	.name = "llmos_sched_ops",
+	.cfi_stubs = &llmos_bpf_cfi_stubs,
+	.owner = THIS_MODULE,
+};
+
+/**
+ * llmos_bpf_init() - register the kfuncs and the struct_ops type
+ *
+ * Return: 0 or a negative errno.
+ */
+int llmos_bpf_init(void)
+{
+	int ret;
+
+	INIT_DELAYED_WORK(&llmos_bpf_watchdog_work, llmos_bpf_watchdog);
+	ret = llmos_kfuncs_init();
+	if (ret) {
+		pr_err("cannot register the kfuncs: %d\n", ret);
+		return ret;
+	}
+	ret = register_bpf_struct_ops(&llmos_bpf_st_ops, llmos_sched_ops);
+	if (ret)
+		pr_err("cannot register struct_ops llmos_sched_ops: %d\n", ret);
+	return ret;
+}
+
+/**
+ * llmos_bpf_exit() - at module unload (no policy can be attached: it would
+ *	hold a module reference)
+ */
+void llmos_bpf_exit(void)
+{
+	cancel_delayed_work_sync(&llmos_bpf_watchdog_work);
+}
