@@ -18,14 +18,18 @@ BUILD := $(CURDIR)/build
 KENV := . $(LLMOS_CACHE)/kernel.env &&
 LANES := default asan tsan
 
-.PHONY: all deps build kmod userspace lint unit vm-test vm-shell demo bench check clean
+.PHONY: all deps build kmod userspace bpf lint unit vm-test vm-shell demo bench check clean
 
 all: build
 
 deps:
 	@bash tools/deps.sh
 
-build: kmod userspace
+build: kmod userspace bpf
+
+# BPF policies, against the module's BTF (build/bpf/*.bpf.o).
+bpf: kmod
+	@bash tools/build-bpf.sh
 
 kmod: deps
 	@$(KENV) $(MAKE) -s -C $$LLMOS_KDIR M=$(CURDIR)/kmod modules
@@ -42,7 +46,7 @@ unit: userspace
 	@cd $(BUILD)/default && ctest --output-on-failure
 
 VM_TESTS := --tests $(BUILD)/default/kernel-tests --tests $(BUILD)/default/vm-gtests \
-	--tests tests/vm \
+	--tests tests/vm --bpf $(BUILD)/bpf \
 	--bin $(BUILD)/default/tools/llmosctl
 
 vm-test: build

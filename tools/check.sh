@@ -170,7 +170,7 @@ vm_tests() {
 	rm -f build/vm/counts
 	tools/vm/run.sh --module kmod/llmos.ko --tests build/default/kernel-tests \
 		--tests build/default/vm-gtests \
-		--tests tests/vm --bin build/default/tools/llmosctl \
+		--tests tests/vm --bpf build/bpf --bin build/default/tools/llmosctl \
 		--out build/vm test >"$logs/vm.log" 2>&1 || rc=$?
 	if [ -f build/vm/counts ]; then
 		read -r p f s <build/vm/counts
@@ -212,6 +212,7 @@ main() {
 	build_step kmod bash -c '. "$LLMOS_CACHE/kernel.env" &&
 		make -C "$LLMOS_KDIR" M="$PWD/kmod" modules' || kmod_ok=0
 	build_step build-default tools/build-userspace.sh default || default_ok=0
+	[ $kmod_ok -eq 0 ] || build_step bpf tools/build-bpf.sh || kmod_ok=0
 	lint
 	[ $default_ok -eq 0 ] || ctest_lane default
 	build_step build-asan tools/build-userspace.sh asan && ctest_lane asan

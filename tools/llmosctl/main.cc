@@ -8,7 +8,9 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
+#include <bpf/libbpf.h>
 #include <chrono>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -19,6 +21,7 @@
 #include <llmos/mindspace.hh>
 #include <llmos/ms_file.hh>
 #include <llmos/sched.hh>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -485,6 +488,18 @@ const char* state_name(int s) {
     return s >= 0 && s < 7 ? names[s] : "?";
 }
 
+std::string policy_words(const llmos::sched_stats& st) {
+    switch (st.policy_state) {
+    case LLMOS_POLICY_BPF:
+        return "bpf:" + st.policy;
+    case LLMOS_POLICY_EJECTED:
+        return "built-in (weighted fair queuing); bpf:" + st.policy +
+               " ejected - detach it (llmosctl sched detach)";
+    default:
+        return "built-in (weighted fair queuing)";
+    }
+}
+
 json stats_json(const llmos::sched_stats& st, const char* backend) {
     json states = json::object();
     for (int s = LLMOS_REQ_QUEUED; s < LLMOS_REQ_STATE_MAX; ++s) {
@@ -500,7 +515,17 @@ json stats_json(const llmos::sched_stats& st, const char* backend) {
     }
     return {
         {"backend", backend},
-        {"policy", "built-in (weighted fair queuing)"},
+        {"policy", policy_words(st)},
+        {"policy_state", st.policy_state == LLMOS_POLICY_BPF       ? "bpf"
+                         : st.policy_state == LLMOS_POLICY_EJECTED ? "ejected"
+                                                                   : "built-in"},
+        {"last_exit",
+         {{"policy", st.policy},
+          {"kind", st.exit_kind},
+          {"code", st.exit_code},
+          {"request", st.exit_req},
+          {"message", st.exit_msg},
+          {"ejections", st.ejections}}},
         {"workers", st.workers},
         {"clients", st.clients},
         {"requests", states},
@@ -533,7 +558,7 @@ int cmd_sched_status(const options& o) {
     }
     std::printf(
         "backend:   %s%s\n"
-        "policy:    built-in (weighted fair queuing)\n"
+        "policy:    %s\n"
         "workers:   %u\n"
         "clients:   %u\n"
         "requests:  %llu queued, %llu dispatched, %llu running\n"
@@ -541,14 +566,19 @@ int cmd_sched_status(const options& o) {
         "%llu requeued\n"
         "dispatch latency: p50 < %llu us, p99 < %llu us\n",
         backend, dev->kind() == llmos::backend_kind::local ? " (this process's scheduler)" : "",
-        st->workers, st->clients, static_cast<unsigned long long>(st->nr[1]),
-        static_cast<unsigned long long>(st->nr[2]), static_cast<unsigned long long>(st->nr[3]),
-        static_cast<unsigned long long>(st->submitted),
+        policy_words(*st).c_str(), st->workers, st->clients,
+        static_cast<unsigned long long>(st->nr[1]), static_cast<unsigned long long>(st->nr[2]),
+        static_cast<unsigned long long>(st->nr[3]), static_cast<unsigned long long>(st->submitted),
         static_cast<unsigned long long>(st->completed), static_cast<unsigned long long>(st->failed),
         static_cast<unsigned long long>(st->cancelled),
         static_cast<unsigned long long>(st->requeued),
         static_cast<unsigned long long>(hist_quantile(st->lat_hist, 0.5)),
         static_cast<unsigned long long>(hist_quantile(st->lat_hist, 0.99)));
+    if (st->exit_kind) {
+        std::printf("last exit: %s: %s (code %lld), %llu stops since load\n", st->policy.c_str(),
+                    st->exit_msg.c_str(), static_cast<long long>(st->exit_code),
+                    static_cast<unsigned long long>(st->ejections));
+    }
     if (!st->tenants.empty()) {
         std::printf("\n%-10s %7s %8s %12s %14s\n", "TENANT", "WEIGHT", "QUEUED", "SERVED",
                     "TOKENS");
@@ -557,6 +587,91 @@ int cmd_sched_status(const options& o) {
                         static_cast<unsigned long long>(t.served_reqs),
                         static_cast<unsigned long long>(t.served_tokens));
         }
+    }
+    return 0;
+}
+
+constexpr const char* policy_pin = "/sys/fs/bpf/llmos_sched_policy";
+
+int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list ap) {
+    if (level == LIBBPF_DEBUG) {
+        return 0;
+    }
+    return std::vfprintf(stderr, fmt, ap);
+}
+
+int cmd_sched_attach(const options& o, const std::string& file) {
+    auto dev = open_device(o);
+    if (!dev) {
+        return fail_open(o, dev.error());
+    }
+    if (dev->kind() != llmos::backend_kind::kernel) {
+        std::fprintf(stderr, "llmosctl: BPF policies need the llmos module (this is the local "
+                             "backend)\n");
+        return exit_failure;
+    }
+    libbpf_set_print(libbpf_print);
+    std::unique_ptr<bpf_object, void (*)(bpf_object*)> obj{
+        bpf_object__open_file(file.c_str(), nullptr), bpf_object__close};
+    if (!obj) {
+        return fail("cannot open " + file, llmos::last_error());
+    }
+    bpf_map* ops = nullptr;
+    bpf_map* map;
+    bpf_object__for_each_map(map, obj.get()) {
+        if (bpf_map__type(map) == BPF_MAP_TYPE_STRUCT_OPS) {
+            ops = map;
+        }
+    }
+    if (!ops) {
+        return llmosctl::usage(file + " holds no struct llmos_sched_ops (see bpf/fifo.bpf.c)");
+    }
+    if (bpf_object__load(obj.get())) {
+        return fail("cannot load " + file + " (the verifier says why above)", llmos::last_error());
+    }
+    bpf_link* link = bpf_map__attach_struct_ops(ops);
+    if (!link) {
+        auto ec = llmos::last_error();
+        if (ec == std::errc::device_or_resource_busy) {
+            std::fprintf(stderr,
+                         "llmosctl: a policy is attached already (llmosctl sched detach)\n");
+            return exit_failure;
+        }
+        return fail("cannot attach " + file, ec);
+    }
+    // The pin keeps the policy attached after llmosctl exits.
+    if (bpf_link__pin(link, policy_pin)) {
+        auto ec = llmos::last_error();
+        bpf_link__destroy(link);
+        return fail(std::string{"cannot pin the policy at "} + policy_pin, ec);
+    }
+    bpf_link__disconnect(link);
+    bpf_link__destroy(link);
+    if (!o.json) {
+        std::printf("attached policy %s from %s\n", bpf_map__name(ops), file.c_str());
+    }
+    return 0;
+}
+
+int cmd_sched_detach(const options& o) {
+    bpf_link* link = bpf_link__open(policy_pin);
+    if (!link) {
+        auto ec = llmos::last_error();
+        if (ec == std::errc::no_such_file_or_directory) {
+            std::fprintf(stderr, "llmosctl: no policy is attached (no %s)\n", policy_pin);
+            return exit_failure;
+        }
+        return fail(std::string{"cannot open "} + policy_pin, ec);
+    }
+    int ret = bpf_link__detach(link);
+    auto ec = llmos::last_error();
+    bpf_link__unpin(link);
+    bpf_link__destroy(link); // the last reference: detaches if detach did not
+    if (ret && ec != std::errc::operation_not_supported && ec != std::errc::invalid_argument) {
+        return fail("cannot detach the policy", ec);
+    }
+    if (!o.json) {
+        std::printf("detached the policy; the built-in one schedules\n");
     }
     return 0;
 }
@@ -847,10 +962,18 @@ int main(int argc, char** argv) {
     quota->add_option("--set", quota_set, "new limit: a size, 'unlimited' or 'default'");
     quota->callback([&] { rc = cmd_ms_quota(o, quota_uid, quota_set); });
 
-    auto* sched = app.add_subcommand("sched", "the request scheduler: status, weight");
+    auto* sched =
+        app.add_subcommand("sched", "the request scheduler: status, attach, detach, weight");
     sched->require_subcommand(1);
     sched->add_subcommand("status", "show the scheduler's policy, workers, queues and tenants")
         ->callback([&] { rc = cmd_sched_status(o); });
+    std::string attach_file;
+    auto* attach = sched->add_subcommand("attach", "attach a BPF policy (root)");
+    attach->add_option("file", attach_file, "NAME.bpf.o")->required();
+    attach->callback([&] { rc = cmd_sched_attach(o, attach_file); });
+    sched->add_subcommand("detach", "detach the BPF policy (root)")->callback([&] {
+        rc = cmd_sched_detach(o);
+    });
     uint32_t w_tenant = 0, w_weight = 0;
     auto* weight = sched->add_subcommand("weight", "set a tenant's share (root)");
     weight->add_option("tenant", w_tenant, "tenant id")->required();

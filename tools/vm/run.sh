@@ -14,7 +14,8 @@
 #                           bench folder (--bench DIR), showing their output
 #   run.sh [options] shell  interactive guest shell on this terminal
 #
-# Options: --module KO  --tests DIR (repeatable)  --demo FILE  --bin FILE (extra program
+# Options: --module KO  --tests DIR (repeatable)  --demo FILE  --bpf DIR
+# (its *.bpf.o go to /bpf)  --bin FILE (extra program
 # in /bin, repeatable)  --out DIR (logs, counts)  --timeout SECONDS (whole VM)
 # Environment: LLMOS_CACHE (kernel.env from tools/deps.sh), LLMOS_VM_MEM_MB
 # (default 1024), LLMOS_VM_NUMA (2 nodes by default, or 1), LLMOS_VM_APPEND
@@ -27,6 +28,7 @@ module=
 tests=()
 demo=
 bench=
+bpfdir=
 out=
 vm_timeout=300
 bins=()
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
 	--tests) tests+=("$2"); shift 2 ;;
 	--demo) demo=$2; shift 2 ;;
 	--bench) bench=$2; shift 2 ;;
+	--bpf) bpfdir=$2; shift 2 ;;
 	--bin) bins+=("$2"); shift 2 ;;
 	--out) out=$2; shift 2 ;;
 	--timeout) vm_timeout=$2; shift 2 ;;
@@ -58,7 +61,7 @@ out=${out:-$(mktemp -d)}
 mkdir -p "$out"
 stage="$out/initramfs"
 rm -rf "$stage"
-mkdir -p "$stage"/{bin,sbin,usr/bin,lib,tests,bench,proc,sys,dev,tmp}
+mkdir -p "$stage"/{bin,sbin,usr/bin,lib,tests,bench,bpf,proc,sys,dev,tmp}
 cp /bin/busybox "$stage/bin/busybox"
 cp "$here/init" "$stage/init"
 cp "$module" "$stage/lib/llmos.ko"
@@ -67,6 +70,7 @@ for t in "${tests[@]}"; do
 done
 [ -z "$demo" ] || cp "$demo" "$stage/bin/demo"
 [ -z "$bench" ] || cp "$bench"/* "$stage/bench/"
+[ -z "$bpfdir" ] || cp "$bpfdir"/*.bpf.o "$stage/bpf/"
 for b in "${bins[@]}"; do
 	cp "$b" "$stage/bin/"
 done

@@ -217,6 +217,13 @@ result<sched_stats> scheduler_stats(const device& dev) {
         out.workers = s.out_workers;
         out.clients = s.out_clients;
         std::memcpy(out.lat_hist, s.out_lat_hist, sizeof(out.lat_hist));
+        out.policy_state = s.out_policy_state;
+        out.policy.assign(s.out_policy, strnlen(s.out_policy, sizeof(s.out_policy)));
+        out.exit_kind = s.out_exit_kind;
+        out.exit_code = s.out_exit_code;
+        out.exit_req = s.out_exit_req;
+        out.ejections = s.out_ejections;
+        out.exit_msg.assign(s.out_exit_msg, strnlen(s.out_exit_msg, sizeof(s.out_exit_msg)));
         for (uint32_t i = 0; i < s.tenant_count; ++i) {
             const auto& t = ts[i];
             out.tenants.push_back({t.tenant, t.weight, t.queued, t.served_reqs, t.served_tokens});

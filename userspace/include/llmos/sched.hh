@@ -7,6 +7,7 @@
 #include <llmos/result.hh>
 #include <llmos/unique_fd.hh>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace llmos {
@@ -150,6 +151,13 @@ struct sched_stats {
     uint32_t clients = 0;
     uint64_t lat_hist[32] = {}; ///< dispatch latency, log2 microseconds
     std::vector<tenant_stats> tenants;
+    uint32_t policy_state = 0; ///< enum llmos_policy_state
+    std::string policy;        ///< the attached (or last) BPF policy
+    uint32_t exit_kind = 0;    ///< enum llmos_exit_kind of its last stop
+    int64_t exit_code = 0;
+    uint64_t exit_req = 0;
+    uint64_t ejections = 0;
+    std::string exit_msg;
 };
 
 /// STATS.

@@ -1,0 +1,46 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+#
+# BPF scheduling policies in the VM: attach, serve, detach; policies that
+# misbehave on purpose are ejected and every request still completes; one
+# policy at a time; the module stays loaded while one is attached. TAP.
+set -u
+n=0
+out=/tmp/llmosctl_policy.out
+ok() { n=$((n + 1)); echo "ok $n $1"; }
+not_ok() { n=$((n + 1)); echo "not ok $n $1"; sed 's/^/# /' "$out"; }
+expect() { d=$1; shift; if "$@" >"$out" 2>&1; then ok "$d"; else not_ok "$d"; fi; }
+# check DESCRIPTION 'SHELL CODE': run in this shell (it sees the functions)
+check() { d=$1; if eval "$2" >"$out" 2>&1; then ok "$d"; else not_ok "$d"; fi; }
+status() { llmosctl --json sched status | tr -d ' \n'; }
+bench() { llmosctl --json bench --workers 2 --service exp:1 --arrival poisson:400 --requests "$1"; }
+
+echo "TAP version 13"
+if [ ! -f /bpf/fifo.bpf.o ]; then
+	echo "1..0 # SKIP no BPF policies in this VM image"
+	exit 0
+fi
+
+expect "attach fifo" llmosctl sched attach /bpf/fifo.bpf.o
+check "status shows it" 'llmosctl sched status | grep -q "policy:    bpf:fifo"'
+check "a second policy is refused" \
+	'llmosctl sched attach /bpf/fifo.bpf.o 2>&1 | grep -q "attached already"'
+check "the module cannot go while it is attached" '! rmmod llmos 2>/dev/null'
+check "fifo serves every request" 'bench 200 | grep -q "\"requests\": 200"'
+check "still attached after the run" 'status | grep -q "\"policy_state\":\"bpf\""'
+expect "detach" llmosctl sched detach
+check "the built-in policy is back, exit kind detach" 'status | grep -q "\"policy_state\":\"built-in\"" && status | grep -q "\"kind\":1"'
+check "detach twice is an error" '! llmosctl sched detach 2>/dev/null'
+
+expect "attach error_exit" llmosctl sched attach /bpf/error_exit.bpf.o
+check "every request completes although it gives up" 'bench 50 | grep -q "\"requests\": 50"'
+check "it was ejected with its code" 'status | grep -q "\"policy_state\":\"ejected\"" && status | grep -q "\"code\":42" &&
+	 status | grep -q "\"kind\":2"'
+expect "detach it" llmosctl sched detach
+
+expect "attach never_dispatch" llmosctl sched attach /bpf/never_dispatch.bpf.o
+check "every request completes after the watchdog" 'bench 30 | grep -q "\"requests\": 30"'
+check "the watchdog ejected it" 'status | grep -q "\"policy_state\":\"ejected\"" && status | grep -q "\"kind\":3"'
+expect "detach it" llmosctl sched detach
+check "a file that is no policy is refused" '! llmosctl sched attach /bin/busybox 2>/dev/null'
+echo "1..$n"
