@@ -16,17 +16,20 @@ char _license[] SEC("license") = "GPL";
 
 #define FIFO_QUEUE 1
 
-s32 LLMOS_OPS(fifo_init)
+SEC("struct_ops/fifo_init")
+s32 BPF_PROG(fifo_init)
 {
 	return llmos_create_queue(FIFO_QUEUE);
 }
 
-s32 LLMOS_OPS(fifo_enqueue, struct llmos_core_req *req, u64 enq_flags)
+SEC("struct_ops/fifo_enqueue")
+s32 BPF_PROG(fifo_enqueue, struct llmos_core_req *req, u64 enq_flags)
 {
 	return llmos_queue_insert_fifo(req, FIFO_QUEUE);
 }
 
-void LLMOS_OPS(fifo_dispatch, struct llmos_core_worker *w, u32 budget)
+SEC("struct_ops/fifo_dispatch")
+void BPF_PROG(fifo_dispatch, struct llmos_core_worker *w, u32 budget)
 {
 	llmos_queue_move_to_worker(FIFO_QUEUE, w, budget);
 }

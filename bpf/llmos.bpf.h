@@ -25,8 +25,4 @@ u64 llmos_queue_peek(u64 queue_id) __ksym;
 s32 llmos_set_tenant_weight(u32 tenant, u32 weight) __ksym;
 void llmos_policy_error(s64 code) __ksym;
 
-/* One callback of a policy: LLMOS_OPS(fifo_enqueue, ...args). */
-#define LLMOS_OPS(name, args...) \
-	SEC("struct_ops/" #name) BPF_PROG(name, ##args)
-
 #endif /* _LLMOS_BPF_H */

@@ -12,19 +12,22 @@ char _license[] SEC("license") = "GPL";
 
 static u64 seen;
 
-s32 LLMOS_OPS(error_exit_init)
+SEC("struct_ops/error_exit_init")
+s32 BPF_PROG(error_exit_init)
 {
 	return llmos_create_queue(Q);
 }
 
-s32 LLMOS_OPS(error_exit_enqueue, struct llmos_core_req *req, u64 enq_flags)
+SEC("struct_ops/error_exit_enqueue")
+s32 BPF_PROG(error_exit_enqueue, struct llmos_core_req *req, u64 enq_flags)
 {
 	if (++seen == 5)
 		llmos_policy_error(42);
 	return llmos_queue_insert_fifo(req, Q);
 }
 
-void LLMOS_OPS(error_exit_dispatch, struct llmos_core_worker *w, u32 budget)
+SEC("struct_ops/error_exit_dispatch")
+void BPF_PROG(error_exit_dispatch, struct llmos_core_worker *w, u32 budget)
 {
 	/* Never dispatches: the requests wait for the ejection. */
 }

@@ -10,17 +10,20 @@ char _license[] SEC("license") = "GPL";
 
 #define Q 3
 
-s32 LLMOS_OPS(never_dispatch_init)
+SEC("struct_ops/never_dispatch_init")
+s32 BPF_PROG(never_dispatch_init)
 {
 	return llmos_create_queue(Q);
 }
 
-s32 LLMOS_OPS(never_dispatch_enqueue, struct llmos_core_req *req, u64 enq_flags)
+SEC("struct_ops/never_dispatch_enqueue")
+s32 BPF_PROG(never_dispatch_enqueue, struct llmos_core_req *req, u64 enq_flags)
 {
 	return llmos_queue_insert_fifo(req, Q);
 }
 
-void LLMOS_OPS(never_dispatch_dispatch, struct llmos_core_worker *w, u32 budget)
+SEC("struct_ops/never_dispatch_dispatch")
+void BPF_PROG(never_dispatch_dispatch, struct llmos_core_worker *w, u32 budget)
 {
 }
 
