@@ -322,6 +322,7 @@ int llmos_worker_register(struct llmos_ucmd *ucmd)
 		cmd->out_worker_id = c->worker.id;
 		trace_sched_worker(c->worker.id, true, c->worker.capacity, 0);
 		llmos_bpf_worker(&c->worker, true);
+		llmos_bpf_check_fault();
 	}
 	spin_unlock(&llmos_sched.lock);
 	return ret ?: llmos_ucmd_respond(ucmd, sizeof(*cmd));

@@ -42,5 +42,27 @@ expect "attach never_dispatch" llmosctl sched attach /bpf/never_dispatch.bpf.o
 check "every request completes after the watchdog" 'bench 30 | grep -q "\"requests\": 30"'
 check "the watchdog ejected it" 'status | grep -q "\"policy_state\":\"ejected\"" && status | grep -q "\"kind\":3"'
 expect "detach it" llmosctl sched detach
+for p in prio sjf edf wfq; do
+	expect "attach $p" llmosctl sched attach /bpf/$p.bpf.o
+	check "$p serves every request" 'bench 100 | grep -q "\"requests\": 100"'
+	check "$p was never ejected" 'status | grep -q "\"policy_state\":\"bpf\""'
+	expect "detach $p" llmosctl sched detach
+done
+
+# Attach and detach while requests flow: nothing is lost.
+cycles=$(awk "BEGIN { n = int(20 * ${LLMOS_TEST_SCALE:-1}); print n < 4 ? 4 : n }")
+llmosctl --json bench --workers 2 --service exp:2 --arrival poisson:300 --requests 600 \
+	>/tmp/flow.json 2>&1 &
+flow=$!
+i=0
+fails=0
+while [ $i -lt "$cycles" ]; do
+	llmosctl sched attach /bpf/fifo.bpf.o >/dev/null 2>&1 || fails=$((fails + 1))
+	sleep 0.05
+	llmosctl sched detach >/dev/null 2>&1 || fails=$((fails + 1))
+	i=$((i + 1))
+done
+check "$cycles attach/detach cycles under load" '[ $fails -eq 0 ]'
+check "every request of the flow completed" 'wait $flow && grep -q "\"requests\": 600" /tmp/flow.json'
 check "a file that is no policy is refused" '! llmosctl sched attach /bin/busybox 2>/dev/null'
 echo "1..$n"

@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: MIT
+/*
+ * BPF policies, loaded with libbpf from /bpf/NAME.bpf.o: each example
+ * keeps the order it promises (fifo, prio, sjf, edf, wfq shares through its
+ * weights map), misbehaving ones are ejected with the right reason and
+ * lose nothing, and only root attaches.
+ */
+#define _GNU_SOURCE
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <linux/llmos.h>
+
+#include "kselftest_harness.h"
+
+struct policy {
+	struct bpf_object *obj;
+	struct bpf_link *link;
+};
+
+static int silent(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	return level == LIBBPF_WARN ? vfprintf(stderr, fmt, ap) : 0;
+}
+
+/* Load and attach /bpf/@name.bpf.o: 0 or -errno. */
+static int attach(struct policy *p, const char *name)
+{
+	struct bpf_map *map, *ops = NULL;
+	char path[64];
+
+	libbpf_set_print(silent);
+	snprintf(path, sizeof(path), "/bpf/%s.bpf.o", name);
+	p->link = NULL;
+	p->obj = bpf_object__open_file(path, NULL);
+	if (!p->obj)
+		return -errno;
+	bpf_object__for_each_map(map, p->obj)
+		if (bpf_map__type(map) == BPF_MAP_TYPE_STRUCT_OPS)
+			ops = map;
+	if (!ops || bpf_object__load(p->obj))
+		return -errno ?: -EINVAL;
+	p->link = bpf_map__attach_struct_ops(ops);
+	return p->link ? 0 : -errno;
+}
+
+static void detach(struct policy *p)
+{
+	bpf_link__destroy(p->link);
+	bpf_object__close(p->obj);
+	p->link = NULL;
+	p->obj = NULL;
+}
+
+static long long submit(int fd, __u32 tenant, __u32 prio, __u32 cost,
+			__u64 deadline)
+{
+	struct llmos_submit s = {
+		.size = sizeof(s), .tenant = tenant, .priority = prio,
+		.cost = cost, .deadline_ns = deadline,
+	};
+
+	return ioctl(fd, LLMOS_IOC_SUBMIT, &s) ? -errno : (long long)s.out_id;
+}
+
+/* Take one request and complete it: its id, or -errno. */
+static long long serve_one(int worker)
+{
+	struct llmos_req_desc d;
+	struct llmos_dispatch c = {
+		.size = sizeof(c), .flags = LLMOS_NONBLOCK,
+		.descs_uptr = (__u64)(uintptr_t)&d, .desc_size = sizeof(d),
+		.max = 1,
+	};
+	struct llmos_complete done = { .size = sizeof(done) };
+
+	if (ioctl(worker, LLMOS_IOC_DISPATCH, &c))
+		return -errno;
+	done.id = d.id;
+	done.tokens = d.cost;
+	if (ioctl(worker, LLMOS_IOC_COMPLETE, &done))
+		return -errno;
+	return d.id;
+}
+
+static void stats(int fd, struct llmos_sched_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->size = sizeof(*st);
+	ioctl(fd, LLMOS_IOC_STATS, st);
+}
+
+FIXTURE(policy) {
+	int client, worker;
+	struct policy p;
+};
+
+FIXTURE_SETUP(policy)
+{
+	struct llmos_worker_register r = {
+		.size = sizeof(r), .capacity = 1, .numa_node = -1,
+	};
+
+	if (access("/bpf/fifo.bpf.o", R_OK))
+		SKIP(return, "no BPF policies in this image (/bpf)");
+	self->client = open("/dev/llmos", O_RDWR);
+	self->worker = open("/dev/llmos", O_RDWR);
+	ASSERT_LE(0, self->client);
+	ASSERT_LE(0, self->worker);
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_WORKER_REGISTER, &r));
+	memset(&self->p, 0, sizeof(self->p));
+}
+
+FIXTURE_TEARDOWN(policy)
+{
+	if (self->p.obj)
+		detach(&self->p);
+	close(self->client);
+	close(self->worker);
+}
+
+/* Submit with the worker full, then serve: the order the policy chose. */
+static void order_of(int client, int worker, const __u32 *prio,
+		     const __u32 *cost, const __u64 *deadline, int n,
+		     long long *ids, long long *served)
+{
+	long long hold = submit(client, 0, 255, 1, 1);
+	struct llmos_req_desc d;
+	struct llmos_dispatch c = {
+		.size = sizeof(c), .descs_uptr = (__u64)(uintptr_t)&d,
+		.desc_size = sizeof(d), .max = 1,
+	};
+	struct llmos_complete done = { .size = sizeof(done) };
+
+	/* Fill the worker first, so that the others queue up together. */
+	ioctl(worker, LLMOS_IOC_DISPATCH, &c);
+	for (int i = 0; i < n; i++)
+		ids[i] = submit(client, i % 2, prio[i], cost[i], deadline[i]);
+	done.id = d.id;
+	ioctl(worker, LLMOS_IOC_COMPLETE, &done);
+	for (int i = 0; i < n; i++)
+		served[i] = serve_one(worker);
+	(void)hold;
+}
+
+TEST_F(policy, fifo_serves_in_submission_order)
+{
+	const __u32 prio[4] = { 1, 200, 3, 100 }, cost[4] = { 90, 1, 50, 2 };
+	const __u64 dl[4] = { 0, 0, 0, 0 };
+	long long ids[4], served[4];
+
+	ASSERT_EQ(0, attach(&self->p, "fifo"));
+	order_of(self->client, self->worker, prio, cost, dl, 4, ids, served);
+	for (int i = 0; i < 4; i++)
+		EXPECT_EQ(ids[i], served[i]);
+}
+
+TEST_F(policy, prio_serves_higher_priorities_first)
+{
+	const __u32 prio[5] = { 1, 9, 5, 9, 3 }, cost[5] = { 1, 1, 1, 1, 1 };
+	const __u64 dl[5] = { 0 };
+	long long ids[5], served[5];
+
+	ASSERT_EQ(0, attach(&self->p, "prio"));
+	order_of(self->client, self->worker, prio, cost, dl, 5, ids, served);
+	EXPECT_EQ(ids[1], served[0]);
+	EXPECT_EQ(ids[3], served[1]);
+	EXPECT_EQ(ids[2], served[2]);
+	EXPECT_EQ(ids[4], served[3]);
+	EXPECT_EQ(ids[0], served[4]);
+}
+
+TEST_F(policy, sjf_serves_the_shortest_first)
+{
+	const __u32 prio[3] = { 0 }, cost[3] = { 50, 5, 20 };
+	const __u64 dl[3] = { 0 };
+	long long ids[3], served[3];
+
+	ASSERT_EQ(0, attach(&self->p, "sjf"));
+	order_of(self->client, self->worker, prio, cost, dl, 3, ids, served);
+	EXPECT_EQ(ids[1], served[0]);
+	EXPECT_EQ(ids[2], served[1]);
+	EXPECT_EQ(ids[0], served[2]);
+}
+
+TEST_F(policy, edf_serves_the_earliest_deadline_first)
+{
+	const __u32 prio[4] = { 0 }, cost[4] = { 1, 1, 1, 1 };
+	const __u64 dl[4] = { 3000000000ULL, 1000000000ULL, 0, 2000000000ULL };
+	long long ids[4], served[4];
+
+	ASSERT_EQ(0, attach(&self->p, "edf"));
+	order_of(self->client, self->worker, prio, cost, dl, 4, ids, served);
+	EXPECT_EQ(ids[1], served[0]);
+	EXPECT_EQ(ids[3], served[1]);
+	EXPECT_EQ(ids[0], served[2]);
+	EXPECT_EQ(ids[2], served[3]);
+}
+
+TEST_F(policy, wfq_shares_follow_its_weights_map)
+{
+	__u32 tenant = 31, weight = 300;
+	int from31 = 0;
+	struct bpf_map *weights;
+
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	weights = bpf_object__find_map_by_name(self->p.obj, "weights");
+	ASSERT_NE(NULL, weights);
+	ASSERT_EQ(0, bpf_map__update_elem(weights, &tenant, sizeof(tenant),
+					  &weight, sizeof(weight), BPF_ANY));
+	for (int i = 0; i < 200; i++) {
+		ASSERT_LT(0, submit(self->client, 31, 0, 1, 0));
+		ASSERT_LT(0, submit(self->client, 32, 0, 1, 0));
+	}
+	for (int i = 0; i < 200; i++) {
+		struct llmos_req_desc d;
+		struct llmos_dispatch c = {
+			.size = sizeof(c), .descs_uptr = (__u64)(uintptr_t)&d,
+			.desc_size = sizeof(d), .max = 1,
+		};
+		struct llmos_complete done = { .size = sizeof(done) };
+
+		ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &c));
+		from31 += d.tenant == 31;
+		done.id = d.id;
+		ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE, &done));
+	}
+	EXPECT_LE(145, from31); /* three quarters of 200 */
+	EXPECT_GE(155, from31);
+	/* The rest go with the client. */
+}
+
+TEST_F(policy, a_misusing_policy_is_ejected_and_loses_nothing)
+{
+	struct llmos_worker_register r = {
+		.size = sizeof(r), .capacity = 4, .numa_node = -1,
+	};
+	struct llmos_sched_stats st;
+	int other = open("/dev/llmos", O_RDWR);
+
+	ASSERT_LE(0, other);
+	ASSERT_EQ(0, attach(&self->p, "bad_worker"));
+	for (int i = 0; i < 3; i++)
+		ASSERT_LT(0, submit(self->client, 1, 0, 1, 0));
+	/* Its worker_online misuses a kfunc: ejected at once. */
+	ASSERT_EQ(0, ioctl(other, LLMOS_IOC_WORKER_REGISTER, &r));
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_EJECTED, st.out_policy_state);
+	EXPECT_EQ(LLMOS_EXIT_MISUSE, st.out_exit_kind);
+	EXPECT_STREQ("bad_worker", st.out_policy);
+	for (int i = 0; i < 3; i++)
+		EXPECT_LT(0, serve_one(self->worker));
+	close(other);
+}
+
+static int unprivileged_attach(void)
+{
+	struct policy p;
+
+	if (setgid(1000) || setuid(1000))
+		return 10;
+	return attach(&p, "fifo") == -EPERM ? 0 : 11;
+}
+
+TEST_F(policy, only_root_attaches)
+{
+	int status;
+	pid_t pid = fork();
+
+	ASSERT_LE(0, pid);
+	if (pid == 0)
+		_exit(unprivileged_attach());
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_EQ(0, WEXITSTATUS(status));
+}
+
+TEST_HARNESS_MAIN
