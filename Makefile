@@ -63,7 +63,7 @@ demo: build
 bench: build
 	@for b in $(BUILD)/default/host-bench/*; do echo "# $$b (this machine)"; $$b; done
 	@tools/vm/run.sh --module kmod/llmos.ko --bench $(BUILD)/default/kernel-bench \
-		--out $(BUILD)/vm-bench bench
+		--bpf $(BUILD)/bpf --out $(BUILD)/vm-bench bench
 
 check:
 	@bash tools/check.sh

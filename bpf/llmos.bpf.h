@@ -22,6 +22,7 @@ u32 llmos_queue_move_to_worker(u64 queue_id, struct llmos_core_worker *w,
 			       u32 n) __ksym;
 s32 llmos_queue_len(u64 queue_id) __ksym;
 u64 llmos_queue_peek(u64 queue_id) __ksym;
+u64 llmos_queue_peek_key(u64 queue_id) __ksym;
 s32 llmos_set_tenant_weight(u32 tenant, u32 weight) __ksym;
 void llmos_policy_error(s64 code) __ksym;
 

@@ -5,10 +5,12 @@
  * Start-time fair queuing with tags computed at enqueue: a request's start
  * tag is max(the virtual clock, its tenant's last finish tag), its finish
  * tag start + cost * 1024 / weight; the single queue is ordered by start
- * tag. The virtual clock follows the start tag of the request that last
- * started or finished (kept in its policy_data). Weights come from the
- * "weights" map (tenant -> weight, default 100), which the user may update
- * while the policy runs (bpftool map update, or a loader of its own).
+ * tag. The virtual clock follows the start tag of the request dispatched
+ * last (the head's key). Weights come from the
+ * "weights" array (index: tenant, value: weight; 0 means the default 100),
+ * which the user may update while the policy runs (bpftool map update, or a
+ * loader of its own). Arrays, not hash maps, keep enqueue cheap: tenants
+ * are told apart modulo MAX_TENANTS.
  */
 #include "llmos.bpf.h"
 
@@ -16,17 +18,18 @@ char _license[] SEC("license") = "GPL";
 
 #define WFQ_QUEUE 1
 #define DEFAULT_WEIGHT 100
+#define MAX_TENANTS 4096
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_TENANTS);
 	__type(key, u32);
 	__type(value, u32);
 } weights SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_TENANTS);
 	__type(key, u32);
 	__type(value, u64);
 } finish SEC(".maps");
@@ -42,40 +45,29 @@ s32 BPF_PROG(wfq_init)
 SEC("struct_ops/wfq_enqueue")
 s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 {
-	u32 tenant = req->tenant, weight = DEFAULT_WEIGHT, *w;
-	u64 start = vclock, cost = req->cost ? req->cost : 1, *f, fin;
+	u32 tenant = req->tenant % MAX_TENANTS, weight = DEFAULT_WEIGHT, *w;
+	u64 start = vclock, cost = req->cost ? req->cost : 1, *f;
 
 	w = bpf_map_lookup_elem(&weights, &tenant);
 	if (w && *w)
 		weight = *w;
 	f = bpf_map_lookup_elem(&finish, &tenant);
-	if (f && *f > start)
+	if (!f)
+		return -1;
+	if (*f > start)
 		start = *f;
-	fin = start + cost * 1024 / weight;
-	bpf_map_update_elem(&finish, &tenant, &fin, BPF_ANY);
-	req->policy_data = start;
+	*f = start + cost * 1024 / weight;
 	return llmos_queue_insert(req, WFQ_QUEUE, start);
 }
 
 SEC("struct_ops/wfq_dispatch")
 void BPF_PROG(wfq_dispatch, struct llmos_core_worker *w, u32 budget)
 {
+	u64 head = llmos_queue_peek_key(WFQ_QUEUE);
+
+	if (head > vclock)
+		vclock = head;
 	llmos_queue_move_to_worker(WFQ_QUEUE, w, budget);
-}
-
-SEC("struct_ops/wfq_running")
-void BPF_PROG(wfq_running, struct llmos_core_req *req, struct llmos_core_worker *w)
-{
-	if (req->policy_data > vclock)
-		vclock = req->policy_data;
-}
-
-SEC("struct_ops/wfq_completed")
-void BPF_PROG(wfq_completed, struct llmos_core_req *req, s32 status, u64 runtime_ns,
-	      u32 tokens)
-{
-	if (req->policy_data > vclock)
-		vclock = req->policy_data;
 }
 
 SEC(".struct_ops.link")
@@ -83,8 +75,6 @@ struct llmos_sched_ops wfq_ops = {
 	.init		= (void *)wfq_init,
 	.enqueue	= (void *)wfq_enqueue,
 	.dispatch	= (void *)wfq_dispatch,
-	.running	= (void *)wfq_running,
-	.completed	= (void *)wfq_completed,
 	.timeout_ms	= 30000,
 	.name		= "wfq",
 };

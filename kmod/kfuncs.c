@@ -154,6 +154,25 @@ __bpf_kfunc u64 llmos_queue_peek(u64 queue_id)
 }
 
 /**
+ * llmos_queue_peek_key() - the key of the request at the head of a queue
+ * @queue_id: a queue the policy created
+ *
+ * Return: the key it was inserted with, or 0 when the queue is empty or
+ * does not exist.
+ */
+__bpf_kfunc u64 llmos_queue_peek_key(u64 queue_id)
+{
+	struct llmos_core_queue *q;
+	struct llmos_tnode *n;
+
+	if (!llmos_kfunc_ok(0))
+		return 0;
+	q = llmos_core_queue_find(llmos_sched_core(), queue_id);
+	n = q ? llmos_treap_first(&q->q) : NULL;
+	return n ? n->k1 : 0;
+}
+
+/**
  * llmos_set_tenant_weight() - set a tenant's weight in the built-in policy
  * @tenant: tenant id
  * @weight: 1..%LLMOS_MAX_WEIGHT
@@ -194,6 +213,7 @@ BTF_ID_FLAGS(func, llmos_queue_insert_fifo, KF_TRUSTED_ARGS)
 BTF_ID_FLAGS(func, llmos_queue_move_to_worker, KF_TRUSTED_ARGS)
 BTF_ID_FLAGS(func, llmos_queue_len)
 BTF_ID_FLAGS(func, llmos_queue_peek)
+BTF_ID_FLAGS(func, llmos_queue_peek_key)
 BTF_ID_FLAGS(func, llmos_set_tenant_weight)
 BTF_ID_FLAGS(func, llmos_policy_error)
 BTF_KFUNCS_END(llmos_kfunc_ids)

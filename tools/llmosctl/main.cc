@@ -875,8 +875,10 @@ int cmd_bench(const options& o, const bench_args& b) {
         auto q = [&](double p) { return v[std::min(v.size() - 1, size_t(p * double(v.size())))]; };
         return json{{"mean", sum / double(v.size())}, {"p50", q(0.5)}, {"p99", q(0.99)}};
     };
+    auto st = llmos::scheduler_stats(*dev);
+    std::string policy = st ? policy_words(*st) : "unknown";
     json j = {{"backend", llmos::to_string(dev->kind())},
-              {"policy", "built-in (weighted fair queuing)"},
+              {"policy", policy},
               {"workers", b.workers},
               {"requests", b.requests},
               {"service", b.service},
@@ -889,8 +891,8 @@ int cmd_bench(const options& o, const bench_args& b) {
     }
     std::printf("%s backend, %s policy: %d requests, %d workers, service %s, arrival %s\n"
                 "%-8s %10s %10s %10s\n",
-                llmos::to_string(dev->kind()), "built-in", b.requests, b.workers, b.service.c_str(),
-                b.arrival.c_str(), "(ms)", "mean", "p50", "p99");
+                llmos::to_string(dev->kind()), policy.c_str(), b.requests, b.workers,
+                b.service.c_str(), b.arrival.c_str(), "(ms)", "mean", "p50", "p99");
     for (const char* k : {"wait_ms", "sojourn_ms"}) {
         std::printf("%-8.*s %10.2f %10.2f %10.2f\n", static_cast<int>(std::strlen(k) - 3), k,
                     j[k]["mean"].get<double>(), j[k]["p50"].get<double>(),
