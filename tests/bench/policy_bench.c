@@ -253,14 +253,12 @@ int main(int argc, char **argv)
 	double jain = jain_wfq(client, worker, 4000);
 
 	detach(&p);
-	printf("# policy_bench: %d requests per path, best of 3, one client, "
-	       "one no-op worker\n", n);
+	printf("# policy_bench: %d requests per path, best of 3, no-op worker\n", n);
 	printf("# %-22s %12s %14s\n", "policy", "requests/s", "cost vs built-in");
 	printf("  %-22s %12.0f %14.2f\n", "built-in", builtin, 1.0);
 	printf("  %-22s %12.0f %14.2f\n", "bpf fifo", fifo, builtin / fifo);
 	printf("  %-22s %12.0f %14.2f\n", "bpf wfq", wfq, builtin / wfq);
-	printf("# short requests (1..8 tokens) among bursts of long ones "
-	       "(100..200), p99 wait in virtual time\n");
+	printf("# p99 wait (virtual time) of short requests among long bursts\n");
 	printf("  %-22s %12lld\n  %-22s %12lld   (%.1fx lower)\n", "fifo", p99_fifo, "sjf",
 	       p99_sjf, p99_sjf ? (double)p99_fifo / p99_sjf : 0.0);
 	printf("# Jain's fairness index, tokens served to 4 equal tenants under wfq: %.4f\n", jain);
