@@ -260,6 +260,65 @@ TEST_F(policy, a_misusing_policy_is_ejected_and_loses_nothing)
 	close(other);
 }
 
+static long long submit_ms(int fd, __u64 ms)
+{
+	struct llmos_submit s = { .size = sizeof(s), .cost = 1, .ms_id = ms };
+
+	return ioctl(fd, LLMOS_IOC_SUBMIT, &s) ? -errno : (long long)s.out_id;
+}
+
+static long long take_start_complete(int worker, int flags)
+{
+	struct llmos_req_desc d;
+	struct llmos_dispatch c = {
+		.size = sizeof(c), .flags = flags,
+		.descs_uptr = (__u64)(uintptr_t)&d, .desc_size = sizeof(d),
+		.max = 1, .timeout_ms = 5000,
+	};
+	struct llmos_start st = { .size = sizeof(st) };
+	struct llmos_complete done = { .size = sizeof(done) };
+
+	if (ioctl(worker, LLMOS_IOC_DISPATCH, &c))
+		return -errno;
+	st.id = d.id;
+	done.id = d.id;
+	if (ioctl(worker, LLMOS_IOC_START, &st) ||
+	    ioctl(worker, LLMOS_IOC_COMPLETE, &done))
+		return -errno;
+	return d.id;
+}
+
+TEST_F(policy, locality_prefers_the_worker_that_ran_the_mindspace)
+{
+	struct llmos_worker_register r = {
+		.size = sizeof(r), .capacity = 1, .numa_node = -1,
+	};
+	struct llmos_sched_stats st;
+	long long r1, r2, r3;
+	int b;
+
+	ASSERT_EQ(0, attach(&self->p, "locality"));
+	b = open("/dev/llmos", O_RDWR);
+	ASSERT_LE(0, b);
+	ASSERT_EQ(0, ioctl(b, LLMOS_IOC_WORKER_REGISTER, &r));
+	r1 = submit_ms(self->client, 7);
+	ASSERT_EQ(r1, take_start_complete(self->worker, 0)); /* A runs ms 7 */
+	r2 = submit_ms(self->client, 7);
+	/* B asks first, but r2 waits for A, whose cache holds ms 7. */
+	EXPECT_EQ(-EAGAIN, take_start_complete(b, LLMOS_NONBLOCK));
+	EXPECT_EQ(r2, take_start_complete(self->worker, 0));
+	/* Past steal_after_ns, B may take A's request. */
+	r3 = submit_ms(self->client, 7);
+	usleep(400 * 1000);
+	EXPECT_EQ(r3, take_start_complete(b, LLMOS_NONBLOCK));
+	/* A new mindspace goes to whoever asks. */
+	EXPECT_LT(0, submit_ms(self->client, 8));
+	EXPECT_LT(0, take_start_complete(b, 0));
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_BPF, st.out_policy_state);
+	close(b);
+}
+
 static int unprivileged_attach(void)
 {
 	struct policy p;

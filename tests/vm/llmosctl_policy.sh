@@ -42,7 +42,7 @@ expect "attach never_dispatch" llmosctl sched attach /bpf/never_dispatch.bpf.o
 check "every request completes after the watchdog" 'bench 30 | grep -q "\"requests\": 30"'
 check "the watchdog ejected it" 'status | grep -q "\"policy_state\":\"ejected\"" && status | grep -q "\"kind\":3"'
 expect "detach it" llmosctl sched detach
-for p in prio sjf edf wfq; do
+for p in prio sjf edf wfq locality; do
 	expect "attach $p" llmosctl sched attach /bpf/$p.bpf.o
 	check "$p serves every request" 'bench 100 | grep -q "\"requests\": 100"'
 	check "$p was never ejected" 'status | grep -q "\"policy_state\":\"bpf\""'
@@ -64,5 +64,11 @@ while [ $i -lt "$cycles" ]; do
 done
 check "$cycles attach/detach cycles under load" '[ $fails -eq 0 ]'
 check "every request of the flow completed" 'wait $flow && grep -q "\"requests\": 600" /tmp/flow.json'
+check "a tunable is set with --opt" \
+	'llmosctl sched attach /bpf/locality.bpf.o --opt steal_after_ns=1000 && llmosctl sched detach'
+check "an unknown tunable is refused" \
+	'llmosctl sched attach /bpf/locality.bpf.o --opt nosuch=1 2>&1 | grep -q "no tunable"'
+check "a policy without tunables says so" \
+	'llmosctl sched attach /bpf/fifo.bpf.o --opt x=1 2>&1 | grep -q "no tunables"'
 check "a file that is no policy is refused" '! llmosctl sched attach /bin/busybox 2>/dev/null'
 echo "1..$n"

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <chrono>
 #include <cstdarg>
@@ -600,7 +601,57 @@ int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list ap) {
     return std::vfprintf(stderr, fmt, ap);
 }
 
-int cmd_sched_attach(const options& o, const std::string& file) {
+/// Sets the policy's `const volatile` integer NAME (in .rodata) to VALUE,
+/// before the object is loaded. "" or an error message.
+std::string set_rodata(bpf_object* obj, const std::string& opt) {
+    auto eq = opt.find('=');
+    if (eq == std::string::npos || eq == 0) {
+        return "bad --opt '" + opt + "' (NAME=VALUE)";
+    }
+    std::string name = opt.substr(0, eq);
+    auto value = llmosctl::parse_size(opt.substr(eq + 1), false);
+    if (!value) {
+        return "bad --opt '" + opt + "': the value must be a non-negative integer";
+    }
+    bpf_map* rodata = nullptr;
+    bpf_map* map;
+    bpf_object__for_each_map(map, obj) {
+        std::string_view n = bpf_map__name(map);
+        if (n.size() >= 7 && n.substr(n.size() - 7) == ".rodata") {
+            rodata = map;
+        }
+    }
+    const btf* b = bpf_object__btf(obj);
+    int sec = b ? btf__find_by_name_kind(b, ".rodata", BTF_KIND_DATASEC) : -1;
+    if (!rodata || sec < 0) {
+        return "the policy has no tunables (no const volatile globals)";
+    }
+    const btf_type* t = btf__type_by_id(b, static_cast<uint32_t>(sec));
+    const btf_var_secinfo* v = btf_var_secinfos(t);
+    for (uint16_t i = 0; i < btf_vlen(t); ++i, ++v) {
+        const btf_type* var = btf__type_by_id(b, v->type);
+        if (name != btf__name_by_offset(b, var->name_off)) {
+            continue;
+        }
+        size_t size = 0;
+        auto* data = static_cast<unsigned char*>(bpf_map__initial_value(rodata, &size));
+        if (!data || v->offset + v->size > size || v->size > 8) {
+            return "cannot set '" + name + "' (not an integer tunable)";
+        }
+        if (v->size < 8 && *value >> (8 * v->size)) {
+            return "--opt " + name + ": " + std::to_string(*value) + " does not fit in " +
+                   std::to_string(v->size) + " bytes";
+        }
+        for (uint32_t k = 0; k < v->size; ++k) {
+            data[v->offset + k] = static_cast<unsigned char>(*value >> (8 * k));
+        }
+        return "";
+    }
+    return "the policy has no tunable '" + name + "'";
+}
+
+int cmd_sched_attach(const options& o, const std::string& file,
+                     const std::vector<std::string>& opts) {
     auto dev = open_device(o);
     if (!dev) {
         return fail_open(o, dev.error());
@@ -625,6 +676,11 @@ int cmd_sched_attach(const options& o, const std::string& file) {
     }
     if (!ops) {
         return llmosctl::usage(file + " holds no struct llmos_sched_ops (see bpf/fifo.bpf.c)");
+    }
+    for (const auto& opt : opts) {
+        if (auto err = set_rodata(obj.get(), opt); !err.empty()) {
+            return llmosctl::usage(err);
+        }
     }
     if (bpf_object__load(obj.get())) {
         return fail("cannot load " + file + " (the verifier says why above)", llmos::last_error());
@@ -970,9 +1026,12 @@ int main(int argc, char** argv) {
     sched->add_subcommand("status", "show the scheduler's policy, workers, queues and tenants")
         ->callback([&] { rc = cmd_sched_status(o); });
     std::string attach_file;
+    std::vector<std::string> attach_opts;
     auto* attach = sched->add_subcommand("attach", "attach a BPF policy (root)");
     attach->add_option("file", attach_file, "NAME.bpf.o")->required();
-    attach->callback([&] { rc = cmd_sched_attach(o, attach_file); });
+    attach->add_option("--opt", attach_opts,
+                       "set a tunable (a const volatile integer) before loading: NAME=VALUE");
+    attach->callback([&] { rc = cmd_sched_attach(o, attach_file, attach_opts); });
     sched->add_subcommand("detach", "detach the BPF policy (root)")->callback([&] {
         rc = cmd_sched_detach(o);
     });
