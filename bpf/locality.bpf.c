@@ -21,7 +21,7 @@ char _license[] SEC("license") = "GPL";
 #define SHARED_QUEUE 1
 #define WORKER_QUEUE(id) (1000 + (id))
 #define MAX_WORKERS 64
-#define OFFLINE (1ULL << 63)
+#define OFFLINE 0x8000000000000000ULL
 
 const volatile u64 steal_after_ns = 200 * 1000 * 1000;
 
