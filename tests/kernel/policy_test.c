@@ -9,6 +9,8 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -317,6 +319,89 @@ TEST_F(policy, locality_prefers_the_worker_that_ran_the_mindspace)
 	stats(self->client, &st);
 	EXPECT_EQ(LLMOS_POLICY_BPF, st.out_policy_state);
 	close(b);
+}
+
+TEST_F(policy, only_policy_data_is_writable)
+{
+	/* The verifier refuses a write to any other request field. */
+	EXPECT_NE(0, attach(&self->p, "write_field"));
+	EXPECT_EQ(NULL, self->p.link);
+}
+
+struct flow {
+	int client, worker;
+	volatile int stop;
+	long submitted, completed, errors;
+};
+
+/* Requests flow through one client and one worker while policies change. */
+static void *flow_run(void *arg)
+{
+	struct flow *f = arg;
+
+	while (!f->stop) {
+		struct llmos_wait w = { .size = sizeof(w), .timeout_ms = 10000 };
+		long long got;
+
+		if (submit(f->client, f->submitted % 3, 0, 1, 0) < 0) {
+			f->errors++;
+			break;
+		}
+		f->submitted++;
+		/* The worker may find it only once the policy released it. */
+		do {
+			got = serve_one(f->worker);
+		} while (got == -EAGAIN && !f->stop);
+		if (got < 0 && got != -EAGAIN)
+			f->errors++;
+		if (ioctl(f->client, LLMOS_IOC_WAIT, &w) || w.out_state != LLMOS_REQ_COMPLETED)
+			f->errors++;
+		else
+			f->completed++;
+	}
+	return NULL;
+}
+
+TEST_F_TIMEOUT(policy, attach_detach_cycles_under_load_lose_nothing, 900)
+{
+	const char *scale = getenv("LLMOS_TEST_SCALE");
+	int cycles = (int)(1000 * (scale && atof(scale) > 0 ? atof(scale) : 1));
+	struct flow f = { .client = self->client, .worker = self->worker };
+	struct bpf_map *map, *ops = NULL;
+	struct llmos_sched_stats st;
+	pthread_t t;
+
+	libbpf_set_print(silent);
+	self->p.obj = bpf_object__open_file("/bpf/fifo.bpf.o", NULL);
+	ASSERT_NE(NULL, self->p.obj);
+	bpf_object__for_each_map(map, self->p.obj)
+		if (bpf_map__type(map) == BPF_MAP_TYPE_STRUCT_OPS)
+			ops = map;
+	ASSERT_NE(NULL, ops);
+	ASSERT_EQ(0, bpf_object__load(self->p.obj));
+	ASSERT_EQ(0, pthread_create(&t, NULL, flow_run, &f));
+	for (int i = 0; i < cycles; i++) {
+		struct bpf_link *link = bpf_map__attach_struct_ops(ops);
+
+		/* The previous one may still be on its way out (RCU). */
+		for (int k = 0; !link && errno == EBUSY && k < 100; k++) {
+			usleep(10 * 1000);
+			link = bpf_map__attach_struct_ops(ops);
+		}
+		ASSERT_NE(NULL, link) {
+			TH_LOG("cycle %d: %s", i, strerror(errno));
+		}
+		bpf_link__destroy(link);
+	}
+	f.stop = 1;
+	pthread_join(t, NULL);
+	self->p.link = NULL;
+	EXPECT_EQ(0, f.errors);
+	EXPECT_EQ(f.submitted, f.completed);
+	EXPECT_LT(0, f.completed);
+	stats(self->client, &st);
+	EXPECT_EQ(0, st.out_nr[LLMOS_REQ_QUEUED]);
+	TH_LOG("%d attach/detach cycles, %ld requests through them", cycles, f.completed);
 }
 
 static int unprivileged_attach(void)
