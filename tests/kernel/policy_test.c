@@ -10,6 +10,7 @@
 #include <bpf/libbpf.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -330,7 +331,7 @@ TEST_F(policy, only_policy_data_is_writable)
 
 struct flow {
 	int client, worker;
-	volatile int stop;
+	atomic_int stop;
 	long submitted, completed, errors;
 };
 
