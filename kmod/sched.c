@@ -539,6 +539,21 @@ out:
 	return ret;
 }
 
+/*
+ * A user array of @n elements of @elem_size bytes: @n in
+ * 1..LLMOS_MAX_DISPATCH, @elem_size from @min to a page, and all of it
+ * writable (checked before anything is done that the replies must reach).
+ */
+static int llmos_uarray_check(u64 uptr, u32 n, u32 elem_size, size_t min)
+{
+	if (!n || n > LLMOS_MAX_DISPATCH || elem_size < min ||
+	    elem_size > PAGE_SIZE)
+		return -EINVAL;
+	if (clear_user(u64_to_user_ptr(uptr), (size_t)n * elem_size))
+		return -EFAULT;
+	return 0;
+}
+
 static bool llmos_can_dispatch(struct llmos_client *c)
 {
 	bool ready;
@@ -626,15 +641,10 @@ out:
 int llmos_dispatch_check(struct llmos_client *c,
 			 const struct llmos_dispatch *cmd)
 {
-	if (cmd->flags & ~LLMOS_NONBLOCK || !cmd->max ||
-	    cmd->max > LLMOS_MAX_DISPATCH ||
-	    cmd->desc_size < sizeof(struct llmos_req_desc) ||
-	    cmd->desc_size > PAGE_SIZE || !c->is_worker)
+	if (cmd->flags & ~LLMOS_NONBLOCK || !c->is_worker)
 		return -EINVAL;
-	if (clear_user(u64_to_user_ptr(cmd->descs_uptr),
-		       (size_t)cmd->max * cmd->desc_size))
-		return -EFAULT;
-	return 0;
+	return llmos_uarray_check(cmd->descs_uptr, cmd->max, cmd->desc_size,
+				  sizeof(struct llmos_req_desc));
 }
 
 /**
@@ -1029,15 +1039,10 @@ int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
  */
 int llmos_wait_batch_check(const struct llmos_wait_batch *cmd)
 {
-	if (cmd->flags & ~LLMOS_NONBLOCK || !cmd->max ||
-	    cmd->max > LLMOS_MAX_DISPATCH ||
-	    cmd->entry_size < sizeof(struct llmos_finished) ||
-	    cmd->entry_size > PAGE_SIZE)
+	if (cmd->flags & ~LLMOS_NONBLOCK)
 		return -EINVAL;
-	if (clear_user(u64_to_user_ptr(cmd->entries_uptr),
-		       (size_t)cmd->max * cmd->entry_size))
-		return -EFAULT;
-	return 0;
+	return llmos_uarray_check(cmd->entries_uptr, cmd->max, cmd->entry_size,
+				  sizeof(struct llmos_finished));
 }
 
 /**
