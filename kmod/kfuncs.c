@@ -218,9 +218,18 @@ BTF_ID_FLAGS(func, llmos_set_tenant_weight)
 BTF_ID_FLAGS(func, llmos_policy_error)
 BTF_KFUNCS_END(llmos_kfunc_ids)
 
+/* Only llmos_sched_ops programs, not other struct_ops types. */
+static int llmos_kfunc_filter(const struct bpf_prog *prog, u32 kfunc_id)
+{
+	if (!btf_id_set8_contains(&llmos_kfunc_ids, kfunc_id))
+		return 0;
+	return llmos_bpf_prog_is_policy(prog) ? 0 : -EACCES;
+}
+
 static const struct btf_kfunc_id_set llmos_kfunc_set = {
 	.owner = THIS_MODULE,
 	.set = &llmos_kfunc_ids,
+	.filter = llmos_kfunc_filter,
 };
 
 /**

@@ -12,6 +12,8 @@
 
 #include "core/llmos_core.h"
 
+struct bpf_prog;
+
 /**
  * struct llmos_exit_info - why a BPF policy stopped, passed to its exit
  * @kind: &enum llmos_exit_kind
@@ -75,6 +77,7 @@ void llmos_bpf_completed(struct llmos_core_req *r);
 void llmos_bpf_worker(struct llmos_core_worker *w, bool online);
 void llmos_bpf_stats(struct llmos_sched_stats *st);
 bool llmos_bpf_in_callback(void);
+bool llmos_bpf_prog_is_policy(const struct bpf_prog *prog);
 void llmos_bpf_fault(u32 kind, s64 code, u64 req);
 
 /* kfuncs.c */

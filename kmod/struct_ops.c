@@ -49,6 +49,21 @@ static struct btf *llmos_bpf_btf;
 static struct delayed_work llmos_bpf_watchdog_work;
 
 BTF_ID_LIST_SINGLE(llmos_req_btf_ids, struct, llmos_core_req)
+BTF_ID_LIST_SINGLE(llmos_ops_btf_ids, struct, llmos_sched_ops)
+
+/**
+ * llmos_bpf_prog_is_policy() - whether @prog is a llmos_sched_ops callback
+ * @prog: a struct_ops program
+ *
+ * The kfuncs are for policies only, not for other struct_ops types.
+ *
+ * Return: true for one of ours.
+ */
+bool llmos_bpf_prog_is_policy(const struct bpf_prog *prog)
+{
+	return llmos_bpf_btf && prog->aux->attach_btf == llmos_bpf_btf &&
+	       prog->aux->attach_btf_id == llmos_ops_btf_ids[0];
+}
 
 /**
  * llmos_bpf_in_callback() - whether a policy callback is running
