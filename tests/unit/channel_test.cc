@@ -199,6 +199,28 @@ TEST(channel, close_with_messages_in_flight_delivers_them_first) {
     closer.join();
 }
 
+TEST(channel, a_receiver_that_never_spins_still_receives) {
+    auto ring = std::make_unique<llmos::channel_ring<8>>();
+    const long n = 5000;
+    std::thread sender([&] {
+        llmos::channel_sender tx(*ring);
+        for (long i = 0; i < n; ++i) {
+            tx.send(msg(1, static_cast<uint64_t>(i)));
+        }
+        tx.close();
+    });
+    llmos::channel_receiver rx(*ring, 0);
+    descriptor out[4];
+    long next = 0;
+    while (size_t got = rx.receive(out, 10s)) {
+        for (size_t i = 0; i < got; ++i) {
+            ASSERT_EQ(out[i].offset, static_cast<uint64_t>(next++));
+        }
+    }
+    sender.join();
+    EXPECT_EQ(next, n);
+}
+
 TEST(channel, a_sleeping_receiver_wakes_for_a_message) {
     auto ring = std::make_unique<llmos::channel_ring<4>>();
     llmos::channel_sender tx(*ring);

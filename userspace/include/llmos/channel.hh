@@ -8,7 +8,8 @@
 // head. A receiver that finds nothing spins for a while, then sleeps on a
 // futex; the sender wakes it only when it is asleep. The capacity is the
 // sender's credit: a full ring makes the sender sleep (not spin) until the
-// receiver frees a slot, so a slow receiver never loses a message.
+// receiver frees a slot, so a slow receiver never loses a message. A
+// receiver on the CPU the sender last ran on does not spin at all.
 //
 // Why no wake-up is ever lost (both sides, the same pattern):
 //
@@ -35,6 +36,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <sched.h>
 #include <span>
 #include <type_traits>
 
@@ -69,6 +71,7 @@ struct channel_ring {
     alignas(64) std::atomic<uint32_t> rx_sleeping{0}; ///< receiver asleep
     alignas(64) std::atomic<uint32_t> tx_sleeping{0}; ///< sender asleep (ring full)
     alignas(64) std::atomic<uint32_t> closed{0};
+    alignas(64) std::atomic<int32_t> tx_cpu{-1}; ///< where the sender runs
     alignas(64) descriptor slots[Capacity];
 };
 
@@ -100,6 +103,9 @@ public:
             }
         }
         _r->slots[_tail & (Capacity - 1)] = d;
+        if ((_tail & 255) == 0) {
+            note_cpu(); // every 256 sends: it rarely moves
+        }
         _r->tail.store(++_tail, std::memory_order_seq_cst);
         ring_receiver();
         return true;
@@ -121,6 +127,7 @@ public:
             }
             ++_stats.sender_sleeps;
             detail::futex_wait(_r->tx_sleeping, 1, std::nullopt);
+            note_cpu();
         }
         return true;
     }
@@ -136,6 +143,12 @@ public:
     const channel_stats& stats() const noexcept { return _stats; }
 
 private:
+    void note_cpu() noexcept {
+        int cpu = ::sched_getcpu();
+        if (cpu != _r->tx_cpu.load(std::memory_order_relaxed)) {
+            _r->tx_cpu.store(cpu, std::memory_order_relaxed);
+        }
+    }
     void ring_receiver() {
         if (_r->rx_sleeping.load(std::memory_order_seq_cst) == 1 &&
             _r->rx_sleeping.exchange(0) == 1) {
@@ -182,9 +195,15 @@ public:
         auto deadline = timeout ? std::chrono::steady_clock::now() + *timeout
                                 : std::chrono::steady_clock::time_point::max();
         for (;;) {
-            for (uint32_t i = 0; i < _spin; ++i) {
+            // Spinning while the sender shares our CPU only delays it.
+            uint32_t spin =
+                _r->tx_cpu.load(std::memory_order_relaxed) == ::sched_getcpu() ? 0 : _spin;
+            for (uint32_t i = 0;; ++i) {
                 if (size_t n = try_receive(out)) {
                     return n;
+                }
+                if (i >= spin) {
+                    break;
                 }
                 cpu_relax();
             }

@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: MIT
+//
+// Message passing between two threads, measured in one run, on two cores
+// and again on one core: round trip (median, p99) and one-way throughput of
+// the runtime channel against an SPSC ring polled without end (the physical
+// limit), the same ring always sleeping on a futex, eventfd and a pipe. And
+// the cost of waking a receiver that sleeps: the channel against a bare
+// futex wake.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <llmos/channel.hh>
+#include <memory>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+namespace {
+
+using clk = std::chrono::steady_clock;
+using llmos::descriptor;
+
+void pin(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+struct result {
+    double median_us, p99_us, mps;
+};
+
+// A transport: ping and pong directions; each call moves one message.
+struct transport {
+    std::function<void()> send_ping, recv_ping, send_pong, recv_pong;
+};
+
+result measure(transport& t, int rtts, int one_way, int cpu_a, int cpu_b) {
+    std::vector<double> lat(rtts);
+    std::thread echo([&] {
+        pin(cpu_b);
+        for (int i = 0; i < rtts; ++i) {
+            t.recv_ping();
+            t.send_pong();
+        }
+        for (int i = 0; i < one_way; ++i) {
+            t.recv_ping();
+        }
+        t.send_pong();
+    });
+    pin(cpu_a);
+    for (int i = 0; i < rtts; ++i) {
+        auto t0 = clk::now();
+        t.send_ping();
+        t.recv_pong();
+        lat[i] = std::chrono::duration<double, std::micro>(clk::now() - t0).count();
+    }
+    auto t0 = clk::now();
+    for (int i = 0; i < one_way; ++i) {
+        t.send_ping();
+    }
+    t.recv_pong();
+    double secs = std::chrono::duration<double>(clk::now() - t0).count();
+    echo.join();
+    std::sort(lat.begin(), lat.end());
+    return {lat[lat.size() / 2], lat[lat.size() * 99 / 100], one_way / secs};
+}
+
+struct ring_pair {
+    std::unique_ptr<llmos::channel_ring<1024>> a = std::make_unique<llmos::channel_ring<1024>>();
+    std::unique_ptr<llmos::channel_ring<1024>> b = std::make_unique<llmos::channel_ring<1024>>();
+    llmos::channel_sender<1024> ta{*a}, tb{*b};
+    llmos::channel_receiver<1024> ra, rb;
+    ring_pair(uint32_t spin)
+        : ra(*a, spin)
+        , rb(*b, spin) {}
+};
+
+transport channel_transport(ring_pair& p, bool poll_forever) {
+    auto recv = [poll_forever](llmos::channel_receiver<1024>& r) {
+        descriptor d[1];
+        if (poll_forever) {
+            while (!r.try_receive(d)) {
+            }
+        } else {
+            r.receive(d);
+        }
+    };
+    return {[&p] {
+                p.ta.send({1, 0, 0, 0});
+            },
+            [&p, recv] { recv(p.ra); },
+            [&p] {
+                p.tb.send({2, 0, 0, 0});
+            },
+            [&p, recv] { recv(p.rb); }};
+}
+
+transport fd_transport(int ping_w, int ping_r, int pong_w, int pong_r, bool eventfd) {
+    auto snd = [eventfd](int fd) {
+        uint64_t v = 1;
+        if (::write(fd, &v, eventfd ? 8 : 1) < 0) {
+            std::abort();
+        }
+    };
+    auto rcv = [eventfd](int fd) {
+        uint64_t v;
+        if (::read(fd, &v, eventfd ? 8 : 1) < 0) {
+            std::abort();
+        }
+    };
+    return {[=] { snd(ping_w); }, [=] { rcv(ping_r); }, [=] { snd(pong_w); }, [=] { rcv(pong_r); }};
+}
+
+void row(const char* name, const result& r, const result& base) {
+    std::printf("  %-28s %9.2f %9.2f %13.0f %8.2f %8.2f\n", name, r.median_us, r.p99_us, r.mps,
+                r.median_us / base.median_us, r.mps / base.mps);
+}
+
+// Wake a receiver that is already asleep: time from send to its return.
+double wake_cost_us(bool channel, int rounds) {
+    std::vector<double> lat;
+    std::atomic<uint32_t> word{0};
+    auto ring = std::make_unique<llmos::channel_ring<16>>();
+    llmos::channel_sender<16> tx(*ring);
+    std::atomic<int64_t> sent_ns{0};
+    std::atomic<bool> done{false};
+    std::vector<double> got;
+    std::thread rcv([&] {
+        pin(1);
+        llmos::channel_receiver<16> rx(*ring, 0);
+        descriptor d[1];
+        for (int i = 0; i < rounds; ++i) {
+            if (channel) {
+                rx.receive(d);
+            } else {
+                while (word.load() == 0) {
+                    llmos::detail::futex_wait(word, 0, std::nullopt);
+                }
+                word.store(0);
+            }
+            auto now = clk::now().time_since_epoch().count();
+            got.push_back(static_cast<double>(now - sent_ns.load()) / 1000.0);
+        }
+        done = true;
+    });
+    pin(0);
+    for (int i = 0; i < rounds; ++i) {
+        std::this_thread::sleep_for(std::chrono::microseconds(300)); // it is asleep
+        sent_ns = clk::now().time_since_epoch().count();
+        if (channel) {
+            tx.send({1, 0, 0, 0});
+        } else {
+            word.store(1);
+            llmos::detail::futex_wake(word);
+        }
+        while (static_cast<int>(got.size()) <= i && !done) {
+            std::this_thread::yield();
+        }
+    }
+    rcv.join();
+    std::sort(got.begin(), got.end());
+    return got[got.size() / 2];
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    int rtts = argc > 1 ? std::atoi(argv[1]) : 100000;
+    for (auto [a, b, where] : {std::tuple{0, 1, "two cores"}, std::tuple{0, 0, "one core"}}) {
+        int n = a == b ? rtts / 20 : rtts; // one core: every hop is a switch
+        std::printf("# channel_bench, %s: %d round trips, %d one-way messages\n", where, n, n * 10);
+        std::printf("# %-28s %9s %9s %13s %8s %8s\n", "transport", "rtt p50", "rtt p99", "msgs/s",
+                    "rtt x", "tput x");
+        ring_pair poll(0), runtime(4000), sleepy(0);
+        auto tp = channel_transport(poll, true);
+        // On one core a poller spins until preempted: a few hops show it.
+        int pn = a == b ? 50 : n;
+        auto base = measure(tp, pn, pn * 10, a, b);
+        row("spsc busy-poll (limit)", base, base);
+        auto tr = channel_transport(runtime, false);
+        row("llmos channel (spin+futex)", measure(tr, n, n * 10, a, b), base);
+        auto ts = channel_transport(sleepy, false);
+        row("spsc + futex, no spin", measure(ts, n, n * 10, a, b), base);
+        int e1 = eventfd(0, EFD_SEMAPHORE), e2 = eventfd(0, EFD_SEMAPHORE);
+        auto te = fd_transport(e1, e1, e2, e2, true);
+        row("eventfd", measure(te, n / 4, n, a, b), base);
+        int p1[2], p2[2];
+        if (pipe(p1) || pipe(p2)) {
+            return 1;
+        }
+        auto tpipe = fd_transport(p1[1], p1[0], p2[1], p2[0], false);
+        row("pipe", measure(tpipe, n / 4, n, a, b), base);
+        close(e1);
+        close(e2);
+        for (int fd : {p1[0], p1[1], p2[0], p2[1]}) {
+            close(fd);
+        }
+    }
+    double bare = wake_cost_us(false, 2000), chan = wake_cost_us(true, 2000);
+    std::printf("# waking a sleeping receiver (two cores, median): bare futex %.2f us, "
+                "channel %.2f us (%.2fx)\n",
+                bare, chan, chan / bare);
+    return 0;
+}
