@@ -42,6 +42,8 @@ struct llmos_ucmd {
 };
 
 int llmos_ucmd_respond(struct llmos_ucmd *ucmd, size_t cmd_len);
+int llmos_copy_to_uarray(void __user *base, u32 stride, const void *src,
+			 size_t size, u32 n);
 long llmos_ms_fops_ioctl(struct file *filp, unsigned int cmd,
 			 unsigned long arg);
 

@@ -36,6 +36,33 @@ int llmos_ucmd_respond(struct llmos_ucmd *ucmd, size_t cmd_len)
 	return 0;
 }
 
+/**
+ * llmos_copy_to_uarray() - copy elements to a user array
+ * @base: the user array
+ * @stride: its element size, as the user gave it
+ * @src: @n kernel elements of @size bytes
+ * @size: the kernel's element size
+ * @n: how many
+ *
+ * Each element gets min(@size, @stride) bytes: a caller built against a
+ * shorter struct gets the prefix it knows; bytes past the kernel's are not
+ * touched.
+ *
+ * Return: 0, or -EFAULT.
+ */
+int llmos_copy_to_uarray(void __user *base, u32 stride, const void *src,
+			 size_t size, u32 n)
+{
+	u32 i;
+
+	for (i = 0; i < n; i++) {
+		if (copy_to_user(base + (size_t)i * stride, src + i * size,
+				 min_t(size_t, size, stride)))
+			return -EFAULT;
+	}
+	return 0;
+}
+
 static int llmos_version(struct llmos_ucmd *ucmd)
 {
 	struct llmos_version *cmd = ucmd->cmd;

@@ -801,7 +801,7 @@ int llmos_ms_list(struct llmos_ucmd *ucmd)
 	struct llmos_ms_list *cmd = ucmd->cmd;
 	void __user *uptr = u64_to_user_ptr(cmd->entries_uptr);
 	struct llmos_ms_info *infos = NULL;
-	u32 total = 0, filled = 0, want, i;
+	u32 total = 0, filled = 0, want;
 	struct llmos_ms *ms;
 	unsigned long idx;
 	int ret = 0;
@@ -832,13 +832,10 @@ int llmos_ms_list(struct llmos_ucmd *ucmd)
 	}
 	mutex_unlock(&llmos_ms_lock);
 
-	for (i = 0; i < filled; i++) {
-		if (copy_to_user(uptr + (size_t)i * cmd->entry_size, &infos[i],
-				 min_t(size_t, cmd->entry_size, sizeof(*infos)))) {
-			ret = -EFAULT;
-			goto out;
-		}
-	}
+	ret = llmos_copy_to_uarray(uptr, cmd->entry_size, infos, sizeof(*infos),
+				   filled);
+	if (ret)
+		goto out;
 	cmd->count = total;
 	ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
 	if (!ret && filled < total)

@@ -616,14 +616,7 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 				   reqs[i]->requeues);
 	}
 	spin_unlock(&llmos_sched.lock);
-	ret = n;
-	for (i = 0; i < n; i++) {
-		if (copy_to_user(uptr + (size_t)i * desc_size, &descs[i],
-				 sizeof(descs[i]))) {
-			ret = -EFAULT;
-			break;
-		}
-	}
+	ret = llmos_copy_to_uarray(uptr, desc_size, descs, sizeof(*descs), n) ?: n;
 out:
 	kfree(descs);
 	kfree(reqs);
@@ -993,7 +986,7 @@ int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
 	void __user *uptr = u64_to_user_ptr(entries_uptr);
 	struct llmos_finished *f;
 	struct llmos_kreq *kr;
-	u32 n = 0, i;
+	u32 n = 0;
 	int ret;
 
 	f = kcalloc(max, sizeof(*f), GFP_KERNEL);
@@ -1021,12 +1014,7 @@ int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
 		n++;
 	}
 	spin_unlock(&llmos_sched.lock);
-	ret = n;
-	for (i = 0; ret > 0 && i < n; i++) {
-		if (copy_to_user(uptr + (size_t)i * entry_size, &f[i],
-				 sizeof(f[i])))
-			ret = -EFAULT;
-	}
+	ret = llmos_copy_to_uarray(uptr, entry_size, f, sizeof(*f), n) ?: n;
 	kfree(f);
 	return ret;
 }
@@ -1230,13 +1218,10 @@ int llmos_stats(struct llmos_ucmd *ucmd)
 	}
 	spin_unlock(&llmos_sched.lock);
 
-	for (i = 0; i < min(n, cap); i++) {
-		if (copy_to_user(uptr + (size_t)i * cmd->tenant_size, &ts[i],
-				 sizeof(ts[i]))) {
-			ret = -EFAULT;
-			goto out;
-		}
-	}
+	ret = llmos_copy_to_uarray(uptr, cmd->tenant_size, ts, sizeof(*ts),
+				   min(n, cap));
+	if (ret)
+		goto out;
 	cmd->tenant_count = n;
 	ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
 out:
