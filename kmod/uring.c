@@ -55,6 +55,44 @@ static int llmos_uring_read(u64 uptr, void *kbuf, size_t ksize, size_t min)
 	return copy_struct_from_user(kbuf, ksize, u, size);
 }
 
+static int llmos_uring_park_dispatch(struct io_uring_cmd *ioucmd)
+{
+	return llmos_park_dispatch(ioucmd->file->private_data, ioucmd);
+}
+
+static int llmos_uring_park_wait(struct io_uring_cmd *ioucmd)
+{
+	return llmos_park_wait(ioucmd->file->private_data, ioucmd,
+			       llmos_pdu(ioucmd)->id);
+}
+
+/*
+ * Reply at once when @reply has something (anything but @nothing) or the
+ * command must not wait; otherwise park it with @park, which says -EAGAIN
+ * when something arrived meanwhile.
+ */
+static int llmos_uring_reply_or_park(struct io_uring_cmd *ioucmd,
+				     unsigned int issue_flags, bool nonblock,
+				     int nothing,
+				     int (*reply)(struct io_uring_cmd *ioucmd),
+				     int (*park)(struct io_uring_cmd *ioucmd))
+{
+	int ret;
+
+	for (;;) {
+		ret = reply(ioucmd);
+		if (ret != nothing || nonblock)
+			return ret;
+		ret = park(ioucmd);
+		if (ret != -EAGAIN)
+			break;
+	}
+	if (ret)
+		return ret;
+	io_uring_cmd_mark_cancelable(ioucmd, issue_flags);
+	return -EIOCBQUEUED;
+}
+
 /* DISPATCH's reply: the number of descriptors written, or an error. */
 static int llmos_uring_dispatch_reply(struct llmos_uring_pdu *pdu, int n)
 {
@@ -65,19 +103,24 @@ static int llmos_uring_dispatch_reply(struct llmos_uring_pdu *pdu, int n)
 	return n;
 }
 
+/* DISPATCH now: the number of descriptors written (0: none), or an error. */
+static int llmos_uring_dispatch_now(struct io_uring_cmd *ioucmd)
+{
+	struct llmos_uring_pdu *pdu = llmos_pdu(ioucmd);
+
+	return llmos_uring_dispatch_reply(pdu,
+		llmos_dispatch_into(ioucmd->file->private_data,
+				    pdu->descs_uptr, pdu->desc_size, pdu->max));
+}
+
 static void llmos_uring_dispatch_tw(struct io_uring_cmd *ioucmd,
 				    unsigned int issue_flags)
 {
-	struct llmos_uring_pdu *pdu = llmos_pdu(ioucmd);
 	int n = -ECANCELED;
 
 	/* A kick that finds nothing (another worker was faster) gives 0. */
-	if (!(issue_flags & IO_URING_F_TASK_DEAD)) {
-		n = llmos_dispatch_into(ioucmd->file->private_data,
-					pdu->descs_uptr, pdu->desc_size,
-					pdu->max);
-		n = llmos_uring_dispatch_reply(pdu, n);
-	}
+	if (!(issue_flags & IO_URING_F_TASK_DEAD))
+		n = llmos_uring_dispatch_now(ioucmd);
 	io_uring_cmd_done(ioucmd, n, 0, issue_flags);
 }
 
@@ -176,18 +219,11 @@ static int llmos_uring_wait_batch(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 	pdu->descs_uptr = cmd.entries_uptr;
 	pdu->desc_size = cmd.entry_size;
 	pdu->max = cmd.max;
-	for (;;) {
-		ret = llmos_uring_wait_batch_reply(ioucmd);
-		if (ret || cmd.flags & LLMOS_NONBLOCK)
-			return ret;
-		ret = llmos_park_wait(ioucmd->file->private_data, ioucmd, 0);
-		if (ret != -EAGAIN)
-			break;
-	}
-	if (ret)
-		return ret;
-	io_uring_cmd_mark_cancelable(ioucmd, issue_flags);
-	return -EIOCBQUEUED;
+	pdu->id = 0;
+	return llmos_uring_reply_or_park(ioucmd, issue_flags,
+					 cmd.flags & LLMOS_NONBLOCK, 0,
+					 llmos_uring_wait_batch_reply,
+					 llmos_uring_park_wait);
 }
 
 static void llmos_uring_cancel_tw(struct io_uring_cmd *ioucmd,
@@ -227,20 +263,11 @@ static int llmos_uring_dispatch(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 	pdu->descs_uptr = cmd.descs_uptr;
 	pdu->desc_size = cmd.desc_size;
 	pdu->max = cmd.max;
-	for (;;) {
-		ret = llmos_dispatch_into(c, cmd.descs_uptr, cmd.desc_size,
-					  cmd.max);
-		/* Through io_uring, LLMOS_NONBLOCK with nothing there is 0. */
-		if (ret || cmd.flags & LLMOS_NONBLOCK)
-			return llmos_uring_dispatch_reply(pdu, ret);
-		ret = llmos_park_dispatch(c, ioucmd);
-		if (ret != -EAGAIN)
-			break;
-	}
-	if (ret)
-		return ret;
-	io_uring_cmd_mark_cancelable(ioucmd, issue_flags);
-	return -EIOCBQUEUED;
+	/* Through io_uring, LLMOS_NONBLOCK with nothing there is 0. */
+	return llmos_uring_reply_or_park(ioucmd, issue_flags,
+					 cmd.flags & LLMOS_NONBLOCK, 0,
+					 llmos_uring_dispatch_now,
+					 llmos_uring_park_dispatch);
 }
 
 static int llmos_uring_wait(struct io_uring_cmd *ioucmd, u64 arg_uptr,
@@ -258,19 +285,10 @@ static int llmos_uring_wait(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 		return -EINVAL;
 	pdu->arg_uptr = arg_uptr;
 	pdu->id = cmd.id;
-	for (;;) {
-		ret = llmos_uring_wait_reply(ioucmd);
-		if (ret != -EAGAIN || cmd.flags & LLMOS_NONBLOCK)
-			return ret;
-		ret = llmos_park_wait(ioucmd->file->private_data, ioucmd,
-				      cmd.id);
-		if (ret != -EAGAIN)
-			break;
-	}
-	if (ret)
-		return ret;
-	io_uring_cmd_mark_cancelable(ioucmd, issue_flags);
-	return -EIOCBQUEUED;
+	return llmos_uring_reply_or_park(ioucmd, issue_flags,
+					 cmd.flags & LLMOS_NONBLOCK, -EAGAIN,
+					 llmos_uring_wait_reply,
+					 llmos_uring_park_wait);
 }
 
 /**
