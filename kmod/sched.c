@@ -343,6 +343,73 @@ static struct llmos_core_tenant *llmos_tenant_spare(u32 tenant)
 				       GFP_KERNEL);
 }
 
+/* A new request of @c, not submitted yet; NULL when memory is short. */
+static struct llmos_kreq *llmos_kreq_new(struct llmos_client *c, u32 tenant,
+					 u32 prio, u32 cost, u64 deadline_ns,
+					 u64 ms_id, u64 prompt_off,
+					 u64 prompt_len)
+{
+	struct llmos_kreq *kr;
+
+	kr = kmem_cache_zalloc(llmos_req_cache, GFP_KERNEL_ACCOUNT);
+	if (!kr)
+		return NULL;
+	atomic_long_inc(&llmos_sched.nr_reqs);
+	kr->client = c;
+	kr->core.tenant = tenant;
+	kr->core.prio = prio;
+	kr->core.cost = cost;
+	kr->core.deadline_ns = deadline_ns;
+	kr->core.ms_id = ms_id;
+	kr->core.prompt_off = prompt_off;
+	kr->core.prompt_len = prompt_len;
+	kr->core.owner = kr;
+	return kr;
+}
+
+/* Free a request that was never submitted. */
+static void llmos_kreq_drop(struct llmos_kreq *kr)
+{
+	kmem_cache_free(llmos_req_cache, kr);
+	atomic_long_dec(&llmos_sched.nr_reqs);
+}
+
+/*
+ * Submit @kr for its client: 0, -EAGAIN (the client's limit) or -ENOMEM.
+ * A new tenant is allocated outside the lock into *@spare, which the
+ * caller frees when it is left over. On failure the caller keeps @kr.
+ */
+static int llmos_kreq_submit(struct llmos_kreq *kr,
+			     struct llmos_core_tenant **spare)
+{
+	struct llmos_client *c = kr->client;
+	int ret;
+
+	for (;;) {
+		spin_lock(&llmos_sched.lock);
+		if (c->nr_reqs >= READ_ONCE(max_client_requests))
+			ret = -EAGAIN;
+		else
+			ret = llmos_core_submit(&llmos_sched.core, &kr->core,
+						spare, ktime_get_ns());
+		llmos_bpf_check_fault();
+		if (!ret) {
+			list_add_tail(&kr->node, &c->reqs);
+			c->nr_reqs++;
+			trace_req_submit(kr->core.id, kr->core.tenant,
+					 kr->core.prio, kr->core.cost,
+					 llmos_core_queued(&llmos_sched.core));
+			llmos_kick_workers();
+		}
+		spin_unlock(&llmos_sched.lock);
+		if (ret != -ENOMEM || *spare)
+			return ret;
+		*spare = kzalloc(sizeof(**spare), GFP_KERNEL);
+		if (!*spare)
+			return ret;
+	}
+}
+
 /**
  * llmos_submit() - LLMOS_IOC_SUBMIT
  * @ucmd: the command, a struct llmos_submit
@@ -352,58 +419,24 @@ static struct llmos_core_tenant *llmos_tenant_spare(u32 tenant)
 int llmos_submit(struct llmos_ucmd *ucmd)
 {
 	struct llmos_submit *cmd = ucmd->cmd;
-	struct llmos_client *c = llmos_client(ucmd);
-	struct llmos_core_tenant *spare;
+	struct llmos_core_tenant *spare = NULL;
 	struct llmos_kreq *kr;
 	int ret;
 
 	if (cmd->flags || cmd->__reserved || cmd->priority > LLMOS_MAX_PRIORITY)
 		return -EINVAL;
-	kr = kmem_cache_zalloc(llmos_req_cache, GFP_KERNEL_ACCOUNT);
+	kr = llmos_kreq_new(llmos_client(ucmd), cmd->tenant, cmd->priority,
+			    cmd->cost, cmd->deadline_ns, cmd->ms_id,
+			    cmd->prompt_off, cmd->prompt_len);
 	if (!kr)
 		return -ENOMEM;
-	atomic_long_inc(&llmos_sched.nr_reqs);
-	kr->client = c;
-	kr->core.tenant = cmd->tenant;
-	kr->core.prio = cmd->priority;
-	kr->core.cost = cmd->cost;
-	kr->core.deadline_ns = cmd->deadline_ns;
-	kr->core.ms_id = cmd->ms_id;
-	kr->core.prompt_off = cmd->prompt_off;
-	kr->core.prompt_len = cmd->prompt_len;
-	kr->core.owner = kr;
-	spare = NULL;
-	for (;;) {
-		spin_lock(&llmos_sched.lock);
-		if (c->nr_reqs >= READ_ONCE(max_client_requests))
-			ret = -EAGAIN;
-		else
-			ret = llmos_core_submit(&llmos_sched.core, &kr->core,
-						&spare, ktime_get_ns());
-		llmos_bpf_check_fault();
-		if (!ret) {
-			list_add_tail(&kr->node, &c->reqs);
-			c->nr_reqs++;
-			cmd->out_id = kr->core.id;
-			trace_req_submit(kr->core.id, kr->core.tenant,
-					 kr->core.prio, kr->core.cost,
-					 llmos_core_queued(&llmos_sched.core));
-			llmos_kick_workers();
-		}
-		spin_unlock(&llmos_sched.lock);
-		/* A new tenant: allocate it outside the lock, once. */
-		if (ret != -ENOMEM || spare)
-			break;
-		spare = kzalloc(sizeof(*spare), GFP_KERNEL);
-		if (!spare)
-			break;
-	}
+	ret = llmos_kreq_submit(kr, &spare);
 	kfree(spare);
 	if (ret) {
-		kmem_cache_free(llmos_req_cache, kr);
-		atomic_long_dec(&llmos_sched.nr_reqs);
+		llmos_kreq_drop(kr);
 		return ret;
 	}
+	cmd->out_id = kr->core.id;
 	if (wq_has_sleeper(&llmos_sched.work_wq))
 		wake_up(&llmos_sched.work_wq);
 
@@ -458,63 +491,26 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd)
 		    e[i].priority > LLMOS_MAX_PRIORITY)
 			continue;
 		e[i].out_error = -ENOMEM;
-		kr[i] = kmem_cache_zalloc(llmos_req_cache, GFP_KERNEL_ACCOUNT);
-		if (!kr[i])
-			continue;
-		atomic_long_inc(&llmos_sched.nr_reqs);
-		kr[i]->client = c;
-		kr[i]->core.tenant = e[i].tenant;
-		kr[i]->core.prio = e[i].priority;
-		kr[i]->core.cost = e[i].cost;
-		kr[i]->core.deadline_ns = e[i].deadline_ns;
-		kr[i]->core.ms_id = e[i].ms_id;
-		kr[i]->core.prompt_off = e[i].prompt_off;
-		kr[i]->core.prompt_len = e[i].prompt_len;
-		kr[i]->core.owner = kr[i];
+		kr[i] = llmos_kreq_new(c, e[i].tenant, e[i].priority,
+				       e[i].cost, e[i].deadline_ns, e[i].ms_id,
+				       e[i].prompt_off, e[i].prompt_len);
 	}
 
 	for (i = 0; i < cmd->count; i++) {
 		if (!kr[i])
 			continue;
-		spin_lock(&llmos_sched.lock);
-		if (c->nr_reqs >= READ_ONCE(max_client_requests))
-			e[i].out_error = -EAGAIN;
-		else
-			e[i].out_error = llmos_core_submit(&llmos_sched.core,
-							   &kr[i]->core, &spare,
-							   ktime_get_ns());
-		llmos_bpf_check_fault();
-		if (!e[i].out_error) {
-			list_add_tail(&kr[i]->node, &c->reqs);
-			c->nr_reqs++;
-			e[i].out_id = kr[i]->core.id;
-			trace_req_submit(e[i].out_id, e[i].tenant,
-					 e[i].priority, e[i].cost,
-					 llmos_core_queued(&llmos_sched.core));
-			done++;
-		}
-		spin_unlock(&llmos_sched.lock);
-		if (e[i].out_error == -ENOMEM && !spare) {
-			/* A new tenant: allocate it outside the lock, retry. */
-			spare = kzalloc(sizeof(*spare), GFP_KERNEL);
-			if (spare)
-				i--;
-			continue;
-		}
+		e[i].out_error = llmos_kreq_submit(kr[i], &spare);
 		if (e[i].out_error) {
-			kmem_cache_free(llmos_req_cache, kr[i]);
-			atomic_long_dec(&llmos_sched.nr_reqs);
+			llmos_kreq_drop(kr[i]);
+		} else {
+			e[i].out_id = kr[i]->core.id;
+			done++;
 		}
 		kr[i] = NULL;
 	}
 	kfree(spare);
-	if (done) {
-		spin_lock(&llmos_sched.lock);
-		llmos_kick_workers();
-		spin_unlock(&llmos_sched.lock);
-		if (wq_has_sleeper(&llmos_sched.work_wq))
-			wake_up(&llmos_sched.work_wq);
-	}
+	if (done && wq_has_sleeper(&llmos_sched.work_wq))
+		wake_up(&llmos_sched.work_wq);
 	for (i = 0; i < cmd->count; i++) {
 		void __user *u = uptr + (size_t)i * cmd->entry_size;
 
@@ -529,10 +525,8 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd)
 		ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
 out:
 	for (i = 0; kr && i < cmd->count; i++) {
-		if (kr[i]) {
-			kmem_cache_free(llmos_req_cache, kr[i]);
-			atomic_long_dec(&llmos_sched.nr_reqs);
-		}
+		if (kr[i])
+			llmos_kreq_drop(kr[i]);
 	}
 	kfree(kr);
 	kfree(e);
