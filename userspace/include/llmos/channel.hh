@@ -35,6 +35,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <llmos/event_loop.hh>
 #include <optional>
 #include <sched.h>
 #include <span>
@@ -85,6 +86,8 @@ struct channel_stats {
 template <size_t Capacity>
 class channel_sender {
     channel_ring<Capacity>* _r;
+    doorbell* _bell = nullptr; // the receiving loop's, if it runs one
+    event_loop* _from = nullptr;
     uint64_t _tail = 0;
     uint64_t _head_cache = 0;
     channel_stats _stats;
@@ -92,6 +95,14 @@ class channel_sender {
 public:
     explicit channel_sender(channel_ring<Capacity>& r)
         : _r(&r)
+        , _tail(r.tail.load(std::memory_order_relaxed)) {}
+
+    /// A sender to a receiver that runs an event loop: it rings `bell`
+    /// (from `from`, the sending thread's own loop, if it has one).
+    channel_sender(channel_ring<Capacity>& r, doorbell& bell, event_loop* from = nullptr)
+        : _r(&r)
+        , _bell(&bell)
+        , _from(from)
         , _tail(r.tail.load(std::memory_order_relaxed)) {}
 
     /// Sends `d` if there is credit; false when the ring is full.
@@ -135,6 +146,10 @@ public:
     /// No more messages: a sleeping receiver wakes and sees the end.
     void close() {
         _r->closed.store(1, std::memory_order_seq_cst);
+        if (_bell) {
+            ring_doorbell(*_bell, _from);
+            return;
+        }
         if (_r->rx_sleeping.exchange(0) == 1) {
             detail::futex_wake(_r->rx_sleeping);
         }
@@ -150,6 +165,10 @@ private:
         }
     }
     void ring_receiver() {
+        if (_bell) {
+            ring_doorbell(*_bell, _from);
+            return;
+        }
         if (_r->rx_sleeping.load(std::memory_order_seq_cst) == 1 &&
             _r->rx_sleeping.exchange(0) == 1) {
             ++_stats.wakeups_sent;
@@ -231,9 +250,16 @@ public:
         }
     }
 
+    /// Is a message there? (seq_cst: the event loop's doorbell protocol.)
+    bool pending() const noexcept { return _r->tail.load(std::memory_order_seq_cst) != _head; }
+    /// Does the sender run on `cpu`?
+    bool sender_on(int cpu) const noexcept {
+        return _r->tx_cpu.load(std::memory_order_relaxed) == cpu;
+    }
+
     bool closed() const noexcept {
-        return _r->closed.load(std::memory_order_acquire) &&
-               _r->tail.load(std::memory_order_acquire) == _head;
+        return _r->closed.load(std::memory_order_seq_cst) &&
+               _r->tail.load(std::memory_order_seq_cst) == _head;
     }
     const channel_stats& stats() const noexcept { return _stats; }
 
@@ -249,6 +275,48 @@ private:
             detail::futex_wake(_r->tx_sleeping);
         }
     }
+};
+
+} // namespace llmos
+
+namespace llmos {
+
+/// A channel's receiving end as an event loop source: each poll hands
+/// up to `Batch` descriptors at a time to `Handler` (void(std::span<const
+/// descriptor>)). The sender must ring the loop's doorbell (the
+/// channel_sender constructor that takes one).
+template <size_t Capacity, typename Handler, size_t Batch = 32>
+class channel_source final : public loop_source {
+    channel_receiver<Capacity> _rx;
+    Handler _h;
+    bool _close_seen = false;
+
+public:
+    channel_source(channel_ring<Capacity>& r, Handler h)
+        : _rx(r, 0)
+        , _h(std::move(h)) {}
+
+    size_t poll() override {
+        descriptor buf[Batch];
+        size_t total = 0;
+        while (size_t n = _rx.try_receive(buf)) {
+            _h(std::span<const descriptor>(buf, n));
+            total += n;
+            if (n < Batch) {
+                break;
+            }
+        }
+        if (!_close_seen && _rx.closed()) {
+            _close_seen = true; // an event too: run_once returns
+            ++total;
+        }
+        return total;
+    }
+    /// A message, or the close not yet seen by poll() (close rings too).
+    bool pending() const override { return _rx.pending() || (!_close_seen && _rx.closed()); }
+    bool producer_on(int cpu) const override { return _rx.sender_on(cpu); }
+    bool closed() const noexcept { return _rx.closed(); }
+    channel_receiver<Capacity>& receiver() noexcept { return _rx; }
 };
 
 } // namespace llmos

@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: MIT
+//
+// One io_uring per thread is its event loop: it receives from any number of
+// channels, runs timers, and completes operations submitted on the ring
+// (uring_cmd to /dev/llmos among them). While messages flow it never
+// enters the kernel; when every source is empty it spins a while, then
+// sleeps in io_uring_wait, and a sender rings its doorbell only when it
+// sleeps.
+//
+// Doorbell protocol (why no wake-up is lost): the loop has one word,
+// `sleeping`, for all its sources.
+//
+//   loop                                  sender (any source)
+//   sleeping = 1            (seq_cst)     publish tail         (seq_cst)
+//   any source pending?     (seq_cst)     if sleeping == 1     (seq_cst)
+//     yes: sleeping = 0, poll               and exchange(0) == 1: ring
+//     no:  wait in the ring for a CQE
+//
+// All four operations are sequentially consistent, so at least one side
+// sees the other's store: the loop sees the message, or the sender sees
+// `sleeping` and rings. Ringing is one of:
+//   - futex: the loop keeps an IORING_OP_FUTEX_WAIT on `sleeping` (value 1)
+//     pending in its ring; the sender calls futex_wake. If the sender's
+//     exchange already cleared the word before the wait was queued, the
+//     wait completes at once (-EAGAIN): a spurious wake, never a lost one.
+//   - msg_ring: the sender posts IORING_OP_MSG_RING to the loop's ring
+//     from its own ring; the CQE wakes the loop.
+// The exchange makes sure one sender rings once per sleep.
+// tests/unit/event_loop_test.cc stresses both with random pauses.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <llmos/result.hh>
+#include <memory>
+#include <optional>
+#include <vector>
+
+struct io_uring;
+struct io_uring_sqe;
+
+namespace llmos {
+
+enum class doorbell_kind : uint8_t {
+    futex,    ///< futex_wake, received by a pending IORING_OP_FUTEX_WAIT
+    msg_ring, ///< IORING_OP_MSG_RING from the sender's ring
+};
+
+class event_loop;
+
+/// What a sender holds to wake a loop. Lives inside the loop.
+struct doorbell {
+    std::atomic<uint32_t> sleeping{0};
+    event_loop* loop = nullptr;
+};
+
+/// Wakes the loop behind `b` if it sleeps. `from`: the calling thread's
+/// own loop (needed for msg_ring doorbells; without one, a ring private to
+/// the calling thread is made on first use). Any thread.
+void ring_doorbell(doorbell& b, event_loop* from = nullptr);
+
+/// Something a loop polls: a channel receiver and its handler.
+class loop_source {
+public:
+    virtual ~loop_source() = default;
+    /// Handles what is there; returns how many messages it handled.
+    virtual size_t poll() = 0;
+    /// Is something there? A sequentially consistent load (the doorbell
+    /// protocol needs it).
+    virtual bool pending() const = 0;
+    /// Is spinning pointless because the producer runs on `cpu`?
+    virtual bool producer_on(int cpu) const {
+        (void)cpu;
+        return false;
+    }
+};
+
+struct event_loop_stats {
+    uint64_t iterations = 0;
+    uint64_t sleeps = 0;      ///< times it waited in the ring
+    uint64_t doorbells = 0;   ///< doorbell completions seen
+    uint64_t completions = 0; ///< other completions handled
+};
+
+class event_loop {
+public:
+    using completion = std::function<void(int32_t res, uint32_t flags)>;
+
+    struct options {
+        unsigned entries = 256;
+        doorbell_kind bell = doorbell_kind::futex;
+        uint32_t spin = 4000; ///< polls of empty sources before sleeping
+    };
+
+    /// A loop owned by the caller; use it from one thread (stop() and the
+    /// doorbell excepted). Errors: ENOMEM, ENOSYS or EINVAL (io_uring
+    /// unavailable), EOPNOTSUPP (futex doorbell on a kernel < 6.7).
+    static result<std::unique_ptr<event_loop>> create(options o);
+    static result<std::unique_ptr<event_loop>> create() { return create(options{}); }
+    ~event_loop();
+    event_loop(const event_loop&) = delete;
+    event_loop& operator=(const event_loop&) = delete;
+
+    /// Polls `s` every iteration. It must outlive the loop or be removed.
+    void add_source(loop_source& s);
+    void remove_source(loop_source& s);
+
+    /// An SQE whose completion calls `done` on this thread; nullptr when
+    /// the submission queue is full even after submitting.
+    io_uring_sqe* sqe(completion done);
+    /// Calls `fn` once after `d` (IORING_OP_TIMEOUT). False: no SQE.
+    bool after(std::chrono::nanoseconds d, std::function<void()> fn);
+
+    /// One iteration: polls the sources; if nothing came, spins, then
+    /// sleeps until a message, a completion or `max_wait` (none:
+    /// forever). Returns messages plus completions handled.
+    size_t run_once(std::optional<std::chrono::nanoseconds> max_wait = std::nullopt);
+    /// Iterates until stop().
+    void run();
+    /// Makes run() return; any thread.
+    void stop();
+    bool stopping() const noexcept { return _stop.load(std::memory_order_acquire); }
+
+    /// Called when every source was found empty, just before the loop
+    /// announces that it sleeps (tests send at that worst moment).
+    void set_idle_hook(std::function<void()> fn) { _idle_hook = std::move(fn); }
+
+    doorbell& bell() noexcept { return _bell; }
+    doorbell_kind bell_kind() const noexcept { return _opt.bell; }
+    int ring_fd() const noexcept;
+    io_uring* ring() noexcept { return _ring.get(); }
+    const event_loop_stats& stats() const noexcept { return _stats; }
+
+private:
+    struct ring_deleter {
+        void operator()(io_uring* r) const noexcept;
+    };
+    explicit event_loop(options o);
+    size_t poll_sources();
+    size_t reap();
+    bool arm_futex();
+
+    options _opt;
+    std::unique_ptr<io_uring, ring_deleter> _ring;
+    doorbell _bell;
+    std::atomic<bool> _stop{false};
+    bool _futex_armed = false;
+    std::vector<loop_source*> _sources;
+    std::vector<completion> _slots; // user_data - 1 indexes this
+    std::vector<uint32_t> _free;
+    std::function<void()> _idle_hook;
+    event_loop_stats _stats;
+};
+
+} // namespace llmos

@@ -1,0 +1,303 @@
+// SPDX-License-Identifier: MIT
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <liburing.h>
+#include <linux/futex.h>
+#include <llmos/channel.hh>
+#include <llmos/event_loop.hh>
+#include <sched.h>
+
+namespace llmos {
+
+namespace {
+
+// Newer than Debian's liburing 2.3 headers; values from the kernel UAPI.
+constexpr uint8_t op_futex_wait = 51;             // IORING_OP_FUTEX_WAIT (6.7)
+constexpr uint32_t futex2_size_u32 = 0x2;         // FUTEX2_SIZE_U32; not FUTEX2_PRIVATE:
+                                                  // futex.cc wakes shared futexes
+constexpr uint64_t futex_match_any = 0xffffffffu; // FUTEX_BITSET_MATCH_ANY
+
+// user_data of doorbell completions (futex wait or MSG_RING); completion
+// slots use their index + 1, and 0 is ignored.
+constexpr uint64_t bell_tag = ~0ull;
+
+void cpu_relax() noexcept {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+}
+
+// A ring for threads without a loop that ring msg_ring doorbells.
+struct private_ring {
+    io_uring ring{};
+    bool ok = false;
+    private_ring() { ok = io_uring_queue_init(8, &ring, 0) == 0; }
+    ~private_ring() {
+        if (ok) {
+            io_uring_queue_exit(&ring);
+        }
+    }
+};
+
+void send_msg_ring(io_uring* from, int target_fd) {
+    io_uring_sqe* sqe = io_uring_get_sqe(from);
+    if (!sqe) {
+        io_uring_submit(from);
+        sqe = io_uring_get_sqe(from);
+    }
+    io_uring_prep_msg_ring(sqe, target_fd, 0, bell_tag, 0);
+    // No CQE on our own ring for a successful send.
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    sqe->user_data = 0;
+    io_uring_submit(from);
+}
+
+} // namespace
+
+void ring_doorbell(doorbell& b, event_loop* from) {
+    if (b.sleeping.load(std::memory_order_seq_cst) != 1 || b.sleeping.exchange(0) != 1) {
+        return;
+    }
+    if (b.loop->bell_kind() == doorbell_kind::futex) {
+        detail::futex_wake(b.sleeping);
+        return;
+    }
+    if (from) {
+        send_msg_ring(from->ring(), b.loop->ring_fd());
+        return;
+    }
+    thread_local private_ring own;
+    if (own.ok) {
+        send_msg_ring(&own.ring, b.loop->ring_fd());
+    }
+}
+
+void event_loop::ring_deleter::operator()(io_uring* r) const noexcept {
+    io_uring_queue_exit(r);
+    delete r;
+}
+
+event_loop::event_loop(options o)
+    : _opt(o) {
+    _bell.loop = this;
+}
+
+event_loop::~event_loop() = default;
+
+result<std::unique_ptr<event_loop>> event_loop::create(options o) {
+    std::unique_ptr<event_loop> l(new event_loop(o));
+    auto* r = new io_uring{};
+    // COOP_TASKRUN: no IPI for completions; not DEFER_TASKRUN, which hides
+    // MSG_RING completions from a peeking loop (IO-URING-NOTES.md).
+    io_uring_params p{};
+    p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL;
+    int ret = io_uring_queue_init_params(o.entries, r, &p);
+    if (ret == -EINVAL) {
+        p = {};
+        ret = io_uring_queue_init_params(o.entries, r, &p);
+    }
+    if (ret < 0) {
+        delete r;
+        return std::error_code(-ret, std::system_category());
+    }
+    l->_ring.reset(r);
+    if (o.bell == doorbell_kind::futex) {
+        // Probe: a futex wait on a word that does not match completes at
+        // once with -EAGAIN where the kernel has the opcode.
+        uint32_t word = 0;
+        io_uring_sqe* sqe = io_uring_get_sqe(r);
+        io_uring_prep_rw(op_futex_wait, sqe, futex2_size_u32, &word, 0, 1);
+        sqe->addr3 = futex_match_any;
+        sqe->user_data = 0;
+        io_uring_submit(r);
+        io_uring_cqe* cqe = nullptr;
+        if (io_uring_wait_cqe(r, &cqe) < 0) {
+            return std::error_code(EIO, std::system_category());
+        }
+        int res = cqe->res;
+        io_uring_cqe_seen(r, cqe);
+        if (res != -EAGAIN) {
+            return std::error_code(res == -EINVAL ? EOPNOTSUPP : -res, std::system_category());
+        }
+    }
+    return l;
+}
+
+int event_loop::ring_fd() const noexcept {
+    return _ring->ring_fd;
+}
+
+void event_loop::add_source(loop_source& s) {
+    _sources.push_back(&s);
+}
+
+void event_loop::remove_source(loop_source& s) {
+    std::erase(_sources, &s);
+}
+
+io_uring_sqe* event_loop::sqe(completion done) {
+    io_uring_sqe* s = io_uring_get_sqe(_ring.get());
+    if (!s) {
+        io_uring_submit(_ring.get());
+        s = io_uring_get_sqe(_ring.get());
+        if (!s) {
+            return nullptr;
+        }
+    }
+    uint32_t slot;
+    if (!_free.empty()) {
+        slot = _free.back();
+        _free.pop_back();
+        _slots[slot] = std::move(done);
+    } else {
+        slot = static_cast<uint32_t>(_slots.size());
+        _slots.push_back(std::move(done));
+    }
+    io_uring_sqe_set_data64(s, slot + 1);
+    return s;
+}
+
+bool event_loop::after(std::chrono::nanoseconds d, std::function<void()> fn) {
+    __kernel_timespec ts{};
+    ts.tv_sec = d.count() / 1000000000;
+    ts.tv_nsec = d.count() % 1000000000;
+    io_uring_sqe* s = sqe([fn = std::move(fn)](int32_t, uint32_t) { fn(); });
+    if (!s) {
+        return false;
+    }
+    auto ud = s->user_data;
+    io_uring_prep_timeout(s, &ts, 0, 0);
+    s->user_data = ud;
+    // The kernel reads `ts` at submission: submit while it lives.
+    io_uring_submit(_ring.get());
+    return true;
+}
+
+bool event_loop::arm_futex() {
+    io_uring_sqe* s = io_uring_get_sqe(_ring.get());
+    if (!s) {
+        return false;
+    }
+    io_uring_prep_rw(op_futex_wait, s, futex2_size_u32, &_bell.sleeping, 0, 1);
+    s->addr3 = futex_match_any;
+    s->user_data = bell_tag;
+    _futex_armed = true;
+    return true;
+}
+
+size_t event_loop::poll_sources() {
+    size_t n = 0;
+    for (size_t i = 0; i < _sources.size(); ++i) {
+        n += _sources[i]->poll();
+    }
+    return n;
+}
+
+size_t event_loop::reap() {
+    size_t handled = 0;
+    io_uring_cqe* cqe;
+    while (io_uring_peek_cqe(_ring.get(), &cqe) == 0) {
+        uint64_t ud = cqe->user_data;
+        int32_t res = cqe->res;
+        uint32_t flags = cqe->flags;
+        io_uring_cqe_seen(_ring.get(), cqe);
+        if (ud == bell_tag) {
+            ++_stats.doorbells;
+            if (_opt.bell == doorbell_kind::futex) {
+                _futex_armed = false;
+            }
+            continue;
+        }
+        if (ud == 0 || ud > _slots.size()) {
+            continue;
+        }
+        uint32_t slot = static_cast<uint32_t>(ud - 1);
+        completion fn = std::move(_slots[slot]);
+        _slots[slot] = nullptr;
+        _free.push_back(slot);
+        ++_stats.completions;
+        ++handled;
+        if (fn) {
+            fn(res, flags);
+        }
+    }
+    return handled;
+}
+
+size_t event_loop::run_once(std::optional<std::chrono::nanoseconds> max_wait) {
+    ++_stats.iterations;
+    size_t n = poll_sources() + reap();
+    if (n) {
+        // Submit what the handlers queued; no waiting.
+        if (io_uring_sq_ready(_ring.get())) {
+            io_uring_submit(_ring.get());
+        }
+        return n;
+    }
+    // Spin, unless a producer shares our CPU (it would only be delayed).
+    uint32_t spin = _opt.spin;
+    if (max_wait && max_wait->count() == 0) {
+        spin = 0;
+    }
+    int cpu = ::sched_getcpu();
+    for (auto* s : _sources) {
+        if (s->producer_on(cpu)) {
+            spin = 0;
+        }
+    }
+    for (uint32_t i = 0; i < spin; ++i) {
+        cpu_relax();
+        bool any = false;
+        for (auto* s : _sources) {
+            any = any || s->pending();
+        }
+        if (any || io_uring_cq_ready(_ring.get())) {
+            return poll_sources() + reap();
+        }
+    }
+    if (max_wait && max_wait->count() == 0) {
+        return 0;
+    }
+    if (_idle_hook) {
+        _idle_hook();
+    }
+    // Sleep protocol: announce, re-check, then wait.
+    _bell.sleeping.store(1, std::memory_order_seq_cst);
+    bool any = _stop.load(std::memory_order_seq_cst);
+    for (auto* s : _sources) {
+        any = any || s->pending();
+    }
+    if (any) {
+        _bell.sleeping.store(0, std::memory_order_relaxed);
+        return poll_sources() + reap();
+    }
+    if (_opt.bell == doorbell_kind::futex && !_futex_armed) {
+        arm_futex();
+    }
+    ++_stats.sleeps;
+    io_uring_cqe* cqe = nullptr;
+    if (max_wait) {
+        __kernel_timespec ts{};
+        ts.tv_sec = max_wait->count() / 1000000000;
+        ts.tv_nsec = max_wait->count() % 1000000000;
+        io_uring_submit_and_wait_timeout(_ring.get(), &cqe, 1, &ts, nullptr);
+    } else {
+        io_uring_submit_and_wait(_ring.get(), 1);
+    }
+    _bell.sleeping.store(0, std::memory_order_seq_cst);
+    return poll_sources() + reap();
+}
+
+void event_loop::run() {
+    while (!_stop.load(std::memory_order_acquire)) {
+        run_once();
+    }
+}
+
+void event_loop::stop() {
+    _stop.store(true, std::memory_order_seq_cst);
+    ring_doorbell(_bell);
+}
+
+} // namespace llmos
