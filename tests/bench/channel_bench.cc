@@ -11,9 +11,12 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <liburing.h>
 #include <llmos/channel.hh>
+#include <llmos/event_loop.hh>
 #include <memory>
 #include <pthread.h>
+#include <span>
 #include <sys/eventfd.h>
 #include <thread>
 #include <unistd.h>
@@ -117,26 +120,124 @@ transport fd_transport(int ping_w, int ping_r, int pong_w, int pong_r, bool even
     return {[=] { snd(ping_w); }, [=] { rcv(ping_r); }, [=] { snd(pong_w); }, [=] { rcv(pong_r); }};
 }
 
+// Each side runs an event loop; the rings feed the loops as sources and
+// the senders ring the peer loop's doorbell (futex or MSG_RING).
+struct loop_pair {
+    std::unique_ptr<llmos::event_loop> la, lb;
+    std::unique_ptr<llmos::channel_ring<1024>> ping = std::make_unique<llmos::channel_ring<1024>>();
+    std::unique_ptr<llmos::channel_ring<1024>> pong = std::make_unique<llmos::channel_ring<1024>>();
+    uint64_t got_a = 0, got_b = 0, seen_a = 0, seen_b = 0;
+    std::function<void(std::span<const descriptor>)> ha = [this](std::span<const descriptor> d) {
+        got_a += d.size();
+    };
+    std::function<void(std::span<const descriptor>)> hb = [this](std::span<const descriptor> d) {
+        got_b += d.size();
+    };
+    using source = llmos::channel_source<1024, std::function<void(std::span<const descriptor>)>>;
+    std::unique_ptr<source> sa, sb;
+    std::unique_ptr<llmos::channel_sender<1024>> ta, tb;
+
+    explicit loop_pair(llmos::doorbell_kind k) {
+        la = llmos::event_loop::create({.bell = k}).value();
+        lb = llmos::event_loop::create({.bell = k}).value();
+        sa = std::make_unique<source>(*pong, ha);
+        sb = std::make_unique<source>(*ping, hb);
+        la->add_source(*sa);
+        lb->add_source(*sb);
+        ta = std::make_unique<llmos::channel_sender<1024>>(*ping, lb->bell(), la.get());
+        tb = std::make_unique<llmos::channel_sender<1024>>(*pong, la->bell(), lb.get());
+    }
+};
+
+transport loop_transport(loop_pair& p) {
+    auto recv = [](llmos::event_loop& l, uint64_t& got, uint64_t& seen) {
+        while (got == seen) {
+            l.run_once();
+        }
+        ++seen;
+    };
+    return {[&p] {
+                p.ta->send({1, 0, 0, 0});
+            },
+            [&p, recv] { recv(*p.lb, p.got_b, p.seen_b); },
+            [&p] {
+                p.tb->send({2, 0, 0, 0});
+            },
+            [&p, recv] { recv(*p.la, p.got_a, p.seen_a); }};
+}
+
+// IORING_OP_MSG_RING per message, the receiver blocking in wait_cqe.
+struct msg_ring_pair {
+    io_uring a{}, b{};
+    msg_ring_pair() {
+        if (io_uring_queue_init(256, &a, 0) || io_uring_queue_init(256, &b, 0)) {
+            std::abort();
+        }
+    }
+    ~msg_ring_pair() {
+        io_uring_queue_exit(&a);
+        io_uring_queue_exit(&b);
+    }
+};
+
+transport msg_ring_transport(msg_ring_pair& p) {
+    auto snd = [](io_uring* from, io_uring* to) {
+        io_uring_sqe* sqe = io_uring_get_sqe(from);
+        io_uring_prep_msg_ring(sqe, to->ring_fd, 0, 1, 0);
+        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+        io_uring_submit(from);
+    };
+    auto rcv = [](io_uring* r) {
+        io_uring_cqe* cqe;
+        if (io_uring_wait_cqe(r, &cqe)) {
+            std::abort();
+        }
+        io_uring_cqe_seen(r, cqe);
+    };
+    return {[&p, snd] { snd(&p.a, &p.b); }, [&p, rcv] { rcv(&p.b); },
+            [&p, snd] { snd(&p.b, &p.a); }, [&p, rcv] { rcv(&p.a); }};
+}
+
 void row(const char* name, const result& r, const result& base) {
     std::printf("  %-28s %9.2f %9.2f %13.0f %8.2f %8.2f\n", name, r.median_us, r.p99_us, r.mps,
                 r.median_us / base.median_us, r.mps / base.mps);
 }
 
 // Wake a receiver that is already asleep: time from send to its return.
-double wake_cost_us(bool channel, int rounds) {
-    std::vector<double> lat;
+enum class waker { bare_futex, channel, loop_futex, loop_msg_ring };
+
+double wake_cost_us(waker how, int rounds) {
     std::atomic<uint32_t> word{0};
     auto ring = std::make_unique<llmos::channel_ring<16>>();
-    llmos::channel_sender<16> tx(*ring);
+    std::unique_ptr<llmos::event_loop> loop, own;
+    if (how == waker::loop_futex || how == waker::loop_msg_ring) {
+        auto k =
+            how == waker::loop_futex ? llmos::doorbell_kind::futex : llmos::doorbell_kind::msg_ring;
+        loop = llmos::event_loop::create({.bell = k, .spin = 0}).value();
+        own = llmos::event_loop::create({.bell = k, .spin = 0}).value();
+    }
+    auto tx = loop ? llmos::channel_sender<16>(*ring, loop->bell(), own.get())
+                   : llmos::channel_sender<16>(*ring);
     std::atomic<int64_t> sent_ns{0};
-    std::atomic<bool> done{false};
-    std::vector<double> got;
+    std::atomic<int> n_got{0};
+    std::vector<double> got(rounds);
     std::thread rcv([&] {
         pin(1);
         llmos::channel_receiver<16> rx(*ring, 0);
+        uint64_t seen = 0, count = 0;
+        auto h = [&](std::span<const descriptor> d) { count += d.size(); };
+        llmos::channel_source<16, decltype(h)> src(*ring, h);
+        if (loop) {
+            loop->add_source(src);
+        }
         descriptor d[1];
         for (int i = 0; i < rounds; ++i) {
-            if (channel) {
+            if (loop) {
+                while (count == seen) {
+                    loop->run_once();
+                }
+                ++seen;
+            } else if (how == waker::channel) {
                 rx.receive(d);
             } else {
                 while (word.load() == 0) {
@@ -145,21 +246,21 @@ double wake_cost_us(bool channel, int rounds) {
                 word.store(0);
             }
             auto now = clk::now().time_since_epoch().count();
-            got.push_back(static_cast<double>(now - sent_ns.load()) / 1000.0);
+            got[i] = static_cast<double>(now - sent_ns.load()) / 1000.0;
+            n_got.store(i + 1);
         }
-        done = true;
     });
     pin(0);
     for (int i = 0; i < rounds; ++i) {
         std::this_thread::sleep_for(std::chrono::microseconds(300)); // it is asleep
         sent_ns = clk::now().time_since_epoch().count();
-        if (channel) {
-            tx.send({1, 0, 0, 0});
-        } else {
+        if (how == waker::bare_futex) {
             word.store(1);
             llmos::detail::futex_wake(word);
+        } else {
+            tx.send({1, 0, 0, 0});
         }
-        while (static_cast<int>(got.size()) <= i && !done) {
+        while (n_got.load() <= i) {
             std::this_thread::yield();
         }
     }
@@ -185,6 +286,11 @@ int main(int argc, char** argv) {
         row("spsc busy-poll (limit)", base, base);
         auto tr = channel_transport(runtime, false);
         row("llmos channel (spin+futex)", measure(tr, n, n * 10, a, b), base);
+        loop_pair lf(llmos::doorbell_kind::futex), lm(llmos::doorbell_kind::msg_ring);
+        auto tlf = loop_transport(lf);
+        row("loop, futex doorbell", measure(tlf, n, n * 10, a, b), base);
+        auto tlm = loop_transport(lm);
+        row("loop, MSG_RING doorbell", measure(tlm, n, n * 10, a, b), base);
         auto ts = channel_transport(sleepy, false);
         row("spsc + futex, no spin", measure(ts, n, n * 10, a, b), base);
         int e1 = eventfd(0, EFD_SEMAPHORE), e2 = eventfd(0, EFD_SEMAPHORE);
@@ -196,15 +302,22 @@ int main(int argc, char** argv) {
         }
         auto tpipe = fd_transport(p1[1], p1[0], p2[1], p2[0], false);
         row("pipe", measure(tpipe, n / 4, n, a, b), base);
+        msg_ring_pair mr;
+        auto tmr = msg_ring_transport(mr);
+        row("MSG_RING per message", measure(tmr, n / 4, n, a, b), base);
         close(e1);
         close(e2);
         for (int fd : {p1[0], p1[1], p2[0], p2[1]}) {
             close(fd);
         }
     }
-    double bare = wake_cost_us(false, 2000), chan = wake_cost_us(true, 2000);
+    double bare = wake_cost_us(waker::bare_futex, 2000);
+    double chan = wake_cost_us(waker::channel, 2000);
+    double lfut = wake_cost_us(waker::loop_futex, 2000);
+    double lmsg = wake_cost_us(waker::loop_msg_ring, 2000);
     std::printf("# waking a sleeping receiver (two cores, median): bare futex %.2f us, "
-                "channel %.2f us (%.2fx)\n",
-                bare, chan, chan / bare);
+                "channel %.2f us (%.2fx), loop+futex doorbell %.2f us (%.2fx), "
+                "loop+MSG_RING doorbell %.2f us (%.2fx)\n",
+                bare, chan, chan / bare, lfut, lfut / bare, lmsg, lmsg / bare);
     return 0;
 }
