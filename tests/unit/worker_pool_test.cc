@@ -1,0 +1,410 @@
+// SPDX-License-Identifier: MIT
+//
+// The worker pool against every backend this machine has (local here; local
+// and kernel in the test VM): requests served with their output streamed
+// into their mindspace, continuous batching, pinning, priority classes,
+// drain and stop without loss, crash requeue and the poison-request limit.
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <gtest/gtest.h>
+#include <linux/llmos.h>
+#include <llmos/echo_engine.hh>
+#include <llmos/mindspace.hh>
+#include <llmos/worker_pool.hh>
+#include <map>
+#include <mutex>
+#include <numa.h>
+#include <sched.h>
+#include <set>
+#include <thread>
+#include <unistd.h>
+
+namespace {
+
+using llmos::backend_kind;
+using llmos::descriptor;
+using llmos::output_kind;
+using namespace std::chrono_literals;
+
+std::vector<backend_kind> available_backends() {
+    std::vector<backend_kind> v{backend_kind::local};
+    if (::access("/dev/llmos", F_OK) == 0) {
+        v.push_back(backend_kind::kernel);
+    }
+    return v;
+}
+
+std::vector<int> two_cpus() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    ::sched_getaffinity(0, sizeof(set), &set);
+    std::vector<int> v;
+    for (int c = 0; c < CPU_SETSIZE && v.size() < 2; ++c) {
+        if (CPU_ISSET(c, &set)) {
+            v.push_back(c);
+        }
+    }
+    return v;
+}
+
+// What the workers streamed, per request.
+struct stream_log {
+    std::mutex m;
+    std::map<uint64_t, std::vector<descriptor>> by_req;
+    void add(const descriptor& d) {
+        std::lock_guard lk(m);
+        by_req[d.request].push_back(d);
+    }
+};
+
+class worker_pool_test : public ::testing::TestWithParam<backend_kind> {
+protected:
+    std::optional<llmos::device> _dev;
+    std::optional<llmos::mindspace> _ms;
+    std::optional<llmos::mapping> _map;
+    std::string _name;
+    stream_log _log;
+
+    void SetUp() override {
+        auto d = GetParam() == backend_kind::local ? llmos::device::open_local(local_dir())
+                                                   : llmos::device::open();
+        ASSERT_TRUE(d) << d.error().message();
+        _dev.emplace(std::move(*d));
+        static int seq = 0;
+        _name = "wp-" + std::to_string(::getpid()) + "-" + std::to_string(++seq);
+        auto ms = llmos::mindspace::create(dev(), {.length = 1 << 20, .name = _name});
+        ASSERT_TRUE(ms) << ms.error().message();
+        _ms.emplace(std::move(*ms));
+        _map.emplace(_ms->map().value());
+    }
+    static const std::string& local_dir() {
+        static const struct store {
+            std::string dir;
+            store() {
+                char tmpl[] = "/tmp/llmos-pool-XXXXXX";
+                dir = ::mkdtemp(tmpl);
+            }
+            ~store() { std::filesystem::remove_all(dir); }
+        } s;
+        return s.dir;
+    }
+    const llmos::device& dev() { return *_dev; }
+    std::span<std::byte> bytes() { return _map->bytes(); }
+
+    // A prompt of `len` bytes at `off`, distinct per request.
+    llmos::submit_options prompt(uint64_t off, uint64_t len, uint32_t seed) {
+        for (uint64_t i = 0; i < len; ++i) {
+            bytes()[off + i] = std::byte('a' + (seed + i) % 26);
+        }
+        return {.cost = 1, .ms_id = _ms->id(), .prompt_off = off, .prompt_len = len};
+    }
+    llmos::worker_pool_options opts(llmos::echo_engine::options e, uint32_t slots = 4) {
+        llmos::worker_pool_options o;
+        o.cpus = two_cpus();
+        o.slots = slots;
+        o.engine = [e](unsigned) { return std::make_unique<llmos::echo_engine>(e); };
+        o.on_output = [this](unsigned, const descriptor& d) { _log.add(d); };
+        return o;
+    }
+    // Waits for `ids` and checks each one echoed its prompt into its output.
+    void expect_echoed(llmos::sched_client& c, const std::map<uint64_t, llmos::submit_options>& ids,
+                       uint32_t bytes_per_token) {
+        for (auto& [id, o] : ids) {
+            auto f = c.wait(id, llmos::wait_for::at_most(20s));
+            ASSERT_TRUE(f) << "request " << id << ": " << f.error().message();
+            EXPECT_EQ(f->state, LLMOS_REQ_COMPLETED) << "request " << id;
+            EXPECT_EQ(f->status, 0);
+            EXPECT_EQ(f->result_off, llmos::output_offset(o.prompt_off, o.prompt_len));
+            EXPECT_EQ(f->result_len, o.prompt_len);
+            EXPECT_EQ(f->tokens, std::max<uint64_t>(1, (o.prompt_len + bytes_per_token - 1) /
+                                                           bytes_per_token));
+            EXPECT_EQ(std::memcmp(bytes().data() + f->result_off, bytes().data() + o.prompt_off,
+                                  o.prompt_len),
+                      0)
+                << "request " << id << " output differs from its prompt";
+        }
+    }
+    void TearDown() override {
+        _map.reset();
+        _ms.reset();
+        if (_dev) {
+            llmos::destroy_mindspace(dev(), llmos::ms_key{0, _name});
+        }
+    }
+};
+
+std::string backend_name(const ::testing::TestParamInfo<backend_kind>& p) {
+    return llmos::to_string(p.param);
+}
+
+} // namespace
+
+TEST_P(worker_pool_test, serves_every_request_and_streams_its_output_in_order) {
+    auto pool = llmos::worker_pool::start(dev(), opts({.bytes_per_token = 5}));
+    ASSERT_TRUE(pool) << pool.error().message();
+    auto c = llmos::sched_client::open(dev()).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    for (uint32_t i = 0; i < 40; ++i) {
+        auto o = prompt(i * 4096, 1 + i * 37, i);
+        ids[c.submit(o).value()] = o;
+    }
+    expect_echoed(c, ids, 5);
+    (*pool)->drain();
+    std::lock_guard lk(_log.m);
+    for (auto& [id, o] : ids) {
+        auto& ds = _log.by_req[id];
+        ASSERT_FALSE(ds.empty());
+        uint64_t out = llmos::output_offset(o.prompt_off, o.prompt_len), at = out;
+        for (size_t k = 0; k + 1 < ds.size(); ++k) {
+            EXPECT_EQ(ds[k].kind, uint32_t(output_kind::tokens));
+            EXPECT_EQ(ds[k].offset, at) << "token batches are contiguous and in order";
+            EXPECT_LE(ds[k].length, 5u);
+            at += ds[k].length;
+        }
+        EXPECT_EQ(at - out, o.prompt_len);
+        EXPECT_EQ(ds.back().kind, uint32_t(output_kind::done));
+        EXPECT_EQ(ds.back().offset, out);
+        EXPECT_EQ(ds.back().length, o.prompt_len);
+    }
+}
+
+TEST_P(worker_pool_test, workers_are_pinned_with_memory_on_their_node) {
+    auto pool = llmos::worker_pool::start(dev(), opts({}));
+    ASSERT_TRUE(pool);
+    while (!(*pool)->ready()) {
+        std::this_thread::sleep_for(1ms);
+    }
+    auto cpus = two_cpus();
+    ASSERT_EQ((*pool)->size(), cpus.size());
+    for (unsigned i = 0; i < (*pool)->size(); ++i) {
+        auto& w = (*pool)->info(i);
+        EXPECT_EQ(w.cpu, cpus[i]);
+        EXPECT_TRUE(w.pinned) << "worker " << i;
+        if (::numa_available() >= 0) {
+            EXPECT_EQ(w.node, ::numa_node_of_cpu(cpus[i]));
+        } else {
+            EXPECT_EQ(w.node, -1);
+        }
+    }
+}
+
+TEST_P(worker_pool_test, a_batch_class_pool_runs_under_sched_batch) {
+    std::atomic<int> policy{-1};
+    auto o = opts({});
+    o.cls = llmos::priority_class::batch;
+    o.engine = [&](unsigned) {
+        policy = ::sched_getscheduler(0);
+        return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{});
+    };
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    while (!(*pool)->ready()) {
+        std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_TRUE((*pool)->info(0).class_applied);
+    EXPECT_EQ(policy.load(), SCHED_BATCH);
+}
+
+TEST_P(worker_pool_test, continuous_batching_fills_the_slots) {
+    auto o = opts({.decode_step = 1ms, .bytes_per_token = 8}, 4);
+    o.cpus.resize(1);
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto c = llmos::sched_client::open(dev()).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    uint64_t tokens = 0;
+    for (uint32_t i = 0; i < 12; ++i) {
+        auto p = prompt(i * 4096, 64 + 8 * i, i);
+        tokens += p.prompt_len / 8;
+        ids[c.submit(p).value()] = p;
+    }
+    expect_echoed(c, ids, 8);
+    auto steps = (*pool)->info(0).steps.load();
+    // Alone, each token is a step; four at a time, about a quarter.
+    EXPECT_LT(steps, tokens / 2) << steps << " steps for " << tokens << " tokens";
+}
+
+TEST_P(worker_pool_test, drain_finishes_what_was_taken_and_leaves_the_rest_queued) {
+    auto o = opts({.decode_step = 2ms, .bytes_per_token = 1}, 2);
+    o.cpus.resize(1);
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto c = llmos::sched_client::open(dev()).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    for (uint32_t i = 0; i < 10; ++i) {
+        auto p = prompt(i * 4096, 20, i);
+        ids[c.submit(p).value()] = p;
+    }
+    while ((*pool)->info(0).active.load() == 0) {
+        std::this_thread::sleep_for(1ms);
+    }
+    (*pool)->drain();
+    auto served = (*pool)->info(0).served.load();
+    EXPECT_GE(served, 1u);
+    EXPECT_LT(served, 10u) << "drain took no new requests";
+    // A new pool serves the rest: nothing was lost or failed.
+    auto again = llmos::worker_pool::start(dev(), opts({.bytes_per_token = 1}));
+    ASSERT_TRUE(again);
+    expect_echoed(c, ids, 1);
+}
+
+TEST_P(worker_pool_test, stop_gives_back_what_is_held_and_a_new_pool_serves_it) {
+    auto o = opts({.decode_step = 2ms, .bytes_per_token = 1}, 4);
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto c = llmos::sched_client::open(dev()).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    for (uint32_t i = 0; i < 8; ++i) {
+        auto p = prompt(i * 4096, 100, i);
+        ids[c.submit(p).value()] = p;
+    }
+    while ((*pool)->info(0).active.load() == 0) {
+        std::this_thread::sleep_for(1ms);
+    }
+    (*pool)->stop();
+    auto again = llmos::worker_pool::start(dev(), opts({.bytes_per_token = 1}));
+    ASSERT_TRUE(again);
+    expect_echoed(c, ids, 1);
+}
+
+TEST_P(worker_pool_test, a_dying_worker_s_requests_are_requeued_by_the_scheduler) {
+    std::atomic<int> deaths_left{1};
+    std::atomic<uint64_t> victim{0};
+    auto o = opts({});
+    o.engine = [&](unsigned) {
+        return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{
+            .decode_step = 1ms, .bytes_per_token = 2, .on_step = [&](const llmos::sequence& s) {
+                if (s.req.id == victim.load() && s.produced >= 10 && deaths_left.fetch_sub(1) > 0) {
+                    throw llmos::worker_abort{};
+                }
+            }});
+    };
+    auto before = llmos::scheduler_stats(dev()).value().requeued;
+    auto c = llmos::sched_client::open(dev()).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    for (uint32_t i = 0; i < 6; ++i) {
+        auto p = prompt(i * 4096, 40, i);
+        auto id = c.submit(p).value();
+        ids[id] = p;
+        if (i == 2) {
+            victim = id;
+        }
+    }
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    expect_echoed(c, ids, 2);
+    EXPECT_GE(llmos::scheduler_stats(dev()).value().requeued, before + 1)
+        << "the scheduler took the victim back";
+}
+
+TEST_P(worker_pool_test, an_engine_exception_restarts_the_batch_and_streams_nothing_twice) {
+    std::atomic<int> crashes_left{1};
+    std::atomic<uint64_t> victim{0};
+    auto o = opts({.bytes_per_token = 2});
+    o.engine = [&](unsigned) {
+        return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{
+            .decode_step = 1ms, .bytes_per_token = 2, .on_step = [&](const llmos::sequence& s) {
+                if (s.req.id == victim.load() && s.produced >= 10 &&
+                    crashes_left.fetch_sub(1) > 0) {
+                    throw std::runtime_error("injected crash");
+                }
+            }});
+    };
+    auto c = llmos::sched_client::open(dev()).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    for (uint32_t i = 0; i < 6; ++i) {
+        auto p = prompt(i * 4096, 40, i);
+        auto id = c.submit(p).value();
+        ids[id] = p;
+        if (i == 2) {
+            victim = id;
+        }
+    }
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    expect_echoed(c, ids, 2);
+    uint64_t crashes = 0;
+    for (unsigned i = 0; i < (*pool)->size(); ++i) {
+        crashes += (*pool)->info(i).crashes.load();
+    }
+    EXPECT_EQ(crashes, 1u);
+    std::lock_guard lk(_log.m);
+    for (auto& [id, o] : ids) {
+        uint64_t streamed = 0;
+        for (auto& d : _log.by_req[id]) {
+            streamed += d.kind == uint32_t(output_kind::tokens) ? d.length : 0;
+        }
+        EXPECT_EQ(streamed, o.prompt_len) << "request " << id;
+    }
+}
+
+TEST_P(worker_pool_test, a_request_that_keeps_crashing_fails_with_eio_the_rest_is_served) {
+    std::atomic<uint64_t> victim{0};
+    auto o = opts({});
+    o.max_requeues = 2;
+    o.engine = [&](unsigned) {
+        return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{
+            .bytes_per_token = 4, .on_step = [&](const llmos::sequence& s) {
+                if (s.req.id == victim.load()) {
+                    throw std::runtime_error("poison");
+                }
+            }});
+    };
+    auto c = llmos::sched_client::open(dev()).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    auto vp = prompt(0, 16, 0);
+    victim = c.submit(vp).value();
+    for (uint32_t i = 1; i < 6; ++i) {
+        auto p = prompt(i * 4096, 16, i);
+        ids[c.submit(p).value()] = p;
+    }
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto f = c.wait(victim, llmos::wait_for::at_most(20s));
+    ASSERT_TRUE(f) << f.error().message();
+    EXPECT_EQ(f->state, LLMOS_REQ_FAILED);
+    EXPECT_EQ(f->status, -EIO);
+    expect_echoed(c, ids, 4);
+    uint64_t crashes = 0;
+    for (unsigned i = 0; i < (*pool)->size(); ++i) {
+        crashes += (*pool)->info(i).crashes.load();
+    }
+    EXPECT_EQ(crashes, 2u);
+}
+
+TEST_P(worker_pool_test, a_prompt_outside_its_mindspace_fails_that_request_only) {
+    auto pool = llmos::worker_pool::start(dev(), opts({}));
+    ASSERT_TRUE(pool);
+    auto c = llmos::sched_client::open(dev()).value();
+    llmos::submit_options bad{
+        .cost = 1, .ms_id = _ms->id(), .prompt_off = (1 << 20) - 8, .prompt_len = 64};
+    auto bad_id = c.submit(bad).value();
+    llmos::submit_options none{.cost = 1, .ms_id = 0, .prompt_off = 0, .prompt_len = 8};
+    auto none_id = c.submit(none).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    auto p = prompt(0, 30, 1);
+    ids[c.submit(p).value()] = p;
+    for (auto id : {bad_id, none_id}) {
+        auto f = c.wait(id, llmos::wait_for::at_most(20s));
+        ASSERT_TRUE(f) << f.error().message();
+        EXPECT_EQ(f->state, LLMOS_REQ_FAILED);
+        EXPECT_EQ(f->status, -EINVAL);
+    }
+    expect_echoed(c, ids, 4);
+}
+
+TEST_P(worker_pool_test, bad_options_are_refused) {
+    auto o = opts({});
+    o.slots = 0;
+    EXPECT_EQ(llmos::worker_pool::start(dev(), o).error().value(), EINVAL);
+    o = opts({});
+    o.engine = nullptr;
+    EXPECT_EQ(llmos::worker_pool::start(dev(), o).error().value(), EINVAL);
+    o = opts({});
+    o.cpus = {CPU_SETSIZE - 1};
+    EXPECT_EQ(llmos::worker_pool::start(dev(), o).error().value(), EINVAL);
+}
+
+INSTANTIATE_TEST_SUITE_P(backend, worker_pool_test, ::testing::ValuesIn(available_backends()),
+                         backend_name);

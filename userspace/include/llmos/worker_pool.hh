@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: MIT
+//
+// Inference workers: threads that each register with the scheduler as a
+// worker of `slots` requests, take requests (continuous batching: new ones
+// join between decode steps while slots are free), run them through their
+// own engine, stream what the engine writes, and complete them.
+//
+// Each worker is pinned to one CPU and prefers memory on that CPU's NUMA
+// node (libnuma), and runs in its pool's priority class.
+//
+// Crashes. When its engine throws, a worker recovers by itself: a fresh
+// engine, and every request it held started again (what was already
+// streamed is not streamed twice). The requests of the batch that threw
+// become suspects and run alone from then on, so the culprit is found
+// without harming the others; a request that crashes the engine
+// `max_requeues` times fails with -EIO. When a worker dies (a process
+// that exits or is killed; worker_abort simulates it for one thread), its
+// registration closes and the scheduler takes back everything it held: the
+// module requeues it on the kernel backend, the in-process core on the
+// local one. Requests requeued that way also run alone, and fail with
+// -EIO once requeued `max_requeues` times.
+//
+// drain() stops taking requests and returns when every taken one is
+// finished; stop() returns what is held to the scheduler at once. Nothing
+// is lost either way.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <llmos/channel.hh>
+#include <llmos/device.hh>
+#include <llmos/inference.hh>
+#include <llmos/result.hh>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace llmos {
+
+/// How a pool's threads are scheduled by the OS.
+enum class priority_class {
+    interactive, ///< SCHED_OTHER, nice -5 (where permitted, else 0)
+    normal,      ///< SCHED_OTHER, nice 0
+    batch,       ///< SCHED_BATCH, nice 10
+    background,  ///< SCHED_IDLE
+};
+const char* to_string(priority_class c) noexcept;
+
+/// What a worker streams, as descriptors into the request's mindspace.
+enum class output_kind : uint32_t {
+    tokens = 1, ///< bytes appended by one decode step
+    done = 2,   ///< the request finished; offset/length: all its output
+    failed = 3, ///< it failed; length 0
+};
+
+/// Thrown by an engine (tests do) to make its worker die as a crashed
+/// process would: no request is completed, the scheduler takes them back.
+struct worker_abort {};
+
+struct worker_pool_options {
+    /// One worker per CPU listed; empty: one per CPU this process may run
+    /// on.
+    std::vector<int> cpus;
+    uint32_t slots = 4; ///< requests per worker at once (its batch)
+    priority_class cls = priority_class::normal;
+    uint64_t model = 0;        ///< model id registered with the scheduler
+    uint32_t max_requeues = 3; ///< then a request fails with -EIO
+    /// Makes each worker's engine, on the worker's thread.
+    std::function<std::unique_ptr<inference_engine>(unsigned worker)> engine;
+    /// Called on the worker's thread with each descriptor it streams
+    /// (request id, offset and length in the request's mindspace, kind).
+    std::function<void(unsigned worker, const descriptor&)> on_output;
+};
+
+/// What a worker found when it set itself up, and its counters.
+struct worker_info {
+    int cpu = -1;        ///< the CPU it is pinned to
+    int node = -1;       ///< that CPU's NUMA node (-1 without libnuma)
+    bool pinned = false; ///< its affinity is exactly {cpu}
+    bool class_applied = false;
+    std::atomic<uint64_t> served{0};
+    std::atomic<uint64_t> failed{0};
+    std::atomic<uint64_t> crashes{0};
+    std::atomic<uint64_t> steps{0};
+    std::atomic<uint32_t> active{0};
+    std::string last_error;
+};
+
+class worker_pool {
+public:
+    /// Starts the workers. Errors: EINVAL (no engine factory, zero slots,
+    /// a CPU this process may not use).
+    static result<std::unique_ptr<worker_pool>> start(const device& dev, worker_pool_options o);
+    ~worker_pool(); ///< stop()
+    worker_pool(const worker_pool&) = delete;
+    worker_pool& operator=(const worker_pool&) = delete;
+
+    /// Takes no new requests, finishes the taken ones, joins the workers.
+    void drain();
+    /// Gives back what the workers hold and joins them.
+    void stop();
+
+    size_t size() const noexcept { return _infos.size(); }
+    /// Worker `i`'s setup and counters (stable while the pool lives; setup
+    /// fields are valid once ready() is true).
+    const worker_info& info(unsigned i) const { return *_infos.at(i); }
+    /// Every worker has set itself up and registered once.
+    bool ready() const noexcept { return _ready.load() == _infos.size(); }
+
+private:
+    enum class state : int { running, draining, stopping };
+    struct slot;
+    worker_pool(const device& dev, worker_pool_options o);
+    void run_worker(unsigned i);
+    void setup_thread(unsigned i);
+    void join();
+
+    const device& _dev;
+    worker_pool_options _o;
+    std::atomic<state> _state{state::running};
+    std::atomic<size_t> _ready{0};
+    std::vector<std::unique_ptr<worker_info>> _infos;
+    std::vector<std::thread> _threads;
+};
+
+} // namespace llmos

@@ -1,0 +1,431 @@
+// SPDX-License-Identifier: MIT
+#include <cerrno>
+#include <chrono>
+#include <deque>
+#include <llmos/mindspace.hh>
+#include <llmos/sched.hh>
+#include <llmos/worker_pool.hh>
+#include <map>
+#include <numa.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+namespace llmos {
+
+const char* to_string(priority_class c) noexcept {
+    switch (c) {
+    case priority_class::interactive:
+        return "interactive";
+    case priority_class::normal:
+        return "normal";
+    case priority_class::batch:
+        return "batch";
+    case priority_class::background:
+        return "background";
+    }
+    return "?";
+}
+
+namespace {
+
+using namespace std::chrono_literals;
+
+std::vector<int> allowed_cpus() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    std::vector<int> v;
+    if (::sched_getaffinity(0, sizeof(set), &set) == 0) {
+        for (int c = 0; c < CPU_SETSIZE; ++c) {
+            if (CPU_ISSET(c, &set)) {
+                v.push_back(c);
+            }
+        }
+    }
+    return v;
+}
+
+bool apply_class(priority_class c) {
+    sched_param p{};
+    int policy = SCHED_OTHER;
+    int nice = 0;
+    switch (c) {
+    case priority_class::interactive:
+        nice = -5;
+        break;
+    case priority_class::normal:
+        break;
+    case priority_class::batch:
+        policy = SCHED_BATCH;
+        nice = 10;
+        break;
+    case priority_class::background:
+        policy = SCHED_IDLE;
+        break;
+    }
+    if (::sched_setscheduler(0, policy, &p) != 0) {
+        return false;
+    }
+    // Per thread on Linux: `who` 0 is the calling thread.
+    if (::setpriority(PRIO_PROCESS, 0, nice) != 0 && nice < 0) {
+        ::setpriority(PRIO_PROCESS, 0, 0); // not permitted: stay at 0
+    }
+    return true;
+}
+
+// A mindspace a worker has open and mapped, for the requests using it.
+struct mapped_ms {
+    mindspace ms;
+    mapping map;
+    uint32_t users = 0;
+};
+
+} // namespace
+
+worker_pool::worker_pool(const device& dev, worker_pool_options o)
+    : _dev(dev)
+    , _o(std::move(o)) {
+}
+
+worker_pool::~worker_pool() {
+    stop();
+}
+
+result<std::unique_ptr<worker_pool>> worker_pool::start(const device& dev, worker_pool_options o) {
+    auto allowed = allowed_cpus();
+    if (o.cpus.empty()) {
+        o.cpus = allowed;
+    }
+    if (!o.engine || o.slots == 0 || o.cpus.empty()) {
+        return std::error_code(EINVAL, std::system_category());
+    }
+    for (int c : o.cpus) {
+        if (std::find(allowed.begin(), allowed.end(), c) == allowed.end()) {
+            return std::error_code(EINVAL, std::system_category());
+        }
+    }
+    std::unique_ptr<worker_pool> p(new worker_pool(dev, std::move(o)));
+    for (size_t i = 0; i < p->_o.cpus.size(); ++i) {
+        p->_infos.push_back(std::make_unique<worker_info>());
+    }
+    for (unsigned i = 0; i < p->_infos.size(); ++i) {
+        p->_threads.emplace_back([pp = p.get(), i] { pp->run_worker(i); });
+    }
+    return p;
+}
+
+void worker_pool::join() {
+    for (auto& t : _threads) {
+        if (t.joinable()) {
+            t.join();
+        }
+    }
+}
+
+void worker_pool::drain() {
+    state s = state::running;
+    _state.compare_exchange_strong(s, state::draining);
+    join();
+}
+
+void worker_pool::stop() {
+    _state.store(state::stopping);
+    join();
+}
+
+void worker_pool::setup_thread(unsigned i) {
+    worker_info& w = *_infos[i];
+    int cpu = _o.cpus[i];
+    w.cpu = cpu;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    ::pthread_setaffinity_np(::pthread_self(), sizeof(set), &set);
+    cpu_set_t got;
+    CPU_ZERO(&got);
+    w.pinned = ::pthread_getaffinity_np(::pthread_self(), sizeof(got), &got) == 0 &&
+               CPU_COUNT(&got) == 1 && CPU_ISSET(cpu, &got);
+    if (::numa_available() >= 0) {
+        w.node = ::numa_node_of_cpu(cpu);
+        if (w.node >= 0) {
+            // This thread's allocations (its engine's buffers) on its node.
+            ::numa_set_preferred(w.node);
+        }
+    }
+    w.class_applied = apply_class(_o.cls);
+}
+
+// One worker's requests while it serves them.
+struct worker_pool::slot {
+    std::unique_ptr<sequence> s;
+    size_t streamed = 0;  ///< output bytes already streamed
+    uint32_t strikes = 0; ///< engine crashes it caused here
+    bool prefilled = false;
+    bool suspect = false; ///< was in a batch that crashed: runs alone
+};
+
+void worker_pool::run_worker(unsigned i) {
+    setup_thread(i);
+    worker_info& info = *_infos[i];
+    auto make_engine = [&]() -> std::unique_ptr<inference_engine> {
+        try {
+            return _o.engine(i);
+        } catch (const std::exception& e) {
+            info.last_error = std::string("engine: ") + e.what();
+            return nullptr;
+        }
+    };
+    std::unique_ptr<inference_engine> engine = make_engine();
+    bool counted_ready = false;
+    auto mark_ready = [&] {
+        if (!counted_ready) {
+            counted_ready = true;
+            _ready.fetch_add(1);
+        }
+    };
+    auto emit = [&](const descriptor& d) {
+        if (_o.on_output) {
+            _o.on_output(i, d);
+        }
+    };
+    std::map<uint64_t, mapped_ms> maps;
+
+    while (engine && _state.load() != state::stopping) {
+        auto reg = sched_worker::open(_dev, _o.slots, info.node, _o.model);
+        if (!reg) {
+            info.last_error = "register: " + reg.error().message();
+            mark_ready();
+            std::this_thread::sleep_for(100ms);
+            continue;
+        }
+        sched_worker w = std::move(*reg);
+        mark_ready();
+        std::vector<slot> active;
+        std::vector<sequence*> batch;
+
+        // Ends a request: completes it with the scheduler, streams the
+        // final descriptor, drops its mapping.
+        auto finish = [&](sequence& s, bool release) {
+            if (release) {
+                engine->release(s);
+            }
+            uint64_t len = s.status ? 0 : s.produced;
+            w.complete(s.req.id, s.status, s.tokens, s.output_off, len);
+            emit({s.req.id, s.output_off, static_cast<uint32_t>(len),
+                  static_cast<uint32_t>(s.status ? output_kind::failed : output_kind::done)});
+            (s.status ? info.failed : info.served).fetch_add(1);
+            if (auto it = maps.find(s.req.ms_id); it != maps.end() && --it->second.users == 0) {
+                maps.erase(it);
+            }
+        };
+        auto fail = [&](sequence& s, int32_t status, bool release) {
+            s.status = status;
+            finish(s, release);
+        };
+        // Maps a dispatched request's mindspace and checks its prompt.
+        auto setup = [&](const request_desc& d) -> std::unique_ptr<sequence> {
+            auto s = std::make_unique<sequence>();
+            s->req = d;
+            w.start(d.id);
+            if (d.requeues >= _o.max_requeues) {
+                fail(*s, -EIO, false); // it crashed worker after worker
+                return nullptr;
+            }
+            if (!d.ms_id) {
+                if (d.prompt_len) {
+                    fail(*s, -EINVAL, false); // a prompt needs a mindspace
+                    return nullptr;
+                }
+                return s;
+            }
+            auto it = maps.find(d.ms_id);
+            if (it == maps.end()) {
+                auto ms = mindspace::open(_dev, ms_key{d.ms_id, {}});
+                auto m = ms ? ms->map() : result<mapping>(ms.error());
+                if (!m) {
+                    fail(*s, -m.error().value(), false);
+                    return nullptr;
+                }
+                it = maps.emplace(d.ms_id, mapped_ms{std::move(*ms), std::move(*m), 0}).first;
+            }
+            ++it->second.users;
+            auto bytes = it->second.map.bytes();
+            if (d.prompt_off > bytes.size() || d.prompt_len > bytes.size() - d.prompt_off) {
+                fail(*s, -EINVAL, false); // the prompt is not inside the mindspace
+                return nullptr;
+            }
+            s->prompt = bytes.subspan(d.prompt_off, d.prompt_len);
+            s->output_off =
+                std::min<uint64_t>(output_offset(d.prompt_off, d.prompt_len), bytes.size());
+            s->output = bytes.subspan(s->output_off);
+            return s;
+        };
+        // Prefills; false if the request ended here.
+        auto prefill = [&](slot& sl) {
+            sequence& s = *sl.s;
+            switch (engine->prefill(s)) {
+            case engine_status::ok:
+                return true;
+            case engine_status::bad_input:
+                fail(s, s.status ? s.status : -EINVAL, true);
+                return false;
+            case engine_status::no_room:
+                break;
+            }
+            fail(s, -EAGAIN, true);
+            return false;
+        };
+        // The engine threw while running `culprits`: a fresh engine, the
+        // culprit struck (failed after max_requeues strikes), everything
+        // else prefilled again from the start (bytes already streamed are
+        // not streamed twice; engines are deterministic per request).
+        auto recover = [&](std::span<sequence* const> culprits, const char* what) {
+            info.crashes.fetch_add(1);
+            info.last_error = std::string("engine: ") + what;
+            for (auto& sl : active) {
+                engine->release(*sl.s);
+            }
+            engine = make_engine();
+            bool known = culprits.size() == 1;
+            for (auto& sl : active) {
+                bool in = std::find(culprits.begin(), culprits.end(), sl.s.get()) != culprits.end();
+                if (in && known && ++sl.strikes + sl.s->req.requeues >= _o.max_requeues) {
+                    fail(*sl.s, -EIO, false);
+                    sl.s.reset();
+                    continue;
+                }
+                sl.suspect = sl.suspect || in;
+                sequence& s = *sl.s;
+                s.produced = 0;
+                s.tokens = 0;
+                s.done = false;
+                s.status = 0;
+                s.engine_state = nullptr;
+                sl.prefilled = false;
+            }
+            std::erase_if(active, [](slot& sl) { return !sl.s; });
+        };
+
+        bool aborted = false;
+        while (engine) {
+            state st = _state.load();
+            if (st == state::stopping || (st == state::draining && active.empty())) {
+                break;
+            }
+            uint32_t free = _o.slots - static_cast<uint32_t>(active.size());
+            if (free && st == state::running) {
+                auto got =
+                    w.dispatch(free, active.empty() ? wait_for::at_most(50ms) : wait_for::none());
+                if (got) {
+                    for (auto& d : *got) {
+                        if (auto s = setup(d)) {
+                            active.push_back({std::move(s)});
+                            active.back().suspect = d.requeues > 0;
+                            active.back().streamed = 0;
+                        }
+                    }
+                } else if (got.error().value() != EAGAIN && got.error().value() != ETIMEDOUT &&
+                           got.error().value() != EINTR) {
+                    info.last_error = "dispatch: " + got.error().message();
+                    std::this_thread::sleep_for(10ms);
+                }
+            }
+            info.active.store(static_cast<uint32_t>(active.size()));
+            // Suspects run alone, one at a time; the rest as one batch.
+            batch.clear();
+            for (auto& sl : active) {
+                if (sl.suspect) {
+                    batch.assign(1, sl.s.get());
+                    break;
+                }
+                batch.push_back(sl.s.get());
+            }
+            if (batch.empty()) {
+                continue;
+            }
+            bool restarted = false;
+            try {
+                for (auto& sl : active) {
+                    if (sl.prefilled ||
+                        std::find(batch.begin(), batch.end(), sl.s.get()) == batch.end()) {
+                        continue;
+                    }
+                    sequence* one[] = {sl.s.get()};
+                    try {
+                        if (prefill(sl)) {
+                            sl.prefilled = true;
+                        } else {
+                            sl.s.reset();
+                        }
+                    } catch (const worker_abort&) {
+                        throw;
+                    } catch (const std::exception& e) {
+                        recover(one, e.what()); // changes `active`: leave the loop
+                        restarted = true;
+                        break;
+                    }
+                }
+                if (restarted) {
+                    continue;
+                }
+                std::erase_if(active, [](slot& sl) { return !sl.s; });
+                batch.clear();
+                for (auto& sl : active) {
+                    if (sl.suspect) {
+                        batch.assign(1, sl.s.get());
+                        break;
+                    }
+                    batch.push_back(sl.s.get());
+                }
+                if (batch.empty()) {
+                    continue;
+                }
+                try {
+                    engine->decode(batch);
+                } catch (const worker_abort&) {
+                    throw;
+                } catch (const std::exception& e) {
+                    recover(batch, e.what());
+                    continue;
+                }
+            } catch (const worker_abort&) {
+                // As if the thread died: nothing is completed; closing the
+                // registration gives every held request back.
+                info.crashes.fetch_add(1);
+                aborted = true;
+                break;
+            }
+            info.steps.fetch_add(1);
+            for (auto& sl : active) {
+                sequence& s = *sl.s;
+                if (s.produced > sl.streamed) {
+                    emit({s.req.id, s.output_off + sl.streamed,
+                          static_cast<uint32_t>(s.produced - sl.streamed),
+                          static_cast<uint32_t>(output_kind::tokens)});
+                    sl.streamed = s.produced;
+                }
+            }
+            std::erase_if(active, [&](slot& sl) {
+                if (!sl.s->done) {
+                    return false;
+                }
+                finish(*sl.s, true);
+                return true;
+            });
+        }
+        for (auto& sl : active) {
+            engine->release(*sl.s); // stopping or aborted: `w` gives them back
+        }
+        maps.clear();
+        info.active.store(0);
+        if (aborted) {
+            engine = make_engine();
+            continue; // register again
+        }
+        break;
+    }
+    mark_ready();
+}
+
+} // namespace llmos
