@@ -4,6 +4,8 @@
 #   make check    set up, build, lint, run every test; last line "N passed, N failed"
 #
 #   make bench    benchmarks (ratios against baselines in the same run)
+#   make install  libllmos (headers, libraries, pkg-config, CMake package) and
+#                 llmosctl under PREFIX (default /usr/local), staged in DESTDIR
 #   make deps | build | kmod | lint | unit | vm-test | vm-shell | clean
 #
 # LLMOS_CACHE (default /var/cache/llmos) holds downloaded packages, the
@@ -18,7 +20,7 @@ BUILD := $(CURDIR)/build
 KENV := . $(LLMOS_CACHE)/kernel.env &&
 LANES := default asan tsan
 
-.PHONY: all deps build kmod userspace bpf lint unit vm-test vm-shell demo bench check clean
+.PHONY: all deps build kmod userspace bpf lint unit vm-test vm-shell demo bench check clean install
 
 all: build
 
@@ -67,6 +69,10 @@ bench: build
 
 check:
 	@bash tools/check.sh
+
+PREFIX ?= /usr/local
+install: userspace
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD)/default --prefix $(PREFIX)
 
 clean:
 	rm -rf $(BUILD)
