@@ -106,8 +106,13 @@ result<std::unique_ptr<worker_pool>> worker_pool::start(const device& dev, worke
         }
     }
     std::unique_ptr<worker_pool> p(new worker_pool(dev, std::move(o)));
+    // libnuma fills its CPU-to-node cache lazily and without a lock: ask
+    // it here, before the workers start.
+    bool numa = ::numa_available() >= 0;
     for (size_t i = 0; i < p->_o.cpus.size(); ++i) {
         p->_infos.push_back(std::make_unique<worker_info>());
+        p->_infos.back()->cpu = p->_o.cpus[i];
+        p->_infos.back()->node = numa ? ::numa_node_of_cpu(p->_o.cpus[i]) : -1;
     }
     for (unsigned i = 0; i < p->_infos.size(); ++i) {
         p->_threads.emplace_back([pp = p.get(), i] { pp->run_worker(i); });
@@ -136,8 +141,7 @@ void worker_pool::stop() {
 
 void worker_pool::setup_thread(unsigned i) {
     worker_info& w = *_infos[i];
-    int cpu = _o.cpus[i];
-    w.cpu = cpu;
+    int cpu = w.cpu;
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
@@ -146,12 +150,9 @@ void worker_pool::setup_thread(unsigned i) {
     CPU_ZERO(&got);
     w.pinned = ::pthread_getaffinity_np(::pthread_self(), sizeof(got), &got) == 0 &&
                CPU_COUNT(&got) == 1 && CPU_ISSET(cpu, &got);
-    if (::numa_available() >= 0) {
-        w.node = ::numa_node_of_cpu(cpu);
-        if (w.node >= 0) {
-            // This thread's allocations (its engine's buffers) on its node.
-            ::numa_set_preferred(w.node);
-        }
+    if (w.node >= 0) {
+        // This thread's allocations (its engine's buffers) on its node.
+        ::numa_set_preferred(w.node);
     }
     w.class_applied = apply_class(_o.cls);
 }
