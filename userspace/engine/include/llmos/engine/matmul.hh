@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: MIT
+//
+// y = x W^T for a weight matrix in any supported type: the engine's
+// linear layers. Quantized weights meet 8-bit activations (x is quantized
+// once per call) in integer dot products, so a decode step streams the
+// weights at close to memory speed; F16 weights are widened on the fly
+// (F16C) and F32 ones used as they are, with FMA. Several tokens (prefill)
+// share each pass over a weight row, so the weights are read from memory
+// once per call, not once per token. Rows are spread over a thread_pool.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <llmos/engine/quant.hh>
+#include <llmos/engine/thread_pool.hh>
+#include <llmos/engine/types.hh>
+#include <span>
+#include <string_view>
+
+namespace llmos::engine {
+
+/// A weight matrix of `rows` x `cols` elements of `type`, row r at
+/// data + r * row_stride bytes (0 means packed: row_bytes(type, cols)).
+/// The data must be aligned to 4 bytes for F32 and 2 for the others, as
+/// in a mapped GGUF file.
+struct weight_view {
+    ggml_type type = ggml_type::f32;
+    const void* data = nullptr;
+    int64_t rows = 0;
+    int64_t cols = 0;
+    size_t row_stride = 0;
+};
+
+enum class matmul_status : uint8_t {
+    ok,
+    unsupported_type,  ///< the engine does not compute with w.type
+    bad_shape,         ///< negative sizes, cols not whole blocks, stride too small
+    misaligned,        ///< data or row_stride not aligned for the type
+    scratch_too_small, ///< smaller than matmul_scratch_bytes()
+};
+
+/// "ok", "unsupported type", ...
+std::string_view matmul_status_name(matmul_status s) noexcept;
+
+/// Bytes of scratch a matmul of `w` with n_tokens tokens needs (the
+/// quantized activations; 0 for F32 and F16 weights, and for a shape
+/// matmul would refuse). Any thread.
+size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens) noexcept;
+
+/// y[t * w.rows + r] = sum over k of W[r][k] * x[t * w.cols + k], for
+/// t < n_tokens and r < w.rows (x: n_tokens x cols, y: n_tokens x rows,
+/// both row-major, not overlapping). Runs on the pool's threads, the
+/// caller's included, with the kernels of `level` (simd_level::avx2 on a
+/// CPU without it falls back to scalar). On failure y is untouched.
+/// Allocates nothing. Any thread; calls on one pool take turns.
+matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
+                     thread_pool& pool, std::span<std::byte> scratch, simd_level level) noexcept;
+
+/// The same with default_simd() and a scratch buffer owned by the calling
+/// thread, grown when a call needs more than any before it (so a thread
+/// allocates only during its first calls of each new size).
+matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
+                     thread_pool& pool);
+
+} // namespace llmos::engine

@@ -1,0 +1,647 @@
+// SPDX-License-Identifier: MIT
+//
+// Half floats, dequantization and the reference quantizers of the ggml
+// block formats (layouts in quant.hh).
+//
+// The quantizers follow what llama.cpp's reference ones aim at, written
+// anew: Q8_0 and Q4_0 take the scale from the largest magnitude of the
+// block and round to nearest; the K-quants search each sub-block's scale
+// (and min) for the least squared error, quantize those to the 6 or 8 bit
+// codes of the super-block, try the neighbouring codes, and quantize the
+// values again with the scales that will actually be stored.
+#include "quant_kernels.hh"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <llmos/engine/quant.hh>
+
+namespace llmos::engine {
+
+namespace {
+
+constexpr float max_half = 65504.0f;
+
+/// v rounded to nearest (ties even) and clamped to [lo, hi]; NaN gives lo.
+int round_clamp(float v, int lo, int hi) {
+    if (!(v > static_cast<float>(lo))) {
+        return lo;
+    }
+    if (!(v < static_cast<float>(hi))) {
+        return hi;
+    }
+    return static_cast<int>(std::lrintf(v));
+}
+
+/// A non-negative scale as a finite half: its code and its value.
+struct half_scale {
+    uint16_t bits;
+    float value;
+};
+
+half_scale to_half_scale(float s) {
+    if (!(s > 0.0f)) {
+        return {0, 0.0f};
+    }
+    const uint16_t h = fp32_to_fp16(std::min(s, max_half));
+    return {h, fp16_to_fp32(h)};
+}
+
+// ---- Q8_0 / Q4_0 -----------------------------------------------------------
+
+void quantize_q8_0(const float* x, block_q8_0* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b, x += qk_block) {
+        float amax = 0.0f;
+        for (int j = 0; j < qk_block; ++j) {
+            amax = std::max(amax, std::fabs(x[j]));
+        }
+        const half_scale d = to_half_scale(amax / 127.0f);
+        const float id = d.value > 0.0f ? 1.0f / d.value : 0.0f;
+        y[b].d = d.bits;
+        for (int j = 0; j < qk_block; ++j) {
+            y[b].qs[j] = static_cast<int8_t>(round_clamp(x[j] * id, -127, 127));
+        }
+    }
+}
+
+void dequantize_q8_0(const block_q8_0* x, float* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b) {
+        const float d = fp16_to_fp32(x[b].d);
+        for (int j = 0; j < qk_block; ++j) {
+            *y++ = d * static_cast<float>(x[b].qs[j]);
+        }
+    }
+}
+
+void quantize_q4_0(const float* x, block_q4_0* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b, x += qk_block) {
+        // The value of largest magnitude becomes q = 0 (-8 d) exactly; the
+        // other side reaches +7 d.
+        float amax = 0.0f;
+        float max = 0.0f;
+        for (int j = 0; j < qk_block; ++j) {
+            if (std::fabs(x[j]) > amax) {
+                amax = std::fabs(x[j]);
+                max = x[j];
+            }
+        }
+        // d = -max / 8, with the sign that sends `max` to q - 8 = -8.
+        const half_scale d = to_half_scale(amax / 8.0f);
+        const bool negative = max > 0.0f && d.bits != 0;
+        y[b].d = negative ? static_cast<uint16_t>(d.bits | 0x8000u) : d.bits;
+        const float id = d.value > 0.0f ? (negative ? -1.0f : 1.0f) / d.value : 0.0f;
+        for (int j = 0; j < qk_block / 2; ++j) {
+            const int lo = round_clamp(x[j] * id, -8, 7) + 8;
+            const int hi = round_clamp(x[j + qk_block / 2] * id, -8, 7) + 8;
+            y[b].qs[j] = static_cast<uint8_t>(lo | hi << 4);
+        }
+    }
+}
+
+void dequantize_q4_0(const block_q4_0* x, float* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b, y += qk_block) {
+        const float d = fp16_to_fp32(x[b].d);
+        for (int j = 0; j < qk_block / 2; ++j) {
+            y[j] = d * static_cast<float>((x[b].qs[j] & 0xf) - 8);
+            y[j + qk_block / 2] = d * static_cast<float>((x[b].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+// ---- K-quant scale codes ---------------------------------------------------
+
+/// Sub-block s's 6-bit scale and min from the 12 packed bytes.
+void unpack_scale_min(const uint8_t* b, int s, int& sc, int& m) {
+    if (s < 4) {
+        sc = b[s] & 63;
+        m = b[s + 4] & 63;
+    } else {
+        sc = (b[s + 4] & 0xf) | (b[s - 4] >> 6) << 4;
+        m = (b[s + 4] >> 4) | (b[s] >> 6) << 4;
+    }
+}
+
+void pack_scales_mins(const int* sc, const int* m, uint8_t* b) {
+    std::memset(b, 0, k_scale_bytes);
+    for (int s = 0; s < 4; ++s) {
+        b[s] = static_cast<uint8_t>(sc[s] & 63);
+        b[s + 4] = static_cast<uint8_t>(m[s] & 63);
+    }
+    for (int s = 4; s < 8; ++s) {
+        b[s + 4] = static_cast<uint8_t>((sc[s] & 0xf) | (m[s] & 0xf) << 4);
+        b[s - 4] = static_cast<uint8_t>(b[s - 4] | (sc[s] >> 4) << 6);
+        b[s] = static_cast<uint8_t>(b[s] | (m[s] >> 4) << 6);
+    }
+}
+
+// ---- K-quant sub-block fits -----------------------------------------------
+
+/// Fits x[0..n) ~ a * L + b with integer L in [0, nmax], a >= 0, b <= 0,
+/// for the least squared error; returns a and -b (the min).
+void fit_affine(const float* x, int n, int nmax, float& scale, float& min) {
+    float xmin = 0.0f;
+    float xmax = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        xmin = std::min(xmin, x[i]);
+        xmax = std::max(xmax, x[i]);
+    }
+    if (!(xmax > xmin)) { // all zero, or constant and negative
+        scale = 0.0f;
+        min = std::isfinite(xmin) ? -xmin : 0.0f;
+        return;
+    }
+    float best_a = (xmax - xmin) / static_cast<float>(nmax);
+    float best_b = xmin;
+    float best_err = std::numeric_limits<float>::infinity();
+    auto try_fit = [&](float a0, float b0) {
+        // Levels for (a0, b0), then the least-squares line through them.
+        float sl = 0.0f;
+        float sll = 0.0f;
+        float sx = 0.0f;
+        float slx = 0.0f;
+        int levels[qk_block];
+        for (int i = 0; i < n; ++i) {
+            const int l = round_clamp((x[i] - b0) / a0, 0, nmax);
+            levels[i] = l;
+            const auto lf = static_cast<float>(l);
+            sl += lf;
+            sll += lf * lf;
+            sx += x[i];
+            slx += lf * x[i];
+        }
+        const auto nf = static_cast<float>(n);
+        const float det = nf * sll - sl * sl;
+        float a = 0.0f;
+        float b = 0.0f;
+        if (det > 0.0f) {
+            a = (nf * slx - sl * sx) / det;
+            b = (sll * sx - sl * slx) / det;
+        }
+        if (!(det > 0.0f) || b > 0.0f) {
+            b = 0.0f;
+            a = sll > 0.0f ? slx / sll : 0.0f;
+        }
+        if (!(a > 0.0f)) {
+            return;
+        }
+        float err = 0.0f;
+        for (int i = 0; i < n; ++i) {
+            const float e = a * static_cast<float>(levels[i]) + b - x[i];
+            err += e * e;
+        }
+        if (err < best_err) {
+            best_err = err;
+            best_a = a;
+            best_b = b;
+        }
+    };
+    const float range = xmax - xmin;
+    for (int k = -10; k <= 10; ++k) {
+        const float steps = static_cast<float>(nmax) + 0.1f * static_cast<float>(k);
+        try_fit(range / steps, xmin);
+    }
+    for (int iter = 0; iter < 2; ++iter) {
+        try_fit(best_a, best_b);
+    }
+    scale = best_a;
+    min = -best_b;
+}
+
+/// Fits x[0..n) ~ a * L with integer L in [-nlo, nhi]; returns a (either
+/// sign).
+float fit_symmetric(const float* x, int n, int nlo, int nhi) {
+    float amax = 0.0f;
+    float max = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        if (std::fabs(x[i]) > amax) {
+            amax = std::fabs(x[i]);
+            max = x[i];
+        }
+    }
+    if (!(amax > 0.0f) || !std::isfinite(amax)) {
+        return 0.0f;
+    }
+    float best_a = max / static_cast<float>(-nlo);
+    float best_err = std::numeric_limits<float>::infinity();
+    auto try_fit = [&](float a0) {
+        float sll = 0.0f;
+        float slx = 0.0f;
+        int levels[qk_block];
+        for (int i = 0; i < n; ++i) {
+            const int l = round_clamp(x[i] / a0, -nlo, nhi);
+            levels[i] = l;
+            sll += static_cast<float>(l * l);
+            slx += static_cast<float>(l) * x[i];
+        }
+        if (!(sll > 0.0f)) {
+            return;
+        }
+        const float a = slx / sll;
+        float err = 0.0f;
+        for (int i = 0; i < n; ++i) {
+            const float e = a * static_cast<float>(levels[i]) - x[i];
+            err += e * e;
+        }
+        if (err < best_err) {
+            best_err = err;
+            best_a = a;
+        }
+    };
+    for (int k = -10; k <= 10; ++k) {
+        const float f = 0.1f * static_cast<float>(k);
+        try_fit(max / (-static_cast<float>(nlo) + f)); // max near -nlo
+        try_fit(max / (static_cast<float>(nhi) + f));  // max near +nhi
+    }
+    try_fit(best_a);
+    return best_a;
+}
+
+/// Squared error of x[0..n) coded with step a and offset -m, levels
+/// [lo, hi]; the levels go to `out` when it is not null.
+float code_error(const float* x, int n, float a, float m, int lo, int hi, int* out) {
+    float err = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        const int l = a != 0.0f ? round_clamp((x[i] + m) / a, lo, hi) : std::max(lo, 0);
+        const float e = a * static_cast<float>(l) - m - x[i];
+        err += e * e;
+        if (out) {
+            out[i] = l;
+        }
+    }
+    return err;
+}
+
+/// Codes of the 8 sub-blocks of a Q4_K/Q5_K super-block: scale and min
+/// codes (0..63), the two halves, and every element's level (0..nmax).
+struct affine_codes {
+    half_scale d;
+    half_scale dmin;
+    int sc[8];
+    int m[8];
+    int levels[qk_super];
+};
+
+void code_affine(const float* x, int nmax, affine_codes& c) {
+    float scales[8];
+    float mins[8];
+    float max_scale = 0.0f;
+    float max_min = 0.0f;
+    for (int s = 0; s < 8; ++s) {
+        fit_affine(x + 32 * s, 32, nmax, scales[s], mins[s]);
+        max_scale = std::max(max_scale, scales[s]);
+        max_min = std::max(max_min, mins[s]);
+    }
+    c.d = to_half_scale(max_scale / 63.0f);
+    c.dmin = to_half_scale(max_min / 63.0f);
+    for (int s = 0; s < 8; ++s) {
+        const float* xs = x + 32 * s;
+        const int sc0 = c.d.value > 0.0f ? round_clamp(scales[s] / c.d.value, 0, 63) : 0;
+        const int m0 = c.dmin.value > 0.0f ? round_clamp(mins[s] / c.dmin.value, 0, 63) : 0;
+        float best = std::numeric_limits<float>::infinity();
+        c.sc[s] = sc0;
+        c.m[s] = m0;
+        for (int dsc = -1; dsc <= 1; ++dsc) {
+            for (int dm = -1; dm <= 1; ++dm) {
+                const int sc = sc0 + dsc;
+                const int m = m0 + dm;
+                if (sc < 0 || sc > 63 || m < 0 || m > 63) {
+                    continue;
+                }
+                const float a = c.d.value * static_cast<float>(sc);
+                const float mv = c.dmin.value * static_cast<float>(m);
+                const float err = code_error(xs, 32, a, mv, 0, nmax, nullptr);
+                if (err < best) {
+                    best = err;
+                    c.sc[s] = sc;
+                    c.m[s] = m;
+                }
+            }
+        }
+        const float a = c.d.value * static_cast<float>(c.sc[s]);
+        const float mv = c.dmin.value * static_cast<float>(c.m[s]);
+        code_error(xs, 32, a, mv, 0, nmax, c.levels + 32 * s);
+    }
+}
+
+// ---- Q4_K / Q5_K / Q6_K ----------------------------------------------------
+
+void quantize_q4_k(const float* x, block_q4_k* y, int64_t nb) {
+    affine_codes c;
+    for (int64_t b = 0; b < nb; ++b, x += qk_super) {
+        code_affine(x, 15, c);
+        y[b].d = c.d.bits;
+        y[b].dmin = c.dmin.bits;
+        pack_scales_mins(c.sc, c.m, y[b].scales);
+        for (int ch = 0; ch < 4; ++ch) {
+            for (int l = 0; l < 32; ++l) {
+                const int lo = c.levels[64 * ch + l];
+                const int hi = c.levels[64 * ch + 32 + l];
+                y[b].qs[32 * ch + l] = static_cast<uint8_t>(lo | hi << 4);
+            }
+        }
+    }
+}
+
+void dequantize_q4_k(const block_q4_k* x, float* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b) {
+        const float d = fp16_to_fp32(x[b].d);
+        const float dmin = fp16_to_fp32(x[b].dmin);
+        for (int ch = 0; ch < 4; ++ch) {
+            int sc0 = 0;
+            int m0 = 0;
+            int sc1 = 0;
+            int m1 = 0;
+            unpack_scale_min(x[b].scales, 2 * ch, sc0, m0);
+            unpack_scale_min(x[b].scales, 2 * ch + 1, sc1, m1);
+            const float d0 = d * static_cast<float>(sc0);
+            const float d1 = d * static_cast<float>(sc1);
+            const float mn0 = dmin * static_cast<float>(m0);
+            const float mn1 = dmin * static_cast<float>(m1);
+            const uint8_t* q = x[b].qs + 32 * ch;
+            for (int l = 0; l < 32; ++l) {
+                y[l] = d0 * static_cast<float>(q[l] & 0xf) - mn0;
+            }
+            for (int l = 0; l < 32; ++l) {
+                y[32 + l] = d1 * static_cast<float>(q[l] >> 4) - mn1;
+            }
+            y += 64;
+        }
+    }
+}
+
+void quantize_q5_k(const float* x, block_q5_k* y, int64_t nb) {
+    affine_codes c;
+    for (int64_t b = 0; b < nb; ++b, x += qk_super) {
+        code_affine(x, 31, c);
+        y[b].d = c.d.bits;
+        y[b].dmin = c.dmin.bits;
+        pack_scales_mins(c.sc, c.m, y[b].scales);
+        std::memset(y[b].qh, 0, sizeof y[b].qh);
+        for (int ch = 0; ch < 4; ++ch) {
+            for (int l = 0; l < 32; ++l) {
+                const int lo = c.levels[64 * ch + l];
+                const int hi = c.levels[64 * ch + 32 + l];
+                y[b].qs[32 * ch + l] = static_cast<uint8_t>((lo & 0xf) | (hi & 0xf) << 4);
+                y[b].qh[l] = static_cast<uint8_t>(y[b].qh[l] | (lo >> 4) << (2 * ch) |
+                                                  (hi >> 4) << (2 * ch + 1));
+            }
+        }
+    }
+}
+
+void dequantize_q5_k(const block_q5_k* x, float* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b) {
+        const float d = fp16_to_fp32(x[b].d);
+        const float dmin = fp16_to_fp32(x[b].dmin);
+        for (int ch = 0; ch < 4; ++ch) {
+            int sc0 = 0;
+            int m0 = 0;
+            int sc1 = 0;
+            int m1 = 0;
+            unpack_scale_min(x[b].scales, 2 * ch, sc0, m0);
+            unpack_scale_min(x[b].scales, 2 * ch + 1, sc1, m1);
+            const float d0 = d * static_cast<float>(sc0);
+            const float d1 = d * static_cast<float>(sc1);
+            const float mn0 = dmin * static_cast<float>(m0);
+            const float mn1 = dmin * static_cast<float>(m1);
+            const uint8_t* q = x[b].qs + 32 * ch;
+            const uint8_t* qh = x[b].qh;
+            for (int l = 0; l < 32; ++l) {
+                const int v = (q[l] & 0xf) | ((qh[l] >> (2 * ch)) & 1) << 4;
+                y[l] = d0 * static_cast<float>(v) - mn0;
+            }
+            for (int l = 0; l < 32; ++l) {
+                const int v = (q[l] >> 4) | ((qh[l] >> (2 * ch + 1)) & 1) << 4;
+                y[32 + l] = d1 * static_cast<float>(v) - mn1;
+            }
+            y += 64;
+        }
+    }
+}
+
+void quantize_q6_k(const float* x, block_q6_k* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b, x += qk_super) {
+        float scales[16];
+        float amax = 0.0f;
+        for (int s = 0; s < 16; ++s) {
+            scales[s] = fit_symmetric(x + 16 * s, 16, 32, 31);
+            amax = std::max(amax, std::fabs(scales[s]));
+        }
+        const half_scale d = to_half_scale(amax / 127.0f);
+        int levels[qk_super];
+        for (int s = 0; s < 16; ++s) {
+            const float* xs = x + 16 * s;
+            const int sc0 = d.value > 0.0f ? round_clamp(scales[s] / d.value, -128, 127) : 0;
+            int best_sc = sc0;
+            float best = std::numeric_limits<float>::infinity();
+            for (int sc = std::max(-128, sc0 - 1); sc <= std::min(127, sc0 + 1); ++sc) {
+                const float a = d.value * static_cast<float>(sc);
+                const float err = code_error(xs, 16, a, 0.0f, -32, 31, nullptr);
+                if (err < best) {
+                    best = err;
+                    best_sc = sc;
+                }
+            }
+            y[b].scales[s] = static_cast<int8_t>(best_sc);
+            const float a = d.value * static_cast<float>(best_sc);
+            code_error(xs, 16, a, 0.0f, -32, 31, levels + 16 * s);
+        }
+        y[b].d = d.bits;
+        std::memset(y[b].qh, 0, sizeof y[b].qh);
+        for (int e = 0; e < qk_super; ++e) {
+            const int q = levels[e] + 32; // 0..63
+            const int h = e / 128;
+            const int k = (e % 128) / 32; // which quarter of the half
+            const int l = e % 32;
+            uint8_t& low = y[b].ql[64 * h + 32 * (k & 1) + l];
+            if (k < 2) {
+                low = static_cast<uint8_t>((low & 0xf0) | (q & 0xf));
+            } else {
+                low = static_cast<uint8_t>((low & 0x0f) | (q & 0xf) << 4);
+            }
+            uint8_t& high = y[b].qh[32 * h + l];
+            high = static_cast<uint8_t>(high | (q >> 4) << (2 * k));
+        }
+    }
+}
+
+void dequantize_q6_k(const block_q6_k* x, float* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b) {
+        const float d = fp16_to_fp32(x[b].d);
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t* ql = x[b].ql + 64 * h;
+            const uint8_t* qh = x[b].qh + 32 * h;
+            const int8_t* sc = x[b].scales + 8 * h;
+            for (int l = 0; l < 32; ++l) {
+                const int q0 = ((ql[l] & 0xf) | (qh[l] & 3) << 4) - 32;
+                const int q1 = ((ql[l + 32] & 0xf) | ((qh[l] >> 2) & 3) << 4) - 32;
+                const int q2 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32;
+                const int q3 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32;
+                const int s = l / 16;
+                y[l] = d * static_cast<float>(sc[s] * q0);
+                y[l + 32] = d * static_cast<float>(sc[s + 2] * q1);
+                y[l + 64] = d * static_cast<float>(sc[s + 4] * q2);
+                y[l + 96] = d * static_cast<float>(sc[s + 6] * q3);
+            }
+            y += 128;
+        }
+    }
+}
+
+bool has_f16c() {
+    static const bool yes = detected_simd() == simd_level::avx2;
+    return yes;
+}
+
+} // namespace
+
+simd_level detected_simd() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
+        return simd_level::avx2;
+    }
+#endif
+    return simd_level::scalar;
+}
+
+simd_level default_simd() noexcept {
+    static const simd_level level = [] {
+        const char* env = std::getenv("LLMOS_ENGINE_SIMD");
+        if (env && std::string_view(env) == "scalar") {
+            return simd_level::scalar;
+        }
+        return detected_simd();
+    }();
+    return level;
+}
+
+std::string_view simd_name(simd_level l) noexcept {
+    switch (l) {
+    case simd_level::scalar:
+        return "scalar";
+    case simd_level::avx2:
+        return "avx2";
+    }
+    return "?";
+}
+
+std::string_view quant_status_name(quant_status s) noexcept {
+    switch (s) {
+    case quant_status::ok:
+        return "ok";
+    case quant_status::unsupported_type:
+        return "unsupported type";
+    case quant_status::bad_length:
+        return "bad length";
+    }
+    return "?";
+}
+
+void fp16_to_fp32_row(const uint16_t* src, float* dst, int64_t n) noexcept {
+    if (has_f16c()) {
+        detail::fp16_to_fp32_row_f16c(src, dst, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        dst[i] = fp16_to_fp32(src[i]);
+    }
+}
+
+void fp32_to_fp16_row(const float* src, uint16_t* dst, int64_t n) noexcept {
+    if (has_f16c()) {
+        detail::fp32_to_fp16_row_f16c(src, dst, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        dst[i] = fp32_to_fp16(src[i]);
+    }
+}
+
+namespace {
+
+/// Checks t and n; the number of blocks when they are usable.
+quant_status check(ggml_type t, int64_t n, int64_t& blocks) {
+    const auto i = info(t);
+    if (!i || !i->supported) {
+        return quant_status::unsupported_type;
+    }
+    if (n < 0 || n % i->block_elems != 0) {
+        return quant_status::bad_length;
+    }
+    blocks = n / i->block_elems;
+    return quant_status::ok;
+}
+
+} // namespace
+
+quant_status dequantize_row(ggml_type t, const void* src, float* dst, int64_t n) noexcept {
+    int64_t nb = 0;
+    if (const quant_status s = check(t, n, nb); s != quant_status::ok) {
+        return s;
+    }
+    switch (t) {
+    case ggml_type::f32:
+        std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+        break;
+    case ggml_type::f16:
+        fp16_to_fp32_row(static_cast<const uint16_t*>(src), dst, n);
+        break;
+    case ggml_type::q8_0:
+        dequantize_q8_0(static_cast<const block_q8_0*>(src), dst, nb);
+        break;
+    case ggml_type::q4_0:
+        dequantize_q4_0(static_cast<const block_q4_0*>(src), dst, nb);
+        break;
+    case ggml_type::q4_k:
+        dequantize_q4_k(static_cast<const block_q4_k*>(src), dst, nb);
+        break;
+    case ggml_type::q5_k:
+        dequantize_q5_k(static_cast<const block_q5_k*>(src), dst, nb);
+        break;
+    case ggml_type::q6_k:
+        dequantize_q6_k(static_cast<const block_q6_k*>(src), dst, nb);
+        break;
+    default:
+        return quant_status::unsupported_type;
+    }
+    return quant_status::ok;
+}
+
+quant_status quantize_row(ggml_type t, const float* src, void* dst, int64_t n) noexcept {
+    int64_t nb = 0;
+    if (const quant_status s = check(t, n, nb); s != quant_status::ok) {
+        return s;
+    }
+    switch (t) {
+    case ggml_type::f32:
+        std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+        break;
+    case ggml_type::f16:
+        fp32_to_fp16_row(src, static_cast<uint16_t*>(dst), n);
+        break;
+    case ggml_type::q8_0:
+        quantize_q8_0(src, static_cast<block_q8_0*>(dst), nb);
+        break;
+    case ggml_type::q4_0:
+        quantize_q4_0(src, static_cast<block_q4_0*>(dst), nb);
+        break;
+    case ggml_type::q4_k:
+        quantize_q4_k(src, static_cast<block_q4_k*>(dst), nb);
+        break;
+    case ggml_type::q5_k:
+        quantize_q5_k(src, static_cast<block_q5_k*>(dst), nb);
+        break;
+    case ggml_type::q6_k:
+        quantize_q6_k(src, static_cast<block_q6_k*>(dst), nb);
+        break;
+    default:
+        return quant_status::unsupported_type;
+    }
+    return quant_status::ok;
+}
+
+} // namespace llmos::engine

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: MIT
+//
+// Private to the engine: the per-row dot kernels behind matmul, and the
+// 8-bit activation formats they read. quant_ref.cc has the portable
+// kernels, quant_avx2.cc the AVX2 + FMA + F16C ones; both compute the
+// same integer sums, so they differ only in the order floats are added.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <llmos/engine/quant.hh>
+
+namespace llmos::engine::detail {
+
+/// Activations quantized for Q8_0 and Q4_0 weights: 32 values, x = d * q
+/// with q in -127..127, and ds = d * sum(q) (Q4_0's offset of 8).
+struct act_q8_32 {
+    int8_t qs[qk_block];
+    float d;
+    float ds;
+};
+static_assert(sizeof(act_q8_32) == 40);
+
+/// Activations quantized for K-quant weights: 256 values, x = d * q with
+/// q in -127..127, and the sum of each 16 consecutive q (the mins and
+/// offsets of Q4_K, Q5_K and Q6_K).
+struct alignas(32) act_q8_256 {
+    int8_t qs[qk_super];
+    int16_t bsums[qk_super / 16];
+    float d;
+};
+static_assert(sizeof(act_q8_256) == 320);
+
+/// How a weight type wants its activations.
+enum class act_format : uint8_t {
+    f32,    ///< the float rows themselves (F32 and F16 weights)
+    q8_32,  ///< act_q8_32 blocks (Q8_0, Q4_0)
+    q8_256, ///< act_q8_256 blocks (Q4_K, Q5_K, Q6_K)
+};
+
+/// The most tokens one kernel call handles (one weight row, several
+/// activation rows: the weights are loaded and unpacked once for all).
+inline constexpr int max_tile = 4;
+
+/// out[t] = sum over k < cols of W[k] * x_t[k] for t < nt (1..max_tile),
+/// where W is one weight row and x_t the activation row at
+/// act + t * act_stride bytes, in the format of the weight type.
+using row_kernel = void (*)(const void* w_row, const void* act, size_t act_stride, int nt,
+                            int64_t cols, float* out);
+
+/// Quantizes one row of `cols` floats into activation format blocks.
+using act_quantizer = void (*)(const float* x, void* dst, int64_t cols);
+
+/// The activation format of a supported weight type (f32 for others).
+act_format act_format_of(ggml_type t) noexcept;
+
+/// Bytes of one activation row of `cols` values in format `f` (cols a
+/// whole number of the format's blocks).
+size_t act_row_bytes(act_format f, int64_t cols) noexcept;
+
+/// Kernels for a type at a level; nullptr for an unsupported type.
+row_kernel row_kernel_ref(ggml_type t) noexcept;
+row_kernel row_kernel_avx2(ggml_type t) noexcept;
+
+/// Activation quantizers; nullptr for act_format::f32.
+act_quantizer act_quantizer_ref(act_format f) noexcept;
+act_quantizer act_quantizer_avx2(act_format f) noexcept;
+
+/// F16C row conversions (the caller checks the CPU has them).
+void fp16_to_fp32_row_f16c(const uint16_t* src, float* dst, int64_t n) noexcept;
+void fp32_to_fp16_row_f16c(const float* src, uint16_t* dst, int64_t n) noexcept;
+
+} // namespace llmos::engine::detail

@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: MIT
+//
+// thread_pool: a generation counter starts a loop (the workers wait for it
+// to move), an atomic cursor hands out chunks, a count of busy workers
+// ends it. Every worker takes part in every loop, so when the caller sees
+// the count reach zero no worker touches the loop's state any more.
+#include <algorithm>
+#include <llmos/engine/thread_pool.hh>
+
+namespace llmos::engine {
+
+namespace {
+
+/// The pool whose loop this thread is running, if any (nested calls run
+/// inline instead of waiting for themselves).
+thread_local const thread_pool* t_current = nullptr;
+
+/// Polls before sleeping: long enough to bridge the gap between two
+/// matmuls of one forward pass, short enough not to steal a shared core
+/// for long.
+constexpr int spin_polls = 1 << 12;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+} // namespace
+
+thread_pool::thread_pool(int n_threads) {
+    const int workers = std::max(n_threads, 1) - 1;
+    _workers.reserve(static_cast<size_t>(workers));
+    try {
+        for (int i = 0; i < workers; ++i) {
+            _workers.emplace_back([this] { worker_main(); });
+        }
+    } catch (...) {
+        _stop.store(true, std::memory_order_release);
+        _generation.fetch_add(1, std::memory_order_release);
+        _generation.notify_all();
+        for (auto& t : _workers) {
+            t.join();
+        }
+        throw;
+    }
+}
+
+thread_pool::~thread_pool() {
+    _stop.store(true, std::memory_order_release);
+    _generation.fetch_add(1, std::memory_order_release);
+    _generation.notify_all();
+    for (auto& t : _workers) {
+        t.join();
+    }
+}
+
+void thread_pool::run(int64_t n_items, int64_t grain, trampoline call, void* ctx) {
+    if (n_items <= 0) {
+        return;
+    }
+    grain = std::max<int64_t>(grain, 1);
+    if (_workers.empty() || t_current == this || n_items <= grain) {
+        call(ctx, 0, n_items);
+        return;
+    }
+    std::lock_guard lock(_call_mutex);
+    // About four chunks per thread: small enough to even out a thread
+    // that started late or shares its core, large enough to stream.
+    const int64_t per = (n_items + 4 * size() - 1) / (4 * size());
+    _call = call;
+    _ctx = ctx;
+    _n_items = n_items;
+    _chunk = std::max(grain, per);
+    _next.store(0, std::memory_order_relaxed);
+    _busy.store(static_cast<int32_t>(_workers.size()), std::memory_order_relaxed);
+    _generation.fetch_add(1, std::memory_order_release);
+    _generation.notify_all();
+
+    const thread_pool* outer = t_current;
+    t_current = this;
+    work();
+    t_current = outer;
+
+    int polls = 0;
+    for (int32_t busy; (busy = _busy.load(std::memory_order_acquire)) != 0;) {
+        if (++polls < spin_polls) {
+            cpu_relax();
+        } else {
+            _busy.wait(busy, std::memory_order_acquire);
+        }
+    }
+}
+
+void thread_pool::work() noexcept {
+    for (;;) {
+        const int64_t begin = _next.fetch_add(_chunk, std::memory_order_relaxed);
+        if (begin >= _n_items) {
+            return;
+        }
+        _call(_ctx, begin, std::min(begin + _chunk, _n_items));
+    }
+}
+
+void thread_pool::worker_main() noexcept {
+    t_current = this;
+    uint32_t seen = 0; // no loop starts before the constructor returns
+    for (;;) {
+        int polls = 0;
+        uint32_t g;
+        while ((g = _generation.load(std::memory_order_acquire)) == seen) {
+            if (++polls < spin_polls) {
+                cpu_relax();
+            } else {
+                _generation.wait(seen, std::memory_order_acquire);
+            }
+        }
+        seen = g;
+        if (_stop.load(std::memory_order_acquire)) {
+            return;
+        }
+        work();
+        if (_busy.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            _busy.notify_one();
+        }
+    }
+}
+
+} // namespace llmos::engine
