@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <gtest/gtest.h>
 #include <linux/llmos.h>
+#include <llmos/event_loop.hh>
 #include <llmos/sched.hh>
 #include <map>
 #include <thread>
@@ -258,3 +259,61 @@ TEST_P(sched_backend, stats_count_what_happened) {
 }
 
 } // namespace
+
+// DISPATCH waiting in an event loop: a uring_cmd on the loop's ring (kernel)
+// or the in-process scheduler ringing the loop's doorbell (local).
+TEST_P(sched_backend, dispatch_async_waits_in_the_event_loop) {
+    auto loop = llmos::event_loop::create({.spin = 0}).value();
+    auto w = worker(2);
+    auto c = client();
+    std::optional<llmos::result<std::vector<llmos::request_desc>>> got;
+    ASSERT_FALSE(w.dispatch_async(*loop, 2, [&](auto r) { got.emplace(std::move(r)); }));
+    EXPECT_TRUE(w.dispatch_pending());
+    EXPECT_EQ(w.dispatch_async(*loop, 2, [](auto) {}), std::errc::device_or_resource_busy);
+    // Nothing queued: the loop goes to sleep without an answer.
+    loop->run_once(20ms);
+    EXPECT_FALSE(got);
+    uint64_t id = 0;
+    std::thread t([&] {
+        std::this_thread::sleep_for(30ms);
+        id = c.submit({.tenant = 1, .cost = 1}).value();
+    });
+    auto t0 = std::chrono::steady_clock::now();
+    while (!got && std::chrono::steady_clock::now() - t0 < 10s) {
+        loop->run_once(5s);
+    }
+    t.join();
+    ASSERT_TRUE(got);
+    ASSERT_TRUE(*got) << got->error().message();
+    ASSERT_EQ((*got)->size(), 1u);
+    EXPECT_EQ((*got)->front().id, id);
+    EXPECT_FALSE(w.dispatch_pending());
+    EXPECT_GE(loop->stats().sleeps, 1u);
+    EXPECT_FALSE(w.start(id));
+    EXPECT_FALSE(w.complete(id, 0, 1));
+    EXPECT_EQ(c.wait(id, wait_for::at_most(5s)).value().state, LLMOS_REQ_COMPLETED);
+}
+
+TEST_P(sched_backend, dispatch_async_cancelled_loses_nothing) {
+    auto loop = llmos::event_loop::create({.spin = 0}).value();
+    auto w = worker(1);
+    auto c = client();
+    std::optional<llmos::result<std::vector<llmos::request_desc>>> got;
+    ASSERT_FALSE(w.dispatch_async(*loop, 1, [&](auto r) { got.emplace(std::move(r)); }));
+    loop->run_once(10ms);
+    w.cancel_dispatch();
+    auto t0 = std::chrono::steady_clock::now();
+    while (!got && std::chrono::steady_clock::now() - t0 < 10s) {
+        loop->run_once(1s);
+    }
+    ASSERT_TRUE(got);
+    ASSERT_FALSE(*got);
+    EXPECT_EQ(got->error(), std::errc::operation_canceled);
+    // The next request goes to a plain DISPATCH: nothing was left taken.
+    auto id = c.submit({.tenant = 1, .cost = 1}).value();
+    auto d = w.dispatch(1, wait_for::at_most(5s));
+    ASSERT_TRUE(d) << d.error().message();
+    EXPECT_EQ(d->front().id, id);
+    EXPECT_FALSE(w.start(id));
+    EXPECT_FALSE(w.complete(id, 0, 1));
+}

@@ -6,6 +6,7 @@
 #include <deque>
 #include <linux/llmos.h>
 #include <list>
+#include <llmos/event_loop.hh>
 #include <memory>
 #include <mutex>
 #include <time.h>
@@ -66,6 +67,8 @@ public:
     std::deque<std::unique_ptr<llmos_core_tenant>> tenants;
     uint64_t last_client = 0;
     uint32_t workers = 0;
+    uint64_t work_gen = 0;        // bumped whenever a worker may find work
+    std::vector<doorbell*> bells; // event loops of workers waiting without a thread
 
     scheduler() { llmos_core_init(&core); }
     ~scheduler() {
@@ -85,6 +88,15 @@ public:
     llmos_core_tenant* spare() {
         tenants.push_back(std::make_unique<llmos_core_tenant>());
         return tenants.back().get();
+    }
+    // Work may be there for a worker: wake the blocked ones and ring the
+    // loops of the ones that wait in an event loop.
+    void work_changed() {
+        ++work_gen;
+        work_cv.notify_all();
+        for (auto* b : bells) {
+            ring_doorbell(*b);
+        }
     }
     void notify(req* r) {
         auto* c = r->owner;
@@ -135,7 +147,7 @@ void close_client(uint64_t cid) {
     }
     if (c->is_worker) {
         if (llmos_core_worker_remove(&s.core, &c->worker)) {
-            s.work_cv.notify_all();
+            s.work_changed();
         }
         s.workers--;
     }
@@ -176,7 +188,7 @@ result<uint64_t> submit(uint64_t cid, const submit_options& o) {
     }
     auto id = r->core.id;
     c->reqs.emplace(id, std::move(r));
-    s.work_cv.notify_all();
+    s.work_changed();
     return id;
 }
 
@@ -330,7 +342,7 @@ std::error_code complete(uint64_t cid, uint64_t id, int32_t status, uint32_t tok
         return from_core(ret);
     }
     s.notify(r);
-    s.work_cv.notify_all(); // this worker has room again
+    s.work_changed(); // this worker has room again
     return {};
 }
 
@@ -367,6 +379,25 @@ std::error_code set_weight(uint32_t tenant, uint32_t weight) {
         spare = s.spare();
     }
     return from_core(llmos_core_set_weight(&s.core, tenant, weight, &spare));
+}
+
+} // namespace llmos::local_sched
+
+namespace llmos::local_sched {
+
+uint64_t work_generation() {
+    auto& s = sched();
+    std::lock_guard g(s.m);
+    return s.work_gen;
+}
+
+void watch_work(doorbell& b, bool on) {
+    auto& s = sched();
+    std::lock_guard g(s.m);
+    std::erase(s.bells, &b);
+    if (on) {
+        s.bells.push_back(&b);
+    }
 }
 
 } // namespace llmos::local_sched

@@ -5,6 +5,7 @@
 // clients, workers, requeue on a worker's end, and cancel on a client's.
 #pragma once
 
+#include <llmos/event_loop.hh>
 #include <llmos/sched.hh>
 
 namespace llmos::local_sched {
@@ -19,6 +20,10 @@ result<std::vector<request_desc>> dispatch(uint64_t client, uint32_t max, wait_f
 std::error_code start(uint64_t client, uint64_t id);
 std::error_code complete(uint64_t client, uint64_t id, int32_t status, uint32_t tokens,
                          uint64_t result_off, uint64_t result_len);
+/// Bumped (under the scheduler's lock) whenever a worker may find work.
+uint64_t work_generation();
+/// Rings `b` whenever the work generation changes (on), or no more (off).
+void watch_work(doorbell& b, bool on);
 sched_stats stats();
 std::error_code set_weight(uint32_t tenant, uint32_t weight);
 

@@ -4,7 +4,9 @@
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
+#include <liburing.h>
 #include <linux/llmos.h>
+#include <llmos/event_loop.hh>
 #include <llmos/sched.hh>
 #include <sys/ioctl.h>
 
@@ -241,6 +243,166 @@ std::error_code set_tenant_weight(const device& dev, uint32_t tenant, uint32_t w
     w.tenant = tenant;
     w.weight = weight;
     return ioctl_err(dev.fd(), LLMOS_IOC_SET_WEIGHT, &w);
+}
+
+} // namespace llmos
+
+// dispatch_async: a DISPATCH that waits in an event loop, not in a thread.
+namespace llmos::detail {
+
+struct async_dispatch final : loop_source, std::enable_shared_from_this<async_dispatch> {
+    event_loop* loop = nullptr;
+    sched_worker::dispatch_callback done;
+    bool waiting = false;
+    uint32_t max = 0;
+    // kernel: the command's argument and descriptors, alive until its CQE
+    int fd = -1;
+    llmos_dispatch cmd{};
+    std::vector<llmos_req_desc> buf;
+    // local: registered as a source of the loop while pending
+    uint64_t client = 0;
+    uint64_t seen_gen = 0;
+
+    void finish(result<std::vector<request_desc>> r) {
+        waiting = false;
+        auto cb = std::move(done);
+        done = nullptr;
+        if (cb) {
+            cb(std::move(r));
+        }
+    }
+
+    // Kernel.
+    std::error_code submit_cmd() {
+        io_uring_sqe* sqe =
+            loop->sqe([self = shared_from_this()](int32_t res, uint32_t) { self->on_cqe(res); });
+        if (!sqe) {
+            return std::make_error_code(std::errc::resource_unavailable_try_again);
+        }
+        uint64_t ud = sqe->user_data;
+        std::memset(sqe, 0, sizeof(*sqe));
+        sqe->opcode = IORING_OP_URING_CMD;
+        sqe->fd = fd;
+        sqe->cmd_op = LLMOS_IOC_DISPATCH;
+        auto* c = reinterpret_cast<llmos_uring_sqe*>(sqe->cmd);
+        c->arg_uptr = reinterpret_cast<uintptr_t>(&cmd);
+        sqe->user_data = ud;
+        io_uring_submit(loop->ring());
+        return {};
+    }
+    void on_cqe(int32_t res) {
+        if (!waiting) {
+            return;
+        }
+        if (res == 0) {
+            // Another taker was first: wait again.
+            if (auto ec = submit_cmd()) {
+                finish(ec);
+            }
+            return;
+        }
+        if (res < 0) {
+            finish(std::error_code(-res, std::system_category()));
+            return;
+        }
+        std::vector<request_desc> out(static_cast<size_t>(res));
+        for (size_t i = 0; i < out.size(); ++i) {
+            const auto& b = buf[i];
+            out[i] = {b.id,          b.tenant, b.priority,   b.cost,       b.requeues,
+                      b.deadline_ns, b.ms_id,  b.prompt_off, b.prompt_len, b.submit_ns};
+        }
+        finish(std::move(out));
+    }
+
+    // Local: the scheduler rings the loop when its work generation moves.
+    size_t poll() override {
+        uint64_t gen = local_sched::work_generation();
+        if (!waiting || gen == seen_gen) {
+            return 0;
+        }
+        seen_gen = gen;
+        auto r = local_sched::dispatch(client, max, wait_for::none());
+        if (!r && r.error() == std::errc::resource_unavailable_try_again) {
+            return 0;
+        }
+        unwatch();
+        finish(std::move(r));
+        return 1;
+    }
+    bool pending() const override { return local_sched::work_generation() != seen_gen; }
+    void unwatch() {
+        local_sched::watch_work(loop->bell(), false);
+        loop->remove_source(*this);
+    }
+};
+
+} // namespace llmos::detail
+
+namespace llmos {
+
+sched_worker::~sched_worker() {
+    if (dispatch_pending()) {
+        cancel_dispatch();
+    }
+}
+
+bool sched_worker::dispatch_pending() const noexcept {
+    return _async && _async->waiting;
+}
+
+std::error_code sched_worker::dispatch_async(event_loop& loop, uint32_t max,
+                                             dispatch_callback done) {
+    if (!max || max > LLMOS_MAX_DISPATCH || !done) {
+        return std::make_error_code(std::errc::invalid_argument);
+    }
+    if (dispatch_pending()) {
+        return std::make_error_code(std::errc::device_or_resource_busy);
+    }
+    if (!_async || _async->loop != &loop) {
+        _async = std::make_shared<detail::async_dispatch>();
+    }
+    auto& a = *_async;
+    a.loop = &loop;
+    a.max = max;
+    a.done = std::move(done);
+    a.waiting = true;
+    if (_c._kind == backend_kind::local) {
+        a.client = _c._local;
+        a.seen_gen = local_sched::work_generation() - 1; // look once at least
+        local_sched::watch_work(loop.bell(), true);
+        loop.add_source(a);
+        return {};
+    }
+    a.fd = _c.fd();
+    a.buf.resize(max);
+    a.cmd = {};
+    a.cmd.size = sizeof(a.cmd);
+    a.cmd.descs_uptr = reinterpret_cast<uintptr_t>(a.buf.data());
+    a.cmd.desc_size = sizeof(llmos_req_desc);
+    a.cmd.max = max;
+    if (auto ec = a.submit_cmd()) {
+        a.waiting = false;
+        a.done = nullptr;
+        return ec;
+    }
+    return {};
+}
+
+void sched_worker::cancel_dispatch() {
+    if (!dispatch_pending()) {
+        return;
+    }
+    if (_c._kind == backend_kind::local) {
+        _async->unwatch();
+        _async->finish(std::make_error_code(std::errc::operation_canceled));
+        return;
+    }
+    // The pending command completes with ECANCELED, or with what it took
+    // if it was just completing; either way its CQE reaches the callback.
+    llmos_cancel c{};
+    c.size = sizeof(c);
+    c.flags = LLMOS_CANCEL_PENDING;
+    ::ioctl(_c.fd(), LLMOS_IOC_CANCEL, &c);
 }
 
 } // namespace llmos

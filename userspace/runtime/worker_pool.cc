@@ -7,6 +7,7 @@
 #include <llmos/worker_pool.hh>
 #include <map>
 #include <numa.h>
+#include <optional>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -128,14 +129,23 @@ void worker_pool::join() {
     }
 }
 
+void worker_pool::wake_all() {
+    std::lock_guard lk(_loops_m);
+    for (auto* l : _loops) {
+        l->stop();
+    }
+}
+
 void worker_pool::drain() {
     state s = state::running;
     _state.compare_exchange_strong(s, state::draining);
+    wake_all();
     join();
 }
 
 void worker_pool::stop() {
     _state.store(state::stopping);
+    wake_all();
     join();
 }
 
@@ -166,9 +176,45 @@ struct worker_pool::slot {
     bool suspect = false; ///< was in a batch that crashed: runs alone
 };
 
+// Waits for requests in the worker's event loop (DISPATCH as a uring_cmd
+// on the kernel backend, the scheduler ringing the loop on the local one),
+// or, without a loop, in a DISPATCH that blocks a while. drain() and
+// stop() wake the loop; then the wait is cancelled (ECANCELED), and what
+// was taken meanwhile still comes back here.
+result<std::vector<request_desc>> worker_pool::wait_for_work(sched_worker& w, event_loop* loop,
+                                                             uint32_t max) {
+    if (!loop) {
+        return w.dispatch(max, wait_for::at_most(50ms));
+    }
+    std::optional<result<std::vector<request_desc>>> got;
+    if (auto ec = w.dispatch_async(*loop, max, [&](auto r) { got.emplace(std::move(r)); })) {
+        return ec;
+    }
+    while (!got) {
+        if (_state.load() != state::running && w.dispatch_pending()) {
+            w.cancel_dispatch();
+        }
+        if (!got) {
+            loop->run_once();
+        }
+    }
+    return std::move(*got);
+}
+
 void worker_pool::run_worker(unsigned i) {
     setup_thread(i);
     worker_info& info = *_infos[i];
+    // This thread's event loop, which drain() and stop() can wake.
+    std::unique_ptr<event_loop> loop;
+    if (auto l = event_loop::create({.entries = 16, .spin = 0})) {
+        loop = std::move(*l);
+        std::lock_guard lk(_loops_m);
+        _loops.push_back(loop.get());
+    }
+    auto unpublish = [&] {
+        std::lock_guard lk(_loops_m);
+        std::erase(_loops, loop.get());
+    };
     auto make_engine = [&]() -> std::unique_ptr<inference_engine> {
         try {
             return _o.engine(i);
@@ -316,8 +362,8 @@ void worker_pool::run_worker(unsigned i) {
             }
             uint32_t free = _o.slots - static_cast<uint32_t>(active.size());
             if (free && st == state::running) {
-                auto got =
-                    w.dispatch(free, active.empty() ? wait_for::at_most(50ms) : wait_for::none());
+                auto got = active.empty() ? wait_for_work(w, loop.get(), free)
+                                          : w.dispatch(free, wait_for::none());
                 if (got) {
                     for (auto& d : *got) {
                         if (auto s = setup(d)) {
@@ -327,7 +373,7 @@ void worker_pool::run_worker(unsigned i) {
                         }
                     }
                 } else if (got.error().value() != EAGAIN && got.error().value() != ETIMEDOUT &&
-                           got.error().value() != EINTR) {
+                           got.error().value() != EINTR && got.error().value() != ECANCELED) {
                     info.last_error = "dispatch: " + got.error().message();
                     std::this_thread::sleep_for(10ms);
                 }
@@ -427,6 +473,7 @@ void worker_pool::run_worker(unsigned i) {
         break;
     }
     mark_ready();
+    unpublish();
 }
 
 } // namespace llmos

@@ -3,14 +3,21 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <llmos/device.hh>
 #include <llmos/result.hh>
 #include <llmos/unique_fd.hh>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace llmos {
+
+class event_loop;
+namespace detail {
+struct async_dispatch;
+}
 
 /// What a request carries (LLMOS_IOC_SUBMIT).
 struct submit_options {
@@ -106,6 +113,7 @@ class sched_worker {
     sched_client _c;
     uint64_t _id;
     uint32_t _capacity;
+    std::shared_ptr<detail::async_dispatch> _async; // dispatch_async's state
 
     sched_worker(sched_client c, uint64_t id, uint32_t cap)
         : _c(std::move(c))
@@ -113,6 +121,12 @@ class sched_worker {
         , _capacity(cap) {}
 
 public:
+    sched_worker(sched_worker&&) noexcept = default;
+    sched_worker& operator=(sched_worker&&) noexcept = default;
+    /// Cancels a pending dispatch_async first (destroy it on the thread
+    /// of that loop).
+    ~sched_worker();
+
     /// WORKER_REGISTER on a new client. Errors: EINVAL (capacity).
     static result<sched_worker> open(const device& dev, uint32_t capacity, int numa_node = -1,
                                      uint64_t model = 0);
@@ -120,6 +134,21 @@ public:
     /// DISPATCH: up to `max` requests (at least one unless it fails).
     /// Errors: EAGAIN (none, without blocking), ETIMEDOUT, EINVAL.
     result<std::vector<request_desc>> dispatch(uint32_t max, wait_for w = wait_for::forever());
+    using dispatch_callback = std::function<void(result<std::vector<request_desc>>)>;
+    /// DISPATCH without blocking the thread: `done` runs on `loop`'s thread
+    /// (inside its run_once) with at least one request, or an error
+    /// (ECANCELED after cancel_dispatch()). The kernel backend sends a
+    /// uring_cmd on the loop's ring; the local one has the in-process
+    /// scheduler ring the loop's doorbell when work may be there. One at
+    /// a time (EBUSY); the loop must outlive it. Call on the loop's thread.
+    std::error_code dispatch_async(event_loop& loop, uint32_t max, dispatch_callback done);
+    /// Ends a pending dispatch_async: its callback gets ECANCELED (at once
+    /// on the local backend, from the loop on the kernel one). Requests it
+    /// already took are not lost: the callback gets them instead.
+    void cancel_dispatch();
+    /// Is a dispatch_async pending?
+    bool dispatch_pending() const noexcept;
+
     /// START. Errors: ENOENT, ESRCH (not held), EINVAL (not DISPATCHED).
     std::error_code start(uint64_t id);
     /// COMPLETE (status 0, or a negative errno for a failure).

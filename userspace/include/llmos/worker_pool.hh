@@ -4,6 +4,10 @@
 // worker of `slots` requests, take requests (continuous batching: new ones
 // join between decode steps while slots are free), run them through their
 // own engine, stream what the engine writes, and complete them.
+// An idle worker waits for requests in its own event loop (io_uring): the
+// DISPATCH is a uring_cmd on the kernel backend, and the in-process
+// scheduler rings the loop on the local one; between decode steps it takes
+// more without waiting.
 //
 // Each worker is pinned to one CPU and prefers memory on that CPU's NUMA
 // node (libnuma), and runs in its pool's priority class.
@@ -30,9 +34,12 @@
 #include <functional>
 #include <llmos/channel.hh>
 #include <llmos/device.hh>
+#include <llmos/event_loop.hh>
 #include <llmos/inference.hh>
 #include <llmos/result.hh>
+#include <llmos/sched.hh>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -116,6 +123,9 @@ private:
     void run_worker(unsigned i);
     void setup_thread(unsigned i);
     void join();
+    void wake_all();
+    result<std::vector<request_desc>> wait_for_work(sched_worker& w, event_loop* loop,
+                                                    uint32_t max);
 
     const device& _dev;
     worker_pool_options _o;
@@ -123,6 +133,8 @@ private:
     std::atomic<size_t> _ready{0};
     std::vector<std::unique_ptr<worker_info>> _infos;
     std::vector<std::thread> _threads;
+    std::mutex _loops_m;             // _loops
+    std::vector<event_loop*> _loops; // the workers', to wake them
 };
 
 } // namespace llmos
