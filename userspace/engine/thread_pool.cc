@@ -1,9 +1,14 @@
 // SPDX-License-Identifier: MIT
 //
-// thread_pool: a generation counter starts a loop (the workers wait for it
-// to move), an atomic cursor hands out chunks, a count of busy workers
-// ends it. Every worker takes part in every loop, so when the caller sees
-// the count reach zero no worker touches the loop's state any more.
+// thread_pool: the caller publishes a loop (its state, then _active =
+// open_bit with release) and bumps a generation counter that the workers
+// wait on. A worker joins by incrementing _active while open_bit is set,
+// takes chunks from an atomic cursor, and leaves by decrementing it. When
+// the caller has run out of chunks it clears open_bit (no one joins any
+// more: every chunk is taken) and waits only for the workers that joined
+// to leave, so a worker that was slow to wake costs nothing. The loop's
+// state is written only while _active is 0 and closed, so a worker that
+// has joined always reads a consistent loop.
 #include <algorithm>
 #include <llmos/engine/thread_pool.hh>
 
@@ -19,6 +24,8 @@ thread_local const thread_pool* t_current = nullptr;
 /// matmuls of one forward pass, short enough not to steal a shared core
 /// for long.
 constexpr int spin_polls = 1 << 12;
+
+constexpr uint32_t open_bit = 1u << 31;
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -73,7 +80,7 @@ void thread_pool::run(int64_t n_items, int64_t grain, trampoline call, void* ctx
     _n_items = n_items;
     _chunk = std::max(grain, per);
     _next.store(0, std::memory_order_relaxed);
-    _busy.store(static_cast<int32_t>(_workers.size()), std::memory_order_relaxed);
+    _active.store(open_bit, std::memory_order_release);
     _generation.fetch_add(1, std::memory_order_release);
     _generation.notify_all();
 
@@ -82,13 +89,16 @@ void thread_pool::run(int64_t n_items, int64_t grain, trampoline call, void* ctx
     work();
     t_current = outer;
 
+    // Every chunk is taken: close the loop, wait for those still in it.
+    uint32_t active = _active.fetch_and(~open_bit, std::memory_order_acq_rel) & ~open_bit;
     int polls = 0;
-    for (int32_t busy; (busy = _busy.load(std::memory_order_acquire)) != 0;) {
+    while (active != 0) {
         if (++polls < spin_polls) {
             cpu_relax();
         } else {
-            _busy.wait(busy, std::memory_order_acquire);
+            _active.wait(active, std::memory_order_acquire);
         }
+        active = _active.load(std::memory_order_acquire);
     }
 }
 
@@ -119,9 +129,20 @@ void thread_pool::worker_main() noexcept {
         if (_stop.load(std::memory_order_acquire)) {
             return;
         }
+        // Join the loop if it still admits workers (it may be a later one
+        // than generation g: its state is just as valid).
+        uint32_t active = _active.load(std::memory_order_relaxed);
+        bool joined = false;
+        while ((active & open_bit) != 0 && !joined) {
+            joined = _active.compare_exchange_weak(active, active + 1, std::memory_order_acquire,
+                                                   std::memory_order_relaxed);
+        }
+        if (!joined) {
+            continue;
+        }
         work();
-        if (_busy.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            _busy.notify_one();
+        if (_active.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            _active.notify_one(); // the last one out of a closed loop
         }
     }
 }

@@ -4,7 +4,9 @@
 // rows, attention heads). The thread that calls parallel_for works too, so
 // a pool of n runs n - 1 threads of its own. Between calls the workers spin
 // a little (a forward pass calls back to back), then sleep on a futex.
-// A call allocates nothing and takes no lock when uncontended.
+// A call allocates nothing and takes no lock when uncontended, and never
+// waits for a worker that has not started on it (on a busy machine the
+// caller may do the whole loop itself).
 #pragma once
 
 #include <atomic>
@@ -72,7 +74,8 @@ private:
     alignas(64) std::atomic<int64_t> _next{0};        // next item to hand out
     alignas(64) std::atomic<uint32_t> _generation{0}; // bumped per loop
     std::atomic<bool> _stop{false};
-    alignas(64) std::atomic<int32_t> _busy{0}; // workers not yet done with the loop
+    // Workers inside the current loop, plus open_bit while it admits more.
+    alignas(64) std::atomic<uint32_t> _active{0};
 };
 
 } // namespace llmos::engine

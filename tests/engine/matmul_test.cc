@@ -1,0 +1,428 @@
+// SPDX-License-Identifier: MIT
+//
+// matmul against a double-precision product of the dequantized weights,
+// for every type, token counts that fill and split the tiles, row counts
+// that do not divide among the threads, both kernel levels; the two levels
+// against each other; results that do not depend on the thread count; the
+// refusals. And the thread pool: every item once, the caller working,
+// nesting, concurrent callers, construction and destruction.
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <gtest/gtest.h>
+#include <llmos/engine/matmul.hh>
+#include <llmos/engine/quant.hh>
+#include <llmos/engine/thread_pool.hh>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using namespace llmos::engine;
+
+long scaled(long n) {
+    const char* s = std::getenv("LLMOS_TEST_SCALE");
+    const double f = s && std::atof(s) > 0 ? std::atof(s) : 1.0;
+    return std::max(1L, static_cast<long>(static_cast<double>(n) * f));
+}
+
+const ggml_type all_types[] = {ggml_type::f32,  ggml_type::f16,  ggml_type::q8_0, ggml_type::q4_0,
+                               ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k};
+
+std::string type_name(ggml_type t) {
+    return std::string(info(t)->name);
+}
+
+std::vector<float> normal(size_t n, unsigned seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    std::vector<float> v(n);
+    for (auto& f : v) {
+        f = dist(rng);
+    }
+    return v;
+}
+
+/// A random matrix stored as `type`, with its dequantized values.
+struct matrix {
+    ggml_type type;
+    int64_t rows;
+    int64_t cols;
+    std::vector<float> original;
+    std::vector<uint8_t> bytes;
+    std::vector<float> values; // what the bytes decode to
+
+    weight_view view() const { return {type, bytes.data(), rows, cols, 0}; }
+};
+
+const matrix& random_matrix(ggml_type t, int64_t rows, int64_t cols) {
+    static std::map<std::tuple<ggml_type, int64_t, int64_t>, matrix> cache;
+    auto key = std::make_tuple(t, rows, cols);
+    if (auto it = cache.find(key); it != cache.end()) {
+        return it->second;
+    }
+    matrix m{t, rows, cols, normal(static_cast<size_t>(rows * cols), 11), {}, {}};
+    const size_t rb = *row_bytes(t, static_cast<uint64_t>(cols));
+    m.bytes.resize(rb * static_cast<size_t>(rows));
+    m.values.resize(m.original.size());
+    for (int64_t r = 0; r < rows; ++r) {
+        EXPECT_EQ(quantize_row(t, m.original.data() + r * cols, m.bytes.data() + r * rb, cols),
+                  quant_status::ok);
+        EXPECT_EQ(dequantize_row(t, m.bytes.data() + r * rb, m.values.data() + r * cols, cols),
+                  quant_status::ok);
+    }
+    return cache.emplace(key, std::move(m)).first->second;
+}
+
+std::vector<float> run(const matrix& m, const std::vector<float>& x, int64_t n_tokens,
+                       thread_pool& pool, simd_level level) {
+    std::vector<float> y(static_cast<size_t>(n_tokens * m.rows), NAN);
+    std::vector<std::byte> scratch(matmul_scratch_bytes(m.view(), n_tokens));
+    EXPECT_EQ(matmul(m.view(), x.data(), n_tokens, y.data(), pool, scratch, level),
+              matmul_status::ok);
+    return y;
+}
+
+/// Largest |y - ref| / (|W_r| |x_t|) over the outputs, ref in double from
+/// the weights `w` (rows x cols floats).
+double worst_error(const std::vector<float>& w, int64_t rows, int64_t cols,
+                   const std::vector<float>& x, int64_t n_tokens, const std::vector<float>& y) {
+    double worst = 0;
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        double xn = 0;
+        for (int64_t k = 0; k < cols; ++k) {
+            xn += static_cast<double>(x[t * cols + k]) * x[t * cols + k];
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+            double ref = 0;
+            double wn = 0;
+            for (int64_t k = 0; k < cols; ++k) {
+                ref += static_cast<double>(w[r * cols + k]) * x[t * cols + k];
+                wn += static_cast<double>(w[r * cols + k]) * w[r * cols + k];
+            }
+            const double e = std::fabs(y[t * rows + r] - ref) / std::sqrt(wn * xn + 1e-30);
+            worst = std::max(worst, std::isnan(e) ? INFINITY : e);
+        }
+    }
+    return worst;
+}
+
+/// What the 8-bit activations may cost, relative to |W_r| |x_t|.
+double tolerance(ggml_type t) {
+    switch (t) {
+    case ggml_type::f32:
+    case ggml_type::f16:
+        return 1e-5; // float rounding only: the reference has the same weights
+    default:
+        return 1e-2;
+    }
+}
+
+std::vector<simd_level> levels() {
+    std::vector<simd_level> l = {simd_level::scalar};
+    if (detected_simd() != simd_level::scalar) {
+        l.push_back(detected_simd());
+    }
+    return l;
+}
+
+TEST(matmul, matches_double_reference_for_every_type_and_shape) {
+    thread_pool pools[] = {thread_pool(1), thread_pool(3)};
+    for (const ggml_type t : all_types) {
+        for (const int64_t cols : {256, 2048}) {
+            const int64_t rows = 37; // not a multiple of any thread count
+            const matrix& m = random_matrix(t, rows, cols);
+            for (const int64_t n_tokens : {1, 3, 17}) {
+                const auto x = normal(static_cast<size_t>(n_tokens * cols), 5);
+                for (const simd_level level : levels()) {
+                    for (auto& pool : pools) {
+                        const auto y = run(m, x, n_tokens, pool, level);
+                        const double e = worst_error(m.values, rows, cols, x, n_tokens, y);
+                        EXPECT_LE(e, tolerance(t))
+                            << type_name(t) << " cols " << cols << " tokens " << n_tokens << " "
+                            << simd_name(level) << " threads " << pool.size();
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST(matmul, quantized_error_is_what_8_bit_activations_explain) {
+    // The activation rounding is random with respect to the weights: the
+    // error relative to |W_r| |x_t| is about 0.5% / sqrt(3 cols) per
+    // output. Check the typical size, well under the worst-case bound.
+    thread_pool pool(2);
+    for (const ggml_type t : all_types) {
+        const int64_t cols = 2048;
+        const matrix& m = random_matrix(t, 64, cols);
+        const auto x = normal(static_cast<size_t>(4 * cols), 6);
+        for (const simd_level level : levels()) {
+            const auto y = run(m, x, 4, pool, level);
+            const double e = worst_error(m.values, 64, cols, x, 4, y);
+            EXPECT_LE(e, t == ggml_type::f32 || t == ggml_type::f16 ? 1e-6 : 1e-3)
+                << type_name(t) << " " << simd_name(level);
+            std::printf("%-5s %-6s worst error / (|W_r| |x_t|) = %.2e\n", type_name(t).c_str(),
+                        std::string(simd_name(level)).c_str(), e);
+        }
+    }
+}
+
+TEST(matmul, f16_weights_track_the_float_originals) {
+    thread_pool pool(2);
+    const matrix& m = random_matrix(ggml_type::f16, 37, 2048);
+    const auto x = normal(3 * 2048, 7);
+    const auto y = run(m, x, 3, pool, default_simd());
+    EXPECT_LE(worst_error(m.original, 37, 2048, x, 3, y), 1e-3);
+}
+
+TEST(matmul, simd_and_scalar_agree) {
+    if (detected_simd() == simd_level::scalar) {
+        GTEST_SKIP() << "no SIMD kernels on this CPU";
+    }
+    thread_pool pool(2);
+    for (const ggml_type t : all_types) {
+        const matrix& m = random_matrix(t, 37, 2048);
+        for (const int64_t n_tokens : {1, 2, 3, 4, 5, 17}) {
+            const auto x = normal(static_cast<size_t>(n_tokens * 2048), 8);
+            const auto a = run(m, x, n_tokens, pool, simd_level::scalar);
+            const auto b = run(m, x, n_tokens, pool, detected_simd());
+            // Same integer sums, floats added in another order.
+            double scale = 0;
+            for (float v : a) {
+                scale = std::max(scale, static_cast<double>(std::fabs(v)));
+            }
+            for (size_t i = 0; i < a.size(); ++i) {
+                ASSERT_NEAR(a[i], b[i], 1e-5 * scale) << type_name(t) << " " << i;
+            }
+        }
+    }
+}
+
+TEST(matmul, thread_count_does_not_change_the_result) {
+    thread_pool one(1);
+    thread_pool four(4);
+    for (const ggml_type t : all_types) {
+        const matrix& m = random_matrix(t, 37, 256);
+        const auto x = normal(17 * 256, 9);
+        const auto a = run(m, x, 17, one, default_simd());
+        const auto b = run(m, x, 17, four, default_simd());
+        for (size_t i = 0; i < a.size(); ++i) {
+            ASSERT_EQ(a[i], b[i]) << type_name(t) << " " << i;
+        }
+    }
+}
+
+TEST(matmul, padded_rows_and_the_convenience_overload) {
+    thread_pool pool(2);
+    for (const ggml_type t : all_types) {
+        const matrix& m = random_matrix(t, 5, 256);
+        const size_t rb = *row_bytes(t, 256);
+        const size_t stride = rb + 64;
+        std::vector<uint8_t> padded(stride * 5, 0xee);
+        for (int r = 0; r < 5; ++r) {
+            std::memcpy(padded.data() + r * stride, m.bytes.data() + r * rb, rb);
+        }
+        const auto x = normal(2 * 256, 10);
+        std::vector<float> y(10);
+        ASSERT_EQ(matmul({t, padded.data(), 5, 256, stride}, x.data(), 2, y.data(), pool),
+                  matmul_status::ok);
+        EXPECT_LE(worst_error(m.values, 5, 256, x, 2, y), tolerance(t)) << type_name(t);
+    }
+}
+
+TEST(matmul, refuses_what_it_cannot_do_and_leaves_y_alone) {
+    thread_pool pool(2);
+    std::vector<uint8_t> w(4096 * 4);
+    std::vector<float> x(1024, 1.0f);
+    std::vector<float> y(64, 42.0f);
+    std::vector<std::byte> scratch(1 << 16);
+    auto mm = [&](weight_view v, int64_t n) {
+        return matmul(v, x.data(), n, y.data(), pool, scratch, default_simd());
+    };
+    EXPECT_EQ(mm({ggml_type::q4_1, w.data(), 2, 32, 0}, 1), matmul_status::unsupported_type);
+    EXPECT_EQ(mm({ggml_type::bf16, w.data(), 2, 32, 0}, 1), matmul_status::unsupported_type);
+    EXPECT_EQ(mm({ggml_type::q8_0, w.data(), 2, 33, 0}, 1), matmul_status::bad_shape);
+    EXPECT_EQ(mm({ggml_type::q4_k, w.data(), 2, 128, 0}, 1), matmul_status::bad_shape);
+    EXPECT_EQ(mm({ggml_type::q8_0, w.data(), -1, 32, 0}, 1), matmul_status::bad_shape);
+    EXPECT_EQ(mm({ggml_type::q8_0, w.data(), 2, 32, 0}, -1), matmul_status::bad_shape);
+    EXPECT_EQ(mm({ggml_type::q8_0, w.data(), 2, 64, 34}, 1), matmul_status::bad_shape);
+    EXPECT_EQ(mm({ggml_type::f32, w.data() + 2, 2, 8, 0}, 1), matmul_status::misaligned);
+    EXPECT_EQ(mm({ggml_type::q8_0, w.data() + 1, 2, 32, 0}, 1), matmul_status::misaligned);
+    EXPECT_EQ(mm({ggml_type::q8_0, w.data(), 2, 32, 35}, 1), matmul_status::misaligned);
+    for (const float v : y) {
+        ASSERT_EQ(v, 42.0f);
+    }
+    const weight_view q{ggml_type::q6_k, w.data(), 2, 256, 0};
+    EXPECT_EQ(matmul(q, x.data(), 3, y.data(), pool,
+                     std::span(scratch).first(matmul_scratch_bytes(q, 3) - 1), default_simd()),
+              matmul_status::scratch_too_small);
+    EXPECT_EQ(matmul_scratch_bytes({ggml_type::f16, w.data(), 2, 256, 0}, 3), 0u);
+    EXPECT_EQ(matmul_status_name(matmul_status::misaligned), "misaligned");
+}
+
+TEST(matmul, empty_shapes) {
+    thread_pool pool(2);
+    std::vector<float> x(16, 1.0f);
+    std::vector<float> y(16, 42.0f);
+    std::vector<uint8_t> w(64);
+    EXPECT_EQ(matmul({ggml_type::f32, w.data(), 4, 0, 0}, x.data(), 2, y.data(), pool),
+              matmul_status::ok);
+    for (int i = 0; i < 8; ++i) {
+        EXPECT_EQ(y[i], 0.0f); // a sum of nothing
+    }
+    EXPECT_EQ(y[8], 42.0f);
+    EXPECT_EQ(matmul({ggml_type::q8_0, w.data(), 0, 32, 0}, x.data(), 2, y.data(), pool),
+              matmul_status::ok);
+    EXPECT_EQ(matmul({ggml_type::q8_0, w.data(), 1, 32, 0}, x.data(), 0, y.data(), pool),
+              matmul_status::ok);
+    EXPECT_EQ(y[8], 42.0f);
+}
+
+TEST(matmul, extreme_activations_stay_finite) {
+    thread_pool pool(2);
+    for (const ggml_type t : all_types) {
+        const matrix& m = random_matrix(t, 8, 256);
+        std::vector<float> x(2 * 256, 0.0f); // token 0 all zeros
+        for (int k = 0; k < 256; ++k) {
+            x[256 + k] = k == 17 ? 3e4f : 1e-20f; // token 1: one spike
+        }
+        for (const simd_level level : levels()) {
+            const auto y = run(m, x, 2, pool, level);
+            for (int r = 0; r < 8; ++r) {
+                EXPECT_EQ(y[r], 0.0f) << type_name(t);
+                const double want = 3e4 * m.values[r * 256 + 17];
+                EXPECT_NEAR(y[8 + r], want, 1e-3 * 3e4 * 4) << type_name(t);
+            }
+        }
+    }
+}
+
+// ---- thread pool -----------------------------------------------------------
+
+TEST(thread_pool, every_item_exactly_once_in_grain_sized_ranges) {
+    for (int threads = 1; threads <= 4; ++threads) {
+        thread_pool pool(threads);
+        EXPECT_EQ(pool.size(), threads);
+        for (const int64_t n : {0, 1, 2, 7, 100, 10007}) {
+            for (const int64_t grain : {1, 5, 1000}) {
+                std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
+                std::mutex mu;
+                std::vector<std::pair<int64_t, int64_t>> ranges;
+                pool.parallel_for(
+                    n,
+                    [&](int64_t b, int64_t e) {
+                        for (int64_t i = b; i < e; ++i) {
+                            seen[static_cast<size_t>(i)].fetch_add(1);
+                        }
+                        std::lock_guard lock(mu);
+                        ranges.emplace_back(b, e);
+                    },
+                    grain);
+                for (int64_t i = 0; i < n; ++i) {
+                    ASSERT_EQ(seen[static_cast<size_t>(i)].load(), 1)
+                        << threads << " threads, n " << n << ", item " << i;
+                }
+                for (const auto& [b, e] : ranges) {
+                    ASSERT_LT(b, e);
+                    ASSERT_TRUE(e - b >= grain || e == n) << b << ".." << e;
+                }
+            }
+        }
+    }
+}
+
+TEST(thread_pool, the_caller_and_the_workers_share_the_work) {
+    thread_pool pool(4);
+    std::mutex mu;
+    std::set<std::thread::id> ids;
+    pool.parallel_for(
+        16,
+        [&](int64_t, int64_t) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            std::lock_guard lock(mu);
+            ids.insert(std::this_thread::get_id());
+        },
+        1);
+    EXPECT_GE(ids.size(), 2u);
+    EXPECT_LE(ids.size(), 4u);
+
+    thread_pool alone(1);
+    ids.clear();
+    alone.parallel_for(100, [&](int64_t, int64_t) { ids.insert(std::this_thread::get_id()); });
+    EXPECT_EQ(ids, std::set<std::thread::id>{std::this_thread::get_id()});
+}
+
+TEST(thread_pool, many_small_loops_in_a_row) {
+    thread_pool pool(3);
+    std::atomic<int64_t> sum{0};
+    const long loops = scaled(20000);
+    for (long i = 0; i < loops; ++i) {
+        pool.parallel_for(
+            6, [&](int64_t b, int64_t e) { sum.fetch_add(e - b, std::memory_order_relaxed); }, 1);
+    }
+    EXPECT_EQ(sum.load(), 6 * loops);
+}
+
+TEST(thread_pool, a_nested_loop_runs_inline) {
+    thread_pool pool(3);
+    std::atomic<int> inner{0};
+    pool.parallel_for(
+        8,
+        [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) {
+                pool.parallel_for(10, [&](int64_t ib, int64_t ie) {
+                    inner.fetch_add(static_cast<int>(ie - ib));
+                });
+            }
+        },
+        1);
+    EXPECT_EQ(inner.load(), 80);
+}
+
+TEST(thread_pool, callers_on_two_threads_take_turns) {
+    thread_pool pool(3);
+    std::atomic<int64_t> a{0};
+    std::atomic<int64_t> b{0};
+    const long loops = scaled(2000);
+    auto caller = [&](std::atomic<int64_t>& sum) {
+        for (long i = 0; i < loops; ++i) {
+            pool.parallel_for(
+                50, [&](int64_t lo, int64_t hi) { sum.fetch_add(hi - lo); }, 4);
+        }
+    };
+    std::thread other(caller, std::ref(b));
+    caller(a);
+    other.join();
+    EXPECT_EQ(a.load(), 50 * loops);
+    EXPECT_EQ(b.load(), 50 * loops);
+}
+
+TEST(thread_pool, can_be_made_and_destroyed_at_any_time) {
+    for (int i = 0; i < 50; ++i) {
+        thread_pool idle(4); // never used
+    }
+    for (int i = 0; i < 50; ++i) {
+        thread_pool used(3);
+        std::atomic<int> n{0};
+        used.parallel_for(
+            100, [&](int64_t b, int64_t e) { n.fetch_add(static_cast<int>(e - b)); }, 1);
+        EXPECT_EQ(n.load(), 100);
+    } // destroyed right after a loop, workers possibly still spinning
+    thread_pool sleepy(2);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20)); // workers asleep
+    std::atomic<int> n{0};
+    sleepy.parallel_for(10, [&](int64_t b, int64_t e) { n.fetch_add(static_cast<int>(e - b)); });
+    EXPECT_EQ(n.load(), 10);
+    thread_pool zero(0);
+    EXPECT_EQ(zero.size(), 1);
+}
+
+} // namespace
