@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: MIT
+//
+// Private to the vocab's files (vocab.cc, vocab_spm.cc, vocab_bpe.cc,
+// vocab_pre.cc): the token tables and the two tokenizer algorithms.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <llmos/engine/vocab.hh>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace llmos::engine {
+
+/// Hash for heterogeneous lookup (find(string_view) on string keys).
+struct string_hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const noexcept {
+        return std::hash<std::string_view>{}(s);
+    }
+};
+
+using string_map = std::unordered_map<std::string, int32_t, string_hash, std::equal_to<>>;
+
+struct vocab::impl {
+    vocab_kind kind = vocab_kind::spm;
+    bpe_pre pre = bpe_pre::default_;
+    bool ignore_merges = false; ///< a whole pre-token that is a token is not merged (llama-3)
+
+    std::vector<std::string> text;
+    std::vector<float> scores;
+    std::vector<token_type> types;
+    std::vector<uint8_t> eog; ///< 1 for end-of-generation tokens
+    /// What token_to_piece(id, special=true) returns.
+    std::vector<std::string> pieces;
+    string_map token_to_id;
+    /// Merge rank by "left right" (a byte-level token never holds a space).
+    string_map merge_rank;
+    /// Control, unknown and user-defined tokens, longest text first.
+    std::vector<int32_t> specials;
+    /// The token of each byte when nothing longer matches (SPM: <0xXX>;
+    /// BPE: the byte's mapped character), -1 if the vocab lacks it.
+    std::array<int32_t, 256> byte_token{};
+
+    int32_t bos = -1, eos = -1, eot = -1, unk = -1, pad = -1;
+    bool add_bos = false, add_eos = false, add_space_prefix = false;
+    std::string chat_template;
+
+    int32_t lookup(std::string_view s) const {
+        auto it = token_to_id.find(s);
+        return it == token_to_id.end() ? -1 : it->second;
+    }
+    bool is_special(int32_t id) const {
+        const token_type t = types[static_cast<size_t>(id)];
+        return t == token_type::control || t == token_type::unknown ||
+               t == token_type::user_defined;
+    }
+
+    /// SentencePiece merge of `text` (already escaped: spaces are "▁").
+    void encode_spm(std::string_view text, std::vector<int32_t>& out) const;
+    /// Byte-level BPE of raw `text` (pre-tokenized here).
+    void encode_bpe(std::string_view text, std::vector<int32_t>& out) const;
+};
+
+/// GPT-2's bytes_to_unicode: the UTF-8 of the printable character standing
+/// for byte `b`.
+std::string_view bpe_byte_to_utf8(uint8_t b);
+/// The byte a bytes_to_unicode character stands for, or -1.
+int bpe_cp_to_byte(uint32_t cp);
+
+/// Byte ranges [off, off + len) of the pre-tokens of `text`.
+struct span_range {
+    size_t off;
+    size_t len;
+};
+void pretokenize_ranges(bpe_pre pre, std::string_view text, std::vector<span_range>& out);
+
+} // namespace llmos::engine
