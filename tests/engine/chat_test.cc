@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: MIT
+//
+// Chat templates: format detection on the real templates' marker strings,
+// and renderings compared byte for byte with what Jinja2 (3.1, in
+// ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True), as
+// transformers runs it) produced from the reference templates quoted in
+// chat.cc, for the same messages.
+#include <gtest/gtest.h>
+#include <llmos/engine/chat.hh>
+#include <llmos/engine/vocab.hh>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using namespace llmos::engine;
+
+namespace {
+
+using msgs = std::vector<chat_message>;
+
+const msgs with_system{
+    {"system", "You are helpful."},
+    {"user", "Hello!"},
+    {"assistant", "Hi there."},
+    {"user", "  How are you?\n"},
+};
+const msgs one{{"user", "hi"}};
+// Leading and trailing white space of every kind Python's strip() removes
+// (U+3000, U+001C, U+00A0, U+2003, U+2028), and a tab inside that stays.
+const msgs spaces{
+    {"user", "\xE3\x80\x80\x1C tab\tin\xC2\xA0 \n"},
+    {"assistant", " \xE2\x80\x83ok\xE2\x80\xA8"},
+};
+
+std::string chatml(const msgs& m, bool gen) {
+    return render_chat(chat_format::chatml, m, gen, "<s>", "</s>");
+}
+std::string llama3(const msgs& m, bool gen) {
+    return render_chat(chat_format::llama3, m, gen, "<|begin_of_text|>", "<|end_of_text|>");
+}
+std::string llama2(const msgs& m, bool gen) {
+    return render_chat(chat_format::llama2, m, gen, "<s>", "</s>");
+}
+
+} // namespace
+
+TEST(chat, detects_formats_from_templates) {
+    EXPECT_EQ(chat_format::chatml,
+              detect_chat_format("{% for message in messages %}{{'<|im_start|>' + "
+                                 "message['role'] + '\\n' + message['content'] + '<|im_end|>' "
+                                 "+ '\\n'}}{% endfor %}"));
+    EXPECT_EQ(chat_format::llama3,
+              detect_chat_format("{% set content = '<|start_header_id|>' + message['role'] + "
+                                 "'<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+                                 "'<|eot_id|>' %}"));
+    EXPECT_EQ(chat_format::llama2,
+              detect_chat_format("{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+                                 "{% set content = '<<SYS>>\\n' + system_message %}"));
+    // No template: chatml, as llama.cpp falls back to.
+    EXPECT_EQ(chat_format::chatml, detect_chat_format(""));
+    // Phi-4 uses <|im_start|> with <|im_sep|>: not chatml, not guessed.
+    EXPECT_EQ(std::nullopt, detect_chat_format("<|im_start|>{{ role }}<|im_sep|>"));
+    EXPECT_EQ(std::nullopt, detect_chat_format("{{ '<start_of_turn>' + role }}"));
+    EXPECT_EQ("chatml", name(chat_format::chatml));
+    EXPECT_EQ("llama3", name(chat_format::llama3));
+    EXPECT_EQ("llama2", name(chat_format::llama2));
+}
+
+TEST(chat, chatml_matches_jinja) {
+    EXPECT_EQ("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHello!<|im_end|>"
+              "\n<|im_start|>assistant\nHi there.<|im_end|>\n<|im_start|>user\n  How are "
+              "you?\n<|im_end|>\n",
+              chatml(with_system, false));
+    EXPECT_EQ("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHello!<|im_end|>"
+              "\n<|im_start|>assistant\nHi there.<|im_end|>\n<|im_start|>user\n  How are "
+              "you?\n<|im_end|>\n<|im_start|>assistant\n",
+              chatml(with_system, true));
+    EXPECT_EQ("<|im_start|>user\nhi<|im_end|>\n", chatml(one, false));
+    EXPECT_EQ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", chatml(one, true));
+    // chatml does not trim.
+    EXPECT_EQ("<|im_start|>user\n\xE3\x80\x80\x1C tab\tin\xC2\xA0 \n<|im_end|>\n<|im_start|>"
+              "assistant\n \xE2\x80\x83ok\xE2\x80\xA8<|im_end|>\n<|im_start|>assistant\n",
+              chatml(spaces, true));
+    EXPECT_EQ("<|im_start|>assistant\n", chatml({}, true));
+    EXPECT_EQ("", chatml({}, false));
+}
+
+TEST(chat, llama3_matches_jinja) {
+    EXPECT_EQ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are "
+              "helpful.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHello!<|eot_id|><|"
+              "start_header_id|>assistant<|end_header_id|>\n\nHi there.<|eot_id|><|start_header_"
+              "id|>user<|end_header_id|>\n\nHow are you?<|eot_id|>",
+              llama3(with_system, false));
+    EXPECT_EQ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are "
+              "helpful.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHello!<|eot_id|><|"
+              "start_header_id|>assistant<|end_header_id|>\n\nHi there.<|eot_id|><|start_header_"
+              "id|>user<|end_header_id|>\n\nHow are you?<|eot_id|><|start_header_id|>assistant<|"
+              "end_header_id|>\n\n",
+              llama3(with_system, true));
+    EXPECT_EQ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+              llama3(one, false));
+    EXPECT_EQ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_"
+              "header_id|>assistant<|end_header_id|>\n\n",
+              llama3(one, true));
+    EXPECT_EQ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\ntab\tin<|eot_id|><|"
+              "start_header_id|>assistant<|end_header_id|>\n\nok<|eot_id|>",
+              llama3(spaces, false));
+    // The BOS belongs to the first message: none without messages.
+    EXPECT_EQ("<|start_header_id|>assistant<|end_header_id|>\n\n", llama3({}, true));
+}
+
+TEST(chat, llama2_matches_jinja) {
+    const std::string sys = "<s>[INST] <<SYS>>\nYou are helpful.\n<</SYS>>\n\nHello! [/INST] Hi "
+                            "there. </s><s>[INST] How are you? [/INST]";
+    EXPECT_EQ(sys, llama2(with_system, false));
+    EXPECT_EQ(sys, llama2(with_system, true)); // no generation prompt in this format
+    EXPECT_EQ("<s>[INST] hi [/INST]", llama2(one, true));
+    EXPECT_EQ("<s>[INST] tab\tin [/INST] ok </s>", llama2(spaces, false));
+    // The system text is inside the stripped content: its spaces stay.
+    EXPECT_EQ("<s>[INST] <<SYS>>\n  be brief \n<</SYS>>\n\n q [/INST]",
+              llama2({{"system", "  be brief "}, {"user", " q "}}, false));
+}
+
+TEST(chat, llama2_rejects_roles_out_of_turn) {
+    EXPECT_THROW(llama2({{"assistant", "x"}}, false), std::invalid_argument);
+    EXPECT_THROW(llama2({{"user", "a"}, {"user", "b"}}, false), std::invalid_argument);
+    EXPECT_THROW(llama2({{"system", "s"}, {"assistant", "b"}}, false), std::invalid_argument);
+    EXPECT_THROW(llama2({{"user", "a"}, {"system", "b"}}, false), std::invalid_argument);
+    try {
+        llama2({{"user", "a"}, {"user", "b"}}, false);
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string::npos, std::string(e.what()).find("message 1 is 'user'")) << e.what();
+    }
+}
+
+TEST(chat, renders_with_a_vocabs_template_and_tokens) {
+    vocab_data d;
+    d.model = "gpt2";
+    d.pre = "llama-bpe";
+    d.tokens = {"a", "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"};
+    d.types = {1, 3, 3, 3};
+    d.bos_id = 1;
+    d.eos_id = 2;
+    d.chat_template = "{{ '<|start_header_id|>' }}{{ '<|end_header_id|>' }}";
+    vocab v(d);
+    EXPECT_EQ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_"
+              "header_id|>assistant<|end_header_id|>\n\n",
+              render_chat(v, one, true));
+    // The rendered prompt carries BOS: parse it, add nothing.
+    const auto ids = v.encode(render_chat(v, one, true), false, true);
+    ASSERT_FALSE(ids.empty());
+    EXPECT_EQ(1, ids.front());
+
+    d.chat_template = "{{ '<start_of_turn>' }}";
+    vocab unknown(d);
+    EXPECT_THROW(render_chat(unknown, one, true), std::invalid_argument);
+}

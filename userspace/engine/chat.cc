@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: MIT
+//
+// Chat formats (see chat.hh). The reference templates, for the record:
+//
+// chatml:
+//   {% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' +
+//   message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if
+//   add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}
+// llama3 (Meta-Llama-3-8B-Instruct):
+//   {% set loop_messages = messages %}{% for message in loop_messages %}{% set
+//   content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+
+//   message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set
+//   content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if
+//   add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}
+// llama2 (Llama-2-7b-chat-hf):
+//   {% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}
+//   {% set system_message = messages[0]['content'] %}{% else %}{% set
+//   loop_messages = messages %}{% set system_message = false %}{% endif %}{% for
+//   message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 %
+//   2 == 0) %}{{ raise_exception('Conversation roles must alternate
+//   user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and
+//   system_message != false %}{% set content = '<<SYS>>\n' + system_message +
+//   '\n<</SYS>>\n\n' + message['content'] %}{% else %}{% set content =
+//   message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token
+//   + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] ==
+//   'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}
+#include <llmos/engine/chat.hh>
+#include <llmos/engine/unicode.hh>
+#include <llmos/engine/vocab.hh>
+#include <stdexcept>
+
+namespace llmos::engine {
+
+namespace {
+
+/// Python's str.isspace(), which Jinja's trim and str.strip() use.
+bool py_space(uint32_t cp) {
+    return (cp >= 0x1C && cp <= 0x1F) || unicode::is_whitespace(cp);
+}
+
+/// Python's str.strip() on UTF-8 text (ill-formed bytes are not space).
+std::string_view py_strip(std::string_view s) {
+    size_t b = 0;
+    while (b < s.size()) {
+        const unicode::utf8_step st = unicode::decode_utf8(s, b);
+        if (!st.valid || !py_space(st.cp)) {
+            break;
+        }
+        b += st.len;
+    }
+    size_t e = s.size();
+    while (e > b) {
+        // Back up to the start of the last character.
+        size_t start = e - 1;
+        while (start > b && e - start < 4 && (static_cast<uint8_t>(s[start]) & 0xC0) == 0x80) {
+            --start;
+        }
+        const unicode::utf8_step st = unicode::decode_utf8(s.substr(0, e), start);
+        if (!st.valid || start + st.len != e || !py_space(st.cp)) {
+            break;
+        }
+        e = start;
+    }
+    return s.substr(b, e - b);
+}
+
+void render_chatml(std::span<const chat_message> msgs, bool gen, std::string& out) {
+    for (const chat_message& m : msgs) {
+        out += "<|im_start|>";
+        out += m.role;
+        out += '\n';
+        out += m.content;
+        out += "<|im_end|>\n";
+    }
+    if (gen) {
+        out += "<|im_start|>assistant\n";
+    }
+}
+
+void render_llama3(std::span<const chat_message> msgs, bool gen, std::string_view bos,
+                   std::string& out) {
+    for (size_t i = 0; i < msgs.size(); ++i) {
+        if (i == 0) {
+            out += bos;
+        }
+        out += "<|start_header_id|>";
+        out += msgs[i].role;
+        out += "<|end_header_id|>\n\n";
+        out += py_strip(msgs[i].content);
+        out += "<|eot_id|>";
+    }
+    if (gen) {
+        out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    }
+}
+
+void render_llama2(std::span<const chat_message> msgs, std::string_view bos, std::string_view eos,
+                   std::string& out) {
+    std::optional<std::string_view> system;
+    if (!msgs.empty() && msgs[0].role == "system") {
+        system = msgs[0].content;
+        msgs = msgs.subspan(1);
+    }
+    for (size_t i = 0; i < msgs.size(); ++i) {
+        const chat_message& m = msgs[i];
+        const bool want_user = i % 2 == 0;
+        if (m.role != (want_user ? "user" : "assistant")) {
+            throw std::invalid_argument("chat: llama2 template: conversation roles must "
+                                        "alternate user/assistant/user/assistant/... (message " +
+                                        std::to_string(i + (system ? 1 : 0)) + " is '" + m.role +
+                                        "')");
+        }
+        std::string content;
+        if (i == 0 && system) {
+            content = "<<SYS>>\n";
+            content += *system;
+            content += "\n<</SYS>>\n\n";
+        }
+        content += m.content;
+        if (want_user) {
+            out += bos;
+            out += "[INST] ";
+            out += py_strip(content);
+            out += " [/INST]";
+        } else {
+            out += ' ';
+            out += py_strip(content);
+            out += ' ';
+            out += eos;
+        }
+    }
+}
+
+} // namespace
+
+std::string_view name(chat_format f) {
+    switch (f) {
+    case chat_format::chatml:
+        return "chatml";
+    case chat_format::llama3:
+        return "llama3";
+    case chat_format::llama2:
+        return "llama2";
+    }
+    return "unknown";
+}
+
+std::optional<chat_format> detect_chat_format(std::string_view tmpl) {
+    auto has = [&](std::string_view s) { return tmpl.find(s) != std::string_view::npos; };
+    if (tmpl.empty()) {
+        return chat_format::chatml;
+    }
+    // The order is llama.cpp's (llm_chat_detect_template). Phi-4 and SmolVLM
+    // use <|im_start|> with other separators: they are not chatml.
+    if (has("<|im_start|>")) {
+        if (has("<|im_sep|>") || has("<end_of_utterance>")) {
+            return std::nullopt;
+        }
+        return chat_format::chatml;
+    }
+    if (has("[INST]")) {
+        return chat_format::llama2;
+    }
+    if (has("<|start_header_id|>") && has("<|end_header_id|>")) {
+        return chat_format::llama3;
+    }
+    return std::nullopt;
+}
+
+std::string render_chat(chat_format f, std::span<const chat_message> messages,
+                        bool add_generation_prompt, std::string_view bos, std::string_view eos) {
+    std::string out;
+    switch (f) {
+    case chat_format::chatml:
+        render_chatml(messages, add_generation_prompt, out);
+        break;
+    case chat_format::llama3:
+        render_llama3(messages, add_generation_prompt, bos, out);
+        break;
+    case chat_format::llama2:
+        render_llama2(messages, bos, eos, out);
+        break;
+    }
+    return out;
+}
+
+std::string render_chat(const vocab& v, std::span<const chat_message> messages,
+                        bool add_generation_prompt) {
+    const std::optional<chat_format> f = detect_chat_format(v.chat_template());
+    if (!f) {
+        throw std::invalid_argument(
+            "chat: the model's chat template (tokenizer.chat_template) is not one of the "
+            "supported formats (chatml, llama3, llama2)");
+    }
+    return render_chat(*f, messages, add_generation_prompt, v.token_text(v.bos()),
+                       v.token_text(v.eos()));
+}
+
+} // namespace llmos::engine

@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: MIT
+//
+// Chat templates without Jinja: the format is recognised from the model's
+// tokenizer.chat_template by marker strings, and each known format is
+// rendered by code that produces, byte for byte, what the reference Jinja
+// template produces for plain {role, content} messages:
+//
+//   chatml  ("<|im_start|>" in the template; Qwen, SmolLM, Hermes, ...):
+//       <|im_start|>{role}\n{content}<|im_end|>\n ...
+//       [+ "<|im_start|>assistant\n"]
+//   llama3  ("<|start_header_id|>" and "<|end_header_id|>"; Meta-Llama-3-Instruct):
+//       {bos}<|start_header_id|>{role}<|end_header_id|>\n\n{content|trim}<|eot_id|> ...
+//       [+ "<|start_header_id|>assistant<|end_header_id|>\n\n"]
+//   llama2  ("[INST]"; Llama-2-chat):
+//       {bos}[INST] {<<SYS>>\n{system}\n<</SYS>>\n\n}{user|strip} [/INST] {assistant|strip}
+//       {eos}...
+//
+// The rendered text carries the template's own BOS where it has one
+// (llama3, llama2): tokenize it with add_special = false and
+// parse_special = true. Templates with more logic than this (Llama-3.1's
+// dated system preamble, Qwen2.5's default system prompt, tools) are
+// rendered as the plain format they are built on. An empty template falls
+// back to chatml, as llama.cpp does for models without one; any other
+// template this code does not recognise is an error, not a guess.
+// Everything here is a pure function: any thread may call it.
+#pragma once
+
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace llmos::engine {
+
+class vocab;
+
+enum class chat_format { chatml, llama3, llama2 };
+
+/// "chatml", "llama3", "llama2".
+std::string_view name(chat_format f);
+
+struct chat_message {
+    std::string role; ///< "system", "user", "assistant" (chatml and llama3 take any)
+    std::string content;
+};
+
+/// The format a tokenizer.chat_template is written for; chatml for "";
+/// nothing for a template none of the markers identifies.
+std::optional<chat_format> detect_chat_format(std::string_view tmpl);
+
+/// Renders `messages` in format `f`; `add_generation_prompt` opens an
+/// assistant turn at the end (llama2 has none: its prompt already ends
+/// with "[/INST]"). `bos` and `eos` are the texts the template knows as
+/// bos_token and eos_token. Throws std::invalid_argument for llama2 when
+/// the roles after an optional leading system message are not user,
+/// assistant, user, ... (the template raises there too).
+std::string render_chat(chat_format f, std::span<const chat_message> messages,
+                        bool add_generation_prompt, std::string_view bos, std::string_view eos);
+
+/// Renders with the format of `v`'s chat template and its BOS/EOS texts.
+/// Throws std::invalid_argument naming the problem when the template is
+/// not one of the supported formats (and as render_chat).
+std::string render_chat(const vocab& v, std::span<const chat_message> messages,
+                        bool add_generation_prompt);
+
+} // namespace llmos::engine
