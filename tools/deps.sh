@@ -30,6 +30,7 @@ PKGS=(
 	googletest libgtest-dev libgmock-dev libbenchmark-dev
 	liburing-dev libnuma-dev libelf-dev zlib1g-dev libzstd-dev
 	qemu-system-x86 busybox-static clang-19 llvm-19 dwarves
+	python3 python3-numpy
 )
 # Packages that must come from bookworm-backports (libbpf >= 1.4 is needed
 # to attach a struct_ops type defined by a module).
