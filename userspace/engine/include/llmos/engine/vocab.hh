@@ -143,18 +143,19 @@ public:
     token_type type(int32_t id) const;             ///< undefined if out of range
     float score(int32_t id) const;                 ///< 0 if out of range
 
-    int32_t bos() const; ///< -1 if none
-    int32_t eos() const; ///< -1 if none
-    int32_t eot() const; ///< -1 if none
-    int32_t unk() const; ///< -1 if none
-    int32_t pad() const; ///< -1 if none
-    bool add_bos() const;
-    bool add_eos() const;
-    bool add_space_prefix() const;
+    int32_t bos() const;           ///< -1 if none
+    int32_t eos() const;           ///< -1 if none
+    int32_t eot() const;           ///< -1 if none
+    int32_t unk() const;           ///< -1 if none
+    int32_t pad() const;           ///< -1 if none
+    bool add_bos() const;          ///< encode(add_special) puts BOS first
+    bool add_eos() const;          ///< encode(add_special) puts EOS last
+    bool add_space_prefix() const; ///< SPM puts "▁" before the text (false for bpe)
     vocab_kind kind() const;
-    bpe_pre pre() const; ///< meaningful for bpe only
-    const std::string& chat_template() const;
+    bpe_pre pre() const;                      ///< meaningful for bpe only
+    const std::string& chat_template() const; ///< tokenizer.chat_template, "" if none
 
+    /// The tables and algorithms (vocab_impl.hh, private to the engine).
     struct impl;
 
 private:
