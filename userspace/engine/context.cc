@@ -1,0 +1,334 @@
+// SPDX-License-Identifier: MIT
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <llmos/engine/context.hh>
+#include <llmos/engine/quant.hh>
+#include <sched.h>
+
+namespace llmos::engine {
+
+namespace {
+
+int default_threads() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (::sched_getaffinity(0, sizeof(set), &set) == 0) {
+        return std::max(1, CPU_COUNT(&set));
+    }
+    return 1;
+}
+
+template <typename T>
+void grow(std::vector<T>& v, size_t n) {
+    if (v.size() < n) {
+        v.resize(n);
+    }
+}
+
+void rms_norm(const float* x, const float* w, float* y, uint32_t n, float eps) {
+    double ss = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        ss += double(x[i]) * x[i];
+    }
+    const float scale = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
+    for (uint32_t i = 0; i < n; ++i) {
+        y[i] = x[i] * scale * w[i];
+    }
+}
+
+float dot(const float* a, const float* b, uint32_t n) {
+    float s = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        s += a[i] * b[i];
+    }
+    return s;
+}
+
+} // namespace
+
+std::string_view step_status_name(step_status s) noexcept {
+    switch (s) {
+    case step_status::ok:
+        return "ok";
+    case step_status::too_many_tokens:
+        return "too many tokens in one step";
+    case step_status::cache_full:
+        return "KV cache full";
+    case step_status::bad_token:
+        return "token id outside the vocabulary";
+    case step_status::bad_batch:
+        return "bad batch";
+    case step_status::compute_error:
+        return "compute error";
+    }
+    return "?";
+}
+
+context::context(const model& m, context_options o)
+    : _m(m)
+    , _o(o) {
+    if (_o.n_threads <= 0) {
+        _o.n_threads = default_threads();
+    }
+    if (!_o.max_batch_tokens) {
+        _o.max_batch_tokens = 1;
+    }
+    _pool = std::make_unique<thread_pool>(_o.n_threads);
+    const model_params& p = m.params();
+    auto freqs = m.rope_freqs();
+    for (uint32_t i = 0; i < p.n_rot / 2; ++i) {
+        double f = std::pow(double(p.rope_base), -2.0 * i / p.n_rot);
+        if (!freqs.empty() && freqs[i] > 0) {
+            f /= freqs[i];
+        }
+        _inv_freq.push_back(f);
+    }
+}
+
+context::~context() = default;
+
+void context::rope(float* x, uint32_t n_heads, uint32_t pos) const {
+    const model_params& p = _m.params();
+    const double at = double(pos) / p.rope_scale;
+    const uint32_t half = p.n_rot / 2;
+    for (uint32_t i = 0; i < half; ++i) {
+        const double theta = at * _inv_freq[i];
+        const float c = static_cast<float>(std::cos(theta));
+        const float s = static_cast<float>(std::sin(theta));
+        for (uint32_t h = 0; h < n_heads; ++h) {
+            float* v = x + size_t(h) * p.head_dim;
+            const uint32_t a = p.neox_rope ? i : 2 * i;
+            const uint32_t b = p.neox_rope ? i + half : 2 * i + 1;
+            const float x0 = v[a], x1 = v[b];
+            v[a] = x0 * c - x1 * s;
+            v[b] = x0 * s + x1 * c;
+        }
+    }
+}
+
+void context::attention(std::span<batch_entry> batch, uint32_t layer) {
+    const model_params& p = _m.params();
+    const uint32_t H = p.n_head, D = p.head_dim, E = p.n_embd;
+    const uint32_t group = p.n_head / p.n_head_kv;
+    const float scale = 1.0f / std::sqrt(float(D));
+    size_t max_len = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+        max_len = std::max<size_t>(max_len, _pos0[i] + batch[i].tokens.size());
+    }
+    const size_t jobs = batch.size() * H;
+    grow(_scores, jobs * max_len);
+    grow(_kvtmp, jobs * 2 * D);
+    _pool->parallel_for(static_cast<int64_t>(jobs), [&](int64_t begin, int64_t end) {
+        for (int64_t job = begin; job < end; ++job) {
+            const size_t i = size_t(job) / H;
+            const uint32_t h = uint32_t(job % H), g = h / group;
+            const batch_entry& e = batch[i];
+            const kv_cache& kv = *e.kv;
+            const bool f16 = kv.type() == kv_type::f16;
+            float* scores = _scores.data() + size_t(job) * max_len;
+            float* tmp = _kvtmp.data() + size_t(job) * 2 * D;
+            auto row = [&](const void* r) -> const float* {
+                if (!f16) {
+                    return static_cast<const float*>(r) + size_t(g) * D;
+                }
+                fp16_to_fp32_row(static_cast<const uint16_t*>(r) + size_t(g) * D, tmp, D);
+                return tmp;
+            };
+            for (size_t t = 0; t < e.tokens.size(); ++t) {
+                const size_t r = _first[i] + t;
+                const uint32_t pos = _pos0[i] + uint32_t(t);
+                const float* q = _q.data() + r * E + size_t(h) * D;
+                float mx = -INFINITY;
+                for (uint32_t j = 0; j <= pos; ++j) {
+                    scores[j] = dot(q, row(kv.k_row(layer, j)), D) * scale;
+                    mx = std::max(mx, scores[j]);
+                }
+                double sum = 0;
+                for (uint32_t j = 0; j <= pos; ++j) {
+                    scores[j] = std::exp(scores[j] - mx);
+                    sum += scores[j];
+                }
+                const float inv = static_cast<float>(1.0 / sum);
+                float* out = _att.data() + r * E + size_t(h) * D;
+                std::fill(out, out + D, 0.0f);
+                float* vt = tmp + D;
+                for (uint32_t j = 0; j <= pos; ++j) {
+                    const float* v = static_cast<const float*>(nullptr);
+                    const void* vr = kv.v_row(layer, j);
+                    if (f16) {
+                        fp16_to_fp32_row(static_cast<const uint16_t*>(vr) + size_t(g) * D, vt, D);
+                        v = vt;
+                    } else {
+                        v = static_cast<const float*>(vr) + size_t(g) * D;
+                    }
+                    const float w = scores[j] * inv;
+                    for (uint32_t d = 0; d < D; ++d) {
+                        out[d] += w * v[d];
+                    }
+                }
+            }
+        }
+    });
+}
+
+step_status context::step(std::span<batch_entry> batch) {
+    const model_params& p = _m.params();
+    const uint32_t E = p.n_embd, KV = p.kv_dim(), F = p.n_ff, V = p.n_vocab;
+    size_t T = 0;
+    _first.assign(batch.size(), 0);
+    _pos0.assign(batch.size(), 0);
+    for (size_t i = 0; i < batch.size(); ++i) {
+        const batch_entry& e = batch[i];
+        if (!e.kv) {
+            return step_status::bad_batch;
+        }
+        for (size_t j = 0; j < i; ++j) {
+            if (batch[j].kv == e.kv) {
+                return step_status::bad_batch;
+            }
+        }
+        for (int32_t t : e.tokens) {
+            if (t < 0 || uint32_t(t) >= V) {
+                return step_status::bad_token;
+            }
+        }
+        if (uint64_t(e.kv->n_tokens()) + e.tokens.size() > e.kv->capacity()) {
+            return step_status::cache_full;
+        }
+        _first[i] = static_cast<uint32_t>(T);
+        _pos0[i] = e.kv->n_tokens();
+        T += e.tokens.size();
+    }
+    if (T > _o.max_batch_tokens) {
+        return step_status::too_many_tokens;
+    }
+    if (T == 0) {
+        return step_status::ok;
+    }
+    for (auto& e : batch) {
+        if (!e.kv->reserve(static_cast<uint32_t>(e.tokens.size()))) {
+            return step_status::cache_full; // checked above; cannot happen
+        }
+    }
+    grow(_x, T * E);
+    grow(_xn, T * E);
+    grow(_q, T * E);
+    grow(_att, T * E);
+    grow(_k, T * KV);
+    grow(_v, T * KV);
+    grow(_gate, T * F);
+    grow(_up, T * F);
+
+    // Embeddings.
+    for (size_t i = 0; i < batch.size(); ++i) {
+        for (size_t t = 0; t < batch[i].tokens.size(); ++t) {
+            _m.embed(batch[i].tokens[t], _x.data() + (_first[i] + t) * E);
+        }
+    }
+    auto mm = [&](const weight_view& w, const float* in, float* out) {
+        return matmul(w, in, static_cast<int64_t>(T), out, *_pool) == matmul_status::ok;
+    };
+    auto norm_all = [&](std::span<const float> w) {
+        _pool->parallel_for(static_cast<int64_t>(T), [&](int64_t b, int64_t e) {
+            for (int64_t t = b; t < e; ++t) {
+                rms_norm(_x.data() + t * E, w.data(), _xn.data() + t * E, E, p.rms_eps);
+            }
+        });
+    };
+    auto add_bias = [&](float* y, std::span<const float> b, uint32_t width) {
+        if (b.empty()) {
+            return;
+        }
+        for (size_t t = 0; t < T; ++t) {
+            for (uint32_t j = 0; j < width; ++j) {
+                y[t * width + j] += b[j];
+            }
+        }
+    };
+
+    for (uint32_t l = 0; l < p.n_layer; ++l) {
+        const layer_weights& w = _m.layers()[l];
+        norm_all(w.attn_norm);
+        if (!mm(w.wq, _xn.data(), _q.data()) || !mm(w.wk, _xn.data(), _k.data()) ||
+            !mm(w.wv, _xn.data(), _v.data())) {
+            return step_status::compute_error;
+        }
+        add_bias(_q.data(), w.bq, E);
+        add_bias(_k.data(), w.bk, KV);
+        add_bias(_v.data(), w.bv, KV);
+        for (size_t i = 0; i < batch.size(); ++i) {
+            for (size_t t = 0; t < batch[i].tokens.size(); ++t) {
+                const size_t r = _first[i] + t;
+                const uint32_t pos = _pos0[i] + uint32_t(t);
+                rope(_q.data() + r * E, p.n_head, pos);
+                rope(_k.data() + r * KV, p.n_head_kv, pos);
+                batch[i].kv->write(l, pos, _k.data() + r * KV, _v.data() + r * KV);
+            }
+        }
+        attention(batch, l);
+        if (!mm(w.wo, _att.data(), _xn.data())) {
+            return step_status::compute_error;
+        }
+        for (size_t j = 0; j < T * E; ++j) {
+            _x[j] += _xn[j];
+        }
+        norm_all(w.ffn_norm);
+        if (!mm(w.w_gate, _xn.data(), _gate.data()) || !mm(w.w_up, _xn.data(), _up.data())) {
+            return step_status::compute_error;
+        }
+        for (size_t j = 0; j < T * F; ++j) {
+            const float g = _gate[j];
+            _gate[j] = g / (1.0f + std::exp(-g)) * _up[j];
+        }
+        if (!mm(w.w_down, _gate.data(), _xn.data())) {
+            return step_status::compute_error;
+        }
+        for (size_t j = 0; j < T * E; ++j) {
+            _x[j] += _xn[j];
+        }
+    }
+
+    // Logits of the rows asked for, gathered into one matrix.
+    size_t R = 0;
+    for (auto& e : batch) {
+        R += e.all_logits ? e.tokens.size() : (e.logits && !e.tokens.empty() ? 1 : 0);
+    }
+    if (R) {
+        grow(_rows, R * E + R * size_t(V));
+        float* rows = _rows.data();
+        float* out = rows + R * E;
+        size_t r = 0;
+        for (size_t i = 0; i < batch.size(); ++i) {
+            const batch_entry& e = batch[i];
+            size_t n = e.all_logits ? e.tokens.size() : (e.logits && !e.tokens.empty() ? 1 : 0);
+            size_t from = _first[i] + e.tokens.size() - n;
+            for (size_t t = 0; t < n; ++t, ++r) {
+                rms_norm(_x.data() + (from + t) * E, _m.output_norm().data(), rows + r * E, E,
+                         p.rms_eps);
+            }
+        }
+        if (matmul(_m.output(), rows, static_cast<int64_t>(R), out, *_pool) != matmul_status::ok) {
+            return step_status::compute_error;
+        }
+        r = 0;
+        for (auto& e : batch) {
+            if (e.all_logits) {
+                std::memcpy(e.all_logits, out + r * V, e.tokens.size() * V * sizeof(float));
+                if (e.logits) {
+                    std::memcpy(e.logits, out + (r + e.tokens.size() - 1) * V, V * sizeof(float));
+                }
+                r += e.tokens.size();
+            } else if (e.logits && !e.tokens.empty()) {
+                std::memcpy(e.logits, out + r * V, V * sizeof(float));
+                ++r;
+            }
+        }
+    }
+    for (auto& e : batch) {
+        e.kv->commit(e.tokens);
+    }
+    return step_status::ok;
+}
+
+} // namespace llmos::engine

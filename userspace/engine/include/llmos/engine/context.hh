@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: MIT
+//
+// The forward pass: one step runs the new tokens of any number of
+// sequences together (continuous batching: one sequence's prefill and
+// others' decode in the same step). The linear layers see all the step's
+// tokens as one matrix, so the weights stream from memory once per step
+// whatever the batch; attention runs per sequence and head over that
+// sequence's own KV cache.
+#pragma once
+
+#include <cstdint>
+#include <llmos/engine/kv_cache.hh>
+#include <llmos/engine/model.hh>
+#include <llmos/engine/thread_pool.hh>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace llmos::engine {
+
+struct context_options {
+    int n_threads = 0;               ///< 0: one per CPU this process may use
+    uint32_t max_batch_tokens = 512; ///< tokens of one step, all sequences together
+};
+
+/// One sequence's part of a step.
+struct batch_entry {
+    kv_cache* kv = nullptr;
+    std::span<const int32_t> tokens; ///< new tokens, after kv->n_tokens()
+    /// n_vocab floats for the logits of its last token (nullptr: none).
+    float* logits = nullptr;
+    /// tokens.size() x n_vocab floats for every token's logits (tests).
+    float* all_logits = nullptr;
+};
+
+enum class step_status : uint8_t {
+    ok,
+    too_many_tokens, ///< more than max_batch_tokens in the step: split it
+    cache_full,      ///< a sequence's cache has no room (nothing was run)
+    bad_token,       ///< a token id outside the vocabulary (nothing was run)
+    bad_batch,       ///< no kv, or one kv twice
+    compute_error,   ///< a kernel refused the weights (a bug: report it)
+};
+std::string_view step_status_name(step_status s) noexcept;
+
+class context {
+public:
+    /// A context for `m` (which must outlive it). Throws std::system_error
+    /// when its threads cannot start.
+    context(const model& m, context_options o = {});
+    ~context();
+
+    /// Runs `batch`: every entry's tokens go through the model, their K/V
+    /// rows into its cache (committed with the tokens), logits where
+    /// asked. On anything but ok, nothing changed. Allocates only when a
+    /// step is larger than every step before it. One thread at a time.
+    step_status step(std::span<batch_entry> batch);
+
+    const model& get_model() const noexcept { return _m; }
+    thread_pool& pool() noexcept { return *_pool; }
+    const context_options& options() const noexcept { return _o; }
+
+private:
+    void attention(std::span<batch_entry> batch, uint32_t layer);
+    void rope(float* x, uint32_t n_heads, uint32_t pos) const;
+
+    const model& _m;
+    context_options _o;
+    std::unique_ptr<thread_pool> _pool;
+    std::vector<double> _inv_freq;
+    // scratch, [tokens x width]
+    std::vector<float> _x, _xn, _q, _k, _v, _att, _gate, _up, _rows;
+    std::vector<float> _scores; // attention jobs x positions
+    std::vector<float> _kvtmp;  // attention jobs x 2 head_dim (F16 rows widened)
+    std::vector<uint32_t> _first, _pos0;
+};
+
+} // namespace llmos::engine

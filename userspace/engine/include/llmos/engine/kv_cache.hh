@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: MIT
+//
+// A sequence's KV cache, in memory the caller gives it (a mindspace view):
+// it outlives the worker that filled it, and a new worker resumes the
+// conversation from it without prefilling again.
+//
+// Layout of the memory (all offsets fixed by the header):
+//   header     magic, version, geometry, model fingerprint, committed tokens
+//   tokens     int32[max_tokens]: the conversation so far
+//   table      uint32[max_blocks]: logical block -> physical block
+//   blocks     physical blocks of block_tokens positions each; a block
+//              holds, per layer, K then V as [block_tokens][kv_dim]
+// Blocks are taken on demand (the pages behind untouched blocks are never
+// touched, so a mindspace only grows as the conversation does), and given
+// back by truncate(). The header's token count moves last, after the rows
+// and the token ids are written: a worker killed mid-step leaves the cache
+// as it was before that step.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <llmos/engine/model.hh>
+#include <span>
+#include <stdexcept>
+
+namespace llmos::engine {
+
+class kv_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+enum class kv_type : uint32_t { f32 = 0, f16 = 1 };
+
+struct kv_options {
+    kv_type type = kv_type::f16;
+    uint32_t block_tokens = 16;
+    uint32_t max_tokens = 4096;
+};
+
+struct kv_usage {
+    uint32_t tokens = 0;
+    uint32_t blocks = 0;          ///< physical blocks in use
+    uint64_t bytes_allocated = 0; ///< blocks in use x block bytes
+    uint64_t bytes_used = 0;      ///< tokens x bytes per position
+    double waste() const {
+        return bytes_allocated ? 1.0 - double(bytes_used) / double(bytes_allocated) : 0.0;
+    }
+};
+
+class kv_cache {
+public:
+    /// Bytes of memory a cache of these options needs for `p`'s model.
+    static uint64_t bytes_for(const model_params& p, const kv_options& o);
+
+    /// A cache in `mem` (at least bytes_for(), 64-byte aligned): resumes
+    /// the one already there when it was made for this model with these
+    /// options; otherwise (or with `fresh`) starts an empty one. Throws
+    /// kv_error: memory too small or misaligned, or a cache of another
+    /// model or geometry there (unless `fresh`).
+    static kv_cache open(std::span<std::byte> mem, const model& m, const kv_options& o,
+                         bool fresh = false);
+
+    bool resumed() const noexcept { return _resumed; }
+    uint32_t n_tokens() const noexcept;
+    uint32_t capacity() const noexcept { return _o.max_tokens; }
+    kv_type type() const noexcept { return _o.type; }
+    /// The committed conversation.
+    std::span<const int32_t> tokens() const noexcept;
+
+    /// Makes room for positions [n_tokens, n_tokens + n). False when the
+    /// cache is full (nothing changes then).
+    bool reserve(uint32_t n) noexcept;
+    /// Stores layer `layer`'s K and V rows (kv_dim floats each) of
+    /// position `pos` (reserved, not yet committed).
+    void write(uint32_t layer, uint32_t pos, const float* k, const float* v) noexcept;
+    /// K or V row of `pos` (committed or written) in the cache's type.
+    const void* k_row(uint32_t layer, uint32_t pos) const noexcept;
+    const void* v_row(uint32_t layer, uint32_t pos) const noexcept;
+    /// Appends `toks` as positions [n_tokens, n_tokens + size): their rows
+    /// must have been written. The header moves last.
+    void commit(std::span<const int32_t> toks) noexcept;
+    /// Forgets positions from `n` on; their blocks are given back.
+    void truncate(uint32_t n) noexcept;
+
+    kv_usage usage() const noexcept;
+
+private:
+    struct header;
+    header* hdr() const noexcept { return reinterpret_cast<header*>(_mem.data()); }
+    std::byte* block(uint32_t logical) const noexcept;
+    size_t row_offset(uint32_t layer, uint32_t slot, bool v) const noexcept;
+
+    std::span<std::byte> _mem;
+    kv_options _o;
+    uint32_t _n_layer = 0;
+    uint32_t _kv_dim = 0;
+    uint32_t _max_blocks = 0;
+    size_t _elt = 4;
+    size_t _block_bytes = 0;
+    int32_t* _tokens = nullptr;
+    uint32_t* _table = nullptr;
+    std::byte* _blocks = nullptr;
+    bool _resumed = false;
+};
+
+} // namespace llmos::engine

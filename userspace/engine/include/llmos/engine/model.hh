@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: MIT
+//
+// A llama-family model as its GGUF file holds it: hyperparameters from the
+// metadata, and weights used in place (zero-copy views into the mapped
+// file). Architectures: "llama" (TinyLlama, SmolLM, Llama 2/3 and the like:
+// RoPE on adjacent pairs) and "qwen2" (Qwen2/2.5: Q/K/V biases, NeoX-style
+// RoPE on the two halves). Weight types: F32, F16, Q8_0, Q4_0, Q4_K, Q5_K,
+// Q6_K (so "Q4_K_M" files, which mix Q4_K and Q6_K, load). Anything else is
+// refused with a message naming what is unsupported.
+#pragma once
+
+#include <cstdint>
+#include <llmos/engine/gguf.hh>
+#include <llmos/engine/matmul.hh>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace llmos::engine {
+
+/// A model that cannot be used: the message says what and why.
+class model_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+enum class model_arch : uint8_t { llama, qwen2 };
+
+struct model_params {
+    model_arch arch = model_arch::llama;
+    std::string arch_name;
+    uint32_t n_vocab = 0;
+    uint32_t n_ctx_train = 0;
+    uint32_t n_embd = 0;
+    uint32_t n_layer = 0;
+    uint32_t n_head = 0;
+    uint32_t n_head_kv = 0;
+    uint32_t n_ff = 0;
+    uint32_t head_dim = 0; ///< n_embd / n_head
+    uint32_t n_rot = 0;    ///< dimensions RoPE turns (head_dim unless the file says less)
+    float rope_base = 10000.0f;
+    float rope_scale = 1.0f; ///< linear scaling: positions are divided by it
+    float rms_eps = 1e-5f;
+    bool neox_rope = false; ///< rotate (i, i + n_rot/2) rather than (2i, 2i+1)
+    bool tied_output = false;
+
+    uint32_t kv_dim() const { return n_head_kv * head_dim; }
+};
+
+struct layer_weights {
+    std::span<const float> attn_norm;
+    weight_view wq, wk, wv, wo;
+    std::span<const float> bq, bk, bv; ///< qwen2 only
+    std::span<const float> ffn_norm;
+    weight_view w_gate, w_up, w_down;
+};
+
+class model {
+public:
+    /// The model in `file`, which must outlive it (weights are views into
+    /// it). Throws model_error: unsupported architecture or weight type,
+    /// a missing or misshapen tensor, inconsistent hyperparameters.
+    static model load(const gguf_file& file);
+
+    const model_params& params() const noexcept { return _p; }
+    const std::vector<layer_weights>& layers() const noexcept { return _layers; }
+    const weight_view& token_embd() const noexcept { return _tok_embd; }
+    std::span<const float> output_norm() const noexcept { return _output_norm; }
+    /// The output head (the token embedding when the file ties them).
+    const weight_view& output() const noexcept { return _output; }
+    /// Per-dimension RoPE frequency divisors (Llama 3 files), or empty.
+    std::span<const float> rope_freqs() const noexcept { return _rope_freqs; }
+    /// Bytes of weights read for one token (every matrix once): what a
+    /// decode step streams from memory.
+    uint64_t weight_bytes() const noexcept { return _weight_bytes; }
+    /// Which weight types occur, and how many tensors of each ("Q4_K x 98").
+    std::string type_summary() const;
+    /// A digest of the hyperparameters and tensor layout: a KV cache made
+    /// by another model is refused.
+    uint64_t fingerprint() const noexcept { return _fingerprint; }
+    /// Token `id`'s embedding row, dequantized into `out` (n_embd floats).
+    void embed(int32_t id, float* out) const;
+
+private:
+    model_params _p;
+    std::vector<layer_weights> _layers;
+    weight_view _tok_embd;
+    weight_view _output;
+    std::span<const float> _output_norm;
+    std::span<const float> _rope_freqs;
+    uint64_t _weight_bytes = 0;
+    uint64_t _fingerprint = 0;
+    std::vector<std::pair<ggml_type, int>> _types;
+};
+
+} // namespace llmos::engine

@@ -1,0 +1,215 @@
+// SPDX-License-Identifier: MIT
+#include <atomic>
+#include <cstring>
+#include <llmos/engine/kv_cache.hh>
+#include <llmos/engine/quant.hh>
+
+namespace llmos::engine {
+
+namespace {
+
+constexpr uint64_t kv_magic = 0x3156'4b53'4f4d'4c4cull; // "LLMOSKV1"
+constexpr uint32_t kv_version = 1;
+constexpr uint32_t no_block = UINT32_MAX;
+
+uint64_t align_up(uint64_t v, uint64_t a) {
+    return (v + a - 1) / a * a;
+}
+
+} // namespace
+
+struct kv_cache::header {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t type;
+    uint32_t block_tokens;
+    uint32_t max_tokens;
+    uint32_t n_layer;
+    uint32_t kv_dim;
+    uint64_t fingerprint;
+    uint32_t n_tokens;    // committed positions; written last
+    uint32_t next_block;  // physical blocks ever taken
+    uint32_t free_head;   // a freed physical block, or no_block
+    uint32_t reserved[7]; // 80 bytes in all; tokens start at 128
+};
+
+namespace {
+
+struct geometry {
+    uint64_t tokens_off, table_off, blocks_off, block_bytes, total;
+    uint32_t max_blocks;
+};
+
+geometry layout(const model_params& p, const kv_options& o) {
+    geometry g{};
+    uint64_t elt = o.type == kv_type::f32 ? 4 : 2;
+    g.max_blocks = (o.max_tokens + o.block_tokens - 1) / o.block_tokens;
+    g.tokens_off = 128;
+    g.table_off = align_up(g.tokens_off + 4ull * o.max_tokens, 64);
+    g.blocks_off = align_up(g.table_off + 4ull * g.max_blocks, 4096);
+    g.block_bytes = align_up(uint64_t(p.n_layer) * 2 * o.block_tokens * p.kv_dim() * elt, 64);
+    g.total = g.blocks_off + g.block_bytes * g.max_blocks;
+    return g;
+}
+
+} // namespace
+
+uint64_t kv_cache::bytes_for(const model_params& p, const kv_options& o) {
+    return layout(p, o).total;
+}
+
+kv_cache kv_cache::open(std::span<std::byte> mem, const model& m, const kv_options& o, bool fresh) {
+    const model_params& p = m.params();
+    if (!o.block_tokens || !o.max_tokens || (o.type != kv_type::f32 && o.type != kv_type::f16)) {
+        throw kv_error("kv cache: bad options (block_tokens and max_tokens must be > 0)");
+    }
+    geometry g = layout(p, o);
+    if (mem.size() < g.total) {
+        throw kv_error("kv cache: " + std::to_string(mem.size()) + " bytes given, " +
+                       std::to_string(g.total) + " needed for " + std::to_string(o.max_tokens) +
+                       " tokens");
+    }
+    if (reinterpret_cast<uintptr_t>(mem.data()) % 64) {
+        throw kv_error("kv cache: memory is not 64-byte aligned");
+    }
+    kv_cache c;
+    c._mem = mem;
+    c._o = o;
+    c._n_layer = p.n_layer;
+    c._kv_dim = p.kv_dim();
+    c._max_blocks = g.max_blocks;
+    c._elt = o.type == kv_type::f32 ? 4 : 2;
+    c._block_bytes = g.block_bytes;
+    c._tokens = reinterpret_cast<int32_t*>(mem.data() + g.tokens_off);
+    c._table = reinterpret_cast<uint32_t*>(mem.data() + g.table_off);
+    c._blocks = mem.data() + g.blocks_off;
+    header* h = c.hdr();
+    bool ours = h->magic == kv_magic && h->version == kv_version;
+    bool same = ours && h->type == uint32_t(o.type) && h->block_tokens == o.block_tokens &&
+                h->max_tokens == o.max_tokens && h->n_layer == p.n_layer &&
+                h->kv_dim == p.kv_dim() && h->fingerprint == m.fingerprint();
+    if (ours && !same && !fresh) {
+        throw kv_error("kv cache: the memory holds a cache of another model or geometry "
+                       "(start it fresh to overwrite it)");
+    }
+    if (same && !fresh) {
+        if (h->n_tokens > o.max_tokens || h->next_block > g.max_blocks) {
+            throw kv_error("kv cache: corrupt header (" + std::to_string(h->n_tokens) +
+                           " tokens, " + std::to_string(h->next_block) + " blocks)");
+        }
+        c._resumed = true;
+        return c;
+    }
+    std::memset(h, 0, sizeof(header));
+    h->version = kv_version;
+    h->type = uint32_t(o.type);
+    h->block_tokens = o.block_tokens;
+    h->max_tokens = o.max_tokens;
+    h->n_layer = p.n_layer;
+    h->kv_dim = p.kv_dim();
+    h->fingerprint = m.fingerprint();
+    h->free_head = no_block;
+    for (uint32_t i = 0; i < g.max_blocks; ++i) {
+        c._table[i] = no_block;
+    }
+    // The magic last: a half-made header is not taken for a cache.
+    std::atomic_ref<uint64_t>(h->magic).store(kv_magic, std::memory_order_release);
+    return c;
+}
+
+uint32_t kv_cache::n_tokens() const noexcept {
+    return std::atomic_ref<uint32_t>(hdr()->n_tokens).load(std::memory_order_acquire);
+}
+
+std::span<const int32_t> kv_cache::tokens() const noexcept {
+    return {_tokens, n_tokens()};
+}
+
+bool kv_cache::reserve(uint32_t n) noexcept {
+    header* h = hdr();
+    uint64_t end = uint64_t(h->n_tokens) + n;
+    if (end > _o.max_tokens) {
+        return false;
+    }
+    uint32_t need = static_cast<uint32_t>((end + _o.block_tokens - 1) / _o.block_tokens);
+    for (uint32_t b = 0; b < need; ++b) {
+        if (_table[b] != no_block) {
+            continue;
+        }
+        uint32_t phys;
+        if (h->free_head != no_block) {
+            phys = h->free_head;
+            // A free block keeps the next free one in its first word.
+            std::memcpy(&h->free_head, _blocks + size_t(phys) * _block_bytes, 4);
+        } else {
+            phys = h->next_block++;
+        }
+        _table[b] = phys;
+    }
+    return true;
+}
+
+std::byte* kv_cache::block(uint32_t logical) const noexcept {
+    return _blocks + size_t(_table[logical]) * _block_bytes;
+}
+
+size_t kv_cache::row_offset(uint32_t layer, uint32_t slot, bool v) const noexcept {
+    return ((size_t(layer) * 2 + (v ? 1 : 0)) * _o.block_tokens + slot) * _kv_dim * _elt;
+}
+
+void kv_cache::write(uint32_t layer, uint32_t pos, const float* k, const float* v) noexcept {
+    std::byte* b = block(pos / _o.block_tokens);
+    uint32_t slot = pos % _o.block_tokens;
+    std::byte* kd = b + row_offset(layer, slot, false);
+    std::byte* vd = b + row_offset(layer, slot, true);
+    if (_o.type == kv_type::f32) {
+        std::memcpy(kd, k, _kv_dim * 4);
+        std::memcpy(vd, v, _kv_dim * 4);
+    } else {
+        fp32_to_fp16_row(k, reinterpret_cast<uint16_t*>(kd), _kv_dim);
+        fp32_to_fp16_row(v, reinterpret_cast<uint16_t*>(vd), _kv_dim);
+    }
+}
+
+const void* kv_cache::k_row(uint32_t layer, uint32_t pos) const noexcept {
+    return block(pos / _o.block_tokens) + row_offset(layer, pos % _o.block_tokens, false);
+}
+
+const void* kv_cache::v_row(uint32_t layer, uint32_t pos) const noexcept {
+    return block(pos / _o.block_tokens) + row_offset(layer, pos % _o.block_tokens, true);
+}
+
+void kv_cache::commit(std::span<const int32_t> toks) noexcept {
+    header* h = hdr();
+    std::memcpy(_tokens + h->n_tokens, toks.data(), toks.size() * 4);
+    std::atomic_ref<uint32_t>(h->n_tokens)
+        .store(h->n_tokens + static_cast<uint32_t>(toks.size()), std::memory_order_release);
+}
+
+void kv_cache::truncate(uint32_t n) noexcept {
+    header* h = hdr();
+    if (n >= h->n_tokens) {
+        return;
+    }
+    std::atomic_ref<uint32_t>(h->n_tokens).store(n, std::memory_order_release);
+    uint32_t keep = (n + _o.block_tokens - 1) / _o.block_tokens;
+    for (uint32_t b = keep; b < _max_blocks && _table[b] != no_block; ++b) {
+        uint32_t phys = _table[b];
+        std::memcpy(_blocks + size_t(phys) * _block_bytes, &h->free_head, 4);
+        h->free_head = phys;
+        _table[b] = no_block;
+    }
+}
+
+kv_usage kv_cache::usage() const noexcept {
+    kv_usage u;
+    u.tokens = n_tokens();
+    for (uint32_t b = 0; b < _max_blocks && _table[b] != no_block; ++b) {
+        ++u.blocks;
+    }
+    u.bytes_allocated = uint64_t(u.blocks) * _block_bytes;
+    u.bytes_used = uint64_t(u.tokens) * _n_layer * 2 * _kv_dim * _elt;
+    return u;
+}
+
+} // namespace llmos::engine

@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: MIT
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <llmos/engine/model.hh>
+#include <llmos/engine/quant.hh>
+#include <map>
+
+namespace llmos::engine {
+
+namespace {
+
+std::string fmt_dims(const gguf_tensor& t) {
+    std::string s = "[";
+    for (uint32_t i = 0; i < t.n_dims; ++i) {
+        s += (i ? ", " : "") + std::to_string(t.ne[i]);
+    }
+    return s + "]";
+}
+
+std::string supported_types() {
+    std::string s;
+    for (auto t : {ggml_type::f32, ggml_type::f16, ggml_type::q8_0, ggml_type::q4_0,
+                   ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k}) {
+        s += (s.empty() ? "" : ", ") + std::string(info(t)->name);
+    }
+    return s;
+}
+
+class loader {
+public:
+    const gguf_file& f;
+    std::string arch;
+
+    const gguf_tensor& tensor(const std::string& name,
+                              std::initializer_list<uint64_t> shape) const {
+        const gguf_tensor* t = f.find_tensor(name);
+        if (!t) {
+            throw model_error("model: tensor '" + name + "' is missing");
+        }
+        bool ok = t->n_dims == shape.size();
+        size_t i = 0;
+        for (uint64_t d : shape) {
+            ok = ok && t->ne[i++] == d;
+        }
+        if (!ok) {
+            std::string want = "[";
+            i = 0;
+            for (uint64_t d : shape) {
+                want += (i++ ? ", " : "") + std::to_string(d);
+            }
+            throw model_error("model: tensor '" + name + "' has shape " + fmt_dims(*t) +
+                              ", expected " + want + "]");
+        }
+        return *t;
+    }
+    std::span<const float> f32(const std::string& name, uint64_t n) const {
+        const gguf_tensor& t = tensor(name, {n});
+        if (t.type != ggml_type::f32) {
+            throw model_error("model: tensor '" + name + "' is " + std::string(info(t.type)->name) +
+                              ", expected F32");
+        }
+        return {reinterpret_cast<const float*>(t.data.data()), n};
+    }
+    std::span<const float> f32_opt(const std::string& name, uint64_t n) const {
+        return f.find_tensor(name) ? f32(name, n) : std::span<const float>{};
+    }
+    weight_view matrix(const std::string& name, uint64_t cols, uint64_t rows) const {
+        const gguf_tensor& t = tensor(name, {cols, rows});
+        auto ti = info(t.type);
+        if (!ti || !ti->supported) {
+            throw model_error(
+                "model: tensor '" + name + "' is " +
+                std::string(ti ? ti->name : "of an unknown type") +
+                ", which this engine does not compute with (supported: " + supported_types() + ")");
+        }
+        return {t.type, t.data.data(), static_cast<int64_t>(rows), static_cast<int64_t>(cols), 0};
+    }
+    uint32_t u32(const std::string& key) const {
+        auto v = f.find_u32(arch + "." + key);
+        if (!v) {
+            throw model_error("model: metadata '" + arch + "." + key + "' is missing");
+        }
+        return *v;
+    }
+};
+
+uint64_t mix(uint64_t h, uint64_t v) {
+    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    return h * 0xff51afd7ed558ccdull;
+}
+
+} // namespace
+
+model model::load(const gguf_file& f) {
+    model m;
+    auto arch = f.find_string("general.architecture");
+    if (!arch) {
+        throw model_error("model: general.architecture is missing: not a model file?");
+    }
+    loader l{f, std::string(*arch)};
+    model_params& p = m._p;
+    p.arch_name = l.arch;
+    if (l.arch == "llama") {
+        p.arch = model_arch::llama;
+    } else if (l.arch == "qwen2") {
+        p.arch = model_arch::qwen2;
+        p.neox_rope = true;
+    } else {
+        throw model_error("model: architecture '" + l.arch +
+                          "' is not supported (supported: llama, qwen2)");
+    }
+    p.n_embd = l.u32("embedding_length");
+    p.n_layer = l.u32("block_count");
+    p.n_head = l.u32("attention.head_count");
+    p.n_head_kv = f.find_u32(l.arch + ".attention.head_count_kv").value_or(p.n_head);
+    p.n_ff = l.u32("feed_forward_length");
+    p.n_ctx_train = l.u32("context_length");
+    if (!p.n_embd || !p.n_layer || !p.n_head || !p.n_head_kv || !p.n_ff || p.n_embd % p.n_head ||
+        p.n_head % p.n_head_kv) {
+        throw model_error("model: inconsistent sizes: embedding " + std::to_string(p.n_embd) +
+                          ", heads " + std::to_string(p.n_head) + ", kv heads " +
+                          std::to_string(p.n_head_kv) + ", layers " + std::to_string(p.n_layer) +
+                          ", ffn " + std::to_string(p.n_ff));
+    }
+    p.head_dim = p.n_embd / p.n_head;
+    p.n_rot = f.find_u32(l.arch + ".rope.dimension_count").value_or(p.head_dim);
+    if (p.n_rot > p.head_dim || p.n_rot % 2) {
+        throw model_error("model: rope.dimension_count " + std::to_string(p.n_rot) +
+                          " does not fit a head of " + std::to_string(p.head_dim));
+    }
+    p.rope_base = f.find_f32(l.arch + ".rope.freq_base").value_or(10000.0f);
+    p.rms_eps = f.find_f32(l.arch + ".attention.layer_norm_rms_epsilon").value_or(1e-5f);
+    if (auto type = f.find_string(l.arch + ".rope.scaling.type")) {
+        float factor = f.find_f32(l.arch + ".rope.scaling.factor").value_or(1.0f);
+        if (*type == "linear") {
+            p.rope_scale = factor > 0 ? factor : 1.0f;
+        } else if (*type != "none" && factor != 1.0f) {
+            throw model_error("model: rope scaling '" + std::string(*type) +
+                              "' is not supported (supported: none, linear)");
+        }
+    }
+
+    const gguf_tensor* embd = f.find_tensor("token_embd.weight");
+    if (!embd || embd->n_dims != 2 || embd->ne[0] != p.n_embd) {
+        throw model_error("model: tensor 'token_embd.weight' is missing or not [" +
+                          std::to_string(p.n_embd) + ", n_vocab]");
+    }
+    p.n_vocab = static_cast<uint32_t>(embd->ne[1]);
+    m._tok_embd = l.matrix("token_embd.weight", p.n_embd, p.n_vocab);
+    m._output_norm = l.f32("output_norm.weight", p.n_embd);
+    if (f.find_tensor("output.weight")) {
+        m._output = l.matrix("output.weight", p.n_embd, p.n_vocab);
+    } else {
+        m._output = m._tok_embd;
+        p.tied_output = true;
+    }
+    m._rope_freqs = l.f32_opt("rope_freqs.weight", p.n_rot / 2);
+
+    const uint64_t e = p.n_embd, kv = p.kv_dim(), ff = p.n_ff;
+    for (uint32_t i = 0; i < p.n_layer; ++i) {
+        std::string b = "blk." + std::to_string(i) + ".";
+        layer_weights w;
+        w.attn_norm = l.f32(b + "attn_norm.weight", e);
+        w.wq = l.matrix(b + "attn_q.weight", e, e);
+        w.wk = l.matrix(b + "attn_k.weight", e, kv);
+        w.wv = l.matrix(b + "attn_v.weight", e, kv);
+        w.wo = l.matrix(b + "attn_output.weight", e, e);
+        if (p.arch == model_arch::qwen2) {
+            w.bq = l.f32(b + "attn_q.bias", e);
+            w.bk = l.f32(b + "attn_k.bias", kv);
+            w.bv = l.f32(b + "attn_v.bias", kv);
+        } else {
+            w.bq = l.f32_opt(b + "attn_q.bias", e);
+            w.bk = l.f32_opt(b + "attn_k.bias", kv);
+            w.bv = l.f32_opt(b + "attn_v.bias", kv);
+        }
+        w.ffn_norm = l.f32(b + "ffn_norm.weight", e);
+        w.w_gate = l.matrix(b + "ffn_gate.weight", e, ff);
+        w.w_up = l.matrix(b + "ffn_up.weight", e, ff);
+        w.w_down = l.matrix(b + "ffn_down.weight", ff, e);
+        m._layers.push_back(w);
+    }
+
+    std::map<ggml_type, int> types;
+    uint64_t bytes = 0;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (uint32_t v : {p.n_vocab, p.n_embd, p.n_layer, p.n_head, p.n_head_kv, p.n_ff, p.n_rot,
+                       static_cast<uint32_t>(p.arch)}) {
+        h = mix(h, v);
+    }
+    h = mix(h, std::bit_cast<uint32_t>(p.rope_base));
+    auto count = [&](const weight_view& w) {
+        ++types[w.type];
+        bytes += *row_bytes(w.type, static_cast<uint64_t>(w.cols)) * static_cast<uint64_t>(w.rows);
+        h = mix(h, static_cast<uint64_t>(w.type));
+    };
+    for (auto& w : m._layers) {
+        for (auto* v : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
+            count(*v);
+        }
+    }
+    count(m._output);
+    if (!p.tied_output) {
+        ++types[m._tok_embd.type];
+        h = mix(h, static_cast<uint64_t>(m._tok_embd.type));
+    }
+    m._weight_bytes = bytes;
+    m._fingerprint = h;
+    m._types.assign(types.begin(), types.end());
+    return m;
+}
+
+std::string model::type_summary() const {
+    std::string s;
+    for (auto& [t, n] : _types) {
+        s += (s.empty() ? "" : ", ") + std::string(info(t)->name) + " x" + std::to_string(n);
+    }
+    return s;
+}
+
+void model::embed(int32_t id, float* out) const {
+    const auto rb = *row_bytes(_tok_embd.type, static_cast<uint64_t>(_tok_embd.cols));
+    const auto* row = static_cast<const std::byte*>(_tok_embd.data) + rb * static_cast<size_t>(id);
+    dequantize_row(_tok_embd.type, row, out, _tok_embd.cols);
+}
+
+} // namespace llmos::engine
