@@ -13,7 +13,9 @@
 // Q6_K's 32, the K-quant mins) applied through the activation sums.
 #include "quant_kernels.hh"
 
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <immintrin.h>
 
 #define LLMOS_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -88,21 +90,23 @@ LLMOS_AVX2_INLINE float absmax(const float* x, int n) {
 }
 
 LLMOS_AVX2 void quantize_act_q8_32(const float* x, void* dst, int64_t cols) {
-    auto* y = static_cast<act_q8_32*>(dst);
-    for (int64_t b = 0; b < cols / qk_block; ++b, x += qk_block) {
+    auto* qs = static_cast<int8_t*>(dst);
+    auto* dd = const_cast<float*>(act32_d(dst, cols));
+    auto* ds = const_cast<float*>(act32_ds(dst, cols));
+    for (int64_t b = 0; b < cols / qk_block; ++b, x += qk_block, qs += qk_block) {
         const float d = absmax(x, qk_block) / 127.0f;
         const __m256 id = _mm256_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
         const __m256i q0 = round8(x, id);
         const __m256i q1 = round8(x + 8, id);
         const __m256i q2 = round8(x + 16, id);
         const __m256i q3 = round8(x + 24, id);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), pack32(q0, q1, q2, q3));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs), pack32(q0, q1, q2, q3));
         const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3));
         const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
         const __m128i s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
         const int sum = _mm_cvtsi128_si32(s2) + _mm_extract_epi32(s2, 1);
-        y[b].d = d;
-        y[b].ds = d * static_cast<float>(sum);
+        dd[b] = d;
+        ds[b] = d * static_cast<float>(sum);
     }
 }
 
@@ -195,90 +199,208 @@ LLMOS_AVX2 void dot_float(const void* w_row, const void* act, size_t stride, int
 
 // ---- Q8_0 / Q4_0 -----------------------------------------------------------
 
-template <int NT>
-LLMOS_AVX2_INLINE void q8_0_block(const block_q8_0& w, const act_q8_32* const* x, int64_t b,
-                                  __m256* acc) {
+/// The 8 halves d of blocks b..b+7 as floats.
+template <typename Block>
+LLMOS_AVX2_INLINE __m256 scales8(const Block* w) {
+    uint64_t lo = 0;
+    uint64_t hi = 0;
+    for (int i = 0; i < 4; ++i) {
+        lo |= static_cast<uint64_t>(w[i].d) << (16 * i);
+        hi |= static_cast<uint64_t>(w[i + 4].d) << (16 * i);
+    }
+    return _mm256_cvtph_ps(_mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo)));
+}
+
+/// Lane sums of 8 vectors: lane i of the result is the sum of v[i]'s lanes.
+LLMOS_AVX2_INLINE __m256i sum_lanes8(const __m256i* v) {
+    const __m256i a = _mm256_hadd_epi32(v[0], v[1]);
+    const __m256i b = _mm256_hadd_epi32(v[2], v[3]);
+    const __m256i c = _mm256_hadd_epi32(v[4], v[5]);
+    const __m256i d = _mm256_hadd_epi32(v[6], v[7]);
+    const __m256i ab = _mm256_hadd_epi32(a, b); // v0..v3: low halves | high halves
+    const __m256i cd = _mm256_hadd_epi32(c, d); // v4..v7
+    return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20),
+                            _mm256_permute2x128_si256(ab, cd, 0x31));
+}
+
+/// Q8_0 weights times activations: 8 int32 lanes of sum(w * x).
+LLMOS_AVX2_INLINE __m256i q8_0_dot(const block_q8_0& w, const int8_t* x) {
     const __m256i wq = load(w.qs);
-    const __m256i aw = _mm256_sign_epi8(wq, wq);
-    const float dw = half(w.d);
-    for (int t = 0; t < NT; ++t) {
-        const __m256i sx = _mm256_sign_epi8(load(x[t][b].qs), wq);
-        const __m256 p = _mm256_cvtepi32_ps(dot_u8_i8(aw, sx));
-        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * x[t][b].d), acc[t]);
+    return dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(load(x), wq));
+}
+
+/// Q4_0 weights (as 0..15) times activations: 8 int32 lanes of sum(q * x).
+LLMOS_AVX2_INLINE __m256i q4_0_dot(const block_q4_0& w, const int8_t* x) {
+    // Both halves of the register get the 16 bytes; the upper one shifted
+    // by 4 holds the high nibbles (elements 16..31).
+    const __m256i raw =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs)));
+    const __m256i wq = _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_setr_epi64x(0, 0, 4, 4)),
+                                        _mm256_set1_epi8(0x0f));
+    return dot_u8_i8(wq, load(x));
+}
+
+template <typename Block>
+LLMOS_AVX2_INLINE __m256i q32_dot(const Block& w, const int8_t* x) {
+    if constexpr (sizeof(Block) == sizeof(block_q8_0)) {
+        return q8_0_dot(w, x);
+    } else {
+        return q4_0_dot(w, x);
     }
 }
 
-template <int NT>
-LLMOS_AVX2_INLINE void q4_0_block(const block_q4_0& w, const act_q8_32* const* x, int64_t b,
-                                  __m256* acc, float* offset) {
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs));
-    const __m256i wq =
-        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
-    const float dw = half(w.d);
-    for (int t = 0; t < NT; ++t) {
-        const __m256 p = _mm256_cvtepi32_ps(dot_u8_i8(wq, load(x[t][b].qs)));
-        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * x[t][b].d), acc[t]);
-        offset[t] += dw * x[t][b].ds;
-    }
-}
-
-/// Q8_0 and Q4_0: U sets of accumulators take alternate blocks, so that
-/// with few tokens several blocks are in flight.
-template <typename Block, int NT>
-LLMOS_AVX2 void dot_q_32(const void* w_row, const void* act, size_t stride, int64_t cols,
-                         float* out) {
-    constexpr int u = NT <= 2 ? 2 : 1;
+/// Q8_0 and Q4_0, one token: the integer sums of 8 blocks are gathered
+/// into one vector before the scales (8 at once) apply. Q4_0's offset of 8
+/// comes from the activation sums: sum over blocks of dw * dx * sum(q_x).
+template <typename Block>
+LLMOS_AVX2 void dot_q32_one(const void* w_row, const void* act, int64_t cols, float* out) {
+    constexpr bool q4 = sizeof(Block) == sizeof(block_q4_0);
     const auto* w = static_cast<const Block*>(w_row);
-    const act_q8_32* x[NT];
-    __m256 acc[u][NT];
-    float offset[NT];
-    for (int t = 0; t < NT; ++t) {
-        x[t] = act_row<act_q8_32>(act, stride, t);
-        offset[t] = 0.0f;
-        for (int i = 0; i < u; ++i) {
-            acc[i][t] = _mm256_setzero_ps();
+    const int8_t* xq = act32_qs(act);
+    const float* xd = act32_d(act, cols);
+    const float* xds = act32_ds(act, cols);
+    const int64_t nb = cols / qk_block;
+    __m256 acc = _mm256_setzero_ps();
+    __m256 off = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        __m256i s[8];
+        for (int i = 0; i < 8; ++i) {
+            s[i] = q32_dot(w[b + i], xq + qk_block * (b + i));
+        }
+        const __m256 dw = scales8(w + b);
+        const __m256 sum = _mm256_cvtepi32_ps(sum_lanes8(s));
+        acc = _mm256_fmadd_ps(sum, _mm256_mul_ps(dw, _mm256_loadu_ps(xd + b)), acc);
+        if constexpr (q4) {
+            off = _mm256_fmadd_ps(dw, _mm256_loadu_ps(xds + b), off);
         }
     }
-    const int64_t nb = cols / qk_block;
-    int64_t b = 0;
-    for (; b + u <= nb; b += u) {
-        for (int i = 0; i < u; ++i) {
-            if constexpr (sizeof(Block) == sizeof(block_q8_0)) {
-                q8_0_block<NT>(w[b + i], x, b + i, acc[i]);
-            } else {
-                q4_0_block<NT>(w[b + i], x, b + i, acc[i], offset);
+    float tail = 0.0f;
+    for (; b < nb; ++b) {
+        const float dw = half(w[b].d);
+        const __m256i s = q32_dot(w[b], xq + qk_block * b);
+        tail += dw * xd[b] * hsum(_mm256_cvtepi32_ps(s));
+        if constexpr (q4) {
+            tail -= 8.0f * dw * xds[b];
+        }
+    }
+    out[0] = hsum(acc) - 8.0f * hsum(off) + tail;
+}
+
+/// Q8_0 and Q4_0, NT tokens: each block's weights unpacked once, its
+/// scale applied per block and token.
+template <typename Block, int NT>
+LLMOS_AVX2 void dot_q32_tile(const void* w_row, const void* act, size_t stride, int64_t cols,
+                             float* out) {
+    constexpr bool q4 = sizeof(Block) == sizeof(block_q4_0);
+    const auto* w = static_cast<const Block*>(w_row);
+    const int8_t* xq[NT];
+    const float* xd[NT];
+    const float* xds[NT];
+    __m256 acc[NT];
+    float offset[NT];
+    for (int t = 0; t < NT; ++t) {
+        const void* row = static_cast<const std::byte*>(act) + static_cast<size_t>(t) * stride;
+        xq[t] = act32_qs(row);
+        xd[t] = act32_d(row, cols);
+        xds[t] = act32_ds(row, cols);
+        acc[t] = _mm256_setzero_ps();
+        offset[t] = 0.0f;
+    }
+    for (int64_t b = 0; b < cols / qk_block; ++b) {
+        const float dw = half(w[b].d);
+        __m256i wq;
+        __m256i aw;
+        if constexpr (q4) {
+            const __m256i raw = _mm256_broadcastsi128_si256(
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs)));
+            wq = _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_setr_epi64x(0, 0, 4, 4)),
+                                  _mm256_set1_epi8(0x0f));
+            aw = wq;
+        } else {
+            wq = load(w[b].qs);
+            aw = _mm256_sign_epi8(wq, wq);
+        }
+        for (int t = 0; t < NT; ++t) {
+            __m256i x = load(xq[t] + qk_block * b);
+            if constexpr (!q4) {
+                x = _mm256_sign_epi8(x, wq);
+            }
+            const __m256 p = _mm256_cvtepi32_ps(dot_u8_i8(aw, x));
+            acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * xd[t][b]), acc[t]);
+            if constexpr (q4) {
+                offset[t] += dw * xds[t][b];
             }
         }
     }
-    for (; b < nb; ++b) {
-        if constexpr (sizeof(Block) == sizeof(block_q8_0)) {
-            q8_0_block<NT>(w[b], x, b, acc[0]);
-        } else {
-            q4_0_block<NT>(w[b], x, b, acc[0], offset);
-        }
-    }
     for (int t = 0; t < NT; ++t) {
-        __m256 a = acc[0][t];
-        for (int i = 1; i < u; ++i) {
-            a = _mm256_add_ps(a, acc[i][t]);
-        }
-        out[t] = hsum(a) - 8.0f * offset[t]; // offset stays 0 for Q8_0
+        out[t] = hsum(acc[t]) - 8.0f * offset[t];
+    }
+}
+
+template <typename Block, int NT>
+LLMOS_AVX2 void dot_q_32(const void* w_row, const void* act, size_t stride, int64_t cols,
+                         float* out) {
+    if constexpr (NT == 1) {
+        dot_q32_one<Block>(w_row, act, cols, out);
+    } else {
+        dot_q32_tile<Block, NT>(w_row, act, stride, cols, out);
     }
 }
 
 // ---- K-quants --------------------------------------------------------------
 
-/// The 8 scales and mins of a Q4_K/Q5_K super-block (layout in quant.hh).
-inline void scales_mins(const uint8_t* b, int* sc, int* m) {
-    for (int s = 0; s < 4; ++s) {
-        sc[s] = b[s] & 63;
-        m[s] = b[s + 4] & 63;
+/// The 8 six-bit scales (first) and mins (second) of a Q4_K/Q5_K
+/// super-block, one per byte, unpacked a word at a time from the layout
+/// in quant.hh: bytes 0-3 and 4-7 hold sc0-3 and m0-3 in their low six
+/// bits and the top two bits of sc4-7 and m4-7; bytes 8-11 the low
+/// nibbles of sc4-7 (low) and m4-7 (high).
+inline void scales_mins(const uint8_t* b, uint64_t& sc, uint64_t& m) {
+    uint32_t w0 = 0;
+    uint32_t w1 = 0;
+    uint32_t w2 = 0;
+    std::memcpy(&w0, b, 4);
+    std::memcpy(&w1, b + 4, 4);
+    std::memcpy(&w2, b + 8, 4);
+    const uint32_t sc_hi = (w2 & 0x0f0f0f0fu) | ((w0 >> 2) & 0x30303030u);
+    const uint32_t m_hi = ((w2 >> 4) & 0x0f0f0f0fu) | ((w1 >> 2) & 0x30303030u);
+    sc = (w0 & 0x3f3f3f3fu) | static_cast<uint64_t>(sc_hi) << 32;
+    m = (w1 & 0x3f3f3f3fu) | static_cast<uint64_t>(m_hi) << 32;
+}
+
+/// pshufb controls: row j spreads int16 lane j of each 128-bit half over
+/// the whole half.
+alignas(32) constexpr auto spread16_table = [] {
+    std::array<std::array<uint8_t, 32>, 8> t{};
+    for (int j = 0; j < 8; ++j) {
+        for (int i = 0; i < 32; i += 2) {
+            t[j][i] = static_cast<uint8_t>(2 * j);
+            t[j][i + 1] = static_cast<uint8_t>(2 * j + 1);
+        }
     }
-    for (int s = 4; s < 8; ++s) {
-        sc[s] = (b[s + 4] & 0xf) | (b[s - 4] >> 6) << 4;
-        m[s] = (b[s + 4] >> 4) | (b[s] >> 6) << 4;
+    return t;
+}();
+
+/// Row k: lane 2k in the lower half, lane 2k + 1 in the upper one.
+alignas(32) constexpr auto spread16_pair_table = [] {
+    std::array<std::array<uint8_t, 32>, 4> t{};
+    for (int k = 0; k < 4; ++k) {
+        for (int i = 0; i < 16; i += 2) {
+            t[k][i] = static_cast<uint8_t>(4 * k);
+            t[k][i + 1] = static_cast<uint8_t>(4 * k + 1);
+            t[k][16 + i] = static_cast<uint8_t>(4 * k + 2);
+            t[k][16 + i + 1] = static_cast<uint8_t>(4 * k + 3);
+        }
     }
+    return t;
+}();
+
+LLMOS_AVX2_INLINE __m256i spread16(int j) {
+    return load(spread16_table[static_cast<size_t>(j)].data());
+}
+
+LLMOS_AVX2_INLINE __m256i spread16_pair(int k) {
+    return load(spread16_pair_table[static_cast<size_t>(k)].data());
 }
 
 template <typename Block, bool Five, int NT>
@@ -287,18 +409,21 @@ LLMOS_AVX2 void dot_affine_k(const void* w_row, const void* act, size_t stride, 
     const auto* w = static_cast<const Block*>(w_row);
     const act_q8_256* x[NT];
     __m256 acc[NT];
-    float mins[NT];
+    __m128 mins[NT];
     for (int t = 0; t < NT; ++t) {
         x[t] = act_row<act_q8_256>(act, stride, t);
         acc[t] = _mm256_setzero_ps();
-        mins[t] = 0.0f;
+        mins[t] = _mm_setzero_ps();
     }
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i one = _mm256_set1_epi8(1);
     for (int64_t b = 0; b < cols / qk_super; ++b) {
-        int sc[8];
-        int m[8];
-        scales_mins(w[b].scales, sc, m);
+        uint64_t sc8 = 0;
+        uint64_t m8 = 0;
+        scales_mins(w[b].scales, sc8, m8);
+        const __m256i scales = _mm256_broadcastsi128_si256(
+            _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8))));
+        const __m128i mins16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
         __m256i sumi[NT];
         for (int t = 0; t < NT; ++t) {
             sumi[t] = _mm256_setzero_si256();
@@ -317,8 +442,8 @@ LLMOS_AVX2 void dot_affine_k(const void* w_row, const void* act, size_t stride, 
                     hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 1), one), 4));
                 hbits = _mm256_srli_epi16(hbits, 2);
             }
-            const __m256i s_lo = _mm256_set1_epi16(static_cast<int16_t>(sc[2 * ch]));
-            const __m256i s_hi = _mm256_set1_epi16(static_cast<int16_t>(sc[2 * ch + 1]));
+            const __m256i s_lo = _mm256_shuffle_epi8(scales, spread16(2 * ch));
+            const __m256i s_hi = _mm256_shuffle_epi8(scales, spread16(2 * ch + 1));
             for (int t = 0; t < NT; ++t) {
                 const int8_t* xq = x[t][b].qs + 64 * ch;
                 const __m256i pl = dot_u8_i8_scaled(lo, load(xq), s_lo);
@@ -329,18 +454,19 @@ LLMOS_AVX2 void dot_affine_k(const void* w_row, const void* act, size_t stride, 
         const float d = half(w[b].d);
         const float dmin = half(w[b].dmin);
         for (int t = 0; t < NT; ++t) {
-            const int16_t* bs = x[t][b].bsums;
-            int summ = 0;
-            for (int s = 0; s < 8; ++s) {
-                summ += m[s] * (bs[2 * s] + bs[2 * s + 1]);
-            }
+            // sum over sub-blocks of m * (sum of its 32 activations)
+            const __m256i bs = load(x[t][b].bsums);
+            const __m128i bs32 =
+                _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            const __m128 pm = _mm_cvtepi32_ps(_mm_madd_epi16(mins16, bs32));
+            mins[t] = _mm_fmadd_ps(pm, _mm_set1_ps(dmin * x[t][b].d), mins[t]);
             acc[t] =
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_set1_ps(d * x[t][b].d), acc[t]);
-            mins[t] += dmin * x[t][b].d * static_cast<float>(summ);
         }
     }
     for (int t = 0; t < NT; ++t) {
-        out[t] = hsum(acc[t]) - mins[t];
+        const __m256 m = _mm256_insertf128_ps(_mm256_setzero_ps(), mins[t], 0);
+        out[t] = hsum(_mm256_sub_ps(acc[t], m));
     }
 }
 
@@ -350,21 +476,22 @@ LLMOS_AVX2 void dot_q6_k(const void* w_row, const void* act, size_t stride, int6
     const auto* w = static_cast<const block_q6_k*>(w_row);
     const act_q8_256* x[NT];
     __m256 acc[NT];
-    float offset[NT];
     for (int t = 0; t < NT; ++t) {
         x[t] = act_row<act_q8_256>(act, stride, t);
         acc[t] = _mm256_setzero_ps();
-        offset[t] = 0.0f;
     }
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i m30 = _mm256_set1_epi8(0x30);
     for (int64_t b = 0; b < cols / qk_super; ++b) {
-        const int8_t* scales = w[b].scales;
         const __m256i sc16 =
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].scales)));
+        const __m256i by_half[2] = {_mm256_permute2x128_si256(sc16, sc16, 0x00),
+                                    _mm256_permute2x128_si256(sc16, sc16, 0x11)};
         __m256i sumi[NT];
         for (int t = 0; t < NT; ++t) {
-            sumi[t] = _mm256_setzero_si256();
+            // The -32 of every weight: -32 * sum of scale * (sum of its 16 activations).
+            const __m256i o = _mm256_madd_epi16(sc16, load(x[t][b].bsums));
+            sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(o, 5));
         }
         for (int h = 0; h < 2; ++h) {
             const __m256i ql0 = load(w[b].ql + 64 * h);
@@ -382,9 +509,9 @@ LLMOS_AVX2 void dot_q6_k(const void* w_row, const void* act, size_t stride, int6
                                 _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
             };
             for (int k = 0; k < 4; ++k) {
+                // Scales of sub-blocks 8h + 2k (lower half) and 8h + 2k + 1.
+                const __m256i scale = _mm256_shuffle_epi8(by_half[h], spread16_pair(k));
                 const int sub = 8 * h + 2 * k;
-                const __m256i scale =
-                    _mm256_set_m128i(_mm_set1_epi16(scales[sub + 1]), _mm_set1_epi16(scales[sub]));
                 for (int t = 0; t < NT; ++t) {
                     const __m256i p = dot_u8_i8_scaled(q[k], load(x[t][b].qs + 16 * sub), scale);
                     sumi[t] = _mm256_add_epi32(sumi[t], p);
@@ -393,14 +520,12 @@ LLMOS_AVX2 void dot_q6_k(const void* w_row, const void* act, size_t stride, int6
         }
         const float d = half(w[b].d);
         for (int t = 0; t < NT; ++t) {
-            const __m256i o = _mm256_madd_epi16(sc16, load(x[t][b].bsums));
-            const float dd = d * x[t][b].d;
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_set1_ps(dd), acc[t]);
-            offset[t] += dd * hsum(_mm256_cvtepi32_ps(o));
+            acc[t] =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_set1_ps(d * x[t][b].d), acc[t]);
         }
     }
     for (int t = 0; t < NT; ++t) {
-        out[t] = hsum(acc[t]) - 32.0f * offset[t];
+        out[t] = hsum(acc[t]);
     }
 }
 

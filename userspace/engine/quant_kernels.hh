@@ -12,14 +12,20 @@
 
 namespace llmos::engine::detail {
 
-/// Activations quantized for Q8_0 and Q4_0 weights: 32 values, x = d * q
-/// with q in -127..127, and ds = d * sum(q) (Q4_0's offset of 8).
-struct act_q8_32 {
-    int8_t qs[qk_block];
-    float d;
-    float ds;
-};
-static_assert(sizeof(act_q8_32) == 40);
+/// Activations quantized for Q8_0 and Q4_0 weights, one row of `cols`
+/// values in blocks of 32, laid out by field so that the scales of 8
+/// blocks load as one vector: int8 q[cols] (x = d * q, q in -127..127),
+/// then float d[cols / 32], then float ds[cols / 32] = d * sum(q) of the
+/// block (for Q4_0's offset of 8). act_row_bytes() gives the size.
+inline const int8_t* act32_qs(const void* row) {
+    return static_cast<const int8_t*>(row);
+}
+inline const float* act32_d(const void* row, int64_t cols) {
+    return reinterpret_cast<const float*>(static_cast<const std::byte*>(row) + cols);
+}
+inline const float* act32_ds(const void* row, int64_t cols) {
+    return act32_d(row, cols) + cols / qk_block;
+}
 
 /// Activations quantized for K-quant weights: 256 values, x = d * q with
 /// q in -127..127, and the sum of each 16 consecutive q (the mins and
@@ -34,7 +40,7 @@ static_assert(sizeof(act_q8_256) == 320);
 /// How a weight type wants its activations.
 enum class act_format : uint8_t {
     f32,    ///< the float rows themselves (F32 and F16 weights)
-    q8_32,  ///< act_q8_32 blocks (Q8_0, Q4_0)
+    q8_32,  ///< act32 rows (Q8_0, Q4_0)
     q8_256, ///< act_q8_256 blocks (Q4_K, Q5_K, Q6_K)
 };
 

@@ -26,22 +26,24 @@ int round_act(float v) {
 }
 
 void quantize_act_q8_32(const float* x, void* dst, int64_t cols) {
-    auto* y = static_cast<act_q8_32*>(dst);
-    for (int64_t b = 0; b < cols / qk_block; ++b, x += qk_block) {
+    auto* qs = static_cast<int8_t*>(dst);
+    auto* d = const_cast<float*>(act32_d(dst, cols));
+    auto* ds = const_cast<float*>(act32_ds(dst, cols));
+    for (int64_t b = 0; b < cols / qk_block; ++b, x += qk_block, qs += qk_block) {
         float amax = 0.0f;
         for (int j = 0; j < qk_block; ++j) {
             amax = std::max(amax, std::fabs(x[j]));
         }
-        const float d = amax / 127.0f;
-        const float id = d > 0.0f ? 1.0f / d : 0.0f;
+        const float db = amax / 127.0f;
+        const float id = db > 0.0f ? 1.0f / db : 0.0f;
         int sum = 0;
         for (int j = 0; j < qk_block; ++j) {
             const int q = round_act(x[j] * id);
-            y[b].qs[j] = static_cast<int8_t>(q);
+            qs[j] = static_cast<int8_t>(q);
             sum += q;
         }
-        y[b].d = d;
-        y[b].ds = d * static_cast<float>(sum);
+        d[b] = db;
+        ds[b] = db * static_cast<float>(sum);
     }
 }
 
@@ -100,14 +102,16 @@ void dot_f16(const void* w_row, const void* act, size_t stride, int nt, int64_t 
 void dot_q8_0(const void* w_row, const void* act, size_t stride, int nt, int64_t cols, float* out) {
     const auto* w = static_cast<const block_q8_0*>(w_row);
     for (int t = 0; t < nt; ++t) {
-        const auto* x = act_row<act_q8_32>(act, stride, t);
+        const void* row = static_cast<const std::byte*>(act) + static_cast<size_t>(t) * stride;
+        const int8_t* xq = act32_qs(row);
+        const float* xd = act32_d(row, cols);
         float s = 0.0f;
-        for (int64_t b = 0; b < cols / qk_block; ++b) {
+        for (int64_t b = 0; b < cols / qk_block; ++b, xq += qk_block) {
             int sumi = 0;
             for (int j = 0; j < qk_block; ++j) {
-                sumi += w[b].qs[j] * x[b].qs[j];
+                sumi += w[b].qs[j] * xq[j];
             }
-            s += fp16_to_fp32(w[b].d) * x[b].d * static_cast<float>(sumi);
+            s += fp16_to_fp32(w[b].d) * xd[b] * static_cast<float>(sumi);
         }
         out[t] = s;
     }
@@ -116,18 +120,21 @@ void dot_q8_0(const void* w_row, const void* act, size_t stride, int nt, int64_t
 void dot_q4_0(const void* w_row, const void* act, size_t stride, int nt, int64_t cols, float* out) {
     const auto* w = static_cast<const block_q4_0*>(w_row);
     for (int t = 0; t < nt; ++t) {
-        const auto* x = act_row<act_q8_32>(act, stride, t);
+        const void* row = static_cast<const std::byte*>(act) + static_cast<size_t>(t) * stride;
+        const int8_t* xq = act32_qs(row);
+        const float* xd = act32_d(row, cols);
+        const float* xds = act32_ds(row, cols);
         float s = 0.0f;
         float offset = 0.0f; // sum of d_w * d_x * sum(q_x): the -8 of every weight
-        for (int64_t b = 0; b < cols / qk_block; ++b) {
+        for (int64_t b = 0; b < cols / qk_block; ++b, xq += qk_block) {
             int sumi = 0;
             for (int j = 0; j < qk_block / 2; ++j) {
-                sumi += (w[b].qs[j] & 0xf) * x[b].qs[j];
-                sumi += (w[b].qs[j] >> 4) * x[b].qs[j + qk_block / 2];
+                sumi += (w[b].qs[j] & 0xf) * xq[j];
+                sumi += (w[b].qs[j] >> 4) * xq[j + qk_block / 2];
             }
             const float dw = fp16_to_fp32(w[b].d);
-            s += dw * x[b].d * static_cast<float>(sumi);
-            offset += dw * x[b].ds;
+            s += dw * xd[b] * static_cast<float>(sumi);
+            offset += dw * xds[b];
         }
         out[t] = s - 8.0f * offset;
     }
@@ -240,7 +247,7 @@ size_t act_row_bytes(act_format f, int64_t cols) noexcept {
     case act_format::f32:
         return n * sizeof(float);
     case act_format::q8_32:
-        return n / qk_block * sizeof(act_q8_32);
+        return n + n / qk_block * 2 * sizeof(float);
     case act_format::q8_256:
         return n / qk_super * sizeof(act_q8_256);
     }
