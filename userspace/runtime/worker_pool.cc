@@ -306,6 +306,7 @@ void worker_pool::run_worker(unsigned i) {
             s->output_off =
                 std::min<uint64_t>(output_offset(d.prompt_off, d.prompt_len), bytes.size());
             s->output = bytes.subspan(s->output_off);
+            s->memory = bytes;
             return s;
         };
         // Prefills; false if the request ended here.

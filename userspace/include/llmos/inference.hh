@@ -21,6 +21,7 @@ struct sequence {
     request_desc req;
     std::span<const std::byte> prompt; ///< in the request's mindspace
     std::span<std::byte> output;       ///< free room after the prompt, in the mindspace
+    std::span<std::byte> memory;       ///< the whole mindspace, as the worker maps it
     uint64_t output_off = 0;           ///< output's offset in the mindspace
     size_t produced = 0;               ///< bytes the engine has written to output
     uint32_t tokens = 0;               ///< tokens generated

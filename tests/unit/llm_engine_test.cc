@@ -1,0 +1,285 @@
+// SPDX-License-Identifier: MIT
+//
+// The engine behind the worker pool (local backend): generation requests in
+// a mindspace, the conformance model's greedy continuation as text, stop
+// strings, a conversation's KV cache kept in its mindspace across requests
+// and across a worker's death, and malformed requests.
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <linux/llmos.h>
+#include <llmos/engine/gguf.hh>
+#include <llmos/engine/model.hh>
+#include <llmos/engine/vocab.hh>
+#include <llmos/generation.hh>
+#include <llmos/llm_engine.hh>
+#include <llmos/mindspace.hh>
+#include <llmos/worker_pool.hh>
+#include <sstream>
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace eng = llmos::engine;
+
+const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
+
+std::vector<int32_t> expected_greedy(const char* name) {
+    std::ifstream in(std::string(LLMOS_TESTDATA) + "/llama-tiny-f32." + name + ".txt");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.starts_with("greedy_") && !line.starts_with("greedy_text")) {
+            std::istringstream s(line.substr(line.find(": ") + 2));
+            std::vector<int32_t> v;
+            int32_t x;
+            while (s >> x) {
+                v.push_back(x);
+            }
+            return v;
+        }
+    }
+    return {};
+}
+
+// Kills its worker (worker_abort) at the `at`-th decode step, once.
+class dying_engine final : public llmos::inference_engine {
+    std::unique_ptr<llmos::llm_engine> _e;
+    std::atomic<int>* _left;
+    int _steps = 0, _at;
+
+public:
+    dying_engine(std::unique_ptr<llmos::llm_engine> e, std::atomic<int>* left, int at)
+        : _e(std::move(e))
+        , _left(left)
+        , _at(at) {}
+    llmos::engine_status prefill(llmos::sequence& s) override { return _e->prefill(s); }
+    void decode(std::span<llmos::sequence* const> b) override {
+        if (++_steps == _at && _left->fetch_sub(1) > 0) {
+            throw llmos::worker_abort{};
+        }
+        _e->decode(b);
+    }
+    void release(llmos::sequence& s) noexcept override { _e->release(s); }
+};
+
+class llm_engine_test : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        file = std::make_unique<eng::gguf_file>(eng::gguf_file::open(tiny));
+        model = std::make_unique<eng::model>(eng::model::load(*file));
+        vocab = std::make_unique<eng::vocab>(eng::from_gguf(*file));
+    }
+    static void TearDownTestSuite() {
+        vocab.reset();
+        model.reset();
+        file.reset();
+    }
+    static inline std::unique_ptr<eng::gguf_file> file;
+    static inline std::unique_ptr<eng::model> model;
+    static inline std::unique_ptr<eng::vocab> vocab;
+
+    std::string _dir;
+    std::optional<llmos::device> _dev;
+    std::optional<llmos::mindspace> _ms;
+    std::optional<llmos::mapping> _map;
+    std::mutex _m;
+    std::map<uint64_t, std::string> _streamed;
+    std::atomic<llmos::llm_engine*> _last{nullptr};
+
+    void SetUp() override {
+        char tmpl[] = "/tmp/llmos-llm-XXXXXX";
+        _dir = ::mkdtemp(tmpl);
+        _dev.emplace(llmos::device::open_local(_dir).value());
+        _ms.emplace(llmos::mindspace::create(*_dev, {.length = 8 << 20, .name = "llm"}).value());
+        _map.emplace(_ms->map().value());
+    }
+    void TearDown() override {
+        _map.reset();
+        _ms.reset();
+        _dev.reset();
+        std::filesystem::remove_all(_dir);
+    }
+    llmos::llm_engine_options eopts() {
+        return {.context = {.n_threads = 1},
+                .kv = {.type = eng::kv_type::f32, .block_tokens = 16, .max_tokens = 256}};
+    }
+    llmos::worker_pool_options popts(std::function<std::unique_ptr<llmos::inference_engine>()> mk) {
+        llmos::worker_pool_options o;
+        o.cpus = {sched_first_cpu()};
+        o.slots = 4;
+        o.engine = [mk](unsigned) { return mk(); };
+        o.on_output = [this](unsigned, const llmos::descriptor& d) {
+            if (d.kind == uint32_t(llmos::output_kind::tokens)) {
+                std::lock_guard lk(_m);
+                _streamed[d.request].append(
+                    reinterpret_cast<const char*>(bytes().data()) + d.offset, d.length);
+            }
+        };
+        return o;
+    }
+    static int sched_first_cpu() {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        ::sched_getaffinity(0, sizeof(set), &set);
+        for (int c = 0; c < CPU_SETSIZE; ++c) {
+            if (CPU_ISSET(c, &set)) {
+                return c;
+            }
+        }
+        return 0;
+    }
+    std::unique_ptr<llmos::inference_engine> plain() {
+        auto e = std::make_unique<llmos::llm_engine>(*model, *vocab, eopts());
+        _last = e.get();
+        return e;
+    }
+    std::span<std::byte> bytes() { return _map->bytes(); }
+    // The text a stream of `ids` gives (a continuation: its leading space
+    // stays; bytes that form no character are U+FFFD).
+    static std::string text_of(const std::vector<int32_t>& ids) {
+        eng::stream_decoder d(*vocab);
+        std::string s;
+        for (int32_t id : ids) {
+            d.push(id, s);
+        }
+        d.flush(s);
+        return s;
+    }
+
+    // Writes a request at `off`; returns submit options for it.
+    llmos::submit_options request(uint64_t off, std::string_view text, uint32_t max_tokens,
+                                  std::vector<std::string> stop = {}, uint64_t kv_off = 0,
+                                  uint64_t kv_len = 0) {
+        llmos::gen_request_header h;
+        h.temperature = 0;
+        h.max_tokens = max_tokens;
+        h.kv_off = kv_off;
+        h.kv_len = kv_len;
+        auto b = llmos::build_gen_request(h, text, stop);
+        std::memcpy(bytes().data() + off, b.data(), b.size());
+        return {.cost = max_tokens, .ms_id = _ms->id(), .prompt_off = off, .prompt_len = b.size()};
+    }
+    struct outcome {
+        llmos::finished_request f;
+        std::string text;
+    };
+    outcome run(llmos::sched_client& c, const llmos::submit_options& o) {
+        auto id = c.submit(o).value();
+        auto f = c.wait(id, llmos::wait_for::at_most(60s)).value();
+        return {f, std::string(reinterpret_cast<const char*>(bytes().data()) + f.result_off,
+                               f.result_len)};
+    }
+    uint64_t kv_bytes() { return eng::kv_cache::bytes_for(model->params(), eopts().kv); }
+};
+
+} // namespace
+
+TEST_F(llm_engine_test, greedy_generation_reproduces_the_conformance_continuation) {
+    auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto c = llmos::sched_client::open(*_dev).value();
+    auto want = expected_greedy("hello");
+    ASSERT_EQ(want.size(), 16u);
+    auto r = run(c, request(0, "Hello world", 16));
+    EXPECT_EQ(r.f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_EQ(r.f.tokens, 16u);
+    EXPECT_EQ(r.text, text_of(want));
+    std::lock_guard lk(_m);
+    EXPECT_EQ(_streamed[r.f.id], r.text) << "streamed pieces add up to the output";
+}
+
+TEST_F(llm_engine_test, two_requests_batched_give_what_each_gives_alone) {
+    auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto c = llmos::sched_client::open(*_dev).value();
+    auto a = c.submit(request(0, "Hello world", 16)).value();
+    auto b = c.submit(request(65536, "The quick brown fox jumps over the lazy dog", 16)).value();
+    auto fa = c.wait(a, llmos::wait_for::at_most(60s)).value();
+    auto fb = c.wait(b, llmos::wait_for::at_most(60s)).value();
+    std::string ta(reinterpret_cast<const char*>(bytes().data()) + fa.result_off, fa.result_len);
+    std::string tb(reinterpret_cast<const char*>(bytes().data()) + fb.result_off, fb.result_len);
+    EXPECT_EQ(ta, text_of(expected_greedy("hello")));
+    EXPECT_EQ(tb, text_of(expected_greedy("fox")));
+}
+
+TEST_F(llm_engine_test, a_stop_string_ends_the_text_before_it) {
+    auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto c = llmos::sched_client::open(*_dev).value();
+    std::string full = text_of(expected_greedy("hello"));
+    ASSERT_GT(full.size(), 12u);
+    std::string stop = full.substr(8, 3);
+    auto r = run(c, request(0, "Hello world", 16, {stop}));
+    EXPECT_EQ(r.f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_EQ(r.text, full.substr(0, full.find(stop)));
+}
+
+TEST_F(llm_engine_test, a_conversation_s_cache_in_its_mindspace_skips_the_prefix) {
+    auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto c = llmos::sched_client::open(*_dev).value();
+    const uint64_t kv_off = 4 << 20;
+    auto first = run(c, request(0, "Hello world", 8, {}, kv_off, kv_bytes()));
+    ASSERT_EQ(first.f.state, LLMOS_REQ_COMPLETED);
+    auto before = _last.load()->stats();
+    // The next turn: the conversation so far, and more.
+    std::string turn = "Hello world" + first.text + " and more";
+    auto second = run(c, request(65536, turn, 8, {}, kv_off, kv_bytes()));
+    ASSERT_EQ(second.f.state, LLMOS_REQ_COMPLETED);
+    auto after = _last.load()->stats();
+    uint64_t prompt = vocab->encode(turn, true, false).size();
+    EXPECT_GE(after.cached_tokens - before.cached_tokens, 3u) << "the first prompt was cached";
+    EXPECT_LT(after.prefilled - before.prefilled, prompt);
+    // The same turn without a cache gives the same text.
+    auto fresh = run(c, request(131072, turn, 8));
+    EXPECT_EQ(second.text, fresh.text);
+}
+
+TEST_F(llm_engine_test, a_worker_that_dies_mid_generation_is_resumed_from_the_mindspace) {
+    auto c = llmos::sched_client::open(*_dev).value();
+    const uint64_t kv_off = 4 << 20;
+    std::string uninterrupted;
+    {
+        auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+        uninterrupted = run(c, request(0, "The quick brown fox jumps over the lazy dog", 40)).text;
+    }
+    std::atomic<int> deaths{1};
+    auto pool = llmos::worker_pool::start(*_dev, popts([&] {
+                    auto e = std::make_unique<llmos::llm_engine>(*model, *vocab, eopts());
+                    _last = e.get();
+                    return std::make_unique<dying_engine>(std::move(e), &deaths, 20);
+                })).value();
+    auto r = run(c, request(65536, "The quick brown fox jumps over the lazy dog", 40, {}, kv_off,
+                            kv_bytes()));
+    EXPECT_LE(deaths.load(), 0) << "the worker died";
+    EXPECT_EQ(r.f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_EQ(r.text, uninterrupted);
+    // The new worker found the prompt in the cache.
+    auto st = _last.load()->stats();
+    uint64_t prompt =
+        vocab->encode("The quick brown fox jumps over the lazy dog", true, false).size();
+    EXPECT_EQ(st.cached_tokens, prompt - 1);
+    EXPECT_EQ(st.prefilled, 1u);
+}
+
+TEST_F(llm_engine_test, malformed_requests_fail_alone_with_clear_statuses) {
+    auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto c = llmos::sched_client::open(*_dev).value();
+    auto status_of = [&](const llmos::submit_options& o) { return run(c, o).f.status; };
+    auto junk = request(0, "Hello", 4);
+    std::memset(bytes().data(), 0x5a, 4); // bad magic
+    EXPECT_EQ(status_of(junk), -EINVAL);
+    auto past = request(0, "Hello", 4);
+    past.prompt_len = sizeof(llmos::gen_request_header) + 2; // text runs past the request
+    EXPECT_EQ(status_of(past), -EINVAL);
+    EXPECT_EQ(status_of(request(0, "Hello", 4, {}, 4096 * 3, 64 << 20)), -EINVAL);
+    EXPECT_EQ(status_of(request(0, "Hello", 4, {}, 4 << 20, 4096)), -ENOSPC);
+    auto bad_p = request(0, "Hello", 4);
+    llmos::gen_request_header h;
+    std::memcpy(&h, bytes().data(), sizeof(h));
+    h.top_p = 0;
+    std::memcpy(bytes().data(), &h, sizeof(h));
+    EXPECT_EQ(status_of(bad_p), -EINVAL);
+    // And the worker still serves.
+    auto ok = run(c, request(0, "Hello world", 4));
+    EXPECT_EQ(ok.f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_EQ(ok.f.tokens, 4u);
+}

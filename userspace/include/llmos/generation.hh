@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: MIT
+//
+// A text-generation request as a client lays it out in the request's
+// mindspace, at the request's prompt offset: this header, then the prompt
+// text (UTF-8), then the stop strings, each ended by a NUL. The worker
+// writes the generated text after it (llmos::output_offset()), and, when
+// the header names one, keeps the conversation's KV cache in the
+// mindspace's [kv_off, kv_off + kv_len): a later request with the same
+// conversation as its prefix (the next turn of a chat, or this request
+// again after its worker died) skips the prefill of that prefix.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace llmos {
+
+constexpr uint32_t gen_magic = 0x4e45474c; // "LGEN"
+constexpr uint32_t gen_version = 1;
+
+/// gen_request_header::flags
+enum : uint32_t {
+    gen_parse_special = 1u << 0, ///< special-token texts in the prompt are tokens
+    gen_no_bos = 1u << 1,        ///< do not add BOS (the text has it already)
+};
+
+struct gen_request_header {
+    uint32_t magic = gen_magic;
+    uint32_t version = gen_version;
+    uint32_t flags = 0;
+    uint32_t text_len = 0;   ///< prompt bytes after the header
+    uint32_t stop_bytes = 0; ///< bytes of NUL-ended stop strings after the text
+    uint32_t max_tokens = 0; ///< 0: the worker's default
+    float temperature = 0.8f;
+    float top_p = 0.95f;
+    float min_p = 0.05f;
+    float repeat_penalty = 1.0f;
+    float presence_penalty = 0.0f;
+    float frequency_penalty = 0.0f;
+    int32_t top_k = 40;
+    uint32_t reserved = 0;
+    uint64_t seed = 0;
+    uint64_t kv_off = 0; ///< the conversation's KV cache (page-aligned); 0: none kept
+    uint64_t kv_len = 0;
+};
+static_assert(sizeof(gen_request_header) == 80);
+
+/// A parsed request: views into the bytes it was parsed from.
+struct gen_request {
+    gen_request_header h;
+    std::string_view text;
+    std::vector<std::string> stop;
+};
+
+/// Parses `bytes` (the request's prompt span). Nothing, with `why` set,
+/// when it is not a well-formed request (bad magic or version, lengths
+/// past the end, a stop string without its NUL).
+std::optional<gen_request> parse_gen_request(std::span<const std::byte> bytes, std::string* why);
+
+/// Lays a request out: header, text, stop strings. Returns the bytes.
+std::vector<std::byte> build_gen_request(const gen_request_header& h, std::string_view text,
+                                         std::span<const std::string> stop);
+
+/// Why a generation ended (its request's tokens count, the status says
+/// success or failure; this is for the client's finish_reason).
+enum class finish_reason : uint32_t { stop = 1, length = 2 };
+
+} // namespace llmos
