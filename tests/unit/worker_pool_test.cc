@@ -140,17 +140,50 @@ std::string backend_name(const ::testing::TestParamInfo<backend_kind>& p) {
 
 } // namespace
 
+// The workers stream descriptors through one channel each into a consumer
+// thread's event loop: the bytes stay in the mindspace.
 TEST_P(worker_pool_test, serves_every_request_and_streams_its_output_in_order) {
-    auto pool = llmos::worker_pool::start(dev(), opts({.bytes_per_token = 5}));
+    auto o = opts({.bytes_per_token = 5});
+    constexpr size_t cap = 64;
+    std::vector<std::unique_ptr<llmos::channel_ring<cap>>> rings;
+    auto consumer_loop = llmos::event_loop::create({}).value();
+    std::vector<std::unique_ptr<llmos::channel_sender<cap>>> senders;
+    for (size_t i = 0; i < o.cpus.size(); ++i) {
+        rings.push_back(std::make_unique<llmos::channel_ring<cap>>());
+        senders.push_back(
+            std::make_unique<llmos::channel_sender<cap>>(*rings.back(), consumer_loop->bell()));
+    }
+    o.on_output = [&](unsigned w, const descriptor& d) { senders[w]->send(d); };
+    std::atomic<size_t> finished{0};
+    auto h = [&](std::span<const descriptor> ds) {
+        for (auto& d : ds) {
+            _log.add(d);
+            finished += d.kind == uint32_t(output_kind::done);
+        }
+    };
+    using source = llmos::channel_source<cap, decltype(h)>;
+    std::vector<std::unique_ptr<source>> sources;
+    for (auto& r : rings) {
+        sources.push_back(std::make_unique<source>(*r, h));
+        consumer_loop->add_source(*sources.back());
+    }
+    std::thread consumer([&] {
+        while (finished.load() < 40) {
+            consumer_loop->run_once(std::chrono::seconds(1));
+        }
+    });
+    auto pool = llmos::worker_pool::start(dev(), o);
     ASSERT_TRUE(pool) << pool.error().message();
     auto c = llmos::sched_client::open(dev()).value();
     std::map<uint64_t, llmos::submit_options> ids;
     for (uint32_t i = 0; i < 40; ++i) {
-        auto o = prompt(i * 4096, 1 + i * 37, i);
-        ids[c.submit(o).value()] = o;
+        auto p = prompt(i * 4096, 1 + i * 37, i);
+        ids[c.submit(p).value()] = p;
     }
     expect_echoed(c, ids, 5);
     (*pool)->drain();
+    consumer.join();
+    EXPECT_GT(consumer_loop->stats().iterations, 0u);
     std::lock_guard lk(_log.m);
     for (auto& [id, o] : ids) {
         auto& ds = _log.by_req[id];
