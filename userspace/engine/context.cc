@@ -5,6 +5,9 @@
 #include <llmos/engine/context.hh>
 #include <llmos/engine/quant.hh>
 #include <sched.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace llmos::engine {
 
@@ -43,6 +46,111 @@ float dot(const float* a, const float* b, uint32_t n) {
         s += a[i] * b[i];
     }
     return s;
+}
+
+float dot_f16(const float* a, const uint16_t* b, uint32_t n) {
+    float s = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        s += a[i] * fp16_to_fp32(b[i]);
+    }
+    return s;
+}
+
+void axpy(float w, const float* x, float* y, uint32_t n) {
+    for (uint32_t i = 0; i < n; ++i) {
+        y[i] += w * x[i];
+    }
+}
+
+void axpy_f16(float w, const uint16_t* x, float* y, uint32_t n) {
+    for (uint32_t i = 0; i < n; ++i) {
+        y[i] += w * fp16_to_fp32(x[i]);
+    }
+}
+
+#if defined(__x86_64__)
+#define LLMOS_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+LLMOS_AVX2 float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+LLMOS_AVX2 float dot_avx2(const float* a, const float* b, uint32_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    }
+    float s = hsum(acc);
+    for (; i < n; ++i) {
+        s += a[i] * b[i];
+    }
+    return s;
+}
+
+LLMOS_AVX2 float dot_f16_avx2(const float* a, const uint16_t* b, uint32_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 bf = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), bf, acc);
+    }
+    float s = hsum(acc);
+    for (; i < n; ++i) {
+        s += a[i] * fp16_to_fp32(b[i]);
+    }
+    return s;
+}
+
+LLMOS_AVX2 void axpy_avx2(float w, const float* x, float* y, uint32_t n) {
+    const __m256 wv = _mm256_set1_ps(w);
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(y + i,
+                         _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; ++i) {
+        y[i] += w * x[i];
+    }
+}
+
+LLMOS_AVX2 void axpy_f16_avx2(float w, const uint16_t* x, float* y, uint32_t n) {
+    const __m256 wv = _mm256_set1_ps(w);
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 xf = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(wv, xf, _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; ++i) {
+        y[i] += w * fp16_to_fp32(x[i]);
+    }
+}
+#endif
+
+// The attention inner loops, picked once per step by the SIMD level.
+struct attn_kernels {
+    float (*dot)(const float*, const float*, uint32_t) = llmos::engine::dot;
+    float (*dot_f16)(const float*, const uint16_t*, uint32_t) = llmos::engine::dot_f16;
+    void (*axpy)(float, const float*, float*, uint32_t) = llmos::engine::axpy;
+    void (*axpy_f16)(float, const uint16_t*, float*, uint32_t) = llmos::engine::axpy_f16;
+};
+
+attn_kernels kernels_for(simd_level l) {
+    attn_kernels k;
+#if defined(__x86_64__)
+    if (l == simd_level::avx2) {
+        k.dot = dot_avx2;
+        k.dot_f16 = dot_f16_avx2;
+        k.axpy = axpy_avx2;
+        k.axpy_f16 = axpy_f16_avx2;
+    }
+#else
+    (void)l;
+#endif
+    return k;
 }
 
 } // namespace
@@ -112,13 +220,13 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
     const uint32_t H = p.n_head, D = p.head_dim, E = p.n_embd;
     const uint32_t group = p.n_head / p.n_head_kv;
     const float scale = 1.0f / std::sqrt(float(D));
+    const attn_kernels kern = kernels_for(default_simd());
     size_t max_len = 0;
     for (size_t i = 0; i < batch.size(); ++i) {
         max_len = std::max<size_t>(max_len, _pos0[i] + batch[i].tokens.size());
     }
     const size_t jobs = batch.size() * H;
     grow(_scores, jobs * max_len);
-    grow(_kvtmp, jobs * 2 * D);
     _pool->parallel_for(static_cast<int64_t>(jobs), [&](int64_t begin, int64_t end) {
         for (int64_t job = begin; job < end; ++job) {
             const size_t i = size_t(job) / H;
@@ -126,22 +234,18 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
             const batch_entry& e = batch[i];
             const kv_cache& kv = *e.kv;
             const bool f16 = kv.type() == kv_type::f16;
+            const size_t off = size_t(g) * D;
             float* scores = _scores.data() + size_t(job) * max_len;
-            float* tmp = _kvtmp.data() + size_t(job) * 2 * D;
-            auto row = [&](const void* r) -> const float* {
-                if (!f16) {
-                    return static_cast<const float*>(r) + size_t(g) * D;
-                }
-                fp16_to_fp32_row(static_cast<const uint16_t*>(r) + size_t(g) * D, tmp, D);
-                return tmp;
-            };
             for (size_t t = 0; t < e.tokens.size(); ++t) {
                 const size_t r = _first[i] + t;
                 const uint32_t pos = _pos0[i] + uint32_t(t);
                 const float* q = _q.data() + r * E + size_t(h) * D;
                 float mx = -INFINITY;
                 for (uint32_t j = 0; j <= pos; ++j) {
-                    scores[j] = dot(q, row(kv.k_row(layer, j)), D) * scale;
+                    const void* k = kv.k_row(layer, j);
+                    float s = f16 ? kern.dot_f16(q, static_cast<const uint16_t*>(k) + off, D)
+                                  : kern.dot(q, static_cast<const float*>(k) + off, D);
+                    scores[j] = s * scale;
                     mx = std::max(mx, scores[j]);
                 }
                 double sum = 0;
@@ -152,19 +256,13 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
                 const float inv = static_cast<float>(1.0 / sum);
                 float* out = _att.data() + r * E + size_t(h) * D;
                 std::fill(out, out + D, 0.0f);
-                float* vt = tmp + D;
                 for (uint32_t j = 0; j <= pos; ++j) {
-                    const float* v = static_cast<const float*>(nullptr);
-                    const void* vr = kv.v_row(layer, j);
-                    if (f16) {
-                        fp16_to_fp32_row(static_cast<const uint16_t*>(vr) + size_t(g) * D, vt, D);
-                        v = vt;
-                    } else {
-                        v = static_cast<const float*>(vr) + size_t(g) * D;
-                    }
+                    const void* v = kv.v_row(layer, j);
                     const float w = scores[j] * inv;
-                    for (uint32_t d = 0; d < D; ++d) {
-                        out[d] += w * v[d];
+                    if (f16) {
+                        kern.axpy_f16(w, static_cast<const uint16_t*>(v) + off, out, D);
+                    } else {
+                        kern.axpy(w, static_cast<const float*>(v) + off, out, D);
                     }
                 }
             }
