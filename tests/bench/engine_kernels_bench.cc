@@ -10,7 +10,8 @@
 //   g++ -O2 -std=c++20 -Iuserspace/engine/include tests/bench/engine_kernels_bench.cc
 //       build/DIR/userspace/engine/libllmos_engine.a -lpthread -o engine_kernels_bench
 // Environment: BENCH_MB (weight bytes per matrix, default 256),
-// BENCH_REPS (default 7), LLMOS_ENGINE_SIMD=scalar for the portable kernels.
+// BENCH_REPS (default 7), BENCH_TYPES (names to run, e.g. Q4_0,Q8_0),
+// LLMOS_ENGINE_SIMD=scalar for the portable kernels.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -54,8 +55,8 @@ __attribute__((target("avx2"))) uint64_t read_range(const uint8_t* p, size_t n) 
     __m256i acc1 = _mm256_setzero_si256();
     for (size_t i = 0; i + 64 <= n; i += 64) {
         acc0 = _mm256_add_epi64(acc0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
-        acc1 = _mm256_add_epi64(acc1,
-                                _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
+        acc1 =
+            _mm256_add_epi64(acc1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
     }
     acc0 = _mm256_add_epi64(acc0, acc1);
     uint64_t out[4];
@@ -123,8 +124,8 @@ int main() {
     // Plain read bandwidth, the same buffer size, split the same way.
     {
         std::vector<uint8_t, std::allocator<uint8_t>> raw(target + 64, 1);
-        auto* p = reinterpret_cast<uint8_t*>(
-            (reinterpret_cast<uintptr_t>(raw.data()) + 63) & ~uintptr_t{63});
+        auto* p = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw.data()) + 63) &
+                                             ~uintptr_t{63});
         for (auto& pool : pools) {
             volatile uint64_t sink = 0;
             const int64_t chunks = 4096;
@@ -144,7 +145,11 @@ int main() {
 
     const ggml_type types[] = {ggml_type::f32,  ggml_type::f16,  ggml_type::q8_0, ggml_type::q4_0,
                                ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k};
+    const char* only = std::getenv("BENCH_TYPES"); // e.g. "Q4_0,Q8_0"
     for (const ggml_type t : types) {
+        if (only && !std::strstr(only, std::string(info(t)->name).c_str())) {
+            continue;
+        }
         const size_t rb = *row_bytes(t, cols);
         const auto rows = static_cast<int64_t>(target / rb);
         const auto w = fake_weights(t, rows, cols);

@@ -163,16 +163,26 @@ LLMOS_AVX2 void dot_float(const void* w_row, const void* act, size_t stride, int
     const auto* w = static_cast<const W*>(w_row);
     const float* x[NT];
     __m256 acc[NT][u];
+#pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
         x[t] = act_row<float>(act, stride, t);
+#pragma GCC unroll 8
         for (int i = 0; i < u; ++i) {
             acc[t][i] = _mm256_setzero_ps();
         }
     }
     int64_t k = 0;
     for (; k + 8 * u <= cols; k += 8 * u) {
+        if constexpr (NT == 1) {
+            // One token streams the weights as fast as it can convert and
+            // multiply them; an early request for the next lines helps F16.
+            _mm_prefetch(reinterpret_cast<const char*>(w + k) + 1024, _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(w + k) + 1024 + 64, _MM_HINT_T0);
+        }
+#pragma GCC unroll 8
         for (int i = 0; i < u; ++i) {
             const __m256 wv = load_w(w, k + 8 * i);
+#pragma GCC unroll 8
             for (int t = 0; t < NT; ++t) {
                 acc[t][i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t] + k + 8 * i), acc[t][i]);
             }
@@ -180,10 +190,12 @@ LLMOS_AVX2 void dot_float(const void* w_row, const void* act, size_t stride, int
     }
     for (; k + 8 <= cols; k += 8) {
         const __m256 wv = load_w(w, k);
+#pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
             acc[t][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t] + k), acc[t][0]);
         }
     }
+#pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
         __m256 a = acc[t][0];
         for (int i = 1; i < u; ++i) {
@@ -204,6 +216,7 @@ template <typename Block>
 LLMOS_AVX2_INLINE __m256 scales8(const Block* w) {
     uint64_t lo = 0;
     uint64_t hi = 0;
+#pragma GCC unroll 8
     for (int i = 0; i < 4; ++i) {
         lo |= static_cast<uint64_t>(w[i].d) << (16 * i);
         hi |= static_cast<uint64_t>(w[i + 4].d) << (16 * i);
@@ -265,6 +278,7 @@ LLMOS_AVX2 void dot_q32_one(const void* w_row, const void* act, int64_t cols, fl
     int64_t b = 0;
     for (; b + 8 <= nb; b += 8) {
         __m256i s[8];
+#pragma GCC unroll 8
         for (int i = 0; i < 8; ++i) {
             s[i] = q32_dot(w[b + i], xq + qk_block * (b + i));
         }
@@ -299,6 +313,7 @@ LLMOS_AVX2 void dot_q32_tile(const void* w_row, const void* act, size_t stride, 
     const float* xds[NT];
     __m256 acc[NT];
     float offset[NT];
+#pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
         const void* row = static_cast<const std::byte*>(act) + static_cast<size_t>(t) * stride;
         xq[t] = act32_qs(row);
@@ -321,6 +336,7 @@ LLMOS_AVX2 void dot_q32_tile(const void* w_row, const void* act, size_t stride, 
             wq = load(w[b].qs);
             aw = _mm256_sign_epi8(wq, wq);
         }
+#pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
             __m256i x = load(xq[t] + qk_block * b);
             if constexpr (!q4) {
@@ -333,6 +349,7 @@ LLMOS_AVX2 void dot_q32_tile(const void* w_row, const void* act, size_t stride, 
             }
         }
     }
+#pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
         out[t] = hsum(acc[t]) - 8.0f * offset[t];
     }
@@ -372,6 +389,7 @@ inline void scales_mins(const uint8_t* b, uint64_t& sc, uint64_t& m) {
 /// the whole half.
 alignas(32) constexpr auto spread16_table = [] {
     std::array<std::array<uint8_t, 32>, 8> t{};
+#pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) {
         for (int i = 0; i < 32; i += 2) {
             t[j][i] = static_cast<uint8_t>(2 * j);
@@ -384,6 +402,7 @@ alignas(32) constexpr auto spread16_table = [] {
 /// Row k: lane 2k in the lower half, lane 2k + 1 in the upper one.
 alignas(32) constexpr auto spread16_pair_table = [] {
     std::array<std::array<uint8_t, 32>, 4> t{};
+#pragma GCC unroll 8
     for (int k = 0; k < 4; ++k) {
         for (int i = 0; i < 16; i += 2) {
             t[k][i] = static_cast<uint8_t>(4 * k);
@@ -410,6 +429,7 @@ LLMOS_AVX2 void dot_affine_k(const void* w_row, const void* act, size_t stride, 
     const act_q8_256* x[NT];
     __m256 acc[NT];
     __m128 mins[NT];
+#pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
         x[t] = act_row<act_q8_256>(act, stride, t);
         acc[t] = _mm256_setzero_ps();
@@ -425,6 +445,7 @@ LLMOS_AVX2 void dot_affine_k(const void* w_row, const void* act, size_t stride, 
             _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8))));
         const __m128i mins16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
         __m256i sumi[NT];
+#pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
             sumi[t] = _mm256_setzero_si256();
         }
@@ -432,6 +453,7 @@ LLMOS_AVX2 void dot_affine_k(const void* w_row, const void* act, size_t stride, 
         if constexpr (Five) {
             hbits = load(w[b].qh);
         }
+#pragma GCC unroll 8
         for (int ch = 0; ch < 4; ++ch) {
             const __m256i q = load(w[b].qs + 32 * ch);
             __m256i lo = _mm256_and_si256(q, m4);
@@ -444,6 +466,7 @@ LLMOS_AVX2 void dot_affine_k(const void* w_row, const void* act, size_t stride, 
             }
             const __m256i s_lo = _mm256_shuffle_epi8(scales, spread16(2 * ch));
             const __m256i s_hi = _mm256_shuffle_epi8(scales, spread16(2 * ch + 1));
+#pragma GCC unroll 8
             for (int t = 0; t < NT; ++t) {
                 const int8_t* xq = x[t][b].qs + 64 * ch;
                 const __m256i pl = dot_u8_i8_scaled(lo, load(xq), s_lo);
@@ -453,6 +476,7 @@ LLMOS_AVX2 void dot_affine_k(const void* w_row, const void* act, size_t stride, 
         }
         const float d = half(w[b].d);
         const float dmin = half(w[b].dmin);
+#pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
             // sum over sub-blocks of m * (sum of its 32 activations)
             const __m256i bs = load(x[t][b].bsums);
@@ -464,6 +488,7 @@ LLMOS_AVX2 void dot_affine_k(const void* w_row, const void* act, size_t stride, 
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_set1_ps(d * x[t][b].d), acc[t]);
         }
     }
+#pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
         const __m256 m = _mm256_insertf128_ps(_mm256_setzero_ps(), mins[t], 0);
         out[t] = hsum(_mm256_sub_ps(acc[t], m));
@@ -476,6 +501,7 @@ LLMOS_AVX2 void dot_q6_k(const void* w_row, const void* act, size_t stride, int6
     const auto* w = static_cast<const block_q6_k*>(w_row);
     const act_q8_256* x[NT];
     __m256 acc[NT];
+#pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
         x[t] = act_row<act_q8_256>(act, stride, t);
         acc[t] = _mm256_setzero_ps();
@@ -488,11 +514,13 @@ LLMOS_AVX2 void dot_q6_k(const void* w_row, const void* act, size_t stride, int6
         const __m256i by_half[2] = {_mm256_permute2x128_si256(sc16, sc16, 0x00),
                                     _mm256_permute2x128_si256(sc16, sc16, 0x11)};
         __m256i sumi[NT];
+#pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
             // The -32 of every weight: -32 * sum of scale * (sum of its 16 activations).
             const __m256i o = _mm256_madd_epi16(sc16, load(x[t][b].bsums));
             sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(o, 5));
         }
+#pragma GCC unroll 8
         for (int h = 0; h < 2; ++h) {
             const __m256i ql0 = load(w[b].ql + 64 * h);
             const __m256i ql1 = load(w[b].ql + 64 * h + 32);
@@ -508,10 +536,12 @@ LLMOS_AVX2 void dot_q6_k(const void* w_row, const void* act, size_t stride, int6
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                 _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
             };
+#pragma GCC unroll 8
             for (int k = 0; k < 4; ++k) {
                 // Scales of sub-blocks 8h + 2k (lower half) and 8h + 2k + 1.
                 const __m256i scale = _mm256_shuffle_epi8(by_half[h], spread16_pair(k));
                 const int sub = 8 * h + 2 * k;
+#pragma GCC unroll 8
                 for (int t = 0; t < NT; ++t) {
                     const __m256i p = dot_u8_i8_scaled(q[k], load(x[t][b].qs + 16 * sub), scale);
                     sumi[t] = _mm256_add_epi32(sumi[t], p);
@@ -519,11 +549,13 @@ LLMOS_AVX2 void dot_q6_k(const void* w_row, const void* act, size_t stride, int6
             }
         }
         const float d = half(w[b].d);
+#pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
             acc[t] =
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_set1_ps(d * x[t][b].d), acc[t]);
         }
     }
+#pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
         out[t] = hsum(acc[t]);
     }
