@@ -7,7 +7,9 @@
 // max_tile tokens, so a row is unpacked once per tile. The tokens go in
 // passes whose activations fit in L2 beside the row block: the weights
 // come from memory once per pass (once per call unless the batch is
-// large, and then the work is compute-bound anyway).
+// large, and then the work is compute-bound anyway). Splitting the columns
+// into panels as well (so a tile's activations stay in L1) was measured:
+// no faster.
 #include "quant_kernels.hh"
 
 #include <algorithm>
@@ -24,9 +26,6 @@ namespace {
 constexpr size_t row_block_bytes = 128 * 1024;
 
 constexpr size_t max_block_rows = 64;
-
-/// Columns of a panel of float weights (its activations: 4 KiB a token).
-constexpr int64_t panel_cols = 1024;
 
 /// Activation bytes of the tokens that share one pass over the weights.
 constexpr size_t pass_act_bytes = 512 * 1024;
@@ -135,31 +134,6 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
     const int64_t pass_tokens =
         std::max<int64_t>(detail::max_tile, static_cast<int64_t>(pass_act_bytes / act_stride) /
                                                 detail::max_tile * detail::max_tile);
-    // Float weights with several tokens go by column panels, so that the
-    // tile's activations stay in L1 while the row block passes by.
-    const bool panels = f == detail::act_format::f32 && n_tokens > 1 && cols > panel_cols;
-    const size_t elem = w.type == ggml_type::f32 ? 4 : 2;
-    auto float_tile = [&kernel](const std::byte* data, size_t stride, size_t elem, int64_t rb,
-                                int64_t re, const std::byte* a, size_t act_stride, int nt,
-                                int64_t cols, int64_t t0, int64_t rows, float* y) {
-        float sums[max_block_rows][detail::max_tile] = {};
-        float out[detail::max_tile];
-        for (int64_t k0 = 0; k0 < cols; k0 += panel_cols) {
-            const int64_t kn = std::min(panel_cols, cols - k0);
-            for (int64_t r = rb; r < re; ++r) {
-                kernel(data + static_cast<size_t>(r) * stride + static_cast<size_t>(k0) * elem,
-                       a + static_cast<size_t>(k0) * sizeof(float), act_stride, nt, kn, out);
-                for (int i = 0; i < nt; ++i) {
-                    sums[r - rb][i] += out[i];
-                }
-            }
-        }
-        for (int64_t r = rb; r < re; ++r) {
-            for (int i = 0; i < nt; ++i) {
-                y[(t0 + i) * rows + r] = sums[r - rb][i];
-            }
-        }
-    };
     pool.parallel_for(rows, [&](int64_t r0, int64_t r1) {
         float out[detail::max_tile];
         for (int64_t p0 = 0; p0 < n_tokens; p0 += pass_tokens) {
@@ -170,11 +144,6 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
                     const int nt = static_cast<int>(std::min<int64_t>(detail::max_tile, p1 - t0));
                     const auto* a =
                         static_cast<const std::byte*>(act) + static_cast<size_t>(t0) * act_stride;
-                    if (panels) {
-                        float_tile(data, stride, elem, rb, re, a, act_stride, nt, cols, t0, rows,
-                                   y);
-                        continue;
-                    }
                     for (int64_t r = rb; r < re; ++r) {
                         kernel(data + static_cast<size_t>(r) * stride, a, act_stride, nt, cols,
                                out);
