@@ -416,6 +416,23 @@ TEST(mkmodel, every_type_arch_and_vocab_loads_with_the_right_keys_shapes_and_typ
     }
 }
 
+#ifdef HAVE_ENGINE_VOCAB
+TEST(mkmodel, vocab_has_a_piece_for_each_word_of_its_text_when_there_is_room) {
+    for (std::string v : {"spm", "bpe"}) {
+        SCOPED_TRACE(v);
+        auto path = make_model("--preset tiny --n-vocab 4096 --vocab " + v);
+        ASSERT_FALSE(path.empty());
+        vocab voc(from_gguf(gguf_file::open(path)));
+        // SPM puts a space in front by itself; the BPE words start with one.
+        std::string text =
+            (v == "bpe" ? " " : "") + std::string("The quick brown fox jumps over the lazy");
+        auto ids = voc.encode(text, false, false);
+        EXPECT_EQ(ids.size(), 8u);
+        EXPECT_EQ(voc.token_to_piece(ids[1]), " quick");
+    }
+}
+#endif
+
 TEST(mkmodel, rows_that_are_not_whole_blocks_fall_back_and_say_so) {
     // The tiny preset: n_embd 64 is not a whole Q4_K block, FFN 176 not even
     // a whole Q8_0 block.

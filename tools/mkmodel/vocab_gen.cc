@@ -232,7 +232,7 @@ struct builder {
     }
 };
 
-// Learns merges from `words` until no pair occurs twice or `room` runs out;
+// Learns merges from `words` until every word is one piece or `room` runs out;
 // returns the merges in order. New pieces are added to `b` as NORMAL.
 std::vector<std::pair<std::string, std::string>> learn(builder& b, std::vector<word> words,
                                                        size_t room) {
@@ -251,7 +251,7 @@ std::vector<std::pair<std::string, std::string>> learn(builder& b, std::vector<w
                 best = it;
             }
         }
-        if (best == pairs.end() || best->second < 2) {
+        if (best == pairs.end()) {
             break;
         }
         std::pair<std::string, std::string> m{std::string(best->first.first),

@@ -2,8 +2,9 @@
 //
 // Vocabularies for generated test models, built deterministically (they do
 // not depend on the weight seed) by learning BPE merges from a small
-// built-in English text, then padding to the requested size with more
-// merges of existing pieces.
+// built-in English text (most frequent pair first, until every word of it
+// is one piece or the room runs out), then padding to the requested size
+// with merges of existing pieces.
 //
 // spm (tokenizer.ggml.model "llama", SentencePiece-style, as Llama-2):
 //   0 <unk> (UNKNOWN), 1 <s>, 2 </s> (CONTROL), 3..258 <0x00>..<0xFF>
