@@ -549,7 +549,7 @@ void check_testdata_prompt(const std::string& prompt, bool full_logits) {
     EXPECT_EQ(argmax(r.rows[0]), parse_ints(field(txt, "argmax:"))[0]);
 }
 
-TEST(reference, reproduces_llama_cpp_on_the_testdata_model) {
+TEST(numpy_reference, reproduces_llama_cpp_on_the_testdata_model) {
     REQUIRE_PYTHON();
     check_testdata_prompt("hello", true);
     check_testdata_prompt("fox", true);
@@ -558,7 +558,7 @@ TEST(reference, reproduces_llama_cpp_on_the_testdata_model) {
 
 // --- The reference's dequantization against the engine's. ---
 
-TEST(reference, dequantizes_every_type_as_the_engine_does) {
+TEST(numpy_reference, dequantizes_every_type_as_the_engine_does) {
     REQUIRE_PYTHON();
     for (const auto& type : all_types) {
         SCOPED_TRACE(type);
@@ -764,7 +764,7 @@ void check_forward(const std::string& path, const std::vector<int>& prompt, int 
     EXPECT_LT(diff, tol);
 }
 
-TEST(reference, forward_agrees_with_a_plain_forward_pass_on_generated_models) {
+TEST(numpy_reference, forward_agrees_with_a_plain_forward_pass_on_generated_models) {
     REQUIRE_PYTHON();
     // llama: adjacent-pair RoPE, GQA, untied; 32 decode steps on the tiny preset.
     check_forward(make_model("--preset tiny --seed 7"), {1, 300, 301, 302, 303, 304}, 32, 1e-6);
@@ -781,7 +781,7 @@ TEST(reference, forward_agrees_with_a_plain_forward_pass_on_generated_models) {
     check_forward(model(l), {1, 2, 3}, 3, 1e-6);
 }
 
-TEST(reference, plain_forward_pass_reproduces_the_testdata_too) {
+TEST(numpy_reference, plain_forward_pass_reproduces_the_testdata_too) {
     // The plain pass is itself checked against llama.cpp's vectors.
     std::ifstream in(testdata + "/llama-tiny-f32.hello.txt");
     std::string txt((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
