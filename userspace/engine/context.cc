@@ -270,6 +270,34 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
     });
 }
 
+bool context::mm(const weight_view& w, const float* x, size_t n_tokens, float* y) {
+    if (!_o.exact_activations || w.type == ggml_type::f32 || w.type == ggml_type::f16) {
+        return matmul(w, x, static_cast<int64_t>(n_tokens), y, *_pool) == matmul_status::ok;
+    }
+    const auto rb = *row_bytes(w.type, static_cast<uint64_t>(w.cols));
+    const int64_t chunk = 16;
+    const int64_t jobs = (w.rows + chunk - 1) / chunk;
+    grow(_wide, static_cast<size_t>(jobs * w.cols));
+    _pool->parallel_for(jobs, [&](int64_t b, int64_t e) {
+        for (int64_t j = b; j < e; ++j) {
+            float* row = _wide.data() + j * w.cols;
+            for (int64_t r = j * chunk; r < std::min(w.rows, (j + 1) * chunk); ++r) {
+                dequantize_row(w.type, static_cast<const std::byte*>(w.data) + rb * size_t(r), row,
+                               w.cols);
+                for (size_t t = 0; t < n_tokens; ++t) {
+                    double s = 0;
+                    const float* xt = x + t * size_t(w.cols);
+                    for (int64_t k = 0; k < w.cols; ++k) {
+                        s += double(row[k]) * xt[k];
+                    }
+                    y[t * size_t(w.rows) + size_t(r)] = static_cast<float>(s);
+                }
+            }
+        }
+    });
+    return true;
+}
+
 step_status context::step(std::span<batch_entry> batch) {
     const model_params& p = _m.params();
     const uint32_t E = p.n_embd, KV = p.kv_dim(), F = p.n_ff, V = p.n_vocab;
@@ -325,7 +353,7 @@ step_status context::step(std::span<batch_entry> batch) {
         }
     }
     auto mm = [&](const weight_view& w, const float* in, float* out) {
-        return matmul(w, in, static_cast<int64_t>(T), out, *_pool) == matmul_status::ok;
+        return this->mm(w, in, T, out);
     };
     auto norm_all = [&](std::span<const float> w) {
         _pool->parallel_for(static_cast<int64_t>(T), [&](int64_t b, int64_t e) {
@@ -406,7 +434,7 @@ step_status context::step(std::span<batch_entry> batch) {
                          p.rms_eps);
             }
         }
-        if (matmul(_m.output(), rows, static_cast<int64_t>(R), out, *_pool) != matmul_status::ok) {
+        if (!this->mm(_m.output(), rows, R, out)) {
             return step_status::compute_error;
         }
         r = 0;

@@ -22,6 +22,11 @@ namespace llmos::engine {
 struct context_options {
     int n_threads = 0;               ///< 0: one per CPU this process may use
     uint32_t max_batch_tokens = 512; ///< tokens of one step, all sequences together
+    /// Quantized weights meet float activations (each weight row widened
+    /// to F32) instead of activations quantized to 8 bits: slow, but free
+    /// of the activations' rounding; the tests check the model's math
+    /// with it.
+    bool exact_activations = false;
 };
 
 /// One sequence's part of a step.
@@ -64,6 +69,7 @@ public:
 private:
     void attention(std::span<batch_entry> batch, uint32_t layer);
     void rope(float* x, uint32_t n_heads, uint32_t pos) const;
+    bool mm(const weight_view& w, const float* x, size_t n_tokens, float* y);
 
     const model& _m;
     context_options _o;
@@ -74,6 +80,7 @@ private:
     std::vector<float> _scores; // attention jobs x positions
     std::vector<float> _kvtmp;  // attention jobs x 2 head_dim (F16 rows widened)
     std::vector<uint32_t> _first, _pos0;
+    std::vector<float> _wide; // exact_activations: a widened weight row per job
 };
 
 } // namespace llmos::engine
