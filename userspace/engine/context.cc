@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <llmos/engine/context.hh>
@@ -298,6 +299,46 @@ bool context::mm(const weight_view& w, const float* x, size_t n_tokens, float* y
     return true;
 }
 
+bool context::mm_many(std::span<const mm_job> jobs, const float* x, size_t n_tokens) {
+    if (n_tokens != 1 || _o.exact_activations || _pool->size() == 1) {
+        for (const mm_job& j : jobs) {
+            if (!mm(*j.w, x, n_tokens, j.y)) {
+                return false;
+            }
+        }
+        return true;
+    }
+    // One token: the matrices' rows in chunks of one loop, so the threads
+    // meet once for all of them rather than once per matrix.
+    _pieces.clear();
+    const int64_t target = 4 * _pool->size();
+    int64_t total = 0;
+    for (const mm_job& j : jobs) {
+        total += j.w->rows;
+    }
+    const int64_t rows_per = std::max<int64_t>(32, (total + target - 1) / target);
+    for (const mm_job& j : jobs) {
+        for (int64_t r = 0; r < j.w->rows; r += rows_per) {
+            _pieces.push_back({&j, r, std::min(j.w->rows, r + rows_per)});
+        }
+    }
+    std::atomic<bool> ok{true};
+    _pool->parallel_for(static_cast<int64_t>(_pieces.size()), [&](int64_t b, int64_t e) {
+        for (int64_t p = b; p < e; ++p) {
+            const auto& pc = _pieces[size_t(p)];
+            const weight_view& w = *pc.job->w;
+            const size_t rb = w.row_stride ? w.row_stride : *row_bytes(w.type, uint64_t(w.cols));
+            weight_view sub{w.type, static_cast<const std::byte*>(w.data) + rb * size_t(pc.r0),
+                            pc.r1 - pc.r0, w.cols, rb};
+            // Inside the pool's loop, matmul runs on this thread alone.
+            if (matmul(sub, x, 1, pc.job->y + pc.r0, *_pool) != matmul_status::ok) {
+                ok = false;
+            }
+        }
+    });
+    return ok;
+}
+
 step_status context::step(std::span<batch_entry> batch) {
     const model_params& p = _m.params();
     const uint32_t E = p.n_embd, KV = p.kv_dim(), F = p.n_ff, V = p.n_vocab;
@@ -376,8 +417,8 @@ step_status context::step(std::span<batch_entry> batch) {
     for (uint32_t l = 0; l < p.n_layer; ++l) {
         const layer_weights& w = _m.layers()[l];
         norm_all(w.attn_norm);
-        if (!mm(w.wq, _xn.data(), _q.data()) || !mm(w.wk, _xn.data(), _k.data()) ||
-            !mm(w.wv, _xn.data(), _v.data())) {
+        const mm_job qkv[] = {{&w.wq, _q.data()}, {&w.wk, _k.data()}, {&w.wv, _v.data()}};
+        if (!mm_many(qkv, _xn.data(), T)) {
             return step_status::compute_error;
         }
         add_bias(_q.data(), w.bq, E);
@@ -400,7 +441,8 @@ step_status context::step(std::span<batch_entry> batch) {
             _x[j] += _xn[j];
         }
         norm_all(w.ffn_norm);
-        if (!mm(w.w_gate, _xn.data(), _gate.data()) || !mm(w.w_up, _xn.data(), _up.data())) {
+        const mm_job gate_up[] = {{&w.w_gate, _gate.data()}, {&w.w_up, _up.data()}};
+        if (!mm_many(gate_up, _xn.data(), T)) {
             return step_status::compute_error;
         }
         for (size_t j = 0; j < T * F; ++j) {

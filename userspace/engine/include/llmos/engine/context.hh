@@ -70,6 +70,11 @@ private:
     void attention(std::span<batch_entry> batch, uint32_t layer);
     void rope(float* x, uint32_t n_heads, uint32_t pos) const;
     bool mm(const weight_view& w, const float* x, size_t n_tokens, float* y);
+    struct mm_job {
+        const weight_view* w;
+        float* y;
+    };
+    bool mm_many(std::span<const mm_job> jobs, const float* x, size_t n_tokens);
 
     const model& _m;
     context_options _o;
@@ -81,6 +86,11 @@ private:
     std::vector<float> _kvtmp;  // attention jobs x 2 head_dim (F16 rows widened)
     std::vector<uint32_t> _first, _pos0;
     std::vector<float> _wide; // exact_activations: a widened weight row per job
+    struct mm_piece {
+        const mm_job* job;
+        int64_t r0, r1;
+    };
+    std::vector<mm_piece> _pieces; // mm_many's row chunks
 };
 
 } // namespace llmos::engine
