@@ -427,6 +427,26 @@ TEST_P(worker_pool_test, a_prompt_outside_its_mindspace_fails_that_request_only)
     expect_echoed(c, ids, 4);
 }
 
+TEST_P(worker_pool_test, a_request_whose_client_went_away_ends_early) {
+    std::atomic<uint64_t> gone{0};
+    auto o = opts({.decode_step = 1ms, .bytes_per_token = 1});
+    o.is_cancelled = [&](uint64_t id) { return id == gone.load(); };
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto c = llmos::sched_client::open(dev()).value();
+    auto p = prompt(0, 2000, 1);
+    auto id = c.submit(p).value();
+    while ((*pool)->info(0).active.load() + (*pool)->info((*pool)->size() - 1).active.load() == 0) {
+        std::this_thread::sleep_for(1ms);
+    }
+    gone = id;
+    auto f = c.wait(id, llmos::wait_for::at_most(20s));
+    ASSERT_TRUE(f) << f.error().message();
+    EXPECT_EQ(f->state, LLMOS_REQ_FAILED);
+    EXPECT_EQ(f->status, -ECANCELED);
+    EXPECT_LT(f->tokens, 2000u) << "it stopped before the end";
+}
+
 TEST_P(worker_pool_test, bad_options_are_refused) {
     auto o = opts({});
     o.slots = 0;

@@ -454,6 +454,14 @@ void worker_pool::run_worker(unsigned i) {
                     sl.streamed = s.produced;
                 }
             }
+            if (_o.is_cancelled) {
+                for (auto& sl : active) {
+                    if (!sl.s->done && _o.is_cancelled(sl.s->req.id)) {
+                        sl.s->done = true;
+                        sl.s->status = -ECANCELED;
+                    }
+                }
+            }
             std::erase_if(active, [&](slot& sl) {
                 if (!sl.s->done) {
                     return false;

@@ -42,7 +42,7 @@ struct gen_request_header {
     float presence_penalty = 0.0f;
     float frequency_penalty = 0.0f;
     int32_t top_k = 40;
-    uint32_t reserved = 0;
+    uint32_t model = 0; ///< which of the server's models (0: the worker's only one)
     uint64_t seed = 0;
     uint64_t kv_off = 0; ///< the conversation's KV cache (page-aligned); 0: none kept
     uint64_t kv_len = 0;

@@ -79,6 +79,10 @@ struct worker_pool_options {
     /// Called on the worker's thread with each descriptor it streams
     /// (request id, offset and length in the request's mindspace, kind).
     std::function<void(unsigned worker, const descriptor&)> on_output;
+    /// Asked between steps for each request a worker runs: true ends it
+    /// with -ECANCELED (its client went away). Called on the worker's
+    /// thread; must be cheap.
+    std::function<bool(uint64_t request)> is_cancelled;
 };
 
 /// What a worker found when it set itself up, and its counters.
