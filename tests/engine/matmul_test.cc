@@ -34,7 +34,8 @@ long scaled(long n) {
 }
 
 const ggml_type all_types[] = {ggml_type::f32,  ggml_type::f16,  ggml_type::q8_0, ggml_type::q4_0,
-                               ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k};
+                               ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1, ggml_type::q4_k,
+                               ggml_type::q5_k, ggml_type::q6_k};
 
 std::string type_name(ggml_type t) {
     return std::string(info(t)->name);
@@ -206,6 +207,38 @@ TEST(matmul, simd_and_scalar_agree) {
     }
 }
 
+TEST(matmul, rows_of_32_blocks_that_are_not_whole_256s) {
+    // The widths of models whose rows fall back from the K-quants
+    // (Qwen2.5-0.5B's 896, SmolLM's 576 and 960) and ones short of the
+    // one-token kernel's 8-block groups: every block type of 32, both
+    // levels, against the double reference and against each other.
+    thread_pool pool(2);
+    for (const ggml_type t :
+         {ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1}) {
+        for (const int64_t cols : {32, 224, 576, 896, 960}) {
+            const matrix& m = random_matrix(t, 19, cols);
+            for (const int64_t n_tokens : {1, 2, 5}) {
+                const auto x = normal(static_cast<size_t>(n_tokens * cols), 12);
+                std::vector<std::vector<float>> ys;
+                for (const simd_level level : levels()) {
+                    ys.push_back(run(m, x, n_tokens, pool, level));
+                    EXPECT_LE(worst_error(m.values, 19, cols, x, n_tokens, ys.back()), tolerance(t))
+                        << type_name(t) << " cols " << cols << " tokens " << n_tokens << " "
+                        << simd_name(level);
+                }
+                double scale = 0; // same integer sums, floats added in another order
+                for (const float v : ys[0]) {
+                    scale = std::max(scale, static_cast<double>(std::fabs(v)));
+                }
+                for (size_t i = 0; ys.size() == 2 && i < ys[0].size(); ++i) {
+                    ASSERT_NEAR(ys[0][i], ys[1][i], 1e-5 * scale)
+                        << type_name(t) << " cols " << cols << " tokens " << n_tokens << " " << i;
+                }
+            }
+        }
+    }
+}
+
 TEST(matmul, thread_count_does_not_change_the_result) {
     thread_pool one(1);
     thread_pool four(4);
@@ -247,7 +280,7 @@ TEST(matmul, refuses_what_it_cannot_do_and_leaves_y_alone) {
     auto mm = [&](weight_view v, int64_t n) {
         return matmul(v, x.data(), n, y.data(), pool, scratch, default_simd());
     };
-    EXPECT_EQ(mm({ggml_type::q4_1, w.data(), 2, 32, 0}, 1), matmul_status::unsupported_type);
+    EXPECT_EQ(mm({ggml_type::q2_k, w.data(), 2, 256, 0}, 1), matmul_status::unsupported_type);
     EXPECT_EQ(mm({ggml_type::bf16, w.data(), 2, 32, 0}, 1), matmul_status::unsupported_type);
     EXPECT_EQ(mm({ggml_type::q8_0, w.data(), 2, 33, 0}, 1), matmul_status::bad_shape);
     EXPECT_EQ(mm({ggml_type::q4_k, w.data(), 2, 128, 0}, 1), matmul_status::bad_shape);

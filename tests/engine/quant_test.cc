@@ -186,6 +186,106 @@ TEST(known_bytes, q4_0) {
     EXPECT_EQ(y[1], -2.0f * 0); // q1 = 8
 }
 
+TEST(known_bytes, q4_1) {
+    // d = 0.25 (0x3400), m = -1.5 (0xbe00), then qs[16] at byte 4: byte
+    // 4 + j holds element j (low nibble) and j + 16 (high); x = q * d + m.
+    std::vector<uint8_t> b(20);
+    put16(b, 0, 0x3400);
+    put16(b, 2, 0xbe00);
+    int q[32];
+    for (int j = 0; j < 32; ++j) {
+        q[j] = (5 * j + 3) % 16;
+    }
+    for (int j = 0; j < 16; ++j) {
+        b[4 + j] = static_cast<uint8_t>(q[j] | q[j + 16] << 4);
+    }
+    const auto y = dequant(ggml_type::q4_1, b, 32);
+    for (int j = 0; j < 32; ++j) {
+        EXPECT_EQ(y[j], 0.25f * static_cast<float>(q[j]) - 1.5f) << j;
+    }
+    // Spelled out: q1 = 8 and q17 = 88 % 16 = 8: byte 5 = 0x88.
+    EXPECT_EQ(b[5], 0x88);
+    EXPECT_EQ(y[1], 0.5f);
+    EXPECT_EQ(y[17], 0.5f);
+    EXPECT_EQ(y[3], 0.25f * 2 - 1.5f); // q3 = 18 % 16
+}
+
+/// The fifth bit of element j (0..31) of a Q5_0/Q5_1 block: bit j of the
+/// four qh bytes read as a little-endian 32-bit word, i.e. bit j % 8 of
+/// byte j / 8.
+void set_fifth_bit(std::vector<uint8_t>& b, size_t qh_at, int j) {
+    b[qh_at + static_cast<size_t>(j / 8)] |= static_cast<uint8_t>(1u << (j % 8));
+}
+
+TEST(known_bytes, q5_0) {
+    // d = 0.5 (0x3800), qh[4] at byte 2, qs[16] at byte 6 (nibbles as in
+    // Q4_0); q = nibble + 16 * fifth bit, x = (q - 16) * d.
+    std::vector<uint8_t> b(22);
+    put16(b, 0, 0x3800);
+    int q[32];
+    for (int j = 0; j < 32; ++j) {
+        q[j] = (7 * j + 5) % 32;
+        if (q[j] >= 16) {
+            set_fifth_bit(b, 2, j);
+        }
+    }
+    for (int j = 0; j < 16; ++j) {
+        b[6 + j] = static_cast<uint8_t>((q[j] & 15) | (q[j + 16] & 15) << 4);
+    }
+    const auto y = dequant(ggml_type::q5_0, b, 32);
+    for (int j = 0; j < 32; ++j) {
+        EXPECT_EQ(y[j], 0.5f * static_cast<float>(q[j] - 16)) << j;
+    }
+    // Spelled out: q0 = 5 (no fifth bit); q17 = 124 % 32 = 28: bit 17 of the
+    // word is bit 1 of qh[2], and the high nibble of byte 6 + 1 is 12.
+    EXPECT_EQ(q[17], 28);
+    EXPECT_EQ(b[2] & 1, 0);
+    EXPECT_EQ(b[4] & 0x02, 0x02);
+    EXPECT_EQ(b[7] >> 4, 12);
+    EXPECT_EQ(y[0], -5.5f);
+    EXPECT_EQ(y[17], 6.0f);
+    // Every qh bit set and every nibble 15: all 31, x = 15 d.
+    std::vector<uint8_t> full(22, 0xff);
+    put16(full, 0, 0x3800);
+    for (const float v : dequant(ggml_type::q5_0, full, 32)) {
+        EXPECT_EQ(v, 7.5f);
+    }
+}
+
+TEST(known_bytes, q5_1) {
+    // d = 2 (0x4000), m = 0.5 (0x3800), qh[4] at byte 4, qs[16] at byte 8;
+    // x = q * d + m.
+    std::vector<uint8_t> b(48);
+    for (int blk = 0; blk < 2; ++blk) {
+        put16(b, 24 * blk, blk == 0 ? 0x4000 : 0xc000); // block 1: d = -2
+        put16(b, 24 * blk + 2, 0x3800);
+    }
+    int q[64];
+    for (int e = 0; e < 64; ++e) {
+        q[e] = (11 * e + 7) % 32;
+        if (q[e] >= 16) {
+            set_fifth_bit(b, 24 * (e / 32) + 4, e % 32);
+        }
+    }
+    for (int blk = 0; blk < 2; ++blk) {
+        for (int j = 0; j < 16; ++j) {
+            const int* qb = q + 32 * blk;
+            b[24 * blk + 8 + j] = static_cast<uint8_t>((qb[j] & 15) | (qb[j + 16] & 15) << 4);
+        }
+    }
+    const auto y = dequant(ggml_type::q5_1, b, 64);
+    for (int e = 0; e < 64; ++e) {
+        const float d = e < 32 ? 2.0f : -2.0f;
+        EXPECT_EQ(y[e], d * static_cast<float>(q[e]) + 0.5f) << e;
+    }
+    // Spelled out: element 31 of block 0: q = 348 % 32 = 28, bit 7 of qh[3];
+    // element 8 of block 1 (e = 40): q = 447 % 32 = 31, bit 0 of qh[1].
+    EXPECT_EQ(b[7] & 0x80, 0x80);
+    EXPECT_EQ(y[31], 56.5f);
+    EXPECT_EQ(b[24 + 5] & 0x01, 0x01);
+    EXPECT_EQ(y[40], -61.5f);
+}
+
 /// Packs 8 six-bit scales and mins into the 12 bytes as GGUF does: bytes
 /// 0-3 low six bits of sc0-3 (top two bits: sc4-7 >> 4), bytes 4-7 the
 /// same for m0-3 (top two: m4-7 >> 4), bytes 8-11 sc4-7 low nibble | m4-7
@@ -348,7 +448,8 @@ TEST(known_bytes, f16_and_f32) {
 // ---- quantize -> dequantize ------------------------------------------------
 
 const ggml_type all_types[] = {ggml_type::f32,  ggml_type::f16,  ggml_type::q8_0, ggml_type::q4_0,
-                               ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k};
+                               ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1, ggml_type::q4_k,
+                               ggml_type::q5_k, ggml_type::q6_k};
 
 std::string type_name(ggml_type t) {
     return std::string(info(t)->name);
@@ -366,6 +467,12 @@ double bound(ggml_type t) {
         return 0.0056; // measured 0.0054
     case ggml_type::q4_0:
         return 0.092; // measured 0.086
+    case ggml_type::q4_1:
+        return 0.083; // measured 0.079
+    case ggml_type::q5_0:
+        return 0.046; // measured 0.043
+    case ggml_type::q5_1:
+        return 0.040; // measured 0.038
     case ggml_type::q4_k:
         return 0.074; // measured 0.070 (an unconstrained affine fit per 32: 0.069)
     case ggml_type::q5_k:
@@ -494,6 +601,12 @@ TEST(round_trip, a_single_outlier_costs_only_its_own_block) {
     }
 }
 
+/// Types with an offset (min) per block: they need not keep signs.
+bool affine(ggml_type t) {
+    return t == ggml_type::q4_1 || t == ggml_type::q5_1 || t == ggml_type::q4_k ||
+           t == ggml_type::q5_k;
+}
+
 TEST(round_trip, out_of_range_and_tiny_magnitudes_give_finite_values) {
     // Beyond what a half scale reaches: values saturate, stay finite, keep sign.
     auto big = normal(1024, 1e9f, 5);
@@ -508,7 +621,7 @@ TEST(round_trip, out_of_range_and_tiny_magnitudes_give_finite_values) {
             ASSERT_TRUE(std::isfinite(yb[i])) << type_name(t);
             ASSERT_TRUE(std::isfinite(yt[i])) << type_name(t);
             ASSERT_LE(std::fabs(yt[i]), 1e-7f) << type_name(t);
-            if (std::fabs(big[i]) > 1e8f && t != ggml_type::q4_k && t != ggml_type::q5_k) {
+            if (std::fabs(big[i]) > 1e8f && !affine(t)) {
                 // Symmetric formats keep the sign of large values.
                 ASSERT_EQ(std::signbit(yb[i]), std::signbit(big[i])) << type_name(t) << " " << i;
             }
@@ -544,8 +657,8 @@ TEST(round_trip, quantizing_again_is_stable) {
 TEST(status, unsupported_types_and_bad_lengths_are_refused) {
     std::vector<float> x(256, 1.0f);
     std::vector<uint8_t> q(1024);
-    for (const ggml_type t : {ggml_type::q4_1, ggml_type::q5_0, ggml_type::q8_k, ggml_type::bf16,
-                              static_cast<ggml_type>(99)}) {
+    for (const ggml_type t : {ggml_type::q2_k, ggml_type::q3_k, ggml_type::q8_1, ggml_type::q8_k,
+                              ggml_type::bf16, static_cast<ggml_type>(99)}) {
         EXPECT_EQ(quantize_row(t, x.data(), q.data(), 256), quant_status::unsupported_type);
         EXPECT_EQ(dequantize_row(t, q.data(), x.data(), 256), quant_status::unsupported_type);
     }

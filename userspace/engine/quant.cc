@@ -4,8 +4,9 @@
 // block formats (layouts in quant.hh).
 //
 // The quantizers follow what llama.cpp's reference ones aim at, written
-// anew: Q8_0 and Q4_0 take the scale from the largest magnitude of the
-// block and round to nearest; the K-quants search each sub-block's scale
+// anew: Q8_0, Q4_0 and Q5_0 take the scale from the largest magnitude of
+// the block and round to nearest; Q4_1 and Q5_1 keep the block's minimum
+// as the offset and split its range evenly; the K-quants search each sub-block's scale
 // (and min) for the least squared error, quantize those to the 6 or 8 bit
 // codes of the super-block, try the neighbouring codes, and quantize the
 // values again with the scales that will actually be stored.
@@ -49,7 +50,7 @@ half_scale to_half_scale(float s) {
     return {h, fp16_to_fp32(h)};
 }
 
-// ---- Q8_0 / Q4_0 -----------------------------------------------------------
+// ---- Q8_0 ------------------------------------------------------------------
 
 void quantize_q8_0(const float* x, block_q8_0* y, int64_t nb) {
     for (int64_t b = 0; b < nb; ++b, x += qk_block) {
@@ -75,28 +76,82 @@ void dequantize_q8_0(const block_q8_0* x, float* y, int64_t nb) {
     }
 }
 
+// ---- Q4_0 / Q4_1 / Q5_0 / Q5_1 ---------------------------------------------
+
+/// The fifth bits of a Q5_0/Q5_1 block as one word: bit j for element j.
+uint32_t high_bits(const uint8_t* qh) {
+    uint32_t h = 0;
+    std::memcpy(&h, qh, sizeof h);
+    return h;
+}
+
+/// An affine block (Q4_1, Q5_1): the offset m is the block's minimum and
+/// the step d splits the range up to its maximum into nmax steps, both
+/// rounded to half first so that the levels are chosen for the values the
+/// file will hold. Writes the two halves and the 32 levels (0..nmax).
+void code_min_max(const float* x, int nmax, uint16_t& d_bits, uint16_t& m_bits, int* levels) {
+    float lo = std::numeric_limits<float>::infinity();
+    float hi = -std::numeric_limits<float>::infinity();
+    for (int j = 0; j < qk_block; ++j) {
+        lo = std::min(lo, x[j]); // a NaN compares false and is skipped
+        hi = std::max(hi, x[j]);
+    }
+    if (!(lo <= hi)) { // every value a NaN
+        lo = 0.0f;
+        hi = 0.0f;
+    }
+    m_bits = fp32_to_fp16(std::clamp(lo, -max_half, max_half));
+    const float m = fp16_to_fp32(m_bits);
+    const half_scale d = to_half_scale((hi - m) / static_cast<float>(nmax));
+    d_bits = d.bits;
+    const float id = d.value > 0.0f ? 1.0f / d.value : 0.0f;
+    for (int j = 0; j < qk_block; ++j) {
+        levels[j] = round_clamp((x[j] - m) * id, 0, nmax);
+    }
+}
+
+/// A symmetric block (Q4_0: half = 8, Q5_0: 16), x ~ d * (level - half):
+/// the value of largest magnitude becomes level 0 (-half d) exactly, with
+/// the sign of d chosen for it; the other side reaches (half - 1) d.
+/// Returns d's code and writes the 32 levels (0..2 half - 1).
+uint16_t code_symmetric(const float* x, int half, int* levels) {
+    float amax = 0.0f;
+    float max = 0.0f;
+    for (int j = 0; j < qk_block; ++j) {
+        if (std::fabs(x[j]) > amax) {
+            amax = std::fabs(x[j]);
+            max = x[j];
+        }
+    }
+    const half_scale d = to_half_scale(amax / static_cast<float>(half));
+    const bool negative = max > 0.0f && d.bits != 0;
+    const float id = d.value > 0.0f ? (negative ? -1.0f : 1.0f) / d.value : 0.0f;
+    for (int j = 0; j < qk_block; ++j) {
+        levels[j] = round_clamp(x[j] * id, -half, half - 1) + half;
+    }
+    return negative ? static_cast<uint16_t>(d.bits | 0x8000u) : d.bits;
+}
+
+/// Packs 32 levels: low four bits as Q4_0's nibbles into qs, fifth bits
+/// (when qh is not null) into qh.
+void pack_levels(const int* levels, uint8_t* qs, uint8_t* qh) {
+    uint32_t h = 0;
+    for (int j = 0; j < qk_block / 2; ++j) {
+        const int lo = levels[j];
+        const int hi = levels[j + qk_block / 2];
+        qs[j] = static_cast<uint8_t>((lo & 0xf) | (hi & 0xf) << 4);
+        h |= static_cast<uint32_t>(lo >> 4) << j | static_cast<uint32_t>(hi >> 4) << (j + 16);
+    }
+    if (qh) {
+        std::memcpy(qh, &h, sizeof h);
+    }
+}
+
 void quantize_q4_0(const float* x, block_q4_0* y, int64_t nb) {
+    int levels[qk_block];
     for (int64_t b = 0; b < nb; ++b, x += qk_block) {
-        // The value of largest magnitude becomes q = 0 (-8 d) exactly; the
-        // other side reaches +7 d.
-        float amax = 0.0f;
-        float max = 0.0f;
-        for (int j = 0; j < qk_block; ++j) {
-            if (std::fabs(x[j]) > amax) {
-                amax = std::fabs(x[j]);
-                max = x[j];
-            }
-        }
-        // d = -max / 8, with the sign that sends `max` to q - 8 = -8.
-        const half_scale d = to_half_scale(amax / 8.0f);
-        const bool negative = max > 0.0f && d.bits != 0;
-        y[b].d = negative ? static_cast<uint16_t>(d.bits | 0x8000u) : d.bits;
-        const float id = d.value > 0.0f ? (negative ? -1.0f : 1.0f) / d.value : 0.0f;
-        for (int j = 0; j < qk_block / 2; ++j) {
-            const int lo = round_clamp(x[j] * id, -8, 7) + 8;
-            const int hi = round_clamp(x[j + qk_block / 2] * id, -8, 7) + 8;
-            y[b].qs[j] = static_cast<uint8_t>(lo | hi << 4);
-        }
+        y[b].d = code_symmetric(x, 8, levels);
+        pack_levels(levels, y[b].qs, nullptr);
     }
 }
 
@@ -106,6 +161,68 @@ void dequantize_q4_0(const block_q4_0* x, float* y, int64_t nb) {
         for (int j = 0; j < qk_block / 2; ++j) {
             y[j] = d * static_cast<float>((x[b].qs[j] & 0xf) - 8);
             y[j + qk_block / 2] = d * static_cast<float>((x[b].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+void quantize_q4_1(const float* x, block_q4_1* y, int64_t nb) {
+    int levels[qk_block];
+    for (int64_t b = 0; b < nb; ++b, x += qk_block) {
+        code_min_max(x, 15, y[b].d, y[b].m, levels);
+        pack_levels(levels, y[b].qs, nullptr);
+    }
+}
+
+void dequantize_q4_1(const block_q4_1* x, float* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b, y += qk_block) {
+        const float d = fp16_to_fp32(x[b].d);
+        const float m = fp16_to_fp32(x[b].m);
+        for (int j = 0; j < qk_block / 2; ++j) {
+            y[j] = d * static_cast<float>(x[b].qs[j] & 0xf) + m;
+            y[j + qk_block / 2] = d * static_cast<float>(x[b].qs[j] >> 4) + m;
+        }
+    }
+}
+
+void quantize_q5_0(const float* x, block_q5_0* y, int64_t nb) {
+    int levels[qk_block];
+    for (int64_t b = 0; b < nb; ++b, x += qk_block) {
+        y[b].d = code_symmetric(x, 16, levels);
+        pack_levels(levels, y[b].qs, y[b].qh);
+    }
+}
+
+void dequantize_q5_0(const block_q5_0* x, float* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b, y += qk_block) {
+        const float d = fp16_to_fp32(x[b].d);
+        const uint32_t h = high_bits(x[b].qh);
+        for (int j = 0; j < qk_block / 2; ++j) {
+            const int lo = (x[b].qs[j] & 0xf) | static_cast<int>((h >> j) & 1) << 4;
+            const int hi = (x[b].qs[j] >> 4) | static_cast<int>((h >> (j + 16)) & 1) << 4;
+            y[j] = d * static_cast<float>(lo - 16);
+            y[j + qk_block / 2] = d * static_cast<float>(hi - 16);
+        }
+    }
+}
+
+void quantize_q5_1(const float* x, block_q5_1* y, int64_t nb) {
+    int levels[qk_block];
+    for (int64_t b = 0; b < nb; ++b, x += qk_block) {
+        code_min_max(x, 31, y[b].d, y[b].m, levels);
+        pack_levels(levels, y[b].qs, y[b].qh);
+    }
+}
+
+void dequantize_q5_1(const block_q5_1* x, float* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b, y += qk_block) {
+        const float d = fp16_to_fp32(x[b].d);
+        const float m = fp16_to_fp32(x[b].m);
+        const uint32_t h = high_bits(x[b].qh);
+        for (int j = 0; j < qk_block / 2; ++j) {
+            const int lo = (x[b].qs[j] & 0xf) | static_cast<int>((h >> j) & 1) << 4;
+            const int hi = (x[b].qs[j] >> 4) | static_cast<int>((h >> (j + 16)) & 1) << 4;
+            y[j] = d * static_cast<float>(lo) + m;
+            y[j + qk_block / 2] = d * static_cast<float>(hi) + m;
         }
     }
 }
@@ -596,6 +713,15 @@ quant_status dequantize_row(ggml_type t, const void* src, float* dst, int64_t n)
     case ggml_type::q4_0:
         dequantize_q4_0(static_cast<const block_q4_0*>(src), dst, nb);
         break;
+    case ggml_type::q4_1:
+        dequantize_q4_1(static_cast<const block_q4_1*>(src), dst, nb);
+        break;
+    case ggml_type::q5_0:
+        dequantize_q5_0(static_cast<const block_q5_0*>(src), dst, nb);
+        break;
+    case ggml_type::q5_1:
+        dequantize_q5_1(static_cast<const block_q5_1*>(src), dst, nb);
+        break;
     case ggml_type::q4_k:
         dequantize_q4_k(static_cast<const block_q4_k*>(src), dst, nb);
         break;
@@ -628,6 +754,15 @@ quant_status quantize_row(ggml_type t, const float* src, void* dst, int64_t n) n
         break;
     case ggml_type::q4_0:
         quantize_q4_0(src, static_cast<block_q4_0*>(dst), nb);
+        break;
+    case ggml_type::q4_1:
+        quantize_q4_1(src, static_cast<block_q4_1*>(dst), nb);
+        break;
+    case ggml_type::q5_0:
+        quantize_q5_0(src, static_cast<block_q5_0*>(dst), nb);
+        break;
+    case ggml_type::q5_1:
+        quantize_q5_1(src, static_cast<block_q5_1*>(dst), nb);
         break;
     case ggml_type::q4_k:
         quantize_q4_k(src, static_cast<block_q4_k*>(dst), nb);

@@ -10,13 +10,15 @@
 // token's accumulator. Integer products: Q8_0 uses the sign trick
 // (|w| * sign(x, w) through maddubs); the 4, 5 and 6 bit weights are
 // unsigned and go into maddubs as they are, their offsets (Q4_0's 8,
-// Q6_K's 32, the K-quant mins) applied through the activation sums.
+// Q5_0's 16, Q6_K's 32, the mins of Q4_1, Q5_1 and the K-quants) applied
+// through the activation sums.
 #include "quant_kernels.hh"
 
 #include <array>
 #include <cmath>
 #include <cstring>
 #include <immintrin.h>
+#include <type_traits>
 
 #define LLMOS_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define LLMOS_AVX2_INLINE LLMOS_AVX2 inline __attribute__((always_inline))
@@ -209,17 +211,31 @@ LLMOS_AVX2 void dot_float(const void* w_row, const void* act, size_t stride, int
     }
 }
 
-// ---- Q8_0 / Q4_0 -----------------------------------------------------------
+// ---- Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 -----------------------------------------
 
-/// The 8 halves d of blocks b..b+7 as floats.
+/// What a 32-element block type needs: Q8_0 is signed (the sign trick),
+/// the others unsigned levels with an offset from the activation sums:
+/// m * ds for the affine Q4_1/Q5_1, -zero * d * ds for Q4_0 (8) and Q5_0
+/// (16). Q5_0/Q5_1 add a fifth bit from qh.
 template <typename Block>
-LLMOS_AVX2_INLINE __m256 scales8(const Block* w) {
+struct q32_traits {
+    static constexpr bool q8 = std::is_same_v<Block, block_q8_0>;
+    static constexpr bool affine =
+        std::is_same_v<Block, block_q4_1> || std::is_same_v<Block, block_q5_1>;
+    static constexpr bool five =
+        std::is_same_v<Block, block_q5_0> || std::is_same_v<Block, block_q5_1>;
+    static constexpr float zero = q8 || affine ? 0.0f : five ? 16.0f : 8.0f;
+};
+
+/// The 8 halves `Field` (d or m) of blocks b..b+7 as floats.
+template <auto Field, typename Block>
+LLMOS_AVX2_INLINE __m256 halves8(const Block* w) {
     uint64_t lo = 0;
     uint64_t hi = 0;
 #pragma GCC unroll 8
     for (int i = 0; i < 4; ++i) {
-        lo |= static_cast<uint64_t>(w[i].d) << (16 * i);
-        hi |= static_cast<uint64_t>(w[i + 4].d) << (16 * i);
+        lo |= static_cast<uint64_t>(w[i].*Field) << (16 * i);
+        hi |= static_cast<uint64_t>(w[i + 4].*Field) << (16 * i);
     }
     return _mm256_cvtph_ps(_mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo)));
 }
@@ -236,38 +252,56 @@ LLMOS_AVX2_INLINE __m256i sum_lanes8(const __m256i* v) {
                             _mm256_permute2x128_si256(ab, cd, 0x31));
 }
 
-/// Q8_0 weights times activations: 8 int32 lanes of sum(w * x).
-LLMOS_AVX2_INLINE __m256i q8_0_dot(const block_q8_0& w, const int8_t* x) {
-    const __m256i wq = load(w.qs);
-    return dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(load(x), wq));
+/// Q5_0/Q5_1's fifth bits as 0x10 in byte j for element j: byte j takes
+/// byte j / 8 of the word, then keeps bit j % 8 of it.
+LLMOS_AVX2_INLINE __m256i fifth_bits(const uint8_t* qh) {
+    uint32_t h = 0;
+    std::memcpy(&h, qh, sizeof h);
+    // Each 128-bit half holds the word's 4 bytes repeated: the lower half
+    // picks bytes 0 and 1, the upper one bytes 2 and 3.
+    const __m256i spread =
+        _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int32_t>(h)),
+                            _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2,
+                                             2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
-/// Q4_0 weights (as 0..15) times activations: 8 int32 lanes of sum(q * x).
-LLMOS_AVX2_INLINE __m256i q4_0_dot(const block_q4_0& w, const int8_t* x) {
+/// The 32 levels of a Q4_0/Q4_1/Q5_0/Q5_1 block as unsigned bytes, in
+/// element order.
+template <typename Block>
+LLMOS_AVX2_INLINE __m256i levels32(const Block& w) {
     // Both halves of the register get the 16 bytes; the upper one shifted
     // by 4 holds the high nibbles (elements 16..31).
     const __m256i raw =
         _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs)));
-    const __m256i wq = _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_setr_epi64x(0, 0, 4, 4)),
-                                        _mm256_set1_epi8(0x0f));
-    return dot_u8_i8(wq, load(x));
+    __m256i q = _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_setr_epi64x(0, 0, 4, 4)),
+                                 _mm256_set1_epi8(0x0f));
+    if constexpr (q32_traits<Block>::five) {
+        q = _mm256_or_si256(q, fifth_bits(w.qh));
+    }
+    return q;
 }
 
+/// A block's weights (Q8_0 as they are, the others as levels) times
+/// activations: 8 int32 lanes of sum(q * x).
 template <typename Block>
 LLMOS_AVX2_INLINE __m256i q32_dot(const Block& w, const int8_t* x) {
-    if constexpr (sizeof(Block) == sizeof(block_q8_0)) {
-        return q8_0_dot(w, x);
+    if constexpr (q32_traits<Block>::q8) {
+        const __m256i wq = load(w.qs);
+        return dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(load(x), wq));
     } else {
-        return q4_0_dot(w, x);
+        return dot_u8_i8(levels32(w), load(x));
     }
 }
 
-/// Q8_0 and Q4_0, one token: the integer sums of 8 blocks are gathered
-/// into one vector before the scales (8 at once) apply. Q4_0's offset of 8
-/// comes from the activation sums: sum over blocks of dw * dx * sum(q_x).
+/// The 32-element types, one token: the integer sums of 8 blocks are
+/// gathered into one vector before the scales (8 at once) apply; the
+/// offsets come from the activation sums (see q32_traits).
 template <typename Block>
 LLMOS_AVX2 void dot_q32_one(const void* w_row, const void* act, int64_t cols, float* out) {
-    constexpr bool q4 = sizeof(Block) == sizeof(block_q4_0);
+    using tr = q32_traits<Block>;
     const auto* w = static_cast<const Block*>(w_row);
     const int8_t* xq = act32_qs(act);
     const float* xd = act32_d(act, cols);
@@ -282,10 +316,12 @@ LLMOS_AVX2 void dot_q32_one(const void* w_row, const void* act, int64_t cols, fl
         for (int i = 0; i < 8; ++i) {
             s[i] = q32_dot(w[b + i], xq + qk_block * (b + i));
         }
-        const __m256 dw = scales8(w + b);
+        const __m256 dw = halves8<&Block::d>(w + b);
         const __m256 sum = _mm256_cvtepi32_ps(sum_lanes8(s));
         acc = _mm256_fmadd_ps(sum, _mm256_mul_ps(dw, _mm256_loadu_ps(xd + b)), acc);
-        if constexpr (q4) {
+        if constexpr (tr::affine) {
+            off = _mm256_fmadd_ps(halves8<&Block::m>(w + b), _mm256_loadu_ps(xds + b), off);
+        } else if constexpr (!tr::q8) {
             off = _mm256_fmadd_ps(dw, _mm256_loadu_ps(xds + b), off);
         }
     }
@@ -294,19 +330,22 @@ LLMOS_AVX2 void dot_q32_one(const void* w_row, const void* act, int64_t cols, fl
         const float dw = half(w[b].d);
         const __m256i s = q32_dot(w[b], xq + qk_block * b);
         tail += dw * xd[b] * hsum(_mm256_cvtepi32_ps(s));
-        if constexpr (q4) {
-            tail -= 8.0f * dw * xds[b];
+        if constexpr (tr::affine) {
+            tail += half(w[b].m) * xds[b];
+        } else if constexpr (!tr::q8) {
+            tail -= tr::zero * dw * xds[b];
         }
     }
-    out[0] = hsum(acc) - 8.0f * hsum(off) + tail;
+    const float offset = tr::affine ? hsum(off) : -tr::zero * hsum(off);
+    out[0] = hsum(acc) + offset + tail;
 }
 
-/// Q8_0 and Q4_0, NT tokens: each block's weights unpacked once, its
-/// scale applied per block and token.
+/// The 32-element types, NT tokens: each block's weights unpacked once,
+/// its scale applied per block and token.
 template <typename Block, int NT>
 LLMOS_AVX2 void dot_q32_tile(const void* w_row, const void* act, size_t stride, int64_t cols,
                              float* out) {
-    constexpr bool q4 = sizeof(Block) == sizeof(block_q4_0);
+    using tr = q32_traits<Block>;
     const auto* w = static_cast<const Block*>(w_row);
     const int8_t* xq[NT];
     const float* xd[NT];
@@ -324,34 +363,37 @@ LLMOS_AVX2 void dot_q32_tile(const void* w_row, const void* act, size_t stride, 
     }
     for (int64_t b = 0; b < cols / qk_block; ++b) {
         const float dw = half(w[b].d);
+        float off_w = 0.0f; // what multiplies the activation sum
         __m256i wq;
         __m256i aw;
-        if constexpr (q4) {
-            const __m256i raw = _mm256_broadcastsi128_si256(
-                _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs)));
-            wq = _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_setr_epi64x(0, 0, 4, 4)),
-                                  _mm256_set1_epi8(0x0f));
-            aw = wq;
-        } else {
+        if constexpr (tr::q8) {
             wq = load(w[b].qs);
             aw = _mm256_sign_epi8(wq, wq);
+        } else {
+            wq = levels32(w[b]);
+            aw = wq;
+            if constexpr (tr::affine) {
+                off_w = half(w[b].m);
+            } else {
+                off_w = -tr::zero * dw;
+            }
         }
 #pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
             __m256i x = load(xq[t] + qk_block * b);
-            if constexpr (!q4) {
+            if constexpr (tr::q8) {
                 x = _mm256_sign_epi8(x, wq);
             }
             const __m256 p = _mm256_cvtepi32_ps(dot_u8_i8(aw, x));
             acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * xd[t][b]), acc[t]);
-            if constexpr (q4) {
-                offset[t] += dw * xds[t][b];
+            if constexpr (!tr::q8) {
+                offset[t] += off_w * xds[t][b];
             }
         }
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
-        out[t] = hsum(acc[t]) - 8.0f * offset[t];
+        out[t] = hsum(acc[t]) + offset[t];
     }
 }
 
@@ -605,6 +647,24 @@ struct k_q4_0 {
     }
 };
 template <int NT>
+struct k_q4_1 {
+    static void run(const void* w, const void* a, size_t s, int64_t c, float* o) {
+        dot_q_32<block_q4_1, NT>(w, a, s, c, o);
+    }
+};
+template <int NT>
+struct k_q5_0 {
+    static void run(const void* w, const void* a, size_t s, int64_t c, float* o) {
+        dot_q_32<block_q5_0, NT>(w, a, s, c, o);
+    }
+};
+template <int NT>
+struct k_q5_1 {
+    static void run(const void* w, const void* a, size_t s, int64_t c, float* o) {
+        dot_q_32<block_q5_1, NT>(w, a, s, c, o);
+    }
+};
+template <int NT>
 struct k_q4_k {
     static void run(const void* w, const void* a, size_t s, int64_t c, float* o) {
         dot_affine_k<block_q4_k, false, NT>(w, a, s, c, o);
@@ -635,6 +695,12 @@ row_kernel row_kernel_avx2(ggml_type t) noexcept {
         return by_tile<k_q8_0>;
     case ggml_type::q4_0:
         return by_tile<k_q4_0>;
+    case ggml_type::q4_1:
+        return by_tile<k_q4_1>;
+    case ggml_type::q5_0:
+        return by_tile<k_q5_0>;
+    case ggml_type::q5_1:
+        return by_tile<k_q5_1>;
     case ggml_type::q4_k:
         return by_tile<k_q4_k>;
     case ggml_type::q5_k:

@@ -12,11 +12,14 @@
 
 namespace llmos::engine::detail {
 
-/// Activations quantized for Q8_0 and Q4_0 weights, one row of `cols`
-/// values in blocks of 32, laid out by field so that the scales of 8
-/// blocks load as one vector: int8 q[cols] (x = d * q, q in -127..127),
-/// then float d[cols / 32], then float ds[cols / 32] = d * sum(q) of the
-/// block (for Q4_0's offset of 8). act_row_bytes() gives the size.
+/// Activations quantized for the 32-element weight types (Q8_0, Q4_0,
+/// Q4_1, Q5_0, Q5_1), one row of `cols` values in blocks of 32, laid out
+/// by field so that the scales of 8 blocks load as one vector: int8
+/// q[cols] (x = d * q, q in -127..127), then float d[cols / 32], then
+/// float ds[cols / 32] = d * sum(q) of the block: what the weights'
+/// offsets need (Q4_0's -8 d_w and Q5_0's -16 d_w, Q4_1's and Q5_1's m
+/// are the same for the whole block, so they multiply the block's sum).
+/// act_row_bytes() gives the size.
 inline const int8_t* act32_qs(const void* row) {
     return static_cast<const int8_t*>(row);
 }
@@ -40,7 +43,7 @@ static_assert(sizeof(act_q8_256) == 320);
 /// How a weight type wants its activations.
 enum class act_format : uint8_t {
     f32,    ///< the float rows themselves (F32 and F16 weights)
-    q8_32,  ///< act32 rows (Q8_0, Q4_0)
+    q8_32,  ///< act32 rows (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)
     q8_256, ///< act_q8_256 blocks (Q4_K, Q5_K, Q6_K)
 };
 

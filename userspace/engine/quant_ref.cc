@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 namespace llmos::engine::detail {
 
@@ -117,26 +118,61 @@ void dot_q8_0(const void* w_row, const void* act, size_t stride, int nt, int64_t
     }
 }
 
-void dot_q4_0(const void* w_row, const void* act, size_t stride, int nt, int64_t cols, float* out) {
-    const auto* w = static_cast<const block_q4_0*>(w_row);
+/// Q4_1 and Q5_1 store an offset m per block; Q5_0 and Q5_1 a fifth bit
+/// per element.
+template <typename Block>
+constexpr bool has_min = std::is_same_v<Block, block_q4_1> || std::is_same_v<Block, block_q5_1>;
+template <typename Block>
+constexpr bool has_fifth_bit =
+    std::is_same_v<Block, block_q5_0> || std::is_same_v<Block, block_q5_1>;
+
+/// Level j (0..15, or 0..31 with a fifth bit) of a Q4_0/Q4_1/Q5_0/Q5_1
+/// block; `high` holds the fifth bits (bit j for element j).
+template <typename Block>
+int level32(const Block& w, uint32_t high, int j) {
+    int q = j < qk_block / 2 ? w.qs[j] & 0xf : w.qs[j - qk_block / 2] >> 4;
+    if constexpr (has_fifth_bit<Block>) {
+        q |= static_cast<int>((high >> j) & 1) << 4;
+    }
+    return q;
+}
+
+/// Q4_0, Q4_1, Q5_0, Q5_1: the levels meet the activations in an integer
+/// sum, and the offset of every weight comes from the activation sums
+/// (ds = d_x * sum(q_x)): + m * ds for Q4_1/Q5_1, - 8 or 16 * d_w * ds
+/// for Q4_0/Q5_0.
+template <typename Block>
+void dot_q32_offset(const void* w_row, const void* act, size_t stride, int nt, int64_t cols,
+                    float* out) {
+    const auto* w = static_cast<const Block*>(w_row);
+    constexpr bool affine = has_min<Block>;
+    constexpr bool five = has_fifth_bit<Block>;
+    constexpr float zero = five ? 16.0f : 8.0f; // the symmetric types' middle level
     for (int t = 0; t < nt; ++t) {
         const void* row = static_cast<const std::byte*>(act) + static_cast<size_t>(t) * stride;
         const int8_t* xq = act32_qs(row);
         const float* xd = act32_d(row, cols);
         const float* xds = act32_ds(row, cols);
         float s = 0.0f;
-        float offset = 0.0f; // sum of d_w * d_x * sum(q_x): the -8 of every weight
+        float offset = 0.0f;
         for (int64_t b = 0; b < cols / qk_block; ++b, xq += qk_block) {
+            uint32_t high = 0;
+            if constexpr (five) {
+                std::memcpy(&high, w[b].qh, sizeof high);
+            }
             int sumi = 0;
-            for (int j = 0; j < qk_block / 2; ++j) {
-                sumi += (w[b].qs[j] & 0xf) * xq[j];
-                sumi += (w[b].qs[j] >> 4) * xq[j + qk_block / 2];
+            for (int j = 0; j < qk_block; ++j) {
+                sumi += level32(w[b], high, j) * xq[j];
             }
             const float dw = fp16_to_fp32(w[b].d);
             s += dw * xd[b] * static_cast<float>(sumi);
-            offset += dw * xds[b];
+            if constexpr (affine) {
+                offset += fp16_to_fp32(w[b].m) * xds[b];
+            } else {
+                offset += dw * xds[b];
+            }
         }
-        out[t] = s - 8.0f * offset;
+        out[t] = affine ? s + offset : s - zero * offset;
     }
 }
 
@@ -231,6 +267,9 @@ act_format act_format_of(ggml_type t) noexcept {
     switch (t) {
     case ggml_type::q8_0:
     case ggml_type::q4_0:
+    case ggml_type::q4_1:
+    case ggml_type::q5_0:
+    case ggml_type::q5_1:
         return act_format::q8_32;
     case ggml_type::q4_k:
     case ggml_type::q5_k:
@@ -263,7 +302,13 @@ row_kernel row_kernel_ref(ggml_type t) noexcept {
     case ggml_type::q8_0:
         return dot_q8_0;
     case ggml_type::q4_0:
-        return dot_q4_0;
+        return dot_q32_offset<block_q4_0>;
+    case ggml_type::q4_1:
+        return dot_q32_offset<block_q4_1>;
+    case ggml_type::q5_0:
+        return dot_q32_offset<block_q5_0>;
+    case ggml_type::q5_1:
+        return dot_q32_offset<block_q5_1>;
     case ggml_type::q4_k:
         return dot_affine_k<block_q4_k, false>;
     case ggml_type::q5_k:

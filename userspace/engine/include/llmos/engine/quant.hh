@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 //
 // Weight types: IEEE half floats and the ggml block formats (Q8_0, Q4_0,
-// Q4_K, Q5_K, Q6_K), bit for bit as GGUF files store them, with reference
-// quantizers and dequantizers.
+// Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), bit for bit as GGUF files store
+// them, with reference quantizers and dequantizers.
 //
 // Every block starts at an address that is a multiple of alignof(block)
 // (2 bytes: GGUF aligns tensor data to 32 and every block size is even).
@@ -13,6 +13,15 @@
 //   Q4_0  32 elements: half d, uint8 qs[16];              x = d * (q - 8),
 //         element j < 16 in the low nibble of qs[j], element j + 16 in
 //         its high nibble.
+//   Q4_1  32 elements: half d, half m, uint8 qs[16];      x = d * q + m,
+//         nibbles as in Q4_0.
+//   Q5_0  32 elements: half d, uint8 qh[4], uint8 qs[16]; x = d * (q - 16),
+//         q = nibble | fifth bit << 4, nibbles as in Q4_0; the fifth bit of
+//         element j is bit j of qh read as a little-endian uint32 (bit j %
+//         8 of qh[j / 8]): bits 0-15 for the low nibbles, 16-31 for the
+//         high ones.
+//   Q5_1  32 elements: half d, half m, uint8 qh[4], uint8 qs[16];
+//         x = d * q + m, q as in Q5_0.
 //   Q4_K  256 elements in 8 sub-blocks of 32: half d, half dmin, 12 bytes
 //         of 6-bit scales and mins, uint8 qs[128];
 //         x = d * sc[s] * q - dmin * m[s]. qs holds 4 chunks of 64
@@ -41,7 +50,7 @@
 
 namespace llmos::engine {
 
-inline constexpr int qk_block = 32;  ///< elements per Q8_0 / Q4_0 block
+inline constexpr int qk_block = 32;  ///< elements per Q8_0, Q4_0/1, Q5_0/1 block
 inline constexpr int qk_super = 256; ///< elements per K-quant super-block
 inline constexpr int k_scale_bytes = 12;
 
@@ -52,6 +61,25 @@ struct block_q8_0 {
 
 struct block_q4_0 {
     uint16_t d;
+    uint8_t qs[qk_block / 2];
+};
+
+struct block_q4_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qs[qk_block / 2];
+};
+
+struct block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[qk_block / 2];
+};
+
+struct block_q5_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qh[4];
     uint8_t qs[qk_block / 2];
 };
 
@@ -79,6 +107,9 @@ struct block_q6_k {
 
 static_assert(sizeof(block_q8_0) == info(ggml_type::q8_0)->block_bytes);
 static_assert(sizeof(block_q4_0) == info(ggml_type::q4_0)->block_bytes);
+static_assert(sizeof(block_q4_1) == info(ggml_type::q4_1)->block_bytes);
+static_assert(sizeof(block_q5_0) == info(ggml_type::q5_0)->block_bytes);
+static_assert(sizeof(block_q5_1) == info(ggml_type::q5_1)->block_bytes);
 static_assert(sizeof(block_q4_k) == info(ggml_type::q4_k)->block_bytes);
 static_assert(sizeof(block_q5_k) == info(ggml_type::q5_k)->block_bytes);
 static_assert(sizeof(block_q6_k) == info(ggml_type::q6_k)->block_bytes);
@@ -167,8 +198,9 @@ void fp32_to_fp16_row(const float* src, uint16_t* dst, int64_t n) noexcept;
 quant_status dequantize_row(ggml_type t, const void* src, float* dst, int64_t n) noexcept;
 
 /// Encodes n floats as type `t` into row_bytes(t, n) bytes at `dst`, with
-/// the reference quantizer: round to nearest for F16, Q8_0 and Q4_0 (the
-/// scales llama.cpp picks), an error-minimizing search of sub-block scales
+/// the reference quantizer: round to nearest for F16, Q8_0, Q4_0 and Q5_0
+/// (the scales llama.cpp picks), the block's range split evenly for Q4_1
+/// and Q5_1 (min and max kept), an error-minimizing search of sub-block scales
 /// (and mins) for the K-quants. Non-finite input gives unspecified but
 /// valid blocks. Same failures as dequantize_row. Any thread; allocates
 /// nothing; not fast (meant for model conversion and tests).

@@ -51,11 +51,11 @@ constexpr std::optional<type_info> info(ggml_type t) {
     case ggml_type::q4_0:
         return type_info{"Q4_0", 32, 18, true};
     case ggml_type::q4_1:
-        return type_info{"Q4_1", 32, 20, false};
+        return type_info{"Q4_1", 32, 20, true};
     case ggml_type::q5_0:
-        return type_info{"Q5_0", 32, 22, false};
+        return type_info{"Q5_0", 32, 22, true};
     case ggml_type::q5_1:
-        return type_info{"Q5_1", 32, 24, false};
+        return type_info{"Q5_1", 32, 24, true};
     case ggml_type::q8_0:
         return type_info{"Q8_0", 32, 34, true};
     case ggml_type::q8_1:
