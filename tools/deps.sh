@@ -26,7 +26,7 @@ die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
 PKGS=(
 	build-essential bc bison flex kmod cpio gzip xz-utils pkg-config
 	cmake ninja-build ccache clang-format clang-tidy bc file
-	libcli11-dev nlohmann-json3-dev
+	libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
 	googletest libgtest-dev libgmock-dev libbenchmark-dev
 	liburing-dev libnuma-dev libelf-dev zlib1g-dev libzstd-dev
 	qemu-system-x86 busybox-static clang-19 llvm-19 dwarves

@@ -1,0 +1,741 @@
+// SPDX-License-Identifier: MIT
+#include "daemon.hh"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <linux/llmos.h>
+#include <llmos/engine/chat.hh>
+#include <llmos/engine/kv_cache.hh>
+#include <llmos/generation.hh>
+#include <sched.h>
+#include <stdexcept>
+#include <unistd.h>
+
+namespace llmosd {
+
+using namespace std::chrono_literals;
+namespace eng = llmos::engine;
+using nlohmann::json;
+
+namespace {
+
+constexpr uint64_t page = 4096;
+uint64_t round_up(uint64_t v) {
+    return (v + page - 1) / page * page;
+}
+
+double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// A session's mindspace: this header, the stored conversation, room for
+// one request and its output, and the conversation's KV cache.
+struct session_header {
+    char magic[8];
+    uint32_t version;
+    uint32_t reserved;
+    char model[64];
+    uint64_t text_len;
+    uint64_t kv_off;
+    uint64_t kv_len;
+};
+constexpr char session_magic[8] = {'L', 'L', 'M', 'O', 'S', 'S', 'E', 'S'};
+constexpr uint64_t session_text_off = page;
+constexpr uint64_t session_text_cap = 1 << 20;
+constexpr uint64_t session_req_off = session_text_off + session_text_cap;
+constexpr uint64_t session_req_cap = 2 << 20;
+
+// The engines of one worker: one llm_engine per model, made on first use,
+// dropped when its model is gone and it serves nothing.
+class multi_engine final : public llmos::inference_engine {
+public:
+    multi_engine(daemon& d, llmos::llm_engine_options eo)
+        : _d(d)
+        , _eo(eo) {}
+
+    llmos::engine_status prefill(llmos::sequence& s) override {
+        llmos::gen_request_header h{};
+        if (s.prompt.size() < sizeof(h)) {
+            s.status = -EINVAL;
+            return llmos::engine_status::bad_input;
+        }
+        std::memcpy(&h, s.prompt.data(), sizeof(h));
+        auto it = _engines.find(h.model);
+        if (it == _engines.end()) {
+            auto m = _d.model_by_id(h.model);
+            if (!m) {
+                s.status = -ENOENT; // unloaded meanwhile
+                return llmos::engine_status::bad_input;
+            }
+            it = _engines
+                     .emplace(h.model, slot{m, std::make_unique<llmos::llm_engine>(*m->model,
+                                                                                   *m->vocab, _eo)})
+                     .first;
+        }
+        auto st = it->second.e->prefill(s);
+        if (st == llmos::engine_status::ok) {
+            _owner[&s] = h.model;
+            ++it->second.users;
+        }
+        return st;
+    }
+
+    void decode(std::span<llmos::sequence* const> batch) override {
+        for (auto& [id, sl] : _engines) {
+            _group.clear();
+            for (auto* s : batch) {
+                if (_owner[s] == id) {
+                    _group.push_back(s);
+                }
+            }
+            if (!_group.empty()) {
+                sl.e->decode(_group);
+            }
+        }
+    }
+
+    void release(llmos::sequence& s) noexcept override {
+        auto o = _owner.find(&s);
+        if (o == _owner.end()) {
+            return;
+        }
+        auto it = _engines.find(o->second);
+        _owner.erase(o);
+        if (it == _engines.end()) {
+            return;
+        }
+        it->second.e->release(s);
+        if (--it->second.users == 0 && !_d.model_by_id(it->first)) {
+            _engines.erase(it); // its model was swapped out or unloaded
+        }
+    }
+
+private:
+    struct slot {
+        std::shared_ptr<model_entry> model;
+        std::unique_ptr<llmos::llm_engine> e;
+        uint32_t users = 0;
+    };
+    daemon& _d;
+    llmos::llm_engine_options _eo;
+    std::map<uint32_t, slot> _engines;
+    std::unordered_map<const llmos::sequence*, uint32_t> _owner;
+    std::vector<llmos::sequence*> _group;
+};
+
+int cpus_allowed() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    return ::sched_getaffinity(0, sizeof(set), &set) == 0 ? std::max(1, CPU_COUNT(&set)) : 1;
+}
+
+api_error server_error(const std::string& msg) {
+    return {500, msg, "server_error", "", ""};
+}
+
+} // namespace
+
+void histogram::observe(double seconds) {
+    size_t i = 0;
+    while (i < std::size(bounds) && seconds > bounds[i]) {
+        ++i;
+    }
+    counts[i].fetch_add(1);
+    n.fetch_add(1);
+    sum_us.fetch_add(static_cast<uint64_t>(seconds * 1e6));
+}
+
+void histogram::write(std::string& out, const std::string& name, const std::string& help) const {
+    out += "# HELP " + name + " " + help + "\n# TYPE " + name + " histogram\n";
+    uint64_t cum = 0;
+    for (size_t i = 0; i < std::size(bounds); ++i) {
+        cum += counts[i].load();
+        char le[32];
+        std::snprintf(le, sizeof(le), "%g", bounds[i]);
+        out += name + "_bucket{le=\"" + le + "\"} " + std::to_string(cum) + "\n";
+    }
+    cum += counts[std::size(bounds)].load();
+    out += name + "_bucket{le=\"+Inf\"} " + std::to_string(cum) + "\n";
+    char sum[64];
+    std::snprintf(sum, sizeof(sum), "%.6f", double(sum_us.load()) / 1e6);
+    out += name + "_sum " + sum + "\n" + name + "_count " + std::to_string(n.load()) + "\n";
+}
+
+daemon::daemon(options o)
+    : _o(std::move(o)) {
+    auto dev = _o.backend == "local"    ? llmos::device::open_local()
+               : _o.backend == "kernel" ? llmos::device::open()
+                                        : llmos::device::open_auto();
+    if (!dev) {
+        throw std::runtime_error("cannot open the " + _o.backend +
+                                 " backend: " + dev.error().message());
+    }
+    _dev = std::make_unique<llmos::device>(std::move(*dev));
+    if (!_o.api_key_file.empty()) {
+        std::ifstream in(_o.api_key_file);
+        if (!in) {
+            throw std::runtime_error("cannot read the API key file " + _o.api_key_file + ": " +
+                                     std::strerror(errno));
+        }
+        std::string line;
+        while (std::getline(in, line)) {
+            if (line.empty() || line[0] == '#') {
+                continue;
+            }
+            std::string key = line.substr(0, line.find(' '));
+            uint32_t tenant = 0;
+            if (auto sp = line.find(' '); sp != std::string::npos) {
+                tenant = static_cast<uint32_t>(std::stoul(line.substr(sp + 1)));
+            }
+            _keys[key] = tenant;
+        }
+        if (_keys.empty()) {
+            throw std::runtime_error("the API key file " + _o.api_key_file + " holds no key");
+        }
+    }
+    for (auto& [name, path] : _o.models) {
+        try {
+            load_model(name, path);
+        } catch (const api_error& e) {
+            throw std::runtime_error(e.message);
+        }
+    }
+    int threads =
+        _o.threads > 0 ? _o.threads : std::max(1, cpus_allowed() / int(std::max(1u, _o.workers)));
+    llmos::llm_engine_options eo{
+        .context = {.n_threads = threads, .max_batch_tokens = 512},
+        .kv = {.type = eng::kv_type::f16, .block_tokens = 16, .max_tokens = _o.ctx},
+        .default_max_tokens = _o.default_max_tokens,
+    };
+    llmos::worker_pool_options po;
+    // Workers spread over the CPUs; each engine's threads share them.
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    ::sched_getaffinity(0, sizeof(set), &set);
+    std::vector<int> cpus;
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+        if (CPU_ISSET(c, &set)) {
+            cpus.push_back(c);
+        }
+    }
+    for (unsigned w = 0; w < std::max(1u, _o.workers); ++w) {
+        po.cpus.push_back(cpus[w % cpus.size()]);
+    }
+    po.slots = _o.slots;
+    po.engine = [this, eo](unsigned) { return std::make_unique<multi_engine>(*this, eo); };
+    po.on_output = [this](unsigned, const llmos::descriptor& d) { deliver(d); };
+    po.is_cancelled = [this](uint64_t id) {
+        std::lock_guard lk(_streams_m);
+        return _cancelled.count(id) != 0;
+    };
+    auto pool = llmos::worker_pool::start(*_dev, std::move(po));
+    if (!pool) {
+        throw std::runtime_error("cannot start the workers: " + pool.error().message());
+    }
+    _pool = std::move(*pool);
+    // The engine's threads are not pinned to the worker's CPU: let them
+    // run anywhere this process may.
+}
+
+daemon::~daemon() {
+    if (_pool) {
+        _pool->stop();
+    }
+}
+
+std::shared_ptr<model_entry> daemon::open_model(const std::string& name, const std::string& path) {
+    auto m = std::make_shared<model_entry>();
+    m->name = name;
+    m->path = path;
+    m->created = static_cast<int64_t>(::time(nullptr));
+    try {
+        m->file = std::make_unique<eng::gguf_file>(eng::gguf_file::open(path));
+        m->model = std::make_unique<eng::model>(eng::model::load(*m->file));
+        m->vocab = std::make_unique<eng::vocab>(eng::from_gguf(*m->file));
+    } catch (const std::exception& e) {
+        throw api_error{400, "cannot load " + path + ": " + e.what(), "invalid_request_error",
+                        "path", "model_load_failed"};
+    }
+    m->id = _next_model.fetch_add(1);
+    return m;
+}
+
+std::shared_ptr<model_entry> daemon::load_model(const std::string& name, const std::string& path) {
+    if (name.empty() || name.size() > 128 || name.find('/') != std::string::npos) {
+        throw api_error{400, "a model name is 1 to 128 characters without '/'",
+                        "invalid_request_error", "name", ""};
+    }
+    {
+        std::shared_lock lk(_models_m);
+        if (_models.count(name)) {
+            throw api_error{409, "a model named '" + name + "' is loaded already",
+                            "invalid_request_error", "name", "model_exists"};
+        }
+    }
+    auto m = open_model(name, path);
+    std::unique_lock lk(_models_m);
+    if (_models.count(name)) {
+        throw api_error{409, "a model named '" + name + "' is loaded already",
+                        "invalid_request_error", "name", "model_exists"};
+    }
+    _models[name] = m;
+    _by_id[m->id] = m;
+    return m;
+}
+
+std::shared_ptr<model_entry> daemon::swap_model(const std::string& name, const std::string& path) {
+    auto m = open_model(name, path);
+    std::shared_ptr<model_entry> old;
+    {
+        std::unique_lock lk(_models_m);
+        auto it = _models.find(name);
+        if (it == _models.end()) {
+            throw api_error{404, "the model '" + name + "' does not exist", "invalid_request_error",
+                            "model", "model_not_found"};
+        }
+        old = it->second;
+        it->second = m;
+        _by_id[m->id] = m;
+    }
+    // Requests in flight on the old file finish there; then it goes.
+    auto deadline = std::chrono::steady_clock::now() + _o.request_timeout;
+    while (old->in_flight.load() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(10ms);
+    }
+    std::unique_lock lk(_models_m);
+    _by_id.erase(old->id);
+    return m;
+}
+
+void daemon::unload_model(const std::string& name) {
+    std::shared_ptr<model_entry> old;
+    {
+        std::unique_lock lk(_models_m);
+        auto it = _models.find(name);
+        if (it == _models.end()) {
+            throw api_error{404, "the model '" + name + "' does not exist", "invalid_request_error",
+                            "model", "model_not_found"};
+        }
+        old = it->second;
+        _models.erase(it);
+    }
+    auto deadline = std::chrono::steady_clock::now() + _o.request_timeout;
+    while (old->in_flight.load() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(10ms);
+    }
+    std::unique_lock lk(_models_m);
+    _by_id.erase(old->id);
+}
+
+std::vector<std::shared_ptr<model_entry>> daemon::models() const {
+    std::shared_lock lk(_models_m);
+    std::vector<std::shared_ptr<model_entry>> v;
+    for (auto& [n, m] : _models) {
+        v.push_back(m);
+    }
+    return v;
+}
+
+std::shared_ptr<model_entry> daemon::find_model(const std::string& name) const {
+    std::shared_lock lk(_models_m);
+    auto it = _models.find(name);
+    return it == _models.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<model_entry> daemon::model_by_id(uint32_t id) const {
+    std::shared_lock lk(_models_m);
+    auto it = _by_id.find(id);
+    return it == _by_id.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<stream_queue> daemon::attach(uint64_t id) {
+    std::lock_guard lk(_streams_m);
+    auto& q = _streams[id];
+    if (!q) {
+        q = std::make_shared<stream_queue>();
+    }
+    return q;
+}
+
+void daemon::detach(uint64_t id) {
+    std::lock_guard lk(_streams_m);
+    _streams.erase(id);
+    _cancelled.erase(id);
+}
+
+void daemon::deliver(const llmos::descriptor& d) {
+    std::shared_ptr<stream_queue> q;
+    {
+        std::lock_guard lk(_streams_m);
+        auto& slot = _streams[d.request];
+        if (!slot) {
+            slot = std::make_shared<stream_queue>(); // before its client attached
+        }
+        q = slot;
+    }
+    std::lock_guard lk(q->m);
+    q->q.push_back(d);
+    q->cv.notify_one();
+}
+
+void daemon::drain(std::chrono::seconds limit) {
+    _draining = true;
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    while (_in_flight.load() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(20ms);
+    }
+    if (_pool) {
+        _pool->drain();
+    }
+}
+
+outcome daemon::run(const job& j, uint32_t tenant,
+                    const std::function<bool(std::string_view)>& on_piece) {
+    const double t0 = now_s();
+    if (_draining) {
+        throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
+    }
+    auto m = find_model(j.model);
+    if (!m) {
+        throw api_error{404, "the model '" + j.model + "' does not exist", "invalid_request_error",
+                        "model", "model_not_found"};
+    }
+    if (_in_flight.fetch_add(1) >= _o.max_queue) {
+        _in_flight.fetch_sub(1);
+        _metrics.rejected.fetch_add(1);
+        throw api_error{429, "too many requests in flight; retry shortly", "rate_limit_error", "",
+                        "overloaded"};
+    }
+    m->in_flight.fetch_add(1);
+    struct release_guard {
+        daemon* d;
+        model_entry* m;
+        ~release_guard() {
+            m->in_flight.fetch_sub(1);
+            d->_in_flight.fetch_sub(1);
+        }
+    } guard{this, m.get()};
+
+    // The session, if any: one request at a time.
+    std::shared_ptr<std::mutex> session_lock;
+    std::unique_lock<std::mutex> session_hold;
+    if (!j.session.empty()) {
+        std::lock_guard lk(_sessions_m);
+        auto& l = _session_locks[j.session];
+        if (!l) {
+            l = std::make_shared<std::mutex>();
+        }
+        session_lock = l;
+    }
+    if (session_lock) {
+        session_hold = std::unique_lock(*session_lock);
+    }
+
+    const eng::model_params& p = m->model->params();
+    eng::kv_options ko{.type = eng::kv_type::f16, .block_tokens = 16, .max_tokens = _o.ctx};
+    const uint64_t kv_bytes = round_up(eng::kv_cache::bytes_for(p, ko));
+    std::optional<llmos::mindspace> ms;
+    std::optional<llmos::mapping> map;
+    json stored; // the session's conversation so far
+    std::string stored_text;
+    if (!j.session.empty()) {
+        const std::string name = "llmosd.s." + j.session;
+        const uint64_t want = session_req_off + session_req_cap + kv_bytes;
+        auto o = llmos::mindspace::open(*_dev, llmos::ms_key{0, name});
+        if (o && o->length() < want) {
+            o = std::error_code(ENOSPC, std::system_category()); // made for a smaller model
+            llmos::destroy_mindspace(*_dev, llmos::ms_key{0, name});
+        }
+        if (!o) {
+            o = llmos::mindspace::create(*_dev, {.length = want, .name = name, .persistent = true});
+        }
+        if (!o) {
+            throw server_error("session '" + j.session + "': " + o.error().message());
+        }
+        ms.emplace(std::move(*o));
+        auto mp = ms->map();
+        if (!mp) {
+            throw server_error("session '" + j.session + "': " + mp.error().message());
+        }
+        map.emplace(std::move(*mp));
+        session_header h{};
+        std::memcpy(&h, map->data(), sizeof(h));
+        if (std::memcmp(h.magic, session_magic, 8) == 0 && h.text_len <= session_text_cap &&
+            std::string_view(h.model) == j.model) {
+            stored_text.assign(reinterpret_cast<const char*>(map->data()) + session_text_off,
+                               h.text_len);
+        }
+        if (j.chat && !stored_text.empty()) {
+            stored = json::parse(stored_text, nullptr, false);
+            if (!stored.is_array()) {
+                stored = json::array();
+            }
+        }
+    }
+
+    // The text to run: the conversation so far (a session's, when the
+    // request does not repeat it), then the request's part.
+    std::string text;
+    std::vector<eng::chat_message> conv;
+    if (j.chat) {
+        std::vector<eng::chat_message> mine;
+        for (auto& msg : j.messages) {
+            mine.push_back({msg.role, msg.content});
+        }
+        bool repeats = stored.is_array() && stored.size() <= mine.size();
+        for (size_t i = 0; repeats && i < stored.size(); ++i) {
+            repeats = stored[i].value("role", "") == mine[i].role &&
+                      stored[i].value("content", "") == mine[i].content;
+        }
+        if (!repeats && stored.is_array()) {
+            for (auto& s : stored) {
+                conv.push_back({s.value("role", ""), s.value("content", "")});
+            }
+        }
+        conv.insert(conv.end(), mine.begin(), mine.end());
+        try {
+            text = eng::render_chat(*m->vocab, conv, true);
+        } catch (const std::exception& e) {
+            throw api_error{400, std::string("cannot render the chat: ") + e.what(),
+                            "invalid_request_error", "messages", ""};
+        }
+    } else {
+        text = j.prompt.starts_with(stored_text) ? j.prompt : stored_text + j.prompt;
+    }
+    const uint32_t flags = j.chat ? llmos::gen_parse_special | llmos::gen_no_bos : 0;
+    auto prompt_tokens = m->vocab->encode(text, !(flags & llmos::gen_no_bos),
+                                          (flags & llmos::gen_parse_special) != 0);
+    if (prompt_tokens.size() >= _o.ctx) {
+        throw api_error{400,
+                        "the prompt is " + std::to_string(prompt_tokens.size()) +
+                            " tokens; this server's context holds " + std::to_string(_o.ctx),
+                        "invalid_request_error", j.chat ? "messages" : "prompt",
+                        "context_length_exceeded"};
+    }
+    uint32_t max_tokens = j.max_tokens ? j.max_tokens : _o.default_max_tokens;
+    max_tokens = std::min<uint32_t>(max_tokens, _o.ctx - uint32_t(prompt_tokens.size()));
+
+    llmos::gen_request_header h;
+    h.flags = flags;
+    h.max_tokens = max_tokens;
+    h.temperature = j.temperature;
+    h.top_p = j.top_p;
+    h.top_k = j.top_k;
+    h.min_p = j.min_p;
+    h.repeat_penalty = j.repeat_penalty;
+    h.presence_penalty = j.presence_penalty;
+    h.frequency_penalty = j.frequency_penalty;
+    h.seed = j.seed ? *j.seed : (uint64_t(::getpid()) << 32) ^ _req_seq.fetch_add(1) ^ uint64_t(t0);
+    h.model = m->id;
+    auto req = llmos::build_gen_request(h, text, j.stop);
+    const uint64_t out_room = uint64_t(max_tokens) * 48 + 4096;
+    uint64_t req_off = 0;
+    if (ms) {
+        if (req.size() + out_room + 64 > session_req_cap) {
+            throw api_error{400, "the request is too large for a session", "invalid_request_error",
+                            "", ""};
+        }
+        req_off = session_req_off;
+        auto* hdr = reinterpret_cast<llmos::gen_request_header*>(req.data());
+        hdr->kv_off = session_req_off + session_req_cap;
+        hdr->kv_len = kv_bytes;
+    } else {
+        const std::string name =
+            "llmosd.r." + std::to_string(::getpid()) + "." + std::to_string(_req_seq.fetch_add(1));
+        auto o = llmos::mindspace::create(
+            *_dev, {.length = round_up(req.size() + out_room + 64), .name = name});
+        if (!o) {
+            throw server_error("cannot make the request's mindspace: " + o.error().message());
+        }
+        ms.emplace(std::move(*o));
+        auto mp = ms->map();
+        if (!mp) {
+            throw server_error("cannot map the request's mindspace: " + mp.error().message());
+        }
+        map.emplace(std::move(*mp));
+    }
+    std::memcpy(map->data() + req_off, req.data(), req.size());
+
+    auto client = llmos::sched_client::open(*_dev);
+    if (!client) {
+        throw server_error("scheduler: " + client.error().message());
+    }
+    llmos::submit_options so{.tenant = tenant,
+                             .priority = j.priority,
+                             .cost = max_tokens,
+                             .deadline_ns = 0,
+                             .ms_id = ms->id(),
+                             .prompt_off = req_off,
+                             .prompt_len = req.size()};
+    if (j.deadline_ms) {
+        timespec ts{};
+        ::clock_gettime(CLOCK_MONOTONIC, &ts);
+        so.deadline_ns =
+            uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec) + j.deadline_ms * 1000000ull;
+    }
+    auto id = client->submit(so);
+    if (!id) {
+        throw server_error("scheduler: submit: " + id.error().message());
+    }
+    _metrics.requests.fetch_add(1);
+    _metrics.prompt_tokens.fetch_add(prompt_tokens.size());
+    auto q = attach(*id);
+    const uint64_t out_off = llmos::output_offset(req_off, req.size());
+    uint64_t seen_end = out_off; // what the client has; a restarted worker repeats it
+    outcome out;
+    out.prompt_tokens = static_cast<uint32_t>(prompt_tokens.size());
+    bool gone = false, ended = false, first = true;
+    int32_t fail_status = 0;
+    auto deadline = std::chrono::steady_clock::now() + _o.request_timeout;
+    auto cancel = [&] {
+        {
+            std::lock_guard lk(_streams_m);
+            _cancelled[*id] = true;
+        }
+        client->cancel(*id);
+    };
+    while (!ended) {
+        llmos::descriptor d{};
+        {
+            std::unique_lock lk(q->m);
+            if (!q->cv.wait_until(lk, std::min(deadline, std::chrono::steady_clock::now() + 200ms),
+                                  [&] { return !q->q.empty(); })) {
+                if (std::chrono::steady_clock::now() >= deadline) {
+                    cancel();
+                    detach(*id);
+                    throw api_error{504, "the request took longer than the server's timeout",
+                                    "server_error", "", "timeout"};
+                }
+                if (!gone && !on_piece({})) { // is the client still there?
+                    gone = true;
+                    cancel();
+                }
+                continue;
+            }
+            d = q->q.front();
+            q->q.pop_front();
+        }
+        if (d.kind == uint32_t(llmos::output_kind::tokens)) {
+            uint64_t end = d.offset + d.length;
+            if (end <= seen_end || end > map->size()) {
+                continue;
+            }
+            uint64_t from = std::max<uint64_t>(d.offset, seen_end);
+            std::string_view piece(reinterpret_cast<const char*>(map->data()) + from, end - from);
+            seen_end = end;
+            out.text.append(piece);
+            if (first) {
+                first = false;
+                _metrics.ttft.observe(now_s() - t0);
+            }
+            if (!gone && !on_piece(piece)) {
+                gone = true;
+                cancel();
+            }
+        } else {
+            ended = true;
+            fail_status = d.kind == uint32_t(llmos::output_kind::failed) ? -1 : 0;
+        }
+    }
+    detach(*id);
+    auto f = client->wait(*id, llmos::wait_for::at_most(10s));
+    if (gone) {
+        _metrics.cancelled.fetch_add(1);
+        throw api_error{499, "the client went away", "invalid_request_error", "", "cancelled"};
+    }
+    if (!f || fail_status || f->state != LLMOS_REQ_COMPLETED) {
+        int32_t st = f ? f->status : 0;
+        _metrics.server_errors.fetch_add(1);
+        if (st == -E2BIG) {
+            throw api_error{400, "the prompt does not fit this server's context",
+                            "invalid_request_error", "", "context_length_exceeded"};
+        }
+        throw server_error("the request failed in its worker (" +
+                           std::string(st ? std::strerror(-st) : "no status") + ")");
+    }
+    // What the worker wrote is the truth (streamed pieces may lag).
+    if (f->result_len && f->result_off + f->result_len <= map->size()) {
+        out.text.assign(reinterpret_cast<const char*>(map->data()) + f->result_off, f->result_len);
+    }
+    out.completion_tokens = f->tokens;
+    out.finish_reason = f->tokens >= max_tokens ? "length" : "stop";
+    _metrics.generated_tokens.fetch_add(f->tokens);
+    _metrics.ok.fetch_add(1);
+    _metrics.latency.observe(now_s() - t0);
+
+    if (!j.session.empty()) {
+        std::string keep;
+        if (j.chat) {
+            json c = json::array();
+            for (auto& msg : conv) {
+                c.push_back({{"role", msg.role}, {"content", msg.content}});
+            }
+            c.push_back({{"role", "assistant"}, {"content", out.text}});
+            keep = c.dump();
+        } else {
+            keep = text + out.text;
+        }
+        if (keep.size() <= session_text_cap) {
+            std::memcpy(map->data() + session_text_off, keep.data(), keep.size());
+            session_header sh{};
+            std::memcpy(sh.magic, session_magic, 8);
+            sh.version = 1;
+            std::snprintf(sh.model, sizeof(sh.model), "%s", j.model.c_str());
+            sh.text_len = keep.size();
+            sh.kv_off = session_req_off + session_req_cap;
+            sh.kv_len = kv_bytes;
+            std::memcpy(map->data(), &sh, sizeof(sh));
+        }
+    }
+    return out;
+}
+
+std::string daemon::prometheus() const {
+    std::string o;
+    auto counter = [&](const char* name, const char* help, uint64_t v) {
+        o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name +
+             " " + std::to_string(v) + "\n";
+    };
+    auto gauge = [&](const char* name, const char* help, double v) {
+        char b[64];
+        std::snprintf(b, sizeof(b), "%.6g", v);
+        o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n" + name +
+             " " + b + "\n";
+    };
+    counter("llmosd_requests_total", "generation requests submitted", _metrics.requests.load());
+    counter("llmosd_requests_ok_total", "generation requests completed", _metrics.ok.load());
+    counter("llmosd_requests_rejected_total", "requests refused with 429",
+            _metrics.rejected.load());
+    counter("llmosd_requests_cancelled_total", "requests whose client went away",
+            _metrics.cancelled.load());
+    counter("llmosd_requests_failed_total", "requests that failed in a worker",
+            _metrics.server_errors.load());
+    counter("llmosd_prompt_tokens_total", "prompt tokens", _metrics.prompt_tokens.load());
+    counter("llmosd_generated_tokens_total", "generated tokens", _metrics.generated_tokens.load());
+    gauge("llmosd_in_flight", "requests in flight", _in_flight.load());
+    if (auto st = llmos::scheduler_stats(*_dev)) {
+        gauge("llmosd_queue_depth", "requests queued in the scheduler",
+              double(st->nr[LLMOS_REQ_QUEUED]));
+        gauge("llmosd_running", "requests running in workers", double(st->nr[LLMOS_REQ_RUNNING]));
+        gauge("llmosd_workers", "workers registered with the scheduler", st->workers);
+    }
+    uint64_t ms_bytes = 0, resident = 0;
+    if (auto l = llmos::list_mindspaces(*_dev)) {
+        for (auto& i : *l) {
+            ms_bytes += i.length;
+            resident += i.resident;
+        }
+    }
+    gauge("llmosd_mindspace_bytes", "bytes of the mindspaces this user may read", double(ms_bytes));
+    gauge("llmosd_mindspace_resident_bytes", "their resident bytes", double(resident));
+    _metrics.latency.write(o, "llmosd_request_duration_seconds",
+                           "time from submission to the last token");
+    _metrics.ttft.write(o, "llmosd_time_to_first_token_seconds",
+                        "time from submission to the first token");
+    return o;
+}
+
+} // namespace llmosd

@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: MIT
+//
+// llmosd's core, apart from HTTP: the loaded models, the worker pool that
+// serves them all, sessions, and running one job from submission to its
+// last streamed piece.
+#pragma once
+
+#include "openai.hh"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <llmos/device.hh>
+#include <llmos/engine/gguf.hh>
+#include <llmos/engine/model.hh>
+#include <llmos/engine/vocab.hh>
+#include <llmos/llm_engine.hh>
+#include <llmos/mindspace.hh>
+#include <llmos/sched.hh>
+#include <llmos/worker_pool.hh>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace llmosd {
+
+struct options {
+    std::vector<std::pair<std::string, std::string>> models; ///< name, path
+    std::string backend = "auto";                            ///< auto, local, kernel
+    unsigned workers = 1;
+    int threads = 0; ///< per worker; 0: the CPUs divided among the workers
+    uint32_t slots = 8;
+    uint32_t ctx = 4096; ///< tokens a sequence may hold
+    uint32_t default_max_tokens = 256;
+    uint32_t max_queue = 64; ///< requests in flight before 429
+    size_t max_body = 1 << 20;
+    std::chrono::seconds request_timeout{300};
+    std::string api_key_file;
+};
+
+struct model_entry {
+    uint32_t id = 0;
+    std::string name, path;
+    std::unique_ptr<llmos::engine::gguf_file> file;
+    std::unique_ptr<llmos::engine::model> model;
+    std::unique_ptr<llmos::engine::vocab> vocab;
+    int64_t created = 0;
+    std::atomic<uint32_t> in_flight{0};
+};
+
+/// Time histogram in Prometheus' shape.
+struct histogram {
+    static constexpr double bounds[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+    std::atomic<uint64_t> counts[std::size(bounds) + 1] = {};
+    std::atomic<uint64_t> n{0};
+    std::atomic<uint64_t> sum_us{0};
+    void observe(double seconds);
+    void write(std::string& out, const std::string& name, const std::string& help) const;
+};
+
+struct metrics {
+    std::atomic<uint64_t> requests{0}, ok{0}, client_errors{0}, server_errors{0}, rejected{0},
+        cancelled{0};
+    std::atomic<uint64_t> prompt_tokens{0}, generated_tokens{0};
+    histogram latency, ttft;
+};
+
+/// Descriptors a worker streamed for one request, until its end.
+struct stream_queue {
+    std::mutex m;
+    std::condition_variable cv;
+    std::deque<llmos::descriptor> q;
+};
+
+/// What a finished job reports.
+struct outcome {
+    std::string text;
+    uint32_t prompt_tokens = 0, completion_tokens = 0;
+    std::string finish_reason; ///< "stop" or "length"
+};
+
+class daemon {
+public:
+    /// Opens the backend, loads the models, starts the workers. Throws
+    /// std::runtime_error with a one-line reason.
+    explicit daemon(options o);
+    ~daemon();
+
+    /// Runs `j`: `on_piece` gets each piece of text as it comes (return
+    /// false: the client went away, the job is cancelled). Throws
+    /// api_error.
+    outcome run(const job& j, uint32_t tenant,
+                const std::function<bool(std::string_view)>& on_piece);
+
+    // Models.
+    std::vector<std::shared_ptr<model_entry>> models() const;
+    std::shared_ptr<model_entry> find_model(const std::string& name) const;
+    /// Loads `path` as `name` (api_error 409 if the name is taken, 400 if
+    /// the file cannot be used).
+    std::shared_ptr<model_entry> load_model(const std::string& name, const std::string& path);
+    /// Replaces `name` with `path`: new requests go to the new file, the
+    /// ones in flight finish on the old one, which is then let go.
+    std::shared_ptr<model_entry> swap_model(const std::string& name, const std::string& path);
+    /// Unloads `name` once its requests are finished.
+    void unload_model(const std::string& name);
+    std::shared_ptr<model_entry> model_by_id(uint32_t id) const;
+
+    /// New requests get 503; returns when none is in flight (or after
+    /// `limit`), then stops the workers.
+    void drain(std::chrono::seconds limit);
+    bool draining() const noexcept { return _draining.load(); }
+
+    /// API keys: empty map when none are required.
+    const std::map<std::string, uint32_t>& api_keys() const noexcept { return _keys; }
+    const options& opts() const noexcept { return _o; }
+    metrics& stats() noexcept { return _metrics; }
+    std::string prometheus() const;
+    const llmos::device& dev() const noexcept { return *_dev; }
+    uint32_t in_flight() const noexcept { return _in_flight.load(); }
+
+private:
+    std::shared_ptr<model_entry> open_model(const std::string& name, const std::string& path);
+    std::shared_ptr<stream_queue> attach(uint64_t id);
+    void detach(uint64_t id);
+    void deliver(const llmos::descriptor& d);
+
+    options _o;
+    std::unique_ptr<llmos::device> _dev;
+    mutable std::shared_mutex _models_m; // _models, _by_id
+    std::map<std::string, std::shared_ptr<model_entry>> _models;
+    std::map<uint32_t, std::shared_ptr<model_entry>> _by_id;
+    std::atomic<uint32_t> _next_model{1};
+    std::unique_ptr<llmos::worker_pool> _pool;
+    std::mutex _streams_m; // _streams, _cancelled
+    std::unordered_map<uint64_t, std::shared_ptr<stream_queue>> _streams;
+    std::unordered_map<uint64_t, bool> _cancelled;
+    std::mutex _sessions_m;
+    std::map<std::string, std::shared_ptr<std::mutex>> _session_locks;
+    std::map<std::string, uint32_t> _keys;
+    std::atomic<uint32_t> _in_flight{0};
+    std::atomic<uint64_t> _req_seq{0};
+    std::atomic<bool> _draining{false};
+    metrics _metrics;
+};
+
+} // namespace llmosd

@@ -1,0 +1,374 @@
+// SPDX-License-Identifier: MIT
+#include "http.hh"
+
+#include <chrono>
+#include <llmos/engine/quant.hh>
+#include <random>
+
+namespace llmosd {
+
+using nlohmann::json;
+
+namespace {
+
+std::string new_id(const char* prefix) {
+    static std::atomic<uint64_t> seq{0};
+    static const uint64_t boot = std::random_device{}();
+    char b[64];
+    std::snprintf(b, sizeof(b), "%s-%08llx%06llx", prefix,
+                  static_cast<unsigned long long>(boot & 0xffffffff),
+                  static_cast<unsigned long long>(seq.fetch_add(1)));
+    return b;
+}
+
+int64_t unix_now() {
+    return static_cast<int64_t>(::time(nullptr));
+}
+
+void send_error(httplib::Response& res, const api_error& e) {
+    res.status = e.status;
+    if (e.status == 429) {
+        res.set_header("Retry-After", "1");
+    }
+    res.set_content(error_body(e).dump(), "application/json");
+}
+
+json usage_of(const outcome& o) {
+    return {{"prompt_tokens", o.prompt_tokens},
+            {"completion_tokens", o.completion_tokens},
+            {"total_tokens", o.prompt_tokens + o.completion_tokens}};
+}
+
+json chunk(const std::string& id, int64_t created, const job& j, const std::string& piece,
+           const char* finish) {
+    json choice = {{"index", 0}, {"finish_reason", finish ? json(finish) : json(nullptr)}};
+    if (j.chat) {
+        choice["delta"] = piece.empty() && finish ? json::object() : json{{"content", piece}};
+    } else {
+        choice["text"] = piece;
+        choice["logprobs"] = nullptr;
+    }
+    return {{"id", id},
+            {"object", j.chat ? "chat.completion.chunk" : "text_completion"},
+            {"created", created},
+            {"model", j.model},
+            {"choices", json::array({choice})}};
+}
+
+} // namespace
+
+http_server::http_server(daemon& d)
+    : _d(d) {
+    _svr.set_payload_max_length(d.opts().max_body);
+    _svr.set_read_timeout(30, 0);
+    _svr.set_write_timeout(30, 0);
+    // httplib's own refusals (413, 404 of unknown paths, 400 of broken
+    // requests) as OpenAI error objects.
+    _svr.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+        if (!res.body.empty()) {
+            return;
+        }
+        api_error e{res.status, "", "invalid_request_error", "", ""};
+        switch (res.status) {
+        case 413:
+            e.message = "the request body is larger than this server accepts";
+            e.code = "payload_too_large";
+            break;
+        case 404:
+            e.message = "no such endpoint";
+            e.code = "not_found";
+            break;
+        case 405:
+            e.message = "method not allowed";
+            break;
+        default:
+            e.message = "bad request";
+        }
+        res.set_content(error_body(e).dump(), "application/json");
+    });
+    _svr.set_exception_handler(
+        [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+            api_error e{500, "internal error", "server_error", "", ""};
+            try {
+                std::rethrow_exception(ep);
+            } catch (const api_error& a) {
+                e = a;
+            } catch (const std::exception& x) {
+                e.message = x.what();
+            } catch (...) {
+            }
+            send_error(res, e);
+        });
+
+    _svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+        if (_d.draining()) {
+            res.status = 503;
+            res.set_content(R"({"status":"draining"})", "application/json");
+            return;
+        }
+        res.set_content(json{{"status", "ok"}, {"models", _d.models().size()}}.dump(),
+                        "application/json");
+    });
+    _svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+        res.set_content(_d.prometheus(), "text/plain; version=0.0.4");
+    });
+    _svr.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+        if (!authorize(req, res)) {
+            return;
+        }
+        json data = json::array();
+        for (auto& m : _d.models()) {
+            data.push_back({{"id", m->name},
+                            {"object", "model"},
+                            {"created", m->created},
+                            {"owned_by", "llmos"}});
+        }
+        res.set_content(json{{"object", "list"}, {"data", data}}.dump(), "application/json");
+    });
+    _svr.Get(R"(/v1/models/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
+        if (!authorize(req, res)) {
+            return;
+        }
+        auto m = _d.find_model(req.matches[1]);
+        if (!m) {
+            send_error(res, {404, "the model '" + std::string(req.matches[1]) + "' does not exist",
+                             "invalid_request_error", "model", "model_not_found"});
+            return;
+        }
+        res.set_content(json{{"id", m->name},
+                             {"object", "model"},
+                             {"created", m->created},
+                             {"owned_by", "llmos"}}
+                            .dump(),
+                        "application/json");
+    });
+    _svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+        generate(req, res, false);
+    });
+    _svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+        generate(req, res, true);
+    });
+
+    // llmos administration (llmosctl model ...).
+    _svr.Get("/llmos/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+        if (!authorize(req, res)) {
+            return;
+        }
+        json data = json::array();
+        for (auto& m : _d.models()) {
+            data.push_back(describe(*m));
+        }
+        res.set_content(json{{"models", data}}.dump(), "application/json");
+    });
+    _svr.Post("/llmos/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+        if (!authorize(req, res)) {
+            return;
+        }
+        auto [name, path] = name_and_path(req.body, true);
+        auto m = _d.load_model(name, path);
+        res.status = 201;
+        res.set_content(describe(*m).dump(), "application/json");
+    });
+    _svr.Post(R"(/llmos/v1/models/([^/]+)/swap)",
+              [this](const httplib::Request& req, httplib::Response& res) {
+                  if (!authorize(req, res)) {
+                      return;
+                  }
+                  auto [name, path] = name_and_path(req.body, false);
+                  auto m = _d.swap_model(req.matches[1], path);
+                  res.set_content(describe(*m).dump(), "application/json");
+              });
+    _svr.Delete(R"(/llmos/v1/models/([^/]+))", [this](const httplib::Request& req,
+                                                      httplib::Response& res) {
+        if (!authorize(req, res)) {
+            return;
+        }
+        _d.unload_model(req.matches[1]);
+        res.set_content(json{{"unloaded", std::string(req.matches[1])}}.dump(), "application/json");
+    });
+}
+
+json http_server::describe(const model_entry& m) const {
+    const auto& p = m.model->params();
+    return {{"name", m.name},
+            {"path", m.path},
+            {"architecture", p.arch_name},
+            {"weights", m.model->type_summary()},
+            {"weight_bytes", m.model->weight_bytes()},
+            {"n_vocab", p.n_vocab},
+            {"n_embd", p.n_embd},
+            {"n_layer", p.n_layer},
+            {"n_head", p.n_head},
+            {"n_head_kv", p.n_head_kv},
+            {"context", _d.opts().ctx},
+            {"in_flight", m.in_flight.load()},
+            {"created", m.created}};
+}
+
+std::pair<std::string, std::string> http_server::name_and_path(const std::string& body,
+                                                               bool need_name) {
+    json o = json::parse(body, nullptr, false);
+    if (!o.is_object()) {
+        throw api_error{400, "the body must be a JSON object", "invalid_request_error", "", ""};
+    }
+    std::string name = o.value("name", ""), path = o.value("path", "");
+    if ((need_name && name.empty()) || path.empty()) {
+        throw api_error{400, need_name ? "'name' and 'path' are required" : "'path' is required",
+                        "invalid_request_error", path.empty() ? "path" : "name", ""};
+    }
+    return {name, path};
+}
+
+bool http_server::authorize(const httplib::Request& req, httplib::Response& res, uint32_t* tenant) {
+    const auto& keys = _d.api_keys();
+    if (keys.empty()) {
+        return true;
+    }
+    std::string auth = req.get_header_value("Authorization");
+    const std::string bearer = "Bearer ";
+    if (auth.starts_with(bearer)) {
+        auto it = keys.find(auth.substr(bearer.size()));
+        if (it != keys.end()) {
+            if (tenant) {
+                *tenant = it->second;
+            }
+            return true;
+        }
+    }
+    send_error(res, {401,
+                     auth.empty() ? "an API key is required (Authorization: Bearer KEY)"
+                                  : "the API key is not valid",
+                     "invalid_request_error", "", "invalid_api_key"});
+    return false;
+}
+
+void http_server::generate(const httplib::Request& req, httplib::Response& res, bool chat) {
+    uint32_t key_tenant = 0;
+    if (!authorize(req, res, &key_tenant)) {
+        return;
+    }
+    job j;
+    try {
+        j = parse_job(req.body, chat);
+    } catch (const api_error& e) {
+        _d.stats().client_errors.fetch_add(1);
+        send_error(res, e);
+        return;
+    }
+    // A key's tenant wins over the request's: keys are how tenants are told apart.
+    uint32_t tenant = _d.api_keys().empty() ? j.tenant.value_or(0) : key_tenant;
+    if (!_d.find_model(j.model)) {
+        send_error(res, {404, "the model '" + j.model + "' does not exist", "invalid_request_error",
+                         "model", "model_not_found"});
+        return;
+    }
+    if (_d.draining()) {
+        send_error(res, {503, "the server is shutting down", "server_error", "", "draining"});
+        return;
+    }
+    if (j.stream && _d.in_flight() >= _d.opts().max_queue) {
+        _d.stats().rejected.fetch_add(1);
+        send_error(res, {429, "too many requests in flight; retry shortly", "rate_limit_error", "",
+                         "overloaded"});
+        return;
+    }
+    const std::string id = new_id(chat ? "chatcmpl" : "cmpl");
+    const int64_t created = unix_now();
+    if (!j.stream) {
+        outcome o;
+        try {
+            o = _d.run(j, tenant, [](std::string_view) { return true; });
+        } catch (const api_error& e) {
+            send_error(res, e);
+            return;
+        }
+        json choice = {{"index", 0}, {"finish_reason", o.finish_reason}};
+        if (chat) {
+            choice["message"] = {{"role", "assistant"}, {"content", o.text}};
+        } else {
+            choice["text"] = o.text;
+            choice["logprobs"] = nullptr;
+        }
+        res.set_content(json{{"id", id},
+                             {"object", chat ? "chat.completion" : "text_completion"},
+                             {"created", created},
+                             {"model", j.model},
+                             {"choices", json::array({choice})},
+                             {"usage", usage_of(o)}}
+                            .dump(),
+                        "application/json");
+        return;
+    }
+    // Server-sent events: one chunk per piece, then the finish, the usage
+    // if asked, and [DONE]. Errors after the stream began go as an error
+    // event (the status line is gone by then).
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream", [this, j, tenant, id, created](size_t, httplib::DataSink& sink) {
+            auto event = [&](const json& v) {
+                std::string s = "data: " + v.dump() + "\n\n";
+                return sink.write(s.data(), s.size());
+            };
+            bool alive = true;
+            if (j.chat) {
+                json first = chunk(id, created, j, "", nullptr);
+                first["choices"][0]["delta"] = {{"role", "assistant"}, {"content", ""}};
+                alive = event(first);
+            }
+            try {
+                auto o = _d.run(j, tenant, [&](std::string_view piece) {
+                    if (!alive) {
+                        return false;
+                    }
+                    if (piece.empty()) {
+                        alive = sink.is_writable();
+                        return alive;
+                    }
+                    alive = event(chunk(id, created, j, std::string(piece), nullptr));
+                    return alive;
+                });
+                json fin = chunk(id, created, j, "", o.finish_reason.c_str());
+                if (j.include_usage) {
+                    fin["usage"] = nullptr;
+                }
+                event(fin);
+                if (j.include_usage) {
+                    json u = chunk(id, created, j, "", nullptr);
+                    u["choices"] = json::array();
+                    u["usage"] = usage_of(o);
+                    event(u);
+                }
+            } catch (const api_error& e) {
+                if (e.status != 499) {
+                    event(error_body(e));
+                }
+            }
+            static const char done[] = "data: [DONE]\n\n";
+            sink.write(done, sizeof(done) - 1);
+            sink.done();
+            return true;
+        });
+}
+
+bool http_server::listen(const std::string& host, int port) {
+    return _svr.listen(host, port);
+}
+
+bool http_server::listen_unix(const std::string& path) {
+    _svr.set_address_family(AF_UNIX);
+    return _svr.listen(path, 80);
+}
+
+int http_server::bind_port(const std::string& host, int port) {
+    return port ? (_svr.bind_to_port(host, port) ? port : -1) : _svr.bind_to_any_port(host);
+}
+
+bool http_server::serve() {
+    return _svr.listen_after_bind();
+}
+
+void http_server::stop() {
+    _svr.stop();
+}
+
+} // namespace llmosd

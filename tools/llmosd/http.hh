@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: MIT
+//
+// llmosd's HTTP surface (cpp-httplib): the OpenAI-compatible endpoints,
+// /health, /metrics, and /llmos/v1/models for model management.
+#pragma once
+
+#include "daemon.hh"
+
+#include <httplib.h>
+
+namespace llmosd {
+
+class http_server {
+public:
+    explicit http_server(daemon& d);
+
+    /// Binds host:port (port 0: any free one); returns the port, or -1.
+    int bind_port(const std::string& host, int port);
+    /// Serves until stop(); false if it could not.
+    bool serve();
+    bool listen(const std::string& host, int port);
+    /// Serves on a unix socket at `path`.
+    bool listen_unix(const std::string& path);
+    /// Any thread.
+    void stop();
+
+private:
+    void generate(const httplib::Request& req, httplib::Response& res, bool chat);
+    bool authorize(const httplib::Request& req, httplib::Response& res, uint32_t* tenant = nullptr);
+    nlohmann::json describe(const model_entry& m) const;
+    static std::pair<std::string, std::string> name_and_path(const std::string& body,
+                                                             bool need_name);
+
+    daemon& _d;
+    httplib::Server _svr;
+};
+
+} // namespace llmosd

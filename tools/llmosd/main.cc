@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: MIT
+//
+// llmosd: serves models over an OpenAI-compatible HTTP API, with llmos's
+// scheduler (the kernel module's, or the in-process local one) deciding
+// which request runs when, and sessions whose conversation and KV cache
+// live in persistent mindspaces.
+//
+//   llmosd --model tiny=model.gguf [--model NAME=PATH ...] [--listen 127.0.0.1:8080]
+//
+// SIGTERM or SIGINT drains: new requests get 503, those in flight finish.
+#include "daemon.hh"
+#include "http.hh"
+
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+namespace {
+
+std::atomic<int> g_signal{0};
+
+void on_signal(int sig) {
+    g_signal = sig;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"llmosd: the llmos model server (OpenAI-compatible HTTP API)"};
+    llmosd::options o;
+    std::vector<std::string> models;
+    std::string listen = "127.0.0.1:8080", unix_path, port_file;
+    uint32_t drain_s = 60;
+    app.add_option("-m,--model", models,
+                   "a model to serve: NAME=PATH.gguf, or PATH (named after "
+                   "the file)");
+    app.add_option("-l,--listen", listen, "HOST:PORT to serve HTTP on (port 0: any free one)")
+        ->capture_default_str();
+    app.add_option("--unix", unix_path, "serve on this unix socket instead");
+    app.add_option("--port-file", port_file, "write the port it listens on to this file");
+    app.add_option("--backend", o.backend, "auto, local or kernel")
+        ->check(CLI::IsMember({"auto", "local", "kernel"}))
+        ->capture_default_str();
+    app.add_option("--workers", o.workers, "inference workers")->check(CLI::Range(1, 256));
+    app.add_option("--threads", o.threads, "threads per worker (0: the CPUs shared out)");
+    app.add_option("--slots", o.slots, "requests a worker runs at once")->check(CLI::Range(1, 256));
+    app.add_option("--ctx", o.ctx, "tokens a conversation may hold")
+        ->check(CLI::Range(16, 1 << 20))
+        ->capture_default_str();
+    app.add_option("--max-tokens", o.default_max_tokens, "default max_tokens")
+        ->capture_default_str();
+    app.add_option("--max-queue", o.max_queue, "requests in flight before 429")
+        ->capture_default_str();
+    app.add_option("--max-body", o.max_body, "largest request body, bytes")->capture_default_str();
+    uint32_t timeout_s = 300;
+    app.add_option("--timeout", timeout_s, "longest a request may take, seconds")
+        ->capture_default_str();
+    app.add_option("--drain-timeout", drain_s, "seconds to let requests finish on shutdown")
+        ->capture_default_str();
+    app.add_option("--api-key-file", o.api_key_file,
+                   "require API keys: one per line, optionally followed by its tenant number");
+    CLI11_PARSE(app, argc, argv);
+    o.request_timeout = std::chrono::seconds(timeout_s);
+    for (auto& m : models) {
+        auto eq = m.find('=');
+        if (eq == std::string::npos) {
+            o.models.emplace_back(std::filesystem::path(m).stem().string(), m);
+        } else {
+            o.models.emplace_back(m.substr(0, eq), m.substr(eq + 1));
+        }
+    }
+    std::string host = listen;
+    int port = 8080;
+    if (auto c = listen.rfind(':'); c != std::string::npos) {
+        host = listen.substr(0, c);
+        try {
+            port = std::stoi(listen.substr(c + 1));
+        } catch (...) {
+            std::fprintf(stderr, "llmosd: --listen %s: expected HOST:PORT\n", listen.c_str());
+            return 2;
+        }
+    }
+    std::unique_ptr<llmosd::daemon> d;
+    try {
+        d = std::make_unique<llmosd::daemon>(o);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "llmosd: %s\n", e.what());
+        return 1;
+    }
+    llmosd::http_server http(*d);
+    std::signal(SIGTERM, on_signal);
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGPIPE, SIG_IGN);
+    std::thread watcher([&] {
+        while (!g_signal.load()) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        std::fprintf(stderr, "llmosd: signal %d: draining (up to %u s)\n", g_signal.load(),
+                     drain_s);
+        d->drain(std::chrono::seconds(drain_s));
+        http.stop();
+    });
+    bool ok;
+    if (!unix_path.empty()) {
+        std::filesystem::remove(unix_path);
+        std::fprintf(stderr, "llmosd: serving %zu model(s) on unix:%s (%s backend)\n",
+                     d->models().size(), unix_path.c_str(), llmos::to_string(d->dev().kind()));
+        ok = http.listen_unix(unix_path);
+    } else {
+        int bound = http.bind_port(host, port);
+        if (bound < 0) {
+            std::fprintf(stderr, "llmosd: cannot listen on %s\n", listen.c_str());
+            g_signal = SIGTERM;
+            watcher.join();
+            return 1;
+        }
+        if (!port_file.empty()) {
+            FILE* f = std::fopen(port_file.c_str(), "w");
+            if (f) {
+                std::fprintf(f, "%d\n", bound);
+                std::fclose(f);
+            }
+        }
+        std::fprintf(stderr, "llmosd: serving %zu model(s) on http://%s:%d (%s backend)\n",
+                     d->models().size(), host.c_str(), bound, llmos::to_string(d->dev().kind()));
+        ok = http.serve();
+    }
+    if (!g_signal.load()) {
+        g_signal = SIGTERM; // the server stopped by itself
+    }
+    watcher.join();
+    std::fprintf(stderr, "llmosd: stopped\n");
+    return ok ? 0 : 1;
+}

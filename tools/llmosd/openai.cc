@@ -1,0 +1,257 @@
+// SPDX-License-Identifier: MIT
+#include "openai.hh"
+
+#include <cmath>
+
+namespace llmosd {
+
+using nlohmann::json;
+
+json error_body(const api_error& e) {
+    json err = {{"message", e.message}, {"type", e.type}};
+    err["param"] = e.param.empty() ? json(nullptr) : json(e.param);
+    err["code"] = e.code.empty() ? json(nullptr) : json(e.code);
+    return {{"error", err}};
+}
+
+bool valid_session_name(const std::string& s) {
+    if (s.empty() || s.size() > 48) {
+        return false;
+    }
+    for (char c : s) {
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& param, const std::string& msg) {
+    throw api_error{400, msg, "invalid_request_error", param, ""};
+}
+
+const char* type_name(const json& v) {
+    switch (v.type()) {
+    case json::value_t::null:
+        return "null";
+    case json::value_t::boolean:
+        return "a boolean";
+    case json::value_t::string:
+        return "a string";
+    case json::value_t::array:
+        return "an array";
+    case json::value_t::object:
+        return "an object";
+    case json::value_t::number_float:
+        return "a number";
+    default:
+        return "an integer";
+    }
+}
+
+// Optional fields of a given type; null counts as absent (as OpenAI does).
+const json* field(const json& o, const char* key) {
+    auto it = o.find(key);
+    return it == o.end() || it->is_null() ? nullptr : &*it;
+}
+
+double number(const json& o, const char* key, double lo, double hi, double dflt) {
+    const json* v = field(o, key);
+    if (!v) {
+        return dflt;
+    }
+    if (!v->is_number()) {
+        bad(key, std::string("'") + key + "' must be a number, not " + type_name(*v));
+    }
+    double d = v->get<double>();
+    if (!std::isfinite(d) || d < lo || d > hi) {
+        bad(key, std::string("'") + key + "' must be between " + json(lo).dump() + " and " +
+                     json(hi).dump() + ", got " + v->dump());
+    }
+    return d;
+}
+
+int64_t integer(const json& o, const char* key, int64_t lo, int64_t hi, int64_t dflt) {
+    const json* v = field(o, key);
+    if (!v) {
+        return dflt;
+    }
+    if (!v->is_number_integer()) {
+        bad(key, std::string("'") + key + "' must be an integer, not " + type_name(*v));
+    }
+    int64_t i = v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX)
+                    ? INT64_MAX
+                    : v->get<int64_t>();
+    if (i < lo || i > hi) {
+        bad(key, std::string("'") + key + "' must be between " + std::to_string(lo) + " and " +
+                     std::to_string(hi) + ", got " + v->dump());
+    }
+    return i;
+}
+
+bool boolean(const json& o, const char* key, bool dflt) {
+    const json* v = field(o, key);
+    if (!v) {
+        return dflt;
+    }
+    if (!v->is_boolean()) {
+        bad(key, std::string("'") + key + "' must be a boolean, not " + type_name(*v));
+    }
+    return v->get<bool>();
+}
+
+std::string string(const json& o, const char* key, bool required) {
+    const json* v = field(o, key);
+    if (!v) {
+        if (required) {
+            bad(key, std::string("'") + key + "' is required");
+        }
+        return {};
+    }
+    if (!v->is_string()) {
+        bad(key, std::string("'") + key + "' must be a string, not " + type_name(*v));
+    }
+    return v->get<std::string>();
+}
+
+} // namespace
+
+job parse_job(const std::string& body, bool chat) {
+    json o;
+    try {
+        o = json::parse(body);
+    } catch (const json::parse_error& e) {
+        throw api_error{400, std::string("the body is not valid JSON: ") + e.what(),
+                        "invalid_request_error", "", ""};
+    }
+    if (!o.is_object()) {
+        bad("", std::string("the body must be a JSON object, not ") + type_name(o));
+    }
+    job j;
+    j.chat = chat;
+    j.model = string(o, "model", true);
+    if (chat) {
+        const json* m = field(o, "messages");
+        if (!m) {
+            bad("messages", "'messages' is required");
+        }
+        if (!m->is_array() || m->empty()) {
+            bad("messages", "'messages' must be a non-empty array");
+        }
+        for (size_t i = 0; i < m->size(); ++i) {
+            const json& msg = (*m)[i];
+            std::string at = "messages[" + std::to_string(i) + "]";
+            if (!msg.is_object()) {
+                bad(at, "'" + at + "' must be an object");
+            }
+            const json* role = field(msg, "role");
+            if (!role || !role->is_string()) {
+                bad(at + ".role", "'" + at + ".role' must be a string");
+            }
+            std::string r = role->get<std::string>();
+            if (r != "system" && r != "user" && r != "assistant" && r != "developer") {
+                bad(at + ".role",
+                    "'" + at + ".role' must be system, user or assistant, got '" + r + "'");
+            }
+            const json* content = field(msg, "content");
+            std::string text;
+            if (content && content->is_string()) {
+                text = content->get<std::string>();
+            } else if (content && content->is_array()) {
+                // [{"type": "text", "text": ...}, ...]
+                for (const json& part : *content) {
+                    if (!part.is_object() || part.value("type", "") != "text" ||
+                        !part.contains("text") || !part["text"].is_string()) {
+                        bad(at + ".content", "only text content parts are supported");
+                    }
+                    text += part["text"].get<std::string>();
+                }
+            } else if (content || r != "assistant") {
+                bad(at + ".content", "'" + at + ".content' must be a string");
+            }
+            j.messages.push_back({r == "developer" ? "system" : r, text});
+        }
+    } else {
+        const json* p = field(o, "prompt");
+        if (!p) {
+            bad("prompt", "'prompt' is required");
+        }
+        if (p->is_string()) {
+            j.prompt = p->get<std::string>();
+        } else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
+            j.prompt = (*p)[0].get<std::string>();
+        } else if (p->is_array()) {
+            bad("prompt", "'prompt' must be a string (arrays of several prompts and of token "
+                          "ids are not supported)");
+        } else {
+            bad("prompt", std::string("'prompt' must be a string, not ") + type_name(*p));
+        }
+    }
+    int64_t max_tokens = integer(o, "max_tokens", 1, 1 << 20, 0);
+    if (chat) {
+        max_tokens = integer(o, "max_completion_tokens", 1, 1 << 20, max_tokens);
+    }
+    j.max_tokens = static_cast<uint32_t>(max_tokens);
+    j.temperature = static_cast<float>(number(o, "temperature", 0, 2, 1.0));
+    j.top_p = static_cast<float>(number(o, "top_p", 0, 1, 1.0));
+    if (j.top_p == 0) {
+        bad("top_p", "'top_p' must be greater than 0");
+    }
+    j.top_k = static_cast<int32_t>(integer(o, "top_k", 0, 1 << 20, 0));
+    j.min_p = static_cast<float>(number(o, "min_p", 0, 1, 0.0));
+    j.presence_penalty = static_cast<float>(number(o, "presence_penalty", -2, 2, 0));
+    j.frequency_penalty = static_cast<float>(number(o, "frequency_penalty", -2, 2, 0));
+    j.repeat_penalty = static_cast<float>(number(o, "repetition_penalty", 0.01, 10, 1.0));
+    if (field(o, "seed")) {
+        j.seed = static_cast<uint64_t>(integer(o, "seed", INT64_MIN, INT64_MAX, 0));
+    }
+    if (integer(o, "n", 1, 1, 1) != 1) {
+        bad("n", "'n' must be 1");
+    }
+    if (const json* s = field(o, "stop")) {
+        if (s->is_string()) {
+            j.stop.push_back(s->get<std::string>());
+        } else if (s->is_array() && s->size() <= 4) {
+            for (const json& x : *s) {
+                if (!x.is_string() || x.get<std::string>().empty()) {
+                    bad("stop", "'stop' must hold non-empty strings");
+                }
+                j.stop.push_back(x.get<std::string>());
+            }
+        } else {
+            bad("stop", "'stop' must be a string or an array of at most 4 strings");
+        }
+        for (auto& s2 : j.stop) {
+            if (s2.empty() || s2.size() > 512) {
+                bad("stop", "each stop string must have 1 to 512 bytes");
+            }
+        }
+    }
+    j.stream = boolean(o, "stream", false);
+    if (const json* so = field(o, "stream_options")) {
+        if (!so->is_object()) {
+            bad("stream_options", "'stream_options' must be an object");
+        }
+        if (!j.stream) {
+            bad("stream_options", "'stream_options' is only allowed with \"stream\": true");
+        }
+        j.include_usage = boolean(*so, "include_usage", false);
+    }
+    j.priority = static_cast<uint32_t>(integer(o, "priority", 0, 255, 0));
+    if (field(o, "tenant")) {
+        j.tenant = static_cast<uint32_t>(integer(o, "tenant", 0, UINT32_MAX, 0));
+    }
+    j.deadline_ms = static_cast<uint64_t>(integer(o, "deadline_ms", 0, 86400000, 0));
+    j.session = string(o, "session", false);
+    if (!j.session.empty() && !valid_session_name(j.session)) {
+        bad("session", "'session' must be 1 to 48 characters of [A-Za-z0-9._-]");
+    }
+    j.user = string(o, "user", false);
+    return j;
+}
+
+} // namespace llmosd
