@@ -250,26 +250,38 @@ int argmax(const std::vector<double>& v) {
 ggml_type base(const std::string& type) {
     static const std::map<std::string, ggml_type> m = {
         {"f32", ggml_type::f32},   {"f16", ggml_type::f16},    {"q8_0", ggml_type::q8_0},
-        {"q4_0", ggml_type::q4_0}, {"q4_k", ggml_type::q4_k},  {"q5_k", ggml_type::q5_k},
+        {"q4_0", ggml_type::q4_0}, {"q4_1", ggml_type::q4_1},  {"q5_0", ggml_type::q5_0},
+        {"q5_1", ggml_type::q5_1}, {"q4_k", ggml_type::q4_k},  {"q5_k", ggml_type::q5_k},
         {"q6_k", ggml_type::q6_k}, {"q4_k_m", ggml_type::q4_k}};
     return m.at(type);
 }
 
 /// The type of matrix `name` (rows of `row`) in a model of `s`: llama.cpp's
-/// Q4_K_M mix, and its fallback for rows that are not whole blocks.
+/// Q4_K_M mix, and its fallback for rows that are not whole blocks
+/// (llama_tensor_get_type: the output head to Q8_0, Q4_K -> Q5_0,
+/// Q5_K -> Q5_1, Q6_K -> Q8_0; F16 where 32 does not divide the rows).
 ggml_type expected_type(const spec& s, const std::string& name, uint32_t layer, uint64_t row) {
     ggml_type t = base(s.type);
+    const bool head = name == "output.weight" || (s.tied && name == "token_embd.weight");
     if (s.type == "q4_k_m") {
         const uint32_t n = s.n_layer;
         bool more = layer < n / 8 || layer >= 7 * n / 8 || (layer - n / 8) % 3 == 2;
         bool v_or_down = name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight");
-        if (name == "output.weight" || (s.tied && name == "token_embd.weight") ||
-            (v_or_down && more)) {
+        if (head || (v_or_down && more)) {
             t = ggml_type::q6_k;
         }
     }
     if (!row_bytes(t, row)) {
-        t = row % 32 == 0 ? ggml_type::q8_0 : ggml_type::f16;
+        static const std::map<ggml_type, ggml_type> fallback = {
+            {ggml_type::q4_k, ggml_type::q5_0},
+            {ggml_type::q5_k, ggml_type::q5_1},
+            {ggml_type::q6_k, ggml_type::q8_0},
+        };
+        auto f = fallback.find(t);
+        t = head ? ggml_type::q8_0 : f != fallback.end() ? f->second : ggml_type::f16;
+        if (row % 32 != 0) {
+            t = ggml_type::f16;
+        }
     }
     return t;
 }
@@ -329,8 +341,8 @@ void check_model(const spec& s, const std::string& path) {
     EXPECT_GT(f.get_f32(a + ".attention.layer_norm_rms_epsilon"), 0.0f);
     EXPECT_EQ(f.get_f32(a + ".rope.freq_base"), a == "qwen2" ? 1e6f : 1e4f);
     static const std::map<std::string, uint32_t> ftype = {
-        {"f32", 0},   {"f16", 1},     {"q4_0", 2},  {"q8_0", 7},
-        {"q4_k", 14}, {"q4_k_m", 15}, {"q5_k", 16}, {"q6_k", 18}};
+        {"f32", 0},  {"f16", 1},   {"q4_0", 2},    {"q4_1", 3},  {"q8_0", 7}, {"q5_0", 8},
+        {"q5_1", 9}, {"q4_k", 14}, {"q4_k_m", 15}, {"q5_k", 16}, {"q6_k", 18}};
     EXPECT_EQ(f.get_u32("general.file_type"), ftype.at(s.type));
 
     // The tokenizer.
@@ -396,8 +408,8 @@ void check_model(const spec& s, const std::string& path) {
 #endif
 }
 
-const std::vector<std::string> all_types = {"f32",  "f16",  "q8_0", "q4_0",
-                                            "q4_k", "q5_k", "q6_k", "q4_k_m"};
+const std::vector<std::string> all_types = {"f32",  "f16",  "q8_0", "q4_0", "q4_1",  "q5_0",
+                                            "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m"};
 
 TEST(mkmodel, every_type_arch_and_vocab_loads_with_the_right_keys_shapes_and_types) {
     for (std::string a : {"llama", "qwen2"}) {
@@ -433,9 +445,9 @@ TEST(mkmodel, vocab_has_a_piece_for_each_word_of_its_text_when_there_is_room) {
 }
 #endif
 
-TEST(mkmodel, rows_that_are_not_whole_blocks_fall_back_and_say_so) {
-    // The tiny preset: n_embd 64 is not a whole Q4_K block, FFN 176 not even
-    // a whole Q8_0 block.
+TEST(mkmodel, rows_that_are_not_whole_blocks_fall_back_as_llama_cpp_does_and_say_so) {
+    // The tiny preset: n_embd 64 is not a whole Q4_K block (Q5_0, the
+    // output head Q8_0), FFN 176 not even a whole block of 32 (F16).
     std::string out;
     auto path = make_model("--preset tiny --type q4_k", &out);
     ASSERT_FALSE(path.empty());
@@ -446,11 +458,99 @@ TEST(mkmodel, rows_that_are_not_whole_blocks_fall_back_and_say_so) {
     s.n_vocab = 1024;
     check_model(s, path);
     auto f = gguf_file::open(path);
-    EXPECT_EQ(f.find_tensor("blk.0.attn_q.weight")->type, ggml_type::q8_0);
+    EXPECT_EQ(f.find_tensor("blk.0.attn_q.weight")->type, ggml_type::q5_0);
+    EXPECT_EQ(f.find_tensor("token_embd.weight")->type, ggml_type::q5_0);
+    EXPECT_EQ(f.find_tensor("output.weight")->type, ggml_type::q8_0);
     EXPECT_EQ(f.find_tensor("blk.0.ffn_down.weight")->type, ggml_type::f16);
+    EXPECT_NE(out.find("blk.0.attn_q.weight: rows of 64 are not whole Q4_K blocks, using Q5_0"),
+              std::string::npos)
+        << out;
     EXPECT_NE(out.find("blk.0.ffn_down.weight: rows of 176 are not whole Q4_K blocks, using F16"),
               std::string::npos)
         << out;
+    EXPECT_NE(out.find("output.weight: rows of 64 are not whole Q4_K blocks, using Q8_0"),
+              std::string::npos)
+        << out;
+
+    // Q5_K -> Q5_1, Q6_K -> Q8_0; rows of 256 keep their type.
+    for (std::string type : {"q5_k", "q6_k", "q4_k_m"}) {
+        spec k;
+        k.type = type;
+        k.n_embd = 320;
+        k.n_head = 5;
+        k.n_head_kv = 1;
+        k.n_ff = 512;
+        k.tied = type == "q4_k_m";
+        path = model(k);
+        check_model(k, path);
+        f = gguf_file::open(path);
+        const ggml_type want = type == "q5_k"   ? ggml_type::q5_1
+                               : type == "q6_k" ? ggml_type::q8_0
+                                                : ggml_type::q5_0;
+        EXPECT_EQ(f.find_tensor("blk.0.attn_q.weight")->type, want) << type;
+        EXPECT_EQ(f.find_tensor("blk.0.ffn_down.weight")->type, base(type)) << type;
+    }
+}
+
+TEST(mkmodel, presets_have_the_shapes_of_the_popular_models) {
+    struct preset {
+        const char* name;
+        const char* arch;
+        const char* type;
+        const char* vocab;
+        bool tied;
+        uint32_t n_embd, n_head, n_head_kv, n_ff;
+    };
+    // Sizes as in each model's config.json; vocabularies cut down and one
+    // layer so that the files stay small.
+    const preset presets[] = {
+        {"tinyllama", "llama", "q4_0", "spm", false, 2048, 32, 4, 5632},
+        {"qwen25-05b", "qwen2", "q4_k_m", "bpe", true, 896, 14, 2, 4864},
+        {"smollm-135m", "llama", "q4_k_m", "bpe", true, 576, 9, 3, 1536},
+        {"smollm-360m", "llama", "q5_k", "bpe", true, 960, 15, 5, 2560},
+    };
+    std::map<std::string, std::string> paths;
+    for (const auto& p : presets) {
+        SCOPED_TRACE(p.name);
+        const spec want{.arch = p.arch,
+                        .type = p.type,
+                        .vocab = p.vocab,
+                        .tied = p.tied,
+                        .n_embd = p.n_embd,
+                        .n_layer = 1,
+                        .n_head = p.n_head,
+                        .n_head_kv = p.n_head_kv,
+                        .n_ff = p.n_ff,
+                        .n_vocab = 2048};
+        std::string out;
+        auto path = make_model(std::string("--preset ") + p.name +
+                                   " --n-layer 1 --n-vocab 2048 --type " + p.type,
+                               &out);
+        ASSERT_FALSE(path.empty());
+        check_model(want, path);
+        EXPECT_EQ(out.find("rows of 2048"), std::string::npos) << out; // whole blocks
+        paths[p.name] = path;
+    }
+    // The popular models' Q4_K_M files hold Q5_0 and Q8_0 where rows of
+    // 896 are not whole Q4_K/Q6_K blocks, as generated here.
+    auto f = gguf_file::open(paths["qwen25-05b"]);
+    EXPECT_EQ(f.find_tensor("token_embd.weight")->type, ggml_type::q8_0);
+    EXPECT_EQ(f.find_tensor("blk.0.attn_q.weight")->type, ggml_type::q5_0);
+    EXPECT_EQ(f.find_tensor("blk.0.attn_v.weight")->type, ggml_type::q8_0);
+    EXPECT_EQ(f.find_tensor("blk.0.ffn_down.weight")->type, ggml_type::q6_k);
+    EXPECT_EQ(f.get_f32("qwen2.rope.freq_base"), 1e6f);
+
+    // Unless told otherwise, a preset has 2 layers and the model's own
+    // vocabulary (narrow here, to keep the file small).
+    f = gguf_file::open(
+        make_model("--preset smollm-135m --type q8_0 --n-embd 64 --n-head 1 --n-head-kv 1"));
+    EXPECT_EQ(f.get_u32("llama.block_count"), 2u);
+    EXPECT_EQ(f.get_u32("llama.vocab_size"), 49152u);
+    EXPECT_EQ(f.find_tensor("output.weight"), nullptr);
+    // and the preset's choices can be overridden.
+    f = gguf_file::open(make_model("--preset smollm-135m --untied --vocab spm --n-vocab 1024"));
+    EXPECT_NE(f.find_tensor("output.weight"), nullptr);
+    EXPECT_EQ(f.get_string("tokenizer.ggml.model"), "llama");
 }
 
 TEST(mkmodel, same_arguments_give_the_same_bytes_and_another_seed_other_weights) {
@@ -560,10 +660,20 @@ TEST(numpy_reference, reproduces_llama_cpp_on_the_testdata_model) {
 
 TEST(numpy_reference, dequantizes_every_type_as_the_engine_does) {
     REQUIRE_PYTHON();
+    std::vector<spec> specs;
     for (const auto& type : all_types) {
-        SCOPED_TRACE(type);
         spec s;
         s.type = type;
+        specs.push_back(s);
+    }
+    // Rows of 320: the K-quants' fallbacks (Q5_0, Q5_1, Q8_0) beside them.
+    for (std::string type : {"q4_k_m", "q5_k"}) {
+        specs.push_back({.type = type, .n_embd = 320, .n_head = 5, .n_head_kv = 1, .n_ff = 512});
+    }
+    std::map<ggml_type, int> all_seen;
+    for (const auto& s : specs) {
+        const std::string type = s.type + "-" + std::to_string(s.n_embd);
+        SCOPED_TRACE(type);
         const auto& path = model(s);
         auto dump = scratch::dir() / ("dump-" + type);
         fs::create_directories(dump);
@@ -590,8 +700,14 @@ TEST(numpy_reference, dequantizes_every_type_as_the_engine_does) {
             }
             EXPECT_LE(diff, 1e-6) << t.name << " (" << info(t.type)->name << ")";
             ++seen[t.type];
+            ++all_seen[t.type];
         }
-        EXPECT_GT(seen[base(type)], 0);
+        EXPECT_GT(seen[base(s.type)], 0);
+    }
+    for (const ggml_type t :
+         {ggml_type::f32, ggml_type::f16, ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1,
+          ggml_type::q5_0, ggml_type::q5_1, ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k}) {
+        EXPECT_GT(all_seen[t], 0) << info(t)->name << " was not compared";
     }
 }
 

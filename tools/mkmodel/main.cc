@@ -9,8 +9,12 @@
 //
 //   llmos-mkmodel --preset tiny --type q8_0 -o tiny-q8_0.gguf
 //   llmos-mkmodel --preset 100m --arch qwen2 --vocab bpe --type q4_k_m -o m.gguf
+//   llmos-mkmodel --preset qwen25-05b --n-vocab 4096 --type q4_k_m -o q.gguf
 //
-// A preset sets the sizes; options given with it override them.
+// A preset sets the sizes (the popular-model shapes also the architecture,
+// vocabulary style and tying, with 2 layers); options given with it
+// override them. Matrices whose rows are not whole blocks of their type
+// fall back as llama.cpp's quantizer does, one line on stderr each.
 // Exit status: 0 written, 1 failed, 2 bad usage.
 #include "model_gen.hh"
 
@@ -21,6 +25,7 @@
 #include <map>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -30,7 +35,7 @@ int run(int argc, char** argv) {
     CLI::App app{"llmos-mkmodel: write a llama-architecture GGUF test model with "
                  "deterministic random weights"};
     model_params p;
-    std::string preset = "tiny", arch_name = "llama", type_name = "f32", vocab_name = "spm";
+    std::string preset = "tiny", arch_name, type_name = "f32", vocab_name;
     std::string out;
     unsigned threads = std::max(1u, std::thread::hardware_concurrency());
     // Sizes given on the command line override the preset's.
@@ -40,18 +45,27 @@ int run(int argc, char** argv) {
         {"--n-vocab", &p.n_vocab},
     };
     std::map<std::string, uint32_t> given;
-    app.add_option("--preset", preset, "sizes: tiny (n_embd 64, like the testdata) or 100m")
-        ->check(CLI::IsMember({"tiny", "100m"}))
+    std::vector<std::string> preset_list(preset_names().begin(), preset_names().end());
+    app.add_option("--preset", preset,
+                   "sizes: tiny (n_embd 64, like the testdata), 100m, or the shape of "
+                   "TinyLlama-1.1B, Qwen2.5-0.5B, SmolLM-135M or SmolLM-360M with " +
+                       std::to_string(preset_layers) + " layers (see model_gen.hh)")
+        ->check(CLI::IsMember(preset_list))
         ->capture_default_str();
-    app.add_option("--arch", arch_name, "architecture")
-        ->check(CLI::IsMember({"llama", "qwen2"}))
-        ->capture_default_str();
+    app.add_option("--arch", arch_name, "architecture (default: the preset's, else llama)")
+        ->check(CLI::IsMember({"llama", "qwen2"}));
+    std::vector<std::string> types;
+    for (auto t : {weight_type::f32, weight_type::f16, weight_type::q8_0, weight_type::q4_0,
+                   weight_type::q4_1, weight_type::q5_0, weight_type::q5_1, weight_type::q4_k,
+                   weight_type::q5_k, weight_type::q6_k, weight_type::q4_k_m}) {
+        types.emplace_back(name(t));
+    }
     app.add_option("--type", type_name, "weight type")
-        ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m"}))
+        ->check(CLI::IsMember(types))
         ->capture_default_str();
-    app.add_option("--vocab", vocab_name, "tokenizer: spm (llama) or bpe (gpt2)")
-        ->check(CLI::IsMember({"spm", "bpe"}))
-        ->capture_default_str();
+    app.add_option("--vocab", vocab_name,
+                   "tokenizer: spm (llama) or bpe (gpt2) (default: the preset's, else spm)")
+        ->check(CLI::IsMember({"spm", "bpe"}));
     for (auto& [opt, ptr] : sizes) {
         app.add_option(opt, given[opt], "override the preset's value")->check(CLI::PositiveNumber);
     }
@@ -60,7 +74,10 @@ int run(int argc, char** argv) {
                                 "RoPE frequency base (default 10000; qwen2 1000000)");
     auto* eps =
         app.add_option("--rms-eps", p.rms_eps, "RMSNorm epsilon (default 1e-5; qwen2 1e-6)");
-    app.add_flag("--tied", p.tied, "no output.weight: the output head is the token embedding");
+    bool tied = false;
+    auto* tie = app.add_flag("--tied,!--untied", tied,
+                             "no output.weight: the output head is the token embedding "
+                             "(default: the preset's, else untied)");
     app.add_option("--threads", threads, "threads that quantize")->capture_default_str();
     app.add_option("-o,--output", out, "the GGUF file to write")->required();
     try {
@@ -75,9 +92,16 @@ int run(int argc, char** argv) {
             *ptr = given[opt];
         }
     }
-    p.arch = arch_name == "qwen2" ? model_arch::qwen2 : model_arch::llama;
+    if (!arch_name.empty()) {
+        p.arch = arch_name == "qwen2" ? model_arch::qwen2 : model_arch::llama;
+    }
+    if (!vocab_name.empty()) {
+        p.vocab = vocab_name == "bpe" ? vocab_style::bpe : vocab_style::spm;
+    }
+    if (tie->count() > 0) {
+        p.tied = tied;
+    }
     p.type = *parse_weight_type(type_name);
-    p.vocab = vocab_name == "bpe" ? vocab_style::bpe : vocab_style::spm;
     if (p.arch == model_arch::qwen2) {
         if (rope->count() == 0) {
             p.rope_base = 1000000.0f;
@@ -99,9 +123,10 @@ int run(int argc, char** argv) {
     w.write(out);
     std::printf("%s: %s %s %s, %.1fM parameters, n_embd %u, %u layers, %u/%u heads, ff %u, "
                 "vocab %u%s, %.1f MiB\n",
-                out.c_str(), arch_name.c_str(), type_name.c_str(), vocab_name.c_str(),
-                static_cast<double>(n_params(p)) / 1e6, p.n_embd, p.n_layer, p.n_head, p.n_head_kv,
-                p.n_ff, p.n_vocab, p.tied ? " (tied)" : "",
+                out.c_str(), std::string(name(p.arch)).c_str(), type_name.c_str(),
+                p.vocab == vocab_style::bpe ? "bpe" : "spm", static_cast<double>(n_params(p)) / 1e6,
+                p.n_embd, p.n_layer, p.n_head, p.n_head_kv, p.n_ff, p.n_vocab,
+                p.tied ? " (tied)" : "",
                 static_cast<double>(std::filesystem::file_size(out)) / (1 << 20));
     return 0;
 }

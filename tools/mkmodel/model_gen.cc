@@ -27,9 +27,13 @@ struct type_name {
 
 constexpr type_name type_names[] = {
     {weight_type::f32, "f32"},   {weight_type::f16, "f16"},       {weight_type::q8_0, "q8_0"},
-    {weight_type::q4_0, "q4_0"}, {weight_type::q4_k, "q4_k"},     {weight_type::q5_k, "q5_k"},
+    {weight_type::q4_0, "q4_0"}, {weight_type::q4_1, "q4_1"},     {weight_type::q5_0, "q5_0"},
+    {weight_type::q5_1, "q5_1"}, {weight_type::q4_k, "q4_k"},     {weight_type::q5_k, "q5_k"},
     {weight_type::q6_k, "q6_k"}, {weight_type::q4_k_m, "q4_k_m"},
 };
+
+constexpr std::string_view presets[] = {"tiny",       "100m",        "tinyllama",
+                                        "qwen25-05b", "smollm-135m", "smollm-360m"};
 
 ggml_type base_type(weight_type t) {
     switch (t) {
@@ -41,6 +45,12 @@ ggml_type base_type(weight_type t) {
         return ggml_type::q8_0;
     case weight_type::q4_0:
         return ggml_type::q4_0;
+    case weight_type::q4_1:
+        return ggml_type::q4_1;
+    case weight_type::q5_0:
+        return ggml_type::q5_0;
+    case weight_type::q5_1:
+        return ggml_type::q5_1;
     case weight_type::q4_k:
     case weight_type::q4_k_m:
         return ggml_type::q4_k;
@@ -123,7 +133,42 @@ std::optional<weight_type> parse_weight_type(std::string_view s) {
     return std::nullopt;
 }
 
+std::span<const std::string_view> preset_names() {
+    return presets;
+}
+
 bool apply_preset(model_params& p, std::string_view preset) {
+    struct shape {
+        std::string_view name;
+        model_arch arch;
+        vocab_style vocab;
+        bool tied;
+        uint32_t n_embd, n_head, n_head_kv, n_ff, n_ctx, n_vocab;
+    };
+    // Sizes from each model's config.json (hidden_size, num_attention_heads,
+    // num_key_value_heads, intermediate_size, max_position_embeddings,
+    // vocab_size, tie_word_embeddings).
+    static constexpr shape popular[] = {
+        {"tinyllama", model_arch::llama, vocab_style::spm, false, 2048, 32, 4, 5632, 2048, 32000},
+        {"qwen25-05b", model_arch::qwen2, vocab_style::bpe, true, 896, 14, 2, 4864, 32768, 151936},
+        {"smollm-135m", model_arch::llama, vocab_style::bpe, true, 576, 9, 3, 1536, 2048, 49152},
+        {"smollm-360m", model_arch::llama, vocab_style::bpe, true, 960, 15, 5, 2560, 2048, 49152},
+    };
+    for (const shape& s : popular) {
+        if (s.name == preset) {
+            p.arch = s.arch;
+            p.vocab = s.vocab;
+            p.tied = s.tied;
+            p.n_embd = s.n_embd;
+            p.n_layer = preset_layers;
+            p.n_head = s.n_head;
+            p.n_head_kv = s.n_head_kv;
+            p.n_ff = s.n_ff;
+            p.n_ctx = s.n_ctx;
+            p.n_vocab = s.n_vocab;
+            return true;
+        }
+    }
     if (preset == "tiny") {
         p.n_embd = 64;
         p.n_layer = 2;
@@ -188,11 +233,21 @@ ggml_type wanted_type(const model_params& p, std::string_view tensor, uint32_t l
     return ggml_type::q4_k;
 }
 
-ggml_type fallback_type(ggml_type t, uint64_t row) {
+ggml_type fallback_type(ggml_type t, uint64_t row, bool head) {
     if (engine::row_bytes(t, row)) {
         return t;
     }
-    return row % engine::qk_block == 0 ? ggml_type::q8_0 : ggml_type::f16;
+    ggml_type f = ggml_type::f16;
+    if (head) {
+        f = ggml_type::q8_0;
+    } else if (t == ggml_type::q4_k) {
+        f = ggml_type::q5_0;
+    } else if (t == ggml_type::q5_k) {
+        f = ggml_type::q5_1;
+    } else if (t == ggml_type::q6_k) {
+        f = ggml_type::q8_0;
+    }
+    return engine::row_bytes(f, row) ? f : ggml_type::f16;
 }
 
 uint32_t file_type(weight_type t) {
@@ -203,8 +258,14 @@ uint32_t file_type(weight_type t) {
         return 1; // MOSTLY_F16
     case weight_type::q4_0:
         return 2; // MOSTLY_Q4_0
+    case weight_type::q4_1:
+        return 3; // MOSTLY_Q4_1
     case weight_type::q8_0:
         return 7; // MOSTLY_Q8_0
+    case weight_type::q5_0:
+        return 8; // MOSTLY_Q5_0
+    case weight_type::q5_1:
+        return 9; // MOSTLY_Q5_1
     case weight_type::q4_k:
         return 14; // MOSTLY_Q4_K_S (llama.cpp's id for Q4_K throughout)
     case weight_type::q4_k_m:
@@ -257,7 +318,8 @@ void build_model(const model_params& p, engine::gguf_writer& w,
 
     auto matrix = [&](const std::string& t, uint64_t row, uint64_t rows, uint32_t layer) {
         const ggml_type want = wanted_type(p, t, layer);
-        const ggml_type type = fallback_type(want, row);
+        const bool head = t == "output.weight" || (p.tied && t == "token_embd.weight");
+        const ggml_type type = fallback_type(want, row, head);
         if (type != want && note) {
             note(t + ": rows of " + std::to_string(row) + " are not whole " +
                  std::string(engine::info(want)->name) + " blocks, using " +

@@ -5,7 +5,8 @@
 Written from the format as llama.cpp documents it (ggml/docs/gguf.md and the
 block layouts of ggml-common.h), not from the engine's code, so that the two
 check each other. Reads GGUF v2 and v3 through mmap; dequantizes F32, F16,
-Q8_0, Q4_0, Q4_K, Q5_K and Q6_K, vectorized over all blocks of a tensor.
+Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K, vectorized over all
+blocks of a tensor.
 
     f = GGUFFile("model.gguf")
     f.kv["llama.block_count"]        # metadata, as Python values
@@ -19,13 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-F32, F16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K = 0, 1, 2, 8, 12, 13, 14
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14
 
 # ggml type id -> (name, elements per block, bytes per block)
 TYPES = {
     F32: ("F32", 1, 4),
     F16: ("F16", 1, 2),
     Q4_0: ("Q4_0", 32, 18),
+    Q4_1: ("Q4_1", 32, 20),
+    Q5_0: ("Q5_0", 32, 22),
+    Q5_1: ("Q5_1", 32, 24),
     Q8_0: ("Q8_0", 32, 34),
     Q4_K: ("Q4_K", 256, 144),
     Q5_K: ("Q5_K", 256, 176),
@@ -156,10 +160,23 @@ def dequantize(ttype, u8, n):
     if ttype == Q8_0:  # half d, int8 qs[32]
         q = b[:, 2:].view(np.int8).astype(np.float32)
         return (_f16(b, 0, nb) * q).reshape(n)
-    if ttype == Q4_0:  # half d, uint8 qs[16]: low nibbles 0..15, high 16..31
-        qs = b[:, 2:]
-        q = np.concatenate([qs & 15, qs >> 4], axis=1).astype(np.float32) - 8
-        return (_f16(b, 0, nb) * q).reshape(n)
+    if ttype in (Q4_0, Q4_1, Q5_0, Q5_1):
+        # half d, (Q4_1/Q5_1: half m), (Q5_0/Q5_1: uint8 qh[4]), uint8 qs[16]:
+        # the low nibbles of qs are elements 0..15, the high ones 16..31;
+        # the fifth bit of element j is bit j of qh as a little-endian
+        # uint32, i.e. bit j % 8 of qh[j // 8].
+        qs = b[:, -16:]
+        q = np.concatenate([qs & 15, qs >> 4], axis=1)
+        if ttype in (Q5_0, Q5_1):
+            qh = b[:, -20:-16]
+            q = q | (np.unpackbits(qh, axis=1, bitorder="little") << 4)
+        q = q.astype(np.float32)
+        d = _f16(b, 0, nb)
+        if ttype == Q4_0:  # x = d (q - 8)
+            return (d * (q - 8)).reshape(n)
+        if ttype == Q5_0:  # x = d (q - 16)
+            return (d * (q - 16)).reshape(n)
+        return (d * q + _f16(b, 2, nb)).reshape(n)  # Q4_1, Q5_1: x = d q + m
     if ttype in (Q4_K, Q5_K):
         # half d, half dmin, scales[12], (Q5_K: qh[32]), qs[128]
         d, dmin = _f16(b, 0, nb), _f16(b, 2, nb)
