@@ -3,7 +3,9 @@
 // The engine's logits against the independent NumPy reference
 // (tests/engine/reference/reference.py: its own GGUF reader and
 // dequantizers, float64 math) on generated models of every supported
-// weight type, llama (SentencePiece vocab) and qwen2 (byte-level BPE vocab):
+// weight type, llama (SentencePiece vocab) and qwen2 (byte-level BPE vocab),
+// and on the shapes of popular models (with the fallback types their
+// K-quant files hold):
 // the prompt's positions and 32 decode steps, unbatched and batched with
 // another sequence. The engine is fed the reference's greedy tokens, so a
 // near-tie that the two break differently cannot make them drift apart.
@@ -34,11 +36,27 @@ struct combo {
     const char* type;
     const char* arch;
     const char* vocab;
+    /// A popular model's shape: its mkmodel preset (arch and vocab above
+    /// must be the preset's) and the arguments that cut it down; null: the
+    /// small default shape.
+    const char* preset = nullptr;
+    const char* extra = "";
+    /// Tensor types the file must hold (the fallbacks it is there for),
+    /// separated by spaces.
+    const char* holds = "";
 };
 
 std::string name_of(const ::testing::TestParamInfo<combo>& i) {
-    return std::string(i.param.arch) + "_" + i.param.type;
+    std::string n = i.param.preset ? i.param.preset : i.param.arch;
+    for (char& c : n) {
+        c = c == '-' ? '_' : c;
+    }
+    return n + "_" + i.param.type;
 }
+
+/// The small default shape: 256 wide, every type's rows whole blocks.
+constexpr const char* default_shape =
+    "--preset tiny --n-embd 256 --n-ff 512 --n-head 4 --n-head-kv 2";
 
 // A python3 with NumPy (Debian's, which `make deps` installs, before
 // whatever else is first on PATH), or "".
@@ -95,11 +113,12 @@ protected:
             GTEST_SKIP() << "no python3 with NumPy (make deps installs python3-numpy)";
         }
         const combo& c = GetParam();
-        _model = workdir() + "/" + c.arch + "-" + c.type + ".gguf";
-        std::string cmd = std::string(LLMOS_MKMODEL) + " --preset tiny --arch " + c.arch +
-                          " --vocab " + c.vocab + " --type " + c.type +
-                          " --n-embd 256 --n-ff 512 --n-head 4 --n-head-kv 2 -o " + _model +
-                          " >/dev/null";
+        _model = workdir() + "/" + name_of({c, 0}) + ".gguf";
+        const std::string shape =
+            c.preset ? std::string("--preset ") + c.preset + " " + c.extra : default_shape;
+        std::string cmd = std::string(LLMOS_MKMODEL) + " " + shape + " --arch " + c.arch +
+                          " --vocab " + c.vocab + " --type " + c.type + " -o " + _model +
+                          " >/dev/null 2>&1";
         ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
         std::string toks;
         for (int32_t t : _prompt) {
@@ -157,6 +176,14 @@ protected:
 // quantized to 8 bits for quantized weights) alone and batched.
 TEST_P(reference, prefill_and_32_decode_steps_match_unbatched_and_batched) {
     auto file = gguf_file::open(_model);
+    std::istringstream holds(GetParam().holds);
+    for (std::string type; holds >> type;) {
+        bool found = false;
+        for (const auto& t : file.tensors()) {
+            found = found || info(t.type)->name == type;
+        }
+        EXPECT_TRUE(found) << "no " << type << " tensor in " << _model;
+    }
     auto m = model::load(file);
     const bool f32 = std::string(GetParam().type) == "f32";
     const bool quantized = !f32 && std::string(GetParam().type) != "f16";
@@ -217,8 +244,8 @@ TEST_P(reference, prefill_and_32_decode_steps_match_unbatched_and_batched) {
         }
         EXPECT_LE(worst, tol);
         EXPECT_GE(same_top * 10, rows * 9) << same_top << " of " << rows << " top tokens agree";
-        std::printf("    %s %s, %s: worst %s difference %.3g, top token agrees %zu/%zu\n",
-                    GetParam().arch, GetParam().type, md.name, f32 ? "absolute" : "relative", worst,
+        std::printf("    %s, %s: worst %s difference %.3g, top token agrees %zu/%zu\n",
+                    name_of({GetParam(), 0}).c_str(), md.name, f32 ? "absolute" : "relative", worst,
                     same_top, rows);
     }
 }
@@ -231,5 +258,21 @@ INSTANTIATE_TEST_SUITE_P(
                       combo{"q6_k", "llama", "spm"}, combo{"q4_k_m", "llama", "spm"},
                       combo{"f32", "qwen2", "bpe"}, combo{"f16", "qwen2", "bpe"},
                       combo{"q8_0", "qwen2", "bpe"}, combo{"q4_0", "qwen2", "bpe"},
-                      combo{"q4_k_m", "qwen2", "bpe"}, combo{"q6_k", "qwen2", "bpe"}),
+                      combo{"q4_k_m", "qwen2", "bpe"}, combo{"q6_k", "qwen2", "bpe"},
+                      combo{"q4_1", "llama", "spm"}, combo{"q5_0", "llama", "spm"},
+                      combo{"q5_1", "llama", "spm"}, combo{"q5_1", "qwen2", "bpe"}),
     name_of);
+
+// The shapes of popular models whose rows are not whole K-quant blocks
+// (Qwen2.5-0.5B: 896, SmolLM-135M: 576), so their K-quant files hold the
+// fallback types, and one 2048 wide (TinyLlama-1.1B). One or two layers
+// and a 4096-token vocabulary keep them quick.
+const combo shapes[] = {
+    {"q4_k_m", "qwen2", "bpe", "qwen25-05b", "--n-layer 1 --n-vocab 4096", "Q5_0 Q8_0 Q6_K"},
+    {"q8_0", "llama", "bpe", "smollm-135m", "--n-layer 2 --n-vocab 4096", "Q8_0"},
+    {"q4_k_m", "llama", "bpe", "smollm-135m", "--n-layer 2 --n-vocab 4096", "Q5_0 Q8_0 Q4_K Q6_K"},
+    {"q5_k", "llama", "bpe", "smollm-135m", "--n-layer 1 --n-vocab 4096", "Q5_1 Q8_0 Q5_K"},
+    {"q4_0", "llama", "spm", "tinyllama", "--n-layer 1 --n-vocab 4096", "Q4_0"},
+};
+
+INSTANTIATE_TEST_SUITE_P(shapes, reference, ::testing::ValuesIn(shapes), name_of);
