@@ -642,6 +642,9 @@ outcome daemon::run(const job& j, uint32_t tenant,
     }
     detach(*id);
     auto f = client->wait(*id, llmos::wait_for::at_most(10s));
+    if (f) {
+        _metrics.generated_tokens.fetch_add(f->tokens); // cancelled ones' too
+    }
     if (gone) {
         _metrics.cancelled.fetch_add(1);
         throw api_error{499, "the client went away", "invalid_request_error", "", "cancelled"};
@@ -662,7 +665,6 @@ outcome daemon::run(const job& j, uint32_t tenant,
     }
     out.completion_tokens = f->tokens;
     out.finish_reason = f->tokens >= max_tokens ? "length" : "stop";
-    _metrics.generated_tokens.fetch_add(f->tokens);
     _metrics.ok.fetch_add(1);
     _metrics.latency.observe(now_s() - t0);
 

@@ -1,0 +1,502 @@
+// SPDX-License-Identifier: MIT
+//
+// llmosd end to end, on the local backend: the daemon runs as its own
+// process on the conformance model and the tests talk HTTP to it -- every
+// endpoint, SSE framing, error objects and status codes, sessions across a
+// restart, client disconnects, overload, API keys, model management and a
+// graceful shutdown.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <llmos/device.hh>
+#include <llmos/mindspace.hh>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
+
+// The greedy continuation of "Hello world" (the conformance vector).
+std::string hello_continuation() {
+    return " pu\xEF\xBF\xBD"
+           "fo vxszg pq bguhergw\xEF\xBF\xBD wcf<woU vww bdjykfzkas pmtn t";
+}
+
+class server {
+public:
+    std::string dir;
+    pid_t pid = -1;
+    int port = 0;
+
+    explicit server(const std::string& state, std::vector<std::string> extra = {})
+        : dir(state) {
+        std::filesystem::create_directories(dir);
+        std::filesystem::remove(dir + "/port");
+        pid = ::fork();
+        if (pid == 0) {
+            ::setenv("LLMOS_LOCAL_DIR", (dir + "/ms").c_str(), 1);
+            std::vector<std::string> args = {LLMOSD_PATH,   "--backend",    "local",
+                                             "--model",     "tiny=" + tiny, "--listen",
+                                             "127.0.0.1:0", "--port-file",  dir + "/port"};
+            if (std::find(extra.begin(), extra.end(), "--ctx") == extra.end()) {
+                args.insert(args.end(), {"--ctx", "2048"});
+            }
+            args.insert(args.end(), extra.begin(), extra.end());
+            std::vector<char*> argv;
+            for (auto& a : args) {
+                argv.push_back(a.data());
+            }
+            argv.push_back(nullptr);
+            int log = ::open((dir + "/log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+            ::dup2(log, 2);
+            ::execv(LLMOSD_PATH, argv.data());
+            ::_exit(127);
+        }
+        for (int i = 0; i < 200 && !port; ++i) {
+            std::ifstream in(dir + "/port");
+            in >> port;
+            if (!port) {
+                std::this_thread::sleep_for(25ms);
+            }
+        }
+    }
+    httplib::Client client() const {
+        if (!port) {
+            ADD_FAILURE() << "llmosd did not start:\n" << log();
+        }
+        httplib::Client c("127.0.0.1", port);
+        c.set_read_timeout(60, 0);
+        return c;
+    }
+    /// SIGTERM and wait; the exit status.
+    int stop() {
+        if (pid <= 0) {
+            return -1;
+        }
+        ::kill(pid, SIGTERM);
+        int st = 0;
+        ::waitpid(pid, &st, 0);
+        pid = -1;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    }
+    std::string log() const {
+        std::ifstream in(dir + "/log");
+        std::stringstream s;
+        s << in.rdbuf();
+        return s.str();
+    }
+    ~server() { stop(); }
+};
+
+// POST `body` and hand the response body to `recv` as it comes (false: hang up).
+httplib::Result post_streaming(httplib::Client& c, const std::string& path, const std::string& body,
+                               std::function<bool(const char*, size_t)> recv) {
+    httplib::Request req;
+    req.method = "POST";
+    req.path = path;
+    req.body = body;
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [recv](const char* d, size_t n, uint64_t, uint64_t) {
+        return recv(d, n);
+    };
+    return c.send(req);
+}
+
+class llmosd_test : public ::testing::Test {
+protected:
+    std::string _dir;
+    void SetUp() override {
+        char tmpl[] = "/tmp/llmosd-test-XXXXXX";
+        _dir = ::mkdtemp(tmpl);
+    }
+    void TearDown() override { std::filesystem::remove_all(_dir); }
+
+    static json post(httplib::Client& c, const std::string& path, const json& body, int want,
+                     httplib::Headers h = {}) {
+        auto r = c.Post(path, h, body.dump(), "application/json");
+        EXPECT_TRUE(r) << path;
+        if (!r) {
+            return {};
+        }
+        EXPECT_EQ(r->status, want) << path << ": " << r->body;
+        return json::parse(r->body, nullptr, false);
+    }
+    // The events of an SSE body; checks the framing on the way.
+    static std::vector<std::string> events(const std::string& body) {
+        std::vector<std::string> ev;
+        size_t at = 0;
+        while (at < body.size()) {
+            size_t end = body.find("\n\n", at);
+            EXPECT_NE(end, std::string::npos) << "an event without its blank line";
+            if (end == std::string::npos) {
+                break;
+            }
+            std::string e = body.substr(at, end - at);
+            EXPECT_TRUE(e.starts_with("data: ")) << e;
+            ev.push_back(e.substr(6));
+            at = end + 2;
+        }
+        return ev;
+    }
+    static void expect_error(const json& body, const std::string& type, const std::string& param) {
+        ASSERT_TRUE(body.contains("error")) << body.dump();
+        EXPECT_TRUE(body["error"]["message"].is_string());
+        EXPECT_FALSE(body["error"]["message"].get<std::string>().empty());
+        EXPECT_EQ(body["error"]["type"], type);
+        if (!param.empty()) {
+            EXPECT_EQ(body["error"]["param"], param);
+        }
+    }
+};
+
+} // namespace
+
+TEST_F(llmosd_test, health_models_and_metrics) {
+    server s(_dir);
+    ASSERT_GT(s.port, 0) << s.log();
+    auto c = s.client();
+    auto h = c.Get("/health");
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->status, 200);
+    EXPECT_EQ(json::parse(h->body)["status"], "ok");
+    auto m = c.Get("/v1/models");
+    ASSERT_TRUE(m);
+    auto mj = json::parse(m->body);
+    EXPECT_EQ(mj["object"], "list");
+    ASSERT_EQ(mj["data"].size(), 1u);
+    EXPECT_EQ(mj["data"][0]["id"], "tiny");
+    EXPECT_EQ(mj["data"][0]["object"], "model");
+    EXPECT_EQ(c.Get("/v1/models/tiny")->status, 200);
+    EXPECT_EQ(c.Get("/v1/models/other")->status, 404);
+    post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 4}},
+         200);
+    auto met = c.Get("/metrics");
+    ASSERT_TRUE(met);
+    EXPECT_EQ(met->status, 200);
+    for (const char* name :
+         {"llmosd_requests_total 1", "llmosd_generated_tokens_total 4", "llmosd_queue_depth",
+          "llmosd_in_flight 0", "llmosd_mindspace_bytes", "llmosd_request_duration_seconds_bucket",
+          "llmosd_time_to_first_token_seconds_count 1", "# TYPE llmosd_requests_total counter"}) {
+        EXPECT_NE(met->body.find(name), std::string::npos) << name << " in\n" << met->body;
+    }
+    EXPECT_EQ(c.Get("/no/such/thing")->status, 404);
+}
+
+TEST_F(llmosd_test, completions_give_the_conformance_continuation) {
+    server s(_dir);
+    auto c = s.client();
+    auto r =
+        post(c, "/v1/completions",
+             {{"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 16}, {"temperature", 0}},
+             200);
+    EXPECT_EQ(r["object"], "text_completion");
+    EXPECT_TRUE(r["id"].get<std::string>().starts_with("cmpl-"));
+    EXPECT_EQ(r["choices"][0]["text"], hello_continuation());
+    EXPECT_EQ(r["choices"][0]["finish_reason"], "length");
+    EXPECT_EQ(r["usage"]["prompt_tokens"], 3);
+    EXPECT_EQ(r["usage"]["completion_tokens"], 16);
+    EXPECT_EQ(r["usage"]["total_tokens"], 19);
+    // A stop string ends the text before it.
+    auto st = post(c, "/v1/completions",
+                   {{"model", "tiny"},
+                    {"prompt", "Hello world"},
+                    {"max_tokens", 16},
+                    {"temperature", 0},
+                    {"stop", {"vxs"}}},
+                   200);
+    EXPECT_EQ(st["choices"][0]["text"], hello_continuation().substr(0, 9));
+    EXPECT_EQ(st["choices"][0]["finish_reason"], "stop");
+}
+
+TEST_F(llmosd_test, streaming_frames_events_and_matches_the_whole_answer) {
+    server s(_dir);
+    auto c = s.client();
+    json body = {{"model", "tiny"},
+                 {"messages", {{{"role", "user"}, {"content", "Say something"}}}},
+                 {"max_tokens", 12},
+                 {"temperature", 0}};
+    auto whole = post(c, "/v1/chat/completions", body, 200);
+    EXPECT_EQ(whole["object"], "chat.completion");
+    EXPECT_EQ(whole["choices"][0]["message"]["role"], "assistant");
+    std::string want = whole["choices"][0]["message"]["content"];
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+    auto r = c.Post("/v1/chat/completions", body.dump(), "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
+    auto ev = events(r->body);
+    ASSERT_GE(ev.size(), 4u);
+    EXPECT_EQ(ev.back(), "[DONE]");
+    std::string got;
+    std::string finish;
+    json usage;
+    for (size_t i = 0; i + 1 < ev.size(); ++i) {
+        auto e = json::parse(ev[i]);
+        EXPECT_EQ(e["object"], "chat.completion.chunk");
+        EXPECT_EQ(e["id"], json::parse(ev[0])["id"]) << "one id for the stream";
+        if (e["choices"].empty()) {
+            usage = e["usage"]; // the usage chunk: no choices
+            continue;
+        }
+        auto& ch = e["choices"][0];
+        if (ch["delta"].contains("content")) {
+            got += ch["delta"]["content"].get<std::string>();
+        }
+        if (!ch["finish_reason"].is_null()) {
+            finish = ch["finish_reason"];
+        }
+    }
+    EXPECT_EQ(json::parse(ev[0])["choices"][0]["delta"]["role"], "assistant");
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(finish, "length");
+    EXPECT_EQ(usage["completion_tokens"], 12);
+    EXPECT_EQ(usage["prompt_tokens"], whole["usage"]["prompt_tokens"]);
+}
+
+TEST_F(llmosd_test, bad_requests_get_openai_errors_with_the_right_status) {
+    server s(_dir, {"--max-body", "4096"});
+    auto c = s.client();
+    auto raw = [&](const std::string& body) {
+        auto r = c.Post("/v1/completions", body, "application/json");
+        EXPECT_TRUE(r);
+        return r;
+    };
+    auto r = raw("{not json");
+    EXPECT_EQ(r->status, 400);
+    expect_error(json::parse(r->body), "invalid_request_error", "");
+    r = raw("[1,2]");
+    EXPECT_EQ(r->status, 400);
+    struct bad {
+        json body;
+        int status;
+        std::string param;
+    };
+    for (auto& b : std::vector<bad>{
+             {{{"prompt", "x"}}, 400, "model"},
+             {{{"model", 5}, {"prompt", "x"}}, 400, "model"},
+             {{{"model", "tiny"}}, 400, "prompt"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", "ten"}}, 400, "max_tokens"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 0}}, 400, "max_tokens"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"temperature", 3}}, 400, "temperature"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"top_p", 0}}, 400, "top_p"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"n", 2}}, 400, "n"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"stop", {1, 2}}}, 400, "stop"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"stream", "yes"}}, 400, "stream"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"stream_options", {{"include_usage", true}}}},
+              400,
+              "stream_options"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"session", "no/slashes"}}, 400, "session"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"priority", 300}}, 400, "priority"},
+             {{{"model", "missing"}, {"prompt", "x"}}, 404, "model"},
+         }) {
+        auto j = post(c, "/v1/completions", b.body, b.status);
+        expect_error(j, "invalid_request_error", b.param);
+    }
+    auto chat =
+        post(c, "/v1/chat/completions", {{"model", "tiny"}, {"messages", json::array()}}, 400);
+    expect_error(chat, "invalid_request_error", "messages");
+    chat = post(c, "/v1/chat/completions",
+                {{"model", "tiny"}, {"messages", {{{"role", "robot"}, {"content", "x"}}}}}, 400);
+    expect_error(chat, "invalid_request_error", "messages[0].role");
+    // Larger than --max-body.
+    r = raw(json{{"model", "tiny"}, {"prompt", std::string(8000, 'a')}}.dump());
+    EXPECT_EQ(r->status, 413);
+    expect_error(json::parse(r->body), "invalid_request_error", "");
+    // A prompt longer than the context.
+    std::string long_prompt;
+    for (int i = 0; i < 3000; ++i) {
+        long_prompt += " Hello";
+    }
+    server big(_dir + "/big", {"--ctx", "64"});
+    auto cb = big.client();
+    auto j = post(cb, "/v1/completions", {{"model", "tiny"}, {"prompt", long_prompt}}, 400);
+    EXPECT_EQ(j["error"]["code"], "context_length_exceeded");
+}
+
+TEST_F(llmosd_test, a_session_keeps_its_conversation_across_a_restart) {
+    json first = {{"model", "tiny"},
+                  {"session", "alice"},
+                  {"messages", {{{"role", "user"}, {"content", "Hello world"}}}},
+                  {"max_tokens", 6},
+                  {"temperature", 0}};
+    std::string reply1;
+    {
+        server s(_dir);
+        auto c = s.client();
+        reply1 = post(c, "/v1/chat/completions", first, 200)["choices"][0]["message"]["content"];
+        EXPECT_EQ(s.stop(), 0);
+    }
+    // The session's mindspace outlives the daemon.
+    auto dev = llmos::device::open_local(_dir + "/ms").value();
+    auto info = llmos::mindspace_info(dev, llmos::ms_key{0, "llmosd.s.alice"});
+    ASSERT_TRUE(info) << info.error().message();
+    EXPECT_TRUE(info->persistent());
+
+    // A new daemon: the next turn sends only the new message.
+    server s(_dir);
+    auto c = s.client();
+    json second = {{"model", "tiny"},
+                   {"session", "alice"},
+                   {"messages", {{{"role", "user"}, {"content", "And then?"}}}},
+                   {"max_tokens", 6},
+                   {"temperature", 0}};
+    auto r2 = post(c, "/v1/chat/completions", second, 200);
+    // The same as sending the whole conversation without a session.
+    json whole = {{"model", "tiny"},
+                  {"messages",
+                   {{{"role", "user"}, {"content", "Hello world"}},
+                    {{"role", "assistant"}, {"content", reply1}},
+                    {{"role", "user"}, {"content", "And then?"}}}},
+                  {"max_tokens", 6},
+                  {"temperature", 0}};
+    auto r3 = post(c, "/v1/chat/completions", whole, 200);
+    EXPECT_EQ(r2["choices"][0]["message"]["content"], r3["choices"][0]["message"]["content"]);
+    EXPECT_EQ(r2["usage"]["prompt_tokens"], r3["usage"]["prompt_tokens"]);
+}
+
+TEST_F(llmosd_test, a_client_that_goes_away_cancels_its_request) {
+    server s(_dir, {"--ctx", "4096"});
+    auto c = s.client();
+    json body = {{"model", "tiny"},
+                 {"prompt", "Hello world"},
+                 {"max_tokens", 4000},
+                 {"stream", true},
+                 {"temperature", 0}};
+    {
+        auto hang_up = s.client(); // its connection closes with it
+        size_t got = 0;
+        auto r =
+            post_streaming(hang_up, "/v1/completions", body.dump(), [&](const char*, size_t n) {
+                got += n;
+                return got < 200; // read a little, then hang up
+            });
+        EXPECT_FALSE(r); // we cancelled it
+    }
+    // The daemon notices and the worker stops early.
+    std::string met;
+    for (int i = 0; i < 100; ++i) {
+        met = c.Get("/metrics")->body;
+        if (met.find("llmosd_requests_cancelled_total 1") != std::string::npos) {
+            break;
+        }
+        std::this_thread::sleep_for(50ms);
+    }
+    EXPECT_NE(met.find("llmosd_requests_cancelled_total 1"), std::string::npos) << met;
+    EXPECT_NE(met.find("llmosd_in_flight 0"), std::string::npos);
+    const std::string key = "\nllmosd_generated_tokens_total ";
+    auto pos = met.find(key);
+    ASSERT_NE(pos, std::string::npos);
+    EXPECT_LT(std::stoul(met.substr(pos + key.size())), 4000u) << "the worker stopped early";
+}
+
+TEST_F(llmosd_test, overload_gets_429_with_retry_after) {
+    server s(_dir, {"--max-queue", "1", "--ctx", "4096"});
+    auto c = s.client();
+    std::atomic<bool> started{false};
+    std::thread slow([&] {
+        auto c2 = s.client();
+        json body = {
+            {"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 3000}, {"stream", true}};
+        post_streaming(c2, "/v1/completions", body.dump(), [&](const char*, size_t) {
+            started = true;
+            return true;
+        });
+    });
+    while (!started) {
+        std::this_thread::sleep_for(1ms);
+    }
+    auto r = c.Post("/v1/completions",
+                    json{{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}.dump(),
+                    "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 429);
+    EXPECT_EQ(r->get_header_value("Retry-After"), "1");
+    expect_error(json::parse(r->body), "rate_limit_error", "");
+    slow.join();
+}
+
+TEST_F(llmosd_test, api_keys_are_enforced) {
+    std::filesystem::create_directories(_dir);
+    std::ofstream(_dir + "/keys") << "# key tenant\nsecret-one 7\nsecret-two\n";
+    server s(_dir, {"--api-key-file", _dir + "/keys"});
+    auto c = s.client();
+    json body = {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}};
+    auto none = post(c, "/v1/completions", body, 401);
+    EXPECT_EQ(none["error"]["code"], "invalid_api_key");
+    post(c, "/v1/completions", body, 401, {{"Authorization", "Bearer wrong"}});
+    EXPECT_EQ(c.Get("/v1/models")->status, 401);
+    post(c, "/v1/completions", body, 200, {{"Authorization", "Bearer secret-one"}});
+    post(c, "/v1/completions", body, 200, {{"Authorization", "Bearer secret-two"}});
+    EXPECT_EQ(c.Get("/health")->status, 200) << "health needs no key";
+}
+
+TEST_F(llmosd_test, models_load_swap_and_unload_without_dropping_requests) {
+    server s(_dir);
+    auto c = s.client();
+    auto loaded = post(c, "/llmos/v1/models", {{"name", "second"}, {"path", tiny}}, 201);
+    EXPECT_EQ(loaded["name"], "second");
+    EXPECT_EQ(loaded["architecture"], "llama");
+    EXPECT_EQ(json::parse(c.Get("/v1/models")->body)["data"].size(), 2u);
+    expect_error(post(c, "/llmos/v1/models", {{"name", "second"}, {"path", tiny}}, 409),
+                 "invalid_request_error", "name");
+    expect_error(post(c, "/llmos/v1/models", {{"name", "bad"}, {"path", "/nonexistent.gguf"}}, 400),
+                 "invalid_request_error", "path");
+    // Swap while a request streams on the old file: it finishes.
+    std::string streamed;
+    std::thread t([&] {
+        auto c2 = s.client();
+        json body = {{"model", "second"},
+                     {"prompt", "Hello world"},
+                     {"max_tokens", 600},
+                     {"temperature", 0}};
+        auto r = c2.Post("/v1/completions", body.dump(), "application/json");
+        if (r && r->status == 200) {
+            streamed = json::parse(r->body)["choices"][0]["text"];
+        }
+    });
+    std::this_thread::sleep_for(20ms);
+    post(c, "/llmos/v1/models/second/swap", {{"path", tiny}}, 200);
+    t.join();
+    EXPECT_FALSE(streamed.empty()) << "the request in flight was not dropped";
+    post(c, "/v1/completions", {{"model", "second"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
+    auto del = c.Delete("/llmos/v1/models/second");
+    ASSERT_TRUE(del);
+    EXPECT_EQ(del->status, 200);
+    post(c, "/v1/completions", {{"model", "second"}, {"prompt", "x"}}, 404);
+    EXPECT_EQ(c.Delete("/llmos/v1/models/second")->status, 404);
+}
+
+TEST_F(llmosd_test, sigterm_drains_the_requests_in_flight) {
+    server s(_dir, {"--ctx", "4096"});
+    std::string text;
+    int status = 0;
+    std::thread t([&] {
+        auto c = s.client();
+        json body = {
+            {"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 1500}, {"temperature", 0}};
+        auto r = c.Post("/v1/completions", body.dump(), "application/json");
+        if (r) {
+            status = r->status;
+            text = json::parse(r->body)["choices"][0]["text"];
+        }
+    });
+    std::this_thread::sleep_for(30ms);
+    EXPECT_EQ(s.stop(), 0) << s.log();
+    t.join();
+    EXPECT_EQ(status, 200);
+    EXPECT_FALSE(text.empty());
+    EXPECT_NE(s.log().find("draining"), std::string::npos);
+}
