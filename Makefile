@@ -5,7 +5,9 @@
 #
 #   make bench    benchmarks (ratios against baselines in the same run)
 #   make install  libllmos (headers, libraries, pkg-config, CMake package) and
-#                 llmosctl under PREFIX (default /usr/local), staged in DESTDIR
+#                 the tools under PREFIX (default /usr/local), the llmosd unit,
+#                 udev rule, sysusers entry and module sources for DKMS;
+#                 staged in DESTDIR (install-kmod: the built module)
 #   make deps | build | kmod | lint | unit | vm-test | vm-shell | clean
 #
 # LLMOS_CACHE (default /var/cache/llmos) holds downloaded packages, the
@@ -70,9 +72,81 @@ bench: build
 check:
 	@bash tools/check.sh
 
+# Installation, staged under DESTDIR when it is set; running it again gives
+# the same result. Directories can be set on the command line.
+#   install            libllmos and llmosctl under PREFIX, install-packaging
+#                      and install-dkms
+#   install-packaging  udev rule, sysusers.d and tmpfiles.d entries, the
+#                      llmosd unit (ExecStart in PREFIX/bin), /etc/default/llmosd
+#   install-dkms       the module's sources and dkms.conf in DKMSDIR, ready for
+#                      `dkms add llmos/VERSION && dkms install llmos/VERSION`
+#   install-kmod       the built kmod/llmos.ko in MODULEDIR/KVER/extra (KVER:
+#                      the kernel release it was built for), loaded at boot
+# System files go where udev, systemd and dkms look for them, whatever PREFIX.
 PREFIX ?= /usr/local
-install: userspace
+BINDIR = $(PREFIX)/bin
+SYSCONFDIR = /etc
+UDEVRULESDIR = /usr/lib/udev/rules.d
+SYSUSERSDIR = /usr/lib/sysusers.d
+TMPFILESDIR = /usr/lib/tmpfiles.d
+UNITDIR = /usr/lib/systemd/system
+MODULESLOADDIR = /usr/lib/modules-load.d
+MODULEDIR = /lib/modules
+# The version has one home: project(llmos VERSION ...) in CMakeLists.txt.
+LLMOS_VERSION := $(shell sed -n 's/^project.llmos VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
+DKMSDIR = /usr/src/llmos-$(LLMOS_VERSION)
+# The module's sources, without what Kbuild generates.
+KMOD_SRCS = $(filter-out %.mod.c,$(wildcard kmod/Kbuild kmod/*.[ch] kmod/core/*.[ch]))
+INSTALL_DATA = install -D -m 0644
+
+.PHONY: install-packaging install-dkms install-kmod
+
+install: userspace install-packaging install-dkms
 	DESTDIR=$(DESTDIR) cmake --install $(BUILD)/default --prefix $(PREFIX)
+
+# A real install (no DESTDIR) keeps an existing /etc/default/llmosd, then
+# makes the user, group and folders and has systemd and udev reread their
+# files, as a package's postinst would.
+install-packaging:
+	$(INSTALL_DATA) packaging/60-llmos.rules "$(DESTDIR)$(UDEVRULESDIR)/60-llmos.rules"
+	$(INSTALL_DATA) packaging/llmos.sysusers.conf "$(DESTDIR)$(SYSUSERSDIR)/llmos.conf"
+	$(INSTALL_DATA) packaging/llmos.tmpfiles.conf "$(DESTDIR)$(TMPFILESDIR)/llmos.conf"
+	install -d "$(DESTDIR)$(UNITDIR)"
+	sed 's|@BINDIR@|$(BINDIR)|g' packaging/llmosd.service.in \
+		>"$(DESTDIR)$(UNITDIR)/llmosd.service"
+	chmod 0644 "$(DESTDIR)$(UNITDIR)/llmosd.service"
+	@set -e; run() { echo "$$*"; "$$@"; }; \
+	if [ -n "$(DESTDIR)" ] || [ ! -e "$(SYSCONFDIR)/default/llmosd" ]; then \
+		run $(INSTALL_DATA) packaging/llmosd.default "$(DESTDIR)$(SYSCONFDIR)/default/llmosd"; \
+	else echo "keeping $(SYSCONFDIR)/default/llmosd"; fi; \
+	[ -z "$(DESTDIR)" ] || exit 0; \
+	if command -v systemd-sysusers >/dev/null; then run systemd-sysusers "$(SYSUSERSDIR)/llmos.conf"; fi; \
+	if command -v systemd-tmpfiles >/dev/null; then \
+		run systemd-tmpfiles --create "$(TMPFILESDIR)/llmos.conf"; fi; \
+	if [ -d /run/systemd/system ]; then run systemctl daemon-reload; fi; \
+	if command -v udevadm >/dev/null; then run udevadm control --reload || true; fi
+
+# The tree mirrors the repository (kmod/ beside include/uapi/), so the Kbuild
+# finds the UAPI header where it always does. The sources of an earlier
+# install of this version are replaced, not merged with.
+install-dkms:
+	@test -n "$(LLMOS_VERSION)" || { echo "install-dkms: no version in CMakeLists.txt" >&2; exit 1; }
+	rm -rf "$(DESTDIR)$(DKMSDIR)/kmod" "$(DESTDIR)$(DKMSDIR)/include"
+	for f in $(KMOD_SRCS) include/uapi/linux/llmos.h; do \
+		$(INSTALL_DATA) "$$f" "$(DESTDIR)$(DKMSDIR)/$$f" || exit 1; done
+	sed 's|@VERSION@|$(LLMOS_VERSION)|g' packaging/dkms.conf.in >"$(DESTDIR)$(DKMSDIR)/dkms.conf"
+	chmod 0644 "$(DESTDIR)$(DKMSDIR)/dkms.conf"
+
+# KVER defaults to the release in the module's vermagic. depmod runs only for
+# a real install (a staged tree is indexed where it is unpacked).
+install-kmod: kmod
+	@PATH=$$PATH:/usr/sbin:/sbin; kver='$(KVER)'; \
+	[ -n "$$kver" ] || kver=$$(modinfo -F vermagic kmod/llmos.ko | cut -d' ' -f1); \
+	[ -n "$$kver" ] || { echo "install-kmod: no kernel release in kmod/llmos.ko" >&2; exit 1; }; \
+	set -e; run() { echo "$$*"; "$$@"; }; \
+	run $(INSTALL_DATA) kmod/llmos.ko "$(DESTDIR)$(MODULEDIR)/$$kver/extra/llmos.ko"; \
+	run $(INSTALL_DATA) packaging/modules-load.conf "$(DESTDIR)$(MODULESLOADDIR)/llmos.conf"; \
+	if [ -z "$(DESTDIR)" ]; then run depmod -a "$$kver"; fi
 
 clean:
 	rm -rf $(BUILD)
