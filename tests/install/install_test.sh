@@ -26,7 +26,7 @@ check() {
 	shift
 	if "$@" >"$stage/log" 2>&1; then ok "$what"; else notok "$what"; fi
 }
-echo "1..32"
+echo "1..34"
 
 if DESTDIR=$stage/root cmake --install "$build" --prefix /usr/local >"$stage/log" 2>&1 &&
 	[ -f "$stage/root/usr/local/include/llmos/worker_pool.hh" ] &&
@@ -225,7 +225,7 @@ unit_settings() {
 		}' "$unit" || return 1
 	local kv
 	for kv in Type=exec EnvironmentFile=-/etc/default/llmosd User=llmosd Group=llmos \
-		KillSignal=SIGTERM TimeoutStopSec=60 Restart=on-failure StateDirectory=llmosd \
+		KillSignal=SIGTERM KillMode=mixed Restart=on-failure StateDirectory=llmosd \
 		'DeviceAllow=/dev/llmos rw' NoNewPrivileges=yes ProtectSystem=strict \
 		ProtectHome=read-only PrivateTmp=yes \
 		'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6' WantedBy=multi-user.target; do
@@ -470,6 +470,31 @@ if [ -x "$build/tools/llmosd/llmosd" ]; then
 		test -x "$root$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit")"
 else
 	skip "the unit's ExecStart program is installed (cmake --install)" "llmosd is not built"
+fi
+
+# The daemon as built: the options the example mentions exist, and systemd
+# waits longer than the daemon's default drain before it kills.
+llmosd=$build/tools/llmosd/llmosd
+options_exist() {
+	local help opt
+	help=$("$llmosd" --help) || return 1
+	while read -r opt; do
+		grep -q -- "$opt\b" <<<"$help" || { echo "llmosd --help has no $opt"; return 1; }
+	done < <(grep -o -- '--[a-z][a-z-]*' "$root/etc/default/llmosd" | sort -u)
+}
+stop_timeout() {
+	local drain stop
+	drain=$("$llmosd" --help | sed -n 's/.*--drain-timeout [A-Z]*=\([0-9]*\).*/\1/p')
+	stop=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)s\{0,1\}$/\1/p' "$unit")
+	echo "default --drain-timeout ${drain:-?} s, TimeoutStopSec ${stop:-?} s"
+	[ -n "$drain" ] && [ -n "$stop" ] && [ "$stop" -gt "$drain" ]
+}
+if [ -x "$llmosd" ]; then
+	check "every llmosd option /etc/default/llmosd mentions is in llmosd --help" options_exist
+	check "TimeoutStopSec is longer than llmosd's default --drain-timeout" stop_timeout
+else
+	skip "every llmosd option /etc/default/llmosd mentions is in llmosd --help" "llmosd is not built"
+	skip "TimeoutStopSec is longer than llmosd's default --drain-timeout" "llmosd is not built"
 fi
 
 if command -v shellcheck >/dev/null; then
