@@ -93,8 +93,11 @@ std::vector<uint8_t> fake_weights(ggml_type t, int64_t rows, int64_t cols) {
         }
         case ggml_type::q8_0:
         case ggml_type::q4_0:
+        case ggml_type::q5_0:
             set_half(b);
             break;
+        case ggml_type::q4_1:
+        case ggml_type::q5_1:
         case ggml_type::q4_k:
         case ggml_type::q5_k:
             set_half(b);
@@ -144,7 +147,8 @@ int main() {
     }
 
     const ggml_type types[] = {ggml_type::f32,  ggml_type::f16,  ggml_type::q8_0, ggml_type::q4_0,
-                               ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k};
+                               ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1, ggml_type::q4_k,
+                               ggml_type::q5_k, ggml_type::q6_k};
     const char* only = std::getenv("BENCH_TYPES"); // e.g. "Q4_0,Q8_0"
     for (const ggml_type t : types) {
         if (only && !std::strstr(only, std::string(info(t)->name).c_str())) {

@@ -240,14 +240,11 @@ LLMOS_AVX2_INLINE __m256 halves8(const Block* w) {
     return _mm256_cvtph_ps(_mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo)));
 }
 
-/// Lane sums of 8 vectors: lane i of the result is the sum of v[i]'s lanes.
-LLMOS_AVX2_INLINE __m256i sum_lanes8(const __m256i* v) {
-    const __m256i a = _mm256_hadd_epi32(v[0], v[1]);
-    const __m256i b = _mm256_hadd_epi32(v[2], v[3]);
-    const __m256i c = _mm256_hadd_epi32(v[4], v[5]);
-    const __m256i d = _mm256_hadd_epi32(v[6], v[7]);
-    const __m256i ab = _mm256_hadd_epi32(a, b); // v0..v3: low halves | high halves
-    const __m256i cd = _mm256_hadd_epi32(c, d); // v4..v7
+/// Lane sums of 8 vectors v0..v7 given as pairs[i] = hadd(v[2i], v[2i+1]):
+/// lane i of the result is the sum of v[i]'s lanes.
+LLMOS_AVX2_INLINE __m256i sum_pairs4(const __m256i* pairs) {
+    const __m256i ab = _mm256_hadd_epi32(pairs[0], pairs[1]); // v0..v3: low | high halves
+    const __m256i cd = _mm256_hadd_epi32(pairs[2], pairs[3]); // v4..v7
     return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20),
                             _mm256_permute2x128_si256(ab, cd, 0x31));
 }
@@ -311,13 +308,17 @@ LLMOS_AVX2 void dot_q32_one(const void* w_row, const void* act, int64_t cols, fl
     __m256 off = _mm256_setzero_ps();
     int64_t b = 0;
     for (; b + 8 <= nb; b += 8) {
-        __m256i s[8];
+        // Pairs of blocks summed as soon as they are done: fewer live
+        // registers than 8 separate sums.
+        __m256i pairs[4];
 #pragma GCC unroll 8
-        for (int i = 0; i < 8; ++i) {
-            s[i] = q32_dot(w[b + i], xq + qk_block * (b + i));
+        for (int i = 0; i < 4; ++i) {
+            const int64_t k = b + 2 * i;
+            pairs[i] = _mm256_hadd_epi32(q32_dot(w[k], xq + qk_block * k),
+                                         q32_dot(w[k + 1], xq + qk_block * (k + 1)));
         }
         const __m256 dw = halves8<&Block::d>(w + b);
-        const __m256 sum = _mm256_cvtepi32_ps(sum_lanes8(s));
+        const __m256 sum = _mm256_cvtepi32_ps(sum_pairs4(pairs));
         acc = _mm256_fmadd_ps(sum, _mm256_mul_ps(dw, _mm256_loadu_ps(xd + b)), acc);
         if constexpr (tr::affine) {
             off = _mm256_fmadd_ps(halves8<&Block::m>(w + b), _mm256_loadu_ps(xds + b), off);
