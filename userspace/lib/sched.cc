@@ -30,6 +30,16 @@ uint32_t timeout_of(const wait_for& w) {
     return ms <= 0 ? 1 : static_cast<uint32_t>(std::min<int64_t>(ms, UINT32_MAX));
 }
 
+// What is left of `w` at `deadline` (at least 1 ms, so a limit stays one).
+wait_for left_of(const wait_for& w, std::chrono::steady_clock::time_point deadline) {
+    if (!w.block || !w.limit) {
+        return w;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    return wait_for::at_most(std::max(left, std::chrono::milliseconds(1)));
+}
+
 } // namespace
 
 sched_client::sched_client(sched_client&& o) noexcept
@@ -102,12 +112,22 @@ result<finished_request> sched_client::wait(uint64_t id, wait_for w) {
         return local_sched::wait(_local, id, w);
     }
     llmos_wait c{};
-    c.size = sizeof(c);
-    c.id = id;
-    c.flags = flags_of(w);
-    c.timeout_ms = timeout_of(w);
-    if (auto ec = ioctl_err(_fd.get(), LLMOS_IOC_WAIT, &c)) {
-        return ec;
+    const auto deadline = w.limit ? std::chrono::steady_clock::now() + *w.limit
+                                  : std::chrono::steady_clock::time_point::max();
+    for (;;) {
+        c = {};
+        c.size = sizeof(c);
+        c.id = id;
+        c.flags = flags_of(w);
+        c.timeout_ms = timeout_of(left_of(w, deadline));
+        auto ec = ioctl_err(_fd.get(), LLMOS_IOC_WAIT, &c);
+        if (ec == std::errc::interrupted) {
+            continue; // a signal or task work came: wait on
+        }
+        if (ec) {
+            return ec;
+        }
+        break;
     }
     return finished_request{c.out_id,        c.out_state,       c.out_status,
                             c.out_tokens,    c.out_result_off,  c.out_result_len,
@@ -149,12 +169,21 @@ result<std::vector<request_desc>> sched_worker::dispatch(uint32_t max, wait_for 
     llmos_dispatch d{};
     d.size = sizeof(d);
     d.flags = flags_of(w);
-    d.timeout_ms = timeout_of(w);
     d.descs_uptr = reinterpret_cast<uintptr_t>(buf.data());
     d.desc_size = sizeof(llmos_req_desc);
     d.max = max;
-    if (auto ec = ioctl_err(_c.fd(), LLMOS_IOC_DISPATCH, &d)) {
-        return ec;
+    const auto deadline = w.limit ? std::chrono::steady_clock::now() + *w.limit
+                                  : std::chrono::steady_clock::time_point::max();
+    for (;;) {
+        d.timeout_ms = timeout_of(left_of(w, deadline));
+        auto ec = ioctl_err(_c.fd(), LLMOS_IOC_DISPATCH, &d);
+        if (ec == std::errc::interrupted) {
+            continue; // a signal or task work came: wait on
+        }
+        if (ec) {
+            return ec;
+        }
+        break;
     }
     std::vector<request_desc> out(d.out_count);
     for (uint32_t i = 0; i < d.out_count; ++i) {

@@ -98,7 +98,7 @@ public:
     std::error_code cancel(uint64_t id);
     /// WAIT: collect `id` (0: the oldest finished). Errors: ENOENT (not
     /// ours, or nothing outstanding), EAGAIN (none ready, without
-    /// blocking), ETIMEDOUT, EINTR.
+    /// blocking), ETIMEDOUT. A wait that a signal interrupts goes on.
     result<finished_request> wait(uint64_t id = 0, wait_for w = wait_for::forever());
 
     backend_kind kind() const noexcept { return _kind; }
