@@ -218,52 +218,74 @@ void context::rope(float* x, uint32_t n_heads, uint32_t pos) const {
 
 void context::attention(std::span<batch_entry> batch, uint32_t layer) {
     const model_params& p = _m.params();
-    const uint32_t H = p.n_head, D = p.head_dim, E = p.n_embd;
+    const uint32_t D = p.head_dim, E = p.n_embd, HKV = p.n_head_kv;
     const uint32_t group = p.n_head / p.n_head_kv;
     const float scale = 1.0f / std::sqrt(float(D));
     const attn_kernels kern = kernels_for(default_simd());
+    constexpr size_t chunk = 16; // tokens of one job
     size_t max_len = 0;
+    _jobs.clear();
     for (size_t i = 0; i < batch.size(); ++i) {
         max_len = std::max<size_t>(max_len, _pos0[i] + batch[i].tokens.size());
+        for (uint32_t g = 0; g < HKV; ++g) {
+            for (size_t t = 0; t < batch[i].tokens.size(); t += chunk) {
+                _jobs.push_back({uint32_t(i), g, uint32_t(t),
+                                 uint32_t(std::min(batch[i].tokens.size(), t + chunk))});
+            }
+        }
     }
-    const size_t jobs = batch.size() * H;
-    grow(_scores, jobs * max_len);
-    _pool->parallel_for(static_cast<int64_t>(jobs), [&](int64_t begin, int64_t end) {
-        for (int64_t job = begin; job < end; ++job) {
-            const size_t i = size_t(job) / H;
-            const uint32_t h = uint32_t(job % H), g = h / group;
-            const batch_entry& e = batch[i];
+    grow(_scores, _jobs.size() * group * max_len);
+    // One job: a KV head's query heads over a run of tokens. Each K and V
+    // row is read once for all the query heads that share it.
+    _pool->parallel_for(static_cast<int64_t>(_jobs.size()), [&](int64_t begin, int64_t end) {
+        for (int64_t jb = begin; jb < end; ++jb) {
+            const attn_job& job = _jobs[size_t(jb)];
+            const batch_entry& e = batch[job.entry];
             const kv_cache& kv = *e.kv;
             const bool f16 = kv.type() == kv_type::f16;
-            const size_t off = size_t(g) * D;
-            float* scores = _scores.data() + size_t(job) * max_len;
-            for (size_t t = 0; t < e.tokens.size(); ++t) {
-                const size_t r = _first[i] + t;
-                const uint32_t pos = _pos0[i] + uint32_t(t);
-                const float* q = _q.data() + r * E + size_t(h) * D;
-                float mx = -INFINITY;
+            const size_t off = size_t(job.kv_head) * D;
+            float* scores = _scores.data() + size_t(jb) * group * max_len;
+            for (uint32_t t = job.t0; t < job.t1; ++t) {
+                const size_t r = _first[job.entry] + t;
+                const uint32_t pos = _pos0[job.entry] + t;
+                const float* q0 = _q.data() + r * E + size_t(job.kv_head) * group * D;
                 for (uint32_t j = 0; j <= pos; ++j) {
                     const void* k = kv.k_row(layer, j);
-                    float s = f16 ? kern.dot_f16(q, static_cast<const uint16_t*>(k) + off, D)
-                                  : kern.dot(q, static_cast<const float*>(k) + off, D);
-                    scores[j] = s * scale;
-                    mx = std::max(mx, scores[j]);
+                    for (uint32_t h = 0; h < group; ++h) {
+                        const float* q = q0 + size_t(h) * D;
+                        float s = f16 ? kern.dot_f16(q, static_cast<const uint16_t*>(k) + off, D)
+                                      : kern.dot(q, static_cast<const float*>(k) + off, D);
+                        scores[size_t(h) * max_len + j] = s * scale;
+                    }
                 }
-                double sum = 0;
-                for (uint32_t j = 0; j <= pos; ++j) {
-                    scores[j] = std::exp(scores[j] - mx);
-                    sum += scores[j];
+                float* out0 = _att.data() + r * E + size_t(job.kv_head) * group * D;
+                for (uint32_t h = 0; h < group; ++h) {
+                    float* sc = scores + size_t(h) * max_len;
+                    float mx = -INFINITY;
+                    for (uint32_t j = 0; j <= pos; ++j) {
+                        mx = std::max(mx, sc[j]);
+                    }
+                    double sum = 0;
+                    for (uint32_t j = 0; j <= pos; ++j) {
+                        sc[j] = std::exp(sc[j] - mx);
+                        sum += sc[j];
+                    }
+                    const float inv = static_cast<float>(1.0 / sum);
+                    for (uint32_t j = 0; j <= pos; ++j) {
+                        sc[j] *= inv;
+                    }
+                    std::fill(out0 + size_t(h) * D, out0 + size_t(h + 1) * D, 0.0f);
                 }
-                const float inv = static_cast<float>(1.0 / sum);
-                float* out = _att.data() + r * E + size_t(h) * D;
-                std::fill(out, out + D, 0.0f);
                 for (uint32_t j = 0; j <= pos; ++j) {
                     const void* v = kv.v_row(layer, j);
-                    const float w = scores[j] * inv;
-                    if (f16) {
-                        kern.axpy_f16(w, static_cast<const uint16_t*>(v) + off, out, D);
-                    } else {
-                        kern.axpy(w, static_cast<const float*>(v) + off, out, D);
+                    for (uint32_t h = 0; h < group; ++h) {
+                        const float w = scores[size_t(h) * max_len + j];
+                        float* out = out0 + size_t(h) * D;
+                        if (f16) {
+                            kern.axpy_f16(w, static_cast<const uint16_t*>(v) + off, out, D);
+                        } else {
+                            kern.axpy(w, static_cast<const float*>(v) + off, out, D);
+                        }
                     }
                 }
             }
@@ -397,11 +419,16 @@ step_status context::step(std::span<batch_entry> batch) {
         return this->mm(w, in, T, out);
     };
     auto norm_all = [&](std::span<const float> w) {
-        _pool->parallel_for(static_cast<int64_t>(T), [&](int64_t b, int64_t e) {
+        auto rows = [&](int64_t b, int64_t e) {
             for (int64_t t = b; t < e; ++t) {
                 rms_norm(_x.data() + t * E, w.data(), _xn.data() + t * E, E, p.rms_eps);
             }
-        });
+        };
+        if (T < 8) {
+            rows(0, static_cast<int64_t>(T)); // not worth waking the threads
+        } else {
+            _pool->parallel_for(static_cast<int64_t>(T), rows);
+        }
     };
     auto add_bias = [&](float* y, std::span<const float> b, uint32_t width) {
         if (b.empty()) {

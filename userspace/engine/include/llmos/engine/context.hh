@@ -91,6 +91,10 @@ private:
         int64_t r0, r1;
     };
     std::vector<mm_piece> _pieces; // mm_many's row chunks
+    struct attn_job {
+        uint32_t entry, kv_head, t0, t1;
+    };
+    std::vector<attn_job> _jobs; // attention's work items
 };
 
 } // namespace llmos::engine
