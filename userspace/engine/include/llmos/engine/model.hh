@@ -4,9 +4,10 @@
 // metadata, and weights used in place (zero-copy views into the mapped
 // file). Architectures: "llama" (TinyLlama, SmolLM, Llama 2/3 and the like:
 // RoPE on adjacent pairs) and "qwen2" (Qwen2/2.5: Q/K/V biases, NeoX-style
-// RoPE on the two halves). Weight types: F32, F16, Q8_0, Q4_0, Q4_K, Q5_K,
-// Q6_K (so "Q4_K_M" files, which mix Q4_K and Q6_K, load). Anything else is
-// refused with a message naming what is unsupported.
+// RoPE on the two halves). Weight types: F32, F16, Q8_0, Q4_0, Q4_1, Q5_0,
+// Q5_1, Q4_K, Q5_K, Q6_K -- so "Q4_K_M" files load, with the Q5_0/Q8_0
+// tensors they hold where rows are not whole 256-element blocks (Qwen2.5,
+// SmolLM). Anything else is refused with a message naming it.
 #pragma once
 
 #include <cstdint>
