@@ -31,6 +31,7 @@ PKGS=(
 	liburing-dev libnuma-dev libelf-dev zlib1g-dev libzstd-dev
 	qemu-system-x86 busybox-static clang-19 llvm-19 dwarves
 	python3 python3-numpy
+	python3-sphinx groff-base man-db
 )
 # Packages that must come from bookworm-backports (libbpf >= 1.4 is needed
 # to attach a struct_ops type defined by a module).
