@@ -51,7 +51,7 @@ unit: userspace
 
 VM_TESTS := --tests $(BUILD)/default/kernel-tests --tests $(BUILD)/default/vm-gtests \
 	--tests tests/vm --bpf $(BUILD)/bpf \
-	--bin $(BUILD)/default/tools/llmosctl
+	--bin $(BUILD)/default/tools/llmosctl-static
 
 vm-test: build
 	@tools/vm/run.sh --module kmod/llmos.ko $(VM_TESTS) --out $(BUILD)/vm test
@@ -61,7 +61,7 @@ vm-shell: build
 
 demo: build
 	@tools/vm/run.sh --module kmod/llmos.ko --demo tools/vm/demo.sh \
-		--bin $(BUILD)/default/tools/llmosctl --out $(BUILD)/vm-demo demo
+		--bin $(BUILD)/default/tools/llmosctl-static --out $(BUILD)/vm-demo demo
 
 # Benchmarks: ratios against baselines measured in the same run.
 bench: build

@@ -174,7 +174,7 @@ vm_tests() {
 	rm -f build/vm/counts
 	tools/vm/run.sh --module kmod/llmos.ko --tests build/default/kernel-tests \
 		--tests build/default/vm-gtests \
-		--tests tests/vm --bpf build/bpf --bin build/default/tools/llmosctl \
+		--tests tests/vm --bpf build/bpf --bin build/default/tools/llmosctl-static \
 		--out build/vm test >"$logs/vm.log" 2>&1 || rc=$?
 	if [ -f build/vm/counts ]; then
 		read -r p f s <build/vm/counts

@@ -3,6 +3,11 @@
 // llmosctl: command-line control of llmos.
 //
 // Exit status: 0 success, 1 the operation failed, 2 bad usage.
+//
+// Built twice from these sources: llmosctl (every command; with
+// LLMOSCTL_HTTP, those that talk to llmosd) and llmosctl-static (linked
+// statically for the test VM's initramfs, without them).
+#include "server.hh"
 #include "util.hh"
 
 #include <CLI/CLI.hpp>
@@ -961,8 +966,14 @@ int cmd_bench(const options& o, const bench_args& b) {
 
 int main(int argc, char** argv) {
     CLI::App app{"llmosctl: control llmos mindspaces, scheduler and models"};
+#ifdef LLMOSCTL_HTTP
     app.set_version_flag("--version", std::string{"llmosctl 0.1.0"});
+#else
+    app.set_version_flag("--version", std::string{"llmosctl 0.1.0 (static, without HTTP)"});
+#endif
     app.require_subcommand(0, 1);
+    // Options of the whole program (--json, --server...) also after the command.
+    app.fallthrough();
     options o;
     app.add_flag("--json", o.json, "machine-readable output");
     app.add_option("--device", o.device,
@@ -1059,6 +1070,8 @@ int main(int argc, char** argv) {
     bench->add_option("--tenants", ba.tenants, "tenants, chosen uniformly (default 1)");
     bench->add_option("--seed", ba.seed, "random seed (default 1)");
     bench->callback([&] { rc = cmd_bench(o, ba); });
+
+    llmosctl::add_server_commands(app, o.json, rc);
 
     try {
         app.parse(argc, argv);

@@ -15,8 +15,9 @@
 #   run.sh [options] shell  interactive guest shell on this terminal
 #
 # Options: --module KO  --tests DIR (repeatable)  --demo FILE  --bpf DIR
-# (its *.bpf.o go to /bpf)  --bin FILE (extra program
-# in /bin, repeatable)  --out DIR (logs, counts)  --timeout SECONDS (whole VM)
+# (its *.bpf.o go to /bpf)  --bin FILE (extra program in /bin, repeatable;
+# NAME-static goes in as NAME)  --out DIR (logs, counts)  --timeout SECONDS
+# (whole VM)
 # Environment: LLMOS_CACHE (kernel.env from tools/deps.sh), LLMOS_VM_MEM_MB
 # (default 1024), LLMOS_VM_NUMA (2 nodes by default, or 1), LLMOS_VM_APPEND
 # (extra kernel arguments), LLMOS_TEST_SCALE (size of stress tests, default 1).
@@ -72,7 +73,9 @@ done
 [ -z "$bench" ] || cp "$bench"/* "$stage/bench/"
 [ -z "$bpfdir" ] || cp "$bpfdir"/*.bpf.o "$stage/bpf/"
 for b in "${bins[@]}"; do
-	cp "$b" "$stage/bin/"
+	# NAME-static (the static build of a program) goes in as NAME.
+	name=$(basename "$b")
+	cp "$b" "$stage/bin/${name%-static}"
 done
 (cd "$stage" && find . | busybox cpio -o -H newc 2>/dev/null) | gzip -1 >"$out/initrd.gz"
 

@@ -1,0 +1,522 @@
+// SPDX-License-Identifier: MIT
+//
+// llmosctl model|run|chat against a real llmosd: the daemon runs as its own
+// process on the local backend with the conformance model, on loopback (or
+// a unix socket), and the tests run the built llmosctl as a user would --
+// output, one-line errors and exit codes.
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+// As llmosctl passes paths on: absolute, normalized.
+const std::string tiny = std::filesystem::path(std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf")
+                             .lexically_normal()
+                             .string();
+
+// The greedy continuation of "Hello world" (the conformance vector).
+std::string hello_continuation() {
+    return " pu\xEF\xBF\xBD"
+           "fo vxszg pq bguhergw\xEF\xBF\xBD wcf<woU vww bdjykfzkas pmtn t";
+}
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// llmosd in its own process. `unix_path` empty: loopback, any free port.
+class server {
+public:
+    std::string dir;
+    std::string unix_path;
+    pid_t pid = -1;
+    int port = 0;
+
+    server(const std::string& state, std::vector<std::string> extra = {},
+           std::string unix_sock = {})
+        : dir(state)
+        , unix_path(std::move(unix_sock)) {
+        std::filesystem::create_directories(dir);
+        pid = ::fork();
+        if (pid == 0) {
+            ::setenv("LLMOS_LOCAL_DIR", (dir + "/ms").c_str(), 1);
+            std::vector<std::string> args = {LLMOSD_PATH,    "--backend", "local", "--model",
+                                             "tiny=" + tiny, "--ctx",     "2048"};
+            if (unix_path.empty()) {
+                args.insert(args.end(), {"--listen", "127.0.0.1:0", "--port-file", dir + "/port"});
+            } else {
+                args.insert(args.end(), {"--unix", unix_path});
+            }
+            args.insert(args.end(), extra.begin(), extra.end());
+            std::vector<char*> argv;
+            for (auto& a : args) {
+                argv.push_back(a.data());
+            }
+            argv.push_back(nullptr);
+            int log = ::open((dir + "/log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+            ::dup2(log, 2);
+            ::execv(LLMOSD_PATH, argv.data());
+            ::_exit(127);
+        }
+        for (int i = 0; i < 400 && !ready(); ++i) {
+            std::this_thread::sleep_for(10ms);
+        }
+    }
+    bool ready() {
+        if (!unix_path.empty()) {
+            // The socket exists before it accepts: ask it.
+            if (!std::filesystem::exists(unix_path)) {
+                return false;
+            }
+            httplib::Client c(unix_path, 80);
+            c.set_address_family(AF_UNIX);
+            auto r = c.Get("/health");
+            return r && r->status == 200;
+        }
+        std::ifstream in(dir + "/port");
+        in >> port;
+        return port > 0;
+    }
+    /// The --server of this daemon.
+    std::string url() const {
+        return unix_path.empty() ? "http://127.0.0.1:" + std::to_string(port) : "unix:" + unix_path;
+    }
+    httplib::Client client() const {
+        httplib::Client c("127.0.0.1", port);
+        c.set_read_timeout(60, 0);
+        return c;
+    }
+    std::string log() const { return slurp(dir + "/log"); }
+    ~server() {
+        if (pid > 0) {
+            ::kill(pid, SIGTERM);
+            ::waitpid(pid, nullptr, 0);
+        }
+    }
+};
+
+struct ctl_result {
+    int status = -1;
+    std::string out, err;
+};
+
+class llmosctl_llmosd : public ::testing::Test {
+protected:
+    std::string _dir;
+    std::string _cwd = "."; ///< where llmosctl runs
+    void SetUp() override {
+        char tmpl[] = "/tmp/llmosctl-llmosd-XXXXXX";
+        ASSERT_NE(::mkdtemp(tmpl), nullptr);
+        _dir = tmpl;
+    }
+    void TearDown() override { std::filesystem::remove_all(_dir); }
+
+    /// Runs `program args` with `env` (VAR=VALUE ...) and `input` on its
+    /// standard input; LLMOSD_URL and LLMOSD_API_KEY are unset otherwise.
+    ctl_result run_program(const std::string& program, const std::string& args,
+                           const std::string& env = "", const std::string& input = "") {
+        std::ofstream(_dir + "/in") << input;
+        std::string cmd = "cd " + _cwd + " && env -u LLMOSD_URL -u LLMOSD_API_KEY " + env + " " +
+                          program + " " + args + " <" + _dir + "/in >" + _dir + "/out 2>" + _dir +
+                          "/err";
+        int st = std::system(cmd.c_str());
+        return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(_dir + "/out"), slurp(_dir + "/err")};
+    }
+    ctl_result ctl(const std::string& args, const std::string& env = "",
+                   const std::string& input = "") {
+        return run_program(LLMOSCTL_PATH, args, env, input);
+    }
+    /// llmosctl --server (the daemon) ARGS.
+    ctl_result ctl(const server& s, const std::string& args, const std::string& input = "") {
+        return ctl("--server " + s.url() + " " + args, "", input);
+    }
+    static json chat_completion(const server& s, const json& messages, int max_tokens) {
+        auto c = s.client();
+        json body = {{"model", "tiny"},
+                     {"messages", messages},
+                     {"max_tokens", max_tokens},
+                     {"temperature", 0}};
+        auto r = c.Post("/v1/chat/completions", body.dump(), "application/json");
+        EXPECT_TRUE(r);
+        if (!r) {
+            return {};
+        }
+        EXPECT_EQ(r->status, 200) << r->body;
+        return json::parse(r->body);
+    }
+};
+
+} // namespace
+
+TEST_F(llmosctl_llmosd, model_list_as_a_table_and_as_json) {
+    server s(_dir + "/d");
+    ASSERT_GT(s.port, 0) << s.log();
+    auto r = ctl(s, "model list");
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_TRUE(r.out.starts_with("NAME ")) << r.out;
+    EXPECT_NE(r.out.find("\ntiny "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(" llama "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(" F32 "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(tiny), std::string::npos) << r.out;
+    EXPECT_EQ(r.err, "");
+    // --json before or after the command.
+    for (const char* args : {"--json model list", "model list --json"}) {
+        r = ctl(s, args);
+        ASSERT_EQ(r.status, 0) << r.err;
+        auto j = json::parse(r.out);
+        ASSERT_TRUE(j.is_array()) << r.out;
+        ASSERT_EQ(j.size(), 1u);
+        EXPECT_EQ(j[0]["name"], "tiny");
+        EXPECT_EQ(j[0]["architecture"], "llama");
+        EXPECT_EQ(j[0]["path"], tiny);
+        EXPECT_EQ(j[0]["n_vocab"], 1024);
+        EXPECT_EQ(j[0]["in_flight"], 0);
+    }
+    // LLMOSD_URL stands for --server.
+    r = ctl("model list", "LLMOSD_URL=" + s.url());
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("\ntiny "), std::string::npos) << r.out;
+}
+
+TEST_F(llmosctl_llmosd, model_load_swap_unload_and_their_errors) {
+    server s(_dir + "/d");
+    ASSERT_GT(s.port, 0) << s.log();
+    auto r = ctl(s, "model load second " + tiny);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_TRUE(r.out.starts_with("loaded model second (llama, F32, 616K) from " + tiny + " in "))
+        << r.out;
+    r = ctl(s, "--json model list");
+    EXPECT_EQ(json::parse(r.out).size(), 2u) << r.out;
+
+    r = ctl(s, "model load second " + tiny);
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: cannot load model 'second': a model named 'second' is loaded "
+                     "already\n");
+    EXPECT_EQ(r.out, "");
+    r = ctl(s, "model load bad /nonexistent/model.gguf");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_TRUE(r.err.starts_with("llmosctl: cannot load model 'bad': cannot load "
+                                  "/nonexistent/model.gguf: "))
+        << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    // A relative path is the caller's, made absolute.
+    std::filesystem::copy_file(tiny, _dir + "/copy.gguf");
+    r = ctl(s, "--json model load rel copy.gguf");
+    EXPECT_EQ(r.status, 1) << "relative to llmosctl's directory: " << r.out;
+    _cwd = _dir;
+    r = ctl(s, "--json model load rel copy.gguf");
+    _cwd = ".";
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(json::parse(r.out)["path"], _dir + "/copy.gguf");
+
+    // With several models, run and chat need --model.
+    r = ctl(s, "run hello");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_EQ(r.err, "llmosctl: llmosd serves several models (rel, second, tiny): choose one with "
+                     "--model\n");
+
+    r = ctl(s, "model swap second " + tiny);
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_TRUE(r.out.starts_with("swapped model second (llama, F32, 616K) to " + tiny)) << r.out;
+    r = ctl(s, "model swap nothere " + tiny);
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: cannot swap model 'nothere': the model 'nothere' does not exist\n");
+    r = ctl(s, "model swap second /nonexistent/model.gguf");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.err.find("cannot load /nonexistent/model.gguf"), std::string::npos) << r.err;
+
+    r = ctl(s, "model unload second");
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, "unloaded model second\n");
+    r = ctl(s, "--json model unload rel");
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(json::parse(r.out)["unloaded"], "rel");
+    r = ctl(s, "model unload second");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: cannot unload model 'second': the model 'second' does not exist\n");
+    r = ctl(s, "run hello --model second");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: model 'second': the model 'second' does not exist\n");
+
+    // Usage errors: 2, before anything is sent.
+    EXPECT_EQ(ctl(s, "model load onlyname").status, 2);
+    EXPECT_EQ(ctl(s, "model").status, 2);
+}
+
+TEST_F(llmosctl_llmosd, run_streams_the_greedy_continuation) {
+    server s(_dir + "/d");
+    ASSERT_GT(s.port, 0) << s.log();
+    // --raw: the prompt as is, the conformance continuation.
+    auto r = ctl(s, "run --raw 'Hello world' --temperature 0 --max-tokens 16");
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, hello_continuation() + "\n");
+    EXPECT_EQ(r.err, "");
+    // The chat template: the same text as a whole (non-streamed) completion.
+    auto whole = chat_completion(s,
+                                 {{{"role", "system"}, {"content", "Be brief."}},
+                                  {{"role", "user"}, {"content", "Say something"}}},
+                                 12);
+    std::string want = whole["choices"][0]["message"]["content"];
+    ASSERT_FALSE(want.empty());
+    r = ctl(s, "run 'Say something' --system 'Be brief.' -t 0 -n 12 --verbose");
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, want + "\n");
+    EXPECT_TRUE(r.err.starts_with(
+        "llmosctl: " + std::to_string(whole["usage"]["prompt_tokens"].get<int>()) +
+        " prompt + 12 completion tokens in "))
+        << r.err;
+    EXPECT_NE(r.err.find(" tokens/s (length)\n"), std::string::npos) << r.err;
+    // The prompt from standard input.
+    r = ctl(s, "run - -t 0 -n 12 --system 'Be brief.'", "Say something");
+    EXPECT_EQ(r.out, want + "\n") << r.err;
+    // --json: one object at the end.
+    r = ctl(s, "--json run 'Say something' --system 'Be brief.' -t 0 -n 12 --seed 7");
+    ASSERT_EQ(r.status, 0) << r.err;
+    auto j = json::parse(r.out);
+    EXPECT_EQ(j["text"], want);
+    EXPECT_EQ(j["model"], "tiny");
+    EXPECT_EQ(j["finish_reason"], "length");
+    EXPECT_EQ(j["usage"]["completion_tokens"], 12);
+    EXPECT_GT(j["tokens_per_s"].get<double>(), 0);
+    EXPECT_LE(j["time_to_first_token_s"].get<double>(), j["seconds"].get<double>());
+}
+
+namespace {
+
+// A stand-in for llmosd that streams hand-made events: SSE framing llmosd
+// itself never uses (CRLF, comments, multi-line data, events split across
+// writes), and a pause that only ends once llmosctl has printed the first
+// piece -- which it can only do if it parses the stream as it comes.
+class fake_stream_server {
+public:
+    std::atomic<bool> first_seen{false};
+    std::atomic<bool> waited_out{false};
+    std::string tail; ///< what follows the first event
+
+    fake_stream_server() {
+        _svr.Post("/v1/completions", [this](const httplib::Request&, httplib::Response& res) {
+            res.set_chunked_content_provider(
+                "text/event-stream", [this](size_t, httplib::DataSink& sink) {
+                    std::string first = ": hello\r\ndata: {\"choices\":[{\"index\":0,"
+                                        "\"text\":\"first\"}]}\r\n\r\n";
+                    sink.write(first.data(), first.size());
+                    auto until = std::chrono::steady_clock::now() + 10s;
+                    while (!first_seen && std::chrono::steady_clock::now() < until) {
+                        std::this_thread::sleep_for(5ms);
+                    }
+                    waited_out = !first_seen;
+                    // One event in two writes, then the rest at once.
+                    size_t half = tail.size() / 3;
+                    sink.write(tail.data(), half);
+                    std::this_thread::sleep_for(20ms);
+                    sink.write(tail.data() + half, tail.size() - half);
+                    sink.done();
+                    return true;
+                });
+        });
+        _port = _svr.bind_to_any_port("127.0.0.1");
+        _thread = std::thread([this] { _svr.listen_after_bind(); });
+    }
+    ~fake_stream_server() {
+        _svr.stop();
+        _thread.join();
+    }
+    std::string url() const { return "http://127.0.0.1:" + std::to_string(_port); }
+
+private:
+    httplib::Server _svr;
+    int _port = 0;
+    std::thread _thread;
+};
+
+// Runs llmosctl ARGS, watching its standard output as it comes: sets
+// `seen` once `want` is in it. The exit status; stdout and stderr in `r`.
+int run_watching(const std::string& args, const std::string& want, std::atomic<bool>& seen,
+                 std::string& out) {
+    std::string cmd = std::string("env -u LLMOSD_API_KEY ") + LLMOSCTL_PATH + " " + args + " 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) {
+        return -1;
+    }
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(::fileno(p), buf, sizeof(buf))) > 0) {
+        out.append(buf, static_cast<size_t>(n));
+        if (out.find(want) != std::string::npos) {
+            seen = true;
+        }
+    }
+    int st = ::pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+} // namespace
+
+TEST_F(llmosctl_llmosd, run_prints_each_piece_as_it_arrives) {
+    fake_stream_server f;
+    f.tail = "data: {\"choices\":[{\"index\":0,\n"
+             "data: \"text\":\" second\"}]}\n\n"
+             "data: {\"choices\":[{\"index\":0,\"text\":\" third\",\"finish_reason\":"
+             "\"length\"}]}\r\r"
+             "event: ignored\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,"
+             "\"completion_tokens\":3}}\n\n"
+             "data: [DONE]\n\n";
+    std::string out;
+    int rc = run_watching("--server " + f.url() + " run --raw -m fake hi -v", "first", f.first_seen,
+                          out);
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_FALSE(f.waited_out) << "the first piece was not printed before the stream went on";
+    EXPECT_TRUE(out.starts_with("first second third\n")) << out;
+    EXPECT_NE(out.find("llmosctl: 2 prompt + 3 completion tokens in "), std::string::npos) << out;
+}
+
+TEST_F(llmosctl_llmosd, an_error_event_or_a_cut_stream_fails) {
+    fake_stream_server f;
+    f.first_seen = true;
+    f.tail = "data: {\"error\":{\"message\":\"the worker failed\",\"type\":\"server_error\","
+             "\"param\":null,\"code\":null}}\n\ndata: [DONE]\n\n";
+    auto r = ctl("--server " + f.url() + " run --raw -m fake hi");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.out, "first\n");
+    EXPECT_EQ(r.err, "llmosctl: model 'fake': the worker failed\n");
+
+    fake_stream_server cut;
+    cut.first_seen = true;
+    cut.tail = "data: {\"choices\":[{\"index\":0,\"text\":\" more\"}]}\n\n";
+    r = ctl("--server " + cut.url() + " run --raw -m fake hi");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.out, "first more\n");
+    EXPECT_EQ(r.err, "llmosctl: model 'fake': the stream ended before [DONE] (llmosd at " +
+                         cut.url() + ")\n");
+
+    fake_stream_server junk;
+    junk.first_seen = true;
+    junk.tail = "data: not json\n\n";
+    r = ctl("--server " + junk.url() + " run --raw -m fake hi");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.err.find("llmosd sent an event that is not JSON"), std::string::npos) << r.err;
+}
+
+TEST_F(llmosctl_llmosd, chat_keeps_the_conversation_until_quit) {
+    server s(_dir + "/d");
+    ASSERT_GT(s.port, 0) << s.log();
+    const std::string input = "Hello world\n\nAnd then?\n/quit\nnever sent\n";
+    auto r = ctl(s, "--json chat -t 0 -n 6", input);
+    ASSERT_EQ(r.status, 0) << r.err;
+    std::vector<json> turns;
+    std::istringstream lines(r.out);
+    for (std::string l; std::getline(lines, l);) {
+        turns.push_back(json::parse(l));
+    }
+    ASSERT_EQ(turns.size(), 2u) << r.out;
+    // Each reply is what the whole conversation so far gets.
+    json conv = {{{"role", "user"}, {"content", "Hello world"}}};
+    auto first = chat_completion(s, conv, 6);
+    EXPECT_EQ(turns[0]["text"], first["choices"][0]["message"]["content"]);
+    conv.push_back({{"role", "assistant"}, {"content", turns[0]["text"]}});
+    conv.push_back({{"role", "user"}, {"content", "And then?"}});
+    auto second = chat_completion(s, conv, 6);
+    EXPECT_EQ(turns[1]["text"], second["choices"][0]["message"]["content"]);
+    EXPECT_EQ(turns[1]["usage"]["prompt_tokens"], second["usage"]["prompt_tokens"]);
+
+    // Text mode: the replies, one per line; end of input leaves too.
+    r = ctl(s, "chat -t 0 -n 6", "Hello world\nAnd then?\n");
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, turns[0]["text"].get<std::string>() + "\n" +
+                         turns[1]["text"].get<std::string>() + "\n");
+
+    // A server-side session: llmosd keeps the conversation, same replies.
+    r = ctl(s, "chat --session alice -t 0 -n 6", "Hello world\nAnd then?\n/quit\n");
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, turns[0]["text"].get<std::string>() + "\n" +
+                         turns[1]["text"].get<std::string>() + "\n");
+    r = ctl(s, "chat --session 'no/slash'", "hi\n");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_EQ(r.err, "llmosctl: bad --session 'no/slash' (1 to 48 characters of A-Z a-z 0-9 . _ "
+                     "-)\n");
+}
+
+TEST_F(llmosctl_llmosd, an_unreachable_server_is_one_clear_line) {
+    for (const char* args : {"model list", "run hello", "chat", "model load x /tmp/x.gguf"}) {
+        auto r = ctl(std::string("--server http://127.0.0.1:1 ") + args, "", "hi\n");
+        EXPECT_EQ(r.status, 1) << args;
+        EXPECT_EQ(r.err, "llmosctl: cannot reach llmosd at http://127.0.0.1:1: could not connect "
+                         "(is llmosd running? set --server or LLMOSD_URL)\n")
+            << args;
+    }
+    auto r = ctl("model list", "LLMOSD_URL=unix:" + _dir + "/no.sock");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_TRUE(r.err.starts_with("llmosctl: cannot reach llmosd at unix:" + _dir + "/no.sock"))
+        << r.err;
+    r = ctl("--server ftp://example model list");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_EQ(r.err, "llmosctl: bad --server 'ftp://example' (http://HOST:PORT, "
+                     "https://HOST:PORT or unix:/PATH)\n");
+    EXPECT_EQ(ctl("run hello --temperature 3").status, 2);
+    EXPECT_EQ(ctl("run").status, 2);
+}
+
+TEST_F(llmosctl_llmosd, api_keys_from_the_option_or_the_environment) {
+    std::filesystem::create_directories(_dir + "/d");
+    std::ofstream(_dir + "/d/keys") << "secret-one 7\n";
+    server s(_dir + "/d", {"--api-key-file", _dir + "/d/keys"});
+    ASSERT_GT(s.port, 0) << s.log();
+    auto r = ctl(s, "model list");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: cannot list models: an API key is required (Authorization: "
+                     "Bearer KEY) (give the key with --api-key or LLMOSD_API_KEY)\n");
+    r = ctl(s, "--api-key wrong run hello");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.err.find("the API key is not valid"), std::string::npos) << r.err;
+    r = ctl(s, "--api-key secret-one model list");
+    EXPECT_EQ(r.status, 0) << r.err;
+    r = ctl("--server " + s.url() + " run --raw 'Hello world' -t 0 -n 16",
+            "LLMOSD_API_KEY=secret-one");
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, hello_continuation() + "\n");
+}
+
+TEST_F(llmosctl_llmosd, a_unix_socket_server) {
+    server s(_dir + "/d", {}, _dir + "/llmosd.sock");
+    ASSERT_TRUE(s.ready()) << s.log();
+    auto r = ctl(s, "run --raw 'Hello world' -t 0 -n 16");
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, hello_continuation() + "\n");
+    r = ctl(s, "model list");
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("\ntiny "), std::string::npos) << r.out;
+}
+
+#ifdef LLMOSCTL_STATIC_PATH
+TEST_F(llmosctl_llmosd, the_static_build_says_it_has_no_http) {
+    for (const char* args : {"model list", "run hello", "chat", "model load a b"}) {
+        auto r = run_program(LLMOSCTL_STATIC_PATH, args);
+        EXPECT_EQ(r.status, 2) << args;
+        EXPECT_EQ(r.err, "llmosctl: this llmosctl was built without HTTP support; use the full "
+                         "llmosctl\n")
+            << args;
+    }
+    auto r = run_program(LLMOSCTL_STATIC_PATH, "--version");
+    EXPECT_EQ(r.status, 0);
+    EXPECT_EQ(r.out, "llmosctl 0.1.0 (static, without HTTP)\n");
+    r = run_program(LLMOSCTL_STATIC_PATH, "--backend local ms list",
+                    "LLMOS_LOCAL_DIR=" + _dir + "/store");
+    EXPECT_EQ(r.status, 0) << r.err;
+}
+#endif

@@ -1,0 +1,288 @@
+// SPDX-License-Identifier: MIT
+#include "client.hh"
+
+#include "util.hh"
+
+#include <cstdio>
+#include <httplib.h>
+#include <sys/socket.h>
+
+namespace llmosctl {
+
+using nlohmann::json;
+
+std::optional<server_address> parse_server(std::string_view s) {
+    server_address a;
+    a.text = std::string{s};
+    if (s.starts_with("unix:")) {
+        s.remove_prefix(5);
+        if (s.starts_with("//")) { // unix:///run/llmosd.sock
+            s.remove_prefix(2);
+        }
+        if (s.empty() || s[0] != '/') {
+            return std::nullopt;
+        }
+        a.unix_path = std::string{s};
+        return a;
+    }
+    std::string scheme = "http";
+    if (auto p = s.find("://"); p != std::string_view::npos) {
+        scheme = std::string{s.substr(0, p)};
+        s.remove_prefix(p + 3);
+    }
+    if (scheme != "http" && scheme != "https") {
+        return std::nullopt;
+    }
+    auto slash = s.find('/');
+    std::string_view hp = s.substr(0, slash);
+    std::string path = slash == std::string_view::npos ? "" : std::string{s.substr(slash)};
+    while (!path.empty() && path.back() == '/') {
+        path.pop_back();
+    }
+    // An OpenAI-style base URL (http://host:port/v1) means the same server.
+    if (path.ends_with("/v1")) {
+        path.resize(path.size() - 3);
+    }
+    if (hp.empty() || hp.find_first_of(" \t?#@") != std::string_view::npos) {
+        return std::nullopt;
+    }
+    auto colon = hp.rfind(':');
+    bool bracketed = hp.front() == '[';
+    if (colon != std::string_view::npos && (!bracketed || hp[colon - 1] == ']')) {
+        auto port = parse_size(hp.substr(colon + 1), false);
+        if (!port || *port == 0 || *port > 65535 || colon == 0) {
+            return std::nullopt;
+        }
+    }
+    a.host_port = scheme + "://" + std::string{hp};
+    a.base_path = path;
+    return a;
+}
+
+sse_parser::sse_parser(std::function<bool(const std::string&)> on_data)
+    : _on_data(std::move(on_data)) {
+}
+
+bool sse_parser::feed(std::string_view bytes) {
+    for (char c : bytes) {
+        if (_stopped) {
+            return false;
+        }
+        if (_skip_lf) {
+            _skip_lf = false;
+            if (c == '\n') {
+                continue;
+            }
+        }
+        if (c == '\n' || c == '\r') {
+            _skip_lf = c == '\r';
+            if (!line(_partial)) {
+                _stopped = true;
+            }
+            _partial.clear();
+            continue;
+        }
+        _partial += c;
+    }
+    return !_stopped;
+}
+
+bool sse_parser::line(std::string_view l) {
+    if (l.empty()) { // the end of an event
+        if (!_has_data) {
+            return true;
+        }
+        bool go_on = _on_data(_data);
+        _data.clear();
+        _has_data = false;
+        return go_on;
+    }
+    if (l[0] == ':') { // a comment
+        return true;
+    }
+    auto colon = l.find(':');
+    std::string_view field = l.substr(0, colon);
+    std::string_view value = colon == std::string_view::npos ? "" : l.substr(colon + 1);
+    if (value.starts_with(' ')) {
+        value.remove_prefix(1);
+    }
+    if (field == "data") {
+        if (_has_data) {
+            _data += '\n';
+        }
+        _data.append(value);
+        _has_data = true;
+    }
+    return true;
+}
+
+api_client::api_client(const server_address& where, const std::string& api_key)
+    : _where(where) {
+    if (!where.unix_path.empty()) {
+        _cli = std::make_unique<httplib::Client>(where.unix_path, 80);
+        _cli->set_address_family(AF_UNIX);
+    } else {
+        _cli = std::make_unique<httplib::Client>(where.host_port);
+    }
+    _cli->set_connection_timeout(5, 0);
+    // Loading a large model or its first token can take a while; a broken
+    // server still ends the call through the socket.
+    _cli->set_read_timeout(900, 0);
+    _cli->set_write_timeout(30, 0);
+    _cli->set_keep_alive(true);
+    if (!api_key.empty()) {
+        _cli->set_bearer_token_auth(api_key);
+    }
+}
+
+api_client::~api_client() = default;
+
+namespace {
+
+std::string transport_words(httplib::Error e) {
+    switch (e) {
+    case httplib::Error::Connection:
+        return "could not connect";
+    case httplib::Error::ConnectionTimeout:
+        return "timed out connecting";
+    case httplib::Error::Read:
+        return "the connection broke while reading the reply";
+    case httplib::Error::Write:
+        return "the connection broke while sending the request";
+    default:
+        return httplib::to_string(e);
+    }
+}
+
+// The reply of a finished call; `body` replaces the response's own when
+// it was received separately.
+reply finish(const httplib::Result& res, const std::string& body) {
+    reply r;
+    if (!res) {
+        auto e = res.error();
+        r.transport_error = transport_words(e);
+        r.unreachable = e == httplib::Error::Connection || e == httplib::Error::ConnectionTimeout ||
+                        e == httplib::Error::SSLConnection ||
+                        e == httplib::Error::SSLServerVerification;
+        return r;
+    }
+    r.status = res->status;
+    r.retry_after = res->get_header_value("Retry-After");
+    r.body = json::parse(body.empty() ? res->body : body, nullptr, false);
+    if (r.body.is_discarded()) {
+        r.body = nullptr;
+    }
+    return r;
+}
+
+} // namespace
+
+reply api_client::get(const std::string& path) {
+    auto res = _cli->Get(_where.base_path + path);
+    return finish(res, {});
+}
+
+reply api_client::post(const std::string& path, const json& body) {
+    auto res = _cli->Post(_where.base_path + path, body.dump(), "application/json");
+    return finish(res, {});
+}
+
+reply api_client::del(const std::string& path) {
+    auto res = _cli->Delete(_where.base_path + path);
+    return finish(res, {});
+}
+
+reply api_client::stream(const std::string& path, const json& body,
+                         const std::function<bool(const json&)>& on_event) {
+    int status = 0;
+    std::string error_body; // a refusal's body
+    std::string broken;     // why the stream could not be read
+    json error_event;
+    bool done = false;
+    sse_parser sse([&](const std::string& data) {
+        if (data == "[DONE]") {
+            done = true;
+            return true;
+        }
+        json ev = json::parse(data, nullptr, false);
+        if (ev.is_discarded() || !ev.is_object()) {
+            broken = "llmosd sent an event that is not JSON";
+            return false;
+        }
+        if (ev.contains("error")) {
+            error_event = std::move(ev);
+            return true;
+        }
+        return on_event(ev);
+    });
+    httplib::Request req;
+    req.method = "POST";
+    req.path = _where.base_path + path;
+    req.body = body.dump();
+    req.set_header("Content-Type", "application/json");
+    req.set_header("Accept", "text/event-stream");
+    req.response_handler = [&](const httplib::Response& res) {
+        status = res.status;
+        return true;
+    };
+    req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
+        if (status < 200 || status >= 300) {
+            error_body.append(d, n);
+            return true;
+        }
+        return sse.feed({d, n});
+    };
+    auto res = _cli->send(req);
+    if (!broken.empty()) {
+        reply r;
+        r.transport_error = broken;
+        return r;
+    }
+    if (!res && res.error() == httplib::Error::Canceled) {
+        reply r; // the caller hung up
+        r.status = status;
+        return r;
+    }
+    reply r = finish(res, error_body);
+    if (!r.transport_error.empty() || !r.ok()) {
+        return r;
+    }
+    if (!error_event.is_null()) {
+        r.status = 500; // an error after the 200 went out
+        r.body = std::move(error_event);
+    } else if (!done) {
+        r.transport_error = "the stream ended before [DONE]";
+    }
+    return r;
+}
+
+int fail_reply(const std::string& what, const reply& r, const server_address& where) {
+    if (r.unreachable) {
+        std::fprintf(stderr,
+                     "llmosctl: cannot reach llmosd at %s: %s (is llmosd running? set --server "
+                     "or LLMOSD_URL)\n",
+                     where.text.c_str(), r.transport_error.c_str());
+        return exit_failure;
+    }
+    if (!r.transport_error.empty()) {
+        std::fprintf(stderr, "llmosctl: %s: %s (llmosd at %s)\n", what.c_str(),
+                     r.transport_error.c_str(), where.text.c_str());
+        return exit_failure;
+    }
+    std::string message;
+    if (r.body.is_object() && r.body.contains("error") && r.body["error"].is_object() &&
+        r.body["error"].value("message", json()).is_string()) {
+        message = r.body["error"]["message"].get<std::string>();
+    } else {
+        message = "HTTP status " + std::to_string(r.status);
+    }
+    if (r.status == 401) {
+        message += " (give the key with --api-key or LLMOSD_API_KEY)";
+    } else if (r.status == 429) {
+        message += " (llmosd is at its --max-queue)";
+    }
+    std::fprintf(stderr, "llmosctl: %s: %s\n", what.c_str(), message.c_str());
+    return exit_failure;
+}
+
+} // namespace llmosctl

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: MIT
+//
+// llmosctl's side of llmosd's HTTP API (cpp-httplib): JSON calls, and
+// streamed chat or completion requests whose server-sent events are parsed
+// as they arrive. Only the full llmosctl has it (LLMOSCTL_HTTP).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace httplib {
+class Client;
+}
+
+namespace llmosctl {
+
+/// Where llmosd listens: "http://HOST[:PORT]", "https://HOST[:PORT]",
+/// "HOST:PORT" (http) or "unix:/PATH".
+struct server_address {
+    std::string text;      ///< as given, for messages
+    std::string host_port; ///< scheme://host:port for httplib; empty for unix
+    std::string unix_path; ///< the socket, or empty
+    std::string base_path; ///< a path prefix from the URL ("" or "/prefix")
+};
+
+/// Parses --server. nullopt when it is none of the forms above.
+std::optional<server_address> parse_server(std::string_view s);
+
+/// Splits a server-sent event stream into the data of its events, fed in
+/// pieces of any size. Lines end in \n, \r\n or \r; "data:" lines of one
+/// event are joined with \n; comments and other fields are ignored.
+class sse_parser {
+public:
+    /// `on_data` gets each event's data; returning false stops the parse.
+    explicit sse_parser(std::function<bool(const std::string&)> on_data);
+    /// Feeds bytes; false once `on_data` returned false.
+    bool feed(std::string_view bytes);
+
+private:
+    bool line(std::string_view l);
+
+    std::function<bool(const std::string&)> _on_data;
+    std::string _partial; ///< an unfinished line
+    std::string _data;    ///< the event's data so far
+    bool _has_data = false;
+    bool _skip_lf = false; ///< the last byte was a \r
+    bool _stopped = false;
+};
+
+/// What a call got: a transport error (the server could not be reached or
+/// the connection broke), or an HTTP status and its JSON body.
+struct reply {
+    std::string transport_error; ///< non-empty: no usable answer
+    bool unreachable = false;    ///< no connection could be made
+    int status = 0;
+    nlohmann::json body; ///< the body as JSON (discarded if it was not)
+    std::string retry_after;
+
+    bool ok() const { return transport_error.empty() && status >= 200 && status < 300; }
+};
+
+/// One connection's worth of llmosd: keep-alive across calls. Not
+/// thread-safe: one thread at a time.
+class api_client {
+public:
+    /// `api_key` empty: no Authorization header.
+    api_client(const server_address& where, const std::string& api_key);
+    ~api_client();
+    api_client(const api_client&) = delete;
+    api_client& operator=(const api_client&) = delete;
+
+    /// GET, POST (JSON body) and DELETE. Never throws for network errors:
+    /// they come back in reply::transport_error.
+    reply get(const std::string& path);
+    reply post(const std::string& path, const nlohmann::json& body);
+    reply del(const std::string& path);
+    /// POSTs a streaming request (`"stream": true` in `body`) and hands each
+    /// event's parsed JSON to `on_event` as it arrives, until [DONE] (not
+    /// passed on). A non-2xx status comes back with its error body and no
+    /// events; an event that is not JSON ends the stream with a
+    /// transport_error. `on_event` returning false hangs up.
+    reply stream(const std::string& path, const nlohmann::json& body,
+                 const std::function<bool(const nlohmann::json&)>& on_event);
+
+    const server_address& where() const { return _where; }
+
+private:
+    server_address _where;
+    std::unique_ptr<httplib::Client> _cli;
+};
+
+/// The one-line error for a failed reply, printed as
+/// "llmosctl: WHAT: MESSAGE" (or "llmosctl: cannot reach llmosd at URL:
+/// ..." when no connection was made), with a hint for missing API keys and
+/// overload. Returns exit_failure.
+int fail_reply(const std::string& what, const reply& r, const server_address& where);
+
+} // namespace llmosctl

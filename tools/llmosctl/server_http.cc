@@ -1,0 +1,459 @@
+// SPDX-License-Identifier: MIT
+//
+// llmosctl model|run|chat: the full llmosctl's side of llmosd's HTTP API.
+// Model management uses /llmos/v1/models; run and chat stream
+// /v1/chat/completions (run --raw: /v1/completions) and print the pieces
+// as the server-sent events arrive.
+#include "client.hh"
+#include "server.hh"
+#include "util.hh"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <future>
+#include <iostream>
+#include <iterator>
+#include <unistd.h>
+
+namespace llmosctl {
+
+namespace {
+
+using nlohmann::json;
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t0) {
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+/// The client for --server and --api-key, or null after printing a usage
+/// error.
+std::unique_ptr<api_client> connect(const server_options& o) {
+    auto where = parse_server(o.server);
+    if (!where) {
+        usage("bad --server '" + o.server +
+              "' (http://HOST:PORT, https://HOST:PORT or unix:/PATH)");
+        return nullptr;
+    }
+    return std::make_unique<api_client>(*where, o.api_key);
+}
+
+/// Runs `call` on another thread; on a terminal, shows a spinner and the
+/// time so far on standard error meanwhile.
+reply with_progress(const std::string& label, const std::function<reply()>& call) {
+    auto done = std::async(std::launch::async, call);
+    if (!::isatty(STDERR_FILENO)) {
+        return done.get();
+    }
+    static const char spin[] = {'|', '/', '-', '\\'};
+    auto t0 = clock_type::now();
+    for (unsigned i = 0; done.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready;
+         ++i) {
+        std::fprintf(stderr, "\r%c %s... %.1f s", spin[i % 4], label.c_str(), seconds_since(t0));
+        std::fflush(stderr);
+    }
+    std::fprintf(stderr, "\r\x1b[K");
+    std::fflush(stderr);
+    return done.get();
+}
+
+/// "F32 x3, Q4_0 x56" -> "Q4_0": the type most tensors have.
+std::string main_type(const std::string& summary) {
+    std::string best;
+    long most = -1;
+    size_t at = 0;
+    while (at < summary.size()) {
+        size_t end = summary.find(", ", at);
+        std::string part = summary.substr(at, end == std::string::npos ? end : end - at);
+        at = end == std::string::npos ? summary.size() : end + 2;
+        auto x = part.rfind(" x");
+        long n = x == std::string::npos ? 0 : std::strtol(part.c_str() + x + 2, nullptr, 10);
+        if (n > most) {
+            most = n;
+            best = part.substr(0, x);
+        }
+    }
+    return best.empty() ? "-" : best;
+}
+
+std::string str(const json& o, const char* key) {
+    auto it = o.find(key);
+    return it != o.end() && it->is_string() ? it->get<std::string>() : std::string{"-"};
+}
+
+uint64_t num(const json& o, const char* key) {
+    auto it = o.find(key);
+    return it != o.end() && it->is_number_unsigned() ? it->get<uint64_t>() : 0;
+}
+
+// "name (llama, Q4_0, 1.2G)"
+std::string model_words(const json& m) {
+    return str(m, "name") + " (" + str(m, "architecture") + ", " + main_type(str(m, "weights")) +
+           ", " + format_size(num(m, "weight_bytes")) + ")";
+}
+
+/// The model to use: `want`, or the server's only one. On failure prints
+/// the error and returns nullopt with `rc` set.
+std::optional<std::string> pick_model(api_client& c, const std::string& want, int& rc) {
+    if (!want.empty()) {
+        return want;
+    }
+    auto r = c.get("/v1/models");
+    if (!r.ok()) {
+        rc = fail_reply("cannot list llmosd's models", r, c.where());
+        return std::nullopt;
+    }
+    std::vector<std::string> ids;
+    if (r.body.is_object() && r.body.contains("data") && r.body["data"].is_array()) {
+        for (const auto& m : r.body["data"]) {
+            ids.push_back(str(m, "id"));
+        }
+    }
+    if (ids.size() == 1) {
+        return ids[0];
+    }
+    if (ids.empty()) {
+        std::fprintf(stderr,
+                     "llmosctl: llmosd at %s serves no model (load one: llmosctl model load "
+                     "NAME PATH)\n",
+                     c.where().text.c_str());
+        rc = exit_failure;
+        return std::nullopt;
+    }
+    std::string list;
+    for (const auto& id : ids) {
+        list += (list.empty() ? "" : ", ") + id;
+    }
+    rc = usage("llmosd serves several models (" + list + "): choose one with --model");
+    return std::nullopt;
+}
+
+/// One streamed generation.
+struct turn {
+    std::string text;
+    std::string finish_reason;
+    json usage;
+    double first_token_s = -1; ///< from sending to the first piece
+    double total_s = 0;
+};
+
+/// Streams `body` to /v1/chat/completions (chat) or /v1/completions and
+/// collects the reply; with `echo`, writes each piece to standard output as
+/// it arrives. The reply of the call (its errors for fail_reply).
+reply stream_turn(api_client& c, json body, bool chat, bool echo, turn& t) {
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+    auto t0 = clock_type::now();
+    auto r = c.stream(chat ? "/v1/chat/completions" : "/v1/completions", body, [&](const json& ev) {
+        if (ev.contains("usage") && ev["usage"].is_object()) {
+            t.usage = ev["usage"];
+        }
+        if (!ev.contains("choices") || !ev["choices"].is_array() || ev["choices"].empty()) {
+            return true;
+        }
+        const json& ch = ev["choices"][0];
+        std::string piece;
+        if (chat && ch.contains("delta") && ch["delta"].is_object()) {
+            const json& d = ch["delta"];
+            if (d.contains("content") && d["content"].is_string()) {
+                piece = d["content"].get<std::string>();
+            }
+        } else if (!chat && ch.contains("text") && ch["text"].is_string()) {
+            piece = ch["text"].get<std::string>();
+        }
+        if (ch.contains("finish_reason") && ch["finish_reason"].is_string()) {
+            t.finish_reason = ch["finish_reason"].get<std::string>();
+        }
+        if (!piece.empty()) {
+            if (t.first_token_s < 0) {
+                t.first_token_s = seconds_since(t0);
+            }
+            t.text += piece;
+            if (echo) {
+                std::fwrite(piece.data(), 1, piece.size(), stdout);
+                std::fflush(stdout);
+            }
+        }
+        return true;
+    });
+    t.total_s = seconds_since(t0);
+    return r;
+}
+
+json turn_json(const std::string& model, const turn& t) {
+    uint64_t n = num(t.usage, "completion_tokens");
+    return {{"model", model},
+            {"text", t.text},
+            {"finish_reason", t.finish_reason},
+            {"usage", t.usage.is_object() ? t.usage : json(nullptr)},
+            {"time_to_first_token_s", t.first_token_s < 0 ? json(nullptr) : json(t.first_token_s)},
+            {"seconds", t.total_s},
+            {"tokens_per_s", t.total_s > 0 ? json(double(n) / t.total_s) : json(nullptr)}};
+}
+
+void print_stats(const turn& t) {
+    uint64_t n = num(t.usage, "completion_tokens");
+    std::fprintf(stderr,
+                 "llmosctl: %llu prompt + %llu completion tokens in %.2f s: first token after "
+                 "%.0f ms, %.1f tokens/s (%s)\n",
+                 static_cast<unsigned long long>(num(t.usage, "prompt_tokens")),
+                 static_cast<unsigned long long>(n), t.total_s,
+                 t.first_token_s < 0 ? 0.0 : t.first_token_s * 1e3,
+                 t.total_s > 0 ? double(n) / t.total_s : 0.0,
+                 t.finish_reason.empty() ? "?" : t.finish_reason.c_str());
+}
+
+json request_body(const gen_args& a, const std::string& model) {
+    json b = {{"model", model}};
+    if (a.max_tokens) {
+        b["max_tokens"] = a.max_tokens;
+    }
+    if (a.temperature >= 0) {
+        b["temperature"] = a.temperature;
+    }
+    if (a.has_seed) {
+        b["seed"] = a.seed;
+    }
+    if (a.priority >= 0) {
+        b["priority"] = a.priority;
+    }
+    if (!a.session.empty()) {
+        b["session"] = a.session;
+    }
+    return b;
+}
+
+json message(const char* role, const std::string& content) {
+    return {{"role", role}, {"content", content}};
+}
+
+std::string absolute(const std::string& path) {
+    std::error_code ec;
+    auto p = std::filesystem::absolute(path, ec);
+    return ec ? path : p.lexically_normal().string();
+}
+
+} // namespace
+
+int cmd_model_list(const server_options& o) {
+    auto c = connect(o);
+    if (!c) {
+        return exit_usage;
+    }
+    auto r = c->get("/llmos/v1/models");
+    if (!r.ok()) {
+        return fail_reply("cannot list models", r, c->where());
+    }
+    json models = r.body.is_object() ? r.body.value("models", json::array()) : json::array();
+    if (o.json) {
+        std::cout << models.dump(2) << '\n';
+        return 0;
+    }
+    std::printf("%-16s %-8s %-8s %8s %6s %7s %7s %4s  %s\n", "NAME", "ARCH", "WEIGHTS", "SIZE",
+                "LAYERS", "VOCAB", "CONTEXT", "BUSY", "PATH");
+    for (const auto& m : models) {
+        std::printf("%-16s %-8s %-8s %8s %6llu %7llu %7llu %4llu  %s\n", str(m, "name").c_str(),
+                    str(m, "architecture").c_str(), main_type(str(m, "weights")).c_str(),
+                    format_size(num(m, "weight_bytes")).c_str(),
+                    static_cast<unsigned long long>(num(m, "n_layer")),
+                    static_cast<unsigned long long>(num(m, "n_vocab")),
+                    static_cast<unsigned long long>(num(m, "context")),
+                    static_cast<unsigned long long>(num(m, "in_flight")), str(m, "path").c_str());
+    }
+    return 0;
+}
+
+int cmd_model_load(const server_options& o, const std::string& name, const std::string& path) {
+    auto c = connect(o);
+    if (!c) {
+        return exit_usage;
+    }
+    auto t0 = clock_type::now();
+    std::string file = absolute(path);
+    auto r = with_progress("loading " + name, [&] {
+        return c->post("/llmos/v1/models", {{"name", name}, {"path", file}});
+    });
+    if (!r.ok()) {
+        return fail_reply("cannot load model '" + name + "'", r, c->where());
+    }
+    if (o.json) {
+        std::cout << r.body.dump(2) << '\n';
+    } else {
+        std::printf("loaded model %s from %s in %.2f s\n", model_words(r.body).c_str(),
+                    file.c_str(), seconds_since(t0));
+    }
+    return 0;
+}
+
+int cmd_model_unload(const server_options& o, const std::string& name) {
+    auto c = connect(o);
+    if (!c) {
+        return exit_usage;
+    }
+    auto r = with_progress("unloading " + name, [&] { return c->del("/llmos/v1/models/" + name); });
+    if (!r.ok()) {
+        return fail_reply("cannot unload model '" + name + "'", r, c->where());
+    }
+    if (o.json) {
+        std::cout << r.body.dump(2) << '\n';
+    } else {
+        std::printf("unloaded model %s\n", name.c_str());
+    }
+    return 0;
+}
+
+int cmd_model_swap(const server_options& o, const std::string& name, const std::string& path) {
+    auto c = connect(o);
+    if (!c) {
+        return exit_usage;
+    }
+    auto t0 = clock_type::now();
+    std::string file = absolute(path);
+    auto r = with_progress("swapping " + name, [&] {
+        return c->post("/llmos/v1/models/" + name + "/swap", {{"path", file}});
+    });
+    if (!r.ok()) {
+        return fail_reply("cannot swap model '" + name + "'", r, c->where());
+    }
+    if (o.json) {
+        std::cout << r.body.dump(2) << '\n';
+    } else {
+        std::printf("swapped model %s to %s in %.2f s\n", model_words(r.body).c_str(), file.c_str(),
+                    seconds_since(t0));
+    }
+    return 0;
+}
+
+int cmd_run(const server_options& o, const gen_args& a) {
+    std::string prompt = a.prompt;
+    if (prompt == "-") {
+        prompt.assign(std::istreambuf_iterator<char>(std::cin), {});
+    }
+    if (prompt.empty()) {
+        return usage("the prompt is empty");
+    }
+    if (a.raw && !a.system.empty()) {
+        return usage("--system needs the chat template: leave out --raw");
+    }
+    auto c = connect(o);
+    if (!c) {
+        return exit_usage;
+    }
+    int rc = 0;
+    auto model = pick_model(*c, a.model, rc);
+    if (!model) {
+        return rc;
+    }
+    json body = request_body(a, *model);
+    if (a.raw) {
+        body["prompt"] = prompt;
+    } else {
+        body["messages"] = json::array();
+        if (!a.system.empty()) {
+            body["messages"].push_back(message("system", a.system));
+        }
+        body["messages"].push_back(message("user", prompt));
+    }
+    turn t;
+    auto r = stream_turn(*c, body, !a.raw, !o.json, t);
+    if (!o.json && !t.text.empty()) {
+        std::fputc('\n', stdout);
+        std::fflush(stdout);
+    }
+    if (!r.ok()) {
+        return fail_reply("model '" + *model + "'", r, c->where());
+    }
+    if (o.json) {
+        std::cout << turn_json(*model, t).dump(2) << '\n';
+    }
+    if (a.verbose) {
+        print_stats(t);
+    }
+    return 0;
+}
+
+int cmd_chat(const server_options& o, const gen_args& a) {
+    auto c = connect(o);
+    if (!c) {
+        return exit_usage;
+    }
+    int rc = 0;
+    auto model = pick_model(*c, a.model, rc);
+    if (!model) {
+        return rc;
+    }
+    const bool tty = ::isatty(STDIN_FILENO) && !o.json;
+    if (tty) {
+        std::fprintf(stderr, "llmosctl: chatting with %s at %s%s; /quit or Ctrl-D leaves\n",
+                     model->c_str(), c->where().text.c_str(),
+                     a.session.empty() ? "" : (", session " + a.session).c_str());
+    }
+    // Without a session the conversation lives here and goes with each
+    // request; with one llmosd keeps it, and each request carries only what
+    // is new.
+    json history = json::array();
+    json pending = json::array(); // what the server has not seen yet
+    if (!a.system.empty()) {
+        pending.push_back(message("system", a.system));
+    }
+    int status = 0;
+    std::string line;
+    while (true) {
+        if (tty) {
+            std::fputs("> ", stdout);
+            std::fflush(stdout);
+        }
+        if (!std::getline(std::cin, line)) {
+            if (tty) {
+                std::fputc('\n', stdout);
+            }
+            break;
+        }
+        if (!line.empty() && line.back() == '\r') {
+            line.pop_back();
+        }
+        if (line == "/quit" || line == "/exit") {
+            break;
+        }
+        if (line.find_first_not_of(" \t") == std::string::npos) {
+            continue;
+        }
+        json body = request_body(a, *model);
+        json msgs = a.session.empty() ? history : json::array();
+        for (const auto& m : pending) {
+            msgs.push_back(m);
+        }
+        msgs.push_back(message("user", line));
+        body["messages"] = msgs;
+        turn t;
+        auto r = stream_turn(*c, body, true, !o.json, t);
+        if (!o.json && !t.text.empty()) {
+            std::fputc('\n', stdout);
+            std::fflush(stdout);
+        }
+        if (!r.ok()) {
+            status = fail_reply("model '" + *model + "'", r, c->where());
+            if (!r.transport_error.empty()) {
+                return status; // the server is gone
+            }
+            continue; // that message is dropped; the conversation goes on
+        }
+        for (const auto& m : pending) {
+            history.push_back(m);
+        }
+        pending = json::array();
+        history.push_back(message("user", line));
+        history.push_back(message("assistant", t.text));
+        if (o.json) {
+            std::cout << turn_json(*model, t).dump() << '\n' << std::flush;
+        }
+        if (a.verbose) {
+            print_stats(t);
+        }
+    }
+    return status;
+}
+
+} // namespace llmosctl
