@@ -28,3 +28,14 @@ echo
 run llmosctl --json ms quota
 run cat /sys/kernel/debug/llmos/mindspaces
 run llmosctl ms rm agent-ctx
+
+echo "# The request scheduler: a weighted-fair policy in BPF, attached at run time."
+run llmosctl sched attach /bpf/wfq.bpf.o
+run llmosctl sched weight 1 300
+run llmosctl sched weight 2 100
+echo "# Synthetic workers and clients (two tenants, Poisson arrivals) through it:"
+run llmosctl bench --workers 2 --tenants 2 --service exp:1 --arrival poisson:400 --requests 400
+echo "# What the scheduler saw (a llmosctl top snapshot):"
+run llmosctl top --iterations 1
+run llmosctl sched status
+run llmosctl sched detach
