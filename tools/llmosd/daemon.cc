@@ -392,9 +392,14 @@ void daemon::drain(std::chrono::seconds limit) {
     }
 }
 
-outcome daemon::run(const job& j, uint32_t tenant,
-                    const std::function<bool(std::string_view)>& on_piece) {
-    const double t0 = now_s();
+daemon::admission::~admission() {
+    if (d) {
+        m->in_flight.fetch_sub(1);
+        d->_in_flight.fetch_sub(1);
+    }
+}
+
+daemon::admission daemon::admit(const job& j) {
     if (_draining) {
         throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
     }
@@ -410,14 +415,19 @@ outcome daemon::run(const job& j, uint32_t tenant,
                         "overloaded"};
     }
     m->in_flight.fetch_add(1);
-    struct release_guard {
-        daemon* d;
-        model_entry* m;
-        ~release_guard() {
-            m->in_flight.fetch_sub(1);
-            d->_in_flight.fetch_sub(1);
-        }
-    } guard{this, m.get()};
+    return admission(this, std::move(m));
+}
+
+outcome daemon::run(const job& j, uint32_t tenant,
+                    const std::function<bool(std::string_view)>& on_piece) {
+    auto a = admit(j);
+    return run(j, tenant, on_piece, std::move(a));
+}
+
+outcome daemon::run(const job& j, uint32_t tenant,
+                    const std::function<bool(std::string_view)>& on_piece, admission a) {
+    const double t0 = now_s();
+    std::shared_ptr<model_entry> m = a.model();
 
     // The session, if any: one request at a time.
     std::shared_ptr<std::mutex> session_lock;

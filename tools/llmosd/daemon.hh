@@ -26,6 +26,7 @@
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace llmosd {
@@ -95,6 +96,29 @@ public:
     /// Runs `j`: `on_piece` gets each piece of text as it comes (return
     /// false: the client went away, the job is cancelled). Throws
     /// api_error.
+    /// A place among the requests in flight, held until destroyed.
+    class admission {
+        daemon* d = nullptr;
+        std::shared_ptr<model_entry> m;
+        friend class daemon;
+        admission(daemon* dd, std::shared_ptr<model_entry> mm)
+            : d(dd)
+            , m(std::move(mm)) {}
+
+    public:
+        admission(admission&& o) noexcept
+            : d(std::exchange(o.d, nullptr))
+            , m(std::move(o.m)) {}
+        admission& operator=(admission&&) = delete;
+        ~admission();
+        const std::shared_ptr<model_entry>& model() const noexcept { return m; }
+    };
+    /// Takes a place for `j` before anything is sent to its client:
+    /// api_error 503 (draining), 404 (no such model), 429 (full).
+    admission admit(const job& j);
+    /// run() on an admission taken before.
+    outcome run(const job& j, uint32_t tenant,
+                const std::function<bool(std::string_view)>& on_piece, admission a);
     outcome run(const job& j, uint32_t tenant,
                 const std::function<bool(std::string_view)>& on_piece);
 

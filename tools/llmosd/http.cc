@@ -3,7 +3,10 @@
 
 #include <chrono>
 #include <llmos/engine/quant.hh>
+#include <netinet/in.h>
 #include <random>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 namespace llmosd {
 
@@ -60,6 +63,11 @@ json chunk(const std::string& id, int64_t created, const job& j, const std::stri
 http_server::http_server(daemon& d)
     : _d(d) {
     _svr.set_payload_max_length(d.opts().max_body);
+    // A thread per request in flight (and a few for health, metrics and
+    // refusals): httplib's default of max(8, CPUs - 1) would make requests
+    // beyond it wait for a thread instead of getting a 429.
+    const size_t threads = d.opts().max_queue + 8;
+    _svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     _svr.set_read_timeout(30, 0);
     _svr.set_write_timeout(30, 0);
     // httplib's own refusals (413, 404 of unknown paths, 400 of broken
@@ -266,10 +274,13 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res, 
         send_error(res, {503, "the server is shutting down", "server_error", "", "draining"});
         return;
     }
-    if (j.stream && _d.in_flight() >= _d.opts().max_queue) {
-        _d.stats().rejected.fetch_add(1);
-        send_error(res, {429, "too many requests in flight; retry shortly", "rate_limit_error", "",
-                         "overloaded"});
+    // The place among the requests in flight is taken before the status
+    // line goes out: a full server answers 429, never 200 and then an error.
+    std::shared_ptr<daemon::admission> adm;
+    try {
+        adm = std::make_shared<daemon::admission>(_d.admit(j));
+    } catch (const api_error& e) {
+        send_error(res, e);
         return;
     }
     const std::string id = new_id(chat ? "chatcmpl" : "cmpl");
@@ -277,7 +288,8 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res, 
     if (!j.stream) {
         outcome o;
         try {
-            o = _d.run(j, tenant, [](std::string_view) { return true; });
+            o = _d.run(
+                j, tenant, [](std::string_view) { return true; }, std::move(*adm));
         } catch (const api_error& e) {
             send_error(res, e);
             return;
@@ -304,7 +316,7 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res, 
     // event (the status line is gone by then).
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
-        "text/event-stream", [this, j, tenant, id, created](size_t, httplib::DataSink& sink) {
+        "text/event-stream", [this, j, tenant, id, created, adm](size_t, httplib::DataSink& sink) {
             auto event = [&](const json& v) {
                 std::string s = "data: " + v.dump() + "\n\n";
                 return sink.write(s.data(), s.size());
@@ -316,17 +328,23 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res, 
                 alive = event(first);
             }
             try {
-                auto o = _d.run(j, tenant, [&](std::string_view piece) {
-                    if (!alive) {
-                        return false;
-                    }
-                    if (piece.empty()) {
-                        alive = sink.is_writable();
+                if (!adm->model()) {
+                    return false; // the provider ran once already
+                }
+                auto o = _d.run(
+                    j, tenant,
+                    [&](std::string_view piece) {
+                        if (!alive) {
+                            return false;
+                        }
+                        if (piece.empty()) {
+                            alive = sink.is_writable();
+                            return alive;
+                        }
+                        alive = event(chunk(id, created, j, std::string(piece), nullptr));
                         return alive;
-                    }
-                    alive = event(chunk(id, created, j, std::string(piece), nullptr));
-                    return alive;
-                });
+                    },
+                    std::move(*adm));
                 json fin = chunk(id, created, j, "", o.finish_reason.c_str());
                 if (j.include_usage) {
                     fin["usage"] = nullptr;
@@ -350,17 +368,55 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res, 
         });
 }
 
-bool http_server::listen(const std::string& host, int port) {
-    return _svr.listen(host, port);
+namespace {
+
+// Debian's httplib listens with a backlog of 5, which a burst of clients
+// overflows (connections reset, retries a second later). Linux lets
+// listen() be called again on a listening socket to change its backlog:
+// find ours by the address it is bound to.
+void widen_backlog(const std::function<bool(const sockaddr*)>& ours) {
+    for (int fd = 3; fd < 1024; ++fd) {
+        int acc = 0;
+        socklen_t len = sizeof(acc);
+        if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) != 0 || !acc) {
+            continue;
+        }
+        sockaddr_storage ss{};
+        socklen_t sl = sizeof(ss);
+        if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl) == 0 &&
+            ours(reinterpret_cast<const sockaddr*>(&ss))) {
+            ::listen(fd, SOMAXCONN);
+        }
+    }
 }
+
+} // namespace
 
 bool http_server::listen_unix(const std::string& path) {
     _svr.set_address_family(AF_UNIX);
-    return _svr.listen(path, 80);
+    if (!_svr.bind_to_port(path, 80)) {
+        return false;
+    }
+    widen_backlog([&](const sockaddr* a) {
+        return a->sa_family == AF_UNIX && path == reinterpret_cast<const sockaddr_un*>(a)->sun_path;
+    });
+    return _svr.listen_after_bind();
 }
 
 int http_server::bind_port(const std::string& host, int port) {
-    return port ? (_svr.bind_to_port(host, port) ? port : -1) : _svr.bind_to_any_port(host);
+    int bound = port ? (_svr.bind_to_port(host, port) ? port : -1) : _svr.bind_to_any_port(host);
+    if (bound > 0) {
+        widen_backlog([&](const sockaddr* a) {
+            if (a->sa_family == AF_INET) {
+                return ntohs(reinterpret_cast<const sockaddr_in*>(a)->sin_port) == bound;
+            }
+            if (a->sa_family == AF_INET6) {
+                return ntohs(reinterpret_cast<const sockaddr_in6*>(a)->sin6_port) == bound;
+            }
+            return false;
+        });
+    }
+    return bound;
 }
 
 bool http_server::serve() {

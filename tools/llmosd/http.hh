@@ -18,7 +18,6 @@ public:
     int bind_port(const std::string& host, int port);
     /// Serves until stop(); false if it could not.
     bool serve();
-    bool listen(const std::string& host, int port);
     /// Serves on a unix socket at `path`.
     bool listen_unix(const std::string& path);
     /// Any thread.
