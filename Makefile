@@ -1,13 +1,16 @@
 # SPDX-License-Identifier: MIT
 #
-#   make demo     set up, build, boot the test VM and show the module answering
+#   make demo     set up, build, serve a model with llmosd, then boot the test VM and
+#                 show the module, mindspaces and a BPF policy
 #   make check    set up, build, lint, run every test; last line "N passed, N failed"
 #
 #   make bench    benchmarks (ratios against baselines in the same run)
 #   make install  libllmos (headers, libraries, pkg-config, CMake package) and
 #                 the tools under PREFIX (default /usr/local), the llmosd unit,
-#                 udev rule, sysusers entry and module sources for DKMS;
-#                 staged in DESTDIR (install-kmod: the built module)
+#                 udev rule, sysusers entry, module sources for DKMS and the
+#                 manual pages; staged in DESTDIR (install-kmod: the built module)
+#   make htmldocs the documentation in build/htmldocs (Sphinx; warnings fail)
+#   make man      check the manual pages in man/ (rendered text in build/man)
 #   make deps | build | kmod | lint | unit | vm-test | vm-shell | clean
 #
 # LLMOS_CACHE (default /var/cache/llmos) holds downloaded packages, the
@@ -59,8 +62,11 @@ vm-test: build
 vm-shell: build
 	@tools/vm/run.sh --module kmod/llmos.ko $(VM_TESTS) --out $(BUILD)/vm-shell shell
 
+# The host half (llmosd on this machine, local backend), then the VM half
+# (the module, mindspaces, a BPF policy, llmosctl top).
 demo: build
-	@tools/vm/run.sh --module kmod/llmos.ko --demo tools/vm/demo.sh \
+	@bash tools/demo.sh $(BUILD)/default
+	@tools/vm/run.sh --module kmod/llmos.ko --demo tools/vm/demo.sh --bpf $(BUILD)/bpf \
 		--bin $(BUILD)/default/tools/llmosctl-static --out $(BUILD)/vm-demo demo
 
 # Benchmarks: ratios against baselines measured in the same run.
@@ -72,16 +78,26 @@ bench: build
 check:
 	@bash tools/check.sh
 
+# Documentation (tools/docs.sh): Documentation/ with the kernel's kernel-doc
+# Sphinx extension from the unpacked linux-source, and the man/ pages.
+.PHONY: htmldocs man
+htmldocs: deps
+	@bash tools/docs.sh html
+
+man: deps
+	@bash tools/docs.sh man
+
 # Installation, staged under DESTDIR when it is set; running it again gives
 # the same result. Directories can be set on the command line.
-#   install            libllmos and llmosctl under PREFIX, install-packaging
-#                      and install-dkms
+#   install            libllmos and llmosctl under PREFIX, install-packaging,
+#                      install-dkms and install-man
 #   install-packaging  udev rule, sysusers.d and tmpfiles.d entries, the
 #                      llmosd unit (ExecStart in PREFIX/bin), /etc/default/llmosd
 #   install-dkms       the module's sources and dkms.conf in DKMSDIR, ready for
 #                      `dkms add llmos/VERSION && dkms install llmos/VERSION`
 #   install-kmod       the built kmod/llmos.ko in MODULEDIR/KVER/extra (KVER:
 #                      the kernel release it was built for), loaded at boot
+#   install-man        the manual pages of man/ in MANDIR/manN
 # System files go where udev, systemd and dkms look for them, whatever PREFIX.
 PREFIX ?= /usr/local
 BINDIR = $(PREFIX)/bin
@@ -92,6 +108,7 @@ TMPFILESDIR = /usr/lib/tmpfiles.d
 UNITDIR = /usr/lib/systemd/system
 MODULESLOADDIR = /usr/lib/modules-load.d
 MODULEDIR = /lib/modules
+MANDIR = $(PREFIX)/share/man
 # The version has one home: project(llmos VERSION ...) in CMakeLists.txt.
 LLMOS_VERSION := $(shell sed -n 's/^project.llmos VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
 DKMSDIR = /usr/src/llmos-$(LLMOS_VERSION)
@@ -101,7 +118,7 @@ INSTALL_DATA = install -D -m 0644
 
 .PHONY: install-packaging install-dkms install-kmod
 
-install: userspace install-packaging install-dkms
+install: userspace install-packaging install-dkms install-man
 	DESTDIR=$(DESTDIR) cmake --install $(BUILD)/default --prefix $(PREFIX)
 
 # A real install (no DESTDIR) keeps an existing /etc/default/llmosd, then
@@ -136,6 +153,13 @@ install-dkms:
 		$(INSTALL_DATA) "$$f" "$(DESTDIR)$(DKMSDIR)/$$f" || exit 1; done
 	sed 's|@VERSION@|$(LLMOS_VERSION)|g' packaging/dkms.conf.in >"$(DESTDIR)$(DKMSDIR)/dkms.conf"
 	chmod 0644 "$(DESTDIR)$(DKMSDIR)/dkms.conf"
+
+# Each page goes to the folder of its section (man/llmosctl.8 -> man8/).
+.PHONY: install-man
+install-man:
+	@set -e; for f in man/*.[1-8]; do \
+		echo "$(INSTALL_DATA) $$f $(DESTDIR)$(MANDIR)/man$${f##*.}/$${f##*/}"; \
+		$(INSTALL_DATA) "$$f" "$(DESTDIR)$(MANDIR)/man$${f##*.}/$${f##*/}"; done
 
 # KVER defaults to the release in the module's vermagic. depmod runs only for
 # a real install (a staged tree is indexed where it is unpacked).

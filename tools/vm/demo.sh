@@ -31,8 +31,8 @@ run llmosctl ms rm agent-ctx
 
 echo "# The request scheduler: a weighted-fair policy in BPF, attached at run time."
 run llmosctl sched attach /bpf/wfq.bpf.o
-run llmosctl sched weight 1 300
-run llmosctl sched weight 2 100
+run llmosctl sched weight 0 300
+run llmosctl sched weight 1 100
 echo "# Synthetic workers and clients (two tenants, Poisson arrivals) through it:"
 run llmosctl bench --workers 2 --tenants 2 --service exp:1 --arrival poisson:400 --requests 400
 echo "# What the scheduler saw (a llmosctl top snapshot):"
