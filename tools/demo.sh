@@ -47,7 +47,11 @@ start
 show curl -s "$url/v1/models"
 echo
 
-say "A streamed chat completion (server-sent events, one chunk per token batch):"
+say "llmosctl talks to it: the models, then a prompt streamed to the terminal."
+show "$build/tools/llmosctl" --server "$url" model list
+show "$build/tools/llmosctl" --server "$url" run "Tell me about mindspaces." -n 16 -t 0 --verbose
+
+say "The same over HTTP: a streamed chat completion (server-sent events):"
 show curl -s -N "$url/v1/chat/completions" -d '{"model": "demo", "max_tokens": 12,
   "temperature": 0, "stream": true, "stream_options": {"include_usage": true},
   "messages": [{"role": "user", "content": "Tell me about mindspaces."}]}'
