@@ -5,8 +5,8 @@
 # tsan lanes) -> kernel tests in the VM. Every step runs even when an earlier
 # one failed (unless it needs what failed); the last line is
 # "N passed, N failed[, N skipped]" over all test cases (each gtest case,
-# each kselftest case, each VM runner case, each lint step), and the exit
-# status is non-zero on any failure.
+# each kselftest case, each VM runner case, each lint step, the docs step),
+# and the exit status is non-zero on any failure.
 #
 #   tools/check.sh          everything
 #   tools/check.sh lint     the lint steps only
@@ -139,6 +139,8 @@ lint() {
 	case_step lint-kernel-doc lint_kerneldoc
 	case_step lint-clang-format lint_clang_format
 	case_step lint-spdx lint_spdx
+	# The Sphinx build, the man pages and the coverage check, as one case.
+	case_step docs bash tools/docs.sh check
 }
 
 # ctest in build/LANE, counted from its JUnit report.
