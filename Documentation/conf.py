@@ -41,9 +41,8 @@ kerneldoc_verbosity = 1
 c_id_attributes = ["__bpf_kfunc", "__ksym"]
 
 root_doc = "index"
-exclude_patterns = ["sphinx"]
 highlight_language = "none"
 primary_domain = "c"
 html_theme = "alabaster"
 html_show_sourcelink = False
-html_theme_options = {"nosidebar": False}
+html_copy_source = False
