@@ -500,3 +500,33 @@ TEST_F(llmosd_test, sigterm_drains_the_requests_in_flight) {
     EXPECT_FALSE(text.empty());
     EXPECT_NE(s.log().find("draining"), std::string::npos);
 }
+
+TEST_F(llmosd_test, a_non_streaming_client_that_goes_away_cancels_its_request_too) {
+    server s(_dir, {"--ctx", "4096"});
+    {
+        auto impatient = s.client();
+        impatient.set_read_timeout(0, 150000); // gives up after 150 ms
+        auto r = impatient.Post("/v1/completions",
+                                json{{"model", "tiny"},
+                                     {"prompt", "Hello world"},
+                                     {"max_tokens", 4000},
+                                     {"temperature", 0}}
+                                    .dump(),
+                                "application/json");
+        EXPECT_FALSE(r) << "it answered within 150 ms?";
+    }
+    auto c = s.client();
+    std::string met;
+    for (int i = 0; i < 100; ++i) {
+        met = c.Get("/metrics")->body;
+        if (met.find("llmosd_requests_cancelled_total 1") != std::string::npos) {
+            break;
+        }
+        std::this_thread::sleep_for(50ms);
+    }
+    EXPECT_NE(met.find("llmosd_requests_cancelled_total 1"), std::string::npos) << met;
+    const std::string key = "\nllmosd_generated_tokens_total ";
+    auto pos = met.find(key);
+    ASSERT_NE(pos, std::string::npos);
+    EXPECT_LT(std::stoul(met.substr(pos + key.size())), 4000u) << "the worker stopped early";
+}

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <llmos/engine/quant.hh>
 #include <netinet/in.h>
+#include <poll.h>
 #include <random>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -56,6 +57,49 @@ json chunk(const std::string& id, int64_t created, const job& j, const std::stri
             {"created", created},
             {"model", j.model},
             {"choices", json::array({choice})}};
+}
+
+// The socket of `req`'s connection (httplib does not hand it out): the
+// one whose two ends are the request's addresses; -1 if not found.
+int connection_fd(const httplib::Request& req) {
+    for (int fd = 3; fd < 4096; ++fd) {
+        sockaddr_storage peer{}, self{};
+        socklen_t pl = sizeof(peer), sl = sizeof(self);
+        if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0 ||
+            ::getsockname(fd, reinterpret_cast<sockaddr*>(&self), &sl) != 0) {
+            continue;
+        }
+        auto port_of = [](const sockaddr_storage& a) {
+            if (a.ss_family == AF_INET) {
+                return int(ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port));
+            }
+            if (a.ss_family == AF_INET6) {
+                return int(ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port));
+            }
+            return -1;
+        };
+        if (port_of(peer) == req.remote_port && port_of(self) == req.local_port) {
+            return fd;
+        }
+    }
+    return -1;
+}
+
+// Is the other end still connected? (A closed peer makes the socket
+// readable with nothing to read, or reports a hang-up.)
+bool peer_still_there(int fd) {
+    if (fd < 0) {
+        return true;
+    }
+    pollfd p{fd, POLLIN | POLLRDHUP, 0};
+    if (::poll(&p, 1, 0) <= 0) {
+        return true;
+    }
+    if (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) {
+        return false;
+    }
+    char c;
+    return ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 0;
 }
 
 } // namespace
@@ -288,8 +332,21 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res, 
     if (!j.stream) {
         outcome o;
         try {
+            // Nothing is sent until the end: watch the connection itself
+            // to notice a client that goes away.
+            int fd = connection_fd(req);
+            auto last = std::chrono::steady_clock::now();
             o = _d.run(
-                j, tenant, [](std::string_view) { return true; }, std::move(*adm));
+                j, tenant,
+                [fd, &last](std::string_view piece) {
+                    auto now = std::chrono::steady_clock::now();
+                    if (!piece.empty() && now - last < std::chrono::milliseconds(100)) {
+                        return true;
+                    }
+                    last = now;
+                    return peer_still_there(fd);
+                },
+                std::move(*adm));
         } catch (const api_error& e) {
             send_error(res, e);
             return;
