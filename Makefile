@@ -54,7 +54,8 @@ unit: userspace
 
 VM_TESTS := --tests $(BUILD)/default/kernel-tests --tests $(BUILD)/default/vm-gtests \
 	--tests tests/vm --bpf $(BUILD)/bpf \
-	--bin $(BUILD)/default/tools/llmosctl-static
+	--bin $(BUILD)/default/tools/llmosctl-static --bin $(BUILD)/default/tools/llmosd/llmosd \
+	--data $(CURDIR)/../shared/testdata/llama-tiny-f32.gguf
 
 vm-test: build
 	@tools/vm/run.sh --module kmod/llmos.ko $(VM_TESTS) --out $(BUILD)/vm test

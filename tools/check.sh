@@ -177,6 +177,7 @@ vm_tests() {
 	tools/vm/run.sh --module kmod/llmos.ko --tests build/default/kernel-tests \
 		--tests build/default/vm-gtests \
 		--tests tests/vm --bpf build/bpf --bin build/default/tools/llmosctl-static \
+		--bin build/default/tools/llmosd/llmosd --data ../shared/testdata/llama-tiny-f32.gguf \
 		--out build/vm test >"$logs/vm.log" 2>&1 || rc=$?
 	if [ -f build/vm/counts ]; then
 		read -r p f s <build/vm/counts

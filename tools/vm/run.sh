@@ -16,7 +16,8 @@
 #
 # Options: --module KO  --tests DIR (repeatable)  --demo FILE  --bpf DIR
 # (its *.bpf.o go to /bpf)  --bin FILE (extra program in /bin, repeatable;
-# NAME-static goes in as NAME)  --out DIR (logs, counts)  --timeout SECONDS
+# NAME-static goes in as NAME; a dynamic one brings its libraries)  --data FILE
+# (into /data, repeatable)  --out DIR (logs, counts)  --timeout SECONDS
 # (whole VM)
 # Environment: LLMOS_CACHE (kernel.env from tools/deps.sh), LLMOS_VM_MEM_MB
 # (default 1024), LLMOS_VM_NUMA (2 nodes by default, or 1), LLMOS_VM_APPEND
@@ -33,6 +34,7 @@ bpfdir=
 out=
 vm_timeout=300
 bins=()
+data=()
 
 die() { printf 'vm: error: %s\n' "$*" >&2; exit 2; }
 
@@ -44,6 +46,7 @@ while [ $# -gt 0 ]; do
 	--bench) bench=$2; shift 2 ;;
 	--bpf) bpfdir=$2; shift 2 ;;
 	--bin) bins+=("$2"); shift 2 ;;
+	--data) data+=("$2"); shift 2 ;;
 	--out) out=$2; shift 2 ;;
 	--timeout) vm_timeout=$2; shift 2 ;;
 	test | demo | bench | shell) mode=$1; shift ;;
@@ -75,7 +78,19 @@ done
 for b in "${bins[@]}"; do
 	# NAME-static (the static build of a program) goes in as NAME.
 	name=$(basename "$b")
-	cp "$b" "$stage/bin/${name%-static}"
+	strip --strip-debug -o "$stage/bin/${name%-static}" "$b"
+	# A dynamically linked program brings its shared libraries (and the
+	# dynamic loader) along, at the paths it was linked against.
+	if ldd "$b" >/dev/null 2>&1; then
+		ldd "$b" | grep -o '/[^ ]*' | while read -r lib; do
+			mkdir -p "$stage$(dirname "$lib")"
+			[ -e "$stage$lib" ] || cp -L "$lib" "$stage$lib"
+		done
+	fi
+done
+for d in "${data[@]}"; do
+	mkdir -p "$stage/data"
+	cp "$d" "$stage/data/"
 done
 (cd "$stage" && find . | busybox cpio -o -H newc 2>/dev/null) | gzip -1 >"$out/initrd.gz"
 

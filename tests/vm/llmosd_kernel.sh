@@ -1,0 +1,72 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+#
+# llmosd on the kernel backend, in the VM: the daemon serves the
+# conformance model, its requests go through the module's scheduler and
+# mindspaces, and it drains on SIGTERM. Prints TAP.
+set -u
+n=0
+out=/tmp/llmosd_kernel.out
+ok() { n=$((n + 1)); echo "ok $n $1"; }
+not_ok() { n=$((n + 1)); echo "not ok $n $1"; sed 's/^/# /' "$out"; }
+expect() { d=$1; shift; if "$@" >"$out" 2>&1; then ok "$d"; else not_ok "$d"; fi; }
+skip() { n=$((n + 1)); echo "ok $n $1 # SKIP $2"; }
+
+echo "TAP version 13"
+model=/data/llama-tiny-f32.gguf
+if [ ! -x /bin/llmosd ] || [ ! -f "$model" ]; then
+	skip "llmosd on the kernel backend" "llmosd or the model is not in this VM (--bin, --data)"
+	echo "1..$n"
+	exit 0
+fi
+ip link set lo up 2>/dev/null || ifconfig lo up
+
+rm -f /tmp/llmosd.port
+llmosd --backend kernel --model "tiny=$model" --listen 127.0.0.1:0 \
+	--port-file /tmp/llmosd.port --workers 1 --slots 4 --ctx 256 2>/tmp/llmosd.log &
+pid=$!
+i=0
+while [ ! -s /tmp/llmosd.port ] && [ $i -lt 300 ]; do
+	sleep 0.1
+	i=$((i + 1))
+done
+port=$(cat /tmp/llmosd.port 2>/dev/null)
+url=http://127.0.0.1:$port
+expect "llmosd starts on the kernel backend" sh -c \
+	'[ -n "$1" ] && grep -q "(kernel backend)" /tmp/llmosd.log' sh "$port"
+expect "health answers" sh -c "wget -q -O - $url/health | grep -q '\"ok\"'"
+expect "the scheduler sees its worker" sh -c \
+	'llmosctl --json sched status | tr -d " \n" | grep -q "\"workers\":1"'
+expect "a completion gives the conformance model's greedy continuation" sh -c \
+	"$(cat <<'EOF'
+post() { wget -q -O - --header 'Content-Type: application/json' --post-data "$1" "$2"; }
+post '{"model": "tiny", "prompt": "Hello world", "max_tokens": 16, "temperature": 0}' \
+	"$0/v1/completions" | grep -q '" pu.*fo vxszg pq bguhergw.* wcf<woU vww bdjykfzkas pmtn t"'
+EOF
+)" "$url"
+expect "a streamed chat completion ends with [DONE]" sh -c \
+	"$(cat <<'EOF'
+post() { wget -q -O - --header 'Content-Type: application/json' --post-data "$1" "$2"; }
+post '{"model": "tiny", "stream": true, "max_tokens": 4,
+       "messages": [{"role": "user", "content": "Hi"}]}' "$0/v1/chat/completions" |
+	tail -n 2 | grep -q "data: \[DONE\]"
+EOF
+)" "$url"
+expect "a session lives in a persistent mindspace of the module" sh -c \
+	"$(cat <<'EOF'
+post() { wget -q -O - --header 'Content-Type: application/json' --post-data "$1" "$2"; }
+post '{"model": "tiny", "session": "vm", "max_tokens": 4,
+       "messages": [{"role": "user", "content": "Hi"}]}' "$0/v1/chat/completions" >/dev/null &&
+llmosctl ms info llmosd.s.vm | grep -q "persistent: yes"
+EOF
+)" "$url"
+expect "the module counted the requests" sh -c \
+	'llmosctl --json sched status | tr -d " \n" | grep -q "\"completed\":[3-9]"'
+kill "$pid"
+wait "$pid"
+rc=$?
+expect "SIGTERM drains and stops it (exit $rc)" sh -c \
+	'[ "$1" = 0 ] && grep -q "draining" /tmp/llmosd.log && grep -q "stopped" /tmp/llmosd.log' \
+	sh "$rc"
+llmosctl ms rm llmosd.s.vm >/dev/null 2>&1
+echo "1..$n"
