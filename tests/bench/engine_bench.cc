@@ -19,6 +19,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <llmos/engine/context.hh>
 #include <llmos/engine/gguf.hh>
 #include <llmos/engine/kv_cache.hh>
@@ -49,6 +52,93 @@ struct aligned_mem {
     }
     std::span<std::byte> span() { return {p.get(), n}; }
 };
+
+// The SIMD peak on the pool's threads, in multiply-adds per second: F32
+// FMA (8 lanes, 8 independent chains per thread) and 8-bit integer
+// multiply-adds (maddubs + madd, as the quantized kernels use).
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) double fma_chains(int64_t iters) {
+    __m256 a[8];
+    for (int i = 0; i < 8; ++i) {
+        a[i] = _mm256_set1_ps(float(i));
+    }
+    const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(0.001f);
+    for (int64_t it = 0; it < iters; ++it) {
+        for (int i = 0; i < 8; ++i) {
+            a[i] = _mm256_fmadd_ps(a[i], x, y);
+        }
+    }
+    __m256 s = a[0];
+    for (int i = 1; i < 8; ++i) {
+        s = _mm256_add_ps(s, a[i]);
+    }
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    return out[0];
+}
+
+__attribute__((target("avx2"))) double int8_chains(int64_t iters) {
+    __m256i acc[8];
+    for (int i = 0; i < 8; ++i) {
+        acc[i] = _mm256_setzero_si256();
+    }
+    const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
+    for (int64_t it = 0; it < iters; ++it) {
+        for (int i = 0; i < 8; ++i) {
+            // 32 byte products summed into 8 int32 lanes: 32 multiply-adds
+            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), ones);
+            acc[i] = _mm256_add_epi32(acc[i], p);
+        }
+    }
+    __m256i s = acc[0];
+    for (int i = 1; i < 8; ++i) {
+        s = _mm256_add_epi32(s, acc[i]);
+    }
+    return _mm256_extract_epi32(s, 0);
+}
+#endif
+
+struct simd_peak {
+    double fma = 0, int8 = 0; // multiply-adds per second, all threads
+};
+
+simd_peak measure_peak(thread_pool& pool) {
+    simd_peak best;
+#if defined(__x86_64__)
+    const int64_t iters = 20000000;
+    for (int rep = 0; rep < 3; ++rep) {
+        std::vector<double> sink(64);
+        auto t0 = clk::now();
+        pool.parallel_for(pool.size(), [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) {
+                sink[size_t(i)] = fma_chains(iters);
+            }
+        });
+        best.fma = std::max(best.fma, double(pool.size()) * iters * 8 * 8 / secs_since(t0));
+        t0 = clk::now();
+        pool.parallel_for(pool.size(), [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) {
+                sink[size_t(i)] = int8_chains(iters);
+            }
+        });
+        best.int8 = std::max(best.int8, double(pool.size()) * iters * 8 * 32 / secs_since(t0));
+    }
+#else
+    (void)pool;
+#endif
+    return best;
+}
+
+// Multiply-adds of one token through every matrix of `m`.
+double macs_per_token(const model& m) {
+    double n = 0;
+    for (const auto& l : m.layers()) {
+        for (const weight_view* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+            n += double(w->rows) * double(w->cols);
+        }
+    }
+    return n + double(m.output().rows) * double(m.output().cols);
+}
 
 // GB/s of summing a 1 GiB buffer on the pool's threads (best of 5).
 double read_bandwidth(thread_pool& pool) {
@@ -177,9 +267,10 @@ int main() {
     int threads = th ? std::max(1, std::atoi(th)) : 2;
     thread_pool bw_pool(threads);
     double bw = read_bandwidth(bw_pool);
+    simd_peak peak = measure_peak(bw_pool);
     std::printf("# engine_bench: %d threads; memory read bandwidth %.2f GB/s (1 GiB sum, best of "
-                "5)\n",
-                threads, bw);
+                "5); SIMD peak %.0f G FMA-MAC/s (F32), %.0f G int8-MAC/s\n",
+                threads, bw, peak.fma / 1e9, peak.int8 / 1e9);
     std::printf("# %-7s %10s %9s %9s %9s %10s %10s %8s\n", "type", "weights", "prefill", "decode",
                 "eff GB/s", "of memory", "8 streams", "x 1");
     kv_options kvo{.type = kv_type::f16, .block_tokens = 16, .max_tokens = 4096};
@@ -202,9 +293,14 @@ int main() {
         }
         double agg = decode(ctx, ptrs, 24);
         double eff = double(m.weight_bytes()) * dec / 1e9;
-        std::printf("  %-7s %8.1f MB %7.1f/s %7.1f/s %9.2f %9.0f%% %8.1f/s %7.2fx\n", type,
-                    double(m.weight_bytes()) / 1e6, double(prompt.size()) / pt, dec, eff,
-                    100.0 * eff / bw, agg, agg / dec);
+        // Prefill against the peak of the arithmetic its kernels use.
+        double pre = double(prompt.size()) / pt;
+        bool is_float = std::string(type) == "f16";
+        double of_peak = macs_per_token(m) * pre / (is_float ? peak.fma : peak.int8);
+        std::printf("  %-7s %8.1f MB %7.1f/s %7.1f/s %9.2f %9.0f%% %8.1f/s %7.2fx   prefill %.0f%% "
+                    "of the %s peak\n",
+                    type, double(m.weight_bytes()) / 1e6, pre, dec, eff, 100.0 * eff / bw, agg,
+                    agg / dec, 100.0 * of_peak, is_float ? "FMA" : "int8");
     }
 
     // Resume vs re-prefill: a 2k-token conversation.
