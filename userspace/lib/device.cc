@@ -16,10 +16,8 @@ std::vector<std::string> feature_names(uint64_t features) {
         uint64_t bit;
         const char* name;
     } known[] = {
-        {LLMOS_FEATURE_VERSION, "version"},
-        {LLMOS_FEATURE_MINDSPACE, "mindspace"},
-        {LLMOS_FEATURE_MS_DMABUF, "ms-dmabuf"},
-        {LLMOS_FEATURE_SCHED, "sched"},
+        {LLMOS_FEATURE_VERSION, "version"},       {LLMOS_FEATURE_MINDSPACE, "mindspace"},
+        {LLMOS_FEATURE_MS_DMABUF, "ms-dmabuf"},   {LLMOS_FEATURE_SCHED, "sched"},
         {LLMOS_FEATURE_BPF_POLICY, "bpf-policy"},
     };
     std::vector<std::string> names;
