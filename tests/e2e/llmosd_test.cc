@@ -389,8 +389,9 @@ TEST_F(llmosd_test, a_client_that_goes_away_cancels_its_request) {
     std::string met;
     for (int i = 0; i < 100; ++i) {
         met = c.Get("/metrics")->body;
-        if (met.find("llmosd_requests_cancelled_total 1") != std::string::npos) {
-            break;
+        if (met.find("llmosd_requests_cancelled_total 1") != std::string::npos &&
+            met.find("llmosd_in_flight 0") != std::string::npos) {
+            break; // counted, and its place given back
         }
         std::this_thread::sleep_for(50ms);
     }
@@ -519,8 +520,9 @@ TEST_F(llmosd_test, a_non_streaming_client_that_goes_away_cancels_its_request_to
     std::string met;
     for (int i = 0; i < 100; ++i) {
         met = c.Get("/metrics")->body;
-        if (met.find("llmosd_requests_cancelled_total 1") != std::string::npos) {
-            break;
+        if (met.find("llmosd_requests_cancelled_total 1") != std::string::npos &&
+            met.find("llmosd_in_flight 0") != std::string::npos) {
+            break; // counted, and its place given back
         }
         std::this_thread::sleep_for(50ms);
     }
