@@ -406,14 +406,19 @@ TEST_F(llmosd_test, a_client_that_goes_away_cancels_its_request) {
 TEST_F(llmosd_test, overload_gets_429_with_retry_after) {
     server s(_dir, {"--max-queue", "1", "--ctx", "4096"});
     auto c = s.client();
-    std::atomic<bool> started{false};
+    std::atomic<bool> started{false}, checked{false};
     std::thread slow([&] {
         auto c2 = s.client();
-        json body = {
-            {"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 3000}, {"stream", true}};
+        // Greedy (no early EOS) and long; it holds the only place until the
+        // check below is done, then hangs up.
+        json body = {{"model", "tiny"},
+                     {"prompt", "Hello world"},
+                     {"max_tokens", 4000},
+                     {"temperature", 0},
+                     {"stream", true}};
         post_streaming(c2, "/v1/completions", body.dump(), [&](const char*, size_t) {
             started = true;
-            return true;
+            return !checked.load();
         });
     });
     while (!started) {
@@ -426,6 +431,7 @@ TEST_F(llmosd_test, overload_gets_429_with_retry_after) {
     EXPECT_EQ(r->status, 429);
     EXPECT_EQ(r->get_header_value("Retry-After"), "1");
     expect_error(json::parse(r->body), "rate_limit_error", "");
+    checked = true;
     slow.join();
 }
 
