@@ -149,8 +149,10 @@ ctest_lane() {
 	junit="$root/build/$lane/junit.xml"
 	t0=$(date +%s)
 	rm -f "$junit"
-	(cd "build/$lane" && ctest --output-on-failure --output-junit "$junit" \
-		--timeout 300) >"$logs/ctest-$lane.log" 2>&1 || rc=$?
+	(cd "build/$lane" &&
+		TSAN_OPTIONS="suppressions=$root/tests/tsan.supp ${TSAN_OPTIONS:-}" \
+			ctest --output-on-failure --output-junit "$junit" --timeout 300) \
+		>"$logs/ctest-$lane.log" 2>&1 || rc=$?
 	if [ ! -f "$junit" ]; then
 		say "ctest-$lane: no report; end of $logs/ctest-$lane.log:"
 		tail -n 60 "$logs/ctest-$lane.log" | sed 's/^/    /'

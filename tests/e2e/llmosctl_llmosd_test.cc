@@ -307,9 +307,12 @@ class fake_stream_server {
 public:
     std::atomic<bool> first_seen{false};
     std::atomic<bool> waited_out{false};
-    std::string tail; ///< what follows the first event
+    const std::string tail; ///< what follows the first event
 
-    fake_stream_server() {
+    /// Set up before its thread starts: the thread reads them.
+    explicit fake_stream_server(std::string what_follows, bool seen = false)
+        : first_seen(seen)
+        , tail(std::move(what_follows)) {
         _svr.Post("/v1/completions", [this](const httplib::Request&, httplib::Response& res) {
             res.set_chunked_content_provider(
                 "text/event-stream", [this](size_t, httplib::DataSink& sink) {
@@ -369,14 +372,13 @@ int run_watching(const std::string& args, const std::string& want, std::atomic<b
 } // namespace
 
 TEST_F(llmosctl_llmosd, run_prints_each_piece_as_it_arrives) {
-    fake_stream_server f;
-    f.tail = "data: {\"choices\":[{\"index\":0,\n"
-             "data: \"text\":\" second\"}]}\n\n"
-             "data: {\"choices\":[{\"index\":0,\"text\":\" third\",\"finish_reason\":"
-             "\"length\"}]}\r\r"
-             "event: ignored\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,"
-             "\"completion_tokens\":3}}\n\n"
-             "data: [DONE]\n\n";
+    fake_stream_server f("data: {\"choices\":[{\"index\":0,\n"
+                         "data: \"text\":\" second\"}]}\n\n"
+                         "data: {\"choices\":[{\"index\":0,\"text\":\" third\",\"finish_reason\":"
+                         "\"length\"}]}\r\r"
+                         "event: ignored\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,"
+                         "\"completion_tokens\":3}}\n\n"
+                         "data: [DONE]\n\n");
     std::string out;
     int rc = run_watching("--server " + f.url() + " run --raw -m fake hi -v", "first", f.first_seen,
                           out);
@@ -387,27 +389,22 @@ TEST_F(llmosctl_llmosd, run_prints_each_piece_as_it_arrives) {
 }
 
 TEST_F(llmosctl_llmosd, an_error_event_or_a_cut_stream_fails) {
-    fake_stream_server f;
-    f.first_seen = true;
-    f.tail = "data: {\"error\":{\"message\":\"the worker failed\",\"type\":\"server_error\","
-             "\"param\":null,\"code\":null}}\n\ndata: [DONE]\n\n";
+    fake_stream_server f("data: {\"error\":{\"message\":\"the worker failed\",\"type\":"
+                         "\"server_error\",\"param\":null,\"code\":null}}\n\ndata: [DONE]\n\n",
+                         true);
     auto r = ctl("--server " + f.url() + " run --raw -m fake hi");
     EXPECT_EQ(r.status, 1);
     EXPECT_EQ(r.out, "first\n");
     EXPECT_EQ(r.err, "llmosctl: model 'fake': the worker failed\n");
 
-    fake_stream_server cut;
-    cut.first_seen = true;
-    cut.tail = "data: {\"choices\":[{\"index\":0,\"text\":\" more\"}]}\n\n";
+    fake_stream_server cut("data: {\"choices\":[{\"index\":0,\"text\":\" more\"}]}\n\n", true);
     r = ctl("--server " + cut.url() + " run --raw -m fake hi");
     EXPECT_EQ(r.status, 1);
     EXPECT_EQ(r.out, "first more\n");
     EXPECT_EQ(r.err, "llmosctl: model 'fake': the stream ended before [DONE] (llmosd at " +
                          cut.url() + ")\n");
 
-    fake_stream_server junk;
-    junk.first_seen = true;
-    junk.tail = "data: not json\n\n";
+    fake_stream_server junk("data: not json\n\n", true);
     r = ctl("--server " + junk.url() + " run --raw -m fake hi");
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.err.find("llmosd sent an event that is not JSON"), std::string::npos) << r.err;

@@ -493,14 +493,22 @@ TEST_F(llmosd_test, sigterm_drains_the_requests_in_flight) {
     std::thread t([&] {
         auto c = s.client();
         json body = {
-            {"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 1500}, {"temperature", 0}};
+            {"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 4000}, {"temperature", 0}};
         auto r = c.Post("/v1/completions", body.dump(), "application/json");
         if (r) {
             status = r->status;
             text = json::parse(r->body)["choices"][0]["text"];
         }
     });
-    std::this_thread::sleep_for(30ms);
+    // SIGTERM once the request is in flight.
+    auto c = s.client();
+    for (int i = 0; i < 500; ++i) {
+        auto m = c.Get("/metrics");
+        if (m && m->body.find("\nllmosd_in_flight 1") != std::string::npos) {
+            break;
+        }
+        std::this_thread::sleep_for(2ms);
+    }
     EXPECT_EQ(s.stop(), 0) << s.log();
     t.join();
     EXPECT_EQ(status, 200);
