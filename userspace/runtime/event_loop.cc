@@ -20,7 +20,9 @@ constexpr uint64_t futex_match_any = 0xffffffffu; // FUTEX_BITSET_MATCH_ANY
 
 // user_data of doorbell completions (futex wait or MSG_RING); completion
 // slots use their index + 1, and 0 is ignored.
-constexpr uint64_t bell_tag = ~0ull;
+// Not ~0: liburing takes CQEs with user_data -1 for its own timeouts and
+// drops them inside its wait calls.
+constexpr uint64_t bell_tag = 0x6c6c6d6f73626c6cull; // "llmosbll"
 
 void cpu_relax() noexcept {
 #if defined(__x86_64__)
