@@ -64,6 +64,7 @@ __attribute__((target("avx2,fma"))) double fma_chains(int64_t iters) {
     }
     const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(0.001f);
     for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 8
         for (int i = 0; i < 8; ++i) {
             a[i] = _mm256_fmadd_ps(a[i], x, y);
         }
@@ -84,6 +85,7 @@ __attribute__((target("avx2"))) double int8_chains(int64_t iters) {
     }
     const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
     for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 8
         for (int i = 0; i < 8; ++i) {
             // 32 byte products summed into 8 int32 lanes: 32 multiply-adds
             __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), ones);
