@@ -65,6 +65,10 @@ public:
     uint32_t n_tokens() const noexcept;
     uint32_t capacity() const noexcept { return _o.max_tokens; }
     kv_type type() const noexcept { return _o.type; }
+    /// Positions per block: rows [b * block_tokens, (b + 1) * block_tokens)
+    /// of a layer's K (or V) lie back to back, kv_dim elements apart, from
+    /// k_row(layer, b * block_tokens) on.
+    uint32_t block_tokens() const noexcept { return _o.block_tokens; }
     /// The committed conversation.
     std::span<const int32_t> tokens() const noexcept;
 
