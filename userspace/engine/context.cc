@@ -69,6 +69,13 @@ void axpy_f16(float w, const uint16_t* x, float* y, uint32_t n) {
     }
 }
 
+// g[i] = silu(g[i]) * up[i]: SwiGLU's gate.
+void silu_mul(float* g, const float* up, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+        g[i] = g[i] / (1.0f + std::exp(-g[i])) * up[i];
+    }
+}
+
 #if defined(__x86_64__)
 #define LLMOS_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -127,6 +134,212 @@ LLMOS_AVX2 void axpy_f16_avx2(float w, const uint16_t* x, float* y, uint32_t n) 
     }
     for (; i < n; ++i) {
         y[i] += w * fp16_to_fp32(x[i]);
+    }
+}
+
+// e^x for 8 floats: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two
+// so r is exact to float precision), e^r by its Taylor series to r^6
+// (relative error below 2e-7), 2^n put into the exponent. x is clamped
+// to [-87.3, 88.7]: no infinities, no denormals.
+LLMOS_AVX2 __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+}
+
+// g[i] = silu(g[i]) * up[i].
+LLMOS_AVX2 void silu_mul_avx2(float* g, const float* up, size_t n) {
+    size_t i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        const __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
+    }
+    silu_mul(g + i, up + i, n - i);
+}
+
+// Softmax of `rows` rows of n scores, `stride` apart, in place.
+LLMOS_AVX2 void softmax_rows_avx2(float* scores, size_t stride, uint32_t rows, uint32_t n) {
+    for (uint32_t h = 0; h < rows; ++h) {
+        float* sc = scores + size_t(h) * stride;
+        __m256 mv = _mm256_set1_ps(-INFINITY);
+        uint32_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            mv = _mm256_max_ps(mv, _mm256_loadu_ps(sc + j));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float mx = _mm_cvtss_f32(m4);
+        for (uint32_t k = j; k < n; ++k) {
+            mx = std::max(mx, sc[k]);
+        }
+        const __m256 mxv = _mm256_set1_ps(mx);
+        __m256 sv = _mm256_setzero_ps();
+        for (j = 0; j + 8 <= n; j += 8) {
+            const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), mxv));
+            _mm256_storeu_ps(sc + j, e);
+            sv = _mm256_add_ps(sv, e);
+        }
+        double sum = hsum(sv);
+        for (; j < n; ++j) {
+            sc[j] = std::exp(sc[j] - mx);
+            sum += sc[j];
+        }
+        const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
+        for (j = 0; j + 8 <= n; j += 8) {
+            _mm256_storeu_ps(sc + j, _mm256_mul_ps(_mm256_loadu_ps(sc + j), inv));
+        }
+        for (; j < n; ++j) {
+            sc[j] *= static_cast<float>(1.0 / sum);
+        }
+    }
+}
+
+// One token's attention for the `G` query heads that share a KV head, over
+// an F16 cache: each K and V row is widened once for all G heads (the
+// heads' accumulators stay in registers), and rows are walked block by
+// block rather than looked up one position at a time.
+struct f16_attn_args {
+    const kv_cache* kv;
+    uint32_t layer;
+    size_t off;      ///< the KV head's first element in a row
+    uint32_t kv_dim; ///< elements from one row to the next within a block
+    uint32_t D;      ///< head_dim, a multiple of 8 * NC
+    uint32_t n;      ///< positions 0 .. n-1 are attended
+    const float* q;  ///< G x D
+    float* out;      ///< G x D
+    float* scores;   ///< G x stride
+    size_t stride;
+    float scale;
+};
+
+template <int G>
+LLMOS_AVX2 void f16_scores(const f16_attn_args& a) {
+    const uint32_t bt = a.kv->block_tokens();
+    for (uint32_t j0 = 0; j0 < a.n; j0 += bt) {
+        const auto* rows = static_cast<const uint16_t*>(a.kv->k_row(a.layer, j0)) + a.off;
+        const uint32_t m = std::min(bt, a.n - j0);
+        for (uint32_t s = 0; s < m; ++s) {
+            const uint16_t* k = rows + size_t(s) * a.kv_dim;
+            __m256 acc[G];
+#pragma GCC unroll 8
+            for (int h = 0; h < G; ++h) {
+                acc[h] = _mm256_setzero_ps();
+            }
+            for (uint32_t d = 0; d < a.D; d += 8) {
+                const __m256 kf =
+                    _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + d)));
+#pragma GCC unroll 8
+                for (int h = 0; h < G; ++h) {
+                    acc[h] =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(a.q + size_t(h) * a.D + d), kf, acc[h]);
+                }
+            }
+#pragma GCC unroll 8
+            for (int h = 0; h < G; ++h) {
+                a.scores[size_t(h) * a.stride + j0 + s] = hsum(acc[h]) * a.scale;
+            }
+        }
+    }
+}
+
+template <int G, int NC>
+LLMOS_AVX2 void f16_values(const f16_attn_args& a) {
+    const uint32_t bt = a.kv->block_tokens();
+    for (uint32_t dc = 0; dc < a.D; dc += 8 * NC) {
+        __m256 acc[G][NC];
+#pragma GCC unroll 8
+        for (int h = 0; h < G; ++h) {
+#pragma GCC unroll 8
+            for (int c = 0; c < NC; ++c) {
+                acc[h][c] = _mm256_setzero_ps();
+            }
+        }
+        for (uint32_t j0 = 0; j0 < a.n; j0 += bt) {
+            const auto* rows = static_cast<const uint16_t*>(a.kv->v_row(a.layer, j0)) + a.off + dc;
+            const uint32_t m = std::min(bt, a.n - j0);
+            for (uint32_t s = 0; s < m; ++s) {
+                const uint16_t* v = rows + size_t(s) * a.kv_dim;
+                __m256 vf[NC];
+#pragma GCC unroll 8
+                for (int c = 0; c < NC; ++c) {
+                    vf[c] = _mm256_cvtph_ps(
+                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 8 * c)));
+                }
+#pragma GCC unroll 8
+                for (int h = 0; h < G; ++h) {
+                    const __m256 w = _mm256_broadcast_ss(a.scores + size_t(h) * a.stride + j0 + s);
+#pragma GCC unroll 8
+                    for (int c = 0; c < NC; ++c) {
+                        acc[h][c] = _mm256_fmadd_ps(w, vf[c], acc[h][c]);
+                    }
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int h = 0; h < G; ++h) {
+#pragma GCC unroll 8
+            for (int c = 0; c < NC; ++c) {
+                _mm256_storeu_ps(a.out + size_t(h) * a.D + dc + 8 * c, acc[h][c]);
+            }
+        }
+    }
+}
+
+template <int G>
+void f16_attend(const f16_attn_args& a) {
+    f16_scores<G>(a);
+    softmax_rows_avx2(a.scores, a.stride, G, a.n);
+    // As many 8-float columns per pass as the registers hold for G heads.
+    constexpr int nc = G <= 2 ? 4 : (G <= 5 ? 2 : 1);
+    if (a.D % (8 * nc) == 0) {
+        f16_values<G, nc>(a);
+    } else {
+        f16_values<G, 1>(a);
+    }
+}
+
+using f16_attend_fn = void (*)(const f16_attn_args&);
+
+// The kernel for `group` query heads per KV head and head size `D`, or
+// nullptr (the generic loops then run).
+f16_attend_fn f16_attend_for(uint32_t group, uint32_t D) {
+    if (D % 8 != 0) {
+        return nullptr;
+    }
+    switch (group) {
+    case 1:
+        return f16_attend<1>;
+    case 2:
+        return f16_attend<2>;
+    case 3:
+        return f16_attend<3>;
+    case 4:
+        return f16_attend<4>;
+    case 5:
+        return f16_attend<5>;
+    case 6:
+        return f16_attend<6>;
+    case 7:
+        return f16_attend<7>;
+    case 8:
+        return f16_attend<8>;
+    default:
+        return nullptr;
     }
 }
 #endif
@@ -235,6 +448,10 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
         }
     }
     grow(_scores, _jobs.size() * group * max_len);
+#if defined(__x86_64__)
+    const f16_attend_fn fast =
+        default_simd() == simd_level::avx2 ? f16_attend_for(group, D) : nullptr;
+#endif
     // One job: a KV head's query heads over a run of tokens. Each K and V
     // row is read once for all the query heads that share it.
     _pool->parallel_for(static_cast<int64_t>(_jobs.size()), [&](int64_t begin, int64_t end) {
@@ -249,6 +466,22 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
                 const size_t r = _first[job.entry] + t;
                 const uint32_t pos = _pos0[job.entry] + t;
                 const float* q0 = _q.data() + r * E + size_t(job.kv_head) * group * D;
+#if defined(__x86_64__)
+                if (fast && f16) {
+                    fast({.kv = &kv,
+                          .layer = layer,
+                          .off = off,
+                          .kv_dim = p.kv_dim(),
+                          .D = D,
+                          .n = pos + 1,
+                          .q = q0,
+                          .out = _att.data() + r * E + size_t(job.kv_head) * group * D,
+                          .scores = scores,
+                          .stride = max_len,
+                          .scale = scale});
+                    continue;
+                }
+#endif
                 for (uint32_t j = 0; j <= pos; ++j) {
                     const void* k = kv.k_row(layer, j);
                     for (uint32_t h = 0; h < group; ++h) {
@@ -418,6 +651,12 @@ step_status context::step(std::span<batch_entry> batch) {
     auto mm = [&](const weight_view& w, const float* in, float* out) {
         return this->mm(w, in, T, out);
     };
+    void (*silu)(float*, const float*, size_t) = silu_mul;
+#if defined(__x86_64__)
+    if (default_simd() == simd_level::avx2) {
+        silu = silu_mul_avx2;
+    }
+#endif
     auto norm_all = [&](std::span<const float> w) {
         auto rows = [&](int64_t b, int64_t e) {
             for (int64_t t = b; t < e; ++t) {
@@ -472,9 +711,13 @@ step_status context::step(std::span<batch_entry> batch) {
         if (!mm_many(gate_up, _xn.data(), T)) {
             return step_status::compute_error;
         }
-        for (size_t j = 0; j < T * F; ++j) {
-            const float g = _gate[j];
-            _gate[j] = g / (1.0f + std::exp(-g)) * _up[j];
+        auto swiglu = [&](int64_t b, int64_t e) {
+            silu(_gate.data() + size_t(b) * F, _up.data() + size_t(b) * F, size_t(e - b) * F);
+        };
+        if (T < 8) {
+            swiglu(0, static_cast<int64_t>(T));
+        } else {
+            _pool->parallel_for(static_cast<int64_t>(T), swiglu);
         }
         if (!mm(w.w_down, _gate.data(), _xn.data())) {
             return step_status::compute_error;
