@@ -1,0 +1,738 @@
+// SPDX-License-Identifier: MIT
+//
+// The CUDA backend. Without a device (or in a build without CUDA) the
+// probe must say why, the device classes must refuse with that reason,
+// and the KV cache's host bookkeeping (no CUDA call) is tested in full;
+// every GPU case skips with the probe's reason. With a device: logits
+// against the CPU engine on generated models of each weight type and
+// both architectures, the external conformance vector, batching, KV
+// resume across contexts, and the refusals that change nothing.
+//
+// Generated models need llmos-mkmodel: $LLMOS_MKMODEL, or the one built
+// beside this program (BUILD/tools/mkmodel/llmos-mkmodel).
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <llmos/engine/context.hh>
+#include <llmos/engine/cuda.hh>
+#include <llmos/engine/gguf.hh>
+#include <llmos/engine/kv_cache.hh>
+#include <llmos/engine/model.hh>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+using namespace llmos::engine;
+
+namespace {
+
+const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
+
+std::string lower(std::string s) {
+    for (char& c : s) {
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    return s;
+}
+
+// Host memory for a cache's bookkeeping, 4096-aligned, zeroed.
+struct host_mem {
+    std::unique_ptr<std::byte, decltype(&std::free)> p{nullptr, &std::free};
+    size_t n = 0;
+    explicit host_mem(size_t bytes)
+        : p(static_cast<std::byte*>(std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096)),
+            &std::free)
+        , n((bytes + 4095) / 4096 * 4096) {
+        std::memset(p.get(), 0, n);
+    }
+    std::span<std::byte> span() { return {p.get(), n}; }
+};
+
+std::string mkmodel_path() {
+    if (const char* e = std::getenv("LLMOS_MKMODEL")) {
+        return e;
+    }
+    std::error_code ec;
+    auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (ec) {
+        return {};
+    }
+    auto p = self.parent_path().parent_path() / "tools" / "mkmodel" / "llmos-mkmodel";
+    return std::filesystem::exists(p) ? p.string() : std::string();
+}
+
+const std::string& workdir() {
+    static const struct dir {
+        std::string path;
+        dir() {
+            char tmpl[] = "/tmp/llmos-cuda-XXXXXX";
+            path = ::mkdtemp(tmpl);
+        }
+        ~dir() { std::filesystem::remove_all(path); }
+    } d;
+    return d.path;
+}
+
+// A generated model file (made once per name), or "" with `why` set.
+std::string generated(const std::string& name, const std::string& args, std::string& why) {
+    const std::string mk = mkmodel_path();
+    if (mk.empty()) {
+        why = "no llmos-mkmodel (build it, or set LLMOS_MKMODEL)";
+        return {};
+    }
+    const std::string out = workdir() + "/" + name + ".gguf";
+    if (!std::filesystem::exists(out)) {
+        const std::string cmd = mk + " " + args + " -o " + out + " >/dev/null 2>&1";
+        if (std::system(cmd.c_str()) != 0) {
+            why = "failed: " + cmd;
+            return {};
+        }
+    }
+    return out;
+}
+
+/// A model with its file.
+struct loaded {
+    std::unique_ptr<gguf_file> file;
+    std::unique_ptr<model> m;
+    explicit loaded(const std::string& path)
+        : file(std::make_unique<gguf_file>(gguf_file::open(path)))
+        , m(std::make_unique<model>(model::load(*file))) {}
+};
+
+int32_t argmax(const std::vector<float>& v) {
+    return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        num += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
+        den += double(ref[i]) * ref[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Skips the current test unless there is a device.
+#define REQUIRE_DEVICE()                                                                           \
+    do {                                                                                           \
+        const cuda_device_info di_ = cuda_probe();                                                 \
+        if (!di_.available) {                                                                      \
+            GTEST_SKIP() << "no CUDA device: " << di_.reason;                                      \
+        }                                                                                          \
+    } while (0)
+
+} // namespace
+
+// --- Without a device: the probe, the refusals, the host bookkeeping ---
+
+TEST(cuda_probe, says_what_the_device_is_or_why_there_is_none) {
+    const cuda_device_info i = cuda_probe();
+    EXPECT_EQ(i.device, 0);
+    if (!cuda_built()) {
+        EXPECT_FALSE(i.available);
+        EXPECT_NE(i.reason.find("built without CUDA"), std::string::npos) << i.reason;
+        EXPECT_NE(i.reason.find("LLMOS_CUDA=ON"), std::string::npos) << i.reason;
+        return;
+    }
+    EXPECT_GT(i.runtime_version, 0) << "the CUDA runtime is linked in";
+    if (!i.available) {
+        ASSERT_FALSE(i.reason.empty());
+        // The failing call and CUDA's own error: no driver, or no device.
+        EXPECT_NE(i.reason.find("cudaError"), std::string::npos) << i.reason;
+        const std::string why = lower(i.reason.substr(i.reason.find("cudaError")));
+        EXPECT_TRUE(why.find("driver") != std::string::npos ||
+                    why.find("device") != std::string::npos)
+            << i.reason;
+        std::cout << "[ info     ] no device: " << i.reason << "\n";
+        return;
+    }
+    EXPECT_TRUE(i.reason.empty()) << i.reason;
+    EXPECT_FALSE(i.name.empty());
+    EXPECT_GE(i.cc_major * 10 + i.cc_minor, 90);
+    EXPECT_GT(i.total_mem, 1ull << 30);
+    EXPECT_GT(i.multiprocessors, 0);
+    EXPECT_GT(i.driver_version, 0);
+    std::cout << "[ info     ] " << i.name << ", cc " << i.cc_major << "." << i.cc_minor << ", "
+              << (i.total_mem >> 20) << " MiB, driver " << i.driver_version << ", runtime "
+              << i.runtime_version << ", GPUDirect RDMA " << i.gpudirect_rdma << "\n";
+}
+
+TEST(cuda_probe, is_repeatable_and_refuses_devices_that_do_not_exist) {
+    const cuda_device_info a = cuda_probe();
+    for (int i = 0; i < 50; ++i) {
+        const cuda_device_info b = cuda_probe();
+        ASSERT_EQ(a.available, b.available);
+        ASSERT_EQ(a.reason, b.reason);
+        ASSERT_EQ(a.name, b.name);
+    }
+    for (int dev : {-1, 4096}) {
+        const cuda_device_info i = cuda_probe(dev);
+        EXPECT_FALSE(i.available) << dev;
+        EXPECT_FALSE(i.reason.empty()) << dev;
+        EXPECT_EQ(i.device, dev);
+    }
+}
+
+TEST(cuda_blas, says_whether_cublas_loaded) {
+    const cuda_blas_info b = cuda_blas();
+    if (b.loaded) {
+        EXPECT_NE(b.library.find("libcublas.so"), std::string::npos) << b.library;
+        EXPECT_TRUE(b.reason.empty()) << b.reason;
+    } else {
+        EXPECT_FALSE(b.reason.empty());
+        if (!cuda_built()) {
+            EXPECT_NE(b.reason.find("built without CUDA"), std::string::npos) << b.reason;
+        }
+    }
+    std::cout << "[ info     ] cuBLAS: "
+              << (b.loaded ? "loaded from " + b.library : "not loaded: " + b.reason) << "\n";
+}
+
+TEST(cuda_model, without_a_device_the_classes_refuse_with_the_probe_reason) {
+    const cuda_device_info di = cuda_probe();
+    if (di.available) {
+        GTEST_SKIP() << "a CUDA device is present (" << di.name << ")";
+    }
+    loaded l(tiny);
+    try {
+        cuda_model cm(*l.m);
+        FAIL() << "a cuda_model without a device";
+    } catch (const cuda_error& e) {
+        EXPECT_NE(std::string(e.what()).find(di.reason), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(cuda_device_buffer(4096), cuda_error);
+}
+
+class cuda_kv_host : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() { l = std::make_unique<loaded>(tiny); }
+    static void TearDownTestSuite() { l.reset(); }
+    static inline std::unique_ptr<loaded> l;
+
+    cuda_kv_options o{.block_tokens = 16, .max_tokens = 256};
+    // Stands for device memory: the bookkeeping never touches it.
+    alignas(256) static inline std::byte fake_device[256];
+    void* dev() { return fake_device; }
+    uint64_t dev_bytes() { return cuda_kv_cache::device_bytes_for(l->m->params(), o); }
+};
+
+TEST_F(cuda_kv_host, sizes_follow_the_geometry) {
+    const model_params& p = l->m->params();
+    // Per block: layers x (K, V) x block_tokens x kv_dim halves.
+    const uint64_t block = uint64_t(p.n_layer) * 2 * 16 * p.kv_dim() * 2;
+    EXPECT_EQ(cuda_kv_cache::device_bytes_for(p, o), (block + 255) / 256 * 256 * (256 / 16));
+    EXPECT_GE(cuda_kv_cache::host_bytes_for(p, o), 128u + 256 * 4 + 2 * 16 * 4);
+    cuda_kv_options big = o;
+    big.max_tokens = 4096;
+    EXPECT_GT(cuda_kv_cache::host_bytes_for(p, big), cuda_kv_cache::host_bytes_for(p, o));
+    EXPECT_EQ(cuda_kv_cache::device_bytes_for(p, big), 16 * cuda_kv_cache::device_bytes_for(p, o));
+}
+
+TEST_F(cuda_kv_host, reserve_commit_and_resume) {
+    host_mem h(cuda_kv_cache::host_bytes_for(l->m->params(), o));
+    {
+        auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o);
+        EXPECT_FALSE(kv.resumed());
+        EXPECT_EQ(kv.n_tokens(), 0u);
+        EXPECT_EQ(kv.capacity(), 256u);
+        EXPECT_EQ(kv.device_blocks(), dev());
+        EXPECT_EQ(kv.block_tokens(), 16u);
+        ASSERT_TRUE(kv.reserve(20));
+        auto t = kv.block_table();
+        ASSERT_EQ(t.size(), 16u);
+        EXPECT_NE(t[0], UINT32_MAX);
+        EXPECT_NE(t[1], UINT32_MAX);
+        EXPECT_NE(t[0], t[1]);
+        EXPECT_EQ(t[2], UINT32_MAX);
+        EXPECT_EQ(kv.n_tokens(), 0u) << "reserving commits nothing";
+        std::vector<int32_t> toks(20);
+        for (int i = 0; i < 20; ++i) {
+            toks[size_t(i)] = 100 + i;
+        }
+        kv.commit(toks);
+        EXPECT_EQ(kv.n_tokens(), 20u);
+        EXPECT_EQ(std::vector<int32_t>(kv.tokens().begin(), kv.tokens().end()), toks);
+        kv_usage u = kv.usage();
+        EXPECT_EQ(u.tokens, 20u);
+        EXPECT_EQ(u.blocks, 2u);
+        EXPECT_EQ(u.bytes_allocated, 2 * kv.block_bytes());
+        // Reserved but never committed: a worker killed mid-step.
+        ASSERT_TRUE(kv.reserve(30));
+    }
+    auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o);
+    EXPECT_TRUE(kv.resumed());
+    EXPECT_EQ(kv.n_tokens(), 20u);
+    EXPECT_EQ(kv.tokens()[19], 119);
+    EXPECT_FALSE(kv.reserve(237)) << "20 + 237 > 256";
+    EXPECT_EQ(kv.n_tokens(), 20u);
+    EXPECT_TRUE(kv.reserve(236));
+}
+
+TEST_F(cuda_kv_host, truncate_gives_blocks_back_for_reuse) {
+    host_mem h(cuda_kv_cache::host_bytes_for(l->m->params(), o));
+    auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o);
+    std::vector<int32_t> toks(64, 7);
+    ASSERT_TRUE(kv.reserve(64));
+    kv.commit(toks);
+    const std::vector<uint32_t> before(kv.block_table().begin(), kv.block_table().begin() + 4);
+    kv.truncate(17); // keeps blocks 0 and 1
+    EXPECT_EQ(kv.n_tokens(), 17u);
+    EXPECT_EQ(kv.usage().blocks, 2u);
+    EXPECT_EQ(kv.block_table()[2], UINT32_MAX);
+    ASSERT_TRUE(kv.reserve(47));
+    // The given-back blocks are reused: no block beyond the first four.
+    std::vector<uint32_t> after(kv.block_table().begin(), kv.block_table().begin() + 4);
+    EXPECT_EQ(after[0], before[0]);
+    EXPECT_EQ(after[1], before[1]);
+    for (uint32_t b : after) {
+        EXPECT_LT(b, 4u);
+    }
+    std::sort(after.begin(), after.end());
+    EXPECT_EQ(std::unique(after.begin(), after.end()), after.end()) << "a block mapped twice";
+    kv.truncate(0);
+    EXPECT_EQ(kv.n_tokens(), 0u);
+    EXPECT_EQ(kv.usage().blocks, 0u);
+}
+
+TEST_F(cuda_kv_host, refuses_other_geometry_small_or_misaligned_memory) {
+    host_mem h(cuda_kv_cache::host_bytes_for(l->m->params(), o));
+    {
+        auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o);
+        ASSERT_TRUE(kv.reserve(3));
+        kv.commit(std::vector<int32_t>{1, 2, 3});
+    }
+    cuda_kv_options other = o;
+    other.block_tokens = 32;
+    EXPECT_THROW(cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, other), kv_error);
+    // Still the first cache: the refusal wrote nothing.
+    EXPECT_EQ(cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o).n_tokens(), 3u);
+    // Fresh: overwritten.
+    EXPECT_EQ(cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, other, true).n_tokens(), 0u);
+    EXPECT_THROW(cuda_kv_cache::open(h.span().first(64), dev(), dev_bytes(), *l->m, o), kv_error);
+    EXPECT_THROW(cuda_kv_cache::open(h.span(), dev(), dev_bytes() - 1, *l->m, o), kv_error);
+    EXPECT_THROW(cuda_kv_cache::open(h.span(), nullptr, dev_bytes(), *l->m, o), kv_error);
+    EXPECT_THROW(cuda_kv_cache::open(h.span(), fake_device + 2, dev_bytes(), *l->m, o), kv_error);
+    EXPECT_THROW(cuda_kv_cache::open(h.span().subspan(8), dev(), dev_bytes(), *l->m, o), kv_error);
+}
+
+TEST_F(cuda_kv_host, a_cache_of_another_model_is_refused) {
+    std::string why;
+    const std::string other = generated("other", "--preset tiny --n-ff 128", why);
+    if (other.empty()) {
+        GTEST_SKIP() << why;
+    }
+    loaded l2(other);
+    ASSERT_NE(l2.m->fingerprint(), l->m->fingerprint());
+    const uint64_t hb = std::max(cuda_kv_cache::host_bytes_for(l->m->params(), o),
+                                 cuda_kv_cache::host_bytes_for(l2.m->params(), o));
+    host_mem h(hb);
+    {
+        auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o);
+        ASSERT_TRUE(kv.reserve(1));
+        kv.commit(std::vector<int32_t>{5});
+    }
+    try {
+        cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l2.m, o);
+        FAIL() << "another model's cache was taken";
+    } catch (const kv_error& e) {
+        EXPECT_NE(std::string(e.what()).find("another model"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o).n_tokens(), 1u);
+}
+
+// --- With a device ---
+
+namespace {
+
+/// A cache on the device: host bookkeeping plus cudaMalloc'd blocks.
+struct gpu_kv {
+    host_mem host;
+    cuda_device_buffer dev;
+    cuda_kv_cache kv;
+    gpu_kv(const model& m, const cuda_kv_options& o)
+        : host(cuda_kv_cache::host_bytes_for(m.params(), o))
+        , dev(cuda_kv_cache::device_bytes_for(m.params(), o))
+        , kv(cuda_kv_cache::open(host.span(), dev.get(), dev.size(), m, o)) {}
+};
+
+/// Logits of the prompt's last position, then of each token of `forced`
+/// fed one step at a time.
+std::vector<std::vector<float>> cpu_logits(const model& m, const std::vector<int32_t>& prompt,
+                                           const std::vector<int32_t>& forced, bool exact) {
+    context ctx(m, {.n_threads = 2, .exact_activations = exact});
+    kv_options ko{.type = kv_type::f32, .block_tokens = 16, .max_tokens = 256};
+    host_mem mem(kv_cache::bytes_for(m.params(), ko));
+    auto kv = kv_cache::open(mem.span(), m, ko);
+    std::vector<std::vector<float>> out;
+    std::vector<float> lg(m.params().n_vocab);
+    batch_entry e{.kv = &kv, .tokens = prompt, .logits = lg.data()};
+    EXPECT_EQ(ctx.step({&e, 1}), step_status::ok);
+    out.push_back(lg);
+    for (int32_t t : forced) {
+        e.tokens = {&t, 1};
+        EXPECT_EQ(ctx.step({&e, 1}), step_status::ok);
+        out.push_back(lg);
+    }
+    return out;
+}
+
+std::vector<std::vector<float>> gpu_logits(const cuda_model& cm, cuda_context& ctx,
+                                           const std::vector<int32_t>& prompt,
+                                           const std::vector<int32_t>& forced) {
+    gpu_kv g(cm.get_model(), {.block_tokens = 16, .max_tokens = 256});
+    std::vector<std::vector<float>> out;
+    std::vector<float> lg(cm.get_model().params().n_vocab);
+    cuda_batch_entry e{.kv = &g.kv, .tokens = prompt, .logits = lg.data()};
+    EXPECT_EQ(ctx.step({&e, 1}), step_status::ok);
+    out.push_back(lg);
+    for (int32_t t : forced) {
+        e.tokens = {&t, 1};
+        EXPECT_EQ(ctx.step({&e, 1}), step_status::ok);
+        out.push_back(lg);
+    }
+    return out;
+}
+
+/// Greedy tokens after `prompt` (n of them) on the device.
+std::vector<int32_t> gpu_greedy(cuda_context& ctx, cuda_kv_cache& kv, std::vector<int32_t> toks,
+                                int n, std::vector<float>* first = nullptr) {
+    std::vector<float> lg(ctx.get_model().get_model().params().n_vocab);
+    std::vector<int32_t> out;
+    for (int i = 0; static_cast<int>(out.size()) < n; ++i) {
+        cuda_batch_entry e{.kv = &kv, .tokens = toks, .logits = lg.data()};
+        EXPECT_EQ(ctx.step({&e, 1}), step_status::ok);
+        if (i == 0 && first) {
+            *first = lg;
+        }
+        toks = {argmax(lg)};
+        out.push_back(toks[0]);
+    }
+    return out;
+}
+
+struct expected {
+    std::vector<int32_t> tokens, greedy;
+    std::vector<float> logits;
+};
+
+std::vector<int32_t> ints(const std::string& s) {
+    std::vector<int32_t> v;
+    std::istringstream in(s);
+    int32_t x;
+    while (in >> x) {
+        v.push_back(x);
+    }
+    return v;
+}
+
+expected load_expected(const std::string& name) {
+    expected e;
+    std::ifstream in(std::string(LLMOS_TESTDATA) + "/llama-tiny-f32." + name + ".txt");
+    std::string line;
+    while (std::getline(in, line)) {
+        auto colon = line.find(": ");
+        if (colon == std::string::npos) {
+            continue;
+        }
+        std::string key = line.substr(0, colon), val = line.substr(colon + 2);
+        if (key.starts_with("prompt_tokens")) {
+            e.tokens = ints(val);
+        } else if (key.starts_with("greedy_") && key != "greedy_text") {
+            e.greedy = ints(val);
+        }
+    }
+    std::ifstream lf(std::string(LLMOS_TESTDATA) + "/llama-tiny-f32." + name + ".logits");
+    float f;
+    while (lf >> f) {
+        e.logits.push_back(f);
+    }
+    return e;
+}
+
+struct gen_case {
+    const char* name;
+    const char* args;
+};
+
+std::string case_name(const ::testing::TestParamInfo<gen_case>& i) {
+    return i.param.name;
+}
+
+/// The reference tests' shape: 256 wide, so every type's rows are whole
+/// K-quant super-blocks.
+#define SHAPE "--preset tiny --n-embd 256 --n-ff 512 --n-head 4 --n-head-kv 2 "
+
+} // namespace
+
+class cuda_vs_cpu : public ::testing::TestWithParam<gen_case> {};
+
+// The CPU reference runs with exact_activations (weights widened to F32,
+// activations not quantized): what is left between it and the device is
+// the device's own rounding -- the F16 KV cache (2^-11 relative per
+// element), F16 activations into cuBLAS for F16/K-quant weights, F16
+// weights where K-quants were dequantized at upload, and F32 sums in
+// another order. Each is ~1e-3 relative on the logits; 3e-2 bounds their
+// sum over 32 steps with a wide margin while still catching any wrong
+// layout (a wrong nibble order or RoPE pairing gives errors of order 1).
+// The top token may flip where two logits are within that noise: 30 of
+// the 33 positions must agree.
+TEST_P(cuda_vs_cpu, logits_follow_the_cpu_engine_for_a_prompt_and_32_decode_steps) {
+    REQUIRE_DEVICE();
+    std::string why;
+    const std::string path = generated(GetParam().name, GetParam().args, why);
+    if (path.empty()) {
+        GTEST_SKIP() << why;
+    }
+    loaded l(path);
+    const std::vector<int32_t> prompt{1, 17, 42, 300, 7, 99, 511, 256};
+    // The forced continuation: the CPU engine's greedy tokens.
+    std::vector<int32_t> forced;
+    {
+        std::vector<int32_t> toks = prompt;
+        context ctx(*l.m, {.n_threads = 2, .exact_activations = true});
+        kv_options ko{.type = kv_type::f32, .block_tokens = 16, .max_tokens = 256};
+        host_mem mem(kv_cache::bytes_for(l.m->params(), ko));
+        auto kv = kv_cache::open(mem.span(), *l.m, ko);
+        std::vector<float> lg(l.m->params().n_vocab);
+        for (int i = 0; i < 32; ++i) {
+            batch_entry e{.kv = &kv, .tokens = toks, .logits = lg.data()};
+            ASSERT_EQ(ctx.step({&e, 1}), step_status::ok);
+            toks = {argmax(lg)};
+            forced.push_back(toks[0]);
+        }
+    }
+    const auto ref = cpu_logits(*l.m, prompt, forced, true);
+    cuda_model cm(*l.m);
+    std::cout << "[ info     ] " << l.m->type_summary() << " -> " << cm.layout_summary() << ", "
+              << (cm.device_bytes() >> 10) << " KiB\n";
+    for (bool blas : {true, false}) {
+        SCOPED_TRACE(blas ? "cuBLAS wanted" : "built-in kernels");
+        cuda_context ctx(cm, {.use_cublas = blas});
+        const auto got = gpu_logits(cm, ctx, prompt, forced);
+        ASSERT_EQ(got.size(), ref.size());
+        double worst = 0;
+        int agree = 0;
+        for (size_t i = 0; i < ref.size(); ++i) {
+            worst = std::max(worst, rel_l2(got[i], ref[i]));
+            agree += argmax(got[i]) == argmax(ref[i]);
+        }
+        std::cout << "[ info     ] " << ctx.gemm_path() << ": worst relative L2 " << worst
+                  << ", top token " << agree << "/" << ref.size() << "\n";
+        EXPECT_LE(worst, 3e-2);
+        EXPECT_GE(agree, static_cast<int>(ref.size()) - 3);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    types, cuda_vs_cpu,
+    ::testing::Values(gen_case{"llama_f32", SHAPE "--type f32"},
+                      gen_case{"llama_f16", SHAPE "--type f16"},
+                      gen_case{"llama_q8_0", SHAPE "--type q8_0"},
+                      gen_case{"llama_q4_0", SHAPE "--type q4_0"},
+                      gen_case{"llama_q4_k_m", SHAPE "--type q4_k_m"},
+                      gen_case{"tiny_q8_0", "--preset tiny --type q8_0"},
+                      gen_case{"qwen2_q8_0", SHAPE "--arch qwen2 --vocab bpe --type q8_0"},
+                      gen_case{"qwen2_q4_k_m", SHAPE "--arch qwen2 --vocab bpe --type q4_k_m"},
+                      gen_case{"llama_q4_0_tied", SHAPE "--type q4_0 --tied"}),
+    case_name);
+
+class cuda_conformance : public ::testing::TestWithParam<bool> {
+protected:
+    static void SetUpTestSuite() { l = std::make_unique<loaded>(tiny); }
+    static void TearDownTestSuite() { l.reset(); }
+    static inline std::unique_ptr<loaded> l;
+};
+
+// The external vector (F32 weights, llama.cpp with an F32 cache): the F16
+// cache is the only rounding beyond F32 sums (logits within 1e-3).
+TEST_P(cuda_conformance, prompt_logits_and_greedy_tokens_match_the_other_implementation) {
+    REQUIRE_DEVICE();
+    cuda_model cm(*l->m);
+    cuda_context ctx(cm, {.use_cublas = GetParam()});
+    std::cout << "[ info     ] " << ctx.gemm_path() << "\n";
+    for (const char* name : {"hello", "fox", "bytes"}) {
+        SCOPED_TRACE(name);
+        expected ex = load_expected(name);
+        ASSERT_FALSE(ex.tokens.empty());
+        ASSERT_FALSE(ex.greedy.empty());
+        gpu_kv g(*l->m, {.block_tokens = 16, .max_tokens = 256});
+        std::vector<float> first;
+        auto got = gpu_greedy(ctx, g.kv, ex.tokens, static_cast<int>(ex.greedy.size()), &first);
+        EXPECT_EQ(got, ex.greedy);
+        if (!ex.logits.empty()) {
+            ASSERT_EQ(ex.logits.size(), first.size());
+            float worst = 0;
+            for (size_t i = 0; i < first.size(); ++i) {
+                worst = std::max(worst, std::fabs(first[i] - ex.logits[i]));
+            }
+            EXPECT_LE(worst, 1e-3f) << "max abs logit difference";
+        }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(gemm, cuda_conformance, ::testing::Values(true, false),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                             return i.param ? "cublas" : "kernels";
+                         });
+
+// Two sequences in one step (a prefill mixed with a decode, then decodes
+// side by side) give the tokens each gives alone, logits within float
+// noise (cuBLAS may pick another algorithm for another width).
+TEST_P(cuda_conformance, batching_changes_nothing_but_float_noise) {
+    REQUIRE_DEVICE();
+    cuda_model cm(*l->m);
+    cuda_context ctx(cm, {.use_cublas = GetParam()});
+    const uint32_t V = l->m->params().n_vocab;
+    expected a = load_expected("hello"), b = load_expected("fox");
+    const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 256};
+    gpu_kv sa(*l->m, ko), sb(*l->m, ko), ka(*l->m, ko), kb(*l->m, ko);
+    auto single_a = gpu_greedy(ctx, sa.kv, a.tokens, 32);
+    auto single_b = gpu_greedy(ctx, sb.kv, b.tokens, 32);
+    std::vector<float> la(V), lb(V);
+    std::vector<int32_t> ta = a.tokens, tb, got_a, got_b;
+    for (int step = 0; got_a.size() < 32 || got_b.size() < 32; ++step) {
+        std::vector<cuda_batch_entry> batch;
+        if (got_a.size() < 32) {
+            batch.push_back({.kv = &ka.kv, .tokens = ta, .logits = la.data()});
+        }
+        if (step == 1) {
+            tb = b.tokens;
+        }
+        if (step >= 1 && got_b.size() < 32) {
+            batch.push_back({.kv = &kb.kv, .tokens = tb, .logits = lb.data()});
+        }
+        ASSERT_EQ(ctx.step(batch), step_status::ok);
+        if (got_a.size() < 32) {
+            got_a.push_back(argmax(la));
+            ta = {got_a.back()};
+        }
+        if (step >= 1 && got_b.size() < 32) {
+            got_b.push_back(argmax(lb));
+            tb = {got_b.back()};
+        }
+    }
+    EXPECT_EQ(got_a, single_a);
+    EXPECT_EQ(got_b, single_b);
+    // all_logits of a prefill equal the per-step last logits.
+    gpu_kv kc(*l->m, ko), kd(*l->m, ko);
+    std::vector<float> all(a.tokens.size() * V), last(V), one(V);
+    cuda_batch_entry e{
+        .kv = &kc.kv, .tokens = a.tokens, .logits = last.data(), .all_logits = all.data()};
+    ASSERT_EQ(ctx.step({&e, 1}), step_status::ok);
+    EXPECT_EQ(std::vector<float>(all.end() - V, all.end()), last);
+    for (size_t t = 0; t < a.tokens.size(); ++t) {
+        cuda_batch_entry s{.kv = &kd.kv, .tokens = {&a.tokens[t], 1}, .logits = one.data()};
+        ASSERT_EQ(ctx.step({&s, 1}), step_status::ok);
+        std::vector<float> row(all.begin() + long(t * V), all.begin() + long((t + 1) * V));
+        EXPECT_LE(rel_l2(row, one), 1e-3) << "position " << t;
+    }
+}
+
+// 20 tokens, the context and cache object gone, a new context over the
+// same host and device memory: the same continuation as without a break.
+TEST_P(cuda_conformance, a_new_context_resumes_the_cache_without_prefill) {
+    REQUIRE_DEVICE();
+    cuda_model cm(*l->m);
+    expected a = load_expected("hello");
+    const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 256};
+    std::vector<int32_t> whole;
+    {
+        cuda_context ctx(cm, {.use_cublas = GetParam()});
+        gpu_kv g(*l->m, ko);
+        whole = gpu_greedy(ctx, g.kv, a.tokens, 40);
+    }
+    host_mem host(cuda_kv_cache::host_bytes_for(l->m->params(), ko));
+    cuda_device_buffer dev(cuda_kv_cache::device_bytes_for(l->m->params(), ko));
+    std::vector<int32_t> first, next;
+    int32_t pending;
+    {
+        cuda_context ctx(cm, {.use_cublas = GetParam()});
+        auto kv = cuda_kv_cache::open(host.span(), dev.get(), dev.size(), *l->m, ko);
+        first = gpu_greedy(ctx, kv, a.tokens, 20);
+        pending = first.back(); // generated, not yet in the cache
+        EXPECT_EQ(kv.n_tokens(), a.tokens.size() + 19);
+    }
+    {
+        cuda_model cm2(*l->m); // a new worker: weights uploaded again
+        cuda_context ctx(cm2, {.use_cublas = GetParam()});
+        auto kv = cuda_kv_cache::open(host.span(), dev.get(), dev.size(), *l->m, ko);
+        ASSERT_TRUE(kv.resumed());
+        ASSERT_EQ(kv.n_tokens(), a.tokens.size() + 19);
+        next = gpu_greedy(ctx, kv, {pending}, 20);
+    }
+    first.insert(first.end(), next.begin(), next.end());
+    EXPECT_EQ(first, whole);
+}
+
+// Refused batches change nothing: not the cache, not the logits.
+TEST_P(cuda_conformance, bad_batches_change_nothing) {
+    REQUIRE_DEVICE();
+    cuda_model cm(*l->m);
+    cuda_context ctx(cm, {.max_batch_tokens = 64, .use_cublas = GetParam()});
+    const uint32_t V = l->m->params().n_vocab;
+    gpu_kv g(*l->m, {.block_tokens = 16, .max_tokens = 32});
+    std::vector<int32_t> prompt{1, 259, 260};
+    std::vector<float> lg(V, 0.0f);
+    cuda_batch_entry e{.kv = &g.kv, .tokens = prompt, .logits = lg.data()};
+    ASSERT_EQ(ctx.step({&e, 1}), step_status::ok);
+    const std::vector<float> before = lg;
+    std::vector<float> sentinel(V, -7.0f);
+
+    std::vector<int32_t> bad{5, int32_t(V)};
+    cuda_batch_entry eb{.kv = &g.kv, .tokens = bad, .logits = sentinel.data()};
+    EXPECT_EQ(ctx.step({&eb, 1}), step_status::bad_token);
+    std::vector<int32_t> neg{-1};
+    eb.tokens = neg;
+    EXPECT_EQ(ctx.step({&eb, 1}), step_status::bad_token);
+    std::vector<int32_t> many(30, 5);
+    eb.tokens = many;
+    EXPECT_EQ(ctx.step({&eb, 1}), step_status::cache_full);
+    std::vector<int32_t> big(65, 5);
+    gpu_kv g2(*l->m, {.block_tokens = 16, .max_tokens = 256});
+    cuda_batch_entry e2{.kv = &g2.kv, .tokens = big, .logits = sentinel.data()};
+    EXPECT_EQ(ctx.step({&e2, 1}), step_status::too_many_tokens);
+    std::vector<int32_t> one{5};
+    cuda_batch_entry twice[2] = {{.kv = &g.kv, .tokens = one}, {.kv = &g.kv, .tokens = one}};
+    EXPECT_EQ(ctx.step(twice), step_status::bad_batch);
+    cuda_batch_entry none{.kv = nullptr, .tokens = one};
+    EXPECT_EQ(ctx.step({&none, 1}), step_status::bad_batch);
+
+    EXPECT_EQ(g.kv.n_tokens(), 3u);
+    EXPECT_EQ(g2.kv.n_tokens(), 0u);
+    EXPECT_EQ(sentinel, std::vector<float>(V, -7.0f));
+    // And the cache still gives what it gave: the next token's logits
+    // equal a fresh run's.
+    std::vector<int32_t> next{argmax(before)};
+    cuda_batch_entry en{.kv = &g.kv, .tokens = next, .logits = lg.data()};
+    ASSERT_EQ(ctx.step({&en, 1}), step_status::ok);
+    gpu_kv fresh(*l->m, {.block_tokens = 16, .max_tokens = 32});
+    std::vector<int32_t> all{1, 259, 260, next[0]};
+    std::vector<float> lf(V);
+    cuda_batch_entry ef{.kv = &fresh.kv, .tokens = all, .logits = lf.data()};
+    ASSERT_EQ(ctx.step({&ef, 1}), step_status::ok);
+    EXPECT_LE(rel_l2(lg, lf), 1e-3);
+    EXPECT_EQ(argmax(lg), argmax(lf));
+}
+
+TEST(cuda_context, says_which_gemm_path_it_uses) {
+    REQUIRE_DEVICE();
+    loaded l(tiny);
+    cuda_model cm(*l.m);
+    cuda_context with(cm, {.use_cublas = true}), without(cm, {.use_cublas = false});
+    EXPECT_EQ(with.uses_cublas(), cuda_blas().loaded);
+    EXPECT_FALSE(without.uses_cublas());
+    EXPECT_NE(without.gemm_path().find("built-in"), std::string::npos);
+    if (cuda_blas().loaded) {
+        EXPECT_NE(with.gemm_path().find("cuBLAS"), std::string::npos) << with.gemm_path();
+    }
+    EXPECT_EQ(cm.layout_summary(), "F32 x15");
+    EXPECT_GT(cm.device_bytes(), 0u);
+}

@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: MIT
+//
+// The CUDA backend's kernels (cuda_kernels.cu), as host functions that
+// launch them on a stream. Each returns cudaGetLastError() after its
+// launch (a launch that could not start); errors inside a kernel show at
+// the next synchronization. All matrices are row-major; "rows" of
+// activations are the step's tokens.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime_api.h>
+
+namespace llmos::engine::cuda_detail {
+
+/// Weight layouts the kernels read: plain floats or halves, and Q8_0/Q4_0
+/// blocks exactly as GGUF stores them (34 and 18 bytes per 32 elements).
+enum class wkind : uint8_t { f32, f16, q8_0, q4_0 };
+
+/// One sequence of a step, for the kernels that touch its KV cache.
+struct seq_desc {
+    uint64_t blocks;       ///< device address of the cache's physical blocks
+    uint64_t block_bytes;  ///< bytes per physical block
+    uint32_t block_tokens; ///< positions per block
+    uint32_t table_off;    ///< where its block table starts in the step's tables
+};
+
+/// One token row of a step: its sequence and position.
+struct row_desc {
+    int32_t seq;
+    int32_t pos;
+};
+
+/// Largest head_dim attention() takes.
+inline constexpr uint32_t max_head_dim = 512;
+
+/// y[t * rows + r] = sum over k of W[r][k] * x[t * cols + k] for t <
+/// n_tokens: one warp per weight row and 8 tokens (F32 accumulation;
+/// activations stay F32). cols must be a multiple of 32 for Q8_0/Q4_0.
+cudaError_t matmul(wkind t, const void* w, int64_t rows, int64_t cols, const float* x,
+                   int64_t n_tokens, float* y, cudaStream_t s);
+
+/// The rows x cols matrix `w` (Q8_0, Q4_0, F16 or F32) as halves in `out`.
+cudaError_t dequant_f16(wkind t, const void* w, int64_t rows, int64_t cols, uint16_t* out,
+                        cudaStream_t s);
+
+/// n floats to halves (round to nearest even).
+cudaError_t to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t s);
+
+/// y row i = RMSNorm(x row (src ? src[i] : i)) * w, n wide, as context.cc
+/// computes it (sum of squares in double).
+cudaError_t rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps,
+                     const int32_t* src, cudaStream_t s);
+
+/// y[r][j] += b[j] for r < rows, j < width.
+cudaError_t add_bias(float* y, const float* b, int64_t rows, int64_t width, cudaStream_t s);
+
+/// x[i] += y[i].
+cudaError_t add(float* x, const float* y, int64_t n, cudaStream_t s);
+
+/// gate[i] = silu(gate[i]) * up[i].
+cudaError_t swiglu(float* gate, const float* up, int64_t n, cudaStream_t s);
+
+/// RoPE on n_heads heads of head_dim in each of `rows` rows (row r at x +
+/// r * stride), at rows_d[r].pos / rope_scale, angle pos * inv_freq[i] for
+/// pair i < n_rot / 2: pairs (2i, 2i+1), or (i, i + n_rot/2) with neox.
+cudaError_t rope(float* x, int64_t rows, int64_t stride, uint32_t n_heads, uint32_t head_dim,
+                 uint32_t n_rot, bool neox, const row_desc* rows_d, const double* inv_freq,
+                 double rope_scale, cudaStream_t s);
+
+/// Stores each row's K and V (kv_dim floats at k/v + r * kv_dim) as halves
+/// at its position in its sequence's cache, layer `layer`.
+cudaError_t kv_write(const float* k, const float* v, int64_t rows, uint32_t kv_dim, uint32_t layer,
+                     const row_desc* rows_d, const seq_desc* seqs, const uint32_t* tables,
+                     cudaStream_t s);
+
+/// Causal attention of each row's query heads (q: rows x n_head*head_dim)
+/// over its sequence's cache positions 0..pos, layer `layer`, GQA (query
+/// head h reads KV head h / (n_head / n_head_kv)), scores scaled by
+/// `scale`, softmax in F32 (online, one block per row and head). Output
+/// like q.
+cudaError_t attention(const float* q, float* out, int64_t rows, uint32_t n_head, uint32_t n_head_kv,
+                      uint32_t head_dim, uint32_t layer, float scale, const row_desc* rows_d,
+                      const seq_desc* seqs, const uint32_t* tables, cudaStream_t s);
+
+} // namespace llmos::engine::cuda_detail

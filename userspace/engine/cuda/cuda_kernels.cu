@@ -1,0 +1,486 @@
+// SPDX-License-Identifier: MIT
+//
+// The CUDA backend's kernels. Simple on purpose: one warp per weight row
+// (8 tokens at a time) for the linear layers the engine computes itself,
+// one block per row for norms and RoPE, one block per (token, head) for
+// attention with an online softmax over the paged cache. Math in F32 (the
+// norms' sums of squares and RoPE's angles in double, as context.cc).
+#include "cuda_backend_kernels.hh"
+
+#include <cuda_fp16.h>
+#include <math_constants.h>
+
+namespace llmos::engine::cuda_detail {
+
+namespace {
+
+constexpr int warp = 32;
+constexpr int mm_tile = 8;  // tokens per warp
+constexpr int mm_warps = 8; // weight rows per block
+
+__device__ __forceinline__ float half_at(const void* p) {
+    return __half2float(*static_cast<const __half*>(p));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = warp / 2; o > 0; o /= 2) {
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = warp / 2; o > 0; o /= 2) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    }
+    return v;
+}
+
+// Sum or max over the block (blockDim.x a multiple of 32, at most 1024);
+// every thread gets the result. `tmp`: 32 floats of shared memory.
+template <bool Max>
+__device__ float block_reduce(float v, float* tmp) {
+    const int lane = threadIdx.x % warp, w = threadIdx.x / warp;
+    const int nw = blockDim.x / warp;
+    v = Max ? warp_max(v) : warp_sum(v);
+    __syncthreads(); // tmp may still be read by a previous call
+    if (lane == 0) {
+        tmp[w] = v;
+    }
+    __syncthreads();
+    float r = lane < nw ? tmp[lane] : (Max ? -CUDART_INF_F : 0.0f);
+    return Max ? warp_max(r) : warp_sum(r);
+}
+
+// One 32-element block of a quantized row, dequantized into q (scale d
+// applied by the caller) and its scale.
+template <wkind W>
+__device__ __forceinline__ float load_block(const unsigned char* p, float* q) {
+    if constexpr (W == wkind::q8_0) {
+        // half d, int8 qs[32]; blocks are 34 bytes, so qs is 2-byte aligned.
+        const auto* qs = reinterpret_cast<const unsigned short*>(p + 2);
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const unsigned short v = qs[j];
+            q[2 * j] = static_cast<float>(static_cast<signed char>(v & 0xff));
+            q[2 * j + 1] = static_cast<float>(static_cast<signed char>(v >> 8));
+        }
+    } else {
+        // half d, uint8 qs[16]: element j in the low nibble of qs[j],
+        // element j + 16 in its high nibble; value d * (q - 8).
+        const auto* qs = reinterpret_cast<const unsigned short*>(p + 2);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const unsigned short v = qs[j];
+            const int b0 = v & 0xff, b1 = v >> 8;
+            q[2 * j] = static_cast<float>((b0 & 15) - 8);
+            q[2 * j + 1] = static_cast<float>((b1 & 15) - 8);
+            q[2 * j + 16] = static_cast<float>((b0 >> 4) - 8);
+            q[2 * j + 17] = static_cast<float>((b1 >> 4) - 8);
+        }
+    }
+    return half_at(p);
+}
+
+template <wkind W>
+__host__ __device__ constexpr int block_bytes() {
+    return W == wkind::q8_0 ? 34 : 18;
+}
+
+template <wkind W>
+__global__ void k_matmul(const void* w, int64_t rows, int64_t cols, const float* x,
+                         int64_t n_tokens, float* y) {
+    const int lane = threadIdx.x % warp;
+    const int64_t r = int64_t(blockIdx.x) * mm_warps + threadIdx.x / warp;
+    const int64_t t0 = int64_t(blockIdx.y) * mm_tile;
+    if (r >= rows) {
+        return; // the whole warp: r is the same for its lanes
+    }
+    const int nt = n_tokens - t0 < mm_tile ? static_cast<int>(n_tokens - t0) : mm_tile;
+    const float* xt = x + t0 * cols;
+    float acc[mm_tile];
+#pragma unroll
+    for (int i = 0; i < mm_tile; ++i) {
+        acc[i] = 0.0f;
+    }
+    if constexpr (W == wkind::f32 || W == wkind::f16) {
+        for (int64_t k = lane; k < cols; k += warp) {
+            float wv;
+            if constexpr (W == wkind::f32) {
+                wv = static_cast<const float*>(w)[r * cols + k];
+            } else {
+                wv = __half2float(static_cast<const __half*>(w)[r * cols + k]);
+            }
+#pragma unroll
+            for (int i = 0; i < mm_tile; ++i) {
+                if (i < nt) {
+                    acc[i] += wv * xt[i * cols + k];
+                }
+            }
+        }
+    } else {
+        const int64_t nb = cols / 32;
+        const auto* row = static_cast<const unsigned char*>(w) + r * nb * block_bytes<W>();
+        for (int64_t b = lane; b < nb; b += warp) {
+            float q[32];
+            const float d = load_block<W>(row + b * block_bytes<W>(), q);
+#pragma unroll
+            for (int i = 0; i < mm_tile; ++i) {
+                if (i < nt) {
+                    const float4* xv = reinterpret_cast<const float4*>(xt + i * cols + b * 32);
+                    float s = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) {
+                        const float4 v = xv[j];
+                        s += q[4 * j] * v.x + q[4 * j + 1] * v.y + q[4 * j + 2] * v.z +
+                             q[4 * j + 3] * v.w;
+                    }
+                    acc[i] += d * s;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < mm_tile; ++i) {
+        const float v = warp_sum(acc[i]);
+        if (lane == 0 && i < nt) {
+            y[(t0 + i) * rows + r] = v;
+        }
+    }
+}
+
+template <wkind W>
+__global__ void k_dequant_f16(const void* w, int64_t rows, int64_t cols, __half* out) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= rows * cols) {
+        return;
+    }
+    if constexpr (W == wkind::f32) {
+        out[i] = __float2half_rn(static_cast<const float*>(w)[i]);
+    } else if constexpr (W == wkind::f16) {
+        out[i] = static_cast<const __half*>(w)[i];
+    } else {
+        const int64_t r = i / cols, k = i % cols;
+        const auto* p =
+            static_cast<const unsigned char*>(w) + (r * (cols / 32) + k / 32) * block_bytes<W>();
+        const int j = static_cast<int>(k % 32);
+        const float d = half_at(p);
+        float q;
+        if constexpr (W == wkind::q8_0) {
+            q = static_cast<float>(static_cast<signed char>(p[2 + j]));
+        } else {
+            const int byte = p[2 + (j % 16)];
+            q = static_cast<float>((j < 16 ? byte & 15 : byte >> 4) - 8);
+        }
+        out[i] = __float2half_rn(d * q);
+    }
+}
+
+__global__ void k_to_f16(const float* x, __half* y, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) {
+        y[i] = __float2half_rn(x[i]);
+    }
+}
+
+__global__ void k_rms_norm(const float* x, const float* w, float* y, int64_t n, float eps,
+                           const int32_t* src) {
+    __shared__ double tmp[32];
+    const int64_t row = blockIdx.x;
+    const float* xr = x + (src ? src[row] : row) * n;
+    double ss = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        ss += double(xr[i]) * xr[i];
+    }
+    for (int o = warp / 2; o > 0; o /= 2) {
+        ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    }
+    if (threadIdx.x % warp == 0) {
+        tmp[threadIdx.x / warp] = ss;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0;
+        for (unsigned i = 0; i < blockDim.x / warp; ++i) {
+            t += tmp[i];
+        }
+        tmp[0] = t;
+    }
+    __syncthreads();
+    const float scale = static_cast<float>(1.0 / sqrt(tmp[0] / double(n) + double(eps)));
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        y[row * n + i] = xr[i] * scale * w[i];
+    }
+}
+
+__global__ void k_add_bias(float* y, const float* b, int64_t total, int64_t width) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < total) {
+        y[i] += b[i % width];
+    }
+}
+
+__global__ void k_add(float* x, const float* y, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) {
+        x[i] += y[i];
+    }
+}
+
+__global__ void k_swiglu(float* gate, const float* up, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+__global__ void k_rope(float* x, int64_t stride, uint32_t n_heads, uint32_t head_dim,
+                       uint32_t n_rot, bool neox, const row_desc* rows_d, const double* inv_freq,
+                       double rope_scale) {
+    const int64_t row = blockIdx.x;
+    const uint32_t half = n_rot / 2;
+    const double at = double(rows_d[row].pos) / rope_scale;
+    float* xr = x + row * stride;
+    for (uint32_t k = threadIdx.x; k < n_heads * half; k += blockDim.x) {
+        const uint32_t h = k / half, i = k % half;
+        double s, c;
+        sincos(at * inv_freq[i], &s, &c);
+        const float cf = static_cast<float>(c), sf = static_cast<float>(s);
+        float* v = xr + size_t(h) * head_dim;
+        const uint32_t a = neox ? i : 2 * i;
+        const uint32_t b = neox ? i + half : 2 * i + 1;
+        const float x0 = v[a], x1 = v[b];
+        v[a] = x0 * cf - x1 * sf;
+        v[b] = x0 * sf + x1 * cf;
+    }
+}
+
+// Layer `layer`'s K (v = 0) or V (v = 1) row of position `pos` in a
+// sequence's paged cache.
+__device__ __forceinline__ __half* kv_row(const seq_desc& sd, const uint32_t* tables,
+                                          uint32_t layer, uint32_t kv_dim, uint32_t pos, int v) {
+    const uint32_t phys = tables[sd.table_off + pos / sd.block_tokens];
+    const uint32_t slot = pos % sd.block_tokens;
+    const uint64_t off =
+        phys * sd.block_bytes + ((uint64_t(layer) * 2 + v) * sd.block_tokens + slot) * kv_dim * 2;
+    return reinterpret_cast<__half*>(sd.blocks + off);
+}
+
+__global__ void k_kv_write(const float* k, const float* v, uint32_t kv_dim, uint32_t layer,
+                           const row_desc* rows_d, const seq_desc* seqs, const uint32_t* tables) {
+    const int64_t row = blockIdx.x;
+    const row_desc rd = rows_d[row];
+    const seq_desc sd = seqs[rd.seq];
+    __half* kd = kv_row(sd, tables, layer, kv_dim, uint32_t(rd.pos), 0);
+    __half* vd = kv_row(sd, tables, layer, kv_dim, uint32_t(rd.pos), 1);
+    for (uint32_t i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        kd[i] = __float2half_rn(k[row * kv_dim + i]);
+        vd[i] = __float2half_rn(v[row * kv_dim + i]);
+    }
+}
+
+constexpr int attn_threads = 128;
+constexpr int attn_dims = max_head_dim / attn_threads; // dims per thread, at most
+
+__global__ void __launch_bounds__(attn_threads)
+    k_attention(const float* q, float* out, uint32_t n_head, uint32_t group, uint32_t head_dim,
+                uint32_t kv_dim, uint32_t layer, float scale, const row_desc* rows_d,
+                const seq_desc* seqs, const uint32_t* tables) {
+    __shared__ float qs[max_head_dim];
+    __shared__ float p[attn_threads];
+    __shared__ float tmp[32];
+    const int64_t row = blockIdx.x;
+    const uint32_t h = blockIdx.y, kvh = h / group, D = head_dim;
+    const row_desc rd = rows_d[row];
+    const seq_desc sd = seqs[rd.seq];
+    const uint32_t n = uint32_t(rd.pos) + 1;
+    const int64_t base = row * int64_t(n_head) * D + int64_t(h) * D;
+    for (uint32_t d = threadIdx.x; d < D; d += attn_threads) {
+        qs[d] = q[base + d];
+    }
+    __syncthreads();
+    float acc[attn_dims];
+#pragma unroll
+    for (int a = 0; a < attn_dims; ++a) {
+        acc[a] = 0.0f;
+    }
+    float m = -CUDART_INF_F, l = 0.0f;
+    for (uint32_t c0 = 0; c0 < n; c0 += attn_threads) {
+        const uint32_t j = c0 + threadIdx.x;
+        float s = -CUDART_INF_F;
+        if (j < n) {
+            const __half* k = kv_row(sd, tables, layer, kv_dim, j, 0) + size_t(kvh) * D;
+            float dot = 0.0f;
+            for (uint32_t d = 0; d < D; ++d) {
+                dot += qs[d] * __half2float(k[d]);
+            }
+            s = dot * scale;
+        }
+        const float m_new = fmaxf(m, block_reduce<true>(s, tmp));
+        const float e = j < n ? expf(s - m_new) : 0.0f;
+        p[threadIdx.x] = e;
+        const float sum = block_reduce<false>(e, tmp); // syncs: p is visible
+        const float corr = expf(m - m_new);            // 0 on the first chunk
+        l = l * corr + sum;
+        m = m_new;
+        const uint32_t cn = min(uint32_t(attn_threads), n - c0);
+#pragma unroll
+        for (int a = 0; a < attn_dims; ++a) {
+            const uint32_t d = threadIdx.x + uint32_t(a) * attn_threads;
+            if (d < D) {
+                float v = acc[a] * corr;
+                for (uint32_t i = 0; i < cn; ++i) {
+                    const __half* vr = kv_row(sd, tables, layer, kv_dim, c0 + i, 1);
+                    v += p[i] * __half2float(vr[size_t(kvh) * D + d]);
+                }
+                acc[a] = v;
+            }
+        }
+        __syncthreads(); // p is rewritten by the next chunk
+    }
+    const float inv = 1.0f / l;
+#pragma unroll
+    for (int a = 0; a < attn_dims; ++a) {
+        const uint32_t d = threadIdx.x + uint32_t(a) * attn_threads;
+        if (d < D) {
+            out[base + d] = acc[a] * inv;
+        }
+    }
+}
+
+unsigned blocks_for(int64_t n, int threads) {
+    return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+} // namespace
+
+cudaError_t matmul(wkind t, const void* w, int64_t rows, int64_t cols, const float* x,
+                   int64_t n_tokens, float* y, cudaStream_t s) {
+    if (rows <= 0 || n_tokens <= 0) {
+        return cudaSuccess;
+    }
+    const dim3 grid(blocks_for(rows, mm_warps), blocks_for(n_tokens, mm_tile));
+    const dim3 block(mm_warps * warp);
+    switch (t) {
+    case wkind::f32:
+        k_matmul<wkind::f32><<<grid, block, 0, s>>>(w, rows, cols, x, n_tokens, y);
+        break;
+    case wkind::f16:
+        k_matmul<wkind::f16><<<grid, block, 0, s>>>(w, rows, cols, x, n_tokens, y);
+        break;
+    case wkind::q8_0:
+        k_matmul<wkind::q8_0><<<grid, block, 0, s>>>(w, rows, cols, x, n_tokens, y);
+        break;
+    case wkind::q4_0:
+        k_matmul<wkind::q4_0><<<grid, block, 0, s>>>(w, rows, cols, x, n_tokens, y);
+        break;
+    }
+    return cudaGetLastError();
+}
+
+cudaError_t dequant_f16(wkind t, const void* w, int64_t rows, int64_t cols, uint16_t* out,
+                        cudaStream_t s) {
+    const int64_t n = rows * cols;
+    if (n <= 0) {
+        return cudaSuccess;
+    }
+    auto* o = reinterpret_cast<__half*>(out);
+    switch (t) {
+    case wkind::f32:
+        k_dequant_f16<wkind::f32><<<blocks_for(n, 256), 256, 0, s>>>(w, rows, cols, o);
+        break;
+    case wkind::f16:
+        k_dequant_f16<wkind::f16><<<blocks_for(n, 256), 256, 0, s>>>(w, rows, cols, o);
+        break;
+    case wkind::q8_0:
+        k_dequant_f16<wkind::q8_0><<<blocks_for(n, 256), 256, 0, s>>>(w, rows, cols, o);
+        break;
+    case wkind::q4_0:
+        k_dequant_f16<wkind::q4_0><<<blocks_for(n, 256), 256, 0, s>>>(w, rows, cols, o);
+        break;
+    }
+    return cudaGetLastError();
+}
+
+cudaError_t to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t s) {
+    if (n <= 0) {
+        return cudaSuccess;
+    }
+    k_to_f16<<<blocks_for(n, 256), 256, 0, s>>>(x, reinterpret_cast<__half*>(y), n);
+    return cudaGetLastError();
+}
+
+cudaError_t rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps,
+                     const int32_t* src, cudaStream_t s) {
+    if (rows <= 0) {
+        return cudaSuccess;
+    }
+    k_rms_norm<<<static_cast<unsigned>(rows), 256, 0, s>>>(x, w, y, n, eps, src);
+    return cudaGetLastError();
+}
+
+cudaError_t add_bias(float* y, const float* b, int64_t rows, int64_t width, cudaStream_t s) {
+    const int64_t n = rows * width;
+    if (n <= 0) {
+        return cudaSuccess;
+    }
+    k_add_bias<<<blocks_for(n, 256), 256, 0, s>>>(y, b, n, width);
+    return cudaGetLastError();
+}
+
+cudaError_t add(float* x, const float* y, int64_t n, cudaStream_t s) {
+    if (n <= 0) {
+        return cudaSuccess;
+    }
+    k_add<<<blocks_for(n, 256), 256, 0, s>>>(x, y, n);
+    return cudaGetLastError();
+}
+
+cudaError_t swiglu(float* gate, const float* up, int64_t n, cudaStream_t s) {
+    if (n <= 0) {
+        return cudaSuccess;
+    }
+    k_swiglu<<<blocks_for(n, 256), 256, 0, s>>>(gate, up, n);
+    return cudaGetLastError();
+}
+
+cudaError_t rope(float* x, int64_t rows, int64_t stride, uint32_t n_heads, uint32_t head_dim,
+                 uint32_t n_rot, bool neox, const row_desc* rows_d, const double* inv_freq,
+                 double rope_scale, cudaStream_t s) {
+    if (rows <= 0 || n_rot < 2) {
+        return cudaSuccess;
+    }
+    k_rope<<<static_cast<unsigned>(rows), 128, 0, s>>>(x, stride, n_heads, head_dim, n_rot, neox,
+                                                       rows_d, inv_freq, rope_scale);
+    return cudaGetLastError();
+}
+
+cudaError_t kv_write(const float* k, const float* v, int64_t rows, uint32_t kv_dim, uint32_t layer,
+                     const row_desc* rows_d, const seq_desc* seqs, const uint32_t* tables,
+                     cudaStream_t s) {
+    if (rows <= 0) {
+        return cudaSuccess;
+    }
+    k_kv_write<<<static_cast<unsigned>(rows), 128, 0, s>>>(k, v, kv_dim, layer, rows_d, seqs,
+                                                           tables);
+    return cudaGetLastError();
+}
+
+cudaError_t attention(const float* q, float* out, int64_t rows, uint32_t n_head, uint32_t n_head_kv,
+                      uint32_t head_dim, uint32_t layer, float scale, const row_desc* rows_d,
+                      const seq_desc* seqs, const uint32_t* tables, cudaStream_t s) {
+    if (rows <= 0) {
+        return cudaSuccess;
+    }
+    if (head_dim > max_head_dim || n_head_kv == 0 || n_head % n_head_kv != 0) {
+        return cudaErrorInvalidValue;
+    }
+    const dim3 grid(static_cast<unsigned>(rows), n_head);
+    k_attention<<<grid, attn_threads, 0, s>>>(q, out, n_head, n_head / n_head_kv, head_dim,
+                                              n_head_kv * head_dim, layer, scale, rows_d, seqs,
+                                              tables);
+    return cudaGetLastError();
+}
+
+} // namespace llmos::engine::cuda_detail

@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: MIT
+//
+// The CUDA backend of the engine: the same forward pass as context.cc on
+// one NVIDIA GPU. This header needs no CUDA headers and is installed
+// whether or not the library was built with CUDA; without it (or without a
+// GPU and driver at run time) cuda_probe() says why and the classes that
+// need a device throw cuda_error with that reason.
+//
+// - cuda_model uploads a model's weights once: F32 and F16 matrices as
+//   they are, Q8_0 and Q4_0 in their GGUF blocks (the engine's own
+//   dequantizing matmul kernels read them), every other type dequantized
+//   to F16 at upload. Token embeddings stay on the host (model::embed).
+// - cuda_kv_cache is a sequence's KV cache split in two: its bookkeeping
+//   (header with the model fingerprint, committed token count, tokens,
+//   block table) in caller-given host memory (a mindspace mapping), its
+//   blocks of F16 K/V rows in caller-given device memory. As with
+//   kv_cache, the token count moves last, after the step's device writes
+//   completed: a worker killed mid-step leaves the cache as before it,
+//   and a new context over the same two memories resumes without prefill.
+// - cuda_context runs steps like context::step: every sequence's new
+//   tokens at once, linear layers over the step's whole token matrix,
+//   attention per sequence over its paged cache, logits copied back to
+//   host floats (sampling stays on the host).
+//
+// Linear layers with F16/F32 weights (and Q8_0/Q4_0 ones in prefill) go
+// through cuBLAS when libcublas.so.13 (or libcublas.so) can be loaded at
+// run time; nothing links against it. Without it the engine's own kernels
+// do the work (cuda_blas() says which, and why).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <llmos/engine/context.hh>
+#include <llmos/engine/kv_cache.hh>
+#include <llmos/engine/model.hh>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace llmos::engine {
+
+/// A CUDA call failed, or CUDA is not there: the message names the call
+/// and CUDA's error string (or says the library was built without CUDA).
+class cuda_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/// True when this library was built with the CUDA backend. Any thread.
+bool cuda_built() noexcept;
+
+struct cuda_device_info {
+    bool available = false; ///< a usable device at this index
+    std::string reason;     ///< why not (the failing call and CUDA's error), when not
+    int device = 0;
+    std::string name; ///< "NVIDIA H100 80GB HBM3"
+    int cc_major = 0; ///< compute capability
+    int cc_minor = 0;
+    uint64_t total_mem = 0; ///< bytes of device memory
+    int multiprocessors = 0;
+    int driver_version = 0;  ///< CUDA version the driver supports (13000 = 13.0), 0 if none
+    int runtime_version = 0; ///< CUDA runtime linked in (13000 = 13.0)
+    bool gpudirect_rdma = false;
+};
+
+/// What device `device` is, or why it cannot be used (no driver, no
+/// device, a device this build has no code for: the library is built for
+/// one architecture, LLMOS_CUDA_ARCH). Never throws; cheap after the first
+/// call (which loads the driver). Any thread.
+cuda_device_info cuda_probe(int device = 0) noexcept;
+
+/// Whether cuBLAS could be loaded (tried once per process, on the first
+/// call or the first cuda_context that wants it).
+struct cuda_blas_info {
+    bool loaded = false;
+    std::string library; ///< the file dlopen() took, when loaded
+    std::string reason;  ///< dlopen's or dlsym's error, when not
+};
+
+/// cuBLAS's state in this process (loads it on the first call; never
+/// throws). Any thread.
+cuda_blas_info cuda_blas() noexcept;
+
+/// Plain device memory (cudaMalloc), zeroed: KV blocks where no VMM
+/// allocation (cuda_memory.hh) is at hand -- tests, tools.
+class cuda_device_buffer {
+public:
+    /// `bytes` of memory on `device`. Throws cuda_error (no CUDA, no
+    /// device, out of memory). Any thread.
+    explicit cuda_device_buffer(uint64_t bytes, int device = 0);
+    ~cuda_device_buffer();
+    cuda_device_buffer(cuda_device_buffer&& o) noexcept;
+    cuda_device_buffer& operator=(cuda_device_buffer&&) = delete;
+
+    void* get() const noexcept { return _p; }
+    uint64_t size() const noexcept { return _n; }
+
+private:
+    void* _p = nullptr;
+    uint64_t _n = 0;
+    int _device = 0;
+};
+
+struct cuda_kv_options {
+    uint32_t block_tokens = 16; ///< positions per block
+    uint32_t max_tokens = 4096;
+};
+
+/// A sequence's KV cache: bookkeeping in host memory, F16 K/V rows in
+/// device memory (both given by the caller and outliving the cache
+/// object). A block holds, per layer, K then V as [block_tokens][kv_dim]
+/// halves, like kv_cache's F16 blocks. The host part is plain memory
+/// access only: this class makes no CUDA call (it is there without CUDA
+/// too); cuda_context writes the rows.
+class cuda_kv_cache {
+public:
+    /// Bytes of host memory for the bookkeeping of a cache of these
+    /// options for `p`'s model.
+    static uint64_t host_bytes_for(const model_params& p, const cuda_kv_options& o);
+    /// Bytes of device memory for its blocks.
+    static uint64_t device_bytes_for(const model_params& p, const cuda_kv_options& o);
+
+    /// A cache over `host` (at least host_bytes_for(), 64-byte aligned)
+    /// and `device`/`device_bytes` (at least device_bytes_for(), 256-byte
+    /// aligned): resumes the one already there when it was made for this
+    /// model with these options, otherwise (or with `fresh`) starts an
+    /// empty one. Throws kv_error: memory too small or misaligned, a
+    /// cache of another model or geometry there (unless `fresh`), a
+    /// corrupt header. Any thread; one thread at a time per cache.
+    static cuda_kv_cache open(std::span<std::byte> host, void* device, uint64_t device_bytes,
+                              const model& m, const cuda_kv_options& o, bool fresh = false);
+
+    bool resumed() const noexcept { return _resumed; }
+    /// Committed positions.
+    uint32_t n_tokens() const noexcept;
+    uint32_t capacity() const noexcept { return _o.max_tokens; }
+    /// The committed conversation.
+    std::span<const int32_t> tokens() const noexcept;
+
+    /// Maps blocks for positions [n_tokens, n_tokens + n). False when the
+    /// cache is full (nothing changes then).
+    bool reserve(uint32_t n) noexcept;
+    /// Appends `toks` as positions [n_tokens, n_tokens + size): their rows
+    /// must be on the device already (the stream synchronized). The
+    /// header's count moves last.
+    void commit(std::span<const int32_t> toks) noexcept;
+    /// Forgets positions from `n` on; their blocks are given back.
+    void truncate(uint32_t n) noexcept;
+    kv_usage usage() const noexcept;
+
+    // For cuda_context: where the rows are.
+    void* device_blocks() const noexcept { return _device; }
+    uint64_t block_bytes() const noexcept { return _block_bytes; }
+    uint32_t block_tokens() const noexcept { return _o.block_tokens; }
+    /// Logical block -> physical block (UINT32_MAX: not mapped), for the
+    /// blocks that cover the reserved positions.
+    std::span<const uint32_t> block_table() const noexcept { return {_table, _max_blocks}; }
+
+private:
+    struct header;
+    header* hdr() const noexcept { return reinterpret_cast<header*>(_host.data()); }
+
+    std::span<std::byte> _host;
+    void* _device = nullptr;
+    cuda_kv_options _o;
+    uint32_t _max_blocks = 0;
+    uint64_t _block_bytes = 0;
+    int32_t* _tokens = nullptr;
+    uint32_t* _table = nullptr;
+    uint32_t* _free = nullptr; ///< stack of given-back physical blocks
+    bool _resumed = false;
+};
+
+/// A model's weights on a device.
+class cuda_model {
+public:
+    /// Uploads `m`'s weights (which must outlive this object) to device
+    /// `device`. Throws cuda_error: no CUDA or no such device, out of
+    /// device memory, any failing CUDA call (named in the message).
+    explicit cuda_model(const model& m, int device = 0);
+    ~cuda_model();
+    cuda_model(cuda_model&&) noexcept;
+    cuda_model& operator=(cuda_model&&) = delete;
+
+    const model& get_model() const noexcept;
+    int device() const noexcept;
+    /// Bytes of weights held on the device.
+    uint64_t device_bytes() const noexcept;
+    /// How the weights are held, per type: "Q8_0 x14 (blocks), Q4_K x2
+    /// (F16)".
+    std::string layout_summary() const;
+
+    struct impl;
+    const impl& get() const noexcept { return *_impl; }
+
+private:
+    std::unique_ptr<impl> _impl;
+};
+
+struct cuda_context_options {
+    uint32_t max_batch_tokens = 512; ///< tokens of one step, all sequences together
+    /// Use cuBLAS when it loads; false: always the engine's own kernels.
+    bool use_cublas = true;
+};
+
+/// One sequence's part of a step (as batch_entry, with a cuda_kv_cache).
+struct cuda_batch_entry {
+    cuda_kv_cache* kv = nullptr;
+    std::span<const int32_t> tokens; ///< new tokens, after kv->n_tokens()
+    float* logits = nullptr;         ///< n_vocab floats for the last token's logits
+    float* all_logits = nullptr;     ///< tokens.size() x n_vocab floats (tests)
+};
+
+class cuda_context {
+public:
+    /// A context (a stream, cuBLAS handle, scratch) on the model's device.
+    /// Throws cuda_error.
+    explicit cuda_context(const cuda_model& m, cuda_context_options o = {});
+    ~cuda_context();
+    cuda_context(const cuda_context&) = delete;
+    cuda_context& operator=(const cuda_context&) = delete;
+
+    /// Runs `batch` as context::step does, with the same statuses: on
+    /// anything but ok, nothing was committed. Returns once the logits are
+    /// in host memory and the caches committed. Throws cuda_error when a
+    /// CUDA call fails (nothing committed then either). Allocates device
+    /// memory only when a step is larger than every step before it. One
+    /// thread at a time.
+    step_status step(std::span<cuda_batch_entry> batch);
+
+    const cuda_model& get_model() const noexcept;
+    /// True when this context's F16/F32 linear layers run on cuBLAS.
+    bool uses_cublas() const noexcept;
+    /// "cuBLAS (libcublas.so.13)" or "built-in kernels (why)".
+    std::string gemm_path() const;
+
+    struct impl;
+
+private:
+    std::unique_ptr<impl> _impl;
+};
+
+} // namespace llmos::engine
