@@ -546,3 +546,27 @@ TEST_F(llmosd_test, a_non_streaming_client_that_goes_away_cancels_its_request_to
     ASSERT_NE(pos, std::string::npos);
     EXPECT_LT(std::stoul(met.substr(pos + key.size())), 4000u) << "the worker stopped early";
 }
+
+TEST_F(llmosd_test, the_activations_option_is_checked_and_served) {
+    // A value it does not know: refused before anything starts, saying why.
+    std::string cmd = std::string(LLMOSD_PATH) + " --activations int16 --model " + tiny + " 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::string out;
+    char buf[512];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) {
+        out.append(buf, n);
+    }
+    int st = ::pclose(p);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) != 0) << st;
+    EXPECT_NE(out.find("--activations: int16 not in {int8,int8x2}"), std::string::npos) << out;
+    // Two-level activations serve (an F32 model takes its activations as
+    // floats either way: the conformance continuation stays).
+    server s(_dir, {"--activations", "int8x2"});
+    auto c = s.client();
+    auto r =
+        post(c, "/v1/completions",
+             {{"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 16}, {"temperature", 0}},
+             200);
+    EXPECT_EQ(r["choices"][0]["text"], hello_continuation());
+}

@@ -83,10 +83,10 @@ const matrix& random_matrix(ggml_type t, int64_t rows, int64_t cols) {
 }
 
 std::vector<float> run(const matrix& m, const std::vector<float>& x, int64_t n_tokens,
-                       thread_pool& pool, simd_level level) {
+                       thread_pool& pool, simd_level level, act_precision p = act_precision::int8) {
     std::vector<float> y(static_cast<size_t>(n_tokens * m.rows), NAN);
-    std::vector<std::byte> scratch(matmul_scratch_bytes(m.view(), n_tokens));
-    EXPECT_EQ(matmul(m.view(), x.data(), n_tokens, y.data(), pool, scratch, level),
+    std::vector<std::byte> scratch(matmul_scratch_bytes(m.view(), n_tokens, p));
+    EXPECT_EQ(matmul(m.view(), x.data(), n_tokens, y.data(), pool, scratch, level, p),
               matmul_status::ok);
     return y;
 }
@@ -172,6 +172,37 @@ TEST(matmul, quantized_error_is_what_8_bit_activations_explain) {
                 << type_name(t) << " " << simd_name(level);
             std::printf("%-5s %-6s worst error / (|W_r| |x_t|) = %.2e\n", type_name(t).c_str(),
                         std::string(simd_name(level)).c_str(), e);
+        }
+    }
+}
+
+TEST(matmul, two_level_activations_leave_a_hundredth_of_the_rounding) {
+    // int8x2: the activations' rounding error is itself quantized to 8
+    // bits, so what is left is ~1/100 of int8's (the second level's step
+    // is ~1/254 of the first's). Token counts that fill kernel tiles with
+    // pairs or leave one pair alone, both kernel sets, 1 and 3 threads.
+    thread_pool pools[] = {thread_pool(1), thread_pool(3)};
+    for (const ggml_type t : all_types) {
+        const int64_t cols = 2048;
+        const matrix& m = random_matrix(t, 37, cols);
+        for (const int64_t n_tokens : {1, 2, 3, 5}) {
+            const auto x = normal(static_cast<size_t>(n_tokens * cols), 9);
+            for (const simd_level level : levels()) {
+                for (auto& pool : pools) {
+                    const auto one = run(m, x, n_tokens, pool, level);
+                    const auto two = run(m, x, n_tokens, pool, level, act_precision::int8x2);
+                    const double e1 = worst_error(m.values, 37, cols, x, n_tokens, one);
+                    const double e2 = worst_error(m.values, 37, cols, x, n_tokens, two);
+                    SCOPED_TRACE(type_name(t) + " tokens " + std::to_string(n_tokens) + " " +
+                                 std::string(simd_name(level)));
+                    if (t == ggml_type::f32 || t == ggml_type::f16) {
+                        EXPECT_EQ(one, two); // float activations either way
+                    } else {
+                        EXPECT_LE(e2, 2e-5);
+                        EXPECT_LE(e2 * 20, e1);
+                    }
+                }
+            }
         }
     }
 }

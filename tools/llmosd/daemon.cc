@@ -206,7 +206,7 @@ daemon::daemon(options o)
     int threads =
         _o.threads > 0 ? _o.threads : std::max(1, cpus_allowed() / int(std::max(1u, _o.workers)));
     llmos::llm_engine_options eo{
-        .context = {.n_threads = threads, .max_batch_tokens = 512},
+        .context = {.n_threads = threads, .max_batch_tokens = 512, .activations = _o.activations},
         .kv = {.type = eng::kv_type::f16, .block_tokens = 16, .max_tokens = _o.ctx},
         .default_max_tokens = _o.default_max_tokens,
     };

@@ -36,6 +36,8 @@ struct options {
     std::string backend = "auto";                            ///< auto, local, kernel
     unsigned workers = 1;
     int threads = 0; ///< per worker; 0: the CPUs divided among the workers
+    /// How quantized weights meet the activations (engine/matmul.hh).
+    llmos::engine::act_precision activations = llmos::engine::act_precision::int8;
     uint32_t slots = 8;
     uint32_t ctx = 4096; ///< tokens a sequence may hold
     uint32_t default_max_tokens = 256;

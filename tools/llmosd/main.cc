@@ -45,6 +45,12 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--workers", o.workers, "inference workers")->check(CLI::Range(1, 256));
     app.add_option("--threads", o.threads, "threads per worker (0: the CPUs shared out)");
+    std::string activations = "int8";
+    app.add_option("--activations", activations,
+                   "int8 (fastest) or int8x2 (quantized weights meet activations rounded "
+                   "twice: ~1e-4 from exact instead of ~1e-2, slower prefill)")
+        ->check(CLI::IsMember({"int8", "int8x2"}))
+        ->capture_default_str();
     app.add_option("--slots", o.slots, "requests a worker runs at once")->check(CLI::Range(1, 256));
     app.add_option("--ctx", o.ctx, "tokens a conversation may hold")
         ->check(CLI::Range(16, 1 << 20))
@@ -63,6 +69,8 @@ int main(int argc, char** argv) {
                    "require API keys: one per line, optionally followed by its tenant number");
     CLI11_PARSE(app, argc, argv);
     o.request_timeout = std::chrono::seconds(timeout_s);
+    o.activations = activations == "int8x2" ? llmos::engine::act_precision::int8x2
+                                            : llmos::engine::act_precision::int8;
     for (auto& m : models) {
         auto eq = m.find('=');
         if (eq == std::string::npos) {

@@ -528,7 +528,8 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
 
 bool context::mm(const weight_view& w, const float* x, size_t n_tokens, float* y) {
     if (!_o.exact_activations || w.type == ggml_type::f32 || w.type == ggml_type::f16) {
-        return matmul(w, x, static_cast<int64_t>(n_tokens), y, *_pool) == matmul_status::ok;
+        return matmul(w, x, static_cast<int64_t>(n_tokens), y, *_pool, _o.activations) ==
+               matmul_status::ok;
     }
     const auto rb = *row_bytes(w.type, static_cast<uint64_t>(w.cols));
     const int64_t chunk = 16;
@@ -586,7 +587,7 @@ bool context::mm_many(std::span<const mm_job> jobs, const float* x, size_t n_tok
             weight_view sub{w.type, static_cast<const std::byte*>(w.data) + rb * size_t(pc.r0),
                             pc.r1 - pc.r0, w.cols, rb};
             // Inside the pool's loop, matmul runs on this thread alone.
-            if (matmul(sub, x, 1, pc.job->y + pc.r0, *_pool) != matmul_status::ok) {
+            if (matmul(sub, x, 1, pc.job->y + pc.r0, *_pool, _o.activations) != matmul_status::ok) {
                 ok = false;
             }
         }

@@ -73,7 +73,7 @@ std::string_view matmul_status_name(matmul_status s) noexcept {
     return "?";
 }
 
-size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens) noexcept {
+size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens, act_precision p) noexcept {
     size_t stride = 0;
     if (check(w, n_tokens, stride) != matmul_status::ok) {
         return 0;
@@ -82,16 +82,23 @@ size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens) noexcept {
     if (f == detail::act_format::f32 || n_tokens == 0) {
         return 0;
     }
-    return detail::act_row_bytes(f, w.cols) * static_cast<size_t>(n_tokens) + scratch_align;
+    const auto n = static_cast<size_t>(n_tokens);
+    const size_t rows = detail::act_row_bytes(f, w.cols) * n;
+    if (p == act_precision::int8x2) {
+        // Two rows per token, and each token's rounding error as floats.
+        return 2 * rows + n * static_cast<size_t>(w.cols) * sizeof(float) + scratch_align;
+    }
+    return rows + scratch_align;
 }
 
 matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
-                     thread_pool& pool, std::span<std::byte> scratch, simd_level level) noexcept {
+                     thread_pool& pool, std::span<std::byte> scratch, simd_level level,
+                     act_precision prec) noexcept {
     size_t stride = 0;
     if (const matmul_status s = check(w, n_tokens, stride); s != matmul_status::ok) {
         return s;
     }
-    if (scratch.size() < matmul_scratch_bytes(w, n_tokens)) {
+    if (scratch.size() < matmul_scratch_bytes(w, n_tokens, prec)) {
         return matmul_status::scratch_too_small;
     }
     if (n_tokens == 0 || w.rows == 0) {
@@ -108,6 +115,9 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
 
     const void* act = x;
     size_t act_stride = static_cast<size_t>(w.cols) * sizeof(float);
+    // Activation rows per token: 2 when each token's rounding error gets
+    // a row of its own (the kernels' outputs for the pair are added).
+    const int per_token = f != detail::act_format::f32 && prec == act_precision::int8x2 ? 2 : 1;
     if (f != detail::act_format::f32) {
         const detail::act_quantizer quantize =
             avx2 ? detail::act_quantizer_avx2(f) : detail::act_quantizer_ref(f);
@@ -117,12 +127,23 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
         act = dst;
         act_stride = detail::act_row_bytes(f, w.cols);
         const int64_t cols = w.cols;
+        auto* err = reinterpret_cast<float*>(dst + 2 * static_cast<size_t>(n_tokens) * act_stride);
         pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1) {
             for (int64_t t = t0; t < t1; ++t) {
-                quantize(x + t * cols, dst + static_cast<size_t>(t) * act_stride, cols);
+                std::byte* row = dst + static_cast<size_t>(t * per_token) * act_stride;
+                quantize(x + t * cols, row, cols);
+                if (per_token == 2) {
+                    float* e = err + t * cols;
+                    detail::act_dequantize(f, row, cols, e);
+                    for (int64_t k = 0; k < cols; ++k) {
+                        e[k] = x[t * cols + k] - e[k];
+                    }
+                    quantize(e, row + act_stride, cols);
+                }
             }
         });
     }
+    const int64_t act_rows = n_tokens * per_token;
 
     const auto* data = static_cast<const std::byte*>(w.data);
     const int64_t rows = w.rows;
@@ -134,10 +155,11 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
     const int64_t pass_tokens =
         std::max<int64_t>(detail::max_tile, static_cast<int64_t>(pass_act_bytes / act_stride) /
                                                 detail::max_tile * detail::max_tile);
+    static_assert(detail::max_tile % 2 == 0, "a tile must hold whole pairs of rows");
     pool.parallel_for(rows, [&](int64_t r0, int64_t r1) {
         float out[detail::max_tile];
-        for (int64_t p0 = 0; p0 < n_tokens; p0 += pass_tokens) {
-            const int64_t p1 = std::min(p0 + pass_tokens, n_tokens);
+        for (int64_t p0 = 0; p0 < act_rows; p0 += pass_tokens) {
+            const int64_t p1 = std::min(p0 + pass_tokens, act_rows);
             for (int64_t rb = r0; rb < r1; rb += block_rows) {
                 const int64_t re = std::min(rb + block_rows, r1);
                 for (int64_t t0 = p0; t0 < p1; t0 += detail::max_tile) {
@@ -147,8 +169,14 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
                     for (int64_t r = rb; r < re; ++r) {
                         kernel(data + static_cast<size_t>(r) * stride, a, act_stride, nt, cols,
                                out);
-                        for (int i = 0; i < nt; ++i) {
-                            y[(t0 + i) * rows + r] = out[i];
+                        if (per_token == 2) {
+                            for (int i = 0; i < nt; i += 2) {
+                                y[(t0 + i) / 2 * rows + r] = out[i] + out[i + 1];
+                            }
+                        } else {
+                            for (int i = 0; i < nt; ++i) {
+                                y[(t0 + i) * rows + r] = out[i];
+                            }
                         }
                     }
                 }
@@ -159,13 +187,13 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
 }
 
 matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
-                     thread_pool& pool) {
+                     thread_pool& pool, act_precision p) {
     thread_local std::vector<std::byte> scratch;
-    const size_t need = matmul_scratch_bytes(w, n_tokens);
+    const size_t need = matmul_scratch_bytes(w, n_tokens, p);
     if (scratch.size() < need) {
         scratch.resize(need);
     }
-    return matmul(w, x, n_tokens, y, pool, scratch, default_simd());
+    return matmul(w, x, n_tokens, y, pool, scratch, default_simd(), p);
 }
 
 } // namespace llmos::engine

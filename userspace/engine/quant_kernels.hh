@@ -71,6 +71,10 @@ size_t act_row_bytes(act_format f, int64_t cols) noexcept;
 row_kernel row_kernel_ref(ggml_type t) noexcept;
 row_kernel row_kernel_avx2(ggml_type t) noexcept;
 
+/// The values a quantized activation row stands for (d * q), into `out`
+/// (cols floats); f must not be act_format::f32.
+void act_dequantize(act_format f, const void* row, int64_t cols, float* out) noexcept;
+
 /// Activation quantizers; nullptr for act_format::f32.
 act_quantizer act_quantizer_ref(act_format f) noexcept;
 act_quantizer act_quantizer_avx2(act_format f) noexcept;

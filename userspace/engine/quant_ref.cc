@@ -293,6 +293,21 @@ size_t act_row_bytes(act_format f, int64_t cols) noexcept {
     return 0;
 }
 
+void act_dequantize(act_format f, const void* row, int64_t cols, float* out) noexcept {
+    if (f == act_format::q8_32) {
+        const int8_t* q = act32_qs(row);
+        const float* d = act32_d(row, cols);
+        for (int64_t k = 0; k < cols; ++k) {
+            out[k] = d[k / qk_block] * static_cast<float>(q[k]);
+        }
+    } else if (f == act_format::q8_256) {
+        const auto* b = static_cast<const act_q8_256*>(row);
+        for (int64_t k = 0; k < cols; ++k) {
+            out[k] = b[k / qk_super].d * static_cast<float>(b[k / qk_super].qs[k % qk_super]);
+        }
+    }
+}
+
 row_kernel row_kernel_ref(ggml_type t) noexcept {
     switch (t) {
     case ggml_type::f32:

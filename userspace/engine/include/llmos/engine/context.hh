@@ -27,6 +27,10 @@ struct context_options {
     /// of the activations' rounding; the tests check the model's math
     /// with it.
     bool exact_activations = false;
+    /// How quantized weights meet the activations otherwise (matmul.hh):
+    /// int8 (fastest; ~1-2% relative at the logits) or int8x2 (~1e-4,
+    /// twice the integer arithmetic: prefill slows, decode little).
+    act_precision activations = act_precision::int8;
 };
 
 /// One sequence's part of a step.

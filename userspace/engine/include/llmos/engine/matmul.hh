@@ -39,13 +39,29 @@ enum class matmul_status : uint8_t {
     scratch_too_small, ///< smaller than matmul_scratch_bytes()
 };
 
+/// How quantized weights meet the activations (F32 and F16 weights always
+/// take them as floats).
+enum class act_precision : uint8_t {
+    /// Quantized to 8 bits per 32 (or 256) values, once per call: integer
+    /// dot products at full speed; each matmul's output carries the
+    /// rounding, ~0.5% relative, which a model compounds to 1-2% at the
+    /// logits (llama.cpp's CPU kernels do the same).
+    int8,
+    /// 8 bits, then their rounding error in 8 more bits: every token is
+    /// two activation rows that share each pass over a weight row, and
+    /// their sums add up. ~1e-4 relative at the logits; the weights are
+    /// still read once, the integer arithmetic doubles.
+    int8x2,
+};
+
 /// "ok", "unsupported type", ...
 std::string_view matmul_status_name(matmul_status s) noexcept;
 
 /// Bytes of scratch a matmul of `w` with n_tokens tokens needs (the
 /// quantized activations; 0 for F32 and F16 weights, and for a shape
 /// matmul would refuse). Any thread.
-size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens) noexcept;
+size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens,
+                            act_precision p = act_precision::int8) noexcept;
 
 /// y[t * w.rows + r] = sum over k of W[r][k] * x[t * w.cols + k], for
 /// t < n_tokens and r < w.rows (x: n_tokens x cols, y: n_tokens x rows,
@@ -54,12 +70,13 @@ size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens) noexcept;
 /// CPU without it falls back to scalar). On failure y is untouched.
 /// Allocates nothing. Any thread; calls on one pool take turns.
 matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
-                     thread_pool& pool, std::span<std::byte> scratch, simd_level level) noexcept;
+                     thread_pool& pool, std::span<std::byte> scratch, simd_level level,
+                     act_precision p = act_precision::int8) noexcept;
 
 /// The same with default_simd() and a scratch buffer owned by the calling
 /// thread, grown when a call needs more than any before it (so a thread
 /// allocates only during its first calls of each new size).
 matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
-                     thread_pool& pool);
+                     thread_pool& pool, act_precision p = act_precision::int8);
 
 } // namespace llmos::engine
