@@ -56,6 +56,18 @@ struct cuda_context::impl {
         }
     }
 
+    std::string blas_failure; ///< why cuBLAS is not used though it loaded
+
+    /// `b` with at least `bytes`: work queued on the stream may still use
+    /// it, so a buffer that must grow waits for the stream first.
+    void grow(dev_buf& b, size_t bytes, const char* what) {
+        if (b.get() && bytes <= b.size()) {
+            return;
+        }
+        check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+        b.ensure(bytes, what);
+    }
+
     void gemm(const void* a, int a_type, const void* b, int b_type, float* c, int64_t rows,
               int64_t cols, int64_t n_tokens) {
         // Row-major y (T x rows) = x (T x cols) W^T is column-major
@@ -84,12 +96,12 @@ struct cuda_context::impl {
         }
         const void* a = w.data;
         if (quant) {
-            w_f16.ensure(size_t(w.rows * w.cols) * 2, "dequantized weights");
+            grow(w_f16, size_t(w.rows * w.cols) * 2, "dequantized weights");
             check(dequant_f16(w.kind, w.data, w.rows, w.cols, w_f16.as<uint16_t>(), stream),
                   "dequant_f16");
             a = w_f16.get();
         }
-        act_f16.ensure(size_t(n_tokens * w.cols) * 2, "activations as F16");
+        grow(act_f16, size_t(n_tokens * w.cols) * 2, "activations as F16");
         check(to_f16(in, act_f16.as<uint16_t>(), n_tokens * w.cols, stream), "to_f16");
         gemm(a, blas_r_16f, act_f16.get(), blas_r_16f, out, w.rows, w.cols, n_tokens);
     }
@@ -105,13 +117,16 @@ cuda_context::cuda_context(const cuda_model& m, cuda_context_options o)
     check(cudaSetDevice(c.device), "cudaSetDevice");
     check(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking), "cudaStreamCreate");
     if (c.o.use_cublas && blas().loaded) {
+        // A cuBLAS that loads but does not start (libcublasLt missing, a
+        // toolkit the driver is too old for) leaves the built-in kernels.
         void* h = nullptr;
         if (const int st = blas().create(&h); st != 0) {
-            throw cuda_error("cublasCreate_v2: cuBLAS status " + std::to_string(st));
-        }
-        c.blas_handle = h;
-        if (const int st = blas().set_stream(h, c.stream); st != 0) {
-            throw cuda_error("cublasSetStream_v2: cuBLAS status " + std::to_string(st));
+            c.blas_failure = "cublasCreate_v2: cuBLAS status " + std::to_string(st);
+        } else if (const int st2 = blas().set_stream(h, c.stream); st2 != 0) {
+            c.blas_failure = "cublasSetStream_v2: cuBLAS status " + std::to_string(st2);
+            blas().destroy(h);
+        } else {
+            c.blas_handle = h;
         }
     }
 }
@@ -132,6 +147,9 @@ std::string cuda_context::gemm_path() const {
     }
     if (!_impl->o.use_cublas) {
         return "built-in kernels (cuBLAS not wanted)";
+    }
+    if (!_impl->blas_failure.empty()) {
+        return "built-in kernels (" + _impl->blas_failure + ")";
     }
     return "built-in kernels (cuBLAS not loaded: " + blas().reason + ")";
 }
@@ -284,8 +302,8 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     }
 
     if (R) {
-        c.rows.ensure(R * E * 4, "logit rows");
-        c.logits.ensure(R * size_t(V) * 4, "logits");
+        c.grow(c.rows, R * E * 4, "logit rows");
+        c.grow(c.logits, R * size_t(V) * 4, "logits");
         c.h_logits.ensure(R * size_t(V) * 4, "logits");
         check(rms_norm(x, d.output_norm, c.rows.as<float>(), int64_t(R), E, p.rms_eps, gather_d, s),
               "rms_norm (output)");
