@@ -8,7 +8,6 @@
 
 #include <array>
 #include <llmos/engine/unicode.hh>
-#include <queue>
 
 namespace llmos::engine {
 
@@ -39,27 +38,6 @@ const byte_map& bytes() {
     return m;
 }
 
-struct symbol {
-    int32_t prev;
-    int32_t next;
-    size_t off;
-    size_t n;
-};
-
-struct bigram {
-    int32_t left;
-    int32_t right;
-    int32_t rank;
-    size_t size;
-};
-
-struct bigram_order {
-    // priority_queue pops the largest: lowest rank, then smallest left.
-    bool operator()(const bigram& a, const bigram& b) const {
-        return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
-    }
-};
-
 } // namespace
 
 std::string_view bpe_byte_to_utf8(uint8_t b) {
@@ -76,8 +54,8 @@ void vocab::impl::encode_bpe(std::string_view text, std::vector<int32_t>& out) c
 
     std::string word;
     std::string key;
-    std::vector<symbol> syms;
-    std::priority_queue<bigram, std::vector<bigram>, bigram_order> queue;
+    using merger = pair_merger<int64_t>; // the lowest merge rank first
+    merger m;
 
     for (const span_range& w : words) {
         word.clear();
@@ -91,54 +69,17 @@ void vocab::impl::encode_bpe(std::string_view text, std::vector<int32_t>& out) c
             }
         }
 
-        syms.clear();
-        for (size_t off = 0; off < word.size();) {
-            // The mapped text is well-formed UTF-8 (1 or 2 bytes a byte).
-            const size_t n = unicode::lead_length(static_cast<uint8_t>(word[off]));
-            const auto i = static_cast<int32_t>(syms.size());
-            syms.push_back({i - 1, off + n == word.size() ? -1 : i + 1, off, n});
-            off += n;
-        }
-
-        auto try_add = [&](int32_t left, int32_t right) {
-            if (left < 0 || right < 0) {
-                return;
-            }
-            const symbol& l = syms[static_cast<size_t>(left)];
-            const symbol& r = syms[static_cast<size_t>(right)];
+        // The mapped text is well-formed UTF-8 (1 or 2 bytes a byte).
+        const auto& syms = m.run(word, [&](const merger::symbol& l, const merger::symbol& r) {
             key.assign(word, l.off, l.n);
             key += ' ';
             key.append(word, r.off, r.n);
             auto it = merge_rank.find(key);
-            if (it == merge_rank.end()) {
-                return;
-            }
-            queue.push({left, right, it->second, l.n + r.n});
-        };
-        for (int32_t i = 1; i < static_cast<int32_t>(syms.size()); ++i) {
-            try_add(i - 1, i);
-        }
-        while (!queue.empty()) {
-            const bigram b = queue.top();
-            queue.pop();
-            symbol& l = syms[static_cast<size_t>(b.left)];
-            symbol& r = syms[static_cast<size_t>(b.right)];
-            // Stale: a side was merged away, or the right one grew since.
-            if (l.n == 0 || r.n == 0 || l.n + r.n != b.size) {
-                continue;
-            }
-            l.n += r.n;
-            r.n = 0;
-            l.next = r.next;
-            if (r.next >= 0) {
-                syms[static_cast<size_t>(r.next)].prev = b.left;
-            }
-            try_add(l.prev, b.left);
-            try_add(b.left, l.next);
-        }
-
+            return it == merge_rank.end() ? std::nullopt
+                                          : std::optional<int64_t>(-int64_t(it->second));
+        });
         for (int32_t i = 0; i != -1; i = syms[static_cast<size_t>(i)].next) {
-            const symbol& s = syms[static_cast<size_t>(i)];
+            const merger::symbol& s = syms[static_cast<size_t>(i)];
             const std::string_view piece = std::string_view(word).substr(s.off, s.n);
             if (int32_t id = lookup(piece); id >= 0) {
                 out.push_back(id);

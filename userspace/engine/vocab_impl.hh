@@ -7,7 +7,10 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <llmos/engine/unicode.hh>
 #include <llmos/engine/vocab.hh>
+#include <optional>
+#include <queue>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -24,6 +27,86 @@ struct string_hash {
 };
 
 using string_map = std::unordered_map<std::string, int32_t, string_hash, std::equal_to<>>;
+
+/// The merge loop both tokenizers share: a text starts as one symbol per
+/// UTF-8 character; the adjacent pair with the best priority (the largest;
+/// ties: the leftmost pair) merges, its neighbours' pairs are ranked anew,
+/// until no pair merges. SentencePiece ranks a pair by its token's score,
+/// BPE by its merge rank (negated: the lowest rank goes first). Reused
+/// across texts, it allocates only when a text is longer than any before.
+template <typename Priority>
+class pair_merger {
+public:
+    struct symbol {
+        int32_t prev;
+        int32_t next; ///< -1 after the last
+        size_t off;   ///< into the text
+        size_t n;     ///< bytes; 0 once merged into its left neighbour
+    };
+
+    /// Merges `text`; rank(l, r) is the priority of joining symbols l and
+    /// r, or nullopt when they do not join. Returns the symbols, the
+    /// surviving ones linked from index 0 (text must not be empty).
+    template <typename Rank>
+    const std::vector<symbol>& run(std::string_view text, Rank&& rank) {
+        _syms.clear();
+        for (size_t off = 0; off < text.size();) {
+            const size_t n =
+                std::min(unicode::lead_length(static_cast<uint8_t>(text[off])), text.size() - off);
+            const auto i = static_cast<int32_t>(_syms.size());
+            _syms.push_back({i - 1, off + n == text.size() ? -1 : i + 1, off, n});
+            off += n;
+        }
+        auto try_add = [&](int32_t left, int32_t right) {
+            if (left < 0 || right < 0) {
+                return;
+            }
+            const symbol& l = _syms[static_cast<size_t>(left)];
+            const symbol& r = _syms[static_cast<size_t>(right)];
+            if (const std::optional<Priority> p = rank(l, r)) {
+                _queue.push({left, right, *p, l.n + r.n});
+            }
+        };
+        for (int32_t i = 1; i < static_cast<int32_t>(_syms.size()); ++i) {
+            try_add(i - 1, i);
+        }
+        while (!_queue.empty()) {
+            const pair b = _queue.top();
+            _queue.pop();
+            symbol& l = _syms[static_cast<size_t>(b.left)];
+            symbol& r = _syms[static_cast<size_t>(b.right)];
+            // Stale: a side was merged away, or the right one grew since.
+            if (l.n == 0 || r.n == 0 || l.n + r.n != b.size) {
+                continue;
+            }
+            l.n += r.n;
+            r.n = 0;
+            l.next = r.next;
+            if (r.next >= 0) {
+                _syms[static_cast<size_t>(r.next)].prev = b.left;
+            }
+            try_add(l.prev, b.left);
+            try_add(b.left, l.next);
+        }
+        return _syms;
+    }
+
+private:
+    struct pair {
+        int32_t left;
+        int32_t right;
+        Priority priority;
+        size_t size;
+    };
+    struct order {
+        // priority_queue pops the largest: best priority, then smallest left.
+        bool operator()(const pair& a, const pair& b) const {
+            return a.priority < b.priority || (a.priority == b.priority && a.left > b.left);
+        }
+    };
+    std::vector<symbol> _syms;
+    std::priority_queue<pair, std::vector<pair>, order> _queue;
+};
 
 struct vocab::impl {
     vocab_kind kind = vocab_kind::spm;
