@@ -44,18 +44,6 @@ double secs_since(clk::time_point t0) {
     return std::chrono::duration<double>(clk::now() - t0).count();
 }
 
-struct aligned_mem {
-    std::unique_ptr<std::byte, decltype(&std::free)> p{nullptr, &std::free};
-    size_t n;
-    explicit aligned_mem(size_t bytes)
-        : p(static_cast<std::byte*>(std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096)),
-            &std::free)
-        , n((bytes + 4095) / 4096 * 4096) {
-        std::memset(p.get(), 0, 4096);
-    }
-    std::span<std::byte> span() { return {p.get(), n}; }
-};
-
 // The SIMD peak on the pool's threads, in multiply-adds per second: F32
 // FMA (8 lanes, 8 independent chains per thread) and 8-bit integer
 // multiply-adds (maddubs + madd, as the quantized kernels use).
@@ -206,7 +194,7 @@ int32_t argmax(const std::vector<float>& v) {
 }
 
 struct stream {
-    aligned_mem mem;
+    kv_memory mem;
     kv_cache kv;
     std::vector<float> logits;
     int32_t next = 0;
@@ -453,7 +441,7 @@ int main() {
         std::mt19937 rng(3);
         uint64_t alloc = 0, used = 0;
         for (int i = 0; i < 64; ++i) {
-            aligned_mem mem(kv_cache::bytes_for(m.params(), kvo));
+            kv_memory mem(kv_cache::bytes_for(m.params(), kvo));
             auto kv = kv_cache::open(mem.span(), m, kvo);
             uint32_t n = 50 + rng() % 2000;
             kv.reserve(n);

@@ -68,19 +68,6 @@ expected load_expected(const std::string& name) {
     return e;
 }
 
-// Memory for a KV cache, page-aligned, zeroed (as a fresh mindspace is).
-struct kv_memory {
-    std::unique_ptr<std::byte, decltype(&std::free)> p{nullptr, &std::free};
-    size_t n = 0;
-    explicit kv_memory(size_t bytes)
-        : p(static_cast<std::byte*>(std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096)),
-            &std::free)
-        , n((bytes + 4095) / 4096 * 4096) {
-        std::memset(p.get(), 0, n);
-    }
-    std::span<std::byte> span() { return {p.get(), n}; }
-};
-
 int32_t argmax(const std::vector<float>& v) {
     return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
 }
@@ -302,6 +289,23 @@ TEST_F(conformance, a_cache_of_another_geometry_is_refused_unless_fresh) {
     auto kv = kv_cache::open(mem.span(), *m, other, true);
     EXPECT_FALSE(kv.resumed());
     EXPECT_THROW(kv_cache::open(mem.span().first(100), *m, f32), kv_error);
+}
+
+TEST(kv_memory, whole_pages_aligned_with_a_zeroed_header_page) {
+    for (size_t bytes : {size_t(1), size_t(4096), size_t(5000), size_t(3 << 20)}) {
+        kv_memory m(bytes);
+        auto s = m.span();
+        EXPECT_EQ(s.size() % 4096, 0u);
+        EXPECT_GE(s.size(), bytes);
+        EXPECT_LT(s.size(), bytes + 4096);
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(s.data()) % 4096, 0u);
+        EXPECT_TRUE(std::all_of(s.begin(), s.begin() + 4096,
+                                [](std::byte b) { return b == std::byte{0}; }));
+    }
+    kv_memory all(3 * 4096 + 1, true);
+    auto s = all.span();
+    EXPECT_TRUE(std::all_of(s.begin(), s.end(), [](std::byte b) { return b == std::byte{0}; }));
+    EXPECT_EQ(s.size(), 4u * 4096);
 }
 
 TEST(model_load, unsupported_architectures_and_types_are_named) {

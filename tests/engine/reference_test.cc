@@ -89,18 +89,6 @@ const std::string& workdir() {
     return d.path;
 }
 
-struct aligned_mem {
-    std::unique_ptr<std::byte, decltype(&std::free)> p{nullptr, &std::free};
-    size_t n;
-    explicit aligned_mem(size_t bytes)
-        : p(static_cast<std::byte*>(std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096)),
-            &std::free)
-        , n((bytes + 4095) / 4096 * 4096) {
-        std::memset(p.get(), 0, n);
-    }
-    std::span<std::byte> span() { return {p.get(), n}; }
-};
-
 class reference : public ::testing::TestWithParam<combo> {
 protected:
     std::string _model;
@@ -221,8 +209,8 @@ TEST_P(reference, prefill_and_32_decode_steps_match_unbatched_and_batched) {
         if (md.cache == kv_type::f16) {
             tol = 2e-3;
         }
-        aligned_mem mem(kv_cache::bytes_for(m.params(), ko));
-        aligned_mem other_mem(kv_cache::bytes_for(m.params(), ko));
+        kv_memory mem(kv_cache::bytes_for(m.params(), ko));
+        kv_memory other_mem(kv_cache::bytes_for(m.params(), ko));
         auto kv = kv_cache::open(mem.span(), m, ko);
         auto other = kv_cache::open(other_mem.span(), m, ko);
         std::vector<float> all(_prompt.size() * V), last(V), other_logits(V);

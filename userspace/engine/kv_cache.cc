@@ -1,10 +1,26 @@
 // SPDX-License-Identifier: MIT
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <llmos/engine/kv_cache.hh>
 #include <llmos/engine/quant.hh>
+#include <new>
 
 namespace llmos::engine {
+
+kv_memory::kv_memory(size_t bytes, bool zero_all) {
+    constexpr size_t page = 4096;
+    _n = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
+    _p.reset(static_cast<std::byte*>(std::aligned_alloc(page, _n)));
+    if (!_p) {
+        throw std::bad_alloc();
+    }
+    std::memset(_p.get(), 0, zero_all ? _n : page);
+}
+
+void kv_memory::free_mem::operator()(std::byte* p) const noexcept {
+    std::free(p);
+}
 
 namespace {
 

@@ -69,8 +69,8 @@ struct llm_engine::seq_state {
     size_t fed = 0; // prompt tokens in the cache
     uint32_t max_tokens = 0;
     uint32_t generated = 0;
-    int32_t next = -1; // sampled, not yet in the cache
-    std::unique_ptr<std::byte, decltype(&std::free)> own{nullptr, &std::free};
+    int32_t next = -1;                    // sampled, not yet in the cache
+    std::optional<engine::kv_memory> own; ///< its cache, when the request keeps none
     std::optional<engine::kv_cache> kv;
     std::optional<engine::sampler> sampler;
     std::optional<engine::stop_matcher> stop;
@@ -134,13 +134,12 @@ engine_status llm_engine::prefill(sequence& s) {
         // No cache kept for it: one of its own, as large as it can use.
         ko.max_tokens = std::min<uint32_t>(ko.max_tokens, static_cast<uint32_t>(st->prompt.size()) +
                                                               sp.max_tokens);
-        size_t n = (engine::kv_cache::bytes_for(p, ko) + 4095) / 4096 * 4096;
-        st->own.reset(static_cast<std::byte*>(std::aligned_alloc(4096, n)));
-        if (!st->own) {
+        try {
+            st->own.emplace(engine::kv_cache::bytes_for(p, ko));
+        } catch (const std::bad_alloc&) {
             return engine_status::no_room;
         }
-        std::memset(st->own.get(), 0, 128); // no stale header
-        kvmem = {st->own.get(), n};
+        kvmem = st->own->span();
     }
     try {
         st->kv.emplace(engine::kv_cache::open(kvmem, _m, ko));

@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <llmos/engine/model.hh>
+#include <memory>
 #include <span>
 #include <stdexcept>
 
@@ -46,6 +47,25 @@ struct kv_usage {
     double waste() const {
         return bytes_allocated ? 1.0 - double(bytes_used) / double(bytes_allocated) : 0.0;
     }
+};
+
+/// Page-aligned host memory for a KV cache that lives outside a mindspace
+/// (a request that keeps no cache, tests, benchmarks). Its first page is
+/// zeroed, so a cache opened in it starts fresh; the rest is touched only
+/// as the cache grows. Move-only.
+class kv_memory {
+public:
+    /// At least `bytes`, in whole pages; `zero_all` zeroes every page (as
+    /// a new mindspace reads). Throws std::bad_alloc.
+    explicit kv_memory(size_t bytes, bool zero_all = false);
+    std::span<std::byte> span() const noexcept { return {_p.get(), _n}; }
+
+private:
+    struct free_mem {
+        void operator()(std::byte* p) const noexcept;
+    };
+    std::unique_ptr<std::byte, free_mem> _p;
+    size_t _n = 0;
 };
 
 class kv_cache {
