@@ -18,6 +18,8 @@
 //
 // Each request opens its own connection, unless --keep-alive (one per
 // client, reused).
+#include "../support/llmosd_process.hh"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -56,46 +58,12 @@ struct config {
 };
 
 // The daemon, started on loopback (any free port) and stopped with SIGTERM.
-class daemon_proc {
+class daemon_proc : public llmos::testing::llmosd_process {
 public:
-    pid_t pid = -1;
-    int port = 0;
-
-    daemon_proc(const std::string& dir, const std::string& model, int max_queue) {
-        pid = ::fork();
-        if (pid == 0) {
-            ::setenv("LLMOS_LOCAL_DIR", (dir + "/ms").c_str(), 1);
-            std::vector<std::string> args = {LLMOSD_PATH,
-                                             "--backend",
-                                             "local",
-                                             "--model",
-                                             "bench=" + model,
-                                             "--listen",
-                                             "127.0.0.1:0",
-                                             "--port-file",
-                                             dir + "/port",
-                                             "--max-queue",
-                                             std::to_string(max_queue),
-                                             "--ctx",
-                                             "1024"};
-            std::vector<char*> argv;
-            for (auto& a : args) {
-                argv.push_back(a.data());
-            }
-            argv.push_back(nullptr);
-            int log = ::open((dir + "/log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-            ::dup2(log, 2);
-            ::execv(LLMOSD_PATH, argv.data());
-            ::_exit(127);
-        }
-        for (int i = 0; i < 1000 && !port; ++i) {
-            std::ifstream in(dir + "/port");
-            in >> port;
-            if (!port) {
-                std::this_thread::sleep_for(std::chrono::milliseconds(10));
-            }
-        }
-    }
+    daemon_proc(const std::string& dir, const std::string& model, int max_queue)
+        : llmosd_process(LLMOSD_PATH, dir,
+                         {"--model", "bench=" + model, "--max-queue", std::to_string(max_queue),
+                          "--ctx", "1024"}) {}
     /// VmHWM (peak resident set) in KiB, or 0.
     long peak_rss_kib() const {
         std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -107,17 +75,6 @@ public:
         }
         return 0;
     }
-    int stop() {
-        if (pid <= 0) {
-            return -1;
-        }
-        ::kill(pid, SIGTERM);
-        int st = 0;
-        ::waitpid(pid, &st, 0);
-        pid = -1;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    }
-    ~daemon_proc() { stop(); }
 };
 
 // What one client saw.

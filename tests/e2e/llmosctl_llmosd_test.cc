@@ -4,6 +4,8 @@
 // process on the local backend with the conformance model, on loopback (or
 // a unix socket), and the tests run the built llmosctl as a user would --
 // output, one-line errors and exit codes.
+#include "../support/llmosd_process.hh"
+
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -40,74 +42,23 @@ std::string slurp(const std::string& path) {
     return s.str();
 }
 
-// llmosd in its own process. `unix_path` empty: loopback, any free port.
-class server {
+// llmosd serving the conformance model. `unix_sock` empty: loopback, any
+// free port.
+class server : public llmos::testing::llmosd_process {
 public:
-    std::string dir;
-    std::string unix_path;
-    pid_t pid = -1;
-    int port = 0;
-
     server(const std::string& state, std::vector<std::string> extra = {},
            std::string unix_sock = {})
-        : dir(state)
-        , unix_path(std::move(unix_sock)) {
-        std::filesystem::create_directories(dir);
-        pid = ::fork();
-        if (pid == 0) {
-            ::setenv("LLMOS_LOCAL_DIR", (dir + "/ms").c_str(), 1);
-            std::vector<std::string> args = {LLMOSD_PATH,    "--backend", "local", "--model",
-                                             "tiny=" + tiny, "--ctx",     "2048"};
-            if (unix_path.empty()) {
-                args.insert(args.end(), {"--listen", "127.0.0.1:0", "--port-file", dir + "/port"});
-            } else {
-                args.insert(args.end(), {"--unix", unix_path});
-            }
-            args.insert(args.end(), extra.begin(), extra.end());
-            std::vector<char*> argv;
-            for (auto& a : args) {
-                argv.push_back(a.data());
-            }
-            argv.push_back(nullptr);
-            int log = ::open((dir + "/log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-            ::dup2(log, 2);
-            ::execv(LLMOSD_PATH, argv.data());
-            ::_exit(127);
-        }
-        for (int i = 0; i < 400 && !ready(); ++i) {
-            std::this_thread::sleep_for(10ms);
-        }
-    }
-    bool ready() {
-        if (!unix_path.empty()) {
-            // The socket exists before it accepts: ask it.
-            if (!std::filesystem::exists(unix_path)) {
-                return false;
-            }
-            httplib::Client c(unix_path, 80);
-            c.set_address_family(AF_UNIX);
-            auto r = c.Get("/health");
-            return r && r->status == 200;
-        }
-        std::ifstream in(dir + "/port");
-        in >> port;
-        return port > 0;
-    }
+        : llmosd_process(LLMOSD_PATH, state, with_model(std::move(extra)), std::move(unix_sock)) {}
     /// The --server of this daemon.
     std::string url() const {
         return unix_path.empty() ? "http://127.0.0.1:" + std::to_string(port) : "unix:" + unix_path;
     }
-    httplib::Client client() const {
-        httplib::Client c("127.0.0.1", port);
-        c.set_read_timeout(60, 0);
-        return c;
-    }
-    std::string log() const { return slurp(dir + "/log"); }
-    ~server() {
-        if (pid > 0) {
-            ::kill(pid, SIGTERM);
-            ::waitpid(pid, nullptr, 0);
-        }
+
+private:
+    static std::vector<std::string> with_model(std::vector<std::string> extra) {
+        std::vector<std::string> a = {"--model", "tiny=" + tiny, "--ctx", "2048"};
+        a.insert(a.end(), extra.begin(), extra.end());
+        return a;
     }
 };
 

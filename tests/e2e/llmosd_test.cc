@@ -5,6 +5,8 @@
 // endpoint, SSE framing, error objects and status codes, sessions across a
 // restart, client disconnects, overload, API keys, model management and a
 // graceful shutdown.
+#include "../support/llmosd_process.hh"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -34,70 +36,27 @@ std::string hello_continuation() {
            "fo vxszg pq bguhergw\xEF\xBF\xBD wcf<woU vww bdjykfzkas pmtn t";
 }
 
-class server {
+// llmosd serving the conformance model (--ctx 2048 unless `extra` says).
+class server : public llmos::testing::llmosd_process {
 public:
-    std::string dir;
-    pid_t pid = -1;
-    int port = 0;
-
     explicit server(const std::string& state, std::vector<std::string> extra = {})
-        : dir(state) {
-        std::filesystem::create_directories(dir);
-        std::filesystem::remove(dir + "/port");
-        pid = ::fork();
-        if (pid == 0) {
-            ::setenv("LLMOS_LOCAL_DIR", (dir + "/ms").c_str(), 1);
-            std::vector<std::string> args = {LLMOSD_PATH,   "--backend",    "local",
-                                             "--model",     "tiny=" + tiny, "--listen",
-                                             "127.0.0.1:0", "--port-file",  dir + "/port"};
-            if (std::find(extra.begin(), extra.end(), "--ctx") == extra.end()) {
-                args.insert(args.end(), {"--ctx", "2048"});
-            }
-            args.insert(args.end(), extra.begin(), extra.end());
-            std::vector<char*> argv;
-            for (auto& a : args) {
-                argv.push_back(a.data());
-            }
-            argv.push_back(nullptr);
-            int log = ::open((dir + "/log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-            ::dup2(log, 2);
-            ::execv(LLMOSD_PATH, argv.data());
-            ::_exit(127);
-        }
-        for (int i = 0; i < 200 && !port; ++i) {
-            std::ifstream in(dir + "/port");
-            in >> port;
-            if (!port) {
-                std::this_thread::sleep_for(25ms);
-            }
-        }
-    }
+        : llmosd_process(LLMOSD_PATH, state, with_defaults(std::move(extra))) {}
     httplib::Client client() const {
         if (!port) {
             ADD_FAILURE() << "llmosd did not start:\n" << log();
         }
-        httplib::Client c("127.0.0.1", port);
-        c.set_read_timeout(60, 0);
-        return c;
+        return llmosd_process::client();
     }
-    /// SIGTERM and wait; the exit status.
-    int stop() {
-        if (pid <= 0) {
-            return -1;
+
+private:
+    static std::vector<std::string> with_defaults(std::vector<std::string> extra) {
+        std::vector<std::string> a = {"--model", "tiny=" + tiny};
+        if (std::find(extra.begin(), extra.end(), "--ctx") == extra.end()) {
+            a.insert(a.end(), {"--ctx", "2048"});
         }
-        ::kill(pid, SIGTERM);
-        int st = 0;
-        ::waitpid(pid, &st, 0);
-        pid = -1;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        a.insert(a.end(), extra.begin(), extra.end());
+        return a;
     }
-    std::string log() const {
-        std::ifstream in(dir + "/log");
-        std::stringstream s;
-        s << in.rdbuf();
-        return s.str();
-    }
-    ~server() { stop(); }
 };
 
 // POST `body` and hand the response body to `recv` as it comes (false: hang up).
