@@ -462,6 +462,11 @@ struct gen_case {
     const char* args;
 };
 
+// For ctest's test names.
+void PrintTo(const gen_case& c, std::ostream* os) {
+    *os << c.name;
+}
+
 std::string case_name(const ::testing::TestParamInfo<gen_case>& i) {
     return i.param.name;
 }
