@@ -465,7 +465,7 @@ TEST(gpu_probe, reports_why_without_a_gpu) {
     }
 }
 
-class gpu : public ::testing::Test {
+class gpu_device : public ::testing::Test {
 protected:
     void SetUp() override {
         if (!probe().usable) {
@@ -512,7 +512,7 @@ int wait_child(pid_t pid, int seconds = 120) {
     }
 }
 
-TEST_F(gpu, grows_in_steps_and_keeps_its_address) {
+TEST_F(gpu_device, grows_in_steps_and_keeps_its_address) {
     gpu_memory m = gpu_memory::reserve(64ull << 20);
     const uint64_t g = m.granularity();
     ASSERT_GT(g, 0u);
@@ -559,7 +559,7 @@ TEST_F(gpu, grows_in_steps_and_keeps_its_address) {
     EXPECT_EQ(first_mismatch(back.data(), g, 6), -1);
 }
 
-TEST_F(gpu, exports_a_dmabuf) {
+TEST_F(gpu_device, exports_a_dmabuf) {
     gpu_memory m = gpu_memory::reserve(16ull << 20);
     const uint64_t g = m.granularity();
     m.grow(2 * g);
@@ -604,7 +604,7 @@ TEST_F(gpu, exports_a_dmabuf) {
     EXPECT_EQ(bad, -1) << "the CPU mapping of the dma-buf differs at byte " << bad;
 }
 
-TEST_F(gpu, another_process_imports_the_chunks) {
+TEST_F(gpu_device, another_process_imports_the_chunks) {
     const uint64_t bytes = 3 * (2ull << 20) + 4096;
     gpu_memory m = gpu_memory::reserve(64ull << 20);
     m.grow(bytes);
@@ -618,7 +618,7 @@ TEST_F(gpu, another_process_imports_the_chunks) {
     EXPECT_EQ(wait_child(pid), 0) << "the reader child failed (its stderr says why)";
 }
 
-TEST_F(gpu, parked_chunks_outlive_the_process_that_wrote_them) {
+TEST_F(gpu_device, parked_chunks_outlive_the_process_that_wrote_them) {
     const uint64_t bytes = 5 * (2ull << 20);
     size_t before = open_fds();
     gpu_mindspace_store store;
@@ -645,7 +645,7 @@ TEST_F(gpu, parked_chunks_outlive_the_process_that_wrote_them) {
     EXPECT_EQ(open_fds(), before);
 }
 
-TEST_F(gpu, import_refuses_bad_chunks) {
+TEST_F(gpu_device, import_refuses_bad_chunks) {
     gpu_chunk none{owned_fd(), 2u << 20};
     EXPECT_THROW((void)gpu_memory::import(std::span<const gpu_chunk>(&none, 1), 0), gpu_error);
     gpu_chunk odd{make_memfd(4096, 1), 4096 + 512};
