@@ -254,7 +254,7 @@ double decode(context& ctx, std::vector<stream*> ss, int steps) {
 // A conversation on the GPU: cache bookkeeping in host memory, blocks in
 // device memory.
 struct gpu_stream {
-    aligned_mem host;
+    kv_memory host;
     cuda_device_buffer dev;
     cuda_kv_cache kv;
     std::vector<float> logits;
