@@ -2,6 +2,9 @@
 #include "http.hh"
 
 #include <chrono>
+#include <cstdlib>
+#include <dirent.h>
+#include <functional>
 #include <llmos/engine/quant.hh>
 #include <netinet/in.h>
 #include <poll.h>
@@ -59,30 +62,53 @@ json chunk(const std::string& id, int64_t created, const job& j, const std::stri
             {"choices", json::array({choice})}};
 }
 
-// The socket of `req`'s connection (httplib does not hand it out): the
-// one whose two ends are the request's addresses; -1 if not found.
-int connection_fd(const httplib::Request& req) {
-    for (int fd = 3; fd < 4096; ++fd) {
-        sockaddr_storage peer{}, self{};
-        socklen_t pl = sizeof(peer), sl = sizeof(self);
-        if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0 ||
-            ::getsockname(fd, reinterpret_cast<sockaddr*>(&self), &sl) != 0) {
-            continue;
-        }
-        auto port_of = [](const sockaddr_storage& a) {
-            if (a.ss_family == AF_INET) {
-                return int(ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port));
-            }
-            if (a.ss_family == AF_INET6) {
-                return int(ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port));
-            }
-            return -1;
-        };
-        if (port_of(peer) == req.remote_port && port_of(self) == req.local_port) {
-            return fd;
-        }
+// The port of an IPv4 or IPv6 address; -1 for another family.
+int port_of(const sockaddr* a) {
+    if (a->sa_family == AF_INET) {
+        return ntohs(reinterpret_cast<const sockaddr_in*>(a)->sin_port);
+    }
+    if (a->sa_family == AF_INET6) {
+        return ntohs(reinterpret_cast<const sockaddr_in6*>(a)->sin6_port);
     }
     return -1;
+}
+
+// httplib hands out none of its sockets: the first of this process's open
+// descriptors (as /proc/self/fd lists them, however many) for which
+// `match` holds; -1 if none does.
+int find_fd(const std::function<bool(int)>& match) {
+    DIR* d = ::opendir("/proc/self/fd");
+    if (!d) {
+        return -1;
+    }
+    const int own = ::dirfd(d);
+    int found = -1;
+    while (const dirent* e = ::readdir(d)) {
+        char* end = nullptr;
+        const long fd = std::strtol(e->d_name, &end, 10);
+        if (end == e->d_name || *end != '\0' || fd < 3 || fd == own) {
+            continue;
+        }
+        if (match(static_cast<int>(fd))) {
+            found = static_cast<int>(fd);
+            break;
+        }
+    }
+    ::closedir(d);
+    return found;
+}
+
+// The socket of `req`'s connection: the one whose two ends are the
+// request's addresses; -1 if not found.
+int connection_fd(const httplib::Request& req) {
+    return find_fd([&](int fd) {
+        sockaddr_storage peer{}, self{};
+        socklen_t pl = sizeof(peer), sl = sizeof(self);
+        return ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) == 0 &&
+               ::getsockname(fd, reinterpret_cast<sockaddr*>(&self), &sl) == 0 &&
+               port_of(reinterpret_cast<const sockaddr*>(&peer)) == req.remote_port &&
+               port_of(reinterpret_cast<const sockaddr*>(&self)) == req.local_port;
+    });
 }
 
 // Is the other end still connected? (A closed peer makes the socket
@@ -432,19 +458,18 @@ namespace {
 // listen() be called again on a listening socket to change its backlog:
 // find ours by the address it is bound to.
 void widen_backlog(const std::function<bool(const sockaddr*)>& ours) {
-    for (int fd = 3; fd < 1024; ++fd) {
+    find_fd([&](int fd) {
         int acc = 0;
         socklen_t len = sizeof(acc);
-        if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) != 0 || !acc) {
-            continue;
-        }
         sockaddr_storage ss{};
         socklen_t sl = sizeof(ss);
-        if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl) == 0 &&
+        if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc &&
+            ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl) == 0 &&
             ours(reinterpret_cast<const sockaddr*>(&ss))) {
             ::listen(fd, SOMAXCONN);
         }
-    }
+        return false; // every socket bound there
+    });
 }
 
 } // namespace
@@ -463,15 +488,7 @@ bool http_server::listen_unix(const std::string& path) {
 int http_server::bind_port(const std::string& host, int port) {
     int bound = port ? (_svr.bind_to_port(host, port) ? port : -1) : _svr.bind_to_any_port(host);
     if (bound > 0) {
-        widen_backlog([&](const sockaddr* a) {
-            if (a->sa_family == AF_INET) {
-                return ntohs(reinterpret_cast<const sockaddr_in*>(a)->sin_port) == bound;
-            }
-            if (a->sa_family == AF_INET6) {
-                return ntohs(reinterpret_cast<const sockaddr_in6*>(a)->sin6_port) == bound;
-            }
-            return false;
-        });
+        widen_backlog([&](const sockaddr* a) { return port_of(a) == bound; });
     }
     return bound;
 }
