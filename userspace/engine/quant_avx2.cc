@@ -341,8 +341,32 @@ LLMOS_AVX2 void dot_q32_one(const void* w_row, const void* act, int64_t cols, fl
     out[0] = hsum(acc) + offset + tail;
 }
 
-/// The 32-element types, NT tokens: each block's weights unpacked once,
-/// its scale applied per block and token.
+/// A block's weights, unpacked once for all the tile's tokens: Q8_0's as
+/// they are, the others' levels.
+template <typename Block>
+LLMOS_AVX2_INLINE __m256i q32_unpack(const Block& w) {
+    if constexpr (q32_traits<Block>::q8) {
+        return load(w.qs);
+    } else {
+        return levels32(w);
+    }
+}
+
+/// q32_dot with the weights already unpacked (`aw`: Q8_0's magnitudes,
+/// the others' levels again).
+template <typename Block>
+LLMOS_AVX2_INLINE __m256i q32_dot_unpacked(__m256i wq, __m256i aw, const int8_t* x) {
+    if constexpr (q32_traits<Block>::q8) {
+        return dot_u8_i8(aw, _mm256_sign_epi8(load(x), wq));
+    } else {
+        return dot_u8_i8(aw, load(x));
+    }
+}
+
+/// The 32-element types, NT tokens: 8 blocks' weights unpacked once for
+/// all the tokens; per token, the 8 blocks' integer sums gathered into one
+/// vector before the scales apply, exactly as dot_q32_one does (so a
+/// token's result does not depend on the tokens it shares a tile with).
 template <typename Block, int NT>
 LLMOS_AVX2 void dot_q32_tile(const void* w_row, const void* act, size_t stride, int64_t cols,
                              float* out) {
@@ -352,7 +376,8 @@ LLMOS_AVX2 void dot_q32_tile(const void* w_row, const void* act, size_t stride, 
     const float* xd[NT];
     const float* xds[NT];
     __m256 acc[NT];
-    float offset[NT];
+    __m256 off[NT];
+    float tail[NT];
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
         const void* row = static_cast<const std::byte*>(act) + static_cast<size_t>(t) * stride;
@@ -360,41 +385,60 @@ LLMOS_AVX2 void dot_q32_tile(const void* w_row, const void* act, size_t stride, 
         xd[t] = act32_d(row, cols);
         xds[t] = act32_ds(row, cols);
         acc[t] = _mm256_setzero_ps();
-        offset[t] = 0.0f;
+        off[t] = _mm256_setzero_ps();
+        tail[t] = 0.0f;
     }
-    for (int64_t b = 0; b < cols / qk_block; ++b) {
-        const float dw = half(w[b].d);
-        float off_w = 0.0f; // what multiplies the activation sum
-        __m256i wq;
-        __m256i aw;
-        if constexpr (tr::q8) {
-            wq = load(w[b].qs);
-            aw = _mm256_sign_epi8(wq, wq);
-        } else {
-            wq = levels32(w[b]);
-            aw = wq;
-            if constexpr (tr::affine) {
-                off_w = half(w[b].m);
-            } else {
-                off_w = -tr::zero * dw;
-            }
+    const int64_t nb = cols / qk_block;
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        __m256i wq[8];
+        __m256i aw[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) {
+            wq[i] = q32_unpack(w[b + i]);
+            aw[i] = tr::q8 ? _mm256_sign_epi8(wq[i], wq[i]) : wq[i];
         }
+        const __m256 dw = halves8<&Block::d>(w + b);
 #pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
-            __m256i x = load(xq[t] + qk_block * b);
-            if constexpr (tr::q8) {
-                x = _mm256_sign_epi8(x, wq);
+            const int8_t* x = xq[t] + qk_block * b;
+            __m256i pairs[4];
+#pragma GCC unroll 8
+            for (int i = 0; i < 4; ++i) {
+                pairs[i] = _mm256_hadd_epi32(
+                    q32_dot_unpacked<Block>(wq[2 * i], aw[2 * i], x + qk_block * 2 * i),
+                    q32_dot_unpacked<Block>(wq[2 * i + 1], aw[2 * i + 1],
+                                            x + qk_block * (2 * i + 1)));
             }
-            const __m256 p = _mm256_cvtepi32_ps(dot_u8_i8(aw, x));
-            acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * xd[t][b]), acc[t]);
-            if constexpr (!tr::q8) {
-                offset[t] += off_w * xds[t][b];
+            const __m256 sum = _mm256_cvtepi32_ps(sum_pairs4(pairs));
+            acc[t] = _mm256_fmadd_ps(sum, _mm256_mul_ps(dw, _mm256_loadu_ps(xd[t] + b)), acc[t]);
+            if constexpr (tr::affine) {
+                off[t] =
+                    _mm256_fmadd_ps(halves8<&Block::m>(w + b), _mm256_loadu_ps(xds[t] + b), off[t]);
+            } else if constexpr (!tr::q8) {
+                off[t] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(xds[t] + b), off[t]);
+            }
+        }
+    }
+    for (; b < nb; ++b) {
+        const float dw = half(w[b].d);
+        const __m256i wq = q32_unpack(w[b]);
+        const __m256i aw = tr::q8 ? _mm256_sign_epi8(wq, wq) : wq;
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+            const __m256i s = q32_dot_unpacked<Block>(wq, aw, xq[t] + qk_block * b);
+            tail[t] += dw * xd[t][b] * hsum(_mm256_cvtepi32_ps(s));
+            if constexpr (tr::affine) {
+                tail[t] += half(w[b].m) * xds[t][b];
+            } else if constexpr (!tr::q8) {
+                tail[t] -= tr::zero * dw * xds[t][b];
             }
         }
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
-        out[t] = hsum(acc[t]) + offset[t];
+        const float offset = tr::affine ? hsum(off[t]) : -tr::zero * hsum(off[t]);
+        out[t] = hsum(acc[t]) + offset + tail[t];
     }
 }
 
