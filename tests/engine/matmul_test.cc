@@ -207,6 +207,31 @@ TEST(matmul, two_level_activations_leave_a_hundredth_of_the_rounding) {
     }
 }
 
+TEST(matmul, a_token_gets_the_same_result_alone_or_in_a_tile) {
+    // The 32-element types' tile kernels sum exactly as the one-token
+    // kernel does: prefill and decode agree bit for bit.
+    thread_pool pool(2);
+    for (const ggml_type t :
+         {ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1}) {
+        const int64_t cols = 2048 + 96; // 8-block groups and a tail of 3 blocks
+        const matrix& m = random_matrix(t, 19, cols);
+        const auto x = normal(static_cast<size_t>(7 * cols), 10);
+        for (const simd_level level : levels()) {
+            const auto all = run(m, x, 7, pool, level);
+            for (int64_t tok = 0; tok < 7; ++tok) {
+                const std::vector<float> one_x(x.begin() + tok * cols,
+                                               x.begin() + (tok + 1) * cols);
+                const auto one = run(m, one_x, 1, pool, level);
+                for (int64_t r = 0; r < 19; ++r) {
+                    ASSERT_EQ(one[size_t(r)], all[size_t(tok * 19 + r)])
+                        << type_name(t) << " " << simd_name(level) << " token " << tok << " row "
+                        << r;
+                }
+            }
+        }
+    }
+}
+
 TEST(matmul, f16_weights_track_the_float_originals) {
     thread_pool pool(2);
     const matrix& m = random_matrix(ggml_type::f16, 37, 2048);
