@@ -168,9 +168,9 @@ uint64_t host_page() {
 
 const char dmabuf_unsupported[] =
     "this driver cannot export GPU memory as dma-buf (CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED "
-    "is 0): it needs NVIDIA's open GPU kernel modules (the proprietary nvidia.ko flavour does "
-    "not export dma-bufs), a CUDA 11.7 (R515) or newer driver, and a kernel built with "
-    "dma-buf support (CONFIG_DMA_SHARED_BUFFER); see Documentation/gpudirect.rst";
+    "is 0): as far as NVIDIA documents it, that takes a CUDA 11.7 (R515) or newer driver, "
+    "its open GPU kernel modules, and a kernel built with dma-buf support "
+    "(CONFIG_DMA_SHARED_BUFFER); see Documentation/gpudirect.rst";
 
 } // namespace
 
