@@ -395,6 +395,9 @@ cuda_model::cuda_model(const model& m, int device)
     inv_freq.push_back(0); // never empty
     d.inv_freq = static_cast<const double*>(
         up.raw(inv_freq.data(), inv_freq.size() * sizeof(double), "rope frequencies"));
+    // cudaMemcpy from pageable memory may return before its DMA lands, and
+    // the contexts' non-blocking streams do not wait for the legacy stream.
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (weights upload)");
     d.summary = up.summary();
 }
 
