@@ -220,7 +220,13 @@ cuda_device_buffer::cuda_device_buffer(uint64_t bytes, int device)
     if (const cudaError_t e = cudaMalloc(&p, std::max<uint64_t>(bytes, 256)); e != cudaSuccess) {
         throw cuda_error("cudaMalloc of " + std::to_string(bytes) + " bytes: " + error_text(e));
     }
-    if (const cudaError_t e = cudaMemset(p, 0, std::max<uint64_t>(bytes, 256)); e != cudaSuccess) {
+    // cudaMemset may return before it ran; a non-blocking stream's kernels
+    // would not wait for it.
+    cudaError_t e = cudaMemset(p, 0, std::max<uint64_t>(bytes, 256));
+    if (e == cudaSuccess) {
+        e = cudaDeviceSynchronize();
+    }
+    if (e != cudaSuccess) {
         cudaFree(p);
         throw cuda_error("cudaMemset: " + error_text(e));
     }
