@@ -165,8 +165,10 @@ bool cuda_kv_cache::reserve(uint32_t n) noexcept {
         if (h->n_free) {
             phys = _free[h->n_free - 1];
             --h->n_free;
-        } else {
+        } else if (h->next_block < _max_blocks) {
             phys = h->next_block++;
+        } else {
+            return false; // blocks leaked by a killed worker: past the device memory
         }
         _table[b] = phys;
     }
