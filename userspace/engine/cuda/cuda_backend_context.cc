@@ -52,6 +52,9 @@ struct cuda_context::impl {
             blas().destroy(blas_handle);
         }
         if (stream) {
+            // A step that threw may have left work that reads the buffers
+            // freed after this.
+            cudaStreamSynchronize(stream);
             cudaStreamDestroy(stream);
         }
     }
