@@ -631,7 +631,7 @@ step_status context::step(std::span<batch_entry> batch) {
     }
     for (auto& e : batch) {
         if (!e.kv->reserve(static_cast<uint32_t>(e.tokens.size()))) {
-            return step_status::cache_full; // checked above; cannot happen
+            return step_status::cache_full; // its blocks ran out (see reserve)
         }
     }
     grow(_x, T * E);

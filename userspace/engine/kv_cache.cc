@@ -152,12 +152,22 @@ bool kv_cache::reserve(uint32_t n) noexcept {
         if (_table[b] != no_block) {
             continue;
         }
+        // A worker killed inside reserve() or truncate() can leak a block
+        // (taken from the free list or given back, but not yet in or out of
+        // the table): then new blocks run out before max_tokens do. Refuse
+        // rather than hand out a block past the end of the memory.
         uint32_t phys;
         if (h->free_head != no_block) {
             phys = h->free_head;
+            if (phys >= _max_blocks) {
+                return false; // a damaged free list
+            }
             // A free block keeps the next free one in its first word.
             std::memcpy(&h->free_head, _blocks + size_t(phys) * _block_bytes, 4);
         } else {
+            if (h->next_block >= _max_blocks) {
+                return false;
+            }
             phys = h->next_block++;
         }
         _table[b] = phys;
@@ -210,10 +220,12 @@ void kv_cache::truncate(uint32_t n) noexcept {
     std::atomic_ref<uint32_t>(h->n_tokens).store(n, std::memory_order_release);
     uint32_t keep = (n + _o.block_tokens - 1) / _o.block_tokens;
     for (uint32_t b = keep; b < _max_blocks && _table[b] != no_block; ++b) {
-        uint32_t phys = _table[b];
+        // Out of the table first: a worker killed between the two leaks the
+        // block (reserve() copes) rather than leaving it both mapped and free.
+        const uint32_t phys = _table[b];
+        _table[b] = no_block;
         std::memcpy(_blocks + size_t(phys) * _block_bytes, &h->free_head, 4);
         h->free_head = phys;
-        _table[b] = no_block;
     }
 }
 

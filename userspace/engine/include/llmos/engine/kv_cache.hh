@@ -93,7 +93,9 @@ public:
     std::span<const int32_t> tokens() const noexcept;
 
     /// Makes room for positions [n_tokens, n_tokens + n). False when the
-    /// cache is full (nothing changes then).
+    /// cache is full, or its blocks ran out (a worker killed mid-reserve or
+    /// mid-truncate can leak one): no position changes then, though blocks
+    /// taken for the first of them stay mapped for later.
     bool reserve(uint32_t n) noexcept;
     /// Stores layer `layer`'s K and V rows (kv_dim floats each) of
     /// position `pos` (reserved, not yet committed).
