@@ -33,6 +33,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace llmos::engine;
@@ -174,12 +175,17 @@ double read_bandwidth(thread_pool& pool) {
     return best;
 }
 
-std::string ensure_model(const std::string& dir, const std::string& type) {
+// The generated model of `preset` (mkmodel's sizes; `extra`: more of its
+// options) in `type`, made once and kept in `dir`.
+std::string ensure_model(const std::string& dir, const std::string& type,
+                         const std::string& preset = "100m", const std::string& extra = "") {
     std::filesystem::create_directories(dir);
-    std::string path = dir + "/bench-100m-" + type + ".gguf";
+    std::string path = dir + "/bench-" + preset + "-" + type + ".gguf";
     if (!std::filesystem::exists(path)) {
-        std::string cmd = std::string(LLMOS_MKMODEL) + " --preset 100m --type " + type +
-                          " --threads 2 -o " + path + " >/dev/null";
+        std::string cmd = std::string(LLMOS_MKMODEL) + " --preset " + preset + " --type " + type +
+                          " " + extra + " --threads " +
+                          std::to_string(std::max(2u, std::thread::hardware_concurrency())) +
+                          " -o " + path + " >/dev/null";
         std::fprintf(stderr, "# generating %s\n", path.c_str());
         if (std::system(cmd.c_str()) != 0) {
             std::fprintf(stderr, "engine_bench: %s failed\n", cmd.c_str());
@@ -340,6 +346,93 @@ void bench_cuda(const std::string& dir, const std::vector<double>& cpu_decode) {
                         double(m.weight_bytes()) * dec / 1e9, agg, cpu > 0 ? dec / cpu : 0.0,
                         ctx.gemm_path().c_str());
         }
+    }
+
+    // Resume vs re-prefill of a 2k-token conversation on the GPU (Q8_0): a
+    // new model and context over the same host bookkeeping and device
+    // blocks, as a restarted worker finds them.
+    {
+        auto file = gguf_file::open(ensure_model(dir, "q8_0"));
+        auto m = model::load(file);
+        auto conv = prompt_of(2048, m.params().n_vocab, 7);
+        gpu_stream s(m, kvo);
+        double reprefill = 0;
+        int32_t first = 0;
+        {
+            cuda_model cm(m);
+            cuda_context ctx(cm, {.max_batch_tokens = 512});
+            gpu_stream warm(m, kvo);
+            gpu_prefill(ctx, warm, prompt_of(512, m.params().n_vocab, 3));
+            auto t0 = clk::now();
+            for (size_t at = 0; at < conv.size(); at += 512) {
+                cuda_batch_entry e{.kv = &s.kv,
+                                   .tokens = std::span<const int32_t>(conv).subspan(at, 512),
+                                   .logits = at + 512 == conv.size() ? s.logits.data() : nullptr};
+                if (ctx.step({&e, 1}) != step_status::ok) {
+                    std::fprintf(stderr, "gpu prefill step failed\n");
+                    std::exit(1);
+                }
+            }
+            reprefill = secs_since(t0);
+            first = argmax(s.logits);
+        }
+        cuda_model cm(m);
+        cuda_context ctx(cm, {.max_batch_tokens = 512});
+        auto t0 = clk::now();
+        auto kv = cuda_kv_cache::open(s.host.span(), s.dev.get(), s.dev.size(), m, kvo);
+        kv.truncate(kv.n_tokens() - 1);
+        std::vector<float> logits(m.params().n_vocab);
+        cuda_batch_entry e{.kv = &kv,
+                           .tokens = std::span<const int32_t>(&conv.back(), 1),
+                           .logits = logits.data()};
+        if (ctx.step({&e, 1}) != step_status::ok || argmax(logits) != first) {
+            std::fprintf(stderr, "gpu resume: different first token\n");
+            std::exit(1);
+        }
+        double resume = secs_since(t0);
+        std::printf("# cuda: time to first token, 2048-token conversation (Q8_0): re-prefill "
+                    "%.1f ms, resumed from its KV cache %.2f ms: %.0fx faster\n",
+                    reprefill * 1e3, resume * 1e3, reprefill / resume);
+    }
+
+    // A larger model that fits (TinyLlama-1.1B's shape, all 22 layers, Q8_0):
+    // decode, one stream and 8, CPU then GPU back to back.
+    {
+        auto file = gguf_file::open(ensure_model(dir, "q8_0", "tinyllama", "--n-layer 22"));
+        auto m = model::load(file);
+        const int threads = static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+        context cpu(m, {.n_threads = threads, .max_batch_tokens = 512});
+        kv_options ko{.type = kv_type::f16, .block_tokens = 16, .max_tokens = 1024};
+        stream one(m, ko);
+        prefill(cpu, one, prompt_of(128, m.params().n_vocab, 1), 128);
+        const double cpu_dec = decode(cpu, {&one}, 16);
+        std::vector<std::unique_ptr<stream>> eight;
+        std::vector<stream*> ptrs;
+        for (uint32_t k = 0; k < 8; ++k) {
+            eight.push_back(std::make_unique<stream>(m, ko));
+            prefill(cpu, *eight.back(), prompt_of(32, m.params().n_vocab, 10 + k), 32);
+            ptrs.push_back(eight.back().get());
+        }
+        const double cpu_agg = decode(cpu, ptrs, 8);
+        cuda_model cm(m);
+        cuda_context ctx(cm, {.max_batch_tokens = 512});
+        const cuda_kv_options gko{.block_tokens = 16, .max_tokens = 1024};
+        gpu_stream g(m, gko);
+        gpu_prefill(ctx, g, prompt_of(128, m.params().n_vocab, 1));
+        gpu_decode(ctx, {&g}, 4);
+        const double gpu_dec = gpu_decode(ctx, {&g}, 64);
+        std::vector<std::unique_ptr<gpu_stream>> geight;
+        std::vector<gpu_stream*> gptrs;
+        for (uint32_t k = 0; k < 8; ++k) {
+            geight.push_back(std::make_unique<gpu_stream>(m, gko));
+            gpu_prefill(ctx, *geight.back(), prompt_of(32, m.params().n_vocab, 10 + k));
+            gptrs.push_back(geight.back().get());
+        }
+        const double gpu_agg = gpu_decode(ctx, gptrs, 32);
+        std::printf("# cuda: %s (%.0f MB of weights): decode CPU (%d threads) %.1f tok/s, 8 "
+                    "streams %.1f tok/s; GPU %.1f tok/s, 8 streams %.1f tok/s (%.1fx, %.1fx)\n",
+                    m.type_summary().c_str(), double(m.weight_bytes()) / 1e6, threads, cpu_dec,
+                    cpu_agg, gpu_dec, gpu_agg, gpu_dec / cpu_dec, gpu_agg / cpu_agg);
     }
 }
 
