@@ -9,7 +9,8 @@
 // Not wired into the build; build by hand against the engine library:
 //   g++ -O2 -std=c++20 -Iuserspace/engine/include tests/bench/engine_kernels_bench.cc
 //       build/DIR/userspace/engine/libllmos_engine.a -lpthread -o engine_kernels_bench
-// Environment: BENCH_MB (weight bytes per matrix, default 256),
+// Environment: BENCH_MB (weight bytes per matrix, default 256), BENCH_COLS
+// (columns, default 8192; a model's are often 768 or 2048),
 // BENCH_REPS (default 7), BENCH_TYPES (names to run, e.g. Q4_0,Q8_0),
 // LLMOS_ENGINE_SIMD=scalar for the portable kernels.
 #include <algorithm>
@@ -118,7 +119,7 @@ std::vector<uint8_t> fake_weights(ggml_type t, int64_t rows, int64_t cols) {
 int main() {
     const size_t target = static_cast<size_t>(env_long("BENCH_MB", 256)) << 20;
     const int reps = static_cast<int>(env_long("BENCH_REPS", 7));
-    const int64_t cols = 8192;
+    const int64_t cols = env_long("BENCH_COLS", 8192);
     std::printf("kernels: %s; matrices of ~%zu MiB, %ld columns; best of %d\n",
                 std::string(simd_name(default_simd())).c_str(), target >> 20, long(cols), reps);
 
