@@ -127,7 +127,11 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
         act = dst;
         act_stride = detail::act_row_bytes(f, w.cols);
         const int64_t cols = w.cols;
-        auto* err = reinterpret_cast<float*>(dst + 2 * static_cast<size_t>(n_tokens) * act_stride);
+        // int8x2: each token's rounding error, after both rows of every token.
+        float* err =
+            per_token == 2
+                ? reinterpret_cast<float*>(dst + 2 * static_cast<size_t>(n_tokens) * act_stride)
+                : nullptr;
         pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1) {
             for (int64_t t = t0; t < t1; ++t) {
                 std::byte* row = dst + static_cast<size_t>(t * per_token) * act_stride;
