@@ -423,6 +423,9 @@ void gpu_memory::write(uint64_t offset, std::span<const std::byte> src) {
     rt_check(cudaMemcpy(reinterpret_cast<void*>(_s->base + offset), src.data(), src.size(),
                         cudaMemcpyHostToDevice),
              "cudaMemcpy(host to device)");
+    // From pageable memory the copy may return before its DMA lands; work
+    // on a non-blocking stream (or another process) must see the bytes.
+    rt_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
 void gpu_memory::read(uint64_t offset, std::span<std::byte> dst) const {
