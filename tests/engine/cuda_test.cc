@@ -455,6 +455,9 @@ expected load_expected(const std::string& name) {
 struct gen_case {
     const char* name;
     const char* args;
+    /// Prompt tokens: 32 or more take the quantized types' prefill through
+    /// cuBLAS (weights dequantized to F16) when it is loaded.
+    size_t prompt_len = 8;
 };
 
 // For ctest's test names.
@@ -490,7 +493,10 @@ TEST_P(cuda_vs_cpu, logits_follow_the_cpu_engine_for_a_prompt_and_32_decode_step
     const std::string path = generated(GetParam().name, GetParam().args, why);
     ASSERT_FALSE(path.empty()) << why; // the build makes llmos-mkmodel: a failure, not a skip
     loaded l(path);
-    const std::vector<int32_t> prompt{1, 17, 42, 300, 7, 99, 511, 256};
+    std::vector<int32_t> prompt{1, 17, 42, 300, 7, 99, 511, 256};
+    for (size_t i = prompt.size(); i < GetParam().prompt_len; ++i) {
+        prompt.push_back(static_cast<int32_t>((i * 37 + 5) % l.m->params().n_vocab));
+    }
     // The forced continuation: the CPU engine's greedy tokens.
     std::vector<int32_t> forced;
     {
@@ -539,7 +545,10 @@ INSTANTIATE_TEST_SUITE_P(
                       gen_case{"tiny_q8_0", "--preset tiny --type q8_0"},
                       gen_case{"qwen2_q8_0", SHAPE "--arch qwen2 --vocab bpe --type q8_0"},
                       gen_case{"qwen2_q4_k_m", SHAPE "--arch qwen2 --vocab bpe --type q4_k_m"},
-                      gen_case{"llama_q4_0_tied", SHAPE "--type q4_0 --tied"}),
+                      gen_case{"llama_q4_0_tied", SHAPE "--type q4_0 --tied"},
+                      gen_case{"llama_q8_0_prompt40", SHAPE "--type q8_0", 40},
+                      gen_case{"llama_q4_0_prompt40", SHAPE "--type q4_0", 40},
+                      gen_case{"llama_q4_k_m_prompt40", SHAPE "--type q4_k_m", 40}),
     case_name);
 
 class cuda_conformance : public ::testing::TestWithParam<bool> {
