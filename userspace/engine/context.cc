@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: MIT
+#include "step_batch.hh"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -599,40 +601,22 @@ step_status context::step(std::span<batch_entry> batch) {
     const model_params& p = _m.params();
     const uint32_t E = p.n_embd, KV = p.kv_dim(), F = p.n_ff, V = p.n_vocab;
     size_t T = 0;
-    _first.assign(batch.size(), 0);
-    _pos0.assign(batch.size(), 0);
-    for (size_t i = 0; i < batch.size(); ++i) {
-        const batch_entry& e = batch[i];
-        if (!e.kv) {
-            return step_status::bad_batch;
-        }
-        for (size_t j = 0; j < i; ++j) {
-            if (batch[j].kv == e.kv) {
-                return step_status::bad_batch;
-            }
-        }
-        for (int32_t t : e.tokens) {
-            if (t < 0 || uint32_t(t) >= V) {
-                return step_status::bad_token;
-            }
-        }
-        if (uint64_t(e.kv->n_tokens()) + e.tokens.size() > e.kv->capacity()) {
-            return step_status::cache_full;
-        }
-        _first[i] = static_cast<uint32_t>(T);
-        _pos0[i] = e.kv->n_tokens();
-        T += e.tokens.size();
-    }
-    if (T > _o.max_batch_tokens) {
-        return step_status::too_many_tokens;
+    if (step_status st = detail::check_batch(batch, V, _o.max_batch_tokens, T);
+        st != step_status::ok) {
+        return st;
     }
     if (T == 0) {
         return step_status::ok;
     }
-    for (auto& e : batch) {
-        if (!e.kv->reserve(static_cast<uint32_t>(e.tokens.size()))) {
-            return step_status::cache_full; // its blocks ran out (see reserve)
-        }
+    _first.assign(batch.size(), 0);
+    _pos0.assign(batch.size(), 0);
+    for (size_t i = 0, row = 0; i < batch.size(); ++i) {
+        _first[i] = static_cast<uint32_t>(row);
+        _pos0[i] = batch[i].kv->n_tokens();
+        row += batch[i].tokens.size();
+    }
+    if (step_status st = detail::reserve_batch(batch); st != step_status::ok) {
+        return st;
     }
     grow(_x, T * E);
     grow(_xn, T * E);
@@ -731,7 +715,7 @@ step_status context::step(std::span<batch_entry> batch) {
     // Logits of the rows asked for, gathered into one matrix.
     size_t R = 0;
     for (auto& e : batch) {
-        R += e.all_logits ? e.tokens.size() : (e.logits && !e.tokens.empty() ? 1 : 0);
+        R += detail::logit_rows(e);
     }
     if (R) {
         grow(_rows, R * E + R * size_t(V));
@@ -740,7 +724,7 @@ step_status context::step(std::span<batch_entry> batch) {
         size_t r = 0;
         for (size_t i = 0; i < batch.size(); ++i) {
             const batch_entry& e = batch[i];
-            size_t n = e.all_logits ? e.tokens.size() : (e.logits && !e.tokens.empty() ? 1 : 0);
+            const size_t n = detail::logit_rows(e);
             size_t from = _first[i] + e.tokens.size() - n;
             for (size_t t = 0; t < n; ++t, ++r) {
                 rms_norm(_x.data() + (from + t) * E, _m.output_norm().data(), rows + r * E, E,
@@ -750,19 +734,7 @@ step_status context::step(std::span<batch_entry> batch) {
         if (!this->mm(_m.output(), rows, R, out)) {
             return step_status::compute_error;
         }
-        r = 0;
-        for (auto& e : batch) {
-            if (e.all_logits) {
-                std::memcpy(e.all_logits, out + r * V, e.tokens.size() * V * sizeof(float));
-                if (e.logits) {
-                    std::memcpy(e.logits, out + (r + e.tokens.size() - 1) * V, V * sizeof(float));
-                }
-                r += e.tokens.size();
-            } else if (e.logits && !e.tokens.empty()) {
-                std::memcpy(e.logits, out + r * V, V * sizeof(float));
-                ++r;
-            }
-        }
+        detail::scatter_logits(batch, out, V);
     }
     for (auto& e : batch) {
         e.kv->commit(e.tokens);

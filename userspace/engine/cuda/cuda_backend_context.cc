@@ -6,6 +6,7 @@
 // (rows, sequences, block tables) into pinned memory and copies them over;
 // then the layers run on one stream; the logits come back to pinned
 // memory; after the stream is synchronized the caches are committed.
+#include "../step_batch.hh"
 #include "cuda_backend.hh"
 
 #include <algorithm>
@@ -166,42 +167,21 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
 
     // The same checks, in the same order, as context::step.
     size_t T = 0;
-    for (size_t i = 0; i < batch.size(); ++i) {
-        const cuda_batch_entry& e = batch[i];
-        if (!e.kv) {
-            return step_status::bad_batch;
-        }
-        for (size_t j = 0; j < i; ++j) {
-            if (batch[j].kv == e.kv) {
-                return step_status::bad_batch;
-            }
-        }
-        for (int32_t t : e.tokens) {
-            if (t < 0 || uint32_t(t) >= V) {
-                return step_status::bad_token;
-            }
-        }
-        if (uint64_t(e.kv->n_tokens()) + e.tokens.size() > e.kv->capacity()) {
-            return step_status::cache_full;
-        }
-        T += e.tokens.size();
-    }
-    if (T > c.o.max_batch_tokens) {
-        return step_status::too_many_tokens;
+    if (step_status st = detail::check_batch(batch, V, c.o.max_batch_tokens, T);
+        st != step_status::ok) {
+        return st;
     }
     if (T == 0) {
         return step_status::ok;
     }
-    for (auto& e : batch) {
-        if (!e.kv->reserve(static_cast<uint32_t>(e.tokens.size()))) {
-            return step_status::cache_full; // checked above; cannot happen
-        }
+    if (step_status st = detail::reserve_batch(batch); st != step_status::ok) {
+        return st;
     }
 
     // Rows whose logits are wanted, in batch order.
     size_t R = 0, n_tables = 0;
     for (auto& e : batch) {
-        R += e.all_logits ? e.tokens.size() : (e.logits && !e.tokens.empty() ? 1 : 0);
+        R += detail::logit_rows(e);
         const uint64_t end = uint64_t(e.kv->n_tokens()) + e.tokens.size();
         n_tables += (end + e.kv->block_tokens() - 1) / e.kv->block_tokens();
     }
@@ -234,8 +214,7 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
                      static_cast<uint32_t>(tb)};
         std::copy_n(table.begin(), nb, h_tables + tb);
         tb += nb;
-        const size_t n_logits =
-            e.all_logits ? e.tokens.size() : (e.logits && !e.tokens.empty() ? 1 : 0);
+        const size_t n_logits = detail::logit_rows(e);
         for (size_t t = 0; t < e.tokens.size(); ++t, ++r) {
             h_rows[r] = {static_cast<int32_t>(i), static_cast<int32_t>(pos0 + t)};
             m.embed(e.tokens[t], c.h_emb.as<float>() + r * E);
@@ -319,20 +298,7 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     // before any header moves.
     check(cudaStreamSynchronize(s), "cudaStreamSynchronize (step)");
     if (R) {
-        const float* out = c.h_logits.as<float>();
-        size_t row = 0;
-        for (auto& e : batch) {
-            if (e.all_logits) {
-                std::memcpy(e.all_logits, out + row * V, e.tokens.size() * V * sizeof(float));
-                if (e.logits) {
-                    std::memcpy(e.logits, out + (row + e.tokens.size() - 1) * V, V * sizeof(float));
-                }
-                row += e.tokens.size();
-            } else if (e.logits && !e.tokens.empty()) {
-                std::memcpy(e.logits, out + row * V, V * sizeof(float));
-                ++row;
-            }
-        }
+        detail::scatter_logits(batch, c.h_logits.as<const float>(), V);
     }
     for (auto& e : batch) {
         e.kv->commit(e.tokens);
