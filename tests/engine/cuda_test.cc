@@ -10,6 +10,8 @@
 //
 // Generated models need llmos-mkmodel: $LLMOS_MKMODEL, or the one built
 // beside this program (BUILD/tools/mkmodel/llmos-mkmodel).
+#include "../support/conformance.hh"
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -413,44 +415,9 @@ std::vector<int32_t> gpu_greedy(cuda_context& ctx, cuda_kv_cache& kv, std::vecto
     return out;
 }
 
-struct expected {
-    std::vector<int32_t> tokens, greedy;
-    std::vector<float> logits;
-};
+using expected = llmos::testing::conformance_vector;
 
-std::vector<int32_t> ints(const std::string& s) {
-    std::vector<int32_t> v;
-    std::istringstream in(s);
-    int32_t x;
-    while (in >> x) {
-        v.push_back(x);
-    }
-    return v;
-}
-
-expected load_expected(const std::string& name) {
-    expected e;
-    std::ifstream in(std::string(LLMOS_TESTDATA) + "/llama-tiny-f32." + name + ".txt");
-    std::string line;
-    while (std::getline(in, line)) {
-        auto colon = line.find(": ");
-        if (colon == std::string::npos) {
-            continue;
-        }
-        std::string key = line.substr(0, colon), val = line.substr(colon + 2);
-        if (key.starts_with("prompt_tokens")) {
-            e.tokens = ints(val);
-        } else if (key.starts_with("greedy_") && key != "greedy_text") {
-            e.greedy = ints(val);
-        }
-    }
-    std::ifstream lf(std::string(LLMOS_TESTDATA) + "/llama-tiny-f32." + name + ".logits");
-    float f;
-    while (lf >> f) {
-        e.logits.push_back(f);
-    }
-    return e;
-}
+using llmos::testing::load_conformance;
 
 struct gen_case {
     const char* name;
@@ -567,7 +534,7 @@ TEST_P(cuda_conformance, prompt_logits_and_greedy_tokens_match_the_other_impleme
     std::cout << "[ info     ] " << ctx.gemm_path() << "\n";
     for (const char* name : {"hello", "fox", "bytes"}) {
         SCOPED_TRACE(name);
-        expected ex = load_expected(name);
+        expected ex = load_conformance(name);
         ASSERT_FALSE(ex.tokens.empty());
         ASSERT_FALSE(ex.greedy.empty());
         gpu_kv g(*l->m, {.block_tokens = 16, .max_tokens = 256});
@@ -598,7 +565,7 @@ TEST_P(cuda_conformance, batching_changes_nothing_but_float_noise) {
     cuda_model cm(*l->m);
     cuda_context ctx(cm, {.use_cublas = GetParam()});
     const uint32_t V = l->m->params().n_vocab;
-    expected a = load_expected("hello"), b = load_expected("fox");
+    expected a = load_conformance("hello"), b = load_conformance("fox");
     const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 256};
     gpu_kv sa(*l->m, ko), sb(*l->m, ko), ka(*l->m, ko), kb(*l->m, ko);
     auto single_a = gpu_greedy(ctx, sa.kv, a.tokens, 32);
@@ -648,7 +615,7 @@ TEST_P(cuda_conformance, batching_changes_nothing_but_float_noise) {
 TEST_P(cuda_conformance, a_new_context_resumes_the_cache_without_prefill) {
     REQUIRE_DEVICE();
     cuda_model cm(*l->m);
-    expected a = load_expected("hello");
+    expected a = load_conformance("hello");
     const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 256};
     std::vector<int32_t> whole;
     {

@@ -4,6 +4,8 @@
 // by another implementation, with that implementation's tokens, logits and
 // greedy continuations), batching invariance, KV cache resume, and the
 // errors a bad model or batch gets.
+#include "../support/conformance.hh"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -25,48 +27,9 @@ namespace {
 
 const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
 
-struct expected {
-    std::string prompt;
-    std::vector<int32_t> tokens;
-    std::vector<int32_t> greedy;
-    std::vector<float> logits; // empty when no .logits file
-};
+using expected = llmos::testing::conformance_vector;
 
-std::vector<int32_t> ints(const std::string& s) {
-    std::vector<int32_t> v;
-    std::istringstream in(s);
-    int32_t x;
-    while (in >> x) {
-        v.push_back(x);
-    }
-    return v;
-}
-
-expected load_expected(const std::string& name) {
-    expected e;
-    std::ifstream in(std::string(LLMOS_TESTDATA) + "/llama-tiny-f32." + name + ".txt");
-    std::string line;
-    while (std::getline(in, line)) {
-        auto colon = line.find(": ");
-        if (colon == std::string::npos) {
-            continue;
-        }
-        std::string key = line.substr(0, colon), val = line.substr(colon + 2);
-        if (key == "prompt") {
-            e.prompt = val.substr(1, val.size() - 2); // quoted
-        } else if (key.starts_with("prompt_tokens")) {
-            e.tokens = ints(val);
-        } else if (key.starts_with("greedy_") && key != "greedy_text") {
-            e.greedy = ints(val);
-        }
-    }
-    std::ifstream lf(std::string(LLMOS_TESTDATA) + "/llama-tiny-f32." + name + ".logits");
-    float f;
-    while (lf >> f) {
-        e.logits.push_back(f);
-    }
-    return e;
-}
+using llmos::testing::load_conformance;
 
 int32_t argmax(const std::vector<float>& v) {
     return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
@@ -134,7 +97,7 @@ TEST_F(conformance, the_model_loads_with_its_metadata) {
 TEST_F(conformance, prompt_logits_and_greedy_tokens_match_the_other_implementation) {
     for (const char* name : {"hello", "fox", "bytes"}) {
         SCOPED_TRACE(name);
-        expected ex = load_expected(name);
+        expected ex = load_conformance(name);
         ASSERT_FALSE(ex.tokens.empty());
         ASSERT_FALSE(ex.greedy.empty());
         EXPECT_EQ(voc->encode(ex.prompt, true, false), ex.tokens);
@@ -156,7 +119,7 @@ TEST_F(conformance, prompt_logits_and_greedy_tokens_match_the_other_implementati
 }
 
 TEST_F(conformance, batching_changes_nothing_but_float_noise) {
-    expected a = load_expected("hello"), b = load_expected("fox");
+    expected a = load_conformance("hello"), b = load_conformance("fox");
     context ctx(*m, {.n_threads = 2});
     kv_memory ma(kv_cache::bytes_for(m->params(), f32)), mb(kv_cache::bytes_for(m->params(), f32));
     kv_memory sa(kv_cache::bytes_for(m->params(), f32)), sb(kv_cache::bytes_for(m->params(), f32));
@@ -196,7 +159,7 @@ TEST_F(conformance, batching_changes_nothing_but_float_noise) {
 }
 
 TEST_F(conformance, a_resumed_cache_continues_exactly_as_an_uninterrupted_run) {
-    expected a = load_expected("fox");
+    expected a = load_conformance("fox");
     kv_memory whole(kv_cache::bytes_for(m->params(), f32));
     std::vector<int32_t> uninterrupted;
     {
@@ -224,7 +187,7 @@ TEST_F(conformance, a_resumed_cache_continues_exactly_as_an_uninterrupted_run) {
 }
 
 TEST_F(conformance, an_f16_cache_stays_close_to_f32) {
-    expected a = load_expected("hello");
+    expected a = load_conformance("hello");
     kv_options f16{.type = kv_type::f16, .block_tokens = 16, .max_tokens = 256};
     context ctx(*m, {.n_threads = 2});
     kv_memory m32(kv_cache::bytes_for(m->params(), f32)),
