@@ -200,6 +200,7 @@ int32_t argmax(const std::vector<float>& v) {
 }
 
 struct stream {
+    using entry = batch_entry;
     kv_memory mem;
     kv_cache kv;
     std::vector<float> logits;
@@ -219,14 +220,32 @@ std::vector<int32_t> prompt_of(uint32_t n, uint32_t vocab, uint32_t seed) {
     return p;
 }
 
-// Prefills `prompt` in steps of `chunk`; returns seconds.
-double prefill(context& ctx, stream& s, const std::vector<int32_t>& prompt, uint32_t chunk) {
+// A conversation on the GPU: cache bookkeeping in host memory, blocks in
+// device memory.
+struct gpu_stream {
+    using entry = cuda_batch_entry;
+    kv_memory host;
+    cuda_device_buffer dev;
+    cuda_kv_cache kv;
+    std::vector<float> logits;
+    int32_t next = 0;
+    gpu_stream(const model& m, const cuda_kv_options& o)
+        : host(cuda_kv_cache::host_bytes_for(m.params(), o))
+        , dev(cuda_kv_cache::device_bytes_for(m.params(), o), 0)
+        , kv(cuda_kv_cache::open(host.span(), dev.get(), dev.size(), m, o))
+        , logits(m.params().n_vocab) {}
+};
+
+// Prefills `prompt` in steps of `chunk` on a CPU or GPU context (Stream:
+// stream or gpu_stream); returns seconds.
+template <typename Ctx, typename Stream>
+double prefill(Ctx& ctx, Stream& s, const std::vector<int32_t>& prompt, size_t chunk) {
     auto t0 = clk::now();
     for (size_t at = 0; at < prompt.size(); at += chunk) {
         size_t n = std::min<size_t>(chunk, prompt.size() - at);
-        batch_entry e{.kv = &s.kv,
-                      .tokens = std::span<const int32_t>(prompt).subspan(at, n),
-                      .logits = at + n == prompt.size() ? s.logits.data() : nullptr};
+        typename Stream::entry e{.kv = &s.kv,
+                                 .tokens = std::span<const int32_t>(prompt).subspan(at, n),
+                                 .logits = at + n == prompt.size() ? s.logits.data() : nullptr};
         if (ctx.step({&e, 1}) != step_status::ok) {
             std::fprintf(stderr, "prefill step failed\n");
             std::exit(1);
@@ -237,8 +256,9 @@ double prefill(context& ctx, stream& s, const std::vector<int32_t>& prompt, uint
 }
 
 // `steps` decode steps of all `ss` together; returns tokens/s in all.
-double decode(context& ctx, std::vector<stream*> ss, int steps) {
-    std::vector<batch_entry> batch(ss.size());
+template <typename Ctx, typename Stream>
+double decode(Ctx& ctx, std::vector<Stream*> ss, int steps) {
+    std::vector<typename Stream::entry> batch(ss.size());
     auto t0 = clk::now();
     for (int i = 0; i < steps; ++i) {
         for (size_t k = 0; k < ss.size(); ++k) {
@@ -257,50 +277,10 @@ double decode(context& ctx, std::vector<stream*> ss, int steps) {
     return double(steps) * double(ss.size()) / secs_since(t0);
 }
 
-// A conversation on the GPU: cache bookkeeping in host memory, blocks in
-// device memory.
-struct gpu_stream {
-    kv_memory host;
-    cuda_device_buffer dev;
-    cuda_kv_cache kv;
-    std::vector<float> logits;
-    int32_t next = 0;
-    gpu_stream(const model& m, const cuda_kv_options& o)
-        : host(cuda_kv_cache::host_bytes_for(m.params(), o))
-        , dev(cuda_kv_cache::device_bytes_for(m.params(), o), 0)
-        , kv(cuda_kv_cache::open(host.span(), dev.get(), dev.size(), m, o))
-        , logits(m.params().n_vocab) {}
-};
-
-double gpu_prefill(cuda_context& ctx, gpu_stream& s, const std::vector<int32_t>& prompt) {
-    auto t0 = clk::now();
-    cuda_batch_entry e{.kv = &s.kv, .tokens = prompt, .logits = s.logits.data()};
-    if (ctx.step({&e, 1}) != step_status::ok) {
-        std::fprintf(stderr, "gpu prefill step failed\n");
-        std::exit(1);
-    }
-    s.next = argmax(s.logits);
-    return secs_since(t0);
-}
-
-double gpu_decode(cuda_context& ctx, std::vector<gpu_stream*> ss, int steps) {
-    std::vector<cuda_batch_entry> batch(ss.size());
-    auto t0 = clk::now();
-    for (int i = 0; i < steps; ++i) {
-        for (size_t k = 0; k < ss.size(); ++k) {
-            batch[k] = {.kv = &ss[k]->kv,
-                        .tokens = std::span<const int32_t>(&ss[k]->next, 1),
-                        .logits = ss[k]->logits.data()};
-        }
-        if (ctx.step(batch) != step_status::ok) {
-            std::fprintf(stderr, "gpu decode step failed\n");
-            std::exit(1);
-        }
-        for (auto* s : ss) {
-            s->next = argmax(s->logits);
-        }
-    }
-    return double(steps) * double(ss.size()) / secs_since(t0);
+// One stream's decode steps; tokens/s.
+template <typename Ctx, typename Stream>
+double decode(Ctx& ctx, Stream& s, int steps) {
+    return decode(ctx, std::vector<Stream*>{&s}, steps);
 }
 
 // The decode table's types on the GPU, with and without cuBLAS;
@@ -328,19 +308,19 @@ void bench_cuda(const std::string& dir, const std::vector<double>& cpu_decode) {
             cuda_context ctx(cm, {.max_batch_tokens = 512, .use_cublas = blas});
             auto prompt = prompt_of(256, m.params().n_vocab, 1);
             gpu_stream warm(m, kvo);
-            gpu_prefill(ctx, warm, prompt);
-            gpu_decode(ctx, {&warm}, 4); // first launches; scratch sized
+            prefill(ctx, warm, prompt, 512);
+            decode(ctx, warm, 4); // first launches; scratch sized
             gpu_stream one(m, kvo);
-            double pt = gpu_prefill(ctx, one, prompt);
-            double dec = gpu_decode(ctx, {&one}, 128);
+            double pt = prefill(ctx, one, prompt, 512);
+            double dec = decode(ctx, one, 128);
             std::vector<std::unique_ptr<gpu_stream>> eight;
             std::vector<gpu_stream*> ptrs;
             for (uint32_t k = 0; k < 8; ++k) {
                 eight.push_back(std::make_unique<gpu_stream>(m, kvo));
-                gpu_prefill(ctx, *eight.back(), prompt_of(32, m.params().n_vocab, 10 + k));
+                prefill(ctx, *eight.back(), prompt_of(32, m.params().n_vocab, 10 + k), 512);
                 ptrs.push_back(eight.back().get());
             }
-            double agg = gpu_decode(ctx, ptrs, 64);
+            double agg = decode(ctx, ptrs, 64);
             std::printf("  %-7s %8.1f MB %7.1f/s %7.1f/s %9.2f %8.1f/s %7.1fx  %s\n", type,
                         double(m.weight_bytes()) / 1e6, double(prompt.size()) / pt, dec,
                         double(m.weight_bytes()) * dec / 1e9, agg, cpu > 0 ? dec / cpu : 0.0,
@@ -362,19 +342,9 @@ void bench_cuda(const std::string& dir, const std::vector<double>& cpu_decode) {
             cuda_model cm(m);
             cuda_context ctx(cm, {.max_batch_tokens = 512});
             gpu_stream warm(m, kvo);
-            gpu_prefill(ctx, warm, prompt_of(512, m.params().n_vocab, 3));
-            auto t0 = clk::now();
-            for (size_t at = 0; at < conv.size(); at += 512) {
-                cuda_batch_entry e{.kv = &s.kv,
-                                   .tokens = std::span<const int32_t>(conv).subspan(at, 512),
-                                   .logits = at + 512 == conv.size() ? s.logits.data() : nullptr};
-                if (ctx.step({&e, 1}) != step_status::ok) {
-                    std::fprintf(stderr, "gpu prefill step failed\n");
-                    std::exit(1);
-                }
-            }
-            reprefill = secs_since(t0);
-            first = argmax(s.logits);
+            prefill(ctx, warm, prompt_of(512, m.params().n_vocab, 3), 512);
+            reprefill = prefill(ctx, s, conv, 512);
+            first = s.next;
         }
         cuda_model cm(m);
         cuda_context ctx(cm, {.max_batch_tokens = 512});
@@ -405,7 +375,7 @@ void bench_cuda(const std::string& dir, const std::vector<double>& cpu_decode) {
         kv_options ko{.type = kv_type::f16, .block_tokens = 16, .max_tokens = 1024};
         stream one(m, ko);
         prefill(cpu, one, prompt_of(128, m.params().n_vocab, 1), 128);
-        const double cpu_dec = decode(cpu, {&one}, 16);
+        const double cpu_dec = decode(cpu, one, 16);
         std::vector<std::unique_ptr<stream>> eight;
         std::vector<stream*> ptrs;
         for (uint32_t k = 0; k < 8; ++k) {
@@ -418,17 +388,17 @@ void bench_cuda(const std::string& dir, const std::vector<double>& cpu_decode) {
         cuda_context ctx(cm, {.max_batch_tokens = 512});
         const cuda_kv_options gko{.block_tokens = 16, .max_tokens = 1024};
         gpu_stream g(m, gko);
-        gpu_prefill(ctx, g, prompt_of(128, m.params().n_vocab, 1));
-        gpu_decode(ctx, {&g}, 4);
-        const double gpu_dec = gpu_decode(ctx, {&g}, 64);
+        prefill(ctx, g, prompt_of(128, m.params().n_vocab, 1), 512);
+        decode(ctx, g, 4);
+        const double gpu_dec = decode(ctx, g, 64);
         std::vector<std::unique_ptr<gpu_stream>> geight;
         std::vector<gpu_stream*> gptrs;
         for (uint32_t k = 0; k < 8; ++k) {
             geight.push_back(std::make_unique<gpu_stream>(m, gko));
-            gpu_prefill(ctx, *geight.back(), prompt_of(32, m.params().n_vocab, 10 + k));
+            prefill(ctx, *geight.back(), prompt_of(32, m.params().n_vocab, 10 + k), 512);
             gptrs.push_back(geight.back().get());
         }
-        const double gpu_agg = gpu_decode(ctx, gptrs, 32);
+        const double gpu_agg = decode(ctx, gptrs, 32);
         std::printf("# cuda: %s (%.0f MB of weights): decode CPU (%d threads) %.1f tok/s, 8 "
                     "streams %.1f tok/s; GPU %.1f tok/s, 8 streams %.1f tok/s (%.1fx, %.1fx)\n",
                     m.type_summary().c_str(), double(m.weight_bytes()) / 1e6, threads, cpu_dec,
@@ -472,7 +442,7 @@ int main() {
         prefill(ctx, warm, prompt, 256); // first touch of the weights
         stream one(m, kvo);
         double pt = prefill(ctx, one, prompt, 256);
-        double dec = decode(ctx, {&one}, 48);
+        double dec = decode(ctx, one, 48);
         std::vector<std::unique_ptr<stream>> eight;
         std::vector<stream*> ptrs;
         for (uint32_t k = 0; k < 8; ++k) {
