@@ -361,16 +361,15 @@ struct gpu_kv {
 };
 
 /// Logits of the prompt's last position, then of each token of `forced`
-/// fed one step at a time.
-std::vector<std::vector<float>> cpu_logits(const model& m, const std::vector<int32_t>& prompt,
-                                           const std::vector<int32_t>& forced, bool exact) {
-    context ctx(m, {.n_threads = 2, .exact_activations = exact});
-    kv_options ko{.type = kv_type::f32, .block_tokens = 16, .max_tokens = 256};
-    host_mem mem(kv_cache::bytes_for(m.params(), ko));
-    auto kv = kv_cache::open(mem.span(), m, ko);
+/// fed one step at a time, on a CPU or GPU context (Entry: its batch entry
+/// type) with the cache `kv`.
+template <typename Entry, typename Ctx, typename Kv>
+std::vector<std::vector<float>> forced_logits(Ctx& ctx, Kv& kv, uint32_t n_vocab,
+                                              const std::vector<int32_t>& prompt,
+                                              const std::vector<int32_t>& forced) {
     std::vector<std::vector<float>> out;
-    std::vector<float> lg(m.params().n_vocab);
-    batch_entry e{.kv = &kv, .tokens = prompt, .logits = lg.data()};
+    std::vector<float> lg(n_vocab);
+    Entry e{.kv = &kv, .tokens = prompt, .logits = lg.data()};
     EXPECT_EQ(ctx.step({&e, 1}), step_status::ok);
     out.push_back(lg);
     for (int32_t t : forced) {
@@ -381,21 +380,21 @@ std::vector<std::vector<float>> cpu_logits(const model& m, const std::vector<int
     return out;
 }
 
+std::vector<std::vector<float>> cpu_logits(const model& m, const std::vector<int32_t>& prompt,
+                                           const std::vector<int32_t>& forced, bool exact) {
+    context ctx(m, {.n_threads = 2, .exact_activations = exact});
+    kv_options ko{.type = kv_type::f32, .block_tokens = 16, .max_tokens = 256};
+    host_mem mem(kv_cache::bytes_for(m.params(), ko));
+    auto kv = kv_cache::open(mem.span(), m, ko);
+    return forced_logits<batch_entry>(ctx, kv, m.params().n_vocab, prompt, forced);
+}
+
 std::vector<std::vector<float>> gpu_logits(const cuda_model& cm, cuda_context& ctx,
                                            const std::vector<int32_t>& prompt,
                                            const std::vector<int32_t>& forced) {
     gpu_kv g(cm.get_model(), {.block_tokens = 16, .max_tokens = 256});
-    std::vector<std::vector<float>> out;
-    std::vector<float> lg(cm.get_model().params().n_vocab);
-    cuda_batch_entry e{.kv = &g.kv, .tokens = prompt, .logits = lg.data()};
-    EXPECT_EQ(ctx.step({&e, 1}), step_status::ok);
-    out.push_back(lg);
-    for (int32_t t : forced) {
-        e.tokens = {&t, 1};
-        EXPECT_EQ(ctx.step({&e, 1}), step_status::ok);
-        out.push_back(lg);
-    }
-    return out;
+    return forced_logits<cuda_batch_entry>(ctx, g.kv, cm.get_model().params().n_vocab, prompt,
+                                           forced);
 }
 
 /// Greedy tokens after `prompt` (n of them) on the device.
