@@ -2,8 +2,9 @@
 //
 // matmul against a double-precision product of the dequantized weights,
 // for every type, token counts that fill and split the tiles, row counts
-// that do not divide among the threads, both kernel levels; the two levels
-// against each other; results that do not depend on the thread count; the
+// that do not divide among the threads, every kernel level the CPU runs
+// (AVX-512 with packed weights); the levels against each other; packing
+// and its refusals; results that do not depend on the thread count; the
 // refusals. And the thread pool: every item once, the caller working,
 // nesting, concurrent callers, construction and destruction.
 #include <atomic>
@@ -16,7 +17,9 @@
 #include <llmos/engine/quant.hh>
 #include <llmos/engine/thread_pool.hh>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <new>
 #include <random>
 #include <set>
 #include <thread>
@@ -82,12 +85,46 @@ const matrix& random_matrix(ggml_type t, int64_t rows, int64_t cols) {
     return cache.emplace(key, std::move(m)).first->second;
 }
 
+/// 64-byte aligned bytes.
+struct aligned_bytes {
+    struct free_it {
+        void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t{64}); }
+    };
+    std::unique_ptr<std::byte[], free_it> p;
+    size_t n = 0;
+
+    explicit aligned_bytes(size_t size)
+        : p(static_cast<std::byte*>(
+              ::operator new[](std::max<size_t>(size, 1), std::align_val_t{64})))
+        , n(size) {}
+    std::span<std::byte> span() const { return {p.get(), n}; }
+};
+
+/// m as matmul at `level` computes with it: packed by pack_weights() when
+/// the level packs m's type (as model::load does), its rows otherwise.
+weight_view view_for(const matrix& m, simd_level level) {
+    static std::map<std::tuple<const matrix*, simd_level>, aligned_bytes> cache;
+    weight_view v = m.view();
+    const size_t need = packed_weight_bytes(v, level);
+    if (need == 0) {
+        return v;
+    }
+    auto it = cache.find({&m, level});
+    if (it == cache.end()) {
+        aligned_bytes b(need);
+        EXPECT_EQ(pack_weights(v, level, b.span()), matmul_status::ok);
+        it = cache.emplace(std::make_tuple(&m, level), std::move(b)).first;
+    }
+    v.packed = it->second.p.get();
+    return v;
+}
+
 std::vector<float> run(const matrix& m, const std::vector<float>& x, int64_t n_tokens,
                        thread_pool& pool, simd_level level, act_precision p = act_precision::int8) {
     std::vector<float> y(static_cast<size_t>(n_tokens * m.rows), NAN);
-    std::vector<std::byte> scratch(matmul_scratch_bytes(m.view(), n_tokens, p));
-    EXPECT_EQ(matmul(m.view(), x.data(), n_tokens, y.data(), pool, scratch, level, p),
-              matmul_status::ok);
+    const weight_view v = view_for(m, level);
+    std::vector<std::byte> scratch(matmul_scratch_bytes(v, n_tokens, p));
+    EXPECT_EQ(matmul(v, x.data(), n_tokens, y.data(), pool, scratch, level, p), matmul_status::ok);
     return y;
 }
 
@@ -126,10 +163,13 @@ double tolerance(ggml_type t) {
     }
 }
 
+/// Every kernel level this CPU runs.
 std::vector<simd_level> levels() {
-    std::vector<simd_level> l = {simd_level::scalar};
-    if (detected_simd() != simd_level::scalar) {
-        l.push_back(detected_simd());
+    std::vector<simd_level> l;
+    for (const simd_level s : {simd_level::scalar, simd_level::avx2, simd_level::avx512}) {
+        if (s <= detected_simd()) {
+            l.push_back(s);
+        }
     }
     return l;
 }
@@ -209,23 +249,135 @@ TEST(matmul, two_level_activations_leave_a_hundredth_of_the_rounding) {
 
 TEST(matmul, a_token_gets_the_same_result_alone_or_in_a_tile) {
     // The 32-element types' tile kernels sum exactly as the one-token
-    // kernel does: prefill and decode agree bit for bit.
+    // kernel does: prefill and decode agree bit for bit. 11 tokens fill
+    // the AVX-512 kernels' tile of 8 and leave 3 (two-level: 22 rows, 2
+    // tiles and 6), the AVX2 ones' tiles of 4.
     thread_pool pool(2);
+    const int64_t n = 11;
     for (const ggml_type t :
          {ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1}) {
         const int64_t cols = 2048 + 96; // 8-block groups and a tail of 3 blocks
         const matrix& m = random_matrix(t, 19, cols);
-        const auto x = normal(static_cast<size_t>(7 * cols), 10);
+        const auto x = normal(static_cast<size_t>(n * cols), 10);
         for (const simd_level level : levels()) {
-            const auto all = run(m, x, 7, pool, level);
-            for (int64_t tok = 0; tok < 7; ++tok) {
-                const std::vector<float> one_x(x.begin() + tok * cols,
-                                               x.begin() + (tok + 1) * cols);
-                const auto one = run(m, one_x, 1, pool, level);
-                for (int64_t r = 0; r < 19; ++r) {
-                    ASSERT_EQ(one[size_t(r)], all[size_t(tok * 19 + r)])
-                        << type_name(t) << " " << simd_name(level) << " token " << tok << " row "
-                        << r;
+            for (const act_precision p : {act_precision::int8, act_precision::int8x2}) {
+                const auto all = run(m, x, n, pool, level, p);
+                for (int64_t tok = 0; tok < n; ++tok) {
+                    const std::vector<float> one_x(x.begin() + tok * cols,
+                                                   x.begin() + (tok + 1) * cols);
+                    const auto one = run(m, one_x, 1, pool, level, p);
+                    for (int64_t r = 0; r < 19; ++r) {
+                        ASSERT_EQ(one[size_t(r)], all[size_t(tok * 19 + r)])
+                            << type_name(t) << " " << simd_name(level) << " token " << tok
+                            << " row " << r << (p == act_precision::int8x2 ? " int8x2" : "");
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST(matmul, avx512_kernels_compute_with_the_packed_weights) {
+    if (detected_simd() < simd_level::avx512) {
+        GTEST_SKIP() << "this CPU has no AVX-512 VNNI: detected " << simd_name(detected_simd());
+    }
+    // A view whose rows are one matrix and packed copy another: AVX-512
+    // computes the packed one, AVX2 the rows.
+    thread_pool pool(2);
+    for (const ggml_type t :
+         {ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1}) {
+        const matrix& a = random_matrix(t, 37, 256);
+        const matrix& b = random_matrix(t, 37, 512); // other values, first 256 columns
+        matrix c{t, 37, 256, {}, {}, {}};
+        const size_t rb = *row_bytes(t, 256);
+        for (int64_t r = 0; r < 37; ++r) {
+            c.bytes.insert(c.bytes.end(), b.bytes.begin() + r * 2 * rb,
+                           b.bytes.begin() + r * 2 * rb + rb);
+        }
+        const auto x = normal(3 * 256, 13);
+        aligned_bytes c_packed(packed_weight_bytes(c.view(), simd_level::avx512));
+        ASSERT_EQ(pack_weights(c.view(), simd_level::avx512, c_packed.span()), matmul_status::ok);
+        weight_view mixed = a.view();
+        mixed.packed = c_packed.p.get();
+        std::vector<float> y(3 * 37);
+        std::vector<std::byte> scratch(matmul_scratch_bytes(mixed, 3));
+        ASSERT_EQ(matmul(mixed, x.data(), 3, y.data(), pool, scratch, simd_level::avx512),
+                  matmul_status::ok);
+        weight_view cv = c.view();
+        cv.packed = c_packed.p.get();
+        std::vector<float> want(3 * 37);
+        ASSERT_EQ(matmul(cv, x.data(), 3, want.data(), pool, scratch, simd_level::avx512),
+                  matmul_status::ok);
+        EXPECT_EQ(y, want) << type_name(t);
+        ASSERT_EQ(matmul(c.view(), x.data(), 3, want.data(), pool, scratch, simd_level::avx2),
+                  matmul_status::ok);
+        EXPECT_NE(y, want) << type_name(t); // not the rows
+        ASSERT_EQ(matmul(mixed, x.data(), 3, y.data(), pool, scratch, simd_level::avx2),
+                  matmul_status::ok);
+        EXPECT_EQ(y, run(a, x, 3, pool, simd_level::avx2)) << type_name(t);
+    }
+}
+
+TEST(matmul, packing_refuses_what_it_cannot_pack) {
+    std::vector<uint8_t> w(4096 * 4);
+    aligned_bytes dst(1 << 16);
+    const weight_view q4{ggml_type::q4_0, w.data(), 17, 64, 0};
+    EXPECT_EQ(packed_weight_bytes(q4, simd_level::avx512), 2 * 2 * (256 + 32) / 64 * 64u);
+    EXPECT_EQ(pack_weights(q4, simd_level::avx512, dst.span()), matmul_status::ok);
+    // Levels whose kernels take the rows, types the AVX-512 kernels read as they are.
+    EXPECT_EQ(packed_weight_bytes(q4, simd_level::avx2), 0u);
+    EXPECT_EQ(pack_weights(q4, simd_level::avx2, dst.span()), matmul_status::unsupported_type);
+    for (const ggml_type t : {ggml_type::f32, ggml_type::f16, ggml_type::q4_k, ggml_type::q6_k}) {
+        const weight_view v{t, w.data(), 2, 256, 0};
+        EXPECT_EQ(packed_weight_bytes(v, simd_level::avx512), 0u) << type_name(t);
+        EXPECT_EQ(pack_weights(v, simd_level::avx512, dst.span()), matmul_status::unsupported_type);
+    }
+    // What matmul refuses, a short or misaligned destination.
+    EXPECT_EQ(pack_weights({ggml_type::q2_k, w.data(), 2, 256, 0}, simd_level::avx512, dst.span()),
+              matmul_status::unsupported_type);
+    EXPECT_EQ(pack_weights({ggml_type::q8_0, w.data(), 2, 33, 0}, simd_level::avx512, dst.span()),
+              matmul_status::bad_shape);
+    EXPECT_EQ(packed_weight_bytes({ggml_type::q8_0, w.data(), -1, 32, 0}, simd_level::avx512), 0u);
+    EXPECT_EQ(
+        pack_weights({ggml_type::q8_0, w.data() + 1, 2, 32, 0}, simd_level::avx512, dst.span()),
+        matmul_status::misaligned);
+    const size_t need = packed_weight_bytes(q4, simd_level::avx512);
+    EXPECT_EQ(pack_weights(q4, simd_level::avx512, dst.span().first(need - 1)),
+              matmul_status::scratch_too_small);
+    EXPECT_EQ(pack_weights(q4, simd_level::avx512, dst.span().subspan(32)),
+              matmul_status::misaligned);
+}
+
+TEST(matmul, rows_of_a_packed_matrix_as_a_view_of_their_own) {
+    // sub_rows keeps the packed copy at whole groups of 16 rows, and falls
+    // back to the rows elsewhere; either way the rows' results are those
+    // of the whole matrix (bit for bit where both run the same kernels).
+    thread_pool pool(2);
+    for (const simd_level level : levels()) {
+        for (const ggml_type t : {ggml_type::q4_0, ggml_type::q8_0, ggml_type::q4_k}) {
+            const matrix& m = random_matrix(t, 53, 512);
+            const auto x = normal(2 * 512, 14);
+            const weight_view whole = view_for(m, level);
+            const auto all = run(m, x, 2, pool, level);
+            for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{16, 53}, {32, 48}, {5, 20}}) {
+                const weight_view v = sub_rows(whole, r0, r1);
+                EXPECT_EQ(v.rows, r1 - r0);
+                EXPECT_EQ(v.packed != nullptr, whole.packed != nullptr && r0 % 16 == 0);
+                std::vector<float> y(size_t(2 * (r1 - r0)));
+                std::vector<std::byte> scratch(matmul_scratch_bytes(v, 2));
+                ASSERT_EQ(matmul(v, x.data(), 2, y.data(), pool, scratch, level),
+                          matmul_status::ok);
+                for (int64_t tok = 0; tok < 2; ++tok) {
+                    for (int64_t r = r0; r < r1; ++r) {
+                        const float want = all[size_t(tok * 53 + r)];
+                        const float got = y[size_t(tok * (r1 - r0) + r - r0)];
+                        if (v.packed == whole.packed || v.packed) {
+                            ASSERT_EQ(got, want) << type_name(t) << " " << simd_name(level);
+                        } else {
+                            ASSERT_NEAR(got, want, 1e-2 * std::fabs(want) + 1e-3)
+                                << type_name(t) << " " << simd_name(level);
+                        }
+                    }
                 }
             }
         }
@@ -250,14 +402,17 @@ TEST(matmul, simd_and_scalar_agree) {
         for (const int64_t n_tokens : {1, 2, 3, 4, 5, 17}) {
             const auto x = normal(static_cast<size_t>(n_tokens * 2048), 8);
             const auto a = run(m, x, n_tokens, pool, simd_level::scalar);
-            const auto b = run(m, x, n_tokens, pool, detected_simd());
             // Same integer sums, floats added in another order.
             double scale = 0;
             for (float v : a) {
                 scale = std::max(scale, static_cast<double>(std::fabs(v)));
             }
-            for (size_t i = 0; i < a.size(); ++i) {
-                ASSERT_NEAR(a[i], b[i], 1e-5 * scale) << type_name(t) << " " << i;
+            for (const simd_level level : levels()) {
+                const auto b = run(m, x, n_tokens, pool, level);
+                for (size_t i = 0; i < a.size(); ++i) {
+                    ASSERT_NEAR(a[i], b[i], 1e-5 * scale)
+                        << type_name(t) << " " << simd_name(level) << " " << i;
+                }
             }
         }
     }
@@ -286,9 +441,12 @@ TEST(matmul, rows_of_32_blocks_that_are_not_whole_256s) {
                 for (const float v : ys[0]) {
                     scale = std::max(scale, static_cast<double>(std::fabs(v)));
                 }
-                for (size_t i = 0; ys.size() == 2 && i < ys[0].size(); ++i) {
-                    ASSERT_NEAR(ys[0][i], ys[1][i], 1e-5 * scale)
-                        << type_name(t) << " cols " << cols << " tokens " << n_tokens << " " << i;
+                for (size_t l = 1; l < ys.size(); ++l) {
+                    for (size_t i = 0; i < ys[0].size(); ++i) {
+                        ASSERT_NEAR(ys[0][i], ys[l][i], 1e-5 * scale)
+                            << type_name(t) << " cols " << cols << " tokens " << n_tokens << " "
+                            << simd_name(levels()[l]) << " " << i;
+                    }
                 }
             }
         }

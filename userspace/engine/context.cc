@@ -574,7 +574,10 @@ bool context::mm_many(std::span<const mm_job> jobs, const float* x, size_t n_tok
     for (const mm_job& j : jobs) {
         total += j.w->rows;
     }
-    const int64_t rows_per = std::max<int64_t>(32, (total + target - 1) / target);
+    // Whole groups of packed rows, so that every piece keeps the packing.
+    const int64_t rows_per =
+        (std::max<int64_t>(32, (total + target - 1) / target) + packed_row_group - 1) /
+        packed_row_group * packed_row_group;
     for (const mm_job& j : jobs) {
         for (int64_t r = 0; r < j.w->rows; r += rows_per) {
             _pieces.push_back({&j, r, std::min(j.w->rows, r + rows_per)});
@@ -584,10 +587,7 @@ bool context::mm_many(std::span<const mm_job> jobs, const float* x, size_t n_tok
     _pool->parallel_for(static_cast<int64_t>(_pieces.size()), [&](int64_t b, int64_t e) {
         for (int64_t p = b; p < e; ++p) {
             const auto& pc = _pieces[size_t(p)];
-            const weight_view& w = *pc.job->w;
-            const size_t rb = w.row_stride ? w.row_stride : *row_bytes(w.type, uint64_t(w.cols));
-            weight_view sub{w.type, static_cast<const std::byte*>(w.data) + rb * size_t(pc.r0),
-                            pc.r1 - pc.r0, w.cols, rb};
+            const weight_view sub = sub_rows(*pc.job->w, pc.r0, pc.r1);
             // Inside the pool's loop, matmul runs on this thread alone.
             if (matmul(sub, x, 1, pc.job->y + pc.r0, *_pool, _o.activations) != matmul_status::ok) {
                 ok = false;

@@ -10,6 +10,10 @@
 // large, and then the work is compute-bound anyway). Splitting the columns
 // into panels as well (so a tile's activations stay in L1) was measured:
 // no faster.
+//
+// Packed weights (AVX-512, the 32-element types) go the same way in units
+// of a panel of 16 rows: a kernel call takes one panel and up to
+// panel_tile tokens and writes 16 rows' outputs per token.
 #include "quant_kernels.hh"
 
 #include <algorithm>
@@ -55,7 +59,120 @@ matmul_status check(const weight_view& w, int64_t n_tokens, size_t& stride) {
     return matmul_status::ok;
 }
 
+/// The kernels that run for `level` on this CPU.
+simd_level effective(simd_level level) {
+    return std::min(level, detected_simd());
+}
+
+/// Whether a matmul of w at `level` runs the panel kernels.
+bool uses_panels(const weight_view& w, simd_level level) {
+    return w.packed != nullptr && effective(level) == simd_level::avx512 &&
+           detail::panel_bytes(w.type, w.cols) != 0;
+}
+
+int64_t panel_count(int64_t rows) {
+    return (rows + detail::panel_rows - 1) / detail::panel_rows;
+}
+
+/// The panel kernels over all of w's panels: as the row loop in matmul,
+/// in units of a panel of 16 rows and tiles of panel_tile rows of act.
+void run_panels(const weight_view& w, const std::byte* act, size_t act_stride, int64_t act_rows,
+                int per_token, float* y, thread_pool& pool) {
+    const detail::panel_kernel kernel = detail::panel_kernel_avx512(w.type);
+    const size_t pb = detail::panel_bytes(w.type, w.cols);
+    const auto* packed = static_cast<const std::byte*>(w.packed);
+    const int64_t rows = w.rows;
+    const int64_t cols = w.cols;
+    constexpr int tile = detail::panel_tile;
+    static_assert(tile % 2 == 0, "a tile must hold whole pairs of rows");
+    const auto block_panels = static_cast<int64_t>(std::clamp<size_t>(row_block_bytes / pb, 1, 16));
+    const int64_t pass_rows =
+        std::max<int64_t>(tile, static_cast<int64_t>(pass_act_bytes / act_stride) / tile * tile);
+    pool.parallel_for(panel_count(rows), [&](int64_t q0, int64_t q1) {
+        alignas(64) float out[tile * detail::panel_rows];
+        for (int64_t p0 = 0; p0 < act_rows; p0 += pass_rows) {
+            const int64_t p1 = std::min(p0 + pass_rows, act_rows);
+            for (int64_t qb = q0; qb < q1; qb += block_panels) {
+                const int64_t qe = std::min(qb + block_panels, q1);
+                for (int64_t t0 = p0; t0 < p1; t0 += tile) {
+                    const int nt = static_cast<int>(std::min<int64_t>(tile, p1 - t0));
+                    const std::byte* a = act + static_cast<size_t>(t0) * act_stride;
+                    for (int64_t q = qb; q < qe; ++q) {
+                        kernel(packed + static_cast<size_t>(q) * pb, a, act_stride, nt, cols, out);
+                        const int64_t r0 = q * detail::panel_rows;
+                        const int64_t nr = std::min<int64_t>(detail::panel_rows, rows - r0);
+                        if (per_token == 2) {
+                            for (int i = 0; i < nt; i += 2) {
+                                float* dst = y + (t0 + i) / 2 * rows + r0;
+                                const float* o = out + i * detail::panel_rows;
+                                for (int64_t r = 0; r < nr; ++r) {
+                                    dst[r] = o[r] + o[r + detail::panel_rows];
+                                }
+                            }
+                        } else {
+                            for (int i = 0; i < nt; ++i) {
+                                std::memcpy(y + (t0 + i) * rows + r0, out + i * detail::panel_rows,
+                                            static_cast<size_t>(nr) * sizeof(float));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
 } // namespace
+
+size_t packed_weight_bytes(const weight_view& w, simd_level level) noexcept {
+    size_t stride = 0;
+    if (level != simd_level::avx512 || check(w, 0, stride) != matmul_status::ok) {
+        return 0;
+    }
+    return detail::panel_bytes(w.type, w.cols) * static_cast<size_t>(panel_count(w.rows));
+}
+
+matmul_status pack_weights(const weight_view& w, simd_level level,
+                           std::span<std::byte> dst) noexcept {
+    size_t stride = 0;
+    if (const matmul_status s = check(w, 0, stride); s != matmul_status::ok) {
+        return s;
+    }
+    const size_t need = packed_weight_bytes(w, level);
+    if (need == 0) {
+        return matmul_status::unsupported_type;
+    }
+    if (dst.size() < need) {
+        return matmul_status::scratch_too_small;
+    }
+    if (reinterpret_cast<uintptr_t>(dst.data()) % 64 != 0) {
+        return matmul_status::misaligned;
+    }
+    const size_t pb = detail::panel_bytes(w.type, w.cols);
+    for (int64_t p = 0; p < panel_count(w.rows); ++p) {
+        detail::pack_panel(w.type, w.data, stride, w.rows, w.cols, p * detail::panel_rows,
+                           dst.data() + static_cast<size_t>(p) * pb);
+    }
+    return matmul_status::ok;
+}
+
+weight_view sub_rows(const weight_view& w, int64_t r0, int64_t r1) noexcept {
+    size_t stride = w.row_stride;
+    if (stride == 0) {
+        stride = row_bytes(w.type, static_cast<uint64_t>(std::max<int64_t>(w.cols, 0))).value_or(0);
+    }
+    weight_view v = w;
+    v.data = static_cast<const std::byte*>(w.data) + stride * static_cast<size_t>(r0);
+    v.rows = r1 - r0;
+    v.row_stride = stride;
+    v.packed = nullptr;
+    const size_t pb = detail::panel_bytes(w.type, w.cols);
+    if (w.packed && pb != 0 && r0 % packed_row_group == 0) {
+        v.packed = static_cast<const std::byte*>(w.packed) +
+                   pb * static_cast<size_t>(r0 / packed_row_group);
+    }
+    return v;
+}
 
 std::string_view matmul_status_name(matmul_status s) noexcept {
     switch (s) {
@@ -83,7 +200,10 @@ size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens, act_precisio
         return 0;
     }
     const auto n = static_cast<size_t>(n_tokens);
-    const size_t rows = detail::act_row_bytes(f, w.cols) * n;
+    // The panel kernels' rows are the larger (act32 and the blocks' z).
+    const size_t row = f == detail::act_format::q8_32 ? detail::act_panel_row_bytes(w.cols)
+                                                      : detail::act_row_bytes(f, w.cols);
+    const size_t rows = row * n;
     if (p == act_precision::int8x2) {
         // Two rows per token, and each token's rounding error as floats.
         return 2 * rows + n * static_cast<size_t>(w.cols) * sizeof(float) + scratch_align;
@@ -108,24 +228,37 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
         std::fill_n(y, n_tokens * w.rows, 0.0f);
         return matmul_status::ok;
     }
-    const bool avx2 = level == simd_level::avx2 && detected_simd() == simd_level::avx2;
-    const detail::row_kernel kernel =
-        avx2 ? detail::row_kernel_avx2(w.type) : detail::row_kernel_ref(w.type);
+    const simd_level lv = effective(level);
+    const bool panels = uses_panels(w, lv);
     const detail::act_format f = detail::act_format_of(w.type);
+    detail::row_kernel kernel = nullptr;
+    detail::act_quantizer quantize = nullptr;
+    if (panels) {
+        quantize = detail::panel_quantizer_avx512(w.type);
+    } else {
+        kernel = lv == simd_level::avx512 ? detail::row_kernel_avx512(w.type) : nullptr;
+        if (!kernel) {
+            kernel = lv >= simd_level::avx2 ? detail::row_kernel_avx2(w.type)
+                                            : detail::row_kernel_ref(w.type);
+        }
+        if (f != detail::act_format::f32) {
+            quantize = lv >= simd_level::avx2 ? detail::act_quantizer_avx2(f)
+                                              : detail::act_quantizer_ref(f);
+        }
+    }
 
     const void* act = x;
     size_t act_stride = static_cast<size_t>(w.cols) * sizeof(float);
     // Activation rows per token: 2 when each token's rounding error gets
     // a row of its own (the kernels' outputs for the pair are added).
     const int per_token = f != detail::act_format::f32 && prec == act_precision::int8x2 ? 2 : 1;
-    if (f != detail::act_format::f32) {
-        const detail::act_quantizer quantize =
-            avx2 ? detail::act_quantizer_avx2(f) : detail::act_quantizer_ref(f);
+    if (quantize) {
         const auto base = reinterpret_cast<uintptr_t>(scratch.data());
         auto* dst = reinterpret_cast<std::byte*>((base + scratch_align - 1) &
                                                  ~static_cast<uintptr_t>(scratch_align - 1));
         act = dst;
-        act_stride = detail::act_row_bytes(f, w.cols);
+        act_stride =
+            panels ? detail::act_panel_row_bytes(w.cols) : detail::act_row_bytes(f, w.cols);
         const int64_t cols = w.cols;
         // int8x2: each token's rounding error, after both rows of every token.
         float* err =
@@ -146,6 +279,11 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
                 }
             }
         });
+    }
+    if (panels) {
+        run_panels(w, static_cast<const std::byte*>(act), act_stride, n_tokens * per_token,
+                   per_token, y, pool);
+        return matmul_status::ok;
     }
     const int64_t act_rows = n_tokens * per_token;
 

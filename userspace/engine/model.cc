@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: MIT
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <llmos/engine/model.hh>
 #include <llmos/engine/quant.hh>
 #include <map>
+#include <new>
+#include <system_error>
+#include <thread>
 
 namespace llmos::engine {
 
@@ -93,7 +97,7 @@ uint64_t mix(uint64_t h, uint64_t v) {
 
 } // namespace
 
-model model::load(const gguf_file& f) {
+model model::load(const gguf_file& f, simd_level kernels) {
     model m;
     auto arch = f.find_string("general.architecture");
     if (!arch) {
@@ -208,8 +212,59 @@ model model::load(const gguf_file& f) {
     }
     m._weight_bytes = bytes;
     m._fingerprint = h;
+    m.pack(kernels);
     m._types.assign(types.begin(), types.end());
     return m;
+}
+
+void model::pack(simd_level kernels) {
+    std::vector<weight_view*> todo;
+    for (auto& l : _layers) {
+        for (auto* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+            todo.push_back(v);
+        }
+    }
+    todo.push_back(&_output);
+    std::vector<size_t> at;
+    size_t total = 0;
+    for (const weight_view* v : todo) {
+        at.push_back(total);
+        total += packed_weight_bytes(*v, kernels);
+    }
+    if (total == 0) {
+        return;
+    }
+    auto* mem = static_cast<std::byte*>(::operator new[](total, std::align_val_t{64}));
+    _packed = std::shared_ptr<std::byte>(
+        mem, [](std::byte* p) { ::operator delete[](p, std::align_val_t{64}); });
+    _packed_bytes = total;
+    // The matrices on all CPUs, each taking the next one left. A matrix
+    // that does not pack (none should) computes from its rows.
+    std::atomic<size_t> next{0};
+    std::vector<char> packed(todo.size(), 0);
+    auto work = [&] {
+        for (size_t i; (i = next.fetch_add(1)) < todo.size();) {
+            const size_t n = packed_weight_bytes(*todo[i], kernels);
+            packed[i] =
+                n != 0 && pack_weights(*todo[i], kernels, {mem + at[i], n}) == matmul_status::ok;
+        }
+    };
+    const unsigned helpers = std::min<unsigned>(std::thread::hardware_concurrency(), 64);
+    std::vector<std::jthread> threads;
+    for (unsigned i = 1; i < helpers; ++i) {
+        try {
+            threads.emplace_back(work);
+        } catch (const std::system_error&) {
+            break; // the threads that started (and this one) do it all
+        }
+    }
+    work();
+    threads.clear();
+    for (size_t i = 0; i < todo.size(); ++i) {
+        if (packed[i]) {
+            todo[i]->packed = mem + at[i];
+        }
+    }
 }
 
 std::string model::type_summary() const {

@@ -608,7 +608,7 @@ void dequantize_q6_k(const block_q6_k* x, float* y, int64_t nb) {
 }
 
 bool has_f16c() {
-    static const bool yes = detected_simd() == simd_level::avx2;
+    static const bool yes = detected_simd() >= simd_level::avx2;
     return yes;
 }
 
@@ -617,21 +617,35 @@ bool has_f16c() {
 simd_level detected_simd() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c")) {
-        return simd_level::avx2;
+    // libgcc checks that the kernel saves the registers too (XCR0).
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
+        !__builtin_cpu_supports("f16c")) {
+        return simd_level::scalar;
     }
-#endif
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vnni")) {
+        return simd_level::avx512;
+    }
+    return simd_level::avx2;
+#else
     return simd_level::scalar;
+#endif
 }
 
 simd_level default_simd() noexcept {
     static const simd_level level = [] {
+        const simd_level best = detected_simd();
         const char* env = std::getenv("LLMOS_ENGINE_SIMD");
-        if (env && std::string_view(env) == "scalar") {
-            return simd_level::scalar;
+        if (!env) {
+            return best;
         }
-        return detected_simd();
+        for (const simd_level l : {simd_level::scalar, simd_level::avx2, simd_level::avx512}) {
+            if (simd_name(l) == env) {
+                return std::min(l, best);
+            }
+        }
+        return best;
     }();
     return level;
 }
@@ -642,6 +656,8 @@ std::string_view simd_name(simd_level l) noexcept {
         return "scalar";
     case simd_level::avx2:
         return "avx2";
+    case simd_level::avx512:
+        return "avx512";
     }
     return "?";
 }

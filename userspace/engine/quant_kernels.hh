@@ -79,6 +79,67 @@ void act_dequantize(act_format f, const void* row, int64_t cols, float* out) noe
 act_quantizer act_quantizer_ref(act_format f) noexcept;
 act_quantizer act_quantizer_avx2(act_format f) noexcept;
 
+// ---- AVX-512: packed weights ---------------------------------------------
+//
+// The AVX-512 kernels of the 32-element types read weights packed in
+// panels of 16 rows (one per 32-bit lane), the last one padded with zero
+// rows, panel after panel, each panel_bytes() long and 64-byte aligned:
+//
+//   levels  per block of the rows (cols / 32 of them), the 16 rows'
+//           unsigned levels in 8 vectors of 64 bytes: byte 4r + k of
+//           vector i is element 4i + k of row r's block, so one vpdpbusd
+//           of vector i with 4 activations broadcast adds them to all 16
+//           rows' sums. Q8_0 stores q + 128 (512 bytes a block); the 4-bit
+//           types store the levels in nibbles (256 bytes: the low nibbles
+//           of 64-byte chunk j are vector 2j, the high ones vector 2j + 1);
+//           Q5_0 and Q5_1 follow the nibbles with 8 64-bit masks, bit
+//           4r + k of mask i the fifth bit of that element (320 bytes).
+//   d       per block, the 16 rows' scales as halves (32 bytes).
+//   m       Q4_1 and Q5_1: per block, the 16 rows' mins (32 bytes).
+//
+// A weight is d * (level - zero) (+ m): zero is 128 for Q8_0, 8 for Q4_0,
+// 16 for Q5_0 and 0 for the affine types.
+
+/// Rows per panel.
+inline constexpr int panel_rows = 16;
+
+/// The most tokens one panel kernel call handles.
+inline constexpr int panel_tile = 8;
+
+/// Bytes of one panel of `cols` columns of type t (a multiple of 64); 0
+/// when t has no packed form.
+size_t panel_bytes(ggml_type t, int64_t cols) noexcept;
+
+/// Packs rows r0 .. r0 + 15 of w (those below rows; zeros past it) into
+/// one panel at dst (panel_bytes(t, cols) bytes). w is whole blocks of a
+/// packable type, `stride` bytes between rows.
+void pack_panel(ggml_type t, const void* w, size_t stride, int64_t rows, int64_t cols, int64_t r0,
+                void* dst) noexcept;
+
+/// Activations for the panel kernels: an act32 row (q, d, ds) followed by
+/// int32 z[cols / 32] = -zero * sum(q) of each block, zero that of the
+/// weight type (see above).
+size_t act_panel_row_bytes(int64_t cols) noexcept;
+inline const int32_t* act_panel_z(const void* row, int64_t cols) {
+    return reinterpret_cast<const int32_t*>(act32_ds(row, cols) + cols / qk_block);
+}
+
+/// out[t * panel_rows + r] = the dot product of row r of the panel at
+/// `panel` with the activation row at act + t * act_stride, t < nt
+/// (1..panel_tile).
+using panel_kernel = void (*)(const void* panel, const void* act, size_t act_stride, int nt,
+                              int64_t cols, float* out);
+
+/// The AVX-512 panel kernel and activation quantizer of a packable type
+/// (nullptr for others). The quantizer writes act_panel rows for the
+/// type's zero; its q and d are those of the act32 quantizers.
+panel_kernel panel_kernel_avx512(ggml_type t) noexcept;
+act_quantizer panel_quantizer_avx512(ggml_type t) noexcept;
+
+/// AVX-512 row kernels for the types that take float activations (F32,
+/// F16); nullptr for the others.
+row_kernel row_kernel_avx512(ggml_type t) noexcept;
+
 /// F16C row conversions (the caller checks the CPU has them).
 void fp16_to_fp32_row_f16c(const uint16_t* src, float* dst, int64_t n) noexcept;
 void fp32_to_fp16_row_f16c(const float* src, uint16_t* dst, int64_t n) noexcept;

@@ -23,12 +23,18 @@ namespace llmos::engine {
 /// data + r * row_stride bytes (0 means packed: row_bytes(type, cols)).
 /// The data must be aligned to 4 bytes for F32 and 2 for the others, as
 /// in a mapped GGUF file.
+///
+/// `packed`, when set, is the same matrix as pack_weights() rearranged it
+/// for simd_level::avx512: matmul at that level reads it instead of the
+/// rows (the level's fastest kernels need it; without it the AVX2 ones
+/// run). The other levels read the rows.
 struct weight_view {
     ggml_type type = ggml_type::f32;
     const void* data = nullptr;
     int64_t rows = 0;
     int64_t cols = 0;
     size_t row_stride = 0;
+    const void* packed = nullptr;
 };
 
 enum class matmul_status : uint8_t {
@@ -54,6 +60,30 @@ enum class act_precision : uint8_t {
     int8x2,
 };
 
+/// Rows of a packed matrix per group: a sub-matrix of a packed view must
+/// start at a multiple of it (see sub_rows).
+inline constexpr int64_t packed_row_group = 16;
+
+/// Bytes pack_weights() needs for `w` at `level` (a multiple of 64); 0
+/// when that level's kernels read w's rows as they are (all but Q8_0,
+/// Q4_0, Q4_1, Q5_0 and Q5_1 at simd_level::avx512) or w is malformed
+/// (what matmul would refuse). Any thread.
+size_t packed_weight_bytes(const weight_view& w, simd_level level) noexcept;
+
+/// Writes w's rows rearranged for `level`'s kernels into dst, which must
+/// hold packed_weight_bytes(w, level) bytes at a 64-byte aligned address;
+/// the view with packed = dst.data() then computes with them. Refuses
+/// (writing nothing) what matmul would refuse, a too small or misaligned
+/// dst (scratch_too_small, misaligned), and a type or level that takes no
+/// packing (unsupported_type). Any thread; allocates nothing.
+matmul_status pack_weights(const weight_view& w, simd_level level,
+                           std::span<std::byte> dst) noexcept;
+
+/// Rows r0 .. r1 - 1 of w as a view of their own (packed too when w is;
+/// then r0 must be a multiple of packed_row_group or the result is not
+/// packed). 0 <= r0 <= r1 <= w.rows.
+weight_view sub_rows(const weight_view& w, int64_t r0, int64_t r1) noexcept;
+
 /// "ok", "unsupported type", ...
 std::string_view matmul_status_name(matmul_status s) noexcept;
 
@@ -66,8 +96,8 @@ size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens,
 /// y[t * w.rows + r] = sum over k of W[r][k] * x[t * w.cols + k], for
 /// t < n_tokens and r < w.rows (x: n_tokens x cols, y: n_tokens x rows,
 /// both row-major, not overlapping). Runs on the pool's threads, the
-/// caller's included, with the kernels of `level` (simd_level::avx2 on a
-/// CPU without it falls back to scalar). On failure y is untouched.
+/// caller's included, with the kernels of `level` (or of the CPU's best
+/// below it, when it lacks `level`). On failure y is untouched.
 /// Allocates nothing. Any thread; calls on one pool take turns.
 matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
                      thread_pool& pool, std::span<std::byte> scratch, simd_level level,

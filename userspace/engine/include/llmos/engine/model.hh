@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <llmos/engine/gguf.hh>
 #include <llmos/engine/matmul.hh>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -61,7 +62,11 @@ public:
     /// The model in `file`, which must outlive it (weights are views into
     /// it). Throws model_error: unsupported architecture or weight type,
     /// a missing or misshapen tensor, inconsistent hyperparameters.
-    static model load(const gguf_file& file);
+    /// The matrices are also packed for the kernels of `kernels` where
+    /// those want it (pack_weights(): the 32-element types at
+    /// simd_level::avx512, a copy as large as their rows, made once here
+    /// on all CPUs; packed_bytes() tells its size).
+    static model load(const gguf_file& file, simd_level kernels = default_simd());
 
     const model_params& params() const noexcept { return _p; }
     const std::vector<layer_weights>& layers() const noexcept { return _layers; }
@@ -74,6 +79,8 @@ public:
     /// Bytes of weights read for one token (every matrix once): what a
     /// decode step streams from memory.
     uint64_t weight_bytes() const noexcept { return _weight_bytes; }
+    /// Bytes of the matrices' packed copies (0 when none was made).
+    uint64_t packed_bytes() const noexcept { return _packed_bytes; }
     /// Which weight types occur, and how many tensors of each ("Q4_K x 98").
     std::string type_summary() const;
     /// A digest of the hyperparameters and tensor layout: a KV cache made
@@ -83,6 +90,8 @@ public:
     void embed(int32_t id, float* out) const;
 
 private:
+    void pack(simd_level kernels);
+
     model_params _p;
     std::vector<layer_weights> _layers;
     weight_view _tok_embd;
@@ -90,6 +99,8 @@ private:
     std::span<const float> _output_norm;
     std::span<const float> _rope_freqs;
     uint64_t _weight_bytes = 0;
+    uint64_t _packed_bytes = 0;
+    std::shared_ptr<std::byte> _packed; ///< the packed copies, shared by copies of the model
     uint64_t _fingerprint = 0;
     std::vector<std::pair<ggml_type, int>> _types;
 };

@@ -157,21 +157,29 @@ constexpr uint16_t fp32_to_fp16(float f) noexcept {
     return static_cast<uint16_t>(sign | (x >> 13));
 }
 
-/// Instruction sets the kernels are built for.
+/// Instruction sets the kernels are built for, each a superset of the one
+/// before it.
 enum class simd_level : uint8_t {
     scalar, ///< portable C++
     avx2,   ///< AVX2 + FMA + F16C
+    /// AVX-512 F, BW, VL, DQ and VNNI (with AVX2's): 512-bit integer dot
+    /// products for the 32-element types over weights packed by
+    /// pack_weights() (matmul.hh), 512-bit FMA for F32 and F16; the
+    /// K-quants use the AVX2 kernels.
+    avx512,
 };
 
-/// The best level this CPU runs. Any thread.
+/// The best level this CPU (and the kernel's saving of its registers)
+/// runs. Any thread.
 simd_level detected_simd() noexcept;
 
 /// The level the engine uses: detected_simd(), unless the environment
-/// variable LLMOS_ENGINE_SIMD=scalar forces the portable code (read once,
-/// on the first call). Any thread.
+/// variable LLMOS_ENGINE_SIMD names a lower one ("scalar", "avx2"; read
+/// once, on the first call; a level the CPU lacks or an unknown name
+/// leaves detected_simd()). Any thread.
 simd_level default_simd() noexcept;
 
-/// "scalar" or "avx2".
+/// "scalar", "avx2" or "avx512".
 std::string_view simd_name(simd_level l) noexcept;
 
 enum class quant_status : uint8_t {
