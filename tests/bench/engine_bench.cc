@@ -46,23 +46,26 @@ double secs_since(clk::time_point t0) {
 }
 
 // The SIMD peak on the pool's threads, in multiply-adds per second: F32
-// FMA (8 lanes, 8 independent chains per thread) and 8-bit integer
-// multiply-adds (maddubs + madd, as the quantized kernels use).
+// FMA (8 or 16 lanes) and 8-bit integer multiply-adds, as each kernel set
+// does them: AVX2 maddubs + madd (32 per pair), AVX-512 vpdpbusd (64 per
+// instruction). Independent chains, enough to cover the latency on two
+// ports; the asm statements make each multiplication's input opaque, so
+// the compiler cannot hoist a product of constants out of the loop.
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) double fma_chains(int64_t iters) {
-    __m256 a[8];
-    for (int i = 0; i < 8; ++i) {
+__attribute__((target("avx2,fma"))) double fma256_chains(int64_t iters) {
+    __m256 a[12];
+    for (int i = 0; i < 12; ++i) {
         a[i] = _mm256_set1_ps(float(i));
     }
     const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(0.001f);
     for (int64_t it = 0; it < iters; ++it) {
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; ++i) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; ++i) {
             a[i] = _mm256_fmadd_ps(a[i], x, y);
         }
     }
     __m256 s = a[0];
-    for (int i = 1; i < 8; ++i) {
+    for (int i = 1; i < 12; ++i) {
         s = _mm256_add_ps(s, a[i]);
     }
     float out[8];
@@ -70,18 +73,39 @@ __attribute__((target("avx2,fma"))) double fma_chains(int64_t iters) {
     return out[0];
 }
 
-__attribute__((target("avx2"))) double int8_chains(int64_t iters) {
+__attribute__((target("avx512f"))) double fma512_chains(int64_t iters) {
+    __m512 a[12];
+    for (int i = 0; i < 12; ++i) {
+        a[i] = _mm512_set1_ps(float(i));
+    }
+    const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(0.001f);
+    for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; ++i) {
+            a[i] = _mm512_fmadd_ps(a[i], x, y);
+        }
+    }
+    __m512 s = a[0];
+    for (int i = 1; i < 12; ++i) {
+        s = _mm512_add_ps(s, a[i]);
+    }
+    float out[16];
+    _mm512_storeu_ps(out, s);
+    return out[0];
+}
+
+__attribute__((target("avx2"))) double int8_avx2_chains(int64_t iters) {
     __m256i acc[8];
     for (int i = 0; i < 8; ++i) {
         acc[i] = _mm256_setzero_si256();
     }
-    const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
+    __m256i u = _mm256_set1_epi8(3);
+    const __m256i v = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
     for (int64_t it = 0; it < iters; ++it) {
 #pragma GCC unroll 8
         for (int i = 0; i < 8; ++i) {
-            // 32 byte products summed into 8 int32 lanes: 32 multiply-adds
-            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), ones);
-            acc[i] = _mm256_add_epi32(acc[i], p);
+            asm volatile("" : "+x"(u)); // a new u for every product, as far as GCC knows
+            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), ones));
         }
     }
     __m256i s = acc[0];
@@ -90,32 +114,58 @@ __attribute__((target("avx2"))) double int8_chains(int64_t iters) {
     }
     return _mm256_extract_epi32(s, 0);
 }
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) double int8_vnni_chains(int64_t iters) {
+    __m512i acc[10];
+    for (int i = 0; i < 10; ++i) {
+        acc[i] = _mm512_setzero_si512();
+    }
+    const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-2);
+    for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 10
+        for (int i = 0; i < 10; ++i) {
+            acc[i] = _mm512_dpbusd_epi32(acc[i], u, v); // 64 multiply-adds
+        }
+    }
+    __m512i s = acc[0];
+    for (int i = 1; i < 10; ++i) {
+        s = _mm512_add_epi32(s, acc[i]);
+    }
+    int32_t out[16];
+    _mm512_storeu_si512(out, s);
+    return out[0];
+}
 #endif
 
 struct simd_peak {
-    double fma = 0, int8 = 0; // multiply-adds per second, all threads
+    // Multiply-adds per second, all threads; 0 where the CPU lacks them.
+    double fma_avx2 = 0, fma_avx512 = 0, int8_avx2 = 0, int8_avx512 = 0;
+    double fma() const { return std::max(fma_avx2, fma_avx512); }
+    double int8() const { return std::max(int8_avx2, int8_avx512); }
 };
 
 simd_peak measure_peak(thread_pool& pool) {
     simd_peak best;
 #if defined(__x86_64__)
     const int64_t iters = 20000000;
-    for (int rep = 0; rep < 3; ++rep) {
+    const bool avx512 = detected_simd() >= simd_level::avx512;
+    auto rate = [&](double (*chains)(int64_t), double macs_per_iter) {
         std::vector<double> sink(64);
         auto t0 = clk::now();
         pool.parallel_for(pool.size(), [&](int64_t b, int64_t e) {
             for (int64_t i = b; i < e; ++i) {
-                sink[size_t(i)] = fma_chains(iters);
+                sink[size_t(i)] = chains(iters);
             }
         });
-        best.fma = std::max(best.fma, double(pool.size()) * iters * 8 * 8 / secs_since(t0));
-        t0 = clk::now();
-        pool.parallel_for(pool.size(), [&](int64_t b, int64_t e) {
-            for (int64_t i = b; i < e; ++i) {
-                sink[size_t(i)] = int8_chains(iters);
-            }
-        });
-        best.int8 = std::max(best.int8, double(pool.size()) * iters * 8 * 32 / secs_since(t0));
+        return double(pool.size()) * double(iters) * macs_per_iter / secs_since(t0);
+    };
+    for (int rep = 0; rep < 3; ++rep) {
+        best.fma_avx2 = std::max(best.fma_avx2, rate(fma256_chains, 12 * 8));
+        best.int8_avx2 = std::max(best.int8_avx2, rate(int8_avx2_chains, 8 * 32));
+        if (avx512) {
+            best.fma_avx512 = std::max(best.fma_avx512, rate(fma512_chains, 12 * 16));
+            best.int8_avx512 = std::max(best.int8_avx512, rate(int8_vnni_chains, 10 * 64));
+        }
     }
 #else
     (void)pool;
@@ -123,15 +173,16 @@ simd_peak measure_peak(thread_pool& pool) {
     return best;
 }
 
-// Multiply-adds of one token through every matrix of `m`.
-double macs_per_token(const model& m) {
+// Multiply-adds of one prompt token through the layers' matrices (the
+// output head runs for the prompt's last token only, once per prompt).
+double layer_macs_per_token(const model& m) {
     double n = 0;
     for (const auto& l : m.layers()) {
         for (const weight_view* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
             n += double(w->rows) * double(w->cols);
         }
     }
-    return n + double(m.output().rows) * double(m.output().cols);
+    return n;
 }
 
 // GB/s of summing a 1 GiB buffer on the pool's threads (best of 5).
@@ -416,27 +467,43 @@ int main() {
     thread_pool bw_pool(threads);
     double bw = read_bandwidth(bw_pool);
     simd_peak peak = measure_peak(bw_pool);
-    std::printf("# engine_bench: %d threads; memory read bandwidth %.2f GB/s (1 GiB sum, best of "
-                "5); SIMD peak %.0f G FMA-MAC/s (F32), %.0f G int8-MAC/s\n",
-                threads, bw, peak.fma / 1e9, peak.int8 / 1e9);
-    std::printf("# %-7s %10s %9s %9s %9s %10s %10s %8s\n", "type", "weights", "prefill", "decode",
+    std::printf("# engine_bench: %d threads, kernels %s; memory read bandwidth %.2f GB/s (1 GiB "
+                "sum, best of 5)\n",
+                threads, std::string(simd_name(default_simd())).c_str(), bw);
+    std::printf("# SIMD peak, G multiply-adds/s: F32 FMA %.0f (AVX2), %.0f (AVX-512); int8 %.0f "
+                "(AVX2 maddubs+madd), %.0f (AVX-512 vpdpbusd)\n",
+                peak.fma_avx2 / 1e9, peak.fma_avx512 / 1e9, peak.int8_avx2 / 1e9,
+                peak.int8_avx512 / 1e9);
+    std::printf("# %-11s %8s %9s %9s %9s %10s %10s %8s\n", "type", "weights", "prefill", "decode",
                 "eff GB/s", "of memory", "8 streams", "x 1");
     kv_options kvo{.type = kv_type::f16, .block_tokens = 16, .max_tokens = 4096};
     std::vector<double> cpu_decode; // one stream, 8-bit activations, per type
     struct run_kind {
         const char* type;
         act_precision act;
+        simd_level kernels = default_simd();
     };
     // The quantized types with 8-bit activations, then Q8_0 and Q4_0 with
-    // two-level ones (int8x2: ~1e-4 from exact at the logits).
-    for (run_kind rk :
-         {run_kind{"f16", act_precision::int8}, run_kind{"q8_0", act_precision::int8},
-          run_kind{"q4_0", act_precision::int8}, run_kind{"q4_k_m", act_precision::int8},
-          run_kind{"q8_0", act_precision::int8x2}, run_kind{"q4_0", act_precision::int8x2}}) {
+    // two-level ones (int8x2: ~1e-4 from exact at the logits); where the
+    // CPU has AVX-512, F16, Q8_0 and Q4_0 again on the AVX2 kernels, the
+    // baseline of the same run.
+    std::vector<run_kind> kinds = {
+        {"f16", act_precision::int8},    {"q8_0", act_precision::int8},
+        {"q4_0", act_precision::int8},   {"q4_k_m", act_precision::int8},
+        {"q8_0", act_precision::int8x2}, {"q4_0", act_precision::int8x2}};
+    if (default_simd() >= simd_level::avx512) {
+        for (const char* t : {"f16", "q8_0", "q4_0"}) {
+            kinds.push_back({t, act_precision::int8, simd_level::avx2});
+        }
+    }
+    for (const run_kind& rk : kinds) {
         const char* type = rk.type;
         auto file = gguf_file::open(ensure_model(dir, type));
-        auto m = model::load(file);
-        context ctx(m, {.n_threads = threads, .max_batch_tokens = 512, .activations = rk.act});
+        auto m = model::load(file, rk.kernels);
+        context ctx(m, {.n_threads = threads,
+                        .max_batch_tokens = 512,
+                        .activations = rk.act,
+                        .kernels = rk.kernels});
         auto prompt = prompt_of(256, m.params().n_vocab, 1);
         stream warm(m, kvo);
         prefill(ctx, warm, prompt, 256); // first touch of the weights
@@ -451,22 +518,27 @@ int main() {
             ptrs.push_back(eight.back().get());
         }
         double agg = decode(ctx, ptrs, 24);
-        if (rk.act == act_precision::int8) {
+        if (rk.act == act_precision::int8 && rk.kernels == default_simd()) {
             cpu_decode.push_back(dec);
         }
         double eff = double(m.weight_bytes()) * dec / 1e9;
-        // Prefill against the peak of the arithmetic its kernels use.
+        // Prefill against the machine's peak of the arithmetic its kernels
+        // do (F32 FMA or int8), with the best instructions the CPU has.
         double pre = double(prompt.size()) / pt;
         bool is_float = std::string(type) == "f16";
         // int8x2 does the integer work twice per token: counted as done.
         const double rows = !is_float && rk.act == act_precision::int8x2 ? 2.0 : 1.0;
-        double of_peak = rows * macs_per_token(m) * pre / (is_float ? peak.fma : peak.int8);
+        const double macs = layer_macs_per_token(m) * double(prompt.size()) +
+                            double(m.output().rows) * double(m.output().cols);
+        double of_peak = rows * macs / pt / (is_float ? peak.fma() : peak.int8());
         const std::string label =
-            std::string(type) + (rk.act == act_precision::int8x2 ? " x2" : "");
-        std::printf("  %-7s %8.1f MB %7.1f/s %7.1f/s %9.2f %9.0f%% %8.1f/s %7.2fx   prefill %.0f%% "
-                    "of the %s peak\n",
-                    label.c_str(), double(m.weight_bytes()) / 1e6, pre, dec, eff, 100.0 * eff / bw,
-                    agg, agg / dec, 100.0 * of_peak, is_float ? "FMA" : "int8");
+            std::string(type) + (rk.act == act_precision::int8x2 ? " x2" : "") +
+            (rk.kernels != default_simd() ? " " + std::string(simd_name(rk.kernels)) : "");
+        std::printf(
+            "  %-11s %6.1f MB %7.1f/s %7.1f/s %9.2f %9.0f%% %8.1f/s %7.2fx   prefill %.0f%% "
+            "of the %s peak\n",
+            label.c_str(), double(m.weight_bytes()) / 1e6, pre, dec, eff, 100.0 * eff / bw, agg,
+            agg / dec, 100.0 * of_peak, is_float ? "FMA" : "int8");
     }
 
     // Resume vs re-prefill: a 2k-token conversation.

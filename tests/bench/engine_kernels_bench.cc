@@ -22,6 +22,8 @@
 #include <llmos/engine/matmul.hh>
 #include <llmos/engine/quant.hh>
 #include <llmos/engine/thread_pool.hh>
+#include <memory>
+#include <new>
 #include <random>
 #include <vector>
 
@@ -158,7 +160,18 @@ int main() {
         const size_t rb = *row_bytes(t, cols);
         const auto rows = static_cast<int64_t>(target / rb);
         const auto w = fake_weights(t, rows, cols);
-        const weight_view v{t, w.data(), rows, cols, 0};
+        weight_view v{t, w.data(), rows, cols, 0};
+        // Packed for the kernels in use, as model::load does.
+        std::unique_ptr<std::byte[], void (*)(std::byte*)> packed(
+            nullptr, [](std::byte* b) { ::operator delete[](b, std::align_val_t{64}); });
+        if (const size_t n = packed_weight_bytes(v, default_simd()); n != 0) {
+            packed.reset(static_cast<std::byte*>(::operator new[](n, std::align_val_t{64})));
+            if (pack_weights(v, default_simd(), {packed.get(), n}) != matmul_status::ok) {
+                std::fprintf(stderr, "pack_weights failed\n");
+                return 1;
+            }
+            v.packed = packed.get();
+        }
         std::vector<float> x(static_cast<size_t>(cols) * 64);
         std::mt19937 rng(2);
         std::normal_distribution<float> dist;
@@ -176,7 +189,7 @@ int main() {
         // costs when memory is not the limit.
         {
             const int64_t crows = std::max<int64_t>(1, (512 << 10) / static_cast<int64_t>(rb));
-            const weight_view cv{t, w.data(), crows, cols, 0};
+            const weight_view cv = sub_rows(v, 0, crows);
             const double s = best_of(reps, [&] {
                 for (int i = 0; i < 100; ++i) {
                     matmul(cv, x.data(), 1, y.data(), pools[0]);
@@ -189,7 +202,7 @@ int main() {
         // Prefill: 64 tokens share each pass over the weights; a smaller
         // slice of rows keeps it short.
         const int64_t prows = std::min<int64_t>(rows, 1024);
-        const weight_view pv{t, w.data(), prows, cols, 0};
+        const weight_view pv = sub_rows(v, 0, prows);
         for (auto& pool : pools) {
             const double s =
                 best_of(std::max(1, reps / 2), [&] { matmul(pv, x.data(), 64, y.data(), pool); });

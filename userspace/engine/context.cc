@@ -357,7 +357,7 @@ struct attn_kernels {
 attn_kernels kernels_for(simd_level l) {
     attn_kernels k;
 #if defined(__x86_64__)
-    if (l == simd_level::avx2) {
+    if (l >= simd_level::avx2) {
         k.dot = dot_avx2;
         k.dot_f16 = dot_f16_avx2;
         k.axpy = axpy_avx2;
@@ -395,6 +395,7 @@ context::context(const model& m, context_options o)
     if (_o.n_threads <= 0) {
         _o.n_threads = default_threads();
     }
+    _o.kernels = std::min(_o.kernels, detected_simd());
     if (!_o.max_batch_tokens) {
         _o.max_batch_tokens = 1;
     }
@@ -436,7 +437,7 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
     const uint32_t D = p.head_dim, E = p.n_embd, HKV = p.n_head_kv;
     const uint32_t group = p.n_head / p.n_head_kv;
     const float scale = 1.0f / std::sqrt(float(D));
-    const attn_kernels kern = kernels_for(default_simd());
+    const attn_kernels kern = kernels_for(_o.kernels);
     constexpr size_t chunk = 16; // tokens of one job
     size_t max_len = 0;
     _jobs.clear();
@@ -451,8 +452,7 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
     }
     grow(_scores, _jobs.size() * group * max_len);
 #if defined(__x86_64__)
-    const f16_attend_fn fast =
-        default_simd() == simd_level::avx2 ? f16_attend_for(group, D) : nullptr;
+    const f16_attend_fn fast = _o.kernels >= simd_level::avx2 ? f16_attend_for(group, D) : nullptr;
 #endif
     // One job: a KV head's query heads over a run of tokens. Each K and V
     // row is read once for all the query heads that share it.
@@ -530,8 +530,8 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
 
 bool context::mm(const weight_view& w, const float* x, size_t n_tokens, float* y) {
     if (!_o.exact_activations || w.type == ggml_type::f32 || w.type == ggml_type::f16) {
-        return matmul(w, x, static_cast<int64_t>(n_tokens), y, *_pool, _o.activations) ==
-               matmul_status::ok;
+        return matmul(w, x, static_cast<int64_t>(n_tokens), y, *_pool, _o.kernels,
+                      _o.activations) == matmul_status::ok;
     }
     const auto rb = *row_bytes(w.type, static_cast<uint64_t>(w.cols));
     const int64_t chunk = 16;
@@ -589,7 +589,8 @@ bool context::mm_many(std::span<const mm_job> jobs, const float* x, size_t n_tok
             const auto& pc = _pieces[size_t(p)];
             const weight_view sub = sub_rows(*pc.job->w, pc.r0, pc.r1);
             // Inside the pool's loop, matmul runs on this thread alone.
-            if (matmul(sub, x, 1, pc.job->y + pc.r0, *_pool, _o.activations) != matmul_status::ok) {
+            if (matmul(sub, x, 1, pc.job->y + pc.r0, *_pool, _o.kernels, _o.activations) !=
+                matmul_status::ok) {
                 ok = false;
             }
         }
@@ -638,7 +639,7 @@ step_status context::step(std::span<batch_entry> batch) {
     };
     void (*silu)(float*, const float*, size_t) = silu_mul;
 #if defined(__x86_64__)
-    if (default_simd() == simd_level::avx2) {
+    if (_o.kernels >= simd_level::avx2) {
         silu = silu_mul_avx2;
     }
 #endif

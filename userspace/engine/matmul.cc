@@ -330,12 +330,17 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
 
 matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
                      thread_pool& pool, act_precision p) {
+    return matmul(w, x, n_tokens, y, pool, default_simd(), p);
+}
+
+matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
+                     thread_pool& pool, simd_level level, act_precision p) {
     thread_local std::vector<std::byte> scratch;
     const size_t need = matmul_scratch_bytes(w, n_tokens, p);
     if (scratch.size() < need) {
         scratch.resize(need);
     }
-    return matmul(w, x, n_tokens, y, pool, scratch, default_simd(), p);
+    return matmul(w, x, n_tokens, y, pool, scratch, level, p);
 }
 
 } // namespace llmos::engine

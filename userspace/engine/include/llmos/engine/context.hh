@@ -31,6 +31,10 @@ struct context_options {
     /// int8 (fastest; ~1-2% relative at the logits) or int8x2 (~1e-4,
     /// twice the integer arithmetic: prefill slows, decode little).
     act_precision activations = act_precision::int8;
+    /// The kernels it runs (those of the CPU's best level below, when it
+    /// lacks this one). A model loaded for another level runs the AVX2
+    /// kernels where this level's want packed weights.
+    simd_level kernels = default_simd();
 };
 
 /// One sequence's part of a step.

@@ -109,4 +109,8 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
 matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
                      thread_pool& pool, act_precision p = act_precision::int8);
 
+/// The same with the kernels of `level`.
+matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
+                     thread_pool& pool, simd_level level, act_precision p = act_precision::int8);
+
 } // namespace llmos::engine
