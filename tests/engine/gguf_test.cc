@@ -455,6 +455,55 @@ TEST_P(gguf_round_trip, to_path_atomically) {
 INSTANTIATE_TEST_SUITE_P(versions_alignments, gguf_round_trip,
                          testing::Combine(testing::Values(2u, 3u), testing::Values(32u, 64u)));
 
+/// This process's resident memory, bytes.
+size_t resident_bytes() {
+    std::ifstream statm("/proc/self/statm");
+    size_t pages = 0;
+    size_t resident = 0;
+    statm >> pages >> resident;
+    return resident * static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+TEST(gguf_file, dropped_pages_leave_memory_and_read_back_the_same) {
+    auto dir =
+        std::filesystem::temp_directory_path() / ("gguf_test.drop." + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const auto path = (dir / "big.gguf").string();
+    std::vector<float> v(4 << 20); // 16 MiB of tensor data
+    for (size_t i = 0; i < v.size(); ++i) {
+        v[i] = static_cast<float>(i % 1000);
+    }
+    gguf_writer w;
+    w.add_tensor("big", ggml_type::f32, {v.size()}, std::as_bytes(std::span(v)));
+    w.write(path);
+    auto f = gguf_file::open(path);
+    const std::span<const std::byte> data = f.tensors()[0].data;
+    auto sum = [&] {
+        double s = 0;
+        const auto* p = reinterpret_cast<const float*>(data.data());
+        for (size_t i = 0; i < v.size(); ++i) {
+            s += p[i];
+        }
+        return s;
+    };
+    const double want = sum(); // every page mapped in
+    const size_t before = resident_bytes();
+    const size_t dropped = f.drop_pages(data);
+    const size_t after = resident_bytes();
+    EXPECT_GE(dropped, data.size() - 2 * static_cast<size_t>(::sysconf(_SC_PAGESIZE)));
+    EXPECT_LE(dropped, data.size());
+    EXPECT_GE(before - std::min(before, after), dropped / 2) << before << " -> " << after;
+    EXPECT_EQ(sum(), want); // read back from the file
+    // Nothing to let go: outside the file, empty, or bytes that were parsed.
+    EXPECT_EQ(f.drop_pages({}), 0u);
+    EXPECT_EQ(f.drop_pages(std::as_bytes(std::span(v))), 0u);
+    const auto bytes = read_all(path);
+    auto parsed = gguf_file::parse(bytes);
+    EXPECT_EQ(parsed.drop_pages(parsed.tensors()[0].data), 0u);
+    EXPECT_EQ(parsed.tensors()[0].data[4], data[4]);
+    std::filesystem::remove_all(dir);
+}
+
 TEST(gguf_writer, empty_file) {
     gguf_writer w;
     auto bytes = w.write();

@@ -248,15 +248,17 @@ TEST(matmul, two_level_activations_leave_a_hundredth_of_the_rounding) {
 }
 
 TEST(matmul, a_token_gets_the_same_result_alone_or_in_a_tile) {
-    // The 32-element types' tile kernels sum exactly as the one-token
-    // kernel does: prefill and decode agree bit for bit. 11 tokens fill
+    // The tile kernels of every quantized type and level sum exactly as
+    // the one-token kernel does: prefill and decode agree bit for bit.
+    // 11 tokens fill
     // the AVX-512 kernels' tile of 8 and leave 3 (two-level: 22 rows, 2
     // tiles and 6), the AVX2 ones' tiles of 4.
     thread_pool pool(2);
     const int64_t n = 11;
-    for (const ggml_type t :
-         {ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1}) {
-        const int64_t cols = 2048 + 96; // 8-block groups and a tail of 3 blocks
+    for (const ggml_type t : {ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0,
+                              ggml_type::q5_1, ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k}) {
+        // 8-block groups and a tail of 3 blocks; K-quants: 9 super-blocks.
+        const int64_t cols = info(t)->block_elems == 256 ? 2304 : 2048 + 96;
         const matrix& m = random_matrix(t, 19, cols);
         const auto x = normal(static_cast<size_t>(n * cols), 10);
         for (const simd_level level : levels()) {
@@ -284,8 +286,7 @@ TEST(matmul, avx512_kernels_compute_with_the_packed_weights) {
     // A view whose rows are one matrix and packed copy another: AVX-512
     // computes the packed one, AVX2 the rows.
     thread_pool pool(2);
-    for (const ggml_type t :
-         {ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1}) {
+    for (const ggml_type t : all_types) {
         const matrix& a = random_matrix(t, 37, 256);
         const matrix& b = random_matrix(t, 37, 512); // other values, first 256 columns
         matrix c{t, 37, 256, {}, {}, {}};
@@ -324,17 +325,19 @@ TEST(matmul, packing_refuses_what_it_cannot_pack) {
     const weight_view q4{ggml_type::q4_0, w.data(), 17, 64, 0};
     EXPECT_EQ(packed_weight_bytes(q4, simd_level::avx512), 2 * 2 * (256 + 32) / 64 * 64u);
     EXPECT_EQ(pack_weights(q4, simd_level::avx512, dst.span()), matmul_status::ok);
-    // Levels whose kernels take the rows, types the AVX-512 kernels read as they are.
+    // Levels whose kernels take the rows; types the engine does not compute with.
     EXPECT_EQ(packed_weight_bytes(q4, simd_level::avx2), 0u);
     EXPECT_EQ(pack_weights(q4, simd_level::avx2, dst.span()), matmul_status::unsupported_type);
-    for (const ggml_type t : {ggml_type::f32, ggml_type::f16, ggml_type::q4_k, ggml_type::q6_k}) {
+    for (const ggml_type t : {ggml_type::bf16, ggml_type::q2_k}) {
         const weight_view v{t, w.data(), 2, 256, 0};
         EXPECT_EQ(packed_weight_bytes(v, simd_level::avx512), 0u) << type_name(t);
         EXPECT_EQ(pack_weights(v, simd_level::avx512, dst.span()), matmul_status::unsupported_type);
     }
+    for (const ggml_type t : all_types) { // every type the engine computes with packs
+        EXPECT_GT(packed_weight_bytes({t, w.data(), 2, 256, 0}, simd_level::avx512), 0u)
+            << type_name(t);
+    }
     // What matmul refuses, a short or misaligned destination.
-    EXPECT_EQ(pack_weights({ggml_type::q2_k, w.data(), 2, 256, 0}, simd_level::avx512, dst.span()),
-              matmul_status::unsupported_type);
     EXPECT_EQ(pack_weights({ggml_type::q8_0, w.data(), 2, 33, 0}, simd_level::avx512, dst.span()),
               matmul_status::bad_shape);
     EXPECT_EQ(packed_weight_bytes({ggml_type::q8_0, w.data(), -1, 32, 0}, simd_level::avx512), 0u);

@@ -336,3 +336,31 @@ TEST(model_load, unsupported_architectures_and_types_are_named) {
             << e.what();
     }
 }
+
+TEST(model_load, packs_every_matrix_for_avx512_and_lets_their_rows_go) {
+    gguf_file f = gguf_file::open(tiny);
+    const model plain = model::load(f, simd_level::avx2);
+    EXPECT_EQ(plain.packed_bytes(), 0u);
+    EXPECT_EQ(plain.dropped_bytes(), 0u);
+    EXPECT_EQ(plain.output().packed, nullptr);
+    const model packed = model::load(f, simd_level::avx512);
+    uint64_t want = 0;
+    for (const auto& l : packed.layers()) {
+        for (const weight_view* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+            EXPECT_NE(w->packed, nullptr);
+            EXPECT_EQ(reinterpret_cast<uintptr_t>(w->packed) % 64, 0u);
+            want += packed_weight_bytes(*w, simd_level::avx512);
+        }
+    }
+    want += packed_weight_bytes(packed.output(), simd_level::avx512);
+    EXPECT_EQ(packed.packed_bytes(), want);
+    EXPECT_GE(want, packed.weight_bytes());
+    EXPECT_EQ(packed.token_embd().packed, nullptr); // embed() reads its rows
+    // The file's pages behind the packed matrices went (the tiny model's
+    // matrices are 16 KiB: most of their pages are whole).
+    EXPECT_GT(packed.dropped_bytes(), 0u);
+    EXPECT_LE(packed.dropped_bytes(), packed.weight_bytes());
+    // A copy of the model shares its packed copy.
+    const model copy = packed;
+    EXPECT_EQ(copy.layers()[0].wq.packed, packed.layers()[0].wq.packed);
+}

@@ -479,6 +479,21 @@ gguf_file gguf_file::open(const std::string& path) {
     return f;
 }
 
+size_t gguf_file::drop_pages(std::span<const std::byte> range) const noexcept {
+    if (!_map || range.empty() || range.data() < _bytes.data() ||
+        range.data() + range.size() > _bytes.data() + _bytes.size()) {
+        return 0;
+    }
+    const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto begin = (reinterpret_cast<uintptr_t>(range.data()) + page - 1) / page * page;
+    const auto end = (reinterpret_cast<uintptr_t>(range.data()) + range.size()) / page * page;
+    if (end <= begin ||
+        ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED) != 0) {
+        return 0;
+    }
+    return end - begin;
+}
+
 const gguf_value* gguf_file::find(std::string_view key) const {
     auto it = _kv_index.find(key);
     return it == _kv_index.end() ? nullptr : &_kvs[it->second].value;

@@ -200,9 +200,10 @@ size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens, act_precisio
         return 0;
     }
     const auto n = static_cast<size_t>(n_tokens);
-    // The panel kernels' rows are the larger (act32 and the blocks' z).
-    const size_t row = f == detail::act_format::q8_32 ? detail::act_panel_row_bytes(w.cols)
-                                                      : detail::act_row_bytes(f, w.cols);
+    // Room for the rows of either kernel set (the panel kernels' 32-element
+    // rows are the larger: act32 and the blocks' z).
+    const size_t row =
+        std::max(detail::act_row_bytes(f, w.cols), detail::act_panel_row_bytes(w.type, w.cols));
     const size_t rows = row * n;
     if (p == act_precision::int8x2) {
         // Two rows per token, and each token's rounding error as floats.
@@ -258,7 +259,7 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
                                                  ~static_cast<uintptr_t>(scratch_align - 1));
         act = dst;
         act_stride =
-            panels ? detail::act_panel_row_bytes(w.cols) : detail::act_row_bytes(f, w.cols);
+            panels ? detail::act_panel_row_bytes(w.type, w.cols) : detail::act_row_bytes(f, w.cols);
         const int64_t cols = w.cols;
         // int8x2: each token's rounding error, after both rows of every token.
         float* err =

@@ -213,6 +213,16 @@ model model::load(const gguf_file& f, simd_level kernels) {
     m._weight_bytes = bytes;
     m._fingerprint = h;
     m.pack(kernels);
+    // The packed matrices' rows are not read again (the token embedding's
+    // are, for embed(), also when the output head shares them).
+    for (auto& w : m._layers) {
+        for (const auto* v : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
+            m.drop_rows(f, *v);
+        }
+    }
+    if (!p.tied_output) {
+        m.drop_rows(f, m._output);
+    }
     m._types.assign(types.begin(), types.end());
     return m;
 }
@@ -264,6 +274,14 @@ void model::pack(simd_level kernels) {
         if (packed[i]) {
             todo[i]->packed = mem + at[i];
         }
+    }
+}
+
+void model::drop_rows(const gguf_file& f, const weight_view& w) {
+    if (w.packed) {
+        const size_t rb = *row_bytes(w.type, static_cast<uint64_t>(w.cols));
+        _dropped_bytes +=
+            f.drop_pages({static_cast<const std::byte*>(w.data), rb * static_cast<size_t>(w.rows)});
     }
 }
 

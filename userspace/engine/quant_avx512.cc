@@ -71,6 +71,18 @@ LLMOS_AVX512 void quantize_act_panel(const float* x, void* dst, int64_t cols) {
     }
 }
 
+/// act_q8_256 blocks as the AVX2 quantizer writes them, then each block's
+/// sums of 32.
+LLMOS_AVX512 void quantize_act_k_panel(const float* x, void* dst, int64_t cols) {
+    act_quantizer_avx2(act_format::q8_256)(x, dst, cols);
+    auto* y = static_cast<act_k_panel*>(dst);
+    for (int64_t b = 0; b < cols / qk_super; ++b) {
+        for (int s = 0; s < qk_super / 32; ++s) {
+            y[b].sums32[s] = static_cast<int16_t>(y[b].bsums[2 * s] + y[b].bsums[2 * s + 1]);
+        }
+    }
+}
+
 // ---- packed 32-element types ------------------------------------------------
 
 template <typename Block>
@@ -180,29 +192,324 @@ LLMOS_AVX512 void panel_dot(const void* panel, const void* act, size_t stride, i
     }
 }
 
-template <typename Block>
+// ---- packed K-quants --------------------------------------------------------
+
+/// Vectors 2j and 2j + 1 of a group's nibbles at `lv`.
+LLMOS_AVX512_INLINE void nibble_pair(const uint8_t* lv, int j, __m512i& a, __m512i& b) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i raw = _mm512_load_si512(lv + 64 * j);
+    a = _mm512_and_si512(raw, m4);
+    b = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+}
+
+/// Adds bit 4 from the masks at `masks` to vectors 2j, 2j + 1.
+LLMOS_AVX512_INLINE void fifth_pair(const uint8_t* masks, int j, __m512i& a, __m512i& b) {
+    const __m512i c16 = _mm512_set1_epi8(0x10);
+    uint64_t ma = 0;
+    uint64_t mb = 0;
+    std::memcpy(&ma, masks + 16 * j, sizeof ma);
+    std::memcpy(&mb, masks + 16 * j + 8, sizeof mb);
+    a = _mm512_mask_add_epi8(a, _cvtu64_mask64(ma), a, c16);
+    b = _mm512_mask_add_epi8(b, _cvtu64_mask64(mb), b, c16);
+}
+
+/// ORs bits 4 and 5 from the 2-bit plane at `plane` into vectors 2j, 2j + 1.
+LLMOS_AVX512_INLINE void high2_pair(const uint8_t* plane, int j, __m512i& a, __m512i& b) {
+    const __m512i m30 = _mm512_set1_epi8(0x30);
+    const __m512i h = _mm512_load_si512(plane + 64 * (j / 2));
+    if (j % 2 == 0) { // vectors 4c and 4c + 1: bits 0-1 and 2-3
+        a = _mm512_or_si512(a, _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
+        b = _mm512_or_si512(b, _mm512_and_si512(_mm512_slli_epi16(h, 2), m30));
+    } else { // vectors 4c + 2 and 4c + 3: bits 4-5 and 6-7
+        a = _mm512_or_si512(a, _mm512_and_si512(h, m30));
+        b = _mm512_or_si512(b, _mm512_and_si512(_mm512_srli_epi16(h, 2), m30));
+    }
+}
+
+/// Q4_K, Q5_K: per token and sub-block s, the integer sum times d * sc[s]
+/// into a float sum; per super-block that sum times the activations' d,
+/// less dmin * d_x * sum(m[s] * sums32[s]) (vpdpwssd over the mins' pairs).
+template <bool Five, int NT>
+LLMOS_AVX512 void panel_dot_affine_k(const void* panel, const void* act, size_t stride,
+                                     int64_t cols, float* out) {
+    constexpr size_t lb = Five ? 320 : 256;
+    constexpr size_t sbb = k_panel_bytes(Five ? ggml_type::q5_k : ggml_type::q4_k);
+    const auto* sb = static_cast<const uint8_t*>(panel);
+    const auto* a = static_cast<const std::byte*>(act);
+    __m512 facc[NT];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+        facc[t] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < cols / qk_super; ++b, sb += sbb) {
+        const uint8_t* sc = sb + 8 * lb;
+        const uint8_t* mins = sc + 8 * panel_rows;
+        const auto* dd = reinterpret_cast<const __m256i*>(mins + 16 * panel_rows);
+        const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(dd));
+        const __m512 dmin = _mm512_cvtph_ps(_mm256_load_si256(dd + 1));
+        const act_k_panel* x[NT];
+        __m512 sumf[NT];
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+            x[t] = reinterpret_cast<const act_k_panel*>(a + t * stride) + b;
+            sumf[t] = _mm512_setzero_ps();
+        }
+        if constexpr (NT == 1) {
+            for (size_t c = 0; c < sbb; c += 64) {
+                _mm_prefetch(reinterpret_cast<const char*>(sb + c + prefetch_ahead), _MM_HINT_T0);
+            }
+        }
+        for (int s = 0; s < 8; ++s) {
+            const uint8_t* lv = sb + lb * static_cast<size_t>(s);
+            const __m512 dsc =
+                _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(
+                                     reinterpret_cast<const __m128i*>(sc + panel_rows * s)))));
+            __m512i acc[NT];
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; ++t) {
+                acc[t] = _mm512_setzero_si512();
+            }
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+                __m512i w0;
+                __m512i w1;
+                nibble_pair(lv, j, w0, w1);
+                if constexpr (Five) {
+                    fifth_pair(lv + 256, j, w0, w1);
+                }
+#pragma GCC unroll 8
+                for (int t = 0; t < NT; ++t) {
+                    const int8_t* q = x[t]->qs + 32 * s + 8 * j;
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], w0, _mm512_set1_epi32(load_i32(q)));
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], w1, _mm512_set1_epi32(load_i32(q + 4)));
+                }
+            }
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; ++t) {
+                sumf[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), dsc, sumf[t]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+            __m512i macc = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int p = 0; p < 4; ++p) {
+                macc = _mm512_dpwssd_epi32(macc, _mm512_load_si512(mins + 64 * p),
+                                           _mm512_set1_epi32(load_i32(x[t]->sums32 + 2 * p)));
+            }
+            const __m512 xd = _mm512_set1_ps(x[t]->d);
+            facc[t] = _mm512_fmadd_ps(sumf[t], xd, facc[t]);
+            facc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(macc), _mm512_mul_ps(dmin, xd), facc[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+        _mm512_storeu_ps(out + t * panel_rows, facc[t]);
+    }
+}
+
+/// Q6_K: per token and 16-element sub-block j, the integer sum times d *
+/// sc[j]; per super-block times d_x, less 32 * d * d_x * sum(sc[j] *
+/// bsums[j]) (the levels' offset, vpdpwssd over the scales' pairs).
+template <int NT>
+LLMOS_AVX512 void panel_dot_q6_k(const void* panel, const void* act, size_t stride, int64_t cols,
+                                 float* out) {
+    constexpr size_t sbb = k_panel_bytes(ggml_type::q6_k);
+    const auto* sb = static_cast<const uint8_t*>(panel);
+    const auto* a = static_cast<const std::byte*>(act);
+    __m512 facc[NT];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+        facc[t] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < cols / qk_super; ++b, sb += sbb) {
+        const uint8_t* scp = sb + 8 * 384;
+        const __m512 d = _mm512_cvtph_ps(
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(scp + 32 * panel_rows)));
+        const act_k_panel* x[NT];
+        __m512 sumf[NT];
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+            x[t] = reinterpret_cast<const act_k_panel*>(a + t * stride) + b;
+            sumf[t] = _mm512_setzero_ps();
+        }
+        if constexpr (NT == 1) {
+            for (size_t c = 0; c < sbb; c += 64) {
+                _mm_prefetch(reinterpret_cast<const char*>(sb + c + prefetch_ahead), _MM_HINT_T0);
+            }
+        }
+        for (int g = 0; g < 8; ++g) {
+            const uint8_t* lv = sb + 384 * static_cast<size_t>(g);
+            // Sub-blocks 2g (vectors 0-3) and 2g + 1 (vectors 4-7).
+            const __m512i pair = _mm512_load_si512(scp + 64 * g);
+            const __m512 dsc[2] = {
+                _mm512_mul_ps(
+                    d, _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(pair, 16), 16))),
+                _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32(pair, 16)))};
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; ++h) {
+                __m512i acc[NT];
+#pragma GCC unroll 8
+                for (int t = 0; t < NT; ++t) {
+                    acc[t] = _mm512_setzero_si512();
+                }
+#pragma GCC unroll 2
+                for (int j = 2 * h; j < 2 * h + 2; ++j) {
+                    __m512i w0;
+                    __m512i w1;
+                    nibble_pair(lv, j, w0, w1);
+                    high2_pair(lv + 256, j, w0, w1);
+#pragma GCC unroll 8
+                    for (int t = 0; t < NT; ++t) {
+                        const int8_t* q = x[t]->qs + 32 * g + 8 * j;
+                        acc[t] = _mm512_dpbusd_epi32(acc[t], w0, _mm512_set1_epi32(load_i32(q)));
+                        acc[t] =
+                            _mm512_dpbusd_epi32(acc[t], w1, _mm512_set1_epi32(load_i32(q + 4)));
+                    }
+                }
+#pragma GCC unroll 8
+                for (int t = 0; t < NT; ++t) {
+                    sumf[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), dsc[h], sumf[t]);
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+            __m512i oacc = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int p = 0; p < 8; ++p) {
+                oacc = _mm512_dpwssd_epi32(oacc, _mm512_load_si512(scp + 64 * p),
+                                           _mm512_set1_epi32(load_i32(x[t]->bsums + 2 * p)));
+            }
+            const float xd = x[t]->d;
+            facc[t] = _mm512_fmadd_ps(sumf[t], _mm512_set1_ps(xd), facc[t]);
+            facc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(oacc),
+                                       _mm512_mul_ps(d, _mm512_set1_ps(32.0f * xd)), facc[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+        _mm512_storeu_ps(out + t * panel_rows, facc[t]);
+    }
+}
+
+// ---- packed F32 and F16 ------------------------------------------------------
+
+/// 16 rows' weights of one column as floats.
+template <typename W>
+LLMOS_AVX512_INLINE __m512 panel_column(const W* w) {
+    if constexpr (sizeof(W) == 2) {
+        return _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w)));
+    } else {
+        return _mm512_load_ps(w);
+    }
+}
+
+/// Per token two sums, of the even and the odd columns (two chains: one
+/// token is not bound by the FMA's latency alone), each column's 16
+/// weights times the token's value broadcast.
+template <typename W, int NT>
+LLMOS_AVX512 void panel_dot_float(const void* panel, const void* act, size_t stride, int64_t cols,
+                                  float* out) {
+    const auto* w = static_cast<const W*>(panel);
+    const float* x[NT];
+    __m512 acc[NT][2];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+        x[t] = reinterpret_cast<const float*>(static_cast<const std::byte*>(act) + t * stride);
+        acc[t][0] = _mm512_setzero_ps();
+        acc[t][1] = _mm512_setzero_ps();
+    }
+    int64_t k = 0;
+    for (; k + 2 <= cols; k += 2) {
+#pragma GCC unroll 2
+        for (int u = 0; u < 2; ++u) {
+            if constexpr (NT == 1) {
+                _mm_prefetch(reinterpret_cast<const char*>(w + (k + u) * panel_rows) +
+                                 prefetch_ahead,
+                             _MM_HINT_T0);
+            }
+            const __m512 wv = panel_column(w + (k + u) * panel_rows);
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; ++t) {
+                acc[t][u] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[t][k + u]), acc[t][u]);
+            }
+        }
+    }
+    if (k < cols) {
+        const __m512 wv = panel_column(w + k * panel_rows);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+            acc[t][0] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[t][k]), acc[t][0]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+        _mm512_storeu_ps(out + t * panel_rows, _mm512_add_ps(acc[t][0], acc[t][1]));
+    }
+}
+
+/// A panel kernel for a runtime token count, from one templated on it.
+template <template <int> class K>
 void panel_by_tile(const void* panel, const void* act, size_t stride, int nt, int64_t cols,
                    float* out) {
     switch (nt) {
     case 1:
-        return panel_dot<Block, 1>(panel, act, stride, cols, out);
+        return K<1>::run(panel, act, stride, cols, out);
     case 2:
-        return panel_dot<Block, 2>(panel, act, stride, cols, out);
+        return K<2>::run(panel, act, stride, cols, out);
     case 3:
-        return panel_dot<Block, 3>(panel, act, stride, cols, out);
+        return K<3>::run(panel, act, stride, cols, out);
     case 4:
-        return panel_dot<Block, 4>(panel, act, stride, cols, out);
+        return K<4>::run(panel, act, stride, cols, out);
     case 5:
-        return panel_dot<Block, 5>(panel, act, stride, cols, out);
+        return K<5>::run(panel, act, stride, cols, out);
     case 6:
-        return panel_dot<Block, 6>(panel, act, stride, cols, out);
+        return K<6>::run(panel, act, stride, cols, out);
     case 7:
-        return panel_dot<Block, 7>(panel, act, stride, cols, out);
+        return K<7>::run(panel, act, stride, cols, out);
     default:
-        return panel_dot<Block, 8>(panel, act, stride, cols, out);
+        return K<8>::run(panel, act, stride, cols, out);
     }
 }
 static_assert(panel_tile == 8);
+
+template <typename Block>
+struct small {
+    template <int NT>
+    struct k {
+        static void run(const void* p, const void* a, size_t s, int64_t c, float* o) {
+            panel_dot<Block, NT>(p, a, s, c, o);
+        }
+    };
+};
+template <typename W>
+struct floats {
+    template <int NT>
+    struct k {
+        static void run(const void* p, const void* a, size_t s, int64_t c, float* o) {
+            panel_dot_float<W, NT>(p, a, s, c, o);
+        }
+    };
+};
+template <int NT>
+struct k_q4_k {
+    static void run(const void* p, const void* a, size_t s, int64_t c, float* o) {
+        panel_dot_affine_k<false, NT>(p, a, s, c, o);
+    }
+};
+template <int NT>
+struct k_q5_k {
+    static void run(const void* p, const void* a, size_t s, int64_t c, float* o) {
+        panel_dot_affine_k<true, NT>(p, a, s, c, o);
+    }
+};
+template <int NT>
+struct k_q6_k {
+    static void run(const void* p, const void* a, size_t s, int64_t c, float* o) {
+        panel_dot_q6_k<NT>(p, a, s, c, o);
+    }
+};
 
 // ---- float weights ---------------------------------------------------------
 
@@ -296,15 +603,25 @@ static_assert(max_tile == 4);
 panel_kernel panel_kernel_avx512(ggml_type t) noexcept {
     switch (t) {
     case ggml_type::q8_0:
-        return panel_by_tile<block_q8_0>;
+        return panel_by_tile<small<block_q8_0>::k>;
     case ggml_type::q4_0:
-        return panel_by_tile<block_q4_0>;
+        return panel_by_tile<small<block_q4_0>::k>;
     case ggml_type::q4_1:
-        return panel_by_tile<block_q4_1>;
+        return panel_by_tile<small<block_q4_1>::k>;
     case ggml_type::q5_0:
-        return panel_by_tile<block_q5_0>;
+        return panel_by_tile<small<block_q5_0>::k>;
     case ggml_type::q5_1:
-        return panel_by_tile<block_q5_1>;
+        return panel_by_tile<small<block_q5_1>::k>;
+    case ggml_type::q4_k:
+        return panel_by_tile<k_q4_k>;
+    case ggml_type::q5_k:
+        return panel_by_tile<k_q5_k>;
+    case ggml_type::q6_k:
+        return panel_by_tile<k_q6_k>;
+    case ggml_type::f32:
+        return panel_by_tile<floats<float>::k>;
+    case ggml_type::f16:
+        return panel_by_tile<floats<uint16_t>::k>;
     default:
         return nullptr;
     }
@@ -321,6 +638,10 @@ act_quantizer panel_quantizer_avx512(ggml_type t) noexcept {
     case ggml_type::q4_1:
     case ggml_type::q5_1:
         return quantize_act_panel<0>;
+    case ggml_type::q4_k:
+    case ggml_type::q5_k:
+    case ggml_type::q6_k:
+        return quantize_act_k_panel;
     default:
         return nullptr;
     }

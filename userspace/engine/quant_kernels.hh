@@ -81,24 +81,38 @@ act_quantizer act_quantizer_avx2(act_format f) noexcept;
 
 // ---- AVX-512: packed weights ---------------------------------------------
 //
-// The AVX-512 kernels of the 32-element types read weights packed in
-// panels of 16 rows (one per 32-bit lane), the last one padded with zero
-// rows, panel after panel, each panel_bytes() long and 64-byte aligned:
+// The AVX-512 kernels of the quantized types read weights packed in panels
+// of 16 rows (one per 32-bit lane), the last one padded with zero rows,
+// panel after panel, each panel_bytes() long and 64-byte aligned. Every
+// group of 32 elements of the 16 rows is 8 vectors of 64 bytes of unsigned
+// levels: byte 4r + k of vector i is element 4i + k of row r's group, so
+// one vpdpbusd of vector i with 4 activations broadcast adds them to all
+// 16 rows' sums. Levels are stored as
 //
-//   levels  per block of the rows (cols / 32 of them), the 16 rows'
-//           unsigned levels in 8 vectors of 64 bytes: byte 4r + k of
-//           vector i is element 4i + k of row r's block, so one vpdpbusd
-//           of vector i with 4 activations broadcast adds them to all 16
-//           rows' sums. Q8_0 stores q + 128 (512 bytes a block); the 4-bit
-//           types store the levels in nibbles (256 bytes: the low nibbles
-//           of 64-byte chunk j are vector 2j, the high ones vector 2j + 1);
-//           Q5_0 and Q5_1 follow the nibbles with 8 64-bit masks, bit
-//           4r + k of mask i the fifth bit of that element (320 bytes).
-//   d       per block, the 16 rows' scales as halves (32 bytes).
-//   m       Q4_1 and Q5_1: per block, the 16 rows' mins (32 bytes).
+//   bytes    Q8_0's q + 128 (512 bytes a group);
+//   nibbles  the low 4 bits (256 bytes: the low nibbles of 64-byte chunk j
+//            are vector 2j, the high ones vector 2j + 1), then for 5-bit
+//            levels 8 64-bit masks (bit 4r + k of mask i: bit 4 of that
+//            element; 64 bytes), for Q6_K's 6-bit ones a 2-bit plane (byte
+//            4r + k of 64-byte chunk c: bits 2q, 2q + 1 are bits 4, 5 of
+//            vector 4c + q's element; 128 bytes).
 //
-// A weight is d * (level - zero) (+ m): zero is 128 for Q8_0, 8 for Q4_0,
-// 16 for Q5_0 and 0 for the affine types.
+// 32-element types, per group: the levels (bytes for Q8_0, nibbles and
+// masks for the others), the 16 rows' d as halves (32 bytes) and for
+// Q4_1/Q5_1 their m (32 bytes) after all the groups' levels. A weight is
+// d * (level - zero) (+ m): zero is 128 for Q8_0, 8 for Q4_0, 16 for Q5_0
+// and 0 for the affine types.
+//
+// F32 and F16: column after column, the 16 rows' values (64 or 32 bytes).
+//
+// K-quants, one super-block of 256 after another (k_panel_bytes() each):
+//   Q4_K, Q5_K  8 groups' levels (nibbles, + masks for Q5_K), the 6-bit
+//               scales as bytes [sub-block][row] (128), the mins as int16
+//               pairs [pair p][row] = (m[2p], m[2p + 1]) (256), then d and
+//               dmin, 16 halves each.
+//   Q6_K        8 groups' levels (nibbles and 2-bit plane), the int8
+//               scales of the 16-element sub-blocks as int16 pairs [p][row]
+//               = (sc[2p], sc[2p + 1]) (512), d (16 halves), padding to 64.
 
 /// Rows per panel.
 inline constexpr int panel_rows = 16;
@@ -106,8 +120,23 @@ inline constexpr int panel_rows = 16;
 /// The most tokens one panel kernel call handles.
 inline constexpr int panel_tile = 8;
 
+/// Bytes of one K-quant super-block of a panel (0 for other types).
+constexpr size_t k_panel_bytes(ggml_type t) noexcept {
+    switch (t) {
+    case ggml_type::q4_k:
+        return 8 * 256 + 8 * panel_rows + 8 * 2 * panel_rows + 2 * 2 * panel_rows;
+    case ggml_type::q5_k:
+        return 8 * 320 + 8 * panel_rows + 8 * 2 * panel_rows + 2 * 2 * panel_rows;
+    case ggml_type::q6_k:
+        return (8 * 384 + 16 * 2 * panel_rows + 2 * panel_rows + 63) / 64 * 64;
+    default:
+        return 0;
+    }
+}
+static_assert(k_panel_bytes(ggml_type::q4_k) % 64 == 0 && k_panel_bytes(ggml_type::q5_k) % 64 == 0);
+
 /// Bytes of one panel of `cols` columns of type t (a multiple of 64); 0
-/// when t has no packed form.
+/// when t has no packed form or cols is not whole blocks of it.
 size_t panel_bytes(ggml_type t, int64_t cols) noexcept;
 
 /// Packs rows r0 .. r0 + 15 of w (those below rows; zeros past it) into
@@ -116,13 +145,28 @@ size_t panel_bytes(ggml_type t, int64_t cols) noexcept;
 void pack_panel(ggml_type t, const void* w, size_t stride, int64_t rows, int64_t cols, int64_t r0,
                 void* dst) noexcept;
 
-/// Activations for the panel kernels: an act32 row (q, d, ds) followed by
-/// int32 z[cols / 32] = -zero * sum(q) of each block, zero that of the
-/// weight type (see above).
-size_t act_panel_row_bytes(int64_t cols) noexcept;
+/// Activations of the panel kernels, per row. 32-element types: an act32
+/// row (q, d, ds) followed by int32 z[cols / 32] = -zero * sum(q) of each
+/// block (zero: the weight type's). K-quants: act_k_panel blocks. F32 and
+/// F16: the floats themselves.
 inline const int32_t* act_panel_z(const void* row, int64_t cols) {
     return reinterpret_cast<const int32_t*>(act32_ds(row, cols) + cols / qk_block);
 }
+
+/// act_q8_256 with the sums of each 32 values (the Q4_K/Q5_K sub-blocks)
+/// in what is padding there.
+struct alignas(32) act_k_panel {
+    int8_t qs[qk_super];
+    int16_t bsums[qk_super / 16];
+    float d;
+    int16_t sums32[qk_super / 32];
+};
+static_assert(sizeof(act_k_panel) == sizeof(act_q8_256) &&
+              offsetof(act_k_panel, d) == offsetof(act_q8_256, d) &&
+              offsetof(act_k_panel, bsums) == offsetof(act_q8_256, bsums));
+
+/// Bytes of one activation row for the panel kernels of type t.
+size_t act_panel_row_bytes(ggml_type t, int64_t cols) noexcept;
 
 /// out[t * panel_rows + r] = the dot product of row r of the panel at
 /// `panel` with the activation row at act + t * act_stride, t < nt
@@ -131,8 +175,8 @@ using panel_kernel = void (*)(const void* panel, const void* act, size_t act_str
                               int64_t cols, float* out);
 
 /// The AVX-512 panel kernel and activation quantizer of a packable type
-/// (nullptr for others). The quantizer writes act_panel rows for the
-/// type's zero; its q and d are those of the act32 quantizers.
+/// (nullptr for others, and the quantizer of F32 and F16). The quantizers'
+/// q and d are those of the AVX2 ones for the same format.
 panel_kernel panel_kernel_avx512(ggml_type t) noexcept;
 act_quantizer panel_quantizer_avx512(ggml_type t) noexcept;
 

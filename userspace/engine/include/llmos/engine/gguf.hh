@@ -195,6 +195,12 @@ public:
     uint64_t data_offset() const { return _data_offset; }
     /// The whole file.
     std::span<const std::byte> bytes() const { return _bytes; }
+    /// For a file open() mapped: the whole pages inside `range` (a part of
+    /// bytes()) leave this process's memory for now (MADV_DONTNEED), as
+    /// after a copy of them was made; reading them again maps them back
+    /// from the file. Nothing for parse()d bytes or a range outside the
+    /// file. Returns the bytes let go. Any thread.
+    size_t drop_pages(std::span<const std::byte> range) const noexcept;
 
     /// The key/value pairs in file order.
     const std::vector<gguf_kv>& kvs() const { return _kvs; }

@@ -64,10 +64,10 @@ enum class act_precision : uint8_t {
 /// start at a multiple of it (see sub_rows).
 inline constexpr int64_t packed_row_group = 16;
 
-/// Bytes pack_weights() needs for `w` at `level` (a multiple of 64); 0
-/// when that level's kernels read w's rows as they are (all but Q8_0,
-/// Q4_0, Q4_1, Q5_0 and Q5_1 at simd_level::avx512) or w is malformed
-/// (what matmul would refuse). Any thread.
+/// Bytes pack_weights() needs for `w` at `level` (a multiple of 64, about
+/// the rows' size); 0 when that level's kernels read w's rows as they are
+/// (every level but simd_level::avx512) or w is malformed (what matmul
+/// would refuse). Any thread.
 size_t packed_weight_bytes(const weight_view& w, simd_level level) noexcept;
 
 /// Writes w's rows rearranged for `level`'s kernels into dst, which must

@@ -63,9 +63,10 @@ public:
     /// it). Throws model_error: unsupported architecture or weight type,
     /// a missing or misshapen tensor, inconsistent hyperparameters.
     /// The matrices are also packed for the kernels of `kernels` where
-    /// those want it (pack_weights(): the 32-element types at
-    /// simd_level::avx512, a copy as large as their rows, made once here
-    /// on all CPUs; packed_bytes() tells its size).
+    /// those want it (pack_weights(): every matrix at simd_level::avx512),
+    /// made once here on all CPUs: a copy about as large as their rows
+    /// (packed_bytes()), whose pages in the file's mapping are then let go
+    /// (gguf_file::drop_pages(); the token embedding's stay).
     static model load(const gguf_file& file, simd_level kernels = default_simd());
 
     const model_params& params() const noexcept { return _p; }
@@ -79,8 +80,10 @@ public:
     /// Bytes of weights read for one token (every matrix once): what a
     /// decode step streams from memory.
     uint64_t weight_bytes() const noexcept { return _weight_bytes; }
-    /// Bytes of the matrices' packed copies (0 when none was made).
+    /// Bytes of the matrices' packed copies (0 when none was made), and of
+    /// the file's pages let go after packing.
     uint64_t packed_bytes() const noexcept { return _packed_bytes; }
+    uint64_t dropped_bytes() const noexcept { return _dropped_bytes; }
     /// Which weight types occur, and how many tensors of each ("Q4_K x 98").
     std::string type_summary() const;
     /// A digest of the hyperparameters and tensor layout: a KV cache made
@@ -91,6 +94,7 @@ public:
 
 private:
     void pack(simd_level kernels);
+    void drop_rows(const gguf_file& f, const weight_view& w);
 
     model_params _p;
     std::vector<layer_weights> _layers;
@@ -100,6 +104,7 @@ private:
     std::span<const float> _rope_freqs;
     uint64_t _weight_bytes = 0;
     uint64_t _packed_bytes = 0;
+    uint64_t _dropped_bytes = 0;
     std::shared_ptr<std::byte> _packed; ///< the packed copies, shared by copies of the model
     uint64_t _fingerprint = 0;
     std::vector<std::pair<ggml_type, int>> _types;

@@ -163,9 +163,10 @@ enum class simd_level : uint8_t {
     scalar, ///< portable C++
     avx2,   ///< AVX2 + FMA + F16C
     /// AVX-512 F, BW, VL, DQ and VNNI (with AVX2's): 512-bit integer dot
-    /// products for the 32-element types over weights packed by
-    /// pack_weights() (matmul.hh), 512-bit FMA for F32 and F16; the
-    /// K-quants use the AVX2 kernels.
+    /// products (and FMA for F32 and F16) over weights packed by
+    /// pack_weights() (matmul.hh) in panels of 16 rows, one per lane;
+    /// weights not packed take the AVX2 kernels (F32 and F16: AVX-512 ones
+    /// over the rows).
     avx512,
 };
 
