@@ -421,6 +421,10 @@ TEST_F(llmosd_test, models_load_swap_and_unload_without_dropping_requests) {
     auto loaded = post(c, "/llmos/v1/models", {{"name", "second"}, {"path", tiny}}, 201);
     EXPECT_EQ(loaded["name"], "second");
     EXPECT_EQ(loaded["architecture"], "llama");
+    // The kernels this CPU runs; only AVX-512's take a packed copy.
+    const std::string kernels = loaded["kernels"];
+    EXPECT_TRUE(kernels == "avx512" || kernels == "avx2" || kernels == "scalar") << kernels;
+    EXPECT_EQ(loaded["packed_bytes"].get<uint64_t>() > 0, kernels == "avx512");
     EXPECT_EQ(json::parse(c.Get("/v1/models")->body)["data"].size(), 2u);
     expect_error(post(c, "/llmos/v1/models", {{"name", "second"}, {"path", tiny}}, 409),
                  "invalid_request_error", "name");

@@ -273,6 +273,8 @@ json http_server::describe(const model_entry& m) const {
             {"architecture", p.arch_name},
             {"weights", m.model->type_summary()},
             {"weight_bytes", m.model->weight_bytes()},
+            {"kernels", std::string(llmos::engine::simd_name(llmos::engine::default_simd()))},
+            {"packed_bytes", m.model->packed_bytes()},
             {"n_vocab", p.n_vocab},
             {"n_embd", p.n_embd},
             {"n_layer", p.n_layer},
