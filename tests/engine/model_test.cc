@@ -186,6 +186,61 @@ TEST_F(conformance, a_resumed_cache_continues_exactly_as_an_uninterrupted_run) {
     EXPECT_EQ(first, uninterrupted);
 }
 
+TEST_F(conformance, avx512_prefill_attention_agrees_with_the_one_token_kernels) {
+    if (detected_simd() < simd_level::avx512) {
+        GTEST_SKIP() << "this CPU has no AVX-512: detected " << simd_name(detected_simd());
+    }
+    // A 100-token prompt in steps of 37 (so queries start past position
+    // 0, mid-tile, and tiles of keys end short of 16), then 10 decode
+    // steps, over F16 caches with both kernel levels and block sizes that
+    // do and do not match the AVX-512 kernel's 16 keys: the logits agree
+    // but for float rounding (the matmuls' too).
+    const uint32_t V = m->params().n_vocab;
+    std::vector<int32_t> prompt(100);
+    for (size_t i = 0; i < prompt.size(); ++i) {
+        prompt[i] = static_cast<int32_t>((i * 37 + 11) % V);
+    }
+    auto logits_of = [&](simd_level kernels, uint32_t block) {
+        kv_options ko{.type = kv_type::f16, .block_tokens = block, .max_tokens = 256};
+        kv_memory mem(kv_cache::bytes_for(m->params(), ko));
+        auto kv = kv_cache::open(mem.span(), *m, ko);
+        context ctx(*m, {.n_threads = 2, .kernels = kernels});
+        std::vector<float> all(prompt.size() * V);
+        for (size_t at = 0; at < prompt.size(); at += 37) {
+            const size_t n = std::min<size_t>(37, prompt.size() - at);
+            batch_entry e{.kv = &kv,
+                          .tokens = std::span<const int32_t>(prompt).subspan(at, n),
+                          .all_logits = all.data() + at * V};
+            EXPECT_EQ(ctx.step({&e, 1}), step_status::ok);
+        }
+        std::vector<float> last(all.end() - V, all.end());
+        for (int i = 0; i < 10; ++i) {
+            const int32_t t = (17 * i + 5) % int32_t(V);
+            batch_entry e{.kv = &kv, .tokens = {&t, 1}, .logits = last.data()};
+            EXPECT_EQ(ctx.step({&e, 1}), step_status::ok);
+            all.insert(all.end(), last.begin(), last.end());
+        }
+        return all;
+    };
+    for (const uint32_t block : {16u, 7u}) {
+        const auto a = logits_of(simd_level::avx2, block);
+        const auto b = logits_of(simd_level::avx512, block);
+        ASSERT_EQ(a.size(), b.size());
+        double worst = 0;
+        for (size_t row = 0; row < a.size() / V; ++row) {
+            double e2 = 0, r2 = 0;
+            for (size_t k = row * V; k < (row + 1) * V; ++k) {
+                e2 += (double(a[k]) - b[k]) * (double(a[k]) - b[k]);
+                r2 += double(a[k]) * a[k];
+            }
+            const double rel = std::sqrt(e2 / r2);
+            worst = std::isnan(rel) ? INFINITY : std::max(worst, rel);
+        }
+        EXPECT_LE(worst, 1e-5) << "block " << block;
+        std::printf("block %u: worst relative difference %.2e\n", block, worst);
+    }
+}
+
 TEST_F(conformance, an_f16_cache_stays_close_to_f32) {
     expected a = load_conformance("hello");
     kv_options f16{.type = kv_type::f16, .block_tokens = 16, .max_tokens = 256};

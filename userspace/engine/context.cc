@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+#include "attention.hh"
 #include "step_batch.hh"
 
 #include <algorithm>
@@ -453,6 +454,8 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
     grow(_scores, _jobs.size() * group * max_len);
 #if defined(__x86_64__)
     const f16_attend_fn fast = _o.kernels >= simd_level::avx2 ? f16_attend_for(group, D) : nullptr;
+    // Jobs of 16 queries or more (prefill) on AVX-512: all of them at once.
+    const bool prefill = _o.kernels >= simd_level::avx512 && D % 16 == 0;
 #endif
     // One job: a KV head's query heads over a run of tokens. Each K and V
     // row is read once for all the query heads that share it.
@@ -464,6 +467,34 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
             const bool f16 = kv.type() == kv_type::f16;
             const size_t off = size_t(job.kv_head) * D;
             float* scores = _scores.data() + size_t(jb) * group * max_len;
+#if defined(__x86_64__)
+            if (prefill && f16 && (job.t1 - job.t0) * group >= 16) {
+                const uint32_t M = (job.t1 - job.t0) * group;
+                // Per thread, grown to the largest job it met (64-byte aligned).
+                thread_local std::vector<float> scratch;
+                const size_t need = detail::prefill_attn_scratch_floats(D, M) + 16;
+                if (scratch.size() < need) {
+                    scratch.resize(need);
+                }
+                const auto at = (reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63};
+                const size_t r0 = _first[job.entry] + job.t0;
+                detail::prefill_attend_avx512(
+                    {.kv = &kv,
+                     .layer = layer,
+                     .off = off,
+                     .D = D,
+                     .G = group,
+                     .T = job.t1 - job.t0,
+                     .pos0 = _pos0[job.entry] + job.t0,
+                     .q = _q.data() + r0 * E + size_t(job.kv_head) * group * D,
+                     .q_stride = E,
+                     .out = _att.data() + r0 * E + size_t(job.kv_head) * group * D,
+                     .out_stride = E,
+                     .scale = scale,
+                     .scratch = reinterpret_cast<float*>(at)});
+                continue;
+            }
+#endif
             for (uint32_t t = job.t0; t < job.t1; ++t) {
                 const size_t r = _first[job.entry] + t;
                 const uint32_t pos = _pos0[job.entry] + t;

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: MIT
+//
+// Private to the engine: attention kernels that context.cc picks by the
+// kernel level.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <llmos/engine/kv_cache.hh>
+
+namespace llmos::engine::detail {
+
+/// Causal attention of one KV head's G query heads for T consecutive
+/// tokens of one sequence over its F16 cache: token t sits at position
+/// pos0 + t and attends positions 0 .. pos0 + t, whose K and V rows the
+/// cache holds.
+struct prefill_attn_args {
+    const kv_cache* kv;
+    uint32_t layer;
+    size_t off;     ///< the KV head's first element in a row
+    uint32_t D;     ///< head size, a multiple of 16
+    uint32_t G;     ///< query heads of the KV head
+    uint32_t T;     ///< tokens
+    uint32_t pos0;  ///< token 0's position
+    const float* q; ///< token t's G heads (G x D) at q + t * q_stride
+    size_t q_stride;
+    float* out; ///< token t's G heads' outputs at out + t * out_stride
+    size_t out_stride;
+    float scale;    ///< scores are q . k * scale
+    float* scratch; ///< prefill_attn_scratch_floats(D, G * T), 64-byte aligned
+};
+
+/// Floats of scratch prefill_attend_avx512 needs for M = G * T queries.
+size_t prefill_attn_scratch_floats(uint32_t D, uint32_t M) noexcept;
+
+/// AVX-512 (F, DQ): 16 queries per vector, one per lane, against 16 keys
+/// at a time with an online softmax, everything vertical: scores as 16
+/// FMAs per dimension (the keys' values broadcast), the running maximum
+/// and sum per lane, the output as 16 FMAs per dimension. Worth it from 16
+/// queries on; the caller checks the CPU has AVX-512.
+void prefill_attend_avx512(const prefill_attn_args& a) noexcept;
+
+} // namespace llmos::engine::detail
