@@ -33,12 +33,25 @@ void grow(std::vector<T>& v, size_t n) {
     }
 }
 
-void rms_norm(const float* x, const float* w, float* y, uint32_t n, float eps) {
-    double ss = 0;
-    for (uint32_t i = 0; i < n; ++i) {
+/// The sum of squares in double: 8 partial sums (element i into sum i %
+/// 8, as the AVX2 version's lanes), added pairwise, then the tail.
+double sum_squares(const float* x, uint32_t n) {
+    double s[8] = {};
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        for (int k = 0; k < 8; ++k) {
+            s[k] += double(x[i + k]) * x[i + k];
+        }
+    }
+    double ss = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    for (; i < n; ++i) {
         ss += double(x[i]) * x[i];
     }
-    const float scale = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
+    return ss;
+}
+
+void rms_norm(const float* x, const float* w, float* y, uint32_t n, float eps) {
+    const float scale = static_cast<float>(1.0 / std::sqrt(sum_squares(x, n) / n + eps));
     for (uint32_t i = 0; i < n; ++i) {
         y[i] = x[i] * scale * w[i];
     }
@@ -172,6 +185,35 @@ LLMOS_AVX2 void silu_mul_avx2(float* g, const float* up, size_t n) {
         _mm256_storeu_ps(g + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
     }
     silu_mul(g + i, up + i, n - i);
+}
+
+// rms_norm with the sum of squares in two vectors of 4 doubles (the same
+// partial sums, added in the same order, as sum_squares).
+LLMOS_AVX2 void rms_norm_avx2(const float* x, const float* w, float* y, uint32_t n, float eps) {
+    __m256d lo = _mm256_setzero_pd();
+    __m256d hi = _mm256_setzero_pd();
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
+        const __m256d b = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+        lo = _mm256_add_pd(lo, _mm256_mul_pd(a, a));
+        hi = _mm256_add_pd(hi, _mm256_mul_pd(b, b));
+    }
+    // Lane k of lo + hi is s[k] + s[k + 4].
+    alignas(32) double pl[4];
+    _mm256_store_pd(pl, _mm256_add_pd(lo, hi));
+    double ss = (pl[0] + pl[1]) + (pl[2] + pl[3]);
+    for (; i < n; ++i) {
+        ss += double(x[i]) * x[i];
+    }
+    const __m256 scale = _mm256_set1_ps(static_cast<float>(1.0 / std::sqrt(ss / n + eps)));
+    for (i = 0; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), scale),
+                                              _mm256_loadu_ps(w + i)));
+    }
+    for (; i < n; ++i) {
+        y[i] = x[i] * _mm256_cvtss_f32(scale) * w[i];
+    }
 }
 
 // Softmax of `rows` rows of n scores, `stride` apart, in place.
@@ -414,14 +456,22 @@ context::context(const model& m, context_options o)
 
 context::~context() = default;
 
-void context::rope(float* x, uint32_t n_heads, uint32_t pos) const {
+void context::rope_angles(uint32_t pos, float* cs) const {
     const model_params& p = _m.params();
     const double at = double(pos) / p.rope_scale;
+    for (uint32_t i = 0; i < p.n_rot / 2; ++i) {
+        const double theta = at * _inv_freq[i];
+        cs[2 * i] = static_cast<float>(std::cos(theta));
+        cs[2 * i + 1] = static_cast<float>(std::sin(theta));
+    }
+}
+
+void context::rope(float* x, uint32_t n_heads, const float* cs) const {
+    const model_params& p = _m.params();
     const uint32_t half = p.n_rot / 2;
     for (uint32_t i = 0; i < half; ++i) {
-        const double theta = at * _inv_freq[i];
-        const float c = static_cast<float>(std::cos(theta));
-        const float s = static_cast<float>(std::sin(theta));
+        const float c = cs[2 * i];
+        const float s = cs[2 * i + 1];
         for (uint32_t h = 0; h < n_heads; ++h) {
             float* v = x + size_t(h) * p.head_dim;
             const uint32_t a = p.neox_rope ? i : 2 * i;
@@ -650,6 +700,15 @@ step_status context::step(std::span<batch_entry> batch) {
     if (step_status st = detail::reserve_batch(batch); st != step_status::ok) {
         return st;
     }
+    // Each row's sequence, and its RoPE angles (the same in every layer).
+    _row_entry.resize(T);
+    grow(_rope_cs, T * p.n_rot);
+    for (size_t i = 0; i < batch.size(); ++i) {
+        for (size_t t = 0; t < batch[i].tokens.size(); ++t) {
+            _row_entry[_first[i] + t] = static_cast<uint32_t>(i);
+            rope_angles(_pos0[i] + uint32_t(t), _rope_cs.data() + (_first[i] + t) * p.n_rot);
+        }
+    }
     grow(_x, T * E);
     grow(_xn, T * E);
     grow(_q, T * E);
@@ -669,15 +728,17 @@ step_status context::step(std::span<batch_entry> batch) {
         return this->mm(w, in, T, out);
     };
     void (*silu)(float*, const float*, size_t) = silu_mul;
+    void (*norm)(const float*, const float*, float*, uint32_t, float) = rms_norm;
 #if defined(__x86_64__)
     if (_o.kernels >= simd_level::avx2) {
         silu = silu_mul_avx2;
+        norm = rms_norm_avx2;
     }
 #endif
     auto norm_all = [&](std::span<const float> w) {
         auto rows = [&](int64_t b, int64_t e) {
             for (int64_t t = b; t < e; ++t) {
-                rms_norm(_x.data() + t * E, w.data(), _xn.data() + t * E, E, p.rms_eps);
+                norm(_x.data() + t * E, w.data(), _xn.data() + t * E, E, p.rms_eps);
             }
         };
         if (T < 8) {
@@ -707,14 +768,21 @@ step_status context::step(std::span<batch_entry> batch) {
         add_bias(_q.data(), w.bq, E);
         add_bias(_k.data(), w.bk, KV);
         add_bias(_v.data(), w.bv, KV);
-        for (size_t i = 0; i < batch.size(); ++i) {
-            for (size_t t = 0; t < batch[i].tokens.size(); ++t) {
-                const size_t r = _first[i] + t;
-                const uint32_t pos = _pos0[i] + uint32_t(t);
-                rope(_q.data() + r * E, p.n_head, pos);
-                rope(_k.data() + r * KV, p.n_head_kv, pos);
-                batch[i].kv->write(l, pos, _k.data() + r * KV, _v.data() + r * KV);
+        // Each row on its own: RoPE, then its K and V into its cache.
+        auto place = [&](int64_t b, int64_t e) {
+            for (int64_t r = b; r < e; ++r) {
+                const size_t i = _row_entry[size_t(r)];
+                const uint32_t pos = _pos0[i] + uint32_t(size_t(r) - _first[i]);
+                const float* cs = _rope_cs.data() + size_t(r) * p.n_rot;
+                rope(_q.data() + size_t(r) * E, p.n_head, cs);
+                rope(_k.data() + size_t(r) * KV, p.n_head_kv, cs);
+                batch[i].kv->write(l, pos, _k.data() + size_t(r) * KV, _v.data() + size_t(r) * KV);
             }
+        };
+        if (T < 8) {
+            place(0, static_cast<int64_t>(T));
+        } else {
+            _pool->parallel_for(static_cast<int64_t>(T), place);
         }
         attention(batch, l);
         if (!mm(w.wo, _att.data(), _xn.data())) {
@@ -759,8 +827,8 @@ step_status context::step(std::span<batch_entry> batch) {
             const size_t n = detail::logit_rows(e);
             size_t from = _first[i] + e.tokens.size() - n;
             for (size_t t = 0; t < n; ++t, ++r) {
-                rms_norm(_x.data() + (from + t) * E, _m.output_norm().data(), rows + r * E, E,
-                         p.rms_eps);
+                norm(_x.data() + (from + t) * E, _m.output_norm().data(), rows + r * E, E,
+                     p.rms_eps);
             }
         }
         if (!this->mm(_m.output(), rows, R, out)) {

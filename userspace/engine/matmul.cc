@@ -98,9 +98,16 @@ void run_panels(const weight_view& w, const std::byte* act, size_t act_stride, i
                     const int nt = static_cast<int>(std::min<int64_t>(tile, p1 - t0));
                     const std::byte* a = act + static_cast<size_t>(t0) * act_stride;
                     for (int64_t q = qb; q < qe; ++q) {
-                        kernel(packed + static_cast<size_t>(q) * pb, a, act_stride, nt, cols, out);
+                        const auto* panel = packed + static_cast<size_t>(q) * pb;
                         const int64_t r0 = q * detail::panel_rows;
                         const int64_t nr = std::min<int64_t>(detail::panel_rows, rows - r0);
+                        if (per_token == 1 && nr == detail::panel_rows) {
+                            // Whole panels write their rows of y themselves.
+                            kernel(panel, a, act_stride, nt, cols, y + t0 * rows + r0,
+                                   static_cast<size_t>(rows));
+                            continue;
+                        }
+                        kernel(panel, a, act_stride, nt, cols, out, detail::panel_rows);
                         if (per_token == 2) {
                             for (int i = 0; i < nt; i += 2) {
                                 float* dst = y + (t0 + i) / 2 * rows + r0;

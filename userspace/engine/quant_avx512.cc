@@ -127,7 +127,7 @@ LLMOS_AVX512_INLINE void levels_pair(const uint8_t* lv, int j, __m512i& a, __m51
 
 template <typename Block, int NT>
 LLMOS_AVX512 void panel_dot(const void* panel, const void* act, size_t stride, int64_t cols,
-                            float* out) {
+                            float* out, size_t out_stride) {
     using tr = panel_traits<Block>;
     const int64_t nb = cols / qk_block;
     const auto* lv = static_cast<const uint8_t*>(panel);
@@ -188,7 +188,7 @@ LLMOS_AVX512 void panel_dot(const void* panel, const void* act, size_t stride, i
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
-        _mm512_storeu_ps(out + t * panel_rows, facc[t]);
+        _mm512_storeu_ps(out + t * out_stride, facc[t]);
     }
 }
 
@@ -231,7 +231,7 @@ LLMOS_AVX512_INLINE void high2_pair(const uint8_t* plane, int j, __m512i& a, __m
 /// less dmin * d_x * sum(m[s] * sums32[s]) (vpdpwssd over the mins' pairs).
 template <bool Five, int NT>
 LLMOS_AVX512 void panel_dot_affine_k(const void* panel, const void* act, size_t stride,
-                                     int64_t cols, float* out) {
+                                     int64_t cols, float* out, size_t out_stride) {
     constexpr size_t lb = Five ? 320 : 256;
     constexpr size_t sbb = k_panel_bytes(Five ? ggml_type::q5_k : ggml_type::q4_k);
     const auto* sb = static_cast<const uint8_t*>(panel);
@@ -304,7 +304,7 @@ LLMOS_AVX512 void panel_dot_affine_k(const void* panel, const void* act, size_t 
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
-        _mm512_storeu_ps(out + t * panel_rows, facc[t]);
+        _mm512_storeu_ps(out + t * out_stride, facc[t]);
     }
 }
 
@@ -313,7 +313,7 @@ LLMOS_AVX512 void panel_dot_affine_k(const void* panel, const void* act, size_t 
 /// bsums[j]) (the levels' offset, vpdpwssd over the scales' pairs).
 template <int NT>
 LLMOS_AVX512 void panel_dot_q6_k(const void* panel, const void* act, size_t stride, int64_t cols,
-                                 float* out) {
+                                 float* out, size_t out_stride) {
     constexpr size_t sbb = k_panel_bytes(ggml_type::q6_k);
     const auto* sb = static_cast<const uint8_t*>(panel);
     const auto* a = static_cast<const std::byte*>(act);
@@ -389,7 +389,7 @@ LLMOS_AVX512 void panel_dot_q6_k(const void* panel, const void* act, size_t stri
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
-        _mm512_storeu_ps(out + t * panel_rows, facc[t]);
+        _mm512_storeu_ps(out + t * out_stride, facc[t]);
     }
 }
 
@@ -410,7 +410,7 @@ LLMOS_AVX512_INLINE __m512 panel_column(const W* w) {
 /// weights times the token's value broadcast.
 template <typename W, int NT>
 LLMOS_AVX512 void panel_dot_float(const void* panel, const void* act, size_t stride, int64_t cols,
-                                  float* out) {
+                                  float* out, size_t out_stride) {
     const auto* w = static_cast<const W*>(panel);
     const float* x[NT];
     __m512 acc[NT][2];
@@ -445,31 +445,31 @@ LLMOS_AVX512 void panel_dot_float(const void* panel, const void* act, size_t str
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
-        _mm512_storeu_ps(out + t * panel_rows, _mm512_add_ps(acc[t][0], acc[t][1]));
+        _mm512_storeu_ps(out + t * out_stride, _mm512_add_ps(acc[t][0], acc[t][1]));
     }
 }
 
 /// A panel kernel for a runtime token count, from one templated on it.
 template <template <int> class K>
 void panel_by_tile(const void* panel, const void* act, size_t stride, int nt, int64_t cols,
-                   float* out) {
+                   float* out, size_t out_stride) {
     switch (nt) {
     case 1:
-        return K<1>::run(panel, act, stride, cols, out);
+        return K<1>::run(panel, act, stride, cols, out, out_stride);
     case 2:
-        return K<2>::run(panel, act, stride, cols, out);
+        return K<2>::run(panel, act, stride, cols, out, out_stride);
     case 3:
-        return K<3>::run(panel, act, stride, cols, out);
+        return K<3>::run(panel, act, stride, cols, out, out_stride);
     case 4:
-        return K<4>::run(panel, act, stride, cols, out);
+        return K<4>::run(panel, act, stride, cols, out, out_stride);
     case 5:
-        return K<5>::run(panel, act, stride, cols, out);
+        return K<5>::run(panel, act, stride, cols, out, out_stride);
     case 6:
-        return K<6>::run(panel, act, stride, cols, out);
+        return K<6>::run(panel, act, stride, cols, out, out_stride);
     case 7:
-        return K<7>::run(panel, act, stride, cols, out);
+        return K<7>::run(panel, act, stride, cols, out, out_stride);
     default:
-        return K<8>::run(panel, act, stride, cols, out);
+        return K<8>::run(panel, act, stride, cols, out, out_stride);
     }
 }
 static_assert(panel_tile == 8);
@@ -478,8 +478,8 @@ template <typename Block>
 struct small {
     template <int NT>
     struct k {
-        static void run(const void* p, const void* a, size_t s, int64_t c, float* o) {
-            panel_dot<Block, NT>(p, a, s, c, o);
+        static void run(const void* p, const void* a, size_t s, int64_t c, float* o, size_t os) {
+            panel_dot<Block, NT>(p, a, s, c, o, os);
         }
     };
 };
@@ -487,27 +487,27 @@ template <typename W>
 struct floats {
     template <int NT>
     struct k {
-        static void run(const void* p, const void* a, size_t s, int64_t c, float* o) {
-            panel_dot_float<W, NT>(p, a, s, c, o);
+        static void run(const void* p, const void* a, size_t s, int64_t c, float* o, size_t os) {
+            panel_dot_float<W, NT>(p, a, s, c, o, os);
         }
     };
 };
 template <int NT>
 struct k_q4_k {
-    static void run(const void* p, const void* a, size_t s, int64_t c, float* o) {
-        panel_dot_affine_k<false, NT>(p, a, s, c, o);
+    static void run(const void* p, const void* a, size_t s, int64_t c, float* o, size_t os) {
+        panel_dot_affine_k<false, NT>(p, a, s, c, o, os);
     }
 };
 template <int NT>
 struct k_q5_k {
-    static void run(const void* p, const void* a, size_t s, int64_t c, float* o) {
-        panel_dot_affine_k<true, NT>(p, a, s, c, o);
+    static void run(const void* p, const void* a, size_t s, int64_t c, float* o, size_t os) {
+        panel_dot_affine_k<true, NT>(p, a, s, c, o, os);
     }
 };
 template <int NT>
 struct k_q6_k {
-    static void run(const void* p, const void* a, size_t s, int64_t c, float* o) {
-        panel_dot_q6_k<NT>(p, a, s, c, o);
+    static void run(const void* p, const void* a, size_t s, int64_t c, float* o, size_t os) {
+        panel_dot_q6_k<NT>(p, a, s, c, o, os);
     }
 };
 

@@ -168,11 +168,11 @@ static_assert(sizeof(act_k_panel) == sizeof(act_q8_256) &&
 /// Bytes of one activation row for the panel kernels of type t.
 size_t act_panel_row_bytes(ggml_type t, int64_t cols) noexcept;
 
-/// out[t * panel_rows + r] = the dot product of row r of the panel at
-/// `panel` with the activation row at act + t * act_stride, t < nt
-/// (1..panel_tile).
+/// out[t * out_stride + r] = the dot product of row r (< panel_rows) of
+/// the panel at `panel` with the activation row at act + t * act_stride,
+/// t < nt (1..panel_tile).
 using panel_kernel = void (*)(const void* panel, const void* act, size_t act_stride, int nt,
-                              int64_t cols, float* out);
+                              int64_t cols, float* out, size_t out_stride);
 
 /// The AVX-512 panel kernel and activation quantizer of a packable type
 /// (nullptr for others, and the quantizer of F32 and F16). The quantizers'

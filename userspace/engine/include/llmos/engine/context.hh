@@ -76,7 +76,9 @@ public:
 
 private:
     void attention(std::span<batch_entry> batch, uint32_t layer);
-    void rope(float* x, uint32_t n_heads, uint32_t pos) const;
+    /// cos and sin of position pos's RoPE angles (n_rot floats).
+    void rope_angles(uint32_t pos, float* cs) const;
+    void rope(float* x, uint32_t n_heads, const float* cs) const;
     bool mm(const weight_view& w, const float* x, size_t n_tokens, float* y);
     struct mm_job {
         const weight_view* w;
@@ -93,7 +95,9 @@ private:
     std::vector<float> _scores; // attention jobs x positions
     std::vector<float> _kvtmp;  // attention jobs x 2 head_dim (F16 rows widened)
     std::vector<uint32_t> _first, _pos0;
-    std::vector<float> _wide; // exact_activations: a widened weight row per job
+    std::vector<uint32_t> _row_entry; ///< each row's batch entry
+    std::vector<float> _rope_cs;      ///< each row's RoPE cos, sin pairs
+    std::vector<float> _wide;         // exact_activations: a widened weight row per job
     struct mm_piece {
         const mm_job* job;
         int64_t r0, r1;
