@@ -6,7 +6,11 @@
 //     threads), and decode's effective weight bandwidth (weight bytes per
 //     token x tokens/s) as a fraction of it;
 //   - decode tokens/s, one stream, and 8 streams batched vs one after the
-//     other; prefill tokens/s;
+//     other; prefill tokens/s, against the SIMD peak (the best
+//     instructions this CPU has); where it has AVX-512, the AVX2 kernels
+//     again as the baseline;
+//   - decode of a TinyLlama-shaped 1.1B model (Q4_0, Q8_0), larger than
+//     the last-level cache, against the memory's read bandwidth;
 //   - time to first token of a resumed 2k-token conversation (its KV cache
 //     in memory) vs prefilling it again;
 //   - KV cache memory waste over conversations of assorted lengths;
@@ -539,6 +543,30 @@ int main() {
             "of the %s peak\n",
             label.c_str(), double(m.weight_bytes()) / 1e6, pre, dec, eff, 100.0 * eff / bw, agg,
             agg / dec, 100.0 * of_peak, is_float ? "FMA" : "int8");
+    }
+
+    // Decode of a model larger than the last-level cache (the 100M model's
+    // weights may stay in it): TinyLlama-1.1B's shape, all 22 layers, Q4_0
+    // and Q8_0, the kernels in use and (on AVX-512) AVX2's.
+    for (const char* type : {"q4_0", "q8_0"}) {
+        auto file = gguf_file::open(ensure_model(dir, type, "tinyllama", "--n-layer 22"));
+        std::vector<simd_level> levels = {default_simd()};
+        if (default_simd() >= simd_level::avx512) {
+            levels.push_back(simd_level::avx2);
+        }
+        for (const simd_level level : levels) {
+            auto m = model::load(file, level);
+            context ctx(m, {.n_threads = threads, .max_batch_tokens = 512, .kernels = level});
+            stream one(m, kvo);
+            prefill(ctx, one, prompt_of(64, m.params().n_vocab, 1), 64);
+            decode(ctx, one, 2); // the weights' first pass
+            const double dec = decode(ctx, one, 12);
+            const double eff = double(m.weight_bytes()) * dec / 1e9;
+            std::printf("# %s (%.0f MB), kernels %s: decode %.1f tok/s, %.2f GB/s of weights, "
+                        "%.0f%% of memory\n",
+                        m.type_summary().c_str(), double(m.weight_bytes()) / 1e6,
+                        std::string(simd_name(level)).c_str(), dec, eff, 100.0 * eff / bw);
+        }
     }
 
     // Resume vs re-prefill: a 2k-token conversation.
