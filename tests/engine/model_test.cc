@@ -186,15 +186,16 @@ TEST_F(conformance, a_resumed_cache_continues_exactly_as_an_uninterrupted_run) {
     EXPECT_EQ(first, uninterrupted);
 }
 
-TEST_F(conformance, avx512_prefill_attention_agrees_with_the_one_token_kernels) {
+TEST_F(conformance, avx512_attention_agrees_with_the_avx2_kernels) {
     if (detected_simd() < simd_level::avx512) {
         GTEST_SKIP() << "this CPU has no AVX-512: detected " << simd_name(detected_simd());
     }
     // A 100-token prompt in steps of 37 (so queries start past position
     // 0, mid-tile, and tiles of keys end short of 16), then 10 decode
-    // steps, over F16 caches with both kernel levels and block sizes that
-    // do and do not match the AVX-512 kernel's 16 keys: the logits agree
-    // but for float rounding (the matmuls' too).
+    // steps (the one-token kernels), over F16 caches with both kernel
+    // levels and block sizes that do and do not match the AVX-512
+    // kernels' 16 keys: the logits agree but for float rounding (the
+    // matmuls' too).
     const uint32_t V = m->params().n_vocab;
     std::vector<int32_t> prompt(100);
     for (size_t i = 0; i < prompt.size(); ++i) {

@@ -40,4 +40,31 @@ size_t prefill_attn_scratch_floats(uint32_t D, uint32_t M) noexcept;
 /// queries on; the caller checks the CPU has AVX-512.
 void prefill_attend_avx512(const prefill_attn_args& a) noexcept;
 
+/// One token's attention for the G query heads that share a KV head, over
+/// an F16 cache: positions 0 .. n - 1 are attended.
+struct one_token_attn_args {
+    const kv_cache* kv;
+    uint32_t layer;
+    size_t off;      ///< the KV head's first element in a row
+    uint32_t kv_dim; ///< elements from one row to the next within a block
+    uint32_t D;      ///< head size
+    uint32_t n;      ///< positions 0 .. n-1 are attended
+    const float* q;  ///< G x D
+    float* out;      ///< G x D
+    float* scores;   ///< G x stride
+    size_t stride;   ///< >= n
+    float scale;     ///< scores are q . k * scale
+};
+
+using one_token_attend_fn = void (*)(const one_token_attn_args&);
+
+/// The AVX-512 (F, DQ) one-token kernel for G query heads per KV head and
+/// head size D, or nullptr where it has none (G > 8, D not a multiple of
+/// 16 or over 256). Scores: 16 keys at a time (their K rows widened once
+/// for every head), each key's 16-lane partial sums reduced with the
+/// others' by a transposing tree into one vector of 16 scores; softmax on
+/// 512-bit vectors; values: each V row widened once, G heads' outputs in
+/// registers. The caller checks the CPU has AVX-512.
+one_token_attend_fn one_token_attend_avx512(uint32_t G, uint32_t D) noexcept;
+
 } // namespace llmos::engine::detail

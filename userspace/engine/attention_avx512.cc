@@ -195,4 +195,193 @@ LLMOS_AVX512 void prefill_attend_avx512(const prefill_attn_args& a) noexcept {
     }
 }
 
+// ---- one token -------------------------------------------------------------
+
+namespace {
+
+constexpr uint32_t max_one_token_D = 256;
+
+/// Lane j of the result is the sum of acc[j]'s 16 lanes: pairs of vectors
+/// are interleaved and added (within 128-bit lanes, then across them)
+/// until one vector is left, keys 0 .. 15 in order.
+LLMOS_AVX512 inline __m512 reduce16(const __m512* acc) {
+    __m512 w[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) { // per 128 bits: [a, b, a, b]
+        w[i] = _mm512_add_ps(_mm512_unpacklo_ps(acc[2 * i], acc[2 * i + 1]),
+                             _mm512_unpackhi_ps(acc[2 * i], acc[2 * i + 1]));
+    }
+    __m512 u[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) { // per 128 bits: keys 4i .. 4i + 3
+        u[i] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    __m512 r[2];
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; ++i) { // 128-bit halves summed in pairs
+        r[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    }
+    return _mm512_add_ps(_mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/// The G heads' scores against every position: tiles of 16 keys (never
+/// across a block, whose rows are the only contiguous ones), widened once.
+template <int G>
+LLMOS_AVX512 void one_token_scores(const one_token_attn_args& a) {
+    const uint32_t bt = a.kv->block_tokens();
+    const uint32_t D = a.D;
+    alignas(64) float kf[lanes * max_one_token_D];
+    const __m512 scale = _mm512_set1_ps(a.scale);
+    for (uint32_t j0 = 0; j0 < a.n; j0 += bt) {
+        const auto* rows = static_cast<const uint16_t*>(a.kv->k_row(a.layer, j0)) + a.off;
+        const uint32_t m = std::min(bt, a.n - j0);
+        for (uint32_t s0 = 0; s0 < m; s0 += lanes) {
+            const uint32_t nk = std::min(lanes, m - s0);
+            for (uint32_t s = 0; s < nk; ++s) {
+                widen(rows + size_t(s0 + s) * a.kv_dim, kf + size_t(s) * D, D);
+            }
+            if (nk < lanes) { // lanes stored masked off, but keep them finite
+                std::fill(kf + size_t(nk) * D, kf + size_t(lanes) * D, 0.0f);
+            }
+            const __mmask16 keep = _cvtu32_mask16((1u << nk) - 1);
+#pragma GCC unroll 1
+            for (int h = 0; h < G; ++h) {
+                const float* q = a.q + size_t(h) * D;
+                __m512 acc[lanes];
+#pragma GCC unroll 16
+                for (uint32_t s = 0; s < lanes; ++s) {
+                    acc[s] = _mm512_setzero_ps();
+                }
+                for (uint32_t d = 0; d < D; d += lanes) {
+                    const __m512 qv = _mm512_loadu_ps(q + d);
+#pragma GCC unroll 16
+                    for (uint32_t s = 0; s < lanes; ++s) {
+                        acc[s] =
+                            _mm512_fmadd_ps(qv, _mm512_load_ps(kf + size_t(s) * D + d), acc[s]);
+                    }
+                }
+                _mm512_mask_storeu_ps(a.scores + size_t(h) * a.stride + j0 + s0, keep,
+                                      _mm512_mul_ps(reduce16(acc), scale));
+            }
+        }
+    }
+}
+
+/// e^(s - max) over a row of n scores, in place; returns 1 / their sum.
+LLMOS_AVX512 float exp_row(float* sc, uint32_t n) {
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    uint32_t j = 0;
+    for (; j + lanes <= n; j += lanes) {
+        mv = _mm512_max_ps(mv, _mm512_loadu_ps(sc + j));
+    }
+    const __mmask16 tail = _cvtu32_mask16((1u << (n - j)) - 1);
+    mv = _mm512_mask_max_ps(mv, tail, mv, _mm512_maskz_loadu_ps(tail, sc + j));
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+    __m512 sum = _mm512_setzero_ps();
+    for (j = 0; j + lanes <= n; j += lanes) {
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(sc + j), mx));
+        _mm512_storeu_ps(sc + j, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    const __m512 e =
+        _mm512_maskz_mov_ps(tail, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, sc + j), mx)));
+    _mm512_mask_storeu_ps(sc + j, tail, e);
+    sum = _mm512_add_ps(sum, e);
+    return static_cast<float>(1.0 / double(_mm512_reduce_add_ps(sum)));
+}
+
+/// out[h] = inv[h] * sum over positions of e[h][j] * v_j, NC vectors of
+/// each head's output in registers at a time; each V row widened once.
+template <int G, int NC>
+LLMOS_AVX512 void one_token_values(const one_token_attn_args& a, const float* inv) {
+    const uint32_t bt = a.kv->block_tokens();
+    for (uint32_t dc = 0; dc < a.D; dc += lanes * NC) {
+        __m512 acc[G][NC];
+#pragma GCC unroll 8
+        for (int h = 0; h < G; ++h) {
+#pragma GCC unroll 4
+            for (int c = 0; c < NC; ++c) {
+                acc[h][c] = _mm512_setzero_ps();
+            }
+        }
+        for (uint32_t j0 = 0; j0 < a.n; j0 += bt) {
+            const auto* rows = static_cast<const uint16_t*>(a.kv->v_row(a.layer, j0)) + a.off + dc;
+            const uint32_t m = std::min(bt, a.n - j0);
+            for (uint32_t s = 0; s < m; ++s) {
+                const uint16_t* v = rows + size_t(s) * a.kv_dim;
+                __m512 vf[NC];
+#pragma GCC unroll 4
+                for (int c = 0; c < NC; ++c) {
+                    vf[c] = _mm512_cvtph_ps(
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + lanes * c)));
+                }
+#pragma GCC unroll 8
+                for (int h = 0; h < G; ++h) {
+                    const __m512 w = _mm512_set1_ps(a.scores[size_t(h) * a.stride + j0 + s]);
+#pragma GCC unroll 4
+                    for (int c = 0; c < NC; ++c) {
+                        acc[h][c] = _mm512_fmadd_ps(w, vf[c], acc[h][c]);
+                    }
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int h = 0; h < G; ++h) {
+            const __m512 iv = _mm512_set1_ps(inv[h]);
+#pragma GCC unroll 4
+            for (int c = 0; c < NC; ++c) {
+                _mm512_storeu_ps(a.out + size_t(h) * a.D + dc + lanes * c,
+                                 _mm512_mul_ps(acc[h][c], iv));
+            }
+        }
+    }
+}
+
+template <int G>
+LLMOS_AVX512 void one_token_attend(const one_token_attn_args& a) {
+    one_token_scores<G>(a);
+    float inv[G];
+    for (int h = 0; h < G; ++h) {
+        inv[h] = exp_row(a.scores + size_t(h) * a.stride, a.n);
+    }
+    // As many vectors per pass as the registers hold for G heads.
+    constexpr int nc = (G + 1) * 4 <= 28 ? 4 : 2;
+    if (a.D % (lanes * nc) == 0) {
+        one_token_values<G, nc>(a, inv);
+    } else {
+        one_token_values<G, 1>(a, inv);
+    }
+}
+
+} // namespace
+
+one_token_attend_fn one_token_attend_avx512(uint32_t G, uint32_t D) noexcept {
+    if (D % lanes != 0 || D > max_one_token_D) {
+        return nullptr;
+    }
+    switch (G) {
+    case 1:
+        return one_token_attend<1>;
+    case 2:
+        return one_token_attend<2>;
+    case 3:
+        return one_token_attend<3>;
+    case 4:
+        return one_token_attend<4>;
+    case 5:
+        return one_token_attend<5>;
+    case 6:
+        return one_token_attend<6>;
+    case 7:
+        return one_token_attend<7>;
+    case 8:
+        return one_token_attend<8>;
+    default:
+        return nullptr;
+    }
+}
+
 } // namespace llmos::engine::detail

@@ -257,20 +257,9 @@ LLMOS_AVX2 void softmax_rows_avx2(float* scores, size_t stride, uint32_t rows, u
 // One token's attention for the `G` query heads that share a KV head, over
 // an F16 cache: each K and V row is widened once for all G heads (the
 // heads' accumulators stay in registers), and rows are walked block by
-// block rather than looked up one position at a time.
-struct f16_attn_args {
-    const kv_cache* kv;
-    uint32_t layer;
-    size_t off;      ///< the KV head's first element in a row
-    uint32_t kv_dim; ///< elements from one row to the next within a block
-    uint32_t D;      ///< head_dim, a multiple of 8 * NC
-    uint32_t n;      ///< positions 0 .. n-1 are attended
-    const float* q;  ///< G x D
-    float* out;      ///< G x D
-    float* scores;   ///< G x stride
-    size_t stride;
-    float scale;
-};
+// block rather than looked up one position at a time. D is a multiple of
+// 8 * NC.
+using f16_attn_args = detail::one_token_attn_args;
 
 template <int G>
 LLMOS_AVX2 void f16_scores(const f16_attn_args& a) {
@@ -358,7 +347,7 @@ void f16_attend(const f16_attn_args& a) {
     }
 }
 
-using f16_attend_fn = void (*)(const f16_attn_args&);
+using f16_attend_fn = detail::one_token_attend_fn;
 
 // The kernel for `group` query heads per KV head and head size `D`, or
 // nullptr (the generic loops then run).
@@ -503,7 +492,11 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
     }
     grow(_scores, _jobs.size() * group * max_len);
 #if defined(__x86_64__)
-    const f16_attend_fn fast = _o.kernels >= simd_level::avx2 ? f16_attend_for(group, D) : nullptr;
+    f16_attend_fn fast =
+        _o.kernels >= simd_level::avx512 ? detail::one_token_attend_avx512(group, D) : nullptr;
+    if (!fast && _o.kernels >= simd_level::avx2) {
+        fast = f16_attend_for(group, D);
+    }
     // Jobs of 16 queries or more (prefill) on AVX-512: all of them at once.
     const bool prefill = _o.kernels >= simd_level::avx512 && D % 16 == 0;
 #endif
