@@ -11,46 +11,20 @@
 //   O[d] = O[d] e^(m - m') + sum of P[j] * v_j[d]
 // and the output is O / l, transposed back.
 #include "attention.hh"
+#include "vec_avx512.hh"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <llmos/engine/quant.hh>
 
-// GCC 12 takes the self-initialized _mm512_undefined_*() inside some
-// AVX-512 intrinsics for an uninitialized read.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-
-#define LLMOS_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma,f16c")))
+#define LLMOS_AVX512 LLMOS_AVX512_VEC
 
 namespace llmos::engine::detail {
 
 namespace {
 
 constexpr uint32_t lanes = 16;
-
-/// e^x for 16 floats, as context.cc's exp8: x = n ln2 + r, e^r by its
-/// Taylor series to r^6, 2^n into the exponent; x clamped to [-87.3, 88.7].
-LLMOS_AVX512 inline __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
-    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
-}
 
 /// D halves to floats.
 LLMOS_AVX512 inline void widen(const uint16_t* src, float* dst, uint32_t D) {

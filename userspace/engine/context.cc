@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: MIT
 #include "attention.hh"
 #include "step_batch.hh"
+#if defined(__x86_64__)
+#include "vec_avx512.hh"
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -724,7 +727,7 @@ step_status context::step(std::span<batch_entry> batch) {
     void (*norm)(const float*, const float*, float*, uint32_t, float) = rms_norm;
 #if defined(__x86_64__)
     if (_o.kernels >= simd_level::avx2) {
-        silu = silu_mul_avx2;
+        silu = _o.kernels >= simd_level::avx512 ? detail::silu_mul_avx512 : silu_mul_avx2;
         norm = rms_norm_avx2;
     }
 #endif

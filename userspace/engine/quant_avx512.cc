@@ -52,22 +52,28 @@ LLMOS_AVX512_INLINE float load_f32(const void* p) {
 
 // ---- activations -----------------------------------------------------------
 
-/// act32 rows as the AVX2 quantizer writes them (same q and d), then each
-/// block's z = -Zero * sum(q).
+/// act32 rows with the AVX2 quantizer's q and d (the same products,
+/// rounded the same way), and each block's z = -Zero * sum(q), in one pass.
 template <int Zero>
 LLMOS_AVX512 void quantize_act_panel(const float* x, void* dst, int64_t cols) {
-    act_quantizer_avx2(act_format::q8_32)(x, dst, cols);
-    const int8_t* q = act32_qs(dst);
+    auto* qs = static_cast<int8_t*>(dst);
+    auto* dd = const_cast<float*>(act32_d(dst, cols));
+    auto* ds = const_cast<float*>(act32_ds(dst, cols));
     auto* z = const_cast<int32_t*>(act_panel_z(dst, cols));
-    const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
-    for (int64_t b = 0; b < cols / qk_block; ++b) {
-        // Sum of the bytes as unsigned (q + 128), by psadbw against zero.
-        const __m256i u = _mm256_xor_si256(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + qk_block * b)), bias);
-        const __m256i s = _mm256_sad_epu8(u, _mm256_setzero_si256());
-        const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        const int64_t sum = _mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1) - 128 * qk_block;
-        z[b] = static_cast<int32_t>(-Zero * sum);
+    for (int64_t b = 0; b < cols / qk_block; ++b, x += qk_block, qs += qk_block) {
+        const __m512 x0 = _mm512_loadu_ps(x);
+        const __m512 x1 = _mm512_loadu_ps(x + 16);
+        const float d =
+            _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1))) / 127.0f;
+        const __m512 id = _mm512_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, id));
+        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, id));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qs), _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qs + 16), _mm512_cvtsepi32_epi8(q1));
+        const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        dd[b] = d;
+        ds[b] = d * static_cast<float>(sum);
+        z[b] = -Zero * sum;
     }
 }
 
