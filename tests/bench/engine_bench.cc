@@ -3,11 +3,13 @@
 // The inference engine on a generated ~100M-parameter llama model, in one
 // run, against baselines measured in the same run:
 //   - memory read bandwidth (a STREAM-style sum over 1 GiB on the same
-//     threads), and decode's effective weight bandwidth (weight bytes per
-//     token x tokens/s) as a fraction of it;
+//     threads, measured again before and after each row's decode), and
+//     decode's effective weight bandwidth (weight bytes per token x
+//     tokens/s) as a fraction of it;
 //   - decode tokens/s, one stream, and 8 streams batched vs one after the
 //     other; prefill tokens/s, against the SIMD peak (the best
-//     instructions this CPU has); where it has AVX-512, the AVX2 kernels
+//     instructions this CPU has, measured again before and after each
+//     row's prefill); where it has AVX-512, the AVX2 kernels
 //     again as the baseline;
 //   - decode of a TinyLlama-shaped 1.1B model (Q4_0, Q8_0), larger than
 //     the last-level cache, against the memory's read bandwidth;
@@ -148,7 +150,7 @@ struct simd_peak {
     double int8() const { return std::max(int8_avx2, int8_avx512); }
 };
 
-simd_peak measure_peak(thread_pool& pool) {
+simd_peak measure_peak(thread_pool& pool, int reps) {
     simd_peak best;
 #if defined(__x86_64__)
     const int64_t iters = 20000000;
@@ -163,7 +165,7 @@ simd_peak measure_peak(thread_pool& pool) {
         });
         return double(pool.size()) * double(iters) * macs_per_iter / secs_since(t0);
     };
-    for (int rep = 0; rep < 3; ++rep) {
+    for (int rep = 0; rep < reps; ++rep) {
         best.fma_avx2 = std::max(best.fma_avx2, rate(fma256_chains, 12 * 8));
         best.int8_avx2 = std::max(best.int8_avx2, rate(int8_avx2_chains, 8 * 32));
         if (avx512) {
@@ -173,8 +175,15 @@ simd_peak measure_peak(thread_pool& pool) {
     }
 #else
     (void)pool;
+    (void)reps;
 #endif
     return best;
+}
+
+// The mean of two peaks (measured before and after a run).
+simd_peak mean(const simd_peak& a, const simd_peak& b) {
+    return {(a.fma_avx2 + b.fma_avx2) / 2, (a.fma_avx512 + b.fma_avx512) / 2,
+            (a.int8_avx2 + b.int8_avx2) / 2, (a.int8_avx512 + b.int8_avx512) / 2};
 }
 
 // Multiply-adds of one prompt token through the layers' matrices (the
@@ -189,12 +198,11 @@ double layer_macs_per_token(const model& m) {
     return n;
 }
 
-// GB/s of summing a 1 GiB buffer on the pool's threads (best of 5).
-double read_bandwidth(thread_pool& pool) {
-    const size_t n = (1ull << 30) / sizeof(float);
-    std::vector<float> buf(n, 1.0f);
+// GB/s of summing a 1 GiB buffer on the pool's threads (best of `reps`).
+double read_bandwidth(thread_pool& pool, const std::vector<float>& buf, int reps) {
+    const size_t n = buf.size();
     double best = 0;
-    for (int rep = 0; rep < 5; ++rep) {
+    for (int rep = 0; rep < reps; ++rep) {
         std::vector<double> partial(64, 0);
         auto t0 = clk::now();
         pool.parallel_for(
@@ -469,8 +477,15 @@ int main() {
     const char* th = std::getenv("LLMOS_BENCH_THREADS");
     int threads = th ? std::max(1, std::atoi(th)) : 2;
     thread_pool bw_pool(threads);
-    double bw = read_bandwidth(bw_pool);
-    simd_peak peak = measure_peak(bw_pool);
+    const std::vector<float> bw_buf((1ull << 30) / sizeof(float), 1.0f);
+    // A shared host's neighbours move its memory bandwidth and SIMD
+    // throughput by tens of percent from one second to the next: each
+    // row's fractions are against the bandwidth (around its decode) and
+    // the peak (around its prefill) measured right before and after it.
+    auto bandwidth = [&] { return read_bandwidth(bw_pool, bw_buf, 2); };
+    auto peak_now = [&] { return measure_peak(bw_pool, 1); };
+    const double bw = read_bandwidth(bw_pool, bw_buf, 5);
+    const simd_peak peak = measure_peak(bw_pool, 3);
     std::printf("# engine_bench: %d threads, kernels %s; memory read bandwidth %.2f GB/s (1 GiB "
                 "sum, best of 5)\n",
                 threads, std::string(simd_name(default_simd())).c_str(), bw);
@@ -478,8 +493,9 @@ int main() {
                 "(AVX2 maddubs+madd), %.0f (AVX-512 vpdpbusd)\n",
                 peak.fma_avx2 / 1e9, peak.fma_avx512 / 1e9, peak.int8_avx2 / 1e9,
                 peak.int8_avx512 / 1e9);
-    std::printf("# %-11s %8s %9s %9s %9s %10s %10s %8s\n", "type", "weights", "prefill", "decode",
-                "eff GB/s", "of memory", "8 streams", "x 1");
+    std::printf("# each row against the read bandwidth and the peak measured around it\n");
+    std::printf("# %-11s %8s %9s %9s %9s %8s %10s %10s %8s\n", "type", "weights", "prefill",
+                "decode", "eff GB/s", "read", "of memory", "8 streams", "x 1");
     kv_options kvo{.type = kv_type::f16, .block_tokens = 16, .max_tokens = 4096};
     std::vector<double> cpu_decode; // one stream, 8-bit activations, per type
     struct run_kind {
@@ -512,8 +528,12 @@ int main() {
         stream warm(m, kvo);
         prefill(ctx, warm, prompt, 256); // first touch of the weights
         stream one(m, kvo);
+        const simd_peak p0 = peak_now();
         double pt = prefill(ctx, one, prompt, 256);
+        const simd_peak row_peak = mean(p0, peak_now());
+        const double bw0 = bandwidth();
         double dec = decode(ctx, one, 48);
+        const double row_bw = (bw0 + bandwidth()) / 2;
         std::vector<std::unique_ptr<stream>> eight;
         std::vector<stream*> ptrs;
         for (uint32_t k = 0; k < 8; ++k) {
@@ -534,15 +554,15 @@ int main() {
         const double rows = !is_float && rk.act == act_precision::int8x2 ? 2.0 : 1.0;
         const double macs = layer_macs_per_token(m) * double(prompt.size()) +
                             double(m.output().rows) * double(m.output().cols);
-        double of_peak = rows * macs / pt / (is_float ? peak.fma() : peak.int8());
+        double of_peak = rows * macs / pt / (is_float ? row_peak.fma() : row_peak.int8());
         const std::string label =
             std::string(type) + (rk.act == act_precision::int8x2 ? " x2" : "") +
             (rk.kernels != default_simd() ? " " + std::string(simd_name(rk.kernels)) : "");
-        std::printf(
-            "  %-11s %6.1f MB %7.1f/s %7.1f/s %9.2f %9.0f%% %8.1f/s %7.2fx   prefill %.0f%% "
-            "of the %s peak\n",
-            label.c_str(), double(m.weight_bytes()) / 1e6, pre, dec, eff, 100.0 * eff / bw, agg,
-            agg / dec, 100.0 * of_peak, is_float ? "FMA" : "int8");
+        std::printf("  %-11s %6.1f MB %7.1f/s %7.1f/s %9.2f %8.2f %9.0f%% %8.1f/s %7.2fx   prefill "
+                    "%.0f%% of the %s peak (%.0f G)\n",
+                    label.c_str(), double(m.weight_bytes()) / 1e6, pre, dec, eff, row_bw,
+                    100.0 * eff / row_bw, agg, agg / dec, 100.0 * of_peak,
+                    is_float ? "FMA" : "int8", (is_float ? row_peak.fma() : row_peak.int8()) / 1e9);
     }
 
     // Decode of a model larger than the last-level cache (the 100M model's
@@ -560,12 +580,15 @@ int main() {
             stream one(m, kvo);
             prefill(ctx, one, prompt_of(64, m.params().n_vocab, 1), 64);
             decode(ctx, one, 2); // the weights' first pass
+            const double bw0 = bandwidth();
             const double dec = decode(ctx, one, 12);
+            const double row_bw = (bw0 + bandwidth()) / 2;
             const double eff = double(m.weight_bytes()) * dec / 1e9;
             std::printf("# %s (%.0f MB), kernels %s: decode %.1f tok/s, %.2f GB/s of weights, "
-                        "%.0f%% of memory\n",
+                        "%.0f%% of memory (%.2f GB/s around it)\n",
                         m.type_summary().c_str(), double(m.weight_bytes()) / 1e6,
-                        std::string(simd_name(level)).c_str(), dec, eff, 100.0 * eff / bw);
+                        std::string(simd_name(level)).c_str(), dec, eff, 100.0 * eff / row_bw,
+                        row_bw);
         }
     }
 
