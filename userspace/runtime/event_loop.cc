@@ -7,10 +7,51 @@
 #include <llmos/channel.hh>
 #include <llmos/event_loop.hh>
 #include <sched.h>
+#include <utility>
+
+#if defined(__SANITIZE_THREAD__)
+#define LLMOS_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LLMOS_TSAN 1
+#endif
+#endif
+#ifdef LLMOS_TSAN
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+#endif
 
 namespace llmos {
 
 namespace {
+
+// liburing maps and unmaps a ring with raw system calls, which
+// ThreadSanitizer does not see: a ring mapped where a finished thread's
+// ring was looks like that thread's memory, and its new owner's accesses
+// like races with the old one's. Under TSan, a ring's pages are released
+// as it is torn down and acquired when a new one is mapped over them
+// (the kernel orders the two).
+enum class ring_pages { release, acquire };
+
+void sync_ring_pages([[maybe_unused]] const io_uring& r, [[maybe_unused]] ring_pages how) noexcept {
+#ifdef LLMOS_TSAN
+    const size_t sqe =
+        (r.flags & IORING_SETUP_SQE128) ? 2 * sizeof(io_uring_sqe) : sizeof(io_uring_sqe);
+    const std::pair<void*, size_t> maps[] = {{r.sq.ring_ptr, r.sq.ring_sz},
+                                             {r.sq.sqes, size_t(r.sq.ring_entries) * sqe},
+                                             {r.cq.ring_ptr, r.cq.ring_sz}};
+    for (const auto& [at, size] : maps) {
+        auto* p = static_cast<char*>(at);
+        for (size_t off = 0; off < size; off += 4096) {
+            if (how == ring_pages::release) {
+                __tsan_release(p + off);
+            } else {
+                __tsan_acquire(p + off);
+            }
+        }
+    }
+#endif
+}
 
 // Newer than Debian's liburing 2.3 headers; values from the kernel UAPI.
 constexpr uint8_t op_futex_wait = 51;             // IORING_OP_FUTEX_WAIT (6.7)
@@ -34,9 +75,15 @@ void cpu_relax() noexcept {
 struct private_ring {
     io_uring ring{};
     bool ok = false;
-    private_ring() { ok = io_uring_queue_init(8, &ring, 0) == 0; }
+    private_ring() {
+        ok = io_uring_queue_init(8, &ring, 0) == 0;
+        if (ok) {
+            sync_ring_pages(ring, ring_pages::acquire);
+        }
+    }
     ~private_ring() {
         if (ok) {
+            sync_ring_pages(ring, ring_pages::release);
             io_uring_queue_exit(&ring);
         }
     }
@@ -76,6 +123,7 @@ void ring_doorbell(doorbell& b, event_loop* from) {
 }
 
 void event_loop::ring_deleter::operator()(io_uring* r) const noexcept {
+    sync_ring_pages(*r, ring_pages::release);
     io_uring_queue_exit(r);
     delete r;
 }
@@ -103,6 +151,7 @@ result<std::unique_ptr<event_loop>> event_loop::create(options o) {
         delete r;
         return std::error_code(-ret, std::system_category());
     }
+    sync_ring_pages(*r, ring_pages::acquire);
     l->_ring.reset(r);
     if (o.bell == doorbell_kind::futex) {
         // Probe: a futex wait on a word that does not match completes at
