@@ -10,6 +10,10 @@
 //   l    = l e^(m - m') + sum of P[j]
 //   O[d] = O[d] e^(m - m') + sum of P[j] * v_j[d]
 // and the output is O / l, transposed back.
+//
+// One token's attention (decode; further down) keeps the keys in lanes
+// instead: scores 16 keys at a time, each key's 16 partial sums over d
+// reduced with the others' into one vector of 16 scores.
 #include "attention.hh"
 #include "vec_avx512.hh"
 
