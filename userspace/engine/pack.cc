@@ -62,29 +62,17 @@ void put_high2(const uint8_t* lev, int r, uint8_t* out) {
 
 // ---- the 32-element types --------------------------------------------------
 
-template <typename Block>
-struct small_type {
-    static constexpr bool q8 = std::is_same_v<Block, block_q8_0>;
-    static constexpr bool affine =
-        std::is_same_v<Block, block_q4_1> || std::is_same_v<Block, block_q5_1>;
-    static constexpr bool five =
-        std::is_same_v<Block, block_q5_0> || std::is_same_v<Block, block_q5_1>;
-    static constexpr size_t level_bytes = q8 ? 512 : five ? 320 : 256;
-    static constexpr size_t block_bytes =
-        level_bytes + (affine ? 2 : 1) * panel_rows * sizeof(uint16_t);
-};
-
 /// A 32-element block's levels: Q8_0's q + 128, the others' nibbles (and
 /// fifth bits).
 template <typename Block>
 void levels_of(const Block& blk, uint8_t* lev) {
-    if constexpr (small_type<Block>::q8) {
+    if constexpr (block32_traits<Block>::q8) {
         for (int e = 0; e < qk_block; ++e) {
             lev[e] = static_cast<uint8_t>(blk.qs[e]) ^ 0x80u;
         }
     } else {
         uint32_t qh = 0;
-        if constexpr (small_type<Block>::five) {
+        if constexpr (block32_traits<Block>::five) {
             std::memcpy(&qh, blk.qh, sizeof qh);
         }
         for (int e = 0; e < 16; ++e) {
@@ -97,7 +85,7 @@ void levels_of(const Block& blk, uint8_t* lev) {
 template <typename Block>
 void pack_small(const std::byte* w, size_t stride, int64_t rows, int64_t cols, int64_t r0,
                 uint8_t* dst) {
-    using tr = small_type<Block>;
+    using tr = block32_traits<Block>;
     const int64_t nb = cols / qk_block;
     auto* d = reinterpret_cast<uint16_t*>(dst + static_cast<size_t>(nb) * tr::level_bytes);
     uint16_t* m = d + nb * panel_rows;
@@ -237,26 +225,22 @@ size_t panel_bytes(ggml_type t, int64_t cols) noexcept {
     size_t bytes = 0;
     switch (t) {
     case ggml_type::q8_0:
-        bytes = n32 * small_type<block_q8_0>::block_bytes;
+        bytes = n32 * block32_traits<block_q8_0>::group_bytes;
         break;
     case ggml_type::q4_0:
-        bytes = n32 * small_type<block_q4_0>::block_bytes;
+        bytes = n32 * block32_traits<block_q4_0>::group_bytes;
         break;
     case ggml_type::q4_1:
-        bytes = n32 * small_type<block_q4_1>::block_bytes;
+        bytes = n32 * block32_traits<block_q4_1>::group_bytes;
         break;
     case ggml_type::q5_0:
-        bytes = n32 * small_type<block_q5_0>::block_bytes;
+        bytes = n32 * block32_traits<block_q5_0>::group_bytes;
         break;
     case ggml_type::q5_1:
-        bytes = n32 * small_type<block_q5_1>::block_bytes;
+        bytes = n32 * block32_traits<block_q5_1>::group_bytes;
         break;
     case ggml_type::q4_k:
-        bytes = n256 * k_panel_bytes(t);
-        break;
     case ggml_type::q5_k:
-        bytes = n256 * k_panel_bytes(t);
-        break;
     case ggml_type::q6_k:
         bytes = n256 * k_panel_bytes(t);
         break;

@@ -218,13 +218,9 @@ LLMOS_AVX2 void dot_float(const void* w_row, const void* act, size_t stride, int
 /// m * ds for the affine Q4_1/Q5_1, -zero * d * ds for Q4_0 (8) and Q5_0
 /// (16). Q5_0/Q5_1 add a fifth bit from qh.
 template <typename Block>
-struct q32_traits {
-    static constexpr bool q8 = std::is_same_v<Block, block_q8_0>;
-    static constexpr bool affine =
-        std::is_same_v<Block, block_q4_1> || std::is_same_v<Block, block_q5_1>;
-    static constexpr bool five =
-        std::is_same_v<Block, block_q5_0> || std::is_same_v<Block, block_q5_1>;
-    static constexpr float zero = q8 || affine ? 0.0f : five ? 16.0f : 8.0f;
+struct q32_traits : block32_traits<Block> {
+    using kind = block32_traits<Block>;
+    static constexpr float zero = kind::q8 || kind::affine ? 0.0f : kind::five ? 16.0f : 8.0f;
 };
 
 /// The 8 halves `Field` (d or m) of blocks b..b+7 as floats.

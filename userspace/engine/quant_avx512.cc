@@ -91,17 +91,6 @@ LLMOS_AVX512 void quantize_act_k_panel(const float* x, void* dst, int64_t cols) 
 
 // ---- packed 32-element types ------------------------------------------------
 
-template <typename Block>
-struct panel_traits {
-    static constexpr bool q8 = std::is_same_v<Block, block_q8_0>;
-    static constexpr bool affine =
-        std::is_same_v<Block, block_q4_1> || std::is_same_v<Block, block_q5_1>;
-    static constexpr bool five =
-        std::is_same_v<Block, block_q5_0> || std::is_same_v<Block, block_q5_1>;
-    static constexpr int zero = q8 ? 128 : affine ? 0 : five ? 16 : 8;
-    static constexpr size_t level_bytes = q8 ? 512 : five ? 320 : 256;
-};
-
 /// Bytes ahead of the levels a one-token call asks the memory for (a
 /// decode step streams the panels once; measured: +10% over the hardware
 /// prefetchers alone).
@@ -110,7 +99,7 @@ constexpr size_t prefetch_ahead = 2048;
 /// Vectors 2j and 2j + 1 of a block's levels.
 template <typename Block>
 LLMOS_AVX512_INLINE void levels_pair(const uint8_t* lv, int j, __m512i& a, __m512i& b) {
-    using tr = panel_traits<Block>;
+    using tr = block32_traits<Block>;
     if constexpr (tr::q8) {
         a = _mm512_load_si512(lv + 128 * j);
         b = _mm512_load_si512(lv + 128 * j + 64);
@@ -134,7 +123,7 @@ LLMOS_AVX512_INLINE void levels_pair(const uint8_t* lv, int j, __m512i& a, __m51
 template <typename Block, int NT>
 LLMOS_AVX512 void panel_dot(const void* panel, const void* act, size_t stride, int64_t cols,
                             float* out, size_t out_stride) {
-    using tr = panel_traits<Block>;
+    using tr = block32_traits<Block>;
     const int64_t nb = cols / qk_block;
     const auto* lv = static_cast<const uint8_t*>(panel);
     const auto* dw =
@@ -636,11 +625,11 @@ panel_kernel panel_kernel_avx512(ggml_type t) noexcept {
 act_quantizer panel_quantizer_avx512(ggml_type t) noexcept {
     switch (t) {
     case ggml_type::q8_0:
-        return quantize_act_panel<panel_traits<block_q8_0>::zero>;
+        return quantize_act_panel<block32_traits<block_q8_0>::panel_zero>;
     case ggml_type::q4_0:
-        return quantize_act_panel<panel_traits<block_q4_0>::zero>;
+        return quantize_act_panel<block32_traits<block_q4_0>::panel_zero>;
     case ggml_type::q5_0:
-        return quantize_act_panel<panel_traits<block_q5_0>::zero>;
+        return quantize_act_panel<block32_traits<block_q5_0>::panel_zero>;
     case ggml_type::q4_1:
     case ggml_type::q5_1:
         return quantize_act_panel<0>;

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <llmos/engine/quant.hh>
+#include <type_traits>
 
 namespace llmos::engine::detail {
 
@@ -116,6 +117,24 @@ act_quantizer act_quantizer_avx2(act_format f) noexcept;
 
 /// Rows per panel.
 inline constexpr int panel_rows = 16;
+
+/// What a 32-element block type is, and the size of its group in a panel
+/// (the layout above): Q8_0 stores bytes, the others nibbles (+ masks for
+/// the 5-bit Q5_0/Q5_1), the affine Q4_1/Q5_1 an m beside each d.
+template <typename Block>
+struct block32_traits {
+    static constexpr bool q8 = std::is_same_v<Block, block_q8_0>;
+    static constexpr bool affine =
+        std::is_same_v<Block, block_q4_1> || std::is_same_v<Block, block_q5_1>;
+    static constexpr bool five =
+        std::is_same_v<Block, block_q5_0> || std::is_same_v<Block, block_q5_1>;
+    /// The packed levels' offset: a weight is d * (level - zero) (+ m).
+    static constexpr int panel_zero = q8 ? 128 : affine ? 0 : five ? 16 : 8;
+    /// Bytes of one group's levels, and of the group with its scales.
+    static constexpr size_t level_bytes = q8 ? 512 : five ? 320 : 256;
+    static constexpr size_t group_bytes =
+        level_bytes + (affine ? 2 : 1) * panel_rows * sizeof(uint16_t);
+};
 
 /// The most tokens one panel kernel call handles.
 inline constexpr int panel_tile = 8;
