@@ -191,7 +191,7 @@ simd_peak mean(const simd_peak& a, const simd_peak& b) {
 double layer_macs_per_token(const model& m) {
     double n = 0;
     for (const auto& l : m.layers()) {
-        for (const weight_view* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+        for (const weight_view* w : l.matrices()) {
             n += double(w->rows) * double(w->cols);
         }
     }

@@ -402,7 +402,7 @@ TEST(model_load, packs_every_matrix_for_avx512_and_lets_their_rows_go) {
     const model packed = model::load(f, simd_level::avx512);
     uint64_t want = 0;
     for (const auto& l : packed.layers()) {
-        for (const weight_view* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+        for (const weight_view* w : l.matrices()) {
             EXPECT_NE(w->packed, nullptr);
             EXPECT_EQ(reinterpret_cast<uintptr_t>(w->packed) % 64, 0u);
             want += packed_weight_bytes(*w, simd_level::avx512);

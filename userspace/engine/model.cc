@@ -201,7 +201,7 @@ model model::load(const gguf_file& f, simd_level kernels) {
         h = mix(h, static_cast<uint64_t>(w.type));
     };
     for (auto& w : m._layers) {
-        for (auto* v : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
+        for (auto* v : w.matrices()) {
             count(*v);
         }
     }
@@ -216,7 +216,7 @@ model model::load(const gguf_file& f, simd_level kernels) {
     // The packed matrices' rows are not read again (the token embedding's
     // are, for embed(), also when the output head shares them).
     for (auto& w : m._layers) {
-        for (const auto* v : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
+        for (const auto* v : w.matrices()) {
             m.drop_rows(f, *v);
         }
     }
@@ -230,7 +230,7 @@ model model::load(const gguf_file& f, simd_level kernels) {
 void model::pack(simd_level kernels) {
     std::vector<weight_view*> todo;
     for (auto& l : _layers) {
-        for (auto* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+        for (auto* v : l.matrices()) {
             todo.push_back(v);
         }
     }

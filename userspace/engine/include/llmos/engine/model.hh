@@ -10,6 +10,7 @@
 // SmolLM). Anything else is refused with a message naming it.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <llmos/engine/gguf.hh>
 #include <llmos/engine/matmul.hh>
@@ -55,6 +56,14 @@ struct layer_weights {
     std::span<const float> bq, bk, bv; ///< qwen2 only
     std::span<const float> ffn_norm;
     weight_view w_gate, w_up, w_down;
+
+    /// The seven matrices, in the order a step runs them.
+    std::array<weight_view*, 7> matrices() noexcept {
+        return {&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down};
+    }
+    std::array<const weight_view*, 7> matrices() const noexcept {
+        return {&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down};
+    }
 };
 
 class model {
