@@ -141,13 +141,51 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) double int8_vnni_chains(i
     _mm512_storeu_si512(out, s);
     return out[0];
 }
+
+// AMX: four TDPBSSD chains (sums 0-3 from activations 4-5 and weights
+// 6-7), each 16 x 16 x 64 multiply-adds, the unit's deepest step (the
+// engine's kernels take 32-deep ones: half of this at the same rate).
+// The process's permission for the tiles is detected_simd()'s.
+__attribute__((target("amx-tile,amx-int8"))) double amx_chains(int64_t iters) {
+    struct alignas(64) {
+        uint8_t palette = 1, start_row = 0, reserved[14] = {};
+        uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+        uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+    } cfg;
+    alignas(64) int8_t src[16 * 64];
+    for (size_t i = 0; i < sizeof src; ++i) {
+        src[i] = int8_t(i % 7) - 3;
+    }
+    alignas(64) int32_t out[16 * 16];
+    _tile_loadconfig(&cfg);
+    _tile_loadd(4, src, 64);
+    _tile_loadd(5, src, 64);
+    _tile_loadd(6, src, 64);
+    _tile_loadd(7, src, 64);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t it = 0; it < iters; ++it) {
+        _tile_dpbssd(0, 4, 6);
+        _tile_dpbssd(1, 4, 7);
+        _tile_dpbssd(2, 5, 6);
+        _tile_dpbssd(3, 5, 7);
+    }
+    _tile_stored(0, out, 64);
+    _tile_release();
+    return out[0];
+}
 #endif
 
 struct simd_peak {
     // Multiply-adds per second, all threads; 0 where the CPU lacks them.
-    double fma_avx2 = 0, fma_avx512 = 0, int8_avx2 = 0, int8_avx512 = 0;
+    double fma_avx2 = 0, fma_avx512 = 0, int8_avx2 = 0, int8_avx512 = 0, int8_amx = 0;
     double fma() const { return std::max(fma_avx2, fma_avx512); }
-    double int8() const { return std::max(int8_avx2, int8_avx512); }
+    // The int8 peak of the instructions kernels at `level` have.
+    double int8(simd_level level) const {
+        return level >= simd_level::amx ? int8_amx : std::max(int8_avx2, int8_avx512);
+    }
 };
 
 simd_peak measure_peak(thread_pool& pool, int reps) {
@@ -172,6 +210,11 @@ simd_peak measure_peak(thread_pool& pool, int reps) {
             best.fma_avx512 = std::max(best.fma_avx512, rate(fma512_chains, 12 * 16));
             best.int8_avx512 = std::max(best.int8_avx512, rate(int8_vnni_chains, 10 * 64));
         }
+        if (detected_simd() >= simd_level::amx) {
+            // A sixteenth of the iterations: each is 4 x 16 cycles.
+            auto amx = [](int64_t n) { return amx_chains(n / 16); };
+            best.int8_amx = std::max(best.int8_amx, rate(amx, 4 * 16 * 16 * 64 / 16.0));
+        }
     }
 #else
     (void)pool;
@@ -183,7 +226,8 @@ simd_peak measure_peak(thread_pool& pool, int reps) {
 // The mean of two peaks (measured before and after a run).
 simd_peak mean(const simd_peak& a, const simd_peak& b) {
     return {(a.fma_avx2 + b.fma_avx2) / 2, (a.fma_avx512 + b.fma_avx512) / 2,
-            (a.int8_avx2 + b.int8_avx2) / 2, (a.int8_avx512 + b.int8_avx512) / 2};
+            (a.int8_avx2 + b.int8_avx2) / 2, (a.int8_avx512 + b.int8_avx512) / 2,
+            (a.int8_amx + b.int8_amx) / 2};
 }
 
 // Multiply-adds of one prompt token through the layers' matrices (the
@@ -490,9 +534,9 @@ int main() {
                 "sum, best of 5)\n",
                 threads, std::string(simd_name(default_simd())).c_str(), bw);
     std::printf("# SIMD peak, G multiply-adds/s: F32 FMA %.0f (AVX2), %.0f (AVX-512); int8 %.0f "
-                "(AVX2 maddubs+madd), %.0f (AVX-512 vpdpbusd)\n",
+                "(AVX2 maddubs+madd), %.0f (AVX-512 vpdpbusd), %.0f (AMX tdpbssd, 64 deep)\n",
                 peak.fma_avx2 / 1e9, peak.fma_avx512 / 1e9, peak.int8_avx2 / 1e9,
-                peak.int8_avx512 / 1e9);
+                peak.int8_avx512 / 1e9, peak.int8_amx / 1e9);
     std::printf("# each row against the read bandwidth and the peak measured around it\n");
     std::printf("# %-11s %8s %9s %9s %9s %8s %10s %10s %8s\n", "type", "weights", "prefill",
                 "decode", "eff GB/s", "read", "of memory", "8 streams", "x 1");
@@ -506,7 +550,8 @@ int main() {
     // The quantized types with 8-bit activations, then Q8_0 and Q4_0 with
     // two-level ones (int8x2: ~1e-4 from exact at the logits); where the
     // CPU has AVX-512, F16, Q8_0 and Q4_0 again on the AVX2 kernels, the
-    // baseline of the same run.
+    // baseline of the same run (and where it has AMX, Q8_0, Q4_0 and
+    // Q4_K_M on AVX-512's).
     std::vector<run_kind> kinds = {
         {"f16", act_precision::int8},    {"q8_0", act_precision::int8},
         {"q4_0", act_precision::int8},   {"q4_k_m", act_precision::int8},
@@ -514,6 +559,12 @@ int main() {
     if (default_simd() >= simd_level::avx512) {
         for (const char* t : {"f16", "q8_0", "q4_0"}) {
             kinds.push_back({t, act_precision::int8, simd_level::avx2});
+        }
+    }
+    if (default_simd() >= simd_level::amx) {
+        // The tile unit's baseline: the same panels on AVX-512 VNNI.
+        for (const char* t : {"q8_0", "q4_0", "q4_k_m"}) {
+            kinds.push_back({t, act_precision::int8, simd_level::avx512});
         }
     }
     for (const run_kind& rk : kinds) {
@@ -554,7 +605,10 @@ int main() {
         const double rows = !is_float && rk.act == act_precision::int8x2 ? 2.0 : 1.0;
         const double macs = layer_macs_per_token(m) * double(prompt.size()) +
                             double(m.output().rows) * double(m.output().cols);
-        double of_peak = rows * macs / pt / (is_float ? row_peak.fma() : row_peak.int8());
+        // The kernels' level: AMX's tiles only for the quantized types.
+        const simd_level used = is_float ? std::min(rk.kernels, simd_level::avx512) : rk.kernels;
+        const double peak = is_float ? row_peak.fma() : row_peak.int8(used);
+        double of_peak = rows * macs / pt / peak;
         const std::string label =
             std::string(type) + (rk.act == act_precision::int8x2 ? " x2" : "") +
             (rk.kernels != default_simd() ? " " + std::string(simd_name(rk.kernels)) : "");
@@ -562,7 +616,10 @@ int main() {
                     "%.0f%% of the %s peak (%.0f G)\n",
                     label.c_str(), double(m.weight_bytes()) / 1e6, pre, dec, eff, row_bw,
                     100.0 * eff / row_bw, agg, agg / dec, 100.0 * of_peak,
-                    is_float ? "FMA" : "int8", (is_float ? row_peak.fma() : row_peak.int8()) / 1e9);
+                    is_float                  ? "FMA"
+                    : used >= simd_level::amx ? "AMX int8"
+                                              : "int8",
+                    peak / 1e9);
     }
 
     // Decode of a model larger than the last-level cache (the 100M model's

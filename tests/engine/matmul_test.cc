@@ -7,6 +7,8 @@
 // and its refusals; results that do not depend on the thread count; the
 // refusals. And the thread pool: every item once, the caller working,
 // nesting, concurrent callers, construction and destruction.
+#include "quant_kernels.hh" // the tile unit's model
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -166,7 +168,8 @@ double tolerance(ggml_type t) {
 /// Every kernel level this CPU runs.
 std::vector<simd_level> levels() {
     std::vector<simd_level> l;
-    for (const simd_level s : {simd_level::scalar, simd_level::avx2, simd_level::avx512}) {
+    for (const simd_level s :
+         {simd_level::scalar, simd_level::avx2, simd_level::avx512, simd_level::amx}) {
         if (s <= detected_simd()) {
             l.push_back(s);
         }
@@ -316,6 +319,101 @@ TEST(matmul, avx512_kernels_compute_with_the_packed_weights) {
         ASSERT_EQ(matmul(mixed, x.data(), 3, y.data(), pool, scratch, simd_level::avx2),
                   matmul_status::ok);
         EXPECT_EQ(y, run(a, x, 3, pool, simd_level::avx2)) << type_name(t);
+    }
+}
+
+/// The quantized types the tile unit computes (all that pack).
+const ggml_type tile_types[] = {ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0,
+                                ggml_type::q5_1, ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k};
+
+/// The tile model, counting the kernel calls of type `counted`.
+std::atomic<long> tile_calls{0};
+ggml_type counted = ggml_type::q8_0;
+
+void counting_kernel(const void* panel, const void* levels, const void* act, size_t act_stride,
+                     int nt, int64_t cols, float* out, size_t out_stride) {
+    ++tile_calls;
+    detail::amx_tile_model().kernel_of(counted)(panel, levels, act, act_stride, nt, cols, out,
+                                                out_stride);
+}
+
+const detail::amx_backend counting_model{
+    detail::amx_tile_model().unpacker_of,
+    [](ggml_type) noexcept -> detail::amx_kernel { return counting_kernel; },
+    detail::amx_tile_model().begin, detail::amx_tile_model().end};
+
+TEST(matmul, the_tile_model_computes_the_avx512_panels_bits) {
+    if (detected_simd() < simd_level::avx512) {
+        GTEST_SKIP() << "this CPU has no AVX-512 VNNI (the tile kernels' epilogue): detected "
+                     << simd_name(detected_simd());
+    }
+    // The AMX kernels and their driver, each tile instruction emulated:
+    // every packed type, rows that end a panel short (37 = 2 x 16 + 5),
+    // an odd count of 32-blocks (96 columns: the second step in flight
+    // has none to take), token counts that fill tiles or leave 1 or 15
+    // rows of the last one, both activation precisions, 2 threads.
+    thread_pool pool(2);
+    for (const ggml_type t : tile_types) {
+        const bool k = info(t)->block_elems == 256;
+        for (const int64_t cols : {k ? int64_t{256} : int64_t{96}, int64_t{512}}) {
+            const matrix& m = random_matrix(t, 37, cols);
+            const weight_view v = view_for(m, simd_level::avx512);
+            ASSERT_NE(v.packed, nullptr) << type_name(t);
+            for (const int64_t n : {16, 17, 31, 33, 100}) {
+                const auto x = normal(static_cast<size_t>(n * cols), static_cast<unsigned>(n));
+                for (const act_precision p : {act_precision::int8, act_precision::int8x2}) {
+                    const auto want = run(m, x, n, pool, simd_level::avx512, p);
+                    std::vector<float> y(want.size(), NAN);
+                    std::vector<std::byte> scratch(matmul_scratch_bytes(v, n, p));
+                    counted = t;
+                    tile_calls = 0;
+                    ASSERT_EQ(detail::matmul_on_tiles(counting_model, v, x.data(), n, y.data(),
+                                                      pool, scratch, p),
+                              matmul_status::ok);
+                    const long rows = n * (p == act_precision::int8x2 ? 2 : 1);
+                    // A call per panel and tile of 16 rows (one pass: the
+                    // activations are small).
+                    EXPECT_EQ(tile_calls, 3 * ((rows + 15) / 16)) << type_name(t) << " " << n;
+                    EXPECT_EQ(y, want) << type_name(t) << " cols " << cols << " tokens " << n
+                                       << (p == act_precision::int8x2 ? " int8x2" : " int8");
+                }
+            }
+        }
+    }
+    // Fewer than 16 rows stay on AVX-512; F16 has no tile kernels.
+    const matrix& m = random_matrix(ggml_type::q8_0, 37, 96);
+    const weight_view v = view_for(m, simd_level::avx512);
+    const auto x = normal(15 * 96, 15);
+    std::vector<float> y(15 * 37);
+    std::vector<std::byte> scratch(matmul_scratch_bytes(v, 15));
+    tile_calls = 0;
+    ASSERT_EQ(detail::matmul_on_tiles(counting_model, v, x.data(), 15, y.data(), pool, scratch,
+                                      act_precision::int8),
+              matmul_status::ok);
+    EXPECT_EQ(tile_calls, 0);
+    EXPECT_EQ(y, run(m, x, 15, pool, simd_level::avx512));
+    EXPECT_EQ(detail::amx_levels_bytes(ggml_type::f16, 256), 0u);
+    EXPECT_EQ(detail::amx_tile_model().kernel_of(ggml_type::f16), nullptr);
+}
+
+TEST(matmul, the_tile_unit_computes_the_avx512_panels_bits) {
+    if (detected_simd() < simd_level::amx) {
+        GTEST_SKIP() << "this CPU (or its kernel) gives no AMX-TILE and AMX-INT8: detected "
+                     << simd_name(detected_simd());
+    }
+    // The hardware: what the model shows above, from matmul at the level.
+    thread_pool pool(2);
+    for (const ggml_type t : tile_types) {
+        const int64_t cols = info(t)->block_elems == 256 ? 512 : 96;
+        const matrix& m = random_matrix(t, 37, cols);
+        for (const int64_t n : {16, 17, 33, 100}) {
+            const auto x = normal(static_cast<size_t>(n * cols), static_cast<unsigned>(n));
+            for (const act_precision p : {act_precision::int8, act_precision::int8x2}) {
+                EXPECT_EQ(run(m, x, n, pool, simd_level::amx, p),
+                          run(m, x, n, pool, simd_level::avx512, p))
+                    << type_name(t) << " tokens " << n;
+            }
+        }
     }
 }
 

@@ -66,8 +66,27 @@ simd_level effective(simd_level level) {
 
 /// Whether a matmul of w at `level` runs the panel kernels.
 bool uses_panels(const weight_view& w, simd_level level) {
-    return w.packed != nullptr && effective(level) == simd_level::avx512 &&
+    return w.packed != nullptr && effective(level) >= simd_level::avx512 &&
            detail::panel_bytes(w.type, w.cols) != 0;
+}
+
+/// Activation rows from which the tile unit takes a matmul (fewer leave
+/// too much of its 16-token tiles idle).
+constexpr int64_t amx_min_rows = detail::amx_tile;
+
+/// Whether the panels of a matmul of act_rows activation rows (that runs
+/// the panel kernels) run on `tiles`.
+bool uses_amx(const weight_view& w, const detail::amx_backend* tiles, int64_t act_rows) {
+    return tiles != nullptr && act_rows >= amx_min_rows &&
+           detail::amx_levels_bytes(w.type, w.cols) != 0;
+}
+
+/// Activation rows the scratch holds for act_rows rows: rounded up to
+/// whole tiles when the tile unit may run (its last tile reads them all).
+int64_t act_rows_room(int64_t act_rows) {
+    return act_rows >= amx_min_rows
+               ? (act_rows + detail::amx_tile - 1) / detail::amx_tile * detail::amx_tile
+               : act_rows;
 }
 
 int64_t panel_count(int64_t rows) {
@@ -129,11 +148,74 @@ void run_panels(const weight_view& w, const std::byte* act, size_t act_stride, i
     });
 }
 
+/// The same on the tile unit: per panel its levels are unpacked once (per
+/// pass), then all the pass's tokens go through it amx_tile at a time.
+void run_panels_amx(const detail::amx_backend& tiles, const weight_view& w, const std::byte* act,
+                    size_t act_stride, int64_t act_rows, int per_token, float* y,
+                    thread_pool& pool) {
+    const detail::amx_unpacker unpack = tiles.unpacker_of(w.type);
+    const detail::amx_kernel kernel = tiles.kernel_of(w.type);
+    const size_t pb = detail::panel_bytes(w.type, w.cols);
+    const size_t lb = detail::amx_levels_bytes(w.type, w.cols);
+    const auto* packed = static_cast<const std::byte*>(w.packed);
+    const int64_t rows = w.rows;
+    const int64_t cols = w.cols;
+    constexpr int tile = detail::amx_tile;
+    static_assert(tile % 2 == 0, "a tile must hold whole pairs of rows");
+    const int64_t pass_rows =
+        std::max<int64_t>(tile, static_cast<int64_t>(pass_act_bytes / act_stride) / tile * tile);
+    pool.parallel_for(panel_count(rows), [&](int64_t q0, int64_t q1) {
+        // The unpacked levels, kept by the thread for its later calls.
+        thread_local std::vector<std::byte> buffer;
+        if (buffer.size() < lb + 64) {
+            buffer.resize(lb + 64);
+        }
+        auto* levels = reinterpret_cast<std::byte*>(
+            (reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~static_cast<uintptr_t>(63));
+        alignas(64) float out[tile * detail::panel_rows];
+        tiles.begin(w.type);
+        for (int64_t p0 = 0; p0 < act_rows; p0 += pass_rows) {
+            const int64_t p1 = std::min(p0 + pass_rows, act_rows);
+            for (int64_t q = q0; q < q1; ++q) {
+                const auto* panel = packed + static_cast<size_t>(q) * pb;
+                unpack(panel, cols, levels);
+                const int64_t r0 = q * detail::panel_rows;
+                const int64_t nr = std::min<int64_t>(detail::panel_rows, rows - r0);
+                for (int64_t t0 = p0; t0 < p1; t0 += tile) {
+                    const int nt = static_cast<int>(std::min<int64_t>(tile, p1 - t0));
+                    const std::byte* a = act + static_cast<size_t>(t0) * act_stride;
+                    if (per_token == 1 && nr == detail::panel_rows) {
+                        kernel(panel, levels, a, act_stride, nt, cols, y + t0 * rows + r0,
+                               static_cast<size_t>(rows));
+                        continue;
+                    }
+                    kernel(panel, levels, a, act_stride, nt, cols, out, detail::panel_rows);
+                    if (per_token == 2) {
+                        for (int i = 0; i < nt; i += 2) {
+                            float* dst = y + (t0 + i) / 2 * rows + r0;
+                            const float* o = out + i * detail::panel_rows;
+                            for (int64_t r = 0; r < nr; ++r) {
+                                dst[r] = o[r] + o[r + detail::panel_rows];
+                            }
+                        }
+                    } else {
+                        for (int i = 0; i < nt; ++i) {
+                            std::memcpy(y + (t0 + i) * rows + r0, out + i * detail::panel_rows,
+                                        static_cast<size_t>(nr) * sizeof(float));
+                        }
+                    }
+                }
+            }
+        }
+        tiles.end();
+    });
+}
+
 } // namespace
 
 size_t packed_weight_bytes(const weight_view& w, simd_level level) noexcept {
     size_t stride = 0;
-    if (level != simd_level::avx512 || check(w, 0, stride) != matmul_status::ok) {
+    if (level < simd_level::avx512 || check(w, 0, stride) != matmul_status::ok) {
         return 0;
     }
     return detail::panel_bytes(w.type, w.cols) * static_cast<size_t>(panel_count(w.rows));
@@ -211,17 +293,21 @@ size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens, act_precisio
     // rows are the larger: act32 and the blocks' z).
     const size_t row =
         std::max(detail::act_row_bytes(f, w.cols), detail::act_panel_row_bytes(w.type, w.cols));
-    const size_t rows = row * n;
     if (p == act_precision::int8x2) {
         // Two rows per token, and each token's rounding error as floats.
-        return 2 * rows + n * static_cast<size_t>(w.cols) * sizeof(float) + scratch_align;
+        return row * static_cast<size_t>(act_rows_room(2 * n_tokens)) +
+               n * static_cast<size_t>(w.cols) * sizeof(float) + scratch_align;
     }
-    return rows + scratch_align;
+    return row * static_cast<size_t>(act_rows_room(n_tokens)) + scratch_align;
 }
 
-matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
-                     thread_pool& pool, std::span<std::byte> scratch, simd_level level,
-                     act_precision prec) noexcept {
+namespace {
+
+/// matmul(), with `tiles` (or none) running the panels of 16 rows or more.
+matmul_status matmul_with(const detail::amx_backend* tiles, const weight_view& w, const float* x,
+                          int64_t n_tokens, float* y, thread_pool& pool,
+                          std::span<std::byte> scratch, simd_level level,
+                          act_precision prec) noexcept {
     size_t stride = 0;
     if (const matmul_status s = check(w, n_tokens, stride); s != matmul_status::ok) {
         return s;
@@ -244,7 +330,7 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
     if (panels) {
         quantize = detail::panel_quantizer_avx512(w.type);
     } else {
-        kernel = lv == simd_level::avx512 ? detail::row_kernel_avx512(w.type) : nullptr;
+        kernel = lv >= simd_level::avx512 ? detail::row_kernel_avx512(w.type) : nullptr;
         if (!kernel) {
             kernel = lv >= simd_level::avx2 ? detail::row_kernel_avx2(w.type)
                                             : detail::row_kernel_ref(w.type);
@@ -256,6 +342,7 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
     }
 
     const void* act = x;
+    std::byte* qrows = nullptr; // the quantized rows, when there are
     size_t act_stride = static_cast<size_t>(w.cols) * sizeof(float);
     // Activation rows per token: 2 when each token's rounding error gets
     // a row of its own (the kernels' outputs for the pair are added).
@@ -265,14 +352,15 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
         auto* dst = reinterpret_cast<std::byte*>((base + scratch_align - 1) &
                                                  ~static_cast<uintptr_t>(scratch_align - 1));
         act = dst;
+        qrows = dst;
         act_stride =
             panels ? detail::act_panel_row_bytes(w.type, w.cols) : detail::act_row_bytes(f, w.cols);
         const int64_t cols = w.cols;
         // int8x2: each token's rounding error, after both rows of every token.
-        float* err =
-            per_token == 2
-                ? reinterpret_cast<float*>(dst + 2 * static_cast<size_t>(n_tokens) * act_stride)
-                : nullptr;
+        float* err = per_token == 2
+                         ? reinterpret_cast<float*>(
+                               dst + static_cast<size_t>(act_rows_room(2 * n_tokens)) * act_stride)
+                         : nullptr;
         pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1) {
             for (int64_t t = t0; t < t1; ++t) {
                 std::byte* row = dst + static_cast<size_t>(t * per_token) * act_stride;
@@ -288,12 +376,19 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
             }
         });
     }
-    if (panels) {
-        run_panels(w, static_cast<const std::byte*>(act), act_stride, n_tokens * per_token,
-                   per_token, y, pool);
+    const int64_t act_rows = n_tokens * per_token;
+    if (panels && qrows && uses_amx(w, tiles, act_rows)) {
+        // The last tile reads whole tiles of rows: the ones past the
+        // tokens are zeros.
+        std::memset(qrows + static_cast<size_t>(act_rows) * act_stride, 0,
+                    static_cast<size_t>(act_rows_room(act_rows) - act_rows) * act_stride);
+        run_panels_amx(*tiles, w, qrows, act_stride, act_rows, per_token, y, pool);
         return matmul_status::ok;
     }
-    const int64_t act_rows = n_tokens * per_token;
+    if (panels) {
+        run_panels(w, static_cast<const std::byte*>(act), act_stride, act_rows, per_token, y, pool);
+        return matmul_status::ok;
+    }
 
     const auto* data = static_cast<const std::byte*>(w.data);
     const int64_t rows = w.rows;
@@ -334,6 +429,22 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
         }
     });
     return matmul_status::ok;
+}
+
+} // namespace
+
+matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
+                     thread_pool& pool, std::span<std::byte> scratch, simd_level level,
+                     act_precision prec) noexcept {
+    const detail::amx_backend* tiles =
+        effective(level) >= simd_level::amx ? &detail::amx_tile_unit() : nullptr;
+    return matmul_with(tiles, w, x, n_tokens, y, pool, scratch, level, prec);
+}
+
+matmul_status detail::matmul_on_tiles(const amx_backend& tiles, const weight_view& w,
+                                      const float* x, int64_t n_tokens, float* y, thread_pool& pool,
+                                      std::span<std::byte> scratch, act_precision prec) noexcept {
+    return matmul_with(&tiles, w, x, n_tokens, y, pool, scratch, simd_level::avx512, prec);
 }
 
 matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,

@@ -14,6 +14,11 @@
 
 #include <algorithm>
 #include <cmath>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -607,6 +612,42 @@ void dequantize_q6_k(const block_q6_k* x, float* y, int64_t nb) {
     }
 }
 
+#if defined(__x86_64__)
+/// Whether the CPU has AMX-TILE and AMX-INT8, the kernel saves the tiles
+/// (XCR0's XTILECFG and XTILEDATA) and grants this process their use
+/// (Linux asks for it: a thread's first tile instruction is killed with
+/// SIGILL otherwise). Asked once; the grant is the whole process's.
+bool amx_usable() {
+    unsigned a = 0;
+    unsigned b = 0;
+    unsigned c = 0;
+    unsigned d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        return false;
+    }
+    constexpr unsigned amx_tile = 1u << 24;
+    constexpr unsigned amx_int8 = 1u << 25;
+    if ((d & (amx_tile | amx_int8)) != (amx_tile | amx_int8)) {
+        return false;
+    }
+    __get_cpuid(1, &a, &b, &c, &d);
+    constexpr unsigned osxsave = 1u << 27;
+    if ((c & osxsave) == 0) {
+        return false;
+    }
+    uint32_t lo = 0;
+    uint32_t hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    constexpr uint32_t xtile = 3u << 17; // XTILECFG, XTILEDATA
+    if ((lo & xtile) != xtile) {
+        return false;
+    }
+    constexpr long arch_req_xcomp_perm = 0x1023;
+    constexpr long xfeature_xtiledata = 18;
+    return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
+}
+#endif
+
 bool has_f16c() {
     static const bool yes = detected_simd() >= simd_level::avx2;
     return yes;
@@ -615,7 +656,7 @@ bool has_f16c() {
 } // namespace
 
 simd_level detected_simd() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__)
     __builtin_cpu_init();
     // libgcc checks that the kernel saves the registers too (XCR0).
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
@@ -625,7 +666,8 @@ simd_level detected_simd() noexcept {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vnni")) {
-        return simd_level::avx512;
+        static const bool amx = amx_usable();
+        return amx ? simd_level::amx : simd_level::avx512;
     }
     return simd_level::avx2;
 #else
@@ -640,7 +682,8 @@ simd_level default_simd() noexcept {
         if (!env) {
             return best;
         }
-        for (const simd_level l : {simd_level::scalar, simd_level::avx2, simd_level::avx512}) {
+        for (const simd_level l :
+             {simd_level::scalar, simd_level::avx2, simd_level::avx512, simd_level::amx}) {
             if (simd_name(l) == env) {
                 return std::min(l, best);
             }
@@ -658,6 +701,8 @@ std::string_view simd_name(simd_level l) noexcept {
         return "avx2";
     case simd_level::avx512:
         return "avx512";
+    case simd_level::amx:
+        return "amx";
     }
     return "?";
 }

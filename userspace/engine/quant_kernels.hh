@@ -8,7 +8,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <llmos/engine/matmul.hh>
 #include <llmos/engine/quant.hh>
+#include <span>
 #include <type_traits>
 
 namespace llmos::engine::detail {
@@ -198,6 +200,62 @@ using panel_kernel = void (*)(const void* panel, const void* act, size_t act_str
 /// q and d are those of the AVX2 ones for the same format.
 panel_kernel panel_kernel_avx512(ggml_type t) noexcept;
 act_quantizer panel_quantizer_avx512(ggml_type t) noexcept;
+
+// ---- AMX: the same panels on the tile unit -----------------------------------
+//
+// A tile instruction multiplies 16 tokens' activations (the A tile: 16 rows
+// of one block's 32 int8 q, straight from the act32 rows) by a panel's
+// block (the B tile: its 8 vectors of 64 bytes, the levels less the type's
+// zero as int8) into 16 x 16 int32 sums, one row per token: the integer
+// sums the AVX-512 kernel forms, z included. The levels are unpacked once
+// per panel into a buffer (amx_levels_bytes()) that every token tile of
+// the panel reads; the scales are applied as the AVX-512 kernel does, in
+// its order, so the results are its bits.
+
+/// Tokens per tile (the tile unit's rows).
+inline constexpr int amx_tile = 16;
+
+/// Bytes of a panel's unpacked levels (0: the type has no AMX kernel).
+size_t amx_levels_bytes(ggml_type t, int64_t cols) noexcept;
+
+/// Unpacks the levels of the panel at `panel` (cols columns of type t)
+/// into dst (amx_levels_bytes(), 64-byte aligned).
+using amx_unpacker = void (*)(const void* panel, int64_t cols, void* dst);
+
+/// out[t * out_stride + r] for t < nt (1..amx_tile), r < panel_rows, as
+/// panel_kernel, with `levels` the panel's unpacked levels. The activation
+/// rows are read for all amx_tile tokens: the rows past nt must be there
+/// (any bits; matmul zeroes them).
+using amx_kernel = void (*)(const void* panel, const void* levels, const void* act,
+                            size_t act_stride, int nt, int64_t cols, float* out, size_t out_stride);
+
+/// The tile unit's kernels, or a model of it: the same code with each tile
+/// instruction done by scalar code over a thread's emulated tiles (and the
+/// hardware's checks of the tiles' shapes, as aborts), which runs on any
+/// AVX-512 CPU and so tests the kernels and their driver where the unit is
+/// missing.
+struct amx_backend {
+    /// The unpacker and kernel of type t (nullptr for those it has none).
+    amx_unpacker (*unpacker_of)(ggml_type t) noexcept;
+    amx_kernel (*kernel_of)(ggml_type t) noexcept;
+    /// Loads the tile configuration of type t's kernel into the calling
+    /// thread, and hands the tiles back (the thread's state small again
+    /// for the kernel's context switches). A thread runs the kernels
+    /// between the two.
+    void (*begin)(ggml_type t) noexcept;
+    void (*end)() noexcept;
+};
+
+/// The hardware's (only for CPUs at simd_level::amx) and the model's.
+const amx_backend& amx_tile_unit() noexcept;
+const amx_backend& amx_tile_model() noexcept;
+
+/// matmul() at simd_level::avx512 with `tiles` running the panels of 16
+/// activation rows or more, as matmul at simd_level::amx runs
+/// amx_tile_unit(): how the tile model is put behind the whole matmul.
+matmul_status matmul_on_tiles(const amx_backend& tiles, const weight_view& w, const float* x,
+                              int64_t n_tokens, float* y, thread_pool& pool,
+                              std::span<std::byte> scratch, act_precision prec) noexcept;
 
 /// AVX-512 row kernels for the types that take float activations (F32,
 /// F16); nullptr for the others.

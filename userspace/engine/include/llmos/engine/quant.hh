@@ -168,6 +168,14 @@ enum class simd_level : uint8_t {
     /// weights not packed take the AVX2 kernels (F32 and F16: AVX-512 ones
     /// over the rows).
     avx512,
+    /// AVX-512's, and AMX-TILE + AMX-INT8 (with the kernel's permission to
+    /// use the tiles, asked for once per process): a matmul of 16 tokens or
+    /// more over packed quantized weights runs on the tile unit, 16 tokens
+    /// by 16 rows by 32 columns an instruction, with AVX-512 applying the
+    /// blocks' scales; its integer sums and float steps are AVX-512's, so
+    /// the results are the same bits. Fewer tokens, and F32 or F16
+    /// weights, take the AVX-512 kernels.
+    amx,
 };
 
 /// The best level this CPU (and the kernel's saving of its registers)
@@ -175,12 +183,12 @@ enum class simd_level : uint8_t {
 simd_level detected_simd() noexcept;
 
 /// The level the engine uses: detected_simd(), unless the environment
-/// variable LLMOS_ENGINE_SIMD names a lower one ("scalar", "avx2"; read
+/// variable LLMOS_ENGINE_SIMD names a lower one ("scalar", "avx2", "avx512"; read
 /// once, on the first call; a level the CPU lacks or an unknown name
 /// leaves detected_simd()). Any thread.
 simd_level default_simd() noexcept;
 
-/// "scalar", "avx2" or "avx512".
+/// "scalar", "avx2", "avx512" or "amx".
 std::string_view simd_name(simd_level l) noexcept;
 
 enum class quant_status : uint8_t {
