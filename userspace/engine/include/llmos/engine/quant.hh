@@ -169,12 +169,13 @@ enum class simd_level : uint8_t {
     /// over the rows).
     avx512,
     /// AVX-512's, and AMX-TILE + AMX-INT8 (with the kernel's permission to
-    /// use the tiles, asked for once per process): a matmul of 16 tokens or
-    /// more over packed quantized weights runs on the tile unit, 16 tokens
-    /// by 16 rows by 32 columns an instruction, with AVX-512 applying the
-    /// blocks' scales; its integer sums and float steps are AVX-512's, so
-    /// the results are the same bits. Fewer tokens, and F32 or F16
-    /// weights, take the AVX-512 kernels.
+    /// use the tiles, asked for once per process): a matmul of 16
+    /// activation rows or more (a row a token; two with
+    /// act_precision::int8x2) over packed quantized weights runs on the
+    /// tile unit, 16 rows of activations by 16 of weights by 32 columns an
+    /// instruction, with AVX-512 applying the blocks' scales; its integer
+    /// sums and float steps are AVX-512's, so the results are the same
+    /// bits. Fewer rows, and F32 or F16 weights, take the AVX-512 kernels.
     amx,
 };
 
@@ -183,9 +184,9 @@ enum class simd_level : uint8_t {
 simd_level detected_simd() noexcept;
 
 /// The level the engine uses: detected_simd(), unless the environment
-/// variable LLMOS_ENGINE_SIMD names a lower one ("scalar", "avx2", "avx512"; read
-/// once, on the first call; a level the CPU lacks or an unknown name
-/// leaves detected_simd()). Any thread.
+/// variable LLMOS_ENGINE_SIMD names a lower one ("scalar", "avx2",
+/// "avx512"; read once, on the first call; a level the CPU lacks or an
+/// unknown name leaves detected_simd()). Any thread.
 simd_level default_simd() noexcept;
 
 /// "scalar", "avx2", "avx512" or "amx".
