@@ -89,6 +89,27 @@ int64_t act_rows_room(int64_t act_rows) {
                : act_rows;
 }
 
+/// A panel's outputs for the nt activation rows from t0 (out: panel_rows
+/// floats a row) into their nr rows of y (rows floats a token, y at the
+/// panel's first row): a token's two rows added for int8x2.
+void put_rows(const float* out, int nt, int64_t nr, int per_token, float* y, int64_t t0,
+              int64_t rows) {
+    if (per_token == 2) {
+        for (int i = 0; i < nt; i += 2) {
+            float* dst = y + (t0 + i) / 2 * rows;
+            const float* o = out + i * detail::panel_rows;
+            for (int64_t r = 0; r < nr; ++r) {
+                dst[r] = o[r] + o[r + detail::panel_rows];
+            }
+        }
+        return;
+    }
+    for (int i = 0; i < nt; ++i) {
+        std::memcpy(y + (t0 + i) * rows, out + i * detail::panel_rows,
+                    static_cast<size_t>(nr) * sizeof(float));
+    }
+}
+
 int64_t panel_count(int64_t rows) {
     return (rows + detail::panel_rows - 1) / detail::panel_rows;
 }
@@ -127,20 +148,7 @@ void run_panels(const weight_view& w, const std::byte* act, size_t act_stride, i
                             continue;
                         }
                         kernel(panel, a, act_stride, nt, cols, out, detail::panel_rows);
-                        if (per_token == 2) {
-                            for (int i = 0; i < nt; i += 2) {
-                                float* dst = y + (t0 + i) / 2 * rows + r0;
-                                const float* o = out + i * detail::panel_rows;
-                                for (int64_t r = 0; r < nr; ++r) {
-                                    dst[r] = o[r] + o[r + detail::panel_rows];
-                                }
-                            }
-                        } else {
-                            for (int i = 0; i < nt; ++i) {
-                                std::memcpy(y + (t0 + i) * rows + r0, out + i * detail::panel_rows,
-                                            static_cast<size_t>(nr) * sizeof(float));
-                            }
-                        }
+                        put_rows(out, nt, nr, per_token, y + r0, t0, rows);
                     }
                 }
             }
@@ -190,20 +198,7 @@ void run_panels_amx(const detail::amx_backend& tiles, const weight_view& w, cons
                         continue;
                     }
                     kernel(panel, levels, a, act_stride, nt, cols, out, detail::panel_rows);
-                    if (per_token == 2) {
-                        for (int i = 0; i < nt; i += 2) {
-                            float* dst = y + (t0 + i) / 2 * rows + r0;
-                            const float* o = out + i * detail::panel_rows;
-                            for (int64_t r = 0; r < nr; ++r) {
-                                dst[r] = o[r] + o[r + detail::panel_rows];
-                            }
-                        }
-                    } else {
-                        for (int i = 0; i < nt; ++i) {
-                            std::memcpy(y + (t0 + i) * rows + r0, out + i * detail::panel_rows,
-                                        static_cast<size_t>(nr) * sizeof(float));
-                        }
-                    }
+                    put_rows(out, nt, nr, per_token, y + r0, t0, rows);
                 }
             }
         }
