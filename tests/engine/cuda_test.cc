@@ -11,6 +11,7 @@
 // Generated models need llmos-mkmodel: $LLMOS_MKMODEL, or the one built
 // beside this program (BUILD/tools/mkmodel/llmos-mkmodel).
 #include "../support/conformance.hh"
+#include "../support/generated_model.hh"
 
 #include <algorithm>
 #include <cctype>
@@ -50,52 +51,7 @@ struct host_mem : kv_memory {
         : kv_memory(bytes, true) {}
 };
 
-std::string mkmodel_path() {
-    if (const char* e = std::getenv("LLMOS_MKMODEL")) {
-        return e;
-    }
-#ifdef LLMOS_MKMODEL
-    return LLMOS_MKMODEL; // the build's, when the build says where
-#else
-    std::error_code ec;
-    auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
-    if (ec) {
-        return {};
-    }
-    auto p = self.parent_path().parent_path() / "tools" / "mkmodel" / "llmos-mkmodel";
-    return std::filesystem::exists(p) ? p.string() : std::string();
-#endif
-}
-
-const std::string& workdir() {
-    static const struct dir {
-        std::string path;
-        dir() {
-            char tmpl[] = "/tmp/llmos-cuda-XXXXXX";
-            path = ::mkdtemp(tmpl);
-        }
-        ~dir() { std::filesystem::remove_all(path); }
-    } d;
-    return d.path;
-}
-
-// A generated model file (made once per name), or "" with `why` set.
-std::string generated(const std::string& name, const std::string& args, std::string& why) {
-    const std::string mk = mkmodel_path();
-    if (mk.empty()) {
-        why = "no llmos-mkmodel (build it, or set LLMOS_MKMODEL)";
-        return {};
-    }
-    const std::string out = workdir() + "/" + name + ".gguf";
-    if (!std::filesystem::exists(out)) {
-        const std::string cmd = mk + " " + args + " -o " + out + " >/dev/null 2>&1";
-        if (std::system(cmd.c_str()) != 0) {
-            why = "failed: " + cmd;
-            return {};
-        }
-    }
-    return out;
-}
+using llmos::testing::generated_model;
 
 /// A model with its file.
 struct loaded {
@@ -324,7 +280,7 @@ TEST_F(cuda_kv_host, refuses_other_geometry_small_or_misaligned_memory) {
 
 TEST_F(cuda_kv_host, a_cache_of_another_model_is_refused) {
     std::string why;
-    const std::string other = generated("other", "--preset tiny --n-ff 128", why);
+    const std::string other = generated_model("other", "--preset tiny --n-ff 128", why);
     ASSERT_FALSE(other.empty()) << why; // the build makes llmos-mkmodel: a failure, not a skip
     loaded l2(other);
     ASSERT_NE(l2.m->fingerprint(), l->m->fingerprint());
@@ -456,7 +412,7 @@ class cuda_vs_cpu : public ::testing::TestWithParam<gen_case> {};
 TEST_P(cuda_vs_cpu, logits_follow_the_cpu_engine_for_a_prompt_and_32_decode_steps) {
     REQUIRE_DEVICE();
     std::string why;
-    const std::string path = generated(GetParam().name, GetParam().args, why);
+    const std::string path = generated_model(GetParam().name, GetParam().args, why);
     ASSERT_FALSE(path.empty()) << why; // the build makes llmos-mkmodel: a failure, not a skip
     loaded l(path);
     std::vector<int32_t> prompt{1, 17, 42, 300, 7, 99, 511, 256};

@@ -11,6 +11,8 @@
 // near-tie that the two break differently cannot make them drift apart.
 //
 // Tolerances are next to the test.
+#include "../support/generated_model.hh"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -77,18 +79,6 @@ const std::string& python() {
     return py;
 }
 
-const std::string& workdir() {
-    static const struct dir {
-        std::string path;
-        dir() {
-            char tmpl[] = "/tmp/llmos-ref-XXXXXX";
-            path = ::mkdtemp(tmpl);
-        }
-        ~dir() { std::filesystem::remove_all(path); }
-    } d;
-    return d.path;
-}
-
 class reference : public ::testing::TestWithParam<combo> {
 protected:
     std::string _model;
@@ -101,7 +91,7 @@ protected:
             GTEST_SKIP() << "no python3 with NumPy (make deps installs python3-numpy)";
         }
         const combo& c = GetParam();
-        _model = workdir() + "/" + name_of({c, 0}) + ".gguf";
+        _model = llmos::testing::model_workdir() + "/" + name_of({c, 0}) + ".gguf";
         const std::string shape =
             c.preset ? std::string("--preset ") + c.preset + " " + c.extra : default_shape;
         std::string cmd = std::string(LLMOS_MKMODEL) + " " + shape + " --arch " + c.arch +

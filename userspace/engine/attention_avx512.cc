@@ -30,11 +30,11 @@ namespace {
 
 constexpr uint32_t lanes = 16;
 
-/// D halves to floats.
-LLMOS_AVX512 inline void widen(const uint16_t* src, float* dst, uint32_t D) {
-    for (uint32_t d = 0; d < D; d += lanes) {
-        _mm512_store_ps(dst + d, _mm512_cvtph_ps(_mm256_loadu_si256(
-                                     reinterpret_cast<const __m256i*>(src + d))));
+/// D halves to floats, 16 at a time `step` floats apart.
+LLMOS_AVX512 inline void widen(const uint16_t* src, float* dst, uint32_t D, size_t step = lanes) {
+    for (uint32_t d = 0; d < D; d += lanes, dst += step) {
+        _mm512_store_ps(
+            dst, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + d))));
     }
 }
 
@@ -42,8 +42,8 @@ struct layout {
     uint32_t groups;
     float* qt;    ///< [group][d][lane]
     float* ot;    ///< [group][d][lane]
-    float* kf;    ///< [key][d]
-    float* vf;    ///< [key][d]
+    float* kf;    ///< [d / 16][key][d % 16]
+    float* vf;    ///< [d / 16][key][d % 16]
     float* mx;    ///< [group][lane]
     float* l;     ///< [group][lane]
     int32_t* pos; ///< [group][lane]: the query's position, -1 past the last
@@ -64,7 +64,9 @@ layout carve(float* scratch, uint32_t D, uint32_t M) {
 }
 
 /// One group of 16 queries against the tile of 16 keys from j0 (nk of them
-/// real, widened in kf and vf).
+/// real, widened in kf and vf). kf and vf hold 16 dimensions of the 16
+/// keys at a time, [d / 16][key][d % 16], so every broadcast below is at a
+/// fixed offset from one pointer per 16 dimensions.
 LLMOS_AVX512 void tile(const layout& s, uint32_t g, uint32_t D, uint32_t j0) {
     const float* qt = s.qt + size_t(g) * D * lanes;
     float* ot = s.ot + size_t(g) * D * lanes;
@@ -73,11 +75,16 @@ LLMOS_AVX512 void tile(const layout& s, uint32_t g, uint32_t D, uint32_t j0) {
     for (uint32_t j = 0; j < lanes; ++j) {
         acc[j] = _mm512_setzero_ps();
     }
-    for (uint32_t d = 0; d < D; ++d) {
-        const __m512 q = _mm512_load_ps(qt + size_t(d) * lanes);
+    for (uint32_t c = 0; c < D; c += lanes) {
+        const float* kc = s.kf + size_t(c) * lanes;
+        const float* qc = qt + size_t(c) * lanes;
 #pragma GCC unroll 16
-        for (uint32_t j = 0; j < lanes; ++j) {
-            acc[j] = _mm512_fmadd_ps(q, _mm512_set1_ps(s.kf[size_t(j) * D + d]), acc[j]);
+        for (uint32_t dd = 0; dd < lanes; ++dd) {
+            const __m512 q = _mm512_load_ps(qc + dd * lanes);
+#pragma GCC unroll 16
+            for (uint32_t j = 0; j < lanes; ++j) {
+                acc[j] = _mm512_fmadd_ps(q, _mm512_set1_ps(kc[j * lanes + dd]), acc[j]);
+            }
         }
     }
     // Key j0 + j is visible to a query at position p >= j0 + j (a key past
@@ -102,13 +109,31 @@ LLMOS_AVX512 void tile(const layout& s, uint32_t g, uint32_t D, uint32_t j0) {
     }
     _mm512_store_ps(s.l + size_t(g) * lanes, sum);
     _mm512_store_ps(s.mx + size_t(g) * lanes, m_new);
-    for (uint32_t d = 0; d < D; ++d) {
-        __m512 o = _mm512_mul_ps(_mm512_load_ps(ot + size_t(d) * lanes), alpha);
+    // Four dimensions at a time: four independent chains of 16 FMAs keep
+    // the FMA units busy where one chain would wait on each FMA's latency.
+    constexpr uint32_t chains = 4;
+    for (uint32_t c = 0; c < D; c += lanes) {
+        const float* vc = s.vf + size_t(c) * lanes;
+        float* oc = ot + size_t(c) * lanes;
+#pragma GCC unroll 4
+        for (uint32_t dd = 0; dd < lanes; dd += chains) {
+            __m512 o[chains];
+#pragma GCC unroll 4
+            for (uint32_t i = 0; i < chains; ++i) {
+                o[i] = _mm512_mul_ps(_mm512_load_ps(oc + (dd + i) * lanes), alpha);
+            }
 #pragma GCC unroll 16
-        for (uint32_t j = 0; j < lanes; ++j) {
-            o = _mm512_fmadd_ps(acc[j], _mm512_set1_ps(s.vf[size_t(j) * D + d]), o);
+            for (uint32_t j = 0; j < lanes; ++j) {
+#pragma GCC unroll 4
+                for (uint32_t i = 0; i < chains; ++i) {
+                    o[i] = _mm512_fmadd_ps(acc[j], _mm512_set1_ps(vc[j * lanes + dd + i]), o[i]);
+                }
+            }
+#pragma GCC unroll 4
+            for (uint32_t i = 0; i < chains; ++i) {
+                _mm512_store_ps(oc + (dd + i) * lanes, o[i]);
+            }
         }
-        _mm512_store_ps(ot + size_t(d) * lanes, o);
     }
 }
 
@@ -140,17 +165,28 @@ LLMOS_AVX512 void prefill_attend_avx512(const prefill_attn_args& a) noexcept {
         std::fill_n(s.l + size_t(g) * lanes, lanes, 0.0f);
     }
     const uint32_t n_keys = a.pos0 + a.T;
+    const uint32_t bt = a.kv->block_tokens();
+    const uint16_t* k = nullptr;
+    const uint16_t* v = nullptr;
     for (uint32_t j0 = 0; j0 < n_keys; j0 += lanes) {
         const uint32_t nk = std::min(lanes, n_keys - j0);
         for (uint32_t j = 0; j < lanes; ++j) {
             if (j < nk) {
-                const auto* k = static_cast<const uint16_t*>(a.kv->k_row(a.layer, j0 + j)) + a.off;
-                const auto* v = static_cast<const uint16_t*>(a.kv->v_row(a.layer, j0 + j)) + a.off;
-                widen(k, s.kf + size_t(j) * D, D);
-                widen(v, s.vf + size_t(j) * D, D);
+                // A block's rows lie kv_dim apart: look the block up once.
+                if (j == 0 || (j0 + j) % bt == 0) {
+                    k = static_cast<const uint16_t*>(a.kv->k_row(a.layer, j0 + j)) + a.off;
+                    v = static_cast<const uint16_t*>(a.kv->v_row(a.layer, j0 + j)) + a.off;
+                } else {
+                    k += a.kv_dim;
+                    v += a.kv_dim;
+                }
+                widen(k, s.kf + size_t(j) * lanes, D, size_t(lanes) * lanes);
+                widen(v, s.vf + size_t(j) * lanes, D, size_t(lanes) * lanes);
             } else { // never visible, but 0 * (stale bits) could be a NaN
-                std::fill_n(s.kf + size_t(j) * D, D, 0.0f);
-                std::fill_n(s.vf + size_t(j) * D, D, 0.0f);
+                for (uint32_t c = 0; c < D; c += lanes) {
+                    std::fill_n(s.kf + size_t(c) * lanes + size_t(j) * lanes, lanes, 0.0f);
+                    std::fill_n(s.vf + size_t(c) * lanes + size_t(j) * lanes, lanes, 0.0f);
+                }
             }
         }
         for (uint32_t g = 0; g < s.groups; ++g) {

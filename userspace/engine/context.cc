@@ -481,7 +481,17 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
     const uint32_t group = p.n_head / p.n_head_kv;
     const float scale = 1.0f / std::sqrt(float(D));
     const attn_kernels kern = kernels_for(_o.kernels);
-    constexpr size_t chunk = 16; // tokens of one job
+    // Jobs of 16 queries or more (prefill) on AVX-512: all of them at once.
+#if defined(__x86_64__)
+    const bool prefill = _o.kernels >= simd_level::avx512 && D % 16 == 0;
+#else
+    const bool prefill = false;
+#endif
+    // Tokens of one job. The prefill kernel widens each K and V row once
+    // per job for all its queries: at least 64 of them (16 tokens or more,
+    // a multiple of 16) keep that cost small against the FMAs, while the
+    // jobs stay many enough to share out.
+    const size_t chunk = prefill ? std::max<size_t>(16, (64 / group + 15) / 16 * 16) : 16;
     size_t max_len = 0;
     _jobs.clear();
     for (size_t i = 0; i < batch.size(); ++i) {
@@ -500,8 +510,6 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
     if (!fast && _o.kernels >= simd_level::avx2) {
         fast = f16_attend_for(group, D);
     }
-    // Jobs of 16 queries or more (prefill) on AVX-512: all of them at once.
-    const bool prefill = _o.kernels >= simd_level::avx512 && D % 16 == 0;
 #endif
     // One job: a KV head's query heads over a run of tokens. Each K and V
     // row is read once for all the query heads that share it.
@@ -528,6 +536,7 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
                     {.kv = &kv,
                      .layer = layer,
                      .off = off,
+                     .kv_dim = p.kv_dim(),
                      .D = D,
                      .G = group,
                      .T = job.t1 - job.t0,
