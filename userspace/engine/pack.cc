@@ -87,14 +87,13 @@ void pack_small(const std::byte* w, size_t stride, int64_t rows, int64_t cols, i
                 uint8_t* dst) {
     using tr = block32_traits<Block>;
     const int64_t nb = cols / qk_block;
-    auto* d = reinterpret_cast<uint16_t*>(dst + static_cast<size_t>(nb) * tr::level_bytes);
-    uint16_t* m = d + nb * panel_rows;
     for (int r = 0; r < panel_rows && r0 + r < rows; ++r) {
         const auto* row = reinterpret_cast<const Block*>(w + static_cast<size_t>(r0 + r) * stride);
         for (int64_t b = 0; b < nb; ++b) {
             uint8_t lev[qk_block];
             levels_of(row[b], lev);
-            uint8_t* out = dst + static_cast<size_t>(b) * tr::level_bytes;
+            const group32_offsets at = group32_at<Block>(nb, b);
+            uint8_t* out = dst + at.levels;
             if constexpr (tr::q8) {
                 put_bytes(lev, r, out);
             } else {
@@ -103,9 +102,9 @@ void pack_small(const std::byte* w, size_t stride, int64_t rows, int64_t cols, i
                     put_fifth(lev, r, out + 256);
                 }
             }
-            d[b * panel_rows + r] = row[b].d;
+            std::memcpy(dst + at.d + 2 * r, &row[b].d, 2);
             if constexpr (tr::affine) {
-                m[b * panel_rows + r] = row[b].m;
+                std::memcpy(dst + at.m + 2 * r, &row[b].m, 2);
             }
         }
     }

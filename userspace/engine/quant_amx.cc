@@ -209,10 +209,12 @@ constexpr size_t group_levels = 512;
 template <typename Block>
 LLMOS_AMX void unpack32(const void* panel, int64_t cols, void* dst) {
     using tr = block32_traits<Block>;
-    const auto* lv = static_cast<const uint8_t*>(panel);
+    const auto* pan = static_cast<const uint8_t*>(panel);
     auto* out = static_cast<uint8_t*>(dst);
     const __m512i zero = _mm512_set1_epi8(static_cast<char>(tr::panel_zero));
-    for (int64_t b = 0; b < cols / qk_block; ++b, lv += tr::level_bytes, out += group_levels) {
+    const int64_t nb = cols / qk_block;
+    for (int64_t b = 0; b < nb; ++b, out += group_levels) {
+        const uint8_t* lv = pan + group32_at<Block>(nb, b).levels;
 #pragma GCC unroll 4
         for (int j = 0; j < 4; ++j) {
             __m512i w0;
@@ -245,9 +247,7 @@ LLMOS_AMX void dot32(const void* panel, const void* levels, const void* act, siz
                      int64_t cols, float* out, size_t out_stride) {
     using tr = block32_traits<Block>;
     const int64_t nb = cols / qk_block;
-    const auto* dw = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(panel) +
-                                                       static_cast<size_t>(nb) * tr::level_bytes);
-    const uint16_t* mw = dw + nb * panel_rows;
+    const auto* pan = static_cast<const uint8_t*>(panel);
     const auto* lv = static_cast<const uint8_t*>(levels);
     const auto* a = static_cast<const std::byte*>(act);
     const auto* xq = reinterpret_cast<const std::byte*>(act32_qs(a));
@@ -260,11 +260,11 @@ LLMOS_AMX void dot32(const void* panel, const void* levels, const void* act, siz
         facc[t] = _mm512_setzero_ps();
     }
     const auto scales = [&](int64_t b, __m512& d, __m512& m) LLMOS_AMX {
-        d = _mm512_cvtph_ps(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dw + b * panel_rows)));
-        m = tr::affine ? _mm512_cvtph_ps(_mm256_loadu_si256(
-                             reinterpret_cast<const __m256i*>(mw + b * panel_rows)))
-                       : _mm512_setzero_ps();
+        const group32_offsets at = group32_at<Block>(nb, b);
+        d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pan + at.d)));
+        m = tr::affine
+                ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pan + at.m)))
+                : _mm512_setzero_ps();
     };
     LLMOS_TILE_STEP0(xq, stride, lv, c[0]);
     for (int64_t b = 0; b < nb; b += 2) {

@@ -78,10 +78,7 @@ LLMOS_AVX512 void panel_dot(const void* panel, const void* act, size_t stride, i
                             float* out, size_t out_stride) {
     using tr = block32_traits<Block>;
     const int64_t nb = cols / qk_block;
-    const auto* lv = static_cast<const uint8_t*>(panel);
-    const auto* dw =
-        reinterpret_cast<const uint16_t*>(lv + static_cast<size_t>(nb) * tr::level_bytes);
-    [[maybe_unused]] const uint16_t* mw = dw + nb * panel_rows;
+    const auto* pan = static_cast<const uint8_t*>(panel);
     // Token t's fields are at the same offsets from act + t * stride.
     const auto* a = static_cast<const std::byte*>(act);
     const auto* xq = reinterpret_cast<const std::byte*>(act32_qs(a));
@@ -93,7 +90,9 @@ LLMOS_AVX512 void panel_dot(const void* panel, const void* act, size_t stride, i
     for (int t = 0; t < NT; ++t) {
         facc[t] = _mm512_setzero_ps();
     }
-    for (int64_t b = 0; b < nb; ++b, lv += tr::level_bytes) {
+    for (int64_t b = 0; b < nb; ++b) {
+        const group32_offsets at = group32_at<Block>(nb, b);
+        const uint8_t* lv = pan + at.levels;
         __m512i acc[NT];
 #pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
@@ -117,12 +116,11 @@ LLMOS_AVX512 void panel_dot(const void* panel, const void* act, size_t stride, i
                 acc[t] = _mm512_dpbusd_epi32(acc[t], w1, _mm512_set1_epi32(load_i32(x + 4)));
             }
         }
-        const __m512 d = _mm512_cvtph_ps(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dw + b * panel_rows)));
+        const __m512 d =
+            _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pan + at.d)));
         [[maybe_unused]] __m512 m;
         if constexpr (tr::affine) {
-            m = _mm512_cvtph_ps(
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mw + b * panel_rows)));
+            m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pan + at.m)));
         }
 #pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {

@@ -102,9 +102,14 @@ act_quantizer act_quantizer_avx2(act_format f) noexcept;
 //
 // 32-element types, per group: the levels (bytes for Q8_0, nibbles and
 // masks for the others), the 16 rows' d as halves (32 bytes) and for
-// Q4_1/Q5_1 their m (32 bytes) after all the groups' levels. A weight is
-// d * (level - zero) (+ m): zero is 128 for Q8_0, 8 for Q4_0, 16 for Q5_0
-// and 0 for the affine types.
+// Q4_1/Q5_1 their m (32 bytes). Groups go in pairs, [levels 0][levels 1]
+// [d 0][d 1]([m 0][m 1]), a whole number of 64-byte lines; a last odd
+// group is alone, [levels][d]([m]), padded to 64 bytes at the panel's end
+// (group32_at()). So a panel is read front to back, one stream: with the
+// scales after all of a panel's levels, the hardware prefetchers stopped
+// at every panel and a decode step read its weights at about half the
+// memory's read bandwidth. A weight is d * (level - zero) (+ m): zero is
+// 128 for Q8_0, 8 for Q4_0, 16 for Q5_0 and 0 for the affine types.
 //
 // F32 and F16: column after column, the 16 rows' values (64 or 32 bytes).
 //
@@ -136,7 +141,27 @@ struct block32_traits {
     static constexpr size_t level_bytes = q8 ? 512 : five ? 320 : 256;
     static constexpr size_t group_bytes =
         level_bytes + (affine ? 2 : 1) * panel_rows * sizeof(uint16_t);
+    static_assert(2 * group_bytes % 64 == 0, "a pair of groups is whole 64-byte lines");
 };
+
+/// Byte offsets in a panel of nb groups of group b's levels, d and m (m
+/// only for the affine types): the layout above.
+struct group32_offsets {
+    size_t levels;
+    size_t d;
+    size_t m;
+};
+
+template <typename Block>
+constexpr group32_offsets group32_at(int64_t nb, int64_t b) noexcept {
+    using tr = block32_traits<Block>;
+    constexpr size_t scale = panel_rows * sizeof(uint16_t);
+    const size_t pair = static_cast<size_t>(b / 2) * 2 * tr::group_bytes;
+    const size_t n = b / 2 * 2 + 1 < nb ? 2 : 1; // groups in b's pair
+    const size_t i = static_cast<size_t>(b % 2);
+    const size_t d = pair + n * tr::level_bytes;
+    return {pair + i * tr::level_bytes, d + i * scale, d + n * scale + i * scale};
+}
 
 /// The most tokens one panel kernel call handles.
 inline constexpr int panel_tile = 8;
