@@ -68,10 +68,10 @@ LLMOS_AVX512 void quantize_act_k_panel(const float* x, void* dst, int64_t cols) 
 
 // ---- packed 32-element types ------------------------------------------------
 
-/// Bytes ahead of the levels a one-token call asks the memory for (a
-/// decode step streams the panels once; measured: +10% over the hardware
-/// prefetchers alone).
-constexpr size_t prefetch_ahead = 2048;
+// The quantized panel kernels leave the memory to the hardware
+// prefetchers: a panel is one stream (quant_kernels.hh), and prefetching
+// 2 KB ahead in a one-token call measured no faster (Q4_0, Q4_K) to 20%
+// slower (Q8_0, Q6_K: a burst of prefetches per super-block) on Zen 4.
 
 template <typename Block, int NT>
 LLMOS_AVX512 void panel_dot(const void* panel, const void* act, size_t stride, int64_t cols,
@@ -97,12 +97,6 @@ LLMOS_AVX512 void panel_dot(const void* panel, const void* act, size_t stride, i
 #pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
             acc[t] = _mm512_set1_epi32(load_i32(xz + t * stride + 4 * b));
-        }
-        if constexpr (NT == 1) {
-#pragma GCC unroll 8
-            for (size_t c = 0; c < tr::level_bytes; c += 64) {
-                _mm_prefetch(reinterpret_cast<const char*>(lv + c + prefetch_ahead), _MM_HINT_T0);
-            }
         }
 #pragma GCC unroll 4
         for (int j = 0; j < 4; ++j) {
@@ -167,11 +161,6 @@ LLMOS_AVX512 void panel_dot_affine_k(const void* panel, const void* act, size_t 
         for (int t = 0; t < NT; ++t) {
             x[t] = reinterpret_cast<const act_k_panel*>(a + t * stride) + b;
             sumf[t] = _mm512_setzero_ps();
-        }
-        if constexpr (NT == 1) {
-            for (size_t c = 0; c < sbb; c += 64) {
-                _mm_prefetch(reinterpret_cast<const char*>(sb + c + prefetch_ahead), _MM_HINT_T0);
-            }
         }
         for (int s = 0; s < 8; ++s) {
             const uint8_t* lv = sb + lb * static_cast<size_t>(s);
@@ -247,11 +236,6 @@ LLMOS_AVX512 void panel_dot_q6_k(const void* panel, const void* act, size_t stri
             x[t] = reinterpret_cast<const act_k_panel*>(a + t * stride) + b;
             sumf[t] = _mm512_setzero_ps();
         }
-        if constexpr (NT == 1) {
-            for (size_t c = 0; c < sbb; c += 64) {
-                _mm_prefetch(reinterpret_cast<const char*>(sb + c + prefetch_ahead), _MM_HINT_T0);
-            }
-        }
         for (int g = 0; g < 8; ++g) {
             const uint8_t* lv = sb + 384 * static_cast<size_t>(g);
             // Sub-blocks 2g (vectors 0-3) and 2g + 1 (vectors 4-7).
@@ -308,6 +292,9 @@ LLMOS_AVX512 void panel_dot_q6_k(const void* panel, const void* act, size_t stri
 }
 
 // ---- packed F32 and F16 ------------------------------------------------------
+
+/// Bytes ahead of the weights a one-token call asks the memory for.
+constexpr size_t prefetch_ahead = 2048;
 
 /// 16 rows' weights of one column as floats.
 template <typename W>
