@@ -38,6 +38,37 @@ LLMOS_AVX512 inline void widen(const uint16_t* src, float* dst, uint32_t D, size
     }
 }
 
+/// r[i] lane j <- r[j] lane i: pairs interleaved, then fours, then the
+/// 128-bit quarters rearranged twice.
+LLMOS_AVX512 inline void transpose16(__m512* r) {
+    __m512 t[lanes];
+#pragma GCC unroll 8
+    for (uint32_t i = 0; i < lanes; i += 2) { // per quarter: r_i[0] r_i+1[0] r_i[1] r_i+1[1]
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    __m512 u[lanes]; // u[4i + j], quarter k: rows 4i .. 4i + 3 of column 4k + j
+#pragma GCC unroll 4
+    for (uint32_t i = 0; i < lanes; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+#pragma GCC unroll 4
+    for (uint32_t j = 0; j < 4; ++j) {
+        // Quarters 0, 2 (even) and 1, 3 (odd) of u[j], u[4 + j], u[8 + j], u[12 + j].
+        const __m512 e0 = _mm512_shuffle_f32x4(u[j], u[4 + j], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512 e1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512 o0 = _mm512_shuffle_f32x4(u[j], u[4 + j], _MM_SHUFFLE(3, 1, 3, 1));
+        const __m512 o1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(3, 1, 3, 1));
+        r[j] = _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(2, 0, 2, 0));
+        r[8 + j] = _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1));
+        r[4 + j] = _mm512_shuffle_f32x4(o0, o1, _MM_SHUFFLE(2, 0, 2, 0));
+        r[12 + j] = _mm512_shuffle_f32x4(o0, o1, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
 struct layout {
     uint32_t groups;
     float* qt;    ///< [group][d][lane]
@@ -149,16 +180,29 @@ LLMOS_AVX512 void prefill_attend_avx512(const prefill_attn_args& a) noexcept {
     const uint32_t G = a.G;
     const uint32_t M = a.T * G;
     const layout s = carve(a.scratch, D, M);
-    // Query m is token m / G's head m % G.
+    // Query m is token m / G's head m % G; a group's 16 queries are
+    // transposed 16 dimensions at a time.
+    const __m512 scale = _mm512_set1_ps(a.scale);
     for (uint32_t g = 0; g < s.groups; ++g) {
         float* qt = s.qt + size_t(g) * D * lanes;
+        const float* q[lanes];
         for (uint32_t lane = 0; lane < lanes; ++lane) {
             const uint32_t m = g * lanes + lane;
-            const float* q = m < M ? a.q + (m / G) * a.q_stride + size_t(m % G) * D : nullptr;
-            for (uint32_t d = 0; d < D; ++d) {
-                qt[size_t(d) * lanes + lane] = q ? q[d] * a.scale : 0.0f;
-            }
+            q[lane] = m < M ? a.q + (m / G) * a.q_stride + size_t(m % G) * D : nullptr;
             s.pos[size_t(g) * lanes + lane] = m < M ? int32_t(a.pos0 + m / G) : -1;
+        }
+        for (uint32_t c = 0; c < D; c += lanes) {
+            __m512 r[lanes];
+#pragma GCC unroll 16
+            for (uint32_t lane = 0; lane < lanes; ++lane) {
+                r[lane] = q[lane] ? _mm512_mul_ps(_mm512_loadu_ps(q[lane] + c), scale)
+                                  : _mm512_setzero_ps();
+            }
+            transpose16(r);
+#pragma GCC unroll 16
+            for (uint32_t dd = 0; dd < lanes; ++dd) {
+                _mm512_store_ps(qt + size_t(c + dd) * lanes, r[dd]);
+            }
         }
         std::fill_n(s.ot + size_t(g) * D * lanes, size_t(D) * lanes, 0.0f);
         std::fill_n(s.mx + size_t(g) * lanes, lanes, -INFINITY);
@@ -197,14 +241,22 @@ LLMOS_AVX512 void prefill_attend_avx512(const prefill_attn_args& a) noexcept {
             tile(s, g, D, j0);
         }
     }
-    for (uint32_t m = 0; m < M; ++m) {
-        const uint32_t g = m / lanes;
-        const uint32_t lane = m % lanes;
-        const float* ot = s.ot + size_t(g) * D * lanes + lane;
-        const float inv = 1.0f / s.l[size_t(g) * lanes + lane];
-        float* out = a.out + (m / G) * a.out_stride + size_t(m % G) * D;
-        for (uint32_t d = 0; d < D; ++d) {
-            out[d] = ot[size_t(d) * lanes] * inv;
+    // O / l, transposed back 16 dimensions at a time.
+    for (uint32_t g = 0; g < s.groups; ++g) {
+        const float* ot = s.ot + size_t(g) * D * lanes;
+        const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_load_ps(s.l + g * lanes));
+        const uint32_t n = std::min(lanes, M - g * lanes);
+        for (uint32_t c = 0; c < D; c += lanes) {
+            __m512 r[lanes];
+#pragma GCC unroll 16
+            for (uint32_t dd = 0; dd < lanes; ++dd) {
+                r[dd] = _mm512_mul_ps(_mm512_load_ps(ot + size_t(c + dd) * lanes), inv);
+            }
+            transpose16(r);
+            for (uint32_t lane = 0; lane < n; ++lane) {
+                const uint32_t m = g * lanes + lane;
+                _mm512_storeu_ps(a.out + (m / G) * a.out_stride + size_t(m % G) * D + c, r[lane]);
+            }
         }
     }
 }
