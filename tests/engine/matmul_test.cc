@@ -616,6 +616,95 @@ TEST(matmul, refuses_what_it_cannot_do_and_leaves_y_alone) {
     EXPECT_EQ(matmul_status_name(matmul_status::misaligned), "misaligned");
 }
 
+TEST(matmul, many_products_of_one_input_give_each_matmuls_bits) {
+    // A layer's Q, K and V (and its gate and up) as a K-quant model mixes
+    // them: two Q8_0 matrices (their rows shared), a Q4_K and a Q6_K one
+    // (the K-quants' rows shared), an F16 one (no rows) and one with no rows.
+    thread_pool pool(2);
+    const int64_t cols = 512;
+    const matrix& a = random_matrix(ggml_type::q8_0, 37, cols);
+    const matrix& b = random_matrix(ggml_type::q8_0, 64, cols);
+    const matrix& c = random_matrix(ggml_type::q4_k, 48, cols);
+    const matrix& d = random_matrix(ggml_type::q6_k, 33, cols);
+    const matrix& e = random_matrix(ggml_type::f16, 20, cols);
+    const matrix* ms[] = {&a, &b, &c, &d, &e};
+    for (const simd_level level : levels()) {
+        for (const act_precision prec : {act_precision::int8, act_precision::int8x2}) {
+            for (const int64_t n : {1, 5, 17, 40}) {
+                SCOPED_TRACE(std::string(simd_name(level)) + ", " + std::to_string(n) + " tokens" +
+                             (prec == act_precision::int8x2 ? ", int8x2" : ""));
+                const auto x = normal(static_cast<size_t>(n * cols), 5);
+                std::vector<weight_view> views;
+                for (const matrix* m : ms) {
+                    views.push_back(view_for(*m, level));
+                }
+                const weight_view none{ggml_type::q8_0, a.bytes.data(), 0, cols, 0};
+                views.push_back(none);
+                std::vector<std::vector<float>> ys;
+                std::vector<matmul_job> jobs;
+                size_t need = 0;
+                for (const weight_view& v : views) {
+                    ys.emplace_back(static_cast<size_t>(n * v.rows), NAN);
+                    need += matmul_scratch_bytes(v, n, prec);
+                }
+                for (size_t i = 0; i < views.size(); ++i) {
+                    jobs.push_back({&views[i], ys[i].data()});
+                }
+                std::vector<std::byte> scratch(need, std::byte{0xab});
+                ASSERT_EQ(matmul_many(jobs, x.data(), n, pool, scratch, level, prec),
+                          matmul_status::ok);
+                for (size_t i = 0; i < std::size(ms); ++i) {
+                    const auto want = run(*ms[i], x, n, pool, level, prec);
+                    ASSERT_EQ(0, std::memcmp(want.data(), ys[i].data(), want.size() * 4))
+                        << type_name(ms[i]->type);
+                }
+                // b read a's rows: its part of the scratch was never written.
+                const size_t a_bytes = matmul_scratch_bytes(views[0], n, prec);
+                const size_t b_bytes = matmul_scratch_bytes(views[1], n, prec);
+                ASSERT_GT(b_bytes, 0u);
+                const auto untouched =
+                    std::count(scratch.begin() + long(a_bytes),
+                               scratch.begin() + long(a_bytes + b_bytes), std::byte{0xab});
+                EXPECT_EQ(size_t(untouched), b_bytes);
+            }
+        }
+    }
+}
+
+TEST(matmul, many_products_check_every_job_before_running_any) {
+    thread_pool pool(2);
+    const matrix& a = random_matrix(ggml_type::q8_0, 16, 256);
+    const matrix& b = random_matrix(ggml_type::q8_0, 16, 512);
+    const auto x = normal(512 * 3, 5);
+    std::vector<float> ya(16 * 3, 42.0f), yb(16 * 3, 42.0f);
+    std::vector<std::byte> scratch(1 << 20);
+    const weight_view va = view_for(a, default_simd()), vb = view_for(b, default_simd());
+    const weight_view bad{ggml_type::q2_k, b.bytes.data(), 16, 256, 0};
+    const matmul_job mixed[] = {{&va, ya.data()}, {&vb, yb.data()}};
+    EXPECT_EQ(matmul_many(mixed, x.data(), 3, pool, scratch, default_simd()),
+              matmul_status::bad_shape); // columns differ
+    const matmul_job unsupported[] = {{&va, ya.data()}, {&bad, yb.data()}};
+    EXPECT_EQ(matmul_many(unsupported, x.data(), 3, pool, scratch, default_simd()),
+              matmul_status::unsupported_type);
+    const matmul_job no_y[] = {{&va, ya.data()}, {&va, nullptr}};
+    EXPECT_EQ(matmul_many(no_y, x.data(), 3, pool, scratch, default_simd()),
+              matmul_status::bad_shape);
+    const matmul_job two[] = {{&va, ya.data()}, {&va, yb.data()}};
+    const size_t one = matmul_scratch_bytes(va, 3);
+    EXPECT_EQ(
+        matmul_many(two, x.data(), 3, pool, std::span(scratch).first(2 * one - 1), default_simd()),
+        matmul_status::scratch_too_small);
+    for (const float v : ya) {
+        ASSERT_EQ(v, 42.0f);
+    }
+    for (const float v : yb) {
+        ASSERT_EQ(v, 42.0f);
+    }
+    EXPECT_EQ(matmul_many(two, x.data(), 3, pool, default_simd()), matmul_status::ok);
+    EXPECT_EQ(ya, yb);
+    EXPECT_EQ(ya, run(a, x, 3, pool, default_simd()));
+}
+
 TEST(matmul, empty_shapes) {
     thread_pool pool(2);
     std::vector<float> x(16, 1.0f);

@@ -644,13 +644,18 @@ bool context::mm(const weight_view& w, const float* x, size_t n_tokens, float* y
 }
 
 bool context::mm_many(std::span<const mm_job> jobs, const float* x, size_t n_tokens) {
-    if (n_tokens != 1 || _o.exact_activations || _pool->size() == 1) {
+    if (_o.exact_activations) {
         for (const mm_job& j : jobs) {
             if (!mm(*j.w, x, n_tokens, j.y)) {
                 return false;
             }
         }
         return true;
+    }
+    if (n_tokens != 1 || _pool->size() == 1) {
+        // x quantized once for all the matrices that read it alike.
+        return matmul_many(jobs, x, static_cast<int64_t>(n_tokens), *_pool, _o.kernels,
+                           _o.activations) == matmul_status::ok;
     }
     // One token: the matrices' rows in chunks of one loop, so the threads
     // meet once for all of them rather than once per matrix.

@@ -298,93 +298,116 @@ size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens, act_precisio
 
 namespace {
 
-/// matmul(), with `tiles` (or none) running the panels of 16 rows or more.
-matmul_status matmul_with(const detail::amx_backend* tiles, const weight_view& w, const float* x,
-                          int64_t n_tokens, float* y, thread_pool& pool,
-                          std::span<std::byte> scratch, simd_level level,
-                          act_precision prec) noexcept {
-    size_t stride = 0;
-    if (const matmul_status s = check(w, n_tokens, stride); s != matmul_status::ok) {
-        return s;
-    }
-    if (scratch.size() < matmul_scratch_bytes(w, n_tokens, prec)) {
-        return matmul_status::scratch_too_small;
-    }
-    if (n_tokens == 0 || w.rows == 0) {
-        return matmul_status::ok;
-    }
-    if (w.cols == 0) {
-        std::fill_n(y, n_tokens * w.rows, 0.0f);
-        return matmul_status::ok;
-    }
-    const simd_level lv = effective(level);
-    const bool panels = uses_panels(w, lv);
-    const detail::act_format f = detail::act_format_of(w.type);
+/// How a matmul of w at `level` reads its activations: the kernels, and
+/// the rows the quantizer makes of x (none: the kernels read x itself).
+struct act_plan {
+    bool panels = false;
     detail::row_kernel kernel = nullptr;
     detail::act_quantizer quantize = nullptr;
-    if (panels) {
-        quantize = detail::panel_quantizer_avx512(w.type);
-    } else {
-        kernel = lv >= simd_level::avx512 ? detail::row_kernel_avx512(w.type) : nullptr;
-        if (!kernel) {
-            kernel = lv >= simd_level::avx2 ? detail::row_kernel_avx2(w.type)
-                                            : detail::row_kernel_ref(w.type);
-        }
-        if (f != detail::act_format::f32) {
-            quantize = lv >= simd_level::avx2 ? detail::act_quantizer_avx2(f)
-                                              : detail::act_quantizer_ref(f);
-        }
-    }
+    detail::act_format f = detail::act_format::f32;
+    size_t act_stride = 0;
+    /// Activation rows per token: 2 when each token's rounding error gets
+    /// a row of its own (the kernels' outputs for the pair are added).
+    int per_token = 1;
+    int64_t cols = 0;
 
-    const void* act = x;
-    std::byte* qrows = nullptr; // the quantized rows, when there are
-    size_t act_stride = static_cast<size_t>(w.cols) * sizeof(float);
-    // Activation rows per token: 2 when each token's rounding error gets
-    // a row of its own (the kernels' outputs for the pair are added).
-    const int per_token = f != detail::act_format::f32 && prec == act_precision::int8x2 ? 2 : 1;
-    if (quantize) {
-        const auto base = reinterpret_cast<uintptr_t>(scratch.data());
-        auto* dst = reinterpret_cast<std::byte*>((base + scratch_align - 1) &
-                                                 ~static_cast<uintptr_t>(scratch_align - 1));
-        act = dst;
-        qrows = dst;
-        act_stride =
-            panels ? detail::act_panel_row_bytes(w.type, w.cols) : detail::act_row_bytes(f, w.cols);
-        const int64_t cols = w.cols;
-        // int8x2: each token's rounding error, after both rows of every token.
-        float* err = per_token == 2
-                         ? reinterpret_cast<float*>(
-                               dst + static_cast<size_t>(act_rows_room(2 * n_tokens)) * act_stride)
-                         : nullptr;
-        pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1) {
-            for (int64_t t = t0; t < t1; ++t) {
-                std::byte* row = dst + static_cast<size_t>(t * per_token) * act_stride;
-                quantize(x + t * cols, row, cols);
-                if (per_token == 2) {
-                    float* e = err + t * cols;
-                    detail::act_dequantize(f, row, cols, e);
-                    for (int64_t k = 0; k < cols; ++k) {
-                        e[k] = x[t * cols + k] - e[k];
-                    }
-                    quantize(e, row + act_stride, cols);
-                }
-            }
-        });
+    /// Whether o's kernels read the very rows this plan's quantizer makes.
+    bool same_rows(const act_plan& o) const {
+        return quantize != nullptr && quantize == o.quantize && f == o.f &&
+               act_stride == o.act_stride && per_token == o.per_token && cols == o.cols &&
+               panels == o.panels;
     }
+};
+
+act_plan plan_of(const weight_view& w, simd_level level, act_precision prec) {
+    act_plan p;
+    const simd_level lv = effective(level);
+    p.panels = uses_panels(w, lv);
+    p.f = detail::act_format_of(w.type);
+    p.cols = w.cols;
+    if (p.panels) {
+        p.quantize = detail::panel_quantizer_avx512(w.type);
+    } else {
+        p.kernel = lv >= simd_level::avx512 ? detail::row_kernel_avx512(w.type) : nullptr;
+        if (!p.kernel) {
+            p.kernel = lv >= simd_level::avx2 ? detail::row_kernel_avx2(w.type)
+                                              : detail::row_kernel_ref(w.type);
+        }
+        if (p.f != detail::act_format::f32) {
+            p.quantize = lv >= simd_level::avx2 ? detail::act_quantizer_avx2(p.f)
+                                                : detail::act_quantizer_ref(p.f);
+        }
+    }
+    if (p.quantize) {
+        p.act_stride = p.panels ? detail::act_panel_row_bytes(w.type, w.cols)
+                                : detail::act_row_bytes(p.f, w.cols);
+    } else {
+        p.act_stride = static_cast<size_t>(w.cols) * sizeof(float);
+    }
+    p.per_token = p.f != detail::act_format::f32 && prec == act_precision::int8x2 ? 2 : 1;
+    return p;
+}
+
+/// Where the quantized rows start in scratch.
+std::byte* first_row(std::span<std::byte> scratch) {
+    const auto base = reinterpret_cast<uintptr_t>(scratch.data());
+    return reinterpret_cast<std::byte*>((base + scratch_align - 1) &
+                                        ~static_cast<uintptr_t>(scratch_align - 1));
+}
+
+/// x's n_tokens rows quantized as p says, into scratch (at least
+/// matmul_scratch_bytes() of the plan's weights): returns the first row.
+std::byte* quantize_rows(const act_plan& p, const float* x, int64_t n_tokens,
+                         std::span<std::byte> scratch, thread_pool& pool) {
+    std::byte* dst = first_row(scratch);
+    const int64_t cols = p.cols;
+    const size_t act_stride = p.act_stride;
+    const int per_token = p.per_token;
+    // int8x2: each token's rounding error, after both rows of every token.
+    float* err = per_token == 2
+                     ? reinterpret_cast<float*>(
+                           dst + static_cast<size_t>(act_rows_room(2 * n_tokens)) * act_stride)
+                     : nullptr;
+    pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            std::byte* row = dst + static_cast<size_t>(t * per_token) * act_stride;
+            p.quantize(x + t * cols, row, cols);
+            if (per_token == 2) {
+                float* e = err + t * cols;
+                detail::act_dequantize(p.f, row, cols, e);
+                for (int64_t k = 0; k < cols; ++k) {
+                    e[k] = x[t * cols + k] - e[k];
+                }
+                p.quantize(e, row + act_stride, cols);
+            }
+        }
+    });
+    return dst;
+}
+
+/// The products of w with the activations p's kernels read: qrows (the
+/// quantized rows) or, without a quantizer, x. w is checked and has rows
+/// and columns.
+void run_plan(const detail::amx_backend* tiles, const weight_view& w, const act_plan& p,
+              const float* x, std::byte* qrows, int64_t n_tokens, float* y, thread_pool& pool,
+              size_t stride) {
+    const void* act = p.quantize ? static_cast<const void*>(qrows) : x;
+    const size_t act_stride = p.act_stride;
+    const int per_token = p.per_token;
     const int64_t act_rows = n_tokens * per_token;
-    if (panels && qrows && uses_amx(w, tiles, act_rows)) {
+    if (p.panels && qrows && uses_amx(w, tiles, act_rows)) {
         // The last tile reads whole tiles of rows: the ones past the
         // tokens are zeros.
         std::memset(qrows + static_cast<size_t>(act_rows) * act_stride, 0,
                     static_cast<size_t>(act_rows_room(act_rows) - act_rows) * act_stride);
         run_panels_amx(*tiles, w, qrows, act_stride, act_rows, per_token, y, pool);
-        return matmul_status::ok;
+        return;
     }
-    if (panels) {
+    if (p.panels) {
         run_panels(w, static_cast<const std::byte*>(act), act_stride, act_rows, per_token, y, pool);
-        return matmul_status::ok;
+        return;
     }
-
+    const detail::row_kernel kernel = p.kernel;
     const auto* data = static_cast<const std::byte*>(w.data);
     const int64_t rows = w.rows;
     const int64_t cols = w.cols;
@@ -423,6 +446,30 @@ matmul_status matmul_with(const detail::amx_backend* tiles, const weight_view& w
             }
         }
     });
+}
+
+/// matmul(), with `tiles` (or none) running the panels of 16 rows or more.
+matmul_status matmul_with(const detail::amx_backend* tiles, const weight_view& w, const float* x,
+                          int64_t n_tokens, float* y, thread_pool& pool,
+                          std::span<std::byte> scratch, simd_level level,
+                          act_precision prec) noexcept {
+    size_t stride = 0;
+    if (const matmul_status s = check(w, n_tokens, stride); s != matmul_status::ok) {
+        return s;
+    }
+    if (scratch.size() < matmul_scratch_bytes(w, n_tokens, prec)) {
+        return matmul_status::scratch_too_small;
+    }
+    if (n_tokens == 0 || w.rows == 0) {
+        return matmul_status::ok;
+    }
+    if (w.cols == 0) {
+        std::fill_n(y, n_tokens * w.rows, 0.0f);
+        return matmul_status::ok;
+    }
+    const act_plan p = plan_of(w, level, prec);
+    std::byte* qrows = p.quantize ? quantize_rows(p, x, n_tokens, scratch, pool) : nullptr;
+    run_plan(tiles, w, p, x, qrows, n_tokens, y, pool, stride);
     return matmul_status::ok;
 }
 
@@ -434,6 +481,80 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
     const detail::amx_backend* tiles =
         effective(level) >= simd_level::amx ? &detail::amx_tile_unit() : nullptr;
     return matmul_with(tiles, w, x, n_tokens, y, pool, scratch, level, prec);
+}
+
+matmul_status matmul_many(std::span<const matmul_job> jobs, const float* x, int64_t n_tokens,
+                          thread_pool& pool, std::span<std::byte> scratch, simd_level level,
+                          act_precision prec) noexcept {
+    size_t need = 0;
+    for (const matmul_job& j : jobs) {
+        size_t stride = 0;
+        if (!j.w || (!j.y && j.w->rows > 0 && n_tokens > 0)) {
+            return matmul_status::bad_shape;
+        }
+        if (const matmul_status s = check(*j.w, n_tokens, stride); s != matmul_status::ok) {
+            return s;
+        }
+        if (j.w->cols != jobs[0].w->cols) {
+            return matmul_status::bad_shape;
+        }
+        need += matmul_scratch_bytes(*j.w, n_tokens, prec);
+    }
+    if (scratch.size() < need) {
+        return matmul_status::scratch_too_small;
+    }
+    if (n_tokens == 0 || jobs.empty()) {
+        return matmul_status::ok;
+    }
+    if (jobs[0].w->cols == 0) {
+        for (const matmul_job& j : jobs) {
+            std::fill_n(j.y, n_tokens * j.w->rows, 0.0f);
+        }
+        return matmul_status::ok;
+    }
+    const detail::amx_backend* tiles =
+        effective(level) >= simd_level::amx ? &detail::amx_tile_unit() : nullptr;
+    // Job i's rows go at the sum of the scratch of the jobs before it,
+    // unless an earlier job's kernels read the same rows (then made).
+    size_t at = 0;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+        const weight_view& w = *jobs[i].w;
+        const size_t mine = matmul_scratch_bytes(w, n_tokens, prec);
+        const act_plan p = plan_of(w, level, prec);
+        std::byte* qrows = nullptr;
+        if (p.quantize) {
+            size_t earlier = 0;
+            for (size_t k = 0; k < i && !qrows; ++k) {
+                if (p.same_rows(plan_of(*jobs[k].w, level, prec))) {
+                    qrows = first_row(scratch.subspan(earlier));
+                }
+                earlier += matmul_scratch_bytes(*jobs[k].w, n_tokens, prec);
+            }
+            if (!qrows) {
+                qrows = quantize_rows(p, x, n_tokens, scratch.subspan(at), pool);
+            }
+        }
+        if (w.rows != 0) {
+            size_t stride = 0;
+            check(w, n_tokens, stride);
+            run_plan(tiles, w, p, x, qrows, n_tokens, jobs[i].y, pool, stride);
+        }
+        at += mine;
+    }
+    return matmul_status::ok;
+}
+
+matmul_status matmul_many(std::span<const matmul_job> jobs, const float* x, int64_t n_tokens,
+                          thread_pool& pool, simd_level level, act_precision p) {
+    thread_local std::vector<std::byte> scratch;
+    size_t need = 0;
+    for (const matmul_job& j : jobs) {
+        need += j.w ? matmul_scratch_bytes(*j.w, n_tokens, p) : 0;
+    }
+    if (scratch.size() < need) {
+        scratch.resize(need);
+    }
+    return matmul_many(jobs, x, n_tokens, pool, scratch, level, p);
 }
 
 matmul_status detail::matmul_on_tiles(const amx_backend& tiles, const weight_view& w,

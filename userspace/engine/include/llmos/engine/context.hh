@@ -80,10 +80,7 @@ private:
     void rope_angles(uint32_t pos, float* cs) const;
     void rope(float* x, uint32_t n_heads, const float* cs) const;
     bool mm(const weight_view& w, const float* x, size_t n_tokens, float* y);
-    struct mm_job {
-        const weight_view* w;
-        float* y;
-    };
+    using mm_job = matmul_job;
     bool mm_many(std::span<const mm_job> jobs, const float* x, size_t n_tokens);
 
     const model& _m;

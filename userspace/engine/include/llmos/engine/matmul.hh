@@ -113,4 +113,26 @@ matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, flo
 matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
                      thread_pool& pool, simd_level level, act_precision p = act_precision::int8);
 
+/// One product of matmul_many(): w times the shared activations into y
+/// (n_tokens x w.rows).
+struct matmul_job {
+    const weight_view* w;
+    float* y;
+};
+
+/// matmul() of several weights with the same activations x, all of the
+/// same columns (a layer's Q, K and V; its gate and up): x is quantized
+/// once for all the products whose kernels read it in the same form, then
+/// each product runs as matmul() runs it, with the same results. scratch:
+/// the sum of matmul_scratch_bytes() of the jobs. Every job is checked
+/// before any runs: on failure every y is untouched. Allocates nothing.
+matmul_status matmul_many(std::span<const matmul_job> jobs, const float* x, int64_t n_tokens,
+                          thread_pool& pool, std::span<std::byte> scratch, simd_level level,
+                          act_precision p = act_precision::int8) noexcept;
+
+/// The same with a scratch buffer owned by the calling thread (as matmul()).
+matmul_status matmul_many(std::span<const matmul_job> jobs, const float* x, int64_t n_tokens,
+                          thread_pool& pool, simd_level level,
+                          act_precision p = act_precision::int8);
+
 } // namespace llmos::engine
