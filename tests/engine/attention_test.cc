@@ -33,8 +33,10 @@ struct head_shape {
 class prefill_attention : public ::testing::TestWithParam<head_shape> {};
 
 /// What the kernel must compute, in double: token t's G heads over the
-/// keys 0 .. pos0 + t of KV head `kv_head`.
-std::vector<double> expected(const kv_cache& kv, size_t off, uint32_t D, uint32_t G, uint32_t T,
+/// keys 0 .. pos0 + t of KV head `kv_head`, from the halves written into
+/// the cache (ks, vs: kv_dim a position).
+std::vector<double> expected(const std::vector<uint16_t>& ks, const std::vector<uint16_t>& vs,
+                             uint32_t kv_dim, uint32_t kv_head, uint32_t D, uint32_t G, uint32_t T,
                              uint32_t pos0, const float* q, size_t q_stride, float scale) {
     std::vector<double> out(size_t(T) * G * D);
     for (uint32_t t = 0; t < T; ++t) {
@@ -44,7 +46,7 @@ std::vector<double> expected(const kv_cache& kv, size_t off, uint32_t D, uint32_
             std::vector<double> s(n);
             double mx = -INFINITY;
             for (uint32_t j = 0; j < n; ++j) {
-                const auto* k = static_cast<const uint16_t*>(kv.k_row(0, j)) + off;
+                const uint16_t* k = ks.data() + size_t(j) * kv_dim + size_t(kv_head) * D;
                 double dot = 0;
                 for (uint32_t d = 0; d < D; ++d) {
                     dot += double(qh[d]) * fp16_to_fp32(k[d]);
@@ -59,7 +61,7 @@ std::vector<double> expected(const kv_cache& kv, size_t off, uint32_t D, uint32_
             }
             double* o = out.data() + (size_t(t) * G + h) * D;
             for (uint32_t j = 0; j < n; ++j) {
-                const auto* v = static_cast<const uint16_t*>(kv.v_row(0, j)) + off;
+                const uint16_t* v = vs.data() + size_t(j) * kv_dim + size_t(kv_head) * D;
                 for (uint32_t d = 0; d < D; ++d) {
                     o[d] += s[j] / sum * fp16_to_fp32(v[d]);
                 }
@@ -89,10 +91,9 @@ TEST_P(prefill_attention, matches_double_precision_attention_over_the_f16_cache)
     ASSERT_EQ(D, hs.n_embd / hs.n_head);
     ASSERT_EQ(D % 16, 0u);
     const float scale = 1.0f / std::sqrt(float(D));
-    // The last KV head: its rows start past the others' (off > 0 unless
-    // there is only one).
+    // The last KV head (its rows past the others' in what write() is
+    // given).
     const uint32_t kv_head = p.n_head_kv - 1;
-    const size_t off = size_t(kv_head) * D;
     constexpr uint32_t n_pos = 180;
     for (const uint32_t block : {16u, 7u}) {
         kv_options ko{.type = kv_type::f16, .block_tokens = block, .max_tokens = 256};
@@ -102,6 +103,7 @@ TEST_P(prefill_attention, matches_double_precision_attention_over_the_f16_cache)
         std::mt19937 rng(D * 131 + G * 7 + block);
         std::normal_distribution<float> nd(0.0f, 1.0f);
         std::vector<float> k(p.kv_dim()), v(p.kv_dim());
+        std::vector<uint16_t> ks(size_t(n_pos) * p.kv_dim()), vs(ks.size());
         for (uint32_t pos = 0; pos < n_pos; ++pos) {
             for (float& x : k) {
                 x = 2.0f * nd(rng); // scores of a few units: a peaked softmax
@@ -110,6 +112,8 @@ TEST_P(prefill_attention, matches_double_precision_attention_over_the_f16_cache)
                 x = nd(rng);
             }
             kv.write(0, pos, k.data(), v.data());
+            fp32_to_fp16_row(k.data(), ks.data() + size_t(pos) * p.kv_dim(), p.kv_dim());
+            fp32_to_fp16_row(v.data(), vs.data() + size_t(pos) * p.kv_dim(), p.kv_dim());
         }
         struct run {
             uint32_t pos0, T;
@@ -133,8 +137,7 @@ TEST_P(prefill_attention, matches_double_precision_attention_over_the_f16_cache)
             const size_t head0 = size_t(kv_head) * G * D;
             detail::prefill_attend_avx512({.kv = &kv,
                                            .layer = 0,
-                                           .off = off,
-                                           .kv_dim = p.kv_dim(),
+                                           .head = kv_head,
                                            .D = D,
                                            .G = G,
                                            .T = r.T,
@@ -145,7 +148,8 @@ TEST_P(prefill_attention, matches_double_precision_attention_over_the_f16_cache)
                                            .out_stride = E,
                                            .scale = scale,
                                            .scratch = reinterpret_cast<float*>(at)});
-            const auto want = expected(kv, off, D, G, r.T, r.pos0, q.data() + head0, E, scale);
+            const auto want = expected(ks, vs, p.kv_dim(), kv_head, D, G, r.T, r.pos0,
+                                       q.data() + head0, E, scale);
             double worst = 0;
             size_t touched = 0;
             for (uint32_t t = 0; t < r.T; ++t) {

@@ -17,13 +17,12 @@ namespace llmos::engine::detail {
 struct prefill_attn_args {
     const kv_cache* kv;
     uint32_t layer;
-    size_t off;      ///< the KV head's first element in a row
-    uint32_t kv_dim; ///< elements from one row to the next within a block
-    uint32_t D;      ///< head size, a multiple of 16
-    uint32_t G;      ///< query heads of the KV head
-    uint32_t T;      ///< tokens
-    uint32_t pos0;   ///< token 0's position
-    const float* q;  ///< token t's G heads (G x D) at q + t * q_stride
+    uint32_t head;  ///< the KV head
+    uint32_t D;     ///< head size, a multiple of 16
+    uint32_t G;     ///< query heads of the KV head
+    uint32_t T;     ///< tokens
+    uint32_t pos0;  ///< token 0's position
+    const float* q; ///< token t's G heads (G x D) at q + t * q_stride
     size_t q_stride;
     float* out; ///< token t's G heads' outputs at out + t * out_stride
     size_t out_stride;
@@ -46,15 +45,14 @@ void prefill_attend_avx512(const prefill_attn_args& a) noexcept;
 struct one_token_attn_args {
     const kv_cache* kv;
     uint32_t layer;
-    size_t off;      ///< the KV head's first element in a row
-    uint32_t kv_dim; ///< elements from one row to the next within a block
-    uint32_t D;      ///< head size
-    uint32_t n;      ///< positions 0 .. n-1 are attended
-    const float* q;  ///< G x D
-    float* out;      ///< G x D
-    float* scores;   ///< G x stride
-    size_t stride;   ///< >= n
-    float scale;     ///< scores are q . k * scale
+    uint32_t head;  ///< the KV head
+    uint32_t D;     ///< head size
+    uint32_t n;     ///< positions 0 .. n-1 are attended
+    const float* q; ///< G x D
+    float* out;     ///< G x D
+    float* scores;  ///< G x stride
+    size_t stride;  ///< >= n
+    float scale;    ///< scores are q . k * scale
 };
 
 using one_token_attend_fn = void (*)(const one_token_attn_args&);

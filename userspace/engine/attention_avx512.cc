@@ -218,11 +218,11 @@ LLMOS_AVX512 void prefill_attend_avx512(const prefill_attn_args& a) noexcept {
             if (j < nk) {
                 // A block's rows lie kv_dim apart: look the block up once.
                 if (j == 0 || (j0 + j) % bt == 0) {
-                    k = static_cast<const uint16_t*>(a.kv->k_row(a.layer, j0 + j)) + a.off;
-                    v = static_cast<const uint16_t*>(a.kv->v_row(a.layer, j0 + j)) + a.off;
+                    k = static_cast<const uint16_t*>(a.kv->k_row(a.layer, j0 + j, a.head));
+                    v = static_cast<const uint16_t*>(a.kv->v_row(a.layer, j0 + j, a.head));
                 } else {
-                    k += a.kv_dim;
-                    v += a.kv_dim;
+                    k += D;
+                    v += D;
                 }
                 widen(k, s.kf + size_t(j) * lanes, D, size_t(lanes) * lanes);
                 widen(v, s.vf + size_t(j) * lanes, D, size_t(lanes) * lanes);
@@ -302,12 +302,12 @@ LLMOS_AVX512 void one_token_scores(const one_token_attn_args& a) {
     alignas(64) float kf[lanes * max_one_token_D];
     const __m512 scale = _mm512_set1_ps(a.scale);
     for (uint32_t j0 = 0; j0 < a.n; j0 += bt) {
-        const auto* rows = static_cast<const uint16_t*>(a.kv->k_row(a.layer, j0)) + a.off;
+        const auto* rows = static_cast<const uint16_t*>(a.kv->k_row(a.layer, j0, a.head));
         const uint32_t m = std::min(bt, a.n - j0);
         for (uint32_t s0 = 0; s0 < m; s0 += lanes) {
             const uint32_t nk = std::min(lanes, m - s0);
             for (uint32_t s = 0; s < nk; ++s) {
-                widen(rows + size_t(s0 + s) * a.kv_dim, kf + size_t(s) * D, D);
+                widen(rows + size_t(s0 + s) * D, kf + size_t(s) * D, D);
             }
             if (nk < lanes) { // lanes stored masked off, but keep them finite
                 std::fill(kf + size_t(nk) * D, kf + size_t(lanes) * D, 0.0f);
@@ -374,10 +374,10 @@ LLMOS_AVX512 void one_token_values(const one_token_attn_args& a, const float* in
             }
         }
         for (uint32_t j0 = 0; j0 < a.n; j0 += bt) {
-            const auto* rows = static_cast<const uint16_t*>(a.kv->v_row(a.layer, j0)) + a.off + dc;
+            const auto* rows = static_cast<const uint16_t*>(a.kv->v_row(a.layer, j0, a.head)) + dc;
             const uint32_t m = std::min(bt, a.n - j0);
             for (uint32_t s = 0; s < m; ++s) {
-                const uint16_t* v = rows + size_t(s) * a.kv_dim;
+                const uint16_t* v = rows + size_t(s) * a.D;
                 __m512 vf[NC];
 #pragma GCC unroll 4
                 for (int c = 0; c < NC; ++c) {

@@ -268,10 +268,10 @@ template <int G>
 LLMOS_AVX2 void f16_scores(const f16_attn_args& a) {
     const uint32_t bt = a.kv->block_tokens();
     for (uint32_t j0 = 0; j0 < a.n; j0 += bt) {
-        const auto* rows = static_cast<const uint16_t*>(a.kv->k_row(a.layer, j0)) + a.off;
+        const auto* rows = static_cast<const uint16_t*>(a.kv->k_row(a.layer, j0, a.head));
         const uint32_t m = std::min(bt, a.n - j0);
         for (uint32_t s = 0; s < m; ++s) {
-            const uint16_t* k = rows + size_t(s) * a.kv_dim;
+            const uint16_t* k = rows + size_t(s) * a.D;
             __m256 acc[G];
 #pragma GCC unroll 8
             for (int h = 0; h < G; ++h) {
@@ -307,10 +307,10 @@ LLMOS_AVX2 void f16_values(const f16_attn_args& a) {
             }
         }
         for (uint32_t j0 = 0; j0 < a.n; j0 += bt) {
-            const auto* rows = static_cast<const uint16_t*>(a.kv->v_row(a.layer, j0)) + a.off + dc;
+            const auto* rows = static_cast<const uint16_t*>(a.kv->v_row(a.layer, j0, a.head)) + dc;
             const uint32_t m = std::min(bt, a.n - j0);
             for (uint32_t s = 0; s < m; ++s) {
-                const uint16_t* v = rows + size_t(s) * a.kv_dim;
+                const uint16_t* v = rows + size_t(s) * a.D;
                 __m256 vf[NC];
 #pragma GCC unroll 8
                 for (int c = 0; c < NC; ++c) {
@@ -519,7 +519,6 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
             const batch_entry& e = batch[job.entry];
             const kv_cache& kv = *e.kv;
             const bool f16 = kv.type() == kv_type::f16;
-            const size_t off = size_t(job.kv_head) * D;
             float* scores = _scores.data() + size_t(jb) * group * max_len;
 #if defined(__x86_64__)
             if (prefill && f16 && (job.t1 - job.t0) * group >= 16) {
@@ -535,8 +534,7 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
                 detail::prefill_attend_avx512(
                     {.kv = &kv,
                      .layer = layer,
-                     .off = off,
-                     .kv_dim = p.kv_dim(),
+                     .head = job.kv_head,
                      .D = D,
                      .G = group,
                      .T = job.t1 - job.t0,
@@ -558,8 +556,7 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
                 if (fast && f16) {
                     fast({.kv = &kv,
                           .layer = layer,
-                          .off = off,
-                          .kv_dim = p.kv_dim(),
+                          .head = job.kv_head,
                           .D = D,
                           .n = pos + 1,
                           .q = q0,
@@ -571,11 +568,11 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
                 }
 #endif
                 for (uint32_t j = 0; j <= pos; ++j) {
-                    const void* k = kv.k_row(layer, j);
+                    const void* k = kv.k_row(layer, j, job.kv_head);
                     for (uint32_t h = 0; h < group; ++h) {
                         const float* q = q0 + size_t(h) * D;
-                        float s = f16 ? kern.dot_f16(q, static_cast<const uint16_t*>(k) + off, D)
-                                      : kern.dot(q, static_cast<const float*>(k) + off, D);
+                        float s = f16 ? kern.dot_f16(q, static_cast<const uint16_t*>(k), D)
+                                      : kern.dot(q, static_cast<const float*>(k), D);
                         scores[size_t(h) * max_len + j] = s * scale;
                     }
                 }
@@ -598,14 +595,14 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
                     std::fill(out0 + size_t(h) * D, out0 + size_t(h + 1) * D, 0.0f);
                 }
                 for (uint32_t j = 0; j <= pos; ++j) {
-                    const void* v = kv.v_row(layer, j);
+                    const void* v = kv.v_row(layer, j, job.kv_head);
                     for (uint32_t h = 0; h < group; ++h) {
                         const float w = scores[size_t(h) * max_len + j];
                         float* out = out0 + size_t(h) * D;
                         if (f16) {
-                            kern.axpy_f16(w, static_cast<const uint16_t*>(v) + off, out, D);
+                            kern.axpy_f16(w, static_cast<const uint16_t*>(v), out, D);
                         } else {
-                            kern.axpy(w, static_cast<const float*>(v) + off, out, D);
+                            kern.axpy(w, static_cast<const float*>(v), out, D);
                         }
                     }
                 }

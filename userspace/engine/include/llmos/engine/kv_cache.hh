@@ -85,10 +85,13 @@ public:
     uint32_t n_tokens() const noexcept;
     uint32_t capacity() const noexcept { return _o.max_tokens; }
     kv_type type() const noexcept { return _o.type; }
-    /// Positions per block: rows [b * block_tokens, (b + 1) * block_tokens)
-    /// of a layer's K (or V) lie back to back, kv_dim elements apart, from
-    /// k_row(layer, b * block_tokens) on.
+    /// Positions per block: one KV head's rows [b * block_tokens, (b + 1) *
+    /// block_tokens) of a layer's K (or V) lie back to back, head_dim
+    /// elements apart, from k_row(layer, b * block_tokens, head) on (and a
+    /// block taken right after another follows it: a conversation's
+    /// blocks usually make one run).
     uint32_t block_tokens() const noexcept { return _o.block_tokens; }
+    uint32_t head_dim() const noexcept { return _head_dim; }
     /// The committed conversation.
     std::span<const int32_t> tokens() const noexcept;
 
@@ -97,12 +100,14 @@ public:
     /// mid-truncate can leak one): no position changes then, though blocks
     /// taken for the first of them stay mapped for later.
     bool reserve(uint32_t n) noexcept;
-    /// Stores layer `layer`'s K and V rows (kv_dim floats each) of
-    /// position `pos` (reserved, not yet committed).
+    /// Stores layer `layer`'s K and V rows (kv_dim floats each, the KV
+    /// heads' head_dim one after another) of position `pos` (reserved, not
+    /// yet committed).
     void write(uint32_t layer, uint32_t pos, const float* k, const float* v) noexcept;
-    /// K or V row of `pos` (committed or written) in the cache's type.
-    const void* k_row(uint32_t layer, uint32_t pos) const noexcept;
-    const void* v_row(uint32_t layer, uint32_t pos) const noexcept;
+    /// KV head `head`'s K or V row (head_dim elements) of `pos` (committed
+    /// or written) in the cache's type.
+    const void* k_row(uint32_t layer, uint32_t pos, uint32_t head) const noexcept;
+    const void* v_row(uint32_t layer, uint32_t pos, uint32_t head) const noexcept;
     /// Appends `toks` as positions [n_tokens, n_tokens + size): their rows
     /// must have been written. The header moves last.
     void commit(std::span<const int32_t> toks) noexcept;
@@ -114,16 +119,21 @@ public:
 private:
     struct header;
     header* hdr() const noexcept { return reinterpret_cast<header*>(_mem.data()); }
-    std::byte* block(uint32_t logical) const noexcept;
-    size_t row_offset(uint32_t layer, uint32_t slot, bool v) const noexcept;
+    /// Where KV head `head`'s K (or V) row of position pos in layer
+    /// `layer` lies.
+    std::byte* row(uint32_t layer, uint32_t pos, uint32_t head, bool v) const noexcept;
+    /// A physical block's first word (the free list's link).
+    std::byte* link_of(uint32_t phys) const noexcept;
 
     std::span<std::byte> _mem;
     kv_options _o;
     uint32_t _n_layer = 0;
     uint32_t _kv_dim = 0;
+    uint32_t _n_head_kv = 0;
+    uint32_t _head_dim = 0;
     uint32_t _max_blocks = 0;
     size_t _elt = 4;
-    size_t _block_bytes = 0;
+    size_t _slab = 0; ///< one block's rows of one KV head of one layer's K (or V)
     int32_t* _tokens = nullptr;
     uint32_t* _table = nullptr;
     std::byte* _blocks = nullptr;
