@@ -310,6 +310,93 @@ TEST_F(conformance, a_cache_of_another_geometry_is_refused_unless_fresh) {
     EXPECT_THROW(kv_cache::open(mem.span().first(100), *m, f32), kv_error);
 }
 
+TEST_F(conformance, a_cache_of_another_layout_version_is_refused_unless_fresh) {
+    kv_memory mem(kv_cache::bytes_for(m->params(), f32));
+    {
+        auto kv = kv_cache::open(mem.span(), *m, f32);
+        ASSERT_TRUE(kv.reserve(3));
+        std::vector<float> row(m->params().kv_dim(), 1.0f);
+        for (uint32_t pos = 0; pos < 3; ++pos) {
+            kv.write(0, pos, row.data(), row.data());
+        }
+        const int32_t toks[] = {1, 2, 3};
+        kv.commit(toks);
+    }
+    // The header's version (after the 8-byte magic) as an older engine
+    // wrote it.
+    const uint32_t v1 = 1;
+    std::memcpy(mem.span().data() + 8, &v1, 4);
+    try {
+        (void)kv_cache::open(mem.span(), *m, f32);
+        ADD_FAILURE() << "a version 1 cache was opened";
+    } catch (const kv_error& e) {
+        EXPECT_NE(std::string(e.what()).find("version 1"), std::string::npos) << e.what();
+    }
+    auto kv = kv_cache::open(mem.span(), *m, f32, true);
+    EXPECT_FALSE(kv.resumed());
+    EXPECT_EQ(kv.n_tokens(), 0u);
+}
+
+TEST_F(conformance, a_heads_rows_run_through_the_conversations_blocks) {
+    // Each KV head's rows come back as written, and a head's rows of one
+    // layer lie back to back across blocks taken in order (the attention
+    // of a decode step streams them).
+    const model_params& p = m->params();
+    ASSERT_GT(p.n_head_kv, 1u);
+    // Integers below 2048: exact in F16 too.
+    const auto value = [](uint32_t layer, uint32_t pos, uint32_t i) {
+        return float((pos * 37 + layer * 11 + i) % 2000);
+    };
+    for (const kv_type type : {kv_type::f16, kv_type::f32}) {
+        kv_options o{.type = type, .block_tokens = 16, .max_tokens = 64};
+        kv_memory mem(kv_cache::bytes_for(p, o));
+        auto kv = kv_cache::open(mem.span(), *m, o);
+        ASSERT_TRUE(kv.reserve(40));
+        std::vector<float> k(p.kv_dim()), v(p.kv_dim());
+        for (uint32_t pos = 0; pos < 40; ++pos) {
+            for (uint32_t layer = 0; layer < p.n_layer; ++layer) {
+                for (uint32_t i = 0; i < p.kv_dim(); ++i) {
+                    k[i] = value(layer, pos, i);
+                    v[i] = -k[i];
+                }
+                kv.write(layer, pos, k.data(), v.data());
+            }
+        }
+        const size_t elt = type == kv_type::f32 ? 4 : 2;
+        for (uint32_t layer = 0; layer < p.n_layer; ++layer) {
+            for (uint32_t h = 0; h < p.n_head_kv; ++h) {
+                for (uint32_t pos = 0; pos < 40; ++pos) {
+                    const auto* kr = static_cast<const std::byte*>(kv.k_row(layer, pos, h));
+                    const auto* vr = static_cast<const std::byte*>(kv.v_row(layer, pos, h));
+                    for (uint32_t d = 0; d < p.head_dim; ++d) {
+                        const uint32_t i = h * p.head_dim + d;
+                        const float want = value(layer, pos, i);
+                        float gk, gv;
+                        if (type == kv_type::f32) {
+                            std::memcpy(&gk, kr + 4 * d, 4);
+                            std::memcpy(&gv, vr + 4 * d, 4);
+                        } else {
+                            uint16_t hk, hv;
+                            std::memcpy(&hk, kr + 2 * d, 2);
+                            std::memcpy(&hv, vr + 2 * d, 2);
+                            gk = fp16_to_fp32(hk);
+                            gv = fp16_to_fp32(hv);
+                        }
+                        ASSERT_EQ(gk, want) << "layer " << layer << " head " << h << " pos " << pos;
+                        ASSERT_EQ(gv, -want)
+                            << "layer " << layer << " head " << h << " pos " << pos;
+                    }
+                    if (pos > 0) {
+                        const auto* prev =
+                            static_cast<const std::byte*>(kv.k_row(layer, pos - 1, h));
+                        EXPECT_EQ(kr - prev, ptrdiff_t(p.head_dim * elt)) << "pos " << pos;
+                    }
+                }
+            }
+        }
+    }
+}
+
 TEST(kv_memory, whole_pages_aligned_with_a_zeroed_header_page) {
     for (size_t bytes : {size_t(1), size_t(4096), size_t(5000), size_t(3 << 20)}) {
         kv_memory m(bytes);
