@@ -14,7 +14,9 @@
 //   - decode of a TinyLlama-shaped 1.1B model (Q4_0, Q8_0), larger than
 //     the last-level cache, against the memory's read bandwidth;
 //   - time to first token of a resumed 2k-token conversation (its KV cache
-//     in memory) vs prefilling it again;
+//     in memory) vs prefilling it again, then decode on it (weights and
+//     cache read per token) against the memory's read bandwidth and
+//     against decode of a 16-token conversation;
 //   - KV cache memory waste over conversations of assorted lengths;
 //   - with a CUDA device (skipped with the probe's reason otherwise): the
 //     same prefill/decode/8-stream figures on the GPU, beside the CPU's.
@@ -675,6 +677,22 @@ int main() {
         std::printf("# time to first token, 2048-token conversation (Q8_0): re-prefill %.1f ms, "
                     "resumed from its KV cache %.2f ms: %.0fx faster\n",
                     reprefill * 1e3, resume * 1e3, reprefill / resume);
+        // Decode on: each step reads the weights and the whole cache; a
+        // conversation of 16 tokens in the same context beside it.
+        stream fresh(m, kvo);
+        prefill(ctx2, fresh, prompt_of(16, m.params().n_vocab, 8), 512);
+        const double bw0 = bandwidth();
+        const double short_rate = decode(ctx2, fresh, 16);
+        const uint32_t cached0 = s.kv.n_tokens();
+        const double long_rate = decode(ctx2, s, 16);
+        const double cached = (cached0 + s.kv.n_tokens()) / 2.0;
+        const double bw = (bw0 + bandwidth()) / 2;
+        const model_params& p = m.params();
+        const double cache_bytes = 2.0 * p.n_layer * cached * p.kv_dim() * 2; // F16 K and V
+        const double eff = (double(m.weight_bytes()) + cache_bytes) * long_rate / 1e9;
+        std::printf("# decode at 2048 cached tokens (Q8_0): %.1f tok/s (16 cached: %.1f), %.2f "
+                    "GB/s of weights and cache, %.0f%% of memory (%.2f GB/s around it)\n",
+                    long_rate, short_rate, eff, 100.0 * eff / bw, bw);
     }
 
     // KV memory waste over 64 conversations of 50..2050 tokens.

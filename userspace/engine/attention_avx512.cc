@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 //
 // Prefill attention on AVX-512 (attention.hh). The queries of a job (a KV
-// head's G heads over up to 16 tokens) go 16 to a vector, transposed once
+// head's G heads over a run of tokens) go 16 to a vector, transposed once
 // ([d][lane], scaled); for each tile of 16 keys, whose K and V rows are
 // widened to floats once for all the queries, a group of 16 queries gets
 //   S[j] = sum over d of Q[d] * k_j[d]         16 vectors, lanes = queries
@@ -216,7 +216,7 @@ LLMOS_AVX512 void prefill_attend_avx512(const prefill_attn_args& a) noexcept {
         const uint32_t nk = std::min(lanes, n_keys - j0);
         for (uint32_t j = 0; j < lanes; ++j) {
             if (j < nk) {
-                // A block's rows lie kv_dim apart: look the block up once.
+                // A block's rows lie head_dim apart: look the block up once.
                 if (j == 0 || (j0 + j) % bt == 0) {
                     k = static_cast<const uint16_t*>(a.kv->k_row(a.layer, j0 + j, a.head));
                     v = static_cast<const uint16_t*>(a.kv->v_row(a.layer, j0 + j, a.head));
@@ -294,7 +294,8 @@ LLMOS_AVX512 inline __m512 reduce16(const __m512* acc) {
 }
 
 /// The G heads' scores against every position: tiles of 16 keys (never
-/// across a block, whose rows are the only contiguous ones), widened once.
+/// across a block, whose rows are the only ones sure to be contiguous),
+/// widened once.
 template <int G>
 LLMOS_AVX512 void one_token_scores(const one_token_attn_args& a) {
     const uint32_t bt = a.kv->block_tokens();
