@@ -619,7 +619,8 @@ TEST(matmul, refuses_what_it_cannot_do_and_leaves_y_alone) {
 TEST(matmul, many_products_of_one_input_give_each_matmuls_bits) {
     // A layer's Q, K and V (and its gate and up) as a K-quant model mixes
     // them: two Q8_0 matrices (their rows shared), a Q4_K and a Q6_K one
-    // (the K-quants' rows shared), an F16 one (no rows) and one with no rows.
+    // (the K-quants' rows shared), an F16 one (no rows), and first a Q8_0
+    // one with no rows (nothing to quantize for, nor to share).
     thread_pool pool(2);
     const int64_t cols = 512;
     const matrix& a = random_matrix(ggml_type::q8_0, 37, cols);
@@ -634,12 +635,10 @@ TEST(matmul, many_products_of_one_input_give_each_matmuls_bits) {
                 SCOPED_TRACE(std::string(simd_name(level)) + ", " + std::to_string(n) + " tokens" +
                              (prec == act_precision::int8x2 ? ", int8x2" : ""));
                 const auto x = normal(static_cast<size_t>(n * cols), 5);
-                std::vector<weight_view> views;
+                std::vector<weight_view> views{{ggml_type::q8_0, a.bytes.data(), 0, cols, 0}};
                 for (const matrix* m : ms) {
                     views.push_back(view_for(*m, level));
                 }
-                const weight_view none{ggml_type::q8_0, a.bytes.data(), 0, cols, 0};
-                views.push_back(none);
                 std::vector<std::vector<float>> ys;
                 std::vector<matmul_job> jobs;
                 size_t need = 0;
@@ -655,17 +654,22 @@ TEST(matmul, many_products_of_one_input_give_each_matmuls_bits) {
                           matmul_status::ok);
                 for (size_t i = 0; i < std::size(ms); ++i) {
                     const auto want = run(*ms[i], x, n, pool, level, prec);
-                    ASSERT_EQ(0, std::memcmp(want.data(), ys[i].data(), want.size() * 4))
+                    ASSERT_EQ(0, std::memcmp(want.data(), ys[i + 1].data(), want.size() * 4))
                         << type_name(ms[i]->type);
                 }
-                // b read a's rows: its part of the scratch was never written.
-                const size_t a_bytes = matmul_scratch_bytes(views[0], n, prec);
-                const size_t b_bytes = matmul_scratch_bytes(views[1], n, prec);
+                // The rowless job quantized nothing, and b read a's rows:
+                // their parts of the scratch were never written.
+                const size_t none_bytes = matmul_scratch_bytes(views[0], n, prec);
+                const size_t a_bytes = matmul_scratch_bytes(views[1], n, prec);
+                const size_t b_bytes = matmul_scratch_bytes(views[2], n, prec);
                 ASSERT_GT(b_bytes, 0u);
-                const auto untouched =
-                    std::count(scratch.begin() + long(a_bytes),
-                               scratch.begin() + long(a_bytes + b_bytes), std::byte{0xab});
-                EXPECT_EQ(size_t(untouched), b_bytes);
+                const auto untouched = [&](size_t from, size_t bytes) {
+                    return size_t(std::count(scratch.begin() + long(from),
+                                             scratch.begin() + long(from + bytes),
+                                             std::byte{0xab}));
+                };
+                EXPECT_EQ(untouched(0, none_bytes), none_bytes);
+                EXPECT_EQ(untouched(none_bytes + a_bytes, b_bytes), b_bytes);
             }
         }
     }

@@ -36,6 +36,11 @@ constexpr size_t pass_act_bytes = 512 * 1024;
 
 constexpr size_t scratch_align = alignof(detail::act_q8_256);
 
+/// Bytes from one of w's rows to the next (w.cols whole blocks of w.type).
+size_t stride_of(const weight_view& w) {
+    return w.row_stride != 0 ? w.row_stride : *row_bytes(w.type, static_cast<uint64_t>(w.cols));
+}
+
 matmul_status check(const weight_view& w, int64_t n_tokens, size_t& stride) {
     const auto i = info(w.type);
     if (!i || !i->supported) {
@@ -48,7 +53,7 @@ matmul_status check(const weight_view& w, int64_t n_tokens, size_t& stride) {
     if (!packed) {
         return matmul_status::bad_shape;
     }
-    stride = w.row_stride != 0 ? w.row_stride : *packed;
+    stride = stride_of(w);
     if (stride < *packed) {
         return matmul_status::bad_shape;
     }
@@ -515,17 +520,20 @@ matmul_status matmul_many(std::span<const matmul_job> jobs, const float* x, int6
     const detail::amx_backend* tiles =
         effective(level) >= simd_level::amx ? &detail::amx_tile_unit() : nullptr;
     // Job i's rows go at the sum of the scratch of the jobs before it,
-    // unless an earlier job's kernels read the same rows (then made).
+    // unless an earlier job (with rows: it made them) read the same rows.
     size_t at = 0;
-    for (size_t i = 0; i < jobs.size(); ++i) {
+    for (size_t i = 0; i < jobs.size();
+         at += matmul_scratch_bytes(*jobs[i].w, n_tokens, prec), ++i) {
         const weight_view& w = *jobs[i].w;
-        const size_t mine = matmul_scratch_bytes(w, n_tokens, prec);
+        if (w.rows == 0) {
+            continue;
+        }
         const act_plan p = plan_of(w, level, prec);
         std::byte* qrows = nullptr;
         if (p.quantize) {
             size_t earlier = 0;
             for (size_t k = 0; k < i && !qrows; ++k) {
-                if (p.same_rows(plan_of(*jobs[k].w, level, prec))) {
+                if (jobs[k].w->rows != 0 && p.same_rows(plan_of(*jobs[k].w, level, prec))) {
                     qrows = first_row(scratch.subspan(earlier));
                 }
                 earlier += matmul_scratch_bytes(*jobs[k].w, n_tokens, prec);
@@ -534,12 +542,7 @@ matmul_status matmul_many(std::span<const matmul_job> jobs, const float* x, int6
                 qrows = quantize_rows(p, x, n_tokens, scratch.subspan(at), pool);
             }
         }
-        if (w.rows != 0) {
-            size_t stride = 0;
-            check(w, n_tokens, stride);
-            run_plan(tiles, w, p, x, qrows, n_tokens, jobs[i].y, pool, stride);
-        }
-        at += mine;
+        run_plan(tiles, w, p, x, qrows, n_tokens, jobs[i].y, pool, stride_of(w));
     }
     return matmul_status::ok;
 }
