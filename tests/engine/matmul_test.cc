@@ -282,12 +282,13 @@ TEST(matmul, a_token_gets_the_same_result_alone_or_in_a_tile) {
     }
 }
 
-TEST(matmul, avx512_kernels_compute_with_the_packed_weights) {
+TEST(matmul, panel_kernels_compute_with_the_packed_weights) {
     if (detected_simd() < simd_level::avx512) {
         GTEST_SKIP() << "this CPU has no AVX-512 VNNI: detected " << simd_name(detected_simd());
     }
     // A view whose rows are one matrix and packed copy another: AVX-512
-    // computes the packed one, AVX2 the rows.
+    // computes the packed one, AVX2 too where it has panel kernels (the
+    // same panels), the rows for F32, F16, Q5_K and Q6_K.
     thread_pool pool(2);
     for (const ggml_type t : all_types) {
         const matrix& a = random_matrix(t, 37, 256);
@@ -318,7 +319,13 @@ TEST(matmul, avx512_kernels_compute_with_the_packed_weights) {
         EXPECT_NE(y, want) << type_name(t); // not the rows
         ASSERT_EQ(matmul(mixed, x.data(), 3, y.data(), pool, scratch, simd_level::avx2),
                   matmul_status::ok);
-        EXPECT_EQ(y, run(a, x, 3, pool, simd_level::avx2)) << type_name(t);
+        const bool rows = t == ggml_type::f32 || t == ggml_type::f16 || t == ggml_type::q5_k ||
+                          t == ggml_type::q6_k;
+        EXPECT_EQ(packed_weight_bytes(c.view(), simd_level::avx2) != 0, !rows) << type_name(t);
+        ASSERT_EQ(matmul(cv, x.data(), 3, want.data(), pool, scratch, simd_level::avx2),
+                  matmul_status::ok);
+        EXPECT_EQ(y, rows ? run(a, x, 3, pool, simd_level::avx2) : want) << type_name(t);
+        EXPECT_NE(y, rows ? want : run(a, x, 3, pool, simd_level::avx2)) << type_name(t);
     }
 }
 
@@ -423,9 +430,17 @@ TEST(matmul, packing_refuses_what_it_cannot_pack) {
     const weight_view q4{ggml_type::q4_0, w.data(), 17, 64, 0};
     EXPECT_EQ(packed_weight_bytes(q4, simd_level::avx512), 2 * 2 * (256 + 32) / 64 * 64u);
     EXPECT_EQ(pack_weights(q4, simd_level::avx512, dst.span()), matmul_status::ok);
-    // Levels whose kernels take the rows; types the engine does not compute with.
-    EXPECT_EQ(packed_weight_bytes(q4, simd_level::avx2), 0u);
-    EXPECT_EQ(pack_weights(q4, simd_level::avx2, dst.span()), matmul_status::unsupported_type);
+    // AVX2 reads the same panels; the scalar kernels, and AVX2's for F32,
+    // F16, Q5_K and Q6_K, take the rows; types the engine does not compute with.
+    EXPECT_EQ(packed_weight_bytes(q4, simd_level::avx2),
+              packed_weight_bytes(q4, simd_level::avx512));
+    EXPECT_EQ(packed_weight_bytes(q4, simd_level::scalar), 0u);
+    EXPECT_EQ(pack_weights(q4, simd_level::scalar, dst.span()), matmul_status::unsupported_type);
+    for (const ggml_type t : {ggml_type::f32, ggml_type::f16, ggml_type::q5_k, ggml_type::q6_k}) {
+        const weight_view v{t, w.data(), 2, 256, 0};
+        EXPECT_EQ(packed_weight_bytes(v, simd_level::avx2), 0u) << type_name(t);
+        EXPECT_EQ(pack_weights(v, simd_level::avx2, dst.span()), matmul_status::unsupported_type);
+    }
     for (const ggml_type t : {ggml_type::bf16, ggml_type::q2_k}) {
         const weight_view v{t, w.data(), 2, 256, 0};
         EXPECT_EQ(packed_weight_bytes(v, simd_level::avx512), 0u) << type_name(t);

@@ -71,7 +71,7 @@ simd_level effective(simd_level level) {
 
 /// Whether a matmul of w at `level` runs the panel kernels.
 bool uses_panels(const weight_view& w, simd_level level) {
-    return w.packed != nullptr && effective(level) >= simd_level::avx512 &&
+    return w.packed != nullptr && detail::panel_kernel_at(w.type, effective(level)) != nullptr &&
            detail::panel_bytes(w.type, w.cols) != 0;
 }
 
@@ -121,9 +121,8 @@ int64_t panel_count(int64_t rows) {
 
 /// The panel kernels over all of w's panels: as the row loop in matmul,
 /// in units of a panel of 16 rows and tiles of panel_tile rows of act.
-void run_panels(const weight_view& w, const std::byte* act, size_t act_stride, int64_t act_rows,
-                int per_token, float* y, thread_pool& pool) {
-    const detail::panel_kernel kernel = detail::panel_kernel_avx512(w.type);
+void run_panels(const weight_view& w, detail::panel_kernel kernel, const std::byte* act,
+                size_t act_stride, int64_t act_rows, int per_token, float* y, thread_pool& pool) {
     const size_t pb = detail::panel_bytes(w.type, w.cols);
     const auto* packed = static_cast<const std::byte*>(w.packed);
     const int64_t rows = w.rows;
@@ -215,7 +214,9 @@ void run_panels_amx(const detail::amx_backend& tiles, const weight_view& w, cons
 
 size_t packed_weight_bytes(const weight_view& w, simd_level level) noexcept {
     size_t stride = 0;
-    if (level < simd_level::avx512 || check(w, 0, stride) != matmul_status::ok) {
+    // The panels are the same for every level that has kernels for them.
+    if (detail::panel_kernel_at(w.type, level) == nullptr ||
+        check(w, 0, stride) != matmul_status::ok) {
         return 0;
     }
     return detail::panel_bytes(w.type, w.cols) * static_cast<size_t>(panel_count(w.rows));
@@ -307,6 +308,7 @@ namespace {
 /// the rows the quantizer makes of x (none: the kernels read x itself).
 struct act_plan {
     bool panels = false;
+    detail::panel_kernel panel = nullptr;
     detail::row_kernel kernel = nullptr;
     detail::act_quantizer quantize = nullptr;
     detail::act_format f = detail::act_format::f32;
@@ -331,7 +333,8 @@ act_plan plan_of(const weight_view& w, simd_level level, act_precision prec) {
     p.f = detail::act_format_of(w.type);
     p.cols = w.cols;
     if (p.panels) {
-        p.quantize = detail::panel_quantizer_avx512(w.type);
+        p.panel = detail::panel_kernel_at(w.type, lv);
+        p.quantize = detail::panel_quantizer_at(w.type, lv);
     } else {
         p.kernel = lv >= simd_level::avx512 ? detail::row_kernel_avx512(w.type) : nullptr;
         if (!p.kernel) {
@@ -409,7 +412,8 @@ void run_plan(const detail::amx_backend* tiles, const weight_view& w, const act_
         return;
     }
     if (p.panels) {
-        run_panels(w, static_cast<const std::byte*>(act), act_stride, act_rows, per_token, y, pool);
+        run_panels(w, p.panel, static_cast<const std::byte*>(act), act_stride, act_rows, per_token,
+                   y, pool);
         return;
     }
     const detail::row_kernel kernel = p.kernel;

@@ -84,7 +84,8 @@ act_quantizer act_quantizer_avx2(act_format f) noexcept;
 
 // ---- AVX-512: packed weights ---------------------------------------------
 //
-// The AVX-512 kernels of the quantized types read weights packed in panels
+// The AVX-512 kernels of the quantized types (and the AVX2 ones of some,
+// each 64-byte vector as two halves of 8 rows) read weights packed in panels
 // of 16 rows (one per 32-bit lane), the last one padded with zero rows,
 // panel after panel, each panel_bytes() long and 64-byte aligned. Every
 // group of 32 elements of the 16 rows is 8 vectors of 64 bytes of unsigned
@@ -225,6 +226,25 @@ using panel_kernel = void (*)(const void* panel, const void* act, size_t act_str
 /// q and d are those of the AVX2 ones for the same format.
 panel_kernel panel_kernel_avx512(ggml_type t) noexcept;
 act_quantizer panel_quantizer_avx512(ggml_type t) noexcept;
+
+/// The AVX2 ones (panel_avx2.cc): the same panels read as two halves of 8
+/// rows, for the 32-element types and Q4_K (nullptr for the others, whose
+/// AVX2 kernels read the rows). The quantizers make the AVX-512 ones' rows.
+panel_kernel panel_kernel_avx2(ggml_type t) noexcept;
+act_quantizer panel_quantizer_avx2(ggml_type t) noexcept;
+
+/// The panel kernel and quantizer matmul runs at `level` (already what
+/// the CPU has): AVX-512's, AVX2's, or nullptr (none at that level).
+inline panel_kernel panel_kernel_at(ggml_type t, simd_level level) noexcept {
+    return level >= simd_level::avx512 ? panel_kernel_avx512(t)
+           : level >= simd_level::avx2 ? panel_kernel_avx2(t)
+                                       : nullptr;
+}
+inline act_quantizer panel_quantizer_at(ggml_type t, simd_level level) noexcept {
+    return level >= simd_level::avx512 ? panel_quantizer_avx512(t)
+           : level >= simd_level::avx2 ? panel_quantizer_avx2(t)
+                                       : nullptr;
+}
 
 // ---- AMX: the same panels on the tile unit -----------------------------------
 //

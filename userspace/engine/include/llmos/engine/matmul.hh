@@ -66,8 +66,9 @@ inline constexpr int64_t packed_row_group = 16;
 
 /// Bytes pack_weights() needs for `w` at `level` (a multiple of 64, about
 /// the rows' size); 0 when that level's kernels read w's rows as they are
-/// (every level but simd_level::avx512) or w is malformed (what matmul
-/// would refuse). Any thread.
+/// (simd_level::scalar; simd_level::avx2 for F32, F16, Q5_K and Q6_K) or w
+/// is malformed (what matmul would refuse). The packing is the same at
+/// every level that packs. Any thread.
 size_t packed_weight_bytes(const weight_view& w, simd_level level) noexcept;
 
 /// Writes w's rows rearranged for `level`'s kernels into dst, which must
