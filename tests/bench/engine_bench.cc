@@ -551,7 +551,7 @@ int main() {
     };
     // The quantized types with 8-bit activations, then Q8_0 and Q4_0 with
     // two-level ones (int8x2: ~1e-4 from exact at the logits); where the
-    // CPU has AVX-512, F16, Q8_0 and Q4_0 again on the AVX2 kernels, the
+    // CPU has AVX-512, F16, Q8_0, Q4_0 and Q4_K_M again on the AVX2 kernels, the
     // baseline of the same run (and where it has AMX, Q8_0, Q4_0 and
     // Q4_K_M on AVX-512's).
     std::vector<run_kind> kinds = {
@@ -559,7 +559,7 @@ int main() {
         {"q4_0", act_precision::int8},   {"q4_k_m", act_precision::int8},
         {"q8_0", act_precision::int8x2}, {"q4_0", act_precision::int8x2}};
     if (default_simd() >= simd_level::avx512) {
-        for (const char* t : {"f16", "q8_0", "q4_0"}) {
+        for (const char* t : {"f16", "q8_0", "q4_0", "q4_k_m"}) {
             kinds.push_back({t, act_precision::int8, simd_level::avx2});
         }
     }

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 //
 // Weights packed in panels of 16 rows for the AVX-512 kernels and, read as
-// two halves of 8 rows, the AVX2 ones (the layout is in quant_kernels.hh). Portable code: a model is packed once, at load.
-// Every type goes through the same step: a row's 32-element group as 32
-// levels (unsigned), written into lane r of the group's vectors.
+// two halves of 8 rows, the AVX2 ones (the layout is in quant_kernels.hh).
+// Portable code: a model is packed once, at load. Every type goes through
+// the same step: a row's 32-element group as 32 levels (unsigned), written
+// into lane r of the group's vectors.
 #include "quant_kernels.hh"
 
 #include <cstring>
