@@ -37,24 +37,6 @@ namespace llmos::engine::detail {
 
 namespace {
 
-LLMOS_AVX2P_INLINE int32_t load_i32(const void* p) {
-    int32_t v = 0;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-
-LLMOS_AVX2P_INLINE uint32_t load_u32(const void* p) {
-    uint32_t v = 0;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-
-LLMOS_AVX2P_INLINE float load_f32(const void* p) {
-    float v = 0;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-
 LLMOS_AVX2P_INLINE __m256i load(const void* p) {
     return _mm256_load_si256(static_cast<const __m256i*>(p));
 }
@@ -436,9 +418,9 @@ LLMOS_AVX2P void quantize_act_panel(const float* x, void* dst, int64_t cols) {
     }
 }
 
-/// act_q8_256 blocks as the AVX2 quantizer writes them, then each block's
-/// sums of 32.
-LLMOS_AVX2P void quantize_act_k_panel(const float* x, void* dst, int64_t cols) {
+} // namespace
+
+LLMOS_AVX2P void quantize_act_k_panel(const float* x, void* dst, int64_t cols) noexcept {
     act_quantizer_avx2(act_format::q8_256)(x, dst, cols);
     auto* y = static_cast<act_k_panel*>(dst);
     for (int64_t b = 0; b < cols / qk_super; ++b) {
@@ -447,8 +429,6 @@ LLMOS_AVX2P void quantize_act_k_panel(const float* x, void* dst, int64_t cols) {
         }
     }
 }
-
-} // namespace
 
 panel_kernel panel_kernel_avx2(ggml_type t) noexcept {
     switch (t) {

@@ -26,18 +26,6 @@
 
 namespace llmos::engine::detail {
 
-LLMOS_AVX512_INLINE int32_t load_i32(const void* p) {
-    int32_t v = 0;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-
-LLMOS_AVX512_INLINE float load_f32(const void* p) {
-    float v = 0;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-
 /// Vectors 2j and 2j + 1 of a group's nibbles at `lv`.
 LLMOS_AVX512_INLINE void nibble_pair(const uint8_t* lv, int j, __m512i& a, __m512i& b) {
     const __m512i m4 = _mm512_set1_epi8(0x0f);

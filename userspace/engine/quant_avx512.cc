@@ -54,18 +54,6 @@ LLMOS_AVX512 void quantize_act_panel(const float* x, void* dst, int64_t cols) {
     }
 }
 
-/// act_q8_256 blocks as the AVX2 quantizer writes them, then each block's
-/// sums of 32.
-LLMOS_AVX512 void quantize_act_k_panel(const float* x, void* dst, int64_t cols) {
-    act_quantizer_avx2(act_format::q8_256)(x, dst, cols);
-    auto* y = static_cast<act_k_panel*>(dst);
-    for (int64_t b = 0; b < cols / qk_super; ++b) {
-        for (int s = 0; s < qk_super / 32; ++s) {
-            y[b].sums32[s] = static_cast<int16_t>(y[b].bsums[2 * s] + y[b].bsums[2 * s + 1]);
-        }
-    }
-}
-
 // ---- packed 32-element types ------------------------------------------------
 
 // The quantized panel kernels leave the memory to the hardware

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <llmos/engine/matmul.hh>
 #include <llmos/engine/quant.hh>
 #include <span>
@@ -123,6 +124,24 @@ act_quantizer act_quantizer_avx2(act_format f) noexcept;
 //               scales of the 16-element sub-blocks as int16 pairs [p][row]
 //               = (sc[2p], sc[2p + 1]) (512), d (16 halves), padding to 64.
 
+/// Unaligned loads of a 32-bit value from the panels' and activation
+/// rows' bytes (no target attribute: they inline into any kernel).
+inline int32_t load_i32(const void* p) {
+    int32_t v = 0;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+inline uint32_t load_u32(const void* p) {
+    uint32_t v = 0;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+inline float load_f32(const void* p) {
+    float v = 0;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
 /// Rows per panel.
 inline constexpr int panel_rows = 16;
 
@@ -211,6 +230,10 @@ struct alignas(32) act_k_panel {
 static_assert(sizeof(act_k_panel) == sizeof(act_q8_256) &&
               offsetof(act_k_panel, d) == offsetof(act_q8_256, d) &&
               offsetof(act_k_panel, bsums) == offsetof(act_q8_256, bsums));
+
+/// act_k_panel rows: the AVX2 quantizer's act_q8_256 blocks, then each
+/// block's sums of 32 (the K-quants' quantizer at avx2 and avx512).
+void quantize_act_k_panel(const float* x, void* dst, int64_t cols) noexcept;
 
 /// Bytes of one activation row for the panel kernels of type t.
 size_t act_panel_row_bytes(ggml_type t, int64_t cols) noexcept;
