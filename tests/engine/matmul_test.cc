@@ -9,6 +9,7 @@
 // nesting, concurrent callers, construction and destruction.
 #include "quant_kernels.hh" // the tile unit's model
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -793,6 +794,24 @@ TEST(thread_pool, every_item_exactly_once_in_grain_sized_ranges) {
             }
         }
     }
+}
+
+TEST(thread_pool, ranges_shrink_toward_the_end_of_the_loop) {
+    // So that no thread is left waiting on another's last big range: the
+    // ranges that end the loop are far shorter than the first ones.
+    thread_pool pool(2);
+    std::mutex mu;
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    pool.parallel_for(10007, [&](int64_t b, int64_t e) {
+        std::lock_guard lock(mu);
+        ranges.emplace_back(b, e);
+    });
+    std::sort(ranges.begin(), ranges.end());
+    ASSERT_GE(ranges.size(), 3u);
+    const int64_t first = ranges.front().second - ranges.front().first;
+    const int64_t last = ranges.back().second - ranges.back().first;
+    EXPECT_EQ(ranges.back().second, 10007);
+    EXPECT_LE(last * 8, first) << "first range " << first << " items, last " << last;
 }
 
 TEST(thread_pool, the_caller_and_the_workers_share_the_work) {

@@ -95,25 +95,35 @@ TEST_F(conformance, the_model_loads_with_its_metadata) {
 }
 
 TEST_F(conformance, prompt_logits_and_greedy_tokens_match_the_other_implementation) {
-    for (const char* name : {"hello", "fox", "bytes"}) {
-        SCOPED_TRACE(name);
-        expected ex = load_conformance(name);
-        ASSERT_FALSE(ex.tokens.empty());
-        ASSERT_FALSE(ex.greedy.empty());
-        EXPECT_EQ(voc->encode(ex.prompt, true, false), ex.tokens);
-        context ctx(*m, {.n_threads = 2});
-        kv_memory mem(kv_cache::bytes_for(m->params(), f32));
-        auto kv = kv_cache::open(mem.span(), *m, f32);
-        std::vector<float> first;
-        auto got = greedy(ctx, kv, ex.tokens, static_cast<int>(ex.greedy.size()), &first);
-        EXPECT_EQ(got, ex.greedy);
-        if (!ex.logits.empty()) {
-            ASSERT_EQ(ex.logits.size(), first.size());
-            float worst = 0;
-            for (size_t i = 0; i < first.size(); ++i) {
-                worst = std::max(worst, std::fabs(first[i] - ex.logits[i]));
+    // At every kernel level this CPU has (RoPE, norms and attention have
+    // a portable and a SIMD version each).
+    std::vector<simd_level> levels{simd_level::scalar};
+    for (simd_level l : {simd_level::avx2, simd_level::avx512}) {
+        if (detected_simd() >= l) {
+            levels.push_back(l);
+        }
+    }
+    for (simd_level level : levels) {
+        for (const char* name : {"hello", "fox", "bytes"}) {
+            SCOPED_TRACE(std::string(name) + " at " + std::string(simd_name(level)));
+            expected ex = load_conformance(name);
+            ASSERT_FALSE(ex.tokens.empty());
+            ASSERT_FALSE(ex.greedy.empty());
+            EXPECT_EQ(voc->encode(ex.prompt, true, false), ex.tokens);
+            context ctx(*m, {.n_threads = 2, .kernels = level});
+            kv_memory mem(kv_cache::bytes_for(m->params(), f32));
+            auto kv = kv_cache::open(mem.span(), *m, f32);
+            std::vector<float> first;
+            auto got = greedy(ctx, kv, ex.tokens, static_cast<int>(ex.greedy.size()), &first);
+            EXPECT_EQ(got, ex.greedy);
+            if (!ex.logits.empty()) {
+                ASSERT_EQ(ex.logits.size(), first.size());
+                float worst = 0;
+                for (size_t i = 0; i < first.size(); ++i) {
+                    worst = std::max(worst, std::fabs(first[i] - ex.logits[i]));
+                }
+                EXPECT_LE(worst, 1e-5f) << "max abs logit difference";
             }
-            EXPECT_LE(worst, 1e-5f) << "max abs logit difference";
         }
     }
 }

@@ -3,12 +3,13 @@
 // thread_pool: the caller publishes a loop (its state, then _active =
 // open_bit with release) and bumps a generation counter that the workers
 // wait on. A worker joins by incrementing _active while open_bit is set,
-// takes chunks from an atomic cursor, and leaves by decrementing it. When
-// the caller has run out of chunks it clears open_bit (no one joins any
-// more: every chunk is taken) and waits only for the workers that joined
-// to leave, so a worker that was slow to wake costs nothing. The loop's
-// state is written only while _active is 0 and closed, so a worker that
-// has joined always reads a consistent loop.
+// takes chunks from an atomic cursor (smaller ones as the loop nears its
+// end), and leaves by decrementing it. When the caller has run out of
+// chunks it clears open_bit (no one joins any more: every chunk is taken)
+// and waits only for the workers that joined to leave, so a worker that
+// was slow to wake costs nothing. The loop's state is written only while
+// _active is 0 and closed, so a worker that has joined always reads a
+// consistent loop.
 #include <algorithm>
 #include <llmos/engine/thread_pool.hh>
 
@@ -78,6 +79,7 @@ void thread_pool::run(int64_t n_items, int64_t grain, trampoline call, void* ctx
     _call = call;
     _ctx = ctx;
     _n_items = n_items;
+    _grain = grain;
     _chunk = std::max(grain, per);
     _next.store(0, std::memory_order_relaxed);
     _active.store(open_bit, std::memory_order_release);
@@ -103,12 +105,22 @@ void thread_pool::run(int64_t n_items, int64_t grain, trampoline call, void* ctx
 }
 
 void thread_pool::work() noexcept {
+    // Guided: a chunk is at most a (2 x threads)th of what is left, so the
+    // chunks shrink toward the end (down to the grain) and the threads
+    // finish together instead of one waiting on another's last big chunk.
+    const int64_t share = 2 * static_cast<int64_t>(size());
+    int64_t begin = _next.load(std::memory_order_relaxed);
     for (;;) {
-        const int64_t begin = _next.fetch_add(_chunk, std::memory_order_relaxed);
         if (begin >= _n_items) {
             return;
         }
-        _call(_ctx, begin, std::min(begin + _chunk, _n_items));
+        const int64_t left = _n_items - begin;
+        const int64_t chunk = std::min(_chunk, std::max(_grain, (left + share - 1) / share));
+        if (!_next.compare_exchange_weak(begin, begin + chunk, std::memory_order_relaxed)) {
+            continue; // begin now holds the cursor another thread moved
+        }
+        _call(_ctx, begin, std::min(begin + chunk, _n_items));
+        begin = _next.load(std::memory_order_relaxed);
     }
 }
 

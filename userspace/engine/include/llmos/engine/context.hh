@@ -76,7 +76,7 @@ public:
 
 private:
     void attention(std::span<batch_entry> batch, uint32_t layer);
-    /// cos and sin of position pos's RoPE angles (n_rot floats).
+    /// cos, then sin of position pos's RoPE angles (n_rot / 2 floats each).
     void rope_angles(uint32_t pos, float* cs) const;
     void rope(float* x, uint32_t n_heads, const float* cs) const;
     bool mm(const weight_view& w, const float* x, size_t n_tokens, float* y);

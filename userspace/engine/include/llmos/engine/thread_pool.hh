@@ -40,9 +40,9 @@ public:
     /// [0, n_items) exactly once, spread over the pool's threads and the
     /// caller; returns when all are done. Ranges are contiguous, of at
     /// least `grain` items (but the last), handed out in order as threads
-    /// become free. fn must not throw (a throw terminates). Callers on
-    /// several threads take turns; a call from inside fn (on any of the
-    /// pool's threads) runs the whole loop inline. Allocates nothing.
+    /// become free, shorter toward the end of the loop. fn must not throw (a throw terminates).
+    /// Callers on several threads take turns; a call from inside fn (on any of the pool's threads)
+    /// runs the whole loop inline. Allocates nothing.
     template <typename Fn>
     void parallel_for(int64_t n_items, Fn&& fn, int64_t grain = 1) {
         using f = std::remove_reference_t<Fn>;
@@ -69,7 +69,8 @@ private:
     trampoline _call = nullptr;
     void* _ctx = nullptr;
     int64_t _n_items = 0;
-    int64_t _chunk = 1;
+    int64_t _chunk = 1; // the largest range handed out
+    int64_t _grain = 1; // the smallest (but the last)
 
     alignas(64) std::atomic<int64_t> _next{0};        // next item to hand out
     alignas(64) std::atomic<uint32_t> _generation{0}; // bumped per loop
