@@ -330,6 +330,29 @@ TEST(matmul, panel_kernels_compute_with_the_packed_weights) {
     }
 }
 
+TEST(matmul, the_avx512_panel_quantizer_writes_the_avx2_ones_bits) {
+    if (detected_simd() < simd_level::avx512) {
+        GTEST_SKIP() << "this CPU has no AVX-512 VNNI: detected " << simd_name(detected_simd());
+    }
+    // Rows of 1 to 65 blocks (the AVX-512 one takes 16 at a time, the
+    // last ones fewer), with a block of zeros, a huge and a tiny one.
+    for (const ggml_type t :
+         {ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1}) {
+        for (const int64_t cols : {32, 480, 512, 544, 768, 2080}) {
+            auto x = normal(static_cast<size_t>(cols), static_cast<uint32_t>(cols));
+            for (int64_t i = 0; i < cols; ++i) {
+                const int64_t b = i / 32;
+                x[size_t(i)] *= b == 2 ? 0.0f : b == 5 ? 1e4f : b == 7 ? 1e-30f : 1.0f;
+            }
+            const size_t n = detail::act_panel_row_bytes(t, cols);
+            std::vector<std::byte> a(n, std::byte{0xa5}), b(n, std::byte{0xa5});
+            detail::panel_quantizer_at(t, simd_level::avx512)(x.data(), a.data(), cols);
+            detail::panel_quantizer_at(t, simd_level::avx2)(x.data(), b.data(), cols);
+            EXPECT_TRUE(a == b) << type_name(t) << ", " << cols << " columns";
+        }
+    }
+}
+
 /// The quantized types the tile unit computes (all that pack).
 const ggml_type tile_types[] = {ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0,
                                 ggml_type::q5_1, ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k};

@@ -267,32 +267,6 @@ namespace {
 
 constexpr uint32_t max_one_token_D = 256;
 
-/// Lane j of the result is the sum of acc[j]'s 16 lanes: pairs of vectors
-/// are interleaved and added (within 128-bit lanes, then across them)
-/// until one vector is left, keys 0 .. 15 in order.
-LLMOS_AVX512 inline __m512 reduce16(const __m512* acc) {
-    __m512 w[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) { // per 128 bits: [a, b, a, b]
-        w[i] = _mm512_add_ps(_mm512_unpacklo_ps(acc[2 * i], acc[2 * i + 1]),
-                             _mm512_unpackhi_ps(acc[2 * i], acc[2 * i + 1]));
-    }
-    __m512 u[4];
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) { // per 128 bits: keys 4i .. 4i + 3
-        u[i] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    }
-    __m512 r[2];
-#pragma GCC unroll 2
-    for (int i = 0; i < 2; ++i) { // 128-bit halves summed in pairs
-        r[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    }
-    return _mm512_add_ps(_mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
 /// The G heads' scores against every position: tiles of 16 keys (never
 /// across a block, whose rows are the only ones sure to be contiguous),
 /// widened once.
@@ -331,7 +305,7 @@ LLMOS_AVX512 void one_token_scores(const one_token_attn_args& a) {
                     }
                 }
                 _mm512_mask_storeu_ps(a.scores + size_t(h) * a.stride + j0 + s0, keep,
-                                      _mm512_mul_ps(reduce16(acc), scale));
+                                      _mm512_mul_ps(across16(acc, add16), scale));
             }
         }
     }

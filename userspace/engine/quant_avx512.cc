@@ -18,6 +18,7 @@
 // F32 and F16 weights: the AVX2 row kernels' shape on 512-bit vectors.
 #include "panel_avx512.hh"
 #include "quant_kernels.hh"
+#include "vec_avx512.hh"
 
 #include <algorithm>
 #include <cstring>
@@ -31,26 +32,51 @@ namespace {
 
 /// act32 rows with the AVX2 quantizer's q and d (the same products,
 /// rounded the same way), and each block's z = -Zero * sum(q), in one pass.
+/// Sixteen blocks at a time (fewer at the end): their maxima and sums come
+/// out of the vectors together (across16), not one block's at a time.
 template <int Zero>
 LLMOS_AVX512 void quantize_act_panel(const float* x, void* dst, int64_t cols) {
     auto* qs = static_cast<int8_t*>(dst);
     auto* dd = const_cast<float*>(act32_d(dst, cols));
     auto* ds = const_cast<float*>(act32_ds(dst, cols));
     auto* z = const_cast<int32_t*>(act_panel_z(dst, cols));
-    for (int64_t b = 0; b < cols / qk_block; ++b, x += qk_block, qs += qk_block) {
-        const __m512 x0 = _mm512_loadu_ps(x);
-        const __m512 x1 = _mm512_loadu_ps(x + 16);
-        const float d =
-            _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1))) / 127.0f;
-        const __m512 id = _mm512_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
-        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, id));
-        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, id));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(qs), _mm512_cvtsepi32_epi8(q0));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(qs + 16), _mm512_cvtsepi32_epi8(q1));
-        const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-        dd[b] = d;
-        ds[b] = d * static_cast<float>(sum);
-        z[b] = -Zero * sum;
+    const int64_t nb = cols / qk_block;
+    for (int64_t b = 0; b < nb; b += 16) {
+        const int n = static_cast<int>(std::min<int64_t>(16, nb - b));
+        const __mmask16 k = static_cast<__mmask16>((1u << n) - 1);
+        const float* xb = x + qk_block * b;
+        __m512 v[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) {
+            v[i] = i < n ? _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb + qk_block * i)),
+                                         _mm512_abs_ps(_mm512_loadu_ps(xb + qk_block * i + 16)))
+                         : _mm512_setzero_ps();
+        }
+        const __m512 d = _mm512_div_ps(across16(v, max16), _mm512_set1_ps(127.0f));
+        alignas(64) float id[16];
+        _mm512_store_ps(id,
+                        _mm512_maskz_div_ps(_mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_GT_OQ),
+                                            _mm512_set1_ps(1.0f), d));
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) {
+            if (i < n) {
+                const __m512 s = _mm512_set1_ps(id[i]);
+                const __m512i q0 =
+                    _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + qk_block * i), s));
+                const __m512i q1 =
+                    _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + qk_block * i + 16), s));
+                int8_t* q = qs + qk_block * (b + i);
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtsepi32_epi8(q0));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtsepi32_epi8(q1));
+                v[i] = _mm512_castsi512_ps(_mm512_add_epi32(q0, q1));
+            } else {
+                v[i] = _mm512_setzero_ps();
+            }
+        }
+        const __m512i sum = _mm512_castps_si512(across16(v, add16_i32));
+        _mm512_mask_storeu_ps(dd + b, k, d);
+        _mm512_mask_storeu_ps(ds + b, k, _mm512_mul_ps(d, _mm512_cvtepi32_ps(sum)));
+        _mm512_mask_storeu_epi32(z + b, k, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-Zero)));
     }
 }
 

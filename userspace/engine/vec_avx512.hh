@@ -52,4 +52,45 @@ LLMOS_AVX512_VEC inline void silu_mul_avx512(float* g, const float* up, size_t n
     }
 }
 
+/// Lane j of the result is op over v[j]'s 16 lanes: pairs of vectors are
+/// interleaved and combined (within 128-bit lanes, then across them) until
+/// one vector is left, j = 0 .. 15 in order. op combines two vectors lane
+/// by lane (add16, max16, or integer ones on the same bits).
+template <typename Op>
+LLMOS_AVX512_VEC inline __m512 across16(const __m512* v, Op op) {
+    __m512 w[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) { // per 128 bits: [a, b, a, b]
+        w[i] = op(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                  _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    }
+    __m512 u[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) { // per 128 bits: 4i .. 4i + 3
+        u[i] = op(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                  _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    __m512 r[2];
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; ++i) { // 128-bit quarters combined in pairs
+        r[i] = op(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                  _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    }
+    return op(_mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(2, 0, 2, 0)),
+              _mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+LLMOS_AVX512_VEC inline __m512 add16(__m512 a, __m512 b) {
+    return _mm512_add_ps(a, b);
+}
+
+LLMOS_AVX512_VEC inline __m512 max16(__m512 a, __m512 b) {
+    return _mm512_max_ps(a, b);
+}
+
+/// 32-bit integer lanes added, on float vectors' bits.
+LLMOS_AVX512_VEC inline __m512 add16_i32(__m512 a, __m512 b) {
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+}
+
 } // namespace llmos::engine::detail
