@@ -160,7 +160,10 @@ TEST_F(llmosd_test, health_models_and_metrics) {
     EXPECT_EQ(mj["data"][0]["object"], "model");
     EXPECT_EQ(c.Get("/v1/models/tiny")->status, 200);
     EXPECT_EQ(c.Get("/v1/models/other")->status, 404);
-    post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 4}},
+    // Greedy, so that the count below is sure: sampling may draw the end
+    // of text before the 4th token (a first token of no text, no TTFT).
+    post(c, "/v1/completions",
+         {{"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 4}, {"temperature", 0}},
          200);
     auto met = c.Get("/metrics");
     ASSERT_TRUE(met);
