@@ -792,9 +792,22 @@ step_status context::step(std::span<batch_entry> batch) {
         norm = rms_norm_avx2;
     }
 #endif
+    // Whether _xn holds a sublayer's output still to be added to _x (the
+    // residual): the next norm's loop adds it, row by row, before norming.
+    bool residual = false;
+    auto add_row = [&](size_t t) {
+        float* __restrict x = _x.data() + t * E;
+        const float* __restrict y = _xn.data() + t * E;
+        for (uint32_t j = 0; j < E; ++j) {
+            x[j] += y[j];
+        }
+    };
     auto norm_all = [&](std::span<const float> w) {
         auto rows = [&](int64_t b, int64_t e) {
             for (int64_t t = b; t < e; ++t) {
+                if (residual) {
+                    add_row(size_t(t));
+                }
                 norm(_x.data() + t * E, w.data(), _xn.data() + t * E, E, p.rms_eps);
             }
         };
@@ -803,6 +816,7 @@ step_status context::step(std::span<batch_entry> batch) {
         } else {
             _pool->parallel_for(static_cast<int64_t>(T), rows);
         }
+        residual = false;
     };
     auto add_bias = [&](float* y, std::span<const float> b, uint32_t width) {
         if (b.empty()) {
@@ -845,9 +859,7 @@ step_status context::step(std::span<batch_entry> batch) {
         if (!mm(w.wo, _att.data(), _xn.data())) {
             return step_status::compute_error;
         }
-        for (size_t j = 0; j < T * E; ++j) {
-            _x[j] += _xn[j];
-        }
+        residual = true;
         norm_all(w.ffn_norm);
         const mm_job gate_up[] = {{&w.w_gate, _gate.data()}, {&w.w_up, _up.data()}};
         if (!mm_many(gate_up, _xn.data(), T)) {
@@ -864,9 +876,7 @@ step_status context::step(std::span<batch_entry> batch) {
         if (!mm(w.w_down, _gate.data(), _xn.data())) {
             return step_status::compute_error;
         }
-        for (size_t j = 0; j < T * E; ++j) {
-            _x[j] += _xn[j];
-        }
+        residual = true; // added by the next layer's norm, or below
     }
 
     // Logits of the rows asked for, gathered into one matrix.
@@ -884,6 +894,7 @@ step_status context::step(std::span<batch_entry> batch) {
             const size_t n = detail::logit_rows(e);
             size_t from = _first[i] + e.tokens.size() - n;
             for (size_t t = 0; t < n; ++t, ++r) {
+                add_row(from + t); // the last layer's residual (only these rows need it)
                 norm(_x.data() + (from + t) * E, _m.output_norm().data(), rows + r * E, E,
                      p.rms_eps);
             }
