@@ -9,7 +9,8 @@
 //   - decode tokens/s, one stream, and 8 streams batched vs one after the
 //     other; prefill tokens/s, against the SIMD peak (the best
 //     instructions this CPU has, measured again before and after each
-//     row's prefill); where it has AVX-512, the AVX2 kernels
+//     row's prefill): the matmuls' multiply-adds alone, and with the
+//     attention's at the FMA peak; where it has AVX-512, the AVX2 kernels
 //     again as the baseline;
 //   - decode of a TinyLlama-shaped 1.1B model (Q4_0, Q8_0), larger than
 //     the last-level cache, against the memory's read bandwidth;
@@ -611,17 +612,27 @@ int main() {
         const simd_level used = is_float ? std::min(rk.kernels, simd_level::avx512) : rk.kernels;
         const double peak = is_float ? row_peak.fma() : row_peak.int8(used);
         double of_peak = rows * macs / pt / peak;
+        // All the arithmetic: the attention's products too (QK and PV over
+        // the causal triangle, F32 FMAs at the kernels' level) at the FMA
+        // peak; the time the run would take at the peaks, over its time.
+        const model_params& mp = m.params();
+        const double n = double(prompt.size());
+        const double attn_macs =
+            2.0 * mp.n_layer * mp.n_head * double(mp.head_dim) * n * (n + 1) / 2;
+        const double fma_peak =
+            rk.kernels >= simd_level::avx512 ? row_peak.fma() : row_peak.fma_avx2;
+        const double of_all = (rows * macs / peak + attn_macs / fma_peak) / pt;
         const std::string label =
             std::string(type) + (rk.act == act_precision::int8x2 ? " x2" : "") +
             (rk.kernels != default_simd() ? " " + std::string(simd_name(rk.kernels)) : "");
         std::printf("  %-11s %6.1f MB %7.1f/s %7.1f/s %9.2f %8.2f %9.0f%% %8.1f/s %7.2fx   prefill "
-                    "%.0f%% of the %s peak (%.0f G)\n",
+                    "%.0f%% of the %s peak (%.0f G), %.0f%% with the attention's at FMA's\n",
                     label.c_str(), double(m.weight_bytes()) / 1e6, pre, dec, eff, row_bw,
                     100.0 * eff / row_bw, agg, agg / dec, 100.0 * of_peak,
                     is_float                  ? "FMA"
                     : used >= simd_level::amx ? "AMX int8"
                                               : "int8",
-                    peak / 1e9);
+                    peak / 1e9, 100.0 * of_all);
     }
 
     // Decode of a model larger than the last-level cache (the 100M model's
