@@ -180,4 +180,59 @@ INSTANTIATE_TEST_SUITE_P(
                       head_shape{"d128_g4", 512, 4, 1}, head_shape{"d80_g2", 320, 4, 2}),
     [](const auto& info) { return std::string(info.param.name); });
 
+// RoPE: both layouts, heads of 1 to 37 pairs (the AVX2 version's
+// vectors of 8 and 4 pairs and its tails), against the rotation in
+// double precision; on AVX2 a pair gets the same bits in a vector as in
+// the tail.
+TEST(rope, turns_every_pair_by_its_angle_in_both_layouts) {
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd(0.0f, 2.0f);
+    for (const bool neox : {false, true}) {
+        for (const uint32_t half : {1u, 3u, 4u, 5u, 8u, 13u, 20u, 32u, 37u}) {
+            std::vector<float> v(2 * half), c(half), s(half);
+            for (auto& x : v) {
+                x = nd(rng);
+            }
+            for (uint32_t i = 0; i < half; ++i) {
+                const double theta = 0.37 * (i + 1) * (half + 2);
+                c[i] = static_cast<float>(std::cos(theta));
+                s[i] = static_cast<float>(std::sin(theta));
+            }
+            std::vector<double> want(2 * half);
+            for (uint32_t i = 0; i < half; ++i) {
+                const uint32_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+                want[a] = double(v[a]) * c[i] - double(v[b]) * s[i];
+                want[b] = double(v[a]) * s[i] + double(v[b]) * c[i];
+            }
+            std::vector<std::vector<float>> got{v};
+            detail::rope_head(got[0].data(), half, neox, c.data(), s.data());
+#if defined(__x86_64__)
+            if (detected_simd() >= simd_level::avx2) {
+                got.push_back(v);
+                detail::rope_head_avx2(got[1].data(), half, neox, c.data(), s.data());
+            }
+#endif
+            for (size_t k = 0; k < got.size(); ++k) {
+                for (uint32_t j = 0; j < 2 * half; ++j) {
+                    ASSERT_NEAR(got[k][j], want[j], 1e-6 * (std::fabs(want[j]) + 4))
+                        << (k ? "avx2" : "portable") << (neox ? ", neox" : "") << ", half " << half
+                        << ", element " << j;
+                }
+            }
+#if defined(__x86_64__)
+            if (got.size() == 2 && !neox) {
+                // The first pairs again, as a head of 1..3 pairs: the tail.
+                for (uint32_t n = 1; n <= std::min(half, 3u); ++n) {
+                    std::vector<float> t(v.begin(), v.begin() + 2 * n);
+                    detail::rope_head_avx2(t.data(), n, false, c.data(), s.data());
+                    for (uint32_t j = 0; j < 2 * n; ++j) {
+                        ASSERT_EQ(t[j], got[1][j]) << "half " << half << ", " << n << " pairs";
+                    }
+                }
+            }
+#endif
+        }
+    }
+}
+
 } // namespace

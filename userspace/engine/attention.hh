@@ -66,4 +66,13 @@ using one_token_attend_fn = void (*)(const one_token_attn_args&);
 /// registers. The caller checks the CPU has AVX-512.
 one_token_attend_fn one_token_attend_avx512(uint32_t G, uint32_t D) noexcept;
 
+/// One head's RoPE in place: pair i -- (i, i + half) in NeoX's layout,
+/// (2i, 2i + 1) otherwise -- turned by the angle whose cos and sin are c[i]
+/// and s[i], for i < half. The AVX2 version (x86-64 only; the CPU must
+/// have AVX2 and FMA) rounds each output once less (fused multiply-adds).
+void rope_head(float* v, uint32_t half, bool neox, const float* c, const float* s) noexcept;
+#if defined(__x86_64__)
+void rope_head_avx2(float* v, uint32_t half, bool neox, const float* c, const float* s) noexcept;
+#endif
+
 } // namespace llmos::engine::detail

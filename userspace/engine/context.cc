@@ -95,19 +95,6 @@ void silu_mul(float* g, const float* up, size_t n) {
     }
 }
 
-// One head's RoPE: pair i, (i, i + half) with NeoX's layout or (2i, 2i + 1)
-// otherwise, turned by the angle whose cos and sin are c[i] and s[i]. The
-// SIMD version computes the same products and sums: the same bits.
-void rope_head(float* v, uint32_t half, bool neox, const float* c, const float* s) {
-    for (uint32_t i = 0; i < half; ++i) {
-        const uint32_t a = neox ? i : 2 * i;
-        const uint32_t b = neox ? i + half : 2 * i + 1;
-        const float x0 = v[a], x1 = v[b];
-        v[a] = x0 * c[i] - x1 * s[i];
-        v[b] = x0 * s[i] + x1 * c[i];
-    }
-}
-
 #if defined(__x86_64__)
 #define LLMOS_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -229,45 +216,6 @@ LLMOS_AVX2 void rms_norm_avx2(const float* x, const float* w, float* y, uint32_t
     }
     for (; i < n; ++i) {
         y[i] = x[i] * _mm256_cvtss_f32(scale) * w[i];
-    }
-}
-
-LLMOS_AVX2 void rope_head_avx2(float* v, uint32_t half, bool neox, const float* c, const float* s) {
-    uint32_t i = 0;
-    if (neox) {
-        float* v1 = v + half;
-        for (; i + 8 <= half; i += 8) {
-            const __m256 x0 = _mm256_loadu_ps(v + i);
-            const __m256 x1 = _mm256_loadu_ps(v1 + i);
-            const __m256 cv = _mm256_loadu_ps(c + i);
-            const __m256 sv = _mm256_loadu_ps(s + i);
-            _mm256_storeu_ps(v + i, _mm256_sub_ps(_mm256_mul_ps(x0, cv), _mm256_mul_ps(x1, sv)));
-            _mm256_storeu_ps(v1 + i, _mm256_add_ps(_mm256_mul_ps(x0, sv), _mm256_mul_ps(x1, cv)));
-        }
-        for (; i < half; ++i) {
-            const float x0 = v[i], x1 = v1[i];
-            v[i] = x0 * c[i] - x1 * s[i];
-            v1[i] = x0 * s[i] + x1 * c[i];
-        }
-        return;
-    }
-    // Four pairs a vector: each angle's cos and sin twice, the pairs'
-    // halves swapped, and addsub: x0 c - x1 s in even lanes, x1 c + x0 s
-    // in odd ones.
-    for (; i + 4 <= half; i += 4) {
-        const __m128 c4 = _mm_loadu_ps(c + i);
-        const __m128 s4 = _mm_loadu_ps(s + i);
-        const __m256 cv = _mm256_set_m128(_mm_unpackhi_ps(c4, c4), _mm_unpacklo_ps(c4, c4));
-        const __m256 sv = _mm256_set_m128(_mm_unpackhi_ps(s4, s4), _mm_unpacklo_ps(s4, s4));
-        const __m256 x = _mm256_loadu_ps(v + 2 * i);
-        const __m256 swapped = _mm256_permute_ps(x, _MM_SHUFFLE(2, 3, 0, 1));
-        _mm256_storeu_ps(v + 2 * i,
-                         _mm256_addsub_ps(_mm256_mul_ps(x, cv), _mm256_mul_ps(swapped, sv)));
-    }
-    for (; i < half; ++i) {
-        const float x0 = v[2 * i], x1 = v[2 * i + 1];
-        v[2 * i] = x0 * c[i] - x1 * s[i];
-        v[2 * i + 1] = x0 * s[i] + x1 * c[i];
     }
 }
 
@@ -500,6 +448,64 @@ context::context(const model& m, context_options o)
 
 context::~context() = default;
 
+namespace detail {
+
+void rope_head(float* v, uint32_t half, bool neox, const float* c, const float* s) noexcept {
+    for (uint32_t i = 0; i < half; ++i) {
+        const uint32_t a = neox ? i : 2 * i;
+        const uint32_t b = neox ? i + half : 2 * i + 1;
+        const float x0 = v[a], x1 = v[b];
+        v[a] = x0 * c[i] - x1 * s[i];
+        v[b] = x1 * c[i] + x0 * s[i];
+    }
+}
+
+#if defined(__x86_64__)
+// Explicit fused multiply-adds, in the vectors and the tails alike: a
+// pair gets the same bits wherever it falls (the compiler is not left to
+// contract some products and not others).
+LLMOS_AVX2 void rope_head_avx2(float* v, uint32_t half, bool neox, const float* c,
+                               const float* s) noexcept {
+    uint32_t i = 0;
+    if (neox) {
+        float* v1 = v + half;
+        for (; i + 8 <= half; i += 8) {
+            const __m256 x0 = _mm256_loadu_ps(v + i);
+            const __m256 x1 = _mm256_loadu_ps(v1 + i);
+            const __m256 cv = _mm256_loadu_ps(c + i);
+            const __m256 sv = _mm256_loadu_ps(s + i);
+            _mm256_storeu_ps(v + i, _mm256_fmsub_ps(x0, cv, _mm256_mul_ps(x1, sv)));
+            _mm256_storeu_ps(v1 + i, _mm256_fmadd_ps(x1, cv, _mm256_mul_ps(x0, sv)));
+        }
+        for (; i < half; ++i) {
+            const float x0 = v[i], x1 = v1[i];
+            v[i] = std::fma(x0, c[i], -(x1 * s[i]));
+            v1[i] = std::fma(x1, c[i], x0 * s[i]);
+        }
+        return;
+    }
+    // Four pairs a vector: each angle's cos and sin twice, the pairs'
+    // halves swapped, and fmaddsub: x0 c - x1 s in even lanes, x1 c + x0 s
+    // in odd ones.
+    for (; i + 4 <= half; i += 4) {
+        const __m128 c4 = _mm_loadu_ps(c + i);
+        const __m128 s4 = _mm_loadu_ps(s + i);
+        const __m256 cv = _mm256_set_m128(_mm_unpackhi_ps(c4, c4), _mm_unpacklo_ps(c4, c4));
+        const __m256 sv = _mm256_set_m128(_mm_unpackhi_ps(s4, s4), _mm_unpacklo_ps(s4, s4));
+        const __m256 x = _mm256_loadu_ps(v + 2 * i);
+        const __m256 swapped = _mm256_permute_ps(x, _MM_SHUFFLE(2, 3, 0, 1));
+        _mm256_storeu_ps(v + 2 * i, _mm256_fmaddsub_ps(x, cv, _mm256_mul_ps(swapped, sv)));
+    }
+    for (; i < half; ++i) {
+        const float x0 = v[2 * i], x1 = v[2 * i + 1];
+        v[2 * i] = std::fma(x0, c[i], -(x1 * s[i]));
+        v[2 * i + 1] = std::fma(x1, c[i], x0 * s[i]);
+    }
+}
+#endif
+
+} // namespace detail
+
 void context::rope_angles(uint32_t pos, float* cs) const {
     const model_params& p = _m.params();
     const uint32_t half = p.n_rot / 2;
@@ -514,10 +520,10 @@ void context::rope_angles(uint32_t pos, float* cs) const {
 void context::rope(float* x, uint32_t n_heads, const float* cs) const {
     const model_params& p = _m.params();
     const uint32_t half = p.n_rot / 2;
-    void (*head)(float*, uint32_t, bool, const float*, const float*) = rope_head;
+    void (*head)(float*, uint32_t, bool, const float*, const float*) noexcept = detail::rope_head;
 #if defined(__x86_64__)
     if (_o.kernels >= simd_level::avx2) {
-        head = rope_head_avx2;
+        head = detail::rope_head_avx2;
     }
 #endif
     for (uint32_t h = 0; h < n_heads; ++h) {
@@ -894,7 +900,9 @@ step_status context::step(std::span<batch_entry> batch) {
             const size_t n = detail::logit_rows(e);
             size_t from = _first[i] + e.tokens.size() - n;
             for (size_t t = 0; t < n; ++t, ++r) {
-                add_row(from + t); // the last layer's residual (only these rows need it)
+                if (residual) { // the last layer's (only these rows need it)
+                    add_row(from + t);
+                }
                 norm(_x.data() + (from + t) * E, _m.output_norm().data(), rows + r * E, E,
                      p.rms_eps);
             }

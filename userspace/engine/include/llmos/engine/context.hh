@@ -93,7 +93,7 @@ private:
     std::vector<float> _kvtmp;  // attention jobs x 2 head_dim (F16 rows widened)
     std::vector<uint32_t> _first, _pos0;
     std::vector<uint32_t> _row_entry; ///< each row's batch entry
-    std::vector<float> _rope_cs;      ///< each row's RoPE cos, sin pairs
+    std::vector<float> _rope_cs;      ///< each row's RoPE cos (n_rot / 2), then sin
     std::vector<float> _wide;         // exact_activations: a widened weight row per job
     struct mm_piece {
         const mm_job* job;
