@@ -373,6 +373,7 @@ std::vector<int32_t> gpu_greedy(cuda_context& ctx, cuda_kv_cache& kv, std::vecto
 using expected = llmos::testing::conformance_vector;
 
 using llmos::testing::load_conformance;
+using llmos::testing::max_abs_difference;
 
 struct gen_case {
     const char* name;
@@ -498,11 +499,7 @@ TEST_P(cuda_conformance, prompt_logits_and_greedy_tokens_match_the_other_impleme
         EXPECT_EQ(got, ex.greedy);
         if (!ex.logits.empty()) {
             ASSERT_EQ(ex.logits.size(), first.size());
-            float worst = 0;
-            for (size_t i = 0; i < first.size(); ++i) {
-                worst = std::max(worst, std::fabs(first[i] - ex.logits[i]));
-            }
-            EXPECT_LE(worst, 1e-3f) << "max abs logit difference";
+            EXPECT_LE(max_abs_difference(first, ex.logits), 1e-3f) << "max abs logit difference";
         }
     }
 }

@@ -30,6 +30,7 @@ const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
 using expected = llmos::testing::conformance_vector;
 
 using llmos::testing::load_conformance;
+using llmos::testing::max_abs_difference;
 
 int32_t argmax(const std::vector<float>& v) {
     return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
@@ -118,11 +119,8 @@ TEST_F(conformance, prompt_logits_and_greedy_tokens_match_the_other_implementati
             EXPECT_EQ(got, ex.greedy);
             if (!ex.logits.empty()) {
                 ASSERT_EQ(ex.logits.size(), first.size());
-                float worst = 0;
-                for (size_t i = 0; i < first.size(); ++i) {
-                    worst = std::max(worst, std::fabs(first[i] - ex.logits[i]));
-                }
-                EXPECT_LE(worst, 1e-5f) << "max abs logit difference";
+                EXPECT_LE(max_abs_difference(first, ex.logits), 1e-5f)
+                    << "max abs logit difference";
             }
         }
     }

@@ -6,6 +6,8 @@
 // For the engine's tests; LLMOS_TESTDATA names the directory.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <sstream>
@@ -29,6 +31,15 @@ inline std::vector<int32_t> parse_ints(const std::string& s) {
         v.push_back(x);
     }
     return v;
+}
+
+/// The largest |got[i] - want[i]| (the vectors the same size).
+inline float max_abs_difference(const std::vector<float>& got, const std::vector<float>& want) {
+    float worst = 0;
+    for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+        worst = std::max(worst, std::fabs(got[i] - want[i]));
+    }
+    return worst;
 }
 
 /// The vector `name` ("hello", "fox", ...); empty fields when its files

@@ -69,9 +69,7 @@ LLMOS_AVX512 void quantize_act_panel(const float* x, void* dst, int64_t cols) {
                 _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtsepi32_epi8(q0));
                 _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtsepi32_epi8(q1));
                 v[i] = _mm512_castsi512_ps(_mm512_add_epi32(q0, q1));
-            } else {
-                v[i] = _mm512_setzero_ps();
-            }
+            } // v[i] past n: still the zeros of the maxima's loop
         }
         const __m512i sum = _mm512_castps_si512(across16(v, add16_i32));
         _mm512_mask_storeu_ps(dd + b, k, d);

@@ -40,9 +40,10 @@ public:
     /// [0, n_items) exactly once, spread over the pool's threads and the
     /// caller; returns when all are done. Ranges are contiguous, of at
     /// least `grain` items (but the last), handed out in order as threads
-    /// become free, shorter toward the end of the loop. fn must not throw (a throw terminates).
-    /// Callers on several threads take turns; a call from inside fn (on any of the pool's threads)
-    /// runs the whole loop inline. Allocates nothing.
+    /// become free, shorter toward the end of the loop. fn must not throw
+    /// (a throw terminates). Callers on several threads take turns; a call
+    /// from inside fn (on any of the pool's threads) runs the whole loop
+    /// inline. Allocates nothing.
     template <typename Fn>
     void parallel_for(int64_t n_items, Fn&& fn, int64_t grain = 1) {
         using f = std::remove_reference_t<Fn>;
