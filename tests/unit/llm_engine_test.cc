@@ -4,12 +4,18 @@
 // a mindspace, the conformance model's greedy continuation as text, stop
 // strings, a conversation's KV cache kept in its mindspace across requests
 // and across a worker's death, and malformed requests.
+//
+// Built twice: llm_engine_test runs the CPU engine, cuda_llm_engine_test
+// (LLMOS_TEST_CUDA) the same cases on the GPU engine, whose K/V rows live
+// in a kv_pool of device memory; it skips, saying why, without a GPU.
 #include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
 #include <linux/llmos.h>
+#include <llmos/engine/cuda.hh>
+#include <llmos/engine/cuda_memory.hh>
 #include <llmos/engine/gguf.hh>
 #include <llmos/engine/model.hh>
 #include <llmos/engine/vocab.hh>
@@ -25,6 +31,12 @@ using namespace std::chrono_literals;
 namespace eng = llmos::engine;
 
 const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
+
+#ifdef LLMOS_TEST_CUDA
+constexpr bool on_gpu = true;
+#else
+constexpr bool on_gpu = false;
+#endif
 
 std::vector<int32_t> expected_greedy(const char* name) {
     std::ifstream in(std::string(LLMOS_TESTDATA) + "/llama-tiny-f32." + name + ".txt");
@@ -70,8 +82,24 @@ protected:
         file = std::make_unique<eng::gguf_file>(eng::gguf_file::open(tiny));
         model = std::make_unique<eng::model>(eng::model::load(*file));
         vocab = std::make_unique<eng::vocab>(eng::from_gguf(*file));
+        if (!on_gpu) {
+            return;
+        }
+        const eng::cuda_device_info di = eng::cuda_probe();
+        const eng::gpu_probe_result gp = eng::probe_gpu();
+        if (!di.available || !gp.usable) {
+            no_gpu = !di.available ? di.reason : gp.reason;
+            return;
+        }
+        cuda = std::make_unique<eng::cuda_model>(*model);
+        kv_mem = std::make_unique<llmos::kv_pool>(
+            llmos::kv_pool_options{.capacity = 1ull << 30, .make = [](uint64_t bytes) {
+                                       return llmos::make_gpu_region(bytes, 0);
+                                   }});
     }
     static void TearDownTestSuite() {
+        kv_mem.reset();
+        cuda.reset();
         vocab.reset();
         model.reset();
         file.reset();
@@ -79,6 +107,9 @@ protected:
     static inline std::unique_ptr<eng::gguf_file> file;
     static inline std::unique_ptr<eng::model> model;
     static inline std::unique_ptr<eng::vocab> vocab;
+    static inline std::unique_ptr<eng::cuda_model> cuda;  // on_gpu, with a GPU
+    static inline std::unique_ptr<llmos::kv_pool> kv_mem; // its KV rows
+    static inline std::string no_gpu;                     // why there is none
 
     std::string _dir;
     std::optional<llmos::device> _dev;
@@ -89,6 +120,9 @@ protected:
     std::atomic<llmos::llm_engine*> _last{nullptr};
 
     void SetUp() override {
+        if (on_gpu && !cuda) {
+            GTEST_SKIP() << "no GPU to run the engine on: " << no_gpu;
+        }
         char tmpl[] = "/tmp/llmos-llm-XXXXXX";
         _dir = ::mkdtemp(tmpl);
         _dev.emplace(llmos::device::open_local(_dir).value());
@@ -130,11 +164,14 @@ protected:
         }
         return 0;
     }
-    std::unique_ptr<llmos::inference_engine> plain() {
-        auto e = std::make_unique<llmos::llm_engine>(*model, *vocab, eopts());
+    std::unique_ptr<llmos::llm_engine> make_engine() {
+        auto e = on_gpu ? std::make_unique<llmos::llm_engine>(*cuda, *vocab, *kv_mem, eopts())
+                        : std::make_unique<llmos::llm_engine>(*model, *vocab, eopts());
+        EXPECT_EQ(e->on_gpu(), on_gpu);
         _last = e.get();
         return e;
     }
+    std::unique_ptr<llmos::inference_engine> plain() { return make_engine(); }
     std::span<std::byte> bytes() { return _map->bytes(); }
     // The text a stream of `ids` gives (a continuation: its leading space
     // stays; bytes that form no character are U+FFFD).
@@ -171,7 +208,9 @@ protected:
         return {f, std::string(reinterpret_cast<const char*>(bytes().data()) + f.result_off,
                                f.result_len)};
     }
-    uint64_t kv_bytes() { return eng::kv_cache::bytes_for(model->params(), eopts().kv); }
+    uint64_t kv_bytes() {
+        return llmos::llm_engine::kv_region_bytes(model->params(), eopts().kv, on_gpu);
+    }
 };
 
 } // namespace
@@ -243,9 +282,7 @@ TEST_F(llm_engine_test, a_worker_that_dies_mid_generation_is_resumed_from_the_mi
     }
     std::atomic<int> deaths{1};
     auto pool = llmos::worker_pool::start(*_dev, popts([&] {
-                    auto e = std::make_unique<llmos::llm_engine>(*model, *vocab, eopts());
-                    _last = e.get();
-                    return std::make_unique<dying_engine>(std::move(e), &deaths, 20);
+                    return std::make_unique<dying_engine>(make_engine(), &deaths, 20);
                 })).value();
     auto r = run(c, request(65536, "The quick brown fox jumps over the lazy dog", 40, {}, kv_off,
                             kv_bytes()));
@@ -271,7 +308,7 @@ TEST_F(llm_engine_test, malformed_requests_fail_alone_with_clear_statuses) {
     past.prompt_len = sizeof(llmos::gen_request_header) + 2; // text runs past the request
     EXPECT_EQ(status_of(past), -EINVAL);
     EXPECT_EQ(status_of(request(0, "Hello", 4, {}, 4096 * 3, 64 << 20)), -EINVAL);
-    EXPECT_EQ(status_of(request(0, "Hello", 4, {}, 4 << 20, 4096)), -ENOSPC);
+    EXPECT_EQ(status_of(request(0, "Hello", 4, {}, 4 << 20, kv_bytes() / 2)), -ENOSPC);
     auto bad_p = request(0, "Hello", 4);
     llmos::gen_request_header h;
     std::memcpy(&h, bytes().data(), sizeof(h));
@@ -283,3 +320,28 @@ TEST_F(llm_engine_test, malformed_requests_fail_alone_with_clear_statuses) {
     EXPECT_EQ(ok.f.state, LLMOS_REQ_COMPLETED);
     EXPECT_EQ(ok.f.tokens, 4u);
 }
+
+#ifdef LLMOS_TEST_CUDA
+TEST_F(llm_engine_test, a_conversation_whose_gpu_rows_were_dropped_starts_over) {
+    auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto c = llmos::sched_client::open(*_dev).value();
+    const uint64_t kv_off = 4 << 20;
+    auto first = run(c, request(0, "Hello world", 8, {}, kv_off, kv_bytes()));
+    ASSERT_EQ(first.f.state, LLMOS_REQ_COMPLETED);
+    std::string turn = "Hello world" + first.text + " and more";
+    auto fresh = run(c, request(131072, turn, 8));
+    // The rows went (memory wanted elsewhere); the bookkeeping in the
+    // mindspace still speaks of them, and must not be believed.
+    ASSERT_TRUE(kv_mem->forget({_ms->id(), kv_off}));
+    auto before = _last.load()->stats();
+    auto second = run(c, request(65536, turn, 8, {}, kv_off, kv_bytes()));
+    ASSERT_EQ(second.f.state, LLMOS_REQ_COMPLETED);
+    auto after = _last.load()->stats();
+    EXPECT_EQ(after.cached_tokens, before.cached_tokens);
+    EXPECT_EQ(second.text, fresh.text);
+    // And the turn after that finds its rows again.
+    auto third = run(c, request(65536, turn + second.text, 4, {}, kv_off, kv_bytes()));
+    ASSERT_EQ(third.f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_GT(_last.load()->stats().cached_tokens, after.cached_tokens);
+}
+#endif

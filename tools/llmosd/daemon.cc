@@ -3,11 +3,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <linux/llmos.h>
 #include <llmos/engine/chat.hh>
+#include <llmos/engine/cuda_memory.hh>
 #include <llmos/engine/kv_cache.hh>
+#include <llmos/engine/quant.hh>
 #include <llmos/generation.hh>
 #include <sched.h>
 #include <stdexcept>
@@ -70,10 +73,10 @@ public:
                 s.status = -ENOENT; // unloaded meanwhile
                 return llmos::engine_status::bad_input;
             }
-            it = _engines
-                     .emplace(h.model, slot{m, std::make_unique<llmos::llm_engine>(*m->model,
-                                                                                   *m->vocab, _eo)})
-                     .first;
+            auto e = m->cuda ? std::make_unique<llmos::llm_engine>(*m->cuda, *m->vocab,
+                                                                   *_d.kv_memory(), _eo)
+                             : std::make_unique<llmos::llm_engine>(*m->model, *m->vocab, _eo);
+            it = _engines.emplace(h.model, slot{m, std::move(e)}).first;
         }
         auto st = it->second.e->prefill(s);
         if (st == llmos::engine_status::ok) {
@@ -164,8 +167,55 @@ void histogram::write(std::string& out, const std::string& name, const std::stri
     out += name + "_sum " + sum + "\n" + name + "_count " + std::to_string(n.load()) + "\n";
 }
 
+void daemon::choose_device() {
+    const std::string& d = _o.device;
+    if (d == "cpu") {
+        _device_desc = "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
+        return;
+    }
+    int index = 0;
+    if (d != "auto" && d != "cuda") {
+        size_t used = 0;
+        bool ok = d.starts_with("cuda:") && d.size() > 5;
+        try {
+            index = ok ? std::stoi(d.substr(5), &used) : -1;
+        } catch (const std::exception&) {
+            ok = false;
+        }
+        if (!ok || used != d.size() - 5 || index < 0) {
+            throw std::runtime_error("--device " + d + ": expected cpu, cuda, cuda:N or auto");
+        }
+    }
+    // The engine's device, and the virtual-memory API its KV regions need.
+    std::string why;
+    const eng::cuda_device_info di = eng::cuda_probe(index);
+    if (!di.available) {
+        why = di.reason;
+    } else if (const eng::gpu_probe_result gp = eng::probe_gpu(index); !gp.usable) {
+        why = "its KV memory: " + gp.reason;
+    }
+    if (!why.empty()) {
+        if (d != "auto") {
+            throw std::runtime_error("--device " + d + ": " + why);
+        }
+        std::fprintf(stderr, "llmosd: --device auto: no GPU (%s): models run on the CPU\n",
+                     why.c_str());
+        _device_desc = "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
+        return;
+    }
+    _gpu = index;
+    _device_desc = "cuda:" + std::to_string(index) + " (" + di.name + ", compute " +
+                   std::to_string(di.cc_major) + "." + std::to_string(di.cc_minor) + ")";
+    const uint64_t capacity = _o.gpu_kv_bytes ? _o.gpu_kv_bytes : di.total_mem / 2;
+    _kv_pool = std::make_unique<llmos::kv_pool>(
+        llmos::kv_pool_options{.capacity = capacity, .make = [index](uint64_t bytes) {
+                                   return llmos::make_gpu_region(bytes, index);
+                               }});
+}
+
 daemon::daemon(options o)
     : _o(std::move(o)) {
+    choose_device();
     auto dev = _o.backend == "local"    ? llmos::device::open_local()
                : _o.backend == "kernel" ? llmos::device::open()
                                         : llmos::device::open_auto();
@@ -258,6 +308,14 @@ std::shared_ptr<model_entry> daemon::open_model(const std::string& name, const s
     } catch (const std::exception& e) {
         throw api_error{400, "cannot load " + path + ": " + e.what(), "invalid_request_error",
                         "path", "model_load_failed"};
+    }
+    if (_gpu >= 0) {
+        try {
+            m->cuda = std::make_unique<eng::cuda_model>(*m->model, _gpu);
+        } catch (const std::exception& e) {
+            throw api_error{500, "cannot put " + path + " on " + _device_desc + ": " + e.what(),
+                            "server_error", "path", "model_load_failed"};
+        }
     }
     m->id = _next_model.fetch_add(1);
     return m;
@@ -446,7 +504,8 @@ outcome daemon::run(const job& j, uint32_t tenant,
 
     const eng::model_params& p = m->model->params();
     eng::kv_options ko{.type = eng::kv_type::f16, .block_tokens = 16, .max_tokens = _o.ctx};
-    const uint64_t kv_bytes = round_up(eng::kv_cache::bytes_for(p, ko));
+    const uint64_t kv_bytes =
+        round_up(llmos::llm_engine::kv_region_bytes(p, ko, m->cuda != nullptr));
     std::optional<llmos::mindspace> ms;
     std::optional<llmos::mapping> map;
     json stored; // the session's conversation so far
@@ -743,6 +802,16 @@ std::string daemon::prometheus() const {
     }
     gauge("llmosd_mindspace_bytes", "bytes of the mindspaces this user may read", double(ms_bytes));
     gauge("llmosd_mindspace_resident_bytes", "their resident bytes", double(resident));
+    if (_kv_pool) {
+        const llmos::kv_pool_stats ks = _kv_pool->stats();
+        gauge("llmosd_gpu_kv_bytes", "GPU memory backing KV caches", double(ks.mapped_bytes));
+        gauge("llmosd_gpu_kv_capacity_bytes", "GPU memory KV caches may take", double(ks.capacity));
+        gauge("llmosd_gpu_kv_regions", "KV regions held on the GPU", ks.regions);
+        counter("llmosd_gpu_kv_evictions_total", "idle KV regions dropped to make room",
+                ks.evictions);
+        counter("llmosd_gpu_kv_resumed_total", "requests that found their conversation on the GPU",
+                ks.resumed);
+    }
     _metrics.latency.write(o, "llmosd_request_duration_seconds",
                            "time from submission to the last token");
     _metrics.ttft.write(o, "llmosd_time_to_first_token_seconds",

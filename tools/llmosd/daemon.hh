@@ -13,9 +13,11 @@
 #include <deque>
 #include <functional>
 #include <llmos/device.hh>
+#include <llmos/engine/cuda.hh>
 #include <llmos/engine/gguf.hh>
 #include <llmos/engine/model.hh>
 #include <llmos/engine/vocab.hh>
+#include <llmos/kv_pool.hh>
 #include <llmos/llm_engine.hh>
 #include <llmos/mindspace.hh>
 #include <llmos/sched.hh>
@@ -45,6 +47,13 @@ struct options {
     size_t max_body = 1 << 20;
     std::chrono::seconds request_timeout{300};
     std::string api_key_file;
+    /// Where models run: "cpu", "cuda" / "cuda:N" (refused with the
+    /// reason when that GPU cannot be used), or "auto" (cuda:0 when it
+    /// can be, else the CPU).
+    std::string device = "cpu";
+    /// Bytes of GPU memory for KV caches, all conversations together (0:
+    /// half the device's memory).
+    uint64_t gpu_kv_bytes = 0;
 };
 
 struct model_entry {
@@ -53,6 +62,7 @@ struct model_entry {
     std::unique_ptr<llmos::engine::gguf_file> file;
     std::unique_ptr<llmos::engine::model> model;
     std::unique_ptr<llmos::engine::vocab> vocab;
+    std::unique_ptr<llmos::engine::cuda_model> cuda; ///< its weights on the GPU, when on one
     int64_t created = 0;
     std::atomic<uint32_t> in_flight{0};
 };
@@ -148,6 +158,12 @@ public:
     metrics& stats() noexcept { return _metrics; }
     std::string prometheus() const;
     const llmos::device& dev() const noexcept { return *_dev; }
+    /// The GPU models run on (-1: the CPU).
+    int gpu() const noexcept { return _gpu; }
+    /// "cpu (avx512)" or "cuda:0 (NVIDIA H100 80GB HBM3, compute 9.0)".
+    const std::string& device_description() const noexcept { return _device_desc; }
+    /// The GPU's KV memory, when on one.
+    llmos::kv_pool* kv_memory() const noexcept { return _kv_pool.get(); }
     uint32_t in_flight() const noexcept { return _in_flight.load(); }
 
 private:
@@ -156,9 +172,14 @@ private:
     void detach(uint64_t id);
     void deliver(const llmos::descriptor& d);
 
+    void choose_device();
+
     options _o;
     std::unique_ptr<llmos::device> _dev;
-    mutable std::shared_mutex _models_m; // _models, _by_id
+    int _gpu = -1;
+    std::string _device_desc;
+    std::unique_ptr<llmos::kv_pool> _kv_pool; ///< before _pool: its workers' regions come from it
+    mutable std::shared_mutex _models_m;      // _models, _by_id
     std::map<std::string, std::shared_ptr<model_entry>> _models;
     std::map<uint32_t, std::shared_ptr<model_entry>> _by_id;
     std::atomic<uint32_t> _next_model{1};

@@ -6,6 +6,7 @@
 // live in persistent mindspaces.
 //
 //   llmosd --model tiny=model.gguf [--model NAME=PATH ...] [--listen 127.0.0.1:8080]
+//          [--device cpu|cuda[:N]|auto]
 //
 // SIGTERM or SIGINT drains: new requests get 503, those in flight finish.
 #include "daemon.hh"
@@ -43,6 +44,14 @@ int main(int argc, char** argv) {
     app.add_option("--backend", o.backend, "auto, local or kernel")
         ->check(CLI::IsMember({"auto", "local", "kernel"}))
         ->capture_default_str();
+    app.add_option("--device", o.device,
+                   "where models run: cpu, cuda (the first GPU), cuda:N, or auto (a GPU when "
+                   "one can be used, else the CPU)")
+        ->capture_default_str();
+    app.add_option("--gpu-kv-memory", o.gpu_kv_bytes,
+                   "GPU memory for KV caches, all conversations together, e.g. 16G (default: "
+                   "half the GPU's memory)")
+        ->transform(CLI::AsSizeValue(false));
     app.add_option("--workers", o.workers, "inference workers")->check(CLI::Range(1, 256));
     app.add_option("--threads", o.threads, "threads per worker (0: the CPUs shared out)");
     std::string activations = "int8";
@@ -113,8 +122,9 @@ int main(int argc, char** argv) {
     bool ok;
     if (!unix_path.empty()) {
         std::filesystem::remove(unix_path);
-        std::fprintf(stderr, "llmosd: serving %zu model(s) on unix:%s (%s backend)\n",
-                     d->models().size(), unix_path.c_str(), llmos::to_string(d->dev().kind()));
+        std::fprintf(stderr, "llmosd: serving %zu model(s) on unix:%s (%s backend, %s)\n",
+                     d->models().size(), unix_path.c_str(), llmos::to_string(d->dev().kind()),
+                     d->device_description().c_str());
         ok = http.listen_unix(unix_path);
     } else {
         int bound = http.bind_port(host, port);
@@ -131,8 +141,9 @@ int main(int argc, char** argv) {
                 std::fclose(f);
             }
         }
-        std::fprintf(stderr, "llmosd: serving %zu model(s) on http://%s:%d (%s backend)\n",
-                     d->models().size(), host.c_str(), bound, llmos::to_string(d->dev().kind()));
+        std::fprintf(stderr, "llmosd: serving %zu model(s) on http://%s:%d (%s backend, %s)\n",
+                     d->models().size(), host.c_str(), bound, llmos::to_string(d->dev().kind()),
+                     d->device_description().c_str());
         ok = http.serve();
     }
     if (!g_signal.load()) {

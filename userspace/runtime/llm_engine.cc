@@ -5,6 +5,7 @@
 #include <llmos/engine/sampling.hh>
 #include <llmos/generation.hh>
 #include <llmos/llm_engine.hh>
+#include <optional>
 #include <stdexcept>
 
 namespace llmos {
@@ -64,31 +65,224 @@ std::vector<std::byte> build_gen_request(const gen_request_header& h, std::strin
     return out;
 }
 
-struct llm_engine::seq_state {
-    std::vector<int32_t> prompt;
-    size_t fed = 0; // prompt tokens in the cache
-    uint32_t max_tokens = 0;
-    uint32_t generated = 0;
-    int32_t next = -1;                    // sampled, not yet in the cache
-    std::optional<engine::kv_memory> own; ///< its cache, when the request keeps none
-    std::optional<engine::kv_cache> kv;
-    std::optional<engine::sampler> sampler;
-    std::optional<engine::stop_matcher> stop;
-    std::optional<engine::stream_decoder> dec;
-    std::vector<float> logits;
-    std::string piece;
+namespace {
+
+namespace eng = engine;
+
+// A sequence's KV cache, on the CPU or a GPU.
+struct seq_kv {
+    virtual ~seq_kv() = default;
+    virtual uint32_t capacity() const noexcept = 0;
+    virtual std::span<const int32_t> tokens() const noexcept = 0;
+    virtual void truncate(uint32_t n) noexcept = 0;
 };
 
-llm_engine::llm_engine(const engine::model& m, const engine::vocab& v, llm_engine_options o)
-    : _m(m)
-    , _v(v)
-    , _o(o)
-    , _ctx(m, o.context) {
+struct cpu_kv final : seq_kv {
+    std::optional<eng::kv_memory> own; ///< its cache, when the request keeps none
+    std::optional<eng::kv_cache> kv;
+    uint32_t capacity() const noexcept override { return kv->capacity(); }
+    std::span<const int32_t> tokens() const noexcept override { return kv->tokens(); }
+    void truncate(uint32_t n) noexcept override { kv->truncate(n); }
+};
+
+struct gpu_kv final : seq_kv {
+    std::optional<eng::kv_memory> own; ///< its bookkeeping, when the request keeps none
+    kv_pool::lease rows;               ///< its K/V rows on the device
+    std::optional<eng::cuda_kv_cache> kv;
+    uint32_t capacity() const noexcept override { return kv->capacity(); }
+    std::span<const int32_t> tokens() const noexcept override { return kv->tokens(); }
+    void truncate(uint32_t n) noexcept override { kv->truncate(n); }
+};
+
+struct step_part {
+    seq_kv* kv = nullptr;
+    std::span<const int32_t> tokens;
+    float* logits = nullptr;
+};
+
+/// What opening a sequence's cache gave.
+struct opened {
+    std::unique_ptr<seq_kv> kv;
+    engine_status status = engine_status::ok;
+    int err = 0; ///< with bad_input
+};
+
+opened refuse(engine_status st, int err = 0) {
+    return {nullptr, st, err};
 }
 
-llm_engine::~llm_engine() = default;
+} // namespace
 
-engine_status llm_engine::prefill(sequence& s) {
+struct llm_engine::impl {
+    struct seq_state {
+        std::vector<int32_t> prompt;
+        size_t fed = 0; // prompt tokens in the cache
+        uint32_t max_tokens = 0;
+        uint32_t generated = 0;
+        int32_t next = -1; // sampled, not yet in the cache
+        std::unique_ptr<seq_kv> kv;
+        std::optional<eng::sampler> sampler;
+        std::optional<eng::stop_matcher> stop;
+        std::optional<eng::stream_decoder> dec;
+        std::vector<float> logits;
+        std::string piece;
+    };
+
+    const eng::model& m;
+    const eng::vocab& v;
+    llm_engine_options o;
+    llm_engine_stats stats;
+    std::vector<step_part> parts;
+    std::vector<sequence*> in_batch;
+
+    impl(const eng::model& mm, const eng::vocab& vv, llm_engine_options oo)
+        : m(mm)
+        , v(vv)
+        , o(oo) {}
+    virtual ~impl() = default;
+
+    virtual bool gpu() const noexcept = 0;
+    virtual uint32_t max_batch_tokens() const noexcept = 0;
+    /// Opens `s`'s cache in `mem`, or (`mem` empty) one of its own for
+    /// `own_tokens` positions.
+    virtual opened open(std::span<std::byte> mem, uint64_t kv_off, uint32_t own_tokens,
+                        const sequence& s) = 0;
+    /// Makes the memory for `n` more positions of `kv` ready; false (and
+    /// why) when it cannot be had.
+    virtual bool prepare(seq_kv& kv, uint32_t n, std::string* why) = 0;
+    virtual eng::step_status step(std::span<const step_part> batch) = 0;
+
+    engine_status prefill(sequence& s);
+    void decode(std::span<sequence* const> batch);
+};
+
+namespace {
+
+class cpu_impl final : public llm_engine::impl {
+    eng::context _ctx;
+    std::vector<eng::batch_entry> _entries;
+
+public:
+    cpu_impl(const eng::model& m, const eng::vocab& v, llm_engine_options o)
+        : impl(m, v, o)
+        , _ctx(m, o.context) {}
+
+    bool gpu() const noexcept override { return false; }
+    uint32_t max_batch_tokens() const noexcept override { return _ctx.options().max_batch_tokens; }
+
+    opened open(std::span<std::byte> mem, uint64_t, uint32_t own_tokens, const sequence&) override {
+        auto kv = std::make_unique<cpu_kv>();
+        eng::kv_options ko = o.kv;
+        if (mem.empty()) {
+            ko.max_tokens = std::min(ko.max_tokens, own_tokens);
+            try {
+                kv->own.emplace(eng::kv_cache::bytes_for(m.params(), ko));
+            } catch (const std::bad_alloc&) {
+                return refuse(engine_status::no_room);
+            }
+            mem = kv->own->span();
+        } else if (eng::kv_cache::bytes_for(m.params(), ko) > mem.size()) {
+            return refuse(engine_status::bad_input, ENOSPC);
+        }
+        try {
+            kv->kv.emplace(eng::kv_cache::open(mem, m, ko));
+        } catch (const eng::kv_error&) {
+            // Another model's cache (or another geometry): start over.
+            kv->kv.emplace(eng::kv_cache::open(mem, m, ko, true));
+        }
+        return {std::move(kv)};
+    }
+
+    bool prepare(seq_kv&, uint32_t, std::string*) override { return true; }
+
+    eng::step_status step(std::span<const step_part> batch) override {
+        _entries.clear();
+        for (auto& p : batch) {
+            _entries.push_back(
+                {.kv = &*static_cast<cpu_kv*>(p.kv)->kv, .tokens = p.tokens, .logits = p.logits});
+        }
+        return _ctx.step(_entries);
+    }
+};
+
+class gpu_impl final : public llm_engine::impl {
+    kv_pool& _pool;
+    eng::cuda_context _ctx;
+    std::vector<eng::cuda_batch_entry> _entries;
+
+    eng::cuda_kv_options geometry(uint32_t max_tokens) const {
+        return {.block_tokens = o.kv.block_tokens, .max_tokens = max_tokens};
+    }
+
+public:
+    gpu_impl(const eng::cuda_model& cm, const eng::vocab& v, kv_pool& pool, llm_engine_options o)
+        : impl(cm.get_model(), v, o)
+        , _pool(pool)
+        , _ctx(cm, {.max_batch_tokens = o.context.max_batch_tokens}) {}
+
+    bool gpu() const noexcept override { return true; }
+    uint32_t max_batch_tokens() const noexcept override { return o.context.max_batch_tokens; }
+
+    opened open(std::span<std::byte> mem, uint64_t kv_off, uint32_t own_tokens,
+                const sequence& s) override {
+        auto kv = std::make_unique<gpu_kv>();
+        const auto& p = m.params();
+        eng::cuda_kv_options ko = geometry(o.kv.max_tokens);
+        // Every request's own region is made for the whole context, so
+        // that any later request can take it over (the unbacked part is
+        // only addresses).
+        const uint64_t full_rows = eng::cuda_kv_cache::device_bytes_for(p, ko);
+        try {
+            if (mem.empty()) {
+                ko = geometry(std::min(o.kv.max_tokens, own_tokens));
+                kv->own.emplace(eng::cuda_kv_cache::host_bytes_for(p, ko));
+                mem = kv->own->span();
+                kv->rows = _pool.acquire_anonymous(full_rows);
+            } else {
+                if (eng::cuda_kv_cache::host_bytes_for(p, ko) > mem.size()) {
+                    return refuse(engine_status::bad_input, ENOSPC);
+                }
+                kv->rows = _pool.acquire({s.req.ms_id, kv_off}, full_rows);
+            }
+        } catch (const std::exception&) {
+            // Its conversation's region in use, or no device memory for
+            // a new one: it may be retried.
+            return refuse(engine_status::no_room);
+        }
+        // New device memory holds none of the rows the bookkeeping may
+        // speak of: the cache starts over then.
+        const bool fresh = kv->rows.fresh();
+        try {
+            kv->kv.emplace(eng::cuda_kv_cache::open(mem, kv->rows.data(), kv->rows.reserved_bytes(),
+                                                    m, ko, fresh));
+        } catch (const eng::kv_error&) {
+            kv->kv.emplace(eng::cuda_kv_cache::open(mem, kv->rows.data(), kv->rows.reserved_bytes(),
+                                                    m, ko, true));
+        }
+        return {std::move(kv)};
+    }
+
+    bool prepare(seq_kv& base, uint32_t n, std::string* why) override {
+        auto& kv = static_cast<gpu_kv&>(base);
+        if (!kv.kv->reserve(n)) {
+            return true; // full: the step says so
+        }
+        return kv.rows.grow(kv.kv->device_bytes_used(), why);
+    }
+
+    eng::step_status step(std::span<const step_part> batch) override {
+        _entries.clear();
+        for (auto& p : batch) {
+            _entries.push_back(
+                {.kv = &*static_cast<gpu_kv*>(p.kv)->kv, .tokens = p.tokens, .logits = p.logits});
+        }
+        return _ctx.step(_entries);
+    }
+};
+
+} // namespace
+
+engine_status llm_engine::impl::prefill(sequence& s) {
     std::string why;
     auto req = parse_gen_request(s.prompt, &why);
     auto bad = [&](int err) {
@@ -98,7 +292,7 @@ engine_status llm_engine::prefill(sequence& s) {
     if (!req) {
         return bad(EINVAL);
     }
-    engine::sampling_params sp;
+    eng::sampling_params sp;
     sp.temperature = req->h.temperature;
     sp.top_k = req->h.top_k;
     sp.top_p = req->h.top_p;
@@ -108,18 +302,16 @@ engine_status llm_engine::prefill(sequence& s) {
     sp.frequency_penalty = req->h.frequency_penalty;
     sp.seed = req->h.seed;
     sp.stop = req->stop;
-    sp.max_tokens = req->h.max_tokens ? req->h.max_tokens : _o.default_max_tokens;
+    sp.max_tokens = req->h.max_tokens ? req->h.max_tokens : o.default_max_tokens;
     if (sp.validate()) {
         return bad(EINVAL);
     }
     auto st = std::make_unique<seq_state>();
     st->prompt =
-        _v.encode(req->text, !(req->h.flags & gen_no_bos), (req->h.flags & gen_parse_special) != 0);
+        v.encode(req->text, !(req->h.flags & gen_no_bos), (req->h.flags & gen_parse_special) != 0);
     if (st->prompt.empty()) {
         return bad(EINVAL); // nothing to start from
     }
-    const auto& p = _m.params();
-    engine::kv_options ko = _o.kv;
     std::span<std::byte> kvmem;
     if (req->h.kv_len) {
         if (req->h.kv_off % 4096 || req->h.kv_off > s.memory.size() ||
@@ -127,26 +319,15 @@ engine_status llm_engine::prefill(sequence& s) {
             return bad(EINVAL);
         }
         kvmem = s.memory.subspan(req->h.kv_off, req->h.kv_len);
-        if (engine::kv_cache::bytes_for(p, ko) > kvmem.size()) {
-            return bad(ENOSPC);
-        }
-    } else {
-        // No cache kept for it: one of its own, as large as it can use.
-        ko.max_tokens = std::min<uint32_t>(ko.max_tokens, static_cast<uint32_t>(st->prompt.size()) +
-                                                              sp.max_tokens);
-        try {
-            st->own.emplace(engine::kv_cache::bytes_for(p, ko));
-        } catch (const std::bad_alloc&) {
-            return engine_status::no_room;
-        }
-        kvmem = st->own->span();
     }
-    try {
-        st->kv.emplace(engine::kv_cache::open(kvmem, _m, ko));
-    } catch (const engine::kv_error&) {
-        // Another model's cache (or another geometry): start over.
-        st->kv.emplace(engine::kv_cache::open(kvmem, _m, ko, true));
+    // No cache kept for it: one of its own, as large as it can use.
+    const uint64_t own =
+        std::min<uint64_t>(uint64_t(st->prompt.size()) + sp.max_tokens, o.kv.max_tokens);
+    opened kv = open(kvmem, req->h.kv_off, static_cast<uint32_t>(own), s);
+    if (kv.status != engine_status::ok) {
+        return kv.status == engine_status::bad_input ? bad(kv.err) : kv.status;
     }
+    st->kv = std::move(kv.kv);
     if (st->prompt.size() >= st->kv->capacity()) {
         return bad(E2BIG);
     }
@@ -163,33 +344,33 @@ engine_status llm_engine::prefill(sequence& s) {
     common = std::min(common, st->prompt.size() - 1);
     st->kv->truncate(static_cast<uint32_t>(common));
     st->fed = common;
-    _stats.prompt_tokens += st->prompt.size();
-    _stats.cached_tokens += common;
+    stats.prompt_tokens += st->prompt.size();
+    stats.cached_tokens += common;
     st->max_tokens = sp.max_tokens;
-    st->sampler.emplace(sp, p.n_vocab);
+    st->sampler.emplace(sp, m.params().n_vocab);
     st->stop.emplace(sp.stop);
-    st->dec.emplace(_v);
-    st->logits.resize(p.n_vocab);
+    st->dec.emplace(v);
+    st->logits.resize(m.params().n_vocab);
     s.engine_state = st.release();
     return engine_status::ok;
 }
 
-void llm_engine::decode(std::span<sequence* const> batch) {
-    _batch.clear();
-    _in_batch.clear();
-    uint32_t budget = _ctx.options().max_batch_tokens;
+void llm_engine::impl::decode(std::span<sequence* const> batch) {
+    parts.clear();
+    in_batch.clear();
+    uint32_t budget = max_batch_tokens();
+    std::string why;
     // Decoding sequences first (one token each), then prompt chunks.
     for (int pass = 0; pass < 2; ++pass) {
         for (sequence* s : batch) {
             auto* st = static_cast<seq_state*>(s->engine_state);
             bool in_prompt = st->fed < st->prompt.size();
-            if ((pass == 0) == in_prompt || budget == 0) {
+            if ((pass == 0) == in_prompt || budget == 0 || s->done) {
                 continue;
             }
-            engine::batch_entry e{.kv = &*st->kv};
+            step_part e{.kv = st->kv.get()};
             if (in_prompt) {
-                size_t n =
-                    std::min<size_t>({_o.prefill_chunk, budget, st->prompt.size() - st->fed});
+                size_t n = std::min<size_t>({o.prefill_chunk, budget, st->prompt.size() - st->fed});
                 e.tokens = std::span<const int32_t>(st->prompt).subspan(st->fed, n);
                 if (st->fed + n == st->prompt.size()) {
                     e.logits = st->logits.data();
@@ -198,31 +379,31 @@ void llm_engine::decode(std::span<sequence* const> batch) {
                 e.tokens = std::span<const int32_t>(&st->next, 1);
                 e.logits = st->logits.data();
             }
+            if (!prepare(*e.kv, static_cast<uint32_t>(e.tokens.size()), &why)) {
+                s->status = -ENOMEM; // its memory cannot be had; the others go on
+                s->done = true;
+                continue;
+            }
             budget -= static_cast<uint32_t>(e.tokens.size());
-            _batch.push_back(e);
-            _in_batch.push_back(st);
+            parts.push_back(e);
+            in_batch.push_back(s);
         }
     }
-    if (_batch.empty()) {
+    if (parts.empty()) {
         return;
     }
-    auto status = _ctx.step(_batch);
-    if (status != engine::step_status::ok) {
-        throw std::runtime_error("engine step: " + std::string(engine::step_status_name(status)));
+    auto status = step(parts);
+    if (status != eng::step_status::ok) {
+        throw std::runtime_error("engine step: " + std::string(eng::step_status_name(status)));
     }
-    ++_stats.steps;
-    for (size_t i = 0; i < _batch.size(); ++i) {
-        seq_state* st = _in_batch[i];
-        sequence* s = nullptr;
-        for (sequence* c : batch) {
-            if (c->engine_state == st) {
-                s = c;
-            }
-        }
+    ++stats.steps;
+    for (size_t i = 0; i < parts.size(); ++i) {
+        sequence* s = in_batch[i];
+        auto* st = static_cast<seq_state*>(s->engine_state);
         if (st->fed < st->prompt.size()) {
-            st->fed += _batch[i].tokens.size();
-            _stats.prefilled += _batch[i].tokens.size();
-            if (!_batch[i].logits) {
+            st->fed += parts[i].tokens.size();
+            stats.prefilled += parts[i].tokens.size();
+            if (!parts[i].logits) {
                 continue; // more prompt to come
             }
         }
@@ -230,17 +411,16 @@ void llm_engine::decode(std::span<sequence* const> batch) {
         st->sampler->accept(tok);
         ++st->generated;
         ++s->tokens;
-        ++_stats.generated;
-        bool end = _v.is_eog(tok) || st->generated >= st->max_tokens;
+        ++stats.generated;
+        bool end = v.is_eog(tok) || st->generated >= st->max_tokens;
         st->piece.clear();
-        engine::stop_matcher::result r{"", false};
-        if (!_v.is_eog(tok)) {
+        if (!v.is_eog(tok)) {
             st->dec->push(tok, st->piece);
         }
         if (end) {
             st->dec->flush(st->piece);
         }
-        r = st->stop->feed(st->piece);
+        auto r = st->stop->feed(st->piece);
         std::string text(r.text);
         if (end && !r.stopped) {
             text += st->stop->flush().text;
@@ -257,9 +437,45 @@ void llm_engine::decode(std::span<sequence* const> batch) {
     }
 }
 
+llm_engine::llm_engine(const eng::model& m, const eng::vocab& v, llm_engine_options o)
+    : _impl(std::make_unique<cpu_impl>(m, v, o)) {
+}
+
+llm_engine::llm_engine(const eng::cuda_model& cm, const eng::vocab& v, kv_pool& pool,
+                       llm_engine_options o)
+    : _impl(std::make_unique<gpu_impl>(cm, v, pool, o)) {
+}
+
+llm_engine::~llm_engine() = default;
+
+uint64_t llm_engine::kv_region_bytes(const eng::model_params& p, const eng::kv_options& o,
+                                     bool gpu) {
+    if (gpu) {
+        return eng::cuda_kv_cache::host_bytes_for(
+            p, {.block_tokens = o.block_tokens, .max_tokens = o.max_tokens});
+    }
+    return eng::kv_cache::bytes_for(p, o);
+}
+
+engine_status llm_engine::prefill(sequence& s) {
+    return _impl->prefill(s);
+}
+
+void llm_engine::decode(std::span<sequence* const> batch) {
+    _impl->decode(batch);
+}
+
 void llm_engine::release(sequence& s) noexcept {
-    delete static_cast<seq_state*>(s.engine_state);
+    delete static_cast<impl::seq_state*>(s.engine_state);
     s.engine_state = nullptr;
+}
+
+const llm_engine_stats& llm_engine::stats() const noexcept {
+    return _impl->stats;
+}
+
+bool llm_engine::on_gpu() const noexcept {
+    return _impl->gpu();
 }
 
 } // namespace llmos

@@ -157,6 +157,20 @@ cuda_device_info cuda_probe(int device) noexcept {
         int count = 0;
         if (cudaError_t e = cudaGetDeviceCount(&count); e != cudaSuccess) {
             info.reason = "cudaGetDeviceCount: " + error_text(e);
+            if (e == cudaErrorInsufficientDriver) {
+                // CUDA says the same for no driver at all and for one too
+                // old for this runtime: say which.
+                auto ver = [](int v) {
+                    return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
+                };
+                info.reason = (info.driver_version == 0
+                                   ? std::string("no NVIDIA driver (libcuda.so.1 is missing or "
+                                                 "cannot be loaded)")
+                                   : "the NVIDIA driver runs CUDA " + ver(info.driver_version) +
+                                         " programs; this one is built with CUDA " +
+                                         ver(info.runtime_version) + ": a newer driver is needed") +
+                              "; " + info.reason;
+            }
             return info;
         }
         if (device < 0 || device >= count) {

@@ -210,4 +210,8 @@ kv_usage cuda_kv_cache::usage() const noexcept {
     return u;
 }
 
+uint64_t cuda_kv_cache::device_bytes_used() const noexcept {
+    return uint64_t(hdr()->next_block) * _block_bytes;
+}
+
 } // namespace llmos::engine

@@ -6,13 +6,20 @@
 // model with the other sequences of its batch, a chunk of prompt per step
 // (so a long prompt does not stall the others' decoding), then samples one
 // token per step and appends its text to the request's output.
+//
+// It runs on the CPU (engine::context, the cache whole in the request's
+// mindspace) or on a GPU (engine::cuda_context: the cache's bookkeeping in
+// the mindspace, its K/V rows in a device region of a kv_pool, kept there
+// under the mindspace for the conversation's next request).
 #pragma once
 
 #include <cstdint>
 #include <llmos/engine/context.hh>
+#include <llmos/engine/cuda.hh>
 #include <llmos/engine/model.hh>
 #include <llmos/engine/vocab.hh>
 #include <llmos/inference.hh>
+#include <llmos/kv_pool.hh>
 #include <memory>
 
 namespace llmos {
@@ -34,31 +41,44 @@ struct llm_engine_stats {
 
 class llm_engine final : public inference_engine {
 public:
-    /// An engine for `m` and `v` (they must outlive it). Throws what the
-    /// context throws.
+    /// An engine for `m` and `v` on the CPU (they must outlive it). Throws
+    /// what the context throws.
     llm_engine(const engine::model& m, const engine::vocab& v, llm_engine_options o);
+    /// An engine for `cm`'s model on its GPU: K/V rows in regions of
+    /// `pool` (device memory), kept under (mindspace, kv_off) for requests
+    /// that keep their cache in a mindspace. `cm`, `v` and `pool` must
+    /// outlive it. o.kv's block_tokens and max_tokens apply (the rows are
+    /// F16 whatever o.kv.type says), o.context's max_batch_tokens.
+    /// Throws engine::cuda_error.
+    llm_engine(const engine::cuda_model& cm, const engine::vocab& v, kv_pool& pool,
+               llm_engine_options o);
     ~llm_engine() override;
+
+    /// Bytes of a request's KV region (gen_request_header::kv_len) for a
+    /// cache of `o`'s geometry: the whole cache on the CPU, the cache's
+    /// bookkeeping on a GPU. Any thread.
+    static uint64_t kv_region_bytes(const engine::model_params& p, const engine::kv_options& o,
+                                    bool gpu);
 
     /// Parses the request (gen_request_header; bad_input with -EINVAL when
     /// malformed, -ENOSPC when its KV region is too small), opens its KV
     /// cache, tokenizes and matches the prompt against the cache.
+    /// no_room when the GPU's KV region of its conversation is in use.
     engine_status prefill(sequence& s) override;
     /// One model step over the batch: prompt chunks and decode tokens
-    /// together; every sequence whose prompt is in gets one token.
+    /// together; every sequence whose prompt is in gets one token. A
+    /// sequence whose GPU region cannot grow (the pool is full of
+    /// regions in use) ends with -ENOMEM; the others run.
     void decode(std::span<sequence* const> batch) override;
     void release(sequence& s) noexcept override;
 
-    const llm_engine_stats& stats() const noexcept { return _stats; }
+    const llm_engine_stats& stats() const noexcept;
+    bool on_gpu() const noexcept;
+
+    struct impl;
 
 private:
-    struct seq_state;
-    const engine::model& _m;
-    const engine::vocab& _v;
-    llm_engine_options _o;
-    engine::context _ctx;
-    llm_engine_stats _stats;
-    std::vector<engine::batch_entry> _batch;
-    std::vector<seq_state*> _in_batch;
+    std::unique_ptr<impl> _impl;
 };
 
 } // namespace llmos

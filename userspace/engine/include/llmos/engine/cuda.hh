@@ -149,6 +149,11 @@ public:
     /// Forgets positions from `n` on; their blocks are given back.
     void truncate(uint32_t n) noexcept;
     kv_usage usage() const noexcept;
+    /// Bytes from the start of the device memory that the blocks taken so
+    /// far reach: what must be backed before a step writes them (blocks
+    /// are taken in order, given-back ones first). A region that grows on
+    /// demand grows to this after reserve().
+    uint64_t device_bytes_used() const noexcept;
 
     // For cuda_context: where the rows are.
     void* device_blocks() const noexcept { return _device; }

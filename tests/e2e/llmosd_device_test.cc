@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: MIT
+//
+// llmosd's --device: where models run. Everywhere: a GPU that cannot be
+// used is refused at start with the probe's reason, a malformed device is
+// refused, auto and the default say where the models run. With a GPU (the
+// gpu_llmosd cases, ctest label gpu; they skip, saying why, without one):
+// greedy completions on the GPU match the CPU daemon's, and a session's
+// next turn resumes from the KV rows kept in GPU memory, which a restarted
+// daemon no longer has and does not believe it has.
+#include "../support/llmosd_process.hh"
+
+#include <cstdio>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <llmos/engine/cuda.hh>
+#include <llmos/engine/cuda_memory.hh>
+#include <llmos/engine/quant.hh>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+using nlohmann::json;
+
+namespace {
+
+namespace eng = llmos::engine;
+
+const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
+
+// Why device `d` cannot run models, or "" when it can (what llmosd asks).
+std::string gpu_unusable(int d) {
+    const eng::cuda_device_info di = eng::cuda_probe(d);
+    if (!di.available) {
+        return di.reason;
+    }
+    const eng::gpu_probe_result gp = eng::probe_gpu(d);
+    return gp.usable ? "" : "its KV memory: " + gp.reason;
+}
+
+struct ran {
+    int status = -1;
+    std::string output;
+};
+
+// llmosd with `args` that is expected to stop by itself (a refusal).
+ran run_to_exit(const std::string& dir, const std::string& args) {
+    const std::string cmd = "LLMOS_LOCAL_DIR=" + dir +
+                            "/ms timeout 30 " LLMOSD_PATH " --backend local --model tiny=" + tiny +
+                            " --listen 127.0.0.1:0 " + args + " 2>&1";
+    ran r;
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) {
+        return r;
+    }
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) {
+        r.output.append(buf, n);
+    }
+    const int st = ::pclose(p);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
+class device_test : public ::testing::Test {
+protected:
+    std::string _dir;
+    void SetUp() override {
+        char tmpl[] = "/tmp/llmosd-device-XXXXXX";
+        _dir = ::mkdtemp(tmpl);
+    }
+    void TearDown() override { std::filesystem::remove_all(_dir); }
+
+    // The model description's "device".
+    static std::string device_of(llmos::testing::llmosd_process& d) {
+        auto c = d.client();
+        auto r = c.Get("/llmos/v1/models");
+        if (!r || r->status != 200) {
+            ADD_FAILURE() << "llmosd did not answer:\n" << d.log();
+            return {};
+        }
+        json j = json::parse(r->body, nullptr, false);
+        if (!j.is_object() || !j["models"].is_array() || j["models"].empty()) {
+            ADD_FAILURE() << r->body;
+            return {};
+        }
+        return j["models"][0].value("device", "");
+    }
+    static std::string cpu_description() {
+        return "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
+    }
+};
+
+TEST_F(device_test, a_gpu_that_cannot_be_used_is_refused_with_the_probe_s_reason) {
+    // No machine has device 4096.
+    auto r = run_to_exit(_dir, "--device cuda:4096");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("llmosd: --device cuda:4096: " + eng::cuda_probe(4096).reason),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(r.output.find("serving"), std::string::npos) << r.output;
+
+    const std::string why = gpu_unusable(0);
+    if (why.empty()) {
+        llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/gpu",
+                                         {"--model", "tiny=" + tiny, "--device", "cuda"});
+        ASSERT_TRUE(d.ready()) << d.log();
+        EXPECT_TRUE(device_of(d).starts_with("cuda:0 (")) << device_of(d);
+        return;
+    }
+    r = run_to_exit(_dir, "--device cuda");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("llmosd: --device cuda: " + why), std::string::npos) << r.output;
+}
+
+TEST_F(device_test, a_malformed_device_is_refused) {
+    for (const char* d : {"gpu", "cuda:", "cuda:x", "cuda:-1", "cuda:1x", "CPU"}) {
+        auto r = run_to_exit(_dir, std::string("--device ") + d);
+        EXPECT_EQ(r.status, 1) << d << ": " << r.output;
+        EXPECT_NE(
+            r.output.find(std::string("--device ") + d + ": expected cpu, cuda, cuda:N or auto"),
+            std::string::npos)
+            << d << ": " << r.output;
+    }
+    auto r = run_to_exit(_dir, "--gpu-kv-memory lots");
+    EXPECT_NE(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("--gpu-kv-memory"), std::string::npos) << r.output;
+}
+
+TEST_F(device_test, models_run_on_the_cpu_unless_asked_and_auto_says_where) {
+    {
+        llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/cpu", {"--model", "tiny=" + tiny});
+        ASSERT_TRUE(d.ready()) << d.log();
+        EXPECT_EQ(device_of(d), cpu_description());
+        EXPECT_NE(d.log().find("local backend, " + cpu_description()), std::string::npos)
+            << d.log();
+    }
+    llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/auto",
+                                     {"--model", "tiny=" + tiny, "--device", "auto"});
+    ASSERT_TRUE(d.ready()) << d.log();
+    const std::string why = gpu_unusable(0);
+    if (why.empty()) {
+        EXPECT_TRUE(device_of(d).starts_with("cuda:0 (")) << device_of(d);
+        return;
+    }
+    EXPECT_EQ(device_of(d), cpu_description());
+    EXPECT_NE(d.log().find("--device auto: no GPU (" + why + "): models run on the CPU"),
+              std::string::npos)
+        << d.log();
+    // And it serves there.
+    auto c = d.client();
+    auto res = c.Post("/v1/completions",
+                      json{{"model", "tiny"}, {"prompt", "Hello"}, {"max_tokens", 2}}.dump(),
+                      "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+}
+
+// --- With a GPU ---
+
+class gpu_llmosd : public device_test {
+protected:
+    void SetUp() override {
+        if (std::string why = gpu_unusable(0); !why.empty()) {
+            GTEST_SKIP() << "no GPU to serve on: " << why;
+        }
+        device_test::SetUp();
+    }
+    static json complete(llmos::testing::llmosd_process& d, const json& body) {
+        auto c = d.client();
+        auto r = c.Post("/v1/completions", body.dump(), "application/json");
+        if (!r || r->status != 200) {
+            ADD_FAILURE() << (r ? r->body : "no answer") << "\n" << d.log();
+            return {};
+        }
+        return json::parse(r->body);
+    }
+    static std::string text_of(const json& j) {
+        return j.is_object() ? j["choices"][0].value("text", "") : "";
+    }
+    static uint64_t metric(llmos::testing::llmosd_process& d, const std::string& name) {
+        auto c = d.client();
+        auto r = c.Get("/metrics");
+        if (!r) {
+            return 0;
+        }
+        auto at = r->body.find("\n" + name + " ");
+        return at == std::string::npos ? 0 : std::stoull(r->body.substr(at + name.size() + 2));
+    }
+};
+
+TEST_F(gpu_llmosd, greedy_completions_match_the_cpu_daemon_s) {
+    std::vector<std::string> cpu_texts, gpu_texts;
+    const std::vector<std::string> prompts = {"Hello world",
+                                              "The quick brown fox jumps over the lazy dog"};
+    for (const char* dev : {"cpu", "cuda"}) {
+        llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/" + dev,
+                                         {"--model", "tiny=" + tiny, "--device", dev});
+        ASSERT_TRUE(d.ready()) << d.log();
+        for (auto& p : prompts) {
+            auto j = complete(
+                d, {{"model", "tiny"}, {"prompt", p}, {"max_tokens", 16}, {"temperature", 0}});
+            (std::string(dev) == "cpu" ? cpu_texts : gpu_texts).push_back(text_of(j));
+        }
+    }
+    EXPECT_EQ(gpu_texts, cpu_texts);
+}
+
+TEST_F(gpu_llmosd, a_session_resumes_from_gpu_memory_and_starts_over_after_a_restart) {
+    const json turn1 = {{"model", "tiny"},
+                        {"prompt", "Hello world"},
+                        {"max_tokens", 8},
+                        {"temperature", 0},
+                        {"session", "alice"}};
+    std::string said, turn2_text;
+    {
+        llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/gpu",
+                                         {"--model", "tiny=" + tiny, "--device", "cuda"});
+        ASSERT_TRUE(d.ready()) << d.log();
+        said = text_of(complete(d, turn1));
+        json turn2 = turn1;
+        turn2["prompt"] = " and more";
+        turn2_text = text_of(complete(d, turn2));
+        EXPECT_GE(metric(d, "llmosd_gpu_kv_resumed_total"), 1u) << "the second turn found its rows";
+        EXPECT_GT(metric(d, "llmosd_gpu_kv_bytes"), 0u);
+        // The same conversation in one request, without a session.
+        json whole = turn1;
+        whole.erase("session");
+        whole["prompt"] = "Hello world" + said + " and more";
+        EXPECT_EQ(turn2_text, text_of(complete(d, whole)));
+    }
+    // A new daemon: the session's mindspace is there, its GPU rows are not.
+    llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/gpu",
+                                     {"--model", "tiny=" + tiny, "--device", "cuda"});
+    ASSERT_TRUE(d.ready()) << d.log();
+    json turn3 = turn1;
+    turn3["prompt"] = " again";
+    const std::string t3 = text_of(complete(d, turn3));
+    EXPECT_EQ(metric(d, "llmosd_gpu_kv_resumed_total"), 0u);
+    json whole = turn1;
+    whole.erase("session");
+    whole["prompt"] = "Hello world" + said + " and more" + turn2_text + " again";
+    EXPECT_EQ(t3, text_of(complete(d, whole)));
+}
+
+} // namespace
