@@ -155,6 +155,48 @@ TEST_F(device_test, models_run_on_the_cpu_unless_asked_and_auto_says_where) {
     EXPECT_EQ(res->status, 200) << res->body;
 }
 
+TEST_F(device_test, a_session_whose_cache_outgrew_its_mindspace_keeps_its_conversation) {
+    // A session made by a daemon with a smaller cache per conversation (as
+    // --device cuda makes: its rows are on the GPU) goes on in a daemon
+    // that needs a larger one: the mindspace is replaced, the conversation
+    // carried over.
+    auto complete = [](llmos::testing::llmosd_process& d, const json& body) {
+        auto c = d.client();
+        auto r = c.Post("/v1/completions", body.dump(), "application/json");
+        EXPECT_TRUE(r && r->status == 200) << (r ? r->body : "no answer") << d.log();
+        return r && r->status == 200 ? json::parse(r->body)["choices"][0].value("text", "")
+                                     : std::string();
+    };
+    const json turn1 = {{"model", "tiny"},
+                        {"prompt", "Hello world"},
+                        {"max_tokens", 8},
+                        {"temperature", 0},
+                        {"session", "bob"}};
+    std::string said;
+    {
+        llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/s",
+                                         {"--model", "tiny=" + tiny, "--ctx", "64"});
+        ASSERT_TRUE(d.ready()) << d.log();
+        said = complete(d, turn1);
+        ASSERT_FALSE(said.empty());
+    }
+    llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/s",
+                                     {"--model", "tiny=" + tiny, "--ctx", "2048"});
+    ASSERT_TRUE(d.ready()) << d.log();
+    json turn2 = turn1;
+    turn2["prompt"] = " and more";
+    const std::string t2 = complete(d, turn2);
+    json whole = turn1;
+    whole.erase("session");
+    whole["prompt"] = "Hello world" + said + " and more";
+    EXPECT_EQ(t2, complete(d, whole));
+    EXPECT_NE(t2, complete(d, json{{"model", "tiny"},
+                                   {"prompt", " and more"},
+                                   {"max_tokens", 8},
+                                   {"temperature", 0}}))
+        << "the conversation was lost";
+}
+
 // --- With a GPU ---
 
 class gpu_llmosd : public device_test {

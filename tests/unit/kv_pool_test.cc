@@ -161,6 +161,24 @@ TEST(kv_pool, a_region_in_use_is_never_dropped) {
     EXPECT_LE(pool.stats().mapped_bytes, 4 * unit);
 }
 
+TEST(kv_pool, room_comes_from_idle_regions_even_when_one_in_use_is_older) {
+    auto pool = host_pool(4 * unit);
+    auto old = pool.acquire({1, 0}, 4 * unit); // the least recently used, but in use
+    ASSERT_TRUE(old.grow(2 * unit));
+    fill(old, 2 * unit, 0x44);
+    {
+        auto idle = pool.acquire({2, 0}, 4 * unit);
+        ASSERT_TRUE(idle.grow(2 * unit));
+    }
+    auto l = pool.acquire({3, 0}, 4 * unit);
+    ASSERT_TRUE(l.grow(2 * unit));
+    EXPECT_TRUE(holds(old, 2 * unit, 0x44));
+    EXPECT_EQ(old.mapped_bytes(), 2 * unit);
+    EXPECT_EQ(pool.stats().evictions, 1u);
+    l = {};
+    EXPECT_TRUE(pool.acquire({2, 0}, 4 * unit).fresh());
+}
+
 TEST(kv_pool, nothing_is_dropped_when_dropping_would_not_make_room) {
     auto pool = host_pool(4 * unit);
     {

@@ -514,8 +514,21 @@ outcome daemon::run(const job& j, uint32_t tenant,
         const std::string name = "llmosd.s." + j.session;
         const uint64_t want = session_req_off + session_req_cap + kv_bytes;
         auto o = llmos::mindspace::open(*_dev, llmos::ms_key{0, name});
+        std::vector<std::byte> kept; // the conversation, when its mindspace is replaced
         if (o && o->length() < want) {
-            o = std::error_code(ENOSPC, std::system_category()); // made for a smaller model
+            // Made for a smaller cache (another model, --ctx or --device):
+            // a larger one replaces it, with the conversation so far (the
+            // cache is of no use to this model or device anyway).
+            if (auto old = o->map()) {
+                session_header sh{};
+                std::memcpy(&sh, old->data(), sizeof(sh));
+                if (std::memcmp(sh.magic, session_magic, 8) == 0 &&
+                    sh.text_len <= session_text_cap &&
+                    session_text_off + sh.text_len <= old->size()) {
+                    kept.assign(old->data(), old->data() + session_text_off + sh.text_len);
+                }
+            }
+            o = std::error_code(ENOSPC, std::system_category());
             llmos::destroy_mindspace(*_dev, llmos::ms_key{0, name});
         }
         if (!o) {
@@ -530,6 +543,9 @@ outcome daemon::run(const job& j, uint32_t tenant,
             throw server_error("session '" + j.session + "': " + mp.error().message());
         }
         map.emplace(std::move(*mp));
+        if (!kept.empty()) {
+            std::memcpy(map->data(), kept.data(), kept.size());
+        }
         session_header h{};
         std::memcpy(&h, map->data(), sizeof(h));
         if (std::memcmp(h.magic, session_magic, 8) == 0 && h.text_len <= session_text_cap &&
