@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# tools/gpu-check.sh on this machine: packs BUILD's GPU programs with the
+# libraries they load, then runs the pack (without the benchmark) as the
+# GPU machine would. Without a GPU every GPU case skips with its reason and
+# the rest pass; the pack must hold every program, stay small enough to
+# carry, and report the driver and device as the engine sees them.
+set -euo pipefail
+build=$1
+src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cd "$src"
+fail() {
+	echo "gpu_check_test: $*" >&2
+	exit 1
+}
+tools/gpu-check.sh pack "$build" "$tmp/pack" >"$tmp/pack.log" 2>&1 || fail "pack failed: $(cat "$tmp/pack.log")"
+grep -q '^gpu-check: packed 7 programs' "$tmp/pack.log" || fail "$(cat "$tmp/pack.log")"
+for b in cuda_memory_test cuda_test cuda_llm_engine_test llmosd_device_test llmosd llmos-mkmodel engine_bench; do
+	[ -x "$tmp/pack/bin/$b" ] || fail "$b is not in the pack"
+done
+[ -f "$tmp/pack/lib/liburing.so.2" ] || fail "liburing is not in the pack"
+[ -f "$tmp/pack/testdata/llama-tiny-f32.gguf" ] || fail "the test data is not in the pack"
+rc=0
+OUT=$tmp/out GPU_CHECK_NO_BENCH=1 tools/gpu-check.sh run "$tmp/pack" >"$tmp/run.log" 2>&1 || rc=$?
+last=$(tail -n 1 "$tmp/out/summary.txt" 2>/dev/null || true)
+[[ $last =~ ^gpu-check:\ ([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped$ ]] ||
+	fail "no summary line (status $rc): $(tail -n 20 "$tmp/run.log")"
+passed=${BASH_REMATCH[1]} failed=${BASH_REMATCH[2]} skipped=${BASH_REMATCH[3]}
+if [ "$rc" -ne 0 ] || [ "$failed" -ne 0 ]; then
+	fail "status $rc, $last: $(grep -A3 FAILED "$tmp/out/tests.log" | head -n 40)"
+fi
+[ "$passed" -gt 0 ] || fail "nothing passed: $last"
+grep -q '^\[ info     \] ' "$tmp/out/probe.txt" || fail "no probe in probe.txt: $(cat "$tmp/out/probe.txt")"
+grep -q 'benchmark not run (GPU_CHECK_NO_BENCH=1)' "$tmp/out/bench.log" || fail "bench.log: $(cat "$tmp/out/bench.log")"
+if grep -q 'no device:' "$tmp/out/probe.txt"; then
+	[ "$skipped" -gt 0 ] || fail "no GPU here, yet no case skipped: $last"
+fi
+echo "gpu_check_test: $last"

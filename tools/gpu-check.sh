@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# The GPU checks, for a machine with an NVIDIA GPU that cannot build the
+# project (no GoogleTest, liburing, ... there): the programs are built here
+# (build/default, with the CUDA backend) and packed with the libraries they
+# load; the GPU machine runs them from the pack.
+#
+#   tools/gpu-check.sh pack [BUILD [PACK]]   here: BUILD (build/default) -> PACK
+#                                            (build/gpu-bundle), stripped
+#   tools/gpu-check.sh run [PACK]            there: the driver and device, every
+#                                            GPU test, then `engine_bench --cuda`
+#
+# run writes its logs to $OUT (or build/gpu-out): probe.txt (nvidia-smi, the
+# driver vs this build's CUDA runtime, cuBLAS), tests.log, bench.log and
+# summary.txt, whose last line is "gpu-check: N passed, N failed, N
+# skipped". Exit status: 0 when no test failed. GPU_CHECK_NO_BENCH=1 skips
+# the benchmark, GPU_CHECK_TIMEOUT (seconds, default 480) bounds the whole
+# run: the tests get what they need, the benchmark the rest.
+#
+# The programs have their build's paths compiled in (the test data, llmosd,
+# llmos-mkmodel); run makes those paths lead into the pack where they do not
+# exist (the GPU machine runs as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The programs of the pack: the GPU's tests, what they start, the benchmark.
+tests=(cuda_memory_test cuda_test cuda_llm_engine_test llmosd_device_test)
+tools=(tools/llmosd/llmosd tools/mkmodel/llmos-mkmodel host-bench/engine_bench)
+
+pack() {
+	local build=${1:-build/default} out=${2:-build/gpu-bundle} t lib
+	if ! [ -x "$build/tests/cuda_test" ] ||
+		"$build/tests/cuda_test" --gtest_filter='cuda_probe.says*' 2>&1 | grep -q 'built without CUDA'; then
+		echo "gpu-check: $build has no CUDA backend (nvcc missing at configure time?)" >&2
+		return 1
+	fi
+	rm -rf "$out"
+	mkdir -p "$out/bin" "$out/lib/std" "$out/testdata"
+	for t in "${tests[@]}"; do
+		[ -x "$build/tests/$t" ] || { echo "gpu-check: $build/tests/$t is not built" >&2; return 1; }
+		strip --strip-debug -o "$out/bin/$t" "$build/tests/$t"
+	done
+	for t in "${tools[@]}"; do
+		[ -x "$build/$t" ] || { echo "gpu-check: $build/$t is not built" >&2; return 1; }
+		strip --strip-debug -o "$out/bin/$(basename "$t")" "$build/$t"
+	done
+	# Every library they load but glibc's (the GPU machine's own glibc runs
+	# them); the C++ runtime apart, used only when the machine's is older.
+	for lib in $(ldd "$out"/bin/* | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do
+		case "$(basename "$lib")" in
+		libc.so.* | libm.so.* | libpthread.so.* | libdl.so.* | librt.so.* | ld-linux*) ;;
+		libstdc++.so.* | libgcc_s.so.*) cp -L "$lib" "$out/lib/std/" ;;
+		*) cp -L "$lib" "$out/lib/" ;;
+		esac
+	done
+	cp ../shared/testdata/* "$out/testdata/"
+	cp tools/gpu-check.sh "$out/"
+	# The paths compiled into the programs.
+	{
+		echo "root=$PWD"
+		echo "testdata=$(cd ../shared/testdata && pwd)"
+		echo "build=$(cd "$build" && pwd)"
+	} >"$out/paths"
+	local size
+	size=$(du -sm "$out" | cut -f1)
+	echo "gpu-check: packed $((${#tests[@]} + ${#tools[@]})) programs and $(find "$out/lib" -type f | wc -l) libraries in $out (${size} MiB)"
+	if [ "$size" -gt 56 ]; then
+		echo "gpu-check: the pack is over 56 MiB: too large to carry to the GPU machine" >&2
+		return 1
+	fi
+}
+
+run() {
+	local p out t0 limit
+	p=$(cd "${1:-build/gpu-bundle}" && pwd)
+	out=${OUT:-build/gpu-out}
+	mkdir -p "$out"
+	out=$(cd "$out" && pwd)
+	t0=$(date +%s)
+	elapsed() { echo $(($(date +%s) - t0)); }
+	limit=${GPU_CHECK_TIMEOUT:-480}
+	[ -f "$p/paths" ] || { echo "gpu-check: $p is not a pack (no paths file)" >&2; return 2; }
+	local testdata build
+	testdata=$(sed -n 's/^testdata=//p' "$p/paths")
+	build=$(sed -n 's/^build=//p' "$p/paths")
+	# Where the programs look: their build's paths, led into the pack.
+	link() { # link TARGET PATH: PATH leads to TARGET unless it exists
+		[ -e "$2" ] && return 0
+		mkdir -p "$(dirname "$2")" && ln -sfn "$1" "$2"
+	}
+	link "$p/testdata" "$testdata"
+	link "$p/bin/llmosd" "$build/tools/llmosd/llmosd"
+	link "$p/bin/llmos-mkmodel" "$build/tools/mkmodel/llmos-mkmodel"
+	export LLMOS_MKMODEL=$p/bin/llmos-mkmodel
+	local libs=$p/lib cublas
+	if ! LD_LIBRARY_PATH=$libs "$p/bin/cuda_memory_test" --gtest_list_tests >/dev/null 2>&1; then
+		libs=$libs:$p/lib/std # this machine's C++ runtime is older than the build's
+	fi
+	cublas=$(find /usr/local /usr/lib /opt -name 'libcublas.so.13*' 2>/dev/null | head -n 1 || true)
+	[ -n "$cublas" ] && libs=$libs:$(dirname "$cublas")
+	export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+	{
+		echo "# $(date -u +%FT%TZ) on $(hostname), kernel $(uname -r), $(nproc) CPUs"
+		grep -m1 'model name' /proc/cpuinfo || true
+		ldd --version 2>&1 | sed -n 1p
+		nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 ||
+			echo "nvidia-smi: not there"
+		echo "# libraries: $LD_LIBRARY_PATH"
+		echo "# cuBLAS: ${cublas:-not found (the linear layers run on the built-in kernels)}"
+		# What the build's CUDA runtime makes of this driver and device.
+		"$p/bin/cuda_test" --gtest_filter='cuda_probe.*:cuda_blas.*' 2>&1 | grep -E '^\[ (info|probe)' || true
+		"$p/bin/cuda_memory_test" --gtest_filter='gpu_probe.*' 2>&1 | grep -E '^\[ (info|probe)' || true
+	} >"$out/probe.txt" 2>&1
+	cat "$out/probe.txt"
+
+	local passed=0 failed=0 skipped=0 t x left
+	: >"$out/tests.log"
+	for t in "${tests[@]}"; do
+		echo "## $t" >>"$out/tests.log"
+		x=0
+		timeout 300 "$p/bin/$t" --gtest_brief=0 >>"$out/tests.log" 2>&1 || x=$?
+		# The counts from gtest's own summary lines.
+		local res
+		res=$(awk -v t="$t" '/^## /{on = ($2 == t)} on' "$out/tests.log")
+		local np nf ns
+		np=$(grep -c '^\[       OK \]' <<<"$res" || true)
+		nf=$(grep -c '^\[  FAILED  \] .*[(]' <<<"$res" || true)
+		ns=$(grep -c '^\[  SKIPPED \] .*[(]' <<<"$res" || true)
+		passed=$((passed + np))
+		failed=$((failed + nf))
+		skipped=$((skipped + ns))
+		if [ "$x" -ne 0 ] && [ "$nf" -eq 0 ]; then
+			failed=$((failed + 1)) # it crashed or timed out
+			echo "gpu-check: $t ended with status $x" | tee -a "$out/tests.log"
+		fi
+		echo "gpu-check: $t done after $(elapsed) s"
+	done
+	grep -E '^\[  (FAILED|SKIPPED) \] .*[(]' "$out/tests.log" | sort -u | head -n 40 || true
+
+	left=$((limit - $(elapsed)))
+	if [ "${GPU_CHECK_NO_BENCH:-0}" = 1 ]; then
+		echo "gpu-check: benchmark not run (GPU_CHECK_NO_BENCH=1)" | tee "$out/bench.log"
+	elif [ "$left" -lt 60 ]; then
+		echo "gpu-check: benchmark not run: ${left} s left of ${limit}" | tee "$out/bench.log"
+	else
+		LLMOS_BENCH_MODELS=${LLMOS_BENCH_MODELS:-/tmp/llmos-bench-models} \
+			timeout "$left" "$p/bin/engine_bench" --cuda >"$out/bench.log" 2>&1 ||
+			echo "gpu-check: engine_bench --cuda ended with status $? after $(elapsed) s" |
+			tee -a "$out/bench.log"
+		cat "$out/bench.log"
+	fi
+	echo "gpu-check: $passed passed, $failed failed, $skipped skipped" | tee "$out/summary.txt"
+	[ "$failed" -eq 0 ]
+}
+
+case "${1:-}" in
+pack) shift && pack "$@" ;;
+run) shift && run "$@" ;;
+*)
+	echo "usage: tools/gpu-check.sh pack [BUILD [PACK]] | run [PACK]" >&2
+	exit 2
+	;;
+esac
