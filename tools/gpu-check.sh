@@ -25,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The programs of the pack: the GPU's tests, what they start, the benchmark.
-tests=(cuda_memory_test cuda_test cuda_llm_engine_test llmosd_device_test)
+tests=(cuda_memory_test cuda_test cuda_llm_engine_test llmosd_engine_test)
 tools=(tools/llmosd/llmosd tools/mkmodel/llmos-mkmodel host-bench/engine_bench)
 
 pack() {

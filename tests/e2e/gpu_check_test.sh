@@ -18,7 +18,7 @@ fail() {
 }
 tools/gpu-check.sh pack "$build" "$tmp/pack" >"$tmp/pack.log" 2>&1 || fail "pack failed: $(cat "$tmp/pack.log")"
 grep -q '^gpu-check: packed 7 programs' "$tmp/pack.log" || fail "$(cat "$tmp/pack.log")"
-for b in cuda_memory_test cuda_test cuda_llm_engine_test llmosd_device_test llmosd llmos-mkmodel engine_bench; do
+for b in cuda_memory_test cuda_test cuda_llm_engine_test llmosd_engine_test llmosd llmos-mkmodel engine_bench; do
 	[ -x "$tmp/pack/bin/$b" ] || fail "$b is not in the pack"
 done
 [ -f "$tmp/pack/lib/liburing.so.2" ] || fail "liburing is not in the pack"

@@ -167,10 +167,10 @@ void histogram::write(std::string& out, const std::string& name, const std::stri
     out += name + "_sum " + sum + "\n" + name + "_count " + std::to_string(n.load()) + "\n";
 }
 
-void daemon::choose_device() {
-    const std::string& d = _o.device;
+void daemon::choose_engine() {
+    const std::string& d = _o.engine;
     if (d == "cpu") {
-        _device_desc = "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
+        _engine_desc = "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
         return;
     }
     int index = 0;
@@ -183,7 +183,7 @@ void daemon::choose_device() {
             ok = false;
         }
         if (!ok || used != d.size() - 5 || index < 0) {
-            throw std::runtime_error("--device " + d + ": expected cpu, cuda, cuda:N or auto");
+            throw std::runtime_error("--engine " + d + ": expected cpu, cuda, cuda:N or auto");
         }
     }
     // The engine's device, and the virtual-memory API its KV regions need.
@@ -196,15 +196,15 @@ void daemon::choose_device() {
     }
     if (!why.empty()) {
         if (d != "auto") {
-            throw std::runtime_error("--device " + d + ": " + why);
+            throw std::runtime_error("--engine " + d + ": " + why);
         }
-        std::fprintf(stderr, "llmosd: --device auto: no GPU (%s): models run on the CPU\n",
+        std::fprintf(stderr, "llmosd: --engine auto: no GPU (%s): models run on the CPU\n",
                      why.c_str());
-        _device_desc = "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
+        _engine_desc = "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
         return;
     }
     _gpu = index;
-    _device_desc = "cuda:" + std::to_string(index) + " (" + di.name + ", compute " +
+    _engine_desc = "cuda:" + std::to_string(index) + " (" + di.name + ", compute " +
                    std::to_string(di.cc_major) + "." + std::to_string(di.cc_minor) + ")";
     const uint64_t capacity = _o.gpu_kv_bytes ? _o.gpu_kv_bytes : di.total_mem / 2;
     _kv_pool = std::make_unique<llmos::kv_pool>(
@@ -215,7 +215,7 @@ void daemon::choose_device() {
 
 daemon::daemon(options o)
     : _o(std::move(o)) {
-    choose_device();
+    choose_engine();
     auto dev = _o.backend == "local"    ? llmos::device::open_local()
                : _o.backend == "kernel" ? llmos::device::open()
                                         : llmos::device::open_auto();
@@ -313,7 +313,7 @@ std::shared_ptr<model_entry> daemon::open_model(const std::string& name, const s
         try {
             m->cuda = std::make_unique<eng::cuda_model>(*m->model, _gpu);
         } catch (const std::exception& e) {
-            throw api_error{500, "cannot put " + path + " on " + _device_desc + ": " + e.what(),
+            throw api_error{500, "cannot put " + path + " on " + _engine_desc + ": " + e.what(),
                             "server_error", "path", "model_load_failed"};
         }
     }
@@ -516,7 +516,7 @@ outcome daemon::run(const job& j, uint32_t tenant,
         auto o = llmos::mindspace::open(*_dev, llmos::ms_key{0, name});
         std::vector<std::byte> kept; // the conversation, when its mindspace is replaced
         if (o && o->length() < want) {
-            // Made for a smaller cache (another model, --ctx or --device):
+            // Made for a smaller cache (another model, --ctx or --engine):
             // a larger one replaces it, with the conversation so far (the
             // cache is of no use to this model or device anyway).
             if (auto old = o->map()) {

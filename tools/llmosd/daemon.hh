@@ -50,7 +50,7 @@ struct options {
     /// Where models run: "cpu", "cuda" / "cuda:N" (refused with the
     /// reason when that GPU cannot be used), or "auto" (cuda:0 when it
     /// can be, else the CPU).
-    std::string device = "cpu";
+    std::string engine = "cpu";
     /// Bytes of GPU memory for KV caches, all conversations together (0:
     /// half the device's memory).
     uint64_t gpu_kv_bytes = 0;
@@ -161,7 +161,7 @@ public:
     /// The GPU models run on (-1: the CPU).
     int gpu() const noexcept { return _gpu; }
     /// "cpu (avx512)" or "cuda:0 (NVIDIA H100 80GB HBM3, compute 9.0)".
-    const std::string& device_description() const noexcept { return _device_desc; }
+    const std::string& engine_description() const noexcept { return _engine_desc; }
     /// The GPU's KV memory, when on one.
     llmos::kv_pool* kv_memory() const noexcept { return _kv_pool.get(); }
     uint32_t in_flight() const noexcept { return _in_flight.load(); }
@@ -172,12 +172,12 @@ private:
     void detach(uint64_t id);
     void deliver(const llmos::descriptor& d);
 
-    void choose_device();
+    void choose_engine();
 
     options _o;
     std::unique_ptr<llmos::device> _dev;
     int _gpu = -1;
-    std::string _device_desc;
+    std::string _engine_desc;
     std::unique_ptr<llmos::kv_pool> _kv_pool; ///< before _pool: its workers' regions come from it
     mutable std::shared_mutex _models_m;      // _models, _by_id
     std::map<std::string, std::shared_ptr<model_entry>> _models;

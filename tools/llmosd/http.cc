@@ -283,7 +283,7 @@ json http_server::describe(const model_entry& m) const {
               {"context", _d.opts().ctx},
               {"in_flight", m.in_flight.load()},
               {"created", m.created},
-              {"device", _d.device_description()}};
+              {"engine", _d.engine_description()}};
     if (m.cuda) {
         d["gpu_weights"] = m.cuda->layout_summary();
         d["gpu_weight_bytes"] = m.cuda->device_bytes();

@@ -6,7 +6,7 @@
 // live in persistent mindspaces.
 //
 //   llmosd --model tiny=model.gguf [--model NAME=PATH ...] [--listen 127.0.0.1:8080]
-//          [--device cpu|cuda[:N]|auto]
+//          [--engine cpu|cuda[:N]|auto]
 //
 // SIGTERM or SIGINT drains: new requests get 503, those in flight finish.
 #include "daemon.hh"
@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
     app.add_option("--backend", o.backend, "auto, local or kernel")
         ->check(CLI::IsMember({"auto", "local", "kernel"}))
         ->capture_default_str();
-    app.add_option("--device", o.device,
+    app.add_option("--engine", o.engine,
                    "where models run: cpu, cuda (the first GPU), cuda:N, or auto (a GPU when "
                    "one can be used, else the CPU)")
         ->capture_default_str();
@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
         std::filesystem::remove(unix_path);
         std::fprintf(stderr, "llmosd: serving %zu model(s) on unix:%s (%s backend, %s)\n",
                      d->models().size(), unix_path.c_str(), llmos::to_string(d->dev().kind()),
-                     d->device_description().c_str());
+                     d->engine_description().c_str());
         ok = http.listen_unix(unix_path);
     } else {
         int bound = http.bind_port(host, port);
@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
         }
         std::fprintf(stderr, "llmosd: serving %zu model(s) on http://%s:%d (%s backend, %s)\n",
                      d->models().size(), host.c_str(), bound, llmos::to_string(d->dev().kind()),
-                     d->device_description().c_str());
+                     d->engine_description().c_str());
         ok = http.serve();
     }
     if (!g_signal.load()) {

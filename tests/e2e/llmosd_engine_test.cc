@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 //
-// llmosd's --device: where models run. Everywhere: a GPU that cannot be
+// llmosd's --engine: where models run. Everywhere: a GPU that cannot be
 // used is refused at start with the probe's reason, a malformed device is
 // refused, auto and the default say where the models run. With a GPU (the
 // gpu_llmosd cases, ctest label gpu; they skip, saying why, without one):
@@ -61,7 +61,7 @@ ran run_to_exit(const std::string& dir, const std::string& args) {
     return r;
 }
 
-class device_test : public ::testing::Test {
+class engine_test : public ::testing::Test {
 protected:
     std::string _dir;
     void SetUp() override {
@@ -70,8 +70,8 @@ protected:
     }
     void TearDown() override { std::filesystem::remove_all(_dir); }
 
-    // The model description's "device".
-    static std::string device_of(llmos::testing::llmosd_process& d) {
+    // The model description's "engine".
+    static std::string engine_of(llmos::testing::llmosd_process& d) {
         auto c = d.client();
         auto r = c.Get("/llmos/v1/models");
         if (!r || r->status != 200) {
@@ -83,18 +83,18 @@ protected:
             ADD_FAILURE() << r->body;
             return {};
         }
-        return j["models"][0].value("device", "");
+        return j["models"][0].value("engine", "");
     }
     static std::string cpu_description() {
         return "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
     }
 };
 
-TEST_F(device_test, a_gpu_that_cannot_be_used_is_refused_with_the_probe_s_reason) {
+TEST_F(engine_test, a_gpu_that_cannot_be_used_is_refused_with_the_probe_s_reason) {
     // No machine has device 4096.
-    auto r = run_to_exit(_dir, "--device cuda:4096");
+    auto r = run_to_exit(_dir, "--engine cuda:4096");
     EXPECT_EQ(r.status, 1) << r.output;
-    EXPECT_NE(r.output.find("llmosd: --device cuda:4096: " + eng::cuda_probe(4096).reason),
+    EXPECT_NE(r.output.find("llmosd: --engine cuda:4096: " + eng::cuda_probe(4096).reason),
               std::string::npos)
         << r.output;
     EXPECT_EQ(r.output.find("serving"), std::string::npos) << r.output;
@@ -102,22 +102,22 @@ TEST_F(device_test, a_gpu_that_cannot_be_used_is_refused_with_the_probe_s_reason
     const std::string why = gpu_unusable(0);
     if (why.empty()) {
         llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/gpu",
-                                         {"--model", "tiny=" + tiny, "--device", "cuda"});
+                                         {"--model", "tiny=" + tiny, "--engine", "cuda"});
         ASSERT_TRUE(d.ready()) << d.log();
-        EXPECT_TRUE(device_of(d).starts_with("cuda:0 (")) << device_of(d);
+        EXPECT_TRUE(engine_of(d).starts_with("cuda:0 (")) << engine_of(d);
         return;
     }
-    r = run_to_exit(_dir, "--device cuda");
+    r = run_to_exit(_dir, "--engine cuda");
     EXPECT_EQ(r.status, 1) << r.output;
-    EXPECT_NE(r.output.find("llmosd: --device cuda: " + why), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("llmosd: --engine cuda: " + why), std::string::npos) << r.output;
 }
 
-TEST_F(device_test, a_malformed_device_is_refused) {
+TEST_F(engine_test, a_malformed_device_is_refused) {
     for (const char* d : {"gpu", "cuda:", "cuda:x", "cuda:-1", "cuda:1x", "CPU"}) {
-        auto r = run_to_exit(_dir, std::string("--device ") + d);
+        auto r = run_to_exit(_dir, std::string("--engine ") + d);
         EXPECT_EQ(r.status, 1) << d << ": " << r.output;
         EXPECT_NE(
-            r.output.find(std::string("--device ") + d + ": expected cpu, cuda, cuda:N or auto"),
+            r.output.find(std::string("--engine ") + d + ": expected cpu, cuda, cuda:N or auto"),
             std::string::npos)
             << d << ": " << r.output;
     }
@@ -126,24 +126,24 @@ TEST_F(device_test, a_malformed_device_is_refused) {
     EXPECT_NE(r.output.find("--gpu-kv-memory"), std::string::npos) << r.output;
 }
 
-TEST_F(device_test, models_run_on_the_cpu_unless_asked_and_auto_says_where) {
+TEST_F(engine_test, models_run_on_the_cpu_unless_asked_and_auto_says_where) {
     {
         llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/cpu", {"--model", "tiny=" + tiny});
         ASSERT_TRUE(d.ready()) << d.log();
-        EXPECT_EQ(device_of(d), cpu_description());
+        EXPECT_EQ(engine_of(d), cpu_description());
         EXPECT_NE(d.log().find("local backend, " + cpu_description()), std::string::npos)
             << d.log();
     }
     llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/auto",
-                                     {"--model", "tiny=" + tiny, "--device", "auto"});
+                                     {"--model", "tiny=" + tiny, "--engine", "auto"});
     ASSERT_TRUE(d.ready()) << d.log();
     const std::string why = gpu_unusable(0);
     if (why.empty()) {
-        EXPECT_TRUE(device_of(d).starts_with("cuda:0 (")) << device_of(d);
+        EXPECT_TRUE(engine_of(d).starts_with("cuda:0 (")) << engine_of(d);
         return;
     }
-    EXPECT_EQ(device_of(d), cpu_description());
-    EXPECT_NE(d.log().find("--device auto: no GPU (" + why + "): models run on the CPU"),
+    EXPECT_EQ(engine_of(d), cpu_description());
+    EXPECT_NE(d.log().find("--engine auto: no GPU (" + why + "): models run on the CPU"),
               std::string::npos)
         << d.log();
     // And it serves there.
@@ -155,9 +155,9 @@ TEST_F(device_test, models_run_on_the_cpu_unless_asked_and_auto_says_where) {
     EXPECT_EQ(res->status, 200) << res->body;
 }
 
-TEST_F(device_test, a_session_whose_cache_outgrew_its_mindspace_keeps_its_conversation) {
+TEST_F(engine_test, a_session_whose_cache_outgrew_its_mindspace_keeps_its_conversation) {
     // A session made by a daemon with a smaller cache per conversation (as
-    // --device cuda makes: its rows are on the GPU) goes on in a daemon
+    // --engine cuda makes: its rows are on the GPU) goes on in a daemon
     // that needs a larger one: the mindspace is replaced, the conversation
     // carried over.
     auto complete = [](llmos::testing::llmosd_process& d, const json& body) {
@@ -199,13 +199,13 @@ TEST_F(device_test, a_session_whose_cache_outgrew_its_mindspace_keeps_its_conver
 
 // --- With a GPU ---
 
-class gpu_llmosd : public device_test {
+class gpu_llmosd : public engine_test {
 protected:
     void SetUp() override {
         if (std::string why = gpu_unusable(0); !why.empty()) {
             GTEST_SKIP() << "no GPU to serve on: " << why;
         }
-        device_test::SetUp();
+        engine_test::SetUp();
     }
     static json complete(llmos::testing::llmosd_process& d, const json& body) {
         auto c = d.client();
@@ -236,7 +236,7 @@ TEST_F(gpu_llmosd, greedy_completions_match_the_cpu_daemon_s) {
                                               "The quick brown fox jumps over the lazy dog"};
     for (const char* dev : {"cpu", "cuda"}) {
         llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/" + dev,
-                                         {"--model", "tiny=" + tiny, "--device", dev});
+                                         {"--model", "tiny=" + tiny, "--engine", dev});
         ASSERT_TRUE(d.ready()) << d.log();
         for (auto& p : prompts) {
             auto j = complete(
@@ -256,7 +256,7 @@ TEST_F(gpu_llmosd, a_session_resumes_from_gpu_memory_and_starts_over_after_a_res
     std::string said, turn2_text;
     {
         llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/gpu",
-                                         {"--model", "tiny=" + tiny, "--device", "cuda"});
+                                         {"--model", "tiny=" + tiny, "--engine", "cuda"});
         ASSERT_TRUE(d.ready()) << d.log();
         said = text_of(complete(d, turn1));
         json turn2 = turn1;
@@ -272,7 +272,7 @@ TEST_F(gpu_llmosd, a_session_resumes_from_gpu_memory_and_starts_over_after_a_res
     }
     // A new daemon: the session's mindspace is there, its GPU rows are not.
     llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/gpu",
-                                     {"--model", "tiny=" + tiny, "--device", "cuda"});
+                                     {"--model", "tiny=" + tiny, "--engine", "cuda"});
     ASSERT_TRUE(d.ready()) << d.log();
     json turn3 = turn1;
     turn3["prompt"] = " again";
