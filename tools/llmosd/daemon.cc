@@ -741,6 +741,12 @@ outcome daemon::run(const job& j, uint32_t tenant,
             throw api_error{400, "the prompt does not fit this server's context",
                             "invalid_request_error", "", "context_length_exceeded"};
         }
+        if (st == -ENOMEM && _kv_pool) {
+            throw api_error{503,
+                            "the GPU's KV memory (--gpu-kv-memory) is taken by requests in "
+                            "flight; retry shortly",
+                            "server_error", "", "overloaded"};
+        }
         throw server_error("the request failed in its worker (" +
                            std::string(st ? std::strerror(-st) : "no status") + ")");
     }
