@@ -124,6 +124,8 @@ TEST_F(llmosctl_llmosd, model_list_as_a_table_and_as_json) {
     EXPECT_NE(r.out.find("\ntiny "), std::string::npos) << r.out;
     EXPECT_NE(r.out.find(" llama "), std::string::npos) << r.out;
     EXPECT_NE(r.out.find(" F32 "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(" ENGINE "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(" cpu "), std::string::npos) << r.out; // where llmosd runs it
     EXPECT_NE(r.out.find(tiny), std::string::npos) << r.out;
     EXPECT_EQ(r.err, "");
     // --json before or after the command.
@@ -138,6 +140,7 @@ TEST_F(llmosctl_llmosd, model_list_as_a_table_and_as_json) {
         EXPECT_EQ(j[0]["path"], tiny);
         EXPECT_EQ(j[0]["n_vocab"], 1024);
         EXPECT_EQ(j[0]["in_flight"], 0);
+        EXPECT_TRUE(j[0].value("engine", "").starts_with("cpu (")) << r.out;
     }
     // LLMOSD_URL stands for --server.
     r = ctl("model list", "LLMOSD_URL=" + s.url());

@@ -251,12 +251,16 @@ int cmd_model_list(const server_options& o) {
         std::cout << models.dump(2) << '\n';
         return 0;
     }
-    std::printf("%-16s %-8s %-8s %8s %6s %7s %7s %4s  %s\n", "NAME", "ARCH", "WEIGHTS", "SIZE",
-                "LAYERS", "VOCAB", "CONTEXT", "BUSY", "PATH");
+    std::printf("%-16s %-8s %-8s %8s %-7s %6s %7s %7s %4s  %s\n", "NAME", "ARCH", "WEIGHTS", "SIZE",
+                "ENGINE", "LAYERS", "VOCAB", "CONTEXT", "BUSY", "PATH");
     for (const auto& m : models) {
-        std::printf("%-16s %-8s %-8s %8s %6llu %7llu %7llu %4llu  %s\n", str(m, "name").c_str(),
-                    str(m, "architecture").c_str(), main_type(str(m, "weights")).c_str(),
+        // "cpu (avx512)" or "cuda:0 (NVIDIA ...)": the engine, without its details.
+        const std::string engine = str(m, "engine");
+        std::printf("%-16s %-8s %-8s %8s %-7s %6llu %7llu %7llu %4llu  %s\n",
+                    str(m, "name").c_str(), str(m, "architecture").c_str(),
+                    main_type(str(m, "weights")).c_str(),
                     format_size(num(m, "weight_bytes")).c_str(),
+                    engine.empty() ? "-" : engine.substr(0, engine.find(' ')).c_str(),
                     static_cast<unsigned long long>(num(m, "n_layer")),
                     static_cast<unsigned long long>(num(m, "n_vocab")),
                     static_cast<unsigned long long>(num(m, "context")),
