@@ -395,6 +395,21 @@ double decode(Ctx& ctx, Stream& s, int steps) {
     return decode(ctx, std::vector<Stream*>{&s}, steps);
 }
 
+// 8 conversations of 32 prompt tokens each (prefilled in chunks of
+// `chunk`), then `steps` decode steps of all 8 together; tokens/s in all.
+// Stream: stream or gpu_stream, made with the cache options `o`.
+template <typename Stream, typename Ctx, typename Options>
+double eight_streams(Ctx& ctx, const model& m, const Options& o, size_t chunk, int steps) {
+    std::vector<std::unique_ptr<Stream>> own;
+    std::vector<Stream*> ptrs;
+    for (uint32_t k = 0; k < 8; ++k) {
+        own.push_back(std::make_unique<Stream>(m, o));
+        prefill(ctx, *own.back(), prompt_of(32, m.params().n_vocab, 10 + k), chunk);
+        ptrs.push_back(own.back().get());
+    }
+    return decode(ctx, ptrs, steps);
+}
+
 // The decode table's types on the GPU, with and without cuBLAS, each after
 // the same model's decode on this machine's CPU (all its threads), one
 // stream and 8 batched, measured back to back.
@@ -425,14 +440,7 @@ void bench_cuda(const std::string& dir) {
             stream one(m, ko);
             prefill(cpu, one, prompt_of(128, m.params().n_vocab, 1), 128);
             cpu_dec = decode(cpu, one, 48);
-            std::vector<std::unique_ptr<stream>> eight;
-            std::vector<stream*> ptrs;
-            for (uint32_t k = 0; k < 8; ++k) {
-                eight.push_back(std::make_unique<stream>(m, ko));
-                prefill(cpu, *eight.back(), prompt_of(32, m.params().n_vocab, 10 + k), 32);
-                ptrs.push_back(eight.back().get());
-            }
-            cpu_agg = decode(cpu, ptrs, 24);
+            cpu_agg = eight_streams<stream>(cpu, m, ko, 32, 24);
         }
         cuda_model cm(m);
         for (bool blas : {true, false}) {
@@ -444,14 +452,7 @@ void bench_cuda(const std::string& dir) {
             gpu_stream one(m, kvo);
             double pt = prefill(ctx, one, prompt, 512);
             double dec = decode(ctx, one, 128);
-            std::vector<std::unique_ptr<gpu_stream>> eight;
-            std::vector<gpu_stream*> ptrs;
-            for (uint32_t k = 0; k < 8; ++k) {
-                eight.push_back(std::make_unique<gpu_stream>(m, kvo));
-                prefill(ctx, *eight.back(), prompt_of(32, m.params().n_vocab, 10 + k), 512);
-                ptrs.push_back(eight.back().get());
-            }
-            double agg = decode(ctx, ptrs, 64);
+            double agg = eight_streams<gpu_stream>(ctx, m, kvo, 512, 64);
             std::printf("  %-7s %7.1f MB %7.1f/s %7.1f/s | %7.1f/s %7.1f/s %9.2f %8.1f/s %6.1fx "
                         "%6.1fx  %s\n",
                         type, double(m.weight_bytes()) / 1e6, cpu_dec, cpu_agg,
@@ -507,14 +508,7 @@ void bench_cuda(const std::string& dir) {
         stream one(m, ko);
         prefill(cpu, one, prompt_of(128, m.params().n_vocab, 1), 128);
         const double cpu_dec = decode(cpu, one, 16);
-        std::vector<std::unique_ptr<stream>> eight;
-        std::vector<stream*> ptrs;
-        for (uint32_t k = 0; k < 8; ++k) {
-            eight.push_back(std::make_unique<stream>(m, ko));
-            prefill(cpu, *eight.back(), prompt_of(32, m.params().n_vocab, 10 + k), 32);
-            ptrs.push_back(eight.back().get());
-        }
-        const double cpu_agg = decode(cpu, ptrs, 8);
+        const double cpu_agg = eight_streams<stream>(cpu, m, ko, 32, 8);
         cuda_model cm(m);
         cuda_context ctx(cm, {.max_batch_tokens = 512});
         const cuda_kv_options gko{.block_tokens = 16, .max_tokens = 1024};
@@ -522,14 +516,7 @@ void bench_cuda(const std::string& dir) {
         prefill(ctx, g, prompt_of(128, m.params().n_vocab, 1), 512);
         decode(ctx, g, 4);
         const double gpu_dec = decode(ctx, g, 64);
-        std::vector<std::unique_ptr<gpu_stream>> geight;
-        std::vector<gpu_stream*> gptrs;
-        for (uint32_t k = 0; k < 8; ++k) {
-            geight.push_back(std::make_unique<gpu_stream>(m, gko));
-            prefill(ctx, *geight.back(), prompt_of(32, m.params().n_vocab, 10 + k), 512);
-            gptrs.push_back(geight.back().get());
-        }
-        const double gpu_agg = decode(ctx, gptrs, 32);
+        const double gpu_agg = eight_streams<gpu_stream>(ctx, m, gko, 512, 32);
         std::printf("# cuda: %s (%.0f MB of weights): decode CPU (%d threads) %.1f tok/s, 8 "
                     "streams %.1f tok/s; GPU %.1f tok/s, 8 streams %.1f tok/s (%.1fx, %.1fx)\n",
                     m.type_summary().c_str(), double(m.weight_bytes()) / 1e6, threads, cpu_dec,
@@ -616,14 +603,7 @@ int main(int argc, char** argv) {
         const double bw0 = bandwidth();
         double dec = decode(ctx, one, 48);
         const double row_bw = (bw0 + bandwidth()) / 2;
-        std::vector<std::unique_ptr<stream>> eight;
-        std::vector<stream*> ptrs;
-        for (uint32_t k = 0; k < 8; ++k) {
-            eight.push_back(std::make_unique<stream>(m, kvo));
-            prefill(ctx, *eight.back(), prompt_of(32, m.params().n_vocab, 10 + k), 32);
-            ptrs.push_back(eight.back().get());
-        }
-        double agg = decode(ctx, ptrs, 24);
+        double agg = eight_streams<stream>(ctx, m, kvo, 32, 24);
         double eff = double(m.weight_bytes()) * dec / 1e9;
         // Prefill against the machine's peak of the arithmetic its kernels
         // do (F32 FMA or int8), with the best instructions the CPU has.
