@@ -70,20 +70,23 @@ protected:
     }
     void TearDown() override { std::filesystem::remove_all(_dir); }
 
-    // The model description's "engine".
-    static std::string engine_of(llmos::testing::llmosd_process& d) {
+    // The first model's description (GET /llmos/v1/models).
+    static json description(llmos::testing::llmosd_process& d) {
         auto c = d.client();
         auto r = c.Get("/llmos/v1/models");
         if (!r || r->status != 200) {
             ADD_FAILURE() << "llmosd did not answer:\n" << d.log();
-            return {};
+            return json::object();
         }
         json j = json::parse(r->body, nullptr, false);
         if (!j.is_object() || !j["models"].is_array() || j["models"].empty()) {
             ADD_FAILURE() << r->body;
-            return {};
+            return json::object();
         }
-        return j["models"][0].value("engine", "");
+        return j["models"][0];
+    }
+    static std::string engine_of(llmos::testing::llmosd_process& d) {
+        return description(d).value("engine", "");
     }
     static std::string cpu_description() {
         return "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
@@ -238,6 +241,13 @@ TEST_F(gpu_llmosd, greedy_completions_match_the_cpu_daemon_s) {
         llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/" + dev,
                                          {"--model", "tiny=" + tiny, "--engine", dev});
         ASSERT_TRUE(d.ready()) << d.log();
+        if (std::string(dev) == "cuda") {
+            const json m = description(d);
+            EXPECT_EQ(m.value("kernels", ""), "cuda") << m.dump();
+            EXPECT_EQ(m.value("packed_bytes", uint64_t(1)), 0u) << "no CPU copy on a GPU";
+            EXPECT_GT(m.value("gpu_weight_bytes", uint64_t(0)), 0u) << m.dump();
+            EXPECT_FALSE(m.value("gpu_weights", "").empty()) << m.dump();
+        }
         for (auto& p : prompts) {
             auto j = complete(
                 d, {{"model", "tiny"}, {"prompt", p}, {"max_tokens", 16}, {"temperature", 0}});

@@ -303,7 +303,10 @@ std::shared_ptr<model_entry> daemon::open_model(const std::string& name, const s
     m->created = static_cast<int64_t>(::time(nullptr));
     try {
         m->file = std::make_unique<eng::gguf_file>(eng::gguf_file::open(path));
-        m->model = std::make_unique<eng::model>(eng::model::load(*m->file));
+        // On a GPU the host model serves the token embeddings and the
+        // upload: no copy of its weights packed for the CPU's kernels.
+        m->model = std::make_unique<eng::model>(
+            eng::model::load(*m->file, _gpu >= 0 ? eng::simd_level::scalar : eng::default_simd()));
         m->vocab = std::make_unique<eng::vocab>(eng::from_gguf(*m->file));
     } catch (const std::exception& e) {
         throw api_error{400, "cannot load " + path + ": " + e.what(), "invalid_request_error",

@@ -268,22 +268,24 @@ http_server::http_server(daemon& d)
 
 json http_server::describe(const model_entry& m) const {
     const auto& p = m.model->params();
-    json d = {{"name", m.name},
-              {"path", m.path},
-              {"architecture", p.arch_name},
-              {"weights", m.model->type_summary()},
-              {"weight_bytes", m.model->weight_bytes()},
-              {"kernels", std::string(llmos::engine::simd_name(llmos::engine::default_simd()))},
-              {"packed_bytes", m.model->packed_bytes()},
-              {"n_vocab", p.n_vocab},
-              {"n_embd", p.n_embd},
-              {"n_layer", p.n_layer},
-              {"n_head", p.n_head},
-              {"n_head_kv", p.n_head_kv},
-              {"context", _d.opts().ctx},
-              {"in_flight", m.in_flight.load()},
-              {"created", m.created},
-              {"engine", _d.engine_description()}};
+    json d = {
+        {"name", m.name},
+        {"path", m.path},
+        {"architecture", p.arch_name},
+        {"weights", m.model->type_summary()},
+        {"weight_bytes", m.model->weight_bytes()},
+        {"kernels", m.cuda ? std::string("cuda")
+                           : std::string(llmos::engine::simd_name(llmos::engine::default_simd()))},
+        {"packed_bytes", m.model->packed_bytes()},
+        {"n_vocab", p.n_vocab},
+        {"n_embd", p.n_embd},
+        {"n_layer", p.n_layer},
+        {"n_head", p.n_head},
+        {"n_head_kv", p.n_head_kv},
+        {"context", _d.opts().ctx},
+        {"in_flight", m.in_flight.load()},
+        {"created", m.created},
+        {"engine", _d.engine_description()}};
     if (m.cuda) {
         d["gpu_weights"] = m.cuda->layout_summary();
         d["gpu_weight_bytes"] = m.cuda->device_bytes();
