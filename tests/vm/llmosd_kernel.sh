@@ -37,7 +37,7 @@ done
 port=$(cat /tmp/llmosd.port 2>/dev/null)
 url=http://127.0.0.1:$port
 expect "llmosd starts on the kernel backend" sh -c \
-	'[ -n "$1" ] && grep -q "(kernel backend)" /tmp/llmosd.log' sh "$port"
+	'[ -n "$1" ] && grep -q "(kernel backend, cpu (" /tmp/llmosd.log' sh "$port"
 expect "health answers" sh -c "wget -q -O - $url/health | grep -q '\"ok\"'"
 expect "the scheduler sees its worker" sh -c \
 	'llmosctl --json sched status | tr -d " \n" | grep -q "\"workers\":1"'
