@@ -12,7 +12,9 @@
 #include <llmos/engine/kv_cache.hh>
 #include <llmos/engine/quant.hh>
 #include <llmos/generation.hh>
+#include <optional>
 #include <sched.h>
+#include <span>
 #include <stdexcept>
 #include <unistd.h>
 
@@ -50,6 +52,21 @@ constexpr uint64_t session_text_off = page;
 constexpr uint64_t session_text_cap = 1 << 20;
 constexpr uint64_t session_req_off = session_text_off + session_text_cap;
 constexpr uint64_t session_req_cap = 2 << 20;
+
+// The header at the start of `ms` when it is a session's, with text that
+// lies inside `ms`.
+std::optional<session_header> session_of(std::span<const std::byte> ms) {
+    session_header h{};
+    if (ms.size() < sizeof(h)) {
+        return std::nullopt;
+    }
+    std::memcpy(&h, ms.data(), sizeof(h));
+    if (std::memcmp(h.magic, session_magic, 8) != 0 || h.text_len > session_text_cap ||
+        session_text_off + h.text_len > ms.size()) {
+        return std::nullopt;
+    }
+    return h;
+}
 
 // The engines of one worker: one llm_engine per model, made on first use,
 // dropped when its model is gone and it serves nothing.
@@ -169,8 +186,8 @@ void histogram::write(std::string& out, const std::string& name, const std::stri
 
 void daemon::choose_engine() {
     const std::string& d = _o.engine;
+    _engine_desc = "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
     if (d == "cpu") {
-        _engine_desc = "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
         return;
     }
     int index = 0;
@@ -200,7 +217,6 @@ void daemon::choose_engine() {
         }
         std::fprintf(stderr, "llmosd: --engine auto: no GPU (%s): models run on the CPU\n",
                      why.c_str());
-        _engine_desc = "cpu (" + std::string(eng::simd_name(eng::default_simd())) + ")";
         return;
     }
     _gpu = index;
@@ -523,12 +539,8 @@ outcome daemon::run(const job& j, uint32_t tenant,
             // a larger one replaces it, with the conversation so far (the
             // cache is of no use to this model or device anyway).
             if (auto old = o->map()) {
-                session_header sh{};
-                std::memcpy(&sh, old->data(), sizeof(sh));
-                if (std::memcmp(sh.magic, session_magic, 8) == 0 &&
-                    sh.text_len <= session_text_cap &&
-                    session_text_off + sh.text_len <= old->size()) {
-                    kept.assign(old->data(), old->data() + session_text_off + sh.text_len);
+                if (auto sh = session_of(old->bytes())) {
+                    kept.assign(old->data(), old->data() + session_text_off + sh->text_len);
                 }
             }
             o = std::error_code(ENOSPC, std::system_category());
@@ -549,12 +561,9 @@ outcome daemon::run(const job& j, uint32_t tenant,
         if (!kept.empty()) {
             std::memcpy(map->data(), kept.data(), kept.size());
         }
-        session_header h{};
-        std::memcpy(&h, map->data(), sizeof(h));
-        if (std::memcmp(h.magic, session_magic, 8) == 0 && h.text_len <= session_text_cap &&
-            std::string_view(h.model) == j.model) {
+        if (auto h = session_of(map->bytes()); h && std::string_view(h->model) == j.model) {
             stored_text.assign(reinterpret_cast<const char*>(map->data()) + session_text_off,
-                               h.text_len);
+                               h->text_len);
         }
         if (j.chat && !stored_text.empty()) {
             stored = json::parse(stored_text, nullptr, false);

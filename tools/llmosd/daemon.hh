@@ -158,8 +158,6 @@ public:
     metrics& stats() noexcept { return _metrics; }
     std::string prometheus() const;
     const llmos::device& dev() const noexcept { return *_dev; }
-    /// The GPU models run on (-1: the CPU).
-    int gpu() const noexcept { return _gpu; }
     /// "cpu (avx512)" or "cuda:0 (NVIDIA H100 80GB HBM3, compute 9.0)".
     const std::string& engine_description() const noexcept { return _engine_desc; }
     /// The GPU's KV memory, when on one.

@@ -95,6 +95,17 @@ kv_pool::kv_pool(kv_pool_options o)
 
 kv_pool::~kv_pool() = default;
 
+std::unique_ptr<kv_pool::entry> kv_pool::unlink(entry* e) {
+    _mapped -= e->counted;
+    if (e->key) {
+        _by_key.erase(*e->key);
+    }
+    auto it = _all.find(e);
+    std::unique_ptr<entry> owned = std::move(it->second);
+    _all.erase(it);
+    return owned;
+}
+
 kv_pool::entry* kv_pool::make_entry(uint64_t max_bytes, const kv_key* key) {
     auto region = _o.make(max_bytes); // may be slow (and throw): not under _mu
     auto e = std::make_unique<entry>();
@@ -106,14 +117,10 @@ kv_pool::entry* kv_pool::make_entry(uint64_t max_bytes, const kv_key* key) {
     if (key) {
         if (auto it = _by_key.find(*key); it != _by_key.end()) {
             // Made meanwhile by another thread for the same conversation.
-            entry* other = it->second;
-            if (other->leased) {
+            if (it->second->leased) {
                 throw std::runtime_error("the conversation's KV region is in use");
             }
-            _mapped -= other->counted;
-            dropped.push_back(std::move(_all[other]));
-            _all.erase(other);
-            _by_key.erase(it);
+            dropped.push_back(unlink(it->second));
         }
         e->key = *key;
         _by_key[*key] = raw;
@@ -139,11 +146,7 @@ kv_pool::lease kv_pool::acquire(kv_key key, uint64_t max_bytes) {
                 ++_resumed;
                 return lease(this, e, false);
             }
-            // Made for a smaller cache: a new one replaces it.
-            _mapped -= e->counted;
-            old = std::move(_all[e]);
-            _all.erase(e);
-            _by_key.erase(it);
+            old = unlink(e); // made for a smaller cache: a new one replaces it
         }
     }
     old.reset();
@@ -176,11 +179,7 @@ bool kv_pool::forget(kv_key key) {
     if (it == _by_key.end() || it->second->leased) {
         return false;
     }
-    entry* e = it->second;
-    _mapped -= e->counted;
-    old = std::move(_all[e]);
-    _all.erase(e);
-    _by_key.erase(it);
+    old = unlink(it->second);
     return true;
 }
 
@@ -213,12 +212,7 @@ bool kv_pool::make_room(uint64_t need, const entry* keep,
         if (!victim) {
             return false;
         }
-        _mapped -= victim->counted;
-        if (victim->key) {
-            _by_key.erase(*victim->key);
-        }
-        dropped.push_back(std::move(_all[victim]));
-        _all.erase(victim);
+        dropped.push_back(unlink(victim));
         ++_evictions;
     }
     return true;
@@ -340,12 +334,7 @@ void kv_pool::lease::give_back(bool drop) noexcept {
         _e->leased = false;
         _e->last_used = ++_p->_clock;
         if (drop) {
-            _p->_mapped -= _e->counted;
-            if (_e->key) {
-                _p->_by_key.erase(*_e->key);
-            }
-            old = std::move(_p->_all[_e]);
-            _p->_all.erase(_e);
+            old = _p->unlink(_e);
         }
     }
     _e = nullptr;

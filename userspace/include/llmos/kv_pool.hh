@@ -140,6 +140,9 @@ public:
 
 private:
     entry* make_entry(uint64_t max_bytes, const kv_key* key);
+    /// Takes `e` out of the pool (its key, its share of the backed bytes)
+    /// and hands it over, to be freed once _mu is released. With _mu held.
+    std::unique_ptr<entry> unlink(entry* e);
     /// Drops idle regions (anonymous first, then by age) until `need` more
     /// bytes fit; false when they do not. With _mu held.
     bool make_room(uint64_t need, const entry* keep, std::vector<std::unique_ptr<entry>>& dropped);
