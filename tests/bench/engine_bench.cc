@@ -25,6 +25,8 @@
 // beside it) into $LLMOS_BENCH_MODELS (default build/bench-models) the
 // first time. Threads: $LLMOS_BENCH_THREADS (default 2). `engine_bench
 // --cuda` runs the GPU part alone (tools/gpu-check.sh on a GPU machine).
+#include "../support/paths.hh"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -294,8 +296,8 @@ std::string ensure_model(const std::string& dir, const std::string& type,
     std::string path = dir + "/bench-" + preset + "-" + type + ".gguf";
     if (!std::filesystem::exists(path)) {
         const char* mk = std::getenv("LLMOS_MKMODEL");
-        std::string cmd = std::string(mk ? mk : LLMOS_MKMODEL) + " --preset " + preset +
-                          " --type " + type + " " + extra + " --threads " +
+        std::string cmd = std::string(mk ? mk : llmos::testing::mkmodel_bin) + " --preset " +
+                          preset + " --type " + type + " " + extra + " --threads " +
                           std::to_string(std::max(2u, std::thread::hardware_concurrency())) +
                           " -o " + path + " >/dev/null";
         std::fprintf(stderr, "# generating %s\n", path.c_str());

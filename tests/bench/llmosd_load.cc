@@ -19,6 +19,7 @@
 // Each request opens its own connection, unless --keep-alive (one per
 // client, reused).
 #include "../support/llmosd_process.hh"
+#include "../support/paths.hh"
 
 #include <algorithm>
 #include <atomic>
@@ -61,7 +62,7 @@ struct config {
 class daemon_proc : public llmos::testing::llmosd_process {
 public:
     daemon_proc(const std::string& dir, const std::string& model, int max_queue)
-        : llmosd_process(LLMOSD_PATH, dir,
+        : llmosd_process(llmos::testing::llmosd_bin, dir,
                          {"--model", "bench=" + model, "--max-queue", std::to_string(max_queue),
                           "--ctx", "1024"}) {}
     /// VmHWM (peak resident set) in KiB, or 0.
@@ -316,8 +317,8 @@ int main(int argc, char** argv) {
     std::string model = cfg.model;
     if (model.empty()) {
         model = dir + "/tiny.gguf";
-        std::string cmd = std::string(LLMOS_MKMODEL) + " --preset tiny -o " + model + " >" + dir +
-                          "/mkmodel.log 2>&1";
+        std::string cmd = std::string(llmos::testing::mkmodel_bin) + " --preset tiny -o " + model +
+                          " >" + dir + "/mkmodel.log 2>&1";
         if (std::system(cmd.c_str()) != 0) {
             std::fprintf(stderr, "llmosd_load: llmos-mkmodel failed (%s/mkmodel.log)\n",
                          dir.c_str());

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 //
 // llmosctl as a user runs it: exit codes and the one-line errors.
+#include "../support/paths.hh"
+
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -17,7 +19,7 @@ struct run_result {
 };
 
 run_result run_with_env(const std::string& env, const std::string& args) {
-    std::string cmd = env + LLMOSCTL_PATH + " " + args + " 2>&1";
+    std::string cmd = env + llmos::testing::llmosctl_bin + " " + args + " 2>&1";
     FILE* p = ::popen(cmd.c_str(), "r");
     if (!p) {
         return {-1, "popen failed"};

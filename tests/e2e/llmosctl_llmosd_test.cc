@@ -5,6 +5,7 @@
 // a unix socket), and the tests run the built llmosctl as a user would --
 // output, one-line errors and exit codes.
 #include "../support/llmosd_process.hh"
+#include "../support/paths.hh"
 
 #include <atomic>
 #include <chrono>
@@ -25,9 +26,10 @@ using namespace std::chrono_literals;
 namespace {
 
 // As llmosctl passes paths on: absolute, normalized.
-const std::string tiny = std::filesystem::path(std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf")
-                             .lexically_normal()
-                             .string();
+const std::string tiny =
+    std::filesystem::path(std::string(llmos::testing::testdata_dir) + "/llama-tiny-f32.gguf")
+        .lexically_normal()
+        .string();
 
 // The greedy continuation of "Hello world" (the conformance vector).
 std::string hello_continuation() {
@@ -48,7 +50,8 @@ class server : public llmos::testing::llmosd_process {
 public:
     server(const std::string& state, std::vector<std::string> extra = {},
            std::string unix_sock = {})
-        : llmosd_process(LLMOSD_PATH, state, with_model(std::move(extra)), std::move(unix_sock)) {}
+        : llmosd_process(llmos::testing::llmosd_bin, state, with_model(std::move(extra)),
+                         std::move(unix_sock)) {}
     /// The --server of this daemon.
     std::string url() const {
         return unix_path.empty() ? "http://127.0.0.1:" + std::to_string(port) : "unix:" + unix_path;
@@ -91,7 +94,7 @@ protected:
     }
     ctl_result ctl(const std::string& args, const std::string& env = "",
                    const std::string& input = "") {
-        return run_program(LLMOSCTL_PATH, args, env, input);
+        return run_program(llmos::testing::llmosctl_bin, args, env, input);
     }
     /// llmosctl --server (the daemon) ARGS.
     ctl_result ctl(const server& s, const std::string& args, const std::string& input = "") {
@@ -306,7 +309,8 @@ private:
 // `seen` once `want` is in it. The exit status; stdout and stderr in `r`.
 int run_watching(const std::string& args, const std::string& want, std::atomic<bool>& seen,
                  std::string& out) {
-    std::string cmd = std::string("env -u LLMOSD_API_KEY ") + LLMOSCTL_PATH + " " + args + " 2>&1";
+    std::string cmd =
+        std::string("env -u LLMOSD_API_KEY ") + llmos::testing::llmosctl_bin + " " + args + " 2>&1";
     FILE* p = ::popen(cmd.c_str(), "r");
     if (!p) {
         return -1;
@@ -454,19 +458,19 @@ TEST_F(llmosctl_llmosd, a_unix_socket_server) {
     EXPECT_NE(r.out.find("\ntiny "), std::string::npos) << r.out;
 }
 
-#ifdef LLMOSCTL_STATIC_PATH
+#ifdef LLMOS_TEST_STATIC_LLMOSCTL
 TEST_F(llmosctl_llmosd, the_static_build_says_it_has_no_http) {
     for (const char* args : {"model list", "run hello", "chat", "model load a b"}) {
-        auto r = run_program(LLMOSCTL_STATIC_PATH, args);
+        auto r = run_program(llmos::testing::llmosctl_static_bin, args);
         EXPECT_EQ(r.status, 2) << args;
         EXPECT_EQ(r.err, "llmosctl: this llmosctl was built without HTTP support; use the full "
                          "llmosctl\n")
             << args;
     }
-    auto r = run_program(LLMOSCTL_STATIC_PATH, "--version");
+    auto r = run_program(llmos::testing::llmosctl_static_bin, "--version");
     EXPECT_EQ(r.status, 0);
     EXPECT_EQ(r.out, "llmosctl 0.1.0 (static, without HTTP)\n");
-    r = run_program(LLMOSCTL_STATIC_PATH, "--backend local ms list",
+    r = run_program(llmos::testing::llmosctl_static_bin, "--backend local ms list",
                     "LLMOS_LOCAL_DIR=" + _dir + "/store");
     EXPECT_EQ(r.status, 0) << r.err;
 }

@@ -8,6 +8,7 @@
 // next turn resumes from the KV rows kept in GPU memory, which a restarted
 // daemon no longer has and does not believe it has.
 #include "../support/llmosd_process.hh"
+#include "../support/paths.hh"
 
 #include <cstdio>
 #include <gtest/gtest.h>
@@ -24,7 +25,7 @@ namespace {
 
 namespace eng = llmos::engine;
 
-const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
+const std::string tiny = std::string(llmos::testing::testdata_dir) + "/llama-tiny-f32.gguf";
 
 // Why device `d` cannot run models, or "" when it can (what llmosd asks).
 std::string gpu_unusable(int d) {
@@ -43,8 +44,8 @@ struct ran {
 
 // llmosd with `args` that is expected to stop by itself (a refusal).
 ran run_to_exit(const std::string& dir, const std::string& args) {
-    const std::string cmd = "LLMOS_LOCAL_DIR=" + dir +
-                            "/ms timeout 30 " LLMOSD_PATH " --backend local --model tiny=" + tiny +
+    const std::string cmd = "LLMOS_LOCAL_DIR=" + dir + "/ms timeout 30 " +
+                            llmos::testing::llmosd_bin + " --backend local --model tiny=" + tiny +
                             " --listen 127.0.0.1:0 " + args + " 2>&1";
     ran r;
     FILE* p = ::popen(cmd.c_str(), "r");
@@ -104,7 +105,7 @@ TEST_F(engine_test, a_gpu_that_cannot_be_used_is_refused_with_the_probe_s_reason
 
     const std::string why = gpu_unusable(0);
     if (why.empty()) {
-        llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/gpu",
+        llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/gpu",
                                          {"--model", "tiny=" + tiny, "--engine", "cuda"});
         ASSERT_TRUE(d.ready()) << d.log();
         EXPECT_TRUE(engine_of(d).starts_with("cuda:0 (")) << engine_of(d);
@@ -131,13 +132,14 @@ TEST_F(engine_test, a_malformed_device_is_refused) {
 
 TEST_F(engine_test, models_run_on_the_cpu_unless_asked_and_auto_says_where) {
     {
-        llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/cpu", {"--model", "tiny=" + tiny});
+        llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/cpu",
+                                         {"--model", "tiny=" + tiny});
         ASSERT_TRUE(d.ready()) << d.log();
         EXPECT_EQ(engine_of(d), cpu_description());
         EXPECT_NE(d.log().find("local backend, " + cpu_description()), std::string::npos)
             << d.log();
     }
-    llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/auto",
+    llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/auto",
                                      {"--model", "tiny=" + tiny, "--engine", "auto"});
     ASSERT_TRUE(d.ready()) << d.log();
     const std::string why = gpu_unusable(0);
@@ -177,13 +179,13 @@ TEST_F(engine_test, a_session_whose_cache_outgrew_its_mindspace_keeps_its_conver
                         {"session", "bob"}};
     std::string said;
     {
-        llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/s",
+        llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/s",
                                          {"--model", "tiny=" + tiny, "--ctx", "64"});
         ASSERT_TRUE(d.ready()) << d.log();
         said = complete(d, turn1);
         ASSERT_FALSE(said.empty());
     }
-    llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/s",
+    llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/s",
                                      {"--model", "tiny=" + tiny, "--ctx", "2048"});
     ASSERT_TRUE(d.ready()) << d.log();
     json turn2 = turn1;
@@ -238,7 +240,7 @@ TEST_F(gpu_llmosd, greedy_completions_match_the_cpu_daemon_s) {
     const std::vector<std::string> prompts = {"Hello world",
                                               "The quick brown fox jumps over the lazy dog"};
     for (const char* dev : {"cpu", "cuda"}) {
-        llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/" + dev,
+        llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/" + dev,
                                          {"--model", "tiny=" + tiny, "--engine", dev});
         ASSERT_TRUE(d.ready()) << d.log();
         if (std::string(dev) == "cuda") {
@@ -265,7 +267,7 @@ TEST_F(gpu_llmosd, a_session_resumes_from_gpu_memory_and_starts_over_after_a_res
                         {"session", "alice"}};
     std::string said, turn2_text;
     {
-        llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/gpu",
+        llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/gpu",
                                          {"--model", "tiny=" + tiny, "--engine", "cuda"});
         ASSERT_TRUE(d.ready()) << d.log();
         said = text_of(complete(d, turn1));
@@ -281,7 +283,7 @@ TEST_F(gpu_llmosd, a_session_resumes_from_gpu_memory_and_starts_over_after_a_res
         EXPECT_EQ(turn2_text, text_of(complete(d, whole)));
     }
     // A new daemon: the session's mindspace is there, its GPU rows are not.
-    llmos::testing::llmosd_process d(LLMOSD_PATH, _dir + "/gpu",
+    llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/gpu",
                                      {"--model", "tiny=" + tiny, "--engine", "cuda"});
     ASSERT_TRUE(d.ready()) << d.log();
     json turn3 = turn1;

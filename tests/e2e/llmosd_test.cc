@@ -6,6 +6,7 @@
 // restart, client disconnects, overload, API keys, model management and a
 // graceful shutdown.
 #include "../support/llmosd_process.hh"
+#include "../support/paths.hh"
 
 #include <algorithm>
 #include <atomic>
@@ -29,7 +30,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
+const std::string tiny = std::string(llmos::testing::testdata_dir) + "/llama-tiny-f32.gguf";
 
 // The greedy continuation of "Hello world" (the conformance vector).
 std::string hello_continuation() {
@@ -41,7 +42,7 @@ std::string hello_continuation() {
 class server : public llmos::testing::llmosd_process {
 public:
     explicit server(const std::string& state, std::vector<std::string> extra = {})
-        : llmosd_process(LLMOSD_PATH, state, with_defaults(std::move(extra))) {}
+        : llmosd_process(llmos::testing::llmosd_bin, state, with_defaults(std::move(extra))) {}
     httplib::Client client() const {
         if (!port) {
             ADD_FAILURE() << "llmosd did not start:\n" << log();
@@ -510,7 +511,8 @@ TEST_F(llmosd_test, a_non_streaming_client_that_goes_away_cancels_its_request_to
 
 TEST_F(llmosd_test, the_activations_option_is_checked_and_served) {
     // A value it does not know: refused before anything starts, saying why.
-    std::string cmd = std::string(LLMOSD_PATH) + " --activations int16 --model " + tiny + " 2>&1";
+    std::string cmd =
+        std::string(llmos::testing::llmosd_bin) + " --activations int16 --model " + tiny + " 2>&1";
     FILE* p = ::popen(cmd.c_str(), "r");
     ASSERT_NE(p, nullptr);
     std::string out;

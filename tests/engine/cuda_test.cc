@@ -12,6 +12,7 @@
 // beside this program (BUILD/tools/mkmodel/llmos-mkmodel).
 #include "../support/conformance.hh"
 #include "../support/generated_model.hh"
+#include "../support/paths.hh"
 
 #include <algorithm>
 #include <cctype>
@@ -36,7 +37,7 @@ using namespace llmos::engine;
 
 namespace {
 
-const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
+const std::string tiny = std::string(llmos::testing::testdata_dir) + "/llama-tiny-f32.gguf";
 
 std::string lower(std::string s) {
     for (char& c : s) {

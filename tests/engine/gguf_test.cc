@@ -5,6 +5,8 @@
 // one test per kind of corruption with the message it must give, and a
 // deterministic mutation fuzz that accepts only "parses cleanly" or
 // gguf_error.
+#include "../support/paths.hh"
+
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -24,7 +26,7 @@ using namespace llmos::engine;
 
 namespace {
 
-const char* const tiny_path = LLMOS_TESTDATA "/llama-tiny-f32.gguf";
+const std::string tiny_path = std::string(llmos::testing::testdata_dir) + "/llama-tiny-f32.gguf";
 
 double test_scale() {
     const char* s = std::getenv("LLMOS_TEST_SCALE");
@@ -897,8 +899,8 @@ TEST(gguf_fuzz, testdata_header) {
     auto t0 = std::chrono::steady_clock::now();
     auto parsed = fuzz(base, 64 * 1024, n, 2);
     auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0);
-    std::printf("%zu mutants of the first 64 KiB of %s: %zu parsed, %.0f ms\n", n, tiny_path,
-                parsed, ms.count());
+    std::printf("%zu mutants of the first 64 KiB of %s: %zu parsed, %.0f ms\n", n,
+                tiny_path.c_str(), parsed, ms.count());
     EXPECT_GT(parsed, 0u);
     EXPECT_LT(parsed, n);
 }

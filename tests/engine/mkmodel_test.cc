@@ -12,6 +12,8 @@
 // The reference runs under python3 with NumPy (`make deps` installs
 // python3-numpy); without them those tests are skipped, saying why.
 // LLMOS_PYTHON picks the interpreter, LLMOS_MKMODEL the tool.
+#include "../support/paths.hh"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -40,7 +42,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string testdata = LLMOS_TESTDATA;
+const std::string testdata = llmos::testing::testdata_dir;
 
 std::string env_or(const char* name, const std::string& fallback) {
     const char* v = std::getenv(name);
@@ -48,11 +50,11 @@ std::string env_or(const char* name, const std::string& fallback) {
 }
 
 std::string mkmodel_path() {
-    return env_or("LLMOS_MKMODEL", LLMOS_MKMODEL);
+    return env_or("LLMOS_MKMODEL", llmos::testing::mkmodel_bin);
 }
 
 std::string reference_dir() {
-    return LLMOS_REFERENCE;
+    return llmos::testing::reference_dir;
 }
 
 std::string quote(const std::string& s) {

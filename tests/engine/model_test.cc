@@ -5,6 +5,7 @@
 // greedy continuations), batching invariance, KV cache resume, and the
 // errors a bad model or batch gets.
 #include "../support/conformance.hh"
+#include "../support/paths.hh"
 
 #include <algorithm>
 #include <cmath>
@@ -25,7 +26,7 @@ using namespace llmos::engine;
 
 namespace {
 
-const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
+const std::string tiny = std::string(llmos::testing::testdata_dir) + "/llama-tiny-f32.gguf";
 
 using expected = llmos::testing::conformance_vector;
 

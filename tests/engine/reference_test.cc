@@ -12,6 +12,7 @@
 //
 // Tolerances are next to the test.
 #include "../support/generated_model.hh"
+#include "../support/paths.hh"
 
 #include <algorithm>
 #include <cmath>
@@ -94,8 +95,8 @@ protected:
         _model = llmos::testing::model_workdir() + "/" + name_of({c, 0}) + ".gguf";
         const std::string shape =
             c.preset ? std::string("--preset ") + c.preset + " " + c.extra : default_shape;
-        std::string cmd = std::string(LLMOS_MKMODEL) + " " + shape + " --arch " + c.arch +
-                          " --vocab " + c.vocab + " --type " + c.type + " -o " + _model +
+        std::string cmd = std::string(llmos::testing::mkmodel_bin) + " " + shape + " --arch " +
+                          c.arch + " --vocab " + c.vocab + " --type " + c.type + " -o " + _model +
                           " >/dev/null 2>&1";
         ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
         std::string toks;
@@ -103,8 +104,8 @@ protected:
             toks += (toks.empty() ? "" : ",") + std::to_string(t);
         }
         std::string out = _model + ".logits", err = _model + ".greedy";
-        cmd = python() + " " + std::string(LLMOS_REFERENCE) + "/reference.py " + _model +
-              " --tokens " + toks + " --decode 32 --out " + out + " >" + err + " 2>&1";
+        cmd = python() + " " + std::string(llmos::testing::reference_dir) + "/reference.py " +
+              _model + " --tokens " + toks + " --decode 32 --out " + out + " >" + err + " 2>&1";
         ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
         std::ifstream lf(out);
         std::string line;

@@ -7,6 +7,8 @@
 // UTF-8 and Unicode categories, random round trips (valid UTF-8 from every
 // plane, and arbitrary bytes for BPE), and the streaming decoder's "only
 // whole characters" promise.
+#include "../support/paths.hh"
+
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
@@ -24,7 +26,7 @@ using namespace llmos::engine;
 
 namespace {
 
-const char* const tiny_path = LLMOS_TESTDATA "/llama-tiny-f32.gguf";
+const std::string tiny_path = std::string(llmos::testing::testdata_dir) + "/llama-tiny-f32.gguf";
 
 int test_scale() {
     const char* s = std::getenv("LLMOS_TEST_SCALE");

@@ -3,8 +3,10 @@
 // The external conformance vectors in ../shared/testdata (see its README):
 // llama-tiny-f32.NAME.txt holds the prompt, its token ids and the greedy
 // continuation the other implementation produced, .logits its logits.
-// For the engine's tests; LLMOS_TESTDATA names the directory.
+// For the engine's tests; testdata_dir (paths.hh) names the directory.
 #pragma once
+
+#include "paths.hh"
 
 #include <algorithm>
 #include <cmath>
@@ -46,7 +48,7 @@ inline float max_abs_difference(const std::vector<float>& got, const std::vector
 /// are missing (the tests then fail on what they compare).
 inline conformance_vector load_conformance(const std::string& name) {
     conformance_vector e;
-    const std::string base = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32." + name;
+    const std::string base = std::string(llmos::testing::testdata_dir) + "/llama-tiny-f32." + name;
     std::ifstream in(base + ".txt");
     std::string line;
     while (std::getline(in, line)) {

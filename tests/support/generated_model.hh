@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MIT
 //
 // Generated test models for the engine's tests: llmos-mkmodel ($LLMOS_MKMODEL,
-// the one the build names in LLMOS_MKMODEL, or the one built beside the test
-// program, BUILD/tools/mkmodel/llmos-mkmodel) writes them into a temporary
-// directory of the test program's that goes when the program exits.
+// or the build's) writes them into a temporary directory of the test
+// program's that goes when the program exits.
 #pragma once
+
+#include "paths.hh"
 
 #include <cstdlib>
 #include <filesystem>
@@ -17,17 +18,7 @@ inline std::string mkmodel_path() {
     if (const char* e = std::getenv("LLMOS_MKMODEL")) {
         return e;
     }
-#ifdef LLMOS_MKMODEL
-    return LLMOS_MKMODEL; // the build's, when the build says where
-#else
-    std::error_code ec;
-    auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
-    if (ec) {
-        return {};
-    }
-    auto p = self.parent_path().parent_path() / "tools" / "mkmodel" / "llmos-mkmodel";
-    return std::filesystem::exists(p) ? p.string() : std::string();
-#endif
+    return mkmodel_bin; // the build's
 }
 
 /// The program's directory for generated files, made on first use.

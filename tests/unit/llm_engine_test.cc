@@ -8,6 +8,8 @@
 // Built twice: llm_engine_test runs the CPU engine, cuda_llm_engine_test
 // (LLMOS_TEST_CUDA) the same cases on the GPU engine, whose K/V rows live
 // in a kv_pool of device memory; it skips, saying why, without a GPU.
+#include "../support/paths.hh"
+
 #include <atomic>
 #include <cstring>
 #include <filesystem>
@@ -30,7 +32,7 @@ namespace {
 using namespace std::chrono_literals;
 namespace eng = llmos::engine;
 
-const std::string tiny = std::string(LLMOS_TESTDATA) + "/llama-tiny-f32.gguf";
+const std::string tiny = std::string(llmos::testing::testdata_dir) + "/llama-tiny-f32.gguf";
 
 #ifdef LLMOS_TEST_CUDA
 constexpr bool on_gpu = true;
@@ -39,7 +41,8 @@ constexpr bool on_gpu = false;
 #endif
 
 std::vector<int32_t> expected_greedy(const char* name) {
-    std::ifstream in(std::string(LLMOS_TESTDATA) + "/llama-tiny-f32." + name + ".txt");
+    std::ifstream in(std::string(llmos::testing::testdata_dir) + "/llama-tiny-f32." + name +
+                     ".txt");
     std::string line;
     while (std::getline(in, line)) {
         if (line.starts_with("greedy_") && !line.starts_with("greedy_text")) {

@@ -2,7 +2,7 @@
 //
 // llmosctl's side of llmosd's HTTP API (cpp-httplib): JSON calls, and
 // streamed chat or completion requests whose server-sent events are parsed
-// as they arrive. Only the full llmosctl has it (LLMOSCTL_HTTP).
+// as they arrive. Only the full llmosctl has it (not llmosctl-static).
 #pragma once
 
 #include <cstdint>

@@ -4,9 +4,9 @@
 //
 // Exit status: 0 success, 1 the operation failed, 2 bad usage.
 //
-// Built twice from these sources: llmosctl (every command; with
-// LLMOSCTL_HTTP, those that talk to llmosd) and llmosctl-static (linked
-// statically for the test VM's initramfs, without them).
+// Linked twice from the same objects: llmosctl (every command; with
+// server_http.cc, those that talk to llmosd) and llmosctl-static (linked
+// statically for the test VM's initramfs; no_http.cc says it cannot).
 #include "server.hh"
 #include "util.hh"
 
@@ -966,11 +966,7 @@ int cmd_bench(const options& o, const bench_args& b) {
 
 int main(int argc, char** argv) {
     CLI::App app{"llmosctl: control llmos mindspaces, scheduler and models"};
-#ifdef LLMOSCTL_HTTP
-    app.set_version_flag("--version", std::string{"llmosctl 0.1.0"});
-#else
-    app.set_version_flag("--version", std::string{"llmosctl 0.1.0 (static, without HTTP)"});
-#endif
+    app.set_version_flag("--version", std::string{llmosctl::version_line()});
     app.require_subcommand(0, 1);
     // Options of the whole program (--json, --server...) also after the command.
     app.fallthrough();

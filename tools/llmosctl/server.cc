@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: MIT
 //
 // The command line of llmosctl's llmosd commands. Both llmosctl builds
-// parse them the same way; only the full one (LLMOSCTL_HTTP) runs them.
+// parse them the same way; only the full one (server_http.cc) runs them.
 #include "server.hh"
 
 #include "util.hh"
 
 #include <CLI/CLI.hpp>
-#include <cstdio>
 #include <memory>
 
 namespace llmosctl {
@@ -134,45 +133,5 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
         }
     });
 }
-
-#ifndef LLMOSCTL_HTTP
-
-// llmosctl-static: the commands exist, so that --help and scripts see
-// them, but cannot run.
-namespace {
-
-int no_http() {
-    std::fprintf(stderr, "llmosctl: this llmosctl was built without HTTP support; use the full "
-                         "llmosctl\n");
-    return exit_usage;
-}
-
-} // namespace
-
-int cmd_model_list(const server_options&) {
-    return no_http();
-}
-
-int cmd_model_load(const server_options&, const std::string&, const std::string&) {
-    return no_http();
-}
-
-int cmd_model_unload(const server_options&, const std::string&) {
-    return no_http();
-}
-
-int cmd_model_swap(const server_options&, const std::string&, const std::string&) {
-    return no_http();
-}
-
-int cmd_run(const server_options&, const gen_args&) {
-    return no_http();
-}
-
-int cmd_chat(const server_options&, const gen_args&) {
-    return no_http();
-}
-
-#endif
 
 } // namespace llmosctl

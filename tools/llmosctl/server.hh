@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 //
 // llmosctl's commands that talk to llmosd over HTTP: model list|load|
-// unload|swap, run and chat. The full llmosctl (built with LLMOSCTL_HTTP,
-// linked with cpp-httplib) runs them; llmosctl-static (the test VM's, linked
+// unload|swap, run and chat. The full llmosctl (server_http.cc, linked with
+// cpp-httplib) runs them; llmosctl-static (no_http.cc: the test VM's, linked
 // statically, without httplib) knows them but answers that it cannot.
 #pragma once
 
@@ -42,6 +42,9 @@ struct gen_args {
     bool raw = false;  ///< run: /v1/completions with the prompt as is
     bool verbose = false;
 };
+
+/// The --version line, which says which llmosctl this is.
+const char* version_line();
 
 /// The commands. Each returns the exit status (0, exit_failure, exit_usage)
 /// after printing its result or one error line; the calling thread only.

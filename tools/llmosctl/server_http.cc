@@ -460,4 +460,8 @@ int cmd_chat(const server_options& o, const gen_args& a) {
     return status;
 }
 
+const char* version_line() {
+    return "llmosctl 0.1.0";
+}
+
 } // namespace llmosctl
