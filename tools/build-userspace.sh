@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 lane=${1:-default}
 CACHE=${LLMOS_CACHE:-/var/cache/llmos}
 export CCACHE_DIR=${CCACHE_DIR:-$CACHE/ccache}
+# Paths under the source tree are hashed relative to it, so that a clone in
+# another folder hits the cache too.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
 args=()
 case "$lane" in
 default)
