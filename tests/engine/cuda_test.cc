@@ -8,8 +8,7 @@
 // both architectures, the external conformance vector, batching, KV
 // resume across contexts, and the refusals that change nothing.
 //
-// Generated models need llmos-mkmodel: $LLMOS_MKMODEL, or the one built
-// beside this program (BUILD/tools/mkmodel/llmos-mkmodel).
+// Generated models need llmos-mkmodel: $LLMOS_MKMODEL, or the build's.
 #include "../support/conformance.hh"
 #include "../support/generated_model.hh"
 #include "../support/paths.hh"

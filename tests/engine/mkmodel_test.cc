@@ -44,15 +44,6 @@ namespace {
 
 const std::string testdata = llmos::testing::testdata_dir;
 
-std::string env_or(const char* name, const std::string& fallback) {
-    const char* v = std::getenv(name);
-    return v && *v ? v : fallback;
-}
-
-std::string mkmodel_path() {
-    return env_or("LLMOS_MKMODEL", llmos::testing::mkmodel_bin);
-}
-
 std::string reference_dir() {
     return llmos::testing::reference_dir;
 }
@@ -155,7 +146,7 @@ struct spec {
 std::string make_model(const std::string& args, std::string* out = nullptr) {
     static int n = 0;
     auto path = (scratch::dir() / ("m" + std::to_string(n++) + ".gguf")).string();
-    auto r = run(quote(mkmodel_path()) + " " + args + " -o " + quote(path));
+    auto r = run(quote(llmos::testing::mkmodel_path()) + " " + args + " -o " + quote(path));
     EXPECT_EQ(r.status, 0) << "llmos-mkmodel " << args << ":\n" << r.out;
     if (out) {
         *out = r.out;
@@ -581,11 +572,11 @@ TEST(mkmodel, same_arguments_give_the_same_bytes_and_another_seed_other_weights)
 }
 
 TEST(mkmodel, rejects_bad_sizes) {
-    auto r = run(quote(mkmodel_path()) + " --n-embd 60 --n-head 8 -o " +
+    auto r = run(quote(llmos::testing::mkmodel_path()) + " --n-embd 60 --n-head 8 -o " +
                  quote((scratch::dir() / "bad.gguf").string()));
     EXPECT_EQ(r.status, 2) << r.out;
     EXPECT_NE(r.out.find("n_embd must be n_head times an even head size"), std::string::npos);
-    r = run(quote(mkmodel_path()) + " --n-vocab 100 -o " +
+    r = run(quote(llmos::testing::mkmodel_path()) + " --n-vocab 100 -o " +
             quote((scratch::dir() / "bad.gguf").string()));
     EXPECT_EQ(r.status, 2) << r.out;
     EXPECT_FALSE(fs::exists(scratch::dir() / "bad.gguf"));

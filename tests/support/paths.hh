@@ -6,6 +6,9 @@
 // clone in another folder.
 #pragma once
 
+#include <cstdlib>
+#include <string>
+
 namespace llmos::testing {
 
 extern const char* const testdata_dir;  ///< ../shared/testdata beside the sources
@@ -14,5 +17,11 @@ extern const char* const llmosd_bin;
 extern const char* const llmosctl_bin;
 extern const char* const llmosctl_static_bin; ///< "" where it is not built
 extern const char* const mkmodel_bin;         ///< llmos-mkmodel
+
+/// The llmos-mkmodel to run: $LLMOS_MKMODEL when set, else the build's.
+inline std::string mkmodel_path() {
+    const char* e = std::getenv("LLMOS_MKMODEL");
+    return e && *e ? e : mkmodel_bin;
+}
 
 } // namespace llmos::testing
