@@ -14,7 +14,7 @@
 #include <mutex>
 #include <utility>
 
-#if __has_include(<cublas_api.h>)
+#if !defined(LLMOS_CUDA_EMU) && __has_include(<cublas_api.h>)
 #include <cublas_api.h>
 static_assert(CUBLAS_OP_N == llmos::engine::cuda_detail::blas_op_n);
 static_assert(CUBLAS_OP_T == llmos::engine::cuda_detail::blas_op_t);

@@ -8,7 +8,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cuda_runtime_api.h>
 #include <llmos/engine/cuda.hh>
 #include <string>
 #include <vector>

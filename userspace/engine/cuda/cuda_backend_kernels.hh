@@ -8,7 +8,11 @@
 #pragma once
 
 #include <cstdint>
+#ifdef LLMOS_CUDA_EMU
+#include <cuda_emu.hh> // tests: the host emulation of the device
+#else
 #include <cuda_runtime_api.h>
+#endif
 
 namespace llmos::engine::cuda_detail {
 

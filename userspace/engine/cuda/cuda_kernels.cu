@@ -7,8 +7,15 @@
 // norms' sums of squares and RoPE's angles in double, as context.cc).
 #include "cuda_backend_kernels.hh"
 
+#ifdef LLMOS_CUDA_EMU
+// Tests compile this file as C++ over the host emulation (cuda_emu.hh).
+#define LLMOS_LAUNCH(k, grid, block, stream)                                                       \
+    ::llmos::cuda_emu::launch(#k, grid, block, stream, k)
+#else
 #include <cuda_fp16.h>
 #include <math_constants.h>
+#define LLMOS_LAUNCH(k, grid, block, stream) k<<<grid, block, 0, stream>>>
+#endif
 
 namespace llmos::engine::cuda_detail {
 
@@ -140,11 +147,14 @@ __global__ void k_matmul(const void* w, int64_t rows, int64_t cols, const float*
             }
         }
     }
+    // nt is the same for the whole warp: its lanes all reduce, or none.
 #pragma unroll
     for (int i = 0; i < mm_tile; ++i) {
-        const float v = warp_sum(acc[i]);
-        if (lane == 0 && i < nt) {
-            y[(t0 + i) * rows + r] = v;
+        if (i < nt) {
+            const float v = warp_sum(acc[i]);
+            if (lane == 0) {
+                y[(t0 + i) * rows + r] = v;
+            }
         }
     }
 }
@@ -364,16 +374,16 @@ cudaError_t matmul(wkind t, const void* w, int64_t rows, int64_t cols, const flo
     const dim3 block(mm_warps * warp);
     switch (t) {
     case wkind::f32:
-        k_matmul<wkind::f32><<<grid, block, 0, s>>>(w, rows, cols, x, n_tokens, y);
+        LLMOS_LAUNCH(k_matmul<wkind::f32>, grid, block, s)(w, rows, cols, x, n_tokens, y);
         break;
     case wkind::f16:
-        k_matmul<wkind::f16><<<grid, block, 0, s>>>(w, rows, cols, x, n_tokens, y);
+        LLMOS_LAUNCH(k_matmul<wkind::f16>, grid, block, s)(w, rows, cols, x, n_tokens, y);
         break;
     case wkind::q8_0:
-        k_matmul<wkind::q8_0><<<grid, block, 0, s>>>(w, rows, cols, x, n_tokens, y);
+        LLMOS_LAUNCH(k_matmul<wkind::q8_0>, grid, block, s)(w, rows, cols, x, n_tokens, y);
         break;
     case wkind::q4_0:
-        k_matmul<wkind::q4_0><<<grid, block, 0, s>>>(w, rows, cols, x, n_tokens, y);
+        LLMOS_LAUNCH(k_matmul<wkind::q4_0>, grid, block, s)(w, rows, cols, x, n_tokens, y);
         break;
     }
     return cudaGetLastError();
@@ -388,16 +398,16 @@ cudaError_t dequant_f16(wkind t, const void* w, int64_t rows, int64_t cols, uint
     auto* o = reinterpret_cast<__half*>(out);
     switch (t) {
     case wkind::f32:
-        k_dequant_f16<wkind::f32><<<blocks_for(n, 256), 256, 0, s>>>(w, rows, cols, o);
+        LLMOS_LAUNCH(k_dequant_f16<wkind::f32>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
         break;
     case wkind::f16:
-        k_dequant_f16<wkind::f16><<<blocks_for(n, 256), 256, 0, s>>>(w, rows, cols, o);
+        LLMOS_LAUNCH(k_dequant_f16<wkind::f16>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
         break;
     case wkind::q8_0:
-        k_dequant_f16<wkind::q8_0><<<blocks_for(n, 256), 256, 0, s>>>(w, rows, cols, o);
+        LLMOS_LAUNCH(k_dequant_f16<wkind::q8_0>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
         break;
     case wkind::q4_0:
-        k_dequant_f16<wkind::q4_0><<<blocks_for(n, 256), 256, 0, s>>>(w, rows, cols, o);
+        LLMOS_LAUNCH(k_dequant_f16<wkind::q4_0>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
         break;
     }
     return cudaGetLastError();
@@ -407,7 +417,7 @@ cudaError_t to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t s) {
     if (n <= 0) {
         return cudaSuccess;
     }
-    k_to_f16<<<blocks_for(n, 256), 256, 0, s>>>(x, reinterpret_cast<__half*>(y), n);
+    LLMOS_LAUNCH(k_to_f16, blocks_for(n, 256), 256, s)(x, reinterpret_cast<__half*>(y), n);
     return cudaGetLastError();
 }
 
@@ -416,7 +426,7 @@ cudaError_t rms_norm(const float* x, const float* w, float* y, int64_t rows, int
     if (rows <= 0) {
         return cudaSuccess;
     }
-    k_rms_norm<<<static_cast<unsigned>(rows), 256, 0, s>>>(x, w, y, n, eps, src);
+    LLMOS_LAUNCH(k_rms_norm, static_cast<unsigned>(rows), 256, s)(x, w, y, n, eps, src);
     return cudaGetLastError();
 }
 
@@ -425,7 +435,7 @@ cudaError_t add_bias(float* y, const float* b, int64_t rows, int64_t width, cuda
     if (n <= 0) {
         return cudaSuccess;
     }
-    k_add_bias<<<blocks_for(n, 256), 256, 0, s>>>(y, b, n, width);
+    LLMOS_LAUNCH(k_add_bias, blocks_for(n, 256), 256, s)(y, b, n, width);
     return cudaGetLastError();
 }
 
@@ -433,7 +443,7 @@ cudaError_t add(float* x, const float* y, int64_t n, cudaStream_t s) {
     if (n <= 0) {
         return cudaSuccess;
     }
-    k_add<<<blocks_for(n, 256), 256, 0, s>>>(x, y, n);
+    LLMOS_LAUNCH(k_add, blocks_for(n, 256), 256, s)(x, y, n);
     return cudaGetLastError();
 }
 
@@ -441,7 +451,7 @@ cudaError_t swiglu(float* gate, const float* up, int64_t n, cudaStream_t s) {
     if (n <= 0) {
         return cudaSuccess;
     }
-    k_swiglu<<<blocks_for(n, 256), 256, 0, s>>>(gate, up, n);
+    LLMOS_LAUNCH(k_swiglu, blocks_for(n, 256), 256, s)(gate, up, n);
     return cudaGetLastError();
 }
 
@@ -451,8 +461,8 @@ cudaError_t rope(float* x, int64_t rows, int64_t stride, uint32_t n_heads, uint3
     if (rows <= 0 || n_rot < 2) {
         return cudaSuccess;
     }
-    k_rope<<<static_cast<unsigned>(rows), 128, 0, s>>>(x, stride, n_heads, head_dim, n_rot, neox,
-                                                       rows_d, inv_freq, rope_scale);
+    LLMOS_LAUNCH(k_rope, static_cast<unsigned>(rows), 128, s)(x, stride, n_heads, head_dim, n_rot,
+                                                              neox, rows_d, inv_freq, rope_scale);
     return cudaGetLastError();
 }
 
@@ -462,8 +472,8 @@ cudaError_t kv_write(const float* k, const float* v, int64_t rows, uint32_t kv_d
     if (rows <= 0) {
         return cudaSuccess;
     }
-    k_kv_write<<<static_cast<unsigned>(rows), 128, 0, s>>>(k, v, kv_dim, layer, rows_d, seqs,
-                                                           tables);
+    LLMOS_LAUNCH(k_kv_write, static_cast<unsigned>(rows), 128, s)(k, v, kv_dim, layer, rows_d,
+                                                                  seqs, tables);
     return cudaGetLastError();
 }
 
@@ -477,9 +487,9 @@ cudaError_t attention(const float* q, float* out, int64_t rows, uint32_t n_head,
         return cudaErrorInvalidValue;
     }
     const dim3 grid(static_cast<unsigned>(rows), n_head);
-    k_attention<<<grid, attn_threads, 0, s>>>(q, out, n_head, n_head / n_head_kv, head_dim,
-                                              n_head_kv * head_dim, layer, scale, rows_d, seqs,
-                                              tables);
+    LLMOS_LAUNCH(k_attention, grid, attn_threads, s)(q, out, n_head, n_head / n_head_kv,
+                                                     head_dim, n_head_kv * head_dim, layer, scale,
+                                                     rows_d, seqs, tables);
     return cudaGetLastError();
 }
 

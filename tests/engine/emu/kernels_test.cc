@@ -1,0 +1,536 @@
+// SPDX-License-Identifier: MIT
+//
+// The CUDA backend's kernels (cuda_kernels.cu, through its launch
+// functions) on the host emulation of the device, against references
+// computed here in double: every weight layout of the matmul, with token
+// counts and row counts that are not multiples of the kernels' tiles; the
+// norms with and without a gather; RoPE in both pairings, partial and
+// scaled; K/V rows written to a paged cache with shuffled block tables at
+// the documented layout, and attention over it with GQA, several 128-key
+// chunks and head sizes up to the largest. Then the emulator itself: that
+// it catches what a device would (a host pointer, a bad launch, a copy the
+// wrong way) and shows what a device would hide (a missing barrier).
+#include "cuda_backend_kernels.hh"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <gtest/gtest.h>
+#include <llmos/engine/quant.hh>
+#include <random>
+#include <vector>
+
+using namespace llmos::engine;
+using namespace llmos::engine::cuda_detail;
+
+namespace {
+
+/// Device memory of n T's, freed with it.
+template <typename T>
+struct dmem {
+    T* p = nullptr;
+    size_t n = 0;
+    explicit dmem(size_t count)
+        : n(count) {
+        void* q = nullptr;
+        EXPECT_EQ(cudaMalloc(&q, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+        p = static_cast<T*>(q);
+    }
+    explicit dmem(const std::vector<T>& v)
+        : dmem(v.size()) {
+        put(v);
+    }
+    ~dmem() { cudaFree(p); }
+    dmem(const dmem&) = delete;
+    dmem& operator=(const dmem&) = delete;
+    void put(const std::vector<T>& v) {
+        ASSERT_EQ(v.size(), n);
+        ASSERT_EQ(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+    }
+    std::vector<T> get() const {
+        std::vector<T> v(n);
+        EXPECT_EQ(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+        return v;
+    }
+};
+
+std::vector<float> randoms(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+    std::mt19937 g(seed);
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (float& x : v) {
+        x = d(g);
+    }
+    return v;
+}
+
+ggml_type gguf_type(wkind k) {
+    switch (k) {
+    case wkind::f32:
+        return ggml_type::f32;
+    case wkind::f16:
+        return ggml_type::f16;
+    case wkind::q8_0:
+        return ggml_type::q8_0;
+    case wkind::q4_0:
+        return ggml_type::q4_0;
+    }
+    return ggml_type::f32;
+}
+
+std::string kind_name(wkind k) {
+    return std::string(info(gguf_type(k))->name);
+}
+
+/// A rows x cols weight matrix in `k`'s GGUF layout, and its values as the
+/// engine's dequantizer reads them back.
+struct weights {
+    std::vector<uint8_t> bytes;
+    std::vector<float> values;
+};
+
+weights make_weights(wkind k, int64_t rows, int64_t cols, uint32_t seed) {
+    const ggml_type t = gguf_type(k);
+    const uint64_t rb = *row_bytes(t, uint64_t(cols));
+    const std::vector<float> src = randoms(size_t(rows * cols), seed);
+    weights w;
+    w.bytes.resize(size_t(rb * uint64_t(rows)));
+    w.values.resize(size_t(rows * cols));
+    for (int64_t r = 0; r < rows; ++r) {
+        uint8_t* dst = w.bytes.data() + size_t(r) * rb;
+        if (k == wkind::f32) {
+            std::memcpy(dst, src.data() + r * cols, size_t(cols) * 4);
+        } else {
+            EXPECT_EQ(quantize_row(t, src.data() + r * cols, dst, cols), quant_status::ok);
+        }
+        EXPECT_EQ(dequantize_row(t, dst, w.values.data() + r * cols, cols), quant_status::ok);
+    }
+    return w;
+}
+
+} // namespace
+
+TEST(emu_matmul, every_weight_layout_matches_a_double_reference) {
+    for (wkind k : {wkind::f32, wkind::f16, wkind::q8_0, wkind::q4_0}) {
+        for (int64_t rows : {13, 40}) {
+            for (int64_t cols : {64, 96}) {
+                const weights w = make_weights(k, rows, cols, uint32_t(rows * 7 + cols));
+                dmem<uint8_t> dw(w.bytes);
+                for (int64_t T : {1, 8, 9, 17}) {
+                    SCOPED_TRACE(kind_name(k) + " " + std::to_string(rows) + "x" +
+                                 std::to_string(cols) + ", " + std::to_string(T) + " tokens");
+                    const std::vector<float> x = randoms(size_t(T * cols), uint32_t(T + cols));
+                    dmem<float> dx(x), dy(size_t(T * rows));
+                    ASSERT_EQ(matmul(k, dw.p, rows, cols, dx.p, T, dy.p, nullptr), cudaSuccess);
+                    const std::vector<float> y = dy.get();
+                    for (int64_t t = 0; t < T; ++t) {
+                        for (int64_t r = 0; r < rows; ++r) {
+                            double ref = 0, mag = 0;
+                            for (int64_t c = 0; c < cols; ++c) {
+                                ref += double(w.values[size_t(r * cols + c)]) *
+                                       x[size_t(t * cols + c)];
+                                mag += std::fabs(double(w.values[size_t(r * cols + c)]) *
+                                                 x[size_t(t * cols + c)]);
+                            }
+                            ASSERT_NEAR(y[size_t(t * rows + r)], ref, 1e-5 * mag + 1e-6)
+                                << "token " << t << ", row " << r;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST(emu_matmul, an_empty_product_launches_nothing) {
+    EXPECT_EQ(matmul(wkind::f32, nullptr, 0, 64, nullptr, 4, nullptr, nullptr), cudaSuccess);
+    EXPECT_EQ(matmul(wkind::f32, nullptr, 8, 64, nullptr, 0, nullptr, nullptr), cudaSuccess);
+}
+
+TEST(emu_dequant_f16, halves_are_the_dequantized_values_rounded) {
+    for (wkind k : {wkind::f32, wkind::f16, wkind::q8_0, wkind::q4_0}) {
+        SCOPED_TRACE(kind_name(k));
+        const int64_t rows = 7, cols = 96;
+        const weights w = make_weights(k, rows, cols, 99);
+        dmem<uint8_t> dw(w.bytes);
+        dmem<uint16_t> out(size_t(rows * cols));
+        ASSERT_EQ(dequant_f16(k, dw.p, rows, cols, out.p, nullptr), cudaSuccess);
+        const std::vector<uint16_t> h = out.get();
+        for (size_t i = 0; i < h.size(); ++i) {
+            ASSERT_EQ(h[i], fp32_to_fp16(w.values[i])) << "element " << i;
+        }
+    }
+}
+
+TEST(emu_elementwise, to_f16_add_bias_add_and_swiglu) {
+    const int64_t rows = 3, width = 333, n = rows * width; // not whole 256-thread blocks
+    const std::vector<float> a = randoms(size_t(n), 1, -8, 8), b = randoms(size_t(n), 2, -8, 8);
+    const std::vector<float> bias = randoms(size_t(width), 3);
+    dmem<float> da(a), db(b), dbias(bias);
+    dmem<uint16_t> h(static_cast<size_t>(n));
+    ASSERT_EQ(to_f16(da.p, h.p, n, nullptr), cudaSuccess);
+    const std::vector<uint16_t> hv = h.get();
+    for (size_t i = 0; i < hv.size(); ++i) {
+        ASSERT_EQ(hv[i], fp32_to_fp16(a[i])) << i;
+    }
+    ASSERT_EQ(add_bias(da.p, dbias.p, rows, width, nullptr), cudaSuccess);
+    std::vector<float> ref = a;
+    for (int64_t i = 0; i < n; ++i) {
+        ref[size_t(i)] += bias[size_t(i % width)];
+    }
+    EXPECT_EQ(da.get(), ref);
+    ASSERT_EQ(add(da.p, db.p, n, nullptr), cudaSuccess);
+    for (size_t i = 0; i < ref.size(); ++i) {
+        ref[i] += b[i];
+    }
+    EXPECT_EQ(da.get(), ref);
+    ASSERT_EQ(swiglu(da.p, db.p, n, nullptr), cudaSuccess);
+    for (size_t i = 0; i < ref.size(); ++i) {
+        const float g = ref[i];
+        ref[i] = g / (1.0f + std::exp(-g)) * b[i];
+    }
+    EXPECT_EQ(da.get(), ref);
+}
+
+TEST(emu_rms_norm, rows_and_gathered_rows) {
+    const int64_t rows = 5, n = 300;
+    const std::vector<float> x = randoms(size_t(rows * n), 4, -3, 3), w = randoms(size_t(n), 5);
+    dmem<float> dx(x), dw(w), dy(size_t(rows * n));
+    const std::vector<int32_t> gather{4, 0, 2};
+    dmem<int32_t> dg(gather);
+    for (bool gathered : {false, true}) {
+        SCOPED_TRACE(gathered ? "gathered" : "all rows");
+        const int64_t out_rows = gathered ? int64_t(gather.size()) : rows;
+        ASSERT_EQ(
+            rms_norm(dx.p, dw.p, dy.p, out_rows, n, 1e-5f, gathered ? dg.p : nullptr, nullptr),
+            cudaSuccess);
+        const std::vector<float> y = dy.get();
+        for (int64_t r = 0; r < out_rows; ++r) {
+            const int64_t src = gathered ? gather[size_t(r)] : r;
+            double ss = 0;
+            for (int64_t i = 0; i < n; ++i) {
+                ss += double(x[size_t(src * n + i)]) * x[size_t(src * n + i)];
+            }
+            const double scale = 1.0 / std::sqrt(ss / double(n) + 1e-5);
+            for (int64_t i = 0; i < n; ++i) {
+                ASSERT_NEAR(y[size_t(r * n + i)], x[size_t(src * n + i)] * scale * w[size_t(i)],
+                            1e-5)
+                    << "row " << r << ", element " << i;
+            }
+        }
+    }
+}
+
+TEST(emu_rope, both_pairings_partial_rotation_and_scale) {
+    const uint32_t heads = 3, hd = 16;
+    const int64_t stride = heads * hd + 8; // rows further apart than their heads
+    const std::vector<row_desc> rd{{0, 0}, {0, 5}, {1, 300}, {0, 4095}};
+    dmem<row_desc> drd(rd);
+    for (bool neox : {false, true}) {
+        for (uint32_t n_rot : {16u, 8u}) {
+            for (double scale : {1.0, 4.0}) {
+                SCOPED_TRACE(std::string(neox ? "neox" : "pairs") + ", n_rot " +
+                             std::to_string(n_rot) + ", scale " + std::to_string(scale));
+                std::vector<double> inv(n_rot / 2);
+                for (uint32_t i = 0; i < n_rot / 2; ++i) {
+                    inv[i] = std::pow(10000.0, -2.0 * i / n_rot);
+                }
+                dmem<double> dinv(inv);
+                const std::vector<float> x = randoms(size_t(int64_t(rd.size()) * stride), 6);
+                dmem<float> dx(x);
+                ASSERT_EQ(rope(dx.p, int64_t(rd.size()), stride, heads, hd, n_rot, neox, drd.p,
+                               dinv.p, scale, nullptr),
+                          cudaSuccess);
+                const std::vector<float> y = dx.get();
+                std::vector<float> ref = x;
+                for (size_t r = 0; r < rd.size(); ++r) {
+                    for (uint32_t h = 0; h < heads; ++h) {
+                        float* v = ref.data() + r * size_t(stride) + h * hd;
+                        for (uint32_t i = 0; i < n_rot / 2; ++i) {
+                            const double ang = double(rd[r].pos) / scale * inv[i];
+                            const uint32_t a = neox ? i : 2 * i,
+                                           b = neox ? i + n_rot / 2 : 2 * i + 1;
+                            const double x0 = v[a], x1 = v[b];
+                            v[a] = float(x0 * std::cos(ang) - x1 * std::sin(ang));
+                            v[b] = float(x0 * std::sin(ang) + x1 * std::cos(ang));
+                        }
+                    }
+                }
+                for (size_t i = 0; i < y.size(); ++i) {
+                    ASSERT_NEAR(y[i], ref[i], 2e-6) << "element " << i;
+                }
+            }
+        }
+    }
+}
+
+namespace {
+
+/// A paged cache for the attention tests: two sequences with their own
+/// block memory and shuffled block tables.
+struct paged {
+    uint32_t layers = 2, block_tokens = 16, kv_dim;
+    uint64_t block_bytes;
+    std::vector<uint32_t> tables; // both sequences' tables, back to back
+    std::vector<seq_desc> seqs;
+    explicit paged(uint32_t kvd)
+        : kv_dim(kvd)
+        , block_bytes(uint64_t(2) * 2 * 16 * kvd * 2) {}
+};
+
+} // namespace
+
+TEST(emu_attention, paged_cache_layout_gqa_and_several_chunks) {
+    struct shape {
+        uint32_t n_head, n_head_kv, head_dim;
+    };
+    for (shape s :
+         {shape{4, 2, 16}, shape{4, 4, 64}, shape{8, 1, 128}, shape{2, 2, 256}, shape{2, 1, 512}}) {
+        SCOPED_TRACE(std::to_string(s.n_head) + " heads, " + std::to_string(s.n_head_kv) +
+                     " KV heads of " + std::to_string(s.head_dim));
+        const uint32_t KV = s.n_head_kv * s.head_dim, QW = s.n_head * s.head_dim;
+        const uint32_t len[2] = {300, 41}; // positions per sequence
+        paged pc(KV);
+        // Sequence 0: 19 blocks mapped in reverse over its own memory;
+        // sequence 1: 3 blocks at physical 5, 0, 2 of another.
+        const uint32_t nb0 = (len[0] + 15) / 16;
+        std::vector<uint32_t> t0(nb0), t1{5, 0, 2};
+        for (uint32_t b = 0; b < nb0; ++b) {
+            t0[b] = nb0 - 1 - b;
+        }
+        pc.tables = t0;
+        pc.tables.insert(pc.tables.end(), t1.begin(), t1.end());
+        dmem<uint8_t> mem0(size_t(nb0 * pc.block_bytes)), mem1(size_t(6 * pc.block_bytes));
+        pc.seqs = {{reinterpret_cast<uint64_t>(mem0.p), pc.block_bytes, 16, 0},
+                   {reinterpret_cast<uint64_t>(mem1.p), pc.block_bytes, 16, nb0}};
+        dmem<uint32_t> dtab(pc.tables);
+        dmem<seq_desc> dseq(pc.seqs);
+        const std::vector<uint8_t> before0 = mem0.get();
+
+        // Every position's K and V, written to layer 1 in one launch.
+        std::vector<row_desc> all;
+        for (int32_t q = 0; q < 2; ++q) {
+            for (uint32_t p = 0; p < len[q]; ++p) {
+                all.push_back({q, int32_t(p)});
+            }
+        }
+        const std::vector<float> k = randoms(all.size() * KV, 7), v = randoms(all.size() * KV, 8);
+        {
+            dmem<float> dk(k), dv(v);
+            dmem<row_desc> drows(all);
+            ASSERT_EQ(
+                kv_write(dk.p, dv.p, int64_t(all.size()), KV, 1, drows.p, dseq.p, dtab.p, nullptr),
+                cudaSuccess);
+        }
+        // The rows are where cuda.hh says: block table[pos / 16], then per
+        // layer K then V as [16][kv_dim] halves. Layer 0 is untouched.
+        const std::vector<uint8_t> after0 = mem0.get(), after1 = mem1.get();
+        auto half_at = [&](int32_t q, uint32_t pos, int kv, uint32_t i) {
+            const std::vector<uint8_t>& m = q ? after1 : after0;
+            const uint32_t phys = (q ? t1 : t0)[pos / 16];
+            const uint64_t off = phys * pc.block_bytes +
+                                 ((uint64_t(1) * 2 + uint64_t(kv)) * 16 + pos % 16) * KV * 2 +
+                                 uint64_t(i) * 2;
+            uint16_t h;
+            std::memcpy(&h, m.data() + off, 2);
+            return h;
+        };
+        for (size_t r = 0; r < all.size(); r += 13) {
+            for (uint32_t i = 0; i < KV; i += 7) {
+                ASSERT_EQ(half_at(all[r].seq, uint32_t(all[r].pos), 0, i),
+                          fp32_to_fp16(k[r * KV + i]));
+                ASSERT_EQ(half_at(all[r].seq, uint32_t(all[r].pos), 1, i),
+                          fp32_to_fp16(v[r * KV + i]));
+            }
+        }
+        for (uint32_t b = 0; b < nb0; ++b) {
+            const size_t layer0 = size_t(2 * 16 * KV * 2);
+            ASSERT_TRUE(std::equal(before0.begin() + long(b * pc.block_bytes),
+                                   before0.begin() + long(b * pc.block_bytes + layer0),
+                                   after0.begin() + long(b * pc.block_bytes)))
+                << "layer 0 of block " << b << " was written";
+        }
+
+        // Queries at the first position, inside the first chunk, at a
+        // chunk's edges and at the end; one of the other sequence.
+        const std::vector<row_desc> qr{{0, 0}, {0, 100}, {0, 127}, {0, 128}, {0, 299}, {1, 40}};
+        const std::vector<float> q = randoms(qr.size() * QW, 9, -2, 2);
+        dmem<float> dq(q), dout(qr.size() * QW);
+        dmem<row_desc> dqr(qr);
+        const float scale = 1.0f / std::sqrt(float(s.head_dim));
+        ASSERT_EQ(attention(dq.p, dout.p, int64_t(qr.size()), s.n_head, s.n_head_kv, s.head_dim, 1,
+                            scale, dqr.p, dseq.p, dtab.p, nullptr),
+                  cudaSuccess);
+        const std::vector<float> out = dout.get();
+        // Row index of (seq, pos) in `all`.
+        auto at = [&](int32_t sq, uint32_t p) { return size_t(sq ? len[0] + p : p); };
+        for (size_t r = 0; r < qr.size(); ++r) {
+            for (uint32_t h = 0; h < s.n_head; ++h) {
+                const uint32_t kvh = h / (s.n_head / s.n_head_kv);
+                const uint32_t n = uint32_t(qr[r].pos) + 1;
+                std::vector<double> sc(n);
+                double mx = -INFINITY;
+                for (uint32_t j = 0; j < n; ++j) {
+                    double dot = 0;
+                    for (uint32_t d = 0; d < s.head_dim; ++d) {
+                        dot += double(q[r * QW + h * s.head_dim + d]) *
+                               fp16_to_fp32(
+                                   fp32_to_fp16(k[at(qr[r].seq, j) * KV + kvh * s.head_dim + d]));
+                    }
+                    sc[j] = dot * scale;
+                    mx = std::max(mx, sc[j]);
+                }
+                double sum = 0;
+                for (double& e : sc) {
+                    e = std::exp(e - mx);
+                    sum += e;
+                }
+                for (uint32_t d = 0; d < s.head_dim; ++d) {
+                    double o = 0;
+                    for (uint32_t j = 0; j < n; ++j) {
+                        o += sc[j] / sum *
+                             fp16_to_fp32(
+                                 fp32_to_fp16(v[at(qr[r].seq, j) * KV + kvh * s.head_dim + d]));
+                    }
+                    ASSERT_NEAR(out[r * QW + h * s.head_dim + d], o, 2e-5)
+                        << "query " << r << ", head " << h << ", dim " << d;
+                }
+            }
+        }
+    }
+}
+
+TEST(emu_attention, refuses_heads_it_cannot_take) {
+    EXPECT_EQ(attention(nullptr, nullptr, 1, 4, 4, max_head_dim + 2, 0, 1.0f, nullptr, nullptr,
+                        nullptr, nullptr),
+              cudaErrorInvalidValue);
+    EXPECT_EQ(attention(nullptr, nullptr, 1, 6, 4, 64, 0, 1.0f, nullptr, nullptr, nullptr, nullptr),
+              cudaErrorInvalidValue);
+    EXPECT_EQ(attention(nullptr, nullptr, 1, 4, 0, 64, 0, 1.0f, nullptr, nullptr, nullptr, nullptr),
+              cudaErrorInvalidValue);
+}
+
+// --- The emulator itself ---
+
+namespace {
+
+__global__ void k_reverse(const float* in, float* out, bool sync) {
+    __shared__ float s[64];
+    s[threadIdx.x] = in[threadIdx.x];
+    if (sync) {
+        __syncthreads();
+    }
+    out[threadIdx.x] = s[63 - threadIdx.x];
+}
+
+__global__ void k_sum(const float* in, float* out) {
+    float v = in[threadIdx.x];
+    for (int o = 16; o > 0; o /= 2) {
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+    if (threadIdx.x % 32 == 0) {
+        out[threadIdx.x / 32] = v;
+    }
+}
+
+__global__ void k_half_warp_waits(float* out) {
+    if (threadIdx.x < 16) {
+        out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+    } else {
+        __syncthreads();
+    }
+}
+
+__global__ void k_shuffle_after_exit(float* out) {
+    if (threadIdx.x >= 16) {
+        return;
+    }
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+}
+
+#define LAUNCH(k, g, b) ::llmos::cuda_emu::launch(#k, g, b, nullptr, k)
+
+} // namespace
+
+TEST(cuda_emulator, shows_a_missing_barrier_as_a_wrong_result) {
+    const std::vector<float> a = randoms(64, 10), b = randoms(64, 11);
+    dmem<float> da(a), db(b), out(64);
+    LAUNCH(k_reverse, 1, 64)(da.p, out.p, true);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    std::vector<float> ra(a.rbegin(), a.rend()), rb(b.rbegin(), b.rend());
+    EXPECT_EQ(out.get(), ra);
+    LAUNCH(k_reverse, 1, 64)(db.p, out.p, true);
+    EXPECT_EQ(out.get(), rb);
+    // Without the barrier, thread 0 reads s[63] before thread 63 wrote it.
+    LAUNCH(k_reverse, 1, 64)(da.p, out.p, false);
+    const std::vector<float> got = out.get();
+    EXPECT_NE(got, ra);
+    EXPECT_EQ(got[0], b[63]) << "the previous launch's value";
+}
+
+TEST(cuda_emulator, warp_shuffles_exchange_between_lanes) {
+    const std::vector<float> a = randoms(96, 12);
+    dmem<float> da(a), out(3);
+    LAUNCH(k_sum, 1, 96)(da.p, out.p);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    const std::vector<float> got = out.get();
+    for (int w = 0; w < 3; ++w) {
+        double ref = 0;
+        for (int l = 0; l < 32; ++l) {
+            ref += a[size_t(w * 32 + l)];
+        }
+        EXPECT_NEAR(got[size_t(w)], ref, 1e-5) << "warp " << w;
+    }
+}
+
+TEST(cuda_emulator, refuses_launches_a_device_refuses) {
+    dmem<float> da(2048), out(2048);
+    LAUNCH(k_sum, 1, 1025)(da.p, out.p);
+    EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "not sticky";
+    LAUNCH(k_sum, dim3(1, 65536), 32)(da.p, out.p);
+    EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
+TEST(cuda_emulator, refuses_copies_whose_ends_are_not_what_the_kind_says) {
+    dmem<float> d(16);
+    std::vector<float> h(16, 1.0f);
+    EXPECT_EQ(cudaMemcpy(h.data(), h.data() + 8, 32, cudaMemcpyHostToDevice),
+              cudaErrorInvalidValue);
+    EXPECT_EQ(cudaMemcpy(d.p, h.data(), 68, cudaMemcpyHostToDevice), cudaErrorInvalidValue)
+        << "past the allocation's end";
+    EXPECT_EQ(cudaMemcpy(d.p, h.data(), 64, cudaMemcpyDeviceToHost), cudaErrorInvalidValue);
+    EXPECT_EQ(cudaMemcpy(d.p, h.data(), 64, cudaMemcpyHostToDevice), cudaSuccess);
+    EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue) << "the last failure";
+}
+
+TEST(cuda_emulator, a_host_pointer_in_a_kernel_is_a_sticky_fault) {
+    EXPECT_EXIT(
+        {
+            std::vector<float> host(32, 1.0f);
+            dmem<float> out(1);
+            LAUNCH(k_sum, 1, 32)(host.data(), out.p);
+            const bool launch = cudaGetLastError() == cudaErrorIllegalAddress;
+            const bool sync = cudaDeviceSynchronize() == cudaErrorIllegalAddress;
+            void* p = nullptr;
+            const bool later = cudaMalloc(&p, 16) == cudaErrorIllegalAddress;
+            std::exit(launch && sync && later ? 0 : 1);
+        },
+        ::testing::ExitedWithCode(0), "argument 0 is not device memory");
+}
+
+TEST(cuda_emulator, a_block_that_cannot_go_on_aborts_with_what_it_waits_for) {
+    EXPECT_DEATH(
+        {
+            dmem<float> out(32);
+            LAUNCH(k_half_warp_waits, 1, 32)(out.p);
+        },
+        "cannot go on: 16 threads wait at __syncthreads\\(\\), 16 at a warp shuffle");
+    EXPECT_DEATH(
+        {
+            dmem<float> out(32);
+            LAUNCH(k_shuffle_after_exit, 1, 32)(out.p);
+        },
+        "full-mask shuffle while some of its lanes have exited");
+}

@@ -1,0 +1,786 @@
+// SPDX-License-Identifier: MIT
+//
+// The CUDA emulator's runtime and its fiber scheduler (cuda_emu.hh).
+#include "cuda_emu.hh"
+
+#include <cstdio>
+#include <cstdlib>
+#include <iterator>
+#include <llmos/engine/quant.hh>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <sys/mman.h>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define LLMOS_EMU_ASAN 1
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+#if !defined(__x86_64__)
+#error "the CUDA emulator switches fibers with x86-64 code"
+#endif
+
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+float __half2float(__half h) noexcept {
+    return llmos::engine::fp16_to_fp32(h.bits);
+}
+
+__half __float2half_rn(float f) noexcept {
+    return {llmos::engine::fp32_to_fp16(f)};
+}
+
+// --- Fiber switching (x86-64 System V: the callee-saved registers) ---
+
+extern "C" {
+/// Saves the current stack pointer in *from and continues on `to`.
+void llmos_emu_switch(void** from, void* to);
+/// A new fiber's first return address: calls r13(r12).
+void llmos_emu_start();
+}
+
+asm(R"(
+    .text
+    .globl llmos_emu_switch
+    .type llmos_emu_switch, @function
+llmos_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size llmos_emu_switch, .-llmos_emu_switch
+
+    .globl llmos_emu_start
+    .type llmos_emu_start, @function
+llmos_emu_start:
+    movq %r12, %rdi
+    callq *%r13
+    ud2
+    .size llmos_emu_start, .-llmos_emu_start
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+
+namespace llmos::cuda_emu {
+
+namespace {
+
+[[noreturn]] void die(const char* kernel, const std::string& what) {
+    std::fprintf(stderr, "llmos CUDA emulator: kernel %s: %s\n", kernel, what.c_str());
+    std::fflush(stderr);
+    std::abort();
+}
+
+// --- Memory and errors (process-wide, as a device's) ---
+
+enum class mem_kind { device, pinned };
+
+struct allocation {
+    size_t bytes;
+    mem_kind kind;
+};
+
+struct device_state {
+    std::mutex mu;
+    std::map<uintptr_t, allocation> allocs; // by start address
+    std::set<cudaStream_t> streams;
+    uint64_t device_bytes = 0;
+    cudaError_t sticky = cudaSuccess; // a fault: every later call fails
+};
+
+device_state& dev() {
+    static device_state d;
+    return d;
+}
+
+/// Device memory the emulated device has (cudaMalloc beyond it fails).
+constexpr uint64_t device_memory = 4ull << 30;
+
+thread_local cudaError_t last_error = cudaSuccess;
+
+cudaError_t ret(cudaError_t e) {
+    if (e != cudaSuccess) {
+        last_error = e;
+    }
+    return e;
+}
+
+cudaError_t sticky() {
+    std::lock_guard g(dev().mu);
+    return dev().sticky;
+}
+
+void fault(cudaError_t e, const char* kernel, const std::string& what) {
+    std::fprintf(stderr, "llmos CUDA emulator: kernel %s: %s\n", kernel, what.c_str());
+    std::lock_guard g(dev().mu);
+    if (dev().sticky == cudaSuccess) {
+        dev().sticky = e;
+    }
+}
+
+/// The allocation holding [p, p + n), or null. Caller holds mu.
+const allocation* find_locked(const void* p, size_t n) {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    auto& m = dev().allocs;
+    auto it = m.upper_bound(a);
+    if (it == m.begin()) {
+        return nullptr;
+    }
+    --it;
+    if (a < it->first || a - it->first > it->second.bytes ||
+        n > it->second.bytes - (a - it->first)) {
+        return nullptr;
+    }
+    return &it->second;
+}
+
+/// Whether [p, p + n) is device memory (true), host memory the device can
+/// reach (pinned, true when `pinned_ok`), or neither.
+bool is_device(const void* p, size_t n, bool pinned_ok = false) {
+    std::lock_guard g(dev().mu);
+    const allocation* a = find_locked(p, n);
+    return a && (a->kind == mem_kind::device || pinned_ok);
+}
+
+/// No device allocation overlaps [p, p + n): host memory, pageable or
+/// pinned.
+bool is_host(const void* p, size_t n) {
+    const auto s = reinterpret_cast<uintptr_t>(p);
+    std::lock_guard g(dev().mu);
+    auto& m = dev().allocs;
+    auto it = m.upper_bound(s);
+    if (it != m.begin()) {
+        auto prev = std::prev(it);
+        if (prev->second.kind == mem_kind::device && prev->first + prev->second.bytes > s) {
+            return false;
+        }
+    }
+    for (; it != m.end() && it->first - s < n; ++it) {
+        if (it->second.kind == mem_kind::device) {
+            return false;
+        }
+    }
+    return true;
+}
+
+cudaError_t alloc(void** p, size_t bytes, mem_kind k) {
+    if (!p) {
+        return ret(cudaErrorInvalidValue);
+    }
+    *p = nullptr;
+    if (const cudaError_t e = sticky(); e != cudaSuccess) {
+        return ret(e);
+    }
+    const size_t n = bytes ? bytes : 1;
+    std::lock_guard g(dev().mu);
+    if (k == mem_kind::device && dev().device_bytes + n > device_memory) {
+        return ret(cudaErrorMemoryAllocation);
+    }
+    void* q = std::aligned_alloc(256, (n + 255) / 256 * 256);
+    if (!q) {
+        return ret(cudaErrorMemoryAllocation);
+    }
+    // Device memory holds garbage until written.
+    std::memset(q, 0xa5, n);
+    dev().allocs[reinterpret_cast<uintptr_t>(q)] = {n, k};
+    if (k == mem_kind::device) {
+        dev().device_bytes += n;
+    }
+    *p = q;
+    return cudaSuccess;
+}
+
+cudaError_t release(void* p, mem_kind k) {
+    if (!p) {
+        return cudaSuccess;
+    }
+    std::lock_guard g(dev().mu);
+    auto it = dev().allocs.find(reinterpret_cast<uintptr_t>(p));
+    if (it == dev().allocs.end() || it->second.kind != k) {
+        return ret(k == mem_kind::device ? cudaErrorInvalidDevicePointer : cudaErrorInvalidValue);
+    }
+    if (k == mem_kind::device) {
+        dev().device_bytes -= it->second.bytes;
+    }
+    dev().allocs.erase(it);
+    std::free(p);
+    return cudaSuccess;
+}
+
+bool stream_ok(cudaStream_t s) {
+    if (!s) {
+        return true;
+    }
+    std::lock_guard g(dev().mu);
+    return dev().streams.count(s) != 0;
+}
+
+/// Checks one contiguous copy's ends against its direction.
+bool copy_ok(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
+    switch (k) {
+    case cudaMemcpyHostToDevice:
+        return is_device(dst, n) && is_host(src, n);
+    case cudaMemcpyDeviceToHost:
+        return is_host(dst, n) && is_device(src, n);
+    case cudaMemcpyDeviceToDevice:
+        return is_device(dst, n) && is_device(src, n);
+    case cudaMemcpyHostToHost:
+        return is_host(dst, n) && is_host(src, n);
+    case cudaMemcpyDefault:
+        return (is_host(dst, n) || is_device(dst, n)) && (is_host(src, n) || is_device(src, n));
+    }
+    return false;
+}
+
+// --- Fibers ---
+
+constexpr size_t fiber_stack = 256 * 1024;
+constexpr unsigned max_block_threads = 1024;
+constexpr unsigned warp_size = 32;
+
+enum class fstate { ready, at_sync, at_shfl, done };
+
+struct fiber {
+    void* sp = nullptr;
+    std::byte* stack = nullptr; // lowest usable address (a guard page below)
+    unsigned index = 0;         // linear thread index in the block
+    fstate state = fstate::done;
+};
+
+struct warp_state {
+    unsigned lanes = 0;   // threads in this warp
+    unsigned arrived = 0; // at the current shuffle
+    unsigned exited = 0;
+    unsigned mask = 0;
+    uint64_t in[warp_size] = {};
+    uint64_t out[warp_size] = {};
+};
+
+struct scheduler {
+    std::vector<fiber> fibers; // created on demand, reused
+    std::vector<warp_state> warps;
+    void* sched_sp = nullptr;
+    fiber* current = nullptr;
+    const char* kernel = "";
+    void (*body)(void*) = nullptr;
+    void* ctx = nullptr;
+    unsigned n_threads = 0;
+    unsigned live = 0;
+    unsigned at_sync = 0;
+    stats st;
+#ifdef LLMOS_EMU_ASAN
+    const void* sched_stack_bottom = nullptr;
+    size_t sched_stack_size = 0;
+#endif
+
+    ~scheduler() {
+        for (fiber& f : fibers) {
+            ::munmap(f.stack - 4096, fiber_stack + 4096);
+        }
+    }
+
+    void make_fiber() {
+        fiber f;
+        void* m = ::mmap(nullptr, fiber_stack + 4096, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) {
+            die(kernel, "cannot map a fiber stack");
+        }
+        ::mprotect(m, 4096, PROT_NONE); // overflow faults instead of corrupting
+        f.stack = static_cast<std::byte*>(m) + 4096;
+        f.index = static_cast<unsigned>(fibers.size());
+        fibers.push_back(f);
+        reset(fibers.back());
+    }
+
+    /// Puts `f` at the start of fiber_main.
+    void reset(fiber& f) {
+        auto top = reinterpret_cast<uintptr_t>(f.stack + fiber_stack) & ~uintptr_t(15);
+        const uintptr_t s = top - 16; // rsp after the first ret: 16-aligned
+        auto* w = reinterpret_cast<uint64_t*>(s - 56);
+        w[0] = 0;                                            // r15
+        w[1] = 0;                                            // r14
+        w[2] = reinterpret_cast<uint64_t>(&fiber_main);      // r13
+        w[3] = reinterpret_cast<uint64_t>(&f);               // r12
+        w[4] = 0;                                            // rbx
+        w[5] = 0;                                            // rbp
+        w[6] = reinterpret_cast<uint64_t>(&llmos_emu_start); // return address
+        f.sp = w;
+    }
+
+    static void fiber_main(fiber* f);
+
+    /// From the scheduler into `f`, until it waits or finishes.
+    void resume(fiber& f) {
+        current = &f;
+        const unsigned i = f.index;
+        threadIdx = {i % blockDim.x, i / blockDim.x % blockDim.y, i / (blockDim.x * blockDim.y)};
+        ++st.switches;
+#ifdef LLMOS_EMU_ASAN
+        void* fake = nullptr;
+        __sanitizer_start_switch_fiber(&fake, f.stack, fiber_stack);
+        llmos_emu_switch(&sched_sp, f.sp);
+        __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+        llmos_emu_switch(&sched_sp, f.sp);
+#endif
+        current = nullptr;
+    }
+
+    /// From the running fiber back to the scheduler, in state `s`.
+    void yield(fstate s) {
+        fiber& f = *current;
+        f.state = s;
+#ifdef LLMOS_EMU_ASAN
+        void* fake = nullptr;
+        __sanitizer_start_switch_fiber(&fake, sched_stack_bottom, sched_stack_size);
+        llmos_emu_switch(&f.sp, sched_sp);
+        __sanitizer_finish_switch_fiber(fake, &sched_stack_bottom, &sched_stack_size);
+#else
+        llmos_emu_switch(&f.sp, sched_sp);
+#endif
+    }
+
+    warp_state& warp_of(const fiber& f) {
+        return warps[f.index / warp_size];
+    }
+
+    void run_block() {
+        while (fibers.size() < n_threads) {
+            make_fiber();
+        }
+        warps.assign((n_threads + warp_size - 1) / warp_size, warp_state{});
+        for (size_t w = 0; w < warps.size(); ++w) {
+            warps[w].lanes = std::min<unsigned>(warp_size, n_threads - unsigned(w) * warp_size);
+            warps[w].mask = warps[w].lanes == 32 ? 0xffffffffu : (1u << warps[w].lanes) - 1;
+        }
+        for (unsigned i = 0; i < n_threads; ++i) {
+            fibers[i].state = fstate::ready;
+        }
+        live = n_threads;
+        at_sync = 0;
+        ++st.blocks;
+        st.threads += n_threads;
+        while (live) {
+            bool ran = false;
+            for (unsigned i = 0; i < n_threads; ++i) {
+                fiber& f = fibers[i];
+                if (f.state != fstate::ready) {
+                    continue;
+                }
+                ran = true;
+                resume(f);
+                after(f);
+            }
+            if (!ran && live) {
+                unsigned shfl = 0;
+                for (unsigned i = 0; i < n_threads; ++i) {
+                    shfl += fibers[i].state == fstate::at_shfl;
+                }
+                die(kernel, "block (" + std::to_string(blockIdx.x) + "," +
+                                std::to_string(blockIdx.y) + "," + std::to_string(blockIdx.z) +
+                                ") cannot go on: " + std::to_string(at_sync) +
+                                " threads wait at __syncthreads(), " + std::to_string(shfl) +
+                                " at a warp shuffle, " + std::to_string(n_threads - live) +
+                                " have exited");
+            }
+        }
+    }
+
+    /// Bookkeeping after `f` came back to the scheduler.
+    void after(fiber& f) {
+        switch (f.state) {
+        case fstate::ready:
+            die(kernel, "a fiber came back without waiting");
+        case fstate::done: {
+            --live;
+            warp_state& w = warp_of(f);
+            ++w.exited;
+            if (w.arrived) {
+                shuffle_with_exited(f);
+            }
+            release_sync_if_all();
+            break;
+        }
+        case fstate::at_sync:
+            ++at_sync;
+            release_sync_if_all();
+            break;
+        case fstate::at_shfl: {
+            warp_state& w = warp_of(f);
+            if (w.exited) {
+                shuffle_with_exited(f);
+            }
+            if (++w.arrived == w.lanes) {
+                std::memcpy(w.out, w.in, sizeof(w.in));
+                w.arrived = 0;
+                const unsigned base = f.index / warp_size * warp_size;
+                for (unsigned l = 0; l < w.lanes; ++l) {
+                    fibers[base + l].state = fstate::ready;
+                }
+            }
+            break;
+        }
+        }
+    }
+
+    [[noreturn]] void shuffle_with_exited(const fiber& f) {
+        die(kernel, "warp " + std::to_string(f.index / warp_size) +
+                        ": a full-mask shuffle while some of its lanes have exited");
+    }
+
+    void release_sync_if_all() {
+        if (at_sync && at_sync == live) {
+            for (unsigned i = 0; i < n_threads; ++i) {
+                if (fibers[i].state == fstate::at_sync) {
+                    fibers[i].state = fstate::ready;
+                }
+            }
+            at_sync = 0;
+        }
+    }
+};
+
+thread_local scheduler sched;
+
+void scheduler::fiber_main(fiber* f) {
+#ifdef LLMOS_EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &sched.sched_stack_bottom, &sched.sched_stack_size);
+#endif
+    (void)f;
+    for (;;) {
+        sched.body(sched.ctx);
+        sched.yield(fstate::done);
+    }
+}
+
+} // namespace
+
+namespace detail {
+
+void sync_block() {
+    if (!sched.current) {
+        die("(host)", "__syncthreads() outside a kernel");
+    }
+    sched.yield(fstate::at_sync);
+}
+
+uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
+    if (!sched.current) {
+        die("(host)", "a warp shuffle outside a kernel");
+    }
+    fiber& f = *sched.current;
+    warp_state& w = sched.warp_of(f);
+    if (mask != w.mask) {
+        die(sched.kernel, "shuffle mask " + std::to_string(mask) + " is not the warp's lanes (" +
+                              std::to_string(w.mask) + ")");
+    }
+    if (width != 32) {
+        die(sched.kernel, "shuffle width other than 32");
+    }
+    const unsigned lane = f.index % warp_size;
+    w.in[lane] = bits;
+    sched.yield(fstate::at_shfl);
+    const unsigned src = lane ^ unsigned(lane_mask);
+    return src < w.lanes ? w.out[src] : w.out[lane];
+}
+
+bool check_launch(const char* kernel, dim3 grid, dim3 block, cudaStream_t s) {
+    if (const cudaError_t e = sticky(); e != cudaSuccess) {
+        last_error = e;
+        return false;
+    }
+    const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+    if (!grid.x || !grid.y || !grid.z || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 ||
+        !threads || threads > max_block_threads || block.x > 1024 || block.y > 1024 ||
+        block.z > 64) {
+        std::fprintf(stderr,
+                     "llmos CUDA emulator: kernel %s: launch of (%u,%u,%u) blocks of "
+                     "(%u,%u,%u) threads refused\n",
+                     kernel, grid.x, grid.y, grid.z, block.x, block.y, block.z);
+        last_error = cudaErrorInvalidConfiguration;
+        return false;
+    }
+    if (!stream_ok(s)) {
+        last_error = cudaErrorInvalidResourceHandle;
+        return false;
+    }
+    return true;
+}
+
+bool check_pointer(const char* kernel, size_t index, const void* p) {
+    if (!p || is_device(p, 1, true)) {
+        return true;
+    }
+    fault(cudaErrorIllegalAddress, kernel,
+          "argument " + std::to_string(index) + " is not device memory");
+    last_error = cudaErrorIllegalAddress;
+    return false;
+}
+
+void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
+    if (sched.current) {
+        die(kernel, "launched from device code");
+    }
+    sched.kernel = kernel;
+    sched.body = body;
+    sched.ctx = ctx;
+    sched.n_threads = block.x * block.y * block.z;
+    ++sched.st.launches;
+    gridDim = grid;
+    blockDim = block;
+    for (unsigned z = 0; z < grid.z; ++z) {
+        for (unsigned y = 0; y < grid.y; ++y) {
+            for (unsigned x = 0; x < grid.x; ++x) {
+                blockIdx = {x, y, z};
+                sched.run_block();
+            }
+        }
+    }
+}
+
+} // namespace detail
+
+stats thread_stats() noexcept {
+    return sched.st;
+}
+
+} // namespace llmos::cuda_emu
+
+// --- cudart ---
+
+using namespace llmos::cuda_emu;
+
+const char* cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess:
+        return "cudaSuccess";
+    case cudaErrorInvalidValue:
+        return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+        return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+        return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer:
+        return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidMemcpyDirection:
+        return "cudaErrorInvalidMemcpyDirection";
+    case cudaErrorInsufficientDriver:
+        return "cudaErrorInsufficientDriver";
+    case cudaErrorInvalidDevice:
+        return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle:
+        return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalAddress:
+        return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchFailure:
+        return "cudaErrorLaunchFailure";
+    }
+    return "cudaErrorUnknown";
+}
+
+const char* cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess:
+        return "no error";
+    case cudaErrorInvalidValue:
+        return "invalid argument";
+    case cudaErrorMemoryAllocation:
+        return "out of memory";
+    case cudaErrorInvalidConfiguration:
+        return "invalid configuration argument";
+    case cudaErrorInvalidDevicePointer:
+        return "invalid device pointer";
+    case cudaErrorInvalidMemcpyDirection:
+        return "invalid copy direction for memcpy";
+    case cudaErrorInsufficientDriver:
+        return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorInvalidDevice:
+        return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle:
+        return "invalid resource handle";
+    case cudaErrorIllegalAddress:
+        return "an illegal memory access was encountered";
+    case cudaErrorLaunchFailure:
+        return "unspecified launch failure";
+    }
+    return "unknown error";
+}
+
+cudaError_t cudaGetLastError() {
+    const cudaError_t s = sticky();
+    const cudaError_t e = s != cudaSuccess ? s : last_error;
+    last_error = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaRuntimeGetVersion(int* v) {
+    if (!v) {
+        return ret(cudaErrorInvalidValue);
+    }
+    *v = 13000;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDriverGetVersion(int* v) {
+    return cudaRuntimeGetVersion(v);
+}
+
+cudaError_t cudaGetDeviceCount(int* n) {
+    if (!n) {
+        return ret(cudaErrorInvalidValue);
+    }
+    *n = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
+    if (!p) {
+        return ret(cudaErrorInvalidValue);
+    }
+    if (device != 0) {
+        return ret(cudaErrorInvalidDevice);
+    }
+    *p = {};
+    std::snprintf(p->name, sizeof(p->name), "%s", device_name);
+    p->totalGlobalMem = device_memory;
+    p->major = 9;
+    p->minor = 0;
+    p->multiProcessorCount = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int device) {
+    if (!v) {
+        return ret(cudaErrorInvalidValue);
+    }
+    if (device != 0) {
+        return ret(cudaErrorInvalidDevice);
+    }
+    *v = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+    return device == 0 ? cudaSuccess : ret(cudaErrorInvalidDevice);
+}
+
+cudaError_t cudaDeviceSynchronize() {
+    return ret(sticky());
+}
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+    return alloc(p, bytes, mem_kind::device);
+}
+
+cudaError_t cudaFree(void* p) {
+    return release(p, mem_kind::device);
+}
+
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+    return alloc(p, bytes, mem_kind::pinned);
+}
+
+cudaError_t cudaFreeHost(void* p) {
+    return release(p, mem_kind::pinned);
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind k,
+                            cudaStream_t s) {
+    if (const cudaError_t e = sticky(); e != cudaSuccess) {
+        return ret(e);
+    }
+    if (!stream_ok(s)) {
+        return ret(cudaErrorInvalidResourceHandle);
+    }
+    if (!n) {
+        return cudaSuccess;
+    }
+    if (!dst || !src || !copy_ok(dst, src, n, k)) {
+        std::fprintf(stderr,
+                     "llmos CUDA emulator: a copy of %zu bytes (kind %d) whose ends are not "
+                     "what its kind says\n",
+                     n, int(k));
+        return ret(cudaErrorInvalidValue);
+    }
+    std::memmove(dst, src, n);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
+    return cudaMemcpyAsync(dst, src, n, k, nullptr);
+}
+
+cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
+                         size_t height, cudaMemcpyKind k) {
+    if (width > dpitch || width > spitch) {
+        return ret(cudaErrorInvalidValue);
+    }
+    for (size_t r = 0; r < height; ++r) {
+        if (const cudaError_t e =
+                cudaMemcpy(static_cast<std::byte*>(dst) + r * dpitch,
+                           static_cast<const std::byte*>(src) + r * spitch, width, k);
+            e != cudaSuccess) {
+            return e;
+        }
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void* p, int value, size_t n) {
+    if (const cudaError_t e = sticky(); e != cudaSuccess) {
+        return ret(e);
+    }
+    if (n && (!p || !is_device(p, n))) {
+        return ret(cudaErrorInvalidValue);
+    }
+    std::memset(p, value, n);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+    if (!s) {
+        return ret(cudaErrorInvalidValue);
+    }
+    // A stream is a handle only: its work runs when it is queued.
+    auto* h = reinterpret_cast<cudaStream_t>(new char);
+    std::lock_guard g(dev().mu);
+    dev().streams.insert(h);
+    *s = h;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    std::lock_guard g(dev().mu);
+    if (!s || !dev().streams.erase(s)) {
+        return ret(cudaErrorInvalidResourceHandle);
+    }
+    delete reinterpret_cast<char*>(s);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (!stream_ok(s)) {
+        return ret(cudaErrorInvalidResourceHandle);
+    }
+    return ret(sticky());
+}

@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: MIT
+//
+// A host emulation of the CUDA device that the engine's CUDA backend uses,
+// for testing that backend (its kernels and its host side) on machines
+// without a GPU. The backend's sources are compiled as C++ with
+// LLMOS_CUDA_EMU defined; they then include this header where they would
+// include CUDA's, and run on it unchanged.
+//
+// - The runtime: the cudart calls the backend makes. Device memory is host
+//   memory, tracked: copies and kernel pointer arguments are checked
+//   against the allocations (a host pointer handed to a kernel, a copy in
+//   the wrong direction or past an allocation's end is an error, as it
+//   would fault on a device). Streams run their work at once, in order.
+// - Kernels: each block's threads are fibers on the launching thread,
+//   switched at __syncthreads() and at warp shuffles; blocks run one after
+//   another. A thread runs until it waits, so a missing __syncthreads()
+//   shows as a wrong result; a barrier some threads never reach, or a
+//   full-mask shuffle with lanes that have exited, aborts with a message.
+//   Launch limits (threads per block, grid size) are a device's.
+// - Numbers: float math is the host's (expf, sincos from libm), halves
+//   round to nearest even as on the device; sums run in the kernels' own
+//   order per thread.
+//
+// Not emulated: the virtual-memory driver API (cuda_memory.hh), timing,
+// concurrency between streams, dynamic shared memory.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <math.h>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// --- Vocabulary of device code ---
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+// One block runs at a time on a host thread: a block's shared memory is a
+// static of the kernel, per host thread.
+#define __shared__ static thread_local
+#define CUDART_INF_F std::numeric_limits<float>::infinity()
+
+struct uint3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+    constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) noexcept
+        : x(vx)
+        , y(vy)
+        , z(vz) {}
+};
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+
+/// binary16, as stored.
+struct __half {
+    uint16_t bits;
+};
+
+float __half2float(__half h) noexcept;
+__half __float2half_rn(float f) noexcept;
+
+extern thread_local uint3 threadIdx;
+extern thread_local uint3 blockIdx;
+extern thread_local dim3 blockDim;
+extern thread_local dim3 gridDim;
+
+/// CUDA's min/max for device code (the kernels call them unqualified).
+template <typename T>
+requires std::is_arithmetic_v<T>
+constexpr T min(T a, T b) noexcept {
+    return b < a ? b : a;
+}
+template <typename T>
+requires std::is_arithmetic_v<T>
+constexpr T max(T a, T b) noexcept {
+    return a < b ? b : a;
+}
+
+namespace llmos::cuda_emu::detail {
+void sync_block();
+uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask, int width);
+} // namespace llmos::cuda_emu::detail
+
+inline void __syncthreads() {
+    llmos::cuda_emu::detail::sync_block();
+}
+
+template <typename T>
+requires(std::is_trivially_copyable_v<T> && sizeof(T) <= 8) T
+    __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    uint64_t bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    bits = llmos::cuda_emu::detail::shfl_xor(mask, bits, lane_mask, width);
+    std::memcpy(&v, &bits, sizeof(T));
+    return v;
+}
+
+// --- The runtime (cudart's names and values) ---
+
+enum cudaError {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidDevicePointer = 17,
+    cudaErrorInvalidMemcpyDirection = 21,
+    cudaErrorInsufficientDriver = 35,
+    cudaErrorInvalidDevice = 101,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorIllegalAddress = 700,
+    cudaErrorLaunchFailure = 719,
+};
+using cudaError_t = cudaError;
+
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4,
+};
+
+enum cudaDeviceAttr {
+    cudaDevAttrGPUDirectRDMASupported = 116,
+};
+
+inline constexpr unsigned cudaStreamNonBlocking = 1;
+
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+
+/// The fields of cudaDeviceProp that callers read.
+struct cudaDeviceProp {
+    char name[256];
+    size_t totalGlobalMem;
+    int major;
+    int minor;
+    int multiProcessorCount;
+};
+
+const char* cudaGetErrorName(cudaError_t e);
+const char* cudaGetErrorString(cudaError_t e);
+cudaError_t cudaGetLastError();
+cudaError_t cudaRuntimeGetVersion(int* v);
+cudaError_t cudaDriverGetVersion(int* v);
+cudaError_t cudaGetDeviceCount(int* n);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device);
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int device);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaDeviceSynchronize();
+cudaError_t cudaMalloc(void** p, size_t bytes);
+cudaError_t cudaFree(void* p);
+cudaError_t cudaMallocHost(void** p, size_t bytes);
+cudaError_t cudaFreeHost(void* p);
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind k,
+                            cudaStream_t s = nullptr);
+cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
+                         size_t height, cudaMemcpyKind k);
+cudaError_t cudaMemset(void* p, int value, size_t n);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+
+// --- Launches ---
+
+namespace llmos::cuda_emu {
+
+/// Name the emulated device reports.
+inline constexpr const char* device_name = "llmos CUDA emulator (host fibers)";
+
+/// What the emulator has run on this host thread (tests).
+struct stats {
+    uint64_t launches = 0;
+    uint64_t blocks = 0;
+    uint64_t threads = 0;
+    uint64_t switches = 0; ///< fiber switches
+};
+stats thread_stats() noexcept;
+
+namespace detail {
+
+/// Checks a launch's configuration and stream; records the error (for
+/// cudaGetLastError) and returns false when it cannot start.
+bool check_launch(const char* kernel, dim3 grid, dim3 block, cudaStream_t s);
+/// Pointer argument `index` of `kernel`: null, device or pinned memory;
+/// otherwise a sticky illegal-address error (returns false).
+bool check_pointer(const char* kernel, size_t index, const void* p);
+/// Runs body(ctx) as every thread of every block of the grid.
+void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), void* ctx);
+
+template <typename A>
+bool check_arg(const char* kernel, size_t index, const A& a) {
+    if constexpr (std::is_pointer_v<A>) {
+        return check_pointer(kernel, index, static_cast<const void*>(a));
+    } else {
+        return true;
+    }
+}
+
+} // namespace detail
+
+/// kernel<<<grid, block, 0, stream>>>(args...) is
+/// launch("kernel", grid, block, stream, kernel)(args...).
+template <typename... P>
+struct launcher {
+    const char* name;
+    dim3 grid, block;
+    cudaStream_t stream;
+    void (*fn)(P...);
+
+    void operator()(P... args) const {
+        if (!detail::check_launch(name, grid, block, stream)) {
+            return;
+        }
+        size_t i = 0;
+        bool ok = true;
+        ((ok = ok && detail::check_arg(name, i++, args)), ...);
+        if (!ok) {
+            return;
+        }
+        std::tuple<P...> a{args...};
+        struct call {
+            void (*fn)(P...);
+            std::tuple<P...>* a;
+        } c{fn, &a};
+        detail::run_grid(
+            name, grid, block,
+            [](void* p) {
+                auto* cc = static_cast<call*>(p);
+                std::apply(cc->fn, *cc->a);
+            },
+            &c);
+    }
+};
+
+template <typename... P>
+launcher<P...> launch(const char* name, dim3 grid, dim3 block, cudaStream_t s, void (*fn)(P...)) {
+    return {name, grid, block, s, fn};
+}
+
+} // namespace llmos::cuda_emu
