@@ -8,6 +8,10 @@
 // both architectures, the external conformance vector, batching, KV
 // resume across contexts, and the refusals that change nothing.
 //
+// cuda_emu_test is this file built over the host emulation of the device
+// (tests/support/cuda_emu, LLMOS_CUDA_EMU): there the device cases
+// run everywhere, on the backend's own kernels and host code.
+//
 // Generated models need llmos-mkmodel: $LLMOS_MKMODEL, or the build's.
 #include "../support/conformance.hh"
 #include "../support/generated_model.hh"
@@ -74,6 +78,15 @@ double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
     }
     return std::sqrt(num / std::max(den, 1e-30));
 }
+
+#ifdef LLMOS_CUDA_EMU
+// On the emulated device (cuda_emu_test) every emulated thread is a fiber
+// switch: 12 decode steps, which still take the cache past its first
+// 16-token block.
+constexpr int decode_steps = 12;
+#else
+constexpr int decode_steps = 32;
+#endif
 
 // Skips the current test unless there is a device.
 #define REQUIRE_DEVICE()                                                                           \
@@ -408,9 +421,9 @@ class cuda_vs_cpu : public ::testing::TestWithParam<gen_case> {};
 // another order. Each is ~1e-3 relative on the logits; 3e-2 bounds their
 // sum over 32 steps with a wide margin while still catching any wrong
 // layout (a wrong nibble order or RoPE pairing gives errors of order 1).
-// The top token may flip where two logits are within that noise: 30 of
-// the 33 positions must agree.
-TEST_P(cuda_vs_cpu, logits_follow_the_cpu_engine_for_a_prompt_and_32_decode_steps) {
+// The top token may flip where two logits are within that noise: all but
+// 3 of the positions must agree.
+TEST_P(cuda_vs_cpu, logits_follow_the_cpu_engine_for_a_prompt_and_decode_steps) {
     REQUIRE_DEVICE();
     std::string why;
     const std::string path = generated_model(GetParam().name, GetParam().args, why);
@@ -429,7 +442,7 @@ TEST_P(cuda_vs_cpu, logits_follow_the_cpu_engine_for_a_prompt_and_32_decode_step
         host_mem mem(kv_cache::bytes_for(l.m->params(), ko));
         auto kv = kv_cache::open(mem.span(), *l.m, ko);
         std::vector<float> lg(l.m->params().n_vocab);
-        for (int i = 0; i < 32; ++i) {
+        for (int i = 0; i < decode_steps; ++i) {
             batch_entry e{.kv = &kv, .tokens = toks, .logits = lg.data()};
             ASSERT_EQ(ctx.step({&e, 1}), step_status::ok);
             toks = {argmax(lg)};
