@@ -17,7 +17,13 @@
 
 #if defined(__SANITIZE_ADDRESS__)
 #define LLMOS_EMU_ASAN 1
-#include <sanitizer/asan_interface.h>
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LLMOS_EMU_ASAN 1
+#endif
+#endif
+#ifdef LLMOS_EMU_ASAN
+// ASan is told of every stack switch (its fake stacks and stack bounds).
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -528,7 +534,8 @@ bool check_launch(const char* kernel, dim3 grid, dim3 block, cudaStream_t s) {
 }
 
 bool check_pointer(const char* kernel, size_t index, const void* p) {
-    if (!p || is_device(p, 1, true)) {
+    // One past an allocation's end is still its pointer (an empty slice).
+    if (!p || is_device(p, 0, true)) {
         return true;
     }
     fault(cudaErrorIllegalAddress, kernel,
