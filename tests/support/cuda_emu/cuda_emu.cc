@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fcntl.h>
 #include <iterator>
 #include <llmos/engine/quant.hh>
 #include <map>
@@ -13,6 +14,8 @@
 #include <set>
 #include <string>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -143,28 +146,39 @@ void fault(cudaError_t e, const char* kernel, const std::string& what) {
     }
 }
 
-/// The allocation holding [p, p + n), or null. Caller holds mu.
-const allocation* find_locked(const void* p, size_t n) {
-    const auto a = reinterpret_cast<uintptr_t>(p);
+/// Whether allocations cover [p, p + n) without a gap (adjacent ones count
+/// as one: a virtual range mapped in chunks), pinned ones only when
+/// `pinned_ok`. One past an allocation's end is covered for n = 0. Caller
+/// holds mu.
+bool covered_locked(const void* p, size_t n, bool pinned_ok) {
+    auto a = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t end = a + n;
     auto& m = dev().allocs;
     auto it = m.upper_bound(a);
     if (it == m.begin()) {
-        return nullptr;
+        return false;
     }
     --it;
-    if (a < it->first || a - it->first > it->second.bytes ||
-        n > it->second.bytes - (a - it->first)) {
-        return nullptr;
+    for (;;) {
+        const uintptr_t alloc_end = it->first + it->second.bytes;
+        if ((it->second.kind == mem_kind::pinned && !pinned_ok) || a > alloc_end) {
+            return false;
+        }
+        if (end <= alloc_end) {
+            return true;
+        }
+        a = alloc_end;
+        if (++it == m.end() || it->first != a) {
+            return false;
+        }
     }
-    return &it->second;
 }
 
-/// Whether [p, p + n) is device memory (true), host memory the device can
-/// reach (pinned, true when `pinned_ok`), or neither.
+/// Whether [p, p + n) is device memory, or (with `pinned_ok`) device or
+/// pinned host memory, which the device reaches too.
 bool is_device(const void* p, size_t n, bool pinned_ok = false) {
     std::lock_guard g(dev().mu);
-    const allocation* a = find_locked(p, n);
-    return a && (a->kind == mem_kind::device || pinned_ok);
+    return covered_locked(p, n, pinned_ok);
 }
 
 /// No device allocation overlaps [p, p + n): host memory, pageable or
@@ -790,4 +804,376 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
         return ret(cudaErrorInvalidResourceHandle);
     }
     return ret(sticky());
+}
+
+// --- The driver's virtual memory management ---
+
+namespace llmos::cuda_emu {
+
+namespace {
+
+/// The granularity of physical allocations and reservations (a GPU's).
+constexpr size_t vmm_granularity = 2u << 20;
+
+struct vmm_state {
+    std::mutex mu;
+    std::map<CUmemGenericAllocationHandle, std::pair<int, size_t>> handles; // fd, bytes
+    CUmemGenericAllocationHandle next = 1;
+    std::map<uintptr_t, size_t> reserved; // ranges from cuMemAddressReserve
+    std::map<uintptr_t, size_t> mapped;   // chunks mapped into them
+};
+
+vmm_state& vmm() {
+    static vmm_state v;
+    return v;
+}
+
+/// Whether [p, p + n) lies inside one reservation. Caller holds vmm().mu.
+bool in_reservation(uintptr_t p, size_t n) {
+    auto& r = vmm().reserved;
+    auto it = r.upper_bound(p);
+    if (it == r.begin()) {
+        return false;
+    }
+    --it;
+    return p >= it->first && p - it->first <= it->second && n <= it->second - (p - it->first);
+}
+
+/// Whether any mapped chunk overlaps [p, p + n). Caller holds vmm().mu.
+bool overlaps_mapping(uintptr_t p, size_t n) {
+    for (const auto& [at, bytes] : vmm().mapped) {
+        if (at < p + n && p < at + bytes) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/// A handle for `fd` (taken) of `bytes`.
+CUmemGenericAllocationHandle add_handle(int fd, size_t bytes) {
+    std::lock_guard g(vmm().mu);
+    const CUmemGenericAllocationHandle h = vmm().next++;
+    vmm().handles[h] = {fd, bytes};
+    return h;
+}
+
+} // namespace
+
+} // namespace llmos::cuda_emu
+
+CUresult cuGetErrorName(CUresult r, const char** s) {
+    if (!s) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    switch (r) {
+    case CUDA_SUCCESS:
+        *s = "CUDA_SUCCESS";
+        return CUDA_SUCCESS;
+    case CUDA_ERROR_INVALID_VALUE:
+        *s = "CUDA_ERROR_INVALID_VALUE";
+        return CUDA_SUCCESS;
+    case CUDA_ERROR_OUT_OF_MEMORY:
+        *s = "CUDA_ERROR_OUT_OF_MEMORY";
+        return CUDA_SUCCESS;
+    case CUDA_ERROR_INVALID_DEVICE:
+        *s = "CUDA_ERROR_INVALID_DEVICE";
+        return CUDA_SUCCESS;
+    case CUDA_ERROR_INVALID_HANDLE:
+        *s = "CUDA_ERROR_INVALID_HANDLE";
+        return CUDA_SUCCESS;
+    case CUDA_ERROR_NOT_SUPPORTED:
+        *s = "CUDA_ERROR_NOT_SUPPORTED";
+        return CUDA_SUCCESS;
+    }
+    *s = nullptr;
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuGetErrorString(CUresult r, const char** s) {
+    if (!s) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    switch (r) {
+    case CUDA_SUCCESS:
+        *s = "no error";
+        return CUDA_SUCCESS;
+    case CUDA_ERROR_INVALID_VALUE:
+        *s = "invalid argument";
+        return CUDA_SUCCESS;
+    case CUDA_ERROR_OUT_OF_MEMORY:
+        *s = "out of memory";
+        return CUDA_SUCCESS;
+    case CUDA_ERROR_INVALID_DEVICE:
+        *s = "invalid device ordinal";
+        return CUDA_SUCCESS;
+    case CUDA_ERROR_INVALID_HANDLE:
+        *s = "invalid resource handle";
+        return CUDA_SUCCESS;
+    case CUDA_ERROR_NOT_SUPPORTED:
+        *s = "operation not supported";
+        return CUDA_SUCCESS;
+    }
+    *s = nullptr;
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuDeviceGet(CUdevice* d, int ordinal) {
+    if (!d) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (ordinal != 0) {
+        return CUDA_ERROR_INVALID_DEVICE;
+    }
+    *d = 0;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceGetName(char* name, int len, CUdevice d) {
+    if (!name || len <= 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (d != 0) {
+        return CUDA_ERROR_INVALID_DEVICE;
+    }
+    std::snprintf(name, size_t(len), "%s", device_name);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice d) {
+    if (!v) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (d != 0) {
+        return CUDA_ERROR_INVALID_DEVICE;
+    }
+    switch (a) {
+    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED:
+    case CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED:
+        *v = 1;
+        return CUDA_SUCCESS;
+    case CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED:
+    case CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED:
+        *v = 0;
+        return CUDA_SUCCESS;
+    }
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuMemGetAllocationGranularity(size_t* g, const CUmemAllocationProp* prop,
+                                       CUmemAllocationGranularity_flags) {
+    if (!g || !prop) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    *g = vmm_granularity;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemAddressReserve(CUdeviceptr* p, size_t size, size_t alignment, CUdeviceptr addr,
+                             unsigned long long flags) {
+    if (!p || !size || size % vmm_granularity || addr || flags ||
+        (alignment && alignment % vmm_granularity)) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    const size_t align = alignment ? alignment : vmm_granularity;
+    void* m = ::mmap(nullptr, size + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+    if (m == MAP_FAILED) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    const auto raw = reinterpret_cast<uintptr_t>(m);
+    const uintptr_t at = (raw + align - 1) / align * align;
+    if (at > raw) {
+        ::munmap(m, at - raw);
+    }
+    if (raw + size + align > at + size) {
+        ::munmap(reinterpret_cast<void*>(at + size), raw + size + align - (at + size));
+    }
+    std::lock_guard g(vmm().mu);
+    vmm().reserved[at] = size;
+    *p = at;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemAddressFree(CUdeviceptr p, size_t size) {
+    std::lock_guard g(vmm().mu);
+    auto it = vmm().reserved.find(uintptr_t(p));
+    if (it == vmm().reserved.end() || it->second != size || overlaps_mapping(uintptr_t(p), size)) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    vmm().reserved.erase(it);
+    ::munmap(reinterpret_cast<void*>(p), size);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemCreate(CUmemGenericAllocationHandle* h, size_t size, const CUmemAllocationProp* prop,
+                     unsigned long long flags) {
+    if (!h || !prop || !size || size % vmm_granularity || flags ||
+        prop->type != CU_MEM_ALLOCATION_TYPE_PINNED ||
+        prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE || prop->location.id != 0 ||
+        prop->allocFlags.gpuDirectRDMACapable) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    const int fd = ::memfd_create("llmos-emulated-gpu-memory", MFD_CLOEXEC);
+    if (fd < 0) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (::ftruncate(fd, off_t(size)) != 0) {
+        ::close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *h = add_handle(fd, size);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemRelease(CUmemGenericAllocationHandle h) {
+    std::lock_guard g(vmm().mu);
+    auto it = vmm().handles.find(h);
+    if (it == vmm().handles.end()) {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    // Mappings keep the memory (as the driver's do).
+    ::close(it->second.first);
+    vmm().handles.erase(it);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemMap(CUdeviceptr p, size_t size, size_t offset, CUmemGenericAllocationHandle h,
+                  unsigned long long flags) {
+    std::lock_guard g(vmm().mu);
+    auto it = vmm().handles.find(h);
+    if (it == vmm().handles.end()) {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    const uintptr_t at = uintptr_t(p);
+    if (flags || !size || at % vmm_granularity || size % vmm_granularity ||
+        offset > it->second.second || size > it->second.second - offset ||
+        !in_reservation(at, size) || overlaps_mapping(at, size)) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    // Not accessible until cuMemSetAccess.
+    if (::mmap(reinterpret_cast<void*>(at), size, PROT_NONE, MAP_SHARED | MAP_FIXED,
+               it->second.first, off_t(offset)) == MAP_FAILED) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    vmm().mapped[at] = size;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemUnmap(CUdeviceptr p, size_t size) {
+    std::lock_guard g(vmm().mu);
+    auto it = vmm().mapped.find(uintptr_t(p));
+    if (it == vmm().mapped.end() || it->second != size) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    vmm().mapped.erase(it);
+    {
+        std::lock_guard gd(dev().mu);
+        dev().allocs.erase(uintptr_t(p));
+    }
+    // Back to a hole in the reservation.
+    ::mmap(reinterpret_cast<void*>(p), size, PROT_NONE,
+           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemSetAccess(CUdeviceptr p, size_t size, const CUmemAccessDesc* desc, size_t count) {
+    if (!desc || count != 1 || desc->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
+        desc->location.id != 0 || desc->flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    std::lock_guard g(vmm().mu);
+    auto it = vmm().mapped.find(uintptr_t(p));
+    if (it == vmm().mapped.end() || it->second != size) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (::mprotect(reinterpret_cast<void*>(p), size, PROT_READ | PROT_WRITE) != 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    std::lock_guard gd(dev().mu);
+    dev().allocs[uintptr_t(p)] = {size, mem_kind::device};
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemExportToShareableHandle(void* handle, CUmemGenericAllocationHandle h,
+                                      CUmemAllocationHandleType type, unsigned long long flags) {
+    if (!handle || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR || flags) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    std::lock_guard g(vmm().mu);
+    auto it = vmm().handles.find(h);
+    if (it == vmm().handles.end()) {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    const int fd = ::fcntl(it->second.first, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *static_cast<int*>(handle) = fd;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle* h, void* os_handle,
+                                        CUmemAllocationHandleType type) {
+    if (!h || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    const int fd = int(reinterpret_cast<intptr_t>(os_handle));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+        size_t(st.st_size) % vmm_granularity) {
+        return CUDA_ERROR_INVALID_VALUE; // not one of this device's exports
+    }
+    const int mine = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (mine < 0) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *h = add_handle(mine, size_t(st.st_size));
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemGetHandleForAddressRange(void*, CUdeviceptr, size_t, CUmemRangeHandleType,
+                                       unsigned long long) {
+    return CUDA_ERROR_NOT_SUPPORTED; // CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is 0
+}
+
+cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned version,
+                                             unsigned long long,
+                                             cudaDriverEntryPointQueryResult* status) {
+    if (!symbol || !fn) {
+        return ret(cudaErrorInvalidValue);
+    }
+    static const std::map<std::string, void*> table = {
+        {"cuGetErrorName", reinterpret_cast<void*>(&cuGetErrorName)},
+        {"cuGetErrorString", reinterpret_cast<void*>(&cuGetErrorString)},
+        {"cuDeviceGet", reinterpret_cast<void*>(&cuDeviceGet)},
+        {"cuDeviceGetName", reinterpret_cast<void*>(&cuDeviceGetName)},
+        {"cuDeviceGetAttribute", reinterpret_cast<void*>(&cuDeviceGetAttribute)},
+        {"cuMemGetAllocationGranularity", reinterpret_cast<void*>(&cuMemGetAllocationGranularity)},
+        {"cuMemAddressReserve", reinterpret_cast<void*>(&cuMemAddressReserve)},
+        {"cuMemAddressFree", reinterpret_cast<void*>(&cuMemAddressFree)},
+        {"cuMemCreate", reinterpret_cast<void*>(&cuMemCreate)},
+        {"cuMemRelease", reinterpret_cast<void*>(&cuMemRelease)},
+        {"cuMemMap", reinterpret_cast<void*>(&cuMemMap)},
+        {"cuMemUnmap", reinterpret_cast<void*>(&cuMemUnmap)},
+        {"cuMemSetAccess", reinterpret_cast<void*>(&cuMemSetAccess)},
+        {"cuMemExportToShareableHandle", reinterpret_cast<void*>(&cuMemExportToShareableHandle)},
+        {"cuMemImportFromShareableHandle",
+         reinterpret_cast<void*>(&cuMemImportFromShareableHandle)},
+        {"cuMemGetHandleForAddressRange", reinterpret_cast<void*>(&cuMemGetHandleForAddressRange)},
+    };
+    auto it = table.find(symbol);
+    *fn = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    if (it != table.end()) {
+        if (version > CUDA_VERSION) {
+            q = cudaDriverEntryPointVersionNotSufficent;
+        } else {
+            *fn = it->second;
+            q = cudaDriverEntryPointSuccess;
+        }
+    }
+    if (status) {
+        *status = q;
+    }
+    return cudaSuccess;
 }

@@ -13,8 +13,12 @@
 // object unwinds in state's destructor: chunks are unmapped and released
 // in reverse, then the address range is freed.
 #include <algorithm>
+#ifdef LLMOS_CUDA_EMU
+#include <cuda_emu.hh> // tests: the host emulation of the device
+#else
 #include <cuda.h>
 #include <cuda_runtime_api.h>
+#endif
 #include <llmos/engine/cuda_memory.hh>
 #include <unistd.h>
 
