@@ -27,6 +27,7 @@
 #endif
 #ifdef LLMOS_EMU_ASAN
 // ASan is told of every stack switch (its fake stacks and stack bounds).
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -327,6 +328,11 @@ struct scheduler {
         }
         ::mprotect(m, 4096, PROT_NONE); // overflow faults instead of corrupting
         f.stack = static_cast<std::byte*>(m) + 4096;
+#ifdef LLMOS_EMU_ASAN
+        // The range may have been a stack of an exited thread's fibers,
+        // unmapped with its frames' redzones still marked.
+        __asan_unpoison_memory_region(f.stack, fiber_stack);
+#endif
         f.index = static_cast<unsigned>(fibers.size());
         fibers.push_back(f);
         reset(fibers.back());
