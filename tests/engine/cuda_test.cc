@@ -10,7 +10,7 @@
 //
 // cuda_emu_test is this file built over the host emulation of the device
 // (tests/support/cuda_emu, LLMOS_CUDA_EMU): there the device cases
-// run everywhere, on the backend's own kernels and host code.
+// run without a GPU, on the backend's own kernels and host code.
 //
 // Generated models need llmos-mkmodel: $LLMOS_MKMODEL, or the build's.
 #include "../support/conformance.hh"
