@@ -307,7 +307,6 @@ struct scheduler {
     unsigned n_threads = 0;
     unsigned live = 0;
     unsigned at_sync = 0;
-    stats st;
 #ifdef LLMOS_EMU_ASAN
     const void* sched_stack_bottom = nullptr;
     size_t sched_stack_size = 0;
@@ -360,7 +359,6 @@ struct scheduler {
         current = &f;
         const unsigned i = f.index;
         threadIdx = {i % blockDim.x, i / blockDim.x % blockDim.y, i / (blockDim.x * blockDim.y)};
-        ++st.switches;
 #ifdef LLMOS_EMU_ASAN
         void* fake = nullptr;
         __sanitizer_start_switch_fiber(&fake, f.stack, fiber_stack);
@@ -404,8 +402,6 @@ struct scheduler {
         }
         live = n_threads;
         at_sync = 0;
-        ++st.blocks;
-        st.threads += n_threads;
         while (live) {
             bool ran = false;
             for (unsigned i = 0; i < n_threads; ++i) {
@@ -572,7 +568,6 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), vo
     sched.body = body;
     sched.ctx = ctx;
     sched.n_threads = block.x * block.y * block.z;
-    ++sched.st.launches;
     gridDim = grid;
     blockDim = block;
     for (unsigned z = 0; z < grid.z; ++z) {
@@ -587,70 +582,58 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), vo
 
 } // namespace detail
 
-stats thread_stats() noexcept {
-    return sched.st;
-}
-
 } // namespace llmos::cuda_emu
 
 // --- cudart ---
 
 using namespace llmos::cuda_emu;
 
-const char* cudaGetErrorName(cudaError_t e) {
-    switch (e) {
-    case cudaSuccess:
-        return "cudaSuccess";
-    case cudaErrorInvalidValue:
-        return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation:
-        return "cudaErrorMemoryAllocation";
-    case cudaErrorInvalidConfiguration:
-        return "cudaErrorInvalidConfiguration";
-    case cudaErrorInvalidDevicePointer:
-        return "cudaErrorInvalidDevicePointer";
-    case cudaErrorInvalidMemcpyDirection:
-        return "cudaErrorInvalidMemcpyDirection";
-    case cudaErrorInsufficientDriver:
-        return "cudaErrorInsufficientDriver";
-    case cudaErrorInvalidDevice:
-        return "cudaErrorInvalidDevice";
-    case cudaErrorInvalidResourceHandle:
-        return "cudaErrorInvalidResourceHandle";
-    case cudaErrorIllegalAddress:
-        return "cudaErrorIllegalAddress";
-    case cudaErrorLaunchFailure:
-        return "cudaErrorLaunchFailure";
+namespace {
+
+struct error_text {
+    cudaError_t e;
+    const char* name;
+    const char* text;
+};
+
+// cudart's names and descriptions of the errors the emulator gives.
+constexpr error_text runtime_errors[] = {
+    {cudaSuccess, "cudaSuccess", "no error"},
+    {cudaErrorInvalidValue, "cudaErrorInvalidValue", "invalid argument"},
+    {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory"},
+    {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration",
+     "invalid configuration argument"},
+    {cudaErrorInvalidDevicePointer, "cudaErrorInvalidDevicePointer", "invalid device pointer"},
+    {cudaErrorInvalidMemcpyDirection, "cudaErrorInvalidMemcpyDirection",
+     "invalid copy direction for memcpy"},
+    {cudaErrorInsufficientDriver, "cudaErrorInsufficientDriver",
+     "CUDA driver version is insufficient for CUDA runtime version"},
+    {cudaErrorInvalidDevice, "cudaErrorInvalidDevice", "invalid device ordinal"},
+    {cudaErrorInvalidResourceHandle, "cudaErrorInvalidResourceHandle", "invalid resource handle"},
+    {cudaErrorIllegalAddress, "cudaErrorIllegalAddress",
+     "an illegal memory access was encountered"},
+    {cudaErrorLaunchFailure, "cudaErrorLaunchFailure", "unspecified launch failure"},
+};
+
+const error_text* runtime_error(cudaError_t e) {
+    for (const error_text& t : runtime_errors) {
+        if (t.e == e) {
+            return &t;
+        }
     }
-    return "cudaErrorUnknown";
+    return nullptr;
+}
+
+} // namespace
+
+const char* cudaGetErrorName(cudaError_t e) {
+    const error_text* t = runtime_error(e);
+    return t ? t->name : "cudaErrorUnknown";
 }
 
 const char* cudaGetErrorString(cudaError_t e) {
-    switch (e) {
-    case cudaSuccess:
-        return "no error";
-    case cudaErrorInvalidValue:
-        return "invalid argument";
-    case cudaErrorMemoryAllocation:
-        return "out of memory";
-    case cudaErrorInvalidConfiguration:
-        return "invalid configuration argument";
-    case cudaErrorInvalidDevicePointer:
-        return "invalid device pointer";
-    case cudaErrorInvalidMemcpyDirection:
-        return "invalid copy direction for memcpy";
-    case cudaErrorInsufficientDriver:
-        return "CUDA driver version is insufficient for CUDA runtime version";
-    case cudaErrorInvalidDevice:
-        return "invalid device ordinal";
-    case cudaErrorInvalidResourceHandle:
-        return "invalid resource handle";
-    case cudaErrorIllegalAddress:
-        return "an illegal memory access was encountered";
-    case cudaErrorLaunchFailure:
-        return "unspecified launch failure";
-    }
-    return "unknown error";
+    const error_text* t = runtime_error(e);
+    return t ? t->text : "unknown error";
 }
 
 cudaError_t cudaGetLastError() {
@@ -867,60 +850,48 @@ CUmemGenericAllocationHandle add_handle(int fd, size_t bytes) {
 
 } // namespace llmos::cuda_emu
 
-CUresult cuGetErrorName(CUresult r, const char** s) {
+namespace {
+
+struct driver_error_text {
+    CUresult r;
+    const char* name;
+    const char* text;
+};
+
+// The driver's names and descriptions of the results the emulator gives.
+constexpr driver_error_text driver_errors[] = {
+    {CUDA_SUCCESS, "CUDA_SUCCESS", "no error"},
+    {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+};
+
+/// *s = the name (or description) of r; CUDA_ERROR_INVALID_VALUE (and
+/// null) for a result the emulator never gives.
+CUresult driver_error(CUresult r, const char** s, bool name) {
     if (!s) {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    switch (r) {
-    case CUDA_SUCCESS:
-        *s = "CUDA_SUCCESS";
-        return CUDA_SUCCESS;
-    case CUDA_ERROR_INVALID_VALUE:
-        *s = "CUDA_ERROR_INVALID_VALUE";
-        return CUDA_SUCCESS;
-    case CUDA_ERROR_OUT_OF_MEMORY:
-        *s = "CUDA_ERROR_OUT_OF_MEMORY";
-        return CUDA_SUCCESS;
-    case CUDA_ERROR_INVALID_DEVICE:
-        *s = "CUDA_ERROR_INVALID_DEVICE";
-        return CUDA_SUCCESS;
-    case CUDA_ERROR_INVALID_HANDLE:
-        *s = "CUDA_ERROR_INVALID_HANDLE";
-        return CUDA_SUCCESS;
-    case CUDA_ERROR_NOT_SUPPORTED:
-        *s = "CUDA_ERROR_NOT_SUPPORTED";
-        return CUDA_SUCCESS;
+    for (const driver_error_text& t : driver_errors) {
+        if (t.r == r) {
+            *s = name ? t.name : t.text;
+            return CUDA_SUCCESS;
+        }
     }
     *s = nullptr;
     return CUDA_ERROR_INVALID_VALUE;
 }
 
+} // namespace
+
+CUresult cuGetErrorName(CUresult r, const char** s) {
+    return driver_error(r, s, true);
+}
+
 CUresult cuGetErrorString(CUresult r, const char** s) {
-    if (!s) {
-        return CUDA_ERROR_INVALID_VALUE;
-    }
-    switch (r) {
-    case CUDA_SUCCESS:
-        *s = "no error";
-        return CUDA_SUCCESS;
-    case CUDA_ERROR_INVALID_VALUE:
-        *s = "invalid argument";
-        return CUDA_SUCCESS;
-    case CUDA_ERROR_OUT_OF_MEMORY:
-        *s = "out of memory";
-        return CUDA_SUCCESS;
-    case CUDA_ERROR_INVALID_DEVICE:
-        *s = "invalid device ordinal";
-        return CUDA_SUCCESS;
-    case CUDA_ERROR_INVALID_HANDLE:
-        *s = "invalid resource handle";
-        return CUDA_SUCCESS;
-    case CUDA_ERROR_NOT_SUPPORTED:
-        *s = "operation not supported";
-        return CUDA_SUCCESS;
-    }
-    *s = nullptr;
-    return CUDA_ERROR_INVALID_VALUE;
+    return driver_error(r, s, false);
 }
 
 CUresult cuDeviceGet(CUdevice* d, int ordinal) {

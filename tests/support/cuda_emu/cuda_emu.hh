@@ -276,15 +276,6 @@ namespace llmos::cuda_emu {
 /// Name the emulated device reports.
 inline constexpr const char* device_name = "llmos CUDA emulator (host fibers)";
 
-/// What the emulator has run on this host thread (tests).
-struct stats {
-    uint64_t launches = 0;
-    uint64_t blocks = 0;
-    uint64_t threads = 0;
-    uint64_t switches = 0; ///< fiber switches
-};
-stats thread_stats() noexcept;
-
 namespace detail {
 
 /// Checks a launch's configuration and stream; records the error (for
