@@ -9,10 +9,16 @@
 // with data written and read back, dma-buf export (and a CPU mmap of it
 // where the driver allows one), chunks imported by another process, and
 // chunks parked by this process outliving the process that wrote them.
+// Where the llmos module is loaded too: a module mindspace made from the
+// dma-buf keeps the memory after its writer exits. GPU machines cannot
+// load the module; the test VM runs this program on the emulated device,
+// whose dma-bufs are udmabufs (tests/support/cuda_emu).
 //
 // GPU children are this program run again (posix_spawn of /proc/self/exe
 // with --gmem-child=ROLE SEED BYTES, its socket on fd 3), so that each has
 // a CUDA context of its own.
+#include "tap.hh"
+
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -20,7 +26,9 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <iostream>
+#include <llmos/device.hh>
 #include <llmos/engine/cuda_memory.hh>
+#include <llmos/mindspace.hh>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -53,8 +61,11 @@ size_t open_fds() {
     return n - 1; // the directory's own fd
 }
 
+// Byte i of pattern `seed`: no two pages, chunks or seeds alike (a hash of
+// the index, so no shift of a range by a page multiple goes unseen).
 uint8_t pattern(uint64_t i, uint32_t seed) {
-    return static_cast<uint8_t>((i * 131 + (i >> 12) + seed * 7) & 0xff);
+    const uint64_t x = (i + (uint64_t{seed} << 40)) * 0x9e3779b97f4a7c15ull;
+    return static_cast<uint8_t>(x >> 56);
 }
 
 std::vector<std::byte> pattern_bytes(uint64_t n, uint32_t seed) {
@@ -475,15 +486,20 @@ protected:
 };
 
 // A child of this program in a role, its end of a socket pair on fd 3.
-pid_t spawn_child(const char* role, uint32_t seed, uint64_t bytes, int sock) {
+pid_t spawn_child(const char* role, uint32_t seed, uint64_t bytes, int sock = -1) {
     // Never fd 3 itself: dup2(3, 3) would leave close-on-exec set.
-    owned_fd high(::fcntl(sock, F_DUPFD_CLOEXEC, 64));
-    if (!high) {
-        return -1;
+    owned_fd high;
+    if (sock >= 0) {
+        high.reset(::fcntl(sock, F_DUPFD_CLOEXEC, 64));
+        if (!high) {
+            return -1;
+        }
     }
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, high.get(), 3);
+    if (high) {
+        posix_spawn_file_actions_adddup2(&fa, high.get(), 3);
+    }
     std::string a1 = std::string("--gmem-child=") + role;
     std::string a2 = std::to_string(seed);
     std::string a3 = std::to_string(bytes);
@@ -602,6 +618,12 @@ TEST_F(gpu_device, exports_a_dmabuf) {
     int64_t bad = first_mismatch(static_cast<const std::byte*>(p), 2 * g, 8);
     ::munmap(p, 2 * g);
     EXPECT_EQ(bad, -1) << "the CPU mapping of the dma-buf differs at byte " << bad;
+    // The second one starts at the second chunk.
+    p = ::mmap(nullptr, g, PROT_READ, MAP_SHARED, second.get(), 0);
+    ASSERT_NE(p, MAP_FAILED) << std::strerror(errno);
+    std::vector<std::byte> want = pattern_bytes(2 * g, 8);
+    EXPECT_EQ(std::memcmp(p, want.data() + g, g), 0) << "the dma-buf of [g, 2g) has other bytes";
+    ::munmap(p, g);
 }
 
 TEST_F(gpu_device, another_process_imports_the_chunks) {
@@ -645,6 +667,74 @@ TEST_F(gpu_device, parked_chunks_outlive_the_process_that_wrote_them) {
     EXPECT_EQ(open_fds(), before);
 }
 
+// The name of the module mindspace a "module-writer" child of process
+// `parent` makes.
+std::string module_ms_name(pid_t parent) {
+    return "gpu-dmabuf-test-" + std::to_string(parent);
+}
+
+// The kernel backend: the dma-buf of GPU memory given to MS_CREATE
+// (LLMOS_MS_DMABUF) makes a persistent mindspace that keeps the memory after
+// the process that made it has exited; another process opens it by name,
+// maps it for the CPU, writes through it, and hands it on with
+// EXPORT_DMABUF, as a peer device gets it. The chunks span three VMM
+// allocations, so the dma-buf does too.
+TEST_F(gpu_device, a_module_mindspace_keeps_gpu_memory_after_its_writer) {
+    if (!probe().dmabuf) {
+        GTEST_SKIP() << "this device cannot export dma-bufs (CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED "
+                        "is 0), so no module mindspace can hold its memory";
+    }
+    auto dev = llmos::device::open();
+    if (!dev) {
+        GTEST_SKIP() << "the llmos module is not loaded here (" << llmos::default_device_path()
+                     << ": " << dev.error().message() << "); the test VM runs this case";
+    }
+    const uint64_t bytes = 2 * (2ull << 20) + 65536;
+    const llmos::ms_key key{0, module_ms_name(::getpid())};
+    // The mindspace goes at the end, whatever happens.
+    struct destroy_at_end {
+        const llmos::device& dev;
+        const llmos::ms_key& key;
+        ~destroy_at_end() { (void)llmos::destroy_mindspace(dev, key); }
+    } cleanup{*dev, key};
+    pid_t writer = spawn_child("module-writer", 41, bytes);
+    ASSERT_GT(writer, 0) << std::strerror(errno);
+    ASSERT_EQ(wait_child(writer), 0) << "the writer child failed (its stderr says why)";
+
+    {
+        // The writer and its CUDA context are gone; the module holds the
+        // memory.
+        auto ms = llmos::mindspace::open(*dev, key);
+        ASSERT_TRUE(ms) << key.name << ": " << ms.error().message();
+        auto info = ms->info();
+        ASSERT_TRUE(info) << info.error().message();
+        EXPECT_TRUE(info->dmabuf());
+        EXPECT_TRUE(info->persistent());
+        EXPECT_EQ(info->length % (2ull << 20), 0u) << "the writer exported whole chunks";
+        ASSERT_GE(info->length, bytes);
+        auto map = ms->map(0, info->length);
+        if (!map) {
+            GTEST_SKIP() << "the module holds the dma-buf, but mapping it fails ("
+                         << map.error().message()
+                         << "): this driver does not map its dma-bufs for the CPU";
+        }
+        EXPECT_EQ(first_mismatch(map->data(), bytes, 41), -1);
+
+        // Written through the mindspace, read through a dma-buf handed on.
+        auto again = pattern_bytes(bytes, 42);
+        std::memcpy(map->data(), again.data(), bytes);
+        auto peer = ms->export_dmabuf();
+        ASSERT_TRUE(peer) << peer.error().message();
+        void* p = ::mmap(nullptr, info->length, PROT_READ, MAP_SHARED, peer->get(), 0);
+        ASSERT_NE(p, MAP_FAILED) << std::strerror(errno);
+        EXPECT_EQ(first_mismatch(static_cast<const std::byte*>(p), bytes, 42), -1);
+        ::munmap(p, info->length);
+    }
+    EXPECT_EQ(llmos::destroy_mindspace(*dev, key), std::error_code{});
+    auto gone = llmos::mindspace::open(*dev, key);
+    EXPECT_EQ(gone.error(), std::errc::no_such_file_or_directory);
+}
+
 TEST_F(gpu_device, import_refuses_bad_chunks) {
     gpu_chunk none{owned_fd(), 2u << 20};
     EXPECT_THROW((void)gpu_memory::import(std::span<const gpu_chunk>(&none, 1), 0), gpu_error);
@@ -663,6 +753,21 @@ int child_main(const std::string& role, uint32_t seed, uint64_t bytes) {
             m.write(0, pattern_bytes(bytes, seed));
             send_gpu_mindspace(3, m.export_mindspace("writer-kv", false));
             return 0; // m goes: only the fds in flight keep the memory
+        }
+        if (role == "module-writer") {
+            // Fills GPU memory and leaves it to a persistent module
+            // mindspace made from its dma-buf.
+            gpu_memory m = gpu_memory::reserve(bytes * 2);
+            m.grow(bytes);
+            m.write(0, pattern_bytes(bytes, seed));
+            owned_fd buf = m.export_dmabuf();
+            auto dev = llmos::device::open().value();
+            llmos::ms_create_options o;
+            o.name = module_ms_name(::getppid());
+            o.persistent = true;
+            o.dmabuf_fd = buf.get();
+            (void)llmos::mindspace::create(dev, o).value();
+            return 0; // m and buf go: the mindspace holds the memory
         }
         if (role == "reader") {
             if (!readable(3, 60000)) {
@@ -702,6 +807,6 @@ int main(int argc, char** argv) {
         return child_main(argv[1] + flag.size(), uint32_t(std::stoul(argv[2])),
                           std::stoull(argv[3]));
     }
-    ::testing::InitGoogleTest(&argc, argv);
+    llmos::test::init_gtest(argc, argv);
     return RUN_ALL_TESTS();
 }

@@ -3,16 +3,21 @@
 // The CUDA emulator's runtime and its fiber scheduler (cuda_emu.hh).
 #include "cuda_emu.hh"
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fcntl.h>
 #include <iterator>
+#include <linux/udmabuf.h>
 #include <llmos/engine/quant.hh>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -804,12 +809,20 @@ namespace {
 /// The granularity of physical allocations and reservations (a GPU's).
 constexpr size_t vmm_granularity = 2u << 20;
 
+/// A chunk mapped into a reservation: `bytes` from `offset` of the
+/// memfd `fd` (the mapping's own, for dma-buf export).
+struct mapped_chunk {
+    size_t bytes;
+    int fd;
+    size_t offset;
+};
+
 struct vmm_state {
     std::mutex mu;
     std::map<CUmemGenericAllocationHandle, std::pair<int, size_t>> handles; // fd, bytes
     CUmemGenericAllocationHandle next = 1;
-    std::map<uintptr_t, size_t> reserved; // ranges from cuMemAddressReserve
-    std::map<uintptr_t, size_t> mapped;   // chunks mapped into them
+    std::map<uintptr_t, size_t> reserved;     // ranges from cuMemAddressReserve
+    std::map<uintptr_t, mapped_chunk> mapped; // chunks mapped into them
 };
 
 vmm_state& vmm() {
@@ -830,12 +843,26 @@ bool in_reservation(uintptr_t p, size_t n) {
 
 /// Whether any mapped chunk overlaps [p, p + n). Caller holds vmm().mu.
 bool overlaps_mapping(uintptr_t p, size_t n) {
-    for (const auto& [at, bytes] : vmm().mapped) {
-        if (at < p + n && p < at + bytes) {
+    for (const auto& [at, c] : vmm().mapped) {
+        if (at < p + n && p < at + c.bytes) {
             return true;
         }
     }
     return false;
+}
+
+/// Whether the kernel has /dev/udmabuf to make dma-bufs with (the device's
+/// CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED).
+bool udmabuf_available() {
+    static const bool yes = [] {
+        const int fd = ::open("/dev/udmabuf", O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+            return false;
+        }
+        ::close(fd);
+        return true;
+    }();
+    return yes;
 }
 
 /// A handle for `fd` (taken) of `bytes`.
@@ -929,8 +956,10 @@ CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice d) {
         *v = 1;
         return CUDA_SUCCESS;
     case CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED:
-    case CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED:
         *v = 0;
+        return CUDA_SUCCESS;
+    case CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED:
+        *v = udmabuf_available() ? 1 : 0;
         return CUDA_SUCCESS;
     }
     return CUDA_ERROR_INVALID_VALUE;
@@ -990,11 +1019,12 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle* h, size_t size, const CUmemAl
         prop->allocFlags.gpuDirectRDMACapable) {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    const int fd = ::memfd_create("llmos-emulated-gpu-memory", MFD_CLOEXEC);
+    // Sealed against shrinking, as a udmabuf over it needs.
+    const int fd = ::memfd_create("llmos-emulated-gpu-memory", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) {
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    if (::ftruncate(fd, off_t(size)) != 0) {
+    if (::ftruncate(fd, off_t(size)) != 0 || ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) != 0) {
         ::close(fd);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
@@ -1027,21 +1057,27 @@ CUresult cuMemMap(CUdeviceptr p, size_t size, size_t offset, CUmemGenericAllocat
         !in_reservation(at, size) || overlaps_mapping(at, size)) {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    // Not accessible until cuMemSetAccess.
-    if (::mmap(reinterpret_cast<void*>(at), size, PROT_NONE, MAP_SHARED | MAP_FIXED,
-               it->second.first, off_t(offset)) == MAP_FAILED) {
+    const int fd = ::fcntl(it->second.first, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    vmm().mapped[at] = size;
+    // Not accessible until cuMemSetAccess.
+    if (::mmap(reinterpret_cast<void*>(at), size, PROT_NONE, MAP_SHARED | MAP_FIXED, fd,
+               off_t(offset)) == MAP_FAILED) {
+        ::close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    vmm().mapped[at] = {size, fd, offset};
     return CUDA_SUCCESS;
 }
 
 CUresult cuMemUnmap(CUdeviceptr p, size_t size) {
     std::lock_guard g(vmm().mu);
     auto it = vmm().mapped.find(uintptr_t(p));
-    if (it == vmm().mapped.end() || it->second != size) {
+    if (it == vmm().mapped.end() || it->second.bytes != size) {
         return CUDA_ERROR_INVALID_VALUE;
     }
+    ::close(it->second.fd);
     vmm().mapped.erase(it);
     {
         std::lock_guard gd(dev().mu);
@@ -1060,7 +1096,7 @@ CUresult cuMemSetAccess(CUdeviceptr p, size_t size, const CUmemAccessDesc* desc,
     }
     std::lock_guard g(vmm().mu);
     auto it = vmm().mapped.find(uintptr_t(p));
-    if (it == vmm().mapped.end() || it->second != size) {
+    if (it == vmm().mapped.end() || it->second.bytes != size) {
         return CUDA_ERROR_INVALID_VALUE;
     }
     if (::mprotect(reinterpret_cast<void*>(p), size, PROT_READ | PROT_WRITE) != 0) {
@@ -1108,9 +1144,57 @@ CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle* h, void* o
     return CUDA_SUCCESS;
 }
 
-CUresult cuMemGetHandleForAddressRange(void*, CUdeviceptr, size_t, CUmemRangeHandleType,
-                                       unsigned long long) {
-    return CUDA_ERROR_NOT_SUPPORTED; // CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is 0
+CUresult cuMemGetHandleForAddressRange(void* handle, CUdeviceptr p, size_t size,
+                                       CUmemRangeHandleType type, unsigned long long flags) {
+    if (!udmabuf_available()) {
+        return CUDA_ERROR_NOT_SUPPORTED; // CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is 0
+    }
+    const auto page = size_t(::sysconf(_SC_PAGESIZE));
+    if (!handle || type != CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD || flags || !size || p % page ||
+        size % page) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    // The chunks behind [p, p + size), which must be mapped without a gap
+    // (and have been given access, as the driver wants).
+    std::vector<udmabuf_create_item> items;
+    {
+        std::lock_guard g(vmm().mu);
+        uintptr_t at = uintptr_t(p);
+        const uintptr_t end = at + size;
+        auto it = vmm().mapped.upper_bound(at);
+        if (it == vmm().mapped.begin()) {
+            return CUDA_ERROR_INVALID_VALUE;
+        }
+        --it;
+        std::lock_guard gd(dev().mu);
+        for (; at < end; ++it) {
+            if (it == vmm().mapped.end() || it->first > at || at >= it->first + it->second.bytes ||
+                !dev().allocs.contains(it->first)) {
+                return CUDA_ERROR_INVALID_VALUE;
+            }
+            const size_t skip = at - it->first;
+            const size_t n = std::min(it->second.bytes - skip, size_t(end - at));
+            items.push_back({uint32_t(it->second.fd), 0, it->second.offset + skip, n});
+            at += n;
+        }
+    }
+    std::vector<char> arg(sizeof(udmabuf_create_list) + items.size() * sizeof(udmabuf_create_item));
+    auto* list = reinterpret_cast<udmabuf_create_list*>(arg.data());
+    list->flags = UDMABUF_FLAGS_CLOEXEC;
+    list->count = uint32_t(items.size());
+    std::memcpy(arg.data() + sizeof(udmabuf_create_list), items.data(),
+                items.size() * sizeof(udmabuf_create_item));
+    const int dev_fd = ::open("/dev/udmabuf", O_RDWR | O_CLOEXEC);
+    if (dev_fd < 0) {
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    const int buf = ::ioctl(dev_fd, UDMABUF_CREATE_LIST, list);
+    ::close(dev_fd);
+    if (buf < 0) {
+        return errno == ENOMEM ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_ERROR_INVALID_VALUE;
+    }
+    *static_cast<int*>(handle) = buf;
+    return CUDA_SUCCESS;
 }
 
 cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned version,

@@ -181,7 +181,10 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s);
 // imports the same memory, which outlives its creator while an fd or a
 // mapping holds it, as with CUDA's POSIX file descriptor handles. Mapped
 // memory becomes accessible (and device memory to the checks above) with
-// cuMemSetAccess. The device has no dma-buf export.
+// cuMemSetAccess. Where the kernel has /dev/udmabuf the device exports
+// dma-bufs: a range's dma-buf is a udmabuf over the memfds behind it, which
+// the llmos module imports and the CPU maps as the same memory; elsewhere
+// CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is 0 and the export is refused.
 
 enum CUresult {
     CUDA_SUCCESS = 0,
