@@ -52,9 +52,10 @@ lint: deps
 unit: userspace
 	@cd $(BUILD)/default && ctest --output-on-failure
 
-VM_TESTS := --tests $(BUILD)/default/kernel-tests --tests $(BUILD)/default/vm-gtests \
+VM_TESTS = --tests $(BUILD)/default/kernel-tests --tests $(BUILD)/default/vm-gtests \
 	--tests tests/vm --bpf $(BUILD)/bpf \
 	--bin $(BUILD)/default/tools/llmosctl-static --bin $(BUILD)/default/tools/llmosd/llmosd \
+	$(if $(wildcard $(BUILD)/default/tests/llmosd_emu),--bin $(BUILD)/default/tests/llmosd_emu) \
 	--data $(CURDIR)/../shared/testdata/llama-tiny-f32.gguf
 
 vm-test: build

@@ -173,13 +173,16 @@ ctest_lane() {
 }
 
 vm_tests() {
-	local t0 rc=0 p f s
+	local t0 rc=0 p f s emu=()
 	t0=$(date +%s)
 	rm -f build/vm/counts
+	# llmosd on the emulated GPU (x86-64 builds have it).
+	[ ! -x build/default/tests/llmosd_emu ] || emu=(--bin build/default/tests/llmosd_emu)
 	tools/vm/run.sh --module kmod/llmos.ko --tests build/default/kernel-tests \
 		--tests build/default/vm-gtests \
 		--tests tests/vm --bpf build/bpf --bin build/default/tools/llmosctl-static \
-		--bin build/default/tools/llmosd/llmosd --data ../shared/testdata/llama-tiny-f32.gguf \
+		--bin build/default/tools/llmosd/llmosd "${emu[@]}" \
+		--data ../shared/testdata/llama-tiny-f32.gguf \
 		--out build/vm test >"$logs/vm.log" 2>&1 || rc=$?
 	if [ -f build/vm/counts ]; then
 		read -r p f s <build/vm/counts
