@@ -130,6 +130,15 @@ TEST_F(engine_test, a_malformed_device_is_refused) {
     EXPECT_NE(r.output.find("--gpu-kv-memory"), std::string::npos) << r.output;
 }
 
+TEST_F(engine_test, publishing_kv_rows_on_the_cpu_engine_is_refused) {
+    auto r = run_to_exit(_dir, "--publish-gpu-kv");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("llmosd: --publish-gpu-kv: the models run on the CPU"),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(r.output.find("serving"), std::string::npos) << r.output;
+}
+
 TEST_F(engine_test, models_run_on_the_cpu_unless_asked_and_auto_says_where) {
     {
         llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/cpu",
@@ -257,6 +266,16 @@ TEST_F(gpu_llmosd, greedy_completions_match_the_cpu_daemon_s) {
         }
     }
     EXPECT_EQ(gpu_texts, cpu_texts);
+}
+
+// The rows become module mindspaces only on the kernel backend (the test
+// VM runs that on the emulated device: tests/vm/llmosd_gpu_emu.sh).
+TEST_F(gpu_llmosd, publishing_kv_rows_needs_the_kernel_backend) {
+    auto r = run_to_exit(_dir, "--engine cuda --publish-gpu-kv");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("llmosd: --publish-gpu-kv needs the kernel backend"), std::string::npos)
+        << r.output;
+    EXPECT_EQ(r.output.find("serving"), std::string::npos) << r.output;
 }
 
 TEST_F(gpu_llmosd, a_session_resumes_from_gpu_memory_and_starts_over_after_a_restart) {

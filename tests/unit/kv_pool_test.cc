@@ -8,6 +8,7 @@
 #include <cstring>
 #include <gtest/gtest.h>
 #include <llmos/kv_pool.hh>
+#include <memory>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -248,6 +249,115 @@ TEST(kv_pool, a_factory_that_fails_leaves_nothing_behind) {
     EXPECT_EQ(calls, 2);
     EXPECT_EQ(pool.stats().regions, 0u);
     EXPECT_THROW(llmos::kv_pool({.capacity = unit}), std::invalid_argument);
+}
+
+// A keepsake that records its life: made for one key at a backed size,
+// counted while alive.
+struct keepsake {
+    llmos::kv_key key;
+    uint64_t mapped;
+    std::atomic<int>& alive;
+    keepsake(llmos::kv_key k, uint64_t m, std::atomic<int>& a)
+        : key(k)
+        , mapped(m)
+        , alive(a) {
+        ++alive;
+    }
+    ~keepsake() { --alive; }
+};
+
+TEST(kv_pool, a_conversation_s_keepsake_lives_as_long_as_its_rows) {
+    std::atomic<int> alive{0};
+    std::vector<std::weak_ptr<keepsake>> made;
+    int throws = 0;
+    llmos::kv_pool pool(
+        {.capacity = 4 * unit,
+         .make = llmos::make_host_region,
+         .on_give_back = [&](const llmos::kv_key& k,
+                             const llmos::growable_region& r) -> llmos::kv_keepsake {
+             // The previous one is gone before the next is made.
+             for (const auto& w : made) {
+                 if (auto old = w.lock(); old && old->key == k) {
+                     ADD_FAILURE() << "the old keepsake is still alive";
+                 }
+             }
+             if (k.ms_id == 9) {
+                 ++throws;
+                 throw std::runtime_error("refused");
+             }
+             auto p = std::make_shared<keepsake>(k, r.mapped_bytes(), alive);
+             made.push_back(p);
+             return p;
+         }});
+    {
+        auto l = pool.acquire({1, 0}, 4 * unit);
+        ASSERT_TRUE(l.grow(unit));
+        EXPECT_EQ(alive.load(), 0) << "nothing is kept while the region is in use";
+    }
+    ASSERT_EQ(made.size(), 1u);
+    EXPECT_EQ(alive.load(), 1);
+    EXPECT_EQ(made[0].lock()->mapped, unit);
+    {
+        // Given back again, grown: a new keepsake replaces the old one.
+        auto l = pool.acquire({1, 0}, 4 * unit);
+        EXPECT_FALSE(made[0].expired()) << "kept while in use again";
+        ASSERT_TRUE(l.grow(2 * unit));
+    }
+    ASSERT_EQ(made.size(), 2u);
+    EXPECT_TRUE(made[0].expired());
+    EXPECT_EQ(made[1].lock()->mapped, 2 * unit);
+    EXPECT_EQ(alive.load(), 1);
+
+    // A request's region, and a region given back to be dropped, keep nothing.
+    {
+        auto l = pool.acquire_anonymous(unit);
+        ASSERT_TRUE(l.grow(unit));
+    }
+    {
+        auto l = pool.acquire({2, 0}, 4 * unit);
+        l.discard();
+    }
+    EXPECT_EQ(made.size(), 2u);
+    // A hook that throws keeps nothing and harms nothing.
+    { auto l = pool.acquire({9, 0}, 4 * unit); }
+    EXPECT_EQ(throws, 1);
+    EXPECT_FALSE(pool.acquire({9, 0}, 4 * unit).fresh());
+
+    // Evicted: its keepsake goes with it.
+    {
+        auto l = pool.acquire({3, 0}, 4 * unit);
+        ASSERT_TRUE(l.grow(4 * unit)); // room only once 1's rows are dropped
+    }
+    EXPECT_TRUE(made[1].expired());
+    ASSERT_EQ(made.size(), 3u);
+    EXPECT_EQ(alive.load(), 1);
+    // Forgotten: the same.
+    EXPECT_TRUE(pool.forget({3, 0}));
+    EXPECT_EQ(alive.load(), 0);
+    {
+        auto l = pool.acquire({4, 0}, 4 * unit);
+        ASSERT_TRUE(l.grow(unit));
+    }
+    EXPECT_EQ(alive.load(), 1);
+}
+
+TEST(kv_pool, the_pool_s_end_releases_keepsakes_and_host_regions_have_no_dmabuf) {
+    std::atomic<int> alive{0};
+    {
+        llmos::kv_pool pool(
+            {.capacity = 4 * unit,
+             .make = llmos::make_host_region,
+             .on_give_back = [&](const llmos::kv_key& k, const llmos::growable_region& r) {
+                 EXPECT_THROW((void)r.export_dmabuf(), std::runtime_error);
+                 return std::make_shared<keepsake>(k, r.mapped_bytes(), alive);
+             }});
+        for (uint64_t key : {1, 2}) {
+            auto l = pool.acquire({key, 0}, unit);
+            ASSERT_TRUE(l.grow(page));
+        }
+        EXPECT_EQ(alive.load(), 2);
+    }
+    EXPECT_EQ(alive.load(), 0);
 }
 
 TEST(kv_pool, threads_sharing_a_small_pool_keep_it_within_bounds) {

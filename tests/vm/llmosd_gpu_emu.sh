@@ -8,7 +8,10 @@
 # in GPU memory while the session's bookkeeping lives in a persistent
 # module mindspace; after a restart the mindspace is there but the rows
 # are not, and the turn starts over to the same text as the whole
-# conversation in one request. Prints TAP.
+# conversation in one request. With --publish-gpu-kv a session's rows are
+# a module mindspace over their dma-buf while the daemon holds them: the
+# same bytes for the same conversation, remade after each turn, gone with
+# the daemon. Prints TAP.
 set -u
 n=0
 out=/tmp/llmosd_gpu_emu.out
@@ -31,7 +34,8 @@ pid=
 url=
 start() { # log: start the daemon, set pid and url
 	rm -f /tmp/llmosd_emu.port
-	llmosd_emu --backend kernel --engine cuda --model "tiny=$model" --listen 127.0.0.1:0 \
+	llmosd_emu --backend kernel --engine cuda --publish-gpu-kv --model "tiny=$model" \
+		--listen 127.0.0.1:0 \
 		--port-file /tmp/llmosd_emu.port --workers 1 --slots 2 --ctx 256 2>"$1" &
 	pid=$!
 	i=0
@@ -63,6 +67,7 @@ turn() { # prompt [session]
 }
 
 llmosctl ms rm llmosd.s.emu >/dev/null 2>&1
+llmosctl ms rm llmosd.s.emu2 >/dev/null 2>&1
 start /tmp/llmosd_emu.log
 expect "llmosd_emu starts on the kernel backend and the emulated GPU" \
 	grep -q "(kernel backend, cuda:0 (llmos CUDA emulator" /tmp/llmosd_emu.log
@@ -75,7 +80,20 @@ EOF
 )" "$url"
 
 said=$(turn "Hello world" emu)
+expect "a session's K/V rows are a dma-buf mindspace of the module" sh -c \
+	'llmosctl ms info llmosd.k.emu >/tmp/k.info &&
+	 grep -q "backing: *dma-buf" /tmp/k.info && grep -q "persistent: no" /tmp/k.info'
+expect "the daemon counts it" sh -c '[ "$1" = 1 ]' sh "$(metric llmosd_gpu_kv_published)"
+llmosctl ms read llmosd.k.emu >/tmp/rows.emu 2>"$out"
+expect "its bytes hold the rows" sh -c \
+	'[ "$(wc -c </tmp/rows.emu)" -ge 2097152 ] && [ "$(tr -d "\\000" </tmp/rows.emu | wc -c)" -gt 0 ]'
+said2=$(turn "Hello world" emu2)
+expect "the same conversation in another session has the same rows" sh -c \
+	'[ "$1" = "$2" ] && llmosctl ms read llmosd.k.emu2 | cmp - /tmp/rows.emu' sh "$said" "$said2"
 turn2=$(turn " and more" emu)
+expect "after the next turn they are published again, with its rows" sh -c \
+	'llmosctl ms info llmosd.k.emu | grep -q "backing: *dma-buf" &&
+	 ! llmosctl ms read llmosd.k.emu | cmp -s - /tmp/rows.emu'
 expect "the session's second turn finds its rows in GPU memory" sh -c \
 	'[ -n "$1" ] && [ "${2:-0}" -ge 1 ]' sh "$turn2" "$(metric llmosd_gpu_kv_resumed_total)"
 expect "its bookkeeping is a persistent mindspace of the module" sh -c \
@@ -84,6 +102,9 @@ whole=$(turn "Hello world$said and more")
 expect "the second turn is what the whole conversation gives" sh -c '[ "$1" = "$2" ]' sh \
 	"$turn2" "$whole"
 stop /tmp/llmosd_emu.log
+expect "the rows' mindspaces go with the daemon, the sessions' stay" sh -c \
+	'! llmosctl ms info llmosd.k.emu >/dev/null 2>&1 &&
+	 ! llmosctl ms info llmosd.k.emu2 >/dev/null 2>&1 && llmosctl ms info llmosd.s.emu2 >/dev/null'
 
 start /tmp/llmosd_emu2.log
 turn3=$(turn " again" emu)
@@ -93,5 +114,6 @@ whole=$(turn "Hello world$said and more$turn2 again")
 expect "the turn starts over to the same text as the whole conversation" sh -c \
 	'[ "$1" = "$2" ]' sh "$turn3" "$whole"
 stop /tmp/llmosd_emu2.log
-expect "the session's mindspace is removed" llmosctl ms rm llmosd.s.emu
+expect "the sessions' mindspaces are removed" sh -c \
+	'llmosctl ms rm llmosd.s.emu && llmosctl ms rm llmosd.s.emu2'
 echo "1..$n"

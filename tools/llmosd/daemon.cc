@@ -47,6 +47,11 @@ struct session_header {
     uint64_t kv_off;
     uint64_t kv_len;
 };
+/// A session NAME's mindspace, and the one over its K/V rows on the GPU
+/// (--publish-gpu-kv): names of the same length, so both fit.
+constexpr std::string_view session_ms_prefix = "llmosd.s.";
+constexpr std::string_view rows_ms_prefix = "llmosd.k.";
+
 constexpr char session_magic[8] = {'L', 'L', 'M', 'O', 'S', 'S', 'E', 'S'};
 constexpr uint64_t session_text_off = page;
 constexpr uint64_t session_text_cap = 1 << 20;
@@ -223,10 +228,61 @@ void daemon::choose_engine() {
     _engine_desc = "cuda:" + std::to_string(index) + " (" + di.name + ", compute " +
                    std::to_string(di.cc_major) + "." + std::to_string(di.cc_minor) + ")";
     const uint64_t capacity = _o.gpu_kv_bytes ? _o.gpu_kv_bytes : di.total_mem / 2;
-    _kv_pool = std::make_unique<llmos::kv_pool>(
-        llmos::kv_pool_options{.capacity = capacity, .make = [index](uint64_t bytes) {
-                                   return llmos::make_gpu_region(bytes, index);
-                               }});
+    llmos::kv_pool_options po{.capacity = capacity, .make = [index](uint64_t bytes) {
+                                  return llmos::make_gpu_region(bytes, index);
+                              }};
+    if (_o.publish_gpu_kv) {
+        po.on_give_back = [this](const llmos::kv_key& k, const llmos::growable_region& r) {
+            return publish_rows(k, r);
+        };
+    }
+    _kv_pool = std::make_unique<llmos::kv_pool>(std::move(po));
+}
+
+/// A session's K/V rows as a module mindspace, kept with their region.
+struct daemon::published_rows {
+    std::optional<llmos::mindspace> ms; ///< reset early when a newer one takes the name
+};
+
+llmos::kv_keepsake daemon::publish_rows(const llmos::kv_key& key,
+                                        const llmos::growable_region& rows) {
+    auto info = llmos::mindspace_info(*_dev, llmos::ms_key{key.ms_id, {}});
+    if (!info || !info->name.starts_with(session_ms_prefix)) {
+        return nullptr; // not a session's conversation (or gone meanwhile)
+    }
+    const std::string session = info->name.substr(session_ms_prefix.size());
+    const std::string name = std::string(rows_ms_prefix) + session;
+    auto fail = [&](const std::string& why) -> llmos::kv_keepsake {
+        std::fprintf(stderr, "llmosd: session '%s': its K/V rows are not published as %s: %s\n",
+                     session.c_str(), name.c_str(), why.c_str());
+        return nullptr;
+    };
+    std::lock_guard lk(_published_m);
+    // One made for an older mindspace of the session (replaced for a
+    // larger cache) gives the name up first.
+    if (auto it = _published.find(name); it != _published.end()) {
+        if (auto old = it->second.lock()) {
+            old->ms.reset();
+        }
+        _published.erase(it);
+    }
+    llmos::unique_fd buf;
+    try {
+        buf = rows.export_dmabuf();
+    } catch (const std::exception& e) {
+        return fail(e.what());
+    }
+    auto ms = llmos::mindspace::create(
+        *_dev, {.name = name, .mode = info->mode & 0777, .dmabuf_fd = buf.get()});
+    if (!ms) {
+        return fail(ms.error() == std::errc::file_exists
+                        ? std::string("the name is taken (a peer still holds the previous one?)")
+                        : ms.error().message());
+    }
+    auto p = std::make_shared<published_rows>();
+    p->ms.emplace(std::move(*ms));
+    _published[name] = p;
+    return p;
 }
 
 daemon::daemon(options o)
@@ -240,6 +296,22 @@ daemon::daemon(options o)
                                  " backend: " + dev.error().message());
     }
     _dev = std::make_unique<llmos::device>(std::move(*dev));
+    if (_o.publish_gpu_kv) {
+        if (_gpu < 0) {
+            throw std::runtime_error("--publish-gpu-kv: the models run on the CPU, their KV rows "
+                                     "are in their mindspaces already (--engine cuda puts them on "
+                                     "a GPU)");
+        }
+        if (_dev->kind() != llmos::backend_kind::kernel) {
+            throw std::runtime_error("--publish-gpu-kv needs the kernel backend (the llmos "
+                                     "module): the local backend has no dma-buf mindspaces");
+        }
+        if (const eng::gpu_probe_result gp = eng::probe_gpu(_gpu); !gp.dmabuf) {
+            throw std::runtime_error("--publish-gpu-kv: the driver of GPU " + std::to_string(_gpu) +
+                                     " cannot export its memory as dma-bufs "
+                                     "(CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is 0)");
+        }
+    }
     if (!_o.api_key_file.empty()) {
         std::ifstream in(_o.api_key_file);
         if (!in) {
@@ -530,7 +602,7 @@ outcome daemon::run(const job& j, uint32_t tenant,
     json stored; // the session's conversation so far
     std::string stored_text;
     if (!j.session.empty()) {
-        const std::string name = "llmosd.s." + j.session;
+        const std::string name = std::string(session_ms_prefix) + j.session;
         const uint64_t want = session_req_off + session_req_cap + kv_bytes;
         auto o = llmos::mindspace::open(*_dev, llmos::ms_key{0, name});
         std::vector<std::byte> kept; // the conversation, when its mindspace is replaced
@@ -845,6 +917,18 @@ std::string daemon::prometheus() const {
                 ks.evictions);
         counter("llmosd_gpu_kv_resumed_total", "requests that found their conversation on the GPU",
                 ks.resumed);
+    }
+    if (_o.publish_gpu_kv) {
+        size_t n = 0;
+        {
+            std::lock_guard lk(_published_m);
+            for (const auto& [name, w] : _published) {
+                auto p = w.lock();
+                n += p && p->ms;
+            }
+        }
+        gauge("llmosd_gpu_kv_published", "sessions' K/V rows published as module mindspaces",
+              double(n));
     }
     _metrics.latency.write(o, "llmosd_request_duration_seconds",
                            "time from submission to the last token");

@@ -54,6 +54,10 @@ struct options {
     /// Bytes of GPU memory for KV caches, all conversations together (0:
     /// half the device's memory).
     uint64_t gpu_kv_bytes = 0;
+    /// Each session's K/V rows on the GPU are also a module mindspace
+    /// (llmosd.k.NAME) over their dma-buf, for peer devices: needs the GPU
+    /// engine, the kernel backend and a driver that exports dma-bufs.
+    bool publish_gpu_kv = false;
 };
 
 struct model_entry {
@@ -171,6 +175,11 @@ private:
     void deliver(const llmos::descriptor& d);
 
     void choose_engine();
+    /// kv_pool's on_give_back with --publish-gpu-kv: the session's rows as
+    /// the module mindspace llmosd.k.NAME over their dma-buf (null for a
+    /// region that is no session's, or when that fails, which is logged).
+    llmos::kv_keepsake publish_rows(const llmos::kv_key& key, const llmos::growable_region& rows);
+    struct published_rows;
 
     options _o;
     std::unique_ptr<llmos::device> _dev;
@@ -192,6 +201,9 @@ private:
     std::atomic<uint64_t> _req_seq{0};
     std::atomic<bool> _draining{false};
     metrics _metrics;
+    mutable std::mutex _published_m; // _published and its mindspaces
+    /// What publish_rows() made, by name (each owned by its region).
+    std::map<std::string, std::weak_ptr<published_rows>> _published;
 };
 
 } // namespace llmosd

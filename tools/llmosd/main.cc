@@ -52,6 +52,9 @@ int main(int argc, char** argv) {
                    "GPU memory for KV caches, all conversations together, e.g. 16G (default: "
                    "half the GPU's memory)")
         ->transform(CLI::AsSizeValue(false));
+    app.add_flag("--publish-gpu-kv", o.publish_gpu_kv,
+                 "with --engine cuda on the kernel backend: each session's K/V rows are also a "
+                 "module mindspace, llmosd.k.NAME, over their dma-buf, for peer devices");
     app.add_option("--workers", o.workers, "inference workers")->check(CLI::Range(1, 256));
     app.add_option("--threads", o.threads, "threads per worker (0: the CPUs shared out)");
     std::string activations = "int8";

@@ -66,9 +66,20 @@ public:
     uint64_t mapped_bytes() const noexcept override { return _m.mapped_bytes(); }
     uint64_t granularity() const noexcept override { return _m.granularity(); }
     void grow(uint64_t bytes) override { _m.grow(bytes); }
+    unique_fd export_dmabuf() const override {
+        if (_m.mapped_bytes() == 0) {
+            throw std::runtime_error("a KV region with nothing backed has no dma-buf");
+        }
+        return unique_fd(_m.export_dmabuf(0, _m.mapped_bytes()).release());
+    }
 };
 
 } // namespace
+
+unique_fd growable_region::export_dmabuf() const {
+    throw std::runtime_error("this KV region's memory (host memory) cannot be exported as a "
+                             "dma-buf");
+}
 
 std::unique_ptr<growable_region> make_host_region(uint64_t max_bytes) {
     return std::make_unique<host_region>(max_bytes);
@@ -84,6 +95,9 @@ struct kv_pool::entry {
     bool leased = false;
     uint64_t last_used = 0;
     uint64_t counted = 0; ///< bytes of _mapped that are this region's
+    /// on_give_back's, released with the entry. Only the lease holder
+    /// touches it while leased; not protected by _mu.
+    kv_keepsake keepsake;
 };
 
 kv_pool::kv_pool(kv_pool_options o)
@@ -327,6 +341,14 @@ bool kv_pool::lease::grow(uint64_t bytes, std::string* why) {
 void kv_pool::lease::give_back(bool drop) noexcept {
     if (!_e) {
         return;
+    }
+    if (!drop && _e->key && _p->_o.on_give_back) {
+        _e->keepsake.reset();
+        try {
+            _e->keepsake = _p->_o.on_give_back(*_e->key, *_e->region);
+        } catch (...) {
+            // Nothing kept; the region itself is unharmed.
+        }
     }
     std::unique_ptr<entry> old;
     {

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <llmos/unique_fd.hh>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -44,6 +45,12 @@ public:
     /// std::runtime_error (more than reserved, out of memory); the region
     /// is as before then.
     virtual void grow(uint64_t bytes) = 0;
+    /// A new dma-buf fd of the backed bytes, for a peer device or the llmos
+    /// module (a mindspace made with LLMOS_MS_DMABUF); it does not follow
+    /// later growth. Throws std::runtime_error where the memory cannot be
+    /// exported: nothing backed yet, a driver without dma-buf export, host
+    /// memory (which has none).
+    virtual unique_fd export_dmabuf() const;
 };
 
 /// Makes a region of at least `max_bytes` (nothing backed yet). Throws
@@ -65,9 +72,23 @@ struct kv_key {
     auto operator<=>(const kv_key&) const = default;
 };
 
+/// What kv_pool_options::on_give_back returns: anything, kept with the
+/// region.
+using kv_keepsake = std::shared_ptr<void>;
+
 struct kv_pool_options {
     uint64_t capacity = 0; ///< bytes all regions together may back
     region_factory make;
+    /// Called when a conversation's region is given back (not a request's
+    /// region, not one given back to be dropped), on the thread that held
+    /// it, before anyone else may take it. What it returns is kept with the
+    /// region until the region is given back again (the old keepsake is
+    /// released before the call) or dropped (released with it, evictions
+    /// and the pool's end included). For what must live exactly as long
+    /// as the region's contents: llmosd makes a session's K/V rows a
+    /// module mindspace over the region's dma-buf. Must not block for
+    /// long; an exception counts as nothing kept.
+    std::function<kv_keepsake(const kv_key& key, const growable_region& region)> on_give_back;
 };
 
 struct kv_pool_stats {
