@@ -185,6 +185,10 @@ private:
     std::unique_ptr<llmos::device> _dev;
     int _gpu = -1;
     std::string _engine_desc;
+    /// Before _kv_pool and _pool: regions given back as they go publish.
+    mutable std::mutex _published_m; // _published and its mindspaces
+    /// What publish_rows() made, by name (each owned by its region).
+    std::map<std::string, std::weak_ptr<published_rows>> _published;
     std::unique_ptr<llmos::kv_pool> _kv_pool; ///< before _pool: its workers' regions come from it
     mutable std::shared_mutex _models_m;      // _models, _by_id
     std::map<std::string, std::shared_ptr<model_entry>> _models;
@@ -201,9 +205,6 @@ private:
     std::atomic<uint64_t> _req_seq{0};
     std::atomic<bool> _draining{false};
     metrics _metrics;
-    mutable std::mutex _published_m; // _published and its mindspaces
-    /// What publish_rows() made, by name (each owned by its region).
-    std::map<std::string, std::weak_ptr<published_rows>> _published;
 };
 
 } // namespace llmosd
