@@ -264,8 +264,8 @@ llmos::kv_keepsake daemon::publish_rows(const llmos::kv_key& key,
         if (auto old = it->second.lock()) {
             old->ms.reset();
         }
-        _published.erase(it);
     }
+    std::erase_if(_published, [](const auto& kv) { return kv.second.expired(); });
     llmos::unique_fd buf;
     try {
         buf = rows.export_dmabuf();
