@@ -149,9 +149,14 @@ ctest_lane() {
 	junit="$root/build/$lane/junit.xml"
 	t0=$(date +%s)
 	rm -f "$junit"
+	# One test per CPU, four at most (a sanitized model test takes a GiB or
+	# two): each test has its own folders, sockets and ports.
+	local jobs
+	jobs=$(nproc)
+	[ "$jobs" -le 4 ] || jobs=4
 	(cd "build/$lane" &&
 		TSAN_OPTIONS="suppressions=$root/tests/tsan.supp ${TSAN_OPTIONS:-}" \
-			ctest --output-on-failure --output-junit "$junit" --timeout 300) \
+			ctest --output-on-failure --output-junit "$junit" --timeout 300 -j "$jobs") \
 		>"$logs/ctest-$lane.log" 2>&1 || rc=$?
 	if [ ! -f "$junit" ]; then
 		say "ctest-$lane: no report; end of $logs/ctest-$lane.log:"

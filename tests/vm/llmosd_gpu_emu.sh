@@ -69,8 +69,10 @@ turn() { # prompt [session]
 llmosctl ms rm llmosd.s.emu >/dev/null 2>&1
 llmosctl ms rm llmosd.s.emu2 >/dev/null 2>&1
 start /tmp/llmosd_emu.log
-expect "llmosd_emu starts on the kernel backend and the emulated GPU" \
-	grep -q "(kernel backend, cuda:0 (llmos CUDA emulator" /tmp/llmosd_emu.log
+# (its log is shown when it does not)
+expect "llmosd_emu starts on the kernel backend and the emulated GPU" sh -c \
+	'grep -q "(kernel backend, cuda:0 (llmos CUDA emulator" "$1" || { cat "$1"; exit 1; }' sh \
+	/tmp/llmosd_emu.log
 expect "a completion gives the conformance model's greedy continuation" sh -c \
 	"$(cat <<'EOF'
 wget -q -O - --header 'Content-Type: application/json' \
