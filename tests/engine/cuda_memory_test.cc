@@ -61,8 +61,8 @@ size_t open_fds() {
     return n - 1; // the directory's own fd
 }
 
-// Byte i of pattern `seed`: no two pages, chunks or seeds alike (a hash of
-// the index, so no shift of a range by a page multiple goes unseen).
+// Byte i of pattern `seed`, from a hash of i: bytes read from the wrong
+// offset (a page or a chunk away) or of another seed differ.
 uint8_t pattern(uint64_t i, uint32_t seed) {
     const uint64_t x = (i + (uint64_t{seed} << 40)) * 0x9e3779b97f4a7c15ull;
     return static_cast<uint8_t>(x >> 56);
@@ -485,7 +485,8 @@ protected:
     }
 };
 
-// A child of this program in a role, its end of a socket pair on fd 3.
+// A child of this program in a role, with `sock` (its end of a socket
+// pair) on fd 3 when given.
 pid_t spawn_child(const char* role, uint32_t seed, uint64_t bytes, int sock = -1) {
     // Never fd 3 itself: dup2(3, 3) would leave close-on-exec set.
     owned_fd high;

@@ -77,8 +77,7 @@ public:
 } // namespace
 
 unique_fd growable_region::export_dmabuf() const {
-    throw std::runtime_error("this KV region's memory (host memory) cannot be exported as a "
-                             "dma-buf");
+    throw std::runtime_error("this KV region's memory cannot be exported as a dma-buf");
 }
 
 std::unique_ptr<growable_region> make_host_region(uint64_t max_bytes) {
