@@ -5,13 +5,9 @@
 # read, list, info, save, rm, load (bytes round-trip exactly), sparse files,
 # and the errors a user sees for bad input. Prints TAP.
 set -u
-n=0
 out=/tmp/llmosctl_ms.out
+. "$(dirname "$0")/tap.sh"
 
-ok() { n=$((n + 1)); echo "ok $n $1"; }
-not_ok() { n=$((n + 1)); echo "not ok $n $1"; sed 's/^/# /' "$out"; }
-# expect DESCRIPTION CMD...: CMD succeeds
-expect() { d=$1; shift; if "$@" >"$out" 2>&1; then ok "$d"; else not_ok "$d"; fi; }
 # refuse DESCRIPTION STATUS PATTERN CMD...: CMD exits STATUS and says PATTERN
 refuse() {
 	d=$1 want=$2 pat=$3

@@ -5,11 +5,8 @@
 # misbehave on purpose are ejected and every request still completes; one
 # policy at a time; the module stays loaded while one is attached. TAP.
 set -u
-n=0
 out=/tmp/llmosctl_policy.out
-ok() { n=$((n + 1)); echo "ok $n $1"; }
-not_ok() { n=$((n + 1)); echo "not ok $n $1"; sed 's/^/# /' "$out"; }
-expect() { d=$1; shift; if "$@" >"$out" 2>&1; then ok "$d"; else not_ok "$d"; fi; }
+. "$(dirname "$0")/tap.sh"
 # check DESCRIPTION 'SHELL CODE': run in this shell (it sees the functions)
 check() { d=$1; if eval "$2" >"$out" 2>&1; then ok "$d"; else not_ok "$d"; fi; }
 status() { llmosctl --json sched status | tr -d ' \n'; }

@@ -3,11 +3,8 @@
 #
 # llmosctl sched, top and bench against the module, in the VM. Prints TAP.
 set -u
-n=0
 out=/tmp/llmosctl_sched.out
-ok() { n=$((n + 1)); echo "ok $n $1"; }
-not_ok() { n=$((n + 1)); echo "not ok $n $1"; sed 's/^/# /' "$out"; }
-expect() { d=$1; shift; if "$@" >"$out" 2>&1; then ok "$d"; else not_ok "$d"; fi; }
+. "$(dirname "$0")/tap.sh"
 
 echo "TAP version 13"
 expect "sched status answers" sh -c 'llmosctl sched status | grep -q "policy:    built-in"'

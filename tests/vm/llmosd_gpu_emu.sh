@@ -13,12 +13,8 @@
 # same bytes for the same conversation, remade after each turn, gone with
 # the daemon. Prints TAP.
 set -u
-n=0
 out=/tmp/llmosd_gpu_emu.out
-ok() { n=$((n + 1)); echo "ok $n $1"; }
-not_ok() { n=$((n + 1)); echo "not ok $n $1"; sed 's/^/# /' "$out"; }
-expect() { d=$1; shift; if "$@" >"$out" 2>&1; then ok "$d"; else not_ok "$d"; fi; }
-skip() { n=$((n + 1)); echo "ok $n $1 # SKIP $2"; }
+. "$(dirname "$0")/tap.sh"
 
 echo "TAP version 13"
 model=/data/llama-tiny-f32.gguf

@@ -5,12 +5,8 @@
 # conformance model, its requests go through the module's scheduler and
 # mindspaces, and it drains on SIGTERM. Prints TAP.
 set -u
-n=0
 out=/tmp/llmosd_kernel.out
-ok() { n=$((n + 1)); echo "ok $n $1"; }
-not_ok() { n=$((n + 1)); echo "not ok $n $1"; sed 's/^/# /' "$out"; }
-expect() { d=$1; shift; if "$@" >"$out" 2>&1; then ok "$d"; else not_ok "$d"; fi; }
-skip() { n=$((n + 1)); echo "ok $n $1 # SKIP $2"; }
+. "$(dirname "$0")/tap.sh"
 
 echo "TAP version 13"
 model=/data/llama-tiny-f32.gguf
