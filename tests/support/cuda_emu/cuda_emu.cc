@@ -595,14 +595,27 @@ using namespace llmos::cuda_emu;
 
 namespace {
 
+/// An error code's name and description, as cudart or the driver gives them.
+template <typename E>
 struct error_text {
-    cudaError_t e;
+    E code;
     const char* name;
     const char* text;
 };
 
+/// The entry of `code` in `table`, or null.
+template <typename E, size_t N>
+const error_text<E>* find_error(const error_text<E> (&table)[N], E code) {
+    for (const error_text<E>& t : table) {
+        if (t.code == code) {
+            return &t;
+        }
+    }
+    return nullptr;
+}
+
 // cudart's names and descriptions of the errors the emulator gives.
-constexpr error_text runtime_errors[] = {
+constexpr error_text<cudaError_t> runtime_errors[] = {
     {cudaSuccess, "cudaSuccess", "no error"},
     {cudaErrorInvalidValue, "cudaErrorInvalidValue", "invalid argument"},
     {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory"},
@@ -620,24 +633,15 @@ constexpr error_text runtime_errors[] = {
     {cudaErrorLaunchFailure, "cudaErrorLaunchFailure", "unspecified launch failure"},
 };
 
-const error_text* runtime_error(cudaError_t e) {
-    for (const error_text& t : runtime_errors) {
-        if (t.e == e) {
-            return &t;
-        }
-    }
-    return nullptr;
-}
-
 } // namespace
 
 const char* cudaGetErrorName(cudaError_t e) {
-    const error_text* t = runtime_error(e);
+    const auto* t = find_error(runtime_errors, e);
     return t ? t->name : "cudaErrorUnknown";
 }
 
 const char* cudaGetErrorString(cudaError_t e) {
-    const error_text* t = runtime_error(e);
+    const auto* t = find_error(runtime_errors, e);
     return t ? t->text : "unknown error";
 }
 
@@ -879,14 +883,8 @@ CUmemGenericAllocationHandle add_handle(int fd, size_t bytes) {
 
 namespace {
 
-struct driver_error_text {
-    CUresult r;
-    const char* name;
-    const char* text;
-};
-
 // The driver's names and descriptions of the results the emulator gives.
-constexpr driver_error_text driver_errors[] = {
+constexpr error_text<CUresult> driver_errors[] = {
     {CUDA_SUCCESS, "CUDA_SUCCESS", "no error"},
     {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
     {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
@@ -901,14 +899,9 @@ CUresult driver_error(CUresult r, const char** s, bool name) {
     if (!s) {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    for (const driver_error_text& t : driver_errors) {
-        if (t.r == r) {
-            *s = name ? t.name : t.text;
-            return CUDA_SUCCESS;
-        }
-    }
-    *s = nullptr;
-    return CUDA_ERROR_INVALID_VALUE;
+    const auto* t = find_error(driver_errors, r);
+    *s = t ? (name ? t->name : t->text) : nullptr;
+    return t ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 } // namespace
