@@ -566,15 +566,15 @@ int main(int argc, char** argv) {
         act_precision act;
         simd_level kernels = default_simd();
     };
-    // The quantized types with 8-bit activations, then Q8_0 and Q4_0 with
-    // two-level ones (int8x2: ~1e-4 from exact at the logits); where the
-    // CPU has AVX-512, F16, Q8_0, Q4_0 and Q4_K_M again on the AVX2 kernels, the
-    // baseline of the same run (and where it has AMX, Q8_0, Q4_0 and
-    // Q4_K_M on AVX-512's).
-    std::vector<run_kind> kinds = {
-        {"f16", act_precision::int8},    {"q8_0", act_precision::int8},
-        {"q4_0", act_precision::int8},   {"q4_k_m", act_precision::int8},
-        {"q8_0", act_precision::int8x2}, {"q4_0", act_precision::int8x2}};
+    // F16 and BF16 (float activations), the quantized types with 8-bit
+    // activations, then Q8_0 and Q4_0 with two-level ones (int8x2: ~1e-4
+    // from exact at the logits); where the CPU has AVX-512, F16, Q8_0, Q4_0
+    // and Q4_K_M again on the AVX2 kernels, the baseline of the same run
+    // (and where it has AMX, Q8_0, Q4_0 and Q4_K_M on AVX-512's).
+    std::vector<run_kind> kinds = {{"f16", act_precision::int8},    {"bf16", act_precision::int8},
+                                   {"q8_0", act_precision::int8},   {"q4_0", act_precision::int8},
+                                   {"q4_k_m", act_precision::int8}, {"q8_0", act_precision::int8x2},
+                                   {"q4_0", act_precision::int8x2}};
     if (default_simd() >= simd_level::avx512) {
         for (const char* t : {"f16", "q8_0", "q4_0", "q4_k_m"}) {
             kinds.push_back({t, act_precision::int8, simd_level::avx2});
@@ -609,7 +609,7 @@ int main(int argc, char** argv) {
         // Prefill against the machine's peak of the arithmetic its kernels
         // do (F32 FMA or int8), with the best instructions the CPU has.
         double pre = double(prompt.size()) / pt;
-        bool is_float = std::string(type) == "f16";
+        bool is_float = std::string(type) == "f16" || std::string(type) == "bf16";
         // int8x2 does the integer work twice per token: counted as done.
         const double rows = !is_float && rk.act == act_precision::int8x2 ? 2.0 : 1.0;
         const double macs = layer_macs_per_token(m) * double(prompt.size()) +

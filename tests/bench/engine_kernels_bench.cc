@@ -89,6 +89,14 @@ std::vector<uint8_t> fake_weights(ggml_type t, int64_t rows, int64_t cols) {
                 set_half(b + i);
             }
             break;
+        case ggml_type::bf16: {
+            // Exponent 2^-8 .. 2^-1, random sign and significand.
+            uint16_t h = 0;
+            std::memcpy(&h, &w[b], 2);
+            h = static_cast<uint16_t>((h & 0x807f) | (0x3b80 + ((h >> 7) & 7) * 0x80));
+            std::memcpy(&w[b], &h, 2);
+            break;
+        }
         case ggml_type::f32: {
             const float f = static_cast<float>(w[b] & 0xff) / 256.0f - 0.5f;
             std::memcpy(&w[b], &f, 4);
@@ -149,9 +157,9 @@ int main() {
         }
     }
 
-    const ggml_type types[] = {ggml_type::f32,  ggml_type::f16,  ggml_type::q8_0, ggml_type::q4_0,
-                               ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1, ggml_type::q4_k,
-                               ggml_type::q5_k, ggml_type::q6_k};
+    const ggml_type types[] = {ggml_type::f32,  ggml_type::f16,  ggml_type::bf16, ggml_type::q8_0,
+                               ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1,
+                               ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k};
     const char* only = std::getenv("BENCH_TYPES"); // e.g. "Q4_0,Q8_0"
     for (const ggml_type t : types) {
         if (only && !std::strstr(only, std::string(info(t)->name).c_str())) {

@@ -453,6 +453,11 @@ TEST_P(cuda_vs_cpu, logits_follow_the_cpu_engine_for_a_prompt_and_decode_steps) 
     cuda_model cm(*l.m);
     std::cout << "[ info     ] " << l.m->type_summary() << " -> " << cm.layout_summary() << ", "
               << (cm.device_bytes() >> 10) << " KiB\n";
+    // Only the K-quants are widened at upload: F32, F16, BF16, Q8_0 and
+    // Q4_0 matrices stay as the file has them.
+    if (std::string_view(GetParam().name).find("k_m") == std::string_view::npos) {
+        EXPECT_EQ(cm.layout_summary().find("as F16"), std::string::npos) << cm.layout_summary();
+    }
     for (bool blas : {true, false}) {
         SCOPED_TRACE(blas ? "cuBLAS wanted" : "built-in kernels");
         cuda_context ctx(cm, {.use_cublas = blas});
@@ -475,6 +480,7 @@ INSTANTIATE_TEST_SUITE_P(
     types, cuda_vs_cpu,
     ::testing::Values(gen_case{"llama_f32", SHAPE "--type f32"},
                       gen_case{"llama_f16", SHAPE "--type f16"},
+                      gen_case{"llama_bf16", SHAPE "--type bf16"},
                       gen_case{"llama_q8_0", SHAPE "--type q8_0"},
                       gen_case{"llama_q4_0", SHAPE "--type q4_0"},
                       gen_case{"llama_q4_k_m", SHAPE "--type q4_k_m"},

@@ -39,9 +39,14 @@ long scaled(long n) {
     return std::max(1L, static_cast<long>(static_cast<double>(n) * f));
 }
 
-const ggml_type all_types[] = {ggml_type::f32,  ggml_type::f16,  ggml_type::q8_0, ggml_type::q4_0,
-                               ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1, ggml_type::q4_k,
-                               ggml_type::q5_k, ggml_type::q6_k};
+const ggml_type all_types[] = {ggml_type::f32,  ggml_type::f16,  ggml_type::bf16, ggml_type::q8_0,
+                               ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1,
+                               ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k};
+
+/// Whether weights of `t` meet the activations as floats (no 8-bit rows).
+bool float_type(ggml_type t) {
+    return t == ggml_type::f32 || t == ggml_type::f16 || t == ggml_type::bf16;
+}
 
 std::string type_name(ggml_type t) {
     return std::string(info(t)->name);
@@ -160,6 +165,7 @@ double tolerance(ggml_type t) {
     switch (t) {
     case ggml_type::f32:
     case ggml_type::f16:
+    case ggml_type::bf16:
         return 1e-5; // float rounding only: the reference has the same weights
     default:
         return 1e-2;
@@ -212,8 +218,7 @@ TEST(matmul, quantized_error_is_what_8_bit_activations_explain) {
         for (const simd_level level : levels()) {
             const auto y = run(m, x, 4, pool, level);
             const double e = worst_error(m.values, 64, cols, x, 4, y);
-            EXPECT_LE(e, t == ggml_type::f32 || t == ggml_type::f16 ? 1e-6 : 1e-3)
-                << type_name(t) << " " << simd_name(level);
+            EXPECT_LE(e, float_type(t) ? 1e-6 : 1e-3) << type_name(t) << " " << simd_name(level);
             std::printf("%-5s %-6s worst error / (|W_r| |x_t|) = %.2e\n", type_name(t).c_str(),
                         std::string(simd_name(level)).c_str(), e);
         }
@@ -239,7 +244,7 @@ TEST(matmul, two_level_activations_leave_a_hundredth_of_the_rounding) {
                     const double e2 = worst_error(m.values, 37, cols, x, n_tokens, two);
                     SCOPED_TRACE(type_name(t) + " tokens " + std::to_string(n_tokens) + " " +
                                  std::string(simd_name(level)));
-                    if (t == ggml_type::f32 || t == ggml_type::f16) {
+                    if (float_type(t)) {
                         EXPECT_EQ(one, two); // float activations either way
                     } else {
                         EXPECT_LE(e2, 2e-5);
@@ -320,8 +325,7 @@ TEST(matmul, panel_kernels_compute_with_the_packed_weights) {
         EXPECT_NE(y, want) << type_name(t); // not the rows
         ASSERT_EQ(matmul(mixed, x.data(), 3, y.data(), pool, scratch, simd_level::avx2),
                   matmul_status::ok);
-        const bool rows = t == ggml_type::f32 || t == ggml_type::f16 || t == ggml_type::q5_k ||
-                          t == ggml_type::q6_k;
+        const bool rows = float_type(t) || t == ggml_type::q5_k || t == ggml_type::q6_k;
         EXPECT_EQ(packed_weight_bytes(c.view(), simd_level::avx2) != 0, !rows) << type_name(t);
         ASSERT_EQ(matmul(cv, x.data(), 3, want.data(), pool, scratch, simd_level::avx2),
                   matmul_status::ok);
@@ -455,17 +459,19 @@ TEST(matmul, packing_refuses_what_it_cannot_pack) {
     EXPECT_EQ(packed_weight_bytes(q4, simd_level::avx512), 2 * 2 * (256 + 32) / 64 * 64u);
     EXPECT_EQ(pack_weights(q4, simd_level::avx512, dst.span()), matmul_status::ok);
     // AVX2 reads the same panels; the scalar kernels, and AVX2's for F32,
-    // F16, Q5_K and Q6_K, take the rows; types the engine does not compute with.
+    // F16, BF16, Q5_K and Q6_K, take the rows; types the engine does not
+    // compute with.
     EXPECT_EQ(packed_weight_bytes(q4, simd_level::avx2),
               packed_weight_bytes(q4, simd_level::avx512));
     EXPECT_EQ(packed_weight_bytes(q4, simd_level::scalar), 0u);
     EXPECT_EQ(pack_weights(q4, simd_level::scalar, dst.span()), matmul_status::unsupported_type);
-    for (const ggml_type t : {ggml_type::f32, ggml_type::f16, ggml_type::q5_k, ggml_type::q6_k}) {
+    for (const ggml_type t :
+         {ggml_type::f32, ggml_type::f16, ggml_type::bf16, ggml_type::q5_k, ggml_type::q6_k}) {
         const weight_view v{t, w.data(), 2, 256, 0};
         EXPECT_EQ(packed_weight_bytes(v, simd_level::avx2), 0u) << type_name(t);
         EXPECT_EQ(pack_weights(v, simd_level::avx2, dst.span()), matmul_status::unsupported_type);
     }
-    for (const ggml_type t : {ggml_type::bf16, ggml_type::q2_k}) {
+    for (const ggml_type t : {ggml_type::q8_1, ggml_type::q2_k}) {
         const weight_view v{t, w.data(), 2, 256, 0};
         EXPECT_EQ(packed_weight_bytes(v, simd_level::avx512), 0u) << type_name(t);
         EXPECT_EQ(pack_weights(v, simd_level::avx512, dst.span()), matmul_status::unsupported_type);
@@ -530,6 +536,22 @@ TEST(matmul, f16_weights_track_the_float_originals) {
     const auto x = normal(3 * 2048, 7);
     const auto y = run(m, x, 3, pool, default_simd());
     EXPECT_LE(worst_error(m.original, 37, 2048, x, 3, y), 1e-3);
+}
+
+TEST(matmul, bf16_weights_track_the_float_originals) {
+    // BF16 keeps 8 significant bits: each weight within half a unit in
+    // the last place, 2^-8 of itself.
+    thread_pool pool(2);
+    const matrix& m = random_matrix(ggml_type::bf16, 37, 2048);
+    for (size_t i = 0; i < m.original.size(); ++i) {
+        ASSERT_LE(std::fabs(m.values[i] - m.original[i]), std::fabs(m.original[i]) * 0x1p-8f) << i;
+    }
+    const auto x = normal(3 * 2048, 7);
+    for (const simd_level level : levels()) {
+        const auto y = run(m, x, 3, pool, level);
+        EXPECT_LE(worst_error(m.original, 37, 2048, x, 3, y), 1e-2) << simd_name(level);
+        EXPECT_LE(worst_error(m.values, 37, 2048, x, 3, y), 1e-6) << simd_name(level);
+    }
 }
 
 TEST(matmul, simd_and_scalar_agree) {
@@ -635,7 +657,7 @@ TEST(matmul, refuses_what_it_cannot_do_and_leaves_y_alone) {
         return matmul(v, x.data(), n, y.data(), pool, scratch, default_simd());
     };
     EXPECT_EQ(mm({ggml_type::q2_k, w.data(), 2, 256, 0}, 1), matmul_status::unsupported_type);
-    EXPECT_EQ(mm({ggml_type::bf16, w.data(), 2, 32, 0}, 1), matmul_status::unsupported_type);
+    EXPECT_EQ(mm({ggml_type::q8_k, w.data(), 2, 256, 0}, 1), matmul_status::unsupported_type);
     EXPECT_EQ(mm({ggml_type::q8_0, w.data(), 2, 33, 0}, 1), matmul_status::bad_shape);
     EXPECT_EQ(mm({ggml_type::q4_k, w.data(), 2, 128, 0}, 1), matmul_status::bad_shape);
     EXPECT_EQ(mm({ggml_type::q8_0, w.data(), -1, 32, 0}, 1), matmul_status::bad_shape);

@@ -242,10 +242,10 @@ int argmax(const std::vector<double>& v) {
 
 ggml_type base(const std::string& type) {
     static const std::map<std::string, ggml_type> m = {
-        {"f32", ggml_type::f32},   {"f16", ggml_type::f16},    {"q8_0", ggml_type::q8_0},
-        {"q4_0", ggml_type::q4_0}, {"q4_1", ggml_type::q4_1},  {"q5_0", ggml_type::q5_0},
-        {"q5_1", ggml_type::q5_1}, {"q4_k", ggml_type::q4_k},  {"q5_k", ggml_type::q5_k},
-        {"q6_k", ggml_type::q6_k}, {"q4_k_m", ggml_type::q4_k}};
+        {"f32", ggml_type::f32},   {"f16", ggml_type::f16},   {"bf16", ggml_type::bf16},
+        {"q8_0", ggml_type::q8_0}, {"q4_0", ggml_type::q4_0}, {"q4_1", ggml_type::q4_1},
+        {"q5_0", ggml_type::q5_0}, {"q5_1", ggml_type::q5_1}, {"q4_k", ggml_type::q4_k},
+        {"q5_k", ggml_type::q5_k}, {"q6_k", ggml_type::q6_k}, {"q4_k_m", ggml_type::q4_k}};
     return m.at(type);
 }
 
@@ -334,8 +334,8 @@ void check_model(const spec& s, const std::string& path) {
     EXPECT_GT(f.get_f32(a + ".attention.layer_norm_rms_epsilon"), 0.0f);
     EXPECT_EQ(f.get_f32(a + ".rope.freq_base"), a == "qwen2" ? 1e6f : 1e4f);
     static const std::map<std::string, uint32_t> ftype = {
-        {"f32", 0},  {"f16", 1},   {"q4_0", 2},    {"q4_1", 3},  {"q8_0", 7}, {"q5_0", 8},
-        {"q5_1", 9}, {"q4_k", 14}, {"q4_k_m", 15}, {"q5_k", 16}, {"q6_k", 18}};
+        {"f32", 0},  {"f16", 1},  {"bf16", 32}, {"q4_0", 2},    {"q4_1", 3},  {"q8_0", 7},
+        {"q5_0", 8}, {"q5_1", 9}, {"q4_k", 14}, {"q4_k_m", 15}, {"q5_k", 16}, {"q6_k", 18}};
     EXPECT_EQ(f.get_u32("general.file_type"), ftype.at(s.type));
 
     // The tokenizer.
@@ -401,8 +401,8 @@ void check_model(const spec& s, const std::string& path) {
 #endif
 }
 
-const std::vector<std::string> all_types = {"f32",  "f16",  "q8_0", "q4_0", "q4_1",  "q5_0",
-                                            "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m"};
+const std::vector<std::string> all_types = {"f32",  "f16",  "bf16", "q8_0", "q4_0", "q4_1",
+                                            "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m"};
 
 TEST(mkmodel, every_type_arch_and_vocab_loads_with_the_right_keys_shapes_and_types) {
     for (std::string a : {"llama", "qwen2"}) {
@@ -697,9 +697,9 @@ TEST(numpy_reference, dequantizes_every_type_as_the_engine_does) {
         }
         EXPECT_GT(seen[base(s.type)], 0);
     }
-    for (const ggml_type t :
-         {ggml_type::f32, ggml_type::f16, ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1,
-          ggml_type::q5_0, ggml_type::q5_1, ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k}) {
+    for (const ggml_type t : {ggml_type::f32, ggml_type::f16, ggml_type::bf16, ggml_type::q8_0,
+                              ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1,
+                              ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k}) {
         EXPECT_GT(all_seen[t], 0) << info(t)->name << " was not compared";
     }
 }

@@ -470,20 +470,20 @@ TEST(model_load, unsupported_architectures_and_types_are_named) {
         EXPECT_NE(std::string(e.what()).find("'blk.1.ffn_up.weight' is missing"), std::string::npos)
             << e.what();
     }
-    auto bf16 = rewrite([](gguf_writer& w, const gguf_tensor& t) {
+    auto q8_1 = rewrite([](gguf_writer& w, const gguf_tensor& t) {
         if (t.name == "blk.0.attn_q.weight") {
-            std::vector<std::byte> data(*row_bytes(ggml_type::bf16, 64) * 64);
-            w.add_tensor(t.name, ggml_type::bf16, t.dims(), data);
+            std::vector<std::byte> data(*row_bytes(ggml_type::q8_1, 64) * 64);
+            w.add_tensor(t.name, ggml_type::q8_1, t.dims(), data);
         } else {
             w.add_tensor(t.name, t.type, t.dims(), t.data);
         }
     });
-    auto g4 = gguf_file::parse(bf16);
+    auto g4 = gguf_file::parse(q8_1);
     try {
         (void)model::load(g4);
-        FAIL() << "loaded BF16 weights";
+        FAIL() << "loaded Q8_1 weights";
     } catch (const model_error& e) {
-        EXPECT_NE(std::string(e.what()).find("BF16, which this engine does not compute with"),
+        EXPECT_NE(std::string(e.what()).find("Q8_1, which this engine does not compute with"),
                   std::string::npos)
             << e.what();
     }

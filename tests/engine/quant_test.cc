@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 //
-// Weight types: half floats exhaustively against values worked out from
-// the IEEE definition; each block format against blocks built byte by byte
-// from the GGUF layout (the expected values come from the chosen fields,
-// never from the dequantizer); quantize -> dequantize error on normal data
+// Weight types: half floats and bfloat16 exhaustively against values
+// worked out from their definitions; each block format against blocks
+// built byte by byte from the GGUF layout (the expected values come from
+// the chosen fields, never from the dequantizer); quantize -> dequantize error on normal data
 // and on edge cases; status codes.
 #include <algorithm>
 #include <cmath>
@@ -130,6 +130,98 @@ TEST(fp16, scalar_and_row_conversion_agree_on_random_floats) {
     fp32_to_fp16_row(in.data(), row.data(), static_cast<int64_t>(in.size()));
     for (size_t i = 0; i < in.size(); ++i) {
         ASSERT_EQ(row[i], fp32_to_fp16(in[i])) << bits(in[i]);
+    }
+}
+
+// ---- bfloat16 ---------------------------------------------------------------
+
+/// The value of bfloat16 `b` from the definition: (-1)^s 2^(e-127) 1.m, or
+/// 2^-126 0.m for e = 0 (7 bits of m).
+double bf16_value(uint16_t b) {
+    const int s = b >> 15;
+    const int e = (b >> 7) & 255;
+    const int m = b & 127;
+    double v = 0;
+    if (e == 255) {
+        v = m == 0 ? INFINITY : NAN;
+    } else if (e == 0) {
+        v = std::ldexp(static_cast<double>(m), -133);
+    } else {
+        v = std::ldexp(static_cast<double>(128 + m), e - 134);
+    }
+    return s ? -v : v;
+}
+
+TEST(bf16, every_bfloat16_converts_to_its_value) {
+    std::vector<uint16_t> all(65536);
+    for (uint32_t b = 0; b < 65536; ++b) {
+        all[b] = static_cast<uint16_t>(b);
+    }
+    std::vector<float> row(65536);
+    bf16_to_fp32_row(all.data(), row.data(), 65536);
+    std::vector<float> dq(65536);
+    ASSERT_EQ(dequantize_row(ggml_type::bf16, all.data(), dq.data(), 65536), quant_status::ok);
+    for (uint32_t b = 0; b < 65536; ++b) {
+        const double want = bf16_value(static_cast<uint16_t>(b));
+        const float got = bf16_to_fp32(static_cast<uint16_t>(b));
+        if (std::isnan(want)) {
+            ASSERT_TRUE(std::isnan(got)) << b;
+        } else {
+            ASSERT_EQ(static_cast<double>(got), want) << b;
+        }
+        // Every one is the upper half of its float, NaN payloads included.
+        ASSERT_EQ(bits(got), b << 16) << b;
+        ASSERT_EQ(bits(row[b]), bits(got)) << b;
+        ASSERT_EQ(bits(dq[b]), bits(got)) << b;
+    }
+}
+
+TEST(bf16, every_bfloat16_survives_a_round_trip) {
+    for (uint32_t b = 0; b < 65536; ++b) {
+        const uint16_t back = fp32_to_bf16(bf16_to_fp32(static_cast<uint16_t>(b)));
+        if ((b & 0x7f80) == 0x7f80 && (b & 0x7f) != 0) {
+            ASSERT_EQ(back, b | 0x40) << b; // NaNs come back quiet
+        } else {
+            ASSERT_EQ(back, b) << b;
+        }
+    }
+}
+
+/// fp32_to_bf16 and quantize_row on one input.
+uint16_t bf16_both_ways(float f) {
+    uint16_t row = 0;
+    EXPECT_EQ(quantize_row(ggml_type::bf16, &f, &row, 1), quant_status::ok);
+    const uint16_t one = fp32_to_bf16(f);
+    EXPECT_EQ(one, row) << f;
+    return one;
+}
+
+TEST(bf16, rounds_to_nearest_with_ties_to_even) {
+    // As for halves: between every two neighbouring finite bfloat16
+    // numbers (and the largest and infinity), the midpoint goes to the
+    // even one, a hair off it to the nearer one.
+    for (uint32_t b = 0; b < 0x7f80; ++b) {
+        const double lo = bf16_value(static_cast<uint16_t>(b));
+        const double hi = b + 1 == 0x7f80 ? 0x1p128 : bf16_value(static_cast<uint16_t>(b + 1));
+        const auto mid = static_cast<float>((lo + hi) / 2); // exact: 9 bits
+        ASSERT_EQ(static_cast<double>(mid), (lo + hi) / 2) << b;
+        const uint32_t even = (b & 1) == 0 ? b : b + 1;
+        for (const uint32_t sign : {0u, 0x8000u}) {
+            const float s = sign ? -1.0f : 1.0f;
+            ASSERT_EQ(bf16_both_ways(s * mid), even | sign) << b;
+            ASSERT_EQ(bf16_both_ways(s * std::nextafter(mid, 0.0f)), b | sign) << b;
+            ASSERT_EQ(bf16_both_ways(s * std::nextafter(mid, INFINITY)), (b + 1) | sign) << b;
+        }
+    }
+    EXPECT_EQ(bf16_both_ways(3.4028235e38f), 0x7f80); // FLT_MAX: past the midpoint
+    EXPECT_EQ(bf16_both_ways(-INFINITY), 0xff80);
+    EXPECT_EQ(bf16_both_ways(1.0f), 0x3f80);
+    EXPECT_EQ(bf16_both_ways(-0.0f), 0x8000);
+    EXPECT_EQ(bf16_both_ways(from_bits(0x00000001)), 0x0000); // far below the last place
+    for (const uint32_t nan : {0x7f812345u, 0xffc00001u, 0x7f800001u}) {
+        const uint16_t b = bf16_both_ways(from_bits(nan));
+        EXPECT_EQ(b & 0x7fc0, 0x7fc0) << std::hex << nan; // quiet NaN
+        EXPECT_EQ(b & 0x8000, (nan >> 16) & 0x8000) << std::hex << nan;
     }
 }
 
@@ -426,7 +518,7 @@ TEST(known_bytes, q6_k) {
     EXPECT_EQ(y[64], 0.25f * static_cast<float>(sc[4]) * (7 - 32));
 }
 
-TEST(known_bytes, f16_and_f32) {
+TEST(known_bytes, f16_bf16_and_f32) {
     std::vector<uint8_t> b(8);
     put16(b, 0, 0x3c00); // 1
     put16(b, 2, 0xc500); // -5
@@ -437,6 +529,14 @@ TEST(known_bytes, f16_and_f32) {
     EXPECT_EQ(y[1], -5.0f);
     EXPECT_EQ(y[2], 0x1p-24f);
     EXPECT_EQ(y[3], 65504.0f);
+    std::vector<uint8_t> bb(6);
+    put16(bb, 0, 0x3f80); // 1
+    put16(bb, 2, 0xc0a0); // -5
+    put16(bb, 4, 0x7f7f); // the largest: (2 - 2^-7) 2^127
+    const auto by = dequant(ggml_type::bf16, bb, 3);
+    EXPECT_EQ(by[0], 1.0f);
+    EXPECT_EQ(by[1], -5.0f);
+    EXPECT_EQ(by[2], 0x1.fep127f);
     const float f[2] = {1.5f, -0.0f};
     std::vector<uint8_t> fb(8);
     std::memcpy(fb.data(), f, 8);
@@ -447,9 +547,9 @@ TEST(known_bytes, f16_and_f32) {
 
 // ---- quantize -> dequantize ------------------------------------------------
 
-const ggml_type all_types[] = {ggml_type::f32,  ggml_type::f16,  ggml_type::q8_0, ggml_type::q4_0,
-                               ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1, ggml_type::q4_k,
-                               ggml_type::q5_k, ggml_type::q6_k};
+const ggml_type all_types[] = {ggml_type::f32,  ggml_type::f16,  ggml_type::bf16, ggml_type::q8_0,
+                               ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1,
+                               ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k};
 
 std::string type_name(ggml_type t) {
     return std::string(info(t)->name);
@@ -463,6 +563,8 @@ double bound(ggml_type t) {
         return 0.0;
     case ggml_type::f16:
         return 3e-4; // 2^-12 / sqrt(3) ~ 1.4e-4
+    case ggml_type::bf16:
+        return 2.5e-3; // 2^-9 / sqrt(3) ~ 1.1e-3
     case ggml_type::q8_0:
         return 0.0056; // measured 0.0054
     case ggml_type::q4_0:
@@ -552,8 +654,10 @@ TEST(round_trip, constants_come_back_nearly_exact) {
         for (const ggml_type t : all_types) {
             const auto y = round_trip(t, x);
             for (size_t i = 0; i < y.size(); ++i) {
-                // Only the scale's rounding to half precision is lost.
-                ASSERT_NEAR(y[i], c, std::fabs(c) * 1e-3) << type_name(t) << " " << i;
+                // Only the scale's rounding to half precision is lost
+                // (BF16: the value's own rounding to 8 significant bits).
+                const double tol = t == ggml_type::bf16 ? 0x1p-8 : 1e-3;
+                ASSERT_NEAR(y[i], c, std::fabs(c) * tol) << type_name(t) << " " << i;
             }
         }
     }
@@ -658,7 +762,7 @@ TEST(status, unsupported_types_and_bad_lengths_are_refused) {
     std::vector<float> x(256, 1.0f);
     std::vector<uint8_t> q(1024);
     for (const ggml_type t : {ggml_type::q2_k, ggml_type::q3_k, ggml_type::q8_1, ggml_type::q8_k,
-                              ggml_type::bf16, static_cast<ggml_type>(99)}) {
+                              static_cast<ggml_type>(99)}) {
         EXPECT_EQ(quantize_row(t, x.data(), q.data(), 256), quant_status::unsupported_type);
         EXPECT_EQ(dequantize_row(t, q.data(), x.data(), 256), quant_status::unsupported_type);
     }

@@ -178,7 +178,8 @@ TEST_P(reference, prefill_and_decode_steps_match_unbatched_and_batched) {
     }
     auto m = model::load(file);
     const bool f32 = std::string(GetParam().type) == "f32";
-    const bool quantized = !f32 && std::string(GetParam().type) != "f16";
+    const bool quantized =
+        !f32 && std::string(GetParam().type) != "f16" && std::string(GetParam().type) != "bf16";
     const uint32_t V = m.params().n_vocab;
     struct mode {
         const char* name;
@@ -269,7 +270,8 @@ INSTANTIATE_TEST_SUITE_P(
                       combo{"q8_0", "qwen2", "bpe"}, combo{"q4_0", "qwen2", "bpe"},
                       combo{"q4_k_m", "qwen2", "bpe"}, combo{"q6_k", "qwen2", "bpe"},
                       combo{"q4_1", "llama", "spm"}, combo{"q5_0", "llama", "spm"},
-                      combo{"q5_1", "llama", "spm"}, combo{"q5_1", "qwen2", "bpe"}),
+                      combo{"q5_1", "llama", "spm"}, combo{"q5_1", "qwen2", "bpe"},
+                      combo{"bf16", "llama", "spm"}, combo{"bf16", "qwen2", "bpe"}),
     name_of);
 
 // The shapes of popular models whose rows are not whole K-quant blocks

@@ -55,9 +55,9 @@ int run(int argc, char** argv) {
     app.add_option("--arch", arch_name, "architecture (default: the preset's, else llama)")
         ->check(CLI::IsMember({"llama", "qwen2"}));
     std::vector<std::string> types;
-    for (auto t : {weight_type::f32, weight_type::f16, weight_type::q8_0, weight_type::q4_0,
-                   weight_type::q4_1, weight_type::q5_0, weight_type::q5_1, weight_type::q4_k,
-                   weight_type::q5_k, weight_type::q6_k, weight_type::q4_k_m}) {
+    for (auto t : {weight_type::f32, weight_type::f16, weight_type::bf16, weight_type::q8_0,
+                   weight_type::q4_0, weight_type::q4_1, weight_type::q5_0, weight_type::q5_1,
+                   weight_type::q4_k, weight_type::q5_k, weight_type::q6_k, weight_type::q4_k_m}) {
         types.emplace_back(name(t));
     }
     app.add_option("--type", type_name, "weight type")

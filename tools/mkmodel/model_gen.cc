@@ -26,10 +26,10 @@ struct type_name {
 };
 
 constexpr type_name type_names[] = {
-    {weight_type::f32, "f32"},   {weight_type::f16, "f16"},       {weight_type::q8_0, "q8_0"},
-    {weight_type::q4_0, "q4_0"}, {weight_type::q4_1, "q4_1"},     {weight_type::q5_0, "q5_0"},
-    {weight_type::q5_1, "q5_1"}, {weight_type::q4_k, "q4_k"},     {weight_type::q5_k, "q5_k"},
-    {weight_type::q6_k, "q6_k"}, {weight_type::q4_k_m, "q4_k_m"},
+    {weight_type::f32, "f32"},   {weight_type::f16, "f16"},   {weight_type::bf16, "bf16"},
+    {weight_type::q8_0, "q8_0"}, {weight_type::q4_0, "q4_0"}, {weight_type::q4_1, "q4_1"},
+    {weight_type::q5_0, "q5_0"}, {weight_type::q5_1, "q5_1"}, {weight_type::q4_k, "q4_k"},
+    {weight_type::q5_k, "q5_k"}, {weight_type::q6_k, "q6_k"}, {weight_type::q4_k_m, "q4_k_m"},
 };
 
 constexpr std::string_view presets[] = {"tiny",       "100m",        "tinyllama",
@@ -41,6 +41,8 @@ ggml_type base_type(weight_type t) {
         return ggml_type::f32;
     case weight_type::f16:
         return ggml_type::f16;
+    case weight_type::bf16:
+        return ggml_type::bf16;
     case weight_type::q8_0:
         return ggml_type::q8_0;
     case weight_type::q4_0:
@@ -256,6 +258,8 @@ uint32_t file_type(weight_type t) {
         return 0; // ALL_F32
     case weight_type::f16:
         return 1; // MOSTLY_F16
+    case weight_type::bf16:
+        return 32; // MOSTLY_BF16
     case weight_type::q4_0:
         return 2; // MOSTLY_Q4_0
     case weight_type::q4_1:
@@ -295,7 +299,8 @@ void build_model(const model_params& p, engine::gguf_writer& w,
     const std::string a(name(p.arch));
     const uint32_t head_dim = p.n_embd / p.n_head;
     const uint32_t n_embd_kv = head_dim * p.n_head_kv;
-    const bool quantized = p.type != weight_type::f32 && p.type != weight_type::f16;
+    const bool quantized =
+        p.type != weight_type::f32 && p.type != weight_type::f16 && p.type != weight_type::bf16;
 
     w.set("general.architecture", a);
     w.set("general.name", "llmos-mkmodel " + a + " " + std::string(name(p.type)) + " seed " +

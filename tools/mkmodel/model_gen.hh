@@ -36,7 +36,7 @@ namespace llmos::mkmodel {
 enum class model_arch { llama, qwen2 };
 
 /// Weight types of --type: one type for every matrix, or a mix.
-enum class weight_type { f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m };
+enum class weight_type { f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m };
 
 /// "llama" or "qwen2".
 std::string_view name(model_arch a);

@@ -668,7 +668,8 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
 }
 
 bool context::mm(const weight_view& w, const float* x, size_t n_tokens, float* y) {
-    if (!_o.exact_activations || w.type == ggml_type::f32 || w.type == ggml_type::f16) {
+    if (!_o.exact_activations || w.type == ggml_type::f32 || w.type == ggml_type::f16 ||
+        w.type == ggml_type::bf16) {
         return matmul(w, x, static_cast<int64_t>(n_tokens), y, *_pool, _o.kernels,
                       _o.activations) == matmul_status::ok;
     }

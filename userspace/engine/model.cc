@@ -24,9 +24,9 @@ std::string fmt_dims(const gguf_tensor& t) {
 
 std::string supported_types() {
     std::string s;
-    for (auto t :
-         {ggml_type::f32, ggml_type::f16, ggml_type::q8_0, ggml_type::q4_0, ggml_type::q4_1,
-          ggml_type::q5_0, ggml_type::q5_1, ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k}) {
+    for (auto t : {ggml_type::f32, ggml_type::f16, ggml_type::bf16, ggml_type::q8_0,
+                   ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1,
+                   ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k}) {
         s += (s.empty() ? "" : ", ") + std::string(info(t)->name);
     }
     return s;

@@ -248,6 +248,7 @@ size_t panel_bytes(ggml_type t, int64_t cols) noexcept {
         bytes = static_cast<size_t>(cols) * panel_rows * sizeof(float);
         break;
     case ggml_type::f16:
+    case ggml_type::bf16:
         bytes = static_cast<size_t>(cols) * panel_rows * sizeof(uint16_t);
         break;
     default:
@@ -286,6 +287,7 @@ void pack_panel(ggml_type t, const void* w, size_t stride, int64_t rows, int64_t
     case ggml_type::f32:
         return pack_float<float>(src, stride, rows, cols, r0, out);
     case ggml_type::f16:
+    case ggml_type::bf16:
         return pack_float<uint16_t>(src, stride, rows, cols, r0, out);
     default:
         return;

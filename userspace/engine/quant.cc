@@ -739,6 +739,12 @@ void fp32_to_fp16_row(const float* src, uint16_t* dst, int64_t n) noexcept {
     }
 }
 
+void bf16_to_fp32_row(const uint16_t* src, float* dst, int64_t n) noexcept {
+    for (int64_t i = 0; i < n; ++i) {
+        dst[i] = bf16_to_fp32(src[i]);
+    }
+}
+
 namespace {
 
 /// Checks t and n; the number of blocks when they are usable.
@@ -767,6 +773,9 @@ quant_status dequantize_row(ggml_type t, const void* src, float* dst, int64_t n)
         break;
     case ggml_type::f16:
         fp16_to_fp32_row(static_cast<const uint16_t*>(src), dst, n);
+        break;
+    case ggml_type::bf16:
+        bf16_to_fp32_row(static_cast<const uint16_t*>(src), dst, n);
         break;
     case ggml_type::q8_0:
         dequantize_q8_0(static_cast<const block_q8_0*>(src), dst, nb);
@@ -809,6 +818,11 @@ quant_status quantize_row(ggml_type t, const float* src, void* dst, int64_t n) n
         break;
     case ggml_type::f16:
         fp32_to_fp16_row(src, static_cast<uint16_t*>(dst), n);
+        break;
+    case ggml_type::bf16:
+        for (int64_t i = 0; i < n; ++i) {
+            static_cast<uint16_t*>(dst)[i] = fp32_to_bf16(src[i]);
+        }
         break;
     case ggml_type::q8_0:
         quantize_q8_0(src, static_cast<block_q8_0*>(dst), nb);

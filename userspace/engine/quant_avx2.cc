@@ -140,8 +140,12 @@ LLMOS_AVX2 void quantize_act_q8_256(const float* x, void* dst, int64_t cols) {
 /// 8 weights at w + k as floats.
 template <typename W>
 LLMOS_AVX2_INLINE __m256 load_w(const W* w, int64_t k) {
-    if constexpr (sizeof(W) == 2) {
+    if constexpr (std::is_same_v<W, uint16_t>) {
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k)));
+    } else if constexpr (std::is_same_v<W, bf16>) {
+        // A bfloat16 is the upper half of its float.
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
     } else {
         return _mm256_loadu_ps(w + k);
     }
@@ -149,8 +153,10 @@ LLMOS_AVX2_INLINE __m256 load_w(const W* w, int64_t k) {
 
 template <typename W>
 inline float scalar_w(const W* w, int64_t k) {
-    if constexpr (sizeof(W) == 2) {
+    if constexpr (std::is_same_v<W, uint16_t>) {
         return fp16_to_fp32(w[k]);
+    } else if constexpr (std::is_same_v<W, bf16>) {
+        return bf16_to_fp32(w[k].bits);
     } else {
         return w[k];
     }
@@ -676,6 +682,12 @@ struct k_f16 {
     }
 };
 template <int NT>
+struct k_bf16 {
+    static void run(const void* w, const void* a, size_t s, int64_t c, float* o) {
+        dot_float<bf16, NT>(w, a, s, c, o);
+    }
+};
+template <int NT>
 struct k_q8_0 {
     static void run(const void* w, const void* a, size_t s, int64_t c, float* o) {
         dot_q_32<block_q8_0, NT>(w, a, s, c, o);
@@ -732,6 +744,8 @@ row_kernel row_kernel_avx2(ggml_type t) noexcept {
         return by_tile<k_f32>;
     case ggml_type::f16:
         return by_tile<k_f16>;
+    case ggml_type::bf16:
+        return by_tile<k_bf16>;
     case ggml_type::q8_0:
         return by_tile<k_q8_0>;
     case ggml_type::q4_0:

@@ -335,16 +335,23 @@ LLMOS_AVX512 void panel_dot_q6_k(const void* panel, const void* act, size_t stri
     }
 }
 
-// ---- packed F32 and F16 ------------------------------------------------------
+// ---- packed F32, F16 and BF16 -----------------------------------------------
 
 /// Bytes ahead of the weights a one-token call asks the memory for.
 constexpr size_t prefetch_ahead = 2048;
 
+/// 16 bfloat16 numbers as floats (each the upper half of its float).
+LLMOS_AVX512_INLINE __m512 widen_bf16(__m256i b) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+}
+
 /// 16 rows' weights of one column as floats.
 template <typename W>
 LLMOS_AVX512_INLINE __m512 panel_column(const W* w) {
-    if constexpr (sizeof(W) == 2) {
+    if constexpr (std::is_same_v<W, uint16_t>) {
         return _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w)));
+    } else if constexpr (std::is_same_v<W, bf16>) {
+        return widen_bf16(_mm256_load_si256(reinterpret_cast<const __m256i*>(w)));
     } else {
         return _mm512_load_ps(w);
     }
@@ -461,8 +468,10 @@ struct k_q6_k {
 /// 16 weights at w + k as floats.
 template <typename W>
 LLMOS_AVX512_INLINE __m512 load_w(const W* w, int64_t k) {
-    if constexpr (sizeof(W) == 2) {
+    if constexpr (std::is_same_v<W, uint16_t>) {
         return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k)));
+    } else if constexpr (std::is_same_v<W, bf16>) {
+        return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k)));
     } else {
         return _mm512_loadu_ps(w + k);
     }
@@ -471,8 +480,10 @@ LLMOS_AVX512_INLINE __m512 load_w(const W* w, int64_t k) {
 /// The last n < 16 weights from w + k as floats, zeros past them.
 template <typename W>
 LLMOS_AVX512_INLINE __m512 load_w_tail(const W* w, int64_t k, __mmask16 mask) {
-    if constexpr (sizeof(W) == 2) {
+    if constexpr (std::is_same_v<W, uint16_t>) {
         return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w + k));
+    } else if constexpr (std::is_same_v<W, bf16>) {
+        return widen_bf16(_mm256_maskz_loadu_epi16(mask, w + k));
     } else {
         return _mm512_maskz_loadu_ps(mask, w + k);
     }
@@ -567,6 +578,8 @@ panel_kernel panel_kernel_avx512(ggml_type t) noexcept {
         return panel_by_tile<floats<float>::k>;
     case ggml_type::f16:
         return panel_by_tile<floats<uint16_t>::k>;
+    case ggml_type::bf16:
+        return panel_by_tile<floats<bf16>::k>;
     default:
         return nullptr;
     }
@@ -598,6 +611,8 @@ row_kernel row_kernel_avx512(ggml_type t) noexcept {
         return float_by_tile<float>;
     case ggml_type::f16:
         return float_by_tile<uint16_t>;
+    case ggml_type::bf16:
+        return float_by_tile<bf16>;
     default:
         return nullptr;
     }

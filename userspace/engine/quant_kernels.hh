@@ -44,9 +44,16 @@ struct alignas(32) act_q8_256 {
 };
 static_assert(sizeof(act_q8_256) == 320);
 
+/// A BF16 weight: its own type, so that the float kernels' templates (over
+/// float, uint16_t for F16, and this) tell it from an F16 one.
+struct bf16 {
+    uint16_t bits;
+};
+static_assert(sizeof(bf16) == 2);
+
 /// How a weight type wants its activations.
 enum class act_format : uint8_t {
-    f32,    ///< the float rows themselves (F32 and F16 weights)
+    f32,    ///< the float rows themselves (F32, F16 and BF16 weights)
     q8_32,  ///< act32 rows (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)
     q8_256, ///< act_q8_256 blocks (Q4_K, Q5_K, Q6_K)
 };

@@ -100,6 +100,18 @@ void dot_f16(const void* w_row, const void* act, size_t stride, int nt, int64_t 
     }
 }
 
+void dot_bf16(const void* w_row, const void* act, size_t stride, int nt, int64_t cols, float* out) {
+    const auto* w = static_cast<const uint16_t*>(w_row);
+    for (int t = 0; t < nt; ++t) {
+        const float* x = act_row<float>(act, stride, t);
+        float s = 0.0f;
+        for (int64_t k = 0; k < cols; ++k) {
+            s += bf16_to_fp32(w[k]) * x[k];
+        }
+        out[t] = s;
+    }
+}
+
 void dot_q8_0(const void* w_row, const void* act, size_t stride, int nt, int64_t cols, float* out) {
     const auto* w = static_cast<const block_q8_0*>(w_row);
     for (int t = 0; t < nt; ++t) {
@@ -314,6 +326,8 @@ row_kernel row_kernel_ref(ggml_type t) noexcept {
         return dot_f32;
     case ggml_type::f16:
         return dot_f16;
+    case ggml_type::bf16:
+        return dot_bf16;
     case ggml_type::q8_0:
         return dot_q8_0;
     case ggml_type::q4_0:

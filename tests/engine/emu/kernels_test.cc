@@ -70,6 +70,8 @@ ggml_type gguf_type(wkind k) {
         return ggml_type::f32;
     case wkind::f16:
         return ggml_type::f16;
+    case wkind::bf16:
+        return ggml_type::bf16;
     case wkind::q8_0:
         return ggml_type::q8_0;
     case wkind::q4_0:
@@ -111,7 +113,7 @@ weights make_weights(wkind k, int64_t rows, int64_t cols, uint32_t seed) {
 } // namespace
 
 TEST(emu_matmul, every_weight_layout_matches_a_double_reference) {
-    for (wkind k : {wkind::f32, wkind::f16, wkind::q8_0, wkind::q4_0}) {
+    for (wkind k : {wkind::f32, wkind::f16, wkind::bf16, wkind::q8_0, wkind::q4_0}) {
         for (int64_t rows : {13, 40}) {
             for (int64_t cols : {64, 96}) {
                 const weights w = make_weights(k, rows, cols, uint32_t(rows * 7 + cols));
@@ -148,7 +150,7 @@ TEST(emu_matmul, an_empty_product_launches_nothing) {
 }
 
 TEST(emu_dequant_f16, halves_are_the_dequantized_values_rounded) {
-    for (wkind k : {wkind::f32, wkind::f16, wkind::q8_0, wkind::q4_0}) {
+    for (wkind k : {wkind::f32, wkind::f16, wkind::bf16, wkind::q8_0, wkind::q4_0}) {
         SCOPED_TRACE(kind_name(k));
         const int64_t rows = 7, cols = 96;
         const weights w = make_weights(k, rows, cols, 99);
@@ -162,16 +164,18 @@ TEST(emu_dequant_f16, halves_are_the_dequantized_values_rounded) {
     }
 }
 
-TEST(emu_elementwise, to_f16_add_bias_add_and_swiglu) {
+TEST(emu_elementwise, to_f16_to_bf16_add_bias_add_and_swiglu) {
     const int64_t rows = 3, width = 333, n = rows * width; // not whole 256-thread blocks
     const std::vector<float> a = randoms(size_t(n), 1, -8, 8), b = randoms(size_t(n), 2, -8, 8);
     const std::vector<float> bias = randoms(size_t(width), 3);
     dmem<float> da(a), db(b), dbias(bias);
-    dmem<uint16_t> h(static_cast<size_t>(n));
+    dmem<uint16_t> h(static_cast<size_t>(n)), bh(static_cast<size_t>(n));
     ASSERT_EQ(to_f16(da.p, h.p, n, nullptr), cudaSuccess);
-    const std::vector<uint16_t> hv = h.get();
+    ASSERT_EQ(to_bf16(da.p, bh.p, n, nullptr), cudaSuccess);
+    const std::vector<uint16_t> hv = h.get(), bv = bh.get();
     for (size_t i = 0; i < hv.size(); ++i) {
         ASSERT_EQ(hv[i], fp32_to_fp16(a[i])) << i;
+        ASSERT_EQ(bv[i], fp32_to_bf16(a[i])) << i;
     }
     ASSERT_EQ(add_bias(da.p, dbias.p, rows, width, nullptr), cudaSuccess);
     std::vector<float> ref = a;

@@ -5,7 +5,7 @@
 Written from the format as llama.cpp documents it (ggml/docs/gguf.md and the
 block layouts of ggml-common.h), not from the engine's code, so that the two
 check each other. Reads GGUF v2 and v3 through mmap; dequantizes F32, F16,
-Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K, vectorized over all
+BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K, vectorized over all
 blocks of a tensor.
 
     f = GGUFFile("model.gguf")
@@ -21,11 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14
+BF16 = 30
 
 # ggml type id -> (name, elements per block, bytes per block)
 TYPES = {
     F32: ("F32", 1, 4),
     F16: ("F16", 1, 2),
+    BF16: ("BF16", 1, 2),
     Q4_0: ("Q4_0", 32, 18),
     Q4_1: ("Q4_1", 32, 20),
     Q5_0: ("Q5_0", 32, 22),
@@ -155,6 +157,8 @@ def dequantize(ttype, u8, n):
         return u8.view("<f4").astype(np.float32)
     if ttype == F16:
         return u8.view("<f2").astype(np.float32)
+    if ttype == BF16:  # the upper 16 bits of a float32
+        return (u8.view("<u2").astype(np.uint32) << 16).view(np.float32)
     nb = n // elems
     b = u8.reshape(nb, size)
     if ttype == Q8_0:  # half d, int8 qs[32]

@@ -4,8 +4,8 @@
 // the engine loads (cublasCreate_v2, cublasDestroy_v2, cublasSetStream_v2,
 // cublasGemmEx), computing on the host what cuBLAS documents: column-major
 // C = alpha op(A) op(B) + beta C, its argument checks and its type
-// combinations (A and B both F16 or both F32, C F32 or, with F16 inputs,
-// F16; F32 compute). Only the emulator's tests find it (their run path).
+// combinations (A and B both F16, both BF16 or both F32; C F32 or, with
+// 16-bit inputs, their type; F32 compute). Only the emulator's tests find it (their run path).
 #include <cstdint>
 #include <llmos/engine/quant.hh>
 
@@ -17,7 +17,7 @@ constexpr int status_not_initialized = 1;
 constexpr int status_invalid_value = 7;
 constexpr int status_not_supported = 15;
 constexpr int op_n = 0, op_t = 1;
-constexpr int r_32f = 0, r_16f = 2;
+constexpr int r_32f = 0, r_16f = 2, r_16bf = 14;
 constexpr int compute_32f = 68;
 
 constexpr uint32_t handle_magic = 0x626c6173; // "blas"
@@ -35,7 +35,14 @@ float load(const void* p, int type, int64_t i) {
     if (type == r_16f) {
         return llmos::engine::fp16_to_fp32(static_cast<const uint16_t*>(p)[i]);
     }
+    if (type == r_16bf) {
+        return llmos::engine::bf16_to_fp32(static_cast<const uint16_t*>(p)[i]);
+    }
     return static_cast<const float*>(p)[i];
+}
+
+uint16_t store16(int type, float v) {
+    return type == r_16f ? llmos::engine::fp32_to_fp16(v) : llmos::engine::fp32_to_bf16(v);
 }
 
 } // namespace
@@ -79,8 +86,9 @@ int cublasGemmEx(void* h, int transa, int transb, int m, int n, int k, const voi
         ldb < (transb == op_n ? k : n) || ldb < 1 || ldc < m || ldc < 1 || !alpha || !beta) {
         return status_invalid_value;
     }
-    if (compute_type != compute_32f || a_type != b_type || (a_type != r_16f && a_type != r_32f) ||
-        (c_type != r_32f && !(c_type == r_16f && a_type == r_16f))) {
+    if (compute_type != compute_32f || a_type != b_type ||
+        (a_type != r_16f && a_type != r_16bf && a_type != r_32f) ||
+        (c_type != r_32f && !(c_type == a_type && a_type != r_32f))) {
         return status_not_supported;
     }
     const float al = *static_cast<const float*>(alpha);
@@ -99,8 +107,8 @@ int cublasGemmEx(void* h, int transa, int transb, int m, int n, int k, const voi
                 cf[ci] = al * s + (be != 0.0f ? be * cf[ci] : 0.0f);
             } else {
                 auto* ch = static_cast<uint16_t*>(c);
-                const float old = be != 0.0f ? be * llmos::engine::fp16_to_fp32(ch[ci]) : 0.0f;
-                ch[ci] = llmos::engine::fp32_to_fp16(al * s + old);
+                const float old = be != 0.0f ? be * load(c, c_type, ci) : 0.0f;
+                ch[ci] = store16(c_type, al * s + old);
             }
         }
     }

@@ -53,6 +53,14 @@ __half __float2half_rn(float f) noexcept {
     return {llmos::engine::fp32_to_fp16(f)};
 }
 
+float __bfloat162float(__nv_bfloat16 b) noexcept {
+    return llmos::engine::bf16_to_fp32(b.bits);
+}
+
+__nv_bfloat16 __float2bfloat16_rn(float f) noexcept {
+    return {llmos::engine::fp32_to_bf16(f)};
+}
+
 // --- Fiber switching (x86-64 System V: the callee-saved registers) ---
 
 extern "C" {

@@ -71,6 +71,14 @@ struct __half {
 float __half2float(__half h) noexcept;
 __half __float2half_rn(float f) noexcept;
 
+/// bfloat16, as stored.
+struct __nv_bfloat16 {
+    uint16_t bits;
+};
+
+float __bfloat162float(__nv_bfloat16 b) noexcept;
+__nv_bfloat16 __float2bfloat16_rn(float f) noexcept;
+
 extern thread_local uint3 threadIdx;
 extern thread_local uint3 blockIdx;
 extern thread_local dim3 blockDim;

@@ -19,6 +19,7 @@
 static_assert(CUBLAS_OP_N == llmos::engine::cuda_detail::blas_op_n);
 static_assert(CUBLAS_OP_T == llmos::engine::cuda_detail::blas_op_t);
 static_assert(CUDA_R_16F == llmos::engine::cuda_detail::blas_r_16f);
+static_assert(CUDA_R_16BF == llmos::engine::cuda_detail::blas_r_16bf);
 static_assert(CUDA_R_32F == llmos::engine::cuda_detail::blas_r_32f);
 static_assert(CUBLAS_COMPUTE_32F == llmos::engine::cuda_detail::blas_compute_32f);
 static_assert(CUBLAS_GEMM_DEFAULT == llmos::engine::cuda_detail::blas_gemm_default);
@@ -302,6 +303,9 @@ public:
             break;
         case ggml_type::f16:
             m.kind = wkind::f16;
+            break;
+        case ggml_type::bf16:
+            m.kind = wkind::bf16;
             break;
         case ggml_type::q8_0:
             m.kind = wkind::q8_0;

@@ -98,8 +98,9 @@ const blas_api& blas();
 // is there, in cuda_backend.cc).
 inline constexpr int blas_op_n = 0;
 inline constexpr int blas_op_t = 1;
-inline constexpr int blas_r_16f = 2; // CUDA_R_16F
-inline constexpr int blas_r_32f = 0; // CUDA_R_32F
+inline constexpr int blas_r_16f = 2;   // CUDA_R_16F
+inline constexpr int blas_r_16bf = 14; // CUDA_R_16BF
+inline constexpr int blas_r_32f = 0;   // CUDA_R_32F
 inline constexpr int blas_compute_32f = 68;
 inline constexpr int blas_gemm_default = -1;
 

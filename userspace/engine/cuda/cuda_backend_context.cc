@@ -38,7 +38,7 @@ struct cuda_context::impl {
 
     // Activations, [tokens x width] floats.
     dev_buf x, xn, q, k, v, att, gate, up;
-    dev_buf act_f16, w_f16; // activations / weights as halves for cuBLAS
+    dev_buf act_f16, w_f16; // activations (F16 or BF16) / weights (F16) for cuBLAS
     dev_buf rows, logits;   // the logits' rows (normalized) and the logits
     dev_buf meta;           // row_desc[T], seq_desc[B], gather[R], tables
     host_buf h_meta, h_emb, h_logits;
@@ -96,6 +96,14 @@ struct cuda_context::impl {
         }
         if (w.kind == wkind::f32) {
             gemm(w.data, blas_r_32f, in, blas_r_32f, out, w.rows, w.cols, n_tokens);
+            return;
+        }
+        if (w.kind == wkind::bf16) {
+            // BF16 weights as they are, the activations rounded to BF16
+            // (F32 accumulation): BF16's range, which F16 lacks.
+            grow(act_f16, size_t(n_tokens * w.cols) * 2, "activations as BF16");
+            check(to_bf16(in, act_f16.as<uint16_t>(), n_tokens * w.cols, stream), "to_bf16");
+            gemm(w.data, blas_r_16bf, act_f16.get(), blas_r_16bf, out, w.rows, w.cols, n_tokens);
             return;
         }
         const void* a = w.data;

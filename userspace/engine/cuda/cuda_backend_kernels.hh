@@ -16,9 +16,10 @@
 
 namespace llmos::engine::cuda_detail {
 
-/// Weight layouts the kernels read: plain floats or halves, and Q8_0/Q4_0
-/// blocks exactly as GGUF stores them (34 and 18 bytes per 32 elements).
-enum class wkind : uint8_t { f32, f16, q8_0, q4_0 };
+/// Weight layouts the kernels read: plain floats, halves or bfloat16, and
+/// Q8_0/Q4_0 blocks exactly as GGUF stores them (34 and 18 bytes per 32
+/// elements).
+enum class wkind : uint8_t { f32, f16, bf16, q8_0, q4_0 };
 
 /// One sequence of a step, for the kernels that touch its KV cache.
 struct seq_desc {
@@ -43,12 +44,15 @@ inline constexpr uint32_t max_head_dim = 512;
 cudaError_t matmul(wkind t, const void* w, int64_t rows, int64_t cols, const float* x,
                    int64_t n_tokens, float* y, cudaStream_t s);
 
-/// The rows x cols matrix `w` (Q8_0, Q4_0, F16 or F32) as halves in `out`.
+/// The rows x cols matrix `w` (any kind) as halves in `out`.
 cudaError_t dequant_f16(wkind t, const void* w, int64_t rows, int64_t cols, uint16_t* out,
                         cudaStream_t s);
 
 /// n floats to halves (round to nearest even).
 cudaError_t to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t s);
+
+/// n floats to bfloat16 (round to nearest even).
+cudaError_t to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t s);
 
 /// y row i = RMSNorm(x row (src ? src[i] : i)) * w, n wide, as context.cc
 /// computes it (sum of squares in double).

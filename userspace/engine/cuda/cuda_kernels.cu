@@ -12,6 +12,7 @@
 #define LLMOS_LAUNCH(k, grid, block, stream)                                                       \
     ::llmos::cuda_emu::launch(#k, grid, block, stream, k)
 #else
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math_constants.h>
 #define LLMOS_LAUNCH(k, grid, block, stream) k<<<grid, block, 0, stream>>>
@@ -110,13 +111,15 @@ __global__ void k_matmul(const void* w, int64_t rows, int64_t cols, const float*
     for (int i = 0; i < mm_tile; ++i) {
         acc[i] = 0.0f;
     }
-    if constexpr (W == wkind::f32 || W == wkind::f16) {
+    if constexpr (W == wkind::f32 || W == wkind::f16 || W == wkind::bf16) {
         for (int64_t k = lane; k < cols; k += warp) {
             float wv;
             if constexpr (W == wkind::f32) {
                 wv = static_cast<const float*>(w)[r * cols + k];
-            } else {
+            } else if constexpr (W == wkind::f16) {
                 wv = __half2float(static_cast<const __half*>(w)[r * cols + k]);
+            } else {
+                wv = __bfloat162float(static_cast<const __nv_bfloat16*>(w)[r * cols + k]);
             }
 #pragma unroll
             for (int i = 0; i < mm_tile; ++i) {
@@ -169,6 +172,8 @@ __global__ void k_dequant_f16(const void* w, int64_t rows, int64_t cols, __half*
         out[i] = __float2half_rn(static_cast<const float*>(w)[i]);
     } else if constexpr (W == wkind::f16) {
         out[i] = static_cast<const __half*>(w)[i];
+    } else if constexpr (W == wkind::bf16) {
+        out[i] = __float2half_rn(__bfloat162float(static_cast<const __nv_bfloat16*>(w)[i]));
     } else {
         const int64_t r = i / cols, k = i % cols;
         const auto* p =
@@ -190,6 +195,13 @@ __global__ void k_to_f16(const float* x, __half* y, int64_t n) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < n) {
         y[i] = __float2half_rn(x[i]);
+    }
+}
+
+__global__ void k_to_bf16(const float* x, __nv_bfloat16* y, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) {
+        y[i] = __float2bfloat16_rn(x[i]);
     }
 }
 
@@ -379,6 +391,9 @@ cudaError_t matmul(wkind t, const void* w, int64_t rows, int64_t cols, const flo
     case wkind::f16:
         LLMOS_LAUNCH(k_matmul<wkind::f16>, grid, block, s)(w, rows, cols, x, n_tokens, y);
         break;
+    case wkind::bf16:
+        LLMOS_LAUNCH(k_matmul<wkind::bf16>, grid, block, s)(w, rows, cols, x, n_tokens, y);
+        break;
     case wkind::q8_0:
         LLMOS_LAUNCH(k_matmul<wkind::q8_0>, grid, block, s)(w, rows, cols, x, n_tokens, y);
         break;
@@ -403,6 +418,9 @@ cudaError_t dequant_f16(wkind t, const void* w, int64_t rows, int64_t cols, uint
     case wkind::f16:
         LLMOS_LAUNCH(k_dequant_f16<wkind::f16>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
         break;
+    case wkind::bf16:
+        LLMOS_LAUNCH(k_dequant_f16<wkind::bf16>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
+        break;
     case wkind::q8_0:
         LLMOS_LAUNCH(k_dequant_f16<wkind::q8_0>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
         break;
@@ -418,6 +436,15 @@ cudaError_t to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t s) {
         return cudaSuccess;
     }
     LLMOS_LAUNCH(k_to_f16, blocks_for(n, 256), 256, s)(x, reinterpret_cast<__half*>(y), n);
+    return cudaGetLastError();
+}
+
+cudaError_t to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t s) {
+    if (n <= 0) {
+        return cudaSuccess;
+    }
+    LLMOS_LAUNCH(k_to_bf16, blocks_for(n, 256), 256, s)(x, reinterpret_cast<__nv_bfloat16*>(y),
+                                                        n);
     return cudaGetLastError();
 }
 

@@ -6,8 +6,8 @@
 // GPU and driver at run time) cuda_probe() says why and the classes that
 // need a device throw cuda_error with that reason.
 //
-// - cuda_model uploads a model's weights once: F32 and F16 matrices as
-//   they are, Q8_0 and Q4_0 in their GGUF blocks (the engine's own
+// - cuda_model uploads a model's weights once: F32, F16 and BF16 matrices
+//   as they are, Q8_0 and Q4_0 in their GGUF blocks (the engine's own
 //   dequantizing matmul kernels read them), every other type dequantized
 //   to F16 at upload. Token embeddings stay on the host (model::embed).
 // - cuda_kv_cache is a sequence's KV cache split in two: its bookkeeping
@@ -22,10 +22,12 @@
 //   attention per sequence over its paged cache, logits copied back to
 //   host floats (sampling stays on the host).
 //
-// Linear layers with F16/F32 weights (and Q8_0/Q4_0 ones in prefill) go
-// through cuBLAS when libcublas.so.13 (or libcublas.so) can be loaded at
-// run time; nothing links against it. Without it the engine's own kernels
-// do the work (cuda_blas() says which, and why).
+// Linear layers with F32/F16/BF16 weights (and Q8_0/Q4_0 ones in prefill)
+// go through cuBLAS when libcublas.so.13 (or libcublas.so) can be loaded
+// at run time; nothing links against it. The activations meet F16 weights
+// as halves and BF16 weights as bfloat16 (F32 sums). Without cuBLAS the
+// engine's own kernels do the work, activations in F32 (cuda_blas() says
+// which, and why).
 #pragma once
 
 #include <cstddef>

@@ -157,6 +157,23 @@ constexpr uint16_t fp32_to_fp16(float f) noexcept {
     return static_cast<uint16_t>(sign | (x >> 13));
 }
 
+/// The value of a bfloat16 number: the upper half of a binary32, so every
+/// one (NaNs, infinities, subnormals) widens exactly. Any thread.
+constexpr float bf16_to_fp32(uint16_t b) noexcept {
+    return std::bit_cast<float>(static_cast<uint32_t>(b) << 16);
+}
+
+/// `f` rounded to the nearest bfloat16, ties to even; values past the
+/// largest one round to an infinity, a NaN stays a (quiet) NaN with its
+/// sign and top payload bits. Any thread.
+constexpr uint16_t fp32_to_bf16(float f) noexcept {
+    const uint32_t x = std::bit_cast<uint32_t>(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) {
+        return static_cast<uint16_t>(x >> 16 | 0x0040u);
+    }
+    return static_cast<uint16_t>((x + 0x7fffu + (x >> 16 & 1u)) >> 16);
+}
+
 /// Instruction sets the kernels are built for, each a superset of the one
 /// before it.
 enum class simd_level : uint8_t {
@@ -209,6 +226,10 @@ void fp16_to_fp32_row(const uint16_t* src, float* dst, int64_t n) noexcept;
 /// allocates nothing.
 void fp32_to_fp16_row(const float* src, uint16_t* dst, int64_t n) noexcept;
 
+/// Converts n bfloat16 numbers to floats (exact). Any thread; allocates
+/// nothing.
+void bf16_to_fp32_row(const uint16_t* src, float* dst, int64_t n) noexcept;
+
 /// Expands n elements of type `t` (n / block_elems blocks at `src`) into
 /// floats. Fails, writing nothing, for a type the engine does not support
 /// or an n that is not a whole number of blocks. Any thread; allocates
@@ -216,7 +237,7 @@ void fp32_to_fp16_row(const float* src, uint16_t* dst, int64_t n) noexcept;
 quant_status dequantize_row(ggml_type t, const void* src, float* dst, int64_t n) noexcept;
 
 /// Encodes n floats as type `t` into row_bytes(t, n) bytes at `dst`, with
-/// the reference quantizer: round to nearest for F16, Q8_0, Q4_0 and Q5_0
+/// the reference quantizer: round to nearest for F16, BF16, Q8_0, Q4_0 and Q5_0
 /// (the scales llama.cpp picks), the block's range split evenly for Q4_1
 /// and Q5_1 (min and max kept), an error-minimizing search of sub-block scales
 /// (and mins) for the K-quants. Non-finite input gives unspecified but

@@ -47,7 +47,7 @@ constexpr std::optional<type_info> info(ggml_type t) {
     case ggml_type::f16:
         return type_info{"F16", 1, 2, true};
     case ggml_type::bf16:
-        return type_info{"BF16", 1, 2, false};
+        return type_info{"BF16", 1, 2, true};
     case ggml_type::q4_0:
         return type_info{"Q4_0", 32, 18, true};
     case ggml_type::q4_1:
