@@ -76,8 +76,33 @@ ggml_type gguf_type(wkind k) {
         return ggml_type::q8_0;
     case wkind::q4_0:
         return ggml_type::q4_0;
+    case wkind::q4_1:
+        return ggml_type::q4_1;
+    case wkind::q5_0:
+        return ggml_type::q5_0;
+    case wkind::q5_1:
+        return ggml_type::q5_1;
+    case wkind::q4_k:
+        return ggml_type::q4_k;
+    case wkind::q5_k:
+        return ggml_type::q5_k;
+    case wkind::q6_k:
+        return ggml_type::q6_k;
     }
     return ggml_type::f32;
+}
+
+const wkind all_kinds[] = {wkind::f32,  wkind::f16,  wkind::bf16, wkind::q8_0,
+                           wkind::q4_0, wkind::q4_1, wkind::q5_0, wkind::q5_1,
+                           wkind::q4_k, wkind::q5_k, wkind::q6_k};
+
+/// Row widths to try: not whole 64-element steps for the 32-element types,
+/// one and two super-blocks for the K-quants.
+std::vector<int64_t> widths(wkind k) {
+    if (info(gguf_type(k))->block_elems == 256) {
+        return {256, 512};
+    }
+    return {64, 96};
 }
 
 std::string kind_name(wkind k) {
@@ -113,9 +138,9 @@ weights make_weights(wkind k, int64_t rows, int64_t cols, uint32_t seed) {
 } // namespace
 
 TEST(emu_matmul, every_weight_layout_matches_a_double_reference) {
-    for (wkind k : {wkind::f32, wkind::f16, wkind::bf16, wkind::q8_0, wkind::q4_0}) {
+    for (wkind k : all_kinds) {
         for (int64_t rows : {13, 40}) {
-            for (int64_t cols : {64, 96}) {
+            for (int64_t cols : widths(k)) {
                 const weights w = make_weights(k, rows, cols, uint32_t(rows * 7 + cols));
                 dmem<uint8_t> dw(w.bytes);
                 for (int64_t T : {1, 8, 9, 17}) {
@@ -150,9 +175,9 @@ TEST(emu_matmul, an_empty_product_launches_nothing) {
 }
 
 TEST(emu_dequant_f16, halves_are_the_dequantized_values_rounded) {
-    for (wkind k : {wkind::f32, wkind::f16, wkind::bf16, wkind::q8_0, wkind::q4_0}) {
+    for (wkind k : all_kinds) {
         SCOPED_TRACE(kind_name(k));
-        const int64_t rows = 7, cols = 96;
+        const int64_t rows = 7, cols = widths(k).back();
         const weights w = make_weights(k, rows, cols, 99);
         dmem<uint8_t> dw(w.bytes);
         dmem<uint16_t> out(size_t(rows * cols));

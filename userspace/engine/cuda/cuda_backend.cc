@@ -313,7 +313,27 @@ public:
         case ggml_type::q4_0:
             m.kind = wkind::q4_0;
             break;
+        case ggml_type::q4_1:
+            m.kind = wkind::q4_1;
+            break;
+        case ggml_type::q5_0:
+            m.kind = wkind::q5_0;
+            break;
+        case ggml_type::q5_1:
+            m.kind = wkind::q5_1;
+            break;
+        case ggml_type::q4_k:
+            m.kind = wkind::q4_k;
+            break;
+        case ggml_type::q5_k:
+            m.kind = wkind::q5_k;
+            break;
+        case ggml_type::q6_k:
+            m.kind = wkind::q6_k;
+            break;
         default:
+            // A type the kernels do not read (none the engine computes
+            // with today): widened once, here.
             m.kind = wkind::f16;
             as_is = false;
             break;
@@ -328,7 +348,7 @@ public:
             m.data = b.get();
             _d.bytes += packed * size_t(w.rows);
             _d.bufs.push_back(std::move(b));
-            if (m.kind == wkind::q8_0 || m.kind == wkind::q4_0) {
+            if (block_kind(m.kind)) {
                 _d.max_quant_elems = std::max(_d.max_quant_elems, w.rows * w.cols);
             }
             return m;

@@ -132,7 +132,7 @@ struct cuda_model::impl {
     const float* output_norm = nullptr;
     cuda_detail::dev_matrix output;
     const double* inv_freq = nullptr; ///< n_rot / 2 RoPE frequencies
-    int64_t max_quant_elems = 0;      ///< largest Q8_0/Q4_0 matrix (dequant scratch)
+    int64_t max_quant_elems = 0;      ///< largest block-quantized matrix (dequant scratch)
     std::string summary;
 };
 

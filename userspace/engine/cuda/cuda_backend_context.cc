@@ -19,8 +19,8 @@ using namespace cuda_detail;
 
 namespace {
 
-/// Tokens in a step from which Q8_0/Q4_0 layers are dequantized to F16
-/// for cuBLAS rather than read by the engine's kernel.
+/// Tokens in a step from which block-quantized layers are dequantized to
+/// F16 for cuBLAS rather than read by the engine's kernel.
 constexpr int64_t blas_quant_tokens = 32;
 
 size_t align_up(size_t v, size_t a) {
@@ -89,7 +89,7 @@ struct cuda_context::impl {
     }
 
     void mm(const dev_matrix& w, const float* in, int64_t n_tokens, float* out) {
-        const bool quant = w.kind == wkind::q8_0 || w.kind == wkind::q4_0;
+        const bool quant = block_kind(w.kind);
         if (!blas_handle || (quant && n_tokens < blas_quant_tokens)) {
             check(matmul(w.kind, w.data, w.rows, w.cols, in, n_tokens, out, stream), "matmul");
             return;

@@ -17,9 +17,14 @@
 namespace llmos::engine::cuda_detail {
 
 /// Weight layouts the kernels read: plain floats, halves or bfloat16, and
-/// Q8_0/Q4_0 blocks exactly as GGUF stores them (34 and 18 bytes per 32
-/// elements).
-enum class wkind : uint8_t { f32, f16, bf16, q8_0, q4_0 };
+/// every block type the engine computes with, exactly as GGUF stores it
+/// (32 elements a block; 256 for the K-quants).
+enum class wkind : uint8_t { f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k };
+
+/// Whether the kernels read `k` in blocks (cols a multiple of the block).
+constexpr bool block_kind(wkind k) {
+    return k != wkind::f32 && k != wkind::f16 && k != wkind::bf16;
+}
 
 /// One sequence of a step, for the kernels that touch its KV cache.
 struct seq_desc {
@@ -40,7 +45,7 @@ inline constexpr uint32_t max_head_dim = 512;
 
 /// y[t * rows + r] = sum over k of W[r][k] * x[t * cols + k] for t <
 /// n_tokens: one warp per weight row and 8 tokens (F32 accumulation;
-/// activations stay F32). cols must be a multiple of 32 for Q8_0/Q4_0.
+/// activations stay F32). cols must be whole blocks for the block kinds.
 cudaError_t matmul(wkind t, const void* w, int64_t rows, int64_t cols, const float* x,
                    int64_t n_tokens, float* y, cudaStream_t s);
 

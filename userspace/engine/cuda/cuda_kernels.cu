@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 //
 // The CUDA backend's kernels. Simple on purpose: one warp per weight row
-// (8 tokens at a time) for the linear layers the engine computes itself,
+// (8 tokens at a time, each lane 32 elements at a time, every weight type
+// read in its GGUF blocks) for the linear layers the engine computes itself,
 // one block per row for norms and RoPE, one block per (token, head) for
 // attention with an online softmax over the paged cache. Math in F32 (the
 // norms' sums of squares and RoPE's angles in double, as context.cc).
@@ -60,39 +61,149 @@ __device__ float block_reduce(float v, float* tmp) {
     return Max ? warp_max(r) : warp_sum(r);
 }
 
-// One 32-element block of a quantized row, dequantized into q (scale d
-// applied by the caller) and its scale.
 template <wkind W>
-__device__ __forceinline__ float load_block(const unsigned char* p, float* q) {
-    if constexpr (W == wkind::q8_0) {
-        // half d, int8 qs[32]; blocks are 34 bytes, so qs is 2-byte aligned.
-        const auto* qs = reinterpret_cast<const unsigned short*>(p + 2);
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-            const unsigned short v = qs[j];
-            q[2 * j] = static_cast<float>(static_cast<signed char>(v & 0xff));
-            q[2 * j + 1] = static_cast<float>(static_cast<signed char>(v >> 8));
-        }
-    } else {
-        // half d, uint8 qs[16]: element j in the low nibble of qs[j],
-        // element j + 16 in its high nibble; value d * (q - 8).
-        const auto* qs = reinterpret_cast<const unsigned short*>(p + 2);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const unsigned short v = qs[j];
-            const int b0 = v & 0xff, b1 = v >> 8;
-            q[2 * j] = static_cast<float>((b0 & 15) - 8);
-            q[2 * j + 1] = static_cast<float>((b1 & 15) - 8);
-            q[2 * j + 16] = static_cast<float>((b0 >> 4) - 8);
-            q[2 * j + 17] = static_cast<float>((b1 >> 4) - 8);
-        }
+constexpr bool float_kind = W == wkind::f32 || W == wkind::f16 || W == wkind::bf16;
+
+// The kinds whose values are a * q + c with an offset c per 32 elements.
+template <wkind W>
+constexpr bool has_offset =
+    W == wkind::q4_1 || W == wkind::q5_1 || W == wkind::q4_k || W == wkind::q5_k;
+
+// Bytes and elements of one GGUF block of a block kind.
+template <wkind W>
+__host__ __device__ constexpr int block_bytes() {
+    switch (W) {
+    case wkind::q8_0:
+        return 34;
+    case wkind::q4_0:
+        return 18;
+    case wkind::q4_1:
+        return 20;
+    case wkind::q5_0:
+        return 22;
+    case wkind::q5_1:
+        return 24;
+    case wkind::q4_k:
+        return 144;
+    case wkind::q5_k:
+        return 176;
+    case wkind::q6_k:
+        return 210;
+    default:
+        return 0;
     }
-    return half_at(p);
 }
 
 template <wkind W>
-__host__ __device__ constexpr int block_bytes() {
-    return W == wkind::q8_0 ? 34 : 18;
+__host__ __device__ constexpr int block_elems() {
+    return W == wkind::q4_k || W == wkind::q5_k || W == wkind::q6_k ? 256 : 32;
+}
+
+// Little-endian 32-bit word at p (any alignment).
+__device__ __forceinline__ uint32_t le32(const unsigned char* p) {
+    return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+
+// Sub-block s's 6-bit scale and min of a Q4_K/Q5_K super-block (12 packed
+// bytes: s < 4 in the low 6 bits of bytes s and s + 4; the others split
+// over the low or high nibble of byte s + 4 and the top bits of s - 4, s).
+__device__ __forceinline__ void scale_min(const unsigned char* b, int s, float& sc, float& m) {
+    if (s < 4) {
+        sc = float(b[s] & 63);
+        m = float(b[s + 4] & 63);
+    } else {
+        sc = float((b[s + 4] & 0xf) | (b[s - 4] >> 6) << 4);
+        m = float((b[s + 4] >> 4) | (b[s] >> 6) << 4);
+    }
+}
+
+// Elements 32 b .. 32 b + 31 of a row of kind W, as GGUF stores it: each
+// element is a * q[l] + c.
+template <wkind W>
+__device__ __forceinline__ void load_chunk(const unsigned char* row, int64_t b, float* q, float& a,
+                                           float& c) {
+    c = 0.0f;
+    if constexpr (block_elems<W>() == 32) {
+        const unsigned char* p = row + b * block_bytes<W>();
+        a = half_at(p);
+        if constexpr (W == wkind::q8_0) {
+            // half d, int8 qs[32]; blocks are 34 bytes, so qs is 2-byte aligned.
+            const auto* qs = reinterpret_cast<const unsigned short*>(p + 2);
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                const unsigned short v = qs[j];
+                q[2 * j] = static_cast<float>(static_cast<signed char>(v & 0xff));
+                q[2 * j + 1] = static_cast<float>(static_cast<signed char>(v >> 8));
+            }
+        } else {
+            // half d, (Q4_1/Q5_1: half m), (Q5_0/Q5_1: the fifth bits as a
+            // little-endian word), uint8 qs[16]: element j in the low nibble
+            // of qs[j], element j + 16 in its high one. Q4_0: d (q - 8),
+            // Q5_0: d (q - 16), Q4_1 and Q5_1: d q + m.
+            constexpr bool affine = W == wkind::q4_1 || W == wkind::q5_1;
+            constexpr bool five = W == wkind::q5_0 || W == wkind::q5_1;
+            constexpr int zero = affine ? 0 : five ? 16 : 8;
+            const unsigned char* qs = p + block_bytes<W>() - 16;
+            uint32_t qh = 0;
+            if constexpr (affine) {
+                c = half_at(p + 2);
+            }
+            if constexpr (five) {
+                qh = le32(qs - 4);
+            }
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                int lo = qs[j] & 15, hi = qs[j] >> 4;
+                if constexpr (five) {
+                    lo |= int((qh >> j) & 1) << 4;
+                    hi |= int((qh >> (j + 16)) & 1) << 4;
+                }
+                q[j] = static_cast<float>(lo - zero);
+                q[j + 16] = static_cast<float>(hi - zero);
+            }
+        }
+    } else {
+        // Sub-block j of super-block b / 8.
+        const unsigned char* p = row + (b >> 3) * block_bytes<W>();
+        const int j = static_cast<int>(b & 7);
+        if constexpr (W == wkind::q6_k) {
+            // uint8 ql[128], qh[64], int8 scales[16], half d. Half h of the
+            // super-block: 32 elements from the low (k = 0, 1) or high (k =
+            // 2, 3) nibbles of ql[64 h + 32 (k & 1) + l], their top two bits
+            // at bit 2 k of qh[32 h + l]; scale 8 h + 2 k + l / 16.
+            const int h = j >> 2, k = j & 3;
+            const unsigned char* ql = p + 64 * h + 32 * (k & 1);
+            const unsigned char* qh = p + 128 + 32 * h;
+            const auto* sc = reinterpret_cast<const signed char*>(p + 192) + 8 * h + 2 * k;
+            const int shift = (k >> 1) * 4;
+            a = half_at(p + 208);
+#pragma unroll
+            for (int l = 0; l < 32; ++l) {
+                const int v = ((ql[l] >> shift) & 15) | ((qh[l] >> (2 * k)) & 3) << 4;
+                q[l] = static_cast<float>(int(sc[l >> 4]) * (v - 32));
+            }
+        } else {
+            // half d, half dmin, scales[12], (Q5_K: uint8 qh[32], the fifth
+            // bit of element l of sub-block j at bit j of qh[l]), uint8
+            // qs[128]: sub-block j in the low (j even) or high nibbles of
+            // qs[32 (j / 2) + l]. Element d sc q - dmin m.
+            constexpr bool five = W == wkind::q5_k;
+            const unsigned char* qs = p + (five ? 48 : 16) + 32 * (j >> 1);
+            const int shift = (j & 1) * 4;
+            float sc, m;
+            scale_min(p + 4, j, sc, m);
+            a = half_at(p) * sc;
+            c = -half_at(p + 2) * m;
+#pragma unroll
+            for (int l = 0; l < 32; ++l) {
+                int v = (qs[l] >> shift) & 15;
+                if constexpr (five) {
+                    v |= ((p[16 + l] >> j) & 1) << 4;
+                }
+                q[l] = static_cast<float>(v);
+            }
+        }
+    }
 }
 
 template <wkind W>
@@ -111,7 +222,7 @@ __global__ void k_matmul(const void* w, int64_t rows, int64_t cols, const float*
     for (int i = 0; i < mm_tile; ++i) {
         acc[i] = 0.0f;
     }
-    if constexpr (W == wkind::f32 || W == wkind::f16 || W == wkind::bf16) {
+    if constexpr (float_kind<W>) {
         for (int64_t k = lane; k < cols; k += warp) {
             float wv;
             if constexpr (W == wkind::f32) {
@@ -129,23 +240,26 @@ __global__ void k_matmul(const void* w, int64_t rows, int64_t cols, const float*
             }
         }
     } else {
-        const int64_t nb = cols / 32;
-        const auto* row = static_cast<const unsigned char*>(w) + r * nb * block_bytes<W>();
-        for (int64_t b = lane; b < nb; b += warp) {
-            float q[32];
-            const float d = load_block<W>(row + b * block_bytes<W>(), q);
+        const auto* row =
+            static_cast<const unsigned char*>(w) + r * (cols / block_elems<W>()) * block_bytes<W>();
+        for (int64_t b = lane; b < cols / 32; b += warp) {
+            float q[32], a, c;
+            load_chunk<W>(row, b, q, a, c);
 #pragma unroll
             for (int i = 0; i < mm_tile; ++i) {
                 if (i < nt) {
                     const float4* xv = reinterpret_cast<const float4*>(xt + i * cols + b * 32);
-                    float s = 0.0f;
+                    float s = 0.0f, sx = 0.0f;
 #pragma unroll
                     for (int j = 0; j < 8; ++j) {
                         const float4 v = xv[j];
                         s += q[4 * j] * v.x + q[4 * j + 1] * v.y + q[4 * j + 2] * v.z +
                              q[4 * j + 3] * v.w;
+                        if constexpr (has_offset<W>) {
+                            sx += v.x + v.y + v.z + v.w;
+                        }
                     }
-                    acc[i] += d * s;
+                    acc[i] += a * s + c * sx;
                 }
             }
         }
@@ -162,32 +276,35 @@ __global__ void k_matmul(const void* w, int64_t rows, int64_t cols, const float*
     }
 }
 
+// Float kinds: one element per thread; block kinds: 32 elements per thread.
 template <wkind W>
 __global__ void k_dequant_f16(const void* w, int64_t rows, int64_t cols, __half* out) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= rows * cols) {
-        return;
-    }
-    if constexpr (W == wkind::f32) {
-        out[i] = __float2half_rn(static_cast<const float*>(w)[i]);
-    } else if constexpr (W == wkind::f16) {
-        out[i] = static_cast<const __half*>(w)[i];
-    } else if constexpr (W == wkind::bf16) {
-        out[i] = __float2half_rn(__bfloat162float(static_cast<const __nv_bfloat16*>(w)[i]));
-    } else {
-        const int64_t r = i / cols, k = i % cols;
-        const auto* p =
-            static_cast<const unsigned char*>(w) + (r * (cols / 32) + k / 32) * block_bytes<W>();
-        const int j = static_cast<int>(k % 32);
-        const float d = half_at(p);
-        float q;
-        if constexpr (W == wkind::q8_0) {
-            q = static_cast<float>(static_cast<signed char>(p[2 + j]));
-        } else {
-            const int byte = p[2 + (j % 16)];
-            q = static_cast<float>((j < 16 ? byte & 15 : byte >> 4) - 8);
+    if constexpr (float_kind<W>) {
+        if (i >= rows * cols) {
+            return;
         }
-        out[i] = __float2half_rn(d * q);
+        if constexpr (W == wkind::f32) {
+            out[i] = __float2half_rn(static_cast<const float*>(w)[i]);
+        } else if constexpr (W == wkind::f16) {
+            out[i] = static_cast<const __half*>(w)[i];
+        } else {
+            out[i] = __float2half_rn(__bfloat162float(static_cast<const __nv_bfloat16*>(w)[i]));
+        }
+    } else {
+        const int64_t per_row = cols / 32;
+        if (i >= rows * per_row) {
+            return;
+        }
+        const int64_t r = i / per_row, b = i % per_row;
+        const auto* row =
+            static_cast<const unsigned char*>(w) + r * (cols / block_elems<W>()) * block_bytes<W>();
+        float q[32], a, c;
+        load_chunk<W>(row, b, q, a, c);
+#pragma unroll
+        for (int l = 0; l < 32; ++l) {
+            out[r * cols + b * 32 + l] = __float2half_rn(has_offset<W> ? a * q[l] + c : a * q[l]);
+        }
     }
 }
 
@@ -375,6 +492,50 @@ unsigned blocks_for(int64_t n, int threads) {
     return static_cast<unsigned>((n + threads - 1) / threads);
 }
 
+// Calls f.template operator()<W>() for the kind t names; then the launch's
+// error.
+template <typename F>
+cudaError_t by_kind(wkind t, F&& f) {
+    switch (t) {
+    case wkind::f32:
+        f.template operator()<wkind::f32>();
+        break;
+    case wkind::f16:
+        f.template operator()<wkind::f16>();
+        break;
+    case wkind::bf16:
+        f.template operator()<wkind::bf16>();
+        break;
+    case wkind::q8_0:
+        f.template operator()<wkind::q8_0>();
+        break;
+    case wkind::q4_0:
+        f.template operator()<wkind::q4_0>();
+        break;
+    case wkind::q4_1:
+        f.template operator()<wkind::q4_1>();
+        break;
+    case wkind::q5_0:
+        f.template operator()<wkind::q5_0>();
+        break;
+    case wkind::q5_1:
+        f.template operator()<wkind::q5_1>();
+        break;
+    case wkind::q4_k:
+        f.template operator()<wkind::q4_k>();
+        break;
+    case wkind::q5_k:
+        f.template operator()<wkind::q5_k>();
+        break;
+    case wkind::q6_k:
+        f.template operator()<wkind::q6_k>();
+        break;
+    default:
+        return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
 } // namespace
 
 cudaError_t matmul(wkind t, const void* w, int64_t rows, int64_t cols, const float* x,
@@ -384,51 +545,21 @@ cudaError_t matmul(wkind t, const void* w, int64_t rows, int64_t cols, const flo
     }
     const dim3 grid(blocks_for(rows, mm_warps), blocks_for(n_tokens, mm_tile));
     const dim3 block(mm_warps * warp);
-    switch (t) {
-    case wkind::f32:
-        LLMOS_LAUNCH(k_matmul<wkind::f32>, grid, block, s)(w, rows, cols, x, n_tokens, y);
-        break;
-    case wkind::f16:
-        LLMOS_LAUNCH(k_matmul<wkind::f16>, grid, block, s)(w, rows, cols, x, n_tokens, y);
-        break;
-    case wkind::bf16:
-        LLMOS_LAUNCH(k_matmul<wkind::bf16>, grid, block, s)(w, rows, cols, x, n_tokens, y);
-        break;
-    case wkind::q8_0:
-        LLMOS_LAUNCH(k_matmul<wkind::q8_0>, grid, block, s)(w, rows, cols, x, n_tokens, y);
-        break;
-    case wkind::q4_0:
-        LLMOS_LAUNCH(k_matmul<wkind::q4_0>, grid, block, s)(w, rows, cols, x, n_tokens, y);
-        break;
-    }
-    return cudaGetLastError();
+    return by_kind(t, [&]<wkind W>() {
+        LLMOS_LAUNCH(k_matmul<W>, grid, block, s)(w, rows, cols, x, n_tokens, y);
+    });
 }
 
 cudaError_t dequant_f16(wkind t, const void* w, int64_t rows, int64_t cols, uint16_t* out,
                         cudaStream_t s) {
-    const int64_t n = rows * cols;
-    if (n <= 0) {
+    if (rows <= 0 || cols <= 0) {
         return cudaSuccess;
     }
     auto* o = reinterpret_cast<__half*>(out);
-    switch (t) {
-    case wkind::f32:
-        LLMOS_LAUNCH(k_dequant_f16<wkind::f32>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
-        break;
-    case wkind::f16:
-        LLMOS_LAUNCH(k_dequant_f16<wkind::f16>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
-        break;
-    case wkind::bf16:
-        LLMOS_LAUNCH(k_dequant_f16<wkind::bf16>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
-        break;
-    case wkind::q8_0:
-        LLMOS_LAUNCH(k_dequant_f16<wkind::q8_0>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
-        break;
-    case wkind::q4_0:
-        LLMOS_LAUNCH(k_dequant_f16<wkind::q4_0>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
-        break;
-    }
-    return cudaGetLastError();
+    return by_kind(t, [&]<wkind W>() {
+        const int64_t n = float_kind<W> ? rows * cols : rows * (cols / 32);
+        LLMOS_LAUNCH(k_dequant_f16<W>, blocks_for(n, 256), 256, s)(w, rows, cols, o);
+    });
 }
 
 cudaError_t to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t s) {
@@ -443,8 +574,8 @@ cudaError_t to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t s) {
     if (n <= 0) {
         return cudaSuccess;
     }
-    LLMOS_LAUNCH(k_to_bf16, blocks_for(n, 256), 256, s)(x, reinterpret_cast<__nv_bfloat16*>(y),
-                                                        n);
+    auto* o = reinterpret_cast<__nv_bfloat16*>(y);
+    LLMOS_LAUNCH(k_to_bf16, blocks_for(n, 256), 256, s)(x, o, n);
     return cudaGetLastError();
 }
 

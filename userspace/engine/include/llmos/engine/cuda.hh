@@ -6,10 +6,11 @@
 // GPU and driver at run time) cuda_probe() says why and the classes that
 // need a device throw cuda_error with that reason.
 //
-// - cuda_model uploads a model's weights once: F32, F16 and BF16 matrices
-//   as they are, Q8_0 and Q4_0 in their GGUF blocks (the engine's own
-//   dequantizing matmul kernels read them), every other type dequantized
-//   to F16 at upload. Token embeddings stay on the host (model::embed).
+// - cuda_model uploads a model's weights once, every matrix as the file
+//   holds it: F32, F16 and BF16 as they are, the block types (Q8_0, Q4_0,
+//   Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) in their GGUF blocks, which the
+//   engine's own dequantizing matmul kernels read. Token embeddings stay on
+//   the host (model::embed).
 // - cuda_kv_cache is a sequence's KV cache split in two: its bookkeeping
 //   (header with the model fingerprint, committed token count, tokens,
 //   block table) in caller-given host memory (a mindspace mapping), its
@@ -22,10 +23,11 @@
 //   attention per sequence over its paged cache, logits copied back to
 //   host floats (sampling stays on the host).
 //
-// Linear layers with F32/F16/BF16 weights (and Q8_0/Q4_0 ones in prefill)
-// go through cuBLAS when libcublas.so.13 (or libcublas.so) can be loaded
-// at run time; nothing links against it. The activations meet F16 weights
-// as halves and BF16 weights as bfloat16 (F32 sums). Without cuBLAS the
+// Linear layers with F32/F16/BF16 weights (and block ones in prefill, 32
+// tokens or more, dequantized to F16 for it) go through cuBLAS when
+// libcublas.so.13 (or libcublas.so) can be loaded at run time; nothing
+// links against it. The activations meet F16 (and dequantized) weights as
+// halves and BF16 weights as bfloat16 (F32 sums). Without cuBLAS the
 // engine's own kernels do the work, activations in F32 (cuda_blas() says
 // which, and why).
 #pragma once
@@ -195,8 +197,8 @@ public:
     int device() const noexcept;
     /// Bytes of weights held on the device.
     uint64_t device_bytes() const noexcept;
-    /// How the weights are held, per type: "Q8_0 x14 (blocks), Q4_K x2
-    /// (F16)".
+    /// How the weights are held, per type: "Q4_K x12, Q6_K x3" (a type the
+    /// kernels could not read would show as "... as F16").
     std::string layout_summary() const;
 
     struct impl;
