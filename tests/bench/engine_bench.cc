@@ -431,7 +431,8 @@ void bench_cuda(const std::string& dir) {
                 "CPU dec", "CPU 8str", "prefill", "decode", "eff GB/s", "8 streams", "x CPU",
                 "x CPU 8", "linear layers");
     const cuda_kv_options kvo{.block_tokens = 16, .max_tokens = 4096};
-    for (const char* type : {"f16", "q8_0", "q4_0", "q4_k_m"}) {
+    // One row per type: CPU decode, then the GPU with and without cuBLAS.
+    auto row = [&](const char* type) {
         auto file = gguf_file::open(ensure_model(dir, type));
         auto m = model::load(file);
         double cpu_dec = 0, cpu_agg = 0;
@@ -460,6 +461,9 @@ void bench_cuda(const std::string& dir) {
                         double(prompt.size()) / pt, dec, double(m.weight_bytes()) * dec / 1e9, agg,
                         dec / cpu_dec, agg / cpu_agg, ctx.gemm_path().c_str());
         }
+    };
+    for (const char* type : {"f16", "q8_0", "q4_0", "q4_k_m"}) {
+        row(type);
     }
 
     // Resume vs re-prefill of a 2k-token conversation on the GPU (Q8_0): a
@@ -523,6 +527,10 @@ void bench_cuda(const std::string& dir) {
                     m.type_summary().c_str(), double(m.weight_bytes()) / 1e6, threads, cpu_dec,
                     cpu_agg, gpu_dec, gpu_agg, gpu_dec / cpu_dec, gpu_agg / cpu_agg);
     }
+
+    // BF16 last: a run cut short by its time limit keeps the rows above.
+    std::printf("# cuda: BF16 (cuBLAS with BF16 activations, and the built-in kernels)\n");
+    row("bf16");
 }
 
 } // namespace
