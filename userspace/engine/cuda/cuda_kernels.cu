@@ -62,7 +62,7 @@ __device__ float block_reduce(float v, float* tmp) {
 }
 
 template <wkind W>
-constexpr bool float_kind = W == wkind::f32 || W == wkind::f16 || W == wkind::bf16;
+constexpr bool float_kind = !block_kind(W);
 
 // The kinds whose values are a * q + c with an offset c per 32 elements.
 template <wkind W>
@@ -105,8 +105,9 @@ __device__ __forceinline__ uint32_t le32(const unsigned char* p) {
 }
 
 // Sub-block s's 6-bit scale and min of a Q4_K/Q5_K super-block (12 packed
-// bytes: s < 4 in the low 6 bits of bytes s and s + 4; the others split
-// over the low or high nibble of byte s + 4 and the top bits of s - 4, s).
+// bytes): for s < 4 the low 6 bits of bytes s and s + 4; for the others
+// the low (scale) or high (min) nibble of byte s + 4, with the top two bits
+// of byte s - 4 (scale) or s (min) above it.
 __device__ __forceinline__ void scale_min(const unsigned char* b, int s, float& sc, float& m) {
     if (s < 4) {
         sc = float(b[s] & 63);
