@@ -88,25 +88,15 @@ void dot_f32(const void* w_row, const void* act, size_t stride, int nt, int64_t 
     }
 }
 
-void dot_f16(const void* w_row, const void* act, size_t stride, int nt, int64_t cols, float* out) {
+/// F16 and BF16 weights: 16-bit floats widened by `Widen`.
+template <float (*Widen)(uint16_t) noexcept>
+void dot_16(const void* w_row, const void* act, size_t stride, int nt, int64_t cols, float* out) {
     const auto* w = static_cast<const uint16_t*>(w_row);
     for (int t = 0; t < nt; ++t) {
         const float* x = act_row<float>(act, stride, t);
         float s = 0.0f;
         for (int64_t k = 0; k < cols; ++k) {
-            s += fp16_to_fp32(w[k]) * x[k];
-        }
-        out[t] = s;
-    }
-}
-
-void dot_bf16(const void* w_row, const void* act, size_t stride, int nt, int64_t cols, float* out) {
-    const auto* w = static_cast<const uint16_t*>(w_row);
-    for (int t = 0; t < nt; ++t) {
-        const float* x = act_row<float>(act, stride, t);
-        float s = 0.0f;
-        for (int64_t k = 0; k < cols; ++k) {
-            s += bf16_to_fp32(w[k]) * x[k];
+            s += Widen(w[k]) * x[k];
         }
         out[t] = s;
     }
@@ -325,9 +315,9 @@ row_kernel row_kernel_ref(ggml_type t) noexcept {
     case ggml_type::f32:
         return dot_f32;
     case ggml_type::f16:
-        return dot_f16;
+        return dot_16<fp16_to_fp32>;
     case ggml_type::bf16:
-        return dot_bf16;
+        return dot_16<bf16_to_fp32>;
     case ggml_type::q8_0:
         return dot_q8_0;
     case ggml_type::q4_0:
