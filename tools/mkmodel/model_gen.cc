@@ -299,8 +299,7 @@ void build_model(const model_params& p, engine::gguf_writer& w,
     const std::string a(name(p.arch));
     const uint32_t head_dim = p.n_embd / p.n_head;
     const uint32_t n_embd_kv = head_dim * p.n_head_kv;
-    const bool quantized =
-        p.type != weight_type::f32 && p.type != weight_type::f16 && p.type != weight_type::bf16;
+    const bool quantized = engine::info(base_type(p.type))->block_elems > 1;
 
     w.set("general.architecture", a);
     w.set("general.name", "llmos-mkmodel " + a + " " + std::string(name(p.type)) + " seed " +

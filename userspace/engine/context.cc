@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include "attention.hh"
+#include "quant_kernels.hh"
 #include "step_batch.hh"
 #if defined(__x86_64__)
 #include "vec_avx512.hh"
@@ -668,8 +669,7 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
 }
 
 bool context::mm(const weight_view& w, const float* x, size_t n_tokens, float* y) {
-    if (!_o.exact_activations || w.type == ggml_type::f32 || w.type == ggml_type::f16 ||
-        w.type == ggml_type::bf16) {
+    if (!_o.exact_activations || detail::act_format_of(w.type) == detail::act_format::f32) {
         return matmul(w, x, static_cast<int64_t>(n_tokens), y, *_pool, _o.kernels,
                       _o.activations) == matmul_status::ok;
     }

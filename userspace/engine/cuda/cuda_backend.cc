@@ -9,7 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <dlfcn.h>
-#include <llmos/engine/quant.hh>
+#include <llmos/engine/types.hh>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -296,7 +296,6 @@ public:
         const uint64_t packed = *row_bytes(w.type, static_cast<uint64_t>(w.cols));
         const size_t stride = w.row_stride ? w.row_stride : packed;
         const auto* src = static_cast<const std::byte*>(w.data);
-        bool as_is = true;
         switch (w.type) {
         case ggml_type::f32:
             m.kind = wkind::f32;
@@ -332,51 +331,23 @@ public:
             m.kind = wkind::q6_k;
             break;
         default:
-            // A type the kernels do not read (none the engine computes
-            // with today): widened once, here.
-            m.kind = wkind::f16;
-            as_is = false;
-            break;
+            // Every type the engine computes with has a kind: model::load
+            // refuses the others before this.
+            throw cuda_error(std::string("cuda model: ") + what + " is " +
+                             std::string(info(w.type)->name) + ", which the kernels do not read");
         }
-        _kinds[std::string(info(w.type)->name) + (as_is ? "" : " as F16")]++;
-        if (as_is) {
-            dev_buf b;
-            b.ensure(packed * size_t(w.rows), what);
-            check(cudaMemcpy2D(b.get(), packed, src, stride, packed, size_t(w.rows),
-                               cudaMemcpyHostToDevice),
-                  what);
-            m.data = b.get();
-            _d.bytes += packed * size_t(w.rows);
-            _d.bufs.push_back(std::move(b));
-            if (block_kind(m.kind)) {
-                _d.max_quant_elems = std::max(_d.max_quant_elems, w.rows * w.cols);
-            }
-            return m;
-        }
-        // Dequantized on the host with the engine's own dequantizer, a
-        // chunk of rows at a time.
-        const size_t out_row = size_t(w.cols) * 2;
+        _kinds[std::string(info(w.type)->name)]++;
         dev_buf b;
-        b.ensure(out_row * size_t(w.rows), what);
-        const int64_t chunk = std::max<int64_t>(1, int64_t((8u << 20) / out_row));
-        std::vector<float> f(size_t(w.cols));
-        std::vector<uint16_t> h(size_t(chunk) * size_t(w.cols));
-        for (int64_t r0 = 0; r0 < w.rows; r0 += chunk) {
-            const int64_t r1 = std::min(w.rows, r0 + chunk);
-            for (int64_t r = r0; r < r1; ++r) {
-                if (dequantize_row(w.type, src + size_t(r) * stride, f.data(), w.cols) !=
-                    quant_status::ok) {
-                    throw cuda_error(std::string("cuda model: cannot dequantize ") + what);
-                }
-                fp32_to_fp16_row(f.data(), h.data() + size_t(r - r0) * size_t(w.cols), w.cols);
-            }
-            check(cudaMemcpy(b.as<std::byte>() + size_t(r0) * out_row, h.data(),
-                             size_t(r1 - r0) * out_row, cudaMemcpyHostToDevice),
-                  what);
-        }
+        b.ensure(packed * size_t(w.rows), what);
+        check(cudaMemcpy2D(b.get(), packed, src, stride, packed, size_t(w.rows),
+                           cudaMemcpyHostToDevice),
+              what);
         m.data = b.get();
-        _d.bytes += out_row * size_t(w.rows);
+        _d.bytes += packed * size_t(w.rows);
         _d.bufs.push_back(std::move(b));
+        if (block_kind(m.kind)) {
+            _d.max_quant_elems = std::max(_d.max_quant_elems, w.rows * w.cols);
+        }
         return m;
     }
 

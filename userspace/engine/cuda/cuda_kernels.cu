@@ -99,6 +99,12 @@ __host__ __device__ constexpr int block_elems() {
     return W == wkind::q4_k || W == wkind::q5_k || W == wkind::q6_k ? 256 : 32;
 }
 
+// Row r of a block kind's rows x cols matrix at w.
+template <wkind W>
+__device__ __forceinline__ const unsigned char* block_row(const void* w, int64_t r, int64_t cols) {
+    return static_cast<const unsigned char*>(w) + r * (cols / block_elems<W>()) * block_bytes<W>();
+}
+
 // Little-endian 32-bit word at p (any alignment).
 __device__ __forceinline__ uint32_t le32(const unsigned char* p) {
     return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
@@ -241,8 +247,7 @@ __global__ void k_matmul(const void* w, int64_t rows, int64_t cols, const float*
             }
         }
     } else {
-        const auto* row =
-            static_cast<const unsigned char*>(w) + r * (cols / block_elems<W>()) * block_bytes<W>();
+        const unsigned char* row = block_row<W>(w, r, cols);
         for (int64_t b = lane; b < cols / 32; b += warp) {
             float q[32], a, c;
             load_chunk<W>(row, b, q, a, c);
@@ -298,10 +303,8 @@ __global__ void k_dequant_f16(const void* w, int64_t rows, int64_t cols, __half*
             return;
         }
         const int64_t r = i / per_row, b = i % per_row;
-        const auto* row =
-            static_cast<const unsigned char*>(w) + r * (cols / block_elems<W>()) * block_bytes<W>();
         float q[32], a, c;
-        load_chunk<W>(row, b, q, a, c);
+        load_chunk<W>(block_row<W>(w, r, cols), b, q, a, c);
 #pragma unroll
         for (int l = 0; l < 32; ++l) {
             out[r * cols + b * 32 + l] = __float2half_rn(has_offset<W> ? a * q[l] + c : a * q[l]);

@@ -197,8 +197,8 @@ public:
     int device() const noexcept;
     /// Bytes of weights held on the device.
     uint64_t device_bytes() const noexcept;
-    /// How the weights are held, per type: "Q4_K x12, Q6_K x3" (a type the
-    /// kernels could not read would show as "... as F16").
+    /// How the weights are held, per type (each in the file's own):
+    /// "Q4_K x12, Q6_K x3".
     std::string layout_summary() const;
 
     struct impl;
