@@ -33,6 +33,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <unistd.h>
 #include <vector>
 
@@ -669,6 +670,162 @@ TEST_P(cuda_conformance, bad_batches_change_nothing) {
     ASSERT_EQ(ctx.step({&ef, 1}), step_status::ok);
     EXPECT_LE(rel_l2(lg, lf), 1e-3);
     EXPECT_EQ(argmax(lg), argmax(lf));
+}
+
+// Two sequences decoding side by side, on a context with graphs and on
+// one without: the same logits (bit for bit on the built-in kernels; the
+// contexts' cuBLAS workspaces differ, so its algorithm may too), from one
+// graph captured at the second step of the shape and replayed after, while
+// the caches grow past a block (the metadata the graph reads stays put).
+TEST_P(cuda_conformance, graph_replays_give_what_launches_give) {
+    REQUIRE_DEVICE();
+    cuda_model cm(*l->m);
+    cuda_context graphs(cm, {.use_cublas = GetParam()});
+    cuda_context launches(cm, {.use_cublas = GetParam(), .use_graphs = false});
+    if (!graphs.uses_graphs()) {
+        GTEST_SKIP() << "graphs are off: " << graphs.graph_path();
+    }
+    EXPECT_FALSE(launches.uses_graphs());
+    EXPECT_EQ(launches.graph_path(), "kernel launches (graphs not wanted)");
+    std::cout << "[ info     ] " << graphs.graph_path() << "\n";
+    const uint32_t V = l->m->params().n_vocab;
+    expected a = load_conformance("hello"), b = load_conformance("fox");
+    const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 256};
+    gpu_kv ga(*l->m, ko), gb(*l->m, ko), la(*l->m, ko), lb(*l->m, ko);
+    std::vector<float> lga(V), lgb(V), lla(V), llb(V);
+    auto same = [&](const std::vector<float>& got, const std::vector<float>& want) {
+        if (GetParam()) {
+            EXPECT_LE(rel_l2(got, want), 1e-5);
+            EXPECT_EQ(argmax(got), argmax(want));
+        } else {
+            EXPECT_EQ(got, want);
+        }
+    };
+    std::vector<int32_t> ta = a.tokens, tb = b.tokens;
+    // The prompts, one sequence a step (shapes seen once: launched).
+    for (auto [kv, lkv, toks, lg, llg] :
+         {std::tuple{&ga, &la, &ta, &lga, &lla}, std::tuple{&gb, &lb, &tb, &lgb, &llb}}) {
+        cuda_batch_entry g{.kv = &kv->kv, .tokens = *toks, .logits = lg->data()};
+        cuda_batch_entry x{.kv = &lkv->kv, .tokens = *toks, .logits = llg->data()};
+        ASSERT_EQ(graphs.step({&g, 1}), step_status::ok);
+        ASSERT_EQ(launches.step({&x, 1}), step_status::ok);
+        same(*lg, *llg);
+    }
+    const size_t shortest = std::min(a.tokens.size(), b.tokens.size());
+    const int steps = std::max(decode_steps, 18 - int(std::min<size_t>(shortest, 16)));
+    for (int step = 0; step < steps; ++step) {
+        SCOPED_TRACE("decode step " + std::to_string(step));
+        ta = {argmax(lla)};
+        tb = {argmax(llb)};
+        cuda_batch_entry g[2] = {{.kv = &ga.kv, .tokens = ta, .logits = lga.data()},
+                                 {.kv = &gb.kv, .tokens = tb, .logits = lgb.data()}};
+        cuda_batch_entry x[2] = {{.kv = &la.kv, .tokens = ta, .logits = lla.data()},
+                                 {.kv = &lb.kv, .tokens = tb, .logits = llb.data()}};
+        ASSERT_EQ(graphs.step(g), step_status::ok);
+        ASSERT_EQ(launches.step(x), step_status::ok);
+        same(lga, lla);
+        same(lgb, llb);
+    }
+    EXPECT_GT(ga.kv.n_tokens(), 16u) << "past the first block";
+    EXPECT_GT(gb.kv.n_tokens(), 16u) << "past the first block";
+    const cuda_graph_stats gs = graphs.graph_stats(), ls = launches.graph_stats();
+    EXPECT_EQ(gs.captured, 1u);
+    EXPECT_EQ(gs.replayed, uint64_t(steps - 1));
+    EXPECT_EQ(gs.launched, 3u) << "two prompts and the first decode step";
+    EXPECT_EQ(gs.dropped, 0u);
+    EXPECT_EQ(gs.cached, 1u);
+    EXPECT_EQ(ls.captured + ls.replayed + ls.cached, 0u);
+    EXPECT_EQ(ls.launched, uint64_t(steps + 2));
+}
+
+// One sequence decoding from its first token: a graph for it, kept while
+// the cache grows past a block. Then a larger step moves the scratch the
+// graph points into: it is dropped and captured again, and decoding goes
+// on giving what launches give (a graph replayed into the old scratch
+// would read freed memory).
+TEST_P(cuda_conformance, graphs_follow_the_scratch_when_it_moves) {
+    REQUIRE_DEVICE();
+    cuda_model cm(*l->m);
+    cuda_context graphs(cm, {.use_cublas = GetParam()});
+    cuda_context launches(cm, {.use_cublas = GetParam(), .use_graphs = false});
+    if (!graphs.uses_graphs()) {
+        GTEST_SKIP() << "graphs are off: " << graphs.graph_path();
+    }
+    const uint32_t V = l->m->params().n_vocab;
+    const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 256};
+    gpu_kv ga(*l->m, ko), la(*l->m, ko);
+    std::vector<float> lg(V), ll(V);
+    std::vector<int32_t> tok{1};
+    auto decode = [&](int n) {
+        for (int i = 0; i < n; ++i) {
+            cuda_batch_entry g{.kv = &ga.kv, .tokens = tok, .logits = lg.data()};
+            cuda_batch_entry x{.kv = &la.kv, .tokens = tok, .logits = ll.data()};
+            ASSERT_EQ(graphs.step({&g, 1}), step_status::ok);
+            ASSERT_EQ(launches.step({&x, 1}), step_status::ok);
+            if (GetParam()) {
+                EXPECT_LE(rel_l2(lg, ll), 1e-5);
+            } else {
+                EXPECT_EQ(lg, ll);
+            }
+            tok = {argmax(ll)};
+        }
+    };
+    // Launched, captured, replayed 17 times: past the cache's first block,
+    // with one more block table entry in the step's metadata.
+    decode(18);
+    ASSERT_EQ(ga.kv.n_tokens(), 18u);
+    ASSERT_EQ(graphs.graph_stats().captured, 1u) << "the metadata stayed put";
+    ASSERT_EQ(graphs.graph_stats().replayed, 17u);
+    // A 48-token prompt of another sequence: every activation buffer grows.
+    gpu_kv big(*l->m, ko);
+    std::vector<int32_t> prompt(48);
+    for (size_t i = 0; i < prompt.size(); ++i) {
+        prompt[i] = int32_t(3 + i * 7 % (V - 3));
+    }
+    cuda_batch_entry e{.kv = &big.kv, .tokens = prompt, .logits = lg.data()};
+    ASSERT_EQ(graphs.step({&e, 1}), step_status::ok);
+    EXPECT_EQ(graphs.graph_stats().dropped, 1u);
+    EXPECT_EQ(graphs.graph_stats().cached, 0u);
+    decode(4); // launched, captured again, replayed twice
+    const cuda_graph_stats gs = graphs.graph_stats();
+    EXPECT_EQ(gs.captured, 2u);
+    EXPECT_EQ(gs.replayed, 20u);
+    EXPECT_EQ(gs.launched, 3u);
+    EXPECT_EQ(gs.cached, 1u);
+}
+
+TEST(cuda_context, graphs_can_be_turned_off_from_the_environment) {
+    REQUIRE_DEVICE();
+    loaded l(tiny);
+    cuda_model cm(*l.m);
+    const char* old = std::getenv("LLMOS_CUDA_GRAPHS");
+    const std::string saved = old ? old : "";
+    ::setenv("LLMOS_CUDA_GRAPHS", "0", 1);
+    cuda_context off(cm);
+    ::setenv("LLMOS_CUDA_GRAPHS", "1", 1);
+    cuda_context on(cm);
+    if (old) {
+        ::setenv("LLMOS_CUDA_GRAPHS", saved.c_str(), 1);
+    } else {
+        ::unsetenv("LLMOS_CUDA_GRAPHS");
+    }
+    EXPECT_FALSE(off.uses_graphs());
+    EXPECT_EQ(off.graph_path(), "kernel launches (LLMOS_CUDA_GRAPHS=0)");
+    EXPECT_TRUE(on.uses_graphs()) << on.graph_path();
+    const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 64};
+    for (cuda_context* ctx : {&off, &on}) {
+        gpu_kv g(*l.m, ko);
+        std::vector<float> lg(l.m->params().n_vocab);
+        std::vector<int32_t> tok{1};
+        for (int i = 0; i < 4; ++i) {
+            cuda_batch_entry e{.kv = &g.kv, .tokens = tok, .logits = lg.data()};
+            ASSERT_EQ(ctx->step({&e, 1}), step_status::ok);
+        }
+    }
+    EXPECT_EQ(off.graph_stats().launched, 4u);
+    EXPECT_EQ(off.graph_stats().replayed, 0u);
+    EXPECT_EQ(on.graph_stats().launched, 1u);
+    EXPECT_EQ(on.graph_stats().replayed, 3u);
 }
 
 TEST(cuda_context, says_which_gemm_path_it_uses) {

@@ -9,7 +9,10 @@
 // the documented layout, and attention over it with GQA, several 128-key
 // chunks and head sizes up to the largest. Then the emulator itself: that
 // it catches what a device would (a host pointer, a bad launch, a copy the
-// wrong way) and shows what a device would hide (a missing barrier).
+// wrong way) and shows what a device would hide (a missing barrier); and
+// its graphs: captured work runs at each launch of the graph, with the
+// arguments of the capture, and what a capture forbids fails as on a
+// device.
 #include "cuda_backend_kernels.hh"
 
 #include <algorithm>
@@ -18,6 +21,7 @@
 #include <gtest/gtest.h>
 #include <llmos/engine/quant.hh>
 #include <random>
+#include <thread>
 #include <vector>
 
 using namespace llmos::engine;
@@ -562,4 +566,139 @@ TEST(cuda_emulator, a_block_that_cannot_go_on_aborts_with_what_it_waits_for) {
             LAUNCH(k_shuffle_after_exit, 1, 32)(out.p);
         },
         "full-mask shuffle while some of its lanes have exited");
+}
+
+// --- Graphs ---
+
+namespace {
+
+/// A stream, destroyed with its owner.
+struct stream {
+    cudaStream_t s = nullptr;
+    stream() { EXPECT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess); }
+    ~stream() { cudaStreamDestroy(s); }
+    stream(const stream&) = delete;
+    stream& operator=(const stream&) = delete;
+};
+
+cudaStreamCaptureStatus capture_status(cudaStream_t s) {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    EXPECT_EQ(cudaStreamIsCapturing(s, &st), cudaSuccess);
+    return st;
+}
+
+} // namespace
+
+TEST(cuda_emulator_graphs, captured_work_runs_at_each_launch_with_the_captured_arguments) {
+    stream st;
+    const std::vector<float> a = randoms(300, 20), b = randoms(300, 21);
+    dmem<float> x(a), y(b);
+    ASSERT_EQ(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    EXPECT_EQ(capture_status(st.s), cudaStreamCaptureStatusActive);
+    int64_t n = 300;
+    ASSERT_EQ(add(x.p, y.p, n, st.s), cudaSuccess); // x += y
+    n = 5;                                          // a launch holds its arguments' values
+    cudaGraph_t g = nullptr;
+    ASSERT_EQ(cudaStreamEndCapture(st.s, &g), cudaSuccess);
+    ASSERT_NE(g, nullptr);
+    EXPECT_EQ(capture_status(st.s), cudaStreamCaptureStatusNone);
+    EXPECT_EQ(x.get(), a) << "captured, not run";
+    cudaGraphExec_t e = nullptr;
+    ASSERT_EQ(cudaGraphInstantiate(&e, g, 0), cudaSuccess);
+    ASSERT_EQ(cudaGraphDestroy(g), cudaSuccess) << "the executable graph keeps its work";
+    for (int launch = 1; launch <= 3; ++launch) {
+        ASSERT_EQ(cudaGraphLaunch(e, st.s), cudaSuccess);
+        ASSERT_EQ(cudaStreamSynchronize(st.s), cudaSuccess);
+        const std::vector<float> got = x.get();
+        // Each launch added y once more, to every one of the 300.
+        std::vector<float> want = a;
+        for (int k = 0; k < launch; ++k) {
+            for (size_t i = 0; i < a.size(); ++i) {
+                want[i] += b[i];
+            }
+        }
+        EXPECT_EQ(got, want) << "launch " << launch;
+    }
+    EXPECT_EQ(cudaGraphExecDestroy(e), cudaSuccess);
+    EXPECT_EQ(cudaGraphExecDestroy(e), cudaErrorInvalidValue);
+    EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
+}
+
+TEST(cuda_emulator_graphs, what_a_capture_forbids_fails_and_invalidates_it) {
+    stream st;
+    dmem<float> x(64), y(64);
+    cudaGraph_t g = nullptr;
+    // Synchronizing the capturing stream.
+    ASSERT_EQ(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    EXPECT_EQ(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal),
+              cudaErrorIllegalState);
+    EXPECT_EQ(cudaStreamSynchronize(st.s), cudaErrorStreamCaptureUnsupported);
+    EXPECT_EQ(capture_status(st.s), cudaStreamCaptureStatusInvalidated);
+    EXPECT_EQ(add(x.p, y.p, 64, st.s), cudaErrorStreamCaptureInvalidated);
+    EXPECT_EQ(cudaStreamEndCapture(st.s, &g), cudaErrorStreamCaptureInvalidated);
+    EXPECT_EQ(g, nullptr);
+    EXPECT_EQ(capture_status(st.s), cudaStreamCaptureStatusNone) << "the capture is over";
+    // An allocation on the capturing thread; the other thread's is fine
+    // (thread-local mode), a global capture forbids it there too.
+    for (cudaStreamCaptureMode mode :
+         {cudaStreamCaptureModeThreadLocal, cudaStreamCaptureModeGlobal}) {
+        ASSERT_EQ(cudaStreamBeginCapture(st.s, mode), cudaSuccess);
+        cudaError_t other = cudaSuccess;
+        std::thread([&] {
+            void* p = nullptr;
+            other = cudaMalloc(&p, 64);
+            cudaFree(p);
+        }).join();
+        EXPECT_EQ(other, mode == cudaStreamCaptureModeGlobal ? cudaErrorStreamCaptureUnsupported
+                                                             : cudaSuccess);
+        void* p = nullptr;
+        EXPECT_EQ(cudaMalloc(&p, 64), cudaErrorStreamCaptureUnsupported);
+        EXPECT_EQ(p, nullptr);
+        EXPECT_EQ(cudaStreamEndCapture(st.s, &g), cudaErrorStreamCaptureInvalidated);
+    }
+    // A synchronous copy; a captured one from pageable memory.
+    std::vector<float> host(64, 1.0f);
+    ASSERT_EQ(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    EXPECT_EQ(cudaMemcpyAsync(x.p, host.data(), 256, cudaMemcpyHostToDevice, st.s),
+              cudaErrorStreamCaptureUnsupported);
+    EXPECT_EQ(cudaMemcpy(x.p, host.data(), 256, cudaMemcpyHostToDevice),
+              cudaErrorStreamCaptureUnsupported);
+    EXPECT_EQ(cudaStreamEndCapture(st.s, &g), cudaErrorStreamCaptureInvalidated);
+    // Ending from another thread, or a capture on the legacy stream.
+    ASSERT_EQ(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    cudaError_t there = cudaSuccess;
+    std::thread([&] { there = cudaStreamEndCapture(st.s, &g); }).join();
+    EXPECT_EQ(there, cudaErrorStreamCaptureWrongThread);
+    EXPECT_EQ(cudaStreamEndCapture(st.s, &g), cudaSuccess) << "still this thread's";
+    EXPECT_EQ(cudaGraphDestroy(g), cudaSuccess);
+    EXPECT_EQ(cudaStreamBeginCapture(nullptr, cudaStreamCaptureModeThreadLocal),
+              cudaErrorStreamCaptureUnsupported);
+    EXPECT_EQ(cudaStreamEndCapture(st.s, &g), cudaErrorIllegalState) << "not capturing";
+    cudaGetLastError();
+    // None of it was a device fault: work goes on.
+    EXPECT_EQ(add(x.p, y.p, 64, st.s), cudaSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(st.s), cudaSuccess);
+}
+
+TEST(cuda_emulator_graphs, a_replay_into_freed_memory_is_a_fault) {
+    EXPECT_EXIT(
+        {
+            stream st;
+            dmem<float> y(64);
+            auto* x = new dmem<float>(64);
+            cudaGraph_t g = nullptr;
+            cudaGraphExec_t e = nullptr;
+            const bool made =
+                cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal) == cudaSuccess &&
+                add(x->p, y.p, 64, st.s) == cudaSuccess &&
+                cudaStreamEndCapture(st.s, &g) == cudaSuccess &&
+                cudaGraphInstantiate(&e, g, 0) == cudaSuccess;
+            const bool first = cudaGraphLaunch(e, st.s) == cudaSuccess &&
+                               cudaStreamSynchronize(st.s) == cudaSuccess;
+            delete x; // what the graph points at is gone
+            cudaGraphLaunch(e, st.s);
+            const bool fault = cudaStreamSynchronize(st.s) == cudaErrorIllegalAddress;
+            std::exit(made && first && fault ? 0 : 1);
+        },
+        ::testing::ExitedWithCode(0), "argument 0 is not device memory");
 }

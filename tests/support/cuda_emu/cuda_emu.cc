@@ -3,6 +3,8 @@
 // The CUDA emulator's runtime and its fiber scheduler (cuda_emu.hh).
 #include "cuda_emu.hh"
 
+#include "emu_stream.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -20,6 +22,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -122,10 +125,27 @@ struct allocation {
     mem_kind kind;
 };
 
+/// A graph's work, in order: what a capture recorded.
+using work_list = std::vector<std::function<void()>>;
+
+/// A stream capturing a graph (cudaStreamBeginCapture to EndCapture).
+struct capture_state {
+    bool active = false;
+    bool invalidated = false;
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+    std::thread::id thread;
+    work_list work;
+};
+
+struct stream_obj : llmos_emu_stream {
+    capture_state cap;
+};
+
 struct device_state {
     std::mutex mu;
     std::map<uintptr_t, allocation> allocs; // by start address
-    std::set<cudaStream_t> streams;
+    std::set<cudaStream_t> streams;         // each a stream_obj
+    std::set<const void*> graphs, execs;    // each a graph_obj
     uint64_t device_bytes = 0;
     cudaError_t sticky = cudaSuccess; // a fault: every later call fails
 };
@@ -266,6 +286,70 @@ bool stream_ok(cudaStream_t s) {
     }
     std::lock_guard g(dev().mu);
     return dev().streams.count(s) != 0;
+}
+
+/// cudaStream_t handles point at the llmos_emu_stream of a stream_obj.
+stream_obj* as_stream(cudaStream_t s) {
+    return static_cast<stream_obj*>(reinterpret_cast<llmos_emu_stream*>(s));
+}
+
+/// Runs `work` now, or records it in the graph that `s` (a stream that
+/// exists, or null) captures.
+cudaError_t submit_work(cudaStream_t s, std::function<void()> work) {
+    if (s) {
+        std::lock_guard g(dev().mu);
+        if (!dev().streams.count(s)) {
+            return ret(cudaErrorInvalidResourceHandle);
+        }
+        capture_state& c = as_stream(s)->cap;
+        if (c.active) {
+            if (c.invalidated) {
+                return ret(cudaErrorStreamCaptureInvalidated);
+            }
+            c.work.push_back(std::move(work));
+            return cudaSuccess;
+        }
+    }
+    work();
+    return cudaSuccess;
+}
+
+/// A potentially unsafe call (one that captures cannot record, or that
+/// waits for the device): refused while this thread captures (not
+/// relaxed) or another thread captures in global mode; those captures are
+/// invalidated, as the device does.
+cudaError_t unsafe_call() {
+    std::lock_guard g(dev().mu);
+    const std::thread::id me = std::this_thread::get_id();
+    bool refused = false;
+    for (cudaStream_t h : dev().streams) {
+        const capture_state& c = as_stream(h)->cap;
+        if (c.active && ((c.thread == me && c.mode != cudaStreamCaptureModeRelaxed) ||
+                         (c.thread != me && c.mode == cudaStreamCaptureModeGlobal))) {
+            refused = true;
+        }
+    }
+    if (!refused) {
+        return cudaSuccess;
+    }
+    for (cudaStream_t h : dev().streams) {
+        capture_state& c = as_stream(h)->cap;
+        if (c.active && c.mode != cudaStreamCaptureModeRelaxed &&
+            (c.thread == me || c.mode == cudaStreamCaptureModeGlobal)) {
+            c.invalidated = true;
+        }
+    }
+    return ret(cudaErrorStreamCaptureUnsupported);
+}
+
+/// What a graph and its instantiation hold: the recorded work.
+struct graph_obj {
+    std::shared_ptr<const work_list> work;
+};
+
+int abi_submit(llmos_emu_stream* st, void (*run)(void*), void* arg, void (*release)(void*)) {
+    std::shared_ptr<void> owned(arg, release);
+    return submit_work(reinterpret_cast<cudaStream_t>(st), [owned, run] { run(owned.get()); });
 }
 
 /// Checks one contiguous copy's ends against its direction.
@@ -573,6 +657,14 @@ bool check_pointer(const char* kernel, size_t index, const void* p) {
     return false;
 }
 
+void submit(cudaStream_t s, std::function<void()> work) {
+    submit_work(s, std::move(work));
+}
+
+bool faulted() {
+    return sticky() != cudaSuccess;
+}
+
 void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
     if (sched.current) {
         die(kernel, "launched from device code");
@@ -639,6 +731,16 @@ constexpr error_text<cudaError_t> runtime_errors[] = {
     {cudaErrorIllegalAddress, "cudaErrorIllegalAddress",
      "an illegal memory access was encountered"},
     {cudaErrorLaunchFailure, "cudaErrorLaunchFailure", "unspecified launch failure"},
+    {cudaErrorIllegalState, "cudaErrorIllegalState",
+     "the operation cannot be performed in the present state"},
+    {cudaErrorStreamCaptureUnsupported, "cudaErrorStreamCaptureUnsupported",
+     "operation not permitted when stream is capturing"},
+    {cudaErrorStreamCaptureInvalidated, "cudaErrorStreamCaptureInvalidated",
+     "operation failed due to a previous error during capture"},
+    {cudaErrorStreamCaptureUnmatched, "cudaErrorStreamCaptureUnmatched",
+     "operation would make the legacy stream depend on a capturing blocking stream"},
+    {cudaErrorStreamCaptureWrongThread, "cudaErrorStreamCaptureWrongThread",
+     "attempt to terminate a thread-local capture sequence from another thread"},
 };
 
 } // namespace
@@ -712,24 +814,55 @@ cudaError_t cudaSetDevice(int device) {
 }
 
 cudaError_t cudaDeviceSynchronize() {
+    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+        return e;
+    }
     return ret(sticky());
 }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
+    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+        return e;
+    }
     return alloc(p, bytes, mem_kind::device);
 }
 
 cudaError_t cudaFree(void* p) {
+    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+        return e;
+    }
     return release(p, mem_kind::device);
 }
 
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
+    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+        return e;
+    }
     return alloc(p, bytes, mem_kind::pinned);
 }
 
 cudaError_t cudaFreeHost(void* p) {
+    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+        return e;
+    }
     return release(p, mem_kind::pinned);
 }
+
+namespace {
+
+/// Whether a copy's host end is page-locked, as a captured copy needs.
+bool host_end_pinned(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
+    switch (k) {
+    case cudaMemcpyHostToDevice:
+        return is_device(src, n, true);
+    case cudaMemcpyDeviceToHost:
+        return is_device(dst, n, true);
+    default:
+        return is_device(dst, n, true) && is_device(src, n, true);
+    }
+}
+
+} // namespace
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind k,
                             cudaStream_t s) {
@@ -749,11 +882,35 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind
                      n, int(k));
         return ret(cudaErrorInvalidValue);
     }
-    std::memmove(dst, src, n);
-    return cudaSuccess;
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (s && cudaStreamIsCapturing(s, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone &&
+        !host_end_pinned(dst, src, n, k)) {
+        // A graph's copy node runs long after the call: pageable memory
+        // may be gone or changed by then.
+        std::fprintf(stderr,
+                     "llmos CUDA emulator: a captured copy of %zu bytes from or to "
+                     "pageable host memory\n",
+                     n);
+        std::lock_guard g(dev().mu);
+        as_stream(s)->cap.invalidated = true;
+        return ret(cudaErrorStreamCaptureUnsupported);
+    }
+    return submit_work(s, [dst, src, n, k] {
+        if (detail::faulted()) {
+            return;
+        }
+        if (!copy_ok(dst, src, n, k)) {
+            fault(cudaErrorIllegalAddress, "(copy)", "a copy's memory is gone");
+            return;
+        }
+        std::memmove(dst, src, n);
+    });
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
+    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+        return e;
+    }
     return cudaMemcpyAsync(dst, src, n, k, nullptr);
 }
 
@@ -774,6 +931,9 @@ cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitc
 }
 
 cudaError_t cudaMemset(void* p, int value, size_t n) {
+    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+        return e;
+    }
     if (const cudaError_t e = sticky(); e != cudaSuccess) {
         return ret(e);
     }
@@ -788,8 +948,11 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
     if (!s) {
         return ret(cudaErrorInvalidValue);
     }
-    // A stream is a handle only: its work runs when it is queued.
-    auto* h = reinterpret_cast<cudaStream_t>(new char);
+    // A stream runs its work when it is queued (or records it).
+    auto* obj = new stream_obj;
+    obj->magic = LLMOS_EMU_STREAM_MAGIC;
+    obj->submit = abi_submit;
+    auto* h = reinterpret_cast<cudaStream_t>(static_cast<llmos_emu_stream*>(obj));
     std::lock_guard g(dev().mu);
     dev().streams.insert(h);
     *s = h;
@@ -801,7 +964,9 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
     if (!s || !dev().streams.erase(s)) {
         return ret(cudaErrorInvalidResourceHandle);
     }
-    delete reinterpret_cast<char*>(s);
+    stream_obj* obj = as_stream(s);
+    obj->magic = 0;
+    delete obj;
     return cudaSuccess;
 }
 
@@ -809,7 +974,152 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     if (!stream_ok(s)) {
         return ret(cudaErrorInvalidResourceHandle);
     }
+    if (s) {
+        std::lock_guard g(dev().mu);
+        capture_state& c = as_stream(s)->cap;
+        if (c.active) {
+            c.invalidated = true;
+            return ret(cudaErrorStreamCaptureUnsupported);
+        }
+    }
     return ret(sticky());
+}
+
+// --- Graphs ---
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
+    if (mode != cudaStreamCaptureModeGlobal && mode != cudaStreamCaptureModeThreadLocal &&
+        mode != cudaStreamCaptureModeRelaxed) {
+        return ret(cudaErrorInvalidValue);
+    }
+    if (!s) {
+        return ret(cudaErrorStreamCaptureUnsupported); // the legacy stream
+    }
+    std::lock_guard g(dev().mu);
+    if (!dev().streams.count(s)) {
+        return ret(cudaErrorInvalidResourceHandle);
+    }
+    capture_state& c = as_stream(s)->cap;
+    if (c.active) {
+        return ret(cudaErrorIllegalState);
+    }
+    c = capture_state{.active = true,
+                      .invalidated = false,
+                      .mode = mode,
+                      .thread = std::this_thread::get_id(),
+                      .work = {}};
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+    if (!graph) {
+        return ret(cudaErrorInvalidValue);
+    }
+    *graph = nullptr;
+    std::lock_guard g(dev().mu);
+    if (!s || !dev().streams.count(s)) {
+        return ret(s ? cudaErrorInvalidResourceHandle : cudaErrorIllegalState);
+    }
+    capture_state& c = as_stream(s)->cap;
+    if (!c.active) {
+        return ret(cudaErrorIllegalState);
+    }
+    if (c.mode != cudaStreamCaptureModeRelaxed && c.thread != std::this_thread::get_id()) {
+        return ret(cudaErrorStreamCaptureWrongThread);
+    }
+    capture_state done = std::move(c);
+    c = capture_state{};
+    if (done.invalidated) {
+        return ret(cudaErrorStreamCaptureInvalidated);
+    }
+    auto* obj = new graph_obj{std::make_shared<const work_list>(std::move(done.work))};
+    dev().graphs.insert(obj);
+    *graph = reinterpret_cast<cudaGraph_t>(obj);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status) {
+    if (!status) {
+        return ret(cudaErrorInvalidValue);
+    }
+    *status = cudaStreamCaptureStatusNone;
+    if (!s) {
+        return cudaSuccess;
+    }
+    std::lock_guard g(dev().mu);
+    if (!dev().streams.count(s)) {
+        return ret(cudaErrorInvalidResourceHandle);
+    }
+    const capture_state& c = as_stream(s)->cap;
+    if (c.active) {
+        *status =
+            c.invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive;
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                 unsigned long long flags) {
+    if (!exec || flags) {
+        return ret(cudaErrorInvalidValue);
+    }
+    *exec = nullptr;
+    std::lock_guard g(dev().mu);
+    auto* src = reinterpret_cast<graph_obj*>(graph);
+    if (!dev().graphs.count(src)) {
+        return ret(cudaErrorInvalidValue);
+    }
+    // The executable graph holds the work itself: the graph may go first.
+    auto* obj = new graph_obj{src->work};
+    dev().execs.insert(obj);
+    *exec = reinterpret_cast<cudaGraphExec_t>(obj);
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+    if (const cudaError_t e = sticky(); e != cudaSuccess) {
+        return ret(e);
+    }
+    if (!stream_ok(s)) {
+        return ret(cudaErrorInvalidResourceHandle);
+    }
+    std::shared_ptr<const work_list> work;
+    {
+        std::lock_guard g(dev().mu);
+        auto* obj = reinterpret_cast<graph_obj*>(exec);
+        if (!dev().execs.count(obj)) {
+            return ret(cudaErrorInvalidValue);
+        }
+        work = obj->work;
+    }
+    return submit_work(s, [work] {
+        for (const auto& w : *work) {
+            if (detail::faulted()) {
+                return;
+            }
+            w();
+        }
+    });
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    std::lock_guard g(dev().mu);
+    auto* obj = reinterpret_cast<graph_obj*>(exec);
+    if (!dev().execs.erase(obj)) {
+        return ret(cudaErrorInvalidValue);
+    }
+    delete obj;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    std::lock_guard g(dev().mu);
+    auto* obj = reinterpret_cast<graph_obj*>(graph);
+    if (!dev().graphs.erase(obj)) {
+        return ret(cudaErrorInvalidValue);
+    }
+    delete obj;
+    return cudaSuccess;
 }
 
 // --- The driver's virtual memory management ---

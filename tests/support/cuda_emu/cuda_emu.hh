@@ -10,7 +10,8 @@
 //   memory, tracked: copies and kernel pointer arguments are checked
 //   against the allocations (a host pointer handed to a kernel, a copy in
 //   the wrong direction or past an allocation's end is an error, as it
-//   would fault on a device). Streams run their work at once, in order.
+//   would fault on a device). Streams run their work at once, in order,
+//   unless they capture a graph (below, at cudaStreamBeginCapture).
 // - Kernels: each block's threads are fibers on the launching thread,
 //   switched at __syncthreads() and at warp shuffles; blocks run one after
 //   another. A thread runs until it waits, so a missing __syncthreads()
@@ -29,6 +30,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <math.h>
 #include <tuple>
@@ -127,8 +129,13 @@ enum cudaError {
     cudaErrorInsufficientDriver = 35,
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
+    cudaErrorIllegalState = 401,
     cudaErrorIllegalAddress = 700,
     cudaErrorLaunchFailure = 719,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorStreamCaptureUnmatched = 903,
+    cudaErrorStreamCaptureWrongThread = 908,
 };
 using cudaError_t = cudaError;
 
@@ -148,6 +155,22 @@ inline constexpr unsigned cudaStreamNonBlocking = 1;
 
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
+struct CUgraph_st;
+using cudaGraph_t = CUgraph_st*;
+struct CUgraphExec_st;
+using cudaGraphExec_t = CUgraphExec_st*;
+
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0,
+    cudaStreamCaptureModeThreadLocal = 1,
+    cudaStreamCaptureModeRelaxed = 2,
+};
+
+enum cudaStreamCaptureStatus {
+    cudaStreamCaptureStatusNone = 0,
+    cudaStreamCaptureStatusActive = 1,
+    cudaStreamCaptureStatusInvalidated = 2,
+};
 
 /// The fields of cudaDeviceProp that callers read.
 struct cudaDeviceProp {
@@ -181,6 +204,24 @@ cudaError_t cudaMemset(void* p, int value, size_t n);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t s);
 cudaError_t cudaStreamSynchronize(cudaStream_t s);
+
+// Graphs, from stream capture only. While a stream captures, the kernels,
+// copies and cuBLAS calls queued on it are recorded (kernel arguments by
+// value), not run; a launch of the instantiated graph runs them in order.
+// As on a device, a capture that is not relaxed forbids its thread the
+// potentially unsafe calls (cudaMalloc, cudaFree, cudaMallocHost,
+// cudaFreeHost, cudaMemcpy, cudaMemcpy2D, cudaMemset,
+// cudaDeviceSynchronize), a global one every other thread too, and
+// synchronizing the capturing stream is refused: each fails with
+// cudaErrorStreamCaptureUnsupported and invalidates the capture.
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                 unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 
 // --- The driver's virtual memory management (cuda.h's names) ---
 //
@@ -297,6 +338,11 @@ bool check_launch(const char* kernel, dim3 grid, dim3 block, cudaStream_t s);
 bool check_pointer(const char* kernel, size_t index, const void* p);
 /// Runs body(ctx) as every thread of every block of the grid.
 void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), void* ctx);
+/// Runs `work` now, or records it when `s` captures a graph (an
+/// invalidated capture drops it and records the error).
+void submit(cudaStream_t s, std::function<void()> work);
+/// Whether the device has faulted (nothing runs on it any more).
+bool faulted();
 
 template <typename A>
 bool check_arg(const char* kernel, size_t index, const A& a) {
@@ -322,13 +368,21 @@ struct launcher {
         if (!detail::check_launch(name, grid, block, stream)) {
             return;
         }
+        // The arguments by value, as a launch (and a captured one) holds them.
+        detail::submit(stream,
+                       [self = *this, a = std::tuple<P...>{args...}]() mutable { self.run(a); });
+    }
+
+    void run(std::tuple<P...>& a) const {
+        if (detail::faulted()) {
+            return;
+        }
         size_t i = 0;
         bool ok = true;
-        ((ok = ok && detail::check_arg(name, i++, args)), ...);
+        std::apply([&](const P&... v) { ((ok = ok && detail::check_arg(name, i++, v)), ...); }, a);
         if (!ok) {
             return;
         }
-        std::tuple<P...> a{args...};
         struct call {
             void (*fn)(P...);
             std::tuple<P...>* a;

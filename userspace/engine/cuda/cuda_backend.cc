@@ -124,11 +124,16 @@ blas_api load_blas() {
     a.set_stream = reinterpret_cast<blas_api::set_stream_fn>(sym("cublasSetStream_v2"));
     a.gemm_ex = reinterpret_cast<blas_api::gemm_ex_fn>(sym("cublasGemmEx"));
     a.loaded = a.create && a.destroy && a.set_stream && a.gemm_ex;
+    if (a.loaded) {
+        a.set_workspace =
+            reinterpret_cast<blas_api::set_workspace_fn>(::dlsym(lib, "cublasSetWorkspace_v2"));
+    }
     if (!a.loaded) {
         ::dlclose(lib); // the library stays unused: nothing points into it
         a.create = nullptr;
         a.destroy = nullptr;
         a.set_stream = nullptr;
+        a.set_workspace = nullptr;
         a.gemm_ex = nullptr;
     }
     return a;

@@ -78,6 +78,7 @@ struct blas_api {
     using create_fn = int (*)(void** handle);
     using destroy_fn = int (*)(void* handle);
     using set_stream_fn = int (*)(void* handle, cudaStream_t stream);
+    using set_workspace_fn = int (*)(void* handle, void* workspace, size_t bytes);
     using gemm_ex_fn = int (*)(void* handle, int transa, int transb, int m, int n, int k,
                                const void* alpha, const void* a, int a_type, int lda, const void* b,
                                int b_type, int ldb, const void* beta, void* c, int c_type, int ldc,
@@ -88,6 +89,7 @@ struct blas_api {
     create_fn create = nullptr;
     destroy_fn destroy = nullptr;
     set_stream_fn set_stream = nullptr;
+    set_workspace_fn set_workspace = nullptr; ///< optional (null: cuBLAS's own workspace)
     gemm_ex_fn gemm_ex = nullptr;
 };
 

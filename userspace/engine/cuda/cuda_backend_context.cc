@@ -2,16 +2,21 @@
 //
 // cuda_context: one step of the forward pass on the device, the same
 // sequence of operations as context::step. The host checks the batch,
-// maps the caches' blocks, writes the step's embeddings and metadata
-// (rows, sequences, block tables) into pinned memory and copies them over;
-// then the layers run on one stream; the logits come back to pinned
-// memory; after the stream is synchronized the caches are committed.
+// maps the caches' blocks, sizes the scratch, writes the step's embeddings
+// and metadata (rows, sequences, block tables) into pinned memory and
+// copies them over; then the layers run on one stream, launched one by one
+// or as a graph captured from an earlier step of the same shape; the
+// logits come back to pinned memory; after the stream is synchronized the
+// caches are committed.
 #include "../step_batch.hh"
 #include "cuda_backend.hh"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 
 namespace llmos::engine {
 
@@ -22,6 +27,20 @@ namespace {
 /// Tokens in a step from which block-quantized layers are dequantized to
 /// F16 for cuBLAS rather than read by the engine's kernel.
 constexpr int64_t blas_quant_tokens = 32;
+
+/// Graphs a context keeps (the least recently used one goes first).
+constexpr size_t max_graphs = 16;
+
+/// cuBLAS's workspace when graphs are used: its own, not one it allocates
+/// while a graph is captured (32 MiB is what cuBLAS asks for on Hopper).
+constexpr size_t blas_workspace_bytes = 32u << 20;
+
+/// One captured step shape and its executable graph.
+struct graph_entry {
+    uint64_t key = 0;
+    cudaGraphExec_t exec = nullptr;
+    uint64_t used = 0; ///< step count at its last replay
+};
 
 size_t align_up(size_t v, size_t a) {
     return (v + a - 1) / a * a;
@@ -41,7 +60,18 @@ struct cuda_context::impl {
     dev_buf act_f16, w_f16; // activations (F16 or BF16) / weights (F16) for cuBLAS
     dev_buf rows, logits;   // the logits' rows (normalized) and the logits
     dev_buf meta;           // row_desc[T], seq_desc[B], gather[R], tables
+    dev_buf blas_ws;        // cuBLAS's workspace (with graphs)
     host_buf h_meta, h_emb, h_logits;
+
+    // Graphs: the step shapes seen (launched, not yet captured), the
+    // graphs, and the scratch addresses they were captured with.
+    bool graphs_wanted = false;
+    std::string graph_failure; ///< why graphs stopped (a capture failed)
+    std::map<uint64_t, uint32_t> seen;
+    std::vector<graph_entry> graphs;
+    std::array<const void*, 13> scratch{};
+    uint64_t steps = 0;
+    cuda_graph_stats stats;
 
     impl(const cuda_model& m, cuda_context_options opts)
         : cm(m)
@@ -49,15 +79,26 @@ struct cuda_context::impl {
 
     ~impl() {
         cudaSetDevice(device);
-        if (blas_handle) {
-            blas().destroy(blas_handle);
-        }
         if (stream) {
             // A step that threw may have left work that reads the buffers
             // freed after this.
             cudaStreamSynchronize(stream);
+        }
+        drop_graphs();
+        if (blas_handle) {
+            blas().destroy(blas_handle);
+        }
+        if (stream) {
             cudaStreamDestroy(stream);
         }
+    }
+
+    void drop_graphs() noexcept {
+        for (graph_entry& g : graphs) {
+            cudaGraphExecDestroy(g.exec);
+        }
+        stats.dropped += graphs.size();
+        graphs.clear();
     }
 
     std::string blas_failure; ///< why cuBLAS is not used though it loaded
@@ -117,6 +158,97 @@ struct cuda_context::impl {
         check(to_f16(in, act_f16.as<uint16_t>(), n_tokens * w.cols, stream), "to_f16");
         gemm(a, blas_r_16f, act_f16.get(), blas_r_16f, out, w.rows, w.cols, n_tokens);
     }
+
+    /// Runs `forward` (the step's layers, T tokens of B sequences, R logit
+    /// rows, its scratch sized) as a graph: replayed, or captured now when
+    /// the shape comes the second time. False: not as a graph (graphs off,
+    /// a large step, a shape seen first, or a capture that failed, which
+    /// turns graphs off for the context); the caller launches it then.
+    template <typename F>
+    bool run_graph(size_t T, size_t B, size_t R, F& forward) {
+        if (!graphs_wanted || !graph_failure.empty() || T > cuda_graph_max_tokens) {
+            return false;
+        }
+        const uint64_t key = uint64_t(T) | uint64_t(B) << 21 | uint64_t(R) << 42;
+        for (graph_entry& g : graphs) {
+            if (g.key == key) {
+                check(cudaGraphLaunch(g.exec, stream), "cudaGraphLaunch");
+                g.used = steps;
+                ++stats.replayed;
+                return true;
+            }
+        }
+        // A shape seen once (a prompt's length) costs no capture.
+        if (!seen.count(key)) {
+            if (seen.size() >= 4096) {
+                seen.clear();
+            }
+            seen[key] = 1;
+            return false;
+        }
+        seen.erase(key);
+        cudaGraphExec_t exec = nullptr;
+        if (std::string why = capture(forward, exec); !why.empty()) {
+            graph_failure = std::move(why);
+            return false;
+        }
+        if (graphs.size() >= max_graphs) {
+            auto lru = std::min_element(graphs.begin(), graphs.end(),
+                                        [](auto& a, auto& b) { return a.used < b.used; });
+            cudaGraphExecDestroy(lru->exec);
+            graphs.erase(lru);
+            ++stats.dropped;
+        }
+        graphs.push_back({key, exec, steps});
+        ++stats.captured;
+        check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+        ++stats.replayed;
+        return true;
+    }
+
+    /// Captures `forward` on the stream into `exec`; "" or why it failed
+    /// (nothing ran then, and no error is left behind).
+    template <typename F>
+    std::string capture(F& forward, cudaGraphExec_t& exec) {
+        // Thread-local: other threads' contexts go on allocating.
+        if (const cudaError_t e = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+            e != cudaSuccess) {
+            cudaGetLastError();
+            return "cudaStreamBeginCapture: " + error_text(e);
+        }
+        cudaGraph_t graph = nullptr;
+        std::string why;
+        try {
+            forward();
+        } catch (const cuda_error& e) {
+            why = e.what();
+        } catch (...) {
+            cudaStreamEndCapture(stream, &graph);
+            if (graph) {
+                cudaGraphDestroy(graph);
+            }
+            cudaGetLastError();
+            throw;
+        }
+        // The capture ends whatever happened in it.
+        if (const cudaError_t e = cudaStreamEndCapture(stream, &graph);
+            e != cudaSuccess && why.empty()) {
+            why = "cudaStreamEndCapture: " + error_text(e);
+        }
+        if (why.empty()) {
+            if (const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0); e != cudaSuccess) {
+                why = "cudaGraphInstantiate: " + error_text(e);
+                exec = nullptr;
+            }
+        }
+        if (graph) {
+            cudaGraphDestroy(graph);
+        }
+        if (!why.empty()) {
+            cudaGetLastError(); // not sticky: the kernels are launched instead
+        }
+        return why;
+    }
 };
 
 cuda_context::cuda_context(const cuda_model& m, cuda_context_options o)
@@ -139,6 +271,15 @@ cuda_context::cuda_context(const cuda_model& m, cuda_context_options o)
             blas().destroy(h);
         } else {
             c.blas_handle = h;
+        }
+    }
+    const char* env = std::getenv("LLMOS_CUDA_GRAPHS");
+    c.graphs_wanted = c.o.use_graphs && !(env && std::strcmp(env, "0") == 0);
+    if (c.blas_handle && c.graphs_wanted && blas().set_workspace) {
+        // After cublasSetStream, which goes back to cuBLAS's own workspace.
+        c.blas_ws.ensure(blas_workspace_bytes, "cuBLAS workspace");
+        if (blas().set_workspace(c.blas_handle, c.blas_ws.get(), c.blas_ws.size()) != 0) {
+            c.blas_ws.reset();
         }
     }
 }
@@ -166,6 +307,30 @@ std::string cuda_context::gemm_path() const {
     return "built-in kernels (cuBLAS not loaded: " + blas().reason + ")";
 }
 
+bool cuda_context::uses_graphs() const noexcept {
+    return _impl->graphs_wanted && _impl->graph_failure.empty();
+}
+
+std::string cuda_context::graph_path() const {
+    const impl& c = *_impl;
+    if (uses_graphs()) {
+        return "CUDA graphs (steps of up to " + std::to_string(cuda_graph_max_tokens) + " tokens)";
+    }
+    if (!c.o.use_graphs) {
+        return "kernel launches (graphs not wanted)";
+    }
+    if (!c.graphs_wanted) {
+        return "kernel launches (LLMOS_CUDA_GRAPHS=0)";
+    }
+    return "kernel launches (a graph capture failed: " + c.graph_failure + ")";
+}
+
+cuda_graph_stats cuda_context::graph_stats() const noexcept {
+    cuda_graph_stats st = _impl->stats;
+    st.cached = _impl->graphs.size();
+    return st;
+}
+
 step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     impl& c = *_impl;
     const model& m = c.cm.get_model();
@@ -186,12 +351,15 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
         return st;
     }
 
-    // Rows whose logits are wanted, in batch order.
-    size_t R = 0, n_tables = 0;
+    // Rows whose logits are wanted, in batch order; block table entries
+    // now, and at most for these caches (the metadata buffer is sized for
+    // that, so that it stays where graphs point while the caches grow).
+    size_t R = 0, n_tables = 0, max_tables = 0;
     for (auto& e : batch) {
         R += detail::logit_rows(e);
         const uint64_t end = uint64_t(e.kv->n_tokens()) + e.tokens.size();
         n_tables += (end + e.kv->block_tokens() - 1) / e.kv->block_tokens();
+        max_tables += e.kv->block_table().size();
     }
 
     // Metadata in one pinned buffer: rows, sequences, gather, tables.
@@ -202,10 +370,10 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     const size_t meta_bytes = off_tables + n_tables * sizeof(uint32_t);
     check(cudaSetDevice(c.device), "cudaSetDevice");
     // Idle unless an earlier step threw with work in flight: the pinned
-    // buffers are rewritten below.
+    // buffers are rewritten and the scratch may grow below.
     check(cudaStreamSynchronize(c.stream), "cudaStreamSynchronize");
     c.h_meta.ensure(meta_bytes, "step metadata");
-    c.meta.ensure(meta_bytes, "step metadata");
+    c.meta.ensure(off_tables + std::max(n_tables, max_tables) * sizeof(uint32_t), "step metadata");
     c.h_emb.ensure(T * E * sizeof(float), "embeddings");
     auto* h_rows = reinterpret_cast<row_desc*>(c.h_meta.as<std::byte>() + off_rows);
     auto* h_seqs = reinterpret_cast<seq_desc*>(c.h_meta.as<std::byte>() + off_seqs);
@@ -231,15 +399,10 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
             }
         }
     }
-    cudaStream_t s = c.stream;
-    check(cudaMemcpyAsync(c.meta.get(), c.h_meta.as<std::byte>(), meta_bytes,
-                          cudaMemcpyHostToDevice, s),
-          "cudaMemcpyAsync (step metadata)");
-    const auto* rows_d = reinterpret_cast<const row_desc*>(c.meta.as<std::byte>() + off_rows);
-    const auto* seqs_d = reinterpret_cast<const seq_desc*>(c.meta.as<std::byte>() + off_seqs);
-    const auto* gather_d = reinterpret_cast<const int32_t*>(c.meta.as<std::byte>() + off_gather);
-    const auto* tables_d = reinterpret_cast<const uint32_t*>(c.meta.as<std::byte>() + off_tables);
 
+    // All the scratch the layers touch, sized before any of them runs (a
+    // graph cannot be captured across an allocation).
+    const size_t rows_max = std::max(T, R);
     c.x.ensure(T * E * 4, "activations");
     c.xn.ensure(T * E * 4, "activations");
     c.q.ensure(T * E * 4, "queries");
@@ -248,56 +411,92 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     c.v.ensure(T * KV * 4, "values");
     c.gate.ensure(T * F * 4, "ffn gate");
     c.up.ensure(T * F * 4, "ffn up");
+    if (R) {
+        c.rows.ensure(R * E * 4, "logit rows");
+        c.logits.ensure(R * size_t(V) * 4, "logits");
+        c.h_logits.ensure(R * size_t(V) * 4, "logits");
+    }
+    if (c.blas_handle) {
+        c.act_f16.ensure(rows_max * std::max(E, F) * 2, "activations as F16");
+        if (int64_t(rows_max) >= blas_quant_tokens && d.max_quant_elems) {
+            c.w_f16.ensure(size_t(d.max_quant_elems) * 2, "dequantized weights");
+        }
+    }
+    const std::array<const void*, 13> scratch{
+        c.x.get(),       c.xn.get(),    c.q.get(),   c.att.get(),  c.k.get(),
+        c.v.get(),       c.gate.get(),  c.up.get(),  c.rows.get(), c.logits.get(),
+        c.act_f16.get(), c.w_f16.get(), c.meta.get()};
+    if (scratch != c.scratch) {
+        c.drop_graphs(); // they point into the old scratch
+        c.scratch = scratch;
+    }
+
+    cudaStream_t s = c.stream;
+    check(cudaMemcpyAsync(c.meta.get(), c.h_meta.as<std::byte>(), meta_bytes,
+                          cudaMemcpyHostToDevice, s),
+          "cudaMemcpyAsync (step metadata)");
+    const auto* rows_d = reinterpret_cast<const row_desc*>(c.meta.as<std::byte>() + off_rows);
+    const auto* seqs_d = reinterpret_cast<const seq_desc*>(c.meta.as<std::byte>() + off_seqs);
+    const auto* gather_d = reinterpret_cast<const int32_t*>(c.meta.as<std::byte>() + off_gather);
+    const auto* tables_d = reinterpret_cast<const uint32_t*>(c.meta.as<std::byte>() + off_tables);
     float *x = c.x.as<float>(), *xn = c.xn.as<float>(), *q = c.q.as<float>();
     float *k = c.k.as<float>(), *v = c.v.as<float>(), *att = c.att.as<float>();
     float *gate = c.gate.as<float>(), *up = c.up.as<float>();
     check(cudaMemcpyAsync(x, c.h_emb.as<float>(), T * E * 4, cudaMemcpyHostToDevice, s),
           "cudaMemcpyAsync (embeddings)");
 
+    // The layers and the logits: everything a graph of this shape holds.
     const auto Ti = static_cast<int64_t>(T);
     const float scale = 1.0f / std::sqrt(float(p.head_dim));
-    for (uint32_t l = 0; l < p.n_layer; ++l) {
-        const dev_layer& w = d.layers[l];
-        check(rms_norm(x, w.attn_norm, xn, Ti, E, p.rms_eps, nullptr, s), "rms_norm");
-        c.mm(w.wq, xn, Ti, q);
-        c.mm(w.wk, xn, Ti, k);
-        c.mm(w.wv, xn, Ti, v);
-        if (w.bq) {
-            check(add_bias(q, w.bq, Ti, E, s), "add_bias");
+    auto forward = [&] {
+        for (uint32_t l = 0; l < p.n_layer; ++l) {
+            const dev_layer& w = d.layers[l];
+            check(rms_norm(x, w.attn_norm, xn, Ti, E, p.rms_eps, nullptr, s), "rms_norm");
+            c.mm(w.wq, xn, Ti, q);
+            c.mm(w.wk, xn, Ti, k);
+            c.mm(w.wv, xn, Ti, v);
+            if (w.bq) {
+                check(add_bias(q, w.bq, Ti, E, s), "add_bias");
+            }
+            if (w.bk) {
+                check(add_bias(k, w.bk, Ti, KV, s), "add_bias");
+            }
+            if (w.bv) {
+                check(add_bias(v, w.bv, Ti, KV, s), "add_bias");
+            }
+            check(rope(q, Ti, E, p.n_head, p.head_dim, p.n_rot, p.neox_rope, rows_d, d.inv_freq,
+                       p.rope_scale, s),
+                  "rope");
+            check(rope(k, Ti, KV, p.n_head_kv, p.head_dim, p.n_rot, p.neox_rope, rows_d, d.inv_freq,
+                       p.rope_scale, s),
+                  "rope");
+            check(kv_write(k, v, Ti, KV, l, rows_d, seqs_d, tables_d, s), "kv_write");
+            check(attention(q, att, Ti, p.n_head, p.n_head_kv, p.head_dim, l, scale, rows_d, seqs_d,
+                            tables_d, s),
+                  "attention");
+            c.mm(w.wo, att, Ti, xn);
+            check(add(x, xn, Ti * E, s), "add");
+            check(rms_norm(x, w.ffn_norm, xn, Ti, E, p.rms_eps, nullptr, s), "rms_norm");
+            c.mm(w.w_gate, xn, Ti, gate);
+            c.mm(w.w_up, xn, Ti, up);
+            check(swiglu(gate, up, Ti * F, s), "swiglu");
+            c.mm(w.w_down, gate, Ti, xn);
+            check(add(x, xn, Ti * E, s), "add");
         }
-        if (w.bk) {
-            check(add_bias(k, w.bk, Ti, KV, s), "add_bias");
+        if (R) {
+            check(rms_norm(x, d.output_norm, c.rows.as<float>(), int64_t(R), E, p.rms_eps, gather_d,
+                           s),
+                  "rms_norm (output)");
+            c.mm(d.output, c.rows.as<float>(), int64_t(R), c.logits.as<float>());
         }
-        if (w.bv) {
-            check(add_bias(v, w.bv, Ti, KV, s), "add_bias");
-        }
-        check(rope(q, Ti, E, p.n_head, p.head_dim, p.n_rot, p.neox_rope, rows_d, d.inv_freq,
-                   p.rope_scale, s),
-              "rope");
-        check(rope(k, Ti, KV, p.n_head_kv, p.head_dim, p.n_rot, p.neox_rope, rows_d, d.inv_freq,
-                   p.rope_scale, s),
-              "rope");
-        check(kv_write(k, v, Ti, KV, l, rows_d, seqs_d, tables_d, s), "kv_write");
-        check(attention(q, att, Ti, p.n_head, p.n_head_kv, p.head_dim, l, scale, rows_d, seqs_d,
-                        tables_d, s),
-              "attention");
-        c.mm(w.wo, att, Ti, xn);
-        check(add(x, xn, Ti * E, s), "add");
-        check(rms_norm(x, w.ffn_norm, xn, Ti, E, p.rms_eps, nullptr, s), "rms_norm");
-        c.mm(w.w_gate, xn, Ti, gate);
-        c.mm(w.w_up, xn, Ti, up);
-        check(swiglu(gate, up, Ti * F, s), "swiglu");
-        c.mm(w.w_down, gate, Ti, xn);
-        check(add(x, xn, Ti * E, s), "add");
+    };
+    ++c.steps;
+    if (!c.run_graph(T, batch.size(), R, forward)) {
+        forward();
+        ++c.stats.launched;
     }
 
     if (R) {
-        c.grow(c.rows, R * E * 4, "logit rows");
-        c.grow(c.logits, R * size_t(V) * 4, "logits");
-        c.h_logits.ensure(R * size_t(V) * 4, "logits");
-        check(rms_norm(x, d.output_norm, c.rows.as<float>(), int64_t(R), E, p.rms_eps, gather_d, s),
-              "rms_norm (output)");
-        c.mm(d.output, c.rows.as<float>(), int64_t(R), c.logits.as<float>());
         check(cudaMemcpyAsync(c.h_logits.as<float>(), c.logits.get(), R * size_t(V) * 4,
                               cudaMemcpyDeviceToHost, s),
               "cudaMemcpyAsync (logits)");

@@ -100,4 +100,16 @@ std::string cuda_context::gemm_path() const {
     return without;
 }
 
+bool cuda_context::uses_graphs() const noexcept {
+    return false;
+}
+
+std::string cuda_context::graph_path() const {
+    return without;
+}
+
+cuda_graph_stats cuda_context::graph_stats() const noexcept {
+    return {};
+}
+
 } // namespace llmos::engine

@@ -30,6 +30,15 @@
 // halves and BF16 weights as bfloat16 (F32 sums). Without cuBLAS the
 // engine's own kernels do the work, activations in F32 (cuda_blas() says
 // which, and why).
+//
+// Small steps (decode: one token per sequence) are a few hundred short
+// kernels, whose launches cost more than their work on a small model. A
+// context captures such a step's kernels into a CUDA graph the second
+// time it sees the step's shape (tokens, sequences, logit rows) and
+// replays the graph after that: one launch a step. Everything a step
+// changes (its tokens, positions, block tables) is data in device memory
+// that the graph's kernels read, so one graph serves every step of its
+// shape; graphs are dropped when the scratch they point into moves.
 #pragma once
 
 #include <cstddef>
@@ -212,6 +221,23 @@ struct cuda_context_options {
     uint32_t max_batch_tokens = 512; ///< tokens of one step, all sequences together
     /// Use cuBLAS when it loads; false: always the engine's own kernels.
     bool use_cublas = true;
+    /// Replay steps of up to cuda_graph_max_tokens tokens as CUDA graphs;
+    /// false, or LLMOS_CUDA_GRAPHS=0 in the environment: launch every
+    /// kernel of every step.
+    bool use_graphs = true;
+};
+
+/// Steps larger than this always launch their kernels (prefill: few steps
+/// of each shape, and long kernels).
+inline constexpr uint32_t cuda_graph_max_tokens = 128;
+
+/// What a context did with graphs, since it was made.
+struct cuda_graph_stats {
+    uint64_t captured = 0; ///< graphs captured and instantiated
+    uint64_t replayed = 0; ///< steps run as one graph launch
+    uint64_t launched = 0; ///< steps whose kernels were launched one by one
+    uint64_t dropped = 0;  ///< graphs dropped (scratch moved, or too many shapes)
+    size_t cached = 0;     ///< graphs held now
 };
 
 /// One sequence's part of a step (as batch_entry, with a cuda_kv_cache).
@@ -244,6 +270,13 @@ public:
     bool uses_cublas() const noexcept;
     /// "cuBLAS (libcublas.so.13)" or "built-in kernels (why)".
     std::string gemm_path() const;
+    /// True while small steps are replayed as CUDA graphs: wanted, and no
+    /// capture has failed on this context.
+    bool uses_graphs() const noexcept;
+    /// "CUDA graphs" or "kernel launches (why: not wanted, or the CUDA
+    /// error a capture met)".
+    std::string graph_path() const;
+    cuda_graph_stats graph_stats() const noexcept;
 
     struct impl;
 
