@@ -466,6 +466,36 @@ void bench_cuda(const std::string& dir) {
         row(type);
     }
 
+    // Decode replayed as CUDA graphs against every kernel launched (the
+    // rows above use graphs), the same model and cuBLAS, back to back.
+    for (const char* type : {"f16", "q4_0"}) {
+        auto file = gguf_file::open(ensure_model(dir, type));
+        auto m = model::load(file);
+        cuda_model cm(m);
+        double dec[2] = {}, agg[2] = {};
+        cuda_graph_stats st[2];
+        std::string path[2];
+        for (int launched = 0; launched < 2; ++launched) {
+            cuda_context ctx(cm, {.max_batch_tokens = 512, .use_graphs = launched == 0});
+            auto prompt = prompt_of(256, m.params().n_vocab, 1);
+            gpu_stream warm(m, kvo);
+            prefill(ctx, warm, prompt, 512);
+            decode(ctx, warm, 4);
+            gpu_stream one(m, kvo);
+            prefill(ctx, one, prompt, 512);
+            dec[launched] = decode(ctx, one, 128);
+            agg[launched] = eight_streams<gpu_stream>(ctx, m, kvo, 512, 64);
+            st[launched] = ctx.graph_stats();
+            path[launched] = ctx.graph_path();
+        }
+        std::printf("# cuda: %s decode: %s %.1f tok/s, 8 streams %.1f tok/s (%llu of %llu steps "
+                    "replayed); %s %.1f tok/s, 8 streams %.1f tok/s: %.2fx, %.2fx\n",
+                    type, path[0].c_str(), dec[0], agg[0],
+                    static_cast<unsigned long long>(st[0].replayed),
+                    static_cast<unsigned long long>(st[0].replayed + st[0].launched),
+                    path[1].c_str(), dec[1], agg[1], dec[0] / dec[1], agg[0] / agg[1]);
+    }
+
     // Resume vs re-prefill of a 2k-token conversation on the GPU (Q8_0): a
     // new model and context over the same host bookkeeping and device
     // blocks, as a restarted worker finds them.
