@@ -18,6 +18,7 @@
 #include "../support/paths.hh"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
@@ -33,6 +34,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <unistd.h>
 #include <vector>
@@ -792,6 +794,74 @@ TEST_P(cuda_conformance, graphs_follow_the_scratch_when_it_moves) {
     EXPECT_EQ(gs.replayed, 20u);
     EXPECT_EQ(gs.launched, 3u);
     EXPECT_EQ(gs.cached, 1u);
+}
+
+// Graphs are captured on one thread while another makes and frees device
+// memory and uploads a model, calls that synchronize the device (which a
+// device refuses during any thread's capture, invalidating it): neither
+// side fails, and graphs stay on. 18 batch sizes, each stepped twice a
+// round, keep more shapes than a context holds graphs: every round
+// captures again (a capture waits for the other thread's call to end).
+TEST(cuda_context, captures_and_device_wide_calls_on_other_threads_keep_apart) {
+    REQUIRE_DEVICE();
+    loaded l(tiny);
+    cuda_model cm(*l.m);
+    std::atomic<bool> done{false};
+    std::string other_error;
+    std::atomic<int> uploads{0};
+    std::thread other([&] {
+        try {
+            while (!done) {
+                cuda_device_buffer b(1 << 20);
+                cuda_model again(*l.m);
+                ++uploads;
+            }
+        } catch (const std::exception& e) {
+            other_error = e.what();
+        }
+    });
+    std::string error;
+    cuda_context ctx(cm);
+    try {
+        const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 128};
+        std::vector<std::unique_ptr<gpu_kv>> kv;
+        for (int i = 0; i < 18; ++i) {
+            kv.push_back(std::make_unique<gpu_kv>(*l.m, ko));
+        }
+        std::vector<float> lg(size_t(18) * l.m->params().n_vocab);
+        std::vector<int32_t> tok(18, 1);
+        for (int round = 0; round < 2; ++round) {
+            for (size_t n = 1; n <= 18; ++n) {
+                for (int twice = 0; twice < 2; ++twice) {
+                    std::vector<cuda_batch_entry> batch;
+                    for (size_t i = 0; i < n; ++i) {
+                        batch.push_back({.kv = &kv[i]->kv,
+                                         .tokens = {&tok[i], 1},
+                                         .logits = lg.data() + i * l.m->params().n_vocab});
+                    }
+                    if (const step_status st = ctx.step(batch); st != step_status::ok) {
+                        throw std::runtime_error("step: " + std::string(step_status_name(st)));
+                    }
+                }
+            }
+        }
+    } catch (const std::exception& e) {
+        error = e.what();
+    }
+    while (uploads == 0 && other_error.empty()) {
+        std::this_thread::yield();
+    }
+    done = true;
+    other.join();
+    EXPECT_EQ(error, "");
+    EXPECT_EQ(other_error, "");
+    EXPECT_TRUE(ctx.uses_graphs()) << ctx.graph_path();
+    const cuda_graph_stats st = ctx.graph_stats();
+    std::cout << "[ info     ] " << uploads << " uploads beside " << st.captured << " captures, "
+              << st.replayed << " replays, " << st.launched << " launched\n";
+    EXPECT_GT(st.captured, 18u);
+    EXPECT_GT(st.dropped, 0u);
+    EXPECT_EQ(st.replayed + st.launched, 72u) << "each step replayed or launched once";
 }
 
 TEST(cuda_context, graphs_can_be_turned_off_from_the_environment) {

@@ -643,18 +643,37 @@ TEST(cuda_emulator_graphs, what_a_capture_forbids_fails_and_invalidates_it) {
     for (cudaStreamCaptureMode mode :
          {cudaStreamCaptureModeThreadLocal, cudaStreamCaptureModeGlobal}) {
         ASSERT_EQ(cudaStreamBeginCapture(st.s, mode), cudaSuccess);
+        void* theirs = nullptr;
         cudaError_t other = cudaSuccess;
-        std::thread([&] {
-            void* p = nullptr;
-            other = cudaMalloc(&p, 64);
-            cudaFree(p);
-        }).join();
+        std::thread([&] { other = cudaMalloc(&theirs, 64); }).join();
         EXPECT_EQ(other, mode == cudaStreamCaptureModeGlobal ? cudaErrorStreamCaptureUnsupported
                                                              : cudaSuccess);
+        EXPECT_EQ(capture_status(st.s), mode == cudaStreamCaptureModeGlobal
+                                            ? cudaStreamCaptureStatusInvalidated
+                                            : cudaStreamCaptureStatusActive);
         void* p = nullptr;
         EXPECT_EQ(cudaMalloc(&p, 64), cudaErrorStreamCaptureUnsupported);
         EXPECT_EQ(p, nullptr);
         EXPECT_EQ(cudaStreamEndCapture(st.s, &g), cudaErrorStreamCaptureInvalidated);
+        EXPECT_EQ(cudaFree(theirs), cudaSuccess);
+    }
+    // What synchronizes the device, on any thread, in any mode: a free, a
+    // device synchronization, the legacy stream's.
+    for (int call = 0; call < 3; ++call) {
+        ASSERT_EQ(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+        void* p = nullptr;
+        if (call == 0) {
+            std::thread([&] { ASSERT_EQ(cudaMalloc(&p, 64), cudaSuccess); }).join();
+        }
+        cudaError_t other = cudaSuccess;
+        std::thread([&] {
+            other = call == 0   ? cudaFree(p)
+                    : call == 1 ? cudaDeviceSynchronize()
+                                : cudaStreamSynchronize(nullptr);
+        }).join();
+        EXPECT_EQ(other, cudaErrorStreamCaptureUnsupported) << "call " << call;
+        EXPECT_EQ(cudaStreamEndCapture(st.s, &g), cudaErrorStreamCaptureInvalidated);
+        EXPECT_EQ(cudaFree(p), cudaSuccess);
     }
     // A synchronous copy; a captured one from pageable memory.
     std::vector<float> host(64, 1.0f);

@@ -342,6 +342,24 @@ cudaError_t unsafe_call() {
     return ret(cudaErrorStreamCaptureUnsupported);
 }
 
+/// A call that synchronizes the device or the legacy stream (cudaFree,
+/// cudaFreeHost, cudaDeviceSynchronize, a synchronous copy or memset,
+/// cudaStreamSynchronize of the legacy stream, cuMemUnmap): a device
+/// checks captures per device, so it is refused while any thread
+/// captures, in any mode, and invalidates every capture.
+cudaError_t sync_call() {
+    std::lock_guard g(dev().mu);
+    bool refused = false;
+    for (cudaStream_t h : dev().streams) {
+        capture_state& c = as_stream(h)->cap;
+        if (c.active) {
+            c.invalidated = true;
+            refused = true;
+        }
+    }
+    return refused ? ret(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
+}
+
 /// What a graph and its instantiation hold: the recorded work.
 struct graph_obj {
     std::shared_ptr<const work_list> work;
@@ -814,7 +832,7 @@ cudaError_t cudaSetDevice(int device) {
 }
 
 cudaError_t cudaDeviceSynchronize() {
-    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+    if (const cudaError_t e = sync_call(); e != cudaSuccess) {
         return e;
     }
     return ret(sticky());
@@ -828,7 +846,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 }
 
 cudaError_t cudaFree(void* p) {
-    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+    if (const cudaError_t e = sync_call(); e != cudaSuccess) {
         return e;
     }
     return release(p, mem_kind::device);
@@ -842,7 +860,7 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
 }
 
 cudaError_t cudaFreeHost(void* p) {
-    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+    if (const cudaError_t e = sync_call(); e != cudaSuccess) {
         return e;
     }
     return release(p, mem_kind::pinned);
@@ -908,7 +926,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
-    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+    if (const cudaError_t e = sync_call(); e != cudaSuccess) {
         return e;
     }
     return cudaMemcpyAsync(dst, src, n, k, nullptr);
@@ -931,7 +949,7 @@ cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitc
 }
 
 cudaError_t cudaMemset(void* p, int value, size_t n) {
-    if (const cudaError_t e = unsafe_call(); e != cudaSuccess) {
+    if (const cudaError_t e = sync_call(); e != cudaSuccess) {
         return e;
     }
     if (const cudaError_t e = sticky(); e != cudaSuccess) {
@@ -974,7 +992,11 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     if (!stream_ok(s)) {
         return ret(cudaErrorInvalidResourceHandle);
     }
-    if (s) {
+    if (!s) {
+        if (const cudaError_t e = sync_call(); e != cudaSuccess) {
+            return e;
+        }
+    } else {
         std::lock_guard g(dev().mu);
         capture_state& c = as_stream(s)->cap;
         if (c.active) {
@@ -1383,6 +1405,9 @@ CUresult cuMemMap(CUdeviceptr p, size_t size, size_t offset, CUmemGenericAllocat
 }
 
 CUresult cuMemUnmap(CUdeviceptr p, size_t size) {
+    if (sync_call() != cudaSuccess) {
+        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
     std::lock_guard g(vmm().mu);
     auto it = vmm().mapped.find(uintptr_t(p));
     if (it == vmm().mapped.end() || it->second.bytes != size) {

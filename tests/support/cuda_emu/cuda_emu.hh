@@ -209,11 +209,14 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s);
 // copies and cuBLAS calls queued on it are recorded (kernel arguments by
 // value), not run; a launch of the instantiated graph runs them in order.
 // As on a device, a capture that is not relaxed forbids its thread the
-// potentially unsafe calls (cudaMalloc, cudaFree, cudaMallocHost,
-// cudaFreeHost, cudaMemcpy, cudaMemcpy2D, cudaMemset,
-// cudaDeviceSynchronize), a global one every other thread too, and
-// synchronizing the capturing stream is refused: each fails with
-// cudaErrorStreamCaptureUnsupported and invalidates the capture.
+// potentially unsafe calls (cudaMalloc, cudaMallocHost), a global one
+// every other thread too; the calls that synchronize the device or the
+// legacy stream (cudaFree, cudaFreeHost, cudaMemcpy, cudaMemcpy2D,
+// cudaMemset, cudaDeviceSynchronize, cudaStreamSynchronize of the legacy
+// stream, cuMemUnmap) are refused while any thread captures, whatever the
+// mode (a device checks captures per device); synchronizing the capturing
+// stream is refused. Each fails with cudaErrorStreamCaptureUnsupported and
+// invalidates the captures it meets.
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode);
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph);
 cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status);
@@ -242,6 +245,7 @@ enum CUresult {
     CUDA_ERROR_INVALID_DEVICE = 101,
     CUDA_ERROR_INVALID_HANDLE = 400,
     CUDA_ERROR_NOT_SUPPORTED = 801,
+    CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
 };
 using CUdevice = int;
 using CUdeviceptr = unsigned long long;

@@ -5,6 +5,8 @@
 // in cuda_kernels.cu.)
 #include "cuda_backend.hh"
 
+#include "cuda_sync.hh"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -52,6 +54,7 @@ void dev_buf::ensure(size_t bytes, const char* what) {
     }
     reset();
     void* p = nullptr;
+    device_sync_guard g;
     const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 256));
     if (e != cudaSuccess) {
         throw cuda_error(std::string("cudaMalloc of ") + std::to_string(bytes) + " bytes for " +
@@ -63,6 +66,7 @@ void dev_buf::ensure(size_t bytes, const char* what) {
 
 void dev_buf::reset() noexcept {
     if (_p) {
+        device_sync_guard g;
         cudaFree(_p);
     }
     _p = nullptr;
@@ -75,6 +79,7 @@ void host_buf::ensure(size_t bytes, const char* what) {
     }
     reset();
     void* p = nullptr;
+    device_sync_guard g;
     const cudaError_t e = cudaMallocHost(&p, std::max<size_t>(bytes, 256));
     if (e != cudaSuccess) {
         throw cuda_error(std::string("cudaMallocHost of ") + std::to_string(bytes) + " bytes for " +
@@ -86,6 +91,7 @@ void host_buf::ensure(size_t bytes, const char* what) {
 
 void host_buf::reset() noexcept {
     if (_p) {
+        device_sync_guard g;
         cudaFreeHost(_p);
     }
     _p = nullptr;
@@ -237,6 +243,7 @@ cuda_device_buffer::cuda_device_buffer(uint64_t bytes, int device)
     }
     check(cudaSetDevice(device), "cudaSetDevice");
     void* p = nullptr;
+    device_sync_guard g;
     if (const cudaError_t e = cudaMalloc(&p, std::max<uint64_t>(bytes, 256)); e != cudaSuccess) {
         throw cuda_error("cudaMalloc of " + std::to_string(bytes) + " bytes: " + error_text(e));
     }
@@ -257,6 +264,7 @@ cuda_device_buffer::cuda_device_buffer(uint64_t bytes, int device)
 cuda_device_buffer::~cuda_device_buffer() {
     if (_p) {
         cudaSetDevice(_device);
+        device_sync_guard g;
         cudaFree(_p);
     }
 }
@@ -280,6 +288,7 @@ public:
     const void* raw(const void* src, size_t bytes, const char* what) {
         dev_buf b;
         b.ensure(bytes, what);
+        device_sync_guard g;
         check(cudaMemcpy(b.get(), src, bytes, cudaMemcpyHostToDevice), what);
         const void* p = b.get();
         _d.bytes += bytes;
@@ -344,6 +353,7 @@ public:
         _kinds[std::string(info(w.type)->name)]++;
         dev_buf b;
         b.ensure(packed * size_t(w.rows), what);
+        device_sync_guard g;
         check(cudaMemcpy2D(b.get(), packed, src, stride, packed, size_t(w.rows),
                            cudaMemcpyHostToDevice),
               what);
@@ -417,7 +427,10 @@ cuda_model::cuda_model(const model& m, int device)
         up.raw(inv_freq.data(), inv_freq.size() * sizeof(double), "rope frequencies"));
     // cudaMemcpy from pageable memory may return before its DMA lands, and
     // the contexts' non-blocking streams do not wait for the legacy stream.
-    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (weights upload)");
+    {
+        device_sync_guard g;
+        check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (weights upload)");
+    }
     d.summary = up.summary();
 }
 

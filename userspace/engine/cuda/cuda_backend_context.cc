@@ -10,6 +10,7 @@
 // caches are committed.
 #include "../step_batch.hh"
 #include "cuda_backend.hh"
+#include "cuda_sync.hh"
 
 #include <algorithm>
 #include <array>
@@ -85,6 +86,7 @@ struct cuda_context::impl {
             cudaStreamSynchronize(stream);
         }
         drop_graphs();
+        device_sync_guard g;
         if (blas_handle) {
             blas().destroy(blas_handle);
         }
@@ -186,6 +188,10 @@ struct cuda_context::impl {
             seen[key] = 1;
             return false;
         }
+        capture_section section;
+        if (!section) {
+            return false; // the device stayed busy: the next step of the shape captures
+        }
         seen.erase(key);
         cudaGraphExec_t exec = nullptr;
         if (std::string why = capture(forward, exec); !why.empty()) {
@@ -259,6 +265,7 @@ cuda_context::cuda_context(const cuda_model& m, cuda_context_options o)
     }
     c.device = m.device();
     check(cudaSetDevice(c.device), "cudaSetDevice");
+    device_sync_guard g; // cuBLAS allocates and frees
     check(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking), "cudaStreamCreate");
     if (c.o.use_cublas && blas().loaded) {
         // A cuBLAS that loads but does not start (libcublasLt missing, a

@@ -12,6 +12,8 @@
 // and the CUresult (cuGetErrorName, cuGetErrorString). A partly built
 // object unwinds in state's destructor: chunks are unmapped and released
 // in reverse, then the address range is freed.
+#include "cuda_sync.hh"
+
 #include <algorithm>
 #ifdef LLMOS_CUDA_EMU
 #include <cuda_emu.hh> // tests: the host emulation of the device
@@ -206,6 +208,7 @@ struct gpu_memory::state {
         // Errors here cannot be reported; the calls only fail when the
         // context is already gone, and then the driver has freed it all.
         (void)cudaSetDevice(device);
+        cuda_detail::device_sync_guard g; // unmapping synchronizes
         uint64_t end = mapped;
         for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {
             end -= it->size;
@@ -222,7 +225,10 @@ struct gpu_memory::state {
         a = &usable_api(who);
         device = dev_ordinal;
         activate(device);
-        rt_check(cudaFree(nullptr), "cudaFree(0)");
+        {
+            cuda_detail::device_sync_guard g;
+            rt_check(cudaFree(nullptr), "cudaFree(0)");
+        }
         cu_check(*a, a->device_get(&dev, device), "cuDeviceGet");
         if (!attribute(*a, dev, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
                        "VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED")) {
@@ -262,6 +268,7 @@ struct gpu_memory::state {
     // Maps `h` (of `size` bytes) at the end of the mapped bytes and gives
     // this device access; takes `h` (released on failure).
     void map_chunk(CUmemGenericAllocationHandle h, uint64_t size) {
+        cuda_detail::device_sync_guard g;
         CUdeviceptr at = base + mapped;
         CUresult r = a->mem_map(at, size, 0, h, 0);
         if (r != CUDA_SUCCESS) {
@@ -398,6 +405,7 @@ void gpu_memory::grow(uint64_t bytes) {
     activate(_s->device);
     const uint64_t size = round_up(bytes - _s->mapped, _s->granularity);
     CUmemGenericAllocationHandle h = 0;
+    cuda_detail::device_sync_guard g;
     cu_check(*_s->a, _s->a->mem_create(&h, size, &_s->prop, 0), "cuMemCreate");
     _s->map_chunk(h, size);
 }
@@ -424,6 +432,7 @@ int gpu_memory::device() const noexcept {
 void gpu_memory::write(uint64_t offset, std::span<const std::byte> src) {
     _s->check_range("gpu_memory::write", offset, src.size());
     activate(_s->device);
+    cuda_detail::device_sync_guard g;
     rt_check(cudaMemcpy(reinterpret_cast<void*>(_s->base + offset), src.data(), src.size(),
                         cudaMemcpyHostToDevice),
              "cudaMemcpy(host to device)");
@@ -435,6 +444,7 @@ void gpu_memory::write(uint64_t offset, std::span<const std::byte> src) {
 void gpu_memory::read(uint64_t offset, std::span<std::byte> dst) const {
     _s->check_range("gpu_memory::read", offset, dst.size());
     activate(_s->device);
+    cuda_detail::device_sync_guard g;
     rt_check(cudaMemcpy(dst.data(), reinterpret_cast<const void*>(_s->base + offset), dst.size(),
                         cudaMemcpyDeviceToHost),
              "cudaMemcpy(device to host)");
