@@ -244,6 +244,26 @@ protected:
     }
 };
 
+// The engine description (GET /llmos/v1/models, the start line) says how
+// the GPU computes: the linear layers, and the decode steps.
+TEST_F(gpu_llmosd, says_how_the_gpu_computes) {
+    llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/how",
+                                     {"--model", "tiny=" + tiny, "--engine", "cuda"});
+    ASSERT_TRUE(d.ready()) << d.log();
+    const std::string e = engine_of(d);
+    EXPECT_TRUE(e.starts_with("cuda:0 (" + eng::cuda_probe(0).name + ", compute ")) << e;
+    const eng::cuda_blas_info bi = eng::cuda_blas();
+    EXPECT_NE(e.find(bi.loaded ? "; linear layers: cuBLAS (" + bi.library + ")"
+                               : "; linear layers: built-in kernels (no cuBLAS: " + bi.reason),
+              std::string::npos)
+        << e;
+    EXPECT_NE(e.find(eng::cuda_graphs_wanted() ? "; decode: CUDA graphs)"
+                                               : "; decode: kernel launches (LLMOS_CUDA_GRAPHS=0)"),
+              std::string::npos)
+        << e;
+    EXPECT_NE(d.log().find(e), std::string::npos) << "the start line says it too: " << d.log();
+}
+
 TEST_F(gpu_llmosd, greedy_completions_match_the_cpu_daemon_s) {
     std::vector<std::string> cpu_texts, gpu_texts;
     const std::vector<std::string> prompts = {"Hello world",

@@ -225,8 +225,16 @@ void daemon::choose_engine() {
         return;
     }
     _gpu = index;
-    _engine_desc = "cuda:" + std::to_string(index) + " (" + di.name + ", compute " +
-                   std::to_string(di.cc_major) + "." + std::to_string(di.cc_minor) + ")";
+    // How the workers' contexts will compute: the linear layers, and
+    // whether decode steps replay as graphs.
+    const eng::cuda_blas_info bi = eng::cuda_blas();
+    _engine_desc =
+        "cuda:" + std::to_string(index) + " (" + di.name + ", compute " +
+        std::to_string(di.cc_major) + "." + std::to_string(di.cc_minor) + "; linear layers: " +
+        (bi.loaded ? "cuBLAS (" + bi.library + ")"
+                   : "built-in kernels (no cuBLAS: " + bi.reason + ")") +
+        "; decode: " +
+        (eng::cuda_graphs_wanted() ? "CUDA graphs" : "kernel launches (LLMOS_CUDA_GRAPHS=0)") + ")";
     const uint64_t capacity = _o.gpu_kv_bytes ? _o.gpu_kv_bytes : di.total_mem / 2;
     llmos::kv_pool_options po{.capacity = capacity, .make = [index](uint64_t bytes) {
                                   return llmos::make_gpu_region(bytes, index);

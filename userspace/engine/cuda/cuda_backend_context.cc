@@ -280,8 +280,7 @@ cuda_context::cuda_context(const cuda_model& m, cuda_context_options o)
             c.blas_handle = h;
         }
     }
-    const char* env = std::getenv("LLMOS_CUDA_GRAPHS");
-    c.graphs_wanted = c.o.use_graphs && !(env && std::strcmp(env, "0") == 0);
+    c.graphs_wanted = c.o.use_graphs && cuda_graphs_wanted();
     if (c.blas_handle && c.graphs_wanted && blas().set_workspace) {
         // After cublasSetStream, which goes back to cuBLAS's own workspace.
         c.blas_ws.ensure(blas_workspace_bytes, "cuBLAS workspace");
@@ -312,6 +311,11 @@ std::string cuda_context::gemm_path() const {
         return "built-in kernels (" + _impl->blas_failure + ")";
     }
     return "built-in kernels (cuBLAS not loaded: " + blas().reason + ")";
+}
+
+bool cuda_graphs_wanted() noexcept {
+    const char* env = std::getenv("LLMOS_CUDA_GRAPHS");
+    return !(env && std::strcmp(env, "0") == 0);
 }
 
 bool cuda_context::uses_graphs() const noexcept {

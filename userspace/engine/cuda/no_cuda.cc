@@ -100,6 +100,10 @@ std::string cuda_context::gemm_path() const {
     return without;
 }
 
+bool cuda_graphs_wanted() noexcept {
+    return false;
+}
+
 bool cuda_context::uses_graphs() const noexcept {
     return false;
 }

@@ -231,6 +231,10 @@ struct cuda_context_options {
 /// of each shape, and long kernels).
 inline constexpr uint32_t cuda_graph_max_tokens = 128;
 
+/// Whether contexts replay steps as graphs by default: false when
+/// LLMOS_CUDA_GRAPHS=0 is in the environment (or without CUDA).
+bool cuda_graphs_wanted() noexcept;
+
 /// What a context did with graphs, since it was made.
 struct cuda_graph_stats {
     uint64_t captured = 0; ///< graphs captured and instantiated
