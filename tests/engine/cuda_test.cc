@@ -82,6 +82,19 @@ double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
     return std::sqrt(num / std::max(den, 1e-30));
 }
 
+/// A replayed graph's logits against the launched step's: bit for bit on
+/// the built-in kernels; with cuBLAS, contexts with and without graphs have
+/// different workspaces, so cuBLAS may pick another algorithm.
+void expect_as_launched(const std::vector<float>& got, const std::vector<float>& want, bool blas) {
+    if (blas) {
+        EXPECT_LE(rel_l2(got, want), 1e-5);
+        EXPECT_EQ(std::max_element(got.begin(), got.end()) - got.begin(),
+                  std::max_element(want.begin(), want.end()) - want.begin());
+    } else {
+        EXPECT_EQ(got, want);
+    }
+}
+
 #ifdef LLMOS_CUDA_EMU
 // On the emulated device (cuda_emu_test) every emulated thread is a fiber
 // switch: 12 decode steps, which still take the cache past its first
@@ -696,12 +709,7 @@ TEST_P(cuda_conformance, graph_replays_give_what_launches_give) {
     gpu_kv ga(*l->m, ko), gb(*l->m, ko), la(*l->m, ko), lb(*l->m, ko);
     std::vector<float> lga(V), lgb(V), lla(V), llb(V);
     auto same = [&](const std::vector<float>& got, const std::vector<float>& want) {
-        if (GetParam()) {
-            EXPECT_LE(rel_l2(got, want), 1e-5);
-            EXPECT_EQ(argmax(got), argmax(want));
-        } else {
-            EXPECT_EQ(got, want);
-        }
+        expect_as_launched(got, want, graphs.uses_cublas());
     };
     std::vector<int32_t> ta = a.tokens, tb = b.tokens;
     // The prompts, one sequence a step (shapes seen once: launched).
@@ -741,10 +749,11 @@ TEST_P(cuda_conformance, graph_replays_give_what_launches_give) {
 }
 
 // One sequence decoding from its first token: a graph for it, kept while
-// the cache grows past a block. Then a larger step moves the scratch the
-// graph points into: it is dropped and captured again, and decoding goes
-// on giving what launches give (a graph replayed into the old scratch
-// would read freed memory).
+// the cache grows past a block and while another sequence's prompt runs.
+// Then a step with more logit rows than any graph step moves the scratch
+// the graph points into: it is dropped and captured again, and decoding
+// goes on giving what launches give (a graph replayed into the old
+// scratch would read freed memory).
 TEST_P(cuda_conformance, graphs_follow_the_scratch_when_it_moves) {
     REQUIRE_DEVICE();
     cuda_model cm(*l->m);
@@ -764,11 +773,7 @@ TEST_P(cuda_conformance, graphs_follow_the_scratch_when_it_moves) {
             cuda_batch_entry x{.kv = &la.kv, .tokens = tok, .logits = ll.data()};
             ASSERT_EQ(graphs.step({&g, 1}), step_status::ok);
             ASSERT_EQ(launches.step({&x, 1}), step_status::ok);
-            if (GetParam()) {
-                EXPECT_LE(rel_l2(lg, ll), 1e-5);
-            } else {
-                EXPECT_EQ(lg, ll);
-            }
+            expect_as_launched(lg, ll, graphs.uses_cublas());
             tok = {argmax(ll)};
         }
     };
@@ -778,13 +783,22 @@ TEST_P(cuda_conformance, graphs_follow_the_scratch_when_it_moves) {
     ASSERT_EQ(ga.kv.n_tokens(), 18u);
     ASSERT_EQ(graphs.graph_stats().captured, 1u) << "the metadata stayed put";
     ASSERT_EQ(graphs.graph_stats().replayed, 17u);
-    // A 48-token prompt of another sequence: every activation buffer grows.
+    // A 48-token prompt of another sequence fits the scratch (sized for
+    // the largest step at the first one): the graph stays.
     gpu_kv big(*l->m, ko);
-    std::vector<int32_t> prompt(48);
+    std::vector<int32_t> prompt(200);
     for (size_t i = 0; i < prompt.size(); ++i) {
         prompt[i] = int32_t(3 + i * 7 % (V - 3));
     }
-    cuda_batch_entry e{.kv = &big.kv, .tokens = prompt, .logits = lg.data()};
+    cuda_batch_entry e{.kv = &big.kv, .tokens = {prompt.data(), 48}, .logits = lg.data()};
+    ASSERT_EQ(graphs.step({&e, 1}), step_status::ok);
+    EXPECT_EQ(graphs.graph_stats().dropped, 0u);
+    EXPECT_EQ(graphs.graph_stats().cached, 1u);
+    // 130 more with the logits of every one: more logit rows than a
+    // graph step has, so the logits buffer moves.
+    std::vector<float> all(130 * size_t(V));
+    e.tokens = {prompt.data() + 48, 130};
+    e.all_logits = all.data();
     ASSERT_EQ(graphs.step({&e, 1}), step_status::ok);
     EXPECT_EQ(graphs.graph_stats().dropped, 1u);
     EXPECT_EQ(graphs.graph_stats().cached, 0u);
@@ -792,16 +806,75 @@ TEST_P(cuda_conformance, graphs_follow_the_scratch_when_it_moves) {
     const cuda_graph_stats gs = graphs.graph_stats();
     EXPECT_EQ(gs.captured, 2u);
     EXPECT_EQ(gs.replayed, 20u);
-    EXPECT_EQ(gs.launched, 3u);
+    EXPECT_EQ(gs.launched, 4u);
     EXPECT_EQ(gs.cached, 1u);
+}
+
+// A prompt chunk's shape that recurs (40 tokens: with cuBLAS, block
+// weights dequantized to F16 for it) on a Q8_0 model: the second prompt is
+// captured, the third replayed, each giving what launches give; then the
+// three sequences' decode steps, replayed too.
+TEST(cuda_context, a_recurring_prompt_shape_replays_with_dequantized_weights) {
+    REQUIRE_DEVICE();
+    std::string why;
+    const std::string path = generated_model("llama_q8_0", SHAPE "--type q8_0", why);
+    ASSERT_FALSE(path.empty()) << why;
+    loaded l(path);
+    cuda_model cm(*l.m);
+    cuda_context graphs(cm), launches(cm, {.use_graphs = false});
+    if (!graphs.uses_graphs()) {
+        GTEST_SKIP() << "graphs are off: " << graphs.graph_path();
+    }
+    std::cout << "[ info     ] " << graphs.gemm_path() << "\n";
+    const uint32_t V = l.m->params().n_vocab;
+    const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 128};
+    std::vector<std::unique_ptr<gpu_kv>> gk, lk;
+    std::vector<std::vector<float>> gl(3, std::vector<float>(V)), ll = gl;
+    for (int s = 0; s < 3; ++s) {
+        SCOPED_TRACE("prompt " + std::to_string(s));
+        gk.push_back(std::make_unique<gpu_kv>(*l.m, ko));
+        lk.push_back(std::make_unique<gpu_kv>(*l.m, ko));
+        std::vector<int32_t> prompt(40);
+        for (size_t i = 0; i < prompt.size(); ++i) {
+            prompt[i] = int32_t((i * 31 + size_t(s) * 7 + 3) % V);
+        }
+        cuda_batch_entry g{.kv = &gk.back()->kv, .tokens = prompt, .logits = gl[s].data()};
+        cuda_batch_entry x{.kv = &lk.back()->kv, .tokens = prompt, .logits = ll[s].data()};
+        ASSERT_EQ(graphs.step({&g, 1}), step_status::ok);
+        ASSERT_EQ(launches.step({&x, 1}), step_status::ok);
+        expect_as_launched(gl[s], ll[s], graphs.uses_cublas());
+    }
+    EXPECT_EQ(graphs.graph_stats().captured, 1u);
+    EXPECT_EQ(graphs.graph_stats().replayed, 2u);
+    for (int step = 0; step < 3; ++step) {
+        SCOPED_TRACE("decode step " + std::to_string(step));
+        std::vector<int32_t> tok(3);
+        std::vector<cuda_batch_entry> g, x;
+        for (int s = 0; s < 3; ++s) {
+            tok[s] = argmax(ll[s]);
+        }
+        for (int s = 0; s < 3; ++s) {
+            g.push_back({.kv = &gk[s]->kv, .tokens = {&tok[s], 1}, .logits = gl[s].data()});
+            x.push_back({.kv = &lk[s]->kv, .tokens = {&tok[s], 1}, .logits = ll[s].data()});
+        }
+        ASSERT_EQ(graphs.step(g), step_status::ok);
+        ASSERT_EQ(launches.step(x), step_status::ok);
+        for (int s = 0; s < 3; ++s) {
+            expect_as_launched(gl[s], ll[s], graphs.uses_cublas());
+        }
+    }
+    const cuda_graph_stats st = graphs.graph_stats();
+    EXPECT_EQ(st.captured, 2u);
+    EXPECT_EQ(st.replayed, 4u);
+    EXPECT_EQ(st.launched, 2u);
 }
 
 // Graphs are captured on one thread while another makes and frees device
 // memory and uploads a model, calls that synchronize the device (which a
 // device refuses during any thread's capture, invalidating it): neither
-// side fails, and graphs stay on. 18 batch sizes, each stepped twice a
-// round, keep more shapes than a context holds graphs: every round
-// captures again (a capture waits for the other thread's call to end).
+// side fails, and graphs stay on: 18 batch sizes, each stepped twice, are
+// up to 18 captures beside the uploads (a capture waits for the other
+// thread's call to end), then replayed.
 TEST(cuda_context, captures_and_device_wide_calls_on_other_threads_keep_apart) {
     REQUIRE_DEVICE();
     loaded l(tiny);
@@ -822,6 +895,9 @@ TEST(cuda_context, captures_and_device_wide_calls_on_other_threads_keep_apart) {
     });
     std::string error;
     cuda_context ctx(cm);
+    while (uploads == 0 && other_error.empty()) {
+        std::this_thread::yield(); // the other thread is at it
+    }
     try {
         const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 128};
         std::vector<std::unique_ptr<gpu_kv>> kv;
@@ -848,9 +924,6 @@ TEST(cuda_context, captures_and_device_wide_calls_on_other_threads_keep_apart) {
     } catch (const std::exception& e) {
         error = e.what();
     }
-    while (uploads == 0 && other_error.empty()) {
-        std::this_thread::yield();
-    }
     done = true;
     other.join();
     EXPECT_EQ(error, "");
@@ -859,9 +932,11 @@ TEST(cuda_context, captures_and_device_wide_calls_on_other_threads_keep_apart) {
     const cuda_graph_stats st = ctx.graph_stats();
     std::cout << "[ info     ] " << uploads << " uploads beside " << st.captured << " captures, "
               << st.replayed << " replays, " << st.launched << " launched\n";
-    EXPECT_GT(st.captured, 18u);
-    EXPECT_GT(st.dropped, 0u);
-    EXPECT_EQ(st.replayed + st.launched, 72u) << "each step replayed or launched once";
+    // A capture that waited too long leaves its shape to a later step.
+    EXPECT_GE(st.captured, 9u);
+    EXPECT_LE(st.captured, 18u);
+    EXPECT_EQ(st.failed, 0u);
+    EXPECT_EQ(st.replayed + st.launched, 72u);
 }
 
 TEST(cuda_context, graphs_can_be_turned_off_from_the_environment) {

@@ -248,10 +248,11 @@ cuda_device_buffer::cuda_device_buffer(uint64_t bytes, int device)
         throw cuda_error("cudaMalloc of " + std::to_string(bytes) + " bytes: " + error_text(e));
     }
     // cudaMemset may return before it ran; a non-blocking stream's kernels
-    // would not wait for it.
+    // would not wait for it. The legacy stream, which ran it, is enough to
+    // wait for (not other threads' streams).
     cudaError_t e = cudaMemset(p, 0, std::max<uint64_t>(bytes, 256));
     if (e == cudaSuccess) {
-        e = cudaDeviceSynchronize();
+        e = cudaStreamSynchronize(nullptr);
     }
     if (e != cudaSuccess) {
         cudaFree(p);
@@ -426,10 +427,11 @@ cuda_model::cuda_model(const model& m, int device)
     d.inv_freq = static_cast<const double*>(
         up.raw(inv_freq.data(), inv_freq.size() * sizeof(double), "rope frequencies"));
     // cudaMemcpy from pageable memory may return before its DMA lands, and
-    // the contexts' non-blocking streams do not wait for the legacy stream.
+    // the contexts' non-blocking streams do not wait for the legacy stream:
+    // wait for it (not for other contexts' streams).
     {
         device_sync_guard g;
-        check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (weights upload)");
+        check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize (weights upload)");
     }
     d.summary = up.summary();
 }

@@ -29,8 +29,12 @@ namespace {
 /// F16 for cuBLAS rather than read by the engine's kernel.
 constexpr int64_t blas_quant_tokens = 32;
 
-/// Graphs a context keeps (the least recently used one goes first).
-constexpr size_t max_graphs = 16;
+/// Graphs a context keeps (the least recently used one goes first): one
+/// per batch size of a busy server's decode, and some prompt chunks.
+constexpr size_t max_graphs = 64;
+
+/// Captures that fail in a row before a context stops trying.
+constexpr uint32_t max_capture_failures = 3;
 
 /// cuBLAS's workspace when graphs are used: its own, not one it allocates
 /// while a graph is captured (32 MiB is what cuBLAS asks for on Hopper).
@@ -67,7 +71,8 @@ struct cuda_context::impl {
     // Graphs: the step shapes seen (launched, not yet captured), the
     // graphs, and the scratch addresses they were captured with.
     bool graphs_wanted = false;
-    std::string graph_failure; ///< why graphs stopped (a capture failed)
+    uint32_t capture_failures = 0; ///< in a row: max_capture_failures stops graphs
+    std::string graph_failure;     ///< why the last capture failed
     std::map<uint64_t, uint32_t> seen;
     std::vector<graph_entry> graphs;
     std::array<const void*, 13> scratch{};
@@ -161,14 +166,19 @@ struct cuda_context::impl {
         gemm(a, blas_r_16f, act_f16.get(), blas_r_16f, out, w.rows, w.cols, n_tokens);
     }
 
+    bool graphs_on() const noexcept {
+        return graphs_wanted && capture_failures < max_capture_failures;
+    }
+
     /// Runs `forward` (the step's layers, T tokens of B sequences, R logit
     /// rows, its scratch sized) as a graph: replayed, or captured now when
     /// the shape comes the second time. False: not as a graph (graphs off,
-    /// a large step, a shape seen first, or a capture that failed, which
-    /// turns graphs off for the context); the caller launches it then.
+    /// a large step, a shape seen first, or a capture that failed: the
+    /// shape is tried again, and max_capture_failures in a row turn graphs
+    /// off for the context); the caller launches it then.
     template <typename F>
     bool run_graph(size_t T, size_t B, size_t R, F& forward) {
-        if (!graphs_wanted || !graph_failure.empty() || T > cuda_graph_max_tokens) {
+        if (!graphs_on() || T > cuda_graph_max_tokens) {
             return false;
         }
         const uint64_t key = uint64_t(T) | uint64_t(B) << 21 | uint64_t(R) << 42;
@@ -196,8 +206,11 @@ struct cuda_context::impl {
         cudaGraphExec_t exec = nullptr;
         if (std::string why = capture(forward, exec); !why.empty()) {
             graph_failure = std::move(why);
+            ++capture_failures;
+            ++stats.failed;
             return false;
         }
+        capture_failures = 0;
         if (graphs.size() >= max_graphs) {
             auto lru = std::min_element(graphs.begin(), graphs.end(),
                                         [](auto& a, auto& b) { return a.used < b.used; });
@@ -281,11 +294,17 @@ cuda_context::cuda_context(const cuda_model& m, cuda_context_options o)
         }
     }
     c.graphs_wanted = c.o.use_graphs && cuda_graphs_wanted();
+    c.graphs.reserve(max_graphs); // adding one cannot throw
     if (c.blas_handle && c.graphs_wanted && blas().set_workspace) {
-        // After cublasSetStream, which goes back to cuBLAS's own workspace.
-        c.blas_ws.ensure(blas_workspace_bytes, "cuBLAS workspace");
-        if (blas().set_workspace(c.blas_handle, c.blas_ws.get(), c.blas_ws.size()) != 0) {
-            c.blas_ws.reset();
+        // After cublasSetStream, which goes back to cuBLAS's own workspace;
+        // without the memory, cuBLAS keeps its own.
+        try {
+            c.blas_ws.ensure(blas_workspace_bytes, "cuBLAS workspace");
+            if (blas().set_workspace(c.blas_handle, c.blas_ws.get(), c.blas_ws.size()) != 0) {
+                c.blas_ws.reset();
+            }
+        } catch (const cuda_error&) {
+            cudaGetLastError();
         }
     }
 }
@@ -319,7 +338,7 @@ bool cuda_graphs_wanted() noexcept {
 }
 
 bool cuda_context::uses_graphs() const noexcept {
-    return _impl->graphs_wanted && _impl->graph_failure.empty();
+    return _impl->graphs_on();
 }
 
 std::string cuda_context::graph_path() const {
@@ -333,7 +352,8 @@ std::string cuda_context::graph_path() const {
     if (!c.graphs_wanted) {
         return "kernel launches (LLMOS_CUDA_GRAPHS=0)";
     }
-    return "kernel launches (a graph capture failed: " + c.graph_failure + ")";
+    return "kernel launches (" + std::to_string(max_capture_failures) +
+           " graph captures failed in a row; the last: " + c.graph_failure + ")";
 }
 
 cuda_graph_stats cuda_context::graph_stats() const noexcept {
@@ -365,26 +385,49 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     // Rows whose logits are wanted, in batch order; block table entries
     // now, and at most for these caches (the metadata buffer is sized for
     // that, so that it stays where graphs point while the caches grow).
-    size_t R = 0, n_tables = 0, max_tables = 0;
+    size_t R = 0, n_tables = 0, max_tables = 0, max_tables_one = 0;
     for (auto& e : batch) {
         R += detail::logit_rows(e);
         const uint64_t end = uint64_t(e.kv->n_tokens()) + e.tokens.size();
         n_tables += (end + e.kv->block_tokens() - 1) / e.kv->block_tokens();
         max_tables += e.kv->block_table().size();
+        max_tables_one = std::max(max_tables_one, e.kv->block_table().size());
     }
 
+    // With graphs, the scratch is sized at once for the largest step the
+    // context takes (and the logit rows of the largest graph step): later
+    // steps do not move it, and so keep the graphs that point into it.
+    const bool graphs = c.graphs_on();
+    const size_t Tcap = graphs ? std::max<size_t>(T, c.o.max_batch_tokens) : T;
+    const size_t Tgraph = std::min<size_t>(c.o.max_batch_tokens, cuda_graph_max_tokens);
+    const size_t Rcap = graphs ? std::max(R, Tgraph) : R;
+
     // Metadata in one pinned buffer: rows, sequences, gather, tables.
+    auto tables_at = [](size_t rows, size_t seqs, size_t logit_rows) {
+        const size_t seqs_at = align_up(rows * sizeof(row_desc), 16);
+        const size_t gather_at = align_up(seqs_at + seqs * sizeof(seq_desc), 16);
+        return align_up(gather_at + logit_rows * sizeof(int32_t), 16);
+    };
     const size_t off_rows = 0;
     const size_t off_seqs = align_up(off_rows + T * sizeof(row_desc), 16);
     const size_t off_gather = align_up(off_seqs + batch.size() * sizeof(seq_desc), 16);
-    const size_t off_tables = align_up(off_gather + R * sizeof(int32_t), 16);
+    const size_t off_tables = tables_at(T, batch.size(), R);
     const size_t meta_bytes = off_tables + n_tables * sizeof(uint32_t);
+    // On the device, room for the tables of these caches however long they
+    // grow, and (with graphs) for any graph step over caches like these.
+    size_t meta_room = off_tables + std::max(n_tables, max_tables) * sizeof(uint32_t);
+    if (graphs) {
+        meta_room = std::max(meta_room, tables_at(Tcap, Tcap, Rcap) +
+                                            Tgraph * max_tables_one * sizeof(uint32_t));
+    }
     check(cudaSetDevice(c.device), "cudaSetDevice");
     // Idle unless an earlier step threw with work in flight: the pinned
     // buffers are rewritten and the scratch may grow below.
     check(cudaStreamSynchronize(c.stream), "cudaStreamSynchronize");
     c.h_meta.ensure(meta_bytes, "step metadata");
-    c.meta.ensure(off_tables + std::max(n_tables, max_tables) * sizeof(uint32_t), "step metadata");
+    if (meta_room > c.meta.size()) {
+        c.meta.ensure(std::max(meta_room, 2 * c.meta.size()), "step metadata");
+    }
     c.h_emb.ensure(T * E * sizeof(float), "embeddings");
     auto* h_rows = reinterpret_cast<row_desc*>(c.h_meta.as<std::byte>() + off_rows);
     auto* h_seqs = reinterpret_cast<seq_desc*>(c.h_meta.as<std::byte>() + off_seqs);
@@ -413,18 +456,20 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
 
     // All the scratch the layers touch, sized before any of them runs (a
     // graph cannot be captured across an allocation).
-    const size_t rows_max = std::max(T, R);
-    c.x.ensure(T * E * 4, "activations");
-    c.xn.ensure(T * E * 4, "activations");
-    c.q.ensure(T * E * 4, "queries");
-    c.att.ensure(T * E * 4, "attention");
-    c.k.ensure(T * KV * 4, "keys");
-    c.v.ensure(T * KV * 4, "values");
-    c.gate.ensure(T * F * 4, "ffn gate");
-    c.up.ensure(T * F * 4, "ffn up");
+    const size_t rows_max = std::max(Tcap, Rcap);
+    c.x.ensure(Tcap * E * 4, "activations");
+    c.xn.ensure(Tcap * E * 4, "activations");
+    c.q.ensure(Tcap * E * 4, "queries");
+    c.att.ensure(Tcap * E * 4, "attention");
+    c.k.ensure(Tcap * KV * 4, "keys");
+    c.v.ensure(Tcap * KV * 4, "values");
+    c.gate.ensure(Tcap * F * 4, "ffn gate");
+    c.up.ensure(Tcap * F * 4, "ffn up");
+    if (Rcap) {
+        c.rows.ensure(Rcap * E * 4, "logit rows");
+        c.logits.ensure(Rcap * size_t(V) * 4, "logits");
+    }
     if (R) {
-        c.rows.ensure(R * E * 4, "logit rows");
-        c.logits.ensure(R * size_t(V) * 4, "logits");
         c.h_logits.ensure(R * size_t(V) * 4, "logits");
     }
     if (c.blas_handle) {

@@ -438,7 +438,7 @@ void gpu_memory::write(uint64_t offset, std::span<const std::byte> src) {
              "cudaMemcpy(host to device)");
     // From pageable memory the copy may return before its DMA lands; work
     // on a non-blocking stream (or another process) must see the bytes.
-    rt_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    rt_check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");
 }
 
 void gpu_memory::read(uint64_t offset, std::span<std::byte> dst) const {

@@ -2,19 +2,20 @@
 //
 // Graph captures against the calls that synchronize the device.
 //
-// CUDA checks stream captures per device: a call that synchronizes the
-// device or the legacy stream (cudaFree, cudaFreeHost, cudaDeviceSynchronize,
-// a copy or memset on the legacy stream, unmapping virtual memory) made on
-// one thread while another thread captures a graph invalidates that
-// capture, whatever its mode, and fails itself. The engine's threads
-// (llmosd's workers, its model loads, the KV pool) make both kinds of
-// calls. So a capture holds this lock shared, and each such call holds it
-// exclusively for the call. A capture waits for the lock a while (one
-// such call: a model's largest matrix copied over), then gives up and its
-// step is launched instead: a capture never waits on a thread that might
-// wait for it. On a thread that is capturing, the call is not guarded (it
-// would wait for itself): it fails, and so does the capture, which the
-// step then runs without.
+// A graph capture forbids calls that synchronize the device or the legacy
+// stream, or free memory (cudaFree, cudaFreeHost, cudaDeviceSynchronize, a
+// copy or memset on the legacy stream, unmapping virtual memory): made on
+// the capturing thread they fail and invalidate the capture, and CUDA
+// checks some of them per device, so that one made on another thread may
+// invalidate the capture (and fail) whatever the capture's mode. The
+// engine's threads (llmosd's workers, its model loads, the KV pool) make
+// both kinds of calls. So a capture holds this lock shared, and each such
+// call holds it exclusively for the call. A capture waits for the lock a
+// while (one such call: a model's largest matrix copied over), then gives
+// up and its step is launched instead: a capture never waits on a thread
+// that might wait for it. On a thread that is capturing, the call is not
+// guarded (it would wait for itself): it fails, and so does the capture,
+// which the step then runs without.
 #pragma once
 
 #include <chrono>
@@ -28,7 +29,7 @@ inline std::shared_timed_mutex& capture_mutex() {
 }
 
 /// How long a capture waits for the calls that synchronize the device.
-inline constexpr std::chrono::milliseconds capture_wait{100};
+inline constexpr std::chrono::milliseconds capture_wait{50};
 
 /// This thread captures a graph (holds capture_mutex() shared).
 inline thread_local bool capturing = false;

@@ -241,6 +241,7 @@ struct cuda_graph_stats {
     uint64_t replayed = 0; ///< steps run as one graph launch
     uint64_t launched = 0; ///< steps whose kernels were launched one by one
     uint64_t dropped = 0;  ///< graphs dropped (scratch moved, or too many shapes)
+    uint64_t failed = 0;   ///< captures that failed (their steps launched)
     size_t cached = 0;     ///< graphs held now
 };
 
@@ -274,11 +275,11 @@ public:
     bool uses_cublas() const noexcept;
     /// "cuBLAS (libcublas.so.13)" or "built-in kernels (why)".
     std::string gemm_path() const;
-    /// True while small steps are replayed as CUDA graphs: wanted, and no
-    /// capture has failed on this context.
+    /// True while small steps are replayed as CUDA graphs: wanted, and
+    /// captures have not failed three times in a row on this context.
     bool uses_graphs() const noexcept;
     /// "CUDA graphs" or "kernel launches (why: not wanted, or the CUDA
-    /// error a capture met)".
+    /// error the last capture met)".
     std::string graph_path() const;
     cuda_graph_stats graph_stats() const noexcept;
 
