@@ -17,7 +17,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <map>
+#include <set>
 
 namespace llmos::engine {
 
@@ -73,7 +73,7 @@ struct cuda_context::impl {
     bool graphs_wanted = false;
     uint32_t capture_failures = 0; ///< in a row: max_capture_failures stops graphs
     std::string graph_failure;     ///< why the last capture failed
-    std::map<uint64_t, uint32_t> seen;
+    std::set<uint64_t> seen;
     std::vector<graph_entry> graphs;
     std::array<const void*, 13> scratch{};
     uint64_t steps = 0;
@@ -195,7 +195,7 @@ struct cuda_context::impl {
             if (seen.size() >= 4096) {
                 seen.clear();
             }
-            seen[key] = 1;
+            seen.insert(key);
             return false;
         }
         capture_section section;
