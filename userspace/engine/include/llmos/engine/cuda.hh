@@ -266,7 +266,8 @@ public:
     /// anything but ok, nothing was committed. Returns once the logits are
     /// in host memory and the caches committed. Throws cuda_error when a
     /// CUDA call fails (nothing committed then either). Allocates device
-    /// memory only when a step is larger than every step before it. One
+    /// memory only when a step is larger than every step before it (with
+    /// graphs: at the first step, for the largest step it takes). One
     /// thread at a time.
     step_status step(std::span<cuda_batch_entry> batch);
 
