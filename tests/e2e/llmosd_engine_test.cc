@@ -264,6 +264,41 @@ TEST_F(gpu_llmosd, says_how_the_gpu_computes) {
     EXPECT_NE(d.log().find(e), std::string::npos) << "the start line says it too: " << d.log();
 }
 
+// A completion's decode steps replay as CUDA graphs, and /metrics counts
+// them: one capture for the one-sequence decode shape, the steps after it
+// replayed, no failed capture.
+TEST_F(gpu_llmosd, decode_steps_replay_as_graphs_and_the_metrics_count_them) {
+    llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/graphs",
+                                     {"--model", "tiny=" + tiny, "--engine", "cuda"});
+    ASSERT_TRUE(d.ready()) << d.log();
+    EXPECT_EQ(metric(d, "llmosd_gpu_steps_replayed_total"), 0u);
+    const json r = complete(
+        d, {{"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 12}, {"temperature", 0}});
+    const int n = r.is_object() ? r["usage"].value("completion_tokens", 0) : 0;
+    ASSERT_GE(n, 8) << r.dump();
+    const uint64_t replayed = metric(d, "llmosd_gpu_steps_replayed_total");
+    const uint64_t captures = metric(d, "llmosd_gpu_graph_captures_total");
+    EXPECT_EQ(metric(d, "llmosd_gpu_graph_failures_total"), 0u);
+    auto c = d.client();
+    auto all = c.Get("/metrics");
+    ASSERT_TRUE(all);
+    for (const char* name : {"llmosd_gpu_steps_replayed_total", "llmosd_gpu_graph_captures_total",
+                             "llmosd_gpu_graph_failures_total"}) {
+        EXPECT_NE(all->body.find(std::string("\n") + name + " "), std::string::npos) << name;
+    }
+    std::cout << "[ info     ] " << n << " tokens: " << captures << " capture(s), " << replayed
+              << " steps replayed\n";
+    if (!eng::cuda_graphs_wanted()) {
+        EXPECT_EQ(replayed + captures, 0u) << "LLMOS_CUDA_GRAPHS=0";
+        return;
+    }
+    EXPECT_GE(captures, 1u);
+    // About n - 1 decode steps after the prompt's: the first launched, the
+    // rest replayed (the first of them right after its capture).
+    EXPECT_GE(replayed, uint64_t(n - 3));
+    EXPECT_LE(replayed, uint64_t(n - 1));
+}
+
 TEST_F(gpu_llmosd, greedy_completions_match_the_cpu_daemon_s) {
     std::vector<std::string> cpu_texts, gpu_texts;
     const std::vector<std::string> prompts = {"Hello world",

@@ -101,6 +101,7 @@ public:
             it = _engines.emplace(h.model, slot{m, std::move(e)}).first;
         }
         auto st = it->second.e->prefill(s);
+        account(it->second);
         if (st == llmos::engine_status::ok) {
             _owner[&s] = h.model;
             ++it->second.users;
@@ -118,6 +119,7 @@ public:
             }
             if (!_group.empty()) {
                 sl.e->decode(_group);
+                account(sl);
             }
         }
     }
@@ -143,7 +145,19 @@ private:
         std::shared_ptr<model_entry> model;
         std::unique_ptr<llmos::llm_engine> e;
         uint32_t users = 0;
+        llmos::llm_engine_stats counted; ///< what account() has added to the metrics
     };
+
+    // Adds what the engine's graph counters moved to the daemon's metrics.
+    void account(slot& sl) noexcept {
+        const llmos::llm_engine_stats& st = sl.e->stats();
+        metrics& mt = _d.stats();
+        mt.graph_replays.fetch_add(st.graph_replays - sl.counted.graph_replays);
+        mt.graph_captures.fetch_add(st.graph_captures - sl.counted.graph_captures);
+        mt.graph_capture_failures.fetch_add(st.graph_capture_failures -
+                                            sl.counted.graph_capture_failures);
+        sl.counted = st;
+    }
     daemon& _d;
     llmos::llm_engine_options _eo;
     std::map<uint32_t, slot> _engines;
@@ -925,6 +939,14 @@ std::string daemon::prometheus() const {
                 ks.evictions);
         counter("llmosd_gpu_kv_resumed_total", "requests that found their conversation on the GPU",
                 ks.resumed);
+        counter("llmosd_gpu_steps_replayed_total",
+                "GPU steps run as one CUDA graph launch (the others launch each kernel)",
+                _metrics.graph_replays.load());
+        counter("llmosd_gpu_graph_captures_total", "CUDA graphs captured",
+                _metrics.graph_captures.load());
+        counter("llmosd_gpu_graph_failures_total",
+                "CUDA graph captures that failed (their steps launched instead)",
+                _metrics.graph_capture_failures.load());
     }
     if (_o.publish_gpu_kv) {
         size_t n = 0;

@@ -85,6 +85,8 @@ struct metrics {
     std::atomic<uint64_t> requests{0}, ok{0}, client_errors{0}, server_errors{0}, rejected{0},
         cancelled{0};
     std::atomic<uint64_t> prompt_tokens{0}, generated_tokens{0};
+    // The GPU engines' CUDA graphs, all workers together.
+    std::atomic<uint64_t> graph_replays{0}, graph_captures{0}, graph_capture_failures{0};
     histogram latency, ttft;
 };
 

@@ -276,7 +276,12 @@ public:
             _entries.push_back(
                 {.kv = &*static_cast<gpu_kv*>(p.kv)->kv, .tokens = p.tokens, .logits = p.logits});
         }
-        return _ctx.step(_entries);
+        const eng::step_status st = _ctx.step(_entries);
+        const eng::cuda_graph_stats gs = _ctx.graph_stats();
+        stats.graph_replays = gs.replayed;
+        stats.graph_captures = gs.captured;
+        stats.graph_capture_failures = gs.failed;
+        return st;
     }
 };
 

@@ -37,6 +37,10 @@ struct llm_engine_stats {
     uint64_t prefilled = 0;     ///< prompt tokens run through the model
     uint64_t generated = 0;
     uint64_t steps = 0;
+    // On a GPU (engine::cuda_graph_stats of the engine's context):
+    uint64_t graph_replays = 0;          ///< steps run as one CUDA graph launch
+    uint64_t graph_captures = 0;         ///< graphs captured
+    uint64_t graph_capture_failures = 0; ///< captures that failed (their steps launched)
 };
 
 class llm_engine final : public inference_engine {
