@@ -51,6 +51,16 @@ size_t align_up(size_t v, size_t a) {
     return (v + a - 1) / a * a;
 }
 
+/// Where the parts of a step's metadata start: row_desc[rows] at 0, then
+/// seq_desc[seqs], the gather list of the logit rows, the block tables.
+struct meta_layout {
+    size_t seqs, gather, tables;
+    meta_layout(size_t rows, size_t n_seqs, size_t logit_rows)
+        : seqs(align_up(rows * sizeof(row_desc), 16))
+        , gather(align_up(seqs + n_seqs * sizeof(seq_desc), 16))
+        , tables(align_up(gather + logit_rows * sizeof(int32_t), 16)) {}
+};
+
 } // namespace
 
 struct cuda_context::impl {
@@ -110,14 +120,14 @@ struct cuda_context::impl {
 
     std::string blas_failure; ///< why cuBLAS is not used though it loaded
 
-    /// `b` with at least `bytes`: work queued on the stream may still use
-    /// it, so a buffer that must grow waits for the stream first.
-    void grow(dev_buf& b, size_t bytes, const char* what) {
-        if (b.get() && bytes <= b.size()) {
-            return;
+    /// Checks that `b`, which step() sized before the layers, holds
+    /// `bytes` (nothing may allocate between: a graph may be capturing).
+    static void sized(const dev_buf& b, size_t bytes, const char* what) {
+        if (!b.get() || bytes > b.size()) {
+            throw cuda_error(std::string("cuda context: ") + what + " needs " +
+                             std::to_string(bytes) + " bytes of scratch, which has " +
+                             std::to_string(b.size()) + " (a bug: report it)");
         }
-        check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-        b.ensure(bytes, what);
     }
 
     void gemm(const void* a, int a_type, const void* b, int b_type, float* c, int64_t rows,
@@ -149,19 +159,19 @@ struct cuda_context::impl {
         if (w.kind == wkind::bf16) {
             // BF16 weights as they are, the activations rounded to BF16
             // (F32 accumulation): BF16's range, which F16 lacks.
-            grow(act_f16, size_t(n_tokens * w.cols) * 2, "activations as BF16");
+            sized(act_f16, size_t(n_tokens * w.cols) * 2, "activations as BF16");
             check(to_bf16(in, act_f16.as<uint16_t>(), n_tokens * w.cols, stream), "to_bf16");
             gemm(w.data, blas_r_16bf, act_f16.get(), blas_r_16bf, out, w.rows, w.cols, n_tokens);
             return;
         }
         const void* a = w.data;
         if (quant) {
-            grow(w_f16, size_t(w.rows * w.cols) * 2, "dequantized weights");
+            sized(w_f16, size_t(w.rows * w.cols) * 2, "dequantized weights");
             check(dequant_f16(w.kind, w.data, w.rows, w.cols, w_f16.as<uint16_t>(), stream),
                   "dequant_f16");
             a = w_f16.get();
         }
-        grow(act_f16, size_t(n_tokens * w.cols) * 2, "activations as F16");
+        sized(act_f16, size_t(n_tokens * w.cols) * 2, "activations as F16");
         check(to_f16(in, act_f16.as<uint16_t>(), n_tokens * w.cols, stream), "to_f16");
         gemm(a, blas_r_16f, act_f16.get(), blas_r_16f, out, w.rows, w.cols, n_tokens);
     }
@@ -403,21 +413,13 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     const size_t Rcap = graphs ? std::max(R, Tgraph) : R;
 
     // Metadata in one pinned buffer: rows, sequences, gather, tables.
-    auto tables_at = [](size_t rows, size_t seqs, size_t logit_rows) {
-        const size_t seqs_at = align_up(rows * sizeof(row_desc), 16);
-        const size_t gather_at = align_up(seqs_at + seqs * sizeof(seq_desc), 16);
-        return align_up(gather_at + logit_rows * sizeof(int32_t), 16);
-    };
-    const size_t off_rows = 0;
-    const size_t off_seqs = align_up(off_rows + T * sizeof(row_desc), 16);
-    const size_t off_gather = align_up(off_seqs + batch.size() * sizeof(seq_desc), 16);
-    const size_t off_tables = tables_at(T, batch.size(), R);
-    const size_t meta_bytes = off_tables + n_tables * sizeof(uint32_t);
+    const meta_layout at(T, batch.size(), R);
+    const size_t meta_bytes = at.tables + n_tables * sizeof(uint32_t);
     // On the device, room for the tables of these caches however long they
     // grow, and (with graphs) for any graph step over caches like these.
-    size_t meta_room = off_tables + std::max(n_tables, max_tables) * sizeof(uint32_t);
+    size_t meta_room = at.tables + std::max(n_tables, max_tables) * sizeof(uint32_t);
     if (graphs) {
-        meta_room = std::max(meta_room, tables_at(Tcap, Tcap, Rcap) +
+        meta_room = std::max(meta_room, meta_layout(Tcap, Tcap, Rcap).tables +
                                             Tgraph * max_tables_one * sizeof(uint32_t));
     }
     check(cudaSetDevice(c.device), "cudaSetDevice");
@@ -429,10 +431,10 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
         c.meta.ensure(std::max(meta_room, 2 * c.meta.size()), "step metadata");
     }
     c.h_emb.ensure(T * E * sizeof(float), "embeddings");
-    auto* h_rows = reinterpret_cast<row_desc*>(c.h_meta.as<std::byte>() + off_rows);
-    auto* h_seqs = reinterpret_cast<seq_desc*>(c.h_meta.as<std::byte>() + off_seqs);
-    auto* h_gather = reinterpret_cast<int32_t*>(c.h_meta.as<std::byte>() + off_gather);
-    auto* h_tables = reinterpret_cast<uint32_t*>(c.h_meta.as<std::byte>() + off_tables);
+    auto* h_rows = reinterpret_cast<row_desc*>(c.h_meta.as<std::byte>());
+    auto* h_seqs = reinterpret_cast<seq_desc*>(c.h_meta.as<std::byte>() + at.seqs);
+    auto* h_gather = reinterpret_cast<int32_t*>(c.h_meta.as<std::byte>() + at.gather);
+    auto* h_tables = reinterpret_cast<uint32_t*>(c.h_meta.as<std::byte>() + at.tables);
     size_t r = 0, g = 0, tb = 0;
     for (size_t i = 0; i < batch.size(); ++i) {
         const cuda_batch_entry& e = batch[i];
@@ -491,10 +493,10 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     check(cudaMemcpyAsync(c.meta.get(), c.h_meta.as<std::byte>(), meta_bytes,
                           cudaMemcpyHostToDevice, s),
           "cudaMemcpyAsync (step metadata)");
-    const auto* rows_d = reinterpret_cast<const row_desc*>(c.meta.as<std::byte>() + off_rows);
-    const auto* seqs_d = reinterpret_cast<const seq_desc*>(c.meta.as<std::byte>() + off_seqs);
-    const auto* gather_d = reinterpret_cast<const int32_t*>(c.meta.as<std::byte>() + off_gather);
-    const auto* tables_d = reinterpret_cast<const uint32_t*>(c.meta.as<std::byte>() + off_tables);
+    const auto* rows_d = reinterpret_cast<const row_desc*>(c.meta.as<std::byte>());
+    const auto* seqs_d = reinterpret_cast<const seq_desc*>(c.meta.as<std::byte>() + at.seqs);
+    const auto* gather_d = reinterpret_cast<const int32_t*>(c.meta.as<std::byte>() + at.gather);
+    const auto* tables_d = reinterpret_cast<const uint32_t*>(c.meta.as<std::byte>() + at.tables);
     float *x = c.x.as<float>(), *xn = c.xn.as<float>(), *q = c.q.as<float>();
     float *k = c.k.as<float>(), *v = c.v.as<float>(), *att = c.att.as<float>();
     float *gate = c.gate.as<float>(), *up = c.up.as<float>();
