@@ -431,6 +431,31 @@ void bench_cuda(const std::string& dir) {
                 "CPU dec", "CPU 8str", "prefill", "decode", "eff GB/s", "8 streams", "x CPU",
                 "x CPU 8", "linear layers");
     const cuda_kv_options kvo{.block_tokens = 16, .max_tokens = 4096};
+    // The GPU on one context: a 256-token prefill (tokens/s), then decode
+    // of one stream and of 8 (tokens/s), after a warm-up that sizes the
+    // scratch and makes the first launches (and captures).
+    struct gpu_run {
+        double prefill = 0, dec = 0, agg = 0;
+        std::string gemm, steps;
+        cuda_graph_stats graphs;
+    };
+    auto run_gpu = [&](const cuda_model& cm, cuda_context_options co) {
+        const model& m = cm.get_model();
+        cuda_context ctx(cm, co);
+        auto prompt = prompt_of(256, m.params().n_vocab, 1);
+        gpu_stream warm(m, kvo);
+        prefill(ctx, warm, prompt, 512);
+        decode(ctx, warm, 4);
+        gpu_stream one(m, kvo);
+        gpu_run r;
+        r.prefill = double(prompt.size()) / prefill(ctx, one, prompt, 512);
+        r.dec = decode(ctx, one, 128);
+        r.agg = eight_streams<gpu_stream>(ctx, m, kvo, 512, 64);
+        r.gemm = ctx.gemm_path();
+        r.steps = ctx.graph_path();
+        r.graphs = ctx.graph_stats();
+        return r;
+    };
     // One row per type: CPU decode, then the GPU with and without cuBLAS.
     auto row = [&](const char* type) {
         auto file = gguf_file::open(ensure_model(dir, type));
@@ -446,20 +471,12 @@ void bench_cuda(const std::string& dir) {
         }
         cuda_model cm(m);
         for (bool blas : {true, false}) {
-            cuda_context ctx(cm, {.max_batch_tokens = 512, .use_cublas = blas});
-            auto prompt = prompt_of(256, m.params().n_vocab, 1);
-            gpu_stream warm(m, kvo);
-            prefill(ctx, warm, prompt, 512);
-            decode(ctx, warm, 4); // first launches; scratch sized
-            gpu_stream one(m, kvo);
-            double pt = prefill(ctx, one, prompt, 512);
-            double dec = decode(ctx, one, 128);
-            double agg = eight_streams<gpu_stream>(ctx, m, kvo, 512, 64);
+            const gpu_run g = run_gpu(cm, {.max_batch_tokens = 512, .use_cublas = blas});
             std::printf("  %-7s %7.1f MB %7.1f/s %7.1f/s | %7.1f/s %7.1f/s %9.2f %8.1f/s %6.1fx "
                         "%6.1fx  %s\n",
-                        type, double(m.weight_bytes()) / 1e6, cpu_dec, cpu_agg,
-                        double(prompt.size()) / pt, dec, double(m.weight_bytes()) * dec / 1e9, agg,
-                        dec / cpu_dec, agg / cpu_agg, ctx.gemm_path().c_str());
+                        type, double(m.weight_bytes()) / 1e6, cpu_dec, cpu_agg, g.prefill, g.dec,
+                        double(m.weight_bytes()) * g.dec / 1e9, g.agg, g.dec / cpu_dec,
+                        g.agg / cpu_agg, g.gemm.c_str());
         }
     };
     for (const char* type : {"f16", "q8_0", "q4_0", "q4_k_m"}) {
@@ -472,28 +489,14 @@ void bench_cuda(const std::string& dir) {
         auto file = gguf_file::open(ensure_model(dir, type));
         auto m = model::load(file);
         cuda_model cm(m);
-        double dec[2] = {}, agg[2] = {};
-        cuda_graph_stats st[2];
-        std::string path[2];
-        for (int launched = 0; launched < 2; ++launched) {
-            cuda_context ctx(cm, {.max_batch_tokens = 512, .use_graphs = launched == 0});
-            auto prompt = prompt_of(256, m.params().n_vocab, 1);
-            gpu_stream warm(m, kvo);
-            prefill(ctx, warm, prompt, 512);
-            decode(ctx, warm, 4);
-            gpu_stream one(m, kvo);
-            prefill(ctx, one, prompt, 512);
-            dec[launched] = decode(ctx, one, 128);
-            agg[launched] = eight_streams<gpu_stream>(ctx, m, kvo, 512, 64);
-            st[launched] = ctx.graph_stats();
-            path[launched] = ctx.graph_path();
-        }
+        const gpu_run g = run_gpu(cm, {.max_batch_tokens = 512});
+        const gpu_run l = run_gpu(cm, {.max_batch_tokens = 512, .use_graphs = false});
         std::printf("# cuda: %s decode: %s %.1f tok/s, 8 streams %.1f tok/s (%llu of %llu steps "
                     "replayed); %s %.1f tok/s, 8 streams %.1f tok/s: %.2fx, %.2fx\n",
-                    type, path[0].c_str(), dec[0], agg[0],
-                    static_cast<unsigned long long>(st[0].replayed),
-                    static_cast<unsigned long long>(st[0].replayed + st[0].launched),
-                    path[1].c_str(), dec[1], agg[1], dec[0] / dec[1], agg[0] / agg[1]);
+                    type, g.steps.c_str(), g.dec, g.agg,
+                    static_cast<unsigned long long>(g.graphs.replayed),
+                    static_cast<unsigned long long>(g.graphs.replayed + g.graphs.launched),
+                    l.steps.c_str(), l.dec, l.agg, g.dec / l.dec, g.agg / l.agg);
     }
 
     // Resume vs re-prefill of a 2k-token conversation on the GPU (Q8_0): a
