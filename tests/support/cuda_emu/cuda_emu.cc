@@ -1124,24 +1124,27 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
     });
 }
 
-cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+namespace {
+
+/// Deletes `h`, a graph_obj in `live` (dev().graphs or dev().execs).
+cudaError_t destroy_graph(std::set<const void*>& live, void* h) {
     std::lock_guard g(dev().mu);
-    auto* obj = reinterpret_cast<graph_obj*>(exec);
-    if (!dev().execs.erase(obj)) {
+    auto* obj = static_cast<graph_obj*>(h);
+    if (!live.erase(obj)) {
         return ret(cudaErrorInvalidValue);
     }
     delete obj;
     return cudaSuccess;
 }
 
+} // namespace
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    return destroy_graph(dev().execs, exec);
+}
+
 cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
-    std::lock_guard g(dev().mu);
-    auto* obj = reinterpret_cast<graph_obj*>(graph);
-    if (!dev().graphs.erase(obj)) {
-        return ret(cudaErrorInvalidValue);
-    }
-    delete obj;
-    return cudaSuccess;
+    return destroy_graph(dev().graphs, graph);
 }
 
 // --- The driver's virtual memory management ---
