@@ -299,6 +299,54 @@ TEST_F(gpu_llmosd, decode_steps_replay_as_graphs_and_the_metrics_count_them) {
     EXPECT_LE(replayed, uint64_t(n - 1));
 }
 
+#ifdef LLMOS_CUDA_EMU
+// Graph captures that fail (the emulated device invalidates the first
+// three, as another thread's device-wide call would) cost no token: their
+// steps are launched, the completion is the one a daemon with working
+// captures gives, /metrics counts the failures, and the log says what
+// failed and that the worker launches every step from then on.
+TEST_F(gpu_llmosd, failed_graph_captures_are_logged_and_lose_nothing) {
+    if (!eng::cuda_graphs_wanted()) {
+        GTEST_SKIP() << "LLMOS_CUDA_GRAPHS=0: no captures to fail";
+    }
+    const json req = {
+        {"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 12}, {"temperature", 0}};
+    std::string want;
+    {
+        llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/ok",
+                                         {"--model", "tiny=" + tiny, "--engine", "cuda"});
+        ASSERT_TRUE(d.ready()) << d.log();
+        want = text_of(complete(d, req));
+    }
+    ASSERT_FALSE(want.empty());
+    ::setenv("LLMOS_CUDA_EMU_FAIL_CAPTURES", "3", 1);
+    llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/failing",
+                                     {"--model", "tiny=" + tiny, "--engine", "cuda"});
+    ::unsetenv("LLMOS_CUDA_EMU_FAIL_CAPTURES");
+    ASSERT_TRUE(d.ready()) << d.log();
+    const json r = complete(d, req);
+    EXPECT_EQ(text_of(r), want) << r.dump();
+    // Decode steps: launched, failed, launched, failed, launched, failed;
+    // then launched.
+    EXPECT_EQ(metric(d, "llmosd_gpu_graph_failures_total"), 3u);
+    EXPECT_EQ(metric(d, "llmosd_gpu_graph_captures_total"), 0u);
+    EXPECT_EQ(metric(d, "llmosd_gpu_steps_replayed_total"), 0u);
+    const std::string log = d.log();
+    const std::string failed = "model 'tiny': a CUDA graph capture failed, its step was launched "
+                               "kernel by kernel: ";
+    size_t n = 0;
+    for (size_t at = log.find(failed); at != std::string::npos; at = log.find(failed, at + 1)) {
+        ++n;
+    }
+    EXPECT_EQ(n, 2u) << log;
+    EXPECT_NE(log.find("cudaErrorStreamCaptureInvalidated"), std::string::npos) << log;
+    EXPECT_NE(log.find("model 'tiny': a worker now launches every step: kernel launches (3 graph "
+                       "captures failed in a row; the last: "),
+              std::string::npos)
+        << log;
+}
+#endif
+
 TEST_F(gpu_llmosd, greedy_completions_match_the_cpu_daemon_s) {
     std::vector<std::string> cpu_texts, gpu_texts;
     const std::vector<std::string> prompts = {"Hello world",

@@ -39,6 +39,10 @@
 #include <unistd.h>
 #include <vector>
 
+#ifdef LLMOS_CUDA_EMU
+#include <cuda_emu.hh> // fail_captures()
+#endif
+
 using namespace llmos::engine;
 
 namespace {
@@ -809,6 +813,147 @@ TEST_P(cuda_conformance, graphs_follow_the_scratch_when_it_moves) {
     EXPECT_EQ(gs.launched, 4u);
     EXPECT_EQ(gs.cached, 1u);
 }
+
+namespace {
+
+/// Sequences decoding greedily side by side on a context with graphs and
+/// one without, the logits compared at every step.
+struct twin_decoder {
+    struct seq {
+        gpu_kv g, l;
+        std::vector<float> lg, ll;
+        std::vector<int32_t> tok{1};
+    };
+    cuda_context& graphs;
+    cuda_context& launches;
+    std::vector<std::unique_ptr<seq>> seqs;
+
+    twin_decoder(const model& m, cuda_context& gr, cuda_context& la, size_t n)
+        : graphs(gr)
+        , launches(la) {
+        const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 256};
+        const uint32_t V = m.params().n_vocab;
+        for (size_t i = 0; i < n; ++i) {
+            seqs.push_back(std::make_unique<seq>(
+                seq{gpu_kv(m, ko), gpu_kv(m, ko), std::vector<float>(V), std::vector<float>(V)}));
+        }
+    }
+
+    /// One token for each of the first `b` sequences, in one step of each
+    /// context.
+    void step(size_t b) {
+        std::vector<cuda_batch_entry> g, x;
+        for (size_t i = 0; i < b; ++i) {
+            seq& s = *seqs[i];
+            g.push_back({.kv = &s.g.kv, .tokens = s.tok, .logits = s.lg.data()});
+            x.push_back({.kv = &s.l.kv, .tokens = s.tok, .logits = s.ll.data()});
+        }
+        ASSERT_EQ(graphs.step(g), step_status::ok);
+        ASSERT_EQ(launches.step(x), step_status::ok);
+        for (size_t i = 0; i < b; ++i) {
+            seq& s = *seqs[i];
+            expect_as_launched(s.lg, s.ll, graphs.uses_cublas());
+            s.tok = {argmax(s.ll)};
+        }
+    }
+};
+
+} // namespace
+
+// Two graphs kept: a third shape's capture drops the least recently
+// replayed one, not the first captured, and a dropped shape is launched,
+// then captured again.
+TEST_P(cuda_conformance, the_least_recently_replayed_graph_goes_when_they_are_too_many) {
+    REQUIRE_DEVICE();
+    cuda_model cm(*l->m);
+    cuda_context graphs(cm, {.use_cublas = GetParam(), .max_graphs = 2});
+    cuda_context launches(cm, {.use_cublas = GetParam(), .use_graphs = false});
+    if (!graphs.uses_graphs()) {
+        GTEST_SKIP() << "graphs are off: " << graphs.graph_path();
+    }
+    twin_decoder d(*l->m, graphs, launches, 3);
+    auto stats = [&] {
+        const cuda_graph_stats s = graphs.graph_stats();
+        return std::vector<uint64_t>{s.captured, s.replayed, s.launched, s.dropped, s.cached};
+    };
+    using v = std::vector<uint64_t>; // captured, replayed, launched, dropped, cached
+    for (size_t b : {1, 1, 1, 2, 2, 2}) {
+        d.step(b); // each shape: launched, captured, replayed
+    }
+    ASSERT_EQ(stats(), (v{2, 4, 2, 0, 2}));
+    d.step(1); // the first shape's graph is now the more recently replayed
+    for (size_t b : {3, 3, 3}) {
+        d.step(b); // its capture drops the 2-sequence graph
+    }
+    ASSERT_EQ(stats(), (v{3, 7, 3, 1, 2}));
+    d.step(1);
+    EXPECT_EQ(stats(), (v{3, 8, 3, 1, 2})) << "the first graph captured is still there";
+    d.step(2); // dropped: launched (a shape seen once), then captured again
+    d.step(2);
+    EXPECT_EQ(stats(), (v{4, 9, 4, 2, 2})) << "the 3-sequence graph went this time";
+    d.step(1);
+    d.step(3);
+    EXPECT_EQ(stats(), (v{4, 10, 5, 2, 2}));
+}
+
+#ifdef LLMOS_CUDA_EMU
+// The emulated device invalidates captures on demand, as another thread's
+// device-wide call would: a step whose capture fails part way is launched
+// and gives what launches give (the capture's half-run did not touch the
+// caches); the shape is captured again later; a success resets the count,
+// and three failures in a row turn graphs off for the context, which then
+// says why.
+TEST_P(cuda_conformance, failed_captures_launch_their_steps_and_three_in_a_row_end_graphs) {
+    REQUIRE_DEVICE();
+    cuda_model cm(*l->m);
+    cuda_context graphs(cm, {.use_cublas = GetParam()});
+    cuda_context launches(cm, {.use_cublas = GetParam(), .use_graphs = false});
+    if (!graphs.uses_graphs()) {
+        GTEST_SKIP() << "graphs are off: " << graphs.graph_path();
+    }
+    struct no_more_failures {
+        ~no_more_failures() { llmos::cuda_emu::fail_captures(0); }
+    } reset;
+    twin_decoder d(*l->m, graphs, launches, 2);
+    auto stats = [&] {
+        const cuda_graph_stats s = graphs.graph_stats();
+        return std::vector<uint64_t>{s.captured, s.replayed, s.launched, s.failed};
+    };
+    using v = std::vector<uint64_t>; // captured, replayed, launched, failed
+    // Invalidated at its 20th piece of work (of 34): inside the layers.
+    llmos::cuda_emu::fail_captures(1, 20);
+    d.step(1); // launched
+    d.step(1); // its capture fails: launched
+    ASSERT_EQ(stats(), (v{0, 0, 2, 1}));
+    EXPECT_NE(graphs.last_graph_failure().find("cudaErrorStreamCaptureInvalidated"),
+              std::string::npos)
+        << graphs.last_graph_failure();
+    EXPECT_TRUE(graphs.uses_graphs());
+    for (int i = 0; i < 4; ++i) {
+        d.step(1); // launched, captured, replayed twice
+    }
+    ASSERT_EQ(stats(), (v{1, 3, 3, 1}));
+    // A new shape's captures fail three times: graphs end there, not
+    // after two (the success in between reset the count).
+    llmos::cuda_emu::fail_captures(3, 20);
+    for (int i = 0; i < 4; ++i) {
+        d.step(2); // launched, failed, launched, failed
+    }
+    ASSERT_EQ(stats(), (v{1, 3, 7, 3}));
+    EXPECT_TRUE(graphs.uses_graphs()) << graphs.graph_path();
+    d.step(2);
+    d.step(2);
+    ASSERT_EQ(stats(), (v{1, 3, 9, 4}));
+    EXPECT_FALSE(graphs.uses_graphs());
+    EXPECT_EQ(graphs.graph_path(), "kernel launches (3 graph captures failed in a row; the last: " +
+                                       graphs.last_graph_failure() + ")");
+    // From now on every step is launched, the kept graph's shape too.
+    d.step(1);
+    d.step(2);
+    d.step(2);
+    EXPECT_EQ(stats(), (v{1, 3, 12, 4}));
+}
+#endif
 
 // A prompt chunk's shape that recurs (40 tokens: with cuBLAS, block
 // weights dequantized to F16 for it) on a Q8_0 model: the second prompt is

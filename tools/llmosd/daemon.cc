@@ -148,15 +148,38 @@ private:
         llmos::llm_engine_stats counted; ///< what account() has added to the metrics
     };
 
-    // Adds what the engine's graph counters moved to the daemon's metrics.
+    // Adds what the engine's graph counters moved to the daemon's metrics,
+    // and logs failed captures.
     void account(slot& sl) noexcept {
         const llmos::llm_engine_stats& st = sl.e->stats();
         metrics& mt = _d.stats();
+        const uint64_t failed = st.graph_capture_failures - sl.counted.graph_capture_failures;
         mt.graph_replays.fetch_add(st.graph_replays - sl.counted.graph_replays);
         mt.graph_captures.fetch_add(st.graph_captures - sl.counted.graph_captures);
-        mt.graph_capture_failures.fetch_add(st.graph_capture_failures -
-                                            sl.counted.graph_capture_failures);
+        mt.graph_capture_failures.fetch_add(failed);
         sl.counted = st;
+        if (failed) {
+            log_graph_failure(sl);
+        }
+    }
+
+    // A failed capture costs only time (its step is launched kernel by
+    // kernel), but the device refused something: say what, and say when
+    // the worker gives graphs up (after a few failures in a row).
+    static void log_graph_failure(const slot& sl) noexcept {
+        try {
+            const std::string path = sl.e->graph_path();
+            if (path.starts_with("CUDA graphs")) {
+                std::fprintf(stderr,
+                             "llmosd: model '%s': a CUDA graph capture failed, its step was "
+                             "launched kernel by kernel: %s\n",
+                             sl.model->name.c_str(), sl.e->last_graph_failure().c_str());
+            } else {
+                std::fprintf(stderr, "llmosd: model '%s': a worker now launches every step: %s\n",
+                             sl.model->name.c_str(), path.c_str());
+            }
+        } catch (const std::exception&) {
+        }
     }
     daemon& _d;
     llmos::llm_engine_options _eo;

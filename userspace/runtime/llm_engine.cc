@@ -151,6 +151,8 @@ struct llm_engine::impl {
     /// why) when it cannot be had.
     virtual bool prepare(seq_kv& kv, uint32_t n, std::string* why) = 0;
     virtual eng::step_status step(std::span<const step_part> batch) = 0;
+    virtual std::string graph_path() const { return {}; }
+    virtual std::string last_graph_failure() const { return {}; }
 
     engine_status prefill(sequence& s);
     void decode(std::span<sequence* const> batch);
@@ -283,6 +285,9 @@ public:
         stats.graph_capture_failures = gs.failed;
         return st;
     }
+
+    std::string graph_path() const override { return _ctx.graph_path(); }
+    std::string last_graph_failure() const override { return _ctx.last_graph_failure(); }
 };
 
 } // namespace
@@ -481,6 +486,14 @@ const llm_engine_stats& llm_engine::stats() const noexcept {
 
 bool llm_engine::on_gpu() const noexcept {
     return _impl->gpu();
+}
+
+std::string llm_engine::graph_path() const {
+    return _impl->graph_path();
+}
+
+std::string llm_engine::last_graph_failure() const {
+    return _impl->last_graph_failure();
 }
 
 } // namespace llmos

@@ -132,6 +132,7 @@ using work_list = std::vector<std::function<void()>>;
 struct capture_state {
     bool active = false;
     bool invalidated = false;
+    int64_t invalidate_at = -1; ///< recorded works after which it is invalidated (injected)
     cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
     std::thread::id thread;
     work_list work;
@@ -143,6 +144,8 @@ struct stream_obj : llmos_emu_stream {
 
 struct device_state {
     std::mutex mu;
+    unsigned fail_captures = 0; ///< captures still to invalidate (fail_captures())
+    unsigned fail_after = 3;
     std::map<uintptr_t, allocation> allocs; // by start address
     std::set<cudaStream_t> streams;         // each a stream_obj
     std::set<const void*> graphs, execs;    // each a graph_obj
@@ -152,6 +155,13 @@ struct device_state {
 
 device_state& dev() {
     static device_state d;
+    static const bool from_env = [] {
+        if (const char* n = std::getenv("LLMOS_CUDA_EMU_FAIL_CAPTURES")) {
+            d.fail_captures = static_cast<unsigned>(std::strtoul(n, nullptr, 10));
+        }
+        return true;
+    }();
+    (void)from_env;
     return d;
 }
 
@@ -303,6 +313,9 @@ cudaError_t submit_work(cudaStream_t s, std::function<void()> work) {
         }
         capture_state& c = as_stream(s)->cap;
         if (c.active) {
+            if (c.invalidate_at >= 0 && c.work.size() >= size_t(c.invalidate_at)) {
+                c.invalidated = true; // injected: as if another thread's call had come now
+            }
             if (c.invalidated) {
                 return ret(cudaErrorStreamCaptureInvalidated);
             }
@@ -705,6 +718,12 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), vo
 
 } // namespace detail
 
+void fail_captures(unsigned n, unsigned after) {
+    std::lock_guard g(dev().mu);
+    dev().fail_captures = n;
+    dev().fail_after = after;
+}
+
 } // namespace llmos::cuda_emu
 
 // --- cudart ---
@@ -1025,8 +1044,14 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
     if (c.active) {
         return ret(cudaErrorIllegalState);
     }
+    int64_t invalidate_at = -1;
+    if (dev().fail_captures) {
+        --dev().fail_captures;
+        invalidate_at = dev().fail_after;
+    }
     c = capture_state{.active = true,
                       .invalidated = false,
+                      .invalidate_at = invalidate_at,
                       .mode = mode,
                       .thread = std::this_thread::get_id(),
                       .work = {}};

@@ -332,6 +332,16 @@ namespace llmos::cuda_emu {
 /// Name the emulated device reports.
 inline constexpr const char* device_name = "llmos CUDA emulator (host fibers)";
 
+/// Fault injection, for testing what a program does when a capture fails
+/// on a device: each of the next `n` captures begun on any thread is
+/// invalidated once it has recorded `after` pieces of work (launches,
+/// copies, GEMMs), as another thread's device-wide call would invalidate
+/// it; the capture's next call then fails with
+/// cudaErrorStreamCaptureInvalidated, and so does cudaStreamEndCapture.
+/// LLMOS_CUDA_EMU_FAIL_CAPTURES=N in the environment sets n at start
+/// (after = 3), for programs the test starts.
+void fail_captures(unsigned n, unsigned after = 3);
+
 namespace detail {
 
 /// Checks a launch's configuration and stream; records the error (for

@@ -29,9 +29,26 @@ namespace {
 /// F16 for cuBLAS rather than read by the engine's kernel.
 constexpr int64_t blas_quant_tokens = 32;
 
-/// Graphs a context keeps (the least recently used one goes first): one
-/// per batch size of a busy server's decode, and some prompt chunks.
-constexpr size_t max_graphs = 64;
+/// A cublasStatus_t by its name (cublas_api.h), and the CUDA error a
+/// failed launch left behind (cuBLAS says only that execution failed).
+std::string blas_status_text(int st) {
+    static constexpr std::pair<int, const char*> names[] = {
+        {1, "CUBLAS_STATUS_NOT_INITIALIZED"}, {3, "CUBLAS_STATUS_ALLOC_FAILED"},
+        {7, "CUBLAS_STATUS_INVALID_VALUE"},   {8, "CUBLAS_STATUS_ARCH_MISMATCH"},
+        {11, "CUBLAS_STATUS_MAPPING_ERROR"},  {13, "CUBLAS_STATUS_EXECUTION_FAILED"},
+        {14, "CUBLAS_STATUS_INTERNAL_ERROR"}, {15, "CUBLAS_STATUS_NOT_SUPPORTED"},
+        {16, "CUBLAS_STATUS_LICENSE_ERROR"}};
+    std::string out = "cuBLAS status " + std::to_string(st);
+    for (auto [v, name] : names) {
+        if (v == st) {
+            out = name;
+        }
+    }
+    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
+        out += " (CUDA: " + error_text(e) + ")";
+    }
+    return out;
+}
 
 /// Captures that fail in a row before a context stops trying.
 constexpr uint32_t max_capture_failures = 3;
@@ -142,7 +159,7 @@ struct cuda_context::impl {
         if (st != 0) {
             throw cuda_error("cublasGemmEx (" + std::to_string(rows) + " x " +
                              std::to_string(cols) + ", " + std::to_string(n_tokens) +
-                             " tokens): cuBLAS status " + std::to_string(st));
+                             " tokens): " + blas_status_text(st));
         }
     }
 
@@ -221,7 +238,7 @@ struct cuda_context::impl {
             return false;
         }
         capture_failures = 0;
-        if (graphs.size() >= max_graphs) {
+        if (graphs.size() >= o.max_graphs) {
             auto lru = std::min_element(graphs.begin(), graphs.end(),
                                         [](auto& a, auto& b) { return a.used < b.used; });
             cudaGraphExecDestroy(lru->exec);
@@ -295,16 +312,17 @@ cuda_context::cuda_context(const cuda_model& m, cuda_context_options o)
         // toolkit the driver is too old for) leaves the built-in kernels.
         void* h = nullptr;
         if (const int st = blas().create(&h); st != 0) {
-            c.blas_failure = "cublasCreate_v2: cuBLAS status " + std::to_string(st);
+            c.blas_failure = "cublasCreate_v2: " + blas_status_text(st);
         } else if (const int st2 = blas().set_stream(h, c.stream); st2 != 0) {
-            c.blas_failure = "cublasSetStream_v2: cuBLAS status " + std::to_string(st2);
+            c.blas_failure = "cublasSetStream_v2: " + blas_status_text(st2);
             blas().destroy(h);
         } else {
             c.blas_handle = h;
         }
     }
     c.graphs_wanted = c.o.use_graphs && cuda_graphs_wanted();
-    c.graphs.reserve(max_graphs); // adding one cannot throw
+    c.o.max_graphs = std::max(c.o.max_graphs, 1u);
+    c.graphs.reserve(c.o.max_graphs); // adding one cannot throw
     if (c.blas_handle && c.graphs_wanted && blas().set_workspace) {
         // After cublasSetStream, which goes back to cuBLAS's own workspace;
         // without the memory, cuBLAS keeps its own.
@@ -364,6 +382,10 @@ std::string cuda_context::graph_path() const {
     }
     return "kernel launches (" + std::to_string(max_capture_failures) +
            " graph captures failed in a row; the last: " + c.graph_failure + ")";
+}
+
+std::string cuda_context::last_graph_failure() const {
+    return _impl->graph_failure;
 }
 
 cuda_graph_stats cuda_context::graph_stats() const noexcept {

@@ -112,6 +112,10 @@ std::string cuda_context::graph_path() const {
     return without;
 }
 
+std::string cuda_context::last_graph_failure() const {
+    return {};
+}
+
 cuda_graph_stats cuda_context::graph_stats() const noexcept {
     return {};
 }

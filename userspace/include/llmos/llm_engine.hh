@@ -21,6 +21,7 @@
 #include <llmos/inference.hh>
 #include <llmos/kv_pool.hh>
 #include <memory>
+#include <string>
 
 namespace llmos {
 
@@ -78,6 +79,11 @@ public:
 
     const llm_engine_stats& stats() const noexcept;
     bool on_gpu() const noexcept;
+    /// On a GPU: how its steps run ("CUDA graphs ...", or "kernel launches
+    /// (why)") and why its last graph capture failed ("" when none has),
+    /// from its engine::cuda_context; "" on the CPU.
+    std::string graph_path() const;
+    std::string last_graph_failure() const;
 
     struct impl;
 

@@ -225,6 +225,10 @@ struct cuda_context_options {
     /// false, or LLMOS_CUDA_GRAPHS=0 in the environment: launch every
     /// kernel of every step.
     bool use_graphs = true;
+    /// Graphs kept, one per step shape (a busy server's decode batch
+    /// sizes, some prompt chunks); beyond it the least recently replayed
+    /// is dropped. At least 1.
+    uint32_t max_graphs = 64;
 };
 
 /// Steps larger than this always launch their kernels (prefill: few steps
@@ -282,6 +286,9 @@ public:
     /// "CUDA graphs" or "kernel launches (why: not wanted, or the CUDA
     /// error the last capture met)".
     std::string graph_path() const;
+    /// Why the last graph capture failed (the CUDA or cuBLAS error it
+    /// met); "" when none has.
+    std::string last_graph_failure() const;
     cuda_graph_stats graph_stats() const noexcept;
 
     struct impl;
