@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -162,6 +163,44 @@ TEST_F(llmosctl_local, sched_status_and_bench_run_on_the_local_backend) {
     r = ctl("--json top --interval 0.05 --iterations 2");
     EXPECT_EQ(r.status, 0) << r.output;
     EXPECT_NE(r.output.find("\"tokens_per_s\""), std::string::npos) << r.output;
+}
+
+// With several tenants, bench gives each one's times (every request
+// counted once), as rows in text and an array in JSON.
+TEST_F(llmosctl_local, bench_reports_each_tenant_s_times) {
+    auto r = ctl("--json bench --workers 2 --tenants 3 --service exp:1 --arrival poisson:2000 "
+                 "--requests 150");
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto j = nlohmann::json::parse(r.output, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r.output;
+    ASSERT_TRUE(j.contains("tenants")) << r.output;
+    ASSERT_EQ(j["tenants"].size(), 3u) << r.output;
+    size_t total = 0;
+    double weighted_wait = 0;
+    for (size_t i = 0; i < 3; ++i) {
+        const auto& t = j["tenants"][i];
+        EXPECT_EQ(t.value("tenant", 99u), i) << t.dump();
+        const size_t n = t.value("requests", size_t(0));
+        EXPECT_GT(n, 0u) << t.dump();
+        total += n;
+        EXPECT_LE(t["wait_ms"]["mean"].get<double>(), t["sojourn_ms"]["mean"].get<double>());
+        EXPECT_LE(t["wait_ms"]["p50"].get<double>(), t["wait_ms"]["p99"].get<double>());
+        weighted_wait += double(n) * t["wait_ms"]["mean"].get<double>();
+    }
+    EXPECT_EQ(total, 150u);
+    // The tenants' means make the whole run's.
+    EXPECT_NEAR(weighted_wait / 150, j["wait_ms"]["mean"].get<double>(), 1e-6);
+
+    r = ctl("bench --workers 2 --tenants 2 --service exp:1 --arrival poisson:2000 --requests 60");
+    ASSERT_EQ(r.status, 0) << r.output;
+    const size_t head = r.output.find("\nTENANT ");
+    ASSERT_NE(head, std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("\n0 ", head), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("\n1 ", head), std::string::npos) << r.output;
+
+    r = ctl("--json bench --workers 1 --service exp:1 --arrival poisson:2000 --requests 20");
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(r.output.find("\"tenants\""), std::string::npos) << "one tenant: " << r.output;
 }
 
 TEST_F(llmosctl_local, bench_and_sched_usage_errors) {

@@ -27,12 +27,15 @@
 #include <llmos/mindspace.hh>
 #include <llmos/ms_file.hh>
 #include <llmos/sched.hh>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <thread>
 #include <unistd.h>
+#include <unordered_map>
+#include <vector>
 
 namespace {
 
@@ -892,6 +895,9 @@ int cmd_bench(const options& o, const bench_args& b) {
         });
     }
     std::vector<double> wait_ms, sojourn_ms;
+    // Per tenant, by the id submit() gave each request.
+    std::unordered_map<uint64_t, uint32_t> tenant_of;
+    std::map<uint32_t, std::pair<std::vector<double>, std::vector<double>>> by_tenant;
     std::mt19937_64 rng(b.seed);
     std::exponential_distribution<double> gap(*rate);
     std::uniform_int_distribution<int> tenant(0, b.tenants - 1);
@@ -901,8 +907,16 @@ int cmd_bench(const options& o, const bench_args& b) {
         if (!f) {
             return false;
         }
-        wait_ms.push_back(static_cast<double>(f->dispatch_ns - f->submit_ns) / 1e6);
-        sojourn_ms.push_back(static_cast<double>(f->end_ns - f->submit_ns) / 1e6);
+        const double wait = static_cast<double>(f->dispatch_ns - f->submit_ns) / 1e6;
+        const double sojourn = static_cast<double>(f->end_ns - f->submit_ns) / 1e6;
+        wait_ms.push_back(wait);
+        sojourn_ms.push_back(sojourn);
+        if (auto t = tenant_of.find(f->id); t != tenant_of.end()) {
+            auto& [w, so] = by_tenant[t->second];
+            w.push_back(wait);
+            so.push_back(sojourn);
+            tenant_of.erase(t);
+        }
         return true;
     };
     for (int i = 0; i < b.requests; ++i) {
@@ -911,7 +925,10 @@ int cmd_bench(const options& o, const bench_args& b) {
         while (collect(llmos::wait_for::none())) {
         }
         std::this_thread::sleep_until(next);
-        if (!client->submit({.tenant = static_cast<uint32_t>(tenant(rng))})) {
+        const auto t = static_cast<uint32_t>(tenant(rng));
+        if (auto id = client->submit({.tenant = t})) {
+            tenant_of[*id] = t;
+        } else {
             errors++;
         }
     }
@@ -946,6 +963,31 @@ int cmd_bench(const options& o, const bench_args& b) {
               {"arrival", b.arrival},
               {"wait_ms", summary(wait_ms)},
               {"sojourn_ms", summary(sojourn_ms)}};
+    // With several tenants, each one's times and its weight (what a
+    // weighted policy makes of it).
+    auto weight_of = [&](uint32_t t) -> uint32_t {
+        if (st) {
+            for (const auto& x : st->tenants) {
+                if (x.tenant == t) {
+                    return x.weight;
+                }
+            }
+        }
+        return 0;
+    };
+    if (b.tenants > 1) {
+        j["tenants"] = json::array();
+        for (auto& [t, times] : by_tenant) {
+            json row = {{"tenant", t},
+                        {"requests", times.first.size()},
+                        {"wait_ms", summary(times.first)},
+                        {"sojourn_ms", summary(times.second)}};
+            if (const uint32_t w = weight_of(t)) {
+                row["weight"] = w;
+            }
+            j["tenants"].push_back(std::move(row));
+        }
+    }
     if (o.json) {
         std::cout << j.dump(2) << '\n';
         return 0;
@@ -958,6 +1000,18 @@ int cmd_bench(const options& o, const bench_args& b) {
         std::printf("%-8.*s %10.2f %10.2f %10.2f\n", static_cast<int>(std::strlen(k) - 3), k,
                     j[k]["mean"].get<double>(), j[k]["p50"].get<double>(),
                     j[k]["p99"].get<double>());
+    }
+    if (j.contains("tenants") && j["tenants"].size() <= 16) {
+        std::printf("\n%-8s %7s %9s %10s %10s %10s\n", "TENANT", "WEIGHT", "REQUESTS", "wait mean",
+                    "p50", "p99");
+        for (const json& r : j["tenants"]) {
+            const json& w = r["wait_ms"];
+            std::printf("%-8u %7s %9zu %10.2f %10.2f %10.2f\n", r["tenant"].get<uint32_t>(),
+                        r.contains("weight") ? std::to_string(r["weight"].get<uint32_t>()).c_str()
+                                             : "-",
+                        r["requests"].get<size_t>(), w["mean"].get<double>(),
+                        w["p50"].get<double>(), w["p99"].get<double>());
+        }
     }
     return 0;
 }
