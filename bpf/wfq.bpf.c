@@ -6,10 +6,11 @@
  * tag is max(the virtual clock, its tenant's last finish tag), its finish
  * tag start + cost * 1024 / weight; the single queue is ordered by start
  * tag. The virtual clock follows the start tag of the request dispatched
- * last (the head's key). Weights come from the
- * "weights" array (index: tenant, value: weight; 0 means the default 100),
- * which the user may update while the policy runs (bpftool map update, or a
- * loader of its own). Arrays, not hash maps, keep enqueue cheap: tenants
+ * last (the head's key). A tenant's weight is the one in the "weights"
+ * array (index: tenant, value: weight), which the user may update while
+ * the policy runs (bpftool map update, or a loader of its own); where that
+ * says 0 (the default), the module's weight of the tenant (llmosctl sched
+ * weight, default 100). Arrays, not hash maps, keep enqueue cheap: tenants
  * are told apart modulo MAX_TENANTS.
  */
 #include "llmos.bpf.h"
@@ -51,6 +52,8 @@ s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 	w = bpf_map_lookup_elem(&weights, &tenant);
 	if (w && *w)
 		weight = *w;
+	else if (req->ten && req->ten->weight)
+		weight = req->ten->weight;
 	f = bpf_map_lookup_elem(&finish, &tenant);
 	if (!f)
 		return -1;

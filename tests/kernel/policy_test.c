@@ -2,7 +2,7 @@
 /*
  * BPF policies, loaded with libbpf from /bpf/NAME.bpf.o: each example
  * keeps the order it promises (fifo, prio, sjf, edf, wfq shares through its
- * weights map), misbehaving ones are ejected with the right reason and
+ * weights map or the module's weights), misbehaving ones are ejected with the right reason and
  * lose nothing, and only root attaches.
  */
 #define _GNU_SOURCE
@@ -207,21 +207,19 @@ TEST_F(policy, edf_serves_the_earliest_deadline_first)
 	EXPECT_EQ(ids[2], served[3]);
 }
 
-TEST_F(policy, wfq_shares_follow_its_weights_map)
+/*
+ * With 200 requests of tenant @a and 200 of tenant @b queued, how many of
+ * the first 200 served are @a's (-1 on an error). The rest go with the
+ * client.
+ */
+static int served_of_200(int client, int worker, __u32 a, __u32 b)
 {
-	__u32 tenant = 31, weight = 300;
-	int from31 = 0;
-	struct bpf_map *weights;
+	int from_a = 0;
 
-	ASSERT_EQ(0, attach(&self->p, "wfq"));
-	weights = bpf_object__find_map_by_name(self->p.obj, "weights");
-	ASSERT_NE(NULL, weights);
-	ASSERT_EQ(0, bpf_map__update_elem(weights, &tenant, sizeof(tenant),
-					  &weight, sizeof(weight), BPF_ANY));
-	for (int i = 0; i < 200; i++) {
-		ASSERT_LT(0, submit(self->client, 31, 0, 1, 0));
-		ASSERT_LT(0, submit(self->client, 32, 0, 1, 0));
-	}
+	for (int i = 0; i < 200; i++)
+		if (submit(client, a, 0, 1, 0) <= 0 ||
+		    submit(client, b, 0, 1, 0) <= 0)
+			return -1;
 	for (int i = 0; i < 200; i++) {
 		struct llmos_req_desc d;
 		struct llmos_dispatch c = {
@@ -230,14 +228,66 @@ TEST_F(policy, wfq_shares_follow_its_weights_map)
 		};
 		struct llmos_complete done = { .size = sizeof(done) };
 
-		ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &c));
-		from31 += d.tenant == 31;
+		if (ioctl(worker, LLMOS_IOC_DISPATCH, &c))
+			return -1;
+		from_a += d.tenant == a;
 		done.id = d.id;
-		ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE, &done));
+		if (ioctl(worker, LLMOS_IOC_COMPLETE, &done))
+			return -1;
 	}
+	return from_a;
+}
+
+static int set_weight(int fd, __u32 tenant, __u32 weight)
+{
+	struct llmos_set_weight sw = {
+		.size = sizeof(sw), .tenant = tenant, .weight = weight,
+	};
+
+	return ioctl(fd, LLMOS_IOC_SET_WEIGHT, &sw) ? -errno : 0;
+}
+
+TEST_F(policy, wfq_shares_follow_its_weights_map)
+{
+	__u32 tenant = 31, weight = 300;
+	struct bpf_map *weights;
+	int from31;
+
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	weights = bpf_object__find_map_by_name(self->p.obj, "weights");
+	ASSERT_NE(NULL, weights);
+	ASSERT_EQ(0, bpf_map__update_elem(weights, &tenant, sizeof(tenant),
+					  &weight, sizeof(weight), BPF_ANY));
+	from31 = served_of_200(self->client, self->worker, 31, 32);
 	EXPECT_LE(145, from31); /* three quarters of 200 */
 	EXPECT_GE(155, from31);
-	/* The rest go with the client. */
+}
+
+/*
+ * Where its map says nothing, wfq takes the module's weight of the tenant
+ * (llmosctl sched weight); where it does, the map's.
+ */
+TEST_F(policy, wfq_takes_the_module_s_weights_where_its_map_has_none)
+{
+	__u32 tenant = 33, weight = 100;
+	struct bpf_map *weights;
+	int from33;
+
+	ASSERT_EQ(0, set_weight(self->client, 33, 300));
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	from33 = served_of_200(self->client, self->worker, 33, 34);
+	EXPECT_LE(145, from33);
+	EXPECT_GE(155, from33);
+	while (serve_one(self->worker) > 0)
+		;
+	weights = bpf_object__find_map_by_name(self->p.obj, "weights");
+	ASSERT_NE(NULL, weights);
+	ASSERT_EQ(0, bpf_map__update_elem(weights, &tenant, sizeof(tenant),
+					  &weight, sizeof(weight), BPF_ANY));
+	from33 = served_of_200(self->client, self->worker, 33, 34);
+	EXPECT_LE(95, from33); /* the map's 100 against the default 100 */
+	EXPECT_GE(105, from33);
+	EXPECT_EQ(0, set_weight(self->client, 33, 100));
 }
 
 TEST_F(policy, a_misusing_policy_is_ejected_and_loses_nothing)

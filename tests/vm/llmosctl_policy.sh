@@ -61,6 +61,21 @@ while [ $i -lt "$cycles" ]; do
 done
 check "$cycles attach/detach cycles under load" '[ $fails -eq 0 ]'
 check "every request of the flow completed" 'wait $flow && grep -q "\"requests\": 600" /tmp/flow.json'
+# Weights through llmosctl, seen in bench's per-tenant rows: 1200
+# requests/s, half each tenant's, at 1000/s of service. Under wfq, tenant
+# 0 (weight 300) has 750/s and no backlog, tenant 1 the rest, and a queue
+# (without the weights, the two wait about as long).
+expect "attach wfq" llmosctl sched attach /bpf/wfq.bpf.o
+expect "weights 300 and 100" sh -c 'llmosctl sched weight 0 300 && llmosctl sched weight 1 100'
+llmosctl bench --workers 2 --tenants 2 --service exp:2 --arrival poisson:1200 --requests 600 \
+	>/tmp/wfq.txt 2>&1
+# The rows: TENANT WEIGHT REQUESTS mean p50 p99.
+less=$(awk 'p && NF == 6 { w[$1] = $4 } /^TENANT/ { p = 1 }
+	END { printf "%s", (0 in w && 1 in w && 3 * w[0] < w[1]) ? "yes" : "no" }' /tmp/wfq.txt)
+echo "# mean wait (ms) by tenant, weights 300 and 100:" $(awk 'p && NF == 6 { print $1 ":", $4 } /^TENANT/ { p = 1 }' /tmp/wfq.txt)
+check "the heavier tenant waits less than a third as long" 'cat /tmp/wfq.txt; [ "$less" = yes ]'
+expect "weights back to 100, detach" sh -c \
+	'llmosctl sched weight 0 100 && llmosctl sched weight 1 100 && llmosctl sched detach'
 check "a tunable is set with --opt" \
 	'llmosctl sched attach /bpf/locality.bpf.o --opt steal_after_ns=1000 && llmosctl sched detach'
 check "an unknown tunable is refused" \

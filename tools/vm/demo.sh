@@ -33,8 +33,10 @@ echo "# The request scheduler: a weighted-fair policy in BPF, attached at run ti
 run llmosctl sched attach /bpf/wfq.bpf.o
 run llmosctl sched weight 0 300
 run llmosctl sched weight 1 100
-echo "# Synthetic workers and clients (two tenants, Poisson arrivals) through it:"
-run llmosctl bench --workers 2 --tenants 2 --service exp:1 --arrival poisson:400 --requests 400
+echo "# Synthetic workers and clients through it: two tenants, 1200 requests/s"
+echo "# (Poisson) for 1000/s of service. Tenant 0's weight gives it 750/s, more"
+echo "# than its 600/s: it barely waits; tenant 1 queues."
+run llmosctl bench --workers 2 --tenants 2 --service exp:2 --arrival poisson:1200 --requests 600
 echo "# What the scheduler saw (a llmosctl top snapshot):"
 run llmosctl top --iterations 1
 run llmosctl sched status
