@@ -32,6 +32,7 @@
 #include <llmos/engine/kv_cache.hh>
 #include <llmos/engine/model.hh>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -517,6 +518,15 @@ INSTANTIATE_TEST_SUITE_P(
         gen_case{"llama_q4_k_m_prompt40", SHAPE "--type q4_k_m", 40}),
     case_name);
 
+namespace {
+
+// The parameter of the conformance cases: cuBLAS or the built-in kernels.
+std::string gemm_name(const ::testing::TestParamInfo<bool>& i) {
+    return i.param ? "cublas" : "kernels";
+}
+
+} // namespace
+
 class cuda_conformance : public ::testing::TestWithParam<bool> {
 protected:
     static void SetUpTestSuite() { l = std::make_unique<loaded>(tiny); }
@@ -547,10 +557,7 @@ TEST_P(cuda_conformance, prompt_logits_and_greedy_tokens_match_the_other_impleme
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(gemm, cuda_conformance, ::testing::Values(true, false),
-                         [](const ::testing::TestParamInfo<bool>& i) {
-                             return i.param ? "cublas" : "kernels";
-                         });
+INSTANTIATE_TEST_SUITE_P(gemm, cuda_conformance, ::testing::Values(true, false), gemm_name);
 
 // Two sequences in one step (a prefill mixed with a decode, then decodes
 // side by side) give the tokens each gives alone, logits within float
@@ -691,19 +698,35 @@ TEST_P(cuda_conformance, bad_batches_change_nothing) {
     EXPECT_EQ(argmax(lg), argmax(lf));
 }
 
+// Graphs against launches, for each GEMM path: a context with graphs and
+// one without on the conformance model. Skipped without a device, and
+// when graphs are off (LLMOS_CUDA_GRAPHS=0).
+class cuda_graphs : public cuda_conformance {
+protected:
+    void SetUp() override {
+        REQUIRE_DEVICE();
+        _cm.emplace(*l->m);
+        _graphs.emplace(*_cm, cuda_context_options{.use_cublas = GetParam()});
+        _launches.emplace(*_cm,
+                          cuda_context_options{.use_cublas = GetParam(), .use_graphs = false});
+        if (!_graphs->uses_graphs()) {
+            GTEST_SKIP() << "graphs are off: " << _graphs->graph_path();
+        }
+    }
+    std::optional<cuda_model> _cm;
+    std::optional<cuda_context> _graphs, _launches;
+};
+
+INSTANTIATE_TEST_SUITE_P(gemm, cuda_graphs, ::testing::Values(true, false), gemm_name);
+
 // Two sequences decoding side by side, on a context with graphs and on
 // one without: the same logits (bit for bit on the built-in kernels; the
 // contexts' cuBLAS workspaces differ, so its algorithm may too), from one
 // graph captured at the second step of the shape and replayed after, while
 // the caches grow past a block (the metadata the graph reads stays put).
-TEST_P(cuda_conformance, graph_replays_give_what_launches_give) {
-    REQUIRE_DEVICE();
-    cuda_model cm(*l->m);
-    cuda_context graphs(cm, {.use_cublas = GetParam()});
-    cuda_context launches(cm, {.use_cublas = GetParam(), .use_graphs = false});
-    if (!graphs.uses_graphs()) {
-        GTEST_SKIP() << "graphs are off: " << graphs.graph_path();
-    }
+TEST_P(cuda_graphs, graph_replays_give_what_launches_give) {
+    cuda_context& graphs = *_graphs;
+    cuda_context& launches = *_launches;
     EXPECT_FALSE(launches.uses_graphs());
     EXPECT_EQ(launches.graph_path(), "kernel launches (graphs not wanted)");
     std::cout << "[ info     ] " << graphs.graph_path() << "\n";
@@ -758,14 +781,9 @@ TEST_P(cuda_conformance, graph_replays_give_what_launches_give) {
 // the graph points into: it is dropped and captured again, and decoding
 // goes on giving what launches give (a graph replayed into the old
 // scratch would read freed memory).
-TEST_P(cuda_conformance, graphs_follow_the_scratch_when_it_moves) {
-    REQUIRE_DEVICE();
-    cuda_model cm(*l->m);
-    cuda_context graphs(cm, {.use_cublas = GetParam()});
-    cuda_context launches(cm, {.use_cublas = GetParam(), .use_graphs = false});
-    if (!graphs.uses_graphs()) {
-        GTEST_SKIP() << "graphs are off: " << graphs.graph_path();
-    }
+TEST_P(cuda_graphs, graphs_follow_the_scratch_when_it_moves) {
+    cuda_context& graphs = *_graphs;
+    cuda_context& launches = *_launches;
     const uint32_t V = l->m->params().n_vocab;
     const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 256};
     gpu_kv ga(*l->m, ko), la(*l->m, ko);
@@ -863,14 +881,9 @@ struct twin_decoder {
 // Two graphs kept: a third shape's capture drops the least recently
 // replayed one, not the first captured, and a dropped shape is launched,
 // then captured again.
-TEST_P(cuda_conformance, the_least_recently_replayed_graph_goes_when_they_are_too_many) {
-    REQUIRE_DEVICE();
-    cuda_model cm(*l->m);
-    cuda_context graphs(cm, {.use_cublas = GetParam(), .max_graphs = 2});
-    cuda_context launches(cm, {.use_cublas = GetParam(), .use_graphs = false});
-    if (!graphs.uses_graphs()) {
-        GTEST_SKIP() << "graphs are off: " << graphs.graph_path();
-    }
+TEST_P(cuda_graphs, the_least_recently_replayed_graph_goes_when_they_are_too_many) {
+    cuda_context graphs(*_cm, {.use_cublas = GetParam(), .max_graphs = 2});
+    cuda_context& launches = *_launches;
     twin_decoder d(*l->m, graphs, launches, 3);
     auto stats = [&] {
         const cuda_graph_stats s = graphs.graph_stats();
@@ -903,14 +916,9 @@ TEST_P(cuda_conformance, the_least_recently_replayed_graph_goes_when_they_are_to
 // caches); the shape is captured again later; a success resets the count,
 // and three failures in a row turn graphs off for the context, which then
 // says why.
-TEST_P(cuda_conformance, failed_captures_launch_their_steps_and_three_in_a_row_end_graphs) {
-    REQUIRE_DEVICE();
-    cuda_model cm(*l->m);
-    cuda_context graphs(cm, {.use_cublas = GetParam()});
-    cuda_context launches(cm, {.use_cublas = GetParam(), .use_graphs = false});
-    if (!graphs.uses_graphs()) {
-        GTEST_SKIP() << "graphs are off: " << graphs.graph_path();
-    }
+TEST_P(cuda_graphs, failed_captures_launch_their_steps_and_three_in_a_row_end_graphs) {
+    cuda_context& graphs = *_graphs;
+    cuda_context& launches = *_launches;
     struct no_more_failures {
         ~no_more_failures() { llmos::cuda_emu::fail_captures(0); }
     } reset;
