@@ -142,9 +142,15 @@ struct stream_obj : llmos_emu_stream {
     capture_state cap;
 };
 
+/// LLMOS_CUDA_EMU_FAIL_CAPTURES: the captures to invalidate from the start.
+unsigned captures_to_fail() {
+    const char* n = std::getenv("LLMOS_CUDA_EMU_FAIL_CAPTURES");
+    return n ? static_cast<unsigned>(std::strtoul(n, nullptr, 10)) : 0;
+}
+
 struct device_state {
     std::mutex mu;
-    unsigned fail_captures = 0; ///< captures still to invalidate (fail_captures())
+    unsigned fail_captures = captures_to_fail(); ///< captures still to invalidate
     unsigned fail_after = 3;
     std::map<uintptr_t, allocation> allocs; // by start address
     std::set<cudaStream_t> streams;         // each a stream_obj
@@ -155,13 +161,6 @@ struct device_state {
 
 device_state& dev() {
     static device_state d;
-    static const bool from_env = [] {
-        if (const char* n = std::getenv("LLMOS_CUDA_EMU_FAIL_CAPTURES")) {
-            d.fail_captures = static_cast<unsigned>(std::strtoul(n, nullptr, 10));
-        }
-        return true;
-    }();
-    (void)from_env;
     return d;
 }
 
