@@ -117,6 +117,13 @@ run() {
 
 	local passed=0 failed=0 skipped=0 t x left
 	: >"$out/tests.log"
+	# A GPU that this build cannot use (a driver older than CUDA 13 wants,
+	# R580): every GPU test would skip, which must not read as a pass.
+	if nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && grep -q 'usable=0' "$out/probe.txt"; then
+		echo "gpu-check: nvidia-smi lists a GPU, but this build cannot use it:" \
+			"$(sed -n "s/.*usable=0.*reason='\(.*\)'/\1/p" "$out/probe.txt")" | tee -a "$out/tests.log"
+		failed=$((failed + 1))
+	fi
 	for t in "${tests[@]}"; do
 		echo "## $t" >>"$out/tests.log"
 		x=0

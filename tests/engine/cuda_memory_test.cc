@@ -27,6 +27,7 @@
 #include <gtest/gtest.h>
 #include <iostream>
 #include <llmos/device.hh>
+#include <llmos/engine/cuda.hh>
 #include <llmos/engine/cuda_memory.hh>
 #include <llmos/mindspace.hh>
 #include <poll.h>
@@ -486,8 +487,10 @@ protected:
 };
 
 // A child of this program in a role, with `sock` (its end of a socket
-// pair) on fd 3 when given.
-pid_t spawn_child(const char* role, uint32_t seed, uint64_t bytes, int sock = -1) {
+// pair) on fd 3 when given, and `env` ("NAME=VALUE") added to its
+// environment.
+pid_t spawn_child(const char* role, uint32_t seed, uint64_t bytes, int sock = -1,
+                  const char* env = nullptr) {
     // Never fd 3 itself: dup2(3, 3) would leave close-on-exec set.
     owned_fd high;
     if (sock >= 0) {
@@ -505,8 +508,16 @@ pid_t spawn_child(const char* role, uint32_t seed, uint64_t bytes, int sock = -1
     std::string a2 = std::to_string(seed);
     std::string a3 = std::to_string(bytes);
     char* argv[] = {const_cast<char*>("/proc/self/exe"), a1.data(), a2.data(), a3.data(), nullptr};
+    std::vector<char*> envp;
+    for (char** e = environ; *e; ++e) {
+        envp.push_back(*e);
+    }
+    if (env) {
+        envp.push_back(const_cast<char*>(env));
+    }
+    envp.push_back(nullptr);
     pid_t pid = -1;
-    int err = ::posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, argv, environ);
+    int err = ::posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, argv, envp.data());
     posix_spawn_file_actions_destroy(&fa);
     return err == 0 ? pid : -1;
 }
@@ -528,6 +539,25 @@ int wait_child(pid_t pid, int seconds = 120) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
 }
+
+#ifdef LLMOS_CUDA_EMU
+// The emulator's toolkit is CUDA 13.1 (cuda_emu.hh); its driver can be
+// made older. A 13.0 driver runs 13.1 programs: the driver calls are
+// asked for at the driver's version, not refused at the toolkit's.
+TEST(gpu_probe, a_driver_of_an_older_minor_release_serves) {
+    pid_t pid = spawn_child("roundtrip", 31, 3 << 20, -1, "LLMOS_CUDA_EMU_DRIVER_VERSION=13000");
+    ASSERT_GT(pid, 0) << std::strerror(errno);
+    EXPECT_EQ(wait_child(pid), 0) << "GPU memory did not work under a CUDA 13.0 driver (stderr)";
+}
+
+// A 12.8 driver cannot run a CUDA 13 program: both probes say so, with
+// both versions, and reserve() refuses with the same words.
+TEST(gpu_probe, a_driver_of_an_older_major_release_is_named) {
+    pid_t pid = spawn_child("old-driver", 0, 0, -1, "LLMOS_CUDA_EMU_DRIVER_VERSION=12080");
+    ASSERT_GT(pid, 0) << std::strerror(errno);
+    EXPECT_EQ(wait_child(pid), 0) << "see the child's complaint above";
+}
+#endif
 
 TEST_F(gpu_device, grows_in_steps_and_keeps_its_address) {
     gpu_memory m = gpu_memory::reserve(64ull << 20);
@@ -576,11 +606,29 @@ TEST_F(gpu_device, grows_in_steps_and_keeps_its_address) {
     EXPECT_EQ(first_mismatch(back.data(), g, 6), -1);
 }
 
-TEST_F(gpu_device, exports_a_dmabuf) {
+bool closed_on_exec(int fd) {
+    const int f = ::fcntl(fd, F_GETFD);
+    return f >= 0 && (f & FD_CLOEXEC) != 0;
+}
+
+// Memory of two chunks of g bytes each, [0, 2g) written with `seed`'s
+// pattern.
+gpu_memory two_chunks(uint32_t seed) {
     gpu_memory m = gpu_memory::reserve(16ull << 20);
     const uint64_t g = m.granularity();
+    m.grow(g);
     m.grow(2 * g);
-    m.write(0, pattern_bytes(2 * g, 8));
+    EXPECT_EQ(m.chunk_count(), 2u);
+    m.write(0, pattern_bytes(2 * g, seed));
+    return m;
+}
+
+TEST_F(gpu_device, exports_a_dmabuf) {
+    gpu_memory m = two_chunks(8);
+    const uint64_t g = m.granularity();
+    for (const gpu_chunk& c : m.export_chunks()) {
+        EXPECT_TRUE(closed_on_exec(c.fd.get())) << "an exported chunk fd is inherited on exec";
+    }
     if (!probe().dmabuf) {
         try {
             (void)m.export_dmabuf();
@@ -598,6 +646,8 @@ TEST_F(gpu_device, exports_a_dmabuf) {
     owned_fd whole = m.export_dmabuf();
     ASSERT_TRUE(whole);
     EXPECT_EQ(::lseek(whole.get(), 0, SEEK_END), static_cast<off_t>(2 * g));
+    EXPECT_TRUE(closed_on_exec(whole.get()));
+    // The second chunk alone.
     owned_fd second = m.export_dmabuf(g, g);
     ASSERT_TRUE(second);
     EXPECT_EQ(::lseek(second.get(), 0, SEEK_END), static_cast<off_t>(g));
@@ -607,8 +657,45 @@ TEST_F(gpu_device, exports_a_dmabuf) {
     gpu_mindspace ms = m.export_mindspace("with-dmabuf");
     ASSERT_TRUE(ms.dmabuf);
     EXPECT_EQ(ms.dmabuf_length, 2 * g);
+}
 
-    // The CPU view, where the driver lets a dma-buf be mapped.
+// Apart from exports_a_dmabuf: the CUDA documentation asks only for
+// page-aligned ranges, but whether a driver takes one that starts and ends
+// inside an allocation shows only on a device.
+TEST_F(gpu_device, exports_a_dmabuf_of_a_range_inside_a_chunk) {
+    if (!probe().dmabuf) {
+        GTEST_SKIP() << "this driver cannot export dma-bufs (CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED "
+                        "is 0)";
+    }
+    gpu_memory m = gpu_memory::reserve(16ull << 20);
+    const uint64_t g = m.granularity(), page = 4096;
+    m.grow(2 * g);
+    ASSERT_EQ(m.chunk_count(), 1u);
+    m.write(0, pattern_bytes(2 * g, 9));
+    const uint64_t off = g / 2 / page * page, len = g;
+    owned_fd inside = m.export_dmabuf(off, len);
+    ASSERT_TRUE(inside);
+    EXPECT_EQ(::lseek(inside.get(), 0, SEEK_END), static_cast<off_t>(len));
+    void* p = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, inside.get(), 0);
+    if (p != MAP_FAILED) { // where the driver maps its dma-bufs (maps_its_dmabuf_for_the_cpu)
+        const std::vector<std::byte> want = pattern_bytes(2 * g, 9);
+        EXPECT_EQ(std::memcmp(p, want.data() + off, len), 0)
+            << "the dma-buf of [" << off << ", " << off + len << ") has other bytes";
+        ::munmap(p, len);
+    }
+}
+
+// The CPU view of an exported dma-buf, where the driver maps them: NVIDIA's
+// refuses (ENOTSUPP, errno 524) unless the export asked for it, which
+// cuMemGetHandleForAddressRange has no flag for.
+TEST_F(gpu_device, maps_its_dmabuf_for_the_cpu) {
+    if (!probe().dmabuf) {
+        GTEST_SKIP() << "this driver cannot export dma-bufs (CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED "
+                        "is 0)";
+    }
+    gpu_memory m = two_chunks(10);
+    const uint64_t g = m.granularity();
+    owned_fd whole = m.export_dmabuf();
     void* p = ::mmap(nullptr, 2 * g, PROT_READ, MAP_SHARED, whole.get(), 0);
     if (p == MAP_FAILED) {
         int err = errno;
@@ -616,13 +703,14 @@ TEST_F(gpu_device, exports_a_dmabuf) {
                      << " (" << std::strerror(err)
                      << "): this driver does not map its dma-bufs for the CPU";
     }
-    int64_t bad = first_mismatch(static_cast<const std::byte*>(p), 2 * g, 8);
+    int64_t bad = first_mismatch(static_cast<const std::byte*>(p), 2 * g, 10);
     ::munmap(p, 2 * g);
     EXPECT_EQ(bad, -1) << "the CPU mapping of the dma-buf differs at byte " << bad;
-    // The second one starts at the second chunk.
+    // The second chunk's own dma-buf.
+    owned_fd second = m.export_dmabuf(g, g);
     p = ::mmap(nullptr, g, PROT_READ, MAP_SHARED, second.get(), 0);
     ASSERT_NE(p, MAP_FAILED) << std::strerror(errno);
-    std::vector<std::byte> want = pattern_bytes(2 * g, 8);
+    const std::vector<std::byte> want = pattern_bytes(2 * g, 10);
     EXPECT_EQ(std::memcmp(p, want.data() + g, g), 0) << "the dma-buf of [g, 2g) has other bytes";
     ::munmap(p, g);
 }
@@ -769,6 +857,44 @@ int child_main(const std::string& role, uint32_t seed, uint64_t bytes) {
             o.dmabuf_fd = buf.get();
             (void)llmos::mindspace::create(dev, o).value();
             return 0; // m and buf go: the mindspace holds the memory
+        }
+        if (role == "roundtrip") {
+            if (!probe().usable) {
+                std::cerr << "roundtrip: " << probe().reason << "\n";
+                return 2;
+            }
+            gpu_memory m = gpu_memory::reserve(bytes * 2);
+            m.grow(bytes);
+            m.write(0, pattern_bytes(bytes, seed));
+            std::vector<std::byte> got(bytes);
+            m.read(0, got);
+            return first_mismatch(got.data(), bytes, seed) == -1 ? 0 : 3;
+        }
+        if (role == "old-driver") {
+            const std::string want = "the NVIDIA driver runs CUDA 12.8 programs; this one is "
+                                     "built with CUDA 13.1: a newer driver is needed";
+            int bad = 0;
+            auto expect = [&](const std::string& what, const std::string& said) {
+                if (said.find(want) == std::string::npos ||
+                    said.find("cudaErrorInsufficientDriver") == std::string::npos) {
+                    std::cerr << "old-driver: " << what << " says: " << said << "\n";
+                    ++bad;
+                }
+            };
+            if (probe().usable) {
+                std::cerr << "old-driver: the probe finds a usable GPU\n";
+                ++bad;
+            }
+            expect("probe()", probe().reason);
+            expect("cuda_probe()", llmos::engine::cuda_probe(0).reason);
+            try {
+                (void)gpu_memory::reserve(1 << 20);
+                std::cerr << "old-driver: reserve() worked\n";
+                ++bad;
+            } catch (const gpu_error& e) {
+                expect("reserve()", e.what());
+            }
+            return bad ? 4 : 0;
         }
         if (role == "reader") {
             if (!readable(3, 60000)) {

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstring>
 #include <gtest/gtest.h>
+#include <limits>
 #include <llmos/engine/quant.hh>
 #include <random>
 #include <thread>
@@ -191,6 +192,29 @@ TEST(emu_dequant_f16, halves_are_the_dequantized_values_rounded) {
             ASSERT_EQ(h[i], fp32_to_fp16(w.values[i])) << "element " << i;
         }
     }
+}
+
+// Beyond F16's range: finite values saturate, inf and NaN stay.
+TEST(emu_elementwise, to_f16_saturates_what_halves_cannot_hold) {
+    const float inf = std::numeric_limits<float>::infinity();
+    const std::vector<float> x = {70000.0f, -1e30f, 65519.0f, 65520.0f, inf, -inf, 1.5f};
+    dmem<float> dx(x);
+    dmem<uint16_t> h(x.size() + 1);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    dmem<float> dnan(std::vector<float>{nan});
+    ASSERT_EQ(to_f16(dx.p, h.p, int64_t(x.size()), nullptr), cudaSuccess);
+    ASSERT_EQ(to_f16(dnan.p, h.p + x.size(), 1, nullptr), cudaSuccess);
+    const std::vector<uint16_t> got = h.get();
+    const uint16_t max = 0x7bff, neg_max = 0xfbff, pos_inf = 0x7c00, neg_inf = 0xfc00;
+    EXPECT_EQ(got[0], max);
+    EXPECT_EQ(got[1], neg_max);
+    EXPECT_EQ(got[2], max);
+    EXPECT_EQ(got[3], max); // would round to infinity
+    EXPECT_EQ(got[4], pos_inf);
+    EXPECT_EQ(got[5], neg_inf);
+    EXPECT_EQ(got[6], fp32_to_fp16(1.5f));
+    EXPECT_EQ(got[7] & 0x7c00, 0x7c00); // NaN: all exponent bits,
+    EXPECT_NE(got[7] & 0x03ff, 0);      // and a mantissa
 }
 
 TEST(emu_elementwise, to_f16_to_bf16_add_bias_add_and_swiglu) {

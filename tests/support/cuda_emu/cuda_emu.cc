@@ -176,6 +176,23 @@ cudaError_t ret(cudaError_t e) {
     return e;
 }
 
+/// The CUDA version the emulated driver supports:
+/// LLMOS_CUDA_EMU_DRIVER_VERSION (e.g. 12080), or this toolkit's.
+int driver_version() {
+    static const int v = [] {
+        const char* e = std::getenv("LLMOS_CUDA_EMU_DRIVER_VERSION");
+        return e ? std::atoi(e) : CUDA_VERSION;
+    }();
+    return v;
+}
+
+/// A runtime of one major release needs a driver of that release or a
+/// later one (within it, an older minor release serves).
+cudaError_t runtime_usable() {
+    return driver_version() / 1000 < CUDA_VERSION / 1000 ? ret(cudaErrorInsufficientDriver)
+                                                         : cudaSuccess;
+}
+
 cudaError_t sticky() {
     std::lock_guard g(dev().mu);
     return dev().sticky;
@@ -802,17 +819,24 @@ cudaError_t cudaRuntimeGetVersion(int* v) {
     if (!v) {
         return ret(cudaErrorInvalidValue);
     }
-    *v = 13000;
+    *v = CUDA_VERSION;
     return cudaSuccess;
 }
 
 cudaError_t cudaDriverGetVersion(int* v) {
-    return cudaRuntimeGetVersion(v);
+    if (!v) {
+        return ret(cudaErrorInvalidValue);
+    }
+    *v = driver_version();
+    return cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceCount(int* n) {
     if (!n) {
         return ret(cudaErrorInvalidValue);
+    }
+    if (const cudaError_t e = runtime_usable(); e != cudaSuccess) {
+        return e;
     }
     *n = 1;
     return cudaSuccess;
@@ -821,6 +845,9 @@ cudaError_t cudaGetDeviceCount(int* n) {
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
     if (!p) {
         return ret(cudaErrorInvalidValue);
+    }
+    if (const cudaError_t e = runtime_usable(); e != cudaSuccess) {
+        return e;
     }
     if (device != 0) {
         return ret(cudaErrorInvalidDevice);
@@ -846,6 +873,9 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int device) {
 }
 
 cudaError_t cudaSetDevice(int device) {
+    if (const cudaError_t e = runtime_usable(); e != cudaSuccess) {
+        return e;
+    }
     return device == 0 ? cudaSuccess : ret(cudaErrorInvalidDevice);
 }
 
@@ -1480,7 +1510,8 @@ CUresult cuMemExportToShareableHandle(void* handle, CUmemGenericAllocationHandle
     if (it == vmm().handles.end()) {
         return CUDA_ERROR_INVALID_HANDLE;
     }
-    const int fd = ::fcntl(it->second.first, F_DUPFD_CLOEXEC, 0);
+    // Not closed on exec: the driver does not promise that it is.
+    const int fd = ::fcntl(it->second.first, F_DUPFD, 0);
     if (fd < 0) {
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
@@ -1585,11 +1616,23 @@ cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsi
          reinterpret_cast<void*>(&cuMemImportFromShareableHandle)},
         {"cuMemGetHandleForAddressRange", reinterpret_cast<void*>(&cuMemGetHandleForAddressRange)},
     };
+    // As the driver does: a version above its own is refused, and one
+    // older than the call is not sufficient (cuMemGetHandleForAddressRange
+    // came with 11.7, the VMM calls with 10.2).
+    if (const cudaError_t e = runtime_usable(); e != cudaSuccess) {
+        return e;
+    }
+    if (int(version) > driver_version()) {
+        return ret(cudaErrorInvalidValue);
+    }
+    const unsigned since = std::strcmp(symbol, "cuMemGetHandleForAddressRange") == 0 ? 11070
+                           : std::strncmp(symbol, "cuMem", 5) == 0                   ? 10020
+                                                                                     : 0;
     auto it = table.find(symbol);
     *fn = nullptr;
     cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
     if (it != table.end()) {
-        if (version > CUDA_VERSION) {
+        if (version < since) {
             q = cudaDriverEntryPointVersionNotSufficent;
         } else {
             *fn = it->second;

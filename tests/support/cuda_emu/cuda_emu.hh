@@ -254,7 +254,7 @@ using CUmemGenericAllocationHandle = unsigned long long;
 enum CUdevice_attribute {
     CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 102,
     CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED = 103,
-    CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED = 112,
+    CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED = 110,
     CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED = 124,
 };
 enum CUmemAllocationType { CU_MEM_ALLOCATION_TYPE_PINNED = 1 };
@@ -287,7 +287,13 @@ struct CUmemAccessDesc {
     CUmemAccess_flags flags;
 };
 
-#define CUDA_VERSION 13000
+/// The emulated toolkit and runtime: CUDA 13.1. Its driver says the same
+/// unless LLMOS_CUDA_EMU_DRIVER_VERSION (read once) says otherwise: 13000
+/// is a driver of an older minor release, which serves this runtime but
+/// refuses entry points asked for at 13.1; 12080 one of an older major
+/// release, with which every device call fails with
+/// cudaErrorInsufficientDriver.
+#define CUDA_VERSION 13010
 
 CUresult cuGetErrorName(CUresult r, const char** s);
 CUresult cuGetErrorString(CUresult r, const char** s);

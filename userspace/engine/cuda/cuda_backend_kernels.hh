@@ -53,7 +53,8 @@ cudaError_t matmul(wkind t, const void* w, int64_t rows, int64_t cols, const flo
 cudaError_t dequant_f16(wkind t, const void* w, int64_t rows, int64_t cols, uint16_t* out,
                         cudaStream_t s);
 
-/// n floats to halves (round to nearest even).
+/// n floats to halves (round to nearest even); finite values beyond the
+/// halves' range saturate to +-65504, infinities and NaNs stay.
 cudaError_t to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t s);
 
 /// n floats to bfloat16 (round to nearest even).

@@ -312,10 +312,17 @@ __global__ void k_dequant_f16(const void* w, int64_t rows, int64_t cols, __half*
     }
 }
 
+// Saturating: a finite activation beyond F16's range becomes its largest
+// value (65504), not infinity, which would turn the GEMM's sums into inf
+// and NaN where the CPU's F32 activations stay finite.
 __global__ void k_to_f16(const float* x, __half* y, int64_t n) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < n) {
-        y[i] = __float2half_rn(x[i]);
+        float v = x[i];
+        if (fabsf(v) > 65504.0f && isfinite(v)) {
+            v = copysignf(65504.0f, v);
+        }
+        y[i] = __float2half_rn(v);
     }
 }
 

@@ -15,12 +15,16 @@
 #include "cuda_sync.hh"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #ifdef LLMOS_CUDA_EMU
 #include <cuda_emu.hh> // tests: the host emulation of the device
 #else
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 #endif
+#include <fcntl.h>
+#include <llmos/engine/cuda.hh>
 #include <llmos/engine/cuda_memory.hh>
 #include <unistd.h>
 
@@ -49,26 +53,45 @@ struct driver_api {
     std::string error; ///< why the API is not usable; empty when it is
 };
 
+/// `fd` closed on exec: the driver does not say how it makes the fds it
+/// exports, and one a child inherited would keep the GPU memory alive.
+owned_fd cloexec(owned_fd fd) {
+    if (fd && ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC) != 0) {
+        throw gpu_error(std::string("fcntl(FD_CLOEXEC) on an exported GPU memory fd: ") +
+                        std::strerror(errno));
+    }
+    return fd;
+}
+
 std::string runtime_error_text(cudaError_t e) {
     return std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")";
 }
 
+std::string cuda_version_text(int v) {
+    return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
+}
+
+/// The ABI version the entry points are asked for: this build's, or the
+/// driver's where that is older (a toolkit newer than the driver in the
+/// same major release: the driver refuses a version above its own with
+/// cudaErrorInvalidValue). Every call here has kept its ABI since CUDA 12.
 template <typename Fn>
-bool load_entry(driver_api& api, Fn& fn, const char* symbol) {
+bool load_entry(driver_api& api, Fn& fn, const char* symbol, int version) {
     void* p = nullptr;
     cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
     cudaError_t e =
-        cudaGetDriverEntryPointByVersion(symbol, &p, CUDA_VERSION, cudaEnableDefault, &q);
+        cudaGetDriverEntryPointByVersion(symbol, &p, unsigned(version), cudaEnableDefault, &q);
     if (e != cudaSuccess) {
-        api.error = std::string("cudaGetDriverEntryPointByVersion(") + symbol +
-                    "): " + runtime_error_text(e);
+        api.error = std::string("cudaGetDriverEntryPointByVersion(") + symbol + ", CUDA " +
+                    cuda_version_text(version) + "): " + runtime_error_text(e);
         return false;
     }
     if (q != cudaDriverEntryPointSuccess || p == nullptr) {
-        api.error = std::string("the CUDA driver has no ") + symbol + " for CUDA " +
-                    std::to_string(CUDA_VERSION / 1000) + "." +
-                    std::to_string(CUDA_VERSION % 1000 / 10) +
-                    (q == cudaDriverEntryPointVersionNotSufficent ? " (driver too old)" : "");
+        api.error =
+            std::string("the CUDA driver has no ") + symbol + " for CUDA " +
+            cuda_version_text(version) +
+            (q == cudaDriverEntryPointVersionNotSufficent ? " (the call is newer than that version)"
+                                                          : "");
         return false;
     }
     fn = reinterpret_cast<Fn>(p);
@@ -86,25 +109,25 @@ driver_api load_api() {
     int count = 0;
     e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
-        api.error = "no usable CUDA device: cudaGetDeviceCount: " + runtime_error_text(e);
+        // cuda_probe tells a driver too old for this build from none.
+        api.error = "no usable CUDA device: " + cuda_probe(0).reason;
         return api;
     }
-    bool ok =
-        load_entry(api, api.get_error_name, "cuGetErrorName") &&
-        load_entry(api, api.get_error_string, "cuGetErrorString") &&
-        load_entry(api, api.device_get, "cuDeviceGet") &&
-        load_entry(api, api.device_get_name, "cuDeviceGetName") &&
-        load_entry(api, api.device_get_attribute, "cuDeviceGetAttribute") &&
-        load_entry(api, api.mem_get_allocation_granularity, "cuMemGetAllocationGranularity") &&
-        load_entry(api, api.mem_address_reserve, "cuMemAddressReserve") &&
-        load_entry(api, api.mem_address_free, "cuMemAddressFree") &&
-        load_entry(api, api.mem_create, "cuMemCreate") &&
-        load_entry(api, api.mem_release, "cuMemRelease") &&
-        load_entry(api, api.mem_map, "cuMemMap") && load_entry(api, api.mem_unmap, "cuMemUnmap") &&
-        load_entry(api, api.mem_set_access, "cuMemSetAccess") &&
-        load_entry(api, api.mem_export_to_shareable_handle, "cuMemExportToShareableHandle") &&
-        load_entry(api, api.mem_import_from_shareable_handle, "cuMemImportFromShareableHandle") &&
-        load_entry(api, api.mem_get_handle_for_address_range, "cuMemGetHandleForAddressRange");
+    const int v = std::min(CUDA_VERSION, driver);
+    auto load = [&](auto& fn, const char* symbol) { return load_entry(api, fn, symbol, v); };
+    bool ok = load(api.get_error_name, "cuGetErrorName") &&
+              load(api.get_error_string, "cuGetErrorString") &&
+              load(api.device_get, "cuDeviceGet") && load(api.device_get_name, "cuDeviceGetName") &&
+              load(api.device_get_attribute, "cuDeviceGetAttribute") &&
+              load(api.mem_get_allocation_granularity, "cuMemGetAllocationGranularity") &&
+              load(api.mem_address_reserve, "cuMemAddressReserve") &&
+              load(api.mem_address_free, "cuMemAddressFree") &&
+              load(api.mem_create, "cuMemCreate") && load(api.mem_release, "cuMemRelease") &&
+              load(api.mem_map, "cuMemMap") && load(api.mem_unmap, "cuMemUnmap") &&
+              load(api.mem_set_access, "cuMemSetAccess") &&
+              load(api.mem_export_to_shareable_handle, "cuMemExportToShareableHandle") &&
+              load(api.mem_import_from_shareable_handle, "cuMemImportFromShareableHandle") &&
+              load(api.mem_get_handle_for_address_range, "cuMemGetHandleForAddressRange");
     if (ok) {
         api.error.clear();
     }
@@ -470,7 +493,7 @@ owned_fd gpu_memory::export_dmabuf(uint64_t offset, uint64_t length) const {
              _s->a->mem_get_handle_for_address_range(&fd, _s->base + offset, length,
                                                      CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0),
              "cuMemGetHandleForAddressRange(DMA_BUF_FD)");
-    return owned_fd(fd);
+    return cloexec(owned_fd(fd));
 }
 
 std::vector<gpu_chunk> gpu_memory::export_chunks() const {
@@ -483,7 +506,7 @@ std::vector<gpu_chunk> gpu_memory::export_chunks() const {
                  _s->a->mem_export_to_shareable_handle(&fd, c.handle,
                                                        CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
                  "cuMemExportToShareableHandle(POSIX_FILE_DESCRIPTOR)");
-        out.push_back({owned_fd(fd), c.size});
+        out.push_back({cloexec(owned_fd(fd)), c.size});
     }
     return out;
 }
