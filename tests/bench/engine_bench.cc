@@ -436,7 +436,7 @@ void bench_cuda(const std::string& dir) {
     // scratch and makes the first launches (and captures).
     struct gpu_run {
         double prefill = 0, dec = 0, agg = 0;
-        std::string gemm, steps;
+        std::string gemm, steps, graph_failure;
         cuda_graph_stats graphs;
     };
     auto run_gpu = [&](const cuda_model& cm, cuda_context_options co) {
@@ -454,6 +454,7 @@ void bench_cuda(const std::string& dir) {
         r.gemm = ctx.gemm_path();
         r.steps = ctx.graph_path();
         r.graphs = ctx.graph_stats();
+        r.graph_failure = ctx.last_graph_failure();
         return r;
     };
     // One row per type: CPU decode, then the GPU with and without cuBLAS.
@@ -492,11 +493,17 @@ void bench_cuda(const std::string& dir) {
         const gpu_run g = run_gpu(cm, {.max_batch_tokens = 512});
         const gpu_run l = run_gpu(cm, {.max_batch_tokens = 512, .use_graphs = false});
         std::printf("# cuda: %s decode: %s %.1f tok/s, 8 streams %.1f tok/s (%llu of %llu steps "
-                    "replayed); %s %.1f tok/s, 8 streams %.1f tok/s: %.2fx, %.2fx\n",
+                    "replayed, %llu captured, %llu captures failed); %s %.1f tok/s, 8 streams "
+                    "%.1f tok/s: %.2fx, %.2fx\n",
                     type, g.steps.c_str(), g.dec, g.agg,
                     static_cast<unsigned long long>(g.graphs.replayed),
                     static_cast<unsigned long long>(g.graphs.replayed + g.graphs.launched),
-                    l.steps.c_str(), l.dec, l.agg, g.dec / l.dec, g.agg / l.agg);
+                    static_cast<unsigned long long>(g.graphs.captured),
+                    static_cast<unsigned long long>(g.graphs.failed), l.steps.c_str(), l.dec, l.agg,
+                    g.dec / l.dec, g.agg / l.agg);
+        if (g.graphs.failed) {
+            std::printf("# cuda: %s: the last failed capture: %s\n", type, g.graph_failure.c_str());
+        }
     }
 
     // Resume vs re-prefill of a 2k-token conversation on the GPU (Q8_0): a
