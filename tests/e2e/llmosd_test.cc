@@ -417,6 +417,26 @@ TEST_F(llmosd_test, api_keys_are_enforced) {
     EXPECT_EQ(c.Get("/v1/models")->status, 401);
     post(c, "/v1/completions", body, 200, {{"Authorization", "Bearer secret-one"}});
     post(c, "/v1/completions", body, 200, {{"Authorization", "Bearer secret-two"}});
+    post(c, "/v1/completions", body, 200, {{"Authorization", "bearer secret-two"}}); // any case
+    // A body is not read for a client without a key, however it comes
+    // (the server may close while it is written: no SIGPIPE then).
+    std::signal(SIGPIPE, SIG_IGN);
+    auto chunked = c.Post(
+        "/v1/completions",
+        [](size_t, httplib::DataSink& sink) {
+            const std::string part(64 << 10, ' ');
+            for (int i = 0; i < 64 && sink.is_writable(); ++i) {
+                if (!sink.write(part.data(), part.size())) {
+                    break;
+                }
+            }
+            sink.done();
+            return true;
+        },
+        "application/json");
+    if (chunked) { // or the server closed on it while it wrote
+        EXPECT_EQ(chunked->status, 401);
+    }
     EXPECT_EQ(c.Get("/health")->status, 200) << "health needs no key";
 }
 
@@ -532,4 +552,230 @@ TEST_F(llmosd_test, the_activations_option_is_checked_and_served) {
              {{"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 16}, {"temperature", 0}},
              200);
     EXPECT_EQ(r["choices"][0]["text"], hello_continuation());
+}
+
+// A chunked body (no Content-Length) over --max-body: 413, as one with a
+// length gets; the server goes on serving.
+TEST_F(llmosd_test, chunked_bodies_are_held_to_max_body) {
+    server s(_dir, {"--max-body", "4096"});
+    auto c = s.client();
+    std::signal(SIGPIPE, SIG_IGN); // the server may close while the body is written
+    auto send = [&](size_t bytes) {
+        return c.Post(
+            "/v1/completions",
+            [bytes](size_t, httplib::DataSink& sink) {
+                std::string body = json{
+                    {"model", "tiny"},
+                    {"prompt", std::string(bytes, 'a')},
+                    {"max_tokens", 2}}.dump();
+                for (size_t at = 0; at < body.size(); at += 1000) {
+                    if (!sink.write(body.data() + at, std::min<size_t>(1000, body.size() - at))) {
+                        return false;
+                    }
+                }
+                sink.done();
+                return true;
+            },
+            "application/json");
+    };
+    auto small = send(100);
+    ASSERT_TRUE(small);
+    EXPECT_EQ(small->status, 200) << small->body;
+    auto big = send(1 << 20);
+    if (big) { // the server may close before the client has written it all
+        EXPECT_EQ(big->status, 413) << big->body;
+        expect_error(json::parse(big->body), "invalid_request_error", "");
+    }
+    auto again = s.client().Get("/health");
+    ASSERT_TRUE(again);
+    EXPECT_EQ(again->status, 200);
+}
+
+// Bytes and numbers no parser should choke on: 400s and 404s with OpenAI
+// error objects (the bytes that are not UTF-8 quoted as U+FFFD), never a
+// 500 or a crash.
+TEST_F(llmosd_test, hostile_bytes_and_numbers_get_client_errors) {
+    server s(_dir);
+    auto c = s.client();
+    auto check = [&](const httplib::Result& r, int status, const std::string& what) {
+        ASSERT_TRUE(r) << what << ": no answer\n" << s.log();
+        EXPECT_EQ(r->status, status) << what << ": " << r->body;
+        json b = json::parse(r->body, nullptr, false);
+        ASSERT_TRUE(b.is_object()) << what << ": " << r->body;
+        expect_error(b, "invalid_request_error", "");
+    };
+    check(c.Delete("/llmos/v1/models/%FF"), 404, "DELETE of a name that is not UTF-8");
+    check(c.Get("/v1/models/x%C3"), 404, "GET of a name that is not UTF-8");
+    check(c.Post("/llmos/v1/models/%FF/swap", json{{"path", tiny}}.dump(), "application/json"), 404,
+          "swap of a name that is not UTF-8");
+    check(c.Post("/v1/completions", "{\"model\":\"tiny\",\"prompt\":\"\xff\"}", "application/json"),
+          400, "a prompt that is not UTF-8");
+    check(c.Post("/v1/completions", R"({"model":"tiny","prompt":"x","temperature":1e999})",
+                 "application/json"),
+          400, "a number beyond a double");
+    check(c.Post("/v1/completions",
+                 "{\"model\":\"tiny\",\"prompt\":\"x\",\"max_tokens\":" + std::string(5000, '9') +
+                     "}",
+                 "application/json"),
+          400, "an integer of 5000 digits");
+    check(c.Post("/llmos/v1/models", json{{"name", 5}, {"path", tiny}}.dump(), "application/json"),
+          400, "a model name that is a number");
+    check(c.Post("/llmos/v1/models", json{{"name", "x"}, {"path", nullptr}}.dump(),
+                 "application/json"),
+          400, "a model path that is null");
+    check(c.Post("/llmos/v1/models", json{{"name", std::string("a\0b", 3)}, {"path", tiny}}.dump(),
+                 "application/json"),
+          400, "a model name with a NUL");
+    auto stop = post(c, "/v1/completions",
+                     {{"model", "tiny"}, {"prompt", "x"}, {"stop", std::string("f\0z", 3)}}, 400);
+    expect_error(stop, "invalid_request_error", "stop");
+    auto session =
+        post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"session", ""}}, 400);
+    expect_error(session, "invalid_request_error", "session");
+    // Still there, and its one model too.
+    post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
+}
+
+// The metric `name`'s value in `m` (-1 when it is not there).
+double metric(const std::string& m, const std::string& name) {
+    auto at = m.find("\n" + name + " ");
+    return at == std::string::npos ? -1 : std::stod(m.substr(at + name.size() + 2));
+}
+
+// A request past --timeout gets 504, and its worker stops it: the next
+// request is served (a worker that ran on would have kept the only slot).
+TEST_F(llmosd_test, a_request_past_its_timeout_frees_its_worker) {
+    server s(_dir, {"--ctx", "65536", "--timeout", "2", "--slots", "1", "--workers", "1"});
+    auto c = s.client();
+    auto slow = post(
+        c, "/v1/completions",
+        {{"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 60000}, {"temperature", 0}},
+        504);
+    EXPECT_EQ(slow["error"]["code"], "timeout");
+    c.set_read_timeout(20, 0); // a worker that ran on would keep it waiting past its own --timeout
+    post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
+    const std::string m = c.Get("/metrics")->body;
+    EXPECT_EQ(metric(m, "llmosd_requests_timed_out_total"), 1) << m;
+    EXPECT_EQ(metric(m, "llmosd_in_flight"), 0) << m;
+    EXPECT_EQ(metric(m, "llmosd_running"), 0) << m;
+}
+
+// A request whose client goes while it waits for a worker: it leaves the
+// queue and its place among those in flight at once, not at --timeout.
+TEST_F(llmosd_test, a_request_cancelled_while_queued_gives_its_place_back) {
+    server s(_dir, {"--ctx", "4096", "--slots", "1", "--workers", "1"});
+    std::atomic<bool> started{false}, done{false};
+    std::thread busy([&] {
+        auto c2 = s.client();
+        json body = {{"model", "tiny"},
+                     {"prompt", "Hello world"},
+                     {"max_tokens", 4000},
+                     {"temperature", 0},
+                     {"stream", true}};
+        post_streaming(c2, "/v1/completions", body.dump(), [&](const char*, size_t) {
+            started = true;
+            return !done.load();
+        });
+    });
+    while (!started) {
+        std::this_thread::sleep_for(1ms);
+    }
+    auto c = s.client();
+    {
+        auto impatient = s.client();
+        impatient.set_read_timeout(0, 300000); // queued behind the other: gives up
+        auto r = impatient.Post(
+            "/v1/completions",
+            json{{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}, {"temperature", 0}}.dump(),
+            "application/json");
+        EXPECT_FALSE(r) << "served while the only slot was taken?";
+    }
+    std::string m;
+    for (int i = 0; i < 100; ++i) {
+        m = c.Get("/metrics")->body;
+        if (metric(m, "llmosd_in_flight") == 1) {
+            break;
+        }
+        std::this_thread::sleep_for(50ms);
+    }
+    EXPECT_EQ(metric(m, "llmosd_in_flight"), 1) << "the queued request kept its place\n" << m;
+    EXPECT_EQ(metric(m, "llmosd_requests_cancelled_total"), 1) << m;
+    done = true;
+    busy.join();
+}
+
+// SIGTERM with a request that would run for minutes: past --drain-timeout
+// it is cancelled (its stream ends with a "draining" error event) and
+// llmosd exits 0 soon after.
+TEST_F(llmosd_test, sigterm_past_the_drain_timeout_cancels_what_is_in_flight) {
+    server s(_dir, {"--ctx", "65536", "--drain-timeout", "1"});
+    std::atomic<bool> started{false};
+    std::string streamed;
+    std::thread t([&] {
+        auto c2 = s.client();
+        json body = {{"model", "tiny"},
+                     {"prompt", "Hello world"},
+                     {"max_tokens", 60000},
+                     {"temperature", 0},
+                     {"stream", true}};
+        post_streaming(c2, "/v1/completions", body.dump(), [&](const char* d, size_t n) {
+            streamed.append(d, n);
+            started = true;
+            return true;
+        });
+    });
+    while (!started) {
+        std::this_thread::sleep_for(1ms);
+    }
+    const pid_t pid = s.pid;
+    std::atomic<bool> stopped{false};
+    std::thread killer([&] { // a bound on the wait below, should it hang
+        for (int i = 0; i < 600 && !stopped; ++i) {
+            std::this_thread::sleep_for(50ms);
+        }
+        if (!stopped) {
+            ::kill(pid, SIGKILL);
+        }
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    const int st = s.stop();
+    stopped = true;
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    killer.join();
+    t.join();
+    EXPECT_EQ(st, 0) << s.log();
+    EXPECT_LT(took, 1 + 10 + 5) << "--drain-timeout 1, then up to 10 s for the workers";
+    EXPECT_NE(streamed.find("\"draining\""), std::string::npos) << streamed.substr(0, 2000);
+    EXPECT_NE(streamed.find("data: [DONE]"), std::string::npos);
+    EXPECT_NE(s.log().find("still in flight after 1 s: cancelling"), std::string::npos) << s.log();
+}
+
+// Options and key files it cannot use: refused at start with the reason.
+TEST_F(llmosd_test, bad_options_and_key_files_are_refused_with_the_reason) {
+    auto run = [](const std::string& args) {
+        std::string cmd = std::string(llmos::testing::llmosd_bin) + " --backend local --model " +
+                          tiny + " " + args + " 2>&1";
+        FILE* p = ::popen(cmd.c_str(), "r");
+        std::string out;
+        char buf[512];
+        for (size_t n; p && (n = std::fread(buf, 1, sizeof buf, p)) > 0;) {
+            out.append(buf, n);
+        }
+        const int st = p ? ::pclose(p) : -1;
+        return std::make_pair(WIFEXITED(st) ? WEXITSTATUS(st) : -1, out);
+    };
+    auto [st, out] = run("--listen 127.0.0.1:99999");
+    EXPECT_EQ(st, 2);
+    EXPECT_NE(out.find("PORT from 0 to 65535"), std::string::npos) << out;
+    std::tie(st, out) = run("--unix /tmp/" + std::string(120, 'x'));
+    EXPECT_EQ(st, 2);
+    EXPECT_NE(out.find("at most 107 bytes"), std::string::npos) << out;
+    std::filesystem::create_directories(_dir);
+    for (const char* line : {"key notanumber", "key -1", "key 4294967296"}) {
+        std::ofstream(_dir + "/keys") << "# keys\n" << line << "\n";
+        std::tie(st, out) = run("--listen 127.0.0.1:0 --api-key-file " + _dir + "/keys");
+        EXPECT_EQ(st, 1) << line;
+        EXPECT_NE(out.find("line 2: the tenant must be a number"), std::string::npos) << out;
+    }
 }

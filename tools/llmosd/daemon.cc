@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include <optional>
 #include <sched.h>
 #include <span>
+#include <sstream>
 #include <stdexcept>
 #include <unistd.h>
 
@@ -29,6 +31,10 @@ namespace {
 constexpr uint64_t page = 4096;
 uint64_t round_up(uint64_t v) {
     return (v + page - 1) / page * page;
+}
+
+std::chrono::steady_clock::time_point steady_now() {
+    return std::chrono::steady_clock::now();
 }
 
 double now_s() {
@@ -364,14 +370,29 @@ daemon::daemon(options o)
                                      std::strerror(errno));
         }
         std::string line;
-        while (std::getline(in, line)) {
-            if (line.empty() || line[0] == '#') {
+        for (unsigned n = 1; std::getline(in, line); ++n) {
+            // KEY [TENANT], separated by blanks; blank lines and # comments.
+            std::istringstream fields(line);
+            std::string key, tenant_text, extra;
+            fields >> key >> tenant_text >> extra;
+            if (key.empty() || key[0] == '#') {
                 continue;
             }
-            std::string key = line.substr(0, line.find(' '));
+            auto bad = [&](const std::string& why) {
+                return std::runtime_error("the API key file " + _o.api_key_file + ", line " +
+                                          std::to_string(n) + ": " + why);
+            };
             uint32_t tenant = 0;
-            if (auto sp = line.find(' '); sp != std::string::npos) {
-                tenant = static_cast<uint32_t>(std::stoul(line.substr(sp + 1)));
+            if (!tenant_text.empty()) {
+                const char* b = tenant_text.data();
+                const char* e = b + tenant_text.size();
+                if (auto [p, ec] = std::from_chars(b, e, tenant); ec != std::errc() || p != e) {
+                    throw bad("the tenant must be a number from 0 to 4294967295, not '" +
+                              tenant_text + "'");
+                }
+            }
+            if (!extra.empty()) {
+                throw bad("expected KEY [TENANT], found more after the tenant");
             }
             _keys[key] = tenant;
         }
@@ -411,6 +432,9 @@ daemon::daemon(options o)
     po.engine = [this, eo](unsigned) { return std::make_unique<multi_engine>(*this, eo); };
     po.on_output = [this](unsigned, const llmos::descriptor& d) { deliver(d); };
     po.is_cancelled = [this](uint64_t id) {
+        if (_abandon.load()) {
+            return true; // shutting down past --drain-timeout
+        }
         std::lock_guard lk(_streams_m);
         return _cancelled.count(id) != 0;
     };
@@ -458,8 +482,11 @@ std::shared_ptr<model_entry> daemon::open_model(const std::string& name, const s
 }
 
 std::shared_ptr<model_entry> daemon::load_model(const std::string& name, const std::string& path) {
-    if (name.empty() || name.size() > 128 || name.find('/') != std::string::npos) {
-        throw api_error{400, "a model name is 1 to 128 characters without '/'",
+    const bool control = std::any_of(name.begin(), name.end(),
+                                     [](char c) { return static_cast<unsigned char>(c) < 0x20; });
+    if (name.empty() || name.size() > 128 || name.find('/') != std::string::npos || control) {
+        throw api_error{400,
+                        "a model name is 1 to 128 characters, without '/' or control characters",
                         "invalid_request_error", "name", ""};
     }
     {
@@ -557,18 +584,44 @@ std::shared_ptr<stream_queue> daemon::attach(uint64_t id) {
 void daemon::detach(uint64_t id) {
     std::lock_guard lk(_streams_m);
     _streams.erase(id);
-    _cancelled.erase(id);
+    // A cancelled request stays in _cancelled until its worker ends it
+    // (deliver()): its client may be gone long before the worker looks.
+}
+
+void daemon::cancel(llmos::sched_client& client, uint64_t id) {
+    {
+        std::lock_guard lk(_streams_m);
+        // Requests cancelled before any worker took them never end in one:
+        // their marks go after an hour.
+        const auto now = std::chrono::steady_clock::now();
+        std::erase_if(_cancelled, [&](const auto& c) { return now - c.second > 1h; });
+        _cancelled.emplace(id, now);
+    }
+    client.cancel(id);
 }
 
 void daemon::deliver(const llmos::descriptor& d) {
     std::shared_ptr<stream_queue> q;
     {
         std::lock_guard lk(_streams_m);
-        auto& slot = _streams[d.request];
-        if (!slot) {
-            slot = std::make_shared<stream_queue>(); // before its client attached
+        const bool end = d.kind != uint32_t(llmos::output_kind::tokens);
+        auto c = _cancelled.find(d.request);
+        if (c != _cancelled.end()) {
+            if (end) {
+                _cancelled.erase(c); // its worker is done with it
+            }
+            auto it = _streams.find(d.request);
+            if (it == _streams.end()) {
+                return; // its client has gone: nobody reads this
+            }
+            q = it->second;
+        } else {
+            auto& slot = _streams[d.request];
+            if (!slot) {
+                slot = std::make_shared<stream_queue>(); // before its client attached
+            }
+            q = slot;
         }
-        q = slot;
     }
     std::lock_guard lk(q->m);
     q->q.push_back(d);
@@ -580,6 +633,18 @@ void daemon::drain(std::chrono::seconds limit) {
     auto deadline = std::chrono::steady_clock::now() + limit;
     while (_in_flight.load() && std::chrono::steady_clock::now() < deadline) {
         std::this_thread::sleep_for(20ms);
+    }
+    if (const uint32_t left = _in_flight.load()) {
+        // Past the limit: the workers stop what they run, and the clients
+        // of those still in flight get 503 (or an error event).
+        std::fprintf(stderr,
+                     "llmosd: %u request(s) still in flight after %lld s: cancelling them\n", left,
+                     static_cast<long long>(limit.count()));
+        _abandon = true;
+        deadline = std::chrono::steady_clock::now() + abandon_wait;
+        while (_in_flight.load() && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(20ms);
+        }
     }
     if (_pool) {
         _pool->drain();
@@ -801,31 +866,47 @@ outcome daemon::run(const job& j, uint32_t tenant,
     uint64_t seen_end = out_off; // what the client has; a restarted worker repeats it
     outcome out;
     out.prompt_tokens = static_cast<uint32_t>(prompt_tokens.size());
-    bool gone = false, ended = false, first = true;
+    // Why the request was cancelled, if it was.
+    enum class stop { none, client_gone, timeout, shutdown } stopped = stop::none;
+    bool ended = false, first = true;
     int32_t fail_status = 0;
-    auto deadline = std::chrono::steady_clock::now() + _o.request_timeout;
-    auto cancel = [&] {
-        {
-            std::lock_guard lk(_streams_m);
-            _cancelled[*id] = true;
-        }
-        client->cancel(*id);
+    const auto deadline = std::chrono::steady_clock::now() + _o.request_timeout;
+    auto cancelled_at = std::chrono::steady_clock::time_point{};
+    std::optional<llmos::finished_request> fin;
+    auto stop_it = [&](stop why) {
+        stopped = why;
+        cancelled_at = std::chrono::steady_clock::now();
+        cancel(*client, *id);
     };
     while (!ended) {
+        if (stopped == stop::none && _abandon.load()) {
+            stop_it(stop::shutdown); // drain() ran out of time
+        }
         llmos::descriptor d{};
         {
             std::unique_lock lk(q->m);
-            if (!q->cv.wait_until(lk, std::min(deadline, std::chrono::steady_clock::now() + 200ms),
-                                  [&] { return !q->q.empty(); })) {
-                if (std::chrono::steady_clock::now() >= deadline) {
-                    cancel();
-                    detach(*id);
-                    throw api_error{504, "the request took longer than the server's timeout",
-                                    "server_error", "", "timeout"};
+            const auto until = stopped == stop::none ? std::min(deadline, steady_now() + 200ms)
+                                                     : steady_now() + 50ms;
+            if (!q->cv.wait_until(lk, until, [&] { return !q->q.empty(); })) {
+                lk.unlock();
+                if (stopped == stop::none) {
+                    if (steady_now() >= deadline) {
+                        stop_it(stop::timeout);
+                    } else if (!on_piece({})) { // is the client still there?
+                        stop_it(stop::client_gone);
+                    }
                 }
-                if (!gone && !on_piece({})) { // is the client still there?
-                    gone = true;
-                    cancel();
+                if (stopped != stop::none) {
+                    // Cancelled before a worker took it, it is finished at
+                    // once and no worker ends it; one that runs ends in its
+                    // worker (the end descriptor) or is let go here.
+                    if (auto f = client->wait(*id, llmos::wait_for::none())) {
+                        fin = *f;
+                        break;
+                    }
+                    if (steady_now() - cancelled_at > abandon_wait) {
+                        break;
+                    }
                 }
                 continue;
             }
@@ -845,9 +926,8 @@ outcome daemon::run(const job& j, uint32_t tenant,
                 first = false;
                 _metrics.ttft.observe(now_s() - t0);
             }
-            if (!gone && !on_piece(piece)) {
-                gone = true;
-                cancel();
+            if (stopped == stop::none && !on_piece(piece)) {
+                stop_it(stop::client_gone);
             }
         } else {
             ended = true;
@@ -855,13 +935,29 @@ outcome daemon::run(const job& j, uint32_t tenant,
         }
     }
     detach(*id);
-    auto f = client->wait(*id, llmos::wait_for::at_most(10s));
+    auto f = fin ? llmos::result<llmos::finished_request>(*fin)
+                 : client->wait(*id, llmos::wait_for::at_most(10s));
     if (f) {
         _metrics.generated_tokens.fetch_add(f->tokens); // cancelled ones' too
     }
-    if (gone) {
+    if (stopped == stop::none && _abandon.load() && (!f || f->state != LLMOS_REQ_COMPLETED)) {
+        stopped = stop::shutdown; // its worker stopped it first
+    }
+    switch (stopped) {
+    case stop::none:
+        break;
+    case stop::client_gone:
         _metrics.cancelled.fetch_add(1);
         throw api_error{499, "the client went away", "invalid_request_error", "", "cancelled"};
+    case stop::timeout:
+        _metrics.timed_out.fetch_add(1);
+        throw api_error{504,
+                        "the request took longer than the server's timeout (" +
+                            std::to_string(_o.request_timeout.count()) + " s)",
+                        "server_error", "", "timeout"};
+    case stop::shutdown:
+        _metrics.cancelled.fetch_add(1);
+        throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
     }
     if (!f || fail_status || f->state != LLMOS_REQ_COMPLETED) {
         int32_t st = f ? f->status : 0;
@@ -935,6 +1031,8 @@ std::string daemon::prometheus() const {
             _metrics.cancelled.load());
     counter("llmosd_requests_failed_total", "requests that failed in a worker",
             _metrics.server_errors.load());
+    counter("llmosd_requests_timed_out_total", "requests cancelled at --timeout (504)",
+            _metrics.timed_out.load());
     counter("llmosd_prompt_tokens_total", "prompt tokens", _metrics.prompt_tokens.load());
     counter("llmosd_generated_tokens_total", "generated tokens", _metrics.generated_tokens.load());
     gauge("llmosd_in_flight", "requests in flight", _in_flight.load());

@@ -83,7 +83,7 @@ struct histogram {
 
 struct metrics {
     std::atomic<uint64_t> requests{0}, ok{0}, client_errors{0}, server_errors{0}, rejected{0},
-        cancelled{0};
+        cancelled{0}, timed_out{0};
     std::atomic<uint64_t> prompt_tokens{0}, generated_tokens{0};
     // The GPU engines' CUDA graphs, all workers together.
     std::atomic<uint64_t> graph_replays{0}, graph_captures{0}, graph_capture_failures{0};
@@ -103,6 +103,10 @@ struct outcome {
     uint32_t prompt_tokens = 0, completion_tokens = 0;
     std::string finish_reason; ///< "stop" or "length"
 };
+
+/// How long a cancelled request's client waits for its worker to stop it
+/// (and drain() for the requests it cancelled).
+inline constexpr std::chrono::seconds abandon_wait{10};
 
 class daemon {
 public:
@@ -153,8 +157,9 @@ public:
     void unload_model(const std::string& name);
     std::shared_ptr<model_entry> model_by_id(uint32_t id) const;
 
-    /// New requests get 503; returns when none is in flight (or after
-    /// `limit`), then stops the workers.
+    /// New requests get 503; returns when none is in flight, then stops
+    /// the workers. Requests still in flight after `limit` are cancelled
+    /// (their clients get 503), and waited for abandon_wait longer.
     void drain(std::chrono::seconds limit);
     bool draining() const noexcept { return _draining.load(); }
 
@@ -174,6 +179,8 @@ private:
     std::shared_ptr<model_entry> open_model(const std::string& name, const std::string& path);
     std::shared_ptr<stream_queue> attach(uint64_t id);
     void detach(uint64_t id);
+    /// Cancels `id` in the scheduler, and marks it for its worker.
+    void cancel(llmos::sched_client& client, uint64_t id);
     void deliver(const llmos::descriptor& d);
 
     void choose_engine();
@@ -199,13 +206,15 @@ private:
     std::unique_ptr<llmos::worker_pool> _pool;
     std::mutex _streams_m; // _streams, _cancelled
     std::unordered_map<uint64_t, std::shared_ptr<stream_queue>> _streams;
-    std::unordered_map<uint64_t, bool> _cancelled;
+    /// Requests cancelled that a worker may still run, and when.
+    std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> _cancelled;
     std::mutex _sessions_m;
     std::map<std::string, std::shared_ptr<std::mutex>> _session_locks;
     std::map<std::string, uint32_t> _keys;
     std::atomic<uint32_t> _in_flight{0};
     std::atomic<uint64_t> _req_seq{0};
     std::atomic<bool> _draining{false};
+    std::atomic<bool> _abandon{false}; ///< drain() past its limit: every request is cancelled
     metrics _metrics;
 };
 

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "http.hh"
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdlib>
 #include <dirent.h>
@@ -37,7 +39,7 @@ void send_error(httplib::Response& res, const api_error& e) {
     if (e.status == 429) {
         res.set_header("Retry-After", "1");
     }
-    res.set_content(error_body(e).dump(), "application/json");
+    res.set_content(to_text(error_body(e)), "application/json");
 }
 
 json usage_of(const outcome& o) {
@@ -162,7 +164,7 @@ http_server::http_server(daemon& d)
         default:
             e.message = "bad request";
         }
-        res.set_content(error_body(e).dump(), "application/json");
+        res.set_content(to_text(error_body(e)), "application/json");
     });
     _svr.set_exception_handler(
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
@@ -184,7 +186,7 @@ http_server::http_server(daemon& d)
             res.set_content(R"({"status":"draining"})", "application/json");
             return;
         }
-        res.set_content(json{{"status", "ok"}, {"models", _d.models().size()}}.dump(),
+        res.set_content(to_text(json{{"status", "ok"}, {"models", _d.models().size()}}),
                         "application/json");
     });
     _svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
@@ -201,7 +203,7 @@ http_server::http_server(daemon& d)
                             {"created", m->created},
                             {"owned_by", "llmos"}});
         }
-        res.set_content(json{{"object", "list"}, {"data", data}}.dump(), "application/json");
+        res.set_content(to_text(json{{"object", "list"}, {"data", data}}), "application/json");
     });
     _svr.Get(R"(/v1/models/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
         if (!authorize(req, res)) {
@@ -213,19 +215,20 @@ http_server::http_server(daemon& d)
                              "invalid_request_error", "model", "model_not_found"});
             return;
         }
-        res.set_content(json{{"id", m->name},
-                             {"object", "model"},
-                             {"created", m->created},
-                             {"owned_by", "llmos"}}
-                            .dump(),
+        res.set_content(to_text(json{{"id", m->name},
+                                     {"object", "model"},
+                                     {"created", m->created},
+                                     {"owned_by", "llmos"}}),
                         "application/json");
     });
-    _svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-        generate(req, res, false);
-    });
-    _svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-        generate(req, res, true);
-    });
+    // The POSTs read their bodies themselves: the API key is checked first,
+    // and --max-body holds for chunked bodies too.
+    _svr.Post("/v1/completions",
+              [this](const httplib::Request& req, httplib::Response& res,
+                     const httplib::ContentReader& body) { generate(req, res, body, false); });
+    _svr.Post("/v1/chat/completions",
+              [this](const httplib::Request& req, httplib::Response& res,
+                     const httplib::ContentReader& body) { generate(req, res, body, true); });
 
     // llmos administration (llmosctl model ...).
     _svr.Get("/llmos/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
@@ -236,34 +239,39 @@ http_server::http_server(daemon& d)
         for (auto& m : _d.models()) {
             data.push_back(describe(*m));
         }
-        res.set_content(json{{"models", data}}.dump(), "application/json");
+        res.set_content(to_text(json{{"models", data}}), "application/json");
     });
-    _svr.Post("/llmos/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
-        if (!authorize(req, res)) {
+    _svr.Post("/llmos/v1/models", [this](const httplib::Request& req, httplib::Response& res,
+                                         const httplib::ContentReader& reader) {
+        std::string body;
+        if (!authorize(req, res) || !read_body(reader, res, body)) {
             return;
         }
-        auto [name, path] = name_and_path(req.body, true);
+        auto [name, path] = name_and_path(body, true);
         auto m = _d.load_model(name, path);
         res.status = 201;
-        res.set_content(describe(*m).dump(), "application/json");
+        res.set_content(to_text(describe(*m)), "application/json");
     });
     _svr.Post(R"(/llmos/v1/models/([^/]+)/swap)",
-              [this](const httplib::Request& req, httplib::Response& res) {
-                  if (!authorize(req, res)) {
+              [this](const httplib::Request& req, httplib::Response& res,
+                     const httplib::ContentReader& reader) {
+                  std::string body;
+                  if (!authorize(req, res) || !read_body(reader, res, body)) {
                       return;
                   }
-                  auto [name, path] = name_and_path(req.body, false);
+                  auto [name, path] = name_and_path(body, false);
                   auto m = _d.swap_model(req.matches[1], path);
-                  res.set_content(describe(*m).dump(), "application/json");
+                  res.set_content(to_text(describe(*m)), "application/json");
               });
-    _svr.Delete(R"(/llmos/v1/models/([^/]+))", [this](const httplib::Request& req,
-                                                      httplib::Response& res) {
-        if (!authorize(req, res)) {
-            return;
-        }
-        _d.unload_model(req.matches[1]);
-        res.set_content(json{{"unloaded", std::string(req.matches[1])}}.dump(), "application/json");
-    });
+    _svr.Delete(R"(/llmos/v1/models/([^/]+))",
+                [this](const httplib::Request& req, httplib::Response& res) {
+                    if (!authorize(req, res)) {
+                        return;
+                    }
+                    _d.unload_model(req.matches[1]);
+                    res.set_content(to_text(json{{"unloaded", std::string(req.matches[1])}}),
+                                    "application/json");
+                });
 }
 
 json http_server::describe(const model_entry& m) const {
@@ -299,6 +307,12 @@ std::pair<std::string, std::string> http_server::name_and_path(const std::string
     if (!o.is_object()) {
         throw api_error{400, "the body must be a JSON object", "invalid_request_error", "", ""};
     }
+    for (const char* key : {"name", "path"}) {
+        if (o.contains(key) && !o[key].is_string()) {
+            throw api_error{400, std::string("'") + key + "' must be a string",
+                            "invalid_request_error", key, ""};
+        }
+    }
     std::string name = o.value("name", ""), path = o.value("path", "");
     if ((need_name && name.empty()) || path.empty()) {
         throw api_error{400, need_name ? "'name' and 'path' are required" : "'path' is required",
@@ -313,8 +327,13 @@ bool http_server::authorize(const httplib::Request& req, httplib::Response& res,
         return true;
     }
     std::string auth = req.get_header_value("Authorization");
-    const std::string bearer = "Bearer ";
-    if (auth.starts_with(bearer)) {
+    // The scheme's name is case-insensitive (RFC 9110).
+    const std::string bearer = "bearer ";
+    const bool is_bearer =
+        auth.size() > bearer.size() &&
+        std::equal(bearer.begin(), bearer.end(), auth.begin(),
+                   [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); });
+    if (is_bearer) {
         auto it = keys.find(auth.substr(bearer.size()));
         if (it != keys.end()) {
             if (tenant) {
@@ -327,17 +346,52 @@ bool http_server::authorize(const httplib::Request& req, httplib::Response& res,
                      auth.empty() ? "an API key is required (Authorization: Bearer KEY)"
                                   : "the API key is not valid",
                      "invalid_request_error", "", "invalid_api_key"});
+    res.set_header("Connection", "close"); // its body, if any, is not read
     return false;
 }
 
-void http_server::generate(const httplib::Request& req, httplib::Response& res, bool chat) {
+bool http_server::read_body(const httplib::ContentReader& reader, httplib::Response& res,
+                            std::string& out) {
+    const size_t max = _d.opts().max_body;
+    bool too_large = false;
+    const bool read = reader([&](const char* data, size_t len) {
+        if (len > max - std::min(max, out.size())) {
+            too_large = true;
+            return false;
+        }
+        out.append(data, len);
+        return true;
+    });
+    if (read && !too_large) {
+        return true;
+    }
+    // The rest of the body is not read: the connection goes.
+    res.set_header("Connection", "close");
+    if (too_large || res.status == 413) {
+        send_error(res, {413,
+                         "the request body is larger than this server accepts (" +
+                             std::to_string(max) + " bytes)",
+                         "invalid_request_error", "", "payload_too_large"});
+    } else {
+        send_error(res,
+                   {400, "the request body could not be read", "invalid_request_error", "", ""});
+    }
+    return false;
+}
+
+void http_server::generate(const httplib::Request& req, httplib::Response& res,
+                           const httplib::ContentReader& reader, bool chat) {
     uint32_t key_tenant = 0;
-    if (!authorize(req, res, &key_tenant)) {
+    std::string body;
+    if (!authorize(req, res, &key_tenant) || !read_body(reader, res, body)) {
+        if (res.status == 413 || res.status == 400) {
+            _d.stats().client_errors.fetch_add(1);
+        }
         return;
     }
     job j;
     try {
-        j = parse_job(req.body, chat);
+        j = parse_job(body, chat);
     } catch (const api_error& e) {
         _d.stats().client_errors.fetch_add(1);
         send_error(res, e);
@@ -394,13 +448,12 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res, 
             choice["text"] = o.text;
             choice["logprobs"] = nullptr;
         }
-        res.set_content(json{{"id", id},
-                             {"object", chat ? "chat.completion" : "text_completion"},
-                             {"created", created},
-                             {"model", j.model},
-                             {"choices", json::array({choice})},
-                             {"usage", usage_of(o)}}
-                            .dump(),
+        res.set_content(to_text(json{{"id", id},
+                                     {"object", chat ? "chat.completion" : "text_completion"},
+                                     {"created", created},
+                                     {"model", j.model},
+                                     {"choices", json::array({choice})},
+                                     {"usage", usage_of(o)}}),
                         "application/json");
         return;
     }
@@ -411,7 +464,7 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res, 
     res.set_chunked_content_provider(
         "text/event-stream", [this, j, tenant, id, created, adm](size_t, httplib::DataSink& sink) {
             auto event = [&](const json& v) {
-                std::string s = "data: " + v.dump() + "\n\n";
+                std::string s = "data: " + to_text(v) + "\n\n";
                 return sink.write(s.data(), s.size());
             };
             bool alive = true;

@@ -24,7 +24,11 @@ public:
     void stop();
 
 private:
-    void generate(const httplib::Request& req, httplib::Response& res, bool chat);
+    void generate(const httplib::Request& req, httplib::Response& res,
+                  const httplib::ContentReader& body, bool chat);
+    /// The request's body, read up to --max-body (chunked or not): false
+    /// after answering 413 when it is larger.
+    bool read_body(const httplib::ContentReader& reader, httplib::Response& res, std::string& out);
     bool authorize(const httplib::Request& req, httplib::Response& res, uint32_t* tenant = nullptr);
     nlohmann::json describe(const model_entry& m) const;
     static std::pair<std::string, std::string> name_and_path(const std::string& body,

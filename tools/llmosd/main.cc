@@ -13,9 +13,13 @@
 #include "http.hh"
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
+#include <charconv>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <sys/un.h>
 #include <thread>
 
 namespace {
@@ -95,12 +99,19 @@ int main(int argc, char** argv) {
     int port = 8080;
     if (auto c = listen.rfind(':'); c != std::string::npos) {
         host = listen.substr(0, c);
-        try {
-            port = std::stoi(listen.substr(c + 1));
-        } catch (...) {
-            std::fprintf(stderr, "llmosd: --listen %s: expected HOST:PORT\n", listen.c_str());
+        const std::string p = listen.substr(c + 1);
+        const auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), port);
+        if (p.empty() || ec != std::errc() || end != p.data() + p.size() || port < 0 ||
+            port > 65535) {
+            std::fprintf(stderr, "llmosd: --listen %s: expected HOST:PORT, PORT from 0 to 65535\n",
+                         listen.c_str());
             return 2;
         }
+    }
+    if (unix_path.size() >= sizeof(sockaddr_un::sun_path)) {
+        std::fprintf(stderr, "llmosd: --unix %s: a unix socket's path has at most %zu bytes\n",
+                     unix_path.c_str(), sizeof(sockaddr_un::sun_path) - 1);
+        return 2;
     }
     std::unique_ptr<llmosd::daemon> d;
     try {
@@ -117,8 +128,10 @@ int main(int argc, char** argv) {
         while (!g_signal.load()) {
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
-        std::fprintf(stderr, "llmosd: signal %d: draining (up to %u s)\n", g_signal.load(),
-                     drain_s);
+        if (g_signal.load() > 0) {
+            std::fprintf(stderr, "llmosd: signal %d: draining (up to %u s)\n", g_signal.load(),
+                         drain_s);
+        }
         d->drain(std::chrono::seconds(drain_s));
         http.stop();
     });
@@ -129,11 +142,16 @@ int main(int argc, char** argv) {
                      d->models().size(), unix_path.c_str(), llmos::to_string(d->dev().kind()),
                      d->engine_description().c_str());
         ok = http.listen_unix(unix_path);
+        if (!ok && !g_signal.load()) {
+            std::fprintf(stderr, "llmosd: cannot listen on unix:%s: %s\n", unix_path.c_str(),
+                         std::strerror(errno));
+        }
     } else {
         int bound = http.bind_port(host, port);
         if (bound < 0) {
-            std::fprintf(stderr, "llmosd: cannot listen on %s\n", listen.c_str());
-            g_signal = SIGTERM;
+            std::fprintf(stderr, "llmosd: cannot listen on %s: %s\n", listen.c_str(),
+                         std::strerror(errno));
+            g_signal = -1; // no signal: the watcher stops without a word
             watcher.join();
             return 1;
         }
@@ -150,7 +168,7 @@ int main(int argc, char** argv) {
         ok = http.serve();
     }
     if (!g_signal.load()) {
-        g_signal = SIGTERM; // the server stopped by itself
+        g_signal = -1; // the server stopped by itself
     }
     watcher.join();
     std::fprintf(stderr, "llmosd: stopped\n");

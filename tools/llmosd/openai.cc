@@ -14,6 +14,10 @@ json error_body(const api_error& e) {
     return {{"error", err}};
 }
 
+std::string to_text(const json& v) {
+    return v.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 bool valid_session_name(const std::string& s) {
     if (s.empty() || s.size() > 48) {
         return false;
@@ -124,7 +128,8 @@ job parse_job(const std::string& body, bool chat) {
     json o;
     try {
         o = json::parse(body);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
+        // Syntax, bytes that are not UTF-8, numbers beyond a double's range.
         throw api_error{400, std::string("the body is not valid JSON: ") + e.what(),
                         "invalid_request_error", "", ""};
     }
@@ -154,8 +159,8 @@ job parse_job(const std::string& body, bool chat) {
             }
             std::string r = role->get<std::string>();
             if (r != "system" && r != "user" && r != "assistant" && r != "developer") {
-                bad(at + ".role",
-                    "'" + at + ".role' must be system, user or assistant, got '" + r + "'");
+                bad(at + ".role", "'" + at + ".role' must be system, developer, user or " +
+                                      "assistant, got '" + r + "'");
             }
             const json* content = field(msg, "content");
             std::string text;
@@ -229,6 +234,9 @@ job parse_job(const std::string& body, bool chat) {
             if (s2.empty() || s2.size() > 512) {
                 bad("stop", "each stop string must have 1 to 512 bytes");
             }
+            if (s2.find('\0') != std::string::npos) {
+                bad("stop", "a stop string cannot hold a NUL character (\\u0000)");
+            }
         }
     }
     j.stream = boolean(o, "stream", false);
@@ -247,7 +255,7 @@ job parse_job(const std::string& body, bool chat) {
     }
     j.deadline_ms = static_cast<uint64_t>(integer(o, "deadline_ms", 0, 86400000, 0));
     j.session = string(o, "session", false);
-    if (!j.session.empty() && !valid_session_name(j.session)) {
+    if (field(o, "session") && !valid_session_name(j.session)) {
         bad("session", "'session' must be 1 to 48 characters of [A-Za-z0-9._-]");
     }
     j.user = string(o, "user", false);

@@ -23,6 +23,11 @@ struct api_error {
 
 nlohmann::json error_body(const api_error& e);
 
+/// `v` as JSON text. Bytes that are not UTF-8 (a client's, quoted in an
+/// error message; a model's, in its output) become U+FFFD instead of
+/// making the serializer throw.
+std::string to_text(const nlohmann::json& v);
+
 struct chat_message {
     std::string role, content;
 };
