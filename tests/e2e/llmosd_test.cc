@@ -308,6 +308,17 @@ TEST_F(llmosd_test, bad_requests_get_openai_errors_with_the_right_status) {
     auto cb = big.client();
     auto j = post(cb, "/v1/completions", {{"model", "tiny"}, {"prompt", long_prompt}}, 400);
     EXPECT_EQ(j["error"]["code"], "context_length_exceeded");
+    // A stream too: the status, not 200 and an error event.
+    j = post(cb, "/v1/completions", {{"model", "tiny"}, {"prompt", long_prompt}, {"stream", true}},
+             400);
+    EXPECT_EQ(j["error"]["code"], "context_length_exceeded");
+    j = post(cb, "/v1/chat/completions",
+             {{"model", "tiny"},
+              {"messages", {{{"role", "user"}, {"content", long_prompt}}}},
+              {"stream", true}},
+             400);
+    EXPECT_EQ(j["error"]["code"], "context_length_exceeded");
+    post(cb, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
 }
 
 TEST_F(llmosd_test, a_session_keeps_its_conversation_across_a_restart) {

@@ -685,6 +685,19 @@ outcome daemon::run(const job& j, uint32_t tenant,
 
 outcome daemon::run(const job& j, uint32_t tenant,
                     const std::function<bool(std::string_view)>& on_piece, admission a) {
+    auto s = submit(j, tenant, std::move(a));
+    return finish(*s, on_piece);
+}
+
+daemon::submitted::~submitted() {
+    if (!finished && client) {
+        // Never streamed (its client went before): nobody waits for it.
+        d->cancel(*client, id);
+        d->detach(id);
+    }
+}
+
+std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant, admission a) {
     const double t0 = now_s();
     std::shared_ptr<model_entry> m = a.model();
 
@@ -861,11 +874,39 @@ outcome daemon::run(const job& j, uint32_t tenant,
     }
     _metrics.requests.fetch_add(1);
     _metrics.prompt_tokens.fetch_add(prompt_tokens.size());
-    auto q = attach(*id);
-    const uint64_t out_off = llmos::output_offset(req_off, req.size());
+    auto s = std::make_shared<submitted>(this, j, std::move(a));
+    s->t0 = t0;
+    s->session_lock = std::move(session_lock);
+    s->session_hold = std::move(session_hold);
+    s->ms = std::move(ms);
+    s->map = std::move(map);
+    s->conv = std::move(conv);
+    s->text = std::move(text);
+    s->n_prompt = static_cast<uint32_t>(prompt_tokens.size());
+    s->max_tokens = max_tokens;
+    s->kv_bytes = kv_bytes;
+    s->req_off = req_off;
+    s->req_size = req.size();
+    s->id = *id;
+    s->q = attach(*id);
+    s->client.emplace(std::move(*client));
+    return s;
+}
+
+outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>& on_piece) {
+    s.finished = true; // whatever happens below, it ends here
+    const job& j = s.j;
+    const double t0 = s.t0;
+    auto& map = s.map;
+    auto& client = s.client;
+    const uint64_t id = s.id;
+    const uint64_t req_off = s.req_off;
+    const uint32_t max_tokens = s.max_tokens;
+    auto& q = s.q;
+    const uint64_t out_off = llmos::output_offset(req_off, s.req_size);
     uint64_t seen_end = out_off; // what the client has; a restarted worker repeats it
     outcome out;
-    out.prompt_tokens = static_cast<uint32_t>(prompt_tokens.size());
+    out.prompt_tokens = s.n_prompt;
     // Why the request was cancelled, if it was.
     enum class stop { none, client_gone, timeout, shutdown } stopped = stop::none;
     bool ended = false, first = true;
@@ -876,7 +917,7 @@ outcome daemon::run(const job& j, uint32_t tenant,
     auto stop_it = [&](stop why) {
         stopped = why;
         cancelled_at = std::chrono::steady_clock::now();
-        cancel(*client, *id);
+        cancel(*client, id);
     };
     while (!ended) {
         if (stopped == stop::none && _abandon.load()) {
@@ -900,7 +941,7 @@ outcome daemon::run(const job& j, uint32_t tenant,
                     // Cancelled before a worker took it, it is finished at
                     // once and no worker ends it; one that runs ends in its
                     // worker (the end descriptor) or is let go here.
-                    if (auto f = client->wait(*id, llmos::wait_for::none())) {
+                    if (auto f = client->wait(id, llmos::wait_for::none())) {
                         fin = *f;
                         break;
                     }
@@ -934,9 +975,9 @@ outcome daemon::run(const job& j, uint32_t tenant,
             fail_status = d.kind == uint32_t(llmos::output_kind::failed) ? -1 : 0;
         }
     }
-    detach(*id);
+    detach(id);
     auto f = fin ? llmos::result<llmos::finished_request>(*fin)
-                 : client->wait(*id, llmos::wait_for::at_most(10s));
+                 : client->wait(id, llmos::wait_for::at_most(10s));
     if (f) {
         _metrics.generated_tokens.fetch_add(f->tokens); // cancelled ones' too
     }
@@ -988,13 +1029,13 @@ outcome daemon::run(const job& j, uint32_t tenant,
         std::string keep;
         if (j.chat) {
             json c = json::array();
-            for (auto& msg : conv) {
+            for (auto& msg : s.conv) {
                 c.push_back({{"role", msg.role}, {"content", msg.content}});
             }
             c.push_back({{"role", "assistant"}, {"content", out.text}});
             keep = c.dump();
         } else {
-            keep = text + out.text;
+            keep = s.text + out.text;
         }
         if (keep.size() <= session_text_cap) {
             std::memcpy(map->data() + session_text_off, keep.data(), keep.size());
@@ -1004,7 +1045,7 @@ outcome daemon::run(const job& j, uint32_t tenant,
             std::snprintf(sh.model, sizeof(sh.model), "%s", j.model.c_str());
             sh.text_len = keep.size();
             sh.kv_off = session_req_off + session_req_cap;
-            sh.kv_len = kv_bytes;
+            sh.kv_len = s.kv_bytes;
             std::memcpy(map->data(), &sh, sizeof(sh));
         }
     }

@@ -13,6 +13,7 @@
 #include <deque>
 #include <functional>
 #include <llmos/device.hh>
+#include <llmos/engine/chat.hh>
 #include <llmos/engine/cuda.hh>
 #include <llmos/engine/gguf.hh>
 #include <llmos/engine/model.hh>
@@ -25,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -138,7 +140,39 @@ public:
     /// Takes a place for `j` before anything is sent to its client:
     /// api_error 503 (draining), 404 (no such model), 429 (full).
     admission admit(const job& j);
-    /// run() on an admission taken before.
+    /// A job submitted to the scheduler and not yet streamed to its end
+    /// (finish()); one that never is is cancelled when it goes.
+    struct submitted {
+        daemon* d;
+        job j;
+        admission a;
+        double t0 = 0;
+        std::shared_ptr<std::mutex> session_lock;
+        std::unique_lock<std::mutex> session_hold; ///< its session's: one request at a time
+        std::optional<llmos::mindspace> ms;        ///< the request, its output, a session's cache
+        std::optional<llmos::mapping> map;
+        std::vector<llmos::engine::chat_message> conv; ///< a chat: the conversation run
+        std::string text;                              ///< the text run
+        uint32_t n_prompt = 0, max_tokens = 0;
+        uint64_t kv_bytes = 0, req_off = 0, req_size = 0, id = 0;
+        std::shared_ptr<stream_queue> q;
+        std::optional<llmos::sched_client> client;
+        bool finished = false;
+        submitted(daemon* dd, job jj, admission aa)
+            : d(dd)
+            , j(std::move(jj))
+            , a(std::move(aa)) {}
+        submitted(const submitted&) = delete;
+        submitted& operator=(const submitted&) = delete;
+        ~submitted();
+    };
+    /// Checks `j`, renders its text and submits it, on an admission taken
+    /// before: api_error (a 400 for a prompt too long, ...) before anything
+    /// is sent to its client.
+    std::shared_ptr<submitted> submit(const job& j, uint32_t tenant, admission a);
+    /// Streams a submitted job to its end: `on_piece` as in run().
+    outcome finish(submitted& s, const std::function<bool(std::string_view)>& on_piece);
+    /// submit() and finish() on an admission taken before.
     outcome run(const job& j, uint32_t tenant,
                 const std::function<bool(std::string_view)>& on_piece, admission a);
     outcome run(const job& j, uint32_t tenant,

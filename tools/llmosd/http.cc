@@ -458,11 +458,19 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res,
         return;
     }
     // Server-sent events: one chunk per piece, then the finish, the usage
-    // if asked, and [DONE]. Errors after the stream began go as an error
-    // event (the status line is gone by then).
+    // if asked, and [DONE]. The job is submitted first, so that what is
+    // wrong with it gets its status; errors after the stream began go as
+    // an error event (the status line is gone by then).
+    std::shared_ptr<daemon::submitted> sub;
+    try {
+        sub = _d.submit(j, tenant, std::move(*adm));
+    } catch (const api_error& e) {
+        send_error(res, e);
+        return;
+    }
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
-        "text/event-stream", [this, j, tenant, id, created, adm](size_t, httplib::DataSink& sink) {
+        "text/event-stream", [this, j, id, created, sub](size_t, httplib::DataSink& sink) {
             auto event = [&](const json& v) {
                 std::string s = "data: " + to_text(v) + "\n\n";
                 return sink.write(s.data(), s.size());
@@ -474,23 +482,20 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res,
                 alive = event(first);
             }
             try {
-                if (!adm->model()) {
+                if (sub->finished) {
                     return false; // the provider ran once already
                 }
-                auto o = _d.run(
-                    j, tenant,
-                    [&](std::string_view piece) {
-                        if (!alive) {
-                            return false;
-                        }
-                        if (piece.empty()) {
-                            alive = sink.is_writable();
-                            return alive;
-                        }
-                        alive = event(chunk(id, created, j, std::string(piece), nullptr));
+                auto o = _d.finish(*sub, [&](std::string_view piece) {
+                    if (!alive) {
+                        return false;
+                    }
+                    if (piece.empty()) {
+                        alive = sink.is_writable();
                         return alive;
-                    },
-                    std::move(*adm));
+                    }
+                    alive = event(chunk(id, created, j, std::string(piece), nullptr));
+                    return alive;
+                });
                 json fin = chunk(id, created, j, "", o.finish_reason.c_str());
                 if (j.include_usage) {
                     fin["usage"] = nullptr;
