@@ -411,6 +411,7 @@ TEST_F(llmosd_test, overload_gets_429_with_retry_after) {
     ASSERT_TRUE(r);
     EXPECT_EQ(r->status, 429);
     EXPECT_EQ(r->get_header_value("Retry-After"), "1");
+    EXPECT_EQ(r->get_header_value("Connection"), "close") << "a refused client keeps a thread";
     expect_error(json::parse(r->body), "rate_limit_error", "");
     checked = true;
     slow.join();

@@ -39,6 +39,11 @@ void send_error(httplib::Response& res, const api_error& e) {
     if (e.status == 429) {
         res.set_header("Retry-After", "1");
     }
+    if (e.status == 429 || e.status == 503) {
+        // A refused client's connection goes: it would hold one of the
+        // threads that serve the requests in flight until keep-alive ends.
+        res.set_header("Connection", "close");
+    }
     res.set_content(to_text(error_body(e)), "application/json");
 }
 
@@ -135,10 +140,11 @@ bool peer_still_there(int fd) {
 http_server::http_server(daemon& d)
     : _d(d) {
     _svr.set_payload_max_length(d.opts().max_body);
-    // A thread per request in flight (and a few for health, metrics and
-    // refusals): httplib's default of max(8, CPUs - 1) would make requests
-    // beyond it wait for a thread instead of getting a 429.
-    const size_t threads = d.opts().max_queue + 8;
+    // A thread per request in flight, and 32 for health, metrics and
+    // refusals (whose connections close): httplib's default of max(8,
+    // CPUs - 1) would make requests beyond it wait for a thread instead
+    // of getting a 429, and /health wait behind a flood.
+    const size_t threads = d.opts().max_queue + 32;
     _svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     _svr.set_read_timeout(30, 0);
     _svr.set_write_timeout(30, 0);
