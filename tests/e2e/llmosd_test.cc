@@ -666,8 +666,25 @@ TEST_F(llmosd_test, a_request_past_its_timeout_frees_its_worker) {
     EXPECT_EQ(slow["error"]["code"], "timeout");
     c.set_read_timeout(20, 0); // a worker that ran on would keep it waiting past its own --timeout
     post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
+    // A stream that never pauses is held to it as well: its last event
+    // says so.
+    std::string streamed;
+    auto sc = s.client();
+    post_streaming(sc, "/v1/completions",
+                   json{{"model", "tiny"},
+                        {"prompt", "Hello world"},
+                        {"max_tokens", 60000},
+                        {"temperature", 0},
+                        {"stream", true}}
+                       .dump(),
+                   [&](const char* d, size_t n) {
+                       streamed.append(d, n);
+                       return true;
+                   });
+    EXPECT_NE(streamed.find("\"code\":\"timeout\""), std::string::npos)
+        << streamed.substr(std::max<size_t>(streamed.size(), 500) - 500);
     const std::string m = c.Get("/metrics")->body;
-    EXPECT_EQ(metric(m, "llmosd_requests_timed_out_total"), 1) << m;
+    EXPECT_EQ(metric(m, "llmosd_requests_timed_out_total"), 2) << m;
     EXPECT_EQ(metric(m, "llmosd_in_flight"), 0) << m;
     EXPECT_EQ(metric(m, "llmosd_running"), 0) << m;
 }

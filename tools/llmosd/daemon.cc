@@ -920,8 +920,11 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
         cancel(*client, id);
     };
     while (!ended) {
+        // Checked at every turn: a stream that never pauses has no idle turns.
         if (stopped == stop::none && _abandon.load()) {
             stop_it(stop::shutdown); // drain() ran out of time
+        } else if (stopped == stop::none && steady_now() >= deadline) {
+            stop_it(stop::timeout);
         }
         llmos::descriptor d{};
         {
@@ -930,12 +933,8 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                                                      : steady_now() + 50ms;
             if (!q->cv.wait_until(lk, until, [&] { return !q->q.empty(); })) {
                 lk.unlock();
-                if (stopped == stop::none) {
-                    if (steady_now() >= deadline) {
-                        stop_it(stop::timeout);
-                    } else if (!on_piece({})) { // is the client still there?
-                        stop_it(stop::client_gone);
-                    }
+                if (stopped == stop::none && !on_piece({})) { // is the client still there?
+                    stop_it(stop::client_gone);
                 }
                 if (stopped != stop::none) {
                     // Cancelled before a worker took it, it is finished at
