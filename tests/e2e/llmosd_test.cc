@@ -75,6 +75,48 @@ httplib::Result post_streaming(httplib::Client& c, const std::string& path, cons
     return c.send(req);
 }
 
+// A long greedy stream (no early EOS) on a client and thread of its own,
+// begun when the constructor returns: it holds its place until release()
+// (or its server's end), then hangs up. body() is what it got.
+class held_stream {
+public:
+    explicit held_stream(server& s, int max_tokens = 4000)
+        : _t([this, &s, max_tokens] {
+            auto c = s.client();
+            json body = {{"model", "tiny"},
+                         {"prompt", "Hello world"},
+                         {"max_tokens", max_tokens},
+                         {"temperature", 0},
+                         {"stream", true}};
+            post_streaming(c, "/v1/completions", body.dump(), [this](const char* d, size_t n) {
+                _body.append(d, n);
+                _started = true;
+                return !_done.load();
+            });
+            _started = true; // or it never began: nobody waits
+        }) {
+        while (!_started) {
+            std::this_thread::sleep_for(1ms);
+        }
+    }
+    held_stream(const held_stream&) = delete;
+    held_stream& operator=(const held_stream&) = delete;
+    ~held_stream() { release(); }
+    void release() {
+        _done = true;
+        if (_t.joinable()) {
+            _t.join();
+        }
+    }
+    /// After release().
+    const std::string& body() const { return _body; }
+
+private:
+    std::atomic<bool> _started{false}, _done{false};
+    std::string _body;
+    std::thread _t; // last: the others are there when it starts
+};
+
 class llmosd_test : public ::testing::Test {
 protected:
     std::string _dir;
@@ -387,24 +429,7 @@ TEST_F(llmosd_test, a_client_that_goes_away_cancels_its_request) {
 TEST_F(llmosd_test, overload_gets_429_with_retry_after) {
     server s(_dir, {"--max-queue", "1", "--ctx", "4096"});
     auto c = s.client();
-    std::atomic<bool> started{false}, checked{false};
-    std::thread slow([&] {
-        auto c2 = s.client();
-        // Greedy (no early EOS) and long; it holds the only place until the
-        // check below is done, then hangs up.
-        json body = {{"model", "tiny"},
-                     {"prompt", "Hello world"},
-                     {"max_tokens", 4000},
-                     {"temperature", 0},
-                     {"stream", true}};
-        post_streaming(c2, "/v1/completions", body.dump(), [&](const char*, size_t) {
-            started = true;
-            return !checked.load();
-        });
-    });
-    while (!started) {
-        std::this_thread::sleep_for(1ms);
-    }
+    held_stream slow(s); // the only place
     auto r = c.Post("/v1/completions",
                     json{{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}.dump(),
                     "application/json");
@@ -413,8 +438,7 @@ TEST_F(llmosd_test, overload_gets_429_with_retry_after) {
     EXPECT_EQ(r->get_header_value("Retry-After"), "1");
     EXPECT_EQ(r->get_header_value("Connection"), "close") << "a refused client keeps a thread";
     expect_error(json::parse(r->body), "rate_limit_error", "");
-    checked = true;
-    slow.join();
+    slow.release();
 }
 
 TEST_F(llmosd_test, api_keys_are_enforced) {
@@ -693,22 +717,7 @@ TEST_F(llmosd_test, a_request_past_its_timeout_frees_its_worker) {
 // queue and its place among those in flight at once, not at --timeout.
 TEST_F(llmosd_test, a_request_cancelled_while_queued_gives_its_place_back) {
     server s(_dir, {"--ctx", "4096", "--slots", "1", "--workers", "1"});
-    std::atomic<bool> started{false}, done{false};
-    std::thread busy([&] {
-        auto c2 = s.client();
-        json body = {{"model", "tiny"},
-                     {"prompt", "Hello world"},
-                     {"max_tokens", 4000},
-                     {"temperature", 0},
-                     {"stream", true}};
-        post_streaming(c2, "/v1/completions", body.dump(), [&](const char*, size_t) {
-            started = true;
-            return !done.load();
-        });
-    });
-    while (!started) {
-        std::this_thread::sleep_for(1ms);
-    }
+    held_stream busy(s); // the only slot
     auto c = s.client();
     {
         auto impatient = s.client();
@@ -729,8 +738,7 @@ TEST_F(llmosd_test, a_request_cancelled_while_queued_gives_its_place_back) {
     }
     EXPECT_EQ(metric(m, "llmosd_in_flight"), 1) << "the queued request kept its place\n" << m;
     EXPECT_EQ(metric(m, "llmosd_requests_cancelled_total"), 1) << m;
-    done = true;
-    busy.join();
+    busy.release();
 }
 
 // SIGTERM with a request that would run for minutes: past --drain-timeout
@@ -738,24 +746,7 @@ TEST_F(llmosd_test, a_request_cancelled_while_queued_gives_its_place_back) {
 // llmosd exits 0 soon after.
 TEST_F(llmosd_test, sigterm_past_the_drain_timeout_cancels_what_is_in_flight) {
     server s(_dir, {"--ctx", "65536", "--drain-timeout", "1"});
-    std::atomic<bool> started{false};
-    std::string streamed;
-    std::thread t([&] {
-        auto c2 = s.client();
-        json body = {{"model", "tiny"},
-                     {"prompt", "Hello world"},
-                     {"max_tokens", 60000},
-                     {"temperature", 0},
-                     {"stream", true}};
-        post_streaming(c2, "/v1/completions", body.dump(), [&](const char* d, size_t n) {
-            streamed.append(d, n);
-            started = true;
-            return true;
-        });
-    });
-    while (!started) {
-        std::this_thread::sleep_for(1ms);
-    }
+    held_stream t(s, 60000); // held until llmosd ends it
     const pid_t pid = s.pid;
     std::atomic<bool> stopped{false};
     std::thread killer([&] { // a bound on the wait below, should it hang
@@ -772,7 +763,8 @@ TEST_F(llmosd_test, sigterm_past_the_drain_timeout_cancels_what_is_in_flight) {
     const double took =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     killer.join();
-    t.join();
+    t.release();
+    const std::string& streamed = t.body();
     EXPECT_EQ(st, 0) << s.log();
     EXPECT_LT(took, 1 + 10 + 5) << "--drain-timeout 1, then up to 10 s for the workers";
     EXPECT_NE(streamed.find("\"draining\""), std::string::npos) << streamed.substr(0, 2000);
