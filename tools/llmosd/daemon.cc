@@ -1032,7 +1032,7 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                 c.push_back({{"role", msg.role}, {"content", msg.content}});
             }
             c.push_back({{"role", "assistant"}, {"content", out.text}});
-            keep = c.dump();
+            keep = to_text(c); // what the model wrote may not be UTF-8
         } else {
             keep = s.text + out.text;
         }

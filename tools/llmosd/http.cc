@@ -517,6 +517,10 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res,
                 if (e.status != 499) {
                     event(error_body(e));
                 }
+            } catch (const std::exception& e) {
+                // Nothing may leave a content provider (httplib's thread
+                // would end the process).
+                event(error_body({500, e.what(), "server_error", "", ""}));
             }
             static const char done[] = "data: [DONE]\n\n";
             sink.write(done, sizeof(done) - 1);
