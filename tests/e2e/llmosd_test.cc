@@ -75,6 +75,24 @@ httplib::Result post_streaming(httplib::Client& c, const std::string& path, cons
     return c.send(req);
 }
 
+// POST `body` chunked (no Content-Length), in pieces of 64 KiB; the
+// server may close before all is written (SIGPIPE is ignored for that).
+httplib::Result post_chunked(httplib::Client& c, const std::string& path, std::string body) {
+    std::signal(SIGPIPE, SIG_IGN);
+    return c.Post(
+        path,
+        [body = std::move(body)](size_t, httplib::DataSink& sink) {
+            for (size_t at = 0; at < body.size(); at += 64 << 10) {
+                if (!sink.write(body.data() + at, std::min<size_t>(64 << 10, body.size() - at))) {
+                    return false;
+                }
+            }
+            sink.done();
+            return true;
+        },
+        "application/json");
+}
+
 // A long greedy stream (no early EOS) on a client and thread of its own,
 // begun when the constructor returns: it holds its place until release()
 // (or its server's end), then hangs up. body() is what it got.
@@ -454,22 +472,8 @@ TEST_F(llmosd_test, api_keys_are_enforced) {
     post(c, "/v1/completions", body, 200, {{"Authorization", "Bearer secret-one"}});
     post(c, "/v1/completions", body, 200, {{"Authorization", "Bearer secret-two"}});
     post(c, "/v1/completions", body, 200, {{"Authorization", "bearer secret-two"}}); // any case
-    // A body is not read for a client without a key, however it comes
-    // (the server may close while it is written: no SIGPIPE then).
-    std::signal(SIGPIPE, SIG_IGN);
-    auto chunked = c.Post(
-        "/v1/completions",
-        [](size_t, httplib::DataSink& sink) {
-            const std::string part(64 << 10, ' ');
-            for (int i = 0; i < 64 && sink.is_writable(); ++i) {
-                if (!sink.write(part.data(), part.size())) {
-                    break;
-                }
-            }
-            sink.done();
-            return true;
-        },
-        "application/json");
+    // A body is not read for a client without a key, however it comes.
+    auto chunked = post_chunked(c, "/v1/completions", std::string(4 << 20, ' '));
     if (chunked) { // or the server closed on it while it wrote
         EXPECT_EQ(chunked->status, 401);
     }
@@ -595,24 +599,10 @@ TEST_F(llmosd_test, the_activations_option_is_checked_and_served) {
 TEST_F(llmosd_test, chunked_bodies_are_held_to_max_body) {
     server s(_dir, {"--max-body", "4096"});
     auto c = s.client();
-    std::signal(SIGPIPE, SIG_IGN); // the server may close while the body is written
     auto send = [&](size_t bytes) {
-        return c.Post(
-            "/v1/completions",
-            [bytes](size_t, httplib::DataSink& sink) {
-                std::string body = json{
-                    {"model", "tiny"},
-                    {"prompt", std::string(bytes, 'a')},
-                    {"max_tokens", 2}}.dump();
-                for (size_t at = 0; at < body.size(); at += 1000) {
-                    if (!sink.write(body.data() + at, std::min<size_t>(1000, body.size() - at))) {
-                        return false;
-                    }
-                }
-                sink.done();
-                return true;
-            },
-            "application/json");
+        return post_chunked(
+            c, "/v1/completions",
+            json{{"model", "tiny"}, {"prompt", std::string(bytes, 'a')}, {"max_tokens", 2}}.dump());
     };
     auto small = send(100);
     ASSERT_TRUE(small);

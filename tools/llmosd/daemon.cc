@@ -593,7 +593,7 @@ void daemon::cancel(llmos::sched_client& client, uint64_t id) {
         std::lock_guard lk(_streams_m);
         // Requests cancelled before any worker took them never end in one:
         // their marks go after an hour.
-        const auto now = std::chrono::steady_clock::now();
+        const auto now = steady_now();
         std::erase_if(_cancelled, [&](const auto& c) { return now - c.second > 1h; });
         _cancelled.emplace(id, now);
     }
@@ -630,10 +630,14 @@ void daemon::deliver(const llmos::descriptor& d) {
 
 void daemon::drain(std::chrono::seconds limit) {
     _draining = true;
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (_in_flight.load() && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(20ms);
-    }
+    // Until none is in flight, or `wait` has gone by.
+    auto settle = [this](auto wait) {
+        const auto deadline = steady_now() + wait;
+        while (_in_flight.load() && steady_now() < deadline) {
+            std::this_thread::sleep_for(20ms);
+        }
+    };
+    settle(limit);
     if (const uint32_t left = _in_flight.load()) {
         // Past the limit: the workers stop what they run, and the clients
         // of those still in flight get 503 (or an error event).
@@ -641,10 +645,7 @@ void daemon::drain(std::chrono::seconds limit) {
                      "llmosd: %u request(s) still in flight after %lld s: cancelling them\n", left,
                      static_cast<long long>(limit.count()));
         _abandon = true;
-        deadline = std::chrono::steady_clock::now() + abandon_wait;
-        while (_in_flight.load() && std::chrono::steady_clock::now() < deadline) {
-            std::this_thread::sleep_for(20ms);
-        }
+        settle(abandon_wait);
     }
     if (_pool) {
         _pool->drain();
@@ -911,12 +912,12 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     enum class stop { none, client_gone, timeout, shutdown } stopped = stop::none;
     bool ended = false, first = true;
     int32_t fail_status = 0;
-    const auto deadline = std::chrono::steady_clock::now() + _o.request_timeout;
+    const auto deadline = steady_now() + _o.request_timeout;
     auto cancelled_at = std::chrono::steady_clock::time_point{};
     std::optional<llmos::finished_request> fin;
     auto stop_it = [&](stop why) {
         stopped = why;
-        cancelled_at = std::chrono::steady_clock::now();
+        cancelled_at = steady_now();
         cancel(*client, id);
     };
     while (!ended) {

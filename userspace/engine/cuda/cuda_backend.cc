@@ -42,6 +42,10 @@ std::string error_text(cudaError_t e) {
     return std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")";
 }
 
+std::string version_text(int v) {
+    return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
+}
+
 void check(cudaError_t e, const char* what) {
     if (e != cudaSuccess) {
         throw cuda_error(std::string(what) + ": " + error_text(e));
@@ -172,16 +176,14 @@ cuda_device_info cuda_probe(int device) noexcept {
             if (e == cudaErrorInsufficientDriver) {
                 // CUDA says the same for no driver at all and for one too
                 // old for this runtime: say which.
-                auto ver = [](int v) {
-                    return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
-                };
-                info.reason = (info.driver_version == 0
-                                   ? std::string("no NVIDIA driver (libcuda.so.1 is missing or "
-                                                 "cannot be loaded)")
-                                   : "the NVIDIA driver runs CUDA " + ver(info.driver_version) +
-                                         " programs; this one is built with CUDA " +
-                                         ver(info.runtime_version) + ": a newer driver is needed") +
-                              "; " + info.reason;
+                info.reason =
+                    (info.driver_version == 0
+                         ? std::string("no NVIDIA driver (libcuda.so.1 is missing or "
+                                       "cannot be loaded)")
+                         : "the NVIDIA driver runs CUDA " + version_text(info.driver_version) +
+                               " programs; this one is built with CUDA " +
+                               version_text(info.runtime_version) + ": a newer driver is needed") +
+                    "; " + info.reason;
             }
             return info;
         }

@@ -21,6 +21,9 @@ void check(cudaError_t e, const char* what);
 /// "cudaErrorX (CUDA's message)".
 std::string error_text(cudaError_t e);
 
+/// A CUDA version as cudaDriverGetVersion gives it (13010) as "13.1".
+std::string version_text(int v);
+
 /// Device memory, freed with its owner. Any thread (with the owner's
 /// device current).
 class dev_buf {

@@ -12,6 +12,7 @@
 // and the CUresult (cuGetErrorName, cuGetErrorString). A partly built
 // object unwinds in state's destructor: chunks are unmapped and released
 // in reverse, then the address range is freed.
+#include "cuda_backend.hh"
 #include "cuda_sync.hh"
 
 #include <algorithm>
@@ -63,14 +64,6 @@ owned_fd cloexec(owned_fd fd) {
     return fd;
 }
 
-std::string runtime_error_text(cudaError_t e) {
-    return std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")";
-}
-
-std::string cuda_version_text(int v) {
-    return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
-}
-
 /// The ABI version the entry points are asked for: this build's, or the
 /// driver's where that is older (a toolkit newer than the driver in the
 /// same major release: the driver refuses a version above its own with
@@ -83,13 +76,13 @@ bool load_entry(driver_api& api, Fn& fn, const char* symbol, int version) {
         cudaGetDriverEntryPointByVersion(symbol, &p, unsigned(version), cudaEnableDefault, &q);
     if (e != cudaSuccess) {
         api.error = std::string("cudaGetDriverEntryPointByVersion(") + symbol + ", CUDA " +
-                    cuda_version_text(version) + "): " + runtime_error_text(e);
+                    cuda_detail::version_text(version) + "): " + cuda_detail::error_text(e);
         return false;
     }
     if (q != cudaDriverEntryPointSuccess || p == nullptr) {
         api.error =
             std::string("the CUDA driver has no ") + symbol + " for CUDA " +
-            cuda_version_text(version) +
+            cuda_detail::version_text(version) +
             (q == cudaDriverEntryPointVersionNotSufficent ? " (the call is newer than that version)"
                                                           : "");
         return false;
@@ -169,7 +162,7 @@ void cu_check(const driver_api& a, CUresult r, const char* call) {
 
 void rt_check(cudaError_t e, const char* call) {
     if (e != cudaSuccess) {
-        throw gpu_error(std::string(call) + ": " + runtime_error_text(e));
+        throw gpu_error(std::string(call) + ": " + cuda_detail::error_text(e));
     }
 }
 
