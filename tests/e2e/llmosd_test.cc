@@ -95,10 +95,12 @@ httplib::Result post_chunked(httplib::Client& c, const std::string& path, std::s
 
 // A long greedy stream (no early EOS) on a client and thread of its own,
 // begun when the constructor returns: it holds its place until release()
-// (or its server's end), then hangs up. body() is what it got.
+// (or its server's end), then hangs up. body() is what it got. Its server
+// needs --ctx 65536: the tiny model makes 4000 tokens in a third of a
+// second on an optimized build, too soon for the tests that hold it.
 class held_stream {
 public:
-    explicit held_stream(server& s, int max_tokens = 4000)
+    explicit held_stream(server& s, int max_tokens = 60000)
         : _t([this, &s, max_tokens] {
             auto c = s.client();
             json body = {{"model", "tiny"},
@@ -445,7 +447,7 @@ TEST_F(llmosd_test, a_client_that_goes_away_cancels_its_request) {
 }
 
 TEST_F(llmosd_test, overload_gets_429_with_retry_after) {
-    server s(_dir, {"--max-queue", "1", "--ctx", "4096"});
+    server s(_dir, {"--max-queue", "1", "--ctx", "65536"});
     auto c = s.client();
     held_stream slow(s); // the only place
     auto r = c.Post("/v1/completions",
@@ -706,7 +708,7 @@ TEST_F(llmosd_test, a_request_past_its_timeout_frees_its_worker) {
 // A request whose client goes while it waits for a worker: it leaves the
 // queue and its place among those in flight at once, not at --timeout.
 TEST_F(llmosd_test, a_request_cancelled_while_queued_gives_its_place_back) {
-    server s(_dir, {"--ctx", "4096", "--slots", "1", "--workers", "1"});
+    server s(_dir, {"--ctx", "65536", "--slots", "1", "--workers", "1"});
     held_stream busy(s); // the only slot
     auto c = s.client();
     {
@@ -736,7 +738,7 @@ TEST_F(llmosd_test, a_request_cancelled_while_queued_gives_its_place_back) {
 // llmosd exits 0 soon after.
 TEST_F(llmosd_test, sigterm_past_the_drain_timeout_cancels_what_is_in_flight) {
     server s(_dir, {"--ctx", "65536", "--drain-timeout", "1"});
-    held_stream t(s, 60000); // held until llmosd ends it
+    held_stream t(s); // held until llmosd ends it
     const pid_t pid = s.pid;
     std::atomic<bool> stopped{false};
     std::thread killer([&] { // a bound on the wait below, should it hang
