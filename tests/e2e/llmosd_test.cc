@@ -137,6 +137,27 @@ private:
     std::thread _t; // last: the others are there when it starts
 };
 
+// The metric `name`'s value in `m` (-1 when it is not there).
+double metric(const std::string& m, const std::string& name) {
+    auto at = m.find("\n" + name + " ");
+    return at == std::string::npos ? -1 : std::stod(m.substr(at + name.size() + 2));
+}
+
+// /metrics once `name` reads `want`, or after 5 s: a request leaves
+// llmosd_in_flight when its worker ends it, which may come a moment after
+// its client has its answer.
+std::string metrics_once(httplib::Client& c, const std::string& name, double want) {
+    std::string m;
+    for (int i = 0; i < 100; ++i) {
+        m = c.Get("/metrics")->body;
+        if (metric(m, name) == want) {
+            break;
+        }
+        std::this_thread::sleep_for(50ms);
+    }
+    return m;
+}
+
 class llmosd_test : public ::testing::Test {
 protected:
     std::string _dir;
@@ -177,15 +198,8 @@ protected:
     // one cancelled request, gives its place back, and its worker stopped
     // well before the 4000 tokens.
     static void expect_one_request_cancelled_early(httplib::Client& c) {
-        std::string met;
-        for (int i = 0; i < 100; ++i) {
-            met = c.Get("/metrics")->body;
-            if (met.find("llmosd_requests_cancelled_total 1") != std::string::npos &&
-                met.find("llmosd_in_flight 0") != std::string::npos) {
-                break; // counted, and its place given back
-            }
-            std::this_thread::sleep_for(50ms);
-        }
+        std::string met = metrics_once(c, "llmosd_requests_cancelled_total", 1);
+        met = metrics_once(c, "llmosd_in_flight", 0); // counted, and its place given back
         EXPECT_NE(met.find("llmosd_requests_cancelled_total 1"), std::string::npos) << met;
         EXPECT_NE(met.find("llmosd_in_flight 0"), std::string::npos);
         const std::string key = "\nllmosd_generated_tokens_total ";
@@ -231,6 +245,7 @@ TEST_F(llmosd_test, health_models_and_metrics) {
     auto met = c.Get("/metrics");
     ASSERT_TRUE(met);
     EXPECT_EQ(met->status, 200);
+    met->body = metrics_once(c, "llmosd_in_flight", 0);
     for (const char* name :
          {"llmosd_requests_total 1", "llmosd_generated_tokens_total 4", "llmosd_queue_depth",
           "llmosd_in_flight 0", "llmosd_mindspace_bytes", "llmosd_request_duration_seconds_bucket",
@@ -664,12 +679,6 @@ TEST_F(llmosd_test, hostile_bytes_and_numbers_get_client_errors) {
     post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
 }
 
-// The metric `name`'s value in `m` (-1 when it is not there).
-double metric(const std::string& m, const std::string& name) {
-    auto at = m.find("\n" + name + " ");
-    return at == std::string::npos ? -1 : std::stod(m.substr(at + name.size() + 2));
-}
-
 // A request past --timeout gets 504, and its worker stops it: the next
 // request is served (a worker that ran on would have kept the only slot).
 TEST_F(llmosd_test, a_request_past_its_timeout_frees_its_worker) {
@@ -699,7 +708,7 @@ TEST_F(llmosd_test, a_request_past_its_timeout_frees_its_worker) {
                    });
     EXPECT_NE(streamed.find("\"code\":\"timeout\""), std::string::npos)
         << streamed.substr(std::max<size_t>(streamed.size(), 500) - 500);
-    const std::string m = c.Get("/metrics")->body;
+    const std::string m = metrics_once(c, "llmosd_in_flight", 0);
     EXPECT_EQ(metric(m, "llmosd_requests_timed_out_total"), 2) << m;
     EXPECT_EQ(metric(m, "llmosd_in_flight"), 0) << m;
     EXPECT_EQ(metric(m, "llmosd_running"), 0) << m;
@@ -720,14 +729,7 @@ TEST_F(llmosd_test, a_request_cancelled_while_queued_gives_its_place_back) {
             "application/json");
         EXPECT_FALSE(r) << "served while the only slot was taken?";
     }
-    std::string m;
-    for (int i = 0; i < 100; ++i) {
-        m = c.Get("/metrics")->body;
-        if (metric(m, "llmosd_in_flight") == 1) {
-            break;
-        }
-        std::this_thread::sleep_for(50ms);
-    }
+    const std::string m = metrics_once(c, "llmosd_in_flight", 1);
     EXPECT_EQ(metric(m, "llmosd_in_flight"), 1) << "the queued request kept its place\n" << m;
     EXPECT_EQ(metric(m, "llmosd_requests_cancelled_total"), 1) << m;
     busy.release();
