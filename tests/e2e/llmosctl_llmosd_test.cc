@@ -429,7 +429,7 @@ TEST_F(llmosctl_llmosd, an_unreachable_server_is_one_clear_line) {
 
 TEST_F(llmosctl_llmosd, api_keys_from_the_option_or_the_environment) {
     std::filesystem::create_directories(_dir + "/d");
-    std::ofstream(_dir + "/d/keys") << "secret-one 7\n";
+    std::ofstream(_dir + "/d/keys") << "secret-one 7\noperator admin\n";
     server s(_dir + "/d", {"--api-key-file", _dir + "/d/keys"});
     ASSERT_GT(s.port, 0) << s.log();
     auto r = ctl(s, "model list");
@@ -440,7 +440,12 @@ TEST_F(llmosctl_llmosd, api_keys_from_the_option_or_the_environment) {
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.err.find("the API key is not valid"), std::string::npos) << r.err;
     r = ctl(s, "--api-key secret-one model list");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: cannot list models: this API key may not use the administration "
+                     "API (/llmos/v1): that needs a key marked admin in llmosd's API key file\n");
+    r = ctl(s, "--api-key operator model list");
     EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("\ntiny "), std::string::npos) << r.out;
     r = ctl("--server " + s.url() + " run --raw 'Hello world' -t 0 -n 16",
             "LLMOSD_API_KEY=secret-one");
     EXPECT_EQ(r.status, 0) << r.err;

@@ -77,10 +77,11 @@ httplib::Result post_streaming(httplib::Client& c, const std::string& path, cons
 
 // POST `body` chunked (no Content-Length), in pieces of 64 KiB; the
 // server may close before all is written (SIGPIPE is ignored for that).
-httplib::Result post_chunked(httplib::Client& c, const std::string& path, std::string body) {
+httplib::Result post_chunked(httplib::Client& c, const std::string& path, std::string body,
+                             const httplib::Headers& h = {}) {
     std::signal(SIGPIPE, SIG_IGN);
     return c.Post(
-        path,
+        path, h,
         [body = std::move(body)](size_t, httplib::DataSink& sink) {
             for (size_t at = 0; at < body.size(); at += 64 << 10) {
                 if (!sink.write(body.data() + at, std::min<size_t>(64 << 10, body.size() - at))) {
@@ -478,7 +479,8 @@ TEST_F(llmosd_test, overload_gets_429_with_retry_after) {
 
 TEST_F(llmosd_test, api_keys_are_enforced) {
     std::filesystem::create_directories(_dir);
-    std::ofstream(_dir + "/keys") << "# key tenant\nsecret-one 7\nsecret-two\n";
+    std::ofstream(_dir + "/keys") << "# key tenant\nsecret-one 7\nsecret-two\n"
+                                  << "boss 3 admin\nroot admin\n";
     server s(_dir, {"--api-key-file", _dir + "/keys"});
     auto c = s.client();
     json body = {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}};
@@ -495,6 +497,44 @@ TEST_F(llmosd_test, api_keys_are_enforced) {
         EXPECT_EQ(chunked->status, 401);
     }
     EXPECT_EQ(c.Get("/health")->status, 200) << "health needs no key";
+
+    // The administration API wants a key marked admin: it loads files
+    // from the server's disk.
+    const httplib::Headers user = {{"Authorization", "Bearer secret-one"}};
+    auto list = c.Get("/llmos/v1/models", user);
+    ASSERT_TRUE(list);
+    EXPECT_EQ(list->status, 403);
+    auto refused = json::parse(list->body);
+    expect_error(refused, "permission_error", "");
+    EXPECT_EQ(refused["error"]["code"], "admin_key_required");
+    EXPECT_EQ(c.Get("/llmos/v1/models")->status, 401);
+    post(c, "/llmos/v1/models", {{"name", "second"}, {"path", tiny}}, 403, user);
+    post(c, "/llmos/v1/models/tiny/swap", {{"path", tiny}}, 403, user);
+    EXPECT_EQ(c.Delete("/llmos/v1/models/tiny", user)->status, 403);
+    EXPECT_EQ(json::parse(c.Get("/v1/models", user)->body)["data"].size(), 1u) << "none changed";
+    // Not even the body of a refused one is read.
+    auto big = post_chunked(c, "/llmos/v1/models", std::string(4 << 20, ' '), user);
+    if (big) {
+        EXPECT_EQ(big->status, 403);
+    }
+    for (const char* key : {"Bearer boss", "Bearer root"}) {
+        const httplib::Headers admin = {{"Authorization", key}};
+        EXPECT_EQ(c.Get("/llmos/v1/models", admin)->status, 200) << key;
+        post(c, "/llmos/v1/models", {{"name", "second"}, {"path", tiny}}, 201, admin);
+        EXPECT_EQ(c.Delete("/llmos/v1/models/second", admin)->status, 200) << key;
+        post(c, "/v1/completions", body, 200, admin); // and the rest, as any key
+    }
+    EXPECT_EQ(s.log().find("is marked admin"), std::string::npos) << s.log();
+    // A file without an admin key: llmosd says what that means.
+    std::ofstream(_dir + "/user-keys") << "secret-one 7\n";
+    server u(_dir + "/u", {"--api-key-file", _dir + "/user-keys"});
+    auto uc = u.client();
+    EXPECT_EQ(uc.Get("/llmos/v1/models", user)->status, 403);
+    EXPECT_NE(u.log().find("no key in " + _dir +
+                           "/user-keys is marked admin: the administration "
+                           "API (/llmos/v1) is refused to every key"),
+              std::string::npos)
+        << u.log();
 }
 
 TEST_F(llmosd_test, models_load_swap_and_unload_without_dropping_requests) {
@@ -792,5 +832,14 @@ TEST_F(llmosd_test, bad_options_and_key_files_are_refused_with_the_reason) {
         std::tie(st, out) = run("--listen 127.0.0.1:0 --api-key-file " + _dir + "/keys");
         EXPECT_EQ(st, 1) << line;
         EXPECT_NE(out.find("line 2: the tenant must be a number"), std::string::npos) << out;
+    }
+    for (auto [lines, why] : std::initializer_list<std::pair<const char*, const char*>>{
+             {"key 7 admn", "line 2: expected KEY [TENANT] [admin], found 'admn' after the tenant"},
+             {"key 7 admin more", "line 2: expected KEY [TENANT] [admin], found 4 words"},
+             {"key 7\nkey 8 admin", "line 3: this key is on an earlier line too"}}) {
+        std::ofstream(_dir + "/keys") << "# keys\n" << lines << "\n";
+        std::tie(st, out) = run("--listen 127.0.0.1:0 --api-key-file " + _dir + "/keys");
+        EXPECT_EQ(st, 1) << lines;
+        EXPECT_NE(out.find(why), std::string::npos) << out;
     }
 }

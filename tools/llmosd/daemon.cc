@@ -37,6 +37,14 @@ std::chrono::steady_clock::time_point steady_now() {
     return std::chrono::steady_clock::now();
 }
 
+// Returns once `n` reads 0, or after `wait`.
+void wait_for_none(const std::atomic<uint32_t>& n, std::chrono::steady_clock::duration wait) {
+    const auto deadline = steady_now() + wait;
+    while (n.load() && steady_now() < deadline) {
+        std::this_thread::sleep_for(10ms);
+    }
+}
+
 double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
@@ -371,33 +379,52 @@ daemon::daemon(options o)
         }
         std::string line;
         for (unsigned n = 1; std::getline(in, line); ++n) {
-            // KEY [TENANT], separated by blanks; blank lines and # comments.
+            // KEY [TENANT] [admin], separated by blanks; blank lines and #
+            // comments.
             std::istringstream fields(line);
-            std::string key, tenant_text, extra;
-            fields >> key >> tenant_text >> extra;
-            if (key.empty() || key[0] == '#') {
+            std::vector<std::string> f;
+            for (std::string w; fields >> w;) {
+                f.push_back(w);
+            }
+            if (f.empty() || f[0][0] == '#') {
                 continue;
             }
             auto bad = [&](const std::string& why) {
                 return std::runtime_error("the API key file " + _o.api_key_file + ", line " +
                                           std::to_string(n) + ": " + why);
             };
-            uint32_t tenant = 0;
-            if (!tenant_text.empty()) {
-                const char* b = tenant_text.data();
-                const char* e = b + tenant_text.size();
-                if (auto [p, ec] = std::from_chars(b, e, tenant); ec != std::errc() || p != e) {
-                    throw bad("the tenant must be a number from 0 to 4294967295, not '" +
-                              tenant_text + "'");
+            if (f.size() > 3) {
+                throw bad("expected KEY [TENANT] [admin], found " + std::to_string(f.size()) +
+                          " words");
+            }
+            api_key k;
+            if (f.size() > 1 && f.back() == "admin") {
+                k.admin = true;
+                f.pop_back();
+            }
+            if (f.size() > 2) {
+                throw bad("expected KEY [TENANT] [admin], found '" + f[2] + "' after the tenant");
+            }
+            if (f.size() == 2) {
+                const char* b = f[1].data();
+                const char* e = b + f[1].size();
+                if (auto [p, ec] = std::from_chars(b, e, k.tenant); ec != std::errc() || p != e) {
+                    throw bad("the tenant must be a number from 0 to 4294967295, not '" + f[1] +
+                              "'");
                 }
             }
-            if (!extra.empty()) {
-                throw bad("expected KEY [TENANT], found more after the tenant");
+            if (!_keys.emplace(f[0], k).second) {
+                throw bad("this key is on an earlier line too");
             }
-            _keys[key] = tenant;
         }
         if (_keys.empty()) {
             throw std::runtime_error("the API key file " + _o.api_key_file + " holds no key");
+        }
+        if (std::none_of(_keys.begin(), _keys.end(), [](auto& k) { return k.second.admin; })) {
+            std::fprintf(stderr,
+                         "llmosd: no key in %s is marked admin: the administration API "
+                         "(/llmos/v1) is refused to every key\n",
+                         _o.api_key_file.c_str());
         }
     }
     for (auto& [name, path] : _o.models) {
@@ -522,10 +549,7 @@ std::shared_ptr<model_entry> daemon::swap_model(const std::string& name, const s
         _by_id[m->id] = m;
     }
     // Requests in flight on the old file finish there; then it goes.
-    auto deadline = std::chrono::steady_clock::now() + _o.request_timeout;
-    while (old->in_flight.load() && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(10ms);
-    }
+    wait_for_none(old->in_flight, _o.request_timeout);
     std::unique_lock lk(_models_m);
     _by_id.erase(old->id);
     return m;
@@ -543,10 +567,7 @@ void daemon::unload_model(const std::string& name) {
         old = it->second;
         _models.erase(it);
     }
-    auto deadline = std::chrono::steady_clock::now() + _o.request_timeout;
-    while (old->in_flight.load() && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(10ms);
-    }
+    wait_for_none(old->in_flight, _o.request_timeout);
     std::unique_lock lk(_models_m);
     _by_id.erase(old->id);
 }
@@ -630,14 +651,7 @@ void daemon::deliver(const llmos::descriptor& d) {
 
 void daemon::drain(std::chrono::seconds limit) {
     _draining = true;
-    // Until none is in flight, or `wait` has gone by.
-    auto settle = [this](auto wait) {
-        const auto deadline = steady_now() + wait;
-        while (_in_flight.load() && steady_now() < deadline) {
-            std::this_thread::sleep_for(20ms);
-        }
-    };
-    settle(limit);
+    wait_for_none(_in_flight, limit);
     if (const uint32_t left = _in_flight.load()) {
         // Past the limit: the workers stop what they run, and the clients
         // of those still in flight get 503 (or an error event).
@@ -645,7 +659,7 @@ void daemon::drain(std::chrono::seconds limit) {
                      "llmosd: %u request(s) still in flight after %lld s: cancelling them\n", left,
                      static_cast<long long>(limit.count()));
         _abandon = true;
-        settle(abandon_wait);
+        wait_for_none(_in_flight, abandon_wait);
     }
     if (_pool) {
         _pool->drain();

@@ -197,8 +197,14 @@ public:
     void drain(std::chrono::seconds limit);
     bool draining() const noexcept { return _draining.load(); }
 
+    /// An API key: the tenant its requests are scheduled as, and whether
+    /// it may use the administration API (/llmos/v1).
+    struct api_key {
+        uint32_t tenant = 0;
+        bool admin = false;
+    };
     /// API keys: empty map when none are required.
-    const std::map<std::string, uint32_t>& api_keys() const noexcept { return _keys; }
+    const std::map<std::string, api_key>& api_keys() const noexcept { return _keys; }
     const options& opts() const noexcept { return _o; }
     metrics& stats() noexcept { return _metrics; }
     std::string prometheus() const;
@@ -244,7 +250,7 @@ private:
     std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> _cancelled;
     std::mutex _sessions_m;
     std::map<std::string, std::shared_ptr<std::mutex>> _session_locks;
-    std::map<std::string, uint32_t> _keys;
+    std::map<std::string, api_key> _keys;
     std::atomic<uint32_t> _in_flight{0};
     std::atomic<uint64_t> _req_seq{0};
     std::atomic<bool> _draining{false};

@@ -238,7 +238,7 @@ http_server::http_server(daemon& d)
 
     // llmos administration (llmosctl model ...).
     _svr.Get("/llmos/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
-        if (!authorize(req, res)) {
+        if (!authorize_admin(req, res)) {
             return;
         }
         json data = json::array();
@@ -250,7 +250,7 @@ http_server::http_server(daemon& d)
     _svr.Post("/llmos/v1/models", [this](const httplib::Request& req, httplib::Response& res,
                                          const httplib::ContentReader& reader) {
         std::string body;
-        if (!authorize(req, res) || !read_body(reader, res, body)) {
+        if (!authorize_admin(req, res) || !read_body(reader, res, body)) {
             return;
         }
         auto [name, path] = name_and_path(body, true);
@@ -262,7 +262,7 @@ http_server::http_server(daemon& d)
               [this](const httplib::Request& req, httplib::Response& res,
                      const httplib::ContentReader& reader) {
                   std::string body;
-                  if (!authorize(req, res) || !read_body(reader, res, body)) {
+                  if (!authorize_admin(req, res) || !read_body(reader, res, body)) {
                       return;
                   }
                   auto [name, path] = name_and_path(body, false);
@@ -271,7 +271,7 @@ http_server::http_server(daemon& d)
               });
     _svr.Delete(R"(/llmos/v1/models/([^/]+))",
                 [this](const httplib::Request& req, httplib::Response& res) {
-                    if (!authorize(req, res)) {
+                    if (!authorize_admin(req, res)) {
                         return;
                     }
                     _d.unload_model(req.matches[1]);
@@ -327,7 +327,12 @@ std::pair<std::string, std::string> http_server::name_and_path(const std::string
     return {name, path};
 }
 
-bool http_server::authorize(const httplib::Request& req, httplib::Response& res, uint32_t* tenant) {
+bool http_server::authorize_admin(const httplib::Request& req, httplib::Response& res) {
+    return authorize(req, res, nullptr, true);
+}
+
+bool http_server::authorize(const httplib::Request& req, httplib::Response& res, uint32_t* tenant,
+                            bool admin) {
     const auto& keys = _d.api_keys();
     if (keys.empty()) {
         return true;
@@ -341,9 +346,17 @@ bool http_server::authorize(const httplib::Request& req, httplib::Response& res,
                    [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); });
     if (is_bearer) {
         auto it = keys.find(auth.substr(bearer.size()));
+        if (it != keys.end() && admin && !it->second.admin) {
+            send_error(res, {403,
+                             "this API key may not use the administration API (/llmos/v1): "
+                             "that needs a key marked admin in llmosd's API key file",
+                             "permission_error", "", "admin_key_required"});
+            res.set_header("Connection", "close"); // its body, if any, is not read
+            return false;
+        }
         if (it != keys.end()) {
             if (tenant) {
-                *tenant = it->second;
+                *tenant = it->second.tenant;
             }
             return true;
         }

@@ -29,7 +29,13 @@ private:
     /// The request's body, read up to --max-body (chunked or not): false
     /// after answering 413 when it is larger.
     bool read_body(const httplib::ContentReader& reader, httplib::Response& res, std::string& out);
-    bool authorize(const httplib::Request& req, httplib::Response& res, uint32_t* tenant = nullptr);
+    /// Whether the request's API key lets it in (always, without a key
+    /// file): false after answering 401, or 403 for a key not marked admin
+    /// when `admin`. `tenant` gets the key's tenant.
+    bool authorize(const httplib::Request& req, httplib::Response& res, uint32_t* tenant = nullptr,
+                   bool admin = false);
+    /// authorize() for the administration API (/llmos/v1).
+    bool authorize_admin(const httplib::Request& req, httplib::Response& res);
     nlohmann::json describe(const model_entry& m) const;
     static std::pair<std::string, std::string> name_and_path(const std::string& body,
                                                              bool need_name);
