@@ -34,7 +34,7 @@ public:
     /// then stays 0 and ready() false: the caller asserts and shows log()).
     llmosd_process(const std::string& program, std::string state, std::vector<std::string> args,
                    std::string unix_sock = {},
-                   std::chrono::milliseconds wait = std::chrono::seconds(10))
+                   std::chrono::milliseconds wait = std::chrono::seconds(60))
         : dir(std::move(state))
         , unix_path(std::move(unix_sock)) {
         std::filesystem::create_directories(dir);

@@ -225,7 +225,10 @@ TEST(channel, a_sleeping_receiver_wakes_for_a_message) {
     auto ring = std::make_unique<llmos::channel_ring<4>>();
     llmos::channel_sender tx(*ring);
     std::thread sender([&] {
-        std::this_thread::sleep_for(50ms);
+        // Once it has said it sleeps (or after 5 s, which fails below).
+        for (int i = 0; i < 5000 && !ring->rx_sleeping.load(); ++i) {
+            std::this_thread::sleep_for(1ms);
+        }
         tx.try_send(msg(1, 42));
     });
     llmos::channel_receiver rx(*ring, 1);

@@ -32,6 +32,15 @@ std::unique_ptr<llmos::event_loop> make_loop(doorbell_kind k, uint32_t spin = 40
     return std::move(*l);
 }
 
+// Returns once `l` has announced that it sleeps, and 20 ms more (it goes
+// to sleep right after); or after 5 s, which the caller's checks fail.
+void wait_until_it_sleeps(llmos::event_loop& l) {
+    for (int i = 0; i < 5000 && !l.bell().sleeping.load(); ++i) {
+        std::this_thread::sleep_for(1ms);
+    }
+    std::this_thread::sleep_for(20ms);
+}
+
 class event_loop_test : public ::testing::TestWithParam<doorbell_kind> {};
 
 std::string name_of(const ::testing::TestParamInfo<doorbell_kind>& i) {
@@ -74,7 +83,7 @@ TEST_P(event_loop_test, stop_wakes_a_sleeping_loop) {
     auto l = make_loop(GetParam(), 0);
     ASSERT_TRUE(l);
     std::thread t([&] {
-        std::this_thread::sleep_for(20ms);
+        wait_until_it_sleeps(*l);
         l->stop();
     });
     auto t0 = std::chrono::steady_clock::now();
@@ -98,7 +107,7 @@ TEST_P(event_loop_test, a_sleeping_loop_wakes_for_a_message) {
     l->add_source(src);
     std::thread t([&] {
         llmos::channel_sender<16> tx(*ring, l->bell());
-        std::this_thread::sleep_for(20ms); // the loop is asleep by now
+        wait_until_it_sleeps(*l);
         tx.send({7, 0, 0, 0});
     });
     auto t0 = std::chrono::steady_clock::now();

@@ -266,7 +266,7 @@ TEST_P(worker_pool_test, drain_finishes_what_was_taken_and_leaves_the_rest_queue
     auto c = llmos::sched_client::open(dev()).value();
     std::map<uint64_t, llmos::submit_options> ids;
     for (uint32_t i = 0; i < 10; ++i) {
-        auto p = prompt(i * 4096, 20, i);
+        auto p = prompt(i * 4096, 200, i); // 0.4 s each: drain() comes long before the last
         ids[c.submit(p).value()] = p;
     }
     while ((*pool)->info(0).active.load() == 0) {

@@ -35,8 +35,13 @@ url=http://127.0.0.1:$port
 expect "llmosd starts on the kernel backend" sh -c \
 	'[ -n "$1" ] && grep -q "(kernel backend, cpu (" /tmp/llmosd.log' sh "$port"
 expect "health answers" sh -c "wget -q -O - $url/health | grep -q '\"ok\"'"
+# Workers register a moment after llmosd listens: up to 5 s.
 expect "the scheduler sees its worker" sh -c \
-	'llmosctl --json sched status | tr -d " \n" | grep -q "\"workers\":1"'
+	'for i in $(seq 50); do
+		llmosctl --json sched status | tr -d " \n" | grep -q "\"workers\":1" && exit 0
+		sleep 0.1
+	done
+	exit 1'
 expect "a completion gives the conformance model's greedy continuation" sh -c \
 	"$(cat <<'EOF'
 post() { wget -q -O - --header 'Content-Type: application/json' --post-data "$1" "$2"; }
