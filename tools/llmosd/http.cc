@@ -9,6 +9,7 @@
 #include <functional>
 #include <llmos/engine/quant.hh>
 #include <netinet/in.h>
+#include <optional>
 #include <poll.h>
 #include <random>
 #include <sys/socket.h>
@@ -34,17 +35,72 @@ int64_t unix_now() {
     return static_cast<int64_t>(::time(nullptr));
 }
 
-void send_error(httplib::Response& res, const api_error& e) {
+// Answers `e`; with `close` (always for 429 and 503: a refused client
+// would hold one of the threads that serve the requests in flight until
+// keep-alive ends) the connection closes after the answer. Use it when
+// the request's body is not read: its bytes would be taken for the next
+// request.
+void send_error(httplib::Response& res, const api_error& e, bool close = false) {
     res.status = e.status;
     if (e.status == 429) {
         res.set_header("Retry-After", "1");
     }
-    if (e.status == 429 || e.status == 503) {
-        // A refused client's connection goes: it would hold one of the
-        // threads that serve the requests in flight until keep-alive ends.
-        res.set_header("Connection", "close");
+    std::string body = to_text(error_body(e));
+    if (!close && e.status != 429 && e.status != 503) {
+        res.set_content(std::move(body), "application/json");
+        return;
     }
-    res.set_content(to_text(error_body(e)), "application/json");
+    // httplib 0.11 keeps a connection open whatever the response's
+    // Connection header says; it closes one whose content provider fails.
+    // So the body goes out whole through one, which then fails.
+    res.set_header("Connection", "close");
+    const size_t size = body.size();
+    res.set_content_provider(size, "application/json",
+                             [body = std::move(body)](size_t at, size_t, httplib::DataSink& sink) {
+                                 sink.write(body.data() + at, body.size() - at);
+                                 return false;
+                             });
+}
+
+// Why a request's body framing cannot be trusted (RFC 9112 6.1, 6.3), or
+// nothing: a Transfer-Encoding other than chunked (501), one with a
+// Content-Length, or Content-Lengths that are not one number (400). httplib
+// would take the first Content-Length, or chunked over it: a proxy in front
+// that read it the other way would see a different next request.
+std::optional<api_error> bad_framing(const httplib::Request& req) {
+    auto bad = [](int status, const std::string& why, const char* code) {
+        return api_error{status, why, "invalid_request_error", "", code};
+    };
+    auto [te, te_end] = req.headers.equal_range("Transfer-Encoding");
+    auto [cl, cl_end] = req.headers.equal_range("Content-Length");
+    if (te != te_end) {
+        const bool chunked =
+            std::next(te) == te_end && te->second.size() == 7 &&
+            std::equal(te->second.begin(), te->second.end(), "chunked", [](char a, char b) {
+                return std::tolower(static_cast<unsigned char>(a)) == b;
+            });
+        if (!chunked) {
+            std::string all;
+            for (auto i = te; i != te_end; ++i) {
+                all += (all.empty() ? "" : ", ") + i->second;
+            }
+            return bad(501, "Transfer-Encoding '" + all + "' is not supported: only chunked is",
+                       "unsupported_transfer_encoding");
+        }
+        if (cl != cl_end) {
+            return bad(400, "a request may not have both Transfer-Encoding and Content-Length",
+                       "bad_framing");
+        }
+    }
+    for (auto i = cl; i != cl_end; ++i) {
+        const std::string& v = i->second;
+        if (v.empty() || v.size() > 19 ||
+            !std::all_of(v.begin(), v.end(), [](char d) { return d >= '0' && d <= '9'; }) ||
+            v != cl->second) {
+            return bad(400, "Content-Length must be one decimal number", "bad_framing");
+        }
+    }
+    return std::nullopt;
 }
 
 json usage_of(const outcome& o) {
@@ -151,7 +207,7 @@ http_server::http_server(daemon& d)
     // httplib's own refusals (413, 404 of unknown paths, 400 of broken
     // requests) as OpenAI error objects.
     _svr.set_error_handler([](const httplib::Request&, httplib::Response& res) {
-        if (!res.body.empty()) {
+        if (!res.body.empty() || res.content_provider_) { // ours, from send_error()
             return;
         }
         api_error e{res.status, "", "invalid_request_error", "", ""};
@@ -171,6 +227,16 @@ http_server::http_server(daemon& d)
             e.message = "bad request";
         }
         res.set_content(to_text(error_body(e)), "application/json");
+    });
+    // Requests whose body cannot be told from what follows it: refused
+    // before a handler reads it, and their connections close.
+    _svr.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+        auto e = bad_framing(req);
+        if (!e) {
+            return httplib::Server::HandlerResponse::Unhandled;
+        }
+        send_error(res, *e, true);
+        return httplib::Server::HandlerResponse::Handled;
     });
     _svr.set_exception_handler(
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
@@ -347,11 +413,12 @@ bool http_server::authorize(const httplib::Request& req, httplib::Response& res,
     if (is_bearer) {
         auto it = keys.find(auth.substr(bearer.size()));
         if (it != keys.end() && admin && !it->second.admin) {
-            send_error(res, {403,
-                             "this API key may not use the administration API (/llmos/v1): "
-                             "that needs a key marked admin in llmosd's API key file",
-                             "permission_error", "", "admin_key_required"});
-            res.set_header("Connection", "close"); // its body, if any, is not read
+            send_error(res,
+                       {403,
+                        "this API key may not use the administration API (/llmos/v1): "
+                        "that needs a key marked admin in llmosd's API key file",
+                        "permission_error", "", "admin_key_required"},
+                       true); // its body, if any, is not read
             return false;
         }
         if (it != keys.end()) {
@@ -361,11 +428,12 @@ bool http_server::authorize(const httplib::Request& req, httplib::Response& res,
             return true;
         }
     }
-    send_error(res, {401,
-                     auth.empty() ? "an API key is required (Authorization: Bearer KEY)"
-                                  : "the API key is not valid",
-                     "invalid_request_error", "", "invalid_api_key"});
-    res.set_header("Connection", "close"); // its body, if any, is not read
+    send_error(res,
+               {401,
+                auth.empty() ? "an API key is required (Authorization: Bearer KEY)"
+                             : "the API key is not valid",
+                "invalid_request_error", "", "invalid_api_key"},
+               true); // its body, if any, is not read
     return false;
 }
 
@@ -385,15 +453,17 @@ bool http_server::read_body(const httplib::ContentReader& reader, httplib::Respo
         return true;
     }
     // The rest of the body is not read: the connection goes.
-    res.set_header("Connection", "close");
     if (too_large || res.status == 413) {
-        send_error(res, {413,
-                         "the request body is larger than this server accepts (" +
-                             std::to_string(max) + " bytes)",
-                         "invalid_request_error", "", "payload_too_large"});
+        send_error(res,
+                   {413,
+                    "the request body is larger than this server accepts (" + std::to_string(max) +
+                        " bytes)",
+                    "invalid_request_error", "", "payload_too_large"},
+                   true);
     } else {
         send_error(res,
-                   {400, "the request body could not be read", "invalid_request_error", "", ""});
+                   {400, "the request body could not be read", "invalid_request_error", "", ""},
+                   true);
     }
     return false;
 }
