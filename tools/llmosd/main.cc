@@ -129,7 +129,8 @@ int main(int argc, char** argv) {
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
         if (g_signal.load() > 0) {
-            std::fprintf(stderr, "llmosd: signal %d: draining %u request(s) in flight (up to %u s)\n",
+            std::fprintf(stderr,
+                         "llmosd: signal %d: draining %u request(s) in flight (up to %u s)\n",
                          g_signal.load(), d->in_flight(), drain_s);
         }
         d->drain(std::chrono::seconds(drain_s));
