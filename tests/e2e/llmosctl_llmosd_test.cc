@@ -441,8 +441,9 @@ TEST_F(llmosctl_llmosd, api_keys_from_the_option_or_the_environment) {
     EXPECT_NE(r.err.find("the API key is not valid"), std::string::npos) << r.err;
     r = ctl(s, "--api-key secret-one model list");
     EXPECT_EQ(r.status, 1);
-    EXPECT_EQ(r.err, "llmosctl: cannot list models: this API key may not use the administration "
-                     "API (/llmos/v1): that needs a key marked admin in llmosd's API key file\n");
+    EXPECT_EQ(r.err,
+              "llmosctl: cannot list models: this API key may not use the administration "
+              "API (/llmos/v1/models): that needs a key marked admin in llmosd's API key file\n");
     r = ctl(s, "--api-key operator model list");
     EXPECT_EQ(r.status, 0) << r.err;
     EXPECT_NE(r.out.find("\ntiny "), std::string::npos) << r.out;

@@ -105,14 +105,19 @@ httplib::Result post_chunked(httplib::Client& c, const std::string& path, std::s
 // second on an optimized build, too soon for the tests that hold it.
 class held_stream {
 public:
-    explicit held_stream(server& s, int max_tokens = 60000)
-        : _t([this, &s, max_tokens] {
+    explicit held_stream(server& s, int max_tokens = 60000, const std::string& session = "",
+                         const httplib::Headers& h = {})
+        : _t([this, &s, max_tokens, session, h] {
             auto c = s.client();
+            c.set_default_headers(h);
             json body = {{"model", "tiny"},
                          {"prompt", "Hello world"},
                          {"max_tokens", max_tokens},
                          {"temperature", 0},
                          {"stream", true}};
+            if (!session.empty()) {
+                body["session"] = session;
+            }
             post_streaming(c, "/v1/completions", body.dump(), [this](const char* d, size_t n) {
                 _body.append(d, n);
                 _started = true;
@@ -492,6 +497,78 @@ TEST_F(llmosd_test, a_session_keeps_its_conversation_across_a_restart) {
     auto r3 = post(c, "/v1/chat/completions", whole, 200);
     EXPECT_EQ(r2["choices"][0]["message"]["content"], r3["choices"][0]["message"]["content"]);
     EXPECT_EQ(r2["usage"]["prompt_tokens"], r3["usage"]["prompt_tokens"]);
+
+    // Ended, it starts over: the first turn's answer again.
+    auto del = c.Delete("/llmos/v1/sessions/alice");
+    ASSERT_TRUE(del);
+    EXPECT_EQ(del->status, 200) << del->body;
+    EXPECT_EQ(json::parse(del->body)["deleted"], "alice");
+    EXPECT_FALSE(llmos::mindspace_info(dev, llmos::ms_key{0, "llmosd.s.alice"}));
+    auto again = post(c, "/v1/chat/completions", first, 200);
+    EXPECT_EQ(again["choices"][0]["message"]["content"], reply1);
+    EXPECT_LT(again["usage"]["prompt_tokens"], r2["usage"]["prompt_tokens"])
+        << "a fresh conversation";
+}
+
+// With API keys, a session is its tenant's: another tenant can neither
+// continue it (and read what it holds) nor end it; an admin key can end
+// any. One that runs cannot be ended; one that is full says how to end it.
+TEST_F(llmosd_test, sessions_belong_to_their_tenant_and_can_be_ended) {
+    std::filesystem::create_directories(_dir);
+    std::ofstream(_dir + "/keys") << "alice-key 1\nbob-key 2\nboss 9 admin\n";
+    server s(_dir, {"--api-key-file", _dir + "/keys", "--ctx", "65536"});
+    auto c = s.client();
+    const httplib::Headers alice = {{"Authorization", "Bearer alice-key"}},
+                           bob = {{"Authorization", "Bearer bob-key"}},
+                           boss = {{"Authorization", "Bearer boss"}};
+    const json turn = {{"model", "tiny"},
+                       {"session", "s1"},
+                       {"prompt", "Hello world"},
+                       {"max_tokens", 4},
+                       {"temperature", 0}};
+    post(c, "/v1/completions", turn, 200, alice);
+    auto refused = post(c, "/v1/completions", turn, 403, bob);
+    expect_error(refused, "permission_error", "session");
+    EXPECT_EQ(refused["error"]["code"], "session_not_yours");
+    post(c, "/v1/completions", turn, 200, alice); // still hers
+    auto end = [&](const std::string& name, const httplib::Headers& who) {
+        auto r = c.Delete("/llmos/v1/sessions/" + name, who);
+        EXPECT_TRUE(r) << name;
+        return r ? std::make_pair(r->status, json::parse(r->body, nullptr, false))
+                 : std::make_pair(0, json());
+    };
+    EXPECT_EQ(end("s1", bob).first, 403);
+    EXPECT_EQ(end("s1", {}).first, 401);
+    auto [st, body] = end("nosuch", alice);
+    EXPECT_EQ(st, 404);
+    EXPECT_EQ(body["error"]["code"], "session_not_found");
+    EXPECT_EQ(end("bad%21name", alice).first, 400);
+    EXPECT_EQ(end("s1", alice).first, 200);
+    // Gone: bob may have the name now, and then it is his.
+    post(c, "/v1/completions", turn, 200, bob);
+    post(c, "/v1/completions", turn, 403, alice);
+    EXPECT_EQ(end("s1", boss).first, 200) << "an admin key ends any";
+    {
+        held_stream busy(s, 40000, "s2", alice); // a session's request has room for 43000
+        // Once it runs (its mindspace is there), it cannot be ended.
+        for (int i = 0; i < 500 && end("s2", boss).first == 404; ++i) {
+            std::this_thread::sleep_for(10ms);
+        }
+        std::tie(st, body) = end("s2", boss);
+        EXPECT_EQ(st, 409);
+        EXPECT_EQ(body["error"]["code"], "session_busy");
+    }
+    metrics_once(c, "llmosd_in_flight", 0);
+    EXPECT_EQ(end("s2", boss).first, 200);
+    // A prompt the context cannot hold, in a session: the error says how
+    // to start the session over.
+    json big = turn;
+    big["prompt"] = std::string(70000 * 2, 'a');
+    auto full = post(c, "/v1/completions", big, 400, alice);
+    EXPECT_EQ(full["error"]["code"], "context_length_exceeded");
+    EXPECT_NE(full["error"]["message"].get<std::string>().find("DELETE /llmos/v1/sessions/s1"),
+              std::string::npos)
+        << full.dump();
 }
 
 TEST_F(llmosd_test, a_client_that_goes_away_cancels_its_request) {
@@ -596,7 +673,7 @@ TEST_F(llmosd_test, api_keys_are_enforced) {
     EXPECT_EQ(uc.Get("/llmos/v1/models", user)->status, 403);
     EXPECT_NE(u.log().find("no key in " + _dir +
                            "/user-keys is marked admin: the administration "
-                           "API (/llmos/v1) is refused to every key"),
+                           "API (/llmos/v1/models) is refused to every key"),
               std::string::npos)
         << u.log();
 }

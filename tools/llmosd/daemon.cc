@@ -55,7 +55,7 @@ double now_s() {
 struct session_header {
     char magic[8];
     uint32_t version;
-    uint32_t reserved;
+    uint32_t tenant; ///< version 2: whose it is (with API keys); version 1: 0
     char model[64];
     uint64_t text_len;
     uint64_t kv_off;
@@ -72,19 +72,30 @@ constexpr uint64_t session_text_cap = 1 << 20;
 constexpr uint64_t session_req_off = session_text_off + session_text_cap;
 constexpr uint64_t session_req_cap = 2 << 20;
 
-// The header at the start of `ms` when it is a session's, with text that
-// lies inside `ms`.
-std::optional<session_header> session_of(std::span<const std::byte> ms) {
+// The header at the start of `ms` when it is a session's.
+std::optional<session_header> header_of(std::span<const std::byte> ms) {
     session_header h{};
     if (ms.size() < sizeof(h)) {
         return std::nullopt;
     }
     std::memcpy(&h, ms.data(), sizeof(h));
-    if (std::memcmp(h.magic, session_magic, 8) != 0 || h.text_len > session_text_cap ||
-        session_text_off + h.text_len > ms.size()) {
+    if (std::memcmp(h.magic, session_magic, 8) != 0) {
         return std::nullopt;
     }
     return h;
+}
+
+// header_of(), when its text lies inside `ms`.
+std::optional<session_header> session_of(std::span<const std::byte> ms) {
+    auto h = header_of(ms);
+    if (!h || h->text_len > session_text_cap || session_text_off + h->text_len > ms.size()) {
+        return std::nullopt;
+    }
+    return h;
+}
+
+uint32_t owner_of(const session_header& h) {
+    return h.version >= 2 ? h.tenant : 0;
 }
 
 // The engines of one worker: one llm_engine per model, made on first use,
@@ -423,7 +434,7 @@ daemon::daemon(options o)
         if (std::none_of(_keys.begin(), _keys.end(), [](auto& k) { return k.second.admin; })) {
             std::fprintf(stderr,
                          "llmosd: no key in %s is marked admin: the administration API "
-                         "(/llmos/v1) is refused to every key\n",
+                         "(/llmos/v1/models) is refused to every key\n",
                          _o.api_key_file.c_str());
         }
     }
@@ -570,6 +581,59 @@ void daemon::unload_model(const std::string& name) {
     wait_for_none(old->in_flight, _o.request_timeout);
     std::unique_lock lk(_models_m);
     _by_id.erase(old->id);
+}
+
+void daemon::check_session_owner(const std::string& session, const llmos::mindspace& ms,
+                                 uint32_t tenant) const {
+    if (_keys.empty()) {
+        return; // tenants are who clients say they are
+    }
+    auto map = ms.map(0, page); // the header
+    if (!map) {
+        throw server_error("session '" + session + "': " + map.error().message());
+    }
+    if (auto h = header_of(map->bytes()); h && owner_of(*h) != tenant) {
+        throw api_error{403, "the session '" + session + "' belongs to another tenant",
+                        "permission_error", "session", "session_not_yours"};
+    }
+}
+
+std::shared_ptr<std::mutex> daemon::session_lock(const std::string& session) {
+    std::lock_guard lk(_sessions_m);
+    auto& l = _session_locks[session];
+    if (!l) {
+        l = std::make_shared<std::mutex>();
+    }
+    return l;
+}
+
+void daemon::end_session(const std::string& session, std::optional<uint32_t> tenant) {
+    if (!valid_session_name(session)) {
+        throw api_error{400, "a session name is 1 to 48 characters of [A-Za-z0-9._-]",
+                        "invalid_request_error", "session", ""};
+    }
+    auto lock = session_lock(session);
+    std::unique_lock hold(*lock, std::try_to_lock);
+    if (!hold) {
+        throw api_error{409, "a request of the session '" + session + "' is running",
+                        "invalid_request_error", "session", "session_busy"};
+    }
+    const llmos::ms_key key{0, std::string(session_ms_prefix) + session};
+    auto ms = llmos::mindspace::open(*_dev, key);
+    if (!ms) {
+        if (ms.error() == std::errc::no_such_file_or_directory) {
+            throw api_error{404, "there is no session '" + session + "'", "invalid_request_error",
+                            "session", "session_not_found"};
+        }
+        throw server_error("session '" + session + "': " + ms.error().message());
+    }
+    if (tenant) {
+        check_session_owner(session, *ms, *tenant);
+    }
+    ms = std::error_code(); // closed before it goes
+    if (auto e = llmos::destroy_mindspace(*_dev, key)) {
+        throw server_error("session '" + session + "': " + e.message());
+    }
 }
 
 std::vector<std::shared_ptr<model_entry>> daemon::models() const {
@@ -720,14 +784,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     std::shared_ptr<std::mutex> session_lock;
     std::unique_lock<std::mutex> session_hold;
     if (!j.session.empty()) {
-        std::lock_guard lk(_sessions_m);
-        auto& l = _session_locks[j.session];
-        if (!l) {
-            l = std::make_shared<std::mutex>();
-        }
-        session_lock = l;
-    }
-    if (session_lock) {
+        session_lock = this->session_lock(j.session);
         session_hold = std::unique_lock(*session_lock);
     }
 
@@ -743,6 +800,9 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         const std::string name = std::string(session_ms_prefix) + j.session;
         const uint64_t want = session_req_off + session_req_cap + kv_bytes;
         auto o = llmos::mindspace::open(*_dev, llmos::ms_key{0, name});
+        if (o) {
+            check_session_owner(j.session, *o, tenant);
+        }
         std::vector<std::byte> kept; // the conversation, when its mindspace is replaced
         if (o && o->length() < want) {
             // Made for a smaller cache (another model, --ctx or --engine):
@@ -815,10 +875,15 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     const uint32_t flags = j.chat ? llmos::gen_parse_special | llmos::gen_no_bos : 0;
     auto prompt_tokens = m->vocab->encode(text, !(flags & llmos::gen_no_bos),
                                           (flags & llmos::gen_parse_special) != 0);
+    // A session's conversation counts: say how to start it over.
+    const std::string restart =
+        j.session.empty() ? ""
+                          : " (with the session's conversation; DELETE /llmos/v1/sessions/" +
+                                j.session + " starts it over)";
     if (prompt_tokens.size() >= _o.ctx) {
         throw api_error{400,
-                        "the prompt is " + std::to_string(prompt_tokens.size()) +
-                            " tokens; this server's context holds " + std::to_string(_o.ctx),
+                        "the prompt is " + std::to_string(prompt_tokens.size()) + " tokens" +
+                            restart + "; this server's context holds " + std::to_string(_o.ctx),
                         "invalid_request_error", j.chat ? "messages" : "prompt",
                         "context_length_exceeded"};
     }
@@ -842,8 +907,8 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     uint64_t req_off = 0;
     if (ms) {
         if (req.size() + out_room + 64 > session_req_cap) {
-            throw api_error{400, "the request is too large for a session", "invalid_request_error",
-                            "", ""};
+            throw api_error{400, "the request is too large for a session" + restart,
+                            "invalid_request_error", "", ""};
         }
         req_off = session_req_off;
         auto* hdr = reinterpret_cast<llmos::gen_request_header*>(req.data());
@@ -893,6 +958,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     s->t0 = t0;
     s->session_lock = std::move(session_lock);
     s->session_hold = std::move(session_hold);
+    s->tenant = tenant;
     s->ms = std::move(ms);
     s->map = std::move(map);
     s->conv = std::move(conv);
@@ -1055,7 +1121,8 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
             std::memcpy(map->data() + session_text_off, keep.data(), keep.size());
             session_header sh{};
             std::memcpy(sh.magic, session_magic, 8);
-            sh.version = 1;
+            sh.version = 2;
+            sh.tenant = s.tenant;
             std::snprintf(sh.model, sizeof(sh.model), "%s", j.model.c_str());
             sh.text_len = keep.size();
             sh.kv_off = session_req_off + session_req_cap;

@@ -154,6 +154,7 @@ public:
         std::vector<llmos::engine::chat_message> conv; ///< a chat: the conversation run
         std::string text;                              ///< the text run
         uint32_t n_prompt = 0, max_tokens = 0;
+        uint32_t tenant = 0; ///< whose it is (and, after, its session)
         uint64_t kv_bytes = 0, req_off = 0, req_size = 0, id = 0;
         std::shared_ptr<stream_queue> q;
         std::optional<llmos::sched_client> client;
@@ -189,6 +190,10 @@ public:
     std::shared_ptr<model_entry> swap_model(const std::string& name, const std::string& path);
     /// Unloads `name` once its requests are finished.
     void unload_model(const std::string& name);
+    /// Ends the session `session` (its mindspace goes): 404 when there is
+    /// none, 409 while one of its requests runs, 403 when `tenant` is
+    /// given and it is another tenant's (with API keys).
+    void end_session(const std::string& session, std::optional<uint32_t> tenant);
     std::shared_ptr<model_entry> model_by_id(uint32_t id) const;
 
     /// New requests get 503; returns when none is in flight, then stops
@@ -217,6 +222,11 @@ public:
 
 private:
     std::shared_ptr<model_entry> open_model(const std::string& name, const std::string& path);
+    /// 403 when API keys are in use and `ms` holds another tenant's session.
+    void check_session_owner(const std::string& session, const llmos::mindspace& ms,
+                             uint32_t tenant) const;
+    /// The lock that lets one request of `session` run at a time.
+    std::shared_ptr<std::mutex> session_lock(const std::string& session);
     std::shared_ptr<stream_queue> attach(uint64_t id);
     void detach(uint64_t id);
     /// Cancels `id` in the scheduler, and marks it for its worker.

@@ -335,6 +335,21 @@ http_server::http_server(daemon& d)
                   auto m = _d.swap_model(req.matches[1], path);
                   res.set_content(to_text(describe(*m)), "application/json");
               });
+    // A session's end: its tenant's keys, or an admin key.
+    _svr.Delete(R"(/llmos/v1/sessions/([^/]+))",
+                [this](const httplib::Request& req, httplib::Response& res) {
+                    uint32_t tenant = 0;
+                    if (!authorize(req, res, &tenant)) {
+                        return;
+                    }
+                    std::optional<uint32_t> owner;
+                    if (const daemon::api_key* k = key_of(req); k && !k->admin) {
+                        owner = tenant;
+                    }
+                    _d.end_session(req.matches[1], owner);
+                    res.set_content(to_text(json{{"deleted", std::string(req.matches[1])}}),
+                                    "application/json");
+                });
     _svr.Delete(R"(/llmos/v1/models/([^/]+))",
                 [this](const httplib::Request& req, httplib::Response& res) {
                     if (!authorize_admin(req, res)) {
@@ -397,36 +412,41 @@ bool http_server::authorize_admin(const httplib::Request& req, httplib::Response
     return authorize(req, res, nullptr, true);
 }
 
-bool http_server::authorize(const httplib::Request& req, httplib::Response& res, uint32_t* tenant,
-                            bool admin) {
-    const auto& keys = _d.api_keys();
-    if (keys.empty()) {
-        return true;
-    }
-    std::string auth = req.get_header_value("Authorization");
+const daemon::api_key* http_server::key_of(const httplib::Request& req) const {
+    const std::string auth = req.get_header_value("Authorization");
     // The scheme's name is case-insensitive (RFC 9110).
     const std::string bearer = "bearer ";
     const bool is_bearer =
         auth.size() > bearer.size() &&
         std::equal(bearer.begin(), bearer.end(), auth.begin(),
                    [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); });
-    if (is_bearer) {
-        auto it = keys.find(auth.substr(bearer.size()));
-        if (it != keys.end() && admin && !it->second.admin) {
+    if (!is_bearer) {
+        return nullptr;
+    }
+    auto it = _d.api_keys().find(auth.substr(bearer.size()));
+    return it == _d.api_keys().end() ? nullptr : &it->second;
+}
+
+bool http_server::authorize(const httplib::Request& req, httplib::Response& res, uint32_t* tenant,
+                            bool admin) {
+    if (_d.api_keys().empty()) {
+        return true;
+    }
+    const std::string auth = req.get_header_value("Authorization");
+    if (const daemon::api_key* k = key_of(req)) {
+        if (admin && !k->admin) {
             send_error(res,
                        {403,
-                        "this API key may not use the administration API (/llmos/v1): "
+                        "this API key may not use the administration API (/llmos/v1/models): "
                         "that needs a key marked admin in llmosd's API key file",
                         "permission_error", "", "admin_key_required"},
                        true); // its body, if any, is not read
             return false;
         }
-        if (it != keys.end()) {
-            if (tenant) {
-                *tenant = it->second.tenant;
-            }
-            return true;
+        if (tenant) {
+            *tenant = k->tenant;
         }
+        return true;
     }
     send_error(res,
                {401,

@@ -34,7 +34,9 @@ private:
     /// when `admin`. `tenant` gets the key's tenant.
     bool authorize(const httplib::Request& req, httplib::Response& res, uint32_t* tenant = nullptr,
                    bool admin = false);
-    /// authorize() for the administration API (/llmos/v1).
+    /// The request's API key, when it names one in the key file.
+    const daemon::api_key* key_of(const httplib::Request& req) const;
+    /// authorize() for the administration API (/llmos/v1/models).
     bool authorize_admin(const httplib::Request& req, httplib::Response& res);
     nlohmann::json describe(const model_entry& m) const;
     static std::pair<std::string, std::string> name_and_path(const std::string& body,
