@@ -405,10 +405,27 @@ TEST_F(llmosctl_llmosd, chat_keeps_the_conversation_until_quit) {
     EXPECT_EQ(r.status, 2);
     EXPECT_EQ(r.err, "llmosctl: bad --session 'no/slash' (1 to 48 characters of A-Z a-z 0-9 . _ "
                      "-)\n");
+
+    // Ended, the session starts over: the first reply again, for the
+    // second line.
+    r = ctl(s, "session rm alice");
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, "ended session alice\n");
+    r = ctl(s, "chat --session alice -t 0 -n 6", "Hello world\n/quit\n");
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, turns[0]["text"].get<std::string>() + "\n");
+    r = ctl(s, "session rm nobody");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: cannot end session 'nobody': there is no session 'nobody'\n");
+    r = ctl(s, "session rm 'no/slash'");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_EQ(r.err, "llmosctl: bad session name 'no/slash' (1 to 48 characters of A-Z a-z 0-9 . "
+                     "_ -)\n");
 }
 
 TEST_F(llmosctl_llmosd, an_unreachable_server_is_one_clear_line) {
-    for (const char* args : {"model list", "run hello", "chat", "model load x /tmp/x.gguf"}) {
+    for (const char* args :
+         {"model list", "run hello", "chat", "model load x /tmp/x.gguf", "session rm x"}) {
         auto r = ctl(std::string("--server http://127.0.0.1:1 ") + args, "", "hi\n");
         EXPECT_EQ(r.status, 1) << args;
         EXPECT_EQ(r.err, "llmosctl: cannot reach llmosd at http://127.0.0.1:1: could not connect "
@@ -466,7 +483,7 @@ TEST_F(llmosctl_llmosd, a_unix_socket_server) {
 
 #ifdef LLMOS_TEST_STATIC_LLMOSCTL
 TEST_F(llmosctl_llmosd, the_static_build_says_it_has_no_http) {
-    for (const char* args : {"model list", "run hello", "chat", "model load a b"}) {
+    for (const char* args : {"model list", "run hello", "chat", "model load a b", "session rm a"}) {
         auto r = run_program(llmos::testing::llmosctl_static_bin, args);
         EXPECT_EQ(r.status, 2) << args;
         EXPECT_EQ(r.err, "llmosctl: this llmosctl was built without HTTP support; use the full "

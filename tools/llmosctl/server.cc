@@ -92,6 +92,18 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
     swap->callback(
         [&rc, opts, names] { rc = cmd_model_swap(opts(), names->first, names->second); });
 
+    auto* session = app.add_subcommand("session", "llmosd's server-side sessions: rm");
+    session->require_subcommand(1);
+    auto* session_rm = session->add_subcommand(
+        "rm", "end a session: llmosd forgets its conversation, and the next request naming "
+              "it starts afresh");
+    session_rm->add_option("name", names->first, "the session")->required();
+    session_rm->callback([&rc, opts, names] {
+        rc = valid_session(names->first) ? cmd_session_rm(opts(), names->first)
+                                         : usage("bad session name '" + names->first +
+                                                 "' (1 to 48 characters of A-Z a-z 0-9 . _ -)");
+    });
+
     auto ga = std::make_shared<gen_args>();
     auto check_gen = [ga](CLI::App* cmd) {
         ga->has_seed = cmd->count("--seed") > 0;

@@ -308,6 +308,23 @@ int cmd_model_unload(const server_options& o, const std::string& name) {
     return 0;
 }
 
+int cmd_session_rm(const server_options& o, const std::string& name) {
+    auto c = connect(o);
+    if (!c) {
+        return exit_usage;
+    }
+    auto r = c->del("/llmos/v1/sessions/" + name);
+    if (!r.ok()) {
+        return fail_reply("cannot end session '" + name + "'", r, c->where());
+    }
+    if (o.json) {
+        std::cout << r.body.dump(2) << '\n';
+    } else {
+        std::printf("ended session %s\n", name.c_str());
+    }
+    return 0;
+}
+
 int cmd_model_swap(const server_options& o, const std::string& name, const std::string& path) {
     auto c = connect(o);
     if (!c) {
