@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
@@ -516,6 +517,24 @@ TEST_F(llmosd_test, a_session_keeps_its_conversation_across_a_restart) {
 TEST_F(llmosd_test, sessions_belong_to_their_tenant_and_can_be_ended) {
     std::filesystem::create_directories(_dir);
     std::ofstream(_dir + "/keys") << "alice-key 1\nbob-key 2\nboss 9 admin\n";
+    {
+        // A session kept before owners were (version 1): nobody's, so its
+        // conversation is read by no tenant.
+        auto dev = llmos::device::open_local(_dir + "/ms").value();
+        auto old = llmos::mindspace::create(
+                       dev, {.length = 8192, .name = "llmosd.s.old", .persistent = true})
+                       .value();
+        auto m = old.map().value();
+        const std::string secret = "Hello world, the secret words are these";
+        struct {
+            char magic[8] = {'L', 'L', 'M', 'O', 'S', 'S', 'E', 'S'};
+            uint32_t version = 1, tenant = 0;
+            char model[64] = "tiny";
+            uint64_t text_len, kv_off = 0, kv_len = 0;
+        } v1{.text_len = secret.size()};
+        std::memcpy(m.data(), &v1, sizeof v1);
+        std::memcpy(m.data() + 4096, secret.data(), secret.size());
+    }
     server s(_dir, {"--api-key-file", _dir + "/keys", "--ctx", "65536"});
     auto c = s.client();
     const httplib::Headers alice = {{"Authorization", "Bearer alice-key"}},
@@ -526,6 +545,15 @@ TEST_F(llmosd_test, sessions_belong_to_their_tenant_and_can_be_ended) {
                        {"prompt", "Hello world"},
                        {"max_tokens", 4},
                        {"temperature", 0}};
+    json old = turn;
+    old["session"] = "old";
+    old["prompt"] = "x";
+    json plain = old;
+    plain.erase("session");
+    EXPECT_EQ(post(c, "/v1/completions", old, 200, bob)["usage"]["prompt_tokens"],
+              post(c, "/v1/completions", plain, 200, bob)["usage"]["prompt_tokens"])
+        << "the version-1 conversation was read";
+    post(c, "/v1/completions", old, 403, alice); // and now it is bob's
     post(c, "/v1/completions", turn, 200, alice);
     auto refused = post(c, "/v1/completions", turn, 403, bob);
     expect_error(refused, "permission_error", "session");
@@ -638,6 +666,15 @@ TEST_F(llmosd_test, api_keys_are_enforced) {
                                     "Content-Length: 2\r\n\r\n{}");
     EXPECT_EQ(raw.status(), 401) << raw.text;
     EXPECT_TRUE(raw.closed) << "its body is not read: the connection closes";
+    // A Range is ignored: no part of a refusal (nor memory past it).
+    for (const char* range : {"bytes=4096-4200", "bytes=5-9"}) {
+        raw = raw_exchange(s.port, std::string("POST /v1/completions HTTP/1.1\r\nHost: llmosd\r\n"
+                                               "Range: ") +
+                                       range + "\r\nContent-Length: 2\r\n\r\n{}");
+        EXPECT_EQ(raw.status(), 401) << raw.text;
+        EXPECT_EQ(raw.body()["error"]["code"], "invalid_api_key") << raw.text;
+        EXPECT_LT(raw.text.size(), 1000u) << raw.text;
+    }
 
     // The administration API wants a key marked admin: it loads files
     // from the server's disk.
@@ -988,6 +1025,13 @@ TEST_F(llmosd_test, ambiguous_framing_is_refused_and_the_connection_closes) {
         {post + "Transfer-Encoding: gzip, chunked\r\n" + chunked, 501,
          "unsupported_transfer_encoding"},
         {post + "Content-Length: 300\r\n\r\n" + std::string(300, ' '), 413, "payload_too_large"},
+        {post + "Transfer-Encoding : chunked\r\n" + chunked, 400, "bad_framing"},
+        {post + "\r\n" + body, 411, "length_required"},
+        {"GET /v1/models HTTP/1.1\r\nHost: llmosd\r\n" + sized + "\r\n" + body, 400, "bad_framing"},
+        {"DELETE /llmos/v1/sessions/x HTTP/1.1\r\nHost: llmosd\r\nTransfer-Encoding: "
+         "chunked\r\n" +
+             chunked,
+         400, "bad_framing"},
     };
     for (auto& c : cases) {
         auto a = raw_exchange(s.port, c.request);

@@ -55,7 +55,7 @@ double now_s() {
 struct session_header {
     char magic[8];
     uint32_t version;
-    uint32_t tenant; ///< version 2: whose it is (with API keys); version 1: 0
+    uint32_t tenant; ///< version 2: whose it is (with API keys); version 1: nobody's
     char model[64];
     uint64_t text_len;
     uint64_t kv_off;
@@ -92,10 +92,6 @@ std::optional<session_header> session_of(std::span<const std::byte> ms) {
         return std::nullopt;
     }
     return h;
-}
-
-uint32_t owner_of(const session_header& h) {
-    return h.version >= 2 ? h.tenant : 0;
 }
 
 // The engines of one worker: one llm_engine per model, made on first use,
@@ -592,7 +588,7 @@ void daemon::check_session_owner(const std::string& session, const llmos::mindsp
     if (!map) {
         throw server_error("session '" + session + "': " + map.error().message());
     }
-    if (auto h = header_of(map->bytes()); h && owner_of(*h) != tenant) {
+    if (auto h = header_of(map->bytes()); h && h->version >= 2 && h->tenant != tenant) {
         throw api_error{403, "the session '" + session + "' belongs to another tenant",
                         "permission_error", "session", "session_not_yours"};
     }
@@ -612,12 +608,6 @@ void daemon::end_session(const std::string& session, std::optional<uint32_t> ten
         throw api_error{400, "a session name is 1 to 48 characters of [A-Za-z0-9._-]",
                         "invalid_request_error", "session", ""};
     }
-    auto lock = session_lock(session);
-    std::unique_lock hold(*lock, std::try_to_lock);
-    if (!hold) {
-        throw api_error{409, "a request of the session '" + session + "' is running",
-                        "invalid_request_error", "session", "session_busy"};
-    }
     const llmos::ms_key key{0, std::string(session_ms_prefix) + session};
     auto ms = llmos::mindspace::open(*_dev, key);
     if (!ms) {
@@ -629,6 +619,19 @@ void daemon::end_session(const std::string& session, std::optional<uint32_t> ten
     }
     if (tenant) {
         check_session_owner(session, *ms, *tenant);
+    }
+    // None of its requests may run while it goes.
+    auto lock = session_lock(session);
+    std::unique_lock hold(*lock, std::try_to_lock);
+    if (!hold) {
+        throw api_error{409, "a request of the session '" + session + "' is running",
+                        "invalid_request_error", "session", "session_busy"};
+    }
+    if (auto now = llmos::mindspace::open(*_dev, key)) {
+        ms = std::move(now); // the one there now, should a request have replaced it
+    }
+    if (_kv_pool) { // its K/V rows on the GPU (and what published them) go too
+        _kv_pool->forget({ms->id(), session_req_off + session_req_cap});
     }
     ms = std::error_code(); // closed before it goes
     if (auto e = llmos::destroy_mindspace(*_dev, key)) {
@@ -830,6 +833,18 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         map.emplace(std::move(*mp));
         if (!kept.empty()) {
             std::memcpy(map->data(), kept.data(), kept.size());
+        }
+        // A new session is its tenant's from the start (its first request
+        // may fail). One made before owners were kept (version 1) is
+        // nobody's: with API keys, its conversation is not read (it could
+        // be any tenant's), and it becomes this tenant's.
+        auto h = header_of(map->bytes());
+        if (!h || (h->version < 2 && !_keys.empty())) {
+            session_header sh{};
+            std::memcpy(sh.magic, session_magic, 8);
+            sh.version = 2;
+            sh.tenant = tenant;
+            std::memcpy(map->data(), &sh, sizeof(sh));
         }
         if (auto h = session_of(map->bytes()); h && std::string_view(h->model) == j.model) {
             stored_text.assign(reinterpret_cast<const char*>(map->data()) + session_text_off,

@@ -203,7 +203,7 @@ public:
     bool draining() const noexcept { return _draining.load(); }
 
     /// An API key: the tenant its requests are scheduled as, and whether
-    /// it may use the administration API (/llmos/v1).
+    /// it may use the administration API (/llmos/v1/models).
     struct api_key {
         uint32_t tenant = 0;
         bool admin = false;

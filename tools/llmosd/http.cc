@@ -55,22 +55,31 @@ void send_error(httplib::Response& res, const api_error& e, bool close = false) 
     // So the body goes out whole through one, which then fails.
     res.set_header("Connection", "close");
     const size_t size = body.size();
-    res.set_content_provider(size, "application/json",
-                             [body = std::move(body)](size_t at, size_t, httplib::DataSink& sink) {
-                                 sink.write(body.data() + at, body.size() - at);
-                                 return false;
-                             });
+    res.set_content_provider(
+        size, "application/json",
+        [body = std::move(body)](size_t at, size_t len, httplib::DataSink& sink) {
+            if (at < body.size()) {
+                sink.write(body.data() + at, std::min(len, body.size() - at));
+            }
+            return false;
+        });
 }
 
-// Why a request's body framing cannot be trusted (RFC 9112 6.1, 6.3), or
-// nothing: a Transfer-Encoding other than chunked (501), one with a
-// Content-Length, or Content-Lengths that are not one number (400). httplib
-// would take the first Content-Length, or chunked over it: a proxy in front
-// that read it the other way would see a different next request.
+// Why a request's body framing cannot be trusted (RFC 9112 5.1, 6.1, 6.3),
+// or nothing. httplib would take the first Content-Length, or chunked over
+// it, skip a header whose name ends in a blank, read no body at all for
+// GET (or DELETE without a Content-Length), and read a POST without either
+// header to the connection's end: a proxy in front that read any of these
+// another way would see a different next request.
 std::optional<api_error> bad_framing(const httplib::Request& req) {
     auto bad = [](int status, const std::string& why, const char* code) {
         return api_error{status, why, "invalid_request_error", "", code};
     };
+    for (auto& [name, value] : req.headers) {
+        if (name.find_first_of(" \t") != std::string::npos) {
+            return bad(400, "a header name may not hold blanks", "bad_framing");
+        }
+    }
     auto [te, te_end] = req.headers.equal_range("Transfer-Encoding");
     auto [cl, cl_end] = req.headers.equal_range("Content-Length");
     if (te != te_end) {
@@ -99,6 +108,19 @@ std::optional<api_error> bad_framing(const httplib::Request& req) {
             v != cl->second) {
             return bad(400, "Content-Length must be one decimal number", "bad_framing");
         }
+    }
+    const std::string& m = req.method;
+    const bool sized = cl != cl_end, chunked = te != te_end;
+    const bool takes_body = m == "POST" || m == "PUT" || m == "PATCH";
+    if (takes_body && !sized && !chunked) {
+        return bad(411, "a " + m + " needs a Content-Length (or Transfer-Encoding: chunked)",
+                   "length_required");
+    }
+    // What httplib reads no body for may not have one.
+    const bool reads_body = takes_body || m == "PRI" || (m == "DELETE" && sized);
+    if (!reads_body &&
+        (chunked || (sized && cl->second.find_first_not_of('0') != std::string::npos))) {
+        return bad(400, "a " + m + " request may not have a body", "bad_framing");
     }
     return std::nullopt;
 }
@@ -231,6 +253,10 @@ http_server::http_server(daemon& d)
     // Requests whose body cannot be told from what follows it: refused
     // before a handler reads it, and their connections close.
     _svr.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+        // No endpoint serves parts of its answer: a Range is ignored (RFC
+        // 9110 14.2), not applied to JSON or error bodies. httplib has
+        // parsed it into the request, which it owns (not const there).
+        const_cast<httplib::Request&>(req).ranges.clear();
         auto e = bad_framing(req);
         if (!e) {
             return httplib::Server::HandlerResponse::Unhandled;
