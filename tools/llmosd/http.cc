@@ -12,6 +12,7 @@
 #include <optional>
 #include <poll.h>
 #include <random>
+#include <string_view>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -65,6 +66,14 @@ void send_error(httplib::Response& res, const api_error& e, bool close = false) 
         });
 }
 
+// Whether `text` starts with `lower` (lower case), in any case.
+bool starts_with_nocase(std::string_view text, std::string_view lower) {
+    return text.size() >= lower.size() &&
+           std::equal(lower.begin(), lower.end(), text.begin(), [](char l, char t) {
+               return l == std::tolower(static_cast<unsigned char>(t));
+           });
+}
+
 // Why a request's body framing cannot be trusted (RFC 9112 5.1, 6.1, 6.3),
 // or nothing. httplib would take the first Content-Length, or chunked over
 // it, skip a header whose name ends in a blank, read no body at all for
@@ -83,11 +92,8 @@ std::optional<api_error> bad_framing(const httplib::Request& req) {
     auto [te, te_end] = req.headers.equal_range("Transfer-Encoding");
     auto [cl, cl_end] = req.headers.equal_range("Content-Length");
     if (te != te_end) {
-        const bool chunked =
-            std::next(te) == te_end && te->second.size() == 7 &&
-            std::equal(te->second.begin(), te->second.end(), "chunked", [](char a, char b) {
-                return std::tolower(static_cast<unsigned char>(a)) == b;
-            });
+        const bool chunked = std::next(te) == te_end && te->second.size() == 7 &&
+                             starts_with_nocase(te->second, "chunked");
         if (!chunked) {
             std::string all;
             for (auto i = te; i != te_end; ++i) {
@@ -364,13 +370,12 @@ http_server::http_server(daemon& d)
     // A session's end: its tenant's keys, or an admin key.
     _svr.Delete(R"(/llmos/v1/sessions/([^/]+))",
                 [this](const httplib::Request& req, httplib::Response& res) {
-                    uint32_t tenant = 0;
-                    if (!authorize(req, res, &tenant)) {
+                    if (!authorize(req, res)) {
                         return;
                     }
                     std::optional<uint32_t> owner;
                     if (const daemon::api_key* k = key_of(req); k && !k->admin) {
-                        owner = tenant;
+                        owner = k->tenant;
                     }
                     _d.end_session(req.matches[1], owner);
                     res.set_content(to_text(json{{"deleted", std::string(req.matches[1])}}),
@@ -442,11 +447,7 @@ const daemon::api_key* http_server::key_of(const httplib::Request& req) const {
     const std::string auth = req.get_header_value("Authorization");
     // The scheme's name is case-insensitive (RFC 9110).
     const std::string bearer = "bearer ";
-    const bool is_bearer =
-        auth.size() > bearer.size() &&
-        std::equal(bearer.begin(), bearer.end(), auth.begin(),
-                   [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); });
-    if (!is_bearer) {
+    if (auth.size() == bearer.size() || !starts_with_nocase(auth, bearer)) {
         return nullptr;
     }
     auto it = _d.api_keys().find(auth.substr(bearer.size()));
