@@ -7,6 +7,8 @@
 // graceful shutdown.
 #include "../support/llmosd_process.hh"
 #include "../support/paths.hh"
+#include "conn_pool.hh"
+#include "session.hh"
 
 #include <algorithm>
 #include <arpa/inet.h>
@@ -511,6 +513,200 @@ TEST_F(llmosd_test, a_session_keeps_its_conversation_across_a_restart) {
         << "a fresh conversation";
 }
 
+// The session's layout, as a function of --ctx and of its header.
+TEST(llmosd_session_layout, grows_with_the_context_and_reads_older_headers) {
+    namespace ss = llmosd::session;
+    // Contexts up to 20480 tokens keep the layout of versions 1 and 2.
+    EXPECT_EQ(ss::for_ctx(16), ss::legacy());
+    EXPECT_EQ(ss::for_ctx(4096), ss::legacy());
+    EXPECT_EQ(ss::for_ctx(20480), ss::legacy());
+    EXPECT_NE(ss::for_ctx(20481), ss::legacy());
+    // Past them: a conversation of ctx tokens at 32 bytes a token, and a
+    // request that holds it and ctx tokens of output.
+    for (uint32_t ctx : {32768u, 65536u, 131072u, 1u << 20}) {
+        const auto l = ss::for_ctx(ctx);
+        EXPECT_GE(l.text_cap, uint64_t(ctx) * 32) << ctx;
+        EXPECT_GE(l.req_cap, l.text_cap + uint64_t(ctx) * 48) << ctx;
+        EXPECT_EQ(l.text_cap % ss::page, 0u);
+        EXPECT_EQ(l.req_cap % ss::page, 0u);
+        EXPECT_TRUE(l.covers(ss::legacy()));
+        EXPECT_FALSE(ss::legacy().covers(l));
+        EXPECT_EQ(l.kv_off(), ss::page + l.text_cap + l.req_cap);
+    }
+
+    std::vector<std::byte> ms(ss::page * 4);
+    auto put = [&](const auto& h) { std::memcpy(ms.data(), &h, sizeof h); };
+    // A version-3 header keeps a model name of 128 bytes whole.
+    const std::string name(128, 'm');
+    const auto l = ss::for_ctx(65536);
+    put(ss::make(7, name, 5, l, 123, ss::overflowed));
+    auto h = ss::read(ms);
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->version, 3u);
+    EXPECT_EQ(h->tenant, 7u);
+    EXPECT_EQ(ss::model_of(*h), name);
+    EXPECT_EQ(ss::of(*h), l);
+    EXPECT_EQ(h->kv_off, l.kv_off());
+    EXPECT_EQ(h->flags, uint32_t(ss::overflowed));
+    EXPECT_FALSE(ss::text(*h, ms)) << "its text region lies past this mindspace";
+    std::vector<std::byte> whole(ss::page + l.text_cap);
+    std::memcpy(whole.data(), &*h, sizeof *h);
+    ASSERT_TRUE(ss::text(*h, whole));
+    EXPECT_EQ(ss::text(*h, whole)->size(), 5u);
+
+    // Headers that are not a session's, or lie about their layout.
+    auto bad = ss::make(7, "m", 5, l, 123, 0);
+    auto refused = [&](auto mend) {
+        auto b = bad;
+        mend(b);
+        put(b);
+        return !ss::read(ms);
+    };
+    EXPECT_TRUE(refused([](auto& b) { b.magic[0] = 'X'; }));
+    EXPECT_TRUE(refused([](auto& b) { b.version = 0; }));
+    EXPECT_TRUE(refused([](auto& b) { b.version = 4; }));
+    EXPECT_TRUE(refused([](auto& b) { b.text_cap += 1; }));
+    EXPECT_TRUE(refused([](auto& b) { b.req_cap = 0; }));
+    EXPECT_TRUE(refused([](auto& b) { b.kv_off += ss::page; }));
+    EXPECT_TRUE(refused([](auto& b) { b.text_cap = uint64_t{1} << 62; }));
+    EXPECT_FALSE(refused([](auto&) {}));
+    const auto too_long = ss::make(7, "m", l.text_cap + 1, l, 123, 0);
+    EXPECT_FALSE(ss::text(too_long, whole)) << "text longer than its region";
+
+    // Versions 1 and 2: the fixed layout; what they lack reads 0.
+    std::fill(ms.begin(), ms.end(), std::byte{0xAA});
+    auto v2 = ss::make(3, std::string(70, 'n'), 9, ss::legacy(), 0, 0);
+    v2.version = 2;
+    std::memcpy(ms.data(), &v2, offsetof(ss::header, text_cap)); // the rest is 0xAA
+    h = ss::read(ms);
+    ASSERT_TRUE(h);
+    EXPECT_EQ(ss::of(*h), ss::legacy());
+    EXPECT_EQ(h->flags, 0u);
+    EXPECT_EQ(ss::model_of(*h), std::string(63, 'n')) << "the 64 bytes version 2 had";
+}
+
+// A session's store is sized for --ctx and says so in its header; one kept
+// by an older llmosd (the fixed layout) is continued in place where it is
+// large enough and replaced, with its conversation, where it is not. A
+// conversation that outgrew its store is refused until ended, and a model
+// name longer than older headers held keeps its conversation.
+TEST_F(llmosd_test, a_session_s_store_follows_the_context_and_older_ones_carry_on) {
+    namespace ss = llmosd::session;
+    const std::string long_name(100, 'L');
+    auto dev = llmos::device::open_local(_dir + "/ms").value();
+    auto header_of = [&](const std::string& session) {
+        auto ms = llmos::mindspace::open(dev, {0, "llmosd.s." + session});
+        EXPECT_TRUE(ms) << session;
+        std::optional<ss::header> h;
+        if (ms) {
+            h = ss::read(ms->map(0, ss::page).value().bytes());
+        }
+        EXPECT_TRUE(h) << session;
+        return h.value_or(ss::header{});
+    };
+    auto id_of = [&](const std::string& session) {
+        auto i = llmos::mindspace_info(dev, {0, "llmosd.s." + session});
+        return i ? i->id : 0;
+    };
+    auto turn = [](const std::string& session, const std::string& prompt,
+                   const std::string& model = "tiny") {
+        return json{{"model", model},
+                    {"session", session},
+                    {"prompt", prompt},
+                    {"max_tokens", 3},
+                    {"temperature", 0}};
+    };
+    auto tokens = [](const json& r) { return r["usage"]["prompt_tokens"].get<int>(); };
+    uint64_t kv_len = 0;
+    int plain_tokens = 0;
+    {
+        server s(_dir, {"--model", long_name + "=" + tiny});
+        auto c = s.client();
+        post(c, "/v1/completions", turn("probe", "Hello world"), 200);
+        auto h = header_of("probe");
+        EXPECT_EQ(h.version, 3u);
+        EXPECT_EQ(ss::of(h), ss::legacy()) << "--ctx 2048 keeps the fixed layout";
+        kv_len = h.kv_len;
+        ASSERT_GT(kv_len, 0u);
+        json plain = turn("", "Hello world again");
+        plain.erase("session");
+        plain_tokens = tokens(post(c, "/v1/completions", plain, 200));
+
+        // A model name past the 63 bytes older headers held.
+        const int first = tokens(post(c, "/v1/completions", turn("long", "Hello", long_name), 200));
+        const int second =
+            tokens(post(c, "/v1/completions", turn("long", " world", long_name), 200));
+        EXPECT_GT(second, first + 1) << "the conversation of " << long_name << " was not read";
+        EXPECT_EQ(ss::model_of(header_of("long")), long_name);
+
+        // A reply the store could not hold: the next turn says so, and
+        // ending the session lets it start over.
+        {
+            auto ms = llmos::mindspace::open(dev, {0, "llmosd.s.probe"}).value();
+            auto m = ms.map(0, ss::page).value();
+            auto hh = ss::read(m.bytes()).value();
+            hh.flags |= ss::overflowed;
+            std::memcpy(m.data(), &hh, sizeof hh);
+        }
+        auto full = post(c, "/v1/completions", turn("probe", " more"), 400);
+        EXPECT_EQ(full["error"]["code"], "session_full");
+        EXPECT_NE(
+            full["error"]["message"].get<std::string>().find("DELETE /llmos/v1/sessions/probe"),
+            std::string::npos)
+            << full;
+        EXPECT_EQ(c.Delete("/llmos/v1/sessions/probe")->status, 200);
+        post(c, "/v1/completions", turn("probe", "Hello world"), 200);
+        EXPECT_EQ(s.stop(), 0);
+    }
+
+    // A session as llmosd kept them before (version 2: the fixed layout,
+    // a 64-byte model name).
+    auto forge_v2 = [&](const std::string& session, const std::string& text) {
+        const auto l = ss::legacy();
+        auto ms = llmos::mindspace::create(dev, {.length = l.kv_off() + kv_len,
+                                                 .name = "llmosd.s." + session,
+                                                 .persistent = true})
+                      .value();
+        auto m = ms.map().value();
+        auto h = ss::make(0, "tiny", text.size(), l, kv_len, 0);
+        h.version = 2;
+        std::memset(&h.text_cap, 0, sizeof(h) - offsetof(ss::header, text_cap));
+        std::memcpy(m.data(), &h, sizeof h);
+        std::memcpy(m.data() + ss::text_off, text.data(), text.size());
+    };
+    forge_v2("old", "Hello world");
+    forge_v2("older", "Hello world");
+    {
+        // Same context: continued in place, its KV cache where it was.
+        server s(_dir);
+        auto c = s.client();
+        const uint64_t id = id_of("old");
+        EXPECT_EQ(tokens(post(c, "/v1/completions", turn("old", " again"), 200)), plain_tokens)
+            << "the stored conversation was not read";
+        EXPECT_EQ(id_of("old"), id) << "replaced, though large enough";
+        auto h = header_of("old");
+        EXPECT_EQ(h.version, 3u);
+        EXPECT_EQ(ss::of(h), ss::legacy());
+        EXPECT_EQ(s.stop(), 0);
+    }
+    {
+        // A larger context: a larger store replaces it, with the conversation.
+        server s(_dir, {"--ctx", "65536"});
+        auto c = s.client();
+        const uint64_t id = id_of("older");
+        EXPECT_EQ(tokens(post(c, "/v1/completions", turn("older", " again"), 200)), plain_tokens)
+            << "the conversation was lost with the old store";
+        EXPECT_NE(id_of("older"), id) << "kept, though too small for --ctx 65536";
+        auto h = header_of("older");
+        EXPECT_EQ(ss::of(h), ss::for_ctx(65536));
+        EXPECT_GE(h.text_cap, uint64_t{2} << 20);
+        auto info = llmos::mindspace_info(dev, {0, "llmosd.s.older"});
+        ASSERT_TRUE(info);
+        EXPECT_EQ(info->length, h.kv_off + h.kv_len);
+        EXPECT_EQ(s.stop(), 0);
+    }
+}
+
 // With API keys, a session is its tenant's: another tenant can neither
 // continue it (and read what it holds) nor end it; an admin key can end
 // any. One that runs cannot be ended; one that is full says how to end it.
@@ -577,7 +773,7 @@ TEST_F(llmosd_test, sessions_belong_to_their_tenant_and_can_be_ended) {
     post(c, "/v1/completions", turn, 403, alice);
     EXPECT_EQ(end("s1", boss).first, 200) << "an admin key ends any";
     {
-        held_stream busy(s, 40000, "s2", alice); // a session's request has room for 43000
+        held_stream busy(s, 60000, "s2", alice);
         // Once it runs (its mindspace is there), it cannot be ended.
         for (int i = 0; i < 500 && end("s2", boss).first == 404; ++i) {
             std::this_thread::sleep_for(10ms);
@@ -585,8 +781,13 @@ TEST_F(llmosd_test, sessions_belong_to_their_tenant_and_can_be_ended) {
         std::tie(st, body) = end("s2", boss);
         EXPECT_EQ(st, 409);
         EXPECT_EQ(body["error"]["code"], "session_busy");
+        // The one session with a request, of the three named so far.
+        EXPECT_EQ(metric(metrics_once(c, "llmosd_sessions_active", 1), "llmosd_sessions_active"),
+                  1);
     }
     metrics_once(c, "llmosd_in_flight", 0);
+    EXPECT_EQ(metric(metrics_once(c, "llmosd_sessions_active", 0), "llmosd_sessions_active"), 0)
+        << "the names of sessions without requests are kept";
     EXPECT_EQ(end("s2", boss).first, 200);
     // A prompt the context cannot hold, in a session: the error says how
     // to start the session over.
@@ -1070,6 +1271,12 @@ TEST_F(llmosd_test, bad_options_and_key_files_are_refused_with_the_reason) {
     std::tie(st, out) = run("--unix /tmp/" + std::string(120, 'x'));
     EXPECT_EQ(st, 2);
     EXPECT_NE(out.find("at most 107 bytes"), std::string::npos) << out;
+    std::tie(st, out) = run("--max-queue 64 --max-connections 60");
+    EXPECT_EQ(st, 2);
+    EXPECT_NE(out.find("at least --max-queue + 4 (68)"), std::string::npos) << out;
+    std::tie(st, out) = run("--max-connections 7");
+    EXPECT_NE(st, 0);
+    EXPECT_NE(out.find("--max-connections"), std::string::npos) << out;
     std::filesystem::create_directories(_dir);
     for (const char* line : {"key notanumber", "key -1", "key 4294967296"}) {
         std::ofstream(_dir + "/keys") << "# keys\n" << line << "\n";
@@ -1086,4 +1293,125 @@ TEST_F(llmosd_test, bad_options_and_key_files_are_refused_with_the_reason) {
         EXPECT_EQ(st, 1) << lines;
         EXPECT_NE(out.find(why), std::string::npos) << out;
     }
+}
+
+// Clients that hold connections without finishing a request (idle
+// keep-alive clients, or a request trickling in) each hold a thread while
+// they do; llmosd makes one per connection, so they keep nobody else
+// waiting until --max-connections of them are open.
+TEST_F(llmosd_test, slow_clients_keep_no_one_waiting_below_max_connections) {
+    // A socket that has sent half a request's header.
+    auto half_open = [](int port) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(static_cast<uint16_t>(port));
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        const std::string half = "POST /v1/completions HTTP/1.1\r\nHost: llmosd\r\n";
+        EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+        EXPECT_EQ(::send(fd, half.data(), half.size(), MSG_NOSIGNAL), ssize_t(half.size()));
+        return fd;
+    };
+    auto health = [](httplib::Client& c) {
+        c.set_connection_timeout(2, 0);
+        c.set_read_timeout(2, 0);
+        auto r = c.Get("/health");
+        return r ? r->status : 0;
+    };
+    {
+        // --max-queue 4 made 36 threads before: 60 slow clients held them all.
+        server s(_dir, {"--max-queue", "4"});
+        auto c = s.client();
+        std::vector<int> slow;
+        for (int i = 0; i < 60; ++i) {
+            slow.push_back(half_open(s.port));
+        }
+        EXPECT_EQ(health(c), 200) << "a slow client kept /health waiting";
+        const std::string m = metrics_once(c, "llmosd_http_connections", 61);
+        EXPECT_GE(metric(m, "llmosd_http_connections"), 60) << m;
+        EXPECT_EQ(metric(m, "llmosd_http_connections_waiting"), 0) << m;
+        for (int fd : slow) {
+            ::close(fd);
+        }
+        EXPECT_EQ(s.stop(), 0);
+    }
+    {
+        // At --max-connections, the next connection waits for a free thread.
+        server s(_dir, {"--max-queue", "2", "--max-connections", "8"});
+        std::vector<int> slow;
+        for (int i = 0; i < 8; ++i) {
+            slow.push_back(half_open(s.port));
+        }
+        // Each has its thread once it is served (what it sent is read).
+        std::this_thread::sleep_for(200ms);
+        httplib::Client c("127.0.0.1", s.port);
+        EXPECT_EQ(health(c), 0) << "served past --max-connections";
+        for (int fd : slow) {
+            ::close(fd);
+        }
+        httplib::Client c2("127.0.0.1", s.port);
+        EXPECT_EQ(health(c2), 200) << "their threads were not freed";
+        auto r = c2.Get("/metrics");
+        ASSERT_TRUE(r);
+        EXPECT_EQ(metric(r->body, "llmosd_http_max_connections"), 8);
+        EXPECT_EQ(s.stop(), 0);
+    }
+}
+
+// The connection threads: one per job up to `most`, the rest wait; idle
+// ones leave down to `keep`; shutdown serves what was accepted.
+TEST(llmosd_connection_pool, grows_to_its_limit_and_shrinks_when_idle) {
+    llmosd::connection_pool pool(4, 1, 100ms);
+    std::mutex m;
+    std::condition_variable cv;
+    bool go = false;
+    std::atomic<int> ran{0};
+    auto job = [&] {
+        std::unique_lock lk(m);
+        cv.wait(lk, [&] { return go; });
+        ++ran;
+    };
+    for (int i = 0; i < 6; ++i) {
+        pool.enqueue(job);
+    }
+    auto settled = [&](auto pred) {
+        for (int i = 0; i < 500 && !pred(pool.now()); ++i) {
+            std::this_thread::sleep_for(10ms);
+        }
+        return pool.now();
+    };
+    auto c = settled([](auto n) { return n.busy == 4; });
+    EXPECT_EQ(c.threads, 4u);
+    EXPECT_EQ(c.busy, 4u);
+    EXPECT_EQ(c.waiting, 2u);
+    {
+        std::lock_guard lk(m);
+        go = true;
+    }
+    cv.notify_all();
+    c = settled([](auto n) { return n.threads == 1; });
+    EXPECT_EQ(ran.load(), 6);
+    EXPECT_EQ(c.threads, 1u) << "idle threads stayed";
+    EXPECT_EQ(c.busy, 0u);
+    EXPECT_EQ(c.waiting, 0u);
+    // Jobs still queued at shutdown are served before it returns.
+    {
+        std::lock_guard lk(m);
+        go = false;
+    }
+    for (int i = 0; i < 6; ++i) {
+        pool.enqueue(job);
+    }
+    std::thread opener([&] {
+        std::this_thread::sleep_for(50ms);
+        {
+            std::lock_guard lk(m);
+            go = true;
+        }
+        cv.notify_all();
+    });
+    pool.shutdown();
+    opener.join();
+    EXPECT_EQ(ran.load(), 12);
+    EXPECT_EQ(pool.now().threads, 0u);
 }

@@ -50,49 +50,20 @@ double now_s() {
         .count();
 }
 
-// A session's mindspace: this header, the stored conversation, room for
-// one request and its output, and the conversation's KV cache.
-struct session_header {
-    char magic[8];
-    uint32_t version;
-    uint32_t tenant; ///< version 2: whose it is (with API keys); version 1: nobody's
-    char model[64];
-    uint64_t text_len;
-    uint64_t kv_off;
-    uint64_t kv_len;
-};
+// A chat session's conversation as it is kept (what the model wrote may
+// not be UTF-8: to_text() copes).
+std::string conversation_json(const std::vector<eng::chat_message>& conv) {
+    json c = json::array();
+    for (auto& msg : conv) {
+        c.push_back({{"role", msg.role}, {"content", msg.content}});
+    }
+    return to_text(c);
+}
+
 /// A session NAME's mindspace, and the one over its K/V rows on the GPU
 /// (--publish-gpu-kv): names of the same length, so both fit.
 constexpr std::string_view session_ms_prefix = "llmosd.s.";
 constexpr std::string_view rows_ms_prefix = "llmosd.k.";
-
-constexpr char session_magic[8] = {'L', 'L', 'M', 'O', 'S', 'S', 'E', 'S'};
-constexpr uint64_t session_text_off = page;
-constexpr uint64_t session_text_cap = 1 << 20;
-constexpr uint64_t session_req_off = session_text_off + session_text_cap;
-constexpr uint64_t session_req_cap = 2 << 20;
-
-// The header at the start of `ms` when it is a session's.
-std::optional<session_header> header_of(std::span<const std::byte> ms) {
-    session_header h{};
-    if (ms.size() < sizeof(h)) {
-        return std::nullopt;
-    }
-    std::memcpy(&h, ms.data(), sizeof(h));
-    if (std::memcmp(h.magic, session_magic, 8) != 0) {
-        return std::nullopt;
-    }
-    return h;
-}
-
-// header_of(), when its text lies inside `ms`.
-std::optional<session_header> session_of(std::span<const std::byte> ms) {
-    auto h = header_of(ms);
-    if (!h || h->text_len > session_text_cap || session_text_off + h->text_len > ms.size()) {
-        return std::nullopt;
-    }
-    return h;
-}
 
 // The engines of one worker: one llm_engine per model, made on first use,
 // dropped when its model is gone and it serves nothing.
@@ -588,7 +559,7 @@ void daemon::check_session_owner(const std::string& session, const llmos::mindsp
     if (!map) {
         throw server_error("session '" + session + "': " + map.error().message());
     }
-    if (auto h = header_of(map->bytes()); h && h->version >= 2 && h->tenant != tenant) {
+    if (auto h = session::read(map->bytes()); h && h->version >= 2 && h->tenant != tenant) {
         throw api_error{403, "the session '" + session + "' belongs to another tenant",
                         "permission_error", "session", "session_not_yours"};
     }
@@ -596,10 +567,22 @@ void daemon::check_session_owner(const std::string& session, const llmos::mindsp
 
 std::shared_ptr<std::mutex> daemon::session_lock(const std::string& session) {
     std::lock_guard lk(_sessions_m);
-    auto& l = _session_locks[session];
-    if (!l) {
-        l = std::make_shared<std::mutex>();
+    auto& w = _session_locks[session];
+    if (auto l = w.lock()) {
+        return l;
     }
+    // Its last holder takes its name out, so the map holds the sessions
+    // with a request running or waiting, not every name ever used. A lock
+    // made meanwhile under the same name stays.
+    auto l = std::shared_ptr<std::mutex>(new std::mutex, [this, session](std::mutex* m) {
+        delete m;
+        std::lock_guard lk(_sessions_m);
+        if (auto it = _session_locks.find(session);
+            it != _session_locks.end() && it->second.expired()) {
+            _session_locks.erase(it);
+        }
+    });
+    w = l;
     return l;
 }
 
@@ -631,7 +614,11 @@ void daemon::end_session(const std::string& session, std::optional<uint32_t> ten
         ms = std::move(now); // the one there now, should a request have replaced it
     }
     if (_kv_pool) { // its K/V rows on the GPU (and what published them) go too
-        _kv_pool->forget({ms->id(), session_req_off + session_req_cap});
+        std::optional<session::header> h;
+        if (auto map = ms->map(0, session::page)) {
+            h = session::read(map->bytes());
+        }
+        _kv_pool->forget({ms->id(), (h ? session::of(*h) : session::for_ctx(_o.ctx)).kv_off()});
     }
     ms = std::error_code(); // closed before it goes
     if (auto e = llmos::destroy_mindspace(*_dev, key)) {
@@ -797,58 +784,83 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         round_up(llmos::llm_engine::kv_region_bytes(p, ko, m->cuda != nullptr));
     std::optional<llmos::mindspace> ms;
     std::optional<llmos::mapping> map;
+    session::layout lay;
     json stored; // the session's conversation so far
     std::string stored_text;
     if (!j.session.empty()) {
         const std::string name = std::string(session_ms_prefix) + j.session;
-        const uint64_t want = session_req_off + session_req_cap + kv_bytes;
+        const session::layout want = session::for_ctx(_o.ctx);
         auto o = llmos::mindspace::open(*_dev, llmos::ms_key{0, name});
+        auto map_whole = [&](const llmos::mindspace& m) {
+            auto r = m.map();
+            if (!r) {
+                throw server_error("session '" + j.session + "': " + r.error().message());
+            }
+            return std::move(*r);
+        };
+        std::optional<llmos::mapping> mp;
+        std::optional<session::header> h;
+        std::vector<std::byte> kept; // the conversation, when its mindspace is replaced
         if (o) {
             check_session_owner(j.session, *o, tenant);
-        }
-        std::vector<std::byte> kept; // the conversation, when its mindspace is replaced
-        if (o && o->length() < want) {
-            // Made for a smaller cache (another model, --ctx or --engine):
-            // a larger one replaces it, with the conversation so far (the
-            // cache is of no use to this model or device anyway).
-            if (auto old = o->map()) {
-                if (auto sh = session_of(old->bytes())) {
-                    kept.assign(old->data(), old->data() + session_text_off + sh->text_len);
+            mp.emplace(map_whole(*o));
+            h = session::read(mp->bytes());
+            lay = h ? session::of(*h) : want;
+            if (!lay.covers(want) || lay.kv_off() + kv_bytes > o->length()) {
+                // Made for a smaller context or cache (another model, --ctx
+                // or --engine): a larger one replaces it, with the
+                // conversation so far (the cache is of no use to this model
+                // or device anyway).
+                if (auto t = h ? session::text(*h, mp->bytes()) : std::nullopt) {
+                    kept.assign(t->begin(), t->end());
                 }
+                mp.reset();
+                o = std::error_code(ENOSPC, std::system_category());
+                llmos::destroy_mindspace(*_dev, llmos::ms_key{0, name});
             }
-            o = std::error_code(ENOSPC, std::system_category());
-            llmos::destroy_mindspace(*_dev, llmos::ms_key{0, name});
         }
         if (!o) {
-            o = llmos::mindspace::create(*_dev, {.length = want, .name = name, .persistent = true});
-        }
-        if (!o) {
-            throw server_error("session '" + j.session + "': " + o.error().message());
+            lay = want;
+            o = llmos::mindspace::create(
+                *_dev, {.length = lay.kv_off() + kv_bytes, .name = name, .persistent = true});
+            if (!o) {
+                throw server_error("session '" + j.session + "': " + o.error().message());
+            }
+            mp.emplace(map_whole(*o));
+            if (!kept.empty()) {
+                std::memcpy(mp->data() + session::text_off, kept.data(), kept.size());
+            }
+            if (h) {
+                h->text_len = kept.size(); // at the same place, in a larger mindspace
+            }
         }
         ms.emplace(std::move(*o));
-        auto mp = ms->map();
-        if (!mp) {
-            throw server_error("session '" + j.session + "': " + mp.error().message());
-        }
         map.emplace(std::move(*mp));
-        if (!kept.empty()) {
-            std::memcpy(map->data(), kept.data(), kept.size());
+        // A session is its tenant's from the start (its first request may
+        // fail). One made before owners were kept (version 1) is nobody's:
+        // with API keys, its conversation is not read (it could be any
+        // tenant's), and it becomes this tenant's. The header is written
+        // now, for the layout the session has from here on.
+        if (h && h->version < 2 && !_keys.empty()) {
+            h.reset();
         }
-        // A new session is its tenant's from the start (its first request
-        // may fail). One made before owners were kept (version 1) is
-        // nobody's: with API keys, its conversation is not read (it could
-        // be any tenant's), and it becomes this tenant's.
-        auto h = header_of(map->bytes());
-        if (!h || (h->version < 2 && !_keys.empty())) {
-            session_header sh{};
-            std::memcpy(sh.magic, session_magic, 8);
-            sh.version = 2;
-            sh.tenant = tenant;
-            std::memcpy(map->data(), &sh, sizeof(sh));
+        const bool ours = h && session::model_of(*h) == j.model;
+        auto t = h ? session::text(*h, map->bytes()) : std::nullopt;
+        if (ours && t) {
+            stored_text.assign(reinterpret_cast<const char*>(t->data()), t->size());
         }
-        if (auto h = session_of(map->bytes()); h && std::string_view(h->model) == j.model) {
-            stored_text.assign(reinterpret_cast<const char*>(map->data()) + session_text_off,
-                               h->text_len);
+        // Another model's conversation stays until this one's replaces it.
+        const auto nh =
+            session::make(h && h->version >= 2 ? h->tenant : tenant, h ? session::model_of(*h) : "",
+                          t ? t->size() : 0, lay, kv_bytes, h ? h->flags : 0);
+        std::memcpy(map->data(), &nh, sizeof(nh));
+        if (ours && (h->flags & session::overflowed)) {
+            throw api_error{400,
+                            "the session '" + j.session +
+                                "' outgrew its store with its last reply, which it does not "
+                                "hold; DELETE /llmos/v1/sessions/" +
+                                j.session + " starts it over",
+                            "invalid_request_error", "session", "session_full"};
         }
         if (j.chat && !stored_text.empty()) {
             stored = json::parse(stored_text, nullptr, false);
@@ -921,13 +933,21 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     const uint64_t out_room = uint64_t(max_tokens) * 48 + 4096;
     uint64_t req_off = 0;
     if (ms) {
-        if (req.size() + out_room + 64 > session_req_cap) {
+        if (req.size() + out_room + 64 > lay.req_cap) {
             throw api_error{400, "the request is too large for a session" + restart,
                             "invalid_request_error", "", ""};
         }
-        req_off = session_req_off;
+        // What the session keeps after this turn is at least this.
+        const uint64_t kept = j.chat ? conversation_json(conv).size() : text.size();
+        if (kept > lay.text_cap) {
+            throw api_error{400,
+                            "the session's conversation would be " + std::to_string(kept) +
+                                " bytes; its store holds " + std::to_string(lay.text_cap) + restart,
+                            "invalid_request_error", "session", "session_full"};
+        }
+        req_off = lay.req_off();
         auto* hdr = reinterpret_cast<llmos::gen_request_header*>(req.data());
-        hdr->kv_off = session_req_off + session_req_cap;
+        hdr->kv_off = lay.kv_off();
         hdr->kv_len = kv_bytes;
     } else {
         const std::string name =
@@ -981,6 +1001,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     s->n_prompt = static_cast<uint32_t>(prompt_tokens.size());
     s->max_tokens = max_tokens;
     s->kv_bytes = kv_bytes;
+    s->lay = lay;
     s->req_off = req_off;
     s->req_size = req.size();
     s->id = *id;
@@ -1121,29 +1142,28 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     _metrics.latency.observe(now_s() - t0);
 
     if (!j.session.empty()) {
-        std::string keep;
-        if (j.chat) {
-            json c = json::array();
-            for (auto& msg : s.conv) {
-                c.push_back({{"role", msg.role}, {"content", msg.content}});
-            }
-            c.push_back({{"role", "assistant"}, {"content", out.text}});
-            keep = to_text(c); // what the model wrote may not be UTF-8
+        auto conv = s.conv;
+        conv.push_back({"assistant", out.text});
+        const std::string keep = j.chat ? conversation_json(conv) : s.text + out.text;
+        const auto h = session::read(map->bytes());
+        uint32_t flags = 0;
+        if (keep.size() <= s.lay.text_cap) {
+            std::memcpy(map->data() + session::text_off, keep.data(), keep.size());
         } else {
-            keep = s.text + out.text;
+            // Not kept: the next turn would not follow what the client saw,
+            // so it is refused, saying why (session_full).
+            flags = session::overflowed;
+            _metrics.session_overflows.fetch_add(1);
+            std::fprintf(stderr,
+                         "llmosd: session '%s': the conversation (%zu bytes) outgrew its store "
+                         "(%llu bytes); its next turn is refused until it is ended\n",
+                         j.session.c_str(), keep.size(),
+                         static_cast<unsigned long long>(s.lay.text_cap));
         }
-        if (keep.size() <= session_text_cap) {
-            std::memcpy(map->data() + session_text_off, keep.data(), keep.size());
-            session_header sh{};
-            std::memcpy(sh.magic, session_magic, 8);
-            sh.version = 2;
-            sh.tenant = s.tenant;
-            std::snprintf(sh.model, sizeof(sh.model), "%s", j.model.c_str());
-            sh.text_len = keep.size();
-            sh.kv_off = session_req_off + session_req_cap;
-            sh.kv_len = s.kv_bytes;
-            std::memcpy(map->data(), &sh, sizeof(sh));
-        }
+        const bool before = h && session::model_of(*h) == j.model; // this model's turns
+        const uint64_t len = !flags ? keep.size() : before ? h->text_len : 0;
+        const auto nh = session::make(s.tenant, j.model, len, s.lay, s.kv_bytes, flags);
+        std::memcpy(map->data(), &nh, sizeof(nh));
     }
     return out;
 }
@@ -1172,7 +1192,15 @@ std::string daemon::prometheus() const {
             _metrics.timed_out.load());
     counter("llmosd_prompt_tokens_total", "prompt tokens", _metrics.prompt_tokens.load());
     counter("llmosd_generated_tokens_total", "generated tokens", _metrics.generated_tokens.load());
+    counter("llmosd_session_overflows_total",
+            "session turns whose conversation outgrew the session's store (not kept)",
+            _metrics.session_overflows.load());
     gauge("llmosd_in_flight", "requests in flight", _in_flight.load());
+    {
+        std::lock_guard lk(_sessions_m);
+        gauge("llmosd_sessions_active", "sessions with a request running or waiting",
+              double(_session_locks.size()));
+    }
     if (auto st = llmos::scheduler_stats(*_dev)) {
         gauge("llmosd_queue_depth", "requests queued in the scheduler",
               double(st->nr[LLMOS_REQ_QUEUED]));

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "openai.hh"
+#include "session.hh"
 
 #include <atomic>
 #include <chrono>
@@ -45,7 +46,8 @@ struct options {
     uint32_t slots = 8;
     uint32_t ctx = 4096; ///< tokens a sequence may hold
     uint32_t default_max_tokens = 256;
-    uint32_t max_queue = 64; ///< requests in flight before 429
+    uint32_t max_queue = 64;         ///< requests in flight before 429
+    uint32_t max_connections = 1024; ///< HTTP connections served at once (a thread each)
     size_t max_body = 1 << 20;
     std::chrono::seconds request_timeout{300};
     std::string api_key_file;
@@ -89,6 +91,7 @@ struct metrics {
     std::atomic<uint64_t> prompt_tokens{0}, generated_tokens{0};
     // The GPU engines' CUDA graphs, all workers together.
     std::atomic<uint64_t> graph_replays{0}, graph_captures{0}, graph_capture_failures{0};
+    std::atomic<uint64_t> session_overflows{0};
     histogram latency, ttft;
 };
 
@@ -156,6 +159,7 @@ public:
         uint32_t n_prompt = 0, max_tokens = 0;
         uint32_t tenant = 0; ///< whose it is (and, after, its session)
         uint64_t kv_bytes = 0, req_off = 0, req_size = 0, id = 0;
+        session::layout lay; ///< a session's
         std::shared_ptr<stream_queue> q;
         std::optional<llmos::sched_client> client;
         bool finished = false;
@@ -258,8 +262,8 @@ private:
     std::unordered_map<uint64_t, std::shared_ptr<stream_queue>> _streams;
     /// Requests cancelled that a worker may still run, and when.
     std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> _cancelled;
-    std::mutex _sessions_m;
-    std::map<std::string, std::shared_ptr<std::mutex>> _session_locks;
+    mutable std::mutex _sessions_m;
+    std::map<std::string, std::weak_ptr<std::mutex>> _session_locks;
     std::map<std::string, api_key> _keys;
     std::atomic<uint32_t> _in_flight{0};
     std::atomic<uint64_t> _req_seq{0};

@@ -224,12 +224,16 @@ bool peer_still_there(int fd) {
 http_server::http_server(daemon& d)
     : _d(d) {
     _svr.set_payload_max_length(d.opts().max_body);
-    // A thread per request in flight, and 32 for health, metrics and
-    // refusals (whose connections close): httplib's default of max(8,
-    // CPUs - 1) would make requests beyond it wait for a thread instead
-    // of getting a 429, and /health wait behind a flood.
-    const size_t threads = d.opts().max_queue + 32;
-    _svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    // A thread per open connection, up to --max-connections: httplib's
+    // fixed pool (max(8, CPUs - 1) by default) would make requests beyond
+    // it wait for a thread instead of getting a 429, and /health wait
+    // behind a flood or behind clients that hold their connections idle.
+    const size_t most = d.opts().max_connections;
+    _svr.new_task_queue = [this, most] {
+        auto* p = new connection_pool(most);
+        _pool.store(p);
+        return p;
+    };
     _svr.set_read_timeout(30, 0);
     _svr.set_write_timeout(30, 0);
     // httplib's own refusals (413, 404 of unknown paths, 400 of broken
@@ -294,7 +298,21 @@ http_server::http_server(daemon& d)
                         "application/json");
     });
     _svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-        res.set_content(_d.prometheus(), "text/plain; version=0.0.4");
+        std::string m = _d.prometheus();
+        if (auto* p = _pool.load()) { // this thread is one of its
+            const auto n = p->now();
+            auto gauge = [&](const char* name, const char* help, size_t v) {
+                m += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n" +
+                     name + " " + std::to_string(v) + "\n";
+            };
+            gauge("llmosd_http_connections", "connections being served (each holds a thread)",
+                  n.busy);
+            gauge("llmosd_http_connections_waiting",
+                  "connections accepted and waiting for a thread (--max-connections are served)",
+                  n.waiting);
+            gauge("llmosd_http_max_connections", "--max-connections", _d.opts().max_connections);
+        }
+        res.set_content(std::move(m), "text/plain; version=0.0.4");
     });
     _svr.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
         if (!authorize(req, res)) {

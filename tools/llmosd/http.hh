@@ -4,8 +4,10 @@
 // /health, /metrics, and /llmos/v1/models for model management.
 #pragma once
 
+#include "conn_pool.hh"
 #include "daemon.hh"
 
+#include <atomic>
 #include <httplib.h>
 
 namespace llmosd {
@@ -44,6 +46,7 @@ private:
 
     daemon& _d;
     httplib::Server _svr;
+    std::atomic<connection_pool*> _pool{nullptr}; ///< _svr's, while it listens
 };
 
 } // namespace llmosd

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <sys/resource.h>
 #include <sys/un.h>
 #include <thread>
 
@@ -28,6 +29,27 @@ std::atomic<int> g_signal{0};
 
 void on_signal(int sig) {
     g_signal = sig;
+}
+
+// Each connection takes a descriptor, and so do the mindspaces and
+// models: raises the soft limit as far as the hard one allows, and says
+// so when that is short of `connections`.
+void raise_fd_limit(uint32_t connections) {
+    const rlim_t want = rlim_t(connections) + 256;
+    rlimit r{};
+    if (::getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur >= want) {
+        return;
+    }
+    r.rlim_cur = r.rlim_max == RLIM_INFINITY ? want : std::min(want, r.rlim_max);
+    if (::setrlimit(RLIMIT_NOFILE, &r) != 0) {
+        ::getrlimit(RLIMIT_NOFILE, &r);
+    }
+    if (r.rlim_cur < want) {
+        std::fprintf(stderr,
+                     "llmosd: only %llu file descriptors (ulimit -n): fewer than "
+                     "--max-connections %u connections may be open at once\n",
+                     static_cast<unsigned long long>(r.rlim_cur), connections);
+    }
 }
 
 } // namespace
@@ -75,6 +97,10 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--max-queue", o.max_queue, "requests in flight before 429")
         ->capture_default_str();
+    app.add_option("--max-connections", o.max_connections,
+                   "HTTP connections served at once (a thread each); more wait for one")
+        ->check(CLI::Range(8u, 65536u))
+        ->capture_default_str();
     app.add_option("--max-body", o.max_body, "largest request body, bytes")->capture_default_str();
     uint32_t timeout_s = 300;
     app.add_option("--timeout", timeout_s, "longest a request may take, seconds")
@@ -95,6 +121,15 @@ int main(int argc, char** argv) {
             o.models.emplace_back(m.substr(0, eq), m.substr(eq + 1));
         }
     }
+    if (o.max_connections < uint64_t(o.max_queue) + 4) {
+        // Each request in flight holds its connection's thread.
+        std::fprintf(stderr,
+                     "llmosd: --max-connections %u: at least --max-queue + 4 (%llu), so that "
+                     "requests past --max-queue get 429 rather than wait for a thread\n",
+                     o.max_connections, static_cast<unsigned long long>(o.max_queue) + 4);
+        return 2;
+    }
+    raise_fd_limit(o.max_connections);
     std::string host = listen;
     int port = 8080;
     if (auto c = listen.rfind(':'); c != std::string::npos) {

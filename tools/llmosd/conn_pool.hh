@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: MIT
+// The threads that serve llmosd's HTTP connections.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <httplib.h>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace llmosd {
+
+/// httplib's task queue for llmosd: a thread per open connection, made
+/// when one is needed, up to `most`; a thread idle for a while leaves
+/// (down to `keep`). httplib holds a connection's thread for as long as
+/// the connection is open: idle between keep-alive requests (up to 5 s),
+/// or while its request trickles in (up to 30 s a read). With a fixed
+/// pool, that many idle or slow clients would keep every other client
+/// waiting; here it takes `most` of them.
+class connection_pool final : public httplib::TaskQueue {
+public:
+    struct counts {
+        size_t threads = 0; ///< threads serving or idle
+        size_t busy = 0;    ///< connections being served
+        size_t waiting = 0; ///< accepted connections waiting for a thread
+    };
+
+    explicit connection_pool(size_t most, size_t keep = 8,
+                             std::chrono::milliseconds idle = std::chrono::seconds(10));
+    ~connection_pool() override;
+    connection_pool(const connection_pool&) = delete;
+    connection_pool& operator=(const connection_pool&) = delete;
+
+    void enqueue(std::function<void()> fn) override;
+    /// Serves what was accepted, then joins every thread.
+    void shutdown() override;
+    counts now() const;
+
+private:
+    void serve();
+    void join_exited(std::unique_lock<std::mutex>& lk);
+
+    const size_t _most, _keep;
+    const std::chrono::milliseconds _idle_for;
+    mutable std::mutex _m;
+    std::condition_variable _cv;
+    std::deque<std::function<void()>> _jobs;
+    std::map<std::thread::id, std::thread> _threads;
+    std::vector<std::thread> _exited; ///< left for idleness; joined by the next caller
+    size_t _idle = 0, _running = 0;
+    bool _stop = false;
+};
+
+} // namespace llmosd
