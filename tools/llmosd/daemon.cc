@@ -559,7 +559,7 @@ void daemon::check_session_owner(const std::string& session, const llmos::mindsp
     if (!map) {
         throw server_error("session '" + session + "': " + map.error().message());
     }
-    if (auto h = session::read(map->bytes()); h && h->version >= 2 && h->tenant != tenant) {
+    if (auto st = session::stamp(map->bytes()); st && st->first >= 2 && st->second != tenant) {
         throw api_error{403, "the session '" + session + "' belongs to another tenant",
                         "permission_error", "session", "session_not_yours"};
     }
@@ -805,14 +805,33 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             check_session_owner(j.session, *o, tenant);
             mp.emplace(map_whole(*o));
             h = session::read(mp->bytes());
+            if (!h && session::stamp(mp->bytes())) {
+                // A later llmosd's, or damaged: neither read nor written over.
+                throw api_error{409,
+                                "the session '" + j.session +
+                                    "' has a header this llmosd cannot read (a later "
+                                    "version's, or damaged); DELETE /llmos/v1/sessions/" +
+                                    j.session + " ends it",
+                                "invalid_request_error", "session", "session_unreadable"};
+            }
+            if (h && h->version < 2 && !_keys.empty()) {
+                // Made before owners were kept (version 1): nobody's, so
+                // with API keys its conversation is not read (it could be
+                // any tenant's), and it becomes this tenant's.
+                h.reset();
+            }
             lay = h ? session::of(*h) : want;
             if (!lay.covers(want) || lay.kv_off() + kv_bytes > o->length()) {
                 // Made for a smaller context or cache (another model, --ctx
                 // or --engine): a larger one replaces it, with the
                 // conversation so far (the cache is of no use to this model
-                // or device anyway).
+                // or device anyway), and regions no smaller than it had.
                 if (auto t = h ? session::text(*h, mp->bytes()) : std::nullopt) {
                     kept.assign(t->begin(), t->end());
+                }
+                if (h) {
+                    lay = {std::max(lay.text_cap, want.text_cap),
+                           std::max(lay.req_cap, want.req_cap)};
                 }
                 mp.reset();
                 o = std::error_code(ENOSPC, std::system_category());
@@ -820,30 +839,29 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             }
         }
         if (!o) {
-            lay = want;
+            if (!h) {
+                lay = want;
+            }
             o = llmos::mindspace::create(
                 *_dev, {.length = lay.kv_off() + kv_bytes, .name = name, .persistent = true});
             if (!o) {
                 throw server_error("session '" + j.session + "': " + o.error().message());
             }
             mp.emplace(map_whole(*o));
-            if (!kept.empty()) {
+            if (!kept.empty()) { // kept.size() <= lay.text_cap: lay covers the old layout
                 std::memcpy(mp->data() + session::text_off, kept.data(), kept.size());
             }
-            if (h) {
-                h->text_len = kept.size(); // at the same place, in a larger mindspace
+            if (h) { // now of the new layout
+                const uint32_t owner = h->version >= 2 ? h->tenant : tenant;
+                *h = session::make(owner, session::model_of(*h), kept.size(), lay, kv_bytes,
+                                   h->flags);
             }
         }
         ms.emplace(std::move(*o));
         map.emplace(std::move(*mp));
         // A session is its tenant's from the start (its first request may
-        // fail). One made before owners were kept (version 1) is nobody's:
-        // with API keys, its conversation is not read (it could be any
-        // tenant's), and it becomes this tenant's. The header is written
-        // now, for the layout the session has from here on.
-        if (h && h->version < 2 && !_keys.empty()) {
-            h.reset();
-        }
+        // fail). The header is written now, for the layout the session has
+        // from here on.
         const bool ours = h && session::model_of(*h) == j.model;
         auto t = h ? session::text(*h, map->bytes()) : std::nullopt;
         if (ours && t) {

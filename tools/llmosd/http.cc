@@ -708,7 +708,9 @@ bool http_server::listen_unix(const std::string& path) {
     widen_backlog([&](const sockaddr* a) {
         return a->sa_family == AF_UNIX && path == reinterpret_cast<const sockaddr_un*>(a)->sun_path;
     });
-    return _svr.listen_after_bind();
+    const bool ok = _svr.listen_after_bind();
+    _pool.store(nullptr); // httplib has deleted it
+    return ok;
 }
 
 int http_server::bind_port(const std::string& host, int port) {
@@ -720,7 +722,9 @@ int http_server::bind_port(const std::string& host, int port) {
 }
 
 bool http_server::serve() {
-    return _svr.listen_after_bind();
+    const bool ok = _svr.listen_after_bind();
+    _pool.store(nullptr); // httplib has deleted it
+    return ok;
 }
 
 void http_server::stop() {

@@ -97,10 +97,11 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--max-queue", o.max_queue, "requests in flight before 429")
         ->capture_default_str();
-    app.add_option("--max-connections", o.max_connections,
-                   "HTTP connections served at once (a thread each); more wait for one")
-        ->check(CLI::Range(8u, 65536u))
-        ->capture_default_str();
+    auto* max_connections =
+        app.add_option("--max-connections", o.max_connections,
+                       "HTTP connections served at once, a thread each; more wait for one "
+                       "(default: 1024, or --max-queue + 32 when that is more)")
+            ->check(CLI::Range(8u, 65536u));
     app.add_option("--max-body", o.max_body, "largest request body, bytes")->capture_default_str();
     uint32_t timeout_s = 300;
     app.add_option("--timeout", timeout_s, "longest a request may take, seconds")
@@ -120,6 +121,10 @@ int main(int argc, char** argv) {
         } else {
             o.models.emplace_back(m.substr(0, eq), m.substr(eq + 1));
         }
+    }
+    if (!max_connections->count()) {
+        o.max_connections = static_cast<uint32_t>(
+            std::max<uint64_t>(o.max_connections, uint64_t(o.max_queue) + 32));
     }
     if (o.max_connections < uint64_t(o.max_queue) + 4) {
         // Each request in flight holds its connection's thread.

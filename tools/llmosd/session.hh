@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string_view>
+#include <utility>
 
 namespace llmosd::session {
 
@@ -116,6 +117,18 @@ inline std::optional<header> read(std::span<const std::byte> ms) noexcept {
     return h;
 }
 
+/// The version and tenant of a header that carries the magic, whether or
+/// not read() takes it (a later version's, or a damaged one): whose it is
+/// does not depend on the rest.
+inline std::optional<std::pair<uint32_t, uint32_t>> stamp(std::span<const std::byte> ms) noexcept {
+    header h{};
+    if (ms.size() < offsetof(header, model) || std::memcmp(ms.data(), magic, sizeof(magic)) != 0) {
+        return std::nullopt;
+    }
+    std::memcpy(&h, ms.data(), offsetof(header, model));
+    return std::pair{h.version, h.tenant};
+}
+
 /// The model whose conversation `h` holds (read() ended it).
 inline std::string_view model_of(const header& h) noexcept {
     return h.model_name;
@@ -129,8 +142,8 @@ inline layout of(const header& h) noexcept {
 /// `h`'s conversation, when it lies inside `ms` (of which `h` is the header).
 inline std::optional<std::span<const std::byte>> text(const header& h,
                                                       std::span<const std::byte> ms) noexcept {
-    const layout l = of(h);
-    if (h.text_len > l.text_cap || text_off + l.text_cap > ms.size()) {
+    if (h.text_len > of(h).text_cap || h.text_len > ms.size() ||
+        text_off > ms.size() - h.text_len) {
         return std::nullopt;
     }
     return ms.subspan(text_off, h.text_len);
