@@ -74,5 +74,50 @@ rc=$?
 expect "SIGTERM drains and stops it (exit $rc)" sh -c \
 	'[ "$1" = 0 ] && grep -q "draining" /tmp/llmosd.log && grep -q "stopped" /tmp/llmosd.log' \
 	sh "$rc"
+
+# The session was kept for --ctx 256. Under --ctx 65536 it needs a larger
+# mindspace: with a quota that leaves no room for one, the turn fails and
+# the session stays as it was; without, it moves, with its conversation.
+length() {
+	llmosctl --json ms info llmosd.s.vm | tr -d ' \n' | grep -o '"length":[0-9]*' | cut -d: -f2
+}
+used() { llmosctl --json ms quota | tr -d ' \n' | grep -o '"used":[0-9]*' | cut -d: -f2; }
+text() { llmosctl ms read llmosd.s.vm --offset 4096 --length 4096; }
+text >/tmp/vm.text
+len=$(length)
+rm -f /tmp/llmosd.port
+llmosd --backend kernel --model "tiny=$model" --listen 127.0.0.1:0 \
+	--port-file /tmp/llmosd.port --workers 1 --slots 4 --ctx 65536 2>/tmp/llmosd2.log &
+pid=$!
+i=0
+while [ ! -s /tmp/llmosd.port ] && [ $i -lt 300 ]; do
+	sleep 0.1
+	i=$((i + 1))
+done
+port=$(cat /tmp/llmosd.port 2>/dev/null)
+again='{"model": "tiny", "session": "vm", "max_tokens": 4, "messages": [{"role": "user", "content": "Again"}]}'
+llmosctl ms quota --set $(($(used) + 1048576)) >/dev/null
+wget -q -O /dev/null --header 'Content-Type: application/json' --post-data "$again" \
+	"http://127.0.0.1:$port/v1/chat/completions" 2>"$out.reply"
+llmosctl ms quota --set default >/dev/null
+expect "a session that needs a larger store than the quota allows is refused, and says so" \
+	sh -c 'cat "$0" /tmp/llmosd2.log; grep -q "500 Internal Server Error" "$0" &&
+		grep -q "session .vm.: a larger store could not be made (Disk quota exceeded); it keeps" \
+			/tmp/llmosd2.log' "$out.reply"
+now=$(length)
+text >/tmp/vm.text.now
+expect "and stays as it was: its length ($len, now $now) and conversation" sh -c \
+	'[ "$0" = "$1" ] && cmp /tmp/vm.text /tmp/vm.text.now' "$len" "$now"
+wget -q -O "$out.reply" --header 'Content-Type: application/json' --post-data "$again" \
+	"http://127.0.0.1:$port/v1/chat/completions"
+rc=$?
+now=$(length)
+text | tr -d '\0' >/tmp/vm.text.now
+expect "with room, it moves to a larger mindspace ($len -> $now) with its conversation" sh -c \
+	'cat "$3" /tmp/vm.text.now; [ "$0" = 0 ] && [ "$2" -gt "$1" ] &&
+	grep -q "\"Hi\"" /tmp/vm.text.now && grep -q "\"Again\"" /tmp/vm.text.now' \
+	"$rc" "$len" "$now" "$out.reply"
+kill "$pid"
+wait "$pid"
 llmosctl ms rm llmosd.s.vm >/dev/null 2>&1
 echo "1..$n"

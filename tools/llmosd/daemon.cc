@@ -190,6 +190,27 @@ api_error server_error(const std::string& msg) {
     return {500, msg, "server_error", "", ""};
 }
 
+/// Makes the session mindspace `name` again, of `length` bytes, with header
+/// `head` and conversation `text` as they were (its KV cache is computed
+/// again): after a larger one could not be made in its place.
+bool put_back_session(const llmos::device& dev, const std::string& name, uint64_t length,
+                      const session::header& head, std::span<const std::byte> text) {
+    auto ms = llmos::mindspace::create(dev, {.length = length, .name = name, .persistent = true});
+    if (!ms) {
+        return false;
+    }
+    auto map = ms->map();
+    if (!map || map->size() < session::text_off || text.size() > map->size() - session::text_off) {
+        llmos::destroy_mindspace(dev, llmos::ms_key{0, name});
+        return false;
+    }
+    if (!text.empty()) {
+        std::memcpy(map->data() + session::text_off, text.data(), text.size());
+    }
+    std::memcpy(map->data(), &head, sizeof(head));
+    return true;
+}
+
 } // namespace
 
 void histogram::observe(double seconds) {
@@ -801,6 +822,13 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         std::optional<llmos::mapping> mp;
         std::optional<session::header> h;
         std::vector<std::byte> kept; // the conversation, when its mindspace is replaced
+        // The replaced mindspace, to put back when a larger one cannot be
+        // made: its length, header and conversation (as stored, whoever's).
+        struct {
+            uint64_t length = 0;
+            session::header head{};
+            std::vector<std::byte> text;
+        } old;
         if (o) {
             check_session_owner(j.session, *o, tenant);
             mp.emplace(map_whole(*o));
@@ -826,8 +854,15 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                 // or --engine): a larger one replaces it, with the
                 // conversation so far (the cache is of no use to this model
                 // or device anyway), and regions no smaller than it had.
-                if (auto t = h ? session::text(*h, mp->bytes()) : std::nullopt) {
-                    kept.assign(t->begin(), t->end());
+                if (auto r = session::read(mp->bytes())) {
+                    old.length = o->length();
+                    std::memcpy(&old.head, mp->data(), sizeof(old.head)); // as it was
+                    if (auto t = session::text(*r, mp->bytes())) {
+                        old.text.assign(t->begin(), t->end());
+                    }
+                }
+                if (h) { // h is read()'s, unless a version-1 one is nobody's
+                    kept = old.text;
                 }
                 if (h) {
                     lay = {std::max(lay.text_cap, want.text_cap),
@@ -845,7 +880,20 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             o = llmos::mindspace::create(
                 *_dev, {.length = lay.kv_off() + kv_bytes, .name = name, .persistent = true});
             if (!o) {
-                throw server_error("session '" + j.session + "': " + o.error().message());
+                const std::string why = o.error().message();
+                if (old.length && put_back_session(*_dev, name, old.length, old.head, old.text)) {
+                    std::fprintf(stderr,
+                                 "llmosd: session '%s': a larger store could not be made (%s); "
+                                 "it keeps its conversation in the one it had\n",
+                                 j.session.c_str(), why.c_str());
+                    throw api_error{500,
+                                    "the session '" + j.session + "' needs a larger store for " +
+                                        "this server's --ctx and model, which could not be "
+                                        "made (" +
+                                        why + "); it keeps its conversation",
+                                    "server_error", "session", "session_not_moved"};
+                }
+                throw server_error("session '" + j.session + "': " + why);
             }
             mp.emplace(map_whole(*o));
             if (!kept.empty()) { // kept.size() <= lay.text_cap: lay covers the old layout
