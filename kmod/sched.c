@@ -52,6 +52,8 @@ MODULE_PARM_DESC(max_client_requests,
  * @park_node: in llmos_sched.parked while @park_dispatch is set
  * @park_wait: an io_uring WAIT waiting for a finished request, or NULL
  * @park_wait_id: the request @park_wait waits for (0: any)
+ * @dispatch_gen: llmos_sched.work_gen when a DISPATCH of it last found
+ *	nothing: it waits for that to change
  *
  * All fields but @wq are under llmos_sched.lock.
  */
@@ -66,6 +68,7 @@ struct llmos_client {
 	struct list_head park_node;
 	struct io_uring_cmd *park_wait;
 	u64 park_wait_id;
+	u64 dispatch_gen;
 };
 
 /**
@@ -87,6 +90,7 @@ static struct {
 	struct llmos_core_sched core;
 	wait_queue_head_t work_wq;	/* workers waiting in DISPATCH */
 	struct list_head parked;	/* clients with a parked DISPATCH */
+	u64 work_gen;			/* under lock: bumped by each kick */
 	u32 nr_workers;			/* under lock */
 	atomic_t nr_clients;
 	atomic_long_t nr_reqs;		/* llmos_kreq objects alive */
@@ -118,9 +122,12 @@ static u32 llmos_worker_room(const struct llmos_client *c)
 }
 
 /*
- * Complete parked io_uring DISPATCHes of workers with room, as many as the
- * queued requests can feed; they take their requests in their own task.
- * Under the lock.
+ * Something changed that may give a worker work (a request came or went
+ * back, a worker got room, the policy changed): DISPATCHes that found
+ * nothing since the last kick look again. Wakes the blocked ones, and
+ * completes parked io_uring DISPATCHes of workers with room, as many as
+ * the queued requests can feed (they take their requests in their own
+ * task). Under the lock.
  */
 static void llmos_kick_workers(void)
 {
@@ -128,6 +135,9 @@ static void llmos_kick_workers(void)
 	struct llmos_client *c, *tmp;
 
 	lockdep_assert_held(&llmos_sched.lock);
+	llmos_sched.work_gen++;
+	if (wq_has_sleeper(&llmos_sched.work_wq))
+		wake_up(&llmos_sched.work_wq);
 	list_for_each_entry_safe(c, tmp, &llmos_sched.parked, park_node) {
 		u32 room = llmos_worker_room(c);
 
@@ -177,7 +187,6 @@ void llmos_sched_unlock(void)
 void llmos_sched_kick(void)
 {
 	llmos_kick_workers();
-	wake_up(&llmos_sched.work_wq);
 }
 
 /* Tell @kr's client that it finished. Under the lock. */
@@ -265,8 +274,6 @@ int llmos_client_release(struct inode *inode, struct file *file)
 	if (requeued)
 		llmos_kick_workers();
 	spin_unlock(&llmos_sched.lock);
-	if (requeued)
-		wake_up(&llmos_sched.work_wq);
 	kfree(c);
 	atomic_dec(&llmos_sched.nr_clients);
 	return 0;
@@ -375,12 +382,14 @@ static void llmos_kreq_drop(struct llmos_kreq *kr)
 }
 
 /*
- * Submit @kr for its client: 0, -EAGAIN (the client's limit) or -ENOMEM.
- * A new tenant is allocated outside the lock into *@spare, which the
- * caller frees when it is left over. On failure the caller keeps @kr.
+ * Submit @kr for its client: 0 with its id in *@id, -EAGAIN (the client's
+ * limit) or -ENOMEM. A new tenant is allocated outside the lock into
+ * *@spare, which the caller frees when it is left over. On failure the
+ * caller keeps @kr; on success @kr is the scheduler's (a worker may finish
+ * it and the client collect it at once), so only *@id is left to use.
  */
 static int llmos_kreq_submit(struct llmos_kreq *kr,
-			     struct llmos_core_tenant **spare)
+			     struct llmos_core_tenant **spare, u64 *id)
 {
 	struct llmos_client *c = kr->client;
 	int ret;
@@ -394,6 +403,7 @@ static int llmos_kreq_submit(struct llmos_kreq *kr,
 						spare, ktime_get_ns());
 		llmos_bpf_check_fault();
 		if (!ret) {
+			*id = kr->core.id;
 			list_add_tail(&kr->node, &c->reqs);
 			c->nr_reqs++;
 			trace_req_submit(kr->core.id, kr->core.tenant,
@@ -419,33 +429,44 @@ static int llmos_kreq_submit(struct llmos_kreq *kr,
 int llmos_submit(struct llmos_ucmd *ucmd)
 {
 	struct llmos_submit *cmd = ucmd->cmd;
+	struct llmos_client *c = llmos_client(ucmd);
 	struct llmos_core_tenant *spare = NULL;
+	struct llmos_core_req *r;
 	struct llmos_kreq *kr;
+	u64 id;
 	int ret;
 
 	if (cmd->flags || cmd->__reserved || cmd->priority > LLMOS_MAX_PRIORITY)
 		return -EINVAL;
-	kr = llmos_kreq_new(llmos_client(ucmd), cmd->tenant, cmd->priority,
+	kr = llmos_kreq_new(c, cmd->tenant, cmd->priority,
 			    cmd->cost, cmd->deadline_ns, cmd->ms_id,
 			    cmd->prompt_off, cmd->prompt_len);
 	if (!kr)
 		return -ENOMEM;
-	ret = llmos_kreq_submit(kr, &spare);
+	ret = llmos_kreq_submit(kr, &spare, &id);
 	kfree(spare);
 	if (ret) {
 		llmos_kreq_drop(kr);
 		return ret;
 	}
-	cmd->out_id = kr->core.id;
-	if (wq_has_sleeper(&llmos_sched.work_wq))
-		wake_up(&llmos_sched.work_wq);
+	cmd->out_id = id;
 
 	ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
 	if (ret) {
-		/* The caller cannot know the id: take the request back. */
+		/*
+		 * The caller cannot know the id: take the request back, as
+		 * it is now. Another thread of the client may have cancelled
+		 * it, or a worker finished it, or WAIT collected it already.
+		 */
 		spin_lock(&llmos_sched.lock);
-		llmos_core_cancel(&llmos_sched.core, &kr->core, ktime_get_ns());
-		llmos_req_free(kr);
+		r = llmos_core_find(&llmos_sched.core, id);
+		if (r && llmos_kreq(r)->client == c) {
+			kr = llmos_kreq(r);
+			if (llmos_core_cancel(&llmos_sched.core, r,
+					      ktime_get_ns()))
+				list_del(&kr->done_node); /* it had finished */
+			llmos_req_free(kr);
+		}
 		spin_unlock(&llmos_sched.lock);
 	}
 	return ret;
@@ -499,18 +520,15 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd)
 	for (i = 0; i < cmd->count; i++) {
 		if (!kr[i])
 			continue;
-		e[i].out_error = llmos_kreq_submit(kr[i], &spare);
-		if (e[i].out_error) {
+		e[i].out_error = llmos_kreq_submit(kr[i], &spare,
+						   &e[i].out_id);
+		if (e[i].out_error)
 			llmos_kreq_drop(kr[i]);
-		} else {
-			e[i].out_id = kr[i]->core.id;
+		else
 			done++;
-		}
 		kr[i] = NULL;
 	}
 	kfree(spare);
-	if (done && wq_has_sleeper(&llmos_sched.work_wq))
-		wake_up(&llmos_sched.work_wq);
 	for (i = 0; i < cmd->count; i++) {
 		void __user *u = uptr + (size_t)i * cmd->entry_size;
 
@@ -548,15 +566,10 @@ static int llmos_uarray_check(u64 uptr, u32 n, u32 elem_size, size_t min)
 	return 0;
 }
 
-static bool llmos_can_dispatch(struct llmos_client *c)
+/* Whether a kick came since @c's DISPATCH found nothing at @gen. */
+static bool llmos_work_changed(u64 gen)
 {
-	bool ready;
-
-	spin_lock(&llmos_sched.lock);
-	ready = llmos_core_queued(&llmos_sched.core) &&
-		c->worker.inflight.nr < c->worker.capacity;
-	spin_unlock(&llmos_sched.lock);
-	return ready;
+	return READ_ONCE(llmos_sched.work_gen) != gen;
 }
 
 static void llmos_desc_fill(struct llmos_req_desc *d,
@@ -603,6 +616,8 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 	n = llmos_core_dispatch(&llmos_sched.core, &c->worker, reqs, max,
 				ktime_get_ns());
 	llmos_bpf_check_fault();
+	if (!n)
+		c->dispatch_gen = llmos_sched.work_gen;
 	for (i = 0; i < n; i++) {
 		llmos_desc_fill(&descs[i], reqs[i]);
 		trace_req_dispatch(reqs[i]->id, c->worker.id,
@@ -645,6 +660,7 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
 	struct llmos_dispatch *cmd = ucmd->cmd;
 	struct llmos_client *c = llmos_client(ucmd);
 	long timeout;
+	u64 gen;
 	int n;
 
 	n = llmos_dispatch_check(c, cmd);
@@ -661,8 +677,19 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
 			break;
 		if (cmd->flags & LLMOS_NONBLOCK)
 			return -EAGAIN;
+		/*
+		 * Queued requests may not be this worker's (another worker's
+		 * local queue, a policy holding them back): sleep until a kick,
+		 * not while requests are queued.
+		 */
+		if (signal_pending(current))
+			return -EINTR;
+		cond_resched();
+		spin_lock(&llmos_sched.lock);
+		gen = c->dispatch_gen;
+		spin_unlock(&llmos_sched.lock);
 		timeout = wait_event_interruptible_timeout(llmos_sched.work_wq,
-							   llmos_can_dispatch(c),
+							   llmos_work_changed(gen),
 							   timeout);
 		if (timeout < 0)
 			return -EINTR;
@@ -679,7 +706,8 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
  * @ioucmd: the command
  *
  * Return: 0 (parked: llmos_uring_kick() will be called on it), -EBUSY
- * (one is parked already), or -EAGAIN (work is there: take it now).
+ * (one is parked already), or -EAGAIN (a kick came since its DISPATCH
+ * found nothing: look again now).
  */
 int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd)
 {
@@ -688,9 +716,8 @@ int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd)
 	spin_lock(&llmos_sched.lock);
 	if (c->park_dispatch) {
 		ret = -EBUSY;
-	} else if (llmos_core_queued(&llmos_sched.core) &&
-		   llmos_worker_room(c)) {
-		ret = -EAGAIN;
+	} else if (llmos_sched.work_gen != c->dispatch_gen) {
+		ret = -EAGAIN; /* kicked since it found nothing */
 	} else {
 		c->park_dispatch = ioucmd;
 		list_add_tail(&c->park_node, &llmos_sched.parked);
@@ -888,8 +915,10 @@ int llmos_cancel(struct llmos_ucmd *ucmd)
 		ret = -EPERM;
 	else
 		ret = llmos_core_cancel(&llmos_sched.core, r, ktime_get_ns());
-	if (!ret)
+	if (!ret) {
 		llmos_req_notify(llmos_kreq(r));
+		llmos_kick_workers(); /* its worker, if any, has room */
+	}
 	spin_unlock(&llmos_sched.lock);
 	return ret;
 }

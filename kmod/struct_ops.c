@@ -43,6 +43,7 @@ static struct {
 	struct llmos_exit_info exit;	/* why the last one stopped */
 	char name[LLMOS_POLICY_NAME_LEN];
 	u64 ejections;
+	unsigned long next_scan;	/* jiffies: the watchdog's next scan */
 } llmos_bpf;
 
 static struct btf *llmos_bpf_btf;
@@ -297,24 +298,46 @@ static struct llmos_core_req *llmos_policy_oldest(struct llmos_core_sched *s)
 	return oldest;
 }
 
+/*
+ * While a policy schedules: every period (timeout_ms / 4, 50 ms to 1 s),
+ * eject it when a request waited in its queues past timeout_ms while a
+ * worker had room; and, while requests are queued and a worker has room,
+ * kick the workers every LLMOS_BPF_POLL_MS, since a policy may hold
+ * requests back for a time (locality does) and tells nobody when that
+ * ends.
+ */
+#define LLMOS_BPF_POLL_MS 10
+
 static void llmos_bpf_watchdog(struct work_struct *work)
 {
 	struct llmos_core_sched *s = llmos_sched_core();
 	struct llmos_core_req *r;
-	unsigned long next = 0;
+	unsigned long next = 0, period;
+	bool room;
 	u64 timeout_ns;
 
 	llmos_sched_lock();
-	if (llmos_bpf.active) {
+	if (!llmos_bpf.active)
+		goto out;
+	period = msecs_to_jiffies(clamp_t(u32, llmos_bpf.ops->timeout_ms / 4,
+					  50, 1000));
+	room = llmos_worker_has_room(s);
+	if (time_after_eq(jiffies, llmos_bpf.next_scan)) {
+		llmos_bpf.next_scan = jiffies + period;
 		timeout_ns = (u64)(llmos_bpf.ops->timeout_ms ?:
 				   LLMOS_DEFAULT_TIMEOUT_MS) * NSEC_PER_MSEC;
-		r = llmos_worker_has_room(s) ? llmos_policy_oldest(s) : NULL;
+		r = room ? llmos_policy_oldest(s) : NULL;
 		if (r && ktime_get_ns() - r->t_submit > timeout_ns)
 			llmos_bpf_eject(LLMOS_EXIT_STALL, 0, r->id);
+		if (!llmos_bpf.active)
+			goto out;
 	}
-	if (llmos_bpf.active)
-		next = msecs_to_jiffies(clamp_t(u32, llmos_bpf.ops->timeout_ms / 4,
-						50, 1000));
+	next = llmos_bpf.next_scan - jiffies;
+	if (room && llmos_core_queued(s)) {
+		llmos_sched_kick();
+		next = min(next, msecs_to_jiffies(LLMOS_BPF_POLL_MS));
+	}
+out:
 	llmos_sched_unlock();
 	if (next)
 		schedule_delayed_work(&llmos_bpf_watchdog_work, next);
@@ -405,6 +428,7 @@ static int llmos_bpf_reg(void *kdata, struct bpf_link *link)
 	llmos_bpf.ops = ops;
 	llmos_bpf.active = true;
 	llmos_bpf.fault_kind = 0;
+	llmos_bpf.next_scan = jiffies;
 	strscpy(llmos_bpf.name, ops->name[0] ? ops->name : "unnamed",
 		sizeof(llmos_bpf.name));
 	memset(&llmos_bpf.exit, 0, sizeof(llmos_bpf.exit));

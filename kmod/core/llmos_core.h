@@ -22,6 +22,7 @@
 #define _LLMOS_CORE_SCHED_H
 
 #ifdef __KERNEL__
+#include <linux/bits.h>
 #include <linux/errno.h>
 #include <linux/stddef.h>
 #include <linux/string.h>
@@ -36,6 +37,8 @@
 #define LLMOS_CORE_WFQ_SCALE 1048576u /* 2^20 */
 #define LLMOS_CORE_DEFAULT_WEIGHT 100
 #define LLMOS_CORE_MAX_WEIGHT 10000
+/* Virtual times are taken back by the clock when one reaches this. */
+#define LLMOS_CORE_VT_REBASE BIT_ULL(62)
 #define LLMOS_CORE_LAT_BUCKETS 32
 
 struct llmos_core_worker;
@@ -195,6 +198,8 @@ enum llmos_core_fault {
  * @failed: requests failed
  * @cancelled: requests cancelled
  * @requeued: requests given back by vanished workers
+ * @vt_rebases: times the built-in policy took its virtual times back
+ *	before they could wrap
  * @lat_hist: dispatch latency (submission to first dispatch): bucket b
  *	counts latencies in [2^b, 2^(b+1)) microseconds, b = 0 also below
  */
@@ -206,6 +211,7 @@ struct llmos_core_stats {
 	u64 failed;
 	u64 cancelled;
 	u64 requeued;
+	u64 vt_rebases;
 	u64 lat_hist[LLMOS_CORE_LAT_BUCKETS];
 };
 

@@ -230,6 +230,29 @@ u32 llmos_core_worker_remove(struct llmos_core_sched *s,
 }
 
 /*
+ * Take the virtual clock back to 0 before virtual times can wrap (a
+ * dispatch adds at most 2^52: cost 2^32 at weight 1), so that the order
+ * they give stays. Every backlogged tenant is at or after the clock; an
+ * idle one before it starts at the clock when it comes back anyway.
+ */
+static void llmos_vt_rebase(struct llmos_core_sched *s)
+{
+	struct llmos_tnode *n;
+	u64 base = s->vclock;
+
+	for (n = llmos_treap_first(&s->tenants); n; n = llmos_treap_next(n)) {
+		struct llmos_core_tenant *t = llmos_id_tenant(n);
+
+		t->vtime = t->vtime > base ? t->vtime - base : 0;
+	}
+	/* The same shift for all keeps the backlog's order. */
+	for (n = llmos_treap_first(&s->backlog); n; n = llmos_treap_next(n))
+		n->k1 = llmos_vt_tenant(n)->vtime;
+	s->vclock = 0;
+	s->stats.vt_rebases++;
+}
+
+/*
  * The built-in policy: move up to @budget requests from the tenant with
  * the smallest virtual time to @w's local queue.
  */
@@ -249,6 +272,8 @@ static void llmos_wfq_dispatch(struct llmos_core_sched *s,
 		s->vclock = t->vtime;
 		t->vtime += (u64)(r->cost ? r->cost : 1) * LLMOS_CORE_WFQ_SCALE /
 			    t->weight;
+		if (t->vtime >= LLMOS_CORE_VT_REBASE)
+			llmos_vt_rebase(s);
 		if (!llmos_treap_empty(&t->q))
 			llmos_treap_insert(&s->backlog, &t->vt_node, t->vtime,
 					   t->id);

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/llmos.h>
@@ -369,6 +370,47 @@ TEST_F(policy, locality_prefers_the_worker_that_ran_the_mindspace)
 	EXPECT_LT(0, take_start_complete(b, 0));
 	stats(self->client, &st);
 	EXPECT_EQ(LLMOS_POLICY_BPF, st.out_policy_state);
+	close(b);
+}
+
+static double ms_since(clockid_t clock, const struct timespec *a)
+{
+	struct timespec z;
+
+	clock_gettime(clock, &z);
+	return (z.tv_sec - a->tv_sec) * 1e3 + (z.tv_nsec - a->tv_nsec) / 1e6;
+}
+
+TEST_F(policy, a_worker_waits_for_held_requests_without_spinning)
+{
+	struct llmos_worker_register r = {
+		.size = sizeof(r), .capacity = 1, .numa_node = -1,
+	};
+	struct timespec wall, cpu;
+	double wall_ms, cpu_ms;
+	long long r1, r2;
+	int b;
+
+	ASSERT_EQ(0, attach(&self->p, "locality"));
+	b = open("/dev/llmos", O_RDWR);
+	ASSERT_LE(0, b);
+	ASSERT_EQ(0, ioctl(b, LLMOS_IOC_WORKER_REGISTER, &r));
+	r1 = submit_ms(self->client, 9);
+	ASSERT_EQ(r1, take_start_complete(self->worker, 0)); /* A runs ms 9 */
+	/*
+	 * r2 is held for A (200 ms): B, with room and a request queued that
+	 * is not for it yet, sleeps in DISPATCH until the policy lets go.
+	 */
+	r2 = submit_ms(self->client, 9);
+	clock_gettime(CLOCK_MONOTONIC, &wall);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+	EXPECT_EQ(r2, take_start_complete(b, 0));
+	cpu_ms = ms_since(CLOCK_THREAD_CPUTIME_ID, &cpu);
+	wall_ms = ms_since(CLOCK_MONOTONIC, &wall);
+	TH_LOG("B waited %.0f ms, on the CPU %.0f ms", wall_ms, cpu_ms);
+	EXPECT_LE(150, wall_ms);
+	EXPECT_GT(800, wall_ms); /* woken every 10 ms, not at the next scan */
+	EXPECT_GT(wall_ms / 2, cpu_ms);
 	close(b);
 }
 

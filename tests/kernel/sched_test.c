@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -240,6 +241,63 @@ TEST_F(sched, dispatch_sleeps_until_a_submit)
 	EXPECT_EQ(0, wait_req(self->client, 0, 0, 5000, NULL));
 }
 
+struct blocked {
+	int worker;
+	int got;
+	long ms;
+};
+
+static void *blocked_dispatch(void *arg)
+{
+	struct blocked *b = arg;
+	struct llmos_req_desc d[1];
+	struct timespec a, z;
+
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	b->got = dispatch(b->worker, d, 1, 0, 10000);
+	clock_gettime(CLOCK_MONOTONIC, &z);
+	b->ms = (z.tv_sec - a.tv_sec) * 1000 + (z.tv_nsec - a.tv_nsec) / 1000000;
+	if (b->got == 1)
+		complete(b->worker, d[0].id, 0, 1);
+	return NULL;
+}
+
+TEST_F(sched, dispatch_wakes_when_its_worker_gets_room)
+{
+	struct blocked b = { .worker = self->worker };
+	struct llmos_req_desc d[1];
+	long long id;
+	pthread_t t;
+
+	/* Full, with one more queued: the blocked DISPATCH waits for room. */
+	ASSERT_EQ(0, reg(self->worker, 1));
+	ASSERT_LT(0, submit(self->client, 1));
+	ASSERT_EQ(1, dispatch(self->worker, d, 1, LLMOS_NONBLOCK, 0));
+	ASSERT_LT(0, submit(self->client, 1));
+	ASSERT_EQ(0, pthread_create(&t, NULL, blocked_dispatch, &b));
+	usleep(300 * 1000);
+	ASSERT_EQ(0, complete(self->worker, d[0].id, 0, 1));
+	pthread_join(t, NULL);
+	EXPECT_EQ(1, b.got);
+	EXPECT_GT(5000, b.ms);
+
+	/* The same when room comes from a cancel. */
+	ASSERT_EQ(0, wait_req(self->client, 0, 0, 5000, NULL));
+	ASSERT_EQ(0, wait_req(self->client, 0, 0, 5000, NULL));
+	id = submit(self->client, 1);
+	ASSERT_LT(0, id);
+	ASSERT_EQ(1, dispatch(self->worker, d, 1, LLMOS_NONBLOCK, 0));
+	ASSERT_LT(0, submit(self->client, 1));
+	ASSERT_EQ(0, pthread_create(&t, NULL, blocked_dispatch, &b));
+	usleep(300 * 1000);
+	ASSERT_EQ(0, cancel(self->client, id));
+	pthread_join(t, NULL);
+	EXPECT_EQ(1, b.got);
+	EXPECT_GT(5000, b.ms);
+	ASSERT_EQ(0, wait_req(self->client, 0, 0, 5000, NULL));
+	ASSERT_EQ(0, wait_req(self->client, 0, 0, 5000, NULL));
+}
+
 TEST_F(sched, worker_arguments_are_checked)
 {
 	struct llmos_worker_register r = { .size = sizeof(r), .numa_node = -1 };
@@ -292,10 +350,73 @@ TEST_F(sched, submit_arguments_are_checked)
 	s.flags = 1;
 	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, &s));
 	EXPECT_EQ(EINVAL, errno);
-	/* A reply that cannot be written takes the request back. */
+	/* An argument that cannot be read submits nothing. */
 	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, (void *)16));
 	EXPECT_EQ(EFAULT, errno);
 	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL));
+}
+
+struct ro_submit {
+	int client, worker;
+	atomic_bool stop;
+};
+
+/* Serve and collect whatever comes, while read-only SUBMITs race. */
+static void *ro_worker(void *arg)
+{
+	struct ro_submit *r = arg;
+	struct llmos_req_desc d[4];
+
+	while (!atomic_load(&r->stop)) {
+		int n = dispatch(r->worker, d, 4, 0, 20);
+
+		for (int i = 0; i < n; i++)
+			complete(r->worker, d[i].id, 0, 1);
+		while (!wait_req(r->client, 0, LLMOS_NONBLOCK, 0, NULL))
+			;
+		for (int i = 0; i < n; i++)
+			cancel(r->client, d[i].id + 1); /* the next one, maybe */
+	}
+	return NULL;
+}
+
+TEST_F(sched, a_reply_that_cannot_be_written_takes_the_request_back)
+{
+	struct ro_submit r = { .client = self->client, .worker = self->worker };
+	struct llmos_sched_stats st;
+	struct llmos_tenant_stats ts;
+	struct llmos_submit *s;
+	pthread_t t;
+	int rounds = (int)(500 * test_scale());
+
+	s = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		 -1, 0);
+	ASSERT_NE(MAP_FAILED, s);
+	*s = (struct llmos_submit){ .size = sizeof(*s), .cost = 1 };
+	ASSERT_EQ(0, mprotect(s, 4096, PROT_READ));
+	/* Read, submitted, and its id cannot be written: taken back. */
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, s));
+	EXPECT_EQ(EFAULT, errno);
+	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL));
+	ASSERT_EQ(0, stats(self->client, &st, &ts, 0));
+	EXPECT_EQ(self->st0.out_cancelled + 1, st.out_cancelled);
+
+	/*
+	 * Meanwhile a worker may finish it, another thread cancel it or
+	 * WAIT collect it: taking it back must find it as it is then.
+	 */
+	ASSERT_EQ(0, reg(self->worker, 4));
+	ASSERT_EQ(0, pthread_create(&t, NULL, ro_worker, &r));
+	for (int i = 0; i < rounds; i++) {
+		EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, s));
+		EXPECT_EQ(EFAULT, errno);
+	}
+	atomic_store(&r.stop, true);
+	pthread_join(t, NULL);
+	while (!wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL))
+		;
+	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL));
+	munmap(s, 4096);
 }
 
 TEST_F(sched, capacity_limits_what_a_worker_holds)

@@ -190,6 +190,32 @@ TEST(sched_core, a_tenant_that_wakes_up_does_not_take_over) {
     EXPECT_NEAR(from2, 50, 2);
 }
 
+TEST(sched_core, virtual_times_never_wrap) {
+    // At weight 1, a request of the largest cost advances its tenant by
+    // 2^52: 4096 of them would wrap a 64-bit virtual time, and the tenant
+    // that wrapped first would then be served alone for thousands.
+    fixture f;
+    f.weight(1, 1);
+    f.weight(2, 1);
+    auto* w = f.worker(1);
+    for (int i = 0; i < 5000; ++i) {
+        f.submit(1, 0, UINT32_MAX);
+        f.submit(2, 0, UINT32_MAX);
+    }
+    int run = 0, longest = 0;
+    uint32_t last = 0;
+    for (int i = 0; i < 9000; ++i) {
+        auto* r = f.serve_one(w);
+        ASSERT_NE(r, nullptr);
+        run = r->tenant == last ? run + 1 : 1;
+        last = r->tenant;
+        longest = std::max(longest, run);
+    }
+    EXPECT_LE(longest, 2); // they alternate throughout
+    EXPECT_GE(f.s.stats.vt_rebases, 1u);
+    EXPECT_LT(llmos_core_tenant_find(&f.s, 1)->vtime, LLMOS_CORE_VT_REBASE);
+}
+
 TEST(sched_core, capacity_bounds_what_a_worker_holds) {
     fixture f;
     for (int i = 0; i < 10; ++i) {

@@ -16,6 +16,10 @@ typedef uint32_t u32;
 typedef int32_t s32;
 typedef uint64_t u64;
 
+#ifndef BIT_ULL
+#define BIT_ULL(n) (1ull << (n))
+#endif
+
 #ifndef likely
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
