@@ -406,6 +406,93 @@ TEST_P(worker_pool_test, a_request_that_keeps_crashing_fails_with_eio_the_rest_i
     EXPECT_EQ(crashes, 2u);
 }
 
+TEST_P(worker_pool_test, a_crash_beside_a_request_that_ended_in_prefill_is_recovered) {
+    // One worker takes both at once: the first ends in its prefill (no
+    // room for its output), the second's prefill throws once.
+    std::atomic<uint64_t> victim{0};
+    std::atomic<int> crashes_left{1};
+    auto o = opts({});
+    o.cpus.resize(1);
+    o.engine = [&](unsigned) {
+        return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{
+            .bytes_per_token = 4, .on_step = [&](const llmos::sequence& s) {
+                if (s.req.id == victim.load() && crashes_left.fetch_sub(1) > 0) {
+                    throw std::runtime_error("injected crash");
+                }
+            }});
+    };
+    auto c = llmos::sched_client::open(dev()).value();
+    auto full = c.submit(prompt((1 << 20) - 3000, 2990, 0)).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    auto p = prompt(0, 40, 1);
+    victim = c.submit(p).value();
+    ids[victim] = p;
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto f = c.wait(full, llmos::wait_for::at_most(20s));
+    ASSERT_TRUE(f) << f.error().message();
+    EXPECT_EQ(f->status, -ENOSPC);
+    expect_echoed(c, ids, 4);
+    EXPECT_EQ((*pool)->info(0).crashes.load(), 1u);
+}
+
+TEST_P(worker_pool_test, an_engine_that_cannot_be_made_again_gives_its_requests_back) {
+    std::atomic<int> made{0};
+    auto o = opts({});
+    o.cpus.resize(1);
+    o.engine = [&](unsigned) {
+        if (made.fetch_add(1) > 0) {
+            throw std::runtime_error("out of memory");
+        }
+        return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{
+            .bytes_per_token = 4,
+            .on_step = [](const llmos::sequence&) { throw std::runtime_error("crash"); }});
+    };
+    auto c = llmos::sched_client::open(dev()).value();
+    auto p = prompt(0, 40, 1);
+    auto id = c.submit(p).value();
+    {
+        auto pool = llmos::worker_pool::start(dev(), o);
+        ASSERT_TRUE(pool);
+        for (int i = 0; i < 2000 && made.load() < 2; ++i) {
+            std::this_thread::sleep_for(5ms);
+        }
+        EXPECT_EQ(made.load(), 2);
+        // The worker has stopped; its request went back to the scheduler.
+        EXPECT_EQ(c.wait(id, llmos::wait_for::at_most(200ms)).error().value(), ETIMEDOUT);
+        EXPECT_NE((*pool)->info(0).last_error.find("out of memory"), std::string::npos)
+            << (*pool)->info(0).last_error;
+    }
+    auto pool = llmos::worker_pool::start(dev(), opts({}));
+    ASSERT_TRUE(pool);
+    expect_echoed(c, {{id, p}}, 4);
+}
+
+TEST_P(worker_pool_test, a_request_refused_at_setup_leaves_the_mapping_of_others_in_place) {
+    // `held` is given back once (requeues 1 = max_requeues) while `long_one`,
+    // of the same mindspace, runs: refusing `held` must not unmap it.
+    auto o = opts({.decode_step = 1ms, .bytes_per_token = 1});
+    o.cpus.resize(1);
+    o.max_requeues = 1;
+    auto c = llmos::sched_client::open(dev()).value();
+    auto held = c.submit(prompt(8192, 16, 0)).value();
+    auto mine = llmos::sched_worker::open(dev(), 1).value();
+    ASSERT_EQ(mine.dispatch(1, llmos::wait_for::at_most(5s)).value().at(0).id, held);
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    std::map<uint64_t, llmos::submit_options> ids;
+    auto p = prompt(0, 1500, 1);
+    ids[c.submit(p).value()] = p;
+    while ((*pool)->info(0).active.load() == 0) {
+        std::this_thread::sleep_for(1ms);
+    }
+    { auto gone = std::move(mine); } // gives `held` back
+    auto f = c.wait(held, llmos::wait_for::at_most(20s));
+    ASSERT_TRUE(f) << f.error().message();
+    EXPECT_EQ(f->status, -EIO);
+    expect_echoed(c, ids, 1);
+}
+
 TEST_P(worker_pool_test, a_prompt_outside_its_mindspace_fails_that_request_only) {
     auto pool = llmos::worker_pool::start(dev(), opts({}));
     ASSERT_TRUE(pool);

@@ -252,8 +252,9 @@ void worker_pool::run_worker(unsigned i) {
         std::vector<sequence*> batch;
 
         // Ends a request: completes it with the scheduler, streams the
-        // final descriptor, drops its mapping.
-        auto finish = [&](sequence& s, bool release) {
+        // final descriptor, drops its mapping (`mapped`: setup() counted
+        // it as a user of one).
+        auto finish = [&](sequence& s, bool release, bool mapped = true) {
             if (release) {
                 engine->release(s);
             }
@@ -262,26 +263,32 @@ void worker_pool::run_worker(unsigned i) {
             emit({s.req.id, s.output_off, static_cast<uint32_t>(len),
                   static_cast<uint32_t>(s.status ? output_kind::failed : output_kind::done)});
             (s.status ? info.failed : info.served).fetch_add(1);
-            if (auto it = maps.find(s.req.ms_id); it != maps.end() && --it->second.users == 0) {
+            if (auto it = maps.find(s.req.ms_id);
+                mapped && it != maps.end() && --it->second.users == 0) {
                 maps.erase(it);
             }
         };
-        auto fail = [&](sequence& s, int32_t status, bool release) {
+        auto fail = [&](sequence& s, int32_t status, bool release, bool mapped = true) {
             s.status = status;
-            finish(s, release);
+            finish(s, release, mapped);
         };
         // Maps a dispatched request's mindspace and checks its prompt.
         auto setup = [&](const request_desc& d) -> std::unique_ptr<sequence> {
             auto s = std::make_unique<sequence>();
             s->req = d;
-            w.start(d.id);
+            if (w.start(d.id)) {
+                // Cancelled since it was dispatched: not run; the final
+                // descriptor tells whoever streams it.
+                fail(*s, -ECANCELED, false, false);
+                return nullptr;
+            }
             if (d.requeues >= _o.max_requeues) {
-                fail(*s, -EIO, false); // it crashed worker after worker
+                fail(*s, -EIO, false, false); // it crashed worker after worker
                 return nullptr;
             }
             if (!d.ms_id) {
                 if (d.prompt_len) {
-                    fail(*s, -EINVAL, false); // a prompt needs a mindspace
+                    fail(*s, -EINVAL, false, false); // a prompt needs a mindspace
                     return nullptr;
                 }
                 return s;
@@ -291,7 +298,7 @@ void worker_pool::run_worker(unsigned i) {
                 auto ms = mindspace::open(_dev, ms_key{d.ms_id, {}});
                 auto m = ms ? ms->map() : result<mapping>(ms.error());
                 if (!m) {
-                    fail(*s, -m.error().value(), false);
+                    fail(*s, -m.error().value(), false, false);
                     return nullptr;
                 }
                 it = maps.emplace(d.ms_id, mapped_ms{std::move(*ms), std::move(*m), 0}).first;
@@ -328,12 +335,16 @@ void worker_pool::run_worker(unsigned i) {
         // culprit struck (failed after max_requeues strikes), everything
         // else prefilled again from the start (bytes already streamed are
         // not streamed twice; engines are deterministic per request).
+        // Without an engine (it could not be made again) the loop ends and
+        // `w` gives every request back.
         auto recover = [&](std::span<sequence* const> culprits, const char* what) {
             info.crashes.fetch_add(1);
             info.last_error = std::string("engine: ") + what;
+            std::erase_if(active, [](slot& sl) { return !sl.s; }); // ended in prefill
             for (auto& sl : active) {
                 engine->release(*sl.s);
             }
+            engine.reset(); // before its successor takes memory (a GPU's)
             engine = make_engine();
             bool known = culprits.size() == 1;
             for (auto& sl : active) {
@@ -441,6 +452,7 @@ void worker_pool::run_worker(unsigned i) {
                 // As if the thread died: nothing is completed; closing the
                 // registration gives every held request back.
                 info.crashes.fetch_add(1);
+                std::erase_if(active, [](slot& sl) { return !sl.s; }); // ended in prefill
                 aborted = true;
                 break;
             }
@@ -471,7 +483,9 @@ void worker_pool::run_worker(unsigned i) {
             });
         }
         for (auto& sl : active) {
-            engine->release(*sl.s); // stopping or aborted: `w` gives them back
+            if (engine) {               // without one, recover() released them
+                engine->release(*sl.s); // stopping or aborted: `w` gives them back
+            }
         }
         maps.clear();
         info.active.store(0);
