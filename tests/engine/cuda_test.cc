@@ -291,6 +291,61 @@ TEST_F(cuda_kv_host, truncate_gives_blocks_back_for_reuse) {
     EXPECT_EQ(kv.usage().blocks, 0u);
 }
 
+TEST_F(cuda_kv_host, keeps_its_bookkeeping_from_memory_its_owner_can_rewrite) {
+    // The host part lives in a mindspace its owner can write at any time;
+    // the block table indexes device memory. The layout: the header, tokens
+    // from byte 128, the block table and then the free stack, each 64-byte
+    // aligned (max_blocks entries).
+    host_mem h(cuda_kv_cache::host_bytes_for(l->m->params(), o));
+    auto at = [&](uint64_t off) { return reinterpret_cast<uint32_t*>(h.span().data() + off); };
+    const uint32_t max_blocks = o.max_tokens / o.block_tokens;
+    const uint64_t table = (128 + 4ull * o.max_tokens + 63) / 64 * 64;
+    const uint64_t stack = (table + 4ull * max_blocks + 63) / 64 * 64;
+    uint32_t* n_tokens = at(28);
+    uint32_t* next_block = at(40);
+    uint32_t* n_free = at(44);
+    {
+        auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o);
+        ASSERT_TRUE(kv.reserve(40)); // blocks 0, 1, 2
+        kv.commit(std::vector<int32_t>(40, 9));
+        kv.truncate(20); // block 2 given back
+        ASSERT_EQ(*n_tokens, 20u);
+        ASSERT_EQ(*next_block, 3u);
+        ASSERT_EQ(*n_free, 1u);
+        ASSERT_EQ(*at(stack), 2u);
+    }
+    auto refused = [&](uint32_t* field, uint32_t bad) {
+        const uint32_t was = *field;
+        *field = bad;
+        EXPECT_THROW(cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o), kv_error)
+            << "value " << bad;
+        *field = was;
+    };
+    refused(at(table), 0x7fffffff); // past the device memory
+    refused(at(table + 4), 0);      // mapped twice
+    refused(at(table), UINT32_MAX); // a hole under the tokens
+    refused(at(stack), 0x7fffffff); // a free block past the device memory
+    refused(at(stack), 0);          // a mapped block free
+    refused(n_tokens, o.max_tokens + 1);
+    refused(n_free, 3);
+    auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o);
+    ASSERT_TRUE(kv.resumed());
+    // Rewritten while open: the table the kernels index stays the cache's.
+    *at(table) = 0x7fffffff;
+    *n_tokens = 1u << 30;
+    *n_free = 1u << 30;
+    *next_block = 0;
+    EXPECT_EQ(kv.n_tokens(), 20u);
+    ASSERT_TRUE(kv.reserve(30)); // block 2 again, then 3
+    kv.commit(std::vector<int32_t>(30, 9));
+    EXPECT_EQ(*n_tokens, 50u) << "changes are still written through";
+    std::vector<uint32_t> t(kv.block_table().begin(), kv.block_table().begin() + 4);
+    EXPECT_EQ(t, (std::vector<uint32_t>{0, 1, 2, 3}));
+    EXPECT_EQ(kv.device_bytes_used(), 4 * kv.block_bytes());
+    kv.truncate(0);
+    EXPECT_EQ(*n_free, 4u);
+}
+
 TEST_F(cuda_kv_host, refuses_other_geometry_small_or_misaligned_memory) {
     host_mem h(cuda_kv_cache::host_bytes_for(l->m->params(), o));
     {

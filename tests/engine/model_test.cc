@@ -195,6 +195,73 @@ TEST_F(conformance, a_resumed_cache_continues_exactly_as_an_uninterrupted_run) {
     EXPECT_EQ(first, uninterrupted);
 }
 
+TEST_F(conformance, a_cache_keeps_its_bookkeeping_from_memory_its_owner_can_rewrite) {
+    // The cache lives in a mindspace its owner can write at any time. The
+    // layout: the header, tokens from byte 128 (max_tokens of them), the
+    // block table 64-byte aligned after them.
+    kv_memory mem(kv_cache::bytes_for(m->params(), f32));
+    std::span<std::byte> bytes = mem.span();
+    auto at = [&](uint64_t off) { return reinterpret_cast<uint32_t*>(bytes.data() + off); };
+    const uint64_t table = (128 + 4ull * f32.max_tokens + 63) / 64 * 64;
+    uint32_t* n_tokens = at(40); // the header's committed count
+    uint32_t* next_block = at(44);
+    uint32_t* free_head = at(48);
+    const std::vector<float> row(m->params().kv_dim(), 0.5f);
+    auto fill = [&](kv_cache& kv, uint32_t n) {
+        ASSERT_TRUE(kv.reserve(n));
+        for (uint32_t p = kv.n_tokens(); p < kv.n_tokens() + n; ++p) {
+            for (uint32_t l = 0; l < m->params().n_layer; ++l) {
+                kv.write(l, p, row.data(), row.data());
+            }
+        }
+        kv.commit(std::vector<int32_t>(n, 3));
+    };
+    auto inside = [&](const void* p) {
+        return p >= bytes.data() && p < bytes.data() + bytes.size();
+    };
+    {
+        auto kv = kv_cache::open(bytes, *m, f32);
+        fill(kv, 40);    // blocks 0, 1, 2
+        kv.truncate(20); // block 2 given back
+        ASSERT_EQ(*n_tokens, 20u);
+        ASSERT_EQ(*next_block, 3u);
+        ASSERT_EQ(*free_head, 2u);
+    }
+    // Damaged before it is opened: refused (a worker starts it afresh).
+    auto refused = [&](uint32_t* field, uint32_t bad) {
+        const uint32_t was = *field;
+        *field = bad;
+        EXPECT_THROW(kv_cache::open(bytes, *m, f32), kv_error) << "value " << bad;
+        *field = was;
+    };
+    refused(at(table), 0x7fffffff); // a block past the memory
+    refused(at(table + 4), 0);      // a block mapped twice
+    refused(at(table), UINT32_MAX); // a hole under the tokens
+    refused(at(table + 8), 1);      // mapped past the first hole
+    refused(n_tokens, f32.max_tokens + 1);
+    refused(next_block, 1u << 30);
+    refused(free_head, 0); // a mapped block on the free list
+    refused(free_head, 1u << 30);
+    // Rewritten while it is open: the cache goes on from what it read.
+    auto kv = kv_cache::open(bytes, *m, f32);
+    ASSERT_TRUE(kv.resumed());
+    *at(table) = 0x7fffffff;
+    *n_tokens = 1u << 30;
+    *next_block = 0;
+    *free_head = 0x7fffffff;
+    EXPECT_EQ(kv.n_tokens(), 20u);
+    EXPECT_EQ(kv.tokens().size(), 20u);
+    EXPECT_TRUE(inside(kv.k_row(0, 0, 0)));
+    fill(kv, 30); // block 2 again, then 3
+    EXPECT_EQ(kv.n_tokens(), 50u);
+    EXPECT_EQ(*n_tokens, 50u) << "changes are still written through";
+    for (uint32_t p = 0; p < 50; ++p) {
+        EXPECT_TRUE(inside(kv.k_row(m->params().n_layer - 1, p, m->params().n_head_kv - 1)));
+        EXPECT_TRUE(inside(kv.v_row(m->params().n_layer - 1, p, m->params().n_head_kv - 1)));
+    }
+    EXPECT_EQ(kv.usage().blocks, 4u);
+}
+
 TEST_F(conformance, avx512_attention_agrees_with_the_avx2_kernels) {
     if (detected_simd() < simd_level::avx512) {
         GTEST_SKIP() << "this CPU has no AVX-512: detected " << simd_name(detected_simd());

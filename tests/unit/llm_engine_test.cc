@@ -275,6 +275,29 @@ TEST_F(llm_engine_test, a_conversation_s_cache_in_its_mindspace_skips_the_prefix
     EXPECT_EQ(second.text, fresh.text);
 }
 
+TEST_F(llm_engine_test, the_output_stops_where_the_conversation_s_cache_starts) {
+    auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto c = llmos::sched_client::open(*_dev).value();
+    const uint64_t kv_off = 4 << 20;
+    // A request whose output room, up to the cache, is 64 bytes: 40 tokens
+    // take more.
+    const uint64_t len = request(0, "Hello world", 40, {}, kv_off, kv_bytes()).prompt_len;
+    const uint64_t off = kv_off - 64 - (len + 63) / 64 * 64;
+    auto first = run(c, request(off, "Hello world", 40, {}, kv_off, kv_bytes()));
+    ASSERT_EQ(first.f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_EQ(first.f.result_off, kv_off - 64);
+    EXPECT_LE(first.f.result_len, 64u);
+    EXPECT_LT(first.f.tokens, 40u) << "it ended when its room did";
+    // The cache was not written over: the next turn finds the first.
+    auto before = _last.load()->stats();
+    auto second = run(c, request(65536, "Hello world" + first.text, 4, {}, kv_off, kv_bytes()));
+    ASSERT_EQ(second.f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_GE(_last.load()->stats().cached_tokens - before.cached_tokens, 3u);
+    // An output that would start inside the cache is refused.
+    auto inside = request(kv_off + 4096, "Hello world", 4, {}, kv_off, kv_bytes());
+    EXPECT_EQ(run(c, inside).f.status, -EINVAL);
+}
+
 TEST_F(llm_engine_test, a_worker_that_dies_mid_generation_is_resumed_from_the_mindspace) {
     auto c = llmos::sched_client::open(*_dev).value();
     const uint64_t kv_off = 4 << 20;

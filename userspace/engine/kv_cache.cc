@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -71,7 +72,8 @@ struct geometry {
 geometry layout(const model_params& p, const kv_options& o) {
     geometry g{};
     uint64_t elt = o.type == kv_type::f32 ? 4 : 2;
-    g.max_blocks = (o.max_tokens + o.block_tokens - 1) / o.block_tokens;
+    g.max_blocks = static_cast<uint32_t>((uint64_t(o.max_tokens) + o.block_tokens - 1) /
+                                         std::max<uint32_t>(o.block_tokens, 1));
     g.tokens_off = 128;
     g.table_off = align_up(g.tokens_off + 4ull * o.max_tokens, 64);
     g.blocks_off = align_up(g.table_off + 4ull * g.max_blocks, 4096);
@@ -128,12 +130,9 @@ kv_cache kv_cache::open(std::span<std::byte> mem, const model& m, const kv_optio
         throw kv_error("kv cache: the memory holds a cache of another model or geometry "
                        "(start it fresh to overwrite it)");
     }
+    c._tab.assign(g.max_blocks, no_block);
     if (same && !fresh) {
-        if (h->n_tokens > o.max_tokens || h->next_block > g.max_blocks) {
-            throw kv_error("kv cache: corrupt header (" + std::to_string(h->n_tokens) +
-                           " tokens, " + std::to_string(h->next_block) + " blocks)");
-        }
-        c._resumed = true;
+        c.resume();
         return c;
     }
     std::memset(h, 0, sizeof(header));
@@ -148,28 +147,78 @@ kv_cache kv_cache::open(std::span<std::byte> mem, const model& m, const kv_optio
     for (uint32_t i = 0; i < g.max_blocks; ++i) {
         c._table[i] = no_block;
     }
+    c._n = 0;
+    c._next = 0;
     // The magic last: a half-made header is not taken for a cache.
     std::atomic_ref<uint64_t>(h->magic).store(kv_magic, std::memory_order_release);
     return c;
 }
 
+// The memory is shared (a mindspace that its owner can write at any
+// time): what is read from it is checked once, here, and kept; from then
+// on it is only written.
+void kv_cache::resume() {
+    const header* h = hdr();
+    const uint32_t n = h->n_tokens, next = h->next_block;
+    auto corrupt = [&](const std::string& what) {
+        return kv_error("kv cache: corrupt " + what + " (" + std::to_string(n) + " tokens, " +
+                        std::to_string(next) + " blocks)");
+    };
+    if (n > _o.max_tokens || next > _max_blocks) {
+        throw corrupt("header");
+    }
+    // The table maps a prefix of the logical blocks, covering the tokens,
+    // to distinct blocks taken so far; the free list holds the others.
+    std::vector<bool> taken(next);
+    const uint64_t need = (uint64_t(n) + _o.block_tokens - 1) / _o.block_tokens;
+    uint32_t mapped = 0;
+    while (mapped < _max_blocks && _table[mapped] != no_block) {
+        const uint32_t phys = _table[mapped];
+        if (phys >= next || taken[phys]) {
+            throw corrupt("block table");
+        }
+        taken[phys] = true;
+        _tab[mapped++] = phys;
+    }
+    for (uint32_t b = mapped; b < _max_blocks; ++b) {
+        if (_table[b] != no_block) {
+            throw corrupt("block table");
+        }
+    }
+    if (mapped < need) {
+        throw corrupt("block table");
+    }
+    for (uint32_t phys = h->free_head; phys != no_block;) {
+        if (phys >= next || taken[phys]) {
+            throw corrupt("free list");
+        }
+        taken[phys] = true;
+        _free.push_back(phys);
+        std::memcpy(&phys, link_of(phys), 4);
+    }
+    std::reverse(_free.begin(), _free.end()); // its head last, taken first
+    _n = n;
+    _next = next;
+    _resumed = true;
+}
+
 uint32_t kv_cache::n_tokens() const noexcept {
-    return std::atomic_ref<uint32_t>(hdr()->n_tokens).load(std::memory_order_acquire);
+    return _n;
 }
 
 std::span<const int32_t> kv_cache::tokens() const noexcept {
-    return {_tokens, n_tokens()};
+    return {_tokens, _n};
 }
 
 bool kv_cache::reserve(uint32_t n) noexcept {
     header* h = hdr();
-    uint64_t end = uint64_t(h->n_tokens) + n;
+    uint64_t end = uint64_t(_n) + n;
     if (end > _o.max_tokens) {
         return false;
     }
     uint32_t need = static_cast<uint32_t>((end + _o.block_tokens - 1) / _o.block_tokens);
     for (uint32_t b = 0; b < need; ++b) {
-        if (_table[b] != no_block) {
+        if (_tab[b] != no_block) {
             continue;
         }
         // A worker killed inside reserve() or truncate() can leak a block
@@ -177,26 +226,26 @@ bool kv_cache::reserve(uint32_t n) noexcept {
         // the table): then new blocks run out before max_tokens do. Refuse
         // rather than hand out a block past the end of the memory.
         uint32_t phys;
-        if (h->free_head != no_block) {
-            phys = h->free_head;
-            if (phys >= _max_blocks) {
-                return false; // a damaged free list
-            }
+        if (!_free.empty()) {
+            phys = _free.back();
+            _free.pop_back();
             // A free block keeps the next free one in its first word.
-            std::memcpy(&h->free_head, link_of(phys), 4);
+            h->free_head = _free.empty() ? no_block : _free.back();
         } else {
-            if (h->next_block >= _max_blocks) {
+            if (_next >= _max_blocks) {
                 return false;
             }
-            phys = h->next_block++;
+            phys = _next++;
+            h->next_block = _next;
         }
+        _tab[b] = phys;
         _table[b] = phys;
     }
     return true;
 }
 
 std::byte* kv_cache::row(uint32_t layer, uint32_t pos, uint32_t head, bool v) const noexcept {
-    const uint32_t phys = _table[pos / _o.block_tokens];
+    const uint32_t phys = _tab[pos / _o.block_tokens];
     const size_t region = (size_t(layer) * 2 + (v ? 1 : 0)) * _n_head_kv + head;
     return _blocks + (region * _max_blocks + phys) * _slab +
            size_t(pos % _o.block_tokens) * _head_dim * _elt;
@@ -231,25 +280,31 @@ const void* kv_cache::v_row(uint32_t layer, uint32_t pos, uint32_t head) const n
 }
 
 void kv_cache::commit(std::span<const int32_t> toks) noexcept {
-    header* h = hdr();
-    std::memcpy(_tokens + h->n_tokens, toks.data(), toks.size() * 4);
-    std::atomic_ref<uint32_t>(h->n_tokens)
-        .store(h->n_tokens + static_cast<uint32_t>(toks.size()), std::memory_order_release);
+    if (toks.size() > _o.max_tokens - _n) {
+        return; // not reserved (reserve() bounds what a step writes)
+    }
+    std::memcpy(_tokens + _n, toks.data(), toks.size() * 4);
+    _n += static_cast<uint32_t>(toks.size());
+    std::atomic_ref<uint32_t>(hdr()->n_tokens).store(_n, std::memory_order_release);
 }
 
 void kv_cache::truncate(uint32_t n) noexcept {
     header* h = hdr();
-    if (n >= h->n_tokens) {
+    if (n >= _n) {
         return;
     }
+    _n = n;
     std::atomic_ref<uint32_t>(h->n_tokens).store(n, std::memory_order_release);
     uint32_t keep = (n + _o.block_tokens - 1) / _o.block_tokens;
-    for (uint32_t b = keep; b < _max_blocks && _table[b] != no_block; ++b) {
+    for (uint32_t b = keep; b < _max_blocks && _tab[b] != no_block; ++b) {
         // Out of the table first: a worker killed between the two leaks the
         // block (reserve() copes) rather than leaving it both mapped and free.
-        const uint32_t phys = _table[b];
+        const uint32_t phys = _tab[b];
+        _tab[b] = no_block;
         _table[b] = no_block;
-        std::memcpy(link_of(phys), &h->free_head, 4);
+        const uint32_t link = _free.empty() ? no_block : _free.back();
+        std::memcpy(link_of(phys), &link, 4);
+        _free.push_back(phys);
         h->free_head = phys;
     }
 }
@@ -257,7 +312,7 @@ void kv_cache::truncate(uint32_t n) noexcept {
 kv_usage kv_cache::usage() const noexcept {
     kv_usage u;
     u.tokens = n_tokens();
-    for (uint32_t b = 0; b < _max_blocks && _table[b] != no_block; ++b) {
+    for (uint32_t b = 0; b < _max_blocks && _tab[b] != no_block; ++b) {
         ++u.blocks;
     }
     u.bytes_allocated = uint64_t(u.blocks) * 2 * _n_layer * _n_head_kv * _slab;

@@ -329,6 +329,18 @@ engine_status llm_engine::impl::prefill(sequence& s) {
             return bad(EINVAL);
         }
         kvmem = s.memory.subspan(req->h.kv_off, req->h.kv_len);
+        // The output ends where the cache starts (it must not write over
+        // it), and does not start inside it.
+        const auto base = reinterpret_cast<uintptr_t>(s.memory.data());
+        const auto at = reinterpret_cast<uintptr_t>(s.output.data());
+        const uint64_t out = at - base; // where the output starts in the mindspace
+        if (at >= base && out < s.memory.size() && out < req->h.kv_off + req->h.kv_len &&
+            req->h.kv_off < out + s.output.size()) {
+            if (out >= req->h.kv_off) {
+                return bad(EINVAL);
+            }
+            s.output = s.output.first(req->h.kv_off - out);
+        }
     }
     // No cache kept for it: one of its own, as large as it can use.
     const uint64_t own =
@@ -418,6 +430,13 @@ void llm_engine::impl::decode(std::span<sequence* const> batch) {
             }
         }
         int32_t tok = st->sampler->sample(st->logits);
+        if (tok < 0) {
+            // No token to sample (every logit NaN or -inf): this request
+            // ends, failed; the others of the step go on.
+            s->status = -EIO;
+            s->done = true;
+            continue;
+        }
         st->sampler->accept(tok);
         ++st->generated;
         ++s->tokens;

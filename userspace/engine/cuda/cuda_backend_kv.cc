@@ -14,6 +14,8 @@
 #include <atomic>
 #include <cstring>
 #include <llmos/engine/cuda.hh>
+#include <string>
+#include <vector>
 
 namespace llmos::engine {
 
@@ -34,7 +36,10 @@ struct geometry {
 
 geometry layout(const model_params& p, const cuda_kv_options& o) {
     geometry g{};
-    g.max_blocks = o.block_tokens ? (o.max_tokens + o.block_tokens - 1) / o.block_tokens : 0;
+    g.max_blocks =
+        o.block_tokens
+            ? static_cast<uint32_t>((uint64_t(o.max_tokens) + o.block_tokens - 1) / o.block_tokens)
+            : 0;
     g.tokens_off = 128;
     g.table_off = align_up(g.tokens_off + 4ull * o.max_tokens, 64);
     g.free_off = align_up(g.table_off + 4ull * g.max_blocks, 64);
@@ -97,6 +102,8 @@ cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint6
     c._o = o;
     c._max_blocks = g.max_blocks;
     c._block_bytes = g.block_bytes;
+    c._n_layer = p.n_layer;
+    c._kv_dim = p.kv_dim();
     c._tokens = reinterpret_cast<int32_t*>(host.data() + g.tokens_off);
     c._table = reinterpret_cast<uint32_t*>(host.data() + g.table_off);
     c._free = reinterpret_cast<uint32_t*>(host.data() + g.free_off);
@@ -109,19 +116,50 @@ cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint6
         throw kv_error("cuda kv cache: the memory holds a cache of another model or geometry "
                        "(start it fresh to overwrite it)");
     }
+    c._tab.assign(g.max_blocks, no_block);
     if (same && !fresh) {
-        if (h->n_tokens > o.max_tokens || h->next_block > g.max_blocks ||
-            h->n_free > h->next_block) {
-            throw kv_error("cuda kv cache: corrupt header (" + std::to_string(h->n_tokens) +
-                           " tokens, " + std::to_string(h->next_block) + " blocks, " +
-                           std::to_string(h->n_free) + " free)");
+        // The host memory is shared (a mindspace its owner can write at
+        // any time): it is checked once, here, and kept; from then on it
+        // is only written.
+        const uint32_t n = h->n_tokens, next = h->next_block, n_free = h->n_free;
+        auto corrupt = [&](const std::string& what) {
+            return kv_error("cuda kv cache: corrupt " + what + " (" + std::to_string(n) +
+                            " tokens, " + std::to_string(next) + " blocks, " +
+                            std::to_string(n_free) + " free)");
+        };
+        if (n > o.max_tokens || next > g.max_blocks || n_free > next) {
+            throw corrupt("header");
         }
-        for (uint32_t b = 0; b < g.max_blocks; ++b) {
-            if (c._table[b] != no_block && c._table[b] >= h->next_block) {
-                throw kv_error("cuda kv cache: corrupt block table (logical block " +
-                               std::to_string(b) + ")");
+        // A prefix of the logical blocks, covering the tokens, is mapped to
+        // distinct blocks taken so far; the free stack holds others.
+        std::vector<bool> taken(next);
+        uint32_t mapped = 0;
+        while (mapped < g.max_blocks && c._table[mapped] != no_block) {
+            const uint32_t phys = c._table[mapped];
+            if (phys >= next || taken[phys]) {
+                throw corrupt("block table");
+            }
+            taken[phys] = true;
+            c._tab[mapped++] = phys;
+        }
+        for (uint32_t b = mapped; b < g.max_blocks; ++b) {
+            if (c._table[b] != no_block) {
+                throw corrupt("block table");
             }
         }
+        if (mapped < (uint64_t(n) + o.block_tokens - 1) / o.block_tokens) {
+            throw corrupt("block table");
+        }
+        for (uint32_t i = 0; i < n_free; ++i) {
+            const uint32_t phys = c._free[i];
+            if (phys >= next || taken[phys]) {
+                throw corrupt("free stack");
+            }
+            taken[phys] = true;
+            c._stack.push_back(phys);
+        }
+        c._n = n;
+        c._next = next;
         c._resumed = true;
         return c;
     }
@@ -135,83 +173,92 @@ cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint6
     for (uint32_t i = 0; i < g.max_blocks; ++i) {
         c._table[i] = no_block;
     }
+    c._n = 0;
+    c._next = 0;
     // The magic last: a half-made header is not taken for a cache.
     std::atomic_ref<uint64_t>(h->magic).store(kvg_magic, std::memory_order_release);
     return c;
 }
 
 uint32_t cuda_kv_cache::n_tokens() const noexcept {
-    return std::atomic_ref<uint32_t>(hdr()->n_tokens).load(std::memory_order_acquire);
+    return _n;
 }
 
 std::span<const int32_t> cuda_kv_cache::tokens() const noexcept {
-    return {_tokens, n_tokens()};
+    return {_tokens, _n};
 }
 
 bool cuda_kv_cache::reserve(uint32_t n) noexcept {
     header* h = hdr();
-    const uint64_t end = uint64_t(h->n_tokens) + n;
+    const uint64_t end = uint64_t(_n) + n;
     if (end > _o.max_tokens) {
         return false;
     }
     const auto need = static_cast<uint32_t>((end + _o.block_tokens - 1) / _o.block_tokens);
     for (uint32_t b = 0; b < need; ++b) {
-        if (_table[b] != no_block) {
+        if (_tab[b] != no_block) {
             continue;
         }
         // Taken off the stack (or the fresh count) before it is mapped: a
         // worker killed in between leaks a block, never maps one twice.
         uint32_t phys;
-        if (h->n_free) {
-            phys = _free[h->n_free - 1];
-            --h->n_free;
-        } else if (h->next_block < _max_blocks) {
-            phys = h->next_block++;
+        if (!_stack.empty()) {
+            phys = _stack.back();
+            _stack.pop_back();
+            h->n_free = static_cast<uint32_t>(_stack.size());
+        } else if (_next < _max_blocks) {
+            phys = _next++;
+            h->next_block = _next;
         } else {
             return false; // blocks leaked by a killed worker: past the device memory
         }
+        _tab[b] = phys;
         _table[b] = phys;
     }
     return true;
 }
 
 void cuda_kv_cache::commit(std::span<const int32_t> toks) noexcept {
-    header* h = hdr();
-    std::memcpy(_tokens + h->n_tokens, toks.data(), toks.size() * 4);
-    std::atomic_ref<uint32_t>(h->n_tokens)
-        .store(h->n_tokens + static_cast<uint32_t>(toks.size()), std::memory_order_release);
+    if (toks.size() > _o.max_tokens - _n) {
+        return; // not reserved (reserve() bounds what a step writes)
+    }
+    std::memcpy(_tokens + _n, toks.data(), toks.size() * 4);
+    _n += static_cast<uint32_t>(toks.size());
+    std::atomic_ref<uint32_t>(hdr()->n_tokens).store(_n, std::memory_order_release);
 }
 
 void cuda_kv_cache::truncate(uint32_t n) noexcept {
     header* h = hdr();
-    if (n >= h->n_tokens) {
+    if (n >= _n) {
         return;
     }
+    _n = n;
     std::atomic_ref<uint32_t>(h->n_tokens).store(n, std::memory_order_release);
     const uint32_t keep = (n + _o.block_tokens - 1) / _o.block_tokens;
-    for (uint32_t b = keep; b < _max_blocks && _table[b] != no_block; ++b) {
-        const uint32_t phys = _table[b];
+    for (uint32_t b = keep; b < _max_blocks && _tab[b] != no_block; ++b) {
+        const uint32_t phys = _tab[b];
         // Unmapped before it is pushed: killed in between, the block leaks.
+        _tab[b] = no_block;
         _table[b] = no_block;
-        _free[h->n_free] = phys;
-        ++h->n_free;
+        _free[_stack.size()] = phys; // at most max_blocks are given back
+        _stack.push_back(phys);
+        h->n_free = static_cast<uint32_t>(_stack.size());
     }
 }
 
 kv_usage cuda_kv_cache::usage() const noexcept {
     kv_usage u;
     u.tokens = n_tokens();
-    for (uint32_t b = 0; b < _max_blocks && _table[b] != no_block; ++b) {
+    for (uint32_t b = 0; b < _max_blocks && _tab[b] != no_block; ++b) {
         ++u.blocks;
     }
-    const header* h = hdr();
     u.bytes_allocated = uint64_t(u.blocks) * _block_bytes;
-    u.bytes_used = uint64_t(u.tokens) * h->n_layer * 2 * h->kv_dim * 2;
+    u.bytes_used = uint64_t(u.tokens) * _n_layer * 2 * _kv_dim * 2;
     return u;
 }
 
 uint64_t cuda_kv_cache::device_bytes_used() const noexcept {
-    return uint64_t(hdr()->next_block) * _block_bytes;
+    return uint64_t(_next) * _block_bytes;
 }
 
 } // namespace llmos::engine

@@ -51,6 +51,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace llmos::engine {
 
@@ -174,7 +175,7 @@ public:
     uint32_t block_tokens() const noexcept { return _o.block_tokens; }
     /// Logical block -> physical block (UINT32_MAX: not mapped), for the
     /// blocks that cover the reserved positions.
-    std::span<const uint32_t> block_table() const noexcept { return {_table, _max_blocks}; }
+    std::span<const uint32_t> block_table() const noexcept { return _tab; }
 
 private:
     struct header;
@@ -189,6 +190,14 @@ private:
     uint32_t* _table = nullptr;
     uint32_t* _free = nullptr; ///< stack of given-back physical blocks
     bool _resumed = false;
+    // The bookkeeping, as this cache keeps it: the host memory gets a copy
+    // of each change, and is read only when the cache is opened (its owner
+    // may write it at any time).
+    uint32_t _n = 0;    ///< committed positions
+    uint32_t _next = 0; ///< physical blocks ever taken
+    uint32_t _n_layer = 0, _kv_dim = 0;
+    std::vector<uint32_t> _tab;   ///< logical block -> physical block
+    std::vector<uint32_t> _stack; ///< given-back blocks
 };
 
 /// A model's weights on a device.

@@ -23,6 +23,7 @@
 #include <memory>
 #include <span>
 #include <stdexcept>
+#include <vector>
 
 namespace llmos::engine {
 
@@ -124,6 +125,8 @@ private:
     std::byte* row(uint32_t layer, uint32_t pos, uint32_t head, bool v) const noexcept;
     /// A physical block's first word (the free list's link).
     std::byte* link_of(uint32_t phys) const noexcept;
+    /// Takes the cache in the memory as it is (checked); throws kv_error.
+    void resume();
 
     std::span<std::byte> _mem;
     kv_options _o;
@@ -138,6 +141,13 @@ private:
     uint32_t* _table = nullptr;
     std::byte* _blocks = nullptr;
     bool _resumed = false;
+    // The bookkeeping, as this cache keeps it: the memory gets a copy of
+    // each change, and is read only when the cache is opened (its owner may
+    // write it at any time).
+    uint32_t _n = 0;             ///< committed positions
+    uint32_t _next = 0;          ///< physical blocks ever taken
+    std::vector<uint32_t> _tab;  ///< logical block -> physical block
+    std::vector<uint32_t> _free; ///< given-back blocks, the free list's head last
 };
 
 } // namespace llmos::engine
