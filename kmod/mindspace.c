@@ -218,6 +218,39 @@ static bool llmos_ms_may(const struct llmos_ms *ms, int want)
 	return capable(CAP_SYS_ADMIN);
 }
 
+/**
+ * llmos_ms_check_request() - may the caller name a mindspace in a request
+ * @id: the mindspace, 0 for none
+ * @off: the prompt's offset in it
+ * @len: the prompt's length
+ *
+ * A worker opens a request's mindspace with its own credentials, reads the
+ * prompt and writes the output there: the submitter must be able to open
+ * it read-write itself, or it could have a worker read and write what it
+ * may not.
+ *
+ * Return: 0, -ENOENT (no such mindspace), -EACCES, or -EINVAL (the prompt
+ * is not inside it).
+ */
+int llmos_ms_check_request(u64 id, u64 off, u64 len)
+{
+	struct llmos_ms *ms;
+	int ret = 0;
+
+	if (!id)
+		return 0;
+	mutex_lock(&llmos_ms_lock);
+	ms = xa_load(&llmos_ms_ids, id);
+	if (!ms)
+		ret = -ENOENT;
+	else if (!llmos_ms_may(ms, MAY_READ | MAY_WRITE))
+		ret = -EACCES;
+	else if (off > ms->length || len > ms->length - off)
+		ret = -EINVAL;
+	mutex_unlock(&llmos_ms_lock);
+	return ret;
+}
+
 static bool llmos_ms_visible(const struct llmos_ms *ms)
 {
 	umode_t granted = ms->mode;
@@ -547,6 +580,14 @@ static int llmos_ms_import(struct llmos_ms *ms, int fd, u64 length)
 	dmabuf = dma_buf_get(fd);
 	if (IS_ERR(dmabuf))
 		return PTR_ERR(dmabuf);
+	/*
+	 * A mindspace maps its dma-buf writable for anyone its mode lets in:
+	 * a dma-buf shared read-only must not become writable that way.
+	 */
+	if (!(dmabuf->file->f_mode & FMODE_WRITE)) {
+		dma_buf_put(dmabuf);
+		return -EACCES;
+	}
 	if (!dmabuf->size || !PAGE_ALIGNED(dmabuf->size) ||
 	    (length && length != dmabuf->size)) {
 		dma_buf_put(dmabuf);

@@ -438,6 +438,10 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 
 	if (cmd->flags || cmd->__reserved || cmd->priority > LLMOS_MAX_PRIORITY)
 		return -EINVAL;
+	ret = llmos_ms_check_request(cmd->ms_id, cmd->prompt_off,
+				     cmd->prompt_len);
+	if (ret)
+		return ret;
 	kr = llmos_kreq_new(c, cmd->tenant, cmd->priority,
 			    cmd->cost, cmd->deadline_ns, cmd->ms_id,
 			    cmd->prompt_off, cmd->prompt_len);
@@ -510,6 +514,11 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd)
 		e[i].out_error = -EINVAL;
 		if (e[i].__reserved || e[i].__reserved2 ||
 		    e[i].priority > LLMOS_MAX_PRIORITY)
+			continue;
+		e[i].out_error = llmos_ms_check_request(e[i].ms_id,
+							e[i].prompt_off,
+							e[i].prompt_len);
+		if (e[i].out_error)
 			continue;
 		e[i].out_error = -ENOMEM;
 		kr[i] = llmos_kreq_new(c, e[i].tenant, e[i].priority,

@@ -923,6 +923,26 @@ TEST_F(ms, dmabuf_from_system_heap)
 	close(fd);
 }
 
+TEST_F(ms, a_read_only_dmabuf_is_refused)
+{
+	struct dma_heap_allocation_data a = {
+		.len = 4 * PAGE, .fd_flags = O_RDONLY | O_CLOEXEC,
+	};
+	struct llmos_ms_create c = { .flags = LLMOS_MS_DMABUF };
+	int heap;
+
+	heap = open("/dev/dma_heap/system", O_RDWR);
+	if (heap < 0 && errno == ENOENT)
+		SKIP(return, "no /dev/dma_heap/system in this kernel");
+	ASSERT_LE(0, heap);
+	ASSERT_EQ(0, ioctl(heap, DMA_HEAP_IOCTL_ALLOC, &a));
+	close(heap);
+	/* Shared read-only: a mindspace over it would map it writable. */
+	c.dmabuf_fd = a.fd;
+	EXPECT_EQ(-EACCES, create_raw(self->dev, &c));
+	close(a.fd);
+}
+
 TEST_F(ms, bad_dmabuf_fds)
 {
 	struct llmos_ms_create c = { .flags = LLMOS_MS_DMABUF };

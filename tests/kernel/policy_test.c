@@ -314,6 +314,15 @@ TEST_F(policy, a_misusing_policy_is_ejected_and_loses_nothing)
 	close(other);
 }
 
+/* A mindspace for requests to name (they must name real ones): its id. */
+static __u64 ms_new(int dev, int *fd)
+{
+	struct llmos_ms_create c = { .size = sizeof(c), .length = 4096 };
+
+	*fd = ioctl(dev, LLMOS_IOC_MS_CREATE, &c) ? -1 : c.out_fd;
+	return c.out_id;
+}
+
 static long long submit_ms(int fd, __u64 ms)
 {
 	struct llmos_submit s = { .size = sizeof(s), .cost = 1, .ms_id = ms };
@@ -349,28 +358,33 @@ TEST_F(policy, locality_prefers_the_worker_that_ran_the_mindspace)
 	};
 	struct llmos_sched_stats st;
 	long long r1, r2, r3;
-	int b;
+	int b, fd7, fd8;
+	__u64 ms7 = ms_new(self->client, &fd7), ms8 = ms_new(self->client, &fd8);
 
+	ASSERT_LE(0, fd7);
+	ASSERT_LE(0, fd8);
 	ASSERT_EQ(0, attach(&self->p, "locality"));
 	b = open("/dev/llmos", O_RDWR);
 	ASSERT_LE(0, b);
 	ASSERT_EQ(0, ioctl(b, LLMOS_IOC_WORKER_REGISTER, &r));
-	r1 = submit_ms(self->client, 7);
-	ASSERT_EQ(r1, take_start_complete(self->worker, 0)); /* A runs ms 7 */
-	r2 = submit_ms(self->client, 7);
-	/* B asks first, but r2 waits for A, whose cache holds ms 7. */
+	r1 = submit_ms(self->client, ms7);
+	ASSERT_EQ(r1, take_start_complete(self->worker, 0)); /* A runs ms7 */
+	r2 = submit_ms(self->client, ms7);
+	/* B asks first, but r2 waits for A, whose cache holds ms7. */
 	EXPECT_EQ(-EAGAIN, take_start_complete(b, LLMOS_NONBLOCK));
 	EXPECT_EQ(r2, take_start_complete(self->worker, 0));
 	/* Past steal_after_ns, B may take A's request. */
-	r3 = submit_ms(self->client, 7);
+	r3 = submit_ms(self->client, ms7);
 	usleep(400 * 1000);
 	EXPECT_EQ(r3, take_start_complete(b, LLMOS_NONBLOCK));
 	/* A new mindspace goes to whoever asks. */
-	EXPECT_LT(0, submit_ms(self->client, 8));
+	EXPECT_LT(0, submit_ms(self->client, ms8));
 	EXPECT_LT(0, take_start_complete(b, 0));
 	stats(self->client, &st);
 	EXPECT_EQ(LLMOS_POLICY_BPF, st.out_policy_state);
 	close(b);
+	close(fd7);
+	close(fd8);
 }
 
 static double ms_since(clockid_t clock, const struct timespec *a)
@@ -389,19 +403,21 @@ TEST_F(policy, a_worker_waits_for_held_requests_without_spinning)
 	struct timespec wall, cpu;
 	double wall_ms, cpu_ms;
 	long long r1, r2;
-	int b;
+	int b, fd9;
+	__u64 ms9 = ms_new(self->client, &fd9);
 
+	ASSERT_LE(0, fd9);
 	ASSERT_EQ(0, attach(&self->p, "locality"));
 	b = open("/dev/llmos", O_RDWR);
 	ASSERT_LE(0, b);
 	ASSERT_EQ(0, ioctl(b, LLMOS_IOC_WORKER_REGISTER, &r));
-	r1 = submit_ms(self->client, 9);
-	ASSERT_EQ(r1, take_start_complete(self->worker, 0)); /* A runs ms 9 */
+	r1 = submit_ms(self->client, ms9);
+	ASSERT_EQ(r1, take_start_complete(self->worker, 0)); /* A runs ms9 */
 	/*
 	 * r2 is held for A (200 ms): B, with room and a request queued that
 	 * is not for it yet, sleeps in DISPATCH until the policy lets go.
 	 */
-	r2 = submit_ms(self->client, 9);
+	r2 = submit_ms(self->client, ms9);
 	clock_gettime(CLOCK_MONOTONIC, &wall);
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
 	EXPECT_EQ(r2, take_start_complete(b, 0));
@@ -412,6 +428,7 @@ TEST_F(policy, a_worker_waits_for_held_requests_without_spinning)
 	EXPECT_GT(800, wall_ms); /* woken every 10 ms, not at the next scan */
 	EXPECT_GT(wall_ms / 2, cpu_ms);
 	close(b);
+	close(fd9);
 }
 
 TEST_F(policy, only_policy_data_is_writable)

@@ -42,11 +42,28 @@ static int reg(int fd, __u32 capacity)
 	return ioctl(fd, LLMOS_IOC_WORKER_REGISTER, &r) ? -errno : 0;
 }
 
+/* The fixture's mindspace, which requests name (1 MiB). */
+static __u64 test_ms;
+
+/* An anonymous mindspace of @len bytes with @mode: its fd, *@id set. */
+static int ms_make(int dev, __u64 len, __u32 mode, __u64 *id)
+{
+	struct llmos_ms_create c = {
+		.size = sizeof(c), .length = len, .mode = mode,
+	};
+
+	if (ioctl(dev, LLMOS_IOC_MS_CREATE, &c))
+		return -errno;
+	*id = c.out_id;
+	return c.out_fd;
+}
+
 static long long submit3(int fd, __u32 tenant, __u32 prio, __u32 cost)
 {
 	struct llmos_submit s = {
 		.size = sizeof(s), .tenant = tenant, .priority = prio,
-		.cost = cost, .ms_id = 77, .prompt_off = 4096, .prompt_len = 100,
+		.cost = cost, .ms_id = test_ms, .prompt_off = 4096,
+		.prompt_len = 100,
 	};
 
 	return ioctl(fd, LLMOS_IOC_SUBMIT, &s) ? -errno : (long long)s.out_id;
@@ -129,6 +146,7 @@ static double test_scale(void)
 FIXTURE(sched) {
 	int client;
 	int worker;
+	int ms;
 	struct llmos_sched_stats st0;
 };
 
@@ -140,6 +158,8 @@ FIXTURE_SETUP(sched)
 	ASSERT_LE(0, self->client);
 	self->worker = dev_open();
 	ASSERT_LE(0, self->worker);
+	self->ms = ms_make(self->client, 1 << 20, 0600, &test_ms);
+	ASSERT_LE(0, self->ms);
 	ASSERT_EQ(0, stats(self->client, &self->st0, &ts, 0));
 }
 
@@ -150,6 +170,7 @@ FIXTURE_TEARDOWN(sched)
 
 	close(self->client);
 	close(self->worker);
+	close(self->ms);
 	/* Nothing left queued or in flight by this test. */
 	int fd = dev_open();
 
@@ -179,7 +200,7 @@ TEST_F(sched, submit_dispatch_complete_wait)
 		EXPECT_EQ(ids[i], d[i].id);
 		EXPECT_EQ(5, d[i].tenant);
 		EXPECT_EQ(10 + i, d[i].cost);
-		EXPECT_EQ(77, d[i].ms_id);
+		EXPECT_EQ(test_ms, d[i].ms_id);
 		EXPECT_EQ(4096, d[i].prompt_off);
 		EXPECT_EQ(100, d[i].prompt_len);
 		EXPECT_EQ(0, d[i].requeues);
@@ -350,6 +371,21 @@ TEST_F(sched, submit_arguments_are_checked)
 	s.flags = 1;
 	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, &s));
 	EXPECT_EQ(EINVAL, errno);
+	/* The prompt must lie in its mindspace, which must exist. */
+	s.flags = 0;
+	s.ms_id = test_ms;
+	s.prompt_off = (1 << 20) - 10;
+	s.prompt_len = 11;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, &s));
+	EXPECT_EQ(EINVAL, errno);
+	s.prompt_off = 1;
+	s.prompt_len = UINT64_MAX;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, &s));
+	EXPECT_EQ(EINVAL, errno);
+	s.prompt_len = 0;
+	s.ms_id = 1ull << 40;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, &s));
+	EXPECT_EQ(ENOENT, errno);
 	/* An argument that cannot be read submits nothing. */
 	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT, (void *)16));
 	EXPECT_EQ(EFAULT, errno);
@@ -470,6 +506,55 @@ TEST_F(sched, cancel_in_every_state)
 	}
 	EXPECT_EQ(-ENOENT, cancel(self->client, q)); /* collected */
 	EXPECT_EQ(-ENOENT, complete(self->worker, run, 0, 1));
+}
+
+/* As another user: may name @open (0666) in a request, not @closed (0600). */
+static int other_submits(int client, __u64 open, __u64 closed)
+{
+	struct llmos_submit s = { .size = sizeof(s), .cost = 1, .prompt_len = 8 };
+
+	if (setgid(OTHER_UID) || setuid(OTHER_UID))
+		return 10;
+	s.ms_id = closed;
+	if (ioctl(client, LLMOS_IOC_SUBMIT, &s) == 0 || errno != EACCES)
+		return 11;
+	s.ms_id = open;
+	if (ioctl(client, LLMOS_IOC_SUBMIT, &s))
+		return 12;
+	return cancel(client, s.out_id) ? 13 : 0;
+}
+
+TEST_F(sched, a_request_names_only_a_mindspace_its_submitter_may_write)
+{
+	struct llmos_submit_entry e[2] = {
+		{ .cost = 1, .ms_id = test_ms, .prompt_len = 8 },
+		{ .cost = 1, .ms_id = 1ull << 40 },
+	};
+	struct llmos_submit_batch b = {
+		.size = sizeof(b), .entries_uptr = (__u64)(uintptr_t)e,
+		.entry_size = sizeof(e[0]), .count = 2,
+	};
+	int open_fd, status;
+	__u64 open_id;
+	pid_t pid;
+
+	/* Each entry of a batch is checked on its own. */
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_SUBMIT_BATCH, &b));
+	EXPECT_EQ(1, b.out_done);
+	EXPECT_EQ(0, e[0].out_error);
+	EXPECT_EQ(-ENOENT, e[1].out_error);
+	EXPECT_EQ(0, cancel(self->client, e[0].out_id));
+	if (getuid() != 0)
+		SKIP(return, "needs root to switch users");
+	open_fd = ms_make(self->client, 4096, 0666, &open_id);
+	ASSERT_LE(0, open_fd);
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0)
+		_exit(other_submits(self->client, open_id, test_ms));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_EQ(0, WEXITSTATUS(status));
+	close(open_fd);
 }
 
 static int other_cancels(int client, long long id)

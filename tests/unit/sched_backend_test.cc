@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <linux/llmos.h>
 #include <llmos/event_loop.hh>
+#include <llmos/mindspace.hh>
 #include <llmos/sched.hh>
 #include <map>
 #include <thread>
@@ -67,9 +68,12 @@ INSTANTIATE_TEST_SUITE_P(backends, sched_backend, ::testing::ValuesIn(available_
 TEST_P(sched_backend, a_request_goes_through_its_whole_life) {
     auto c = client();
     auto w = worker(4);
+    // A request names a mindspace its submitter may write (the module checks).
+    auto ms = llmos::mindspace::create(dev(), {.length = 4096}).value();
     std::vector<uint64_t> ids;
     for (uint32_t i = 0; i < 3; ++i) {
-        ids.push_back(c.submit({.tenant = 7, .cost = 5 + i, .ms_id = 3, .prompt_len = 10}).value());
+        ids.push_back(
+            c.submit({.tenant = 7, .cost = 5 + i, .ms_id = ms.id(), .prompt_len = 10}).value());
     }
     auto got = w.dispatch(8).value();
     ASSERT_EQ(got.size(), 3u);
@@ -77,7 +81,7 @@ TEST_P(sched_backend, a_request_goes_through_its_whole_life) {
         EXPECT_EQ(got[i].id, ids[i]);
         EXPECT_EQ(got[i].tenant, 7u);
         EXPECT_EQ(got[i].cost, 5u + i);
-        EXPECT_EQ(got[i].ms_id, 3u);
+        EXPECT_EQ(got[i].ms_id, ms.id());
         EXPECT_EQ(got[i].prompt_len, 10u);
     }
     EXPECT_FALSE(w.start(ids[0]));

@@ -52,7 +52,10 @@ expect "the copy matches" sh -c 'llmosctl ms read conv-copy | cmp - before'
 expect "remove the copy" llmosctl ms rm 'conv-copy'
 
 cp conv.llmosms bad.llmosms
-printf 'X' | dd of=bad.llmosms bs=1 seek=$((4096 + 65536 + 100)) conv=notrunc 2>/dev/null
+# One byte of the random part changed (to a value it cannot already have).
+at=$((4096 + 65536 + 100))
+byte=$(dd if=bad.llmosms bs=1 skip=$at count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
+printf "\\$(printf %o $(((byte + 1) % 256)))" | dd of=bad.llmosms bs=1 seek=$at conv=notrunc 2>/dev/null
 refuse "a damaged file is refused" 1 "corrupt" llmosctl ms load bad.llmosms --name damaged
 refuse "and leaves nothing behind" 1 "No such file" llmosctl ms info damaged
 head -c 8192 conv.llmosms >short.llmosms

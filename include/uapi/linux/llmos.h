@@ -169,7 +169,8 @@ struct llmos_version {
  *   MS_DESTROY of a mindspace that is not persistent.
  * - EEXIST: the name is taken.
  * - ENOENT: no mindspace with that id or name.
- * - EACCES: the mode does not grant the access asked for.
+ * - EACCES: the mode does not grant the access asked for; MS_CREATE with
+ *   %LLMOS_MS_DMABUF of a dma-buf fd that was not opened for writing.
  * - EPERM: MS_DESTROY by someone other than the owner; QUOTA set, or read
  *   for another uid, without %CAP_SYS_ADMIN.
  * - EDQUOT: the owner's quota would be exceeded.
@@ -474,10 +475,14 @@ enum llmos_req_state {
  * Errors of the scheduler commands, beyond the common ones:
  *
  * - EINVAL: a capacity, priority, weight, count or element size out of
- *   range; DISPATCH, START or COMPLETE on a file that is not a worker.
+ *   range; DISPATCH, START or COMPLETE on a file that is not a worker;
+ *   SUBMIT of a prompt (prompt_off, prompt_len) not inside its mindspace.
  * - EBUSY: WORKER_REGISTER on a file that is a worker already.
  * - ENOENT: no request with that id (or not one of the caller's, for
- *   WAIT); WAIT for any request by a client that has none outstanding.
+ *   WAIT); WAIT for any request by a client that has none outstanding;
+ *   SUBMIT naming a mindspace (ms_id) that does not exist.
+ * - EACCES: SUBMIT naming a mindspace the caller may not open read-write
+ *   (its worker will read the prompt there and write the output).
  * - ESRCH: START or COMPLETE of a request the calling worker does not hold.
  * - EALREADY: CANCEL of a finished request.
  * - EPERM: CANCEL of another client's request, or SET_WEIGHT, without
@@ -527,7 +532,8 @@ struct llmos_worker_register {
  * @cost: expected tokens (0 counts as 1)
  * @__reserved: must be 0
  * @deadline_ns: absolute CLOCK_MONOTONIC deadline, 0 for none
- * @ms_id: mindspace holding the prompt (and, later, the result)
+ * @ms_id: mindspace holding the prompt (and, later, the result), 0 for
+ *	none; the caller must be able to open it read-write
  * @prompt_off: prompt offset in it
  * @prompt_len: prompt length
  * @out_id: the request's id
