@@ -18,11 +18,11 @@
 #include "llmos.h"
 #include "llmos_bpf.h"
 
-static bool llmos_kfunc_ok(u64 req)
+static bool llmos_kfunc_ok(void)
 {
 	if (llmos_bpf_in_callback())
 		return true;
-	llmos_bpf_fault(LLMOS_EXIT_MISUSE, 0, req);
+	llmos_bpf_stray(); /* without the lock: the watchdog ejects it */
 	return false;
 }
 
@@ -52,7 +52,7 @@ __bpf_kfunc s32 llmos_create_queue(u64 queue_id)
 	struct llmos_core_queue *q;
 	int ret;
 
-	if (!llmos_kfunc_ok(0))
+	if (!llmos_kfunc_ok())
 		return -EPERM;
 	q = kzalloc(sizeof(*q), GFP_ATOMIC);
 	if (!q)
@@ -77,7 +77,7 @@ __bpf_kfunc s32 llmos_queue_insert(struct llmos_core_req *req, u64 queue_id,
 {
 	struct llmos_core_queue *q;
 
-	if (!llmos_kfunc_ok(req->id))
+	if (!llmos_kfunc_ok())
 		return -EPERM;
 	q = llmos_kfunc_queue(queue_id, req->id);
 	if (!q)
@@ -111,7 +111,7 @@ __bpf_kfunc u32 llmos_queue_move_to_worker(u64 queue_id,
 {
 	struct llmos_core_queue *q;
 
-	if (!llmos_kfunc_ok(0))
+	if (!llmos_kfunc_ok())
 		return 0;
 	q = llmos_kfunc_queue(queue_id, 0);
 	if (!q)
@@ -129,7 +129,7 @@ __bpf_kfunc s32 llmos_queue_len(u64 queue_id)
 {
 	struct llmos_core_queue *q;
 
-	if (!llmos_kfunc_ok(0))
+	if (!llmos_kfunc_ok())
 		return -EPERM;
 	q = llmos_core_queue_find(llmos_sched_core(), queue_id);
 	return q ? q->q.nr : -ENOENT;
@@ -146,7 +146,7 @@ __bpf_kfunc u64 llmos_queue_peek(u64 queue_id)
 	struct llmos_core_queue *q;
 	struct llmos_tnode *n;
 
-	if (!llmos_kfunc_ok(0))
+	if (!llmos_kfunc_ok())
 		return 0;
 	q = llmos_core_queue_find(llmos_sched_core(), queue_id);
 	n = q ? llmos_treap_first(&q->q) : NULL;
@@ -165,7 +165,7 @@ __bpf_kfunc u64 llmos_queue_peek_key(u64 queue_id)
 	struct llmos_core_queue *q;
 	struct llmos_tnode *n;
 
-	if (!llmos_kfunc_ok(0))
+	if (!llmos_kfunc_ok())
 		return 0;
 	q = llmos_core_queue_find(llmos_sched_core(), queue_id);
 	n = q ? llmos_treap_first(&q->q) : NULL;
@@ -185,7 +185,7 @@ __bpf_kfunc s32 llmos_set_tenant_weight(u32 tenant, u32 weight)
 	struct llmos_core_sched *s = llmos_sched_core();
 	int ret;
 
-	if (!llmos_kfunc_ok(0))
+	if (!llmos_kfunc_ok())
 		return -EPERM;
 	if (!llmos_core_tenant_find(s, tenant))
 		spare = kzalloc(sizeof(*spare), GFP_ATOMIC);
@@ -201,7 +201,10 @@ __bpf_kfunc s32 llmos_set_tenant_weight(u32 tenant, u32 weight)
  */
 __bpf_kfunc void llmos_policy_error(s64 code)
 {
-	llmos_bpf_fault(LLMOS_EXIT_ERROR, code, 0);
+	if (llmos_bpf_in_callback())
+		llmos_bpf_fault(LLMOS_EXIT_ERROR, code, 0);
+	else
+		llmos_bpf_stray();
 }
 
 __bpf_kfunc_end_defs();

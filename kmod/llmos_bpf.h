@@ -68,7 +68,10 @@ struct llmos_sched_ops {
 	char name[LLMOS_POLICY_NAME_LEN];
 };
 
-/* struct_ops.c; all called with the scheduler's lock held but init/exit */
+/*
+ * struct_ops.c; all called with the scheduler's lock held but init/exit,
+ * llmos_bpf_in_callback() and llmos_bpf_stray() (anywhere)
+ */
 int llmos_bpf_init(void);
 void llmos_bpf_exit(void);
 void llmos_bpf_check_fault(void);
@@ -77,6 +80,7 @@ void llmos_bpf_completed(struct llmos_core_req *r);
 void llmos_bpf_worker(struct llmos_core_worker *w, bool online);
 void llmos_bpf_stats(struct llmos_sched_stats *st);
 bool llmos_bpf_in_callback(void);
+void llmos_bpf_stray(void);
 bool llmos_bpf_prog_is_policy(const struct bpf_prog *prog);
 void llmos_bpf_fault(u32 kind, s64 code, u64 req);
 

@@ -36,7 +36,9 @@ static struct {
 	/* All under the scheduler's lock. */
 	struct llmos_sched_ops *ops;	/* attached, or NULL */
 	bool active;			/* ops schedules (not ejected) */
-	int in_cb;			/* inside one of its callbacks */
+	int in_cb;			/* depth of its callbacks running */
+	struct task_struct *cb_task;	/* the task running them */
+	atomic_t stray;			/* a kfunc was called outside them */
 	u32 fault_kind;			/* reported by a kfunc, not acted on */
 	s64 fault_code;
 	u64 fault_req;
@@ -73,7 +75,35 @@ bool llmos_bpf_prog_is_policy(const struct bpf_prog *prog)
  */
 bool llmos_bpf_in_callback(void)
 {
-	return llmos_bpf.in_cb > 0;
+	/*
+	 * The task that holds the lock, running a callback: not a bpf_timer
+	 * or bpf_wq callback of the policy, which may run meanwhile on
+	 * another CPU (or interrupt this one) without the lock.
+	 */
+	return in_task() && READ_ONCE(llmos_bpf.cb_task) == current;
+}
+
+/**
+ * llmos_bpf_stray() - a kfunc was called outside the policy's callbacks
+ *	(without the lock: nothing else is touched); the policy is ejected at
+ *	the next check
+ */
+void llmos_bpf_stray(void)
+{
+	atomic_set(&llmos_bpf.stray, 1);
+}
+
+/* Around every call into the policy. Under the lock. */
+static void llmos_cb_enter(void)
+{
+	if (!llmos_bpf.in_cb++)
+		WRITE_ONCE(llmos_bpf.cb_task, current);
+}
+
+static void llmos_cb_exit(void)
+{
+	if (!--llmos_bpf.in_cb)
+		WRITE_ONCE(llmos_bpf.cb_task, NULL);
 }
 
 /**
@@ -121,8 +151,6 @@ static void llmos_bpf_eject(u32 kind, s64 code, u64 req)
 		return;
 	llmos_bpf.active = false;
 	llmos_core_policy_reset(s);
-	while ((q = llmos_core_queue_pop(s)))
-		kfree(q);
 	llmos_bpf.fault_kind = 0;
 	memset(&llmos_bpf.exit, 0, sizeof(llmos_bpf.exit));
 	llmos_bpf.exit.kind = kind;
@@ -136,10 +164,14 @@ static void llmos_bpf_eject(u32 kind, s64 code, u64 req)
 			sizeof(llmos_bpf.exit.msg));
 	llmos_bpf.ejections++;
 	if (llmos_bpf.ops->exit) {
-		llmos_bpf.in_cb++;
+		llmos_cb_enter();
 		llmos_bpf.ops->exit(&llmos_bpf.exit);
-		llmos_bpf.in_cb--;
+		llmos_cb_exit();
 	}
+	/* After exit, which may still have made a queue. */
+	while ((q = llmos_core_queue_pop(s)))
+		kfree(q);
+	atomic_set(&llmos_bpf.stray, 0);
 	pr_info("policy %s stopped: %s\n", llmos_bpf.name, llmos_bpf.exit.msg);
 	llmos_sched_kick();
 }
@@ -157,6 +189,8 @@ void llmos_bpf_check_fault(void)
 	if (llmos_bpf.fault_kind)
 		llmos_bpf_eject(llmos_bpf.fault_kind, llmos_bpf.fault_code,
 				llmos_bpf.fault_req);
+	else if (atomic_read(&llmos_bpf.stray))
+		llmos_bpf_eject(LLMOS_EXIT_MISUSE, 0, 0);
 	else if (s->policy_fault == LLMOS_CORE_FAULT_ENQUEUE)
 		llmos_bpf_eject(LLMOS_EXIT_ENQUEUE, 0, s->policy_fault_req);
 	else if (s->policy_fault)
@@ -168,18 +202,18 @@ static int llmos_bpf_enqueue(struct llmos_core_sched *s,
 {
 	int ret;
 
-	llmos_bpf.in_cb++;
+	llmos_cb_enter();
 	ret = llmos_bpf.ops->enqueue(r, 0);
-	llmos_bpf.in_cb--;
+	llmos_cb_exit();
 	return ret;
 }
 
 static void llmos_bpf_dispatch(struct llmos_core_sched *s,
 			       struct llmos_core_worker *w, u32 budget)
 {
-	llmos_bpf.in_cb++;
+	llmos_cb_enter();
 	llmos_bpf.ops->dispatch(w, budget);
-	llmos_bpf.in_cb--;
+	llmos_cb_exit();
 }
 
 static void llmos_bpf_dequeue(struct llmos_core_sched *s,
@@ -187,9 +221,9 @@ static void llmos_bpf_dequeue(struct llmos_core_sched *s,
 {
 	if (!llmos_bpf.ops->dequeue)
 		return;
-	llmos_bpf.in_cb++;
+	llmos_cb_enter();
 	llmos_bpf.ops->dequeue(r);
-	llmos_bpf.in_cb--;
+	llmos_cb_exit();
 }
 
 static const struct llmos_core_policy llmos_bpf_policy = {
@@ -207,9 +241,9 @@ void llmos_bpf_running(struct llmos_core_req *r, struct llmos_core_worker *w)
 {
 	if (!llmos_bpf.active || !llmos_bpf.ops->running)
 		return;
-	llmos_bpf.in_cb++;
+	llmos_cb_enter();
 	llmos_bpf.ops->running(r, w);
-	llmos_bpf.in_cb--;
+	llmos_cb_exit();
 }
 
 /**
@@ -220,10 +254,10 @@ void llmos_bpf_completed(struct llmos_core_req *r)
 {
 	if (!llmos_bpf.active || !llmos_bpf.ops->completed)
 		return;
-	llmos_bpf.in_cb++;
+	llmos_cb_enter();
 	llmos_bpf.ops->completed(r, r->status, r->t_end - r->t_dispatch,
 				 r->tokens);
-	llmos_bpf.in_cb--;
+	llmos_cb_exit();
 }
 
 /**
@@ -241,9 +275,9 @@ void llmos_bpf_worker(struct llmos_core_worker *w, bool online)
 		      llmos_bpf.ops->worker_offline;
 	if (!cb)
 		return;
-	llmos_bpf.in_cb++;
+	llmos_cb_enter();
 	cb(w);
-	llmos_bpf.in_cb--;
+	llmos_cb_exit();
 }
 
 /**
@@ -317,6 +351,7 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 	u64 timeout_ns;
 
 	llmos_sched_lock();
+	llmos_bpf_check_fault(); /* a kfunc called outside a callback */
 	if (!llmos_bpf.active)
 		goto out;
 	period = msecs_to_jiffies(clamp_t(u32, llmos_bpf.ops->timeout_ms / 4,
@@ -428,6 +463,7 @@ static int llmos_bpf_reg(void *kdata, struct bpf_link *link)
 	llmos_bpf.ops = ops;
 	llmos_bpf.active = true;
 	llmos_bpf.fault_kind = 0;
+	atomic_set(&llmos_bpf.stray, 0);
 	llmos_bpf.next_scan = jiffies;
 	strscpy(llmos_bpf.name, ops->name[0] ? ops->name : "unnamed",
 		sizeof(llmos_bpf.name));
@@ -435,9 +471,9 @@ static int llmos_bpf_reg(void *kdata, struct bpf_link *link)
 	s->policy_fault = LLMOS_CORE_FAULT_NONE;
 	s->policy = &llmos_bpf_policy;
 	if (ops->init) {
-		llmos_bpf.in_cb++;
+		llmos_cb_enter();
 		ret = ops->init();
-		llmos_bpf.in_cb--;
+		llmos_cb_exit();
 		if (ret) {
 			llmos_bpf_eject(LLMOS_EXIT_INIT, ret, 0);
 			llmos_bpf.ops = NULL;

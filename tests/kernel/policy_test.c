@@ -431,6 +431,28 @@ TEST_F(policy, a_worker_waits_for_held_requests_without_spinning)
 	close(fd9);
 }
 
+TEST_F(policy, a_kfunc_called_from_a_timer_callback_ejects_the_policy)
+{
+	struct llmos_sched_stats st;
+	int i;
+
+	/* Its bpf_timer fires 20 ms after init and calls a kfunc there. */
+	ASSERT_EQ(0, attach(&self->p, "timer_kfunc"));
+	/* Nothing else happens: the watchdog ejects it (within its second). */
+	for (i = 0; i < 60; i++) {
+		stats(self->client, &st);
+		if (st.out_policy_state != LLMOS_POLICY_BPF)
+			break;
+		usleep(50 * 1000);
+	}
+	EXPECT_EQ(LLMOS_POLICY_EJECTED, st.out_policy_state);
+	EXPECT_EQ(LLMOS_EXIT_MISUSE, st.out_exit_kind);
+	EXPECT_STREQ("timer_kfunc", st.out_policy);
+	/* And the built-in policy serves. */
+	ASSERT_LT(0, submit(self->client, 1, 0, 1, 0));
+	EXPECT_LT(0, serve_one(self->worker));
+}
+
 TEST_F(policy, only_policy_data_is_writable)
 {
 	/* The verifier refuses a write to any other request field. */
