@@ -5,9 +5,10 @@
  * Commands are dispatched through tables indexed by command number, one for
  * /dev/llmos and one for mindspace fds. Each entry names the command's
  * struct and the last member of its first published version: the kernel
- * accepts any user size from that member's end up, copies the struct in
- * with copy_struct_from_user() (E2BIG on a non-zero tail it does not know)
- * and copies the reply back for as many bytes as both sides know.
+ * accepts any user size from that member's end up to a page (E2BIG past
+ * it), copies the struct in with copy_struct_from_user() (E2BIG on a
+ * non-zero tail it does not know) and copies the reply back for as many
+ * bytes as both sides know.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -190,6 +191,8 @@ static long llmos_ioctl_dispatch(struct file *filp, unsigned int cmd,
 		return ret;
 	if (ucmd.user_size < op->min_size)
 		return -EINVAL;
+	if (ucmd.user_size > PAGE_SIZE)
+		return -E2BIG; /* no struct will grow that far */
 
 	ucmd.cmd = &buf;
 	ret = copy_struct_from_user(ucmd.cmd, op->size, ucmd.ubuffer,

@@ -52,6 +52,8 @@ static int llmos_uring_read(u64 uptr, void *kbuf, size_t ksize, size_t min)
 		return -EFAULT;
 	if (size < min)
 		return -EINVAL;
+	if (size > PAGE_SIZE)
+		return -E2BIG;
 	return copy_struct_from_user(kbuf, ksize, u, size);
 }
 

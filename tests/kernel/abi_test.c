@@ -265,6 +265,13 @@ TEST_F(abi, dirty_tail_is_e2big)
 	ASSERT_EQ(-E2BIG, call(self->fd, variant->cmd, self->buf, ABI_BUF));
 }
 
+TEST_F(abi, sizes_past_a_page_are_e2big)
+{
+	/* Refused before anything past the size field is read. */
+	ASSERT_EQ(-E2BIG, call(self->fd, variant->cmd, self->buf, ABI_BUF + 1));
+	ASSERT_EQ(-E2BIG, call(self->fd, variant->cmd, self->buf, UINT32_MAX));
+}
+
 TEST_F(abi, clean_tail_acts_as_exact_size)
 {
 	unsigned char *exact = calloc(1, ABI_BUF);

@@ -328,6 +328,8 @@ TEST_F(ms, names_are_validated)
 {
 	static const char * const bad[] = {
 		"a/b", "a b", ".hidden", "-x", "x\x01", "é", "a\\b", "123", "0",
+		/* Latin-1 letters, which the kernel's isalnum() takes */
+		"x\xc0\xc1", "\xd8y",
 	};
 	char longname[LLMOS_NAME_MAX + 1];
 	struct llmos_ms_create c = { .length = PAGE };

@@ -407,6 +407,8 @@ TEST_F(ring, bad_commands_are_refused)
 {
 	struct llmos_version v = { .size = sizeof(v) };
 	struct llmos_submit s = { .size = sizeof(s) };
+	struct llmos_wait w = { .size = 8192, .flags = LLMOS_NONBLOCK };
+	struct llmos_dispatch d = { .size = 8192, .flags = LLMOS_NONBLOCK };
 	struct io_uring_sqe *sqe;
 	int res;
 
@@ -417,8 +419,11 @@ TEST_F(ring, bad_commands_are_refused)
 	((struct llmos_uring_sqe *)sqe->cmd)->__reserved = 1;
 	s.size = 4;
 	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_SUBMIT, &s, 4));
-	ASSERT_EQ(4, io_uring_submit(&self->cring));
-	for (int i = 0; i < 4; i++) {
+	/* Sizes past a page, whatever lies beyond the struct. */
+	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_WAIT, &w, 5));
+	ASSERT_EQ(0, queue_cmd(&self->cring, self->worker, LLMOS_IOC_DISPATCH, &d, 6));
+	ASSERT_EQ(6, io_uring_submit(&self->cring));
+	for (int i = 0; i < 6; i++) {
 		long long ud = next_cqe(&self->cring, 5000, &res);
 
 		switch (ud) {
@@ -431,6 +436,10 @@ TEST_F(ring, bad_commands_are_refused)
 		case 3:
 		case 4:
 			EXPECT_EQ(-EINVAL, res);
+			break;
+		case 5:
+		case 6:
+			EXPECT_EQ(-E2BIG, res);
 			break;
 		default:
 			ASSERT_TRUE(false);
