@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <gtest/gtest.h>
 #include <llmos/engine/context.hh>
 #include <llmos/engine/gguf.hh>
@@ -554,6 +555,64 @@ TEST(model_load, unsupported_architectures_and_types_are_named) {
                   std::string::npos)
             << e.what();
     }
+}
+
+TEST(model_load, bad_hyperparameters_and_misaligned_tensors_are_refused) {
+    gguf_file f = gguf_file::open(tiny);
+    // The file rewritten with `key` set to `value` (a tensor list of its
+    // own when `tensors` is given).
+    auto rewrite = [&](const std::string& key, gguf_value value,
+                       std::function<void(gguf_writer&)> tensors = {}) {
+        gguf_writer w;
+        for (auto& kv : f.kvs()) {
+            if (kv.key != key) {
+                w.set(kv.key, kv.value);
+            }
+        }
+        w.set(key, value);
+        if (tensors) {
+            tensors(w);
+        } else {
+            for (auto& t : f.tensors()) {
+                w.add_tensor(t.name, t.type, t.dims(), t.data);
+            }
+        }
+        return w.write();
+    };
+    auto refused = [&](const std::vector<std::byte>& bytes, const std::string& why) {
+        auto g = gguf_file::parse(bytes);
+        try {
+            (void)model::load(g);
+            ADD_FAILURE() << "loaded; wanted: " << why;
+        } catch (const model_error& e) {
+            EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+        }
+    };
+    const std::string arch = "llama.";
+    for (float bad : {0.0f, -1.0f, NAN, INFINITY}) {
+        refused(rewrite(arch + "rope.freq_base", bad), "must be finite and positive");
+        refused(rewrite(arch + "attention.layer_norm_rms_epsilon", bad),
+                "must be finite and positive");
+    }
+    // general.alignment 1 lets an F32 tensor start at any byte: a 2-byte
+    // tensor first puts the others 2 bytes off, one way or the other.
+    bool tried = false;
+    for (int pad = 0; pad < 2 && !tried; ++pad) {
+        auto bytes = rewrite("general.alignment", 1u, [&](gguf_writer& w) {
+            if (pad) {
+                w.add_tensor("pad", ggml_type::f16, {1}, std::vector<std::byte>(2));
+            }
+            for (auto& t : f.tensors()) {
+                w.add_tensor(t.name, t.type, t.dims(), t.data);
+            }
+        });
+        auto g = gguf_file::parse(bytes);
+        if (reinterpret_cast<uintptr_t>(g.find_tensor("token_embd.weight")->data.data()) % 4) {
+            tried = true;
+            refused(bytes, "-byte aligned in the file");
+        }
+    }
+    EXPECT_TRUE(tried);
 }
 
 TEST(model_load, packs_every_matrix_for_avx512_and_lets_their_rows_go) {

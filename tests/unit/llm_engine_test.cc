@@ -275,6 +275,29 @@ TEST_F(llm_engine_test, a_conversation_s_cache_in_its_mindspace_skips_the_prefix
     EXPECT_EQ(second.text, fresh.text);
 }
 
+TEST_F(llm_engine_test, a_vocabulary_larger_than_the_embedding_is_refused) {
+    // Its extra ids would fail every step they were in.
+    eng::vocab_data d = eng::from_gguf(*file);
+    d.tokens.push_back("<extra>");
+    if (!d.scores.empty()) {
+        d.scores.push_back(0);
+    }
+    if (!d.types.empty()) {
+        d.types.push_back(d.types.back());
+    }
+    eng::vocab bigger(std::move(d));
+    ASSERT_EQ(uint64_t(bigger.n_tokens()), uint64_t(model->params().n_vocab) + 1);
+    try {
+        llmos::llm_engine::check_vocab(*model, bigger);
+        FAIL() << "a vocabulary of " << bigger.n_tokens() << " tokens was taken";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("the model's embedding"), std::string::npos)
+            << e.what();
+    }
+    EXPECT_THROW(llmos::llm_engine(*model, bigger, eopts()), std::invalid_argument);
+    EXPECT_NO_THROW(llmos::llm_engine::check_vocab(*model, *vocab));
+}
+
 TEST_F(llm_engine_test, the_output_stops_where_the_conversation_s_cache_starts) {
     auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
     auto c = llmos::sched_client::open(*_dev).value();

@@ -491,6 +491,7 @@ std::shared_ptr<model_entry> daemon::open_model(const std::string& name, const s
         m->model = std::make_unique<eng::model>(
             eng::model::load(*m->file, _gpu >= 0 ? eng::simd_level::scalar : eng::default_simd()));
         m->vocab = std::make_unique<eng::vocab>(eng::from_gguf(*m->file));
+        llmos::llm_engine::check_vocab(*m->model, *m->vocab);
     } catch (const std::exception& e) {
         throw api_error{400, "cannot load " + path + ": " + e.what(), "invalid_request_error",
                         "path", "model_load_failed"};

@@ -65,6 +65,7 @@ public:
             throw model_error("model: tensor '" + name + "' is " + std::string(info(t.type)->name) +
                               ", expected F32");
         }
+        aligned(t, name, alignof(float));
         return {reinterpret_cast<const float*>(t.data.data()), n};
     }
     std::span<const float> f32_opt(const std::string& name, uint64_t n) const {
@@ -79,7 +80,16 @@ public:
                 std::string(ti ? ti->name : "of an unknown type") +
                 ", which this engine does not compute with (supported: " + supported_types() + ")");
         }
+        aligned(t, name, t.type == ggml_type::f32 ? 4 : 2); // what the kernels read by
         return {t.type, t.data.data(), static_cast<int64_t>(rows), static_cast<int64_t>(cols), 0};
+    }
+    // The file's alignment (general.alignment) may be smaller than what
+    // the kernels read tensors by.
+    static void aligned(const gguf_tensor& t, const std::string& name, size_t align) {
+        if (reinterpret_cast<uintptr_t>(t.data.data()) % align) {
+            throw model_error("model: tensor '" + name + "' is not " + std::to_string(align) +
+                              "-byte aligned in the file (general.alignment too small)");
+        }
     }
     uint32_t u32(const std::string& key) const {
         auto v = f.find_u32(arch + "." + key);
@@ -136,10 +146,16 @@ model model::load(const gguf_file& f, simd_level kernels) {
     }
     p.rope_base = f.find_f32(l.arch + ".rope.freq_base").value_or(10000.0f);
     p.rms_eps = f.find_f32(l.arch + ".attention.layer_norm_rms_epsilon").value_or(1e-5f);
+    if (!std::isfinite(p.rope_base) || p.rope_base <= 0 || !std::isfinite(p.rms_eps) ||
+        p.rms_eps <= 0) {
+        throw model_error("model: rope.freq_base " + std::to_string(p.rope_base) +
+                          " and attention.layer_norm_rms_epsilon " + std::to_string(p.rms_eps) +
+                          " must be finite and positive");
+    }
     if (auto type = f.find_string(l.arch + ".rope.scaling.type")) {
         float factor = f.find_f32(l.arch + ".rope.scaling.factor").value_or(1.0f);
         if (*type == "linear") {
-            p.rope_scale = factor > 0 ? factor : 1.0f;
+            p.rope_scale = factor > 0 && std::isfinite(factor) ? factor : 1.0f;
         } else if (*type != "none" && factor != 1.0f) {
             throw model_error("model: rope scaling '" + std::string(*type) +
                               "' is not supported (supported: none, linear)");

@@ -466,13 +466,22 @@ void llm_engine::impl::decode(std::span<sequence* const> batch) {
     }
 }
 
+void llm_engine::check_vocab(const eng::model& m, const eng::vocab& v) {
+    const uint32_t rows = m.params().n_vocab;
+    if (v.n_tokens() < 0 || static_cast<uint64_t>(v.n_tokens()) > rows) {
+        throw std::invalid_argument("the vocabulary has " + std::to_string(v.n_tokens()) +
+                                    " tokens, the model's embedding " + std::to_string(rows) +
+                                    " rows");
+    }
+}
+
 llm_engine::llm_engine(const eng::model& m, const eng::vocab& v, llm_engine_options o)
-    : _impl(std::make_unique<cpu_impl>(m, v, o)) {
+    : _impl((check_vocab(m, v), std::make_unique<cpu_impl>(m, v, o))) {
 }
 
 llm_engine::llm_engine(const eng::cuda_model& cm, const eng::vocab& v, kv_pool& pool,
                        llm_engine_options o)
-    : _impl(std::make_unique<gpu_impl>(cm, v, pool, o)) {
+    : _impl((check_vocab(cm.get_model(), v), std::make_unique<gpu_impl>(cm, v, pool, o))) {
 }
 
 llm_engine::~llm_engine() = default;

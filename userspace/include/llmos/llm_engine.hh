@@ -59,6 +59,11 @@ public:
                llm_engine_options o);
     ~llm_engine() override;
 
+    /// Throws std::invalid_argument when `v` has tokens `m` has no row for
+    /// (a vocabulary larger than the embedding: such ids would fail every
+    /// step they are in). The constructors check it.
+    static void check_vocab(const engine::model& m, const engine::vocab& v);
+
     /// Bytes of a request's KV region (gen_request_header::kv_len) for a
     /// cache of `o`'s geometry: the whole cache on the CPU, the cache's
     /// bookkeeping on a GPU. Any thread.
