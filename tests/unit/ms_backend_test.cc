@@ -216,6 +216,30 @@ TEST_P(ms_backend, mode_keeps_other_users_out) {
     EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
+TEST_P(ms_backend, a_local_file_shorter_than_its_header_says_is_refused) {
+    if (GetParam() != backend_kind::local) {
+        GTEST_SKIP() << "the module's mindspaces have no file to cut short";
+    }
+    // Whoever may write a local mindspace may truncate its file: mapping it
+    // would then give SIGBUS, so opening it says it is damaged.
+    const auto n = name("short");
+    uint64_t id = 0;
+    {
+        auto ms = create(n, 8192, true);
+        id = ms.id();
+    }
+    const auto file = _dir / "ms" / std::to_string(id);
+    std::filesystem::resize_file(file, 4096 + 4096);
+    auto ms = mindspace::open(dev(), ms_key{0, n});
+    ASSERT_FALSE(ms);
+    EXPECT_EQ(ms.error(), llmos::errc::ms_file_corrupt) << ms.error().message();
+    EXPECT_FALSE(llmos::mindspace_info(dev(), ms_key{id, {}}));
+    auto all = llmos::list_mindspaces(dev());
+    ASSERT_TRUE(all) << "a damaged one does not break the list: " << all.error().message();
+    EXPECT_FALSE(llmos::destroy_mindspace(dev(), ms_key{0, n})) << "it can still be removed";
+    EXPECT_EQ(mindspace::open(dev(), ms_key{0, n}).error(), std::errc::no_such_file_or_directory);
+}
+
 TEST_P(ms_backend, list_shows_them_in_id_order) {
     auto a = create(name("l1"), 4096);
     auto b = create(name("l2"), 8192);

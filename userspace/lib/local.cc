@@ -90,6 +90,15 @@ result<ms_file_meta> read_header(int fd) {
     if (!m) {
         return m.error() == errc::not_ms_file ? errc::ms_file_corrupt : m.error();
     }
+    // Its bytes must all be there: mapping a shorter file gives SIGBUS
+    // (the header is writable by whoever may write the mindspace).
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+        return last_error();
+    }
+    if (m->length > max_length || static_cast<uint64_t>(st.st_size) < data_offset + m->length) {
+        return errc::ms_file_corrupt;
+    }
     return m;
 }
 
@@ -222,6 +231,11 @@ result<opened> create(int store, const ms_create_options& o) {
         (void)::unlinkat(store, path.c_str(), 0);
         return ec;
     };
+    // Held before the header makes it a mindspace: another process that
+    // lists or opens meanwhile must not take it for a forgotten one.
+    if (::flock(fd.get(), LOCK_SH) != 0) {
+        return fail(last_error());
+    }
     ms_file_meta m;
     m.length = o.length;
     m.flags = (o.persistent ? LLMOS_MS_PERSISTENT : 0) | (o.node ? LLMOS_MS_NODE : 0);
@@ -232,8 +246,7 @@ result<opened> create(int store, const ms_create_options& o) {
     auto h = encode_ms_file_header(m);
     if (::fchmod(fd.get(), m.mode) != 0 ||
         ::ftruncate(fd.get(), static_cast<off_t>(data_offset + o.length)) != 0 ||
-        ::pwrite(fd.get(), h.data(), h.size(), 0) != static_cast<ssize_t>(h.size()) ||
-        ::flock(fd.get(), LOCK_SH) != 0) {
+        ::pwrite(fd.get(), h.data(), h.size(), 0) != static_cast<ssize_t>(h.size())) {
         return fail(last_error());
     }
     if (!o.name.empty()) {
@@ -304,15 +317,19 @@ std::error_code destroy(int store, const ms_key& key) {
     if (st.st_uid != ::geteuid() && ::geteuid() != 0) {
         return std::make_error_code(std::errc::operation_not_permitted);
     }
+    // A damaged one (its header, or a file cut short) can still be removed
+    // by its owner.
     auto i = info(store, ms_key{*id, {}});
-    if (!i) {
+    if (!i && i.error() != errc::ms_file_corrupt) {
         return i.error();
     }
-    if (!i->persistent()) {
+    if (i && !i->persistent()) {
         return einval();
     }
-    if (!i->name.empty()) {
-        (void)::unlinkat(store, ("by-name/" + i->name).c_str(), 0);
+    if (const std::string& name = i ? i->name : key.name; !name.empty()) {
+        if (auto named = resolve(store, ms_key{0, name}); named && *named == *id) {
+            (void)::unlinkat(store, ("by-name/" + name).c_str(), 0);
+        }
     }
     if (::unlinkat(store, path.c_str(), 0) != 0) {
         return last_error();
@@ -347,7 +364,8 @@ result<std::vector<ms_info>> list(int store) {
         if (i) {
             out.push_back(std::move(*i));
         } else if (i.error() != std::errc::permission_denied &&
-                   i.error() != std::errc::no_such_file_or_directory) {
+                   i.error() != std::errc::no_such_file_or_directory &&
+                   i.error() != errc::ms_file_corrupt) { // damaged: info and open say so
             return i.error();
         }
     }
