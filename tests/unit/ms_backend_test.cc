@@ -176,6 +176,11 @@ TEST_P(ms_backend, bad_input_is_refused) {
               std::errc::no_such_file_or_directory);
     EXPECT_EQ(llmos::destroy_mindspace(dev(), ms_key{0, name("nosuch")}),
               std::errc::no_such_file_or_directory);
+    // Mappings stay inside.
+    EXPECT_EQ(first.map(4096, 4096).error(), std::errc::invalid_argument);
+    EXPECT_EQ(first.map(0, 8192).error(), std::errc::invalid_argument);
+    EXPECT_EQ(first.map(8192).error(), std::errc::invalid_argument);
+    EXPECT_TRUE(first.map(0, 4096));
 }
 
 TEST_P(ms_backend, read_only_handles_cannot_write) {

@@ -460,8 +460,8 @@ TEST_P(worker_pool_test, an_engine_that_cannot_be_made_again_gives_its_requests_
         EXPECT_EQ(made.load(), 2);
         // The worker has stopped; its request went back to the scheduler.
         EXPECT_EQ(c.wait(id, llmos::wait_for::at_most(200ms)).error().value(), ETIMEDOUT);
-        EXPECT_NE((*pool)->info(0).last_error.find("out of memory"), std::string::npos)
-            << (*pool)->info(0).last_error;
+        EXPECT_NE((*pool)->info(0).last_error().find("out of memory"), std::string::npos)
+            << (*pool)->info(0).last_error();
     }
     auto pool = llmos::worker_pool::start(dev(), opts({}));
     ASSERT_TRUE(pool);
@@ -491,6 +491,22 @@ TEST_P(worker_pool_test, a_request_refused_at_setup_leaves_the_mapping_of_others
     ASSERT_TRUE(f) << f.error().message();
     EXPECT_EQ(f->status, -EIO);
     expect_echoed(c, ids, 1);
+}
+
+TEST_P(worker_pool_test, more_slots_than_one_dispatch_takes_still_serve) {
+    // The module's DISPATCH takes at most LLMOS_MAX_DISPATCH (256) at once.
+    auto o = opts({}, 300);
+    o.cpus.resize(1);
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto c = llmos::sched_client::open(dev()).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    for (uint32_t i = 0; i < 3; ++i) {
+        auto p = prompt(i * 4096, 20, i);
+        ids[c.submit(p).value()] = p;
+    }
+    expect_echoed(c, ids, 4);
+    EXPECT_EQ((*pool)->info(0).last_error(), "");
 }
 
 TEST_P(worker_pool_test, a_prompt_outside_its_mindspace_fails_that_request_only) {

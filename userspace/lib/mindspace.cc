@@ -195,7 +195,8 @@ result<ms_info> mindspace::info() const {
 }
 
 result<mapping> mindspace::map(uint64_t offset, uint64_t length) const {
-    if (offset > _length) {
+    if (offset > _length || length > _length - offset) {
+        // Past the end: the module refuses it, a local file would SIGBUS.
         return std::make_error_code(std::errc::invalid_argument);
     }
     if (length == 0) {

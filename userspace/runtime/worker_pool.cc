@@ -2,6 +2,7 @@
 #include <cerrno>
 #include <chrono>
 #include <deque>
+#include <linux/llmos.h>
 #include <llmos/mindspace.hh>
 #include <llmos/sched.hh>
 #include <llmos/worker_pool.hh>
@@ -219,7 +220,7 @@ void worker_pool::run_worker(unsigned i) {
         try {
             return _o.engine(i);
         } catch (const std::exception& e) {
-            info.last_error = std::string("engine: ") + e.what();
+            info.set_error(std::string("engine: ") + e.what());
             return nullptr;
         }
     };
@@ -241,7 +242,7 @@ void worker_pool::run_worker(unsigned i) {
     while (engine && _state.load() != state::stopping) {
         auto reg = sched_worker::open(_dev, _o.slots, info.node, _o.model);
         if (!reg) {
-            info.last_error = "register: " + reg.error().message();
+            info.set_error("register: " + reg.error().message());
             mark_ready();
             std::this_thread::sleep_for(100ms);
             continue;
@@ -339,7 +340,7 @@ void worker_pool::run_worker(unsigned i) {
         // `w` gives every request back.
         auto recover = [&](std::span<sequence* const> culprits, const char* what) {
             info.crashes.fetch_add(1);
-            info.last_error = std::string("engine: ") + what;
+            info.set_error(std::string("engine: ") + what);
             std::erase_if(active, [](slot& sl) { return !sl.s; }); // ended in prefill
             for (auto& sl : active) {
                 engine->release(*sl.s);
@@ -372,7 +373,9 @@ void worker_pool::run_worker(unsigned i) {
             if (st == state::stopping || (st == state::draining && active.empty())) {
                 break;
             }
-            uint32_t free = _o.slots - static_cast<uint32_t>(active.size());
+            // One DISPATCH takes at most LLMOS_MAX_DISPATCH (EINVAL past it).
+            uint32_t free = std::min<uint32_t>(_o.slots - static_cast<uint32_t>(active.size()),
+                                               LLMOS_MAX_DISPATCH);
             if (free && st == state::running) {
                 auto got = active.empty() ? wait_for_work(w, loop.get(), free)
                                           : w.dispatch(free, wait_for::none());
@@ -386,7 +389,7 @@ void worker_pool::run_worker(unsigned i) {
                     }
                 } else if (got.error().value() != EAGAIN && got.error().value() != ETIMEDOUT &&
                            got.error().value() != EINTR && got.error().value() != ECANCELED) {
-                    info.last_error = "dispatch: " + got.error().message();
+                    info.set_error("dispatch: " + got.error().message());
                     std::this_thread::sleep_for(10ms);
                 }
             }

@@ -96,7 +96,20 @@ struct worker_info {
     std::atomic<uint64_t> crashes{0};
     std::atomic<uint64_t> steps{0};
     std::atomic<uint32_t> active{0};
-    std::string last_error;
+
+    /// The worker's last error ("" for none). Any thread.
+    std::string last_error() const {
+        std::lock_guard lk(_error_m);
+        return _error;
+    }
+    void set_error(std::string e) {
+        std::lock_guard lk(_error_m);
+        _error = std::move(e);
+    }
+
+private:
+    mutable std::mutex _error_m;
+    std::string _error;
 };
 
 class worker_pool {
