@@ -260,6 +260,7 @@ int llmos_client_release(struct inode *inode, struct file *file)
 	spin_lock(&llmos_sched.lock);
 	if (c->is_worker) {
 		llmos_bpf_worker(&c->worker, false);
+		llmos_bpf_check_fault();
 		requeued = llmos_core_worker_remove(&llmos_sched.core, &c->worker);
 		llmos_sched.nr_workers--;
 		trace_sched_worker(c->worker.id, false, c->worker.capacity,
@@ -778,8 +779,10 @@ int llmos_start(struct llmos_ucmd *ucmd)
 	r = llmos_core_find(&llmos_sched.core, cmd->id);
 	ret = r ? llmos_core_start(&llmos_sched.core, &c->worker, r,
 				   ktime_get_ns()) : -ENOENT;
-	if (!ret)
+	if (!ret) {
 		llmos_bpf_running(r, &c->worker);
+		llmos_bpf_check_fault();
+	}
 	spin_unlock(&llmos_sched.lock);
 	return ret;
 }
@@ -802,6 +805,7 @@ static int llmos_complete_one(struct llmos_client *c, u64 id, s32 status,
 				  ktime_get_ns());
 	if (!ret) {
 		llmos_bpf_completed(r);
+		llmos_bpf_check_fault();
 		llmos_req_notify(llmos_kreq(r));
 	}
 	return ret;
@@ -925,6 +929,7 @@ int llmos_cancel(struct llmos_ucmd *ucmd)
 	else
 		ret = llmos_core_cancel(&llmos_sched.core, r, ktime_get_ns());
 	if (!ret) {
+		llmos_bpf_check_fault(); /* its dequeue callback ran */
 		llmos_req_notify(llmos_kreq(r));
 		llmos_kick_workers(); /* its worker, if any, has room */
 	}

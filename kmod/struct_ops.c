@@ -498,7 +498,11 @@ static void llmos_bpf_unreg(void *kdata, struct bpf_link *link)
 		llmos_bpf.ops = NULL;
 	}
 	llmos_sched_unlock();
-	cancel_delayed_work_sync(&llmos_bpf_watchdog_work);
+	/*
+	 * The watchdog is not cancelled here: it finds no active policy under
+	 * the lock and stops by itself, while a cancel could land on the one
+	 * the next policy's reg() has just started. Module exit cancels it.
+	 */
 }
 
 static s32 llmos_bpf_stub_init(void)

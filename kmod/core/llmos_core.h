@@ -229,6 +229,7 @@ struct llmos_core_stats {
  * @policy: the attached policy, or NULL for the built-in one
  * @enqueuing: the request being enqueued by @policy, or NULL
  * @dispatching: the worker @policy is dispatching to, or NULL
+ * @dispatch_budget: what @policy may still move to @dispatching
  * @policy_fault: &enum llmos_core_fault, set when @policy misbehaved
  * @policy_fault_req: the request involved in @policy_fault, or 0
  * @stats: counters
@@ -246,6 +247,7 @@ struct llmos_core_sched {
 	const struct llmos_core_policy *policy;
 	struct llmos_core_req *enqueuing;
 	struct llmos_core_worker *dispatching;
+	u32 dispatch_budget;
 	u32 policy_fault;
 	u64 policy_fault_req;
 	struct llmos_core_stats stats;
@@ -319,7 +321,12 @@ struct llmos_core_queue *llmos_core_queue_find(struct llmos_core_sched *s,
 int llmos_core_queue_insert(struct llmos_core_sched *s,
 			    struct llmos_core_queue *q,
 			    struct llmos_core_req *r, u64 key);
-/* In dispatch: move up to @n heads of @q to @w's local queue. */
+/*
+ * In dispatch: move up to @n heads of @q to @w's local queue, and no more
+ * than the budget the dispatch callback was given (a worker's local queue
+ * holds only what it has room for: the rest stays where every worker, and
+ * the watchdog, sees it).
+ */
 u32 llmos_core_queue_move(struct llmos_core_sched *s, struct llmos_core_queue *q,
 			  struct llmos_core_worker *w, u32 n);
 /*

@@ -304,8 +304,10 @@ u32 llmos_core_dispatch(struct llmos_core_sched *s, struct llmos_core_worker *w,
 		max = room;
 	if (s->policy && w->local.nr < max) {
 		s->dispatching = w;
-		s->policy->dispatch(s, w, max - w->local.nr);
+		s->dispatch_budget = max - w->local.nr;
+		s->policy->dispatch(s, w, s->dispatch_budget);
 		s->dispatching = NULL;
+		s->dispatch_budget = 0;
 	}
 	/* The built-in policy serves what the attached one did not take. */
 	if (w->local.nr < max)
@@ -462,6 +464,9 @@ u32 llmos_core_queue_move(struct llmos_core_sched *s, struct llmos_core_queue *q
 		llmos_policy_fault(s, 0);
 		return 0;
 	}
+	if (n > s->dispatch_budget)
+		n = s->dispatch_budget;
+	s->dispatch_budget -= n; /* given back below for what is not there */
 	while (moved < n) {
 		struct llmos_core_req *r = llmos_q_req(llmos_treap_first(&q->q));
 
@@ -473,6 +478,7 @@ u32 llmos_core_queue_move(struct llmos_core_sched *s, struct llmos_core_queue *q
 		llmos_treap_insert(&w->local, &r->q_node, 0, ++s->seq);
 		moved++;
 	}
+	s->dispatch_budget += n - moved;
 	return moved;
 }
 

@@ -453,6 +453,21 @@ TEST_F(policy, a_kfunc_called_from_a_timer_callback_ejects_the_policy)
 	EXPECT_LT(0, serve_one(self->worker));
 }
 
+TEST_F(policy, a_fault_in_completed_ejects_at_that_complete)
+{
+	struct llmos_sched_stats st;
+
+	ASSERT_EQ(0, attach(&self->p, "error_completed"));
+	ASSERT_LT(0, submit(self->client, 1, 0, 1, 0));
+	ASSERT_LT(0, submit(self->client, 1, 0, 1, 0));
+	EXPECT_LT(0, serve_one(self->worker)); /* its completed callback errs */
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_EJECTED, st.out_policy_state);
+	EXPECT_EQ(LLMOS_EXIT_ERROR, st.out_exit_kind);
+	EXPECT_EQ(7, st.out_exit_code);
+	EXPECT_LT(0, serve_one(self->worker)); /* the built-in policy has it */
+}
+
 TEST_F(policy, only_policy_data_is_writable)
 {
 	/* The verifier refuses a write to any other request field. */

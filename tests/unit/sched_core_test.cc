@@ -216,6 +216,42 @@ TEST(sched_core, virtual_times_never_wrap) {
     EXPECT_LT(llmos_core_tenant_find(&f.s, 1)->vtime, LLMOS_CORE_VT_REBASE);
 }
 
+// A policy with one FIFO queue whose dispatch moves everything it has,
+// whatever its budget.
+struct greedy_policy {
+    static inline llmos_core_queue q{};
+    static int enqueue(llmos_core_sched* s, llmos_core_req* r) {
+        return llmos_core_queue_insert(s, &q, r, 0);
+    }
+    static void dispatch(llmos_core_sched* s, llmos_core_worker* w, uint32_t) {
+        llmos_core_queue_move(s, &q, w, UINT32_MAX);
+    }
+    static constexpr llmos_core_policy ops = {enqueue, dispatch, nullptr};
+};
+
+TEST(sched_core, a_policy_moves_no_more_than_a_worker_has_room_for) {
+    fixture f;
+    greedy_policy::q = {};
+    ASSERT_EQ(llmos_core_queue_add(&f.s, &greedy_policy::q, 1), 0);
+    f.s.policy = &greedy_policy::ops;
+    auto* a = f.worker(1);
+    auto* b = f.worker(1);
+    for (int i = 0; i < 5; ++i) {
+        f.submit(1);
+    }
+    // a takes one; the other four stay in the policy's queue, where b (and
+    // the watchdog) find them, not in a's local queue.
+    EXPECT_EQ(f.dispatch(a, 1).size(), 1u);
+    EXPECT_EQ(a->local.nr, 0u);
+    EXPECT_EQ(greedy_policy::q.q.nr, 4u);
+    EXPECT_EQ(f.dispatch(b, 1).size(), 1u);
+    EXPECT_EQ(greedy_policy::q.q.nr, 3u);
+    EXPECT_EQ(f.s.policy_fault, 0u);
+    llmos_core_policy_reset(&f.s);
+    while (llmos_core_queue_pop(&f.s)) {
+    }
+}
+
 TEST(sched_core, capacity_bounds_what_a_worker_holds) {
     fixture f;
     for (int i = 0; i < 10; ++i) {
