@@ -283,6 +283,7 @@ struct async_dispatch final : loop_source, std::enable_shared_from_this<async_di
     event_loop* loop = nullptr;
     sched_worker::dispatch_callback done;
     bool waiting = false;
+    bool cancelled = false; // cancel_dispatch() came: do not wait again
     uint32_t max = 0;
     // kernel: the command's argument and descriptors, alive until its CQE
     int fd = -1;
@@ -324,7 +325,12 @@ struct async_dispatch final : loop_source, std::enable_shared_from_this<async_di
             return;
         }
         if (res == 0) {
-            // Another taker was first: wait again.
+            // Another taker was first: wait again, unless cancelled (the
+            // kick may have beaten the cancel; the fd may be closing).
+            if (cancelled) {
+                finish(std::make_error_code(std::errc::operation_canceled));
+                return;
+            }
             if (auto ec = submit_cmd()) {
                 finish(ec);
             }
@@ -395,6 +401,7 @@ std::error_code sched_worker::dispatch_async(event_loop& loop, uint32_t max,
     a.max = max;
     a.done = std::move(done);
     a.waiting = true;
+    a.cancelled = false;
     if (_c._kind == backend_kind::local) {
         a.client = _c._local;
         a.seen_gen = local_sched::work_generation() - 1; // look once at least
@@ -428,6 +435,7 @@ void sched_worker::cancel_dispatch() {
     }
     // The pending command completes with ECANCELED, or with what it took
     // if it was just completing; either way its CQE reaches the callback.
+    _async->cancelled = true;
     llmos_cancel c{};
     c.size = sizeof(c);
     c.flags = LLMOS_CANCEL_PENDING;

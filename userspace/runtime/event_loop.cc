@@ -7,6 +7,7 @@
 #include <llmos/channel.hh>
 #include <llmos/event_loop.hh>
 #include <sched.h>
+#include <thread>
 #include <utility>
 
 #if defined(__SANITIZE_THREAD__)
@@ -89,11 +90,22 @@ struct private_ring {
     }
 };
 
-void send_msg_ring(io_uring* from, int target_fd) {
+// `own`: a ring nobody else reaps (a thread's private one): the CQEs of
+// failed sends are dropped here, or they would fill it.
+void send_msg_ring(io_uring* from, int target_fd, bool own) {
+    if (own) {
+        io_uring_cq_advance(from, io_uring_cq_ready(from));
+    }
     io_uring_sqe* sqe = io_uring_get_sqe(from);
-    if (!sqe) {
+    for (int i = 0; !sqe && i < 1000; ++i) { // the SQ is full: let it drain
         io_uring_submit(from);
+        if (i) {
+            std::this_thread::yield();
+        }
         sqe = io_uring_get_sqe(from);
+    }
+    if (!sqe) {
+        return; // a ring that takes nothing: the target wakes at its next event
     }
     io_uring_prep_msg_ring(sqe, target_fd, 0, bell_tag, 0);
     // No CQE on our own ring for a successful send.
@@ -113,12 +125,12 @@ void ring_doorbell(doorbell& b, event_loop* from) {
         return;
     }
     if (from) {
-        send_msg_ring(from->ring(), b.loop->ring_fd());
+        send_msg_ring(from->ring(), b.loop->ring_fd(), false);
         return;
     }
     thread_local private_ring own;
     if (own.ok) {
-        send_msg_ring(&own.ring, b.loop->ring_fd());
+        send_msg_ring(&own.ring, b.loop->ring_fd(), true);
     }
 }
 
@@ -133,7 +145,11 @@ event_loop::event_loop(options o)
     _bell.loop = this;
 }
 
-event_loop::~event_loop() = default;
+event_loop::~event_loop() {
+    // The ring first: commands still in it may write into what the
+    // completion callbacks keep alive (a DISPATCH's descriptors).
+    _ring.reset();
+}
 
 result<std::unique_ptr<event_loop>> event_loop::create(options o) {
     std::unique_ptr<event_loop> l(new event_loop(o));
