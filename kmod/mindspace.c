@@ -145,12 +145,6 @@ static u32 llmos_name_hash(const char *name)
 	return full_name_hash(NULL, name, strlen(name));
 }
 
-/*
- * A name is NUL-terminated within LLMOS_NAME_MAX, starts with a letter, a
- * digit or '_', goes on with letters, digits and "._:-", and is not all
- * digits (tools read such a string as an id). Returns its length (0 for
- * the empty name) or -EINVAL.
- */
 static bool llmos_name_alnum(char c)
 {
 	/* ASCII only: the kernel's isalnum() takes Latin-1 letters too */
@@ -158,6 +152,12 @@ static bool llmos_name_alnum(char c)
 	       (c >= '0' && c <= '9');
 }
 
+/*
+ * A name is NUL-terminated within LLMOS_NAME_MAX, starts with a letter, a
+ * digit or '_', goes on with letters, digits and "._:-", and is not all
+ * digits (tools read such a string as an id). Returns its length (0 for
+ * the empty name) or -EINVAL.
+ */
 static int llmos_name_check(const char *name)
 {
 	size_t len = strnlen(name, LLMOS_NAME_MAX);

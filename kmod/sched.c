@@ -255,7 +255,7 @@ int llmos_client_release(struct inode *inode, struct file *file)
 {
 	struct llmos_client *c = file->private_data;
 	struct llmos_kreq *kr, *tmp;
-	u32 requeued = 0;
+	u32 requeued = 0, held = 0;
 
 	spin_lock(&llmos_sched.lock);
 	if (c->is_worker) {
@@ -267,12 +267,14 @@ int llmos_client_release(struct inode *inode, struct file *file)
 				   requeued);
 	}
 	list_for_each_entry_safe(kr, tmp, &c->reqs, node) {
-		if (!llmos_req_finished(&kr->core))
+		if (!llmos_req_finished(&kr->core)) {
+			held += !!kr->core.worker; /* room for its worker */
 			llmos_core_cancel(&llmos_sched.core, &kr->core,
 					  ktime_get_ns());
+		}
 		llmos_req_free(kr);
 	}
-	if (requeued)
+	if (requeued || held)
 		llmos_kick_workers();
 	spin_unlock(&llmos_sched.lock);
 	kfree(c);
@@ -466,11 +468,17 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 		spin_lock(&llmos_sched.lock);
 		r = llmos_core_find(&llmos_sched.core, id);
 		if (r && llmos_kreq(r)->client == c) {
+			bool held = r->worker;
+
 			kr = llmos_kreq(r);
 			if (llmos_core_cancel(&llmos_sched.core, r,
 					      ktime_get_ns()))
 				list_del(&kr->done_node); /* it had finished */
 			llmos_req_free(kr);
+			if (held)
+				llmos_kick_workers(); /* its worker has room */
+			/* A WAIT for any may now have nothing to wait for. */
+			wake_up(&c->wq);
 		}
 		spin_unlock(&llmos_sched.lock);
 	}
@@ -614,6 +622,7 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 	struct llmos_core_req **reqs;
 	struct llmos_req_desc *descs;
 	u32 n, i;
+	u64 gen;
 	int ret;
 
 	reqs = kcalloc(max, sizeof(*reqs), GFP_KERNEL);
@@ -623,11 +632,16 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 		goto out;
 	}
 	spin_lock(&llmos_sched.lock);
+	/*
+	 * The generation before looking: a kick while looking (an ejected
+	 * policy gives its requests back, and kicks) is not taken as seen.
+	 */
+	gen = llmos_sched.work_gen;
 	n = llmos_core_dispatch(&llmos_sched.core, &c->worker, reqs, max,
 				ktime_get_ns());
 	llmos_bpf_check_fault();
 	if (!n)
-		c->dispatch_gen = llmos_sched.work_gen;
+		c->dispatch_gen = gen;
 	for (i = 0; i < n; i++) {
 		llmos_desc_fill(&descs[i], reqs[i]);
 		trace_req_dispatch(reqs[i]->id, c->worker.id,

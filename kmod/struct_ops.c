@@ -346,7 +346,7 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 {
 	struct llmos_core_sched *s = llmos_sched_core();
 	struct llmos_core_req *r;
-	unsigned long next = 0, period;
+	unsigned long next = 0, period, now = jiffies;
 	bool room;
 	u64 timeout_ns;
 
@@ -357,8 +357,8 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 	period = msecs_to_jiffies(clamp_t(u32, llmos_bpf.ops->timeout_ms / 4,
 					  50, 1000));
 	room = llmos_worker_has_room(s);
-	if (time_after_eq(jiffies, llmos_bpf.next_scan)) {
-		llmos_bpf.next_scan = jiffies + period;
+	if (time_after_eq(now, llmos_bpf.next_scan)) {
+		llmos_bpf.next_scan = now + period;
 		timeout_ns = (u64)(llmos_bpf.ops->timeout_ms ?:
 				   LLMOS_DEFAULT_TIMEOUT_MS) * NSEC_PER_MSEC;
 		r = room ? llmos_policy_oldest(s) : NULL;
@@ -367,10 +367,11 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 		if (!llmos_bpf.active)
 			goto out;
 	}
-	next = llmos_bpf.next_scan - jiffies;
+	/* At least a jiffy: the watchdog must not stop while a policy runs. */
+	next = max(llmos_bpf.next_scan - now, 1UL);
 	if (room && llmos_core_queued(s)) {
 		llmos_sched_kick();
-		next = min(next, msecs_to_jiffies(LLMOS_BPF_POLL_MS));
+		next = clamp(msecs_to_jiffies(LLMOS_BPF_POLL_MS), 1UL, next);
 	}
 out:
 	llmos_sched_unlock();

@@ -468,6 +468,24 @@ TEST_F(policy, a_fault_in_completed_ejects_at_that_complete)
 	EXPECT_LT(0, serve_one(self->worker)); /* the built-in policy has it */
 }
 
+TEST_F(policy, a_worker_gets_what_a_policy_ejected_in_its_dispatch_gave_back)
+{
+	struct llmos_sched_stats st;
+	struct timespec wall;
+	long long id;
+
+	ASSERT_EQ(0, attach(&self->p, "bad_dispatch"));
+	id = submit(self->client, 1, 0, 1, 0);
+	ASSERT_LT(0, id);
+	/* A blocking DISPATCH: the policy is ejected inside it. */
+	clock_gettime(CLOCK_MONOTONIC, &wall);
+	EXPECT_EQ(id, take_start_complete(self->worker, 0));
+	EXPECT_GT(2000, ms_since(CLOCK_MONOTONIC, &wall));
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_EJECTED, st.out_policy_state);
+	EXPECT_EQ(LLMOS_EXIT_MISUSE, st.out_exit_kind);
+}
+
 TEST_F(policy, only_policy_data_is_writable)
 {
 	/* The verifier refuses a write to any other request field. */

@@ -241,8 +241,14 @@ TEST_P(ms_backend, a_local_file_shorter_than_its_header_says_is_refused) {
     EXPECT_FALSE(llmos::mindspace_info(dev(), ms_key{id, {}}));
     auto all = llmos::list_mindspaces(dev());
     ASSERT_TRUE(all) << "a damaged one does not break the list: " << all.error().message();
-    EXPECT_FALSE(llmos::destroy_mindspace(dev(), ms_key{0, n})) << "it can still be removed";
+    EXPECT_FALSE(llmos::destroy_mindspace(dev(), ms_key{id, {}})) << "it can still be removed";
     EXPECT_EQ(mindspace::open(dev(), ms_key{0, n}).error(), std::errc::no_such_file_or_directory);
+    EXPECT_TRUE(mindspace::create(dev(), {.length = 4096, .name = n})) << "its name is free";
+    // A name whose file went without it is taken over too.
+    const auto gone = name("gone");
+    uint64_t gone_id = create(gone, 4096, true).id();
+    std::filesystem::remove(_dir / "ms" / std::to_string(gone_id));
+    EXPECT_TRUE(mindspace::create(dev(), {.length = 4096, .name = gone}));
 }
 
 TEST_P(ms_backend, list_shows_them_in_id_order) {

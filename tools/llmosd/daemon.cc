@@ -880,8 +880,18 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             }
             o = llmos::mindspace::create(
                 *_dev, {.length = lay.kv_off() + kv_bytes, .name = name, .persistent = true});
+            std::optional<std::error_code> failed;
             if (!o) {
-                const std::string why = o.error().message();
+                failed = o.error();
+            } else if (auto r = o->map()) {
+                mp.emplace(std::move(*r));
+            } else {
+                failed = r.error(); // made, but of no use: the old one comes back
+                o = r.error();
+                llmos::destroy_mindspace(*_dev, llmos::ms_key{0, name});
+            }
+            if (failed) {
+                const std::string why = failed->message();
                 if (old.length && put_back_session(*_dev, name, old.length, old.head, old.text)) {
                     std::fprintf(stderr,
                                  "llmosd: session '%s': a larger store could not be made (%s); "
@@ -896,7 +906,6 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                 }
                 throw server_error("session '" + j.session + "': " + why);
             }
-            mp.emplace(map_whole(*o));
             if (!kept.empty()) { // kept.size() <= lay.text_cap: lay covers the old layout
                 std::memcpy(mp->data() + session::text_off, kept.data(), kept.size());
             }

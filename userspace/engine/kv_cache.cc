@@ -296,7 +296,13 @@ void kv_cache::truncate(uint32_t n) noexcept {
     _n = n;
     std::atomic_ref<uint32_t>(h->n_tokens).store(n, std::memory_order_release);
     uint32_t keep = (n + _o.block_tokens - 1) / _o.block_tokens;
-    for (uint32_t b = keep; b < _max_blocks && _tab[b] != no_block; ++b) {
+    uint32_t end = keep;
+    while (end < _max_blocks && _tab[end] != no_block) {
+        ++end;
+    }
+    // From the last: the table stays a prefix (what resume() takes) should
+    // the worker be killed in the middle.
+    for (uint32_t b = end; b-- > keep;) {
         // Out of the table first: a worker killed between the two leaks the
         // block (reserve() copes) rather than leaving it both mapped and free.
         const uint32_t phys = _tab[b];

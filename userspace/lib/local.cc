@@ -126,6 +126,30 @@ result<uint64_t> resolve(int store, const ms_key& key) {
     return *id;
 }
 
+/// Removes the by-name links to `id` (when its header, which names it,
+/// cannot be read).
+void unlink_names_of(int store, uint64_t id) {
+    unique_fd dfd{::openat(store, "by-name", O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+    DIR* d = dfd ? ::fdopendir(dfd.get()) : nullptr;
+    if (!d) {
+        return;
+    }
+    (void)dfd.release(); // closedir closes it
+    const std::string target = "../" + ms_path(id);
+    std::vector<std::string> names;
+    while (auto* e = ::readdir(d)) {
+        char t[64];
+        ssize_t n = ::readlinkat(::dirfd(d), e->d_name, t, sizeof(t));
+        if (n > 0 && std::string_view(t, static_cast<size_t>(n)) == target) {
+            names.emplace_back(e->d_name);
+        }
+    }
+    for (const auto& name : names) {
+        (void)::unlinkat(::dirfd(d), name.c_str(), 0);
+    }
+    ::closedir(d);
+}
+
 /// Removes `id` if it is not persistent and no process holds it. Returns
 /// whether it is gone.
 bool reap_if_stale(int store, uint64_t id) {
@@ -257,6 +281,11 @@ result<opened> create(int store, const ms_create_options& o) {
             // The name may belong to a forgotten, non-persistent mindspace.
             auto holder = resolve(store, ms_key{0, o.name});
             if (holder && reap_if_stale(store, *holder)) {
+                // Gone (reaped now, or its file went without its link): the
+                // link goes too, if it still points there.
+                if (auto again = resolve(store, ms_key{0, o.name}); again && *again == *holder) {
+                    (void)::unlinkat(store, link.c_str(), 0);
+                }
                 rc = ::symlinkat(target.c_str(), store, link.c_str());
             } else {
                 errno = EEXIST;
@@ -326,9 +355,11 @@ std::error_code destroy(int store, const ms_key& key) {
     if (i && !i->persistent()) {
         return einval();
     }
-    if (const std::string& name = i ? i->name : key.name; !name.empty()) {
-        if (auto named = resolve(store, ms_key{0, name}); named && *named == *id) {
-            (void)::unlinkat(store, ("by-name/" + name).c_str(), 0);
+    if (!i) {
+        unlink_names_of(store, *id); // its header, which names it, is damaged
+    } else if (!i->name.empty()) {
+        if (auto named = resolve(store, ms_key{0, i->name}); named && *named == *id) {
+            (void)::unlinkat(store, ("by-name/" + i->name).c_str(), 0);
         }
     }
     if (::unlinkat(store, path.c_str(), 0) != 0) {

@@ -235,7 +235,13 @@ void cuda_kv_cache::truncate(uint32_t n) noexcept {
     _n = n;
     std::atomic_ref<uint32_t>(h->n_tokens).store(n, std::memory_order_release);
     const uint32_t keep = (n + _o.block_tokens - 1) / _o.block_tokens;
-    for (uint32_t b = keep; b < _max_blocks && _tab[b] != no_block; ++b) {
+    uint32_t end = keep;
+    while (end < _max_blocks && _tab[end] != no_block) {
+        ++end;
+    }
+    // From the last: the table stays a prefix (what open() takes) should
+    // the worker be killed in the middle.
+    for (uint32_t b = end; b-- > keep;) {
         const uint32_t phys = _tab[b];
         // Unmapped before it is pushed: killed in between, the block leaks.
         _tab[b] = no_block;
