@@ -491,27 +491,43 @@ static int llmos_ms_mmap(struct file *file, struct vm_area_struct *vma)
 	return 0;
 }
 
+#define LLMOS_SEEK_BATCH 4096
+
 /*
  * The first resident page at or after @idx (SEEK_DATA) or the first page
  * that is not resident (SEEK_HOLE); ms->nr_pages when there is none.
  */
 static pgoff_t llmos_ms_seek_page(struct llmos_ms *ms, pgoff_t idx, int whence)
 {
-	XA_STATE(xas, &ms->pages, idx);
 	struct page *page;
+	unsigned int n;
 
 	if (ms->dmabuf)
 		return whence == SEEK_DATA ? idx : ms->nr_pages;
-	rcu_read_lock();
 	if (whence == SEEK_DATA) {
+		XA_STATE(xas, &ms->pages, idx);
+
+		rcu_read_lock();
 		page = xas_find(&xas, ms->nr_pages - 1);
 		idx = page ? xas.xa_index : ms->nr_pages;
-	} else {
-		for (page = xas_load(&xas); page && idx < ms->nr_pages;
-		     page = xas_next(&xas))
-			idx++;
+		rcu_read_unlock();
+		return min(idx, ms->nr_pages);
 	}
-	rcu_read_unlock();
+	/*
+	 * Page by page to the first hole: in batches, with a reschedule
+	 * between them (a touched mindspace may have billions of pages).
+	 */
+	do {
+		XA_STATE(xas, &ms->pages, idx);
+
+		rcu_read_lock();
+		for (page = xas_load(&xas), n = 0;
+		     page && idx < ms->nr_pages && n < LLMOS_SEEK_BATCH;
+		     page = xas_next(&xas), n++)
+			idx++;
+		rcu_read_unlock();
+		cond_resched();
+	} while (page && idx < ms->nr_pages);
 	return min(idx, ms->nr_pages);
 }
 

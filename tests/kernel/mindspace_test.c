@@ -1165,4 +1165,26 @@ TEST_F(ms, lseek_finds_touched_pages_without_allocating)
 	close(fd);
 }
 
+TEST_F(ms, lseek_finds_a_hole_past_many_touched_pages)
+{
+	const size_t pages = 10000; /* past the module's batches of 4096 */
+	char *p;
+	int fd;
+
+	fd = create(self->dev, NULL, pages * PAGE, 0, 0, NULL);
+	ASSERT_LE(0, fd);
+	p = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	for (size_t i = 0; i < pages; i++)
+		if (i != 8191 && i != 9000)
+			p[i * PAGE] = 1;
+	EXPECT_EQ(8191 * PAGE, lseek(fd, 0, SEEK_HOLE));
+	EXPECT_EQ(8191 * PAGE, lseek(fd, 4096 * PAGE, SEEK_HOLE));
+	EXPECT_EQ(9000 * PAGE, lseek(fd, 8192 * PAGE, SEEK_HOLE));
+	EXPECT_EQ(pages * PAGE, lseek(fd, 9001 * PAGE, SEEK_HOLE));
+	EXPECT_EQ(8192 * PAGE, lseek(fd, 8191 * PAGE, SEEK_DATA));
+	munmap(p, pages * PAGE);
+	close(fd);
+}
+
 TEST_HARNESS_MAIN
