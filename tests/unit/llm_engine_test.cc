@@ -365,6 +365,8 @@ TEST_F(llm_engine_test, malformed_requests_fail_alone_with_clear_statuses) {
     h.top_p = 0;
     std::memcpy(bytes().data(), &h, sizeof(h));
     EXPECT_EQ(status_of(bad_p), -EINVAL);
+    // A text far past the context (refused before it is encoded).
+    EXPECT_EQ(status_of(request(0, std::string(1 << 20, 'a'), 4)), -E2BIG);
     // And the worker still serves.
     auto ok = run(c, request(0, "Hello world", 4));
     EXPECT_EQ(ok.f.state, LLMOS_REQ_COMPLETED);

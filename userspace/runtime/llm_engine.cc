@@ -135,10 +135,19 @@ struct llm_engine::impl {
     std::vector<step_part> parts;
     std::vector<sequence*> in_batch;
 
+    /// The most input bytes one token stands for: no token's text is
+    /// shorter than what it encodes (SentencePiece's '▁' and byte-level
+    /// BPE's mapped bytes take more, byte-fallback tokens "<0xAB>" six).
+    size_t max_token_bytes = 1;
+
     impl(const eng::model& mm, const eng::vocab& vv, llm_engine_options oo)
         : m(mm)
         , v(vv)
-        , o(oo) {}
+        , o(oo) {
+        for (int32_t id = 0; id < v.n_tokens(); ++id) {
+            max_token_bytes = std::max(max_token_bytes, v.token_text(id).size());
+        }
+    }
     virtual ~impl() = default;
 
     virtual bool gpu() const noexcept = 0;
@@ -315,6 +324,11 @@ engine_status llm_engine::impl::prefill(sequence& s) {
     sp.max_tokens = req->h.max_tokens ? req->h.max_tokens : o.default_max_tokens;
     if (sp.validate()) {
         return bad(EINVAL);
+    }
+    // A text that cannot fit the context is refused before it is encoded
+    // (encoding takes tens of bytes of memory per byte of text).
+    if (req->text.size() / max_token_bytes > o.kv.max_tokens) {
+        return bad(E2BIG);
     }
     auto st = std::make_unique<seq_state>();
     st->prompt =
