@@ -148,6 +148,43 @@ TEST_F(llmosctl_local, save_and_load_round_trip_bytes_exactly) {
     EXPECT_NE(r.output.find("quotas need the llmos module"), std::string::npos) << r.output;
 }
 
+TEST_F(llmosctl_local, a_save_replaces_a_file_whole_or_not_at_all) {
+    ASSERT_EQ(ctl("ms create c --size 8K").status, 0);
+    ASSERT_EQ(ctl("ms write c first").status, 0);
+    const std::string file = _dir + "/c.llmosms";
+    ASSERT_EQ(ctl("ms save c " + file).status, 0);
+    ASSERT_EQ(ctl("ms write c second").status, 0);
+    ASSERT_EQ(ctl("ms save c " + file).status, 0); // over the first
+    ASSERT_EQ(ctl("ms rm c").status, 0);
+    ASSERT_EQ(ctl("ms load " + file).status, 0);
+    EXPECT_EQ(ctl("ms read c --length 6").output, "second");
+    // Files it must not replace: a device, the mindspace's own store file.
+    auto r = ctl("ms save c /dev/null");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("not a regular file"), std::string::npos) << r.output;
+    const auto id = ctl("--json ms info c").output;
+    const auto at = id.find("\"id\": ");
+    ASSERT_NE(at, std::string::npos) << id;
+    const std::string own = _dir + "/store/ms/" + std::to_string(std::stoul(id.substr(at + 6)));
+    r = ctl("ms save c " + own);
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("own file"), std::string::npos) << r.output;
+    EXPECT_EQ(ctl("ms read c --length 6").output, "second") << "the mindspace is intact";
+    // Nothing is left beside the file.
+    EXPECT_EQ(::system(("test $(ls " + _dir + " | wc -l) -eq 2").c_str()), 0);
+}
+
+TEST_F(llmosctl_local, output_that_cannot_be_written_is_a_failure) {
+    ASSERT_EQ(ctl("ms create c --size 8K").status, 0);
+    auto r = run("--backend local ms list >/dev/full 2>" + _dir + "/err; cat " + _dir + "/err");
+    EXPECT_NE(r.output.find("cannot write the output"), std::string::npos) << r.output;
+    EXPECT_NE(::system(("LLMOS_LOCAL_DIR=" + _dir + "/store " +
+                        std::string(llmos::testing::llmosctl_bin) +
+                        " --backend local ms read c --length 16 >/dev/full 2>/dev/null")
+                           .c_str()),
+              0);
+}
+
 } // namespace
 
 namespace {
@@ -214,7 +251,11 @@ TEST_F(llmosctl_local, bench_and_sched_usage_errors) {
     r = ctl("sched weight 1 0");
     EXPECT_EQ(r.status, 1) << r.output;
     EXPECT_NE(r.output.find("Invalid argument"), std::string::npos) << r.output;
-    r = ctl("top --interval 0");
+    for (const char* bad : {"0", "nan", "inf", "1e300", "-1"}) {
+        r = ctl(std::string("top --interval ") + bad);
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
+    }
+    r = ctl("top --iterations -1");
     EXPECT_EQ(r.status, 2) << r.output;
 }
 

@@ -16,6 +16,7 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <chrono>
+#include <cmath>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -32,6 +33,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <string_view>
+#include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
 #include <unordered_map>
@@ -355,10 +358,32 @@ int cmd_ms_save(const options& o, const ms_args& a) {
     if (!m) {
         return fail("cannot map mindspace '" + a.key + "'", m.error());
     }
-    llmos::unique_fd out{::open(a.file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600)};
-    if (!out) {
-        return fail("cannot create " + a.file, llmos::last_error());
+    // Written to a new file beside it, then renamed over it: a save that
+    // fails (a full disk, a signal) leaves the old file whole.
+    struct stat st;
+    if (::stat(a.file.c_str(), &st) == 0) {
+        struct stat own;
+        if (!S_ISREG(st.st_mode)) {
+            return llmosctl::usage(a.file + " is not a regular file");
+        }
+        if (::fstat(ms->fd(), &own) == 0 && own.st_dev == st.st_dev && own.st_ino == st.st_ino) {
+            return llmosctl::usage(a.file + " is the mindspace's own file");
+        }
     }
+    std::string tmp = a.file + ".XXXXXX";
+    llmos::unique_fd out{::mkostemp(tmp.data(), O_CLOEXEC)};
+    if (!out) {
+        return fail("cannot create a file beside " + a.file, llmos::last_error());
+    }
+    struct remove_unless_kept {
+        const std::string& path;
+        bool kept = false;
+        ~remove_unless_kept() {
+            if (!kept) {
+                ::unlink(path.c_str());
+            }
+        }
+    } guard{tmp};
     llmos::ms_file_meta meta;
     meta.flags = info->flags & (LLMOS_MS_PERSISTENT | LLMOS_MS_NODE);
     meta.mode = info->mode;
@@ -375,6 +400,10 @@ int cmd_ms_save(const options& o, const ms_args& a) {
     if (::fsync(out.get()) != 0) {
         return fail("cannot save to " + a.file, llmos::last_error());
     }
+    if (::rename(tmp.c_str(), a.file.c_str()) != 0) {
+        return fail("cannot save to " + a.file, llmos::last_error());
+    }
+    guard.kept = true;
     if (!o.json) {
         std::printf("saved mindspace %s (%s) to %s\n", a.key.c_str(),
                     llmosctl::format_size(info->length).c_str(), a.file.c_str());
@@ -678,12 +707,26 @@ int cmd_sched_attach(const options& o, const std::string& file,
     bpf_map* ops = nullptr;
     bpf_map* map;
     bpf_object__for_each_map(map, obj.get()) {
-        if (bpf_map__type(map) == BPF_MAP_TYPE_STRUCT_OPS) {
+        if (bpf_map__type(map) != BPF_MAP_TYPE_STRUCT_OPS) {
+            continue;
+        }
+        // Another kind of struct_ops (a TCP congestion control, sched_ext)
+        // would be loaded and pinned as if it were a policy.
+        const btf* b = bpf_object__btf(obj.get());
+        const btf_type* t = b ? btf__type_by_id(b, bpf_map__btf_value_type_id(map)) : nullptr;
+        const char* type = t ? btf__name_by_offset(b, t->name_off) : nullptr;
+        if (type && std::string_view(type) == "llmos_sched_ops") {
             ops = map;
         }
     }
     if (!ops) {
         return llmosctl::usage(file + " holds no struct llmos_sched_ops (see bpf/fifo.bpf.c)");
+    }
+    if (!(bpf_map__map_flags(ops) & BPF_F_LINK)) {
+        // Detach undoes the link that attach pins; a policy in a plain
+        // ".struct_ops" section gets none.
+        return llmosctl::usage(file + ": put the llmos_sched_ops in a \".struct_ops.link\" "
+                                      "section (see bpf/fifo.bpf.c)");
     }
     for (const auto& opt : opts) {
         if (auto err = set_rodata(obj.get(), opt); !err.empty()) {
@@ -752,8 +795,11 @@ int cmd_sched_weight(const options& o, uint32_t tenant, uint32_t weight) {
 }
 
 int cmd_top(const options& o, double interval, int iterations) {
-    if (interval <= 0) {
-        return llmosctl::usage("--interval must be positive");
+    if (!std::isfinite(interval) || interval < 0.01 || interval > 3600) {
+        return llmosctl::usage("--interval must be from 0.01 to 3600 seconds");
+    }
+    if (iterations < 0) {
+        return llmosctl::usage("--iterations must not be negative");
     }
     auto dev = open_device(o);
     if (!dev) {
@@ -1140,6 +1186,12 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
         std::fprintf(stderr, "llmosctl: %s\n", e.what());
         return exit_failure;
+    }
+    // What was printed must have been written (a full disk, a closed pipe).
+    std::cout.flush();
+    if (std::fflush(stdout) != 0 || std::ferror(stdout) || !std::cout) {
+        std::fprintf(stderr, "llmosctl: cannot write the output: %s\n", std::strerror(errno));
+        return rc ? rc : exit_failure;
     }
     return rc;
 }

@@ -180,9 +180,14 @@ std::error_code save_ms_file(int fd, ms_file_meta m, std::span<const std::byte> 
         }
         crc = crc32_zeros(crc, r.offset - pos);
         auto run = data.subspan(r.offset, r.length);
-        crc = crc32_update(crc, run);
+        // Page by page through a copy: the CRC is of the bytes written,
+        // even while someone writes the mindspace.
+        std::vector<std::byte> copy(page);
         for (size_t off = 0; off < run.size(); off += page) {
-            auto p = run.subspan(off, std::min(page, run.size() - off));
+            const size_t n = std::min(page, run.size() - off);
+            std::memcpy(copy.data(), run.data() + off, n);
+            std::span<const std::byte> p(copy.data(), n);
+            crc = crc32_update(crc, p);
             if (all_zero(p)) {
                 continue; // a hole
             }
