@@ -17,6 +17,7 @@
 #include <bpf/libbpf.h>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -432,15 +433,39 @@ int cmd_ms_load(const options& o, const ms_args& a) {
     c.length = meta->length;
     c.mode = meta->mode;
     c.persistent = true;
+    // A signal (Ctrl-C, a kill) during the load is held until it has
+    // ended; then the mindspace goes and the signal is delivered: nothing
+    // half-loaded is left behind.
+    sigset_t stops, was;
+    ::sigemptyset(&stops);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) {
+        ::sigaddset(&stops, sig);
+    }
+    ::sigprocmask(SIG_BLOCK, &stops, &was);
+    struct restore_mask {
+        sigset_t mask;
+        ~restore_mask() { ::sigprocmask(SIG_SETMASK, &mask, nullptr); }
+    } restore{was};
     auto ms = llmos::mindspace::create(*dev, c);
     if (!ms) {
         return fail("cannot create mindspace '" + c.name + "'", ms.error());
     }
     auto m = ms->map();
     std::error_code ec = m ? llmos::load_ms_file_data(in.get(), *meta, m->bytes()) : m.error();
-    if (ec) {
+    sigset_t pending;
+    ::sigpending(&pending);
+    bool interrupted = false;
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) {
+        interrupted = interrupted || ::sigismember(&pending, sig) == 1;
+    }
+    if (ec || interrupted) {
         // Leave nothing half-loaded behind.
         (void)llmos::destroy_mindspace(*dev, llmos::ms_key{ms->id(), {}});
+        if (!ec) {
+            std::fprintf(stderr, "llmosctl: interrupted: mindspace '%s' not loaded\n",
+                         c.name.c_str());
+            return exit_failure;
+        }
         return fail("cannot load " + a.file, ec);
     }
     if (o.json) {
