@@ -198,6 +198,10 @@ TEST_F(llmosctl_llmosd, model_load_swap_unload_and_their_errors) {
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.err.find("cannot load /nonexistent/model.gguf"), std::string::npos) << r.err;
 
+    // A name is a name, not a query: this one does not exist.
+    r = ctl(s, "model unload 'second?force=1'");
+    EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
     r = ctl(s, "model unload second");
     EXPECT_EQ(r.status, 0) << r.err;
     EXPECT_EQ(r.out, "unloaded model second\n");
@@ -366,6 +370,19 @@ TEST_F(llmosctl_llmosd, an_error_event_or_a_cut_stream_fails) {
     r = ctl("--server " + junk.url() + " run --raw -m fake hi");
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.err.find("llmosd sent an event that is not JSON"), std::string::npos) << r.err;
+}
+
+TEST_F(llmosctl_llmosd, text_that_is_not_utf8_is_refused_with_the_reason) {
+    server s(_dir + "/d");
+    ASSERT_GT(s.port, 0) << s.log();
+    auto r = ctl(s, "run -t 0 -n 2 -", "caf\xe9\n");
+    EXPECT_EQ(r.status, 2) << r.err;
+    EXPECT_EQ(r.err, "llmosctl: the prompt is not UTF-8 text\n");
+    // In a chat the line is dropped and the conversation goes on.
+    r = ctl(s, "--json chat -t 0 -n 2", "caf\xe9\nHello world\n");
+    EXPECT_EQ(r.status, 1) << r.err;
+    EXPECT_NE(r.err.find("that line is not UTF-8 text"), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << "one turn: " << r.out;
 }
 
 TEST_F(llmosctl_llmosd, chat_keeps_the_conversation_until_quit) {

@@ -237,6 +237,46 @@ std::string absolute(const std::string& path) {
 
 } // namespace
 
+namespace {
+
+/// `s` as one segment of a URL path: a name with '?', '#', '/' or '%' in it
+/// names itself, not a query or another route.
+std::string path_segment(std::string_view s) {
+    static constexpr char hex[] = "0123456789ABCDEF";
+    std::string out;
+    for (const unsigned char ch : s) {
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+            out += static_cast<char>(ch);
+        } else {
+            out += '%';
+            out += hex[ch >> 4];
+            out += hex[ch & 15];
+        }
+    }
+    return out;
+}
+
+/// Whether `s` is UTF-8 (JSON, and so the API, carries nothing else).
+bool is_utf8(const std::string& s) {
+    try {
+        (void)json(s).dump();
+        return true;
+    } catch (const json::type_error&) {
+        return false;
+    }
+}
+
+/// A successful reply whose body is not the JSON object llmosd sends:
+/// something else answers at that address.
+int not_llmosd(const std::string& what, const server_address& where) {
+    std::fprintf(stderr, "llmosctl: %s: the reply from %s is not llmosd's (not a JSON object)\n",
+                 what.c_str(), where.text.c_str());
+    return exit_failure;
+}
+
+} // namespace
+
 int cmd_model_list(const server_options& o) {
     auto c = connect(o);
     if (!c) {
@@ -246,7 +286,10 @@ int cmd_model_list(const server_options& o) {
     if (!r.ok()) {
         return fail_reply("cannot list models", r, c->where());
     }
-    json models = r.body.is_object() ? r.body.value("models", json::array()) : json::array();
+    if (!r.body.is_object() || !r.body.value("models", json()).is_array()) {
+        return not_llmosd("cannot list models", c->where());
+    }
+    json models = r.body["models"];
     if (o.json) {
         std::cout << models.dump(2) << '\n';
         return 0;
@@ -282,6 +325,9 @@ int cmd_model_load(const server_options& o, const std::string& name, const std::
     if (!r.ok()) {
         return fail_reply("cannot load model '" + name + "'", r, c->where());
     }
+    if (!r.body.is_object()) {
+        return not_llmosd("cannot load model '" + name + "'", c->where());
+    }
     if (o.json) {
         std::cout << r.body.dump(2) << '\n';
     } else {
@@ -296,9 +342,13 @@ int cmd_model_unload(const server_options& o, const std::string& name) {
     if (!c) {
         return exit_usage;
     }
-    auto r = with_progress("unloading " + name, [&] { return c->del("/llmos/v1/models/" + name); });
+    auto r = with_progress("unloading " + name,
+                           [&] { return c->del("/llmos/v1/models/" + path_segment(name)); });
     if (!r.ok()) {
         return fail_reply("cannot unload model '" + name + "'", r, c->where());
+    }
+    if (!r.body.is_object()) {
+        return not_llmosd("cannot unload model '" + name + "'", c->where());
     }
     if (o.json) {
         std::cout << r.body.dump(2) << '\n';
@@ -333,10 +383,13 @@ int cmd_model_swap(const server_options& o, const std::string& name, const std::
     auto t0 = clock_type::now();
     std::string file = absolute(path);
     auto r = with_progress("swapping " + name, [&] {
-        return c->post("/llmos/v1/models/" + name + "/swap", {{"path", file}});
+        return c->post("/llmos/v1/models/" + path_segment(name) + "/swap", {{"path", file}});
     });
     if (!r.ok()) {
         return fail_reply("cannot swap model '" + name + "'", r, c->where());
+    }
+    if (!r.body.is_object()) {
+        return not_llmosd("cannot swap model '" + name + "'", c->where());
     }
     if (o.json) {
         std::cout << r.body.dump(2) << '\n';
@@ -354,6 +407,9 @@ int cmd_run(const server_options& o, const gen_args& a) {
     }
     if (prompt.empty()) {
         return usage("the prompt is empty");
+    }
+    if (!is_utf8(prompt) || !is_utf8(a.system)) {
+        return usage("the prompt is not UTF-8 text");
     }
     if (a.raw && !a.system.empty()) {
         return usage("--system needs the chat template: leave out --raw");
@@ -396,6 +452,9 @@ int cmd_run(const server_options& o, const gen_args& a) {
 }
 
 int cmd_chat(const server_options& o, const gen_args& a) {
+    if (!is_utf8(a.system)) {
+        return usage("the system prompt is not UTF-8 text");
+    }
     auto c = connect(o);
     if (!c) {
         return exit_usage;
@@ -440,6 +499,11 @@ int cmd_chat(const server_options& o, const gen_args& a) {
         }
         if (line.find_first_not_of(" \t") == std::string::npos) {
             continue;
+        }
+        if (!is_utf8(line)) {
+            std::fprintf(stderr, "llmosctl: that line is not UTF-8 text: not sent\n");
+            status = exit_failure;
+            continue; // the conversation goes on
         }
         json body = request_body(a, *model);
         json msgs = a.session.empty() ? history : json::array();
