@@ -21,17 +21,20 @@ completed() {
 }
 before=$(completed)
 
-rm -f /tmp/llmosd.port
-llmosd --backend kernel --model "tiny=$model" --listen 127.0.0.1:0 \
-	--port-file /tmp/llmosd.port --workers 1 --slots 4 --ctx 256 2>/tmp/llmosd.log &
-pid=$!
-i=0
-while [ ! -s /tmp/llmosd.port ] && [ $i -lt 300 ]; do
-	sleep 0.1
-	i=$((i + 1))
-done
-port=$(cat /tmp/llmosd.port 2>/dev/null)
-url=http://127.0.0.1:$port
+start() { # ctx log: start llmosd, set pid, port and url
+	rm -f /tmp/llmosd.port
+	llmosd --backend kernel --model "tiny=$model" --listen 127.0.0.1:0 \
+		--port-file /tmp/llmosd.port --workers 1 --slots 4 --ctx "$1" 2>"$2" &
+	pid=$!
+	i=0
+	while [ ! -s /tmp/llmosd.port ] && [ $i -lt 300 ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	port=$(cat /tmp/llmosd.port 2>/dev/null)
+	url=http://127.0.0.1:$port
+}
+start 256 /tmp/llmosd.log
 expect "llmosd starts on the kernel backend" sh -c \
 	'[ -n "$1" ] && grep -q "(kernel backend, cpu (" /tmp/llmosd.log' sh "$port"
 expect "health answers" sh -c "wget -q -O - $url/health | grep -q '\"ok\"'"
@@ -85,20 +88,11 @@ used() { llmosctl --json ms quota | tr -d ' \n' | grep -o '"used":[0-9]*' | cut 
 text() { llmosctl ms read llmosd.s.vm --offset 4096 --length 4096; }
 text >/tmp/vm.text
 len=$(length)
-rm -f /tmp/llmosd.port
-llmosd --backend kernel --model "tiny=$model" --listen 127.0.0.1:0 \
-	--port-file /tmp/llmosd.port --workers 1 --slots 4 --ctx 65536 2>/tmp/llmosd2.log &
-pid=$!
-i=0
-while [ ! -s /tmp/llmosd.port ] && [ $i -lt 300 ]; do
-	sleep 0.1
-	i=$((i + 1))
-done
-port=$(cat /tmp/llmosd.port 2>/dev/null)
+start 65536 /tmp/llmosd2.log
 again='{"model": "tiny", "session": "vm", "max_tokens": 4, "messages": [{"role": "user", "content": "Again"}]}'
 llmosctl ms quota --set $(($(used) + 1048576)) >/dev/null
 wget -q -O /dev/null --header 'Content-Type: application/json' --post-data "$again" \
-	"http://127.0.0.1:$port/v1/chat/completions" 2>"$out.reply"
+	"$url/v1/chat/completions" 2>"$out.reply"
 llmosctl ms quota --set default >/dev/null
 expect "a session that needs a larger store than the quota allows is refused, and says so" \
 	sh -c 'cat "$0" /tmp/llmosd2.log; grep -q "500 Internal Server Error" "$0" &&
@@ -109,7 +103,7 @@ text >/tmp/vm.text.now
 expect "and stays as it was: its length ($len, now $now) and conversation" sh -c \
 	'[ "$0" = "$1" ] && cmp /tmp/vm.text /tmp/vm.text.now' "$len" "$now"
 wget -q -O "$out.reply" --header 'Content-Type: application/json' --post-data "$again" \
-	"http://127.0.0.1:$port/v1/chat/completions"
+	"$url/v1/chat/completions"
 rc=$?
 now=$(length)
 text | tr -d '\0' >/tmp/vm.text.now
