@@ -174,6 +174,19 @@ TEST_F(llmosctl_local, a_save_replaces_a_file_whole_or_not_at_all) {
     EXPECT_EQ(::system(("test $(ls " + _dir + " | wc -l) -eq 2").c_str()), 0);
 }
 
+TEST_F(llmosctl_local, standard_input_is_read_no_further_than_fits) {
+    ASSERT_EQ(ctl("ms create c --size 8K").status, 0);
+    // /dev/zero never ends: refused once a byte more than fits came.
+    auto r = ctl("ms write c --offset 4096 - </dev/zero");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("more than the 4096 bytes that fit"), std::string::npos) << r.output;
+    r = ::run_with_env("printf abc | " + env(), "--backend local ms write c --offset 8190 -");
+    EXPECT_EQ(r.status, 2) << r.output; // one byte too many
+    r = ::run_with_env("printf ab | " + env(), "--backend local ms write c --offset 8190 -");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(ctl("ms read c --offset 8190").output, "ab");
+}
+
 TEST_F(llmosctl_local, output_that_cannot_be_written_is_a_failure) {
     ASSERT_EQ(ctl("ms create c --size 8K").status, 0);
     auto r = run("--backend local ms list >/dev/full 2>" + _dir + "/err; cat " + _dir + "/err");

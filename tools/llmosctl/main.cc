@@ -276,7 +276,23 @@ int cmd_ms_write(const options& o, const ms_args& a) {
     }
     std::string data = a.data;
     if (data == "-") {
-        data.assign(std::istreambuf_iterator<char>(std::cin), {});
+        // In blocks, and no more than can fit (and one byte to tell that
+        // more came): standard input may never end (/dev/zero).
+        data.clear();
+        const uint64_t room = a.offset <= ms->length() ? ms->length() - a.offset : 0;
+        std::vector<char> buf(1 << 16);
+        while (data.size() <= room &&
+               std::cin.read(buf.data(), static_cast<std::streamsize>(std::min<uint64_t>(
+                                             buf.size(), room + 1 - data.size())))
+                       .gcount() > 0) {
+            data.append(buf.data(), static_cast<size_t>(std::cin.gcount()));
+        }
+    }
+    if (a.data == "-" && a.offset <= ms->length() && data.size() > ms->length() - a.offset) {
+        return llmosctl::usage("standard input holds more than the " +
+                               std::to_string(ms->length() - a.offset) +
+                               " bytes that fit at offset " + std::to_string(a.offset) + " of a " +
+                               std::to_string(ms->length()) + "-byte mindspace");
     }
     if (a.offset > ms->length() || data.size() > ms->length() - a.offset) {
         return llmosctl::usage("data does not fit: " + std::to_string(data.size()) +
