@@ -201,10 +201,8 @@ __bpf_kfunc s32 llmos_set_tenant_weight(u32 tenant, u32 weight)
  */
 __bpf_kfunc void llmos_policy_error(s64 code)
 {
-	if (llmos_bpf_in_callback())
+	if (llmos_kfunc_ok())
 		llmos_bpf_fault(LLMOS_EXIT_ERROR, code, 0);
-	else
-		llmos_bpf_stray();
 }
 
 __bpf_kfunc_end_defs();

@@ -247,9 +247,9 @@ int llmos_ms_check_request(u64 id, u64 off, u64 len)
 	if (!id)
 		return 0;
 	mutex_lock(&llmos_ms_lock);
-	ms = xa_load(&llmos_ms_ids, id);
-	if (!ms)
-		ret = -ENOENT;
+	ms = llmos_ms_find(id, "");
+	if (IS_ERR(ms))
+		ret = PTR_ERR(ms);
 	else if (!llmos_ms_may(ms, MAY_READ | MAY_WRITE))
 		ret = -EACCES;
 	else if (off > ms->length || len > ms->length - off)

@@ -260,7 +260,6 @@ int llmos_client_release(struct inode *inode, struct file *file)
 	spin_lock(&llmos_sched.lock);
 	if (c->is_worker) {
 		llmos_bpf_worker(&c->worker, false);
-		llmos_bpf_check_fault();
 		requeued = llmos_core_worker_remove(&llmos_sched.core, &c->worker);
 		llmos_sched.nr_workers--;
 		trace_sched_worker(c->worker.id, false, c->worker.capacity,
@@ -332,7 +331,6 @@ int llmos_worker_register(struct llmos_ucmd *ucmd)
 		cmd->out_worker_id = c->worker.id;
 		trace_sched_worker(c->worker.id, true, c->worker.capacity, 0);
 		llmos_bpf_worker(&c->worker, true);
-		llmos_bpf_check_fault();
 	}
 	spin_unlock(&llmos_sched.lock);
 	return ret ?: llmos_ucmd_respond(ucmd, sizeof(*cmd));
@@ -793,10 +791,8 @@ int llmos_start(struct llmos_ucmd *ucmd)
 	r = llmos_core_find(&llmos_sched.core, cmd->id);
 	ret = r ? llmos_core_start(&llmos_sched.core, &c->worker, r,
 				   ktime_get_ns()) : -ENOENT;
-	if (!ret) {
+	if (!ret)
 		llmos_bpf_running(r, &c->worker);
-		llmos_bpf_check_fault();
-	}
 	spin_unlock(&llmos_sched.lock);
 	return ret;
 }
@@ -819,7 +815,6 @@ static int llmos_complete_one(struct llmos_client *c, u64 id, s32 status,
 				  ktime_get_ns());
 	if (!ret) {
 		llmos_bpf_completed(r);
-		llmos_bpf_check_fault();
 		llmos_req_notify(llmos_kreq(r));
 	}
 	return ret;

@@ -236,6 +236,8 @@ static const struct llmos_core_policy llmos_bpf_policy = {
  * llmos_bpf_running() - tell the policy a request started
  * @r: the request
  * @w: its worker
+ *
+ * A fault the policy reports in its callback ejects it at once.
  */
 void llmos_bpf_running(struct llmos_core_req *r, struct llmos_core_worker *w)
 {
@@ -244,11 +246,14 @@ void llmos_bpf_running(struct llmos_core_req *r, struct llmos_core_worker *w)
 	llmos_cb_enter();
 	llmos_bpf.ops->running(r, w);
 	llmos_cb_exit();
+	llmos_bpf_check_fault();
 }
 
 /**
  * llmos_bpf_completed() - tell the policy a request finished
  * @r: the request
+ *
+ * A fault the policy reports in its callback ejects it at once.
  */
 void llmos_bpf_completed(struct llmos_core_req *r)
 {
@@ -258,12 +263,15 @@ void llmos_bpf_completed(struct llmos_core_req *r)
 	llmos_bpf.ops->completed(r, r->status, r->t_end - r->t_dispatch,
 				 r->tokens);
 	llmos_cb_exit();
+	llmos_bpf_check_fault();
 }
 
 /**
  * llmos_bpf_worker() - tell the policy a worker came or went
  * @w: the worker
  * @online: it came
+ *
+ * A fault the policy reports in its callback ejects it at once.
  */
 void llmos_bpf_worker(struct llmos_core_worker *w, bool online)
 {
@@ -278,6 +286,7 @@ void llmos_bpf_worker(struct llmos_core_worker *w, bool online)
 	llmos_cb_enter();
 	cb(w);
 	llmos_cb_exit();
+	llmos_bpf_check_fault();
 }
 
 /**

@@ -466,7 +466,6 @@ u32 llmos_core_queue_move(struct llmos_core_sched *s, struct llmos_core_queue *q
 	}
 	if (n > s->dispatch_budget)
 		n = s->dispatch_budget;
-	s->dispatch_budget -= n; /* given back below for what is not there */
 	while (moved < n) {
 		struct llmos_core_req *r = llmos_q_req(llmos_treap_first(&q->q));
 
@@ -478,7 +477,7 @@ u32 llmos_core_queue_move(struct llmos_core_sched *s, struct llmos_core_queue *q
 		llmos_treap_insert(&w->local, &r->q_node, 0, ++s->seq);
 		moved++;
 	}
-	s->dispatch_budget += n - moved;
+	s->dispatch_budget -= moved;
 	return moved;
 }
 

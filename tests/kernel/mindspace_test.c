@@ -897,26 +897,40 @@ TEST_F(ms, dmabuf_from_udmabuf)
 	close(memfd);
 }
 
-TEST_F(ms, dmabuf_from_system_heap)
+/*
+ * A dma-buf of @len bytes from the system heap, opened with @mode (O_RDWR
+ * or O_RDONLY): its fd, -ENOENT without the heap, or another -errno.
+ */
+static int heap_dmabuf(size_t len, int mode)
 {
 	struct dma_heap_allocation_data a = {
-		.len = 16 * PAGE, .fd_flags = O_RDWR | O_CLOEXEC,
+		.len = len, .fd_flags = mode | O_CLOEXEC,
 	};
-	struct llmos_ms_create c = { .flags = LLMOS_MS_DMABUF };
-	int heap, fd;
-	char *p;
+	int heap, ret;
 
 	heap = open("/dev/dma_heap/system", O_RDWR);
-	if (heap < 0 && errno == ENOENT)
-		SKIP(return, "no /dev/dma_heap/system in this kernel");
-	ASSERT_LE(0, heap);
-	ASSERT_EQ(0, ioctl(heap, DMA_HEAP_IOCTL_ALLOC, &a));
+	if (heap < 0)
+		return -errno;
+	ret = ioctl(heap, DMA_HEAP_IOCTL_ALLOC, &a) ? -errno : (int)a.fd;
 	close(heap);
-	c.dmabuf_fd = a.fd;
+	return ret;
+}
+
+TEST_F(ms, dmabuf_from_system_heap)
+{
+	struct llmos_ms_create c = { .flags = LLMOS_MS_DMABUF };
+	int buf, fd;
+	char *p;
+
+	buf = heap_dmabuf(16 * PAGE, O_RDWR);
+	if (buf == -ENOENT)
+		SKIP(return, "no /dev/dma_heap/system in this kernel");
+	ASSERT_LE(0, buf);
+	c.dmabuf_fd = buf;
 	c.length = 16 * PAGE;
 	fd = create_raw(self->dev, &c);
 	ASSERT_LE(0, fd);
-	close(a.fd);
+	close(buf);
 	p = mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	ASSERT_NE(MAP_FAILED, p);
 	memset(p, 0x5a, 16 * PAGE);
@@ -927,22 +941,17 @@ TEST_F(ms, dmabuf_from_system_heap)
 
 TEST_F(ms, a_read_only_dmabuf_is_refused)
 {
-	struct dma_heap_allocation_data a = {
-		.len = 4 * PAGE, .fd_flags = O_RDONLY | O_CLOEXEC,
-	};
 	struct llmos_ms_create c = { .flags = LLMOS_MS_DMABUF };
-	int heap;
+	int buf;
 
-	heap = open("/dev/dma_heap/system", O_RDWR);
-	if (heap < 0 && errno == ENOENT)
+	buf = heap_dmabuf(4 * PAGE, O_RDONLY);
+	if (buf == -ENOENT)
 		SKIP(return, "no /dev/dma_heap/system in this kernel");
-	ASSERT_LE(0, heap);
-	ASSERT_EQ(0, ioctl(heap, DMA_HEAP_IOCTL_ALLOC, &a));
-	close(heap);
+	ASSERT_LE(0, buf);
 	/* Shared read-only: a mindspace over it would map it writable. */
-	c.dmabuf_fd = a.fd;
+	c.dmabuf_fd = buf;
 	EXPECT_EQ(-EACCES, create_raw(self->dev, &c));
-	close(a.fd);
+	close(buf);
 }
 
 TEST_F(ms, bad_dmabuf_fds)
