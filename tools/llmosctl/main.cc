@@ -452,9 +452,10 @@ int cmd_ms_load(const options& o, const ms_args& a) {
     // A signal (Ctrl-C, a kill) during the load is held until it has
     // ended; then the mindspace goes and the signal is delivered: nothing
     // half-loaded is left behind.
+    constexpr int stop_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
     sigset_t stops, was;
     ::sigemptyset(&stops);
-    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) {
+    for (int sig : stop_signals) {
         ::sigaddset(&stops, sig);
     }
     ::sigprocmask(SIG_BLOCK, &stops, &was);
@@ -471,7 +472,7 @@ int cmd_ms_load(const options& o, const ms_args& a) {
     sigset_t pending;
     ::sigpending(&pending);
     bool interrupted = false;
-    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) {
+    for (int sig : stop_signals) {
         interrupted = interrupted || ::sigismember(&pending, sig) == 1;
     }
     if (ec || interrupted) {

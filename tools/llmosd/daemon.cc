@@ -822,9 +822,9 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         };
         std::optional<llmos::mapping> mp;
         std::optional<session::header> h;
-        std::vector<std::byte> kept; // the conversation, when its mindspace is replaced
         // The replaced mindspace, to put back when a larger one cannot be
-        // made: its length, header and conversation (as stored, whoever's).
+        // made: its length, header and conversation (as stored, whoever's;
+        // the new one gets the conversation when `h` says it is ours).
         struct {
             uint64_t length = 0;
             session::header head{};
@@ -863,9 +863,6 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                     }
                 }
                 if (h) { // h is read()'s, unless a version-1 one is nobody's
-                    kept = old.text;
-                }
-                if (h) {
                     lay = {std::max(lay.text_cap, want.text_cap),
                            std::max(lay.req_cap, want.req_cap)};
                 }
@@ -906,12 +903,13 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                 }
                 throw server_error("session '" + j.session + "': " + why);
             }
-            if (!kept.empty()) { // kept.size() <= lay.text_cap: lay covers the old layout
-                std::memcpy(mp->data() + session::text_off, kept.data(), kept.size());
-            }
-            if (h) { // now of the new layout
+            if (h) { // the conversation, and a header of the new layout
+                // old.text fits: lay covers the old layout
+                if (!old.text.empty()) {
+                    std::memcpy(mp->data() + session::text_off, old.text.data(), old.text.size());
+                }
                 const uint32_t owner = h->version >= 2 ? h->tenant : tenant;
-                *h = session::make(owner, session::model_of(*h), kept.size(), lay, kv_bytes,
+                *h = session::make(owner, session::model_of(*h), old.text.size(), lay, kv_bytes,
                                    h->flags);
             }
         }

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: MIT
+#include "kv_table.hh"
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -28,7 +30,7 @@ namespace {
 constexpr uint64_t kv_magic = 0x3156'4b53'4f4d'4c4cull; // "LLMOSKV1"
 /// 2: the blocks' rows by layer and KV head (below).
 constexpr uint32_t kv_version = 2;
-constexpr uint32_t no_block = UINT32_MAX;
+using detail::no_block;
 
 uint64_t align_up(uint64_t v, uint64_t a) {
     return (v + a - 1) / a * a;
@@ -147,8 +149,6 @@ kv_cache kv_cache::open(std::span<std::byte> mem, const model& m, const kv_optio
     for (uint32_t i = 0; i < g.max_blocks; ++i) {
         c._table[i] = no_block;
     }
-    c._n = 0;
-    c._next = 0;
     // The magic last: a half-made header is not taken for a cache.
     std::atomic_ref<uint64_t>(h->magic).store(kv_magic, std::memory_order_release);
     return c;
@@ -167,32 +167,15 @@ void kv_cache::resume() {
     if (n > _o.max_tokens || next > _max_blocks) {
         throw corrupt("header");
     }
-    // The table maps a prefix of the logical blocks, covering the tokens,
-    // to distinct blocks taken so far; the free list holds the others.
+    // The free list holds blocks taken so far that the table does not map.
     std::vector<bool> taken(next);
-    const uint64_t need = (uint64_t(n) + _o.block_tokens - 1) / _o.block_tokens;
-    uint32_t mapped = 0;
-    while (mapped < _max_blocks && _table[mapped] != no_block) {
-        const uint32_t phys = _table[mapped];
-        if (phys >= next || taken[phys]) {
-            throw corrupt("block table");
-        }
-        taken[phys] = true;
-        _tab[mapped++] = phys;
-    }
-    for (uint32_t b = mapped; b < _max_blocks; ++b) {
-        if (_table[b] != no_block) {
-            throw corrupt("block table");
-        }
-    }
-    if (mapped < need) {
+    if (!detail::take_table({_table, _max_blocks}, n, _o.block_tokens, taken, _tab)) {
         throw corrupt("block table");
     }
     for (uint32_t phys = h->free_head; phys != no_block;) {
-        if (phys >= next || taken[phys]) {
+        if (!detail::take_block(phys, taken)) {
             throw corrupt("free list");
         }
-        taken[phys] = true;
         _free.push_back(phys);
         std::memcpy(&phys, link_of(phys), 4);
     }
@@ -296,13 +279,9 @@ void kv_cache::truncate(uint32_t n) noexcept {
     _n = n;
     std::atomic_ref<uint32_t>(h->n_tokens).store(n, std::memory_order_release);
     uint32_t keep = (n + _o.block_tokens - 1) / _o.block_tokens;
-    uint32_t end = keep;
-    while (end < _max_blocks && _tab[end] != no_block) {
-        ++end;
-    }
     // From the last: the table stays a prefix (what resume() takes) should
     // the worker be killed in the middle.
-    for (uint32_t b = end; b-- > keep;) {
+    for (uint32_t b = detail::mapped_end(_tab, keep); b-- > keep;) {
         // Out of the table first: a worker killed between the two leaks the
         // block (reserve() copes) rather than leaving it both mapped and free.
         const uint32_t phys = _tab[b];
@@ -318,9 +297,7 @@ void kv_cache::truncate(uint32_t n) noexcept {
 kv_usage kv_cache::usage() const noexcept {
     kv_usage u;
     u.tokens = n_tokens();
-    for (uint32_t b = 0; b < _max_blocks && _tab[b] != no_block; ++b) {
-        ++u.blocks;
-    }
+    u.blocks = detail::mapped_end(_tab, 0);
     u.bytes_allocated = uint64_t(u.blocks) * 2 * _n_layer * _n_head_kv * _slab;
     u.bytes_used = uint64_t(u.tokens) * _n_layer * 2 * _kv_dim * _elt;
     return u;

@@ -126,6 +126,13 @@ result<uint64_t> resolve(int store, const ms_key& key) {
     return *id;
 }
 
+/// Removes the link `name`, if it still points to `id`.
+void unlink_name(int store, const std::string& name, uint64_t id) {
+    if (auto named = resolve(store, ms_key{0, name}); named && *named == id) {
+        (void)::unlinkat(store, ("by-name/" + name).c_str(), 0);
+    }
+}
+
 /// Removes the by-name links to `id` (when its header, which names it,
 /// cannot be read).
 void unlink_names_of(int store, uint64_t id) {
@@ -165,10 +172,7 @@ bool reap_if_stale(int store, uint64_t id) {
         return false; // somebody holds it
     }
     if (!m->name.empty()) {
-        auto named = resolve(store, ms_key{0, m->name});
-        if (named && *named == id) {
-            (void)::unlinkat(store, ("by-name/" + m->name).c_str(), 0);
-        }
+        unlink_name(store, m->name, id);
     }
     return ::unlinkat(store, ms_path(id).c_str(), 0) == 0;
 }
@@ -283,9 +287,7 @@ result<opened> create(int store, const ms_create_options& o) {
             if (holder && reap_if_stale(store, *holder)) {
                 // Gone (reaped now, or its file went without its link): the
                 // link goes too, if it still points there.
-                if (auto again = resolve(store, ms_key{0, o.name}); again && *again == *holder) {
-                    (void)::unlinkat(store, link.c_str(), 0);
-                }
+                unlink_name(store, o.name, *holder);
                 rc = ::symlinkat(target.c_str(), store, link.c_str());
             } else {
                 errno = EEXIST;
@@ -358,9 +360,7 @@ std::error_code destroy(int store, const ms_key& key) {
     if (!i) {
         unlink_names_of(store, *id); // its header, which names it, is damaged
     } else if (!i->name.empty()) {
-        if (auto named = resolve(store, ms_key{0, i->name}); named && *named == *id) {
-            (void)::unlinkat(store, ("by-name/" + i->name).c_str(), 0);
-        }
+        unlink_name(store, i->name, *id);
     }
     if (::unlinkat(store, path.c_str(), 0) != 0) {
         return last_error();

@@ -332,6 +332,8 @@ void worker_pool::run_worker(unsigned i) {
             fail(s, -EAGAIN, true);
             return false;
         };
+        // Drops the slots whose request has ended (their sequence is gone).
+        auto drop_ended = [&] { std::erase_if(active, [](slot& sl) { return !sl.s; }); };
         // The engine threw while running `culprits`: a fresh engine, the
         // culprit struck (failed after max_requeues strikes), everything
         // else prefilled again from the start (bytes already streamed are
@@ -341,7 +343,7 @@ void worker_pool::run_worker(unsigned i) {
         auto recover = [&](std::span<sequence* const> culprits, const char* what) {
             info.crashes.fetch_add(1);
             info.set_error(std::string("engine: ") + what);
-            std::erase_if(active, [](slot& sl) { return !sl.s; }); // ended in prefill
+            drop_ended(); // ended in prefill
             for (auto& sl : active) {
                 engine->release(*sl.s);
             }
@@ -364,7 +366,7 @@ void worker_pool::run_worker(unsigned i) {
                 s.engine_state = nullptr;
                 sl.prefilled = false;
             }
-            std::erase_if(active, [](slot& sl) { return !sl.s; });
+            drop_ended();
         };
 
         bool aborted = false;
@@ -431,7 +433,7 @@ void worker_pool::run_worker(unsigned i) {
                 if (restarted) {
                     continue;
                 }
-                std::erase_if(active, [](slot& sl) { return !sl.s; });
+                drop_ended();
                 batch.clear();
                 for (auto& sl : active) {
                     if (sl.suspect) {
@@ -455,7 +457,7 @@ void worker_pool::run_worker(unsigned i) {
                 // As if the thread died: nothing is completed; closing the
                 // registration gives every held request back.
                 info.crashes.fetch_add(1);
-                std::erase_if(active, [](slot& sl) { return !sl.s; }); // ended in prefill
+                drop_ended(); // ended in prefill
                 aborted = true;
                 break;
             }

@@ -11,6 +11,8 @@
 //   free       uint32[max_blocks]: a stack of given-back physical blocks
 // Device layout: physical blocks of block_bytes each; a block holds, per
 // layer, K then V as [block_tokens][kv_dim] halves.
+#include "../kv_table.hh"
+
 #include <atomic>
 #include <cstring>
 #include <llmos/engine/cuda.hh>
@@ -23,7 +25,7 @@ namespace {
 
 constexpr uint64_t kvg_magic = 0x4756'4b53'4f4d'4c4cull; // "LLMOSKVG"
 constexpr uint32_t kvg_version = 1;
-constexpr uint32_t no_block = UINT32_MAX;
+using detail::no_block;
 
 uint64_t align_up(uint64_t v, uint64_t a) {
     return (v + a - 1) / a * a;
@@ -130,33 +132,17 @@ cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint6
         if (n > o.max_tokens || next > g.max_blocks || n_free > next) {
             throw corrupt("header");
         }
-        // A prefix of the logical blocks, covering the tokens, is mapped to
-        // distinct blocks taken so far; the free stack holds others.
+        // The free stack holds blocks taken so far that the table does not
+        // map.
         std::vector<bool> taken(next);
-        uint32_t mapped = 0;
-        while (mapped < g.max_blocks && c._table[mapped] != no_block) {
-            const uint32_t phys = c._table[mapped];
-            if (phys >= next || taken[phys]) {
-                throw corrupt("block table");
-            }
-            taken[phys] = true;
-            c._tab[mapped++] = phys;
-        }
-        for (uint32_t b = mapped; b < g.max_blocks; ++b) {
-            if (c._table[b] != no_block) {
-                throw corrupt("block table");
-            }
-        }
-        if (mapped < (uint64_t(n) + o.block_tokens - 1) / o.block_tokens) {
+        if (!detail::take_table({c._table, g.max_blocks}, n, o.block_tokens, taken, c._tab)) {
             throw corrupt("block table");
         }
         for (uint32_t i = 0; i < n_free; ++i) {
-            const uint32_t phys = c._free[i];
-            if (phys >= next || taken[phys]) {
+            if (!detail::take_block(c._free[i], taken)) {
                 throw corrupt("free stack");
             }
-            taken[phys] = true;
-            c._stack.push_back(phys);
+            c._stack.push_back(c._free[i]);
         }
         c._n = n;
         c._next = next;
@@ -173,8 +159,6 @@ cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint6
     for (uint32_t i = 0; i < g.max_blocks; ++i) {
         c._table[i] = no_block;
     }
-    c._n = 0;
-    c._next = 0;
     // The magic last: a half-made header is not taken for a cache.
     std::atomic_ref<uint64_t>(h->magic).store(kvg_magic, std::memory_order_release);
     return c;
@@ -235,13 +219,9 @@ void cuda_kv_cache::truncate(uint32_t n) noexcept {
     _n = n;
     std::atomic_ref<uint32_t>(h->n_tokens).store(n, std::memory_order_release);
     const uint32_t keep = (n + _o.block_tokens - 1) / _o.block_tokens;
-    uint32_t end = keep;
-    while (end < _max_blocks && _tab[end] != no_block) {
-        ++end;
-    }
     // From the last: the table stays a prefix (what open() takes) should
     // the worker be killed in the middle.
-    for (uint32_t b = end; b-- > keep;) {
+    for (uint32_t b = detail::mapped_end(_tab, keep); b-- > keep;) {
         const uint32_t phys = _tab[b];
         // Unmapped before it is pushed: killed in between, the block leaks.
         _tab[b] = no_block;
@@ -255,9 +235,7 @@ void cuda_kv_cache::truncate(uint32_t n) noexcept {
 kv_usage cuda_kv_cache::usage() const noexcept {
     kv_usage u;
     u.tokens = n_tokens();
-    for (uint32_t b = 0; b < _max_blocks && _tab[b] != no_block; ++b) {
-        ++u.blocks;
-    }
+    u.blocks = detail::mapped_end(_tab, 0);
     u.bytes_allocated = uint64_t(u.blocks) * _block_bytes;
     u.bytes_used = uint64_t(u.tokens) * _n_layer * 2 * _kv_dim * 2;
     return u;
