@@ -46,7 +46,8 @@ struct llmos_exit_info {
  * @worker_offline: a worker went away (its requests go back to the front
  *	of their tenants, under the built-in policy)
  * @timeout_ms: longest a request may wait in the policy's queues while a
- *	worker has room before the watchdog ejects the policy (0: 30000)
+ *	worker asks for work and gets less than it has room for, before the
+ *	watchdog ejects the policy (0: 30000)
  * @flags: must be 0
  * @name: the policy's name, NUL-terminated
  *
@@ -92,5 +93,6 @@ struct llmos_core_sched *llmos_sched_core(void);
 void llmos_sched_lock(void);
 void llmos_sched_unlock(void);
 void llmos_sched_kick(void);
+u64 llmos_worker_short_since(const struct llmos_core_worker *w, u64 now);
 
 #endif /* _LLMOS_BPF_H */

@@ -54,6 +54,11 @@ MODULE_PARM_DESC(max_client_requests,
  * @park_wait_id: the request @park_wait waits for (0: any)
  * @dispatch_gen: llmos_sched.work_gen when a DISPATCH of it last found
  *	nothing: it waits for that to change
+ * @t_short: ns since its DISPATCHes got fewer requests than they asked for
+ *	and it had room for (0: the last one got all): the watchdog's measure
+ *	of a policy keeping a worker waiting
+ * @t_looked: ns of its last DISPATCH's look
+ * @sleepers: its ioctl DISPATCHes asleep waiting for work
  *
  * All fields but @wq are under llmos_sched.lock.
  */
@@ -69,6 +74,9 @@ struct llmos_client {
 	struct io_uring_cmd *park_wait;
 	u64 park_wait_id;
 	u64 dispatch_gen;
+	u64 t_short;
+	u64 t_looked;
+	u32 sleepers;
 };
 
 /**
@@ -97,6 +105,9 @@ static struct {
 } llmos_sched;
 
 static struct kmem_cache *llmos_req_cache;
+
+/* A worker that polls DISPATCH at least this often still asks for work. */
+#define LLMOS_ASKING_NS (100 * NSEC_PER_MSEC)
 
 static struct llmos_kreq *llmos_kreq(struct llmos_core_req *r)
 {
@@ -619,8 +630,8 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 	void __user *uptr = u64_to_user_ptr(descs_uptr);
 	struct llmos_core_req **reqs;
 	struct llmos_req_desc *descs;
-	u32 n, i;
-	u64 gen;
+	u32 n, i, want;
+	u64 gen, now;
 	int ret;
 
 	reqs = kcalloc(max, sizeof(*reqs), GFP_KERNEL);
@@ -635,11 +646,18 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 	 * policy gives its requests back, and kicks) is not taken as seen.
 	 */
 	gen = llmos_sched.work_gen;
-	n = llmos_core_dispatch(&llmos_sched.core, &c->worker, reqs, max,
-				ktime_get_ns());
+	want = min(max, llmos_worker_room(c));
+	now = ktime_get_ns();
+	n = llmos_core_dispatch(&llmos_sched.core, &c->worker, reqs, max, now);
 	llmos_bpf_check_fault();
 	if (!n)
 		c->dispatch_gen = gen;
+	/* Short again, or after it stopped asking: it waits from now. */
+	if (n >= want)
+		c->t_short = 0;
+	else if (!c->t_short || now - c->t_looked > LLMOS_ASKING_NS)
+		c->t_short = now;
+	c->t_looked = now;
 	for (i = 0; i < n; i++) {
 		llmos_desc_fill(&descs[i], reqs[i]);
 		trace_req_dispatch(reqs[i]->id, c->worker.id,
@@ -709,10 +727,14 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
 		cond_resched();
 		spin_lock(&llmos_sched.lock);
 		gen = c->dispatch_gen;
+		c->sleepers++;
 		spin_unlock(&llmos_sched.lock);
 		timeout = wait_event_interruptible_timeout(llmos_sched.work_wq,
 							   llmos_work_changed(gen),
 							   timeout);
+		spin_lock(&llmos_sched.lock);
+		c->sleepers--;
+		spin_unlock(&llmos_sched.lock);
 		if (timeout < 0)
 			return -EINTR;
 		if (!timeout)
@@ -720,6 +742,34 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
 	}
 	cmd->out_count = n;
 	return llmos_ucmd_respond(ucmd, sizeof(*cmd));
+}
+
+/**
+ * llmos_worker_short_since() - how long a policy has kept a worker waiting
+ * @w: a registered worker
+ * @now: ktime_get_ns() now
+ *
+ * A worker waits for a policy when its DISPATCHes got fewer requests than
+ * they asked for and it had room for, and it still asks: one of its
+ * DISPATCHes is waiting (asleep or parked), or it looked within
+ * LLMOS_ASKING_NS (a worker that polls). A worker with room that asks for
+ * one request at a time and got it, or that stopped asking, does not
+ * wait. Under the lock.
+ *
+ * Return: when it began waiting (ns), or 0 when it does not wait.
+ */
+u64 llmos_worker_short_since(const struct llmos_core_worker *w, u64 now)
+{
+	const struct llmos_client *c = container_of(w, struct llmos_client,
+						    worker);
+
+	lockdep_assert_held(&llmos_sched.lock);
+	if (!c->t_short)
+		return 0;
+	if (c->sleepers || c->park_dispatch ||
+	    now - c->t_looked <= LLMOS_ASKING_NS)
+		return c->t_short;
+	return 0;
 }
 
 /**

@@ -8,7 +8,7 @@
  * created with kfuncs (kfuncs.c). It stops scheduling - is ejected - when
  * it is detached, when it reports an error, when it misuses a kfunc or
  * leaves a request in no queue, or when the watchdog sees a request wait
- * past timeout_ms while a worker has room. Ejecting moves every request it
+ * past timeout_ms while a worker asks for work. Ejecting moves every request it
  * held to the built-in policy in submission order, keeps the reason for
  * STATS and calls its exit callback; the struct_ops map stays attached,
  * inert, until it is detached.
@@ -130,7 +130,7 @@ static const char *llmos_exit_words(u32 kind)
 	case LLMOS_EXIT_ERROR:
 		return "the policy reported an error";
 	case LLMOS_EXIT_STALL:
-		return "a request waited past timeout_ms while a worker had room";
+		return "a request waited past timeout_ms while a worker asked for work";
 	case LLMOS_EXIT_ENQUEUE:
 		return "enqueue left a request in no queue";
 	case LLMOS_EXIT_MISUSE:
@@ -306,18 +306,24 @@ void llmos_bpf_stats(struct llmos_sched_stats *st)
 	strscpy(st->out_exit_msg, llmos_bpf.exit.msg, sizeof(st->out_exit_msg));
 }
 
-static bool llmos_worker_has_room(struct llmos_core_sched *s)
+/*
+ * Since when the policy has kept a worker waiting (the earliest such
+ * worker), or 0 when it keeps none waiting.
+ */
+static u64 llmos_short_since(struct llmos_core_sched *s, u64 now)
 {
 	struct llmos_tnode *n;
+	u64 since = 0;
 
 	for (n = llmos_treap_first(&s->workers); n; n = llmos_treap_next(n)) {
 		struct llmos_core_worker *w =
 			container_of(n, struct llmos_core_worker, id_node);
+		u64 t = llmos_worker_short_since(w, now);
 
-		if (w->capacity > w->inflight.nr + w->local.nr)
-			return true;
+		if (t && (!since || t < since))
+			since = t;
 	}
-	return false;
+	return since;
 }
 
 /* The oldest request in the policy's queues, or NULL. */
@@ -344,10 +350,12 @@ static struct llmos_core_req *llmos_policy_oldest(struct llmos_core_sched *s)
 /*
  * While a policy schedules: every period (timeout_ms / 4, 50 ms to 1 s),
  * eject it when a request waited in its queues past timeout_ms while a
- * worker had room; and, while requests are queued and a worker has room,
+ * worker asked for work and got less than it had room for (both at once,
+ * for that long); and, while requests are queued and a worker waits,
  * kick the workers every LLMOS_BPF_POLL_MS, since a policy may hold
  * requests back for a time (locality does) and tells nobody when that
- * ends.
+ * ends. A worker that takes one request at a time, or is busy, does not
+ * wait: requests queued meanwhile are no stall.
  */
 #define LLMOS_BPF_POLL_MS 10
 
@@ -356,8 +364,7 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 	struct llmos_core_sched *s = llmos_sched_core();
 	struct llmos_core_req *r;
 	unsigned long next = 0, period, now = jiffies;
-	bool room;
-	u64 timeout_ns;
+	u64 timeout_ns, since, now_ns = ktime_get_ns();
 
 	llmos_sched_lock();
 	llmos_bpf_check_fault(); /* a kfunc called outside a callback */
@@ -365,20 +372,20 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 		goto out;
 	period = msecs_to_jiffies(clamp_t(u32, llmos_bpf.ops->timeout_ms / 4,
 					  50, 1000));
-	room = llmos_worker_has_room(s);
+	since = llmos_short_since(s, now_ns);
 	if (time_after_eq(now, llmos_bpf.next_scan)) {
 		llmos_bpf.next_scan = now + period;
 		timeout_ns = (u64)(llmos_bpf.ops->timeout_ms ?:
 				   LLMOS_DEFAULT_TIMEOUT_MS) * NSEC_PER_MSEC;
-		r = room ? llmos_policy_oldest(s) : NULL;
-		if (r && ktime_get_ns() - r->t_submit > timeout_ns)
+		r = since ? llmos_policy_oldest(s) : NULL;
+		if (r && now_ns - max(r->t_submit, since) > timeout_ns)
 			llmos_bpf_eject(LLMOS_EXIT_STALL, 0, r->id);
 		if (!llmos_bpf.active)
 			goto out;
 	}
 	/* At least a jiffy: the watchdog must not stop while a policy runs. */
 	next = max(llmos_bpf.next_scan - now, 1UL);
-	if (room && llmos_core_queued(s)) {
+	if (since && llmos_core_queued(s)) {
 		llmos_sched_kick();
 		next = clamp(msecs_to_jiffies(LLMOS_BPF_POLL_MS), 1UL, next);
 	}

@@ -2,7 +2,7 @@
 /*
  * never_dispatch: misbehaves on purpose - queues every request and never
  * hands one out. The watchdog must eject it once a request waits past
- * timeout_ms while a worker has room.
+ * timeout_ms while a worker asks for work.
  */
 #include "../llmos.bpf.h"
 

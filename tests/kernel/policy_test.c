@@ -431,6 +431,47 @@ TEST_F(policy, a_worker_waits_for_held_requests_without_spinning)
 	close(fd9);
 }
 
+/*
+ * A stall is a request held while a worker asks for work: not while the
+ * worker is busy or away. never_dispatch holds everything (timeout 500 ms).
+ */
+TEST_F(policy, a_request_queued_while_no_worker_asks_is_no_stall)
+{
+	struct llmos_req_desc d;
+	struct llmos_dispatch c = {
+		.size = sizeof(c), .descs_uptr = (__u64)(uintptr_t)&d,
+		.desc_size = sizeof(d), .max = 1, .timeout_ms = 5000,
+	};
+	struct llmos_complete done = { .size = sizeof(done) };
+	struct llmos_sched_stats st;
+	struct timespec t;
+	long long id;
+	double ms;
+
+	ASSERT_EQ(0, attach(&self->p, "never_dispatch"));
+	id = submit(self->client, 0, 0, 1, 0);
+	ASSERT_LT(0, id);
+	/* The worker has room but does not ask: three timeouts pass. */
+	usleep(1500 * 1000);
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_BPF, st.out_policy_state);
+	/* It asks: the policy is ejected 500 ms on, and the request comes. */
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &c));
+	ms = ms_since(CLOCK_MONOTONIC, &t);
+	TH_LOG("the worker waited %.0f ms", ms);
+	ASSERT_EQ(1, c.out_count);
+	EXPECT_EQ(id, (long long)d.id);
+	EXPECT_LE(450, ms);
+	EXPECT_GT(3000, ms);
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_EJECTED, st.out_policy_state);
+	EXPECT_EQ(LLMOS_EXIT_STALL, st.out_exit_kind);
+	EXPECT_EQ(id, (long long)st.out_exit_req);
+	done.id = d.id;
+	EXPECT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE, &done));
+}
+
 TEST_F(policy, a_kfunc_called_from_a_timer_callback_ejects_the_policy)
 {
 	struct llmos_sched_stats st;

@@ -745,7 +745,7 @@ enum llmos_policy_state {
  * @LLMOS_EXIT_DETACH: it was detached
  * @LLMOS_EXIT_ERROR: it reported an error (llmos_policy_error())
  * @LLMOS_EXIT_STALL: a request waited past its timeout_ms while a worker
- *	had room (the watchdog)
+ *	asked for work and got less than it had room for (the watchdog)
  * @LLMOS_EXIT_ENQUEUE: enqueue left a request in no queue
  * @LLMOS_EXIT_MISUSE: a kfunc was used out of place (a request that is
  *	not being enqueued, a worker that is not being dispatched to, an
