@@ -187,6 +187,20 @@ TEST_F(llmosctl_local, standard_input_is_read_no_further_than_fits) {
     EXPECT_EQ(ctl("ms read c --offset 8190").output, "ab");
 }
 
+TEST_F(llmosctl_local, negative_offsets_and_lengths_are_refused) {
+    ASSERT_EQ(ctl("ms create c --size 8K").status, 0);
+    ASSERT_EQ(ctl("ms write c abc").status, 0);
+    // -1 would wrap to the largest offset, or a length of "everything".
+    for (const char* args :
+         {"ms read c --length -1", "ms read c --offset -1", "ms write c x --offset -1"}) {
+        auto r = ctl(args);
+        EXPECT_EQ(r.status, 2) << args << ": " << r.output;
+        EXPECT_NE(r.output.find("must not be negative"), std::string::npos)
+            << args << ": " << r.output;
+    }
+    EXPECT_EQ(ctl("ms read c --length 3").output, "abc");
+}
+
 TEST_F(llmosctl_local, output_that_cannot_be_written_is_a_failure) {
     ASSERT_EQ(ctl("ms create c --size 8K").status, 0);
     auto r = run("--backend local ms list >/dev/full 2>" + _dir + "/err; cat " + _dir + "/err");

@@ -1104,6 +1104,13 @@ int cmd_bench(const options& o, const bench_args& b) {
     return 0;
 }
 
+/// An unsigned option's check: "-1" would wrap to the largest value.
+const CLI::Validator not_negative(
+    [](const std::string& v) {
+        return v.find('-') == std::string::npos ? std::string() : "must not be negative";
+    },
+    "", "not negative");
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -1149,12 +1156,12 @@ int main(int argc, char** argv) {
     auto* write = ms->add_subcommand("write", "write bytes into a mindspace");
     write->add_option("mindspace", a.key, "name or id")->required();
     write->add_option("data", a.data, "the bytes, or - for standard input")->required();
-    write->add_option("--offset", a.offset, "byte offset (default 0)");
+    write->add_option("--offset", a.offset, "byte offset (default 0)")->check(not_negative);
     write->callback([&] { rc = cmd_ms_write(o, a); });
     auto* read = ms->add_subcommand("read", "copy a mindspace's bytes to standard output");
     read->add_option("mindspace", a.key, "name or id")->required();
-    read->add_option("--offset", a.offset, "byte offset (default 0)");
-    read->add_option("--length", a.length, "bytes (default: to the end)");
+    read->add_option("--offset", a.offset, "byte offset (default 0)")->check(not_negative);
+    read->add_option("--length", a.length, "bytes (default: to the end)")->check(not_negative);
     read->callback([&] { rc = cmd_ms_read(o, a); });
     auto* save = ms->add_subcommand("save", "save a mindspace (bytes and metadata) to a file");
     save->add_option("mindspace", a.key, "name or id")->required();
