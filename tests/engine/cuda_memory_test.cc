@@ -606,6 +606,16 @@ TEST_F(gpu_device, grows_in_steps_and_keeps_its_address) {
     EXPECT_EQ(first_mismatch(back.data(), g, 6), -1);
 }
 
+TEST_F(gpu_device, a_reservation_past_the_address_space_is_refused) {
+    try {
+        (void)gpu_memory::reserve(UINT64_MAX);
+        ADD_FAILURE() << "reserved 2^64 - 1 bytes";
+    } catch (const gpu_error& e) {
+        EXPECT_NE(std::string(e.what()).find("more address space than there is"), std::string::npos)
+            << e.what();
+    }
+}
+
 bool closed_on_exec(int fd) {
     const int f = ::fcntl(fd, F_GETFD);
     return f >= 0 && (f & FD_CLOEXEC) != 0;

@@ -346,6 +346,23 @@ TEST_F(cuda_kv_host, keeps_its_bookkeeping_from_memory_its_owner_can_rewrite) {
     EXPECT_EQ(*n_free, 4u);
 }
 
+TEST_F(cuda_kv_host, a_block_leaked_by_a_killed_worker_is_free_again) {
+    host_mem h(cuda_kv_cache::host_bytes_for(l->m->params(), o));
+    uint32_t* n_free = reinterpret_cast<uint32_t*>(h.span().data() + 44);
+    {
+        auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o);
+        ASSERT_TRUE(kv.reserve(40)); // blocks 0, 1, 2
+        kv.commit(std::vector<int32_t>(40, 9));
+        kv.truncate(20); // block 2 given back
+    }
+    *n_free = 0; // killed before the stack's count was written: block 2 leaked
+    auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o);
+    ASSERT_TRUE(kv.resumed());
+    EXPECT_EQ(*n_free, 1u) << "free again, and written through";
+    EXPECT_TRUE(kv.reserve(o.max_tokens - kv.n_tokens())) << "no block is missing";
+    EXPECT_EQ(kv.device_bytes_used(), uint64_t(o.max_tokens / o.block_tokens) * kv.block_bytes());
+}
+
 TEST_F(cuda_kv_host, refuses_other_geometry_small_or_misaligned_memory) {
     host_mem h(cuda_kv_cache::host_bytes_for(l->m->params(), o));
     {

@@ -5,6 +5,7 @@
 // greedy continuations), batching invariance, KV cache resume, and the
 // errors a bad model or batch gets.
 #include "../support/conformance.hh"
+#include "../support/generated_model.hh"
 #include "../support/paths.hh"
 
 #include <algorithm>
@@ -263,6 +264,26 @@ TEST_F(conformance, a_cache_keeps_its_bookkeeping_from_memory_its_owner_can_rewr
     EXPECT_EQ(kv.usage().blocks, 4u);
 }
 
+TEST_F(conformance, a_block_leaked_by_a_killed_worker_is_free_again) {
+    kv_memory mem(kv_cache::bytes_for(m->params(), f32));
+    std::span<std::byte> bytes = mem.span();
+    uint32_t* free_head = reinterpret_cast<uint32_t*>(bytes.data() + 48);
+    {
+        auto kv = kv_cache::open(bytes, *m, f32);
+        ASSERT_TRUE(kv.reserve(40)); // blocks 0, 1, 2
+        kv.commit(std::vector<int32_t>(40, 3));
+        kv.truncate(20); // block 2 given back
+    }
+    // Killed before the free list's head was written: block 2 is neither
+    // mapped nor free.
+    *free_head = UINT32_MAX;
+    auto kv = kv_cache::open(bytes, *m, f32);
+    ASSERT_TRUE(kv.resumed());
+    EXPECT_EQ(*free_head, 2u) << "free again, and written through";
+    // Every position can be had: no block is missing.
+    EXPECT_TRUE(kv.reserve(f32.max_tokens - kv.n_tokens()));
+}
+
 TEST_F(conformance, avx512_attention_agrees_with_the_avx2_kernels) {
     if (detected_simd() < simd_level::avx512) {
         GTEST_SKIP() << "this CPU has no AVX-512: detected " << simd_name(detected_simd());
@@ -489,6 +510,34 @@ TEST(kv_memory, whole_pages_aligned_with_a_zeroed_header_page) {
     auto s = all.span();
     EXPECT_TRUE(std::all_of(s.begin(), s.end(), [](std::byte b) { return b == std::byte{0}; }));
     EXPECT_EQ(s.size(), 4u * 4096);
+}
+
+TEST(model_load, a_cache_of_a_model_of_the_same_shape_and_other_weights_is_refused) {
+    // A model and its fine-tune: one shape, one weight type, other weights.
+    std::string why;
+    const std::string a = llmos::testing::generated_model("seed1", "--type q8_0 --seed 1", why);
+    ASSERT_FALSE(a.empty()) << why;
+    const std::string b = llmos::testing::generated_model("seed2", "--type q8_0 --seed 2", why);
+    ASSERT_FALSE(b.empty()) << why;
+    const gguf_file fa = gguf_file::open(a), fb = gguf_file::open(b);
+    const model ma = model::load(fa), mb = model::load(fb);
+    ASSERT_EQ(ma.params().n_embd, mb.params().n_embd);
+    EXPECT_NE(ma.fingerprint(), mb.fingerprint());
+    const gguf_file fa2 = gguf_file::open(a);
+    EXPECT_EQ(model::load(fa2).fingerprint(), ma.fingerprint()) << "the same model, loaded again";
+    const kv_options ko{.type = kv_type::f32, .block_tokens = 16, .max_tokens = 64};
+    kv_memory mem(kv_cache::bytes_for(ma.params(), ko));
+    {
+        auto kv = kv_cache::open(mem.span(), ma, ko);
+        ASSERT_TRUE(kv.reserve(1));
+        std::vector<float> row(ma.params().kv_dim(), 1.0f);
+        for (uint32_t l = 0; l < ma.params().n_layer; ++l) {
+            kv.write(l, 0, row.data(), row.data());
+        }
+        kv.commit(std::vector<int32_t>{5});
+    }
+    EXPECT_THROW(kv_cache::open(mem.span(), mb, ko), kv_error);
+    EXPECT_TRUE(kv_cache::open(mem.span(), ma, ko).resumed());
 }
 
 TEST(model_load, unsupported_architectures_and_types_are_named) {

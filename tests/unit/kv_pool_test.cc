@@ -63,6 +63,17 @@ TEST(kv_pool, a_conversation_finds_its_region_and_rows_again) {
     EXPECT_EQ(st.mapped_bytes, 3 * unit);
 }
 
+TEST(kv_pool, a_capacity_of_all_memory_does_not_wrap) {
+    auto pool = host_pool(UINT64_MAX);
+    {
+        auto idle = pool.acquire({1, 0}, unit);
+        ASSERT_TRUE(idle.grow(unit)); // backed and idle once its lease ends
+    }
+    auto l = pool.acquire({2, 0}, 4 * unit);
+    EXPECT_TRUE(l.grow(2 * unit)) << "capacity + idle wrapped";
+    EXPECT_EQ(pool.stats().regions, 2u) << "nothing had to be dropped";
+}
+
 TEST(kv_pool, a_region_in_use_is_refused_to_a_second_lease) {
     auto pool = host_pool(64 * unit);
     auto l = pool.acquire({1, 0}, unit);

@@ -320,6 +320,11 @@ TEST_F(llm_engine_test, the_output_stops_where_the_conversation_s_cache_starts) 
     auto inside = request(kv_off, "Hello world", 4, {}, kv_off, kv_bytes());
     ASSERT_LT(llmos::output_offset(kv_off, inside.prompt_len), kv_off + kv_bytes());
     EXPECT_EQ(run(c, inside).f.status, -EINVAL);
+    // So is a request that lies in its own cache (its output after it):
+    // prefilled again after a crash, its text would be cache rows.
+    auto over = request(kv_off + kv_bytes() - 32, "Hello world", 4, {}, kv_off, kv_bytes());
+    ASSERT_GE(llmos::output_offset(kv_off + kv_bytes() - 32, over.prompt_len), kv_off + kv_bytes());
+    EXPECT_EQ(run(c, over).f.status, -EINVAL);
 }
 
 TEST_F(llm_engine_test, a_worker_that_dies_mid_generation_is_resumed_from_the_mindspace) {

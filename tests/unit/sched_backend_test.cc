@@ -298,6 +298,30 @@ TEST_P(sched_backend, dispatch_async_waits_in_the_event_loop) {
     EXPECT_EQ(c.wait(id, wait_for::at_most(5s)).value().state, LLMOS_REQ_COMPLETED);
 }
 
+TEST_P(sched_backend, a_worker_assigned_over_cancels_its_pending_dispatch) {
+    auto loop = llmos::event_loop::create({.spin = 0}).value();
+    auto w = worker(1);
+    auto c = client();
+    std::optional<llmos::result<std::vector<llmos::request_desc>>> got;
+    ASSERT_FALSE(w.dispatch_async(*loop, 1, [&](auto r) { got.emplace(std::move(r)); }));
+    loop->run_once(10ms);
+    w = worker(1); // the first worker goes, with its pending DISPATCH
+    EXPECT_FALSE(w.dispatch_pending());
+    auto id = c.submit({.tenant = 1, .cost = 1}).value();
+    auto t0 = std::chrono::steady_clock::now();
+    while (!got && std::chrono::steady_clock::now() - t0 < 10s) {
+        loop->run_once(100ms);
+    }
+    ASSERT_TRUE(got);
+    ASSERT_FALSE(*got) << "the old worker's callback got a request";
+    EXPECT_EQ(got->error(), std::errc::operation_canceled);
+    auto d = w.dispatch(1, wait_for::at_most(5s));
+    ASSERT_TRUE(d) << d.error().message();
+    EXPECT_EQ(d->front().id, id);
+    EXPECT_FALSE(w.start(id));
+    EXPECT_FALSE(w.complete(id, 0, 1));
+}
+
 TEST_P(sched_backend, dispatch_async_cancelled_loses_nothing) {
     auto loop = llmos::event_loop::create({.spin = 0}).value();
     auto w = worker(1);

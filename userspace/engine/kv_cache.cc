@@ -180,6 +180,13 @@ void kv_cache::resume() {
         std::memcpy(&phys, link_of(phys), 4);
     }
     std::reverse(_free.begin(), _free.end()); // its head last, taken first
+    // A worker killed inside reserve() or truncate() leaks a block: taken
+    // so far, neither mapped nor free. It is free.
+    for (uint32_t phys = 0; phys < next; ++phys) {
+        if (!taken[phys]) {
+            give_back(phys);
+        }
+    }
     _n = n;
     _next = next;
     _resumed = true;
@@ -204,10 +211,9 @@ bool kv_cache::reserve(uint32_t n) noexcept {
         if (_tab[b] != no_block) {
             continue;
         }
-        // A worker killed inside reserve() or truncate() can leak a block
-        // (taken from the free list or given back, but not yet in or out of
-        // the table): then new blocks run out before max_tokens do. Refuse
-        // rather than hand out a block past the end of the memory.
+        // Off the free list before it is mapped: a worker killed in
+        // between leaks the block (resume() takes it back), never maps it
+        // twice. Blocks past the memory are never handed out.
         uint32_t phys;
         if (!_free.empty()) {
             phys = _free.back();
@@ -283,15 +289,20 @@ void kv_cache::truncate(uint32_t n) noexcept {
     // the worker be killed in the middle.
     for (uint32_t b = detail::mapped_end(_tab, keep); b-- > keep;) {
         // Out of the table first: a worker killed between the two leaks the
-        // block (reserve() copes) rather than leaving it both mapped and free.
+        // block (resume() takes it back) rather than leaving it both mapped
+        // and free.
         const uint32_t phys = _tab[b];
         _tab[b] = no_block;
         _table[b] = no_block;
-        const uint32_t link = _free.empty() ? no_block : _free.back();
-        std::memcpy(link_of(phys), &link, 4);
-        _free.push_back(phys);
-        h->free_head = phys;
+        give_back(phys);
     }
+}
+
+void kv_cache::give_back(uint32_t phys) noexcept {
+    const uint32_t link = _free.empty() ? no_block : _free.back();
+    std::memcpy(link_of(phys), &link, 4);
+    _free.push_back(phys);
+    hdr()->free_head = phys;
 }
 
 kv_usage kv_cache::usage() const noexcept {

@@ -210,22 +210,53 @@ model model::load(const gguf_file& f, simd_level kernels) {
                        static_cast<uint32_t>(p.arch)}) {
         h = mix(h, v);
     }
-    h = mix(h, std::bit_cast<uint32_t>(p.rope_base));
+    for (float v : {p.rope_base, p.rope_scale, p.rms_eps}) {
+        h = mix(h, std::bit_cast<uint32_t>(v));
+    }
+    h = mix(h, (p.neox_rope ? 1u : 0u) | (p.tied_output ? 2u : 0u));
+    // Samples of the content, not only the shape: a model and its
+    // fine-tune (one shape, other weights) must not share a cache. 16
+    // words spread over each tensor: a few pages read, not the file.
+    constexpr uint64_t samples = 16;
+    auto sample = [&](const std::byte* data, uint64_t rows, uint64_t stride, uint64_t row_len) {
+        for (uint64_t i = 0; i < samples && rows && row_len; ++i) {
+            const uint64_t r = (rows - 1) * i / (samples - 1);
+            const uint64_t n = std::min<uint64_t>(8, row_len);
+            const uint64_t at = (row_len - n) * i / (samples - 1);
+            uint64_t v = 0;
+            std::memcpy(&v, data + r * stride + at, n);
+            h = mix(h, v);
+        }
+    };
+    auto sample_floats = [&](std::span<const float> v) {
+        sample(reinterpret_cast<const std::byte*>(v.data()), 1, 0, v.size_bytes());
+    };
     auto count = [&](const weight_view& w) {
         ++types[w.type];
-        bytes += *row_bytes(w.type, static_cast<uint64_t>(w.cols)) * static_cast<uint64_t>(w.rows);
+        const uint64_t rb = *row_bytes(w.type, static_cast<uint64_t>(w.cols));
+        bytes += rb * static_cast<uint64_t>(w.rows);
         h = mix(h, static_cast<uint64_t>(w.type));
+        sample(static_cast<const std::byte*>(w.data), static_cast<uint64_t>(w.rows), w.row_stride,
+               rb);
     };
     for (auto& w : m._layers) {
         for (auto* v : w.matrices()) {
             count(*v);
         }
+        for (auto v : {w.attn_norm, w.ffn_norm, w.bq, w.bk, w.bv}) {
+            sample_floats(v);
+        }
     }
     count(m._output);
     if (!p.tied_output) {
-        ++types[m._tok_embd.type];
-        h = mix(h, static_cast<uint64_t>(m._tok_embd.type));
+        const weight_view& t = m._tok_embd;
+        ++types[t.type];
+        h = mix(h, static_cast<uint64_t>(t.type));
+        sample(static_cast<const std::byte*>(t.data), static_cast<uint64_t>(t.rows), t.row_stride,
+               *row_bytes(t.type, static_cast<uint64_t>(t.cols)));
     }
+    sample_floats(m._output_norm);
+    sample_floats(m._rope_freqs);
     m._weight_bytes = bytes;
     m._fingerprint = h;
     m.pack(kernels);

@@ -381,6 +381,19 @@ sched_worker::~sched_worker() {
     }
 }
 
+sched_worker& sched_worker::operator=(sched_worker&& o) {
+    if (this != &o) {
+        if (dispatch_pending()) {
+            cancel_dispatch();
+        }
+        _c = std::move(o._c);
+        _id = o._id;
+        _capacity = o._capacity;
+        _async = std::move(o._async);
+    }
+    return *this;
+}
+
 bool sched_worker::dispatch_pending() const noexcept {
     return _async && _async->waiting;
 }

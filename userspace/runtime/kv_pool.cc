@@ -136,10 +136,19 @@ kv_pool::entry* kv_pool::make_entry(uint64_t max_bytes, const kv_key* key) {
             dropped.push_back(unlink(it->second));
         }
         e->key = *key;
-        _by_key[*key] = raw;
     }
     e->last_used = ++_clock;
-    _all[raw] = std::move(e);
+    // Into _all first: should the index's insert throw, the entry is
+    // freed with nothing pointing at it.
+    const auto at = _all.emplace(raw, std::move(e)).first;
+    if (key) {
+        try {
+            _by_key[*key] = raw;
+        } catch (...) {
+            _all.erase(at);
+            throw;
+        }
+    }
     return raw;
 }
 
@@ -205,10 +214,12 @@ bool kv_pool::make_room(uint64_t need, const entry* keep,
             idle += e->counted;
         }
     }
-    if (_mapped + need > _o.capacity + idle) {
+    // Without sums that wrap (a capacity may be "all", UINT64_MAX).
+    auto room = [&] { return _o.capacity > _mapped ? _o.capacity - _mapped : 0; };
+    if (need > room() && need - room() > idle) {
         return false;
     }
-    while (_mapped + need > _o.capacity) {
+    while (need > room()) {
         entry* victim = nullptr;
         for (auto& [p, e] : _all) {
             if (p == keep || e->leased || !e->counted) {

@@ -156,9 +156,9 @@ struct llm_engine::impl {
     /// `own_tokens` positions.
     virtual opened open(std::span<std::byte> mem, uint64_t kv_off, uint32_t own_tokens,
                         const sequence& s) = 0;
-    /// Makes the memory for `n` more positions of `kv` ready; false (and
-    /// why) when it cannot be had.
-    virtual bool prepare(seq_kv& kv, uint32_t n, std::string* why) = 0;
+    /// Makes `kv` ready for `n` more positions: 0, or -ENOSPC (its cache
+    /// has no block left for them) or -ENOMEM (no memory for them).
+    virtual int prepare(seq_kv& kv, uint32_t n) = 0;
     virtual eng::step_status step(std::span<const step_part> batch) = 0;
     virtual std::string graph_path() const { return {}; }
     virtual std::string last_graph_failure() const { return {}; }
@@ -204,7 +204,9 @@ public:
         return {std::move(kv)};
     }
 
-    bool prepare(seq_kv&, uint32_t, std::string*) override { return true; }
+    int prepare(seq_kv& kv, uint32_t n) override {
+        return static_cast<cpu_kv&>(kv).kv->reserve(n) ? 0 : -ENOSPC;
+    }
 
     eng::step_status step(std::span<const step_part> batch) override {
         _entries.clear();
@@ -273,12 +275,13 @@ public:
         return {std::move(kv)};
     }
 
-    bool prepare(seq_kv& base, uint32_t n, std::string* why) override {
+    int prepare(seq_kv& base, uint32_t n) override {
         auto& kv = static_cast<gpu_kv&>(base);
         if (!kv.kv->reserve(n)) {
-            return true; // full: the step says so
+            return -ENOSPC;
         }
-        return kv.rows.grow(kv.kv->device_bytes_used(), why);
+        std::string why;
+        return kv.rows.grow(kv.kv->device_bytes_used(), &why) ? 0 : -ENOMEM;
     }
 
     eng::step_status step(std::span<const step_part> batch) override {
@@ -343,9 +346,18 @@ engine_status llm_engine::impl::prefill(sequence& s) {
             return bad(EINVAL);
         }
         kvmem = s.memory.subspan(req->h.kv_off, req->h.kv_len);
+        const auto base = reinterpret_cast<uintptr_t>(s.memory.data());
+        // The cache must not lie over the request (its text is read again
+        // when the request is prefilled again: after a crash, a requeue).
+        const auto req_at = reinterpret_cast<uintptr_t>(s.prompt.data());
+        const uint64_t req_len =
+            sizeof(gen_request_header) + uint64_t(req->h.text_len) + req->h.stop_bytes;
+        if (req_at >= base && req_at - base < req->h.kv_off + req->h.kv_len &&
+            req->h.kv_off < req_at - base + req_len) {
+            return bad(EINVAL);
+        }
         // The output ends where the cache starts (it must not write over
         // it), and does not start inside it.
-        const auto base = reinterpret_cast<uintptr_t>(s.memory.data());
         const auto at = reinterpret_cast<uintptr_t>(s.output.data());
         const uint64_t out = at - base; // where the output starts in the mindspace
         if (at >= base && out < s.memory.size() && out < req->h.kv_off + req->h.kv_len &&
@@ -395,7 +407,6 @@ void llm_engine::impl::decode(std::span<sequence* const> batch) {
     parts.clear();
     in_batch.clear();
     uint32_t budget = max_batch_tokens();
-    std::string why;
     // Decoding sequences first (one token each), then prompt chunks.
     for (int pass = 0; pass < 2; ++pass) {
         for (sequence* s : batch) {
@@ -415,8 +426,9 @@ void llm_engine::impl::decode(std::span<sequence* const> batch) {
                 e.tokens = std::span<const int32_t>(&st->next, 1);
                 e.logits = st->logits.data();
             }
-            if (!prepare(*e.kv, static_cast<uint32_t>(e.tokens.size()), &why)) {
-                s->status = -ENOMEM; // its memory cannot be had; the others go on
+            // Its cache or memory cannot grow: it ends, the others go on.
+            if (int err = prepare(*e.kv, static_cast<uint32_t>(e.tokens.size()))) {
+                s->status = err;
                 s->done = true;
                 continue;
             }

@@ -338,8 +338,8 @@ void worker_pool::run_worker(unsigned i) {
         // culprit struck (failed after max_requeues strikes), everything
         // else prefilled again from the start (bytes already streamed are
         // not streamed twice; engines are deterministic per request).
-        // Without an engine (it could not be made again) the loop ends and
-        // `w` gives every request back.
+        // Without an engine (it could not be made again) the loop ends,
+        // `w` gives every request back and the worker tries again later.
         auto recover = [&](std::span<sequence* const> culprits, const char* what) {
             info.crashes.fetch_add(1);
             info.set_error(std::string("engine: ") + what);
@@ -497,6 +497,21 @@ void worker_pool::run_worker(unsigned i) {
         if (aborted) {
             engine = make_engine();
             continue; // register again
+        }
+        if (!engine) {
+            // It could not be made again (a GPU's memory not given back
+            // yet, say): tried again, from 100 ms to 5 s apart, while the
+            // pool runs; then this worker registers again.
+            for (auto wait = 100ms; !engine && _state.load() == state::running;
+                 wait = std::min<std::chrono::milliseconds>(wait * 2, 5s)) {
+                for (auto t = 0ms; t < wait && _state.load() == state::running; t += 10ms) {
+                    std::this_thread::sleep_for(10ms);
+                }
+                if (_state.load() == state::running) {
+                    engine = make_engine();
+                }
+            }
+            continue;
         }
         break;
     }

@@ -144,6 +144,13 @@ cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint6
             }
             c._stack.push_back(c._free[i]);
         }
+        // A worker killed inside reserve() or truncate() leaks a block:
+        // taken so far, neither mapped nor free. It is free.
+        for (uint32_t phys = 0; phys < next; ++phys) {
+            if (!taken[phys]) {
+                c.give_back(phys);
+            }
+        }
         c._n = n;
         c._next = next;
         c._resumed = true;
@@ -194,7 +201,7 @@ bool cuda_kv_cache::reserve(uint32_t n) noexcept {
             phys = _next++;
             h->next_block = _next;
         } else {
-            return false; // blocks leaked by a killed worker: past the device memory
+            return false; // never past the device memory
         }
         _tab[b] = phys;
         _table[b] = phys;
@@ -223,13 +230,18 @@ void cuda_kv_cache::truncate(uint32_t n) noexcept {
     // the worker be killed in the middle.
     for (uint32_t b = detail::mapped_end(_tab, keep); b-- > keep;) {
         const uint32_t phys = _tab[b];
-        // Unmapped before it is pushed: killed in between, the block leaks.
+        // Unmapped before it is pushed: killed in between, the block leaks
+        // (open() takes it back).
         _tab[b] = no_block;
         _table[b] = no_block;
-        _free[_stack.size()] = phys; // at most max_blocks are given back
-        _stack.push_back(phys);
-        h->n_free = static_cast<uint32_t>(_stack.size());
+        give_back(phys);
     }
+}
+
+void cuda_kv_cache::give_back(uint32_t phys) noexcept {
+    _free[_stack.size()] = phys; // at most max_blocks are given back
+    _stack.push_back(phys);
+    hdr()->n_free = static_cast<uint32_t>(_stack.size());
 }
 
 kv_usage cuda_kv_cache::usage() const noexcept {

@@ -276,6 +276,10 @@ struct gpu_memory::state {
     }
 
     void reserve(uint64_t bytes) {
+        if (bytes > UINT64_MAX - granularity) {
+            throw gpu_error("gpu_memory: " + std::to_string(bytes) +
+                            " bytes is more address space than there is");
+        }
         reserved = round_up(std::max<uint64_t>(bytes, 1), granularity);
         cu_check(*a, a->mem_address_reserve(&base, reserved, granularity, 0, 0),
                  "cuMemAddressReserve");
@@ -284,6 +288,12 @@ struct gpu_memory::state {
     // Maps `h` (of `size` bytes) at the end of the mapped bytes and gives
     // this device access; takes `h` (released on failure).
     void map_chunk(CUmemGenericAllocationHandle h, uint64_t size) {
+        try {
+            chunks.reserve(chunks.size() + 1); // no throw once it is mapped
+        } catch (...) {
+            (void)a->mem_release(h);
+            throw;
+        }
         cuda_detail::device_sync_guard g;
         CUdeviceptr at = base + mapped;
         CUresult r = a->mem_map(at, size, 0, h, 0);

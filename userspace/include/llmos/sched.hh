@@ -122,7 +122,9 @@ class sched_worker {
 
 public:
     sched_worker(sched_worker&&) noexcept = default;
-    sched_worker& operator=(sched_worker&&) noexcept = default;
+    /// Cancels this worker's pending dispatch_async first, as the
+    /// destructor does.
+    sched_worker& operator=(sched_worker&& o);
     /// Cancels a pending dispatch_async first (destroy it on the thread
     /// of that loop).
     ~sched_worker();

@@ -180,6 +180,8 @@ public:
 private:
     struct header;
     header* hdr() const noexcept { return reinterpret_cast<header*>(_host.data()); }
+    /// Pushes `phys` (mapped by no logical block) on the free stack.
+    void give_back(uint32_t phys) noexcept;
 
     std::span<std::byte> _host;
     void* _device = nullptr;

@@ -97,9 +97,8 @@ public:
     std::span<const int32_t> tokens() const noexcept;
 
     /// Makes room for positions [n_tokens, n_tokens + n). False when the
-    /// cache is full, or its blocks ran out (a worker killed mid-reserve or
-    /// mid-truncate can leak one): no position changes then, though blocks
-    /// taken for the first of them stay mapped for later.
+    /// cache is full: no position changes then, though blocks taken for
+    /// the first of them stay mapped for later.
     bool reserve(uint32_t n) noexcept;
     /// Stores layer `layer`'s K and V rows (kv_dim floats each, the KV
     /// heads' head_dim one after another) of position `pos` (reserved, not
@@ -125,6 +124,8 @@ private:
     std::byte* row(uint32_t layer, uint32_t pos, uint32_t head, bool v) const noexcept;
     /// A physical block's first word (the free list's link).
     std::byte* link_of(uint32_t phys) const noexcept;
+    /// Puts `phys` (mapped by no logical block) on the free list.
+    void give_back(uint32_t phys) noexcept;
     /// Takes the cache in the memory as it is (checked); throws kv_error.
     void resume();
 

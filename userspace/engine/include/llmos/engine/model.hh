@@ -95,8 +95,9 @@ public:
     uint64_t dropped_bytes() const noexcept { return _dropped_bytes; }
     /// Which weight types occur, and how many tensors of each ("Q4_K x 98").
     std::string type_summary() const;
-    /// A digest of the hyperparameters and tensor layout: a KV cache made
-    /// by another model is refused.
+    /// A digest of the hyperparameters, the tensor layout and samples of
+    /// every tensor's content: a KV cache made by another model (a
+    /// fine-tune of the same shape too) is refused.
     uint64_t fingerprint() const noexcept { return _fingerprint; }
     /// Token `id`'s embedding row, dequantized into `out` (n_embd floats).
     void embed(int32_t id, float* out) const;
