@@ -1026,6 +1026,43 @@ TEST_F(llmosd_test, models_load_swap_and_unload_without_dropping_requests) {
     EXPECT_EQ(c.Delete("/llmos/v1/models/second")->status, 404);
 }
 
+TEST_F(llmosd_test, a_model_swapped_out_or_unloaded_after_serving_is_let_go) {
+    server s(_dir);
+    auto c = s.client();
+    // Copies of the model, to tell their mappings in the daemon apart.
+    const std::string a = _dir + "/a.gguf", b = _dir + "/b.gguf";
+    std::filesystem::copy_file(tiny, a);
+    std::filesystem::copy_file(tiny, b);
+    auto mapped = [&](const std::string& path) {
+        std::ifstream in("/proc/" + std::to_string(s.pid) + "/maps");
+        std::string line;
+        int n = 0;
+        while (std::getline(in, line)) {
+            n += line.ends_with(path);
+        }
+        return n;
+    };
+    // Whether `path` is mapped no more within 5 s.
+    auto let_go = [&](const std::string& path) {
+        for (int i = 0; i < 500 && mapped(path); ++i) {
+            std::this_thread::sleep_for(10ms);
+        }
+        return mapped(path) == 0;
+    };
+    post(c, "/llmos/v1/models", {{"name", "m"}, {"path", a}}, 201);
+    post(c, "/v1/completions", {{"model", "m"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
+    ASSERT_GT(mapped(a), 0);
+    // Swapped while its worker idles: the old file goes.
+    post(c, "/llmos/v1/models/m/swap", {{"path", b}}, 200);
+    EXPECT_TRUE(let_go(a)) << "the swapped-out model is still mapped";
+    post(c, "/v1/completions", {{"model", "m"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
+    EXPECT_GT(mapped(b), 0);
+    EXPECT_EQ(c.Delete("/llmos/v1/models/m")->status, 200);
+    EXPECT_TRUE(let_go(b)) << "the unloaded model is still mapped";
+    // The other model still serves.
+    post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
+}
+
 TEST_F(llmosd_test, sigterm_drains_the_requests_in_flight) {
     // 3000 tokens: a quarter of a second optimized (llmosd looks for the
     // signal every 50 ms), 10 s under TSan; the drain waits longer.
@@ -1079,6 +1116,170 @@ TEST_F(llmosd_test, a_non_streaming_client_that_goes_away_cancels_its_request_to
     }
     auto c = s.client();
     expect_one_request_cancelled_early(c, 60000);
+}
+
+TEST_F(llmosd_test, a_non_streaming_client_on_a_unix_socket_that_goes_away_cancels_it) {
+    // On a unix socket there are no ports to tell connections by: the
+    // request's own connection is watched.
+    llmos::testing::llmosd_process p(llmos::testing::llmosd_bin, _dir,
+                                     {"--model", "tiny=" + tiny, "--ctx", "65536"},
+                                     _dir + "/llmosd.sock");
+    ASSERT_TRUE(p.ready()) << p.log();
+    auto unix_client = [&] {
+        httplib::Client c(p.unix_path, 80);
+        c.set_address_family(AF_UNIX);
+        return c;
+    };
+    {
+        auto impatient = unix_client();
+        impatient.set_read_timeout(0, 150000);
+        auto r = impatient.Post("/v1/completions",
+                                json{{"model", "tiny"},
+                                     {"prompt", "Hello world"},
+                                     {"max_tokens", 60000},
+                                     {"temperature", 0}}
+                                    .dump(),
+                                "application/json");
+        EXPECT_FALSE(r) << "it answered within 150 ms?";
+    }
+    auto c = unix_client();
+    c.set_read_timeout(60, 0);
+    expect_one_request_cancelled_early(c, 60000);
+}
+
+// A connection of its own to llmosd on `port`: bytes go out as the test
+// says, what comes back is read until the server closes (or 10 s).
+class raw_conn {
+public:
+    explicit raw_conn(int port)
+        : _fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(static_cast<uint16_t>(port));
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (_fd < 0 || ::connect(_fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+            ADD_FAILURE() << "cannot connect to llmosd on port " << port;
+        }
+    }
+    ~raw_conn() { ::close(_fd); }
+    raw_conn(const raw_conn&) = delete;
+    raw_conn& operator=(const raw_conn&) = delete;
+    /// False once the server no longer takes bytes.
+    bool send(const std::string& b) {
+        return ::send(_fd, b.data(), b.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(b.size());
+    }
+    /// Everything until the server closes; `closed` says whether it did.
+    std::string rest(bool* closed = nullptr) {
+        std::string out;
+        bool end = false;
+        for (auto until = std::chrono::steady_clock::now() + 10s;
+             !end && std::chrono::steady_clock::now() < until;) {
+            pollfd p{_fd, POLLIN, 0};
+            if (::poll(&p, 1, 50) <= 0) {
+                continue;
+            }
+            char buf[4096];
+            const ssize_t n = ::recv(_fd, buf, sizeof buf, 0);
+            end = n <= 0;
+            out.append(buf, n > 0 ? static_cast<size_t>(n) : 0);
+        }
+        if (closed) {
+            *closed = end;
+        }
+        return out;
+    }
+
+private:
+    int _fd;
+};
+
+TEST_F(llmosd_test, a_request_s_headers_are_bounded_in_size_and_time) {
+    server s(_dir, {"--header-timeout", "1"});
+    ASSERT_GT(s.port, 0) << s.log();
+    {
+        // Header lines without end: refused at 64 KiB, not kept in memory.
+        raw_conn c(s.port);
+        c.send("GET /health HTTP/1.1\r\nHost: llmosd\r\n");
+        size_t sent = 0;
+        while (sent < (64u << 20) && c.send("X-Filler: " + std::string(1000, 'a') + "\r\n")) {
+            sent += 1012;
+        }
+        bool closed = false;
+        const std::string r = c.rest(&closed);
+        EXPECT_TRUE(r.starts_with("HTTP/1.1 431 ")) << r.substr(0, 200);
+        EXPECT_NE(r.find("headers_too_large"), std::string::npos) << r;
+        EXPECT_TRUE(closed);
+        EXPECT_LT(sent, 64u << 20) << "it kept taking header lines";
+    }
+    {
+        // Headers that trickle: 408 after --header-timeout, whatever comes.
+        raw_conn c(s.port);
+        const auto t0 = std::chrono::steady_clock::now();
+        c.send("GET /health HTTP/1.1\r\n");
+        for (int i = 0; i < 12 && c.send("X: y\r\n"); ++i) {
+            std::this_thread::sleep_for(250ms);
+        }
+        bool closed = false;
+        const std::string r = c.rest(&closed);
+        const auto took = std::chrono::steady_clock::now() - t0;
+        EXPECT_TRUE(r.starts_with("HTTP/1.1 408 ")) << r.substr(0, 200);
+        EXPECT_NE(r.find("request_timeout"), std::string::npos) << r;
+        EXPECT_TRUE(closed);
+        EXPECT_LT(took, 5s) << "it waited for more than --header-timeout";
+    }
+    // Headers near the limit are served (httplib takes lines of 8 KiB).
+    raw_conn c(s.port);
+    std::string big = "GET /health HTTP/1.1\r\nHost: llmosd\r\nConnection: close\r\n";
+    for (int i = 0; i < 7; ++i) {
+        big += "X-Big-" + std::to_string(i) + ": " + std::string(8000, 'b') + "\r\n";
+    }
+    c.send(big + "\r\n");
+    const std::string r = c.rest();
+    EXPECT_TRUE(r.starts_with("HTTP/1.1 200 ")) << r.substr(0, 300);
+}
+
+TEST_F(llmosd_test, pipelined_requests_are_answered_in_order) {
+    server s(_dir);
+    ASSERT_GT(s.port, 0) << s.log();
+    raw_conn c(s.port);
+    const json body = {
+        {"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 4}, {"temperature", 0}};
+    const std::string b = body.dump();
+    // Three requests in one write: the second's bytes come with the first's.
+    c.send("GET /health HTTP/1.1\r\nHost: llmosd\r\n\r\n"
+           "POST /v1/completions HTTP/1.1\r\nHost: llmosd\r\nContent-Type: application/json\r\n"
+           "Content-Length: " +
+           std::to_string(b.size()) + "\r\n\r\n" + b +
+           "GET /v1/models HTTP/1.1\r\nHost: llmosd\r\nConnection: close\r\n\r\n");
+    const std::string r = c.rest();
+    const auto first = r.find("\"status\":\"ok\"");
+    const auto second = r.find("\"text_completion\"");
+    const auto third = r.find("\"object\":\"list\"");
+    EXPECT_NE(first, std::string::npos) << r;
+    EXPECT_NE(second, std::string::npos) << r;
+    EXPECT_NE(third, std::string::npos) << r;
+    EXPECT_LT(first, second);
+    EXPECT_LT(second, third);
+}
+
+TEST_F(llmosd_test, sigterm_does_not_wait_for_a_client_that_trickles) {
+    server s(_dir, {"--drain-timeout", "1"});
+    ASSERT_GT(s.port, 0) << s.log();
+    raw_conn c(s.port);
+    std::atomic<bool> done{false};
+    std::thread t([&] {
+        // A byte every 200 ms: each read is well within its time.
+        c.send("GET /health HTTP/1.1\r\n");
+        while (!done && c.send("X")) {
+            std::this_thread::sleep_for(200ms);
+        }
+    });
+    std::this_thread::sleep_for(500ms);
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(s.stop(), 0) << s.log();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << "it waited for the trickle";
+    done = true;
+    t.join();
 }
 
 TEST_F(llmosd_test, the_activations_option_is_checked_and_served) {

@@ -18,7 +18,8 @@ namespace llmosd {
 /// when one is needed, up to `most`; a thread idle for a while leaves
 /// (down to `keep`). httplib holds a connection's thread for as long as
 /// the connection is open: idle between keep-alive requests (up to 5 s),
-/// or while its request trickles in (up to 30 s a read). With a fixed
+/// or while its request trickles in (its headers up to --header-timeout,
+/// its body up to 30 s a read). With a fixed
 /// pool, that many idle or slow clients would keep every other client
 /// waiting; here it takes `most` of them.
 class connection_pool final : public httplib::TaskQueue {

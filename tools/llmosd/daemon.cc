@@ -80,6 +80,7 @@ public:
             return llmos::engine_status::bad_input;
         }
         std::memcpy(&h, s.prompt.data(), sizeof(h));
+        idle();
         auto it = _engines.find(h.model);
         if (it == _engines.end()) {
             auto m = _d.model_by_id(h.model);
@@ -130,6 +131,13 @@ public:
         if (--it->second.users == 0 && !_d.model_by_id(it->first)) {
             _engines.erase(it); // its model was swapped out or unloaded
         }
+    }
+
+    // The engines (weights, device memory) of models swapped out or
+    // unloaded that serve nothing here go.
+    void idle() noexcept override {
+        std::erase_if(_engines,
+                      [&](const auto& e) { return !e.second.users && !_d.model_by_id(e.first); });
     }
 
 private:
@@ -550,8 +558,11 @@ std::shared_ptr<model_entry> daemon::swap_model(const std::string& name, const s
     }
     // Requests in flight on the old file finish there; then it goes.
     wait_for_none(old->in_flight, _o.request_timeout);
-    std::unique_lock lk(_models_m);
-    _by_id.erase(old->id);
+    {
+        std::unique_lock lk(_models_m);
+        _by_id.erase(old->id);
+    }
+    let_go_of_models();
     return m;
 }
 
@@ -568,8 +579,19 @@ void daemon::unload_model(const std::string& name) {
         _models.erase(it);
     }
     wait_for_none(old->in_flight, _o.request_timeout);
-    std::unique_lock lk(_models_m);
-    _by_id.erase(old->id);
+    {
+        std::unique_lock lk(_models_m);
+        _by_id.erase(old->id);
+    }
+    let_go_of_models();
+}
+
+void daemon::let_go_of_models() {
+    // Each worker holds the engines of the models it served: those of
+    // models gone go on its thread, when it idles.
+    if (_pool) {
+        _pool->poke();
+    }
 }
 
 void daemon::check_session_owner(const std::string& session, const llmos::mindspace& ms,

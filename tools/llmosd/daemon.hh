@@ -49,6 +49,7 @@ struct options {
     uint32_t max_queue = 64;         ///< requests in flight before 429
     uint32_t max_connections = 1024; ///< HTTP connections served at once (a thread each)
     size_t max_body = 1 << 20;
+    std::chrono::seconds header_timeout{30}; ///< a request's line and headers
     std::chrono::seconds request_timeout{300};
     std::string api_key_file;
     /// Where models run: "cpu", "cuda" / "cuda:N" (refused with the
@@ -225,6 +226,8 @@ public:
     uint32_t in_flight() const noexcept { return _in_flight.load(); }
 
 private:
+    /// Has the workers drop the engines of models no longer served.
+    void let_go_of_models();
     std::shared_ptr<model_entry> open_model(const std::string& name, const std::string& path);
     /// 403 when API keys are in use and `ms` holds another tenant's session.
     void check_session_owner(const std::string& session, const llmos::mindspace& ms,

@@ -189,19 +189,6 @@ int find_fd(const std::function<bool(int)>& match) {
     return found;
 }
 
-// The socket of `req`'s connection: the one whose two ends are the
-// request's addresses; -1 if not found.
-int connection_fd(const httplib::Request& req) {
-    return find_fd([&](int fd) {
-        sockaddr_storage peer{}, self{};
-        socklen_t pl = sizeof(peer), sl = sizeof(self);
-        return ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) == 0 &&
-               ::getsockname(fd, reinterpret_cast<sockaddr*>(&self), &sl) == 0 &&
-               port_of(reinterpret_cast<const sockaddr*>(&peer)) == req.remote_port &&
-               port_of(reinterpret_cast<const sockaddr*>(&self)) == req.local_port;
-    });
-}
-
 // Is the other end still connected? (A closed peer makes the socket
 // readable with nothing to read, or reports a hang-up.)
 bool peer_still_there(int fd) {
@@ -222,7 +209,8 @@ bool peer_still_there(int fd) {
 } // namespace
 
 http_server::http_server(daemon& d)
-    : _d(d) {
+    : _d(d)
+    , _svr({.header_time = d.opts().header_timeout}) {
     _svr.set_payload_max_length(d.opts().max_body);
     // A thread per open connection, up to --max-connections: httplib's
     // fixed pool (max(8, CPUs - 1) by default) would make requests beyond
@@ -240,6 +228,16 @@ http_server::http_server(daemon& d)
     // requests) as OpenAI error objects.
     _svr.set_error_handler([](const httplib::Request&, httplib::Response& res) {
         if (!res.body.empty() || res.content_provider_) { // ours, from send_error()
+            return;
+        }
+        // Headers refused as they came (too large, too slow): httplib
+        // calls that a 400.
+        if (auto r = connection_server::current_refusal(); r.status) {
+            res.status = r.status;
+            res.set_header("Connection", "close");
+            res.set_content(
+                to_text(error_body({r.status, r.message, "invalid_request_error", "", r.code})),
+                "application/json");
             return;
         }
         api_error e{res.status, "", "invalid_request_error", "", ""};
@@ -578,7 +576,7 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res,
         try {
             // Nothing is sent until the end: watch the connection itself
             // to notice a client that goes away.
-            int fd = connection_fd(req);
+            const int fd = connection_server::current_fd();
             auto last = std::chrono::steady_clock::now();
             o = _d.run(
                 j, tenant,
@@ -729,6 +727,9 @@ bool http_server::serve() {
 
 void http_server::stop() {
     _svr.stop();
+    // Connections idle, or whose request trickles in, end now (the
+    // requests in flight were drained): the server's threads are joined.
+    _svr.shut_connections();
 }
 
 } // namespace llmosd

@@ -4,6 +4,7 @@
 // /health, /metrics, and /llmos/v1/models for model management.
 #pragma once
 
+#include "conn.hh"
 #include "conn_pool.hh"
 #include "daemon.hh"
 
@@ -45,7 +46,7 @@ private:
                                                              bool need_name);
 
     daemon& _d;
-    httplib::Server _svr;
+    connection_server _svr;
     std::atomic<connection_pool*> _pool{nullptr}; ///< _svr's, while it listens
 };
 

@@ -103,6 +103,11 @@ int main(int argc, char** argv) {
                        "(default: 1024, or --max-queue + 32 when that is more)")
             ->check(CLI::Range(8u, 65536u));
     app.add_option("--max-body", o.max_body, "largest request body, bytes")->capture_default_str();
+    uint32_t header_timeout_s = 30;
+    app.add_option("--header-timeout", header_timeout_s,
+                   "longest a request's line and headers may take to arrive, seconds")
+        ->check(CLI::Range(1u, 3600u))
+        ->capture_default_str();
     uint32_t timeout_s = 300;
     app.add_option("--timeout", timeout_s, "longest a request may take, seconds")
         ->capture_default_str();
@@ -112,6 +117,7 @@ int main(int argc, char** argv) {
                    "require API keys: one per line, optionally followed by its tenant number");
     CLI11_PARSE(app, argc, argv);
     o.request_timeout = std::chrono::seconds(timeout_s);
+    o.header_timeout = std::chrono::seconds(header_timeout_s);
     o.activations = activations == "int8x2" ? llmos::engine::act_precision::int8x2
                                             : llmos::engine::act_precision::int8;
     for (auto& m : models) {

@@ -137,6 +137,14 @@ void worker_pool::wake_all() {
     }
 }
 
+void worker_pool::poke() {
+    _pokes.fetch_add(1);
+    std::lock_guard lk(_loops_m);
+    for (auto* l : _loops) {
+        ring_doorbell(l->bell());
+    }
+}
+
 void worker_pool::drain() {
     state s = state::running;
     _state.compare_exchange_strong(s, state::draining);
@@ -183,7 +191,10 @@ struct worker_pool::slot {
 // stop() wake the loop; then the wait is cancelled (ECANCELED), and what
 // was taken meanwhile still comes back here.
 result<std::vector<request_desc>> worker_pool::wait_for_work(sched_worker& w, event_loop* loop,
-                                                             uint32_t max) {
+                                                             uint32_t max,
+                                                             inference_engine& engine) {
+    uint64_t pokes = _pokes.load();
+    engine.idle();
     if (!loop) {
         return w.dispatch(max, wait_for::at_most(50ms));
     }
@@ -194,6 +205,10 @@ result<std::vector<request_desc>> worker_pool::wait_for_work(sched_worker& w, ev
     while (!got) {
         if (_state.load() != state::running && w.dispatch_pending()) {
             w.cancel_dispatch();
+        }
+        if (const uint64_t now = _pokes.load(); now != pokes) {
+            pokes = now;
+            engine.idle();
         }
         if (!got) {
             loop->run_once();
@@ -379,7 +394,7 @@ void worker_pool::run_worker(unsigned i) {
             uint32_t free = std::min<uint32_t>(_o.slots - static_cast<uint32_t>(active.size()),
                                                LLMOS_MAX_DISPATCH);
             if (free && st == state::running) {
-                auto got = active.empty() ? wait_for_work(w, loop.get(), free)
+                auto got = active.empty() ? wait_for_work(w, loop.get(), free, *engine)
                                           : w.dispatch(free, wait_for::none());
                 if (got) {
                     for (auto& d : *got) {

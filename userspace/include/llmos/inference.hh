@@ -60,6 +60,11 @@ public:
     /// Frees what the engine holds for `s` (done, failed or given back).
     /// Never throws.
     virtual void release(sequence& s) noexcept = 0;
+
+    /// The worker has nothing to run: called on its thread before it
+    /// waits for work, and while it waits when worker_pool::poke() wakes
+    /// it. An engine lets go of what it no longer needs. Never throws.
+    virtual void idle() noexcept {}
 };
 
 } // namespace llmos

@@ -125,6 +125,10 @@ public:
     void drain();
     /// Gives back what the workers hold and joins them.
     void stop();
+    /// Has every worker call its engine's idle() soon: at once if it
+    /// waits for work, else when it next does (something its engines
+    /// used, a model, is gone). Any thread.
+    void poke();
 
     size_t size() const noexcept { return _infos.size(); }
     /// Worker `i`'s setup and counters (stable while the pool lives; setup
@@ -141,13 +145,14 @@ private:
     void setup_thread(unsigned i);
     void join();
     void wake_all();
-    result<std::vector<request_desc>> wait_for_work(sched_worker& w, event_loop* loop,
-                                                    uint32_t max);
+    result<std::vector<request_desc>> wait_for_work(sched_worker& w, event_loop* loop, uint32_t max,
+                                                    inference_engine& engine);
 
     const device& _dev;
     worker_pool_options _o;
     std::atomic<state> _state{state::running};
     std::atomic<size_t> _ready{0};
+    std::atomic<uint64_t> _pokes{0};
     std::vector<std::unique_ptr<worker_info>> _infos;
     std::vector<std::thread> _threads;
     std::mutex _loops_m;             // _loops

@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: MIT
+#include "conn.hh"
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace llmosd {
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+int poll_ms(milliseconds d) {
+    return static_cast<int>(std::clamp<milliseconds::rep>(d.count(), 0, INT_MAX));
+}
+
+// poll() one event on `fd` for up to `d`: its revents, 0 on a timeout or
+// an error.
+short wait_for(int fd, short events, milliseconds d) {
+    pollfd p{fd, events, 0};
+    int r;
+    do {
+        r = ::poll(&p, 1, poll_ms(d));
+    } while (r < 0 && errno == EINTR);
+    return r > 0 ? p.revents : 0;
+}
+
+milliseconds to_ms(time_t sec, time_t usec) {
+    return milliseconds(sec * 1000 + usec / 1000);
+}
+
+// One connection's bytes, buffered: what is read past a request (the next
+// one, pipelined) stays for it. While a request's line and headers come,
+// their bytes are counted and timed; a request past either limit is
+// refused (and the connection closes after the answer).
+class conn_stream final : public httplib::Stream {
+public:
+    conn_stream(int fd, milliseconds read_t, milliseconds write_t,
+                const connection_server::limits& l)
+        : _fd(fd)
+        , _read_t(read_t)
+        , _write_t(write_t)
+        , _l(l) {}
+
+    int fd() const noexcept { return _fd; }
+    const connection_server::refusal& refused() const noexcept { return _refusal; }
+
+    /// Waits up to `idle` for a request to start (bytes buffered or
+    /// arriving, or the peer's end); false when none came or `stopping`.
+    template <typename Stop>
+    bool wait_request(milliseconds idle, Stop stopping) {
+        if (_pos < _len) {
+            return true;
+        }
+        for (auto until = steady::now() + idle; !stopping();) {
+            const auto left = std::chrono::duration_cast<milliseconds>(until - steady::now());
+            if (left <= milliseconds(0)) {
+                return false;
+            }
+            if (wait_for(_fd, POLLIN, std::min(left, milliseconds(100)))) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /// A request starts: its line and headers are counted from here.
+    void begin_request() {
+        _in_headers = true;
+        _header_bytes = 0;
+        _deadline = steady::now() + _l.header_time;
+        _t1 = _t2 = 0;
+    }
+
+    bool is_readable() const override { return _pos < _len || wait_for(_fd, POLLIN, _read_t) != 0; }
+
+    bool is_writable() const override {
+        const short r = wait_for(_fd, POLLOUT, _write_t);
+        return (r & POLLOUT) && !(r & (POLLERR | POLLHUP)) && peer_there();
+    }
+
+    ssize_t read(char* ptr, size_t size) override {
+        if (_refusal.status) { // nothing more is read from this connection
+            return -1;
+        }
+        if (_pos == _len) {
+            const ssize_t got = fill();
+            if (got <= 0) {
+                return got;
+            }
+        }
+        size_t n = std::min(size, _len - _pos);
+        if (_in_headers) {
+            // The headers end with an empty line: "\n\r\n" (httplib skips
+            // lines that do not end in CRLF).
+            for (size_t i = 0; i < n; ++i) {
+                if (++_header_bytes > _l.header_bytes) {
+                    _refusal = {431,
+                                "the request line and headers are larger than this server "
+                                "accepts (" +
+                                    std::to_string(_l.header_bytes) + " bytes)",
+                                "headers_too_large"};
+                    return -1;
+                }
+                const char c = _buf[_pos + i];
+                if (_t1 == '\n' && _t2 == '\r' && c == '\n') {
+                    _in_headers = false;
+                    n = i + 1;
+                    break;
+                }
+                _t1 = _t2;
+                _t2 = c;
+            }
+        }
+        std::memcpy(ptr, _buf + _pos, n);
+        _pos += n;
+        return static_cast<ssize_t>(n);
+    }
+
+    ssize_t write(const char* ptr, size_t size) override {
+        if (!is_writable()) {
+            return -1;
+        }
+        ssize_t r;
+        do {
+            r = ::send(_fd, ptr, size, MSG_NOSIGNAL);
+        } while (r < 0 && errno == EINTR);
+        return r;
+    }
+
+    void get_remote_ip_and_port(std::string& ip, int& port) const override {
+        address(true, ip, port);
+    }
+    void get_local_ip_and_port(std::string& ip, int& port) const override {
+        address(false, ip, port);
+    }
+    socket_t socket() const override { return _fd; }
+
+private:
+    // Reads what has come into the buffer: bytes read, 0 at the peer's
+    // end, -1 on a timeout (a request's headers past their time: refused)
+    // or an error.
+    ssize_t fill() {
+        milliseconds wait = _read_t;
+        bool by_deadline = false;
+        if (_in_headers) {
+            const auto left = std::chrono::ceil<milliseconds>(_deadline - steady::now());
+            by_deadline = left <= wait;
+            wait = std::min(wait, left);
+        }
+        if (!wait_for(_fd, POLLIN, wait)) {
+            if (by_deadline) {
+                _refusal = {408,
+                            "the request line and headers did not arrive within " +
+                                std::to_string(_l.header_time.count()) + " s",
+                            "request_timeout"};
+            }
+            return -1;
+        }
+        ssize_t got;
+        do {
+            got = ::recv(_fd, _buf, sizeof(_buf), 0);
+        } while (got < 0 && errno == EINTR);
+        if (got > 0) {
+            _pos = 0;
+            _len = static_cast<size_t>(got);
+        }
+        return got < 0 ? -1 : got;
+    }
+
+    // Whether the peer has not gone (it may have sent more: still there).
+    bool peer_there() const {
+        const short r = wait_for(_fd, POLLIN, milliseconds(0));
+        if (r & POLLERR) {
+            return false;
+        }
+        if (!(r & (POLLIN | POLLHUP))) {
+            return true;
+        }
+        char c;
+        return ::recv(_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 0;
+    }
+
+    // Like httplib: numeric host and port; on a unix socket, the peer's
+    // pid as its port.
+    void address(bool peer, std::string& ip, int& port) const {
+        sockaddr_storage ss{};
+        socklen_t len = sizeof(ss);
+        auto* sa = reinterpret_cast<sockaddr*>(&ss);
+        if ((peer ? ::getpeername(_fd, sa, &len) : ::getsockname(_fd, sa, &len)) != 0) {
+            return;
+        }
+        if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+            char host[NI_MAXHOST];
+            if (::getnameinfo(sa, len, host, sizeof(host), nullptr, 0, NI_NUMERICHOST) == 0) {
+                ip = host;
+            }
+            port = ntohs(ss.ss_family == AF_INET
+                             ? reinterpret_cast<const sockaddr_in*>(sa)->sin_port
+                             : reinterpret_cast<const sockaddr_in6*>(sa)->sin6_port);
+        } else if (ss.ss_family == AF_UNIX && peer) {
+            ucred cred{};
+            socklen_t cl = sizeof(cred);
+            if (::getsockopt(_fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+                port = cred.pid;
+            }
+        }
+    }
+
+    const int _fd;
+    const milliseconds _read_t, _write_t;
+    const connection_server::limits& _l;
+    char _buf[16384];
+    size_t _pos = 0, _len = 0;
+    bool _in_headers = false;
+    size_t _header_bytes = 0;
+    steady::time_point _deadline;
+    char _t1 = 0, _t2 = 0; ///< the last two header bytes
+    connection_server::refusal _refusal;
+};
+
+thread_local const conn_stream* t_stream = nullptr;
+
+} // namespace
+
+int connection_server::current_fd() noexcept {
+    return t_stream ? t_stream->fd() : -1;
+}
+
+connection_server::refusal connection_server::current_refusal() noexcept {
+    return t_stream ? t_stream->refused() : refusal{};
+}
+
+void connection_server::shut_connections() {
+    std::lock_guard lk(_m);
+    for (int fd : _open) {
+        ::shutdown(fd, SHUT_RDWR);
+    }
+}
+
+size_t connection_server::open_connections() const {
+    std::lock_guard lk(_m);
+    return _open.size();
+}
+
+bool connection_server::process_and_close_socket(socket_t sock) {
+    {
+        std::lock_guard lk(_m);
+        _open.insert(sock);
+    }
+    conn_stream strm(sock, to_ms(read_timeout_sec_, read_timeout_usec_),
+                     to_ms(write_timeout_sec_, write_timeout_usec_), _l);
+    t_stream = &strm;
+    bool ret = false;
+    auto stopping = [this] { return svr_sock_ == INVALID_SOCKET; };
+    for (size_t left = keep_alive_max_count_;
+         left > 0 && strm.wait_request(std::chrono::seconds(keep_alive_timeout_sec_), stopping);
+         --left) {
+        bool closed = false;
+        strm.begin_request();
+        ret = process_request(strm, left == 1, closed, nullptr);
+        if (!ret || closed || strm.refused().status) {
+            break;
+        }
+    }
+    t_stream = nullptr;
+    if (strm.refused().status) {
+        // Its answer out first: closed with the client's bytes unread, the
+        // connection would be reset and the answer could be lost. What
+        // still comes is read and dropped: a second and a MiB at most.
+        ::shutdown(sock, SHUT_WR);
+        const auto until = steady::now() + std::chrono::seconds(1);
+        char sink[16384];
+        ssize_t got = 0;
+        for (size_t dropped = 0; dropped < (1u << 20); dropped += static_cast<size_t>(got)) {
+            const auto left = std::chrono::ceil<milliseconds>(until - steady::now());
+            if (left <= milliseconds(0) || !wait_for(sock, POLLIN, left) ||
+                (got = ::recv(sock, sink, sizeof(sink), MSG_DONTWAIT)) <= 0) {
+                break;
+            }
+        }
+    }
+    {
+        // Out of the set before it is closed: shut_connections() never
+        // reaches a descriptor number used again.
+        std::lock_guard lk(_m);
+        _open.erase(sock);
+    }
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+    return ret;
+}
+
+} // namespace llmosd
