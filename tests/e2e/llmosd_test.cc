@@ -5,6 +5,7 @@
 // endpoint, SSE framing, error objects and status codes, sessions across a
 // restart, client disconnects, overload, API keys, model management and a
 // graceful shutdown.
+#include "../support/generated_model.hh"
 #include "../support/llmosd_process.hh"
 #include "../support/paths.hh"
 #include "conn_pool.hh"
@@ -435,6 +436,12 @@ TEST_F(llmosd_test, bad_requests_get_openai_errors_with_the_right_status) {
     chat = post(c, "/v1/chat/completions",
                 {{"model", "tiny"}, {"messages", {{{"role", "robot"}, {"content", "x"}}}}}, 400);
     expect_error(chat, "invalid_request_error", "messages[0].role");
+    // A content part whose type is not a string: the client's mistake.
+    chat = post(c, "/v1/chat/completions",
+                {{"model", "tiny"},
+                 {"messages", {{{"role", "user"}, {"content", {{{"type", 1}, {"text", "x"}}}}}}}},
+                400);
+    expect_error(chat, "invalid_request_error", "messages[0].content");
     // Larger than --max-body.
     r = raw(json{{"model", "tiny"}, {"prompt", std::string(8000, 'a')}}.dump());
     EXPECT_EQ(r->status, 413);
@@ -459,6 +466,46 @@ TEST_F(llmosd_test, bad_requests_get_openai_errors_with_the_right_status) {
              400);
     EXPECT_EQ(j["error"]["code"], "context_length_exceeded");
     post(cb, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
+}
+
+TEST_F(llmosd_test, every_64_bit_seed_is_a_seed_of_its_own) {
+    server s(_dir);
+    auto c = s.client();
+    auto text = [&](json seed) {
+        json body = {{"model", "tiny"},  {"prompt", "Hello world"},
+                     {"max_tokens", 24}, {"temperature", 1.0},
+                     {"top_k", 0},       {"top_p", 1.0},
+                     {"min_p", 0.0},     {"seed", seed}};
+        return post(c, "/v1/completions", body, 200)["choices"][0]["text"].get<std::string>();
+    };
+    const std::string a = text(INT64_MAX), b = text(uint64_t{1} << 63), d = text(UINT64_MAX);
+    EXPECT_EQ(a, text(INT64_MAX)) << "a seed gives the same text again";
+    EXPECT_EQ(d, text(-1)) << "-1 and 2^64 - 1 are one seed";
+    EXPECT_NE(a, b);
+    EXPECT_NE(b, d);
+}
+
+TEST_F(llmosd_test, a_prompt_of_no_tokens_is_the_client_s_mistake) {
+    // A model that adds no BOS (qwen2's vocabulary), and one whose chat
+    // template renders a lone system message as nothing (llama2's).
+    std::string why;
+    const std::string qwen = llmos::testing::generated_model(
+        "qwen", "--preset tiny --arch qwen2 --vocab bpe --n-ctx 512", why);
+    ASSERT_FALSE(qwen.empty()) << why;
+    const std::string spm = llmos::testing::generated_model("spm", "--preset tiny", why);
+    ASSERT_FALSE(spm.empty()) << why;
+    server s(_dir, {"--model", "qwen=" + qwen, "--model", "spm=" + spm});
+    auto c = s.client();
+    auto j = post(c, "/v1/completions", {{"model", "qwen"}, {"prompt", ""}}, 400);
+    expect_error(j, "invalid_request_error", "prompt");
+    EXPECT_EQ(j["error"]["code"], "empty_prompt");
+    j = post(c, "/v1/chat/completions",
+             {{"model", "spm"}, {"messages", {{{"role", "system"}, {"content", "Be brief."}}}}},
+             400);
+    expect_error(j, "invalid_request_error", "messages");
+    EXPECT_EQ(j["error"]["code"], "empty_prompt");
+    const std::string m = c.Get("/metrics")->body;
+    EXPECT_EQ(metric(m, "llmosd_requests_failed_total"), 0) << m;
 }
 
 TEST_F(llmosd_test, a_session_keeps_its_conversation_across_a_restart) {
@@ -511,6 +558,51 @@ TEST_F(llmosd_test, a_session_keeps_its_conversation_across_a_restart) {
     EXPECT_EQ(again["choices"][0]["message"]["content"], reply1);
     EXPECT_LT(again["usage"]["prompt_tokens"], r2["usage"]["prompt_tokens"])
         << "a fresh conversation";
+}
+
+TEST_F(llmosd_test, a_session_goes_on_only_as_the_kind_it_began_as) {
+    server s(_dir);
+    auto c = s.client();
+    const json chat = {{"model", "tiny"},
+                       {"session", "c"},
+                       {"messages", {{{"role", "user"}, {"content", "Hello world"}}}},
+                       {"max_tokens", 2},
+                       {"temperature", 0}};
+    const json completion = {{"model", "tiny"},
+                             {"session", "t"},
+                             {"prompt", "abc"},
+                             {"max_tokens", 2},
+                             {"temperature", 0}};
+    post(c, "/v1/chat/completions", chat, 200);
+    post(c, "/v1/completions", completion, 200);
+    // The other kind is refused, saying which the session is; nothing changes.
+    json wrong = completion;
+    wrong["session"] = "c";
+    auto r = post(c, "/v1/completions", wrong, 409);
+    expect_error(r, "invalid_request_error", "session");
+    EXPECT_EQ(r["error"]["code"], "session_kind");
+    EXPECT_NE(r["error"]["message"].get<std::string>().find("chat's conversation"),
+              std::string::npos)
+        << r;
+    wrong = chat;
+    wrong["session"] = "t";
+    r = post(c, "/v1/chat/completions", wrong, 409);
+    EXPECT_EQ(r["error"]["code"], "session_kind");
+    // Each goes on as it began (the chat's prompt holds its first turn).
+    auto more = post(c, "/v1/chat/completions", chat, 200);
+    auto alone = post(c, "/v1/chat/completions",
+                      json{{"model", "tiny"},
+                           {"messages", chat["messages"]},
+                           {"max_tokens", 2},
+                           {"temperature", 0}},
+                      200);
+    EXPECT_GT(more["usage"]["prompt_tokens"], alone["usage"]["prompt_tokens"]);
+    post(c, "/v1/completions", completion, 200);
+    // Ended, a session may begin as the other kind.
+    EXPECT_EQ(c.Delete("/llmos/v1/sessions/t")->status, 200);
+    wrong = chat;
+    wrong["session"] = "t";
+    post(c, "/v1/chat/completions", wrong, 200);
 }
 
 // The session's layout, as a function of --ctx and of its header.

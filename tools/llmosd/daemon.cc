@@ -958,9 +958,27 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                                 j.session + " starts it over",
                             "invalid_request_error", "session", "session_full"};
         }
+        // A chat's conversation goes on only as a chat, a completion's
+        // only as a completion.
+        const uint32_t kind = h ? h->flags & (session::chat_text | session::completion_text) : 0;
+        if (!stored_text.empty() && kind && (kind == session::chat_text) != j.chat) {
+            throw api_error{409,
+                            "the session '" + j.session + "' holds a " +
+                                (j.chat ? "completion's text" : "chat's conversation") +
+                                ": continue it with " +
+                                (j.chat ? "/v1/completions" : "/v1/chat/completions") +
+                                ", or DELETE /llmos/v1/sessions/" + j.session + " to start it over",
+                            "invalid_request_error", "session", "session_kind"};
+        }
         if (j.chat && !stored_text.empty()) {
             stored = json::parse(stored_text, nullptr, false);
-            if (!stored.is_array()) {
+            // Messages, each a role and a content; else no conversation.
+            const bool messages =
+                stored.is_array() && std::all_of(stored.begin(), stored.end(), [](const json& m) {
+                    return m.is_object() && m.contains("role") && m["role"].is_string() &&
+                           m.contains("content") && m["content"].is_string();
+                });
+            if (!messages) {
                 stored = json::array();
             }
         }
@@ -1003,6 +1021,13 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         j.session.empty() ? ""
                           : " (with the session's conversation; DELETE /llmos/v1/sessions/" +
                                 j.session + " starts it over)";
+    if (prompt_tokens.empty()) {
+        // Nothing to continue from (an empty prompt, a model without BOS).
+        throw api_error{400,
+                        std::string("the ") + (j.chat ? "chat renders" : "prompt is") +
+                            " to no tokens: there is nothing to continue from",
+                        "invalid_request_error", j.chat ? "messages" : "prompt", "empty_prompt"};
+    }
     if (prompt_tokens.size() >= _o.ctx) {
         throw api_error{400,
                         "the prompt is " + std::to_string(prompt_tokens.size()) + " tokens" +
@@ -1242,13 +1267,13 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
         conv.push_back({"assistant", out.text});
         const std::string keep = j.chat ? conversation_json(conv) : s.text + out.text;
         const auto h = session::read(map->bytes());
-        uint32_t flags = 0;
+        uint32_t flags = j.chat ? session::chat_text : session::completion_text;
         if (keep.size() <= s.lay.text_cap) {
             std::memcpy(map->data() + session::text_off, keep.data(), keep.size());
         } else {
             // Not kept: the next turn would not follow what the client saw,
             // so it is refused, saying why (session_full).
-            flags = session::overflowed;
+            flags |= session::overflowed;
             _metrics.session_overflows.fetch_add(1);
             std::fprintf(stderr,
                          "llmosd: session '%s': the conversation (%zu bytes) outgrew its store "
@@ -1257,7 +1282,9 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                          static_cast<unsigned long long>(s.lay.text_cap));
         }
         const bool before = h && session::model_of(*h) == j.model; // this model's turns
-        const uint64_t len = !flags ? keep.size() : before ? h->text_len : 0;
+        const uint64_t len = !(flags & session::overflowed) ? keep.size()
+                             : before                       ? h->text_len
+                                                            : 0;
         const auto nh = session::make(s.tenant, j.model, len, s.lay, s.kv_bytes, flags);
         std::memcpy(map->data(), &nh, sizeof(nh));
     }

@@ -169,7 +169,7 @@ job parse_job(const std::string& body, bool chat) {
             } else if (content && content->is_array()) {
                 // [{"type": "text", "text": ...}, ...]
                 for (const json& part : *content) {
-                    if (!part.is_object() || part.value("type", "") != "text" ||
+                    if (!part.is_object() || !part.contains("type") || part["type"] != "text" ||
                         !part.contains("text") || !part["text"].is_string()) {
                         bad(at + ".content", "only text content parts are supported");
                     }
@@ -211,8 +211,13 @@ job parse_job(const std::string& body, bool chat) {
     j.presence_penalty = static_cast<float>(number(o, "presence_penalty", -2, 2, 0));
     j.frequency_penalty = static_cast<float>(number(o, "frequency_penalty", -2, 2, 0));
     j.repeat_penalty = static_cast<float>(number(o, "repetition_penalty", 0.01, 10, 1.0));
-    if (field(o, "seed")) {
-        j.seed = static_cast<uint64_t>(integer(o, "seed", INT64_MIN, INT64_MAX, 0));
+    if (const json* v = field(o, "seed")) {
+        // Any 64-bit integer, signed or not: each a seed of its own.
+        if (v->is_number_unsigned()) {
+            j.seed = v->get<uint64_t>();
+        } else {
+            j.seed = static_cast<uint64_t>(integer(o, "seed", INT64_MIN, INT64_MAX, 0));
+        }
     }
     if (integer(o, "n", 1, 1, 1) != 1) {
         bad("n", "'n' must be 1");

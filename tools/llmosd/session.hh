@@ -26,6 +26,11 @@ enum : uint32_t {
     /// stored is the conversation before that turn, and the next turn is
     /// refused (its answer would not follow what the client saw).
     overflowed = 1,
+    /// What the conversation is: a chat's (its messages, as JSON) or a
+    /// completion's (the text so far). Neither: stored by an llmosd that
+    /// did not say (told apart by reading it).
+    chat_text = 2,
+    completion_text = 4,
 };
 
 /// The first bytes of a session's mindspace.
