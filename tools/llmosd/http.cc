@@ -437,7 +437,7 @@ json http_server::describe(const model_entry& m) const {
 
 std::pair<std::string, std::string> http_server::name_and_path(const std::string& body,
                                                                bool need_name) {
-    json o = json::parse(body, nullptr, false);
+    const json o = parse_body(body);
     if (!o.is_object()) {
         throw api_error{400, "the body must be a JSON object", "invalid_request_error", "", ""};
     }

@@ -124,15 +124,37 @@ std::string string(const json& o, const char* key, bool required) {
 
 } // namespace
 
-job parse_job(const std::string& body, bool chat) {
-    json o;
+json parse_body(const std::string& body) {
+    constexpr int max_depth = 64;
+    constexpr size_t max_values = 65536;
+    size_t values = 0;
+    // Stops the parse where the body goes out of bounds, before what it
+    // would take is taken.
+    auto bounded = [&](int depth, json::parse_event_t ev, json&) {
+        if (depth > max_depth) {
+            throw api_error{400,
+                            "the body nests deeper than " + std::to_string(max_depth) + " levels",
+                            "invalid_request_error", "", "body_too_complex"};
+        }
+        if (ev != json::parse_event_t::key && ev != json::parse_event_t::object_end &&
+            ev != json::parse_event_t::array_end && ++values > max_values) {
+            throw api_error{400,
+                            "the body holds more than " + std::to_string(max_values) + " values",
+                            "invalid_request_error", "", "body_too_complex"};
+        }
+        return true;
+    };
     try {
-        o = json::parse(body);
+        return json::parse(body, bounded);
     } catch (const json::exception& e) {
         // Syntax, bytes that are not UTF-8, numbers beyond a double's range.
         throw api_error{400, std::string("the body is not valid JSON: ") + e.what(),
                         "invalid_request_error", "", ""};
     }
+}
+
+job parse_job(const std::string& body, bool chat) {
+    const json o = parse_body(body);
     if (!o.is_object()) {
         bad("", std::string("the body must be a JSON object, not ") + type_name(o));
     }

@@ -56,6 +56,12 @@ struct job {
     std::string user;
 };
 
+/// A request body's JSON, in bounds: nested at most 64 deep and at most
+/// 65536 values (a parsed value takes up to 50 times its text; no request
+/// needs that many). Throws api_error (400) when it is not JSON or not
+/// in bounds.
+nlohmann::json parse_body(const std::string& body);
+
 /// Parses a /v1/completions (chat = false) or /v1/chat/completions body.
 /// Throws api_error naming the field that is wrong.
 job parse_job(const std::string& body, bool chat);
