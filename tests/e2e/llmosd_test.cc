@@ -582,6 +582,39 @@ TEST_F(llmosd_test, a_session_keeps_its_conversation_across_a_restart) {
         << "a fresh conversation";
 }
 
+TEST_F(llmosd_test, a_request_waiting_for_its_busy_session_goes_with_its_client) {
+    std::filesystem::create_directories(_dir);
+    std::ofstream(_dir + "/keys") << "alice-key 1\nbob-key 2\n";
+    server s(_dir, {"--api-key-file", _dir + "/keys", "--ctx", "65536"});
+    auto c = s.client();
+    const httplib::Headers alice = {{"Authorization", "Bearer alice-key"}},
+                           bob = {{"Authorization", "Bearer bob-key"}};
+    c.set_default_headers(alice);
+    held_stream busy(s, 60000, "busy", alice); // alice's session, running
+    const json turn = {{"model", "tiny"},
+                       {"session", "busy"},
+                       {"prompt", "Hello world"},
+                       {"max_tokens", 4},
+                       {"temperature", 0}};
+    // Another tenant's request is refused at once, not after alice's turn.
+    auto t0 = std::chrono::steady_clock::now();
+    post(c, "/v1/completions", turn, 403, bob);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+    {
+        // Alice's own second turn waits; its client gives up.
+        auto impatient = s.client();
+        impatient.set_default_headers(alice);
+        impatient.set_read_timeout(0, 300000);
+        EXPECT_FALSE(impatient.Post("/v1/completions", turn.dump(), "application/json"))
+            << "it answered while the session was busy?";
+    }
+    std::string m = metrics_once(c, "llmosd_requests_cancelled_total", 1);
+    EXPECT_EQ(metric(m, "llmosd_requests_cancelled_total"), 1) << m;
+    m = metrics_once(c, "llmosd_in_flight", 1); // its place given back; alice's turn runs on
+    EXPECT_EQ(metric(m, "llmosd_in_flight"), 1) << m;
+    busy.release();
+}
+
 TEST_F(llmosd_test, a_session_goes_on_only_as_the_kind_it_began_as) {
     server s(_dir);
     auto c = s.client();

@@ -609,7 +609,7 @@ void daemon::check_session_owner(const std::string& session, const llmos::mindsp
     }
 }
 
-std::shared_ptr<std::mutex> daemon::session_lock(const std::string& session) {
+std::shared_ptr<std::timed_mutex> daemon::session_lock(const std::string& session) {
     std::lock_guard lk(_sessions_m);
     auto& w = _session_locks[session];
     if (auto l = w.lock()) {
@@ -618,14 +618,15 @@ std::shared_ptr<std::mutex> daemon::session_lock(const std::string& session) {
     // Its last holder takes its name out, so the map holds the sessions
     // with a request running or waiting, not every name ever used. A lock
     // made meanwhile under the same name stays.
-    auto l = std::shared_ptr<std::mutex>(new std::mutex, [this, session](std::mutex* m) {
-        delete m;
-        std::lock_guard lk(_sessions_m);
-        if (auto it = _session_locks.find(session);
-            it != _session_locks.end() && it->second.expired()) {
-            _session_locks.erase(it);
-        }
-    });
+    auto l = std::shared_ptr<std::timed_mutex>(
+        new std::timed_mutex, [this, session](std::timed_mutex* m) {
+            delete m;
+            std::lock_guard lk(_sessions_m);
+            if (auto it = _session_locks.find(session);
+                it != _session_locks.end() && it->second.expired()) {
+                _session_locks.erase(it);
+            }
+        });
     w = l;
     return l;
 }
@@ -798,7 +799,7 @@ outcome daemon::run(const job& j, uint32_t tenant,
 
 outcome daemon::run(const job& j, uint32_t tenant,
                     const std::function<bool(std::string_view)>& on_piece, admission a) {
-    auto s = submit(j, tenant, std::move(a));
+    auto s = submit(j, tenant, std::move(a), [&] { return on_piece({}); });
     return finish(*s, on_piece);
 }
 
@@ -810,16 +811,39 @@ daemon::submitted::~submitted() {
     }
 }
 
-std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant, admission a) {
+std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant, admission a,
+                                                  const std::function<bool()>& still_wanted) {
     const double t0 = now_s();
     std::shared_ptr<model_entry> m = a.model();
 
-    // The session, if any: one request at a time.
-    std::shared_ptr<std::mutex> session_lock;
-    std::unique_lock<std::mutex> session_hold;
+    // The session, if any: one request at a time. Another tenant's is
+    // refused before it waits for the one running (checked again after).
+    std::shared_ptr<std::timed_mutex> session_lock;
+    std::unique_lock<std::timed_mutex> session_hold;
     if (!j.session.empty()) {
+        if (!_keys.empty()) {
+            const std::string name = std::string(session_ms_prefix) + j.session;
+            if (auto o = llmos::mindspace::open(*_dev, llmos::ms_key{0, name})) {
+                check_session_owner(j.session, *o, tenant);
+            }
+        }
         session_lock = this->session_lock(j.session);
-        session_hold = std::unique_lock(*session_lock);
+        session_hold = std::unique_lock(*session_lock, std::defer_lock);
+        const auto give_up = steady_now() + _o.request_timeout;
+        while (!session_hold.try_lock_for(100ms)) {
+            if (still_wanted && !still_wanted()) {
+                _metrics.cancelled.fetch_add(1);
+                throw api_error{499, "the client went away", "invalid_request_error", "",
+                                "cancelled"};
+            }
+            if (steady_now() >= give_up) {
+                _metrics.timed_out.fetch_add(1);
+                throw api_error{504,
+                                "the session '" + j.session +
+                                    "' was busy with another request for longer than --timeout",
+                                "server_error", "session", "timeout"};
+            }
+        }
     }
 
     const eng::model_params& p = m->model->params();

@@ -151,9 +151,9 @@ public:
         job j;
         admission a;
         double t0 = 0;
-        std::shared_ptr<std::mutex> session_lock;
-        std::unique_lock<std::mutex> session_hold; ///< its session's: one request at a time
-        std::optional<llmos::mindspace> ms;        ///< the request, its output, a session's cache
+        std::shared_ptr<std::timed_mutex> session_lock;
+        std::unique_lock<std::timed_mutex> session_hold; ///< its session's: one request at a time
+        std::optional<llmos::mindspace> ms; ///< the request, its output, a session's cache
         std::optional<llmos::mapping> map;
         std::vector<llmos::engine::chat_message> conv; ///< a chat: the conversation run
         std::string text;                              ///< the text run
@@ -174,8 +174,11 @@ public:
     };
     /// Checks `j`, renders its text and submits it, on an admission taken
     /// before: api_error (a 400 for a prompt too long, ...) before anything
-    /// is sent to its client.
-    std::shared_ptr<submitted> submit(const job& j, uint32_t tenant, admission a);
+    /// is sent to its client. Waiting for its session's running request,
+    /// it gives up when `still_wanted` says false (499) or after --timeout
+    /// (504).
+    std::shared_ptr<submitted> submit(const job& j, uint32_t tenant, admission a,
+                                      const std::function<bool()>& still_wanted = {});
     /// Streams a submitted job to its end: `on_piece` as in run().
     outcome finish(submitted& s, const std::function<bool(std::string_view)>& on_piece);
     /// submit() and finish() on an admission taken before.
@@ -233,7 +236,7 @@ private:
     void check_session_owner(const std::string& session, const llmos::mindspace& ms,
                              uint32_t tenant) const;
     /// The lock that lets one request of `session` run at a time.
-    std::shared_ptr<std::mutex> session_lock(const std::string& session);
+    std::shared_ptr<std::timed_mutex> session_lock(const std::string& session);
     std::shared_ptr<stream_queue> attach(uint64_t id);
     void detach(uint64_t id);
     /// Cancels `id` in the scheduler, and marks it for its worker.
@@ -266,7 +269,7 @@ private:
     /// Requests cancelled that a worker may still run, and when.
     std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> _cancelled;
     mutable std::mutex _sessions_m;
-    std::map<std::string, std::weak_ptr<std::mutex>> _session_locks;
+    std::map<std::string, std::weak_ptr<std::timed_mutex>> _session_locks;
     std::map<std::string, api_key> _keys;
     std::atomic<uint32_t> _in_flight{0};
     std::atomic<uint64_t> _req_seq{0};

@@ -615,7 +615,8 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res,
     // an error event (the status line is gone by then).
     std::shared_ptr<daemon::submitted> sub;
     try {
-        sub = _d.submit(j, tenant, std::move(*adm));
+        sub = _d.submit(j, tenant, std::move(*adm),
+                        [fd = connection_server::current_fd()] { return peer_still_there(fd); });
     } catch (const api_error& e) {
         send_error(res, e);
         return;
