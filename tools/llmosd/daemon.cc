@@ -698,7 +698,24 @@ std::shared_ptr<stream_queue> daemon::attach(uint64_t id) {
     if (!q) {
         q = std::make_shared<stream_queue>();
     }
+    q->unclaimed_since.reset();
     return q;
+}
+
+void daemon::sweep_streams() {
+    const auto now = steady_now();
+    if (now - _swept < 1min) {
+        return;
+    }
+    _swept = now;
+    // Requests cancelled before any worker took them, whose client did not
+    // see them end, never end in a worker: their marks go after an hour.
+    std::erase_if(_cancelled, [&](const auto& c) { return now - c.second > 1h; });
+    // Streams of requests no client of this daemon claims (the
+    // scheduler's other clients' requests, which its workers may take).
+    std::erase_if(_streams, [&](const auto& s) {
+        return s.second->unclaimed_since && now - *s.second->unclaimed_since > 1min;
+    });
 }
 
 void daemon::detach(uint64_t id) {
@@ -711,11 +728,8 @@ void daemon::detach(uint64_t id) {
 void daemon::cancel(llmos::sched_client& client, uint64_t id) {
     {
         std::lock_guard lk(_streams_m);
-        // Requests cancelled before any worker took them never end in one:
-        // their marks go after an hour.
-        const auto now = steady_now();
-        std::erase_if(_cancelled, [&](const auto& c) { return now - c.second > 1h; });
-        _cancelled.emplace(id, now);
+        sweep_streams();
+        _cancelled.emplace(id, steady_now());
     }
     client.cancel(id);
 }
@@ -736,9 +750,11 @@ void daemon::deliver(const llmos::descriptor& d) {
             }
             q = it->second;
         } else {
+            sweep_streams();
             auto& slot = _streams[d.request];
             if (!slot) {
                 slot = std::make_shared<stream_queue>(); // before its client attached
+                slot->unclaimed_since = steady_now();
             }
             q = slot;
         }
@@ -1204,6 +1220,10 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                     // worker (the end descriptor) or is let go here.
                     if (auto f = client->wait(id, llmos::wait_for::none())) {
                         fin = *f;
+                        if (!f->dispatch_ns) { // no worker took it: none ends it
+                            std::lock_guard slk(_streams_m);
+                            _cancelled.erase(id);
+                        }
                         break;
                     }
                     if (steady_now() - cancelled_at > abandon_wait) {

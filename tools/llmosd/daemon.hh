@@ -101,6 +101,10 @@ struct stream_queue {
     std::mutex m;
     std::condition_variable cv;
     std::deque<llmos::descriptor> q;
+    /// Made by a worker's descriptor before its client attached (under
+    /// the daemon's _streams_m): when. A request llmosd did not submit
+    /// (another client of the scheduler's) is never attached.
+    std::optional<std::chrono::steady_clock::time_point> unclaimed_since;
 };
 
 /// What a finished job reports.
@@ -268,6 +272,10 @@ private:
     std::unordered_map<uint64_t, std::shared_ptr<stream_queue>> _streams;
     /// Requests cancelled that a worker may still run, and when.
     std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> _cancelled;
+    std::chrono::steady_clock::time_point _swept{}; ///< _streams and _cancelled, last
+    /// Drops cancel marks of an hour and streams nobody claimed for a
+    /// minute, at most once a minute. Under _streams_m.
+    void sweep_streams();
     mutable std::mutex _sessions_m;
     std::map<std::string, std::weak_ptr<std::timed_mutex>> _session_locks;
     std::map<std::string, api_key> _keys;
