@@ -549,10 +549,8 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
     // a multiple of 16) keep that cost small against the FMAs, while the
     // jobs stay many enough to share out.
     const size_t chunk = prefill ? std::max<size_t>(16, (64 / group + 15) / 16 * 16) : 16;
-    size_t max_len = 0;
     _jobs.clear();
     for (size_t i = 0; i < batch.size(); ++i) {
-        max_len = std::max<size_t>(max_len, _pos0[i] + batch[i].tokens.size());
         for (uint32_t g = 0; g < HKV; ++g) {
             for (size_t t = 0; t < batch[i].tokens.size(); t += chunk) {
                 _jobs.push_back({uint32_t(i), g, uint32_t(t),
@@ -560,7 +558,6 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
             }
         }
     }
-    grow(_scores, _jobs.size() * group * max_len);
 #if defined(__x86_64__)
     f16_attend_fn fast =
         _o.kernels >= simd_level::avx512 ? detail::one_token_attend_avx512(group, D) : nullptr;
@@ -576,7 +573,6 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
             const batch_entry& e = batch[job.entry];
             const kv_cache& kv = *e.kv;
             const bool f16 = kv.type() == kv_type::f16;
-            float* scores = _scores.data() + size_t(jb) * group * max_len;
 #if defined(__x86_64__)
             if (prefill && f16 && (job.t1 - job.t0) * group >= 16) {
                 const uint32_t M = (job.t1 - job.t0) * group;
@@ -605,6 +601,15 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
                 continue;
             }
 #endif
+            // Scores of the job's query heads over its positions, per
+            // thread: grown to the longest job the thread met (one
+            // sequence's length, not the batch's longest for every job).
+            const size_t max_len = size_t(_pos0[job.entry]) + job.t1;
+            thread_local std::vector<float> job_scores;
+            if (job_scores.size() < group * max_len) {
+                job_scores.resize(group * max_len);
+            }
+            float* scores = job_scores.data();
             for (uint32_t t = job.t0; t < job.t1; ++t) {
                 const size_t r = _first[job.entry] + t;
                 const uint32_t pos = _pos0[job.entry] + t;
