@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
+#include <limits>
 #include <linux/llmos.h>
 #include <llmos/engine/cuda.hh>
 #include <llmos/engine/cuda_memory.hh>
@@ -25,6 +26,7 @@
 #include <llmos/llm_engine.hh>
 #include <llmos/mindspace.hh>
 #include <llmos/worker_pool.hh>
+#include <set>
 #include <sstream>
 
 namespace {
@@ -376,6 +378,69 @@ TEST_F(llm_engine_test, malformed_requests_fail_alone_with_clear_statuses) {
     auto ok = run(c, request(0, "Hello world", 4));
     EXPECT_EQ(ok.f.state, LLMOS_REQ_COMPLETED);
     EXPECT_EQ(ok.f.tokens, 4u);
+}
+
+TEST_F(llm_engine_test, a_request_with_nothing_to_sample_fails_alone) {
+    if (on_gpu) {
+        GTEST_SKIP() << "the patched model below is loaded for the CPU only";
+    }
+    // B's text with the model as it is.
+    std::string b_text;
+    {
+        auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+        auto c = llmos::sched_client::open(*_dev).value();
+        b_text = run(c, request(0, "Hello world", 6)).text;
+    }
+    // A copy of the model whose embedding rows of tokens only A has are
+    // NaN: A's logits are all NaN, B's are what they were.
+    std::set<int32_t> in_b;
+    for (auto& t : {std::string("Hello world"), b_text}) {
+        for (int32_t id : vocab->encode(t, true, false)) {
+            in_b.insert(id);
+        }
+    }
+    std::vector<int32_t> poison;
+    for (int32_t id : vocab->encode("The quick brown fox", false, false)) {
+        if (!in_b.contains(id)) {
+            poison.push_back(id);
+        }
+    }
+    ASSERT_FALSE(poison.empty());
+    const std::string path = _dir + "/poisoned.gguf";
+    std::filesystem::copy_file(tiny, path);
+    const eng::gguf_tensor* emb = nullptr;
+    for (auto& t : file->tensors()) {
+        emb = t.name == "token_embd.weight" ? &t : emb;
+    }
+    ASSERT_NE(emb, nullptr);
+    ASSERT_EQ(emb->type, eng::ggml_type::f32);
+    {
+        std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+        const std::vector<float> nan(emb->ne[0], std::numeric_limits<float>::quiet_NaN());
+        for (int32_t id : poison) {
+            f.seekp(static_cast<std::streamoff>(file->data_offset() + emb->offset +
+                                                uint64_t(id) * emb->row_bytes));
+            f.write(reinterpret_cast<const char*>(nan.data()), emb->row_bytes);
+        }
+        ASSERT_TRUE(f.good());
+    }
+    const eng::gguf_file pf = eng::gguf_file::open(path);
+    const eng::model pm = eng::model::load(pf);
+    const eng::vocab pv(eng::from_gguf(pf));
+    auto o = popts([&] { return std::make_unique<llmos::llm_engine>(pm, pv, eopts()); });
+    auto c = llmos::sched_client::open(*_dev).value();
+    // Both queued before the worker starts: it takes them in one batch.
+    const auto a_id = c.submit(request(0, "The quick brown fox", 6)).value();
+    const auto b_id = c.submit(request(65536, "Hello world", 6)).value();
+    auto pool = llmos::worker_pool::start(*_dev, std::move(o)).value();
+    auto fa = c.wait(a_id, llmos::wait_for::at_most(60s)).value();
+    EXPECT_EQ(fa.state, LLMOS_REQ_FAILED);
+    EXPECT_EQ(fa.status, -EIO);
+    auto fb = c.wait(b_id, llmos::wait_for::at_most(60s)).value();
+    ASSERT_EQ(fb.state, LLMOS_REQ_COMPLETED);
+    EXPECT_EQ(
+        std::string(reinterpret_cast<const char*>(bytes().data()) + fb.result_off, fb.result_len),
+        b_text);
 }
 
 #ifdef LLMOS_TEST_CUDA
