@@ -83,4 +83,12 @@ check "an unknown tunable is refused" \
 check "a policy without tunables says so" \
 	'llmosctl sched attach /bpf/fifo.bpf.o --opt x=1 2>&1 | grep -q "no tunables"'
 check "a file that is no policy is refused" '! llmosctl sched attach /bin/busybox 2>/dev/null'
+check "a struct_ops of another kind is refused, not loaded" \
+	'! llmosctl sched attach /bpf/not_a_policy.bpf.o >/tmp/nap.out 2>&1 &&
+	 grep -q "holds no struct llmos_sched_ops" /tmp/nap.out &&
+	 status | grep -q "\"policy_state\":\"built-in\""'
+check "a policy outside .struct_ops.link is refused" \
+	'! llmosctl sched attach /bpf/unlinked.bpf.o >/tmp/unl.out 2>&1 &&
+	 grep -q "struct_ops.link" /tmp/unl.out &&
+	 status | grep -q "\"policy_state\":\"built-in\""'
 echo "1..$n"
