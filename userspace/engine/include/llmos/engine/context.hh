@@ -89,7 +89,7 @@ private:
     std::vector<double> _inv_freq;
     // scratch, [tokens x width]
     std::vector<float> _x, _xn, _q, _k, _v, _att, _gate, _up, _rows;
-    std::vector<float> _kvtmp;  // attention jobs x 2 head_dim (F16 rows widened)
+    std::vector<float> _kvtmp; // attention jobs x 2 head_dim (F16 rows widened)
     std::vector<uint32_t> _first, _pos0;
     std::vector<uint32_t> _row_entry; ///< each row's batch entry
     std::vector<float> _rope_cs;      ///< each row's RoPE cos (n_rot / 2), then sin
