@@ -93,6 +93,7 @@ struct llmos_core_sched *llmos_sched_core(void);
 void llmos_sched_lock(void);
 void llmos_sched_unlock(void);
 void llmos_sched_kick(void);
-u64 llmos_worker_short_since(const struct llmos_core_worker *w, u64 now);
+u64 llmos_worker_short_since(const struct llmos_core_worker *w, u64 now,
+			     u64 gap);
 
 #endif /* _LLMOS_BPF_H */

@@ -106,8 +106,6 @@ static struct {
 
 static struct kmem_cache *llmos_req_cache;
 
-/* A worker that polls DISPATCH at least this often still asks for work. */
-#define LLMOS_ASKING_NS (100 * NSEC_PER_MSEC)
 
 static struct llmos_kreq *llmos_kreq(struct llmos_core_req *r)
 {
@@ -652,10 +650,10 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 	llmos_bpf_check_fault();
 	if (!n)
 		c->dispatch_gen = gen;
-	/* Short again, or after it stopped asking: it waits from now. */
+	/* Short since its last look that got all it could take. */
 	if (n >= want)
 		c->t_short = 0;
-	else if (!c->t_short || now - c->t_looked > LLMOS_ASKING_NS)
+	else if (!c->t_short)
 		c->t_short = now;
 	c->t_looked = now;
 	for (i = 0; i < n; i++) {
@@ -747,18 +745,20 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
 /**
  * llmos_worker_short_since() - how long a policy has kept a worker waiting
  * @w: a registered worker
- * @now: ktime_get_ns() now
+ * @now: ktime_get_ns() now, read under the lock
+ * @gap: longest time between the looks of a worker that polls
  *
  * A worker waits for a policy when its DISPATCHes got fewer requests than
  * they asked for and it had room for, and it still asks: one of its
- * DISPATCHes is waiting (asleep or parked), or it looked within
- * LLMOS_ASKING_NS (a worker that polls). A worker with room that asks for
+ * DISPATCHes is waiting (asleep or parked), or it looked within @gap (a
+ * worker that polls between its steps). A worker with room that asks for
  * one request at a time and got it, or that stopped asking, does not
  * wait. Under the lock.
  *
  * Return: when it began waiting (ns), or 0 when it does not wait.
  */
-u64 llmos_worker_short_since(const struct llmos_core_worker *w, u64 now)
+u64 llmos_worker_short_since(const struct llmos_core_worker *w, u64 now,
+			     u64 gap)
 {
 	const struct llmos_client *c = container_of(w, struct llmos_client,
 						    worker);
@@ -766,8 +766,8 @@ u64 llmos_worker_short_since(const struct llmos_core_worker *w, u64 now)
 	lockdep_assert_held(&llmos_sched.lock);
 	if (!c->t_short)
 		return 0;
-	if (c->sleepers || c->park_dispatch ||
-	    now - c->t_looked <= LLMOS_ASKING_NS)
+	if (c->sleepers || c->park_dispatch || c->t_looked >= now ||
+	    now - c->t_looked <= gap)
 		return c->t_short;
 	return 0;
 }

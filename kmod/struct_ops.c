@@ -310,7 +310,7 @@ void llmos_bpf_stats(struct llmos_sched_stats *st)
  * Since when the policy has kept a worker waiting (the earliest such
  * worker), or 0 when it keeps none waiting.
  */
-static u64 llmos_short_since(struct llmos_core_sched *s, u64 now)
+static u64 llmos_short_since(struct llmos_core_sched *s, u64 now, u64 gap)
 {
 	struct llmos_tnode *n;
 	u64 since = 0;
@@ -318,7 +318,7 @@ static u64 llmos_short_since(struct llmos_core_sched *s, u64 now)
 	for (n = llmos_treap_first(&s->workers); n; n = llmos_treap_next(n)) {
 		struct llmos_core_worker *w =
 			container_of(n, struct llmos_core_worker, id_node);
-		u64 t = llmos_worker_short_since(w, now);
+		u64 t = llmos_worker_short_since(w, now, gap);
 
 		if (t && (!since || t < since))
 			since = t;
@@ -354,31 +354,42 @@ static struct llmos_core_req *llmos_policy_oldest(struct llmos_core_sched *s)
  * for that long); and, while requests are queued and a worker waits,
  * kick the workers every LLMOS_BPF_POLL_MS, since a policy may hold
  * requests back for a time (locality does) and tells nobody when that
- * ends. A worker that takes one request at a time, or is busy, does not
- * wait: requests queued meanwhile are no stall.
+ * ends. A worker that takes one request at a time and gets it, or has
+ * stopped asking, does not wait: requests queued meanwhile are no stall.
  */
 #define LLMOS_BPF_POLL_MS 10
+#define LLMOS_ASKING_MIN_MS 100
 
 static void llmos_bpf_watchdog(struct work_struct *work)
 {
 	struct llmos_core_sched *s = llmos_sched_core();
 	struct llmos_core_req *r;
-	unsigned long next = 0, period, now = jiffies;
-	u64 timeout_ns, since, now_ns = ktime_get_ns();
+	unsigned long next = 0, period, now;
+	u64 timeout_ns, since, from, now_ns;
 
 	llmos_sched_lock();
+	/* Under the lock: no stamp the lock guards is later. */
+	now = jiffies;
+	now_ns = ktime_get_ns();
 	llmos_bpf_check_fault(); /* a kfunc called outside a callback */
 	if (!llmos_bpf.active)
 		goto out;
 	period = msecs_to_jiffies(clamp_t(u32, llmos_bpf.ops->timeout_ms / 4,
 					  50, 1000));
-	since = llmos_short_since(s, now_ns);
+	timeout_ns = (u64)(llmos_bpf.ops->timeout_ms ?:
+			   LLMOS_DEFAULT_TIMEOUT_MS) * NSEC_PER_MSEC;
+	/*
+	 * A worker that polls between its steps still asks if its looks
+	 * are no further apart than half the timeout (100 ms at least).
+	 */
+	since = llmos_short_since(s, now_ns,
+				  max_t(u64, timeout_ns / 2,
+					LLMOS_ASKING_MIN_MS * NSEC_PER_MSEC));
 	if (time_after_eq(now, llmos_bpf.next_scan)) {
 		llmos_bpf.next_scan = now + period;
-		timeout_ns = (u64)(llmos_bpf.ops->timeout_ms ?:
-				   LLMOS_DEFAULT_TIMEOUT_MS) * NSEC_PER_MSEC;
 		r = since ? llmos_policy_oldest(s) : NULL;
-		if (r && now_ns - max(r->t_submit, since) > timeout_ns)
+		from = r ? max(r->t_submit, since) : 0;
+		if (r && now_ns > from && now_ns - from > timeout_ns)
 			llmos_bpf_eject(LLMOS_EXIT_STALL, 0, r->id);
 		if (!llmos_bpf.active)
 			goto out;

@@ -643,6 +643,25 @@ TEST_F(llmosd_test, a_session_goes_on_only_as_the_kind_it_began_as) {
     wrong["session"] = "t";
     r = post(c, "/v1/chat/completions", wrong, 409);
     EXPECT_EQ(r["error"]["code"], "session_kind");
+    // Kept by an llmosd that did not record the kind: told by reading it.
+    {
+        namespace ss = llmosd::session;
+        auto dev = llmos::device::open_local(_dir + "/ms").value();
+        for (const char* name : {"llmosd.s.c", "llmosd.s.t"}) {
+            auto ms = llmos::mindspace::open(dev, {0, name}).value();
+            auto m = ms.map(0, ss::page).value();
+            auto hh = ss::read(m.bytes()).value();
+            ASSERT_NE(hh.flags & (ss::chat_text | ss::completion_text), 0u);
+            hh.flags &= ~(ss::chat_text | ss::completion_text);
+            std::memcpy(m.data(), &hh, sizeof hh);
+        }
+    }
+    wrong = completion;
+    wrong["session"] = "c";
+    EXPECT_EQ(post(c, "/v1/completions", wrong, 409)["error"]["code"], "session_kind");
+    wrong = chat;
+    wrong["session"] = "t";
+    EXPECT_EQ(post(c, "/v1/chat/completions", wrong, 409)["error"]["code"], "session_kind");
     // Each goes on as it began (the chat's prompt holds its first turn).
     auto more = post(c, "/v1/chat/completions", chat, 200);
     auto alone = post(c, "/v1/chat/completions",
@@ -1373,6 +1392,22 @@ TEST_F(llmosd_test, a_request_s_headers_are_bounded_in_size_and_time) {
         EXPECT_NE(r.find("request_timeout"), std::string::npos) << r;
         EXPECT_TRUE(closed);
         EXPECT_LT(took, 5s) << "it waited for more than --header-timeout";
+    }
+    {
+        // The same inside the request line, which httplib would drop
+        // without an answer.
+        raw_conn c(s.port);
+        c.send("GET /health HTTP/1.1"); // and no end of line
+        bool closed = false;
+        std::string r = c.rest(&closed);
+        EXPECT_TRUE(r.starts_with("HTTP/1.1 408 ")) << r.substr(0, 200);
+        EXPECT_NE(r.find("request_timeout"), std::string::npos) << r;
+        EXPECT_TRUE(closed);
+        raw_conn d(s.port);
+        d.send("GET /" + std::string(100000, 'x'));
+        r = d.rest(&closed);
+        EXPECT_TRUE(r.starts_with("HTTP/1.1 431 ")) << r.substr(0, 200);
+        EXPECT_TRUE(closed);
     }
     // Headers near the limit are served (httplib takes lines of 8 KiB).
     raw_conn c(s.port);

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "conn.hh"
 
+#include "openai.hh"
+
 #include <algorithm>
 #include <cerrno>
 #include <climits>
@@ -51,6 +53,8 @@ public:
         , _l(l) {}
 
     int fd() const noexcept { return _fd; }
+    /// Bytes of an answer written since the request began.
+    size_t written() const noexcept { return _written; }
     const connection_server::refusal& refused() const noexcept { return _refusal; }
 
     /// Waits up to `idle` for a request to start (bytes buffered or
@@ -74,6 +78,7 @@ public:
 
     /// A request starts: its line and headers are counted from here.
     void begin_request() {
+        _written = 0;
         _in_headers = true;
         _header_bytes = 0;
         _deadline = steady::now() + _l.header_time;
@@ -133,6 +138,7 @@ public:
         do {
             r = ::send(_fd, ptr, size, MSG_NOSIGNAL);
         } while (r < 0 && errno == EINTR);
+        _written += r > 0 ? static_cast<size_t>(r) : 0;
         return r;
     }
 
@@ -225,7 +231,24 @@ private:
     steady::time_point _deadline;
     char _t1 = 0, _t2 = 0; ///< the last two header bytes
     connection_server::refusal _refusal;
+    size_t _written = 0;
 };
+
+// The answer to a request refused in its request line, which httplib
+// drops without one.
+void answer_refusal(conn_stream& strm) {
+    const connection_server::refusal& r = strm.refused();
+    const std::string body =
+        to_text(error_body({r.status, r.message, "invalid_request_error", "", r.code}));
+    const std::string head =
+        "HTTP/1.1 " + std::to_string(r.status) +
+        (r.status == 408 ? " Request Timeout" : " Request Header Fields Too Large") +
+        "\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        "Content-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n";
+    const std::string all = head + body;
+    (void)strm.write(all.data(), all.size());
+}
 
 thread_local const conn_stream* t_stream = nullptr;
 
@@ -251,11 +274,30 @@ size_t connection_server::open_connections() const {
     return _open.size();
 }
 
+// What is left to do for a connection when it ends, however it ends (an
+// exception out of httplib too): out of the set, then closed.
+struct connection_server::closer {
+    connection_server& srv;
+    int fd;
+    ~closer() {
+        t_stream = nullptr;
+        {
+            // Out of the set before it is closed: shut_connections() never
+            // reaches a descriptor number used again.
+            std::lock_guard lk(srv._m);
+            srv._open.erase(fd);
+        }
+        ::shutdown(fd, SHUT_RDWR);
+        ::close(fd);
+    }
+};
+
 bool connection_server::process_and_close_socket(socket_t sock) {
     {
         std::lock_guard lk(_m);
         _open.insert(sock);
     }
+    const closer done{*this, sock};
     conn_stream strm(sock, to_ms(read_timeout_sec_, read_timeout_usec_),
                      to_ms(write_timeout_sec_, write_timeout_usec_), _l);
     t_stream = &strm;
@@ -267,11 +309,16 @@ bool connection_server::process_and_close_socket(socket_t sock) {
         bool closed = false;
         strm.begin_request();
         ret = process_request(strm, left == 1, closed, nullptr);
-        if (!ret || closed || strm.refused().status) {
+        if (strm.refused().status) {
+            if (!strm.written()) {
+                answer_refusal(strm);
+            }
+            break;
+        }
+        if (!ret || closed) {
             break;
         }
     }
-    t_stream = nullptr;
     if (strm.refused().status) {
         // Its answer out first: closed with the client's bytes unread, the
         // connection would be reset and the answer could be lost. What
@@ -288,14 +335,6 @@ bool connection_server::process_and_close_socket(socket_t sock) {
             }
         }
     }
-    {
-        // Out of the set before it is closed: shut_connections() never
-        // reaches a descriptor number used again.
-        std::lock_guard lk(_m);
-        _open.erase(sock);
-    }
-    ::shutdown(sock, SHUT_RDWR);
-    ::close(sock);
     return ret;
 }
 

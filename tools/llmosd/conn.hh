@@ -50,6 +50,7 @@ public:
     size_t open_connections() const;
 
 private:
+    struct closer;
     bool process_and_close_socket(socket_t sock) override;
 
     const limits _l;

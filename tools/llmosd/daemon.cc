@@ -60,6 +60,15 @@ std::string conversation_json(const std::vector<eng::chat_message>& conv) {
     return to_text(c);
 }
 
+// Whether `v` is a chat's conversation as kept: messages, each a role and
+// a content.
+bool is_conversation(const json& v) {
+    return v.is_array() && std::all_of(v.begin(), v.end(), [](const json& m) {
+               return m.is_object() && m.contains("role") && m["role"].is_string() &&
+                      m.contains("content") && m["content"].is_string();
+           });
+}
+
 /// A session NAME's mindspace, and the one over its K/V rows on the GPU
 /// (--publish-gpu-kv): names of the same length, so both fit.
 constexpr std::string_view session_ms_prefix = "llmosd.s.";
@@ -999,8 +1008,14 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                             "invalid_request_error", "session", "session_full"};
         }
         // A chat's conversation goes on only as a chat, a completion's
-        // only as a completion.
-        const uint32_t kind = h ? h->flags & (session::chat_text | session::completion_text) : 0;
+        // only as a completion. One kept by an llmosd that did not record
+        // which is told by reading it.
+        uint32_t kind = h ? h->flags & (session::chat_text | session::completion_text) : 0;
+        if (!kind && !stored_text.empty()) {
+            kind = is_conversation(json::parse(stored_text, nullptr, false))
+                       ? session::chat_text
+                       : session::completion_text;
+        }
         if (!stored_text.empty() && kind && (kind == session::chat_text) != j.chat) {
             throw api_error{409,
                             "the session '" + j.session + "' holds a " +
@@ -1012,14 +1027,8 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         }
         if (j.chat && !stored_text.empty()) {
             stored = json::parse(stored_text, nullptr, false);
-            // Messages, each a role and a content; else no conversation.
-            const bool messages =
-                stored.is_array() && std::all_of(stored.begin(), stored.end(), [](const json& m) {
-                    return m.is_object() && m.contains("role") && m["role"].is_string() &&
-                           m.contains("content") && m["content"].is_string();
-                });
-            if (!messages) {
-                stored = json::array();
+            if (!is_conversation(stored)) {
+                stored = json::array(); // damaged: no conversation
             }
         }
     }

@@ -234,7 +234,8 @@ job parse_job(const std::string& body, bool chat) {
     j.frequency_penalty = static_cast<float>(number(o, "frequency_penalty", -2, 2, 0));
     j.repeat_penalty = static_cast<float>(number(o, "repetition_penalty", 0.01, 10, 1.0));
     if (const json* v = field(o, "seed")) {
-        // Any 64-bit integer, signed or not: each a seed of its own.
+        // Any 64-bit integer, signed or not (as two's complement: -1 is
+        // 2^64 - 1).
         if (v->is_number_unsigned()) {
             j.seed = v->get<uint64_t>();
         } else {

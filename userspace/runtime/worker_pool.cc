@@ -254,7 +254,30 @@ void worker_pool::run_worker(unsigned i) {
     };
     std::map<uint64_t, mapped_ms> maps;
 
-    while (engine && _state.load() != state::stopping) {
+    // An engine that could not be made again (a GPU's memory not given
+    // back yet, say) is tried again, from 100 ms to 5 s apart, while the
+    // pool runs; meanwhile this worker is not registered: what it held is
+    // back in the scheduler, for the other workers. (One never made at the
+    // start fails the start.)
+    const bool made_once = engine != nullptr;
+    auto make_again = [&] {
+        for (auto wait = 100ms; !engine && _state.load() == state::running;
+             wait = std::min<std::chrono::milliseconds>(wait * 2, 5s)) {
+            for (auto t = 0ms; t < wait && _state.load() == state::running; t += 10ms) {
+                std::this_thread::sleep_for(10ms);
+            }
+            if (_state.load() == state::running) {
+                engine = make_engine();
+            }
+        }
+    };
+    while (made_once && _state.load() != state::stopping) {
+        if (!engine) {
+            make_again();
+            if (!engine) {
+                break;
+            }
+        }
         auto reg = sched_worker::open(_dev, _o.slots, info.node, _o.model);
         if (!reg) {
             info.set_error("register: " + reg.error().message());
@@ -354,7 +377,7 @@ void worker_pool::run_worker(unsigned i) {
         // else prefilled again from the start (bytes already streamed are
         // not streamed twice; engines are deterministic per request).
         // Without an engine (it could not be made again) the loop ends,
-        // `w` gives every request back and the worker tries again later.
+        // `w` gives every request back, and the worker tries again (above).
         auto recover = [&](std::span<sequence* const> culprits, const char* what) {
             info.crashes.fetch_add(1);
             info.set_error(std::string("engine: ") + what);
@@ -514,19 +537,7 @@ void worker_pool::run_worker(unsigned i) {
             continue; // register again
         }
         if (!engine) {
-            // It could not be made again (a GPU's memory not given back
-            // yet, say): tried again, from 100 ms to 5 s apart, while the
-            // pool runs; then this worker registers again.
-            for (auto wait = 100ms; !engine && _state.load() == state::running;
-                 wait = std::min<std::chrono::milliseconds>(wait * 2, 5s)) {
-                for (auto t = 0ms; t < wait && _state.load() == state::running; t += 10ms) {
-                    std::this_thread::sleep_for(10ms);
-                }
-                if (_state.load() == state::running) {
-                    engine = make_engine();
-                }
-            }
-            continue;
+            continue; // `w` goes first, giving back what it held
         }
         break;
     }
