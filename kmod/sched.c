@@ -106,7 +106,6 @@ static struct {
 
 static struct kmem_cache *llmos_req_cache;
 
-
 static struct llmos_kreq *llmos_kreq(struct llmos_core_req *r)
 {
 	return container_of(r, struct llmos_kreq, core);
