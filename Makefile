@@ -3,6 +3,7 @@
 #   make demo     set up, build, serve a model with llmosd, then boot the test VM and
 #                 show the module, mindspaces and a BPF policy
 #   make check    set up, build, lint, run every test; last line "N passed, N failed"
+#                 (and ", N skipped" when some were, each saying why)
 #
 #   make bench    benchmarks (ratios against baselines in the same run)
 #   make install  libllmos (headers, libraries, pkg-config, CMake package) and

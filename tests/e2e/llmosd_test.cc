@@ -1158,6 +1158,9 @@ TEST_F(llmosd_test, models_load_swap_and_unload_without_dropping_requests) {
                  "invalid_request_error", "name");
     expect_error(post(c, "/llmos/v1/models", {{"name", "bad"}, {"path", "/nonexistent.gguf"}}, 400),
                  "invalid_request_error", "path");
+    // A name not loaded is 404 before the file is read (a bad one too).
+    expect_error(post(c, "/llmos/v1/models/nothere/swap", {{"path", "/nonexistent.gguf"}}, 404),
+                 "invalid_request_error", "model");
     // Swap while a request streams on the old file: it finishes.
     std::string streamed;
     std::thread t([&] {

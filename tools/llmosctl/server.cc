@@ -69,7 +69,7 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
                   "  llmosctl model list\n"
                   "  llmosctl model load qwen /srv/models/qwen2.5-0.5b-q4_0.gguf\n"
                   "  llmosctl model swap qwen /srv/models/qwen2.5-0.5b-q8_0.gguf\n"
-                  "  llmosctl --server unix:/run/llmosd.sock model unload qwen");
+                  "  llmosctl --server unix:/run/llmosd/llmosd.sock model unload qwen");
     model->add_subcommand("list", "list the models llmosd serves")->callback([&rc, opts] {
         rc = cmd_model_list(opts());
     });

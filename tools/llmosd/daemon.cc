@@ -552,6 +552,10 @@ std::shared_ptr<model_entry> daemon::load_model(const std::string& name, const s
 }
 
 std::shared_ptr<model_entry> daemon::swap_model(const std::string& name, const std::string& path) {
+    if (!find_model(name)) { // before the file is read (checked again after)
+        throw api_error{404, "the model '" + name + "' does not exist", "invalid_request_error",
+                        "model", "model_not_found"};
+    }
     auto m = open_model(name, path);
     std::shared_ptr<model_entry> old;
     {

@@ -31,7 +31,8 @@
  * - EINVAL: ``size`` smaller than the first published struct, an unknown
  *   bit in ``flags``, or a non-zero ``__reserved`` field.
  * - E2BIG: ``size`` larger than the struct the kernel knows, with non-zero
- *   bytes in the part it does not know.
+ *   bytes in the part it does not know, or larger than a page (4 KiB on
+ *   x86-64) whatever it holds.
  *
  * Errors specific to a command are listed with it.
  */

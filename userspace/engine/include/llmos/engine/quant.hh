@@ -202,7 +202,7 @@ simd_level detected_simd() noexcept;
 
 /// The level the engine uses: detected_simd(), unless the environment
 /// variable LLMOS_ENGINE_SIMD names a lower one ("scalar", "avx2",
-/// "avx512"; read once, on the first call; a level the CPU lacks or an
+/// "avx512", "amx"; read once, on the first call; a level the CPU lacks or an
 /// unknown name leaves detected_simd()). Any thread.
 simd_level default_simd() noexcept;
 
