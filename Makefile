@@ -74,7 +74,8 @@ demo: build
 
 # Benchmarks: ratios against baselines measured in the same run.
 bench: build
-	@for b in $(BUILD)/default/host-bench/*; do echo "# $$b (this machine)"; $$b; done
+	@rc=0; for b in $(BUILD)/default/host-bench/*; do echo "# $$b (this machine)"; \
+		$$b || { echo "bench: $$b failed" >&2; rc=1; }; done; exit $$rc
 	@tools/vm/run.sh --module kmod/llmos.ko --bench $(BUILD)/default/kernel-bench \
 		--bpf $(BUILD)/bpf --out $(BUILD)/vm-bench bench
 
@@ -144,7 +145,9 @@ install-packaging:
 	if command -v systemd-tmpfiles >/dev/null; then \
 		run systemd-tmpfiles --create "$(TMPFILESDIR)/llmos.conf"; fi; \
 	if [ -d /run/systemd/system ]; then run systemctl daemon-reload; fi; \
-	if command -v udevadm >/dev/null; then run udevadm control --reload || true; fi
+	if command -v udevadm >/dev/null; then run udevadm control --reload || true; \
+		run udevadm trigger --action=change --subsystem-match=misc --sysname-match=llmos \
+			|| true; fi
 
 # The tree mirrors the repository (kmod/ beside include/uapi/), so the Kbuild
 # finds the UAPI header where it always does. The sources of an earlier
@@ -156,6 +159,7 @@ install-dkms:
 		$(INSTALL_DATA) "$$f" "$(DESTDIR)$(DKMSDIR)/$$f" || exit 1; done
 	sed 's|@VERSION@|$(LLMOS_VERSION)|g' packaging/dkms.conf.in >"$(DESTDIR)$(DKMSDIR)/dkms.conf"
 	chmod 0644 "$(DESTDIR)$(DKMSDIR)/dkms.conf"
+	$(INSTALL_DATA) packaging/modules-load.conf "$(DESTDIR)$(MODULESLOADDIR)/llmos.conf"
 
 # Each page goes to the folder of its section (man/llmosctl.8 -> man8/).
 .PHONY: install-man
@@ -164,12 +168,17 @@ install-man:
 		echo "$(INSTALL_DATA) $$f $(DESTDIR)$(MANDIR)/man$${f##*.}/$${f##*/}"; \
 		$(INSTALL_DATA) "$$f" "$(DESTDIR)$(MANDIR)/man$${f##*.}/$${f##*/}"; done
 
-# KVER defaults to the release in the module's vermagic. depmod runs only for
-# a real install (a staged tree is indexed where it is unpacked).
+# KVER defaults to the release in the module's vermagic, and may not name
+# another (that kernel would refuse the module). depmod runs only for a real
+# install (a staged tree is indexed where it is unpacked).
 install-kmod: kmod
-	@PATH=$$PATH:/usr/sbin:/sbin; kver='$(KVER)'; \
-	[ -n "$$kver" ] || kver=$$(modinfo -F vermagic kmod/llmos.ko | cut -d' ' -f1); \
-	[ -n "$$kver" ] || { echo "install-kmod: no kernel release in kmod/llmos.ko" >&2; exit 1; }; \
+	@PATH=$$PATH:/usr/sbin:/sbin; built=$$(modinfo -F vermagic kmod/llmos.ko | cut -d' ' -f1); \
+	[ -n "$$built" ] || { echo "install-kmod: no kernel release in kmod/llmos.ko" >&2; exit 1; }; \
+	kver='$(KVER)'; [ -n "$$kver" ] || kver=$$built; \
+	[ "$$kver" = "$$built" ] || { echo "install-kmod: kmod/llmos.ko is built for $$built, not" \
+		"$$kver: build it against that kernel's headers" >&2; exit 1; }; \
+	if [ -z "$(DESTDIR)" ] && [ ! -d "$(MODULEDIR)/$$kver/kernel" ]; then \
+		echo "install-kmod: warning: kernel $$kver is not installed on this machine" >&2; fi; \
 	set -e; run() { echo "$$*"; "$$@"; }; \
 	run $(INSTALL_DATA) kmod/llmos.ko "$(DESTDIR)$(MODULEDIR)/$$kver/extra/llmos.ko"; \
 	run $(INSTALL_DATA) packaging/modules-load.conf "$(DESTDIR)$(MODULESLOADDIR)/llmos.conf"; \

@@ -123,9 +123,11 @@ lint_clang_format() {
 }
 
 lint_spdx() {
-	local f bad=0
-	for f in $(git ls-files --cached --others --exclude-standard |
-		grep -E '\.(c|h|cc|hh|sh|bpf\.c)$|(^|/)(Makefile|Kbuild|CMakeLists\.txt)$'); do
+	local f files bad=0
+	# The files git knows: without a git checkout there is nothing to say.
+	files=$(git ls-files --cached --others --exclude-standard) ||
+		{ echo "lint-spdx: not a git checkout"; return 1; }
+	for f in $(grep -E '\.(c|h|cc|hh|sh|bpf\.c)$|(^|/)(Makefile|Kbuild|CMakeLists\.txt)$' <<<"$files"); do
 		if ! head -n 2 "$f" | grep -q 'SPDX-License-Identifier:'; then
 			echo "$f: no SPDX line at the top"
 			bad=1

@@ -12,7 +12,12 @@ build=${1:-build/default}
 work=$(mktemp -d /tmp/llmos-demo-XXXXXX)
 pid=
 cleanup() {
+	local rc=$?
 	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+	if [ "$rc" != 0 ] && [ -s "$work/llmosd.log" ]; then
+		echo "demo: failed; llmosd said:" >&2
+		cat "$work/llmosd.log" >&2
+	fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -30,10 +35,12 @@ start() {
 		--listen 127.0.0.1:0 --port-file "$work/port" --workers 1 --slots 4 \
 		2>>"$work/llmosd.log" &
 	pid=$!
-	for _ in $(seq 100); do
+	for _ in $(seq 200); do
 		[ -s "$work/port" ] && break
+		kill -0 "$pid" 2>/dev/null || { echo "demo: llmosd did not start" >&2; exit 1; }
 		sleep 0.05
 	done
+	[ -s "$work/port" ] || { echo "demo: llmosd did not listen within 10 s" >&2; exit 1; }
 	port=$(cat "$work/port")
 	url=http://127.0.0.1:$port
 }

@@ -16,7 +16,8 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 CACHE=${LLMOS_CACHE:-/var/cache/llmos}
 SUDO=
-[ "$(id -u)" -eq 0 ] || SUDO=sudo
+# (sudo resets the environment: DEBIAN_FRONTEND goes through env.)
+[ "$(id -u)" -eq 0 ] || SUDO="sudo env DEBIAN_FRONTEND=noninteractive"
 
 log() { printf 'deps: %s\n' "$*" >&2; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
@@ -32,6 +33,7 @@ PKGS=(
 	qemu-system-x86 busybox-static clang-19 llvm-19 dwarves
 	python3 python3-numpy
 	python3-sphinx groff-base man-db
+	curl git
 )
 # Packages that must come from bookworm-backports (libbpf >= 1.4 is needed
 # to attach a struct_ops type defined by a module).
@@ -193,13 +195,20 @@ main() {
 	[ -n "$kver" ] || die "no linux-image-6.12.N+deb12-amd64-unsigned with headers and kbuild is served"
 	fetch_kernel "$kver"
 	local kdir="$CACHE/kernel/$kver"
-	cat >"$CACHE/kernel.env.tmp" <<ENV
-LLMOS_KVER=$kver
+	local env
+	env="LLMOS_KVER=$kver
 LLMOS_KDIR=$kdir/root/usr/src/linux-headers-$kver-amd64
 LLMOS_KSRC=$kdir/src
-LLMOS_VMLINUZ=$kdir/root/boot/vmlinuz-$kver-amd64
-ENV
-	mv "$CACHE/kernel.env.tmp" "$CACHE/kernel.env"
+LLMOS_VMLINUZ=$kdir/root/boot/vmlinuz-$kver-amd64"
+	# Written only when it changes: a user who cannot write the cache
+	# runs this (every build does) once it is set up.
+	if [ "$(cat "$CACHE/kernel.env" 2>/dev/null)" != "$env" ]; then
+		local tmp
+		tmp=$(mktemp "$CACHE/kernel.env.XXXXXX")
+		printf '%s\n' "$env" >"$tmp"
+		chmod 0644 "$tmp"
+		mv "$tmp" "$CACHE/kernel.env"
+	fi
 	log "kernel $kver; libbpf $(dpkg-query -W -f='${Version}' libbpf-dev);" \
 		"bpftool $(dpkg-query -W -f='${Version}' bpftool);" \
 		"clang $(dpkg-query -W -f='${Version}' clang-19);" \

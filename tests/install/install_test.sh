@@ -133,6 +133,9 @@ check "tmpfiles.d entry in /usr/lib/tmpfiles.d/llmos.conf" \
 check "llmosd unit in /usr/lib/systemd/system/llmosd.service" installed "$unit"
 check "llmosd options in /etc/default/llmosd" \
 	installed "$root/etc/default/llmosd" "$src/packaging/llmosd.default"
+# DKMS builds the module for each kernel; nothing would load it at boot.
+check "install-dkms: the module is loaded at boot (modules-load.d)" \
+	installed "$root/usr/lib/modules-load.d/llmos.conf" "$src/packaging/modules-load.conf"
 
 # dkms.conf, the module's sources and the UAPI header at their repository
 # paths, and nothing else (no build products of the source tree).
@@ -183,6 +186,15 @@ other_prefix() {
 }
 check "PREFIX=/opt/llmos: ExecStart follows it, system files stay in place" other_prefix
 
+# pkg-config's file names the prefix installed to, not the one configured.
+pc_prefix() {
+	DESTDIR="$stage/optpc" cmake --install "$build" --prefix /opt/llmos >"$stage/optpc.log" 2>&1 ||
+		{ cat "$stage/optpc.log"; return 1; }
+	grep -x 'prefix=/opt/llmos' "$stage/optpc/opt/llmos/lib/pkgconfig/llmos.pc" &&
+		grep -x 'prefix=/usr/local' "$stage/root/usr/local/lib/pkgconfig/llmos.pc"
+}
+check "llmos.pc follows the install prefix (/opt/llmos, /usr/local)" pc_prefix
+
 # A real install (no DESTDIR; folders moved into the stage, the tools it runs
 # replaced by stubs that log their arguments): it keeps an existing
 # /etc/default/llmosd and does what a package's postinst would.
@@ -204,10 +216,12 @@ real_install() {
 		grep -qx "systemd-sysusers $t/sysusers.d/llmos.conf" "$stage/calls" &&
 		grep -qx "systemd-tmpfiles --create $t/tmpfiles.d/llmos.conf" "$stage/calls" &&
 		grep -qx "udevadm control --reload" "$stage/calls" &&
+		grep -qx "udevadm trigger --action=change --subsystem-match=misc --sysname-match=llmos" \
+			"$stage/calls" &&
 		{ [ ! -d /run/systemd/system ] || grep -qx "systemctl daemon-reload" "$stage/calls"; } &&
 		[ -f "$t/system/llmosd.service" ] && [ -f "$t/rules.d/60-llmos.rules" ]
 }
-check "a real install keeps /etc/default/llmosd, runs sysusers, tmpfiles, udev reload" \
+check "a real install keeps /etc/default/llmosd, runs sysusers, tmpfiles, udev reload, trigger" \
 	real_install
 
 # The unit read the way systemd reads it: sections, Key=Value lines, and the
@@ -231,6 +245,8 @@ unit_settings() {
 		'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6' WantedBy=multi-user.target; do
 		grep -qxF "$kv" "$unit" || { echo "no line $kv"; return 1; }
 	done
+	# RemoveIPC= would delete the local backend's mindspaces at each stop.
+	! grep -q '^RemoveIPC=' "$unit" || { echo "RemoveIPC= is set"; return 1; }
 }
 check "the unit's sections, keys and settings (built-in check)" unit_settings
 
@@ -284,17 +300,18 @@ names_agree() {
 	echo "unit $user:$group state $state, udev group $rgroup"
 	grep -Eq "^g[[:space:]]+${group}[[:space:]]" "$sysusers" &&
 		grep -Eq "^g[[:space:]]+${rgroup}[[:space:]]" "$sysusers" &&
-		grep -Eq "^u[[:space:]]+${user}[[:space:]].*[[:space:]]/var/lib/$state\$" "$sysusers" &&
-		grep -Eq "^m[[:space:]]+${user}[[:space:]]+${group}\$" "$sysusers"
+		grep -Eq "^u[[:space:]]+${user}[[:space:]]+-:${group}[[:space:]].*[[:space:]]/var/lib/$state\$" \
+			"$sysusers"
 }
 check "unit User/Group and udev GROUP are made by sysusers.d" names_agree
 
+# User llmosd's primary group is llmos: what it makes is the group's.
 sysusers_creates() {
-	local r=$stage/su
+	local r=$stage/su gid
 	install -D -m 0644 "$sysusers" "$r/usr/lib/sysusers.d/llmos.conf" && mkdir -p "$r/etc" &&
-		systemd-sysusers --root="$r" llmos.conf &&
-		grep -E '^llmos:x:[0-9]+:(.*,)?llmosd(,|$)' "$r/etc/group" &&
-		grep -E '^llmosd:x:[0-9]+:[0-9]+:llmos daemon:/var/lib/llmosd:' "$r/etc/passwd"
+		systemd-sysusers --root="$r" llmos.conf || return 1
+	gid=$(sed -n 's/^llmos:x:\([0-9]*\):.*/\1/p' "$r/etc/group")
+	[ -n "$gid" ] && grep -E "^llmosd:x:[0-9]+:$gid:llmos daemon:/var/lib/llmosd:" "$r/etc/passwd"
 }
 tmpfiles_creates() {
 	local r=$stage/tf d
@@ -307,9 +324,9 @@ tmpfiles_creates() {
 	[ "$(stat -c '%F %a %U' "$r/dev/shm/llmos/next-id")" = "regular empty file 666 root" ]
 }
 if ! command -v systemd-sysusers >/dev/null; then
-	skip "systemd-sysusers makes group llmos and user llmosd in it" "systemd-sysusers is not installed"
+	skip "systemd-sysusers makes group llmos and user llmosd of it" "systemd-sysusers is not installed"
 else
-	check "systemd-sysusers makes group llmos and user llmosd in it" sysusers_creates
+	check "systemd-sysusers makes group llmos and user llmosd of it" sysusers_creates
 fi
 if ! command -v systemd-tmpfiles >/dev/null; then
 	skip "systemd-tmpfiles makes /dev/shm/llmos as libllmos does" "systemd-tmpfiles is not installed"
@@ -442,15 +459,18 @@ else
 fi
 
 # install-kmod, without rebuilding the module (-o kmod): into the release of
-# its vermagic or KVER, with modules-load.d, and no depmod in a staged tree.
+# its vermagic (a KVER naming another is refused), with modules-load.d, and
+# no depmod in a staged tree.
 install_kmod() {
 	local kver t=$stage/km
 	kver=$(modinfo -F vermagic "$src/kmod/llmos.ko" | cut -d' ' -f1)
 	mk -o kmod install-kmod DESTDIR="$t" &&
 		cmp "$src/kmod/llmos.ko" "$t/lib/modules/$kver/extra/llmos.ko" &&
 		grep -qx llmos "$t/usr/lib/modules-load.d/llmos.conf" &&
-		mk -o kmod install-kmod DESTDIR="$t" KVER=6.9.0-test &&
-		[ -f "$t/lib/modules/6.9.0-test/extra/llmos.ko" ] &&
+		! mk -o kmod install-kmod DESTDIR="$t" KVER=6.9.0-test 2>"$stage/kver.err" &&
+		grep -q "built for $kver, not 6.9.0-test" "$stage/kver.err" &&
+		[ ! -e "$t/lib/modules/6.9.0-test" ] &&
+		mk -o kmod install-kmod DESTDIR="$t" KVER="$kver" &&
 		! find "$t" -name 'modules.dep*' | grep . &&
 		stubs && rm -f "$stage/calls" &&
 		PATH=$stage/stubs:$PATH mk -o kmod install-kmod DESTDIR= MODULEDIR="$t/real" \
