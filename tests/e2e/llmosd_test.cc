@@ -271,6 +271,19 @@ protected:
         ASSERT_NE(pos, std::string::npos);
         EXPECT_LT(std::stoul(met.substr(pos + key.size())), asked) << "the worker stopped early";
     }
+    // A non-streaming completion of 60000 tokens whose client gives up
+    // after 150 ms (and closes its connection).
+    static void give_up_on_a_long_completion(httplib::Client impatient) {
+        impatient.set_read_timeout(0, 150000);
+        auto r = impatient.Post("/v1/completions",
+                                json{{"model", "tiny"},
+                                     {"prompt", "Hello world"},
+                                     {"max_tokens", 60000},
+                                     {"temperature", 0}}
+                                    .dump(),
+                                "application/json");
+        EXPECT_FALSE(r) << "it answered within 150 ms?";
+    }
     static void expect_error(const json& body, const std::string& type, const std::string& param) {
         ASSERT_TRUE(body.contains("error")) << body.dump();
         EXPECT_TRUE(body["error"]["message"].is_string());
@@ -1271,18 +1284,7 @@ TEST_F(llmosd_test, sigterm_drains_the_requests_in_flight) {
 
 TEST_F(llmosd_test, a_non_streaming_client_that_goes_away_cancels_its_request_too) {
     server s(_dir, {"--ctx", "65536"});
-    {
-        auto impatient = s.client();
-        impatient.set_read_timeout(0, 150000); // gives up after 150 ms
-        auto r = impatient.Post("/v1/completions",
-                                json{{"model", "tiny"},
-                                     {"prompt", "Hello world"},
-                                     {"max_tokens", 60000},
-                                     {"temperature", 0}}
-                                    .dump(),
-                                "application/json");
-        EXPECT_FALSE(r) << "it answered within 150 ms?";
-    }
+    give_up_on_a_long_completion(s.client());
     auto c = s.client();
     expect_one_request_cancelled_early(c, 60000);
 }
@@ -1299,18 +1301,7 @@ TEST_F(llmosd_test, a_non_streaming_client_on_a_unix_socket_that_goes_away_cance
         c.set_address_family(AF_UNIX);
         return c;
     };
-    {
-        auto impatient = unix_client();
-        impatient.set_read_timeout(0, 150000);
-        auto r = impatient.Post("/v1/completions",
-                                json{{"model", "tiny"},
-                                     {"prompt", "Hello world"},
-                                     {"max_tokens", 60000},
-                                     {"temperature", 0}}
-                                    .dump(),
-                                "application/json");
-        EXPECT_FALSE(r) << "it answered within 150 ms?";
-    }
+    give_up_on_a_long_completion(unix_client());
     auto c = unix_client();
     c.set_read_timeout(60, 0);
     expect_one_request_cancelled_early(c, 60000);
