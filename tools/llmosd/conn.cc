@@ -258,7 +258,7 @@ int connection_server::current_fd() noexcept {
     return t_stream ? t_stream->fd() : -1;
 }
 
-connection_server::refusal connection_server::current_refusal() noexcept {
+connection_server::refusal connection_server::current_refusal() {
     return t_stream ? t_stream->refused() : refusal{};
 }
 

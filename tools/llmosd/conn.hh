@@ -42,7 +42,7 @@ public:
     /// The socket of the connection whose request this thread serves; -1
     /// outside one.
     static int current_fd() noexcept;
-    static refusal current_refusal() noexcept;
+    static refusal current_refusal();
     /// Shuts every open connection down (reads and writes fail at once):
     /// their threads end. After stop().
     void shut_connections();

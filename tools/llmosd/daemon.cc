@@ -622,7 +622,7 @@ void daemon::check_session_owner(const std::string& session, const llmos::mindsp
     }
 }
 
-std::shared_ptr<std::timed_mutex> daemon::session_lock(const std::string& session) {
+std::shared_ptr<session_gate> daemon::session_lock(const std::string& session) {
     std::lock_guard lk(_sessions_m);
     auto& w = _session_locks[session];
     if (auto l = w.lock()) {
@@ -631,15 +631,14 @@ std::shared_ptr<std::timed_mutex> daemon::session_lock(const std::string& sessio
     // Its last holder takes its name out, so the map holds the sessions
     // with a request running or waiting, not every name ever used. A lock
     // made meanwhile under the same name stays.
-    auto l = std::shared_ptr<std::timed_mutex>(
-        new std::timed_mutex, [this, session](std::timed_mutex* m) {
-            delete m;
-            std::lock_guard lk(_sessions_m);
-            if (auto it = _session_locks.find(session);
-                it != _session_locks.end() && it->second.expired()) {
-                _session_locks.erase(it);
-            }
-        });
+    auto l = std::shared_ptr<session_gate>(new session_gate, [this, session](session_gate* m) {
+        delete m;
+        std::lock_guard lk(_sessions_m);
+        if (auto it = _session_locks.find(session);
+            it != _session_locks.end() && it->second.expired()) {
+            _session_locks.erase(it);
+        }
+    });
     w = l;
     return l;
 }
@@ -662,12 +661,12 @@ void daemon::end_session(const std::string& session, std::optional<uint32_t> ten
         check_session_owner(session, *ms, *tenant);
     }
     // None of its requests may run while it goes.
-    auto lock = session_lock(session);
-    std::unique_lock hold(*lock, std::try_to_lock);
-    if (!hold) {
+    auto gate = session_lock(session);
+    if (!gate->try_enter()) {
         throw api_error{409, "a request of the session '" + session + "' is running",
                         "invalid_request_error", "session", "session_busy"};
     }
+    const session_turn turn(std::move(gate));
     if (auto now = llmos::mindspace::open(*_dev, key)) {
         ms = std::move(now); // the one there now, should a request have replaced it
     }
@@ -847,8 +846,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
 
     // The session, if any: one request at a time. Another tenant's is
     // refused before it waits for the one running (checked again after).
-    std::shared_ptr<std::timed_mutex> session_lock;
-    std::unique_lock<std::timed_mutex> session_hold;
+    session_turn turn;
     if (!j.session.empty()) {
         if (!_keys.empty()) {
             const std::string name = std::string(session_ms_prefix) + j.session;
@@ -856,10 +854,9 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                 check_session_owner(j.session, *o, tenant);
             }
         }
-        session_lock = this->session_lock(j.session);
-        session_hold = std::unique_lock(*session_lock, std::defer_lock);
+        auto gate = this->session_lock(j.session);
         const auto give_up = steady_now() + _o.request_timeout;
-        while (!session_hold.try_lock_for(100ms)) {
+        while (!gate->enter_for(100ms)) {
             if (still_wanted && !still_wanted()) {
                 _metrics.cancelled.fetch_add(1);
                 throw api_error{499, "the client went away", "invalid_request_error", "",
@@ -873,6 +870,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                                 "server_error", "session", "timeout"};
             }
         }
+        turn = session_turn(std::move(gate));
     }
 
     const eng::model_params& p = m->model->params();
@@ -1165,8 +1163,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     _metrics.prompt_tokens.fetch_add(prompt_tokens.size());
     auto s = std::make_shared<submitted>(this, j, std::move(a));
     s->t0 = t0;
-    s->session_lock = std::move(session_lock);
-    s->session_hold = std::move(session_hold);
+    s->turn = std::move(turn);
     s->tenant = tenant;
     s->ms = std::move(ms);
     s->map = std::move(map);

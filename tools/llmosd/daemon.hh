@@ -96,6 +96,63 @@ struct metrics {
     histogram latency, ttft;
 };
 
+/// One request of a session at a time: its turn is taken and left.
+class session_gate {
+public:
+    bool try_enter() {
+        std::lock_guard lk(_m);
+        return !std::exchange(_busy, true);
+    }
+    /// Waits up to `d` for the turn: false if it did not come.
+    bool enter_for(std::chrono::milliseconds d) {
+        std::unique_lock lk(_m);
+        if (!_cv.wait_for(lk, d, [&] { return !_busy; })) {
+            return false;
+        }
+        _busy = true;
+        return true;
+    }
+    void leave() {
+        {
+            std::lock_guard lk(_m);
+            _busy = false;
+        }
+        _cv.notify_one();
+    }
+
+private:
+    std::mutex _m;
+    std::condition_variable _cv;
+    bool _busy = false;
+};
+
+/// A session's turn, held until it goes.
+class session_turn {
+public:
+    session_turn() = default;
+    explicit session_turn(std::shared_ptr<session_gate> g) noexcept
+        : _g(std::move(g)) {}
+    session_turn(session_turn&& o) noexcept
+        : _g(std::move(o._g)) {}
+    session_turn& operator=(session_turn&& o) noexcept {
+        if (this != &o) {
+            release();
+            _g = std::move(o._g);
+        }
+        return *this;
+    }
+    ~session_turn() { release(); }
+
+private:
+    void release() noexcept {
+        if (_g) {
+            _g->leave();
+            _g.reset();
+        }
+    }
+    std::shared_ptr<session_gate> _g;
+};
+
 /// Descriptors a worker streamed for one request, until its end.
 struct stream_queue {
     std::mutex m;
@@ -155,8 +212,7 @@ public:
         job j;
         admission a;
         double t0 = 0;
-        std::shared_ptr<std::timed_mutex> session_lock;
-        std::unique_lock<std::timed_mutex> session_hold; ///< its session's: one request at a time
+        session_turn turn;                  ///< its session's: one request at a time
         std::optional<llmos::mindspace> ms; ///< the request, its output, a session's cache
         std::optional<llmos::mapping> map;
         std::vector<llmos::engine::chat_message> conv; ///< a chat: the conversation run
@@ -240,7 +296,7 @@ private:
     void check_session_owner(const std::string& session, const llmos::mindspace& ms,
                              uint32_t tenant) const;
     /// The lock that lets one request of `session` run at a time.
-    std::shared_ptr<std::timed_mutex> session_lock(const std::string& session);
+    std::shared_ptr<session_gate> session_lock(const std::string& session);
     std::shared_ptr<stream_queue> attach(uint64_t id);
     void detach(uint64_t id);
     /// Cancels `id` in the scheduler, and marks it for its worker.
@@ -277,7 +333,7 @@ private:
     /// minute, at most once a minute. Under _streams_m.
     void sweep_streams();
     mutable std::mutex _sessions_m;
-    std::map<std::string, std::weak_ptr<std::timed_mutex>> _session_locks;
+    std::map<std::string, std::weak_ptr<session_gate>> _session_locks;
     std::map<std::string, api_key> _keys;
     std::atomic<uint32_t> _in_flight{0};
     std::atomic<uint64_t> _req_seq{0};

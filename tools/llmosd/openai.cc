@@ -124,28 +124,49 @@ std::string string(const json& o, const char* key, bool required) {
 
 } // namespace
 
+// Counts a body's values and nesting as it is read, without keeping
+// anything (nlohmann's parse callback takes time quadratic in an array's
+// length): stops at the first value past the bounds.
+struct body_bounds final : nlohmann::json_sax<json> {
+    static constexpr size_t max_depth = 64;
+    static constexpr size_t max_values = 65536;
+    size_t depth = 0, values = 0;
+    bool too_deep = false;
+
+    bool value() { return ++values <= max_values; }
+    bool open() {
+        too_deep = ++depth > max_depth;
+        return !too_deep && value();
+    }
+    bool null() override { return value(); }
+    bool boolean(bool) override { return value(); }
+    bool number_integer(number_integer_t) override { return value(); }
+    bool number_unsigned(number_unsigned_t) override { return value(); }
+    bool number_float(number_float_t, const string_t&) override { return value(); }
+    bool string(string_t&) override { return value(); }
+    bool binary(binary_t&) override { return value(); }
+    bool start_object(std::size_t) override { return open(); }
+    bool key(string_t&) override { return true; }
+    bool end_object() override { return --depth, true; }
+    bool start_array(std::size_t) override { return open(); }
+    bool end_array() override { return --depth, true; }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+        return false; // the parse that builds the value says what is wrong
+    }
+};
+
 json parse_body(const std::string& body) {
-    constexpr int max_depth = 64;
-    constexpr size_t max_values = 65536;
-    size_t values = 0;
-    // Stops the parse where the body goes out of bounds, before what it
-    // would take is taken.
-    auto bounded = [&](int depth, json::parse_event_t ev, json&) {
-        if (depth > max_depth) {
-            throw api_error{400,
-                            "the body nests deeper than " + std::to_string(max_depth) + " levels",
-                            "invalid_request_error", "", "body_too_complex"};
-        }
-        if (ev != json::parse_event_t::key && ev != json::parse_event_t::object_end &&
-            ev != json::parse_event_t::array_end && ++values > max_values) {
-            throw api_error{400,
-                            "the body holds more than " + std::to_string(max_values) + " values",
-                            "invalid_request_error", "", "body_too_complex"};
-        }
-        return true;
-    };
+    body_bounds b;
+    if (!json::sax_parse(body, &b) && (b.too_deep || b.values > body_bounds::max_values)) {
+        throw api_error{
+            400,
+            b.too_deep
+                ? "the body nests deeper than " + std::to_string(body_bounds::max_depth) + " levels"
+                : "the body holds more than " + std::to_string(body_bounds::max_values) + " values",
+            "invalid_request_error", "", "body_too_complex"};
+    }
     try {
-        return json::parse(body, bounded);
+        return json::parse(body);
     } catch (const json::exception& e) {
         // Syntax, bytes that are not UTF-8, numbers beyond a double's range.
         throw api_error{400, std::string("the body is not valid JSON: ") + e.what(),
