@@ -190,10 +190,38 @@ struct worker_pool::slot {
 // or, without a loop, in a DISPATCH that blocks a while. drain() and
 // stop() wake the loop; then the wait is cancelled (ECANCELED), and what
 // was taken meanwhile still comes back here.
+namespace {
+
+// poke()s as one of a waiting worker's loop sources: the loop's sleep
+// protocol looks at its sources again after it says it sleeps, so a poke
+// that comes just then still wakes it.
+struct poke_source final : loop_source {
+    const std::atomic<uint64_t>& pokes;
+    uint64_t seen;
+    inference_engine& engine;
+
+    poke_source(const std::atomic<uint64_t>& p, inference_engine& e)
+        : pokes(p)
+        , seen(p.load())
+        , engine(e) {}
+    size_t poll() override {
+        const uint64_t now = pokes.load();
+        if (now == seen) {
+            return 0;
+        }
+        seen = now;
+        engine.idle();
+        return 1;
+    }
+    bool pending() const override { return pokes.load(std::memory_order_seq_cst) != seen; }
+};
+
+} // namespace
+
 result<std::vector<request_desc>> worker_pool::wait_for_work(sched_worker& w, event_loop* loop,
                                                              uint32_t max,
                                                              inference_engine& engine) {
-    uint64_t pokes = _pokes.load();
+    poke_source pokes(_pokes, engine);
     engine.idle();
     if (!loop) {
         return w.dispatch(max, wait_for::at_most(50ms));
@@ -202,13 +230,12 @@ result<std::vector<request_desc>> worker_pool::wait_for_work(sched_worker& w, ev
     if (auto ec = w.dispatch_async(*loop, max, [&](auto r) { got.emplace(std::move(r)); })) {
         return ec;
     }
+    loop->add_source(pokes);
+    const std::unique_ptr<poke_source, std::function<void(poke_source*)>> added(
+        &pokes, [loop](poke_source* s) { loop->remove_source(*s); });
     while (!got) {
         if (_state.load() != state::running && w.dispatch_pending()) {
             w.cancel_dispatch();
-        }
-        if (const uint64_t now = _pokes.load(); now != pokes) {
-            pokes = now;
-            engine.idle();
         }
         if (!got) {
             loop->run_once();
