@@ -262,6 +262,29 @@ TEST_P(sched_backend, stats_count_what_happened) {
     EXPECT_EQ(hist, hist0 + 1);
 }
 
+using dispatched = std::optional<llmos::result<std::vector<llmos::request_desc>>>;
+
+// Runs `loop` until a cancelled dispatch_async answers (10 s at most): it
+// must say ECANCELED, with no request.
+void expect_cancelled(llmos::event_loop& loop, const dispatched& got) {
+    for (auto t0 = std::chrono::steady_clock::now();
+         !got && std::chrono::steady_clock::now() - t0 < 10s;) {
+        loop.run_once(100ms);
+    }
+    ASSERT_TRUE(got);
+    ASSERT_FALSE(*got) << "it got a request";
+    EXPECT_EQ(got->error(), std::errc::operation_canceled);
+}
+
+// A plain DISPATCH of `w` takes `id`, which it starts and completes.
+void takes_and_completes(llmos::sched_worker& w, uint64_t id) {
+    auto d = w.dispatch(1, wait_for::at_most(5s));
+    ASSERT_TRUE(d) << d.error().message();
+    EXPECT_EQ(d->front().id, id);
+    EXPECT_FALSE(w.start(id));
+    EXPECT_FALSE(w.complete(id, 0, 1));
+}
+
 } // namespace
 
 // DISPATCH waiting in an event loop: a uring_cmd on the loop's ring (kernel)
@@ -308,18 +331,8 @@ TEST_P(sched_backend, a_worker_assigned_over_cancels_its_pending_dispatch) {
     w = worker(1); // the first worker goes, with its pending DISPATCH
     EXPECT_FALSE(w.dispatch_pending());
     auto id = c.submit({.tenant = 1, .cost = 1}).value();
-    auto t0 = std::chrono::steady_clock::now();
-    while (!got && std::chrono::steady_clock::now() - t0 < 10s) {
-        loop->run_once(100ms);
-    }
-    ASSERT_TRUE(got);
-    ASSERT_FALSE(*got) << "the old worker's callback got a request";
-    EXPECT_EQ(got->error(), std::errc::operation_canceled);
-    auto d = w.dispatch(1, wait_for::at_most(5s));
-    ASSERT_TRUE(d) << d.error().message();
-    EXPECT_EQ(d->front().id, id);
-    EXPECT_FALSE(w.start(id));
-    EXPECT_FALSE(w.complete(id, 0, 1));
+    expect_cancelled(*loop, got); // the old worker's callback got no request
+    takes_and_completes(w, id);
 }
 
 TEST_P(sched_backend, dispatch_async_cancelled_loses_nothing) {
@@ -330,18 +343,7 @@ TEST_P(sched_backend, dispatch_async_cancelled_loses_nothing) {
     ASSERT_FALSE(w.dispatch_async(*loop, 1, [&](auto r) { got.emplace(std::move(r)); }));
     loop->run_once(10ms);
     w.cancel_dispatch();
-    auto t0 = std::chrono::steady_clock::now();
-    while (!got && std::chrono::steady_clock::now() - t0 < 10s) {
-        loop->run_once(1s);
-    }
-    ASSERT_TRUE(got);
-    ASSERT_FALSE(*got);
-    EXPECT_EQ(got->error(), std::errc::operation_canceled);
+    expect_cancelled(*loop, got);
     // The next request goes to a plain DISPATCH: nothing was left taken.
-    auto id = c.submit({.tenant = 1, .cost = 1}).value();
-    auto d = w.dispatch(1, wait_for::at_most(5s));
-    ASSERT_TRUE(d) << d.error().message();
-    EXPECT_EQ(d->front().id, id);
-    EXPECT_FALSE(w.start(id));
-    EXPECT_FALSE(w.complete(id, 0, 1));
+    takes_and_completes(w, c.submit({.tenant = 1, .cost = 1}).value());
 }
