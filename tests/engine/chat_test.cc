@@ -33,16 +33,59 @@ const msgs spaces{
 };
 
 std::string chatml(const msgs& m, bool gen) {
-    return render_chat(chat_format::chatml, m, gen, "<s>", "</s>");
+    return render_chat(chat_format::chatml, m, gen, "<s>", "</s>").text;
 }
 std::string llama3(const msgs& m, bool gen) {
-    return render_chat(chat_format::llama3, m, gen, "<|begin_of_text|>", "<|end_of_text|>");
+    return render_chat(chat_format::llama3, m, gen, "<|begin_of_text|>", "<|end_of_text|>").text;
 }
 std::string llama2(const msgs& m, bool gen) {
-    return render_chat(chat_format::llama2, m, gen, "<s>", "</s>");
+    return render_chat(chat_format::llama2, m, gen, "<s>", "</s>").text;
+}
+
+/// The rendered text inside (true) or outside (false) the markers.
+std::string part(const rendered_chat& r, bool inside) {
+    std::string in;
+    std::string out;
+    size_t at = 0;
+    for (const text_span& s : r.markers) {
+        EXPECT_LE(at, s.off) << "markers in order, apart";
+        EXPECT_LE(s.off + s.len, r.text.size());
+        out += r.text.substr(at, s.off - at);
+        in += r.text.substr(s.off, s.len);
+        at = s.off + s.len;
+    }
+    out += r.text.substr(std::min(at, r.text.size()));
+    return inside ? in : out;
 }
 
 } // namespace
+
+TEST(chat, markers_are_the_templates_text_and_nothing_of_the_messages) {
+    const rendered_chat c = render_chat(chat_format::chatml, with_system, true, "<s>", "</s>");
+    EXPECT_EQ("<|im_start|><|im_end|>\n<|im_start|><|im_end|>\n<|im_start|><|im_end|>\n<|im_start|>"
+              "<|im_end|>\n<|im_start|>assistant\n",
+              part(c, true));
+    EXPECT_EQ("system\nYou are helpful.user\nHello!assistant\nHi there.user\n  How are you?\n",
+              part(c, false));
+    const rendered_chat l3 =
+        render_chat(chat_format::llama3, with_system, true, "<|begin_of_text|>", "<|end_of_text|>");
+    std::string turns;
+    for (int i = 0; i < 4; ++i) {
+        turns += "<|start_header_id|><|end_header_id|>\n\n<|eot_id|>";
+    }
+    EXPECT_EQ("<|begin_of_text|>" + turns + "<|start_header_id|>assistant<|end_header_id|>\n\n",
+              part(l3, true));
+    EXPECT_EQ("systemYou are helpful.userHello!assistantHi there.userHow are you?",
+              part(l3, false));
+    const rendered_chat l2 = render_chat(chat_format::llama2, with_system, true, "<s>", "</s>");
+    EXPECT_EQ("<s>[INST]  [/INST]  </s><s>[INST]  [/INST]", part(l2, true));
+    EXPECT_EQ("<<SYS>>\nYou are helpful.\n<</SYS>>\n\nHello!Hi there.How are you?",
+              part(l2, false));
+    // Markers that touch are one span: "<|im_end|>\n" and the next
+    // "<|im_start|>" here.
+    ASSERT_EQ(5u, c.markers.size());
+    EXPECT_EQ("<|im_end|>\n<|im_start|>", c.text.substr(c.markers[1].off, c.markers[1].len));
+}
 
 TEST(chat, detects_formats_from_templates) {
     EXPECT_EQ(chat_format::chatml,
@@ -145,9 +188,10 @@ TEST(chat, renders_with_a_vocabs_template_and_tokens) {
     vocab v(d);
     EXPECT_EQ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_"
               "header_id|>assistant<|end_header_id|>\n\n",
-              render_chat(v, one, true));
-    // The rendered prompt carries BOS: parse it, add nothing.
-    const auto ids = v.encode(render_chat(v, one, true), false, true);
+              render_chat(v, one, true).text);
+    // The rendered prompt carries BOS: parse its markers, add nothing.
+    const rendered_chat r = render_chat(v, one, true);
+    const auto ids = v.encode(r.text, false, r.markers);
     ASSERT_FALSE(ids.empty());
     EXPECT_EQ(1, ids.front());
 

@@ -203,6 +203,17 @@ protected:
         std::memcpy(bytes().data() + off, b.data(), b.size());
         return {.cost = max_tokens, .ms_id = _ms->id(), .prompt_off = off, .prompt_len = b.size()};
     }
+    // Writes a request with `flags` (and special-token spans) at `off`.
+    llmos::submit_options request_with(uint64_t off, std::string_view text, uint32_t max_tokens,
+                                       uint32_t flags, std::vector<llmos::gen_span> spans = {}) {
+        llmos::gen_request_header h;
+        h.temperature = 0;
+        h.max_tokens = max_tokens;
+        h.flags = flags;
+        auto b = llmos::build_gen_request(h, text, {}, spans);
+        std::memcpy(bytes().data() + off, b.data(), b.size());
+        return {.cost = max_tokens, .ms_id = _ms->id(), .prompt_off = off, .prompt_len = b.size()};
+    }
     struct outcome {
         llmos::finished_request f;
         std::string text;
@@ -255,6 +266,74 @@ TEST_F(llm_engine_test, a_stop_string_ends_the_text_before_it) {
     auto r = run(c, request(0, "Hello world", 16, {stop}));
     EXPECT_EQ(r.f.state, LLMOS_REQ_COMPLETED);
     EXPECT_EQ(r.text, full.substr(0, full.find(stop)));
+}
+
+TEST_F(llm_engine_test, special_tokens_are_tokens_only_inside_the_request_s_spans) {
+    auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto c = llmos::sched_client::open(*_dev).value();
+    // "</s>" is the model's EOS, a control token: with gen_parse_special
+    // it is that token, without it is text. Spans decide per occurrence.
+    const std::string text = "Hello</s> world</s> again";
+    const auto special = run(c, request_with(0, text, 8, llmos::gen_parse_special));
+    const auto plain = run(c, request_with(0, text, 8, 0));
+    ASSERT_EQ(special.f.state, LLMOS_REQ_COMPLETED);
+    ASSERT_EQ(plain.f.state, LLMOS_REQ_COMPLETED);
+    ASSERT_NE(special.text, plain.text) << "the two tokenizations must lead apart for this test";
+    const uint32_t spans = llmos::gen_special_spans;
+    // Spans over both: as gen_parse_special; none: as plain text.
+    EXPECT_EQ(run(c, request_with(0, text, 8, spans, {{5, 4}, {15, 4}})).text, special.text);
+    EXPECT_EQ(run(c, request_with(0, text, 8, spans)).text, plain.text);
+    // A span that covers only part of the token's text is no span for it.
+    EXPECT_EQ(run(c, request_with(0, text, 8, spans, {{5, 3}, {16, 4}})).text, plain.text);
+    // Spans out of order, or past the text, and unknown flags: refused.
+    EXPECT_EQ(run(c, request_with(0, text, 8, spans, {{15, 4}, {5, 4}})).f.status, -EINVAL);
+    EXPECT_EQ(run(c, request_with(0, text, 8, spans, {{20, 6}})).f.status, -EINVAL);
+    EXPECT_EQ(run(c, request_with(0, text, 8, 1u << 7)).f.status, -EINVAL);
+}
+
+TEST(gen_request, spans_round_trip_and_malformed_ones_are_named) {
+    llmos::gen_request_header h;
+    h.flags = llmos::gen_special_spans;
+    const std::vector<std::string> stop{"x", "yz"};
+    const std::vector<llmos::gen_span> at{{0, 2}, {4, 1}};
+    auto b = llmos::build_gen_request(h, "abcdef", stop, at);
+    std::string why;
+    auto r = llmos::parse_gen_request(b, &why);
+    ASSERT_TRUE(r) << why;
+    EXPECT_EQ(r->text, "abcdef");
+    EXPECT_EQ(r->stop, stop);
+    ASSERT_EQ(r->special_at.size(), 2u);
+    EXPECT_EQ(r->special_at[1].off, 4u);
+    EXPECT_EQ(r->special_at[1].len, 1u);
+    // Without the flag the spans are not written, nor read.
+    h.flags = 0;
+    const auto plain = llmos::build_gen_request(h, "abcdef", stop, at);
+    EXPECT_EQ(plain.size() + 4 + 2 * sizeof(llmos::gen_span), b.size());
+    ASSERT_TRUE(llmos::parse_gen_request(plain, &why)) << why;
+    EXPECT_TRUE(llmos::parse_gen_request(plain, &why)->special_at.empty());
+    // Cut anywhere in the spans: refused, saying so.
+    for (size_t cut = plain.size(); cut < b.size(); ++cut) {
+        EXPECT_FALSE(llmos::parse_gen_request(std::span(b).first(cut), &why)) << cut;
+        EXPECT_EQ(why, "special-token spans run past the request") << cut;
+    }
+    // A count far past the bytes there are.
+    auto huge = b;
+    const uint32_t n = 0xffffffffu;
+    std::memcpy(huge.data() + plain.size(), &n, sizeof(n));
+    EXPECT_FALSE(llmos::parse_gen_request(huge, &why));
+    EXPECT_EQ(why, "special-token spans run past the request");
+    // Overlapping spans, and a span that wraps past 2^32.
+    for (const std::vector<llmos::gen_span>& bad :
+         {std::vector<llmos::gen_span>{{0, 3}, {2, 1}},
+          std::vector<llmos::gen_span>{{1, 0xffffffffu}}}) {
+        h.flags = llmos::gen_special_spans;
+        EXPECT_FALSE(
+            llmos::parse_gen_request(llmos::build_gen_request(h, "abcdef", stop, bad), &why));
+        EXPECT_EQ(why, "special-token spans out of order or past the text");
+    }
+    h.flags = 1u << 5;
+    EXPECT_FALSE(llmos::parse_gen_request(llmos::build_gen_request(h, "a", {}), &why));
+    EXPECT_EQ(why, "unknown generation request flags");
 }
 
 TEST_F(llm_engine_test, a_conversation_s_cache_in_its_mindspace_skips_the_prefix) {

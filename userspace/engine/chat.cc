@@ -64,38 +64,55 @@ std::string_view py_strip(std::string_view s) {
     return s.substr(b, e - b);
 }
 
-void render_chatml(std::span<const chat_message> msgs, bool gen, std::string& out) {
+/// Appends the template's own text, noting where it went.
+void marker(rendered_chat& out, std::string_view s) {
+    if (s.empty()) {
+        return;
+    }
+    text_span& last = out.markers.emplace_back(text_span{out.text.size(), s.size()});
+    out.text += s;
+    // Markers that touch are one span (a special token may straddle them).
+    if (out.markers.size() > 1) {
+        text_span& prev = out.markers[out.markers.size() - 2];
+        if (prev.off + prev.len == last.off) {
+            prev.len += last.len;
+            out.markers.pop_back();
+        }
+    }
+}
+
+void render_chatml(std::span<const chat_message> msgs, bool gen, rendered_chat& out) {
     for (const chat_message& m : msgs) {
-        out += "<|im_start|>";
-        out += m.role;
-        out += '\n';
-        out += m.content;
-        out += "<|im_end|>\n";
+        marker(out, "<|im_start|>");
+        out.text += m.role;
+        out.text += '\n';
+        out.text += m.content;
+        marker(out, "<|im_end|>\n");
     }
     if (gen) {
-        out += "<|im_start|>assistant\n";
+        marker(out, "<|im_start|>assistant\n");
     }
 }
 
 void render_llama3(std::span<const chat_message> msgs, bool gen, std::string_view bos,
-                   std::string& out) {
+                   rendered_chat& out) {
     for (size_t i = 0; i < msgs.size(); ++i) {
         if (i == 0) {
-            out += bos;
+            marker(out, bos);
         }
-        out += "<|start_header_id|>";
-        out += msgs[i].role;
-        out += "<|end_header_id|>\n\n";
-        out += py_strip(msgs[i].content);
-        out += "<|eot_id|>";
+        marker(out, "<|start_header_id|>");
+        out.text += msgs[i].role;
+        marker(out, "<|end_header_id|>\n\n");
+        out.text += py_strip(msgs[i].content);
+        marker(out, "<|eot_id|>");
     }
     if (gen) {
-        out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+        marker(out, "<|start_header_id|>assistant<|end_header_id|>\n\n");
     }
 }
 
 void render_llama2(std::span<const chat_message> msgs, std::string_view bos, std::string_view eos,
-                   std::string& out) {
+                   rendered_chat& out) {
     std::optional<std::string_view> system;
     if (!msgs.empty() && msgs[0].role == "system") {
         system = msgs[0].content;
@@ -118,15 +135,15 @@ void render_llama2(std::span<const chat_message> msgs, std::string_view bos, std
         }
         content += m.content;
         if (want_user) {
-            out += bos;
-            out += "[INST] ";
-            out += py_strip(content);
-            out += " [/INST]";
+            marker(out, bos);
+            marker(out, "[INST] ");
+            out.text += py_strip(content);
+            marker(out, " [/INST]");
         } else {
-            out += ' ';
-            out += py_strip(content);
-            out += ' ';
-            out += eos;
+            marker(out, " ");
+            out.text += py_strip(content);
+            marker(out, " ");
+            marker(out, eos);
         }
     }
 }
@@ -167,9 +184,9 @@ std::optional<chat_format> detect_chat_format(std::string_view tmpl) {
     return std::nullopt;
 }
 
-std::string render_chat(chat_format f, std::span<const chat_message> messages,
-                        bool add_generation_prompt, std::string_view bos, std::string_view eos) {
-    std::string out;
+rendered_chat render_chat(chat_format f, std::span<const chat_message> messages,
+                          bool add_generation_prompt, std::string_view bos, std::string_view eos) {
+    rendered_chat out;
     switch (f) {
     case chat_format::chatml:
         render_chatml(messages, add_generation_prompt, out);
@@ -184,8 +201,8 @@ std::string render_chat(chat_format f, std::span<const chat_message> messages,
     return out;
 }
 
-std::string render_chat(const vocab& v, std::span<const chat_message> messages,
-                        bool add_generation_prompt) {
+rendered_chat render_chat(const vocab& v, std::span<const chat_message> messages,
+                          bool add_generation_prompt) {
     const std::optional<chat_format> f = detect_chat_format(v.chat_template());
     if (!f) {
         throw std::invalid_argument(

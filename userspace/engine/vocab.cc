@@ -330,7 +330,27 @@ vocab& vocab::operator=(vocab&&) noexcept = default;
 
 std::vector<int32_t> vocab::encode(std::string_view text, bool add_special,
                                    bool parse_special) const {
+    return encode_with(text, add_special, parse_special, {});
+}
+
+std::vector<int32_t> vocab::encode(std::string_view text, bool add_special,
+                                   std::span<const text_span> special_at) const {
+    return encode_with(text, add_special, true, special_at);
+}
+
+std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special, bool parse_special,
+                                        std::optional<std::span<const text_span>> only) const {
     const impl& v = *_impl;
+    // Whether a control token's text at [at, at + n) may be that token.
+    auto allowed = [&](size_t at, size_t n) {
+        if (!only) {
+            return true;
+        }
+        // The last span that starts at or before `at`.
+        auto it = std::upper_bound(only->begin(), only->end(), at,
+                                   [](size_t a, const text_span& s) { return a < s.off; });
+        return it != only->begin() && at + n <= std::prev(it)->off + std::prev(it)->len;
+    };
 
     // Cut out special token texts, longest tokens first (llama.cpp's
     // tokenizer_st_partition).
@@ -354,11 +374,16 @@ std::vector<int32_t> vocab::encode(std::string_view text, bool add_special,
             }
             size_t pos = f.off;
             const size_t end = f.off + f.len;
-            for (;;) {
-                const size_t hit = text.substr(0, end).find(st, pos);
+            for (size_t from = pos;;) {
+                const size_t hit = text.substr(0, end).find(st, from);
                 if (hit == std::string_view::npos) {
                     break;
                 }
+                if (t != token_type::user_defined && !allowed(hit, st.size())) {
+                    from = hit + 1; // text here: look further on
+                    continue;
+                }
+                from = hit + st.size();
                 changed = true;
                 if (hit > pos) {
                     next.push_back({-1, pos, hit - pos});

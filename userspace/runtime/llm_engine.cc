@@ -28,6 +28,9 @@ std::optional<gen_request> parse_gen_request(std::span<const std::byte> bytes, s
     if (r.h.version != gen_version) {
         return fail("unsupported generation request version");
     }
+    if (r.h.flags & ~uint32_t(gen_known_flags)) {
+        return fail("unknown generation request flags");
+    }
     uint64_t need = sizeof(r.h) + uint64_t(r.h.text_len) + r.h.stop_bytes;
     if (need > bytes.size()) {
         return fail("text and stop strings run past the request");
@@ -43,24 +46,54 @@ std::optional<gen_request> parse_gen_request(std::span<const std::byte> bytes, s
         r.stop.emplace_back(stops.substr(0, nul));
         stops.remove_prefix(nul + 1);
     }
+    if (r.h.flags & gen_special_spans) {
+        const uint64_t at = need;
+        uint32_t n = 0;
+        if (bytes.size() - at < sizeof(n)) {
+            return fail("special-token spans run past the request");
+        }
+        std::memcpy(&n, bytes.data() + at, sizeof(n));
+        if (uint64_t(n) * sizeof(gen_span) > bytes.size() - at - sizeof(n)) {
+            return fail("special-token spans run past the request");
+        }
+        r.special_at.resize(n);
+        std::memcpy(r.special_at.data(), bytes.data() + at + sizeof(n), n * sizeof(gen_span));
+        uint64_t end = 0;
+        for (const gen_span& sp : r.special_at) {
+            if (sp.off < end || uint64_t(sp.off) + sp.len > r.h.text_len) {
+                return fail("special-token spans out of order or past the text");
+            }
+            end = uint64_t(sp.off) + sp.len;
+        }
+    }
     return r;
 }
 
 std::vector<std::byte> build_gen_request(const gen_request_header& h, std::string_view text,
-                                         std::span<const std::string> stop) {
+                                         std::span<const std::string> stop,
+                                         std::span<const gen_span> special_at) {
     gen_request_header hh = h;
     hh.text_len = static_cast<uint32_t>(text.size());
     hh.stop_bytes = 0;
     for (auto& s : stop) {
         hh.stop_bytes += static_cast<uint32_t>(s.size() + 1);
     }
-    std::vector<std::byte> out(sizeof(hh) + hh.text_len + hh.stop_bytes);
+    const bool spans = (hh.flags & gen_special_spans) != 0;
+    const auto n = static_cast<uint32_t>(spans ? special_at.size() : 0);
+    std::vector<std::byte> out(sizeof(hh) + hh.text_len + hh.stop_bytes +
+                               (spans ? sizeof(n) + n * sizeof(gen_span) : 0));
     std::memcpy(out.data(), &hh, sizeof(hh));
     std::memcpy(out.data() + sizeof(hh), text.data(), text.size());
     size_t at = sizeof(hh) + text.size();
     for (auto& s : stop) {
         std::memcpy(out.data() + at, s.data(), s.size());
         at += s.size() + 1;
+    }
+    if (spans) {
+        std::memcpy(out.data() + at, &n, sizeof(n));
+        if (n) {
+            std::memcpy(out.data() + at + sizeof(n), special_at.data(), n * sizeof(gen_span));
+        }
     }
     return out;
 }
@@ -334,8 +367,17 @@ engine_status llm_engine::impl::prefill(sequence& s) {
         return bad(E2BIG);
     }
     auto st = std::make_unique<seq_state>();
-    st->prompt =
-        v.encode(req->text, !(req->h.flags & gen_no_bos), (req->h.flags & gen_parse_special) != 0);
+    if (req->h.flags & gen_special_spans) {
+        std::vector<eng::text_span> at;
+        at.reserve(req->special_at.size());
+        for (const gen_span& sp : req->special_at) {
+            at.push_back({sp.off, sp.len});
+        }
+        st->prompt = v.encode(req->text, !(req->h.flags & gen_no_bos), at);
+    } else {
+        st->prompt = v.encode(req->text, !(req->h.flags & gen_no_bos),
+                              (req->h.flags & gen_parse_special) != 0);
+    }
     if (st->prompt.empty()) {
         return bad(EINVAL); // nothing to start from
     }

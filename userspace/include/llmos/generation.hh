@@ -26,7 +26,21 @@ constexpr uint32_t gen_version = 1;
 enum : uint32_t {
     gen_parse_special = 1u << 0, ///< special-token texts in the prompt are tokens
     gen_no_bos = 1u << 1,        ///< do not add BOS (the text has it already)
+    /// Special-token texts are tokens only inside the spans listed after
+    /// the stop strings (a rendered chat's markers); elsewhere they are
+    /// text. Overrides gen_parse_special.
+    gen_special_spans = 1u << 2,
+    gen_known_flags = gen_parse_special | gen_no_bos | gen_special_spans,
 };
+
+/// A byte range of the request's text (gen_special_spans). After the stop
+/// strings come a uint32_t count and that many spans, in order and apart,
+/// each inside the text; no alignment.
+struct gen_span {
+    uint32_t off = 0;
+    uint32_t len = 0;
+};
+static_assert(sizeof(gen_span) == 8);
 
 struct gen_request_header {
     uint32_t magic = gen_magic;
@@ -54,16 +68,20 @@ struct gen_request {
     gen_request_header h;
     std::string_view text;
     std::vector<std::string> stop;
+    std::vector<gen_span> special_at; ///< with gen_special_spans
 };
 
 /// Parses `bytes` (the request's prompt span). Nothing, with `why` set,
-/// when it is not a well-formed request (bad magic or version, lengths
-/// past the end, a stop string without its NUL).
+/// when it is not a well-formed request (bad magic or version, unknown
+/// flags, lengths past the end, a stop string without its NUL, spans out
+/// of order or past the text).
 std::optional<gen_request> parse_gen_request(std::span<const std::byte> bytes, std::string* why);
 
-/// Lays a request out: header, text, stop strings. Returns the bytes.
+/// Lays a request out: header, text, stop strings and, when h.flags has
+/// gen_special_spans, `special_at`. Returns the bytes.
 std::vector<std::byte> build_gen_request(const gen_request_header& h, std::string_view text,
-                                         std::span<const std::string> stop);
+                                         std::span<const std::string> stop,
+                                         std::span<const gen_span> special_at = {});
 
 /// Why a generation ended (its request's tokens count, the status says
 /// success or failure; this is for the client's finish_reason).

@@ -16,23 +16,25 @@
 //       {eos}...
 //
 // The rendered text carries the template's own BOS where it has one
-// (llama3, llama2): tokenize it with add_special = false and
-// parse_special = true. Templates with more logic than this (Llama-3.1's
-// dated system preamble, Qwen2.5's default system prompt, tools) are
+// (llama3, llama2): tokenize it with add_special = false and the markers
+// the renderer lists, vocab::encode(text, false, markers), so that the
+// template's "<|im_start|>" is a token and a message's is text (a message
+// cannot open a turn of its own, as it cannot through the OpenAI API). Templates with more logic
+// than this (Llama-3.1's dated system preamble, Qwen2.5's default system prompt, tools) are
 // rendered as the plain format they are built on. An empty template falls
 // back to chatml, as llama.cpp does for models without one; any other
 // template this code does not recognise is an error, not a guess.
 // Everything here is a pure function: any thread may call it.
 #pragma once
 
+#include <llmos/engine/vocab.hh>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace llmos::engine {
-
-class vocab;
 
 enum class chat_format { chatml, llama3, llama2 };
 
@@ -48,19 +50,27 @@ struct chat_message {
 /// nothing for a template none of the markers identifies.
 std::optional<chat_format> detect_chat_format(std::string_view tmpl);
 
+/// A rendered chat: its text, and where in it the template put its own
+/// marker texts (turn headers and ends, BOS, EOS), in order. Everything
+/// else (roles, contents) came from the messages.
+struct rendered_chat {
+    std::string text;
+    std::vector<text_span> markers;
+};
+
 /// Renders `messages` in format `f`; `add_generation_prompt` opens an
 /// assistant turn at the end (llama2 has none: its prompt already ends
 /// with "[/INST]"). `bos` and `eos` are the texts the template knows as
 /// bos_token and eos_token. Throws std::invalid_argument for llama2 when
 /// the roles after an optional leading system message are not user,
 /// assistant, user, ... (the template raises there too).
-std::string render_chat(chat_format f, std::span<const chat_message> messages,
-                        bool add_generation_prompt, std::string_view bos, std::string_view eos);
+rendered_chat render_chat(chat_format f, std::span<const chat_message> messages,
+                          bool add_generation_prompt, std::string_view bos, std::string_view eos);
 
 /// Renders with the format of `v`'s chat template and its BOS/EOS texts.
 /// Throws std::invalid_argument naming the problem when the template is
 /// not one of the supported formats (and as render_chat).
-std::string render_chat(const vocab& v, std::span<const chat_message> messages,
-                        bool add_generation_prompt);
+rendered_chat render_chat(const vocab& v, std::span<const chat_message> messages,
+                          bool add_generation_prompt);
 
 } // namespace llmos::engine

@@ -97,6 +97,13 @@ struct vocab_data {
 /// gpt2) is missing or a key has the wrong type. Any thread.
 vocab_data from_gguf(const gguf_file& file);
 
+/// A byte range [off, off + len) of a text.
+struct text_span {
+    size_t off = 0;
+    size_t len = 0;
+    bool operator==(const text_span&) const = default;
+};
+
 /// A tokenizer and its token table.
 class vocab {
 public:
@@ -115,6 +122,16 @@ public:
     /// tokens instead of being tokenized as text. Never fails on any byte
     /// string; allocates.
     std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
+
+    /// As encode(text, add_special, true), except that a control or
+    /// unknown token's text is that token only where it lies wholly inside
+    /// one of `special_at`; elsewhere it is text, as with parse_special =
+    /// false (user-defined tokens are tokens everywhere, as always). This
+    /// is how a rendered chat is tokenized: the template's markers are
+    /// tokens, a message's "<|im_end|>" is not. `special_at` is sorted by
+    /// offset; spans past the text are ignored.
+    std::vector<int32_t> encode(std::string_view text, bool add_special,
+                                std::span<const text_span> special_at) const;
 
     /// The bytes token `id` stands for: byte tokens give their byte, SPM
     /// "▁" becomes a space, byte-level BPE characters map back to their
@@ -159,6 +176,9 @@ public:
     struct impl;
 
 private:
+    std::vector<int32_t> encode_with(std::string_view text, bool add_special, bool parse_special,
+                                     std::optional<std::span<const text_span>> only) const;
+
     std::unique_ptr<impl> _impl;
 };
 
