@@ -47,17 +47,69 @@ missing_pkgs() {
 	done
 }
 
-# The mirror that serves bookworm in the default sources.
+# Where apt looks for its sources (a test points this elsewhere).
+APT_ETC=${LLMOS_APT_ETC:-/etc/apt}
+
+# "URI SUITE" for each binary-package source apt uses: one-line entries
+# ("deb [options] uri suite components") in sources.list and *.list, and
+# deb822 stanzas in *.sources (Types with deb, every URI by every suite,
+# not Enabled: no). Comments, deb-src entries and files with other
+# extensions are not sources.
+apt_sources() {
+	local f
+	for f in "$APT_ETC/sources.list" "$APT_ETC"/sources.list.d/*.list; do
+		[ -r "$f" ] || continue
+		awk '{ sub(/#.*/, "") }
+		$1 == "deb" {
+			i = 2
+			if ($i ~ /^\[/) {
+				while (i <= NF && $i !~ /\]$/)
+					i++
+				i++
+			}
+			if (i + 1 <= NF)
+				print $i, $(i + 1)
+		}' "$f"
+	done
+	for f in "$APT_ETC"/sources.list.d/*.sources; do
+		[ -r "$f" ] || continue
+		awk 'function flush(  nu, ns, u, s, au, as) {
+			if ((" " F["types"] " ") ~ /[ \t]deb[ \t]/ &&
+			    tolower(F["enabled"]) !~ /^[ \t]*no[ \t]*$/) {
+				nu = split(F["uris"], au)
+				ns = split(F["suites"], as)
+				for (u = 1; u <= nu; u++)
+					for (s = 1; s <= ns; s++)
+						print au[u], as[s]
+			}
+			split("", F)
+			key = ""
+		}
+		/^#/ { next }
+		/^[ \t]*$/ { flush(); next }
+		/^[ \t]/ { if (key != "") F[key] = F[key] " " $0; next }
+		{
+			i = index($0, ":")
+			if (i == 0)
+				next
+			key = tolower(substr($0, 1, i - 1))
+			F[key] = substr($0, i + 1)
+		}
+		END { flush() }' "$f"
+	done
+}
+
+# The mirror that serves bookworm in the sources apt uses.
 debian_mirror() {
 	local uri
-	uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources |
-		awk '{print $2}' | grep -E '/debian/?$' | head -n1 || true)
-	if [ -z "$uri" ]; then
-		uri=$(grep -hsE '^deb .*/debian/? bookworm( |$)' \
-			/etc/apt/sources.list /etc/apt/sources.list.d/*.list |
-			awk '{print $2}' | head -n1 || true)
-	fi
+	uri=$(apt_sources | awk '$2 == "bookworm" && $1 ~ /\/debian\/?$/ && u == "" { u = $1 }
+		END { if (u != "") print u }')
 	printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+}
+
+# Whether apt already has a bookworm-backports source.
+have_backports() {
+	apt_sources | awk '$2 == "bookworm-backports" { found = 1 } END { exit !found }'
 }
 
 apt_updated=0
@@ -69,9 +121,8 @@ apt_update() {
 }
 
 setup_backports() {
-	local f=/etc/apt/sources.list.d/llmos-bookworm-backports.sources
-	if ! grep -qsr 'bookworm-backports' /etc/apt/sources.list \
-		/etc/apt/sources.list.d/; then
+	local f=$APT_ETC/sources.list.d/llmos-bookworm-backports.sources
+	if ! have_backports; then
 		log "adding bookworm-backports from $(debian_mirror)"
 		$SUDO tee "$f" >/dev/null <<SRC
 Types: deb
@@ -215,4 +266,5 @@ LLMOS_VMLINUZ=$kdir/root/boot/vmlinuz-$kver-amd64"
 		"qemu $(dpkg-query -W -f='${Version}' qemu-system-x86)"
 }
 
-main "$@"
+# Sourced (by its test), it only defines its functions.
+[ "${BASH_SOURCE[0]}" != "$0" ] || main "$@"
