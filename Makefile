@@ -160,6 +160,10 @@ install-dkms:
 	sed 's|@VERSION@|$(LLMOS_VERSION)|g' packaging/dkms.conf.in >"$(DESTDIR)$(DKMSDIR)/dkms.conf"
 	chmod 0644 "$(DESTDIR)$(DKMSDIR)/dkms.conf"
 	$(INSTALL_DATA) packaging/modules-load.conf "$(DESTDIR)$(MODULESLOADDIR)/llmos.conf"
+	$(INSTALL_DATA) packaging/llmosd-device.conf \
+		"$(DESTDIR)$(UNITDIR)/llmosd.service.d/llmos-device.conf"
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+		echo "systemctl daemon-reload"; systemctl daemon-reload; fi
 
 # Each page goes to the folder of its section (man/llmosctl.8 -> man8/).
 .PHONY: install-man
@@ -182,7 +186,10 @@ install-kmod: kmod
 	set -e; run() { echo "$$*"; "$$@"; }; \
 	run $(INSTALL_DATA) kmod/llmos.ko "$(DESTDIR)$(MODULEDIR)/$$kver/extra/llmos.ko"; \
 	run $(INSTALL_DATA) packaging/modules-load.conf "$(DESTDIR)$(MODULESLOADDIR)/llmos.conf"; \
-	if [ -z "$(DESTDIR)" ]; then run depmod -a "$$kver"; fi
+	run $(INSTALL_DATA) packaging/llmosd-device.conf \
+		"$(DESTDIR)$(UNITDIR)/llmosd.service.d/llmos-device.conf"; \
+	if [ -z "$(DESTDIR)" ]; then run depmod -a "$$kver"; fi; \
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then run systemctl daemon-reload; fi
 
 clean:
 	rm -rf $(BUILD)

@@ -136,6 +136,15 @@ check "llmosd options in /etc/default/llmosd" \
 # DKMS builds the module for each kernel; nothing would load it at boot.
 check "install-dkms: the module is loaded at boot (modules-load.d)" \
 	installed "$root/usr/lib/modules-load.d/llmos.conf" "$src/packaging/modules-load.conf"
+# ... and llmosd waits for udev to set its node up (a drop-in of the unit).
+dropin=$root/usr/lib/systemd/system/llmosd.service.d/llmos-device.conf
+device_dropin() {
+	installed "$dropin" "$src/packaging/llmosd-device.conf" &&
+		grep -qx 'After=dev-llmos.device' "$dropin" &&
+		grep -qx 'Wants=dev-llmos.device' "$dropin" &&
+		grep -v '^[[:space:]]*#' "$rules" | grep 'KERNEL=="llmos"' | grep -q 'TAG+="systemd"'
+}
+check "install-dkms: llmosd starts after udev made dev-llmos.device" device_dropin
 
 # dkms.conf, the module's sources and the UAPI header at their repository
 # paths, and nothing else (no build products of the source tree).
@@ -261,6 +270,7 @@ sa_root() {
 	exe=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit")
 	mkdir -p "$r/usr/lib/systemd/system" "$r$(dirname "$exe")" &&
 		cp -a "$units/." "$r/usr/lib/systemd/system/" && cp "$unit" "$r/usr/lib/systemd/system/" &&
+		cp -a "$(dirname "$dropin")" "$r/usr/lib/systemd/system/" &&
 		printf '#!/bin/sh\n' >"$r$exe" && chmod 755 "$r$exe"
 }
 verify_unit() {
@@ -467,6 +477,8 @@ install_kmod() {
 	mk -o kmod install-kmod DESTDIR="$t" &&
 		cmp "$src/kmod/llmos.ko" "$t/lib/modules/$kver/extra/llmos.ko" &&
 		grep -qx llmos "$t/usr/lib/modules-load.d/llmos.conf" &&
+		cmp "$src/packaging/llmosd-device.conf" \
+			"$t/usr/lib/systemd/system/llmosd.service.d/llmos-device.conf" &&
 		! mk -o kmod install-kmod DESTDIR="$t" KVER=6.9.0-test 2>"$stage/kver.err" &&
 		grep -q "built for $kver, not 6.9.0-test" "$stage/kver.err" &&
 		[ ! -e "$t/lib/modules/6.9.0-test" ] &&
@@ -474,8 +486,9 @@ install_kmod() {
 		! find "$t" -name 'modules.dep*' | grep . &&
 		stubs && rm -f "$stage/calls" &&
 		PATH=$stage/stubs:$PATH mk -o kmod install-kmod DESTDIR= MODULEDIR="$t/real" \
-			MODULESLOADDIR="$t/real" &&
-		[ -f "$t/real/$kver/extra/llmos.ko" ] && grep -qx "depmod -a $kver" "$stage/calls"
+			MODULESLOADDIR="$t/real" UNITDIR="$t/real/system" &&
+		[ -f "$t/real/$kver/extra/llmos.ko" ] && grep -qx "depmod -a $kver" "$stage/calls" &&
+		[ -f "$t/real/system/llmosd.service.d/llmos-device.conf" ]
 }
 if [ -f "$src/kmod/llmos.ko" ]; then
 	check "install-kmod: llmos.ko in lib/modules/RELEASE/extra, loaded at boot, depmod" install_kmod
