@@ -533,6 +533,17 @@ TEST(spm, special_tokens_only_inside_the_given_spans) {
     const std::vector<text_span> wide{{10, 25}, {1000, 5}};
     EXPECT_EQ(1, count(v.encode(text, false, wide), im));
     EXPECT_NE(im, v.encode(text, false, wide).front()) << "the first marker is not in a span";
+    // A user-defined token that is one of the markers is gated as they
+    // are; one that is not is a token everywhere.
+    const int32_t user = id["<|user|>"];
+    const std::string two = "<|user|>hello<|user|>";
+    const std::vector<text_span> its{{0, 8}};
+    const ids gated = v.encode(two, false, its);
+    EXPECT_EQ(user, gated.front());
+    EXPECT_EQ(1, count(gated, user));
+    EXPECT_EQ(two, v.decode(gated, true));
+    const std::vector<text_span> other{{8, 5}};
+    EXPECT_EQ(2, count(v.encode(two, false, other), user));
 }
 
 TEST(spm, round_trips_random_text) {

@@ -289,6 +289,24 @@ TEST_F(llm_engine_test, special_tokens_are_tokens_only_inside_the_request_s_span
     EXPECT_EQ(run(c, request_with(0, text, 8, spans, {{15, 4}, {5, 4}})).f.status, -EINVAL);
     EXPECT_EQ(run(c, request_with(0, text, 8, spans, {{20, 6}})).f.status, -EINVAL);
     EXPECT_EQ(run(c, request_with(0, text, 8, 1u << 7)).f.status, -EINVAL);
+    // A conversation's cache may not lie over the spans either (they are
+    // read again when the request is): the request ends 8 bytes into the
+    // page where the cache would start.
+    llmos::gen_request_header h;
+    h.temperature = 0;
+    h.max_tokens = 8;
+    h.flags = spans;
+    const std::vector<llmos::gen_span> at{{5, 4}, {15, 4}};
+    const auto b = llmos::build_gen_request(h, text, {}, at);
+    const uint64_t off = 2 * 4096 + 8 - b.size();
+    ASSERT_LE(off + sizeof(h) + text.size(), 2 * 4096u) << "only the spans reach past";
+    h.kv_off = 2 * 4096;
+    h.kv_len = kv_bytes();
+    const auto k = llmos::build_gen_request(h, text, {}, at);
+    std::memcpy(bytes().data() + off, k.data(), k.size());
+    EXPECT_EQ(
+        run(c, {.cost = 8, .ms_id = _ms->id(), .prompt_off = off, .prompt_len = k.size()}).f.status,
+        -EINVAL);
 }
 
 TEST(gen_request, spans_round_trip_and_malformed_ones_are_named) {
@@ -300,6 +318,7 @@ TEST(gen_request, spans_round_trip_and_malformed_ones_are_named) {
     std::string why;
     auto r = llmos::parse_gen_request(b, &why);
     ASSERT_TRUE(r) << why;
+    EXPECT_EQ(r->size, b.size());
     EXPECT_EQ(r->text, "abcdef");
     EXPECT_EQ(r->stop, stop);
     ASSERT_EQ(r->special_at.size(), 2u);
@@ -311,6 +330,7 @@ TEST(gen_request, spans_round_trip_and_malformed_ones_are_named) {
     EXPECT_EQ(plain.size() + 4 + 2 * sizeof(llmos::gen_span), b.size());
     ASSERT_TRUE(llmos::parse_gen_request(plain, &why)) << why;
     EXPECT_TRUE(llmos::parse_gen_request(plain, &why)->special_at.empty());
+    EXPECT_EQ(llmos::parse_gen_request(plain, &why)->size, plain.size());
     // Cut anywhere in the spans: refused, saying so.
     for (size_t cut = plain.size(); cut < b.size(); ++cut) {
         EXPECT_FALSE(llmos::parse_gen_request(std::span(b).first(cut), &why)) << cut;

@@ -157,12 +157,13 @@ private:
         llmos::llm_engine_stats counted; ///< what account() has added to the metrics
     };
 
-    // Adds what the engine's graph counters moved to the daemon's metrics,
-    // and logs failed captures.
+    // Adds what the engine's prompt and graph counters moved to the
+    // daemon's metrics, and logs failed captures.
     void account(slot& sl) noexcept {
         const llmos::llm_engine_stats& st = sl.e->stats();
         metrics& mt = _d.stats();
         const uint64_t failed = st.graph_capture_failures - sl.counted.graph_capture_failures;
+        mt.worker_prompt_tokens.fetch_add(st.prompt_tokens - sl.counted.prompt_tokens);
         mt.graph_replays.fetch_add(st.graph_replays - sl.counted.graph_replays);
         mt.graph_captures.fetch_add(st.graph_captures - sl.counted.graph_captures);
         mt.graph_capture_failures.fetch_add(failed);
@@ -1383,6 +1384,9 @@ std::string daemon::prometheus() const {
     counter("llmosd_requests_timed_out_total", "requests cancelled at --timeout (504)",
             _metrics.timed_out.load());
     counter("llmosd_prompt_tokens_total", "prompt tokens", _metrics.prompt_tokens.load());
+    counter("llmosd_worker_prompt_tokens_total",
+            "prompt tokens as the workers tokenized them (again for a request taken again)",
+            _metrics.worker_prompt_tokens.load());
     counter("llmosd_generated_tokens_total", "generated tokens", _metrics.generated_tokens.load());
     counter("llmosd_session_overflows_total",
             "session turns whose conversation outgrew the session's store (not kept)",

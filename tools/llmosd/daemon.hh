@@ -90,6 +90,7 @@ struct metrics {
     std::atomic<uint64_t> requests{0}, ok{0}, client_errors{0}, server_errors{0}, rejected{0},
         cancelled{0}, timed_out{0};
     std::atomic<uint64_t> prompt_tokens{0}, generated_tokens{0};
+    std::atomic<uint64_t> worker_prompt_tokens{0}; ///< as the workers tokenized them
     // The GPU engines' CUDA graphs, all workers together.
     std::atomic<uint64_t> graph_replays{0}, graph_captures{0}, graph_capture_failures{0};
     std::atomic<uint64_t> session_overflows{0};

@@ -341,11 +341,8 @@ std::vector<int32_t> vocab::encode(std::string_view text, bool add_special,
 std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special, bool parse_special,
                                         std::optional<std::span<const text_span>> only) const {
     const impl& v = *_impl;
-    // Whether a control token's text at [at, at + n) may be that token.
+    // Whether a gated token's text at [at, at + n) may be that token.
     auto allowed = [&](size_t at, size_t n) {
-        if (!only) {
-            return true;
-        }
         // The last span that starts at or before `at`.
         auto it = std::upper_bound(only->begin(), only->end(), at,
                                    [](size_t a, const text_span& s) { return a < s.off; });
@@ -365,6 +362,26 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
             continue;
         }
         const std::string_view st = v.text[static_cast<size_t>(id)];
+        // With spans, control tokens are tokens only inside them, and so
+        // is a user-defined token that is part of the markers (a converter
+        // may have typed a chat's "<|im_start|>" so); any other
+        // user-defined token is a token everywhere. Worked out at its
+        // first occurrence.
+        std::optional<bool> gated;
+        if (!only) {
+            gated = false;
+        } else if (t != token_type::user_defined) {
+            gated = true;
+        }
+        auto is_gated = [&] {
+            if (!gated) {
+                gated = std::any_of(only->begin(), only->end(), [&](const text_span& sp) {
+                    return sp.off < text.size() &&
+                           text.substr(sp.off, sp.len).find(st) != std::string_view::npos;
+                });
+            }
+            return *gated;
+        };
         bool changed = false;
         next.clear();
         for (const fragment& f : frags) {
@@ -379,7 +396,7 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
                 if (hit == std::string_view::npos) {
                     break;
                 }
-                if (t != token_type::user_defined && !allowed(hit, st.size())) {
+                if (is_gated() && !allowed(hit, st.size())) {
                     from = hit + 1; // text here: look further on
                     continue;
                 }

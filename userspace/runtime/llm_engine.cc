@@ -46,6 +46,7 @@ std::optional<gen_request> parse_gen_request(std::span<const std::byte> bytes, s
         r.stop.emplace_back(stops.substr(0, nul));
         stops.remove_prefix(nul + 1);
     }
+    r.size = need;
     if (r.h.flags & gen_special_spans) {
         const uint64_t at = need;
         uint32_t n = 0;
@@ -65,6 +66,7 @@ std::optional<gen_request> parse_gen_request(std::span<const std::byte> bytes, s
             }
             end = uint64_t(sp.off) + sp.len;
         }
+        r.size = at + sizeof(n) + uint64_t(n) * sizeof(gen_span);
     }
     return r;
 }
@@ -392,8 +394,7 @@ engine_status llm_engine::impl::prefill(sequence& s) {
         // The cache must not lie over the request (its text is read again
         // when the request is prefilled again: after a crash, a requeue).
         const auto req_at = reinterpret_cast<uintptr_t>(s.prompt.data());
-        const uint64_t req_len =
-            sizeof(gen_request_header) + uint64_t(req->h.text_len) + req->h.stop_bytes;
+        const uint64_t req_len = req->size;
         if (req_at >= base && req_at - base < req->h.kv_off + req->h.kv_len &&
             req->h.kv_off < req_at - base + req_len) {
             return bad(EINVAL);

@@ -34,8 +34,8 @@ enum : uint32_t {
 };
 
 /// A byte range of the request's text (gen_special_spans). After the stop
-/// strings come a uint32_t count and that many spans, in order and apart,
-/// each inside the text; no alignment.
+/// strings come a uint32_t count and that many spans, in order and not
+/// overlapping (they may touch), each inside the text; no alignment.
 struct gen_span {
     uint32_t off = 0;
     uint32_t len = 0;
@@ -69,6 +69,7 @@ struct gen_request {
     std::string_view text;
     std::vector<std::string> stop;
     std::vector<gen_span> special_at; ///< with gen_special_spans
+    uint64_t size = 0;                ///< bytes the request takes, spans and all
 };
 
 /// Parses `bytes` (the request's prompt span). Nothing, with `why` set,
@@ -78,7 +79,8 @@ struct gen_request {
 std::optional<gen_request> parse_gen_request(std::span<const std::byte> bytes, std::string* why);
 
 /// Lays a request out: header, text, stop strings and, when h.flags has
-/// gen_special_spans, `special_at`. Returns the bytes.
+/// gen_special_spans, `special_at` (without the flag, `special_at` is not
+/// written). Returns the bytes.
 std::vector<std::byte> build_gen_request(const gen_request_header& h, std::string_view text,
                                          std::span<const std::string> stop,
                                          std::span<const gen_span> special_at = {});

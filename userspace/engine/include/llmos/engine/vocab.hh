@@ -126,10 +126,12 @@ public:
     /// As encode(text, add_special, true), except that a control or
     /// unknown token's text is that token only where it lies wholly inside
     /// one of `special_at`; elsewhere it is text, as with parse_special =
-    /// false (user-defined tokens are tokens everywhere, as always). This
-    /// is how a rendered chat is tokenized: the template's markers are
-    /// tokens, a message's "<|im_end|>" is not. `special_at` is sorted by
-    /// offset; spans past the text are ignored.
+    /// false. So is a user-defined token whose text occurs inside one of
+    /// the spans; other user-defined tokens are tokens everywhere, as
+    /// always. This is how a rendered chat is tokenized: the template's
+    /// markers are tokens, a message's "<|im_end|>" is not. `special_at`
+    /// is sorted by offset, its spans do not overlap; spans past the text
+    /// are ignored.
     std::vector<int32_t> encode(std::string_view text, bool add_special,
                                 std::span<const text_span> special_at) const;
 
