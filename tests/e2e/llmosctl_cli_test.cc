@@ -199,6 +199,44 @@ TEST_F(llmosctl_local, negative_offsets_and_lengths_are_refused) {
             << args << ": " << r.output;
     }
     EXPECT_EQ(ctl("ms read c --length 3").output, "abc");
+    // A length of 0 reads nothing (not everything); a negative node is no node.
+    auto r = ctl("ms read c --length 0");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(r.output, "");
+    r = ctl("ms create d --size 8K --node -5");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("must not be negative"), std::string::npos) << r.output;
+    EXPECT_EQ(ctl("ms info d").status, 1) << "not made";
+}
+
+TEST_F(llmosctl_local, a_save_cut_short_by_a_signal_leaves_nothing_beside_the_file) {
+    ASSERT_EQ(ctl("ms create big --size 64M").status, 0);
+    ASSERT_EQ(::system(("head -c 67108864 /dev/urandom >" + _dir + "/rand").c_str()), 0);
+    ASSERT_EQ(ctl("ms write big - <" + _dir + "/rand").status, 0);
+    const std::string file = _dir + "/out/big.llmosms";
+    ASSERT_EQ(::system(("mkdir " + _dir + "/out").c_str()), 0);
+    // Interrupted early, midway or late: no temporary file stays, and the
+    // file is either not there or whole.
+    // (timeout, not a shell's "&": that would start it with SIGINT ignored.)
+    for (const char* sig_delay : {"INT 0.01", "INT 0.05", "TERM 0.08", "INT 0.12", "HUP 0.2"}) {
+        const std::string delay = sig_delay;
+        const std::string cmd = "cd " + _dir + " && " + env() + "timeout -s " + delay + " " +
+                                llmos::testing::llmosctl_bin + " --backend local ms save big " +
+                                file + " >/dev/null 2>&1; true";
+        ASSERT_EQ(::system(cmd.c_str()), 0) << cmd;
+        EXPECT_EQ(
+            ::system(
+                ("test $(ls -A " + _dir + "/out | grep -vx big.llmosms | wc -l) -eq 0").c_str()),
+            0)
+            << "a file beside the save after a signal at " << delay << " s";
+        if (::access(file.c_str(), F_OK) == 0) {
+            ASSERT_EQ(ctl("ms load " + file + " --name copy").status, 0) << delay;
+            ASSERT_EQ(ctl("ms read copy >" + _dir + "/copy").status, 0);
+            EXPECT_EQ(::system(("cmp -s " + _dir + "/rand " + _dir + "/copy").c_str()), 0);
+            ASSERT_EQ(ctl("ms rm copy").status, 0);
+            ::unlink(file.c_str());
+        }
+    }
 }
 
 TEST_F(llmosctl_local, output_that_cannot_be_written_is_a_failure) {
@@ -275,9 +313,16 @@ TEST_F(llmosctl_local, bench_and_sched_usage_errors) {
     EXPECT_EQ(r.status, 2) << r.output;
     r = ctl("bench --workers 0");
     EXPECT_EQ(r.status, 2) << r.output;
-    r = ctl("sched weight 1 0");
+    // Infinite, vanishing or absurd distributions measure nothing.
+    for (const char* bad : {"--service exp:inf", "--service exp:nan", "--service exp:0",
+                            "--arrival poisson:1e-300", "--arrival poisson:1e300"}) {
+        r = ctl(std::string("bench --requests 5 ") + bad);
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
+    }
+    // A weight would go with this process's own scheduler.
+    r = ctl("sched weight 1 300");
     EXPECT_EQ(r.status, 1) << r.output;
-    EXPECT_NE(r.output.find("Invalid argument"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("tenant weights need the llmos module"), std::string::npos) << r.output;
     for (const char* bad : {"0", "nan", "inf", "1e300", "-1"}) {
         r = ctl(std::string("top --interval ") + bad);
         EXPECT_EQ(r.status, 2) << bad << ": " << r.output;

@@ -459,6 +459,63 @@ TEST_F(llmosctl_llmosd, an_unreachable_server_is_one_clear_line) {
                      "https://HOST:PORT or unix:/PATH)\n");
     EXPECT_EQ(ctl("run hello --temperature 3").status, 2);
     EXPECT_EQ(ctl("run").status, 2);
+    // Malformed addresses: refused before anything is sent.
+    for (const char* bad : {"http://[zz]:1", "http://[::1]x", "http://h:1x", "http://[]:1",
+                            "http://h:0", "http://[::1"}) {
+        r = ctl(std::string("--server '") + bad + "' model list");
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.err;
+        EXPECT_TRUE(r.err.starts_with("llmosctl: bad --server")) << bad << ": " << r.err;
+    }
+    // NaN passes a range check: it is still no temperature.
+    r = ctl("run hello -t nan");
+    EXPECT_EQ(r.status, 2) << r.err;
+    EXPECT_EQ(r.err, "llmosctl: --temperature must be a number from 0 to 2\n");
+}
+
+TEST_F(llmosctl_llmosd, ipv6_addresses_with_letters_and_text_that_json_cannot_carry) {
+    server s(_dir + "/d");
+    ASSERT_GT(s.port, 0) << s.log();
+    // An IPv6 address with letters (the IPv4-mapped form of the loopback
+    // address, so that the IPv4 listener answers it).
+    const std::string port = std::to_string(s.port);
+    auto r = ctl("--server 'http://[::ffff:127.0.0.1]:" + port + "/v1' model list");
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("tiny"), std::string::npos) << r.out;
+    r = ctl("--server 'http://[::FFFF:7f00:1]:" + port + "' run --raw -t 0 -n 16 'Hello world'");
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, hello_continuation() + "\n");
+    // Names, paths and system prompts go as JSON text: UTF-8 only.
+    for (const auto& [args, what] : std::vector<std::pair<std::string, std::string>>{
+             {"run -m \"$(printf '\\377')\" hi", "the model name"},
+             {"run --system \"$(printf '\\377')\" hi", "the system prompt"},
+             {"chat -m \"$(printf '\\377')\"", "the model name"},
+             {"model load x /tmp/\"$(printf '\\377')\".gguf", "the path"},
+             {"model unload \"$(printf '\\377')\"", "the model name"}}) {
+        r = ctl(s, args);
+        EXPECT_EQ(r.status, 2) << args << ": " << r.err;
+        EXPECT_EQ(r.err, "llmosctl: " + what + " is not UTF-8 text\n") << args;
+    }
+}
+
+TEST_F(llmosctl_llmosd, a_session_s_system_message_is_sent_once) {
+    server s(_dir + "/d");
+    ASSERT_GT(s.port, 0) << s.log();
+    // run --session with --system, twice: the second turn's conversation
+    // is system, user, assistant, user (not a second system message).
+    auto r = ctl(s, "--json run --session once --system 'Be brief.' -t 0 -n 4 'Hello world'");
+    ASSERT_EQ(r.status, 0) << r.err;
+    const json first = json::parse(r.out);
+    r = ctl(s, "--json run --session once --system 'Be brief.' -t 0 -n 4 'And then?'");
+    ASSERT_EQ(r.status, 0) << r.err;
+    const json second = json::parse(r.out);
+    const json stateless = chat_completion(s,
+                                           {{{"role", "system"}, {"content", "Be brief."}},
+                                            {{"role", "user"}, {"content", "Hello world"}},
+                                            {{"role", "assistant"}, {"content", first["text"]}},
+                                            {{"role", "user"}, {"content", "And then?"}}},
+                                           4);
+    EXPECT_EQ(second["usage"]["prompt_tokens"], stateless["usage"]["prompt_tokens"]);
+    EXPECT_EQ(second["text"], stateless["choices"][0]["message"]["content"]);
 }
 
 TEST_F(llmosctl_llmosd, api_keys_from_the_option_or_the_environment) {

@@ -3,6 +3,7 @@
 
 #include "util.hh"
 
+#include <algorithm>
 #include <cstdio>
 #include <httplib.h>
 #include <sys/socket.h>
@@ -46,15 +47,37 @@ std::optional<server_address> parse_server(std::string_view s) {
     if (hp.empty() || hp.find_first_of(" \t?#@") != std::string_view::npos) {
         return std::nullopt;
     }
-    auto colon = hp.rfind(':');
-    bool bracketed = hp.front() == '[';
-    if (colon != std::string_view::npos && (!bracketed || hp[colon - 1] == ']')) {
-        auto port = parse_size(hp.substr(colon + 1), false);
-        if (!port || *port == 0 || *port > 65535 || colon == 0) {
+    a.https = scheme == "https";
+    a.port = a.https ? 443 : 80;
+    std::string_view host = hp;
+    if (hp.front() == '[') { // [IPv6]:port
+        auto close = hp.find(']');
+        if (close == std::string_view::npos || close == 1) {
             return std::nullopt;
         }
+        host = hp.substr(1, close - 1);
+        if (host.find_first_not_of("0123456789abcdefABCDEF:.%") != std::string_view::npos) {
+            return std::nullopt;
+        }
+        hp.remove_prefix(close + 1);
+        if (!hp.empty() && hp.front() != ':') {
+            return std::nullopt;
+        }
+    } else {
+        host = hp.substr(0, hp.find(':'));
+        if (host.empty() || host.find(']') != std::string_view::npos) {
+            return std::nullopt;
+        }
+        hp.remove_prefix(host.size());
     }
-    a.host_port = scheme + "://" + std::string{hp};
+    if (!hp.empty()) { // ":port"
+        auto port = parse_size(hp.substr(1), false);
+        if (!port || *port == 0 || *port > 65535) {
+            return std::nullopt;
+        }
+        a.port = static_cast<int>(*port);
+    }
+    a.host = std::string{host};
     a.base_path = path;
     return a;
 }
@@ -83,6 +106,9 @@ bool sse_parser::feed(std::string_view bytes) {
             continue;
         }
         _partial += c;
+        if (_partial.size() + _data.size() > max_event) {
+            _overlong = _stopped = true;
+        }
     }
     return !_stopped;
 }
@@ -118,11 +144,15 @@ bool sse_parser::line(std::string_view l) {
 
 api_client::api_client(const server_address& where, const std::string& api_key)
     : _where(where) {
+    // Host and port apart: httplib's URL form reads no IPv6 address with
+    // letters in it ("[fd00::2]").
     if (!where.unix_path.empty()) {
-        _cli = std::make_unique<httplib::Client>(where.unix_path, 80);
+        _cli = std::make_unique<httplib::ClientImpl>(where.unix_path, 80);
         _cli->set_address_family(AF_UNIX);
+    } else if (where.https) {
+        _cli = std::make_unique<httplib::SSLClient>(where.host, where.port);
     } else {
-        _cli = std::make_unique<httplib::Client>(where.host_port);
+        _cli = std::make_unique<httplib::ClientImpl>(where.host, where.port);
     }
     _cli->set_connection_timeout(5, 0);
     // Loading a large model or its first token can take a while; a broken
@@ -227,10 +257,18 @@ reply api_client::stream(const std::string& path, const json& body,
     };
     req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
         if (status < 200 || status >= 300) {
-            error_body.append(d, n);
+            // An error's body is a line of JSON: what is past 1 MiB is not.
+            constexpr size_t most = 1u << 20;
+            error_body.append(d, std::min(n, most - std::min(most, error_body.size())));
             return true;
         }
-        return sse.feed({d, n});
+        if (!sse.feed({d, n})) {
+            if (sse.overlong()) {
+                broken = "llmosd sent an event of more than 16 MiB";
+            }
+            return false;
+        }
+        return true;
     };
     auto res = _cli->send(req);
     if (!broken.empty()) {

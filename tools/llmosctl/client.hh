@@ -14,7 +14,7 @@
 #include <string_view>
 
 namespace httplib {
-class Client;
+class ClientImpl;
 }
 
 namespace llmosctl {
@@ -22,8 +22,10 @@ namespace llmosctl {
 /// Where llmosd listens: "http://HOST[:PORT]", "https://HOST[:PORT]",
 /// "HOST:PORT" (http) or "unix:/PATH".
 struct server_address {
-    std::string text;      ///< as given, for messages
-    std::string host_port; ///< scheme://host:port for httplib; empty for unix
+    std::string text; ///< as given, for messages
+    bool https = false;
+    std::string host;      ///< the host, an IPv6 address without its brackets
+    int port = 0;          ///< the port (default 80, or 443 for https)
     std::string unix_path; ///< the socket, or empty
     std::string base_path; ///< a path prefix from the URL ("" or "/prefix")
 };
@@ -38,8 +40,14 @@ class sse_parser {
 public:
     /// `on_data` gets each event's data; returning false stops the parse.
     explicit sse_parser(std::function<bool(const std::string&)> on_data);
-    /// Feeds bytes; false once `on_data` returned false.
+    /// Feeds bytes; false once `on_data` returned false, or an event grew
+    /// past max_event bytes (then overlong()).
     bool feed(std::string_view bytes);
+    bool overlong() const { return _overlong; }
+
+    /// The most bytes one event (its lines together) may hold: llmosd's
+    /// are a piece of text each.
+    static constexpr size_t max_event = 16u << 20;
 
 private:
     bool line(std::string_view l);
@@ -50,6 +58,7 @@ private:
     bool _has_data = false;
     bool _skip_lf = false; ///< the last byte was a \r
     bool _stopped = false;
+    bool _overlong = false;
 };
 
 /// What a call got: a transport error (the server could not be reached or
@@ -91,7 +100,7 @@ public:
 
 private:
     server_address _where;
-    std::unique_ptr<httplib::Client> _cli;
+    std::unique_ptr<httplib::ClientImpl> _cli;
 };
 
 /// The one-line error for a failed reply, printed as

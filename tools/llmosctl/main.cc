@@ -53,25 +53,48 @@ struct options {
     std::string backend; ///< --backend: auto, kernel or local
 };
 
+// Which backend open_device() tried last, for fail_open()'s message.
+enum class tried { kernel, local, bad_env };
+tried last_tried = tried::kernel;
+
+/// --device or --backend kernel: the module; --backend local: the local
+/// store; --backend auto: the module if its node exists, else the local
+/// store; no --backend: as $LLMOS_BACKEND says, auto without it.
 llmos::result<llmos::device> open_device(const options& o) {
-    if (!o.device.empty() || o.backend == "kernel") {
+    std::string want = o.backend;
+    if (want.empty()) {
+        const char* env = std::getenv("LLMOS_BACKEND");
+        want = env && *env ? env : "auto";
+    }
+    if (!o.device.empty() || want == "kernel") {
+        last_tried = tried::kernel;
         return llmos::device::open(o.device.empty() ? llmos::default_device_path() : o.device);
     }
-    if (o.backend == "local") {
+    if (want == "local") {
+        last_tried = tried::local;
         return llmos::device::open_local();
     }
-    return llmos::device::open_auto();
+    if (want != "auto") {
+        last_tried = tried::bad_env;
+        return std::make_error_code(std::errc::invalid_argument);
+    }
+    last_tried = tried::kernel;
+    auto dev = llmos::device::open();
+    if (dev || dev.error() != std::errc::no_such_file_or_directory) {
+        return dev;
+    }
+    last_tried = tried::local;
+    return llmos::device::open_local();
 }
 
 int fail_open(const options& o, std::error_code ec) {
-    bool local = o.device.empty() &&
-                 (o.backend == "local" || (o.backend.empty() && std::getenv("LLMOS_BACKEND") &&
-                                           std::string{std::getenv("LLMOS_BACKEND")} == "local"));
-    if (local) {
-        return fail("cannot open the local store " + llmos::default_local_dir(), ec);
-    }
-    if (ec == std::errc::invalid_argument && o.device.empty()) {
+    switch (last_tried) {
+    case tried::bad_env:
         return llmosctl::usage("LLMOS_BACKEND must be auto, kernel or local");
+    case tried::local:
+        return fail("cannot open the local store " + llmos::default_local_dir(), ec);
+    case tried::kernel:
+        break;
     }
     return llmosctl::fail_device(o.device.empty() ? llmos::default_device_path() : o.device, ec);
 }
@@ -134,7 +157,7 @@ struct ms_args {
     std::string name;
     std::string data;
     uint64_t offset = 0;
-    uint64_t length = 0;
+    std::optional<uint64_t> length; ///< ms read: nothing means to the end
 };
 
 int cmd_ms_create(const options& o, const ms_args& a) {
@@ -319,7 +342,7 @@ int cmd_ms_read(const options& o, const ms_args& a) {
     if (a.offset > ms->length()) {
         return llmosctl::usage("offset " + std::to_string(a.offset) + " is past the end");
     }
-    uint64_t end = a.offset + (a.length ? std::min(a.length, ms->length() - a.offset)
+    uint64_t end = a.offset + (a.length ? std::min(*a.length, ms->length() - a.offset)
                                         : ms->length() - a.offset);
     auto m = ms->map();
     if (!m) {
@@ -358,6 +381,39 @@ int cmd_ms_read(const options& o, const ms_args& a) {
     return 0;
 }
 
+// Holds Ctrl-C, SIGTERM, SIGHUP and SIGQUIT while it lives: a command
+// that must not stop half-way (a save, a load) asks interrupted() at its
+// end, undoes what it did, and the signal is delivered when this goes.
+class stop_signals_held {
+public:
+    stop_signals_held() {
+        sigset_t stops;
+        ::sigemptyset(&stops);
+        for (int sig : signals) {
+            ::sigaddset(&stops, sig);
+        }
+        ::sigprocmask(SIG_BLOCK, &stops, &_was);
+    }
+    ~stop_signals_held() { ::sigprocmask(SIG_SETMASK, &_was, nullptr); }
+    stop_signals_held(const stop_signals_held&) = delete;
+    stop_signals_held& operator=(const stop_signals_held&) = delete;
+
+    bool interrupted() const {
+        sigset_t pending;
+        ::sigpending(&pending);
+        for (int sig : signals) {
+            if (::sigismember(&pending, sig) == 1) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+private:
+    static constexpr int signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+    sigset_t _was;
+};
+
 int cmd_ms_save(const options& o, const ms_args& a) {
     auto dev = open_device(o);
     if (!dev) {
@@ -387,6 +443,9 @@ int cmd_ms_save(const options& o, const ms_args& a) {
             return llmosctl::usage(a.file + " is the mindspace's own file");
         }
     }
+    // A signal is held until the save has ended; then the new file goes
+    // (nothing is left beside the old one) and the signal is delivered.
+    stop_signals_held held;
     std::string tmp = a.file + ".XXXXXX";
     llmos::unique_fd out{::mkostemp(tmp.data(), O_CLOEXEC)};
     if (!out) {
@@ -416,6 +475,10 @@ int cmd_ms_save(const options& o, const ms_args& a) {
     }
     if (::fsync(out.get()) != 0) {
         return fail("cannot save to " + a.file, llmos::last_error());
+    }
+    if (held.interrupted()) {
+        std::fprintf(stderr, "llmosctl: interrupted: %s not saved\n", a.file.c_str());
+        return exit_failure;
     }
     if (::rename(tmp.c_str(), a.file.c_str()) != 0) {
         return fail("cannot save to " + a.file, llmos::last_error());
@@ -449,33 +512,30 @@ int cmd_ms_load(const options& o, const ms_args& a) {
     c.length = meta->length;
     c.mode = meta->mode;
     c.persistent = true;
+    if (meta->flags & LLMOS_MS_NODE) {
+        // Its NUMA node, where this machine has it.
+        if (meta->numa_node >= 0 &&
+            ::access(("/sys/devices/system/node/node" + std::to_string(meta->numa_node)).c_str(),
+                     F_OK) == 0) {
+            c.node = static_cast<int>(meta->numa_node);
+        } else {
+            std::fprintf(stderr,
+                         "llmosctl: %s was saved from NUMA node %d, which this machine does not "
+                         "have: its pages go where the kernel puts them\n",
+                         a.file.c_str(), meta->numa_node);
+        }
+    }
     // A signal (Ctrl-C, a kill) during the load is held until it has
     // ended; then the mindspace goes and the signal is delivered: nothing
     // half-loaded is left behind.
-    constexpr int stop_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
-    sigset_t stops, was;
-    ::sigemptyset(&stops);
-    for (int sig : stop_signals) {
-        ::sigaddset(&stops, sig);
-    }
-    ::sigprocmask(SIG_BLOCK, &stops, &was);
-    struct restore_mask {
-        sigset_t mask;
-        ~restore_mask() { ::sigprocmask(SIG_SETMASK, &mask, nullptr); }
-    } restore{was};
+    stop_signals_held held;
     auto ms = llmos::mindspace::create(*dev, c);
     if (!ms) {
         return fail("cannot create mindspace '" + c.name + "'", ms.error());
     }
     auto m = ms->map();
     std::error_code ec = m ? llmos::load_ms_file_data(in.get(), *meta, m->bytes()) : m.error();
-    sigset_t pending;
-    ::sigpending(&pending);
-    bool interrupted = false;
-    for (int sig : stop_signals) {
-        interrupted = interrupted || ::sigismember(&pending, sig) == 1;
-    }
-    if (ec || interrupted) {
+    if (ec || held.interrupted()) {
         // Leave nothing half-loaded behind.
         (void)llmos::destroy_mindspace(*dev, llmos::ms_key{ms->id(), {}});
         if (!ec) {
@@ -830,6 +890,13 @@ int cmd_sched_weight(const options& o, uint32_t tenant, uint32_t weight) {
     if (!dev) {
         return fail_open(o, dev.error());
     }
+    if (dev->kind() == llmos::backend_kind::local) {
+        // It would set the weight in this process's own scheduler, which
+        // goes with it.
+        std::fprintf(stderr, "llmosctl: tenant weights need the llmos module (the local "
+                             "backend's scheduler lives in each process that uses it)\n");
+        return exit_failure;
+    }
     if (auto ec = llmos::set_tenant_weight(*dev, tenant, weight)) {
         return fail("cannot set the weight of tenant " + std::to_string(tenant), ec);
     }
@@ -918,7 +985,9 @@ struct bench_args {
     uint64_t seed = 1;
 };
 
-/// "exp:MEAN" (milliseconds) or "poisson:RATE" (per second): the number.
+/// "exp:MEAN" (milliseconds) or "poisson:RATE" (per second): the number,
+/// from 0.001 to 10^7 (beyond, a mean of nothing or an age, a rate of
+/// nothing or of more than the clock tells apart).
 std::optional<double> parse_dist(const std::string& s, const std::string& kind) {
     if (s.rfind(kind + ":", 0) != 0) {
         return std::nullopt;
@@ -926,7 +995,7 @@ std::optional<double> parse_dist(const std::string& s, const std::string& kind) 
     try {
         size_t used = 0;
         double v = std::stod(s.substr(kind.size() + 1), &used);
-        if (used != s.size() - kind.size() - 1 || !(v > 0)) {
+        if (used != s.size() - kind.size() - 1 || !(v >= 1e-3 && v <= 1e7)) {
             return std::nullopt;
         }
         return v;
@@ -938,12 +1007,13 @@ std::optional<double> parse_dist(const std::string& s, const std::string& kind) 
 int cmd_bench(const options& o, const bench_args& b) {
     auto service = parse_dist(b.service, "exp");
     if (!service) {
-        return llmosctl::usage("bad --service '" + b.service + "' (exp:MEAN_MS, e.g. exp:5)");
+        return llmosctl::usage("bad --service '" + b.service +
+                               "' (exp:MEAN_MS, from 0.001 to 1e7, e.g. exp:5)");
     }
     auto rate = parse_dist(b.arrival, "poisson");
     if (!rate) {
         return llmosctl::usage("bad --arrival '" + b.arrival +
-                               "' (poisson:RATE per second, e.g. poisson:200)");
+                               "' (poisson:RATE per second, from 0.001 to 1e7, e.g. poisson:200)");
     }
     if (b.workers < 1 || b.workers > 256 || b.requests < 1 || b.tenants < 1 || !b.capacity) {
         return llmosctl::usage("--workers 1..256, --requests, --tenants and --capacity >= 1");
@@ -1142,7 +1212,7 @@ int main(int argc, char** argv) {
     create->add_option("name", a.key, "its name")->required();
     create->add_option("--size", a.size, "size (bytes; K, M, G, T suffixes)")->required();
     create->add_option("--mode", a.mode, "permission bits, octal (default 0600)");
-    create->add_option("--node", a.node, "NUMA node for its pages");
+    create->add_option("--node", a.node, "NUMA node for its pages")->check(not_negative);
     create->callback([&] { rc = cmd_ms_create(o, a); });
     ms->add_subcommand("list", "list the mindspaces you may read")->callback([&] {
         rc = cmd_ms_list(o);

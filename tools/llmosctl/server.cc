@@ -107,6 +107,10 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
     auto ga = std::make_shared<gen_args>();
     auto check_gen = [ga](CLI::App* cmd) {
         ga->has_seed = cmd->count("--seed") > 0;
+        // (CLI::Range lets NaN through: it compares false with both ends.)
+        if (cmd->count("--temperature") && !(ga->temperature >= 0 && ga->temperature <= 2)) {
+            return usage("--temperature must be a number from 0 to 2");
+        }
         if (!ga->session.empty() && !valid_session(ga->session)) {
             return usage("bad --session '" + ga->session +
                          "' (1 to 48 characters of A-Z a-z 0-9 . _ -)");

@@ -267,6 +267,17 @@ bool is_utf8(const std::string& s) {
     }
 }
 
+/// 0, or a usage error for the first of (what, text) whose text is not
+/// UTF-8 (JSON, and so the API, carries nothing else).
+int check_text(std::initializer_list<std::pair<const char*, const std::string&>> texts) {
+    for (const auto& [what, text] : texts) {
+        if (!is_utf8(text)) {
+            return usage(std::string(what) + " is not UTF-8 text");
+        }
+    }
+    return 0;
+}
+
 /// A successful reply whose body is not the JSON object llmosd sends:
 /// something else answers at that address.
 int not_llmosd(const std::string& what, const server_address& where) {
@@ -313,12 +324,15 @@ int cmd_model_list(const server_options& o) {
 }
 
 int cmd_model_load(const server_options& o, const std::string& name, const std::string& path) {
+    const std::string file = absolute(path);
+    if (int rc = check_text({{"the model name", name}, {"the path", file}})) {
+        return rc;
+    }
     auto c = connect(o);
     if (!c) {
         return exit_usage;
     }
     auto t0 = clock_type::now();
-    std::string file = absolute(path);
     auto r = with_progress("loading " + name, [&] {
         return c->post("/llmos/v1/models", {{"name", name}, {"path", file}});
     });
@@ -338,6 +352,9 @@ int cmd_model_load(const server_options& o, const std::string& name, const std::
 }
 
 int cmd_model_unload(const server_options& o, const std::string& name) {
+    if (int rc = check_text({{"the model name", name}})) {
+        return rc;
+    }
     auto c = connect(o);
     if (!c) {
         return exit_usage;
@@ -367,6 +384,9 @@ int cmd_session_rm(const server_options& o, const std::string& name) {
     if (!r.ok()) {
         return fail_reply("cannot end session '" + name + "'", r, c->where());
     }
+    if (!r.body.is_object()) {
+        return not_llmosd("cannot end session '" + name + "'", c->where());
+    }
     if (o.json) {
         std::cout << r.body.dump(2) << '\n';
     } else {
@@ -376,12 +396,15 @@ int cmd_session_rm(const server_options& o, const std::string& name) {
 }
 
 int cmd_model_swap(const server_options& o, const std::string& name, const std::string& path) {
+    const std::string file = absolute(path);
+    if (int rc = check_text({{"the model name", name}, {"the path", file}})) {
+        return rc;
+    }
     auto c = connect(o);
     if (!c) {
         return exit_usage;
     }
     auto t0 = clock_type::now();
-    std::string file = absolute(path);
     auto r = with_progress("swapping " + name, [&] {
         return c->post("/llmos/v1/models/" + path_segment(name) + "/swap", {{"path", file}});
     });
@@ -408,8 +431,11 @@ int cmd_run(const server_options& o, const gen_args& a) {
     if (prompt.empty()) {
         return usage("the prompt is empty");
     }
-    if (!is_utf8(prompt) || !is_utf8(a.system)) {
+    if (!is_utf8(prompt)) {
         return usage("the prompt is not UTF-8 text");
+    }
+    if (int rc = check_text({{"the system prompt", a.system}, {"the model name", a.model}})) {
+        return rc;
     }
     if (a.raw && !a.system.empty()) {
         return usage("--system needs the chat template: leave out --raw");
@@ -452,8 +478,8 @@ int cmd_run(const server_options& o, const gen_args& a) {
 }
 
 int cmd_chat(const server_options& o, const gen_args& a) {
-    if (!is_utf8(a.system)) {
-        return usage("the system prompt is not UTF-8 text");
+    if (int rc = check_text({{"the system prompt", a.system}, {"the model name", a.model}})) {
+        return rc;
     }
     auto c = connect(o);
     if (!c) {

@@ -1055,6 +1055,13 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             for (auto& s : stored) {
                 conv.push_back({s.value("role", ""), s.value("content", "")});
             }
+            // A client that sends its system message with every turn's new
+            // messages (llmosctl run --session S --system X) does not get
+            // it again in the middle of the conversation.
+            if (!conv.empty() && !mine.empty() && conv.front().role == "system" &&
+                mine.front().role == "system" && mine.front().content == conv.front().content) {
+                mine.erase(mine.begin());
+            }
         }
         conv.insert(conv.end(), mine.begin(), mine.end());
         try {
