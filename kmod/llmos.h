@@ -79,7 +79,7 @@ void llmos_sched_counters_show(struct seq_file *m);
 int llmos_dispatch_check(struct llmos_client *c,
 			 const struct llmos_dispatch *cmd);
 int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
-			u32 max);
+			u32 max, u32 __user *count_uptr);
 int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd);
 int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd);
 int llmos_park_wait(struct llmos_client *c, struct io_uring_cmd *ioucmd,

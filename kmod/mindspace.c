@@ -396,6 +396,7 @@ static bool llmos_ms_unlink(struct llmos_ms *ms)
 		hash_del(&ms->name_node);
 	ms->name[0] = '\0';
 	ms->persistent = false;
+	ms->flags &= ~LLMOS_MS_PERSISTENT; /* as MS_INFO reports it */
 	return had_ref;
 }
 
@@ -866,7 +867,7 @@ int llmos_ms_list(struct llmos_ucmd *ucmd)
 	struct llmos_ms_list *cmd = ucmd->cmd;
 	void __user *uptr = u64_to_user_ptr(cmd->entries_uptr);
 	struct llmos_ms_info *infos = NULL;
-	u32 total = 0, filled = 0, want;
+	u32 total = 0, filled, want, tries;
 	struct llmos_ms *ms;
 	unsigned long idx;
 	int ret = 0;
@@ -879,23 +880,35 @@ int llmos_ms_list(struct llmos_ucmd *ucmd)
 		total += llmos_ms_visible(ms);
 	mutex_unlock(&llmos_ms_lock);
 
-	want = min(cmd->count, total);
-	if (want) {
-		infos = kvmalloc_array(want, sizeof(*infos), GFP_KERNEL_ACCOUNT);
-		if (!infos)
-			return -ENOMEM;
+	/*
+	 * Mindspaces may come and go between the two passes: when more came
+	 * than were counted and the caller has room for them, count again
+	 * (a few times; then -EOVERFLOW says to call again).
+	 */
+	for (tries = 0;; tries++) {
+		want = min(cmd->count, total);
+		if (want) {
+			infos = kvmalloc_array(want, sizeof(*infos),
+					       GFP_KERNEL_ACCOUNT);
+			if (!infos)
+				return -ENOMEM;
+		}
+		total = 0;
+		filled = 0;
+		mutex_lock(&llmos_ms_lock);
+		xa_for_each(&llmos_ms_ids, idx, ms) {
+			if (!llmos_ms_visible(ms))
+				continue;
+			if (filled < want)
+				llmos_ms_fill_info(ms, &infos[filled++]);
+			total++;
+		}
+		mutex_unlock(&llmos_ms_lock);
+		if (filled == total || total > cmd->count || tries == 3)
+			break;
+		kvfree(infos);
+		infos = NULL;
 	}
-	/* Mindspaces may come and go between the two passes. */
-	total = 0;
-	mutex_lock(&llmos_ms_lock);
-	xa_for_each(&llmos_ms_ids, idx, ms) {
-		if (!llmos_ms_visible(ms))
-			continue;
-		if (filled < want)
-			llmos_ms_fill_info(ms, &infos[filled++]);
-		total++;
-	}
-	mutex_unlock(&llmos_ms_lock);
 
 	ret = llmos_copy_to_uarray(uptr, cmd->entry_size, infos, sizeof(*infos),
 				   filled);

@@ -133,13 +133,15 @@ static u32 llmos_worker_room(const struct llmos_client *c)
  * Something changed that may give a worker work (a request came or went
  * back, a worker got room, the policy changed): DISPATCHes that found
  * nothing since the last kick look again. Wakes the blocked ones, and
- * completes parked io_uring DISPATCHes of workers with room, as many as
- * the queued requests can feed (they take their requests in their own
- * task). Under the lock.
+ * completes parked io_uring DISPATCHes of workers with room (they take
+ * their requests in their own task): with the built-in policy, as many as
+ * the queued requests can feed; with a BPF policy, which may give them to
+ * some workers only, all of them. Under the lock.
  */
 static void llmos_kick_workers(void)
 {
-	u32 budget = llmos_core_queued(&llmos_sched.core);
+	u32 budget = llmos_sched.core.policy ? U32_MAX :
+			llmos_core_queued(&llmos_sched.core);
 	struct llmos_client *c, *tmp;
 
 	lockdep_assert_held(&llmos_sched.lock);
@@ -611,6 +613,31 @@ static void llmos_desc_fill(struct llmos_req_desc *d,
 	d->submit_ns = r->t_submit;
 }
 
+/*
+ * A dispatch whose descriptors could not be written (the worker's memory
+ * went away under it): its requests go back to the front of their
+ * tenants, as when a worker goes, instead of staying with a worker that
+ * does not know it has them. Looked up again: cancelled meanwhile, a
+ * request is not given back.
+ */
+static void llmos_dispatch_give_back(struct llmos_client *c,
+				     const struct llmos_req_desc *descs, u32 n)
+{
+	u32 i, back = 0;
+
+	spin_lock(&llmos_sched.lock);
+	for (i = 0; i < n; i++) {
+		struct llmos_core_req *r = llmos_core_find(&llmos_sched.core,
+							   descs[i].id);
+
+		if (r && !llmos_core_give_back(&llmos_sched.core, &c->worker, r))
+			back++;
+	}
+	if (back)
+		llmos_kick_workers();
+	spin_unlock(&llmos_sched.lock);
+}
+
 /**
  * llmos_dispatch_into() - hand a worker what is there for it, now
  * @c: the worker's client
@@ -618,11 +645,15 @@ static void llmos_desc_fill(struct llmos_req_desc *d,
  *	writable by the caller
  * @desc_size: element size (at least sizeof(struct llmos_req_desc))
  * @max: most requests to take
+ * @count_uptr: where to write how many were written, or NULL
+ *
+ * When the descriptors or the count cannot be written, the requests go
+ * back to their tenants.
  *
  * Return: requests written (0: none there), or -ENOMEM or -EFAULT.
  */
 int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
-			u32 max)
+			u32 max, u32 __user *count_uptr)
 {
 	void __user *uptr = u64_to_user_ptr(descs_uptr);
 	struct llmos_core_req **reqs;
@@ -662,7 +693,13 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 				   reqs[i]->requeues);
 	}
 	spin_unlock(&llmos_sched.lock);
-	ret = llmos_copy_to_uarray(uptr, desc_size, descs, sizeof(*descs), n) ?: n;
+	ret = llmos_copy_to_uarray(uptr, desc_size, descs, sizeof(*descs), n);
+	if (!ret && count_uptr && put_user(n, count_uptr))
+		ret = -EFAULT;
+	if (ret)
+		llmos_dispatch_give_back(c, descs, n);
+	else
+		ret = n;
 out:
 	kfree(descs);
 	kfree(reqs);
@@ -696,6 +733,8 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
 {
 	struct llmos_dispatch *cmd = ucmd->cmd;
 	struct llmos_client *c = llmos_client(ucmd);
+	struct llmos_dispatch __user *u = ucmd->ubuffer;
+	u32 __user *count_uptr = &u->out_count;
 	long timeout;
 	u64 gen;
 	int n;
@@ -707,7 +746,7 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
 				    MAX_SCHEDULE_TIMEOUT;
 	for (;;) {
 		n = llmos_dispatch_into(c, cmd->descs_uptr, cmd->desc_size,
-					cmd->max);
+					cmd->max, count_uptr);
 		if (n < 0)
 			return n;
 		if (n)
@@ -958,6 +997,7 @@ int llmos_cancel(struct llmos_ucmd *ucmd)
 	struct llmos_cancel *cmd = ucmd->cmd;
 	struct llmos_client *c = llmos_client(ucmd);
 	struct llmos_core_req *r;
+	bool admin;
 	int ret;
 
 	if (cmd->flags & ~LLMOS_CANCEL_PENDING)
@@ -978,12 +1018,23 @@ int llmos_cancel(struct llmos_ucmd *ucmd)
 		spin_unlock(&llmos_sched.lock);
 		return 0;
 	}
+	/*
+	 * Another client's request needs CAP_SYS_ADMIN, asked outside the
+	 * lock (security hooks may sleep); then it is looked up again.
+	 */
+	admin = false;
+again:
 	spin_lock(&llmos_sched.lock);
 	r = llmos_core_find(&llmos_sched.core, cmd->id);
+	if (r && llmos_kreq(r)->client != c && !admin) {
+		spin_unlock(&llmos_sched.lock);
+		if (!capable(CAP_SYS_ADMIN))
+			return -EPERM;
+		admin = true;
+		goto again;
+	}
 	if (!r)
 		ret = -ENOENT;
-	else if (llmos_kreq(r)->client != c && !capable(CAP_SYS_ADMIN))
-		ret = -EPERM;
 	else
 		ret = llmos_core_cancel(&llmos_sched.core, r, ktime_get_ns());
 	if (!ret) {

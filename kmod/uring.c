@@ -69,9 +69,29 @@ static int llmos_uring_park_wait(struct io_uring_cmd *ioucmd)
 }
 
 /*
+ * Complete @ioucmd with @ret now, through io_uring_cmd_done(): a command
+ * that may be on io_uring's cancel list must leave it, and -EAGAIN
+ * returned from ->uring_cmd() would have io_uring issue it again from an
+ * io-wq thread.
+ */
+static int llmos_uring_done(struct io_uring_cmd *ioucmd, int ret,
+			    unsigned int issue_flags)
+{
+	io_uring_cmd_done(ioucmd, ret, 0, issue_flags);
+	return -EIOCBQUEUED;
+}
+
+/*
  * Reply at once when @reply has something (anything but @nothing) or the
  * command must not wait; otherwise park it with @park, which says -EAGAIN
  * when something arrived meanwhile.
+ *
+ * A command that may park is marked cancelable first: once parked, a kick
+ * from another task may complete it at once, and an io-wq issue (no ring
+ * lock held) that marked it only then would put a completed command on
+ * the cancel list. A cancel that finds it marked but not parked does
+ * nothing, and io_uring asks again. Every other outcome completes it
+ * through llmos_uring_done().
  */
 static int llmos_uring_reply_or_park(struct io_uring_cmd *ioucmd,
 				     unsigned int issue_flags, bool nonblock,
@@ -81,38 +101,32 @@ static int llmos_uring_reply_or_park(struct io_uring_cmd *ioucmd,
 {
 	int ret;
 
+	if (!nonblock)
+		io_uring_cmd_mark_cancelable(ioucmd, issue_flags);
 	for (;;) {
 		ret = reply(ioucmd);
 		if (ret != nothing || nonblock)
-			return ret;
+			break;
 		ret = park(ioucmd);
+		if (!ret)
+			return -EIOCBQUEUED;
 		if (ret != -EAGAIN)
 			break;
 	}
-	if (ret)
-		return ret;
-	io_uring_cmd_mark_cancelable(ioucmd, issue_flags);
-	return -EIOCBQUEUED;
+	return llmos_uring_done(ioucmd, ret, issue_flags);
 }
 
-/* DISPATCH's reply: the number of descriptors written, or an error. */
-static int llmos_uring_dispatch_reply(struct llmos_uring_pdu *pdu, int n)
-{
-	struct llmos_dispatch __user *u = u64_to_user_ptr(pdu->arg_uptr);
-
-	if (n >= 0 && put_user(n, &u->out_count))
-		return -EFAULT;
-	return n;
-}
-
-/* DISPATCH now: the number of descriptors written (0: none), or an error. */
+/*
+ * DISPATCH now: the number of descriptors written (0: none), with
+ * out_count, or an error (the requests went back).
+ */
 static int llmos_uring_dispatch_now(struct io_uring_cmd *ioucmd)
 {
 	struct llmos_uring_pdu *pdu = llmos_pdu(ioucmd);
+	struct llmos_dispatch __user *u = u64_to_user_ptr(pdu->arg_uptr);
 
-	return llmos_uring_dispatch_reply(pdu,
-		llmos_dispatch_into(ioucmd->file->private_data,
-				    pdu->descs_uptr, pdu->desc_size, pdu->max));
+	return llmos_dispatch_into(ioucmd->file->private_data, pdu->descs_uptr,
+				   pdu->desc_size, pdu->max, &u->out_count);
 }
 
 static void llmos_uring_dispatch_tw(struct io_uring_cmd *ioucmd,
@@ -298,7 +312,8 @@ static int llmos_uring_wait(struct io_uring_cmd *ioucmd, u64 arg_uptr,
  * @ioucmd: the command
  * @issue_flags: IO_URING_F_*
  *
- * Return: the result to post, or -EIOCBQUEUED when parked.
+ * Return: the result to post, or -EIOCBQUEUED when parked or completed
+ * through io_uring_cmd_done().
  */
 int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags)
 {
@@ -319,8 +334,11 @@ int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags)
 	case LLMOS_IOC_COMPLETE:
 	case LLMOS_IOC_COMPLETE_BATCH:
 	case LLMOS_IOC_CANCEL:
-		return llmos_dev_ioctl(ioucmd->file, ioucmd->cmd_op,
-				       sqe->arg_uptr);
+		return llmos_uring_done(ioucmd,
+					llmos_dev_ioctl(ioucmd->file,
+							ioucmd->cmd_op,
+							sqe->arg_uptr),
+					issue_flags);
 	case LLMOS_IOC_DISPATCH:
 		return llmos_uring_dispatch(ioucmd, sqe->arg_uptr, issue_flags);
 	case LLMOS_IOC_WAIT:

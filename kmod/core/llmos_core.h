@@ -285,6 +285,13 @@ u32 llmos_core_worker_remove(struct llmos_core_sched *s,
  */
 u32 llmos_core_dispatch(struct llmos_core_sched *s, struct llmos_core_worker *w,
 			struct llmos_core_req **out, u32 max, u64 now);
+/*
+ * DISPATCHED -> QUEUED again, at the front of its tenant, for a dispatch
+ * whose requests never reached @w: 0, -ESRCH (not held by @w) or -EINVAL
+ * (not DISPATCHED).
+ */
+int llmos_core_give_back(struct llmos_core_sched *s,
+			 struct llmos_core_worker *w, struct llmos_core_req *r);
 /* DISPATCHED -> RUNNING, by the worker holding it: 0, -ESRCH, -EINVAL. */
 int llmos_core_start(struct llmos_core_sched *s, struct llmos_core_worker *w,
 		     struct llmos_core_req *r, u64 now);

@@ -209,6 +209,18 @@ static void llmos_requeue(struct llmos_core_sched *s, struct llmos_core_req *r)
 	s->stats.requeued++;
 }
 
+int llmos_core_give_back(struct llmos_core_sched *s,
+			 struct llmos_core_worker *w, struct llmos_core_req *r)
+{
+	if (r->worker != w)
+		return -ESRCH;
+	if (r->state != LLMOS_REQ_DISPATCHED)
+		return -EINVAL;
+	llmos_treap_erase(&w->inflight, &r->q_node);
+	llmos_requeue(s, r);
+	return 0;
+}
+
 u32 llmos_core_worker_remove(struct llmos_core_sched *s,
 			     struct llmos_core_worker *w)
 {

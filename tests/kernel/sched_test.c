@@ -455,6 +455,47 @@ TEST_F(sched, a_reply_that_cannot_be_written_takes_the_request_back)
 	munmap(s, 4096);
 }
 
+/*
+ * A DISPATCH whose count cannot be written (its struct is read-only): the
+ * requests it took go back to their tenant, ahead of later ones, and the
+ * next DISPATCH that can answer gets them, once requeued.
+ */
+TEST_F(sched, a_dispatch_that_cannot_answer_gives_its_requests_back)
+{
+	struct llmos_req_desc descs[2], d[2];
+	struct llmos_dispatch *ro;
+	long long a, b, later;
+
+	ASSERT_EQ(0, reg(self->worker, 2));
+	a = submit(self->client, 3);
+	b = submit(self->client, 3);
+	ASSERT_LT(0, a);
+	ASSERT_LT(0, b);
+	ro = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		  -1, 0);
+	ASSERT_NE(MAP_FAILED, ro);
+	*ro = (struct llmos_dispatch){
+		.size = sizeof(*ro), .descs_uptr = (__u64)(uintptr_t)descs,
+		.desc_size = sizeof(descs[0]), .max = 2, .flags = LLMOS_NONBLOCK,
+	};
+	ASSERT_EQ(0, mprotect(ro, 4096, PROT_READ));
+	EXPECT_EQ(-1, ioctl(self->worker, LLMOS_IOC_DISPATCH, ro));
+	EXPECT_EQ(EFAULT, errno);
+	later = submit(self->client, 3);
+	ASSERT_LT(0, later);
+	/* The worker holds nothing: both come again, before the later one. */
+	ASSERT_EQ(2, dispatch(self->worker, d, 2, LLMOS_NONBLOCK, 0));
+	EXPECT_EQ(a, d[0].id);
+	EXPECT_EQ(b, d[1].id);
+	EXPECT_EQ(1, d[0].requeues);
+	EXPECT_EQ(1, d[1].requeues);
+	ASSERT_EQ(0, complete(self->worker, a, 0, 1));
+	ASSERT_EQ(0, complete(self->worker, b, 0, 1));
+	ASSERT_EQ(1, dispatch(self->worker, d, 2, LLMOS_NONBLOCK, 0));
+	EXPECT_EQ(later, d[0].id);
+	munmap(ro, 4096);
+}
+
 TEST_F(sched, capacity_limits_what_a_worker_holds)
 {
 	struct llmos_req_desc d[10]; /* dispatches at d + 2 may write 8 */

@@ -6,11 +6,13 @@
  * where every request completes exactly once.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -401,6 +403,103 @@ TEST_F(ring, parked_wait_batch_collects_what_finished)
 	ASSERT_EQ(1, res);
 	EXPECT_EQ(1, wb.out_count);
 	EXPECT_EQ(id, fin[0].id);
+}
+
+/* How many of this process's threads are io_uring's io-wq workers. */
+static int iowq_threads(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d))) {
+		char path[300], comm[32];
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f) && !strncmp(comm, "iou-wrk-", 8))
+			n++;
+		fclose(f);
+	}
+	closedir(d);
+	return n;
+}
+
+/*
+ * -EAGAIN (a WAIT with LLMOS_NONBLOCK and nothing finished) completes in
+ * the ring at once: returned from ->uring_cmd() it would have io_uring
+ * issue the command a second time from an io-wq thread.
+ */
+TEST_F(ring, nonblocking_commands_complete_where_they_were_issued)
+{
+	struct llmos_wait w = { .size = sizeof(w), .flags = LLMOS_NONBLOCK };
+	int res;
+
+	ASSERT_LT(0, submit_ioctl(self->client, 1)); /* outstanding, not done */
+	for (int i = 0; i < 32; i++)
+		ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_WAIT,
+				       &w, 100 + i));
+	ASSERT_EQ(32, io_uring_submit(&self->cring));
+	for (int i = 0; i < 32; i++) {
+		ASSERT_EQ(100 + i, next_cqe(&self->cring, 5000, &res));
+		EXPECT_EQ(-EAGAIN, res);
+	}
+	EXPECT_EQ(0, iowq_threads());
+}
+
+/*
+ * Commands issued from io-wq (IOSQE_ASYNC: no ring lock held) park and
+ * are kicked from other tasks while the issuing one goes on: each one
+ * completes once, with its request, and closing the ring afterwards finds
+ * nothing stale on its cancel list.
+ */
+TEST_F(ring, commands_issued_from_io_wq_park_and_complete_once)
+{
+	struct llmos_dispatch d = { .size = sizeof(d) };
+	struct llmos_complete c = { .size = sizeof(c) };
+	struct llmos_req_desc desc;
+	struct io_uring_sqe *sqe;
+	int res, rounds = 200;
+
+	ASSERT_EQ(0, reg(self->worker, 1));
+	d.descs_uptr = (__u64)(uintptr_t)&desc;
+	d.desc_size = sizeof(desc);
+	d.max = 1;
+	for (int i = 0; i < rounds; i++) {
+		long long id;
+
+		sqe = io_uring_get_sqe(&self->wring);
+		ASSERT_NE(NULL, sqe);
+		prep_cmd(sqe, self->worker, LLMOS_IOC_DISPATCH, &d, 1000 + i);
+		sqe->flags |= IOSQE_ASYNC;
+		ASSERT_EQ(1, io_uring_submit(&self->wring));
+		/* Sometimes at once (the window the park is in), else later. */
+		if (i % 3)
+			usleep(i % 7 * 100);
+		id = submit_ioctl(self->client, 1);
+		ASSERT_LT(0, id);
+		ASSERT_EQ(1000 + i, next_cqe(&self->wring, 5000, &res));
+		ASSERT_EQ(1, res);
+		ASSERT_EQ(id, desc.id);
+		c.id = id;
+		ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE, &c));
+	}
+	/* And one left parked, cancelled by the ring's end. */
+	sqe = io_uring_get_sqe(&self->wring);
+	ASSERT_NE(NULL, sqe);
+	prep_cmd(sqe, self->worker, LLMOS_IOC_DISPATCH, &d, 1);
+	sqe->flags |= IOSQE_ASYNC;
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	usleep(20 * 1000);
+	io_uring_queue_exit(&self->wring);
+	self->wring_live = false;
 }
 
 TEST_F(ring, bad_commands_are_refused)

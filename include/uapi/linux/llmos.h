@@ -975,7 +975,10 @@ struct llmos_wait_batch {
  * and one WAIT or WAIT_BATCH per file, EBUSY otherwise) until a request
  * comes or finishes; with %LLMOS_NONBLOCK, DISPATCH and WAIT_BATCH complete
  * at once with 0 and WAIT with EAGAIN. A pending DISPATCH or WAIT_BATCH may
- * complete with 0 when another taker was first: submit it again. Pending
+ * complete with 0 when another taker was first (a BPF policy gave the
+ * request to another worker; a WAIT ioctl on the same file collected it),
+ * and a pending WAIT with EAGAIN or, when nothing is left, ENOENT: submit
+ * it again. Pending
  * commands complete with ECANCELED when their ring is closed, or on
  * CANCEL with %LLMOS_CANCEL_PENDING (IORING_OP_ASYNC_CANCEL does not reach
  * them in kernel 6.12).
