@@ -50,7 +50,7 @@ long llmos_ms_fops_ioctl(struct file *filp, unsigned int cmd,
 /* mindspace.c: commands on /dev/llmos */
 int llmos_ms_create(struct llmos_ucmd *ucmd);
 int llmos_ms_open(struct llmos_ucmd *ucmd);
-int llmos_ms_check_request(u64 id, u64 off, u64 len);
+int llmos_ms_check_request(u64 id, u64 off, u64 len, u64 *ms_len);
 int llmos_ms_destroy(struct llmos_ucmd *ucmd);
 int llmos_ms_list(struct llmos_ucmd *ucmd);
 int llmos_ms_info(struct llmos_ucmd *ucmd);

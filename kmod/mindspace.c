@@ -230,6 +230,7 @@ static bool llmos_ms_may(const struct llmos_ms *ms, int want)
  * @id: the mindspace, 0 for none
  * @off: the prompt's offset in it
  * @len: the prompt's length
+ * @ms_len: its length is stored here (0 for none)
  *
  * A worker opens a request's mindspace with its own credentials, reads the
  * prompt and writes the output there: the submitter must be able to open
@@ -239,11 +240,12 @@ static bool llmos_ms_may(const struct llmos_ms *ms, int want)
  * Return: 0, -ENOENT (no such mindspace), -EACCES, or -EINVAL (the prompt
  * is not inside it).
  */
-int llmos_ms_check_request(u64 id, u64 off, u64 len)
+int llmos_ms_check_request(u64 id, u64 off, u64 len, u64 *ms_len)
 {
 	struct llmos_ms *ms;
 	int ret = 0;
 
+	*ms_len = 0;
 	if (!id)
 		return 0;
 	mutex_lock(&llmos_ms_lock);
@@ -254,6 +256,8 @@ int llmos_ms_check_request(u64 id, u64 off, u64 len)
 		ret = -EACCES;
 	else if (off > ms->length || len > ms->length - off)
 		ret = -EINVAL;
+	else
+		*ms_len = ms->length;
 	mutex_unlock(&llmos_ms_lock);
 	return ret;
 }

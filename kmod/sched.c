@@ -83,12 +83,14 @@ struct llmos_client {
  * struct llmos_kreq - a request
  * @core: the core's request
  * @client: the client that submitted it
+ * @ms_len: the length of its mindspace (0: none), which results lie inside
  * @node: in @client's reqs
  * @done_node: in @client's done list once finished
  */
 struct llmos_kreq {
 	struct llmos_core_req core;
 	struct llmos_client *client;
+	u64 ms_len;
 	struct list_head node;
 	struct list_head done_node;
 };
@@ -134,14 +136,14 @@ static u32 llmos_worker_room(const struct llmos_client *c)
  * back, a worker got room, the policy changed): DISPATCHes that found
  * nothing since the last kick look again. Wakes the blocked ones, and
  * completes parked io_uring DISPATCHes of workers with room (they take
- * their requests in their own task): with the built-in policy, as many as
- * the queued requests can feed; with a BPF policy, which may give them to
- * some workers only, all of them. Under the lock.
+ * their requests in their own task) while requests are queued: with the
+ * built-in policy, as many as they can feed; with a BPF policy, which may
+ * give them to some workers only, all of them. Under the lock.
  */
 static void llmos_kick_workers(void)
 {
-	u32 budget = llmos_sched.core.policy ? U32_MAX :
-			llmos_core_queued(&llmos_sched.core);
+	u32 queued = llmos_core_queued(&llmos_sched.core);
+	u32 budget = queued && llmos_sched.core.policy ? U32_MAX : queued;
 	struct llmos_client *c, *tmp;
 
 	lockdep_assert_held(&llmos_sched.lock);
@@ -364,7 +366,7 @@ static struct llmos_core_tenant *llmos_tenant_spare(u32 tenant)
 /* A new request of @c, not submitted yet; NULL when memory is short. */
 static struct llmos_kreq *llmos_kreq_new(struct llmos_client *c, u32 tenant,
 					 u32 prio, u32 cost, u64 deadline_ns,
-					 u64 ms_id, u64 prompt_off,
+					 u64 ms_id, u64 ms_len, u64 prompt_off,
 					 u64 prompt_len)
 {
 	struct llmos_kreq *kr;
@@ -379,6 +381,7 @@ static struct llmos_kreq *llmos_kreq_new(struct llmos_client *c, u32 tenant,
 	kr->core.cost = cost;
 	kr->core.deadline_ns = deadline_ns;
 	kr->core.ms_id = ms_id;
+	kr->ms_len = ms_len;
 	kr->core.prompt_off = prompt_off;
 	kr->core.prompt_len = prompt_len;
 	kr->core.owner = kr;
@@ -444,17 +447,17 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 	struct llmos_core_tenant *spare = NULL;
 	struct llmos_core_req *r;
 	struct llmos_kreq *kr;
-	u64 id;
+	u64 id, ms_len;
 	int ret;
 
 	if (cmd->flags || cmd->__reserved || cmd->priority > LLMOS_MAX_PRIORITY)
 		return -EINVAL;
 	ret = llmos_ms_check_request(cmd->ms_id, cmd->prompt_off,
-				     cmd->prompt_len);
+				     cmd->prompt_len, &ms_len);
 	if (ret)
 		return ret;
 	kr = llmos_kreq_new(c, cmd->tenant, cmd->priority,
-			    cmd->cost, cmd->deadline_ns, cmd->ms_id,
+			    cmd->cost, cmd->deadline_ns, cmd->ms_id, ms_len,
 			    cmd->prompt_off, cmd->prompt_len);
 	if (!kr)
 		return -ENOMEM;
@@ -508,6 +511,7 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd)
 	struct llmos_core_tenant *spare = NULL;
 	struct llmos_submit_entry *e;
 	struct llmos_kreq **kr;
+	u64 ms_len;
 	u32 i, done = 0;
 	int ret = 0;
 
@@ -534,13 +538,15 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd)
 			continue;
 		e[i].out_error = llmos_ms_check_request(e[i].ms_id,
 							e[i].prompt_off,
-							e[i].prompt_len);
+							e[i].prompt_len,
+							&ms_len);
 		if (e[i].out_error)
 			continue;
 		e[i].out_error = -ENOMEM;
 		kr[i] = llmos_kreq_new(c, e[i].tenant, e[i].priority,
 				       e[i].cost, e[i].deadline_ns, e[i].ms_id,
-				       e[i].prompt_off, e[i].prompt_len);
+				       ms_len, e[i].prompt_off,
+				       e[i].prompt_len);
 	}
 
 	for (i = 0; i < cmd->count; i++) {
@@ -614,8 +620,8 @@ static void llmos_desc_fill(struct llmos_req_desc *d,
 }
 
 /*
- * A dispatch whose descriptors could not be written (the worker's memory
- * went away under it): its requests go back to the front of their
+ * A dispatch whose descriptors or count could not be written (read-only
+ * memory, or memory that went away under it): its requests go back to the front of their
  * tenants, as when a worker goes, instead of staying with a worker that
  * does not know it has them. Looked up again: cancelled meanwhile, a
  * request is not given back.
@@ -750,7 +756,7 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
 		if (n < 0)
 			return n;
 		if (n)
-			break;
+			return 0; /* out_count is written */
 		if (cmd->flags & LLMOS_NONBLOCK)
 			return -EAGAIN;
 		/*
@@ -776,8 +782,6 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
 		if (!timeout)
 			return -ETIMEDOUT;
 	}
-	cmd->out_count = n;
-	return llmos_ucmd_respond(ucmd, sizeof(*cmd));
 }
 
 /**
@@ -898,6 +902,11 @@ static int llmos_complete_one(struct llmos_client *c, u64 id, s32 status,
 	r = llmos_core_find(&llmos_sched.core, id);
 	if (!r)
 		return -ENOENT;
+	/* The result lies inside the request's mindspace, if it has one. */
+	if (r->worker == &c->worker && r->ms_id && result_len &&
+	    (result_off > llmos_kreq(r)->ms_len ||
+	     result_len > llmos_kreq(r)->ms_len - result_off))
+		return -EINVAL;
 	ret = llmos_core_complete(&llmos_sched.core, &c->worker, r, status,
 				  tokens, result_off, result_len,
 				  ktime_get_ns());

@@ -134,7 +134,10 @@ static void llmos_uring_dispatch_tw(struct io_uring_cmd *ioucmd,
 {
 	int n = -ECANCELED;
 
-	/* A kick that finds nothing (another worker was faster) gives 0. */
+	/*
+	 * A kick that finds nothing (another worker was faster, or the policy
+	 * gave the requests to another) gives 0.
+	 */
 	if (!(issue_flags & IO_URING_F_TASK_DEAD))
 		n = llmos_uring_dispatch_now(ioucmd);
 	io_uring_cmd_done(ioucmd, n, 0, issue_flags);

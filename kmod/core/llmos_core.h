@@ -65,7 +65,7 @@ struct llmos_core_sched;
  * @result_len: result length, set at completion
  * @tokens: tokens produced, set at completion
  * @status: 0, or the worker's error at completion
- * @requeues: times a vanished worker gave it back
+ * @requeues: times it went back to its tenant (worker gone, give-back)
  * @t_submit: submission time, ns
  * @t_dispatch: last dispatch time, ns
  * @t_run: last start time, ns
@@ -197,7 +197,7 @@ enum llmos_core_fault {
  * @completed: requests completed
  * @failed: requests failed
  * @cancelled: requests cancelled
- * @requeued: requests given back by vanished workers
+ * @requeued: requests given back (vanished workers, give-backs)
  * @vt_rebases: times the built-in policy took its virtual times back
  *	before they could wrap
  * @lat_hist: dispatch latency (submission to first dispatch): bucket b
@@ -288,7 +288,8 @@ u32 llmos_core_dispatch(struct llmos_core_sched *s, struct llmos_core_worker *w,
 /*
  * DISPATCHED -> QUEUED again, at the front of its tenant, for a dispatch
  * whose requests never reached @w: 0, -ESRCH (not held by @w) or -EINVAL
- * (not DISPATCHED).
+ * (not DISPATCHED). As with a vanished worker's requests, an attached
+ * policy is not asked again: the built-in queues serve it.
  */
 int llmos_core_give_back(struct llmos_core_sched *s,
 			 struct llmos_core_worker *w, struct llmos_core_req *r);

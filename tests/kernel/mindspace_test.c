@@ -485,10 +485,24 @@ TEST_F(ms, non_persistent_goes_with_its_last_fd)
 
 TEST_F(ms, destroy_while_mapped_frees_at_unmap)
 {
+	struct llmos_ms_info info;
 	__u64 id;
 	char *p;
 	int fd, again;
 
+	fd = create(self->dev, "mapped", 2 * PAGE, LLMOS_MS_PERSISTENT, 0, &id);
+	ASSERT_LE(0, fd);
+	p = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, info_fd(fd, &info));
+	EXPECT_EQ(LLMOS_MS_PERSISTENT, info.flags & LLMOS_MS_PERSISTENT);
+	ASSERT_EQ(0, destroy(self->dev, id, NULL));
+	/* Destroyed, it is no longer persistent (it goes with its last user). */
+	ASSERT_EQ(0, info_fd(fd, &info));
+	EXPECT_EQ(0, info.flags & LLMOS_MS_PERSISTENT);
+	EXPECT_EQ(0, info.name[0]);
+	close(fd);
+	munmap(p, 2 * PAGE);
 	fd = create(self->dev, "mapped", 2 * PAGE, LLMOS_MS_PERSISTENT, 0, &id);
 	ASSERT_LE(0, fd);
 	p = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);

@@ -103,6 +103,17 @@ static int complete(int fd, __u64 id, __s32 status, __u32 tokens)
 	return ioctl(fd, LLMOS_IOC_COMPLETE, &c) ? -errno : 0;
 }
 
+/* COMPLETE with a result at [@off, @off + @len) of the mindspace. */
+static int complete_at(int fd, __u64 id, __u64 off, __u64 len)
+{
+	struct llmos_complete c = {
+		.size = sizeof(c), .id = id, .result_off = off,
+		.result_len = len,
+	};
+
+	return ioctl(fd, LLMOS_IOC_COMPLETE, &c) ? -errno : 0;
+}
+
 static int cancel(int fd, __u64 id)
 {
 	struct llmos_cancel c = { .size = sizeof(c), .id = id };
@@ -645,6 +656,11 @@ TEST_F(sched, worker_checks_on_complete_and_start)
 	EXPECT_EQ(-ESRCH, start(other, id));
 	EXPECT_EQ(-ENOENT, complete(self->worker, id + 1000000, 0, 1));
 	EXPECT_EQ(-EINVAL, complete(self->worker, id, 5, 1)); /* status > 0 */
+	/* A result outside the request's mindspace (1 MiB), or wrapping. */
+	EXPECT_EQ(-EINVAL, complete_at(self->worker, id, 1 << 20, 1));
+	EXPECT_EQ(-EINVAL, complete_at(self->worker, id, 4096, 1 << 20));
+	EXPECT_EQ(-EINVAL, complete_at(self->worker, id, ~0ULL - 10, 20));
+	EXPECT_EQ(-ESRCH, complete_at(other, id, ~0ULL - 10, 20)); /* not its */
 	ASSERT_EQ(0, start(self->worker, id));
 	EXPECT_EQ(-EINVAL, start(self->worker, id));
 	ASSERT_EQ(0, complete(self->worker, id, -EIO, 0));
@@ -652,6 +668,12 @@ TEST_F(sched, worker_checks_on_complete_and_start)
 	ASSERT_EQ(0, wait_req(self->client, id, 0, 0, &w));
 	EXPECT_EQ(LLMOS_REQ_FAILED, w.out_state);
 	EXPECT_EQ(-EIO, w.out_status);
+	/* The last byte of the mindspace is inside. */
+	id = submit(self->client, 1);
+	ASSERT_EQ(1, dispatch(self->worker, d, 2, 0, 0));
+	ASSERT_EQ(0, complete_at(self->worker, id, (1 << 20) - 1, 1));
+	ASSERT_EQ(0, wait_req(self->client, id, 0, 0, &w));
+	EXPECT_EQ((1 << 20) - 1, w.out_result_off);
 	close(other);
 }
 

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <linux/llmos.h>
@@ -500,6 +501,40 @@ TEST_F(ring, commands_issued_from_io_wq_park_and_complete_once)
 	usleep(20 * 1000);
 	io_uring_queue_exit(&self->wring);
 	self->wring_live = false;
+}
+
+/* A ring DISPATCH that cannot write its count gives the request back. */
+TEST_F(ring, a_dispatch_that_cannot_answer_gives_its_request_back)
+{
+	struct llmos_dispatch nd = { .size = sizeof(nd), .flags = LLMOS_NONBLOCK };
+	struct llmos_req_desc desc, got;
+	struct llmos_dispatch *ro;
+	long long id;
+	int res;
+
+	ASSERT_EQ(0, reg(self->worker, 1));
+	id = submit_ioctl(self->client, 4);
+	ASSERT_LT(0, id);
+	ro = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		  -1, 0);
+	ASSERT_NE(MAP_FAILED, ro);
+	*ro = (struct llmos_dispatch){
+		.size = sizeof(*ro), .descs_uptr = (__u64)(uintptr_t)&desc,
+		.desc_size = sizeof(desc), .max = 1,
+	};
+	ASSERT_EQ(0, mprotect(ro, 4096, PROT_READ));
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, ro, 1));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	ASSERT_EQ(1, next_cqe(&self->wring, 5000, &res));
+	EXPECT_EQ(-EFAULT, res);
+	nd.descs_uptr = (__u64)(uintptr_t)&got;
+	nd.desc_size = sizeof(got);
+	nd.max = 1;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &nd));
+	ASSERT_EQ(1, nd.out_count);
+	EXPECT_EQ(id, got.id);
+	EXPECT_EQ(1, got.requeues);
+	munmap(ro, 4096);
 }
 
 TEST_F(ring, bad_commands_are_refused)

@@ -69,7 +69,8 @@ TEST_P(sched_backend, a_request_goes_through_its_whole_life) {
     auto c = client();
     auto w = worker(4);
     // A request names a mindspace its submitter may write (the module checks).
-    auto ms = llmos::mindspace::create(dev(), {.length = 4096}).value();
+    // (Its results lie inside it: the module checks that too.)
+    auto ms = llmos::mindspace::create(dev(), {.length = 8192}).value();
     std::vector<uint64_t> ids;
     for (uint32_t i = 0; i < 3; ++i) {
         ids.push_back(

@@ -1331,7 +1331,10 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                            std::string(st ? std::strerror(-st) : "no status") + ")");
     }
     // What the worker wrote is the truth (streamed pieces may lag).
-    if (f->result_len && f->result_off + f->result_len <= map->size()) {
+    // (A worker reports the range: it may be any two numbers, and their
+    // sum may wrap.)
+    if (f->result_len && f->result_off <= map->size() &&
+        f->result_len <= map->size() - f->result_off) {
         out.text.assign(reinterpret_cast<const char*>(map->data()) + f->result_off, f->result_len);
     }
     out.completion_tokens = f->tokens;

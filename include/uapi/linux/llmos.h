@@ -331,7 +331,8 @@ struct llmos_ms_info {
  *	struct llmos_ms_info)
  * @count: in: capacity of the array; out: number of mindspaces visible to
  *	the caller. When the capacity is smaller, the first ones (by id) are
- *	written and the ioctl fails with EOVERFLOW.
+ *	written and the ioctl fails with EOVERFLOW (also when mindspaces
+ *	keep coming while it counts: call it again).
  *
  * Lists, in id order, the mindspaces the caller may read (all of them
  * with %CAP_SYS_ADMIN).
@@ -559,7 +560,8 @@ struct llmos_submit {
  * @tenant: tenant id
  * @priority: priority
  * @cost: expected tokens
- * @requeues: times a vanished worker gave it back
+ * @requeues: times it went back to its tenant: its worker vanished, or a
+ *	DISPATCH could not write it out
  * @deadline_ns: deadline, 0 for none
  * @ms_id: mindspace holding the prompt
  * @prompt_off: prompt offset
@@ -592,7 +594,9 @@ struct llmos_req_desc {
  * @out_count: requests written
  *
  * Waits until at least one request is there for the worker (unless
- * %LLMOS_NONBLOCK), then takes up to @max; they are DISPATCHED.
+ * %LLMOS_NONBLOCK), then takes up to @max; they are DISPATCHED. When the
+ * descriptors or @out_count cannot be written (EFAULT), the requests go
+ * back to the front of their tenants, as a vanished worker's do.
  */
 struct llmos_dispatch {
 	__u32 size;
@@ -624,7 +628,8 @@ struct llmos_start {
  * @status: 0 (COMPLETED) or a negative errno (FAILED)
  * @tokens: tokens produced
  * @result_off: where the result is in the request's mindspace
- * @result_len: its length
+ * @result_len: its length; a result that does not lie inside the mindspace
+ *	is refused with EINVAL
  */
 struct llmos_complete {
 	__u32 size;
@@ -778,7 +783,8 @@ enum llmos_exit_kind {
  * @out_completed: requests completed
  * @out_failed: requests failed
  * @out_cancelled: requests cancelled
- * @out_requeued: requests given back by vanished workers
+ * @out_requeued: requests given back by vanished workers and by
+ *	DISPATCHes that could not write them out
  * @out_workers: workers registered now
  * @out_clients: open /dev/llmos files now
  * @out_lat_hist: dispatch latency (submission to first dispatch): element
@@ -977,11 +983,10 @@ struct llmos_wait_batch {
  * at once with 0 and WAIT with EAGAIN. A pending DISPATCH or WAIT_BATCH may
  * complete with 0 when another taker was first (a BPF policy gave the
  * request to another worker; a WAIT ioctl on the same file collected it),
- * and a pending WAIT with EAGAIN or, when nothing is left, ENOENT: submit
- * it again. Pending
- * commands complete with ECANCELED when their ring is closed, or on
- * CANCEL with %LLMOS_CANCEL_PENDING (IORING_OP_ASYNC_CANCEL does not reach
- * them in kernel 6.12).
+ * and a pending WAIT with EAGAIN (submit it again) or, when nothing is
+ * left to wait for, ENOENT. Pending commands complete with ECANCELED when
+ * their ring is closed, or on CANCEL with %LLMOS_CANCEL_PENDING
+ * (IORING_OP_ASYNC_CANCEL does not reach them in kernel 6.12).
  */
 struct llmos_uring_sqe {
 	__aligned_u64 arg_uptr;
