@@ -902,8 +902,14 @@ static int llmos_complete_one(struct llmos_client *c, u64 id, s32 status,
 	r = llmos_core_find(&llmos_sched.core, id);
 	if (!r)
 		return -ENOENT;
-	/* The result lies inside the request's mindspace, if it has one. */
-	if (r->worker == &c->worker && r->ms_id && result_len &&
+	/*
+	 * The result lies inside the request's mindspace, if it has one
+	 * (asked of a request this worker holds; the core says why another
+	 * cannot be completed).
+	 */
+	if (r->worker == &c->worker && (r->state == LLMOS_REQ_DISPATCHED ||
+					r->state == LLMOS_REQ_RUNNING) &&
+	    r->ms_id && result_len &&
 	    (result_off > llmos_kreq(r)->ms_len ||
 	     result_len > llmos_kreq(r)->ms_len - result_off))
 		return -EINVAL;

@@ -198,8 +198,16 @@ vm_tests() {
 	fi
 	say "vm: $p passed, $f failed, $s skipped ($(($(date +%s) - t0)) s)"
 	if [ "$f" -ne 0 ] || [ $rc -ne 0 ]; then
-		grep -E '^not ok|^### case fail|^### kernel-log-bad' "$logs/vm.log" | sed 's/^/    /'
-		tail -n 80 "$logs/vm.log" | sed 's/^/    /'
+		grep -E '^not ok|^### case fail|^### kernel-log-bad|^# klog:' "$logs/vm.log" |
+			head -n 60 | sed 's/^/    /'
+		# The guest's kernel log from its first complaint (run.sh prints
+		# it last), or the end of the log.
+		if grep -q '^vm: guest kernel log' "$logs/vm.log"; then
+			sed -n '/^vm: guest kernel log/,$p' "$logs/vm.log" | head -n 120 |
+				sed 's/^/    /'
+		else
+			tail -n 80 "$logs/vm.log" | sed 's/^/    /'
+		fi
 		[ "$f" -ne 0 ] || f=1
 	fi
 	count vm "$p" "$f" "$s"

@@ -14,9 +14,11 @@
 # run writes its logs to $OUT (or build/gpu-out): probe.txt (nvidia-smi, the
 # driver vs this build's CUDA runtime, cuBLAS), tests.log, bench.log and
 # summary.txt, whose last line is "gpu-check: N passed, N failed, N
-# skipped". Exit status: 0 when no test failed. GPU_CHECK_NO_BENCH=1 skips
-# the benchmark, GPU_CHECK_TIMEOUT (seconds, default 480) bounds the whole
-# run: the tests get what they need, the benchmark the rest.
+# skipped" (a test program that crashes or runs out of time, and a
+# benchmark that fails, count as failures). Exit status: 0 when nothing
+# failed. GPU_CHECK_NO_BENCH=1 skips the benchmark, GPU_CHECK_TIMEOUT
+# (seconds, default 480) bounds the whole run: each test program gets up
+# to 300 s of what is left (30 s at least), the benchmark the rest.
 #
 # The programs have their build's paths compiled in (the test data, llmosd,
 # llmos-mkmodel); run makes those paths lead into the pack where they do not
@@ -30,8 +32,12 @@ tools=(tools/llmosd/llmosd tools/mkmodel/llmos-mkmodel host-bench/engine_bench)
 
 pack() {
 	local build=${1:-build/default} out=${2:-build/gpu-bundle} t lib
-	if ! [ -x "$build/tests/cuda_test" ] ||
-		"$build/tests/cuda_test" --gtest_filter='cuda_probe.says*' 2>&1 | grep -q 'built without CUDA'; then
+	# (Output captured, then searched: grep -q leaving a pipe early would
+	# make its writer fail, and pipefail the test.)
+	local probe=
+	[ ! -x "$build/tests/cuda_test" ] ||
+		probe=$("$build/tests/cuda_test" --gtest_filter='cuda_probe.says*' 2>&1 || true)
+	if ! [ -x "$build/tests/cuda_test" ] || grep -q 'built without CUDA' <<<"$probe"; then
 		echo "gpu-check: $build has no CUDA backend (nvcc missing at configure time?)" >&2
 		return 1
 	fi
@@ -110,8 +116,10 @@ run() {
 		echo "# libraries: $LD_LIBRARY_PATH"
 		echo "# cuBLAS: ${cublas:-not found (the linear layers run on the built-in kernels)}"
 		# What the build's CUDA runtime makes of this driver and device.
-		"$p/bin/cuda_test" --gtest_filter='cuda_probe.*:cuda_blas.*' 2>&1 | grep -E '^\[ (info|probe)' || true
-		"$p/bin/cuda_memory_test" --gtest_filter='gpu_probe.*' 2>&1 | grep -E '^\[ (info|probe)' || true
+		timeout 60 "$p/bin/cuda_test" --gtest_filter='cuda_probe.*:cuda_blas.*' 2>&1 |
+			grep -E '^\[ (info|probe)' || true
+		timeout 60 "$p/bin/cuda_memory_test" --gtest_filter='gpu_probe.*' 2>&1 |
+			grep -E '^\[ (info|probe)' || true
 	} >"$out/probe.txt" 2>&1
 	cat "$out/probe.txt"
 
@@ -119,7 +127,9 @@ run() {
 	: >"$out/tests.log"
 	# A GPU that this build cannot use (a driver older than CUDA 13 wants,
 	# R580): every GPU test would skip, which must not read as a pass.
-	if nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && grep -q 'usable=0' "$out/probe.txt"; then
+	local gpus
+	gpus=$(timeout 30 nvidia-smi -L 2>/dev/null || true)
+	if grep -q '^GPU ' <<<"$gpus" && grep -q 'usable=0' "$out/probe.txt"; then
 		echo "gpu-check: nvidia-smi lists a GPU, but this build cannot use it:" \
 			"$(sed -n "s/.*usable=0.*reason='\(.*\)'/\1/p" "$out/probe.txt")" | tee -a "$out/tests.log"
 		failed=$((failed + 1))
@@ -127,7 +137,12 @@ run() {
 	for t in "${tests[@]}"; do
 		echo "## $t" >>"$out/tests.log"
 		x=0
-		timeout 300 "$p/bin/$t" --gtest_brief=0 >>"$out/tests.log" 2>&1 || x=$?
+		# Each test program gets up to 300 s, and no more than the run has
+		# left (30 s at least: a program cut short is a failure, below).
+		left=$((limit - $(elapsed)))
+		[ "$left" -le 300 ] || left=300
+		[ "$left" -ge 30 ] || left=30
+		timeout "$left" "$p/bin/$t" --gtest_brief=0 >>"$out/tests.log" 2>&1 || x=$?
 		# The counts from gtest's own summary lines.
 		local res
 		res=$(awk -v t="$t" '/^## /{on = ($2 == t)} on' "$out/tests.log")
@@ -152,11 +167,16 @@ run() {
 	elif [ "$left" -lt 60 ]; then
 		echo "gpu-check: benchmark not run: ${left} s left of ${limit}" | tee "$out/bench.log"
 	else
+		x=0
 		LLMOS_BENCH_MODELS=${LLMOS_BENCH_MODELS:-/tmp/llmos-bench-models} \
-			timeout "$left" "$p/bin/engine_bench" --cuda >"$out/bench.log" 2>&1 ||
-			echo "gpu-check: engine_bench --cuda ended with status $? after $(elapsed) s" |
-			tee -a "$out/bench.log"
+			timeout "$left" "$p/bin/engine_bench" --cuda >"$out/bench.log" 2>&1 || x=$?
 		cat "$out/bench.log"
+		if [ "$x" -ne 0 ]; then
+			# A benchmark that fails or runs out of time is a failure.
+			failed=$((failed + 1))
+			echo "gpu-check: engine_bench --cuda ended with status $x after $(elapsed) s" |
+				tee -a "$out/bench.log"
+		fi
 	fi
 	echo "gpu-check: $passed passed, $failed failed, $skipped skipped" | tee "$out/summary.txt"
 	[ "$failed" -eq 0 ]

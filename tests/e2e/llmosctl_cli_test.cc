@@ -237,6 +237,15 @@ TEST_F(llmosctl_local, a_save_cut_short_by_a_signal_leaves_nothing_beside_the_fi
             ::unlink(file.c_str());
         }
     }
+    // An ignored signal (nohup's SIGHUP) is no interrupt: the save ends.
+    const std::string cmd = "cd " + _dir + " && " + env() +
+                            "timeout --preserve-status -s HUP 0.05 sh -c 'trap \"\" HUP; exec " +
+                            llmos::testing::llmosctl_bin + " --backend local ms save big " + file +
+                            "' >/dev/null 2>&1";
+    EXPECT_EQ(::system(cmd.c_str()), 0) << cmd;
+    ASSERT_EQ(ctl("ms load " + file + " --name copy").status, 0);
+    ASSERT_EQ(ctl("ms read copy >" + _dir + "/copy").status, 0);
+    EXPECT_EQ(::system(("cmp -s " + _dir + "/rand " + _dir + "/copy").c_str()), 0);
 }
 
 TEST_F(llmosctl_local, output_that_cannot_be_written_is_a_failure) {

@@ -393,7 +393,7 @@ TEST_F(ms, two_processes_share_bytes)
 		_exit(0);
 	}
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	ASSERT_EQ(0, WEXITSTATUS(status));
+	ASSERT_EQ(0, status); /* exited, with 0 (not killed) */
 	p = mmap(NULL, 8 * PAGE, PROT_READ, MAP_SHARED, fd, 0);
 	ASSERT_NE(MAP_FAILED, p);
 	EXPECT_STREQ("hello from the child", p + 3 * PAGE + 10);
@@ -419,7 +419,7 @@ TEST_F(ms, fork_shares_the_mapping)
 		_exit(info_fd(fd, &info) || info.map_count != 2);
 	}
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_EQ(0, WEXITSTATUS(status));
+	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
 	EXPECT_EQ('c', p[1]);
 	ASSERT_EQ(0, info_fd(fd, &info));
 	EXPECT_EQ(1, info.map_count);
@@ -1117,7 +1117,7 @@ TEST_F(ms, pages_are_charged_to_the_memcg_of_the_toucher)
 	if (pid == 0)
 		_exit(touch_in_cgroup(self->dev));
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_EQ(0, WEXITSTATUS(status));
+	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
 	/* Freed pages are uncharged: the cgroup can go. */
 	EXPECT_EQ(0, rmdir(CGTEST));
 }

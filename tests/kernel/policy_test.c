@@ -605,6 +605,8 @@ TEST_F_TIMEOUT(policy, attach_detach_cycles_under_load_lose_nothing, 900)
 	struct llmos_sched_stats st;
 	pthread_t t;
 
+	if (cycles < 20)
+		cycles = 20; /* a race that does not run cannot fail */
 	libbpf_set_print(silent);
 	self->p.obj = bpf_object__open_file("/bpf/fifo.bpf.o", NULL);
 	ASSERT_NE(NULL, self->p.obj);
@@ -656,7 +658,7 @@ TEST_F(policy, only_root_attaches)
 	if (pid == 0)
 		_exit(unprivileged_attach());
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_EQ(0, WEXITSTATUS(status));
+	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
 }
 
 TEST_HARNESS_MAIN

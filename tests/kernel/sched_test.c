@@ -268,7 +268,7 @@ TEST_F(sched, dispatch_sleeps_until_a_submit)
 	ASSERT_EQ(1, dispatch(self->worker, d, 1, 0, 20000));
 	ASSERT_EQ(0, complete(self->worker, d[0].id, 0, 1));
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_EQ(0, WEXITSTATUS(status));
+	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
 	/* The child's copy of the client is closed; ours collects it. */
 	EXPECT_EQ(0, wait_req(self->client, 0, 0, 5000, NULL));
 }
@@ -435,6 +435,9 @@ TEST_F(sched, a_reply_that_cannot_be_written_takes_the_request_back)
 	struct llmos_submit *s;
 	pthread_t t;
 	int rounds = (int)(500 * test_scale());
+
+	if (rounds < 50)
+		rounds = 50; /* a race that does not run cannot fail */
 
 	s = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		 -1, 0);
@@ -605,7 +608,7 @@ TEST_F(sched, a_request_names_only_a_mindspace_its_submitter_may_write)
 	if (pid == 0)
 		_exit(other_submits(self->client, open_id, test_ms));
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_EQ(0, WEXITSTATUS(status));
+	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
 	close(open_fd);
 }
 
@@ -631,7 +634,7 @@ TEST_F(sched, only_the_owner_or_an_admin_cancels)
 		if (pid == 0)
 			_exit(other_cancels(other, id));
 		ASSERT_EQ(pid, waitpid(pid, &status, 0));
-		EXPECT_EQ(0, WEXITSTATUS(status));
+		EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
 	}
 	/* An administrator may. */
 	EXPECT_EQ(0, cancel(other, id));
@@ -723,7 +726,7 @@ TEST_F(sched, a_dead_workers_requests_complete_exactly_once)
 	if (pid == 0)
 		_exit(crashing_worker());
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	ASSERT_EQ(0, WEXITSTATUS(status));
+	ASSERT_EQ(0, status); /* exited, with 0 (not killed) */
 
 	ASSERT_EQ(0, stats(self->client, &st, &ts, 0));
 	EXPECT_EQ(self->st0.out_requeued + 3, st.out_requeued);
@@ -831,7 +834,7 @@ TEST_F(sched, setting_weights_needs_privilege)
 	if (pid == 0)
 		_exit(other_sets_weight(self->client));
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_EQ(0, WEXITSTATUS(status));
+	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
 }
 
 TEST_F(sched, batch_commands_report_each_entry)

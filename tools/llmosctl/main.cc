@@ -384,15 +384,22 @@ int cmd_ms_read(const options& o, const ms_args& a) {
 // Holds Ctrl-C, SIGTERM, SIGHUP and SIGQUIT while it lives: a command
 // that must not stop half-way (a save, a load) asks interrupted() at its
 // end, undoes what it did, and the signal is delivered when this goes.
+// Signals that are ignored (nohup's SIGHUP, SIGINT in a shell's
+// background job) or blocked already are left as they are: blocked, an
+// ignored signal would stay pending and look like an interrupt.
 class stop_signals_held {
 public:
     stop_signals_held() {
-        sigset_t stops;
-        ::sigemptyset(&stops);
+        ::sigemptyset(&_held);
+        ::sigprocmask(SIG_BLOCK, nullptr, &_was);
         for (int sig : signals) {
-            ::sigaddset(&stops, sig);
+            struct sigaction now {};
+            if (::sigaction(sig, nullptr, &now) == 0 && now.sa_handler != SIG_IGN &&
+                ::sigismember(&_was, sig) == 0) {
+                ::sigaddset(&_held, sig);
+            }
         }
-        ::sigprocmask(SIG_BLOCK, &stops, &_was);
+        ::sigprocmask(SIG_BLOCK, &_held, nullptr);
     }
     ~stop_signals_held() { ::sigprocmask(SIG_SETMASK, &_was, nullptr); }
     stop_signals_held(const stop_signals_held&) = delete;
@@ -402,7 +409,7 @@ public:
         sigset_t pending;
         ::sigpending(&pending);
         for (int sig : signals) {
-            if (::sigismember(&pending, sig) == 1) {
+            if (::sigismember(&_held, sig) == 1 && ::sigismember(&pending, sig) == 1) {
                 return true;
             }
         }
@@ -412,6 +419,7 @@ public:
 private:
     static constexpr int signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
     sigset_t _was;
+    sigset_t _held; ///< those this holds
 };
 
 int cmd_ms_save(const options& o, const ms_args& a) {

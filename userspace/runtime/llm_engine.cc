@@ -58,7 +58,9 @@ std::optional<gen_request> parse_gen_request(std::span<const std::byte> bytes, s
             return fail("special-token spans run past the request");
         }
         r.special_at.resize(n);
-        std::memcpy(r.special_at.data(), bytes.data() + at + sizeof(n), n * sizeof(gen_span));
+        if (n) { // (an empty vector's data() may be null)
+            std::memcpy(r.special_at.data(), bytes.data() + at + sizeof(n), n * sizeof(gen_span));
+        }
         uint64_t end = 0;
         for (const gen_span& sp : r.special_at) {
             if (sp.off < end || uint64_t(sp.off) + sp.len > r.h.text_len) {
