@@ -460,8 +460,9 @@ TEST_F(llmosctl_llmosd, an_unreachable_server_is_one_clear_line) {
     EXPECT_EQ(ctl("run hello --temperature 3").status, 2);
     EXPECT_EQ(ctl("run").status, 2);
     // Malformed addresses: refused before anything is sent.
-    for (const char* bad : {"http://[zz]:1", "http://[::1]x", "http://h:1x", "http://[]:1",
-                            "http://h:0", "http://[::1"}) {
+    for (const char* bad :
+         {"http://[zz]:1", "http://[::1]x", "http://h:1x", "http://[]:1", "http://h:0",
+          "http://[::1", "http://[fe80::1%]:1", "http://[fe80::1%a/b]:1"}) {
         r = ctl(std::string("--server '") + bad + "' model list");
         EXPECT_EQ(r.status, 2) << bad << ": " << r.err;
         EXPECT_TRUE(r.err.starts_with("llmosctl: bad --server")) << bad << ": " << r.err;

@@ -34,6 +34,11 @@ std::optional<server_address> parse_server(std::string_view s) {
     if (scheme != "http" && scheme != "https") {
         return std::nullopt;
     }
+#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
+    if (scheme == "https") {
+        return std::nullopt; // a cpp-httplib without TLS
+    }
+#endif
     auto slash = s.find('/');
     std::string_view hp = s.substr(0, slash);
     std::string path = slash == std::string_view::npos ? "" : std::string{s.substr(slash)};
@@ -56,7 +61,15 @@ std::optional<server_address> parse_server(std::string_view s) {
             return std::nullopt;
         }
         host = hp.substr(1, close - 1);
-        if (host.find_first_not_of("0123456789abcdefABCDEF:.%") != std::string_view::npos) {
+        // An address, and maybe a zone ("fe80::1%eth0").
+        const std::string_view addr = host.substr(0, host.find('%'));
+        const std::string_view zone =
+            addr.size() < host.size() ? host.substr(addr.size() + 1) : std::string_view{};
+        if (addr.empty() || addr.find_first_not_of("0123456789abcdefABCDEF:.") != addr.npos ||
+            (addr.size() < host.size() &&
+             (zone.empty() ||
+              zone.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                     "0123456789._-") != zone.npos))) {
             return std::nullopt;
         }
         hp.remove_prefix(close + 1);
@@ -150,9 +163,21 @@ api_client::api_client(const server_address& where, const std::string& api_key)
         _cli = std::make_unique<httplib::ClientImpl>(where.unix_path, 80);
         _cli->set_address_family(AF_UNIX);
     } else if (where.https) {
+#ifdef CPPHTTPLIB_OPENSSL_SUPPORT
         _cli = std::make_unique<httplib::SSLClient>(where.host, where.port);
+#else
+        _cli = std::make_unique<httplib::ClientImpl>(where.host, where.port); // (not parsed)
+#endif
     } else {
         _cli = std::make_unique<httplib::ClientImpl>(where.host, where.port);
+    }
+    if (where.host.find(':') != std::string::npos) {
+        // An IPv6 address goes in brackets in Host (httplib leaves them
+        // out at the scheme's own port).
+        const bool own_port = where.port == (where.https ? 443 : 80);
+        _cli->set_default_headers(
+            {{"Host",
+              "[" + where.host + "]" + (own_port ? "" : ":" + std::to_string(where.port))}});
     }
     _cli->set_connection_timeout(5, 0);
     // Loading a large model or its first token can take a while; a broken

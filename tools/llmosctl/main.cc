@@ -522,9 +522,11 @@ int cmd_ms_load(const options& o, const ms_args& a) {
     c.persistent = true;
     if (meta->flags & LLMOS_MS_NODE) {
         // Its NUMA node, where this machine has it.
-        if (meta->numa_node >= 0 &&
-            ::access(("/sys/devices/system/node/node" + std::to_string(meta->numa_node)).c_str(),
-                     F_OK) == 0) {
+        // (Node 0 is there also without NUMA support, and its sysfs.)
+        if (meta->numa_node == 0 ||
+            (meta->numa_node > 0 &&
+             ::access(("/sys/devices/system/node/node" + std::to_string(meta->numa_node)).c_str(),
+                      F_OK) == 0)) {
             c.node = static_cast<int>(meta->numa_node);
         } else {
             std::fprintf(stderr,

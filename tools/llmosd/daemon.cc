@@ -1058,7 +1058,8 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             // A client that sends its system message with every turn's new
             // messages (llmosctl run --session S --system X) does not get
             // it again in the middle of the conversation.
-            if (!conv.empty() && !mine.empty() && conv.front().role == "system" &&
+            // (A request of that system message alone stays as it is.)
+            if (!conv.empty() && mine.size() > 1 && conv.front().role == "system" &&
                 mine.front().role == "system" && mine.front().content == conv.front().content) {
                 mine.erase(mine.begin());
             }
