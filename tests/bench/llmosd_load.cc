@@ -10,6 +10,8 @@
 // total latency (p50/p99, of the attempt that was served), aggregate
 // tokens/s, the daemon's peak RSS (VmHWM) before and after the load, and
 // the kernel's count of connections turned away by a full accept queue.
+// The baseline, measured first in the same run: one client alone sending
+// the same requests; the loaded figures are also given as ratios to it.
 // A benchmark: it fails (exit 1) only on errors other than 429, never on
 // timings.
 //
@@ -332,6 +334,12 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%s\n", std::string(std::istreambuf_iterator<char>(log), {}).c_str());
         return 1;
     }
+    // The baseline, in the same run: one client alone, the same requests.
+    tally alone;
+    auto tb = clk::now();
+    client(d.port, cfg, 0, alone);
+    const double alone_wall = secs_since(tb);
+
     const long rss_before = d.peak_rss_kib();
     const long overflows_before = listen_overflows();
 
@@ -365,6 +373,11 @@ int main(int argc, char** argv) {
             }
         }
     }
+    for (auto& w : alone.error_words) {
+        if (all.error_words.size() < 5) {
+            all.error_words.push_back(w);
+        }
+    }
     std::printf("# llmosd_load: %d streaming clients x %d chat completions (max_tokens %d), "
                 "--max-queue %d, local backend, loopback, %s\n",
                 cfg.clients, cfg.requests, cfg.max_tokens, cfg.max_queue,
@@ -381,6 +394,18 @@ int main(int argc, char** argv) {
                 quantile(all.e2e_s, 0.5) * 1e3, quantile(all.e2e_s, 0.99) * 1e3);
     std::printf("  tokens               %ld in %.2f s: %.0f tokens/s aggregate\n", all.tokens, wall,
                 wall > 0 ? static_cast<double>(all.tokens) / wall : 0.0);
+    const double alone_tps = alone_wall > 0 ? static_cast<double>(alone.tokens) / alone_wall : 0.0;
+    std::printf("  one client alone     first token p50 %.1f ms, latency p50 %.1f ms, %.0f "
+                "tokens/s (%d requests, %d errors)\n",
+                quantile(alone.ttft_s, 0.5) * 1e3, quantile(alone.total_s, 0.5) * 1e3, alone_tps,
+                alone.ok, alone.errors);
+    if (quantile(alone.ttft_s, 0.5) > 0 && quantile(alone.total_s, 0.5) > 0 && alone_tps > 0) {
+        std::printf("  under load / alone   first token p50 %.2fx, latency p50 %.2fx, "
+                    "tokens/s %.2fx\n",
+                    quantile(all.ttft_s, 0.5) / quantile(alone.ttft_s, 0.5),
+                    quantile(all.total_s, 0.5) / quantile(alone.total_s, 0.5),
+                    (wall > 0 ? static_cast<double>(all.tokens) / wall : 0.0) / alone_tps);
+    }
     std::printf("  llmosd peak RSS      %.1f MiB idle, %.1f MiB after the load\n",
                 static_cast<double>(rss_before) / 1024, static_cast<double>(rss_after) / 1024);
     if (overflows_before >= 0) {
@@ -394,5 +419,5 @@ int main(int argc, char** argv) {
     if (stopped != 0) {
         std::printf("  llmosd exited with status %d\n", stopped);
     }
-    return all.errors == 0 && stopped == 0 ? 0 : 1;
+    return all.errors == 0 && alone.errors == 0 && stopped == 0 ? 0 : 1;
 }
