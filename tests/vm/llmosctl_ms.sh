@@ -37,12 +37,13 @@ expect "info --json has its size and mode" sh -c \
 
 dd if=/dev/urandom of=rand bs=4096 count=16 2>/dev/null
 expect "write 64K of random bytes from stdin" sh -c 'llmosctl ms write conv --offset 65536 - <rand'
-llmosctl ms read conv >before 2>"$out"
+expect "read all of it" sh -c 'llmosctl ms read conv >before && [ "$(wc -c <before)" -eq 1048576 ]'
 expect "save to a file" llmosctl ms save conv conv.llmosms
 expect "remove it" llmosctl ms rm conv
 refuse "it is gone" 1 "No such file or directory" llmosctl ms info conv
 expect "load the file" llmosctl ms load conv.llmosms
-llmosctl ms read conv >after 2>"$out"
+expect "read all of the loaded one" sh -c \
+	'llmosctl ms read conv >after && [ "$(wc -c <after)" -eq 1048576 ]'
 expect "the bytes round-trip exactly" cmp before after
 expect "the random part too" sh -c 'llmosctl ms read conv --offset 65536 --length 65536 | cmp - rand'
 expect "the mode round-trips" sh -c 'llmosctl --json ms info conv | grep -q "\"mode\": \"0640\""'

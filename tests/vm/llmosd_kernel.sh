@@ -101,7 +101,8 @@ expect "a session that needs a larger store than the quota allows is refused, an
 now=$(length)
 text >/tmp/vm.text.now
 expect "and stays as it was: its length ($len, now $now) and conversation" sh -c \
-	'[ "$0" = "$1" ] && cmp /tmp/vm.text /tmp/vm.text.now' "$len" "$now"
+	'[ "$0" = "$1" ] && grep -q "\"Hi\"" /tmp/vm.text && cmp /tmp/vm.text /tmp/vm.text.now' \
+	"$len" "$now"
 wget -q -O "$out.reply" --header 'Content-Type: application/json' --post-data "$again" \
 	"$url/v1/chat/completions"
 rc=$?
