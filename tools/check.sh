@@ -166,10 +166,13 @@ ctest_lane() {
 		count "ctest-$lane" 0 1 0
 		return
 	fi
-	local tests fails skips
+	local tests fails skips disabled
 	tests=$(grep -m1 -oE 'tests="[0-9]+"' "$junit" | tr -dc 0-9)
 	fails=$(grep -m1 -oE 'failures="[0-9]+"' "$junit" | tr -dc 0-9)
 	skips=$(grep -m1 -oE 'skipped="[0-9]+"' "$junit" | tr -dc 0-9)
+	# Disabled tests (DISABLED_ cases) did not run: skipped, not passed.
+	disabled=$(grep -m1 -oE 'disabled="[0-9]+"' "$junit" | tr -dc 0-9)
+	skips=$((skips + ${disabled:-0}))
 	say "ctest-$lane: $((tests - fails - skips)) passed, $fails failed, $skips skipped ($(($(date +%s) - t0)) s)"
 	if [ "$fails" -ne 0 ] || [ $rc -ne 0 ]; then
 		grep -E '^\s+[0-9]+ - |Failed|\[  FAILED  \]' "$logs/ctest-$lane.log" | head -n 40 | sed 's/^/    /'
