@@ -586,12 +586,78 @@ TEST_P(worker_pool_test, a_request_whose_client_went_away_ends_early) {
     EXPECT_LT(f->tokens, 2000u) << "it stopped before the end";
 }
 
+// An echo engine that notes a decode of a sequence it did not prefill.
+class checking_engine final : public llmos::inference_engine {
+public:
+    explicit checking_engine(std::atomic<int>& unprefilled)
+        : _echo({.bytes_per_token = 1})
+        , _unprefilled(unprefilled) {}
+    llmos::engine_status prefill(llmos::sequence& s) override {
+        auto st = _echo.prefill(s);
+        if (st == llmos::engine_status::ok) {
+            _prefilled.insert(&s);
+        }
+        return st;
+    }
+    void decode(std::span<llmos::sequence* const> batch) override {
+        for (auto* s : batch) {
+            if (!_prefilled.count(s)) {
+                _unprefilled.fetch_add(1);
+            }
+        }
+        _echo.decode(batch);
+    }
+    void release(llmos::sequence& s) noexcept override {
+        _prefilled.erase(&s);
+        _echo.release(s);
+    }
+
+private:
+    llmos::echo_engine _echo;
+    std::atomic<int>& _unprefilled;
+    std::set<llmos::sequence*> _prefilled;
+};
+
+// Two requests given back once (both run alone, as suspects): the first
+// fails in prefill, and the second is prefilled before its first step.
+TEST_P(worker_pool_test, a_suspect_after_one_that_failed_in_prefill_is_prefilled_first) {
+    auto c = llmos::sched_client::open(dev()).value();
+    // No room to echo it: its output would run past the mindspace.
+    llmos::submit_options bad{
+        .cost = 1, .ms_id = _ms->id(), .prompt_off = (1 << 20) - 8192, .prompt_len = 6000};
+    const uint64_t bad_id = c.submit(bad).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    auto p = prompt(0, 40, 3);
+    ids[c.submit(p).value()] = p;
+    {
+        auto w = llmos::sched_worker::open(dev(), 4).value();
+        ASSERT_EQ(w.dispatch(4, llmos::wait_for::at_most(5s)).value().size(), 2u);
+    } // gone: both go back, requeued once
+    std::atomic<int> unprefilled{0};
+    llmos::worker_pool_options o;
+    o.cpus = {two_cpus().front()}; // one worker takes both
+    o.slots = 4;
+    o.engine = [&](unsigned) { return std::make_unique<checking_engine>(unprefilled); };
+    o.on_output = [this](unsigned, const descriptor& d) { _log.add(d); };
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto f = c.wait(bad_id, llmos::wait_for::at_most(20s));
+    ASSERT_TRUE(f) << f.error().message();
+    EXPECT_EQ(f->state, LLMOS_REQ_FAILED);
+    EXPECT_EQ(f->status, -ENOSPC);
+    expect_echoed(c, ids, 1);
+    EXPECT_EQ(unprefilled.load(), 0) << "decoded before it was prefilled";
+}
+
 TEST_P(worker_pool_test, bad_options_are_refused) {
     auto o = opts({});
     o.slots = 0;
     EXPECT_EQ(llmos::worker_pool::start(dev(), o).error().value(), EINVAL);
     o = opts({});
     o.engine = nullptr;
+    EXPECT_EQ(llmos::worker_pool::start(dev(), o).error().value(), EINVAL);
+    // More than a worker may register for (its workers would retry for ever).
+    o = opts({}, LLMOS_MAX_CAPACITY + 1);
     EXPECT_EQ(llmos::worker_pool::start(dev(), o).error().value(), EINVAL);
     o = opts({});
     o.cpus = {CPU_SETSIZE - 1};

@@ -99,7 +99,9 @@ result<std::unique_ptr<worker_pool>> worker_pool::start(const device& dev, worke
     if (o.cpus.empty()) {
         o.cpus = allowed;
     }
-    if (!o.engine || o.slots == 0 || o.cpus.empty()) {
+    // (A capacity the scheduler refuses would have every worker retry
+    // its registration for ever.)
+    if (!o.engine || o.slots == 0 || o.slots > LLMOS_MAX_CAPACITY || o.cpus.empty()) {
         return std::error_code(EINVAL, std::system_category());
     }
     for (int c : o.cpus) {
@@ -307,8 +309,12 @@ void worker_pool::run_worker(unsigned i) {
         }
         auto reg = sched_worker::open(_dev, _o.slots, info.node, _o.model);
         if (!reg) {
+            // Tried again while running; a drain has nothing here to wait for.
             info.set_error("register: " + reg.error().message());
             mark_ready();
+            if (_state.load() != state::running) {
+                break;
+            }
             std::this_thread::sleep_for(100ms);
             continue;
         }
@@ -499,15 +505,21 @@ void worker_pool::run_worker(unsigned i) {
                     continue;
                 }
                 drop_ended();
+                // The batch again, without what ended in prefill: when that
+                // brings in a sequence not prefilled yet (the next suspect),
+                // the next pass prefills it first.
                 batch.clear();
+                bool ready = true;
                 for (auto& sl : active) {
                     if (sl.suspect) {
                         batch.assign(1, sl.s.get());
+                        ready = sl.prefilled;
                         break;
                     }
                     batch.push_back(sl.s.get());
+                    ready = ready && sl.prefilled;
                 }
-                if (batch.empty()) {
+                if (batch.empty() || !ready) {
                     continue;
                 }
                 try {
