@@ -10,6 +10,7 @@
 #include <llmos/mindspace.hh>
 #include <llmos/ms_file.hh>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -300,3 +301,54 @@ TEST_P(ms_backend, save_and_load_round_trip) {
 }
 
 } // namespace
+
+// The local store is refused where another user could have put it, or
+// links of theirs in it.
+TEST(local_store, links_and_folders_of_other_users_are_refused) {
+    char tmpl[] = "/tmp/llmos-store-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    const std::filesystem::path top = tmpl;
+    // The store itself a link: refused.
+    std::filesystem::create_directory(top / "real");
+    std::filesystem::create_directory_symlink(top / "real", top / "link");
+    EXPECT_FALSE(llmos::device::open_local((top / "link").string()));
+    // next-id a link to another file: no id is taken through it, and the
+    // file keeps its mode and bytes.
+    const auto store = top / "store";
+    std::filesystem::create_directory(store);
+    {
+        int v = ::open((top / "victim").c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+        ASSERT_GE(v, 0);
+        ASSERT_EQ(::write(v, "keep", 4), 4);
+        ::close(v);
+    }
+    std::filesystem::create_symlink(top / "victim", store / "next-id");
+    auto dev = llmos::device::open_local(store.string());
+    ASSERT_TRUE(dev) << dev.error().message();
+    EXPECT_FALSE(mindspace::create(*dev, {.length = 4096}));
+    struct stat st {};
+    ASSERT_EQ(::stat((top / "victim").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0600u);
+    EXPECT_EQ(st.st_size, 4);
+    // A store folder of another user (not root): refused.
+    if (::geteuid() == 0) {
+        const auto theirs = top / "theirs";
+        std::filesystem::create_directory(theirs);
+        ASSERT_EQ(::chown(theirs.c_str(), 65534, 65534), 0);
+        ASSERT_EQ(::chmod(theirs.c_str(), 01777), 0);
+        auto d = llmos::device::open_local(theirs.string());
+        ASSERT_FALSE(d);
+        EXPECT_EQ(d.error().value(), EPERM);
+        // Root's own, world-writable but sticky (as tmpfiles makes it): fine.
+        const auto shared = top / "shared";
+        std::filesystem::create_directory(shared);
+        ASSERT_EQ(::chmod(shared.c_str(), 01777), 0);
+        EXPECT_TRUE(llmos::device::open_local(shared.string()));
+        // ... but not without the sticky bit.
+        const auto open_dir = top / "open";
+        std::filesystem::create_directory(open_dir);
+        ASSERT_EQ(::chmod(open_dir.c_str(), 0777), 0);
+        EXPECT_FALSE(llmos::device::open_local(open_dir.string()));
+    }
+    std::filesystem::remove_all(top);
+}

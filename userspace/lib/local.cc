@@ -52,12 +52,40 @@ std::error_code make_dir(int at, const char* name) {
     return {};
 }
 
+// A folder of the store must be the caller's or root's: a user who made it
+// first could otherwise put links and files of theirs where the caller
+// writes. One that others may write to must be sticky.
+std::error_code check_dir(int fd) {
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+        return last_error();
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        return std::error_code(ENOTDIR, std::system_category());
+    }
+    if ((st.st_uid != ::geteuid() && st.st_uid != 0) ||
+        ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))) {
+        return std::error_code(EPERM, std::system_category());
+    }
+    return {};
+}
+
 result<uint64_t> next_id(int store) {
-    unique_fd fd{::openat(store, "next-id", O_RDWR | O_CREAT | O_CLOEXEC, 0666)};
+    // Not through a link, and only a plain file.
+    unique_fd fd{::openat(store, "next-id", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666)};
     if (!fd) {
         return last_error();
     }
-    (void)::fchmod(fd.get(), 0666); // every user allocates ids
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) {
+        return last_error();
+    }
+    if (!S_ISREG(st.st_mode)) {
+        return std::error_code(EPERM, std::system_category());
+    }
+    if (st.st_uid == ::geteuid()) {
+        (void)::fchmod(fd.get(), 0666); // every user allocates ids
+    }
     if (::flock(fd.get(), LOCK_EX) != 0) {
         return last_error();
     }
@@ -183,12 +211,22 @@ result<unique_fd> open_store(const std::string& dir) {
     if (auto ec = make_dir(AT_FDCWD, dir.c_str())) {
         return ec;
     }
-    unique_fd fd{::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC)};
+    unique_fd fd{::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)};
     if (!fd) {
         return last_error();
     }
+    if (auto ec = check_dir(fd.get())) {
+        return ec;
+    }
     for (const char* sub : {"ms", "by-name"}) {
         if (auto ec = make_dir(fd.get(), sub)) {
+            return ec;
+        }
+        unique_fd sfd{::openat(fd.get(), sub, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)};
+        if (!sfd) {
+            return last_error();
+        }
+        if (auto ec = check_dir(sfd.get())) {
             return ec;
         }
     }
