@@ -376,6 +376,25 @@ TEST_F(llm_engine_test, a_conversation_s_cache_in_its_mindspace_skips_the_prefix
     EXPECT_EQ(second.text, fresh.text);
 }
 
+TEST_F(llm_engine_test, one_request_at_a_time_writes_a_conversation_s_cache) {
+    auto c = llmos::sched_client::open(*_dev).value();
+    const uint64_t kv_off = 4 << 20;
+    // Two requests on the same cache, taken together (queued before the
+    // worker starts): one runs, the other is refused for now (EAGAIN)
+    // instead of writing the cache beside it.
+    auto a = c.submit(request(0, "Hello world", 24, {}, kv_off, kv_bytes())).value();
+    auto b = c.submit(request(65536, "Hello there", 24, {}, kv_off, kv_bytes())).value();
+    auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto fa = c.wait(a, llmos::wait_for::at_most(60s)).value();
+    auto fb = c.wait(b, llmos::wait_for::at_most(60s)).value();
+    const bool a_ran = fa.state == LLMOS_REQ_COMPLETED;
+    EXPECT_NE(a_ran, fb.state == LLMOS_REQ_COMPLETED) << "exactly one of them ran";
+    EXPECT_EQ((a_ran ? fb : fa).status, -EAGAIN);
+    // Free again: the next request on it runs.
+    auto again = run(c, request(131072, "Hello world", 8, {}, kv_off, kv_bytes()));
+    EXPECT_EQ(again.f.state, LLMOS_REQ_COMPLETED);
+}
+
 TEST_F(llm_engine_test, a_vocabulary_larger_than_the_embedding_is_refused) {
     // Its extra ids would fail every step they were in.
     eng::vocab_data d = eng::from_gguf(*file);

@@ -5,8 +5,11 @@
 #include <llmos/engine/sampling.hh>
 #include <llmos/generation.hh>
 #include <llmos/llm_engine.hh>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <stdexcept>
+#include <utility>
 
 namespace llmos {
 
@@ -114,9 +117,44 @@ struct seq_kv {
     virtual void truncate(uint32_t n) noexcept = 0;
 };
 
+// The conversation caches in mindspaces that a CPU sequence of this
+// process has open, by (mindspace, offset): two requests naming the same
+// one would write it at once (the GPU's kv_pool refuses that too).
+class cpu_kv_leases {
+public:
+    using key = std::pair<uint64_t, uint64_t>;
+    static bool take(key k) {
+        std::lock_guard g(m());
+        return held().insert(k).second;
+    }
+    static void give(key k) noexcept {
+        std::lock_guard g(m());
+        held().erase(k);
+    }
+
+private:
+    static std::mutex& m() {
+        static std::mutex mu;
+        return mu;
+    }
+    static std::set<key>& held() {
+        static std::set<key> s;
+        return s;
+    }
+};
+
 struct cpu_kv final : seq_kv {
-    std::optional<eng::kv_memory> own; ///< its cache, when the request keeps none
+    std::optional<eng::kv_memory> own;       ///< its cache, when the request keeps none
+    std::optional<cpu_kv_leases::key> lease; ///< its cache in a mindspace, held
     std::optional<eng::kv_cache> kv;
+    cpu_kv() = default;
+    cpu_kv(const cpu_kv&) = delete;
+    cpu_kv& operator=(const cpu_kv&) = delete;
+    ~cpu_kv() override {
+        if (lease) {
+            cpu_kv_leases::give(*lease);
+        }
+    }
     uint32_t capacity() const noexcept override { return kv->capacity(); }
     std::span<const int32_t> tokens() const noexcept override { return kv->tokens(); }
     void truncate(uint32_t n) noexcept override { kv->truncate(n); }
@@ -218,9 +256,18 @@ public:
     bool gpu() const noexcept override { return false; }
     uint32_t max_batch_tokens() const noexcept override { return _ctx.options().max_batch_tokens; }
 
-    opened open(std::span<std::byte> mem, uint64_t, uint32_t own_tokens, const sequence&) override {
+    opened open(std::span<std::byte> mem, uint64_t kv_off, uint32_t own_tokens,
+                const sequence& s) override {
         auto kv = std::make_unique<cpu_kv>();
         eng::kv_options ko = o.kv;
+        if (!mem.empty()) {
+            // One sequence at a time in a conversation's cache.
+            const cpu_kv_leases::key k{s.req.ms_id, kv_off};
+            if (!cpu_kv_leases::take(k)) {
+                return refuse(engine_status::no_room);
+            }
+            kv->lease = k;
+        }
         if (mem.empty()) {
             ko.max_tokens = std::min(ko.max_tokens, own_tokens);
             try {
