@@ -17,6 +17,7 @@
 #include <numa.h>
 #include <sched.h>
 #include <set>
+#include <stdexcept>
 #include <thread>
 #include <unistd.h>
 
@@ -647,6 +648,32 @@ TEST_P(worker_pool_test, a_suspect_after_one_that_failed_in_prefill_is_prefilled
     EXPECT_EQ(f->status, -ENOSPC);
     expect_echoed(c, ids, 1);
     EXPECT_EQ(unprefilled.load(), 0) << "decoded before it was prefilled";
+}
+
+TEST_P(worker_pool_test, callbacks_that_throw_cost_a_descriptor_not_the_worker) {
+    auto o = opts({.bytes_per_token = 8}, 4);
+    o.cpus = {two_cpus().front()};
+    std::atomic<int> thrown{0};
+    o.on_output = [&](unsigned, const descriptor&) {
+        thrown.fetch_add(1);
+        throw std::runtime_error("consumer full");
+    };
+    o.is_cancelled = [](uint64_t) -> bool { throw std::runtime_error("no table"); };
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto c = llmos::sched_client::open(dev()).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    for (uint32_t i = 0; i < 3; ++i) {
+        auto p = prompt(i * 4096, 64, i);
+        ids[c.submit(p).value()] = p;
+    }
+    expect_echoed(c, ids, 8);
+    EXPECT_GT(thrown.load(), 0);
+    EXPECT_EQ((*pool)->info(0).crashes.load(), 0u);
+    const std::string why = (*pool)->info(0).last_error();
+    EXPECT_TRUE(why.find("on_output: consumer full") != std::string::npos ||
+                why.find("is_cancelled: no table") != std::string::npos)
+        << why;
 }
 
 TEST_P(worker_pool_test, bad_options_are_refused) {

@@ -226,23 +226,29 @@ io_uring_sqe* event_loop::sqe(completion done) {
 }
 
 bool event_loop::after(std::chrono::nanoseconds d, std::function<void()> fn) {
-    __kernel_timespec ts{};
-    ts.tv_sec = d.count() / 1000000000;
-    ts.tv_nsec = d.count() % 1000000000;
-    io_uring_sqe* s = sqe([fn = std::move(fn)](int32_t, uint32_t) { fn(); });
+    // The kernel reads the time when the SQE is submitted, which may be
+    // later than now (a busy submission queue): it lives as long as the
+    // completion does.
+    auto ts = std::make_shared<__kernel_timespec>();
+    ts->tv_sec = d.count() / 1000000000;
+    ts->tv_nsec = d.count() % 1000000000;
+    io_uring_sqe* s = sqe([fn = std::move(fn), ts](int32_t, uint32_t) { fn(); });
     if (!s) {
         return false;
     }
     auto ud = s->user_data;
-    io_uring_prep_timeout(s, &ts, 0, 0);
+    io_uring_prep_timeout(s, ts.get(), 0, 0);
     s->user_data = ud;
-    // The kernel reads `ts` at submission: submit while it lives.
     io_uring_submit(_ring.get());
     return true;
 }
 
 bool event_loop::arm_futex() {
     io_uring_sqe* s = io_uring_get_sqe(_ring.get());
+    if (!s) {
+        io_uring_submit(_ring.get()); // a full submission queue: make room
+        s = io_uring_get_sqe(_ring.get());
+    }
     if (!s) {
         return false;
     }
@@ -339,8 +345,11 @@ size_t event_loop::run_once(std::optional<std::chrono::nanoseconds> max_wait) {
         _bell.sleeping.store(0, std::memory_order_relaxed);
         return poll_sources() + reap();
     }
-    if (_opt.bell == doorbell_kind::futex && !_futex_armed) {
-        arm_futex();
+    // A doorbell that cannot be armed now (no SQE) would not wake this
+    // sleep: then it is a short one, and the next tries again.
+    if (_opt.bell == doorbell_kind::futex && !_futex_armed && !arm_futex() &&
+        (!max_wait || *max_wait > std::chrono::milliseconds(1))) {
+        max_wait = std::chrono::milliseconds(1);
     }
     ++_stats.sleeps;
     io_uring_cqe* cqe = nullptr;

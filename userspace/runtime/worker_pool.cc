@@ -276,10 +276,29 @@ void worker_pool::run_worker(unsigned i) {
             _ready.fetch_add(1);
         }
     };
-    auto emit = [&](const descriptor& d) {
+    // The caller's callbacks: one that throws costs that descriptor (or
+    // that look at cancellation), said in last_error, not the worker, nor
+    // its engine's requests (a throw here is not the engine's crash).
+    auto emit = [&](const descriptor& d) noexcept {
         if (_o.on_output) {
-            _o.on_output(i, d);
+            try {
+                _o.on_output(i, d);
+            } catch (const std::exception& e) {
+                info.set_error(std::string("on_output: ") + e.what());
+            } catch (...) {
+                info.set_error("on_output: an exception");
+            }
         }
+    };
+    auto cancelled = [&](uint64_t id) noexcept {
+        try {
+            return _o.is_cancelled(id);
+        } catch (const std::exception& e) {
+            info.set_error(std::string("is_cancelled: ") + e.what());
+        } catch (...) {
+            info.set_error("is_cancelled: an exception");
+        }
+        return false;
     };
     std::map<uint64_t, mapped_ms> maps;
 
@@ -287,7 +306,7 @@ void worker_pool::run_worker(unsigned i) {
     // back yet, say) is tried again, from 100 ms to 5 s apart, while the
     // pool runs; meanwhile this worker is not registered: what it held is
     // back in the scheduler, for the other workers. (One never made at the
-    // start fails the start.)
+    // start ends that worker, with its last_error.)
     const bool made_once = engine != nullptr;
     auto make_again = [&] {
         for (auto wait = 100ms; !engine && _state.load() == state::running;
@@ -550,7 +569,7 @@ void worker_pool::run_worker(unsigned i) {
             }
             if (_o.is_cancelled) {
                 for (auto& sl : active) {
-                    if (!sl.s->done && _o.is_cancelled(sl.s->req.id)) {
+                    if (!sl.s->done && cancelled(sl.s->req.id)) {
                         sl.s->done = true;
                         sl.s->status = -ECANCELED;
                     }

@@ -48,8 +48,9 @@ public:
 
     /// Takes in `s`'s prompt (fills its cache). bad_input fails the
     /// request (with s.status, else -EINVAL); no_room fails it with
-    /// -EAGAIN. May throw: the worker treats an exception as its own crash (every request it holds
-    /// goes back to the scheduler).
+    /// -EAGAIN. May throw: the worker takes it as its engine's crash and
+    /// recovers (worker_pool.hh: a fresh engine, its requests started
+    /// again, the batch's as suspects).
     virtual engine_status prefill(sequence& s) = 0;
 
     /// One decode step over every sequence in `batch` (all prefilled, none

@@ -77,11 +77,13 @@ struct worker_pool_options {
     /// Makes each worker's engine, on the worker's thread.
     std::function<std::unique_ptr<inference_engine>(unsigned worker)> engine;
     /// Called on the worker's thread with each descriptor it streams
-    /// (request id, offset and length in the request's mindspace, kind).
+    /// (request id, offset and length in the request's mindspace, kind):
+    /// the workers call it at the same time. One that throws loses that
+    /// descriptor, and the worker's last_error says why.
     std::function<void(unsigned worker, const descriptor&)> on_output;
     /// Asked between steps for each request a worker runs: true ends it
     /// with -ECANCELED (its client went away). Called on the worker's
-    /// thread; must be cheap.
+    /// thread; must be cheap. One that throws is taken as false.
     std::function<bool(uint64_t request)> is_cancelled;
 };
 
