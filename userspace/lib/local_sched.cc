@@ -167,6 +167,9 @@ result<uint64_t> submit(uint64_t cid, const submit_options& o) {
     auto& s = sched();
     std::lock_guard g(s.m);
     auto* c = s.find_client(cid);
+    if (!c) {
+        return err(std::errc::bad_file_descriptor); // a moved-from handle
+    }
     if (c->reqs.size() >= max_client_requests) {
         return err(std::errc::resource_unavailable_try_again);
     }
@@ -213,6 +216,9 @@ result<finished_request> wait(uint64_t cid, uint64_t id, wait_for w) {
     auto& s = sched();
     std::unique_lock lk(s.m);
     auto* c = s.find_client(cid);
+    if (!c) {
+        return err(std::errc::bad_file_descriptor); // a moved-from handle
+    }
     req* picked = nullptr;
     std::error_code ec;
     auto pick = [&] {
@@ -262,6 +268,9 @@ result<uint64_t> register_worker(uint64_t cid, uint32_t capacity, int numa_node,
     auto& s = sched();
     std::lock_guard g(s.m);
     auto* c = s.find_client(cid);
+    if (!c) {
+        return err(std::errc::bad_file_descriptor); // a moved-from handle
+    }
     if (c->is_worker) {
         return err(std::errc::device_or_resource_busy);
     }
@@ -282,6 +291,9 @@ result<std::vector<request_desc>> dispatch(uint64_t cid, uint32_t max, wait_for 
     auto& s = sched();
     std::unique_lock lk(s.m);
     auto* c = s.find_client(cid);
+    if (!c) {
+        return err(std::errc::bad_file_descriptor); // a moved-from handle
+    }
     if (!c->is_worker) {
         return err(std::errc::invalid_argument);
     }
@@ -312,6 +324,9 @@ std::error_code start(uint64_t cid, uint64_t id) {
     auto& s = sched();
     std::lock_guard g(s.m);
     auto* c = s.find_client(cid);
+    if (!c) {
+        return err(std::errc::bad_file_descriptor); // a moved-from handle
+    }
     if (!c->is_worker) {
         return err(std::errc::invalid_argument);
     }
@@ -330,6 +345,9 @@ std::error_code complete(uint64_t cid, uint64_t id, int32_t status, uint32_t tok
     auto& s = sched();
     std::lock_guard g(s.m);
     auto* c = s.find_client(cid);
+    if (!c) {
+        return err(std::errc::bad_file_descriptor); // a moved-from handle
+    }
     if (!c->is_worker || status > 0) {
         return err(std::errc::invalid_argument);
     }
