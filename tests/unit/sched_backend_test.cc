@@ -348,3 +348,13 @@ TEST_P(sched_backend, dispatch_async_cancelled_loses_nothing) {
     // The next request goes to a plain DISPATCH: nothing was left taken.
     takes_and_completes(w, c.submit({.tenant = 1, .cost = 1}).value());
 }
+
+TEST_P(sched_backend, a_moved_from_handle_says_ebadf) {
+    auto c = client();
+    auto moved = std::move(c);
+    // NOLINTNEXTLINE(bugprone-use-after-move): the point of the test
+    auto r = c.submit({.tenant = 1, .cost = 1});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), std::errc::bad_file_descriptor);
+    EXPECT_TRUE(moved.submit({.tenant = 1, .cost = 1}));
+}
