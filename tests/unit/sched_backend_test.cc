@@ -12,6 +12,8 @@
 #include <llmos/mindspace.hh>
 #include <llmos/sched.hh>
 #include <map>
+#include <mutex>
+#include <set>
 #include <thread>
 #include <unistd.h>
 
@@ -320,6 +322,56 @@ TEST_P(sched_backend, dispatch_async_waits_in_the_event_loop) {
     EXPECT_FALSE(w.start(id));
     EXPECT_FALSE(w.complete(id, 0, 1));
     EXPECT_EQ(c.wait(id, wait_for::at_most(5s)).value().state, LLMOS_REQ_COMPLETED);
+}
+
+// Two workers waiting on one loop: the first one answered does not stop
+// the other from being woken for the next request. (The loop sleeps
+// without a time limit on its own thread: only a wake-up ends its sleep.)
+TEST_P(sched_backend, two_dispatches_waiting_on_one_loop_are_both_woken) {
+    auto loop = llmos::event_loop::create({.spin = 0}).value();
+    auto w1 = worker(1);
+    auto w2 = worker(1);
+    auto c = client();
+    std::mutex m;
+    std::vector<uint64_t> got;
+    auto take = [&](llmos::result<std::vector<llmos::request_desc>> r) {
+        std::lock_guard g(m);
+        for (auto& d : r.value()) {
+            got.push_back(d.id);
+        }
+    };
+    ASSERT_FALSE(w1.dispatch_async(*loop, 1, take));
+    ASSERT_FALSE(w2.dispatch_async(*loop, 1, take));
+    std::thread runner([&] { loop->run(); });
+    auto count = [&] {
+        std::lock_guard g(m);
+        return got.size();
+    };
+    auto wait_for_count = [&](size_t n) {
+        for (auto t0 = std::chrono::steady_clock::now();
+             count() < n && std::chrono::steady_clock::now() - t0 < 3s;) {
+            std::this_thread::sleep_for(1ms);
+        }
+        return count();
+    };
+    const uint64_t a = c.submit({.tenant = 1, .cost = 1}).value();
+    EXPECT_EQ(wait_for_count(1), 1u);
+    std::this_thread::sleep_for(20ms); // the loop is asleep again
+    const uint64_t b = c.submit({.tenant = 1, .cost = 1}).value();
+    EXPECT_EQ(wait_for_count(2), 2u) << "the second waiting dispatch was not woken";
+    loop->stop();
+    runner.join();
+    for (auto* w : {&w1, &w2}) {
+        for (auto id : {a, b}) {
+            (void)w->complete(id, 0, 1); // the one that holds it completes it
+        }
+    }
+    w1.cancel_dispatch();
+    w2.cancel_dispatch();
+    EXPECT_EQ(c.wait(a, wait_for::at_most(5s)).value().state, LLMOS_REQ_COMPLETED);
+    if (count() == 2) {
+        EXPECT_EQ(c.wait(b, wait_for::at_most(5s)).value().state, LLMOS_REQ_COMPLETED);
+    }
 }
 
 TEST_P(sched_backend, a_worker_assigned_over_cancels_its_pending_dispatch) {

@@ -412,9 +412,12 @@ uint64_t work_generation() {
 void watch_work(doorbell& b, bool on) {
     auto& s = sched();
     std::lock_guard g(s.m);
-    std::erase(s.bells, &b);
+    // Counted: two dispatches waiting on one loop watch its bell twice,
+    // and the first to finish must not stop the other's wake-ups.
     if (on) {
         s.bells.push_back(&b);
+    } else if (auto it = std::find(s.bells.begin(), s.bells.end(), &b); it != s.bells.end()) {
+        s.bells.erase(it);
     }
 }
 
