@@ -316,6 +316,8 @@ TEST(local_store, links_and_folders_of_other_users_are_refused) {
     // file keeps its mode and bytes.
     const auto store = top / "store";
     std::filesystem::create_directory(store);
+    ASSERT_EQ(::chmod(store.c_str(), 0755), 0); // whatever the umask
+    ASSERT_EQ(::chmod(top.c_str(), 0755), 0);
     {
         int v = ::open((top / "victim").c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
         ASSERT_GE(v, 0);
@@ -330,6 +332,23 @@ TEST(local_store, links_and_folders_of_other_users_are_refused) {
     ASSERT_EQ(::stat((top / "victim").c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 07777, 0600u);
     EXPECT_EQ(st.st_size, 4);
+    // Nor through a hard link.
+    std::filesystem::remove(store / "next-id");
+    ASSERT_EQ(::link((top / "victim").c_str(), (store / "next-id").c_str()), 0);
+    EXPECT_FALSE(mindspace::create(*dev, {.length = 4096}));
+    ASSERT_EQ(::stat((top / "victim").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0600u);
+    EXPECT_EQ(st.st_size, 4);
+    std::filesystem::remove(store / "next-id");
+    EXPECT_TRUE(mindspace::create(*dev, {.length = 4096})) << "a next-id of its own";
+    // The caller's own folder that its group may write to (mkdir under
+    // umask 002) is made sticky, not refused.
+    const auto mine = top / "mine";
+    std::filesystem::create_directory(mine);
+    ASSERT_EQ(::chmod(mine.c_str(), 0775), 0);
+    EXPECT_TRUE(llmos::device::open_local(mine.string()));
+    ASSERT_EQ(::stat(mine.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 01775u);
     // A store folder of another user (not root): refused.
     if (::geteuid() == 0) {
         const auto theirs = top / "theirs";
@@ -344,11 +363,13 @@ TEST(local_store, links_and_folders_of_other_users_are_refused) {
         std::filesystem::create_directory(shared);
         ASSERT_EQ(::chmod(shared.c_str(), 01777), 0);
         EXPECT_TRUE(llmos::device::open_local(shared.string()));
-        // ... but not without the sticky bit.
+        // ... and made sticky when it is the caller's and was not.
         const auto open_dir = top / "open";
         std::filesystem::create_directory(open_dir);
         ASSERT_EQ(::chmod(open_dir.c_str(), 0777), 0);
-        EXPECT_FALSE(llmos::device::open_local(open_dir.string()));
+        EXPECT_TRUE(llmos::device::open_local(open_dir.string()));
+        ASSERT_EQ(::stat(open_dir.c_str(), &st), 0);
+        EXPECT_EQ(st.st_mode & 07777, 01777u);
     }
     std::filesystem::remove_all(top);
 }

@@ -1328,6 +1328,14 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                             "flight; retry shortly",
                             "server_error", "", "overloaded"};
         }
+        if (st == -EAGAIN) {
+            // Its conversation's cache is still held by the request before
+            // it (cancelled, not yet let go by its worker).
+            throw api_error{503,
+                            "the conversation's cache is still in use by the request before "
+                            "this one; retry shortly",
+                            "server_error", "", "overloaded"};
+        }
         throw server_error("the request failed in its worker (" +
                            std::string(st ? std::strerror(-st) : "no status") + ")");
     }

@@ -54,7 +54,8 @@ std::error_code make_dir(int at, const char* name) {
 
 // A folder of the store must be the caller's or root's: a user who made it
 // first could otherwise put links and files of theirs where the caller
-// writes. One that others may write to must be sticky.
+// writes. One that others may write to must be sticky: the caller's own
+// (a mkdir under umask 002) is made so.
 std::error_code check_dir(int fd) {
     struct stat st;
     if (::fstat(fd, &st) != 0) {
@@ -63,24 +64,35 @@ std::error_code check_dir(int fd) {
     if (!S_ISDIR(st.st_mode)) {
         return std::error_code(ENOTDIR, std::system_category());
     }
-    if ((st.st_uid != ::geteuid() && st.st_uid != 0) ||
-        ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))) {
+    if (st.st_uid != ::geteuid() && st.st_uid != 0) {
         return std::error_code(EPERM, std::system_category());
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+        if (st.st_uid != ::geteuid()) {
+            return std::error_code(EPERM, std::system_category());
+        }
+        // (Through the descriptor: the folder that was checked.)
+        const std::string self = "/proc/self/fd/" + std::to_string(fd);
+        if (::chmod(self.c_str(), (st.st_mode & 07777) | S_ISVTX) != 0) {
+            return last_error();
+        }
     }
     return {};
 }
 
 result<uint64_t> next_id(int store) {
-    // Not through a link, and only a plain file.
+    // Not through a link (symbolic or hard), only a plain file, and one of
+    // the caller's, root's or the store's owner's.
     unique_fd fd{::openat(store, "next-id", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666)};
     if (!fd) {
         return last_error();
     }
-    struct stat st;
-    if (::fstat(fd.get(), &st) != 0) {
+    struct stat st, dir;
+    if (::fstat(fd.get(), &st) != 0 || ::fstat(store, &dir) != 0) {
         return last_error();
     }
-    if (!S_ISREG(st.st_mode)) {
+    if (!S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+        (st.st_uid != ::geteuid() && st.st_uid != 0 && st.st_uid != dir.st_uid)) {
         return std::error_code(EPERM, std::system_category());
     }
     if (st.st_uid == ::geteuid()) {

@@ -198,6 +198,9 @@ result<uint64_t> submit(uint64_t cid, const submit_options& o) {
 std::error_code cancel(uint64_t cid, uint64_t id) {
     auto& s = sched();
     std::lock_guard g(s.m);
+    if (!s.find_client(cid)) {
+        return err(std::errc::bad_file_descriptor); // a moved-from handle
+    }
     auto* r = s.find_req(id);
     if (!r) {
         return err(std::errc::no_such_file_or_directory);

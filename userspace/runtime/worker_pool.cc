@@ -279,14 +279,20 @@ void worker_pool::run_worker(unsigned i) {
     // The caller's callbacks: one that throws costs that descriptor (or
     // that look at cancellation), said in last_error, not the worker, nor
     // its engine's requests (a throw here is not the engine's crash).
+    auto note_error = [&](const char* what, const char* why) noexcept {
+        try {
+            info.set_error(std::string(what) + why);
+        } catch (...) { // no memory for the message: the error stays unsaid
+        }
+    };
     auto emit = [&](const descriptor& d) noexcept {
         if (_o.on_output) {
             try {
                 _o.on_output(i, d);
             } catch (const std::exception& e) {
-                info.set_error(std::string("on_output: ") + e.what());
+                note_error("on_output: ", e.what());
             } catch (...) {
-                info.set_error("on_output: an exception");
+                note_error("on_output: ", "an exception");
             }
         }
     };
@@ -294,9 +300,9 @@ void worker_pool::run_worker(unsigned i) {
         try {
             return _o.is_cancelled(id);
         } catch (const std::exception& e) {
-            info.set_error(std::string("is_cancelled: ") + e.what());
+            note_error("is_cancelled: ", e.what());
         } catch (...) {
-            info.set_error("is_cancelled: an exception");
+            note_error("is_cancelled: ", "an exception");
         }
         return false;
     };

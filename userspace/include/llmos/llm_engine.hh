@@ -73,7 +73,8 @@ public:
     /// Parses the request (gen_request_header; bad_input with -EINVAL when
     /// malformed, -ENOSPC when its KV region is too small), opens its KV
     /// cache, tokenizes and matches the prompt against the cache.
-    /// no_room when the GPU's KV region of its conversation is in use.
+    /// no_room when its conversation's cache is in use by another
+    /// sequence of this process (CPU) or its GPU KV region is.
     engine_status prefill(sequence& s) override;
     /// One model step over the batch: prompt chunks and decode tokens
     /// together; every sequence whose prompt is in gets one token. A
