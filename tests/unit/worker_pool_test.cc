@@ -100,6 +100,16 @@ protected:
         }
         return {.cost = 1, .ms_id = _ms->id(), .prompt_off = off, .prompt_len = len};
     }
+    // Submits `n` prompts of `len` bytes, a page apart; their options by id.
+    std::map<uint64_t, llmos::submit_options> submit_prompts(llmos::sched_client& c, uint32_t n,
+                                                             uint64_t len) {
+        std::map<uint64_t, llmos::submit_options> ids;
+        for (uint32_t i = 0; i < n; ++i) {
+            auto p = prompt(i * 4096, len, i);
+            ids[c.submit(p).value()] = p;
+        }
+        return ids;
+    }
     llmos::worker_pool_options opts(llmos::echo_engine::options e, uint32_t slots = 4) {
         llmos::worker_pool_options o;
         o.cpus = two_cpus();
@@ -529,12 +539,7 @@ TEST_P(worker_pool_test, more_slots_than_one_dispatch_takes_still_serve) {
     auto pool = llmos::worker_pool::start(dev(), o);
     ASSERT_TRUE(pool);
     auto c = llmos::sched_client::open(dev()).value();
-    std::map<uint64_t, llmos::submit_options> ids;
-    for (uint32_t i = 0; i < 3; ++i) {
-        auto p = prompt(i * 4096, 20, i);
-        ids[c.submit(p).value()] = p;
-    }
-    expect_echoed(c, ids, 4);
+    expect_echoed(c, submit_prompts(c, 3, 20), 4);
     EXPECT_EQ((*pool)->info(0).last_error(), "");
 }
 
@@ -662,12 +667,7 @@ TEST_P(worker_pool_test, callbacks_that_throw_cost_a_descriptor_not_the_worker) 
     auto pool = llmos::worker_pool::start(dev(), o);
     ASSERT_TRUE(pool);
     auto c = llmos::sched_client::open(dev()).value();
-    std::map<uint64_t, llmos::submit_options> ids;
-    for (uint32_t i = 0; i < 3; ++i) {
-        auto p = prompt(i * 4096, 64, i);
-        ids[c.submit(p).value()] = p;
-    }
-    expect_echoed(c, ids, 8);
+    expect_echoed(c, submit_prompts(c, 3, 64), 8);
     EXPECT_GT(thrown.load(), 0);
     EXPECT_EQ((*pool)->info(0).crashes.load(), 0u);
     const std::string why = (*pool)->info(0).last_error();
