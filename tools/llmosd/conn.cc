@@ -262,10 +262,20 @@ connection_server::refusal connection_server::current_refusal() {
     return t_stream ? t_stream->refused() : refusal{};
 }
 
+void connection_server::mark_answering() {
+    if (t_stream) {
+        std::lock_guard lk(_m);
+        _answering.insert(t_stream->fd());
+    }
+}
+
 void connection_server::shut_connections() {
     std::lock_guard lk(_m);
     for (int fd : _open) {
-        ::shutdown(fd, SHUT_RDWR);
+        // (One answering ends after its answer: the server is stopped.)
+        if (!_answering.count(fd)) {
+            ::shutdown(fd, SHUT_RDWR);
+        }
     }
 }
 
@@ -286,6 +296,7 @@ struct connection_server::closer {
             // reaches a descriptor number used again.
             std::lock_guard lk(srv._m);
             srv._open.erase(fd);
+            srv._answering.erase(fd);
         }
         ::shutdown(fd, SHUT_RDWR);
         ::close(fd);
@@ -309,6 +320,10 @@ bool connection_server::process_and_close_socket(socket_t sock) {
         bool closed = false;
         strm.begin_request();
         ret = process_request(strm, left == 1, closed, nullptr);
+        {
+            std::lock_guard lk(_m);
+            _answering.erase(sock); // answered
+        }
         if (strm.refused().status) {
             if (!strm.written()) {
                 answer_refusal(strm);

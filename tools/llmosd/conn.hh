@@ -43,8 +43,13 @@ public:
     /// outside one.
     static int current_fd() noexcept;
     static refusal current_refusal();
-    /// Shuts every open connection down (reads and writes fail at once):
-    /// their threads end. After stop().
+    /// The request this thread serves is being answered (a handler runs,
+    /// its body read): shut_connections() leaves its connection to write
+    /// the answer, until the request is done.
+    void mark_answering();
+    /// Shuts every open connection down (reads and writes fail at once)
+    /// but those answering a request, which end after their answer: their
+    /// threads end. After stop().
     void shut_connections();
     /// Connections open now.
     size_t open_connections() const;
@@ -55,7 +60,8 @@ private:
 
     const limits _l;
     mutable std::mutex _m;
-    std::set<int> _open; ///< sockets being served (closed only once out of here)
+    std::set<int> _open;      ///< sockets being served (closed only once out of here)
+    std::set<int> _answering; ///< of those, the ones answering a request
 };
 
 } // namespace llmosd

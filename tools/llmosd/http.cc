@@ -513,6 +513,8 @@ bool http_server::read_body(const httplib::ContentReader& reader, httplib::Respo
         return true;
     });
     if (read && !too_large) {
+        // From here its answer is on its way: a stop lets it be written.
+        _svr.mark_answering();
         return true;
     }
     // The rest of the body is not read: the connection goes.
@@ -729,7 +731,9 @@ bool http_server::serve() {
 void http_server::stop() {
     _svr.stop();
     // Connections idle, or whose request trickles in, end now (the
-    // requests in flight were drained): the server's threads are joined.
+    // requests in flight were drained); those still writing an answer
+    // (a drained request's, whose worker finished just before) end after
+    // it: the server's threads are joined.
     _svr.shut_connections();
 }
 
