@@ -100,6 +100,18 @@ protected:
         }
         return {.cost = 1, .ms_id = _ms->id(), .prompt_off = off, .prompt_len = len};
     }
+    // Waits for `id` and checks that it failed with `status`; what it
+    // finished with.
+    llmos::finished_request expect_failed(llmos::sched_client& c, uint64_t id, int32_t status) {
+        auto f = c.wait(id, llmos::wait_for::at_most(20s));
+        EXPECT_TRUE(f) << "request " << id << ": " << f.error().message();
+        if (!f) {
+            return {};
+        }
+        EXPECT_EQ(f->state, LLMOS_REQ_FAILED) << "request " << id;
+        EXPECT_EQ(f->status, status) << "request " << id;
+        return *f;
+    }
     // Submits `n` prompts of `len` bytes, a page apart; their options by id.
     std::map<uint64_t, llmos::submit_options> submit_prompts(llmos::sched_client& c, uint32_t n,
                                                              uint64_t len) {
@@ -405,10 +417,7 @@ TEST_P(worker_pool_test, a_request_that_keeps_crashing_fails_with_eio_the_rest_i
     }
     auto pool = llmos::worker_pool::start(dev(), o);
     ASSERT_TRUE(pool);
-    auto f = c.wait(victim, llmos::wait_for::at_most(20s));
-    ASSERT_TRUE(f) << f.error().message();
-    EXPECT_EQ(f->state, LLMOS_REQ_FAILED);
-    EXPECT_EQ(f->status, -EIO);
+    expect_failed(c, victim, -EIO);
     expect_echoed(c, ids, 4);
     uint64_t crashes = 0;
     for (unsigned i = 0; i < (*pool)->size(); ++i) {
@@ -564,10 +573,7 @@ TEST_P(worker_pool_test, a_prompt_outside_its_mindspace_fails_that_request_only)
     auto p = prompt(0, 30, 1);
     ids[c.submit(p).value()] = p;
     for (auto id : failing) {
-        auto f = c.wait(id, llmos::wait_for::at_most(20s));
-        ASSERT_TRUE(f) << f.error().message();
-        EXPECT_EQ(f->state, LLMOS_REQ_FAILED);
-        EXPECT_EQ(f->status, -EINVAL);
+        expect_failed(c, id, -EINVAL);
     }
     expect_echoed(c, ids, 4);
 }
@@ -585,11 +591,7 @@ TEST_P(worker_pool_test, a_request_whose_client_went_away_ends_early) {
         std::this_thread::sleep_for(1ms);
     }
     gone = id;
-    auto f = c.wait(id, llmos::wait_for::at_most(20s));
-    ASSERT_TRUE(f) << f.error().message();
-    EXPECT_EQ(f->state, LLMOS_REQ_FAILED);
-    EXPECT_EQ(f->status, -ECANCELED);
-    EXPECT_LT(f->tokens, 2000u) << "it stopped before the end";
+    EXPECT_LT(expect_failed(c, id, -ECANCELED).tokens, 2000u) << "it stopped before the end";
 }
 
 // An echo engine that notes a decode of a sequence it did not prefill.
@@ -647,10 +649,7 @@ TEST_P(worker_pool_test, a_suspect_after_one_that_failed_in_prefill_is_prefilled
     o.on_output = [this](unsigned, const descriptor& d) { _log.add(d); };
     auto pool = llmos::worker_pool::start(dev(), o);
     ASSERT_TRUE(pool);
-    auto f = c.wait(bad_id, llmos::wait_for::at_most(20s));
-    ASSERT_TRUE(f) << f.error().message();
-    EXPECT_EQ(f->state, LLMOS_REQ_FAILED);
-    EXPECT_EQ(f->status, -ENOSPC);
+    expect_failed(c, bad_id, -ENOSPC);
     expect_echoed(c, ids, 1);
     EXPECT_EQ(unprefilled.load(), 0) << "decoded before it was prefilled";
 }

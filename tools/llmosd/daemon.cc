@@ -1039,7 +1039,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     // The text to run: the conversation so far (a session's, when the
     // request does not repeat it), then the request's part.
     std::string text;
-    std::vector<llmos::gen_span> markers; // a chat's: where its special tokens may be
+    std::vector<eng::text_span> markers; // a chat's: where its special tokens may be
     std::vector<eng::chat_message> conv;
     if (j.chat) {
         std::vector<eng::chat_message> mine;
@@ -1068,9 +1068,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         try {
             eng::rendered_chat r = eng::render_chat(*m->vocab, conv, true);
             text = std::move(r.text);
-            for (const eng::text_span& sp : r.markers) {
-                markers.push_back({uint32_t(sp.off), uint32_t(sp.len)});
-            }
+            markers = std::move(r.markers);
         } catch (const std::exception& e) {
             throw api_error{400, std::string("cannot render the chat: ") + e.what(),
                             "invalid_request_error", "messages", ""};
@@ -1081,16 +1079,8 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     // A chat's special tokens are its template's: a message's "<|im_end|>"
     // is text (gen_special_spans). A completion's prompt is all text.
     const uint32_t flags = j.chat ? llmos::gen_special_spans | llmos::gen_no_bos : 0;
-    std::vector<int32_t> prompt_tokens;
-    if (j.chat) {
-        std::vector<eng::text_span> at;
-        for (const llmos::gen_span& sp : markers) {
-            at.push_back({sp.off, sp.len});
-        }
-        prompt_tokens = m->vocab->encode(text, false, at);
-    } else {
-        prompt_tokens = m->vocab->encode(text, true, false);
-    }
+    const std::vector<int32_t> prompt_tokens =
+        j.chat ? m->vocab->encode(text, false, markers) : m->vocab->encode(text, true, false);
     // A session's conversation counts: say how to start it over.
     const std::string restart =
         j.session.empty() ? ""
@@ -1125,7 +1115,12 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     h.frequency_penalty = j.frequency_penalty;
     h.seed = j.seed ? *j.seed : (uint64_t(::getpid()) << 32) ^ _req_seq.fetch_add(1) ^ uint64_t(t0);
     h.model = m->id;
-    auto req = llmos::build_gen_request(h, text, j.stop, markers);
+    // The markers go with the request: the worker tokenizes as above.
+    std::vector<llmos::gen_span> spans;
+    for (const eng::text_span& sp : markers) {
+        spans.push_back({uint32_t(sp.off), uint32_t(sp.len)});
+    }
+    auto req = llmos::build_gen_request(h, text, j.stop, spans);
     const uint64_t out_room = uint64_t(max_tokens) * 48 + 4096;
     uint64_t req_off = 0;
     if (ms) {

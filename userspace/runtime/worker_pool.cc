@@ -493,14 +493,21 @@ void worker_pool::run_worker(unsigned i) {
             }
             info.active.store(static_cast<uint32_t>(active.size()));
             // Suspects run alone, one at a time; the rest as one batch.
-            batch.clear();
-            for (auto& sl : active) {
-                if (sl.suspect) {
-                    batch.assign(1, sl.s.get());
-                    break;
+            // Whether all of it is prefilled.
+            auto fill_batch = [&] {
+                batch.clear();
+                bool ready = true;
+                for (auto& sl : active) {
+                    if (sl.suspect) {
+                        batch.assign(1, sl.s.get());
+                        return sl.prefilled;
+                    }
+                    batch.push_back(sl.s.get());
+                    ready = ready && sl.prefilled;
                 }
-                batch.push_back(sl.s.get());
-            }
+                return ready;
+            };
+            fill_batch();
             if (batch.empty()) {
                 continue;
             }
@@ -533,18 +540,7 @@ void worker_pool::run_worker(unsigned i) {
                 // The batch again, without what ended in prefill: when that
                 // brings in a sequence not prefilled yet (the next suspect),
                 // the next pass prefills it first.
-                batch.clear();
-                bool ready = true;
-                for (auto& sl : active) {
-                    if (sl.suspect) {
-                        batch.assign(1, sl.s.get());
-                        ready = sl.prefilled;
-                        break;
-                    }
-                    batch.push_back(sl.s.get());
-                    ready = ready && sl.prefilled;
-                }
-                if (batch.empty() || !ready) {
+                if (!fill_batch() || batch.empty()) {
                     continue;
                 }
                 try {
