@@ -13,7 +13,7 @@
 #define LLMOS_FEATURES_IMPLEMENTED                                        \
 	(LLMOS_FEATURE_VERSION | LLMOS_FEATURE_MINDSPACE |                \
 	 LLMOS_FEATURE_MS_DMABUF | LLMOS_FEATURE_SCHED |                  \
-	 LLMOS_FEATURE_BPF_POLICY)
+	 LLMOS_FEATURE_BPF_POLICY | LLMOS_FEATURE_SCHED_RETURN)
 
 struct dentry;
 struct file;

@@ -889,9 +889,13 @@ int llmos_start(struct llmos_ucmd *ucmd)
 	return ret;
 }
 
-/* COMPLETE of one request by worker @c. Under the lock. */
-static int llmos_complete_one(struct llmos_client *c, u64 id, s32 status,
-			      u32 tokens, u64 result_off, u64 result_len)
+/*
+ * COMPLETE of one request by worker @c, or with %LLMOS_COMPLETE_RETURN in
+ * @flags its return. Under the lock.
+ */
+static int llmos_complete_one(struct llmos_client *c, u32 flags, u64 id,
+			      s32 status, u32 tokens, u64 result_off,
+			      u64 result_len)
 {
 	struct llmos_core_req *r;
 	int ret;
@@ -899,9 +903,14 @@ static int llmos_complete_one(struct llmos_client *c, u64 id, s32 status,
 	lockdep_assert_held(&llmos_sched.lock);
 	if (status > 0 || status < -MAX_ERRNO)
 		return -EINVAL;
+	if ((flags & LLMOS_COMPLETE_RETURN) &&
+	    (status || tokens || result_off || result_len))
+		return -EINVAL;
 	r = llmos_core_find(&llmos_sched.core, id);
 	if (!r)
 		return -ENOENT;
+	if (flags & LLMOS_COMPLETE_RETURN)
+		return llmos_core_give_back(&llmos_sched.core, &c->worker, r);
 	/*
 	 * The result lies inside the request's mindspace, if it has one
 	 * (asked of a request this worker holds; the core says why another
@@ -935,13 +944,13 @@ int llmos_complete(struct llmos_ucmd *ucmd)
 	struct llmos_client *c = llmos_client(ucmd);
 	int ret;
 
-	if (cmd->flags || !c->is_worker)
+	if ((cmd->flags & ~LLMOS_COMPLETE_RETURN) || !c->is_worker)
 		return -EINVAL;
 	spin_lock(&llmos_sched.lock);
-	ret = llmos_complete_one(c, cmd->id, cmd->status, cmd->tokens,
-				 cmd->result_off, cmd->result_len);
+	ret = llmos_complete_one(c, cmd->flags, cmd->id, cmd->status,
+				 cmd->tokens, cmd->result_off, cmd->result_len);
 	if (!ret)
-		llmos_kick_workers(); /* this worker has room again */
+		llmos_kick_workers(); /* room again, or work again */
 	spin_unlock(&llmos_sched.lock);
 	return ret;
 }
@@ -962,7 +971,8 @@ int llmos_complete_batch(struct llmos_ucmd *ucmd)
 	u32 i, done = 0;
 	int ret = 0;
 
-	if (cmd->flags || cmd->__reserved || !c->is_worker || !cmd->count ||
+	if ((cmd->flags & ~LLMOS_COMPLETE_RETURN) || cmd->__reserved ||
+	    !c->is_worker || !cmd->count ||
 	    cmd->count > LLMOS_MAX_DISPATCH ||
 	    cmd->entry_size < sizeof(*e) || cmd->entry_size > PAGE_SIZE)
 		return -EINVAL;
@@ -979,7 +989,8 @@ int llmos_complete_batch(struct llmos_ucmd *ucmd)
 	spin_lock(&llmos_sched.lock);
 	for (i = 0; i < cmd->count; i++) {
 		e[i].out_error = e[i].__reserved ? -EINVAL :
-			llmos_complete_one(c, e[i].id, e[i].status, e[i].tokens,
+			llmos_complete_one(c, cmd->flags, e[i].id,
+					   e[i].status, e[i].tokens,
 					   e[i].result_off, e[i].result_len);
 		done += !e[i].out_error;
 	}

@@ -65,7 +65,7 @@ struct llmos_core_sched;
  * @result_len: result length, set at completion
  * @tokens: tokens produced, set at completion
  * @status: 0, or the worker's error at completion
- * @requeues: times it went back to its tenant (worker gone, give-back)
+ * @requeues: times its worker vanished while it held it
  * @t_submit: submission time, ns
  * @t_dispatch: last dispatch time, ns
  * @t_run: last start time, ns
@@ -274,7 +274,9 @@ void llmos_core_worker_add(struct llmos_core_sched *s,
 			   struct llmos_core_worker *w);
 /*
  * Take @w away: what it held goes back to the front of its tenant, in
- * submission order. Returns how many requests were requeued.
+ * submission order; what it had been handed counts as a requeue (it may
+ * have crashed it), what was only in its local queue does not. Returns
+ * how many requests were requeued.
  */
 u32 llmos_core_worker_remove(struct llmos_core_sched *s,
 			     struct llmos_core_worker *w);
@@ -286,10 +288,12 @@ u32 llmos_core_worker_remove(struct llmos_core_sched *s,
 u32 llmos_core_dispatch(struct llmos_core_sched *s, struct llmos_core_worker *w,
 			struct llmos_core_req **out, u32 max, u64 now);
 /*
- * DISPATCHED -> QUEUED again, at the front of its tenant, for a dispatch
- * whose requests never reached @w: 0, -ESRCH (not held by @w) or -EINVAL
- * (not DISPATCHED). As with a vanished worker's requests, an attached
- * policy is not asked again: the built-in queues serve it.
+ * DISPATCHED or RUNNING -> QUEUED again, at the front of its tenant, not
+ * counted in its requeues: a dispatch whose requests never reached @w, or
+ * a worker handing back what it will not finish (it stops). 0, -ESRCH
+ * (not held by @w) or -EINVAL (finished). As with a vanished worker's
+ * requests, an attached policy is not asked again: the built-in queues
+ * serve it.
  */
 int llmos_core_give_back(struct llmos_core_sched *s,
 			 struct llmos_core_worker *w, struct llmos_core_req *r);

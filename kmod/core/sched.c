@@ -200,10 +200,12 @@ void llmos_core_worker_add(struct llmos_core_sched *s,
 	llmos_treap_insert(&s->workers, &w->id_node, w->id, 0);
 }
 
-static void llmos_requeue(struct llmos_core_sched *s, struct llmos_core_req *r)
+/* Back to the front of its tenant; @strike: its worker vanished with it. */
+static void llmos_requeue(struct llmos_core_sched *s, struct llmos_core_req *r,
+			  bool strike)
 {
 	r->worker = NULL;
-	r->requeues++;
+	r->requeues += strike;
 	llmos_set_state(s, r, LLMOS_REQ_QUEUED);
 	llmos_tenant_enqueue(s, r, LLMOS_K1_REQUEUED);
 	s->stats.requeued++;
@@ -212,12 +214,12 @@ static void llmos_requeue(struct llmos_core_sched *s, struct llmos_core_req *r)
 int llmos_core_give_back(struct llmos_core_sched *s,
 			 struct llmos_core_worker *w, struct llmos_core_req *r)
 {
-	if (r->worker != w)
+	if (r->worker != w || r->state == LLMOS_REQ_QUEUED)
 		return -ESRCH;
-	if (r->state != LLMOS_REQ_DISPATCHED)
+	if (r->state != LLMOS_REQ_DISPATCHED && r->state != LLMOS_REQ_RUNNING)
 		return -EINVAL;
 	llmos_treap_erase(&w->inflight, &r->q_node);
-	llmos_requeue(s, r);
+	llmos_requeue(s, r, false);
 	return 0;
 }
 
@@ -229,12 +231,12 @@ u32 llmos_core_worker_remove(struct llmos_core_sched *s,
 
 	while ((r = llmos_q_req(llmos_treap_first(&w->inflight)))) {
 		llmos_treap_erase(&w->inflight, &r->q_node);
-		llmos_requeue(s, r);
+		llmos_requeue(s, r, true);
 		n++;
 	}
 	while ((r = llmos_q_req(llmos_treap_first(&w->local)))) {
 		llmos_treap_erase(&w->local, &r->q_node);
-		llmos_requeue(s, r);
+		llmos_requeue(s, r, false);
 		n++;
 	}
 	llmos_treap_erase(&s->workers, &w->id_node);

@@ -472,7 +472,8 @@ TEST_F(sched, a_reply_that_cannot_be_written_takes_the_request_back)
 /*
  * A DISPATCH whose count cannot be written (its struct is read-only): the
  * requests it took go back to their tenant, ahead of later ones, and the
- * next DISPATCH that can answer gets them, once requeued.
+ * next DISPATCH that can answer gets them, not counted as requeued (the
+ * worker never had them).
  */
 TEST_F(sched, a_dispatch_that_cannot_answer_gives_its_requests_back)
 {
@@ -501,8 +502,8 @@ TEST_F(sched, a_dispatch_that_cannot_answer_gives_its_requests_back)
 	ASSERT_EQ(2, dispatch(self->worker, d, 2, LLMOS_NONBLOCK, 0));
 	EXPECT_EQ(a, d[0].id);
 	EXPECT_EQ(b, d[1].id);
-	EXPECT_EQ(1, d[0].requeues);
-	EXPECT_EQ(1, d[1].requeues);
+	EXPECT_EQ(0, d[0].requeues);
+	EXPECT_EQ(0, d[1].requeues);
 	ASSERT_EQ(0, complete(self->worker, a, 0, 1));
 	ASSERT_EQ(0, complete(self->worker, b, 0, 1));
 	ASSERT_EQ(1, dispatch(self->worker, d, 2, LLMOS_NONBLOCK, 0));
@@ -677,6 +678,90 @@ TEST_F(sched, worker_checks_on_complete_and_start)
 	ASSERT_EQ(0, complete_at(self->worker, id, (1 << 20) - 1, 1));
 	ASSERT_EQ(0, wait_req(self->client, id, 0, 0, &w));
 	EXPECT_EQ((1 << 20) - 1, w.out_result_off);
+	close(other);
+}
+
+/* COMPLETE with LLMOS_COMPLETE_RETURN by @fd: 0 or -errno. */
+static int give_back(int fd, __u64 id, __s32 status, __u32 flags)
+{
+	struct llmos_complete c = {
+		.size = sizeof(c), .flags = flags, .id = id, .status = status,
+	};
+
+	return ioctl(fd, LLMOS_IOC_COMPLETE, &c) ? -errno : 0;
+}
+
+/*
+ * A worker hands back what it will not finish: the requests go back to
+ * the front of their tenant, ahead of later ones, for any worker, with
+ * their requeues as they were; it has room again at once.
+ */
+TEST_F(sched, a_worker_hands_back_what_it_will_not_finish)
+{
+	struct llmos_complete_entry ce[2];
+	struct llmos_complete_batch cb = {
+		.size = sizeof(cb), .flags = LLMOS_COMPLETE_RETURN,
+		.entries_uptr = (__u64)(uintptr_t)ce,
+		.entry_size = sizeof(ce[0]), .count = 2,
+	};
+	struct llmos_sched_stats st;
+	struct llmos_tenant_stats ts;
+	struct llmos_req_desc d[4];
+	int other = dev_open();
+	long long a, b, later;
+	struct llmos_wait w;
+
+	ASSERT_LE(0, other);
+	ASSERT_EQ(0, reg(self->worker, 2));
+	ASSERT_EQ(0, reg(other, 4));
+	a = submit(self->client, 1);
+	b = submit(self->client, 1);
+	ASSERT_EQ(2, dispatch(self->worker, d, 2, 0, 0));
+	ASSERT_EQ(0, start(self->worker, b)); /* RUNNING goes back too */
+	later = submit(self->client, 1);
+	/* Checked: a foreign, unknown or bad hand-back changes nothing. */
+	EXPECT_EQ(-ESRCH, give_back(other, a, 0, LLMOS_COMPLETE_RETURN));
+	EXPECT_EQ(-ENOENT, give_back(self->worker, a + 1000000, 0,
+				     LLMOS_COMPLETE_RETURN));
+	EXPECT_EQ(-EINVAL, give_back(self->worker, a, -EIO,
+				     LLMOS_COMPLETE_RETURN));
+	EXPECT_EQ(-EINVAL, give_back(self->worker, a, 0, 1u << 1));
+	EXPECT_EQ(-EINVAL, give_back(self->client, a, 0,
+				     LLMOS_COMPLETE_RETURN)); /* not a worker */
+	ASSERT_EQ(0, give_back(self->worker, b, 0, LLMOS_COMPLETE_RETURN));
+	EXPECT_EQ(-ESRCH, give_back(self->worker, b, 0, LLMOS_COMPLETE_RETURN));
+	EXPECT_EQ(-ESRCH, complete(self->worker, b, 0, 1)); /* not its now */
+	ASSERT_EQ(0, stats(self->client, &st, &ts, 0));
+	EXPECT_EQ(self->st0.out_requeued + 1, st.out_requeued);
+	EXPECT_EQ(1, st.out_nr[LLMOS_REQ_DISPATCHED]);
+	EXPECT_EQ(2, st.out_nr[LLMOS_REQ_QUEUED]);
+	EXPECT_EQ(0, st.out_nr[LLMOS_REQ_RUNNING]);
+	/* Its room is back: it takes the one it gave back, before later. */
+	ASSERT_EQ(1, dispatch(self->worker, d, 2, LLMOS_NONBLOCK, 0));
+	EXPECT_EQ(b, d[0].id);
+	EXPECT_EQ(0, d[0].requeues);
+	/* A batch hands back both; another worker takes them, in order. */
+	memset(ce, 0, sizeof(ce));
+	ce[0].id = a;
+	ce[1].id = b;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE_BATCH, &cb));
+	EXPECT_EQ(2, cb.out_done);
+	EXPECT_EQ(0, ce[0].out_error);
+	EXPECT_EQ(0, ce[1].out_error);
+	ASSERT_EQ(3, dispatch(other, d, 4, LLMOS_NONBLOCK, 0));
+	EXPECT_EQ(a, d[0].id);
+	EXPECT_EQ(b, d[1].id);
+	EXPECT_EQ(later, d[2].id);
+	for (int i = 0; i < 3; i++) {
+		EXPECT_EQ(0, d[i].requeues);
+		ASSERT_EQ(0, complete(other, d[i].id, 0, 1));
+	}
+	/* A finished request cannot be handed back. */
+	EXPECT_EQ(-ESRCH, give_back(other, a, 0, LLMOS_COMPLETE_RETURN));
+	for (int i = 0; i < 3; i++) {
+		ASSERT_EQ(0, wait_req(self->client, d[i].id, 0, 0, &w));
+		EXPECT_EQ(LLMOS_REQ_COMPLETED, w.out_state);
+	}
 	close(other);
 }
 

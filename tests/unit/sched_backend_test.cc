@@ -156,6 +156,42 @@ TEST_P(sched_backend, a_vanished_worker_gives_its_requests_back) {
     }
 }
 
+TEST_P(sched_backend, a_worker_hands_back_what_it_will_not_finish) {
+    auto c = client();
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < 3; ++i) {
+        ids.push_back(c.submit({.tenant = 4}).value());
+    }
+    auto stats0 = llmos::scheduler_stats(dev()).value();
+    {
+        auto w = worker(2);
+        auto got = w.dispatch(2).value();
+        ASSERT_EQ(got.size(), 2u);
+        EXPECT_FALSE(w.start(got[1].id));
+        auto other = worker(1);
+        EXPECT_EQ(other.give_back(got[0].id), std::errc::no_such_process); // not its
+        EXPECT_EQ(w.give_back(~0ull), std::errc::no_such_file_or_directory);
+        EXPECT_FALSE(w.give_back(got[1].id)); // running
+        EXPECT_FALSE(w.give_back(got[0].id)); // dispatched
+        EXPECT_EQ(w.give_back(got[0].id), std::errc::no_such_process);
+        EXPECT_EQ(w.complete(got[0].id, 0, 1), std::errc::no_such_process);
+    } // closing it now gives back nothing: no requeue counted
+    auto stats1 = llmos::scheduler_stats(dev()).value();
+    EXPECT_EQ(stats1.requeued - stats0.requeued, 2u);
+    auto w = worker(8);
+    auto got = w.dispatch(8).value();
+    ASSERT_EQ(got.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(got[i].id, ids[i]); // the two first, in submission order
+        EXPECT_EQ(got[i].requeues, 0u);
+        EXPECT_FALSE(w.complete(got[i].id, 0, 1));
+    }
+    EXPECT_EQ(w.give_back(got[0].id), std::errc::no_such_process); // finished
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(c.wait().value().state, LLMOS_REQ_COMPLETED);
+    }
+}
+
 TEST_P(sched_backend, a_closed_clients_requests_are_cancelled) {
     auto w = worker(4);
     uint64_t held;

@@ -70,13 +70,15 @@ TEST(uapi, every_struct_starts_with_size_then_flags) {
     }
 }
 
-TEST(uapi, version_is_1_0) {
+TEST(uapi, version_is_1_1) {
     EXPECT_EQ(LLMOS_ABI_MAJOR, 1);
-    EXPECT_EQ(LLMOS_ABI_MINOR, 0);
+    EXPECT_EQ(LLMOS_ABI_MINOR, 1);
 }
 
 TEST(uapi, feature_bits_are_distinct_powers_of_two) {
-    const uint64_t bits[] = {LLMOS_FEATURE_VERSION};
+    const uint64_t bits[] = {LLMOS_FEATURE_VERSION,    LLMOS_FEATURE_MINDSPACE,
+                             LLMOS_FEATURE_MS_DMABUF,  LLMOS_FEATURE_SCHED,
+                             LLMOS_FEATURE_BPF_POLICY, LLMOS_FEATURE_SCHED_RETURN};
     uint64_t seen = 0;
     for (uint64_t b : bits) {
         EXPECT_EQ(b & (b - 1), 0u) << b;

@@ -318,7 +318,20 @@ TEST_P(worker_pool_test, stop_gives_back_what_is_held_and_a_new_pool_serves_it) 
     while ((*pool)->info(0).active.load() == 0) {
         std::this_thread::sleep_for(1ms);
     }
+    auto requeued = llmos::scheduler_stats(dev()).value().requeued;
     (*pool)->stop();
+    EXPECT_GT(llmos::scheduler_stats(dev()).value().requeued, requeued) << "it held some";
+    // Handed back, not dropped as a crashed worker's: none counts a requeue
+    // (the next worker would run it alone, and max_requeues stops would
+    // fail it).
+    {
+        auto w = llmos::sched_worker::open(dev(), 8).value();
+        auto got = w.dispatch(8, llmos::wait_for::none()).value(); // what is not done
+        for (auto& d : got) {
+            EXPECT_EQ(d.requeues, 0u) << d.id;
+            EXPECT_FALSE(w.give_back(d.id));
+        }
+    }
     auto again = llmos::worker_pool::start(dev(), opts({.bytes_per_token = 1}));
     ASSERT_TRUE(again);
     expect_echoed(c, ids, 1);

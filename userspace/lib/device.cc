@@ -18,7 +18,7 @@ std::vector<std::string> feature_names(uint64_t features) {
     } known[] = {
         {LLMOS_FEATURE_VERSION, "version"},       {LLMOS_FEATURE_MINDSPACE, "mindspace"},
         {LLMOS_FEATURE_MS_DMABUF, "ms-dmabuf"},   {LLMOS_FEATURE_SCHED, "sched"},
-        {LLMOS_FEATURE_BPF_POLICY, "bpf-policy"},
+        {LLMOS_FEATURE_BPF_POLICY, "bpf-policy"}, {LLMOS_FEATURE_SCHED_RETURN, "sched-return"},
     };
     std::vector<std::string> names;
     for (const auto& k : known) {

@@ -367,6 +367,27 @@ std::error_code complete(uint64_t cid, uint64_t id, int32_t status, uint32_t tok
     return {};
 }
 
+std::error_code give_back(uint64_t cid, uint64_t id) {
+    auto& s = sched();
+    std::lock_guard g(s.m);
+    auto* c = s.find_client(cid);
+    if (!c) {
+        return err(std::errc::bad_file_descriptor); // a moved-from handle
+    }
+    if (!c->is_worker) {
+        return err(std::errc::invalid_argument);
+    }
+    auto* r = s.find_req(id);
+    if (!r) {
+        return err(std::errc::no_such_file_or_directory);
+    }
+    if (int ret = llmos_core_give_back(&s.core, &c->worker, &r->core)) {
+        return from_core(ret);
+    }
+    s.work_changed(); // work again, and room
+    return {};
+}
+
 sched_stats stats() {
     auto& s = sched();
     std::lock_guard g(s.m);

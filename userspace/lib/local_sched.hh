@@ -20,6 +20,8 @@ result<std::vector<request_desc>> dispatch(uint64_t client, uint32_t max, wait_f
 std::error_code start(uint64_t client, uint64_t id);
 std::error_code complete(uint64_t client, uint64_t id, int32_t status, uint32_t tokens,
                          uint64_t result_off, uint64_t result_len);
+/// COMPLETE with LLMOS_COMPLETE_RETURN: back to its tenant, unfinished.
+std::error_code give_back(uint64_t client, uint64_t id);
 /// Bumped (under the scheduler's lock) whenever a worker may find work.
 uint64_t work_generation();
 /// Rings `b` whenever the work generation changes (on), or no more (off).

@@ -219,6 +219,17 @@ std::error_code sched_worker::complete(uint64_t id, int32_t status, uint32_t tok
     return ioctl_err(_c.fd(), LLMOS_IOC_COMPLETE, &c);
 }
 
+std::error_code sched_worker::give_back(uint64_t id) {
+    if (_c._kind == backend_kind::local) {
+        return local_sched::give_back(_c._local, id);
+    }
+    llmos_complete c{};
+    c.size = sizeof(c);
+    c.flags = LLMOS_COMPLETE_RETURN;
+    c.id = id;
+    return ioctl_err(_c.fd(), LLMOS_IOC_COMPLETE, &c);
+}
+
 result<sched_stats> scheduler_stats(const device& dev) {
     if (dev.kind() == backend_kind::local) {
         return local_sched::stats();

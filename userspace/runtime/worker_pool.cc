@@ -586,8 +586,15 @@ void worker_pool::run_worker(unsigned i) {
             });
         }
         for (auto& sl : active) {
-            if (engine) {               // without one, recover() released them
-                engine->release(*sl.s); // stopping or aborted: `w` gives them back
+            if (engine) { // without one, recover() released them
+                engine->release(*sl.s);
+            }
+            // Stopping, or without an engine: what did not crash one here
+            // goes back unfinished, not as a crash. The rest (all of it
+            // when aborted) `w` gives back as its end does, counting a
+            // requeue: max_requeues of those and a request fails.
+            if (!aborted && sl.strikes == 0 && (engine || !sl.suspect)) {
+                w.give_back(sl.s->req.id);
             }
         }
         maps.clear();

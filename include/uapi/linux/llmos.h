@@ -43,7 +43,7 @@
 
 /* Version of this ABI; minor grows with compatible additions. */
 #define LLMOS_ABI_MAJOR 1
-#define LLMOS_ABI_MINOR 0
+#define LLMOS_ABI_MINOR 1
 
 enum {
 	LLMOS_CMD_VERSION = LLMOS_CMD_BASE,
@@ -84,6 +84,8 @@ enum {
  *	(%LLMOS_MS_DMABUF) and EXPORT_DMABUF.
  * @LLMOS_FEATURE_BPF_POLICY: BPF scheduling policies (struct_ops
  *	llmos_sched_ops) can be attached.
+ * @LLMOS_FEATURE_SCHED_RETURN: COMPLETE and COMPLETE_BATCH take
+ *	%LLMOS_COMPLETE_RETURN (ABI 1.1).
  * @LLMOS_FEATURE_SCHED: the request scheduler: WORKER_REGISTER, SUBMIT,
  *	DISPATCH, START, COMPLETE, CANCEL, WAIT, SET_WEIGHT, STATS,
  *	SUBMIT_BATCH, COMPLETE_BATCH and WAIT_BATCH, also as io_uring
@@ -97,6 +99,7 @@ enum llmos_feature {
 	LLMOS_FEATURE_MS_DMABUF = 1 << 2,
 	LLMOS_FEATURE_SCHED = 1 << 3,
 	LLMOS_FEATURE_BPF_POLICY = 1 << 4,
+	LLMOS_FEATURE_SCHED_RETURN = 1 << 5,
 };
 
 /**
@@ -560,8 +563,10 @@ struct llmos_submit {
  * @tenant: tenant id
  * @priority: priority
  * @cost: expected tokens
- * @requeues: times it went back to its tenant: its worker vanished, or a
- *	DISPATCH could not write it out
+ * @requeues: times a worker vanished (closed its file) while holding it:
+ *	a request that keeps doing so may be crashing its workers. A request
+ *	handed back with %LLMOS_COMPLETE_RETURN, or that a DISPATCH could not
+ *	write out, does not count.
  * @deadline_ns: deadline, 0 for none
  * @ms_id: mindspace holding the prompt
  * @prompt_off: prompt offset
@@ -620,10 +625,19 @@ struct llmos_start {
 	__aligned_u64 id;
 };
 
+/*
+ * COMPLETE, COMPLETE_BATCH: hand the requests back unfinished instead
+ * (%LLMOS_FEATURE_SCHED_RETURN).
+ */
+#define LLMOS_COMPLETE_RETURN (1U << 0)
+
 /**
  * struct llmos_complete - ioctl(LLMOS_IOC_COMPLETE)
  * @size: sizeof(struct llmos_complete)
- * @flags: must be 0
+ * @flags: 0, or %LLMOS_COMPLETE_RETURN: the worker hands the request back
+ *	unfinished (it is stopping, say): the request is queued again at the
+ *	front of its tenant, for any worker, and its requeues do not grow;
+ *	@status, @tokens, @result_off and @result_len must then be 0
  * @id: a request the calling worker holds
  * @status: 0 (COMPLETED) or a negative errno (FAILED)
  * @tokens: tokens produced
@@ -783,8 +797,9 @@ enum llmos_exit_kind {
  * @out_completed: requests completed
  * @out_failed: requests failed
  * @out_cancelled: requests cancelled
- * @out_requeued: requests given back by vanished workers and by
- *	DISPATCHes that could not write them out
+ * @out_requeued: requests given back: by vanished workers, by workers
+ *	with %LLMOS_COMPLETE_RETURN, and by DISPATCHes that could not write
+ *	them out
  * @out_workers: workers registered now
  * @out_clients: open /dev/llmos files now
  * @out_lat_hist: dispatch latency (submission to first dispatch): element
@@ -896,7 +911,8 @@ struct llmos_complete_entry {
 /**
  * struct llmos_complete_batch - ioctl(LLMOS_IOC_COMPLETE_BATCH)
  * @size: sizeof(struct llmos_complete_batch)
- * @flags: must be 0
+ * @flags: 0, or %LLMOS_COMPLETE_RETURN: every entry is handed back, as
+ *	with COMPLETE
  * @entries_uptr: user array of @count elements of @entry_size bytes
  * @entry_size: size of one element, at least 40
  * @count: number of elements (1..%LLMOS_MAX_DISPATCH)

@@ -156,6 +156,12 @@ public:
     /// COMPLETE (status 0, or a negative errno for a failure).
     std::error_code complete(uint64_t id, int32_t status, uint32_t tokens, uint64_t result_off = 0,
                              uint64_t result_len = 0);
+    /// Hands a request back unfinished (COMPLETE with
+    /// LLMOS_COMPLETE_RETURN): queued again at the front of its tenant, for
+    /// any worker, its requeues not counted (closing the worker counts
+    /// them: it may have crashed). Errors: ENOENT, ESRCH (not held),
+    /// EINVAL (finished, or a module without LLMOS_FEATURE_SCHED_RETURN).
+    std::error_code give_back(uint64_t id);
 
     uint64_t id() const noexcept { return _id; }
     uint32_t capacity() const noexcept { return _capacity; }

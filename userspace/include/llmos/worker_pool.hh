@@ -25,7 +25,9 @@
 // -EIO once requeued `max_requeues` times.
 //
 // drain() stops taking requests and returns when every taken one is
-// finished; stop() returns what is held to the scheduler at once. Nothing
+// finished; stop() hands what is held back to the scheduler at once,
+// unfinished but not as a crash (its requeues do not grow; a request that
+// crashed an engine here is given back as a dying worker's is). Nothing
 // is lost either way.
 #pragma once
 
