@@ -81,7 +81,8 @@ int llmos_dispatch_check(struct llmos_client *c,
 int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 			u32 max, u32 __user *count_uptr);
 int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd);
-int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd);
+int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd,
+		       void __user *reply, u32 reply_size);
 int llmos_park_wait(struct llmos_client *c, struct io_uring_cmd *ioucmd,
 		    u64 id);
 int llmos_complete_batch(struct llmos_ucmd *ucmd);
@@ -89,7 +90,7 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd);
 int llmos_wait_batch(struct llmos_ucmd *ucmd);
 int llmos_wait_batch_check(const struct llmos_wait_batch *cmd);
 int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
-			  u32 entry_size, u32 max);
+			  u32 entry_size, u32 max, u32 __user *count_uptr);
 bool llmos_unpark(struct llmos_client *c, struct io_uring_cmd *ioucmd);
 
 /* uring.c */

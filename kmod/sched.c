@@ -85,7 +85,9 @@ struct llmos_client {
  * @client: the client that submitted it
  * @ms_len: the length of its mindspace (0: none), which results lie inside
  * @node: in @client's reqs
- * @done_node: in @client's done list once finished
+ * @done_node: in @client's done list once finished, until a WAIT takes it
+ * @collecting: a WAIT took it off the done list and copies it out: it is
+ *	forgotten once that WAIT has written it, else put back
  */
 struct llmos_kreq {
 	struct llmos_core_req core;
@@ -93,6 +95,7 @@ struct llmos_kreq {
 	u64 ms_len;
 	struct list_head node;
 	struct list_head done_node;
+	bool collecting;
 };
 
 static struct {
@@ -1090,7 +1093,50 @@ static struct llmos_kreq *llmos_wait_pick(struct llmos_client *c, u64 id)
 	r = llmos_core_find(&llmos_sched.core, id);
 	if (!r || llmos_kreq(r)->client != c)
 		return ERR_PTR(-ENOENT);
-	return llmos_req_finished(r) ? llmos_kreq(r) : NULL;
+	/* One another WAIT is copying out is not there yet, or no more. */
+	return llmos_req_finished(r) && !llmos_kreq(r)->collecting ?
+	       llmos_kreq(r) : NULL;
+}
+
+/*
+ * Take @kr off @c's finished list while a WAIT copies it out, which may
+ * fault: it is forgotten only once the caller has it. Under the lock.
+ */
+static void llmos_wait_claim(struct llmos_kreq *kr)
+{
+	lockdep_assert_held(&llmos_sched.lock);
+	list_del_init(&kr->done_node);
+	kr->collecting = true;
+}
+
+/*
+ * End the collection of the @n requests at @krs, in their order: when the
+ * caller got them (@delivered) they are forgotten, else finished again,
+ * first, as they were. The waits that looked past them look again.
+ */
+static void llmos_wait_settle(struct llmos_client *c, struct llmos_kreq **krs,
+			      u32 n, bool delivered)
+{
+	u32 i;
+
+	if (!n)
+		return;
+	spin_lock(&llmos_sched.lock);
+	for (i = n; i-- > 0;) {
+		krs[i]->collecting = false;
+		if (delivered)
+			llmos_req_free(krs[i]);
+		else
+			list_add(&krs[i]->done_node, &c->done);
+	}
+	if (wq_has_sleeper(&c->wq))
+		wake_up(&c->wq);
+	/* Its request is there again, or gone (ENOENT): not nothing. */
+	if (c->park_wait && llmos_wait_pick(c, c->park_wait_id)) {
+		llmos_uring_kick(c->park_wait);
+		c->park_wait = NULL;
+	}
+	spin_unlock(&llmos_sched.lock);
 }
 
 static bool llmos_wait_ready(struct llmos_client *c, u64 id)
@@ -1108,10 +1154,16 @@ static bool llmos_wait_ready(struct llmos_client *c, u64 id)
  * @c: the client
  * @id: the request, or 0 for the oldest finished
  * @cmd: its out_* fields are filled
+ * @reply: where @cmd goes in userspace
+ * @reply_size: how many of its bytes (up to sizeof(*@cmd))
  *
- * Return: 0, -EAGAIN (not finished yet) or -ENOENT.
+ * The request is forgotten only once @reply is written: when it cannot
+ * be, it stays finished, to be collected again.
+ *
+ * Return: 0, -EAGAIN (not finished yet), -ENOENT or -EFAULT.
  */
-int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd)
+int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd,
+		       void __user *reply, u32 reply_size)
 {
 	struct llmos_kreq *kr;
 	int ret = 0;
@@ -1134,10 +1186,14 @@ int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd)
 		cmd->out_submit_ns = r->t_submit;
 		cmd->out_dispatch_ns = r->t_dispatch;
 		cmd->out_end_ns = r->t_end;
-		list_del(&kr->done_node);
-		llmos_req_free(kr);
+		llmos_wait_claim(kr);
 	}
 	spin_unlock(&llmos_sched.lock);
+	if (ret)
+		return ret;
+	if (copy_to_user(reply, cmd, min_t(size_t, reply_size, sizeof(*cmd))))
+		ret = -EFAULT;
+	llmos_wait_settle(c, &kr, 1, !ret);
 	return ret;
 }
 
@@ -1148,27 +1204,34 @@ int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd)
  *	writable by the caller
  * @entry_size: element size (at least sizeof(struct llmos_finished))
  * @max: most to collect
+ * @count_uptr: where to write how many were collected
+ *
+ * The requests are forgotten only once they and their count are written:
+ * when they cannot be, they stay finished, to be collected again.
  *
  * Return: requests written (0: none finished yet), -ENOENT (nothing
  * outstanding), -ENOMEM or -EFAULT.
  */
 int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
-			  u32 entry_size, u32 max)
+			  u32 entry_size, u32 max, u32 __user *count_uptr)
 {
 	void __user *uptr = u64_to_user_ptr(entries_uptr);
+	struct llmos_kreq *kr, **krs;
 	struct llmos_finished *f;
-	struct llmos_kreq *kr;
 	u32 n = 0;
 	int ret;
 
 	f = kcalloc(max, sizeof(*f), GFP_KERNEL);
-	if (!f)
-		return -ENOMEM;
+	krs = kcalloc(max, sizeof(*krs), GFP_KERNEL);
+	if (!f || !krs) {
+		ret = -ENOMEM;
+		goto out;
+	}
 	spin_lock(&llmos_sched.lock);
 	if (list_empty(&c->reqs)) {
 		spin_unlock(&llmos_sched.lock);
-		kfree(f);
-		return -ENOENT; /* nothing would ever come */
+		ret = -ENOENT; /* nothing would ever come */
+		goto out;
 	}
 	while (n < max && !list_empty(&c->done)) {
 		kr = list_first_entry(&c->done, struct llmos_kreq, done_node);
@@ -1181,12 +1244,18 @@ int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
 		f[n].submit_ns = kr->core.t_submit;
 		f[n].dispatch_ns = kr->core.t_dispatch;
 		f[n].end_ns = kr->core.t_end;
-		list_del(&kr->done_node);
-		llmos_req_free(kr);
-		n++;
+		llmos_wait_claim(kr);
+		krs[n++] = kr;
 	}
 	spin_unlock(&llmos_sched.lock);
-	ret = llmos_copy_to_uarray(uptr, entry_size, f, sizeof(*f), n) ?: n;
+	ret = llmos_copy_to_uarray(uptr, entry_size, f, sizeof(*f), n);
+	if (!ret && put_user(n, count_uptr))
+		ret = -EFAULT;
+	llmos_wait_settle(c, krs, n, !ret);
+	if (!ret)
+		ret = n;
+out:
+	kfree(krs);
 	kfree(f);
 	return ret;
 }
@@ -1215,6 +1284,7 @@ int llmos_wait_batch(struct llmos_ucmd *ucmd)
 {
 	struct llmos_wait_batch *cmd = ucmd->cmd;
 	struct llmos_client *c = llmos_client(ucmd);
+	struct llmos_wait_batch __user *u = ucmd->ubuffer;
 	long timeout;
 	int n;
 
@@ -1225,7 +1295,7 @@ int llmos_wait_batch(struct llmos_ucmd *ucmd)
 				    MAX_SCHEDULE_TIMEOUT;
 	for (;;) {
 		n = llmos_wait_batch_into(c, cmd->entries_uptr, cmd->entry_size,
-					  cmd->max);
+					  cmd->max, &u->out_count);
 		if (n < 0)
 			return n;
 		if (n)
@@ -1293,9 +1363,8 @@ int llmos_wait(struct llmos_ucmd *ucmd)
 	timeout = cmd->timeout_ms ? msecs_to_jiffies(cmd->timeout_ms) :
 				    MAX_SCHEDULE_TIMEOUT;
 	for (;;) {
-		ret = llmos_wait_collect(c, cmd->id, cmd);
-		if (!ret)
-			return llmos_ucmd_respond(ucmd, sizeof(*cmd));
+		ret = llmos_wait_collect(c, cmd->id, cmd, ucmd->ubuffer,
+					 ucmd->user_size);
 		if (ret != -EAGAIN || cmd->flags & LLMOS_NONBLOCK)
 			return ret;
 		timeout = wait_event_interruptible_timeout(c->wq,

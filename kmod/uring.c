@@ -156,13 +156,8 @@ static int llmos_uring_wait_reply(struct io_uring_cmd *ioucmd)
 			       offsetofend(struct llmos_wait, out_end_ns));
 	if (ret)
 		return ret;
-	ret = llmos_wait_collect(ioucmd->file->private_data, pdu->id, &cmd);
-	if (ret)
-		return ret;
-	if (copy_to_user(u64_to_user_ptr(pdu->arg_uptr), &cmd,
-			 min_t(size_t, size, sizeof(cmd))))
-		return -EFAULT;
-	return 0;
+	return llmos_wait_collect(ioucmd->file->private_data, pdu->id, &cmd,
+				  u64_to_user_ptr(pdu->arg_uptr), size);
 }
 
 static void llmos_uring_wait_tw(struct io_uring_cmd *ioucmd,
@@ -180,13 +175,10 @@ static int llmos_uring_wait_batch_reply(struct io_uring_cmd *ioucmd)
 {
 	struct llmos_uring_pdu *pdu = llmos_pdu(ioucmd);
 	struct llmos_wait_batch __user *u = u64_to_user_ptr(pdu->arg_uptr);
-	int n;
 
-	n = llmos_wait_batch_into(ioucmd->file->private_data, pdu->descs_uptr,
-				  pdu->desc_size, pdu->max);
-	if (n >= 0 && put_user(n, &u->out_count))
-		return -EFAULT;
-	return n;
+	return llmos_wait_batch_into(ioucmd->file->private_data,
+				     pdu->descs_uptr, pdu->desc_size, pdu->max,
+				     &u->out_count);
 }
 
 static void llmos_uring_wait_batch_tw(struct io_uring_cmd *ioucmd,

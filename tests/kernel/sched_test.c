@@ -511,6 +511,59 @@ TEST_F(sched, a_dispatch_that_cannot_answer_gives_its_requests_back)
 	munmap(ro, 4096);
 }
 
+/*
+ * A WAIT or WAIT_BATCH whose reply cannot be written (its struct is
+ * read-only): the finished requests stay, in their order, for the next
+ * WAIT that can answer.
+ */
+TEST_F(sched, a_wait_that_cannot_answer_leaves_the_request_there)
+{
+	struct llmos_finished fin[4];
+	struct llmos_req_desc d[2];
+	struct llmos_wait_batch *wb;
+	struct llmos_wait *w;
+	struct llmos_wait ok;
+	long long a, b;
+	void *ro;
+
+	ASSERT_EQ(0, reg(self->worker, 2));
+	a = submit(self->client, 1);
+	b = submit(self->client, 1);
+	ASSERT_EQ(2, dispatch(self->worker, d, 2, 0, 0));
+	ASSERT_EQ(0, complete(self->worker, a, 0, 3));
+	ASSERT_EQ(0, complete(self->worker, b, 0, 5));
+	ro = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+		  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, ro);
+	w = ro; /* one for a, one for any */
+	w[0] = (struct llmos_wait){
+		.size = sizeof(*w), .flags = LLMOS_NONBLOCK, .id = a,
+	};
+	w[1] = (struct llmos_wait){ .size = sizeof(*w), .flags = LLMOS_NONBLOCK };
+	wb = (void *)((char *)ro + 2048);
+	*wb = (struct llmos_wait_batch){
+		.size = sizeof(*wb), .flags = LLMOS_NONBLOCK,
+		.entries_uptr = (__u64)(uintptr_t)fin,
+		.entry_size = sizeof(fin[0]), .max = 4,
+	};
+	ASSERT_EQ(0, mprotect(ro, 4096, PROT_READ));
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_WAIT, &w[0]));
+	EXPECT_EQ(EFAULT, errno);
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_WAIT, &w[1]));
+	EXPECT_EQ(EFAULT, errno);
+	/* The entries could be written, not the count: none collected. */
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_WAIT_BATCH, wb));
+	EXPECT_EQ(EFAULT, errno);
+	/* Still there, first the older, as they finished. */
+	ASSERT_EQ(0, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, &ok));
+	EXPECT_EQ(a, ok.out_id);
+	EXPECT_EQ(3, ok.out_tokens);
+	ASSERT_EQ(0, wait_req(self->client, b, LLMOS_NONBLOCK, 0, &ok));
+	EXPECT_EQ(5, ok.out_tokens);
+	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL));
+	munmap(ro, 4096);
+}
+
 TEST_F(sched, capacity_limits_what_a_worker_holds)
 {
 	struct llmos_req_desc d[10]; /* dispatches at d + 2 may write 8 */

@@ -375,6 +375,43 @@ TEST_F(ring, parked_wait_completes_when_a_request_finishes)
 	EXPECT_EQ(-ENOENT, res);
 }
 
+/*
+ * A parked WAIT whose struct turned out read-only when its request
+ * finished: it fails with EFAULT and the request stays, to be collected.
+ */
+TEST_F(ring, a_wait_that_cannot_answer_leaves_the_request_there)
+{
+	struct llmos_wait ok = { .size = sizeof(ok), .flags = LLMOS_NONBLOCK };
+	struct llmos_complete c = { .size = sizeof(c), .tokens = 6 };
+	struct llmos_dispatch nd = { .size = sizeof(nd) };
+	struct llmos_req_desc desc;
+	struct llmos_wait *w;
+	int res;
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	c.id = submit_ioctl(self->client, 2);
+	ASSERT_LT(0, (long long)c.id);
+	w = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		 -1, 0);
+	ASSERT_NE(MAP_FAILED, w);
+	*w = (struct llmos_wait){ .size = sizeof(*w) };
+	ASSERT_EQ(0, mprotect(w, 4096, PROT_READ));
+	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_WAIT, w, 9));
+	ASSERT_EQ(1, io_uring_submit(&self->cring));
+	EXPECT_EQ(-ETIME, next_cqe(&self->cring, 100, &res)); /* parked */
+	nd.descs_uptr = (__u64)(uintptr_t)&desc;
+	nd.desc_size = sizeof(desc);
+	nd.max = 1;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &nd));
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE, &c));
+	ASSERT_EQ(9, next_cqe(&self->cring, 5000, &res));
+	EXPECT_EQ(-EFAULT, res);
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_WAIT, &ok));
+	EXPECT_EQ(c.id, ok.out_id);
+	EXPECT_EQ(6, ok.out_tokens);
+	munmap(w, 4096);
+}
+
 TEST_F(ring, parked_wait_batch_collects_what_finished)
 {
 	struct llmos_finished fin[4];
