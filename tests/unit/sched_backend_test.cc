@@ -103,6 +103,32 @@ TEST_P(sched_backend, a_request_goes_through_its_whole_life) {
     EXPECT_EQ(c.wait(0, wait_for::none()).error(), std::errc::no_such_file_or_directory);
 }
 
+// Both backends check a request's mindspace at SUBMIT, and its result at
+// COMPLETE: a worker opens it with its own rights.
+TEST_P(sched_backend, a_request_s_mindspace_and_ranges_are_checked) {
+    auto c = client();
+    auto w = worker(2);
+    auto ms = llmos::mindspace::create(dev(), {.length = 8192}).value();
+    const uint64_t id = ms.id();
+    EXPECT_EQ(c.submit({.ms_id = id, .prompt_off = 8192, .prompt_len = 1}).error(),
+              std::errc::invalid_argument);
+    EXPECT_EQ(c.submit({.ms_id = id, .prompt_off = 8000, .prompt_len = ~0ull - 100}).error(),
+              std::errc::invalid_argument); // wraps
+    EXPECT_EQ(c.submit({.ms_id = id + 1000000, .prompt_len = 1}).error(),
+              std::errc::no_such_file_or_directory);
+    auto r = c.submit({.ms_id = id, .prompt_off = 8191, .prompt_len = 1}).value(); // the last byte
+    ASSERT_EQ(w.dispatch(2).value().size(), 1u);
+    EXPECT_EQ(w.complete(r, 0, 1, 8192, 1), std::errc::invalid_argument);
+    EXPECT_EQ(w.complete(r, 0, 1, 4096, 4097), std::errc::invalid_argument);
+    EXPECT_EQ(w.complete(r, 0, 1, ~0ull - 10, 20), std::errc::invalid_argument);
+    EXPECT_FALSE(w.complete(r, 0, 1, 4096, 4096));
+    EXPECT_EQ(c.wait(r).value().result_len, 4096u);
+    // A mindspace let go (not persistent) is gone for new requests.
+    ms = llmos::mindspace::create(dev(), {.length = 4096}).value(); // the old one closes
+    EXPECT_EQ(c.submit({.ms_id = id, .prompt_len = 1}).error(),
+              std::errc::no_such_file_or_directory);
+}
+
 TEST_P(sched_backend, nothing_to_take_fails_or_times_out) {
     auto w = worker(1);
     EXPECT_EQ(w.dispatch(1, wait_for::none()).error(), std::errc::resource_unavailable_try_again);

@@ -572,14 +572,10 @@ TEST_P(worker_pool_test, a_prompt_outside_its_mindspace_fails_that_request_only)
     llmos::submit_options bad{
         .cost = 1, .ms_id = _ms->id(), .prompt_off = (1 << 20) - 8, .prompt_len = 64};
     std::vector<uint64_t> failing;
-    auto bad_id = c.submit(bad);
-    if (GetParam() == backend_kind::kernel) {
-        // The module refuses it at once.
-        ASSERT_FALSE(bad_id);
-        EXPECT_EQ(bad_id.error().value(), EINVAL);
-    } else {
-        failing.push_back(bad_id.value()); // the worker fails it
-    }
+    auto bad_id = c.submit(bad); // both backends refuse it at once
+    ASSERT_FALSE(bad_id);
+    EXPECT_EQ(bad_id.error().value(), EINVAL);
+    // A prompt without a mindspace is the worker's to refuse.
     llmos::submit_options none{.cost = 1, .ms_id = 0, .prompt_off = 0, .prompt_len = 8};
     failing.push_back(c.submit(none).value());
     std::map<uint64_t, llmos::submit_options> ids;

@@ -50,6 +50,7 @@ struct client {
 struct req {
     llmos_core_req core{}; // first: the core hands back &core
     client* owner = nullptr;
+    uint64_t ms_len = 0; // its mindspace's, which results lie inside
     std::list<uint64_t>::iterator done_it;
 };
 
@@ -160,7 +161,7 @@ void close_client(uint64_t cid) {
     s.clients.erase(cid);
 }
 
-result<uint64_t> submit(uint64_t cid, const submit_options& o) {
+result<uint64_t> submit(uint64_t cid, const submit_options& o, uint64_t ms_len) {
     if (o.priority > LLMOS_MAX_PRIORITY) {
         return err(std::errc::invalid_argument);
     }
@@ -182,6 +183,7 @@ result<uint64_t> submit(uint64_t cid, const submit_options& o) {
     r->core.ms_id = o.ms_id;
     r->core.prompt_off = o.prompt_off;
     r->core.prompt_len = o.prompt_len;
+    r->ms_len = ms_len;
     llmos_core_tenant* spare = nullptr;
     if (!llmos_core_tenant_find(&s.core, o.tenant)) {
         spare = s.spare();
@@ -357,6 +359,15 @@ std::error_code complete(uint64_t cid, uint64_t id, int32_t status, uint32_t tok
     auto* r = s.find_req(id);
     if (!r) {
         return err(std::errc::no_such_file_or_directory);
+    }
+    // The result lies inside the request's mindspace, if it has one (asked
+    // of a request this worker holds; the core says why another cannot be
+    // completed).
+    if (r->core.worker == &c->worker &&
+        (r->core.state == LLMOS_REQ_DISPATCHED || r->core.state == LLMOS_REQ_RUNNING) &&
+        r->core.ms_id && result_len &&
+        (result_off > r->ms_len || result_len > r->ms_len - result_off)) {
+        return err(std::errc::invalid_argument);
     }
     if (int ret = llmos_core_complete(&s.core, &c->worker, &r->core, status, tokens, result_off,
                                       result_len, now_ns())) {

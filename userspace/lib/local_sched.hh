@@ -12,7 +12,10 @@ namespace llmos::local_sched {
 
 uint64_t open_client();
 void close_client(uint64_t client);
-result<uint64_t> submit(uint64_t client, const submit_options& o);
+/// `ms_len`: the length of the mindspace `o` names (0 for none), which
+/// the caller checked it may open read-write and holds the prompt; a
+/// result must lie inside it.
+result<uint64_t> submit(uint64_t client, const submit_options& o, uint64_t ms_len);
 std::error_code cancel(uint64_t client, uint64_t id);
 result<finished_request> wait(uint64_t client, uint64_t id, wait_for w);
 result<uint64_t> register_worker(uint64_t client, uint32_t capacity, int numa_node, uint64_t model);

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+#include "local.hh"
 #include "local_sched.hh"
 
 #include <cerrno>
@@ -68,7 +69,12 @@ sched_client::~sched_client() {
 
 result<sched_client> sched_client::open(const device& dev) {
     if (dev.kind() == backend_kind::local) {
-        return sched_client{backend_kind::local, unique_fd{}, local_sched::open_client()};
+        // The store, to check the mindspaces requests name.
+        unique_fd store{::fcntl(dev.fd(), F_DUPFD_CLOEXEC, 0)};
+        if (!store) {
+            return last_error();
+        }
+        return sched_client{backend_kind::local, std::move(store), local_sched::open_client()};
     }
     // A client of its own: requests belong to the open file.
     unique_fd fd{::open(dev.path().c_str(), O_RDWR | O_CLOEXEC)};
@@ -80,7 +86,20 @@ result<sched_client> sched_client::open(const device& dev) {
 
 result<uint64_t> sched_client::submit(const submit_options& o) {
     if (_kind == backend_kind::local) {
-        return local_sched::submit(_local, o);
+        // As the module does: the submitter may open the mindspace
+        // read-write (a worker will), and the prompt lies inside it.
+        uint64_t ms_len = 0;
+        if (o.ms_id) {
+            auto ms = local::open(_fd.get(), ms_key{o.ms_id, {}}, false);
+            if (!ms) {
+                return ms.error();
+            }
+            ms_len = ms->info.length;
+            if (o.prompt_off > ms_len || o.prompt_len > ms_len - o.prompt_off) {
+                return std::make_error_code(std::errc::invalid_argument);
+            }
+        }
+        return local_sched::submit(_local, o, ms_len);
     }
     llmos_submit s{};
     s.size = sizeof(s);

@@ -74,7 +74,7 @@ struct wait_for {
 /// cancels its unfinished requests.
 class sched_client {
     backend_kind _kind;
-    unique_fd _fd;   // kernel
+    unique_fd _fd;   // kernel: /dev/llmos; local: the store's folder
     uint64_t _local; // local: client handle
 
     friend class sched_worker;
@@ -91,8 +91,10 @@ public:
     /// A new client on `dev`'s backend.
     static result<sched_client> open(const device& dev);
 
-    /// SUBMIT: the new request's id. Errors: EINVAL, EAGAIN (per-client
-    /// limit), ENOMEM.
+    /// SUBMIT: the new request's id. Errors: EINVAL (also: the prompt is
+    /// not inside the mindspace), ENOENT and EACCES (a mindspace the caller
+    /// cannot open read-write: a worker would read and write it), EAGAIN
+    /// (per-client limit), ENOMEM.
     result<uint64_t> submit(const submit_options& o);
     /// CANCEL. Errors: ENOENT, EALREADY, EPERM.
     std::error_code cancel(uint64_t id);
@@ -103,7 +105,7 @@ public:
 
     backend_kind kind() const noexcept { return _kind; }
     /// The kernel backend's /dev/llmos fd (-1 for the local backend).
-    int fd() const noexcept { return _fd.get(); }
+    int fd() const noexcept { return _kind == backend_kind::kernel ? _fd.get() : -1; }
 };
 
 /// A worker: a client that takes requests. Move-only; destroying it gives
