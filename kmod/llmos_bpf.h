@@ -39,8 +39,11 @@ struct llmos_exit_info {
  *	the policy (and goes to the built-in one).
  * @dispatch: a worker has room for @budget requests: move them from the
  *	policy's queues (llmos_queue_move_to_worker())
- * @running: a worker started a request
- * @completed: a request finished (runtime from dispatch to completion)
+ * @running: a worker started a request; again if it was given back
+ *	(%LLMOS_COMPLETE_RETURN, or its worker vanished) and dispatched again:
+ *	a give-back has no callback of its own
+ * @completed: a request finished (runtime from dispatch to completion);
+ *	not called for one cancelled while its worker held it
  * @dequeue: a request left the policy's queues (cancelled)
  * @worker_online: a worker registered
  * @worker_offline: a worker went away (its requests go back to the front

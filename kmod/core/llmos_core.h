@@ -290,10 +290,10 @@ u32 llmos_core_dispatch(struct llmos_core_sched *s, struct llmos_core_worker *w,
 /*
  * DISPATCHED or RUNNING -> QUEUED again, at the front of its tenant, not
  * counted in its requeues: a dispatch whose requests never reached @w, or
- * a worker handing back what it will not finish (it stops). 0, -ESRCH
- * (not held by @w) or -EINVAL (finished). As with a vanished worker's
- * requests, an attached policy is not asked again: the built-in queues
- * serve it.
+ * a worker handing back what it will not finish (it stops). 0 or -ESRCH
+ * (not held by @w: queued, finished, another's). As with a vanished
+ * worker's requests, an attached policy is not asked again: the built-in
+ * queues serve it.
  */
 int llmos_core_give_back(struct llmos_core_sched *s,
 			 struct llmos_core_worker *w, struct llmos_core_req *r);

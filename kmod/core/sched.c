@@ -316,6 +316,13 @@ u32 llmos_core_dispatch(struct llmos_core_sched *s, struct llmos_core_worker *w,
 
 	if (max > room)
 		max = room;
+	/*
+	 * Under a policy, the built-in queues hold only requests given back
+	 * (by a worker, or one that vanished) and ones queued before it was
+	 * attached: older than anything it holds, they go first.
+	 */
+	if (s->policy && w->local.nr < max)
+		llmos_wfq_dispatch(s, w, max - w->local.nr);
 	if (s->policy && w->local.nr < max) {
 		s->dispatching = w;
 		s->dispatch_budget = max - w->local.nr;

@@ -512,6 +512,34 @@ TEST(kv_memory, whole_pages_aligned_with_a_zeroed_header_page) {
     EXPECT_EQ(s.size(), 4u * 4096);
 }
 
+TEST(model_load, the_fingerprint_reads_past_each_matrix_s_first_row) {
+    std::string why;
+    const std::string path = llmos::testing::generated_model("seed1", "--type q8_0 --seed 1", why);
+    ASSERT_FALSE(path.empty()) << why;
+    std::ifstream in(path, std::ios::binary);
+    std::vector<char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ASSERT_FALSE(raw.empty());
+    // In memory that keeps the file's alignment (parse() reads it in place).
+    std::vector<uint64_t> words((raw.size() + 7) / 8);
+    std::memcpy(words.data(), raw.data(), raw.size());
+    const std::span<std::byte> bytes(reinterpret_cast<std::byte*>(words.data()), raw.size());
+    const uint64_t before = model::load(gguf_file::parse(bytes)).fingerprint();
+    uint64_t at = 0, len = 0;
+    {
+        const gguf_file f = gguf_file::parse(bytes);
+        const gguf_tensor* t = f.find_tensor("blk.0.attn_q.weight");
+        ASSERT_NE(t, nullptr);
+        ASSERT_GT(t->n_rows, 2u);
+        at = f.data_offset() + t->offset + t->row_bytes; // row 1 on
+        len = t->n_bytes - t->row_bytes;
+    }
+    for (uint64_t i = at; i < at + len; ++i) {
+        bytes[i] ^= std::byte{0x5a};
+    }
+    EXPECT_NE(model::load(gguf_file::parse(bytes)).fingerprint(), before)
+        << "other weights in every row but the first";
+}
+
 TEST(model_load, a_cache_of_a_model_of_the_same_shape_and_other_weights_is_refused) {
     // A model and its fine-tune: one shape, one weight type, other weights.
     std::string why;

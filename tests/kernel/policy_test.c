@@ -166,6 +166,38 @@ TEST_F(policy, fifo_serves_in_submission_order)
 		EXPECT_EQ(ids[i], served[i]);
 }
 
+/*
+ * Under a policy, a request a worker hands back (or one of a worker that
+ * vanished) goes first again, before what the policy holds.
+ */
+TEST_F(policy, a_request_given_back_goes_before_what_the_policy_holds)
+{
+	struct llmos_complete back = {
+		.size = sizeof(back), .flags = LLMOS_COMPLETE_RETURN,
+	};
+	struct llmos_req_desc d;
+	struct llmos_dispatch c = {
+		.size = sizeof(c), .flags = LLMOS_NONBLOCK,
+		.descs_uptr = (__u64)(uintptr_t)&d, .desc_size = sizeof(d),
+		.max = 1,
+	};
+	long long first, later[3];
+
+	ASSERT_EQ(0, attach(&self->p, "fifo"));
+	first = submit(self->client, 0, 0, 1, 0);
+	ASSERT_LT(0, first);
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &c));
+	ASSERT_EQ(first, d.id);
+	for (int i = 0; i < 3; i++)
+		later[i] = submit(self->client, 0, 0, 1, 0);
+	back.id = first;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE, &back));
+	EXPECT_EQ(first, serve_one(self->worker));
+	for (int i = 0; i < 3; i++)
+		EXPECT_EQ(later[i], serve_one(self->worker));
+	EXPECT_EQ(-EAGAIN, serve_one(self->worker));
+}
+
 TEST_F(policy, prio_serves_higher_priorities_first)
 {
 	const __u32 prio[5] = { 1, 9, 5, 9, 3 }, cost[5] = { 1, 1, 1, 1, 1 };

@@ -337,6 +337,58 @@ TEST_P(worker_pool_test, stop_gives_back_what_is_held_and_a_new_pool_serves_it) 
     expect_echoed(c, ids, 1);
 }
 
+// An engine that throws and cannot be made again: the worker gives back
+// what it holds. The request of the batch that threw counts a requeue (it
+// may be the culprit); one that came requeued but did not run in that
+// batch does not.
+TEST_P(worker_pool_test, a_lost_engine_counts_a_requeue_only_for_what_crashed_it) {
+    auto c = llmos::sched_client::open(dev()).value();
+    const auto y = c.submit(prompt(0, 40, 1)).value();    // crashes the engine
+    const auto x = c.submit(prompt(4096, 40, 2)).value(); // does not
+    {
+        auto dead = llmos::sched_worker::open(dev(), 2).value();
+        ASSERT_EQ(dead.dispatch(2, llmos::wait_for::at_most(5s)).value().size(), 2u);
+    } // both back, requeues 1: both suspects, run alone, y first
+    std::atomic<int> made{0};
+    auto o = opts({});
+    o.cpus.resize(1);
+    o.slots = 2;
+    o.engine = [&](unsigned) -> std::unique_ptr<llmos::inference_engine> {
+        if (made.fetch_add(1) > 0) {
+            throw std::runtime_error("out of memory");
+        }
+        return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{
+            .bytes_per_token = 4, .on_step = [y](const llmos::sequence& s) {
+                if (s.req.id == y) {
+                    throw std::runtime_error("crash");
+                }
+            }});
+    };
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while ((*pool)->info(0).crashes.load() == 0 && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(1ms); // the pool takes both, y crashes it
+    }
+    std::map<uint64_t, uint32_t> requeues;
+    auto w = llmos::sched_worker::open(dev(), 2).value();
+    while (requeues.size() < 2 && std::chrono::steady_clock::now() < until) {
+        if (auto got = w.dispatch(2, llmos::wait_for::at_most(100ms))) {
+            for (auto& d : *got) {
+                requeues[d.id] = d.requeues;
+            }
+        }
+    }
+    ASSERT_EQ(requeues.size(), 2u) << (*pool)->info(0).last_error();
+    EXPECT_EQ(requeues[y], 2u);
+    EXPECT_EQ(requeues[x], 1u) << "it did not run when the engine threw";
+    (*pool)->stop();
+    for (auto id : {x, y}) {
+        EXPECT_FALSE(w.complete(id, -EIO, 0));
+        EXPECT_EQ(c.wait(id).value().state, uint32_t(LLMOS_REQ_FAILED));
+    }
+}
+
 TEST_P(worker_pool_test, a_dying_worker_s_requests_are_requeued_by_the_scheduler) {
     std::atomic<int> deaths_left{1};
     std::atomic<uint64_t> victim{0};

@@ -236,8 +236,8 @@ model model::load(const gguf_file& f, simd_level kernels) {
         const uint64_t rb = *row_bytes(w.type, static_cast<uint64_t>(w.cols));
         bytes += rb * static_cast<uint64_t>(w.rows);
         h = mix(h, static_cast<uint64_t>(w.type));
-        sample(static_cast<const std::byte*>(w.data), static_cast<uint64_t>(w.rows), w.row_stride,
-               rb);
+        sample(static_cast<const std::byte*>(w.data), static_cast<uint64_t>(w.rows),
+               w.row_stride ? w.row_stride : rb, rb); // 0: rows packed
     };
     for (auto& w : m._layers) {
         for (auto* v : w.matrices()) {
@@ -252,8 +252,9 @@ model model::load(const gguf_file& f, simd_level kernels) {
         const weight_view& t = m._tok_embd;
         ++types[t.type];
         h = mix(h, static_cast<uint64_t>(t.type));
-        sample(static_cast<const std::byte*>(t.data), static_cast<uint64_t>(t.rows), t.row_stride,
-               *row_bytes(t.type, static_cast<uint64_t>(t.cols)));
+        const uint64_t rb = *row_bytes(t.type, static_cast<uint64_t>(t.cols));
+        sample(static_cast<const std::byte*>(t.data), static_cast<uint64_t>(t.rows),
+               t.row_stride ? t.row_stride : rb, rb);
     }
     sample_floats(m._output_norm);
     sample_floats(m._rope_freqs);

@@ -184,7 +184,8 @@ struct worker_pool::slot {
     size_t streamed = 0;  ///< output bytes already streamed
     uint32_t strikes = 0; ///< engine crashes it caused here
     bool prefilled = false;
-    bool suspect = false; ///< was in a batch that crashed: runs alone
+    bool suspect = false; ///< came requeued, or was in a batch that crashed: runs alone
+    bool crashed = false; ///< was in a batch that crashed here
 };
 
 // Waits for requests in the worker's event loop (DISPATCH as a uring_cmd
@@ -454,6 +455,7 @@ void worker_pool::run_worker(unsigned i) {
                     continue;
                 }
                 sl.suspect = sl.suspect || in;
+                sl.crashed = sl.crashed || in;
                 sequence& s = *sl.s;
                 s.produced = 0;
                 s.tokens = 0;
@@ -589,11 +591,12 @@ void worker_pool::run_worker(unsigned i) {
             if (engine) { // without one, recover() released them
                 engine->release(*sl.s);
             }
-            // Stopping, or without an engine: what did not crash one here
-            // goes back unfinished, not as a crash. The rest (all of it
-            // when aborted) `w` gives back as its end does, counting a
-            // requeue: max_requeues of those and a request fails.
-            if (!aborted && sl.strikes == 0 && (engine || !sl.suspect)) {
+            // Stopping, or without an engine: what was in no batch that
+            // crashed here goes back unfinished, not as a crash. The rest
+            // (all of it when aborted) `w` gives back as its end does,
+            // counting a requeue: the next worker runs it alone, and
+            // max_requeues of those fail it.
+            if (!aborted && !sl.crashed) {
                 w.give_back(sl.s->req.id);
             }
         }

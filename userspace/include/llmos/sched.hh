@@ -161,8 +161,8 @@ public:
     /// Hands a request back unfinished (COMPLETE with
     /// LLMOS_COMPLETE_RETURN): queued again at the front of its tenant, for
     /// any worker, its requeues not counted (closing the worker counts
-    /// them: it may have crashed). Errors: ENOENT, ESRCH (not held),
-    /// EINVAL (finished, or a module without LLMOS_FEATURE_SCHED_RETURN).
+    /// them: it may have crashed). Errors: ENOENT, ESRCH (not held, or
+    /// finished), EINVAL (a module without LLMOS_FEATURE_SCHED_RETURN).
     std::error_code give_back(uint64_t id);
 
     uint64_t id() const noexcept { return _id; }
