@@ -4,15 +4,18 @@
  *
  * A worker that ran a request of mindspace M (its KV cache holds M's
  * context) is remembered in the "owner" map when it STARTs it. A new
- * request of M goes to that worker's own queue; a request of a mindspace
- * nobody ran yet goes to the shared queue. A worker serves its own queue
- * first, then the shared one; then it steals from another worker's queue
- * whose head has waited longer than steal_after_ns (default 200 ms), or at
- * once from the queue of a worker that went offline. Keys are enqueue
- * times, so every queue is FIFO and the head's key is its age.
+ * request of M goes to that worker's own queue while it is registered; a
+ * request of a mindspace nobody ran yet, or whose worker went away, goes
+ * to the shared queue. A worker serves its own queue first, then what is
+ * left in the queues of workers that went away, then the shared queue;
+ * then it steals from another worker's queue whose head has waited longer
+ * than steal_after_ns (default 200 ms). Keys are enqueue times, so every
+ * queue is FIFO and the head's key is its age.
  *
- * Limits: at most MAX_WORKERS workers are tracked for stealing (more still
- * work, but their queues can only be stolen by the watchdog's ejection).
+ * Limits: at most MAX_WORKERS workers are tracked for stealing at once (a
+ * departed worker's slot is taken again once its queue is empty); the
+ * queues of more still work, but only their own worker or the watchdog's
+ * ejection empties them.
  */
 #include "llmos.bpf.h"
 
@@ -39,6 +42,13 @@ struct {
 	__type(value, u64);	/* worker id, | OFFLINE when gone; 0: free */
 } workers SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, u64);	/* worker id, while it is registered */
+	__type(value, u8);
+} alive SEC(".maps");
+
 SEC("struct_ops/locality_init")
 s32 BPF_PROG(locality_init)
 {
@@ -51,8 +61,13 @@ s32 BPF_PROG(locality_enqueue, struct llmos_core_req *req, u64 enq_flags)
 	u64 ms = req->ms_id, *w, now = bpf_ktime_get_ns();
 
 	w = ms ? bpf_map_lookup_elem(&owner, &ms) : NULL;
-	if (w && llmos_queue_len(WORKER_QUEUE(*w)) >= 0)
-		return llmos_queue_insert(req, WORKER_QUEUE(*w), now);
+	if (w) {
+		u64 id = *w;
+
+		if (bpf_map_lookup_elem(&alive, &id) &&
+		    llmos_queue_len(WORKER_QUEUE(id)) >= 0)
+			return llmos_queue_insert(req, WORKER_QUEUE(id), now);
+	}
 	return llmos_queue_insert(req, SHARED_QUEUE, now);
 }
 
@@ -64,9 +79,14 @@ static __always_inline void track(u64 id, bool online)
 
 		if (!slot)
 			return;
-		if (online && !*slot) {
-			*slot = id;
-			return;
+		/* Free, or a departed worker's whose queue is empty. */
+		if (online && (!*slot || (*slot & OFFLINE))) {
+			u64 gone = *slot & ~OFFLINE;
+
+			if (!gone || !llmos_queue_len(WORKER_QUEUE(gone))) {
+				*slot = id;
+				return;
+			}
 		}
 		if (!online && *slot == id) {
 			*slot = id | OFFLINE;
@@ -75,17 +95,28 @@ static __always_inline void track(u64 id, bool online)
 	}
 }
 
+static __always_inline void come(u64 id)
+{
+	u8 one = 1;
+
+	llmos_create_queue(WORKER_QUEUE(id));
+	bpf_map_update_elem(&alive, &id, &one, BPF_ANY);
+	track(id, true);
+}
+
 SEC("struct_ops/locality_online")
 void BPF_PROG(locality_online, struct llmos_core_worker *w)
 {
-	llmos_create_queue(WORKER_QUEUE(w->id));
-	track(w->id, true);
+	come(w->id);
 }
 
 SEC("struct_ops/locality_offline")
 void BPF_PROG(locality_offline, struct llmos_core_worker *w)
 {
-	track(w->id, false);
+	u64 id = w->id;
+
+	bpf_map_delete_elem(&alive, &id);
+	track(id, false);
 }
 
 SEC("struct_ops/locality_dispatch")
@@ -95,25 +126,29 @@ void BPF_PROG(locality_dispatch, struct llmos_core_worker *w, u32 budget)
 	u32 got;
 
 	/* A worker from before the policy gets its queue now. */
-	if (llmos_queue_len(WORKER_QUEUE(w->id)) < 0) {
-		llmos_create_queue(WORKER_QUEUE(w->id));
-		track(w->id, true);
-	}
+	if (llmos_queue_len(WORKER_QUEUE(w->id)) < 0)
+		come(w->id);
 	got = llmos_queue_move_to_worker(WORKER_QUEUE(w->id), w, budget);
+	/* What departed workers left: nobody else will take it. */
+	for (u32 i = 0; i < MAX_WORKERS && got < budget; i++) {
+		u32 key = i;
+		u64 *slot = bpf_map_lookup_elem(&workers, &key);
+
+		if (slot && (*slot & OFFLINE))
+			got += llmos_queue_move_to_worker(WORKER_QUEUE(*slot & ~OFFLINE),
+							  w, budget - got);
+	}
 	if (got < budget)
 		got += llmos_queue_move_to_worker(SHARED_QUEUE, w, budget - got);
 	for (u32 i = 0; i < MAX_WORKERS && got < budget; i++) {
 		u32 key = i;
-		u64 *slot = bpf_map_lookup_elem(&workers, &key), other, head;
+		u64 *slot = bpf_map_lookup_elem(&workers, &key), head;
 
-		if (!slot || !*slot || (*slot & ~OFFLINE) == w->id)
+		if (!slot || !*slot || (*slot & OFFLINE) || *slot == w->id)
 			continue;
-		other = *slot & ~OFFLINE;
-		head = llmos_queue_peek_key(WORKER_QUEUE(other));
-		if (!head)
-			continue;
-		if ((*slot & OFFLINE) || now - head > steal_after_ns)
-			got += llmos_queue_move_to_worker(WORKER_QUEUE(other), w,
+		head = llmos_queue_peek_key(WORKER_QUEUE(*slot));
+		if (head && now - head > steal_after_ns)
+			got += llmos_queue_move_to_worker(WORKER_QUEUE(*slot), w,
 							  budget - got);
 	}
 }

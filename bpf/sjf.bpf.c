@@ -4,15 +4,18 @@
  *
  * One queue keyed by the request's expected cost in tokens: short requests
  * overtake long ones, which cuts the mean and tail wait of short requests
- * under a mixed load. Long requests can starve while short ones keep
- * coming; the watchdog's timeout_ms bounds how long before the policy is
- * ejected for it, so keep it generous.
+ * under a mixed load. With aging: the key is cost * 16 plus the submission
+ * time in (about) milliseconds, so a request of cost C is overtaken only by
+ * ones submitted less than about 16 * C ms after it - a long request
+ * cannot starve while short ones keep coming (which the watchdog would not
+ * see: its workers get all they ask for).
  */
 #include "llmos.bpf.h"
 
 char _license[] SEC("license") = "GPL";
 
 #define SJF_QUEUE 1
+#define SJF_TOKEN_MS 16 /* a token of cost weighs this many ~ms of wait */
 
 SEC("struct_ops/sjf_init")
 s32 BPF_PROG(sjf_init)
@@ -23,7 +26,10 @@ s32 BPF_PROG(sjf_init)
 SEC("struct_ops/sjf_enqueue")
 s32 BPF_PROG(sjf_enqueue, struct llmos_core_req *req, u64 enq_flags)
 {
-	return llmos_queue_insert(req, SJF_QUEUE, req->cost);
+	/* cost < 2^32, t_submit >> 20 < 2^44: no overflow. */
+	return llmos_queue_insert(req, SJF_QUEUE,
+				  (u64)req->cost * SJF_TOKEN_MS +
+				  (req->t_submit >> 20));
 }
 
 SEC("struct_ops/sjf_dispatch")

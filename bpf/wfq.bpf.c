@@ -12,6 +12,12 @@
  * says 0 (the default), the module's weight of the tenant (llmosctl sched
  * weight, default 100). Arrays, not hash maps, keep enqueue cheap: tenants
  * are told apart modulo MAX_TENANTS.
+ *
+ * Tags only grow (a cancelled request's cost is not given back): before
+ * they could wrap (2^62, some 2^20 requests of the largest cost at weight
+ * 1), the policy stops with llmos_policy_error(-EOVERFLOW), and the
+ * built-in policy (which rebases its clock) serves everything; attach it
+ * again to start from 0.
  */
 #include "llmos.bpf.h"
 
@@ -20,6 +26,8 @@ char _license[] SEC("license") = "GPL";
 #define WFQ_QUEUE 1
 #define DEFAULT_WEIGHT 100
 #define MAX_TENANTS 4096
+#define WFQ_TAG_LIMIT 0x4000000000000000ULL /* 2^62; a step adds 2^42 at most */
+#define WFQ_EOVERFLOW 75 /* EOVERFLOW: vmlinux.h has no errno macros */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -59,6 +67,10 @@ s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 		return -1;
 	if (*f > start)
 		start = *f;
+	if (start >= WFQ_TAG_LIMIT) {
+		llmos_policy_error(-WFQ_EOVERFLOW);
+		return -1;
+	}
 	*f = start + cost * 1024 / weight;
 	return llmos_queue_insert(req, WFQ_QUEUE, start);
 }

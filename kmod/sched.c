@@ -288,6 +288,7 @@ int llmos_client_release(struct inode *inode, struct file *file)
 		}
 		llmos_req_free(kr);
 	}
+	llmos_bpf_check_fault(); /* dequeue callbacks ran */
 	if (requeued || held)
 		llmos_kick_workers();
 	spin_unlock(&llmos_sched.lock);
@@ -477,17 +478,21 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 		/*
 		 * The caller cannot know the id: take the request back, as
 		 * it is now. Another thread of the client may have cancelled
-		 * it, or a worker finished it, or WAIT collected it already.
+		 * it, or a worker finished it, or WAIT collected it already
+		 * (or is copying it out: that WAIT has it).
 		 */
 		spin_lock(&llmos_sched.lock);
 		r = llmos_core_find(&llmos_sched.core, id);
-		if (r && llmos_kreq(r)->client == c) {
+		if (r && llmos_kreq(r)->client == c &&
+		    !llmos_kreq(r)->collecting) {
 			bool held = r->worker;
 
 			kr = llmos_kreq(r);
 			if (llmos_core_cancel(&llmos_sched.core, r,
 					      ktime_get_ns()))
 				list_del(&kr->done_node); /* it had finished */
+			else
+				llmos_bpf_check_fault(); /* its dequeue ran */
 			llmos_req_free(kr);
 			if (held)
 				llmos_kick_workers(); /* its worker has room */

@@ -374,10 +374,10 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 	llmos_bpf_check_fault(); /* a kfunc called outside a callback */
 	if (!llmos_bpf.active)
 		goto out;
-	period = msecs_to_jiffies(clamp_t(u32, llmos_bpf.ops->timeout_ms / 4,
-					  50, 1000));
 	timeout_ns = (u64)(llmos_bpf.ops->timeout_ms ?:
 			   LLMOS_DEFAULT_TIMEOUT_MS) * NSEC_PER_MSEC;
+	period = msecs_to_jiffies(clamp_t(u64, timeout_ns / NSEC_PER_MSEC / 4,
+					  50, 1000));
 	/*
 	 * A worker that polls between its steps still asks if its looks
 	 * are no further apart than half the timeout (100 ms at least).
@@ -481,6 +481,12 @@ static int llmos_bpf_reg(void *kdata, struct bpf_link *link)
 
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
+	/*
+	 * Only through a link (".struct_ops.link"): one attached by a map
+	 * update outlives its loader with no link to pin, nor to detach.
+	 */
+	if (!link)
+		return -EOPNOTSUPP;
 	if (!ops->enqueue || !ops->dispatch)
 		return -EINVAL;
 	llmos_sched_lock();
@@ -509,6 +515,12 @@ static int llmos_bpf_reg(void *kdata, struct bpf_link *link)
 		}
 	}
 	llmos_bpf_check_fault();
+	if (!llmos_bpf.active) {
+		/* init returned 0 but misused a kfunc or reported an error */
+		llmos_bpf.ops = NULL;
+		ret = -EINVAL;
+		goto out_unlock;
+	}
 	pr_info("policy %s attached\n", llmos_bpf.name);
 out_unlock:
 	llmos_sched_unlock();

@@ -226,6 +226,21 @@ TEST_F(policy, sjf_serves_the_shortest_first)
 	EXPECT_EQ(ids[0], served[2]);
 }
 
+/* With aging: a short request submitted long enough after does not overtake. */
+TEST_F(policy, sjf_does_not_let_a_long_request_starve)
+{
+	long long longer, shorter, quick;
+
+	ASSERT_EQ(0, attach(&self->p, "sjf"));
+	longer = submit(self->client, 0, 0, 3, 0);
+	usleep(200 * 1000); /* 200 ms: more than 16 ms per token of cost 3 */
+	shorter = submit(self->client, 0, 0, 1, 0);
+	quick = submit(self->client, 0, 0, 1, 0);
+	EXPECT_EQ(longer, serve_one(self->worker));
+	EXPECT_EQ(shorter, serve_one(self->worker));
+	EXPECT_EQ(quick, serve_one(self->worker));
+}
+
 TEST_F(policy, edf_serves_the_earliest_deadline_first)
 {
 	const __u32 prio[4] = { 0 }, cost[4] = { 1, 1, 1, 1 };
@@ -417,6 +432,39 @@ TEST_F(policy, locality_prefers_the_worker_that_ran_the_mindspace)
 	close(b);
 	close(fd7);
 	close(fd8);
+}
+
+/*
+ * After many workers came and went (more than it tracks at once), a
+ * mindspace whose worker went away goes to whoever asks, at once.
+ */
+TEST_F(policy, locality_sends_a_departed_worker_s_mindspace_to_the_others)
+{
+	struct llmos_worker_register r = {
+		.size = sizeof(r), .capacity = 1, .numa_node = -1,
+	};
+	long long r1, r2;
+	int a, fd7;
+	__u64 ms7 = ms_new(self->client, &fd7);
+
+	ASSERT_LE(0, fd7);
+	ASSERT_EQ(0, attach(&self->p, "locality"));
+	for (int i = 0; i < 70; i++) {
+		int w = open("/dev/llmos", O_RDWR);
+
+		ASSERT_LE(0, w);
+		ASSERT_EQ(0, ioctl(w, LLMOS_IOC_WORKER_REGISTER, &r));
+		close(w);
+	}
+	a = open("/dev/llmos", O_RDWR);
+	ASSERT_LE(0, a);
+	ASSERT_EQ(0, ioctl(a, LLMOS_IOC_WORKER_REGISTER, &r));
+	r1 = submit_ms(self->client, ms7);
+	ASSERT_EQ(r1, take_start_complete(a, 0)); /* a runs ms7 */
+	close(a);
+	r2 = submit_ms(self->client, ms7);
+	EXPECT_EQ(r2, take_start_complete(self->worker, LLMOS_NONBLOCK));
+	close(fd7);
 }
 
 static double ms_since(clockid_t clock, const struct timespec *a)
@@ -670,6 +718,37 @@ TEST_F_TIMEOUT(policy, attach_detach_cycles_under_load_lose_nothing, 900)
 	stats(self->client, &st);
 	EXPECT_EQ(0, st.out_nr[LLMOS_REQ_QUEUED]);
 	TH_LOG("%d attach/detach cycles, %ld requests through them", cycles, f.completed);
+}
+
+/*
+ * An init that reports an error (or misuses a kfunc) but returns 0 does
+ * not attach: the built-in policy stays, the exit info says why.
+ */
+TEST_F(policy, an_init_that_reports_an_error_does_not_attach)
+{
+	struct llmos_sched_stats st;
+
+	EXPECT_EQ(-EINVAL, attach(&self->p, "error_init"));
+	EXPECT_EQ(NULL, self->p.link);
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_BUILTIN, st.out_policy_state);
+	EXPECT_EQ(LLMOS_EXIT_ERROR, st.out_exit_kind);
+	EXPECT_EQ(11, st.out_exit_code);
+	/* Nothing stays attached: another policy attaches, and serves. */
+	detach(&self->p);
+	ASSERT_EQ(0, attach(&self->p, "fifo"));
+	ASSERT_LT(0, submit(self->client, 0, 0, 1, 0));
+	EXPECT_LT(0, serve_one(self->worker));
+}
+
+/* A policy attached by a map update has no link: refused. */
+TEST_F(policy, a_policy_without_a_link_is_refused)
+{
+	struct llmos_sched_stats st;
+
+	EXPECT_EQ(-EOPNOTSUPP, attach(&self->p, "unlinked"));
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_BUILTIN, st.out_policy_state);
 }
 
 static int unprivileged_attach(void)
