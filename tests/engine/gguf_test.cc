@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -477,6 +478,34 @@ size_t resident_bytes() {
     return resident * static_cast<size_t>(::sysconf(_SC_PAGESIZE));
 }
 
+// A model file cut short under its mapping: the process still dies of the
+// fault (nothing can be read there), but says which file it was.
+TEST(gguf_file, a_model_file_cut_short_while_mapped_is_named_when_it_faults) {
+    const std::string path =
+        (std::filesystem::temp_directory_path() / ("gguf-cut-" + std::to_string(::getpid())))
+            .string();
+    std::filesystem::copy_file(tiny_path, path, std::filesystem::copy_options::overwrite_existing);
+    auto read_past_the_cut = [&] {
+        auto f = gguf_file::open(path);
+        llmos::engine::report_truncated_models();
+        const auto& last = f.tensors().back();
+        ASSERT_EQ(0, ::truncate(path.c_str(), static_cast<off_t>(f.data_offset())));
+        volatile std::byte b = last.data[last.data.size() - 1];
+        (void)b;
+    };
+    EXPECT_EXIT(
+        read_past_the_cut(), [](int) { return true; },
+        "gguf: the model file '" + path + "' became shorter while mapped");
+    std::filesystem::remove(path);
+    // Another SIGBUS is as it was: not taken for a model's.
+    EXPECT_EXIT(
+        {
+            llmos::engine::report_truncated_models();
+            ::raise(SIGBUS);
+        },
+        ::testing::KilledBySignal(SIGBUS), "^$");
+}
+
 TEST(gguf_file, dropped_pages_leave_memory_and_read_back_the_same) {
     auto dir =
         std::filesystem::temp_directory_path() / ("gguf_test.drop." + std::to_string(::getpid()));
@@ -676,6 +705,24 @@ TEST(gguf_errors, kvs) {
     // Any integer type holding a power of two is taken.
     auto ok = raw().header(0, 1).str("general.alignment").u32(10).u64(64).b;
     EXPECT_EQ(64u, gguf_file::parse(ok).alignment());
+}
+
+TEST(gguf_errors, metadata_is_bounded_and_names_are_quoted_short) {
+    // 2^23 values at most, however few bytes each takes in the file.
+    raw many;
+    const uint64_t n = (uint64_t{1} << 23) + 1;
+    many.header(0, 1).str("k").u32(9).u32(0).u64(n);
+    many.b.resize(many.b.size() + n);
+    EXPECT_GGUF_ERROR(many.b, "the metadata holds more than 8388608 values");
+    // A long key with control bytes: escaped, cut at 64 bytes.
+    std::string key(1000, 'a');
+    key[3] = '\0';
+    key[4] = '\n';
+    auto msg = parse_error(raw().header(0, 1).str(key).u32(13).u32(0).b);
+    EXPECT_NE(msg.find("(kv 'aaa\\x00\\x0aaaa"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'... (1000 bytes))"), std::string::npos) << msg;
+    EXPECT_LT(msg.size(), 200u);
+    EXPECT_EQ(llmos::engine::quoted("it's"), "'it\\'s'");
 }
 
 TEST(gguf_errors, tensor_infos) {

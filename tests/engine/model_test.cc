@@ -690,6 +690,23 @@ TEST(model_load, bad_hyperparameters_and_misaligned_tensors_are_refused) {
         }
     }
     EXPECT_TRUE(tried);
+    // A block_count below the file's layers would drop the rest unsaid.
+    const uint32_t layers = f.get_u32(arch + "block_count");
+    ASSERT_GT(layers, 1u);
+    refused(rewrite(arch + "block_count", layers - 1), "'blk." + std::to_string(layers - 1) + ".");
+    refused(rewrite(arch + "block_count", layers - 1), "is past block_count");
+    // No vocabulary.
+    refused(rewrite("x.none", 0u,
+                    [&](gguf_writer& w) {
+                        for (auto& t : f.tensors()) {
+                            if (t.name == "token_embd.weight") {
+                                w.add_tensor(t.name, t.type, {t.ne[0], 0}, {});
+                            } else {
+                                w.add_tensor(t.name, t.type, t.dims(), t.data);
+                            }
+                        }
+                    }),
+            "n_vocab 1 to 2^31 - 1");
 }
 
 TEST(model_load, packs_every_matrix_for_avx512_and_lets_their_rows_go) {

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <llmos/engine/gguf.hh>
 #include <sys/resource.h>
 #include <sys/un.h>
 #include <thread>
@@ -170,6 +171,8 @@ int main(int argc, char** argv) {
     std::signal(SIGTERM, on_signal);
     std::signal(SIGINT, on_signal);
     std::signal(SIGPIPE, SIG_IGN);
+    // A model file cut short under it (overwritten in place) is named.
+    llmos::engine::report_truncated_models();
     std::thread watcher([&] {
         while (!g_signal.load()) {
             std::this_thread::sleep_for(std::chrono::milliseconds(50));

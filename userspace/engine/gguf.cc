@@ -13,6 +13,8 @@
 #include <cstring>
 #include <fcntl.h>
 #include <llmos/engine/gguf.hh>
+#include <mutex>
+#include <signal.h>
 #include <sstream>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -27,6 +29,14 @@ namespace {
 
 constexpr uint64_t max_string_length = uint64_t{1} << 30;
 constexpr int max_array_depth = 8;
+// What the metadata may hold in all (a large vocabulary: some 10^6 values
+// and 10 MB of text). A value costs sizeof(gguf_value) in memory however
+// few bytes it takes in the file, and a sparse file costs no disk: without
+// a bound, a small file could take any memory.
+constexpr uint64_t max_metadata_values = uint64_t{1} << 23;
+constexpr uint64_t max_metadata_text = uint64_t{1} << 28;
+// Reserved up front at most; more as the values are read.
+constexpr uint64_t max_reserve = 4096;
 
 template <class... Args>
 [[noreturn]] void fail(const Args&... args) {
@@ -108,11 +118,11 @@ std::string describe_type(const gguf_value& x) {
 /// ends the messages.
 void set_geometry(gguf_tensor& t, const std::string& where) {
     if (t.n_dims < 1 || t.n_dims > 4) {
-        fail("tensor '", t.name, "' has n_dims ", t.n_dims, " (must be 1 to 4)", where);
+        fail("tensor ", quoted(t.name), " has n_dims ", t.n_dims, " (must be 1 to 4)", where);
     }
     auto ti = info(t.type);
     if (!ti) {
-        fail("tensor '", t.name, "' has unknown ggml type ", uint32_t(t.type), where);
+        fail("tensor ", quoted(t.name), " has unknown ggml type ", uint32_t(t.type), where);
     }
     bool overflow =
         std::any_of(t.ne.begin(), t.ne.end(), [](uint64_t d) { return d > uint64_t(INT64_MAX); }) ||
@@ -120,17 +130,17 @@ void set_geometry(gguf_tensor& t, const std::string& where) {
         __builtin_mul_overflow(t.n_rows, t.ne[3], &t.n_rows) ||
         __builtin_mul_overflow(t.ne[0], t.n_rows, &t.n_elements);
     if (overflow || t.n_elements > uint64_t(INT64_MAX)) {
-        fail("tensor '", t.name, "' has too many elements: dims ", t.ne[0], " x ", t.ne[1], " x ",
-             t.ne[2], " x ", t.ne[3], " overflow 63 bits", where);
+        fail("tensor ", quoted(t.name), " has too many elements: dims ", t.ne[0], " x ", t.ne[1],
+             " x ", t.ne[2], " x ", t.ne[3], " overflow 63 bits", where);
     }
     if (t.ne[0] % ti->block_elems != 0) {
-        fail("tensor '", t.name, "': row length ", t.ne[0], " is not a multiple of the ", ti->name,
-             " block size ", ti->block_elems, where);
+        fail("tensor ", quoted(t.name), ": row length ", t.ne[0], " is not a multiple of the ",
+             ti->name, " block size ", ti->block_elems, where);
     }
     if (__builtin_mul_overflow(t.ne[0] / ti->block_elems, ti->block_bytes, &t.row_bytes) ||
         __builtin_mul_overflow(t.row_bytes, t.n_rows, &t.n_bytes) ||
         t.n_bytes > uint64_t(INT64_MAX)) {
-        fail("tensor '", t.name, "' size overflows 63 bits", where);
+        fail("tensor ", quoted(t.name), " size overflows 63 bits", where);
     }
 }
 
@@ -193,6 +203,28 @@ std::string to_string(const gguf_value& value, size_t max_items) {
     return out.str();
 }
 
+std::string quoted(std::string_view s) {
+    constexpr size_t most = 64;
+    std::string out = "'";
+    for (unsigned char c : s.substr(0, most)) {
+        if (c == '\'' || c == '\\') {
+            out += '\\';
+            out += static_cast<char>(c);
+        } else if (c < 0x20 || c == 0x7f) {
+            char esc[8];
+            std::snprintf(esc, sizeof esc, "\\x%02x", c);
+            out += esc;
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    out += '\'';
+    if (s.size() > most) {
+        out += "... (" + std::to_string(s.size()) + " bytes)";
+    }
+    return out;
+}
+
 // The parser is a friend of gguf_file: it fills the object in one pass.
 class gguf_parser {
 public:
@@ -226,13 +258,15 @@ public:
         check_count(n_kv, 8 + 4 + 1, "kv count", 16);
         check_count(n_tensors, 8 + 4 + 8 + 4 + 8, "tensor count", 8);
 
-        _f._kvs.reserve(n_kv);
+        _f._kvs.reserve(std::min(n_kv, max_reserve));
         for (uint64_t i = 0; i < n_kv; i++) {
             read_kv(i);
         }
         read_alignment();
 
-        _f._tensors.reserve(n_tensors);
+        _what = "tensor infos";
+        check_count(n_tensors, 8 + 4 + 8 + 4 + 8, "tensor count", 8); // in what is left
+        _f._tensors.reserve(std::min(n_tensors, max_reserve));
         for (uint64_t i = 0; i < n_tensors; i++) {
             read_tensor_info(i);
         }
@@ -272,11 +306,20 @@ private:
         if (n > max_string_length) {
             fail("string length ", n, " at offset ", at, " is too large (", _what, ")");
         }
+        _text += n;
+        if (_text > max_metadata_text) {
+            fail("the metadata's text passes ", max_metadata_text, " bytes at offset ", at, " (",
+                 _what, ")");
+        }
         auto p = take(n);
         return std::string(reinterpret_cast<const char*>(p), n);
     }
 
     gguf_value value(uint32_t type, int depth) {
+        if (++_values > max_metadata_values) {
+            fail("the metadata holds more than ", max_metadata_values, " values at offset ", _pos,
+                 " (", _what, ")");
+        }
         switch (static_cast<gguf_type>(type)) {
         case gguf_type::u8:
             return scalar<uint8_t>();
@@ -328,7 +371,7 @@ private:
         auto n = scalar<uint64_t>();
         check_count(n, min, "array count", at + 4);
         gguf_array a{static_cast<gguf_type>(type), {}};
-        a.items.reserve(n);
+        a.items.reserve(std::min(n, max_reserve));
         for (uint64_t i = 0; i < n; i++) {
             a.items.push_back(value(type, depth + 1));
         }
@@ -338,7 +381,7 @@ private:
     void read_kv(uint64_t i) {
         _what = "key of kv #" + std::to_string(i);
         auto key = string();
-        _what = "kv '" + key + "'";
+        _what = "kv " + quoted(key);
         auto at = _pos;
         auto type = scalar<uint32_t>();
         if (min_value_bytes(type) == 0) {
@@ -346,7 +389,7 @@ private:
         }
         auto v = value(type, 0);
         if (!_f._kv_index.emplace(key, _f._kvs.size()).second) {
-            fail("duplicate key '", key, "' at offset ", at);
+            fail("duplicate key ", quoted(key), " at offset ", at);
         }
         _f._kvs.push_back({std::move(key), std::move(v)});
     }
@@ -368,11 +411,11 @@ private:
         _what = "name of tensor info #" + std::to_string(i);
         gguf_tensor t;
         t.name = string();
-        _what = "tensor info '" + t.name + "'";
+        _what = "tensor info " + quoted(t.name);
         auto at = _pos;
         t.n_dims = scalar<uint32_t>();
         if (t.n_dims < 1 || t.n_dims > 4) {
-            fail("tensor '", t.name, "' has n_dims ", t.n_dims, " at offset ", at,
+            fail("tensor ", quoted(t.name), " has n_dims ", t.n_dims, " at offset ", at,
                  " (must be 1 to 4)");
         }
         for (uint32_t d = 0; d < t.n_dims; d++) {
@@ -383,7 +426,7 @@ private:
         set_geometry(t, " at offset " + std::to_string(at));
         t.offset = scalar<uint64_t>();
         if (!_f._tensor_index.emplace(t.name, _f._tensors.size()).second) {
-            fail("duplicate tensor '", t.name, "' (tensor info #", i, ")");
+            fail("duplicate tensor ", quoted(t.name), " (tensor info #", i, ")");
         }
         _f._tensors.push_back(std::move(t));
     }
@@ -398,11 +441,11 @@ private:
         uint64_t data_size = _b.size() - std::min<uint64_t>(_f._data_offset, _b.size());
         for (auto& t : _f._tensors) {
             if (t.offset % align != 0) {
-                fail("tensor '", t.name, "' offset ", t.offset, " is not a multiple of alignment ",
-                     align);
+                fail("tensor ", quoted(t.name), " offset ", t.offset,
+                     " is not a multiple of alignment ", align);
             }
             if (t.offset > data_size || t.n_bytes > data_size - t.offset) {
-                fail("tensor '", t.name, "' data [", t.offset, ", +", t.n_bytes,
+                fail("tensor ", quoted(t.name), " data [", t.offset, ", +", t.n_bytes,
                      ") lies beyond the end of the file (data section at ", _f._data_offset,
                      ", file size ", _b.size(), ")");
             }
@@ -413,14 +456,16 @@ private:
         for (auto& t : _f._tensors) {
             by_offset.push_back(&t);
         }
-        std::sort(by_offset.begin(), by_offset.end(),
-                  [](auto a, auto b) { return a->offset < b->offset; });
+        // An empty tensor first where one starts: it overlaps nothing.
+        std::sort(by_offset.begin(), by_offset.end(), [](auto a, auto b) {
+            return a->offset != b->offset ? a->offset < b->offset : a->n_bytes < b->n_bytes;
+        });
         for (size_t i = 1; i < by_offset.size(); i++) {
             auto a = by_offset[i - 1];
             auto b = by_offset[i];
             if (a->offset + a->n_bytes > b->offset) {
-                fail("tensors '", a->name, "' and '", b->name, "' overlap at data offset ",
-                     b->offset);
+                fail("tensors ", quoted(a->name), " and ", quoted(b->name),
+                     " overlap at data offset ", b->offset);
             }
         }
     }
@@ -428,10 +473,93 @@ private:
     gguf_file& _f;
     std::span<const std::byte> _b;
     uint64_t _pos = 0;
-    std::string _what; // what is being read, for messages
+    std::string _what;    // what is being read, for messages
+    uint64_t _values = 0; // metadata values read, array elements included
+    uint64_t _text = 0;   // bytes of metadata strings read (keys included)
 };
 
+namespace {
+
+// The files open() mapped, for the SIGBUS handler: fixed slots that it
+// reads without locks (a slot is written while `state` is 1, read when 2).
+struct mapped_file {
+    std::atomic<int> state{0}; // 0 free, 1 being written, 2 live
+    const std::byte* addr = nullptr;
+    size_t length = 0;
+    char path[240] = {};
+};
+constexpr int max_mapped_files = 64;
+mapped_file mapped_files[max_mapped_files];
+
+int remember_mapping(const std::byte* addr, size_t length, const std::string& path) noexcept {
+    for (int i = 0; i < max_mapped_files; ++i) {
+        int free = 0;
+        auto& m = mapped_files[i];
+        if (m.state.compare_exchange_strong(free, 1)) {
+            m.addr = addr;
+            m.length = length;
+            const size_t n = std::min(path.size(), sizeof m.path - 1);
+            std::memcpy(m.path, path.data(), n);
+            m.path[n] = '\0';
+            m.state.store(2);
+            return i;
+        }
+    }
+    return -1; // not reported, served all the same
+}
+
+void write_all(const char* s, size_t n) noexcept {
+    while (n) {
+        ssize_t w = ::write(STDERR_FILENO, s, n);
+        if (w <= 0) {
+            return;
+        }
+        s += w;
+        n -= static_cast<size_t>(w);
+    }
+}
+
+struct sigaction sigbus_before; // what SIGBUS did before ours
+
+void on_sigbus(int sig, siginfo_t* si, void*) {
+    const auto* at = static_cast<const std::byte*>(si->si_addr);
+    for (auto& m : mapped_files) {
+        if (m.state.load() == 2 && at >= m.addr && at < m.addr + m.length) {
+            static const char a[] = "gguf: the model file '";
+            static const char b[] =
+                "' became shorter while mapped (truncated, or overwritten in place: replace "
+                "model files with mv, not cp); a read past its end faults (SIGBUS)\n";
+            write_all(a, sizeof a - 1);
+            write_all(m.path, std::strlen(m.path));
+            write_all(b, sizeof b - 1);
+            break;
+        }
+    }
+    // As it would have: what was there before acts when the access runs
+    // again, or (a signal sent, not a fault) at once.
+    ::sigaction(sig, &sigbus_before, nullptr);
+    if (si->si_code <= 0) {
+        ::raise(sig);
+    }
+}
+
+} // namespace
+
+void report_truncated_models() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa {};
+        sa.sa_sigaction = on_sigbus;
+        sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        ::sigaction(SIGBUS, &sa, &sigbus_before);
+    });
+}
+
 void gguf_file::unmapper::operator()(std::byte* addr) const noexcept {
+    if (slot >= 0) {
+        mapped_files[slot].state.store(0);
+    }
     ::munmap(addr, length);
 }
 
@@ -466,7 +594,9 @@ gguf_file gguf_file::open(const std::string& path) {
         if (addr == MAP_FAILED) {
             fail("cannot map '", path, "': ", std::strerror(e));
         }
-        f._map = std::unique_ptr<std::byte, unmapper>(static_cast<std::byte*>(addr), {len});
+        auto* base = static_cast<std::byte*>(addr);
+        f._map =
+            std::unique_ptr<std::byte, unmapper>(base, {len, remember_mapping(base, len, path)});
         f._bytes = {f._map.get(), len};
     } else {
         ::close(fd);
@@ -475,6 +605,8 @@ gguf_file gguf_file::open(const std::string& path) {
         gguf_parser(f).run();
     } catch (const gguf_error& e) {
         throw gguf_error(std::string(e.what()) + " (in '" + path + "')");
+    } catch (const std::bad_alloc&) {
+        throw gguf_error("gguf: out of memory reading the metadata (in '" + path + "')");
     }
     return f;
 }
@@ -798,7 +930,7 @@ void gguf_writer::add_tensor(std::string name, ggml_type type, std::span<const u
     std::copy_n(dims.begin(), std::min<size_t>(dims.size(), 4), t.ne.begin());
     set_geometry(t, "");
     if (data.size() != t.n_bytes) {
-        fail("tensor '", t.name, "' has ", data.size(), " bytes of data, its shape needs ",
+        fail("tensor ", quoted(t.name), " has ", data.size(), " bytes of data, its shape needs ",
              t.n_bytes);
     }
     _tensors.push_back(std::move(t));

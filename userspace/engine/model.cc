@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <llmos/engine/model.hh>
@@ -122,8 +123,8 @@ model model::load(const gguf_file& f, simd_level kernels) {
         p.arch = model_arch::qwen2;
         p.neox_rope = true;
     } else {
-        throw model_error("model: architecture '" + l.arch +
-                          "' is not supported (supported: llama, qwen2)");
+        throw model_error("model: architecture " + quoted(l.arch) +
+                          " is not supported (supported: llama, qwen2)");
     }
     p.n_embd = l.u32("embedding_length");
     p.n_layer = l.u32("block_count");
@@ -163,9 +164,25 @@ model model::load(const gguf_file& f, simd_level kernels) {
     }
 
     const gguf_tensor* embd = f.find_tensor("token_embd.weight");
-    if (!embd || embd->n_dims != 2 || embd->ne[0] != p.n_embd) {
+    if (!embd || embd->n_dims != 2 || embd->ne[0] != p.n_embd || embd->ne[1] < 1 ||
+        embd->ne[1] > uint64_t(INT32_MAX)) {
         throw model_error("model: tensor 'token_embd.weight' is missing or not [" +
-                          std::to_string(p.n_embd) + ", n_vocab]");
+                          std::to_string(p.n_embd) + ", n_vocab] with n_vocab 1 to 2^31 - 1");
+    }
+    // A layer past block_count would be left out without a word.
+    for (const auto& t : f.tensors()) {
+        if (!t.name.starts_with("blk.")) {
+            continue;
+        }
+        const char* at = t.name.data() + 4;
+        const char* end = t.name.data() + t.name.size();
+        uint64_t n = 0;
+        auto [rest, ec] = std::from_chars(at, end, n);
+        if ((ec == std::errc{} && rest != end && *rest == '.' && n >= p.n_layer) ||
+            ec == std::errc::result_out_of_range) {
+            throw model_error("model: tensor " + quoted(t.name) + " is past block_count " +
+                              std::to_string(p.n_layer));
+        }
     }
     p.n_vocab = static_cast<uint32_t>(embd->ne[1]);
     m._tok_embd = l.matrix("token_embd.weight", p.n_embd, p.n_vocab);

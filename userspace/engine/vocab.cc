@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <llmos/engine/gguf.hh>
 #include <llmos/engine/unicode.hh>
 #include <llmos/engine/vocab.hh>
 #include <stdexcept>
@@ -160,16 +161,16 @@ vocab::vocab(vocab_data d)
     } else if (d.model == "gpt2") {
         v.kind = vocab_kind::bpe;
     } else {
-        throw std::invalid_argument("vocab: unsupported tokenizer model '" + d.model +
-                                    "' (tokenizer.ggml.model; supported: 'llama' "
+        throw std::invalid_argument("vocab: unsupported tokenizer model " + quoted(d.model) +
+                                    " (tokenizer.ggml.model; supported: 'llama' "
                                     "(SentencePiece), 'gpt2' (byte-level BPE))");
     }
     bool pre_add_bos = false;
     if (v.kind == vocab_kind::bpe) {
         auto info = lookup_pre(d.pre);
         if (!info) {
-            throw std::invalid_argument("vocab: unsupported pre-tokenizer '" + d.pre +
-                                        "' (tokenizer.ggml.pre)");
+            throw std::invalid_argument("vocab: unsupported pre-tokenizer " + quoted(d.pre) +
+                                        " (tokenizer.ggml.pre)");
         }
         v.pre = info->pre;
         v.ignore_merges = info->ignore_merges;
@@ -207,7 +208,7 @@ vocab::vocab(vocab_data d)
         }
         auto [it, fresh] = v.token_to_id.emplace(v.text[i], static_cast<int32_t>(i));
         if (!fresh) {
-            throw std::invalid_argument("vocab: duplicate token '" + v.text[i] + "' (ids " +
+            throw std::invalid_argument("vocab: duplicate token " + quoted(v.text[i]) + " (ids " +
                                         std::to_string(it->second) + " and " + std::to_string(i) +
                                         ")");
         }
@@ -263,8 +264,8 @@ vocab::vocab(vocab_data d)
             const std::string& m = d.merges[i];
             const size_t sp = m.size() > 1 ? m.find(' ', 1) : std::string::npos;
             if (sp == std::string::npos || sp + 1 >= m.size()) {
-                throw std::invalid_argument("vocab: malformed merge #" + std::to_string(i) + " '" +
-                                            m + "' (want 'left right')");
+                throw std::invalid_argument("vocab: malformed merge #" + std::to_string(i) + " " +
+                                            quoted(m) + " (want 'left right')");
             }
             // The first of duplicate merges keeps its (lower) rank.
             v.merge_rank.emplace(m, static_cast<int32_t>(i));

@@ -146,6 +146,19 @@ bool operator==(const gguf_value& a, const gguf_value& b);
 /// arrays as [a, b, ... (N items)] showing at most `max_items` elements.
 std::string to_string(const gguf_value& value, size_t max_items = 8);
 
+/// Installs a SIGBUS handler that, when the fault lies in a file a live
+/// gguf_file::open() mapped (the file was truncated, or overwritten in
+/// place, under it), writes which file to stderr before the process dies
+/// of the signal as it would have. Other SIGBUS faults are left as they
+/// were. For programs that serve models (a model file is replaced with
+/// mv, never copied over). Idempotent.
+void report_truncated_models();
+
+/// A name or text from a file, for a message: in single quotes, control
+/// bytes, quotes and backslashes escaped, at most its first 64 bytes
+/// (then "..." and its length).
+std::string quoted(std::string_view s);
+
 /// One key/value pair, as it appears in the file.
 struct gguf_kv {
     std::string key;
@@ -176,7 +189,9 @@ public:
     /// Maps `path` read-only (MAP_PRIVATE) and parses it. Throws gguf_error
     /// naming the path and strerror when it cannot be opened or mapped, and
     /// for any format error. The mapping lives as long as the object (as
-    /// with any mapping, truncating the file under it gives SIGBUS).
+    /// with any mapping, truncating the file under it gives SIGBUS when a
+    /// page past its new end is read: report_truncated_models() says which
+    /// file it was).
     static gguf_file open(const std::string& path);
     /// Parses `bytes`, which must outlive the object (tests, fuzzing,
     /// memory that already holds a file). Throws gguf_error.
@@ -237,6 +252,7 @@ public:
 private:
     struct unmapper {
         size_t length;
+        int slot; ///< in the table report_truncated_models() reads, or -1
         void operator()(std::byte* addr) const noexcept;
     };
     friend class gguf_parser;
