@@ -59,6 +59,7 @@ MODULE_PARM_DESC(max_client_requests,
  *	of a policy keeping a worker waiting
  * @t_looked: ns of its last DISPATCH's look
  * @sleepers: its ioctl DISPATCHes asleep waiting for work
+ * @finished: requests of it that finished so far (their done_seq)
  *
  * All fields but @wq are under llmos_sched.lock.
  */
@@ -77,6 +78,7 @@ struct llmos_client {
 	u64 t_short;
 	u64 t_looked;
 	u32 sleepers;
+	u64 finished;
 };
 
 /**
@@ -86,8 +88,9 @@ struct llmos_client {
  * @ms_len: the length of its mindspace (0: none), which results lie inside
  * @node: in @client's reqs
  * @done_node: in @client's done list once finished, until a WAIT takes it
+ * @done_seq: its place among @client's finished requests (1, 2, ...)
  * @collecting: a WAIT took it off the done list and copies it out: it is
- *	forgotten once that WAIT has written it, else put back
+ *	forgotten once that WAIT has written it, else put back in its place
  */
 struct llmos_kreq {
 	struct llmos_core_req core;
@@ -95,6 +98,7 @@ struct llmos_kreq {
 	u64 ms_len;
 	struct list_head node;
 	struct list_head done_node;
+	u64 done_seq;
 	bool collecting;
 };
 
@@ -212,6 +216,7 @@ static void llmos_req_notify(struct llmos_kreq *kr)
 	lockdep_assert_held(&llmos_sched.lock);
 	trace_req_complete(kr->core.id, kr->core.state, kr->core.status,
 			   kr->core.tokens, kr->core.t_end - kr->core.t_submit);
+	kr->done_seq = ++c->finished;
 	list_add_tail(&kr->done_node, &c->done);
 	if (wq_has_sleeper(&c->wq))
 		wake_up(&c->wq);
@@ -221,6 +226,8 @@ static void llmos_req_notify(struct llmos_kreq *kr)
 		c->park_wait = NULL;
 	}
 }
+
+static void llmos_wait_recheck(struct llmos_client *c);
 
 /* Forget a finished request entirely. Under the lock. */
 static void llmos_req_free(struct llmos_kreq *kr)
@@ -496,8 +503,8 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 			llmos_req_free(kr);
 			if (held)
 				llmos_kick_workers(); /* its worker has room */
-			/* A WAIT for any may now have nothing to wait for. */
-			wake_up(&c->wq);
+			/* A WAIT for it, or any, may now have nothing to wait for. */
+			llmos_wait_recheck(c);
 		}
 		spin_unlock(&llmos_sched.lock);
 	}
@@ -1104,6 +1111,22 @@ static struct llmos_kreq *llmos_wait_pick(struct llmos_client *c, u64 id)
 }
 
 /*
+ * Requests of @c came back or went: the waits that looked past them look
+ * again. A parked io_uring WAIT completes if it has an answer now (its
+ * request, or ENOENT), not with nothing. Under the lock.
+ */
+static void llmos_wait_recheck(struct llmos_client *c)
+{
+	lockdep_assert_held(&llmos_sched.lock);
+	if (wq_has_sleeper(&c->wq))
+		wake_up(&c->wq);
+	if (c->park_wait && llmos_wait_pick(c, c->park_wait_id)) {
+		llmos_uring_kick(c->park_wait);
+		c->park_wait = NULL;
+	}
+}
+
+/*
  * Take @kr off @c's finished list while a WAIT copies it out, which may
  * fault: it is forgotten only once the caller has it. Under the lock.
  */
@@ -1127,20 +1150,25 @@ static void llmos_wait_settle(struct llmos_client *c, struct llmos_kreq **krs,
 	if (!n)
 		return;
 	spin_lock(&llmos_sched.lock);
-	for (i = n; i-- > 0;) {
+	for (i = 0; i < n; i++) {
+		struct list_head *at = &c->done;
+		struct llmos_kreq *o;
+
 		krs[i]->collecting = false;
-		if (delivered)
+		if (delivered) {
 			llmos_req_free(krs[i]);
-		else
-			list_add(&krs[i]->done_node, &c->done);
+			continue;
+		}
+		/* Before the first that finished after it (a rare path). */
+		list_for_each_entry(o, &c->done, done_node) {
+			if (o->done_seq > krs[i]->done_seq) {
+				at = &o->done_node;
+				break;
+			}
+		}
+		list_add_tail(&krs[i]->done_node, at);
 	}
-	if (wq_has_sleeper(&c->wq))
-		wake_up(&c->wq);
-	/* Its request is there again, or gone (ENOENT): not nothing. */
-	if (c->park_wait && llmos_wait_pick(c, c->park_wait_id)) {
-		llmos_uring_kick(c->park_wait);
-		c->park_wait = NULL;
-	}
+	llmos_wait_recheck(c);
 	spin_unlock(&llmos_sched.lock);
 }
 
@@ -1209,7 +1237,7 @@ int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd,
  *	writable by the caller
  * @entry_size: element size (at least sizeof(struct llmos_finished))
  * @max: most to collect
- * @count_uptr: where to write how many were collected
+ * @count_uptr: where to write how many were collected (when any were)
  *
  * The requests are forgotten only once they and their count are written:
  * when they cannot be, they stay finished, to be collected again.
@@ -1254,7 +1282,7 @@ int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
 	}
 	spin_unlock(&llmos_sched.lock);
 	ret = llmos_copy_to_uarray(uptr, entry_size, f, sizeof(*f), n);
-	if (!ret && put_user(n, count_uptr))
+	if (!ret && n && put_user(n, count_uptr))
 		ret = -EFAULT;
 	llmos_wait_settle(c, krs, n, !ret);
 	if (!ret)
@@ -1315,8 +1343,7 @@ int llmos_wait_batch(struct llmos_ucmd *ucmd)
 		if (!timeout)
 			return -ETIMEDOUT;
 	}
-	cmd->out_count = n;
-	return llmos_ucmd_respond(ucmd, sizeof(*cmd));
+	return 0; /* out_count is written */
 }
 
 /**

@@ -175,10 +175,14 @@ static int llmos_uring_wait_batch_reply(struct io_uring_cmd *ioucmd)
 {
 	struct llmos_uring_pdu *pdu = llmos_pdu(ioucmd);
 	struct llmos_wait_batch __user *u = u64_to_user_ptr(pdu->arg_uptr);
+	int n;
 
-	return llmos_wait_batch_into(ioucmd->file->private_data,
-				     pdu->descs_uptr, pdu->desc_size, pdu->max,
-				     &u->out_count);
+	n = llmos_wait_batch_into(ioucmd->file->private_data, pdu->descs_uptr,
+				  pdu->desc_size, pdu->max, &u->out_count);
+	/* Collected ones wrote their count; none: 0, as the result says. */
+	if (!n && put_user(0, &u->out_count))
+		return -EFAULT;
+	return n;
 }
 
 static void llmos_uring_wait_batch_tw(struct io_uring_cmd *ioucmd,

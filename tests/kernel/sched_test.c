@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -514,7 +515,7 @@ TEST_F(sched, a_dispatch_that_cannot_answer_gives_its_requests_back)
 /*
  * A WAIT or WAIT_BATCH whose reply cannot be written (its struct is
  * read-only): the finished requests stay, in their order, for the next
- * WAIT that can answer.
+ * WAIT that can answer. One whose count could be written answers.
  */
 TEST_F(sched, a_wait_that_cannot_answer_leaves_the_request_there)
 {
@@ -535,9 +536,9 @@ TEST_F(sched, a_wait_that_cannot_answer_leaves_the_request_there)
 	ro = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
 		  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT_NE(MAP_FAILED, ro);
-	w = ro; /* one for a, one for any */
+	w = ro; /* one for b (the newer), one for any */
 	w[0] = (struct llmos_wait){
-		.size = sizeof(*w), .flags = LLMOS_NONBLOCK, .id = a,
+		.size = sizeof(*w), .flags = LLMOS_NONBLOCK, .id = b,
 	};
 	w[1] = (struct llmos_wait){ .size = sizeof(*w), .flags = LLMOS_NONBLOCK };
 	wb = (void *)((char *)ro + 2048);
@@ -558,10 +559,29 @@ TEST_F(sched, a_wait_that_cannot_answer_leaves_the_request_there)
 	ASSERT_EQ(0, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, &ok));
 	EXPECT_EQ(a, ok.out_id);
 	EXPECT_EQ(3, ok.out_tokens);
-	ASSERT_EQ(0, wait_req(self->client, b, LLMOS_NONBLOCK, 0, &ok));
-	EXPECT_EQ(5, ok.out_tokens);
-	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL));
 	munmap(ro, 4096);
+
+	/*
+	 * A WAIT_BATCH struct across two pages, its count on the writable
+	 * one: the entries and the count are written, the rest need not be.
+	 */
+	ro = mmap(NULL, 8192, PROT_READ | PROT_WRITE,
+		  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, ro);
+	wb = (void *)((char *)ro + 4096 -
+		      offsetof(struct llmos_wait_batch, out_count));
+	*wb = (struct llmos_wait_batch){
+		.size = sizeof(*wb), .flags = LLMOS_NONBLOCK,
+		.entries_uptr = (__u64)(uintptr_t)fin,
+		.entry_size = sizeof(fin[0]), .max = 4,
+	};
+	ASSERT_EQ(0, mprotect(ro, 4096, PROT_READ));
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_WAIT_BATCH, wb));
+	ASSERT_EQ(1, wb->out_count);
+	EXPECT_EQ(b, fin[0].id);
+	EXPECT_EQ(5, fin[0].tokens);
+	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL));
+	munmap(ro, 8192);
 }
 
 TEST_F(sched, capacity_limits_what_a_worker_holds)

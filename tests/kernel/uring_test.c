@@ -412,6 +412,61 @@ TEST_F(ring, a_wait_that_cannot_answer_leaves_the_request_there)
 	munmap(w, 4096);
 }
 
+struct ro_submitter {
+	int client;
+	atomic_bool stop;
+};
+
+/* SUBMITs whose reply cannot be written: each is taken back at once. */
+static void *ro_submits(void *arg)
+{
+	struct ro_submitter *r = arg;
+	struct llmos_submit *s;
+
+	s = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (s == MAP_FAILED)
+		return NULL;
+	*s = (struct llmos_submit){ .size = sizeof(*s), .cost = 1 };
+	mprotect(s, 4096, PROT_READ);
+	while (!atomic_load(&r->stop))
+		ioctl(r->client, LLMOS_IOC_SUBMIT, s);
+	munmap(s, 4096);
+	return NULL;
+}
+
+/*
+ * A ring WAIT for any that parks while a SUBMIT's request exists, which
+ * the SUBMIT then takes back (its reply could not be written): it ends
+ * with ENOENT (nothing to wait for), not never.
+ */
+TEST_F(ring, a_parked_wait_ends_when_a_submit_takes_its_request_back)
+{
+	struct ro_submitter r = { .client = self->client };
+	struct llmos_wait w = { .size = sizeof(w) };
+	const char *scale = getenv("LLMOS_TEST_SCALE");
+	int rounds = (int)(2000 * (scale ? atof(scale) : 1.0)), res;
+	pthread_t t;
+
+	if (rounds < 200)
+		rounds = 200; /* a race that does not run cannot fail */
+	ASSERT_EQ(0, pthread_create(&t, NULL, ro_submits, &r));
+	for (int i = 0; i < rounds; i++) {
+		ASSERT_EQ(0, queue_cmd(&self->cring, self->client,
+				       LLMOS_IOC_WAIT, &w, 500 + i));
+		ASSERT_EQ(1, io_uring_submit(&self->cring));
+		ASSERT_EQ(500 + i, next_cqe(&self->cring, 5000, &res)) {
+			TH_LOG("round %d: a parked WAIT did not end", i);
+		}
+		/* Nothing to wait for, or (kicked as a new one came) nothing yet. */
+		EXPECT_TRUE(res == -ENOENT || res == -EAGAIN) {
+			TH_LOG("round %d: %d", i, res);
+		}
+	}
+	atomic_store(&r.stop, true);
+	pthread_join(t, NULL);
+}
+
 TEST_F(ring, parked_wait_batch_collects_what_finished)
 {
 	struct llmos_finished fin[4];
