@@ -6,9 +6,10 @@
  * overtake long ones, which cuts the mean and tail wait of short requests
  * under a mixed load. With aging: the key is cost * 16 plus the submission
  * time in (about) milliseconds, so a request of cost C is overtaken only by
- * ones submitted less than about 16 * C ms after it - a long request
- * cannot starve while short ones keep coming (which the watchdog would not
- * see: its workers get all they ask for).
+ * ones submitted less than about 16 * C ms after it: while short ones keep
+ * coming, a long request waits that long behind them (65 s for a cost of
+ * 4096), not for ever (which the watchdog would not see: its workers get
+ * all they ask for). The cost is the client's to say.
  */
 #include "llmos.bpf.h"
 
