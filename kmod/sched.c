@@ -1483,7 +1483,7 @@ int llmos_stats(struct llmos_ucmd *ucmd)
 		if (n < cap) {
 			ts[n].tenant = t->id;
 			ts[n].weight = t->weight;
-			ts[n].queued = t->q.nr;
+			ts[n].queued = t->queued;
 			ts[n].served_reqs = t->served_reqs;
 			ts[n].served_tokens = t->served_tokens;
 		}

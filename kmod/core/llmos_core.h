@@ -113,9 +113,11 @@ struct llmos_core_req {
  * @id: tenant id
  * @weight: share (1..%LLMOS_CORE_MAX_WEIGHT)
  * @vtime: virtual time
- * @q: queued requests
+ * @q: queued requests the built-in policy holds
  * @served_reqs: requests dispatched
  * @served_tokens: tokens of completed requests
+ * @queued: its requests QUEUED, wherever they wait (@q, or an attached
+ *	policy's queues)
  */
 struct llmos_core_tenant {
 	struct llmos_tnode id_node;
@@ -126,6 +128,7 @@ struct llmos_core_tenant {
 	struct llmos_treap q;
 	u64 served_reqs;
 	u64 served_tokens;
+	u32 queued;
 };
 
 /**

@@ -44,8 +44,12 @@ static void llmos_set_state(struct llmos_core_sched *s,
 {
 	if (r->state)
 		s->stats.nr[r->state]--;
+	if (r->state == LLMOS_REQ_QUEUED)
+		r->ten->queued--;
 	r->state = state;
 	s->stats.nr[state]++;
+	if (state == LLMOS_REQ_QUEUED)
+		r->ten->queued++;
 }
 
 static bool llmos_finished(u8 state)

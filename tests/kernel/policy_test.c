@@ -198,6 +198,34 @@ TEST_F(policy, a_request_given_back_goes_before_what_the_policy_holds)
 	EXPECT_EQ(-EAGAIN, serve_one(self->worker));
 }
 
+/* A tenant's queued requests count while a policy holds them too. */
+TEST_F(policy, a_tenant_s_queued_requests_count_under_a_policy)
+{
+	static struct llmos_tenant_stats ts[4096]; /* tenants stay till unload */
+	struct llmos_sched_stats st = {
+		.size = sizeof(st), .tenants_uptr = (__u64)(uintptr_t)ts,
+		.tenant_size = sizeof(ts[0]), .tenant_count = 4096,
+	};
+	__u32 got = ~0u;
+
+	ASSERT_EQ(0, attach(&self->p, "fifo"));
+	for (int i = 0; i < 3; i++)
+		ASSERT_LT(0, submit(self->client, 4242, 0, 1, 0));
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_STATS, &st));
+	for (__u32 i = 0; i < st.tenant_count && i < 4096; i++)
+		if (ts[i].tenant == 4242)
+			got = ts[i].queued;
+	EXPECT_EQ(3, got);
+	for (int i = 0; i < 3; i++)
+		EXPECT_LT(0, serve_one(self->worker));
+	st.tenant_count = 4096;
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_STATS, &st));
+	for (__u32 i = 0; i < st.tenant_count && i < 4096; i++)
+		if (ts[i].tenant == 4242)
+			got = ts[i].queued;
+	EXPECT_EQ(0, got);
+}
+
 TEST_F(policy, prio_serves_higher_priorities_first)
 {
 	const __u32 prio[5] = { 1, 9, 5, 9, 3 }, cost[5] = { 1, 1, 1, 1, 1 };

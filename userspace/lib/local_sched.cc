@@ -416,7 +416,7 @@ sched_stats stats() {
     std::memcpy(st.lat_hist, c.lat_hist, sizeof(c.lat_hist));
     for (auto* t = llmos_core_tenant_next(&s.core, nullptr); t;
          t = llmos_core_tenant_next(&s.core, t)) {
-        st.tenants.push_back({t->id, t->weight, t->q.nr, t->served_reqs, t->served_tokens});
+        st.tenants.push_back({t->id, t->weight, t->queued, t->served_reqs, t->served_tokens});
     }
     return st;
 }
