@@ -1138,9 +1138,9 @@ static void llmos_wait_claim(struct llmos_kreq *kr)
 }
 
 /*
- * End the collection of the @n requests at @krs, in their order: when the
- * caller got them (@delivered) they are forgotten, else finished again,
- * first, as they were. The waits that looked past them look again.
+ * End the collection of the @n requests at @krs: when the caller got them
+ * (@delivered) they are forgotten, else finished again, each back in the
+ * order they finished. The waits that looked past them look again.
  */
 static void llmos_wait_settle(struct llmos_client *c, struct llmos_kreq **krs,
 			      u32 n, bool delivered)
