@@ -318,7 +318,10 @@ public:
         , _ctx(cm, {.max_batch_tokens = o.context.max_batch_tokens}) {}
 
     bool gpu() const noexcept override { return true; }
-    uint32_t max_batch_tokens() const noexcept override { return o.context.max_batch_tokens; }
+    // As the CPU context corrects it: 0 would schedule nothing, ever.
+    uint32_t max_batch_tokens() const noexcept override {
+        return std::max(1u, o.context.max_batch_tokens);
+    }
 
     opened open(std::span<std::byte> mem, uint64_t kv_off, uint32_t own_tokens,
                 const sequence& s) override {

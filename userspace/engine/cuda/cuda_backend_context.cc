@@ -98,6 +98,7 @@ struct cuda_context::impl {
     // Graphs: the step shapes seen (launched, not yet captured), the
     // graphs, and the scratch addresses they were captured with.
     bool graphs_wanted = false;
+    bool no_dequant = false;       ///< no memory to dequantize weights for cuBLAS
     uint32_t capture_failures = 0; ///< in a row: max_capture_failures stops graphs
     std::string graph_failure;     ///< why the last capture failed
     std::set<uint64_t> seen;
@@ -165,7 +166,7 @@ struct cuda_context::impl {
 
     void mm(const dev_matrix& w, const float* in, int64_t n_tokens, float* out) {
         const bool quant = block_kind(w.kind);
-        if (!blas_handle || (quant && n_tokens < blas_quant_tokens)) {
+        if (!blas_handle || (quant && (n_tokens < blas_quant_tokens || no_dequant))) {
             check(matmul(w.kind, w.data, w.rows, w.cols, in, n_tokens, out, stream), "matmul");
             return;
         }
@@ -498,8 +499,16 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     }
     if (c.blas_handle) {
         c.act_f16.ensure(rows_max * std::max(E, F) * 2, "activations as F16");
-        if (int64_t(rows_max) >= blas_quant_tokens && d.max_quant_elems) {
-            c.w_f16.ensure(size_t(d.max_quant_elems) * 2, "dequantized weights");
+        if (int64_t(rows_max) >= blas_quant_tokens && d.max_quant_elems && !c.no_dequant) {
+            try {
+                c.w_f16.ensure(size_t(d.max_quant_elems) * 2, "dequantized weights");
+            } catch (const cuda_error&) {
+                // No room to dequantize the largest matrix (the output
+                // head, a GB for an 8B model): quantized weights are read
+                // by the built-in kernel at every batch size instead.
+                cudaGetLastError();
+                c.no_dequant = true;
+            }
         }
     }
     const std::array<const void*, 13> scratch{
@@ -571,15 +580,22 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
         }
     };
     ++c.steps;
-    if (!c.run_graph(T, batch.size(), R, forward)) {
-        forward();
-        ++c.stats.launched;
-    }
-
-    if (R) {
-        check(cudaMemcpyAsync(c.h_logits.as<float>(), c.logits.get(), R * size_t(V) * 4,
-                              cudaMemcpyDeviceToHost, s),
-              "cudaMemcpyAsync (logits)");
+    try {
+        if (!c.run_graph(T, batch.size(), R, forward)) {
+            forward();
+            ++c.stats.launched;
+        }
+        if (R) {
+            check(cudaMemcpyAsync(c.h_logits.as<float>(), c.logits.get(), R * size_t(V) * 4,
+                                  cudaMemcpyDeviceToHost, s),
+                  "cudaMemcpyAsync (logits)");
+        }
+    } catch (...) {
+        // What was queued before the failure still writes the caches: it
+        // ends before they can be given back (a capture has ended by now).
+        cudaStreamSynchronize(s);
+        cudaGetLastError();
+        throw;
     }
     // Every row of the step is in the caches (and the logits on the host)
     // before any header moves.
