@@ -546,6 +546,101 @@ TEST(spm, special_tokens_only_inside_the_given_spans) {
     EXPECT_EQ(2, count(v.encode(two, false, other), user));
 }
 
+// Special tokens are cut out as llama.cpp does it: longest first, each
+// taking its occurrences left to right that overlap neither its last one
+// nor a longer one's; with spans, only inside them. The straightforward
+// way to do it (one search of the text per token) against the vocab's one
+// pass, on random texts of overlapping, prefix-sharing special texts.
+TEST(spm, special_tokens_are_cut_out_as_one_search_per_token_would) {
+    std::map<std::string, int32_t> id;
+    vocab_data d = make_spm(id);
+    std::vector<std::string> specials{"<|a|>", "<|ab|>", "b<|", "<|a",  "a|>",
+                                      "<<",    "|>",     "<|",  "|><|", "aab"};
+    for (const std::string& t : specials) {
+        id[t] = static_cast<int32_t>(d.tokens.size());
+        d.tokens.push_back(t);
+        d.scores.push_back(0);
+        d.types.push_back(3); // control
+    }
+    specials.push_back("<|im_start|>");
+    std::stable_sort(
+        specials.begin(), specials.end(),
+        [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+    vocab v(d);
+    struct piece {
+        int32_t token; // -1: text
+        size_t off, len;
+    };
+    auto cut = [&](const std::string& text, const std::vector<text_span>* spans) {
+        auto allowed = [&](size_t at, size_t n) {
+            for (const text_span& sp : *spans) {
+                if (at >= sp.off && at + n <= sp.off + sp.len) {
+                    return true;
+                }
+            }
+            return false;
+        };
+        std::vector<piece> frags{{-1, 0, text.size()}};
+        for (const std::string& st : specials) {
+            std::vector<piece> next;
+            for (const piece& f : frags) {
+                if (f.token >= 0) {
+                    next.push_back(f);
+                    continue;
+                }
+                size_t pos = f.off;
+                const size_t end = f.off + f.len;
+                for (size_t from = pos;;) {
+                    const size_t hit = text.substr(0, end).find(st, from);
+                    if (hit == std::string::npos) {
+                        break;
+                    }
+                    if (spans && !allowed(hit, st.size())) {
+                        from = hit + 1;
+                        continue;
+                    }
+                    if (hit > pos) {
+                        next.push_back({-1, pos, hit - pos});
+                    }
+                    next.push_back({id[st], hit, st.size()});
+                    pos = from = hit + st.size();
+                }
+                if (pos < end) {
+                    next.push_back({-1, pos, end - pos});
+                }
+            }
+            frags.swap(next);
+        }
+        ids out;
+        for (const piece& f : frags) {
+            if (f.token >= 0) {
+                out.push_back(f.token);
+            } else if (f.len) {
+                const ids t =
+                    v.encode(text.substr(f.off, f.len), false, std::span<const text_span>{});
+                out.insert(out.end(), t.begin(), t.end());
+            }
+        }
+        return out;
+    };
+    std::mt19937 rng(7);
+    const std::string alphabet = "<|>ab ";
+    for (int i = 0; i < 2000 * test_scale(); ++i) {
+        std::string text(rng() % 40, ' ');
+        for (char& c : text) {
+            c = alphabet[rng() % alphabet.size()];
+        }
+        ASSERT_EQ(cut(text, nullptr), v.encode(text, false, true)) << "'" << text << "'";
+        std::vector<text_span> spans;
+        for (size_t at = rng() % 4; at < text.size(); at += 1 + rng() % 8) {
+            const size_t len = 1 + rng() % 8;
+            spans.push_back({at, len});
+            at += len;
+        }
+        ASSERT_EQ(cut(text, &spans), v.encode(text, false, spans)) << "'" << text << "'";
+    }
+}
+
 TEST(spm, round_trips_random_text) {
     std::map<std::string, int32_t> id;
     vocab v(make_spm(id));
@@ -558,7 +653,8 @@ TEST(spm, round_trips_random_text) {
     }
     for (const std::string& s :
          {std::string(""), std::string(" "), std::string(100, ' '), std::string(1000, 'a'),
-          std::string("\n\n\t \r\n"), std::string(3, '\0')}) {
+          std::string("\n\n\t \r\n"), std::string(3, '\0'), std::string("\xE4 x"),
+          std::string("\xF0 \xFF\xC3 "), std::string("h\xE2\x96 ello\xE2")}) {
         EXPECT_EQ(s, v.decode(v.encode(s, true, false)));
     }
 }

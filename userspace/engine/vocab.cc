@@ -11,6 +11,7 @@
 #include <llmos/engine/gguf.hh>
 #include <llmos/engine/unicode.hh>
 #include <llmos/engine/vocab.hh>
+#include <map>
 #include <stdexcept>
 
 namespace llmos::engine {
@@ -280,6 +281,9 @@ vocab::vocab(vocab_data d)
     std::stable_sort(v.specials.begin(), v.specials.end(), [&](int32_t a, int32_t b) {
         return v.text[static_cast<size_t>(a)].size() > v.text[static_cast<size_t>(b)].size();
     });
+    for (size_t r = 0; r < v.specials.size(); ++r) {
+        v.special_index.add(v.text[static_cast<size_t>(v.specials[r])], static_cast<int32_t>(r));
+    }
 
     // Pieces, as token_to_piece(id, special=true) returns them.
     v.pieces.resize(n);
@@ -339,6 +343,26 @@ std::vector<int32_t> vocab::encode(std::string_view text, bool add_special,
     return encode_with(text, add_special, true, special_at);
 }
 
+void vocab::impl::special_trie::add(std::string_view s, int32_t r) {
+    if (s.empty()) {
+        return; // vocab texts are never empty (see above)
+    }
+    auto child = [&](uint32_t node, unsigned char c) -> uint32_t& {
+        return node ? next[uint64_t{node} << 8 | c] : first[c];
+    };
+    uint32_t node = 0;
+    for (char ch : s) {
+        uint32_t& c = child(node, static_cast<unsigned char>(ch));
+        if (!c) {
+            c = static_cast<uint32_t>(rank.size());
+            rank.push_back(-1);
+        }
+        node = c;
+    }
+    rank[node] = r;
+    longest = std::max(longest, s.size());
+}
+
 std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special, bool parse_special,
                                         std::optional<std::span<const text_span>> only) const {
     const impl& v = *_impl;
@@ -349,73 +373,60 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
                                    [](size_t a, const text_span& s) { return a < s.off; });
         return it != only->begin() && at + n <= std::prev(it)->off + std::prev(it)->len;
     };
+    auto length = [&](int32_t rank) {
+        return v.text[static_cast<size_t>(v.specials[static_cast<size_t>(rank)])].size();
+    };
 
-    // Cut out special token texts, longest tokens first (llama.cpp's
-    // tokenizer_st_partition).
-    std::vector<fragment> frags;
-    if (!text.empty()) {
-        frags.push_back({-1, 0, text.size()});
-    }
-    std::vector<fragment> next;
-    for (int32_t id : v.specials) {
+    // Cut out special token texts as llama.cpp's tokenizer_st_partition
+    // does: longest tokens first, each taking its occurrences left to right
+    // that overlap neither its own last one nor what a token before it
+    // took. Every occurrence of every one is found in one pass.
+    std::vector<std::vector<size_t>> occurs(v.specials.size());
+    // With spans, a user-defined token that is part of the markers (a
+    // converter may have typed a chat's "<|im_start|>" so) is gated as
+    // control tokens are: a token only inside them.
+    std::vector<uint8_t> in_markers(v.specials.size());
+    v.special_index.scan(text, [&](int32_t rank, size_t at) {
+        occurs[static_cast<size_t>(rank)].push_back(at);
+        if (only && !in_markers[static_cast<size_t>(rank)] && allowed(at, length(rank))) {
+            in_markers[static_cast<size_t>(rank)] = 1;
+        }
+    });
+    std::map<size_t, std::pair<size_t, int32_t>> taken; // start -> (end, token)
+    for (size_t rank = 0; rank < v.specials.size(); ++rank) {
+        const int32_t id = v.specials[rank];
         const token_type t = v.types[static_cast<size_t>(id)];
-        if (!parse_special && t != token_type::user_defined) {
+        if (occurs[rank].empty() || (!parse_special && t != token_type::user_defined)) {
             continue;
         }
-        const std::string_view st = v.text[static_cast<size_t>(id)];
-        // With spans, control tokens are tokens only inside them, and so
-        // is a user-defined token that is part of the markers (a converter
-        // may have typed a chat's "<|im_start|>" so); any other
-        // user-defined token is a token everywhere. Worked out at its
-        // first occurrence.
-        std::optional<bool> gated;
-        if (!only) {
-            gated = false;
-        } else if (t != token_type::user_defined) {
-            gated = true;
-        }
-        auto is_gated = [&] {
-            if (!gated) {
-                gated = std::any_of(only->begin(), only->end(), [&](const text_span& sp) {
-                    return sp.off < text.size() &&
-                           text.substr(sp.off, sp.len).find(st) != std::string_view::npos;
-                });
-            }
-            return *gated;
-        };
-        bool changed = false;
-        next.clear();
-        for (const fragment& f : frags) {
-            if (f.token >= 0) {
-                next.push_back(f);
+        // Any other user-defined token is a token everywhere.
+        const bool gated = only && (t != token_type::user_defined || in_markers[rank]);
+        const size_t n = length(static_cast<int32_t>(rank));
+        size_t own_end = 0;
+        for (size_t at : occurs[rank]) {
+            if (at < own_end || (gated && !allowed(at, n))) {
                 continue;
             }
-            size_t pos = f.off;
-            const size_t end = f.off + f.len;
-            for (size_t from = pos;;) {
-                const size_t hit = text.substr(0, end).find(st, from);
-                if (hit == std::string_view::npos) {
-                    break;
-                }
-                if (is_gated() && !allowed(hit, st.size())) {
-                    from = hit + 1; // text here: look further on
-                    continue;
-                }
-                from = hit + st.size();
-                changed = true;
-                if (hit > pos) {
-                    next.push_back({-1, pos, hit - pos});
-                }
-                next.push_back({id, hit, st.size()});
-                pos = hit + st.size();
+            auto after = taken.upper_bound(at);
+            if ((after != taken.end() && after->first < at + n) ||
+                (after != taken.begin() && std::prev(after)->second.first > at)) {
+                continue; // it overlaps a longer one's
             }
-            if (pos < end) {
-                next.push_back({-1, pos, end - pos});
-            }
+            taken.emplace_hint(after, at, std::pair{at + n, id});
+            own_end = at + n;
         }
-        if (changed) {
-            frags.swap(next);
+    }
+    std::vector<fragment> frags;
+    size_t pos = 0;
+    for (const auto& [at, tok] : taken) {
+        if (at > pos) {
+            frags.push_back({-1, pos, at - pos});
         }
+        frags.push_back({tok.second, at, tok.first - at});
+        pos = tok.first;
+    }
+    if (pos < text.size()) {
+        frags.push_back({-1, pos, text.size() - pos});
     }
 
     std::vector<int32_t> out;

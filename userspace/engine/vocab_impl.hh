@@ -51,8 +51,9 @@ public:
     const std::vector<symbol>& run(std::string_view text, Rank&& rank) {
         _syms.clear();
         for (size_t off = 0; off < text.size();) {
-            const size_t n =
-                std::min(unicode::lead_length(static_cast<uint8_t>(text[off])), text.size() - off);
+            // A character, or one byte of an ill-formed sequence (it must
+            // not swallow what follows: a "▁" that stands for a space).
+            const size_t n = unicode::decode_utf8(text, off).len;
             const auto i = static_cast<int32_t>(_syms.size());
             _syms.push_back({i - 1, off + n == text.size() ? -1 : i + 1, off, n});
             off += n;
@@ -124,6 +125,35 @@ struct vocab::impl {
     string_map merge_rank;
     /// Control, unknown and user-defined tokens, longest text first.
     std::vector<int32_t> specials;
+    /// Their texts as a byte trie, to find every occurrence of every one
+    /// in one pass over a text. Node 0 is the root; a node ends the text
+    /// of specials[rank[node]] (rank -1: none).
+    struct special_trie {
+        std::array<uint32_t, 256> first{};           ///< the root's children (0: none)
+        std::unordered_map<uint64_t, uint32_t> next; ///< (node << 8 | byte) -> child
+        std::vector<int32_t> rank{-1};
+        size_t longest = 0;
+
+        void add(std::string_view s, int32_t r);
+        /// Calls found(rank, offset) for every occurrence in `text`, by
+        /// offset, shorter before longer at one offset. O(text x longest).
+        template <class F>
+        void scan(std::string_view text, F&& found) const {
+            for (size_t i = 0; i < text.size(); ++i) {
+                uint32_t node = first[static_cast<unsigned char>(text[i])];
+                for (size_t j = i + 1; node; ++j) {
+                    if (rank[node] >= 0) {
+                        found(rank[node], i);
+                    }
+                    if (j == text.size()) {
+                        break;
+                    }
+                    auto it = next.find(uint64_t{node} << 8 | static_cast<unsigned char>(text[j]));
+                    node = it == next.end() ? 0 : it->second;
+                }
+            }
+        }
+    } special_index;
     /// The token of each byte when nothing longer matches (SPM: <0xXX>;
     /// BPE: the byte's mapped character), -1 if the vocab lacks it.
     std::array<int32_t, 256> byte_token{};

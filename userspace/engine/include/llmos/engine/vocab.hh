@@ -19,7 +19,10 @@
 //
 // Known differences from llama.cpp, all on input it mishandles or
 // on conveniences it lacks: ill-formed UTF-8 in a BPE input keeps its
-// bytes (llama.cpp substitutes U+FFFD, so decode(encode(x)) != x);
+// bytes (llama.cpp substitutes U+FFFD, so decode(encode(x)) != x), and
+// in a SentencePiece input is split a byte at a time (llama.cpp's lead-byte
+// rule lets a bad lead byte take the next bytes with it, a space's "▁"
+// among them, which then decodes as "▁");
 // decode() removes the space that add_space_prefix put in front of the
 // text (llama.cpp's detokenize keeps it after a BOS); a character with no
 // token and no byte token becomes the unknown token (llama.cpp throws or
