@@ -124,8 +124,9 @@ struct cuda_kv_options {
 
 /// A sequence's KV cache: bookkeeping in host memory, F16 K/V rows in
 /// device memory (both given by the caller and outliving the cache
-/// object). A block holds, per layer, K then V as [block_tokens][kv_dim]
-/// halves, like kv_cache's F16 blocks. The host part is plain memory
+/// object). The device rows are [block][layer][K, V][slot][kv_dim] halves
+/// (not kv_cache's layout: a block is one piece of device memory, which is
+/// what --publish-gpu-kv shows a peer). The host part is plain memory
 /// access only: this class makes no CUDA call (it is there without CUDA
 /// too); cuda_context writes the rows.
 class cuda_kv_cache {

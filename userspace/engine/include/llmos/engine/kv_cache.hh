@@ -8,8 +8,9 @@
 //   header     magic, version, geometry, model fingerprint, committed tokens
 //   tokens     int32[max_tokens]: the conversation so far
 //   table      uint32[max_blocks]: logical block -> physical block
-//   blocks     physical blocks of block_tokens positions each; a block
-//              holds, per layer, K then V as [block_tokens][kv_dim]
+//   blocks     the rows, as [layer][K, V][KV head][physical block][slot]
+//              [head_dim]: a physical block is block_tokens slots of every
+//              layer and head (a head's blocks lie together, for attention)
 // Blocks are taken on demand (the pages behind untouched blocks are never
 // touched, so a mindspace only grows as the conversation does), and given
 // back by truncate(). The header's token count moves last, after the rows
