@@ -18,6 +18,7 @@
 #include <span>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <unistd.h>
 
 namespace llmosd {
@@ -489,6 +490,11 @@ daemon::daemon(options o)
     _pool = std::move(*pool);
     // The engine's threads are not pinned to the worker's CPU: let them
     // run anywhere this process may.
+}
+
+std::ptrdiff_t daemon::tokenizing_at_once() noexcept {
+    const unsigned cpus = std::thread::hardware_concurrency();
+    return std::clamp<std::ptrdiff_t>(cpus ? cpus : 1, 1, 64);
 }
 
 daemon::~daemon() {
@@ -1079,8 +1085,16 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     // A chat's special tokens are its template's: a message's "<|im_end|>"
     // is text (gen_special_spans). A completion's prompt is all text.
     const uint32_t flags = j.chat ? llmos::gen_special_spans | llmos::gen_no_bos : 0;
-    const std::vector<int32_t> prompt_tokens =
-        j.chat ? m->vocab->encode(text, false, markers) : m->vocab->encode(text, true, false);
+    std::vector<int32_t> prompt_tokens;
+    {
+        _tokenizing.acquire();
+        const struct release {
+            std::counting_semaphore<>& s;
+            ~release() { s.release(); }
+        } held{_tokenizing};
+        prompt_tokens =
+            j.chat ? m->vocab->encode(text, false, markers) : m->vocab->encode(text, true, false);
+    }
     // A session's conversation counts: say how to start it over.
     const std::string restart =
         j.session.empty() ? ""

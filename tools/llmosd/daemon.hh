@@ -28,6 +28,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <semaphore>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -337,6 +338,11 @@ private:
     std::map<std::string, std::weak_ptr<session_gate>> _session_locks;
     std::map<std::string, api_key> _keys;
     std::atomic<uint32_t> _in_flight{0};
+    /// Prompts tokenized at once by the connections' threads: tokenizing
+    /// takes some 75 bytes a byte of text for a moment (75 MB for a 1 MiB
+    /// body), and there may be a thousand connections.
+    std::counting_semaphore<> _tokenizing{tokenizing_at_once()};
+    static std::ptrdiff_t tokenizing_at_once() noexcept;
     std::atomic<uint64_t> _req_seq{0};
     std::atomic<bool> _draining{false};
     std::atomic<bool> _abandon{false}; ///< drain() past its limit: every request is cancelled
