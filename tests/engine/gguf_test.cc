@@ -724,6 +724,14 @@ TEST(gguf_errors, metadata_is_bounded_and_names_are_quoted_short) {
     EXPECT_NE(msg.find("'... (1000 bytes))"), std::string::npos) << msg;
     EXPECT_LT(msg.size(), 200u);
     EXPECT_EQ(llmos::engine::quoted("it's"), "'it\\'s'");
+    // An empty tensor overlaps nothing, inside another's bytes or at its start.
+    EXPECT_EQ("(parsed)", parse_error(raw()
+                                          .header(3, 0)
+                                          .tensor("a", {64}, 0, 0)
+                                          .tensor("e", {0}, 0, 32)
+                                          .tensor("f", {0}, 0, 0)
+                                          .data(256)
+                                          .b));
 }
 
 TEST(gguf_errors, tensor_infos) {

@@ -554,13 +554,16 @@ TEST(spm, special_tokens_only_inside_the_given_spans) {
 TEST(spm, special_tokens_are_cut_out_as_one_search_per_token_would) {
     std::map<std::string, int32_t> id;
     vocab_data d = make_spm(id);
-    std::vector<std::string> specials{"<|a|>", "<|ab|>", "b<|", "<|a",  "a|>",
-                                      "<<",    "|>",     "<|",  "|><|", "aab"};
+    // Control tokens: the text between them is then encoded alike alone
+    // (a user-defined token's text there would be a token again;
+    // special_tokens_only_inside_the_given_spans tests how they are gated).
+    std::vector<std::string> specials{"<|a|>", "<|ab|>", "b<|",  "<|a", "a|>", "<<",
+                                      "|>",    "<|",     "|><|", "aab", "<<<", "<<<<"};
     for (const std::string& t : specials) {
         id[t] = static_cast<int32_t>(d.tokens.size());
         d.tokens.push_back(t);
         d.scores.push_back(0);
-        d.types.push_back(3); // control
+        d.types.push_back(3);
     }
     specials.push_back("<|im_start|>");
     std::stable_sort(
@@ -638,6 +641,22 @@ TEST(spm, special_tokens_are_cut_out_as_one_search_per_token_would) {
             at += len;
         }
         ASSERT_EQ(cut(text, &spans), v.encode(text, false, spans)) << "'" << text << "'";
+    }
+    // Long runs of nested texts ("<<", "<<<", "<<<<" at every offset) pass
+    // the budget of occurrences: each token searches by itself, the same.
+    for (int i = 0; i < 20 * test_scale(); ++i) {
+        std::string text(1500 + rng() % 1000, '<');
+        for (int k = 0; k < 40; ++k) {
+            text[rng() % text.size()] = alphabet[rng() % alphabet.size()];
+        }
+        ASSERT_EQ(cut(text, nullptr), v.encode(text, false, true));
+        std::vector<text_span> spans;
+        for (size_t at = rng() % 4; at < text.size(); at += 1 + rng() % 64) {
+            const size_t len = 1 + rng() % 64;
+            spans.push_back({at, len});
+            at += len;
+        }
+        ASSERT_EQ(cut(text, &spans), v.encode(text, false, spans));
     }
 }
 

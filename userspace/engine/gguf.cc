@@ -451,15 +451,16 @@ private:
             }
             t.data = _b.subspan(_f._data_offset + t.offset, t.n_bytes);
         }
+        // An empty tensor overlaps nothing, wherever it is.
         std::vector<const gguf_tensor*> by_offset;
         by_offset.reserve(_f._tensors.size());
         for (auto& t : _f._tensors) {
-            by_offset.push_back(&t);
+            if (t.n_bytes) {
+                by_offset.push_back(&t);
+            }
         }
-        // An empty tensor first where one starts: it overlaps nothing.
-        std::sort(by_offset.begin(), by_offset.end(), [](auto a, auto b) {
-            return a->offset != b->offset ? a->offset < b->offset : a->n_bytes < b->n_bytes;
-        });
+        std::sort(by_offset.begin(), by_offset.end(),
+                  [](auto a, auto b) { return a->offset < b->offset; });
         for (size_t i = 1; i < by_offset.size(); i++) {
             auto a = by_offset[i - 1];
             auto b = by_offset[i];
@@ -502,10 +503,10 @@ int remember_mapping(const std::byte* addr, size_t length, const std::string& pa
             std::memcpy(m.path, path.data(), n);
             m.path[n] = '\0';
             m.state.store(2);
-            return i;
+            return i + 1;
         }
     }
-    return -1; // not reported, served all the same
+    return 0; // not reported, served all the same
 }
 
 void write_all(const char* s, size_t n) noexcept {
@@ -520,27 +521,70 @@ void write_all(const char* s, size_t n) noexcept {
 }
 
 struct sigaction sigbus_before; // what SIGBUS did before ours
+std::atomic_flag sigbus_told = ATOMIC_FLAG_INIT;
 
-void on_sigbus(int sig, siginfo_t* si, void*) {
+/// Whether a SIGBUS with this code is a fault of the access that raised
+/// it (it happens again when the access runs again).
+bool is_fault(int code) {
+    return code == BUS_ADRALN || code == BUS_ADRERR || code == BUS_OBJERR || code == BUS_MCEERR_AR;
+}
+
+/// Says which model file a read past its end was in, once, in one write.
+void tell_truncated(const siginfo_t* si) {
     const auto* at = static_cast<const std::byte*>(si->si_addr);
     for (auto& m : mapped_files) {
-        if (m.state.load() == 2 && at >= m.addr && at < m.addr + m.length) {
-            static const char a[] = "gguf: the model file '";
-            static const char b[] =
-                "' became shorter while mapped (truncated, or overwritten in place: replace "
-                "model files with mv, not cp); a read past its end faults (SIGBUS)\n";
-            write_all(a, sizeof a - 1);
-            write_all(m.path, std::strlen(m.path));
-            write_all(b, sizeof b - 1);
-            break;
+        if (m.state.load() != 2 || at < m.addr || at >= m.addr + m.length) {
+            continue;
         }
+        static const char a[] = "gguf: the model file '";
+        static const char b[] =
+            "' became shorter while mapped (truncated, or overwritten in place: replace "
+            "model files with mv, not cp); a read past its end faults (SIGBUS)\n";
+        char line[sizeof a + sizeof m.path + sizeof b];
+        size_t n = 0;
+        std::memcpy(line, a, sizeof a - 1);
+        n += sizeof a - 1;
+        const size_t p = ::strnlen(m.path, sizeof m.path);
+        std::memcpy(line + n, m.path, p);
+        n += p;
+        std::memcpy(line + n, b, sizeof b - 1);
+        n += sizeof b - 1;
+        // Still that file (not freed and taken again while copied), and
+        // only the first thread to fault says it.
+        if (m.state.load() == 2 && at >= m.addr && at < m.addr + m.length &&
+            !sigbus_told.test_and_set()) {
+            write_all(line, n);
+        }
+        return;
     }
-    // As it would have: what was there before acts when the access runs
-    // again, or (a signal sent, not a fault) at once.
+}
+
+void on_sigbus(int sig, siginfo_t* si, void* ctx) {
+    const int saved_errno = errno;
+    // A fault past the end of a mapped file: BUS_ADRERR (si_addr is only
+    // an address for a fault; a sent signal's holds the sender).
+    if (si->si_code == BUS_ADRERR) {
+        tell_truncated(si);
+    }
+    // Then as if this handler were not there: the one before it runs.
+    if (sigbus_before.sa_flags & SA_SIGINFO) {
+        errno = saved_errno;
+        sigbus_before.sa_sigaction(sig, si, ctx);
+        return;
+    }
+    if (sigbus_before.sa_handler != SIG_DFL && sigbus_before.sa_handler != SIG_IGN) {
+        errno = saved_errno;
+        sigbus_before.sa_handler(sig);
+        return;
+    }
+    // The default action (or "ignored", which the kernel does not honour
+    // for a fault): put it back and let the access fault again, or, for a
+    // signal that was sent or is no fault of this access, send it again.
     ::sigaction(sig, &sigbus_before, nullptr);
-    if (si->si_code <= 0) {
+    if (!is_fault(si->si_code)) {
         ::raise(sig);
     }
+    errno = saved_errno;
 }
 
 } // namespace
@@ -557,8 +601,8 @@ void report_truncated_models() {
 }
 
 void gguf_file::unmapper::operator()(std::byte* addr) const noexcept {
-    if (slot >= 0) {
-        mapped_files[slot].state.store(0);
+    if (slot > 0) {
+        mapped_files[slot - 1].state.store(0);
     }
     ::munmap(addr, length);
 }

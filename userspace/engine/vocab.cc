@@ -373,60 +373,131 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
                                    [](size_t a, const text_span& s) { return a < s.off; });
         return it != only->begin() && at + n <= std::prev(it)->off + std::prev(it)->len;
     };
-    auto length = [&](int32_t rank) {
-        return v.text[static_cast<size_t>(v.specials[static_cast<size_t>(rank)])].size();
+    auto length = [&](size_t rank) { return v.text[static_cast<size_t>(v.specials[rank])].size(); };
+    // Which special tokens may be tokens here; with spans, control tokens
+    // only inside them, and so is a user-defined token that is part of the
+    // markers (a converter may have typed a chat's "<|im_start|>" so): any
+    // other user-defined token is a token everywhere.
+    auto wanted = [&](size_t rank) {
+        return parse_special ||
+               v.types[static_cast<size_t>(v.specials[rank])] == token_type::user_defined;
+    };
+    auto gated = [&](size_t rank, bool in_markers) {
+        return only &&
+               (v.types[static_cast<size_t>(v.specials[rank])] != token_type::user_defined ||
+                in_markers);
     };
 
     // Cut out special token texts as llama.cpp's tokenizer_st_partition
     // does: longest tokens first, each taking its occurrences left to right
     // that overlap neither its own last one nor what a token before it
-    // took. Every occurrence of every one is found in one pass.
-    std::vector<std::vector<size_t>> occurs(v.specials.size());
-    // With spans, a user-defined token that is part of the markers (a
-    // converter may have typed a chat's "<|im_start|>" so) is gated as
-    // control tokens are: a token only inside them.
+    // took. Every occurrence of every one is found in one pass, so the cost
+    // does not grow with their number, unless texts that nest (runs of 2 to
+    // 31 spaces, say) occur more often than a budget allows: then each
+    // token searches the text by itself, and the cost grows with their
+    // number, not with the nesting.
+    std::vector<fragment> frags;
+    std::vector<std::vector<uint32_t>> occurs(v.specials.size());
     std::vector<uint8_t> in_markers(v.specials.size());
-    v.special_index.scan(text, [&](int32_t rank, size_t at) {
-        occurs[static_cast<size_t>(rank)].push_back(at);
-        if (only && !in_markers[static_cast<size_t>(rank)] && allowed(at, length(rank))) {
-            in_markers[static_cast<size_t>(rank)] = 1;
-        }
-    });
-    std::map<size_t, std::pair<size_t, int32_t>> taken; // start -> (end, token)
-    for (size_t rank = 0; rank < v.specials.size(); ++rank) {
-        const int32_t id = v.specials[rank];
-        const token_type t = v.types[static_cast<size_t>(id)];
-        if (occurs[rank].empty() || (!parse_special && t != token_type::user_defined)) {
-            continue;
-        }
-        // Any other user-defined token is a token everywhere.
-        const bool gated = only && (t != token_type::user_defined || in_markers[rank]);
-        const size_t n = length(static_cast<int32_t>(rank));
-        size_t own_end = 0;
-        for (size_t at : occurs[rank]) {
-            if (at < own_end || (gated && !allowed(at, n))) {
+    size_t found = 0;
+    const size_t budget = 2 * text.size() + 1024;
+    const bool indexed =
+        text.size() <= UINT32_MAX && v.special_index.scan(text, [&](int32_t r, size_t at) {
+            if (++found > budget) {
+                return false;
+            }
+            const auto rank = static_cast<size_t>(r);
+            occurs[rank].push_back(static_cast<uint32_t>(at));
+            if (only && !in_markers[rank] && allowed(at, length(rank))) {
+                in_markers[rank] = 1;
+            }
+            return true;
+        });
+    if (indexed) {
+        std::map<size_t, std::pair<size_t, int32_t>> taken; // start -> (end, token)
+        for (size_t rank = 0; rank < v.specials.size(); ++rank) {
+            if (occurs[rank].empty() || !wanted(rank)) {
                 continue;
             }
-            auto after = taken.upper_bound(at);
-            if ((after != taken.end() && after->first < at + n) ||
-                (after != taken.begin() && std::prev(after)->second.first > at)) {
-                continue; // it overlaps a longer one's
+            const bool g = gated(rank, in_markers[rank]);
+            const size_t n = length(rank);
+            size_t own_end = 0;
+            for (size_t at : occurs[rank]) {
+                if (at < own_end || (g && !allowed(at, n))) {
+                    continue;
+                }
+                auto after = taken.upper_bound(at);
+                if ((after != taken.end() && after->first < at + n) ||
+                    (after != taken.begin() && std::prev(after)->second.first > at)) {
+                    continue; // it overlaps a longer one's
+                }
+                taken.emplace_hint(after, at, std::pair{at + n, v.specials[rank]});
+                own_end = at + n;
             }
-            taken.emplace_hint(after, at, std::pair{at + n, id});
-            own_end = at + n;
         }
-    }
-    std::vector<fragment> frags;
-    size_t pos = 0;
-    for (const auto& [at, tok] : taken) {
-        if (at > pos) {
-            frags.push_back({-1, pos, at - pos});
+        size_t pos = 0;
+        for (const auto& [at, tok] : taken) {
+            if (at > pos) {
+                frags.push_back({-1, pos, at - pos});
+            }
+            frags.push_back({tok.second, at, tok.first - at});
+            pos = tok.first;
         }
-        frags.push_back({tok.second, at, tok.first - at});
-        pos = tok.first;
-    }
-    if (pos < text.size()) {
-        frags.push_back({-1, pos, text.size() - pos});
+        if (pos < text.size()) {
+            frags.push_back({-1, pos, text.size() - pos});
+        }
+    } else {
+        occurs = {};
+        if (!text.empty()) {
+            frags.push_back({-1, 0, text.size()});
+        }
+        std::vector<fragment> next;
+        for (size_t rank = 0; rank < v.specials.size(); ++rank) {
+            if (!wanted(rank)) {
+                continue;
+            }
+            const int32_t id = v.specials[rank];
+            const std::string_view st = v.text[static_cast<size_t>(id)];
+            const bool user = v.types[static_cast<size_t>(id)] == token_type::user_defined;
+            const bool g =
+                only && (!user || std::any_of(only->begin(), only->end(), [&](const text_span& sp) {
+                    return sp.off < text.size() &&
+                           text.substr(sp.off, sp.len).find(st) != std::string_view::npos;
+                }));
+            bool changed = false;
+            next.clear();
+            for (const fragment& f : frags) {
+                if (f.token >= 0) {
+                    next.push_back(f);
+                    continue;
+                }
+                size_t pos = f.off;
+                const size_t end = f.off + f.len;
+                for (size_t from = pos;;) {
+                    const size_t hit = text.substr(0, end).find(st, from);
+                    if (hit == std::string_view::npos) {
+                        break;
+                    }
+                    if (g && !allowed(hit, st.size())) {
+                        from = hit + 1; // text here: look further on
+                        continue;
+                    }
+                    from = hit + st.size();
+                    changed = true;
+                    if (hit > pos) {
+                        next.push_back({-1, pos, hit - pos});
+                    }
+                    next.push_back({id, hit, st.size()});
+                    pos = hit + st.size();
+                }
+                if (pos < end) {
+                    next.push_back({-1, pos, end - pos});
+                }
+            }
+            if (changed) {
+                frags.swap(next);
+            }
+        }
     }
 
     std::vector<int32_t> out;

@@ -136,14 +136,15 @@ struct vocab::impl {
 
         void add(std::string_view s, int32_t r);
         /// Calls found(rank, offset) for every occurrence in `text`, by
-        /// offset, shorter before longer at one offset. O(text x longest).
+        /// offset, shorter before longer at one offset, while it returns
+        /// true; whether it always did. O(text x longest).
         template <class F>
-        void scan(std::string_view text, F&& found) const {
+        bool scan(std::string_view text, F&& found) const {
             for (size_t i = 0; i < text.size(); ++i) {
                 uint32_t node = first[static_cast<unsigned char>(text[i])];
                 for (size_t j = i + 1; node; ++j) {
-                    if (rank[node] >= 0) {
-                        found(rank[node], i);
+                    if (rank[node] >= 0 && !found(rank[node], i)) {
+                        return false;
                     }
                     if (j == text.size()) {
                         break;
@@ -152,6 +153,7 @@ struct vocab::impl {
                     node = it == next.end() ? 0 : it->second;
                 }
             }
+            return true;
         }
     } special_index;
     /// The token of each byte when nothing longer matches (SPM: <0xXX>;

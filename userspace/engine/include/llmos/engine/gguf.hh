@@ -146,12 +146,13 @@ bool operator==(const gguf_value& a, const gguf_value& b);
 /// arrays as [a, b, ... (N items)] showing at most `max_items` elements.
 std::string to_string(const gguf_value& value, size_t max_items = 8);
 
-/// Installs a SIGBUS handler that, when the fault lies in a file a live
-/// gguf_file::open() mapped (the file was truncated, or overwritten in
-/// place, under it), writes which file to stderr before the process dies
-/// of the signal as it would have. Other SIGBUS faults are left as they
-/// were. For programs that serve models (a model file is replaced with
-/// mv, never copied over). Idempotent.
+/// Installs a SIGBUS handler that, when a read past the end of a file a
+/// live gguf_file::open() mapped faults (the file was truncated, or
+/// overwritten in place, under it), writes which file to stderr (once),
+/// then hands the signal to what handled it before: the process dies of
+/// it as it would have. Every other SIGBUS goes to that handler as is.
+/// For programs that serve models (a model file is replaced with mv,
+/// never copied over). Idempotent.
 void report_truncated_models();
 
 /// A name or text from a file, for a message: in single quotes, control
@@ -252,7 +253,7 @@ public:
 private:
     struct unmapper {
         size_t length;
-        int slot; ///< in the table report_truncated_models() reads, or -1
+        int slot; ///< 1 + its slot in the table report_truncated_models() reads; 0: none
         void operator()(std::byte* addr) const noexcept;
     };
     friend class gguf_parser;
