@@ -76,6 +76,8 @@ struct llmos_core_sched;
  * @worker: the worker holding it (local queue or in flight), or NULL
  * @dsq: the policy queue holding it, or NULL
  * @owner: the caller's (the client that submitted it)
+ * @charged: what the built-in policy added to its tenant's virtual time
+ *	when it last took it (0: it did not), given back if it comes back
  */
 struct llmos_core_req {
 	struct llmos_tnode id_node;
@@ -104,6 +106,7 @@ struct llmos_core_req {
 	struct llmos_core_worker *worker;
 	struct llmos_core_queue *dsq;
 	void *owner;
+	u64 charged;
 };
 
 /**

@@ -120,6 +120,7 @@ int llmos_core_submit(struct llmos_core_sched *s, struct llmos_core_req *r,
 	r->t_end = 0;
 	r->dsq = NULL;
 	r->policy_data = 0;
+	r->charged = 0;
 	llmos_set_state(s, r, LLMOS_REQ_QUEUED);
 	llmos_treap_insert(&s->reqs, &r->id_node, r->id, 0);
 	s->stats.submitted++;
@@ -204,10 +205,36 @@ void llmos_core_worker_add(struct llmos_core_sched *s,
 	llmos_treap_insert(&s->workers, &w->id_node, w->id, 0);
 }
 
+/*
+ * A request the built-in policy took comes back unserved: its tenant's
+ * virtual time loses what taking it added (not below the clock, where a
+ * tenant that comes back starts), or it would pay for it twice.
+ */
+static void llmos_refund(struct llmos_core_sched *s, struct llmos_core_req *r)
+{
+	struct llmos_core_tenant *t = r->ten;
+	u64 vt = t->vtime > r->charged ? t->vtime - r->charged : 0;
+
+	r->charged = 0;
+	if (vt < s->vclock)
+		vt = s->vclock;
+	if (vt == t->vtime)
+		return;
+	if (llmos_treap_empty(&t->q)) {
+		t->vtime = vt;
+		return;
+	}
+	llmos_treap_erase(&s->backlog, &t->vt_node);
+	t->vtime = vt;
+	llmos_treap_insert(&s->backlog, &t->vt_node, t->vtime, t->id);
+}
+
 /* Back to the front of its tenant; @strike: its worker vanished with it. */
 static void llmos_requeue(struct llmos_core_sched *s, struct llmos_core_req *r,
 			  bool strike)
 {
+	if (r->charged)
+		llmos_refund(s, r);
 	r->worker = NULL;
 	r->requeues += strike;
 	llmos_set_state(s, r, LLMOS_REQ_QUEUED);
@@ -288,8 +315,9 @@ static void llmos_wfq_dispatch(struct llmos_core_sched *s,
 		llmos_treap_erase(&t->q, &r->q_node);
 		llmos_treap_erase(&s->backlog, &t->vt_node);
 		s->vclock = t->vtime;
-		t->vtime += (u64)(r->cost ? r->cost : 1) * LLMOS_CORE_WFQ_SCALE /
-			    t->weight;
+		r->charged = (u64)(r->cost ? r->cost : 1) *
+			     LLMOS_CORE_WFQ_SCALE / t->weight;
+		t->vtime += r->charged;
 		if (t->vtime >= LLMOS_CORE_VT_REBASE)
 			llmos_vt_rebase(s);
 		if (!llmos_treap_empty(&t->q))

@@ -320,6 +320,36 @@ TEST(sched_core, cancel_works_in_every_unfinished_state) {
     EXPECT_EQ(f.s.stats.cancelled, 3u);
 }
 
+// A request handed back unserved does not cost its tenant twice: equal
+// tenants alternate as if it had never been taken.
+TEST(sched_core, a_request_given_back_is_not_charged_to_its_tenant_twice) {
+    fixture f;
+    auto* w = f.worker(1);
+    std::vector<llmos_core_req*> a, b;
+    for (int i = 0; i < 4; ++i) {
+        a.push_back(f.submit(1, 0, 10));
+        b.push_back(f.submit(2, 0, 10));
+    }
+    auto got = f.dispatch(w, 1);
+    ASSERT_EQ(got.size(), 1u);
+    ASSERT_EQ(got[0], a[0]); // tenant 1 first (a tie: lower id)
+    const uint64_t before = llmos_core_tenant_find(&f.s, 1)->vtime;
+    ASSERT_EQ(llmos_core_give_back(&f.s, w, got[0]), 0);
+    EXPECT_LT(llmos_core_tenant_find(&f.s, 1)->vtime, before) << "refunded";
+    // Tenant 1 is as if never served: its request comes first again, then
+    // the two alternate.
+    std::vector<llmos_core_req*> order;
+    for (int i = 0; i < 8; ++i) {
+        auto one = f.dispatch(w, 1);
+        ASSERT_EQ(one.size(), 1u);
+        order.push_back(one[0]);
+        EXPECT_EQ(llmos_core_complete(&f.s, w, one[0], 0, 10, 0, 0, f.now), 0);
+    }
+    EXPECT_EQ(order,
+              (std::vector<llmos_core_req*>{a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3]}));
+    EXPECT_EQ(a[0]->requeues, 0u);
+}
+
 TEST(sched_core, a_vanished_workers_requests_go_back_to_the_front_in_order) {
     fixture f;
     auto* w = f.worker(3);
