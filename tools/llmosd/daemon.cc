@@ -1087,7 +1087,12 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     const uint32_t flags = j.chat ? llmos::gen_special_spans | llmos::gen_no_bos : 0;
     std::vector<int32_t> prompt_tokens;
     {
-        _tokenizing.acquire();
+        // Others' prompts are tokenized meanwhile (a second or two for a
+        // 1 MiB body): past a while, busy.
+        if (!_tokenizing.try_acquire_for(30s)) {
+            throw api_error{503, "the server is busy tokenizing other prompts; retry shortly",
+                            "server_error", "", "overloaded"};
+        }
         const struct release {
             std::counting_semaphore<>& s;
             ~release() { s.release(); }

@@ -566,22 +566,34 @@ void on_sigbus(int sig, siginfo_t* si, void* ctx) {
     if (si->si_code == BUS_ADRERR) {
         tell_truncated(si);
     }
-    // Then as if this handler were not there: the one before it runs.
-    if (sigbus_before.sa_flags & SA_SIGINFO) {
+    // Then as if this handler were not there: the one before it runs,
+    // with SIGBUS blocked meanwhile (this handler's mask), and reset first
+    // if it asked for that.
+    const bool fault = is_fault(si->si_code);
+    if (sigbus_before.sa_handler == SIG_IGN && !fault) {
         errno = saved_errno;
-        sigbus_before.sa_sigaction(sig, si, ctx);
-        return;
+        return; // ignored, as it was
     }
     if (sigbus_before.sa_handler != SIG_DFL && sigbus_before.sa_handler != SIG_IGN) {
+        if (sigbus_before.sa_flags & SA_RESETHAND) {
+            struct sigaction dfl {};
+            dfl.sa_handler = SIG_DFL;
+            ::sigaction(sig, &dfl, nullptr);
+        }
         errno = saved_errno;
-        sigbus_before.sa_handler(sig);
+        if (sigbus_before.sa_flags & SA_SIGINFO) {
+            sigbus_before.sa_sigaction(sig, si, ctx);
+        } else {
+            sigbus_before.sa_handler(sig);
+        }
+        errno = saved_errno;
         return;
     }
     // The default action (or "ignored", which the kernel does not honour
     // for a fault): put it back and let the access fault again, or, for a
-    // signal that was sent or is no fault of this access, send it again.
+    // signal that was sent, send it again (delivered once this returns).
     ::sigaction(sig, &sigbus_before, nullptr);
-    if (!is_fault(si->si_code)) {
+    if (!fault) {
         ::raise(sig);
     }
     errno = saved_errno;
@@ -594,7 +606,7 @@ void report_truncated_models() {
     std::call_once(once, [] {
         struct sigaction sa {};
         sa.sa_sigaction = on_sigbus;
-        sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sa.sa_flags = SA_SIGINFO;
         sigemptyset(&sa.sa_mask);
         ::sigaction(SIGBUS, &sa, &sigbus_before);
     });

@@ -394,25 +394,30 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
     // took. Every occurrence of every one is found in one pass, so the cost
     // does not grow with their number, unless texts that nest (runs of 2 to
     // 31 spaces, say) occur more often than a budget allows: then each
-    // token searches the text by itself, and the cost grows with their
-    // number, not with the nesting.
+    // token that occurs at all searches the text by itself, and the cost
+    // grows with their number, not with the nesting.
     std::vector<fragment> frags;
     std::vector<std::vector<uint32_t>> occurs(v.specials.size());
     std::vector<uint8_t> in_markers(v.specials.size());
+    std::vector<uint8_t> seen(v.specials.size());
     size_t found = 0;
     const size_t budget = 2 * text.size() + 1024;
-    const bool indexed =
-        text.size() <= UINT32_MAX && v.special_index.scan(text, [&](int32_t r, size_t at) {
-            if (++found > budget) {
-                return false;
-            }
-            const auto rank = static_cast<size_t>(r);
+    bool indexed = text.size() <= UINT32_MAX;
+    v.special_index.scan(text, [&](int32_t r, size_t at) {
+        const auto rank = static_cast<size_t>(r);
+        seen[rank] = 1;
+        if (indexed && ++found > budget) {
+            indexed = false;
+            occurs = {}; // past the budget: which occur is enough
+        }
+        if (indexed) {
             occurs[rank].push_back(static_cast<uint32_t>(at));
             if (only && !in_markers[rank] && allowed(at, length(rank))) {
                 in_markers[rank] = 1;
             }
-            return true;
-        });
+        }
+        return true;
+    });
     if (indexed) {
         std::map<size_t, std::pair<size_t, int32_t>> taken; // start -> (end, token)
         for (size_t rank = 0; rank < v.specials.size(); ++rank) {
@@ -447,14 +452,13 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
             frags.push_back({-1, pos, text.size() - pos});
         }
     } else {
-        occurs = {};
         if (!text.empty()) {
             frags.push_back({-1, 0, text.size()});
         }
         std::vector<fragment> next;
         for (size_t rank = 0; rank < v.specials.size(); ++rank) {
-            if (!wanted(rank)) {
-                continue;
+            if (!seen[rank] || !wanted(rank)) {
+                continue; // only the ones that occur are searched for
             }
             const int32_t id = v.specials[rank];
             const std::string_view st = v.text[static_cast<size_t>(id)];
