@@ -382,10 +382,12 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
         return parse_special ||
                v.types[static_cast<size_t>(v.specials[rank])] == token_type::user_defined;
     };
-    auto gated = [&](size_t rank, bool in_markers) {
+    // (`in_markers` tells whether the token's text occurs inside a span;
+    // asked of user-defined tokens only.)
+    auto gated = [&](size_t rank, auto in_markers) {
         return only &&
                (v.types[static_cast<size_t>(v.specials[rank])] != token_type::user_defined ||
-                in_markers);
+                in_markers());
     };
 
     // Cut out special token texts as llama.cpp's tokenizer_st_partition
@@ -424,7 +426,7 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
             if (occurs[rank].empty() || !wanted(rank)) {
                 continue;
             }
-            const bool g = gated(rank, in_markers[rank]);
+            const bool g = gated(rank, [&] { return in_markers[rank] != 0; });
             const size_t n = length(rank);
             size_t own_end = 0;
             for (size_t at : occurs[rank]) {
@@ -462,12 +464,12 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
             }
             const int32_t id = v.specials[rank];
             const std::string_view st = v.text[static_cast<size_t>(id)];
-            const bool user = v.types[static_cast<size_t>(id)] == token_type::user_defined;
-            const bool g =
-                only && (!user || std::any_of(only->begin(), only->end(), [&](const text_span& sp) {
+            const bool g = gated(rank, [&] {
+                return std::any_of(only->begin(), only->end(), [&](const text_span& sp) {
                     return sp.off < text.size() &&
                            text.substr(sp.off, sp.len).find(st) != std::string_view::npos;
-                }));
+                });
+            });
             bool changed = false;
             next.clear();
             for (const fragment& f : frags) {

@@ -116,6 +116,28 @@ scheduler& sched() {
     return s;
 }
 
+// A worker's command on request `id` (under s.m): the worker and the
+// request, or EBADF (a moved-from handle), EINVAL (not a worker, or
+// `args_ok` false), ENOENT, in that order, as the module answers.
+struct held {
+    client* c;
+    req* r;
+};
+result<held> worker_request(scheduler& s, uint64_t cid, uint64_t id, bool args_ok = true) {
+    auto* c = s.find_client(cid);
+    if (!c) {
+        return err(std::errc::bad_file_descriptor);
+    }
+    if (!c->is_worker || !args_ok) {
+        return err(std::errc::invalid_argument);
+    }
+    auto* r = s.find_req(id);
+    if (!r) {
+        return err(std::errc::no_such_file_or_directory);
+    }
+    return held{c, r};
+}
+
 // Waits on `cv` until `ready` or the limit; false on timeout.
 template <typename Ready>
 bool wait_until(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, const wait_for& w,
@@ -328,18 +350,11 @@ result<std::vector<request_desc>> dispatch(uint64_t cid, uint32_t max, wait_for 
 std::error_code start(uint64_t cid, uint64_t id) {
     auto& s = sched();
     std::lock_guard g(s.m);
-    auto* c = s.find_client(cid);
-    if (!c) {
-        return err(std::errc::bad_file_descriptor); // a moved-from handle
+    auto h = worker_request(s, cid, id);
+    if (!h) {
+        return h.error();
     }
-    if (!c->is_worker) {
-        return err(std::errc::invalid_argument);
-    }
-    auto* r = s.find_req(id);
-    if (!r) {
-        return err(std::errc::no_such_file_or_directory);
-    }
-    if (int ret = llmos_core_start(&s.core, &c->worker, &r->core, now_ns())) {
+    if (int ret = llmos_core_start(&s.core, &h->c->worker, &h->r->core, now_ns())) {
         return from_core(ret);
     }
     return {};
@@ -349,17 +364,12 @@ std::error_code complete(uint64_t cid, uint64_t id, int32_t status, uint32_t tok
                          uint64_t result_off, uint64_t result_len) {
     auto& s = sched();
     std::lock_guard g(s.m);
-    auto* c = s.find_client(cid);
-    if (!c) {
-        return err(std::errc::bad_file_descriptor); // a moved-from handle
+    auto h = worker_request(s, cid, id, status <= 0);
+    if (!h) {
+        return h.error();
     }
-    if (!c->is_worker || status > 0) {
-        return err(std::errc::invalid_argument);
-    }
-    auto* r = s.find_req(id);
-    if (!r) {
-        return err(std::errc::no_such_file_or_directory);
-    }
+    auto* c = h->c;
+    auto* r = h->r;
     // The result lies inside the request's mindspace, if it has one (asked
     // of a request this worker holds; the core says why another cannot be
     // completed).
@@ -381,18 +391,11 @@ std::error_code complete(uint64_t cid, uint64_t id, int32_t status, uint32_t tok
 std::error_code give_back(uint64_t cid, uint64_t id) {
     auto& s = sched();
     std::lock_guard g(s.m);
-    auto* c = s.find_client(cid);
-    if (!c) {
-        return err(std::errc::bad_file_descriptor); // a moved-from handle
+    auto h = worker_request(s, cid, id);
+    if (!h) {
+        return h.error();
     }
-    if (!c->is_worker) {
-        return err(std::errc::invalid_argument);
-    }
-    auto* r = s.find_req(id);
-    if (!r) {
-        return err(std::errc::no_such_file_or_directory);
-    }
-    if (int ret = llmos_core_give_back(&s.core, &c->worker, &r->core)) {
+    if (int ret = llmos_core_give_back(&s.core, &h->c->worker, &h->r->core)) {
         return from_core(ret);
     }
     s.work_changed(); // work again, and room
