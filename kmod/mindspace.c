@@ -80,6 +80,8 @@ MODULE_PARM_DESC(total_limit_bytes,
  * @name: name, empty when anonymous or destroyed (under llmos_ms_lock)
  * @name_node: entry in llmos_ms_names while named (under llmos_ms_lock)
  * @persistent: the namespace holds a reference (under llmos_ms_lock)
+ * @live: its MS_CREATE answered; until then it has its id and name but is
+ *	not found by them, nor listed (under llmos_ms_lock)
  * @user: the quota account charged for @length
  * @pages: host pages by page offset (the xarray's own lock)
  * @dmabuf: the imported dma-buf, or NULL for host backing
@@ -101,6 +103,7 @@ struct llmos_ms {
 	char name[LLMOS_NAME_MAX];
 	struct hlist_node name_node;
 	bool persistent;
+	bool live;
 	struct llmos_user *user;
 	struct xarray pages;
 	struct dma_buf *dmabuf;
@@ -123,8 +126,8 @@ struct llmos_user {
 
 /*
  * Protects llmos_ms_ids, llmos_ms_names, llmos_users, llmos_ms_last_id,
- * llmos_charged, and the name, name_node and persistent fields of every
- * mindspace.
+ * llmos_charged, and the name, name_node, persistent and live fields of
+ * every mindspace.
  */
 static DEFINE_MUTEX(llmos_ms_lock);
 static DEFINE_XARRAY(llmos_ms_ids);
@@ -208,7 +211,7 @@ static struct llmos_ms *llmos_ms_find(u64 id, const char *name)
 		ms = xa_load(&llmos_ms_ids, id);
 	else
 		ms = llmos_ms_find_name(name);
-	return ms ?: ERR_PTR(-ENOENT);
+	return ms && ms->live ? ms : ERR_PTR(-ENOENT);
 }
 
 /* SysV IPC style check of @want (MAY_READ | MAY_WRITE) for the caller. */
@@ -266,6 +269,8 @@ static bool llmos_ms_visible(const struct llmos_ms *ms)
 {
 	umode_t granted = ms->mode;
 
+	if (!ms->live)
+		return false;
 	if (uid_eq(current_fsuid(), ms->uid))
 		return true;
 	if (in_group_p(ms->gid))
@@ -735,6 +740,9 @@ int llmos_ms_create(struct llmos_ucmd *ucmd)
 		fput(file);
 		return ret;
 	}
+	mutex_lock(&llmos_ms_lock);
+	ms->live = true;
+	mutex_unlock(&llmos_ms_lock);
 	fd_install(fd, file);
 	return 0;
 

@@ -117,7 +117,7 @@ struct llmos_core_req {
  * @weight: share (1..%LLMOS_CORE_MAX_WEIGHT)
  * @vtime: virtual time
  * @q: queued requests the built-in policy holds
- * @served_reqs: requests dispatched
+ * @served_reqs: requests dispatched (once each, however often requeued)
  * @served_tokens: tokens of completed requests
  * @queued: its requests QUEUED, wherever they wait (@q, or an attached
  *	policy's queues)

@@ -372,10 +372,12 @@ u32 llmos_core_dispatch(struct llmos_core_sched *s, struct llmos_core_worker *w,
 			break;
 		llmos_treap_erase(&w->local, &r->q_node);
 		llmos_treap_insert(&w->inflight, &r->q_node, r->id, 0);
-		if (!r->t_dispatch)
+		/* A request dispatched again (requeued) counts once. */
+		if (!r->t_dispatch) {
 			s->stats.lat_hist[llmos_lat_bucket(now - r->t_submit)]++;
+			r->ten->served_reqs++;
+		}
 		r->t_dispatch = now;
-		r->ten->served_reqs++;
 		llmos_set_state(s, r, LLMOS_REQ_DISPATCHED);
 		s->stats.dispatched++;
 		out[n++] = r;

@@ -368,6 +368,63 @@ TEST_F(ms, duplicate_name_is_eexist)
 	close(a);
 }
 
+/*
+ * A create whose reply cannot be written fails with nothing left, and what
+ * it made was never there to find: another process looking it up by name
+ * all the while never opens it.
+ */
+TEST_F(ms, a_create_that_cannot_answer_was_never_there)
+{
+	struct llmos_ms_create *c;
+	int rounds = 2000, opened = 0, i, status;
+	int pipefd[2];
+	pid_t pid;
+
+	c = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, c);
+	memset(c, 0, sizeof(*c));
+	c->size = sizeof(*c);
+	c->length = PAGE;
+	c->flags = LLMOS_MS_PERSISTENT;
+	c->mode = 0666;
+	set_name(c->name, "unanswered");
+	ASSERT_EQ(0, mprotect(c, PAGE, PROT_READ));
+
+	ASSERT_EQ(0, pipe(pipefd));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (!pid) {
+		/* Look it up until the parent closes its end of the pipe. */
+		int dev = open("/dev/llmos", O_RDWR | O_CLOEXEC), n = 0, fd;
+		char byte;
+
+		close(pipefd[1]);
+		fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+		while (read(pipefd[0], &byte, 1) < 0 && errno == EAGAIN) {
+			fd = open_ms(dev, 0, "unanswered", 0);
+			if (fd >= 0) {
+				n++;
+				close(fd);
+			}
+		}
+		_exit(n > 100 ? 100 : n);
+	}
+	close(pipefd[0]);
+	for (i = 0; i < rounds; i++) {
+		ASSERT_EQ(-1, ioctl(self->dev, LLMOS_IOC_MS_CREATE, c));
+		ASSERT_EQ(EFAULT, errno);
+	}
+	close(pipefd[1]);
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status));
+	opened = WEXITSTATUS(status);
+	EXPECT_EQ(0, opened) TH_LOG("opened %d times", opened);
+	EXPECT_EQ(-ENOENT, open_ms(self->dev, 0, "unanswered", 0));
+	EXPECT_EQ(self->ms0, counter("mindspaces"));
+	munmap(c, PAGE);
+}
+
 TEST_F(ms, two_processes_share_bytes)
 {
 	int status, fd;

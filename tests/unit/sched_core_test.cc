@@ -348,6 +348,9 @@ TEST(sched_core, a_request_given_back_is_not_charged_to_its_tenant_twice) {
     EXPECT_EQ(order,
               (std::vector<llmos_core_req*>{a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3]}));
     EXPECT_EQ(a[0]->requeues, 0u);
+    // Dispatched twice, served once.
+    EXPECT_EQ(llmos_core_tenant_find(&f.s, 1)->served_reqs, 4u);
+    EXPECT_EQ(llmos_core_tenant_find(&f.s, 2)->served_reqs, 4u);
 }
 
 TEST(sched_core, a_vanished_workers_requests_go_back_to_the_front_in_order) {

@@ -731,7 +731,7 @@ struct llmos_set_weight {
  * @weight: its weight
  * @queued: requests queued now
  * @__reserved: 0
- * @served_reqs: requests dispatched
+ * @served_reqs: requests dispatched (once each, however often requeued)
  * @served_tokens: tokens of completed requests
  */
 struct llmos_tenant_stats {
