@@ -92,6 +92,7 @@ int llmos_wait_batch_check(const struct llmos_wait_batch *cmd);
 int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
 			  u32 entry_size, u32 max, u32 __user *count_uptr);
 bool llmos_unpark(struct llmos_client *c, struct io_uring_cmd *ioucmd);
+void llmos_kick_again(void);
 
 /* uring.c */
 int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags);

@@ -31,6 +31,7 @@
 #include <linux/fs.h>
 #include <linux/gfp.h>
 #include <linux/hashtable.h>
+#include <linux/overflow.h>
 #include <linux/kref.h>
 #include <linux/mm.h>
 #include <linux/module.h>
@@ -116,11 +117,13 @@ struct llmos_ms {
  * struct llmos_user - quota account of one uid
  * @uid: the uid
  * @used: bytes of the mindspaces it owns
+ * @count: mindspaces charged to it (they point to it)
  * @limit: its limit; 0 = the module default
  */
 struct llmos_user {
 	kuid_t uid;
 	u64 used;
+	u64 count;
 	u64 limit;
 };
 
@@ -307,11 +310,11 @@ static struct llmos_user *llmos_user_get(kuid_t uid, bool create)
 	return user;
 }
 
-/* Forget an account that holds nothing and sets nothing. */
+/* Forget an account that no mindspace points to and that sets nothing. */
 static void llmos_user_trim(struct llmos_user *user)
 {
 	lockdep_assert_held(&llmos_ms_lock);
-	if (user->used || user->limit)
+	if (user->count || user->limit)
 		return;
 	xa_erase(&llmos_users, __kuid_val(user->uid));
 	kfree(user);
@@ -321,7 +324,7 @@ static int llmos_charge(struct llmos_ms *ms)
 {
 	u64 total = READ_ONCE(total_limit_bytes);
 	struct llmos_user *user;
-	u64 limit;
+	u64 limit, used, charged;
 	int ret = 0;
 
 	lockdep_assert_held(&llmos_ms_lock);
@@ -329,17 +332,20 @@ static int llmos_charge(struct llmos_ms *ms)
 	if (IS_ERR(user))
 		return PTR_ERR(user);
 	limit = llmos_user_limit(user);
-	if (limit != LLMOS_QUOTA_UNLIMITED &&
-	    ms->length > limit - min(limit, user->used))
+	/* Unlimited is still at most 2^64 - 1 bytes, in all and per uid. */
+	if (check_add_overflow(user->used, ms->length, &used) ||
+	    (limit != LLMOS_QUOTA_UNLIMITED && used > limit))
 		ret = -EDQUOT;
-	else if (total && ms->length > total - min(total, llmos_charged))
+	else if (check_add_overflow(llmos_charged, ms->length, &charged) ||
+		 (total && charged > total))
 		ret = -ENOSPC;
 	if (ret) {
 		llmos_user_trim(user);
 		return ret;
 	}
-	user->used += ms->length;
-	llmos_charged += ms->length;
+	user->used = used;
+	user->count++;
+	llmos_charged = charged;
 	ms->user = user;
 	return 0;
 }
@@ -350,6 +356,7 @@ static void llmos_uncharge(struct llmos_ms *ms)
 	if (!ms->user)
 		return;
 	ms->user->used -= ms->length;
+	ms->user->count--;
 	llmos_charged -= ms->length;
 	llmos_user_trim(ms->user);
 	ms->user = NULL;
@@ -363,7 +370,9 @@ static void llmos_ms_free(struct llmos_ms *ms)
 
 	xa_for_each(&ms->pages, idx, page) {
 		__free_page(page);
-		nr++;
+		/* A large resident mindspace has millions of pages. */
+		if (!(++nr & 1023))
+			cond_resched();
 	}
 	xa_destroy(&ms->pages);
 	atomic_long_sub(nr, &llmos_nr_pages);

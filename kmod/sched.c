@@ -208,6 +208,17 @@ void llmos_sched_kick(void)
 	llmos_kick_workers();
 }
 
+/**
+ * llmos_kick_again() - a kicked DISPATCH took nothing, for a reason of its
+ *	own (its ring is going): the other workers look. Takes the lock.
+ */
+void llmos_kick_again(void)
+{
+	spin_lock(&llmos_sched.lock);
+	llmos_kick_workers();
+	spin_unlock(&llmos_sched.lock);
+}
+
 /* Tell @kr's client that it finished. Under the lock. */
 static void llmos_req_notify(struct llmos_kreq *kr)
 {

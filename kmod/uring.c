@@ -42,8 +42,12 @@ static struct llmos_uring_pdu *llmos_pdu(struct io_uring_cmd *ioucmd)
 	return io_uring_cmd_to_pdu(ioucmd, struct llmos_uring_pdu);
 }
 
-/* Read an argument struct as the ioctl dispatcher does. */
-static int llmos_uring_read(u64 uptr, void *kbuf, size_t ksize, size_t min)
+/*
+ * Read an argument struct as the ioctl dispatcher does; the size it
+ * checked goes to @sizep when given.
+ */
+static int llmos_uring_read(u64 uptr, void *kbuf, size_t ksize, size_t min,
+			    u32 *sizep)
 {
 	void __user *u = u64_to_user_ptr(uptr);
 	u32 size;
@@ -54,6 +58,8 @@ static int llmos_uring_read(u64 uptr, void *kbuf, size_t ksize, size_t min)
 		return -EINVAL;
 	if (size > PAGE_SIZE)
 		return -E2BIG;
+	if (sizep)
+		*sizep = size;
 	return copy_struct_from_user(kbuf, ksize, u, size);
 }
 
@@ -141,6 +147,14 @@ static void llmos_uring_dispatch_tw(struct io_uring_cmd *ioucmd,
 	if (!(issue_flags & IO_URING_F_TASK_DEAD))
 		n = llmos_uring_dispatch_now(ioucmd);
 	io_uring_cmd_done(ioucmd, n, 0, issue_flags);
+	/*
+	 * The kick counted this worker's room against what is queued: one
+	 * that took nothing because its ring is going or memory ran out (a
+	 * copy-out failure gave its requests back, and kicked) passes it on
+	 * to the other parked workers.
+	 */
+	if (n < 0 && n != -EFAULT)
+		llmos_kick_again();
 }
 
 static int llmos_uring_wait_reply(struct io_uring_cmd *ioucmd)
@@ -150,10 +164,9 @@ static int llmos_uring_wait_reply(struct io_uring_cmd *ioucmd)
 	u32 size;
 	int ret;
 
-	if (get_user(size, (u32 __user *)u64_to_user_ptr(pdu->arg_uptr)))
-		return -EFAULT;
+	/* The size checked is the size the reply is written with. */
 	ret = llmos_uring_read(pdu->arg_uptr, &cmd, sizeof(cmd),
-			       offsetofend(struct llmos_wait, out_end_ns));
+			       offsetofend(struct llmos_wait, out_end_ns), &size);
 	if (ret)
 		return ret;
 	return llmos_wait_collect(ioucmd->file->private_data, pdu->id, &cmd,
@@ -224,7 +237,7 @@ static int llmos_uring_wait_batch(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 	int ret;
 
 	ret = llmos_uring_read(arg_uptr, &cmd, sizeof(cmd),
-			       offsetofend(struct llmos_wait_batch, out_count));
+			       offsetofend(struct llmos_wait_batch, out_count), NULL);
 	if (ret)
 		return ret;
 	ret = llmos_wait_batch_check(&cmd);
@@ -268,7 +281,7 @@ static int llmos_uring_dispatch(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 	int ret;
 
 	ret = llmos_uring_read(arg_uptr, &cmd, sizeof(cmd),
-			       offsetofend(struct llmos_dispatch, out_count));
+			       offsetofend(struct llmos_dispatch, out_count), NULL);
 	if (ret)
 		return ret;
 	ret = llmos_dispatch_check(c, &cmd);
@@ -293,7 +306,7 @@ static int llmos_uring_wait(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 	int ret;
 
 	ret = llmos_uring_read(arg_uptr, &cmd, sizeof(cmd),
-			       offsetofend(struct llmos_wait, out_end_ns));
+			       offsetofend(struct llmos_wait, out_end_ns), NULL);
 	if (ret)
 		return ret;
 	if (cmd.flags & ~LLMOS_NONBLOCK)

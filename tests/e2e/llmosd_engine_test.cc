@@ -300,6 +300,34 @@ TEST_F(gpu_llmosd, decode_steps_replay_as_graphs_and_the_metrics_count_them) {
 }
 
 #ifdef LLMOS_CUDA_EMU
+// A kernel that faults (the emulated device injects an illegal address)
+// leaves the GPU unusable by the process: the request in flight gets 503
+// saying so, and llmosd exits with status 1, saying why, to be started
+// again (its systemd unit restarts it on failure).
+TEST_F(gpu_llmosd, a_gpu_that_fails_for_good_gets_503_and_ends_the_daemon) {
+    ::setenv("LLMOS_CUDA_EMU_FAULT_AT", "5", 1);
+    llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/lost",
+                                     {"--model", "tiny=" + tiny, "--engine", "cuda"});
+    ::unsetenv("LLMOS_CUDA_EMU_FAULT_AT");
+    ASSERT_TRUE(d.ready()) << d.log();
+    auto c = d.client();
+    const json req = {
+        {"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 8}, {"temperature", 0}};
+    auto r = c.Post("/v1/completions", req.dump(), "application/json");
+    ASSERT_TRUE(r) << d.log();
+    EXPECT_EQ(r->status, 503) << r->body;
+    const json body = json::parse(r->body, nullptr, false);
+    ASSERT_TRUE(body.is_object()) << r->body;
+    EXPECT_EQ(body["error"].value("code", ""), "device_lost") << r->body;
+    const std::string msg = body["error"].value("message", "");
+    EXPECT_NE(msg.find("cudaErrorIllegalAddress"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("retry"), std::string::npos) << msg;
+    EXPECT_EQ(d.wait_exit(std::chrono::seconds(30)), 1) << d.log();
+    const std::string log = d.log();
+    EXPECT_NE(log.find("the GPU failed for good"), std::string::npos) << log;
+    EXPECT_NE(log.find("llmosd: stopped: the GPU failed for good"), std::string::npos) << log;
+}
+
 // Graph captures that fail (the emulated device invalidates the first
 // three, as another thread's device-wide call would) cost no token: their
 // steps are launched, the completion is the one a daemon with working

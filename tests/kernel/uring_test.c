@@ -254,6 +254,46 @@ TEST_F(ring, closing_the_ring_cancels_what_is_parked)
 	EXPECT_EQ(1, nd.out_count);
 }
 
+/*
+ * A kick spent on a parked DISPATCH that takes nothing because its ring
+ * went away first (its task work runs as the ring dies) is passed on: the
+ * other parked worker gets the request. Worker A's ring defers its task
+ * work until A waits on it, which A never does: it closes it instead.
+ */
+TEST_F(ring, a_kicked_dispatch_whose_ring_goes_passes_the_kick_on)
+{
+	struct llmos_dispatch da = { .size = sizeof(da) }, db;
+	struct llmos_req_desc desc[2];
+	struct io_uring aring;
+	long long id;
+	int a, res;
+
+	a = dev_open();
+	ASSERT_LE(0, a);
+	ASSERT_EQ(0, reg(a, 1));
+	ASSERT_EQ(0, reg(self->worker, 1));
+	ASSERT_EQ(0, io_uring_queue_init(8, &aring, IORING_SETUP_SINGLE_ISSUER |
+					 IORING_SETUP_DEFER_TASKRUN));
+	da.descs_uptr = (__u64)(uintptr_t)&desc[0];
+	da.desc_size = sizeof(desc[0]);
+	da.max = 1;
+	db = da;
+	db.descs_uptr = (__u64)(uintptr_t)&desc[1];
+	/* A parks first, so the one request's kick goes to A. */
+	ASSERT_EQ(0, queue_cmd(&aring, a, LLMOS_IOC_DISPATCH, &da, 1));
+	ASSERT_EQ(1, io_uring_submit(&aring));
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &db, 2));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	EXPECT_EQ(-ETIME, next_cqe(&self->wring, 50, &res)); /* parked */
+	id = submit_ioctl(self->client, 1);
+	ASSERT_LT(0, id);
+	io_uring_queue_exit(&aring);
+	ASSERT_EQ(2, next_cqe(&self->wring, 5000, &res));
+	ASSERT_EQ(1, res);
+	EXPECT_EQ(id, desc[1].id);
+	close(a);
+}
+
 TEST_F(ring, async_cancel_of_a_parked_dispatch)
 {
 	struct llmos_dispatch d = { .size = sizeof(d) };

@@ -102,6 +102,23 @@ public:
         pid = -1;
         return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     }
+    /// Waits up to `limit` for it to exit by itself: its exit status (128 +
+    /// signal when killed), or -1 if it still runs.
+    int wait_exit(std::chrono::milliseconds limit) {
+        const auto until = std::chrono::steady_clock::now() + limit;
+        while (pid > 0) {
+            int st = 0;
+            if (::waitpid(pid, &st, WNOHANG) == pid) {
+                pid = -1;
+                return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            }
+            if (std::chrono::steady_clock::now() >= until) {
+                break;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        return -1;
+    }
     /// What it wrote to stderr.
     std::string log() const {
         std::ifstream in(dir + "/log");

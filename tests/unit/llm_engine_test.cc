@@ -26,6 +26,9 @@
 #include <llmos/llm_engine.hh>
 #include <llmos/mindspace.hh>
 #include <llmos/worker_pool.hh>
+#ifdef LLMOS_CUDA_EMU
+#include <cuda_emu.hh> // fault_kernel()
+#endif
 #include <set>
 #include <sstream>
 
@@ -583,5 +586,66 @@ TEST_F(llm_engine_test, a_conversation_whose_gpu_rows_were_dropped_starts_over) 
     auto third = run(c, request(65536, turn + second.text, 4, {}, kv_off, kv_bytes()));
     ASSERT_EQ(third.f.state, LLMOS_REQ_COMPLETED);
     EXPECT_GT(_last.load()->stats().cached_tokens, after.cached_tokens);
+}
+#endif
+
+#if defined(LLMOS_TEST_CUDA) && defined(LLMOS_CUDA_EMU)
+// A kernel that faults (the emulated device injects an illegal address)
+// leaves CUDA failing every call of the process: the engine says the
+// device is lost, and its worker gives the request back as it was,
+// uncounted, says so once and ends without making another engine.
+TEST_F(llm_engine_test, a_kernel_that_faults_loses_the_device_but_not_the_request) {
+    struct clear {
+        ~clear() { llmos::cuda_emu::clear_fault(); }
+    } cleared;
+    std::atomic<int> made{0};
+    std::mutex m;
+    std::vector<std::string> said;
+    auto o = popts([this, &made] {
+        made.fetch_add(1);
+        return plain();
+    });
+    o.on_device_lost = [&](unsigned, const std::string& why) {
+        std::lock_guard lk(m);
+        said.push_back(why);
+    };
+    auto pool = llmos::worker_pool::start(*_dev, o).value();
+    auto c = llmos::sched_client::open(*_dev).value();
+    const auto want = run(c, request(0, "Hello world", 8));
+    ASSERT_EQ(want.f.state, LLMOS_REQ_COMPLETED);
+    llmos::cuda_emu::fault_kernel(5); // in the prompt's layers
+    const auto opts = request(65536, "Hello world", 8);
+    const uint64_t id = c.submit(opts).value();
+    const auto until = std::chrono::steady_clock::now() + 30s;
+    while (!pool->info(0).device_lost.load() && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(1ms);
+    }
+    ASSERT_TRUE(pool->info(0).device_lost.load()) << pool->info(0).last_error();
+    {
+        std::lock_guard lk(m);
+        ASSERT_EQ(said.size(), 1u);
+        EXPECT_NE(said[0].find("cudaErrorIllegalAddress"), std::string::npos) << said[0];
+        EXPECT_NE(said[0].find("the GPU cannot be used by this process any more"),
+                  std::string::npos)
+            << said[0];
+    }
+    // Back in the scheduler as it was submitted.
+    auto w = llmos::sched_worker::open(*_dev, 1).value();
+    auto got = w.dispatch(1, llmos::wait_for::at_most(10s)).value();
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].id, id);
+    EXPECT_EQ(got[0].requeues, 0u);
+    EXPECT_EQ(made.load(), 1);
+    // Only an emulated device comes back: a new pool serves the request,
+    // with what the first one gave.
+    llmos::cuda_emu::clear_fault();
+    ASSERT_FALSE(w.give_back(id));
+    pool->stop();
+    auto again = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto f = c.wait(id, llmos::wait_for::at_most(60s)).value();
+    ASSERT_EQ(f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_EQ(
+        std::string(reinterpret_cast<const char*>(bytes().data()) + f.result_off, f.result_len),
+        want.text);
 }
 #endif

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 #include <linux/llmos.h>
 #include <llmos/echo_engine.hh>
+#include <llmos/engine/cuda.hh>
 #include <llmos/mindspace.hh>
 #include <llmos/worker_pool.hh>
 #include <map>
@@ -387,6 +388,78 @@ TEST_P(worker_pool_test, a_lost_engine_counts_a_requeue_only_for_what_crashed_it
         EXPECT_FALSE(w.complete(id, -EIO, 0));
         EXPECT_EQ(c.wait(id).value().state, uint32_t(LLMOS_REQ_FAILED));
     }
+}
+
+// A lost device (a GPU kernel that faulted: nothing on it works again in
+// this process) is no request's fault: the worker gives back everything
+// it holds, uncounted, says so once, and ends without making another
+// engine.
+TEST_P(worker_pool_test, a_lost_device_ends_its_worker_and_gives_back_what_it_held) {
+    auto c = llmos::sched_client::open(dev()).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    for (uint32_t i = 0; i < 3; ++i) {
+        auto p = prompt(i * 4096, 40, i);
+        ids[c.submit(p).value()] = p;
+    }
+    std::atomic<int> made{0};
+    std::mutex m;
+    std::vector<std::pair<unsigned, std::string>> said;
+    auto o = opts({});
+    o.cpus.resize(1);
+    o.slots = 4;
+    o.engine = [&](unsigned) -> std::unique_ptr<llmos::inference_engine> {
+        made.fetch_add(1);
+        return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{
+            .bytes_per_token = 4, .on_step = [](const llmos::sequence& s) {
+                if (s.produced >= 8) {
+                    throw llmos::engine::device_lost("kernel: cudaErrorIllegalAddress");
+                }
+            }});
+    };
+    o.on_device_lost = [&](unsigned w, const std::string& why) {
+        std::lock_guard lk(m);
+        said.emplace_back(w, why);
+    };
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (!(*pool)->info(0).device_lost.load() && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(1ms);
+    }
+    ASSERT_TRUE((*pool)->info(0).device_lost.load());
+    // Everything comes back, as it was submitted: not one a suspect.
+    std::map<uint64_t, uint32_t> requeues;
+    auto w = llmos::sched_worker::open(dev(), 4).value();
+    while (requeues.size() < ids.size() && std::chrono::steady_clock::now() < until) {
+        if (auto got = w.dispatch(4, llmos::wait_for::at_most(100ms))) {
+            for (auto& d : *got) {
+                requeues[d.id] = d.requeues;
+                EXPECT_FALSE(w.give_back(d.id));
+            }
+        }
+    }
+    ASSERT_EQ(requeues.size(), ids.size()) << (*pool)->info(0).last_error();
+    for (auto [id, n] : requeues) {
+        EXPECT_EQ(n, 0u) << id;
+    }
+    EXPECT_EQ((*pool)->info(0).served.load() + (*pool)->info(0).failed.load(), 0u);
+    EXPECT_EQ((*pool)->info(0).crashes.load(), 0u);
+    EXPECT_NE((*pool)->info(0).last_error().find("device lost: kernel: cudaErrorIllegalAddress"),
+              std::string::npos)
+        << (*pool)->info(0).last_error();
+    std::this_thread::sleep_for(300ms); // a worker that tried again would have by now
+    EXPECT_EQ(made.load(), 1);
+    {
+        std::lock_guard lk(m);
+        ASSERT_EQ(said.size(), 1u);
+        EXPECT_EQ(said[0].first, 0u);
+        EXPECT_EQ(said[0].second, "kernel: cudaErrorIllegalAddress");
+    }
+    (*pool)->stop();
+    // A pool on a device that works serves them all.
+    auto again = llmos::worker_pool::start(dev(), opts({.bytes_per_token = 1}));
+    ASSERT_TRUE(again);
+    expect_echoed(c, ids, 1);
 }
 
 TEST_P(worker_pool_test, a_dying_worker_s_requests_are_requeued_by_the_scheduler) {

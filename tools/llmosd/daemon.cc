@@ -476,6 +476,21 @@ daemon::daemon(options o)
     po.slots = _o.slots;
     po.engine = [this, eo](unsigned) { return std::make_unique<multi_engine>(*this, eo); };
     po.on_output = [this](unsigned, const llmos::descriptor& d) { deliver(d); };
+    po.on_device_lost = [this](unsigned worker, const std::string& why) {
+        {
+            std::lock_guard lk(_lost_m);
+            if (!_lost.empty()) {
+                return; // said by the first worker that saw it
+            }
+            _lost = why;
+        }
+        std::fprintf(stderr,
+                     "llmosd: worker %u: the GPU failed for good (%s): the requests in flight "
+                     "get 503 and llmosd exits, to be started again\n",
+                     worker, why.c_str());
+        _draining = true;
+        _abandon = true;
+    };
     po.is_cancelled = [this](uint64_t id) {
         if (_abandon.load()) {
             return true; // shutting down past --drain-timeout
@@ -807,7 +822,21 @@ daemon::admission::~admission() {
     }
 }
 
+std::string daemon::device_lost() const {
+    std::lock_guard lk(_lost_m);
+    return _lost;
+}
+
+void daemon::throw_device_lost() const {
+    throw api_error{503,
+                    "the server's GPU failed (" + device_lost() + "); it restarts: retry shortly",
+                    "server_error", "", "device_lost"};
+}
+
 daemon::admission daemon::admit(const job& j) {
+    if (_draining && !device_lost().empty()) {
+        throw_device_lost();
+    }
     if (_draining) {
         throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
     }
@@ -1327,6 +1356,9 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                         "server_error", "", "timeout"};
     case stop::shutdown:
         _metrics.cancelled.fetch_add(1);
+        if (!device_lost().empty()) {
+            throw_device_lost();
+        }
         throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
     }
     if (!f || fail_status || f->state != LLMOS_REQ_COMPLETED) {

@@ -271,6 +271,10 @@ public:
     /// (their clients get 503), and waited for abandon_wait longer.
     void drain(std::chrono::seconds limit);
     bool draining() const noexcept { return _draining.load(); }
+    /// Why the GPU cannot be used any more ("" while it can): a worker's
+    /// engine saw it fail for good. New requests and those in flight then
+    /// get 503; the daemon should exit, so as to be started again.
+    std::string device_lost() const;
 
     /// An API key: the tenant its requests are scheduled as, and whether
     /// it may use the administration API (/llmos/v1/models).
@@ -346,6 +350,10 @@ private:
     std::atomic<uint64_t> _req_seq{0};
     std::atomic<bool> _draining{false};
     std::atomic<bool> _abandon{false}; ///< drain() past its limit: every request is cancelled
+    mutable std::mutex _lost_m;
+    std::string _lost; ///< device_lost(); under _lost_m
+    /// The 503 for a request that a lost GPU ends.
+    [[noreturn]] void throw_device_lost() const;
     metrics _metrics;
 };
 

@@ -174,8 +174,15 @@ int main(int argc, char** argv) {
     // A model file cut short under it (overwritten in place) is named.
     llmos::engine::report_truncated_models();
     std::thread watcher([&] {
-        while (!g_signal.load()) {
+        while (!g_signal.load() && d->device_lost().empty()) {
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        if (!d->device_lost().empty()) {
+            // The requests in flight are being cancelled: their clients get
+            // 503 as soon as they are.
+            d->drain(std::chrono::seconds(0));
+            http.stop();
+            return;
         }
         if (g_signal.load() > 0) {
             std::fprintf(stderr,
@@ -221,6 +228,10 @@ int main(int argc, char** argv) {
         g_signal = -1; // the server stopped by itself
     }
     watcher.join();
+    if (const std::string lost = d->device_lost(); !lost.empty()) {
+        std::fprintf(stderr, "llmosd: stopped: the GPU failed for good\n");
+        return 1;
+    }
     std::fprintf(stderr, "llmosd: stopped\n");
     return ok ? 0 : 1;
 }

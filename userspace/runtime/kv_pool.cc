@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <llmos/engine/cuda.hh>
 #include <llmos/engine/cuda_memory.hh>
 #include <llmos/kv_pool.hh>
 #include <optional>
@@ -338,6 +339,9 @@ bool kv_pool::lease::grow(uint64_t bytes, std::string* why) {
         std::lock_guard lk(_p->_mu);
         _p->_mapped -= target - have;
         _e->counted -= target - have;
+        if (dynamic_cast<const engine::device_lost*>(&e)) {
+            throw; // not a full memory: nothing on the device works any more
+        }
         return fail(e.what());
     }
     // The region may have rounded further than its granularity said.

@@ -344,6 +344,8 @@ public:
                 }
                 kv->rows = _pool.acquire({s.req.ms_id, kv_off}, full_rows);
             }
+        } catch (const eng::device_lost&) {
+            throw;
         } catch (const std::exception&) {
             // Its conversation's region in use, or no device memory for
             // a new one: it may be retried.

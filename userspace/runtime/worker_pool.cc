@@ -3,6 +3,7 @@
 #include <chrono>
 #include <deque>
 #include <linux/llmos.h>
+#include <llmos/engine/cuda.hh>
 #include <llmos/mindspace.hh>
 #include <llmos/sched.hh>
 #include <llmos/worker_pool.hh>
@@ -261,9 +262,29 @@ void worker_pool::run_worker(unsigned i) {
         std::lock_guard lk(_loops_m);
         std::erase(_loops, loop.get());
     };
+    // The engine's device cannot be used by this process any more: said
+    // once; the worker gives back what it holds and ends.
+    bool device_gone = false;
+    auto lost = [&](const char* why) {
+        if (device_gone) {
+            return;
+        }
+        device_gone = true;
+        info.device_lost.store(true);
+        info.set_error(std::string("device lost: ") + why);
+        if (_o.on_device_lost) {
+            try {
+                _o.on_device_lost(i, why);
+            } catch (...) { // said in last_error already
+            }
+        }
+    };
     auto make_engine = [&]() -> std::unique_ptr<inference_engine> {
         try {
             return _o.engine(i);
+        } catch (const engine::device_lost& e) {
+            lost(e.what());
+            return nullptr;
         } catch (const std::exception& e) {
             info.set_error(std::string("engine: ") + e.what());
             return nullptr;
@@ -316,7 +337,7 @@ void worker_pool::run_worker(unsigned i) {
     // start ends that worker, with its last_error.)
     const bool made_once = engine != nullptr;
     auto make_again = [&] {
-        for (auto wait = 100ms; !engine && _state.load() == state::running;
+        for (auto wait = 100ms; !engine && !device_gone && _state.load() == state::running;
              wait = std::min<std::chrono::milliseconds>(wait * 2, 5s)) {
             for (auto t = 0ms; t < wait && _state.load() == state::running; t += 10ms) {
                 std::this_thread::sleep_for(10ms);
@@ -328,6 +349,9 @@ void worker_pool::run_worker(unsigned i) {
     };
     while (made_once && _state.load() != state::stopping) {
         if (!engine) {
+            if (device_gone) {
+                break; // no engine can work here again
+            }
             make_again();
             if (!engine) {
                 break;
@@ -529,6 +553,8 @@ void worker_pool::run_worker(unsigned i) {
                         }
                     } catch (const worker_abort&) {
                         throw;
+                    } catch (const engine::device_lost&) {
+                        throw;
                     } catch (const std::exception& e) {
                         recover(one, e.what()); // changes `active`: leave the loop
                         restarted = true;
@@ -549,6 +575,8 @@ void worker_pool::run_worker(unsigned i) {
                     engine->decode(batch);
                 } catch (const worker_abort&) {
                     throw;
+                } catch (const engine::device_lost&) {
+                    throw;
                 } catch (const std::exception& e) {
                     recover(batch, e.what());
                     continue;
@@ -559,6 +587,10 @@ void worker_pool::run_worker(unsigned i) {
                 info.crashes.fetch_add(1);
                 drop_ended(); // ended in prefill
                 aborted = true;
+                break;
+            } catch (const engine::device_lost& e) {
+                // Not the requests' fault: they go back (below), uncounted.
+                lost(e.what());
                 break;
             }
             info.steps.fetch_add(1);
@@ -602,6 +634,10 @@ void worker_pool::run_worker(unsigned i) {
         }
         maps.clear();
         info.active.store(0);
+        if (device_gone) {
+            engine.reset();
+            continue; // `w` goes first, giving back what it held; then the worker ends
+        }
         if (aborted) {
             engine = make_engine();
             continue; // register again

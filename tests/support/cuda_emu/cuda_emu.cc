@@ -148,8 +148,16 @@ unsigned captures_to_fail() {
     return n ? static_cast<unsigned>(std::strtoul(n, nullptr, 10)) : 0;
 }
 
+/// LLMOS_CUDA_EMU_FAULT_AT: the kernel run (from 1) that faults; 0: none.
+uint64_t kernel_to_fault() {
+    const char* n = std::getenv("LLMOS_CUDA_EMU_FAULT_AT");
+    return n ? std::strtoull(n, nullptr, 10) : 0;
+}
+
 struct device_state {
     std::mutex mu;
+    uint64_t kernel_runs = 0;                    ///< kernels run (or faulted) so far
+    uint64_t fault_at = kernel_to_fault();       ///< the run that faults (injected), 0: none
     unsigned fail_captures = captures_to_fail(); ///< captures still to invalidate
     unsigned fail_after = 3;
     std::map<uintptr_t, allocation> allocs; // by start address
@@ -712,6 +720,17 @@ bool faulted() {
     return sticky() != cudaSuccess;
 }
 
+bool injected_fault(const char* kernel) {
+    {
+        std::lock_guard g(dev().mu);
+        if (++dev().kernel_runs != dev().fault_at) {
+            return false;
+        }
+    }
+    fault(cudaErrorIllegalAddress, kernel, "an injected fault (as an illegal address would)");
+    return true;
+}
+
 void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
     if (sched.current) {
         die(kernel, "launched from device code");
@@ -733,6 +752,17 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), vo
 }
 
 } // namespace detail
+
+void fault_kernel(uint64_t n) {
+    std::lock_guard g(dev().mu);
+    dev().fault_at = n ? dev().kernel_runs + n : 0;
+}
+
+void clear_fault() {
+    std::lock_guard g(dev().mu);
+    dev().sticky = cudaSuccess;
+    dev().fault_at = 0;
+}
 
 void fail_captures(unsigned n, unsigned after) {
     std::lock_guard g(dev().mu);

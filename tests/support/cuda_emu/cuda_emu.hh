@@ -348,6 +348,16 @@ inline constexpr const char* device_name = "llmos CUDA emulator (host fibers)";
 /// (after = 3), for programs the test starts.
 void fail_captures(unsigned n, unsigned after = 3);
 
+/// Fault injection, for testing what a program does when a kernel faults
+/// on a device: the `n`th kernel to run from now (1: the next one) fails
+/// as one that read an illegal address would, with a sticky
+/// cudaErrorIllegalAddress: every later call of the process fails with it.
+/// LLMOS_CUDA_EMU_FAULT_AT=N in the environment sets n at start, for
+/// programs the test starts.
+void fault_kernel(uint64_t n);
+/// Forgets a fault (a device cannot; for tests that go on in-process).
+void clear_fault();
+
 namespace detail {
 
 /// Checks a launch's configuration and stream; records the error (for
@@ -363,6 +373,9 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), vo
 void submit(cudaStream_t s, std::function<void()> work);
 /// Whether the device has faulted (nothing runs on it any more).
 bool faulted();
+/// Counts a kernel run; true when it is the one fault_kernel() named (the
+/// device has faulted then).
+bool injected_fault(const char* kernel);
 
 template <typename A>
 bool check_arg(const char* kernel, size_t index, const A& a) {
@@ -394,7 +407,7 @@ struct launcher {
     }
 
     void run(std::tuple<P...>& a) const {
-        if (detail::faulted()) {
+        if (detail::faulted() || detail::injected_fault(name)) {
             return;
         }
         size_t i = 0;

@@ -48,8 +48,15 @@ std::string version_text(int v) {
 
 void check(cudaError_t e, const char* what) {
     if (e != cudaSuccess) {
-        throw cuda_error(std::string(what) + ": " + error_text(e));
+        fail(e, std::string(what) + ": " + error_text(e));
     }
+}
+
+void fail(cudaError_t e, std::string message) {
+    if (cuda_error_is_sticky(e)) {
+        throw device_lost(message + ": the GPU cannot be used by this process any more");
+    }
+    throw cuda_error(message);
 }
 
 void dev_buf::ensure(size_t bytes, const char* what) {

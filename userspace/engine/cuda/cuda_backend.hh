@@ -15,8 +15,12 @@
 namespace llmos::engine::cuda_detail {
 
 /// Throws cuda_error "WHAT: cudaErrorX (CUDA's message)" unless e is
-/// cudaSuccess.
+/// cudaSuccess (device_lost for an error that leaves the device unusable).
 void check(cudaError_t e, const char* what);
+
+/// Throws `message` for error `e`: device_lost when e leaves the device
+/// unusable (cuda_error_is_sticky), else cuda_error.
+[[noreturn]] void fail(cudaError_t e, std::string message);
 
 /// "cudaErrorX (CUDA's message)".
 std::string error_text(cudaError_t e);

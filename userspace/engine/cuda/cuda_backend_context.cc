@@ -29,9 +29,9 @@ namespace {
 /// F16 for cuBLAS rather than read by the engine's kernel.
 constexpr int64_t blas_quant_tokens = 32;
 
-/// A cublasStatus_t by its name (cublas_api.h), and the CUDA error a
-/// failed launch left behind (cuBLAS says only that execution failed).
-std::string blas_status_text(int st) {
+/// A cublasStatus_t by its name (cublas_api.h), and `last`, the CUDA error
+/// a failed launch left behind (cuBLAS says only that execution failed).
+std::string blas_status_text(int st, cudaError_t last) {
     static constexpr std::pair<int, const char*> names[] = {
         {1, "CUBLAS_STATUS_NOT_INITIALIZED"}, {3, "CUBLAS_STATUS_ALLOC_FAILED"},
         {7, "CUBLAS_STATUS_INVALID_VALUE"},   {8, "CUBLAS_STATUS_ARCH_MISMATCH"},
@@ -44,8 +44,8 @@ std::string blas_status_text(int st) {
             out = name;
         }
     }
-    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
-        out += " (CUDA: " + error_text(e) + ")";
+    if (last != cudaSuccess) {
+        out += " (CUDA: " + error_text(last) + ")";
     }
     return out;
 }
@@ -158,9 +158,10 @@ struct cuda_context::impl {
                            &alpha, a, a_type, int(cols), b, b_type, int(cols), &beta, c, blas_r_32f,
                            int(rows), blas_compute_32f, blas_gemm_default);
         if (st != 0) {
-            throw cuda_error("cublasGemmEx (" + std::to_string(rows) + " x " +
-                             std::to_string(cols) + ", " + std::to_string(n_tokens) +
-                             " tokens): " + blas_status_text(st));
+            // A kernel that faulted before it fails cuBLAS too.
+            const cudaError_t e = cudaGetLastError();
+            fail(e, "cublasGemmEx (" + std::to_string(rows) + " x " + std::to_string(cols) + ", " +
+                        std::to_string(n_tokens) + " tokens): " + blas_status_text(st, e));
         }
     }
 
@@ -313,9 +314,9 @@ cuda_context::cuda_context(const cuda_model& m, cuda_context_options o)
         // toolkit the driver is too old for) leaves the built-in kernels.
         void* h = nullptr;
         if (const int st = blas().create(&h); st != 0) {
-            c.blas_failure = "cublasCreate_v2: " + blas_status_text(st);
+            c.blas_failure = "cublasCreate_v2: " + blas_status_text(st, cudaGetLastError());
         } else if (const int st2 = blas().set_stream(h, c.stream); st2 != 0) {
-            c.blas_failure = "cublasSetStream_v2: " + blas_status_text(st2);
+            c.blas_failure = "cublasSetStream_v2: " + blas_status_text(st2, cudaGetLastError());
             blas().destroy(h);
         } else {
             c.blas_handle = h;
@@ -593,8 +594,13 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     } catch (...) {
         // What was queued before the failure still writes the caches: it
         // ends before they can be given back (a capture has ended by now).
-        cudaStreamSynchronize(s);
+        // A kernel that faulted meanwhile has made the device unusable,
+        // whatever failed first.
+        const cudaError_t e = cudaStreamSynchronize(s);
         cudaGetLastError();
+        if (cuda_error_is_sticky(e)) {
+            fail(e, "cudaStreamSynchronize (after a failed step): " + error_text(e));
+        }
         throw;
     }
     // Every row of the step is in the caches (and the logits on the host)

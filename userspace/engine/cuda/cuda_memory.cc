@@ -154,14 +154,26 @@ std::string cu_text(const driver_api& a, CUresult r) {
            (text ? text : "no description") + ")";
 }
 
+// gpu_error, or device_lost for an error that leaves the device unusable.
+[[noreturn]] void cu_fail(const driver_api& a, CUresult r, const std::string& call) {
+    if (cuda_error_is_sticky(int(r))) {
+        throw device_lost(call + ": " + cu_text(a, r) +
+                          ": the GPU cannot be used by this process any more");
+    }
+    throw gpu_error(call + ": " + cu_text(a, r));
+}
+
 void cu_check(const driver_api& a, CUresult r, const char* call) {
     if (r != CUDA_SUCCESS) {
-        throw gpu_error(std::string(call) + ": " + cu_text(a, r));
+        cu_fail(a, r, call);
     }
 }
 
 void rt_check(cudaError_t e, const char* call) {
     if (e != cudaSuccess) {
+        if (cuda_error_is_sticky(int(e))) {
+            cuda_detail::fail(e, std::string(call) + ": " + cuda_detail::error_text(e));
+        }
         throw gpu_error(std::string(call) + ": " + cuda_detail::error_text(e));
     }
 }
@@ -175,7 +187,7 @@ int attribute(const driver_api& a, CUdevice dev, CUdevice_attribute attr, const 
     int v = 0;
     CUresult r = a.device_get_attribute(&v, attr, dev);
     if (r != CUDA_SUCCESS) {
-        throw gpu_error(std::string("cuDeviceGetAttribute(") + what + "): " + cu_text(a, r));
+        cu_fail(a, r, std::string("cuDeviceGetAttribute(") + what + ")");
     }
     return v;
 }
@@ -299,7 +311,7 @@ struct gpu_memory::state {
         CUresult r = a->mem_map(at, size, 0, h, 0);
         if (r != CUDA_SUCCESS) {
             (void)a->mem_release(h);
-            throw gpu_error("cuMemMap: " + cu_text(*a, r));
+            cu_fail(*a, r, "cuMemMap");
         }
         CUmemAccessDesc access{};
         access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
@@ -309,7 +321,7 @@ struct gpu_memory::state {
         if (r != CUDA_SUCCESS) {
             (void)a->mem_unmap(at, size);
             (void)a->mem_release(h);
-            throw gpu_error("cuMemSetAccess: " + cu_text(*a, r));
+            cu_fail(*a, r, "cuMemSetAccess");
         }
         chunks.push_back({h, size});
         mapped += size;

@@ -127,7 +127,8 @@ public:
         bool fresh() const noexcept { return _fresh; }
         /// Backs [0, bytes), dropping idle regions for room as needed.
         /// False (the region as before, `why` set) when even that is not
-        /// enough or the memory cannot be had.
+        /// enough or the memory cannot be had. Throws engine::device_lost
+        /// (the region as before) when the device is gone for good.
         bool grow(uint64_t bytes, std::string* why = nullptr);
         /// Gives the region back and drops it (its memory is freed).
         void discard() noexcept;

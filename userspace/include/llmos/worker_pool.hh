@@ -24,6 +24,11 @@
 // local one. Requests requeued that way also run alone, and fail with
 // -EIO once requeued `max_requeues` times.
 //
+// A lost device (engine::device_lost: a GPU kernel faulted, and CUDA fails
+// every later call of the process) is no request's fault and cannot be
+// recovered from: the worker gives back what it holds, uncounted, says so
+// (on_device_lost) and ends.
+//
 // drain() stops taking requests and returns when every taken one is
 // finished; stop() hands what is held back to the scheduler at once,
 // unfinished but not as a crash (its requeues do not grow; a request that
@@ -87,6 +92,13 @@ struct worker_pool_options {
     /// with -ECANCELED (its client went away). Called on the worker's
     /// thread; must be cheap. One that throws is taken as false.
     std::function<bool(uint64_t request)> is_cancelled;
+    /// Called once on a worker's thread when its engine, in a step or as
+    /// it is made, throws engine::device_lost (its GPU cannot be used by
+    /// this process any more): the worker gives back what it holds,
+    /// uncounted (the device failed, not the requests), and ends; it is
+    /// not tried again. A server should exit so that it is started anew.
+    /// One that throws is ignored (last_error says what was lost).
+    std::function<void(unsigned worker, const std::string& why)> on_device_lost;
 };
 
 /// What a worker found when it set itself up, and its counters.
@@ -100,6 +112,7 @@ struct worker_info {
     std::atomic<uint64_t> crashes{0};
     std::atomic<uint64_t> steps{0};
     std::atomic<uint32_t> active{0};
+    std::atomic<bool> device_lost{false}; ///< its engine's device failed for good
 
     /// The worker's last error ("" for none). Any thread.
     std::string last_error() const {

@@ -62,6 +62,41 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+/// The GPU cannot be used by this process any more: a kernel faulted (an
+/// illegal address, a device assert, ...) and CUDA now fails every call
+/// with that error until the process ends. Thrown in place of cuda_error
+/// and gpu_error for such errors. Nothing but a new process helps: a
+/// worker that sees it stops using the device, and a server should exit
+/// so that it is started again.
+class device_lost : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/// Whether `code`, a cudaError_t or the CUresult of the same number, is one
+/// that CUDA documents as leaving the process unable to use the device
+/// ("the process must be terminated and relaunched").
+constexpr bool cuda_error_is_sticky(int code) noexcept {
+    switch (code) {
+    case 226: // cudaErrorContained
+    case 700: // cudaErrorIllegalAddress
+    case 702: // cudaErrorLaunchTimeout
+    case 710: // cudaErrorAssert
+    case 714: // cudaErrorHardwareStackError
+    case 715: // cudaErrorIllegalInstruction
+    case 716: // cudaErrorMisalignedAddress
+    case 717: // cudaErrorInvalidAddressSpace
+    case 718: // cudaErrorInvalidPc
+    case 719: // cudaErrorLaunchFailure
+    case 721: // cudaErrorTensorMemoryLeak
+    case 810: // cudaErrorMpsClientTerminated
+    case 911: // cudaErrorExternalDevice
+        return true;
+    default:
+        return false;
+    }
+}
+
 /// True when this library was built with the CUDA backend. Any thread.
 bool cuda_built() noexcept;
 
