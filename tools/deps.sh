@@ -14,7 +14,9 @@
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
-CACHE=${LLMOS_CACHE:-/var/cache/llmos}
+# Absolute: the unpacked kernel headers' Makefile names it, and is read
+# from another folder (make -C).
+CACHE=$(realpath -m -- "${LLMOS_CACHE:-/var/cache/llmos}")
 SUDO=
 # (sudo resets the environment: DEBIAN_FRONTEND goes through env.)
 [ "$(id -u)" -eq 0 ] || SUDO="sudo env DEBIAN_FRONTEND=noninteractive"

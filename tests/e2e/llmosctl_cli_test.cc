@@ -82,6 +82,13 @@ TEST(llmosctl, ms_usage_errors_come_before_the_device) {
     r = run("ms create x");
     EXPECT_EQ(r.status, 2) << r.output;
     EXPECT_NE(r.output.find("--size"), std::string::npos) << r.output;
+    // No name, or a mode the module would read as its default.
+    r = run("--device /nonexistent/llmos ms create '' --size 4K");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_EQ(r.output, "llmosctl: a mindspace's name has 1 to 63 characters\n");
+    r = run("--device /nonexistent/llmos ms create x --size 4K --mode 0000");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("--mode 0"), std::string::npos) << r.output;
     r = run("ms");
     EXPECT_EQ(r.status, 2) << r.output;
 }
@@ -257,6 +264,11 @@ TEST_F(llmosctl_local, output_that_cannot_be_written_is_a_failure) {
                         " --backend local ms read c --length 16 >/dev/full 2>/dev/null")
                            .c_str()),
               0);
+    // top too: it would go on for ever.
+    r = run("--backend local top --interval 0.01 >/dev/full 2>" + _dir + "/err; echo rc=$?; cat " +
+            _dir + "/err");
+    EXPECT_NE(r.output.find("rc=1"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("cannot write the output"), std::string::npos) << r.output;
 }
 
 } // namespace
@@ -322,6 +334,10 @@ TEST_F(llmosctl_local, bench_and_sched_usage_errors) {
     EXPECT_EQ(r.status, 2) << r.output;
     r = ctl("bench --workers 0");
     EXPECT_EQ(r.status, 2) << r.output;
+    // More than a worker may hold: refused at once, not after 30 s.
+    r = ctl("bench --capacity 65536 --requests 5");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("--capacity 1..4096"), std::string::npos) << r.output;
     // Infinite, vanishing or absurd distributions measure nothing.
     for (const char* bad : {"--service exp:inf", "--service exp:nan", "--service exp:0",
                             "--arrival poisson:1e-300", "--arrival poisson:1e300"}) {

@@ -1736,6 +1736,59 @@ TEST_F(llmosd_test, ambiguous_framing_is_refused_and_the_connection_closes) {
     }
 }
 
+// Bodies httplib would read whole, whatever --max-body says, are refused
+// before they are read: one sent to a route that takes none (chunked:
+// unbounded), a compressed one (inflated past the limit), one that
+// declares more than the limit (answered at once, not after it came), a
+// chunk-size line longer than the limit allows a body. A request line that
+// cannot be parsed closes the connection: what follows cannot be told
+// apart from a new request.
+TEST_F(llmosd_test, bodies_past_max_body_are_refused_before_they_are_read) {
+    server s(_dir, {"--max-body", "4096"});
+    const std::string body = R"({"model": "tiny", "prompt": "x", "max_tokens": 2})";
+    // A body that has not all come: answered before it has (before, the
+    // answer waited for the rest of it, or for the read timeout).
+    const std::string part = "100000\r\n" + std::string(64 << 10, 'a');
+    struct {
+        std::string request;
+        int status;
+        const char* code;
+    } cases[] = {
+        {"POST /nope HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + part, 404,
+         "not_found"},
+        {"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n" + std::string(40, 'a'),
+         404, "not_found"},
+        {"PUT /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123", 404,
+         "not_found"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: " +
+             std::to_string(body.size()) + "\r\n\r\n" + body,
+         415, "unsupported_content_encoding"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413,
+         "payload_too_large"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;" +
+             std::string(256 << 10, 'x'),
+         413, "payload_too_large"},
+    };
+    for (auto& c : cases) {
+        const auto t0 = std::chrono::steady_clock::now();
+        auto a = raw_exchange(s.port, c.request);
+        EXPECT_EQ(a.status(), c.status) << c.request.substr(0, 200) << "\n->\n" << a.text;
+        EXPECT_EQ(a.body()["error"]["code"], c.code) << a.text;
+        EXPECT_TRUE(a.closed) << "the connection stayed open after\n" << c.request.substr(0, 200);
+        EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << c.request.substr(0, 200);
+    }
+    // A request line that cannot be parsed: one answer, then the end.
+    auto a = raw_exchange(s.port, "GARBAGE\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(a.status(), 400) << a.text;
+    EXPECT_TRUE(a.closed);
+    EXPECT_EQ(a.text.find("HTTP/1.1 200"), std::string::npos) << "served what followed:\n"
+                                                              << a.text;
+    // Bodies that fit are served as before.
+    auto ok = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                                       std::to_string(body.size()) + "\r\n\r\n" + body);
+    EXPECT_EQ(ok.status(), 200) << ok.text;
+}
+
 // Options and key files it cannot use: refused at start with the reason.
 TEST_F(llmosd_test, bad_options_and_key_files_are_refused_with_the_reason) {
     auto run = [dir = _dir](const std::string& args) {

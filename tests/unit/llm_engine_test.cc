@@ -495,6 +495,18 @@ TEST_F(llm_engine_test, malformed_requests_fail_alone_with_clear_statuses) {
     EXPECT_EQ(status_of(bad_p), -EINVAL);
     // A text far past the context (refused before it is encoded).
     EXPECT_EQ(status_of(request(0, std::string(1 << 20, 'a'), 4)), -E2BIG);
+    // One past the context with a conversation's cache: refused before the
+    // cache is opened (on a GPU no KV region is kept for it: one per
+    // conversation, reserved for the whole context, until forgotten).
+    const uint32_t regions = kv_mem ? kv_mem->stats().regions : 0;
+    std::string words;
+    for (int i = 0; i < 600; ++i) {
+        words += "hello ";
+    }
+    EXPECT_EQ(status_of(request(0, words, 4, {}, 4 << 20, kv_bytes())), -E2BIG);
+    if (kv_mem) {
+        EXPECT_EQ(kv_mem->stats().regions, regions);
+    }
     // And the worker still serves.
     auto ok = run(c, request(0, "Hello world", 4));
     EXPECT_EQ(ok.f.state, LLMOS_REQ_COMPLETED);

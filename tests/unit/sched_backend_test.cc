@@ -13,6 +13,7 @@
 #include <llmos/sched.hh>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <unistd.h>
@@ -215,6 +216,40 @@ TEST_P(sched_backend, a_worker_hands_back_what_it_will_not_finish) {
     EXPECT_EQ(w.give_back(got[0].id), std::errc::no_such_process); // finished
     for (int i = 0; i < 3; ++i) {
         EXPECT_EQ(c.wait().value().state, LLMOS_REQ_COMPLETED);
+    }
+}
+
+// A worker with no room waiting for work is woken when it has room again
+// because a request it held was cancelled, or its client went away; the
+// request waiting then reaches it at once.
+TEST_P(sched_backend, a_full_worker_waiting_is_woken_when_a_held_request_ends) {
+    for (bool close : {false, true}) {
+        auto w = worker(1);
+        auto c = client();
+        std::optional<llmos::sched_client> other(client());
+        const uint64_t x =
+            close ? other->submit({.tenant = 5}).value() : c.submit({.tenant = 5}).value();
+        auto got = w.dispatch(1, llmos::wait_for::at_most(5s)).value();
+        ASSERT_EQ(got.size(), 1u);
+        ASSERT_EQ(got[0].id, x);
+        const uint64_t y = c.submit({.tenant = 5}).value();
+        std::thread t([&] {
+            std::this_thread::sleep_for(100ms);
+            if (close) {
+                other.reset();
+            } else {
+                EXPECT_FALSE(c.cancel(x));
+            }
+        });
+        const auto t0 = std::chrono::steady_clock::now();
+        auto next = w.dispatch(1, llmos::wait_for::at_most(20s));
+        const auto took = std::chrono::steady_clock::now() - t0;
+        t.join();
+        ASSERT_TRUE(next) << next.error().message();
+        ASSERT_EQ(next->size(), 1u) << (close ? "closed" : "cancelled");
+        EXPECT_EQ((*next)[0].id, y);
+        EXPECT_LT(took, 10s) << (close ? "closed" : "cancelled") << ": woken only by the timeout";
+        EXPECT_FALSE(w.complete(y, 0, 1));
     }
 }
 

@@ -822,6 +822,10 @@ TEST_P(worker_pool_test, bad_options_are_refused) {
     o = opts({});
     o.cpus = {CPU_SETSIZE - 1};
     EXPECT_EQ(llmos::worker_pool::start(dev(), o).error().value(), EINVAL);
+    // No requeue at all would fail every request before it ran.
+    o = opts({});
+    o.max_requeues = 0;
+    EXPECT_EQ(llmos::worker_pool::start(dev(), o).error().value(), EINVAL);
 }
 
 INSTANTIATE_TEST_SUITE_P(backend, worker_pool_test, ::testing::ValuesIn(available_backends()),

@@ -169,6 +169,13 @@ int cmd_ms_create(const options& o, const ms_args& a) {
     if (!mode) {
         return llmosctl::usage("bad --mode '" + a.mode + "' (octal, e.g. 0640)");
     }
+    if (!a.mode.empty() && !*mode) {
+        // The module reads mode 0 as the default, 0600.
+        return llmosctl::usage("--mode 0 would let no one in: give the bits (e.g. 0600)");
+    }
+    if (a.key.empty()) {
+        return llmosctl::usage("a mindspace's name has 1 to 63 characters");
+    }
     auto dev = open_device(o);
     if (!dev) {
         return fail_open(o, dev.error());
@@ -873,6 +880,7 @@ int cmd_sched_attach(const options& o, const std::string& file,
 }
 
 int cmd_sched_detach(const options& o) {
+    libbpf_set_print(libbpf_print); // its messages as ours
     bpf_link* link = bpf_link__open(policy_pin);
     if (!link) {
         auto ec = llmos::last_error();
@@ -980,6 +988,11 @@ int cmd_top(const options& o, double interval, int iterations) {
             }
             std::fflush(stdout);
         }
+        // Output no one can read (a full disk, a closed pipe) ends it: it
+        // would go on for ever (main() says why).
+        if (std::ferror(stdout) || !std::cout) {
+            return 0;
+        }
         prev = std::move(st);
     }
     return 0;
@@ -1025,8 +1038,10 @@ int cmd_bench(const options& o, const bench_args& b) {
         return llmosctl::usage("bad --arrival '" + b.arrival +
                                "' (poisson:RATE per second, from 0.001 to 1e7, e.g. poisson:200)");
     }
-    if (b.workers < 1 || b.workers > 256 || b.requests < 1 || b.tenants < 1 || !b.capacity) {
-        return llmosctl::usage("--workers 1..256, --requests, --tenants and --capacity >= 1");
+    if (b.workers < 1 || b.workers > 256 || b.requests < 1 || b.tenants < 1 || !b.capacity ||
+        b.capacity > LLMOS_MAX_CAPACITY) {
+        return llmosctl::usage("--workers 1..256, --requests and --tenants >= 1, --capacity 1.." +
+                               std::to_string(LLMOS_MAX_CAPACITY));
     }
     auto dev = open_device(o);
     if (!dev) {

@@ -56,6 +56,9 @@ public:
     /// Bytes of an answer written since the request began.
     size_t written() const noexcept { return _written; }
     const connection_server::refusal& refused() const noexcept { return _refusal; }
+    /// Its answer is the last: what the client still sends is dropped.
+    void close_after_answer() noexcept { _last = true; }
+    bool last() const noexcept { return _last || _refusal.status; }
 
     /// Waits up to `idle` for a request to start (bytes buffered or
     /// arriving, or the peer's end); false when none came or `stopping`.
@@ -81,6 +84,7 @@ public:
         _written = 0;
         _in_headers = true;
         _header_bytes = 0;
+        _body_bytes = 0;
         _deadline = steady::now() + _l.header_time;
         _t1 = _t2 = 0;
     }
@@ -124,6 +128,12 @@ public:
                 _t1 = _t2;
                 _t2 = c;
             }
+        } else if (_l.body_bytes && (_body_bytes += n) > _l.body_bytes) {
+            _refusal = {413,
+                        "the request body is larger than this server accepts (" +
+                            std::to_string(_l.body_bytes) + " bytes with its framing)",
+                        "payload_too_large"};
+            return -1;
         }
         std::memcpy(ptr, _buf + _pos, n);
         _pos += n;
@@ -228,9 +238,11 @@ private:
     size_t _pos = 0, _len = 0;
     bool _in_headers = false;
     size_t _header_bytes = 0;
+    size_t _body_bytes = 0; ///< read since the headers ended
     steady::time_point _deadline;
     char _t1 = 0, _t2 = 0; ///< the last two header bytes
     connection_server::refusal _refusal;
+    bool _last = false;
     size_t _written = 0;
 };
 
@@ -240,17 +252,18 @@ void answer_refusal(conn_stream& strm) {
     const connection_server::refusal& r = strm.refused();
     const std::string body =
         to_text(error_body({r.status, r.message, "invalid_request_error", "", r.code}));
-    const std::string head =
-        "HTTP/1.1 " + std::to_string(r.status) +
-        (r.status == 408 ? " Request Timeout" : " Request Header Fields Too Large") +
-        "\r\nConnection: close\r\nContent-Type: application/json\r\n"
-        "Content-Length: " +
-        std::to_string(body.size()) + "\r\n\r\n";
+    const std::string head = "HTTP/1.1 " + std::to_string(r.status) +
+                             (r.status == 408   ? " Request Timeout"
+                              : r.status == 413 ? " Payload Too Large"
+                                                : " Request Header Fields Too Large") +
+                             "\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                             "Content-Length: " +
+                             std::to_string(body.size()) + "\r\n\r\n";
     const std::string all = head + body;
     (void)strm.write(all.data(), all.size());
 }
 
-thread_local const conn_stream* t_stream = nullptr;
+thread_local conn_stream* t_stream = nullptr;
 
 } // namespace
 
@@ -260,6 +273,12 @@ int connection_server::current_fd() noexcept {
 
 connection_server::refusal connection_server::current_refusal() {
     return t_stream ? t_stream->refused() : refusal{};
+}
+
+void connection_server::close_after_answer() noexcept {
+    if (t_stream) {
+        t_stream->close_after_answer();
+    }
 }
 
 void connection_server::mark_answering() {
@@ -324,17 +343,17 @@ bool connection_server::process_and_close_socket(socket_t sock) {
             std::lock_guard lk(_m);
             _answering.erase(sock); // answered
         }
-        if (strm.refused().status) {
-            if (!strm.written()) {
-                answer_refusal(strm);
-            }
+        if (strm.refused().status && !strm.written()) {
+            answer_refusal(strm);
+        }
+        if (strm.last()) {
             break;
         }
         if (!ret || closed) {
             break;
         }
     }
-    if (strm.refused().status) {
+    if (strm.last()) {
         // Its answer out first: closed with the client's bytes unread, the
         // connection would be reset and the answer could be lost. What
         // still comes is read and dropped: a second and a MiB at most.

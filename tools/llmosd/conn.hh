@@ -28,6 +28,10 @@ public:
     struct limits {
         size_t header_bytes = 64 * 1024;      ///< request line and headers
         std::chrono::seconds header_time{30}; ///< from the request's first byte to its last
+        /// Bytes of a body with its framing (chunk lines): past them the
+        /// request is refused with 413 whatever reads it, httplib's chunk
+        /// lines included (0: no limit).
+        size_t body_bytes = 0;
     };
     /// Why the request this thread serves was refused while its headers
     /// were read (its status and words), if it was.
@@ -43,6 +47,10 @@ public:
     /// outside one.
     static int current_fd() noexcept;
     static refusal current_refusal();
+    /// The answer to the request this thread serves is its connection's
+    /// last: sent whole, then what the client still sends (a body not
+    /// read) is read and dropped for a moment, and the connection closes.
+    static void close_after_answer() noexcept;
     /// The request this thread serves is being answered (a handler runs,
     /// its body read): shut_connections() leaves its connection to write
     /// the answer, until the request is done.

@@ -12,6 +12,7 @@
 #include <optional>
 #include <poll.h>
 #include <random>
+#include <regex>
 #include <string_view>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -53,8 +54,13 @@ void send_error(httplib::Response& res, const api_error& e, bool close = false) 
     }
     // httplib 0.11 keeps a connection open whatever the response's
     // Connection header says; it closes one whose content provider fails.
-    // So the body goes out whole through one, which then fails.
+    // So the body goes out whole through one, which then fails; the
+    // client's unread bytes are then drained, or closing would reset the
+    // connection and could lose the answer.
     res.set_header("Connection", "close");
+    if (close) { // 429 and 503 come after the body was read
+        connection_server::close_after_answer();
+    }
     const size_t size = body.size();
     res.set_content_provider(
         size, "application/json",
@@ -127,6 +133,40 @@ std::optional<api_error> bad_framing(const httplib::Request& req) {
     if (!reads_body &&
         (chunked || (sized && cl->second.find_first_not_of('0') != std::string::npos))) {
         return bad(400, "a " + m + " request may not have a body", "bad_framing");
+    }
+    return std::nullopt;
+}
+
+// Why a body is refused before a byte of it is read, or nothing: httplib
+// would read it whole (chunked, unbounded) for a route that takes none, or
+// inflate it (a 1 MiB gzip body can hold 1 GiB) past --max-body; and one
+// that declares more than --max-body need not be read to be refused.
+std::optional<api_error> unwanted_body(const httplib::Request& req, size_t max_body) {
+    const std::string& m = req.method;
+    if (m != "POST" && m != "PUT" && m != "PATCH") {
+        return std::nullopt; // bad_framing() refused a body that is not read
+    }
+    if (const std::string enc = req.get_header_value("Content-Encoding");
+        !enc.empty() && enc != "identity") {
+        return api_error{415,
+                         "Content-Encoding '" + enc + "' is not supported: send the body as it is",
+                         "invalid_request_error", "", "unsupported_content_encoding"};
+    }
+    static const std::regex swap(R"(/llmos/v1/models/[^/]+/swap)");
+    const std::string& p = req.path;
+    const bool takes = m == "POST" && (p == "/v1/completions" || p == "/v1/chat/completions" ||
+                                       p == "/llmos/v1/models" || std::regex_match(p, swap));
+    const std::string cl = req.get_header_value("Content-Length");
+    if (!takes &&
+        (req.has_header("Transfer-Encoding") || cl.find_first_not_of('0') != std::string::npos)) {
+        return api_error{404, "no such endpoint", "invalid_request_error", "", "not_found"};
+    }
+    // bad_framing() has checked it: at most 19 digits.
+    if (!cl.empty() && std::stoull(cl) > max_body) {
+        return api_error{413,
+                         "the request body is larger than this server accepts (" +
+                             std::to_string(max_body) + " bytes)",
+                         "invalid_request_error", "", "payload_too_large"};
     }
     return std::nullopt;
 }
@@ -210,7 +250,10 @@ bool peer_still_there(int fd) {
 
 http_server::http_server(daemon& d)
     : _d(d)
-    , _svr({.header_time = d.opts().header_timeout}) {
+    , _svr({.header_time = d.opts().header_timeout,
+            // Room for chunk lines around the largest body; httplib reads
+            // a chunk's size line whole, however long.
+            .body_bytes = d.opts().max_body * 2 + 65536}) {
     _svr.set_payload_max_length(d.opts().max_body);
     // A thread per open connection, up to --max-connections: httplib's
     // fixed pool (max(8, CPUs - 1) by default) would make requests beyond
@@ -254,24 +297,32 @@ http_server::http_server(daemon& d)
             e.message = "method not allowed";
             break;
         default:
+            // A request line or headers httplib could not parse: what
+            // follows cannot be told apart either, so the connection goes.
             e.message = "bad request";
+            send_error(res, e, true);
+            return;
         }
         res.set_content(to_text(error_body(e)), "application/json");
     });
     // Requests whose body cannot be told from what follows it: refused
     // before a handler reads it, and their connections close.
-    _svr.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
-        // No endpoint serves parts of its answer: a Range is ignored (RFC
-        // 9110 14.2), not applied to JSON or error bodies. httplib has
-        // parsed it into the request, which it owns (not const there).
-        const_cast<httplib::Request&>(req).ranges.clear();
-        auto e = bad_framing(req);
-        if (!e) {
-            return httplib::Server::HandlerResponse::Unhandled;
-        }
-        send_error(res, *e, true);
-        return httplib::Server::HandlerResponse::Handled;
-    });
+    _svr.set_pre_routing_handler(
+        [max_body = d.opts().max_body](const httplib::Request& req, httplib::Response& res) {
+            // No endpoint serves parts of its answer: a Range is ignored (RFC
+            // 9110 14.2), not applied to JSON or error bodies. httplib has
+            // parsed it into the request, which it owns (not const there).
+            const_cast<httplib::Request&>(req).ranges.clear();
+            auto e = bad_framing(req);
+            if (!e) {
+                e = unwanted_body(req, max_body);
+            }
+            if (!e) {
+                return httplib::Server::HandlerResponse::Unhandled;
+            }
+            send_error(res, *e, true);
+            return httplib::Server::HandlerResponse::Handled;
+        });
     _svr.set_exception_handler(
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
             api_error e{500, "internal error", "server_error", "", ""};
@@ -518,7 +569,7 @@ bool http_server::read_body(const httplib::ContentReader& reader, httplib::Respo
         return true;
     }
     // The rest of the body is not read: the connection goes.
-    if (too_large || res.status == 413) {
+    if (too_large || res.status == 413 || connection_server::current_refusal().status == 413) {
         send_error(res,
                    {413,
                     "the request body is larger than this server accepts (" + std::to_string(max) +

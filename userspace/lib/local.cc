@@ -246,7 +246,11 @@ result<unique_fd> open_store(const std::string& dir) {
 }
 
 abi_version version() noexcept {
-    return {LLMOS_ABI_MAJOR, LLMOS_ABI_MINOR, LLMOS_FEATURE_VERSION | LLMOS_FEATURE_MINDSPACE};
+    // What the in-process scheduler serves too: requests, and workers
+    // handing back what they will not finish.
+    return {LLMOS_ABI_MAJOR, LLMOS_ABI_MINOR,
+            LLMOS_FEATURE_VERSION | LLMOS_FEATURE_MINDSPACE | LLMOS_FEATURE_SCHED |
+                LLMOS_FEATURE_SCHED_RETURN};
 }
 
 result<ms_info> info(int fd, uint64_t id) {

@@ -174,13 +174,18 @@ void close_client(uint64_t cid) {
         }
         s.workers--;
     }
+    bool held = false; // a worker has room again
     for (auto& [id, r] : c->reqs) {
         if (!finished(r->core)) {
+            held = held || r->core.worker;
             llmos_core_cancel(&s.core, &r->core, now_ns());
         }
         llmos_core_release(&s.core, &r->core);
     }
     s.clients.erase(cid);
+    if (held) {
+        s.work_changed();
+    }
 }
 
 result<uint64_t> submit(uint64_t cid, const submit_options& o, uint64_t ms_len) {
@@ -232,10 +237,14 @@ std::error_code cancel(uint64_t cid, uint64_t id) {
     if (r->owner->id != cid) {
         return err(std::errc::operation_not_permitted);
     }
+    const bool held = r->core.worker; // its worker has room again
     if (int ret = llmos_core_cancel(&s.core, &r->core, now_ns())) {
         return from_core(ret);
     }
     s.notify(r);
+    if (held) {
+        s.work_changed();
+    }
     return {};
 }
 

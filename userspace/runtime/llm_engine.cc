@@ -465,6 +465,11 @@ engine_status llm_engine::impl::prefill(sequence& s) {
             s.output = s.output.first(req->h.kv_off - out);
         }
     }
+    // Too long for any cache: refused before one is opened (a conversation's
+    // region opened for nothing stays reserved under its key).
+    if (st->prompt.size() >= o.kv.max_tokens) {
+        return bad(E2BIG);
+    }
     // No cache kept for it: one of its own, as large as it can use.
     const uint64_t own =
         std::min<uint64_t>(uint64_t(st->prompt.size()) + sp.max_tokens, o.kv.max_tokens);

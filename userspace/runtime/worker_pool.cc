@@ -101,8 +101,9 @@ result<std::unique_ptr<worker_pool>> worker_pool::start(const device& dev, worke
         o.cpus = allowed;
     }
     // (A capacity the scheduler refuses would have every worker retry
-    // its registration for ever.)
-    if (!o.engine || o.slots == 0 || o.slots > LLMOS_MAX_CAPACITY || o.cpus.empty()) {
+    // its registration for ever; max_requeues 0 would fail every request.)
+    if (!o.engine || o.slots == 0 || o.slots > LLMOS_MAX_CAPACITY || o.cpus.empty() ||
+        o.max_requeues == 0) {
         return std::error_code(EINVAL, std::system_category());
     }
     for (int c : o.cpus) {

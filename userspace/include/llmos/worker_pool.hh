@@ -80,7 +80,7 @@ struct worker_pool_options {
     uint32_t slots = 4; ///< requests per worker at once (its batch)
     priority_class cls = priority_class::normal;
     uint64_t model = 0;        ///< model id registered with the scheduler
-    uint32_t max_requeues = 3; ///< then a request fails with -EIO
+    uint32_t max_requeues = 3; ///< then a request fails with -EIO (at least 1)
     /// Makes each worker's engine, on the worker's thread.
     std::function<std::unique_ptr<inference_engine>(unsigned worker)> engine;
     /// Called on the worker's thread with each descriptor it streams
@@ -131,8 +131,8 @@ private:
 
 class worker_pool {
 public:
-    /// Starts the workers. Errors: EINVAL (no engine factory, zero slots,
-    /// a CPU this process may not use).
+    /// Starts the workers. Errors: EINVAL (no engine factory, zero slots
+    /// or max_requeues, a CPU this process may not use).
     static result<std::unique_ptr<worker_pool>> start(const device& dev, worker_pool_options o);
     ~worker_pool(); ///< stop()
     worker_pool(const worker_pool&) = delete;
