@@ -984,6 +984,33 @@ TEST_F(llmosd_test, a_session_s_store_follows_the_context_and_older_ones_carry_o
 // With API keys, a session is its tenant's: another tenant can neither
 // continue it (and read what it holds) nor end it; an admin key can end
 // any. One that runs cannot be ended; one that is full says how to end it.
+// Sessions kept at once are bounded (--max-sessions): a new one past the
+// limit gets 429 saying how to make room; the ones kept go on, and an
+// ended one makes room.
+TEST_F(llmosd_test, sessions_kept_at_once_are_bounded) {
+    server s(_dir, {"--max-sessions", "2"});
+    auto c = s.client();
+    auto turn = [](const std::string& session) {
+        return json{{"model", "tiny"},
+                    {"session", session},
+                    {"prompt", "Hello world"},
+                    {"max_tokens", 2},
+                    {"temperature", 0}};
+    };
+    post(c, "/v1/completions", turn("a"), 200);
+    post(c, "/v1/completions", turn("b"), 200);
+    auto full = post(c, "/v1/completions", turn("c"), 429);
+    expect_error(full, "rate_limit_error", "session");
+    EXPECT_EQ(full["error"]["code"], "too_many_sessions") << full;
+    EXPECT_NE(full["error"]["message"].get<std::string>().find("--max-sessions"), std::string::npos)
+        << full;
+    post(c, "/v1/completions", turn("a"), 200); // kept ones go on
+    auto del = c.Delete("/llmos/v1/sessions/b");
+    ASSERT_TRUE(del);
+    EXPECT_EQ(del->status, 200) << del->body;
+    post(c, "/v1/completions", turn("c"), 200);
+}
+
 TEST_F(llmosd_test, sessions_belong_to_their_tenant_and_can_be_ended) {
     std::filesystem::create_directories(_dir);
     std::ofstream(_dir + "/keys") << "alice-key 1\nbob-key 2\nboss 9 admin\n";

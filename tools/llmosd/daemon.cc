@@ -822,6 +822,27 @@ daemon::admission::~admission() {
     }
 }
 
+void daemon::check_room_for_a_session(const std::string& session) const {
+    if (!_o.max_sessions) {
+        return;
+    }
+    auto all = llmos::list_mindspaces(*_dev);
+    if (!all) {
+        return; // not counted: the mindspace's own limits still hold
+    }
+    const size_t kept = std::count_if(all->begin(), all->end(), [](const llmos::ms_info& i) {
+        return i.name.starts_with(session_ms_prefix);
+    });
+    if (kept >= _o.max_sessions) {
+        throw api_error{429,
+                        "this server keeps at most " + std::to_string(_o.max_sessions) +
+                            " sessions (--max-sessions), and has them; end one (DELETE "
+                            "/llmos/v1/sessions/NAME) before the session '" +
+                            session + "' can start",
+                        "rate_limit_error", "session", "too_many_sessions"};
+    }
+}
+
 std::string daemon::device_lost() const {
     std::lock_guard lk(_lost_m);
     return _lost;
@@ -983,6 +1004,9 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         if (!o) {
             if (!h) {
                 lay = want;
+            }
+            if (!old.length) {
+                check_room_for_a_session(j.session);
             }
             o = llmos::mindspace::create(
                 *_dev, {.length = lay.kv_off() + kv_bytes, .name = name, .persistent = true});
@@ -1388,12 +1412,20 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     // What the worker wrote is the truth (streamed pieces may lag).
     // (A worker reports the range: it may be any two numbers, and their
     // sum may wrap.)
+    bool full = false;
     if (f->result_len && f->result_off <= map->size() &&
         f->result_len <= map->size() - f->result_off) {
         out.text.assign(reinterpret_cast<const char*>(map->data()) + f->result_off, f->result_len);
+        // The worker ends a request whose output area is full (a model
+        // that writes long tokens): cut short, as max_tokens cuts. The
+        // area ends at the mindspace's end, or a session's cache.
+        const uint64_t out_end = !s.j.session.empty() && s.kv_bytes && s.lay.kv_off() > out_off
+                                     ? s.lay.kv_off()
+                                     : map->size();
+        full = f->result_off + f->result_len >= out_end;
     }
     out.completion_tokens = f->tokens;
-    out.finish_reason = f->tokens >= max_tokens ? "length" : "stop";
+    out.finish_reason = f->tokens >= max_tokens || full ? "length" : "stop";
     _metrics.ok.fetch_add(1);
     _metrics.latency.observe(now_s() - t0);
 

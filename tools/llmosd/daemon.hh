@@ -49,6 +49,9 @@ struct options {
     uint32_t default_max_tokens = 256;
     uint32_t max_queue = 64;         ///< requests in flight before 429
     uint32_t max_connections = 1024; ///< HTTP connections served at once (a thread each)
+    /// Sessions kept at once (each a persistent mindspace with a whole
+    /// context's cache): a new one past it gets 429 (0: no limit).
+    uint32_t max_sessions = 1024;
     size_t max_body = 1 << 20;
     std::chrono::seconds header_timeout{30}; ///< a request's line and headers
     std::chrono::seconds request_timeout{300};
@@ -352,6 +355,8 @@ private:
     std::atomic<bool> _abandon{false}; ///< drain() past its limit: every request is cancelled
     mutable std::mutex _lost_m;
     std::string _lost; ///< device_lost(); under _lost_m
+    /// 429 when a new session would be past --max-sessions.
+    void check_room_for_a_session(const std::string& session) const;
     /// The 503 for a request that a lost GPU ends.
     [[noreturn]] void throw_device_lost() const;
     metrics _metrics;
