@@ -322,6 +322,11 @@ TEST_F(gpu_llmosd, a_gpu_that_fails_for_good_gets_503_and_ends_the_daemon) {
     const std::string msg = body["error"].value("message", "");
     EXPECT_NE(msg.find("cudaErrorIllegalAddress"), std::string::npos) << msg;
     EXPECT_NE(msg.find("retry"), std::string::npos) << msg;
+    // One that comes after (if it comes before the exit) is told the same.
+    if (auto again = d.client().Post("/v1/completions", req.dump(), "application/json")) {
+        EXPECT_EQ(again->status, 503) << again->body;
+        EXPECT_NE(again->body.find("device_lost"), std::string::npos) << again->body;
+    }
     EXPECT_EQ(d.wait_exit(std::chrono::seconds(30)), 1) << d.log();
     const std::string log = d.log();
     EXPECT_NE(log.find("the GPU failed for good"), std::string::npos) << log;

@@ -18,6 +18,7 @@
 #include <numa.h>
 #include <sched.h>
 #include <set>
+#include <span>
 #include <stdexcept>
 #include <thread>
 #include <unistd.h>
@@ -460,6 +461,59 @@ TEST_P(worker_pool_test, a_lost_device_ends_its_worker_and_gives_back_what_it_he
     auto again = llmos::worker_pool::start(dev(), opts({.bytes_per_token = 1}));
     ASSERT_TRUE(again);
     expect_echoed(c, ids, 1);
+}
+
+// Fails one request's prefill as bad input, and loses the device at the
+// next one's (a new KV region, a first context: they allocate).
+class losing_engine final : public llmos::inference_engine {
+public:
+    explicit losing_engine(uint64_t bad)
+        : _bad(bad) {}
+    llmos::engine_status prefill(llmos::sequence& s) override {
+        if (s.req.id == _bad) {
+            s.status = -EINVAL;
+            return llmos::engine_status::bad_input;
+        }
+        throw llmos::engine::device_lost("cuMemCreate: CUDA_ERROR_ILLEGAL_ADDRESS");
+    }
+    void decode(std::span<llmos::sequence* const>) override {}
+    void release(llmos::sequence&) noexcept override {}
+
+private:
+    uint64_t _bad;
+};
+
+// The device lost in a prefill, after another request of the batch ended
+// in its own: that one has its answer, the other goes back uncounted.
+TEST_P(worker_pool_test, a_device_lost_in_a_prefill_after_one_ended_there) {
+    auto c = llmos::sched_client::open(dev()).value();
+    const uint64_t bad = c.submit(prompt(0, 40, 1)).value();
+    const uint64_t good = c.submit(prompt(4096, 40, 2)).value();
+    std::atomic<int> said{0};
+    auto o = opts({});
+    o.cpus.resize(1);
+    o.slots = 4;
+    o.engine = [bad](unsigned) { return std::make_unique<losing_engine>(bad); };
+    o.on_device_lost = [&](unsigned, const std::string&) { said.fetch_add(1); };
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto f = c.wait(bad, llmos::wait_for::at_most(10s));
+    ASSERT_TRUE(f) << f.error().message();
+    EXPECT_EQ(f->state, uint32_t(LLMOS_REQ_FAILED));
+    EXPECT_EQ(f->status, -EINVAL);
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (!(*pool)->info(0).device_lost.load() && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(1ms);
+    }
+    ASSERT_TRUE((*pool)->info(0).device_lost.load()) << (*pool)->info(0).last_error();
+    auto w = llmos::sched_worker::open(dev(), 4).value();
+    auto got = w.dispatch(4, llmos::wait_for::at_most(10s)).value();
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].id, good);
+    EXPECT_EQ(got[0].requeues, 0u);
+    EXPECT_FALSE(w.complete(good, 0, 1));
+    EXPECT_EQ(said.load(), 1);
+    (*pool)->stop();
 }
 
 TEST_P(worker_pool_test, a_dying_worker_s_requests_are_requeued_by_the_scheduler) {

@@ -4,12 +4,14 @@
 #include "openai.hh"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <climits>
 #include <cstring>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <string_view>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -38,6 +40,153 @@ short wait_for(int fd, short events, milliseconds d) {
 milliseconds to_ms(time_t sec, time_t usec) {
     return milliseconds(sec * 1000 + usec / 1000);
 }
+
+// What httplib 0.11 reads leniently, checked on the bytes as they come,
+// so that what it reads is what a strict reader in front of llmosd reads:
+// every line of a request's head ends in CRLF (httplib drops a line that
+// ends in LF alone, a framing header with it); Content-Length and
+// Transfer-Encoding values hold no '%' (httplib percent-decodes header
+// values: "%63hunked" is chunked to it); a chunked body is framed
+// strictly: each size line hex digits (an extension after ';') and CRLF,
+// each chunk's data followed by CRLF, a last chunk of size 0, trailer
+// lines, an empty line (httplib takes "0x1d", "+1d", " 1d", "1d junk",
+// and ends the body at data not followed by CRLF).
+class framing {
+public:
+    void reset() { *this = framing{}; }
+
+    /// One byte of the request line and headers: nullptr, or why it
+    /// breaks the rules.
+    const char* head(char c) {
+        if (c != '\n') {
+            _line += c;
+            return nullptr;
+        }
+        if (_line.empty() || _line.back() != '\r') {
+            return "a line of the request head must end in CRLF";
+        }
+        _line.pop_back();
+        const bool first = _first;
+        _first = false;
+        const auto colon = _line.find(':');
+        if (!first && colon != std::string::npos) {
+            const std::string_view name(_line.data(), colon);
+            const bool te = name.size() == 17 && nocase(name, "transfer-encoding");
+            if ((te || (name.size() == 14 && nocase(name, "content-length"))) &&
+                _line.find('%', colon) != std::string::npos) {
+                return "a Content-Length or Transfer-Encoding value may not hold '%'";
+            }
+            _chunked = _chunked || te;
+        }
+        _line.clear();
+        return nullptr;
+    }
+
+    /// One byte of the body: nullptr, or why it breaks the rules.
+    const char* body(char c) {
+        if (!_chunked) {
+            return nullptr;
+        }
+        switch (_st) {
+        case st::size:
+            if (const int d = hex(c); d >= 0 && _digits < 16) {
+                _left = _left * 16 + unsigned(d);
+                ++_digits;
+                return nullptr;
+            }
+            if (_digits && (c == ';' || c == '\r')) {
+                _st = c == ';' ? st::ext : st::size_lf;
+                return nullptr;
+            }
+            return "a chunk's size must be 1 to 16 hex digits, then CRLF";
+        case st::ext:
+            if (c == '\r') {
+                _st = st::size_lf;
+            } else if (c == '\n' || ++_ext > 1024) {
+                return "a chunk extension must end in CRLF within 1 KiB";
+            }
+            return nullptr;
+        case st::size_lf:
+            if (c != '\n') {
+                return "a chunk's size line must end in CRLF";
+            }
+            _st = _left ? st::data : st::trailer_start;
+            return nullptr;
+        case st::data:
+            if (--_left == 0) {
+                _st = st::data_cr;
+            }
+            return nullptr;
+        case st::data_cr:
+        case st::data_lf:
+            if (c != (_st == st::data_cr ? '\r' : '\n')) {
+                return "a chunk's data must be followed by CRLF";
+            }
+            if (_st == st::data_lf) {
+                _digits = 0;
+                _ext = 0;
+            }
+            _st = _st == st::data_cr ? st::data_lf : st::size;
+            return nullptr;
+        case st::trailer_start:
+            _st = c == '\r' ? st::end_lf : st::trailer;
+            return nullptr;
+        case st::trailer:
+            if (c == '\r') {
+                _st = st::trailer_lf;
+            } else if (c == '\n') {
+                return "a trailer line must end in CRLF";
+            }
+            return nullptr;
+        case st::trailer_lf:
+        case st::end_lf:
+            if (c != '\n') {
+                return "a chunked body must end in CRLF";
+            }
+            _st = _st == st::trailer_lf ? st::trailer_start : st::done;
+            return nullptr;
+        case st::done:
+            return nullptr;
+        }
+        return nullptr;
+    }
+
+private:
+    static int hex(char c) {
+        if (c >= '0' && c <= '9') {
+            return c - '0';
+        }
+        if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') {
+            return (c | 0x20) - 'a' + 10;
+        }
+        return -1;
+    }
+    static bool nocase(std::string_view a, std::string_view lower) {
+        return std::equal(a.begin(), a.end(), lower.begin(), lower.end(), [](char x, char y) {
+            return static_cast<char>(std::tolower(static_cast<unsigned char>(x))) == y;
+        });
+    }
+    enum class st {
+        size,
+        ext,
+        size_lf,
+        data,
+        data_cr,
+        data_lf,
+        trailer_start,
+        trailer,
+        trailer_lf,
+        end_lf,
+        done
+    };
+    std::string _line; ///< the head's line so far
+    bool _first = true;
+    bool _chunked = false;
+    st _st = st::size;
+    uint64_t _left = 0; ///< the chunk's size, then its data bytes still to come
+    unsigned _digits = 0;
+    size_t _ext = 0;
+};
 
 // One connection's bytes, buffered: what is read past a request (the next
 // one, pipelined) stays for it. While a request's line and headers come,
@@ -85,6 +234,7 @@ public:
         _in_headers = true;
         _header_bytes = 0;
         _body_bytes = 0;
+        _framing.reset();
         _deadline = steady::now() + _l.header_time;
         _t1 = _t2 = 0;
     }
@@ -120,6 +270,9 @@ public:
                     return -1;
                 }
                 const char c = _buf[_pos + i];
+                if (const char* why = _framing.head(c)) {
+                    return refuse_framing(why);
+                }
                 if (_t1 == '\n' && _t2 == '\r' && c == '\n') {
                     _in_headers = false;
                     n = i + 1;
@@ -134,6 +287,12 @@ public:
                             std::to_string(_l.body_bytes) + " bytes with its framing)",
                         "payload_too_large"};
             return -1;
+        } else {
+            for (size_t i = 0; i < n; ++i) {
+                if (const char* why = _framing.body(_buf[_pos + i])) {
+                    return refuse_framing(why);
+                }
+            }
         }
         std::memcpy(ptr, _buf + _pos, n);
         _pos += n;
@@ -161,6 +320,11 @@ public:
     socket_t socket() const override { return _fd; }
 
 private:
+    ssize_t refuse_framing(const char* why) {
+        _refusal = {400, why, "bad_framing"};
+        return -1;
+    }
+
     // Reads what has come into the buffer: bytes read, 0 at the peer's
     // end, -1 on a timeout (a request's headers past their time: refused)
     // or an error.
@@ -242,6 +406,7 @@ private:
     steady::time_point _deadline;
     char _t1 = 0, _t2 = 0; ///< the last two header bytes
     connection_server::refusal _refusal;
+    framing _framing;
     bool _last = false;
     size_t _written = 0;
 };
@@ -253,7 +418,8 @@ void answer_refusal(conn_stream& strm) {
     const std::string body =
         to_text(error_body({r.status, r.message, "invalid_request_error", "", r.code}));
     const std::string head = "HTTP/1.1 " + std::to_string(r.status) +
-                             (r.status == 408   ? " Request Timeout"
+                             (r.status == 400   ? " Bad Request"
+                              : r.status == 408 ? " Request Timeout"
                               : r.status == 413 ? " Payload Too Large"
                                                 : " Request Header Fields Too Large") +
                              "\r\nConnection: close\r\nContent-Type: application/json\r\n"

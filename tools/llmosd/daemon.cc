@@ -848,10 +848,13 @@ std::string daemon::device_lost() const {
     return _lost;
 }
 
+api_error daemon::device_lost_error(const std::string& why) {
+    return {503, "the server's GPU failed (" + why + "); it restarts: retry shortly",
+            "server_error", "", "device_lost"};
+}
+
 void daemon::throw_device_lost() const {
-    throw api_error{503,
-                    "the server's GPU failed (" + device_lost() + "); it restarts: retry shortly",
-                    "server_error", "", "device_lost"};
+    throw device_lost_error(device_lost());
 }
 
 daemon::admission daemon::admit(const job& j) {

@@ -278,6 +278,8 @@ public:
     /// engine saw it fail for good. New requests and those in flight then
     /// get 503; the daemon should exit, so as to be started again.
     std::string device_lost() const;
+    /// The 503 for a request a lost GPU (`why`) ends or turns away.
+    static api_error device_lost_error(const std::string& why);
 
     /// An API key: the tenant its requests are scheduled as, and whether
     /// it may use the administration API (/llmos/v1/models).

@@ -12,7 +12,6 @@
 #include <optional>
 #include <poll.h>
 #include <random>
-#include <regex>
 #include <string_view>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -47,29 +46,17 @@ void send_error(httplib::Response& res, const api_error& e, bool close = false) 
     if (e.status == 429) {
         res.set_header("Retry-After", "1");
     }
-    std::string body = to_text(error_body(e));
+    res.set_content(to_text(error_body(e)), "application/json");
     if (!close && e.status != 429 && e.status != 503) {
-        res.set_content(std::move(body), "application/json");
         return;
     }
     // httplib 0.11 keeps a connection open whatever the response's
-    // Connection header says; it closes one whose content provider fails.
-    // So the body goes out whole through one, which then fails; the
-    // client's unread bytes are then drained, or closing would reset the
-    // connection and could lose the answer.
+    // Connection header says: the connection's loop ends it after this
+    // answer, written whole (a content provider would be cut short by a
+    // stop), then drains what the client still sends (closing with its
+    // bytes unread would reset the connection, and could lose the answer).
     res.set_header("Connection", "close");
-    if (close) { // 429 and 503 come after the body was read
-        connection_server::close_after_answer();
-    }
-    const size_t size = body.size();
-    res.set_content_provider(
-        size, "application/json",
-        [body = std::move(body)](size_t at, size_t len, httplib::DataSink& sink) {
-            if (at < body.size()) {
-                sink.write(body.data() + at, std::min(len, body.size() - at));
-            }
-            return false;
-        });
+    connection_server::close_after_answer();
 }
 
 // Whether `text` starts with `lower` (lower case), in any case.
@@ -94,6 +81,10 @@ std::optional<api_error> bad_framing(const httplib::Request& req) {
         if (name.find_first_of(" \t") != std::string::npos) {
             return bad(400, "a header name may not hold blanks", "bad_framing");
         }
+    }
+    // RFC 9112 3.2: a proxy and llmosd could take it for different hosts.
+    if (req.version == "HTTP/1.1" && req.get_header_value_count("Host") != 1) {
+        return bad(400, "an HTTP/1.1 request has one Host header", "bad_framing");
     }
     auto [te, te_end] = req.headers.equal_range("Transfer-Encoding");
     auto [cl, cl_end] = req.headers.equal_range("Content-Length");
@@ -152,10 +143,12 @@ std::optional<api_error> unwanted_body(const httplib::Request& req, size_t max_b
                          "Content-Encoding '" + enc + "' is not supported: send the body as it is",
                          "invalid_request_error", "", "unsupported_content_encoding"};
     }
-    static const std::regex swap(R"(/llmos/v1/models/[^/]+/swap)");
     const std::string& p = req.path;
+    constexpr std::string_view models = "/llmos/v1/models/", swap = "/swap";
+    const bool swaps = p.size() > models.size() + swap.size() && p.starts_with(models) &&
+                       p.ends_with(swap) && p.find('/', models.size()) == p.size() - swap.size();
     const bool takes = m == "POST" && (p == "/v1/completions" || p == "/v1/chat/completions" ||
-                                       p == "/llmos/v1/models" || std::regex_match(p, swap));
+                                       p == "/llmos/v1/models" || swaps);
     const std::string cl = req.get_header_value("Content-Length");
     if (!takes &&
         (req.has_header("Transfer-Encoding") || cl.find_first_not_of('0') != std::string::npos)) {
@@ -322,6 +315,20 @@ http_server::http_server(daemon& d)
             }
             send_error(res, *e, true);
             return httplib::Server::HandlerResponse::Handled;
+        });
+    // A client that asks first (Expect: 100-continue) is refused before it
+    // sends a body that would be: httplib would invite it (100) first.
+    _svr.set_expect_100_continue_handler(
+        [max_body = d.opts().max_body](const httplib::Request& req, httplib::Response& res) {
+            auto e = bad_framing(req);
+            if (!e) {
+                e = unwanted_body(req, max_body);
+            }
+            if (!e) {
+                return 100;
+            }
+            send_error(res, *e, true);
+            return e->status;
         });
     _svr.set_exception_handler(
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
@@ -576,6 +583,8 @@ bool http_server::read_body(const httplib::ContentReader& reader, httplib::Respo
                         " bytes)",
                     "invalid_request_error", "", "payload_too_large"},
                    true);
+    } else if (auto r = connection_server::current_refusal(); r.status == 400) {
+        send_error(res, {400, r.message, "invalid_request_error", "", r.code}, true);
     } else {
         send_error(res,
                    {400, "the request body could not be read", "invalid_request_error", "", ""},
@@ -607,6 +616,10 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res,
     if (!_d.find_model(j.model)) {
         send_error(res, {404, "the model '" + j.model + "' does not exist", "invalid_request_error",
                          "model", "model_not_found"});
+        return;
+    }
+    if (const std::string lost = _d.device_lost(); !lost.empty()) {
+        send_error(res, daemon::device_lost_error(lost));
         return;
     }
     if (_d.draining()) {

@@ -592,6 +592,7 @@ void worker_pool::run_worker(unsigned i) {
             } catch (const engine::device_lost& e) {
                 // Not the requests' fault: they go back (below), uncounted.
                 lost(e.what());
+                drop_ended(); // ended in prefill
                 break;
             }
             info.steps.fetch_add(1);
