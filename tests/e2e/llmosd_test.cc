@@ -1844,6 +1844,21 @@ TEST_F(llmosd_test, bodies_past_max_body_are_refused_before_they_are_read) {
         EXPECT_TRUE(a.closed) << "the connection stayed open after\n" << c.request.substr(0, 200);
         EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << c.request.substr(0, 200);
     }
+    // A web page of another origin may not use the API (a page on any site
+    // could post to a llmosd on localhost); one of this origin, and
+    // clients that send no Origin, may.
+    auto page = raw_exchange(
+        s.port, "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(s.port) +
+                    "\r\nOrigin: http://attacker.example\r\nContent-Type: "
+                    "text/plain\r\nContent-Length: " +
+                    std::to_string(body.size()) + "\r\n\r\n" + body);
+    EXPECT_EQ(page.status(), 403) << page.text;
+    EXPECT_EQ(page.body()["error"]["code"], "cross_origin") << page.text;
+    auto same = raw_exchange(
+        s.port, "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(s.port) +
+                    "\r\nOrigin: http://127.0.0.1:" + std::to_string(s.port) +
+                    "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    EXPECT_EQ(same.status(), 200) << same.text;
     // A client that asks before it sends is told no, not invited (100).
     auto asked = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: "
                                       "100-continue\r\nContent-Length: 2000000\r\n\r\n");

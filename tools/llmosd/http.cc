@@ -164,6 +164,50 @@ std::optional<api_error> unwanted_body(const httplib::Request& req, size_t max_b
     return std::nullopt;
 }
 
+// A web page of another site (its Origin is not this server's Host) may
+// not use the API: without API keys, any page a user opens could load
+// models, start sessions and generations on a llmosd on localhost (a
+// plain POST needs no preflight). Clients other than browsers send no
+// Origin.
+std::optional<api_error> cross_origin(const httplib::Request& req) {
+    const std::string origin = req.get_header_value("Origin");
+    if (origin.empty()) {
+        return std::nullopt;
+    }
+    std::string_view host = origin;
+    for (std::string_view scheme : {"http://", "https://"}) {
+        if (starts_with_nocase(host, scheme)) {
+            host.remove_prefix(scheme.size());
+        }
+    }
+    const std::string want = req.get_header_value("Host");
+    const bool same = host.size() == want.size() && host != origin &&
+                      std::equal(host.begin(), host.end(), want.begin(), [](char a, char b) {
+                          return std::tolower(static_cast<unsigned char>(a)) ==
+                                 std::tolower(static_cast<unsigned char>(b));
+                      });
+    if (same) {
+        return std::nullopt;
+    }
+    return api_error{403,
+                     "requests from web pages of another origin (" + origin +
+                         ") are refused: llmosd's API is not for other sites' pages",
+                     "invalid_request_error", "", "cross_origin"};
+}
+
+// Why a request is refused before its body is read (its framing, a body it
+// may not have, its origin), or nothing.
+std::optional<api_error> refused_before_body(const httplib::Request& req, size_t max_body) {
+    auto e = bad_framing(req);
+    if (!e) {
+        e = unwanted_body(req, max_body);
+    }
+    if (!e) {
+        e = cross_origin(req);
+    }
+    return e;
+}
+
 json usage_of(const outcome& o) {
     return {{"prompt_tokens", o.prompt_tokens},
             {"completion_tokens", o.completion_tokens},
@@ -306,10 +350,7 @@ http_server::http_server(daemon& d)
             // 9110 14.2), not applied to JSON or error bodies. httplib has
             // parsed it into the request, which it owns (not const there).
             const_cast<httplib::Request&>(req).ranges.clear();
-            auto e = bad_framing(req);
-            if (!e) {
-                e = unwanted_body(req, max_body);
-            }
+            auto e = refused_before_body(req, max_body);
             if (!e) {
                 return httplib::Server::HandlerResponse::Unhandled;
             }
@@ -320,10 +361,7 @@ http_server::http_server(daemon& d)
     // sends a body that would be: httplib would invite it (100) first.
     _svr.set_expect_100_continue_handler(
         [max_body = d.opts().max_body](const httplib::Request& req, httplib::Response& res) {
-            auto e = bad_framing(req);
-            if (!e) {
-                e = unwanted_body(req, max_body);
-            }
+            auto e = refused_before_body(req, max_body);
             if (!e) {
                 return 100;
             }
