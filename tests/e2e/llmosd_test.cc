@@ -1000,6 +1000,40 @@ TEST_F(llmosd_test, a_session_s_store_follows_the_context_and_older_ones_carry_o
 // Sessions kept at once are bounded (--max-sessions): a new one past the
 // limit gets 429 saying how to make room; the ones kept go on, and an
 // ended one makes room.
+// Without API keys, a web page of another origin may not use the API (a
+// page on any site could post to a llmosd on localhost); pages of its own
+// origin (default ports or not), of origins --allow-origin names, apps and
+// extensions, and clients that send no Origin may. With keys any may: a
+// page has no key to send.
+TEST_F(llmosd_test, web_pages_of_other_origins_are_refused_without_keys) {
+    std::filesystem::create_directories(_dir);
+    std::ofstream(_dir + "/keys") << "k 1\n";
+    const std::string body = R"({"model": "tiny", "prompt": "x", "max_tokens": 2})";
+    auto from = [&](int port, const std::string& host, const std::string& origin,
+                    const std::string& auth = "") {
+        return raw_exchange(port, "POST /v1/completions HTTP/1.1\r\nHost: " + host +
+                                      "\r\nOrigin: " + origin + "\r\n" + auth +
+                                      "Content-Type: text/plain\r\nContent-Length: " +
+                                      std::to_string(body.size()) + "\r\n\r\n" + body);
+    };
+    {
+        server s(_dir + "/open", {"--allow-origin", "https://chat.example.com"});
+        const std::string me = "127.0.0.1:" + std::to_string(s.port);
+        auto page = from(s.port, me, "http://attacker.example");
+        EXPECT_EQ(page.status(), 403) << page.text;
+        EXPECT_EQ(page.body()["error"]["code"], "cross_origin") << page.text;
+        EXPECT_EQ(from(s.port, me, "null").status(), 403);
+        EXPECT_EQ(from(s.port, me, "http://" + me).status(), 200);
+        EXPECT_EQ(from(s.port, "localhost:80", "http://localhost").status(), 200);
+        EXPECT_EQ(from(s.port, me, "https://chat.example.com").status(), 200);
+        EXPECT_EQ(from(s.port, me, "chrome-extension://abcdef").status(), 200);
+    }
+    server s(_dir, {"--api-key-file", _dir + "/keys"});
+    auto keyed =
+        from(s.port, "127.0.0.1", "http://attacker.example", "Authorization: Bearer k\r\n");
+    EXPECT_EQ(keyed.status(), 200) << keyed.text;
+}
+
 TEST_F(llmosd_test, sessions_kept_at_once_are_bounded) {
     server s(_dir, {"--max-sessions", "2"});
     auto c = s.client();
@@ -1012,8 +1046,8 @@ TEST_F(llmosd_test, sessions_kept_at_once_are_bounded) {
     };
     post(c, "/v1/completions", turn("a"), 200);
     post(c, "/v1/completions", turn("b"), 200);
-    auto full = post(c, "/v1/completions", turn("c"), 429);
-    expect_error(full, "rate_limit_error", "session");
+    auto full = post(c, "/v1/completions", turn("c"), 403);
+    expect_error(full, "invalid_request_error", "session");
     EXPECT_EQ(full["error"]["code"], "too_many_sessions") << full;
     EXPECT_NE(full["error"]["message"].get<std::string>().find("--max-sessions"), std::string::npos)
         << full;
@@ -1022,6 +1056,43 @@ TEST_F(llmosd_test, sessions_kept_at_once_are_bounded) {
     ASSERT_TRUE(del);
     EXPECT_EQ(del->status, 200) << del->body;
     post(c, "/v1/completions", turn("c"), 200);
+    // Creators of different sessions at once do not each find room.
+    std::atomic<int> made{0}, refused{0};
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 6; ++i) {
+        ts.emplace_back([&, i] {
+            auto cc = s.client();
+            auto r = cc.Post("/v1/completions", turn("p" + std::to_string(i)).dump(),
+                             "application/json");
+            if (r && r->status == 200) {
+                made++;
+            } else if (r && r->status == 403) {
+                refused++;
+            }
+        });
+    }
+    for (auto& t : ts) {
+        t.join();
+    }
+    EXPECT_EQ(made.load(), 0);
+    EXPECT_EQ(refused.load(), 6);
+    ASSERT_TRUE(c.Delete("/llmos/v1/sessions/a"));
+    ASSERT_TRUE(c.Delete("/llmos/v1/sessions/c"));
+    ts.clear();
+    for (int i = 0; i < 6; ++i) {
+        ts.emplace_back([&, i] {
+            auto cc = s.client();
+            auto r = cc.Post("/v1/completions", turn("q" + std::to_string(i)).dump(),
+                             "application/json");
+            if (r && r->status == 200) {
+                made++;
+            }
+        });
+    }
+    for (auto& t : ts) {
+        t.join();
+    }
+    EXPECT_EQ(made.load(), 2) << "sessions past --max-sessions were made";
 }
 
 TEST_F(llmosd_test, sessions_belong_to_their_tenant_and_can_be_ended) {
@@ -1776,6 +1847,13 @@ TEST_F(llmosd_test, ambiguous_framing_is_refused_and_the_connection_closes) {
              "XXXX\r\nGET /health HTTP/1.1\r\nHost: llmosd\r\n\r\n",
          400, "bad_framing"},
         {"GET /health HTTP/1.1\r\n\r\n", 400, "bad_framing"},
+        {post + "Transfer-Encoding:\r\n chunked\r\n" + sized + "\r\n" + body, 400, "bad_framing"},
+        {post + "Transfer-Encoding:\r\n" + sized + "\r\n" + body, 400, "bad_framing"},
+        {post + sized + " 5\r\n\r\n" + body, 400, "bad_framing"},
+        {"POST /v1/completions HTTP/1.0\r\nConnection: Keep-Alive\r\nTransfer-Encoding: "
+         "chunked\r\n" +
+             chunked,
+         400, "bad_framing"},
         {"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "bad_framing"},
     };
     for (auto& c : cases) {
@@ -1844,21 +1922,6 @@ TEST_F(llmosd_test, bodies_past_max_body_are_refused_before_they_are_read) {
         EXPECT_TRUE(a.closed) << "the connection stayed open after\n" << c.request.substr(0, 200);
         EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << c.request.substr(0, 200);
     }
-    // A web page of another origin may not use the API (a page on any site
-    // could post to a llmosd on localhost); one of this origin, and
-    // clients that send no Origin, may.
-    auto page = raw_exchange(
-        s.port, "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(s.port) +
-                    "\r\nOrigin: http://attacker.example\r\nContent-Type: "
-                    "text/plain\r\nContent-Length: " +
-                    std::to_string(body.size()) + "\r\n\r\n" + body);
-    EXPECT_EQ(page.status(), 403) << page.text;
-    EXPECT_EQ(page.body()["error"]["code"], "cross_origin") << page.text;
-    auto same = raw_exchange(
-        s.port, "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(s.port) +
-                    "\r\nOrigin: http://127.0.0.1:" + std::to_string(s.port) +
-                    "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
-    EXPECT_EQ(same.status(), 200) << same.text;
     // A client that asks before it sends is told no, not invited (100).
     auto asked = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: "
                                       "100-continue\r\nContent-Length: 2000000\r\n\r\n");

@@ -101,6 +101,23 @@ TEST(chat, detects_formats_from_templates) {
                                  "{% set content = '<<SYS>>\\n' + system_message %}"));
     // No template: chatml, as llama.cpp falls back to.
     EXPECT_EQ(chat_format::chatml, detect_chat_format(""));
+    // Mistral's [INST] templates render otherwise than Llama-2-chat's (one
+    // BOS, no <<SYS>>, other spaces): not guessed. Instruct v0.2, v1
+    // (system in the first [INST]), v7 ([SYSTEM_PROMPT]).
+    EXPECT_EQ(std::nullopt,
+              detect_chat_format("{{ bos_token }}{% for message in messages %}{% if "
+                                 "message['role'] == 'user' %}{{ '[INST] ' + message['content'] + "
+                                 "' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ "
+                                 "message['content'] + eos_token}}{% endif %}{% endfor %}"));
+    EXPECT_EQ(std::nullopt, detect_chat_format("{{ ' [INST] ' + system_message }}"));
+    EXPECT_EQ(std::nullopt, detect_chat_format("{{ '[SYSTEM_PROMPT]' }}{{ bos_token + '[INST] ' + "
+                                               "content.strip() }}{{ '<<SYS>>' }}"));
+    // Where a chatml template's BOS is.
+    EXPECT_TRUE(chatml_starts_with_bos("{{bos_token}}{% for m in messages %}"));
+    EXPECT_TRUE(chatml_starts_with_bos("{{- bos_token }}{%- for m in messages %}"));
+    EXPECT_FALSE(chatml_starts_with_bos("{% for m in messages %}{{ bos_token }}"));
+    EXPECT_FALSE(chatml_starts_with_bos("{{'<|im_start|>'}}{{ bos_token }}"));
+    EXPECT_FALSE(chatml_starts_with_bos("{% for m in messages %}{{'<|im_start|>'}}"));
     // Phi-4 uses <|im_start|> with <|im_sep|>: not chatml, not guessed.
     EXPECT_EQ(std::nullopt, detect_chat_format("<|im_start|>{{ role }}<|im_sep|>"));
     EXPECT_EQ(std::nullopt, detect_chat_format("{{ '<start_of_turn>' + role }}"));
@@ -198,4 +215,20 @@ TEST(chat, renders_with_a_vocabs_template_and_tokens) {
     d.chat_template = "{{ '<start_of_turn>' }}";
     vocab unknown(d);
     EXPECT_THROW(render_chat(unknown, one, true), std::invalid_argument);
+
+    // A chatml template that starts with the BOS (Hermes-2-Pro-Llama-3)
+    // puts it first, as a marker; one that does not, does not.
+    d.chat_template = "{{bos_token}}{% for message in messages %}{{'<|im_start|>' + "
+                      "message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+                      "'\\n'}}{% endfor %}";
+    vocab hermes(d);
+    const rendered_chat h = render_chat(hermes, one, true);
+    EXPECT_EQ("<|begin_of_text|><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", h.text);
+    ASSERT_FALSE(h.markers.empty());
+    EXPECT_EQ(0u, h.markers[0].off);
+    EXPECT_EQ(1, hermes.encode(h.text, false, h.markers).front());
+    d.chat_template = d.chat_template.substr(std::string_view("{{bos_token}}").size());
+    vocab plain(d);
+    EXPECT_EQ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+              render_chat(plain, one, true).text);
 }

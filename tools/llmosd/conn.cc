@@ -68,13 +68,23 @@ public:
         _line.pop_back();
         const bool first = _first;
         _first = false;
+        // A line folded onto the one before (RFC 9112 5.2): httplib drops
+        // it, a reader in front may unfold it.
+        if (!first && !_line.empty() && (_line[0] == ' ' || _line[0] == '\t')) {
+            return "a header line may not be folded onto the one before";
+        }
         const auto colon = _line.find(':');
         if (!first && colon != std::string::npos) {
             const std::string_view name(_line.data(), colon);
             const bool te = name.size() == 17 && nocase(name, "transfer-encoding");
-            if ((te || (name.size() == 14 && nocase(name, "content-length"))) &&
-                _line.find('%', colon) != std::string::npos) {
-                return "a Content-Length or Transfer-Encoding value may not hold '%'";
+            if (te || (name.size() == 14 && nocase(name, "content-length"))) {
+                if (_line.find('%', colon) != std::string::npos) {
+                    return "a Content-Length or Transfer-Encoding value may not hold '%'";
+                }
+                // httplib drops a header whose value is empty.
+                if (_line.find_first_not_of(" \t", colon + 1) == std::string::npos) {
+                    return "a Content-Length or Transfer-Encoding value may not be empty";
+                }
             }
             _chunked = _chunked || te;
         }

@@ -822,25 +822,28 @@ daemon::admission::~admission() {
     }
 }
 
-void daemon::check_room_for_a_session(const std::string& session) const {
+std::unique_lock<std::mutex> daemon::check_room_for_a_session(const std::string& session) const {
     if (!_o.max_sessions) {
-        return;
+        return {};
     }
+    std::unique_lock lk(_new_session_m);
     auto all = llmos::list_mindspaces(*_dev);
     if (!all) {
-        return; // not counted: the mindspace's own limits still hold
+        return lk; // not counted: the mindspace's own limits still hold
     }
     const size_t kept = std::count_if(all->begin(), all->end(), [](const llmos::ms_info& i) {
         return i.name.starts_with(session_ms_prefix);
     });
     if (kept >= _o.max_sessions) {
-        throw api_error{429,
+        // 403, not 429: waiting does not make room (and clients retry 429).
+        throw api_error{403,
                         "this server keeps at most " + std::to_string(_o.max_sessions) +
                             " sessions (--max-sessions), and has them; end one (DELETE "
                             "/llmos/v1/sessions/NAME) before the session '" +
                             session + "' can start",
-                        "rate_limit_error", "session", "too_many_sessions"};
+                        "invalid_request_error", "session", "too_many_sessions"};
     }
+    return lk;
 }
 
 std::string daemon::device_lost() const {
@@ -1008,11 +1011,17 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             if (!h) {
                 lay = want;
             }
+            // Counted and made under one lock: creators of other names
+            // would each find room for one more.
+            std::unique_lock<std::mutex> room;
             if (!old.length) {
-                check_room_for_a_session(j.session);
+                room = check_room_for_a_session(j.session);
             }
             o = llmos::mindspace::create(
                 *_dev, {.length = lay.kv_off() + kv_bytes, .name = name, .persistent = true});
+            if (room.owns_lock()) {
+                room.unlock();
+            }
             std::optional<std::error_code> failed;
             if (!o) {
                 failed = o.error();

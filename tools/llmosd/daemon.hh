@@ -56,6 +56,9 @@ struct options {
     std::chrono::seconds header_timeout{30}; ///< a request's line and headers
     std::chrono::seconds request_timeout{300};
     std::string api_key_file;
+    /// Web origins ("https://chat.example.com", or "*") whose pages may
+    /// use the API without API keys, besides the server's own.
+    std::vector<std::string> allowed_origins;
     /// Where models run: "cpu", "cuda" / "cuda:N" (refused with the
     /// reason when that GPU cannot be used), or "auto" (cuda:0 when it
     /// can be, else the CPU).
@@ -357,8 +360,10 @@ private:
     std::atomic<bool> _abandon{false}; ///< drain() past its limit: every request is cancelled
     mutable std::mutex _lost_m;
     std::string _lost; ///< device_lost(); under _lost_m
-    /// 429 when a new session would be past --max-sessions.
-    void check_room_for_a_session(const std::string& session) const;
+    /// 403 when a new session would be past --max-sessions; else the lock
+    /// to hold until it is made.
+    std::unique_lock<std::mutex> check_room_for_a_session(const std::string& session) const;
+    mutable std::mutex _new_session_m; ///< counting sessions and making one
     /// The 503 for a request that a lost GPU ends.
     [[noreturn]] void throw_device_lost() const;
     metrics _metrics;

@@ -73,6 +73,13 @@ bool starts_with_nocase(std::string_view text, std::string_view lower) {
 // GET (or DELETE without a Content-Length), and read a POST without either
 // header to the connection's end: a proxy in front that read any of these
 // another way would see a different next request.
+// Who may call from a web page: with API keys anyone (a page cannot send
+// one without the user's key), else the server's own origin and these.
+struct origin_rules {
+    bool keys = false;
+    std::vector<std::string> allowed;
+};
+
 std::optional<api_error> bad_framing(const httplib::Request& req) {
     auto bad = [](int status, const std::string& why, const char* code) {
         return api_error{status, why, "invalid_request_error", "", code};
@@ -88,6 +95,10 @@ std::optional<api_error> bad_framing(const httplib::Request& req) {
     }
     auto [te, te_end] = req.headers.equal_range("Transfer-Encoding");
     auto [cl, cl_end] = req.headers.equal_range("Content-Length");
+    if (te != te_end && req.version == "HTTP/1.0") {
+        // RFC 9112 6.1: faulty framing there (1.0 has no chunked).
+        return bad(400, "an HTTP/1.0 request may not have a Transfer-Encoding", "bad_framing");
+    }
     if (te != te_end) {
         const bool chunked = std::next(te) == te_end && te->second.size() == 7 &&
                              starts_with_nocase(te->second, "chunked");
@@ -164,46 +175,64 @@ std::optional<api_error> unwanted_body(const httplib::Request& req, size_t max_b
     return std::nullopt;
 }
 
-// A web page of another site (its Origin is not this server's Host) may
-// not use the API: without API keys, any page a user opens could load
-// models, start sessions and generations on a llmosd on localhost (a
-// plain POST needs no preflight). Clients other than browsers send no
-// Origin.
-std::optional<api_error> cross_origin(const httplib::Request& req) {
+// Without API keys, a web page of another site (its Origin is not this
+// server's Host, nor one --allow-origin names) may not use the API: any
+// page a user opens could otherwise load models and start sessions and
+// generations on a llmosd on localhost (a plain POST needs no preflight).
+// With keys it could not: its requests carry no key. Clients other than
+// browsers send no Origin; extensions and apps (chrome-extension://,
+// app://) send their own scheme, and are let in.
+std::optional<api_error> cross_origin(const httplib::Request& req, const origin_rules& rules) {
     const std::string origin = req.get_header_value("Origin");
-    if (origin.empty()) {
+    if (origin.empty() || rules.keys) {
         return std::nullopt;
     }
-    std::string_view host = origin;
-    for (std::string_view scheme : {"http://", "https://"}) {
-        if (starts_with_nocase(host, scheme)) {
-            host.remove_prefix(scheme.size());
+    auto lower = [](std::string_view s) {
+        std::string out(s);
+        for (char& c : out) {
+            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        }
+        return out;
+    };
+    const std::string o = lower(origin);
+    const bool http = o.starts_with("http://"), https = o.starts_with("https://");
+    if (!http && !https && o != "null") {
+        return std::nullopt;
+    }
+    for (const std::string& a : rules.allowed) {
+        if (a == "*" || lower(a) == o) {
+            return std::nullopt;
         }
     }
-    const std::string want = req.get_header_value("Host");
-    const bool same = host.size() == want.size() && host != origin &&
-                      std::equal(host.begin(), host.end(), want.begin(), [](char a, char b) {
-                          return std::tolower(static_cast<unsigned char>(a)) ==
-                                 std::tolower(static_cast<unsigned char>(b));
-                      });
-    if (same) {
+    // Same origin: host[:port] as the Host says, a default port or not (a
+    // sandboxed page's "null" is no origin's).
+    std::string host = o == "null" ? std::string() : o.substr(http ? 7 : 8);
+    std::string want = lower(req.get_header_value("Host"));
+    for (std::string* s : {&host, &want}) {
+        const std::string_view port = http ? ":80" : ":443";
+        if (s->ends_with(port)) {
+            s->resize(s->size() - port.size());
+        }
+    }
+    if (!host.empty() && host == want) {
         return std::nullopt;
     }
     return api_error{403,
                      "requests from web pages of another origin (" + origin +
-                         ") are refused: llmosd's API is not for other sites' pages",
+                         ") are refused without API keys; --allow-origin lets a site's pages in",
                      "invalid_request_error", "", "cross_origin"};
 }
 
 // Why a request is refused before its body is read (its framing, a body it
 // may not have, its origin), or nothing.
-std::optional<api_error> refused_before_body(const httplib::Request& req, size_t max_body) {
+std::optional<api_error> refused_before_body(const httplib::Request& req, size_t max_body,
+                                             const origin_rules& rules) {
     auto e = bad_framing(req);
     if (!e) {
         e = unwanted_body(req, max_body);
     }
     if (!e) {
-        e = cross_origin(req);
+        e = cross_origin(req, rules);
     }
     return e;
 }
@@ -344,13 +373,14 @@ http_server::http_server(daemon& d)
     });
     // Requests whose body cannot be told from what follows it: refused
     // before a handler reads it, and their connections close.
+    const origin_rules rules{!d.api_keys().empty(), d.opts().allowed_origins};
     _svr.set_pre_routing_handler(
-        [max_body = d.opts().max_body](const httplib::Request& req, httplib::Response& res) {
+        [max_body = d.opts().max_body, rules](const httplib::Request& req, httplib::Response& res) {
             // No endpoint serves parts of its answer: a Range is ignored (RFC
             // 9110 14.2), not applied to JSON or error bodies. httplib has
             // parsed it into the request, which it owns (not const there).
             const_cast<httplib::Request&>(req).ranges.clear();
-            auto e = refused_before_body(req, max_body);
+            auto e = refused_before_body(req, max_body, rules);
             if (!e) {
                 return httplib::Server::HandlerResponse::Unhandled;
             }
@@ -360,8 +390,8 @@ http_server::http_server(daemon& d)
     // A client that asks first (Expect: 100-continue) is refused before it
     // sends a body that would be: httplib would invite it (100) first.
     _svr.set_expect_100_continue_handler(
-        [max_body = d.opts().max_body](const httplib::Request& req, httplib::Response& res) {
-            auto e = refused_before_body(req, max_body);
+        [max_body = d.opts().max_body, rules](const httplib::Request& req, httplib::Response& res) {
+            auto e = refused_before_body(req, max_body, rules);
             if (!e) {
                 return 100;
             }

@@ -81,7 +81,11 @@ void marker(rendered_chat& out, std::string_view s) {
     }
 }
 
-void render_chatml(std::span<const chat_message> msgs, bool gen, rendered_chat& out) {
+// `bos`: the template's own, when it starts with one ({{bos_token}}: Hermes
+// 2 Pro on Llama 3, LFM2), else "".
+void render_chatml(std::span<const chat_message> msgs, bool gen, std::string_view bos,
+                   rendered_chat& out) {
+    marker(out, bos);
     for (const chat_message& m : msgs) {
         marker(out, "<|im_start|>");
         out.text += m.role;
@@ -162,6 +166,14 @@ std::string_view name(chat_format f) {
     return "unknown";
 }
 
+bool chatml_starts_with_bos(std::string_view tmpl) {
+    // Its first output: "{{bos_token}}", "{{- bos_token }}", ... before any
+    // loop (a bos_token only inside one is not the start).
+    const size_t b = tmpl.find("bos_token"), loop = tmpl.find("{%");
+    return b != std::string_view::npos && (loop == std::string_view::npos || b < loop) &&
+           tmpl.substr(0, b).find_first_not_of("{- ") == std::string_view::npos;
+}
+
 std::optional<chat_format> detect_chat_format(std::string_view tmpl) {
     auto has = [&](std::string_view s) { return tmpl.find(s) != std::string_view::npos; };
     if (tmpl.empty()) {
@@ -175,8 +187,15 @@ std::optional<chat_format> detect_chat_format(std::string_view tmpl) {
         }
         return chat_format::chatml;
     }
+    // Llama-2-chat's own template only: Mistral's [INST] templates (a BOS
+    // once, no <<SYS>>, other spacing; v1, v3 and v7 system prompts) render
+    // otherwise, and are not guessed.
     if (has("[INST]")) {
-        return chat_format::llama2;
+        if (has("<<SYS>>") && has("bos_token + '[INST] '") && has("content.strip()") &&
+            !has("[SYSTEM_PROMPT]") && !has("[AVAILABLE_TOOLS]")) {
+            return chat_format::llama2;
+        }
+        return std::nullopt;
     }
     if (has("<|start_header_id|>") && has("<|end_header_id|>")) {
         return chat_format::llama3;
@@ -184,12 +203,15 @@ std::optional<chat_format> detect_chat_format(std::string_view tmpl) {
     return std::nullopt;
 }
 
-rendered_chat render_chat(chat_format f, std::span<const chat_message> messages,
-                          bool add_generation_prompt, std::string_view bos, std::string_view eos) {
+namespace {
+
+rendered_chat render(chat_format f, std::span<const chat_message> messages,
+                     bool add_generation_prompt, std::string_view bos, std::string_view eos,
+                     bool chatml_bos) {
     rendered_chat out;
     switch (f) {
     case chat_format::chatml:
-        render_chatml(messages, add_generation_prompt, out);
+        render_chatml(messages, add_generation_prompt, chatml_bos ? bos : std::string_view(), out);
         break;
     case chat_format::llama3:
         render_llama3(messages, add_generation_prompt, bos, out);
@@ -201,16 +223,26 @@ rendered_chat render_chat(chat_format f, std::span<const chat_message> messages,
     return out;
 }
 
+} // namespace
+
+rendered_chat render_chat(chat_format f, std::span<const chat_message> messages,
+                          bool add_generation_prompt, std::string_view bos, std::string_view eos) {
+    return render(f, messages, add_generation_prompt, bos, eos, false);
+}
+
 rendered_chat render_chat(const vocab& v, std::span<const chat_message> messages,
                           bool add_generation_prompt) {
-    const std::optional<chat_format> f = detect_chat_format(v.chat_template());
+    const std::string_view tmpl = v.chat_template();
+    const std::optional<chat_format> f = detect_chat_format(tmpl);
     if (!f) {
         throw std::invalid_argument(
             "chat: the model's chat template (tokenizer.chat_template) is not one of the "
-            "supported formats (chatml, llama3, llama2)");
+            "supported formats (chatml, llama3, Llama-2-chat's llama2)");
     }
-    return render_chat(*f, messages, add_generation_prompt, v.token_text(v.bos()),
-                       v.token_text(v.eos()));
+    // A chatml template that begins with the BOS puts it first.
+    const bool chatml_bos = *f == chat_format::chatml && chatml_starts_with_bos(tmpl);
+    return render(*f, messages, add_generation_prompt, v.token_text(v.bos()), v.token_text(v.eos()),
+                  chatml_bos);
 }
 
 } // namespace llmos::engine

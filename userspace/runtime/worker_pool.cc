@@ -238,9 +238,17 @@ result<std::vector<request_desc>> worker_pool::wait_for_work(sched_worker& w, ev
     loop->add_source(pokes);
     const std::unique_ptr<poke_source, std::function<void(poke_source*)>> added(
         &pokes, [loop](poke_source* s) { loop->remove_source(*s); });
+    bool cancelled = false;
     while (!got) {
         if (_state.load() != state::running && w.dispatch_pending()) {
+            // Again until its completion comes: a cancel that came while
+            // the command was being issued found nothing parked. The loop
+            // no longer sleeps (it was woken to stop): not a hot spin.
+            if (cancelled) {
+                std::this_thread::sleep_for(1ms);
+            }
             w.cancel_dispatch();
+            cancelled = true;
         }
         if (!got) {
             loop->run_once();

@@ -6,23 +6,22 @@
 // template produces for plain {role, content} messages:
 //
 //   chatml  ("<|im_start|>" in the template; Qwen, SmolLM, Hermes, ...):
-//       <|im_start|>{role}\n{content}<|im_end|>\n ...
+//       [{bos} when the template starts with it]<|im_start|>{role}\n{content}<|im_end|>\n ...
 //       [+ "<|im_start|>assistant\n"]
 //   llama3  ("<|start_header_id|>" and "<|end_header_id|>"; Meta-Llama-3-Instruct):
 //       {bos}<|start_header_id|>{role}<|end_header_id|>\n\n{content|trim}<|eot_id|> ...
 //       [+ "<|start_header_id|>assistant<|end_header_id|>\n\n"]
-//   llama2  ("[INST]"; Llama-2-chat):
+//   llama2  ("[INST]" with Llama-2-chat's <<SYS>> and strip(); not Mistral's):
 //       {bos}[INST] {<<SYS>>\n{system}\n<</SYS>>\n\n}{user|strip} [/INST] {assistant|strip}
 //       {eos}...
 //
 // The rendered text carries the template's own BOS where it has one
-// (llama3, llama2): tokenize it with add_special = false and the markers
-// the renderer lists, vocab::encode(text, false, markers), so that the
-// template's "<|im_start|>" is a token and a message's is text (a message
-// cannot open a turn of its own, as it cannot through the OpenAI API). Templates with more logic
-// than this (Llama-3.1's dated system preamble, Qwen2.5's default system prompt, tools) are
-// rendered as the plain format they are built on. An empty template falls
-// back to chatml, as llama.cpp does for models without one; any other
+// (llama3, llama2, chatml that starts with it): tokenize it with add_special = false and the
+// markers the renderer lists, vocab::encode(text, false, markers), so that the template's
+// "<|im_start|>" is a token and a message's is text (a message cannot open a turn of its own, as it
+// cannot through the OpenAI API). Templates with more logic than this (Llama-3.1's dated system
+// preamble, Qwen2.5's default system prompt, tools) are rendered as the plain format they are built
+// on. An empty template falls back to chatml, as llama.cpp does for models without one; any other
 // template this code does not recognise is an error, not a guess.
 // Everything here is a pure function: any thread may call it.
 #pragma once
@@ -47,8 +46,13 @@ struct chat_message {
 };
 
 /// The format a tokenizer.chat_template is written for; chatml for "";
-/// nothing for a template none of the markers identifies.
+/// nothing for a template none of the markers identifies (Mistral's [INST]
+/// templates among them: only Llama-2-chat's is llama2).
 std::optional<chat_format> detect_chat_format(std::string_view tmpl);
+
+/// Whether a chatml template's output starts with the BOS ("{{bos_token}}"
+/// first: Hermes-2-Pro-Llama-3, LFM2); render_chat(vocab) puts it there.
+bool chatml_starts_with_bos(std::string_view tmpl);
 
 /// A rendered chat: its text, and where in it the template put its own
 /// marker texts (turn headers and ends, BOS, EOS), in order. Everything
