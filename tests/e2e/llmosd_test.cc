@@ -1034,6 +1034,31 @@ TEST_F(llmosd_test, web_pages_of_other_origins_are_refused_without_keys) {
     EXPECT_EQ(keyed.status(), 200) << keyed.text;
 }
 
+// finish_reason says what ended a reply: a limit (max_tokens: "length")
+// or the model (a stop string: "stop"), also when the stop string is
+// completed by the last token max_tokens allows.
+TEST_F(llmosd_test, finish_reason_says_what_ended_the_reply) {
+    server s(_dir);
+    auto c = s.client();
+    json req = {
+        {"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 1}, {"temperature", 0}};
+    const json one = post(c, "/v1/completions", req, 200);
+    EXPECT_EQ(one["choices"][0]["finish_reason"], "length") << one;
+    const std::string first = one["choices"][0]["text"];
+    const auto at =
+        std::find_if(first.begin(), first.end(), [](char ch) { return ch > ' ' && ch < 0x7f; });
+    ASSERT_NE(at, first.end()) << "the first token has no ASCII letter: " << first;
+    req["stop"] = std::string(1, *at);
+    const json stopped = post(c, "/v1/completions", req, 200);
+    EXPECT_EQ(stopped["choices"][0]["finish_reason"], "stop") << stopped;
+    EXPECT_EQ(stopped["choices"][0]["text"], first.substr(0, size_t(at - first.begin())));
+    // Streamed the same.
+    req["stream"] = true;
+    auto r = c.Post("/v1/completions", req.dump(), "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_NE(r->body.find("\"finish_reason\":\"stop\""), std::string::npos) << r->body;
+}
+
 TEST_F(llmosd_test, sessions_kept_at_once_are_bounded) {
     server s(_dir, {"--max-sessions", "2"});
     auto c = s.client();

@@ -1292,7 +1292,6 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     auto& client = s.client;
     const uint64_t id = s.id;
     const uint64_t req_off = s.req_off;
-    const uint32_t max_tokens = s.max_tokens;
     auto& q = s.q;
     const uint64_t out_off = llmos::output_offset(req_off, s.req_size);
     uint64_t seen_end = out_off; // what the client has; a restarted worker repeats it
@@ -1302,6 +1301,7 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     enum class stop { none, client_gone, timeout, shutdown } stopped = stop::none;
     bool ended = false, first = true;
     int32_t fail_status = 0;
+    bool cut = false; // a limit ended it (the done descriptor says)
     const auto deadline = steady_now() + _o.request_timeout;
     auto cancelled_at = std::chrono::steady_clock::time_point{};
     std::optional<llmos::finished_request> fin;
@@ -1367,6 +1367,7 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
         } else {
             ended = true;
             fail_status = d.kind == uint32_t(llmos::output_kind::failed) ? -1 : 0;
+            cut = d.kind == uint32_t(llmos::output_kind::done_cut);
         }
     }
     detach(id);
@@ -1424,20 +1425,14 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     // What the worker wrote is the truth (streamed pieces may lag).
     // (A worker reports the range: it may be any two numbers, and their
     // sum may wrap.)
-    bool full = false;
     if (f->result_len && f->result_off <= map->size() &&
         f->result_len <= map->size() - f->result_off) {
         out.text.assign(reinterpret_cast<const char*>(map->data()) + f->result_off, f->result_len);
-        // The worker ends a request whose output area is full (a model
-        // that writes long tokens): cut short, as max_tokens cuts. The
-        // area ends at the mindspace's end, or a session's cache.
-        const uint64_t out_end = !s.j.session.empty() && s.kv_bytes && s.lay.kv_off() > out_off
-                                     ? s.lay.kv_off()
-                                     : map->size();
-        full = f->result_off + f->result_len >= out_end;
     }
     out.completion_tokens = f->tokens;
-    out.finish_reason = f->tokens >= max_tokens || full ? "length" : "stop";
+    // The worker says whether a limit (max_tokens, the context, the output
+    // area) ended it, or the model (an end token, a stop string).
+    out.finish_reason = cut ? "length" : "stop";
     _metrics.ok.fetch_add(1);
     _metrics.latency.observe(now_s() - t0);
 

@@ -588,6 +588,10 @@ void llm_engine::impl::decode(std::span<sequence* const> batch) {
         s->produced += n;
         if (end || r.stopped || n < text.size()) {
             s->done = true;
+            // A limit, not the model, ended it: max_tokens (or the cache)
+            // on a token that is not an end and completed no stop string,
+            // or an output area that is full.
+            s->cut = n < text.size() || (!r.stopped && !v.is_eog(tok));
         } else {
             st->next = tok;
         }

@@ -392,7 +392,9 @@ void worker_pool::run_worker(unsigned i) {
             uint64_t len = s.status ? 0 : s.produced;
             w.complete(s.req.id, s.status, s.tokens, s.output_off, len);
             emit({s.req.id, s.output_off, static_cast<uint32_t>(len),
-                  static_cast<uint32_t>(s.status ? output_kind::failed : output_kind::done)});
+                  static_cast<uint32_t>(s.status ? output_kind::failed
+                                        : s.cut  ? output_kind::done_cut
+                                                 : output_kind::done)});
             (s.status ? info.failed : info.served).fetch_add(1);
             if (auto it = maps.find(s.req.ms_id);
                 mapped && it != maps.end() && --it->second.users == 0) {
@@ -493,6 +495,7 @@ void worker_pool::run_worker(unsigned i) {
                 s.produced = 0;
                 s.tokens = 0;
                 s.done = false;
+                s.cut = false;
                 s.status = 0;
                 s.engine_state = nullptr;
                 sl.prefilled = false;

@@ -26,8 +26,12 @@ struct sequence {
     size_t produced = 0;               ///< bytes the engine has written to output
     uint32_t tokens = 0;               ///< tokens generated
     bool done = false;                 ///< set by the engine when it has finished
-    int32_t status = 0;                ///< 0, or a negative errno when done with a failure
-    void* engine_state = nullptr;      ///< the engine's own, per sequence
+    /// Set by the engine with done when a limit ended it (its max_tokens,
+    /// its cache, its output room), not the model (an end token, a stop
+    /// string): OpenAI's finish_reason "length" against "stop".
+    bool cut = false;
+    int32_t status = 0;           ///< 0, or a negative errno when done with a failure
+    void* engine_state = nullptr; ///< the engine's own, per sequence
 };
 
 enum class engine_status {

@@ -64,9 +64,10 @@ const char* to_string(priority_class c) noexcept;
 
 /// What a worker streams, as descriptors into the request's mindspace.
 enum class output_kind : uint32_t {
-    tokens = 1, ///< bytes appended by one decode step
-    done = 2,   ///< the request finished; offset/length: all its output
-    failed = 3, ///< it failed; length 0
+    tokens = 1,   ///< bytes appended by one decode step
+    done = 2,     ///< the request finished; offset/length: all its output
+    failed = 3,   ///< it failed; length 0
+    done_cut = 4, ///< as done, ended by a limit (sequence::cut), not the model
 };
 
 /// Thrown by an engine (tests do) to make its worker die as a crashed
