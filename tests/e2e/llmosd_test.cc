@@ -450,10 +450,45 @@ TEST_F(llmosd_test, bad_requests_get_openai_errors_with_the_right_status) {
              {{{"model", "tiny"}, {"prompt", "x"}, {"session", "no/slashes"}}, 400, "session"},
              {{{"model", "tiny"}, {"prompt", "x"}, {"priority", 300}}, 400, "priority"},
              {{{"model", "missing"}, {"prompt", "x"}}, 404, "model"},
+             // What would change the answer, which this server does not do.
+             {{{"model", "tiny"}, {"prompt", "x"}, {"logit_bias", {{"42", -100}}}},
+              400,
+              "logit_bias"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"logprobs", 5}}, 400, "logprobs"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"echo", true}}, 400, "echo"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"best_of", 3}}, 400, "best_of"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"response_format", {{"type", "json_object"}}}},
+              400,
+              "response_format"},
          }) {
         auto j = post(c, "/v1/completions", b.body, b.status);
         expect_error(j, "invalid_request_error", b.param);
     }
+    // Their "off" values are what not sending them is.
+    post(c, "/v1/completions",
+         {{"model", "tiny"},
+          {"prompt", "x"},
+          {"max_tokens", 2},
+          {"logit_bias", json::object()},
+          {"logprobs", nullptr},
+          {"echo", false},
+          {"best_of", 1},
+          {"response_format", {{"type", "text"}}}},
+         200);
+    auto tools = post(c, "/v1/chat/completions",
+                      {{"model", "tiny"},
+                       {"messages", {{{"role", "user"}, {"content", "x"}}}},
+                       {"tools", {{{"type", "function"}}}}},
+                      400);
+    expect_error(tools, "invalid_request_error", "tools");
+    post(c, "/v1/chat/completions",
+         {{"model", "tiny"},
+          {"messages", {{{"role", "user"}, {"content", "x"}}}},
+          {"max_tokens", 2},
+          {"logprobs", false},
+          {"tools", json::array()},
+          {"tool_choice", "none"}},
+         200);
     auto chat =
         post(c, "/v1/chat/completions", {{"model", "tiny"}, {"messages", json::array()}}, 400);
     expect_error(chat, "invalid_request_error", "messages");

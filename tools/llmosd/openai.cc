@@ -174,6 +174,36 @@ json parse_body(const std::string& body) {
     }
 }
 
+// Fields that would change what is sampled or answered, which this server
+// does not do: refused by name when they ask for something, rather than
+// answered as if they were not there (a banned token, JSON mode or a tool
+// call the client counts on). Their "off" values pass.
+void refuse_unsupported(const json& o) {
+    auto asks = [](const json& v) {
+        return !(v.is_null() || (v.is_boolean() && !v.get<bool>()) ||
+                 (v.is_number() && v.get<double>() == 0) || (v.is_string() && v.empty()) ||
+                 ((v.is_object() || v.is_array()) && v.empty()));
+    };
+    for (const char* key :
+         {"logit_bias", "logprobs", "top_logprobs", "tools", "functions", "echo", "suffix"}) {
+        if (const json* v = field(o, key); v && asks(*v)) {
+            bad(key, std::string("'") + key + "' is not supported by this server");
+        }
+    }
+    if (const json* v = field(o, "response_format")) {
+        const json* t = v->is_object() ? field(*v, "type") : nullptr;
+        if (!v->is_object() || (t && !(t->is_string() && *t == "text"))) {
+            bad("response_format", "only {\"type\": \"text\"} is supported as 'response_format'");
+        }
+    }
+    if (const json* v = field(o, "tool_choice"); v && !(v->is_string() && *v == "none")) {
+        bad("tool_choice", "'tool_choice' is not supported by this server (only \"none\")");
+    }
+    if (const json* v = field(o, "best_of"); v && !(v->is_number_integer() && *v == 1)) {
+        bad("best_of", "'best_of' must be 1");
+    }
+}
+
 job parse_job(const std::string& body, bool chat) {
     const json o = parse_body(body);
     if (!o.is_object()) {
@@ -266,6 +296,7 @@ job parse_job(const std::string& body, bool chat) {
     if (integer(o, "n", 1, 1, 1) != 1) {
         bad("n", "'n' must be 1");
     }
+    refuse_unsupported(o);
     if (const json* s = field(o, "stop")) {
         if (s->is_string()) {
             j.stop.push_back(s->get<std::string>());
