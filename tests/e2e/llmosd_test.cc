@@ -1060,7 +1060,22 @@ TEST_F(llmosd_test, web_pages_of_other_origins_are_refused_without_keys) {
         EXPECT_EQ(from(s.port, me, "null").status(), 403);
         EXPECT_EQ(from(s.port, me, "http://" + me).status(), 200);
         EXPECT_EQ(from(s.port, "localhost:80", "http://localhost").status(), 200);
-        EXPECT_EQ(from(s.port, me, "https://chat.example.com").status(), 200);
+        // A listed origin's pages may read the answers (CORS), after
+        // asking first for JSON bodies and keys (a preflight).
+        auto listed = from(s.port, me, "https://chat.example.com");
+        EXPECT_EQ(listed.status(), 200) << listed.text;
+        EXPECT_NE(listed.text.find("Access-Control-Allow-Origin: https://chat.example.com"),
+                  std::string::npos)
+            << listed.text;
+        auto pre = raw_exchange(s.port, "OPTIONS /v1/completions HTTP/1.1\r\nHost: " + me +
+                                            "\r\nOrigin: https://chat.example.com\r\n"
+                                            "Access-Control-Request-Method: POST\r\n"
+                                            "Access-Control-Request-Headers: content-type\r\n\r\n");
+        EXPECT_EQ(pre.status(), 204) << pre.text;
+        EXPECT_NE(pre.text.find("Access-Control-Allow-Headers: Authorization, Content-Type"),
+                  std::string::npos)
+            << pre.text;
+        EXPECT_EQ(page.text.find("Access-Control-Allow-Origin"), std::string::npos) << page.text;
         EXPECT_EQ(from(s.port, me, "chrome-extension://abcdef").status(), 200);
     }
     server s(_dir, {"--api-key-file", _dir + "/keys"});

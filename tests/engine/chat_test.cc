@@ -118,6 +118,15 @@ TEST(chat, detects_formats_from_templates) {
     EXPECT_FALSE(chatml_starts_with_bos("{% for m in messages %}{{ bos_token }}"));
     EXPECT_FALSE(chatml_starts_with_bos("{{'<|im_start|>'}}{{ bos_token }}"));
     EXPECT_FALSE(chatml_starts_with_bos("{% for m in messages %}{{'<|im_start|>'}}"));
+    // After what writes nothing (dolphin-2.8's first lines).
+    EXPECT_TRUE(chatml_starts_with_bos("{% if not add_generation_prompt is defined %}{% set "
+                                       "add_generation_prompt = false %}{% endif %}{{ bos_token "
+                                       "}}{% for message in messages %}"));
+    EXPECT_FALSE(chatml_starts_with_bos("{{ 'x' + bos_token }}{% for m in messages %}"));
+    // Llama-2-chat's template as CodeLlama's copies write it (| trim).
+    EXPECT_EQ(chat_format::llama2,
+              detect_chat_format("{{ bos_token + '[INST] ' + content | trim + ' [/INST]' }}"
+                                 "{% set content = '<<SYS>>\\n' + system_message %}"));
     // Phi-4 uses <|im_start|> with <|im_sep|>: not chatml, not guessed.
     EXPECT_EQ(std::nullopt, detect_chat_format("<|im_start|>{{ role }}<|im_sep|>"));
     EXPECT_EQ(std::nullopt, detect_chat_format("{{ '<start_of_turn>' + role }}"));

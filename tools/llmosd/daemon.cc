@@ -966,6 +966,10 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             session::header head{};
             std::vector<std::byte> text;
         } old;
+        // Sessions are counted and made under one lock (creators of other
+        // names would each find room for one more); one replaced holds it
+        // from its end to its remaking.
+        std::unique_lock<std::mutex> room;
         if (o) {
             check_session_owner(j.session, *o, tenant);
             mp.emplace(map_whole(*o));
@@ -1004,6 +1008,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                 }
                 mp.reset();
                 o = std::error_code(ENOSPC, std::system_category());
+                room = std::unique_lock(_new_session_m);
                 llmos::destroy_mindspace(*_dev, llmos::ms_key{0, name});
             }
         }
@@ -1011,10 +1016,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             if (!h) {
                 lay = want;
             }
-            // Counted and made under one lock: creators of other names
-            // would each find room for one more.
-            std::unique_lock<std::mutex> room;
-            if (!old.length) {
+            if (!room.owns_lock()) { // a new one
                 room = check_room_for_a_session(j.session);
             }
             o = llmos::mindspace::create(

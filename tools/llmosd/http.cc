@@ -78,6 +78,21 @@ bool starts_with_nocase(std::string_view text, std::string_view lower) {
 struct origin_rules {
     bool keys = false;
     std::vector<std::string> allowed;
+
+    /// Whether --allow-origin names `origin` (or is "*"): its pages get
+    /// CORS headers, so that they may read the answers.
+    bool lists(const std::string& origin) const {
+        for (const std::string& a : allowed) {
+            if (a == "*" || (a.size() == origin.size() &&
+                             std::equal(a.begin(), a.end(), origin.begin(), [](char x, char y) {
+                                 return std::tolower(static_cast<unsigned char>(x)) ==
+                                        std::tolower(static_cast<unsigned char>(y));
+                             }))) {
+                return true;
+            }
+        }
+        return false;
+    }
 };
 
 std::optional<api_error> bad_framing(const httplib::Request& req) {
@@ -199,10 +214,8 @@ std::optional<api_error> cross_origin(const httplib::Request& req, const origin_
     if (!http && !https && o != "null") {
         return std::nullopt;
     }
-    for (const std::string& a : rules.allowed) {
-        if (a == "*" || lower(a) == o) {
-            return std::nullopt;
-        }
+    if (rules.lists(origin)) {
+        return std::nullopt;
     }
     // Same origin: host[:port] as the Host says, a default port or not (a
     // sandboxed page's "null" is no origin's).
@@ -380,6 +393,19 @@ http_server::http_server(daemon& d)
             // 9110 14.2), not applied to JSON or error bodies. httplib has
             // parsed it into the request, which it owns (not const there).
             const_cast<httplib::Request&>(req).ranges.clear();
+            // A listed origin's pages ask first (a CORS preflight) for what
+            // a plain form could not send: JSON, an API key.
+            const std::string origin = req.get_header_value("Origin");
+            if (req.method == "OPTIONS" && !origin.empty() && rules.lists(origin) &&
+                req.has_header("Access-Control-Request-Method")) {
+                res.status = 204;
+                res.set_header("Access-Control-Allow-Origin", origin);
+                res.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE");
+                res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+                res.set_header("Access-Control-Max-Age", "600");
+                res.set_header("Vary", "Origin");
+                return httplib::Server::HandlerResponse::Handled;
+            }
             auto e = refused_before_body(req, max_body, rules);
             if (!e) {
                 return httplib::Server::HandlerResponse::Unhandled;
@@ -398,6 +424,14 @@ http_server::http_server(daemon& d)
             send_error(res, *e, true);
             return e->status;
         });
+    // Answers to a listed origin's pages say they may read them.
+    _svr.set_post_routing_handler([rules](const httplib::Request& req, httplib::Response& res) {
+        const std::string origin = req.get_header_value("Origin");
+        if (!origin.empty() && rules.lists(origin)) {
+            res.set_header("Access-Control-Allow-Origin", origin);
+            res.set_header("Vary", "Origin");
+        }
+    });
     _svr.set_exception_handler(
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
             api_error e{500, "internal error", "server_error", "", ""};

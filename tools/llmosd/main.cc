@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
     app.add_option("--max-tokens", o.default_max_tokens, "default max_tokens")
         ->capture_default_str();
     app.add_option("--max-sessions", o.max_sessions,
-                   "sessions kept at once; a new one past them gets 429 (0: no limit)")
+                   "sessions kept at once; a new one past them gets 403 (0: no limit)")
         ->capture_default_str();
     app.add_option("--max-queue", o.max_queue, "requests in flight before 429")
         ->capture_default_str();

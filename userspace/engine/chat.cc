@@ -167,11 +167,21 @@ std::string_view name(chat_format f) {
 }
 
 bool chatml_starts_with_bos(std::string_view tmpl) {
-    // Its first output: "{{bos_token}}", "{{- bos_token }}", ... before any
-    // loop (a bos_token only inside one is not the start).
-    const size_t b = tmpl.find("bos_token"), loop = tmpl.find("{%");
-    return b != std::string_view::npos && (loop == std::string_view::npos || b < loop) &&
-           tmpl.substr(0, b).find_first_not_of("{- ") == std::string_view::npos;
+    // Output as "{{bos_token}}", "{{- bos_token -}}", ... before the loop
+    // over the messages and before any turn is written (what comes before
+    // it writes nothing: {% set %}s, {% if %}s, comments).
+    const size_t b = tmpl.find("bos_token");
+    if (b == std::string_view::npos) {
+        return false;
+    }
+    for (std::string_view first : {"{% for", "{%- for", "<|im_start|>"}) {
+        if (tmpl.find(first) < b) {
+            return false;
+        }
+    }
+    const size_t open = tmpl.rfind("{{", b);
+    return open != std::string_view::npos &&
+           tmpl.substr(open + 2, b - open - 2).find_first_not_of("- ") == std::string_view::npos;
 }
 
 std::optional<chat_format> detect_chat_format(std::string_view tmpl) {
@@ -191,7 +201,9 @@ std::optional<chat_format> detect_chat_format(std::string_view tmpl) {
     // once, no <<SYS>>, other spacing; v1, v3 and v7 system prompts) render
     // otherwise, and are not guessed.
     if (has("[INST]")) {
-        if (has("<<SYS>>") && has("bos_token + '[INST] '") && has("content.strip()") &&
+        // Jinja's trim is str.strip(): CodeLlama's copies write it so.
+        if (has("<<SYS>>") && has("bos_token + '[INST] '") &&
+            (has("content.strip()") || has("content | trim") || has("content|trim")) &&
             !has("[SYSTEM_PROMPT]") && !has("[AVAILABLE_TOOLS]")) {
             return chat_format::llama2;
         }
