@@ -1052,7 +1052,8 @@ TEST_F(llmosd_test, web_pages_of_other_origins_are_refused_without_keys) {
                                       std::to_string(body.size()) + "\r\n\r\n" + body);
     };
     {
-        server s(_dir + "/open", {"--allow-origin", "https://chat.example.com"});
+        server s(_dir + "/open",
+                 {"--allow-origin", "https://chat.example.com", "--allow-host", "LLM.internal"});
         const std::string me = "127.0.0.1:" + std::to_string(s.port);
         auto page = from(s.port, me, "http://attacker.example");
         EXPECT_EQ(page.status(), 403) << page.text;
@@ -1077,10 +1078,32 @@ TEST_F(llmosd_test, web_pages_of_other_origins_are_refused_without_keys) {
             << pre.text;
         EXPECT_EQ(page.text.find("Access-Control-Allow-Origin"), std::string::npos) << page.text;
         EXPECT_EQ(from(s.port, me, "chrome-extension://abcdef").status(), 200);
+        // A page whose own name its DNS makes lead to 127.0.0.1 (DNS
+        // rebinding) sends its own name as Host: a loopback llmosd without
+        // keys answers to localhost, IP addresses and --allow-host's.
+        const std::string evil = "attacker.example:" + std::to_string(s.port);
+        auto rebound = from(s.port, evil, "http://" + evil);
+        EXPECT_EQ(rebound.status(), 403) << rebound.text;
+        EXPECT_EQ(rebound.body()["error"]["code"], "foreign_host") << rebound.text;
+        EXPECT_EQ(from(s.port, "localhost:" + std::to_string(s.port),
+                       "http://localhost:" + std::to_string(s.port))
+                      .status(),
+                  200);
+        EXPECT_EQ(from(s.port, "[::1]:" + std::to_string(s.port),
+                       "http://[::1]:" + std::to_string(s.port))
+                      .status(),
+                  200);
+        EXPECT_EQ(from(s.port, "llm.internal:" + std::to_string(s.port),
+                       "http://llm.internal:" + std::to_string(s.port))
+                      .status(),
+                  200);
     }
     server s(_dir, {"--api-key-file", _dir + "/keys"});
     auto keyed =
         from(s.port, "127.0.0.1", "http://attacker.example", "Authorization: Bearer k\r\n");
+    EXPECT_EQ(keyed.status(), 200) << keyed.text;
+    keyed =
+        from(s.port, "attacker.example", "http://attacker.example", "Authorization: Bearer k\r\n");
     EXPECT_EQ(keyed.status(), 200) << keyed.text;
 }
 
@@ -1294,7 +1317,7 @@ TEST_F(llmosd_test, overload_gets_429_with_retry_after) {
     EXPECT_EQ(r->get_header_value("Connection"), "close") << "a refused client keeps a thread";
     expect_error(json::parse(r->body), "rate_limit_error", "");
     const std::string body = R"({"model": "tiny", "prompt": "x"})";
-    auto raw = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: llmosd\r\n"
+    auto raw = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
                                     "Content-Length: " +
                                         std::to_string(body.size()) + "\r\n\r\n" + body);
     EXPECT_EQ(raw.status(), 429) << raw.text;
@@ -1322,15 +1345,16 @@ TEST_F(llmosd_test, api_keys_are_enforced) {
         EXPECT_EQ(chunked->status, 401);
     }
     EXPECT_EQ(c.Get("/health")->status, 200) << "health needs no key";
-    auto raw = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: llmosd\r\n"
+    auto raw = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
                                     "Content-Length: 2\r\n\r\n{}");
     EXPECT_EQ(raw.status(), 401) << raw.text;
     EXPECT_TRUE(raw.closed) << "its body is not read: the connection closes";
     // A Range is ignored: no part of a refusal (nor memory past it).
     for (const char* range : {"bytes=4096-4200", "bytes=5-9"}) {
-        raw = raw_exchange(s.port, std::string("POST /v1/completions HTTP/1.1\r\nHost: llmosd\r\n"
-                                               "Range: ") +
-                                       range + "\r\nContent-Length: 2\r\n\r\n{}");
+        raw =
+            raw_exchange(s.port, std::string("POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                             "Range: ") +
+                                     range + "\r\nContent-Length: 2\r\n\r\n{}");
         EXPECT_EQ(raw.status(), 401) << raw.text;
         EXPECT_EQ(raw.body()["error"]["code"], "invalid_api_key") << raw.text;
         EXPECT_LT(raw.text.size(), 1000u) << raw.text;
@@ -1579,7 +1603,7 @@ TEST_F(llmosd_test, a_request_s_headers_are_bounded_in_size_and_time) {
     {
         // Header lines without end: refused at 64 KiB, not kept in memory.
         raw_conn c(s.port);
-        c.send("GET /health HTTP/1.1\r\nHost: llmosd\r\n");
+        c.send("GET /health HTTP/1.1\r\nHost: localhost\r\n");
         size_t sent = 0;
         while (sent < (64u << 20) && c.send("X-Filler: " + std::string(1000, 'a') + "\r\n")) {
             sent += 1012;
@@ -1625,7 +1649,7 @@ TEST_F(llmosd_test, a_request_s_headers_are_bounded_in_size_and_time) {
     }
     // Headers near the limit are served (httplib takes lines of 8 KiB).
     raw_conn c(s.port);
-    std::string big = "GET /health HTTP/1.1\r\nHost: llmosd\r\nConnection: close\r\n";
+    std::string big = "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
     for (int i = 0; i < 7; ++i) {
         big += "X-Big-" + std::to_string(i) + ": " + std::string(8000, 'b') + "\r\n";
     }
@@ -1642,11 +1666,11 @@ TEST_F(llmosd_test, pipelined_requests_are_answered_in_order) {
         {"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 4}, {"temperature", 0}};
     const std::string b = body.dump();
     // Three requests in one write: the second's bytes come with the first's.
-    c.send("GET /health HTTP/1.1\r\nHost: llmosd\r\n\r\n"
-           "POST /v1/completions HTTP/1.1\r\nHost: llmosd\r\nContent-Type: application/json\r\n"
+    c.send("GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+           "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
            "Content-Length: " +
            std::to_string(b.size()) + "\r\n\r\n" + b +
-           "GET /v1/models HTTP/1.1\r\nHost: llmosd\r\nConnection: close\r\n\r\n");
+           "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     const std::string r = c.rest();
     const auto first = r.find("\"status\":\"ok\"");
     const auto second = r.find("\"text_completion\"");
@@ -1866,7 +1890,7 @@ TEST_F(llmosd_test, sigterm_past_the_drain_timeout_cancels_what_is_in_flight) {
 TEST_F(llmosd_test, ambiguous_framing_is_refused_and_the_connection_closes) {
     server s(_dir, {"--max-body", "100"});
     const std::string body = R"({"model": "tiny", "prompt": "x", "max_tokens": 2})";
-    const std::string post = "POST /v1/completions HTTP/1.1\r\nHost: llmosd\r\n";
+    const std::string post = "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n";
     const std::string sized = "Content-Length: " + std::to_string(body.size()) + "\r\n";
     const std::string chunked = "\r\n" + (std::stringstream() << std::hex << body.size()).str() +
                                 "\r\n" + body + "\r\n0\r\n\r\n";
@@ -1885,8 +1909,9 @@ TEST_F(llmosd_test, ambiguous_framing_is_refused_and_the_connection_closes) {
         {post + "Content-Length: 300\r\n\r\n" + std::string(300, ' '), 413, "payload_too_large"},
         {post + "Transfer-Encoding : chunked\r\n" + chunked, 400, "bad_framing"},
         {post + "\r\n" + body, 411, "length_required"},
-        {"GET /v1/models HTTP/1.1\r\nHost: llmosd\r\n" + sized + "\r\n" + body, 400, "bad_framing"},
-        {"DELETE /llmos/v1/sessions/x HTTP/1.1\r\nHost: llmosd\r\nTransfer-Encoding: "
+        {"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n" + sized + "\r\n" + body, 400,
+         "bad_framing"},
+        {"DELETE /llmos/v1/sessions/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: "
          "chunked\r\n" +
              chunked,
          400, "bad_framing"},
@@ -1905,7 +1930,7 @@ TEST_F(llmosd_test, ambiguous_framing_is_refused_and_the_connection_closes) {
         {post + "Transfer-Encoding: chunked\r\n\r\n30 junk\r\n" + body + "\r\n0\r\n\r\n", 400,
          "bad_framing"},
         {post + "Transfer-Encoding: chunked\r\n\r\n30\r\n" + body +
-             "XXXX\r\nGET /health HTTP/1.1\r\nHost: llmosd\r\n\r\n",
+             "XXXX\r\nGET /health HTTP/1.1\r\nHost: localhost\r\n\r\n",
          400, "bad_framing"},
         {"GET /health HTTP/1.1\r\n\r\n", 400, "bad_framing"},
         {post + "Transfer-Encoding:\r\n chunked\r\n" + sized + "\r\n" + body, 400, "bad_framing"},
@@ -1957,21 +1982,25 @@ TEST_F(llmosd_test, bodies_past_max_body_are_refused_before_they_are_read) {
         int status;
         const char* code;
     } cases[] = {
-        {"POST /nope HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + part, 404,
+        {"POST /nope HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + part, 404,
          "not_found"},
-        {"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n" + std::string(40, 'a'),
+        {"POST /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4000\r\n\r\n" +
+             std::string(40, 'a'),
          404, "not_found"},
-        {"PUT /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123", 404,
+        {"PUT /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n0123", 404,
          "not_found"},
-        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: " +
+        {"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Encoding: "
+         "gzip\r\nContent-Length: " +
              std::to_string(body.size()) + "\r\n\r\n" + body,
          415, "unsupported_content_encoding"},
-        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413,
+        {"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2000000\r\n\r\n", 413,
          "payload_too_large"},
-        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;" +
+        {"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: "
+         "chunked\r\n\r\n5;" +
              std::string(256 << 10, 'x'),
          400, "bad_framing"},
-        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n80000\r\n" +
+        {"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: "
+         "chunked\r\n\r\n80000\r\n" +
              std::string(128 << 10, 'x'),
          413, "payload_too_large"},
     };
@@ -1984,18 +2013,19 @@ TEST_F(llmosd_test, bodies_past_max_body_are_refused_before_they_are_read) {
         EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << c.request.substr(0, 200);
     }
     // A client that asks before it sends is told no, not invited (100).
-    auto asked = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: "
+    auto asked = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nExpect: "
                                       "100-continue\r\nContent-Length: 2000000\r\n\r\n");
     EXPECT_TRUE(asked.text.starts_with("HTTP/1.1 413 ")) << asked.text;
     EXPECT_EQ(answers(asked.text), 1u) << asked.text;
     // A request line that cannot be parsed: one answer, then the end.
-    auto a = raw_exchange(s.port, "GARBAGE\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    auto a = raw_exchange(s.port, "GARBAGE\r\nGET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
     EXPECT_EQ(a.status(), 400) << a.text;
     EXPECT_TRUE(a.closed);
     EXPECT_EQ(answers(a.text), 1u) << "served what followed:\n" << a.text;
     // Bodies that fit are served as before.
-    auto ok = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
-                                       std::to_string(body.size()) + "\r\n\r\n" + body);
+    auto ok = raw_exchange(s.port,
+                           "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: " +
+                               std::to_string(body.size()) + "\r\n\r\n" + body);
     EXPECT_EQ(ok.status(), 200) << ok.text;
 }
 
@@ -2055,7 +2085,7 @@ TEST_F(llmosd_test, slow_clients_keep_no_one_waiting_below_max_connections) {
         sa.sin_family = AF_INET;
         sa.sin_port = htons(static_cast<uint16_t>(port));
         sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        const std::string half = "POST /v1/completions HTTP/1.1\r\nHost: llmosd\r\n";
+        const std::string half = "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n";
         EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
         EXPECT_EQ(::send(fd, half.data(), half.size(), MSG_NOSIGNAL), ssize_t(half.size()));
         return fd;

@@ -9,6 +9,7 @@
 #include "../support/paths.hh"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -23,6 +24,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 
 using namespace llmos::engine;
 
@@ -262,6 +264,47 @@ TEST_F(conformance, a_cache_keeps_its_bookkeeping_from_memory_its_owner_can_rewr
         EXPECT_TRUE(inside(kv.v_row(m->params().n_layer - 1, p, m->params().n_head_kv - 1)));
     }
     EXPECT_EQ(kv.usage().blocks, 4u);
+}
+
+// Rewritten WHILE it is opened (its owner's thread flips a table entry
+// between a block it may map and one far past the memory): each entry is
+// read once, so what was checked is what is used, and no row of an opened
+// cache lies outside the memory. (Read twice, the flip landed between the
+// check and the copy within some 20,000 opens in the ASan build.)
+TEST_F(conformance, a_table_rewritten_while_it_is_opened_is_used_as_checked) {
+    kv_memory mem(kv_cache::bytes_for(m->params(), f32));
+    std::span<std::byte> bytes = mem.span();
+    {
+        auto kv = kv_cache::open(bytes, *m, f32);
+        ASSERT_TRUE(kv.reserve(17));
+        kv.commit(std::vector<int32_t>(17, 3)); // blocks 0 and 1
+    }
+    const uint64_t table = (128 + 4ull * f32.max_tokens + 63) / 64 * 64;
+    auto* entry = reinterpret_cast<uint32_t*>(bytes.data() + table) + 1;
+    std::atomic<bool> stop{false};
+    std::thread owner([&] {
+        std::atomic_ref<uint32_t> w(*entry);
+        while (!stop.load(std::memory_order_relaxed)) {
+            w.store(1, std::memory_order_relaxed);
+            w.store(1u << 20, std::memory_order_relaxed);
+        }
+    });
+    const char* scale = std::getenv("LLMOS_TEST_SCALE");
+    const int opens = 50000 * std::max(1, scale ? std::atoi(scale) : 1);
+    int outside = 0, resumed = 0;
+    for (int i = 0; i < opens && !outside; ++i) {
+        try {
+            auto kv = kv_cache::open(bytes, *m, f32);
+            resumed += kv.resumed();
+            const auto* row = static_cast<const std::byte*>(kv.k_row(0, 16, 0));
+            outside += row < bytes.data() || row >= bytes.data() + bytes.size();
+        } catch (const kv_error&) { // it read the far block: refused
+        }
+    }
+    stop = true;
+    owner.join();
+    EXPECT_EQ(outside, 0);
+    EXPECT_GT(resumed, 0) << "no open read the table as it was made";
 }
 
 TEST_F(conformance, a_block_leaked_by_a_killed_worker_is_free_again) {

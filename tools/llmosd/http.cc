@@ -78,6 +78,8 @@ bool starts_with_nocase(std::string_view text, std::string_view lower) {
 struct origin_rules {
     bool keys = false;
     std::vector<std::string> allowed;
+    std::vector<std::string> hosts;              ///< --allow-host
+    std::shared_ptr<std::atomic<bool>> loopback; ///< listening on a loopback address only
 
     /// Whether --allow-origin names `origin` (or is "*"): its pages get
     /// CORS headers, so that they may read the answers.
@@ -236,8 +238,48 @@ std::optional<api_error> cross_origin(const httplib::Request& req, const origin_
                      "invalid_request_error", "", "cross_origin"};
 }
 
+// Without API keys, a llmosd listening on a loopback address answers only
+// to a Host that is localhost, an IP address, or one --allow-host names: a
+// page whose own name its DNS makes lead to 127.0.0.1 (DNS rebinding)
+// passes the Origin check, its Host being its own name. A request without
+// a Host (HTTP/1.0) comes from no browser.
+std::optional<api_error> foreign_host(const httplib::Request& req, const origin_rules& rules) {
+    if (rules.keys || !rules.loopback->load() || !req.has_header("Host") || req.path == "/health") {
+        return std::nullopt;
+    }
+    std::string host = req.get_header_value("Host");
+    for (char& c : host) {
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    std::string name = host;
+    if (name.starts_with('[')) { // [v6]:port
+        name = name.substr(0, name.find(']') + 1);
+    } else if (const auto colon = name.rfind(':'); colon != std::string::npos) {
+        name.resize(colon);
+    }
+    const bool ipv4 = !name.empty() && name.find_first_not_of("0123456789.") == std::string::npos;
+    const bool ipv6 = name.size() > 2 && name.front() == '[' && name.back() == ']';
+    if (ipv4 || ipv6 || name == "localhost") {
+        return std::nullopt;
+    }
+    for (const std::string& h : rules.hosts) {
+        if (h.size() == name.size() &&
+            std::equal(h.begin(), h.end(), name.begin(), [](char a, char b) {
+                return std::tolower(static_cast<unsigned char>(a)) == b;
+            })) {
+            return std::nullopt;
+        }
+    }
+    return api_error{403,
+                     "Host '" + host +
+                         "' is not this server's name: without API keys a llmosd on a loopback "
+                         "address answers to localhost and IP addresses only (--allow-host names "
+                         "more)",
+                     "invalid_request_error", "", "foreign_host"};
+}
+
 // Why a request is refused before its body is read (its framing, a body it
-// may not have, its origin), or nothing.
+// may not have, its origin or host), or nothing.
 std::optional<api_error> refused_before_body(const httplib::Request& req, size_t max_body,
                                              const origin_rules& rules) {
     auto e = bad_framing(req);
@@ -246,6 +288,9 @@ std::optional<api_error> refused_before_body(const httplib::Request& req, size_t
     }
     if (!e) {
         e = cross_origin(req, rules);
+    }
+    if (!e) {
+        e = foreign_host(req, rules);
     }
     return e;
 }
@@ -386,7 +431,8 @@ http_server::http_server(daemon& d)
     });
     // Requests whose body cannot be told from what follows it: refused
     // before a handler reads it, and their connections close.
-    const origin_rules rules{!d.api_keys().empty(), d.opts().allowed_origins};
+    const origin_rules rules{!d.api_keys().empty(), d.opts().allowed_origins,
+                             d.opts().allowed_hosts, _loopback};
     _svr.set_pre_routing_handler(
         [max_body = d.opts().max_body, rules](const httplib::Request& req, httplib::Response& res) {
             // No endpoint serves parts of its answer: a Range is ignored (RFC
@@ -881,6 +927,9 @@ bool http_server::listen_unix(const std::string& path) {
 }
 
 int http_server::bind_port(const std::string& host, int port) {
+    // What a browser can be tricked into reaching by DNS rebinding.
+    _loopback->store(host == "localhost" || host.starts_with("127.") || host == "::1" ||
+                     host == "[::1]");
     int bound = port ? (_svr.bind_to_port(host, port) ? port : -1) : _svr.bind_to_any_port(host);
     if (bound > 0) {
         widen_backlog([&](const sockaddr* a) { return port_of(a) == bound; });

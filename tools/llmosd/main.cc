@@ -119,6 +119,9 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--api-key-file", o.api_key_file,
                    "require API keys: one per line, optionally followed by its tenant number");
+    app.add_option("--allow-host", o.allowed_hosts,
+                   "a host name a loopback llmosd without API keys answers to, besides localhost "
+                   "and IP addresses; repeatable");
     app.add_option("--allow-origin", o.allowed_origins,
                    "a web origin (scheme://host[:port], or *) whose pages may use the API "
                    "without API keys; repeatable");

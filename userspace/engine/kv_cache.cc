@@ -159,7 +159,7 @@ kv_cache kv_cache::open(std::span<std::byte> mem, const model& m, const kv_optio
 // on it is only written.
 void kv_cache::resume() {
     const header* h = hdr();
-    const uint32_t n = h->n_tokens, next = h->next_block;
+    const uint32_t n = detail::read_once(&h->n_tokens), next = detail::read_once(&h->next_block);
     auto corrupt = [&](const std::string& what) {
         return kv_error("kv cache: corrupt " + what + " (" + std::to_string(n) + " tokens, " +
                         std::to_string(next) + " blocks)");
@@ -172,12 +172,14 @@ void kv_cache::resume() {
     if (!detail::take_table({_table, _max_blocks}, n, _o.block_tokens, taken, _tab)) {
         throw corrupt("block table");
     }
-    for (uint32_t phys = h->free_head; phys != no_block;) {
+    for (uint32_t phys = detail::read_once(&h->free_head); phys != no_block;) {
         if (!detail::take_block(phys, taken)) {
             throw corrupt("free list");
         }
         _free.push_back(phys);
-        std::memcpy(&phys, link_of(phys), 4);
+        uint32_t next_link;
+        std::memcpy(&next_link, link_of(phys), 4); // into a local, checked next turn
+        phys = next_link;
     }
     std::reverse(_free.begin(), _free.end()); // its head last, taken first
     // A worker killed inside reserve() or truncate() leaks a block: taken

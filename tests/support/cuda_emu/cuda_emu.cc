@@ -466,6 +466,12 @@ struct scheduler {
 
     ~scheduler() {
         for (fiber& f : fibers) {
+#ifdef LLMOS_EMU_ASAN
+            // Its frames' redzones off first: whatever maps these
+            // addresses next (a mindspace, emulated device memory) is
+            // host memory like any other.
+            __asan_unpoison_memory_region(f.stack, fiber_stack);
+#endif
             ::munmap(f.stack - 4096, fiber_stack + 4096);
         }
     }
@@ -1525,6 +1531,11 @@ CUresult cuMemSetAccess(CUdeviceptr p, size_t size, const CUmemAccessDesc* desc,
     if (::mprotect(reinterpret_cast<void*>(p), size, PROT_READ | PROT_WRITE) != 0) {
         return CUDA_ERROR_INVALID_VALUE;
     }
+#ifdef LLMOS_EMU_ASAN
+    // These addresses may have held a fiber's stack, unmapped with ASan's
+    // marks still on it: host code (memset, memcpy) would be refused there.
+    __asan_unpoison_memory_region(reinterpret_cast<void*>(p), size);
+#endif
     std::lock_guard gd(dev().mu);
     dev().allocs[uintptr_t(p)] = {size, mem_kind::device};
     return CUDA_SUCCESS;

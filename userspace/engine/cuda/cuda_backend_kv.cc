@@ -123,7 +123,9 @@ cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint6
         // The host memory is shared (a mindspace its owner can write at
         // any time): it is checked once, here, and kept; from then on it
         // is only written.
-        const uint32_t n = h->n_tokens, next = h->next_block, n_free = h->n_free;
+        const uint32_t n = detail::read_once(&h->n_tokens),
+                       next = detail::read_once(&h->next_block),
+                       n_free = detail::read_once(&h->n_free);
         auto corrupt = [&](const std::string& what) {
             return kv_error("cuda kv cache: corrupt " + what + " (" + std::to_string(n) +
                             " tokens, " + std::to_string(next) + " blocks, " +
@@ -139,10 +141,11 @@ cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint6
             throw corrupt("block table");
         }
         for (uint32_t i = 0; i < n_free; ++i) {
-            if (!detail::take_block(c._free[i], taken)) {
+            const uint32_t phys = detail::read_once(&c._free[i]); // what is checked is kept
+            if (!detail::take_block(phys, taken)) {
                 throw corrupt("free stack");
             }
-            c._stack.push_back(c._free[i]);
+            c._stack.push_back(phys);
         }
         // A worker killed inside reserve() or truncate() leaks a block:
         // taken so far, neither mapped nor free. It is free.

@@ -298,8 +298,13 @@ struct gpu_memory::state {
     }
 
     // Maps `h` (of `size` bytes) at the end of the mapped bytes and gives
-    // this device access; takes `h` (released on failure).
-    void map_chunk(CUmemGenericAllocationHandle h, uint64_t size) {
+    // this device access; takes `h` (released on failure). `zero`: new
+    // memory, which may hold what another region (another tenant's
+    // conversation) left in it, while a cache's bookkeeping, in memory its
+    // owner writes, could name blocks never written: zeroed, and finished
+    // before any stream reads it (the engine's streams do not wait for the
+    // legacy one).
+    void map_chunk(CUmemGenericAllocationHandle h, uint64_t size, bool zero = false) {
         try {
             chunks.reserve(chunks.size() + 1); // no throw once it is mapped
         } catch (...) {
@@ -322,6 +327,17 @@ struct gpu_memory::state {
             (void)a->mem_unmap(at, size);
             (void)a->mem_release(h);
             cu_fail(*a, r, "cuMemSetAccess");
+        }
+        if (zero) {
+            cudaError_t e = cudaMemset(reinterpret_cast<void*>(at), 0, size);
+            if (e == cudaSuccess) {
+                e = cudaDeviceSynchronize();
+            }
+            if (e != cudaSuccess) {
+                (void)a->mem_unmap(at, size);
+                (void)a->mem_release(h);
+                rt_check(e, "cudaMemset (new GPU memory)");
+            }
         }
         chunks.push_back({h, size});
         mapped += size;
@@ -445,7 +461,7 @@ void gpu_memory::grow(uint64_t bytes) {
     CUmemGenericAllocationHandle h = 0;
     cuda_detail::device_sync_guard g;
     cu_check(*_s->a, _s->a->mem_create(&h, size, &_s->prop, 0), "cuMemCreate");
-    _s->map_chunk(h, size);
+    _s->map_chunk(h, size, true);
 }
 
 uint64_t gpu_memory::device_ptr() const noexcept {

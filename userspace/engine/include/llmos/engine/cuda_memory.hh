@@ -158,8 +158,9 @@ public:
 
     /// Makes [0, bytes) mapped: creates and maps one new chunk of the
     /// missing size rounded up to the granularity (nothing when already
-    /// mapped). Throws gpu_error: more than reserved_bytes(), out of
-    /// device memory, a failed call; the memory is as before then.
+    /// mapped), zeroed (it may hold what freed memory held). Throws
+    /// gpu_error: more than reserved_bytes(), out of device memory, a
+    /// failed call; the memory is as before then.
     void grow(uint64_t bytes);
 
     /// The start of the range (a CUdeviceptr); stable for the object's life.
