@@ -67,12 +67,23 @@ bool starts_with_nocase(std::string_view text, std::string_view lower) {
            });
 }
 
-// Why a request's body framing cannot be trusted (RFC 9112 5.1, 6.1, 6.3),
-// or nothing. httplib would take the first Content-Length, or chunked over
-// it, skip a header whose name ends in a blank, read no body at all for
-// GET (or DELETE without a Content-Length), and read a POST without either
-// header to the connection's end: a proxy in front that read any of these
-// another way would see a different next request.
+// `text` in lower case (ASCII).
+std::string to_lower(std::string_view text) {
+    std::string out(text);
+    for (char& c : out) {
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    return out;
+}
+
+// Whether `a` and `b` are equal in any case (ASCII).
+bool equal_nocase(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return std::tolower(static_cast<unsigned char>(x)) ==
+                      std::tolower(static_cast<unsigned char>(y));
+           });
+}
+
 // Who may call from a web page: with API keys anyone (a page cannot send
 // one without the user's key), else the server's own origin and these.
 struct origin_rules {
@@ -84,19 +95,18 @@ struct origin_rules {
     /// Whether --allow-origin names `origin` (or is "*"): its pages get
     /// CORS headers, so that they may read the answers.
     bool lists(const std::string& origin) const {
-        for (const std::string& a : allowed) {
-            if (a == "*" || (a.size() == origin.size() &&
-                             std::equal(a.begin(), a.end(), origin.begin(), [](char x, char y) {
-                                 return std::tolower(static_cast<unsigned char>(x)) ==
-                                        std::tolower(static_cast<unsigned char>(y));
-                             }))) {
-                return true;
-            }
-        }
-        return false;
+        return std::any_of(allowed.begin(), allowed.end(), [&](const std::string& a) {
+            return a == "*" || equal_nocase(a, origin);
+        });
     }
 };
 
+// Why a request's body framing cannot be trusted (RFC 9112 5.1, 6.1, 6.3),
+// or nothing. httplib would take the first Content-Length, or chunked over
+// it, skip a header whose name ends in a blank, read no body at all for
+// GET (or DELETE without a Content-Length), and read a POST without either
+// header to the connection's end: a proxy in front that read any of these
+// another way would see a different next request.
 std::optional<api_error> bad_framing(const httplib::Request& req) {
     auto bad = [](int status, const std::string& why, const char* code) {
         return api_error{status, why, "invalid_request_error", "", code};
@@ -204,14 +214,7 @@ std::optional<api_error> cross_origin(const httplib::Request& req, const origin_
     if (origin.empty() || rules.keys) {
         return std::nullopt;
     }
-    auto lower = [](std::string_view s) {
-        std::string out(s);
-        for (char& c : out) {
-            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        }
-        return out;
-    };
-    const std::string o = lower(origin);
+    const std::string o = to_lower(origin);
     const bool http = o.starts_with("http://"), https = o.starts_with("https://");
     if (!http && !https && o != "null") {
         return std::nullopt;
@@ -222,7 +225,7 @@ std::optional<api_error> cross_origin(const httplib::Request& req, const origin_
     // Same origin: host[:port] as the Host says, a default port or not (a
     // sandboxed page's "null" is no origin's).
     std::string host = o == "null" ? std::string() : o.substr(http ? 7 : 8);
-    std::string want = lower(req.get_header_value("Host"));
+    std::string want = to_lower(req.get_header_value("Host"));
     for (std::string* s : {&host, &want}) {
         const std::string_view port = http ? ":80" : ":443";
         if (s->ends_with(port)) {
@@ -247,10 +250,7 @@ std::optional<api_error> foreign_host(const httplib::Request& req, const origin_
     if (rules.keys || !rules.loopback->load() || !req.has_header("Host") || req.path == "/health") {
         return std::nullopt;
     }
-    std::string host = req.get_header_value("Host");
-    for (char& c : host) {
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    }
+    const std::string host = to_lower(req.get_header_value("Host"));
     std::string name = host;
     if (name.starts_with('[')) { // [v6]:port
         name = name.substr(0, name.find(']') + 1);
@@ -262,13 +262,9 @@ std::optional<api_error> foreign_host(const httplib::Request& req, const origin_
     if (ipv4 || ipv6 || name == "localhost") {
         return std::nullopt;
     }
-    for (const std::string& h : rules.hosts) {
-        if (h.size() == name.size() &&
-            std::equal(h.begin(), h.end(), name.begin(), [](char a, char b) {
-                return std::tolower(static_cast<unsigned char>(a)) == b;
-            })) {
-            return std::nullopt;
-        }
+    if (std::any_of(rules.hosts.begin(), rules.hosts.end(),
+                    [&](const std::string& h) { return equal_nocase(h, name); })) {
+        return std::nullopt;
     }
     return api_error{403,
                      "Host '" + host +
