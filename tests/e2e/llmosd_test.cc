@@ -442,6 +442,8 @@ TEST_F(llmosd_test, bad_requests_get_openai_errors_with_the_right_status) {
              {{{"model", "tiny"}, {"prompt", "x"}, {"temperature", 3}}, 400, "temperature"},
              {{{"model", "tiny"}, {"prompt", "x"}, {"top_p", 0}}, 400, "top_p"},
              {{{"model", "tiny"}, {"prompt", "x"}, {"n", 2}}, 400, "n"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"repeat_last_n", -2}}, 400, "repeat_last_n"},
+             {{{"model", "tiny"}, {"prompt", "x"}, {"repeat_last_n", 1.5}}, 400, "repeat_last_n"},
              {{{"model", "tiny"}, {"prompt", "x"}, {"stop", {1, 2}}}, 400, "stop"},
              {{{"model", "tiny"}, {"prompt", "x"}, {"stream", "yes"}}, 400, "stream"},
              {{{"model", "tiny"}, {"prompt", "x"}, {"stream_options", {{"include_usage", true}}}},
@@ -1130,6 +1132,40 @@ TEST_F(llmosd_test, finish_reason_says_what_ended_the_reply) {
     auto r = c.Post("/v1/completions", req.dump(), "application/json");
     ASSERT_TRUE(r);
     EXPECT_NE(r->body.find("\"finish_reason\":\"stop\""), std::string::npos) << r->body;
+}
+
+TEST_F(llmosd_test, repeat_last_n_is_the_window_the_penalties_count) {
+    server s(_dir);
+    auto c = s.client();
+    auto text = [&](std::optional<int> last_n, bool penalties, int max_tokens = 40) {
+        json req = {{"model", "tiny"},
+                    {"prompt", "Hello world"},
+                    {"max_tokens", max_tokens},
+                    {"temperature", 0}};
+        if (penalties) {
+            req["presence_penalty"] = 2;
+            req["frequency_penalty"] = 2;
+            req["repetition_penalty"] = 10;
+        }
+        if (last_n) {
+            req["repeat_last_n"] = *last_n;
+        }
+        return post(c, "/v1/completions", req, 200)["choices"][0]["text"].get<std::string>();
+    };
+    const std::string plain = text({}, false);
+    EXPECT_EQ(text(0, true), plain) << "a window of 0 turns the penalties off";
+    const std::string dflt = text({}, true);
+    EXPECT_NE(dflt, plain) << "the penalties change the greedy text";
+    // 40 tokens generated: a window of 40, 64 (the default) or every
+    // token (-1) counts the same tokens.
+    EXPECT_EQ(text(64, true), dflt);
+    EXPECT_EQ(text(-1, true), dflt);
+    EXPECT_EQ(text(40, true), dflt);
+    EXPECT_NE(text(1, true), dflt) << "a window of one token counts fewer";
+    // 160 tokens: -1 counts all of them, not the default's 64.
+    const std::string all = text(-1, true, 160);
+    EXPECT_EQ(text(160, true, 160), all);
+    EXPECT_NE(text(64, true, 160), all);
 }
 
 TEST_F(llmosd_test, sessions_kept_at_once_are_bounded) {

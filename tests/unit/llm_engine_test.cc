@@ -359,6 +359,53 @@ TEST(gen_request, spans_round_trip_and_malformed_ones_are_named) {
     EXPECT_EQ(why, "unknown generation request flags");
 }
 
+TEST(gen_request, version_1_is_read_with_its_window_and_bad_words_are_refused) {
+    llmos::gen_request_header h;
+    h.repeat_last_n = 7;
+    h.top_k = 3;
+    const std::vector<std::string> stop{"zz"};
+    const auto v2 = llmos::build_gen_request(h, "hello", stop);
+    std::string why;
+    auto r = llmos::parse_gen_request(v2, &why);
+    ASSERT_TRUE(r) << why;
+    EXPECT_EQ(r->h.version, 2u);
+    EXPECT_EQ(r->h.repeat_last_n, 7);
+    EXPECT_EQ(r->size, v2.size());
+    // The same request as version 1 wrote it: 80 bytes of header, no
+    // window (64).
+    ASSERT_EQ(llmos::gen_header_size(1), 80u);
+    auto v1 = v2;
+    v1.erase(v1.begin() + 80, v1.begin() + long(sizeof(llmos::gen_request_header)));
+    const uint32_t one = 1;
+    std::memcpy(v1.data() + 4, &one, sizeof(one));
+    r = llmos::parse_gen_request(v1, &why);
+    ASSERT_TRUE(r) << why;
+    EXPECT_EQ(r->h.version, 1u);
+    EXPECT_EQ(r->h.repeat_last_n, 64);
+    EXPECT_EQ(r->h.top_k, 3);
+    EXPECT_EQ(r->text, "hello");
+    EXPECT_EQ(r->stop, stop);
+    EXPECT_EQ(r->size, v1.size());
+    // A version 1 header cut short, and versions not known.
+    EXPECT_FALSE(llmos::parse_gen_request(std::span(v1).first(79), &why));
+    EXPECT_EQ(why, "request shorter than its header");
+    for (uint32_t v : {0u, 3u}) {
+        auto b = v2;
+        std::memcpy(b.data() + 4, &v, sizeof(v));
+        EXPECT_FALSE(llmos::parse_gen_request(b, &why)) << v;
+        EXPECT_EQ(why, "unsupported generation request version");
+    }
+    // A window below -1, a reserved word that is not 0.
+    h.repeat_last_n = -2;
+    EXPECT_FALSE(llmos::parse_gen_request(llmos::build_gen_request(h, "a", {}), &why));
+    EXPECT_EQ(why, "bad repeat_last_n or reserved word");
+    h.repeat_last_n = -1;
+    EXPECT_TRUE(llmos::parse_gen_request(llmos::build_gen_request(h, "a", {}), &why)) << why;
+    h.reserved = 1;
+    EXPECT_FALSE(llmos::parse_gen_request(llmos::build_gen_request(h, "a", {}), &why));
+    EXPECT_EQ(why, "bad repeat_last_n or reserved word");
+}
+
 TEST_F(llm_engine_test, a_conversation_s_cache_in_its_mindspace_skips_the_prefix) {
     auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
     auto c = llmos::sched_client::open(*_dev).value();

@@ -1199,6 +1199,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     h.repeat_penalty = j.repeat_penalty;
     h.presence_penalty = j.presence_penalty;
     h.frequency_penalty = j.frequency_penalty;
+    h.repeat_last_n = j.repeat_last_n;
     h.seed = j.seed ? *j.seed : (uint64_t(::getpid()) << 32) ^ _req_seq.fetch_add(1) ^ uint64_t(t0);
     h.model = m->id;
     // The markers go with the request: the worker tokenizes as above.

@@ -284,6 +284,7 @@ job parse_job(const std::string& body, bool chat) {
     j.presence_penalty = static_cast<float>(number(o, "presence_penalty", -2, 2, 0));
     j.frequency_penalty = static_cast<float>(number(o, "frequency_penalty", -2, 2, 0));
     j.repeat_penalty = static_cast<float>(number(o, "repetition_penalty", 0.01, 10, 1.0));
+    j.repeat_last_n = static_cast<int32_t>(integer(o, "repeat_last_n", -1, 1 << 20, 64));
     if (const json* v = field(o, "seed")) {
         // Any 64-bit integer, signed or not (as two's complement: -1 is
         // 2^64 - 1).

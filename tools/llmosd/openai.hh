@@ -44,6 +44,7 @@ struct job {
     int32_t top_k = 0;
     float min_p = 0.0f;
     float presence_penalty = 0, frequency_penalty = 0, repeat_penalty = 1.0f;
+    int32_t repeat_last_n = 64; ///< tokens the penalties count; -1: all generated
     std::optional<uint64_t> seed;
     std::vector<std::string> stop;
     bool stream = false;

@@ -21,24 +21,35 @@ std::optional<gen_request> parse_gen_request(std::span<const std::byte> bytes, s
         return std::nullopt;
     };
     gen_request r;
-    if (bytes.size() < sizeof(gen_request_header)) {
+    // The words every version starts with: magic and version.
+    if (bytes.size() < 2 * sizeof(uint32_t)) {
         return fail("request shorter than its header");
     }
-    std::memcpy(&r.h, bytes.data(), sizeof(r.h));
+    std::memcpy(&r.h.magic, bytes.data(), sizeof(r.h.magic));
+    std::memcpy(&r.h.version, bytes.data() + sizeof(r.h.magic), sizeof(r.h.version));
     if (r.h.magic != gen_magic) {
         return fail("not a generation request (bad magic)");
     }
-    if (r.h.version != gen_version) {
+    const uint64_t head = gen_header_size(r.h.version);
+    if (!head) {
         return fail("unsupported generation request version");
     }
+    if (bytes.size() < head) {
+        return fail("request shorter than its header");
+    }
+    // A version 1 header keeps the defaults of what comes after it.
+    std::memcpy(static_cast<void*>(&r.h), bytes.data(), head);
     if (r.h.flags & ~uint32_t(gen_known_flags)) {
         return fail("unknown generation request flags");
     }
-    uint64_t need = sizeof(r.h) + uint64_t(r.h.text_len) + r.h.stop_bytes;
+    if (r.h.repeat_last_n < -1 || r.h.reserved) {
+        return fail("bad repeat_last_n or reserved word");
+    }
+    uint64_t need = head + uint64_t(r.h.text_len) + r.h.stop_bytes;
     if (need > bytes.size()) {
         return fail("text and stop strings run past the request");
     }
-    const char* p = reinterpret_cast<const char*>(bytes.data()) + sizeof(r.h);
+    const char* p = reinterpret_cast<const char*>(bytes.data()) + head;
     r.text = {p, r.h.text_len};
     std::string_view stops(p + r.h.text_len, r.h.stop_bytes);
     while (!stops.empty()) {
@@ -80,6 +91,8 @@ std::vector<std::byte> build_gen_request(const gen_request_header& h, std::strin
                                          std::span<const std::string> stop,
                                          std::span<const gen_span> special_at) {
     gen_request_header hh = h;
+    hh.magic = gen_magic;
+    hh.version = gen_version;
     hh.text_len = static_cast<uint32_t>(text.size());
     hh.stop_bytes = 0;
     for (auto& s : stop) {
@@ -414,6 +427,15 @@ engine_status llm_engine::impl::prefill(sequence& s) {
     sp.seed = req->h.seed;
     sp.stop = req->stop;
     sp.max_tokens = req->h.max_tokens ? req->h.max_tokens : o.default_max_tokens;
+    // -1: every token this request may generate. A window is never longer
+    // than that (its ring is allocated whole): no more tokens come.
+    uint64_t all = std::min<uint64_t>(o.kv.max_tokens, eng::sampling_params::max_repeat_last_n);
+    if (sp.max_tokens) {
+        all = std::min<uint64_t>(all, sp.max_tokens);
+    }
+    sp.repeat_last_n = req->h.repeat_last_n < 0
+                           ? static_cast<int32_t>(all)
+                           : static_cast<int32_t>(std::min<uint64_t>(all, req->h.repeat_last_n));
     if (sp.validate()) {
         return bad(EINVAL);
     }

@@ -20,7 +20,10 @@
 namespace llmos {
 
 constexpr uint32_t gen_magic = 0x4e45474c; // "LGEN"
-constexpr uint32_t gen_version = 1;
+/// Written by build_gen_request(). parse_gen_request() also reads version
+/// 1, whose header ends before repeat_last_n (80 bytes; its penalties
+/// count the last 64 tokens).
+constexpr uint32_t gen_version = 2;
 
 /// gen_request_header::flags
 enum : uint32_t {
@@ -60,8 +63,19 @@ struct gen_request_header {
     uint64_t seed = 0;
     uint64_t kv_off = 0; ///< the conversation's KV cache (page-aligned); 0: none kept
     uint64_t kv_len = 0;
+    /// The penalties count this many of the last tokens generated (the
+    /// prompt's are not counted); 0: no penalties; -1: every token
+    /// generated. (Version 2 on.)
+    int32_t repeat_last_n = 64;
+    uint32_t reserved = 0; ///< must be 0
 };
-static_assert(sizeof(gen_request_header) == 80);
+static_assert(sizeof(gen_request_header) == 88);
+
+/// The header's bytes in a request of `version` (0 for a version this
+/// library does not read).
+constexpr uint64_t gen_header_size(uint32_t version) {
+    return version == 1 ? 80 : version == 2 ? sizeof(gen_request_header) : 0;
+}
 
 /// A parsed request: views into the bytes it was parsed from.
 struct gen_request {
