@@ -177,7 +177,8 @@ __bpf_kfunc u64 llmos_queue_peek_key(u64 queue_id)
  * @tenant: tenant id
  * @weight: 1..%LLMOS_MAX_WEIGHT
  *
- * Return: 0, -EINVAL, -ENOMEM, or -EPERM outside a callback.
+ * Return: 0, -EINVAL, -ENOMEM, -ENOSPC (a new tenant past the module's
+ * max_tenants, none idle), or -EPERM outside a callback.
  */
 __bpf_kfunc s32 llmos_set_tenant_weight(u32 tenant, u32 weight)
 {
@@ -187,6 +188,7 @@ __bpf_kfunc s32 llmos_set_tenant_weight(u32 tenant, u32 weight)
 
 	if (!llmos_kfunc_ok())
 		return -EPERM;
+	llmos_sched_limits();
 	if (!llmos_core_tenant_find(s, tenant))
 		spare = kzalloc(sizeof(*spare), GFP_ATOMIC);
 	ret = llmos_core_set_weight(s, tenant, weight, &spare);

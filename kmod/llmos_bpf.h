@@ -33,6 +33,7 @@ struct llmos_exit_info {
 /**
  * struct llmos_sched_ops - a request-scheduling policy in BPF
  * @init: called once when attached; a non-zero return refuses the attach
+ *	(with that errno, or EINVAL for what is not one)
  * @exit: called once when it stops (detached or ejected), with the reason
  * @enqueue: place a new request in one of the policy's queues
  *	(llmos_queue_insert*()); 0 on success. A request left nowhere ejects
@@ -50,7 +51,8 @@ struct llmos_exit_info {
  *	of their tenants, under the built-in policy)
  * @timeout_ms: longest a request may wait in the policy's queues while a
  *	worker asks for work and gets less than it has room for, before the
- *	watchdog ejects the policy (0: 30000)
+ *	watchdog ejects the policy (0: 30000; at most 600000, or the attach
+ *	fails with EINVAL)
  * @flags: must be 0
  * @name: the policy's name, NUL-terminated
  *
@@ -93,6 +95,7 @@ int llmos_kfuncs_init(void);
 
 /* sched.c: the scheduler the policy plugs into */
 struct llmos_core_sched *llmos_sched_core(void);
+void llmos_sched_limits(void);
 void llmos_sched_lock(void);
 void llmos_sched_unlock(void);
 void llmos_sched_kick(void);

@@ -40,6 +40,11 @@ module_param(max_client_requests, uint, 0644);
 MODULE_PARM_DESC(max_client_requests,
 		 "unfinished and uncollected requests one open /dev/llmos may have");
 
+static unsigned int max_tenants = 65536;
+module_param(max_tenants, uint, 0644);
+MODULE_PARM_DESC(max_tenants,
+		 "most tenants kept (0: no limit): past it a new one takes the place of the one idle the longest, or is refused (ENOSPC)");
+
 /**
  * struct llmos_client - an open /dev/llmos
  * @worker: the core's worker, valid while @is_worker
@@ -169,6 +174,15 @@ static void llmos_kick_workers(void)
 		c->park_dispatch = NULL;
 		budget -= min(budget, room);
 	}
+}
+
+/**
+ * llmos_sched_limits() - hand the module's limits, as they are now, to the
+ *	core; with the lock held
+ */
+void llmos_sched_limits(void)
+{
+	llmos_sched.core.max_tenants = READ_ONCE(max_tenants);
 }
 
 /**
@@ -382,7 +396,7 @@ static struct llmos_core_tenant *llmos_tenant_spare(u32 tenant)
 	exists = llmos_core_tenant_find(&llmos_sched.core, tenant);
 	spin_unlock(&llmos_sched.lock);
 	return exists ? NULL : kzalloc(sizeof(struct llmos_core_tenant),
-				       GFP_KERNEL);
+				       GFP_KERNEL_ACCOUNT);
 }
 
 /* A new request of @c, not submitted yet; NULL when memory is short. */
@@ -432,6 +446,7 @@ static int llmos_kreq_submit(struct llmos_kreq *kr,
 
 	for (;;) {
 		spin_lock(&llmos_sched.lock);
+		llmos_sched_limits();
 		if (c->nr_reqs >= READ_ONCE(max_client_requests))
 			ret = -EAGAIN;
 		else
@@ -450,7 +465,7 @@ static int llmos_kreq_submit(struct llmos_kreq *kr,
 		spin_unlock(&llmos_sched.lock);
 		if (ret != -ENOMEM || *spare)
 			return ret;
-		*spare = kzalloc(sizeof(**spare), GFP_KERNEL);
+		*spare = kzalloc(sizeof(**spare), GFP_KERNEL_ACCOUNT);
 		if (!*spare)
 			return ret;
 	}
@@ -1438,6 +1453,7 @@ int llmos_set_weight(struct llmos_ucmd *ucmd)
 		return -EPERM;
 	spare = llmos_tenant_spare(cmd->tenant);
 	spin_lock(&llmos_sched.lock);
+	llmos_sched_limits();
 	ret = llmos_core_set_weight(&llmos_sched.core, cmd->tenant, cmd->weight,
 				    &spare);
 	spin_unlock(&llmos_sched.lock);
@@ -1469,7 +1485,7 @@ int llmos_stats(struct llmos_ucmd *ucmd)
 		cap = llmos_sched.core.tenants.nr;
 		spin_unlock(&llmos_sched.lock);
 		cap = min(cap, cmd->tenant_count);
-		ts = kcalloc(cap, sizeof(*ts), GFP_KERNEL);
+		ts = kvcalloc(cap, sizeof(*ts), GFP_KERNEL | __GFP_NOWARN);
 		if (cap && !ts)
 			return -ENOMEM;
 	}
@@ -1509,7 +1525,7 @@ int llmos_stats(struct llmos_ucmd *ucmd)
 	cmd->tenant_count = n;
 	ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
 out:
-	kfree(ts);
+	kvfree(ts);
 	return ret;
 }
 

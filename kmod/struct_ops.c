@@ -31,6 +31,7 @@
 #include "llmos_bpf.h"
 
 #define LLMOS_DEFAULT_TIMEOUT_MS 30000
+#define LLMOS_MAX_TIMEOUT_MS 600000
 
 static struct {
 	/* All under the scheduler's lock. */
@@ -430,6 +431,9 @@ static int llmos_bpf_init_member(const struct btf_type *t,
 
 	switch (moff) {
 	case offsetof(struct llmos_sched_ops, timeout_ms):
+		/* Far longer would switch the watchdog off. */
+		if (uops->timeout_ms > LLMOS_MAX_TIMEOUT_MS)
+			return -EINVAL;
 		ops->timeout_ms = uops->timeout_ms;
 		return 1;
 	case offsetof(struct llmos_sched_ops, flags):
@@ -511,6 +515,13 @@ static int llmos_bpf_reg(void *kdata, struct bpf_link *link)
 		if (ret) {
 			llmos_bpf_eject(LLMOS_EXIT_INIT, ret, 0);
 			llmos_bpf.ops = NULL;
+			/*
+			 * The link's creation returns what reg() does: only an
+			 * errno may go there (a positive value would reach the
+			 * loader as a file descriptor).
+			 */
+			if (ret > 0 || ret < -MAX_ERRNO)
+				ret = -EINVAL;
 			goto out_unlock;
 		}
 	}

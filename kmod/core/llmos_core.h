@@ -121,6 +121,10 @@ struct llmos_core_req {
  * @served_tokens: tokens of completed requests
  * @queued: its requests QUEUED, wherever they wait (@q, or an attached
  *	policy's queues)
+ * @idle_node: in the scheduler's idle tenants, by when they became idle
+ * @live: its requests not finished (their @ten points here)
+ * @idle: in the idle tenants: no live request and the default weight, so
+ *	it may be taken back when the tenants reach their limit
  */
 struct llmos_core_tenant {
 	struct llmos_tnode id_node;
@@ -132,6 +136,9 @@ struct llmos_core_tenant {
 	u64 served_reqs;
 	u64 served_tokens;
 	u32 queued;
+	struct llmos_tnode idle_node;
+	u32 live;
+	bool idle;
 };
 
 /**
@@ -206,6 +213,7 @@ enum llmos_core_fault {
  * @requeued: requests given back (vanished workers, give-backs)
  * @vt_rebases: times the built-in policy took its virtual times back
  *	before they could wrap
+ * @tenants_reclaimed: idle tenants taken back for new ones (@max_tenants)
  * @lat_hist: dispatch latency (submission to first dispatch): bucket b
  *	counts latencies in [2^b, 2^(b+1)) microseconds, b = 0 also below
  */
@@ -218,6 +226,7 @@ struct llmos_core_stats {
 	u64 cancelled;
 	u64 requeued;
 	u64 vt_rebases;
+	u64 tenants_reclaimed;
 	u64 lat_hist[LLMOS_CORE_LAT_BUCKETS];
 };
 
@@ -239,6 +248,11 @@ struct llmos_core_stats {
  * @policy_fault: &enum llmos_core_fault, set when @policy misbehaved
  * @policy_fault_req: the request involved in @policy_fault, or 0
  * @stats: counters
+ * @idle: tenants that may be taken back, oldest idle first
+ * @idle_seq: when the last tenant became idle
+ * @max_tenants: most tenants kept (0: no limit); past it the oldest idle
+ *	one is taken back (its counters lost) for a new one, and without
+ *	one a new tenant is refused
  */
 struct llmos_core_sched {
 	struct llmos_treap reqs;
@@ -257,15 +271,18 @@ struct llmos_core_sched {
 	u32 policy_fault;
 	u64 policy_fault_req;
 	struct llmos_core_stats stats;
+	struct llmos_treap idle;
+	u64 idle_seq;
+	u32 max_tenants;
 };
 
 void llmos_core_init(struct llmos_core_sched *s);
 
 /*
  * Submit @r (tenant, cost, prio, deadline, mindspace fields set by the
- * caller). Its tenant is created from *@spare when new (*@spare is then
- * set to NULL: the scheduler owns it). Returns 0, or -ENOMEM when the
- * tenant is new and there is no spare.
+ * caller). Its tenant is created when new, as for
+ * llmos_core_set_weight(). Returns 0, -ENOMEM (a new tenant and no spare)
+ * or -ENOSPC (a new tenant, at @max_tenants, none idle).
  */
 int llmos_core_submit(struct llmos_core_sched *s, struct llmos_core_req *r,
 		      struct llmos_core_tenant **spare, u64 now);
@@ -315,8 +332,11 @@ int llmos_core_complete(struct llmos_core_sched *s, struct llmos_core_worker *w,
 			u64 result_off, u64 result_len, u64 now);
 
 /*
- * Set a tenant's weight (1..LLMOS_CORE_MAX_WEIGHT), creating it from
- * *@spare if new: 0, -EINVAL, -ENOMEM.
+ * Set a tenant's weight (1..LLMOS_CORE_MAX_WEIGHT): 0, -EINVAL, -ENOMEM,
+ * -ENOSPC. A new tenant is made from *@spare (which is then set to NULL:
+ * the scheduler owns it), or, at @max_tenants, from the tenant idle the
+ * longest (no live request, the default weight), whose counters are lost;
+ * without either it is refused.
  */
 int llmos_core_set_weight(struct llmos_core_sched *s, u32 tenant, u32 weight,
 			  struct llmos_core_tenant **spare);

@@ -29,6 +29,32 @@ static struct llmos_core_tenant *llmos_id_tenant(struct llmos_tnode *n)
 		   NULL;
 }
 
+static struct llmos_core_tenant *llmos_idle_tenant(struct llmos_tnode *n)
+{
+	return n ? llmos_container_of(n, struct llmos_core_tenant, idle_node) :
+		   NULL;
+}
+
+/*
+ * Keep @t among the idle tenants exactly while it may be taken back: no
+ * live request (nothing points to it) and the default weight (nobody set
+ * one to keep).
+ */
+static void llmos_tenant_check_idle(struct llmos_core_sched *s,
+				    struct llmos_core_tenant *t)
+{
+	bool idle = !t->live && t->weight == LLMOS_CORE_DEFAULT_WEIGHT;
+
+	if (idle == t->idle)
+		return;
+	if (idle)
+		llmos_treap_insert(&s->idle, &t->idle_node, ++s->idle_seq,
+				   t->id);
+	else
+		llmos_treap_erase(&s->idle, &t->idle_node);
+	t->idle = idle;
+}
+
 void llmos_core_init(struct llmos_core_sched *s)
 {
 	memset(s, 0, sizeof(*s));
@@ -37,6 +63,13 @@ void llmos_core_init(struct llmos_core_sched *s)
 	llmos_treap_init(&s->backlog);
 	llmos_treap_init(&s->workers);
 	llmos_treap_init(&s->queues);
+	llmos_treap_init(&s->idle);
+}
+
+static bool llmos_finished(u8 state)
+{
+	return state == LLMOS_REQ_COMPLETED || state == LLMOS_REQ_CANCELLED ||
+	       state == LLMOS_REQ_FAILED;
 }
 
 static void llmos_set_state(struct llmos_core_sched *s,
@@ -50,31 +83,49 @@ static void llmos_set_state(struct llmos_core_sched *s,
 	s->stats.nr[state]++;
 	if (state == LLMOS_REQ_QUEUED)
 		r->ten->queued++;
+	/* Finished: the request no longer needs its tenant. */
+	if (llmos_finished(state)) {
+		r->ten->live--;
+		llmos_tenant_check_idle(s, r->ten);
+	}
 }
 
-static bool llmos_finished(u8 state)
-{
-	return state == LLMOS_REQ_COMPLETED || state == LLMOS_REQ_CANCELLED ||
-	       state == LLMOS_REQ_FAILED;
-}
-
-static struct llmos_core_tenant *
-llmos_tenant_get(struct llmos_core_sched *s, u32 id,
-		 struct llmos_core_tenant **spare)
+/*
+ * The tenant @id in *@out, made when new: from the oldest idle tenant when
+ * the tenants are at their limit (-ENOSPC without one), otherwise from
+ * *@spare (-ENOMEM without one; *@spare is then the scheduler's).
+ */
+static int llmos_tenant_get(struct llmos_core_sched *s, u32 id,
+			    struct llmos_core_tenant **spare,
+			    struct llmos_core_tenant **out)
 {
 	struct llmos_core_tenant *t;
 
 	t = llmos_id_tenant(llmos_treap_find(&s->tenants, id, 0));
-	if (t || !spare || !*spare)
-		return t;
-	t = *spare;
-	*spare = NULL;
+	if (t) {
+		*out = t;
+		return 0;
+	}
+	if (s->max_tenants && s->tenants.nr >= s->max_tenants) {
+		t = llmos_idle_tenant(llmos_treap_first(&s->idle));
+		if (!t)
+			return -ENOSPC;
+		llmos_treap_erase(&s->idle, &t->idle_node);
+		llmos_treap_erase(&s->tenants, &t->id_node);
+		s->stats.tenants_reclaimed++;
+	} else {
+		if (!spare || !*spare)
+			return -ENOMEM;
+		t = *spare;
+		*spare = NULL;
+	}
 	memset(t, 0, sizeof(*t));
 	t->id = id;
 	t->weight = LLMOS_CORE_DEFAULT_WEIGHT;
 	llmos_treap_init(&t->q);
 	llmos_treap_insert(&s->tenants, &t->id_node, id, 0);
-	return t;
+	*out = t;
+	return 0;
 }
 
 /* Queue @r in its tenant with key @k1, making the tenant backlogged. */
@@ -104,10 +155,13 @@ static void llmos_tenant_dequeue(struct llmos_core_sched *s,
 int llmos_core_submit(struct llmos_core_sched *s, struct llmos_core_req *r,
 		      struct llmos_core_tenant **spare, u64 now)
 {
-	struct llmos_core_tenant *t = llmos_tenant_get(s, r->tenant, spare);
+	struct llmos_core_tenant *t;
+	int ret = llmos_tenant_get(s, r->tenant, spare, &t);
 
-	if (!t)
-		return -ENOMEM;
+	if (ret)
+		return ret;
+	t->live++;
+	llmos_tenant_check_idle(s, t);
 	r->id = ++s->last_req_id;
 	r->seq = ++s->seq;
 	r->ten = t;
@@ -125,8 +179,6 @@ int llmos_core_submit(struct llmos_core_sched *s, struct llmos_core_req *r,
 	llmos_treap_insert(&s->reqs, &r->id_node, r->id, 0);
 	s->stats.submitted++;
 	if (s->policy) {
-		int ret;
-
 		s->enqueuing = r;
 		ret = s->policy->enqueue(s, r);
 		s->enqueuing = NULL;
@@ -416,9 +468,9 @@ int llmos_core_complete(struct llmos_core_sched *s, struct llmos_core_worker *w,
 		llmos_set_state(s, r, LLMOS_REQ_FAILED);
 		s->stats.failed++;
 	} else {
+		r->ten->served_tokens += tokens;
 		llmos_set_state(s, r, LLMOS_REQ_COMPLETED);
 		s->stats.completed++;
-		r->ten->served_tokens += tokens;
 	}
 	return 0;
 }
@@ -427,13 +479,15 @@ int llmos_core_set_weight(struct llmos_core_sched *s, u32 tenant, u32 weight,
 			  struct llmos_core_tenant **spare)
 {
 	struct llmos_core_tenant *t;
+	int ret;
 
 	if (!weight || weight > LLMOS_CORE_MAX_WEIGHT)
 		return -EINVAL;
-	t = llmos_tenant_get(s, tenant, spare);
-	if (!t)
-		return -ENOMEM;
+	ret = llmos_tenant_get(s, tenant, spare, &t);
+	if (ret)
+		return ret;
 	t->weight = weight;
+	llmos_tenant_check_idle(s, t);
 	return 0;
 }
 
@@ -458,6 +512,9 @@ struct llmos_core_tenant *llmos_core_tenant_pop(struct llmos_core_sched *s)
 	     t = llmos_core_tenant_next(s, t)) {
 		if (llmos_treap_empty(&t->q)) {
 			llmos_treap_erase(&s->tenants, &t->id_node);
+			if (t->idle)
+				llmos_treap_erase(&s->idle, &t->idle_node);
+			t->idle = false;
 			return t;
 		}
 	}

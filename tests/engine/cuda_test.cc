@@ -752,6 +752,17 @@ TEST_P(cuda_conformance, bad_batches_change_nothing) {
     EXPECT_EQ(ctx.step(twice), step_status::bad_batch);
     cuda_batch_entry none{.kv = nullptr, .tokens = one};
     EXPECT_EQ(ctx.step({&none, 1}), step_status::bad_batch);
+    // A cache made for a model of more layers: this one's rows would not
+    // be where its blocks are.
+    std::string why;
+    const std::string deeper = generated_model("layers4", "--preset tiny --n-layer 4", why);
+    ASSERT_FALSE(deeper.empty()) << why;
+    loaded l4(deeper);
+    ASSERT_NE(l4.m->params().n_layer, l->m->params().n_layer);
+    gpu_kv g4(*l4.m, {.block_tokens = 16, .max_tokens = 32});
+    cuda_batch_entry e4{.kv = &g4.kv, .tokens = one, .logits = sentinel.data()};
+    EXPECT_EQ(ctx.step({&e4, 1}), step_status::bad_batch);
+    EXPECT_EQ(g4.kv.n_tokens(), 0u);
 
     EXPECT_EQ(g.kv.n_tokens(), 3u);
     EXPECT_EQ(g2.kv.n_tokens(), 0u);

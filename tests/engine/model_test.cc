@@ -440,6 +440,58 @@ TEST_F(conformance, bad_batches_are_refused_and_change_nothing) {
     EXPECT_EQ(kv.n_tokens(), 6u);
 }
 
+TEST_F(conformance, a_cache_of_another_model_s_geometry_is_refused_by_step) {
+    // The tiny model's cache handed to a model with twice its layers, and
+    // to one with other heads (as many K/V floats per row, split
+    // otherwise): either would write rows past the cache's memory or
+    // across its heads.
+    for (const auto& [name, shape] :
+         {std::pair{"layers4", "--n-layer 4"}, std::pair{"heads8", "--n-head 8 --n-head-kv 8"}}) {
+        std::string why;
+        const std::string path =
+            llmos::testing::generated_model(name, std::string("--preset tiny ") + shape, why);
+        ASSERT_FALSE(path.empty()) << why;
+        const gguf_file f = gguf_file::open(path);
+        const model other = model::load(f);
+        ASSERT_TRUE(other.params().n_layer != m->params().n_layer ||
+                    other.params().head_dim != m->params().head_dim)
+            << shape;
+        kv_memory mem(kv_cache::bytes_for(m->params(), f32));
+        auto kv = kv_cache::open(mem.span(), *m, f32);
+        context ctx(other, {.n_threads = 1});
+        std::vector<int32_t> toks{1, 2, 3};
+        batch_entry e{.kv = &kv, .tokens = toks};
+        EXPECT_EQ(ctx.step({&e, 1}), step_status::bad_batch) << shape;
+        EXPECT_EQ(kv.n_tokens(), 0u);
+        // The model it was made for runs it.
+        context mine(*m, {.n_threads = 1});
+        EXPECT_EQ(mine.step({&e, 1}), step_status::ok);
+    }
+}
+
+TEST_F(conformance, an_entry_without_tokens_gets_no_logits) {
+    // An empty entry that asks for logits (every row, and its last), first
+    // and after one that runs: there are no rows of its own to hand out,
+    // and the buffers stay as they were.
+    kv_memory ma(kv_cache::bytes_for(m->params(), f32)), mb(kv_cache::bytes_for(m->params(), f32));
+    auto a = kv_cache::open(ma.span(), *m, f32), b = kv_cache::open(mb.span(), *m, f32);
+    context ctx(*m, {.n_threads = 1});
+    const uint32_t V = m->params().n_vocab;
+    std::vector<int32_t> toks{1, 2, 3};
+    std::vector<float> all(3 * V), last(V, -7.0f), empty_last(V, -7.0f);
+    for (bool empty_first : {true, false}) {
+        a.truncate(0);
+        batch_entry run{.kv = &a, .tokens = toks, .all_logits = all.data()};
+        batch_entry none{.kv = &b, .logits = empty_last.data(), .all_logits = last.data()};
+        batch_entry both[2] = {empty_first ? none : run, empty_first ? run : none};
+        ASSERT_EQ(ctx.step(both), step_status::ok);
+        EXPECT_EQ(empty_last, std::vector<float>(V, -7.0f)) << empty_first;
+        EXPECT_EQ(last, std::vector<float>(V, -7.0f)) << empty_first;
+        EXPECT_EQ(b.n_tokens(), 0u);
+        EXPECT_EQ(a.n_tokens(), 3u);
+    }
+}
+
 TEST_F(conformance, a_cache_of_another_geometry_is_refused_unless_fresh) {
     kv_memory mem(kv_cache::bytes_for(m->params(), f32));
     EXPECT_FALSE(kv_cache::open(mem.span(), *m, f32).resumed());

@@ -769,6 +769,40 @@ TEST_F(policy, an_init_that_reports_an_error_does_not_attach)
 	EXPECT_LT(0, serve_one(self->worker));
 }
 
+/*
+ * An init that returns something other than 0 or an errno does not
+ * attach, and the loader gets EINVAL (not a number it would take for a
+ * file descriptor); the exit info keeps what init returned.
+ */
+TEST_F(policy, an_init_that_returns_a_positive_value_does_not_attach)
+{
+	struct llmos_sched_stats st;
+
+	EXPECT_EQ(-EINVAL, attach(&self->p, "init_positive"));
+	EXPECT_EQ(NULL, self->p.link);
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_BUILTIN, st.out_policy_state);
+	EXPECT_EQ(LLMOS_EXIT_INIT, st.out_exit_kind);
+	EXPECT_EQ(1, st.out_exit_code);
+	/* Standard output is still this program's. */
+	EXPECT_EQ(0, fflush(stdout));
+	EXPECT_NE(-1, fcntl(1, F_GETFD));
+	detach(&self->p);
+}
+
+/* A watchdog limit past the most allowed is refused at attach. */
+TEST_F(policy, a_watchdog_limit_past_ten_minutes_is_refused)
+{
+	struct llmos_sched_stats st;
+
+	EXPECT_EQ(-EINVAL, attach(&self->p, "long_timeout"));
+	EXPECT_EQ(NULL, self->p.link);
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_BUILTIN, st.out_policy_state);
+	detach(&self->p);
+	ASSERT_EQ(0, attach(&self->p, "fifo"));
+}
+
 /* A policy attached by a map update has no link: refused. */
 TEST_F(policy, a_policy_without_a_link_is_refused)
 {

@@ -1252,4 +1252,140 @@ TEST_F_TIMEOUT(sched, stress_every_request_completes_exactly_once, 900)
 	TH_LOG("%d clients x %d requests, %d workers", CLIENTS, s.per_client, WORKERS);
 }
 
+#define MAX_TENANTS "/sys/module/llmos/parameters/max_tenants"
+
+static long read_param(const char *path)
+{
+	char buf[32] = "";
+	FILE *f = fopen(path, "r");
+	long v = -1;
+
+	if (f && fgets(buf, sizeof(buf), f))
+		v = strtol(buf, NULL, 10);
+	if (f)
+		fclose(f);
+	return v;
+}
+
+static int write_param(const char *path, long v)
+{
+	FILE *f = fopen(path, "w");
+	int ret;
+
+	if (!f)
+		return -errno;
+	ret = fprintf(f, "%ld\n", v) < 0 ? -EIO : 0;
+	if (fclose(f))
+		ret = -errno;
+	return ret;
+}
+
+/* Whether the scheduler keeps tenant @id. */
+static bool has_tenant(int fd, __u32 id)
+{
+	struct llmos_tenant_stats *ts;
+	struct llmos_sched_stats st;
+	bool found = false;
+	__u32 n;
+
+	if (stats(fd, &st, NULL, 0))
+		return false;
+	n = st.tenant_count + 16;
+	ts = calloc(n, sizeof(*ts));
+	if (ts && !stats(fd, &st, ts, n))
+		for (__u32 i = 0; i < st.tenant_count && i < n; i++)
+			found |= ts[i].tenant == id;
+	free(ts);
+	return found;
+}
+
+/* The tenant limit, lowered for the test and put back after it. */
+FIXTURE(tenant_limit) {
+	int client;
+	int ms;
+	long saved;
+};
+
+FIXTURE_SETUP(tenant_limit)
+{
+	self->saved = -1;
+	self->client = dev_open();
+	ASSERT_LE(0, self->client);
+	self->ms = ms_make(self->client, 1 << 20, 0600, &test_ms);
+	ASSERT_LE(0, self->ms);
+	if (getuid() != 0)
+		SKIP(return, "needs root to change the module's max_tenants");
+	self->saved = read_param(MAX_TENANTS);
+	ASSERT_LE(0, self->saved);
+}
+
+FIXTURE_TEARDOWN(tenant_limit)
+{
+	close(self->client);
+	close(self->ms);
+	if (self->saved >= 0)
+		ASSERT_EQ(0, write_param(MAX_TENANTS, self->saved));
+}
+
+TEST_F(tenant_limit, a_new_tenant_takes_an_idle_ones_place_or_is_refused)
+{
+	/* Ids no other test uses, far above theirs. */
+	const __u32 base = 0xfff00000;
+	struct llmos_tenant_stats ts, *all;
+	struct llmos_sched_stats st;
+	struct llmos_set_weight sw = {
+		.size = sizeof(sw), .tenant = base, .weight = 300,
+	};
+	long long a, id = 0;
+	__u32 next = base + 2, limit;
+	int i;
+
+	/* Room for two more tenants than there are. */
+	ASSERT_EQ(0, stats(self->client, &st, &ts, 0));
+	limit = st.tenant_count + 2;
+	ASSERT_EQ(0, write_param(MAX_TENANTS, limit));
+	/* A weight keeps its tenant; a live request keeps its tenant. */
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_SET_WEIGHT, &sw));
+	a = submit(self->client, base + 1);
+	ASSERT_LT(0, a);
+	/*
+	 * New tenants with a request each: the idle tenants of earlier tests
+	 * give their places, then there is no room.
+	 */
+	for (i = 0; i <= (int)limit; i++) {
+		id = submit(self->client, next);
+		if (id < 0)
+			break;
+		next++;
+	}
+	EXPECT_EQ(-ENOSPC, id);
+	/* Every tenant listed, whatever room the caller says it has. */
+	all = calloc(limit + 1, sizeof(*all));
+	ASSERT_NE(NULL, all);
+	EXPECT_EQ(0, stats(self->client, &st, all, UINT32_MAX));
+	free(all);
+	EXPECT_EQ(limit, st.tenant_count);
+	EXPECT_EQ(-ENOSPC, submit(self->client, next));
+	sw.tenant = next;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SET_WEIGHT, &sw));
+	EXPECT_EQ(ENOSPC, errno);
+	EXPECT_TRUE(has_tenant(self->client, base));
+	EXPECT_TRUE(has_tenant(self->client, base + 1));
+	/* The first request finishes: its tenant makes room for a new one. */
+	ASSERT_EQ(0, cancel(self->client, a));
+	EXPECT_LT(0, submit(self->client, next));
+	EXPECT_FALSE(has_tenant(self->client, base + 1));
+	EXPECT_TRUE(has_tenant(self->client, base));
+	EXPECT_TRUE(has_tenant(self->client, next));
+	/* The finished request is still there to collect. */
+	EXPECT_EQ(0, wait_req(self->client, a, 0, 0, NULL));
+	/* Back to the default weight, the weighted tenant may go too. */
+	sw.tenant = base;
+	sw.weight = 100;
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_SET_WEIGHT, &sw));
+	EXPECT_LT(0, submit(self->client, next + 1));
+	EXPECT_FALSE(has_tenant(self->client, base));
+	/* What is queued goes when the client closes (teardown). */
+}
+
 TEST_HARNESS_MAIN

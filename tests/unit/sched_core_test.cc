@@ -111,6 +111,67 @@ struct fixture {
     }
 };
 
+TEST(sched_core, past_max_tenants_the_tenant_idle_the_longest_makes_room) {
+    fixture f;
+    f.s.max_tenants = 3;
+    // A new tenant, with no spare to make it from: what the core says.
+    auto submit_new = [&](uint32_t tenant) {
+        auto r = std::make_unique<llmos_core_req>();
+        r->tenant = tenant;
+        r->cost = 1;
+        llmos_core_tenant* none = nullptr;
+        const int ret = llmos_core_submit(&f.s, r.get(), &none, f.now++);
+        if (!ret) {
+            f.reqs.push_back(std::move(r));
+        }
+        return ret;
+    };
+    auto* a = f.submit(1);
+    auto* b = f.submit(2);
+    f.weight(3, 500); // a weight of its own: kept
+    // At the limit and none idle (1 and 2 have requests, 3 a weight).
+    EXPECT_EQ(submit_new(4), -ENOSPC);
+    llmos_core_tenant* none = nullptr;
+    EXPECT_EQ(llmos_core_set_weight(&f.s, 4, 200, &none), -ENOSPC);
+    EXPECT_EQ(f.s.tenants.nr, 3u);
+    // 1's request finishes: 1 is idle, and 4 takes its place (from its
+    // memory: no spare needed), counters and all.
+    auto* w = f.worker(4);
+    ASSERT_EQ(f.dispatch(w, 1), std::vector<llmos_core_req*>{a});
+    ASSERT_EQ(llmos_core_complete(&f.s, w, a, 0, 9, 0, 0, f.now++), 0);
+    EXPECT_EQ(llmos_core_tenant_find(&f.s, 1)->served_tokens, 9u);
+    EXPECT_EQ(submit_new(4), 0);
+    EXPECT_EQ(llmos_core_tenant_find(&f.s, 1), nullptr);
+    ASSERT_NE(llmos_core_tenant_find(&f.s, 4), nullptr);
+    EXPECT_EQ(llmos_core_tenant_find(&f.s, 4)->served_tokens, 0u);
+    EXPECT_EQ(llmos_core_tenant_find(&f.s, 4)->weight, 100u);
+    EXPECT_EQ(f.s.stats.tenants_reclaimed, 1u);
+    EXPECT_EQ(f.s.tenants.nr, 3u);
+    // The finished request of the tenant taken back is still collected.
+    EXPECT_EQ(llmos_core_release(&f.s, a), 0);
+    // 2 goes idle (cancelled), then 3 (its weight back to the default):
+    // 2, idle the longest, goes first; 4 (a live request) never.
+    ASSERT_EQ(llmos_core_cancel(&f.s, b, f.now++), 0);
+    f.weight(3, 100);
+    EXPECT_EQ(submit_new(5), 0);
+    EXPECT_EQ(llmos_core_tenant_find(&f.s, 2), nullptr);
+    EXPECT_NE(llmos_core_tenant_find(&f.s, 3), nullptr);
+    EXPECT_EQ(submit_new(6), 0);
+    EXPECT_EQ(llmos_core_tenant_find(&f.s, 3), nullptr);
+    EXPECT_EQ(submit_new(7), -ENOSPC);
+    EXPECT_EQ(f.s.stats.tenants_reclaimed, 3u);
+    // A tenant that comes back after being taken back starts anew, and
+    // the built-in policy serves everyone still queued.
+    std::set<uint32_t> served;
+    while (auto* r = f.serve_one(w)) {
+        served.insert(r->tenant);
+    }
+    EXPECT_EQ(served, (std::set<uint32_t>{4, 5, 6}));
+    EXPECT_EQ(f.s.idle.nr, 3u);
+    EXPECT_EQ(submit_new(1), 0);
+    EXPECT_EQ(llmos_core_tenant_find(&f.s, 4), nullptr);
+}
+
 TEST(sched_core, fifo_within_a_tenant) {
     fixture f;
     std::vector<uint64_t> ids;

@@ -1262,6 +1262,13 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec) + j.deadline_ms * 1000000ull;
     }
     auto id = client->submit(so);
+    if (!id && id.error() == std::errc::no_space_on_device) {
+        // The scheduler keeps as many tenants as it may, none idle.
+        throw api_error{503,
+                        "the scheduler has no room for another tenant now (every one it keeps "
+                        "has requests in flight); retry shortly",
+                        "server_error", "", "too_many_tenants"};
+    }
     if (!id) {
         throw server_error("scheduler: submit: " + id.error().message());
     }

@@ -752,7 +752,7 @@ step_status context::step(std::span<batch_entry> batch) {
     const model_params& p = _m.params();
     const uint32_t E = p.n_embd, KV = p.kv_dim(), F = p.n_ff, V = p.n_vocab;
     size_t T = 0;
-    if (step_status st = detail::check_batch(batch, V, _o.max_batch_tokens, T);
+    if (step_status st = detail::check_batch(batch, p, _o.max_batch_tokens, T);
         st != step_status::ok) {
         return st;
     }

@@ -10,17 +10,17 @@
 #include <cstdint>
 #include <cstring>
 #include <llmos/engine/context.hh>
+#include <llmos/engine/model.hh>
 #include <span>
 
 namespace llmos::engine::detail {
 
-/// Refuses a batch that cannot run, in this order: no cache or one cache
-/// twice (bad_batch), a token outside the vocabulary (bad_token), a cache
-/// without room for its tokens (cache_full), more than `max_tokens` tokens
-/// in all (too_many_tokens). On ok, `total` holds the step's token count.
-/// Changes nothing.
+/// Refuses a batch that cannot run, in this order: no cache, one cache
+/// twice or a cache of another geometry than `p`'s model (bad_batch), a token outside the
+/// vocabulary (bad_token), a cache without room for its tokens (cache_full), more than `max_tokens`
+/// tokens in all (too_many_tokens). On ok, `total` holds the step's token count. Changes nothing.
 template <typename Entry>
-step_status check_batch(std::span<Entry> batch, uint32_t n_vocab, uint32_t max_tokens,
+step_status check_batch(std::span<Entry> batch, const model_params& p, uint32_t max_tokens,
                         size_t& total) {
     size_t T = 0;
     for (size_t i = 0; i < batch.size(); ++i) {
@@ -33,8 +33,18 @@ step_status check_batch(std::span<Entry> batch, uint32_t n_vocab, uint32_t max_t
                 return step_status::bad_batch;
             }
         }
+        // A cache opened for another model would be written by this one's
+        // layers and rows, past its memory.
+        if (e.kv->n_layer() != p.n_layer || e.kv->kv_dim() != p.kv_dim()) {
+            return step_status::bad_batch;
+        }
+        if constexpr (requires { e.kv->head_dim(); }) { // the CPU's splits rows by head
+            if (e.kv->head_dim() != p.head_dim) {
+                return step_status::bad_batch;
+            }
+        }
         for (int32_t t : e.tokens) {
-            if (t < 0 || uint32_t(t) >= n_vocab) {
+            if (t < 0 || uint32_t(t) >= p.n_vocab) {
                 return step_status::bad_token;
             }
         }
@@ -78,7 +88,7 @@ void scatter_logits(std::span<Entry> batch, const float* out, uint32_t n_vocab) 
     for (auto& e : batch) {
         if (e.all_logits) {
             std::memcpy(e.all_logits, out + row * V, e.tokens.size() * V * sizeof(float));
-            if (e.logits) {
+            if (e.logits && !e.tokens.empty()) {
                 std::memcpy(e.logits, out + (row + e.tokens.size() - 1) * V, V * sizeof(float));
             }
         } else if (e.logits && !e.tokens.empty()) {

@@ -71,7 +71,10 @@ public:
     uint64_t work_gen = 0;        // bumped whenever a worker may find work
     std::vector<doorbell*> bells; // event loops of workers waiting without a thread
 
-    scheduler() { llmos_core_init(&core); }
+    scheduler() {
+        llmos_core_init(&core);
+        core.max_tenants = max_tenants; // the kernel module's default
+    }
     ~scheduler() {
         while (llmos_core_tenant_pop(&core)) {
         }
@@ -85,11 +88,17 @@ public:
         auto* r = llmos_core_find(&core, id);
         return r ? reinterpret_cast<req*>(r) : nullptr;
     }
-    // A spare tenant for the core; kept by us whether used or not.
-    llmos_core_tenant* spare() {
+    // A spare for `tenant` when the core would make it one: kept by us
+    // whether used or not. At the limit the core takes an idle tenant's
+    // place instead.
+    llmos_core_tenant* spare_for(uint32_t tenant) {
+        if (llmos_core_tenant_find(&core, tenant) || core.tenants.nr >= core.max_tenants) {
+            return nullptr;
+        }
         tenants.push_back(std::make_unique<llmos_core_tenant>());
         return tenants.back().get();
     }
+    static constexpr uint32_t max_tenants = 65536;
     // Work may be there for a worker: wake the blocked ones and ring the
     // loops of the ones that wait in an event loop.
     void work_changed() {
@@ -211,10 +220,7 @@ result<uint64_t> submit(uint64_t cid, const submit_options& o, uint64_t ms_len) 
     r->core.prompt_off = o.prompt_off;
     r->core.prompt_len = o.prompt_len;
     r->ms_len = ms_len;
-    llmos_core_tenant* spare = nullptr;
-    if (!llmos_core_tenant_find(&s.core, o.tenant)) {
-        spare = s.spare();
-    }
+    llmos_core_tenant* spare = s.spare_for(o.tenant);
     if (int ret = llmos_core_submit(&s.core, &r->core, &spare, now_ns())) {
         return from_core(ret);
     }
@@ -439,10 +445,7 @@ std::error_code set_weight(uint32_t tenant, uint32_t weight) {
     }
     auto& s = sched();
     std::lock_guard g(s.m);
-    llmos_core_tenant* spare = nullptr;
-    if (!llmos_core_tenant_find(&s.core, tenant)) {
-        spare = s.spare();
-    }
+    llmos_core_tenant* spare = s.spare_for(tenant);
     return from_core(llmos_core_set_weight(&s.core, tenant, weight, &spare));
 }
 

@@ -495,6 +495,11 @@ enum llmos_req_state {
  * - EAGAIN: nothing ready with %LLMOS_NONBLOCK; SUBMIT past the per-client
  *   limit of unfinished and uncollected requests (module parameter
  *   ``max_client_requests``).
+ * - ENOSPC: SUBMIT or SET_WEIGHT naming a new tenant when the scheduler
+ *   keeps as many as it may (module parameter ``max_tenants``, 65536 by
+ *   default) and none is idle. A tenant is idle when it has no unfinished
+ *   request and the default weight; the one idle the longest gives its
+ *   place (and its counters) to a new one.
  * - ETIMEDOUT: DISPATCH or WAIT waited timeout_ms for nothing.
  * - EINTR: a signal interrupted a wait.
  */

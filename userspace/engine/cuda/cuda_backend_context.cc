@@ -405,7 +405,7 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
 
     // The same checks, in the same order, as context::step.
     size_t T = 0;
-    if (step_status st = detail::check_batch(batch, V, c.o.max_batch_tokens, T);
+    if (step_status st = detail::check_batch(batch, p, c.o.max_batch_tokens, T);
         st != step_status::ok) {
         return st;
     }

@@ -52,7 +52,7 @@ enum class step_status : uint8_t {
     too_many_tokens, ///< more than max_batch_tokens in the step: split it
     cache_full,      ///< a sequence's cache has no room (nothing was run)
     bad_token,       ///< a token id outside the vocabulary (nothing was run)
-    bad_batch,       ///< no kv, or one kv twice
+    bad_batch,       ///< no kv, one kv twice, or a kv of another model's geometry
     compute_error,   ///< a kernel refused the weights (a bug: report it)
 };
 std::string_view step_status_name(step_status s) noexcept;

@@ -209,6 +209,9 @@ public:
     void* device_blocks() const noexcept { return _device; }
     uint64_t block_bytes() const noexcept { return _block_bytes; }
     uint32_t block_tokens() const noexcept { return _o.block_tokens; }
+    /// The geometry of the model it was opened for.
+    uint32_t n_layer() const noexcept { return _n_layer; }
+    uint32_t kv_dim() const noexcept { return _kv_dim; }
     /// Logical block -> physical block (UINT32_MAX: not mapped), for the
     /// blocks that cover the reserved positions.
     std::span<const uint32_t> block_table() const noexcept { return _tab; }

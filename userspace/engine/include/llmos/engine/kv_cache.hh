@@ -94,6 +94,9 @@ public:
     /// blocks usually make one run).
     uint32_t block_tokens() const noexcept { return _o.block_tokens; }
     uint32_t head_dim() const noexcept { return _head_dim; }
+    /// The geometry of the model it was opened for.
+    uint32_t n_layer() const noexcept { return _n_layer; }
+    uint32_t kv_dim() const noexcept { return _kv_dim; }
     /// The committed conversation.
     std::span<const int32_t> tokens() const noexcept;
 
