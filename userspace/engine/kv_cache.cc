@@ -271,8 +271,8 @@ const void* kv_cache::v_row(uint32_t layer, uint32_t pos, uint32_t head) const n
 }
 
 void kv_cache::commit(std::span<const int32_t> toks) noexcept {
-    if (toks.size() > _o.max_tokens - _n) {
-        return; // not reserved (reserve() bounds what a step writes)
+    if (toks.empty() || toks.size() > _o.max_tokens - _n) {
+        return; // nothing, or not reserved (reserve() bounds what a step writes)
     }
     std::memcpy(_tokens + _n, toks.data(), toks.size() * 4);
     _n += static_cast<uint32_t>(toks.size());

@@ -213,8 +213,8 @@ bool cuda_kv_cache::reserve(uint32_t n) noexcept {
 }
 
 void cuda_kv_cache::commit(std::span<const int32_t> toks) noexcept {
-    if (toks.size() > _o.max_tokens - _n) {
-        return; // not reserved (reserve() bounds what a step writes)
+    if (toks.empty() || toks.size() > _o.max_tokens - _n) {
+        return; // nothing, or not reserved (reserve() bounds what a step writes)
     }
     std::memcpy(_tokens + _n, toks.data(), toks.size() * 4);
     _n += static_cast<uint32_t>(toks.size());
