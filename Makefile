@@ -8,8 +8,8 @@
 #   make bench    benchmarks (ratios against baselines in the same run)
 #   make install  libllmos (headers, libraries, pkg-config, CMake package) and
 #                 the tools under PREFIX (default /usr/local), the llmosd unit,
-#                 udev rule, sysusers entry, module sources for DKMS and the
-#                 manual pages; staged in DESTDIR (install-kmod: the built module)
+#                 udev rule, sysusers entry and the manual pages; staged in
+#                 DESTDIR (the module: install-dkms or install-kmod)
 #   make htmldocs the documentation in build/htmldocs (Sphinx; warnings fail)
 #   make man      check the manual pages in man/ (rendered text in build/man)
 #   make deps | build | kmod | lint | unit | vm-test | vm-shell | clean
@@ -23,7 +23,7 @@ export CCACHE_DIR ?= $(LLMOS_CACHE)/ccache
 export CCACHE_BASEDIR := $(CURDIR)
 
 BUILD := $(CURDIR)/build
-KENV := . $(LLMOS_CACHE)/kernel.env &&
+KENV := . "$(LLMOS_CACHE)/kernel.env" &&
 LANES := default asan tsan
 
 .PHONY: all deps build kmod userspace bpf lint unit vm-test vm-shell demo bench check clean install
@@ -40,7 +40,7 @@ bpf: kmod
 	@bash tools/build-bpf.sh
 
 kmod: deps
-	@$(KENV) $(MAKE) -s -C $$LLMOS_KDIR M=$(CURDIR)/kmod modules
+	@$(KENV) $(MAKE) -s -C "$$LLMOS_KDIR" M="$(CURDIR)/kmod" modules
 
 # One CMake build per lane: default (also builds the static guest
 # programs), asan (address + undefined) and tsan.
@@ -56,7 +56,7 @@ unit: userspace
 VM_TESTS = --tests $(BUILD)/default/kernel-tests --tests $(BUILD)/default/vm-gtests \
 	--tests tests/vm --bpf $(BUILD)/bpf \
 	--bin $(BUILD)/default/tools/llmosctl-static --bin $(BUILD)/default/tools/llmosd/llmosd \
-	$(if $(wildcard $(BUILD)/default/tests/llmosd_emu),--bin $(BUILD)/default/tests/llmosd_emu) \
+	$$([ ! -x $(BUILD)/default/tests/llmosd_emu ] || echo --bin $(BUILD)/default/tests/llmosd_emu) \
 	--data $(CURDIR)/../shared/testdata/llama-tiny-f32.gguf
 
 vm-test: build
@@ -95,8 +95,10 @@ man: deps
 
 # Installation, staged under DESTDIR when it is set; running it again gives
 # the same result. Directories can be set on the command line.
-#   install            libllmos and llmosctl under PREFIX, install-packaging,
-#                      install-dkms and install-man
+#   install            libllmos and llmosctl under PREFIX, install-packaging
+#                      and install-man (the module is installed on its own: a
+#                      module set to load at boot that is not there would fail
+#                      the boot's module loading and hold llmosd back 90 s)
 #   install-packaging  udev rule, sysusers.d and tmpfiles.d entries, the
 #                      llmosd unit (ExecStart in PREFIX/bin), /etc/default/llmosd
 #   install-dkms       the module's sources and dkms.conf in DKMSDIR, ready for
@@ -124,7 +126,7 @@ INSTALL_DATA = install -D -m 0644
 
 .PHONY: install-packaging install-dkms install-kmod
 
-install: userspace install-packaging install-dkms install-man
+install: userspace install-packaging install-man
 	DESTDIR=$(DESTDIR) cmake --install $(BUILD)/default --prefix $(PREFIX)
 
 # A real install (no DESTDIR) keeps an existing /etc/default/llmosd, then
@@ -194,6 +196,6 @@ install-kmod: kmod
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then run systemctl daemon-reload; fi
 
 clean:
-	rm -rf $(BUILD)
-	@if [ -f $(LLMOS_CACHE)/kernel.env ]; then \
-		$(KENV) $(MAKE) -s -C $$LLMOS_KDIR M=$(CURDIR)/kmod clean; fi
+	rm -rf "$(BUILD)"
+	@if [ -f "$(LLMOS_CACHE)/kernel.env" ]; then \
+		$(KENV) $(MAKE) -s -C "$$LLMOS_KDIR" M="$(CURDIR)/kmod" clean; fi

@@ -36,6 +36,10 @@ PKGS=(
 	python3 python3-numpy
 	python3-sphinx groff-base man-db
 	curl git
+	# The install test checks the unit file, sysusers.d and tmpfiles.d
+	# entries with systemd's own tools, and the shell scripts with
+	# shellcheck.
+	systemd shellcheck
 )
 # Packages that must come from bookworm-backports (libbpf >= 1.4 is needed
 # to attach a struct_ops type defined by a module).

@@ -944,6 +944,6 @@ int main(int argc, char** argv) {
         return child_main(argv[1] + flag.size(), uint32_t(std::stoul(argv[2])),
                           std::stoull(argv[3]));
     }
-    llmos::test::init_gtest(argc, argv);
-    return RUN_ALL_TESTS();
+    const bool tap = llmos::test::init_gtest(argc, argv);
+    return llmos::test::exit_status(RUN_ALL_TESTS(), tap);
 }

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <gtest/gtest.h>
+#include <memory>
 #include <string>
 
 namespace {
@@ -50,9 +51,108 @@ class tap_printer : public ::testing::EmptyTestEventListener {
     }
 };
 
+// GoogleTest's own printer, but for skips: its "[  SKIPPED ]" lines are
+// what gtest_discover_tests makes ctest count a skip by, whatever the exit
+// status. A skip here is counted by the status (exit_status()), so the
+// lines say "[ SKIP     ]" and the summary is this printer's.
+class plain_printer : public ::testing::TestEventListener {
+    std::unique_ptr<::testing::TestEventListener> _base;
+
+public:
+    explicit plain_printer(::testing::TestEventListener* base)
+        : _base(base) {}
+
+    void OnTestProgramStart(const ::testing::UnitTest& u) override { _base->OnTestProgramStart(u); }
+    void OnTestIterationStart(const ::testing::UnitTest& u, int i) override {
+        _base->OnTestIterationStart(u, i);
+    }
+    void OnEnvironmentsSetUpStart(const ::testing::UnitTest& u) override {
+        _base->OnEnvironmentsSetUpStart(u);
+    }
+    void OnEnvironmentsSetUpEnd(const ::testing::UnitTest& u) override {
+        _base->OnEnvironmentsSetUpEnd(u);
+    }
+    void OnTestSuiteStart(const ::testing::TestSuite& t) override { _base->OnTestSuiteStart(t); }
+    void OnTestStart(const ::testing::TestInfo& t) override { _base->OnTestStart(t); }
+    void OnTestPartResult(const ::testing::TestPartResult& r) override {
+        _base->OnTestPartResult(r);
+    }
+    void OnTestEnd(const ::testing::TestInfo& t) override {
+        if (!t.result()->Skipped()) {
+            _base->OnTestEnd(t);
+            return;
+        }
+        std::printf("[ SKIP     ] %s.%s (%lld ms)\n", t.test_suite_name(), t.name(),
+                    static_cast<long long>(t.result()->elapsed_time()));
+        std::fflush(stdout);
+    }
+    void OnTestSuiteEnd(const ::testing::TestSuite& t) override { _base->OnTestSuiteEnd(t); }
+    void OnEnvironmentsTearDownStart(const ::testing::UnitTest& u) override {
+        _base->OnEnvironmentsTearDownStart(u);
+    }
+    void OnEnvironmentsTearDownEnd(const ::testing::UnitTest& u) override {
+        _base->OnEnvironmentsTearDownEnd(u);
+    }
+    void OnTestIterationEnd(const ::testing::UnitTest& u, int) override {
+        std::printf("[==========] %d tests from %d test suites ran. (%lld ms total)\n",
+                    u.test_to_run_count(), u.test_suite_to_run_count(),
+                    static_cast<long long>(u.elapsed_time()));
+        std::printf("[  PASSED  ] %d tests.\n", u.successful_test_count());
+        if (u.skipped_test_count()) {
+            std::printf("[ SKIP     ] %d tests.\n", u.skipped_test_count());
+        }
+        if (u.failed_test_count()) {
+            std::printf("[  FAILED  ] %d tests, listed below:\n", u.failed_test_count());
+            for (int i = 0; i < u.total_test_suite_count(); ++i) {
+                const auto* suite = u.GetTestSuite(i);
+                for (int j = 0; j < suite->total_test_count(); ++j) {
+                    const auto* t = suite->GetTestInfo(j);
+                    if (t->should_run() && t->result()->Failed()) {
+                        std::printf("[  FAILED  ] %s.%s\n", t->test_suite_name(), t->name());
+                    }
+                }
+            }
+        }
+        if (u.ad_hoc_test_result().Failed()) {
+            std::printf("[  FAILED  ] outside any test (a suite's set-up or tear-down)\n");
+        }
+        std::fflush(stdout);
+    }
+    void OnTestProgramEnd(const ::testing::UnitTest& u) override { _base->OnTestProgramEnd(u); }
+};
+
 } // namespace
 
-void llmos::test::init_gtest(int& argc, char** argv) {
+int llmos::test::exit_status(int result, bool tap) {
+    const auto* u = ::testing::UnitTest::GetInstance();
+    if (tap || result != 0 || u->skipped_test_count() == 0 || u->successful_test_count() != 0) {
+        return result;
+    }
+    for (int i = 0; i < u->total_test_suite_count(); ++i) {
+        const auto* suite = u->GetTestSuite(i);
+        for (int j = 0; j < suite->total_test_count(); ++j) {
+            const auto* t = suite->GetTestInfo(j);
+            const auto* r = t->result();
+            if (!t->should_run() || !r->Skipped()) {
+                continue;
+            }
+            std::string why;
+            for (int k = 0; k < r->total_part_count(); ++k) {
+                if (r->GetTestPartResult(k).skipped()) {
+                    why = r->GetTestPartResult(k).message();
+                }
+            }
+            for (char& c : why) {
+                c = c == '\n' ? ' ' : c;
+            }
+            std::fprintf(stderr, "skip: %s.%s: %s\n", t->test_suite_name(), t->name(),
+                         why.empty() ? "(no reason given)" : why.c_str());
+        }
+    }
+    return 77;
+}
+
+bool llmos::test::init_gtest(int& argc, char** argv) {
     bool tap = std::getenv("LLMOS_TAP") && std::strcmp(std::getenv("LLMOS_TAP"), "1") == 0;
     for (int i = 1; i < argc; ++i) {
         if (std::strcmp(argv[i], "--tap") == 0) {
@@ -63,9 +163,13 @@ void llmos::test::init_gtest(int& argc, char** argv) {
         }
     }
     ::testing::InitGoogleTest(&argc, argv);
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    auto* base = listeners.Release(listeners.default_result_printer());
     if (tap) {
-        auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-        delete listeners.Release(listeners.default_result_printer());
+        delete base;
         listeners.Append(new tap_printer);
+    } else if (base) {
+        listeners.Append(new plain_printer(base));
     }
+    return tap;
 }

@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: MIT
 //
-// main() for GoogleTest programs that also run in the test VM: with --tap
-// (or LLMOS_TAP=1) the results are printed as TAP, which the VM runner
-// counts; otherwise GoogleTest prints as usual.
+// main() for every GoogleTest program of the project. With --tap (or
+// LLMOS_TAP=1) the results are printed as TAP, which the VM runner counts;
+// otherwise GoogleTest prints as usual, and a run whose tests all skipped
+// exits 77, which ctest counts as a skip (tap.hh).
 #include "tap.hh"
 
 #include <gtest/gtest.h>
 
 int main(int argc, char** argv) {
-    llmos::test::init_gtest(argc, argv);
-    return RUN_ALL_TESTS();
+    const bool tap = llmos::test::init_gtest(argc, argv);
+    return llmos::test::exit_status(RUN_ALL_TESTS(), tap);
 }

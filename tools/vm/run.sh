@@ -148,13 +148,32 @@ tr -d '\r' <"$tap" >"$tap.clean"
 # Count cases. A program contributes its TAP results; a missing plan, fewer
 # results than planned, a non-zero exit (other than kselftest's 4 = all
 # skipped) with no failing case, or a bad kernel log adds a failure.
-read -r passed failed skipped < <(awk -v qemu_rc="$rc" '
+# Every program staged must run (a guest that died part way, or the
+# timeout, leaves the rest unrun), and every file staged beside them is a
+# program, but tap.sh, which the scripts source.
+staged= not_programs=
+for f in "$stage"/tests/*; do
+	[ -e "$f" ] || continue
+	if [ -x "$f" ]; then
+		staged+=" ${f##*/}"
+	elif [ "${f##*/}" != tap.sh ]; then
+		not_programs+=" ${f##*/}"
+	fi
+done
+read -r passed failed skipped < <(awk -v qemu_rc="$rc" -v staged="$staged" \
+	-v not_programs="$not_programs" '
 function problem(msg) { failed++; print "not ok - " msg > "/dev/stderr" }
-/^### test / { name = $3; plan = -1; n = 0; sfail = 0; open_sec = 1; next }
+BEGIN {
+	n_staged = split(staged, programs, " ")
+	n_bad = split(not_programs, bad, " ")
+	for (i = 1; i <= n_bad; i++) problem(bad[i] ": staged as a test but not executable")
+}
+/^### test / { name = $3; ran[name] = 1; plan = -1; n = 0; sfail = 0; open_sec = 1; next }
 /^### exit / {
 	open_sec = 0
 	if (plan < 0) problem(name ": no TAP plan")
 	else if (n < plan) problem(name ": " plan - n " of " plan " cases missing")
+	else if (n > plan) problem(name ": " n " results for a plan of " plan)
 	if ($4 != 0 && $4 != 4 && sfail == 0) problem(name ": exit status " $4)
 	next
 }
@@ -179,6 +198,8 @@ open_sec && /^ok / { n++; if ($0 ~ /# [Ss][Kk][Ii][Pp]/) skipped++; else passed+
 open_sec && /^not ok / { n++; sfail++; failed++; next }
 END {
 	if (open_sec) problem(name ": did not finish")
+	for (i = 1; i <= n_staged; i++)
+		if (!(programs[i] in ran)) problem(programs[i] ": did not run")
 	if (!done) problem("guest did not finish the run")
 	if (qemu_rc != 3) problem("QEMU exit status " qemu_rc " (3 = guest reported success; 124 = timeout)")
 	printf "%d %d %d\n", passed, failed, skipped
