@@ -469,6 +469,16 @@ TEST_F(conformance, a_cache_of_another_model_s_geometry_is_refused_by_step) {
     }
 }
 
+TEST_F(conformance, an_embedding_row_past_the_table_is_refused) {
+    const auto& p = m->params();
+    std::vector<float> row(p.n_embd, -7.0f);
+    EXPECT_THROW(m->embed(-1, row.data()), std::out_of_range);
+    EXPECT_THROW(m->embed(int32_t(p.n_vocab), row.data()), std::out_of_range);
+    EXPECT_EQ(row, std::vector<float>(p.n_embd, -7.0f));
+    m->embed(int32_t(p.n_vocab) - 1, row.data());
+    EXPECT_NE(row, std::vector<float>(p.n_embd, -7.0f));
+}
+
 TEST_F(conformance, an_entry_without_tokens_gets_no_logits) {
     // An empty entry that asks for logits (every row, and its last), first
     // and after one that runs: there are no rows of its own to hand out,

@@ -8,6 +8,8 @@
 #include <llmos/engine/quant.hh>
 #include <map>
 #include <new>
+#include <stdexcept>
+#include <string>
 #include <system_error>
 #include <thread>
 
@@ -359,6 +361,10 @@ std::string model::type_summary() const {
 }
 
 void model::embed(int32_t id, float* out) const {
+    if (id < 0 || static_cast<uint64_t>(id) >= static_cast<uint64_t>(_tok_embd.rows)) {
+        throw std::out_of_range("token id " + std::to_string(id) + " has no embedding row (" +
+                                std::to_string(_tok_embd.rows) + " rows)");
+    }
     const auto rb = *row_bytes(_tok_embd.type, static_cast<uint64_t>(_tok_embd.cols));
     const auto* row = static_cast<const std::byte*>(_tok_embd.data) + rb * static_cast<size_t>(id);
     dequantize_row(_tok_embd.type, row, out, _tok_embd.cols);

@@ -99,7 +99,10 @@ size_t matmul_scratch_bytes(const weight_view& w, int64_t n_tokens,
 /// both row-major, not overlapping). Runs on the pool's threads, the
 /// caller's included, with the kernels of `level` (or of the CPU's best
 /// below it, when it lacks `level`). On failure y is untouched.
-/// Allocates nothing. Any thread; calls on one pool take turns.
+/// Allocates nothing but, with AMX, each pool thread's buffer for a
+/// panel's unpacked levels the first time a width needs more (out of
+/// memory there ends the process). Any thread; calls on one pool take
+/// turns.
 matmul_status matmul(const weight_view& w, const float* x, int64_t n_tokens, float* y,
                      thread_pool& pool, std::span<std::byte> scratch, simd_level level,
                      act_precision p = act_precision::int8) noexcept;
@@ -126,7 +129,8 @@ struct matmul_job {
 /// once for all the products whose kernels read it in the same form, then
 /// each product runs as matmul() runs it, with the same results. scratch:
 /// the sum of matmul_scratch_bytes() of the jobs. Every job is checked
-/// before any runs: on failure every y is untouched. Allocates nothing.
+/// before any runs: on failure every y is untouched. Allocates what
+/// matmul() does.
 matmul_status matmul_many(std::span<const matmul_job> jobs, const float* x, int64_t n_tokens,
                           thread_pool& pool, std::span<std::byte> scratch, simd_level level,
                           act_precision p = act_precision::int8) noexcept;

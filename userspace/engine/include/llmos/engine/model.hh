@@ -100,6 +100,7 @@ public:
     /// fine-tune of the same shape too) is refused.
     uint64_t fingerprint() const noexcept { return _fingerprint; }
     /// Token `id`'s embedding row, dequantized into `out` (n_embd floats).
+    /// Throws std::out_of_range for an id with no row.
     void embed(int32_t id, float* out) const;
 
 private:
