@@ -190,7 +190,7 @@ __bpf_kfunc s32 llmos_set_tenant_weight(u32 tenant, u32 weight)
 		return -EPERM;
 	llmos_sched_limits();
 	if (!llmos_core_tenant_find(s, tenant))
-		spare = kzalloc(sizeof(*spare), GFP_ATOMIC);
+		spare = kzalloc(sizeof(*spare), GFP_ATOMIC | __GFP_ACCOUNT);
 	ret = llmos_core_set_weight(s, tenant, weight, &spare);
 	kfree(spare);
 	return ret;

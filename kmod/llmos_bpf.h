@@ -44,7 +44,8 @@ struct llmos_exit_info {
  *	(%LLMOS_COMPLETE_RETURN, or its worker vanished) and dispatched again:
  *	a give-back has no callback of its own
  * @completed: a request finished (runtime from dispatch to completion);
- *	not called for one cancelled while its worker held it
+ *	not called for one cancelled while its worker held it. Its tenant
+ *	(req->ten) is NULL by then: a finished request holds none
  * @dequeue: a request left the policy's queues (cancelled)
  * @worker_online: a worker registered
  * @worker_offline: a worker went away (its requests go back to the front

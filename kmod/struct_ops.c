@@ -327,27 +327,6 @@ static u64 llmos_short_since(struct llmos_core_sched *s, u64 now, u64 gap)
 	return since;
 }
 
-/* The oldest request in the policy's queues, or NULL. */
-static struct llmos_core_req *llmos_policy_oldest(struct llmos_core_sched *s)
-{
-	struct llmos_core_req *oldest = NULL;
-	struct llmos_tnode *qn, *n;
-
-	for (qn = llmos_treap_first(&s->queues); qn; qn = llmos_treap_next(qn)) {
-		struct llmos_core_queue *q =
-			container_of(qn, struct llmos_core_queue, id_node);
-
-		for (n = llmos_treap_first(&q->q); n; n = llmos_treap_next(n)) {
-			struct llmos_core_req *r =
-				container_of(n, struct llmos_core_req, q_node);
-
-			if (!oldest || r->t_submit < oldest->t_submit)
-				oldest = r;
-		}
-	}
-	return oldest;
-}
-
 /*
  * While a policy schedules: every period (timeout_ms / 4, 50 ms to 1 s),
  * eject it when a request waited in its queues past timeout_ms while a
@@ -388,7 +367,7 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 					LLMOS_ASKING_MIN_MS * NSEC_PER_MSEC));
 	if (time_after_eq(now, llmos_bpf.next_scan)) {
 		llmos_bpf.next_scan = now + period;
-		r = since ? llmos_policy_oldest(s) : NULL;
+		r = since ? llmos_core_policy_oldest(s) : NULL;
 		from = r ? max(r->t_submit, since) : 0;
 		if (r && now_ns > from && now_ns - from > timeout_ns)
 			llmos_bpf_eject(LLMOS_EXIT_STALL, 0, r->id);

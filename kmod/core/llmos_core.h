@@ -72,12 +72,14 @@ struct llmos_core_sched;
  * @t_end: completion or cancellation time, ns
  * @policy_data: free for the attached policy (the only field a BPF policy
  *	may write)
- * @ten: its tenant
+ * @ten: its tenant; NULL once it finished
  * @worker: the worker holding it (local queue or in flight), or NULL
  * @dsq: the policy queue holding it, or NULL
  * @owner: the caller's (the client that submitted it)
  * @charged: what the built-in policy added to its tenant's virtual time
  *	when it last took it (0: it did not), given back if it comes back
+ * @held_node: in the scheduler's requests held by policy queues, while
+ *	@dsq is set
  */
 struct llmos_core_req {
 	struct llmos_tnode id_node;
@@ -107,6 +109,7 @@ struct llmos_core_req {
 	struct llmos_core_queue *dsq;
 	void *owner;
 	u64 charged;
+	struct llmos_tnode held_node;
 };
 
 /**
@@ -248,6 +251,8 @@ struct llmos_core_stats {
  * @policy_fault: &enum llmos_core_fault, set when @policy misbehaved
  * @policy_fault_req: the request involved in @policy_fault, or 0
  * @stats: counters
+ * @held: the requests in the policy's queues, by submission (the
+ *	oldest first: what the watchdog looks at)
  * @idle: tenants that may be taken back, oldest idle first
  * @idle_seq: when the last tenant became idle
  * @max_tenants: most tenants kept (0: no limit); past it the oldest idle
@@ -271,6 +276,7 @@ struct llmos_core_sched {
 	u32 policy_fault;
 	u64 policy_fault_req;
 	struct llmos_core_stats stats;
+	struct llmos_treap held;
 	struct llmos_treap idle;
 	u64 idle_seq;
 	u32 max_tenants;
@@ -374,5 +380,7 @@ u32 llmos_core_queue_move(struct llmos_core_sched *s, struct llmos_core_queue *q
  */
 void llmos_core_policy_reset(struct llmos_core_sched *s);
 struct llmos_core_queue *llmos_core_queue_pop(struct llmos_core_sched *s);
+/* The request held longest by the policy's queues, or NULL: O(log n). */
+struct llmos_core_req *llmos_core_policy_oldest(struct llmos_core_sched *s);
 
 #endif /* _LLMOS_CORE_SCHED_H */

@@ -29,6 +29,17 @@ static struct llmos_core_tenant *llmos_id_tenant(struct llmos_tnode *n)
 		   NULL;
 }
 
+/* @r goes into policy queue @q, or (@q NULL) leaves the one it is in. */
+static void llmos_set_dsq(struct llmos_core_sched *s, struct llmos_core_req *r,
+			  struct llmos_core_queue *q)
+{
+	if (r->dsq)
+		llmos_treap_erase(&s->held, &r->held_node);
+	r->dsq = q;
+	if (q)
+		llmos_treap_insert(&s->held, &r->held_node, r->seq, 0);
+}
+
 static struct llmos_core_tenant *llmos_idle_tenant(struct llmos_tnode *n)
 {
 	return n ? llmos_container_of(n, struct llmos_core_tenant, idle_node) :
@@ -64,6 +75,7 @@ void llmos_core_init(struct llmos_core_sched *s)
 	llmos_treap_init(&s->workers);
 	llmos_treap_init(&s->queues);
 	llmos_treap_init(&s->idle);
+	llmos_treap_init(&s->held);
 }
 
 static bool llmos_finished(u8 state)
@@ -83,10 +95,14 @@ static void llmos_set_state(struct llmos_core_sched *s,
 	s->stats.nr[state]++;
 	if (state == LLMOS_REQ_QUEUED)
 		r->ten->queued++;
-	/* Finished: the request no longer needs its tenant. */
+	/*
+	 * Finished: the request lets its tenant go (which may then be taken
+	 * back for another, so nothing may read it through the request).
+	 */
 	if (llmos_finished(state)) {
 		r->ten->live--;
 		llmos_tenant_check_idle(s, r->ten);
+		r->ten = NULL;
 	}
 }
 
@@ -187,7 +203,7 @@ int llmos_core_submit(struct llmos_core_sched *s, struct llmos_core_req *r,
 		/* Left nowhere: the built-in policy takes it. */
 		if (r->dsq)
 			llmos_treap_erase(&r->dsq->q, &r->q_node);
-		r->dsq = NULL;
+		llmos_set_dsq(s, r, NULL);
 		r->worker = NULL;
 		if (!s->policy_fault) {
 			s->policy_fault = LLMOS_CORE_FAULT_ENQUEUE;
@@ -214,7 +230,7 @@ static void llmos_req_unlink(struct llmos_core_sched *s,
 			llmos_treap_erase(&r->worker->local, &r->q_node);
 		} else if (r->dsq) {
 			llmos_treap_erase(&r->dsq->q, &r->q_node);
-			r->dsq = NULL;
+			llmos_set_dsq(s, r, NULL);
 			if (s->policy && s->policy->dequeue)
 				s->policy->dequeue(s, r);
 		} else {
@@ -562,7 +578,7 @@ int llmos_core_queue_insert(struct llmos_core_sched *s,
 		llmos_policy_fault(s, r->id);
 		return -EINVAL;
 	}
-	r->dsq = q;
+	llmos_set_dsq(s, r, q);
 	llmos_treap_insert(&q->q, &r->q_node, key, r->seq);
 	return 0;
 }
@@ -584,7 +600,7 @@ u32 llmos_core_queue_move(struct llmos_core_sched *s, struct llmos_core_queue *q
 		if (!r)
 			break;
 		llmos_treap_erase(&q->q, &r->q_node);
-		r->dsq = NULL;
+		llmos_set_dsq(s, r, NULL);
 		r->worker = w;
 		llmos_treap_insert(&w->local, &r->q_node, 0, ++s->seq);
 		moved++;
@@ -608,12 +624,20 @@ void llmos_core_policy_reset(struct llmos_core_sched *s)
 		/* Tenant queues order by submission: the order comes back. */
 		while ((r = llmos_q_req(llmos_treap_first(&q->q)))) {
 			llmos_treap_erase(&q->q, &r->q_node);
-			r->dsq = NULL;
+			llmos_set_dsq(s, r, NULL);
 			llmos_tenant_enqueue(s, r, LLMOS_K1_PRIO(r->prio));
 		}
 	}
 	s->policy_fault = LLMOS_CORE_FAULT_NONE;
 	s->policy_fault_req = 0;
+}
+
+struct llmos_core_req *llmos_core_policy_oldest(struct llmos_core_sched *s)
+{
+	struct llmos_tnode *n = llmos_treap_first(&s->held);
+
+	return n ? llmos_container_of(n, struct llmos_core_req, held_node) :
+		   NULL;
 }
 
 struct llmos_core_queue *llmos_core_queue_pop(struct llmos_core_sched *s)

@@ -73,7 +73,22 @@ public:
         _base->OnEnvironmentsSetUpEnd(u);
     }
     void OnTestSuiteStart(const ::testing::TestSuite& t) override { _base->OnTestSuiteStart(t); }
-    void OnTestStart(const ::testing::TestInfo& t) override { _base->OnTestStart(t); }
+#ifndef GTEST_REMOVE_LEGACY_TEST_CASEAPI_
+    // (Where the legacy names remain, GoogleTest's printer prints a
+    // suite's header and footer from these.)
+    void OnTestCaseStart(const ::testing::TestCase& t) override {
+        _base->OnTestCaseStart(t);
+    }
+    void OnTestCaseEnd(const ::testing::TestCase& t) override {
+        _base->OnTestCaseEnd(t);
+    }
+#endif
+    void OnTestDisabled(const ::testing::TestInfo& t) override {
+        _base->OnTestDisabled(t);
+    }
+    void OnTestStart(const ::testing::TestInfo& t) override {
+        _base->OnTestStart(t);
+    }
     void OnTestPartResult(const ::testing::TestPartResult& r) override {
         _base->OnTestPartResult(r);
     }
@@ -86,7 +101,9 @@ public:
                     static_cast<long long>(t.result()->elapsed_time()));
         std::fflush(stdout);
     }
-    void OnTestSuiteEnd(const ::testing::TestSuite& t) override { _base->OnTestSuiteEnd(t); }
+    void OnTestSuiteEnd(const ::testing::TestSuite& t) override {
+        _base->OnTestSuiteEnd(t);
+    }
     void OnEnvironmentsTearDownStart(const ::testing::UnitTest& u) override {
         _base->OnEnvironmentsTearDownStart(u);
     }
@@ -103,28 +120,46 @@ public:
         }
         if (u.failed_test_count()) {
             std::printf("[  FAILED  ] %d tests, listed below:\n", u.failed_test_count());
-            for (int i = 0; i < u.total_test_suite_count(); ++i) {
-                const auto* suite = u.GetTestSuite(i);
-                for (int j = 0; j < suite->total_test_count(); ++j) {
-                    const auto* t = suite->GetTestInfo(j);
-                    if (t->should_run() && t->result()->Failed()) {
-                        std::printf("[  FAILED  ] %s.%s\n", t->test_suite_name(), t->name());
+        }
+        for (int i = 0; i < u.total_test_suite_count(); ++i) {
+            const auto* suite = u.GetTestSuite(i);
+            for (int j = 0; j < suite->total_test_count(); ++j) {
+                const auto* t = suite->GetTestInfo(j);
+                if (t->should_run() && t->result()->Failed()) {
+                    std::printf("[  FAILED  ] %s.%s", t->test_suite_name(), t->name());
+                    if (t->value_param()) {
+                        std::printf(", where GetParam() = %s", t->value_param());
                     }
+                    std::printf("\n");
                 }
+            }
+            // (Its tests then count as skipped, reasonless.)
+            if (suite->ad_hoc_test_result().Failed()) {
+                std::printf("[  FAILED  ] %s: its SetUpTestSuite or TearDownTestSuite\n",
+                            suite->name());
             }
         }
         if (u.ad_hoc_test_result().Failed()) {
-            std::printf("[  FAILED  ] outside any test (a suite's set-up or tear-down)\n");
+            std::printf("[  FAILED  ] a global test environment's set-up or tear-down\n");
+        }
+        if (u.reportable_disabled_test_count()) {
+            std::printf("\n  YOU HAVE %d DISABLED TESTS\n\n", u.reportable_disabled_test_count());
         }
         std::fflush(stdout);
     }
-    void OnTestProgramEnd(const ::testing::UnitTest& u) override { _base->OnTestProgramEnd(u); }
+    void OnTestProgramEnd(const ::testing::UnitTest& u) override {
+        _base->OnTestProgramEnd(u);
+    }
 };
 
 } // namespace
 
 int llmos::test::exit_status(int result, bool tap) {
     const auto* u = ::testing::UnitTest::GetInstance();
+    if (!tap && result == 0 && u->test_to_run_count() == 0 && !GTEST_FLAG_GET(list_tests)) {
+        std::fprintf(stderr, "no test to run: the filter matched none\n");
+        return 1;
+    }
     if (tap || result != 0 || u->skipped_test_count() == 0 || u->successful_test_count() != 0) {
         return result;
     }

@@ -16,8 +16,9 @@ bool init_gtest(int& argc, char** argv);
 /// that ran was skipped, with each one's reason on stderr ("skip: NAME:
 /// REASON"). ctest then counts a skip by the status, not by the output,
 /// so a program that skipped and then failed on its way out (a leak or a
-/// data race found at exit, a failing suite teardown) fails. With TAP (the
-/// VM counts the TAP lines), `result`.
+/// data race found at exit, a failing suite teardown) fails. A run with no
+/// test to run (a filter that matches none) fails. With TAP (the VM counts
+/// the TAP lines), `result`.
 int exit_status(int result, bool tap);
 
 } // namespace llmos::test

@@ -313,6 +313,62 @@ TEST(sched_core, a_policy_moves_no_more_than_a_worker_has_room_for) {
     }
 }
 
+// A policy with two queues: even-numbered tenants in one, odd in the
+// other, the odd one keyed backwards (newest first); dispatch takes the
+// odd queue's head.
+struct two_queue_policy {
+    static inline llmos_core_queue even{}, odd{};
+    static int enqueue(llmos_core_sched* s, llmos_core_req* r) {
+        return r->tenant % 2 ? llmos_core_queue_insert(s, &odd, r, UINT64_MAX - r->seq)
+                             : llmos_core_queue_insert(s, &even, r, 0);
+    }
+    static void dispatch(llmos_core_sched* s, llmos_core_worker* w, uint32_t budget) {
+        llmos_core_queue_move(s, &odd, w, budget);
+    }
+    static constexpr llmos_core_policy ops = {enqueue, dispatch, nullptr};
+};
+
+TEST(sched_core, the_oldest_request_a_policy_holds_is_found_across_its_queues) {
+    fixture f;
+    two_queue_policy::even = {};
+    two_queue_policy::odd = {};
+    ASSERT_EQ(llmos_core_queue_add(&f.s, &two_queue_policy::even, 1), 0);
+    ASSERT_EQ(llmos_core_queue_add(&f.s, &two_queue_policy::odd, 2), 0);
+    EXPECT_EQ(llmos_core_policy_oldest(&f.s), nullptr);
+    // Queued before the policy: the built-in queues hold it, not the policy.
+    auto* before = f.submit(2);
+    f.s.policy = &two_queue_policy::ops;
+    EXPECT_EQ(llmos_core_policy_oldest(&f.s), nullptr);
+    auto* a = f.submit(1); // odd queue, at its tail (keyed backwards)
+    auto* b = f.submit(2);
+    auto* c = f.submit(3); // odd queue's head
+    EXPECT_EQ(llmos_core_policy_oldest(&f.s), a);
+    // Dispatch takes c (the odd queue's head): a stays the oldest; the
+    // built-in queues' request goes first, and is not the policy's.
+    auto* w = f.worker(2);
+    auto got = f.dispatch(w, 2);
+    ASSERT_EQ(got.size(), 2u);
+    EXPECT_EQ(got[0], before);
+    EXPECT_EQ(got[1], c);
+    EXPECT_EQ(llmos_core_policy_oldest(&f.s), a);
+    // a is cancelled: b is the oldest.
+    ASSERT_EQ(llmos_core_cancel(&f.s, a, f.now++), 0);
+    EXPECT_EQ(llmos_core_policy_oldest(&f.s), b);
+    auto* d = f.submit(4);
+    EXPECT_EQ(llmos_core_policy_oldest(&f.s), b);
+    // The policy goes: its requests go to the built-in queues, and it
+    // holds nothing.
+    llmos_core_policy_reset(&f.s);
+    EXPECT_EQ(llmos_core_policy_oldest(&f.s), nullptr);
+    EXPECT_EQ(f.s.held.nr, 0u);
+    while (llmos_core_queue_pop(&f.s)) {
+    }
+    ASSERT_EQ(llmos_core_complete(&f.s, w, before, 0, 1, 0, 0, f.now++), 0);
+    ASSERT_EQ(llmos_core_complete(&f.s, w, c, 0, 1, 0, 0, f.now++), 0);
+    got = f.dispatch(w, 2);
+    EXPECT_EQ(std::set<llmos_core_req*>(got.begin(), got.end()), (std::set<llmos_core_req*>{b, d}));
+}
+
 TEST(sched_core, capacity_bounds_what_a_worker_holds) {
     fixture f;
     for (int i = 0; i < 10; ++i) {

@@ -84,12 +84,17 @@ public:
         , _eo(eo) {}
 
     llmos::engine_status prefill(llmos::sequence& s) override {
+        // Which model: a word every version of the header has (the
+        // engine reads the rest).
         llmos::gen_request_header h{};
-        if (s.prompt.size() < sizeof(h)) {
+        constexpr size_t model_end = offsetof(llmos::gen_request_header, model) + sizeof(h.model);
+        static_assert(model_end <= llmos::gen_header_size(1));
+        if (s.prompt.size() < model_end) {
             s.status = -EINVAL;
             return llmos::engine_status::bad_input;
         }
-        std::memcpy(&h, s.prompt.data(), sizeof(h));
+        std::memcpy(&h.model, s.prompt.data() + offsetof(llmos::gen_request_header, model),
+                    sizeof(h.model));
         idle();
         auto it = _engines.find(h.model);
         if (it == _engines.end()) {

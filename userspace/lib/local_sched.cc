@@ -92,7 +92,8 @@ public:
     // whether used or not. At the limit the core takes an idle tenant's
     // place instead.
     llmos_core_tenant* spare_for(uint32_t tenant) {
-        if (llmos_core_tenant_find(&core, tenant) || core.tenants.nr >= core.max_tenants) {
+        if (llmos_core_tenant_find(&core, tenant) ||
+            (core.max_tenants && core.tenants.nr >= core.max_tenants)) {
             return nullptr;
         }
         tenants.push_back(std::make_unique<llmos_core_tenant>());
