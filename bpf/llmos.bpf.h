@@ -16,6 +16,7 @@
 #include <bpf/bpf_tracing.h>
 
 s32 llmos_create_queue(u64 queue_id) __ksym;
+s32 llmos_destroy_queue(u64 queue_id) __ksym;
 s32 llmos_queue_insert(struct llmos_core_req *req, u64 queue_id, u64 key) __ksym;
 s32 llmos_queue_insert_fifo(struct llmos_core_req *req, u64 queue_id) __ksym;
 u32 llmos_queue_move_to_worker(u64 queue_id, struct llmos_core_worker *w,

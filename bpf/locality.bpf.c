@@ -12,8 +12,11 @@
  * than steal_after_ns (default 200 ms). Keys are enqueue times, so every
  * queue is FIFO and the head's key is its age.
  *
+ * A departed worker's queue goes (llmos_destroy_queue()) once it is empty:
+ * at once, or when the others have served what it held.
+ *
  * Limits: at most MAX_WORKERS workers are tracked for stealing at once (a
- * departed worker's slot is taken again once its queue is empty); the
+ * departed worker's slot is free again once its queue is empty); the
  * queues of more still work, but only their own worker or the watchdog's
  * ejection empties them.
  */
@@ -71,7 +74,11 @@ s32 BPF_PROG(locality_enqueue, struct llmos_core_req *req, u64 enq_flags)
 	return llmos_queue_insert(req, SHARED_QUEUE, now);
 }
 
-static __always_inline void track(u64 id, bool online)
+/*
+ * A worker comes (@online), or goes: its slot keeps its queue for the
+ * others to serve, unless @empty (the queue went with it).
+ */
+static __always_inline void track(u64 id, bool online, bool empty)
 {
 	for (u32 i = 0; i < MAX_WORKERS; i++) {
 		u32 key = i; /* i stays in a register: the verifier bounds it */
@@ -83,13 +90,15 @@ static __always_inline void track(u64 id, bool online)
 		if (online && (!*slot || (*slot & OFFLINE))) {
 			u64 gone = *slot & ~OFFLINE;
 
-			if (!gone || !llmos_queue_len(WORKER_QUEUE(gone))) {
+			if (!gone || llmos_queue_len(WORKER_QUEUE(gone)) <= 0) {
+				if (gone)
+					llmos_destroy_queue(WORKER_QUEUE(gone));
 				*slot = id;
 				return;
 			}
 		}
 		if (!online && *slot == id) {
-			*slot = id | OFFLINE;
+			*slot = empty ? 0 : id | OFFLINE;
 			return;
 		}
 	}
@@ -101,7 +110,7 @@ static __always_inline void come(u64 id)
 
 	llmos_create_queue(WORKER_QUEUE(id));
 	bpf_map_update_elem(&alive, &id, &one, BPF_ANY);
-	track(id, true);
+	track(id, true, false);
 }
 
 SEC("struct_ops/locality_online")
@@ -115,8 +124,13 @@ void BPF_PROG(locality_offline, struct llmos_core_worker *w)
 {
 	u64 id = w->id;
 
+	bool empty = !llmos_queue_len(WORKER_QUEUE(id));
+
 	bpf_map_delete_elem(&alive, &id);
-	track(id, false);
+	/* Nothing left for the others: the queue goes now. */
+	if (empty)
+		llmos_destroy_queue(WORKER_QUEUE(id));
+	track(id, false, empty);
 }
 
 SEC("struct_ops/locality_dispatch")
@@ -132,11 +146,19 @@ void BPF_PROG(locality_dispatch, struct llmos_core_worker *w, u32 budget)
 	/* What departed workers left: nobody else will take it. */
 	for (u32 i = 0; i < MAX_WORKERS && got < budget; i++) {
 		u32 key = i;
-		u64 *slot = bpf_map_lookup_elem(&workers, &key);
+		u64 *slot = bpf_map_lookup_elem(&workers, &key), gone;
 
-		if (slot && (*slot & OFFLINE))
-			got += llmos_queue_move_to_worker(WORKER_QUEUE(*slot & ~OFFLINE),
-							  w, budget - got);
+		if (!slot || !(*slot & OFFLINE))
+			continue;
+		gone = *slot & ~OFFLINE;
+		if (llmos_queue_len(WORKER_QUEUE(gone)) > 0)
+			got += llmos_queue_move_to_worker(WORKER_QUEUE(gone), w,
+							  budget - got);
+		/* Served: the queue and the slot are free. */
+		if (llmos_queue_len(WORKER_QUEUE(gone)) <= 0) {
+			llmos_destroy_queue(WORKER_QUEUE(gone));
+			*slot = 0;
+		}
 	}
 	if (got < budget)
 		got += llmos_queue_move_to_worker(SHARED_QUEUE, w, budget - got);

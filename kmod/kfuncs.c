@@ -45,7 +45,8 @@ __bpf_kfunc_start_defs();
  * A queue orders its requests by a u64 key, then by submission (so key 0
  * for all makes it FIFO).
  *
- * Return: 0, -EEXIST, -ENOMEM, or -EPERM outside a policy callback.
+ * Return: 0, -EEXIST, -ENOMEM, -ENOSPC (the policy has 65536 queues), or
+ * -EPERM outside a policy callback.
  */
 __bpf_kfunc s32 llmos_create_queue(u64 queue_id)
 {
@@ -54,11 +55,34 @@ __bpf_kfunc s32 llmos_create_queue(u64 queue_id)
 
 	if (!llmos_kfunc_ok())
 		return -EPERM;
-	q = kzalloc(sizeof(*q), GFP_ATOMIC);
+	q = kzalloc(sizeof(*q), GFP_ATOMIC | __GFP_ACCOUNT);
 	if (!q)
 		return -ENOMEM;
 	ret = llmos_core_queue_add(llmos_sched_core(), q, queue_id);
 	if (ret)
+		kfree(q);
+	return ret;
+}
+
+/**
+ * llmos_destroy_queue() - take away a queue the policy no longer needs
+ * @queue_id: an empty queue the policy created
+ *
+ * (A policy's queues all go when it stops; this is for a policy that
+ * makes them as it goes, one per worker for instance.)
+ *
+ * Return: 0, -ENOENT (no such queue), -EBUSY (it holds requests), or
+ * -EPERM outside a policy callback.
+ */
+__bpf_kfunc s32 llmos_destroy_queue(u64 queue_id)
+{
+	struct llmos_core_queue *q;
+	int ret;
+
+	if (!llmos_kfunc_ok())
+		return -EPERM;
+	ret = llmos_core_queue_remove(llmos_sched_core(), queue_id, &q);
+	if (!ret)
 		kfree(q);
 	return ret;
 }
@@ -211,6 +235,7 @@ __bpf_kfunc_end_defs();
 
 BTF_KFUNCS_START(llmos_kfunc_ids)
 BTF_ID_FLAGS(func, llmos_create_queue)
+BTF_ID_FLAGS(func, llmos_destroy_queue)
 BTF_ID_FLAGS(func, llmos_queue_insert, KF_TRUSTED_ARGS)
 BTF_ID_FLAGS(func, llmos_queue_insert_fifo, KF_TRUSTED_ARGS)
 BTF_ID_FLAGS(func, llmos_queue_move_to_worker, KF_TRUSTED_ARGS)

@@ -1536,9 +1536,14 @@ out:
  */
 void llmos_sched_counters_show(struct seq_file *m)
 {
-	seq_printf(m, "requests %ld\nclients %d\n",
+	u32 queues;
+
+	spin_lock(&llmos_sched.lock);
+	queues = llmos_sched.core.queues.nr;
+	spin_unlock(&llmos_sched.lock);
+	seq_printf(m, "requests %ld\nclients %d\npolicy_queues %u\n",
 		   atomic_long_read(&llmos_sched.nr_reqs),
-		   atomic_read(&llmos_sched.nr_clients));
+		   atomic_read(&llmos_sched.nr_clients), queues);
 }
 
 /**

@@ -37,6 +37,8 @@
 #define LLMOS_CORE_WFQ_SCALE 1048576u /* 2^20 */
 #define LLMOS_CORE_DEFAULT_WEIGHT 100
 #define LLMOS_CORE_MAX_WEIGHT 10000
+/* Most queues a policy may have at once. */
+#define LLMOS_CORE_MAX_QUEUES 65536
 /* Virtual times are taken back by the clock when one reaches this. */
 #define LLMOS_CORE_VT_REBASE BIT_ULL(62)
 #define LLMOS_CORE_LAT_BUCKETS 32
@@ -356,7 +358,10 @@ struct llmos_core_tenant *llmos_core_tenant_pop(struct llmos_core_sched *s);
 u32 llmos_core_queued(const struct llmos_core_sched *s);
 
 /* Policy queues. Calls out of place set policy_fault and do nothing. */
-/* Add @q (allocated by the caller) with @id: 0, or -EEXIST. */
+/*
+ * Add @q (allocated by the caller) with @id: 0, -EEXIST, or -ENOSPC when
+ * the policy has %LLMOS_CORE_MAX_QUEUES already.
+ */
 int llmos_core_queue_add(struct llmos_core_sched *s, struct llmos_core_queue *q,
 			 u64 id);
 struct llmos_core_queue *llmos_core_queue_find(struct llmos_core_sched *s,
@@ -380,6 +385,12 @@ u32 llmos_core_queue_move(struct llmos_core_sched *s, struct llmos_core_queue *q
  */
 void llmos_core_policy_reset(struct llmos_core_sched *s);
 struct llmos_core_queue *llmos_core_queue_pop(struct llmos_core_sched *s);
+/*
+ * Take the empty queue @id away, into *@out for the caller to free: 0,
+ * -ENOENT (no such queue) or -EBUSY (it holds requests).
+ */
+int llmos_core_queue_remove(struct llmos_core_sched *s, u64 id,
+			    struct llmos_core_queue **out);
 /* The request held longest by the policy's queues, or NULL: O(log n). */
 struct llmos_core_req *llmos_core_policy_oldest(struct llmos_core_sched *s);
 

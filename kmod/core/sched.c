@@ -555,6 +555,8 @@ int llmos_core_queue_add(struct llmos_core_sched *s, struct llmos_core_queue *q,
 {
 	if (llmos_core_queue_find(s, id))
 		return -EEXIST;
+	if (s->queues.nr >= LLMOS_CORE_MAX_QUEUES)
+		return -ENOSPC;
 	q->id = id;
 	llmos_treap_init(&q->q);
 	llmos_treap_insert(&s->queues, &q->id_node, id, 0);
@@ -630,6 +632,20 @@ void llmos_core_policy_reset(struct llmos_core_sched *s)
 	}
 	s->policy_fault = LLMOS_CORE_FAULT_NONE;
 	s->policy_fault_req = 0;
+}
+
+int llmos_core_queue_remove(struct llmos_core_sched *s, u64 id,
+			    struct llmos_core_queue **out)
+{
+	struct llmos_core_queue *q = llmos_core_queue_find(s, id);
+
+	if (!q)
+		return -ENOENT;
+	if (!llmos_treap_empty(&q->q))
+		return -EBUSY;
+	llmos_treap_erase(&s->queues, &q->id_node);
+	*out = q;
+	return 0;
 }
 
 struct llmos_core_req *llmos_core_policy_oldest(struct llmos_core_sched *s)
