@@ -471,6 +471,36 @@ static int llmos_kreq_submit(struct llmos_kreq *kr,
 	}
 }
 
+/*
+ * A request of @c submitted whose id the caller could not be told: take it
+ * back, as it is now. Another thread of the client may have cancelled it,
+ * or a worker finished it, or WAIT collected it already (or is copying it
+ * out: that WAIT has it).
+ */
+static void llmos_take_back(struct llmos_client *c, u64 id)
+{
+	struct llmos_core_req *r;
+	struct llmos_kreq *kr;
+
+	spin_lock(&llmos_sched.lock);
+	r = llmos_core_find(&llmos_sched.core, id);
+	if (r && llmos_kreq(r)->client == c && !llmos_kreq(r)->collecting) {
+		bool held = r->worker;
+
+		kr = llmos_kreq(r);
+		if (llmos_core_cancel(&llmos_sched.core, r, ktime_get_ns()))
+			list_del(&kr->done_node); /* it had finished */
+		else
+			llmos_bpf_check_fault(); /* its dequeue ran */
+		llmos_req_free(kr);
+		if (held)
+			llmos_kick_workers(); /* its worker has room */
+		/* A WAIT for it, or any, may now have nothing to wait for. */
+		llmos_wait_recheck(c);
+	}
+	spin_unlock(&llmos_sched.lock);
+}
+
 /**
  * llmos_submit() - LLMOS_IOC_SUBMIT
  * @ucmd: the command, a struct llmos_submit
@@ -482,7 +512,6 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 	struct llmos_submit *cmd = ucmd->cmd;
 	struct llmos_client *c = llmos_client(ucmd);
 	struct llmos_core_tenant *spare = NULL;
-	struct llmos_core_req *r;
 	struct llmos_kreq *kr;
 	u64 id, ms_len;
 	int ret;
@@ -507,33 +536,8 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 	cmd->out_id = id;
 
 	ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
-	if (ret) {
-		/*
-		 * The caller cannot know the id: take the request back, as
-		 * it is now. Another thread of the client may have cancelled
-		 * it, or a worker finished it, or WAIT collected it already
-		 * (or is copying it out: that WAIT has it).
-		 */
-		spin_lock(&llmos_sched.lock);
-		r = llmos_core_find(&llmos_sched.core, id);
-		if (r && llmos_kreq(r)->client == c &&
-		    !llmos_kreq(r)->collecting) {
-			bool held = r->worker;
-
-			kr = llmos_kreq(r);
-			if (llmos_core_cancel(&llmos_sched.core, r,
-					      ktime_get_ns()))
-				list_del(&kr->done_node); /* it had finished */
-			else
-				llmos_bpf_check_fault(); /* its dequeue ran */
-			llmos_req_free(kr);
-			if (held)
-				llmos_kick_workers(); /* its worker has room */
-			/* A WAIT for it, or any, may now have nothing to wait for. */
-			llmos_wait_recheck(c);
-		}
-		spin_unlock(&llmos_sched.lock);
-	}
+	if (ret)
+		llmos_take_back(c, id);
 	return ret;
 }
 
@@ -542,7 +546,8 @@ int llmos_submit(struct llmos_ucmd *ucmd)
  * @ucmd: the command, a struct llmos_submit_batch
  *
  * Return: 0 when every entry was read and written back (each has its
- * out_id and out_error), or a negative errno.
+ * out_id and out_error), or a negative errno (then no request of the
+ * batch stays submitted).
  */
 int llmos_submit_batch(struct llmos_ucmd *ucmd)
 {
@@ -614,6 +619,10 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd)
 	cmd->out_done = done;
 	if (!ret)
 		ret = llmos_ucmd_respond(ucmd, sizeof(*cmd));
+	/* The caller may not know the ids: the requests are taken back. */
+	for (i = 0; ret && i < cmd->count; i++)
+		if (e[i].out_id)
+			llmos_take_back(c, e[i].out_id);
 out:
 	for (i = 0; kr && i < cmd->count; i++) {
 		if (kr[i])

@@ -470,6 +470,34 @@ TEST_F(sched, a_reply_that_cannot_be_written_takes_the_request_back)
 	munmap(s, 4096);
 }
 
+/* The same for a batch whose entries cannot be written back: all go back. */
+TEST_F(sched, a_batch_whose_ids_cannot_be_written_takes_its_requests_back)
+{
+	struct llmos_submit_batch sb = {
+		.size = sizeof(sb), .entry_size = sizeof(struct llmos_submit_entry),
+		.count = 3,
+	};
+	struct llmos_submit_entry *se;
+	struct llmos_sched_stats st;
+	struct llmos_tenant_stats ts;
+
+	se = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+		  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, se);
+	se[0] = (struct llmos_submit_entry){ .tenant = 1, .cost = 1 };
+	se[1] = (struct llmos_submit_entry){ .tenant = 1, .__reserved = 1 };
+	se[2] = (struct llmos_submit_entry){ .tenant = 2, .cost = 1 };
+	sb.entries_uptr = (__u64)(uintptr_t)se;
+	ASSERT_EQ(0, mprotect(se, 4096, PROT_READ));
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT_BATCH, &sb));
+	EXPECT_EQ(EFAULT, errno);
+	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL));
+	ASSERT_EQ(0, stats(self->client, &st, &ts, 0));
+	EXPECT_EQ(self->st0.out_cancelled + 2, st.out_cancelled);
+	EXPECT_EQ(0, st.out_nr[LLMOS_REQ_QUEUED]);
+	munmap(se, 4096);
+}
+
 /*
  * A DISPATCH whose count cannot be written (its struct is read-only): the
  * requests it took go back to their tenant, ahead of later ones, and the
