@@ -68,8 +68,8 @@ void dev_buf::ensure(size_t bytes, const char* what) {
     device_sync_guard g;
     const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 256));
     if (e != cudaSuccess) {
-        throw cuda_error(std::string("cudaMalloc of ") + std::to_string(bytes) + " bytes for " +
-                         what + ": " + error_text(e));
+        fail(e, std::string("cudaMalloc of ") + std::to_string(bytes) + " bytes for " + what +
+                    ": " + error_text(e));
     }
     _p = p;
     _n = bytes;
@@ -93,8 +93,8 @@ void host_buf::ensure(size_t bytes, const char* what) {
     device_sync_guard g;
     const cudaError_t e = cudaMallocHost(&p, std::max<size_t>(bytes, 256));
     if (e != cudaSuccess) {
-        throw cuda_error(std::string("cudaMallocHost of ") + std::to_string(bytes) + " bytes for " +
-                         what + ": " + error_text(e));
+        fail(e, std::string("cudaMallocHost of ") + std::to_string(bytes) + " bytes for " + what +
+                    ": " + error_text(e));
     }
     _p = p;
     _n = bytes;
@@ -441,6 +441,9 @@ cuda_model::cuda_model(const model& m, int device)
     {
         device_sync_guard g;
         check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize (weights upload)");
+        // Every kernel loaded now, while nothing captures: not at a first
+        // launch during another context's capture.
+        check(load_kernels(), "loading the kernels");
     }
     d.summary = up.summary();
 }

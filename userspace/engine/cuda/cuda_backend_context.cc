@@ -158,8 +158,16 @@ struct cuda_context::impl {
                            &alpha, a, a_type, int(cols), b, b_type, int(cols), &beta, c, blas_r_32f,
                            int(rows), blas_compute_32f, blas_gemm_default);
         if (st != 0) {
-            // A kernel that faulted before it fails cuBLAS too.
-            const cudaError_t e = cudaGetLastError();
+            // A kernel that faulted before it fails cuBLAS too. cuBLAS
+            // has a CUDA runtime of its own, so this one's last error may
+            // not say so: outside a capture, the stream's state does (a
+            // sticky error is the GPU lost); in one, the capture's end.
+            cudaError_t e = cudaGetLastError();
+            cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+            if (e == cudaSuccess && cudaStreamIsCapturing(stream, &cs) == cudaSuccess &&
+                cs == cudaStreamCaptureStatusNone) {
+                e = cudaStreamSynchronize(stream);
+            }
             fail(e, "cublasGemmEx (" + std::to_string(rows) + " x " + std::to_string(cols) + ", " +
                         std::to_string(n_tokens) + " tokens): " + blas_status_text(st, e));
         }

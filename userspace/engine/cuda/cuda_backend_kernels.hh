@@ -43,6 +43,13 @@ struct row_desc {
 /// Largest head_dim attention() takes.
 inline constexpr uint32_t max_head_dim = 512;
 
+/// Loads every kernel of this file into the current device's context now.
+/// Under lazy loading (CUDA 12.2 on) a kernel's module is loaded at its
+/// first launch, which may synchronize the context: done while another
+/// thread captures a graph, that breaks the capture or fails the launch.
+/// Once per model, before any context runs.
+cudaError_t load_kernels();
+
 /// y[t * rows + r] = sum over k of W[r][k] * x[t * cols + k] for t <
 /// n_tokens: one warp per weight row and 8 tokens (F32 accumulation;
 /// activations stay F32). cols must be whole blocks for the block kinds.

@@ -547,7 +547,47 @@ cudaError_t by_kind(wkind t, F&& f) {
     return cudaGetLastError();
 }
 
+#ifndef LLMOS_CUDA_EMU
+// Loads `k`'s module now (under lazy loading, the default since CUDA 12.2,
+// a kernel is loaded at its first launch otherwise).
+template <typename K>
+cudaError_t load(K* k) {
+    cudaFuncAttributes a{};
+    return cudaFuncGetAttributes(&a, reinterpret_cast<const void*>(k));
+}
+#endif
+
 } // namespace
+
+cudaError_t load_kernels() {
+#ifdef LLMOS_CUDA_EMU
+    return cudaSuccess; // the emulation loads nothing
+#else
+    cudaError_t e = cudaSuccess;
+    auto keep = [&e](cudaError_t x) {
+        if (e == cudaSuccess) {
+            e = x;
+        }
+    };
+    for (wkind t : {wkind::f32, wkind::f16, wkind::bf16, wkind::q8_0, wkind::q4_0, wkind::q4_1,
+                    wkind::q5_0, wkind::q5_1, wkind::q4_k, wkind::q5_k, wkind::q6_k}) {
+        keep(by_kind(t, [&]<wkind W>() {
+            keep(load(k_matmul<W>));
+            keep(load(k_dequant_f16<W>));
+        }));
+    }
+    keep(load(k_to_f16));
+    keep(load(k_to_bf16));
+    keep(load(k_rms_norm));
+    keep(load(k_add_bias));
+    keep(load(k_add));
+    keep(load(k_swiglu));
+    keep(load(k_rope));
+    keep(load(k_kv_write));
+    keep(load(k_attention));
+    return e;
+#endif
+}
 
 cudaError_t matmul(wkind t, const void* w, int64_t rows, int64_t cols, const float* x,
                    int64_t n_tokens, float* y, cudaStream_t s) {
