@@ -19,6 +19,7 @@
 // a CUDA context of its own.
 #include "tap.hh"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -580,6 +581,12 @@ TEST_F(gpu_device, grows_in_steps_and_keeps_its_address) {
     EXPECT_EQ(m.mapped_bytes(), 4 * g);
     EXPECT_EQ(m.chunk_count(), 2u);
     EXPECT_EQ(m.device_ptr(), base);
+    // New memory is zeroed (it may hold what another tenant left).
+    {
+        std::vector<std::byte> fresh(3 * g, std::byte{1});
+        m.read(g, fresh);
+        EXPECT_EQ(std::count(fresh.begin(), fresh.end(), std::byte{0}), ptrdiff_t(3 * g));
+    }
     m.grow(2 * g); // already mapped: nothing
     EXPECT_EQ(m.chunk_count(), 2u);
 

@@ -1046,6 +1046,31 @@ cudaError_t cudaMemset(void* p, int value, size_t n) {
     return cudaSuccess;
 }
 
+cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t s) {
+    if (const cudaError_t e = sticky(); e != cudaSuccess) {
+        return ret(e);
+    }
+    if (!stream_ok(s)) {
+        return ret(cudaErrorInvalidResourceHandle);
+    }
+    if (!n) {
+        return cudaSuccess;
+    }
+    if (!p || !is_device(p, n)) {
+        return ret(cudaErrorInvalidValue);
+    }
+    return submit_work(s, [p, value, n] {
+        if (detail::faulted()) {
+            return;
+        }
+        if (!is_device(p, n)) {
+            fault(cudaErrorIllegalAddress, "(memset)", "a memset's memory is gone");
+            return;
+        }
+        std::memset(p, value, n);
+    });
+}
+
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
     if (!s) {
         return ret(cudaErrorInvalidValue);
@@ -1454,6 +1479,14 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle* h, size_t size, const CUmemAl
         ::close(fd);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
+    // A GPU's new memory holds what its last user left there, not zeros.
+    void* m = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+        ::close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    std::memset(m, 0xa5, size);
+    ::munmap(m, size);
     *h = add_handle(fd, size);
     return CUDA_SUCCESS;
 }

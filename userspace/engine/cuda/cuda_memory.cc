@@ -329,9 +329,19 @@ struct gpu_memory::state {
             cu_fail(*a, r, "cuMemSetAccess");
         }
         if (zero) {
-            cudaError_t e = cudaMemset(reinterpret_cast<void*>(at), 0, size);
+            // On a stream of its own, waited for alone: the legacy stream
+            // and cudaDeviceSynchronize would wait for every other
+            // worker's steps, with the lock held.
+            cudaStream_t zs = nullptr;
+            cudaError_t e = cudaStreamCreateWithFlags(&zs, cudaStreamNonBlocking);
             if (e == cudaSuccess) {
-                e = cudaDeviceSynchronize();
+                e = cudaMemsetAsync(reinterpret_cast<void*>(at), 0, size, zs);
+                if (e == cudaSuccess) {
+                    e = cudaStreamSynchronize(zs);
+                }
+                if (const cudaError_t d = cudaStreamDestroy(zs); e == cudaSuccess) {
+                    e = d;
+                }
             }
             if (e != cudaSuccess) {
                 (void)a->mem_unmap(at, size);
