@@ -364,8 +364,12 @@ public:
         dev_buf b;
         b.ensure(packed * size_t(w.rows), what);
         device_sync_guard g;
-        check(cudaMemcpy2D(b.get(), packed, src, stride, packed, size_t(w.rows),
-                           cudaMemcpyHostToDevice),
+        // Rows back to back (the usual case) go as one copy: a 2D copy
+        // from pageable memory may be staged row by row.
+        check(stride == packed
+                  ? cudaMemcpy(b.get(), src, packed * size_t(w.rows), cudaMemcpyHostToDevice)
+                  : cudaMemcpy2D(b.get(), packed, src, stride, packed, size_t(w.rows),
+                                 cudaMemcpyHostToDevice),
               what);
         m.data = b.get();
         _d.bytes += packed * size_t(w.rows);
