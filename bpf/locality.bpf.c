@@ -80,6 +80,16 @@ s32 BPF_PROG(locality_enqueue, struct llmos_core_req *req, u64 enq_flags)
  */
 static __always_inline void track(u64 id, bool online, bool empty)
 {
+	/* Tracked already (a worker whose queue could not be made before). */
+	for (u32 i = 0; online && i < MAX_WORKERS; i++) {
+		u32 key = i;
+		u64 *slot = bpf_map_lookup_elem(&workers, &key);
+
+		if (!slot)
+			return;
+		if (*slot == id)
+			return;
+	}
 	for (u32 i = 0; i < MAX_WORKERS; i++) {
 		u32 key = i; /* i stays in a register: the verifier bounds it */
 		u64 *slot = bpf_map_lookup_elem(&workers, &key);
@@ -142,7 +152,9 @@ void BPF_PROG(locality_dispatch, struct llmos_core_worker *w, u32 budget)
 	/* A worker from before the policy gets its queue now. */
 	if (llmos_queue_len(WORKER_QUEUE(w->id)) < 0)
 		come(w->id);
-	got = llmos_queue_move_to_worker(WORKER_QUEUE(w->id), w, budget);
+	/* (Its queue may not be there: no memory for it.) */
+	got = llmos_queue_len(WORKER_QUEUE(w->id)) > 0 ?
+	      llmos_queue_move_to_worker(WORKER_QUEUE(w->id), w, budget) : 0;
 	/* What departed workers left: nobody else will take it. */
 	for (u32 i = 0; i < MAX_WORKERS && got < budget; i++) {
 		u32 key = i;

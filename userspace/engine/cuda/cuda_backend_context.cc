@@ -164,9 +164,13 @@ struct cuda_context::impl {
             // sticky error is the GPU lost); in one, the capture's end.
             cudaError_t e = cudaGetLastError();
             cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-            if (e == cudaSuccess && cudaStreamIsCapturing(stream, &cs) == cudaSuccess &&
-                cs == cudaStreamCaptureStatusNone) {
-                e = cudaStreamSynchronize(stream);
+            if (e == cudaSuccess) {
+                // (The query itself may answer with an earlier launch's
+                // error.)
+                e = cudaStreamIsCapturing(stream, &cs);
+                if (e == cudaSuccess && cs == cudaStreamCaptureStatusNone) {
+                    e = cudaStreamSynchronize(stream);
+                }
             }
             fail(e, "cublasGemmEx (" + std::to_string(rows) + " x " + std::to_string(cols) + ", " +
                         std::to_string(n_tokens) + " tokens): " + blas_status_text(st, e));

@@ -585,6 +585,7 @@ cudaError_t load_kernels() {
     keep(load(k_rope));
     keep(load(k_kv_write));
     keep(load(k_attention));
+    (void)cudaGetLastError(); // the error is returned, not left for a later check
     return e;
 #endif
 }

@@ -344,9 +344,11 @@ struct gpu_memory::state {
                 }
             }
             if (e != cudaSuccess) {
+                // (Not left for this thread's next launch check to find.)
+                (void)cudaGetLastError();
                 (void)a->mem_unmap(at, size);
                 (void)a->mem_release(h);
-                rt_check(e, "cudaMemset (new GPU memory)");
+                rt_check(e, "zeroing new GPU memory");
             }
         }
         chunks.push_back({h, size});
