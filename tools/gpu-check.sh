@@ -148,8 +148,10 @@ run() {
 		res=$(awk -v t="$t" '/^## /{on = ($2 == t)} on' "$out/tests.log")
 		local np nf ns
 		np=$(grep -c '^\[       OK \]' <<<"$res" || true)
-		nf=$(grep -c '^\[  FAILED  \] .*[(]' <<<"$res" || true)
-		ns=$(grep -c '^\[ SKIP     \] .*[(]' <<<"$res" || true)
+		# (One line per test, ending in its time; the summary's lines
+		# end otherwise.)
+		nf=$(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' <<<"$res" || true)
+		ns=$(grep -cE '^\[ SKIP     \] .* \([0-9]+ ms\)$' <<<"$res" || true)
 		passed=$((passed + np))
 		failed=$((failed + nf))
 		skipped=$((skipped + ns))
@@ -160,7 +162,8 @@ run() {
 		fi
 		echo "gpu-check: $t done after $(elapsed) s"
 	done
-	grep -E '^\[(  FAILED  | SKIP     )\] .*[(]' "$out/tests.log" | sort -u | head -n 40 || true
+	grep -E '^\[(  FAILED  | SKIP     )\] .* \([0-9]+ ms\)$' "$out/tests.log" | sort -u |
+		head -n 40 || true
 
 	left=$((limit - $(elapsed)))
 	if [ "${GPU_CHECK_NO_BENCH:-0}" = 1 ]; then
