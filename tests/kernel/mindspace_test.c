@@ -26,30 +26,14 @@
 #include <linux/udmabuf.h>
 
 #include "kselftest_harness.h"
+#include "llmos_files.h"
 
 #define PAGE 4096UL
 #define OTHER_UID 1000
-#define COUNTERS "/sys/kernel/debug/llmos/counters"
 #define TOTAL_LIMIT "/sys/module/llmos/parameters/total_limit_bytes"
 #define DEBUGFS_LIST "/sys/kernel/debug/llmos/mindspaces"
 #define CGROOT "/sys/fs/cgroup"
 #define CGTEST CGROOT "/llmos-ms-test"
-
-static long counter(const char *name)
-{
-	char key[64];
-	long val, found = -1;
-	FILE *f = fopen(COUNTERS, "r");
-
-	if (!f)
-		return -1;
-	while (fscanf(f, "%63s %ld", key, &val) == 2) {
-		if (!strcmp(key, name))
-			found = val;
-	}
-	fclose(f);
-	return found;
-}
 
 /* strcpy() into a mapping or a struct, with the terminating NUL. */
 static void put_str(char *dst, const char *src)
@@ -157,31 +141,6 @@ static int as_other_user(int (*fn)(int dev, void *arg), int dev, void *arg)
 	if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
 		return -1;
 	return WEXITSTATUS(status);
-}
-
-static int write_file(const char *path, const char *val)
-{
-	int fd = open(path, O_WRONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, val, strlen(val));
-	close(fd);
-	return n == (ssize_t)strlen(val) ? 0 : -EIO;
-}
-
-static long read_long(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	long v = -1;
-
-	if (!f)
-		return -1;
-	if (fscanf(f, "%ld", &v) != 1)
-		v = -1;
-	fclose(f);
-	return v;
 }
 
 /* The NUMA node of the page at @addr, or -1. */

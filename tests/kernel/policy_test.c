@@ -23,6 +23,7 @@
 #include <linux/llmos.h>
 
 #include "kselftest_harness.h"
+#include "llmos_files.h"
 
 struct policy {
 	struct bpf_object *obj;
@@ -495,22 +496,6 @@ TEST_F(policy, locality_sends_a_departed_worker_s_mindspace_to_the_others)
 	close(fd7);
 }
 
-/* The policy's queues now (the module's debugfs counters), or -1. */
-static long policy_queues(void)
-{
-	FILE *f = fopen("/sys/kernel/debug/llmos/counters", "r");
-	char name[64];
-	long v, n = -1;
-
-	if (!f)
-		return -1;
-	while (fscanf(f, "%63s %ld", name, &v) == 2)
-		if (!strcmp(name, "policy_queues"))
-			n = v;
-	fclose(f);
-	return n;
-}
-
 /*
  * locality makes a queue per worker: one that goes takes its queue along,
  * at once when it is empty, or once the others served what it held.
@@ -528,7 +513,7 @@ TEST_F(policy, locality_lets_the_queues_of_departed_workers_go)
 	ASSERT_EQ(0, attach(&self->p, "locality"));
 	/* The fixture's worker gets its queue at its first dispatch. */
 	EXPECT_EQ(-EAGAIN, take_start_complete(self->worker, LLMOS_NONBLOCK));
-	q0 = policy_queues();
+	q0 = counter("policy_queues");
 	ASSERT_LE(2, q0); /* the shared one and the worker's */
 	for (int i = 0; i < 200; i++) {
 		int w = open("/dev/llmos", O_RDWR);
@@ -537,7 +522,7 @@ TEST_F(policy, locality_lets_the_queues_of_departed_workers_go)
 		ASSERT_EQ(0, ioctl(w, LLMOS_IOC_WORKER_REGISTER, &r));
 		close(w);
 	}
-	EXPECT_EQ(q0, policy_queues());
+	EXPECT_EQ(q0, counter("policy_queues"));
 	/* a runs ms7; the next request of ms7 waits in a's queue. */
 	a = open("/dev/llmos", O_RDWR);
 	ASSERT_LE(0, a);
@@ -545,12 +530,12 @@ TEST_F(policy, locality_lets_the_queues_of_departed_workers_go)
 	ASSERT_LT(0, submit_ms(self->client, ms7));
 	ASSERT_LT(0, take_start_complete(a, 0));
 	ASSERT_LT(0, submit_ms(self->client, ms7));
-	EXPECT_EQ(q0 + 1, policy_queues());
+	EXPECT_EQ(q0 + 1, counter("policy_queues"));
 	/* a goes: its queue stays until the request in it is served. */
 	close(a);
-	EXPECT_EQ(q0 + 1, policy_queues());
+	EXPECT_EQ(q0 + 1, counter("policy_queues"));
 	EXPECT_LT(0, take_start_complete(self->worker, LLMOS_NONBLOCK));
-	EXPECT_EQ(q0, policy_queues());
+	EXPECT_EQ(q0, counter("policy_queues"));
 	close(fd7);
 }
 

@@ -26,6 +26,7 @@
 #include <linux/llmos.h>
 
 #include "kselftest_harness.h"
+#include "llmos_files.h"
 
 #define OTHER_UID 1000
 
@@ -1282,32 +1283,6 @@ TEST_F_TIMEOUT(sched, stress_every_request_completes_exactly_once, 900)
 
 #define MAX_TENANTS "/sys/module/llmos/parameters/max_tenants"
 
-static long read_param(const char *path)
-{
-	char buf[32] = "";
-	FILE *f = fopen(path, "r");
-	long v = -1;
-
-	if (f && fgets(buf, sizeof(buf), f))
-		v = strtol(buf, NULL, 10);
-	if (f)
-		fclose(f);
-	return v;
-}
-
-static int write_param(const char *path, long v)
-{
-	FILE *f = fopen(path, "w");
-	int ret;
-
-	if (!f)
-		return -errno;
-	ret = fprintf(f, "%ld\n", v) < 0 ? -EIO : 0;
-	if (fclose(f))
-		ret = -errno;
-	return ret;
-}
-
 /* Whether the scheduler keeps tenant @id. */
 static bool has_tenant(int fd, __u32 id)
 {
@@ -1343,7 +1318,7 @@ FIXTURE_SETUP(tenant_limit)
 	ASSERT_LE(0, self->ms);
 	if (getuid() != 0)
 		SKIP(return, "needs root to change the module's max_tenants");
-	self->saved = read_param(MAX_TENANTS);
+	self->saved = read_long(MAX_TENANTS);
 	ASSERT_LE(0, self->saved);
 }
 
@@ -1352,7 +1327,7 @@ FIXTURE_TEARDOWN(tenant_limit)
 	close(self->client);
 	close(self->ms);
 	if (self->saved >= 0)
-		ASSERT_EQ(0, write_param(MAX_TENANTS, self->saved));
+		ASSERT_EQ(0, write_long(MAX_TENANTS, self->saved));
 }
 
 TEST_F(tenant_limit, a_new_tenant_takes_an_idle_ones_place_or_is_refused)
@@ -1371,7 +1346,7 @@ TEST_F(tenant_limit, a_new_tenant_takes_an_idle_ones_place_or_is_refused)
 	/* Room for two more tenants than there are. */
 	ASSERT_EQ(0, stats(self->client, &st, &ts, 0));
 	limit = st.tenant_count + 2;
-	ASSERT_EQ(0, write_param(MAX_TENANTS, limit));
+	ASSERT_EQ(0, write_long(MAX_TENANTS, limit));
 	/* A weight keeps its tenant; a live request keeps its tenant. */
 	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_SET_WEIGHT, &sw));
 	a = submit(self->client, base + 1);

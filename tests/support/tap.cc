@@ -12,6 +12,28 @@
 
 namespace {
 
+// The message of a skipped test's GTEST_SKIP ("" without one).
+const char* skip_reason(const ::testing::TestResult& r) {
+    const char* why = "";
+    for (int i = 0; i < r.total_part_count(); ++i) {
+        if (r.GetTestPartResult(i).skipped()) {
+            why = r.GetTestPartResult(i).message();
+        }
+    }
+    return why;
+}
+
+// Calls fn(test) for each test of the run, in order.
+template <typename F>
+void for_each_test(const ::testing::UnitTest& u, F&& fn) {
+    for (int i = 0; i < u.total_test_suite_count(); ++i) {
+        const auto* suite = u.GetTestSuite(i);
+        for (int j = 0; j < suite->total_test_count(); ++j) {
+            fn(*suite->GetTestInfo(j));
+        }
+    }
+}
+
 class tap_printer : public ::testing::EmptyTestEventListener {
     int _n = 0;
 
@@ -37,13 +59,7 @@ class tap_printer : public ::testing::EmptyTestEventListener {
         const auto* r = t.result();
         std::string name = std::string{t.test_suite_name()} + "." + t.name();
         if (r->Skipped()) {
-            const char* why = "";
-            for (int i = 0; i < r->total_part_count(); ++i) {
-                if (r->GetTestPartResult(i).skipped()) {
-                    why = r->GetTestPartResult(i).message();
-                }
-            }
-            std::printf("ok %d %s # SKIP %s\n", ++_n, name.c_str(), why);
+            std::printf("ok %d %s # SKIP %s\n", ++_n, name.c_str(), skip_reason(*r));
         } else {
             std::printf("%s %d %s\n", r->Failed() ? "not ok" : "ok", ++_n, name.c_str());
         }
@@ -121,22 +137,20 @@ public:
         if (u.failed_test_count()) {
             std::printf("[  FAILED  ] %d tests, listed below:\n", u.failed_test_count());
         }
-        for (int i = 0; i < u.total_test_suite_count(); ++i) {
-            const auto* suite = u.GetTestSuite(i);
-            for (int j = 0; j < suite->total_test_count(); ++j) {
-                const auto* t = suite->GetTestInfo(j);
-                if (t->should_run() && t->result()->Failed()) {
-                    std::printf("[  FAILED  ] %s.%s", t->test_suite_name(), t->name());
-                    if (t->value_param()) {
-                        std::printf(", where GetParam() = %s", t->value_param());
-                    }
-                    std::printf("\n");
+        for_each_test(u, [](const ::testing::TestInfo& t) {
+            if (t.should_run() && t.result()->Failed()) {
+                std::printf("[  FAILED  ] %s.%s", t.test_suite_name(), t.name());
+                if (t.value_param()) {
+                    std::printf(", where GetParam() = %s", t.value_param());
                 }
+                std::printf("\n");
             }
+        });
+        for (int i = 0; i < u.total_test_suite_count(); ++i) {
             // (Its tests then count as skipped, reasonless.)
-            if (suite->ad_hoc_test_result().Failed()) {
+            if (u.GetTestSuite(i)->ad_hoc_test_result().Failed()) {
                 std::printf("[  FAILED  ] %s: its SetUpTestSuite or TearDownTestSuite\n",
-                            suite->name());
+                            u.GetTestSuite(i)->name());
             }
         }
         if (u.ad_hoc_test_result().Failed()) {
@@ -163,27 +177,17 @@ int llmos::test::exit_status(int result, bool tap) {
     if (tap || result != 0 || u->skipped_test_count() == 0 || u->successful_test_count() != 0) {
         return result;
     }
-    for (int i = 0; i < u->total_test_suite_count(); ++i) {
-        const auto* suite = u->GetTestSuite(i);
-        for (int j = 0; j < suite->total_test_count(); ++j) {
-            const auto* t = suite->GetTestInfo(j);
-            const auto* r = t->result();
-            if (!t->should_run() || !r->Skipped()) {
-                continue;
-            }
-            std::string why;
-            for (int k = 0; k < r->total_part_count(); ++k) {
-                if (r->GetTestPartResult(k).skipped()) {
-                    why = r->GetTestPartResult(k).message();
-                }
-            }
-            for (char& c : why) {
-                c = c == '\n' ? ' ' : c;
-            }
-            std::fprintf(stderr, "skip: %s.%s: %s\n", t->test_suite_name(), t->name(),
-                         why.empty() ? "(no reason given)" : why.c_str());
+    for_each_test(*u, [](const ::testing::TestInfo& t) {
+        if (!t.should_run() || !t.result()->Skipped()) {
+            return;
         }
-    }
+        std::string why = skip_reason(*t.result());
+        for (char& c : why) {
+            c = c == '\n' ? ' ' : c;
+        }
+        std::fprintf(stderr, "skip: %s.%s: %s\n", t.test_suite_name(), t.name(),
+                     why.empty() ? "(no reason given)" : why.c_str());
+    });
     return 77;
 }
 

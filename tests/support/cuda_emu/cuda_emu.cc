@@ -1032,20 +1032,6 @@ cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitc
     return cudaSuccess;
 }
 
-cudaError_t cudaMemset(void* p, int value, size_t n) {
-    if (const cudaError_t e = sync_call(); e != cudaSuccess) {
-        return e;
-    }
-    if (const cudaError_t e = sticky(); e != cudaSuccess) {
-        return ret(e);
-    }
-    if (n && (!p || !is_device(p, n))) {
-        return ret(cudaErrorInvalidValue);
-    }
-    std::memset(p, value, n);
-    return cudaSuccess;
-}
-
 cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t s) {
     if (const cudaError_t e = sticky(); e != cudaSuccess) {
         return ret(e);
@@ -1069,6 +1055,13 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t s) {
         }
         std::memset(p, value, n);
     });
+}
+
+cudaError_t cudaMemset(void* p, int value, size_t n) {
+    if (const cudaError_t e = sync_call(); e != cudaSuccess) {
+        return e;
+    }
+    return cudaMemsetAsync(p, value, n, nullptr);
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
