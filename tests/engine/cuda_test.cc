@@ -684,6 +684,46 @@ TEST_P(cuda_conformance, batching_changes_nothing_but_float_noise) {
     }
 }
 
+// Attention in parts (4, and the most, mostly empty at these lengths),
+// replayed as graphs, beside another sequence: the tokens and, within float
+// noise, the logits of whole rows.
+TEST_P(cuda_conformance, attention_in_parts_gives_what_whole_rows_give) {
+    REQUIRE_DEVICE();
+    cuda_model cm(*l->m);
+    const uint32_t V = l->m->params().n_vocab;
+    expected a = load_conformance("hello"), b = load_conformance("fox");
+    const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 256};
+    auto run = [&](uint32_t parts, std::vector<float>& last_a) {
+        cuda_context ctx(cm, {.use_cublas = GetParam(), .attention_parts = parts});
+        gpu_kv ka(*l->m, ko), kb(*l->m, ko);
+        std::vector<float> la(V), lb(V);
+        std::vector<int32_t> ta = a.tokens, tb = b.tokens, got;
+        for (int step = 0; step < 16; ++step) {
+            cuda_batch_entry batch[2] = {{.kv = &ka.kv, .tokens = ta, .logits = la.data()},
+                                         {.kv = &kb.kv, .tokens = tb, .logits = lb.data()}};
+            EXPECT_EQ(ctx.step(batch), step_status::ok);
+            ta = {argmax(la)};
+            tb = {argmax(lb)};
+            got.push_back(ta[0]);
+            got.push_back(tb[0]);
+        }
+        last_a = la;
+        if (ctx.uses_graphs()) {
+            EXPECT_GT(ctx.graph_stats().replayed, 0u) << parts << " parts";
+        }
+        return got;
+    };
+    std::vector<float> whole_logits, part_logits;
+    const std::vector<int32_t> whole = run(1, whole_logits);
+    for (uint32_t parts : {4u, cuda_max_attention_parts}) {
+        SCOPED_TRACE(std::to_string(parts) + " parts");
+        EXPECT_EQ(run(parts, part_logits), whole);
+        EXPECT_LE(rel_l2(part_logits, whole_logits), 1e-5);
+    }
+    EXPECT_THROW(cuda_context(cm, {.attention_parts = cuda_max_attention_parts + 1}),
+                 std::invalid_argument);
+}
+
 // 20 tokens, the context and cache object gone, a new context over the
 // same host and device memory: the same continuation as without a break.
 TEST_P(cuda_conformance, a_new_context_resumes_the_cache_without_prefill) {

@@ -412,13 +412,28 @@ TEST(emu_attention, paged_cache_layout_gqa_and_several_chunks) {
         // chunk's edges and at the end; one of the other sequence.
         const std::vector<row_desc> qr{{0, 0}, {0, 100}, {0, 127}, {0, 128}, {0, 299}, {1, 40}};
         const std::vector<float> q = randoms(qr.size() * QW, 9, -2, 2);
-        dmem<float> dq(q), dout(qr.size() * QW);
+        dmem<float> dq(q);
         dmem<row_desc> dqr(qr);
         const float scale = 1.0f / std::sqrt(float(s.head_dim));
-        ASSERT_EQ(attention(dq.p, dout.p, int64_t(qr.size()), s.n_head, s.n_head_kv, s.head_dim, 1,
-                            scale, dqr.p, dseq.p, dtab.p, nullptr),
-                  cudaSuccess);
-        const std::vector<float> out = dout.get();
+        // Whole rows, and rows in parts: 3 (of 128, 128 and 44 keys at 299),
+        // 8 (5 of 64 keys, 3 empty) and 32 (the most: one warp each).
+        std::vector<std::vector<float>> outs;
+        for (uint32_t parts : {1u, 3u, 8u, max_attention_parts}) {
+            dmem<float> dout(qr.size() * QW),
+                dpart(qr.size() * s.n_head * parts * (s.head_dim + 2));
+            ASSERT_EQ(attention(dq.p, dout.p, int64_t(qr.size()), s.n_head, s.n_head_kv, s.head_dim,
+                                1, scale, dqr.p, dseq.p, dtab.p, parts > 1 ? dpart.p : nullptr,
+                                parts, nullptr),
+                      cudaSuccess)
+                << parts << " parts";
+            outs.push_back(dout.get());
+        }
+        for (size_t i = 1; i < outs.size(); ++i) {
+            for (size_t j = 0; j < outs[0].size(); ++j) {
+                ASSERT_NEAR(outs[i][j], outs[0][j], 2e-6) << "parts case " << i << ", value " << j;
+            }
+        }
+        const std::vector<float>& out = outs[0];
         // Row index of (seq, pos) in `all`.
         auto at = [&](int32_t sq, uint32_t p) { return size_t(sq ? len[0] + p : p); };
         for (size_t r = 0; r < qr.size(); ++r) {
@@ -457,14 +472,38 @@ TEST(emu_attention, paged_cache_layout_gqa_and_several_chunks) {
     }
 }
 
-TEST(emu_attention, refuses_heads_it_cannot_take) {
-    EXPECT_EQ(attention(nullptr, nullptr, 1, 4, 4, max_head_dim + 2, 0, 1.0f, nullptr, nullptr,
-                        nullptr, nullptr),
-              cudaErrorInvalidValue);
-    EXPECT_EQ(attention(nullptr, nullptr, 1, 6, 4, 64, 0, 1.0f, nullptr, nullptr, nullptr, nullptr),
-              cudaErrorInvalidValue);
-    EXPECT_EQ(attention(nullptr, nullptr, 1, 4, 0, 64, 0, 1.0f, nullptr, nullptr, nullptr, nullptr),
-              cudaErrorInvalidValue);
+TEST(emu_attention, refuses_heads_and_parts_it_cannot_take) {
+    float part = 0;
+    auto att = [&](uint32_t n_head, uint32_t n_head_kv, uint32_t head_dim, float* pt,
+                   uint32_t parts) {
+        return attention(nullptr, nullptr, 1, n_head, n_head_kv, head_dim, 0, 1.0f, nullptr,
+                         nullptr, nullptr, pt, parts, nullptr);
+    };
+    EXPECT_EQ(att(4, 4, max_head_dim + 2, nullptr, 1), cudaErrorInvalidValue);
+    EXPECT_EQ(att(6, 4, 64, nullptr, 1), cudaErrorInvalidValue);
+    EXPECT_EQ(att(4, 0, 64, nullptr, 1), cudaErrorInvalidValue);
+    EXPECT_EQ(att(4, 4, 64, nullptr, 0), cudaErrorInvalidValue);
+    EXPECT_EQ(att(4, 4, 64, nullptr, 2), cudaErrorInvalidValue) << "parts without their memory";
+    EXPECT_EQ(att(4, 4, 64, &part, max_attention_parts + 1), cudaErrorInvalidValue);
+}
+
+TEST(emu_attention, parts_fill_an_idle_device_over_long_rows_only) {
+    // 132 multiprocessors, 32 heads: one row of 4096 positions fills it
+    // with 8 parts of 512 (about two blocks each: 9, down to a power of
+    // two); of 1024, 2; shorter, none.
+    EXPECT_EQ(attention_parts(1, 32, 4096, 132), 8u);
+    EXPECT_EQ(attention_parts(1, 32, 1 << 20, 132), 8u);
+    EXPECT_EQ(attention_parts(1, 32, 1024, 132), 2u);
+    EXPECT_EQ(attention_parts(1, 32, 1023, 132), 1u);
+    // More rows or heads: fewer parts; a full device: none.
+    EXPECT_EQ(attention_parts(2, 32, 1 << 20, 132), 4u);
+    EXPECT_EQ(attention_parts(4, 32, 1 << 20, 132), 2u);
+    EXPECT_EQ(attention_parts(5, 32, 1 << 20, 132), 1u);
+    EXPECT_EQ(attention_parts(1, 1, 1 << 20, 132), max_attention_parts);
+    // Too many rows, no rows, an unknown device.
+    EXPECT_EQ(attention_parts(max_attention_part_rows + 1, 1, 1 << 20, 100000), 1u);
+    EXPECT_EQ(attention_parts(0, 32, 4096, 132), 1u);
+    EXPECT_EQ(attention_parts(1, 32, 4096, 0), 1u);
 }
 
 // --- The emulator itself ---

@@ -897,14 +897,14 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int device) {
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int device) {
     if (!v) {
         return ret(cudaErrorInvalidValue);
     }
     if (device != 0) {
         return ret(cudaErrorInvalidDevice);
     }
-    *v = 0;
+    *v = a == cudaDevAttrMultiProcessorCount ? 1 : 0; // as cudaGetDeviceProperties says
     return cudaSuccess;
 }
 

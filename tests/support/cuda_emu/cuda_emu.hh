@@ -148,6 +148,7 @@ enum cudaMemcpyKind {
 };
 
 enum cudaDeviceAttr {
+    cudaDevAttrMultiProcessorCount = 16,
     cudaDevAttrGPUDirectRDMASupported = 116,
 };
 

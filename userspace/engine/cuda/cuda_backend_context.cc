@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <set>
+#include <stdexcept>
 
 namespace llmos::engine {
 
@@ -80,6 +81,8 @@ struct meta_layout {
 
 } // namespace
 
+static_assert(max_attention_parts == cuda_max_attention_parts);
+
 struct cuda_context::impl {
     const cuda_model& cm;
     cuda_context_options o;
@@ -92,6 +95,7 @@ struct cuda_context::impl {
     dev_buf act_f16, w_f16; // activations (F16 or BF16) / weights (F16) for cuBLAS
     dev_buf rows, logits;   // the logits' rows (normalized) and the logits
     dev_buf meta;           // row_desc[T], seq_desc[B], gather[R], tables
+    dev_buf parts;          // attention's parts (attention_parts() > 1)
     dev_buf blas_ws;        // cuBLAS's workspace (with graphs)
     host_buf h_meta, h_emb, h_logits;
 
@@ -103,7 +107,8 @@ struct cuda_context::impl {
     std::string graph_failure;     ///< why the last capture failed
     std::set<uint64_t> seen;
     std::vector<graph_entry> graphs;
-    std::array<const void*, 13> scratch{};
+    std::array<const void*, 14> scratch{};
+    int multiprocessors = 0;
     uint64_t steps = 0;
     cuda_graph_stats stats;
 
@@ -218,11 +223,13 @@ struct cuda_context::impl {
     /// shape is tried again, and max_capture_failures in a row turn graphs
     /// off for the context); the caller launches it then.
     template <typename F>
-    bool run_graph(size_t T, size_t B, size_t R, F& forward) {
+    bool run_graph(size_t T, size_t B, size_t R, uint32_t parts, F& forward) {
         if (!graphs_on() || T > cuda_graph_max_tokens) {
             return false;
         }
-        const uint64_t key = uint64_t(T) | uint64_t(B) << 21 | uint64_t(R) << 42;
+        // T, B and R are at most cuda_graph_max_tokens here.
+        const uint64_t key =
+            uint64_t(T) | uint64_t(B) << 16 | uint64_t(R) << 32 | uint64_t(parts) << 48;
         for (graph_entry& g : graphs) {
             if (g.key == key) {
                 check(cudaGraphLaunch(g.exec, stream), "cudaGraphLaunch");
@@ -314,6 +321,11 @@ struct cuda_context::impl {
 cuda_context::cuda_context(const cuda_model& m, cuda_context_options o)
     : _impl(std::make_unique<impl>(m, o)) {
     impl& c = *_impl;
+    if (c.o.attention_parts > max_attention_parts) {
+        throw std::invalid_argument("cuda context: attention_parts " +
+                                    std::to_string(c.o.attention_parts) + " is more than " +
+                                    std::to_string(max_attention_parts));
+    }
     if (!c.o.max_batch_tokens) {
         c.o.max_batch_tokens = 1;
     }
@@ -333,6 +345,11 @@ cuda_context::cuda_context(const cuda_model& m, cuda_context_options o)
         } else {
             c.blas_handle = h;
         }
+    }
+    if (cudaDeviceGetAttribute(&c.multiprocessors, cudaDevAttrMultiProcessorCount, c.device) !=
+        cudaSuccess) {
+        cudaGetLastError();
+        c.multiprocessors = 0; // attention is not split
     }
     c.graphs_wanted = c.o.use_graphs && cuda_graphs_wanted();
     c.o.max_graphs = std::max(c.o.max_graphs, 1u);
@@ -432,9 +449,11 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     // now, and at most for these caches (the metadata buffer is sized for
     // that, so that it stays where graphs point while the caches grow).
     size_t R = 0, n_tables = 0, max_tables = 0, max_tables_one = 0;
+    uint64_t max_end = 0;
     for (auto& e : batch) {
         R += detail::logit_rows(e);
         const uint64_t end = uint64_t(e.kv->n_tokens()) + e.tokens.size();
+        max_end = std::max(max_end, end);
         n_tables += (end + e.kv->block_tokens() - 1) / e.kv->block_tokens();
         max_tables += e.kv->block_table().size();
         max_tables_one = std::max(max_tables_one, e.kv->block_table().size());
@@ -499,6 +518,22 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     c.xn.ensure(Tcap * E * 4, "activations");
     c.q.ensure(Tcap * E * 4, "queries");
     c.att.ensure(Tcap * E * 4, "attention");
+    // Attention's parts: a few long rows that would leave the device idle.
+    uint32_t parts = 1;
+    if (int64_t(T) <= max_attention_part_rows) {
+        parts = c.o.attention_parts
+                    ? c.o.attention_parts
+                    : attention_parts(int64_t(T), p.n_head,
+                                      uint32_t(std::min<uint64_t>(max_end, UINT32_MAX)),
+                                      c.multiprocessors);
+    }
+    if (parts > 1) {
+        // For any step it splits as much (it moves, and drops the graphs,
+        // only when the parts grow).
+        c.parts.ensure(size_t(max_attention_part_rows) * p.n_head * parts *
+                           (size_t(p.head_dim) + 2) * 4,
+                       "attention parts");
+    }
     c.k.ensure(Tcap * KV * 4, "keys");
     c.v.ensure(Tcap * KV * 4, "values");
     c.gate.ensure(Tcap * F * 4, "ffn gate");
@@ -524,10 +559,10 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
             }
         }
     }
-    const std::array<const void*, 13> scratch{
-        c.x.get(),       c.xn.get(),    c.q.get(),   c.att.get(),  c.k.get(),
-        c.v.get(),       c.gate.get(),  c.up.get(),  c.rows.get(), c.logits.get(),
-        c.act_f16.get(), c.w_f16.get(), c.meta.get()};
+    const std::array<const void*, 14> scratch{
+        c.x.get(),       c.xn.get(),    c.q.get(),    c.att.get(),  c.k.get(),
+        c.v.get(),       c.gate.get(),  c.up.get(),   c.rows.get(), c.logits.get(),
+        c.act_f16.get(), c.w_f16.get(), c.meta.get(), c.parts.get()};
     if (scratch != c.scratch) {
         c.drop_graphs(); // they point into the old scratch
         c.scratch = scratch;
@@ -574,7 +609,7 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
                   "rope");
             check(kv_write(k, v, Ti, KV, l, rows_d, seqs_d, tables_d, s), "kv_write");
             check(attention(q, att, Ti, p.n_head, p.n_head_kv, p.head_dim, l, scale, rows_d, seqs_d,
-                            tables_d, s),
+                            tables_d, c.parts.as<float>(), parts, s),
                   "attention");
             c.mm(w.wo, att, Ti, xn);
             check(add(x, xn, Ti * E, s), "add");
@@ -594,7 +629,7 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     };
     ++c.steps;
     try {
-        if (!c.run_graph(T, batch.size(), R, forward)) {
+        if (!c.run_graph(T, batch.size(), R, parts, forward)) {
             forward();
             ++c.stats.launched;
         }

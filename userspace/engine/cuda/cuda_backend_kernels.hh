@@ -94,13 +94,32 @@ cudaError_t kv_write(const float* k, const float* v, int64_t rows, uint32_t kv_d
                      const row_desc* rows_d, const seq_desc* seqs, const uint32_t* tables,
                      cudaStream_t s);
 
+/// Most parts attention() splits a row's positions into.
+inline constexpr uint32_t max_attention_parts = 32;
+/// Fewest positions per part attention_parts() picks.
+inline constexpr uint32_t attention_part_keys = 512;
+/// Most rows attention_parts() splits (a step of more fills the device).
+inline constexpr int64_t max_attention_part_rows = 16;
+
 /// Causal attention of each row's query heads (q: rows x n_head*head_dim)
 /// over its sequence's cache positions 0..pos, layer `layer`, GQA (query
 /// head h reads KV head h / (n_head / n_head_kv)), scores scaled by
-/// `scale`, softmax in F32 (online, one block per row and head). Output
-/// like q.
+/// `scale`, softmax in F32 (online). One block per row, head and part of
+/// the row's positions: with `parts` > 1 (at most max_attention_parts),
+/// each part's unnormalized result goes to `part` (rows * n_head * parts *
+/// (head_dim + 2) floats) and a second kernel merges them, so that a few
+/// long rows still fill the device. Output like q.
 cudaError_t attention(const float* q, float* out, int64_t rows, uint32_t n_head, uint32_t n_head_kv,
                       uint32_t head_dim, uint32_t layer, float scale, const row_desc* rows_d,
-                      const seq_desc* seqs, const uint32_t* tables, cudaStream_t s);
+                      const seq_desc* seqs, const uint32_t* tables, float* part, uint32_t parts,
+                      cudaStream_t s);
+
+/// The parts for attention() over `rows` rows of `n_head` heads whose
+/// longest row has `max_positions` positions, on a device of
+/// `multiprocessors`: 1 where rows and heads fill the device already, or
+/// rows are short; otherwise a power of two giving about two blocks per
+/// multiprocessor, each part at least attention_part_keys positions.
+uint32_t attention_parts(int64_t rows, uint32_t n_head, uint32_t max_positions,
+                         int multiprocessors) noexcept;
 
 } // namespace llmos::engine::cuda_detail

@@ -3,15 +3,16 @@
 // The CUDA backend's kernels. Simple on purpose: one warp per weight row
 // (8 tokens at a time, each lane 32 elements at a time, every weight type
 // read in its GGUF blocks) for the linear layers the engine computes itself,
-// one block per row for norms and RoPE, one block per (token, head) for
-// attention with an online softmax over the paged cache. Math in F32 (the
+// one block per row for norms and RoPE, one block per (token, head, part of
+// its positions) for attention with an online softmax over the paged cache. Math in F32 (the
 // norms' sums of squares and RoPE's angles in double, as context.cc).
 #include "cuda_backend_kernels.hh"
 
+#include <algorithm>
+
 #ifdef LLMOS_CUDA_EMU
 // Tests compile this file as C++ over the host emulation (cuda_emu.hh).
-#define LLMOS_LAUNCH(k, grid, block, stream)                                                       \
-    ::llmos::cuda_emu::launch(#k, grid, block, stream, k)
+#define LLMOS_LAUNCH(k, grid, block, stream) ::llmos::cuda_emu::launch(#k, grid, block, stream, k)
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -433,18 +434,36 @@ __global__ void k_kv_write(const float* k, const float* v, uint32_t kv_dim, uint
 constexpr int attn_threads = 128;
 constexpr int attn_dims = max_head_dim / attn_threads; // dims per thread, at most
 
+// Positions [b, e) of n that part z of `parts` takes: whole warps of keys,
+// so that the parts of a short row are the first ones (the rest empty).
+__device__ __forceinline__ void attention_span(uint32_t n, uint32_t z, uint32_t parts, uint32_t& b,
+                                               uint32_t& e) {
+    const uint32_t span = parts == 1 ? n : ((n + parts - 1) / parts + warp - 1) / warp * warp;
+    b = min(n, z * span);
+    e = min(n, b + span);
+}
+
+// One block per (row, head, part): the part's positions in chunks of
+// attn_threads keys. A chunk's scores: each warp takes 32 of its keys one
+// after the other, the lanes reading a key's dims side by side (a row of K
+// is contiguous; the keys are not), then summing across the warp. Its
+// values: each thread a dim, all the chunk's keys. With one part the
+// output is normalized in place; with several, `part` gets the unnormalized
+// sums and the part's max and sum for k_attention_merge.
 __global__ void __launch_bounds__(attn_threads)
-    k_attention(const float* q, float* out, uint32_t n_head, uint32_t group, uint32_t head_dim,
-                uint32_t kv_dim, uint32_t layer, float scale, const row_desc* rows_d,
-                const seq_desc* seqs, const uint32_t* tables) {
+    k_attention(const float* q, float* out, float* part, uint32_t n_head, uint32_t group,
+                uint32_t head_dim, uint32_t kv_dim, uint32_t layer, float scale,
+                const row_desc* rows_d, const seq_desc* seqs, const uint32_t* tables) {
     __shared__ float qs[max_head_dim];
     __shared__ float p[attn_threads];
     __shared__ float tmp[32];
     const int64_t row = blockIdx.x;
-    const uint32_t h = blockIdx.y, kvh = h / group, D = head_dim;
+    const uint32_t h = blockIdx.y, kvh = h / group, D = head_dim, parts = gridDim.z;
+    const int lane = int(threadIdx.x) % warp, w = int(threadIdx.x) / warp;
     const row_desc rd = rows_d[row];
     const seq_desc sd = seqs[rd.seq];
-    const uint32_t n = uint32_t(rd.pos) + 1;
+    uint32_t b = 0, e = 0;
+    attention_span(uint32_t(rd.pos) + 1, blockIdx.z, parts, b, e);
     const int64_t base = row * int64_t(n_head) * D + int64_t(h) * D;
     for (uint32_t d = threadIdx.x; d < D; d += attn_threads) {
         qs[d] = q[base + d];
@@ -456,25 +475,32 @@ __global__ void __launch_bounds__(attn_threads)
         acc[a] = 0.0f;
     }
     float m = -CUDART_INF_F, l = 0.0f;
-    for (uint32_t c0 = 0; c0 < n; c0 += attn_threads) {
-        const uint32_t j = c0 + threadIdx.x;
+    for (uint32_t c0 = b; c0 < e; c0 += attn_threads) {
+        // This thread's score is key c0 + threadIdx.x's (-inf past e).
         float s = -CUDART_INF_F;
-        if (j < n) {
+        for (int i = 0; i < warp; ++i) {
+            const uint32_t j = c0 + uint32_t(w * warp + i);
+            if (j >= e) {
+                break; // the same for the whole warp
+            }
             const __half* k = kv_row(sd, tables, layer, kv_dim, j, 0) + size_t(kvh) * D;
             float dot = 0.0f;
-            for (uint32_t d = 0; d < D; ++d) {
+            for (uint32_t d = uint32_t(lane); d < D; d += warp) {
                 dot += qs[d] * __half2float(k[d]);
             }
-            s = dot * scale;
+            dot = warp_sum(dot);
+            if (lane == i) {
+                s = dot * scale;
+            }
         }
         const float m_new = fmaxf(m, block_reduce<true>(s, tmp));
-        const float e = j < n ? expf(s - m_new) : 0.0f;
-        p[threadIdx.x] = e;
-        const float sum = block_reduce<false>(e, tmp); // syncs: p is visible
-        const float corr = expf(m - m_new);            // 0 on the first chunk
+        const float ex = c0 + threadIdx.x < e ? expf(s - m_new) : 0.0f;
+        p[threadIdx.x] = ex;
+        const float sum = block_reduce<false>(ex, tmp); // syncs: p is visible
+        const float corr = expf(m - m_new);             // 0 on the first chunk
         l = l * corr + sum;
         m = m_new;
-        const uint32_t cn = min(uint32_t(attn_threads), n - c0);
+        const uint32_t cn = min(uint32_t(attn_threads), e - c0);
 #pragma unroll
         for (int a = 0; a < attn_dims; ++a) {
             const uint32_t d = threadIdx.x + uint32_t(a) * attn_threads;
@@ -489,13 +515,57 @@ __global__ void __launch_bounds__(attn_threads)
         }
         __syncthreads(); // p is rewritten by the next chunk
     }
-    const float inv = 1.0f / l;
+    if (parts == 1) {
+        const float inv = 1.0f / l;
+#pragma unroll
+        for (int a = 0; a < attn_dims; ++a) {
+            const uint32_t d = threadIdx.x + uint32_t(a) * attn_threads;
+            if (d < D) {
+                out[base + d] = acc[a] * inv;
+            }
+        }
+        return;
+    }
+    // An empty part leaves m = -inf and l = 0: it weighs nothing.
+    float* pp = part + ((row * n_head + h) * parts + blockIdx.z) * (int64_t(D) + 2);
 #pragma unroll
     for (int a = 0; a < attn_dims; ++a) {
         const uint32_t d = threadIdx.x + uint32_t(a) * attn_threads;
         if (d < D) {
-            out[base + d] = acc[a] * inv;
+            pp[d] = acc[a];
         }
+    }
+    if (threadIdx.x == 0) {
+        pp[D] = m;
+        pp[D + 1] = l;
+    }
+}
+
+// One block per (row, head): the parts' sums rescaled to the largest max,
+// over the parts' rescaled sums of weights. Part 0 is never empty, so the
+// largest max is finite.
+__global__ void k_attention_merge(const float* part, float* out, uint32_t n_head, uint32_t head_dim,
+                                  uint32_t parts) {
+    const int64_t row = blockIdx.x;
+    const uint32_t h = blockIdx.y, D = head_dim;
+    const int64_t stride = int64_t(D) + 2;
+    const float* pp = part + (row * n_head + h) * parts * stride;
+    float mx = -CUDART_INF_F;
+    for (uint32_t z = 0; z < parts; ++z) {
+        mx = fmaxf(mx, pp[z * stride + D]);
+    }
+    float l = 0.0f;
+    for (uint32_t z = 0; z < parts; ++z) {
+        l += pp[z * stride + D + 1] * expf(pp[z * stride + D] - mx);
+    }
+    const float inv = 1.0f / l;
+    const int64_t base = row * int64_t(n_head) * D + int64_t(h) * D;
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float o = 0.0f;
+        for (uint32_t z = 0; z < parts; ++z) {
+            o += pp[z * stride + d] * expf(pp[z * stride + D] - mx);
+        }
+        out[base + d] = o * inv;
     }
 }
 
@@ -585,6 +655,7 @@ cudaError_t load_kernels() {
     keep(load(k_rope));
     keep(load(k_kv_write));
     keep(load(k_attention));
+    keep(load(k_attention_merge));
     (void)cudaGetLastError(); // the error is returned, not left for a later check
     return e;
 #endif
@@ -671,8 +742,8 @@ cudaError_t rope(float* x, int64_t rows, int64_t stride, uint32_t n_heads, uint3
     if (rows <= 0 || n_rot < 2) {
         return cudaSuccess;
     }
-    LLMOS_LAUNCH(k_rope, static_cast<unsigned>(rows), 128, s)(x, stride, n_heads, head_dim, n_rot,
-                                                              neox, rows_d, inv_freq, rope_scale);
+    LLMOS_LAUNCH(k_rope, static_cast<unsigned>(rows), 128, s)
+    (x, stride, n_heads, head_dim, n_rot, neox, rows_d, inv_freq, rope_scale);
     return cudaGetLastError();
 }
 
@@ -682,25 +753,52 @@ cudaError_t kv_write(const float* k, const float* v, int64_t rows, uint32_t kv_d
     if (rows <= 0) {
         return cudaSuccess;
     }
-    LLMOS_LAUNCH(k_kv_write, static_cast<unsigned>(rows), 128, s)(k, v, kv_dim, layer, rows_d,
-                                                                  seqs, tables);
+    LLMOS_LAUNCH(k_kv_write, static_cast<unsigned>(rows), 128, s)
+    (k, v, kv_dim, layer, rows_d, seqs, tables);
     return cudaGetLastError();
 }
 
 cudaError_t attention(const float* q, float* out, int64_t rows, uint32_t n_head, uint32_t n_head_kv,
                       uint32_t head_dim, uint32_t layer, float scale, const row_desc* rows_d,
-                      const seq_desc* seqs, const uint32_t* tables, cudaStream_t s) {
+                      const seq_desc* seqs, const uint32_t* tables, float* part, uint32_t parts,
+                      cudaStream_t s) {
     if (rows <= 0) {
         return cudaSuccess;
     }
-    if (head_dim > max_head_dim || n_head_kv == 0 || n_head % n_head_kv != 0) {
+    if (head_dim > max_head_dim || n_head_kv == 0 || n_head % n_head_kv != 0 || parts == 0 ||
+        parts > max_attention_parts || (parts > 1 && !part)) {
         return cudaErrorInvalidValue;
     }
-    const dim3 grid(static_cast<unsigned>(rows), n_head);
-    LLMOS_LAUNCH(k_attention, grid, attn_threads, s)(q, out, n_head, n_head / n_head_kv,
-                                                     head_dim, n_head_kv * head_dim, layer, scale,
-                                                     rows_d, seqs, tables);
+    const dim3 grid(static_cast<unsigned>(rows), n_head, parts);
+    LLMOS_LAUNCH(k_attention, grid, attn_threads, s)
+    (q, out, part, n_head, n_head / n_head_kv, head_dim, n_head_kv * head_dim, layer, scale, rows_d,
+     seqs, tables);
+    if (parts > 1) {
+        if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
+            return e;
+        }
+        const dim3 mgrid(static_cast<unsigned>(rows), n_head);
+        LLMOS_LAUNCH(k_attention_merge, mgrid, attn_threads, s)(part, out, n_head, head_dim, parts);
+    }
     return cudaGetLastError();
+}
+
+uint32_t attention_parts(int64_t rows, uint32_t n_head, uint32_t max_positions,
+                         int multiprocessors) noexcept {
+    const int64_t blocks = rows * int64_t(n_head);
+    if (rows <= 0 || blocks >= multiprocessors || rows > max_attention_part_rows) {
+        return 1;
+    }
+    // About two blocks per multiprocessor, each with a part of at least
+    // attention_part_keys positions; a power of two, so that a growing
+    // context changes the launch (and its graph) a few times only.
+    const int64_t want = std::min<int64_t>((2 * int64_t(multiprocessors) + blocks - 1) / blocks,
+                                           max_positions / attention_part_keys);
+    uint32_t parts = 1;
+    while (parts * 2 <= std::min<int64_t>(want, max_attention_parts)) {
+        parts *= 2;
+    }
+    return parts;
 }
 
 } // namespace llmos::engine::cuda_detail

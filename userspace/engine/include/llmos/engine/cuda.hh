@@ -279,7 +279,17 @@ struct cuda_context_options {
     /// sizes, some prompt chunks); beyond it the least recently replayed
     /// is dropped. At least 1.
     uint32_t max_graphs = 64;
+    /// Parts each row's attention is split into (each part a block per
+    /// head, merged after) in steps of at most 16 rows: 0 picks them per
+    /// step from the longest row and the device's multiprocessors (1 until
+    /// rows and heads leave the device idle over rows of 1024 positions or
+    /// more); 1 to cuda_max_attention_parts always that many (tests,
+    /// tuning); more is refused (std::invalid_argument).
+    uint32_t attention_parts = 0;
 };
+
+/// Most parts cuda_context_options::attention_parts may name.
+inline constexpr uint32_t cuda_max_attention_parts = 32;
 
 /// Steps larger than this always launch their kernels (prefill: few steps
 /// of each shape, and long kernels).
