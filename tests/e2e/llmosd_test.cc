@@ -1099,6 +1099,34 @@ TEST_F(llmosd_test, web_pages_of_other_origins_are_refused_without_keys) {
                        "http://llm.internal:" + std::to_string(s.port))
                       .status(),
                   200);
+        // A preflight carrying a body is refused and its connection
+        // closed: httplib reads no body for OPTIONS, so the body would be
+        // read as the next request (one a proxy in front never saw).
+        const std::string smuggled =
+            "DELETE /llmos/v1/models/tiny HTTP/1.1\r\nHost: " + me + "\r\n\r\n";
+        auto pre_body =
+            raw_exchange(s.port, "OPTIONS /v1/models HTTP/1.1\r\nHost: " + me +
+                                     "\r\nOrigin: https://chat.example.com\r\n"
+                                     "Access-Control-Request-Method: POST\r\nContent-Length: " +
+                                     std::to_string(smuggled.size()) + "\r\n\r\n" + smuggled);
+        EXPECT_EQ(pre_body.status(), 400) << pre_body.text;
+        EXPECT_EQ(pre_body.body()["error"]["code"], "bad_framing") << pre_body.text;
+        EXPECT_EQ(pre_body.text.find("HTTP/1.1", 1), std::string::npos) << "a second answer:\n"
+                                                                        << pre_body.text;
+        auto models = s.client().Get("/v1/models");
+        ASSERT_TRUE(models);
+        EXPECT_NE(models->body.find("\"tiny\""), std::string::npos) << models->body;
+    }
+    {
+        // On a wildcard address (which takes loopback connections too), a
+        // rebound name is refused as well; IP addresses are answered.
+        server s(_dir + "/any", {"--listen", "0.0.0.0:0"});
+        ASSERT_NE(s.port, 0) << s.log();
+        const std::string port = std::to_string(s.port);
+        auto rebound = from(s.port, "attacker.example:" + port, "http://attacker.example:" + port);
+        EXPECT_EQ(rebound.status(), 403) << rebound.text;
+        EXPECT_EQ(rebound.body()["error"]["code"], "foreign_host") << rebound.text;
+        EXPECT_EQ(from(s.port, "192.0.2.7:" + port, "http://192.0.2.7:" + port).status(), 200);
     }
     server s(_dir, {"--api-key-file", _dir + "/keys"});
     auto keyed =
@@ -2101,7 +2129,8 @@ TEST_F(llmosd_test, bad_options_and_key_files_are_refused_with_the_reason) {
     for (auto [lines, why] : std::initializer_list<std::pair<const char*, const char*>>{
              {"key 7 admn", "line 2: expected KEY [TENANT] [admin], found 'admn' after the tenant"},
              {"key 7 admin more", "line 2: expected KEY [TENANT] [admin], found 4 words"},
-             {"key 7\nkey 8 admin", "line 3: this key is on an earlier line too"}}) {
+             {"key 7\nkey 8 admin", "line 3: this key is on an earlier line too"},
+             {"k%41y 7", "line 2: a key may not hold '%'"}}) {
         std::ofstream(_dir + "/keys") << "# keys\n" << lines << "\n";
         std::tie(st, out) = run("--listen 127.0.0.1:0 --api-key-file " + _dir + "/keys");
         EXPECT_EQ(st, 1) << lines;

@@ -6,6 +6,7 @@
 // socket; its stderr goes to DIR/log; SIGTERM and a wait when it goes.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <fcntl.h>
@@ -30,8 +31,8 @@ public:
     int port = 0; ///< 0 until it listens (loopback)
 
     /// Runs `program` (llmosd) with "--backend local", then `args`, then
-    /// where to listen; returns once it answers, or after `wait` (port
-    /// then stays 0 and ready() false: the caller asserts and shows log()).
+    /// where to listen (127.0.0.1 unless `args` has --listen); returns once it answers, or after
+    /// `wait` (port then stays 0 and ready() false: the caller asserts and shows log()).
     llmosd_process(const std::string& program, std::string state, std::vector<std::string> args,
                    std::string unix_sock = {},
                    std::chrono::milliseconds wait = std::chrono::seconds(60))
@@ -41,7 +42,12 @@ public:
         std::filesystem::remove(dir + "/port");
         args.insert(args.begin(), {program, "--backend", "local"});
         if (unix_path.empty()) {
-            args.insert(args.end(), {"--listen", "127.0.0.1:0", "--port-file", dir + "/port"});
+            // On 127.0.0.1 unless `args` name another address (whose port
+            // 0 is reached on 127.0.0.1 too: a wildcard one).
+            if (std::find(args.begin(), args.end(), "--listen") == args.end()) {
+                args.insert(args.end(), {"--listen", "127.0.0.1:0"});
+            }
+            args.insert(args.end(), {"--port-file", dir + "/port"});
         } else {
             args.insert(args.end(), {"--unix", unix_path});
         }

@@ -507,7 +507,7 @@ bool connection_server::process_and_close_socket(socket_t sock) {
     conn_stream strm(sock, to_ms(read_timeout_sec_, read_timeout_usec_),
                      to_ms(write_timeout_sec_, write_timeout_usec_), _l);
     t_stream = &strm;
-    bool ret = false;
+    bool ret = false, answered = false;
     auto stopping = [this] { return svr_sock_ == INVALID_SOCKET; };
     for (size_t left = keep_alive_max_count_;
          left > 0 && strm.wait_request(std::chrono::seconds(keep_alive_timeout_sec_), stopping);
@@ -515,6 +515,7 @@ bool connection_server::process_and_close_socket(socket_t sock) {
         bool closed = false;
         strm.begin_request();
         ret = process_request(strm, left == 1, closed, nullptr);
+        answered = true;
         {
             std::lock_guard lk(_m);
             _answering.erase(sock); // answered
@@ -529,10 +530,11 @@ bool connection_server::process_and_close_socket(socket_t sock) {
             break;
         }
     }
-    if (strm.last()) {
-        // Its answer out first: closed with the client's bytes unread, the
-        // connection would be reset and the answer could be lost. What
-        // still comes is read and dropped: a second and a MiB at most.
+    if (answered) {
+        // Its answer out first: closed with the client's bytes unread (a
+        // refused body, or requests pipelined past the keep-alive count),
+        // the connection would be reset and the answer could be lost.
+        // What still comes is read and dropped: a second and a MiB at most.
         ::shutdown(sock, SHUT_WR);
         const auto until = steady::now() + std::chrono::seconds(1);
         char sink[16384];

@@ -436,6 +436,11 @@ daemon::daemon(options o)
                               "'");
                 }
             }
+            // The HTTP library decodes %XX in header values: such a key
+            // would never match what a client sends.
+            if (f[0].find('%') != std::string::npos) {
+                throw bad("a key may not hold '%'");
+            }
             if (!_keys.emplace(f[0], k).second) {
                 throw bad("this key is on an earlier line too");
             }
@@ -694,8 +699,19 @@ void daemon::end_session(const std::string& session, std::optional<uint32_t> ten
                         "invalid_request_error", "session", "session_busy"};
     }
     const session_turn turn(std::move(gate));
-    if (auto now = llmos::mindspace::open(*_dev, key)) {
-        ms = std::move(now); // the one there now, should a request have replaced it
+    // The one there now, which a request (moving it to a larger store) or
+    // another DELETE may have replaced or ended before this turn: its
+    // owner checked again.
+    ms = llmos::mindspace::open(*_dev, key);
+    if (!ms) {
+        if (ms.error() == std::errc::no_such_file_or_directory) {
+            throw api_error{404, "there is no session '" + session + "'", "invalid_request_error",
+                            "session", "session_not_found"};
+        }
+        throw server_error("session '" + session + "': " + ms.error().message());
+    }
+    if (tenant) {
+        check_session_owner(session, *ms, *tenant);
     }
     if (_kv_pool) { // its K/V rows on the GPU (and what published them) go too
         std::optional<session::header> h;
@@ -706,6 +722,10 @@ void daemon::end_session(const std::string& session, std::optional<uint32_t> ten
     }
     ms = std::error_code(); // closed before it goes
     if (auto e = llmos::destroy_mindspace(*_dev, key)) {
+        if (e == std::errc::no_such_file_or_directory) {
+            throw api_error{404, "there is no session '" + session + "'", "invalid_request_error",
+                            "session", "session_not_found"};
+        }
         throw server_error("session '" + session + "': " + e.message());
     }
 }
@@ -882,6 +902,12 @@ daemon::admission daemon::admit(const job& j) {
         _metrics.rejected.fetch_add(1);
         throw api_error{429, "too many requests in flight; retry shortly", "rate_limit_error", "",
                         "overloaded"};
+    }
+    // Counted first, then checked again: a drain that began in between
+    // either sees this one in flight (and waits for it) or is seen here.
+    if (_draining) {
+        _in_flight.fetch_sub(1);
+        throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
     }
     m->in_flight.fetch_add(1);
     return admission(this, std::move(m));
@@ -1344,15 +1370,21 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                 }
                 if (stopped != stop::none) {
                     // Cancelled before a worker took it, it is finished at
-                    // once and no worker ends it; one that runs ends in its
-                    // worker (the end descriptor) or is let go here.
-                    if (auto f = client->wait(id, llmos::wait_for::none())) {
-                        fin = *f;
-                        if (!f->dispatch_ns) { // no worker took it: none ends it
-                            std::lock_guard slk(_streams_m);
-                            _cancelled.erase(id);
+                    // once and no worker ends it. One a worker took is
+                    // finished at once too, but its worker writes its
+                    // output until it looks (after its step): that is the
+                    // session's request area, which the session's next
+                    // turn rewrites once this one lets it go. So it waits
+                    // for the worker's end descriptor, or abandon_wait.
+                    if (!fin) {
+                        if (auto f = client->wait(id, llmos::wait_for::none())) {
+                            fin = *f;
+                            if (!f->dispatch_ns) { // no worker took it: none ends it
+                                std::lock_guard slk(_streams_m);
+                                _cancelled.erase(id);
+                                break;
+                            }
                         }
-                        break;
                     }
                     if (steady_now() - cancelled_at > abandon_wait) {
                         break;

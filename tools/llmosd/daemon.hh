@@ -59,9 +59,9 @@ struct options {
     /// Web origins ("https://chat.example.com", or "*") whose pages may
     /// use the API without API keys, besides the server's own.
     std::vector<std::string> allowed_origins;
-    /// Host names a loopback llmosd without API keys answers to, besides
+    /// Host names llmosd on TCP without API keys answers to, besides
     /// localhost and IP addresses (DNS rebinding: a page's own name made
-    /// to lead to 127.0.0.1 names this server otherwise).
+    /// to lead to this server's address names it otherwise).
     std::vector<std::string> allowed_hosts;
     /// Where models run: "cpu", "cuda" / "cuda:N" (refused with the
     /// reason when that GPU cannot be used), or "auto" (cuda:0 when it

@@ -89,8 +89,8 @@ bool equal_nocase(std::string_view a, std::string_view b) {
 struct origin_rules {
     bool keys = false;
     std::vector<std::string> allowed;
-    std::vector<std::string> hosts;              ///< --allow-host
-    std::shared_ptr<std::atomic<bool>> loopback; ///< listening on a loopback address only
+    std::vector<std::string> hosts;         ///< --allow-host
+    std::shared_ptr<std::atomic<bool>> tcp; ///< listening on TCP (not a unix socket)
 
     /// Whether --allow-origin names `origin` (or is "*"): its pages get
     /// CORS headers, so that they may read the answers.
@@ -241,13 +241,15 @@ std::optional<api_error> cross_origin(const httplib::Request& req, const origin_
                      "invalid_request_error", "", "cross_origin"};
 }
 
-// Without API keys, a llmosd listening on a loopback address answers only
-// to a Host that is localhost, an IP address, or one --allow-host names: a
-// page whose own name its DNS makes lead to 127.0.0.1 (DNS rebinding)
-// passes the Origin check, its Host being its own name. A request without
-// a Host (HTTP/1.0) comes from no browser.
+// Without API keys, a llmosd listening on TCP answers only to a Host that
+// is localhost, an IP address, or one --allow-host names: a page whose own
+// name its DNS makes lead to 127.0.0.1, or to the server's address in the
+// user's network (DNS rebinding), passes the Origin check, its Host being
+// its own name. That holds for any address, a wildcard one (which takes
+// loopback connections too) or one in a private network a browser inside
+// it reaches. A request without a Host (HTTP/1.0) comes from no browser.
 std::optional<api_error> foreign_host(const httplib::Request& req, const origin_rules& rules) {
-    if (rules.keys || !rules.loopback->load() || !req.has_header("Host") || req.path == "/health") {
+    if (rules.keys || !rules.tcp->load() || !req.has_header("Host") || req.path == "/health") {
         return std::nullopt;
     }
     const std::string host = to_lower(req.get_header_value("Host"));
@@ -268,9 +270,8 @@ std::optional<api_error> foreign_host(const httplib::Request& req, const origin_
     }
     return api_error{403,
                      "Host '" + host +
-                         "' is not this server's name: without API keys a llmosd on a loopback "
-                         "address answers to localhost and IP addresses only (--allow-host names "
-                         "more)",
+                         "' is not this server's name: without API keys llmosd answers to "
+                         "localhost and IP addresses only (--allow-host names more)",
                      "invalid_request_error", "", "foreign_host"};
 }
 
@@ -428,7 +429,7 @@ http_server::http_server(daemon& d)
     // Requests whose body cannot be told from what follows it: refused
     // before a handler reads it, and their connections close.
     const origin_rules rules{!d.api_keys().empty(), d.opts().allowed_origins,
-                             d.opts().allowed_hosts, _loopback};
+                             d.opts().allowed_hosts, _tcp};
     _svr.set_pre_routing_handler(
         [max_body = d.opts().max_body, rules](const httplib::Request& req, httplib::Response& res) {
             // No endpoint serves parts of its answer: a Range is ignored (RFC
@@ -438,8 +439,10 @@ http_server::http_server(daemon& d)
             // A listed origin's pages ask first (a CORS preflight) for what
             // a plain form could not send: JSON, an API key.
             const std::string origin = req.get_header_value("Origin");
+            // (One whose framing is bad is refused below: its body, which
+            // httplib does not read for OPTIONS, would be the next request.)
             if (req.method == "OPTIONS" && !origin.empty() && rules.lists(origin) &&
-                req.has_header("Access-Control-Request-Method")) {
+                req.has_header("Access-Control-Request-Method") && !bad_framing(req)) {
                 res.status = 204;
                 res.set_header("Access-Control-Allow-Origin", origin);
                 res.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE");
@@ -924,8 +927,7 @@ bool http_server::listen_unix(const std::string& path) {
 
 int http_server::bind_port(const std::string& host, int port) {
     // What a browser can be tricked into reaching by DNS rebinding.
-    _loopback->store(host == "localhost" || host.starts_with("127.") || host == "::1" ||
-                     host == "[::1]");
+    _tcp->store(true);
     int bound = port ? (_svr.bind_to_port(host, port) ? port : -1) : _svr.bind_to_any_port(host);
     if (bound > 0) {
         widen_backlog([&](const sockaddr* a) { return port_of(a) == bound; });

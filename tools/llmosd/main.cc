@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
     app.add_option("--api-key-file", o.api_key_file,
                    "require API keys: one per line, optionally followed by its tenant number");
     app.add_option("--allow-host", o.allowed_hosts,
-                   "a host name a loopback llmosd without API keys answers to, besides localhost "
+                   "a host name llmosd on TCP without API keys answers to, besides localhost "
                    "and IP addresses; repeatable");
     app.add_option("--allow-origin", o.allowed_origins,
                    "a web origin (scheme://host[:port], or *) whose pages may use the API "
