@@ -466,6 +466,10 @@ TEST_F(llm_engine_test, a_vocabulary_larger_than_the_embedding_is_refused) {
     }
     EXPECT_THROW(llmos::llm_engine(*model, bigger, eopts()), std::invalid_argument);
     EXPECT_NO_THROW(llmos::llm_engine::check_vocab(*model, *vocab));
+    // A prefill chunk of no tokens would never end a prompt.
+    auto zero = eopts();
+    zero.prefill_chunk = 0;
+    EXPECT_THROW(llmos::llm_engine(*model, *vocab, zero), std::invalid_argument);
 }
 
 TEST_F(llm_engine_test, the_output_stops_where_the_conversation_s_cache_starts) {

@@ -863,6 +863,60 @@ TEST_P(worker_pool_test, callbacks_that_throw_cost_a_descriptor_not_the_worker) 
         << why;
 }
 
+// An engine that breaks its contract: it ends one request with a positive
+// status, and throws something that is not a std::exception for another.
+class wayward_engine final : public llmos::inference_engine {
+public:
+    wayward_engine(uint64_t odd, uint64_t thrower)
+        : _odd(odd)
+        , _thrower(thrower) {}
+    llmos::engine_status prefill(llmos::sequence&) override { return llmos::engine_status::ok; }
+    void decode(std::span<llmos::sequence* const> batch) override {
+        for (llmos::sequence* s : batch) {
+            if (s->req.id == _thrower) {
+                throw 42; // NOLINT: the point of the test
+            }
+            s->done = true;
+            s->status = s->req.id == _odd ? 7 : 0;
+        }
+    }
+    void release(llmos::sequence&) noexcept override {}
+
+private:
+    uint64_t _odd, _thrower;
+};
+
+// The scheduler refuses the odd request's ending: it fails with EIO rather
+// than stay held (its slot lost, its client waiting for ever); the one
+// whose engine throws an int is struck like any crash, not the process's
+// end. One worker of one slot serves the rest after both.
+TEST_P(worker_pool_test, endings_the_scheduler_refuses_and_odd_throws_lose_nothing) {
+    auto c = llmos::sched_client::open(dev()).value();
+    const uint64_t odd = c.submit(prompt(0, 40, 1)).value();
+    const uint64_t thrower = c.submit(prompt(4096, 40, 2)).value();
+    std::vector<uint64_t> rest;
+    for (uint32_t i = 0; i < 3; ++i) {
+        rest.push_back(c.submit(prompt((3 + i) * 4096, 40, 3 + i)).value());
+    }
+    auto o = opts({}, 1);
+    o.cpus.resize(1);
+    o.max_requeues = 1;
+    o.engine = [=](unsigned) { return std::make_unique<wayward_engine>(odd, thrower); };
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    expect_failed(c, odd, -EIO);
+    expect_failed(c, thrower, -EIO);
+    for (uint64_t id : rest) {
+        auto f = c.wait(id, llmos::wait_for::at_most(20s));
+        ASSERT_TRUE(f) << "request " << id << ": " << f.error().message();
+        EXPECT_EQ(f->state, LLMOS_REQ_COMPLETED) << "request " << id;
+    }
+    EXPECT_EQ((*pool)->info(0).crashes.load(), 1u);
+    std::lock_guard lk(_log.m);
+    ASSERT_FALSE(_log.by_req[odd].empty());
+    EXPECT_EQ(_log.by_req[odd].back().kind, uint32_t(output_kind::failed));
+}
+
 TEST_P(worker_pool_test, bad_options_are_refused) {
     auto o = opts({});
     o.slots = 0;

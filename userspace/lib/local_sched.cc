@@ -380,7 +380,7 @@ std::error_code complete(uint64_t cid, uint64_t id, int32_t status, uint32_t tok
                          uint64_t result_off, uint64_t result_len) {
     auto& s = sched();
     std::lock_guard g(s.m);
-    auto h = worker_request(s, cid, id, status <= 0);
+    auto h = worker_request(s, cid, id, status <= 0 && status >= -4095); // as the module
     if (!h) {
         return h.error();
     }

@@ -179,8 +179,11 @@ result<std::unique_ptr<event_loop>> event_loop::create(options o) {
         sqe->user_data = 0;
         io_uring_submit(r);
         io_uring_cqe* cqe = nullptr;
-        if (io_uring_wait_cqe(r, &cqe) < 0) {
-            return std::error_code(EIO, std::system_category());
+        int w = 0;
+        while ((w = io_uring_wait_cqe(r, &cqe)) == -EINTR) { // a signal, not a failure
+        }
+        if (w < 0) {
+            return std::error_code(-w, std::system_category());
         }
         int res = cqe->res;
         io_uring_cqe_seen(r, cqe);
@@ -343,6 +346,11 @@ size_t event_loop::run_once(std::optional<std::chrono::nanoseconds> max_wait) {
     }
     if (any) {
         _bell.sleeping.store(0, std::memory_order_relaxed);
+        // What was prepared but not submitted yet (a stopping loop that
+        // handled nothing, or a submission that failed) goes in now.
+        if (io_uring_sq_ready(_ring.get())) {
+            io_uring_submit(_ring.get());
+        }
         return poll_sources() + reap();
     }
     // A doorbell that cannot be armed now (no SQE) would not wake this

@@ -620,6 +620,18 @@ void llm_engine::impl::decode(std::span<sequence* const> batch) {
     }
 }
 
+namespace {
+
+// The options a step loop needs (a chunk of 0 prompt tokens never ends).
+const llm_engine_options& checked(const llm_engine_options& o) {
+    if (o.prefill_chunk == 0) {
+        throw std::invalid_argument("prefill_chunk must be at least 1 token");
+    }
+    return o;
+}
+
+} // namespace
+
 void llm_engine::check_vocab(const eng::model& m, const eng::vocab& v) {
     const uint32_t rows = m.params().n_vocab;
     if (v.n_tokens() < 0 || static_cast<uint64_t>(v.n_tokens()) > rows) {
@@ -630,12 +642,12 @@ void llm_engine::check_vocab(const eng::model& m, const eng::vocab& v) {
 }
 
 llm_engine::llm_engine(const eng::model& m, const eng::vocab& v, llm_engine_options o)
-    : _impl((check_vocab(m, v), std::make_unique<cpu_impl>(m, v, o))) {
+    : _impl((check_vocab(m, v), std::make_unique<cpu_impl>(m, v, checked(o)))) {
 }
 
 llm_engine::llm_engine(const eng::cuda_model& cm, const eng::vocab& v, kv_pool& pool,
                        llm_engine_options o)
-    : _impl((check_vocab(cm.get_model(), v), std::make_unique<gpu_impl>(cm, v, pool, o))) {
+    : _impl((check_vocab(cm.get_model(), v), std::make_unique<gpu_impl>(cm, v, pool, checked(o)))) {
 }
 
 llm_engine::~llm_engine() = default;

@@ -127,6 +127,7 @@ result<std::unique_ptr<worker_pool>> worker_pool::start(const device& dev, worke
 }
 
 void worker_pool::join() {
+    std::lock_guard lk(_join_m);
     for (auto& t : _threads) {
         if (t.joinable()) {
             t.join();
@@ -297,6 +298,9 @@ void worker_pool::run_worker(unsigned i) {
         } catch (const std::exception& e) {
             info.set_error(std::string("engine: ") + e.what());
             return nullptr;
+        } catch (...) {
+            info.set_error("engine: an exception that is not a std::exception");
+            return nullptr;
         }
     };
     std::unique_ptr<inference_engine> engine = make_engine();
@@ -356,7 +360,12 @@ void worker_pool::run_worker(unsigned i) {
             }
         }
     };
+    bool remake = false; // the engine aborted: a new one at once
     while (made_once && _state.load() != state::stopping) {
+        if (!engine && remake) {
+            remake = false;
+            engine = make_engine();
+        }
         if (!engine) {
             if (device_gone) {
                 break; // no engine can work here again
@@ -390,7 +399,19 @@ void worker_pool::run_worker(unsigned i) {
                 engine->release(s);
             }
             uint64_t len = s.status ? 0 : s.produced;
-            w.complete(s.req.id, s.status, s.tokens, s.output_off, len);
+            if (const std::error_code e =
+                    w.complete(s.req.id, s.status, s.tokens, s.output_off, len);
+                e && e != std::errc::no_such_file_or_directory && e != std::errc::no_such_process) {
+                // Refused (an output outside what the scheduler knows of
+                // the mindspace, a status that is no errno): it fails
+                // instead, or goes back; it is never left held here.
+                note_error("complete: ", e.message().c_str());
+                if (w.complete(s.req.id, -EIO, s.tokens, 0, 0)) {
+                    w.give_back(s.req.id);
+                }
+                s.status = -EIO;
+                len = 0;
+            }
             emit({s.req.id, s.output_off, static_cast<uint32_t>(len),
                   static_cast<uint32_t>(s.status ? output_kind::failed
                                         : s.cut  ? output_kind::done_cut
@@ -571,6 +592,10 @@ void worker_pool::run_worker(unsigned i) {
                         recover(one, e.what()); // changes `active`: leave the loop
                         restarted = true;
                         break;
+                    } catch (...) {
+                        recover(one, "an exception that is not a std::exception");
+                        restarted = true;
+                        break;
                     }
                 }
                 if (restarted) {
@@ -591,6 +616,9 @@ void worker_pool::run_worker(unsigned i) {
                     throw;
                 } catch (const std::exception& e) {
                     recover(batch, e.what());
+                    continue;
+                } catch (...) {
+                    recover(batch, "an exception that is not a std::exception");
                     continue;
                 }
             } catch (const worker_abort&) {
@@ -652,7 +680,10 @@ void worker_pool::run_worker(unsigned i) {
             continue; // `w` goes first, giving back what it held; then the worker ends
         }
         if (aborted) {
-            engine = make_engine();
+            // Its memory given back before `w` goes (giving back what it
+            // held) and before its successor takes memory of its own.
+            engine.reset();
+            remake = true;
             continue; // register again
         }
         if (!engine) {

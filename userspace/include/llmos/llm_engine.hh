@@ -29,7 +29,7 @@ struct llm_engine_options {
     engine::context_options context;
     engine::kv_options kv; ///< geometry of every sequence's cache
     uint32_t default_max_tokens = 256;
-    uint32_t prefill_chunk = 256; ///< prompt tokens of one sequence per step
+    uint32_t prefill_chunk = 256; ///< prompt tokens of one sequence per step (at least 1)
 };
 
 struct llm_engine_stats {

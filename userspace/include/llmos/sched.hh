@@ -121,6 +121,7 @@ class sched_worker {
         : _c(std::move(c))
         , _id(id)
         , _capacity(cap) {}
+    void forget_dispatch() noexcept;
 
 public:
     sched_worker(sched_worker&&) noexcept = default;

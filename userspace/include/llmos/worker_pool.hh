@@ -173,6 +173,7 @@ private:
     std::atomic<uint64_t> _pokes{0};
     std::vector<std::unique_ptr<worker_info>> _infos;
     std::vector<std::thread> _threads;
+    std::mutex _join_m;              // drain() and stop() on two threads join once
     std::mutex _loops_m;             // _loops
     std::vector<event_loop*> _loops; // the workers', to wake them
 };
