@@ -3,12 +3,14 @@
 // llmosctl as a user runs it: exit codes and the one-line errors.
 #include "../support/paths.hh"
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -354,6 +356,185 @@ TEST_F(llmosctl_local, bench_and_sched_usage_errors) {
     }
     r = ctl("top --iterations -1");
     EXPECT_EQ(r.status, 2) << r.output;
+}
+
+} // namespace
+
+namespace {
+
+// Integers are decimal, whatever their leading zeros: CLI11 alone would
+// read "0100" as octal 64, "0x10" as hex, and cap what overflows.
+TEST_F(llmosctl_local, integer_options_are_decimal_only) {
+    ASSERT_EQ(ctl("ms create c --size 8K").status, 0);
+    auto r = ctl("ms write c hello --offset 0100");
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(ctl("ms read c --offset 100 --length 5").output, "hello");
+    EXPECT_EQ(ctl("ms read c --offset 64 --length 5").output, std::string(5, '\0'));
+    EXPECT_EQ(ctl("ms read c --offset 0100 --length 05").output, "hello");
+    for (const char* bad :
+         {"ms write c x --offset 0x10", "ms read c --length 1e3", "ms read c --offset +1",
+          "sched weight 0x10 300", "sched weight 7 0x20", "top --iterations 0x2",
+          "bench --workers 0x2 --requests 5", "bench --capacity 0b1 --requests 5"}) {
+        r = ctl(bad);
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
+        EXPECT_NE(r.output.find("is not a decimal integer"), std::string::npos)
+            << bad << ": " << r.output;
+    }
+    // Too large for the variable: refused, not capped.
+    for (const char* big : {"ms read c --offset 18446744073709551616",
+                            "bench --seed 99999999999999999999 --requests 5",
+                            "sched weight 4294967296 300", "bench --requests 2147483648"}) {
+        r = ctl(big);
+        EXPECT_EQ(r.status, 2) << big << ": " << r.output;
+        EXPECT_NE(r.output.find("is out of range"), std::string::npos) << big << ": " << r.output;
+    }
+    // The llmosd commands' integers, refused before any connection.
+    for (const char* bad : {"run --seed 99999999999999999999 hi", "run --priority 0x10 hi",
+                            "run -n 0x10 hi", "chat --max-tokens 4294967296"}) {
+        r = ctl(std::string("--server http://127.0.0.1:1 ") + bad);
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
+        EXPECT_EQ(r.output.find("cannot reach"), std::string::npos) << bad << ": " << r.output;
+    }
+}
+
+// --capacity lets one worker hold that many requests at once.
+TEST_F(llmosctl_local, bench_workers_hold_up_to_their_capacity) {
+    // 40 requests arrive within ~20 ms; each takes 50 ms on average: the
+    // queue stays long, and a worker refills what it holds at once.
+    for (unsigned capacity : {1u, 4u}) {
+        auto r = ctl("--json bench --workers 1 --capacity " + std::to_string(capacity) +
+                     " --service exp:50 --arrival poisson:2000 --requests 40");
+        ASSERT_EQ(r.status, 0) << r.output;
+        const auto j = nlohmann::json::parse(r.output, nullptr, false);
+        ASSERT_TRUE(j.is_object()) << r.output;
+        EXPECT_EQ(j.value("capacity", 0u), capacity) << r.output;
+        EXPECT_EQ(j.value("max_held", 0u), capacity) << r.output;
+    }
+}
+
+TEST_F(llmosctl_local, a_set_llmos_device_is_used_without_fallback) {
+    const std::string env = "env -u LLMOS_BACKEND LLMOS_DEVICE=/nonexistent/llmos ";
+    auto r = ::run_with_env(env + this->env(), "status");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_EQ(r.output, "llmosctl: cannot open /nonexistent/llmos ($LLMOS_DEVICE): No such file "
+                        "or directory (is the llmos module loaded? insmod llmos.ko)\n");
+    // --backend local still means the local store.
+    r = ::run_with_env(env + this->env(), "--backend local status");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("backend:  local"), std::string::npos) << r.output;
+    // --device names the kernel backend's device: not with --backend local.
+    r = ctl("--device /dev/llmos status");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("cannot go with --backend local"), std::string::npos) << r.output;
+}
+
+TEST_F(llmosctl_local, an_opt_takes_one_value_and_leaves_the_file) {
+    // The file is the argument, not a second --opt: so the command runs
+    // (and says the local backend has no BPF policies).
+    auto r = ctl("sched attach --opt a=1 --opt b=2 /nonexistent/policy.bpf.o");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("BPF policies need the llmos module"), std::string::npos) << r.output;
+}
+
+TEST_F(llmosctl_local, weights_out_of_range_are_usage_errors) {
+    for (const char* bad : {"sched weight 7 0", "sched weight 7 10001", "sched weight 7 20000"}) {
+        auto r = ctl(bad);
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
+        EXPECT_NE(r.output.find("10000"), std::string::npos) << bad << ": " << r.output;
+    }
+    // In range: on to the backend (which has no weights here).
+    EXPECT_EQ(ctl("sched weight 7 10000").status, 1);
+    EXPECT_EQ(ctl("sched weight 7 1").status, 1);
+}
+
+TEST_F(llmosctl_local, a_name_option_does_not_take_the_next_option) {
+    for (const char* bad :
+         {"ms load /dev/null --name --json", "run --session --json hi", "run -m --json hi",
+          "chat --model --verbose", "--server --json run hi", "--device --json status"}) {
+        auto r = ctl(bad);
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
+        EXPECT_NE(r.output.find("needs a value, not the option '--"), std::string::npos)
+            << bad << ": " << r.output;
+    }
+}
+
+TEST_F(llmosctl_local, a_prompt_on_standard_input_is_capped) {
+    auto r = ::run_with_env("head -c 16777217 /dev/zero | ", "--server http://127.0.0.1:1 run -");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_EQ(r.output, "llmosctl: the prompt on standard input is longer than 16 MiB\n");
+    // Never-ending input ends too.
+    r = ::run_with_env("timeout 60 ", "--server http://127.0.0.1:1 run - </dev/zero");
+    EXPECT_EQ(r.status, 2) << r.output;
+}
+
+TEST_F(llmosctl_local, an_output_failure_is_reported_once) {
+    ASSERT_EQ(ctl("ms create c --size 1M").status, 0);
+    auto r = run("--backend local ms read c >/dev/full 2>" + _dir + "/err; echo rc=$?; cat " +
+                 _dir + "/err");
+    EXPECT_NE(r.output.find("rc=1\n"), std::string::npos) << r.output;
+    const auto err = r.output.substr(r.output.find('\n') + 1);
+    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+    EXPECT_NE(err.find("llmosctl: "), std::string::npos) << err;
+}
+
+TEST_F(llmosctl_local, a_save_keeps_the_file_s_permissions) {
+    ASSERT_EQ(ctl("ms create c --size 8K").status, 0);
+    const std::string file = _dir + "/c.llmosms";
+    auto mode_of = [](const std::string& path) {
+        struct stat st {};
+        return ::stat(path.c_str(), &st) == 0 ? st.st_mode & 07777 : 0u;
+    };
+    // A new file: 0666 less the umask, as a plain create.
+    auto r = run("umask 022; " + env() + llmos::testing::llmosctl_bin +
+                 " --backend local ms save c " + file + " #");
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(mode_of(file), 0644u);
+    // Over an old one: its bits.
+    ASSERT_EQ(::chmod(file.c_str(), 0640), 0);
+    ASSERT_EQ(ctl("ms save c " + file).status, 0);
+    EXPECT_EQ(mode_of(file), 0640u);
+    ASSERT_EQ(::chmod(file.c_str(), 0604), 0);
+    ASSERT_EQ(ctl("--json ms save c " + file).status, 0);
+    EXPECT_EQ(mode_of(file), 0604u);
+}
+
+TEST_F(llmosctl_local, ms_create_checks_names_and_sizes_itself) {
+    for (const char* bad :
+         {"ms create a/b --size 8K", "ms create 123 --size 8K", "ms create .x --size 8K",
+          "ms create "
+          "a234567890123456789012345678901234567890123456789012345678901234 "
+          "--size 8K"}) {
+        auto r = ctl(bad);
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
+        EXPECT_NE(r.output.find("bad mindspace name"), std::string::npos)
+            << bad << ": " << r.output;
+    }
+    auto r = ctl("ms create c --size 5000");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("not a multiple of the page size"), std::string::npos) << r.output;
+    EXPECT_EQ(ctl("ms create c --size 0").status, 2);
+    EXPECT_EQ(ctl("ms info c").status, 1) << "not made";
+}
+
+TEST_F(llmosctl_local, json_output_of_commands_that_print_no_table) {
+    ASSERT_EQ(ctl("ms create c --size 8K").status, 0);
+    auto r = ctl("--json ms write c hello --offset 10");
+    ASSERT_EQ(r.status, 0) << r.output;
+    auto j = nlohmann::json::parse(r.output, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r.output;
+    EXPECT_EQ(j.value("ok", false), true);
+    EXPECT_EQ(j.value("bytes", 0), 5);
+    EXPECT_EQ(j.value("offset", 0), 10);
+    r = ctl("--json ms save c " + _dir + "/c.llmosms");
+    ASSERT_EQ(r.status, 0) << r.output;
+    j = nlohmann::json::parse(r.output, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r.output;
+    EXPECT_EQ(j.value("file", ""), _dir + "/c.llmosms");
+    r = ctl("--json ms rm c");
+    ASSERT_EQ(r.status, 0) << r.output;
+    j = nlohmann::json::parse(r.output, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r.output;
+    EXPECT_EQ(j.value("removed", ""), "c");
 }
 
 } // namespace

@@ -440,6 +440,18 @@ TEST_F(llmosctl_llmosd, chat_keeps_the_conversation_until_quit) {
                      "_ -)\n");
 }
 
+// A line past 16 MiB is not read whole, nor sent: the chat goes on.
+TEST_F(llmosctl_llmosd, chat_refuses_a_line_past_the_cap_and_goes_on) {
+    server s(_dir + "/d");
+    ASSERT_GT(s.port, 0) << s.log();
+    auto want = ctl(s, "chat -t 0 -n 6", "Hello world\n");
+    ASSERT_EQ(want.status, 0) << want.err;
+    auto r = ctl(s, "chat -t 0 -n 6", std::string((16u << 20) + 1, 'a') + "\nHello world\n");
+    EXPECT_EQ(r.status, 1) << r.err;
+    EXPECT_EQ(r.err, "llmosctl: that line is longer than 16 MiB: not sent\n");
+    EXPECT_EQ(r.out, want.out);
+}
+
 TEST_F(llmosctl_llmosd, an_unreachable_server_is_one_clear_line) {
     for (const char* args :
          {"model list", "run hello", "chat", "model load x /tmp/x.gguf", "session rm x"}) {
@@ -560,7 +572,7 @@ TEST_F(llmosctl_llmosd, a_unix_socket_server) {
 TEST_F(llmosctl_llmosd, the_static_build_says_it_has_no_http) {
     for (const char* args : {"model list", "run hello", "chat", "model load a b", "session rm a"}) {
         auto r = run_program(llmos::testing::llmosctl_static_bin, args);
-        EXPECT_EQ(r.status, 2) << args;
+        EXPECT_EQ(r.status, 1) << args; // a failure, not a usage error
         EXPECT_EQ(r.err, "llmosctl: this llmosctl was built without HTTP support; use the full "
                          "llmosctl\n")
             << args;

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
+#include "options.hh"
 #include "util.hh"
 
+#include <algorithm>
 #include <gtest/gtest.h>
 #include <llmos/mindspace.hh>
 
@@ -48,6 +50,81 @@ TEST(llmosctl_util, modes_are_octal_permission_bits) {
     EXPECT_FALSE(llmosctl::parse_mode("rw-"));
     EXPECT_FALSE(llmosctl::parse_mode("00640"));
     EXPECT_EQ(llmosctl::format_mode(0640), "0640");
+}
+
+TEST(llmosctl_util, parse_decimal_reads_only_decimal_digits) {
+    using llmosctl::parse_decimal;
+    std::string why;
+    EXPECT_EQ(parse_decimal<uint64_t>("0100", false, why), 100u); // not octal 64
+    EXPECT_EQ(parse_decimal<uint64_t>("0", false, why), 0u);
+    EXPECT_EQ(parse_decimal<uint64_t>("18446744073709551615", false, why), UINT64_MAX);
+    EXPECT_EQ(parse_decimal<uint32_t>("4294967295", false, why), UINT32_MAX);
+    EXPECT_EQ(parse_decimal<int64_t>("-9223372036854775808", true, why), INT64_MIN);
+    EXPECT_EQ(parse_decimal<int>("-010", true, why), -10);
+    for (const char* s : {"", "-", "0x10", "1e3", "+1", " 1", "1 ", "1.0", "0b1", "--1", "1-"}) {
+        EXPECT_FALSE(parse_decimal<int>(s, true, why)) << s;
+        EXPECT_NE(why.find("is not a decimal integer"), std::string::npos) << s << ": " << why;
+    }
+    EXPECT_FALSE(parse_decimal<uint64_t>("-1", false, why));
+    EXPECT_EQ(why, "must not be negative");
+    EXPECT_FALSE(parse_decimal<int>("-1", false, why));
+    EXPECT_EQ(why, "must not be negative");
+    EXPECT_FALSE(parse_decimal<uint64_t>("18446744073709551616", false, why));
+    EXPECT_EQ(why, "'18446744073709551616' is out of range (0..18446744073709551615)");
+    EXPECT_FALSE(parse_decimal<uint32_t>("4294967296", false, why));
+    EXPECT_FALSE(parse_decimal<int64_t>("99999999999999999999", true, why));
+    EXPECT_EQ(why, "'99999999999999999999' is out of range "
+                   "(-9223372036854775808..9223372036854775807)");
+    EXPECT_FALSE(parse_decimal<int>("-2147483649", true, why));
+}
+
+TEST(llmosctl_util, the_decimal_transform_gives_cli11_the_decimal_value) {
+    for (const auto& [arg, want] : std::vector<std::pair<std::string, uint64_t>>{
+             {"0100", 100}, {"010", 10}, {"00", 0}, {"18446744073709551615", UINT64_MAX}}) {
+        CLI::App app;
+        uint64_t v = 1;
+        app.add_option("--n", v)->transform(llmosctl::decimal<uint64_t>());
+        std::vector<std::string> args = {"--n", arg};
+        std::reverse(args.begin(), args.end()); // CLI11 takes them last first
+        EXPECT_NO_THROW(app.parse(args)) << arg;
+        EXPECT_EQ(v, want) << arg;
+    }
+    for (const char* arg : {"0x10", "-1", "18446744073709551616", "1e3"}) {
+        CLI::App app;
+        uint64_t v = 1;
+        app.add_option("--n", v)->transform(llmosctl::decimal<uint64_t>());
+        std::vector<std::string> args = {arg, "--n"};
+        EXPECT_THROW(app.parse(args), CLI::ValidationError) << arg;
+    }
+    // A range check runs on the decimal value.
+    CLI::App app;
+    uint32_t w = 0;
+    app.add_option("w", w)->transform(llmosctl::decimal<uint32_t>())->check(CLI::Range(1, 10000));
+    std::vector<std::string> args = {"010000"};
+    EXPECT_NO_THROW(app.parse(args));
+    EXPECT_EQ(w, 10000u);
+}
+
+TEST(llmosctl_util, a_name_option_refuses_the_next_option) {
+    CLI::App app;
+    std::string name;
+    bool json = false;
+    app.add_flag("--json", json);
+    app.add_option("--name", name)->check(llmosctl::not_an_option());
+    std::vector<std::string> args = {"--json", "--name"};
+    EXPECT_THROW(app.parse(args), CLI::ValidationError);
+    CLI::App ok;
+    ok.add_option("--name", name)->check(llmosctl::not_an_option());
+    args = {"-x", "--name"}; // one dash: a name may begin with it
+    EXPECT_NO_THROW(ok.parse(args));
+    EXPECT_EQ(name, "-x");
+}
+
+TEST(llmosctl_util, a_counter_that_went_down_grew_by_nothing) {
+    EXPECT_EQ(llmosctl::counter_delta(10, 4), 6u);
+    EXPECT_EQ(llmosctl::counter_delta(4, 4), 0u);
+    EXPECT_EQ(llmosctl::counter_delta(3, 10), 0u); // reset, not 2^64 - 7
+    EXPECT_EQ(llmosctl::counter_delta(UINT64_MAX, 0), UINT64_MAX);
 }
 
 TEST(ms_key, numbers_are_ids_and_the_rest_names) {

@@ -180,9 +180,10 @@ api_client::api_client(const server_address& where, const std::string& api_key)
               "[" + where.host + "]" + (own_port ? "" : ":" + std::to_string(where.port))}});
     }
     _cli->set_connection_timeout(5, 0);
-    // Loading a large model or its first token can take a while; a broken
-    // server still ends the call through the socket.
-    _cli->set_read_timeout(900, 0);
+    // A plain call's; those that take a while (loading a large model, its
+    // first token) set long_read_timeout. A broken server still ends the
+    // call through the socket.
+    _cli->set_read_timeout(read_timeout, 0);
     _cli->set_write_timeout(30, 0);
     _cli->set_keep_alive(true);
     if (!api_key.empty()) {
@@ -191,6 +192,11 @@ api_client::api_client(const server_address& where, const std::string& api_key)
 }
 
 api_client::~api_client() = default;
+
+void api_client::set_read_timeout(int seconds) {
+    _read_timeout = seconds;
+    _cli->set_read_timeout(seconds, 0);
+}
 
 namespace {
 
@@ -295,7 +301,9 @@ reply api_client::stream(const std::string& path, const json& body,
         }
         return true;
     };
+    _cli->set_read_timeout(long_read_timeout, 0);
     auto res = _cli->send(req);
+    _cli->set_read_timeout(_read_timeout, 0);
     if (!broken.empty()) {
         reply r;
         r.transport_error = broken;

@@ -83,6 +83,16 @@ public:
     api_client(const api_client&) = delete;
     api_client& operator=(const api_client&) = delete;
 
+    /// How long a reply may keep llmosd silent: plain JSON calls (model
+    /// list, session rm) get an answer at once, or never; loading or
+    /// swapping a model, unloading one (in-flight requests finish first)
+    /// and generation streams (the first token) may take minutes.
+    static constexpr int read_timeout = 30;       ///< seconds, the default
+    static constexpr int long_read_timeout = 900; ///< seconds
+    /// The read timeout of the calls after this one; stream() uses
+    /// long_read_timeout whatever this says.
+    void set_read_timeout(int seconds);
+
     /// GET, POST (JSON body) and DELETE. Never throws for network errors:
     /// they come back in reply::transport_error.
     reply get(const std::string& path);
@@ -101,6 +111,7 @@ public:
 private:
     server_address _where;
     std::unique_ptr<httplib::ClientImpl> _cli;
+    int _read_timeout = read_timeout;
 };
 
 /// The one-line error for a failed reply, printed as

@@ -7,6 +7,7 @@
 // Linked twice from the same objects: llmosctl (every command; with
 // server_http.cc, those that talk to llmosd) and llmosctl-static (linked
 // statically for the test VM's initramfs; no_http.cc says it cannot).
+#include "options.hh"
 #include "server.hh"
 #include "util.hh"
 
@@ -54,19 +55,32 @@ struct options {
 };
 
 // Which backend open_device() tried last, for fail_open()'s message.
-enum class tried { kernel, local, bad_env };
+enum class tried { kernel, local, bad_env, conflict };
 tried last_tried = tried::kernel;
 
-/// --device or --backend kernel: the module; --backend local: the local
-/// store; --backend auto: the module if its node exists, else the local
-/// store; no --backend: as $LLMOS_BACKEND says, auto without it.
+/// The device a set $LLMOS_DEVICE names, or "".
+std::string env_device() {
+    const char* env = std::getenv("LLMOS_DEVICE");
+    return env && *env ? env : "";
+}
+
+/// --device (or a set $LLMOS_DEVICE) or --backend kernel: the module;
+/// --backend local: the local store (--device with it is a usage error);
+/// --backend auto: the module if its node exists, else the local store;
+/// no --backend: as $LLMOS_BACKEND says, auto without it. A device named
+/// by --device or $LLMOS_DEVICE never falls back to the local store: a
+/// wrong path is an error, not another backend.
 llmos::result<llmos::device> open_device(const options& o) {
+    if (!o.device.empty() && o.backend == "local") {
+        last_tried = tried::conflict;
+        return std::make_error_code(std::errc::invalid_argument);
+    }
     std::string want = o.backend;
     if (want.empty()) {
         const char* env = std::getenv("LLMOS_BACKEND");
         want = env && *env ? env : "auto";
     }
-    if (!o.device.empty() || want == "kernel") {
+    if (!o.device.empty() || want == "kernel" || (want == "auto" && !env_device().empty())) {
         last_tried = tried::kernel;
         return llmos::device::open(o.device.empty() ? llmos::default_device_path() : o.device);
     }
@@ -91,10 +105,16 @@ int fail_open(const options& o, std::error_code ec) {
     switch (last_tried) {
     case tried::bad_env:
         return llmosctl::usage("LLMOS_BACKEND must be auto, kernel or local");
+    case tried::conflict:
+        return llmosctl::usage("--device names the kernel backend's device: it cannot go with "
+                               "--backend local");
     case tried::local:
         return fail("cannot open the local store " + llmos::default_local_dir(), ec);
     case tried::kernel:
         break;
+    }
+    if (o.device.empty() && !env_device().empty()) {
+        return llmosctl::fail_device(env_device() + " ($LLMOS_DEVICE)", ec);
     }
     return llmosctl::fail_device(o.device.empty() ? llmos::default_device_path() : o.device, ec);
 }
@@ -175,6 +195,18 @@ int cmd_ms_create(const options& o, const ms_args& a) {
     }
     if (a.key.empty()) {
         return llmosctl::usage("a mindspace's name has 1 to 63 characters");
+    }
+    if (!llmos::valid_ms_name(a.key)) {
+        return llmosctl::usage("bad mindspace name '" + a.key +
+                               "' (1 to 63 characters of A-Z a-z 0-9 . _ : -, starting with a "
+                               "letter, a digit or _, not all digits)");
+    }
+    if (*len == 0) {
+        return llmosctl::usage("--size must not be 0");
+    }
+    if (const uint64_t page = llmos::page_size(); *len % page) {
+        return llmosctl::usage("--size " + a.size + " is not a multiple of the page size (" +
+                               std::to_string(page) + " bytes)");
     }
     auto dev = open_device(o);
     if (!dev) {
@@ -289,7 +321,9 @@ int cmd_ms_rm(const options& o, const ms_args& a) {
         }
         return fail("cannot remove mindspace '" + a.key + "'", ec);
     }
-    if (!o.json) {
+    if (o.json) {
+        std::cout << json{{"ok", true}, {"removed", a.key}}.dump(2) << '\n';
+    } else {
         std::printf("removed mindspace %s\n", a.key.c_str());
     }
     return 0;
@@ -334,6 +368,14 @@ int cmd_ms_write(const options& o, const ms_args& a) {
         return fail("cannot map mindspace '" + a.key + "'", m.error());
     }
     std::memcpy(m->data() + a.offset, data.data(), data.size());
+    if (o.json) {
+        std::cout << json{{"ok", true},
+                          {"mindspace", a.key},
+                          {"offset", a.offset},
+                          {"bytes", data.size()}}
+                         .dump(2)
+                  << '\n';
+    }
     return 0;
 }
 
@@ -448,8 +490,15 @@ int cmd_ms_save(const options& o, const ms_args& a) {
     }
     // Written to a new file beside it, then renamed over it: a save that
     // fails (a full disk, a signal) leaves the old file whole.
+    // The new file gets the old one's permission bits, or those a plain
+    // create would give (0666 less the umask): mkostemp's 0600 would
+    // change them. (A symbolic link is replaced by the file, as mv does.)
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    mode_t file_mode = 0666 & ~mask;
     struct stat st;
     if (::stat(a.file.c_str(), &st) == 0) {
+        file_mode = st.st_mode & 07777;
         struct stat own;
         if (!S_ISREG(st.st_mode)) {
             return llmosctl::usage(a.file + " is not a regular file");
@@ -475,6 +524,9 @@ int cmd_ms_save(const options& o, const ms_args& a) {
             }
         }
     } guard{tmp};
+    if (::fchmod(out.get(), file_mode) != 0) {
+        return fail("cannot save to " + a.file, llmos::last_error());
+    }
     llmos::ms_file_meta meta;
     meta.flags = info->flags & (LLMOS_MS_PERSISTENT | LLMOS_MS_NODE);
     meta.mode = info->mode;
@@ -499,7 +551,14 @@ int cmd_ms_save(const options& o, const ms_args& a) {
         return fail("cannot save to " + a.file, llmos::last_error());
     }
     guard.kept = true;
-    if (!o.json) {
+    if (o.json) {
+        std::cout << json{{"ok", true},
+                          {"mindspace", a.key},
+                          {"length", info->length},
+                          {"file", a.file}}
+                         .dump(2)
+                  << '\n';
+    } else {
         std::printf("saved mindspace %s (%s) to %s\n", a.key.c_str(),
                     llmosctl::format_size(info->length).c_str(), a.file.c_str());
     }
@@ -806,6 +865,15 @@ std::string set_rodata(bpf_object* obj, const std::string& opt) {
     return "the policy has no tunable '" + name + "'";
 }
 
+/// EPERM from the bpf() syscall: not the policy's fault.
+int needs_root(const std::string& what) {
+    std::fprintf(stderr,
+                 "llmosctl: cannot %s: operation not permitted (BPF policies need root: "
+                 "CAP_BPF and CAP_SYS_ADMIN)\n",
+                 what.c_str());
+    return exit_failure;
+}
+
 int cmd_sched_attach(const options& o, const std::string& file,
                      const std::vector<std::string>& opts) {
     auto dev = open_device(o);
@@ -853,11 +921,18 @@ int cmd_sched_attach(const options& o, const std::string& file,
         }
     }
     if (bpf_object__load(obj.get())) {
-        return fail("cannot load " + file + " (the verifier says why above)", llmos::last_error());
+        auto ec = llmos::last_error();
+        if (ec == std::errc::operation_not_permitted) {
+            return needs_root("load " + file);
+        }
+        return fail("cannot load " + file + " (the verifier says why above)", ec);
     }
     bpf_link* link = bpf_map__attach_struct_ops(ops);
     if (!link) {
         auto ec = llmos::last_error();
+        if (ec == std::errc::operation_not_permitted) {
+            return needs_root("attach " + file);
+        }
         if (ec == std::errc::device_or_resource_busy) {
             std::fprintf(stderr,
                          "llmosctl: a policy is attached already (llmosctl sched detach)\n");
@@ -869,11 +944,21 @@ int cmd_sched_attach(const options& o, const std::string& file,
     if (bpf_link__pin(link, policy_pin)) {
         auto ec = llmos::last_error();
         bpf_link__destroy(link);
+        if (ec == std::errc::operation_not_permitted || ec == std::errc::permission_denied) {
+            return needs_root(std::string{"pin the policy at "} + policy_pin);
+        }
         return fail(std::string{"cannot pin the policy at "} + policy_pin, ec);
     }
     bpf_link__disconnect(link);
     bpf_link__destroy(link);
-    if (!o.json) {
+    if (o.json) {
+        std::cout << json{{"ok", true},
+                          {"attached", bpf_map__name(ops)},
+                          {"file", file},
+                          {"pin", policy_pin}}
+                         .dump(2)
+                  << '\n';
+    } else {
         std::printf("attached policy %s from %s\n", bpf_map__name(ops), file.c_str());
     }
     return 0;
@@ -888,6 +973,9 @@ int cmd_sched_detach(const options& o) {
             std::fprintf(stderr, "llmosctl: no policy is attached (no %s)\n", policy_pin);
             return exit_failure;
         }
+        if (ec == std::errc::operation_not_permitted || ec == std::errc::permission_denied) {
+            return needs_root(std::string{"open "} + policy_pin);
+        }
         return fail(std::string{"cannot open "} + policy_pin, ec);
     }
     int ret = bpf_link__detach(link);
@@ -897,7 +985,9 @@ int cmd_sched_detach(const options& o) {
     if (ret && ec != std::errc::operation_not_supported && ec != std::errc::invalid_argument) {
         return fail("cannot detach the policy", ec);
     }
-    if (!o.json) {
+    if (o.json) {
+        std::cout << json{{"ok", true}, {"detached", true}}.dump(2) << '\n';
+    } else {
         std::printf("detached the policy; the built-in one schedules\n");
     }
     return 0;
@@ -917,6 +1007,9 @@ int cmd_sched_weight(const options& o, uint32_t tenant, uint32_t weight) {
     }
     if (auto ec = llmos::set_tenant_weight(*dev, tenant, weight)) {
         return fail("cannot set the weight of tenant " + std::to_string(tenant), ec);
+    }
+    if (o.json) {
+        std::cout << json{{"ok", true}, {"tenant", tenant}, {"weight", weight}}.dump(2) << '\n';
     }
     return 0;
 }
@@ -943,21 +1036,30 @@ int cmd_top(const options& o, double interval, int iterations) {
         if (!st) {
             return fail("scheduler status", st.error());
         }
+        // A counter that went down (its tenant reclaimed, the module
+        // reloaded) counts as nothing served, not as a wrapped delta.
         auto rate = [&](uint64_t now, uint64_t before) {
-            return static_cast<double>(now - before) / interval;
+            return static_cast<double>(llmosctl::counter_delta(now, before)) / interval;
         };
-        uint64_t tokens = 0, tokens0 = 0;
-        for (const auto& t : st->tenants) {
-            tokens += t.served_tokens;
-        }
+        std::unordered_map<uint32_t, uint64_t> tokens_before; // by tenant id
         for (const auto& t : prev->tenants) {
-            tokens0 += t.served_tokens;
+            tokens_before[t.tenant] = t.served_tokens;
+        }
+        // Each tenant's tokens since the last refresh; their sum the total.
+        std::unordered_map<uint32_t, uint64_t> served;
+        uint64_t tokens = 0;
+        for (const auto& t : st->tenants) {
+            auto b = tokens_before.find(t.tenant);
+            const uint64_t before = b == tokens_before.end() ? 0 : b->second;
+            const uint64_t d = llmosctl::counter_delta(t.served_tokens, before);
+            served[t.tenant] = d;
+            tokens += d;
         }
         if (o.json) {
             json j = stats_json(*st, llmos::to_string(dev->kind()));
             j["rates"] = {{"submitted_per_s", rate(st->submitted, prev->submitted)},
                           {"completed_per_s", rate(st->completed, prev->completed)},
-                          {"tokens_per_s", rate(tokens, tokens0)}};
+                          {"tokens_per_s", rate(tokens, 0)}};
             std::cout << j.dump() << '\n' << std::flush;
         } else {
             if (tty) {
@@ -972,19 +1074,13 @@ int cmd_top(const options& o, double interval, int iterations) {
                         static_cast<unsigned long long>(st->nr[2]),
                         static_cast<unsigned long long>(st->nr[3]),
                         rate(st->submitted, prev->submitted), rate(st->completed, prev->completed),
-                        rate(tokens, tokens0), static_cast<unsigned long long>(st->requeued),
+                        rate(tokens, 0), static_cast<unsigned long long>(st->requeued),
                         static_cast<unsigned long long>(hist_quantile(st->lat_hist, 0.5)),
                         static_cast<unsigned long long>(hist_quantile(st->lat_hist, 0.99)));
             std::printf("%-10s %7s %8s %12s\n", "TENANT", "WEIGHT", "QUEUED", "TOKENS/S");
             for (const auto& t : st->tenants) {
-                uint64_t before = 0;
-                for (const auto& p : prev->tenants) {
-                    if (p.tenant == t.tenant) {
-                        before = p.served_tokens;
-                    }
-                }
                 std::printf("%-10u %7u %8u %12.0f\n", t.tenant, t.weight, t.queued,
-                            rate(t.served_tokens, before));
+                            rate(served[t.tenant], 0));
             }
             std::fflush(stdout);
         }
@@ -1053,6 +1149,7 @@ int cmd_bench(const options& o, const bench_args& b) {
     }
     std::atomic<bool> stop{false};
     std::atomic<int> errors{0};
+    std::atomic<uint32_t> max_held{0}; // the most requests one worker held at once
     std::vector<std::thread> workers;
     for (int i = 0; i < b.workers; ++i) {
         workers.emplace_back([&, i] {
@@ -1063,18 +1160,51 @@ int cmd_bench(const options& o, const bench_args& b) {
             }
             std::mt19937_64 rng(b.seed * 7919 + static_cast<uint64_t>(i));
             std::exponential_distribution<double> svc(1.0 / *service);
+            using clock = std::chrono::steady_clock;
+            // The requests held, each with the time its service ends: up to
+            // --capacity at once, served side by side.
+            std::vector<std::pair<clock::time_point, uint64_t>> held;
             while (!stop) {
-                auto got = w->dispatch(1, llmos::wait_for::at_most(std::chrono::milliseconds(50)));
-                if (!got) {
-                    errors += got.error() != std::errc::timed_out;
+                const auto now = clock::now();
+                for (auto r = held.begin(); r != held.end();) {
+                    if (r->first <= now) {
+                        errors += static_cast<bool>(w->complete(r->second, 0, 1));
+                        r = held.erase(r);
+                    } else {
+                        ++r;
+                    }
+                }
+                // Wait for more no longer than the first held one's end.
+                auto wait = std::chrono::milliseconds(50);
+                for (const auto& r : held) {
+                    wait =
+                        std::min(wait, std::chrono::ceil<std::chrono::milliseconds>(r.first - now));
+                }
+                if (held.size() >= b.capacity) {
+                    std::this_thread::sleep_for(wait);
                     continue;
                 }
-                for (auto& r : *got) {
-                    std::this_thread::sleep_for(
-                        std::chrono::duration<double, std::milli>(svc(rng)));
-                    errors += static_cast<bool>(w->complete(r.id, 0, 1));
+                auto got = w->dispatch(static_cast<uint32_t>(b.capacity - held.size()),
+                                       wait.count() > 0 ? llmos::wait_for::at_most(wait)
+                                                        : llmos::wait_for::none());
+                if (!got) {
+                    errors += got.error() != std::errc::timed_out &&
+                              got.error() != std::errc::resource_unavailable_try_again;
+                    continue;
+                }
+                const auto start = clock::now();
+                for (const auto& r : *got) {
+                    held.emplace_back(start +
+                                          std::chrono::duration_cast<clock::duration>(
+                                              std::chrono::duration<double, std::milli>(svc(rng))),
+                                      r.id);
+                }
+                for (auto m = max_held.load();
+                     held.size() > m &&
+                     !max_held.compare_exchange_weak(m, static_cast<uint32_t>(held.size()));) {
                 }
             }
+            // What is still held goes back to the scheduler with the worker.
         });
     }
     std::vector<double> wait_ms, sojourn_ms;
@@ -1141,6 +1271,8 @@ int cmd_bench(const options& o, const bench_args& b) {
     json j = {{"backend", llmos::to_string(dev->kind())},
               {"policy", policy},
               {"workers", b.workers},
+              {"capacity", b.capacity},
+              {"max_held", max_held.load()},
               {"requests", b.requests},
               {"service", b.service},
               {"arrival", b.arrival},
@@ -1175,10 +1307,12 @@ int cmd_bench(const options& o, const bench_args& b) {
         std::cout << j.dump(2) << '\n';
         return 0;
     }
-    std::printf("%s backend, %s policy: %d requests, %d workers, service %s, arrival %s\n"
+    std::printf("%s backend, %s policy: %d requests, %d workers of capacity %u (at most %u "
+                "held), service %s, arrival %s\n"
                 "%-8s %10s %10s %10s\n",
-                llmos::to_string(dev->kind()), policy.c_str(), b.requests, b.workers,
-                b.service.c_str(), b.arrival.c_str(), "(ms)", "mean", "p50", "p99");
+                llmos::to_string(dev->kind()), policy.c_str(), b.requests, b.workers, b.capacity,
+                max_held.load(), b.service.c_str(), b.arrival.c_str(), "(ms)", "mean", "p50",
+                "p99");
     for (const char* k : {"wait_ms", "sojourn_ms"}) {
         std::printf("%-8.*s %10.2f %10.2f %10.2f\n", static_cast<int>(std::strlen(k) - 3), k,
                     j[k]["mean"].get<double>(), j[k]["p50"].get<double>(),
@@ -1199,13 +1333,6 @@ int cmd_bench(const options& o, const bench_args& b) {
     return 0;
 }
 
-/// An unsigned option's check: "-1" would wrap to the largest value.
-const CLI::Validator not_negative(
-    [](const std::string& v) {
-        return v.find('-') == std::string::npos ? std::string() : "must not be negative";
-    },
-    "", "not negative");
-
 } // namespace
 
 int main(int argc, char** argv) {
@@ -1217,7 +1344,8 @@ int main(int argc, char** argv) {
     options o;
     app.add_flag("--json", o.json, "machine-readable output");
     app.add_option("--device", o.device,
-                   "use the module through this device (default $LLMOS_DEVICE or /dev/llmos)");
+                   "use the module through this device (default $LLMOS_DEVICE or /dev/llmos)")
+        ->check(llmosctl::not_an_option());
     app.add_option("--backend", o.backend,
                    "kernel, local, or auto: the module if /dev/llmos exists, else local "
                    "(default $LLMOS_BACKEND or auto)")
@@ -1237,7 +1365,8 @@ int main(int argc, char** argv) {
     create->add_option("name", a.key, "its name")->required();
     create->add_option("--size", a.size, "size (bytes; K, M, G, T suffixes)")->required();
     create->add_option("--mode", a.mode, "permission bits, octal (default 0600)");
-    create->add_option("--node", a.node, "NUMA node for its pages")->check(not_negative);
+    create->add_option("--node", a.node, "NUMA node for its pages")
+        ->transform(llmosctl::decimal<int>(false));
     create->callback([&] { rc = cmd_ms_create(o, a); });
     ms->add_subcommand("list", "list the mindspaces you may read")->callback([&] {
         rc = cmd_ms_list(o);
@@ -1251,12 +1380,15 @@ int main(int argc, char** argv) {
     auto* write = ms->add_subcommand("write", "write bytes into a mindspace");
     write->add_option("mindspace", a.key, "name or id")->required();
     write->add_option("data", a.data, "the bytes, or - for standard input")->required();
-    write->add_option("--offset", a.offset, "byte offset (default 0)")->check(not_negative);
+    write->add_option("--offset", a.offset, "byte offset (default 0)")
+        ->transform(llmosctl::decimal<uint64_t>());
     write->callback([&] { rc = cmd_ms_write(o, a); });
     auto* read = ms->add_subcommand("read", "copy a mindspace's bytes to standard output");
     read->add_option("mindspace", a.key, "name or id")->required();
-    read->add_option("--offset", a.offset, "byte offset (default 0)")->check(not_negative);
-    read->add_option("--length", a.length, "bytes (default: to the end)")->check(not_negative);
+    read->add_option("--offset", a.offset, "byte offset (default 0)")
+        ->transform(llmosctl::decimal<uint64_t>());
+    read->add_option("--length", a.length, "bytes (default: to the end)")
+        ->transform(llmosctl::decimal<uint64_t>());
     read->callback([&] { rc = cmd_ms_read(o, a); });
     auto* save = ms->add_subcommand("save", "save a mindspace (bytes and metadata) to a file");
     save->add_option("mindspace", a.key, "name or id")->required();
@@ -1264,7 +1396,8 @@ int main(int argc, char** argv) {
     save->callback([&] { rc = cmd_ms_save(o, a); });
     auto* load = ms->add_subcommand("load", "create a persistent mindspace from a saved file");
     load->add_option("file", a.file, "file written by ms save")->required();
-    load->add_option("--name", a.name, "name to give it (default: the saved name)");
+    load->add_option("--name", a.name, "name to give it (default: the saved name)")
+        ->check(llmosctl::not_an_option());
     load->callback([&] { rc = cmd_ms_load(o, a); });
     auto* quota = ms->add_subcommand("quota", "show (or, as root, set) a uid's mindspace quota");
     quota->add_option("--uid", quota_uid, "uid (default: yours)");
@@ -1280,35 +1413,54 @@ int main(int argc, char** argv) {
     std::vector<std::string> attach_opts;
     auto* attach = sched->add_subcommand("attach", "attach a BPF policy (root)");
     attach->add_option("file", attach_file, "NAME.bpf.o")->required();
-    attach->add_option("--opt", attach_opts,
-                       "set a tunable (a const volatile integer) before loading: NAME=VALUE");
+    // One NAME=VALUE per --opt: without allow_extra_args(false) it would
+    // take the file too ("--opt a=1 fifo.bpf.o").
+    attach
+        ->add_option("--opt", attach_opts,
+                     "set a tunable (a const volatile integer) before loading: NAME=VALUE; "
+                     "repeat it for each")
+        ->allow_extra_args(false);
     attach->callback([&] { rc = cmd_sched_attach(o, attach_file, attach_opts); });
     sched->add_subcommand("detach", "detach the BPF policy (root)")->callback([&] {
         rc = cmd_sched_detach(o);
     });
     uint32_t w_tenant = 0, w_weight = 0;
     auto* weight = sched->add_subcommand("weight", "set a tenant's share (root)");
-    weight->add_option("tenant", w_tenant, "tenant id")->required();
-    weight->add_option("weight", w_weight, "share, 1..10000 (default 100)")->required();
+    weight->add_option("tenant", w_tenant, "tenant id")
+        ->required()
+        ->transform(llmosctl::decimal<uint32_t>());
+    weight->add_option("weight", w_weight, "share, 1..10000 (default 100)")
+        ->required()
+        ->transform(llmosctl::decimal<uint32_t>())
+        ->check(CLI::Range(1, LLMOS_MAX_WEIGHT));
     weight->callback([&] { rc = cmd_sched_weight(o, w_tenant, w_weight); });
 
     double top_interval = 1.0;
     int top_iterations = 0;
     auto* top = app.add_subcommand("top", "live view of the scheduler (Ctrl-C to stop)");
     top->add_option("--interval", top_interval, "seconds between refreshes (default 1)");
-    top->add_option("--iterations", top_iterations, "stop after this many (default: never)");
+    top->add_option("--iterations", top_iterations, "stop after this many (default: never)")
+        ->transform(llmosctl::decimal<int>(false));
     top->callback([&] { rc = cmd_top(o, top_interval, top_iterations); });
 
     bench_args ba;
     auto* bench = app.add_subcommand(
         "bench", "synthetic workers: wait and sojourn times of the scheduler's policy");
-    bench->add_option("--workers", ba.workers, "worker threads (default 2)");
-    bench->add_option("--capacity", ba.capacity, "requests each worker holds (default 1)");
+    bench->add_option("--workers", ba.workers, "worker threads (default 2)")
+        ->transform(llmosctl::decimal<int>(false));
+    bench
+        ->add_option("--capacity", ba.capacity,
+                     "requests each worker holds at once, 1.." +
+                         std::to_string(LLMOS_MAX_CAPACITY) + " (default 1)")
+        ->transform(llmosctl::decimal<uint32_t>());
     bench->add_option("--service", ba.service, "service time: exp:MEAN_MS (default exp:5)");
     bench->add_option("--arrival", ba.arrival, "arrivals: poisson:RATE/s (default poisson:200)");
-    bench->add_option("--requests", ba.requests, "requests (default 1000)");
-    bench->add_option("--tenants", ba.tenants, "tenants, chosen uniformly (default 1)");
-    bench->add_option("--seed", ba.seed, "random seed (default 1)");
+    bench->add_option("--requests", ba.requests, "requests (default 1000)")
+        ->transform(llmosctl::decimal<int>(false));
+    bench->add_option("--tenants", ba.tenants, "tenants, chosen uniformly (default 1)")
+        ->transform(llmosctl::decimal<int>(false));
+    bench->add_option("--seed", ba.seed, "random seed (default 1)")
+        ->transform(llmosctl::decimal<uint64_t>());
     bench->callback([&] { rc = cmd_bench(o, ba); });
 
     llmosctl::add_server_commands(app, o.json, rc);
@@ -1332,10 +1484,15 @@ int main(int argc, char** argv) {
         return exit_failure;
     }
     // What was printed must have been written (a full disk, a closed pipe).
+    // A command that failed has said why already (ms read: that it could
+    // not write): one error line, not two.
     std::cout.flush();
     if (std::fflush(stdout) != 0 || std::ferror(stdout) || !std::cout) {
+        if (rc) {
+            return rc;
+        }
         std::fprintf(stderr, "llmosctl: cannot write the output: %s\n", std::strerror(errno));
-        return rc ? rc : exit_failure;
+        return exit_failure;
     }
     return rc;
 }

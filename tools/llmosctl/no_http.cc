@@ -16,7 +16,7 @@ namespace {
 int no_http() {
     std::fprintf(stderr, "llmosctl: this llmosctl was built without HTTP support; use the full "
                          "llmosctl\n");
-    return exit_usage;
+    return exit_failure;
 }
 
 } // namespace

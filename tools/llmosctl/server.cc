@@ -4,6 +4,7 @@
 // parse them the same way; only the full one (server_http.cc) runs them.
 #include "server.hh"
 
+#include "options.hh"
 #include "util.hh"
 
 #include <CLI/CLI.hpp>
@@ -29,17 +30,22 @@ bool valid_session(const std::string& s) {
 
 // The options `run` and `chat` share.
 void add_gen_options(CLI::App* cmd, gen_args& a) {
-    cmd->add_option("-m,--model", a.model, "the model (default: the server's only one)");
+    cmd->add_option("-m,--model", a.model, "the model (default: the server's only one)")
+        ->check(not_an_option());
     cmd->add_option("--system", a.system, "a system message before the conversation");
     cmd->add_option("--session", a.session,
                     "a server-side session ([A-Za-z0-9._-], up to 48): llmosd keeps the "
-                    "conversation and its KV cache in a persistent mindspace");
+                    "conversation and its KV cache in a persistent mindspace")
+        ->check(not_an_option());
     cmd->add_option("-n,--max-tokens", a.max_tokens, "most tokens to generate per reply")
+        ->transform(decimal<uint32_t>())
         ->check(CLI::Range(1, 1 << 20));
     cmd->add_option("-t,--temperature", a.temperature, "0 (greedy) .. 2 (default: llmosd's, 1)")
         ->check(CLI::Range(0.0, 2.0));
-    cmd->add_option("--seed", a.seed, "sampling seed, for repeatable output");
+    cmd->add_option("--seed", a.seed, "sampling seed, for repeatable output")
+        ->transform(decimal<int64_t>());
     cmd->add_option("--priority", a.priority, "scheduling priority, 0..255 (llmos extension)")
+        ->transform(decimal<int>(false))
         ->check(CLI::Range(0, 255));
     cmd->add_flag("-v,--verbose", a.verbose,
                   "token counts, time to first token and tokens/s on standard error");
@@ -52,7 +58,8 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
     app.add_option("--server", so->server,
                    "llmosd's address: http://HOST:PORT, https://HOST:PORT or unix:/PATH")
         ->envname("LLMOSD_URL")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(not_an_option());
     app.add_option("--api-key", so->api_key, "API key for llmosd (sent as a bearer token)")
         ->envname("LLMOSD_API_KEY");
     auto opts = [so, &json] {

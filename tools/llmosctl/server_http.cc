@@ -8,14 +8,16 @@
 #include "server.hh"
 #include "util.hh"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <future>
 #include <iostream>
-#include <iterator>
+#include <istream>
 #include <unistd.h>
+#include <vector>
 
 namespace llmosctl {
 
@@ -278,6 +280,42 @@ int check_text(std::initializer_list<std::pair<const char*, const std::string&>>
     return 0;
 }
 
+/// The most a prompt from standard input (run -, each line of chat) may
+/// hold: far more than llmosd takes (its --max-body, 1 MiB by default),
+/// and a bound on what is read from an input that never ends.
+constexpr size_t max_input = 16u << 20;
+constexpr const char* max_input_words = "16 MiB";
+
+enum class line_read { line, end, too_long };
+
+/// One line of `in` (without its \n) into `line`: `end` at the end of
+/// the input with nothing read; `too_long` past max_input bytes, the rest
+/// of the line read and dropped.
+line_read read_line(std::istream& in, std::string& line) {
+    line.clear();
+    bool any = false;
+    bool too_long = false;
+    for (int c; (c = in.get()) != std::char_traits<char>::eof();) {
+        any = true;
+        if (c == '\n') {
+            break;
+        }
+        if (line.size() < max_input) {
+            line += static_cast<char>(c);
+        } else {
+            too_long = true;
+        }
+    }
+    if (!any) {
+        return line_read::end;
+    }
+    if (too_long) {
+        line.clear();
+        return line_read::too_long;
+    }
+    return line_read::line;
+}
+
 /// A successful reply whose body is not the JSON object llmosd sends:
 /// something else answers at that address.
 int not_llmosd(const std::string& what, const server_address& where) {
@@ -332,6 +370,7 @@ int cmd_model_load(const server_options& o, const std::string& name, const std::
     if (!c) {
         return exit_usage;
     }
+    c->set_read_timeout(api_client::long_read_timeout);
     auto t0 = clock_type::now();
     auto r = with_progress("loading " + name, [&] {
         return c->post("/llmos/v1/models", {{"name", name}, {"path", file}});
@@ -359,6 +398,7 @@ int cmd_model_unload(const server_options& o, const std::string& name) {
     if (!c) {
         return exit_usage;
     }
+    c->set_read_timeout(api_client::long_read_timeout); // in-flight requests finish first
     auto r = with_progress("unloading " + name,
                            [&] { return c->del("/llmos/v1/models/" + path_segment(name)); });
     if (!r.ok()) {
@@ -404,6 +444,7 @@ int cmd_model_swap(const server_options& o, const std::string& name, const std::
     if (!c) {
         return exit_usage;
     }
+    c->set_read_timeout(api_client::long_read_timeout);
     auto t0 = clock_type::now();
     auto r = with_progress("swapping " + name, [&] {
         return c->post("/llmos/v1/models/" + path_segment(name) + "/swap", {{"path", file}});
@@ -426,7 +467,20 @@ int cmd_model_swap(const server_options& o, const std::string& name, const std::
 int cmd_run(const server_options& o, const gen_args& a) {
     std::string prompt = a.prompt;
     if (prompt == "-") {
-        prompt.assign(std::istreambuf_iterator<char>(std::cin), {});
+        // No more than the cap (and a byte to tell that more came):
+        // standard input may never end (/dev/zero).
+        prompt.clear();
+        std::vector<char> buf(1 << 16);
+        while (prompt.size() <= max_input &&
+               std::cin.read(buf.data(), static_cast<std::streamsize>(std::min<size_t>(
+                                             buf.size(), max_input + 1 - prompt.size())))
+                       .gcount() > 0) {
+            prompt.append(buf.data(), static_cast<size_t>(std::cin.gcount()));
+        }
+        if (prompt.size() > max_input) {
+            return usage(std::string{"the prompt on standard input is longer than "} +
+                         max_input_words);
+        }
     }
     if (prompt.empty()) {
         return usage("the prompt is empty");
@@ -511,11 +565,18 @@ int cmd_chat(const server_options& o, const gen_args& a) {
             std::fputs("> ", stdout);
             std::fflush(stdout);
         }
-        if (!std::getline(std::cin, line)) {
+        const auto got = read_line(std::cin, line);
+        if (got == line_read::end) {
             if (tty) {
                 std::fputc('\n', stdout);
             }
             break;
+        }
+        if (got == line_read::too_long) {
+            std::fprintf(stderr, "llmosctl: that line is longer than %s: not sent\n",
+                         max_input_words);
+            status = exit_failure;
+            continue; // the conversation goes on
         }
         if (!line.empty() && line.back() == '\r') {
             line.pop_back();

@@ -23,6 +23,12 @@ std::optional<uint32_t> parse_mode(std::string_view s);
 /// 0640 -> "0640".
 std::string format_mode(uint32_t mode);
 
+/// How much a counter grew from `before` to `now`; 0 when it went down
+/// (reset: a tenant reclaimed, the module reloaded), never a wrapped value.
+constexpr uint64_t counter_delta(uint64_t now, uint64_t before) {
+    return now < before ? 0 : now - before;
+}
+
 /// Prints "llmosctl: WHAT: MESSAGE" and returns exit_failure.
 int fail(const std::string& what, std::error_code ec);
 /// The same for a device that cannot be opened, with a hint for the usual
