@@ -380,6 +380,8 @@ TEST_P(gguf_round_trip, every_type) {
     EXPECT_EQ(std::numeric_limits<uint64_t>::max(), f.get_u64("u64"));
     EXPECT_EQ(std::numeric_limits<int64_t>::min(), f.get_i64("i64"));
     EXPECT_EQ(-1.25e300, *f.find("f64")->get_if<double>());
+    // Read as f32: beyond its range, its infinity (a plain cast is undefined).
+    EXPECT_EQ(-std::numeric_limits<float>::infinity(), f.get_f32("f64"));
     EXPECT_EQ((std::vector<std::string>{"<unk>", "", "\xe2\x96\x81the"}),
               f.get_string_array("strings"));
     EXPECT_EQ((std::vector<float>{0.0f, -1.5f, 1e-30f}), f.get_f32_array("f32s"));
@@ -665,6 +667,13 @@ TEST(gguf_errors, header) {
     EXPECT_GGUF_ERROR(raw().header(~uint64_t{0}, 0).u64(0).b,
                       "tensor count 18446744073709551615 at offset 8 cannot fit");
     EXPECT_GGUF_ERROR(raw().header(2, 0).tensor("a", {1}, 0, 0).b, "tensor count 2");
+    {
+        // Room in the file for more tensor infos than any model has: each
+        // would cost some 200 bytes of memory for 32 zero bytes.
+        raw many = raw().header((uint64_t{1} << 20) + 1, 0);
+        many.b.resize(many.b.size() + ((size_t{1} << 20) + 1) * 40);
+        EXPECT_GGUF_ERROR(many.b, "tensor count 1048577 at offset 8 is more than 1048576");
+    }
     // Versions 2 and 3 with nothing in them are fine, with or without padding.
     EXPECT_EQ("(parsed)", parse_error(raw().header(0, 0, 2).b));
     EXPECT_EQ("(parsed)", parse_error(raw().header(0, 0, 3).data(0).b));

@@ -499,6 +499,49 @@ TEST(spm, special_tokens) {
     EXPECT_EQ("<|im_start|>hello", v.decode(v.encode("<|im_start|>hello", false, true), true));
 }
 
+// Plain text that merges piece by piece into a control or byte token's
+// text stays those pieces (SentencePiece keeps control, unknown and byte
+// tokens out of its merges): a message cannot spell "</s>" into the token.
+TEST(spm, merges_never_make_control_or_byte_tokens) {
+    std::map<std::string, int32_t> id;
+    vocab_data d = make_spm(id);
+    auto add = [&](std::string text, float score) {
+        id[text] = static_cast<int32_t>(d.tokens.size());
+        d.tokens.push_back(std::move(text));
+        d.scores.push_back(score);
+        d.types.push_back(1);
+    };
+    for (const char* c : {"<", "/", "s", ">", "0", "4", "1"}) {
+        add(c, -1);
+    }
+    add("</", 9);
+    add("s>", 9);
+    add("<0x4", 8);
+    add("<0x", 7);
+    add("<0", 6);
+    add("1>", 9);
+    vocab v(std::move(d));
+    const std::string sp = "\xE2\x96\x81";
+    EXPECT_EQ((ids{id[sp], id["</"], id["s>"]}), v.encode("</s>", false, false));
+    EXPECT_EQ((ids{id[sp], id["<0x4"], id["1>"]}), v.encode("<0x41>", false, false));
+    // As special text, it is the token.
+    EXPECT_EQ((ids{id["</s>"]}), v.encode("</s>", false, true));
+}
+
+// A NaN score (a broken file) merges last, as -inf would: the merge queue
+// keeps its order.
+TEST(spm, a_nan_score_merges_as_minus_infinity) {
+    std::map<std::string, int32_t> id;
+    vocab_data nan_d = make_spm(id), inf_d = make_spm(id);
+    nan_d.scores[size_t(id["ll"])] = std::numeric_limits<float>::quiet_NaN();
+    inf_d.scores[size_t(id["ll"])] = -std::numeric_limits<float>::infinity();
+    vocab with_nan(std::move(nan_d)), with_inf(std::move(inf_d));
+    for (const char* t : {"hello", "hello world", "llllll", "allo hell"}) {
+        EXPECT_EQ(with_inf.encode(t, false, false), with_nan.encode(t, false, false)) << t;
+    }
+    EXPECT_EQ(-std::numeric_limits<float>::infinity(), with_nan.score(id["ll"]));
+}
+
 TEST(spm, special_tokens_only_inside_the_given_spans) {
     std::map<std::string, int32_t> id;
     vocab v(make_spm(id));
@@ -762,6 +805,9 @@ TEST(pretokenize, gpt2) {
     // Emoji are symbols: a space goes with them as with punctuation.
     EXPECT_EQ((words{u8({0x4F60, 0x597D}), " " + u8({0x1F600, 0x1F600})}),
               split(bpe_pre::gpt2, u8({0x4F60, 0x597D, ' ', 0x1F600, 0x1F600})));
+    // So are unassigned code points.
+    EXPECT_EQ((words{"a", " " + u8({0x378, 0xFFFF})}),
+              split(bpe_pre::gpt2, u8({'a', ' ', 0x378, 0xFFFF})));
 }
 
 TEST(pretokenize, llama3) {
@@ -778,6 +824,10 @@ TEST(pretokenize, llama3) {
         (words{u8({0x3A9, 0x3B1}), " " + u8({0x436}), " " + u8({0x4E2D}), " " + u8({0x627}), " ",
                u8({0xBD})}),
         split(bpe_pre::llama3, u8({0x3A9, 0x3B1, ' ', 0x436, ' ', 0x4E2D, ' ', 0x627, ' ', 0xBD})));
+    // Unassigned code points are [^\s\p{L}\p{N}]: a run of them is one
+    // piece, with the space before it.
+    EXPECT_EQ((words{"a", u8({0x378, 0x379}), " " + u8({0xFFFF, 0x378})}),
+              split(bpe_pre::llama3, u8({'a', 0x378, 0x379, ' ', 0xFFFF, 0x378})));
 }
 
 TEST(pretokenize, qwen2_smollm_default) {

@@ -9,9 +9,11 @@
 #include <atomic>
 #include <bit>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
+#include <limits>
 #include <llmos/engine/gguf.hh>
 #include <mutex>
 #include <signal.h>
@@ -35,6 +37,10 @@ constexpr int max_array_depth = 8;
 // a bound, a small file could take any memory.
 constexpr uint64_t max_metadata_values = uint64_t{1} << 23;
 constexpr uint64_t max_metadata_text = uint64_t{1} << 28;
+// Tensors a file may describe: a model has hundreds to a few thousand
+// (a 70B llama: 723; MoE models with split experts some 10^4). A tensor
+// info costs some 200 bytes of memory for 35 in the file.
+constexpr uint64_t max_tensors = uint64_t{1} << 20;
 // Reserved up front at most; more as the values are read.
 constexpr uint64_t max_reserve = 4096;
 
@@ -93,6 +99,11 @@ std::optional<float> float_as(const gguf_value& x) {
         return *f;
     }
     if (auto d = x.get_if<double>()) {
+        // Beyond float's range: its infinity (a plain cast is undefined).
+        if (std::isfinite(*d) && std::fabs(*d) > std::numeric_limits<float>::max()) {
+            return *d > 0 ? std::numeric_limits<float>::infinity()
+                          : -std::numeric_limits<float>::infinity();
+        }
         return static_cast<float>(*d);
     }
     return std::nullopt;
@@ -266,6 +277,10 @@ public:
 
         _what = "tensor infos";
         check_count(n_tensors, 8 + 4 + 8 + 4 + 8, "tensor count", 8); // in what is left
+        if (n_tensors > max_tensors) {
+            fail("tensor count ", n_tensors, " at offset 8 is more than ", max_tensors,
+                 " (a model has thousands at most)");
+        }
         _f._tensors.reserve(std::min(n_tensors, max_reserve));
         for (uint64_t i = 0; i < n_tensors; i++) {
             read_tensor_info(i);

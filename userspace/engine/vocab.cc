@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <limits>
 #include <llmos/engine/gguf.hh>
 #include <llmos/engine/unicode.hh>
 #include <llmos/engine/vocab.hh>
@@ -198,6 +200,11 @@ vocab::vocab(vocab_data d)
 
     v.text = std::move(d.tokens);
     v.scores = d.scores.empty() ? std::vector<float>(n, 0.0f) : std::move(d.scores);
+    // A NaN score would leave the merge queue without an order: it merges
+    // last, as -inf.
+    std::replace_if(
+        v.scores.begin(), v.scores.end(), [](float x) { return std::isnan(x); },
+        -std::numeric_limits<float>::infinity());
     v.types.resize(n, token_type::normal);
     for (size_t i = 0; i < d.types.size(); ++i) {
         v.types[i] = to_type(d.types[i]);

@@ -63,7 +63,7 @@ void vocab::impl::encode_bpe(std::string_view text, std::vector<int32_t>& out) c
             word += bpe_byte_to_utf8(static_cast<uint8_t>(c));
         }
         if (ignore_merges) {
-            if (int32_t id = lookup(word); id >= 0) {
+            if (int32_t id = lookup_plain(word); id >= 0) {
                 out.push_back(id);
                 continue;
             }
@@ -81,7 +81,7 @@ void vocab::impl::encode_bpe(std::string_view text, std::vector<int32_t>& out) c
         for (int32_t i = 0; i != -1; i = syms[static_cast<size_t>(i)].next) {
             const merger::symbol& s = syms[static_cast<size_t>(i)];
             const std::string_view piece = std::string_view(word).substr(s.off, s.n);
-            if (int32_t id = lookup(piece); id >= 0) {
+            if (int32_t id = lookup_plain(piece); id >= 0) {
                 out.push_back(id);
                 continue;
             }
@@ -90,7 +90,7 @@ void vocab::impl::encode_bpe(std::string_view text, std::vector<int32_t>& out) c
             // unknown token for a byte without one.
             for (size_t off = 0; off < piece.size();) {
                 const size_t n = unicode::lead_length(static_cast<uint8_t>(piece[off]));
-                const int32_t id = lookup(piece.substr(off, n));
+                const int32_t id = lookup_plain(piece.substr(off, n));
                 if (id >= 0) {
                     out.push_back(id);
                 } else if (unk >= 0) {

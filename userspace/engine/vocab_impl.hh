@@ -7,10 +7,12 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <llmos/engine/unicode.hh>
 #include <llmos/engine/vocab.hh>
 #include <optional>
 #include <queue>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -49,6 +51,10 @@ public:
     /// surviving ones linked from index 0 (text must not be empty).
     template <typename Rank>
     const std::vector<symbol>& run(std::string_view text, Rank&& rank) {
+        if (text.size() >= size_t(std::numeric_limits<int32_t>::max())) {
+            throw std::length_error("tokenizer: a piece of text of " + std::to_string(text.size()) +
+                                    " bytes is more than it takes (2 GiB)");
+        }
         _syms.clear();
         for (size_t off = 0; off < text.size();) {
             // A character, or one byte of an ill-formed sequence (it must
@@ -167,6 +173,19 @@ struct vocab::impl {
     int32_t lookup(std::string_view s) const {
         auto it = token_to_id.find(s);
         return it == token_to_id.end() ? -1 : it->second;
+    }
+    /// lookup() of a token plain text may become: not a control, unknown
+    /// or byte token (as SentencePiece keeps those out of its merges), so
+    /// that text spelling "</s>" or "<0x0A>" piece by piece is not that
+    /// token.
+    int32_t lookup_plain(std::string_view s) const {
+        const int32_t id = lookup(s);
+        if (id < 0) {
+            return -1;
+        }
+        const token_type t = types[static_cast<size_t>(id)];
+        return t == token_type::control || t == token_type::unknown || t == token_type::byte ? -1
+                                                                                             : id;
     }
     bool is_special(int32_t id) const {
         const token_type t = types[static_cast<size_t>(id)];

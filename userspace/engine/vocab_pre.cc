@@ -41,7 +41,7 @@ struct flags {
     bool letter = false;
     bool number = false;
     bool ws = false;
-    bool any = false; ///< some class or whitespace (false: unassigned or outside)
+    bool any = false; ///< inside the piece (false: outside it)
 };
 
 using range = std::pair<size_t, size_t>; // code point indices [first, second)
@@ -52,7 +52,6 @@ struct view {
     const std::vector<cpt>& c;
     size_t ini;
     size_t end;
-    bool undefined_is_other; ///< regex semantics: [^\s\p{L}\p{N}] matches Cn
 
     uint32_t cp(size_t p) const { return p >= ini && p < end ? c[p].cp : out_of_range; }
     flags fl(size_t p) const {
@@ -64,7 +63,9 @@ struct view {
         f.letter = x.cls == category::letter;
         f.number = x.cls == category::number;
         f.ws = x.ws;
-        f.any = x.cls != category::undefined || x.ws || undefined_is_other;
+        // Unassigned code points (Cn) too: [^\s\p{L}\p{N}] matches them,
+        // in the regexes and in llama.cpp's scanners alike.
+        f.any = true;
         return f;
     }
     // [^\s\p{L}\p{N}] at p.
@@ -273,13 +274,13 @@ void apply(stage s, const std::vector<cpt>& c, const std::vector<range>& in,
     for (const auto& [ini, end] : in) {
         switch (s) {
         case stage::llama3:
-            scan_llama3(view{c, ini, end, false}, 3, out);
+            scan_llama3(view{c, ini, end}, 3, out);
             break;
         case stage::qwen2:
-            scan_llama3(view{c, ini, end, true}, 1, out);
+            scan_llama3(view{c, ini, end}, 1, out);
             break;
         case stage::gpt2:
-            scan_gpt2(view{c, ini, end, false}, out);
+            scan_gpt2(view{c, ini, end}, out);
             break;
         case stage::digit:
             scan_matches(

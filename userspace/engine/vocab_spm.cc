@@ -18,13 +18,13 @@ void vocab::impl::encode_spm(std::string_view text, std::vector<int32_t>& out) c
     using merger = pair_merger<float>;
     merger m;
     const auto& syms = m.run(text, [&](const merger::symbol& l, const merger::symbol& r) {
-        const int32_t id = lookup(text.substr(l.off, l.n + r.n));
+        const int32_t id = lookup_plain(text.substr(l.off, l.n + r.n));
         return id < 0 ? std::nullopt : std::optional<float>(scores[static_cast<size_t>(id)]);
     });
     for (int32_t i = 0; i != -1; i = syms[static_cast<size_t>(i)].next) {
         const merger::symbol& s = syms[static_cast<size_t>(i)];
         const std::string_view piece = text.substr(s.off, s.n);
-        const int32_t id = lookup(piece);
+        const int32_t id = lookup_plain(piece);
         if (id >= 0) {
             out.push_back(id);
             continue;
