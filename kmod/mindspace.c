@@ -268,6 +268,7 @@ int llmos_ms_check_request(u64 id, u64 off, u64 len, u64 *ms_len)
 	return ret;
 }
 
+/* Listed: what the caller may read, and its own whatever their mode. */
 static bool llmos_ms_visible(const struct llmos_ms *ms)
 {
 	umode_t granted = ms->mode;
@@ -503,7 +504,11 @@ static int llmos_ms_mmap(struct file *file, struct vm_area_struct *vma)
 	if (ms->dmabuf)
 		return dma_buf_mmap(ms->dmabuf, vma, vma->vm_pgoff);
 
-	vm_flags_set(vma, VM_DONTEXPAND);
+	/*
+	 * A core dump would fault in every page of a mindspace (terabytes,
+	 * kept after the process) to write it: it leaves them out.
+	 */
+	vm_flags_set(vma, VM_DONTEXPAND | VM_DONTDUMP);
 	vma->vm_ops = &llmos_ms_vm_ops;
 	vma->vm_private_data = ms;
 	llmos_ms_vm_open(vma);

@@ -150,29 +150,35 @@ static u32 llmos_worker_room(const struct llmos_client *c)
  * completes parked io_uring DISPATCHes of workers with room (they take
  * their requests in their own task) while requests are queued: with the
  * built-in policy, as many as they can feed; with a BPF policy, which may
- * give them to some workers only, all of them. Under the lock.
+ * give them to some workers only, all of them. Idle workers are kicked
+ * first: one that runs requests takes new ones only when its thread next
+ * enters the kernel (after its step), an idle one at once. Under the lock.
  */
 static void llmos_kick_workers(void)
 {
 	u32 queued = llmos_core_queued(&llmos_sched.core);
 	u32 budget = queued && llmos_sched.core.policy ? U32_MAX : queued;
 	struct llmos_client *c, *tmp;
+	int pass;
 
 	lockdep_assert_held(&llmos_sched.lock);
 	llmos_sched.work_gen++;
 	if (wq_has_sleeper(&llmos_sched.work_wq))
 		wake_up(&llmos_sched.work_wq);
-	list_for_each_entry_safe(c, tmp, &llmos_sched.parked, park_node) {
-		u32 room = llmos_worker_room(c);
+	for (pass = 0; pass < 2 && budget; pass++) {
+		list_for_each_entry_safe(c, tmp, &llmos_sched.parked,
+					 park_node) {
+			u32 room = llmos_worker_room(c);
 
-		if (!budget)
-			break;
-		if (!room)
-			continue;
-		list_del_init(&c->park_node);
-		llmos_uring_kick(c->park_dispatch);
-		c->park_dispatch = NULL;
-		budget -= min(budget, room);
+			if (!budget)
+				break;
+			if (!room || (!pass && c->worker.inflight.nr))
+				continue;
+			list_del_init(&c->park_node);
+			llmos_uring_kick(c->park_dispatch);
+			c->park_dispatch = NULL;
+			budget -= min(budget, room);
+		}
 	}
 }
 

@@ -330,15 +330,21 @@ static int llmos_uring_wait(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags)
 {
 	const struct llmos_uring_sqe *sqe;
+	u64 arg;
 
 	if (issue_flags & IO_URING_F_CANCEL) {
 		if (llmos_unpark(ioucmd->file->private_data, ioucmd))
 			io_uring_cmd_done(ioucmd, -ECANCELED, 0, issue_flags);
 		return 0;
 	}
+	/*
+	 * Issued inline, the SQE is still in the ring, which userspace may
+	 * rewrite meanwhile: each field is read once.
+	 */
 	sqe = io_uring_sqe_cmd(ioucmd->sqe);
-	if (sqe->__reserved)
+	if (READ_ONCE(sqe->__reserved))
 		return -EINVAL;
+	arg = READ_ONCE(sqe->arg_uptr);
 	switch (ioucmd->cmd_op) {
 	case LLMOS_IOC_SUBMIT:
 	case LLMOS_IOC_SUBMIT_BATCH:
@@ -348,15 +354,14 @@ int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags)
 	case LLMOS_IOC_CANCEL:
 		return llmos_uring_done(ioucmd,
 					llmos_dev_ioctl(ioucmd->file,
-							ioucmd->cmd_op,
-							sqe->arg_uptr),
+							ioucmd->cmd_op, arg),
 					issue_flags);
 	case LLMOS_IOC_DISPATCH:
-		return llmos_uring_dispatch(ioucmd, sqe->arg_uptr, issue_flags);
+		return llmos_uring_dispatch(ioucmd, arg, issue_flags);
 	case LLMOS_IOC_WAIT:
-		return llmos_uring_wait(ioucmd, sqe->arg_uptr, issue_flags);
+		return llmos_uring_wait(ioucmd, arg, issue_flags);
 	case LLMOS_IOC_WAIT_BATCH:
-		return llmos_uring_wait_batch(ioucmd, sqe->arg_uptr, issue_flags);
+		return llmos_uring_wait_batch(ioucmd, arg, issue_flags);
 	default:
 		return -EOPNOTSUPP;
 	}

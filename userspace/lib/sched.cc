@@ -406,23 +406,16 @@ struct async_dispatch final : loop_source, std::enable_shared_from_this<async_di
 namespace llmos {
 
 sched_worker::~sched_worker() {
-    forget_dispatch();
-}
-
-// Ends a pending dispatch_async for good: on the kernel backend its CQE
-// may come later from the loop, and must call nobody (the callback's state
-// goes with this object). Requests it took come back when the fd closes.
-void sched_worker::forget_dispatch() noexcept {
     if (dispatch_pending()) {
         cancel_dispatch();
-        _async->done = nullptr;
-        _async->cancelled = true;
     }
 }
 
 sched_worker& sched_worker::operator=(sched_worker&& o) {
     if (this != &o) {
-        forget_dispatch();
+        if (dispatch_pending()) {
+            cancel_dispatch();
+        }
         _c = std::move(o._c);
         _id = o._id;
         _capacity = o._capacity;

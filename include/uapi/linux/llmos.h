@@ -337,8 +337,9 @@ struct llmos_ms_info {
  *	written and the ioctl fails with EOVERFLOW (also when mindspaces
  *	keep coming while it counts: call it again).
  *
- * Lists, in id order, the mindspaces the caller may read (all of them
- * with %CAP_SYS_ADMIN).
+ * Lists, in id order, the mindspaces the caller may read and the ones it
+ * owns whatever their mode, so that it can find them to change or destroy
+ * (all of them with %CAP_SYS_ADMIN).
  */
 struct llmos_ms_list {
 	__u32 size;

@@ -121,7 +121,6 @@ class sched_worker {
         : _c(std::move(c))
         , _id(id)
         , _capacity(cap) {}
-    void forget_dispatch() noexcept;
 
 public:
     sched_worker(sched_worker&&) noexcept = default;
@@ -146,6 +145,10 @@ public:
     /// uring_cmd on the loop's ring; the local one has the in-process
     /// scheduler ring the loop's doorbell when work may be there. One at
     /// a time (EBUSY); the loop must outlive it. Call on the loop's thread.
+    /// A worker destroyed or assigned over cancels it: on the kernel
+    /// backend `done` then still runs, from the loop, after the worker has
+    /// gone (with ECANCELED, or requests it took, which the closed worker
+    /// gave back already): what it uses must outlive the worker.
     std::error_code dispatch_async(event_loop& loop, uint32_t max, dispatch_callback done);
     /// Ends a pending dispatch_async: its callback gets ECANCELED (at once
     /// on the local backend, from the loop on the kernel one). Requests it
