@@ -506,6 +506,26 @@ void bench_cuda(const std::string& dir) {
         }
     }
 
+    // Decode at some 4k positions (Q8_0): attention in parts as the context
+    // picks them against whole rows (one block per head), back to back.
+    {
+        auto file = gguf_file::open(ensure_model(dir, "q8_0"));
+        auto m = model::load(file);
+        cuda_model cm(m);
+        const auto long_prompt = prompt_of(3840, m.params().n_vocab, 5);
+        auto run = [&](uint32_t parts) {
+            cuda_context ctx(cm, {.max_batch_tokens = 512, .attention_parts = parts});
+            gpu_stream s(m, kvo);
+            prefill(ctx, s, long_prompt, 512);
+            decode(ctx, s, 4); // the first launch and the capture
+            return decode(ctx, s, 128);
+        };
+        const double parts = run(0), whole = run(1);
+        std::printf("# cuda: decode at 3840 to 3972 positions (Q8_0): attention in parts %.1f "
+                    "tok/s, whole rows %.1f tok/s: %.2fx\n",
+                    parts, whole, parts / whole);
+    }
+
     // Resume vs re-prefill of a 2k-token conversation on the GPU (Q8_0): a
     // new model and context over the same host bookkeeping and device
     // blocks, as a restarted worker finds them.
