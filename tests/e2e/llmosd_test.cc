@@ -1119,7 +1119,9 @@ TEST_F(llmosd_test, web_pages_of_other_origins_are_refused_without_keys) {
     }
     {
         // On a wildcard address (which takes loopback connections too), a
-        // rebound name is refused as well; IP addresses are answered.
+        // browser's request for a rebound name is refused as well; IP
+        // addresses are answered, and so are programs (no Origin, no
+        // Sec-Fetch-*) naming the server by its DNS name.
         server s(_dir + "/any", {"--listen", "0.0.0.0:0"});
         ASSERT_NE(s.port, 0) << s.log();
         const std::string port = std::to_string(s.port);
@@ -1127,6 +1129,16 @@ TEST_F(llmosd_test, web_pages_of_other_origins_are_refused_without_keys) {
         EXPECT_EQ(rebound.status(), 403) << rebound.text;
         EXPECT_EQ(rebound.body()["error"]["code"], "foreign_host") << rebound.text;
         EXPECT_EQ(from(s.port, "192.0.2.7:" + port, "http://192.0.2.7:" + port).status(), 200);
+        auto program =
+            raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: llmosd:" + port +
+                                     "\r\nContent-Type: application/json\r\n"
+                                     "Content-Length: " +
+                                     std::to_string(body.size()) + "\r\n\r\n" + body);
+        EXPECT_EQ(program.status(), 200) << program.text;
+        auto fetched =
+            raw_exchange(s.port, "GET /v1/models HTTP/1.1\r\nHost: attacker.example:" + port +
+                                     "\r\nSec-Fetch-Site: same-origin\r\n\r\n");
+        EXPECT_EQ(fetched.status(), 403) << fetched.text;
     }
     server s(_dir, {"--api-key-file", _dir + "/keys"});
     auto keyed =

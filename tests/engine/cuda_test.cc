@@ -684,9 +684,12 @@ TEST_P(cuda_conformance, batching_changes_nothing_but_float_noise) {
     }
 }
 
-// Attention in parts (4, and the most, mostly empty at these lengths),
-// replayed as graphs, beside another sequence: the tokens and, within float
-// noise, the logits of whole rows.
+// Attention in parts (4, and the most, of 32 positions and mostly empty),
+// replayed as graphs, beside another sequence: the tokens and, within
+// float noise, the logits of whole rows. One sequence's prompt is 12 times
+// "hello"'s (some 100 positions), so that its rows do split into 4 (on
+// cuBLAS: on the emulator a prefill that long through the built-in kernels
+// takes too long, and there the prompt is "hello" alone).
 TEST_P(cuda_conformance, attention_in_parts_gives_what_whole_rows_give) {
     REQUIRE_DEVICE();
     cuda_model cm(*l->m);
@@ -697,7 +700,10 @@ TEST_P(cuda_conformance, attention_in_parts_gives_what_whole_rows_give) {
         cuda_context ctx(cm, {.use_cublas = GetParam(), .attention_parts = parts});
         gpu_kv ka(*l->m, ko), kb(*l->m, ko);
         std::vector<float> la(V), lb(V);
-        std::vector<int32_t> ta = a.tokens, tb = b.tokens, got;
+        std::vector<int32_t> ta, tb = b.tokens, got;
+        for (int r = 0; r < (GetParam() ? 12 : 1); ++r) {
+            ta.insert(ta.end(), a.tokens.begin(), a.tokens.end());
+        }
         for (int step = 0; step < 16; ++step) {
             cuda_batch_entry batch[2] = {{.kv = &ka.kv, .tokens = ta, .logits = la.data()},
                                          {.kv = &kb.kv, .tokens = tb, .logits = lb.data()}};

@@ -498,7 +498,7 @@ int cmd_ms_save(const options& o, const ms_args& a) {
     mode_t file_mode = 0666 & ~mask;
     struct stat st;
     if (::stat(a.file.c_str(), &st) == 0) {
-        file_mode = st.st_mode & 07777;
+        file_mode = st.st_mode & 0777; // not set-id bits onto a data file
         struct stat own;
         if (!S_ISREG(st.st_mode)) {
             return llmosctl::usage(a.file + " is not a regular file");

@@ -61,7 +61,8 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
         ->capture_default_str()
         ->check(not_an_option());
     app.add_option("--api-key", so->api_key, "API key for llmosd (sent as a bearer token)")
-        ->envname("LLMOSD_API_KEY");
+        ->envname("LLMOSD_API_KEY")
+        ->check(not_an_option());
     auto opts = [so, &json] {
         server_options o = *so;
         o.json = json;

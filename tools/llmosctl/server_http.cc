@@ -295,7 +295,8 @@ line_read read_line(std::istream& in, std::string& line) {
     line.clear();
     bool any = false;
     bool too_long = false;
-    for (int c; (c = in.get()) != std::char_traits<char>::eof();) {
+    size_t n = 0;
+    for (int c; (c = in.get()) != std::char_traits<char>::eof(); ++n) {
         any = true;
         if (c == '\n') {
             break;
@@ -304,6 +305,13 @@ line_read read_line(std::istream& in, std::string& line) {
             line += static_cast<char>(c);
         } else {
             too_long = true;
+        }
+        if (n >= 4 * max_input) {
+            // No line ends in sight (a device, not a terminal): that is
+            // the end of the input.
+            line.clear();
+            in.setstate(std::ios::eofbit);
+            return line_read::too_long;
         }
     }
     if (!any) {

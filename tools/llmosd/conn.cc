@@ -530,11 +530,14 @@ bool connection_server::process_and_close_socket(socket_t sock) {
             break;
         }
     }
-    if (answered) {
+    char peek = 0;
+    if (strm.last() || (answered && ::recv(sock, &peek, 1, MSG_PEEK | MSG_DONTWAIT) > 0)) {
         // Its answer out first: closed with the client's bytes unread (a
         // refused body, or requests pipelined past the keep-alive count),
         // the connection would be reset and the answer could be lost.
         // What still comes is read and dropped: a second and a MiB at most.
+        // (An idle connection that timed out has nothing unread: it closes
+        // at once.)
         ::shutdown(sock, SHUT_WR);
         const auto until = steady::now() + std::chrono::seconds(1);
         char sink[16384];

@@ -907,6 +907,9 @@ daemon::admission daemon::admit(const job& j) {
     // either sees this one in flight (and waits for it) or is seen here.
     if (_draining) {
         _in_flight.fetch_sub(1);
+        if (!device_lost().empty()) {
+            throw_device_lost();
+        }
         throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
     }
     m->in_flight.fetch_add(1);
@@ -1372,16 +1375,23 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                     // Cancelled before a worker took it, it is finished at
                     // once and no worker ends it. One a worker took is
                     // finished at once too, but its worker writes its
-                    // output until it looks (after its step): that is the
-                    // session's request area, which the session's next
-                    // turn rewrites once this one lets it go. So it waits
-                    // for the worker's end descriptor, or abandon_wait.
+                    // output until it looks (after its step). In a
+                    // session that is the session's request area, which
+                    // its next turn rewrites once this one lets it go: so
+                    // a session's request waits for the worker's end
+                    // descriptor, or abandon_wait (one requeued, then
+                    // cancelled while queued again, has a dispatch time
+                    // and no worker: it waits that long). A request of its
+                    // own mindspace is let go at once.
                     if (!fin) {
                         if (auto f = client->wait(id, llmos::wait_for::none())) {
                             fin = *f;
                             if (!f->dispatch_ns) { // no worker took it: none ends it
                                 std::lock_guard slk(_streams_m);
                                 _cancelled.erase(id);
+                                break;
+                            }
+                            if (j.session.empty()) {
                                 break;
                             }
                         }

@@ -89,8 +89,9 @@ bool equal_nocase(std::string_view a, std::string_view b) {
 struct origin_rules {
     bool keys = false;
     std::vector<std::string> allowed;
-    std::vector<std::string> hosts;         ///< --allow-host
-    std::shared_ptr<std::atomic<bool>> tcp; ///< listening on TCP (not a unix socket)
+    std::vector<std::string> hosts;              ///< --allow-host
+    std::shared_ptr<std::atomic<bool>> tcp;      ///< listening on TCP (not a unix socket)
+    std::shared_ptr<std::atomic<bool>> loopback; ///< on a loopback address only
 
     /// Whether --allow-origin names `origin` (or is "*"): its pages get
     /// CORS headers, so that they may read the answers.
@@ -241,15 +242,24 @@ std::optional<api_error> cross_origin(const httplib::Request& req, const origin_
                      "invalid_request_error", "", "cross_origin"};
 }
 
-// Without API keys, a llmosd listening on TCP answers only to a Host that
-// is localhost, an IP address, or one --allow-host names: a page whose own
-// name its DNS makes lead to 127.0.0.1, or to the server's address in the
-// user's network (DNS rebinding), passes the Origin check, its Host being
-// its own name. That holds for any address, a wildcard one (which takes
-// loopback connections too) or one in a private network a browser inside
-// it reaches. A request without a Host (HTTP/1.0) comes from no browser.
+// Without API keys, a llmosd listening on TCP answers a browser only for a
+// Host that is localhost, an IP address, or one --allow-host names: a page
+// whose own name its DNS makes lead to 127.0.0.1, or to the server's
+// address in the user's network (DNS rebinding), passes the Origin check,
+// its Host being its own name. That holds for any address, a wildcard one
+// (which takes loopback connections too) or one in a private network a
+// browser inside it reaches. On a loopback address every client is held
+// to it (none has a reason to use another name); on others, requests a
+// browser marks as its own (Origin, Sec-Fetch-*), so that programs may use
+// the server's DNS name (a container's service name). A request without a
+// Host (HTTP/1.0) comes from no browser.
 std::optional<api_error> foreign_host(const httplib::Request& req, const origin_rules& rules) {
     if (rules.keys || !rules.tcp->load() || !req.has_header("Host") || req.path == "/health") {
+        return std::nullopt;
+    }
+    const bool browser = req.has_header("Origin") || req.has_header("Sec-Fetch-Site") ||
+                         req.has_header("Sec-Fetch-Mode");
+    if (!rules.loopback->load() && !browser) {
         return std::nullopt;
     }
     const std::string host = to_lower(req.get_header_value("Host"));
@@ -270,8 +280,9 @@ std::optional<api_error> foreign_host(const httplib::Request& req, const origin_
     }
     return api_error{403,
                      "Host '" + host +
-                         "' is not this server's name: without API keys llmosd answers to "
-                         "localhost and IP addresses only (--allow-host names more)",
+                         "' is not this server's name: without API keys llmosd answers "
+                         "browsers, and on a loopback address everyone, for localhost and IP "
+                         "addresses only (--allow-host names more)",
                      "invalid_request_error", "", "foreign_host"};
 }
 
@@ -429,7 +440,7 @@ http_server::http_server(daemon& d)
     // Requests whose body cannot be told from what follows it: refused
     // before a handler reads it, and their connections close.
     const origin_rules rules{!d.api_keys().empty(), d.opts().allowed_origins,
-                             d.opts().allowed_hosts, _tcp};
+                             d.opts().allowed_hosts, _tcp, _loopback};
     _svr.set_pre_routing_handler(
         [max_body = d.opts().max_body, rules](const httplib::Request& req, httplib::Response& res) {
             // No endpoint serves parts of its answer: a Range is ignored (RFC
@@ -928,6 +939,8 @@ bool http_server::listen_unix(const std::string& path) {
 int http_server::bind_port(const std::string& host, int port) {
     // What a browser can be tricked into reaching by DNS rebinding.
     _tcp->store(true);
+    _loopback->store(host == "localhost" || host.starts_with("127.") || host == "::1" ||
+                     host == "[::1]");
     int bound = port ? (_svr.bind_to_port(host, port) ? port : -1) : _svr.bind_to_any_port(host);
     if (bound > 0) {
         widen_backlog([&](const sockaddr* a) { return port_of(a) == bound; });

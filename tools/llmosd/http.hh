@@ -49,6 +49,8 @@ private:
     daemon& _d;
     /// Listening on TCP (bind_port()), which browsers reach.
     std::shared_ptr<std::atomic<bool>> _tcp = std::make_shared<std::atomic<bool>>(false);
+    /// Listening on a loopback address only (bind_port()).
+    std::shared_ptr<std::atomic<bool>> _loopback = std::make_shared<std::atomic<bool>>(false);
     connection_server _svr;
     std::atomic<connection_pool*> _pool{nullptr}; ///< _svr's, while it listens
 };

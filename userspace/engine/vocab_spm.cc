@@ -3,8 +3,9 @@
 // The SentencePiece-style ("llama") tokenizer: start from one symbol per
 // character, then repeatedly merge the adjacent pair whose concatenation is
 // a vocabulary token with the highest score (ties: the leftmost pair), as
-// llama.cpp's llm_tokenizer_spm does. Symbols that end up matching no token
-// become byte tokens.
+// llama.cpp's llm_tokenizer_spm does, except that, as in SentencePiece,
+// control, unknown and byte tokens are never a merge's result. Symbols that
+// end up matching no token become byte tokens.
 #include "vocab_impl.hh"
 
 #include <algorithm>

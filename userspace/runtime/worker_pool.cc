@@ -406,11 +406,16 @@ void worker_pool::run_worker(unsigned i) {
                 // the mindspace, a status that is no errno): it fails
                 // instead, or goes back; it is never left held here.
                 note_error("complete: ", e.message().c_str());
-                if (w.complete(s.req.id, -EIO, s.tokens, 0, 0)) {
-                    w.give_back(s.req.id);
-                }
                 s.status = -EIO;
                 len = 0;
+                if (w.complete(s.req.id, -EIO, s.tokens, 0, 0) && !w.give_back(s.req.id)) {
+                    // Queued again, for another worker: it has not ended.
+                    if (auto it = maps.find(s.req.ms_id);
+                        mapped && it != maps.end() && --it->second.users == 0) {
+                        maps.erase(it);
+                    }
+                    return;
+                }
             }
             emit({s.req.id, s.output_off, static_cast<uint32_t>(len),
                   static_cast<uint32_t>(s.status ? output_kind::failed
