@@ -83,9 +83,10 @@ expect "remove it" llmosctl ms rm big
 
 refuse "bad size is a usage error" 2 "bad --size" llmosctl ms create x --size 12Q
 refuse "bad mode is a usage error" 2 "bad --mode" llmosctl ms create x --size 4K --mode 999
-refuse "unaligned size is refused by the module" 1 "Invalid argument" \
+# (The module's own refusals of these: mindspace_test.)
+refuse "an unaligned size is a usage error" 2 "not a multiple of the page size" \
 	llmosctl ms create x --size 1000
-refuse "bad name is refused" 1 "Invalid argument" llmosctl ms create 'a/b' --size 4K
+refuse "a bad name is a usage error" 2 "bad mindspace name" llmosctl ms create 'a/b' --size 4K
 refuse "writing past the end is a usage error" 2 "does not fit" \
 	llmosctl ms write conv --offset 1048570 "too long"
 refuse "removing what is not there" 1 "No such file or directory" llmosctl ms rm nosuch
