@@ -14,10 +14,13 @@
 
 #define COUNTERS "/sys/kernel/debug/llmos/counters"
 
-/* Write @val to the file at @path: 0 or -errno. */
+/*
+ * Write @val to the file at @path, as the shell's ">" does (truncating:
+ * tracefs's trace file is cleared so): 0 or -errno.
+ */
 static inline int write_file(const char *path, const char *val)
 {
-	int fd = open(path, O_WRONLY);
+	int fd = open(path, O_WRONLY | O_TRUNC);
 	ssize_t n;
 
 	if (fd < 0)

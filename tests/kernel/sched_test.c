@@ -1114,18 +1114,6 @@ TEST_F(sched, batch_commands_report_each_entry)
 	EXPECT_EQ(EFAULT, errno);
 }
 
-static int write_str(const char *path, const char *v)
-{
-	int fd = open(path, O_WRONLY | O_TRUNC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, v, strlen(v));
-	close(fd);
-	return n == (ssize_t)strlen(v) ? 0 : -EIO;
-}
-
 TEST_F(sched, tracepoints_record_the_lifecycle)
 {
 	const char *tr = "/sys/kernel/tracing";
@@ -1139,14 +1127,14 @@ TEST_F(sched, tracepoints_record_the_lifecycle)
 	if (access(path, W_OK))
 		SKIP(return, "no tracefs at %s", tr);
 	snprintf(path, sizeof(path), "%s/trace", tr);
-	ASSERT_EQ(0, write_str(path, ""));
+	ASSERT_EQ(0, write_file(path, ""));
 	snprintf(path, sizeof(path), "%s/events/llmos/enable", tr);
-	ASSERT_EQ(0, write_str(path, "1"));
+	ASSERT_EQ(0, write_file(path, "1"));
 	ASSERT_EQ(0, reg(self->worker, 1));
 	id = submit3(self->client, 42, 3, 7);
 	ASSERT_EQ(1, dispatch(self->worker, d, 1, 0, 0));
 	ASSERT_EQ(0, complete(self->worker, id, 0, 9));
-	ASSERT_EQ(0, write_str(path, "0"));
+	ASSERT_EQ(0, write_file(path, "0"));
 
 	snprintf(want[0], sizeof(want[0]), "req_submit: id=%lld tenant=42 prio=3 cost=7", id);
 	snprintf(want[1], sizeof(want[1]), "req_dispatch: id=%lld worker=", id);

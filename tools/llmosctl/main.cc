@@ -340,17 +340,9 @@ int cmd_ms_write(const options& o, const ms_args& a) {
     }
     std::string data = a.data;
     if (data == "-") {
-        // In blocks, and no more than can fit (and one byte to tell that
-        // more came): standard input may never end (/dev/zero).
-        data.clear();
-        const uint64_t room = a.offset <= ms->length() ? ms->length() - a.offset : 0;
-        std::vector<char> buf(1 << 16);
-        while (data.size() <= room &&
-               std::cin.read(buf.data(), static_cast<std::streamsize>(std::min<uint64_t>(
-                                             buf.size(), room + 1 - data.size())))
-                       .gcount() > 0) {
-            data.append(buf.data(), static_cast<size_t>(std::cin.gcount()));
-        }
+        // No more than can fit (and one byte to tell that more came).
+        data = llmosctl::read_at_most(std::cin,
+                                      a.offset <= ms->length() ? ms->length() - a.offset : 0);
     }
     if (a.data == "-" && a.offset <= ms->length() && data.size() > ms->length() - a.offset) {
         return llmosctl::usage("standard input holds more than the " +

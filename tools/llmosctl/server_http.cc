@@ -475,16 +475,8 @@ int cmd_model_swap(const server_options& o, const std::string& name, const std::
 int cmd_run(const server_options& o, const gen_args& a) {
     std::string prompt = a.prompt;
     if (prompt == "-") {
-        // No more than the cap (and a byte to tell that more came):
-        // standard input may never end (/dev/zero).
-        prompt.clear();
-        std::vector<char> buf(1 << 16);
-        while (prompt.size() <= max_input &&
-               std::cin.read(buf.data(), static_cast<std::streamsize>(std::min<size_t>(
-                                             buf.size(), max_input + 1 - prompt.size())))
-                       .gcount() > 0) {
-            prompt.append(buf.data(), static_cast<size_t>(std::cin.gcount()));
-        }
+        // No more than the cap (and a byte to tell that more came).
+        prompt = read_at_most(std::cin, max_input);
         if (prompt.size() > max_input) {
             return usage(std::string{"the prompt on standard input is longer than "} +
                          max_input_words);

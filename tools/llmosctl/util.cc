@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 #include "util.hh"
 
+#include <algorithm>
 #include <cstdio>
 #include <limits>
+#include <vector>
 
 namespace llmosctl {
 
@@ -119,6 +121,18 @@ int fail_device(const std::string& path, std::error_code ec) {
 int usage(const std::string& message) {
     std::fprintf(stderr, "llmosctl: %s\n", message.c_str());
     return exit_usage;
+}
+
+std::string read_at_most(std::istream& in, uint64_t limit) {
+    std::string out;
+    std::vector<char> buf(1 << 16);
+    while (out.size() <= limit &&
+           in.read(buf.data(), static_cast<std::streamsize>(
+                                   std::min<uint64_t>(buf.size(), limit + 1 - out.size())))
+                   .gcount() > 0) {
+        out.append(buf.data(), static_cast<size_t>(in.gcount()));
+    }
+    return out;
 }
 
 } // namespace llmosctl

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <istream>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -28,6 +29,10 @@ std::string format_mode(uint32_t mode);
 constexpr uint64_t counter_delta(uint64_t now, uint64_t before) {
     return now < before ? 0 : now - before;
 }
+
+/// What `in` holds, in blocks, up to `limit` bytes and one more to tell
+/// that more came (standard input may never end: /dev/zero).
+std::string read_at_most(std::istream& in, uint64_t limit);
 
 /// Prints "llmosctl: WHAT: MESSAGE" and returns exit_failure.
 int fail(const std::string& what, std::error_code ec);

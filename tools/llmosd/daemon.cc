@@ -681,17 +681,25 @@ void daemon::end_session(const std::string& session, std::optional<uint32_t> ten
                         "invalid_request_error", "session", ""};
     }
     const llmos::ms_key key{0, std::string(session_ms_prefix) + session};
-    auto ms = llmos::mindspace::open(*_dev, key);
-    if (!ms) {
-        if (ms.error() == std::errc::no_such_file_or_directory) {
-            throw api_error{404, "there is no session '" + session + "'", "invalid_request_error",
-                            "session", "session_not_found"};
+    auto not_found = [&] {
+        return api_error{404, "there is no session '" + session + "'", "invalid_request_error",
+                         "session", "session_not_found"};
+    };
+    // The session's mindspace, its owner checked.
+    auto open_owned = [&] {
+        auto ms = llmos::mindspace::open(*_dev, key);
+        if (!ms) {
+            if (ms.error() == std::errc::no_such_file_or_directory) {
+                throw not_found();
+            }
+            throw server_error("session '" + session + "': " + ms.error().message());
         }
-        throw server_error("session '" + session + "': " + ms.error().message());
-    }
-    if (tenant) {
-        check_session_owner(session, *ms, *tenant);
-    }
+        if (tenant) {
+            check_session_owner(session, *ms, *tenant);
+        }
+        return ms;
+    };
+    auto ms = open_owned();
     // None of its requests may run while it goes.
     auto gate = session_lock(session);
     if (!gate->try_enter()) {
@@ -702,17 +710,7 @@ void daemon::end_session(const std::string& session, std::optional<uint32_t> ten
     // The one there now, which a request (moving it to a larger store) or
     // another DELETE may have replaced or ended before this turn: its
     // owner checked again.
-    ms = llmos::mindspace::open(*_dev, key);
-    if (!ms) {
-        if (ms.error() == std::errc::no_such_file_or_directory) {
-            throw api_error{404, "there is no session '" + session + "'", "invalid_request_error",
-                            "session", "session_not_found"};
-        }
-        throw server_error("session '" + session + "': " + ms.error().message());
-    }
-    if (tenant) {
-        check_session_owner(session, *ms, *tenant);
-    }
+    ms = open_owned();
     if (_kv_pool) { // its K/V rows on the GPU (and what published them) go too
         std::optional<session::header> h;
         if (auto map = ms->map(0, session::page)) {
@@ -723,8 +721,7 @@ void daemon::end_session(const std::string& session, std::optional<uint32_t> ten
     ms = std::error_code(); // closed before it goes
     if (auto e = llmos::destroy_mindspace(*_dev, key)) {
         if (e == std::errc::no_such_file_or_directory) {
-            throw api_error{404, "there is no session '" + session + "'", "invalid_request_error",
-                            "session", "session_not_found"};
+            throw not_found();
         }
         throw server_error("session '" + session + "': " + e.message());
     }
