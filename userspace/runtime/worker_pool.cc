@@ -399,6 +399,7 @@ void worker_pool::run_worker(unsigned i) {
                 engine->release(s);
             }
             uint64_t len = s.status ? 0 : s.produced;
+            bool ended = true; // false: it went back to the queue, unended
             if (const std::error_code e =
                     w.complete(s.req.id, s.status, s.tokens, s.output_off, len);
                 e && e != std::errc::no_such_file_or_directory && e != std::errc::no_such_process) {
@@ -408,20 +409,15 @@ void worker_pool::run_worker(unsigned i) {
                 note_error("complete: ", e.message().c_str());
                 s.status = -EIO;
                 len = 0;
-                if (w.complete(s.req.id, -EIO, s.tokens, 0, 0) && !w.give_back(s.req.id)) {
-                    // Queued again, for another worker: it has not ended.
-                    if (auto it = maps.find(s.req.ms_id);
-                        mapped && it != maps.end() && --it->second.users == 0) {
-                        maps.erase(it);
-                    }
-                    return;
-                }
+                ended = !(w.complete(s.req.id, -EIO, s.tokens, 0, 0) && !w.give_back(s.req.id));
             }
-            emit({s.req.id, s.output_off, static_cast<uint32_t>(len),
-                  static_cast<uint32_t>(s.status ? output_kind::failed
-                                        : s.cut  ? output_kind::done_cut
-                                                 : output_kind::done)});
-            (s.status ? info.failed : info.served).fetch_add(1);
+            if (ended) {
+                emit({s.req.id, s.output_off, static_cast<uint32_t>(len),
+                      static_cast<uint32_t>(s.status ? output_kind::failed
+                                            : s.cut  ? output_kind::done_cut
+                                                     : output_kind::done)});
+                (s.status ? info.failed : info.served).fetch_add(1);
+            }
             if (auto it = maps.find(s.req.ms_id);
                 mapped && it != maps.end() && --it->second.users == 0) {
                 maps.erase(it);
