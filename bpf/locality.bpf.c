@@ -15,10 +15,13 @@
  * A departed worker's queue goes (llmos_destroy_queue()) once it is empty:
  * at once, or when the others have served what it held.
  *
- * Limits: at most MAX_WORKERS workers are tracked for stealing at once (a
- * departed worker's slot is free again once its queue is empty); the
- * queues of more still work, but only their own worker or the watchdog's
- * ejection empties them.
+ * Limits: at most MAX_WORKERS workers are tracked at once (a departed
+ * worker's slot is free again once its queue is empty). Only a tracked
+ * worker gets requests in its own queue, where the others can find them
+ * (to steal, or once it went); a worker without a slot gets the requests
+ * of its mindspaces from the shared queue, like everyone, and looks for a
+ * slot again at each dispatch until it has one. So a worker that goes
+ * leaves nothing where nobody looks.
  */
 #include "llmos.bpf.h"
 
@@ -28,6 +31,7 @@ char _license[] SEC("license") = "GPL";
 #define WORKER_QUEUE(id) (1000 + (id))
 #define MAX_WORKERS 64
 #define OFFLINE 0x8000000000000000ULL
+#define LOCALITY_ENOSPC 28 /* ENOSPC: vmlinux.h has no errno macros */
 
 const volatile u64 steal_after_ns = 200 * 1000 * 1000;
 
@@ -49,8 +53,11 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, u64);	/* worker id, while it is registered */
-	__type(value, u8);
+	__type(value, u8);	/* ALIVE, or TRACKED once it has a slot */
 } alive SEC(".maps");
+
+#define ALIVE 1
+#define TRACKED 2
 
 SEC("struct_ops/locality_init")
 s32 BPF_PROG(locality_init)
@@ -66,8 +73,10 @@ s32 BPF_PROG(locality_enqueue, struct llmos_core_req *req, u64 enq_flags)
 	w = ms ? bpf_map_lookup_elem(&owner, &ms) : NULL;
 	if (w) {
 		u64 id = *w;
+		u8 *state = bpf_map_lookup_elem(&alive, &id);
 
-		if (bpf_map_lookup_elem(&alive, &id) &&
+		/* Only where the others look too, should it go. */
+		if (state && *state == TRACKED &&
 		    llmos_queue_len(WORKER_QUEUE(id)) >= 0)
 			return llmos_queue_insert(req, WORKER_QUEUE(id), now);
 	}
@@ -75,10 +84,11 @@ s32 BPF_PROG(locality_enqueue, struct llmos_core_req *req, u64 enq_flags)
 }
 
 /*
- * A worker comes (@online), or goes: its slot keeps its queue for the
- * others to serve, unless @empty (the queue went with it).
+ * A worker comes (@online: it takes a free slot, if there is one), or goes:
+ * its slot keeps its queue for the others to serve, unless @empty (the
+ * queue went with it). Returns whether it has (had) a slot.
  */
-static __always_inline void track(u64 id, bool online, bool empty)
+static __always_inline bool track(u64 id, bool online, bool empty)
 {
 	/* Tracked already (a worker whose queue could not be made before). */
 	for (u32 i = 0; online && i < MAX_WORKERS; i++) {
@@ -86,16 +96,16 @@ static __always_inline void track(u64 id, bool online, bool empty)
 		u64 *slot = bpf_map_lookup_elem(&workers, &key);
 
 		if (!slot)
-			return;
+			return false;
 		if (*slot == id)
-			return;
+			return true;
 	}
 	for (u32 i = 0; i < MAX_WORKERS; i++) {
 		u32 key = i; /* i stays in a register: the verifier bounds it */
 		u64 *slot = bpf_map_lookup_elem(&workers, &key);
 
 		if (!slot)
-			return;
+			return false;
 		/* Free, or a departed worker's whose queue is empty. */
 		if (online && (!*slot || (*slot & OFFLINE))) {
 			u64 gone = *slot & ~OFFLINE;
@@ -104,23 +114,25 @@ static __always_inline void track(u64 id, bool online, bool empty)
 				if (gone)
 					llmos_destroy_queue(WORKER_QUEUE(gone));
 				*slot = id;
-				return;
+				return true;
 			}
 		}
 		if (!online && *slot == id) {
 			*slot = empty ? 0 : id | OFFLINE;
-			return;
+			return true;
 		}
 	}
+	return false;
 }
 
 static __always_inline void come(u64 id)
 {
-	u8 one = 1;
+	u8 state = ALIVE;
 
 	llmos_create_queue(WORKER_QUEUE(id));
-	bpf_map_update_elem(&alive, &id, &one, BPF_ANY);
-	track(id, true, false);
+	if (track(id, true, false))
+		state = TRACKED;
+	bpf_map_update_elem(&alive, &id, &state, BPF_ANY);
 }
 
 SEC("struct_ops/locality_online")
@@ -133,25 +145,35 @@ SEC("struct_ops/locality_offline")
 void BPF_PROG(locality_offline, struct llmos_core_worker *w)
 {
 	u64 id = w->id;
-
 	bool empty = !llmos_queue_len(WORKER_QUEUE(id));
 
 	bpf_map_delete_elem(&alive, &id);
 	/* Nothing left for the others: the queue goes now. */
 	if (empty)
 		llmos_destroy_queue(WORKER_QUEUE(id));
-	track(id, false, empty);
+	/*
+	 * Without a slot its queue was never given anything; should it hold
+	 * requests all the same, nobody would serve them: give up, and the
+	 * built-in policy serves them.
+	 */
+	if (!track(id, false, empty) &&
+	    llmos_queue_len(WORKER_QUEUE(id)) > 0)
+		llmos_policy_error(-LOCALITY_ENOSPC);
 }
 
 SEC("struct_ops/locality_dispatch")
 void BPF_PROG(locality_dispatch, struct llmos_core_worker *w, u32 budget)
 {
-	u64 now = bpf_ktime_get_ns();
+	u64 now = bpf_ktime_get_ns(), id = w->id;
+	u8 *state = bpf_map_lookup_elem(&alive, &id);
 	u32 got;
 
 	/* A worker from before the policy gets its queue now. */
-	if (llmos_queue_len(WORKER_QUEUE(w->id)) < 0)
-		come(w->id);
+	if (llmos_queue_len(WORKER_QUEUE(id)) < 0)
+		come(id);
+	/* One without a slot looks for one again. */
+	else if (state && *state != TRACKED && track(id, true, false))
+		*state = TRACKED;
 	/* (Its queue may not be there: no memory for it.) */
 	got = llmos_queue_len(WORKER_QUEUE(w->id)) > 0 ?
 	      llmos_queue_move_to_worker(WORKER_QUEUE(w->id), w, budget) : 0;

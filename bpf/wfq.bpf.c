@@ -4,20 +4,23 @@
  *
  * Start-time fair queuing with tags computed at enqueue: a request's start
  * tag is max(the virtual clock, its tenant's last finish tag), its finish
- * tag start + cost * 1024 / weight; the single queue is ordered by start
+ * tag start + cost * 2^20 / weight (the built-in policy's scale: with
+ * weights up to 10000 and costs from 1, every step is at least 104, so
+ * shares follow weights closely); the single queue is ordered by start
  * tag. The virtual clock follows the start tag of the request dispatched
- * last (the head's key). A tenant's weight is the one in the "weights"
- * array (index: tenant, value: weight), which the user may update while
- * the policy runs (bpftool map update, or a loader of its own); where that
- * says 0 (the default), the module's weight of the tenant (llmosctl sched
- * weight, default 100). Arrays, not hash maps, keep enqueue cheap: tenants
- * are told apart modulo MAX_TENANTS.
+ * last: dispatch moves one request at a time, taking each one's key. A
+ * tenant's weight is the one in the "weights" array (index: tenant,
+ * value: weight, taken as 10000 above that), which the user may update
+ * while the policy runs (bpftool map update, or a loader of its own);
+ * where that says 0 (the default), the module's weight of the tenant
+ * (llmosctl sched weight, default 100). Arrays, not hash maps, keep
+ * enqueue cheap: tenants are told apart modulo MAX_TENANTS.
  *
  * Tags only grow (a cancelled request's cost is not given back): before
- * they could wrap (2^62, some 2^20 requests of the largest cost at weight
- * 1), the policy stops with llmos_policy_error(-EOVERFLOW), and the
- * built-in policy (which rebases its clock) serves everything; attach it
- * again to start from 0.
+ * they could wrap (2^62, some 2^10 requests of the largest cost, 2^32 - 1,
+ * at weight 1; 2^42 of cost 1 at weight 1), the policy stops with
+ * llmos_policy_error(-EOVERFLOW), and the built-in policy (which rebases
+ * its clock) serves everything; attach it again to start from 0.
  */
 #include "llmos.bpf.h"
 
@@ -25,8 +28,11 @@ char _license[] SEC("license") = "GPL";
 
 #define WFQ_QUEUE 1
 #define DEFAULT_WEIGHT 100
+#define MAX_WEIGHT 10000 /* LLMOS_MAX_WEIGHT */
 #define MAX_TENANTS 4096
-#define WFQ_TAG_LIMIT 0x4000000000000000ULL /* 2^62; a step adds 2^42 at most */
+#define WFQ_SCALE 1048576ULL /* 2^20, LLMOS_CORE_WFQ_SCALE */
+/* 2^62; a step adds less than 2^52 (a u32 cost times 2^20 at weight 1) */
+#define WFQ_TAG_LIMIT 0x4000000000000000ULL
 #define WFQ_EOVERFLOW 75 /* EOVERFLOW: vmlinux.h has no errno macros */
 
 struct {
@@ -59,7 +65,7 @@ s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 
 	w = bpf_map_lookup_elem(&weights, &tenant);
 	if (w && *w)
-		weight = *w;
+		weight = *w < MAX_WEIGHT ? *w : MAX_WEIGHT;
 	else if (req->ten && req->ten->weight)
 		weight = req->ten->weight;
 	f = bpf_map_lookup_elem(&finish, &tenant);
@@ -71,18 +77,25 @@ s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 		llmos_policy_error(-WFQ_EOVERFLOW);
 		return -1;
 	}
-	*f = start + cost * 1024 / weight;
+	*f = start + cost * WFQ_SCALE / weight;
 	return llmos_queue_insert(req, WFQ_QUEUE, start);
 }
+
+/* The most requests one dispatch moves (LLMOS_MAX_DISPATCH). */
+#define MAX_BUDGET 256
 
 SEC("struct_ops/wfq_dispatch")
 void BPF_PROG(wfq_dispatch, struct llmos_core_worker *w, u32 budget)
 {
-	u64 head = llmos_queue_peek_key(WFQ_QUEUE);
+	/* One at a time: the clock takes the key of the last one moved. */
+	for (u32 i = 0; i < budget && i < MAX_BUDGET; i++) {
+		u64 head = llmos_queue_peek_key(WFQ_QUEUE);
 
-	if (head > vclock)
-		vclock = head;
-	llmos_queue_move_to_worker(WFQ_QUEUE, w, budget);
+		if (!llmos_queue_move_to_worker(WFQ_QUEUE, w, 1))
+			break;
+		if (head > vclock)
+			vclock = head;
+	}
 }
 
 SEC(".struct_ops.link")

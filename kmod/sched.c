@@ -547,9 +547,32 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 	return ret;
 }
 
+/*
+ * The bytes of a user element of @size bytes past the @known ones the
+ * kernel reads: 0 when they are zero (or there are none), -E2BIG when
+ * some are not (the element asks for what this kernel does not know), or
+ * -EFAULT.
+ */
+static int llmos_uelem_tail(const void __user *u, size_t known, size_t size)
+{
+	int ret;
+
+	if (size <= known)
+		return 0;
+	ret = check_zeroed_user(u + known, size - known);
+	if (ret < 0)
+		return ret;
+	return ret ? 0 : -E2BIG;
+}
+
 /**
  * llmos_submit_batch() - LLMOS_IOC_SUBMIT_BATCH
  * @ucmd: the command, a struct llmos_submit_batch
+ *
+ * Every entry is read and checked before any is submitted. An entry
+ * larger than the kernel's struct with non-zero bytes in the part the
+ * kernel does not know is not submitted: its out_error is -E2BIG, as
+ * SUBMIT's would be.
  *
  * Return: 0 when every entry was read and written back (each has its
  * out_id and out_error), or a negative errno (then no request of the
@@ -578,14 +601,21 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd)
 		goto out;
 	}
 	for (i = 0; i < cmd->count; i++) {
-		if (copy_from_user(&e[i], uptr + (size_t)i * cmd->entry_size,
-				   sizeof(*e))) {
+		void __user *u = uptr + (size_t)i * cmd->entry_size;
+		int tail;
+
+		if (copy_from_user(&e[i], u, sizeof(*e))) {
 			ret = -EFAULT;
 			goto out;
 		}
+		tail = llmos_uelem_tail(u, sizeof(*e), cmd->entry_size);
+		if (tail == -EFAULT) {
+			ret = tail;
+			goto out;
+		}
 		e[i].out_id = 0;
-		e[i].out_error = -EINVAL;
-		if (e[i].__reserved || e[i].__reserved2 ||
+		e[i].out_error = tail ?: -EINVAL;
+		if (tail || e[i].__reserved || e[i].__reserved2 ||
 		    e[i].priority > LLMOS_MAX_PRIORITY)
 			continue;
 		e[i].out_error = llmos_ms_check_request(e[i].ms_id,
@@ -1015,8 +1045,12 @@ int llmos_complete(struct llmos_ucmd *ucmd)
  * llmos_complete_batch() - LLMOS_IOC_COMPLETE_BATCH
  * @ucmd: the command, a struct llmos_complete_batch
  *
+ * Every entry is read and checked before any request is completed. An
+ * entry with non-zero bytes past the kernel's struct completes nothing:
+ * its out_error is -E2BIG.
+ *
  * Return: 0 when every entry was read (each has its out_error), or a
- * negative errno.
+ * negative errno (then no request was completed).
  */
 int llmos_complete_batch(struct llmos_ucmd *ucmd)
 {
@@ -1036,18 +1070,28 @@ int llmos_complete_batch(struct llmos_ucmd *ucmd)
 	if (!e)
 		return -ENOMEM;
 	for (i = 0; i < cmd->count; i++) {
-		if (copy_from_user(&e[i], uptr + (size_t)i * cmd->entry_size,
-				   sizeof(*e))) {
+		void __user *u = uptr + (size_t)i * cmd->entry_size;
+
+		if (copy_from_user(&e[i], u, sizeof(*e))) {
+			ret = -EFAULT;
+			goto out;
+		}
+		/* Kept in out_error (which is written, never read). */
+		e[i].out_error = llmos_uelem_tail(u, sizeof(*e),
+						  cmd->entry_size);
+		if (e[i].out_error == -EFAULT) {
 			ret = -EFAULT;
 			goto out;
 		}
 	}
 	spin_lock(&llmos_sched.lock);
 	for (i = 0; i < cmd->count; i++) {
-		e[i].out_error = e[i].__reserved ? -EINVAL :
-			llmos_complete_one(c, cmd->flags, e[i].id,
-					   e[i].status, e[i].tokens,
-					   e[i].result_off, e[i].result_len);
+		if (!e[i].out_error)
+			e[i].out_error = e[i].__reserved ? -EINVAL :
+				llmos_complete_one(c, cmd->flags, e[i].id,
+						   e[i].status, e[i].tokens,
+						   e[i].result_off,
+						   e[i].result_len);
 		done += !e[i].out_error;
 	}
 	if (done)

@@ -4,8 +4,11 @@
  * heap priorities), ordered by the pair (k1, k2). Used for every ordered set
  * of the scheduler core: requests by id, queues by key, tenants by id and by
  * virtual time. No allocation, no locking: the caller embeds the nodes and
- * serialises access. Priorities come from a per-tree xorshift generator, so
- * the shape of a tree is the same for the same sequence of operations.
+ * serialises access. Priorities come from a per-tree xorshift generator,
+ * seeded at random in the kernel (keys chosen by users cannot make a tree
+ * a list: the expected depth stays O(log n)) and with a fixed seed in the
+ * userspace build, where the shape of a tree is the same for the same
+ * sequence of operations.
  */
 #ifndef _LLMOS_CORE_TREAP_H
 #define _LLMOS_CORE_TREAP_H

@@ -2,13 +2,37 @@
 /*
  * llmos core: intrusive treap, see llmos_treap.h.
  */
+#ifdef __KERNEL__
+#include <linux/random.h>
+#endif
+
 #include "llmos_treap.h"
+
+/* Any non-zero state will do for xorshift: 0 would stay 0. */
+#define LLMOS_TREAP_SEED 2463534242u
+
+/*
+ * In the kernel each tree starts from a random state, so that nobody who
+ * picks keys (tenant ids, deadlines, a policy's keys) can foresee the
+ * priorities and make a tree a list; in userspace the same one, so that
+ * the host tests see the same shapes every run.
+ */
+static u32 llmos_treap_seed(void)
+{
+#ifdef __KERNEL__
+	u32 seed = get_random_u32();
+
+	if (seed)
+		return seed;
+#endif
+	return LLMOS_TREAP_SEED;
+}
 
 void llmos_treap_init(struct llmos_treap *t)
 {
 	t->root = NULL;
 	t->nr = 0;
-	t->seed = 2463534242u;
+	t->seed = llmos_treap_seed();
 }
 
 static u32 llmos_treap_rand(struct llmos_treap *t)

@@ -341,6 +341,85 @@ TEST_F(policy, wfq_shares_follow_its_weights_map)
 }
 
 /*
+ * Weights past 512 keep their shares: 700 against 100 gets 7/8 of the
+ * service, 2000 against 100 gets 20/21 (not all of it, nor the same as
+ * 1000 against 100).
+ */
+TEST_F(policy, wfq_shares_follow_large_weights)
+{
+	const __u32 weight[2] = { 700, 2000 };
+	const int ideal[2] = { 175, 190 }; /* 200 * weight / (weight + 100) */
+	struct bpf_map *weights;
+
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	weights = bpf_object__find_map_by_name(self->p.obj, "weights");
+	ASSERT_NE(NULL, weights);
+	for (int i = 0; i < 2; i++) {
+		__u32 tenant = 51 + 2 * i;
+		int from;
+
+		ASSERT_EQ(0, bpf_map__update_elem(weights, &tenant,
+						  sizeof(tenant), &weight[i],
+						  sizeof(weight[i]), BPF_ANY));
+		from = served_of_200(self->client, self->worker, tenant,
+				     tenant + 1);
+		TH_LOG("weight %u against 100: %d of 200 (ideal %d)",
+		       weight[i], from, ideal[i]);
+		EXPECT_LE(ideal[i] - 4, from);
+		EXPECT_GE(ideal[i] + 4, from);
+		while (serve_one(self->worker) > 0)
+			;
+	}
+}
+
+/*
+ * A worker that takes four at once: the virtual clock follows the last
+ * of them, so a tenant that comes then starts there and takes turns with
+ * the one served, instead of going first for a batch of its own.
+ */
+TEST_F(policy, wfq_starts_a_new_tenant_at_the_last_request_handed_out)
+{
+	struct llmos_worker_register r = {
+		.size = sizeof(r), .capacity = 4, .numa_node = -1,
+	};
+	struct llmos_req_desc d[4];
+	struct llmos_dispatch c = {
+		.size = sizeof(c), .flags = LLMOS_NONBLOCK,
+		.descs_uptr = (__u64)(uintptr_t)d, .desc_size = sizeof(d[0]),
+		.max = 4,
+	};
+	const __u32 want[8] = { 62, 61, 62, 61, 62, 61, 62, 61 };
+	struct llmos_complete done = { .size = sizeof(done) };
+	int four = open("/dev/llmos", O_RDWR);
+
+	ASSERT_LE(0, four);
+	ASSERT_EQ(0, ioctl(four, LLMOS_IOC_WORKER_REGISTER, &r));
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	for (int i = 0; i < 8; i++)
+		ASSERT_LT(0, submit(self->client, 61, 0, 1, 0));
+	ASSERT_EQ(0, ioctl(four, LLMOS_IOC_DISPATCH, &c));
+	ASSERT_EQ(4, c.out_count);
+	for (int i = 0; i < 4; i++)
+		ASSERT_LT(0, submit(self->client, 62, 0, 1, 0));
+	for (int i = 0; i < 4; i++) {
+		EXPECT_EQ(61, d[i].tenant);
+		done.id = d[i].id;
+		ASSERT_EQ(0, ioctl(four, LLMOS_IOC_COMPLETE, &done));
+	}
+	c.max = 1;
+	for (int i = 0; i < 8; i++) {
+		ASSERT_EQ(0, ioctl(four, LLMOS_IOC_DISPATCH, &c));
+		ASSERT_EQ(1, c.out_count);
+		EXPECT_EQ(want[i], d[0].tenant) {
+			TH_LOG("request %d of tenant %u", i, d[0].tenant);
+		}
+		done.id = d[0].id;
+		ASSERT_EQ(0, ioctl(four, LLMOS_IOC_COMPLETE, &done));
+	}
+	close(four);
+}
+
+/*
  * Where its map says nothing, wfq takes the module's weight of the tenant
  * (llmosctl sched weight); where it does, the map's.
  */
@@ -494,6 +573,56 @@ TEST_F(policy, locality_sends_a_departed_worker_s_mindspace_to_the_others)
 	r2 = submit_ms(self->client, ms7);
 	EXPECT_EQ(r2, take_start_complete(self->worker, LLMOS_NONBLOCK));
 	close(fd7);
+}
+
+/*
+ * locality tracks 64 workers: one past them gets no request in a queue of
+ * its own (only its own dispatch would look there), so when it goes, the
+ * next request of its mindspace is there for the others at once; and one
+ * that had no slot takes one freed later, at its next dispatch.
+ */
+TEST_F(policy, locality_strands_nothing_with_a_worker_it_does_not_track)
+{
+	struct llmos_worker_register r = {
+		.size = sizeof(r), .capacity = 1, .numa_node = -1,
+	};
+	long long r1, r2, r3, r4;
+	int many[64], x, fd7, fd8;
+	__u64 ms7 = ms_new(self->client, &fd7), ms8 = ms_new(self->client, &fd8);
+
+	ASSERT_LE(0, fd7);
+	ASSERT_LE(0, fd8);
+	ASSERT_EQ(0, attach(&self->p, "locality"));
+	/* The fixture's worker takes a slot at its first dispatch. */
+	EXPECT_EQ(-EAGAIN, take_start_complete(self->worker, LLMOS_NONBLOCK));
+	/* 63 of these take the other slots; many[63] and x have none. */
+	for (int i = 0; i < 64; i++) {
+		many[i] = open("/dev/llmos", O_RDWR);
+		ASSERT_LE(0, many[i]);
+		ASSERT_EQ(0, ioctl(many[i], LLMOS_IOC_WORKER_REGISTER, &r));
+	}
+	x = open("/dev/llmos", O_RDWR);
+	ASSERT_LE(0, x);
+	ASSERT_EQ(0, ioctl(x, LLMOS_IOC_WORKER_REGISTER, &r));
+	r1 = submit_ms(self->client, ms7);
+	ASSERT_EQ(r1, take_start_complete(x, 0)); /* x runs ms7 */
+	r2 = submit_ms(self->client, ms7);
+	ASSERT_LT(0, r2);
+	close(x);
+	EXPECT_EQ(r2, take_start_complete(self->worker, LLMOS_NONBLOCK));
+	/* A slot comes free: many[63] takes it when it next asks. */
+	close(many[0]);
+	EXPECT_EQ(-EAGAIN, take_start_complete(many[63], LLMOS_NONBLOCK));
+	r3 = submit_ms(self->client, ms8);
+	ASSERT_EQ(r3, take_start_complete(many[63], 0)); /* it runs ms8 */
+	r4 = submit_ms(self->client, ms8);
+	ASSERT_LT(0, r4);
+	EXPECT_EQ(-EAGAIN, take_start_complete(self->worker, LLMOS_NONBLOCK));
+	EXPECT_EQ(r4, take_start_complete(many[63], LLMOS_NONBLOCK));
+	for (int i = 1; i < 64; i++)
+		close(many[i]);
+	close(fd7);
+	close(fd8);
 }
 
 /*

@@ -1114,6 +1114,97 @@ TEST_F(sched, batch_commands_report_each_entry)
 	EXPECT_EQ(EFAULT, errno);
 }
 
+/*
+ * Batch entries larger than the kernel's struct: a clean tail is as the
+ * exact size; non-zero bytes there fail that entry alone with E2BIG (as
+ * SUBMIT or COMPLETE would fail) and the others go through.
+ */
+TEST_F(sched, batch_entries_past_the_kernel_s_struct_need_a_zero_tail)
+{
+	struct big_submit {
+		struct llmos_submit_entry e;
+		__u64 tail;
+	} se[3];
+	struct big_complete {
+		struct llmos_complete_entry e;
+		__u64 tail;
+	} ce[2];
+	struct llmos_submit_batch sb = {
+		.size = sizeof(sb), .entries_uptr = (__u64)(uintptr_t)se,
+		.entry_size = sizeof(se[0]), .count = 3,
+	};
+	struct llmos_complete_batch cb = {
+		.size = sizeof(cb), .entries_uptr = (__u64)(uintptr_t)ce,
+		.entry_size = sizeof(ce[0]), .count = 2,
+	};
+	/* One byte more than the kernel knows, unaligned. */
+	unsigned char odd[2 * (sizeof(struct llmos_submit_entry) + 1)];
+	const size_t stride = sizeof(struct llmos_submit_entry) + 1;
+	struct llmos_submit_entry one = { .tenant = 1, .cost = 1 };
+	struct llmos_req_desc d[4];
+	char *page;
+
+	memset(se, 0, sizeof(se));
+	for (int i = 0; i < 3; i++)
+		se[i].e = (struct llmos_submit_entry){ .tenant = 1, .cost = 1 };
+	se[1].tail = 1ULL << 60;
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_SUBMIT_BATCH, &sb));
+	EXPECT_EQ(2, sb.out_done);
+	EXPECT_EQ(0, se[0].e.out_error);
+	EXPECT_EQ(-E2BIG, se[1].e.out_error);
+	EXPECT_EQ(0, se[1].e.out_id);
+	EXPECT_EQ(0, se[2].e.out_error);
+	EXPECT_LT(se[0].e.out_id, se[2].e.out_id);
+
+	memset(odd, 0, sizeof(odd));
+	memcpy(odd, &one, sizeof(one));
+	memcpy(odd + stride, &one, sizeof(one));
+	odd[2 * stride - 1] = 1;
+	sb.entries_uptr = (__u64)(uintptr_t)odd;
+	sb.entry_size = stride;
+	sb.count = 2;
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_SUBMIT_BATCH, &sb));
+	EXPECT_EQ(1, sb.out_done);
+	memcpy(&one, odd, sizeof(one));
+	EXPECT_EQ(0, one.out_error);
+	EXPECT_LT(0, one.out_id);
+	EXPECT_EQ(0, cancel(self->client, one.out_id));
+	EXPECT_EQ(0, wait_req(self->client, one.out_id, 0, 0, NULL));
+	memcpy(&one, odd + stride, sizeof(one));
+	EXPECT_EQ(-E2BIG, one.out_error);
+	EXPECT_EQ(0, one.out_id);
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	ASSERT_EQ(2, dispatch(self->worker, d, 4, LLMOS_NONBLOCK, 0));
+	memset(ce, 0, sizeof(ce));
+	ce[0].e.id = se[0].e.out_id;
+	ce[1].e.id = se[2].e.out_id;
+	ce[1].tail = 1;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE_BATCH, &cb));
+	EXPECT_EQ(1, cb.out_done);
+	EXPECT_EQ(0, ce[0].e.out_error);
+	EXPECT_EQ(-E2BIG, ce[1].e.out_error);
+	/* Not completed: the worker still holds it. */
+	EXPECT_EQ(0, complete(self->worker, se[2].e.out_id, 0, 1));
+	/* A tail that cannot be read fails the command: nothing submitted. */
+	page = mmap(NULL, 8192, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, page);
+	ASSERT_EQ(0, mprotect(page + 4096, 4096, PROT_NONE));
+	one = (struct llmos_submit_entry){ .tenant = 1, .cost = 1 };
+	memcpy(page + 4096 - sizeof(one), &one, sizeof(one));
+	sb.entries_uptr = (__u64)(uintptr_t)(page + 4096 - sizeof(one));
+	sb.entry_size = 2 * sizeof(one);
+	sb.count = 1;
+	EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_SUBMIT_BATCH, &sb));
+	EXPECT_EQ(EFAULT, errno);
+	munmap(page, 8192);
+	/* Only the two completed ones are there to collect. */
+	EXPECT_EQ(0, wait_req(self->client, se[0].e.out_id, 0, 0, NULL));
+	EXPECT_EQ(0, wait_req(self->client, se[2].e.out_id, 0, 0, NULL));
+	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL));
+}
+
 TEST_F(sched, tracepoints_record_the_lifecycle)
 {
 	const char *tr = "/sys/kernel/tracing";
