@@ -876,7 +876,9 @@ struct llmos_submit_entry {
  * @size: sizeof(struct llmos_submit_batch)
  * @flags: must be 0
  * @entries_uptr: user array of @count elements of @entry_size bytes
- * @entry_size: size of one element, at least 64
+ * @entry_size: size of one element, at least 64; bytes past the kernel's
+ *	struct llmos_submit_entry must be zero (an entry with others is not
+ *	submitted: its out_error is -E2BIG)
  * @count: number of elements (1..%LLMOS_MAX_DISPATCH)
  * @out_done: entries submitted (the others have out_error set)
  * @__reserved: must be 0
@@ -920,7 +922,9 @@ struct llmos_complete_entry {
  * @flags: 0, or %LLMOS_COMPLETE_RETURN: every entry is handed back, as
  *	with COMPLETE
  * @entries_uptr: user array of @count elements of @entry_size bytes
- * @entry_size: size of one element, at least 40
+ * @entry_size: size of one element, at least 40; bytes past the kernel's
+ *	struct llmos_complete_entry must be zero (an entry with others
+ *	completes nothing: its out_error is -E2BIG)
  * @count: number of elements (1..%LLMOS_MAX_DISPATCH)
  * @out_done: entries that completed (the others have out_error set)
  * @__reserved: must be 0
