@@ -279,10 +279,19 @@ protected:
         met = metrics_once(c, "llmosd_in_flight", 0); // counted, and its place given back
         EXPECT_NE(met.find("llmosd_requests_cancelled_total 1"), std::string::npos) << met;
         EXPECT_NE(met.find("llmosd_in_flight 0"), std::string::npos);
-        const std::string key = "\nllmosd_generated_tokens_total ";
-        auto pos = met.find(key);
-        ASSERT_NE(pos, std::string::npos);
-        EXPECT_LT(std::stoul(met.substr(pos + key.size())), asked) << "the worker stopped early";
+        // The worker made some tokens, and stopped well before `asked`.
+        double made = 0;
+        for (int i = 0; i < 100 && made <= 0; ++i) {
+            auto r = c.Get("/metrics");
+            made = r ? metric(r->body, "llmosd_worker_generated_tokens_total") : 0;
+            if (made <= 0) {
+                std::this_thread::sleep_for(50ms);
+            }
+        }
+        EXPECT_GT(made, 0) << "the workers' tokens of a cancelled request were not counted";
+        EXPECT_LT(made, asked) << "the worker did not stop early";
+        EXPECT_EQ(metric(met, "llmosd_generated_tokens_total"), 0)
+            << "a cancelled request counted as completed";
     }
     // A non-streaming completion of 60000 tokens whose client gives up
     // after 150 ms (and closes its connection).
@@ -816,7 +825,7 @@ TEST(llmosd_session_layout, grows_with_the_context_and_reads_older_headers) {
     // A version-3 header keeps a model name of 128 bytes whole.
     const std::string name(128, 'm');
     const auto l = ss::for_ctx(65536);
-    put(ss::make(7, name, 5, l, 123, ss::overflowed));
+    put(ss::make(7, name, 5, l, 123, ss::overflowed, 1700000000));
     auto h = ss::read(ms);
     ASSERT_TRUE(h);
     EXPECT_EQ(h->version, 3u);
@@ -825,6 +834,7 @@ TEST(llmosd_session_layout, grows_with_the_context_and_reads_older_headers) {
     EXPECT_EQ(ss::of(*h), l);
     EXPECT_EQ(h->kv_off, l.kv_off());
     EXPECT_EQ(h->flags, uint32_t(ss::overflowed));
+    EXPECT_EQ(h->used, 1700000000u);
     ASSERT_TRUE(ss::text(*h, ms)) << "the text lies in the mindspace, though its region does not";
     auto past = *h;
     past.text_len = ms.size() - ss::text_off + 1;
@@ -835,7 +845,7 @@ TEST(llmosd_session_layout, grows_with_the_context_and_reads_older_headers) {
     EXPECT_EQ(ss::text(*h, whole)->size(), 5u);
 
     // Headers that are not a session's, or lie about their layout.
-    auto bad = ss::make(7, "m", 5, l, 123, 0);
+    auto bad = ss::make(7, "m", 5, l, 123, 0, 0);
     auto refused = [&](auto mend) {
         auto b = bad;
         mend(b);
@@ -857,18 +867,19 @@ TEST(llmosd_session_layout, grows_with_the_context_and_reads_older_headers) {
     }));
     EXPECT_FALSE(ss::stamp(std::span(ms).first(8))) << "too short for a stamp";
     EXPECT_FALSE(refused([](auto&) {}));
-    const auto too_long = ss::make(7, "m", l.text_cap + 1, l, 123, 0);
+    const auto too_long = ss::make(7, "m", l.text_cap + 1, l, 123, 0, 0);
     EXPECT_FALSE(ss::text(too_long, whole)) << "text longer than its region";
 
     // Versions 1 and 2: the fixed layout; what they lack reads 0.
     std::fill(ms.begin(), ms.end(), std::byte{0xAA});
-    auto v2 = ss::make(3, std::string(70, 'n'), 9, ss::legacy(), 0, 0);
+    auto v2 = ss::make(3, std::string(70, 'n'), 9, ss::legacy(), 0, 0, 0);
     v2.version = 2;
     std::memcpy(ms.data(), &v2, offsetof(ss::header, text_cap)); // the rest is 0xAA
     h = ss::read(ms);
     ASSERT_TRUE(h);
     EXPECT_EQ(ss::of(*h), ss::legacy());
     EXPECT_EQ(h->flags, 0u);
+    EXPECT_EQ(h->used, 0u);
     EXPECT_EQ(ss::model_of(*h), std::string(63, 'n')) << "the 64 bytes version 2 had";
 }
 
@@ -955,7 +966,7 @@ TEST_F(llmosd_test, a_session_s_store_follows_the_context_and_older_ones_carry_o
                                                  .persistent = true})
                       .value();
         auto m = ms.map().value();
-        auto h = ss::make(0, "tiny", text.size(), l, kv_len, 0);
+        auto h = ss::make(0, "tiny", text.size(), l, kv_len, 0, 0);
         h.version = 2;
         std::memset(&h.text_cap, 0, sizeof(h) - offsetof(ss::header, text_cap));
         std::memcpy(m.data(), &h, sizeof h);
@@ -972,7 +983,7 @@ TEST_F(llmosd_test, a_session_s_store_follows_the_context_and_older_ones_carry_o
                       .value();
         auto m = ms.map().value();
         const std::string text = "Hello world";
-        const auto h = ss::make(0, "tiny", text.size(), big, 0, 0);
+        const auto h = ss::make(0, "tiny", text.size(), big, 0, 0, 0);
         std::memcpy(m.data(), &h, sizeof h);
         std::memcpy(m.data() + ss::text_off, text.data(), text.size());
         // One a later llmosd wrote: neither read nor written over.
@@ -1253,6 +1264,113 @@ TEST_F(llmosd_test, sessions_kept_at_once_are_bounded) {
     ASSERT_TRUE(c.Delete("/llmos/v1/sessions/a"));
     ASSERT_TRUE(c.Delete("/llmos/v1/sessions/c"));
     EXPECT_EQ(six_at_once("q"), std::pair(2, 4)) << "sessions past --max-sessions were made";
+}
+
+// --max-queue-per-tenant and --max-sessions-per-tenant: one tenant's
+// requests and sessions leave room for the others'.
+TEST_F(llmosd_test, one_tenant_cannot_take_every_place_or_session) {
+    std::filesystem::create_directories(_dir);
+    std::ofstream(_dir + "/keys") << "alice-key 1\nbob-key 2\n";
+    server s(_dir, {"--api-key-file", _dir + "/keys", "--ctx", "65536", "--max-queue", "8",
+                    "--max-queue-per-tenant", "1", "--max-sessions-per-tenant", "1"});
+    auto c = s.client();
+    const httplib::Headers alice = {{"Authorization", "Bearer alice-key"}},
+                           bob = {{"Authorization", "Bearer bob-key"}};
+    auto turn = [](const std::string& session) {
+        json t = {{"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 2}};
+        if (!session.empty()) {
+            t["session"] = session;
+        }
+        return t;
+    };
+    {
+        held_stream hers(s, 60000, "", alice); // alice's one place
+        auto r = c.Post("/v1/completions", alice, turn("").dump(), "application/json");
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->status, 429) << r->body;
+        EXPECT_EQ(r->get_header_value("Retry-After"), "1");
+        auto e = json::parse(r->body);
+        expect_error(e, "rate_limit_error", "");
+        EXPECT_EQ(e["error"]["code"], "tenant_overloaded") << e;
+        EXPECT_NE(e["error"]["message"].get<std::string>().find("--max-queue-per-tenant"),
+                  std::string::npos)
+            << e;
+        post(c, "/v1/completions", turn(""), 200, bob); // bob's is served meanwhile
+        hers.release();
+    }
+    // Her place comes back once her stream's end is seen (its client gone).
+    int status = 0;
+    for (int i = 0; i < 100 && status != 200; ++i) {
+        auto r = c.Post("/v1/completions", alice, turn("").dump(), "application/json");
+        status = r ? r->status : 0;
+        if (status == 429) {
+            std::this_thread::sleep_for(50ms);
+        }
+    }
+    EXPECT_EQ(status, 200) << "her place never came back";
+    // Sessions: one each.
+    post(c, "/v1/completions", turn("a"), 200, alice);
+    auto full = post(c, "/v1/completions", turn("b"), 403, alice);
+    expect_error(full, "invalid_request_error", "session");
+    EXPECT_EQ(full["error"]["code"], "too_many_tenant_sessions") << full;
+    post(c, "/v1/completions", turn("c"), 200, bob);   // bob's own
+    post(c, "/v1/completions", turn("a"), 200, alice); // hers goes on
+    auto del = c.Delete("/llmos/v1/sessions/a", alice);
+    ASSERT_TRUE(del);
+    EXPECT_EQ(del->status, 200) << del->body;
+    post(c, "/v1/completions", turn("b"), 200, alice);
+    const std::string m = c.Get("/metrics", bob)->body;
+    EXPECT_GE(metric(m, "llmosd_requests_rejected_total"), 1) << m;
+}
+
+// A session belongs to the tenant of its first request, whoever uses it
+// after (without API keys, tenants are what requests say).
+TEST_F(llmosd_test, a_session_keeps_its_first_tenant) {
+    server s(_dir);
+    auto c = s.client();
+    json t = {
+        {"model", "tiny"}, {"session", "own"}, {"prompt", "x"}, {"max_tokens", 2}, {"tenant", 3}};
+    post(c, "/v1/completions", t, 200);
+    t["tenant"] = 7;
+    post(c, "/v1/completions", t, 200);
+    auto dev = llmos::device::open_local(_dir + "/ms").value();
+    auto ms = llmos::mindspace::open(dev, {0, "llmosd.s.own"}).value();
+    auto h = llmosd::session::read(ms.map(0, llmosd::session::page).value().bytes());
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->tenant, 3u) << "the last request's tenant took the session";
+    EXPECT_GT(h->used, 0u) << "when it was used is not kept";
+    EXPECT_LE(h->used, uint32_t(::time(nullptr)));
+}
+
+// --session-idle-timeout: a session no request used for that long is
+// ended; one in use stays.
+TEST_F(llmosd_test, sessions_unused_past_the_idle_timeout_are_ended) {
+    server s(_dir, {"--session-idle-timeout", "3"});
+    auto c = s.client();
+    auto turn = [](const std::string& session) {
+        return json{{"model", "tiny"},
+                    {"session", session},
+                    {"prompt", "Hello world"},
+                    {"max_tokens", 2},
+                    {"temperature", 0}};
+    };
+    post(c, "/v1/completions", turn("idle"), 200);
+    post(c, "/v1/completions", turn("busy"), 200);
+    // "busy" is used every second for 6 s; "idle" is not.
+    for (int i = 0; i < 6; ++i) {
+        std::this_thread::sleep_for(1s);
+        post(c, "/v1/completions", turn("busy"), 200);
+    }
+    const std::string m = metrics_once(c, "llmosd_sessions_expired_total", 1);
+    EXPECT_EQ(metric(m, "llmosd_sessions_expired_total"), 1) << m;
+    auto gone = c.Delete("/llmos/v1/sessions/idle");
+    ASSERT_TRUE(gone);
+    EXPECT_EQ(gone->status, 404) << "an idle session stayed: " << gone->body;
+    auto kept = c.Delete("/llmos/v1/sessions/busy");
+    ASSERT_TRUE(kept);
+    EXPECT_EQ(kept->status, 200) << "a session in use was ended: " << kept->body;
+    EXPECT_NE(s.log().find("session 'idle' unused for over 3 s: ended"), std::string::npos)
+        << s.log();
 }
 
 TEST_F(llmosd_test, sessions_belong_to_their_tenant_and_can_be_ended) {
@@ -2215,6 +2333,59 @@ TEST_F(llmosd_test, slow_clients_keep_no_one_waiting_below_max_connections) {
     }
 }
 
+// A body that trickles is refused after --body-timeout, whole: each read
+// arriving in time does not hold the connection's thread for longer.
+TEST_F(llmosd_test, a_request_s_body_is_bounded_in_time) {
+    server s(_dir, {"--body-timeout", "2"});
+    ASSERT_GT(s.port, 0) << s.log();
+    raw_conn c(s.port);
+    const auto t0 = std::chrono::steady_clock::now();
+    c.send("POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n"
+           "Content-Type: application/json\r\n\r\n{\"model\"");
+    for (int i = 0; i < 20 && c.send(" "); ++i) {
+        std::this_thread::sleep_for(250ms);
+    }
+    bool closed = false;
+    const std::string r = c.rest(&closed);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_TRUE(r.starts_with("HTTP/1.1 408 ")) << r.substr(0, 300);
+    EXPECT_NE(r.find("the request body did not arrive within 2 s"), std::string::npos) << r;
+    EXPECT_TRUE(closed);
+    EXPECT_LT(took, 5s) << "it waited for more than --body-timeout";
+    // A body that comes in time is served.
+    auto cl = s.client();
+    post(cl, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
+}
+
+// Past --max-connections served and as many waiting, a connection is
+// answered 503 at once (it would hold a descriptor for as long as the
+// others take).
+TEST_F(llmosd_test, connections_past_those_served_and_waiting_are_turned_away) {
+    server s(_dir, {"--max-queue", "2", "--max-connections", "8"});
+    ASSERT_GT(s.port, 0) << s.log();
+    std::vector<std::unique_ptr<raw_conn>> slow;
+    for (int i = 0; i < 16; ++i) { // 8 served (half a request each), 8 waiting
+        slow.push_back(std::make_unique<raw_conn>(s.port));
+        slow.back()->send("GET /health HTTP/1.1\r\n");
+    }
+    std::this_thread::sleep_for(300ms);
+    raw_conn extra(s.port);
+    bool closed = false;
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string r = extra.rest(&closed);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+    EXPECT_TRUE(r.starts_with("HTTP/1.1 503 ")) << r.substr(0, 300);
+    EXPECT_NE(r.find("too_many_connections"), std::string::npos) << r;
+    EXPECT_NE(r.find("Retry-After: 1"), std::string::npos) << r;
+    EXPECT_TRUE(closed);
+    slow.clear();
+    auto c = s.client();
+    c.set_read_timeout(10, 0);
+    auto m = c.Get("/metrics");
+    ASSERT_TRUE(m) << "their threads were not freed";
+    EXPECT_EQ(metric(m->body, "llmosd_http_connections_turned_away_total"), 1) << m->body;
+}
+
 // The connection threads: one per job up to `most`, the rest wait; idle
 // ones leave down to `keep`; shutdown serves what was accepted.
 TEST(llmosd_connection_pool, grows_to_its_limit_and_shrinks_when_idle) {
@@ -2271,4 +2442,46 @@ TEST(llmosd_connection_pool, grows_to_its_limit_and_shrinks_when_idle) {
     opener.join();
     EXPECT_EQ(ran.load(), 12);
     EXPECT_EQ(pool.now().threads, 0u);
+}
+
+// Past its waiting room, and once shut down, a job runs at once on the
+// caller's thread, told that it overflows.
+TEST(llmosd_connection_pool, turns_jobs_away_past_its_waiting_room) {
+    std::mutex m;
+    std::condition_variable cv;
+    bool go = false;
+    std::atomic<int> ran{0}, overflowed{0};
+    auto job = [&] {
+        if (llmosd::connection_pool::overflowing()) {
+            ++overflowed;
+            return;
+        }
+        std::unique_lock lk(m);
+        cv.wait(lk, [&] { return go; });
+        ++ran;
+    };
+    {
+        llmosd::connection_pool pool(2, 1, 100ms, 2);
+        for (int i = 0; i < 4; ++i) {
+            pool.enqueue(job);
+        }
+        for (int i = 0; i < 500 && pool.now().busy < 2; ++i) {
+            std::this_thread::sleep_for(10ms);
+        }
+        EXPECT_EQ(pool.now().waiting, 2u);
+        EXPECT_FALSE(llmosd::connection_pool::overflowing());
+        pool.enqueue(job); // two served, two waiting: this one is turned away
+        EXPECT_EQ(overflowed.load(), 1);
+        EXPECT_EQ(pool.now().turned_away, 1u);
+        EXPECT_FALSE(llmosd::connection_pool::overflowing()) << "the flag outlived its job";
+        {
+            std::lock_guard lk(m);
+            go = true;
+        }
+        cv.notify_all();
+        pool.shutdown();
+        EXPECT_EQ(ran.load(), 4);
+        pool.enqueue(job); // after shutdown: turned away, not dropped
+        EXPECT_EQ(overflowed.load(), 2);
+    }
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "conn.hh"
 
+#include "conn_pool.hh"
 #include "openai.hh"
 
 #include <algorithm>
@@ -242,6 +243,7 @@ public:
     void begin_request() {
         _written = 0;
         _in_headers = true;
+        _in_body = false;
         _header_bytes = 0;
         _body_bytes = 0;
         _framing.reset();
@@ -285,6 +287,8 @@ public:
                 }
                 if (_t1 == '\n' && _t2 == '\r' && c == '\n') {
                     _in_headers = false;
+                    _in_body = true; // whatever body there is, from now
+                    _deadline = steady::now() + _l.body_time;
                     n = i + 1;
                     break;
                 }
@@ -336,21 +340,23 @@ private:
     }
 
     // Reads what has come into the buffer: bytes read, 0 at the peer's
-    // end, -1 on a timeout (a request's headers past their time: refused)
-    // or an error.
+    // end, -1 on a timeout (a request's headers or body past their time:
+    // refused) or an error.
     ssize_t fill() {
         milliseconds wait = _read_t;
         bool by_deadline = false;
-        if (_in_headers) {
+        if (_in_headers || _in_body) {
             const auto left = std::chrono::ceil<milliseconds>(_deadline - steady::now());
             by_deadline = left <= wait;
-            wait = std::min(wait, left);
+            wait = std::max(milliseconds(0), std::min(wait, left));
         }
         if (!wait_for(_fd, POLLIN, wait)) {
             if (by_deadline) {
                 _refusal = {408,
-                            "the request line and headers did not arrive within " +
-                                std::to_string(_l.header_time.count()) + " s",
+                            _in_headers ? "the request line and headers did not arrive within " +
+                                              std::to_string(_l.header_time.count()) + " s"
+                                        : "the request body did not arrive within " +
+                                              std::to_string(_l.body_time.count()) + " s",
                             "request_timeout"};
             }
             return -1;
@@ -411,6 +417,7 @@ private:
     char _buf[16384];
     size_t _pos = 0, _len = 0;
     bool _in_headers = false;
+    bool _in_body = false; ///< the headers read, until the next request begins
     size_t _header_bytes = 0;
     size_t _body_bytes = 0; ///< read since the headers ended
     steady::time_point _deadline;
@@ -498,7 +505,31 @@ struct connection_server::closer {
     }
 };
 
+const std::string& connection_server::turned_away_answer() {
+    static const std::string answer = [] {
+        const std::string body =
+            to_text(error_body({503,
+                                "this server has as many connections open and waiting as it takes "
+                                "(--max-connections); retry shortly",
+                                "server_error", "", "too_many_connections"}));
+        return "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: "
+               "close\r\nContent-Type: application/json\r\nContent-Length: " +
+               std::to_string(body.size()) + "\r\n\r\n" + body;
+    }();
+    return answer;
+}
+
 bool connection_server::process_and_close_socket(socket_t sock) {
+    if (connection_pool::overflowing()) {
+        // No thread, and no room to wait for one: told so at once, on the
+        // accepting thread, which must not block. (The request it sends
+        // is not read: the answer may be lost to a reset; it is a 503.)
+        const std::string& a = turned_away_answer();
+        (void)::send(sock, a.data(), a.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        ::shutdown(sock, SHUT_WR);
+        ::close(sock);
+        return false;
+    }
     {
         std::lock_guard lk(_m);
         _open.insert(sock);

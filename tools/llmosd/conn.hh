@@ -28,6 +28,7 @@ public:
     struct limits {
         size_t header_bytes = 64 * 1024;      ///< request line and headers
         std::chrono::seconds header_time{30}; ///< from the request's first byte to its last
+        std::chrono::seconds body_time{60};   ///< from the headers' end to the body's
         /// Bytes of a body with its framing (chunk lines): past them the
         /// request is refused with 413 whatever reads it, httplib's chunk
         /// lines included (0: no limit).
@@ -61,6 +62,8 @@ public:
     void shut_connections();
     /// Connections open now.
     size_t open_connections() const;
+    /// The answer a connection turned away without a thread gets (503).
+    static const std::string& turned_away_answer();
 
 private:
     struct closer;

@@ -1,14 +1,35 @@
 // SPDX-License-Identifier: MIT
 #include "conn_pool.hh"
 
+#include <algorithm>
 #include <cstdio>
 
 namespace llmosd {
 
-connection_pool::connection_pool(size_t most, size_t keep, std::chrono::milliseconds idle)
+namespace {
+thread_local bool t_overflowing = false;
+}
+
+connection_pool::connection_pool(size_t most, size_t keep, std::chrono::milliseconds idle,
+                                 size_t most_waiting)
     : _most(std::max<size_t>(most, 1))
     , _keep(std::min(keep, _most))
+    , _most_waiting(most_waiting)
     , _idle_for(idle) {
+}
+
+bool connection_pool::overflowing() noexcept {
+    return t_overflowing;
+}
+
+void connection_pool::turn_away(std::function<void()> fn) {
+    t_overflowing = true;
+    try {
+        fn();
+    } catch (...) {
+        // httplib's job lets nothing out; a turned-away one is dropped.
+    }
+    t_overflowing = false;
 }
 
 connection_pool::~connection_pool() {
@@ -18,8 +39,15 @@ connection_pool::~connection_pool() {
 void connection_pool::enqueue(std::function<void()> fn) {
     std::unique_lock lk(_m);
     join_exited(lk);
-    if (_stop) {
-        return; // httplib stops accepting before it shuts its queue down
+    // Jobs a thread there will take (it is idle, or starting) do not wait.
+    const size_t free = _threads.size() - _running;
+    if (_stop || (_threads.size() >= _most &&
+                  _jobs.size() - std::min(free, _jobs.size()) >= _most_waiting)) {
+        // (httplib stops accepting before it shuts its queue down.)
+        ++_turned_away;
+        lk.unlock();
+        turn_away(std::move(fn));
+        return;
     }
     _jobs.push_back(std::move(fn));
     if (_idle >= _jobs.size() || _threads.size() >= _most) {
@@ -109,7 +137,7 @@ void connection_pool::shutdown() {
 
 connection_pool::counts connection_pool::now() const {
     std::lock_guard lk(_m);
-    return {_threads.size(), _running, _jobs.size()};
+    return {_threads.size(), _running, _jobs.size(), _turned_away};
 }
 
 } // namespace llmosd

@@ -46,6 +46,12 @@ void wait_for_none(const std::atomic<uint32_t>& n, std::chrono::steady_clock::du
     }
 }
 
+// Seconds since the epoch, as a session's header keeps them.
+uint32_t epoch_s() {
+    const auto t = ::time(nullptr);
+    return t <= 0 ? 0 : static_cast<uint32_t>(std::min<int64_t>(t, UINT32_MAX));
+}
+
 double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
@@ -142,6 +148,7 @@ public:
         if (it == _engines.end()) {
             return;
         }
+        _d.stats().worker_generated_tokens.fetch_add(s.tokens);
         it->second.e->release(s);
         if (--it->second.users == 0 && !_d.model_by_id(it->first)) {
             _engines.erase(it); // its model was swapped out or unloaded
@@ -515,6 +522,9 @@ daemon::daemon(options o)
     _pool = std::move(*pool);
     // The engine's threads are not pinned to the worker's CPU: let them
     // run anywhere this process may.
+    if (_o.session_idle_timeout.count() > 0 || _dev->kind() == llmos::backend_kind::local) {
+        _upkeep = std::thread([this] { upkeep(); });
+    }
 }
 
 std::ptrdiff_t daemon::tokenizing_at_once() noexcept {
@@ -523,6 +533,14 @@ std::ptrdiff_t daemon::tokenizing_at_once() noexcept {
 }
 
 daemon::~daemon() {
+    if (_upkeep.joinable()) {
+        {
+            std::lock_guard lk(_upkeep_m);
+            _upkeep_stop = true;
+        }
+        _upkeep_cv.notify_all();
+        _upkeep.join();
+    }
     if (_pool) {
         _pool->stop();
     }
@@ -675,7 +693,8 @@ std::shared_ptr<session_gate> daemon::session_lock(const std::string& session) {
     return l;
 }
 
-void daemon::end_session(const std::string& session, std::optional<uint32_t> tenant) {
+bool daemon::end_session(const std::string& session, std::optional<uint32_t> tenant,
+                         const std::function<bool(const llmos::mindspace&)>& still_to_go) {
     if (!valid_session_name(session)) {
         throw api_error{400, "a session name is 1 to 48 characters of [A-Za-z0-9._-]",
                         "invalid_request_error", "session", ""};
@@ -711,6 +730,9 @@ void daemon::end_session(const std::string& session, std::optional<uint32_t> ten
     // another DELETE may have replaced or ended before this turn: its
     // owner checked again.
     ms = open_owned();
+    if (still_to_go && !still_to_go(*ms)) {
+        return false;
+    }
     if (_kv_pool) { // its K/V rows on the GPU (and what published them) go too
         std::optional<session::header> h;
         if (auto map = ms->map(0, session::page)) {
@@ -725,6 +747,7 @@ void daemon::end_session(const std::string& session, std::optional<uint32_t> ten
         }
         throw server_error("session '" + session + "': " + e.message());
     }
+    return true;
 }
 
 std::vector<std::shared_ptr<model_entry>> daemon::models() const {
@@ -839,13 +862,21 @@ void daemon::drain(std::chrono::seconds limit) {
 
 daemon::admission::~admission() {
     if (d) {
+        {
+            std::lock_guard lk(d->_tenants_m);
+            if (auto it = d->_tenant_in_flight.find(tenant);
+                it != d->_tenant_in_flight.end() && --it->second == 0) {
+                d->_tenant_in_flight.erase(it);
+            }
+        }
         m->in_flight.fetch_sub(1);
         d->_in_flight.fetch_sub(1);
     }
 }
 
-std::unique_lock<std::mutex> daemon::check_room_for_a_session(const std::string& session) const {
-    if (!_o.max_sessions) {
+std::unique_lock<std::mutex> daemon::check_room_for_a_session(const std::string& session,
+                                                              uint32_t tenant) const {
+    if (!_o.max_sessions && !_o.max_sessions_per_tenant) {
         return {};
     }
     std::unique_lock lk(_new_session_m);
@@ -853,10 +884,9 @@ std::unique_lock<std::mutex> daemon::check_room_for_a_session(const std::string&
     if (!all) {
         return lk; // not counted: the mindspace's own limits still hold
     }
-    const size_t kept = std::count_if(all->begin(), all->end(), [](const llmos::ms_info& i) {
-        return i.name.starts_with(session_ms_prefix);
-    });
-    if (kept >= _o.max_sessions) {
+    std::erase_if(*all,
+                  [](const llmos::ms_info& i) { return !i.name.starts_with(session_ms_prefix); });
+    if (_o.max_sessions && all->size() >= _o.max_sessions) {
         // 403, not 429: waiting does not make room (and clients retry 429).
         throw api_error{403,
                         "this server keeps at most " + std::to_string(_o.max_sessions) +
@@ -865,7 +895,102 @@ std::unique_lock<std::mutex> daemon::check_room_for_a_session(const std::string&
                             session + "' can start",
                         "invalid_request_error", "session", "too_many_sessions"};
     }
+    if (!_o.max_sessions_per_tenant) {
+        return lk;
+    }
+    // The tenant's: those whose header names it (version 1 kept none).
+    size_t mine = 0;
+    for (const auto& i : *all) {
+        if (auto ms = llmos::mindspace::open(*_dev, llmos::ms_key{0, i.name})) {
+            if (auto map = ms->map(0, page)) {
+                auto st = session::stamp(map->bytes());
+                mine += st && st->first >= 2 && st->second == tenant;
+            }
+        }
+    }
+    if (mine >= _o.max_sessions_per_tenant) {
+        throw api_error{403,
+                        "tenant " + std::to_string(tenant) + " keeps " + std::to_string(mine) +
+                            " sessions, as many as one tenant may (--max-sessions-per-tenant); "
+                            "end one (DELETE /llmos/v1/sessions/NAME) before the session '" +
+                            session + "' can start",
+                        "invalid_request_error", "session", "too_many_tenant_sessions"};
+    }
     return lk;
+}
+
+void daemon::upkeep() {
+    const std::chrono::seconds idle = _o.session_idle_timeout;
+    const std::chrono::seconds period =
+        idle.count() > 0 ? std::clamp<std::chrono::seconds>(idle / 4, 1s, 60s) : 60s;
+    std::unique_lock lk(_upkeep_m);
+    while (!_upkeep_cv.wait_for(lk, period, [&] { return _upkeep_stop; })) {
+        lk.unlock();
+        try {
+            if (idle.count() > 0) {
+                expire_sessions(); // its listing removes what nobody holds too
+            } else {
+                (void)llmos::list_mindspaces(*_dev);
+            }
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "llmosd: ending idle sessions: %s\n", e.what());
+        }
+        lk.lock();
+    }
+}
+
+void daemon::expire_sessions() {
+    auto all = llmos::list_mindspaces(*_dev);
+    if (!all) {
+        return;
+    }
+    const uint64_t idle = static_cast<uint64_t>(_o.session_idle_timeout.count());
+    const uint32_t now = epoch_s();
+    // When `ms` was used last (nullopt: a header this llmosd does not read,
+    // which it leaves alone).
+    std::unordered_map<uint64_t, uint32_t> seen;
+    auto last_used = [&](const llmos::mindspace& ms) -> std::optional<uint32_t> {
+        auto map = ms.map(0, page);
+        if (!map) {
+            return std::nullopt;
+        }
+        auto h = session::read(map->bytes());
+        if (!h) {
+            return std::nullopt;
+        }
+        auto first = _first_seen.try_emplace(ms.id(), now).first->second;
+        seen.emplace(ms.id(), first);
+        return h->used ? h->used : first;
+    };
+    auto idle_now = [&](const llmos::mindspace& ms) {
+        auto t = last_used(ms);
+        return t && now > *t && now - *t > idle;
+    };
+    for (const llmos::ms_info& i : *all) {
+        if (!i.name.starts_with(session_ms_prefix)) {
+            continue;
+        }
+        auto ms = llmos::mindspace::open(*_dev, llmos::ms_key{0, i.name});
+        if (!ms || !idle_now(*ms)) {
+            continue;
+        }
+        ms = std::error_code(); // end_session() opens it again, its turn taken
+        const std::string name = i.name.substr(session_ms_prefix.size());
+        try {
+            // Used again since, or running now: it stays.
+            if (end_session(name, std::nullopt, idle_now)) {
+                _metrics.sessions_expired.fetch_add(1);
+                std::fprintf(stderr, "llmosd: session '%s' unused for over %llu s: ended\n",
+                             name.c_str(), static_cast<unsigned long long>(idle));
+            }
+        } catch (const api_error& e) {
+            if (e.status != 404 && e.status != 409) {
+                std::fprintf(stderr, "llmosd: session '%s' unused for long: %s\n", name.c_str(),
+                             e.message.c_str());
+            }
+        }
+    }
+    _first_seen = std::move(seen); // of the sessions there now
 }
 
 std::string daemon::device_lost() const {
@@ -882,7 +1007,7 @@ void daemon::throw_device_lost() const {
     throw device_lost_error(device_lost());
 }
 
-daemon::admission daemon::admit(const job& j) {
+daemon::admission daemon::admit(const job& j, uint32_t tenant) {
     if (_draining && !device_lost().empty()) {
         throw_device_lost();
     }
@@ -909,13 +1034,31 @@ daemon::admission daemon::admit(const job& j) {
         }
         throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
     }
+    {
+        std::lock_guard lk(_tenants_m);
+        uint32_t& mine = _tenant_in_flight[tenant];
+        if (_o.max_queue_per_tenant && mine >= _o.max_queue_per_tenant) {
+            if (!mine) {
+                _tenant_in_flight.erase(tenant);
+            }
+            _in_flight.fetch_sub(1);
+            _metrics.rejected.fetch_add(1);
+            throw api_error{429,
+                            "tenant " + std::to_string(tenant) + " has " +
+                                std::to_string(_o.max_queue_per_tenant) +
+                                " requests in flight, as many as one tenant may "
+                                "(--max-queue-per-tenant); retry shortly",
+                            "rate_limit_error", "", "tenant_overloaded"};
+        }
+        ++mine;
+    }
     m->in_flight.fetch_add(1);
-    return admission(this, std::move(m));
+    return admission(this, std::move(m), tenant);
 }
 
 outcome daemon::run(const job& j, uint32_t tenant,
                     const std::function<bool(std::string_view)>& on_piece) {
-    auto a = admit(j);
+    auto a = admit(j, tenant);
     return run(j, tenant, on_piece, std::move(a));
 }
 
@@ -931,11 +1074,26 @@ daemon::submitted::~submitted() {
         d->cancel(*client, id);
         d->detach(id);
     }
+    if (j.session.empty() && ms && d->_dev->kind() == llmos::backend_kind::local) {
+        // The request's mindspace goes with its last holder. The local
+        // backend's file goes when something looks at it then: each
+        // request's name is used once, so nothing would until a listing.
+        // (A worker still holding it leaves it to upkeep()'s.)
+        const uint64_t ms_id = ms->id();
+        map.reset();
+        ms.reset();
+        (void)llmos::mindspace_info(*d->_dev, llmos::ms_key{ms_id, {}});
+    }
 }
 
 std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant, admission a,
                                                   const std::function<bool()>& still_wanted) {
     const double t0 = now_s();
+    // --timeout counts from here: the wait for the session's turn, the
+    // tokenizing and the generation together.
+    const auto give_up = steady_now() + _o.request_timeout;
+    timespec arrived{};
+    ::clock_gettime(CLOCK_MONOTONIC, &arrived);
     std::shared_ptr<model_entry> m = a.model();
 
     // The session, if any: one request at a time. Another tenant's is
@@ -949,7 +1107,6 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             }
         }
         auto gate = this->session_lock(j.session);
-        const auto give_up = steady_now() + _o.request_timeout;
         while (!gate->enter_for(100ms)) {
             if (still_wanted && !still_wanted()) {
                 _metrics.cancelled.fetch_add(1);
@@ -974,7 +1131,8 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     std::optional<llmos::mindspace> ms;
     std::optional<llmos::mapping> map;
     session::layout lay;
-    json stored; // the session's conversation so far
+    uint32_t owner = tenant; // a session's, as its header says
+    json stored;             // the session's conversation so far
     std::string stored_text;
     if (!j.session.empty()) {
         const std::string name = std::string(session_ms_prefix) + j.session;
@@ -1048,7 +1206,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                 lay = want;
             }
             if (!room.owns_lock()) { // a new one
-                room = check_room_for_a_session(j.session);
+                room = check_room_for_a_session(j.session, tenant);
             }
             o = llmos::mindspace::create(
                 *_dev, {.length = lay.kv_off() + kv_bytes, .name = name, .persistent = true});
@@ -1088,7 +1246,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                 }
                 const uint32_t owner = h->version >= 2 ? h->tenant : tenant;
                 *h = session::make(owner, session::model_of(*h), old.text.size(), lay, kv_bytes,
-                                   h->flags);
+                                   h->flags, h->used);
             }
         }
         ms.emplace(std::move(*o));
@@ -1102,9 +1260,9 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             stored_text.assign(reinterpret_cast<const char*>(t->data()), t->size());
         }
         // Another model's conversation stays until this one's replaces it.
-        const auto nh =
-            session::make(h && h->version >= 2 ? h->tenant : tenant, h ? session::model_of(*h) : "",
-                          t ? t->size() : 0, lay, kv_bytes, h ? h->flags : 0);
+        owner = h && h->version >= 2 ? h->tenant : tenant;
+        const auto nh = session::make(owner, h ? session::model_of(*h) : "", t ? t->size() : 0, lay,
+                                      kv_bytes, h ? h->flags : 0, epoch_s());
         std::memcpy(map->data(), &nh, sizeof(nh));
         if (ours && (h->flags & session::overflowed)) {
             throw api_error{400,
@@ -1187,7 +1345,15 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     {
         // Others' prompts are tokenized meanwhile (a second or two for a
         // 1 MiB body): past a while, busy.
-        if (!_tokenizing.try_acquire_for(30s)) {
+        if (!_tokenizing.try_acquire_until(std::min(give_up, steady_now() + 30s))) {
+            if (steady_now() >= give_up) {
+                _metrics.timed_out.fetch_add(1);
+                throw api_error{504,
+                                "the request waited for the tokenizer past the server's timeout "
+                                "(" +
+                                    std::to_string(_o.request_timeout.count()) + " s)",
+                                "server_error", "", "timeout"};
+            }
             throw api_error{503, "the server is busy tokenizing other prompts; retry shortly",
                             "server_error", "", "overloaded"};
         }
@@ -1286,11 +1452,9 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                              .ms_id = ms->id(),
                              .prompt_off = req_off,
                              .prompt_len = req.size()};
-    if (j.deadline_ms) {
-        timespec ts{};
-        ::clock_gettime(CLOCK_MONOTONIC, &ts);
-        so.deadline_ns =
-            uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec) + j.deadline_ms * 1000000ull;
+    if (j.deadline_ms) { // from the request's arrival
+        so.deadline_ns = uint64_t(arrived.tv_sec) * 1000000000ull + uint64_t(arrived.tv_nsec) +
+                         j.deadline_ms * 1000000ull;
     }
     auto id = client->submit(so);
     if (!id && id.error() == std::errc::no_space_on_device) {
@@ -1309,6 +1473,8 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     s->t0 = t0;
     s->turn = std::move(turn);
     s->tenant = tenant;
+    s->owner = owner;
+    s->deadline = give_up;
     s->ms = std::move(ms);
     s->map = std::move(map);
     s->conv = std::move(conv);
@@ -1343,7 +1509,7 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     bool ended = false, first = true;
     int32_t fail_status = 0;
     bool cut = false; // a limit ended it (the done descriptor says)
-    const auto deadline = steady_now() + _o.request_timeout;
+    const auto deadline = s.deadline;
     auto cancelled_at = std::chrono::steady_clock::time_point{};
     std::optional<llmos::finished_request> fin;
     auto stop_it = [&](stop why) {
@@ -1428,7 +1594,7 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     auto f = fin ? llmos::result<llmos::finished_request>(*fin)
                  : client->wait(id, llmos::wait_for::at_most(10s));
     if (f) {
-        _metrics.generated_tokens.fetch_add(f->tokens); // cancelled ones' too
+        _metrics.generated_tokens.fetch_add(f->tokens); // 0 for a cancelled one
     }
     if (stopped == stop::none && _abandon.load() && (!f || f->state != LLMOS_REQ_COMPLETED)) {
         stopped = stop::shutdown; // its worker stopped it first
@@ -1513,7 +1679,7 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
         const uint64_t len = !(flags & session::overflowed) ? keep.size()
                              : before                       ? h->text_len
                                                             : 0;
-        const auto nh = session::make(s.tenant, j.model, len, s.lay, s.kv_bytes, flags);
+        const auto nh = session::make(s.owner, j.model, len, s.lay, s.kv_bytes, flags, epoch_s());
         std::memcpy(map->data(), &nh, sizeof(nh));
     }
     return out;
@@ -1545,7 +1711,15 @@ std::string daemon::prometheus() const {
     counter("llmosd_worker_prompt_tokens_total",
             "prompt tokens as the workers tokenized them (again for a request taken again)",
             _metrics.worker_prompt_tokens.load());
-    counter("llmosd_generated_tokens_total", "generated tokens", _metrics.generated_tokens.load());
+    counter("llmosd_generated_tokens_total", "generated tokens of the requests completed",
+            _metrics.generated_tokens.load());
+    counter("llmosd_worker_generated_tokens_total",
+            "tokens the workers generated (cancelled requests' too, and again for a request "
+            "taken again)",
+            _metrics.worker_generated_tokens.load());
+    counter("llmosd_sessions_expired_total",
+            "sessions ended for being unused past --session-idle-timeout",
+            _metrics.sessions_expired.load());
     counter("llmosd_session_overflows_total",
             "session turns whose conversation outgrew the session's store (not kept)",
             _metrics.session_overflows.load());

@@ -31,6 +31,7 @@
 #include <semaphore>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -47,13 +48,22 @@ struct options {
     uint32_t slots = 8;
     uint32_t ctx = 4096; ///< tokens a sequence may hold
     uint32_t default_max_tokens = 256;
-    uint32_t max_queue = 64;         ///< requests in flight before 429
+    uint32_t max_queue = 64; ///< requests in flight before 429
+    /// Requests one tenant may have in flight before its next gets 429 (0:
+    /// no limit of its own, only --max-queue).
+    uint32_t max_queue_per_tenant = 0;
     uint32_t max_connections = 1024; ///< HTTP connections served at once (a thread each)
     /// Sessions kept at once (each a persistent mindspace with a whole
     /// context's cache): a new one past it gets 429 (0: no limit).
     uint32_t max_sessions = 1024;
+    /// Sessions one tenant may keep: its new one past them gets 403 (0: no
+    /// limit of its own).
+    uint32_t max_sessions_per_tenant = 0;
+    /// A session no request has used for longer is ended (0: never).
+    std::chrono::seconds session_idle_timeout{0};
     size_t max_body = 1 << 20;
     std::chrono::seconds header_timeout{30}; ///< a request's line and headers
+    std::chrono::seconds body_timeout{60};   ///< a request's body, whole
     std::chrono::seconds request_timeout{300};
     std::string api_key_file;
     /// Web origins ("https://chat.example.com", or "*") whose pages may
@@ -101,10 +111,12 @@ struct metrics {
     std::atomic<uint64_t> requests{0}, ok{0}, client_errors{0}, server_errors{0}, rejected{0},
         cancelled{0}, timed_out{0};
     std::atomic<uint64_t> prompt_tokens{0}, generated_tokens{0};
-    std::atomic<uint64_t> worker_prompt_tokens{0}; ///< as the workers tokenized them
+    std::atomic<uint64_t> worker_prompt_tokens{0};    ///< as the workers tokenized them
+    std::atomic<uint64_t> worker_generated_tokens{0}; ///< as the workers made them
     // The GPU engines' CUDA graphs, all workers together.
     std::atomic<uint64_t> graph_replays{0}, graph_captures{0}, graph_capture_failures{0};
     std::atomic<uint64_t> session_overflows{0};
+    std::atomic<uint64_t> sessions_expired{0}; ///< ended by --session-idle-timeout
     histogram latency, ttft;
 };
 
@@ -201,22 +213,26 @@ public:
     class admission {
         daemon* d = nullptr;
         std::shared_ptr<model_entry> m;
+        uint32_t tenant = 0;
         friend class daemon;
-        admission(daemon* dd, std::shared_ptr<model_entry> mm)
+        admission(daemon* dd, std::shared_ptr<model_entry> mm, uint32_t t)
             : d(dd)
-            , m(std::move(mm)) {}
+            , m(std::move(mm))
+            , tenant(t) {}
 
     public:
         admission(admission&& o) noexcept
             : d(std::exchange(o.d, nullptr))
-            , m(std::move(o.m)) {}
+            , m(std::move(o.m))
+            , tenant(o.tenant) {}
         admission& operator=(admission&&) = delete;
         ~admission();
         const std::shared_ptr<model_entry>& model() const noexcept { return m; }
     };
-    /// Takes a place for `j` before anything is sent to its client:
-    /// api_error 503 (draining), 404 (no such model), 429 (full).
-    admission admit(const job& j);
+    /// Takes a place for `j` of `tenant` before anything is sent to its
+    /// client: api_error 503 (draining), 404 (no such model), 429 (full, or
+    /// the tenant's share full).
+    admission admit(const job& j, uint32_t tenant);
     /// A job submitted to the scheduler and not yet streamed to its end
     /// (finish()); one that never is is cancelled when it goes.
     struct submitted {
@@ -230,7 +246,10 @@ public:
         std::vector<llmos::engine::chat_message> conv; ///< a chat: the conversation run
         std::string text;                              ///< the text run
         uint32_t n_prompt = 0, max_tokens = 0;
-        uint32_t tenant = 0; ///< whose it is (and, after, its session)
+        uint32_t tenant = 0; ///< whose it is
+        uint32_t owner = 0;  ///< its session's tenant (its first request's, or nobody's)
+        /// --timeout from its arrival.
+        std::chrono::steady_clock::time_point deadline;
         uint64_t kv_bytes = 0, req_off = 0, req_size = 0, id = 0;
         session::layout lay; ///< a session's
         std::shared_ptr<stream_queue> q;
@@ -272,8 +291,11 @@ public:
     void unload_model(const std::string& name);
     /// Ends the session `session` (its mindspace goes): 404 when there is
     /// none, 409 while one of its requests runs, 403 when `tenant` is
-    /// given and it is another tenant's (with API keys).
-    void end_session(const std::string& session, std::optional<uint32_t> tenant);
+    /// given and it is another tenant's (with API keys). `still_to_go`,
+    /// when given, is asked once the session's turn is taken (no request
+    /// of it runs): false keeps the session, and end_session() says false.
+    bool end_session(const std::string& session, std::optional<uint32_t> tenant,
+                     const std::function<bool(const llmos::mindspace&)>& still_to_go = {});
     std::shared_ptr<model_entry> model_by_id(uint32_t id) const;
 
     /// New requests get 503; returns when none is in flight, then stops
@@ -354,6 +376,9 @@ private:
     std::map<std::string, std::weak_ptr<session_gate>> _session_locks;
     std::map<std::string, api_key> _keys;
     std::atomic<uint32_t> _in_flight{0};
+    std::mutex _tenants_m;
+    /// Requests in flight by tenant (those with any).
+    std::unordered_map<uint32_t, uint32_t> _tenant_in_flight;
     /// Prompts tokenized at once by the connections' threads: tokenizing
     /// takes some 75 bytes a byte of text for a moment (75 MB for a 1 MiB
     /// body), and there may be a thousand connections.
@@ -364,13 +389,29 @@ private:
     std::atomic<bool> _abandon{false}; ///< drain() past its limit: every request is cancelled
     mutable std::mutex _lost_m;
     std::string _lost; ///< device_lost(); under _lost_m
-    /// 403 when a new session would be past --max-sessions; else the lock
-    /// to hold until it is made.
-    std::unique_lock<std::mutex> check_room_for_a_session(const std::string& session) const;
+    /// 403 when a new session of `tenant` would be past --max-sessions or
+    /// --max-sessions-per-tenant; else the lock to hold until it is made.
+    std::unique_lock<std::mutex> check_room_for_a_session(const std::string& session,
+                                                          uint32_t tenant) const;
     mutable std::mutex _new_session_m; ///< counting sessions and making one
     /// The 503 for a request that a lost GPU ends.
     [[noreturn]] void throw_device_lost() const;
     metrics _metrics;
+
+    /// On _upkeep's thread, until the daemon goes: expire_sessions() with
+    /// --session-idle-timeout, and on the local backend a listing of the
+    /// mindspaces, which removes those nobody holds (requests' ones whose
+    /// holders went without looking again).
+    void upkeep();
+    /// Ends the sessions no request used for --session-idle-timeout.
+    void expire_sessions();
+    std::mutex _upkeep_m;
+    std::condition_variable _upkeep_cv;
+    bool _upkeep_stop = false; ///< under _upkeep_m
+    /// Sessions whose header does not say when they were used last (kept by
+    /// an earlier llmosd): when upkeep first saw them, by id.
+    std::unordered_map<uint64_t, uint32_t> _first_seen;
+    std::thread _upkeep; ///< last: started when the rest is there
 };
 
 } // namespace llmosd

@@ -383,6 +383,7 @@ bool peer_still_there(int fd) {
 http_server::http_server(daemon& d)
     : _d(d)
     , _svr({.header_time = d.opts().header_timeout,
+            .body_time = d.opts().body_timeout,
             // Room for chunk lines around the largest body; httplib reads
             // a chunk's size line whole, however long.
             .body_bytes = d.opts().max_body * 2 + 65536}) {
@@ -392,8 +393,10 @@ http_server::http_server(daemon& d)
     // it wait for a thread instead of getting a 429, and /health wait
     // behind a flood or behind clients that hold their connections idle.
     const size_t most = d.opts().max_connections;
+    // As many more wait for a thread; past them a connection is answered
+    // 503 at once (each waiting one holds a descriptor).
     _svr.new_task_queue = [this, most] {
-        auto* p = new connection_pool(most);
+        auto* p = new connection_pool(most, 8, std::chrono::seconds(10), most);
         _pool.store(p);
         return p;
     };
@@ -525,6 +528,11 @@ http_server::http_server(daemon& d)
                   "connections accepted and waiting for a thread (--max-connections are served)",
                   n.waiting);
             gauge("llmosd_http_max_connections", "--max-connections", _d.opts().max_connections);
+            m += "# HELP llmosd_http_connections_turned_away_total connections answered 503 at "
+                 "once, --max-connections serving and as many waiting\n# TYPE "
+                 "llmosd_http_connections_turned_away_total counter\n"
+                 "llmosd_http_connections_turned_away_total " +
+                 std::to_string(n.turned_away) + "\n";
         }
         res.set_content(std::move(m), "text/plain; version=0.0.4");
     });
@@ -741,8 +749,8 @@ bool http_server::read_body(const httplib::ContentReader& reader, httplib::Respo
                         " bytes)",
                     "invalid_request_error", "", "payload_too_large"},
                    true);
-    } else if (auto r = connection_server::current_refusal(); r.status == 400) {
-        send_error(res, {400, r.message, "invalid_request_error", "", r.code}, true);
+    } else if (auto r = connection_server::current_refusal(); r.status) {
+        send_error(res, {r.status, r.message, "invalid_request_error", "", r.code}, true);
     } else {
         send_error(res,
                    {400, "the request body could not be read", "invalid_request_error", "", ""},
@@ -756,7 +764,7 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res,
     uint32_t key_tenant = 0;
     std::string body;
     if (!authorize(req, res, &key_tenant) || !read_body(reader, res, body)) {
-        if (res.status == 413 || res.status == 400) {
+        if (res.status == 413 || res.status == 400 || res.status == 408) {
             _d.stats().client_errors.fetch_add(1);
         }
         return;
@@ -788,7 +796,7 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res,
     // line goes out: a full server answers 429, never 200 and then an error.
     std::shared_ptr<daemon::admission> adm;
     try {
-        adm = std::make_shared<daemon::admission>(_d.admit(j));
+        adm = std::make_shared<daemon::admission>(_d.admit(j, tenant));
     } catch (const api_error& e) {
         send_error(res, e);
         return;

@@ -35,8 +35,9 @@ void on_signal(int sig) {
 // Each connection takes a descriptor, and so do the mindspaces and
 // models: raises the soft limit as far as the hard one allows, and says
 // so when that is short of `connections`.
+// Room for `connections` served and as many waiting for a thread.
 void raise_fd_limit(uint32_t connections) {
-    const rlim_t want = rlim_t(connections) + 256;
+    const rlim_t want = 2 * rlim_t(connections) + 256;
     rlimit r{};
     if (::getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur >= want) {
         return;
@@ -48,7 +49,8 @@ void raise_fd_limit(uint32_t connections) {
     if (r.rlim_cur < want) {
         std::fprintf(stderr,
                      "llmosd: only %llu file descriptors (ulimit -n): fewer than "
-                     "--max-connections %u connections may be open at once\n",
+                     "--max-connections (%u) connections served and as many waiting may be "
+                     "open at once\n",
                      static_cast<unsigned long long>(r.rlim_cur), connections);
     }
 }
@@ -95,11 +97,24 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(16, 1 << 20))
         ->capture_default_str();
     app.add_option("--max-tokens", o.default_max_tokens, "default max_tokens")
+        ->check(CLI::Range(1u, 1u << 20))
         ->capture_default_str();
     app.add_option("--max-sessions", o.max_sessions,
                    "sessions kept at once; a new one past them gets 403 (0: no limit)")
         ->capture_default_str();
+    app.add_option("--max-sessions-per-tenant", o.max_sessions_per_tenant,
+                   "sessions one tenant may keep; its new one past them gets 403 (0: no limit "
+                   "of its own)")
+        ->capture_default_str();
+    uint32_t session_idle_s = 0;
+    app.add_option("--session-idle-timeout", session_idle_s,
+                   "a session no request used for this many seconds is ended (0: never)")
+        ->capture_default_str();
     app.add_option("--max-queue", o.max_queue, "requests in flight before 429")
+        ->capture_default_str();
+    app.add_option("--max-queue-per-tenant", o.max_queue_per_tenant,
+                   "requests one tenant may have in flight before its next gets 429 (0: no "
+                   "limit of its own)")
         ->capture_default_str();
     auto* max_connections =
         app.add_option("--max-connections", o.max_connections,
@@ -110,6 +125,11 @@ int main(int argc, char** argv) {
     uint32_t header_timeout_s = 30;
     app.add_option("--header-timeout", header_timeout_s,
                    "longest a request's line and headers may take to arrive, seconds")
+        ->check(CLI::Range(1u, 3600u))
+        ->capture_default_str();
+    uint32_t body_timeout_s = 60;
+    app.add_option("--body-timeout", body_timeout_s,
+                   "longest a request's body may take to arrive, seconds")
         ->check(CLI::Range(1u, 3600u))
         ->capture_default_str();
     uint32_t timeout_s = 300;
@@ -128,6 +148,8 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
     o.request_timeout = std::chrono::seconds(timeout_s);
     o.header_timeout = std::chrono::seconds(header_timeout_s);
+    o.body_timeout = std::chrono::seconds(body_timeout_s);
+    o.session_idle_timeout = std::chrono::seconds(session_idle_s);
     o.activations = activations == "int8x2" ? llmos::engine::act_precision::int8x2
                                             : llmos::engine::act_precision::int8;
     for (auto& m : models) {

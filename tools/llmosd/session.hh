@@ -47,7 +47,9 @@ struct header {
     uint64_t text_cap; ///< version 3: the conversation's room
     uint64_t req_cap;  ///< version 3: the request's and its output's room
     uint32_t flags;    ///< version 3
-    uint32_t reserved;
+    /// Version 3: when a request last used the session, in seconds since
+    /// the epoch (0: not said, by an llmosd before it was kept).
+    uint32_t used;
     char model_name[136]; ///< version 3: the model, whole (names are up to 128 bytes)
 };
 static_assert(sizeof(header) == 264 && sizeof(header) <= text_off);
@@ -107,7 +109,7 @@ inline std::optional<header> read(std::span<const std::byte> ms) noexcept {
     }
     if (h.version < 3) {
         h.text_cap = h.req_cap = 0;
-        h.flags = h.reserved = 0;
+        h.flags = h.used = 0;
         std::memset(h.model_name, 0, sizeof(h.model_name));
         std::memcpy(h.model_name, h.model, sizeof(h.model));
         h.model_name[sizeof(h.model) - 1] = 0;
@@ -154,9 +156,10 @@ inline std::optional<std::span<const std::byte>> text(const header& h,
     return ms.subspan(text_off, h.text_len);
 }
 
-/// A version-3 header for `l` with a conversation of `text_len` bytes.
+/// A version-3 header for `l` with a conversation of `text_len` bytes,
+/// used at `used` (seconds since the epoch).
 inline header make(uint32_t tenant, std::string_view model, uint64_t text_len, layout l,
-                   uint64_t kv_len, uint32_t flags) noexcept {
+                   uint64_t kv_len, uint32_t flags, uint32_t used) noexcept {
     header h{};
     std::memcpy(h.magic, magic, sizeof(magic));
     h.version = version;
@@ -169,6 +172,7 @@ inline header make(uint32_t tenant, std::string_view model, uint64_t text_len, l
     h.text_cap = l.text_cap;
     h.req_cap = l.req_cap;
     h.flags = flags;
+    h.used = used;
     return h;
 }
 
