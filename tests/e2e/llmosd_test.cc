@@ -1543,6 +1543,17 @@ TEST_F(llmosd_test, api_keys_are_enforced) {
                                     "Content-Length: 2\r\n\r\n{}");
     EXPECT_EQ(raw.status(), 401) << raw.text;
     EXPECT_TRUE(raw.closed) << "its body is not read: the connection closes";
+    // Nor is its body invited: 401, not "100 Continue".
+    raw = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                               "Expect: 100-continue\r\nContent-Length: 2\r\n\r\n");
+    EXPECT_TRUE(raw.text.starts_with("HTTP/1.1 401 ")) << raw.text;
+    EXPECT_EQ(raw.text.find("100 Continue"), std::string::npos) << raw.text;
+    EXPECT_TRUE(raw.closed);
+    raw = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                               "Authorization: Bearer secret-one\r\nConnection: close\r\n"
+                               "Expect: 100-continue\r\nContent-Length: " +
+                                   std::to_string(body.dump().size()) + "\r\n\r\n" + body.dump());
+    EXPECT_TRUE(raw.text.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 ")) << raw.text;
     // A Range is ignored: no part of a refusal (nor memory past it).
     for (const char* range : {"bytes=4096-4200", "bytes=5-9"}) {
         raw =

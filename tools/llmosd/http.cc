@@ -473,16 +473,20 @@ http_server::http_server(daemon& d)
             return httplib::Server::HandlerResponse::Handled;
         });
     // A client that asks first (Expect: 100-continue) is refused before it
-    // sends a body that would be: httplib would invite it (100) first.
-    _svr.set_expect_100_continue_handler(
-        [max_body = d.opts().max_body, rules](const httplib::Request& req, httplib::Response& res) {
-            auto e = refused_before_body(req, max_body, rules);
-            if (!e) {
-                return 100;
-            }
+    // sends a body that would be (its framing, its origin, or with API keys
+    // a key that is none): httplib would invite it (100) first. The
+    // connection then closes, as the body may come all the same.
+    _svr.set_expect_100_continue_handler([this, max_body = d.opts().max_body, rules](
+                                             const httplib::Request& req, httplib::Response& res) {
+        if (auto e = refused_before_body(req, max_body, rules)) {
             send_error(res, *e, true);
             return e->status;
-        });
+        }
+        if (_d.api_keys().empty() || key_of(req) || authorize(req, res)) {
+            return 100;
+        }
+        return res.status;
+    });
     // Answers to a listed origin's pages say they may read them.
     _svr.set_post_routing_handler([rules](const httplib::Request& req, httplib::Response& res) {
         const std::string origin = req.get_header_value("Origin");
