@@ -3,12 +3,19 @@
 // libllmos mindspaces, the same tests against every backend this machine
 // has: the local backend always, the kernel backend where /dev/llmos is (the
 // test VM runs this program there, as TAP).
+#include <atomic>
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
+#include <fstream>
+#include <functional>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <llmos/mindspace.hh>
 #include <llmos/ms_file.hh>
+#include <poll.h>
+#include <sched.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -366,3 +373,485 @@ TEST(local_store, links_and_folders_of_other_users_are_refused) {
     }
     std::filesystem::remove_all(top);
 }
+
+// What other users (and the caller's own mistakes) can put in a local
+// store must not make the library act on the wrong mindspace, hang, or fail
+// whole. These tests are of the local backend only: the module keeps its
+// mindspaces where no user reaches them.
+namespace {
+
+using llmos::device;
+
+// Users the tests act as (through fork and setresuid, which takes root).
+constexpr uid_t user_a = 1001;
+constexpr uid_t user_b = 1002;
+
+// Runs `body` in a child process, as `uid` when given, with an alarm so that
+// a hang fails the test instead of stalling the run. Returns the child's
+// exit status (`body`'s return value; 128 + N when killed by signal N).
+int in_child(std::optional<uid_t> uid, const std::function<int()>& body, unsigned timeout_s = 60) {
+    pid_t pid = ::fork();
+    if (pid < 0) {
+        return -1;
+    }
+    if (pid == 0) {
+        ::alarm(timeout_s);
+        if (uid && (::setgroups(0, nullptr) != 0 || ::setresgid(*uid, *uid, *uid) != 0 ||
+                    ::setresuid(*uid, *uid, *uid) != 0)) {
+            _exit(100);
+        }
+        _exit(body());
+    }
+    int status = 0;
+    if (::waitpid(pid, &status, 0) != pid) {
+        return -1;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+mode_t mode_of(const std::filesystem::path& p) {
+    struct stat st {};
+    return ::lstat(p.c_str(), &st) == 0 ? st.st_mode & 07777 : 0;
+}
+
+class local_store_dir : public ::testing::Test {
+protected:
+    std::filesystem::path _top; // 0755: other users may look in, not add
+
+    void SetUp() override {
+        char tmpl[] = "/tmp/llmos-store-XXXXXX";
+        ASSERT_NE(::mkdtemp(tmpl), nullptr);
+        _top = tmpl;
+        ASSERT_EQ(::chmod(tmpl, 0755), 0);
+    }
+    void TearDown() override { std::filesystem::remove_all(_top); }
+
+    static bool root() { return ::geteuid() == 0; }
+    // A folder in _top of `uid`'s, for the store it makes.
+    std::filesystem::path home_of(uid_t uid) const {
+        auto p = _top / ("home" + std::to_string(uid));
+        std::filesystem::create_directory(p);
+        EXPECT_EQ(::chown(p.c_str(), uid, uid), 0);
+        return p;
+    }
+};
+
+TEST_F(local_store_dir, a_store_is_private_unless_root_makes_it) {
+    // A user's store: nobody else may use it (they are refused a store of
+    // another user), so nobody else may add to it.
+    const auto mine = (root() ? home_of(user_a) : _top) / "store";
+    ASSERT_EQ(in_child(root() ? std::optional<uid_t>{user_a} : std::nullopt,
+                       [&] { return device::open_local(mine.string()) ? 0 : 1; }),
+              0);
+    EXPECT_EQ(mode_of(mine), 0755u);
+    EXPECT_EQ(mode_of(mine / "ms"), 0755u);
+    EXPECT_EQ(mode_of(mine / "by-name"), 0755u);
+    EXPECT_EQ(mode_of(mine / "next-id"), 0644u) << "made with the store";
+    if (!root()) {
+        GTEST_SKIP() << "a shared store is root's: needs root";
+    }
+    // Root's: how users share one (as the tmpfiles entry makes it).
+    const auto shared = _top / "shared";
+    ASSERT_TRUE(device::open_local(shared.string()));
+    EXPECT_EQ(mode_of(shared), 01777u);
+    EXPECT_EQ(mode_of(shared / "ms"), 01777u);
+    EXPECT_EQ(mode_of(shared / "by-name"), 01777u);
+    EXPECT_EQ(mode_of(shared / "next-id"), 0666u);
+}
+
+TEST_F(local_store_dir, a_name_is_followed_only_to_the_mindspace_that_bears_it) {
+    const auto store = _top / "store";
+    auto dev = device::open_local(store.string()).value();
+    auto a = mindspace::create(dev, {.length = 4096, .name = "a", .persistent = true}).value();
+    auto b = mindspace::create(dev, {.length = 4096, .name = "b", .persistent = true}).value();
+    // by-name/b made to point to a's file: b's name does not reach a.
+    std::filesystem::remove(store / "by-name" / "b");
+    std::filesystem::create_symlink("../ms/" + std::to_string(a.id()), store / "by-name" / "b");
+    EXPECT_EQ(mindspace::open(dev, ms_key{0, "b"}).error(), std::errc::no_such_file_or_directory);
+    EXPECT_EQ(llmos::mindspace_info(dev, ms_key{0, "b"}).error(),
+              std::errc::no_such_file_or_directory);
+    EXPECT_EQ(llmos::destroy_mindspace(dev, ms_key{0, "b"}), std::errc::no_such_file_or_directory);
+    EXPECT_TRUE(mindspace::open(dev, ms_key{a.id(), {}})) << "a is still there";
+    // The name names nothing, so it may be taken.
+    EXPECT_TRUE(mindspace::create(dev, {.length = 4096, .name = "b"}));
+}
+
+TEST_F(local_store_dir, links_other_users_put_in_a_shared_store_are_not_followed) {
+    if (!root()) {
+        GTEST_SKIP() << "needs root to act as other users";
+    }
+    const auto store = _top / "shared";
+    auto dev = device::open_local(store.string()).value();
+    uint64_t important = 0;
+    {
+        auto ms = mindspace::create(
+                      dev, {.length = 4096, .name = "important", .persistent = true, .mode = 0644})
+                      .value();
+        important = ms.id();
+    }
+    const auto by_name = store / "by-name";
+    // Another user names root's mindspace "scratch", and their own "alias".
+    const int rc = in_child(user_a, [&] {
+        auto d = device::open_local(store.string());
+        if (!d) {
+            return 1;
+        }
+        auto own = mindspace::create(*d, {.length = 4096, .name = "theirs", .persistent = true});
+        if (!own) {
+            return 2;
+        }
+        const auto to_root = "../ms/" + std::to_string(important);
+        const auto to_own = "../ms/" + std::to_string(own->id());
+        return ::symlink(to_root.c_str(), (by_name / "scratch").c_str()) ||
+                       ::symlink(to_own.c_str(), (by_name / "alias").c_str())
+                   ? 3
+                   : 0;
+    });
+    ASSERT_EQ(rc, 0) << "the step of the child that failed";
+    EXPECT_EQ(llmos::destroy_mindspace(dev, ms_key{0, "scratch"}),
+              std::errc::no_such_file_or_directory);
+    EXPECT_EQ(mindspace::open(dev, ms_key{0, "scratch"}).error(),
+              std::errc::no_such_file_or_directory);
+    EXPECT_EQ(mindspace::open(dev, ms_key{0, "alias"}).error(),
+              std::errc::no_such_file_or_directory)
+        << "their link to their own mindspace of another name";
+    auto info = llmos::mindspace_info(dev, ms_key{0, "important"});
+    ASSERT_TRUE(info) << "still there: " << info.error().message();
+    EXPECT_EQ(info->id, important);
+    // Neither name stands for anything: root may take them.
+    EXPECT_TRUE(mindspace::create(dev, {.length = 4096, .name = "scratch"}));
+    EXPECT_TRUE(mindspace::create(dev, {.length = 4096, .name = "alias"}));
+}
+
+TEST_F(local_store_dir, things_in_ms_that_are_not_mindspaces_break_nothing) {
+    const auto store = _top / "store";
+    auto dev = device::open_local(store.string()).value();
+    auto ok = mindspace::create(dev, {.length = 4096, .name = "ok", .persistent = true}).value();
+    const uint64_t id = ok.id();
+    const auto ms = store / "ms";
+    auto at = [&](uint64_t k) { return ms / std::to_string(id + k); };
+    ASSERT_EQ(::mkfifo(at(1).c_str(), 0600), 0);
+    std::filesystem::create_directory(at(2));
+    std::filesystem::create_symlink(std::to_string(id), at(3));
+    {
+        // A header of an unknown format version.
+        llmos::ms_file_meta m{.length = 4096, .mode = 0600};
+        auto h = llmos::encode_ms_file_header(m);
+        h[8] = std::byte{99};
+        llmos::unique_fd f{::open(at(4).c_str(), O_RDWR | O_CREAT | O_EXCL, 0600)};
+        ASSERT_TRUE(f);
+        ASSERT_EQ(::pwrite(f.get(), h.data(), h.size(), 0), static_cast<ssize_t>(h.size()));
+        ASSERT_EQ(::ftruncate(f.get(), 8192), 0);
+    }
+    std::filesystem::create_symlink("../ms/" + std::to_string(id + 1), store / "by-name" / "fifo");
+    // In a child with an alarm: a FIFO opened for reading blocks.
+    const int rc = in_child(
+        std::nullopt,
+        [&] {
+            auto all = llmos::list_mindspaces(dev);
+            if (!all) {
+                return 1;
+            }
+            if (all->size() != 1 || (*all)[0].id != id) {
+                return 2;
+            }
+            for (uint64_t k = 1; k <= 4; ++k) {
+                if (mindspace::open(dev, ms_key{id + k, {}}).error() !=
+                    llmos::errc::ms_file_corrupt) {
+                    return 10 + static_cast<int>(k);
+                }
+                if (llmos::mindspace_info(dev, ms_key{id + k, {}}).error() !=
+                    llmos::errc::ms_file_corrupt) {
+                    return 20 + static_cast<int>(k);
+                }
+            }
+            if (mindspace::open(dev, ms_key{0, "fifo"}).error() != llmos::errc::ms_file_corrupt) {
+                return 30;
+            }
+            if (mindspace::create(dev, {.length = 4096, .name = "fifo"}).error() !=
+                std::errc::file_exists) {
+                return 31;
+            }
+            // The ids taken are passed over.
+            auto fresh = mindspace::create(dev, {.length = 4096});
+            if (!fresh || fresh->id() <= id + 4) {
+                return 32;
+            }
+            // Their owner removes them.
+            for (uint64_t k = 1; k <= 4; ++k) {
+                if (llmos::destroy_mindspace(dev, ms_key{id + k, {}})) {
+                    return 40 + static_cast<int>(k);
+                }
+            }
+            return 0;
+        },
+        20);
+    EXPECT_EQ(rc, 0) << "the step of the child that failed";
+    for (uint64_t k = 1; k <= 4; ++k) {
+        EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(at(k)))) << k;
+    }
+    EXPECT_FALSE(
+        std::filesystem::exists(std::filesystem::symlink_status(store / "by-name" / "fifo")));
+    EXPECT_TRUE(mindspace::create(dev, {.length = 4096, .name = "fifo"}));
+}
+
+TEST_F(local_store_dir, ids_are_taken_past_a_rewound_or_planted_counter) {
+    const auto store = _top / "store";
+    auto dev = device::open_local(store.string()).value();
+    const uint64_t first =
+        mindspace::create(dev, {.length = 4096, .persistent = true}).value().id();
+    auto set_counter = [&](const std::string& v) {
+        std::ofstream(store / "next-id", std::ios::trunc) << v;
+    };
+    // Rewound: the ids in use are passed over, not failed on.
+    set_counter("0\n");
+    auto second = mindspace::create(dev, {.length = 4096, .persistent = true});
+    ASSERT_TRUE(second) << second.error().message();
+    EXPECT_GT(second->id(), first);
+    // A file already where the next id would go.
+    llmos::unique_fd planted{::open((store / "ms" / std::to_string(second->id() + 1)).c_str(),
+                                    O_RDWR | O_CREAT | O_EXCL, 0600)};
+    ASSERT_TRUE(planted);
+    auto third = mindspace::create(dev, {.length = 4096});
+    ASSERT_TRUE(third) << third.error().message();
+    EXPECT_GT(third->id(), second->id() + 1);
+    // An id that would wrap to 0 is refused.
+    set_counter(std::to_string(UINT64_MAX) + "\n");
+    EXPECT_EQ(mindspace::create(dev, {.length = 4096}).error(), std::errc::value_too_large);
+    EXPECT_FALSE(std::filesystem::exists(store / "ms" / "0"));
+}
+
+TEST_F(local_store_dir, every_user_of_a_shared_store_takes_ids) {
+    if (!root()) {
+        GTEST_SKIP() << "needs root to act as other users";
+    }
+    const auto store = _top / "shared";
+    ASSERT_TRUE(device::open_local(store.string()));
+    for (uid_t u : {user_a, user_b}) {
+        EXPECT_EQ(in_child(u,
+                           [&] {
+                               auto d = device::open_local(store.string());
+                               if (!d) {
+                                   return 1;
+                               }
+                               auto ms = mindspace::create(*d, {.length = 4096});
+                               return ms ? 0 : 10 + ms.error().value() % 100;
+                           }),
+                  0)
+            << "user " << u;
+    }
+}
+
+TEST_F(local_store_dir, the_owner_lists_and_removes_theirs_whatever_the_mode) {
+    const auto parent = root() ? home_of(user_a) : _top;
+    const auto store = parent / "store";
+    // As a user (root reads whatever the mode).
+    const int rc = in_child(root() ? std::optional<uid_t>{user_a} : std::nullopt, [&] {
+        auto d = device::open_local(store.string());
+        if (!d) {
+            return 1;
+        }
+        uint64_t kept = 0;
+        uint64_t brief = 0;
+        {
+            auto k = mindspace::create(
+                *d, {.length = 4096, .name = "wo", .persistent = true, .mode = 0200});
+            auto b = mindspace::create(*d, {.length = 4096, .mode = 0200});
+            if (!k || !b) {
+                return 2;
+            }
+            kept = k->id();
+            brief = b->id();
+        }
+        auto all = llmos::list_mindspaces(*d);
+        if (!all) {
+            return 3;
+        }
+        if (all->size() != 1 || (*all)[0].id != kept || (*all)[0].mode != 0200 ||
+            (*all)[0].name != "wo" || !(*all)[0].persistent()) {
+            return 4; // listed, and the one nobody holds reaped
+        }
+        if (std::filesystem::exists(store / "ms" / std::to_string(brief))) {
+            return 5;
+        }
+        if (mode_of(store / "ms" / std::to_string(kept)) != 0200) {
+            return 6; // left as it was
+        }
+        if (mindspace::open(*d, ms_key{0, "wo"}, true).error() != std::errc::permission_denied) {
+            return 7; // opening still checks the mode
+        }
+        if (llmos::destroy_mindspace(*d, ms_key{0, "wo"})) {
+            return 8;
+        }
+        return std::filesystem::exists(store / "ms" / std::to_string(kept)) ||
+                       std::filesystem::exists(
+                           std::filesystem::symlink_status(store / "by-name" / "wo"))
+                   ? 9
+                   : 0;
+    });
+    EXPECT_EQ(rc, 0) << "the step of the child that failed";
+}
+
+TEST_F(local_store_dir, a_mindspace_being_made_is_not_removed) {
+    const auto store = _top / "store";
+    auto dev = device::open_local(store.string()).value();
+    const uint64_t id = mindspace::create(dev, {.length = 4096, .persistent = true}).value().id();
+    // As create leaves it before its header is written: held, empty.
+    const auto file = store / "ms" / std::to_string(id + 1);
+    llmos::unique_fd f{::open(file.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600)};
+    ASSERT_TRUE(f);
+    ASSERT_EQ(::flock(f.get(), LOCK_SH), 0);
+    EXPECT_EQ(llmos::destroy_mindspace(dev, ms_key{id + 1, {}}),
+              std::errc::device_or_resource_busy);
+    EXPECT_TRUE(std::filesystem::exists(file));
+    f.reset();
+    EXPECT_FALSE(llmos::destroy_mindspace(dev, ms_key{id + 1, {}})) << "nobody holds it now";
+    EXPECT_FALSE(std::filesystem::exists(file));
+}
+
+TEST_F(local_store_dir, names_change_under_the_names_lock) {
+    // Checking a name's link, removing it and making another is one step
+    // under a flock of by-name/: what keeps two creators from both taking
+    // a name (the race below shows it only now and then).
+    const auto store = _top / "store";
+    auto dev = device::open_local(store.string()).value();
+    std::filesystem::create_symlink("../ms/999999999", store / "by-name" / "n");
+    llmos::unique_fd names{::open((store / "by-name").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+    ASSERT_TRUE(names);
+    ASSERT_EQ(::flock(names.get(), LOCK_EX), 0);
+    int p[2];
+    ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::alarm(30);
+        auto ms = mindspace::create(dev, {.length = 4096, .name = "n", .persistent = true});
+        char c = ms ? 'y' : 'n';
+        _exit(::write(p[1], &c, 1) == 1 ? 0 : 1);
+    }
+    ::close(p[1]);
+    pollfd pfd{p[0], POLLIN, 0};
+    EXPECT_EQ(::poll(&pfd, 1, 300), 0) << "the name was taken while the lock was held";
+    ASSERT_EQ(::flock(names.get(), LOCK_UN), 0);
+    char c = 0;
+    EXPECT_EQ(::read(p[0], &c, 1), 1);
+    EXPECT_EQ(c, 'y');
+    ::close(p[0]);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_EQ(status, 0);
+}
+
+TEST_F(local_store_dir, a_forgotten_mindspace_of_another_user_is_gone_for_all) {
+    if (!root()) {
+        GTEST_SKIP() << "needs root to act as other users";
+    }
+    const auto store = _top / "shared";
+    ASSERT_TRUE(device::open_local(store.string()));
+    ASSERT_EQ(in_child(user_a,
+                       [&] {
+                           // Made, and forgotten when the child exits.
+                           auto d = device::open_local(store.string());
+                           return d && mindspace::create(
+                                           *d, {.length = 4096, .name = "brief", .mode = 0644})
+                                      ? 0
+                                      : 1;
+                       }),
+              0);
+    const auto file = store / "ms" / "1"; // the store's first
+    ASSERT_TRUE(std::filesystem::exists(file));
+    // Another user may read it but not remove it: it is gone for them all
+    // the same, and its file stays until its owner or root comes across it.
+    const int rc = in_child(user_b, [&] {
+        auto d = device::open_local(store.string());
+        if (!d) {
+            return 1;
+        }
+        auto all = llmos::list_mindspaces(*d);
+        if (!all || !all->empty()) {
+            return 2;
+        }
+        return mindspace::open(*d, ms_key{0, "brief"}, true).error() ==
+                       std::errc::no_such_file_or_directory
+                   ? 0
+                   : 3;
+    });
+    EXPECT_EQ(rc, 0);
+    EXPECT_TRUE(std::filesystem::exists(file));
+    ASSERT_EQ(in_child(user_a,
+                       [&] {
+                           auto d = device::open_local(store.string());
+                           return d && llmos::list_mindspaces(*d) ? 0 : 1;
+                       }),
+              0);
+    EXPECT_FALSE(std::filesystem::exists(file));
+    EXPECT_FALSE(
+        std::filesystem::exists(std::filesystem::symlink_status(store / "by-name" / "brief")));
+}
+
+TEST_F(local_store_dir, of_racing_creators_of_one_name_one_wins) {
+    // Each name first links to a file that is gone, which every creator
+    // may take over: only one of them may.
+    const auto store = _top / "store";
+    auto dev = device::open_local(store.string()).value();
+    constexpr int max_trials = 500;
+    constexpr int procs = 4;
+    // Fewer in the test VM (where /dev/llmos is), whose CPUs are emulated.
+    const int trials = ::access("/dev/llmos", F_OK) == 0 ? 100 : max_trials;
+    for (int t = 0; t < trials; ++t) {
+        std::filesystem::create_symlink("../ms/999999999",
+                                        store / "by-name" / ("r" + std::to_string(t)));
+    }
+    struct shared_counts {
+        std::atomic<int> ready[max_trials];
+        std::atomic<int> won[max_trials];
+    };
+    void* p = ::mmap(nullptr, sizeof(shared_counts), PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(p, MAP_FAILED);
+    auto* counts = new (p) shared_counts{};
+    std::vector<pid_t> kids;
+    for (int k = 0; k < procs; ++k) {
+        pid_t pid = ::fork();
+        ASSERT_GE(pid, 0);
+        if (pid == 0) {
+            ::alarm(120);
+            for (int t = 0; t < trials; ++t) {
+                // All start each trial together.
+                counts->ready[t].fetch_add(1);
+                while (counts->ready[t].load() < procs) {
+                    ::sched_yield();
+                }
+                auto ms = mindspace::create(
+                    dev, {.length = 4096, .name = "r" + std::to_string(t), .persistent = true});
+                if (ms) {
+                    counts->won[t].fetch_add(1);
+                } else if (ms.error() != std::errc::file_exists) {
+                    _exit(1);
+                }
+            }
+            _exit(0);
+        }
+        kids.push_back(pid);
+    }
+    for (pid_t pid : kids) {
+        int status = 0;
+        ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+        EXPECT_EQ(status, 0);
+    }
+    int twice = 0;
+    for (int t = 0; t < trials; ++t) {
+        EXPECT_GE(counts->won[t].load(), 1) << "r" << t;
+        twice += counts->won[t].load() > 1;
+    }
+    EXPECT_EQ(twice, 0) << "names created by two creators at once";
+    // Every persistent mindspace made is still named (none was orphaned).
+    auto all = llmos::list_mindspaces(dev).value();
+    EXPECT_EQ(all.size(), static_cast<size_t>(trials));
+    for (const auto& i : all) {
+        EXPECT_TRUE(mindspace::open(dev, ms_key{0, i.name})) << i.name;
+    }
+    ::munmap(p, sizeof(shared_counts));
+}
+
+} // namespace

@@ -17,9 +17,23 @@ namespace llmos::local {
 namespace {
 
 constexpr uint64_t max_length = uint64_t{1} << 44;
+// Ids create tries before it gives up on finding a free one (each try past
+// the last: only files put there by hand take ids the counter hands out).
+constexpr int max_create_tries = 8;
+// How a mindspace's file is opened: never through a link, and never
+// blocking (a FIFO put in ms/ would block a reader).
+constexpr int ms_open_flags = O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 
 std::error_code einval() {
     return std::make_error_code(std::errc::invalid_argument);
+}
+
+std::error_code enoent() {
+    return std::make_error_code(std::errc::no_such_file_or_directory);
+}
+
+std::error_code sys_error(int e) {
+    return {e, std::system_category()};
 }
 
 std::string ms_path(uint64_t id) {
@@ -41,12 +55,20 @@ uint64_t now_ns() {
     return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-// A folder every user may add to and only owners remove from (like /tmp).
-std::error_code make_dir(int at, const char* name) {
-    if (::mkdirat(at, name, 01777) != 0) {
+// Whether users other than the store's owner may add to it: root's store
+// made by the library, the tmpfiles entry's, or one an administrator made
+// for a group.
+bool shared_store(const struct stat& st) {
+    return (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
+}
+
+// A folder `mode` (01777: every user may add to it and only owners remove
+// from it, like /tmp; 0755: only its maker adds to it).
+std::error_code make_dir(int at, const char* name, mode_t mode) {
+    if (::mkdirat(at, name, mode) != 0) {
         return errno == EEXIST ? std::error_code{} : last_error();
     }
-    if (::fchmodat(at, name, 01777, 0) != 0) { // past the umask
+    if (::fchmodat(at, name, mode, 0) != 0) { // past the umask
         return last_error();
     }
     return {};
@@ -62,14 +84,14 @@ std::error_code check_dir(int fd) {
         return last_error();
     }
     if (!S_ISDIR(st.st_mode)) {
-        return std::error_code(ENOTDIR, std::system_category());
+        return sys_error(ENOTDIR);
     }
     if (st.st_uid != ::geteuid() && st.st_uid != 0) {
-        return std::error_code(EPERM, std::system_category());
+        return sys_error(EPERM);
     }
     if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
         if (st.st_uid != ::geteuid()) {
-            return std::error_code(EPERM, std::system_category());
+            return sys_error(EPERM);
         }
         // (Through the descriptor: the folder that was checked.)
         const std::string self = "/proc/self/fd/" + std::to_string(fd);
@@ -80,23 +102,82 @@ std::error_code check_dir(int fd) {
     return {};
 }
 
-result<uint64_t> next_id(int store) {
-    // Not through a link (symbolic or hard), only a plain file, and one of
-    // the caller's, root's or the store's owner's.
-    unique_fd fd{::openat(store, "next-id", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666)};
+// Makes the id counter of a store of the caller's, if it has none: every
+// user of a shared store takes ids from it.
+std::error_code make_counter(int store, const struct stat& dir) {
+    const mode_t mode = shared_store(dir) ? 0666 : 0644;
+    unique_fd fd{::openat(store, "next-id", O_RDWR | O_CREAT | O_EXCL | ms_open_flags, mode)};
     if (!fd) {
+        return errno == EEXIST ? std::error_code{} : last_error();
+    }
+    if (::fchmod(fd.get(), mode) != 0) { // past the umask
         return last_error();
     }
-    struct stat st, dir;
-    if (::fstat(fd.get(), &st) != 0 || ::fstat(store, &dir) != 0) {
+    return {};
+}
+
+/// The highest id of the files in ms/ (0: none).
+result<uint64_t> highest_id(int store) {
+    unique_fd dfd{::openat(store, "ms", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)};
+    DIR* d = dfd ? ::fdopendir(dfd.get()) : nullptr;
+    if (!d) {
         return last_error();
     }
-    if (!S_ISREG(st.st_mode) || st.st_nlink != 1 ||
-        (st.st_uid != ::geteuid() && st.st_uid != 0 && st.st_uid != dir.st_uid)) {
-        return std::error_code(EPERM, std::system_category());
+    (void)dfd.release(); // closedir closes it
+    uint64_t top = 0;
+    while (auto* e = ::readdir(d)) {
+        if (auto id = parse_id(e->d_name)) {
+            top = std::max(top, *id);
+        }
     }
-    if (st.st_uid == ::geteuid()) {
-        (void)::fchmod(fd.get(), 0666); // every user allocates ids
+    ::closedir(d);
+    return top;
+}
+
+/// An id to create, past `floor`: the counter's next, or, where the store
+/// has no counter the caller may trust, the one past the highest in use.
+/// Never 0: an id that would wrap is refused (EOVERFLOW).
+result<uint64_t> next_id(int store, uint64_t floor) {
+    struct stat dir;
+    if (::fstat(store, &dir) != 0) {
+        return last_error();
+    }
+    auto past = [](uint64_t id) -> result<uint64_t> {
+        if (id == UINT64_MAX) {
+            return std::make_error_code(std::errc::value_too_large);
+        }
+        return id + 1;
+    };
+    auto past_highest = [&]() -> result<uint64_t> {
+        auto top = highest_id(store);
+        if (!top) {
+            return top.error();
+        }
+        return past(std::max(*top, floor));
+    };
+    // Not through a link (symbolic or hard), only a plain file.
+    unique_fd fd{::openat(store, "next-id", O_RDWR | ms_open_flags)};
+    if (!fd && errno == ENOENT && dir.st_uid == ::geteuid()) {
+        if (auto ec = make_counter(store, dir)) {
+            return ec;
+        }
+        fd.reset(::openat(store, "next-id", O_RDWR | ms_open_flags));
+    }
+    if (!fd) {
+        // None (its store's owner has not opened the store since it went).
+        return errno == ENOENT ? past_highest() : last_error();
+    }
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) {
+        return last_error();
+    }
+    if (!S_ISREG(st.st_mode) || st.st_nlink != 1) {
+        return sys_error(EPERM);
+    }
+    if (st.st_uid != ::geteuid() && st.st_uid != 0 && st.st_uid != dir.st_uid) {
+        // Another user's (made before the store's owner made one): its owner
+        // could keep the others from creating. Not used.
+        return past_highest();
     }
     if (::flock(fd.get(), LOCK_EX) != 0) {
         return last_error();
@@ -106,15 +187,89 @@ result<uint64_t> next_id(int store) {
     if (n < 0) {
         return last_error();
     }
-    uint64_t id = 0;
-    std::from_chars(buf, buf + n, id);
-    ++id;
-    auto s = std::to_string(id) + "\n";
+    uint64_t last = 0;
+    std::from_chars(buf, buf + n, last);
+    auto id = past(std::max(last, floor));
+    if (!id) {
+        return id.error();
+    }
+    auto s = std::to_string(*id) + "\n";
     if (::pwrite(fd.get(), s.data(), s.size(), 0) != static_cast<ssize_t>(s.size()) ||
         ::ftruncate(fd.get(), static_cast<off_t>(s.size())) != 0) {
         return last_error();
     }
     return id;
+}
+
+/// Checks that `fd` is a mindspace's file: one plain file (not a FIFO, a
+/// folder or a link that another user or a mistake put in ms/), still in
+/// ms/. Makes it blocking again.
+result<unique_fd> checked_ms_file(unique_fd fd) {
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) {
+        return last_error();
+    }
+    if (!S_ISREG(st.st_mode) || st.st_nlink > 1) {
+        return errc::ms_file_corrupt;
+    }
+    if (st.st_nlink == 0) {
+        return enoent(); // just removed
+    }
+    int fl = ::fcntl(fd.get(), F_GETFL);
+    if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        return last_error();
+    }
+    return fd;
+}
+
+/// Opens ms/ID with `flags` (O_RDONLY or O_RDWR). Errors: those of open(2)
+/// (ENOENT, EACCES), errc::ms_file_corrupt for anything but a plain file.
+result<unique_fd> open_ms(int store, uint64_t id, int flags) {
+    unique_fd fd{::openat(store, ms_path(id).c_str(), flags | ms_open_flags)};
+    if (!fd) {
+        // A symbolic link, a socket, a folder opened for writing.
+        if (errno == ELOOP || errno == ENXIO || errno == EISDIR) {
+            return errc::ms_file_corrupt;
+        }
+        return last_error();
+    }
+    return checked_ms_file(std::move(fd));
+}
+
+/// Opens ms/ID to read its header, as open_ms, and also when it is the
+/// caller's and its mode does not let its owner read it: the module lets
+/// an owner list and destroy theirs whatever the mode, and the local
+/// backend must read the header to know whether it is persistent. The
+/// owner grants itself read (which nobody else gains from) for as long as
+/// opening takes, through the descriptor of the file checked.
+result<unique_fd> open_own_ms(int store, uint64_t id) {
+    auto fd = open_ms(store, id, O_RDONLY);
+    if (fd || fd.error() != std::errc::permission_denied) {
+        return fd;
+    }
+    unique_fd path{::openat(store, ms_path(id).c_str(), O_PATH | O_CLOEXEC | O_NOFOLLOW)};
+    struct stat st;
+    if (!path || ::fstat(path.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_uid != ::geteuid()) {
+        return fd.error();
+    }
+    const std::string self = "/proc/self/fd/" + std::to_string(path.get());
+    // A mode that lets its owner read is left as it is (another process of
+    // the owner may be granting itself read: its mode is not ours to keep).
+    const bool grant = !(st.st_mode & S_IRUSR);
+    if (grant && ::chmod(self.c_str(), (st.st_mode & 07777) | S_IRUSR) != 0) {
+        return fd.error();
+    }
+    // (Not O_NOFOLLOW: the path is /proc's link to the file checked.)
+    unique_fd r{::open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)};
+    const int err = errno;
+    if (grant) {
+        (void)::chmod(self.c_str(), st.st_mode & 07777);
+    }
+    if (!r) {
+        return sys_error(err);
+    }
+    return checked_ms_file(std::move(r));
 }
 
 result<ms_file_meta> read_header(int fd) {
@@ -126,9 +281,11 @@ result<ms_file_meta> read_header(int fd) {
     if (static_cast<size_t>(n) != h.size()) {
         return errc::ms_file_corrupt;
     }
+    // Not a header of this format (whatever the reason: the file is not
+    // one this library can serve, and its owner may remove it).
     auto m = decode_ms_file_header(h);
     if (!m) {
-        return m.error() == errc::not_ms_file ? errc::ms_file_corrupt : m.error();
+        return errc::ms_file_corrupt;
     }
     // Its bytes must all be there: mapping a shorter file gives SIGBUS
     // (the header is writable by whoever may write the mindspace).
@@ -142,16 +299,71 @@ result<ms_file_meta> read_header(int fd) {
     return m;
 }
 
-/// The id a name stands for.
-result<uint64_t> resolve(int store, const ms_key& key) {
-    if (key.id) {
-        return key.id;
+/// A new, empty ms/ID file, held (a shared flock) before its header makes
+/// it a mindspace: another process that lists or opens meanwhile must not
+/// take it for a forgotten one, nor destroy it (EBUSY).
+struct new_ms_file {
+    unique_fd fd;
+    uint64_t id = 0;
+};
+
+result<new_ms_file> make_ms_file(int store) {
+    // Past ids taken by files that another user, or a counter set back,
+    // put where the counter's next would go.
+    uint64_t floor = 0;
+    for (int tries = 1;; ++tries) {
+        auto id = next_id(store, floor);
+        if (!id) {
+            return id.error();
+        }
+        const auto path = ms_path(*id);
+        unique_fd fd{::openat(store, path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)};
+        if (!fd) {
+            if (errno != EEXIST || tries == max_create_tries) {
+                return last_error();
+            }
+            auto top = highest_id(store);
+            floor = std::max(*id, top ? *top : 0);
+            continue;
+        }
+        struct stat st;
+        if (::flock(fd.get(), LOCK_SH) != 0 || ::fstat(fd.get(), &st) != 0) {
+            int err = errno;
+            (void)::unlinkat(store, path.c_str(), 0);
+            return sys_error(err);
+        }
+        if (st.st_nlink != 0) {
+            return new_ms_file{std::move(fd), *id};
+        }
+        // Destroyed by id before it was held: another id.
+        if (tries == max_create_tries) {
+            return std::make_error_code(std::errc::file_exists);
+        }
+        floor = *id;
     }
-    if (!valid_ms_name(key.name) || key.name.empty()) {
+}
+
+/// by-name/NAME: the id it links to and the link's owner.
+struct name_link {
+    uint64_t id = 0;
+    uid_t owner = 0;
+};
+
+result<name_link> read_link(int store, const std::string& name) {
+    if (!valid_ms_name(name) || name.empty()) {
         return einval();
     }
+    // The link itself, so that its owner and its target are of one link.
+    unique_fd fd{::openat(store, ("by-name/" + name).c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC)};
+    struct stat st;
+    if (!fd || ::fstat(fd.get(), &st) != 0) {
+        return last_error();
+    }
+    if (!S_ISLNK(st.st_mode)) {
+        return errc::ms_file_corrupt;
+    }
     char target[64];
-    ssize_t n = ::readlinkat(store, ("by-name/" + key.name).c_str(), target, sizeof(target));
+    ssize_t n = ::readlinkat(fd.get(), "", target, sizeof(target));
     if (n < 0) {
         return last_error();
     }
@@ -163,64 +375,171 @@ result<uint64_t> resolve(int store, const ms_key& key) {
     if (!id) {
         return errc::ms_file_corrupt;
     }
-    return *id;
+    return name_link{*id, st.st_uid};
 }
 
-/// Removes the link `name`, if it still points to `id`.
-void unlink_name(int store, const std::string& name, uint64_t id) {
-    if (auto named = resolve(store, ms_key{0, name}); named && *named == id) {
+/// The id a key stands for, and for a name, the link's owner.
+struct resolved {
+    uint64_t id = 0;
+    std::optional<uid_t> link_owner;
+};
+
+result<resolved> resolve(int store, const ms_key& key) {
+    if (key.id) {
+        return resolved{key.id, std::nullopt};
+    }
+    auto l = read_link(store, key.name);
+    if (!l) {
+        return l.error();
+    }
+    return resolved{l->id, l->owner};
+}
+
+/// Whether a name's link may be followed to a file of `file_owner`'s: a
+/// link only its owner or root made (in a shared store, any user may add
+/// a link to any mindspace).
+bool trusted_link(const resolved& r, uid_t file_owner) {
+    return !r.link_owner || *r.link_owner == file_owner || *r.link_owner == 0;
+}
+
+/// Whether the mindspace at `fd` is the one `key` names: by id, any; by
+/// name, one whose header bears the name, through a link its owner or
+/// root made.
+bool is_named(int fd, const ms_key& key, const resolved& r, const std::string& header_name) {
+    if (!r.link_owner) {
+        return true;
+    }
+    struct stat st;
+    return ::fstat(fd, &st) == 0 && trusted_link(r, st.st_uid) && header_name == key.name;
+}
+
+/// Holds the store's names lock: a flock on by-name/, which every change of
+/// a name (checking a link and removing it, making one) is made under, so
+/// that two processes cannot both take one name. No blocking flock of a
+/// mindspace's file may be taken while it is held (reap and destroy take
+/// theirs without blocking; open and create take theirs before it).
+result<unique_fd> lock_names(int store) {
+    unique_fd fd{::openat(store, "by-name", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)};
+    if (!fd) {
+        return last_error();
+    }
+    while (::flock(fd.get(), LOCK_EX) != 0) {
+        if (errno != EINTR) {
+            return last_error();
+        }
+    }
+    return fd;
+}
+
+/// Removes the link `name`, if it still points to `id`. Under the names lock.
+void unlink_name(int store, const std::string& name, uint64_t id, const unique_fd& /*names*/) {
+    if (auto l = read_link(store, name); l && l->id == id) {
         (void)::unlinkat(store, ("by-name/" + name).c_str(), 0);
     }
 }
 
 /// Removes the by-name links to `id` (when its header, which names it,
-/// cannot be read).
-void unlink_names_of(int store, uint64_t id) {
-    unique_fd dfd{::openat(store, "by-name", O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+/// cannot be read). Under the names lock.
+void unlink_names_of(uint64_t id, const unique_fd& names) {
+    unique_fd dfd{::openat(names.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
     DIR* d = dfd ? ::fdopendir(dfd.get()) : nullptr;
     if (!d) {
         return;
     }
     (void)dfd.release(); // closedir closes it
     const std::string target = "../" + ms_path(id);
-    std::vector<std::string> names;
+    std::vector<std::string> found;
     while (auto* e = ::readdir(d)) {
         char t[64];
         ssize_t n = ::readlinkat(::dirfd(d), e->d_name, t, sizeof(t));
         if (n > 0 && std::string_view(t, static_cast<size_t>(n)) == target) {
-            names.emplace_back(e->d_name);
+            found.emplace_back(e->d_name);
         }
     }
-    for (const auto& name : names) {
+    for (const auto& name : found) {
         (void)::unlinkat(::dirfd(d), name.c_str(), 0);
     }
     ::closedir(d);
 }
 
 /// Removes `id` if it is not persistent and no process holds it. Returns
-/// whether it is gone.
-bool reap_if_stale(int store, uint64_t id) {
-    unique_fd fd{::openat(store, ms_path(id).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)};
+/// whether it is gone: true also for one the caller may not remove (another
+/// user's, in a shared store), which is gone as far as opening, listing and
+/// naming are concerned, and is removed by its owner or root when they come
+/// across it. `names`: the names lock, if the caller holds it.
+bool reap_if_stale(int store, uint64_t id, const unique_fd* names = nullptr) {
+    auto fd = open_own_ms(store, id);
     if (!fd) {
-        return errno == ENOENT;
+        return fd.error() == std::errc::no_such_file_or_directory;
     }
-    auto m = read_header(fd.get());
+    auto m = read_header(fd->get());
     if (!m || (m->flags & LLMOS_MS_PERSISTENT)) {
         return false;
     }
-    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (::flock(fd->get(), LOCK_EX | LOCK_NB) != 0) {
         return false; // somebody holds it
     }
-    if (!m->name.empty()) {
-        unlink_name(store, m->name, id);
+    unique_fd own_lock;
+    if (!names) {
+        auto l = lock_names(store);
+        if (!l) {
+            return false;
+        }
+        own_lock = std::move(*l);
+        names = &own_lock;
     }
-    return ::unlinkat(store, ms_path(id).c_str(), 0) == 0;
+    struct stat st;
+    if (::fstat(fd->get(), &st) != 0) {
+        return false;
+    }
+    if (st.st_nlink == 0) {
+        return true; // reaped meanwhile
+    }
+    if (!m->name.empty()) {
+        unlink_name(store, m->name, id, *names);
+    }
+    int rc = ::unlinkat(store, ms_path(id).c_str(), 0);
+    return rc == 0 || errno == ENOENT || errno == EPERM || errno == EACCES;
+}
+
+/// Whether the name's link keeps nobody's mindspace: it points to a file
+/// that is gone or reaped, or to a mindspace that does not bear the name,
+/// or it was put there by a user who does not own its target. Under the
+/// names lock.
+bool name_is_free(int store, const std::string& name, const unique_fd& names) {
+    auto l = read_link(store, name);
+    if (!l) {
+        // Gone meanwhile, or not a link this library made.
+        return l.error() == std::errc::no_such_file_or_directory ||
+               l.error() == errc::ms_file_corrupt;
+    }
+    if (reap_if_stale(store, l->id, &names)) {
+        return true;
+    }
+    const resolved r{l->id, l->owner};
+    struct stat st;
+    if (::fstatat(store, ms_path(l->id).c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        return errno == ENOENT;
+    }
+    if (!trusted_link(r, st.st_uid)) {
+        return true;
+    }
+    auto fd = open_own_ms(store, l->id);
+    if (!fd) {
+        return false; // damaged (its owner removes it) or not the caller's to read
+    }
+    auto m = read_header(fd->get());
+    return m && !is_named(fd->get(), ms_key{0, name}, r, m->name);
 }
 
 } // namespace
 
 result<unique_fd> open_store(const std::string& dir) {
-    if (auto ec = make_dir(AT_FDCWD, dir.c_str())) {
+    // A user's store is theirs alone: others are refused a store of another
+    // user's (check_dir), so they may not add to it either. Root's is how
+    // users share one.
+    const bool root = ::geteuid() == 0;
+    if (auto ec = make_dir(AT_FDCWD, dir.c_str(), root ? 01777 : 0755)) {
         return ec;
     }
     unique_fd fd{::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)};
@@ -230,8 +549,13 @@ result<unique_fd> open_store(const std::string& dir) {
     if (auto ec = check_dir(fd.get())) {
         return ec;
     }
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) {
+        return last_error();
+    }
+    const mode_t sub_mode = root && shared_store(st) ? 01777 : 0755;
     for (const char* sub : {"ms", "by-name"}) {
-        if (auto ec = make_dir(fd.get(), sub)) {
+        if (auto ec = make_dir(fd.get(), sub, sub_mode)) {
             return ec;
         }
         unique_fd sfd{::openat(fd.get(), sub, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)};
@@ -239,6 +563,11 @@ result<unique_fd> open_store(const std::string& dir) {
             return last_error();
         }
         if (auto ec = check_dir(sfd.get())) {
+            return ec;
+        }
+    }
+    if (st.st_uid == ::geteuid()) {
+        if (auto ec = make_counter(fd.get(), st)) {
             return ec;
         }
     }
@@ -278,18 +607,22 @@ result<ms_info> info(int fd, uint64_t id) {
 }
 
 result<ms_info> info(int store, const ms_key& key) {
-    auto id = resolve(store, key);
-    if (!id) {
-        return id.error();
+    auto r = resolve(store, key);
+    if (!r) {
+        return r.error();
     }
-    if (reap_if_stale(store, *id)) {
-        return std::make_error_code(std::errc::no_such_file_or_directory);
+    if (reap_if_stale(store, r->id)) {
+        return enoent();
     }
-    unique_fd fd{::openat(store, ms_path(*id).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)};
+    auto fd = open_ms(store, r->id, O_RDONLY);
     if (!fd) {
-        return last_error();
+        return fd.error();
     }
-    return info(fd.get(), *id);
+    auto i = info(fd->get(), r->id);
+    if (i && !is_named(fd->get(), key, *r, i->name)) {
+        return enoent();
+    }
+    return i;
 }
 
 result<opened> create(int store, const ms_create_options& o) {
@@ -300,24 +633,16 @@ result<opened> create(int store, const ms_create_options& o) {
     if (o.dmabuf_fd >= 0) {
         return std::make_error_code(std::errc::operation_not_supported);
     }
-    auto id = next_id(store);
-    if (!id) {
-        return id.error();
+    auto made = make_ms_file(store);
+    if (!made) {
+        return made.error();
     }
-    auto path = ms_path(*id);
-    unique_fd fd{::openat(store, path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)};
-    if (!fd) {
-        return last_error();
-    }
+    auto& [fd, id] = *made;
+    const auto path = ms_path(id);
     auto fail = [&](std::error_code ec) {
         (void)::unlinkat(store, path.c_str(), 0);
         return ec;
     };
-    // Held before the header makes it a mindspace: another process that
-    // lists or opens meanwhile must not take it for a forgotten one.
-    if (::flock(fd.get(), LOCK_SH) != 0) {
-        return fail(last_error());
-    }
     ms_file_meta m;
     m.length = o.length;
     m.flags = (o.persistent ? LLMOS_MS_PERSISTENT : 0) | (o.node ? LLMOS_MS_NODE : 0);
@@ -326,22 +651,25 @@ result<opened> create(int store, const ms_create_options& o) {
     m.created_ns = now_ns();
     m.name = o.name;
     auto h = encode_ms_file_header(m);
-    if (::fchmod(fd.get(), m.mode) != 0 ||
-        ::ftruncate(fd.get(), static_cast<off_t>(data_offset + o.length)) != 0 ||
-        ::pwrite(fd.get(), h.data(), h.size(), 0) != static_cast<ssize_t>(h.size())) {
+    // The mode last: until the header is whole, its owner may read it.
+    if (::ftruncate(fd.get(), static_cast<off_t>(data_offset + o.length)) != 0 ||
+        ::pwrite(fd.get(), h.data(), h.size(), 0) != static_cast<ssize_t>(h.size()) ||
+        ::fchmod(fd.get(), m.mode) != 0) {
         return fail(last_error());
     }
     if (!o.name.empty()) {
+        auto names = lock_names(store);
+        if (!names) {
+            return fail(names.error());
+        }
         auto link = "by-name/" + o.name;
         auto target = "../" + path;
         int rc = ::symlinkat(target.c_str(), store, link.c_str());
         if (rc != 0 && errno == EEXIST) {
-            // The name may belong to a forgotten, non-persistent mindspace.
-            auto holder = resolve(store, ms_key{0, o.name});
-            if (holder && reap_if_stale(store, *holder)) {
-                // Gone (reaped now, or its file went without its link): the
-                // link goes too, if it still points there.
-                unlink_name(store, o.name, *holder);
+            // The name may belong to a forgotten, non-persistent mindspace,
+            // to a file that is gone, or be a link that names nothing.
+            if (name_is_free(store, o.name, *names)) {
+                (void)::unlinkat(store, link.c_str(), 0);
                 rc = ::symlinkat(target.c_str(), store, link.c_str());
             } else {
                 errno = EEXIST;
@@ -351,7 +679,7 @@ result<opened> create(int store, const ms_create_options& o) {
             return fail(last_error());
         }
     }
-    auto i = info(fd.get(), *id);
+    auto i = info(fd.get(), id);
     if (!i) {
         return fail(i.error());
     }
@@ -359,64 +687,92 @@ result<opened> create(int store, const ms_create_options& o) {
 }
 
 result<opened> open(int store, const ms_key& key, bool read_only) {
-    auto id = resolve(store, key);
-    if (!id) {
-        return id.error();
+    auto r = resolve(store, key);
+    if (!r) {
+        return r.error();
     }
     // A non-persistent mindspace nobody holds is gone, as with the module.
-    if (reap_if_stale(store, *id)) {
-        return std::make_error_code(std::errc::no_such_file_or_directory);
+    if (reap_if_stale(store, r->id)) {
+        return enoent();
     }
-    unique_fd fd{::openat(store, ms_path(*id).c_str(),
-                          (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOFOLLOW)};
+    auto fd = open_ms(store, r->id, read_only ? O_RDONLY : O_RDWR);
     if (!fd) {
-        return last_error();
+        return fd.error();
     }
-    if (::flock(fd.get(), LOCK_SH) != 0) {
+    if (::flock(fd->get(), LOCK_SH) != 0) {
         return last_error();
     }
     struct stat st;
-    if (::fstat(fd.get(), &st) != 0) {
+    if (::fstat(fd->get(), &st) != 0) {
         return last_error();
     }
     if (st.st_nlink == 0) {
-        return std::make_error_code(std::errc::no_such_file_or_directory); // just reaped
+        return enoent(); // just reaped
     }
-    auto i = info(fd.get(), *id);
+    auto i = info(fd->get(), r->id);
     if (!i) {
         return i.error();
     }
-    return opened{std::move(fd), std::move(*i)};
+    if (!is_named(fd->get(), key, *r, i->name)) {
+        return enoent();
+    }
+    return opened{std::move(*fd), std::move(*i)};
 }
 
 std::error_code destroy(int store, const ms_key& key) {
-    auto id = resolve(store, key);
-    if (!id) {
-        return id.error();
+    auto r = resolve(store, key);
+    if (!r) {
+        return r.error();
     }
-    auto path = ms_path(*id);
+    auto names = lock_names(store);
+    if (!names) {
+        return names.error();
+    }
+    const auto path = ms_path(r->id);
     struct stat st;
     if (::fstatat(store, path.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
         return last_error();
     }
+    if (!trusted_link(*r, st.st_uid)) {
+        return enoent();
+    }
     if (st.st_uid != ::geteuid() && ::geteuid() != 0) {
         return std::make_error_code(std::errc::operation_not_permitted);
     }
-    // A damaged one (its header, or a file cut short) can still be removed
-    // by its owner.
-    auto i = info(store, ms_key{*id, {}});
-    if (!i && i.error() != errc::ms_file_corrupt) {
-        return i.error();
+    // Its owner may read it (open_own_ms); a damaged one (not a plain
+    // file, its header, a file cut short) can still be removed by its
+    // owner, once nobody holds it: one being made is held, and has no
+    // header yet.
+    auto fd = open_own_ms(store, r->id);
+    if (!fd && fd.error() != errc::ms_file_corrupt) {
+        return fd.error();
     }
-    if (i && !i->persistent()) {
+    auto m = fd ? read_header(fd->get()) : result<ms_file_meta>{errc::ms_file_corrupt};
+    if (!m && m.error() != errc::ms_file_corrupt) {
+        return m.error();
+    }
+    if (m && !is_named(fd->get(), key, *r, m->name)) {
+        return enoent();
+    }
+    const bool held = fd && ::flock(fd->get(), LOCK_EX | LOCK_NB) != 0;
+    if (m && !(m->flags & LLMOS_MS_PERSISTENT)) {
+        if (!held) {
+            // Nobody holds it: gone already, as with the module.
+            unlink_name(store, m->name, r->id, *names);
+            (void)::unlinkat(store, path.c_str(), 0);
+            return enoent();
+        }
         return einval();
     }
-    if (!i) {
-        unlink_names_of(store, *id); // its header, which names it, is damaged
-    } else if (!i->name.empty()) {
-        unlink_name(store, i->name, *id);
+    if (!m && held) {
+        return std::make_error_code(std::errc::device_or_resource_busy);
     }
-    if (::unlinkat(store, path.c_str(), 0) != 0) {
+    if (!m) {
+        unlink_names_of(r->id, *names); // its header, which names it, is damaged
+    } else if (!m->name.empty()) {
+        unlink_name(store, m->name, r->id, *names);
+    }
+    if (::unlinkat(store, path.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0) != 0) {
         return last_error();
     }
     return {};
@@ -440,17 +796,24 @@ result<std::vector<ms_info>> list(int store) {
     }
     ::closedir(d);
     std::sort(ids.begin(), ids.end());
+    // What the caller may not read, and what is not a mindspace (damaged:
+    // info and open say so), is left out; only running out of descriptors
+    // or memory fails the list.
+    auto fatal = [](std::error_code ec) {
+        return ec == std::errc::too_many_files_open ||
+               ec == std::errc::too_many_files_open_in_system || ec == std::errc::not_enough_memory;
+    };
     std::vector<ms_info> out;
     for (uint64_t id : ids) {
         if (reap_if_stale(store, id)) {
             continue;
         }
-        auto i = info(store, ms_key{id, {}});
+        // The caller's own whatever their mode, as the module lists them.
+        auto fd = open_own_ms(store, id);
+        auto i = fd ? info(fd->get(), id) : result<ms_info>{fd.error()};
         if (i) {
             out.push_back(std::move(*i));
-        } else if (i.error() != std::errc::permission_denied &&
-                   i.error() != std::errc::no_such_file_or_directory &&
-                   i.error() != errc::ms_file_corrupt) { // damaged: info and open say so
+        } else if (fatal(i.error())) {
             return i.error();
         }
     }

@@ -8,14 +8,25 @@
 //   ms/ID            one file per mindspace: a 4096-byte header (the saved-
 //                    mindspace header, llmos/ms_file.hh) then its bytes; the
 //                    file's owner and mode are the mindspace's
-//   by-name/NAME     symlink to ../ms/ID
-//   next-id          the id counter, updated under flock
+//   by-name/NAME     symlink to ../ms/ID, made by the mindspace's owner
+//   next-id          the id counter, updated under flock; made with the
+//                    store by its owner
+//
+// A store root makes is shared: its folders are sticky and writable by
+// everyone, like /tmp. Anyone else's is theirs alone (0755). In a shared
+// store any user can add files and links, so none is trusted: a name is
+// followed only through a link of the mindspace's owner or root, to a
+// mindspace whose header bears the name; ms/ files are opened without
+// following links or blocking and must be plain files; ids already taken
+// are passed over. Names change (a link checked, removed, made) only under
+// an exclusive flock of by-name/.
 //
 // Each process that has a mindspace open holds a shared flock on its file
 // (a mapping keeps the file, and so the lock). A mindspace that is not
-// persistent and whose file nobody holds is removed by the next list or
-// create that comes across it. tmpfs keeps the bytes until then, and until
-// the machine restarts; holes stay unallocated.
+// persistent and whose file nobody holds is removed by the next open, info,
+// list or create that comes across it (of its owner or root: others leave
+// it, gone to them). tmpfs keeps the bytes until then, and until the
+// machine restarts; holes stay unallocated.
 #pragma once
 
 #include <llmos/device.hh>
