@@ -235,4 +235,52 @@ TEST(rope, turns_every_pair_by_its_angle_in_both_layouts) {
     }
 }
 
+#if defined(__x86_64__)
+// The kernel is chosen by what the tokens are, never by how many of them
+// run together: a prompt cut into chunks of any length (one token
+// included) gets the same kernel, so the same bits, for every token. A
+// plain function of its arguments: it runs without AVX-512 too.
+TEST(attention_kernel, is_chosen_by_what_the_tokens_are_not_how_many_there_are) {
+    using detail::attn_kernel;
+    const auto pick = [](simd_level l, kv_type t, uint32_t G, uint32_t D, token_kind k, size_t n) {
+        return detail::attention_kernel(l, t, G, D, k, n);
+    };
+    for (const simd_level l : {simd_level::scalar, simd_level::avx2, simd_level::avx512}) {
+        for (const kv_type t : {kv_type::f32, kv_type::f16}) {
+            for (const uint32_t G : {1u, 2u, 3u, 4u, 8u, 12u}) {
+                for (const uint32_t D : {16u, 24u, 64u, 80u, 128u, 512u}) {
+                    SCOPED_TRACE(std::string(simd_name(l)) + (t == kv_type::f16 ? " f16" : " f32") +
+                                 " G " + std::to_string(G) + " D " + std::to_string(D));
+                    const attn_kernel prompt = pick(l, t, G, D, token_kind::prompt, 1);
+                    const attn_kernel gen = pick(l, t, G, D, token_kind::generated, 1);
+                    for (const size_t n : {1u, 2u, 3u, 7u, 8u, 15u, 16u, 17u, 31u, 64u, 300u}) {
+                        EXPECT_EQ(pick(l, t, G, D, token_kind::prompt, n), prompt) << n;
+                        EXPECT_EQ(pick(l, t, G, D, token_kind::generated, n), gen) << n;
+                        // Unsaid: more than one token is a prompt's chunk.
+                        EXPECT_EQ(pick(l, t, G, D, token_kind::automatic, n), n > 1 ? prompt : gen)
+                            << n;
+                    }
+                    if (t == kv_type::f32 || l == simd_level::scalar) {
+                        EXPECT_EQ(prompt, attn_kernel::generic);
+                        EXPECT_EQ(gen, attn_kernel::generic);
+                        continue;
+                    }
+                    // The one-token kernels take up to 8 heads a KV head.
+                    const attn_kernel avx2 =
+                        G <= 8 && D % 8 == 0 ? attn_kernel::one_token_avx2 : attn_kernel::generic;
+                    if (l == simd_level::avx2) {
+                        EXPECT_EQ(prompt, avx2);
+                        EXPECT_EQ(gen, avx2);
+                        continue;
+                    }
+                    EXPECT_EQ(prompt, D % 16 == 0 ? attn_kernel::prefill_avx512 : avx2);
+                    EXPECT_EQ(gen, G <= 8 && D % 16 == 0 && D <= 256 ? attn_kernel::one_token_avx512
+                                                                     : avx2);
+                }
+            }
+        }
+    }
+}
+#endif
+
 } // namespace

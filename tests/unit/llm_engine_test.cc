@@ -126,6 +126,7 @@ protected:
     std::mutex _m;
     std::map<uint64_t, std::string> _streamed;
     std::atomic<llmos::llm_engine*> _last{nullptr};
+    uint32_t _default_max = 256; ///< the engines' default_max_tokens
 
     void SetUp() override {
         if (on_gpu && !cuda) {
@@ -145,7 +146,8 @@ protected:
     }
     llmos::llm_engine_options eopts() {
         return {.context = {.n_threads = 1},
-                .kv = {.type = eng::kv_type::f32, .block_tokens = 16, .max_tokens = 256}};
+                .kv = {.type = eng::kv_type::f32, .block_tokens = 16, .max_tokens = 256},
+                .default_max_tokens = _default_max};
     }
     llmos::worker_pool_options popts(std::function<std::unique_ptr<llmos::inference_engine>()> mk) {
         llmos::worker_pool_options o;
@@ -443,6 +445,142 @@ TEST_F(llm_engine_test, one_request_at_a_time_writes_a_conversation_s_cache) {
     // Free again: the next request on it runs.
     auto again = run(c, request(131072, "Hello world", 8, {}, kv_off, kv_bytes()));
     EXPECT_EQ(again.f.state, LLMOS_REQ_COMPLETED);
+}
+
+// max_tokens 0 is "no limit of its own" wherever it comes from: a
+// request's 0 takes the worker's default, and a default of 0 lets the
+// request generate up to its cache's capacity, whether the cache is its
+// own (once made exactly the prompt's size: E2BIG) or kept in its
+// mindspace (once ended after one token).
+TEST_F(llm_engine_test, max_tokens_0_generates_up_to_the_cache_s_capacity) {
+    const std::string text = "Hello world";
+    const uint32_t room = eopts().kv.max_tokens - uint32_t(vocab->encode(text, true, false).size());
+    auto c = llmos::sched_client::open(*_dev).value();
+    for (const uint32_t def : {0u, 5u}) {
+        SCOPED_TRACE("default_max_tokens " + std::to_string(def));
+        _default_max = def;
+        auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+        const auto all = run(c, request(0, text, room));
+        ASSERT_EQ(all.f.state, LLMOS_REQ_COMPLETED);
+        ASSERT_GT(all.f.tokens, 5u);
+        // A request's own limit wins over the default.
+        const auto three = run(c, request(0, text, 3));
+        EXPECT_EQ(three.f.state, LLMOS_REQ_COMPLETED);
+        EXPECT_EQ(three.f.tokens, 3u);
+        for (const bool kept : {false, true}) {
+            SCOPED_TRACE(kept ? "its cache kept in the mindspace" : "a cache of its own");
+            const auto r = kept ? run(c, request(65536, text, 0, {}, 4 << 20, kv_bytes()))
+                                : run(c, request(65536, text, 0));
+            ASSERT_EQ(r.f.state, LLMOS_REQ_COMPLETED) << "status " << r.f.status;
+            if (def) {
+                EXPECT_EQ(r.f.tokens, def);
+                EXPECT_EQ(r.text, run(c, request(0, text, def)).text);
+            } else {
+                EXPECT_EQ(r.f.tokens, all.f.tokens);
+                EXPECT_EQ(r.text, all.text);
+            }
+        }
+    }
+}
+
+// kv_len says whether a request keeps its cache: at offset 0 it does, and
+// an offset without a length is refused rather than read as "none".
+TEST_F(llm_engine_test, kv_len_says_whether_a_request_keeps_its_cache) {
+    auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto c = llmos::sched_client::open(*_dev).value();
+    EXPECT_EQ(run(c, request(0, "Hello world", 4, {}, 4 << 20, 0)).f.status, -EINVAL);
+    const auto first = run(c, request(1 << 20, "Hello world", 8, {}, 0, kv_bytes()));
+    ASSERT_EQ(first.f.state, LLMOS_REQ_COMPLETED);
+    const auto before = _last.load()->stats();
+    const auto second =
+        run(c, request(2 << 20, "Hello world" + first.text + " and more", 4, {}, 0, kv_bytes()));
+    ASSERT_EQ(second.f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_GE(_last.load()->stats().cached_tokens - before.cached_tokens, 3u)
+        << "the first turn was kept at offset 0";
+}
+
+// Two requests whose cache regions share bytes (at different offsets)
+// would write each other's rows: as for one region, one runs and the
+// other is refused for now (EAGAIN). Regions that touch but do not
+// overlap run together.
+TEST_F(llm_engine_test, requests_whose_caches_overlap_do_not_run_together) {
+    auto c = llmos::sched_client::open(*_dev).value();
+    const uint64_t kv_off = 4 << 20;
+    const uint64_t next = kv_off + (kv_bytes() + 4095) / 4096 * 4096;
+    auto a = c.submit(request(0, "Hello world", 16, {}, kv_off, kv_bytes())).value();
+    // A page before a's, reaching into it (a GPU's region may be under a page).
+    const uint64_t b_off = kv_off - 4096, b_len = kv_bytes() + 4096;
+    auto b = c.submit(request(65536, "Hello there", 16, {}, b_off, b_len)).value();
+    auto d = c.submit(request(131072, "Hello again", 16, {}, next, kv_bytes())).value();
+    auto pool = llmos::worker_pool::start(*_dev, popts([this] { return plain(); })).value();
+    auto fa = c.wait(a, llmos::wait_for::at_most(60s)).value();
+    auto fb = c.wait(b, llmos::wait_for::at_most(60s)).value();
+    auto fd = c.wait(d, llmos::wait_for::at_most(60s)).value();
+    const bool a_ran = fa.state == LLMOS_REQ_COMPLETED;
+    EXPECT_NE(a_ran, fb.state == LLMOS_REQ_COMPLETED) << "exactly one of them ran";
+    EXPECT_EQ((a_ran ? fb : fa).status, -EAGAIN);
+    EXPECT_EQ(fd.state, LLMOS_REQ_COMPLETED) << "status " << fd.status;
+    // Free again: the one refused runs now.
+    auto again = run(c, request(196608, "Hello there", 8, {}, b_off, b_len));
+    EXPECT_EQ(again.f.state, LLMOS_REQ_COMPLETED);
+}
+
+// How a prompt is cut into steps (prefill_chunk, and what the other
+// sequences of a step leave) does not change what a request generates,
+// sampled or greedy, on an F16 cache (the prefill and one-token attention
+// kernels of AVX-512 differ in the last bits: a prompt's tokens take the
+// same one in chunks of any size).
+TEST_F(llm_engine_test, what_a_request_generates_does_not_depend_on_its_prompt_s_chunks) {
+    if (on_gpu) {
+        GTEST_SKIP() << "the CPU engine's promise (context.hh: token_kind)";
+    }
+    const std::string a_text = "The quick brown fox jumps over the lazy dog",
+                      b_text = "Hello world";
+    auto sampled = [&](uint64_t off, std::string_view text) {
+        llmos::gen_request_header h;
+        h.temperature = 1.0f;
+        h.top_k = 0;
+        h.top_p = 1.0f;
+        h.min_p = 0.0f;
+        h.seed = 7;
+        h.max_tokens = 24;
+        const auto b = llmos::build_gen_request(h, text, {});
+        std::memcpy(bytes().data() + off, b.data(), b.size());
+        return llmos::submit_options{
+            .cost = 24, .ms_id = _ms->id(), .prompt_off = off, .prompt_len = b.size()};
+    };
+    std::vector<std::string> want;
+    for (const uint32_t chunk : {256u, 1u, 3u, 7u}) {
+        SCOPED_TRACE("prefill_chunk " + std::to_string(chunk));
+        auto c = llmos::sched_client::open(*_dev).value();
+        // Queued together: one batch, the prompts' chunks side by side.
+        const std::vector<llmos::submit_options> reqs{
+            request(0, a_text, 24), request(65536, b_text, 24), sampled(131072, a_text),
+            sampled(196608, b_text)};
+        std::vector<uint64_t> ids;
+        for (auto& r : reqs) {
+            ids.push_back(c.submit(r).value());
+        }
+        auto o = eopts();
+        o.context.n_threads = 2;
+        o.kv.type = eng::kv_type::f16;
+        o.context.max_batch_tokens = 16;
+        o.prefill_chunk = chunk;
+        auto pool = llmos::worker_pool::start(*_dev, popts([&] {
+                        return std::make_unique<llmos::llm_engine>(*model, *vocab, o);
+                    })).value();
+        std::vector<std::string> got;
+        for (const uint64_t id : ids) {
+            const auto f = c.wait(id, llmos::wait_for::at_most(60s)).value();
+            EXPECT_EQ(f.state, LLMOS_REQ_COMPLETED);
+            got.emplace_back(reinterpret_cast<const char*>(bytes().data()) + f.result_off,
+                             f.result_len);
+        }
+        if (want.empty()) {
+            want = got;
+        }
+        EXPECT_EQ(got, want);
+    }
 }
 
 TEST_F(llm_engine_test, a_vocabulary_larger_than_the_embedding_is_refused) {

@@ -5,6 +5,7 @@
 // into their mindspace, continuous batching, pinning, priority classes,
 // drain and stop without loss, crash requeue and the poison-request limit.
 #include <atomic>
+#include <cctype>
 #include <cstring>
 #include <filesystem>
 #include <gtest/gtest.h>
@@ -840,6 +841,94 @@ TEST_P(worker_pool_test, a_suspect_after_one_that_failed_in_prefill_is_prefilled
     expect_failed(c, bad_id, -ENOSPC);
     expect_echoed(c, ids, 1);
     EXPECT_EQ(unprefilled.load(), 0) << "decoded before it was prefilled";
+}
+
+// An echo engine whose text is upper case when `upper`: a request started
+// again on a new one writes other bytes than the first one streamed.
+class fickle_engine final : public llmos::inference_engine {
+public:
+    fickle_engine(llmos::echo_engine::options o, bool upper)
+        : _echo(std::move(o))
+        , _upper(upper) {}
+    llmos::engine_status prefill(llmos::sequence& s) override { return _echo.prefill(s); }
+    void decode(std::span<llmos::sequence* const> batch) override {
+        _echo.decode(batch);
+        for (llmos::sequence* s : batch) {
+            for (size_t i = 0; _upper && i < s->produced; ++i) {
+                s->output[i] = std::byte(std::toupper(int(s->output[i])));
+            }
+        }
+    }
+    void release(llmos::sequence& s) noexcept override { _echo.release(s); }
+
+private:
+    llmos::echo_engine _echo;
+    bool _upper;
+};
+
+// A worker whose engine crashed starts its requests again and streams
+// only what is past the bytes it streamed before; when the new engine's
+// text differs from those bytes, the request fails (-EIO) instead of
+// ending in a splice of two texts that no engine generated.
+TEST_P(worker_pool_test, a_restarted_request_whose_new_text_differs_fails_instead_of_splicing) {
+    std::atomic<int> made{0};
+    std::atomic<uint64_t> victim{0};
+    std::mutex m;
+    std::map<uint64_t, std::string> streamed; // as the bytes were when streamed
+    llmos::worker_pool_options o;
+    o.cpus = {two_cpus().front()}; // one worker: one batch
+    o.slots = 4;
+    o.engine = [&](unsigned) {
+        const bool upper = made.fetch_add(1) > 0;
+        return std::make_unique<fickle_engine>(
+            llmos::echo_engine::options{.bytes_per_token = 2,
+                                        .on_step =
+                                            [&victim, upper](const llmos::sequence& s) {
+                                                if (!upper && s.req.id == victim.load() &&
+                                                    s.produced >= 10) {
+                                                    throw std::runtime_error("injected crash");
+                                                }
+                                            }},
+            upper);
+    };
+    o.on_output = [&](unsigned, const descriptor& d) {
+        if (d.kind == uint32_t(output_kind::tokens)) {
+            std::lock_guard lk(m);
+            streamed[d.request].append(reinterpret_cast<const char*>(bytes().data()) + d.offset,
+                                       d.length);
+        }
+    };
+    auto c = llmos::sched_client::open(dev()).value();
+    std::map<uint64_t, llmos::submit_options> ids;
+    for (uint32_t i = 0; i < 3; ++i) {
+        auto p = prompt(i * 4096, 40, i);
+        ids[c.submit(p).value()] = p;
+        if (i == 1) {
+            victim = ids.rbegin()->first;
+        }
+    }
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    for (auto& [id, p] : ids) {
+        auto f = id == victim ? std::optional(expect_failed(c, id, -EIO))
+                              : c.wait(id, llmos::wait_for::at_most(20s)).value();
+        std::string lower(reinterpret_cast<const char*>(bytes().data()) + p.prompt_off,
+                          p.prompt_len);
+        std::string upper = lower;
+        for (char& ch : upper) {
+            ch = char(std::toupper(ch));
+        }
+        std::lock_guard lk(m);
+        const std::string& got = streamed[id];
+        if (f->state == LLMOS_REQ_COMPLETED) {
+            EXPECT_EQ(got, upper) << "request " << id << " completed on the second engine alone";
+        } else {
+            EXPECT_EQ(f->status, -EIO) << "request " << id;
+            EXPECT_EQ(got, lower.substr(0, got.size()))
+                << "request " << id << ": only the first engine's bytes were streamed";
+        }
+    }
+    EXPECT_EQ((*pool)->info(0).crashes.load(), 1u);
 }
 
 TEST_P(worker_pool_test, callbacks_that_throw_cost_a_descriptor_not_the_worker) {

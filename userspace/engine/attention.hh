@@ -6,9 +6,27 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <llmos/engine/context.hh>
 #include <llmos/engine/kv_cache.hh>
 
 namespace llmos::engine::detail {
+
+/// The attention kernels context::step picks from.
+enum class attn_kernel : uint8_t {
+    generic,          ///< the portable loops (any cache type; dot products by level)
+    one_token_avx2,   ///< one token's G heads over an F16 cache (AVX2)
+    one_token_avx512, ///< the same on AVX-512 (one_token_attend_avx512)
+    prefill_avx512,   ///< prefill_attend_avx512: 16 queries a vector
+};
+
+/// The kernel for the `n_tokens` tokens of an entry of `kind` at `level`
+/// over a cache of `type`, for G query heads per KV head of size D. Prompt
+/// tokens (token_kind::automatic: more than one) take the prefill kernel
+/// where there is one, however few they are, and generated tokens the
+/// one-token kernel: a token's arithmetic does not depend on how its
+/// prompt was cut into chunks. Any thread.
+attn_kernel attention_kernel(simd_level level, kv_type type, uint32_t G, uint32_t D,
+                             token_kind kind, size_t n_tokens) noexcept;
 
 /// Causal attention of one KV head's G query heads for T consecutive
 /// tokens of one sequence over its F16 cache: token t sits at position

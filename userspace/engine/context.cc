@@ -37,6 +37,17 @@ void grow(std::vector<T>& v, size_t n) {
     }
 }
 
+/// grow() inside a thread pool's loop body, which must not throw: false
+/// when there is no memory for `n`.
+bool grow_scratch(std::vector<float>& v, size_t n) noexcept {
+    try {
+        grow(v, n);
+        return true;
+    } catch (const std::exception&) { // bad_alloc, length_error
+        return false;
+    }
+}
+
 /// The sum of squares in double: 8 partial sums (element i into sum i %
 /// 8, as the AVX2 version's lanes), added pairwise, then the tail.
 double sum_squares(const float* x, uint32_t n) {
@@ -421,6 +432,8 @@ std::string_view step_status_name(step_status s) noexcept {
         return "bad batch";
     case step_status::compute_error:
         return "compute error";
+    case step_status::no_memory:
+        return "no memory for a thread's scratch";
     }
     return "?";
 }
@@ -505,6 +518,29 @@ LLMOS_AVX2 void rope_head_avx2(float* v, uint32_t half, bool neox, const float* 
 }
 #endif
 
+attn_kernel attention_kernel(simd_level level, kv_type type, uint32_t G, uint32_t D,
+                             token_kind kind, size_t n_tokens) noexcept {
+#if defined(__x86_64__)
+    if (type != kv_type::f16 || level < simd_level::avx2) {
+        return attn_kernel::generic;
+    }
+    const bool prompt =
+        kind == token_kind::prompt || (kind == token_kind::automatic && n_tokens > 1);
+    if (level >= simd_level::avx512) {
+        if (prompt && D % 16 == 0) {
+            return attn_kernel::prefill_avx512;
+        }
+        if (one_token_attend_avx512(G, D)) {
+            return attn_kernel::one_token_avx512;
+        }
+    }
+    return f16_attend_for(G, D) ? attn_kernel::one_token_avx2 : attn_kernel::generic;
+#else
+    (void)level, (void)type, (void)G, (void)D, (void)kind, (void)n_tokens;
+    return attn_kernel::generic;
+#endif
+}
+
 } // namespace detail
 
 void context::rope_angles(uint32_t pos, float* cs) const {
@@ -532,39 +568,41 @@ void context::rope(float* x, uint32_t n_heads, const float* cs) const {
     }
 }
 
-void context::attention(std::span<batch_entry> batch, uint32_t layer) {
+bool context::attention(std::span<batch_entry> batch, uint32_t layer) {
     const model_params& p = _m.params();
     const uint32_t D = p.head_dim, E = p.n_embd, HKV = p.n_head_kv;
     const uint32_t group = p.n_head / p.n_head_kv;
     const float scale = 1.0f / std::sqrt(float(D));
     const attn_kernels kern = kernels_for(_o.kernels);
-    // Jobs of 16 queries or more (prefill) on AVX-512: all of them at once.
-#if defined(__x86_64__)
-    const bool prefill = _o.kernels >= simd_level::avx512 && D % 16 == 0;
-#else
-    const bool prefill = false;
-#endif
-    // Tokens of one job. The prefill kernel widens each K and V row once
-    // per job for all its queries: at least 64 of them (16 tokens or more,
-    // a multiple of 16) keep that cost small against the FMAs, while the
-    // jobs stay many enough to share out.
-    const size_t chunk = prefill ? std::max<size_t>(16, (64 / group + 15) / 16 * 16) : 16;
     _jobs.clear();
     for (size_t i = 0; i < batch.size(); ++i) {
+        const size_t n = batch[i].tokens.size();
+        // By what the tokens are, never by how many share a job: a
+        // prompt's tokens get the same bits in chunks of any size.
+        const detail::attn_kernel k =
+            detail::attention_kernel(_o.kernels, batch[i].kv->type(), group, D, batch[i].kind, n);
+        // Tokens of one job. The prefill kernel widens each K and V row
+        // once per job for all its queries: at least 64 of them (16 tokens
+        // or more, a multiple of 16) keep that cost small against the
+        // FMAs, while the jobs stay many enough to share out.
+        const size_t chunk = k == detail::attn_kernel::prefill_avx512
+                                 ? std::max<size_t>(16, (64 / group + 15) / 16 * 16)
+                                 : 16;
         for (uint32_t g = 0; g < HKV; ++g) {
-            for (size_t t = 0; t < batch[i].tokens.size(); t += chunk) {
-                _jobs.push_back({uint32_t(i), g, uint32_t(t),
-                                 uint32_t(std::min(batch[i].tokens.size(), t + chunk))});
+            for (size_t t = 0; t < n; t += chunk) {
+                _jobs.push_back({uint32_t(i), g, uint32_t(t), uint32_t(std::min(n, t + chunk)), k});
             }
         }
     }
 #if defined(__x86_64__)
-    f16_attend_fn fast =
+    const f16_attend_fn one_avx512 =
         _o.kernels >= simd_level::avx512 ? detail::one_token_attend_avx512(group, D) : nullptr;
-    if (!fast && _o.kernels >= simd_level::avx2) {
-        fast = f16_attend_for(group, D);
-    }
+    const f16_attend_fn one_avx2 =
+        _o.kernels >= simd_level::avx2 ? f16_attend_for(group, D) : nullptr;
 #endif
+    // A thread's scratch grows inside the loop, whose body must not throw:
+    // a thread without memory for it skips its jobs and says so here.
+    std::atomic<bool> no_memory{false};
     // One job: a KV head's query heads over a run of tokens. Each K and V
     // row is read once for all the query heads that share it.
     _pool->parallel_for(static_cast<int64_t>(_jobs.size()), [&](int64_t begin, int64_t end) {
@@ -574,13 +612,13 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
             const kv_cache& kv = *e.kv;
             const bool f16 = kv.type() == kv_type::f16;
 #if defined(__x86_64__)
-            if (prefill && f16 && (job.t1 - job.t0) * group >= 16) {
+            if (job.kernel == detail::attn_kernel::prefill_avx512) {
                 const uint32_t M = (job.t1 - job.t0) * group;
                 // Per thread, grown to the largest job it met (64-byte aligned).
                 thread_local std::vector<float> scratch;
-                const size_t need = detail::prefill_attn_scratch_floats(D, M) + 16;
-                if (scratch.size() < need) {
-                    scratch.resize(need);
+                if (!grow_scratch(scratch, detail::prefill_attn_scratch_floats(D, M) + 16)) {
+                    no_memory.store(true, std::memory_order_relaxed);
+                    continue;
                 }
                 const auto at = (reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63};
                 const size_t r0 = _first[job.entry] + job.t0;
@@ -606,16 +644,23 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
             // sequence's length, not the batch's longest for every job).
             const size_t max_len = size_t(_pos0[job.entry]) + job.t1;
             thread_local std::vector<float> job_scores;
-            if (job_scores.size() < group * max_len) {
-                job_scores.resize(group * max_len);
+            if (!grow_scratch(job_scores, group * max_len)) {
+                no_memory.store(true, std::memory_order_relaxed);
+                continue;
             }
             float* scores = job_scores.data();
+#if defined(__x86_64__)
+            const f16_attend_fn fast =
+                job.kernel == detail::attn_kernel::one_token_avx512 ? one_avx512
+                : job.kernel == detail::attn_kernel::one_token_avx2 ? one_avx2
+                                                                    : nullptr;
+#endif
             for (uint32_t t = job.t0; t < job.t1; ++t) {
                 const size_t r = _first[job.entry] + t;
                 const uint32_t pos = _pos0[job.entry] + t;
                 const float* q0 = _q.data() + r * E + size_t(job.kv_head) * group * D;
 #if defined(__x86_64__)
-                if (fast && f16) {
+                if (fast) {
                     fast({.kv = &kv,
                           .layer = layer,
                           .head = job.kv_head,
@@ -671,6 +716,7 @@ void context::attention(std::span<batch_entry> batch, uint32_t layer) {
             }
         }
     });
+    return !no_memory.load(std::memory_order_relaxed);
 }
 
 bool context::mm(const weight_view& w, const float* x, size_t n_tokens, float* y) {
@@ -867,7 +913,9 @@ step_status context::step(std::span<batch_entry> batch) {
         } else {
             _pool->parallel_for(static_cast<int64_t>(T), place);
         }
-        attention(batch, l);
+        if (!attention(batch, l)) {
+            return step_status::no_memory;
+        }
         if (!mm(w.wo, _att.data(), _xn.data())) {
             return step_status::compute_error;
         }
@@ -877,8 +925,12 @@ step_status context::step(std::span<batch_entry> batch) {
         if (!mm_many(gate_up, _xn.data(), T)) {
             return step_status::compute_error;
         }
+        // Row by row: a row's elements fall on the same vector lanes (and
+        // the same tail) whatever range of rows a thread is handed.
         auto swiglu = [&](int64_t b, int64_t e) {
-            silu(_gate.data() + size_t(b) * F, _up.data() + size_t(b) * F, size_t(e - b) * F);
+            for (int64_t t = b; t < e; ++t) {
+                silu(_gate.data() + size_t(t) * F, _up.data() + size_t(t) * F, F);
+            }
         };
         if (T < 8) {
             swiglu(0, static_cast<int64_t>(T));

@@ -133,6 +133,8 @@ kv_cache kv_cache::open(std::span<std::byte> mem, const model& m, const kv_optio
                        "(start it fresh to overwrite it)");
     }
     c._tab.assign(g.max_blocks, no_block);
+    // Every block can be free at once: truncate() (noexcept) never grows it.
+    c._free.reserve(g.max_blocks);
     if (same && !fresh) {
         c.resume();
         return c;

@@ -492,7 +492,9 @@ LLMOS_AVX512_INLINE __m512 load_w_tail(const W* w, int64_t k, __mmask16 mask) {
 template <typename W, int NT>
 LLMOS_AVX512 void dot_float(const void* w_row, const void* act, size_t stride, int64_t cols,
                             float* out) {
-    constexpr int u = NT == 1 ? 4 : 2; // independent sums per token, as in AVX2
+    // Independent sums per token, as many whatever the tile (4 tokens'
+    // fit the 32 registers): a token gets the same bits alone or batched.
+    constexpr int u = 4;
     const auto* w = static_cast<const W*>(w_row);
     const float* x[NT];
     __m512 acc[NT][u];

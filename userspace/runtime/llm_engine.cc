@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 #include <llmos/engine/sampling.hh>
 #include <llmos/generation.hh>
 #include <llmos/llm_engine.hh>
@@ -9,6 +10,7 @@
 #include <optional>
 #include <set>
 #include <stdexcept>
+#include <tuple>
 #include <utility>
 
 namespace llmos {
@@ -122,23 +124,30 @@ namespace {
 
 namespace eng = engine;
 
-// A sequence's KV cache, on the CPU or a GPU.
-struct seq_kv {
-    virtual ~seq_kv() = default;
-    virtual uint32_t capacity() const noexcept = 0;
-    virtual std::span<const int32_t> tokens() const noexcept = 0;
-    virtual void truncate(uint32_t n) noexcept = 0;
-};
-
-// The conversation caches in mindspaces that a CPU sequence of this
-// process has open, by (mindspace, offset): two requests naming the same
-// one would write it at once (the GPU's kv_pool refuses that too).
-class cpu_kv_leases {
+// The conversation caches in mindspaces that a sequence of this process
+// has open, as byte ranges of their mindspace: two requests whose regions
+// overlap (the same one, or two that share bytes) would write them at once.
+class kv_leases {
 public:
-    using key = std::pair<uint64_t, uint64_t>;
+    struct key {
+        uint64_t ms_id = 0;
+        uint64_t off = 0; ///< [off, end) of the mindspace
+        uint64_t end = 0;
+        bool operator<(const key& o) const noexcept {
+            return std::tie(ms_id, off, end) < std::tie(o.ms_id, o.off, o.end);
+        }
+    };
+    /// Takes [k.off, k.end) of k.ms_id: false when a held range overlaps it.
     static bool take(key k) {
         std::lock_guard g(m());
-        return held().insert(k).second;
+        auto& h = held();
+        // Held ranges do not overlap: only the last one that starts before
+        // k ends can reach into it.
+        auto it = h.lower_bound({k.ms_id, k.end, 0});
+        if (it != h.begin() && std::prev(it)->ms_id == k.ms_id && std::prev(it)->end > k.off) {
+            return false;
+        }
+        return h.insert(k).second;
     }
     static void give(key k) noexcept {
         std::lock_guard g(m());
@@ -156,18 +165,36 @@ private:
     }
 };
 
-struct cpu_kv final : seq_kv {
-    std::optional<eng::kv_memory> own;       ///< its cache, when the request keeps none
-    std::optional<cpu_kv_leases::key> lease; ///< its cache in a mindspace, held
-    std::optional<eng::kv_cache> kv;
-    cpu_kv() = default;
-    cpu_kv(const cpu_kv&) = delete;
-    cpu_kv& operator=(const cpu_kv&) = delete;
-    ~cpu_kv() override {
+// A sequence's KV cache, on the CPU or a GPU.
+struct seq_kv {
+    /// Its region of a mindspace, held (let go after the cache is closed).
+    std::optional<kv_leases::key> lease;
+    seq_kv() = default;
+    seq_kv(const seq_kv&) = delete;
+    seq_kv& operator=(const seq_kv&) = delete;
+    virtual ~seq_kv() {
         if (lease) {
-            cpu_kv_leases::give(*lease);
+            kv_leases::give(*lease);
         }
     }
+    virtual uint32_t capacity() const noexcept = 0;
+    virtual std::span<const int32_t> tokens() const noexcept = 0;
+    virtual void truncate(uint32_t n) noexcept = 0;
+    /// Takes `mem` (kv_off of the sequence's mindspace) for it; false when
+    /// another sequence of this process holds bytes of it.
+    bool take(const sequence& s, uint64_t kv_off, std::span<std::byte> mem) {
+        const kv_leases::key k{s.req.ms_id, kv_off, kv_off + mem.size()};
+        if (!kv_leases::take(k)) {
+            return false;
+        }
+        lease = k;
+        return true;
+    }
+};
+
+struct cpu_kv final : seq_kv {
+    std::optional<eng::kv_memory> own; ///< its cache, when the request keeps none
+    std::optional<eng::kv_cache> kv;
     uint32_t capacity() const noexcept override { return kv->capacity(); }
     std::span<const int32_t> tokens() const noexcept override { return kv->tokens(); }
     void truncate(uint32_t n) noexcept override { kv->truncate(n); }
@@ -186,6 +213,7 @@ struct step_part {
     seq_kv* kv = nullptr;
     std::span<const int32_t> tokens;
     float* logits = nullptr;
+    bool prompt = false; ///< prompt tokens (else one generated token)
 };
 
 /// What opening a sequence's cache gave.
@@ -273,13 +301,10 @@ public:
                 const sequence& s) override {
         auto kv = std::make_unique<cpu_kv>();
         eng::kv_options ko = o.kv;
-        if (!mem.empty()) {
-            // One sequence at a time in a conversation's cache.
-            const cpu_kv_leases::key k{s.req.ms_id, kv_off};
-            if (!cpu_kv_leases::take(k)) {
-                return refuse(engine_status::no_room);
-            }
-            kv->lease = k;
+        // One sequence at a time in a conversation's cache (and in any
+        // bytes of it).
+        if (!mem.empty() && !kv->take(s, kv_off, mem)) {
+            return refuse(engine_status::no_room);
         }
         if (mem.empty()) {
             ko.max_tokens = std::min(ko.max_tokens, own_tokens);
@@ -308,8 +333,13 @@ public:
     eng::step_status step(std::span<const step_part> batch) override {
         _entries.clear();
         for (auto& p : batch) {
+            // Said, not guessed from the length: a prompt's chunks of one
+            // token get the prompt's attention kernel (context.hh).
             _entries.push_back(
-                {.kv = &*static_cast<cpu_kv*>(p.kv)->kv, .tokens = p.tokens, .logits = p.logits});
+                {.kv = &*static_cast<cpu_kv*>(p.kv)->kv,
+                 .tokens = p.tokens,
+                 .logits = p.logits,
+                 .kind = p.prompt ? eng::token_kind::prompt : eng::token_kind::generated});
         }
         return _ctx.step(_entries);
     }
@@ -354,6 +384,10 @@ public:
             } else {
                 if (eng::cuda_kv_cache::host_bytes_for(p, ko) > mem.size()) {
                     return refuse(engine_status::bad_input, ENOSPC);
+                }
+                // Its bookkeeping's bytes too, not only its rows' key.
+                if (!kv->take(s, kv_off, mem)) {
+                    return refuse(engine_status::no_room);
                 }
                 kv->rows = _pool.acquire({s.req.ms_id, kv_off}, full_rows);
             }
@@ -426,6 +460,8 @@ engine_status llm_engine::impl::prefill(sequence& s) {
     sp.frequency_penalty = req->h.frequency_penalty;
     sp.seed = req->h.seed;
     sp.stop = req->stop;
+    // 0 (the request's and the worker's default): no limit of its own, up
+    // to its cache's capacity (set below, once the cache is open).
     sp.max_tokens = req->h.max_tokens ? req->h.max_tokens : o.default_max_tokens;
     // -1: every token this request may generate. A window is never longer
     // than that (its ring is allocated whole): no more tokens come.
@@ -460,6 +496,11 @@ engine_status llm_engine::impl::prefill(sequence& s) {
         return bad(EINVAL); // nothing to start from
     }
     std::span<std::byte> kvmem;
+    // kv_len says whether it keeps a cache (kv_off may be 0); an offset
+    // without a length is a mistake, not "none".
+    if (!req->h.kv_len && req->h.kv_off) {
+        return bad(EINVAL);
+    }
     if (req->h.kv_len) {
         if (req->h.kv_off % 4096 || req->h.kv_off > s.memory.size() ||
             req->h.kv_len > s.memory.size() - req->h.kv_off) {
@@ -494,7 +535,9 @@ engine_status llm_engine::impl::prefill(sequence& s) {
     }
     // No cache kept for it: one of its own, as large as it can use.
     const uint64_t own =
-        std::min<uint64_t>(uint64_t(st->prompt.size()) + sp.max_tokens, o.kv.max_tokens);
+        sp.max_tokens
+            ? std::min<uint64_t>(uint64_t(st->prompt.size()) + sp.max_tokens, o.kv.max_tokens)
+            : o.kv.max_tokens;
     opened kv = open(kvmem, req->h.kv_off, static_cast<uint32_t>(own), s);
     if (kv.status != engine_status::ok) {
         return kv.status == engine_status::bad_input ? bad(kv.err) : kv.status;
@@ -503,8 +546,8 @@ engine_status llm_engine::impl::prefill(sequence& s) {
     if (st->prompt.size() >= st->kv->capacity()) {
         return bad(E2BIG);
     }
-    sp.max_tokens = std::min<uint32_t>(sp.max_tokens, st->kv->capacity() -
-                                                          static_cast<uint32_t>(st->prompt.size()));
+    const uint32_t room = st->kv->capacity() - static_cast<uint32_t>(st->prompt.size());
+    sp.max_tokens = sp.max_tokens ? std::min(sp.max_tokens, room) : room;
     // What the cache already holds of this prompt is not computed again;
     // the last prompt token always is (its logits start the generation).
     auto cached = st->kv->tokens();
@@ -539,7 +582,7 @@ void llm_engine::impl::decode(std::span<sequence* const> batch) {
             if ((pass == 0) == in_prompt || budget == 0 || s->done) {
                 continue;
             }
-            step_part e{.kv = st->kv.get()};
+            step_part e{.kv = st->kv.get(), .prompt = in_prompt};
             if (in_prompt) {
                 size_t n = std::min<size_t>({o.prefill_chunk, budget, st->prompt.size() - st->fed});
                 e.tokens = std::span<const int32_t>(st->prompt).subspan(st->fed, n);

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <deque>
 #include <linux/llmos.h>
 #include <llmos/engine/cuda.hh>
@@ -12,6 +14,7 @@
 #include <optional>
 #include <pthread.h>
 #include <sched.h>
+#include <string>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -184,11 +187,36 @@ void worker_pool::setup_thread(unsigned i) {
 // One worker's requests while it serves them.
 struct worker_pool::slot {
     std::unique_ptr<sequence> s;
-    size_t streamed = 0;  ///< output bytes already streamed
+    size_t streamed = 0; ///< output bytes already streamed
+    /// After its engine crashed: what was streamed before, which the new
+    /// engine must write again (the first `checked` bytes it has).
+    std::string again;
+    size_t checked = 0;
     uint32_t strikes = 0; ///< engine crashes it caused here
     bool prefilled = false;
     bool suspect = false; ///< came requeued, or was in a batch that crashed: runs alone
     bool crashed = false; ///< was in a batch that crashed here
+
+    /// After a step: whether its request, started again after a crash,
+    /// has written other bytes than it streamed before (or ended short of
+    /// them). Once it has written them all, it is as if it had not crashed.
+    bool again_differs() noexcept {
+        if (again.empty() || s->status) {
+            return false;
+        }
+        const size_t n = std::min(s->produced, again.size());
+        if (n > checked &&
+            std::memcmp(s->output.data() + checked, again.data() + checked, n - checked) != 0) {
+            return true;
+        }
+        checked = n;
+        if (n == again.size()) {
+            again.clear();
+            checked = 0;
+            return false;
+        }
+        return s->done;
+    }
 };
 
 // Waits for requests in the worker's event loop (DISPATCH as a uring_cmd
@@ -490,8 +518,10 @@ void worker_pool::run_worker(unsigned i) {
         auto drop_ended = [&] { std::erase_if(active, [](slot& sl) { return !sl.s; }); };
         // The engine threw while running `culprits`: a fresh engine, the
         // culprit struck (failed after max_requeues strikes), everything
-        // else prefilled again from the start (bytes already streamed are
-        // not streamed twice; engines are deterministic per request).
+        // else prefilled again from the start. Bytes already streamed are
+        // not streamed twice: the new engine's must be the same (the CPU
+        // engine's are, whatever the batch; llm_engine.hh), which is
+        // checked (see again_differs) before anything past them is.
         // Without an engine (it could not be made again) the loop ends,
         // `w` gives every request back, and the worker tries again (above).
         auto recover = [&](std::span<sequence* const> culprits, const char* what) {
@@ -514,6 +544,12 @@ void worker_pool::run_worker(unsigned i) {
                 sl.suspect = sl.suspect || in;
                 sl.crashed = sl.crashed || in;
                 sequence& s = *sl.s;
+                // A copy from an earlier crash that is not written again
+                // in full yet stays (nothing past it was streamed).
+                if (sl.again.size() < sl.streamed) {
+                    sl.again.assign(reinterpret_cast<const char*>(s.output.data()), sl.streamed);
+                }
+                sl.checked = 0;
                 s.produced = 0;
                 s.tokens = 0;
                 s.done = false;
@@ -638,7 +674,14 @@ void worker_pool::run_worker(unsigned i) {
             info.steps.fetch_add(1);
             for (auto& sl : active) {
                 sequence& s = *sl.s;
-                if (s.produced > sl.streamed) {
+                if (sl.again_differs()) {
+                    // Splicing its new text onto the old would give the
+                    // client text no engine generated: it fails instead.
+                    note_error("engine: ", "regenerated text differs from what was streamed");
+                    s.status = -EIO;
+                    s.done = true;
+                }
+                if (!s.status && s.produced > sl.streamed) {
                     emit({s.req.id, s.output_off + sl.streamed,
                           static_cast<uint32_t>(s.produced - sl.streamed),
                           static_cast<uint32_t>(output_kind::tokens)});

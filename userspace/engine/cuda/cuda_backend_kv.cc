@@ -119,6 +119,8 @@ cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint6
                        "(start it fresh to overwrite it)");
     }
     c._tab.assign(g.max_blocks, no_block);
+    // Every block can be free at once: truncate() (noexcept) never grows it.
+    c._stack.reserve(g.max_blocks);
     if (same && !fresh) {
         // The host memory is shared (a mindspace its owner can write at
         // any time): it is checked once, here, and kept; from then on it

@@ -51,7 +51,9 @@ struct gen_request_header {
     uint32_t flags = 0;
     uint32_t text_len = 0;   ///< prompt bytes after the header
     uint32_t stop_bytes = 0; ///< bytes of NUL-ended stop strings after the text
-    uint32_t max_tokens = 0; ///< 0: the worker's default
+    /// 0: the worker's default (llm_engine_options::default_max_tokens;
+    /// when that is 0 too, up to the capacity of the request's cache)
+    uint32_t max_tokens = 0;
     float temperature = 0.8f;
     float top_p = 0.95f;
     float min_p = 0.05f;
@@ -61,7 +63,12 @@ struct gen_request_header {
     int32_t top_k = 40;
     uint32_t model = 0; ///< which of the server's models (0: the worker's only one)
     uint64_t seed = 0;
-    uint64_t kv_off = 0; ///< the conversation's KV cache (page-aligned); 0: none kept
+    /// The conversation's KV cache: [kv_off, kv_off + kv_len) of the
+    /// request's mindspace (kv_off page-aligned, 0 included), not over the
+    /// request; kv_len 0: none kept, and kv_off must be 0 (else -EINVAL).
+    /// While a request runs, no other request of the worker's process may
+    /// hold bytes of that range (it fails with -EAGAIN: retry).
+    uint64_t kv_off = 0;
     uint64_t kv_len = 0;
     /// The penalties count this many of the last tokens generated (the
     /// prompt's are not counted); 0: no penalties; -1: every token

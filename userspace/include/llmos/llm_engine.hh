@@ -28,8 +28,14 @@ namespace llmos {
 struct llm_engine_options {
     engine::context_options context;
     engine::kv_options kv; ///< geometry of every sequence's cache
+    /// A request's max_tokens when it gives 0. 0: no limit of its own, up
+    /// to its cache's capacity (an end token, a stop string, a full output
+    /// area or a full cache ends it).
     uint32_t default_max_tokens = 256;
-    uint32_t prefill_chunk = 256; ///< prompt tokens of one sequence per step (at least 1)
+    /// Prompt tokens of one sequence per step (at least 1). With the other
+    /// sequences' share of a step it decides how a prompt is cut; what a
+    /// request generates does not depend on that (engine::token_kind).
+    uint32_t prefill_chunk = 256;
 };
 
 struct llm_engine_stats {
@@ -71,10 +77,13 @@ public:
                                     bool gpu);
 
     /// Parses the request (gen_request_header; bad_input with -EINVAL when
-    /// malformed, -ENOSPC when its KV region is too small), opens its KV
-    /// cache, tokenizes and matches the prompt against the cache.
-    /// no_room when its conversation's cache is in use by another
-    /// sequence of this process (CPU) or its GPU KV region is.
+    /// malformed or when it names a KV offset without a length, -ENOSPC
+    /// when its KV region is too small, -E2BIG when its prompt fills the
+    /// context), opens its KV cache, tokenizes and matches the prompt
+    /// against the cache. no_room when another sequence of this process
+    /// holds a KV region that shares bytes with its own (the same
+    /// conversation, or a region that overlaps it), or its GPU KV region
+    /// is in use.
     engine_status prefill(sequence& s) override;
     /// One model step over the batch: prompt chunks and decode tokens
     /// together; every sequence whose prompt is in gets one token. A

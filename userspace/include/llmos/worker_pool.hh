@@ -14,7 +14,9 @@
 //
 // Crashes. When its engine throws, a worker recovers by itself: a fresh
 // engine, and every request it held started again (what was already
-// streamed is not streamed twice). The requests of the batch that threw
+// streamed is not streamed twice: the new engine must write those bytes
+// again first, and a request whose new text differs from them fails with
+// -EIO rather than splice the two). The requests of the batch that threw
 // become suspects and run alone from then on, so the culprit is found
 // without harming the others; a request that crashes the engine
 // `max_requeues` times fails with -EIO. When a worker dies (a process

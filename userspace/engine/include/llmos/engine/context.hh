@@ -19,6 +19,10 @@
 
 namespace llmos::engine {
 
+namespace detail {
+enum class attn_kernel : uint8_t; // attention.hh (private)
+}
+
 struct context_options {
     int n_threads = 0;               ///< 0: one per CPU this process may use
     uint32_t max_batch_tokens = 512; ///< tokens of one step, all sequences together
@@ -37,6 +41,19 @@ struct context_options {
     simd_level kernels = default_simd();
 };
 
+/// What an entry's tokens are, for the attention kernel where a level has
+/// two whose sums differ in the last bits (AVX-512 over an F16 cache: the
+/// prefill kernel, 16 queries a vector, and the one-token kernel, 16 keys
+/// a vector). Each kernel gives a token the same bits whatever else runs
+/// with it, so a prompt's K/V rows and logits do not depend on how it is
+/// cut into chunks, nor on the batch, as long as its chunks say `prompt`;
+/// generated tokens take the one-token kernel.
+enum class token_kind : uint8_t {
+    automatic, ///< more than one token: prompt; one: generated
+    prompt,    ///< prompt tokens (a chunk of any length, one included)
+    generated, ///< tokens the model generated, fed back one a step
+};
+
 /// One sequence's part of a step.
 struct batch_entry {
     kv_cache* kv = nullptr;
@@ -45,6 +62,9 @@ struct batch_entry {
     float* logits = nullptr;
     /// tokens.size() x n_vocab floats for every token's logits (tests).
     float* all_logits = nullptr;
+    /// A caller that cuts a prompt into chunks (some of one token) says
+    /// `prompt` for each, and `generated` for decode tokens.
+    token_kind kind = token_kind::automatic;
 };
 
 enum class step_status : uint8_t {
@@ -54,6 +74,7 @@ enum class step_status : uint8_t {
     bad_token,       ///< a token id outside the vocabulary (nothing was run)
     bad_batch,       ///< no kv, one kv twice, or a kv of another model's geometry
     compute_error,   ///< a kernel refused the weights (a bug: report it)
+    no_memory,       ///< no memory for a thread's scratch (nothing committed; retry)
 };
 std::string_view step_status_name(step_status s) noexcept;
 
@@ -67,7 +88,9 @@ public:
     /// Runs `batch`: every entry's tokens go through the model, their K/V
     /// rows into its cache (committed with the tokens), logits where
     /// asked. On anything but ok, nothing changed. Allocates only when a
-    /// step is larger than every step before it. One thread at a time.
+    /// step is larger than every step before it (and a pool thread's
+    /// attention scratch when a sequence is longer than every one the
+    /// thread met: no_memory when it cannot). One thread at a time.
     step_status step(std::span<batch_entry> batch);
 
     const model& get_model() const noexcept { return _m; }
@@ -75,7 +98,8 @@ public:
     const context_options& options() const noexcept { return _o; }
 
 private:
-    void attention(std::span<batch_entry> batch, uint32_t layer);
+    /// False when a thread had no memory for its scratch (no_memory).
+    bool attention(std::span<batch_entry> batch, uint32_t layer);
     /// cos, then sin of position pos's RoPE angles (n_rot / 2 floats each).
     void rope_angles(uint32_t pos, float* cs) const;
     void rope(float* x, uint32_t n_heads, const float* cs) const;
@@ -101,6 +125,7 @@ private:
     std::vector<mm_piece> _pieces; // mm_many's row chunks
     struct attn_job {
         uint32_t entry, kv_head, t0, t1;
+        detail::attn_kernel kernel; ///< its entry's (detail::attention_kernel)
     };
     std::vector<attn_job> _jobs; // attention's work items
 };
