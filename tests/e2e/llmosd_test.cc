@@ -1373,6 +1373,26 @@ TEST_F(llmosd_test, sessions_unused_past_the_idle_timeout_are_ended) {
         << s.log();
 }
 
+// On the local backend a request's mindspace (a file) goes when the
+// request does, not when something lists the mindspaces.
+TEST_F(llmosd_test, requests_leave_no_mindspace_behind) {
+    server s(_dir);
+    auto c = s.client();
+    for (int i = 0; i < 5; ++i) {
+        post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
+        post(c, "/v1/chat/completions",
+             {{"model", "tiny"},
+              {"messages", {{{"role", "user"}, {"content", "x"}}}},
+              {"max_tokens", 2}},
+             200);
+    }
+    size_t files = 0;
+    for (auto& e : std::filesystem::directory_iterator(_dir + "/ms/ms")) {
+        files += e.is_regular_file();
+    }
+    EXPECT_EQ(files, 0u) << "requests' mindspaces stay in the store";
+}
+
 TEST_F(llmosd_test, sessions_belong_to_their_tenant_and_can_be_ended) {
     std::filesystem::create_directories(_dir);
     std::ofstream(_dir + "/keys") << "alice-key 1\nbob-key 2\nboss 9 admin\n";

@@ -449,6 +449,12 @@ void worker_pool::run_worker(unsigned i) {
             if (auto it = maps.find(s.req.ms_id);
                 mapped && it != maps.end() && --it->second.users == 0) {
                 maps.erase(it);
+                if (_dev.kind() == backend_kind::local) {
+                    // A local mindspace nobody holds goes when something
+                    // looks at it (the module's, with its last holder):
+                    // a request's own, once its submitter let it go too.
+                    (void)mindspace_info(_dev, ms_key{s.req.ms_id, {}});
+                }
             }
         };
         auto fail = [&](sequence& s, int32_t status, bool release, bool mapped = true) {
