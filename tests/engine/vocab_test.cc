@@ -344,6 +344,20 @@ TEST(unicode, strict_decoding_and_maximal_subparts) {
     EXPECT_FALSE(unicode::is_valid_utf8("a\xC3"));
 }
 
+// Text cut to fit a room keeps whole characters.
+TEST(unicode, a_prefix_that_fits_ends_between_characters) {
+    const std::string s = "a\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80z"; // a é € 😀 z
+    const size_t want[] = {0, 1, 1, 3, 3, 3, 6, 6, 6, 6, 10, 11, 11};
+    for (size_t n = 0; n < std::size(want); ++n) {
+        EXPECT_EQ(unicode::fitting_prefix(s, n), want[n]) << n;
+        EXPECT_TRUE(unicode::is_valid_utf8(s.substr(0, unicode::fitting_prefix(s, n)))) << n;
+    }
+    // Continuation bytes that are no character's are cut where asked.
+    const std::string stray = "x\x80\x80\x80\x80\x80y";
+    EXPECT_EQ(unicode::fitting_prefix(stray, 5), 5u);
+    EXPECT_EQ(unicode::fitting_prefix("\x80\x80", 1), 1u);
+}
+
 TEST(unicode, encode_decode_agree_with_reference_on_every_code_point) {
     for (uint32_t cp = 0; cp <= 0x10FFFF; cp += (cp < 0x20000 ? 1 : 97)) {
         if (cp >= 0xD800 && cp <= 0xDFFF) {

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <iterator>
 #include <llmos/engine/sampling.hh>
+#include <llmos/engine/unicode.hh>
 #include <llmos/generation.hh>
 #include <llmos/llm_engine.hh>
 #include <mutex>
@@ -647,8 +648,8 @@ void llm_engine::impl::decode(std::span<sequence* const> batch) {
         if (end && !r.stopped) {
             text += st->stop->flush().text;
         }
-        size_t room = s->output.size() - s->produced;
-        size_t n = std::min(room, text.size());
+        // What fits of the text, whole characters (the rest is cut).
+        size_t n = eng::unicode::fitting_prefix(text, s->output.size() - s->produced);
         std::memcpy(s->output.data() + s->produced, text.data(), n);
         s->produced += n;
         if (end || r.stopped || n < text.size()) {

@@ -74,4 +74,20 @@ constexpr size_t lead_length(uint8_t b) {
 /// Whether all of `s` is well-formed UTF-8.
 bool is_valid_utf8(std::string_view s);
 
+/// How many of `s`'s bytes to keep when only `n` fit: `n`, or fewer so as
+/// not to end inside a character. Only a character's own continuation
+/// bytes (3 at most) are given back: a longer run of them is no character,
+/// and is cut where `n` says.
+constexpr size_t fitting_prefix(std::string_view s, size_t n) {
+    if (n >= s.size()) {
+        return s.size();
+    }
+    auto continuation = [&](size_t i) { return (uint8_t(s[i]) & 0xC0) == 0x80; };
+    size_t at = n;
+    while (at > 0 && n - at < 3 && continuation(at)) {
+        --at;
+    }
+    return continuation(at) ? n : at;
+}
+
 } // namespace llmos::engine::unicode
