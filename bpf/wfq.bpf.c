@@ -16,9 +16,11 @@
  * (llmosctl sched weight, default 100). Arrays, not hash maps, keep
  * enqueue cheap: tenants are told apart modulo MAX_TENANTS.
  *
- * Tags only grow (a cancelled request's cost is not given back): before
- * they could wrap (2^62, some 2^10 requests of the largest cost, 2^32 - 1,
- * at weight 1; 2^42 of cost 1 at weight 1), the policy stops with
+ * A cost counts up to 2^20 (a whole context's tokens). A cancelled
+ * request's cost is not given back, but a tenant's tag stays within 2^50
+ * of the clock, so cancelled requests alone never carry it far. Tags only
+ * grow: before they could wrap (2^62, some 2^22 requests of the largest
+ * cost served at weight 1, 2^42 of cost 1), the policy stops with
  * llmos_policy_error(-EOVERFLOW), and the built-in policy (which rebases
  * its clock) serves everything; attach it again to start from 0.
  */
@@ -31,7 +33,10 @@ char _license[] SEC("license") = "GPL";
 #define MAX_WEIGHT 10000 /* LLMOS_MAX_WEIGHT */
 #define MAX_TENANTS 4096
 #define WFQ_SCALE 1048576ULL /* 2^20, LLMOS_CORE_WFQ_SCALE */
-/* 2^62; a step adds less than 2^52 (a u32 cost times 2^20 at weight 1) */
+#define WFQ_MAX_COST 1048576ULL /* 2^20 tokens, the most a context holds */
+/* 2^50: 2^10 requests of the largest cost ahead at weight 1 */
+#define WFQ_MAX_LEAD 0x4000000000000ULL
+/* 2^62; a step adds 2^40 at most (the largest cost times 2^20 at weight 1) */
 #define WFQ_TAG_LIMIT 0x4000000000000000ULL
 #define WFQ_EOVERFLOW 75 /* EOVERFLOW: vmlinux.h has no errno macros */
 
@@ -63,6 +68,10 @@ s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 	u32 tenant = req->tenant % MAX_TENANTS, weight = DEFAULT_WEIGHT, *w;
 	u64 start = vclock, cost = req->cost ? req->cost : 1, *f;
 
+	/* No request costs more than a whole context's tokens. */
+	if (cost > WFQ_MAX_COST)
+		cost = WFQ_MAX_COST;
+
 	w = bpf_map_lookup_elem(&weights, &tenant);
 	if (w && *w)
 		weight = *w < MAX_WEIGHT ? *w : MAX_WEIGHT;
@@ -73,6 +82,14 @@ s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 		return -1;
 	if (*f > start)
 		start = *f;
+	/*
+	 * A tenant's tag stays within WFQ_MAX_LEAD of the clock: costs of
+	 * requests cancelled before they ran are never given back, and
+	 * would otherwise carry its tag (and, once served, the clock) to
+	 * the limit below.
+	 */
+	if (start - vclock > WFQ_MAX_LEAD)
+		start = vclock + WFQ_MAX_LEAD;
 	if (start >= WFQ_TAG_LIMIT) {
 		llmos_policy_error(-WFQ_EOVERFLOW);
 		return -1;

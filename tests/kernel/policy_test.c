@@ -373,6 +373,38 @@ TEST_F(policy, wfq_shares_follow_large_weights)
 }
 
 /*
+ * Costs of cancelled requests are not given back, but a tenant's tag stays
+ * near the clock: 2000 of the costliest requests at weight 1, cancelled,
+ * leave the policy serving (each advanced the tag 2^52 before: 1024 of
+ * them passed the 2^62 limit, and the policy stopped itself).
+ */
+TEST_F(policy, wfq_survives_costly_requests_that_are_cancelled)
+{
+	const __u32 tenant = 71, one = 1;
+	struct llmos_cancel cancel = { .size = sizeof(cancel) };
+	struct llmos_sched_stats st;
+	struct bpf_map *weights;
+
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	weights = bpf_object__find_map_by_name(self->p.obj, "weights");
+	ASSERT_NE(NULL, weights);
+	ASSERT_EQ(0, bpf_map__update_elem(weights, &tenant, sizeof(tenant),
+					  &one, sizeof(one), BPF_ANY));
+	for (int i = 0; i < 2000; i++) {
+		long long id = submit(self->client, tenant, 0, 0xffffffffu, 0);
+
+		ASSERT_LT(0, id);
+		cancel.id = id;
+		ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_CANCEL, &cancel));
+	}
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_BPF, st.out_policy_state);
+	EXPECT_STREQ("wfq", st.out_policy);
+	ASSERT_LT(0, submit(self->client, tenant, 0, 1, 0));
+	EXPECT_LT(0, serve_one(self->worker));
+}
+
+/*
  * A worker that takes four at once: the virtual clock follows the last
  * of them, so a tenant that comes then starts there and takes turns with
  * the one served, instead of going first for a batch of its own.
