@@ -443,10 +443,16 @@ TEST_F(local_store_dir, a_store_is_private_unless_root_makes_it) {
     ASSERT_EQ(in_child(root() ? std::optional<uid_t>{user_a} : std::nullopt,
                        [&] { return device::open_local(mine.string()) ? 0 : 1; }),
               0);
-    EXPECT_EQ(mode_of(mine), 0755u);
-    EXPECT_EQ(mode_of(mine / "ms"), 0755u);
-    EXPECT_EQ(mode_of(mine / "by-name"), 0755u);
-    EXPECT_EQ(mode_of(mine / "next-id"), 0644u) << "made with the store";
+    EXPECT_EQ(mode_of(mine), 0700u);
+    EXPECT_EQ(mode_of(mine / "ms"), 0700u);
+    EXPECT_EQ(mode_of(mine / "by-name"), 0700u) << "others could hold its lock";
+    EXPECT_EQ(mode_of(mine / "next-id"), 0600u) << "made with the store";
+    // An earlier version's (0755 folders) is made private when opened.
+    ASSERT_EQ(::chmod((mine / "by-name").c_str(), 0755), 0);
+    ASSERT_EQ(in_child(root() ? std::optional<uid_t>{user_a} : std::nullopt,
+                       [&] { return device::open_local(mine.string()) ? 0 : 1; }),
+              0);
+    EXPECT_EQ(mode_of(mine / "by-name"), 0700u);
     if (!root()) {
         GTEST_SKIP() << "a shared store is root's: needs root";
     }

@@ -63,7 +63,7 @@ bool shared_store(const struct stat& st) {
 }
 
 // A folder `mode` (01777: every user may add to it and only owners remove
-// from it, like /tmp; 0755: only its maker adds to it).
+// from it, like /tmp; 0700: its maker's alone).
 std::error_code make_dir(int at, const char* name, mode_t mode) {
     if (::mkdirat(at, name, mode) != 0) {
         return errno == EEXIST ? std::error_code{} : last_error();
@@ -105,7 +105,7 @@ std::error_code check_dir(int fd) {
 // Makes the id counter of a store of the caller's, if it has none: every
 // user of a shared store takes ids from it.
 std::error_code make_counter(int store, const struct stat& dir) {
-    const mode_t mode = shared_store(dir) ? 0666 : 0644;
+    const mode_t mode = shared_store(dir) ? 0666 : 0600;
     unique_fd fd{::openat(store, "next-id", O_RDWR | O_CREAT | O_EXCL | ms_open_flags, mode)};
     if (!fd) {
         return errno == EEXIST ? std::error_code{} : last_error();
@@ -263,7 +263,9 @@ result<unique_fd> open_own_ms(int store, uint64_t id) {
     // (Not O_NOFOLLOW: the path is /proc's link to the file checked.)
     unique_fd r{::open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)};
     const int err = errno;
-    if (grant) {
+    // Put back, unless its owner changed the mode meanwhile.
+    if (struct stat now; grant && ::fstat(path.get(), &now) == 0 &&
+                         (now.st_mode & 07777) == ((st.st_mode & 07777) | S_IRUSR)) {
         (void)::chmod(self.c_str(), st.st_mode & 07777);
     }
     if (!r) {
@@ -417,16 +419,23 @@ bool is_named(int fd, const ms_key& key, const resolved& r, const std::string& h
 /// a name (checking a link and removing it, making one) is made under, so
 /// that two processes cannot both take one name. No blocking flock of a
 /// mindspace's file may be taken while it is held (reap and destroy take
-/// theirs without blocking; open and create take theirs before it).
+/// theirs without blocking; open and create take theirs before it). In a
+/// shared store any user may take it too: it is waited for 2 s at most,
+/// then EBUSY (a holder that never lets go stalls name changes, never a
+/// caller for good).
 result<unique_fd> lock_names(int store) {
     unique_fd fd{::openat(store, "by-name", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)};
     if (!fd) {
         return last_error();
     }
-    while (::flock(fd.get(), LOCK_EX) != 0) {
-        if (errno != EINTR) {
+    for (int tries = 0; ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0; ++tries) {
+        if (errno != EWOULDBLOCK && errno != EINTR) {
             return last_error();
         }
+        if (tries >= 2000) {
+            return sys_error(EBUSY);
+        }
+        ::usleep(1000);
     }
     return fd;
 }
@@ -539,7 +548,7 @@ result<unique_fd> open_store(const std::string& dir) {
     // user's (check_dir), so they may not add to it either. Root's is how
     // users share one.
     const bool root = ::geteuid() == 0;
-    if (auto ec = make_dir(AT_FDCWD, dir.c_str(), root ? 01777 : 0755)) {
+    if (auto ec = make_dir(AT_FDCWD, dir.c_str(), root ? 01777 : 0700)) {
         return ec;
     }
     unique_fd fd{::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)};
@@ -553,7 +562,9 @@ result<unique_fd> open_store(const std::string& dir) {
     if (::fstat(fd.get(), &st) != 0) {
         return last_error();
     }
-    const mode_t sub_mode = root && shared_store(st) ? 01777 : 0755;
+    // A user's not even readable by others (whoever may open by-name/ may
+    // hold its lock); root's are read by the users it lets in.
+    const mode_t sub_mode = !root ? 0700 : shared_store(st) ? 01777 : 0755;
     for (const char* sub : {"ms", "by-name"}) {
         if (auto ec = make_dir(fd.get(), sub, sub_mode)) {
             return ec;
@@ -564,6 +575,14 @@ result<unique_fd> open_store(const std::string& dir) {
         }
         if (auto ec = check_dir(sfd.get())) {
             return ec;
+        }
+        // One of an earlier version's private stores (0755): made its
+        // owner's alone too.
+        struct stat sst;
+        if (!root && ::fstat(sfd.get(), &sst) == 0 && sst.st_uid == ::geteuid() &&
+            !shared_store(st) && !shared_store(sst) && (sst.st_mode & 077)) {
+            const std::string self = "/proc/self/fd/" + std::to_string(sfd.get());
+            (void)::chmod(self.c_str(), sst.st_mode & 07700);
         }
     }
     if (st.st_uid == ::geteuid()) {
