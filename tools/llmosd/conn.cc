@@ -522,11 +522,16 @@ const std::string& connection_server::turned_away_answer() {
 bool connection_server::process_and_close_socket(socket_t sock) {
     if (connection_pool::overflowing()) {
         // No thread, and no room to wait for one: told so at once, on the
-        // accepting thread, which must not block. (The request it sends
-        // is not read: the answer may be lost to a reset; it is a 503.)
+        // accepting thread, which must not block.
         const std::string& a = turned_away_answer();
         (void)::send(sock, a.data(), a.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
         ::shutdown(sock, SHUT_WR);
+        // What the client sent already is read first (64 KiB at most,
+        // without waiting): closed with it unread, the connection would be
+        // reset, and the answer lost with it.
+        char sink[16384];
+        for (int i = 0; i < 4 && ::recv(sock, sink, sizeof(sink), MSG_DONTWAIT) > 0; ++i) {
+        }
         ::close(sock);
         return false;
     }

@@ -41,8 +41,8 @@ void connection_pool::enqueue(std::function<void()> fn) {
     join_exited(lk);
     // Jobs a thread there will take (it is idle, or starting) do not wait.
     const size_t free = _threads.size() - _running;
-    if (_stop || (_threads.size() >= _most &&
-                  _jobs.size() - std::min(free, _jobs.size()) >= _most_waiting)) {
+    // (Whatever the threads: when none can be made, jobs wait all the same.)
+    if (_stop || _jobs.size() - std::min(free, _jobs.size()) >= _most_waiting) {
         // (httplib stops accepting before it shuts its queue down.)
         ++_turned_away;
         lk.unlock();

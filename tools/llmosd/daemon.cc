@@ -657,6 +657,24 @@ void daemon::let_go_of_models() {
     }
 }
 
+void daemon::check_session_store(const std::string& session, const llmos::mindspace& ms) const {
+    auto i = ms.info();
+    if (!i) {
+        throw server_error("session '" + session + "': " + i.error().message());
+    }
+    if (i->uid != ::geteuid()) {
+        // Another user's (made in a shared store under a session's name):
+        // neither read nor written.
+        throw api_error{409,
+                        "the session '" + session + "' is held in a mindspace of another user (" +
+                            std::to_string(i->uid) +
+                            ") than this server's; only its owner can remove it (llmosctl ms "
+                            "rm " +
+                            std::string(session_ms_prefix) + session + ")",
+                        "invalid_request_error", "session", "session_foreign"};
+    }
+}
+
 void daemon::check_session_owner(const std::string& session, const llmos::mindspace& ms,
                                  uint32_t tenant) const {
     if (_keys.empty()) {
@@ -713,6 +731,7 @@ bool daemon::end_session(const std::string& session, std::optional<uint32_t> ten
             }
             throw server_error("session '" + session + "': " + ms.error().message());
         }
+        check_session_store(session, *ms);
         if (tenant) {
             check_session_owner(session, *ms, *tenant);
         }
@@ -884,8 +903,10 @@ std::unique_lock<std::mutex> daemon::check_room_for_a_session(const std::string&
     if (!all) {
         return lk; // not counted: the mindspace's own limits still hold
     }
-    std::erase_if(*all,
-                  [](const llmos::ms_info& i) { return !i.name.starts_with(session_ms_prefix); });
+    // Sessions are this server's user's (check_session_store()).
+    std::erase_if(*all, [uid = ::geteuid()](const llmos::ms_info& i) {
+        return !i.name.starts_with(session_ms_prefix) || i.uid != uid;
+    });
     if (_o.max_sessions && all->size() >= _o.max_sessions) {
         // 403, not 429: waiting does not make room (and clients retry 429).
         throw api_error{403,
@@ -967,8 +988,8 @@ void daemon::expire_sessions() {
         return t && now > *t && now - *t > idle;
     };
     for (const llmos::ms_info& i : *all) {
-        if (!i.name.starts_with(session_ms_prefix)) {
-            continue;
+        if (!i.name.starts_with(session_ms_prefix) || i.uid != ::geteuid()) {
+            continue; // another user's is no session (check_session_store())
         }
         auto ms = llmos::mindspace::open(*_dev, llmos::ms_key{0, i.name});
         if (!ms || !idle_now(*ms)) {
@@ -1103,6 +1124,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         if (!_keys.empty()) {
             const std::string name = std::string(session_ms_prefix) + j.session;
             if (auto o = llmos::mindspace::open(*_dev, llmos::ms_key{0, name})) {
+                check_session_store(j.session, *o);
                 check_session_owner(j.session, *o, tenant);
             }
         }
@@ -1160,6 +1182,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         // from its end to its remaking.
         std::unique_lock<std::mutex> room;
         if (o) {
+            check_session_store(j.session, *o);
             check_session_owner(j.session, *o, tenant);
             mp.emplace(map_whole(*o));
             h = session::read(mp->bytes());
@@ -1210,18 +1233,24 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             }
             o = llmos::mindspace::create(
                 *_dev, {.length = lay.kv_off() + kv_bytes, .name = name, .persistent = true});
-            if (room.owns_lock()) {
-                room.unlock();
-            }
             std::optional<std::error_code> failed;
             if (!o) {
                 failed = o.error();
             } else if (auto r = o->map()) {
                 mp.emplace(std::move(*r));
+                if (!h) {
+                    // Whose it is, before the next creator counts (the
+                    // rest of the header follows below).
+                    const auto nh = session::make(tenant, "", 0, lay, kv_bytes, 0, epoch_s());
+                    std::memcpy(mp->data(), &nh, sizeof(nh));
+                }
             } else {
                 failed = r.error(); // made, but of no use: the old one comes back
                 o = r.error();
                 llmos::destroy_mindspace(*_dev, llmos::ms_key{0, name});
+            }
+            if (room.owns_lock()) {
+                room.unlock();
             }
             if (failed) {
                 const std::string why = failed->message();
@@ -1452,7 +1481,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                              .ms_id = ms->id(),
                              .prompt_off = req_off,
                              .prompt_len = req.size()};
-    if (j.deadline_ms) { // from the request's arrival
+    if (j.deadline_ms) { // from submit(), when the body was read
         so.deadline_ns = uint64_t(arrived.tv_sec) * 1000000000ull + uint64_t(arrived.tv_nsec) +
                          j.deadline_ms * 1000000ull;
     }

@@ -248,7 +248,7 @@ public:
         uint32_t n_prompt = 0, max_tokens = 0;
         uint32_t tenant = 0; ///< whose it is
         uint32_t owner = 0;  ///< its session's tenant (its first request's, or nobody's)
-        /// --timeout from its arrival.
+        /// --timeout from submit() (its body read).
         std::chrono::steady_clock::time_point deadline;
         uint64_t kv_bytes = 0, req_off = 0, req_size = 0, id = 0;
         session::layout lay; ///< a session's
@@ -332,6 +332,9 @@ private:
     /// Has the workers drop the engines of models no longer served.
     void let_go_of_models();
     std::shared_ptr<model_entry> open_model(const std::string& name, const std::string& path);
+    /// 409 when `ms` (named as a session's) is another user's than this
+    /// server's: in a shared store anyone may make one under that name.
+    void check_session_store(const std::string& session, const llmos::mindspace& ms) const;
     /// 403 when API keys are in use and `ms` holds another tenant's session.
     void check_session_owner(const std::string& session, const llmos::mindspace& ms,
                              uint32_t tenant) const;
