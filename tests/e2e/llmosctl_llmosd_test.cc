@@ -423,6 +423,21 @@ TEST_F(llmosctl_llmosd, chat_keeps_the_conversation_until_quit) {
     EXPECT_EQ(r.err, "llmosctl: bad --session 'no/slash' (1 to 48 characters of A-Z a-z 0-9 . _ "
                      "-)\n");
 
+    // Listed: its name, model and kind, used just now.
+    r = ctl(s, "session ls");
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_TRUE(r.out.starts_with("NAME ")) << r.out;
+    EXPECT_NE(r.out.find("\nalice "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(" tiny "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(" chat "), std::string::npos) << r.out;
+    r = ctl(s, "--json session ls");
+    ASSERT_EQ(r.status, 0) << r.err;
+    auto listed = json::parse(r.out);
+    ASSERT_EQ(listed.size(), 1u) << r.out;
+    EXPECT_EQ(listed[0]["id"], "alice");
+    EXPECT_EQ(listed[0]["kind"], "chat");
+    EXPECT_LE(listed[0]["last_used"].get<uint64_t>(), uint64_t(::time(nullptr)));
+
     // Ended, the session starts over: the first reply again, for the
     // second line.
     r = ctl(s, "session rm alice");
@@ -453,8 +468,8 @@ TEST_F(llmosctl_llmosd, chat_refuses_a_line_past_the_cap_and_goes_on) {
 }
 
 TEST_F(llmosctl_llmosd, an_unreachable_server_is_one_clear_line) {
-    for (const char* args :
-         {"model list", "run hello", "chat", "model load x /tmp/x.gguf", "session rm x"}) {
+    for (const char* args : {"model list", "run hello", "chat", "model load x /tmp/x.gguf",
+                             "session rm x", "session ls"}) {
         auto r = ctl(std::string("--server http://127.0.0.1:1 ") + args, "", "hi\n");
         EXPECT_EQ(r.status, 1) << args;
         EXPECT_EQ(r.err, "llmosctl: cannot reach llmosd at http://127.0.0.1:1: could not connect "
@@ -570,7 +585,8 @@ TEST_F(llmosctl_llmosd, a_unix_socket_server) {
 
 #ifdef LLMOS_TEST_STATIC_LLMOSCTL
 TEST_F(llmosctl_llmosd, the_static_build_says_it_has_no_http) {
-    for (const char* args : {"model list", "run hello", "chat", "model load a b", "session rm a"}) {
+    for (const char* args :
+         {"model list", "run hello", "chat", "model load a b", "session rm a", "session ls"}) {
         auto r = run_program(llmos::testing::llmosctl_static_bin, args);
         EXPECT_EQ(r.status, 1) << args; // a failure, not a usage error
         EXPECT_EQ(r.err, "llmosctl: this llmosctl was built without HTTP support; use the full "

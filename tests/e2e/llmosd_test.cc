@@ -1323,6 +1323,54 @@ TEST_F(llmosd_test, one_tenant_cannot_take_every_place_or_session) {
     EXPECT_GE(metric(m, "llmosd_requests_rejected_total"), 1) << m;
 }
 
+// GET /llmos/v1/sessions: a key's tenant's sessions, or all for an admin.
+TEST_F(llmosd_test, sessions_are_listed_to_their_tenant) {
+    std::filesystem::create_directories(_dir);
+    std::ofstream(_dir + "/keys") << "alice-key 1\nbob-key 2\nboss 9 admin\n";
+    server s(_dir, {"--api-key-file", _dir + "/keys"});
+    auto c = s.client();
+    const httplib::Headers alice = {{"Authorization", "Bearer alice-key"}},
+                           bob = {{"Authorization", "Bearer bob-key"}},
+                           boss = {{"Authorization", "Bearer boss"}};
+    post(c, "/v1/completions",
+         {{"model", "tiny"}, {"session", "a1"}, {"prompt", "Hello world"}, {"max_tokens", 2}}, 200,
+         alice);
+    post(c, "/v1/chat/completions",
+         {{"model", "tiny"},
+          {"session", "b1"},
+          {"messages", {{{"role", "user"}, {"content", "x"}}}},
+          {"max_tokens", 2}},
+         200, bob);
+    auto names = [&](const httplib::Headers& h) {
+        auto r = c.Get("/llmos/v1/sessions", h);
+        EXPECT_TRUE(r);
+        std::vector<std::string> out;
+        if (!r || r->status != 200) {
+            return out;
+        }
+        auto j = json::parse(r->body);
+        EXPECT_EQ(j["object"], "list");
+        for (auto& e : j["data"]) {
+            out.push_back(e["id"]);
+        }
+        return out;
+    };
+    EXPECT_EQ(names(alice), std::vector<std::string>{"a1"});
+    EXPECT_EQ(names(bob), std::vector<std::string>{"b1"});
+    EXPECT_EQ(names(boss), (std::vector<std::string>{"a1", "b1"}));
+    EXPECT_EQ(c.Get("/llmos/v1/sessions")->status, 401);
+    auto j = json::parse(c.Get("/llmos/v1/sessions", alice)->body)["data"][0];
+    EXPECT_EQ(j["object"], "llmos.session");
+    EXPECT_EQ(j["tenant"], 1);
+    EXPECT_EQ(j["model"], "tiny");
+    EXPECT_EQ(j["kind"], "completion");
+    EXPECT_EQ(j["full"], false);
+    EXPECT_GT(j["conversation_bytes"].get<uint64_t>(), 10u);
+    EXPECT_GE(j["bytes"].get<uint64_t>(), j["conversation_bytes"].get<uint64_t>());
+    EXPECT_LE(j["last_used"].get<uint64_t>(), uint64_t(::time(nullptr)));
+    EXPECT_GT(j["last_used"].get<uint64_t>(), uint64_t(::time(nullptr)) - 60);
+}
+
 // A session belongs to the tenant of its first request, whoever uses it
 // after (without API keys, tenants are what requests say).
 TEST_F(llmosd_test, a_session_keeps_its_first_tenant) {

@@ -41,6 +41,10 @@ int cmd_model_swap(const server_options&, const std::string&, const std::string&
     return no_http();
 }
 
+int cmd_session_list(const server_options&) {
+    return no_http();
+}
+
 int cmd_session_rm(const server_options&, const std::string&) {
     return no_http();
 }

@@ -100,8 +100,12 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
     swap->callback(
         [&rc, opts, names] { rc = cmd_model_swap(opts(), names->first, names->second); });
 
-    auto* session = app.add_subcommand("session", "llmosd's server-side sessions: rm");
+    auto* session = app.add_subcommand("session", "llmosd's server-side sessions: ls, rm");
     session->require_subcommand(1);
+    session
+        ->add_subcommand("ls", "list the sessions llmosd keeps (with API keys: the key's "
+                               "tenant's, or all for an admin key)")
+        ->callback([&rc, opts] { rc = cmd_session_list(opts()); });
     auto* session_rm = session->add_subcommand(
         "rm", "end a session: llmosd forgets its conversation, and the next request naming "
               "it starts afresh");

@@ -52,6 +52,7 @@ int cmd_model_list(const server_options& o);
 int cmd_model_load(const server_options& o, const std::string& name, const std::string& path);
 int cmd_model_unload(const server_options& o, const std::string& name);
 int cmd_model_swap(const server_options& o, const std::string& name, const std::string& path);
+int cmd_session_list(const server_options& o);
 int cmd_session_rm(const server_options& o, const std::string& name);
 int cmd_run(const server_options& o, const gen_args& a);
 int cmd_chat(const server_options& o, const gen_args& a);

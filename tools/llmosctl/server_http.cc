@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <future>
 #include <iostream>
@@ -419,6 +420,52 @@ int cmd_model_unload(const server_options& o, const std::string& name) {
         std::cout << r.body.dump(2) << '\n';
     } else {
         std::printf("unloaded model %s\n", name.c_str());
+    }
+    return 0;
+}
+
+int cmd_session_list(const server_options& o) {
+    auto c = connect(o);
+    if (!c) {
+        return exit_usage;
+    }
+    auto r = c->get("/llmos/v1/sessions");
+    if (!r.ok()) {
+        return fail_reply("cannot list sessions", r, c->where());
+    }
+    if (!r.body.is_object() || !r.body.value("data", json()).is_array()) {
+        return not_llmosd("cannot list sessions", c->where());
+    }
+    const json& sessions = r.body["data"];
+    if (o.json) {
+        std::cout << sessions.dump(2) << '\n';
+        return 0;
+    }
+    // Last use as an age ("12s", "5m", "3h", "2d"); "-" when not kept.
+    const auto now = static_cast<uint64_t>(::time(nullptr));
+    auto age = [now](const json& s) -> std::string {
+        if (!s.contains("last_used") || !s["last_used"].is_number_unsigned()) {
+            return "-";
+        }
+        const uint64_t t = s["last_used"].get<uint64_t>(), d = now > t ? now - t : 0;
+        return d < 120      ? std::to_string(d) + "s"
+               : d < 7200   ? std::to_string(d / 60) + "m"
+               : d < 172800 ? std::to_string(d / 3600) + "h"
+                            : std::to_string(d / 86400) + "d";
+    };
+    std::printf("%-24s %10s %-16s %-10s %8s %8s %6s  %s\n", "NAME", "TENANT", "MODEL", "KIND",
+                "TEXT", "SIZE", "USED", "STATE");
+    for (const auto& s : sessions) {
+        const std::string tenant = s.contains("tenant") && s["tenant"].is_number_unsigned()
+                                       ? std::to_string(s["tenant"].get<uint64_t>())
+                                       : "-";
+        const char* state = !s.value("readable", true) ? "unreadable"
+                            : s.value("full", false)   ? "full"
+                                                       : "ok";
+        std::printf("%-24s %10s %-16s %-10s %8s %8s %6s  %s\n", str(s, "id").c_str(),
+                    tenant.c_str(), str(s, "model").c_str(), str(s, "kind").c_str(),
+                    format_size(num(s, "conversation_bytes")).c_str(),
+                    format_size(num(s, "bytes")).c_str(), age(s).c_str(), state);
     }
     return 0;
 }

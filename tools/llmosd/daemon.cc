@@ -1014,6 +1014,51 @@ void daemon::expire_sessions() {
     _first_seen = std::move(seen); // of the sessions there now
 }
 
+std::vector<daemon::session_info> daemon::list_sessions(std::optional<uint32_t> tenant) const {
+    auto all = llmos::list_mindspaces(*_dev);
+    if (!all) {
+        throw server_error("cannot list the sessions: " + all.error().message());
+    }
+    std::vector<session_info> out;
+    for (const llmos::ms_info& i : *all) {
+        if (!i.name.starts_with(session_ms_prefix) || i.uid != ::geteuid()) {
+            continue; // another user's is no session (check_session_store())
+        }
+        session_info si;
+        si.name = i.name.substr(session_ms_prefix.size());
+        si.bytes = i.length;
+        si.resident_bytes = i.resident;
+        auto ms = llmos::mindspace::open(*_dev, llmos::ms_key{0, i.name});
+        auto map = ms ? ms->map(0, page) : llmos::result<llmos::mapping>(ms.error());
+        if (!map) {
+            continue; // gone meanwhile
+        }
+        auto st = session::stamp(map->bytes());
+        if (st && st->first >= 2) {
+            si.tenant = st->second;
+        }
+        if (tenant && si.tenant != tenant) {
+            continue;
+        }
+        if (auto h = session::read(map->bytes())) {
+            si.model = session::model_of(*h);
+            si.kind = h->flags & session::chat_text         ? "chat"
+                      : h->flags & session::completion_text ? "completion"
+                                                            : "";
+            si.conversation_bytes = h->text_len;
+            if (h->used) {
+                si.last_used = h->used;
+            }
+            si.full = h->flags & session::overflowed;
+        } else {
+            si.readable = false;
+        }
+        out.push_back(std::move(si));
+    }
+    std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.name < b.name; });
+    return out;
+}
+
 std::string daemon::device_lost() const {
     std::lock_guard lk(_lost_m);
     return _lost;

@@ -298,6 +298,21 @@ public:
                      const std::function<bool(const llmos::mindspace&)>& still_to_go = {});
     std::shared_ptr<model_entry> model_by_id(uint32_t id) const;
 
+    /// What a session is, as its header and mindspace say.
+    struct session_info {
+        std::string name;
+        std::optional<uint32_t> tenant; ///< nobody's: kept before owners were
+        std::string model;              ///< whose conversation it holds ("": none yet)
+        std::string kind;               ///< "chat", "completion", or "" (not said)
+        uint64_t conversation_bytes = 0;
+        uint64_t bytes = 0, resident_bytes = 0; ///< its mindspace's
+        std::optional<uint32_t> last_used;      ///< seconds since the epoch, when kept
+        bool full = false;                      ///< outgrew its store: its next turn is refused
+        bool readable = true;                   ///< a header this llmosd reads
+    };
+    /// The sessions kept, by name; only `tenant`'s when given.
+    std::vector<session_info> list_sessions(std::optional<uint32_t> tenant) const;
+
     /// New requests get 503; returns when none is in flight, then stops
     /// the workers. Requests still in flight after `limit` are cancelled
     /// (their clients get 503), and waited for abandon_wait longer.

@@ -612,6 +612,33 @@ http_server::http_server(daemon& d)
                   res.set_content(to_text(describe(*m)), "application/json");
               });
     // A session's end: its tenant's keys, or an admin key.
+    // The sessions kept: with API keys a key's tenant's, or every one for
+    // an admin key.
+    _svr.Get("/llmos/v1/sessions", [this](const httplib::Request& req, httplib::Response& res) {
+        if (!authorize(req, res)) {
+            return;
+        }
+        std::optional<uint32_t> tenant;
+        if (const daemon::api_key* k = key_of(req); k && !k->admin) {
+            tenant = k->tenant;
+        }
+        json data = json::array();
+        for (const auto& si : _d.list_sessions(tenant)) {
+            auto opt = [](const auto& v) { return v ? json(*v) : json(nullptr); };
+            data.push_back({{"id", si.name},
+                            {"object", "llmos.session"},
+                            {"tenant", opt(si.tenant)},
+                            {"model", si.model.empty() ? json(nullptr) : json(si.model)},
+                            {"kind", si.kind.empty() ? json(nullptr) : json(si.kind)},
+                            {"conversation_bytes", si.conversation_bytes},
+                            {"bytes", si.bytes},
+                            {"resident_bytes", si.resident_bytes},
+                            {"last_used", opt(si.last_used)},
+                            {"full", si.full},
+                            {"readable", si.readable}});
+        }
+        res.set_content(to_text(json{{"object", "list"}, {"data", data}}), "application/json");
+    });
     _svr.Delete(R"(/llmos/v1/sessions/([^/]+))",
                 [this](const httplib::Request& req, httplib::Response& res) {
                     if (!authorize(req, res)) {
