@@ -18,11 +18,12 @@
  *
  * A cost counts up to 2^20 (a whole context's tokens). A cancelled
  * request's cost is not given back, but a tenant's tag stays within 2^50
- * of the clock, so cancelled requests alone never carry it far. Tags only
- * grow: before they could wrap (2^62, some 2^22 requests of the largest
- * cost served at weight 1, 2^42 of cost 1), the policy stops with
- * llmos_policy_error(-EOVERFLOW), and the built-in policy (which rebases
- * its clock) serves everything; attach it again to start from 0.
+ * of the clock, and a dispatch moves the clock by one largest step (2^40)
+ * at most, so cancelled requests never carry the clock along. Tags only
+ * grow: before they could wrap (2^62: some 2^22 requests served, each of
+ * the largest step), the policy stops with llmos_policy_error(-EOVERFLOW),
+ * and the built-in policy (which rebases its clock) serves everything;
+ * attach it again to start from 0.
  */
 #include "llmos.bpf.h"
 
@@ -34,6 +35,7 @@ char _license[] SEC("license") = "GPL";
 #define MAX_TENANTS 4096
 #define WFQ_SCALE 1048576ULL /* 2^20, LLMOS_CORE_WFQ_SCALE */
 #define WFQ_MAX_COST 1048576ULL /* 2^20 tokens, the most a context holds */
+#define WFQ_MAX_STEP (WFQ_MAX_COST * WFQ_SCALE) /* 2^40, at weight 1 */
 /* 2^50: 2^10 requests of the largest cost ahead at weight 1 */
 #define WFQ_MAX_LEAD 0x4000000000000ULL
 /* 2^62; a step adds 2^40 at most (the largest cost times 2^20 at weight 1) */
@@ -110,8 +112,14 @@ void BPF_PROG(wfq_dispatch, struct llmos_core_worker *w, u32 budget)
 
 		if (!llmos_queue_move_to_worker(WFQ_QUEUE, w, 1))
 			break;
+		/*
+		 * At most one largest step at a time: a head far ahead (a
+		 * tenant whose cancelled requests' costs carried its tag)
+		 * does not carry the clock along.
+		 */
 		if (head > vclock)
-			vclock = head;
+			vclock = head - vclock > WFQ_MAX_STEP ?
+				 vclock + WFQ_MAX_STEP : head;
 	}
 }
 

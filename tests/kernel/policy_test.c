@@ -405,6 +405,48 @@ TEST_F(policy, wfq_survives_costly_requests_that_are_cancelled)
 }
 
 /*
+ * A tenant whose cancelled requests carried its tag ahead is held to 2^50
+ * past the clock: 1100 costliest requests cancelled at weight 1 (2^40
+ * each, 1100 * 2^40 in all) put its next request after 1024 of another
+ * tenant's of that step, not 1100.
+ */
+TEST_F(policy, wfq_holds_a_tenant_s_tag_near_the_clock)
+{
+	const __u32 a = 72, b = 73, one = 1;
+	struct llmos_cancel cancel = { .size = sizeof(cancel) };
+	struct bpf_map *weights;
+	long long mine = 0;
+	int at = -1;
+
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	weights = bpf_object__find_map_by_name(self->p.obj, "weights");
+	ASSERT_NE(NULL, weights);
+	ASSERT_EQ(0, bpf_map__update_elem(weights, &a, sizeof(a), &one,
+					  sizeof(one), BPF_ANY));
+	ASSERT_EQ(0, bpf_map__update_elem(weights, &b, sizeof(b), &one,
+					  sizeof(one), BPF_ANY));
+	for (int i = 0; i < 1100; i++) {
+		cancel.id = submit(self->client, a, 0, 1u << 20, 0);
+		ASSERT_LT(0, (long long)cancel.id);
+		ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_CANCEL, &cancel));
+	}
+	mine = submit(self->client, a, 0, 1, 0);
+	ASSERT_LT(0, mine);
+	for (int i = 0; i < 1100; i++)
+		ASSERT_LT(0, submit(self->client, b, 0, 1u << 20, 0));
+	for (int i = 0; i < 1101; i++) {
+		long long id = serve_one(self->worker);
+
+		ASSERT_LT(0, id);
+		if (id == mine)
+			at = i;
+	}
+	TH_LOG("its request was served %dth of 1101", at + 1);
+	EXPECT_LE(1023, at);
+	EXPECT_GE(1026, at);
+}
+
+/*
  * A worker that takes four at once: the virtual clock follows the last
  * of them, so a tenant that comes then starts there and takes turns with
  * the one served, instead of going first for a batch of its own.
