@@ -356,6 +356,9 @@ TEST(unicode, a_prefix_that_fits_ends_between_characters) {
     const std::string stray = "x\x80\x80\x80\x80\x80y";
     EXPECT_EQ(unicode::fitting_prefix(stray, 5), 5u);
     EXPECT_EQ(unicode::fitting_prefix("\x80\x80", 1), 1u);
+    EXPECT_EQ(unicode::fitting_prefix("x\x80", 1), 1u);
+    EXPECT_EQ(unicode::fitting_prefix("\xC3\x80\x80", 2), 2u) << "a whole character";
+    EXPECT_EQ(unicode::fitting_prefix("\xC3\x80\x80", 1), 0u);
 }
 
 TEST(unicode, encode_decode_agree_with_reference_on_every_code_point) {

@@ -453,7 +453,11 @@ int cmd_session_list(const server_options& o) {
                : d < 172800 ? std::to_string(d / 3600) + "h"
                             : std::to_string(d / 86400) + "d";
     };
-    std::printf("%-24s %10s %-16s %-10s %8s %8s %6s  %s\n", "NAME", "TENANT", "MODEL", "KIND",
+    int width = 4; // the longest name's (up to 48)
+    for (const auto& s : sessions) {
+        width = std::max(width, static_cast<int>(str(s, "id").size()));
+    }
+    std::printf("%-*s %10s %-16s %-10s %8s %8s %6s  %s\n", width, "NAME", "TENANT", "MODEL", "KIND",
                 "TEXT", "SIZE", "USED", "STATE");
     for (const auto& s : sessions) {
         const std::string tenant = s.contains("tenant") && s["tenant"].is_number_unsigned()
@@ -462,7 +466,7 @@ int cmd_session_list(const server_options& o) {
         const char* state = !s.value("readable", true) ? "unreadable"
                             : s.value("full", false)   ? "full"
                                                        : "ok";
-        std::printf("%-24s %10s %-16s %-10s %8s %8s %6s  %s\n", str(s, "id").c_str(),
+        std::printf("%-*s %10s %-16s %-10s %8s %8s %6s  %s\n", width, str(s, "id").c_str(),
                     tenant.c_str(), str(s, "model").c_str(), str(s, "kind").c_str(),
                     format_size(num(s, "conversation_bytes")).c_str(),
                     format_size(num(s, "bytes")).c_str(), age(s).c_str(), state);

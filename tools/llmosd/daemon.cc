@@ -657,6 +657,20 @@ void daemon::let_go_of_models() {
     }
 }
 
+namespace {
+
+// The 409 for a session's name held by another user's mindspace.
+api_error session_foreign(const std::string& session) {
+    return {409,
+            "the session '" + session +
+                "' is held in a mindspace of another user than this server's; only its "
+                "owner can remove it (llmosctl ms rm " +
+                std::string(session_ms_prefix) + session + ")",
+            "invalid_request_error", "session", "session_foreign"};
+}
+
+} // namespace
+
 void daemon::check_session_store(const std::string& session, const llmos::mindspace& ms) const {
     auto i = ms.info();
     if (!i) {
@@ -665,13 +679,13 @@ void daemon::check_session_store(const std::string& session, const llmos::mindsp
     if (i->uid != ::geteuid()) {
         // Another user's (made in a shared store under a session's name):
         // neither read nor written.
-        throw api_error{409,
-                        "the session '" + session + "' is held in a mindspace of another user (" +
-                            std::to_string(i->uid) +
-                            ") than this server's; only its owner can remove it (llmosctl ms "
-                            "rm " +
-                            std::string(session_ms_prefix) + session + ")",
-                        "invalid_request_error", "session", "session_foreign"};
+        throw session_foreign(session);
+    }
+}
+
+void daemon::check_session_open(const std::string& session, std::error_code e) const {
+    if (e == std::errc::permission_denied || e == std::errc::operation_not_permitted) {
+        throw session_foreign(session); // another user's, not ours to open
     }
 }
 
@@ -729,6 +743,7 @@ bool daemon::end_session(const std::string& session, std::optional<uint32_t> ten
             if (ms.error() == std::errc::no_such_file_or_directory) {
                 throw not_found();
             }
+            check_session_open(session, ms.error());
             throw server_error("session '" + session + "': " + ms.error().message());
         }
         check_session_store(session, *ms);
@@ -1171,6 +1186,8 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             if (auto o = llmos::mindspace::open(*_dev, llmos::ms_key{0, name})) {
                 check_session_store(j.session, *o);
                 check_session_owner(j.session, *o, tenant);
+            } else {
+                check_session_open(j.session, o.error());
             }
         }
         auto gate = this->session_lock(j.session);
@@ -1205,6 +1222,9 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         const std::string name = std::string(session_ms_prefix) + j.session;
         const session::layout want = session::for_ctx(_o.ctx);
         auto o = llmos::mindspace::open(*_dev, llmos::ms_key{0, name});
+        if (!o) {
+            check_session_open(j.session, o.error());
+        }
         auto map_whole = [&](const llmos::mindspace& m) {
             auto r = m.map();
             if (!r) {
@@ -1283,19 +1303,10 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                 failed = o.error();
             } else if (auto r = o->map()) {
                 mp.emplace(std::move(*r));
-                if (!h) {
-                    // Whose it is, before the next creator counts (the
-                    // rest of the header follows below).
-                    const auto nh = session::make(tenant, "", 0, lay, kv_bytes, 0, epoch_s());
-                    std::memcpy(mp->data(), &nh, sizeof(nh));
-                }
             } else {
                 failed = r.error(); // made, but of no use: the old one comes back
                 o = r.error();
                 llmos::destroy_mindspace(*_dev, llmos::ms_key{0, name});
-            }
-            if (room.owns_lock()) {
-                room.unlock();
             }
             if (failed) {
                 const std::string why = failed->message();
@@ -1338,6 +1349,10 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         const auto nh = session::make(owner, h ? session::model_of(*h) : "", t ? t->size() : 0, lay,
                                       kv_bytes, h ? h->flags : 0, epoch_s());
         std::memcpy(map->data(), &nh, sizeof(nh));
+        if (room.owns_lock()) {
+            // Its header says whose it is: the next creator counts it.
+            room.unlock();
+        }
         if (ours && (h->flags & session::overflowed)) {
             throw api_error{400,
                             "the session '" + j.session +

@@ -350,6 +350,9 @@ private:
     /// 409 when `ms` (named as a session's) is another user's than this
     /// server's: in a shared store anyone may make one under that name.
     void check_session_store(const std::string& session, const llmos::mindspace& ms) const;
+    /// The same 409 when opening the session's mindspace failed with `e`
+    /// for want of permission (another user's, of a mode that keeps us out).
+    void check_session_open(const std::string& session, std::error_code e) const;
     /// 403 when API keys are in use and `ms` holds another tenant's session.
     void check_session_owner(const std::string& session, const llmos::mindspace& ms,
                              uint32_t tenant) const;

@@ -611,7 +611,6 @@ http_server::http_server(daemon& d)
                   auto m = _d.swap_model(req.matches[1], path);
                   res.set_content(to_text(describe(*m)), "application/json");
               });
-    // A session's end: its tenant's keys, or an admin key.
     // The sessions kept: with API keys a key's tenant's, or every one for
     // an admin key.
     _svr.Get("/llmos/v1/sessions", [this](const httplib::Request& req, httplib::Response& res) {
@@ -639,6 +638,7 @@ http_server::http_server(daemon& d)
         }
         res.set_content(to_text(json{{"object", "list"}, {"data", data}}), "application/json");
     });
+    // A session's end: its tenant's keys, or an admin key.
     _svr.Delete(R"(/llmos/v1/sessions/([^/]+))",
                 [this](const httplib::Request& req, httplib::Response& res) {
                     if (!authorize(req, res)) {

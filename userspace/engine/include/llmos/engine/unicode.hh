@@ -87,7 +87,10 @@ constexpr size_t fitting_prefix(std::string_view s, size_t n) {
     while (at > 0 && n - at < 3 && continuation(at)) {
         --at;
     }
-    return continuation(at) ? n : at;
+    // Cut before the character only when `n` falls inside it: its lead
+    // byte says it goes past n.
+    const uint8_t lead = uint8_t(s[at]);
+    return at < n && lead >= 0xC0 && at + lead_length(lead) > n ? at : n;
 }
 
 } // namespace llmos::engine::unicode
