@@ -14,6 +14,7 @@
 // The program replaces operator new so that a test can make it fail.
 #include "../support/generated_model.hh"
 #include "../support/paths.hh"
+#include "../support/test_new.hh"
 
 #include <atomic>
 #include <cstdlib>
@@ -27,36 +28,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-namespace {
-std::atomic<bool> g_fail_new{false};
-} // namespace
-
-// Out of line, so that the compiler does not pair a free() with an
-// operator new at an inlined call site (-Wmismatched-new-delete).
-[[gnu::noinline]] void* operator new(std::size_t n) {
-    if (!g_fail_new.load(std::memory_order_relaxed)) {
-        if (void* p = std::malloc(n == 0 ? 1 : n)) {
-            return p;
-        }
-    }
-    throw std::bad_alloc();
-}
-[[gnu::noinline]] void* operator new[](std::size_t n) {
-    return operator new(n);
-}
-[[gnu::noinline]] void operator delete(void* p) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept {
-    std::free(p);
-}
 
 using namespace llmos::engine;
 
@@ -272,9 +243,9 @@ TEST(context_step, a_thread_without_memory_for_its_scratch_fails_the_step_alone)
         }
         e = {
             .kv = &a, .tokens = {&next, 1}, .logits = logits.data(), .kind = token_kind::generated};
-        g_fail_new = true;
+        llmos::testing::fail_new = true;
         const step_status st = ctx.step({&e, 1});
-        g_fail_new = false;
+        llmos::testing::fail_new = false;
         EXPECT_EQ(st, step_status::no_memory) << step_status_name(st);
         EXPECT_EQ(a.n_tokens(), prompt.size()) << "nothing committed";
         ASSERT_EQ(ctx.step({&e, 1}), step_status::ok);

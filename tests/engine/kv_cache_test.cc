@@ -8,6 +8,7 @@
 //
 // The program counts operator new calls.
 #include "../support/paths.hh"
+#include "../support/test_new.hh"
 
 #include <atomic>
 #include <cstdint>
@@ -21,35 +22,6 @@
 #include <numeric>
 #include <string>
 #include <vector>
-
-namespace {
-std::atomic<uint64_t> g_news{0};
-} // namespace
-
-// Out of line, so that the compiler does not pair a free() with an
-// operator new at an inlined call site (-Wmismatched-new-delete).
-[[gnu::noinline]] void* operator new(std::size_t n) {
-    g_news.fetch_add(1, std::memory_order_relaxed);
-    if (void* p = std::malloc(n == 0 ? 1 : n)) {
-        return p;
-    }
-    throw std::bad_alloc();
-}
-[[gnu::noinline]] void* operator new[](std::size_t n) {
-    return operator new(n);
-}
-[[gnu::noinline]] void operator delete(void* p) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept {
-    std::free(p);
-}
 
 using namespace llmos::engine;
 
@@ -82,11 +54,11 @@ protected:
             EXPECT_TRUE(kv.reserve(static_cast<uint32_t>(toks.size())));
             kv.commit(toks);
             EXPECT_EQ(kv.n_tokens(), kv.capacity());
-            const uint64_t before = g_news.load();
+            const uint64_t before = llmos::testing::news.load();
             kv.truncate(kv.capacity() - 1);
             kv.truncate(kv.capacity() / 2);
             kv.truncate(0);
-            news += g_news.load() - before;
+            news += llmos::testing::news.load() - before;
             EXPECT_EQ(kv.n_tokens(), 0u);
             toks.resize(kv.capacity());
             std::iota(toks.begin(), toks.end(), 1);

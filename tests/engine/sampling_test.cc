@@ -8,6 +8,8 @@
 //
 // The test program counts operator new calls so that it can check that
 // sample() allocates nothing once its buffers exist.
+#include "../support/test_new.hh"
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -22,35 +24,6 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-namespace {
-std::atomic<uint64_t> g_news{0};
-} // namespace
-
-// Out of line, so that the compiler does not pair a free() with an
-// operator new at an inlined call site (-Wmismatched-new-delete).
-[[gnu::noinline]] void* operator new(std::size_t n) {
-    g_news.fetch_add(1, std::memory_order_relaxed);
-    if (void* p = std::malloc(n == 0 ? 1 : n)) {
-        return p;
-    }
-    throw std::bad_alloc();
-}
-[[gnu::noinline]] void* operator new[](std::size_t n) {
-    return operator new(n);
-}
-[[gnu::noinline]] void operator delete(void* p) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept {
-    std::free(p);
-}
 
 using namespace llmos::engine;
 
@@ -649,7 +622,7 @@ TEST(sampler, large_vocab_samples_without_allocating) {
         sampler s(p, n);
         std::vector<float> l = base;
         const int iters = 20 * scale();
-        const uint64_t news = g_news.load();
+        const uint64_t news = llmos::testing::news.load();
         const auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < iters; ++i) {
             const int32_t t = s.sample(l);
@@ -658,7 +631,7 @@ TEST(sampler, large_vocab_samples_without_allocating) {
             s.accept(t);
         }
         const auto dt = std::chrono::steady_clock::now() - t0;
-        EXPECT_EQ(news, g_news.load()) << run.name << ": sample() allocated";
+        EXPECT_EQ(news, llmos::testing::news.load()) << run.name << ": sample() allocated";
         std::printf("[ info     ] %s: %.3f ms per token over a %zu-token vocab\n", run.name,
                     std::chrono::duration<double, std::milli>(dt).count() / iters, n);
     }
