@@ -4,6 +4,7 @@
 // has: the local backend always, the kernel backend where /dev/llmos is (the
 // test VM runs this program there, as TAP).
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
@@ -746,6 +747,25 @@ TEST_F(local_store_dir, names_change_under_the_names_lock) {
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
     EXPECT_EQ(status, 0);
+}
+
+// A names lock held for good (in a shared store anyone may take it)
+// stalls a name change 2 s, then EBUSY: never for good.
+TEST_F(local_store_dir, a_names_lock_held_for_long_is_ebusy) {
+    const auto store = _top / "store";
+    auto dev = device::open_local(store.string()).value();
+    llmos::unique_fd names{::open((store / "by-name").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+    ASSERT_TRUE(names);
+    ASSERT_EQ(::flock(names.get(), LOCK_EX), 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto ms = mindspace::create(dev, {.length = 4096, .name = "held", .persistent = true});
+    const auto took = std::chrono::steady_clock::now() - t0;
+    ASSERT_FALSE(ms) << "a name was taken under another's lock";
+    EXPECT_EQ(ms.error(), std::errc::device_or_resource_busy) << ms.error().message();
+    EXPECT_GE(took, std::chrono::milliseconds(1900));
+    EXPECT_LT(took, std::chrono::seconds(10));
+    ASSERT_EQ(::flock(names.get(), LOCK_UN), 0);
+    EXPECT_TRUE(mindspace::create(dev, {.length = 4096, .name = "held", .persistent = true}));
 }
 
 TEST_F(local_store_dir, a_forgotten_mindspace_of_another_user_is_gone_for_all) {
