@@ -306,6 +306,15 @@ protected:
                                 "application/json");
         EXPECT_FALSE(r) << "it answered within 150 ms?";
     }
+    // A short greedy completion of `session` (none when empty).
+    static json session_turn(const std::string& session) {
+        json t = {
+            {"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 2}, {"temperature", 0}};
+        if (!session.empty()) {
+            t["session"] = session;
+        }
+        return t;
+    }
     static void expect_error(const json& body, const std::string& type, const std::string& param) {
         ASSERT_TRUE(body.contains("error")) << body.dump();
         EXPECT_TRUE(body["error"]["message"].is_string());
@@ -1222,25 +1231,18 @@ TEST_F(llmosd_test, repeat_last_n_is_the_window_the_penalties_count) {
 TEST_F(llmosd_test, sessions_kept_at_once_are_bounded) {
     server s(_dir, {"--max-sessions", "2"});
     auto c = s.client();
-    auto turn = [](const std::string& session) {
-        return json{{"model", "tiny"},
-                    {"session", session},
-                    {"prompt", "Hello world"},
-                    {"max_tokens", 2},
-                    {"temperature", 0}};
-    };
-    post(c, "/v1/completions", turn("a"), 200);
-    post(c, "/v1/completions", turn("b"), 200);
-    auto full = post(c, "/v1/completions", turn("c"), 403);
+    post(c, "/v1/completions", session_turn("a"), 200);
+    post(c, "/v1/completions", session_turn("b"), 200);
+    auto full = post(c, "/v1/completions", session_turn("c"), 403);
     expect_error(full, "invalid_request_error", "session");
     EXPECT_EQ(full["error"]["code"], "too_many_sessions") << full;
     EXPECT_NE(full["error"]["message"].get<std::string>().find("--max-sessions"), std::string::npos)
         << full;
-    post(c, "/v1/completions", turn("a"), 200); // kept ones go on
+    post(c, "/v1/completions", session_turn("a"), 200); // kept ones go on
     auto del = c.Delete("/llmos/v1/sessions/b");
     ASSERT_TRUE(del);
     EXPECT_EQ(del->status, 200) << del->body;
-    post(c, "/v1/completions", turn("c"), 200);
+    post(c, "/v1/completions", session_turn("c"), 200);
     // Creators of different sessions at once do not each find room: six at
     // once, {made, refused}.
     auto six_at_once = [&](const std::string& prefix) {
@@ -1249,7 +1251,7 @@ TEST_F(llmosd_test, sessions_kept_at_once_are_bounded) {
         for (int i = 0; i < 6; ++i) {
             ts.emplace_back([&, i] {
                 auto cc = s.client();
-                auto r = cc.Post("/v1/completions", turn(prefix + std::to_string(i)).dump(),
+                auto r = cc.Post("/v1/completions", session_turn(prefix + std::to_string(i)).dump(),
                                  "application/json");
                 made += r && r->status == 200;
                 refused += r && r->status == 403;
@@ -1276,16 +1278,9 @@ TEST_F(llmosd_test, one_tenant_cannot_take_every_place_or_session) {
     auto c = s.client();
     const httplib::Headers alice = {{"Authorization", "Bearer alice-key"}},
                            bob = {{"Authorization", "Bearer bob-key"}};
-    auto turn = [](const std::string& session) {
-        json t = {{"model", "tiny"}, {"prompt", "Hello world"}, {"max_tokens", 2}};
-        if (!session.empty()) {
-            t["session"] = session;
-        }
-        return t;
-    };
     {
         held_stream hers(s, 60000, "", alice); // alice's one place
-        auto r = c.Post("/v1/completions", alice, turn("").dump(), "application/json");
+        auto r = c.Post("/v1/completions", alice, session_turn("").dump(), "application/json");
         ASSERT_TRUE(r);
         EXPECT_EQ(r->status, 429) << r->body;
         EXPECT_EQ(r->get_header_value("Retry-After"), "1");
@@ -1295,13 +1290,13 @@ TEST_F(llmosd_test, one_tenant_cannot_take_every_place_or_session) {
         EXPECT_NE(e["error"]["message"].get<std::string>().find("--max-queue-per-tenant"),
                   std::string::npos)
             << e;
-        post(c, "/v1/completions", turn(""), 200, bob); // bob's is served meanwhile
+        post(c, "/v1/completions", session_turn(""), 200, bob); // bob's is served meanwhile
         hers.release();
     }
     // Her place comes back once her stream's end is seen (its client gone).
     int status = 0;
     for (int i = 0; i < 100 && status != 200; ++i) {
-        auto r = c.Post("/v1/completions", alice, turn("").dump(), "application/json");
+        auto r = c.Post("/v1/completions", alice, session_turn("").dump(), "application/json");
         status = r ? r->status : 0;
         if (status == 429) {
             std::this_thread::sleep_for(50ms);
@@ -1309,16 +1304,16 @@ TEST_F(llmosd_test, one_tenant_cannot_take_every_place_or_session) {
     }
     EXPECT_EQ(status, 200) << "her place never came back";
     // Sessions: one each.
-    post(c, "/v1/completions", turn("a"), 200, alice);
-    auto full = post(c, "/v1/completions", turn("b"), 403, alice);
+    post(c, "/v1/completions", session_turn("a"), 200, alice);
+    auto full = post(c, "/v1/completions", session_turn("b"), 403, alice);
     expect_error(full, "invalid_request_error", "session");
     EXPECT_EQ(full["error"]["code"], "too_many_tenant_sessions") << full;
-    post(c, "/v1/completions", turn("c"), 200, bob);   // bob's own
-    post(c, "/v1/completions", turn("a"), 200, alice); // hers goes on
+    post(c, "/v1/completions", session_turn("c"), 200, bob);   // bob's own
+    post(c, "/v1/completions", session_turn("a"), 200, alice); // hers goes on
     auto del = c.Delete("/llmos/v1/sessions/a", alice);
     ASSERT_TRUE(del);
     EXPECT_EQ(del->status, 200) << del->body;
-    post(c, "/v1/completions", turn("b"), 200, alice);
+    post(c, "/v1/completions", session_turn("b"), 200, alice);
     const std::string m = c.Get("/metrics", bob)->body;
     EXPECT_GE(metric(m, "llmosd_requests_rejected_total"), 1) << m;
 }
@@ -1425,17 +1420,14 @@ TEST_F(llmosd_test, a_session_name_taken_by_another_user_is_not_used) {
     ASSERT_EQ(::waitpid(pid, &st, 0), pid);
     ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0)
         << "the planting child's status: " << WEXITSTATUS(st);
-    auto turn = [](const std::string& session) {
-        return json{{"model", "tiny"}, {"session", session}, {"prompt", "x"}, {"max_tokens", 2}};
-    };
-    auto r = post(c, "/v1/completions", turn("planted"), 409);
+    auto r = post(c, "/v1/completions", session_turn("planted"), 409);
     expect_error(r, "invalid_request_error", "session");
     EXPECT_EQ(r["error"]["code"], "session_foreign") << r;
     auto del = c.Delete("/llmos/v1/sessions/planted");
     ASSERT_TRUE(del);
     EXPECT_EQ(del->status, 409) << del->body;
     // Not counted against --max-sessions 1.
-    post(c, "/v1/completions", turn("mine"), 200);
+    post(c, "/v1/completions", session_turn("mine"), 200);
 }
 
 // --session-idle-timeout: a session no request used for that long is
@@ -1443,19 +1435,12 @@ TEST_F(llmosd_test, a_session_name_taken_by_another_user_is_not_used) {
 TEST_F(llmosd_test, sessions_unused_past_the_idle_timeout_are_ended) {
     server s(_dir, {"--session-idle-timeout", "3"});
     auto c = s.client();
-    auto turn = [](const std::string& session) {
-        return json{{"model", "tiny"},
-                    {"session", session},
-                    {"prompt", "Hello world"},
-                    {"max_tokens", 2},
-                    {"temperature", 0}};
-    };
-    post(c, "/v1/completions", turn("idle"), 200);
-    post(c, "/v1/completions", turn("busy"), 200);
+    post(c, "/v1/completions", session_turn("idle"), 200);
+    post(c, "/v1/completions", session_turn("busy"), 200);
     // "busy" is used every second for 6 s; "idle" is not.
     for (int i = 0; i < 6; ++i) {
         std::this_thread::sleep_for(1s);
-        post(c, "/v1/completions", turn("busy"), 200);
+        post(c, "/v1/completions", session_turn("busy"), 200);
     }
     const std::string m = metrics_once(c, "llmosd_sessions_expired_total", 1);
     EXPECT_EQ(metric(m, "llmosd_sessions_expired_total"), 1) << m;

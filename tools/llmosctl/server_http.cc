@@ -17,6 +17,7 @@
 #include <future>
 #include <iostream>
 #include <istream>
+#include <optional>
 #include <unistd.h>
 #include <vector>
 
@@ -333,24 +334,36 @@ int not_llmosd(const std::string& what, const server_address& where) {
     return exit_failure;
 }
 
-} // namespace
-
-int cmd_model_list(const server_options& o) {
+// GETs `path`, whose answer holds the array `key`, into `out`: the exit
+// status when that is all (it failed, or --json printed the array), or
+// nullopt for the caller to print `out` as a table.
+std::optional<int> fetch_list(const server_options& o, const std::string& path, const char* key,
+                              const std::string& what, json& out) {
     auto c = connect(o);
     if (!c) {
         return exit_usage;
     }
-    auto r = c->get("/llmos/v1/models");
+    auto r = c->get(path);
     if (!r.ok()) {
-        return fail_reply("cannot list models", r, c->where());
+        return fail_reply(what, r, c->where());
     }
-    if (!r.body.is_object() || !r.body.value("models", json()).is_array()) {
-        return not_llmosd("cannot list models", c->where());
+    if (!r.body.is_object() || !r.body.value(key, json()).is_array()) {
+        return not_llmosd(what, c->where());
     }
-    json models = r.body["models"];
+    out = std::move(r.body[key]);
     if (o.json) {
-        std::cout << models.dump(2) << '\n';
+        std::cout << out.dump(2) << '\n';
         return 0;
+    }
+    return std::nullopt;
+}
+
+} // namespace
+
+int cmd_model_list(const server_options& o) {
+    json models;
+    if (auto rc = fetch_list(o, "/llmos/v1/models", "models", "cannot list models", models)) {
+        return *rc;
     }
     std::printf("%-16s %-8s %-8s %8s %-7s %6s %7s %7s %4s  %s\n", "NAME", "ARCH", "WEIGHTS", "SIZE",
                 "ENGINE", "LAYERS", "VOCAB", "CONTEXT", "BUSY", "PATH");
@@ -425,21 +438,9 @@ int cmd_model_unload(const server_options& o, const std::string& name) {
 }
 
 int cmd_session_list(const server_options& o) {
-    auto c = connect(o);
-    if (!c) {
-        return exit_usage;
-    }
-    auto r = c->get("/llmos/v1/sessions");
-    if (!r.ok()) {
-        return fail_reply("cannot list sessions", r, c->where());
-    }
-    if (!r.body.is_object() || !r.body.value("data", json()).is_array()) {
-        return not_llmosd("cannot list sessions", c->where());
-    }
-    const json& sessions = r.body["data"];
-    if (o.json) {
-        std::cout << sessions.dump(2) << '\n';
-        return 0;
+    json sessions;
+    if (auto rc = fetch_list(o, "/llmos/v1/sessions", "data", "cannot list sessions", sessions)) {
+        return *rc;
     }
     // Last use as an age ("12s", "5m", "3h", "2d"); "-" when not kept.
     const auto now = static_cast<uint64_t>(::time(nullptr));

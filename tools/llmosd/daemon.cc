@@ -659,6 +659,14 @@ void daemon::let_go_of_models() {
 
 namespace {
 
+// The sessions among `all`: mindspaces named as a session's and of this
+// server's user (another user's is no session: check_session_store()).
+void keep_sessions(std::vector<llmos::ms_info>& all) {
+    std::erase_if(all, [uid = ::geteuid()](const llmos::ms_info& i) {
+        return !i.name.starts_with(session_ms_prefix) || i.uid != uid;
+    });
+}
+
 // The 409 for a session's name held by another user's mindspace.
 api_error session_foreign(const std::string& session) {
     return {409,
@@ -918,10 +926,7 @@ std::unique_lock<std::mutex> daemon::check_room_for_a_session(const std::string&
     if (!all) {
         return lk; // not counted: the mindspace's own limits still hold
     }
-    // Sessions are this server's user's (check_session_store()).
-    std::erase_if(*all, [uid = ::geteuid()](const llmos::ms_info& i) {
-        return !i.name.starts_with(session_ms_prefix) || i.uid != uid;
-    });
+    keep_sessions(*all);
     if (_o.max_sessions && all->size() >= _o.max_sessions) {
         // 403, not 429: waiting does not make room (and clients retry 429).
         throw api_error{403,
@@ -1002,10 +1007,8 @@ void daemon::expire_sessions() {
         auto t = last_used(ms);
         return t && now > *t && now - *t > idle;
     };
+    keep_sessions(*all);
     for (const llmos::ms_info& i : *all) {
-        if (!i.name.starts_with(session_ms_prefix) || i.uid != ::geteuid()) {
-            continue; // another user's is no session (check_session_store())
-        }
         auto ms = llmos::mindspace::open(*_dev, llmos::ms_key{0, i.name});
         if (!ms || !idle_now(*ms)) {
             continue;
@@ -1035,10 +1038,8 @@ std::vector<daemon::session_info> daemon::list_sessions(std::optional<uint32_t> 
         throw server_error("cannot list the sessions: " + all.error().message());
     }
     std::vector<session_info> out;
+    keep_sessions(*all);
     for (const llmos::ms_info& i : *all) {
-        if (!i.name.starts_with(session_ms_prefix) || i.uid != ::geteuid()) {
-            continue; // another user's is no session (check_session_store())
-        }
         session_info si;
         si.name = i.name.substr(session_ms_prefix.size());
         si.bytes = i.length;

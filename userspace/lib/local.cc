@@ -74,6 +74,12 @@ std::error_code make_dir(int at, const char* name, mode_t mode) {
     return {};
 }
 
+// The path of what `fd` (an O_PATH descriptor too) refers to, for the calls
+// that take only a path (chmod of the very file that was checked).
+std::string fd_path(int fd) {
+    return "/proc/self/fd/" + std::to_string(fd);
+}
+
 // A folder of the store must be the caller's or root's: a user who made it
 // first could otherwise put links and files of theirs where the caller
 // writes. One that others may write to must be sticky: the caller's own
@@ -94,8 +100,7 @@ std::error_code check_dir(int fd) {
             return sys_error(EPERM);
         }
         // (Through the descriptor: the folder that was checked.)
-        const std::string self = "/proc/self/fd/" + std::to_string(fd);
-        if (::chmod(self.c_str(), (st.st_mode & 07777) | S_ISVTX) != 0) {
+        if (::chmod(fd_path(fd).c_str(), (st.st_mode & 07777) | S_ISVTX) != 0) {
             return last_error();
         }
     }
@@ -253,7 +258,7 @@ result<unique_fd> open_own_ms(int store, uint64_t id) {
         st.st_uid != ::geteuid()) {
         return fd.error();
     }
-    const std::string self = "/proc/self/fd/" + std::to_string(path.get());
+    const std::string self = fd_path(path.get());
     // A mode that lets its owner read is left as it is (another process of
     // the owner may be granting itself read: its mode is not ours to keep).
     const bool grant = !(st.st_mode & S_IRUSR);
@@ -581,8 +586,7 @@ result<unique_fd> open_store(const std::string& dir) {
         struct stat sst;
         if (!root && ::fstat(sfd.get(), &sst) == 0 && sst.st_uid == ::geteuid() &&
             !shared_store(st) && !shared_store(sst) && (sst.st_mode & 077)) {
-            const std::string self = "/proc/self/fd/" + std::to_string(sfd.get());
-            (void)::chmod(self.c_str(), sst.st_mode & 07700);
+            (void)::chmod(fd_path(sfd.get()).c_str(), sst.st_mode & 07700);
         }
     }
     if (st.st_uid == ::geteuid()) {
