@@ -16,14 +16,33 @@
  * (llmosctl sched weight, default 100). Arrays, not hash maps, keep
  * enqueue cheap: tenants are told apart modulo MAX_TENANTS.
  *
- * A cost counts up to 2^20 (a whole context's tokens). A cancelled
- * request's cost is not given back, but a tenant's tag stays within 2^50
- * of the clock, and a dispatch moves the clock by one largest step (2^40)
- * at most, so cancelled requests never carry the clock along. Tags only
- * grow: before they could wrap (2^62: some 2^22 requests served, each of
- * the largest step), the policy stops with llmos_policy_error(-EOVERFLOW),
- * and the built-in policy (which rebases its clock) serves everything;
- * attach it again to start from 0.
+ * A cost counts up to 2^20 (a whole context's tokens). A request
+ * cancelled while queued (dequeue; not one a worker took, which moved the
+ * clock) gives back the step it added to its tenant's tag, kept in its
+ * policy_data: the tag goes down by it, not below the clock (where an
+ * idle tenant starts anyway). If it was not the tenant's last request
+ * queued, the later ones keep the tags they got (each counted the
+ * cancelled step: none is served earlier than had it never been
+ * submitted), and the tenant's next new request starts where it would
+ * have without it: a tenant never gets more than its share, but within a
+ * tenant order is by tag, and a new request may pass an older one.
+ * (Re-tagging the later ones would need a way to move a queued request;
+ * refunding only the last one queued would keep what cancels in
+ * submission order cost.) Only a step still in the tag comes back: the
+ * tenant's "since" (a req->seq) is its first request whose step is,
+ * moved on when the clock left its tag behind (it starts afresh at the
+ * clock, what it paid spent) or when its tag was held near the clock
+ * (below); so no refund is more than what the request paid, nor comes
+ * once the clock passed what it paid for.
+ *
+ * A tenant's tag stays within 2^50 of the clock (what that forgives is not
+ * given back: the steps of its requests queued so far, and of the one
+ * held there), and a dispatch moves the clock by one largest step (2^40)
+ * at most, so a tenant far ahead never carries the clock along. The clock
+ * only grows: before it or a tag could wrap (2^62: some 2^22 requests
+ * served, each of the largest step), the policy stops with
+ * llmos_policy_error(-EOVERFLOW), and the built-in policy (which rebases
+ * its clock) serves everything; attach it again to start from 0.
  */
 #include "llmos.bpf.h"
 
@@ -49,12 +68,18 @@ struct {
 	__type(value, u32);
 } weights SEC(".maps");
 
+/* A tenant's tag, and from which request on it holds their steps. */
+struct wfq_tag {
+	u64 finish;	/* its last request's finish tag */
+	u64 since;	/* req->seq of the first whose step may come back */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_TENANTS);
 	__type(key, u32);
-	__type(value, u64);
-} finish SEC(".maps");
+	__type(value, struct wfq_tag);
+} tags SEC(".maps");
 
 static u64 vclock;
 
@@ -68,7 +93,8 @@ SEC("struct_ops/wfq_enqueue")
 s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 {
 	u32 tenant = req->tenant % MAX_TENANTS, weight = DEFAULT_WEIGHT, *w;
-	u64 start = vclock, cost = req->cost ? req->cost : 1, *f;
+	u64 start, step, cost = req->cost ? req->cost : 1;
+	struct wfq_tag *t;
 
 	/* No request costs more than a whole context's tokens. */
 	if (cost > WFQ_MAX_COST)
@@ -79,25 +105,54 @@ s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 		weight = *w < MAX_WEIGHT ? *w : MAX_WEIGHT;
 	else if (req->ten && req->ten->weight)
 		weight = req->ten->weight;
-	f = bpf_map_lookup_elem(&finish, &tenant);
-	if (!f)
+	t = bpf_map_lookup_elem(&tags, &tenant);
+	if (!t)
 		return -1;
-	if (*f > start)
-		start = *f;
-	/*
-	 * A tenant's tag stays within WFQ_MAX_LEAD of the clock: costs of
-	 * requests cancelled before they ran are never given back, and
-	 * would otherwise carry its tag (and, once served, the clock) to
-	 * the limit below.
-	 */
-	if (start - vclock > WFQ_MAX_LEAD)
+	if (t->finish < vclock) {
+		/* Behind the clock: it starts there, what it paid spent. */
+		start = vclock;
+		t->since = req->seq;
+	} else if (t->finish - vclock > WFQ_MAX_LEAD) {
+		/*
+		 * Held within WFQ_MAX_LEAD of the clock, or the requests of
+		 * a tenant far ahead would carry its tag (and, once served,
+		 * the clock) to the limit below. What that forgives is no
+		 * longer in the tag: the steps so far, and this one's (it
+		 * starts where the tag was cut), are not given back.
+		 */
 		start = vclock + WFQ_MAX_LEAD;
+		t->since = req->seq + 1;
+	} else {
+		start = t->finish;
+	}
 	if (start >= WFQ_TAG_LIMIT) {
 		llmos_policy_error(-WFQ_EOVERFLOW);
 		return -1;
 	}
-	*f = start + cost * WFQ_SCALE / weight;
+	step = cost * WFQ_SCALE / weight;
+	t->finish = start + step;
+	req->policy_data = step; /* what a cancel gives back */
 	return llmos_queue_insert(req, WFQ_QUEUE, start);
+}
+
+/*
+ * A request cancelled in the queue: its tenant's tag goes back by its
+ * step, if the tag still holds it (since), never below the clock.
+ */
+SEC("struct_ops/wfq_dequeue")
+void BPF_PROG(wfq_dequeue, struct llmos_core_req *req)
+{
+	u32 tenant = req->tenant % MAX_TENANTS;
+	u64 step = req->policy_data;
+	struct wfq_tag *t;
+
+	req->policy_data = 0; /* once */
+	t = bpf_map_lookup_elem(&tags, &tenant);
+	if (!t || !step || req->seq < t->since || t->finish <= vclock)
+		return;
+	if (step > WFQ_MAX_STEP)
+		step = WFQ_MAX_STEP;
+	t->finish = t->finish - vclock > step ? t->finish - step : vclock;
 }
 
 /* The most requests one dispatch moves (LLMOS_MAX_DISPATCH). */
@@ -114,7 +169,7 @@ void BPF_PROG(wfq_dispatch, struct llmos_core_worker *w, u32 budget)
 			break;
 		/*
 		 * At most one largest step at a time: a head far ahead (a
-		 * tenant whose cancelled requests' costs carried its tag)
+		 * tenant with many requests queued, held at WFQ_MAX_LEAD)
 		 * does not carry the clock along.
 		 */
 		if (head > vclock)
@@ -128,6 +183,7 @@ struct llmos_sched_ops wfq_ops = {
 	.init		= (void *)wfq_init,
 	.enqueue	= (void *)wfq_enqueue,
 	.dispatch	= (void *)wfq_dispatch,
+	.dequeue	= (void *)wfq_dequeue,
 	.timeout_ms	= 30000,
 	.name		= "wfq",
 };

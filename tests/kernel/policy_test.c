@@ -2,8 +2,9 @@
 /*
  * BPF policies, loaded with libbpf from /bpf/NAME.bpf.o: each example
  * keeps the order it promises (fifo, prio, sjf, edf, wfq shares through its
- * weights map or the module's weights), misbehaving ones are ejected with the right reason and
- * lose nothing, and only root attaches.
+ * weights map or the module's weights, and what it gives back of cancelled
+ * requests), misbehaving ones are ejected with the right reason and lose
+ * nothing, and only root attaches.
  */
 #define _GNU_SOURCE
 #include <bpf/bpf.h>
@@ -285,19 +286,19 @@ TEST_F(policy, edf_serves_the_earliest_deadline_first)
 }
 
 /*
- * With 200 requests of tenant @a and 200 of tenant @b queued, how many of
- * the first 200 served are @a's (-1 on an error). The rest go with the
- * client.
+ * With @n requests of cost 1 of tenant @a and @n of tenant @b queued (in
+ * turn, @a first), how many of the first @n served are @a's (-1 on an
+ * error). The rest go with the client.
  */
-static int served_of_200(int client, int worker, __u32 a, __u32 b)
+static int served_of(int client, int worker, __u32 a, __u32 b, int n)
 {
 	int from_a = 0;
 
-	for (int i = 0; i < 200; i++)
+	for (int i = 0; i < n; i++)
 		if (submit(client, a, 0, 1, 0) <= 0 ||
 		    submit(client, b, 0, 1, 0) <= 0)
 			return -1;
-	for (int i = 0; i < 200; i++) {
+	for (int i = 0; i < n; i++) {
 		struct llmos_req_desc d;
 		struct llmos_dispatch c = {
 			.size = sizeof(c), .descs_uptr = (__u64)(uintptr_t)&d,
@@ -313,6 +314,11 @@ static int served_of_200(int client, int worker, __u32 a, __u32 b)
 			return -1;
 	}
 	return from_a;
+}
+
+static int served_of_200(int client, int worker, __u32 a, __u32 b)
+{
+	return served_of(client, worker, a, b, 200);
 }
 
 static int set_weight(int fd, __u32 tenant, __u32 weight)
@@ -373,10 +379,11 @@ TEST_F(policy, wfq_shares_follow_large_weights)
 }
 
 /*
- * Costs of cancelled requests are not given back, but a tenant's tag stays
- * near the clock: 2000 of the costliest requests at weight 1, cancelled,
- * leave the policy serving (each advanced the tag 2^52 before: 1024 of
- * them passed the 2^62 limit, and the policy stopped itself).
+ * A tenant's tag stays near the clock: 2000 of the costliest requests at
+ * weight 1, queued and then cancelled (those past 2^50 ahead are not
+ * given back), leave the policy serving (each advanced the tag 2^52
+ * before: 1024 of them passed the 2^62 limit, and the policy stopped
+ * itself).
  */
 TEST_F(policy, wfq_survives_costly_requests_that_are_cancelled)
 {
@@ -384,6 +391,7 @@ TEST_F(policy, wfq_survives_costly_requests_that_are_cancelled)
 	struct llmos_cancel cancel = { .size = sizeof(cancel) };
 	struct llmos_sched_stats st;
 	struct bpf_map *weights;
+	static long long ids[2000];
 
 	ASSERT_EQ(0, attach(&self->p, "wfq"));
 	weights = bpf_object__find_map_by_name(self->p.obj, "weights");
@@ -391,10 +399,11 @@ TEST_F(policy, wfq_survives_costly_requests_that_are_cancelled)
 	ASSERT_EQ(0, bpf_map__update_elem(weights, &tenant, sizeof(tenant),
 					  &one, sizeof(one), BPF_ANY));
 	for (int i = 0; i < 2000; i++) {
-		long long id = submit(self->client, tenant, 0, 0xffffffffu, 0);
-
-		ASSERT_LT(0, id);
-		cancel.id = id;
+		ids[i] = submit(self->client, tenant, 0, 0xffffffffu, 0);
+		ASSERT_LT(0, ids[i]);
+	}
+	for (int i = 0; i < 2000; i++) {
+		cancel.id = ids[i];
 		ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_CANCEL, &cancel));
 	}
 	stats(self->client, &st);
@@ -405,16 +414,20 @@ TEST_F(policy, wfq_survives_costly_requests_that_are_cancelled)
 }
 
 /*
- * A tenant whose cancelled requests carried its tag ahead is held to 2^50
- * past the clock: 1100 costliest requests cancelled at weight 1 (2^40
- * each, 1100 * 2^40 in all) put its next request after 1024 of another
- * tenant's of that step, not 1100.
+ * A tenant whose queued requests carried its tag ahead is held to 2^50
+ * past the clock, and what that forgave is not given back: of 1100
+ * costliest requests queued at weight 1 (2^40 each), the last 75 start at
+ * 2^50; with the first 1025 cancelled, its next request comes after 1024
+ * of another tenant's of that step and those 75 of its own (1100th), not
+ * first (the 1025 steps refunded, as if the 75 had not been held at
+ * 2^50, would have put it ahead of them and of its share).
  */
 TEST_F(policy, wfq_holds_a_tenant_s_tag_near_the_clock)
 {
 	const __u32 a = 72, b = 73, one = 1;
 	struct llmos_cancel cancel = { .size = sizeof(cancel) };
 	struct bpf_map *weights;
+	static long long ids[1100];
 	long long mine = 0;
 	int at = -1;
 
@@ -426,8 +439,11 @@ TEST_F(policy, wfq_holds_a_tenant_s_tag_near_the_clock)
 	ASSERT_EQ(0, bpf_map__update_elem(weights, &b, sizeof(b), &one,
 					  sizeof(one), BPF_ANY));
 	for (int i = 0; i < 1100; i++) {
-		cancel.id = submit(self->client, a, 0, 1u << 20, 0);
-		ASSERT_LT(0, (long long)cancel.id);
+		ids[i] = submit(self->client, a, 0, 1u << 20, 0);
+		ASSERT_LT(0, ids[i]);
+	}
+	for (int i = 0; i < 1025; i++) {
+		cancel.id = ids[i];
 		ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_CANCEL, &cancel));
 	}
 	mine = submit(self->client, a, 0, 1, 0);
@@ -442,8 +458,161 @@ TEST_F(policy, wfq_holds_a_tenant_s_tag_near_the_clock)
 			at = i;
 	}
 	TH_LOG("its request was served %dth of 1101", at + 1);
-	EXPECT_LE(1023, at);
-	EXPECT_GE(1026, at);
+	EXPECT_LE(1098, at);
+	EXPECT_GE(1100, at);
+}
+
+/* The 0-based turn in which the worker serves request @id of @n served. */
+static int turn_of(int worker, long long id, int n)
+{
+	int at = -1;
+
+	for (int i = 0; i < n; i++) {
+		long long got = serve_one(worker);
+
+		if (got <= 0)
+			return -1;
+		if (got == id)
+			at = i;
+	}
+	return at;
+}
+
+/*
+ * Cancelled requests cost their tenant nothing: a tenant that queues 100
+ * requests of cost 1000 and cancels them (first to last: 99 of them not
+ * its last one queued; then last to first) takes turns at once with a
+ * tenant of the same weight, half of the first 20 served. Before, the
+ * 100000 tokens it never had served put it behind 100000 of the other's
+ * cost 1: none of the 20.
+ */
+TEST_F(policy, wfq_gives_back_the_cost_of_cancelled_requests)
+{
+	struct llmos_cancel cancel = { .size = sizeof(cancel) };
+	long long ids[100];
+
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	for (int reverse = 0; reverse < 2; reverse++) {
+		__u32 a = 81 + 2 * reverse, b = a + 1;
+		int from_a;
+
+		for (int i = 0; i < 100; i++) {
+			ids[i] = submit(self->client, a, 0, 1000, 0);
+			ASSERT_LT(0, ids[i]);
+		}
+		for (int i = 0; i < 100; i++) {
+			cancel.id = ids[reverse ? 99 - i : i];
+			ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_CANCEL,
+					   &cancel));
+		}
+		from_a = served_of(self->client, self->worker, a, b, 20);
+		TH_LOG("cancelled %s: %d of the first 20 served",
+		       reverse ? "last to first" : "first to last", from_a);
+		EXPECT_LE(9, from_a);
+		EXPECT_GE(11, from_a);
+		while (serve_one(self->worker) > 0)
+			;
+	}
+}
+
+/*
+ * A cancelled request queued before others of its tenant is given back
+ * too: those keep their place (they wait as if it had been served first),
+ * a new one starts where it would have without it, and may pass them.
+ * Tenant a queues x (cost 1000) and y (cost 1), cancels x, queues z (cost
+ * 1); b then queues 20 of cost 1: z comes second, y last (22nd), behind
+ * b's. Before, z came last, behind y.
+ */
+TEST_F(policy, wfq_gives_back_a_request_cancelled_before_others)
+{
+	struct llmos_cancel cancel = { .size = sizeof(cancel) };
+	const __u32 a = 85, b = 86;
+	long long y, z;
+
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	cancel.id = submit(self->client, a, 0, 1000, 0);
+	ASSERT_LT(0, (long long)cancel.id);
+	y = submit(self->client, a, 0, 1, 0);
+	ASSERT_LT(0, y);
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_CANCEL, &cancel));
+	z = submit(self->client, a, 0, 1, 0);
+	ASSERT_LT(0, z);
+	for (int i = 0; i < 20; i++)
+		ASSERT_LT(0, submit(self->client, b, 0, 1, 0));
+	EXPECT_EQ(1, turn_of(self->worker, z, 1 + 20));
+	EXPECT_EQ(0, turn_of(self->worker, y, 1));
+}
+
+/*
+ * Only a request cancelled in the queue is given back: one a worker took
+ * moved the clock and stays paid. Tenant a's request of cost 1000 is
+ * taken, then cancelled; a's next one comes after 20 of b's of cost 1
+ * queued with it (b starts at the clock, a 1000 tokens past it).
+ */
+TEST_F(policy, wfq_does_not_give_back_a_request_a_worker_took)
+{
+	struct llmos_cancel cancel = { .size = sizeof(cancel) };
+	struct llmos_req_desc d;
+	struct llmos_dispatch c = {
+		.size = sizeof(c), .flags = LLMOS_NONBLOCK,
+		.descs_uptr = (__u64)(uintptr_t)&d, .desc_size = sizeof(d),
+		.max = 1,
+	};
+	const __u32 a = 87, b = 88;
+	long long x, z;
+
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	x = submit(self->client, a, 0, 1000, 0);
+	ASSERT_LT(0, x);
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &c));
+	ASSERT_EQ(1, c.out_count);
+	ASSERT_EQ(x, (long long)d.id);
+	cancel.id = x;
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_CANCEL, &cancel));
+	z = submit(self->client, a, 0, 1, 0);
+	ASSERT_LT(0, z);
+	for (int i = 0; i < 20; i++)
+		ASSERT_LT(0, submit(self->client, b, 0, 1, 0));
+	EXPECT_EQ(20, turn_of(self->worker, z, 21));
+}
+
+/*
+ * A cancel gives back the step its request added, at the weight it had
+ * then, not more: tenant a queues x (cost 1000) and y (cost 1) at weight
+ * 100, goes to weight 1 (its steps 100 times longer), cancels y and
+ * queues z. z starts where x ends, after x and 101 of b's of cost 10
+ * (103rd); y's step taken again at weight 1 would have put it 10 of b's
+ * sooner.
+ */
+TEST_F(policy, wfq_gives_back_no_more_than_a_cancelled_request_added)
+{
+	struct llmos_cancel cancel = { .size = sizeof(cancel) };
+	const __u32 a = 89, b = 90, hundred = 100, one = 1;
+	struct bpf_map *weights;
+	long long x, z;
+
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	weights = bpf_object__find_map_by_name(self->p.obj, "weights");
+	ASSERT_NE(NULL, weights);
+	ASSERT_EQ(0, bpf_map__update_elem(weights, &a, sizeof(a), &hundred,
+					  sizeof(hundred), BPF_ANY));
+	ASSERT_EQ(0, bpf_map__update_elem(weights, &b, sizeof(b), &hundred,
+					  sizeof(hundred), BPF_ANY));
+	x = submit(self->client, a, 0, 1000, 0);
+	ASSERT_LT(0, x);
+	cancel.id = submit(self->client, a, 0, 1, 0);
+	ASSERT_LT(0, (long long)cancel.id);
+	ASSERT_EQ(0, bpf_map__update_elem(weights, &a, sizeof(a), &one,
+					  sizeof(one), BPF_ANY));
+	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_CANCEL, &cancel));
+	z = submit(self->client, a, 0, 1, 0);
+	ASSERT_LT(0, z);
+	for (int i = 0; i < 110; i++)
+		ASSERT_LT(0, submit(self->client, b, 0, 10, 0));
+	EXPECT_EQ(0, turn_of(self->worker, x, 1));
+	EXPECT_EQ(101, turn_of(self->worker, z, 110));
+	while (serve_one(self->worker) > 0)
+		;
 }
 
 /*
