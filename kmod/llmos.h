@@ -13,7 +13,8 @@
 #define LLMOS_FEATURES_IMPLEMENTED                                        \
 	(LLMOS_FEATURE_VERSION | LLMOS_FEATURE_MINDSPACE |                \
 	 LLMOS_FEATURE_MS_DMABUF | LLMOS_FEATURE_SCHED |                  \
-	 LLMOS_FEATURE_BPF_POLICY | LLMOS_FEATURE_SCHED_RETURN)
+	 LLMOS_FEATURE_BPF_POLICY | LLMOS_FEATURE_SCHED_RETURN |          \
+	 LLMOS_FEATURE_TENANT_GRANT)
 
 struct dentry;
 struct file;
@@ -93,6 +94,12 @@ int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
 			  u32 entry_size, u32 max, u32 __user *count_uptr);
 bool llmos_unpark(struct llmos_client *c, struct io_uring_cmd *ioucmd);
 void llmos_kick_again(void);
+
+/* grant.c: which tenants a caller may name */
+int llmos_tenant_check(u32 tenant, int *admin);
+int llmos_tenant_grant(struct llmos_ucmd *ucmd);
+void llmos_grants_debugfs_init(struct dentry *dir);
+void llmos_grants_exit(void);
 
 /* uring.c */
 int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags);

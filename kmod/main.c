@@ -97,6 +97,7 @@ union llmos_ucmd_buffer {
 	struct llmos_complete_batch complete_batch;
 	struct llmos_wait_batch wait_batch;
 	struct llmos_submit_batch submit_batch;
+	struct llmos_tenant_grant tenant_grant;
 };
 
 struct llmos_ioctl_op {
@@ -153,6 +154,8 @@ static const struct llmos_ioctl_op llmos_dev_ops[] = {
 		     struct llmos_wait_batch, out_count),
 	LLMOS_DEV_OP(LLMOS_IOC_SUBMIT_BATCH, llmos_submit_batch,
 		     struct llmos_submit_batch, __reserved),
+	LLMOS_DEV_OP(LLMOS_IOC_TENANT_GRANT, llmos_tenant_grant,
+		     struct llmos_tenant_grant, out_granted),
 };
 
 static const struct llmos_ioctl_op llmos_msfd_ops[] = {
@@ -259,6 +262,7 @@ static int __init llmos_init(void)
 		return ret;
 	llmos_debugfs = debugfs_create_dir("llmos", NULL);
 	llmos_ms_debugfs_init(llmos_debugfs);
+	llmos_grants_debugfs_init(llmos_debugfs);
 
 	ret = misc_register(&llmos_misc);
 	if (ret) {
@@ -271,6 +275,7 @@ static int __init llmos_init(void)
 
 err_debugfs:
 	debugfs_remove_recursive(llmos_debugfs);
+	llmos_grants_exit();
 	llmos_sched_exit();
 	return ret;
 }
@@ -280,6 +285,7 @@ static void __exit llmos_exit(void)
 	misc_deregister(&llmos_misc);
 	debugfs_remove_recursive(llmos_debugfs);
 	llmos_ms_exit();
+	llmos_grants_exit();
 	llmos_sched_exit();
 }
 

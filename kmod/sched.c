@@ -519,11 +519,15 @@ int llmos_submit(struct llmos_ucmd *ucmd)
 	struct llmos_client *c = llmos_client(ucmd);
 	struct llmos_core_tenant *spare = NULL;
 	struct llmos_kreq *kr;
+	int admin = -1;
 	u64 id, ms_len;
 	int ret;
 
 	if (cmd->flags || cmd->__reserved || cmd->priority > LLMOS_MAX_PRIORITY)
 		return -EINVAL;
+	ret = llmos_tenant_check(cmd->tenant, &admin);
+	if (ret)
+		return ret;
 	ret = llmos_ms_check_request(cmd->ms_id, cmd->prompt_off,
 				     cmd->prompt_len, &ms_len);
 	if (ret)
@@ -588,6 +592,7 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd)
 	struct llmos_kreq **kr;
 	u64 ms_len;
 	u32 i, done = 0;
+	int admin = -1;
 	int ret = 0;
 
 	if (cmd->flags || cmd->__reserved || !cmd->count ||
@@ -617,6 +622,9 @@ int llmos_submit_batch(struct llmos_ucmd *ucmd)
 		e[i].out_error = tail ?: -EINVAL;
 		if (tail || e[i].__reserved || e[i].__reserved2 ||
 		    e[i].priority > LLMOS_MAX_PRIORITY)
+			continue;
+		e[i].out_error = llmos_tenant_check(e[i].tenant, &admin);
+		if (e[i].out_error)
 			continue;
 		e[i].out_error = llmos_ms_check_request(e[i].ms_id,
 							e[i].prompt_off,

@@ -447,6 +447,34 @@ TEST_F(llmosctl_local, weights_out_of_range_are_usage_errors) {
     EXPECT_EQ(ctl("sched weight 7 1").status, 1);
 }
 
+// The local backend keeps no users apart: any process names any tenant,
+// and there is nothing to grant.
+TEST_F(llmosctl_local, tenant_grants_are_shown_and_need_the_module_to_change) {
+    auto r = ctl("sched grant");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(r.output, "this user: any tenant (the local backend keeps no users apart)\n");
+    r = ctl("--json sched grant 1000");
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto j = nlohmann::json::parse(r.output, nullptr, false);
+    EXPECT_EQ(j.value("first", 1u), 0u) << r.output;
+    EXPECT_EQ(j.value("last", 0u), UINT32_MAX) << r.output;
+    EXPECT_EQ(j.value("uid", 0u), 1000u) << r.output;
+    for (const char* change :
+         {"sched grant 1000 100-199", "sched grant 1000 all", "sched grant 1000 --reset"}) {
+        r = ctl(change);
+        EXPECT_EQ(r.status, 1) << change << ": " << r.output;
+        EXPECT_NE(r.output.find("tenant grants need the llmos module"), std::string::npos)
+            << change << ": " << r.output;
+    }
+    for (const char* bad :
+         {"sched grant 1000 9-3", "sched grant 1000 1-", "sched grant 1000 -5",
+          "sched grant 1000 0x10", "sched grant 1000 1-4294967296", "sched grant 1000 5 --reset",
+          "sched grant --reset", "sched grant no-such-user-here 1", "sched grant 4294967295"}) {
+        r = ctl(bad);
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
+    }
+}
+
 TEST_F(llmosctl_local, a_name_option_does_not_take_the_next_option) {
     for (const char* bad :
          {"ms load /dev/null --name --json", "run --session --json hi", "run -m --json hi",

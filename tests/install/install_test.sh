@@ -184,6 +184,8 @@ check "installing again gives the same files (a stale DKMS source is removed)" i
 # shellcheck disable=SC2016 # $LLMOSD_ARGS is for systemd to expand
 check "the unit runs PREFIX/bin/llmosd \$LLMOSD_ARGS (PREFIX=/usr/local)" \
 	grep -qx 'ExecStart=/usr/local/bin/llmosd $LLMOSD_ARGS' "$unit"
+check "the unit grants user llmosd every tenant first, as root, not fatally" \
+	grep -qx 'ExecStartPre=-+/usr/local/bin/llmosctl --backend kernel sched grant llmosd all' "$unit"
 
 other_prefix() {
 	mk install-packaging DESTDIR="$stage/opt" PREFIX=/opt/llmos || return 1
@@ -267,11 +269,15 @@ for d in /usr/lib/systemd/system /lib/systemd/system; do
 done
 sa_root() {
 	local r=$stage/sa exe
-	exe=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit")
-	mkdir -p "$r/usr/lib/systemd/system" "$r$(dirname "$exe")" &&
+	mkdir -p "$r/usr/lib/systemd/system" &&
 		cp -a "$units/." "$r/usr/lib/systemd/system/" && cp "$unit" "$r/usr/lib/systemd/system/" &&
-		cp -a "$(dirname "$dropin")" "$r/usr/lib/systemd/system/" &&
-		printf '#!/bin/sh\n' >"$r$exe" && chmod 755 "$r$exe"
+		cp -a "$(dirname "$dropin")" "$r/usr/lib/systemd/system/" || return 1
+	# Every program an Exec line runs (after its prefixes: - + ! @ :).
+	sed -n 's/^Exec[A-Za-z]*=[-+!@:]*\([^ ]*\).*/\1/p' "$unit" >"$stage/exes" || return 1
+	while read -r exe; do
+		mkdir -p "$r$(dirname "$exe")" && printf '#!/bin/sh\n' >"$r$exe" &&
+			chmod 755 "$r$exe" || return 1
+	done <"$stage/exes"
 }
 verify_unit() {
 	local out rc=0

@@ -204,6 +204,14 @@ FIXTURE_VARIANT_ADD(abi, wait_batch) {
 	.impure = false,
 };
 
+FIXTURE_VARIANT_ADD(abi, tenant_grant) {
+	.cmd = LLMOS_IOC_TENANT_GRANT,
+	.size = sizeof(struct llmos_tenant_grant),
+	.min = sizeof(struct llmos_tenant_grant),
+	.msfd = false,
+	.impure = false,
+};
+
 FIXTURE_SETUP(abi)
 {
 	self->dev = open(LLMOS_DEV, O_RDWR | O_CLOEXEC);
@@ -331,7 +339,7 @@ FIXTURE_TEARDOWN(dev)
 	close(self->fd);
 }
 
-TEST_F(dev, version_reports_abi_1_1)
+TEST_F(dev, version_reports_abi_1_2)
 {
 	struct llmos_version v = { .size = sizeof(v) };
 
@@ -340,9 +348,10 @@ TEST_F(dev, version_reports_abi_1_1)
 	ASSERT_EQ(LLMOS_ABI_MAJOR, v.out_abi_major);
 	ASSERT_EQ(LLMOS_ABI_MINOR, v.out_abi_minor);
 	ASSERT_EQ(1u, v.out_abi_major);
-	ASSERT_EQ(1u, v.out_abi_minor);
+	ASSERT_EQ(2u, v.out_abi_minor);
 	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_VERSION);
 	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_SCHED_RETURN);
+	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_TENANT_GRANT);
 	ASSERT_EQ(sizeof(v), v.size);
 	ASSERT_EQ(0u, v.flags);
 }

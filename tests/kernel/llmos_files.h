@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The kernel tests' access to the module's files: its parameters in
- * /sys/module/llmos/parameters and its debugfs counters.
+ * /sys/module/llmos/parameters and its debugfs counters and tables.
  */
 #ifndef LLMOS_TEST_FILES_H
 #define LLMOS_TEST_FILES_H
@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #define COUNTERS "/sys/kernel/debug/llmos/counters"
+#define TENANT_GRANTS "/sys/kernel/debug/llmos/tenant_grants"
 
 /*
  * Write @val to the file at @path, as the shell's ">" does (truncating:
@@ -65,6 +66,21 @@ static inline long counter(const char *name)
 		if (!strcmp(key, name))
 			found = val;
 	}
+	fclose(f);
+	return found;
+}
+
+/* Whether the file at @path has the line @want (newline included). */
+static inline int has_line(const char *path, const char *want)
+{
+	char line[256];
+	int found = 0;
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		found |= !strcmp(line, want);
 	fclose(f);
 	return found;
 }

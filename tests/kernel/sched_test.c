@@ -669,7 +669,10 @@ TEST_F(sched, cancel_in_every_state)
 /* As another user: may name @open (0666) in a request, not @closed (0600). */
 static int other_submits(int client, __u64 open, __u64 closed)
 {
-	struct llmos_submit s = { .size = sizeof(s), .cost = 1, .prompt_len = 8 };
+	struct llmos_submit s = {
+		.size = sizeof(s), .tenant = OTHER_UID, .cost = 1,
+		.prompt_len = 8,
+	};
 
 	if (setgid(OTHER_UID) || setuid(OTHER_UID))
 		return 10;
@@ -712,6 +715,165 @@ TEST_F(sched, a_request_names_only_a_mindspace_its_submitter_may_write)
 		_exit(other_submits(self->client, open_id, test_ms));
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
 	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
+	close(open_fd);
+}
+
+/* TENANT_GRANT: flags, uid, range in; *@out (if any) set; 0 or -errno. */
+static int grant(int fd, __u32 flags, __u32 uid, __u32 first, __u32 last,
+		 struct llmos_tenant_grant *out)
+{
+	struct llmos_tenant_grant g = {
+		.size = sizeof(g), .flags = flags, .uid = uid, .first = first,
+		.last = last,
+	};
+	int ret = ioctl(fd, LLMOS_IOC_TENANT_GRANT, &g) ? -errno : 0;
+
+	if (out)
+		*out = g;
+	return ret;
+}
+
+/* SUBMIT of one request of @tenant naming @ms, cancelled at once. */
+static int submit_as(int client, __u64 ms, __u32 tenant)
+{
+	struct llmos_submit s = {
+		.size = sizeof(s), .tenant = tenant, .cost = 1, .ms_id = ms,
+		.prompt_len = 8,
+	};
+
+	if (ioctl(client, LLMOS_IOC_SUBMIT, &s))
+		return -errno;
+	return cancel(client, s.out_id);
+}
+
+/*
+ * As OTHER_UID, which has no grant: names its own tenant only, alone and
+ * in a batch, and changes nothing. Returns the first check that failed.
+ */
+static int ungranted_names_its_own_tenant(int client, __u64 ms)
+{
+	struct llmos_submit_entry e[3] = {
+		{ .tenant = OTHER_UID, .cost = 1, .ms_id = ms, .prompt_len = 8 },
+		{ .tenant = 0, .cost = 1, .ms_id = ms, .prompt_len = 8 },
+		{ .tenant = 7, .cost = 1, .ms_id = ms, .prompt_len = 8 },
+	};
+	struct llmos_submit_batch b = {
+		.size = sizeof(b), .entries_uptr = (__u64)(uintptr_t)e,
+		.entry_size = sizeof(e[0]), .count = 3,
+	};
+	struct llmos_tenant_grant g;
+
+	if (setgid(OTHER_UID) || setuid(OTHER_UID))
+		return 10;
+	if (grant(client, 0, LLMOS_UID_SELF, 0, 0, &g) ||
+	    g.out_first != OTHER_UID || g.out_last != OTHER_UID ||
+	    g.out_granted)
+		return 11;
+	if (submit_as(client, ms, OTHER_UID))
+		return 12;
+	if (submit_as(client, ms, 0) != -EPERM ||
+	    submit_as(client, ms, OTHER_UID + 1) != -EPERM ||
+	    submit_as(client, ms, OTHER_UID - 1) != -EPERM)
+		return 13;
+	if (ioctl(client, LLMOS_IOC_SUBMIT_BATCH, &b) || b.out_done != 1 ||
+	    e[0].out_error || e[1].out_error != -EPERM ||
+	    e[2].out_error != -EPERM || e[1].out_id || e[2].out_id ||
+	    cancel(client, e[0].out_id))
+		return 14;
+	/* A uid cannot grant itself more, or read another uid's. */
+	if (grant(client, LLMOS_GRANT_SET, LLMOS_UID_SELF, 0, 10, NULL) !=
+	    -EPERM || grant(client, LLMOS_GRANT_RESET, LLMOS_UID_SELF, 0, 0,
+			    NULL) != -EPERM ||
+	    grant(client, 0, 0, 0, 0, NULL) != -EPERM)
+		return 15;
+	return 0;
+}
+
+/* As OTHER_UID granted tenants 100 to 199: those, and only those. */
+static int granted_names_its_range(int client, __u64 ms)
+{
+	struct llmos_tenant_grant g;
+
+	if (setgid(OTHER_UID) || setuid(OTHER_UID))
+		return 10;
+	if (grant(client, 0, LLMOS_UID_SELF, 0, 0, &g) ||
+	    g.out_first != 100 || g.out_last != 199 || g.out_granted != 1)
+		return 11;
+	if (submit_as(client, ms, 100) || submit_as(client, ms, 150) ||
+	    submit_as(client, ms, 199))
+		return 12;
+	if (submit_as(client, ms, 99) != -EPERM ||
+	    submit_as(client, ms, 200) != -EPERM ||
+	    submit_as(client, ms, OTHER_UID) != -EPERM)
+		return 13; /* the range replaces its own tenant */
+	return 0;
+}
+
+/* Runs @fn(@client, @ms) in a child; its exit status. */
+static int in_child(int (*fn)(int, __u64), int client, __u64 ms)
+{
+	int status;
+	pid_t pid = fork();
+
+	if (pid < 0)
+		return -1;
+	if (pid == 0)
+		_exit(fn(client, ms));
+	if (waitpid(pid, &status, 0) != pid)
+		return -1;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+TEST_F(sched, a_uid_names_its_own_tenant_or_the_ones_granted_to_it)
+{
+	struct llmos_tenant_grant g;
+	int open_fd;
+	__u64 open_id;
+
+	/* An admin names any tenant, granted or not. */
+	ASSERT_EQ(0, submit_as(self->client, test_ms, 4000000000u));
+	/* Bad commands change nothing. */
+	EXPECT_EQ(-EINVAL, grant(self->client, LLMOS_GRANT_SET |
+				 LLMOS_GRANT_RESET, OTHER_UID, 1, 2, NULL));
+	EXPECT_EQ(-EINVAL, grant(self->client, LLMOS_GRANT_SET, OTHER_UID,
+				 5, 4, NULL));
+	EXPECT_EQ(-EINVAL, grant(self->client, 0, OTHER_UID, 0, 4, NULL));
+	EXPECT_EQ(-EINVAL, grant(self->client, LLMOS_GRANT_RESET, OTHER_UID,
+				 3, 0, NULL));
+	EXPECT_EQ(-EINVAL, grant(self->client, 1u << 2, OTHER_UID, 0, 0,
+				 NULL));
+	ASSERT_EQ(0, grant(self->client, 0, OTHER_UID, 0, 0, &g));
+	EXPECT_EQ(OTHER_UID, g.out_first);
+	EXPECT_EQ(OTHER_UID, g.out_last);
+	EXPECT_EQ(0, g.out_granted);
+	if (getuid() != 0)
+		SKIP(return, "needs root to switch users");
+	open_fd = ms_make(self->client, 4096, 0666, &open_id);
+	ASSERT_LE(0, open_fd);
+
+	EXPECT_EQ(0, in_child(ungranted_names_its_own_tenant, self->client,
+			      open_id));
+	ASSERT_EQ(0, grant(self->client, LLMOS_GRANT_SET, OTHER_UID, 100, 199,
+			   &g));
+	EXPECT_EQ(100, g.out_first);
+	EXPECT_EQ(199, g.out_last);
+	EXPECT_EQ(1, g.out_granted);
+	EXPECT_EQ(1, has_line(TENANT_GRANTS, "1000\t100\t199\n"));
+	EXPECT_EQ(0, in_child(granted_names_its_range, self->client, open_id));
+	/* Set again: the new range replaces the old one. */
+	ASSERT_EQ(0, grant(self->client, LLMOS_GRANT_SET, OTHER_UID, 0,
+			   0xffffffffu, &g));
+	EXPECT_EQ(0, g.out_first);
+	EXPECT_EQ(0xffffffffu, g.out_last);
+	/* Reset: back to its own tenant. */
+	ASSERT_EQ(0, grant(self->client, LLMOS_GRANT_RESET, OTHER_UID, 0, 0,
+			   &g));
+	EXPECT_EQ(OTHER_UID, g.out_first);
+	EXPECT_EQ(OTHER_UID, g.out_last);
+	EXPECT_EQ(0, g.out_granted);
+	EXPECT_EQ(0, has_line(TENANT_GRANTS, "1000\t0\t4294967295\n"));
+	EXPECT_EQ(0, in_child(ungranted_names_its_own_tenant, self->client,
+			      open_id));
 	close(open_fd);
 }
 

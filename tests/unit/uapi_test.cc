@@ -20,6 +20,13 @@ static_assert(offsetof(llmos_version, out_abi_minor) == 12);
 static_assert(offsetof(llmos_version, out_features) == 16);
 static_assert(alignof(llmos_version) == 8);
 static_assert(std::is_trivially_copyable_v<llmos_version>);
+static_assert(sizeof(llmos_tenant_grant) == 32);
+static_assert(offsetof(llmos_tenant_grant, uid) == 8);
+static_assert(offsetof(llmos_tenant_grant, first) == 12);
+static_assert(offsetof(llmos_tenant_grant, last) == 16);
+static_assert(offsetof(llmos_tenant_grant, out_first) == 20);
+static_assert(offsetof(llmos_tenant_grant, out_last) == 24);
+static_assert(offsetof(llmos_tenant_grant, out_granted) == 28);
 
 struct command {
     unsigned long number;
@@ -37,6 +44,8 @@ struct command {
 
 const command commands[] = {
     LLMOS_TEST_COMMAND(LLMOS_IOC_VERSION, llmos_version),
+    LLMOS_TEST_COMMAND(LLMOS_IOC_SUBMIT_BATCH, llmos_submit_batch),
+    LLMOS_TEST_COMMAND(LLMOS_IOC_TENANT_GRANT, llmos_tenant_grant),
 };
 
 TEST(uapi, commands_are_plain_io_numbers_of_the_llmos_type) {
@@ -70,15 +79,16 @@ TEST(uapi, every_struct_starts_with_size_then_flags) {
     }
 }
 
-TEST(uapi, version_is_1_1) {
+TEST(uapi, version_is_1_2) {
     EXPECT_EQ(LLMOS_ABI_MAJOR, 1);
-    EXPECT_EQ(LLMOS_ABI_MINOR, 1);
+    EXPECT_EQ(LLMOS_ABI_MINOR, 2);
 }
 
 TEST(uapi, feature_bits_are_distinct_powers_of_two) {
-    const uint64_t bits[] = {LLMOS_FEATURE_VERSION,    LLMOS_FEATURE_MINDSPACE,
-                             LLMOS_FEATURE_MS_DMABUF,  LLMOS_FEATURE_SCHED,
-                             LLMOS_FEATURE_BPF_POLICY, LLMOS_FEATURE_SCHED_RETURN};
+    const uint64_t bits[] = {LLMOS_FEATURE_VERSION,     LLMOS_FEATURE_MINDSPACE,
+                             LLMOS_FEATURE_MS_DMABUF,   LLMOS_FEATURE_SCHED,
+                             LLMOS_FEATURE_BPF_POLICY,  LLMOS_FEATURE_SCHED_RETURN,
+                             LLMOS_FEATURE_TENANT_GRANT};
     uint64_t seen = 0;
     for (uint64_t b : bits) {
         EXPECT_EQ(b & (b - 1), 0u) << b;

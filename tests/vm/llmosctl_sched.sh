@@ -19,4 +19,22 @@ expect "the scheduler is idle afterwards" sh -c \
 	'llmosctl --json sched status | tr -d " \n" | grep -q "\"workers\":0"'
 expect "top prints rates" sh -c \
 	'llmosctl --json top --interval 0.2 --iterations 1 | grep -q "completed_per_s"'
+expect "root names its own tenant by default" sh -c \
+	'llmosctl sched grant | grep -qx "this user: tenant 0 (its own)"'
+expect "a uid is granted a range of tenants" sh -c \
+	'llmosctl sched grant 1000 100-199 | grep -qx "user 1000: tenants 100-199 (granted)"'
+expect "which the JSON reports" sh -c \
+	'llmosctl --json sched grant 1000 | tr -d " \n" |
+	 grep -qx "{\"first\":100,\"granted\":true,\"last\":199,\"uid\":1000}"'
+expect "the module lists it" grep -qx "1000	100	199" /sys/kernel/debug/llmos/tenant_grants
+expect "all is every tenant" sh -c \
+	'llmosctl sched grant 1000 all | grep -qx "user 1000: tenants 0-4294967295 (granted)"'
+expect "reset gives the uid its own tenant back" sh -c \
+	'llmosctl sched grant 1000 --reset | grep -qx "user 1000: tenant 1000 (its own)"'
+expect "and the module forgets the grant" sh -c \
+	'! grep -q "^1000	" /sys/kernel/debug/llmos/tenant_grants'
+expect "a backwards range is a usage error" sh -c \
+	'llmosctl sched grant 1000 9-3 2>/dev/null; [ $? -eq 2 ]'
+expect "an unknown user is a usage error" sh -c \
+	'llmosctl sched grant no-such-user 1-2 2>&1 | grep -q "no such user"'
 echo "1..$n"

@@ -1006,6 +1006,111 @@ int cmd_sched_weight(const options& o, uint32_t tenant, uint32_t weight) {
     return 0;
 }
 
+// A user name or a decimal uid; nullopt (having said why) for neither.
+std::optional<uint32_t> parse_user(const std::string& s) {
+    std::string why;
+    if (!s.empty() && s.find_first_not_of("0123456789") == std::string::npos) {
+        auto uid = llmosctl::parse_decimal<uint32_t>(s, false, why);
+        if (!uid || *uid == LLMOS_UID_SELF) {
+            llmosctl::usage("no such uid: " + s);
+            return std::nullopt;
+        }
+        return uid;
+    }
+    int err = 0;
+    auto uid = llmosctl::uid_of_user(s, err);
+    if (!uid) {
+        llmosctl::usage("no such user: '" + s + "'" +
+                        (err != 0 ? " (" + std::string(std::strerror(err)) + ")" : ""));
+    }
+    return uid;
+}
+
+// "N", "N-M" or "all" (0-4294967295): the first and last tenant.
+std::optional<std::pair<uint32_t, uint32_t>> parse_tenant_range(const std::string& s) {
+    if (s == "all") {
+        return std::pair<uint32_t, uint32_t>{0, UINT32_MAX};
+    }
+    std::string why;
+    auto dash = s.find('-');
+    auto first = llmosctl::parse_decimal<uint32_t>(s.substr(0, dash), false, why);
+    auto last = dash == std::string::npos
+                    ? first
+                    : llmosctl::parse_decimal<uint32_t>(s.substr(dash + 1), false, why);
+    if (!first || !last || *first > *last) {
+        llmosctl::usage("tenants: '" + s +
+                        "' is not FIRST-LAST (FIRST <= LAST, 0..4294967295), one tenant or 'all'");
+        return std::nullopt;
+    }
+    return std::pair{*first, *last};
+}
+
+std::string describe_grant(const llmos::tenant_grant& g) {
+    std::string range = g.first == g.last
+                            ? "tenant " + std::to_string(g.first)
+                            : "tenants " + std::to_string(g.first) + "-" + std::to_string(g.last);
+    return range + (g.granted ? " (granted)" : " (its own)");
+}
+
+int cmd_sched_grant(const options& o, const std::string& user, const std::string& tenants,
+                    bool reset) {
+    if (reset && !tenants.empty()) {
+        return llmosctl::usage("sched grant: give tenants or --reset, not both");
+    }
+    if ((reset || !tenants.empty()) && user.empty()) {
+        return llmosctl::usage("sched grant: name the user whose tenants change");
+    }
+    uint32_t uid = LLMOS_UID_SELF;
+    if (!user.empty()) {
+        auto u = parse_user(user);
+        if (!u) {
+            return llmosctl::exit_usage;
+        }
+        uid = *u;
+    }
+    std::optional<std::pair<uint32_t, uint32_t>> range;
+    if (!tenants.empty() && !(range = parse_tenant_range(tenants))) {
+        return llmosctl::exit_usage;
+    }
+    auto dev = open_device(o);
+    if (!dev) {
+        return fail_open(o, dev.error());
+    }
+    const bool change = reset || range;
+    if (change && dev->kind() == llmos::backend_kind::local) {
+        std::fprintf(stderr, "llmosctl: tenant grants need the llmos module (the local backend "
+                             "keeps no users apart: every process names any tenant)\n");
+        return exit_failure;
+    }
+    auto g = reset   ? llmos::reset_tenant_grant(*dev, uid)
+             : range ? llmos::grant_tenants(*dev, uid, range->first, range->second)
+                     : llmos::tenant_grant_of(*dev, uid);
+    const std::string who = user.empty() ? "this user" : "user " + user;
+    if (!g && g.error() == std::errc::inappropriate_io_control_operation) {
+        std::fprintf(stderr, "llmosctl: the loaded llmos module has no tenant grants (it predates "
+                             "ABI 1.2): every user names any tenant\n");
+        return exit_failure;
+    }
+    if (!g) {
+        return fail(
+            std::string(change ? "cannot change the tenants of " : "cannot read the tenants of ") +
+                who + (g.error() == std::errc::operation_not_permitted ? " (needs root)" : ""),
+            g.error());
+    }
+    if (o.json) {
+        json j{{"first", g->first}, {"last", g->last}, {"granted", g->granted}};
+        if (uid != LLMOS_UID_SELF) {
+            j["uid"] = uid;
+        }
+        std::cout << j.dump(2) << '\n';
+    } else if (dev->kind() == llmos::backend_kind::local) {
+        std::printf("%s: any tenant (the local backend keeps no users apart)\n", who.c_str());
+    } else {
+        std::printf("%s: %s\n", who.c_str(), describe_grant(*g).c_str());
+    }
+    return 0;
+}
+
 int cmd_top(const options& o, double interval, int iterations) {
     if (!std::isfinite(interval) || interval < 0.01 || interval > 3600) {
         return llmosctl::usage("--interval must be from 0.01 to 3600 seconds");
@@ -1403,7 +1508,7 @@ int main(int argc, char** argv) {
     quota->callback([&] { rc = cmd_ms_quota(o, quota_uid, quota_set); });
 
     auto* sched =
-        app.add_subcommand("sched", "the request scheduler: status, attach, detach, weight");
+        app.add_subcommand("sched", "the request scheduler: status, attach, detach, weight, grant");
     sched->require_subcommand(1);
     sched->add_subcommand("status", "show the scheduler's policy, workers, queues and tenants")
         ->callback([&] { rc = cmd_sched_status(o); });
@@ -1432,6 +1537,16 @@ int main(int argc, char** argv) {
         ->transform(llmosctl::decimal<uint32_t>())
         ->check(CLI::Range(1, LLMOS_MAX_WEIGHT));
     weight->callback([&] { rc = cmd_sched_weight(o, w_tenant, w_weight); });
+    std::string g_user, g_tenants;
+    bool g_reset = false;
+    auto* grant = sched->add_subcommand(
+        "grant", "show or set (root) the tenants a user may submit requests as");
+    grant->add_option("user", g_user, "user name or uid (default: this user)");
+    grant->add_option("tenants", g_tenants,
+                      "FIRST-LAST, one tenant, or 'all': the user's tenants from now on");
+    grant->add_flag("--reset", g_reset,
+                    "back to the user's own tenant (the one numbered as its uid)");
+    grant->callback([&] { rc = cmd_sched_grant(o, g_user, g_tenants, g_reset); });
 
     double top_interval = 1.0;
     int top_iterations = 0;

@@ -34,6 +34,10 @@ constexpr uint64_t counter_delta(uint64_t now, uint64_t before) {
 /// that more came (standard input may never end: /dev/zero).
 std::string read_at_most(std::istream& in, uint64_t limit);
 
+/// The uid of the user `name`; nullopt when there is none or the lookup
+/// failed (`err`: 0, or the errno of the failure).
+std::optional<uint32_t> uid_of_user(const std::string& name, int& err);
+
 /// Prints "llmosctl: WHAT: MESSAGE" and returns exit_failure.
 int fail(const std::string& what, std::error_code ec);
 /// The same for a device that cannot be opened, with a hint for the usual

@@ -304,6 +304,42 @@ std::error_code set_tenant_weight(const device& dev, uint32_t tenant, uint32_t w
     return ioctl_err(dev.fd(), LLMOS_IOC_SET_WEIGHT, &w);
 }
 
+namespace {
+
+result<tenant_grant> tenant_grant_cmd(const device& dev, uint32_t flags, uint32_t uid,
+                                      uint32_t first, uint32_t last) {
+    if (dev.kind() == backend_kind::local) {
+        if (flags != 0) {
+            return std::make_error_code(std::errc::not_supported);
+        }
+        return tenant_grant{0, UINT32_MAX, false};
+    }
+    llmos_tenant_grant g{};
+    g.size = sizeof(g);
+    g.flags = flags;
+    g.uid = uid;
+    g.first = first;
+    g.last = last;
+    if (auto ec = ioctl_err(dev.fd(), LLMOS_IOC_TENANT_GRANT, &g)) {
+        return ec;
+    }
+    return tenant_grant{g.out_first, g.out_last, g.out_granted != 0};
+}
+
+} // namespace
+
+result<tenant_grant> tenant_grant_of(const device& dev, uint32_t uid) {
+    return tenant_grant_cmd(dev, 0, uid, 0, 0);
+}
+
+result<tenant_grant> grant_tenants(const device& dev, uint32_t uid, uint32_t first, uint32_t last) {
+    return tenant_grant_cmd(dev, LLMOS_GRANT_SET, uid, first, last);
+}
+
+result<tenant_grant> reset_tenant_grant(const device& dev, uint32_t uid) {
+    return tenant_grant_cmd(dev, LLMOS_GRANT_RESET, uid, 0, 0);
+}
+
 } // namespace llmos
 
 // dispatch_async: a DISPATCH that waits in an event loop, not in a thread.

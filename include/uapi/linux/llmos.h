@@ -43,7 +43,7 @@
 
 /* Version of this ABI; minor grows with compatible additions. */
 #define LLMOS_ABI_MAJOR 1
-#define LLMOS_ABI_MINOR 1
+#define LLMOS_ABI_MINOR 2
 
 enum {
 	LLMOS_CMD_VERSION = LLMOS_CMD_BASE,
@@ -65,6 +65,7 @@ enum {
 	LLMOS_CMD_COMPLETE_BATCH,
 	LLMOS_CMD_WAIT_BATCH,
 	LLMOS_CMD_SUBMIT_BATCH,
+	LLMOS_CMD_TENANT_GRANT,
 };
 
 /* Commands on a mindspace fd (the fd MS_CREATE and MS_OPEN return). */
@@ -86,6 +87,8 @@ enum {
  *	llmos_sched_ops) can be attached.
  * @LLMOS_FEATURE_SCHED_RETURN: COMPLETE and COMPLETE_BATCH take
  *	%LLMOS_COMPLETE_RETURN (ABI 1.1).
+ * @LLMOS_FEATURE_TENANT_GRANT: SUBMIT checks the caller may name the
+ *	tenant; TENANT_GRANT (ABI 1.2).
  * @LLMOS_FEATURE_SCHED: the request scheduler: WORKER_REGISTER, SUBMIT,
  *	DISPATCH, START, COMPLETE, CANCEL, WAIT, SET_WEIGHT, STATS,
  *	SUBMIT_BATCH, COMPLETE_BATCH and WAIT_BATCH, also as io_uring
@@ -100,6 +103,7 @@ enum llmos_feature {
 	LLMOS_FEATURE_SCHED = 1 << 3,
 	LLMOS_FEATURE_BPF_POLICY = 1 << 4,
 	LLMOS_FEATURE_SCHED_RETURN = 1 << 5,
+	LLMOS_FEATURE_TENANT_GRANT = 1 << 6,
 };
 
 /**
@@ -478,6 +482,13 @@ enum llmos_req_state {
  * The built-in policy is weighted fair queuing across tenants on expected
  * tokens (weights: SET_WEIGHT), priority order then FIFO within a tenant.
  *
+ * A tenant is a share of the machine, so not every caller may name every
+ * tenant. A caller with %CAP_SYS_ADMIN may name any. Any other may name the
+ * tenants of its fsuid (as the initial user namespace numbers it): the one
+ * tenant whose number is that uid, unless TENANT_GRANT gave the uid a range
+ * of tenants instead (a service submitting for many tenants, such as an
+ * HTTP server, gets one).
+ *
  * Errors of the scheduler commands, beyond the common ones:
  *
  * - EINVAL: a capacity, priority, weight, count or element size out of
@@ -491,8 +502,8 @@ enum llmos_req_state {
  *   (its worker will read the prompt there and write the output).
  * - ESRCH: START or COMPLETE of a request the calling worker does not hold.
  * - EALREADY: CANCEL of a finished request.
- * - EPERM: CANCEL of another client's request, or SET_WEIGHT, without
- *   %CAP_SYS_ADMIN.
+ * - EPERM: CANCEL of another client's request, SET_WEIGHT, or SUBMIT
+ *   naming a tenant the caller may not name, without %CAP_SYS_ADMIN.
  * - EAGAIN: nothing ready with %LLMOS_NONBLOCK; SUBMIT past the per-client
  *   limit of unfinished and uncollected requests (module parameter
  *   ``max_client_requests``).
@@ -729,6 +740,54 @@ struct llmos_set_weight {
 	__u32 flags;
 	__u32 tenant;
 	__u32 weight;
+};
+
+/**
+ * enum llmos_grant_flags - flags of TENANT_GRANT
+ * @LLMOS_GRANT_SET: the uid may name the tenants @first to @last (and no
+ *	others) from now on; needs %CAP_SYS_ADMIN
+ * @LLMOS_GRANT_RESET: the uid goes back to its own tenant (the default);
+ *	needs %CAP_SYS_ADMIN
+ *
+ * Without a flag, TENANT_GRANT only reports the uid's tenants.
+ */
+enum llmos_grant_flags {
+	LLMOS_GRANT_SET = 1 << 0,
+	LLMOS_GRANT_RESET = 1 << 1,
+};
+
+/**
+ * struct llmos_tenant_grant - ioctl(LLMOS_IOC_TENANT_GRANT)
+ * @size: sizeof(struct llmos_tenant_grant)
+ * @flags: &enum llmos_grant_flags, at most one
+ * @uid: the uid, or %LLMOS_UID_SELF for the caller's fsuid; another uid
+ *	than the caller's needs %CAP_SYS_ADMIN
+ * @first: with %LLMOS_GRANT_SET: the first tenant of the range;
+ *	otherwise must be 0
+ * @last: with %LLMOS_GRANT_SET: the last tenant, @first or more;
+ *	otherwise must be 0
+ * @out_first: the first tenant the uid may name, after the command
+ * @out_last: the last one
+ * @out_granted: 1 when the range was set by %LLMOS_GRANT_SET, 0 when it is
+ *	the uid's own tenant
+ *
+ * Sets, resets or reports which tenants a uid may name in SUBMIT and
+ * SUBMIT_BATCH (see the scheduler's overview). A grant holds until it is
+ * reset or the module is unloaded; a caller with %CAP_SYS_ADMIN may name
+ * any tenant whatever its uid's range. Errors beyond the common ones:
+ * EINVAL for both flags, @first above @last, a range without
+ * %LLMOS_GRANT_SET, or a uid with no mapping; EPERM for a change,
+ * or another uid, without %CAP_SYS_ADMIN.
+ */
+struct llmos_tenant_grant {
+	__u32 size;
+	__u32 flags;
+	__u32 uid;
+	__u32 first;
+	__u32 last;
+	__u32 out_first;
+	__u32 out_last;
+	__u32 out_granted;
 };
 
 /**
@@ -1031,5 +1090,6 @@ struct llmos_uring_sqe {
 #define LLMOS_IOC_COMPLETE_BATCH _IO(LLMOS_TYPE, LLMOS_CMD_COMPLETE_BATCH)
 #define LLMOS_IOC_WAIT_BATCH _IO(LLMOS_TYPE, LLMOS_CMD_WAIT_BATCH)
 #define LLMOS_IOC_SUBMIT_BATCH _IO(LLMOS_TYPE, LLMOS_CMD_SUBMIT_BATCH)
+#define LLMOS_IOC_TENANT_GRANT _IO(LLMOS_TYPE, LLMOS_CMD_TENANT_GRANT)
 
 #endif /* _UAPI_LINUX_LLMOS_H */

@@ -208,4 +208,23 @@ result<sched_stats> scheduler_stats(const device& dev);
 /// SET_WEIGHT (CAP_SYS_ADMIN with the kernel backend). Errors: EINVAL, EPERM.
 std::error_code set_tenant_weight(const device& dev, uint32_t tenant, uint32_t weight);
 
+/// The tenants a uid may name in its requests (TENANT_GRANT).
+struct tenant_grant {
+    uint32_t first = 0;
+    uint32_t last = 0;
+    bool granted = false; ///< a range an admin set; false: the uid's own tenant
+};
+
+/// The tenants `uid` (LLMOS_UID_SELF: the caller's) may name; another uid
+/// needs CAP_SYS_ADMIN. With the local backend, which keeps no users apart,
+/// every process names any tenant: 0..UINT32_MAX. Errors: EINVAL, EPERM,
+/// ENOTTY (a module before ABI 1.2, where anyone names any tenant).
+result<tenant_grant> tenant_grant_of(const device& dev, uint32_t uid);
+/// Let `uid` name the tenants `first`..`last` instead of its own
+/// (CAP_SYS_ADMIN). Errors: EINVAL, EPERM, ENOTTY; ENOTSUP with the local
+/// backend.
+result<tenant_grant> grant_tenants(const device& dev, uint32_t uid, uint32_t first, uint32_t last);
+/// Back to the uid's own tenant (CAP_SYS_ADMIN). Errors: as grant_tenants().
+result<tenant_grant> reset_tenant_grant(const device& dev, uint32_t uid);
+
 } // namespace llmos

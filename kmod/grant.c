@@ -1,0 +1,184 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * llmos: which tenants a uid may name in its requests.
+ *
+ * A uid names its own tenant (the one numbered as the uid) unless
+ * TENANT_GRANT gave it a range instead; a caller with CAP_SYS_ADMIN names
+ * any. The ranges live in an xarray keyed by the global uid; SUBMIT reads
+ * them under RCU, so a grant changed meanwhile is seen whole or not at all.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/capability.h>
+#include <linux/cred.h>
+#include <linux/debugfs.h>
+#include <linux/rcupdate.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+#include <linux/uidgid.h>
+#include <linux/xarray.h>
+
+#include <linux/llmos.h>
+
+#include "llmos.h"
+
+/**
+ * struct llmos_grant - the tenants one uid may name
+ * @first: first tenant
+ * @last: last tenant
+ * @rcu: freed after the readers that may see it
+ */
+struct llmos_grant {
+	u32 first;
+	u32 last;
+	struct rcu_head rcu;
+};
+
+/* uid (global) -> struct llmos_grant; changed under its own lock. */
+static DEFINE_XARRAY(llmos_grants);
+
+/* @uid's tenants into *@first and *@last; true when granted. */
+static bool llmos_grant_range(kuid_t uid, u32 *first, u32 *last)
+{
+	const struct llmos_grant *g;
+	bool granted = false;
+
+	*first = __kuid_val(uid);
+	*last = __kuid_val(uid);
+	rcu_read_lock();
+	g = xa_load(&llmos_grants, __kuid_val(uid));
+	if (g) {
+		*first = READ_ONCE(g->first);
+		*last = READ_ONCE(g->last);
+		granted = true;
+	}
+	rcu_read_unlock();
+	return granted;
+}
+
+/**
+ * llmos_tenant_check() - whether the caller may name @tenant in a request
+ * @tenant: the tenant
+ * @admin: in: -1 when the caller's CAP_SYS_ADMIN was not asked yet, else
+ *	the answer; out: the answer, when it had to be asked
+ *
+ * Process context: the capability check may sleep in security hooks.
+ *
+ * Return: 0 or -EPERM.
+ */
+int llmos_tenant_check(u32 tenant, int *admin)
+{
+	u32 first, last;
+
+	llmos_grant_range(current_fsuid(), &first, &last);
+	if (tenant >= first && tenant <= last)
+		return 0;
+	if (*admin < 0)
+		*admin = capable(CAP_SYS_ADMIN);
+	return *admin ? 0 : -EPERM;
+}
+
+static int llmos_grant_set(kuid_t uid, u32 first, u32 last)
+{
+	struct llmos_grant *g, *old;
+
+	g = kmalloc(sizeof(*g), GFP_KERNEL_ACCOUNT);
+	if (!g)
+		return -ENOMEM;
+	g->first = first;
+	g->last = last;
+	old = xa_store(&llmos_grants, __kuid_val(uid), g, GFP_KERNEL_ACCOUNT);
+	if (xa_is_err(old)) {
+		kfree(g);
+		return xa_err(old);
+	}
+	if (old)
+		kfree_rcu(old, rcu);
+	return 0;
+}
+
+static void llmos_grant_reset(kuid_t uid)
+{
+	struct llmos_grant *old = xa_erase(&llmos_grants, __kuid_val(uid));
+
+	if (old)
+		kfree_rcu(old, rcu);
+}
+
+/**
+ * llmos_tenant_grant() - LLMOS_IOC_TENANT_GRANT
+ * @ucmd: the command, a struct llmos_tenant_grant
+ *
+ * Return: 0 or a negative errno.
+ */
+int llmos_tenant_grant(struct llmos_ucmd *ucmd)
+{
+	struct llmos_tenant_grant *cmd = ucmd->cmd;
+	bool set = cmd->flags & LLMOS_GRANT_SET;
+	bool reset = cmd->flags & LLMOS_GRANT_RESET;
+	kuid_t uid;
+	int ret;
+
+	if (cmd->flags & ~(LLMOS_GRANT_SET | LLMOS_GRANT_RESET) ||
+	    (set && reset) || (set && cmd->first > cmd->last) ||
+	    (!set && (cmd->first || cmd->last)))
+		return -EINVAL;
+	uid = cmd->uid == LLMOS_UID_SELF ? current_fsuid() :
+		make_kuid(current_user_ns(), cmd->uid);
+	if (!uid_valid(uid))
+		return -EINVAL;
+	if ((set || reset || !uid_eq(uid, current_fsuid())) &&
+	    !capable(CAP_SYS_ADMIN))
+		return -EPERM;
+
+	if (set) {
+		ret = llmos_grant_set(uid, cmd->first, cmd->last);
+		if (ret)
+			return ret;
+	} else if (reset) {
+		llmos_grant_reset(uid);
+	}
+	cmd->out_granted = llmos_grant_range(uid, &cmd->out_first,
+					     &cmd->out_last);
+	return llmos_ucmd_respond(ucmd, sizeof(*cmd));
+}
+
+static int llmos_grants_show(struct seq_file *m, void *unused)
+{
+	const struct llmos_grant *g;
+	unsigned long uid;
+
+	seq_puts(m, "uid\tfirst\tlast\n");
+	rcu_read_lock();
+	xa_for_each(&llmos_grants, uid, g)
+		seq_printf(m, "%lu\t%u\t%u\n", uid, READ_ONCE(g->first),
+			   READ_ONCE(g->last));
+	rcu_read_unlock();
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(llmos_grants);
+
+/**
+ * llmos_grants_debugfs_init() - create the debugfs view of the grants
+ * @dir: the module's debugfs folder
+ */
+void llmos_grants_debugfs_init(struct dentry *dir)
+{
+	debugfs_create_file("tenant_grants", 0400, dir, NULL,
+			    &llmos_grants_fops);
+}
+
+/**
+ * llmos_grants_exit() - forget every grant at module unload
+ */
+void llmos_grants_exit(void)
+{
+	struct llmos_grant *g;
+	unsigned long uid;
+
+	xa_for_each(&llmos_grants, uid, g) {
+		xa_erase(&llmos_grants, uid);
+		kfree_rcu(g, rcu);
+	}
+	xa_destroy(&llmos_grants);
+}
