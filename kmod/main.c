@@ -16,6 +16,7 @@
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
+#include <linux/nospec.h>
 #include <linux/uaccess.h>
 
 #include <linux/llmos.h>
@@ -183,6 +184,7 @@ static long llmos_ioctl_dispatch(struct file *filp, unsigned int cmd,
 	idx = _IOC_NR(cmd) - base;
 	if (idx >= nr_ops)
 		return -ENOTTY;
+	idx = array_index_nospec(idx, nr_ops);
 	op = &ops[idx];
 	if (!op->execute)
 		return -ENOTTY;

@@ -924,8 +924,15 @@ int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd)
 	spin_lock(&llmos_sched.lock);
 	if (c->park_dispatch) {
 		ret = -EBUSY;
-	} else if (llmos_sched.work_gen != c->dispatch_gen) {
-		ret = -EAGAIN; /* kicked since it found nothing */
+	} else if (llmos_sched.work_gen != c->dispatch_gen &&
+		   llmos_worker_room(c)) {
+		/*
+		 * Kicked since it found nothing: look again. Not without
+		 * room: nothing would come to it, and every SUBMIT or
+		 * CANCEL by anyone would make it look again; the kick that
+		 * gives it room (with work queued) completes it parked.
+		 */
+		ret = -EAGAIN;
 	} else {
 		c->park_dispatch = ioucmd;
 		list_add_tail(&c->park_node, &llmos_sched.parked);

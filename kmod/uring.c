@@ -15,6 +15,7 @@
 
 #include <linux/fs.h>
 #include <linux/io_uring/cmd.h>
+#include <linux/sched.h>
 #include <linux/uaccess.h>
 
 #include <linux/llmos.h>
@@ -118,6 +119,7 @@ static int llmos_uring_reply_or_park(struct io_uring_cmd *ioucmd,
 			return -EIOCBQUEUED;
 		if (ret != -EAGAIN)
 			break;
+		cond_resched(); /* others' kicks may keep it looking */
 	}
 	return llmos_uring_done(ioucmd, ret, issue_flags);
 }

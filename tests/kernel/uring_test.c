@@ -200,6 +200,73 @@ TEST_F(ring, dispatch_waits_in_the_ring_until_work_comes)
 	EXPECT_EQ(id, desc.id);
 }
 
+struct churn {
+	int fd;
+	atomic_bool stop;
+	int rounds;
+};
+
+/* SUBMIT and CANCEL on a client of its own, until told to stop. */
+static void *churn_requests(void *arg)
+{
+	struct churn *ch = arg;
+
+	while (!atomic_load(&ch->stop)) {
+		long long id = submit_ioctl(ch->fd, 2);
+		struct llmos_cancel c = { .size = sizeof(c), .id = id };
+
+		if (id <= 0 || ioctl(ch->fd, LLMOS_IOC_CANCEL, &c))
+			break;
+		ch->rounds++;
+	}
+	return NULL;
+}
+
+TEST_F(ring, a_full_worker_s_dispatch_waits_for_room_and_work)
+{
+	struct llmos_dispatch d = { .size = sizeof(d) };
+	struct churn ch = { .fd = dev_open() };
+	struct llmos_complete c = { .size = sizeof(c) };
+	struct llmos_req_desc desc;
+	long long held, next;
+	pthread_t t;
+	int res;
+
+	ASSERT_LE(0, ch.fd);
+	ASSERT_EQ(0, reg(self->worker, 1));
+	d.descs_uptr = (__u64)(uintptr_t)&desc;
+	d.desc_size = sizeof(desc);
+	d.max = 1;
+	held = submit_ioctl(self->client, 1);
+	ASSERT_LT(0, held);
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 1));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	ASSERT_EQ(1, next_cqe(&self->wring, 5000, &res));
+	ASSERT_EQ(1, res);
+	ASSERT_EQ(held, desc.id);
+
+	/* Full: its next DISPATCH parks, whatever others submit and cancel. */
+	ASSERT_EQ(0, pthread_create(&t, NULL, churn_requests, &ch));
+	usleep(20000);
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 2));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	EXPECT_EQ(-ETIME, next_cqe(&self->wring, 200, &res));
+	atomic_store(&ch.stop, true);
+	pthread_join(t, NULL);
+	EXPECT_LT(0, ch.rounds);
+	close(ch.fd);
+	/* Room, but nothing queued: still parked. */
+	c.id = held;
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE, &c));
+	EXPECT_EQ(-ETIME, next_cqe(&self->wring, 100, &res));
+	/* Room and work: it completes with the request. */
+	next = submit_ioctl(self->client, 1);
+	ASSERT_LT(0, next);
+	ASSERT_EQ(2, next_cqe(&self->wring, 5000, &res));
+	ASSERT_EQ(1, res);
+	EXPECT_EQ(next, desc.id);
+}
+
 TEST_F(ring, one_parked_dispatch_per_worker)
 {
 	struct llmos_dispatch d = { .size = sizeof(d) }, d2;
