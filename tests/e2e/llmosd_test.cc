@@ -18,6 +18,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
@@ -27,6 +28,7 @@
 #include <llmos/mindspace.hh>
 #include <netinet/in.h>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <poll.h>
 #include <sstream>
 #include <sys/socket.h>
@@ -1451,6 +1453,71 @@ TEST_F(llmosd_test, sessions_unused_past_the_idle_timeout_are_ended) {
     ASSERT_TRUE(kept);
     EXPECT_EQ(kept->status, 200) << "a session in use was ended: " << kept->body;
     EXPECT_NE(s.log().find("session 'idle' unused for over 3 s: ended"), std::string::npos)
+        << s.log();
+}
+
+// The idle time counts by the steady clock: sessions whose stamps say they
+// were used a day ago or a day from now (the wall clock stepped, as llmosd
+// sees it) are ended once unused for the timeout from when llmosd saw those
+// stamps -- neither at once nor never -- and one unused for it still is.
+TEST_F(llmosd_test, idle_sessions_are_ended_by_the_steady_clock_not_the_wall_clock) {
+    namespace ss = llmosd::session;
+    using steady = std::chrono::steady_clock;
+    constexpr auto timeout = 6s;
+    server s(_dir, {"--session-idle-timeout", "6"});
+    auto c = s.client();
+    auto dev = llmos::device::open_local(_dir + "/ms").value();
+    const std::string names[] = {"idle", "behind", "ahead"};
+    for (const auto& name : names) {
+        post(c, "/v1/completions", session_turn(name), 200);
+    }
+    auto exists = [&](const std::string& session) {
+        return bool(llmos::mindspace_info(dev, {0, "llmosd.s." + session}));
+    };
+    const auto stepped = steady::now(); // before the stamps change: no later
+    const auto now = static_cast<uint32_t>(::time(nullptr));
+    for (auto [name, used] :
+         {std::pair{"behind", now - 100000}, std::pair{"ahead", now + 100000}}) {
+        auto ms = llmos::mindspace::open(dev, {0, std::string("llmosd.s.") + name}).value();
+        auto m = ms.map(0, ss::page).value();
+        auto h = ss::read(m.bytes()).value();
+        h.used = used;
+        std::memcpy(m.data(), &h, sizeof h);
+    }
+    // llmosd looks every second: by the wall clock, "behind" would be
+    // ended at its next look and "ahead" never.
+    std::this_thread::sleep_for(3s);
+    const bool behind = exists("behind"), ahead = exists("ahead");
+    if (steady::now() - stepped < timeout) { // (unless this test stalled that long)
+        EXPECT_TRUE(behind) << "ended at once for a stamp a day old";
+        EXPECT_TRUE(ahead);
+    }
+    // All go, and those two no sooner than the timeout after their stamps.
+    std::optional<steady::duration> gone_after[std::size(names)];
+    const auto give_up = stepped + 60s;
+    while (std::count(std::begin(gone_after), std::end(gone_after), std::nullopt) &&
+           steady::now() < give_up) {
+        std::this_thread::sleep_for(100ms);
+        for (size_t i = 0; i < std::size(names); ++i) {
+            if (!gone_after[i] && !exists(names[i])) {
+                gone_after[i] = steady::now() - stepped;
+            }
+        }
+    }
+    for (size_t i = 0; i < std::size(names); ++i) {
+        EXPECT_TRUE(gone_after[i]) << "'" << names[i] << "' was not ended in 60 s";
+    }
+    for (size_t i = 1; i < std::size(names); ++i) { // "behind", "ahead"
+        if (gone_after[i]) {
+            EXPECT_GE(*gone_after[i], timeout)
+                << "'" << names[i] << "' ended "
+                << std::chrono::duration_cast<std::chrono::milliseconds>(*gone_after[i]).count()
+                << " ms after its stamp changed";
+        }
+    }
+    const std::string m = metrics_once(c, "llmosd_sessions_expired_total", 3);
+    EXPECT_EQ(metric(m, "llmosd_sessions_expired_total"), 3) << m;
+    EXPECT_NE(s.log().find("session 'ahead' unused for over 6 s: ended"), std::string::npos)
         << s.log();
 }
 

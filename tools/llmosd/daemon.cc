@@ -52,6 +52,16 @@ uint32_t epoch_s() {
     return t <= 0 ? 0 : static_cast<uint32_t>(std::min<int64_t>(t, UINT32_MAX));
 }
 
+// How far the wall clock is ahead of the steady one. It changes when the
+// wall clock is stepped (NTP, `date`), and, the steady clock being
+// CLOCK_MONOTONIC, across a suspend; hardly otherwise (NTP slews it by at
+// most half a millisecond a second).
+std::chrono::nanoseconds wall_lead() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::chrono::system_clock::now().time_since_epoch() -
+        std::chrono::steady_clock::now().time_since_epoch());
+}
+
 double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
@@ -964,6 +974,8 @@ void daemon::upkeep() {
     const std::chrono::seconds idle = _o.session_idle_timeout;
     const std::chrono::seconds period =
         idle.count() > 0 ? std::clamp<std::chrono::seconds>(idle / 4, 1s, 60s) : 60s;
+    _looked = steady_now(); // no session was used before
+    _wall_lead = wall_lead();
     std::unique_lock lk(_upkeep_m);
     while (!_upkeep_cv.wait_for(lk, period, [&] { return _upkeep_stop; })) {
         lk.unlock();
@@ -980,17 +992,45 @@ void daemon::upkeep() {
     }
 }
 
+// A session is ended once it went unused for more than
+// --session-idle-timeout by the steady clock (CLOCK_MONOTONIC), which nobody
+// sets: a step of the wall clock neither ends every session at once (forward)
+// nor keeps them on (back). The header's `used` stamp, by the wall clock,
+// says a turn came: a stamp upkeep has not seen on the session was written
+// since it last looked. From then the session counts by the steady clock,
+// and the stamp's age by the wall clock is counted too where it can be
+// trusted: the wall clock kept pace with the steady one since that look, and
+// the age fits in the time since it (a stamp written since). Otherwise the
+// session counts from when upkeep first saw its stamp: one an earlier llmosd
+// kept (its time there is not known, whatever the stamp says), one whose
+// stamp is older or newer than the wall clock allows, one with no stamp.
+// The steady clock stops while the machine sleeps: as when llmosd is not
+// running, nobody could use a session then, so that does not count.
 void daemon::expire_sessions() {
+    using steady = std::chrono::steady_clock;
     auto all = llmos::list_mindspaces(*_dev);
     if (!all) {
         return;
     }
-    const uint64_t idle = static_cast<uint64_t>(_o.session_idle_timeout.count());
-    const uint32_t now = epoch_s();
-    // When `ms` was used last (nullopt: a header this llmosd does not read,
-    // which it leaves alone).
-    std::unordered_map<uint64_t, uint32_t> seen;
-    auto last_used = [&](const llmos::mindspace& ms) -> std::optional<uint32_t> {
+    const std::chrono::seconds idle = _o.session_idle_timeout;
+    const auto started = steady_now();
+    const auto started_lead = wall_lead();
+    // The stamps seen in this look (those of sessions gone are not).
+    std::unordered_map<uint64_t, stamp_seen> seen;
+    // How long ago `used` was written, by the wall clock read as `wall`
+    // (with `lead`), where that can be trusted; else 0.
+    auto trusted_age = [&](uint32_t used, uint32_t wall, std::chrono::nanoseconds lead,
+                           steady::time_point now) -> steady::duration {
+        if (!used || std::chrono::abs(lead - _wall_lead) > 1s) {
+            return {};
+        }
+        // Both whole seconds: the stamp is older than this.
+        const std::chrono::seconds age(int64_t{wall} - int64_t{used} - 1);
+        return age > 0s && age <= now - _looked ? steady::duration(age) : steady::duration{};
+    };
+    // How long `ms` went unused (nullopt: a header this llmosd does not
+    // read, which it leaves alone).
+    auto unused_for = [&](const llmos::mindspace& ms) -> std::optional<steady::duration> {
         auto map = ms.map(0, page);
         if (!map) {
             return std::nullopt;
@@ -999,13 +1039,26 @@ void daemon::expire_sessions() {
         if (!h) {
             return std::nullopt;
         }
-        auto first = _first_seen.try_emplace(ms.id(), now).first->second;
-        seen.emplace(ms.id(), first);
-        return h->used ? h->used : first;
+        // The wall clock first: `now` less the stamp's age then is no
+        // earlier than when the stamp was written.
+        const uint32_t wall = epoch_s();
+        const auto lead = wall_lead();
+        const auto now = steady_now();
+        const stamp_seen* was = nullptr; // in this look, else in the last
+        if (auto i = seen.find(ms.id()); i != seen.end()) {
+            was = &i->second;
+        } else if (auto j = _stamps.find(ms.id()); j != _stamps.end()) {
+            was = &j->second;
+        }
+        const stamp_seen s = was && was->used == h->used
+                                 ? *was
+                                 : stamp_seen{h->used, now - trusted_age(h->used, wall, lead, now)};
+        seen.insert_or_assign(ms.id(), s);
+        return now - s.since;
     };
     auto idle_now = [&](const llmos::mindspace& ms) {
-        auto t = last_used(ms);
-        return t && now > *t && now - *t > idle;
+        auto t = unused_for(ms);
+        return t && *t > idle;
     };
     keep_sessions(*all);
     for (const llmos::ms_info& i : *all) {
@@ -1020,7 +1073,7 @@ void daemon::expire_sessions() {
             if (end_session(name, std::nullopt, idle_now)) {
                 _metrics.sessions_expired.fetch_add(1);
                 std::fprintf(stderr, "llmosd: session '%s' unused for over %llu s: ended\n",
-                             name.c_str(), static_cast<unsigned long long>(idle));
+                             name.c_str(), static_cast<unsigned long long>(idle.count()));
             }
         } catch (const api_error& e) {
             if (e.status != 404 && e.status != 409) {
@@ -1029,7 +1082,9 @@ void daemon::expire_sessions() {
             }
         }
     }
-    _first_seen = std::move(seen); // of the sessions there now
+    _stamps = std::move(seen); // of the sessions there now
+    _looked = started;
+    _wall_lead = started_lead;
 }
 
 std::vector<daemon::session_info> daemon::list_sessions(std::optional<uint32_t> tenant) const {

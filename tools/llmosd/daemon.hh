@@ -424,14 +424,25 @@ private:
     /// mindspaces, which removes those nobody holds (requests' ones whose
     /// holders went without looking again).
     void upkeep();
-    /// Ends the sessions no request used for --session-idle-timeout.
+    /// Ends the sessions no request used for --session-idle-timeout, by
+    /// the steady clock: steps of the wall clock neither end nor keep one.
     void expire_sessions();
     std::mutex _upkeep_m;
     std::condition_variable _upkeep_cv;
     bool _upkeep_stop = false; ///< under _upkeep_m
-    /// Sessions whose header does not say when they were used last (kept by
-    /// an earlier llmosd): when upkeep first saw them, by id.
-    std::unordered_map<uint64_t, uint32_t> _first_seen;
+    /// A session's `used` stamp as upkeep saw it, and when by the steady
+    /// clock it is taken to have been written (see expire_sessions()).
+    struct stamp_seen {
+        uint32_t used = 0;
+        std::chrono::steady_clock::time_point since;
+    };
+    /// The sessions' stamps at upkeep's last look, by mindspace id (those
+    /// of sessions gone are dropped at each look). Only on _upkeep's thread.
+    std::unordered_map<uint64_t, stamp_seen> _stamps;
+    /// When upkeep last looked (or started), by the steady clock, and the
+    /// wall clock's lead on it then. Only on _upkeep's thread.
+    std::chrono::steady_clock::time_point _looked{};
+    std::chrono::nanoseconds _wall_lead{};
     std::thread _upkeep; ///< last: started when the rest is there
 };
 
