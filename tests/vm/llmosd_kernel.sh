@@ -115,4 +115,39 @@ expect "with room, it moves to a larger mindspace ($len -> $now) with its conver
 kill "$pid"
 wait "$pid"
 llmosctl ms rm llmosd.s.vm >/dev/null 2>&1
+
+# As a user the module lets submit as its own tenant alone (uid 1000):
+# llmosd says so at start, requests of other tenants get 403
+# tenant_not_granted, and once root grants it more, those are served.
+mkdir -p /etc /tmp/alice && chown 1000:1000 /tmp/alice
+grep -q '^alice:' /etc/passwd 2>/dev/null || echo 'alice:x:1000:1000::/tmp/alice:/bin/sh' >>/etc/passwd
+devmode=$(stat -c %a /dev/llmos)
+chmod 0666 /dev/llmos
+su -s /bin/sh alice -c "exec llmosd --backend kernel --model tiny=$model --listen 127.0.0.1:0 \
+	--port-file /tmp/alice/port --workers 1 --slots 2 --ctx 256 2>/tmp/alice/log" &
+pid=$!
+i=0
+while [ ! -s /tmp/alice/port ] && [ $i -lt 300 ]; do
+	sleep 0.1
+	i=$((i + 1))
+done
+url=http://127.0.0.1:$(cat /tmp/alice/port 2>/dev/null)
+ask() { # TENANT: the reply's body, wget's messages in $out.reply
+	wget -q -O - --header 'Content-Type: application/json' --post-data \
+		"{\"model\": \"tiny\", \"prompt\": \"Hi\", \"max_tokens\": 2, \"tenant\": $1}" \
+		"$url/v1/completions" 2>"$out.reply"
+}
+served() { ask "$1" | grep -q '"choices"'; }
+refused() { ! ask "$1" >/dev/null && grep -q 403 "$out.reply"; }
+expect "llmosd of a user with no grant says which tenants it will be refused" \
+	grep -q "lets this user (uid 1000) submit as tenants 1000-1000 only" /tmp/alice/log
+expect "its own tenant's request is served" served 1000
+expect "another tenant's request gets 403" refused 0
+llmosctl sched grant 1000 0-9 >/dev/null
+expect "once root grants it tenants 0-9, tenant 0 is served" served 0
+expect "and tenant 1000 is not" refused 1000
+llmosctl sched grant 1000 --reset >/dev/null
+kill "$pid"
+wait "$pid"
+chmod "$devmode" /dev/llmos
 echo "1..$n"

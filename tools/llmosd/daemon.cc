@@ -384,6 +384,39 @@ llmos::kv_keepsake daemon::publish_rows(const llmos::kv_key& key,
     return p;
 }
 
+// The module lets a user submit as its own tenant alone unless root granted
+// it a range (root names any): say at start which tenants requests will be
+// refused, so that an administrator sees it before a client does.
+void daemon::warn_ungranted_tenants() const {
+    if (_dev->kind() != llmos::backend_kind::kernel || ::geteuid() == 0) {
+        return;
+    }
+    auto g = llmos::tenant_grant_of(*_dev, LLMOS_UID_SELF);
+    if (!g) {
+        return; // a module before grants: anyone names any tenant
+    }
+    if (g->first == 0 && g->last == UINT32_MAX) {
+        return;
+    }
+    std::string outside;
+    for (const auto& [key, k] : _keys) {
+        if ((k.tenant < g->first || k.tenant > g->last) &&
+            outside.find(" " + std::to_string(k.tenant) + ",") == std::string::npos) {
+            outside += " " + std::to_string(k.tenant) + ",";
+        }
+    }
+    if (!_keys.empty() && outside.empty()) {
+        return;
+    }
+    std::fprintf(stderr,
+                 "llmosd: the llmos module lets this user (uid %u) submit as tenants %u-%u only: "
+                 "%s%s get 403 tenant_not_granted (root grants more: llmosctl sched grant USER "
+                 "FIRST-LAST, or all)\n",
+                 static_cast<unsigned>(::geteuid()), g->first, g->last,
+                 _keys.empty() ? "requests naming others" : "requests of the keys of tenant(s)",
+                 outside.empty() ? "" : outside.substr(0, outside.size() - 1).c_str());
+}
+
 daemon::daemon(options o)
     : _o(std::move(o)) {
     choose_engine();
@@ -472,6 +505,7 @@ daemon::daemon(options o)
                          _o.api_key_file.c_str());
         }
     }
+    warn_ungranted_tenants();
     for (auto& [name, path] : _o.models) {
         try {
             load_model(name, path);
@@ -1608,6 +1642,14 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                         "the scheduler has no room for another tenant now (every one it keeps "
                         "has requests in flight); retry shortly",
                         "server_error", "", "too_many_tenants"};
+    }
+    if (!id && id.error() == std::errc::operation_not_permitted) {
+        throw api_error{403,
+                        "llmosd may not schedule requests as tenant " + std::to_string(tenant) +
+                            ": the llmos module lets llmosd's user (uid " +
+                            std::to_string(::geteuid()) +
+                            ") submit as the tenants root granted it only (llmosctl sched grant)",
+                        "permission_error", "", "tenant_not_granted"};
     }
     if (!id) {
         throw server_error("scheduler: submit: " + id.error().message());

@@ -424,6 +424,8 @@ private:
     /// mindspaces, which removes those nobody holds (requests' ones whose
     /// holders went without looking again).
     void upkeep();
+    /// Says at start which tenants the module will refuse llmosd's user.
+    void warn_ungranted_tenants() const;
     /// Ends the sessions no request used for --session-idle-timeout, by
     /// the steady clock: steps of the wall clock neither end nor keep one.
     void expire_sessions();
