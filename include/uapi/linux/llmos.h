@@ -487,7 +487,9 @@ enum llmos_req_state {
  * tenants of its fsuid (as the initial user namespace numbers it): the one
  * tenant whose number is that uid, unless TENANT_GRANT gave the uid a range
  * of tenants instead (a service submitting for many tenants, such as an
- * HTTP server, gets one).
+ * HTTP server, gets one). Through io_uring, the credentials are those the
+ * command is issued with: the ring creator's under SQPOLL, a registered
+ * personality's when the SQE names one.
  *
  * Errors of the scheduler commands, beyond the common ones:
  *
