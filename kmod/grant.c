@@ -120,7 +120,7 @@ int llmos_tenant_grant(struct llmos_ucmd *ucmd)
 	int ret;
 
 	if (cmd->flags & ~(LLMOS_GRANT_SET | LLMOS_GRANT_RESET) ||
-	    (set && reset) || (set && cmd->first > cmd->last) ||
+	    cmd->__reserved || (set && reset) || (set && cmd->first > cmd->last) ||
 	    (!set && (cmd->first || cmd->last)))
 		return -EINVAL;
 	uid = cmd->uid == LLMOS_UID_SELF ? current_fsuid() :
@@ -140,6 +140,8 @@ int llmos_tenant_grant(struct llmos_ucmd *ucmd)
 	}
 	cmd->out_granted = llmos_grant_range(uid, &cmd->out_first,
 					     &cmd->out_last);
+	/* What the caller is, not the uid: asked quietly (no audit). */
+	cmd->out_admin = ns_capable_noaudit(&init_user_ns, CAP_SYS_ADMIN);
 	return llmos_ucmd_respond(ucmd, sizeof(*cmd));
 }
 

@@ -184,8 +184,12 @@ check "installing again gives the same files (a stale DKMS source is removed)" i
 # shellcheck disable=SC2016 # $LLMOSD_ARGS is for systemd to expand
 check "the unit runs PREFIX/bin/llmosd \$LLMOSD_ARGS (PREFIX=/usr/local)" \
 	grep -qx 'ExecStart=/usr/local/bin/llmosd $LLMOSD_ARGS' "$unit"
-check "the unit grants user llmosd every tenant first, as root, not fatally" \
-	grep -qx 'ExecStartPre=-+/usr/local/bin/llmosctl --backend kernel sched grant llmosd all' "$unit"
+# shellcheck disable=SC2016 # $LLMOSD_TENANTS is for systemd to expand
+check "the unit grants user llmosd LLMOSD_TENANTS (all by default) first, as root, not fatally" \
+	sh -c 'grep -qx "ExecStartPre=-+/usr/local/bin/llmosctl --backend kernel sched grant llmosd \$LLMOSD_TENANTS" "$0" &&
+		grep -qx "Environment=LLMOSD_TENANTS=all" "$0" &&
+		[ "$(grep -n "^Environment=LLMOSD_TENANTS" "$0" | cut -d: -f1)" -lt \
+			"$(grep -n "^EnvironmentFile=" "$0" | cut -d: -f1)" ]' "$unit"
 
 other_prefix() {
 	mk install-packaging DESTDIR="$stage/opt" PREFIX=/opt/llmos || return 1

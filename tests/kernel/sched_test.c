@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/fsuid.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -178,9 +179,14 @@ FIXTURE_SETUP(sched)
 
 FIXTURE_TEARDOWN(sched)
 {
+	struct llmos_tenant_grant g = {
+		.size = sizeof(g), .flags = LLMOS_GRANT_RESET, .uid = OTHER_UID,
+	};
 	struct llmos_sched_stats st;
 	struct llmos_tenant_stats ts;
 
+	/* No grant outlives a test that failed half-way (root only). */
+	ioctl(self->client, LLMOS_IOC_TENANT_GRANT, &g);
 	close(self->client);
 	close(self->worker);
 	close(self->ms);
@@ -767,7 +773,7 @@ static int ungranted_names_its_own_tenant(int client, __u64 ms)
 		return 10;
 	if (grant(client, 0, LLMOS_UID_SELF, 0, 0, &g) ||
 	    g.out_first != OTHER_UID || g.out_last != OTHER_UID ||
-	    g.out_granted)
+	    g.out_granted || g.out_admin)
 		return 11;
 	if (submit_as(client, ms, OTHER_UID))
 		return 12;
@@ -809,6 +815,25 @@ static int granted_names_its_range(int client, __u64 ms)
 	return 0;
 }
 
+/*
+ * With euid OTHER_UID + 1 and fsuid OTHER_UID: the fsuid's tenant is its
+ * own, the euid's is not.
+ */
+static int fsuid_names_the_tenant(int client, __u64 ms)
+{
+	if (setresgid(OTHER_UID, OTHER_UID, OTHER_UID) ||
+	    setresuid(OTHER_UID, OTHER_UID + 1, OTHER_UID))
+		return 10;
+	setfsuid(OTHER_UID);
+	if ((int)setfsuid(-1) != OTHER_UID || geteuid() != OTHER_UID + 1)
+		return 11;
+	if (submit_as(client, ms, OTHER_UID))
+		return 12;
+	if (submit_as(client, ms, OTHER_UID + 1) != -EPERM)
+		return 13;
+	return 0;
+}
+
 /* Runs @fn(@client, @ms) in a child; its exit status. */
 static int in_child(int (*fn)(int, __u64), int client, __u64 ms)
 {
@@ -842,10 +867,19 @@ TEST_F(sched, a_uid_names_its_own_tenant_or_the_ones_granted_to_it)
 				 3, 0, NULL));
 	EXPECT_EQ(-EINVAL, grant(self->client, 1u << 2, OTHER_UID, 0, 0,
 				 NULL));
+	{
+		struct llmos_tenant_grant r = {
+			.size = sizeof(r), .uid = OTHER_UID, .__reserved = 1,
+		};
+
+		EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_TENANT_GRANT, &r));
+		EXPECT_EQ(EINVAL, errno);
+	}
 	ASSERT_EQ(0, grant(self->client, 0, OTHER_UID, 0, 0, &g));
 	EXPECT_EQ(OTHER_UID, g.out_first);
 	EXPECT_EQ(OTHER_UID, g.out_last);
 	EXPECT_EQ(0, g.out_granted);
+	EXPECT_EQ(1, g.out_admin); /* the caller's, whatever the uid */
 	if (getuid() != 0)
 		SKIP(return, "needs root to switch users");
 	open_fd = ms_make(self->client, 4096, 0666, &open_id);
@@ -853,6 +887,7 @@ TEST_F(sched, a_uid_names_its_own_tenant_or_the_ones_granted_to_it)
 
 	EXPECT_EQ(0, in_child(ungranted_names_its_own_tenant, self->client,
 			      open_id));
+	EXPECT_EQ(0, in_child(fsuid_names_the_tenant, self->client, open_id));
 	ASSERT_EQ(0, grant(self->client, LLMOS_GRANT_SET, OTHER_UID, 100, 199,
 			   &g));
 	EXPECT_EQ(100, g.out_first);

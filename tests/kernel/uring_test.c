@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <linux/llmos.h>
@@ -265,6 +266,64 @@ TEST_F(ring, a_full_worker_s_dispatch_waits_for_room_and_work)
 	ASSERT_EQ(2, next_cqe(&self->wring, 5000, &res));
 	ASSERT_EQ(1, res);
 	EXPECT_EQ(next, desc.id);
+}
+
+/*
+ * As uid 1000, through a ring of its own: SUBMIT and SUBMIT_BATCH name its
+ * own tenant, and another gets EPERM, as with the ioctl.
+ */
+static int ring_submits_as_another_user(int client)
+{
+	struct llmos_submit s[2] = {
+		{ .size = sizeof(s[0]), .tenant = 1000 },
+		{ .size = sizeof(s[0]), .tenant = 0 },
+	};
+	struct llmos_submit_entry e[2] = { { .tenant = 7 }, { .tenant = 1000 } };
+	struct llmos_submit_batch b = {
+		.size = sizeof(b), .entries_uptr = (__u64)(uintptr_t)e,
+		.entry_size = sizeof(e[0]), .count = 2,
+	};
+	struct io_uring ring;
+	int res[3] = { 1, 1, 1 }, r;
+
+	if (setgid(1000) || setuid(1000))
+		return 10;
+	if (io_uring_queue_init(8, &ring, 0))
+		return 11;
+	if (queue_cmd(&ring, client, LLMOS_IOC_SUBMIT, &s[0], 0) ||
+	    queue_cmd(&ring, client, LLMOS_IOC_SUBMIT, &s[1], 1) ||
+	    queue_cmd(&ring, client, LLMOS_IOC_SUBMIT_BATCH, &b, 2) ||
+	    io_uring_submit(&ring) != 3)
+		return 12;
+	for (int i = 0; i < 3; i++) {
+		long long ud = next_cqe(&ring, 5000, &r);
+
+		if (ud < 0 || ud > 2)
+			return 13;
+		res[ud] = r;
+	}
+	io_uring_queue_exit(&ring);
+	if (res[0] || s[0].out_id == 0 || res[1] != -EPERM)
+		return 14;
+	if (res[2] || b.out_done != 1 || e[0].out_error != -EPERM ||
+	    e[1].out_error || !e[1].out_id)
+		return 15;
+	return 0;
+}
+
+TEST_F(ring, a_user_submits_through_a_ring_as_its_own_tenant_only)
+{
+	int status;
+	pid_t pid;
+
+	if (getuid() != 0)
+		SKIP(return, "needs root to switch users");
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0)
+		_exit(ring_submits_as_another_user(self->client));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
 }
 
 TEST_F(ring, one_parked_dispatch_per_worker)

@@ -20,13 +20,14 @@ static_assert(offsetof(llmos_version, out_abi_minor) == 12);
 static_assert(offsetof(llmos_version, out_features) == 16);
 static_assert(alignof(llmos_version) == 8);
 static_assert(std::is_trivially_copyable_v<llmos_version>);
-static_assert(sizeof(llmos_tenant_grant) == 32);
+static_assert(sizeof(llmos_tenant_grant) == 40);
 static_assert(offsetof(llmos_tenant_grant, uid) == 8);
 static_assert(offsetof(llmos_tenant_grant, first) == 12);
 static_assert(offsetof(llmos_tenant_grant, last) == 16);
 static_assert(offsetof(llmos_tenant_grant, out_first) == 20);
 static_assert(offsetof(llmos_tenant_grant, out_last) == 24);
 static_assert(offsetof(llmos_tenant_grant, out_granted) == 28);
+static_assert(offsetof(llmos_tenant_grant, out_admin) == 32);
 
 struct command {
     unsigned long number;

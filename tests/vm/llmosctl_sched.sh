@@ -19,8 +19,9 @@ expect "the scheduler is idle afterwards" sh -c \
 	'llmosctl --json sched status | tr -d " \n" | grep -q "\"workers\":0"'
 expect "top prints rates" sh -c \
 	'llmosctl --json top --interval 0.2 --iterations 1 | grep -q "completed_per_s"'
-expect "root names its own tenant by default" sh -c \
-	'llmosctl sched grant | grep -qx "this user: tenant 0 (its own)"'
+expect "root has its own tenant, and as an administrator any" sh -c \
+	'llmosctl sched grant |
+	 grep -qx "this user: tenant 0 (its own); as an administrator, any tenant"'
 expect "a uid is granted a range of tenants" sh -c \
 	'llmosctl sched grant 1000 100-199 | grep -qx "user 1000: tenants 100-199 (granted)"'
 expect "which the JSON reports" sh -c \
@@ -37,4 +38,18 @@ expect "a backwards range is a usage error" sh -c \
 	'llmosctl sched grant 1000 9-3 2>/dev/null; [ $? -eq 2 ]'
 expect "an unknown user is a usage error" sh -c \
 	'llmosctl sched grant no-such-user 1-2 2>&1 | grep -q "no such user"'
+# As uid 1000 (no grant): bench submits as its own tenant, and says so when
+# --tenants asks for more than it may name.
+mkdir -p /etc
+grep -q '^alice:' /etc/passwd 2>/dev/null || echo 'alice:x:1000:1000::/tmp:/bin/sh' >>/etc/passwd
+devmode=$(stat -c %a /dev/llmos)
+chmod 0666 /dev/llmos
+expect "bench as a user submits as its own tenant" sh -c \
+	'su -s /bin/sh alice -c "llmosctl --json bench --workers 1 --service exp:1 \
+		--arrival poisson:300 --requests 20" | tr -d " \n" | grep -q "\"requests\":20" &&
+	 llmosctl --json sched status | tr -d " \n" | grep -q "\"tenant\":1000,"'
+expect "and says why when it may not name --tenants 2" sh -c \
+	'su -s /bin/sh alice -c "llmosctl bench --tenants 2 --requests 5" 2>&1 |
+	 grep -q "lets this user submit as tenant 1000 (its own) only"'
+chmod "$devmode" /dev/llmos
 echo "1..$n"

@@ -1101,12 +1101,17 @@ int cmd_sched_grant(const options& o, const std::string& user, const std::string
         json j{{"first", g->first}, {"last", g->last}, {"granted", g->granted}};
         if (uid != LLMOS_UID_SELF) {
             j["uid"] = uid;
+        } else if (dev->kind() == llmos::backend_kind::kernel) {
+            j["admin"] = g->admin; // the caller names any tenant
         }
         std::cout << j.dump(2) << '\n';
     } else if (dev->kind() == llmos::backend_kind::local) {
         std::printf("%s: any tenant (the local backend keeps no users apart)\n", who.c_str());
     } else {
-        std::printf("%s: %s\n", who.c_str(), describe_grant(*g).c_str());
+        // An administrator names any tenant, whatever its uid's range.
+        const bool any = uid == LLMOS_UID_SELF && g->admin;
+        std::printf("%s: %s%s\n", who.c_str(), describe_grant(*g).c_str(),
+                    any ? "; as an administrator, any tenant" : "");
     }
     return 0;
 }
@@ -1244,6 +1249,23 @@ int cmd_bench(const options& o, const bench_args& b) {
     if (!client) {
         return fail("cannot open a scheduler client", client.error());
     }
+    // The tenants: from 0, or with the module, from the first this user may
+    // name (its own, or those granted to it; an administrator names any).
+    uint32_t first_tenant = 0;
+    if (auto g = dev->kind() == llmos::backend_kind::kernel
+                     ? llmos::tenant_grant_of(*dev, LLMOS_UID_SELF)
+                     : llmos::result<llmos::tenant_grant>(
+                           std::make_error_code(std::errc::not_supported));
+        g && !g->admin) {
+        if (uint64_t{g->last} - g->first + 1 < uint64_t(b.tenants)) {
+            std::fprintf(stderr,
+                         "llmosctl: bench: --tenants %d: the module lets this user submit as %s "
+                         "only (root grants more: llmosctl sched grant)\n",
+                         b.tenants, describe_grant(*g).c_str());
+            return exit_failure;
+        }
+        first_tenant = g->first;
+    }
     std::atomic<bool> stop{false};
     std::atomic<int> errors{0};
     std::atomic<uint32_t> max_held{0}; // the most requests one worker held at once
@@ -1341,7 +1363,7 @@ int cmd_bench(const options& o, const bench_args& b) {
         while (collect(llmos::wait_for::none())) {
         }
         std::this_thread::sleep_until(next);
-        const auto t = static_cast<uint32_t>(tenant(rng));
+        const auto t = first_tenant + static_cast<uint32_t>(tenant(rng));
         if (auto id = client->submit({.tenant = t})) {
             tenant_of[*id] = t;
         } else {

@@ -385,18 +385,31 @@ llmos::kv_keepsake daemon::publish_rows(const llmos::kv_key& key,
 }
 
 // The module lets a user submit as its own tenant alone unless root granted
-// it a range (root names any): say at start which tenants requests will be
-// refused, so that an administrator sees it before a client does.
-void daemon::warn_ungranted_tenants() const {
-    if (_dev->kind() != llmos::backend_kind::kernel || ::geteuid() == 0) {
+// it a range (an administrator names any). At start: the tenant of requests
+// that name none (0, or the first llmosd may name when 0 is not one), and a
+// word on which tenants requests will be refused, or, without API keys,
+// which tenants any client may take.
+void daemon::check_tenant_grant() {
+    if (_dev->kind() != llmos::backend_kind::kernel) {
         return;
     }
     auto g = llmos::tenant_grant_of(*_dev, LLMOS_UID_SELF);
     if (!g) {
         return; // a module before grants: anyone names any tenant
     }
-    if (g->first == 0 && g->last == UINT32_MAX) {
+    const std::string range =
+        g->first == g->last ? "tenant " + std::to_string(g->first)
+                            : "tenants " + std::to_string(g->first) + "-" + std::to_string(g->last);
+    if (g->admin || (g->first == 0 && g->last == UINT32_MAX)) {
+        if (_keys.empty()) {
+            std::fprintf(stderr, "llmosd: no API keys: clients choose their tenant, any of %s\n",
+                         g->admin ? "them (llmosd runs as an administrator)"
+                                  : "them (this user was granted all)");
+        }
         return;
+    }
+    if (g->first > 0) {
+        _default_tenant = g->first;
     }
     std::string outside;
     for (const auto& [key, k] : _keys) {
@@ -405,16 +418,19 @@ void daemon::warn_ungranted_tenants() const {
             outside += " " + std::to_string(k.tenant) + ",";
         }
     }
-    if (!_keys.empty() && outside.empty()) {
-        return;
+    if (_keys.empty()) {
+        std::fprintf(stderr,
+                     "llmosd: the llmos module lets this user submit as %s only: requests naming "
+                     "others get 403 tenant_not_granted, those naming none are %s's "
+                     "(root grants more: llmosctl sched grant USER FIRST-LAST)\n",
+                     range.c_str(), std::to_string(_default_tenant).c_str());
+    } else if (!outside.empty()) {
+        std::fprintf(stderr,
+                     "llmosd: the llmos module lets this user submit as %s only: requests of the "
+                     "keys of tenant(s)%s get 403 tenant_not_granted (root grants more: llmosctl "
+                     "sched grant USER FIRST-LAST)\n",
+                     range.c_str(), outside.substr(0, outside.size() - 1).c_str());
     }
-    std::fprintf(stderr,
-                 "llmosd: the llmos module lets this user (uid %u) submit as tenants %u-%u only: "
-                 "%s%s get 403 tenant_not_granted (root grants more: llmosctl sched grant USER "
-                 "FIRST-LAST, or all)\n",
-                 static_cast<unsigned>(::geteuid()), g->first, g->last,
-                 _keys.empty() ? "requests naming others" : "requests of the keys of tenant(s)",
-                 outside.empty() ? "" : outside.substr(0, outside.size() - 1).c_str());
 }
 
 daemon::daemon(options o)
@@ -505,7 +521,7 @@ daemon::daemon(options o)
                          _o.api_key_file.c_str());
         }
     }
-    warn_ungranted_tenants();
+    check_tenant_grant();
     for (auto& [name, path] : _o.models) {
         try {
             load_model(name, path);
@@ -1646,9 +1662,8 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     if (!id && id.error() == std::errc::operation_not_permitted) {
         throw api_error{403,
                         "llmosd may not schedule requests as tenant " + std::to_string(tenant) +
-                            ": the llmos module lets llmosd's user (uid " +
-                            std::to_string(::geteuid()) +
-                            ") submit as the tenants root granted it only (llmosctl sched grant)",
+                            ": the llmos module lets llmosd's user submit as its own tenant or "
+                            "those root granted it only (llmosctl sched grant)",
                         "permission_error", "", "tenant_not_granted"};
     }
     if (!id) {

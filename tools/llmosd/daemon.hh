@@ -333,6 +333,9 @@ public:
     };
     /// API keys: empty map when none are required.
     const std::map<std::string, api_key>& api_keys() const noexcept { return _keys; }
+    /// The tenant of a request that names none (without API keys): 0, or
+    /// the first one the module lets llmosd's user name when 0 is not.
+    uint32_t default_tenant() const noexcept { return _default_tenant; }
     const options& opts() const noexcept { return _o; }
     metrics& stats() noexcept { return _metrics; }
     std::string prometheus() const;
@@ -396,6 +399,7 @@ private:
     mutable std::mutex _sessions_m;
     std::map<std::string, std::weak_ptr<session_gate>> _session_locks;
     std::map<std::string, api_key> _keys;
+    uint32_t _default_tenant = 0;
     std::atomic<uint32_t> _in_flight{0};
     std::mutex _tenants_m;
     /// Requests in flight by tenant (those with any).
@@ -424,8 +428,9 @@ private:
     /// mindspaces, which removes those nobody holds (requests' ones whose
     /// holders went without looking again).
     void upkeep();
-    /// Says at start which tenants the module will refuse llmosd's user.
-    void warn_ungranted_tenants() const;
+    /// At start: the default tenant, and which tenants the module will
+    /// refuse llmosd's user (or, without keys, which any client may take).
+    void check_tenant_grant();
     /// Ends the sessions no request used for --session-idle-timeout, by
     /// the steady clock: steps of the wall clock neither end nor keep one.
     void expire_sessions();

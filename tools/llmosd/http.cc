@@ -809,7 +809,7 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res,
         return;
     }
     // A key's tenant wins over the request's: keys are how tenants are told apart.
-    uint32_t tenant = _d.api_keys().empty() ? j.tenant.value_or(0) : key_tenant;
+    uint32_t tenant = _d.api_keys().empty() ? j.tenant.value_or(_d.default_tenant()) : key_tenant;
     if (!_d.find_model(j.model)) {
         send_error(res, {404, "the model '" + j.model + "' does not exist", "invalid_request_error",
                          "model", "model_not_found"});

@@ -312,7 +312,7 @@ result<tenant_grant> tenant_grant_cmd(const device& dev, uint32_t flags, uint32_
         if (flags != 0) {
             return std::make_error_code(std::errc::not_supported);
         }
-        return tenant_grant{0, UINT32_MAX, false};
+        return tenant_grant{0, UINT32_MAX, false, false};
     }
     llmos_tenant_grant g{};
     g.size = sizeof(g);
@@ -323,7 +323,7 @@ result<tenant_grant> tenant_grant_cmd(const device& dev, uint32_t flags, uint32_
     if (auto ec = ioctl_err(dev.fd(), LLMOS_IOC_TENANT_GRANT, &g)) {
         return ec;
     }
-    return tenant_grant{g.out_first, g.out_last, g.out_granted != 0};
+    return tenant_grant{g.out_first, g.out_last, g.out_granted != 0, g.out_admin != 0};
 }
 
 } // namespace

@@ -762,23 +762,28 @@ enum llmos_grant_flags {
  * struct llmos_tenant_grant - ioctl(LLMOS_IOC_TENANT_GRANT)
  * @size: sizeof(struct llmos_tenant_grant)
  * @flags: &enum llmos_grant_flags, at most one
- * @uid: the uid, or %LLMOS_UID_SELF for the caller's fsuid; another uid
- *	than the caller's needs %CAP_SYS_ADMIN
+ * @uid: the uid, in the caller's user namespace, or %LLMOS_UID_SELF for
+ *	the caller's fsuid; another uid than the caller's needs
+ *	%CAP_SYS_ADMIN
  * @first: with %LLMOS_GRANT_SET: the first tenant of the range;
  *	otherwise must be 0
  * @last: with %LLMOS_GRANT_SET: the last tenant, @first or more;
  *	otherwise must be 0
  * @out_first: the first tenant the uid may name, after the command
+ *	(tenants are numbered as the initial user namespace numbers uids)
  * @out_last: the last one
  * @out_granted: 1 when the range was set by %LLMOS_GRANT_SET, 0 when it is
  *	the uid's own tenant
+ * @out_admin: 1 when the caller has %CAP_SYS_ADMIN, and so names any
+ *	tenant whatever its uid's range
+ * @__reserved: must be 0
  *
  * Sets, resets or reports which tenants a uid may name in SUBMIT and
  * SUBMIT_BATCH (see the scheduler's overview). A grant holds until it is
  * reset or the module is unloaded; a caller with %CAP_SYS_ADMIN may name
  * any tenant whatever its uid's range. Errors beyond the common ones:
  * EINVAL for both flags, @first above @last, a range without
- * %LLMOS_GRANT_SET, or a uid with no mapping; EPERM for a change,
+ * %LLMOS_GRANT_SET, a non-zero @__reserved, or a uid with no mapping; EPERM for a change,
  * or another uid, without %CAP_SYS_ADMIN.
  */
 struct llmos_tenant_grant {
@@ -790,6 +795,8 @@ struct llmos_tenant_grant {
 	__u32 out_first;
 	__u32 out_last;
 	__u32 out_granted;
+	__u32 out_admin;
+	__u32 __reserved;
 };
 
 /**

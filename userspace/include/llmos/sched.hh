@@ -213,6 +213,7 @@ struct tenant_grant {
     uint32_t first = 0;
     uint32_t last = 0;
     bool granted = false; ///< a range an admin set; false: the uid's own tenant
+    bool admin = false;   ///< the caller has CAP_SYS_ADMIN: it names any tenant
 };
 
 /// The tenants `uid` (LLMOS_UID_SELF: the caller's) may name; another uid
