@@ -15,7 +15,8 @@
 # driver vs this build's CUDA runtime, cuBLAS), tests.log, bench.log and
 # summary.txt, whose last line is "gpu-check: N passed, N failed, N
 # skipped" (a test program that crashes or runs out of time, and a
-# benchmark that fails, count as failures). Exit status: 0 when nothing
+# benchmark that fails, count as failures; so does a usable GPU without
+# cuBLAS, on a "gpu-check: FAILED: ..." line above it). Exit status: 0 when nothing
 # failed. GPU_CHECK_NO_BENCH=1 skips the benchmark, GPU_CHECK_TIMEOUT
 # (seconds, default 480) bounds the whole run: each test program gets up
 # to 300 s of what is left (30 s at least), the benchmark the rest.
@@ -27,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The programs of the pack: the GPU's tests, what they start, the benchmark.
-tests=(cuda_memory_test cuda_test cuda_llm_engine_test llmosd_engine_test)
+tests=(cuda_memory_test cuda_test cuda_kernels_test cuda_llm_engine_test llmosd_engine_test)
 tools=(tools/llmosd/llmosd tools/mkmodel/llmos-mkmodel host-bench/engine_bench)
 
 pack() {
@@ -123,15 +124,23 @@ run() {
 	} >"$out/probe.txt" 2>&1
 	cat "$out/probe.txt"
 
-	local passed=0 failed=0 skipped=0 t x left
+	local passed=0 failed=0 skipped=0 t x left notes=()
 	: >"$out/tests.log"
 	# A GPU that this build cannot use (a driver older than CUDA 13 wants,
 	# R580): every GPU test would skip, which must not read as a pass.
 	local gpus
 	gpus=$(timeout 30 nvidia-smi -L 2>/dev/null || true)
 	if grep -q '^GPU ' <<<"$gpus" && grep -q 'usable=0' "$out/probe.txt"; then
-		echo "gpu-check: nvidia-smi lists a GPU, but this build cannot use it:" \
-			"$(sed -n "s/.*usable=0.*reason='\(.*\)'/\1/p" "$out/probe.txt")" | tee -a "$out/tests.log"
+		notes+=("gpu-check: nvidia-smi lists a GPU, but this build cannot use it: $(sed -n "s/.*usable=0.*reason='\(.*\)'/\1/p" "$out/probe.txt")")
+		echo "${notes[-1]}" | tee -a "$out/tests.log"
+		failed=$((failed + 1))
+	fi
+	# A GPU the build uses, but no cuBLAS: every /cublas case would run on
+	# the built-in kernels and pass, testing nothing of cuBLAS.
+	if grep -qE '^\[ info     \] .*, cc [0-9]+\.[0-9]+, ' "$out/probe.txt" &&
+		grep -q '^\[ info     \] cuBLAS: not loaded' "$out/probe.txt"; then
+		notes+=("gpu-check: FAILED: cuBLAS is not loaded, so the /cublas cases run on the built-in kernels: $(grep -m1 '^\[ info     \] cuBLAS: not loaded' "$out/probe.txt" | sed 's/^\[ info     \] cuBLAS: not loaded: //')")
+		echo "${notes[-1]}" | tee -a "$out/tests.log"
 		failed=$((failed + 1))
 	fi
 	for t in "${tests[@]}"; do
@@ -182,7 +191,10 @@ run() {
 				tee -a "$out/bench.log"
 		fi
 	fi
-	echo "gpu-check: $passed passed, $failed failed, $skipped skipped" | tee "$out/summary.txt"
+	{
+		[ "${#notes[@]}" -eq 0 ] || printf '%s\n' "${notes[@]}"
+		echo "gpu-check: $passed passed, $failed failed, $skipped skipped"
+	} | tee "$out/summary.txt"
 	[ "$failed" -eq 0 ]
 }
 

@@ -5,7 +5,8 @@
 # libraries they load, then runs the pack (without the benchmark) as the
 # GPU machine would. Without a GPU every GPU case skips with its reason and
 # the rest pass; the pack must hold every program, stay small enough to
-# carry, and report the driver and device as the engine sees them.
+# carry, and report the driver and device as the engine sees them. Then a
+# pack of stand-ins for a GPU without cuBLAS: that run must fail, saying so.
 set -euo pipefail
 build=$1
 src=$2
@@ -17,8 +18,9 @@ fail() {
 	exit 1
 }
 tools/gpu-check.sh pack "$build" "$tmp/pack" >"$tmp/pack.log" 2>&1 || fail "pack failed: $(cat "$tmp/pack.log")"
-grep -q '^gpu-check: packed 7 programs' "$tmp/pack.log" || fail "$(cat "$tmp/pack.log")"
-for b in cuda_memory_test cuda_test cuda_llm_engine_test llmosd_engine_test llmosd llmos-mkmodel engine_bench; do
+grep -q '^gpu-check: packed 8 programs' "$tmp/pack.log" || fail "$(cat "$tmp/pack.log")"
+for b in cuda_memory_test cuda_test cuda_kernels_test cuda_llm_engine_test llmosd_engine_test \
+	llmosd llmos-mkmodel engine_bench; do
 	[ -x "$tmp/pack/bin/$b" ] || fail "$b is not in the pack"
 done
 [ -f "$tmp/pack/lib/liburing.so.2" ] || fail "liburing is not in the pack"
@@ -38,4 +40,35 @@ grep -q 'benchmark not run (GPU_CHECK_NO_BENCH=1)' "$tmp/out/bench.log" || fail 
 if grep -q 'no device:' "$tmp/out/probe.txt"; then
 	[ "$skipped" -gt 0 ] || fail "no GPU here, yet no case skipped: $last"
 fi
+! grep -q 'FAILED' "$tmp/out/summary.txt" || fail "a failure line: $(cat "$tmp/out/summary.txt")"
+
+# A GPU the build can use, without cuBLAS (stand-ins for the pack's
+# programs say so): a failure, on its own line in summary.txt, not a quiet
+# pass of every /cublas case on the built-in kernels.
+fake=$tmp/fake
+mkdir -p "$fake/bin" "$fake/lib" "$fake/testdata"
+cp "$tmp/pack/paths" "$fake/"
+cat >"$fake/bin/stub" <<'STUB'
+#!/bin/sh
+case "$*" in
+*cuda_probe*)
+	echo '[ info     ] NVIDIA H100 80GB HBM3, cc 9.0, 81559 MiB, driver 13000, runtime 13000, GPUDirect RDMA 1'
+	echo '[ info     ] cuBLAS: not loaded: libcublas.so.13: cannot open shared object file'
+	;;
+*gpu_probe*) echo "[ probe    ] built_with_cuda=1 usable=1 device='NVIDIA H100 80GB HBM3' reason=''" ;;
+*--gtest_list_tests*) ;;
+*) echo '[       OK ] stub.passes (1 ms)' ;;
+esac
+STUB
+chmod +x "$fake/bin/stub"
+for b in cuda_memory_test cuda_test cuda_kernels_test cuda_llm_engine_test llmosd_engine_test; do
+	ln -s stub "$fake/bin/$b"
+done
+rc=0
+OUT=$tmp/fake-out GPU_CHECK_NO_BENCH=1 tools/gpu-check.sh run "$fake" >"$tmp/fake.log" 2>&1 || rc=$?
+[ "$rc" -ne 0 ] || fail "a usable GPU without cuBLAS, yet status 0: $(cat "$tmp/fake.log")"
+grep -q '^gpu-check: FAILED: cuBLAS is not loaded, .*: libcublas.so.13: cannot open' \
+	"$tmp/fake-out/summary.txt" || fail "no cuBLAS line: $(cat "$tmp/fake-out/summary.txt")"
+[ "$(tail -n 1 "$tmp/fake-out/summary.txt")" = "gpu-check: 5 passed, 1 failed, 0 skipped" ] ||
+	fail "summary.txt: $(cat "$tmp/fake-out/summary.txt")"
 echo "gpu_check_test: $last"

@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
+#include <iterator>
 #include <llmos/engine/context.hh>
 #include <llmos/engine/cuda.hh>
 #include <llmos/engine/gguf.hh>
@@ -41,7 +42,7 @@
 #include <vector>
 
 #ifdef LLMOS_CUDA_EMU
-#include <cuda_emu.hh> // fail_captures()
+#include <cuda_emu.hh> // fail_captures(), fail_allocations()
 #endif
 
 using namespace llmos::engine;
@@ -198,6 +199,34 @@ TEST(cuda_model, without_a_device_the_classes_refuse_with_the_probe_reason) {
         EXPECT_NE(std::string(e.what()).find(di.reason), std::string::npos) << e.what();
     }
     EXPECT_THROW(cuda_device_buffer(4096), cuda_error);
+}
+
+// The errors after which CUDA fails every call of the process: CUDA 13's
+// numbers (cudaError_t and CUresult alike; the backend's build checks them
+// against the headers), and ones that must not count (out of memory, a
+// launch too large, a capture invalidated by another thread: the device
+// goes on).
+TEST(cuda_errors, sticky_ones_are_those_that_leave_the_device_unusable) {
+    for (int code : {214,    // ECC uncorrectable
+                     220,    // NVLink uncorrectable
+                     226,    // contained
+                     700,    // illegal address
+                     702,    // launch timeout
+                     710,    // device assert
+                     714,    // hardware stack error
+                     715,    // illegal instruction
+                     716,    // misaligned address
+                     717,    // invalid address space
+                     718,    // invalid PC
+                     719,    // launch failure
+                     721,    // tensor memory leak
+                     810,    // MPS client terminated
+                     911}) { // external device
+        EXPECT_TRUE(cuda_error_is_sticky(code)) << code;
+    }
+    for (int code : {0, 1, 2, 101, 213, 215, 219, 221, 225, 400, 701, 720, 900, 901, 999}) {
+        EXPECT_FALSE(cuda_error_is_sticky(code)) << code;
+    }
 }
 
 class cuda_kv_host : public ::testing::Test {
@@ -1089,6 +1118,119 @@ TEST_P(cuda_graphs, failed_captures_launch_their_steps_and_three_in_a_row_end_gr
     d.step(2);
     d.step(2);
     EXPECT_EQ(stats(), (v{1, 3, 12, 4}));
+}
+#endif
+
+namespace {
+
+/// The generated model `name` (mkmodel `args`) with layer 0's ffn_norm
+/// weights times `factor`, written beside it; "" with `why` set.
+std::string with_ffn_norm_scaled(const std::string& name, const std::string& args, float factor,
+                                 std::string& why) {
+    const std::string path = generated_model(name, args, why);
+    if (path.empty()) {
+        return {};
+    }
+    const std::string out = llmos::testing::model_workdir() + "/" + name + "-ffn-norm-x" +
+                            std::to_string(int(factor)) + ".gguf";
+    std::ifstream in(path, std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const gguf_file f = gguf_file::open(path);
+    const gguf_tensor* t = f.find_tensor("blk.0.ffn_norm.weight");
+    if (!t || t->type != ggml_type::f32) {
+        why = path + ": no F32 blk.0.ffn_norm.weight";
+        return {};
+    }
+    for (uint64_t i = 0; i < t->data.size() / 4; ++i) {
+        float v;
+        char* p = bytes.data() + f.data_offset() + t->offset + i * 4;
+        std::memcpy(&v, p, 4);
+        v *= factor;
+        std::memcpy(p, &v, 4);
+    }
+    std::ofstream(out, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
+    return out;
+}
+
+} // namespace
+
+// Activations beyond F16's range (+-65504) on their way into cuBLAS: layer
+// 0's ffn_norm weights 2000 times larger make gate * up, the input of
+// ffn_down, of order 1e5 to 1e7 (real models -- Qwen2, Gemma, some Llama --
+// reach 1e5 there), and the residual after it 1e5. The CPU engine keeps them
+// in F32; the device's F16 GEMMs (F16 weights at every step, block weights
+// dequantized in a 40-token prompt) get them scaled per row into F16's
+// range and undone after, so the logits follow the CPU engine's within the
+// tolerance of cuda_vs_cpu (clamped to 65504, they were off by far more).
+TEST(cuda_context, activations_beyond_f16_range_follow_the_cpu_engine) {
+    REQUIRE_DEVICE();
+    struct scaled_case {
+        const char* name;
+        const char* args;
+        size_t prompt_len;
+    };
+    for (const scaled_case& sc : {scaled_case{"llama_f16", SHAPE "--type f16", 8},
+                                  scaled_case{"llama_q8_0", SHAPE "--type q8_0", 40}}) {
+        SCOPED_TRACE(sc.name);
+        std::string why;
+        const std::string path = with_ffn_norm_scaled(sc.name, sc.args, 2000.0f, why);
+        ASSERT_FALSE(path.empty()) << why;
+        loaded l(path);
+        const uint32_t V = l.m->params().n_vocab;
+        std::vector<int32_t> prompt(sc.prompt_len);
+        for (size_t i = 0; i < prompt.size(); ++i) {
+            prompt[i] = static_cast<int32_t>((i * 37 + 5) % V);
+        }
+        const std::vector<int32_t> forced{3, 141, 59, 26};
+        const auto ref = cpu_logits(*l.m, prompt, forced, true);
+        cuda_model cm(*l.m);
+        cuda_context ctx(cm);
+        const auto got = gpu_logits(cm, ctx, prompt, forced);
+        ASSERT_EQ(got.size(), ref.size());
+        double worst = 0;
+        for (size_t i = 0; i < ref.size(); ++i) {
+            worst = std::max(worst, rel_l2(got[i], ref[i]));
+        }
+        std::cout << "[ info     ] " << ctx.gemm_path() << ": worst relative L2 " << worst << "\n";
+        EXPECT_LE(worst, 3e-2);
+    }
+}
+
+#ifdef LLMOS_CUDA_EMU
+// Device memory that runs out while a step sizes its scratch: the step
+// throws cuda_error and commits nothing. The CUDA error the failed
+// cudaMalloc left behind is not the next step's: that one is launched, the
+// one after captured (not a failed capture), and they give what a context
+// that never failed gives.
+TEST(cuda_context, a_failed_allocation_fails_its_own_step_only) {
+    REQUIRE_DEVICE();
+    loaded l(tiny);
+    cuda_model cm(*l.m);
+    cuda_context ctx(cm), fresh(cm);
+    const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 64};
+    gpu_kv a(*l.m, ko), b(*l.m, ko);
+    const uint32_t V = l.m->params().n_vocab;
+    std::vector<float> la(V), lb(V);
+    std::vector<int32_t> tok{1};
+    cuda_batch_entry ea{.kv = &a.kv, .tokens = tok, .logits = la.data()};
+    cuda_batch_entry eb{.kv = &b.kv, .tokens = tok, .logits = lb.data()};
+    llmos::cuda_emu::fail_allocations(1);
+    EXPECT_THROW(ctx.step({&ea, 1}), cuda_error);
+    llmos::cuda_emu::fail_allocations(0);
+    EXPECT_EQ(a.kv.n_tokens(), 0u);
+    for (int i = 0; i < 4; ++i) {
+        SCOPED_TRACE("step " + std::to_string(i));
+        ASSERT_EQ(ctx.step({&ea, 1}), step_status::ok);
+        ASSERT_EQ(fresh.step({&eb, 1}), step_status::ok);
+        expect_as_launched(la, lb, ctx.uses_cublas());
+        tok[0] = argmax(lb);
+    }
+    const cuda_graph_stats st = ctx.graph_stats();
+    EXPECT_EQ(st.failed, 0u) << ctx.last_graph_failure();
+    EXPECT_EQ(st.launched, 1u);
+    EXPECT_EQ(st.captured, 1u);
+    EXPECT_EQ(st.replayed, 3u);
+    EXPECT_TRUE(ctx.uses_graphs()) << ctx.graph_path();
 }
 #endif
 

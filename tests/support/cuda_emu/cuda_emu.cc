@@ -160,6 +160,7 @@ struct device_state {
     uint64_t fault_at = kernel_to_fault();       ///< the run that faults (injected), 0: none
     unsigned fail_captures = captures_to_fail(); ///< captures still to invalidate
     unsigned fail_after = 3;
+    unsigned fail_allocs = 0;               ///< device allocations still to refuse (injected)
     std::map<uintptr_t, allocation> allocs; // by start address
     std::set<cudaStream_t> streams;         // each a stream_obj
     std::set<const void*> graphs, execs;    // each a graph_obj
@@ -280,6 +281,10 @@ cudaError_t alloc(void** p, size_t bytes, mem_kind k) {
     }
     const size_t n = bytes ? bytes : 1;
     std::lock_guard g(dev().mu);
+    if (k == mem_kind::device && dev().fail_allocs > 0) {
+        --dev().fail_allocs;
+        return ret(cudaErrorMemoryAllocation);
+    }
     if (k == mem_kind::device && dev().device_bytes + n > device_memory) {
         return ret(cudaErrorMemoryAllocation);
     }
@@ -774,6 +779,11 @@ void fail_captures(unsigned n, unsigned after) {
     std::lock_guard g(dev().mu);
     dev().fail_captures = n;
     dev().fail_after = after;
+}
+
+void fail_allocations(unsigned n) {
+    std::lock_guard g(dev().mu);
+    dev().fail_allocs = n;
 }
 
 } // namespace llmos::cuda_emu

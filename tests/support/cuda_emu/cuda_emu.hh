@@ -350,6 +350,12 @@ inline constexpr const char* device_name = "llmos CUDA emulator (host fibers)";
 /// (after = 3), for programs the test starts.
 void fail_captures(unsigned n, unsigned after = 3);
 
+/// Fault injection, for testing what a program does when device memory
+/// runs out: each of the next `n` device allocations (cudaMalloc) on any
+/// thread fails with cudaErrorMemoryAllocation, as on a device that is
+/// full (not sticky: the thread's last error, as cudaMalloc leaves it).
+void fail_allocations(unsigned n);
+
 /// Fault injection, for testing what a program does when a kernel faults
 /// on a device: the `n`th kernel to run from now (1: the next one) fails
 /// as one that read an illegal address would, with a sticky

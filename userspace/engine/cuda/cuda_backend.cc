@@ -30,6 +30,29 @@ static_assert(sizeof(cublasOperation_t) == sizeof(int) && sizeof(cudaDataType) =
               sizeof(cublasGemmAlgo_t) == sizeof(int));
 #endif
 
+#ifndef LLMOS_CUDA_EMU
+// cuda_error_is_sticky's numbers are the runtime's (cuda_memory.cc checks
+// the driver's).
+static_assert(llmos::engine::cuda_error_is_sticky(cudaErrorECCUncorrectable) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorNvlinkUncorrectable) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorContained) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorIllegalAddress) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorLaunchTimeout) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorAssert) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorHardwareStackError) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorIllegalInstruction) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorMisalignedAddress) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorInvalidAddressSpace) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorInvalidPc) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorLaunchFailure) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorTensorMemoryLeak) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorMpsClientTerminated) &&
+              llmos::engine::cuda_error_is_sticky(cudaErrorExternalDevice));
+static_assert(!llmos::engine::cuda_error_is_sticky(cudaErrorMemoryAllocation) &&
+              !llmos::engine::cuda_error_is_sticky(cudaErrorLaunchOutOfResources) &&
+              !llmos::engine::cuda_error_is_sticky(cudaErrorStreamCaptureInvalidated));
+#endif
+
 #ifndef LLMOS_CUDA_ARCH
 #define LLMOS_CUDA_ARCH 90
 #endif
@@ -53,6 +76,11 @@ void check(cudaError_t e, const char* what) {
 }
 
 void fail(cudaError_t e, std::string message) {
+    // Reported here, so not left behind as this thread's last error for
+    // the next launch's check to take as its own (a failed cudaMalloc's
+    // cudaErrorMemoryAllocation would fail the next step's first kernel,
+    // or its graph capture). A sticky error stays whatever is done.
+    (void)cudaGetLastError();
     if (cuda_error_is_sticky(e)) {
         throw device_lost(message + ": the GPU cannot be used by this process any more");
     }
@@ -174,6 +202,16 @@ bool cuda_built() noexcept {
 cuda_device_info cuda_probe(int device) noexcept {
     cuda_device_info info;
     info.device = device;
+    // What a failed call below leaves as this thread's last error is said
+    // in `reason`, not left for a later launch's check.
+    struct clear_on_failure {
+        const cuda_device_info& i;
+        ~clear_on_failure() {
+            if (!i.available) {
+                (void)cudaGetLastError();
+            }
+        }
+    } clear{info};
     try {
         cudaRuntimeGetVersion(&info.runtime_version);
         cudaDriverGetVersion(&info.driver_version);
@@ -213,6 +251,8 @@ cuda_device_info cuda_probe(int device) noexcept {
         if (cudaDeviceGetAttribute(&rdma, cudaDevAttrGPUDirectRDMASupported, device) ==
             cudaSuccess) {
             info.gpudirect_rdma = rdma != 0;
+        } else {
+            (void)cudaGetLastError(); // an unknown attribute: not a launch's error
         }
         // Built for one architecture, with its PTX: newer devices JIT it,
         // older ones cannot run it.
@@ -254,7 +294,7 @@ cuda_device_buffer::cuda_device_buffer(uint64_t bytes, int device)
     void* p = nullptr;
     device_sync_guard g;
     if (const cudaError_t e = cudaMalloc(&p, std::max<uint64_t>(bytes, 256)); e != cudaSuccess) {
-        throw cuda_error("cudaMalloc of " + std::to_string(bytes) + " bytes: " + error_text(e));
+        fail(e, "cudaMalloc of " + std::to_string(bytes) + " bytes: " + error_text(e));
     }
     // cudaMemset may return before it ran; a non-blocking stream's kernels
     // would not wait for it. The legacy stream, which ran it, is enough to
@@ -265,7 +305,7 @@ cuda_device_buffer::cuda_device_buffer(uint64_t bytes, int device)
     }
     if (e != cudaSuccess) {
         cudaFree(p);
-        throw cuda_error("cudaMemset: " + error_text(e));
+        fail(e, "cudaMemset: " + error_text(e));
     }
     _p = p;
     _n = bytes;

@@ -17,7 +17,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <set>
+#include <span>
 #include <stdexcept>
 
 namespace llmos::engine {
@@ -93,6 +95,7 @@ struct cuda_context::impl {
     // Activations, [tokens x width] floats.
     dev_buf x, xn, q, k, v, att, gate, up;
     dev_buf act_f16, w_f16; // activations (F16 or BF16) / weights (F16) for cuBLAS
+    dev_buf act_scale;      // per row: what to_f16 scaled the F16 activations by
     dev_buf rows, logits;   // the logits' rows (normalized) and the logits
     dev_buf meta;           // row_desc[T], seq_desc[B], gather[R], tables
     dev_buf parts;          // attention's parts (attention_parts() > 1)
@@ -107,7 +110,7 @@ struct cuda_context::impl {
     std::string graph_failure;     ///< why the last capture failed
     std::set<uint64_t> seen;
     std::vector<graph_entry> graphs;
-    std::array<const void*, 14> scratch{};
+    std::array<const void*, 15> scratch{};
     int multiprocessors = 0;
     uint64_t steps = 0;
     cuda_graph_stats stats;
@@ -182,34 +185,71 @@ struct cuda_context::impl {
         }
     }
 
-    void mm(const dev_matrix& w, const float* in, int64_t n_tokens, float* out) {
-        const bool quant = block_kind(w.kind);
-        if (!blas_handle || (quant && (n_tokens < blas_quant_tokens || no_dequant))) {
-            check(matmul(w.kind, w.data, w.rows, w.cols, in, n_tokens, out, stream), "matmul");
-            return;
+    /// One linear layer of a group: weights and where its output goes.
+    struct mm_job {
+        const dev_matrix& w;
+        float* out;
+    };
+
+    /// out = in W^T for each of `jobs` (up to max_scaled_outputs), all
+    /// over the same input (n_tokens rows): on the built-in kernel (F32
+    /// activations) without cuBLAS and for block weights in small steps,
+    /// otherwise on cuBLAS. There F32 weights meet F32 activations, BF16
+    /// ones BF16 activations, F16 and dequantized block ones F16
+    /// activations, converted once for the group with each row scaled into
+    /// F16's range (to_f16) and the outputs unscaled after (one launch).
+    void mm(std::initializer_list<mm_job> jobs, const float* in, int64_t n_tokens) {
+        enum class act { none, f16, bf16 } have = act::none; // what act_f16 holds now
+        std::array<scaled_rows, max_scaled_outputs> scaled{};
+        size_t n_scaled = 0;
+        for (const mm_job& j : jobs) {
+            const dev_matrix& w = j.w;
+            const bool quant = block_kind(w.kind);
+            if (!blas_handle || (quant && (n_tokens < blas_quant_tokens || no_dequant))) {
+                check(matmul(w.kind, w.data, w.rows, w.cols, in, n_tokens, j.out, stream),
+                      "matmul");
+                continue;
+            }
+            if (w.kind == wkind::f32) {
+                gemm(w.data, blas_r_32f, in, blas_r_32f, j.out, w.rows, w.cols, n_tokens);
+                continue;
+            }
+            if (w.kind == wkind::bf16) {
+                // BF16 weights as they are, the activations rounded to BF16
+                // (F32 accumulation): BF16's range, which F16 lacks.
+                if (have != act::bf16) {
+                    sized(act_f16, size_t(n_tokens * w.cols) * 2, "activations as BF16");
+                    check(to_bf16(in, act_f16.as<uint16_t>(), n_tokens * w.cols, stream),
+                          "to_bf16");
+                    have = act::bf16;
+                }
+                gemm(w.data, blas_r_16bf, act_f16.get(), blas_r_16bf, j.out, w.rows, w.cols,
+                     n_tokens);
+                continue;
+            }
+            const void* a = w.data;
+            if (quant) {
+                sized(w_f16, size_t(w.rows * w.cols) * 2, "dequantized weights");
+                check(dequant_f16(w.kind, w.data, w.rows, w.cols, w_f16.as<uint16_t>(), stream),
+                      "dequant_f16");
+                a = w_f16.get();
+            }
+            if (have != act::f16) {
+                sized(act_f16, size_t(n_tokens * w.cols) * 2, "activations as F16");
+                sized(act_scale, size_t(n_tokens) * 4, "activation scales");
+                check(to_f16(in, act_f16.as<uint16_t>(), act_scale.as<float>(), n_tokens, w.cols,
+                             stream),
+                      "to_f16");
+                have = act::f16;
+            }
+            gemm(a, blas_r_16f, act_f16.get(), blas_r_16f, j.out, w.rows, w.cols, n_tokens);
+            scaled.at(n_scaled++) = {j.out, w.rows};
         }
-        if (w.kind == wkind::f32) {
-            gemm(w.data, blas_r_32f, in, blas_r_32f, out, w.rows, w.cols, n_tokens);
-            return;
+        if (n_scaled) {
+            check(unscale(act_scale.as<float>(), n_tokens,
+                          std::span<const scaled_rows>(scaled.data(), n_scaled), stream),
+                  "unscale");
         }
-        if (w.kind == wkind::bf16) {
-            // BF16 weights as they are, the activations rounded to BF16
-            // (F32 accumulation): BF16's range, which F16 lacks.
-            sized(act_f16, size_t(n_tokens * w.cols) * 2, "activations as BF16");
-            check(to_bf16(in, act_f16.as<uint16_t>(), n_tokens * w.cols, stream), "to_bf16");
-            gemm(w.data, blas_r_16bf, act_f16.get(), blas_r_16bf, out, w.rows, w.cols, n_tokens);
-            return;
-        }
-        const void* a = w.data;
-        if (quant) {
-            sized(w_f16, size_t(w.rows * w.cols) * 2, "dequantized weights");
-            check(dequant_f16(w.kind, w.data, w.rows, w.cols, w_f16.as<uint16_t>(), stream),
-                  "dequant_f16");
-            a = w_f16.get();
-        }
-        sized(act_f16, size_t(n_tokens * w.cols) * 2, "activations as F16");
-        check(to_f16(in, act_f16.as<uint16_t>(), n_tokens * w.cols, stream), "to_f16");
-        gemm(a, blas_r_16f, act_f16.get(), blas_r_16f, out, w.rows, w.cols, n_tokens);
     }
 
     bool graphs_on() const noexcept {
@@ -547,6 +587,7 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
     }
     if (c.blas_handle) {
         c.act_f16.ensure(rows_max * std::max(E, F) * 2, "activations as F16");
+        c.act_scale.ensure(rows_max * 4, "activation scales");
         if (int64_t(rows_max) >= blas_quant_tokens && d.max_quant_elems && !c.no_dequant) {
             try {
                 c.w_f16.ensure(size_t(d.max_quant_elems) * 2, "dequantized weights");
@@ -559,10 +600,10 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
             }
         }
     }
-    const std::array<const void*, 14> scratch{
-        c.x.get(),       c.xn.get(),    c.q.get(),    c.att.get(),  c.k.get(),
-        c.v.get(),       c.gate.get(),  c.up.get(),   c.rows.get(), c.logits.get(),
-        c.act_f16.get(), c.w_f16.get(), c.meta.get(), c.parts.get()};
+    const std::array<const void*, 15> scratch{
+        c.x.get(),       c.xn.get(),    c.q.get(),    c.att.get(),   c.k.get(),
+        c.v.get(),       c.gate.get(),  c.up.get(),   c.rows.get(),  c.logits.get(),
+        c.act_f16.get(), c.w_f16.get(), c.meta.get(), c.parts.get(), c.act_scale.get()};
     if (scratch != c.scratch) {
         c.drop_graphs(); // they point into the old scratch
         c.scratch = scratch;
@@ -589,9 +630,7 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
         for (uint32_t l = 0; l < p.n_layer; ++l) {
             const dev_layer& w = d.layers[l];
             check(rms_norm(x, w.attn_norm, xn, Ti, E, p.rms_eps, nullptr, s), "rms_norm");
-            c.mm(w.wq, xn, Ti, q);
-            c.mm(w.wk, xn, Ti, k);
-            c.mm(w.wv, xn, Ti, v);
+            c.mm({{w.wq, q}, {w.wk, k}, {w.wv, v}}, xn, Ti);
             if (w.bq) {
                 check(add_bias(q, w.bq, Ti, E, s), "add_bias");
             }
@@ -611,20 +650,19 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
             check(attention(q, att, Ti, p.n_head, p.n_head_kv, p.head_dim, l, scale, rows_d, seqs_d,
                             tables_d, c.parts.as<float>(), parts, s),
                   "attention");
-            c.mm(w.wo, att, Ti, xn);
+            c.mm({{w.wo, xn}}, att, Ti);
             check(add(x, xn, Ti * E, s), "add");
             check(rms_norm(x, w.ffn_norm, xn, Ti, E, p.rms_eps, nullptr, s), "rms_norm");
-            c.mm(w.w_gate, xn, Ti, gate);
-            c.mm(w.w_up, xn, Ti, up);
+            c.mm({{w.w_gate, gate}, {w.w_up, up}}, xn, Ti);
             check(swiglu(gate, up, Ti * F, s), "swiglu");
-            c.mm(w.w_down, gate, Ti, xn);
+            c.mm({{w.w_down, xn}}, gate, Ti);
             check(add(x, xn, Ti * E, s), "add");
         }
         if (R) {
             check(rms_norm(x, d.output_norm, c.rows.as<float>(), int64_t(R), E, p.rms_eps, gather_d,
                            s),
                   "rms_norm (output)");
-            c.mm(d.output, c.rows.as<float>(), int64_t(R), c.logits.as<float>());
+            c.mm({{d.output, c.logits.as<float>()}}, c.rows.as<float>(), int64_t(R));
         }
     };
     ++c.steps;

@@ -7,7 +7,9 @@
 // activations are the step's tokens.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <span>
 #ifdef LLMOS_CUDA_EMU
 #include <cuda_emu.hh> // tests: the host emulation of the device
 #else
@@ -60,9 +62,33 @@ cudaError_t matmul(wkind t, const void* w, int64_t rows, int64_t cols, const flo
 cudaError_t dequant_f16(wkind t, const void* w, int64_t rows, int64_t cols, uint16_t* out,
                         cudaStream_t s);
 
-/// n floats to halves (round to nearest even); finite values beyond the
-/// halves' range saturate to +-65504, infinities and NaNs stay.
-cudaError_t to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t s);
+/// Row r of x (rows x cols floats) times scale[r] as halves in y (round to
+/// nearest even). scale[r] is a power of two: 1 when the row's finite
+/// values fit the halves' range (+-65504), otherwise the largest one that
+/// brings them within it; infinities and NaNs stay. Activations beyond
+/// F16's range (gate * up of some models reaches 1e5 and more) are so
+/// scaled, not clamped, on their way into an F16 GEMM; unscale() undoes it
+/// on the GEMM's F32 result. Per row, so that a token's result does not
+/// depend on the others in its step.
+cudaError_t to_f16(const float* x, uint16_t* y, float* scale, int64_t rows, int64_t cols,
+                   cudaStream_t s);
+
+/// One output of a GEMM over to_f16's halves: `rows` rows of `width`
+/// floats (y null: none).
+struct scaled_rows {
+    float* y = nullptr;
+    int64_t width = 0;
+};
+
+/// Most outputs one unscale() takes.
+inline constexpr size_t max_scaled_outputs = 3;
+
+/// Row r of each of `outs` (GEMMs of the same input: up to
+/// max_scaled_outputs, in one launch) divided by scale[r], what to_f16
+/// scaled the input's row r by (a power of two: exact); rows whose scale is
+/// 1 are not touched.
+cudaError_t unscale(const float* scale, int64_t rows, std::span<const scaled_rows> outs,
+                    cudaStream_t s);
 
 /// n floats to bfloat16 (round to nearest even).
 cudaError_t to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t s);

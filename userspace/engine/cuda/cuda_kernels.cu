@@ -313,17 +313,50 @@ __global__ void k_dequant_f16(const void* w, int64_t rows, int64_t cols, __half*
     }
 }
 
-// Saturating: a finite activation beyond F16's range becomes its largest
-// value (65504), not infinity, which would turn the GEMM's sums into inf
-// and NaN where the CPU's F32 activations stay finite.
-__global__ void k_to_f16(const float* x, __half* y, int64_t n) {
-    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i < n) {
-        float v = x[i];
-        if (fabsf(v) > 65504.0f && isfinite(v)) {
-            v = copysignf(65504.0f, v);
+// One block per row: the row's largest finite magnitude m, then the row
+// times scale = 2^-k, the smallest k >= 0 with m 2^-k <= 65504 (F16's
+// largest value), as halves. A power of two is exact (but for what falls
+// into F16's subnormals), so a row that fits is converted as it is and one
+// that does not loses only its smallest values' low bits; unscale() undoes
+// the scale on the GEMM's F32 result. Infinities and NaNs stay.
+__global__ void k_to_f16(const float* x, __half* y, float* scale, int64_t cols) {
+    __shared__ float tmp[32];
+    const int64_t row = blockIdx.x;
+    const float* xr = x + row * cols;
+    float m = 0.0f;
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float a = fabsf(xr[i]);
+        if (isfinite(a)) {
+            m = fmaxf(m, a);
         }
-        y[i] = __float2half_rn(v);
+    }
+    m = block_reduce<true>(m, tmp);
+    float s = 1.0f;
+    while (m * s > 65504.0f) {
+        s *= 0.5f;
+    }
+    if (threadIdx.x == 0) {
+        scale[row] = s;
+    }
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+        y[row * cols + i] = __float2half_rn(xr[i] * s);
+    }
+}
+
+// Block (row, output): that output's row divided by the row's scale, when
+// it is not 1 (a power of two: exact).
+__global__ void k_unscale(const float* scale, float* y0, int64_t w0, float* y1, int64_t w1,
+                          float* y2, int64_t w2) {
+    const int64_t row = blockIdx.x;
+    const float s = scale[row];
+    if (s == 1.0f) {
+        return;
+    }
+    float* y = blockIdx.y == 0 ? y0 : blockIdx.y == 1 ? y1 : y2;
+    const int64_t w = blockIdx.y == 0 ? w0 : blockIdx.y == 1 ? w1 : w2;
+    const float inv = 1.0f / s;
+    for (int64_t i = threadIdx.x; i < w; i += blockDim.x) {
+        y[row * w + i] *= inv;
     }
 }
 
@@ -647,6 +680,7 @@ cudaError_t load_kernels() {
         }));
     }
     keep(load(k_to_f16));
+    keep(load(k_unscale));
     keep(load(k_to_bf16));
     keep(load(k_rms_norm));
     keep(load(k_add_bias));
@@ -685,11 +719,35 @@ cudaError_t dequant_f16(wkind t, const void* w, int64_t rows, int64_t cols, uint
     });
 }
 
-cudaError_t to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t s) {
-    if (n <= 0) {
+cudaError_t to_f16(const float* x, uint16_t* y, float* scale, int64_t rows, int64_t cols,
+                   cudaStream_t s) {
+    if (rows <= 0 || cols <= 0) {
         return cudaSuccess;
     }
-    LLMOS_LAUNCH(k_to_f16, blocks_for(n, 256), 256, s)(x, reinterpret_cast<__half*>(y), n);
+    // Whole warps, no more than a narrow row needs.
+    const int threads = cols >= 256 ? 256 : int((cols + 31) / 32 * 32);
+    LLMOS_LAUNCH(k_to_f16, static_cast<unsigned>(rows), threads, s)
+    (x, reinterpret_cast<__half*>(y), scale, cols);
+    return cudaGetLastError();
+}
+
+cudaError_t unscale(const float* scale, int64_t rows, std::span<const scaled_rows> outs,
+                    cudaStream_t s) {
+    if (outs.size() > max_scaled_outputs) {
+        return cudaErrorInvalidValue;
+    }
+    scaled_rows y[max_scaled_outputs] = {};
+    unsigned n = 0;
+    for (const scaled_rows& o : outs) {
+        if (o.y && o.width > 0) {
+            y[n++] = o;
+        }
+    }
+    if (rows <= 0 || n == 0) {
+        return cudaSuccess;
+    }
+    LLMOS_LAUNCH(k_unscale, dim3(static_cast<unsigned>(rows), n), 128, s)
+    (scale, y[0].y, y[0].width, y[1].y, y[1].width, y[2].y, y[2].width);
     return cudaGetLastError();
 }
 

@@ -29,6 +29,16 @@
 #include <llmos/engine/cuda_memory.hh>
 #include <unistd.h>
 
+#ifndef LLMOS_CUDA_EMU
+// cuda_error_is_sticky takes the driver's numbers too.
+static_assert(llmos::engine::cuda_error_is_sticky(CUDA_ERROR_ECC_UNCORRECTABLE) &&
+              llmos::engine::cuda_error_is_sticky(CUDA_ERROR_NVLINK_UNCORRECTABLE) &&
+              llmos::engine::cuda_error_is_sticky(CUDA_ERROR_CONTAINED) &&
+              llmos::engine::cuda_error_is_sticky(CUDA_ERROR_ILLEGAL_ADDRESS) &&
+              llmos::engine::cuda_error_is_sticky(CUDA_ERROR_LAUNCH_FAILED) &&
+              !llmos::engine::cuda_error_is_sticky(CUDA_ERROR_OUT_OF_MEMORY));
+#endif
+
 namespace llmos::engine {
 
 namespace {
@@ -75,6 +85,7 @@ bool load_entry(driver_api& api, Fn& fn, const char* symbol, int version) {
     cudaError_t e =
         cudaGetDriverEntryPointByVersion(symbol, &p, unsigned(version), cudaEnableDefault, &q);
     if (e != cudaSuccess) {
+        (void)cudaGetLastError(); // said in api.error, not left for a launch's check
         api.error = std::string("cudaGetDriverEntryPointByVersion(") + symbol + ", CUDA " +
                     cuda_detail::version_text(version) + "): " + cuda_detail::error_text(e);
         return false;
@@ -96,12 +107,14 @@ driver_api load_api() {
     int driver = 0;
     cudaError_t e = cudaDriverGetVersion(&driver);
     if (e != cudaSuccess || driver == 0) {
+        (void)cudaGetLastError(); // said in api.error, not left for a launch's check
         api.error = "no CUDA driver (libcuda.so.1 is not installed or cannot be loaded)";
         return api;
     }
     int count = 0;
     e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
+        (void)cudaGetLastError();
         // cuda_probe tells a driver too old for this build from none.
         api.error = "no usable CUDA device: " + cuda_probe(0).reason;
         return api;
@@ -174,6 +187,8 @@ void rt_check(cudaError_t e, const char* call) {
         if (cuda_error_is_sticky(int(e))) {
             cuda_detail::fail(e, std::string(call) + ": " + cuda_detail::error_text(e));
         }
+        // Thrown, so not left for this thread's next launch check.
+        (void)cudaGetLastError();
         throw gpu_error(std::string(call) + ": " + cuda_detail::error_text(e));
     }
 }

@@ -27,9 +27,11 @@
 // tokens or more, dequantized to F16 for it) go through cuBLAS when
 // libcublas.so.13 (or libcublas.so) can be loaded at run time; nothing
 // links against it. The activations meet F16 (and dequantized) weights as
-// halves and BF16 weights as bfloat16 (F32 sums). Without cuBLAS the
-// engine's own kernels do the work, activations in F32 (cuda_blas() says
-// which, and why).
+// halves and BF16 weights as bfloat16 (F32 sums). A token's activations
+// beyond F16's range (+-65504: gate * up of some models reaches 1e5 and
+// more) are scaled into it by a power of two, which is undone on the F32
+// result, not clamped. Without cuBLAS the engine's own kernels do the work,
+// activations in F32 (cuda_blas() says which, and why).
 //
 // Small steps (decode: one token per sequence) are a few hundred short
 // kernels, whose launches cost more than their work on a small model. A
@@ -75,9 +77,14 @@ public:
 
 /// Whether `code`, a cudaError_t or the CUresult of the same number, is one
 /// that CUDA documents as leaving the process unable to use the device
-/// ("the process must be terminated and relaunched").
+/// ("the process must be terminated and relaunched"), or an uncorrectable
+/// hardware error (ECC, NVLink) met during execution, after which the
+/// context's memory cannot be trusted either. (The numbers are CUDA 13's,
+/// checked against its headers where the backend is built.)
 constexpr bool cuda_error_is_sticky(int code) noexcept {
     switch (code) {
+    case 214: // cudaErrorECCUncorrectable, CUDA_ERROR_ECC_UNCORRECTABLE
+    case 220: // cudaErrorNvlinkUncorrectable, CUDA_ERROR_NVLINK_UNCORRECTABLE
     case 226: // cudaErrorContained
     case 700: // cudaErrorIllegalAddress
     case 702: // cudaErrorLaunchTimeout
