@@ -436,6 +436,26 @@ TEST_F(cuda_kv_host, a_cache_of_another_model_is_refused) {
     EXPECT_EQ(cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o).n_tokens(), 1u);
 }
 
+// A shape the GPU's kernels do not take is refused at load, saying why,
+// with a device or without: not loaded to fail every step.
+TEST(cuda_model_shape, heads_wider_than_the_attention_takes_are_refused) {
+    std::string why;
+    const std::string wide =
+        generated_model("wide_heads", "--preset tiny --n-embd 1024 --n-head 1 --n-head-kv 1", why);
+    ASSERT_FALSE(wide.empty()) << why; // the build makes llmos-mkmodel: a failure, not a skip
+    loaded l(wide);
+    ASSERT_EQ(l.m->params().head_dim, 1024u);
+    try {
+        cuda_model cm(*l.m, 0);
+        FAIL() << "a model with heads of 1024 dimensions was loaded";
+    } catch (const cuda_error& e) {
+        EXPECT_NE(std::string(e.what()).find("heads of 1024 dimensions; the GPU's attention "
+                                             "takes up to 512"),
+                  std::string::npos)
+            << e.what();
+    }
+}
+
 // --- With a device ---
 
 namespace {

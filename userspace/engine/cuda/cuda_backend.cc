@@ -437,6 +437,20 @@ private:
 
 cuda_model::cuda_model(const model& m, int device)
     : _impl(std::make_unique<impl>()) {
+    const model_params& p = m.params();
+    // What the kernels take: a block's shared query (max_head_dim floats),
+    // and heads on a grid's y (at most 65535). A model past them would load
+    // and then fail every step: refused here, saying why.
+    if (p.head_dim > max_head_dim) {
+        throw cuda_error("cuda model: heads of " + std::to_string(p.head_dim) +
+                         " dimensions; the GPU's attention takes up to " +
+                         std::to_string(max_head_dim) + " (run this model on the CPU)");
+    }
+    if (p.n_head > 65535) {
+        throw cuda_error("cuda model: " + std::to_string(p.n_head) +
+                         " attention heads; the GPU's attention takes up to 65535 (run this "
+                         "model on the CPU)");
+    }
     const cuda_device_info di = cuda_probe(device);
     if (!di.available) {
         throw cuda_error("cuda model: " + di.reason);
@@ -445,7 +459,6 @@ cuda_model::cuda_model(const model& m, int device)
     impl& d = *_impl;
     d.m = &m;
     d.device = device;
-    const model_params& p = m.params();
     uploader up(d);
     for (uint32_t l = 0; l < p.n_layer; ++l) {
         const layer_weights& w = m.layers()[l];
