@@ -10,6 +10,7 @@
 #include <llmos/channel.hh>
 #include <memory>
 #include <random>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -237,6 +238,62 @@ TEST(channel, a_sleeping_receiver_wakes_for_a_message) {
     EXPECT_EQ(out[0].offset, 42u);
     sender.join();
     EXPECT_EQ(tx.stats().wakeups_sent, 1u);
+}
+
+// A sender made for a ring that was used before (a restarted producer)
+// starts with the credit the receiver left it: once the ring went round
+// past its capacity, a new sender must still refuse to overwrite unread
+// slots, and send() must wait for the receiver.
+TEST(channel, a_sender_attached_to_a_used_ring_keeps_to_its_credit) {
+    auto ring = std::make_unique<llmos::channel_ring<8>>();
+    llmos::channel_receiver rx(*ring, 1);
+    descriptor out[16];
+    {
+        llmos::channel_sender first(*ring);
+        for (uint64_t i = 0; i < 16; ++i) {
+            ASSERT_TRUE(first.try_send(msg(1, i)));
+            ASSERT_EQ(rx.try_receive(std::span(out, 1)), 1u);
+        }
+    }
+    ASSERT_EQ(ring->tail.load(), 16u);
+    ASSERT_EQ(ring->head.load(), 16u);
+    // An empty ring at tail 16: eight sends, not one more.
+    llmos::channel_sender second(*ring);
+    for (uint64_t i = 0; i < 8; ++i) {
+        ASSERT_TRUE(second.try_send(msg(2, i))) << i;
+    }
+    EXPECT_FALSE(second.try_send(msg(2, 8)));
+    ASSERT_EQ(rx.try_receive(out), 8u);
+    for (uint64_t i = 0; i < 8; ++i) {
+        EXPECT_EQ(out[i].request, 2u);
+        EXPECT_EQ(out[i].offset, i);
+    }
+    // Three left unread: the next sender has five credits.
+    for (uint64_t i = 0; i < 3; ++i) {
+        ASSERT_TRUE(second.try_send(msg(3, i)));
+    }
+    llmos::channel_sender third(*ring);
+    for (uint64_t i = 3; i < 8; ++i) {
+        ASSERT_TRUE(third.try_send(msg(3, i))) << i;
+    }
+    EXPECT_FALSE(third.try_send(msg(3, 8)));
+    // send() on the full ring waits until the receiver takes one.
+    std::atomic<bool> sent{false};
+    std::thread sender([&] {
+        EXPECT_TRUE(third.send(msg(3, 8)));
+        sent = true;
+    });
+    std::this_thread::sleep_for(50ms);
+    EXPECT_FALSE(sent.load()) << "send() did not wait for credit";
+    for (uint64_t next = 0; next < 9;) {
+        size_t got = rx.receive(std::span(out, 1), 10s);
+        ASSERT_EQ(got, 1u) << "stuck at " << next;
+        EXPECT_EQ(out[0].request, 3u);
+        EXPECT_EQ(out[0].offset, next++);
+    }
+    sender.join();
+    EXPECT_TRUE(sent.load());
+    EXPECT_EQ(rx.try_receive(out), 0u);
 }
 
 } // namespace

@@ -8,6 +8,8 @@
 #include <llmos/event_loop.hh>
 #include <memory>
 #include <random>
+#include <span>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -295,3 +297,90 @@ TEST_P(event_loop_test, a_message_sent_just_before_the_sleep_is_seen) {
     EXPECT_EQ(got, 3u);
     EXPECT_EQ(tx.stats().wakeups_sent, 0u);
 }
+
+// run_once(0) neither spins nor sleeps, and still submits what was
+// prepared: a caller that only ever polls sees its completions.
+TEST(event_loop, run_once_without_waiting_submits_what_was_prepared) {
+    for (auto kind : {doorbell_kind::futex, doorbell_kind::msg_ring}) {
+        auto l = make_loop(kind);
+        ASSERT_TRUE(l);
+        int32_t got = 1;
+        io_uring_sqe* s = l->sqe([&](int32_t res, uint32_t) { got = res; });
+        ASSERT_NE(s, nullptr);
+        auto ud = s->user_data;
+        io_uring_prep_nop(s);
+        s->user_data = ud;
+        const auto deadline = std::chrono::steady_clock::now() + 2s;
+        while (got == 1 && std::chrono::steady_clock::now() < deadline) {
+            l->run_once(0ns);
+        }
+        EXPECT_EQ(got, 0) << "the NOP was never submitted";
+        EXPECT_EQ(l->stats().sleeps, 0u);
+    }
+}
+
+namespace {
+
+struct fault_case {
+    llmos::detail::msg_ring_fault fault;
+    bool own_loop; // the sender rings from a loop of its own, else from a private ring
+    const char* name;
+};
+
+class msg_ring_fault_test : public ::testing::TestWithParam<fault_case> {
+protected:
+    void TearDown() override {
+        llmos::detail::set_msg_ring_fault(llmos::detail::msg_ring_fault::none);
+    }
+};
+
+} // namespace
+
+// A sender that cleared `sleeping` must wake the loop even when its
+// MSG_RING cannot be sent (no ring, no SQE) or fails once sent: the
+// loop's eventfd does it.
+TEST_P(msg_ring_fault_test, a_doorbell_that_cannot_be_sent_still_wakes_the_loop) {
+    auto l = make_loop(doorbell_kind::msg_ring, 0);
+    ASSERT_TRUE(l);
+    auto ring = std::make_unique<llmos::channel_ring<16>>();
+    std::vector<uint64_t> got;
+    auto h = [&](std::span<const descriptor> ds) {
+        for (auto& d : ds) {
+            got.push_back(d.request);
+        }
+    };
+    llmos::channel_source<16, decltype(h)> src(*ring, h);
+    l->add_source(src);
+    std::atomic<bool> done{false};
+    std::thread t([&] {
+        auto own = GetParam().own_loop ? make_loop(doorbell_kind::msg_ring, 0) : nullptr;
+        llmos::channel_sender<16> tx(*ring, l->bell(), own.get());
+        wait_until_it_sleeps(*l);
+        llmos::detail::set_msg_ring_fault(GetParam().fault);
+        tx.send({7, 0, 0, 0});
+        llmos::detail::set_msg_ring_fault(llmos::detail::msg_ring_fault::none);
+        // A loop's ring learns that its MSG_RING failed when it reaps.
+        while (own && !done.load()) {
+            own->run_once(1ms);
+        }
+    });
+    auto t0 = std::chrono::steady_clock::now();
+    while (got.empty() && std::chrono::steady_clock::now() - t0 < 4s) {
+        l->run_once(5s); // without the fallback: a 5 s sleep
+    }
+    done = true;
+    t.join();
+    EXPECT_EQ(got, std::vector<uint64_t>{7}) << "no wake-up within 4 s";
+    EXPECT_GE(l->stats().sleeps, 1u);
+    EXPECT_GE(l->stats().fallbacks, 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    faults, msg_ring_fault_test,
+    ::testing::Values(
+        fault_case{llmos::detail::msg_ring_fault::no_private_ring, false, "no_private_ring"},
+        fault_case{llmos::detail::msg_ring_fault::no_sqe, false, "private_no_sqe"},
+        fault_case{llmos::detail::msg_ring_fault::no_sqe, true, "loop_no_sqe"},
+        fault_case{llmos::detail::msg_ring_fault::send_fails, false, "private_send_fails"},
+        fault_case{llmos::detail::msg_ring_fault::send_fails, true, "loop_send_fails"}),
+    [](const ::testing::TestParamInfo<fault_case>& i) { return std::string(i.param.name); });

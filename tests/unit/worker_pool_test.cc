@@ -6,6 +6,7 @@
 // drain and stop without loss, crash requeue and the poison-request limit.
 #include <atomic>
 #include <cctype>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <gtest/gtest.h>
@@ -16,6 +17,7 @@
 #include <llmos/worker_pool.hh>
 #include <map>
 #include <mutex>
+#include <new>
 #include <numa.h>
 #include <sched.h>
 #include <set>
@@ -23,6 +25,48 @@
 #include <stdexcept>
 #include <thread>
 #include <unistd.h>
+
+// This program's operator new fails allocations on request, on one thread
+// only: the worker's, while the scheduler, the test and gtest go on
+// (tests/support/test_new.hh fails them on every thread at once). It
+// replaces the sanitizers' too, as test_new.hh does; they still see the
+// malloc() and free() below.
+namespace {
+thread_local uint64_t news_seen = 0;    // allocations on this thread
+thread_local uint32_t news_to_skip = 0; // then
+thread_local uint32_t news_to_fail = 0; // this many throw std::bad_alloc
+} // namespace
+
+// Out of line, so that the compiler does not pair a free() with an
+// operator new at an inlined call site (-Wmismatched-new-delete).
+[[gnu::noinline]] void* operator new(std::size_t n) {
+    ++news_seen;
+    if (news_to_skip) {
+        --news_to_skip;
+    } else if (news_to_fail) {
+        --news_to_fail;
+        throw std::bad_alloc();
+    }
+    if (void* p = std::malloc(n == 0 ? 1 : n)) {
+        return p;
+    }
+    throw std::bad_alloc();
+}
+[[gnu::noinline]] void* operator new[](std::size_t n) {
+    return operator new(n);
+}
+[[gnu::noinline]] void operator delete(void* p) noexcept {
+    std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p) noexcept {
+    std::free(p);
+}
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
+    std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept {
+    std::free(p);
+}
 
 namespace {
 
@@ -1004,6 +1048,198 @@ TEST_P(worker_pool_test, endings_the_scheduler_refuses_and_odd_throws_lose_nothi
     std::lock_guard lk(_log.m);
     ASSERT_FALSE(_log.by_req[odd].empty());
     EXPECT_EQ(_log.by_req[odd].back().kind, uint32_t(output_kind::failed));
+}
+
+// The engine runs out of memory (std::bad_alloc in a step), and so does
+// the recovery after it: the next `n` allocations of the worker's thread
+// fail too (its error message, the new engine, ...). The worker must not
+// take the process down (std::terminate: every client's requests lost);
+// every request is served, the crashed ones after a restart or requeue.
+TEST_P(worker_pool_test, out_of_memory_in_a_step_and_in_its_recovery_loses_nothing) {
+    for (uint32_t n : {1u, 2u, 3u, 4u, 5u}) {
+        SCOPED_TRACE("allocations that fail after the crash: " + std::to_string(n));
+        std::atomic<uint64_t> victim{0};
+        std::atomic<bool> thrown{false};
+        auto o = opts({.bytes_per_token = 2});
+        o.cpus.resize(1);
+        o.engine = [&, n](unsigned) {
+            return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{
+                .bytes_per_token = 2, .on_step = [&, n](const llmos::sequence& s) {
+                    // Once 20 bytes were streamed: recovery has a copy to make.
+                    if (s.req.id == victim.load() && s.produced >= 20 && !thrown.exchange(true)) {
+                        news_to_fail = n;
+                        throw std::bad_alloc();
+                    }
+                }});
+        };
+        auto c = llmos::sched_client::open(dev()).value();
+        auto ids = submit_prompts(c, 4, 40);
+        victim = ids.begin()->first;
+        auto pool = llmos::worker_pool::start(dev(), o);
+        ASSERT_TRUE(pool);
+        expect_echoed(c, ids, 2);
+        EXPECT_TRUE(thrown.load());
+        EXPECT_GE((*pool)->info(0).crashes.load(), 1u);
+        // And it serves on.
+        expect_echoed(c, submit_prompts(c, 2, 40), 2);
+    }
+}
+
+// An engine that, the first time its worker waits for work, has that
+// thread's allocations fail: `fail` of them, after `skip` more (the
+// worker's own code: taking requests, setting them up, its loop).
+class starving_engine final : public llmos::inference_engine {
+public:
+    struct plan {
+        std::atomic<bool> armed{false};
+        uint32_t skip = 0;
+        uint32_t fail = 0;
+        // Calibration (fail 0): allocations from the wait to the first prefill.
+        std::atomic<uint64_t> at_wait{0};
+        std::atomic<uint64_t> span{0};
+    };
+    explicit starving_engine(plan& p)
+        : _p(p)
+        , _echo({.bytes_per_token = 8}) {}
+    llmos::engine_status prefill(llmos::sequence& s) override {
+        if (_p.armed.load() && !_p.span.load()) {
+            _p.span = news_seen - _p.at_wait.load();
+        }
+        return _echo.prefill(s);
+    }
+    void decode(std::span<llmos::sequence* const> batch) override { _echo.decode(batch); }
+    void release(llmos::sequence& s) noexcept override { _echo.release(s); }
+    void idle() noexcept override {
+        if (!_p.armed.exchange(true)) {
+            _p.at_wait = news_seen;
+            news_to_skip = _p.skip;
+            news_to_fail = _p.fail;
+        }
+    }
+
+private:
+    plan& _p;
+    llmos::echo_engine _echo;
+};
+
+// Memory runs out in the worker's own code, at each allocation it makes
+// from waiting for work to running the first request (outside any step):
+// the worker gives its registration up, as a dying one does, and serves
+// the requests again once registered anew; the process lives on.
+TEST_P(worker_pool_test, out_of_memory_outside_the_engine_costs_a_registration_not_the_process) {
+    auto run = [&](starving_engine::plan& p) {
+        auto o = opts({});
+        o.cpus.resize(1);
+        o.engine = [&p](unsigned) { return std::make_unique<starving_engine>(p); };
+        auto c = llmos::sched_client::open(dev()).value();
+        auto ids = submit_prompts(c, 3, 40);
+        auto pool = llmos::worker_pool::start(dev(), o);
+        ASSERT_TRUE(pool);
+        expect_echoed(c, ids, 8);
+        EXPECT_TRUE(p.armed.load());
+    };
+    starving_engine::plan calibration;
+    run(calibration);
+    const uint64_t span = calibration.span.load();
+    ASSERT_GT(span, 0u) << "no allocation between the wait and the first prefill";
+    const uint64_t step = std::max<uint64_t>(1, span / 24);
+    for (uint64_t skip = 0; skip < span; skip += step) {
+        for (uint32_t fail : {1u, 3u}) {
+            SCOPED_TRACE("allocation " + std::to_string(skip) + " of " + std::to_string(span) +
+                         " and " + std::to_string(fail - 1) + " more fail");
+            starving_engine::plan p;
+            p.skip = static_cast<uint32_t>(skip);
+            p.fail = fail;
+            run(p);
+            if (::testing::Test::HasFatalFailure()) {
+                return;
+            }
+        }
+    }
+}
+
+// The scheduler lets the worker neither complete a request (as it is,
+// nor failed with -EIO) nor take it back: the worker must not drop it
+// while the scheduler has it held (its client waiting for ever, the
+// worker a slot short). It registers again: closing the registration
+// requeues the request, and it is served.
+TEST_P(worker_pool_test, a_request_that_can_be_neither_ended_nor_given_back_is_requeued) {
+    auto o = opts({.bytes_per_token = 8}, 2);
+    o.cpus.resize(1);
+    auto c = llmos::sched_client::open(dev()).value();
+    auto ids = submit_prompts(c, 3, 40);
+    const uint64_t victim = ids.begin()->first;
+    const uint64_t before = llmos::scheduler_stats(dev()).value().requeued;
+    // Its COMPLETE, the COMPLETE with -EIO, the give-back.
+    llmos::detail::refuse_endings(victim, 3);
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    expect_echoed(c, ids, 8);
+    llmos::detail::refuse_endings(0, 0);
+    EXPECT_GE(llmos::scheduler_stats(dev()).value().requeued, before + 1);
+    EXPECT_NE((*pool)->info(0).last_error().find("complete: "), std::string::npos)
+        << (*pool)->info(0).last_error();
+    std::lock_guard lk(_log.m);
+    for (auto& d : _log.by_req[victim]) {
+        EXPECT_NE(d.kind, uint32_t(output_kind::failed)) << "a failure was streamed";
+    }
+}
+
+// An engine that says it filled all the room it was given (it writes
+// nothing: the pages stay unmade).
+class filling_engine final : public llmos::inference_engine {
+public:
+    explicit filling_engine(std::atomic<uint64_t>& room)
+        : _room(room) {}
+    llmos::engine_status prefill(llmos::sequence&) override { return llmos::engine_status::ok; }
+    void decode(std::span<llmos::sequence* const> batch) override {
+        for (llmos::sequence* s : batch) {
+            _room = s->output.size();
+            s->produced = s->output.size();
+            s->tokens = 1;
+            s->done = true;
+        }
+    }
+    void release(llmos::sequence&) noexcept override {}
+
+private:
+    std::atomic<uint64_t>& _room;
+};
+
+// The final descriptor's length is 32 bits: a request's output stops at
+// UINT32_MAX bytes, however large its mindspace, so that the descriptor
+// says what the completion says.
+TEST_P(worker_pool_test, output_stops_where_a_descriptor_can_say_it_all) {
+    const std::string big_name = _name + "-big";
+    std::optional<llmos::mindspace> big;
+    if (auto ms =
+            llmos::mindspace::create(dev(), {.length = uint64_t{5} << 30, .name = big_name})) {
+        big.emplace(std::move(*ms));
+    } else {
+        GTEST_SKIP() << "no 5 GiB mindspace here: " << ms.error().message();
+    }
+    std::atomic<uint64_t> room{0};
+    auto o = opts({}, 1);
+    o.cpus.resize(1);
+    o.engine = [&](unsigned) { return std::make_unique<filling_engine>(room); };
+    auto c = llmos::sched_client::open(dev()).value();
+    const uint64_t id = c.submit({.cost = 1, .ms_id = big->id()}).value();
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto f = c.wait(id, llmos::wait_for::at_most(20s));
+    (*pool)->stop();
+    big.reset();
+    llmos::destroy_mindspace(dev(), llmos::ms_key{0, big_name});
+    ASSERT_TRUE(f) << f.error().message();
+    EXPECT_EQ(f->state, LLMOS_REQ_COMPLETED);
+    EXPECT_EQ(room.load(), UINT32_MAX);
+    EXPECT_EQ(f->result_len, UINT32_MAX);
+    std::lock_guard lk(_log.m);
+    ASSERT_FALSE(_log.by_req[id].empty());
+    const descriptor& last = _log.by_req[id].back();
+    EXPECT_EQ(last.kind, uint32_t(output_kind::done));
+    EXPECT_EQ(last.offset, f->result_off);
+    EXPECT_EQ(last.length, f->result_len) << "the final descriptor cut the length";
 }
 
 TEST_P(worker_pool_test, bad_options_are_refused) {

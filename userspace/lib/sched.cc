@@ -2,6 +2,7 @@
 #include "local.hh"
 #include "local_sched.hh"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -9,6 +10,7 @@
 #include <linux/llmos.h>
 #include <llmos/event_loop.hh>
 #include <llmos/sched.hh>
+#include <new>
 #include <sys/ioctl.h>
 
 namespace llmos {
@@ -355,6 +357,7 @@ struct async_dispatch final : loop_source, std::enable_shared_from_this<async_di
     int fd = -1;
     llmos_dispatch cmd{};
     std::vector<llmos_req_desc> buf;
+    std::vector<request_desc> out; // reserved for `max`: on_cqe allocates nothing
     // local: registered as a source of the loop while pending
     uint64_t client = 0;
     uint64_t seen_gen = 0;
@@ -386,6 +389,9 @@ struct async_dispatch final : loop_source, std::enable_shared_from_this<async_di
         io_uring_submit(loop->ring());
         return {};
     }
+    // Runs inside the loop's reap(): nothing here throws out of it (what
+    // `done` throws aside). A command that took requests hands them over
+    // with no allocation: their buffer was reserved when it was sent.
     void on_cqe(int32_t res) {
         if (!waiting) {
             return;
@@ -397,7 +403,13 @@ struct async_dispatch final : loop_source, std::enable_shared_from_this<async_di
                 finish(std::make_error_code(std::errc::operation_canceled));
                 return;
             }
-            if (auto ec = submit_cmd()) {
+            std::error_code ec;
+            try {
+                ec = submit_cmd();
+            } catch (...) { // no memory for its completion slot
+                ec = std::make_error_code(std::errc::not_enough_memory);
+            }
+            if (ec) {
                 finish(ec);
             }
             return;
@@ -406,13 +418,19 @@ struct async_dispatch final : loop_source, std::enable_shared_from_this<async_di
             finish(std::error_code(-res, std::system_category()));
             return;
         }
-        std::vector<request_desc> out(static_cast<size_t>(res));
-        for (size_t i = 0; i < out.size(); ++i) {
+        std::vector<request_desc> got = std::move(out);
+        try {
+            got.resize(std::min(static_cast<size_t>(res), buf.size())); // within capacity
+        } catch (...) {
+            finish(std::make_error_code(std::errc::not_enough_memory));
+            return;
+        }
+        for (size_t i = 0; i < got.size(); ++i) {
             const auto& b = buf[i];
-            out[i] = {b.id,          b.tenant, b.priority,   b.cost,       b.requeues,
+            got[i] = {b.id,          b.tenant, b.priority,   b.cost,       b.requeues,
                       b.deadline_ns, b.ms_id,  b.prompt_off, b.prompt_len, b.submit_ns};
         }
-        finish(std::move(out));
+        finish(std::move(got));
     }
 
     // Local: the scheduler rings the loop when its work generation moves.
@@ -481,21 +499,48 @@ std::error_code sched_worker::dispatch_async(event_loop& loop, uint32_t max,
     a.done = std::move(done);
     a.waiting = true;
     a.cancelled = false;
+    // Out of memory here: no dispatch is pending, nothing was taken.
+    auto no_memory = [&a] {
+        a.waiting = false;
+        a.done = nullptr;
+        return std::make_error_code(std::errc::not_enough_memory);
+    };
     if (_c._kind == backend_kind::local) {
         a.client = _c._local;
         a.seen_gen = local_sched::work_generation() - 1; // look once at least
-        local_sched::watch_work(loop.bell(), true);
-        loop.add_source(a);
+        try {
+            local_sched::watch_work(loop.bell(), true);
+        } catch (const std::bad_alloc&) {
+            return no_memory();
+        }
+        try {
+            loop.add_source(a);
+        } catch (const std::bad_alloc&) {
+            local_sched::watch_work(loop.bell(), false);
+            return no_memory();
+        }
         return {};
     }
     a.fd = _c.fd();
-    a.buf.resize(max);
+    try {
+        a.buf.resize(max);
+        a.out.clear();
+        a.out.reserve(max);
+    } catch (const std::bad_alloc&) {
+        return no_memory();
+    }
     a.cmd = {};
     a.cmd.size = sizeof(a.cmd);
     a.cmd.descs_uptr = reinterpret_cast<uintptr_t>(a.buf.data());
     a.cmd.desc_size = sizeof(llmos_req_desc);
     a.cmd.max = max;
-    if (auto ec = a.submit_cmd()) {
+    std::error_code sent;
+    try {
+        sent = a.submit_cmd();
+    } catch (const std::bad_alloc&) {
+        return no_memory();
+    }
+    if (auto ec = sent) {
         a.waiting = false;
         a.done = nullptr;
         return ec;

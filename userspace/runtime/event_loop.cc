@@ -6,9 +6,14 @@
 #include <linux/futex.h>
 #include <llmos/channel.hh>
 #include <llmos/event_loop.hh>
+#include <mutex>
+#include <poll.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <thread>
+#include <unistd.h>
 #include <utility>
+#include <vector>
 
 #if defined(__SANITIZE_THREAD__)
 #define LLMOS_TSAN 1
@@ -65,6 +70,45 @@ constexpr uint64_t futex_match_any = 0xffffffffu; // FUTEX_BITSET_MATCH_ANY
 // Not ~0: liburing takes CQEs with user_data -1 for its own timeouts and
 // drops them inside its wait calls.
 constexpr uint64_t bell_tag = 0x6c6c6d6f73626c6cull; // "llmosbll"
+// The fallback doorbell of msg_ring loops: the POLL_ADD on their eventfd.
+constexpr uint64_t fallback_tag = 0x6c6c6d6f73666262ull; // "llmosfbb"
+// A MSG_RING this loop sent to wake loop `id`: tag << 32 | id. Only a
+// failed one completes here (IOSQE_CQE_SKIP_SUCCESS). Slots are below 2^32.
+constexpr uint64_t msg_tag = 0x6c6c6d72ull; // "llmr"
+
+std::atomic<detail::msg_ring_fault> fault{detail::msg_ring_fault::none};
+
+// msg_ring loops by id, so that a MSG_RING that failed after it was sent
+// wakes its loop by the eventfd, if that loop still lives. Never
+// destroyed: loops of threads still running at exit unregister after it
+// would be.
+struct wake_registry {
+    std::mutex m;                              // the rest
+    std::vector<std::pair<uint32_t, int>> fds; // loop id, its eventfd
+    uint32_t last = 0;
+};
+
+wake_registry& registry() {
+    static auto* r = new wake_registry; // NOLINT(cppcoreguidelines-owning-memory)
+    return *r;
+}
+
+void write_eventfd(int fd) noexcept {
+    const uint64_t one = 1;
+    // EAGAIN: the counter is full, so readable already; EINTR: again.
+    while (::write(fd, &one, sizeof(one)) < 0 && errno == EINTR) {
+    }
+}
+
+void wake_by_id(uint32_t id) noexcept {
+    auto& r = registry();
+    std::lock_guard lk(r.m);
+    for (const auto& [i, fd] : r.fds) {
+        if (i == id) {
+            write_eventfd(fd);
+        }
+    }
+}
 
 void cpu_relax() noexcept {
 #if defined(__x86_64__)
@@ -90,14 +134,19 @@ struct private_ring {
     }
 };
 
-// `own`: a ring nobody else reaps (a thread's private one): the CQEs of
-// failed sends are dropped here, or they would fill it.
-void send_msg_ring(io_uring* from, int target_fd, bool own) {
+// Sends a MSG_RING from `from` to `target` (loop `id`'s ring). False when
+// it could not be sent, or (`own`: a ring nobody else reaps, a thread's
+// private one, whose send completes before this returns) when it failed;
+// then the caller wakes the target another way. On a loop's ring only a
+// failure completes, later, tagged with `id` (see event_loop::reap).
+bool send_msg_ring(io_uring* from, int target_fd, uint32_t id, bool own) {
+    const auto f = fault.load(std::memory_order_relaxed);
     if (own) {
-        io_uring_cq_advance(from, io_uring_cq_ready(from));
+        io_uring_cq_advance(from, io_uring_cq_ready(from)); // none left, normally
     }
-    io_uring_sqe* sqe = io_uring_get_sqe(from);
-    for (int i = 0; !sqe && i < 1000; ++i) { // the SQ is full: let it drain
+    io_uring_sqe* sqe = f == detail::msg_ring_fault::no_sqe ? nullptr : io_uring_get_sqe(from);
+    for (int i = 0; !sqe && i < 1000 && f != detail::msg_ring_fault::no_sqe; ++i) {
+        // The SQ is full: let it drain.
         io_uring_submit(from);
         if (i) {
             std::this_thread::yield();
@@ -105,32 +154,62 @@ void send_msg_ring(io_uring* from, int target_fd, bool own) {
         sqe = io_uring_get_sqe(from);
     }
     if (!sqe) {
-        return; // a ring that takes nothing: the target wakes at its next event
+        return false;
+    }
+    if (f == detail::msg_ring_fault::send_fails) {
+        target_fd = -1; // completes with -EBADF
     }
     io_uring_prep_msg_ring(sqe, target_fd, 0, bell_tag, 0);
-    // No CQE on our own ring for a successful send.
-    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    if (!own) {
+        // No CQE on the sender's ring for a successful send.
+        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+        sqe->user_data = msg_tag << 32 | id;
+        io_uring_submit(from);
+        return true;
+    }
     sqe->user_data = 0;
-    io_uring_submit(from);
+    int ret = 0;
+    do {
+        ret = io_uring_submit_and_wait(from, 1); // EINTR: a signal came first
+    } while (ret == -EINTR);
+    io_uring_cqe* cqe = nullptr;
+    if (ret < 0 || io_uring_peek_cqe(from, &cqe) != 0) {
+        return false;
+    }
+    const bool sent = cqe->res >= 0;
+    io_uring_cqe_seen(from, cqe);
+    return sent;
 }
 
 } // namespace
+
+namespace detail {
+void set_msg_ring_fault(msg_ring_fault f) noexcept {
+    fault.store(f);
+}
+} // namespace detail
 
 void ring_doorbell(doorbell& b, event_loop* from) {
     if (b.sleeping.load(std::memory_order_seq_cst) != 1 || b.sleeping.exchange(0) != 1) {
         return;
     }
-    if (b.loop->bell_kind() == doorbell_kind::futex) {
+    event_loop& l = *b.loop;
+    if (l.bell_kind() == doorbell_kind::futex) {
         detail::futex_wake(b.sleeping);
         return;
     }
+    // Having cleared `sleeping`, this caller is the one to wake the loop.
     if (from) {
-        send_msg_ring(from->ring(), b.loop->ring_fd(), false);
+        if (!send_msg_ring(from->ring(), l.ring_fd(), l._id, false)) {
+            l.wake_by_fallback();
+        }
         return;
     }
     thread_local private_ring own;
-    if (own.ok) {
-        send_msg_ring(&own.ring, b.loop->ring_fd(), true);
+    if (!own.ok ||
+        fault.load(std::memory_order_relaxed) == detail::msg_ring_fault::no_private_ring ||
+        !send_msg_ring(&own.ring, l.ring_fd(), l._id, true)) {
+        l.wake_by_fallback();
     }
 }
 
@@ -146,6 +225,12 @@ event_loop::event_loop(options o)
 }
 
 event_loop::~event_loop() {
+    if (_wake_fd) {
+        // No failed MSG_RING writes our eventfd once it is closed.
+        auto& r = registry();
+        std::lock_guard lk(r.m);
+        std::erase_if(r.fds, [this](const auto& e) { return e.first == _id; });
+    }
     // The ring first: commands still in it may write into what the
     // completion callbacks keep alive (a DISPATCH's descriptors).
     _ring.reset();
@@ -190,6 +275,16 @@ result<std::unique_ptr<event_loop>> event_loop::create(options o) {
         if (res != -EAGAIN) {
             return std::error_code(res == -EINVAL ? EOPNOTSUPP : -res, std::system_category());
         }
+    } else {
+        l->_wake_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+        if (!l->_wake_fd) {
+            return std::error_code(errno, std::system_category());
+        }
+        auto& reg = registry();
+        std::lock_guard lk(reg.m);
+        reg.fds.reserve(reg.fds.size() + 1); // before the id: a throw leaves no trace
+        l->_id = ++reg.last;
+        reg.fds.emplace_back(l->_id, l->_wake_fd.get());
     }
     return l;
 }
@@ -207,6 +302,13 @@ void event_loop::remove_source(loop_source& s) {
 }
 
 io_uring_sqe* event_loop::sqe(completion done) {
+    // Memory first, so that a throw leaves no SQE taken and unprepared;
+    // room in _free for every slot: reap() frees slots and must not
+    // allocate (nor throw).
+    if (_free.empty() && _slots.size() == _slots.capacity()) {
+        _slots.reserve(std::max<size_t>(16, 2 * _slots.size()));
+    }
+    _free.reserve(_slots.capacity());
     io_uring_sqe* s = io_uring_get_sqe(_ring.get());
     if (!s) {
         io_uring_submit(_ring.get());
@@ -262,6 +364,31 @@ bool event_loop::arm_futex() {
     return true;
 }
 
+bool event_loop::arm_fallback() {
+    io_uring_sqe* s = io_uring_get_sqe(_ring.get());
+    if (!s) {
+        io_uring_submit(_ring.get()); // a full submission queue: make room
+        s = io_uring_get_sqe(_ring.get());
+    }
+    if (!s) {
+        return false;
+    }
+    io_uring_prep_poll_add(s, _wake_fd.get(), POLLIN);
+    s->user_data = fallback_tag;
+    _fallback_armed = true;
+    return true;
+}
+
+void event_loop::wake_by_fallback() noexcept {
+    write_eventfd(_wake_fd.get());
+}
+
+void event_loop::submit_queued() {
+    if (io_uring_sq_ready(_ring.get())) {
+        io_uring_submit(_ring.get());
+    }
+}
+
 size_t event_loop::poll_sources() {
     size_t n = 0;
     for (size_t i = 0; i < _sources.size(); ++i) {
@@ -282,6 +409,22 @@ size_t event_loop::reap() {
             ++_stats.doorbells;
             if (_opt.bell == doorbell_kind::futex) {
                 _futex_armed = false;
+            }
+            continue;
+        }
+        if (ud == fallback_tag) {
+            // Armed again before the next sleep, the eventfd read first.
+            ++_stats.doorbells;
+            ++_stats.fallbacks;
+            _fallback_armed = false;
+            uint64_t v = 0;
+            [[maybe_unused]] ssize_t got = ::read(_wake_fd.get(), &v, sizeof(v));
+            continue;
+        }
+        if (ud >> 32 == msg_tag) {
+            // A doorbell this loop rang failed: the other loop's eventfd.
+            if (res < 0) {
+                wake_by_id(static_cast<uint32_t>(ud));
             }
             continue;
         }
@@ -306,9 +449,7 @@ size_t event_loop::run_once(std::optional<std::chrono::nanoseconds> max_wait) {
     size_t n = poll_sources() + reap();
     if (n) {
         // Submit what the handlers queued; no waiting.
-        if (io_uring_sq_ready(_ring.get())) {
-            io_uring_submit(_ring.get());
-        }
+        submit_queued();
         return n;
     }
     // Spin, unless a producer shares our CPU (it would only be delayed).
@@ -329,10 +470,15 @@ size_t event_loop::run_once(std::optional<std::chrono::nanoseconds> max_wait) {
             any = any || s->pending();
         }
         if (any || io_uring_cq_ready(_ring.get())) {
-            return poll_sources() + reap();
+            n = poll_sources() + reap();
+            submit_queued();
+            return n;
         }
     }
     if (max_wait && max_wait->count() == 0) {
+        // What was prepared before this call (sqe()) goes in now, or a
+        // caller that never sleeps would never see it complete.
+        submit_queued();
         return 0;
     }
     if (_idle_hook) {
@@ -348,15 +494,17 @@ size_t event_loop::run_once(std::optional<std::chrono::nanoseconds> max_wait) {
         _bell.sleeping.store(0, std::memory_order_relaxed);
         // What was prepared but not submitted yet (a stopping loop that
         // handled nothing, or a submission that failed) goes in now.
-        if (io_uring_sq_ready(_ring.get())) {
-            io_uring_submit(_ring.get());
-        }
-        return poll_sources() + reap();
+        submit_queued();
+        n = poll_sources() + reap();
+        submit_queued();
+        return n;
     }
     // A doorbell that cannot be armed now (no SQE) would not wake this
-    // sleep: then it is a short one, and the next tries again.
-    if (_opt.bell == doorbell_kind::futex && !_futex_armed && !arm_futex() &&
-        (!max_wait || *max_wait > std::chrono::milliseconds(1))) {
+    // sleep: then it is a short one, and the next tries again. (A msg_ring
+    // loop's doorbell is the MSG_RING; its eventfd is the fallback.)
+    const bool armed = _opt.bell == doorbell_kind::futex ? _futex_armed || arm_futex()
+                                                         : _fallback_armed || arm_fallback();
+    if (!armed && (!max_wait || *max_wait > std::chrono::milliseconds(1))) {
         max_wait = std::chrono::milliseconds(1);
     }
     ++_stats.sleeps;
@@ -370,7 +518,9 @@ size_t event_loop::run_once(std::optional<std::chrono::nanoseconds> max_wait) {
         io_uring_submit_and_wait(_ring.get(), 1);
     }
     _bell.sleeping.store(0, std::memory_order_seq_cst);
-    return poll_sources() + reap();
+    n = poll_sources() + reap();
+    submit_queued();
+    return n;
 }
 
 void event_loop::run() {

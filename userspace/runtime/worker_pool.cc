@@ -10,6 +10,8 @@
 #include <llmos/sched.hh>
 #include <llmos/worker_pool.hh>
 #include <map>
+#include <memory>
+#include <new>
 #include <numa.h>
 #include <optional>
 #include <pthread.h>
@@ -80,6 +82,38 @@ bool apply_class(priority_class c) {
     return true;
 }
 
+// Runs `f` when it goes out of scope, however that happens.
+template <typename F>
+class at_exit {
+    F _f;
+
+public:
+    explicit at_exit(F f)
+        : _f(std::move(f)) {}
+    at_exit(const at_exit&) = delete;
+    at_exit& operator=(const at_exit&) = delete;
+    ~at_exit() { _f(); }
+};
+
+// The most output a request may have here: a final descriptor's 32-bit
+// length says all of it (descriptor stays 24 bytes, its ABI).
+constexpr uint64_t max_output = UINT32_MAX;
+
+// detail::refuse_endings(): the request whose endings fail, how many more.
+std::atomic<uint64_t> refused_request{0};
+std::atomic<uint32_t> refusals_left{0};
+const std::error_code refusal(EIO, std::system_category());
+
+bool refused(uint64_t id) noexcept {
+    if (refused_request.load(std::memory_order_relaxed) != id) {
+        return false;
+    }
+    uint32_t left = refusals_left.load();
+    while (left && !refusals_left.compare_exchange_weak(left, left - 1)) {
+    }
+    return left != 0;
+}
+
 // A mindspace a worker has open and mapped, for the requests using it.
 struct mapped_ms {
     mindspace ms;
@@ -88,6 +122,14 @@ struct mapped_ms {
 };
 
 } // namespace
+
+namespace detail {
+void refuse_endings(uint64_t request, uint32_t times) noexcept {
+    refusals_left.store(0);
+    refused_request.store(request);
+    refusals_left.store(times);
+}
+} // namespace detail
 
 worker_pool::worker_pool(const device& dev, worker_pool_options o)
     : _dev(dev)
@@ -124,7 +166,12 @@ result<std::unique_ptr<worker_pool>> worker_pool::start(const device& dev, worke
         p->_infos.back()->node = numa ? ::numa_node_of_cpu(p->_o.cpus[i]) : -1;
     }
     for (unsigned i = 0; i < p->_infos.size(); ++i) {
-        p->_threads.emplace_back([pp = p.get(), i] { pp->run_worker(i); });
+        p->_threads.emplace_back([pp = p.get(), i] {
+            try {
+                pp->run_worker(i);
+            } catch (...) { // it ends, as a dead worker's registration would
+            }
+        });
     }
     return p;
 }
@@ -260,15 +307,18 @@ result<std::vector<request_desc>> worker_pool::wait_for_work(sched_worker& w, ev
     if (!loop) {
         return w.dispatch(max, wait_for::at_most(50ms));
     }
-    std::optional<result<std::vector<request_desc>>> got;
-    if (auto ec = w.dispatch_async(*loop, max, [&](auto r) { got.emplace(std::move(r)); })) {
+    // Shared with the callback: if a throw (no memory) leaves here, the
+    // dispatch is cancelled when `w` goes, and its callback may still run
+    // (from the loop, on the kernel backend) after this frame is gone.
+    auto got = std::make_shared<std::optional<result<std::vector<request_desc>>>>();
+    if (auto ec = w.dispatch_async(*loop, max, [got](auto r) { got->emplace(std::move(r)); })) {
         return ec;
     }
     loop->add_source(pokes);
     const std::unique_ptr<poke_source, std::function<void(poke_source*)>> added(
         &pokes, [loop](poke_source* s) { loop->remove_source(*s); });
     bool cancelled = false;
-    while (!got) {
+    while (!*got) {
         if (_state.load() != state::running && w.dispatch_pending()) {
             // Again until its completion comes: a cancel that came while
             // the command was being issued found nothing parked. The loop
@@ -279,27 +329,56 @@ result<std::vector<request_desc>> worker_pool::wait_for_work(sched_worker& w, ev
             w.cancel_dispatch();
             cancelled = true;
         }
-        if (!got) {
+        if (!*got) {
             loop->run_once();
         }
     }
-    return std::move(*got);
+    return std::move(**got);
 }
 
 void worker_pool::run_worker(unsigned i) {
     setup_thread(i);
     worker_info& info = *_infos[i];
+    // Its last_error. With no memory for the message, the error stays
+    // unsaid: these throw nothing (crash recovery uses them).
+    auto note_error = [&](const char* what, const char* why) noexcept {
+        try {
+            info.set_error(std::string(what) + why);
+        } catch (...) {
+        }
+    };
+    auto note_code = [&](const char* what, std::error_code e) noexcept {
+        try {
+            info.set_error(what + e.message());
+        } catch (...) {
+        }
+    };
     // This thread's event loop, which drain() and stop() can wake.
+    // Without one (no memory, no io_uring) it waits in a DISPATCH that
+    // blocks a while instead.
     std::unique_ptr<event_loop> loop;
-    if (auto l = event_loop::create({.entries = 16, .spin = 0})) {
-        loop = std::move(*l);
-        std::lock_guard lk(_loops_m);
-        _loops.push_back(loop.get());
+    try {
+        if (auto l = event_loop::create({.entries = 16, .spin = 0})) {
+            std::lock_guard lk(_loops_m);
+            _loops.push_back(l->get());
+            loop = std::move(*l);
+        }
+    } catch (const std::bad_alloc&) {
     }
-    auto unpublish = [&] {
+    bool counted_ready = false;
+    auto mark_ready = [&] {
+        if (!counted_ready) {
+            counted_ready = true;
+            _ready.fetch_add(1);
+        }
+    };
+    // However the worker ends, it counts as ready (nobody waits for it)
+    // and nobody wakes its loop any more.
+    const at_exit done{[&] {
+        mark_ready();
         std::lock_guard lk(_loops_m);
         std::erase(_loops, loop.get());
-    };
+    }};
     // The engine's device cannot be used by this process any more: said
     // once; the worker gives back what it holds and ends.
     bool device_gone = false;
@@ -309,7 +388,7 @@ void worker_pool::run_worker(unsigned i) {
         }
         device_gone = true;
         info.device_lost.store(true);
-        info.set_error(std::string("device lost: ") + why);
+        note_error("device lost: ", why);
         if (_o.on_device_lost) {
             try {
                 _o.on_device_lost(i, why);
@@ -324,30 +403,17 @@ void worker_pool::run_worker(unsigned i) {
             lost(e.what());
             return nullptr;
         } catch (const std::exception& e) {
-            info.set_error(std::string("engine: ") + e.what());
+            note_error("engine: ", e.what());
             return nullptr;
         } catch (...) {
-            info.set_error("engine: an exception that is not a std::exception");
+            note_error("engine: ", "an exception that is not a std::exception");
             return nullptr;
         }
     };
     std::unique_ptr<inference_engine> engine = make_engine();
-    bool counted_ready = false;
-    auto mark_ready = [&] {
-        if (!counted_ready) {
-            counted_ready = true;
-            _ready.fetch_add(1);
-        }
-    };
     // The caller's callbacks: one that throws costs that descriptor (or
     // that look at cancellation), said in last_error, not the worker, nor
     // its engine's requests (a throw here is not the engine's crash).
-    auto note_error = [&](const char* what, const char* why) noexcept {
-        try {
-            info.set_error(std::string(what) + why);
-        } catch (...) { // no memory for the message: the error stays unsaid
-        }
-    };
     auto emit = [&](const descriptor& d) noexcept {
         if (_o.on_output) {
             try {
@@ -390,359 +456,462 @@ void worker_pool::run_worker(unsigned i) {
     };
     bool remake = false; // the engine aborted: a new one at once
     while (made_once && _state.load() != state::stopping) {
-        if (!engine && remake) {
-            remake = false;
-            engine = make_engine();
-        }
-        if (!engine) {
-            if (device_gone) {
-                break; // no engine can work here again
+        // A throw that nothing below catches (no memory for a request's
+        // setup, a dispatch, a registration) ends this registration as a
+        // dying worker's would: `w` closes as the exception leaves, and
+        // the scheduler takes back what it held (requeued, counted).
+        // Then a fresh engine, and the worker registers again.
+        try {
+            if (!engine && remake) {
+                remake = false;
+                engine = make_engine();
             }
-            make_again();
             if (!engine) {
-                break;
-            }
-        }
-        auto reg = sched_worker::open(_dev, _o.slots, info.node, _o.model);
-        if (!reg) {
-            // Tried again while running; a drain has nothing here to wait for.
-            info.set_error("register: " + reg.error().message());
-            mark_ready();
-            if (_state.load() != state::running) {
-                break;
-            }
-            std::this_thread::sleep_for(100ms);
-            continue;
-        }
-        sched_worker w = std::move(*reg);
-        mark_ready();
-        std::vector<slot> active;
-        std::vector<sequence*> batch;
-
-        // Ends a request: completes it with the scheduler, streams the
-        // final descriptor, drops its mapping (`mapped`: setup() counted
-        // it as a user of one).
-        auto finish = [&](sequence& s, bool release, bool mapped = true) {
-            if (release) {
-                engine->release(s);
-            }
-            uint64_t len = s.status ? 0 : s.produced;
-            bool ended = true; // false: it went back to the queue, unended
-            if (const std::error_code e =
-                    w.complete(s.req.id, s.status, s.tokens, s.output_off, len);
-                e && e != std::errc::no_such_file_or_directory && e != std::errc::no_such_process) {
-                // Refused (an output outside what the scheduler knows of
-                // the mindspace, a status that is no errno): it fails
-                // instead, or goes back; it is never left held here.
-                note_error("complete: ", e.message().c_str());
-                s.status = -EIO;
-                len = 0;
-                ended = !(w.complete(s.req.id, -EIO, s.tokens, 0, 0) && !w.give_back(s.req.id));
-            }
-            if (ended) {
-                emit({s.req.id, s.output_off, static_cast<uint32_t>(len),
-                      static_cast<uint32_t>(s.status ? output_kind::failed
-                                            : s.cut  ? output_kind::done_cut
-                                                     : output_kind::done)});
-                (s.status ? info.failed : info.served).fetch_add(1);
-            }
-            if (auto it = maps.find(s.req.ms_id);
-                mapped && it != maps.end() && --it->second.users == 0) {
-                maps.erase(it);
-                if (_dev.kind() == backend_kind::local) {
-                    // A local mindspace nobody holds goes when something
-                    // looks at it (the module's, with its last holder):
-                    // a request's own, once its submitter let it go too.
-                    (void)mindspace_info(_dev, ms_key{s.req.ms_id, {}});
+                if (device_gone) {
+                    break; // no engine can work here again
+                }
+                make_again();
+                if (!engine) {
+                    break;
                 }
             }
-        };
-        auto fail = [&](sequence& s, int32_t status, bool release, bool mapped = true) {
-            s.status = status;
-            finish(s, release, mapped);
-        };
-        // Maps a dispatched request's mindspace and checks its prompt.
-        auto setup = [&](const request_desc& d) -> std::unique_ptr<sequence> {
-            auto s = std::make_unique<sequence>();
-            s->req = d;
-            if (w.start(d.id)) {
-                // Cancelled since it was dispatched: not run; the final
-                // descriptor tells whoever streams it.
-                fail(*s, -ECANCELED, false, false);
-                return nullptr;
-            }
-            if (d.requeues >= _o.max_requeues) {
-                fail(*s, -EIO, false, false); // it crashed worker after worker
-                return nullptr;
-            }
-            if (!d.ms_id) {
-                if (d.prompt_len) {
-                    fail(*s, -EINVAL, false, false); // a prompt needs a mindspace
-                    return nullptr;
+            auto reg = sched_worker::open(_dev, _o.slots, info.node, _o.model);
+            if (!reg) {
+                // Tried again while running; a drain has nothing here to wait for.
+                note_code("register: ", reg.error());
+                mark_ready();
+                if (_state.load() != state::running) {
+                    break;
                 }
-                return s;
-            }
-            auto it = maps.find(d.ms_id);
-            if (it == maps.end()) {
-                auto ms = mindspace::open(_dev, ms_key{d.ms_id, {}});
-                auto m = ms ? ms->map() : result<mapping>(ms.error());
-                if (!m) {
-                    fail(*s, -m.error().value(), false, false);
-                    return nullptr;
-                }
-                it = maps.emplace(d.ms_id, mapped_ms{std::move(*ms), std::move(*m), 0}).first;
-            }
-            ++it->second.users;
-            auto bytes = it->second.map.bytes();
-            if (d.prompt_off > bytes.size() || d.prompt_len > bytes.size() - d.prompt_off) {
-                fail(*s, -EINVAL, false); // the prompt is not inside the mindspace
-                return nullptr;
-            }
-            s->prompt = bytes.subspan(d.prompt_off, d.prompt_len);
-            s->output_off =
-                std::min<uint64_t>(output_offset(d.prompt_off, d.prompt_len), bytes.size());
-            s->output = bytes.subspan(s->output_off);
-            s->memory = bytes;
-            return s;
-        };
-        // Prefills; false if the request ended here.
-        auto prefill = [&](slot& sl) {
-            sequence& s = *sl.s;
-            switch (engine->prefill(s)) {
-            case engine_status::ok:
-                return true;
-            case engine_status::bad_input:
-                fail(s, s.status ? s.status : -EINVAL, true);
-                return false;
-            case engine_status::no_room:
-                break;
-            }
-            fail(s, -EAGAIN, true);
-            return false;
-        };
-        // Drops the slots whose request has ended (their sequence is gone).
-        auto drop_ended = [&] { std::erase_if(active, [](slot& sl) { return !sl.s; }); };
-        // The engine threw while running `culprits`: a fresh engine, the
-        // culprit struck (failed after max_requeues strikes), everything
-        // else prefilled again from the start. Bytes already streamed are
-        // not streamed twice: the new engine's must be the same (the CPU
-        // engine's are, whatever the batch; llm_engine.hh), which is
-        // checked (see again_differs) before anything past them is.
-        // Without an engine (it could not be made again) the loop ends,
-        // `w` gives every request back, and the worker tries again (above).
-        auto recover = [&](std::span<sequence* const> culprits, const char* what) {
-            info.crashes.fetch_add(1);
-            info.set_error(std::string("engine: ") + what);
-            drop_ended(); // ended in prefill
-            for (auto& sl : active) {
-                engine->release(*sl.s);
-            }
-            engine.reset(); // before its successor takes memory (a GPU's)
-            engine = make_engine();
-            bool known = culprits.size() == 1;
-            for (auto& sl : active) {
-                bool in = std::find(culprits.begin(), culprits.end(), sl.s.get()) != culprits.end();
-                if (in && known && ++sl.strikes + sl.s->req.requeues >= _o.max_requeues) {
-                    fail(*sl.s, -EIO, false);
-                    sl.s.reset();
-                    continue;
-                }
-                sl.suspect = sl.suspect || in;
-                sl.crashed = sl.crashed || in;
-                sequence& s = *sl.s;
-                // A copy from an earlier crash that is not written again
-                // in full yet stays (nothing past it was streamed).
-                if (sl.again.size() < sl.streamed) {
-                    sl.again.assign(reinterpret_cast<const char*>(s.output.data()), sl.streamed);
-                }
-                sl.checked = 0;
-                s.produced = 0;
-                s.tokens = 0;
-                s.done = false;
-                s.cut = false;
-                s.status = 0;
-                s.engine_state = nullptr;
-                sl.prefilled = false;
-            }
-            drop_ended();
-        };
-
-        bool aborted = false;
-        while (engine) {
-            state st = _state.load();
-            if (st == state::stopping || (st == state::draining && active.empty())) {
-                break;
-            }
-            // One DISPATCH takes at most LLMOS_MAX_DISPATCH (EINVAL past it).
-            uint32_t free = std::min<uint32_t>(_o.slots - static_cast<uint32_t>(active.size()),
-                                               LLMOS_MAX_DISPATCH);
-            if (free && st == state::running) {
-                auto got = active.empty() ? wait_for_work(w, loop.get(), free, *engine)
-                                          : w.dispatch(free, wait_for::none());
-                if (got) {
-                    for (auto& d : *got) {
-                        if (auto s = setup(d)) {
-                            active.push_back({std::move(s)});
-                            active.back().suspect = d.requeues > 0;
-                            active.back().streamed = 0;
-                        }
-                    }
-                } else if (got.error().value() != EAGAIN && got.error().value() != ETIMEDOUT &&
-                           got.error().value() != EINTR && got.error().value() != ECANCELED) {
-                    info.set_error("dispatch: " + got.error().message());
-                    std::this_thread::sleep_for(10ms);
-                }
-            }
-            info.active.store(static_cast<uint32_t>(active.size()));
-            // Suspects run alone, one at a time; the rest as one batch.
-            // Whether all of it is prefilled.
-            auto fill_batch = [&] {
-                batch.clear();
-                bool ready = true;
-                for (auto& sl : active) {
-                    if (sl.suspect) {
-                        batch.assign(1, sl.s.get());
-                        return sl.prefilled;
-                    }
-                    batch.push_back(sl.s.get());
-                    ready = ready && sl.prefilled;
-                }
-                return ready;
-            };
-            fill_batch();
-            if (batch.empty()) {
+                std::this_thread::sleep_for(100ms);
                 continue;
             }
-            bool restarted = false;
-            try {
+            sched_worker w = std::move(*reg);
+            mark_ready();
+            std::vector<slot> active;
+            std::vector<sequence*> batch;
+            // Up front: fill_batch() then allocates nothing.
+            active.reserve(_o.slots);
+            batch.reserve(_o.slots);
+            // A request that could be neither completed nor given back is
+            // still held by `w`: only closing `w` gives it back (requeued,
+            // as a dying worker's), so the worker registers again.
+            bool stuck = false;
+
+            // COMPLETE, unless a test has the scheduler refuse it.
+            auto complete = [&](uint64_t id, int32_t status, uint32_t tokens, uint64_t off,
+                                uint64_t len) {
+                return refused(id) ? refusal : w.complete(id, status, tokens, off, len);
+            };
+            // Ends a request: completes it with the scheduler, streams the
+            // final descriptor, drops its mapping (`mapped`: setup() counted
+            // it as a user of one). Throws nothing: crash recovery calls it.
+            auto finish = [&](sequence& s, bool release, bool mapped = true) noexcept {
+                if (release) {
+                    engine->release(s);
+                }
+                const auto gone = [](std::error_code e) {
+                    return e == std::errc::no_such_file_or_directory ||
+                           e == std::errc::no_such_process; // not held (any more)
+                };
+                uint64_t len = s.status ? 0 : s.produced;
+                bool ended = true; // false: it went back to the queue, unended
+                try {
+                    if (const std::error_code e =
+                            complete(s.req.id, s.status, s.tokens, s.output_off, len);
+                        e && !gone(e)) {
+                        // Refused (an output outside what the scheduler knows
+                        // of the mindspace, a status that is no errno): it
+                        // fails instead, or goes back; it is never left held
+                        // here.
+                        note_code("complete: ", e);
+                        s.status = -EIO;
+                        len = 0;
+                        if (const std::error_code e2 = complete(s.req.id, -EIO, s.tokens, 0, 0);
+                            e2 && !gone(e2)) {
+                            const std::error_code e3 =
+                                refused(s.req.id) ? refusal : w.give_back(s.req.id);
+                            ended = e3 && gone(e3);
+                            stuck = stuck || (e3 && !gone(e3));
+                        }
+                    }
+                } catch (...) { // the scheduler's state unknown: `w` closes
+                    note_error("complete: ", "an exception");
+                    ended = false;
+                    stuck = true;
+                }
+                if (ended) {
+                    emit({s.req.id, s.output_off, static_cast<uint32_t>(len),
+                          static_cast<uint32_t>(s.status ? output_kind::failed
+                                                : s.cut  ? output_kind::done_cut
+                                                         : output_kind::done)});
+                    (s.status ? info.failed : info.served).fetch_add(1);
+                }
+                if (auto it = maps.find(s.req.ms_id);
+                    mapped && it != maps.end() && --it->second.users == 0) {
+                    maps.erase(it);
+                    if (_dev.kind() == backend_kind::local) {
+                        // A local mindspace nobody holds goes when something
+                        // looks at it (the module's, with its last holder):
+                        // a request's own, once its submitter let it go too.
+                        try {
+                            (void)mindspace_info(_dev, ms_key{s.req.ms_id, {}});
+                        } catch (...) { // the next look removes it
+                        }
+                    }
+                }
+            };
+            auto fail = [&](sequence& s, int32_t status, bool release,
+                            bool mapped = true) noexcept {
+                s.status = status;
+                finish(s, release, mapped);
+            };
+            // Maps a dispatched request's mindspace and checks its prompt.
+            auto setup = [&](const request_desc& d) -> std::unique_ptr<sequence> {
+                auto s = std::make_unique<sequence>();
+                s->req = d;
+                if (w.start(d.id)) {
+                    // Cancelled since it was dispatched: not run; the final
+                    // descriptor tells whoever streams it.
+                    fail(*s, -ECANCELED, false, false);
+                    return nullptr;
+                }
+                if (d.requeues >= _o.max_requeues) {
+                    fail(*s, -EIO, false, false); // it crashed worker after worker
+                    return nullptr;
+                }
+                if (!d.ms_id) {
+                    if (d.prompt_len) {
+                        fail(*s, -EINVAL, false, false); // a prompt needs a mindspace
+                        return nullptr;
+                    }
+                    return s;
+                }
+                auto it = maps.find(d.ms_id);
+                if (it == maps.end()) {
+                    auto ms = mindspace::open(_dev, ms_key{d.ms_id, {}});
+                    auto m = ms ? ms->map() : result<mapping>(ms.error());
+                    if (!m) {
+                        fail(*s, -m.error().value(), false, false);
+                        return nullptr;
+                    }
+                    it = maps.emplace(d.ms_id, mapped_ms{std::move(*ms), std::move(*m), 0}).first;
+                }
+                ++it->second.users;
+                auto bytes = it->second.map.bytes();
+                if (d.prompt_off > bytes.size() || d.prompt_len > bytes.size() - d.prompt_off) {
+                    fail(*s, -EINVAL, false); // the prompt is not inside the mindspace
+                    return nullptr;
+                }
+                s->prompt = bytes.subspan(d.prompt_off, d.prompt_len);
+                s->output_off =
+                    std::min<uint64_t>(output_offset(d.prompt_off, d.prompt_len), bytes.size());
+                // At most max_output: the final descriptor says how much.
+                s->output = bytes.subspan(
+                    s->output_off, std::min<uint64_t>(bytes.size() - s->output_off, max_output));
+                s->memory = bytes;
+                return s;
+            };
+            // Prefills; false if the request ended here.
+            auto prefill = [&](slot& sl) {
+                sequence& s = *sl.s;
+                switch (engine->prefill(s)) {
+                case engine_status::ok:
+                    return true;
+                case engine_status::bad_input:
+                    fail(s, s.status ? s.status : -EINVAL, true);
+                    return false;
+                case engine_status::no_room:
+                    break;
+                }
+                fail(s, -EAGAIN, true);
+                return false;
+            };
+            // Drops the slots whose request has ended (their sequence is gone).
+            auto drop_ended = [&]() noexcept {
+                std::erase_if(active, [](slot& sl) { return !sl.s; });
+            };
+            // The engine threw while running `culprits`: a fresh engine, the
+            // culprit struck (failed after max_requeues strikes), everything
+            // else prefilled again from the start. Bytes already streamed are
+            // not streamed twice: the new engine's must be the same (the CPU
+            // engine's are, whatever the batch; llm_engine.hh), which is
+            // checked (see again_differs) before anything past them is.
+            // Without an engine (it could not be made again) the loop ends,
+            // `w` gives every request back, and the worker tries again (above).
+            // Throws nothing (it runs when memory may have run out): a
+            // request whose streamed bytes cannot be copied for that check
+            // fails with -EIO.
+            auto recover = [&](std::span<sequence* const> culprits, const char* what) noexcept {
+                info.crashes.fetch_add(1);
+                note_error("engine: ", what);
+                drop_ended(); // ended in prefill
                 for (auto& sl : active) {
-                    if (sl.prefilled ||
-                        std::find(batch.begin(), batch.end(), sl.s.get()) == batch.end()) {
+                    engine->release(*sl.s);
+                }
+                engine.reset(); // before its successor takes memory (a GPU's)
+                engine = make_engine();
+                bool known = culprits.size() == 1;
+                for (auto& sl : active) {
+                    bool in =
+                        std::find(culprits.begin(), culprits.end(), sl.s.get()) != culprits.end();
+                    if (in && known && ++sl.strikes + sl.s->req.requeues >= _o.max_requeues) {
+                        fail(*sl.s, -EIO, false);
+                        sl.s.reset();
                         continue;
                     }
-                    sequence* one[] = {sl.s.get()};
-                    try {
-                        if (prefill(sl)) {
-                            sl.prefilled = true;
-                        } else {
+                    sequence& s = *sl.s;
+                    // A copy from an earlier crash that is not written again
+                    // in full yet stays (nothing past it was streamed). Its
+                    // room was taken as the bytes were streamed.
+                    if (sl.again.size() < sl.streamed) {
+                        try {
+                            sl.again.assign(reinterpret_cast<const char*>(s.output.data()),
+                                            sl.streamed);
+                        } catch (...) {
+                            note_error("engine: ", "no memory to restart a request: it fails");
+                            fail(s, -EIO, false);
                             sl.s.reset();
+                            continue;
                         }
-                    } catch (const worker_abort&) {
-                        throw;
-                    } catch (const engine::device_lost&) {
-                        throw;
-                    } catch (const std::exception& e) {
-                        recover(one, e.what()); // changes `active`: leave the loop
-                        restarted = true;
-                        break;
-                    } catch (...) {
-                        recover(one, "an exception that is not a std::exception");
-                        restarted = true;
-                        break;
                     }
-                }
-                if (restarted) {
-                    continue;
+                    sl.suspect = sl.suspect || in;
+                    sl.crashed = sl.crashed || in;
+                    sl.checked = 0;
+                    s.produced = 0;
+                    s.tokens = 0;
+                    s.done = false;
+                    s.cut = false;
+                    s.status = 0;
+                    s.engine_state = nullptr;
+                    sl.prefilled = false;
                 }
                 drop_ended();
-                // The batch again, without what ended in prefill: when that
-                // brings in a sequence not prefilled yet (the next suspect),
-                // the next pass prefills it first.
-                if (!fill_batch() || batch.empty()) {
-                    continue;
-                }
-                try {
-                    engine->decode(batch);
-                } catch (const worker_abort&) {
-                    throw;
-                } catch (const engine::device_lost&) {
-                    throw;
-                } catch (const std::exception& e) {
-                    recover(batch, e.what());
-                    continue;
-                } catch (...) {
-                    recover(batch, "an exception that is not a std::exception");
-                    continue;
-                }
-            } catch (const worker_abort&) {
-                // As if the thread died: nothing is completed; closing the
-                // registration gives every held request back.
+            };
+
+            bool aborted = false;
+            // As if the thread died (worker_abort, or a throw outside the
+            // engine's steps): nothing is completed; closing the
+            // registration gives every held request back.
+            auto abort_worker = [&]() noexcept {
                 info.crashes.fetch_add(1);
                 drop_ended(); // ended in prefill
                 aborted = true;
-                break;
-            } catch (const engine::device_lost& e) {
-                // Not the requests' fault: they go back (below), uncounted.
-                lost(e.what());
-                drop_ended(); // ended in prefill
-                break;
-            }
-            info.steps.fetch_add(1);
-            for (auto& sl : active) {
-                sequence& s = *sl.s;
-                if (sl.again_differs()) {
-                    // Splicing its new text onto the old would give the
-                    // client text no engine generated: it fails instead.
-                    note_error("engine: ", "regenerated text differs from what was streamed");
-                    s.status = -EIO;
-                    s.done = true;
-                }
-                if (!s.status && s.produced > sl.streamed) {
-                    emit({s.req.id, s.output_off + sl.streamed,
-                          static_cast<uint32_t>(s.produced - sl.streamed),
-                          static_cast<uint32_t>(output_kind::tokens)});
-                    sl.streamed = s.produced;
-                }
-            }
-            if (_o.is_cancelled) {
-                for (auto& sl : active) {
-                    if (!sl.s->done && cancelled(sl.s->req.id)) {
-                        sl.s->done = true;
-                        sl.s->status = -ECANCELED;
+            };
+            while (engine && !stuck) {
+                try {
+                    state st = _state.load();
+                    if (st == state::stopping || (st == state::draining && active.empty())) {
+                        break;
                     }
+                    // One DISPATCH takes at most LLMOS_MAX_DISPATCH (EINVAL past it).
+                    uint32_t free = std::min<uint32_t>(
+                        _o.slots - static_cast<uint32_t>(active.size()), LLMOS_MAX_DISPATCH);
+                    if (free && st == state::running) {
+                        auto got = active.empty() ? wait_for_work(w, loop.get(), free, *engine)
+                                                  : w.dispatch(free, wait_for::none());
+                        if (got) {
+                            for (auto& d : *got) {
+                                if (auto s = setup(d)) {
+                                    active.push_back({std::move(s)}); // reserved
+                                    active.back().suspect = d.requeues > 0;
+                                    active.back().streamed = 0;
+                                }
+                            }
+                        } else if (got.error().value() != EAGAIN &&
+                                   got.error().value() != ETIMEDOUT &&
+                                   got.error().value() != EINTR &&
+                                   got.error().value() != ECANCELED) {
+                            note_code("dispatch: ", got.error());
+                            std::this_thread::sleep_for(10ms);
+                        }
+                    }
+                    info.active.store(static_cast<uint32_t>(active.size()));
+                    // Suspects run alone, one at a time; the rest as one batch.
+                    // Whether all of it is prefilled.
+                    auto fill_batch = [&] {
+                        batch.clear();
+                        bool ready = true;
+                        for (auto& sl : active) {
+                            if (sl.suspect) {
+                                batch.assign(1, sl.s.get());
+                                return sl.prefilled;
+                            }
+                            batch.push_back(sl.s.get());
+                            ready = ready && sl.prefilled;
+                        }
+                        return ready;
+                    };
+                    fill_batch();
+                    if (batch.empty()) {
+                        continue;
+                    }
+                    bool restarted = false;
+                    try {
+                        for (auto& sl : active) {
+                            if (sl.prefilled ||
+                                std::find(batch.begin(), batch.end(), sl.s.get()) == batch.end()) {
+                                continue;
+                            }
+                            sequence* one[] = {sl.s.get()};
+                            try {
+                                if (prefill(sl)) {
+                                    sl.prefilled = true;
+                                } else {
+                                    sl.s.reset();
+                                }
+                            } catch (const worker_abort&) {
+                                throw;
+                            } catch (const engine::device_lost&) {
+                                throw;
+                            } catch (const std::exception& e) {
+                                recover(one, e.what()); // changes `active`: leave the loop
+                                restarted = true;
+                                break;
+                            } catch (...) {
+                                recover(one, "an exception that is not a std::exception");
+                                restarted = true;
+                                break;
+                            }
+                        }
+                        if (restarted) {
+                            continue;
+                        }
+                        drop_ended();
+                        // The batch again, without what ended in prefill: when
+                        // that brings in a sequence not prefilled yet (the next
+                        // suspect), the next pass prefills it first.
+                        if (!fill_batch() || batch.empty()) {
+                            continue;
+                        }
+                        try {
+                            engine->decode(batch);
+                        } catch (const worker_abort&) {
+                            throw;
+                        } catch (const engine::device_lost&) {
+                            throw;
+                        } catch (const std::exception& e) {
+                            recover(batch, e.what());
+                            continue;
+                        } catch (...) {
+                            recover(batch, "an exception that is not a std::exception");
+                            continue;
+                        }
+                    } catch (const worker_abort&) {
+                        abort_worker();
+                        break;
+                    } catch (const engine::device_lost& e) {
+                        // Not the requests' fault: they go back (below), uncounted.
+                        lost(e.what());
+                        drop_ended(); // ended in prefill
+                        break;
+                    }
+                    info.steps.fetch_add(1);
+                    for (auto& sl : active) {
+                        sequence& s = *sl.s;
+                        if (sl.again_differs()) {
+                            // Splicing its new text onto the old would give the
+                            // client text no engine generated: it fails instead.
+                            note_error("engine: ",
+                                       "regenerated text differs from what was streamed");
+                            s.status = -EIO;
+                            s.done = true;
+                        }
+                        if (!s.status && s.produced > sl.streamed) {
+                            // Room for the copy recover() makes of what was
+                            // streamed, taken now: after a crash memory may
+                            // have run out. (Without it, recover() tries
+                            // then.)
+                            if (sl.again.capacity() < s.produced) {
+                                try {
+                                    sl.again.reserve(
+                                        std::max<size_t>(s.produced, 2 * sl.again.capacity()));
+                                } catch (const std::bad_alloc&) {
+                                }
+                            }
+                            emit({s.req.id, s.output_off + sl.streamed,
+                                  static_cast<uint32_t>(s.produced - sl.streamed),
+                                  static_cast<uint32_t>(output_kind::tokens)});
+                            sl.streamed = s.produced;
+                        }
+                    }
+                    if (_o.is_cancelled) {
+                        for (auto& sl : active) {
+                            if (!sl.s->done && cancelled(sl.s->req.id)) {
+                                sl.s->done = true;
+                                sl.s->status = -ECANCELED;
+                            }
+                        }
+                    }
+                    std::erase_if(active, [&](slot& sl) {
+                        if (!sl.s->done) {
+                            return false;
+                        }
+                        finish(*sl.s, true);
+                        return true;
+                    });
+                } catch (const std::exception& e) {
+                    // Out of memory outside the engine's steps, say: the
+                    // engine's requests are as they were, nothing is lost
+                    // when `w` closes.
+                    note_error("worker: ", e.what());
+                    abort_worker();
+                    break;
+                } catch (...) {
+                    note_error("worker: ", "an exception that is not a std::exception");
+                    abort_worker();
+                    break;
                 }
             }
-            std::erase_if(active, [&](slot& sl) {
-                if (!sl.s->done) {
-                    return false;
+            for (auto& sl : active) {
+                if (engine) { // without one, recover() released them
+                    engine->release(*sl.s);
                 }
-                finish(*sl.s, true);
-                return true;
-            });
-        }
-        for (auto& sl : active) {
-            if (engine) { // without one, recover() released them
-                engine->release(*sl.s);
+                // Stopping, or without an engine: what was in no batch that
+                // crashed here goes back unfinished, not as a crash. The rest
+                // (all of it when aborted) `w` gives back as its end does,
+                // counting a requeue: the next worker runs it alone, and
+                // max_requeues of those fail it.
+                if (!aborted && !sl.crashed) {
+                    w.give_back(sl.s->req.id);
+                }
             }
-            // Stopping, or without an engine: what was in no batch that
-            // crashed here goes back unfinished, not as a crash. The rest
-            // (all of it when aborted) `w` gives back as its end does,
-            // counting a requeue: the next worker runs it alone, and
-            // max_requeues of those fail it.
-            if (!aborted && !sl.crashed) {
-                w.give_back(sl.s->req.id);
+            maps.clear();
+            info.active.store(0);
+            if (device_gone) {
+                engine.reset();
+                continue; // `w` goes first, giving back what it held; then the worker ends
             }
+            if (aborted) {
+                // Its memory given back before `w` goes (giving back what it
+                // held) and before its successor takes memory of its own.
+                engine.reset();
+                remake = true;
+                continue; // register again
+            }
+            if (stuck) {
+                continue; // `w` goes first, giving back the request it still holds
+            }
+            if (!engine) {
+                continue; // `w` goes first, giving back what it held
+            }
+            break;
+        } catch (const std::exception& e) {
+            note_error("worker: ", e.what());
+        } catch (...) {
+            note_error("worker: ", "an exception that is not a std::exception");
         }
+        // Here from a throw: what it held is back in the scheduler; a
+        // fresh engine (the old one's requests are gone), after a pause
+        // (memory may come back).
         maps.clear();
         info.active.store(0);
-        if (device_gone) {
-            engine.reset();
-            continue; // `w` goes first, giving back what it held; then the worker ends
-        }
-        if (aborted) {
-            // Its memory given back before `w` goes (giving back what it
-            // held) and before its successor takes memory of its own.
-            engine.reset();
-            remake = true;
-            continue; // register again
-        }
-        if (!engine) {
-            continue; // `w` goes first, giving back what it held
-        }
-        break;
+        info.crashes.fetch_add(1);
+        engine.reset();
+        remake = true;
+        mark_ready();
+        std::this_thread::sleep_for(100ms);
     }
-    mark_ready();
-    unpublish();
 }
 
 } // namespace llmos

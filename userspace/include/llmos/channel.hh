@@ -93,9 +93,13 @@ class channel_sender {
     channel_stats _stats;
 
 public:
+    /// A sender may attach to a ring that was used before (by an earlier
+    /// sender): it starts at the ring's tail, and its credit is what the
+    /// receiver has not taken yet.
     explicit channel_sender(channel_ring<Capacity>& r)
         : _r(&r)
-        , _tail(r.tail.load(std::memory_order_relaxed)) {}
+        , _tail(r.tail.load(std::memory_order_relaxed))
+        , _head_cache(r.head.load(std::memory_order_acquire)) {}
 
     /// A sender to a receiver that runs an event loop: it rings `bell`
     /// (from `from`, the sending thread's own loop, if it has one).
@@ -103,13 +107,16 @@ public:
         : _r(&r)
         , _bell(&bell)
         , _from(from)
-        , _tail(r.tail.load(std::memory_order_relaxed)) {}
+        , _tail(r.tail.load(std::memory_order_relaxed))
+        , _head_cache(r.head.load(std::memory_order_acquire)) {}
 
     /// Sends `d` if there is credit; false when the ring is full.
     bool try_send(const descriptor& d) noexcept {
-        if (_tail - _head_cache == Capacity) {
+        // `>=`, not `==`: whatever the cached head, a sender never writes
+        // a slot the receiver has not freed.
+        if (_tail - _head_cache >= Capacity) {
             _head_cache = _r->head.load(std::memory_order_acquire);
-            if (_tail - _head_cache == Capacity) {
+            if (_tail - _head_cache >= Capacity) {
                 return false;
             }
         }

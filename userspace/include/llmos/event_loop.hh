@@ -25,7 +25,16 @@
 //     wait completes at once (-EAGAIN): a spurious wake, never a lost one.
 //   - msg_ring: the sender posts IORING_OP_MSG_RING to the loop's ring
 //     from its own ring; the CQE wakes the loop.
-// The exchange makes sure one sender rings once per sleep.
+// The exchange makes sure one sender rings once per sleep: having cleared
+// `sleeping`, that sender must wake the loop, or nobody will. A MSG_RING
+// can fail (no ring for a thread without a loop, a submission queue that
+// stays full, a failed MSG_RING completion), so a msg_ring loop also keeps
+// an IORING_OP_POLL_ADD on an eventfd of its own pending, and a sender
+// whose MSG_RING could not be sent writes that eventfd instead: a write
+// that cannot fail (a full counter is readable already). A MSG_RING that
+// fails after it was sent is seen when the sending ring reaps it (a
+// thread's private ring: at once; a loop's ring: in its next run_once),
+// which then writes the eventfd of the loop it meant to wake.
 // tests/unit/event_loop_test.cc stresses both with random pauses.
 #pragma once
 
@@ -34,6 +43,7 @@
 #include <cstdint>
 #include <functional>
 #include <llmos/result.hh>
+#include <llmos/unique_fd.hh>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -58,8 +68,21 @@ struct doorbell {
 
 /// Wakes the loop behind `b` if it sleeps. `from`: the calling thread's
 /// own loop (needed for msg_ring doorbells; without one, a ring private to
-/// the calling thread is made on first use). Any thread.
+/// the calling thread is made on first use). Any thread. A wake is never
+/// lost: where the MSG_RING cannot be sent, the loop's eventfd is written.
 void ring_doorbell(doorbell& b, event_loop* from = nullptr);
+
+namespace detail {
+/// Tests: make msg_ring doorbells fail the ways they can in the field.
+enum class msg_ring_fault : uint8_t {
+    none,
+    no_private_ring, ///< the calling thread's private ring could not be made
+    no_sqe,          ///< the sending ring has no free SQE
+    send_fails,      ///< the MSG_RING is sent, and its completion fails (EBADF)
+};
+/// For every thread, until set back to none.
+void set_msg_ring_fault(msg_ring_fault f) noexcept;
+} // namespace detail
 
 /// Something a loop polls: a channel receiver and its handler.
 class loop_source {
@@ -81,6 +104,7 @@ struct event_loop_stats {
     uint64_t iterations = 0;
     uint64_t sleeps = 0;      ///< times it waited in the ring
     uint64_t doorbells = 0;   ///< doorbell completions seen
+    uint64_t fallbacks = 0;   ///< of those, wakes by the eventfd (a MSG_RING failed)
     uint64_t completions = 0; ///< other completions handled
 };
 
@@ -115,7 +139,9 @@ public:
 
     /// One iteration: polls the sources; if nothing came, spins, then
     /// sleeps until a message, a completion or `max_wait` (none:
-    /// forever). Returns messages plus completions handled.
+    /// forever; 0: no spin, no sleep). Returns messages plus completions
+    /// handled. SQEs prepared (sqe()) before or during it are submitted
+    /// before it returns, whichever way it returns.
     size_t run_once(std::optional<std::chrono::nanoseconds> max_wait = std::nullopt);
     /// Iterates until stop().
     void run();
@@ -134,6 +160,7 @@ public:
     const event_loop_stats& stats() const noexcept { return _stats; }
 
 private:
+    friend void ring_doorbell(doorbell& b, event_loop* from);
     struct ring_deleter {
         void operator()(io_uring* r) const noexcept;
     };
@@ -141,12 +168,21 @@ private:
     size_t poll_sources();
     size_t reap();
     bool arm_futex();
+    bool arm_fallback();
+    void submit_queued();
+    /// Writes the eventfd (msg_ring loops): the wake that cannot fail.
+    void wake_by_fallback() noexcept;
 
     options _opt;
     std::unique_ptr<io_uring, ring_deleter> _ring;
     doorbell _bell;
     std::atomic<bool> _stop{false};
     bool _futex_armed = false;
+    // msg_ring loops: an eventfd polled in the ring, and the id under which
+    // failed MSG_RINGs find it (see ring_doorbell).
+    unique_fd _wake_fd;
+    uint32_t _id = 0;
+    bool _fallback_armed = false;
     std::vector<loop_source*> _sources;
     std::vector<completion> _slots; // user_data - 1 indexes this
     std::vector<uint32_t> _free;

@@ -36,6 +36,16 @@
 // unfinished but not as a crash (its requeues do not grow; a request that
 // crashed an engine here is given back as a dying worker's is). Nothing
 // is lost either way.
+//
+// Out of memory. Recovering from a crash allocates nothing it cannot do
+// without (the copy of what a request streamed is made room for as it
+// streams; a request that cannot be copied fails with -EIO). Anything else
+// the worker's own code throws (no memory to set a request up, to take
+// one, to register) is handled as worker_abort is: the registration
+// closes, the scheduler takes back what it held, and the worker registers
+// again with a fresh engine. So is a request that the scheduler would
+// neither let it complete nor take back. A worker thread never ends the
+// process.
 #pragma once
 
 #include <atomic>
@@ -64,7 +74,10 @@ enum class priority_class {
 };
 const char* to_string(priority_class c) noexcept;
 
-/// What a worker streams, as descriptors into the request's mindspace.
+/// What a worker streams, as descriptors into the request's mindspace. A
+/// request's output is at most UINT32_MAX bytes (the room an engine is
+/// given past the prompt stops there), so that a `done` descriptor's
+/// 32-bit length always says all of it, as its completion does.
 enum class output_kind : uint32_t {
     tokens = 1,   ///< bytes appended by one decode step
     done = 2,     ///< the request finished; offset/length: all its output
@@ -75,6 +88,12 @@ enum class output_kind : uint32_t {
 /// Thrown by an engine (tests do) to make its worker die as a crashed
 /// process would: no request is completed, the scheduler takes them back.
 struct worker_abort {};
+
+namespace detail {
+/// Tests: the scheduler refuses (EIO) the next `times` endings of
+/// `request` (COMPLETE and give-backs) by any worker. Any thread.
+void refuse_endings(uint64_t request, uint32_t times) noexcept;
+} // namespace detail
 
 struct worker_pool_options {
     /// One worker per CPU listed; empty: one per CPU this process may run
