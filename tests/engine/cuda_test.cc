@@ -439,6 +439,9 @@ TEST_F(cuda_kv_host, a_cache_of_another_model_is_refused) {
 // A shape the GPU's kernels do not take is refused at load, saying why,
 // with a device or without: not loaded to fail every step.
 TEST(cuda_model_shape, heads_wider_than_the_attention_takes_are_refused) {
+    if (!cuda_built()) {
+        GTEST_SKIP() << "built without CUDA: cuda_model says only that";
+    }
     std::string why;
     const std::string wide =
         generated_model("wide_heads", "--preset tiny --n-embd 1024 --n-head 1 --n-head-kv 1", why);
