@@ -327,11 +327,17 @@ struct fault_case {
     const char* name;
 };
 
-class msg_ring_fault_test : public ::testing::TestWithParam<fault_case> {
-protected:
-    void TearDown() override {
-        llmos::detail::set_msg_ring_fault(llmos::detail::msg_ring_fault::none);
+class msg_ring_fault_test : public ::testing::TestWithParam<fault_case> {};
+
+// Makes msg_ring doorbells fail while it lives, and not after, however
+// the test ends.
+struct msg_ring_faulty {
+    explicit msg_ring_faulty(llmos::detail::msg_ring_fault f) {
+        llmos::detail::set_msg_ring_fault(f);
     }
+    ~msg_ring_faulty() { llmos::detail::set_msg_ring_fault(llmos::detail::msg_ring_fault::none); }
+    msg_ring_faulty(const msg_ring_faulty&) = delete;
+    msg_ring_faulty& operator=(const msg_ring_faulty&) = delete;
 };
 
 } // namespace
@@ -351,24 +357,18 @@ TEST_P(msg_ring_fault_test, a_doorbell_that_cannot_be_sent_still_wakes_the_loop)
     };
     llmos::channel_source<16, decltype(h)> src(*ring, h);
     l->add_source(src);
-    std::atomic<bool> done{false};
     std::thread t([&] {
+        // (Its own loop is never run: the sender learns at once.)
         auto own = GetParam().own_loop ? make_loop(doorbell_kind::msg_ring, 0) : nullptr;
         llmos::channel_sender<16> tx(*ring, l->bell(), own.get());
         wait_until_it_sleeps(*l);
-        llmos::detail::set_msg_ring_fault(GetParam().fault);
+        const msg_ring_faulty fault(GetParam().fault);
         tx.send({7, 0, 0, 0});
-        llmos::detail::set_msg_ring_fault(llmos::detail::msg_ring_fault::none);
-        // A loop's ring learns that its MSG_RING failed when it reaps.
-        while (own && !done.load()) {
-            own->run_once(1ms);
-        }
     });
     auto t0 = std::chrono::steady_clock::now();
     while (got.empty() && std::chrono::steady_clock::now() - t0 < 4s) {
         l->run_once(5s); // without the fallback: a 5 s sleep
     }
-    done = true;
     t.join();
     EXPECT_EQ(got, std::vector<uint64_t>{7}) << "no wake-up within 4 s";
     EXPECT_GE(l->stats().sleeps, 1u);
@@ -384,3 +384,42 @@ INSTANTIATE_TEST_SUITE_P(
         fault_case{llmos::detail::msg_ring_fault::send_fails, false, "private_send_fails"},
         fault_case{llmos::detail::msg_ring_fault::send_fails, true, "loop_send_fails"}),
     [](const ::testing::TestParamInfo<fault_case>& i) { return std::string(i.param.name); });
+
+// A sender with a loop of its own that it does not run (it blocks on a
+// full channel instead) must still wake the receiver when its MSG_RINGs
+// fail: it learns so as it sends, not when its loop next reaps.
+TEST(msg_ring_fault, a_sender_blocked_on_a_full_channel_still_wakes_the_loop) {
+    auto l = make_loop(doorbell_kind::msg_ring, 0);
+    ASSERT_TRUE(l);
+    auto ring = std::make_unique<llmos::channel_ring<4>>();
+    std::vector<uint64_t> got;
+    auto h = [&](std::span<const descriptor> ds) {
+        for (auto& d : ds) {
+            got.push_back(d.request);
+        }
+    };
+    llmos::channel_source<4, decltype(h)> src(*ring, h);
+    l->add_source(src);
+    std::atomic<bool> sent{false};
+    std::thread t([&] {
+        auto own = make_loop(doorbell_kind::msg_ring, 0);
+        llmos::channel_sender<4> tx(*ring, l->bell(), own.get());
+        wait_until_it_sleeps(*l);
+        const msg_ring_faulty fault(llmos::detail::msg_ring_fault::send_fails);
+        for (uint64_t i = 1; i <= 6; ++i) {
+            tx.send({i, 0, 0, 0}); // the fifth waits for the receiver
+        }
+        sent = true;
+    });
+    auto t0 = std::chrono::steady_clock::now();
+    while (got.size() < 6 && std::chrono::steady_clock::now() - t0 < 4s) {
+        l->run_once(5s); // without a wake: a 5 s sleep
+    }
+    const size_t in_time = got.size();
+    while (!sent.load()) { // let a sender that still waits finish
+        l->run_once(10ms);
+    }
+    t.join();
+    EXPECT_EQ(in_time, 6u) << "no wake-up within 4 s";
+    EXPECT_GE(l->stats().fallbacks, 1u);
+}

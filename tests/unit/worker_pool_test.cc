@@ -4,6 +4,7 @@
 // and kernel in the test VM): requests served with their output streamed
 // into their mindspace, continuous batching, pinning, priority classes,
 // drain and stop without loss, crash requeue and the poison-request limit.
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cstdlib>
@@ -35,12 +36,14 @@ namespace {
 thread_local uint64_t news_seen = 0;    // allocations on this thread
 thread_local uint32_t news_to_skip = 0; // then
 thread_local uint32_t news_to_fail = 0; // this many throw std::bad_alloc
+thread_local size_t largest_new = 0;    // the largest allocation on this thread
 } // namespace
 
 // Out of line, so that the compiler does not pair a free() with an
 // operator new at an inlined call site (-Wmismatched-new-delete).
 [[gnu::noinline]] void* operator new(std::size_t n) {
     ++news_seen;
+    largest_new = std::max(largest_new, n);
     if (news_to_skip) {
         --news_to_skip;
     } else if (news_to_fail) {
@@ -82,6 +85,17 @@ std::vector<backend_kind> available_backends() {
     }
     return v;
 }
+
+// Has the scheduler refuse the endings of a request while it lives
+// (llmos::detail::refuse_endings), and none after, however the test ends.
+struct refusing_endings {
+    refusing_endings(uint64_t request, uint32_t times) {
+        llmos::detail::refuse_endings(request, times);
+    }
+    ~refusing_endings() { llmos::detail::refuse_endings(0, 0); }
+    refusing_endings(const refusing_endings&) = delete;
+    refusing_endings& operator=(const refusing_endings&) = delete;
+};
 
 std::vector<int> two_cpus() {
     cpu_set_t set;
@@ -1171,11 +1185,10 @@ TEST_P(worker_pool_test, a_request_that_can_be_neither_ended_nor_given_back_is_r
     const uint64_t victim = ids.begin()->first;
     const uint64_t before = llmos::scheduler_stats(dev()).value().requeued;
     // Its COMPLETE, the COMPLETE with -EIO, the give-back.
-    llmos::detail::refuse_endings(victim, 3);
+    const refusing_endings refuse(victim, 3);
     auto pool = llmos::worker_pool::start(dev(), o);
     ASSERT_TRUE(pool);
     expect_echoed(c, ids, 8);
-    llmos::detail::refuse_endings(0, 0);
     EXPECT_GE(llmos::scheduler_stats(dev()).value().requeued, before + 1);
     EXPECT_NE((*pool)->info(0).last_error().find("complete: "), std::string::npos)
         << (*pool)->info(0).last_error();
@@ -1183,6 +1196,168 @@ TEST_P(worker_pool_test, a_request_that_can_be_neither_ended_nor_given_back_is_r
     for (auto& d : _log.by_req[victim]) {
         EXPECT_NE(d.kind, uint32_t(output_kind::failed)) << "a failure was streamed";
     }
+}
+
+// As above, but the scheduler refuses them for ever. The worker takes no
+// more work while it finishes what it runs (not given back: not started
+// again), registers again after a pause that grows, and once the request
+// has used its max_requeues, leaves it held (a slot less) and serves the
+// rest: the other requests are served, and the request is requeued
+// max_requeues times, not cycled for ever.
+TEST_P(worker_pool_test, a_request_that_can_never_be_ended_stops_being_requeued) {
+    auto o = opts({.decode_step = 20ms, .bytes_per_token = 8}, 2); // 100 ms a request
+    o.cpus.resize(1);
+    auto c = llmos::sched_client::open(dev()).value();
+    auto ids = submit_prompts(c, 4, 40);
+    const uint64_t victim = ids.begin()->first;
+    ids.erase(ids.begin());
+    const uint64_t before = llmos::scheduler_stats(dev()).value().requeued;
+    const refusing_endings refuse(victim, UINT32_MAX);
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    for (auto& [id, p] : ids) {
+        auto f = c.wait(id, llmos::wait_for::at_most(10s));
+        ASSERT_TRUE(f) << "request " << id << ": " << f.error().message();
+        EXPECT_EQ(f->state, LLMOS_REQ_COMPLETED) << "request " << id;
+    }
+    const uint64_t requeued = llmos::scheduler_stats(dev()).value().requeued - before;
+    EXPECT_LE(requeued, o.max_requeues) << "registered again and again";
+    (*pool)->stop();
+    std::lock_guard lk(_log.m);
+    for (auto& [id, p] : ids) {
+        size_t finals = 0;
+        for (auto& d : _log.by_req[id]) {
+            finals += d.kind != uint32_t(output_kind::tokens);
+        }
+        EXPECT_EQ(finals, 1u) << "request " << id;
+        // Streamed once: not given back and started again.
+        uint64_t streamed = 0;
+        for (auto& d : _log.by_req[id]) {
+            streamed += d.kind == uint32_t(output_kind::tokens) ? d.length : 0;
+        }
+        EXPECT_EQ(streamed, p.prompt_len) << "request " << id << " was started again";
+    }
+}
+
+// Out of memory in the worker's own code (here: taking more work between
+// steps) is neither its requests' fault nor its engine's: they go back
+// uncounted (with max_requeues 1, one counted requeue would fail them)
+// and the engine is kept.
+TEST_P(worker_pool_test, out_of_memory_in_the_worker_costs_its_requests_nothing) {
+    auto o = opts({}, 3); // a free slot: the worker asks for more between steps
+    o.cpus.resize(1);
+    o.max_requeues = 1;
+    std::atomic<int> made{0};
+    o.engine = [&made](unsigned) {
+        made.fetch_add(1);
+        return std::make_unique<llmos::echo_engine>(
+            llmos::echo_engine::options{.bytes_per_token = 8});
+    };
+    // Asked after every step, on the worker's thread: the next allocation
+    // (taking more work) fails, three times, at the first step (40 bytes
+    // are 5: nothing has ended yet).
+    std::atomic<int> ooms{3};
+    o.is_cancelled = [&](uint64_t) {
+        if (ooms.load() > 0) {
+            ooms.fetch_sub(1);
+            news_to_fail = 1;
+        }
+        return false;
+    };
+    auto c = llmos::sched_client::open(dev()).value();
+    auto ids = submit_prompts(c, 2, 40);
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    expect_echoed(c, ids, 8);
+    (*pool)->stop();
+    EXPECT_LE(ooms.load(), 0);
+    EXPECT_EQ(made.load(), 1) << "the engine was made again";
+    EXPECT_NE((*pool)->info(0).last_error().find("worker: "), std::string::npos)
+        << (*pool)->info(0).last_error();
+}
+
+// The local scheduler records an ending only once nothing can throw: out
+// of memory as a request is completed or cancelled leaves it as it was
+// (not ended, and ended by the next try), not ended without its client
+// knowing.
+TEST_P(worker_pool_test, out_of_memory_as_a_request_ends_leaves_it_as_it_was) {
+    if (GetParam() != backend_kind::local) {
+        GTEST_SKIP() << "the local scheduler's";
+    }
+    auto c = llmos::sched_client::open(dev()).value();
+    auto w = llmos::sched_worker::open(dev(), 2).value();
+    const uint64_t a = c.submit(prompt(0, 8, 0)).value();
+    const uint64_t b = c.submit(prompt(4096, 8, 1)).value();
+    auto got = w.dispatch(2, llmos::wait_for::at_most(5s));
+    ASSERT_TRUE(got) << got.error().message();
+    ASSERT_EQ(got->size(), 2u);
+    const auto before = llmos::scheduler_stats(dev()).value();
+    news_to_fail = 1;
+    EXPECT_THROW((void)w.complete(a, 0, 1, 0, 0), std::bad_alloc);
+    news_to_fail = 1;
+    EXPECT_THROW((void)c.cancel(b), std::bad_alloc);
+    news_to_fail = 0;
+    const auto after = llmos::scheduler_stats(dev()).value();
+    // (Else the next wait() would erase an iterator never set.)
+    ASSERT_EQ(after.completed, before.completed) << "completed, yet complete() threw";
+    ASSERT_EQ(after.cancelled, before.cancelled) << "cancelled, yet cancel() threw";
+    EXPECT_EQ(c.wait(a, llmos::wait_for::none()).error().value(), EAGAIN);
+    EXPECT_FALSE(w.complete(a, 0, 1, 0, 0));
+    EXPECT_FALSE(c.cancel(b));
+    auto fa = c.wait(a, llmos::wait_for::none());
+    ASSERT_TRUE(fa) << fa.error().message();
+    EXPECT_EQ(fa->state, LLMOS_REQ_COMPLETED);
+    auto fb = c.wait(b, llmos::wait_for::none());
+    ASSERT_TRUE(fb) << fb.error().message();
+    EXPECT_EQ(fb->state, LLMOS_REQ_CANCELLED);
+}
+
+// An engine that writes 3/5 of its room at its first step and the rest
+// at its second, and says, as its request ends, the largest allocation
+// its worker made meanwhile.
+class two_step_engine final : public llmos::inference_engine {
+public:
+    explicit two_step_engine(std::atomic<size_t>& largest, std::atomic<size_t>& room)
+        : _largest(largest)
+        , _room(room) {}
+    llmos::engine_status prefill(llmos::sequence& s) override {
+        largest_new = 0;
+        _room = s.output.size();
+        return llmos::engine_status::ok;
+    }
+    void decode(std::span<llmos::sequence* const> batch) override {
+        for (llmos::sequence* s : batch) {
+            s->produced = s->produced ? s->output.size() : s->output.size() / 5 * 3;
+            s->tokens++;
+            s->done = s->produced == s->output.size();
+        }
+    }
+    void release(llmos::sequence&) noexcept override { _largest = largest_new; }
+
+private:
+    std::atomic<size_t>& _largest;
+    std::atomic<size_t>& _room;
+};
+
+// What a worker keeps of a request's streamed output (to check it after a
+// crash) grows by doubling, but never past the request's room.
+TEST_P(worker_pool_test, the_copy_of_streamed_output_grows_no_larger_than_the_output) {
+    std::atomic<size_t> largest{0};
+    std::atomic<size_t> room{0};
+    auto o = opts({}, 1);
+    o.cpus.resize(1);
+    o.engine = [&](unsigned) { return std::make_unique<two_step_engine>(largest, room); };
+    auto c = llmos::sched_client::open(dev()).value();
+    const uint64_t id = c.submit({.cost = 1, .ms_id = _ms->id()}).value();
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto f = c.wait(id, llmos::wait_for::at_most(20s));
+    (*pool)->stop();
+    ASSERT_TRUE(f) << f.error().message();
+    EXPECT_EQ(f->state, LLMOS_REQ_COMPLETED);
+    ASSERT_GT(room.load(), 4096u);
+    EXPECT_GE(largest.load(), room.load()) << "no room taken for the copy";
+    EXPECT_LE(largest.load(), room.load() + 64) << "room of " << room.load();
 }
 
 // An engine that says it filled all the room it was given (it writes

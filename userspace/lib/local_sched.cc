@@ -109,9 +109,13 @@ public:
             ring_doorbell(*b);
         }
     }
-    void notify(req* r) {
+    // A node for notify(), made before the core records that `r` ended:
+    // once it has, nothing may throw (the caller would take the request
+    // for not ended, and its done_it would stay invalid).
+    static std::list<uint64_t> done_node(const req* r) { return {r->core.id}; }
+    void notify(req* r, std::list<uint64_t>& node) noexcept {
         auto* c = r->owner;
-        c->done.push_back(r->core.id);
+        c->done.splice(c->done.end(), node);
         r->done_it = std::prev(c->done.end());
         c->cv.notify_all();
     }
@@ -245,10 +249,11 @@ std::error_code cancel(uint64_t cid, uint64_t id) {
         return err(std::errc::operation_not_permitted);
     }
     const bool held = r->core.worker; // its worker has room again
+    auto node = scheduler::done_node(r);
     if (int ret = llmos_core_cancel(&s.core, &r->core, now_ns())) {
         return from_core(ret);
     }
-    s.notify(r);
+    s.notify(r, node);
     if (held) {
         s.work_changed();
     }
@@ -395,11 +400,12 @@ std::error_code complete(uint64_t cid, uint64_t id, int32_t status, uint32_t tok
         (result_off > r->ms_len || result_len > r->ms_len - result_off)) {
         return err(std::errc::invalid_argument);
     }
+    auto node = scheduler::done_node(r);
     if (int ret = llmos_core_complete(&s.core, &c->worker, &r->core, status, tokens, result_off,
                                       result_len, now_ns())) {
         return from_core(ret);
     }
-    s.notify(r);
+    s.notify(r, node);
     s.work_changed(); // this worker has room again
     return {};
 }

@@ -6,7 +6,6 @@
 #include <linux/futex.h>
 #include <llmos/channel.hh>
 #include <llmos/event_loop.hh>
-#include <mutex>
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
@@ -72,41 +71,13 @@ constexpr uint64_t futex_match_any = 0xffffffffu; // FUTEX_BITSET_MATCH_ANY
 constexpr uint64_t bell_tag = 0x6c6c6d6f73626c6cull; // "llmosbll"
 // The fallback doorbell of msg_ring loops: the POLL_ADD on their eventfd.
 constexpr uint64_t fallback_tag = 0x6c6c6d6f73666262ull; // "llmosfbb"
-// A MSG_RING this loop sent to wake loop `id`: tag << 32 | id. Only a
-// failed one completes here (IOSQE_CQE_SKIP_SUCCESS). Slots are below 2^32.
-constexpr uint64_t msg_tag = 0x6c6c6d72ull; // "llmr"
 
 std::atomic<detail::msg_ring_fault> fault{detail::msg_ring_fault::none};
-
-// msg_ring loops by id, so that a MSG_RING that failed after it was sent
-// wakes its loop by the eventfd, if that loop still lives. Never
-// destroyed: loops of threads still running at exit unregister after it
-// would be.
-struct wake_registry {
-    std::mutex m;                              // the rest
-    std::vector<std::pair<uint32_t, int>> fds; // loop id, its eventfd
-    uint32_t last = 0;
-};
-
-wake_registry& registry() {
-    static auto* r = new wake_registry; // NOLINT(cppcoreguidelines-owning-memory)
-    return *r;
-}
 
 void write_eventfd(int fd) noexcept {
     const uint64_t one = 1;
     // EAGAIN: the counter is full, so readable already; EINTR: again.
     while (::write(fd, &one, sizeof(one)) < 0 && errno == EINTR) {
-    }
-}
-
-void wake_by_id(uint32_t id) noexcept {
-    auto& r = registry();
-    std::lock_guard lk(r.m);
-    for (const auto& [i, fd] : r.fds) {
-        if (i == id) {
-            write_eventfd(fd);
-        }
     }
 }
 
@@ -116,7 +87,8 @@ void cpu_relax() noexcept {
 #endif
 }
 
-// A ring for threads without a loop that ring msg_ring doorbells.
+// A ring private to a thread that rings msg_ring doorbells (a loop's own
+// ring is reaped by its loop only: a failure would be seen too late).
 struct private_ring {
     io_uring ring{};
     bool ok = false;
@@ -134,16 +106,13 @@ struct private_ring {
     }
 };
 
-// Sends a MSG_RING from `from` to `target` (loop `id`'s ring). False when
-// it could not be sent, or (`own`: a ring nobody else reaps, a thread's
-// private one, whose send completes before this returns) when it failed;
-// then the caller wakes the target another way. On a loop's ring only a
-// failure completes, later, tagged with `id` (see event_loop::reap).
-bool send_msg_ring(io_uring* from, int target_fd, uint32_t id, bool own) {
+// Sends a MSG_RING from `from`, a ring nobody else reaps (a thread's
+// private one), to `target_fd`, and waits for its completion. False when
+// it could not be sent or failed: then the caller wakes the target
+// another way.
+bool send_msg_ring(io_uring* from, int target_fd) {
     const auto f = fault.load(std::memory_order_relaxed);
-    if (own) {
-        io_uring_cq_advance(from, io_uring_cq_ready(from)); // none left, normally
-    }
+    io_uring_cq_advance(from, io_uring_cq_ready(from)); // none left, normally
     io_uring_sqe* sqe = f == detail::msg_ring_fault::no_sqe ? nullptr : io_uring_get_sqe(from);
     for (int i = 0; !sqe && i < 1000 && f != detail::msg_ring_fault::no_sqe; ++i) {
         // The SQ is full: let it drain.
@@ -160,13 +129,6 @@ bool send_msg_ring(io_uring* from, int target_fd, uint32_t id, bool own) {
         target_fd = -1; // completes with -EBADF
     }
     io_uring_prep_msg_ring(sqe, target_fd, 0, bell_tag, 0);
-    if (!own) {
-        // No CQE on the sender's ring for a successful send.
-        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-        sqe->user_data = msg_tag << 32 | id;
-        io_uring_submit(from);
-        return true;
-    }
     sqe->user_data = 0;
     int ret = 0;
     do {
@@ -189,7 +151,7 @@ void set_msg_ring_fault(msg_ring_fault f) noexcept {
 }
 } // namespace detail
 
-void ring_doorbell(doorbell& b, event_loop* from) {
+void ring_doorbell(doorbell& b, event_loop* /* from */) {
     if (b.sleeping.load(std::memory_order_seq_cst) != 1 || b.sleeping.exchange(0) != 1) {
         return;
     }
@@ -198,17 +160,15 @@ void ring_doorbell(doorbell& b, event_loop* from) {
         detail::futex_wake(b.sleeping);
         return;
     }
-    // Having cleared `sleeping`, this caller is the one to wake the loop.
-    if (from) {
-        if (!send_msg_ring(from->ring(), l.ring_fd(), l._id, false)) {
-            l.wake_by_fallback();
-        }
-        return;
-    }
+    // Having cleared `sleeping`, this caller is the one to wake the loop:
+    // from its private ring, whose completion says at once whether the
+    // MSG_RING got there (the caller's own loop, if it has one, would
+    // learn it only when it next reaps, maybe never: a sender blocked on
+    // a full channel does not reap), else by the eventfd.
     thread_local private_ring own;
     if (!own.ok ||
         fault.load(std::memory_order_relaxed) == detail::msg_ring_fault::no_private_ring ||
-        !send_msg_ring(&own.ring, l.ring_fd(), l._id, true)) {
+        !send_msg_ring(&own.ring, l.ring_fd())) {
         l.wake_by_fallback();
     }
 }
@@ -225,12 +185,6 @@ event_loop::event_loop(options o)
 }
 
 event_loop::~event_loop() {
-    if (_wake_fd) {
-        // No failed MSG_RING writes our eventfd once it is closed.
-        auto& r = registry();
-        std::lock_guard lk(r.m);
-        std::erase_if(r.fds, [this](const auto& e) { return e.first == _id; });
-    }
     // The ring first: commands still in it may write into what the
     // completion callbacks keep alive (a DISPATCH's descriptors).
     _ring.reset();
@@ -280,11 +234,6 @@ result<std::unique_ptr<event_loop>> event_loop::create(options o) {
         if (!l->_wake_fd) {
             return std::error_code(errno, std::system_category());
         }
-        auto& reg = registry();
-        std::lock_guard lk(reg.m);
-        reg.fds.reserve(reg.fds.size() + 1); // before the id: a throw leaves no trace
-        l->_id = ++reg.last;
-        reg.fds.emplace_back(l->_id, l->_wake_fd.get());
     }
     return l;
 }
@@ -419,13 +368,6 @@ size_t event_loop::reap() {
             _fallback_armed = false;
             uint64_t v = 0;
             [[maybe_unused]] ssize_t got = ::read(_wake_fd.get(), &v, sizeof(v));
-            continue;
-        }
-        if (ud >> 32 == msg_tag) {
-            // A doorbell this loop rang failed: the other loop's eventfd.
-            if (res < 0) {
-                wake_by_id(static_cast<uint32_t>(ud));
-            }
             continue;
         }
         if (ud == 0 || ud > _slots.size()) {

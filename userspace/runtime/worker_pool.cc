@@ -11,6 +11,7 @@
 #include <llmos/worker_pool.hh>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <numa.h>
 #include <optional>
@@ -19,6 +20,7 @@
 #include <string>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <vector>
 
 namespace llmos {
 
@@ -99,19 +101,25 @@ public:
 // length says all of it (descriptor stays 24 bytes, its ABI).
 constexpr uint64_t max_output = UINT32_MAX;
 
-// detail::refuse_endings(): the request whose endings fail, how many more.
-std::atomic<uint64_t> refused_request{0};
-std::atomic<uint32_t> refusals_left{0};
+// detail::refuse_endings(): the request whose endings fail, how many more,
+// as one word (request, count) changed under a lock, so that refused()
+// never sees one's request with another's count.
+std::mutex refusals_m;
+uint64_t refused_request = 0; // under refusals_m
+uint32_t refusals_left = 0;   // under refusals_m
+std::atomic<bool> refusing{false};
 const std::error_code refusal(EIO, std::system_category());
 
 bool refused(uint64_t id) noexcept {
-    if (refused_request.load(std::memory_order_relaxed) != id) {
+    if (!refusing.load()) {
         return false;
     }
-    uint32_t left = refusals_left.load();
-    while (left && !refusals_left.compare_exchange_weak(left, left - 1)) {
+    std::lock_guard lk(refusals_m);
+    if (refused_request != id || refusals_left == 0) {
+        return false;
     }
-    return left != 0;
+    --refusals_left;
+    return true;
 }
 
 // A mindspace a worker has open and mapped, for the requests using it.
@@ -125,9 +133,10 @@ struct mapped_ms {
 
 namespace detail {
 void refuse_endings(uint64_t request, uint32_t times) noexcept {
-    refusals_left.store(0);
-    refused_request.store(request);
-    refusals_left.store(times);
+    std::lock_guard lk(refusals_m);
+    refused_request = request;
+    refusals_left = times;
+    refusing.store(times != 0);
 }
 } // namespace detail
 
@@ -236,8 +245,9 @@ struct worker_pool::slot {
     std::unique_ptr<sequence> s;
     size_t streamed = 0; ///< output bytes already streamed
     /// After its engine crashed: what was streamed before, which the new
-    /// engine must write again (the first `checked` bytes it has).
-    std::string again;
+    /// engine must write again (the first `checked` bytes it has). A
+    /// vector: its reserve() takes what it is asked, no more.
+    std::vector<char> again;
     size_t checked = 0;
     uint32_t strikes = 0; ///< engine crashes it caused here
     bool prefilled = false;
@@ -455,6 +465,10 @@ void worker_pool::run_worker(unsigned i) {
         }
     };
     bool remake = false; // the engine aborted: a new one at once
+    // After a registration closed to give back a request it could neither
+    // end nor give back (`stuck`, below): how long to wait before the next
+    // one, from 100 ms to 5 s (the scheduler may refuse it again).
+    auto stuck_wait = 0ms;
     while (made_once && _state.load() != state::stopping) {
         // A throw that nothing below catches (no memory for a request's
         // setup, a dispatch, a registration) ends this registration as a
@@ -474,6 +488,9 @@ void worker_pool::run_worker(unsigned i) {
                 if (!engine) {
                     break;
                 }
+            }
+            for (auto t = 0ms; t < stuck_wait && _state.load() == state::running; t += 10ms) {
+                std::this_thread::sleep_for(10ms);
             }
             auto reg = sched_worker::open(_dev, _o.slots, info.node, _o.model);
             if (!reg) {
@@ -495,8 +512,13 @@ void worker_pool::run_worker(unsigned i) {
             batch.reserve(_o.slots);
             // A request that could be neither completed nor given back is
             // still held by `w`: only closing `w` gives it back (requeued,
-            // as a dying worker's), so the worker registers again.
+            // as a dying worker's, counted), so the worker takes no more
+            // work, finishes the requests it runs, and registers again
+            // (after stuck_wait). One that has used its max_requeues
+            // already would only come back to fail the same way: it is
+            // left held (`left`, a slot less) until `w` closes.
             bool stuck = false;
+            uint32_t left = 0;
 
             // COMPLETE, unless a test has the scheduler refuse it.
             auto complete = [&](uint64_t id, int32_t status, uint32_t tokens, uint64_t off,
@@ -532,7 +554,13 @@ void worker_pool::run_worker(unsigned i) {
                             const std::error_code e3 =
                                 refused(s.req.id) ? refusal : w.give_back(s.req.id);
                             ended = e3 && gone(e3);
-                            stuck = stuck || (e3 && !gone(e3));
+                            if (e3 && !gone(e3)) {
+                                if (s.req.requeues >= _o.max_requeues) {
+                                    ++left;
+                                } else {
+                                    stuck = true;
+                                }
+                            }
                         }
                     }
                 } catch (...) { // the scheduler's state unknown: `w` closes
@@ -666,8 +694,8 @@ void worker_pool::run_worker(unsigned i) {
                     // room was taken as the bytes were streamed.
                     if (sl.again.size() < sl.streamed) {
                         try {
-                            sl.again.assign(reinterpret_cast<const char*>(s.output.data()),
-                                            sl.streamed);
+                            const auto* p = reinterpret_cast<const char*>(s.output.data());
+                            sl.again.assign(p, p + sl.streamed);
                         } catch (...) {
                             note_error("engine: ", "no memory to restart a request: it fails");
                             fail(s, -EIO, false);
@@ -690,24 +718,33 @@ void worker_pool::run_worker(unsigned i) {
             };
 
             bool aborted = false;
-            // As if the thread died (worker_abort, or a throw outside the
-            // engine's steps): nothing is completed; closing the
-            // registration gives every held request back.
+            // As if the thread died (worker_abort): nothing is completed;
+            // closing the registration gives every held request back,
+            // counted.
             auto abort_worker = [&]() noexcept {
                 info.crashes.fetch_add(1);
                 drop_ended(); // ended in prefill
                 aborted = true;
             };
-            while (engine && !stuck) {
+            // A throw outside the engine's steps (no memory to take or set
+            // up a request): not the requests' fault nor the engine's. The
+            // requests go back uncounted (below), the engine stays, and the
+            // worker registers again.
+            bool gave_up = false;
+            while (engine && !(stuck && active.empty())) {
                 try {
                     state st = _state.load();
                     if (st == state::stopping || (st == state::draining && active.empty())) {
                         break;
                     }
+                    if (left >= _o.slots) {
+                        stuck = true; // no slot left: `w` closes
+                        continue;
+                    }
                     // One DISPATCH takes at most LLMOS_MAX_DISPATCH (EINVAL past it).
                     uint32_t free = std::min<uint32_t>(
-                        _o.slots - static_cast<uint32_t>(active.size()), LLMOS_MAX_DISPATCH);
-                    if (free && st == state::running) {
+                        _o.slots - left - static_cast<uint32_t>(active.size()), LLMOS_MAX_DISPATCH);
+                    if (free && st == state::running && !stuck) {
                         auto got = active.empty() ? wait_for_work(w, loop.get(), free, *engine)
                                                   : w.dispatch(free, wait_for::none());
                         if (got) {
@@ -821,11 +858,12 @@ void worker_pool::run_worker(unsigned i) {
                             // Room for the copy recover() makes of what was
                             // streamed, taken now: after a crash memory may
                             // have run out. (Without it, recover() tries
-                            // then.)
+                            // then.) Doubling, up to what it may need.
                             if (sl.again.capacity() < s.produced) {
                                 try {
-                                    sl.again.reserve(
-                                        std::max<size_t>(s.produced, 2 * sl.again.capacity()));
+                                    sl.again.reserve(std::min<size_t>(
+                                        std::max<size_t>(s.produced, 2 * sl.again.capacity()),
+                                        s.output.size()));
                                 } catch (const std::bad_alloc&) {
                                 }
                             }
@@ -852,14 +890,15 @@ void worker_pool::run_worker(unsigned i) {
                     });
                 } catch (const std::exception& e) {
                     // Out of memory outside the engine's steps, say: the
-                    // engine's requests are as they were, nothing is lost
-                    // when `w` closes.
+                    // engine's requests are as they were, and go back.
                     note_error("worker: ", e.what());
-                    abort_worker();
+                    drop_ended(); // ended in prefill
+                    gave_up = true;
                     break;
                 } catch (...) {
                     note_error("worker: ", "an exception that is not a std::exception");
-                    abort_worker();
+                    drop_ended();
+                    gave_up = true;
                     break;
                 }
             }
@@ -867,11 +906,11 @@ void worker_pool::run_worker(unsigned i) {
                 if (engine) { // without one, recover() released them
                     engine->release(*sl.s);
                 }
-                // Stopping, or without an engine: what was in no batch that
-                // crashed here goes back unfinished, not as a crash. The rest
-                // (all of it when aborted) `w` gives back as its end does,
-                // counting a requeue: the next worker runs it alone, and
-                // max_requeues of those fail it.
+                // Stopping, without an engine, or out of memory: what was in
+                // no batch that crashed here goes back unfinished, not as a
+                // crash. The rest (all of it when aborted) `w` gives back as
+                // its end does, counting a requeue: the next worker runs it
+                // alone, and max_requeues of those fail it.
                 if (!aborted && !sl.crashed) {
                     w.give_back(sl.s->req.id);
                 }
@@ -890,7 +929,15 @@ void worker_pool::run_worker(unsigned i) {
                 continue; // register again
             }
             if (stuck) {
-                continue; // `w` goes first, giving back the request it still holds
+                // `w` goes first, giving back the request it still holds;
+                // the next registration waits.
+                stuck_wait = std::min<std::chrono::milliseconds>(
+                    stuck_wait == 0ms ? 100ms : 2 * stuck_wait, 5s);
+                continue;
+            }
+            stuck_wait = 0ms;
+            if (gave_up) {
+                continue; // register again, with the same engine
             }
             if (!engine) {
                 continue; // `w` goes first, giving back what it held
@@ -901,14 +948,11 @@ void worker_pool::run_worker(unsigned i) {
         } catch (...) {
             note_error("worker: ", "an exception that is not a std::exception");
         }
-        // Here from a throw: what it held is back in the scheduler; a
-        // fresh engine (the old one's requests are gone), after a pause
-        // (memory may come back).
+        // Here from a throw (no memory to register, say) outside the
+        // steps, where the engine holds no request: it stays; the worker
+        // registers again after a pause (memory may come back).
         maps.clear();
         info.active.store(0);
-        info.crashes.fetch_add(1);
-        engine.reset();
-        remake = true;
         mark_ready();
         std::this_thread::sleep_for(100ms);
     }

@@ -27,14 +27,15 @@
 //     from its own ring; the CQE wakes the loop.
 // The exchange makes sure one sender rings once per sleep: having cleared
 // `sleeping`, that sender must wake the loop, or nobody will. A MSG_RING
-// can fail (no ring for a thread without a loop, a submission queue that
-// stays full, a failed MSG_RING completion), so a msg_ring loop also keeps
-// an IORING_OP_POLL_ADD on an eventfd of its own pending, and a sender
-// whose MSG_RING could not be sent writes that eventfd instead: a write
-// that cannot fail (a full counter is readable already). A MSG_RING that
-// fails after it was sent is seen when the sending ring reaps it (a
-// thread's private ring: at once; a loop's ring: in its next run_once),
-// which then writes the eventfd of the loop it meant to wake.
+// can fail (no ring could be made for the sending thread, a submission
+// queue that stays full, a failed MSG_RING completion), so a msg_ring loop
+// also keeps an IORING_OP_POLL_ADD on an eventfd of its own pending, and a
+// sender whose MSG_RING could not be sent, or failed, writes that eventfd
+// instead: a write that cannot fail (a full counter is readable already).
+// The sender learns at once: it sends from a ring private to its thread
+// and waits for the MSG_RING's completion (from its own loop's ring, a
+// failure would be seen only when that loop next reaps, which a sender
+// blocked on a full channel never does).
 // tests/unit/event_loop_test.cc stresses both with random pauses.
 #pragma once
 
@@ -66,10 +67,14 @@ struct doorbell {
     event_loop* loop = nullptr;
 };
 
-/// Wakes the loop behind `b` if it sleeps. `from`: the calling thread's
-/// own loop (needed for msg_ring doorbells; without one, a ring private to
-/// the calling thread is made on first use). Any thread. A wake is never
-/// lost: where the MSG_RING cannot be sent, the loop's eventfd is written.
+/// Wakes the loop behind `b` if it sleeps. A msg_ring doorbell is rung
+/// from a ring private to the calling thread, made on first use, and the
+/// MSG_RING's completion waited for. `from` (the calling thread's own
+/// loop) is not used any more: kept for callers. Any thread; the loop must
+/// outlive the call (it writes the loop's eventfd, whose number a loop
+/// destroyed meanwhile would leave to another file). A wake is never
+/// lost: where the MSG_RING cannot be sent or fails, the loop's eventfd is
+/// written.
 void ring_doorbell(doorbell& b, event_loop* from = nullptr);
 
 namespace detail {
@@ -178,10 +183,9 @@ private:
     doorbell _bell;
     std::atomic<bool> _stop{false};
     bool _futex_armed = false;
-    // msg_ring loops: an eventfd polled in the ring, and the id under which
-    // failed MSG_RINGs find it (see ring_doorbell).
+    // msg_ring loops: an eventfd polled in the ring, which a sender whose
+    // MSG_RING failed writes (see ring_doorbell).
     unique_fd _wake_fd;
-    uint32_t _id = 0;
     bool _fallback_armed = false;
     std::vector<loop_source*> _sources;
     std::vector<completion> _slots; // user_data - 1 indexes this

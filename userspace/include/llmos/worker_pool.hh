@@ -41,11 +41,16 @@
 // without (the copy of what a request streamed is made room for as it
 // streams; a request that cannot be copied fails with -EIO). Anything else
 // the worker's own code throws (no memory to set a request up, to take
-// one, to register) is handled as worker_abort is: the registration
-// closes, the scheduler takes back what it held, and the worker registers
-// again with a fresh engine. So is a request that the scheduler would
-// neither let it complete nor take back. A worker thread never ends the
-// process.
+// one, to register) is no request's fault nor the engine's: the worker
+// gives back what it holds, uncounted, and registers again with the same
+// engine. A worker thread never ends the process.
+//
+// A request that the scheduler would neither let it complete nor take
+// back is given back by closing the registration (a requeue, counted):
+// the worker takes no more requests, finishes the ones it runs, closes,
+// and registers again after a pause (100 ms, doubling up to 5 s). One
+// requeued max_requeues times that way is left held (a slot less) until
+// the registration closes, not cycled for ever.
 #pragma once
 
 #include <atomic>
