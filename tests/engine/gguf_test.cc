@@ -610,9 +610,9 @@ TEST(gguf_writer, refuses_bad_input) {
                                      w.set("a", gguf_value::array(gguf_type::u32, {1u, "x"}));
                                  }).find("element 1 of an array of u32 is string"));
     EXPECT_NE(std::string::npos,
-              error([&] { w.set_alignment(3); }).find("nonzero power of two, got u32 3"));
+              error([&] { w.set_alignment(3); }).find("a power of two, 8 or more"));
     EXPECT_NE(std::string::npos,
-              error([&] { w.set("general.alignment", 0u); }).find("nonzero power of two"));
+              error([&] { w.set("general.alignment", 0u); }).find("a power of two"));
     EXPECT_NE(std::string::npos,
               error([&] { w.set("general.alignment", "64"); }).find("got string"));
     EXPECT_EQ(32u, w.alignment());
@@ -624,6 +624,86 @@ TEST(gguf_writer, refuses_bad_input) {
     EXPECT_NE(std::string::npos, error([&] {
                                      w.write("/nonexistent-dir/x.gguf");
                                  }).find("cannot create '/nonexistent-dir/x.gguf.tmp."));
+}
+
+// What the writer writes, the GGUF spec, llama.cpp and gguf_file take: an
+// alignment that is a multiple of 8, tensor names of 63 bytes at most,
+// and metadata and tensor counts within the reader's limits (shown here
+// with lower ones: the defaults take hundreds of MB to pass).
+TEST(gguf_writer, keeps_to_the_spec_and_the_readers_limits) {
+    auto error = [](auto fn) -> std::string {
+        try {
+            fn();
+        } catch (const gguf_error& e) {
+            return e.what();
+        }
+        return "(no error)";
+    };
+    gguf_writer w;
+    for (uint32_t a : {1u, 2u, 4u}) {
+        EXPECT_EQ("gguf: general.alignment must be a power of two, 8 or more (GGUF wants a "
+                  "multiple of 8), got u32 " +
+                      std::to_string(a),
+                  error([&] { w.set_alignment(a); }));
+        EXPECT_NE(std::string::npos,
+                  error([&] { w.set("general.alignment", uint64_t{a}); }).find("8 or more"));
+    }
+    EXPECT_EQ(32u, w.alignment());
+    w.set_alignment(gguf_min_alignment);
+    const std::string longest(gguf_max_tensor_name, 'n');
+    w.add_tensor(longest, ggml_type::f32, {3}, pattern(12, 1));
+    w.add_tensor("next", ggml_type::f32, {1}, pattern(4, 2));
+    auto bytes = w.write();
+    auto f = gguf_file::parse(bytes);
+    EXPECT_EQ(8u, f.alignment());
+    EXPECT_EQ(16u, f.find_tensor("next")->offset); // 12 bytes, padded to 8
+    EXPECT_EQ(longest, f.tensors()[0].name);
+    EXPECT_EQ("gguf: tensor name '" + std::string(64, 'n') +
+                  "' is 64 bytes long; GGUF takes 63 at most",
+              error([&] { w.add_tensor(longest + "n", ggml_type::f32, {1}, pattern(4, 3)); }));
+
+    // 5 values (the array and its 3 elements are 4) and 11 bytes of text
+    // (keys "k" and "arr", strings "a", "b", "c", tensor names "t1", "t2").
+    const gguf_limits exact{.metadata_values = 5, .metadata_text = 11, .tensors = 2};
+    auto fill = [](gguf_writer& x) {
+        x.set("k", 1u);
+        x.set("arr", gguf_value::array(gguf_type::string, {"a", "b", "c"}));
+        x.set("s", "");
+        x.erase("s"); // what is erased counts no more
+        x.add_tensor("t1", ggml_type::f32, {1}, pattern(4, 1));
+        x.add_tensor("t2", ggml_type::f32, {1}, pattern(4, 2));
+    };
+    gguf_writer at(3, exact);
+    fill(at);
+    EXPECT_EQ(2u, gguf_file::parse(at.write()).tensors().size());
+    EXPECT_EQ("gguf: tensor 't3' would be one more than the 2 tensors a file may have",
+              error([&] { at.add_tensor("t3", ggml_type::f32, {1}, pattern(4, 3)); }));
+    gguf_writer values(3, {.metadata_values = 4});
+    fill(values);
+    EXPECT_EQ("gguf: the metadata holds 5 values, more than the 4 a file may have",
+              error([&] { values.write(); }));
+    gguf_writer text(3, {.metadata_text = 10});
+    fill(text);
+    EXPECT_EQ("gguf: the metadata's keys, strings and tensor names take 11 bytes, more than the "
+              "10 a file may have",
+              error([&] { text.write(); }));
+
+    // Refused so, a write to a path leaves no file and no descriptor behind.
+    auto dir =
+        std::filesystem::temp_directory_path() / ("gguf_test.limits." + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    auto fds = [] {
+        return std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                             std::filesystem::directory_iterator());
+    };
+    const auto open_before = fds();
+    EXPECT_NE(std::string::npos,
+              error([&] { values.write((dir / "m.gguf").string()); }).find("5 values"));
+    EXPECT_EQ(open_before, fds());
+    EXPECT_EQ(0, std::distance(std::filesystem::directory_iterator(dir),
+                               std::filesystem::directory_iterator()))
+        << "a temporary file was left behind";
+    std::filesystem::remove_all(dir);
 }
 
 // ---- corrupt files -----------------------------------------------------

@@ -579,6 +579,17 @@ TEST(mkmodel, rejects_bad_sizes) {
     r = run(quote(llmos::testing::mkmodel_path()) + " --n-vocab 100 -o " +
             quote((scratch::dir() / "bad.gguf").string()));
     EXPECT_EQ(r.status, 2) << r.out;
+    // What the engine would refuse to load (model.cc wants both finite and
+    // positive) is refused here.
+    for (std::string bad : {"--rope-base inf", "--rope-base nan", "--rope-base 0", "--rms-eps inf",
+                            "--rms-eps -1e-5", "--rope-base 1e39"}) {
+        r = run(quote(llmos::testing::mkmodel_path()) + " " + bad + " -o " +
+                quote((scratch::dir() / "bad.gguf").string()));
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.out;
+        EXPECT_NE(r.out.find("rope base and rms eps must be finite and positive"),
+                  std::string::npos)
+            << bad << ": " << r.out;
+    }
     EXPECT_FALSE(fs::exists(scratch::dir() / "bad.gguf"));
 }
 

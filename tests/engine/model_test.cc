@@ -776,18 +776,25 @@ TEST(model_load, bad_hyperparameters_and_misaligned_tensors_are_refused) {
         refused(rewrite(arch + "attention.layer_norm_rms_epsilon", bad),
                 "must be finite and positive");
     }
-    // general.alignment 1 lets an F32 tensor start at any byte: a 2-byte
-    // tensor first puts the others 2 bytes off, one way or the other.
+    // general.alignment 1 (llama.cpp and the reader take any power of two;
+    // the writer keeps to GGUF's multiple of 8, so it is set in place
+    // after) lets an F32 tensor start at any byte: the data section then
+    // starts where the tensor infos end, which a key of 0 to 3 bytes moves.
     bool tried = false;
-    for (int pad = 0; pad < 2 && !tried; ++pad) {
-        auto bytes = rewrite("general.alignment", 1u, [&](gguf_writer& w) {
-            if (pad) {
-                w.add_tensor("pad", ggml_type::f16, {1}, std::vector<std::byte>(2));
-            }
+    for (int pad = 0; pad < 4 && !tried; ++pad) {
+        auto bytes = rewrite("general.alignment", 8u, [&](gguf_writer& w) {
+            w.set("pad", std::string(static_cast<size_t>(pad), 'x'));
             for (auto& t : f.tensors()) {
                 w.add_tensor(t.name, t.type, t.dims(), t.data);
             }
         });
+        // The key, its u32 type, then the u32 value.
+        const std::string key = "general.alignment";
+        auto at = std::search(bytes.begin(), bytes.end(), key.begin(), key.end(),
+                              [](std::byte b, char c) { return b == std::byte(c); });
+        ASSERT_NE(bytes.end(), at);
+        const uint32_t one = 1;
+        std::memcpy(&*(at + static_cast<std::ptrdiff_t>(key.size() + 4)), &one, sizeof one);
         auto g = gguf_file::parse(bytes);
         if (reinterpret_cast<uintptr_t>(g.find_tensor("token_embd.weight")->data.data()) % 4) {
             tried = true;

@@ -10,6 +10,9 @@
 #include "../support/paths.hh"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <gtest/gtest.h>
@@ -18,12 +21,57 @@
 #include <llmos/engine/unicode.hh>
 #include <llmos/engine/vocab.hh>
 #include <map>
+#include <new>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 using namespace llmos::engine;
+
+// The program counts the bytes operator new hands out (to see what an
+// encode allocates).
+namespace {
+std::atomic<uint64_t> news_bytes{0};
+} // namespace
+
+// Out of line, so that the compiler does not pair a free() with an
+// operator new at an inlined call site (-Wmismatched-new-delete).
+[[gnu::noinline]] void* operator new(std::size_t n) {
+    news_bytes.fetch_add(n, std::memory_order_relaxed);
+    if (void* p = std::malloc(n == 0 ? 1 : n)) {
+        return p;
+    }
+    throw std::bad_alloc();
+}
+[[gnu::noinline]] void* operator new[](std::size_t n) {
+    return operator new(n);
+}
+[[gnu::noinline]] void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+    news_bytes.fetch_add(n, std::memory_order_relaxed);
+    return std::malloc(n == 0 ? 1 : n);
+}
+[[gnu::noinline]] void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+    return operator new(n, std::nothrow);
+}
+[[gnu::noinline]] void operator delete(void* p, const std::nothrow_t&) noexcept {
+    std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p, const std::nothrow_t&) noexcept {
+    std::free(p);
+}
+[[gnu::noinline]] void operator delete(void* p) noexcept {
+    std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p) noexcept {
+    std::free(p);
+}
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
+    std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept {
+    std::free(p);
+}
 
 namespace {
 
@@ -606,6 +654,89 @@ TEST(spm, special_tokens_only_inside_the_given_spans) {
     EXPECT_EQ(2, count(v.encode(two, false, other), user));
 }
 
+namespace {
+
+/// Special tokens cut out the straightforward way: one search of the text
+/// per token, longest first (`specials`, with their ids in `id`); the text
+/// between them encoded alone. With `spans`, only inside them.
+ids cut_one_token_at_a_time(const vocab& v, const std::vector<std::string>& specials,
+                            std::map<std::string, int32_t>& id, const std::string& text,
+                            const std::vector<text_span>* spans) {
+    struct piece {
+        int32_t token; // -1: text
+        size_t off, len;
+    };
+    auto allowed = [&](size_t at, size_t n) {
+        for (const text_span& sp : *spans) {
+            if (at >= sp.off && at + n <= sp.off + sp.len) {
+                return true;
+            }
+        }
+        return false;
+    };
+    std::vector<piece> frags{{-1, 0, text.size()}};
+    for (const std::string& st : specials) {
+        std::vector<piece> next;
+        for (const piece& f : frags) {
+            if (f.token >= 0) {
+                next.push_back(f);
+                continue;
+            }
+            size_t pos = f.off;
+            const size_t end = f.off + f.len;
+            for (size_t from = pos;;) {
+                const size_t hit = text.substr(0, end).find(st, from);
+                if (hit == std::string::npos) {
+                    break;
+                }
+                if (spans && !allowed(hit, st.size())) {
+                    from = hit + 1;
+                    continue;
+                }
+                if (hit > pos) {
+                    next.push_back({-1, pos, hit - pos});
+                }
+                next.push_back({id[st], hit, st.size()});
+                pos = from = hit + st.size();
+            }
+            if (pos < end) {
+                next.push_back({-1, pos, end - pos});
+            }
+        }
+        frags.swap(next);
+    }
+    ids out;
+    for (const piece& f : frags) {
+        if (f.token >= 0) {
+            out.push_back(f.token);
+        } else if (f.len) {
+            const ids t = v.encode(text.substr(f.off, f.len), false, std::span<const text_span>{});
+            out.insert(out.end(), t.begin(), t.end());
+        }
+    }
+    return out;
+}
+
+/// Adds control tokens `texts` to `d` (their ids to `id`).
+void add_control_tokens(vocab_data& d, std::map<std::string, int32_t>& id,
+                        const std::vector<std::string>& texts) {
+    for (const std::string& t : texts) {
+        id[t] = static_cast<int32_t>(d.tokens.size());
+        d.tokens.push_back(t);
+        d.scores.push_back(0);
+        d.types.push_back(3);
+    }
+}
+
+/// Longest first, as a vocab ranks its special tokens.
+void by_length(std::vector<std::string>& texts) {
+    std::stable_sort(texts.begin(), texts.end(), [](const std::string& a, const std::string& b) {
+        return a.size() > b.size();
+    });
+}
+
+} // namespace
+
 // Special tokens are cut out as llama.cpp does it: longest first, each
 // taking its occurrences left to right that overlap neither its last one
 // nor a longer one's; with spans, only inside them. The straightforward
@@ -619,72 +750,12 @@ TEST(spm, special_tokens_are_cut_out_as_one_search_per_token_would) {
     // special_tokens_only_inside_the_given_spans tests how they are gated).
     std::vector<std::string> specials{"<|a|>", "<|ab|>", "b<|",  "<|a", "a|>", "<<",
                                       "|>",    "<|",     "|><|", "aab", "<<<", "<<<<"};
-    for (const std::string& t : specials) {
-        id[t] = static_cast<int32_t>(d.tokens.size());
-        d.tokens.push_back(t);
-        d.scores.push_back(0);
-        d.types.push_back(3);
-    }
+    add_control_tokens(d, id, specials);
     specials.push_back("<|im_start|>");
-    std::stable_sort(
-        specials.begin(), specials.end(),
-        [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+    by_length(specials);
     vocab v(d);
-    struct piece {
-        int32_t token; // -1: text
-        size_t off, len;
-    };
     auto cut = [&](const std::string& text, const std::vector<text_span>* spans) {
-        auto allowed = [&](size_t at, size_t n) {
-            for (const text_span& sp : *spans) {
-                if (at >= sp.off && at + n <= sp.off + sp.len) {
-                    return true;
-                }
-            }
-            return false;
-        };
-        std::vector<piece> frags{{-1, 0, text.size()}};
-        for (const std::string& st : specials) {
-            std::vector<piece> next;
-            for (const piece& f : frags) {
-                if (f.token >= 0) {
-                    next.push_back(f);
-                    continue;
-                }
-                size_t pos = f.off;
-                const size_t end = f.off + f.len;
-                for (size_t from = pos;;) {
-                    const size_t hit = text.substr(0, end).find(st, from);
-                    if (hit == std::string::npos) {
-                        break;
-                    }
-                    if (spans && !allowed(hit, st.size())) {
-                        from = hit + 1;
-                        continue;
-                    }
-                    if (hit > pos) {
-                        next.push_back({-1, pos, hit - pos});
-                    }
-                    next.push_back({id[st], hit, st.size()});
-                    pos = from = hit + st.size();
-                }
-                if (pos < end) {
-                    next.push_back({-1, pos, end - pos});
-                }
-            }
-            frags.swap(next);
-        }
-        ids out;
-        for (const piece& f : frags) {
-            if (f.token >= 0) {
-                out.push_back(f.token);
-            } else if (f.len) {
-                const ids t =
-                    v.encode(text.substr(f.off, f.len), false, std::span<const text_span>{});
-                out.insert(out.end(), t.begin(), t.end());
-            }
-        }
-        return out;
+        return cut_one_token_at_a_time(v, specials, id, text, spans);
     };
     std::mt19937 rng(7);
     const std::string alphabet = "<|>ab ";
@@ -718,6 +789,75 @@ TEST(spm, special_tokens_are_cut_out_as_one_search_per_token_would) {
         }
         ASSERT_EQ(cut(text, &spans), v.encode(text, false, spans));
     }
+}
+
+// Texts that overlap themselves and one another ("abab", "aabaa", a run
+// of "a"s as long as a special token may be), where the one pass finds
+// the shorter ones that end inside a longer one through suffix links.
+TEST(spm, special_tokens_that_overlap_themselves_are_cut_out_alike) {
+    std::map<std::string, int32_t> id;
+    vocab_data d = make_spm(id);
+    std::vector<std::string> specials{"abab",
+                                      "aabaa",
+                                      "ba",
+                                      "bab",
+                                      "aaaa",
+                                      "baab",
+                                      "abaaba",
+                                      "abaabaab",
+                                      "b" + std::string(40, 'a'),
+                                      std::string(vocab::max_special_token_bytes, 'a')};
+    add_control_tokens(d, id, specials);
+    specials.push_back("<|im_start|>");
+    by_length(specials);
+    vocab v(d);
+    std::mt19937 rng(11);
+    for (int i = 0; i < 1000 * test_scale(); ++i) {
+        // Mostly "a"s, sometimes runs longer than the longest token.
+        std::string text(rng() % (i % 10 == 0 ? 700 : 60), 'a');
+        const uint32_t bs = rng() % 3 == 0 ? 2 : 1 + rng() % 30;
+        for (char& c : text) {
+            c = rng() % 64 < bs ? 'b' : 'a';
+        }
+        ASSERT_EQ(cut_one_token_at_a_time(v, specials, id, text, nullptr),
+                  v.encode(text, false, true))
+            << "'" << text << "'";
+        std::vector<text_span> spans;
+        for (size_t at = rng() % 4; at < text.size(); at += 1 + rng() % 16) {
+            const size_t len = 1 + rng() % 300;
+            spans.push_back({at, len});
+            at += len;
+        }
+        ASSERT_EQ(cut_one_token_at_a_time(v, specials, id, text, &spans),
+                  v.encode(text, false, spans))
+            << "'" << text << "'";
+    }
+}
+
+// An encode allocates for what it finds in the text, not for each special
+// token of the vocab: "hi" costs the same with thousands of them.
+TEST(spm, what_encode_allocates_does_not_grow_with_the_special_tokens) {
+    std::map<std::string, int32_t> id;
+    const vocab few(make_spm(id));
+    vocab_data d = make_spm(id);
+    std::vector<std::string> specials;
+    for (int i = 0; i < 5000; ++i) {
+        char t[32];
+        std::snprintf(t, sizeof t, "<|ctl_%04d|>", i);
+        specials.emplace_back(t);
+    }
+    add_control_tokens(d, id, specials);
+    const vocab many(std::move(d));
+    auto allocated = [](const vocab& v, bool parse_special) {
+        const uint64_t before = news_bytes.load();
+        const ids t = v.encode("hi", true, parse_special);
+        return news_bytes.load() - before;
+    };
+    for (bool parse : {false, true}) {
+        EXPECT_EQ(allocated(few, parse), allocated(many, parse)) << "parse_special " << parse;
+    }
+    EXPECT_EQ((ids{1, id["<|ctl_4321|>"], id["\xE2\x96\x81"], id["h"]}),
+              many.encode("<|ctl_4321|>h", true, true));
 }
 
 TEST(spm, round_trips_random_text) {
@@ -794,6 +934,78 @@ TEST(vocab, rejects_bad_data_with_clear_errors) {
     b.pre = "gpt2";
     b.merges.push_back("nospace");
     EXPECT_NE(std::string::npos, message(b).find("malformed merge #11 'nospace'"));
+}
+
+// Token texts are bounded: real vocabularies' longest are 256 bytes
+// (byte-level BPE's 128-byte tokens, mapped) and, for markers, tens of
+// bytes; a longer one would make every encode and chat pay for it.
+TEST(vocab, refuses_token_texts_longer_than_real_vocabularies_have) {
+    auto message = [](vocab_data d) -> std::string {
+        try {
+            vocab v(std::move(d));
+        } catch (const std::invalid_argument& e) {
+            return e.what();
+        }
+        return "(no error)";
+    };
+    std::map<std::string, int32_t> id;
+    const vocab_data good = make_spm(id);
+    const std::string n = std::to_string(good.tokens.size());
+    auto with = [&](size_t bytes, int32_t type) {
+        vocab_data d = good;
+        d.tokens.push_back(std::string(bytes, 'x'));
+        d.scores.push_back(0);
+        d.types.push_back(type);
+        return d;
+    };
+    // As long as each may be: it loads and encodes.
+    for (int32_t type : {1, 5, 6}) {
+        EXPECT_EQ("(no error)", message(with(vocab::max_token_bytes, type))) << type;
+    }
+    for (int32_t type : {2, 3, 4}) {
+        vocab v(with(vocab::max_special_token_bytes, type));
+        const std::string text(vocab::max_special_token_bytes, 'x');
+        EXPECT_EQ(ids{static_cast<int32_t>(good.tokens.size())}, v.encode(text, false, true))
+            << type;
+    }
+    // One byte more: refused, saying which token and why.
+    for (int32_t type : {1, 5, 6}) {
+        EXPECT_NE(std::string::npos, message(with(vocab::max_token_bytes + 1, type))
+                                         .find("vocab: token " + n +
+                                               " is 1025 bytes long, more than a token may "
+                                               "have (1024): 'xxxx"))
+            << message(with(vocab::max_token_bytes + 1, type));
+    }
+    for (int32_t type : {2, 3, 4}) {
+        EXPECT_NE(std::string::npos,
+                  message(with(vocab::max_special_token_bytes + 1, type))
+                      .find("vocab: token " + n +
+                            " is 257 bytes long, more than a control, unknown or "
+                            "user-defined token may have (256)"))
+            << message(with(vocab::max_special_token_bytes + 1, type));
+    }
+
+    // All special texts together are bounded too: they are indexed.
+    vocab_data d = good;
+    size_t total = 0;
+    for (size_t i = 0; i < d.tokens.size(); ++i) {
+        if (d.types[i] == 2 || d.types[i] == 3 || d.types[i] == 4) {
+            total += d.tokens[i].size();
+        }
+    }
+    size_t count = 0;
+    for (; total <= vocab::max_special_text_bytes; ++count) {
+        std::string t = std::to_string(count) + ":";
+        t.resize(vocab::max_special_token_bytes, 'x');
+        d.tokens.push_back(t);
+        d.scores.push_back(0);
+        d.types.push_back(3);
+        total += t.size();
+    }
+    EXPECT_NE(std::string::npos,
+              message(d).find(" control, unknown and user-defined tokens' texts take " +
+                              std::to_string(total) + " bytes; they may take 1048576 at most"))
+        << message(d);
 }
 
 // ===========================================================================

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <llmos/engine/quant.hh>
 #include <span>
@@ -209,8 +210,9 @@ std::string validate(const model_params& p) {
         return "n_vocab must be at least " + std::to_string(min_vocab(p.vocab, name(p.arch))) +
                " for this vocab";
     }
-    if (!(p.rope_base > 0.0f) || !(p.rms_eps > 0.0f)) {
-        return "rope base and rms eps must be positive";
+    if (!std::isfinite(p.rope_base) || !(p.rope_base > 0.0f) || !std::isfinite(p.rms_eps) ||
+        !(p.rms_eps > 0.0f)) {
+        return "rope base and rms eps must be finite and positive";
     }
     return "";
 }

@@ -31,16 +31,10 @@ namespace {
 
 constexpr uint64_t max_string_length = uint64_t{1} << 30;
 constexpr int max_array_depth = 8;
-// What the metadata may hold in all (a large vocabulary: some 10^6 values
-// and 10 MB of text). A value costs sizeof(gguf_value) in memory however
-// few bytes it takes in the file, and a sparse file costs no disk: without
-// a bound, a small file could take any memory.
-constexpr uint64_t max_metadata_values = uint64_t{1} << 23;
-constexpr uint64_t max_metadata_text = uint64_t{1} << 28;
-// Tensors a file may describe: a model has hundreds to a few thousand
-// (a 70B llama: 723; MoE models with split experts some 10^4). A tensor
-// info costs some 200 bytes of memory for 35 in the file.
-constexpr uint64_t max_tensors = uint64_t{1} << 20;
+// What the metadata and tensor infos may hold in all (gguf.hh says why).
+constexpr uint64_t max_metadata_values = gguf_limits{}.metadata_values;
+constexpr uint64_t max_metadata_text = gguf_limits{}.metadata_text;
+constexpr uint64_t max_tensors = gguf_limits{}.tensors;
 // Reserved up front at most; more as the values are read.
 constexpr uint64_t max_reserve = 4096;
 
@@ -857,6 +851,24 @@ namespace {
 
 constexpr uint32_t default_alignment = 32;
 
+/// Values (each array and element included) and text bytes in `v`, as
+/// the reader counts them against gguf_limits.
+struct metadata_size {
+    uint64_t values = 0;
+    uint64_t text = 0;
+};
+
+void add_size(const gguf_value& v, metadata_size& size) {
+    ++size.values;
+    if (auto s = v.get_if<std::string>()) {
+        size.text += s->size();
+    } else if (auto a = v.get_if<gguf_array>()) {
+        for (auto& item : a->items) {
+            add_size(item, size);
+        }
+    }
+}
+
 /// Checks that `v` is something the reader takes back: array elements of
 /// the array's type, nesting and string lengths within the reader's limits.
 void check_value(const std::string& key, const gguf_value& v, int depth) {
@@ -884,9 +896,10 @@ void check_value(const std::string& key, const gguf_value& v, int depth) {
 
 uint32_t check_alignment(const gguf_value& v) {
     auto a = integer_as<uint32_t>(v);
-    if (!a || *a == 0 || !std::has_single_bit(*a)) {
-        fail("general.alignment must be a nonzero power of two, got ", describe_type(v), " ",
-             brief(v));
+    if (!a || !std::has_single_bit(*a) || *a < gguf_min_alignment) {
+        fail("general.alignment must be a power of two, ", gguf_min_alignment,
+             " or more (GGUF wants a multiple of ", gguf_min_alignment, "), got ", describe_type(v),
+             " ", brief(v));
     }
     return *a;
 }
@@ -941,8 +954,11 @@ private:
 
 } // namespace
 
-gguf_writer::gguf_writer(uint32_t version)
-    : _version(version) {
+gguf_writer::gguf_writer(uint32_t version, const gguf_limits& limits)
+    : _version(version)
+    , _limits{std::min(limits.metadata_values, max_metadata_values),
+              std::min(limits.metadata_text, max_metadata_text),
+              std::min(limits.tensors, max_tensors)} {
     if (version != 2 && version != 3) {
         fail("cannot write version ", version, " (only 2 and 3)");
     }
@@ -988,11 +1004,16 @@ void gguf_writer::set_alignment(uint32_t alignment) {
 
 void gguf_writer::add_tensor(std::string name, ggml_type type, std::span<const uint64_t> dims,
                              std::span<const std::byte> data) {
-    if (name.size() > max_string_length) {
-        fail("tensor name of ", name.size(), " bytes is too long");
+    if (name.size() > gguf_max_tensor_name) {
+        fail("tensor name ", quoted(name), " is ", name.size(), " bytes long; GGUF takes ",
+             gguf_max_tensor_name, " at most");
     }
-    if (std::any_of(_tensors.begin(), _tensors.end(), [&](auto& t) { return t.name == name; })) {
+    if (_tensor_index.count(name)) {
         fail("duplicate tensor '", name, "'");
+    }
+    if (_tensors.size() >= _limits.tensors) {
+        fail("tensor ", quoted(name), " would be one more than the ", _limits.tensors,
+             " tensors a file may have");
     }
     gguf_tensor t;
     t.name = std::move(name);
@@ -1004,11 +1025,28 @@ void gguf_writer::add_tensor(std::string name, ggml_type type, std::span<const u
         fail("tensor ", quoted(t.name), " has ", data.size(), " bytes of data, its shape needs ",
              t.n_bytes);
     }
-    _tensors.push_back(std::move(t));
     _data.emplace_back(data.begin(), data.end());
+    _tensor_index.emplace(t.name, _tensors.size());
+    _tensors.push_back(std::move(t));
 }
 
 std::vector<std::byte> gguf_writer::header() const {
+    metadata_size size;
+    for (auto& kv : _kvs) {
+        size.text += kv.key.size();
+        add_size(kv.value, size);
+    }
+    for (auto& t : _tensors) {
+        size.text += t.name.size();
+    }
+    if (size.values > _limits.metadata_values) {
+        fail("the metadata holds ", size.values, " values, more than the ", _limits.metadata_values,
+             " a file may have");
+    }
+    if (size.text > _limits.metadata_text) {
+        fail("the metadata's keys, strings and tensor names take ", size.text,
+             " bytes, more than the ", _limits.metadata_text, " a file may have");
+    }
     std::vector<std::byte> out;
     emitter e(out);
     out.insert(out.end(), {std::byte{'G'}, std::byte{'G'}, std::byte{'U'}, std::byte{'F'}});
@@ -1046,6 +1084,7 @@ std::vector<std::byte> gguf_writer::write() const {
 }
 
 void gguf_writer::write(const std::string& path) const {
+    auto head = header(); // before the file: it may throw
     static std::atomic<uint64_t> serial;
     auto tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(serial++);
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -1074,7 +1113,6 @@ void gguf_writer::write(const std::string& path) const {
             n -= size_t(w);
         }
     };
-    auto head = header();
     put(head.data(), head.size());
     static const std::byte zeros[256] = {};
     for (auto& d : _data) {

@@ -14,7 +14,9 @@
 #include <llmos/engine/unicode.hh>
 #include <llmos/engine/vocab.hh>
 #include <map>
+#include <span>
 #include <stdexcept>
+#include <unordered_set>
 
 namespace llmos::engine {
 
@@ -280,17 +282,39 @@ vocab::vocab(vocab_data d)
         }
     }
 
+    // Token texts are bounded (see max_token_bytes): what encode() and a
+    // chat cost must not be the file's to choose.
+    size_t special_text = 0;
     for (size_t i = 0; i < n; ++i) {
-        if (v.is_special(static_cast<int32_t>(i))) {
-            v.specials.push_back(static_cast<int32_t>(i));
+        const size_t len = v.text[i].size();
+        const bool special = v.is_special(static_cast<int32_t>(i));
+        const size_t most = special ? max_special_token_bytes : max_token_bytes;
+        if (len > most) {
+            throw std::invalid_argument(
+                "vocab: token " + std::to_string(i) + " is " + std::to_string(len) +
+                " bytes long, more than a" + (special ? " control, unknown or user-defined" : "") +
+                " token may have (" + std::to_string(most) + "): " + quoted(v.text[i]));
         }
+        if (special) {
+            v.specials.push_back(static_cast<int32_t>(i));
+            special_text += len;
+            v.any_user_defined |= v.types[i] == token_type::user_defined;
+        }
+    }
+    if (special_text > max_special_text_bytes) {
+        throw std::invalid_argument("vocab: the " + std::to_string(v.specials.size()) +
+                                    " control, unknown and user-defined tokens' texts take " +
+                                    std::to_string(special_text) + " bytes; they may take " +
+                                    std::to_string(max_special_text_bytes) + " at most");
     }
     std::stable_sort(v.specials.begin(), v.specials.end(), [&](int32_t a, int32_t b) {
         return v.text[static_cast<size_t>(a)].size() > v.text[static_cast<size_t>(b)].size();
     });
+    v.special_index.reserve(special_text);
     for (size_t r = 0; r < v.specials.size(); ++r) {
         v.special_index.add(v.text[static_cast<size_t>(v.specials[r])], static_cast<int32_t>(r));
     }
+    v.special_index.link();
 
     // Pieces, as token_to_piece(id, special=true) returns them.
     v.pieces.resize(n);
@@ -350,24 +374,60 @@ std::vector<int32_t> vocab::encode(std::string_view text, bool add_special,
     return encode_with(text, add_special, true, special_at);
 }
 
+void vocab::impl::special_trie::reserve(size_t bytes) {
+    next.reserve(bytes);
+    rank.reserve(bytes + 1);
+    depth.reserve(bytes + 1);
+    up.reserve(bytes + 1);
+}
+
 void vocab::impl::special_trie::add(std::string_view s, int32_t r) {
-    if (s.empty()) {
-        return; // vocab texts are never empty (see above)
+    static_assert(max_special_token_bytes <= UINT16_MAX, "depth is 16 bits");
+    if (s.empty() || s.size() > max_special_token_bytes) {
+        return; // the constructor refused longer ones; vocab texts are never empty
     }
-    auto child = [&](uint32_t node, unsigned char c) -> uint32_t& {
-        return node ? next[uint64_t{node} << 8 | c] : first[c];
-    };
     uint32_t node = 0;
     for (char ch : s) {
-        uint32_t& c = child(node, static_cast<unsigned char>(ch));
-        if (!c) {
-            c = static_cast<uint32_t>(rank.size());
+        const auto c = static_cast<unsigned char>(ch);
+        uint32_t& to = node ? next[uint64_t{node} << 8 | c] : first[c];
+        if (!to) {
+            to = static_cast<uint32_t>(rank.size());
             rank.push_back(-1);
+            depth.push_back(static_cast<uint16_t>(depth[node] + 1));
+            up.emplace_back(node, c);
         }
-        node = c;
+        node = to;
     }
     rank[node] = r;
-    longest = std::max(longest, s.size());
+}
+
+void vocab::impl::special_trie::link() {
+    // By depth, so that the fail chain of a node's parent is linked first.
+    std::vector<uint32_t> order(rank.size());
+    for (uint32_t i = 0; i < order.size(); ++i) {
+        order[i] = i;
+    }
+    std::stable_sort(order.begin(), order.end(),
+                     [&](uint32_t a, uint32_t b) { return depth[a] < depth[b]; });
+    fail.assign(rank.size(), 0);
+    out.assign(rank.size(), 0);
+    for (uint32_t v : order) {
+        const auto [parent, c] = up[v];
+        if (v == 0 || parent == 0) {
+            continue; // the root and its children fail to the root
+        }
+        uint32_t f = fail[parent];
+        for (;;) {
+            const uint32_t to = child(f, c);
+            if (to || !f) {
+                fail[v] = to;
+                break;
+            }
+            f = fail[f];
+        }
+        out[v] = rank[fail[v]] >= 0 ? fail[v] : out[fail[v]];
+    }
+    up = {};
 }
 
 std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special, bool parse_special,
@@ -400,43 +460,61 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
     // Cut out special token texts as llama.cpp's tokenizer_st_partition
     // does: longest tokens first, each taking its occurrences left to right
     // that overlap neither its own last one nor what a token before it
-    // took. Every occurrence of every one is found in one pass, so the cost
-    // does not grow with their number, unless texts that nest (runs of 2 to
-    // 31 spaces, say) occur more often than a budget allows: then each
-    // token that occurs at all searches the text by itself, and the cost
-    // grows with their number, not with the nesting.
+    // took. Every occurrence of every wanted one is found in one pass, and
+    // only what is found is kept: the cost does not grow with their number,
+    // unless texts that nest (runs of 2 to 31 spaces, say) occur more often
+    // than a budget allows: then each token that occurs at all searches the
+    // text by itself, and the cost grows with their number, not with the
+    // nesting.
+    struct hit {
+        uint32_t rank;
+        uint32_t at;
+    };
     std::vector<fragment> frags;
-    std::vector<std::vector<uint32_t>> occurs(v.specials.size());
-    std::vector<uint8_t> in_markers(v.specials.size());
-    std::vector<uint8_t> seen(v.specials.size());
-    size_t found = 0;
+    std::vector<hit> hits;             // by where they end, as found
+    std::unordered_set<uint32_t> seen; // past the budget: which occur
     const size_t budget = 2 * text.size() + 1024;
     bool indexed = text.size() <= UINT32_MAX;
-    v.special_index.scan(text, [&](int32_t r, size_t at) {
-        const auto rank = static_cast<size_t>(r);
-        seen[rank] = 1;
-        if (indexed && ++found > budget) {
-            indexed = false;
-            occurs = {}; // past the budget: which occur is enough
-        }
-        if (indexed) {
-            occurs[rank].push_back(static_cast<uint32_t>(at));
-            if (only && !in_markers[rank] && allowed(at, length(rank))) {
-                in_markers[rank] = 1;
+    if (parse_special || v.any_user_defined) {
+        v.special_index.scan(text, [&](int32_t r, size_t at) {
+            const auto rank = static_cast<uint32_t>(r);
+            if (!wanted(rank)) {
+                return;
             }
-        }
-        return true;
-    });
+            if (indexed && hits.size() == budget) {
+                indexed = false; // past the budget: which occur is enough
+                for (const hit& h : hits) {
+                    seen.insert(h.rank);
+                }
+                hits = {};
+            }
+            if (indexed) {
+                hits.push_back({rank, static_cast<uint32_t>(at)});
+            } else {
+                seen.insert(rank);
+            }
+        });
+    }
     if (indexed) {
+        // By rank (longest text first), each one's by offset (its texts
+        // all have one length: by where they end is by where they start).
+        std::stable_sort(hits.begin(), hits.end(),
+                         [](const hit& a, const hit& b) { return a.rank < b.rank; });
         std::map<size_t, std::pair<size_t, int32_t>> taken; // start -> (end, token)
-        for (size_t rank = 0; rank < v.specials.size(); ++rank) {
-            if (occurs[rank].empty() || !wanted(rank)) {
-                continue;
+        for (size_t first = 0, last = 0; first < hits.size(); first = last) {
+            const size_t rank = hits[first].rank;
+            while (last < hits.size() && hits[last].rank == rank) {
+                ++last;
             }
-            const bool g = gated(rank, [&] { return in_markers[rank] != 0; });
+            const std::span<const hit> occurs(hits.data() + first, last - first);
             const size_t n = length(rank);
+            const bool g = gated(rank, [&] {
+                return std::any_of(occurs.begin(), occurs.end(),
+                                   [&](const hit& h) { return allowed(h.at, n); });
+            });
             size_t own_end = 0;
-            for (size_t at : occurs[rank]) {
+            for (const hit& h : occurs) {
+                const size_t at = h.at;
                 if (at < own_end || (g && !allowed(at, n))) {
                     continue;
                 }
@@ -464,11 +542,10 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
         if (!text.empty()) {
             frags.push_back({-1, 0, text.size()});
         }
+        std::vector<uint32_t> found(seen.begin(), seen.end());
+        std::sort(found.begin(), found.end()); // longest text first
         std::vector<fragment> next;
-        for (size_t rank = 0; rank < v.specials.size(); ++rank) {
-            if (!seen[rank] || !wanted(rank)) {
-                continue; // only the ones that occur are searched for
-            }
+        for (const size_t rank : found) { // only the ones that occur are searched for
             const int32_t id = v.specials[rank];
             const std::string_view st = v.text[static_cast<size_t>(id)];
             const bool g = gated(rank, [&] {

@@ -131,35 +131,57 @@ struct vocab::impl {
     string_map merge_rank;
     /// Control, unknown and user-defined tokens, longest text first.
     std::vector<int32_t> specials;
-    /// Their texts as a byte trie, to find every occurrence of every one
-    /// in one pass over a text. Node 0 is the root; a node ends the text
-    /// of specials[rank[node]] (rank -1: none).
+    bool any_user_defined = false; ///< whether specials has a user-defined one
+    /// Their texts as a byte trie with Aho-Corasick links, to find every
+    /// occurrence of every one in one pass over a text. Node 0 is the
+    /// root; a node ends the text of specials[rank[node]] (rank -1: none).
     struct special_trie {
         std::array<uint32_t, 256> first{};           ///< the root's children (0: none)
         std::unordered_map<uint64_t, uint32_t> next; ///< (node << 8 | byte) -> child
         std::vector<int32_t> rank{-1};
-        size_t longest = 0;
+        std::vector<uint16_t> depth{0}; ///< bytes from the root
+        /// The node of the longest proper suffix of the node's text that
+        /// is in the trie (0: the root).
+        std::vector<uint32_t> fail{0};
+        /// The first node down the fail chain (the node itself excluded)
+        /// that ends a text (0: none).
+        std::vector<uint32_t> out{0};
+        std::vector<std::pair<uint32_t, uint8_t>> up{{0, 0}}; ///< parent and byte, until link()
 
+        /// Makes room for texts of `bytes` in all.
+        void reserve(size_t bytes);
+        /// Adds text `s` (not empty, at most max_special_token_bytes) as
+        /// rank `r`.
         void add(std::string_view s, int32_t r);
+        /// Sets fail and out, after the last add().
+        void link();
+        uint32_t child(uint32_t node, unsigned char c) const {
+            if (!node) {
+                return first[c];
+            }
+            auto it = next.find(uint64_t{node} << 8 | c);
+            return it == next.end() ? 0 : it->second;
+        }
         /// Calls found(rank, offset) for every occurrence in `text`, by
-        /// offset, shorter before longer at one offset, while it returns
-        /// true; whether it always did. O(text x longest).
+        /// where it ends, the longer first where several end together.
+        /// O(text + occurrences).
         template <class F>
-        bool scan(std::string_view text, F&& found) const {
+        void scan(std::string_view text, F&& found) const {
+            uint32_t node = 0;
             for (size_t i = 0; i < text.size(); ++i) {
-                uint32_t node = first[static_cast<unsigned char>(text[i])];
-                for (size_t j = i + 1; node; ++j) {
-                    if (rank[node] >= 0 && !found(rank[node], i)) {
-                        return false;
-                    }
-                    if (j == text.size()) {
+                const auto c = static_cast<unsigned char>(text[i]);
+                for (;;) {
+                    const uint32_t to = child(node, c);
+                    if (to || !node) {
+                        node = to;
                         break;
                     }
-                    auto it = next.find(uint64_t{node} << 8 | static_cast<unsigned char>(text[j]));
-                    node = it == next.end() ? 0 : it->second;
+                    node = fail[node];
+                }
+                for (uint32_t o = rank[node] >= 0 ? node : out[node]; o; o = out[o]) {
+                    found(rank[o], i + 1 - depth[o]);
                 }
             }
-            return true;
         }
     } special_index;
     /// The token of each byte when nothing longer matches (SPM: <0xXX>;

@@ -160,6 +160,33 @@ void report_truncated_models();
 /// (then "..." and its length).
 std::string quoted(std::string_view s);
 
+/// The most a GGUF file may hold. gguf_file refuses a file past them: a
+/// value or a tensor info costs memory out of proportion to its bytes in
+/// the file (a u8 value: some 40 bytes for 1; a tensor info some 200 for
+/// 35), and a sparse file costs no disk, so without bounds a small file
+/// could take any memory. gguf_writer refuses to write past them.
+struct gguf_limits {
+    /// Metadata values in all, each array and array element included (a
+    /// large vocabulary: some 10^6).
+    uint64_t metadata_values = uint64_t{1} << 23;
+    /// Bytes of keys, string values and tensor names in all (a large
+    /// vocabulary: some 10 MB).
+    uint64_t metadata_text = uint64_t{1} << 28;
+    /// Tensors (a 70B llama has 723; MoE models with split experts some
+    /// 10^4).
+    uint64_t tensors = uint64_t{1} << 20;
+};
+
+/// The longest tensor name gguf_writer writes: the GGUF spec allows 64
+/// bytes, llama.cpp 63 (GGML_MAX_NAME, 64, counts the terminating NUL).
+/// (gguf_file reads longer ones.)
+constexpr size_t gguf_max_tensor_name = 63;
+
+/// general.alignment must be a multiple of this, says the GGUF spec; so is
+/// every alignment gguf_writer writes. (gguf_file, as llama.cpp, takes any
+/// power of two.)
+constexpr uint32_t gguf_min_alignment = 8;
+
 /// One key/value pair, as it appears in the file.
 struct gguf_kv {
     std::string key;
@@ -277,7 +304,10 @@ private:
 class gguf_writer {
 public:
     /// A writer for GGUF `version` 2 or 3; throws gguf_error otherwise.
-    explicit gguf_writer(uint32_t version = 3);
+    /// It writes files within `limits`: lower ones than the defaults (for
+    /// a reader that takes less) make it refuse sooner; higher ones count
+    /// as the defaults, which are what gguf_file reads.
+    explicit gguf_writer(uint32_t version = 3, const gguf_limits& limits = {});
 
     /// Sets `key` (replacing an existing value in place, else appending).
     /// Throws gguf_error for an array whose elements are not of its type,
@@ -285,14 +315,17 @@ public:
     void set(std::string key, gguf_value value);
     /// Removes `key`; returns whether it was there.
     bool erase(std::string_view key);
-    /// Sets the data alignment: a power of two; written as
-    /// general.alignment (u32) unless it is the default 32.
+    /// Sets the data alignment: a power of two, gguf_min_alignment or more
+    /// (throws gguf_error otherwise); written as general.alignment (u32)
+    /// unless it is the default 32.
     void set_alignment(uint32_t alignment);
     uint32_t alignment() const { return _alignment; }
 
     /// Appends a tensor of `dims` (ne order, 1 to 4 of them) whose bytes
     /// `data` (copied) are exactly row_bytes(type, dims[0]) * rows. Throws
-    /// gguf_error for a duplicate name, bad dims or type, or a size mismatch.
+    /// gguf_error for a duplicate name, a name longer than
+    /// gguf_max_tensor_name, more tensors than the limits allow, bad dims
+    /// or type, or a size mismatch.
     void add_tensor(std::string name, ggml_type type, std::span<const uint64_t> dims,
                     std::span<const std::byte> data);
     void add_tensor(std::string name, ggml_type type, std::initializer_list<uint64_t> dims,
@@ -301,11 +334,12 @@ public:
                    data);
     }
 
-    /// The whole file.
+    /// The whole file. Throws gguf_error when the metadata passes the
+    /// limits (values or text in all).
     std::vector<std::byte> write() const;
     /// Writes the file to `path` atomically (a temporary file in the same
-    /// directory, fsync, rename). Throws gguf_error with the path and
-    /// strerror on failure, leaving no temporary behind.
+    /// directory, fsync, rename). Throws gguf_error as write() does, and
+    /// with the path and strerror on failure, leaving no temporary behind.
     void write(const std::string& path) const;
 
 private:
@@ -313,8 +347,10 @@ private:
 
     uint32_t _version;
     uint32_t _alignment = 32;
+    gguf_limits _limits;
     std::vector<gguf_kv> _kvs;
     std::vector<gguf_tensor> _tensors; // shapes and sizes (offsets are set when writing)
+    std::map<std::string, size_t, std::less<>> _tensor_index; // name -> index in _tensors
     std::vector<std::vector<std::byte>> _data;
 };
 

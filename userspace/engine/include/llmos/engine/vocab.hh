@@ -33,6 +33,7 @@
 // any number of threads at once.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -110,10 +111,31 @@ struct text_span {
 /// A tokenizer and its token table.
 class vocab {
 public:
+    /// The longest token text a vocab takes, in bytes. The longest in real
+    /// vocabularies: 256 (byte-level BPE: gpt-2, cl100k, o200k and llama-3
+    /// all have 128-byte tokens, which the byte mapping stores in up to 256
+    /// bytes); 48 (llama-2's 16 "▁"s). What a longer one would cost is the
+    /// file's to choose: a chat repeats BOS and EOS each turn, and a
+    /// prompt's size in tokens is bounded below by its bytes over the
+    /// longest token's.
+    static constexpr size_t max_token_bytes = 1024;
+    /// The longest control, unknown or user-defined token text: these are
+    /// markers ("<|reserved_special_token_250|>", 30 bytes, is llama-3's
+    /// longest; a run of 31 "▁", 93 bytes, the longest whitespace token).
+    static constexpr size_t max_special_token_bytes = 256;
+    /// The most bytes all control, unknown and user-defined token texts may
+    /// take together: they are indexed in a byte trie, some 70 bytes of
+    /// memory for each. Llama-3's 256 take 7.5 KB; a vocabulary with
+    /// tens of thousands of them (image tokens) some 10^5 bytes.
+    static constexpr size_t max_special_text_bytes = size_t{1} << 20;
+
     /// Builds the tokenizer. Throws std::invalid_argument with a clear
     /// message on an unsupported tokenizer.ggml.model or .pre, a scores or
     /// types array whose length is not the token count, a duplicate token
-    /// text, a malformed merge, or add_bos/add_eos without the token.
+    /// text, a token text longer than max_token_bytes (a special one:
+    /// max_special_token_bytes), special token texts of more than
+    /// max_special_text_bytes in all, a malformed merge, or add_bos/add_eos
+    /// without the token.
     explicit vocab(vocab_data data);
     ~vocab();
     vocab(vocab&&) noexcept;
@@ -123,7 +145,9 @@ public:
     /// model asks for that (add_bos/add_eos). parse_special: control and
     /// unknown token texts in `text` (e.g. "<|im_start|>") become those
     /// tokens instead of being tokenized as text. Never fails on any byte
-    /// string; allocates.
+    /// string; allocates. Time and memory grow with the text's length
+    /// (the search for special tokens: times the longest one's), not with
+    /// the number of special tokens.
     std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
 
     /// As encode(text, add_special, true), except that a control or
