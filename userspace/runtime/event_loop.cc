@@ -106,6 +106,17 @@ struct private_ring {
     }
 };
 
+// An SQE of `r`; when its submission queue is full, what is queued is
+// submitted once to make room. nullptr when there is still none.
+io_uring_sqe* sqe_making_room(io_uring* r) {
+    io_uring_sqe* s = io_uring_get_sqe(r);
+    if (!s) {
+        io_uring_submit(r);
+        s = io_uring_get_sqe(r);
+    }
+    return s;
+}
+
 // Sends a MSG_RING from `from`, a ring nobody else reaps (a thread's
 // private one), to `target_fd`, and waits for its completion. False when
 // it could not be sent or failed: then the caller wakes the target
@@ -258,13 +269,9 @@ io_uring_sqe* event_loop::sqe(completion done) {
         _slots.reserve(std::max<size_t>(16, 2 * _slots.size()));
     }
     _free.reserve(_slots.capacity());
-    io_uring_sqe* s = io_uring_get_sqe(_ring.get());
+    io_uring_sqe* s = sqe_making_room(_ring.get());
     if (!s) {
-        io_uring_submit(_ring.get());
-        s = io_uring_get_sqe(_ring.get());
-        if (!s) {
-            return nullptr;
-        }
+        return nullptr;
     }
     uint32_t slot;
     if (!_free.empty()) {
@@ -298,11 +305,7 @@ bool event_loop::after(std::chrono::nanoseconds d, std::function<void()> fn) {
 }
 
 bool event_loop::arm_futex() {
-    io_uring_sqe* s = io_uring_get_sqe(_ring.get());
-    if (!s) {
-        io_uring_submit(_ring.get()); // a full submission queue: make room
-        s = io_uring_get_sqe(_ring.get());
-    }
+    io_uring_sqe* s = sqe_making_room(_ring.get());
     if (!s) {
         return false;
     }
@@ -314,11 +317,7 @@ bool event_loop::arm_futex() {
 }
 
 bool event_loop::arm_fallback() {
-    io_uring_sqe* s = io_uring_get_sqe(_ring.get());
-    if (!s) {
-        io_uring_submit(_ring.get()); // a full submission queue: make room
-        s = io_uring_get_sqe(_ring.get());
-    }
+    io_uring_sqe* s = sqe_making_room(_ring.get());
     if (!s) {
         return false;
     }
