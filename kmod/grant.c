@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * llmos: which tenants a uid may name in its requests.
+ * llmos: which tenants a uid may name in its requests, and whether it may
+ * register workers.
  *
  * A uid names its own tenant (the one numbered as the uid) unless
- * TENANT_GRANT gave it a range instead; a caller with CAP_SYS_ADMIN names
- * any. The ranges live in an xarray keyed by the global uid; SUBMIT reads
- * them under RCU, so a grant changed meanwhile is seen whole or not at all.
+ * TENANT_GRANT gave it a range instead, and registers no worker unless the
+ * grant says it may; a caller with CAP_SYS_ADMIN does both freely. The
+ * grants live in an xarray keyed by the global uid; SUBMIT and
+ * WORKER_REGISTER read them under RCU, so a grant changed meanwhile is seen
+ * whole or not at all.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -23,33 +26,41 @@
 #include "llmos.h"
 
 /**
- * struct llmos_grant - the tenants one uid may name
- * @first: first tenant
+ * struct llmos_grant - what one uid was granted
+ * @first: first tenant it may name
  * @last: last tenant
+ * @worker: it may register workers
  * @rcu: freed after the readers that may see it
  */
 struct llmos_grant {
 	u32 first;
 	u32 last;
+	bool worker;
 	struct rcu_head rcu;
 };
 
 /* uid (global) -> struct llmos_grant; changed under its own lock. */
 static DEFINE_XARRAY(llmos_grants);
 
-/* @uid's tenants into *@first and *@last; true when granted. */
-static bool llmos_grant_range(kuid_t uid, u32 *first, u32 *last)
+/*
+ * @uid's tenants into *@first and *@last, and whether it may register
+ * workers into *@worker; true when granted.
+ */
+static bool llmos_grant_get(kuid_t uid, u32 *first, u32 *last, bool *worker)
 {
 	const struct llmos_grant *g;
 	bool granted = false;
 
 	*first = __kuid_val(uid);
 	*last = __kuid_val(uid);
+	*worker = false;
 	rcu_read_lock();
 	g = xa_load(&llmos_grants, __kuid_val(uid));
 	if (g) {
-		*first = READ_ONCE(g->first);
-		*last = READ_ONCE(g->last);
+		/* A grant is never changed once published: replaced whole. */
+		*first = g->first;
+		*last = g->last;
+		*worker = g->worker;
 		granted = true;
 	}
 	rcu_read_unlock();
@@ -69,8 +80,9 @@ static bool llmos_grant_range(kuid_t uid, u32 *first, u32 *last)
 int llmos_tenant_check(u32 tenant, int *admin)
 {
 	u32 first, last;
+	bool worker;
 
-	llmos_grant_range(current_fsuid(), &first, &last);
+	llmos_grant_get(current_fsuid(), &first, &last, &worker);
 	if (tenant >= first && tenant <= last)
 		return 0;
 	if (*admin < 0)
@@ -78,7 +90,25 @@ int llmos_tenant_check(u32 tenant, int *admin)
 	return *admin ? 0 : -EPERM;
 }
 
-static int llmos_grant_set(kuid_t uid, u32 first, u32 last)
+/**
+ * llmos_worker_check() - whether the caller may register a worker
+ *
+ * Process context, as llmos_tenant_check().
+ *
+ * Return: 0 or -EPERM.
+ */
+int llmos_worker_check(void)
+{
+	u32 first, last;
+	bool worker;
+
+	llmos_grant_get(current_fsuid(), &first, &last, &worker);
+	if (worker || capable(CAP_SYS_ADMIN))
+		return 0;
+	return -EPERM;
+}
+
+static int llmos_grant_set(kuid_t uid, u32 first, u32 last, bool worker)
 {
 	struct llmos_grant *g, *old;
 
@@ -87,6 +117,7 @@ static int llmos_grant_set(kuid_t uid, u32 first, u32 last)
 		return -ENOMEM;
 	g->first = first;
 	g->last = last;
+	g->worker = worker;
 	old = xa_store(&llmos_grants, __kuid_val(uid), g, GFP_KERNEL_ACCOUNT);
 	if (xa_is_err(old)) {
 		kfree(g);
@@ -116,11 +147,14 @@ int llmos_tenant_grant(struct llmos_ucmd *ucmd)
 	struct llmos_tenant_grant *cmd = ucmd->cmd;
 	bool set = cmd->flags & LLMOS_GRANT_SET;
 	bool reset = cmd->flags & LLMOS_GRANT_RESET;
+	bool worker = cmd->flags & LLMOS_GRANT_WORKER;
 	kuid_t uid;
 	int ret;
 
-	if (cmd->flags & ~(LLMOS_GRANT_SET | LLMOS_GRANT_RESET) ||
-	    cmd->__reserved || (set && reset) || (set && cmd->first > cmd->last) ||
+	if (cmd->flags & ~(LLMOS_GRANT_SET | LLMOS_GRANT_RESET |
+			   LLMOS_GRANT_WORKER) ||
+	    (set && reset) || (worker && !set) ||
+	    (set && cmd->first > cmd->last) ||
 	    (!set && (cmd->first || cmd->last)))
 		return -EINVAL;
 	uid = cmd->uid == LLMOS_UID_SELF ? current_fsuid() :
@@ -132,14 +166,15 @@ int llmos_tenant_grant(struct llmos_ucmd *ucmd)
 		return -EPERM;
 
 	if (set) {
-		ret = llmos_grant_set(uid, cmd->first, cmd->last);
+		ret = llmos_grant_set(uid, cmd->first, cmd->last, worker);
 		if (ret)
 			return ret;
 	} else if (reset) {
 		llmos_grant_reset(uid);
 	}
-	cmd->out_granted = llmos_grant_range(uid, &cmd->out_first,
-					     &cmd->out_last);
+	cmd->out_granted = llmos_grant_get(uid, &cmd->out_first,
+					   &cmd->out_last, &worker);
+	cmd->out_worker = worker;
 	/* What the caller is, not the uid: asked quietly (no audit). */
 	cmd->out_admin = ns_capable_noaudit(&init_user_ns, CAP_SYS_ADMIN);
 	return llmos_ucmd_respond(ucmd, sizeof(*cmd));
@@ -150,11 +185,11 @@ static int llmos_grants_show(struct seq_file *m, void *unused)
 	const struct llmos_grant *g;
 	unsigned long uid;
 
-	seq_puts(m, "uid\tfirst\tlast\n");
+	seq_puts(m, "uid\tfirst\tlast\tworker\n");
 	rcu_read_lock();
 	xa_for_each(&llmos_grants, uid, g)
-		seq_printf(m, "%lu\t%u\t%u\n", uid, READ_ONCE(g->first),
-			   READ_ONCE(g->last));
+		seq_printf(m, "%lu\t%u\t%u\t%d\n", uid, g->first, g->last,
+			   g->worker);
 	rcu_read_unlock();
 	return 0;
 }

@@ -14,7 +14,7 @@
 	(LLMOS_FEATURE_VERSION | LLMOS_FEATURE_MINDSPACE |                \
 	 LLMOS_FEATURE_MS_DMABUF | LLMOS_FEATURE_SCHED |                  \
 	 LLMOS_FEATURE_BPF_POLICY | LLMOS_FEATURE_SCHED_RETURN |          \
-	 LLMOS_FEATURE_TENANT_GRANT)
+	 LLMOS_FEATURE_TENANT_GRANT | LLMOS_FEATURE_WORKER_GRANT)
 
 struct dentry;
 struct file;
@@ -95,8 +95,9 @@ int llmos_wait_batch_into(struct llmos_client *c, u64 entries_uptr,
 bool llmos_unpark(struct llmos_client *c, struct io_uring_cmd *ioucmd);
 void llmos_kick_again(void);
 
-/* grant.c: which tenants a caller may name */
+/* grant.c: which tenants a caller may name, whether it may be a worker */
 int llmos_tenant_check(u32 tenant, int *admin);
+int llmos_worker_check(void);
 int llmos_tenant_grant(struct llmos_ucmd *ucmd);
 void llmos_grants_debugfs_init(struct dentry *dir);
 void llmos_grants_exit(void);

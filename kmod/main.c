@@ -156,7 +156,7 @@ static const struct llmos_ioctl_op llmos_dev_ops[] = {
 	LLMOS_DEV_OP(LLMOS_IOC_SUBMIT_BATCH, llmos_submit_batch,
 		     struct llmos_submit_batch, __reserved),
 	LLMOS_DEV_OP(LLMOS_IOC_TENANT_GRANT, llmos_tenant_grant,
-		     struct llmos_tenant_grant, __reserved),
+		     struct llmos_tenant_grant, out_worker),
 };
 
 static const struct llmos_ioctl_op llmos_msfd_ops[] = {

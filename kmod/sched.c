@@ -371,6 +371,9 @@ int llmos_worker_register(struct llmos_ucmd *ucmd)
 	if (cmd->flags || !cmd->capacity || cmd->capacity > LLMOS_MAX_CAPACITY ||
 	    cmd->numa_node < -1)
 		return -EINVAL;
+	ret = llmos_worker_check();
+	if (ret)
+		return ret;
 	spin_lock(&llmos_sched.lock);
 	if (c->is_worker) {
 		ret = -EBUSY;

@@ -460,7 +460,8 @@ TEST_F(llmosctl_local, tenant_grants_are_shown_and_need_the_module_to_change) {
     EXPECT_EQ(j.value("last", 0u), UINT32_MAX) << r.output;
     EXPECT_EQ(j.value("uid", 0u), 1000u) << r.output;
     for (const char* change :
-         {"sched grant 1000 100-199", "sched grant 1000 all", "sched grant 1000 --reset"}) {
+         {"sched grant 1000 100-199", "sched grant 1000 all", "sched grant 1000 --reset",
+          "sched grant 1000 --worker", "sched grant 1000 5 --no-worker"}) {
         r = ctl(change);
         EXPECT_EQ(r.status, 1) << change << ": " << r.output;
         EXPECT_NE(r.output.find("tenant grants need the llmos module"), std::string::npos)
@@ -469,7 +470,9 @@ TEST_F(llmosctl_local, tenant_grants_are_shown_and_need_the_module_to_change) {
     for (const char* bad :
          {"sched grant 1000 9-3", "sched grant 1000 1-", "sched grant 1000 -5",
           "sched grant 1000 0x10", "sched grant 1000 1-4294967296", "sched grant 1000 5 --reset",
-          "sched grant --reset", "sched grant no-such-user-here 1", "sched grant 4294967295"}) {
+          "sched grant --reset", "sched grant no-such-user-here 1", "sched grant 4294967295",
+          "sched grant --worker", "sched grant 1000 --worker --no-worker",
+          "sched grant 1000 --reset --worker", "sched grant 1000 --reset --no-worker"}) {
         r = ctl(bad);
         EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
     }

@@ -185,8 +185,8 @@ check "installing again gives the same files (a stale DKMS source is removed)" i
 check "the unit runs PREFIX/bin/llmosd \$LLMOSD_ARGS (PREFIX=/usr/local)" \
 	grep -qx 'ExecStart=/usr/local/bin/llmosd $LLMOSD_ARGS' "$unit"
 # shellcheck disable=SC2016 # $LLMOSD_TENANTS is for systemd to expand
-check "the unit grants user llmosd LLMOSD_TENANTS (all by default) first, as root, not fatally" \
-	sh -c 'grep -qx "ExecStartPre=-+/usr/local/bin/llmosctl --backend kernel sched grant llmosd \$LLMOSD_TENANTS" "$0" &&
+check "the unit grants user llmosd LLMOSD_TENANTS (all by default) and workers first, as root, not fatally" \
+	sh -c 'grep -qx "ExecStartPre=-+/usr/local/bin/llmosctl --backend kernel sched grant llmosd \$LLMOSD_TENANTS --worker" "$0" &&
 		grep -qx "Environment=LLMOSD_TENANTS=all" "$0" &&
 		[ "$(grep -n "^Environment=LLMOSD_TENANTS" "$0" | cut -d: -f1)" -lt \
 			"$(grep -n "^EnvironmentFile=" "$0" | cut -d: -f1)" ]' "$unit"

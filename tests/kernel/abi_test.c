@@ -339,7 +339,7 @@ FIXTURE_TEARDOWN(dev)
 	close(self->fd);
 }
 
-TEST_F(dev, version_reports_abi_1_2)
+TEST_F(dev, version_reports_abi_1_3)
 {
 	struct llmos_version v = { .size = sizeof(v) };
 
@@ -348,10 +348,11 @@ TEST_F(dev, version_reports_abi_1_2)
 	ASSERT_EQ(LLMOS_ABI_MAJOR, v.out_abi_major);
 	ASSERT_EQ(LLMOS_ABI_MINOR, v.out_abi_minor);
 	ASSERT_EQ(1u, v.out_abi_major);
-	ASSERT_EQ(2u, v.out_abi_minor);
+	ASSERT_EQ(3u, v.out_abi_minor);
 	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_VERSION);
 	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_SCHED_RETURN);
 	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_TENANT_GRANT);
+	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_WORKER_GRANT);
 	ASSERT_EQ(sizeof(v), v.size);
 	ASSERT_EQ(0u, v.flags);
 }

@@ -865,20 +865,26 @@ TEST_F(sched, a_uid_names_its_own_tenant_or_the_ones_granted_to_it)
 	EXPECT_EQ(-EINVAL, grant(self->client, 0, OTHER_UID, 0, 4, NULL));
 	EXPECT_EQ(-EINVAL, grant(self->client, LLMOS_GRANT_RESET, OTHER_UID,
 				 3, 0, NULL));
-	EXPECT_EQ(-EINVAL, grant(self->client, 1u << 2, OTHER_UID, 0, 0,
+	EXPECT_EQ(-EINVAL, grant(self->client, 1u << 3, OTHER_UID, 0, 0,
 				 NULL));
+	EXPECT_EQ(-EINVAL, grant(self->client, LLMOS_GRANT_WORKER, OTHER_UID,
+				 0, 0, NULL));
+	EXPECT_EQ(-EINVAL, grant(self->client, LLMOS_GRANT_WORKER |
+				 LLMOS_GRANT_RESET, OTHER_UID, 0, 0, NULL));
 	{
+		/* out_worker was a reserved field: its input is ignored. */
 		struct llmos_tenant_grant r = {
-			.size = sizeof(r), .uid = OTHER_UID, .__reserved = 1,
+			.size = sizeof(r), .uid = OTHER_UID, .out_worker = 1,
 		};
 
-		EXPECT_EQ(-1, ioctl(self->client, LLMOS_IOC_TENANT_GRANT, &r));
-		EXPECT_EQ(EINVAL, errno);
+		EXPECT_EQ(0, ioctl(self->client, LLMOS_IOC_TENANT_GRANT, &r));
+		EXPECT_EQ(0, r.out_worker);
 	}
 	ASSERT_EQ(0, grant(self->client, 0, OTHER_UID, 0, 0, &g));
 	EXPECT_EQ(OTHER_UID, g.out_first);
 	EXPECT_EQ(OTHER_UID, g.out_last);
 	EXPECT_EQ(0, g.out_granted);
+	EXPECT_EQ(0, g.out_worker);
 	EXPECT_EQ(1, g.out_admin); /* the caller's, whatever the uid */
 	if (getuid() != 0)
 		SKIP(return, "needs root to switch users");
@@ -893,7 +899,8 @@ TEST_F(sched, a_uid_names_its_own_tenant_or_the_ones_granted_to_it)
 	EXPECT_EQ(100, g.out_first);
 	EXPECT_EQ(199, g.out_last);
 	EXPECT_EQ(1, g.out_granted);
-	EXPECT_EQ(1, has_line(TENANT_GRANTS, "1000\t100\t199\n"));
+	EXPECT_EQ(0, g.out_worker);
+	EXPECT_EQ(1, has_line(TENANT_GRANTS, "1000\t100\t199\t0\n"));
 	EXPECT_EQ(0, in_child(granted_names_its_range, self->client, open_id));
 	/* Set again: the new range replaces the old one. */
 	ASSERT_EQ(0, grant(self->client, LLMOS_GRANT_SET, OTHER_UID, 0,
@@ -906,10 +913,66 @@ TEST_F(sched, a_uid_names_its_own_tenant_or_the_ones_granted_to_it)
 	EXPECT_EQ(OTHER_UID, g.out_first);
 	EXPECT_EQ(OTHER_UID, g.out_last);
 	EXPECT_EQ(0, g.out_granted);
-	EXPECT_EQ(0, has_line(TENANT_GRANTS, "1000\t0\t4294967295\n"));
+	EXPECT_EQ(0, has_line(TENANT_GRANTS, "1000\t0\t4294967295\t0\n"));
 	EXPECT_EQ(0, in_child(ungranted_names_its_own_tenant, self->client,
 			      open_id));
 	close(open_fd);
+}
+
+/*
+ * As OTHER_UID, on a file of its own opened before: WORKER_REGISTER
+ * succeeds when @may, else fails with EPERM and leaves the file a client.
+ */
+static int other_registers(int unused, __u64 may)
+{
+	struct llmos_req_desc d[1];
+	int fd = dev_open(), ret;
+
+	(void)unused;
+	if (fd < 0)
+		return 9;
+	if (setgid(OTHER_UID) || setuid(OTHER_UID))
+		return 10;
+	ret = reg(fd, 1);
+	if (may ? ret : ret != -EPERM)
+		return 11;
+	/* Not a worker when refused: DISPATCH says so (EINVAL). */
+	if (!may && dispatch(fd, d, 1, LLMOS_NONBLOCK, 0) != -EINVAL)
+		return 12;
+	close(fd);
+	return 0;
+}
+
+TEST_F(sched, registering_a_worker_needs_privilege_or_a_worker_grant)
+{
+	struct llmos_tenant_grant g;
+
+	if (getuid() != 0)
+		SKIP(return, "needs root to switch users");
+	/* No grant: refused. A range alone does not make a worker. */
+	EXPECT_EQ(0, in_child(other_registers, 0, 0));
+	ASSERT_EQ(0, grant(self->client, LLMOS_GRANT_SET, OTHER_UID, 5, 6, &g));
+	EXPECT_EQ(0, g.out_worker);
+	EXPECT_EQ(0, in_child(other_registers, 0, 0));
+	/* Granted with LLMOS_GRANT_WORKER: it registers. */
+	ASSERT_EQ(0, grant(self->client, LLMOS_GRANT_SET | LLMOS_GRANT_WORKER,
+			   OTHER_UID, 5, 6, &g));
+	EXPECT_EQ(1, g.out_worker);
+	EXPECT_EQ(1, g.out_granted);
+	EXPECT_EQ(1, has_line(TENANT_GRANTS, "1000\t5\t6\t1\n"));
+	ASSERT_EQ(0, grant(self->client, 0, OTHER_UID, 0, 0, &g));
+	EXPECT_EQ(1, g.out_worker);
+	EXPECT_EQ(0, in_child(other_registers, 0, 1));
+	/* A SET without the flag takes the right away; so does a reset. */
+	ASSERT_EQ(0, grant(self->client, LLMOS_GRANT_SET, OTHER_UID, 5, 6, &g));
+	EXPECT_EQ(0, g.out_worker);
+	EXPECT_EQ(0, in_child(other_registers, 0, 0));
+	ASSERT_EQ(0, grant(self->client, LLMOS_GRANT_SET | LLMOS_GRANT_WORKER,
+			   OTHER_UID, 5, 6, &g));
+	ASSERT_EQ(0, grant(self->client, LLMOS_GRANT_RESET, OTHER_UID, 0, 0,
+			   &g));
+	EXPECT_EQ(0, g.out_worker);
+	EXPECT_EQ(0, in_child(other_registers, 0, 0));
 }
 
 static int other_cancels(int client, long long id)

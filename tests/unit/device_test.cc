@@ -78,8 +78,9 @@ TEST(device, feature_names_decode_known_and_unknown_bits) {
     EXPECT_EQ(llmos::feature_names(LLMOS_FEATURE_SCHED | LLMOS_FEATURE_BPF_POLICY),
               (std::vector<std::string>{"sched", "bpf-policy"}));
     EXPECT_EQ(llmos::feature_names(LLMOS_FEATURE_VERSION), std::vector<std::string>{"version"});
-    EXPECT_EQ(llmos::feature_names(LLMOS_FEATURE_SCHED_RETURN | LLMOS_FEATURE_TENANT_GRANT),
-              (std::vector<std::string>{"sched-return", "tenant-grant"}));
+    EXPECT_EQ(llmos::feature_names(LLMOS_FEATURE_SCHED_RETURN | LLMOS_FEATURE_TENANT_GRANT |
+                                   LLMOS_FEATURE_WORKER_GRANT),
+              (std::vector<std::string>{"sched-return", "tenant-grant", "worker-grant"}));
     EXPECT_EQ(llmos::feature_names(LLMOS_FEATURE_VERSION | (uint64_t{1} << 63)),
               (std::vector<std::string>{"version", "bit 63"}));
 }

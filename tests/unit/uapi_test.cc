@@ -28,6 +28,7 @@ static_assert(offsetof(llmos_tenant_grant, out_first) == 20);
 static_assert(offsetof(llmos_tenant_grant, out_last) == 24);
 static_assert(offsetof(llmos_tenant_grant, out_granted) == 28);
 static_assert(offsetof(llmos_tenant_grant, out_admin) == 32);
+static_assert(offsetof(llmos_tenant_grant, out_worker) == 36);
 
 struct command {
     unsigned long number;
@@ -80,16 +81,16 @@ TEST(uapi, every_struct_starts_with_size_then_flags) {
     }
 }
 
-TEST(uapi, version_is_1_2) {
+TEST(uapi, version_is_1_3) {
     EXPECT_EQ(LLMOS_ABI_MAJOR, 1);
-    EXPECT_EQ(LLMOS_ABI_MINOR, 2);
+    EXPECT_EQ(LLMOS_ABI_MINOR, 3);
 }
 
 TEST(uapi, feature_bits_are_distinct_powers_of_two) {
-    const uint64_t bits[] = {LLMOS_FEATURE_VERSION,     LLMOS_FEATURE_MINDSPACE,
-                             LLMOS_FEATURE_MS_DMABUF,   LLMOS_FEATURE_SCHED,
-                             LLMOS_FEATURE_BPF_POLICY,  LLMOS_FEATURE_SCHED_RETURN,
-                             LLMOS_FEATURE_TENANT_GRANT};
+    const uint64_t bits[] = {LLMOS_FEATURE_VERSION,      LLMOS_FEATURE_MINDSPACE,
+                             LLMOS_FEATURE_MS_DMABUF,    LLMOS_FEATURE_SCHED,
+                             LLMOS_FEATURE_BPF_POLICY,   LLMOS_FEATURE_SCHED_RETURN,
+                             LLMOS_FEATURE_TENANT_GRANT, LLMOS_FEATURE_WORKER_GRANT};
     uint64_t seen = 0;
     for (uint64_t b : bits) {
         EXPECT_EQ(b & (b - 1), 0u) << b;

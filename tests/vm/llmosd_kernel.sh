@@ -123,6 +123,13 @@ mkdir -p /etc /tmp/alice && chown 1000:1000 /tmp/alice
 grep -q '^alice:' /etc/passwd 2>/dev/null || echo 'alice:x:1000:1000::/tmp/alice:/bin/sh' >>/etc/passwd
 devmode=$(stat -c %a /dev/llmos)
 chmod 0666 /dev/llmos
+# Its workers need the right to register: without it, llmosd stops and says so.
+expect "llmosd of a user not granted workers stops at start and says why" sh -c \
+	'su -s /bin/sh alice -c "exec llmosd --backend kernel --model tiny=$0 --listen 127.0.0.1:0 \
+		--workers 1 --ctx 256" >/tmp/alice/log0 2>&1; [ $? -ne 0 ] &&
+	 grep -q "the llmos module lets this user register no workers" /tmp/alice/log0 &&
+	 grep -q "llmosctl sched grant USER --worker" /tmp/alice/log0' "$model"
+llmosctl sched grant alice --worker >/dev/null
 su -s /bin/sh alice -c "exec llmosd --backend kernel --model tiny=$model --listen 127.0.0.1:0 \
 	--port-file /tmp/alice/port --workers 1 --slots 2 --ctx 256 2>/tmp/alice/log" &
 pid=$!
@@ -149,7 +156,7 @@ refused() {
 	} | nc 127.0.0.1 "${url##*:}" >"$out.reply" 2>&1
 	head -n 1 "$out.reply" | grep -q " 403 " && grep -q '"tenant_not_granted"' "$out.reply"
 }
-expect "llmosd of a user with no grant says which tenants it will be refused" \
+expect "llmosd of a user granted workers alone says which tenants it will be refused" \
 	grep -q "lets this user submit as tenant 1000 only: requests naming others get 403 tenant_not_granted, those naming none are 1000's" \
 	/tmp/alice/log
 expect "its own tenant's request is served" served 1000

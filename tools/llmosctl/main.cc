@@ -1052,13 +1052,21 @@ std::string describe_grant(const llmos::tenant_grant& g) {
     return range + (g.granted ? " (granted)" : " (its own)");
 }
 
+// Whether the module has worker grants (ABI 1.3); before, anyone registers.
+bool has_worker_grants(const llmos::device& dev) {
+    return dev.kind() == llmos::backend_kind::kernel &&
+           (dev.version().features & LLMOS_FEATURE_WORKER_GRANT) != 0;
+}
+
+// worker: 1 --worker, 0 --no-worker, -1 neither (the right stays as it is).
 int cmd_sched_grant(const options& o, const std::string& user, const std::string& tenants,
-                    bool reset) {
-    if (reset && !tenants.empty()) {
-        return llmosctl::usage("sched grant: give tenants or --reset, not both");
+                    bool reset, int worker) {
+    if (reset && (!tenants.empty() || worker >= 0)) {
+        return llmosctl::usage("sched grant: give tenants, --worker or --no-worker, or --reset, "
+                               "not both");
     }
-    if ((reset || !tenants.empty()) && user.empty()) {
-        return llmosctl::usage("sched grant: name the user whose tenants change");
+    if ((reset || !tenants.empty() || worker >= 0) && user.empty()) {
+        return llmosctl::usage("sched grant: name the user whose grant changes");
     }
     uint32_t uid = LLMOS_UID_SELF;
     if (!user.empty()) {
@@ -1076,16 +1084,32 @@ int cmd_sched_grant(const options& o, const std::string& user, const std::string
     if (!dev) {
         return fail_open(o, dev.error());
     }
-    const bool change = reset || range;
+    bool change = reset || range || worker >= 0;
     if (change && dev->kind() == llmos::backend_kind::local) {
         std::fprintf(stderr, "llmosctl: tenant grants need the llmos module (the local backend "
                              "keeps no users apart: every process names any tenant)\n");
         return exit_failure;
     }
-    auto g = reset   ? llmos::reset_tenant_grant(*dev, uid)
-             : range ? llmos::grant_tenants(*dev, uid, range->first, range->second)
-                     : llmos::tenant_grant_of(*dev, uid);
+    if (worker >= 0 && !has_worker_grants(*dev)) {
+        std::fprintf(stderr, "llmosctl: the loaded llmos module has no worker grants (it predates "
+                             "ABI 1.3): every user registers workers\n");
+        return exit_failure;
+    }
     const std::string who = user.empty() ? "this user" : "user " + user;
+    llmos::result<llmos::tenant_grant> g = std::make_error_code(std::errc::invalid_argument);
+    if (!reset && change) {
+        // What is not given stays: the range, or the worker right (the
+        // module sets both at once).
+        g = llmos::tenant_grant_of(*dev, uid);
+        if (g && !range && !g->granted && worker == 0) {
+            change = false; // its own tenant, no right: nothing to take away
+        } else if (g) {
+            const auto [first, last] = range.value_or(std::pair{g->first, g->last});
+            g = llmos::grant_tenants(*dev, uid, first, last, worker < 0 ? g->worker : worker == 1);
+        }
+    } else {
+        g = reset ? llmos::reset_tenant_grant(*dev, uid) : llmos::tenant_grant_of(*dev, uid);
+    }
     if (!g && g.error() == std::errc::inappropriate_io_control_operation) {
         std::fprintf(stderr, "llmosctl: the loaded llmos module has no tenant grants (it predates "
                              "ABI 1.2): every user names any tenant\n");
@@ -1097,8 +1121,12 @@ int cmd_sched_grant(const options& o, const std::string& user, const std::string
                 who + (g.error() == std::errc::operation_not_permitted ? " (needs root)" : ""),
             g.error());
     }
+    const bool show_worker = has_worker_grants(*dev);
     if (o.json) {
         json j{{"first", g->first}, {"last", g->last}, {"granted", g->granted}};
+        if (show_worker) {
+            j["worker"] = g->worker; // the uid registers workers
+        }
         if (uid != LLMOS_UID_SELF) {
             j["uid"] = uid;
         } else if (dev->kind() == llmos::backend_kind::kernel) {
@@ -1110,8 +1138,9 @@ int cmd_sched_grant(const options& o, const std::string& user, const std::string
     } else {
         // An administrator names any tenant, whatever its uid's range.
         const bool any = uid == LLMOS_UID_SELF && g->admin;
-        std::printf("%s: %s%s\n", who.c_str(), describe_grant(*g).c_str(),
-                    any ? "; as an administrator, any tenant" : "");
+        std::printf("%s: %s%s%s\n", who.c_str(), describe_grant(*g).c_str(),
+                    show_worker && g->worker ? ", registers workers" : "",
+                    any ? "; as an administrator, any tenant and workers" : "");
     }
     return 0;
 }
@@ -1265,6 +1294,12 @@ int cmd_bench(const options& o, const bench_args& b) {
             return exit_failure;
         }
         first_tenant = g->first;
+        if (!g->worker) {
+            std::fprintf(stderr,
+                         "llmosctl: bench registers workers, which the module lets this user do "
+                         "only when granted (root: llmosctl sched grant USER --worker)\n");
+            return exit_failure;
+        }
     }
     std::atomic<bool> stop{false};
     std::atomic<int> errors{0};
@@ -1560,15 +1595,21 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1, LLMOS_MAX_WEIGHT));
     weight->callback([&] { rc = cmd_sched_weight(o, w_tenant, w_weight); });
     std::string g_user, g_tenants;
-    bool g_reset = false;
+    bool g_reset = false, g_worker = false, g_no_worker = false;
     auto* grant = sched->add_subcommand(
         "grant", "show or set (root) the tenants a user may submit requests as");
     grant->add_option("user", g_user, "user name or uid (default: this user)");
     grant->add_option("tenants", g_tenants,
                       "FIRST-LAST, one tenant, or 'all': the user's tenants from now on");
     grant->add_flag("--reset", g_reset,
-                    "back to the user's own tenant (the one numbered as its uid)");
-    grant->callback([&] { rc = cmd_sched_grant(o, g_user, g_tenants, g_reset); });
+                    "back to the user's own tenant (the one numbered as its uid), no workers");
+    auto* g_w = grant->add_flag("--worker", g_worker,
+                                "the user may also register workers (which answer requests)");
+    grant->add_flag("--no-worker", g_no_worker, "the user may no longer register workers")
+        ->excludes(g_w);
+    grant->callback([&] {
+        rc = cmd_sched_grant(o, g_user, g_tenants, g_reset, g_worker ? 1 : g_no_worker ? 0 : -1);
+    });
 
     double top_interval = 1.0;
     int top_iterations = 0;

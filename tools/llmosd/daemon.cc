@@ -388,7 +388,8 @@ llmos::kv_keepsake daemon::publish_rows(const llmos::kv_key& key,
 // it a range (an administrator names any). At start: the tenant of requests
 // that name none (0, or the first llmosd may name when 0 is not one), and a
 // word on which tenants requests will be refused, or, without API keys,
-// which tenants any client may take.
+// which tenants any client may take. Its workers need the right to
+// register (ABI 1.3): without it llmosd cannot serve, and says so.
 void daemon::check_tenant_grant() {
     if (_dev->kind() != llmos::backend_kind::kernel) {
         return;
@@ -396,6 +397,12 @@ void daemon::check_tenant_grant() {
     auto g = llmos::tenant_grant_of(*_dev, LLMOS_UID_SELF);
     if (!g) {
         return; // a module before grants: anyone names any tenant
+    }
+    if (!g->admin && !g->worker) {
+        throw std::runtime_error(
+            "the llmos module lets this user register no workers, and llmosd's workers answer "
+            "the requests (root grants the right: llmosctl sched grant USER --worker; llmosd's "
+            "systemd unit does it as it starts)");
     }
     const std::string range =
         g->first == g->last ? "tenant " + std::to_string(g->first)

@@ -19,7 +19,7 @@ std::vector<std::string> feature_names(uint64_t features) {
         {LLMOS_FEATURE_VERSION, "version"},           {LLMOS_FEATURE_MINDSPACE, "mindspace"},
         {LLMOS_FEATURE_MS_DMABUF, "ms-dmabuf"},       {LLMOS_FEATURE_SCHED, "sched"},
         {LLMOS_FEATURE_BPF_POLICY, "bpf-policy"},     {LLMOS_FEATURE_SCHED_RETURN, "sched-return"},
-        {LLMOS_FEATURE_TENANT_GRANT, "tenant-grant"},
+        {LLMOS_FEATURE_TENANT_GRANT, "tenant-grant"}, {LLMOS_FEATURE_WORKER_GRANT, "worker-grant"},
     };
     std::vector<std::string> names;
     for (const auto& k : known) {

@@ -314,7 +314,12 @@ result<tenant_grant> tenant_grant_cmd(const device& dev, uint32_t flags, uint32_
         if (flags != 0) {
             return std::make_error_code(std::errc::not_supported);
         }
-        return tenant_grant{0, UINT32_MAX, false, false};
+        return tenant_grant{0, UINT32_MAX, false, false, true};
+    }
+    // Before ABI 1.3 anyone registers workers, and the flag is unknown.
+    const bool worker_grants = (dev.version().features & LLMOS_FEATURE_WORKER_GRANT) != 0;
+    if (!worker_grants) {
+        flags &= ~uint32_t{LLMOS_GRANT_WORKER};
     }
     llmos_tenant_grant g{};
     g.size = sizeof(g);
@@ -325,7 +330,8 @@ result<tenant_grant> tenant_grant_cmd(const device& dev, uint32_t flags, uint32_
     if (auto ec = ioctl_err(dev.fd(), LLMOS_IOC_TENANT_GRANT, &g)) {
         return ec;
     }
-    return tenant_grant{g.out_first, g.out_last, g.out_granted != 0, g.out_admin != 0};
+    return tenant_grant{g.out_first, g.out_last, g.out_granted != 0, g.out_admin != 0,
+                        !worker_grants || g.out_worker != 0};
 }
 
 } // namespace
@@ -334,8 +340,10 @@ result<tenant_grant> tenant_grant_of(const device& dev, uint32_t uid) {
     return tenant_grant_cmd(dev, 0, uid, 0, 0);
 }
 
-result<tenant_grant> grant_tenants(const device& dev, uint32_t uid, uint32_t first, uint32_t last) {
-    return tenant_grant_cmd(dev, LLMOS_GRANT_SET, uid, first, last);
+result<tenant_grant> grant_tenants(const device& dev, uint32_t uid, uint32_t first, uint32_t last,
+                                   bool worker) {
+    return tenant_grant_cmd(dev, LLMOS_GRANT_SET | (worker ? uint32_t{LLMOS_GRANT_WORKER} : 0u),
+                            uid, first, last);
 }
 
 result<tenant_grant> reset_tenant_grant(const device& dev, uint32_t uid) {

@@ -43,7 +43,7 @@
 
 /* Version of this ABI; minor grows with compatible additions. */
 #define LLMOS_ABI_MAJOR 1
-#define LLMOS_ABI_MINOR 2
+#define LLMOS_ABI_MINOR 3
 
 enum {
 	LLMOS_CMD_VERSION = LLMOS_CMD_BASE,
@@ -89,6 +89,8 @@ enum {
  *	%LLMOS_COMPLETE_RETURN (ABI 1.1).
  * @LLMOS_FEATURE_TENANT_GRANT: SUBMIT checks the caller may name the
  *	tenant; TENANT_GRANT (ABI 1.2).
+ * @LLMOS_FEATURE_WORKER_GRANT: WORKER_REGISTER needs %CAP_SYS_ADMIN or
+ *	a grant with %LLMOS_GRANT_WORKER (ABI 1.3).
  * @LLMOS_FEATURE_SCHED: the request scheduler: WORKER_REGISTER, SUBMIT,
  *	DISPATCH, START, COMPLETE, CANCEL, WAIT, SET_WEIGHT, STATS,
  *	SUBMIT_BATCH, COMPLETE_BATCH and WAIT_BATCH, also as io_uring
@@ -104,6 +106,7 @@ enum llmos_feature {
 	LLMOS_FEATURE_BPF_POLICY = 1 << 4,
 	LLMOS_FEATURE_SCHED_RETURN = 1 << 5,
 	LLMOS_FEATURE_TENANT_GRANT = 1 << 6,
+	LLMOS_FEATURE_WORKER_GRANT = 1 << 7,
 };
 
 /**
@@ -491,6 +494,11 @@ enum llmos_req_state {
  * command is issued with: the ring creator's under SQPOLL, a registered
  * personality's when the SQE names one.
  *
+ * A worker answers other clients' requests, so not every caller may be
+ * one either: WORKER_REGISTER needs %CAP_SYS_ADMIN, or a TENANT_GRANT with
+ * %LLMOS_GRANT_WORKER for the caller's fsuid. A right lost later does not
+ * end a worker registered already.
+ *
  * Errors of the scheduler commands, beyond the common ones:
  *
  * - EINVAL: a capacity, priority, weight, count or element size out of
@@ -504,8 +512,9 @@ enum llmos_req_state {
  *   (its worker will read the prompt there and write the output).
  * - ESRCH: START or COMPLETE of a request the calling worker does not hold.
  * - EALREADY: CANCEL of a finished request.
- * - EPERM: CANCEL of another client's request, SET_WEIGHT, or SUBMIT
- *   naming a tenant the caller may not name, without %CAP_SYS_ADMIN.
+ * - EPERM: CANCEL of another client's request, SET_WEIGHT, SUBMIT
+ *   naming a tenant the caller may not name, or WORKER_REGISTER by a uid
+ *   not granted %LLMOS_GRANT_WORKER, without %CAP_SYS_ADMIN.
  * - EAGAIN: nothing ready with %LLMOS_NONBLOCK; SUBMIT past the per-client
  *   limit of unfinished and uncollected requests (module parameter
  *   ``max_client_requests``).
@@ -536,7 +545,8 @@ enum llmos_req_state {
  * @model: the model it serves (0: any), for policies
  * @out_worker_id: its id
  *
- * Makes the calling file a worker, until it is closed.
+ * Makes the calling file a worker, until it is closed. The caller needs
+ * %CAP_SYS_ADMIN or a grant with %LLMOS_GRANT_WORKER (EPERM).
  */
 struct llmos_worker_register {
 	__u32 size;
@@ -748,20 +758,25 @@ struct llmos_set_weight {
  * enum llmos_grant_flags - flags of TENANT_GRANT
  * @LLMOS_GRANT_SET: the uid may name the tenants @first to @last (and no
  *	others) from now on; needs %CAP_SYS_ADMIN
- * @LLMOS_GRANT_RESET: the uid goes back to its own tenant (the default);
- *	needs %CAP_SYS_ADMIN
+ * @LLMOS_GRANT_RESET: the uid goes back to its own tenant and may not
+ *	register workers (the default); needs %CAP_SYS_ADMIN
+ * @LLMOS_GRANT_WORKER: with %LLMOS_GRANT_SET only: the uid may also
+ *	register workers (WORKER_REGISTER); a SET without it takes that
+ *	right away (ABI 1.3)
  *
  * Without a flag, TENANT_GRANT only reports the uid's tenants.
  */
 enum llmos_grant_flags {
 	LLMOS_GRANT_SET = 1 << 0,
 	LLMOS_GRANT_RESET = 1 << 1,
+	LLMOS_GRANT_WORKER = 1 << 2,
 };
 
 /**
  * struct llmos_tenant_grant - ioctl(LLMOS_IOC_TENANT_GRANT)
  * @size: sizeof(struct llmos_tenant_grant)
- * @flags: &enum llmos_grant_flags, at most one
+ * @flags: &enum llmos_grant_flags: none, %LLMOS_GRANT_RESET, or
+ *	%LLMOS_GRANT_SET with or without %LLMOS_GRANT_WORKER
  * @uid: the uid, in the caller's user namespace, or %LLMOS_UID_SELF for
  *	the caller's fsuid; another uid than the caller's needs
  *	%CAP_SYS_ADMIN
@@ -776,14 +791,16 @@ enum llmos_grant_flags {
  *	the uid's own tenant
  * @out_admin: 1 when the caller has %CAP_SYS_ADMIN, and so names any
  *	tenant whatever its uid's range
- * @__reserved: must be 0
+ * @out_worker: 1 when the uid was granted %LLMOS_GRANT_WORKER (ABI 1.3:
+ *	this was a reserved field that had to be 0; its input is ignored)
  *
  * Sets, resets or reports which tenants a uid may name in SUBMIT and
  * SUBMIT_BATCH (see the scheduler's overview). A grant holds until it is
  * reset or the module is unloaded; a caller with %CAP_SYS_ADMIN may name
  * any tenant whatever its uid's range. Errors beyond the common ones:
- * EINVAL for both flags, @first above @last, a range without
- * %LLMOS_GRANT_SET, a non-zero @__reserved, or a uid with no mapping; EPERM for a change,
+ * EINVAL for unknown flags, %LLMOS_GRANT_RESET with another flag,
+ * %LLMOS_GRANT_WORKER without %LLMOS_GRANT_SET, @first above @last, a range
+ * without %LLMOS_GRANT_SET, or a uid with no mapping; EPERM for a change,
  * or another uid, without %CAP_SYS_ADMIN.
  */
 struct llmos_tenant_grant {
@@ -796,7 +813,7 @@ struct llmos_tenant_grant {
 	__u32 out_last;
 	__u32 out_granted;
 	__u32 out_admin;
-	__u32 __reserved;
+	__u32 out_worker;
 };
 
 /**

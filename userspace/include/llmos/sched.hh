@@ -208,12 +208,17 @@ result<sched_stats> scheduler_stats(const device& dev);
 /// SET_WEIGHT (CAP_SYS_ADMIN with the kernel backend). Errors: EINVAL, EPERM.
 std::error_code set_tenant_weight(const device& dev, uint32_t tenant, uint32_t weight);
 
-/// The tenants a uid may name in its requests (TENANT_GRANT).
+/// The tenants a uid may name in its requests, and whether it may register
+/// workers (TENANT_GRANT).
 struct tenant_grant {
     uint32_t first = 0;
     uint32_t last = 0;
     bool granted = false; ///< a range an admin set; false: the uid's own tenant
     bool admin = false;   ///< the caller has CAP_SYS_ADMIN: it names any tenant
+    /// The uid may register workers (granted LLMOS_GRANT_WORKER, or a module
+    /// before ABI 1.3, or the local backend, where anyone may). A caller
+    /// with `admin` registers them whatever this says.
+    bool worker = false;
 };
 
 /// The tenants `uid` (LLMOS_UID_SELF: the caller's) may name; another uid
@@ -221,11 +226,14 @@ struct tenant_grant {
 /// every process names any tenant: 0..UINT32_MAX. Errors: EINVAL, EPERM,
 /// ENOTTY (a module before ABI 1.2, where anyone names any tenant).
 result<tenant_grant> tenant_grant_of(const device& dev, uint32_t uid);
-/// Let `uid` name the tenants `first`..`last` instead of its own
-/// (CAP_SYS_ADMIN). Errors: EINVAL, EPERM, ENOTTY; ENOTSUP with the local
-/// backend.
-result<tenant_grant> grant_tenants(const device& dev, uint32_t uid, uint32_t first, uint32_t last);
-/// Back to the uid's own tenant (CAP_SYS_ADMIN). Errors: as grant_tenants().
+/// Let `uid` name the tenants `first`..`last` instead of its own, and
+/// register workers when `worker` (CAP_SYS_ADMIN). Without `worker` the
+/// uid loses that right. Errors: EINVAL, EPERM, ENOTTY; ENOTSUP with the
+/// local backend.
+result<tenant_grant> grant_tenants(const device& dev, uint32_t uid, uint32_t first, uint32_t last,
+                                   bool worker = false);
+/// Back to the uid's own tenant, with no worker right (CAP_SYS_ADMIN).
+/// Errors: as grant_tenants().
 result<tenant_grant> reset_tenant_grant(const device& dev, uint32_t uid);
 
 } // namespace llmos
