@@ -59,6 +59,7 @@ struct llmos_core_sched;
  * @cost: expected tokens (0 counts as 1)
  * @prio: priority, 0..255, higher first within a tenant
  * @state: &enum llmos_req_state
+ * @counted: its first dispatch was counted (latency, tenant's service)
  * @deadline_ns: absolute deadline, 0 for none (for policies that use it)
  * @ms_id: mindspace holding the prompt and the result
  * @prompt_off: prompt offset in the mindspace
@@ -69,7 +70,9 @@ struct llmos_core_sched;
  * @status: 0, or the worker's error at completion
  * @requeues: times its worker vanished while it held it
  * @t_submit: submission time, ns
- * @t_dispatch: last dispatch time, ns
+ * @t_dispatch: when the worker holding it took it, ns; 0 while none
+ *	holds it (never dispatched, or back in a queue), so a finished request
+ *	with 0 was not being run when it ended
  * @t_run: last start time, ns
  * @t_end: completion or cancellation time, ns
  * @policy_data: free for the attached policy (the only field a BPF policy
@@ -92,6 +95,7 @@ struct llmos_core_req {
 	u32 cost;
 	u8 prio;
 	u8 state;
+	u8 counted;
 	u64 deadline_ns;
 	u64 ms_id;
 	u64 prompt_off;

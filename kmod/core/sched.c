@@ -184,6 +184,7 @@ int llmos_core_submit(struct llmos_core_sched *s, struct llmos_core_req *r,
 	r->worker = NULL;
 	r->state = 0;
 	r->requeues = 0;
+	r->counted = 0;
 	r->t_submit = now;
 	r->t_dispatch = 0;
 	r->t_run = 0;
@@ -305,6 +306,7 @@ static void llmos_requeue(struct llmos_core_sched *s, struct llmos_core_req *r,
 		llmos_refund(s, r);
 	r->worker = NULL;
 	r->requeues += strike;
+	r->t_dispatch = 0; /* no worker holds it now */
 	llmos_set_state(s, r, LLMOS_REQ_QUEUED);
 	llmos_tenant_enqueue(s, r, LLMOS_K1_REQUEUED);
 	s->stats.requeued++;
@@ -441,9 +443,10 @@ u32 llmos_core_dispatch(struct llmos_core_sched *s, struct llmos_core_worker *w,
 		llmos_treap_erase(&w->local, &r->q_node);
 		llmos_treap_insert(&w->inflight, &r->q_node, r->id, 0);
 		/* A request dispatched again (requeued) counts once. */
-		if (!r->t_dispatch) {
+		if (!r->counted) {
 			s->stats.lat_hist[llmos_lat_bucket(now - r->t_submit)]++;
 			r->ten->served_reqs++;
+			r->counted = 1;
 		}
 		r->t_dispatch = now;
 		llmos_set_state(s, r, LLMOS_REQ_DISPATCHED);

@@ -1198,6 +1198,41 @@ TEST_F(sched, a_dead_workers_requests_complete_exactly_once)
 	EXPECT_EQ(-ENOENT, wait_req(self->client, 0, LLMOS_NONBLOCK, 0, NULL));
 }
 
+/*
+ * The dispatch time WAIT reports is that of the worker holding the request
+ * as it ended: one cancelled back in its queue reports 0 (no worker will
+ * write for it), even though a worker had it once.
+ */
+TEST_F(sched, a_request_cancelled_after_its_worker_vanished_has_no_dispatch_time)
+{
+	struct llmos_req_desc d[1];
+	struct llmos_wait w;
+	long long id = submit(self->client, 3), held;
+	int other = dev_open();
+
+	ASSERT_LE(0, id);
+	ASSERT_LE(0, other);
+	ASSERT_EQ(0, reg(other, 1));
+	ASSERT_EQ(1, dispatch(other, d, 1, 0, 0));
+	ASSERT_EQ(id, (long long)d[0].id);
+	close(other); /* back to its queue */
+	ASSERT_EQ(0, cancel(self->client, id));
+	ASSERT_EQ(0, wait_req(self->client, id, LLMOS_NONBLOCK, 0, &w));
+	EXPECT_EQ(LLMOS_REQ_CANCELLED, w.out_state);
+	EXPECT_EQ(0, w.out_dispatch_ns);
+	/* Cancelled while a worker holds it: that worker's time. */
+	held = submit(self->client, 3);
+	ASSERT_LE(0, held);
+	ASSERT_EQ(0, reg(self->worker, 1));
+	ASSERT_EQ(1, dispatch(self->worker, d, 1, 0, 0));
+	ASSERT_EQ(0, cancel(self->client, held));
+	ASSERT_EQ(0, wait_req(self->client, held, LLMOS_NONBLOCK, 0, &w));
+	EXPECT_EQ(LLMOS_REQ_CANCELLED, w.out_state);
+	EXPECT_LE(w.out_submit_ns, w.out_dispatch_ns);
+	EXPECT_LE(w.out_dispatch_ns, w.out_end_ns);
+	EXPECT_NE(0, w.out_dispatch_ns);
+}
+
 TEST_F(sched, a_closed_clients_requests_are_cancelled)
 {
 	struct llmos_req_desc d[4];

@@ -513,6 +513,45 @@ TEST(sched_core, dispatch_latency_histogram_counts_first_dispatches) {
     (void)r;
 }
 
+// The dispatch time is that of the worker holding the request: none once it
+// is back in its queue, so a request cancelled there reports 0 (no worker
+// will write for it) even though a worker had it once; and a request
+// dispatched again is counted (latency, tenant service) once.
+TEST(sched_core, a_requeued_request_has_no_dispatch_time_until_dispatched_again) {
+    fixture f;
+    auto* a = f.worker(1);
+    auto* r = f.submit(1);
+    ASSERT_EQ(f.dispatch(a, 1).size(), 1u);
+    EXPECT_NE(r->t_dispatch, 0u);
+    EXPECT_EQ(llmos_core_worker_remove(&f.s, a), 1u); // its worker vanished
+    EXPECT_EQ(r->state, LLMOS_REQ_QUEUED);
+    EXPECT_EQ(r->t_dispatch, 0u);
+    auto* b = f.worker(1);
+    f.now += 100;
+    ASSERT_EQ(f.dispatch(b, 1).size(), 1u);
+    EXPECT_EQ(r->t_dispatch, f.now - 1);
+    EXPECT_EQ(llmos_core_give_back(&f.s, b, r), 0); // handed back this time
+    EXPECT_EQ(r->t_dispatch, 0u);
+    EXPECT_EQ(llmos_core_cancel(&f.s, r, f.now++), 0);
+    EXPECT_EQ(r->state, LLMOS_REQ_CANCELLED);
+    EXPECT_EQ(r->t_dispatch, 0u);
+    uint64_t total = 0;
+    for (auto c : f.s.stats.lat_hist) {
+        total += c;
+    }
+    EXPECT_EQ(total, 1u);
+    auto* t = llmos_core_tenant_find(&f.s, 1);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->served_reqs, 1u);
+    // Cancelled while a worker holds it, it keeps that worker's time.
+    auto* c = f.submit(1);
+    ASSERT_EQ(f.dispatch(b, 1).size(), 1u);
+    const uint64_t took = c->t_dispatch;
+    EXPECT_NE(took, 0u);
+    EXPECT_EQ(llmos_core_cancel(&f.s, c, f.now++), 0);
+    EXPECT_EQ(c->t_dispatch, took);
+}
+
 // Randomized: the core against a reference that tracks who holds what.
 TEST(sched_core, randomized_against_a_reference_model) {
     fixture f;

@@ -1751,14 +1751,15 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                     // session that is the session's request area, which
                     // its next turn rewrites once this one lets it go: so
                     // a session's request waits for the worker's end
-                    // descriptor, or abandon_wait (one requeued, then
-                    // cancelled while queued again, has a dispatch time
-                    // and no worker: it waits that long). A request of its
-                    // own mindspace is let go at once.
+                    // descriptor, or abandon_wait at most. One requeued
+                    // (its worker gave it back or died), then cancelled
+                    // while queued again, has no dispatch time either: no
+                    // worker holds it. A request of its own mindspace is
+                    // let go at once.
                     if (!fin) {
                         if (auto f = client->wait(id, llmos::wait_for::none())) {
                             fin = *f;
-                            if (!f->dispatch_ns) { // no worker took it: none ends it
+                            if (!f->dispatch_ns) { // no worker holds it: none ends it
                                 std::lock_guard slk(_streams_m);
                                 _cancelled.erase(id);
                                 break;

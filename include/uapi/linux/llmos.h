@@ -717,7 +717,10 @@ struct llmos_cancel {
  * @out_result_off: result offset in the mindspace
  * @out_result_len: result length
  * @out_submit_ns: submission time, CLOCK_MONOTONIC
- * @out_dispatch_ns: last dispatch time (0: never dispatched)
+ * @out_dispatch_ns: when the worker that held it as it ended took it; 0
+ *	when none held it then (never dispatched, or back in its queue after
+ *	its worker gave it back or vanished, and cancelled there: no worker
+ *	will write for it any more)
  * @out_end_ns: completion or cancellation time
  *
  * Collects one finished request of the caller: after WAIT returns it, its
@@ -1037,7 +1040,7 @@ struct llmos_complete_batch {
  * @result_off: result offset in the mindspace
  * @result_len: result length
  * @submit_ns: submission time, CLOCK_MONOTONIC
- * @dispatch_ns: last dispatch time (0: never dispatched)
+ * @dispatch_ns: as @out_dispatch_ns of &struct llmos_wait
  * @end_ns: completion or cancellation time
  */
 struct llmos_finished {

@@ -53,6 +53,8 @@ struct finished_request {
     uint64_t result_off = 0;
     uint64_t result_len = 0;
     uint64_t submit_ns = 0;
+    /// When the worker holding it as it ended took it; 0 when none held it
+    /// (cancelled in its queue, even after a worker had it once).
     uint64_t dispatch_ns = 0;
     uint64_t end_ns = 0;
 };
