@@ -90,6 +90,7 @@ bool llmos_bpf_in_callback(void);
 void llmos_bpf_stray(void);
 bool llmos_bpf_prog_is_policy(const struct bpf_prog *prog);
 void llmos_bpf_fault(u32 kind, s64 code, u64 req);
+u64 llmos_bpf_asking_gap(void);
 
 /* kfuncs.c */
 int llmos_kfuncs_init(void);

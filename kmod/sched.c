@@ -63,6 +63,8 @@ MODULE_PARM_DESC(max_tenants,
  *	and it had room for (0: the last one got all): the watchdog's measure
  *	of a policy keeping a worker waiting
  * @t_looked: ns of its last DISPATCH's look
+ * @t_asked: ns its last DISPATCH that waited (asleep or parked) stopped
+ *	waiting: with @t_looked, when it was last seen asking for work
  * @sleepers: its ioctl DISPATCHes asleep waiting for work
  * @finished: requests of it that finished so far (their done_seq)
  *
@@ -82,6 +84,7 @@ struct llmos_client {
 	u64 dispatch_gen;
 	u64 t_short;
 	u64 t_looked;
+	u64 t_asked;
 	u32 sleepers;
 	u64 finished;
 };
@@ -177,6 +180,7 @@ static void llmos_kick_workers(void)
 			list_del_init(&c->park_node);
 			llmos_uring_kick(c->park_dispatch);
 			c->park_dispatch = NULL;
+			c->t_asked = ktime_get_ns();
 			budget -= min(budget, room);
 		}
 	}
@@ -762,7 +766,7 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 	struct llmos_core_req **reqs;
 	struct llmos_req_desc *descs;
 	u32 n, i, want;
-	u64 gen, now;
+	u64 gen, now, seen;
 	int ret;
 
 	reqs = kcalloc(max, sizeof(*reqs), GFP_KERNEL);
@@ -783,10 +787,16 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 	llmos_bpf_check_fault();
 	if (!n)
 		c->dispatch_gen = gen;
-	/* Short since its last look that got all it could take. */
-	if (n >= want)
+	/*
+	 * Short since its last look that got all it could take, while it
+	 * kept asking: one that stopped asking for a while (a step longer
+	 * than the gap, between looks that wait for nothing) starts again.
+	 */
+	seen = max(c->t_looked, c->t_asked);
+	if (n >= want || (c->t_short && !c->sleepers && !c->park_dispatch &&
+			  now > seen && now - seen > llmos_bpf_asking_gap()))
 		c->t_short = 0;
-	else if (!c->t_short)
+	if (n < want && !c->t_short)
 		c->t_short = now;
 	c->t_looked = now;
 	for (i = 0; i < n; i++) {
@@ -873,6 +883,7 @@ int llmos_dispatch(struct llmos_ucmd *ucmd)
 							   timeout);
 		spin_lock(&llmos_sched.lock);
 		c->sleepers--;
+		c->t_asked = ktime_get_ns();
 		spin_unlock(&llmos_sched.lock);
 		if (timeout < 0)
 			return -EINTR;

@@ -290,6 +290,29 @@ void llmos_bpf_worker(struct llmos_core_worker *w, bool online)
 	llmos_bpf_check_fault();
 }
 
+/*
+ * At attach, after init: the workers registered already come online to
+ * the policy, as later ones will (and all go offline to it). Stops at the
+ * first fault, which the caller acts on. Under the lock.
+ */
+static void llmos_bpf_worker_replay(struct llmos_core_sched *s)
+{
+	struct llmos_tnode *n;
+
+	if (!llmos_bpf.ops->worker_online)
+		return;
+	for (n = llmos_treap_first(&s->workers); n; n = llmos_treap_next(n)) {
+		if (llmos_bpf.fault_kind || s->policy_fault ||
+		    atomic_read(&llmos_bpf.stray))
+			break;
+		llmos_cb_enter();
+		llmos_bpf.ops->worker_online(container_of(n,
+							  struct llmos_core_worker,
+							  id_node));
+		llmos_cb_exit();
+	}
+}
+
 /**
  * llmos_bpf_stats() - the policy part of STATS
  * @st: filled
@@ -340,6 +363,26 @@ static u64 llmos_short_since(struct llmos_core_sched *s, u64 now, u64 gap)
 #define LLMOS_BPF_POLL_MS 10
 #define LLMOS_ASKING_MIN_MS 100
 
+static u64 llmos_bpf_timeout_ns(void)
+{
+	u32 ms = llmos_bpf.ops ? llmos_bpf.ops->timeout_ms : 0;
+
+	return (u64)(ms ?: LLMOS_DEFAULT_TIMEOUT_MS) * NSEC_PER_MSEC;
+}
+
+/**
+ * llmos_bpf_asking_gap() - the longest time between the looks of a worker
+ *	that still asks for work (one that polls between its steps): half the
+ *	policy's timeout, 100 ms at least. Under the lock.
+ *
+ * Return: the gap, ns.
+ */
+u64 llmos_bpf_asking_gap(void)
+{
+	return max_t(u64, llmos_bpf_timeout_ns() / 2,
+		     LLMOS_ASKING_MIN_MS * NSEC_PER_MSEC);
+}
+
 static void llmos_bpf_watchdog(struct work_struct *work)
 {
 	struct llmos_core_sched *s = llmos_sched_core();
@@ -354,17 +397,10 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 	llmos_bpf_check_fault(); /* a kfunc called outside a callback */
 	if (!llmos_bpf.active)
 		goto out;
-	timeout_ns = (u64)(llmos_bpf.ops->timeout_ms ?:
-			   LLMOS_DEFAULT_TIMEOUT_MS) * NSEC_PER_MSEC;
+	timeout_ns = llmos_bpf_timeout_ns();
 	period = msecs_to_jiffies(clamp_t(u64, timeout_ns / NSEC_PER_MSEC / 4,
 					  50, 1000));
-	/*
-	 * A worker that polls between its steps still asks if its looks
-	 * are no further apart than half the timeout (100 ms at least).
-	 */
-	since = llmos_short_since(s, now_ns,
-				  max_t(u64, timeout_ns / 2,
-					LLMOS_ASKING_MIN_MS * NSEC_PER_MSEC));
+	since = llmos_short_since(s, now_ns, llmos_bpf_asking_gap());
 	if (time_after_eq(now, llmos_bpf.next_scan)) {
 		llmos_bpf.next_scan = now + period;
 		r = since ? llmos_core_policy_oldest(s) : NULL;
@@ -504,9 +540,13 @@ static int llmos_bpf_reg(void *kdata, struct bpf_link *link)
 			goto out_unlock;
 		}
 	}
+	llmos_bpf_worker_replay(s);
 	llmos_bpf_check_fault();
 	if (!llmos_bpf.active) {
-		/* init returned 0 but misused a kfunc or reported an error */
+		/*
+		 * init returned 0, or worker_online did, but misused a kfunc or
+		 * reported an error
+		 */
 		llmos_bpf.ops = NULL;
 		ret = -EINVAL;
 		goto out_unlock;

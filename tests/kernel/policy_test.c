@@ -698,10 +698,21 @@ TEST_F(policy, a_misusing_policy_is_ejected_and_loses_nothing)
 	int other = open("/dev/llmos", O_RDWR);
 
 	ASSERT_LE(0, other);
+	/*
+	 * The fixture's worker comes online to it at attach, and its
+	 * worker_online misuses a kfunc: refused.
+	 */
+	ASSERT_EQ(-EINVAL, attach(&self->p, "bad_worker"));
+	detach(&self->p);
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_BUILTIN, st.out_policy_state);
+	EXPECT_EQ(LLMOS_EXIT_MISUSE, st.out_exit_kind);
+	/* With no worker at attach: ejected when the first one comes. */
+	close(self->worker);
+	self->worker = other;
 	ASSERT_EQ(0, attach(&self->p, "bad_worker"));
 	for (int i = 0; i < 3; i++)
 		ASSERT_LT(0, submit(self->client, 1, 0, 1, 0));
-	/* Its worker_online misuses a kfunc: ejected at once. */
 	ASSERT_EQ(0, ioctl(other, LLMOS_IOC_WORKER_REGISTER, &r));
 	stats(self->client, &st);
 	EXPECT_EQ(LLMOS_POLICY_EJECTED, st.out_policy_state);
@@ -709,7 +720,41 @@ TEST_F(policy, a_misusing_policy_is_ejected_and_loses_nothing)
 	EXPECT_STREQ("bad_worker", st.out_policy);
 	for (int i = 0; i < 3; i++)
 		EXPECT_LT(0, serve_one(self->worker));
+}
+
+/* counts[@key] of the count_workers policy. */
+static long long worker_count(struct policy *p, __u32 key)
+{
+	struct bpf_map *m = bpf_object__find_map_by_name(p->obj, "counts");
+	long long v = -1000;
+
+	if (!m || bpf_map__lookup_elem(m, &key, sizeof(key), &v, sizeof(v), 0))
+		return -1000;
+	return v;
+}
+
+TEST_F(policy, workers_registered_before_the_policy_come_online_to_it)
+{
+	struct llmos_worker_register r = {
+		.size = sizeof(r), .capacity = 2, .numa_node = -1,
+	};
+	struct llmos_sched_stats st;
+	int other = open("/dev/llmos", O_RDWR);
+
+	ASSERT_LE(0, other);
+	ASSERT_EQ(0, ioctl(other, LLMOS_IOC_WORKER_REGISTER, &r));
+	ASSERT_EQ(0, attach(&self->p, "count_workers"));
+	stats(self->client, &st);
+	ASSERT_EQ(LLMOS_POLICY_BPF, st.out_policy_state);
+	/* The fixture's worker and this one: each told once. */
+	EXPECT_EQ(2, st.out_workers);
+	EXPECT_EQ(st.out_workers, worker_count(&self->p, 0));
+	EXPECT_EQ(st.out_workers, worker_count(&self->p, 1));
 	close(other);
+	EXPECT_EQ(1, worker_count(&self->p, 0)); /* offline */
+	/* It schedules: a request is served. */
+	ASSERT_LT(0, submit(self->client, 1, 0, 1, 0));
+	EXPECT_LT(0, serve_one(self->worker));
 }
 
 /* A mindspace for requests to name (they must name real ones): its id. */
@@ -994,6 +1039,40 @@ TEST_F(policy, a_request_queued_while_no_worker_asks_is_no_stall)
 	EXPECT_EQ(id, (long long)st.out_exit_req);
 	done.id = d.id;
 	EXPECT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE, &done));
+}
+
+/*
+ * A worker that asked (and got nothing), then went away for a step longer
+ * than half the timeout, starts waiting again when it comes back: the
+ * time it was away is no stall, even for a request queued meanwhile.
+ */
+TEST_F(policy, a_worker_back_from_a_long_step_waits_from_its_return)
+{
+	struct llmos_sched_stats st;
+	struct timespec t;
+	long long id, got;
+	double ms;
+
+	ASSERT_EQ(0, attach(&self->p, "never_dispatch"));
+	ASSERT_EQ(-EAGAIN, serve_one(self->worker)); /* it asked: nothing */
+	usleep(100 * 1000);
+	id = submit(self->client, 0, 0, 1, 0);
+	ASSERT_LT(0, id);
+	usleep(1400 * 1000); /* away, past the timeout */
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_BPF, st.out_policy_state);
+	/* Back, it polls: the policy is ejected no sooner than 500 ms on. */
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	while ((got = serve_one(self->worker)) == -EAGAIN &&
+	       ms_since(CLOCK_MONOTONIC, &t) < 5000)
+		usleep(20 * 1000);
+	ms = ms_since(CLOCK_MONOTONIC, &t);
+	TH_LOG("the request came %.0f ms after the worker's return", ms);
+	EXPECT_EQ(id, got);
+	EXPECT_LE(450, ms);
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_EJECTED, st.out_policy_state);
+	EXPECT_EQ(LLMOS_EXIT_STALL, st.out_exit_kind);
 }
 
 /*
