@@ -2026,7 +2026,27 @@ TEST_F(llmosd_test, a_request_s_headers_are_bounded_in_size_and_time) {
         raw_conn d(s.port);
         d.send("GET /" + std::string(100000, 'x'));
         r = d.rest(&closed);
+        EXPECT_TRUE(r.starts_with("HTTP/1.1 414 ")) << r.substr(0, 200);
+        EXPECT_NE(r.find("\"uri_too_long\""), std::string::npos) << r;
+        EXPECT_TRUE(closed);
+    }
+    {
+        // One line longer than httplib reads (8 KiB, CRLF included): a
+        // clear 431 or 414, not its bare 400.
+        raw_conn c(s.port);
+        c.send("GET /health HTTP/1.1\r\nHost: localhost\r\nX-Long: " + std::string(8200, 'a') +
+               "\r\n\r\n");
+        bool closed = false;
+        std::string r = c.rest(&closed);
         EXPECT_TRUE(r.starts_with("HTTP/1.1 431 ")) << r.substr(0, 200);
+        EXPECT_NE(r.find("a header line is longer than 8192 bytes"), std::string::npos) << r;
+        EXPECT_NE(r.find("\"headers_too_large\""), std::string::npos) << r;
+        EXPECT_TRUE(closed);
+        raw_conn d(s.port);
+        d.send("GET /health?" + std::string(8200, 'q') + " HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        r = d.rest(&closed);
+        EXPECT_TRUE(r.starts_with("HTTP/1.1 414 ")) << r.substr(0, 200);
+        EXPECT_NE(r.find("the request line is longer than 8192 bytes"), std::string::npos) << r;
         EXPECT_TRUE(closed);
     }
     // Headers near the limit are served (httplib takes lines of 8 KiB).
@@ -2038,6 +2058,27 @@ TEST_F(llmosd_test, a_request_s_headers_are_bounded_in_size_and_time) {
     c.send(big + "\r\n");
     const std::string r = c.rest();
     EXPECT_TRUE(r.starts_with("HTTP/1.1 200 ")) << r.substr(0, 300);
+}
+
+// Streamed events go chunked, which RFC 9112 forbids towards an HTTP/1.0
+// client: such a request is refused with a word on why; one that does not
+// stream is served.
+TEST_F(llmosd_test, streaming_needs_http_1_1) {
+    server s(_dir);
+    ASSERT_GT(s.port, 0) << s.log();
+    auto post10 = [](const std::string& body) {
+        return "POST /v1/completions HTTP/1.0\r\nContent-Length: " + std::to_string(body.size()) +
+               "\r\n\r\n" + body;
+    };
+    auto a = raw_exchange(
+        s.port, post10(R"({"model": "tiny", "prompt": "a", "max_tokens": 2, "stream": true})"));
+    EXPECT_EQ(a.status(), 400) << a.text;
+    EXPECT_EQ(a.body()["error"]["code"], "http_version") << a.text;
+    EXPECT_EQ(a.body()["error"]["param"], "stream") << a.text;
+    EXPECT_EQ(a.text.find("Transfer-Encoding: chunked"), std::string::npos) << a.text;
+    a = raw_exchange(s.port, post10(R"({"model": "tiny", "prompt": "a", "max_tokens": 2})"));
+    EXPECT_EQ(a.status(), 200) << a.text;
+    EXPECT_TRUE(a.body().contains("choices")) << a.text;
 }
 
 TEST_F(llmosd_test, pipelined_requests_are_answered_in_order) {
@@ -2323,6 +2364,10 @@ TEST_F(llmosd_test, ambiguous_framing_is_refused_and_the_connection_closes) {
              chunked,
          400, "bad_framing"},
         {"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "bad_framing"},
+        // Trailer fields: httplib cannot read them.
+        {post + "Transfer-Encoding: chunked\r\n" + chunked.substr(0, chunked.size() - 2) +
+             "X-T: 1\r\n\r\n",
+         400, "bad_framing"},
     };
     for (auto& c : cases) {
         auto a = raw_exchange(s.port, c.request);
@@ -2332,9 +2377,8 @@ TEST_F(llmosd_test, ambiguous_framing_is_refused_and_the_connection_closes) {
         EXPECT_EQ(answers(a.text), 1u) << a.text;
     }
     // What is not ambiguous is served: one length said twice, chunked in
-    // any case, chunk sizes in either case with an extension, trailers
-    // (httplib refuses those: 400, but not bad_framing); those connections
-    // stay open (keep-alive).
+    // any case, chunk sizes in either case with an extension; those
+    // connections stay open (keep-alive).
     for (const std::string& ok :
          {post + sized + "content-length: " + std::to_string(body.size()) + "\r\n\r\n" + body,
           post + "Transfer-Encoding: Chunked\r\n" + chunked,
@@ -2411,6 +2455,29 @@ TEST_F(llmosd_test, bodies_past_max_body_are_refused_before_they_are_read) {
     EXPECT_EQ(ok.status(), 200) << ok.text;
 }
 
+// An IPv6 address may be given in brackets, as in a URL.
+TEST_F(llmosd_test, listens_on_an_ipv6_address_in_brackets) {
+    {
+        const int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in6 sa{};
+        sa.sin6_family = AF_INET6;
+        sa.sin6_addr = in6addr_loopback;
+        const bool ok = fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
+        if (fd >= 0) {
+            ::close(fd);
+        }
+        if (!ok) {
+            GTEST_SKIP() << "no IPv6 loopback address here";
+        }
+    }
+    server s(_dir, {"--listen", "[::1]:0"});
+    ASSERT_GT(s.port, 0) << s.log();
+    httplib::Client c("::1", s.port);
+    auto r = c.Get("/health");
+    ASSERT_TRUE(r) << s.log();
+    EXPECT_EQ(r->status, 200);
+}
+
 // Options and key files it cannot use: refused at start with the reason.
 TEST_F(llmosd_test, bad_options_and_key_files_are_refused_with_the_reason) {
     auto run = [dir = _dir](const std::string& args) {
@@ -2428,6 +2495,12 @@ TEST_F(llmosd_test, bad_options_and_key_files_are_refused_with_the_reason) {
     auto [st, out] = run("--listen 127.0.0.1:99999");
     EXPECT_EQ(st, 2);
     EXPECT_NE(out.find("PORT from 0 to 65535"), std::string::npos) << out;
+    std::tie(st, out) = run("--listen no-such-host.invalid:0");
+    EXPECT_EQ(st, 2);
+    EXPECT_NE(out.find("cannot use the address 'no-such-host.invalid'"), std::string::npos) << out;
+    std::tie(st, out) = run("--timeout 0");
+    EXPECT_GE(st, 100) << out; // the option parser's
+    EXPECT_NE(out.find("--timeout"), std::string::npos) << out;
     std::tie(st, out) = run("--unix /tmp/" + std::string(120, 'x'));
     EXPECT_EQ(st, 2);
     EXPECT_NE(out.find("at most 107 bytes"), std::string::npos) << out;

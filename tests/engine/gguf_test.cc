@@ -12,13 +12,16 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <gtest/gtest.h>
 #include <iterator>
 #include <limits>
 #include <llmos/engine/gguf.hh>
 #include <string>
+#include <sys/stat.h>
 #include <typeinfo>
 #include <unistd.h>
 #include <vector>
@@ -729,6 +732,34 @@ TEST(gguf_errors, open) {
     } catch (const gguf_error& e) {
         EXPECT_NE(nullptr, std::strstr(e.what(), "not a regular file"));
     }
+}
+
+// A FIFO is refused at once: opening it must not wait for a writer (a
+// model path from an HTTP request would hang its connection for good).
+TEST(gguf_errors, a_fifo_is_refused_without_waiting_for_a_writer) {
+    const auto dir =
+        std::filesystem::temp_directory_path() / ("gguf_fifo_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const auto fifo = (dir / "model.gguf").string();
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+    auto opened = std::async(std::launch::async, [&] {
+        try {
+            gguf_file::open(fifo);
+            return std::string("opened");
+        } catch (const gguf_error& e) {
+            return std::string(e.what());
+        }
+    });
+    if (opened.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+        ADD_FAILURE() << "open of a FIFO waits for a writer";
+        // Let it go: a writer comes and goes.
+        int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (w >= 0) {
+            ::close(w);
+        }
+    }
+    EXPECT_EQ(opened.get(), "gguf: '" + fifo + "' is not a regular file");
+    std::filesystem::remove_all(dir);
 }
 
 TEST(gguf_errors, header) {

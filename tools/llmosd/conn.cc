@@ -49,12 +49,23 @@ milliseconds to_ms(time_t sec, time_t usec) {
 // Transfer-Encoding values hold no '%' (httplib percent-decodes header
 // values: "%63hunked" is chunked to it); a chunked body is framed
 // strictly: each size line hex digits (an extension after ';') and CRLF,
-// each chunk's data followed by CRLF, a last chunk of size 0, trailer
-// lines, an empty line (httplib takes "0x1d", "+1d", " 1d", "1d junk",
-// and ends the body at data not followed by CRLF).
+// each chunk's data followed by CRLF, a last chunk of size 0, an empty
+// line (httplib takes "0x1d", "+1d", " 1d", "1d junk", and ends the body
+// at data not followed by CRLF). Trailer fields, which httplib cannot read
+// (it answers a bare 400), are refused here with a word on why.
 class framing {
 public:
     void reset() { *this = framing{}; }
+
+    /// The longest line of a request head httplib reads, CRLF included
+    /// (CPPHTTPLIB_HEADER_MAX_LENGTH and _REQUEST_URI_MAX_LENGTH of the
+    /// library Debian builds): a longer one gets a bare 400 from it.
+    static constexpr size_t max_line = 8192;
+
+    /// Whether the line so far is the request line.
+    bool first_line() const { return _first; }
+    /// The length of the line so far (without its CRLF).
+    size_t line_size() const { return _line.size(); }
 
     /// One byte of the request line and headers: nullptr, or why it
     /// breaks the rules.
@@ -140,21 +151,17 @@ public:
             _st = _st == st::data_cr ? st::data_lf : st::size;
             return nullptr;
         case st::trailer_start:
-            _st = c == '\r' ? st::end_lf : st::trailer;
-            return nullptr;
-        case st::trailer:
-            if (c == '\r') {
-                _st = st::trailer_lf;
-            } else if (c == '\n') {
-                return "a trailer line must end in CRLF";
+            if (c != '\r') {
+                return "trailer fields after a chunked body are not supported: end it with an "
+                       "empty line after the last chunk";
             }
+            _st = st::end_lf;
             return nullptr;
-        case st::trailer_lf:
         case st::end_lf:
             if (c != '\n') {
                 return "a chunked body must end in CRLF";
             }
-            _st = _st == st::trailer_lf ? st::trailer_start : st::done;
+            _st = st::done;
             return nullptr;
         case st::done:
             return nullptr;
@@ -177,19 +184,7 @@ private:
             return static_cast<char>(std::tolower(static_cast<unsigned char>(x))) == y;
         });
     }
-    enum class st {
-        size,
-        ext,
-        size_lf,
-        data,
-        data_cr,
-        data_lf,
-        trailer_start,
-        trailer,
-        trailer_lf,
-        end_lf,
-        done
-    };
+    enum class st { size, ext, size_lf, data, data_cr, data_lf, trailer_start, end_lf, done };
     std::string _line; ///< the head's line so far
     bool _first = true;
     bool _chunked = false;
@@ -284,6 +279,18 @@ public:
                 const char c = _buf[_pos + i];
                 if (const char* why = _framing.head(c)) {
                     return refuse_framing(why);
+                }
+                if (_framing.line_size() + 2 > framing::max_line) {
+                    const std::string limit = std::to_string(framing::max_line) + " bytes";
+                    _refusal =
+                        _framing.first_line()
+                            ? connection_server::refusal{414,
+                                                         "the request line is longer than " + limit,
+                                                         "uri_too_long"}
+                            : connection_server::refusal{431,
+                                                         "a header line is longer than " + limit,
+                                                         "headers_too_large"};
+                    return -1;
                 }
                 if (_t1 == '\n' && _t2 == '\r' && c == '\n') {
                     _in_headers = false;

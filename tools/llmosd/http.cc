@@ -803,6 +803,11 @@ void http_server::generate(const httplib::Request& req, httplib::Response& res,
     job j;
     try {
         j = parse_job(body, chat);
+        // Events go chunked, which an HTTP/1.0 client does not read.
+        if (j.stream && req.version != "HTTP/1.1") {
+            throw api_error{400, "stream: true needs HTTP/1.1 (the events are sent chunked)",
+                            "invalid_request_error", "stream", "http_version"};
+        }
     } catch (const api_error& e) {
         _d.stats().client_errors.fetch_add(1);
         send_error(res, e);

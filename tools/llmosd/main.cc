@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <llmos/engine/gguf.hh>
+#include <netdb.h>
 #include <sys/resource.h>
 #include <sys/un.h>
 #include <thread>
@@ -133,7 +134,8 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1u, 3600u))
         ->capture_default_str();
     uint32_t timeout_s = 300;
-    app.add_option("--timeout", timeout_s, "longest a request may take, seconds")
+    app.add_option("--timeout", timeout_s, "longest a request may take, seconds (1 to 86400)")
+        ->check(CLI::Range(1u, 86400u))
         ->capture_default_str();
     app.add_option("--drain-timeout", drain_s, "seconds to let requests finish on shutdown")
         ->capture_default_str();
@@ -185,6 +187,24 @@ int main(int argc, char** argv) {
                          listen.c_str());
             return 2;
         }
+    }
+    // An IPv6 address in brackets ([::1]:8080): the address is inside.
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+        host = host.substr(1, host.size() - 2);
+    }
+    if (unix_path.empty()) {
+        // Said here, with the resolver's words: the bind below only fails.
+        addrinfo hints{};
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_PASSIVE;
+        addrinfo* found = nullptr;
+        if (const int e = ::getaddrinfo(host.c_str(), nullptr, &hints, &found); e != 0) {
+            std::fprintf(stderr, "llmosd: --listen %s: cannot use the address '%s': %s\n",
+                         listen.c_str(), host.c_str(), ::gai_strerror(e));
+            return 2;
+        }
+        ::freeaddrinfo(found);
     }
     if (unix_path.size() >= sizeof(sockaddr_un::sun_path)) {
         std::fprintf(stderr, "llmosd: --unix %s: a unix socket's path has at most %zu bytes\n",

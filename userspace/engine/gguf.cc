@@ -636,7 +636,8 @@ gguf_file gguf_file::parse(std::span<const std::byte> bytes) {
 }
 
 gguf_file gguf_file::open(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO (or a device) is refused below, not waited on.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         fail("cannot open '", path, "': ", std::strerror(errno));
     }
