@@ -91,6 +91,26 @@ int llmos_tenant_check(u32 tenant, int *admin)
 }
 
 /**
+ * llmos_tenants_seen() - the tenants whose counters STATS shows the caller
+ * @first: out: the first
+ * @last: out: the last
+ *
+ * Those it may name: every one for a caller with CAP_SYS_ADMIN (asked
+ * quietly: STATS is polled), else its own or its granted range.
+ */
+void llmos_tenants_seen(u32 *first, u32 *last)
+{
+	bool worker;
+
+	if (ns_capable_noaudit(&init_user_ns, CAP_SYS_ADMIN)) {
+		*first = 0;
+		*last = U32_MAX;
+		return;
+	}
+	llmos_grant_get(current_fsuid(), first, last, &worker);
+}
+
+/**
  * llmos_worker_check() - whether the caller may register a worker
  *
  * Process context, as llmos_tenant_check().

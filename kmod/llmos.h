@@ -98,6 +98,7 @@ void llmos_kick_again(void);
 /* grant.c: which tenants a caller may name, whether it may be a worker */
 int llmos_tenant_check(u32 tenant, int *admin);
 int llmos_worker_check(void);
+void llmos_tenants_seen(u32 *first, u32 *last);
 int llmos_tenant_grant(struct llmos_ucmd *ucmd);
 void llmos_grants_debugfs_init(struct dentry *dir);
 void llmos_grants_exit(void);

@@ -1562,12 +1562,13 @@ int llmos_stats(struct llmos_ucmd *ucmd)
 	const struct llmos_core_stats *st = &llmos_sched.core.stats;
 	struct llmos_tenant_stats *ts = NULL;
 	struct llmos_core_tenant *t;
-	u32 cap = 0, n = 0, i;
+	u32 cap = 0, n = 0, i, first, last;
 	int ret = 0;
 
 	if (cmd->flags || (cmd->tenant_count &&
 			   cmd->tenant_size < sizeof(struct llmos_tenant_stats)))
 		return -EINVAL;
+	llmos_tenants_seen(&first, &last);
 	if (cmd->tenant_count) {
 		spin_lock(&llmos_sched.lock);
 		cap = llmos_sched.core.tenants.nr;
@@ -1595,6 +1596,8 @@ int llmos_stats(struct llmos_ucmd *ucmd)
 	llmos_bpf_stats(cmd);
 	for (t = llmos_core_tenant_next(&llmos_sched.core, NULL); t;
 	     t = llmos_core_tenant_next(&llmos_sched.core, t)) {
+		if (t->id < first || t->id > last)
+			continue; /* not the caller's to see */
 		if (n < cap) {
 			ts[n].tenant = t->id;
 			ts[n].weight = t->weight;

@@ -975,6 +975,60 @@ TEST_F(sched, registering_a_worker_needs_privilege_or_a_worker_grant)
 	EXPECT_EQ(0, in_child(other_registers, 0, 0));
 }
 
+/*
+ * As OTHER_UID: STATS lists the tenants it may name, and only those; the
+ * totals are everyone's. @range: granted 5 to 6 (else its own tenant).
+ */
+static int other_sees_its_tenants(int client, __u64 range)
+{
+	struct llmos_tenant_stats ts[64];
+	struct llmos_sched_stats st;
+	__u32 seen = 0;
+
+	if (setgid(OTHER_UID) || setuid(OTHER_UID))
+		return 10;
+	if (stats(client, &st, ts, 64) || st.tenant_count > 64)
+		return 11;
+	for (__u32 i = 0; i < st.tenant_count; i++) {
+		if (range ? ts[i].tenant < 5 || ts[i].tenant > 6 :
+			    ts[i].tenant != OTHER_UID)
+			return 12;
+		seen |= 1u << (ts[i].tenant == OTHER_UID ? 0 : ts[i].tenant);
+	}
+	if (seen != (range ? 1u << 5 | 1u << 6 : 1u))
+		return 13; /* each tenant it may name that has requests */
+	if (st.out_nr[LLMOS_REQ_QUEUED] < 4)
+		return 14; /* the totals count the others' too */
+	return 0;
+}
+
+TEST_F(sched, stats_show_a_user_the_tenants_it_may_name)
+{
+	struct llmos_tenant_stats ts[64];
+	struct llmos_sched_stats st;
+	long long ids[4];
+	__u32 seen = 0;
+
+	if (getuid() != 0)
+		SKIP(return, "needs root to switch users");
+	ids[0] = submit(self->client, 4);
+	ids[1] = submit(self->client, 5);
+	ids[2] = submit(self->client, 6);
+	ids[3] = submit(self->client, OTHER_UID);
+	for (int i = 0; i < 4; i++)
+		ASSERT_LT(0, ids[i]);
+	/* An administrator sees every tenant. */
+	ASSERT_EQ(0, stats(self->client, &st, ts, 64));
+	for (__u32 i = 0; i < st.tenant_count && i < 64; i++)
+		seen |= ts[i].tenant == 4 ? 1 : ts[i].tenant == OTHER_UID ? 2 : 0;
+	EXPECT_EQ(3u, seen);
+	EXPECT_EQ(0, in_child(other_sees_its_tenants, self->client, 0));
+	ASSERT_EQ(0, grant(self->client, LLMOS_GRANT_SET, OTHER_UID, 5, 6, NULL));
+	EXPECT_EQ(0, in_child(other_sees_its_tenants, self->client, 1));
+	for (int i = 0; i < 4; i++)
+		EXPECT_EQ(0, cancel(self->client, ids[i]));
+}
+
 static int other_cancels(int client, long long id)
 {
 	if (setgid(OTHER_UID) || setuid(OTHER_UID))

@@ -883,7 +883,9 @@ enum llmos_exit_kind {
  * @tenants_uptr: user array for per-tenant counters, or 0
  * @tenant_size: size of one element, at least 32
  * @tenant_count: in: capacity of the array; out: number of tenants (the
- *	first ones by id are written; no error when there are more)
+ *	first ones by id are written; no error when there are more). A caller
+ *	without %CAP_SYS_ADMIN sees only the tenants it may name (its own, or
+ *	its granted range; ABI 1.3); the totals are everyone's
  * @out_nr: requests in each state now, by &enum llmos_req_state (element 0
  *	is unused)
  * @out_submitted: requests submitted since load
