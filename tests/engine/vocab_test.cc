@@ -8,6 +8,7 @@
 // plane, and arbitrary bytes for BPE), and the streaming decoder's "only
 // whole characters" promise.
 #include "../support/paths.hh"
+#include "../support/test_new.hh"
 
 #include <algorithm>
 #include <atomic>
@@ -30,48 +31,7 @@
 using namespace llmos::engine;
 
 // The program counts the bytes operator new hands out (to see what an
-// encode allocates).
-namespace {
-std::atomic<uint64_t> news_bytes{0};
-} // namespace
-
-// Out of line, so that the compiler does not pair a free() with an
-// operator new at an inlined call site (-Wmismatched-new-delete).
-[[gnu::noinline]] void* operator new(std::size_t n) {
-    news_bytes.fetch_add(n, std::memory_order_relaxed);
-    if (void* p = std::malloc(n == 0 ? 1 : n)) {
-        return p;
-    }
-    throw std::bad_alloc();
-}
-[[gnu::noinline]] void* operator new[](std::size_t n) {
-    return operator new(n);
-}
-[[gnu::noinline]] void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-    news_bytes.fetch_add(n, std::memory_order_relaxed);
-    return std::malloc(n == 0 ? 1 : n);
-}
-[[gnu::noinline]] void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
-    return operator new(n, std::nothrow);
-}
-[[gnu::noinline]] void operator delete(void* p, const std::nothrow_t&) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p, const std::nothrow_t&) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept {
-    std::free(p);
-}
+// encode allocates): test_new.hh.
 
 namespace {
 
@@ -849,9 +809,9 @@ TEST(spm, what_encode_allocates_does_not_grow_with_the_special_tokens) {
     add_control_tokens(d, id, specials);
     const vocab many(std::move(d));
     auto allocated = [](const vocab& v, bool parse_special) {
-        const uint64_t before = news_bytes.load();
+        const uint64_t before = llmos::testing::new_bytes.load();
         const ids t = v.encode("hi", true, parse_special);
-        return news_bytes.load() - before;
+        return llmos::testing::new_bytes.load() - before;
     };
     for (bool parse : {false, true}) {
         EXPECT_EQ(allocated(few, parse), allocated(many, parse)) << "parse_special " << parse;

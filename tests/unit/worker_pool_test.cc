@@ -4,6 +4,8 @@
 // and kernel in the test VM): requests served with their output streamed
 // into their mindspace, continuous batching, pinning, priority classes,
 // drain and stop without loss, crash requeue and the poison-request limit.
+#include "../support/test_new.hh"
+
 #include <algorithm>
 #include <atomic>
 #include <cctype>
@@ -27,49 +29,12 @@
 #include <thread>
 #include <unistd.h>
 
-// This program's operator new fails allocations on request, on one thread
-// only: the worker's, while the scheduler, the test and gtest go on
-// (tests/support/test_new.hh fails them on every thread at once). It
-// replaces the sanitizers' too, as test_new.hh does; they still see the
-// malloc() and free() below.
-namespace {
-thread_local uint64_t news_seen = 0;    // allocations on this thread
-thread_local uint32_t news_to_skip = 0; // then
-thread_local uint32_t news_to_fail = 0; // this many throw std::bad_alloc
-thread_local size_t largest_new = 0;    // the largest allocation on this thread
-} // namespace
-
-// Out of line, so that the compiler does not pair a free() with an
-// operator new at an inlined call site (-Wmismatched-new-delete).
-[[gnu::noinline]] void* operator new(std::size_t n) {
-    ++news_seen;
-    largest_new = std::max(largest_new, n);
-    if (news_to_skip) {
-        --news_to_skip;
-    } else if (news_to_fail) {
-        --news_to_fail;
-        throw std::bad_alloc();
-    }
-    if (void* p = std::malloc(n == 0 ? 1 : n)) {
-        return p;
-    }
-    throw std::bad_alloc();
-}
-[[gnu::noinline]] void* operator new[](std::size_t n) {
-    return operator new(n);
-}
-[[gnu::noinline]] void operator delete(void* p) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
-    std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept {
-    std::free(p);
-}
+// Allocations fail on request on one thread only (the worker's), while
+// the scheduler, the test and gtest go on: test_new.hh's per-thread counts.
+using llmos::testing::largest_new_here;
+using llmos::testing::news_here;
+using llmos::testing::news_to_fail_here;
+using llmos::testing::news_to_skip_here;
 
 namespace {
 
@@ -1081,7 +1046,7 @@ TEST_P(worker_pool_test, out_of_memory_in_a_step_and_in_its_recovery_loses_nothi
                 .bytes_per_token = 2, .on_step = [&, n](const llmos::sequence& s) {
                     // Once 20 bytes were streamed: recovery has a copy to make.
                     if (s.req.id == victim.load() && s.produced >= 20 && !thrown.exchange(true)) {
-                        news_to_fail = n;
+                        news_to_fail_here = n;
                         throw std::bad_alloc();
                     }
                 }});
@@ -1117,7 +1082,7 @@ public:
         , _echo({.bytes_per_token = 8}) {}
     llmos::engine_status prefill(llmos::sequence& s) override {
         if (_p.armed.load() && !_p.span.load()) {
-            _p.span = news_seen - _p.at_wait.load();
+            _p.span = news_here - _p.at_wait.load();
         }
         return _echo.prefill(s);
     }
@@ -1125,9 +1090,9 @@ public:
     void release(llmos::sequence& s) noexcept override { _echo.release(s); }
     void idle() noexcept override {
         if (!_p.armed.exchange(true)) {
-            _p.at_wait = news_seen;
-            news_to_skip = _p.skip;
-            news_to_fail = _p.fail;
+            _p.at_wait = news_here;
+            news_to_skip_here = _p.skip;
+            news_to_fail_here = _p.fail;
         }
     }
 
@@ -1260,7 +1225,7 @@ TEST_P(worker_pool_test, out_of_memory_in_the_worker_costs_its_requests_nothing)
     o.is_cancelled = [&](uint64_t) {
         if (ooms.load() > 0) {
             ooms.fetch_sub(1);
-            news_to_fail = 1;
+            news_to_fail_here = 1;
         }
         return false;
     };
@@ -1292,11 +1257,11 @@ TEST_P(worker_pool_test, out_of_memory_as_a_request_ends_leaves_it_as_it_was) {
     ASSERT_TRUE(got) << got.error().message();
     ASSERT_EQ(got->size(), 2u);
     const auto before = llmos::scheduler_stats(dev()).value();
-    news_to_fail = 1;
+    news_to_fail_here = 1;
     EXPECT_THROW((void)w.complete(a, 0, 1, 0, 0), std::bad_alloc);
-    news_to_fail = 1;
+    news_to_fail_here = 1;
     EXPECT_THROW((void)c.cancel(b), std::bad_alloc);
-    news_to_fail = 0;
+    news_to_fail_here = 0;
     const auto after = llmos::scheduler_stats(dev()).value();
     // (Else the next wait() would erase an iterator never set.)
     ASSERT_EQ(after.completed, before.completed) << "completed, yet complete() threw";
@@ -1321,7 +1286,7 @@ public:
         : _largest(largest)
         , _room(room) {}
     llmos::engine_status prefill(llmos::sequence& s) override {
-        largest_new = 0;
+        largest_new_here = 0;
         _room = s.output.size();
         return llmos::engine_status::ok;
     }
@@ -1332,7 +1297,7 @@ public:
             s->done = s->produced == s->output.size();
         }
     }
-    void release(llmos::sequence&) noexcept override { _largest = largest_new; }
+    void release(llmos::sequence&) noexcept override { _largest = largest_new_here; }
 
 private:
     std::atomic<size_t>& _largest;
