@@ -26,6 +26,7 @@
 #include <linux/udmabuf.h>
 
 #include "kselftest_harness.h"
+#include "child.h"
 #include "llmos_files.h"
 
 #define PAGE 4096UL
@@ -127,20 +128,21 @@ static int quota(int dev, __u32 flags, __u32 uid, __u64 limit,
 	return ret;
 }
 
+/* What as_other_user() runs, in the child. */
+static int (*other_user_fn)(int dev, void *arg);
+
+static int as_other_user_child(int dev, __u64 arg)
+{
+	if (setgid(OTHER_UID) || setuid(OTHER_UID))
+		return 99;
+	return other_user_fn(dev, (void *)(uintptr_t)arg);
+}
+
 /* Run @fn in a child as OTHER_UID; returns the child's exit status. */
 static int as_other_user(int (*fn)(int dev, void *arg), int dev, void *arg)
 {
-	int status;
-	pid_t pid = fork();
-
-	if (pid == 0) {
-		if (setgid(OTHER_UID) || setuid(OTHER_UID))
-			_exit(99);
-		_exit(fn(dev, arg));
-	}
-	if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
-		return -1;
-	return WEXITSTATUS(status);
+	other_user_fn = fn;
+	return in_child(as_other_user_child, dev, (uintptr_t)arg);
 }
 
 /* The NUMA node of the page at @addr, or -1. */
@@ -1090,7 +1092,7 @@ TEST_F(ms, pages_go_to_the_requested_node)
 }
 
 /* In a new memory cgroup, touching 2 MiB of a mindspace charges it. */
-static int touch_in_cgroup(int dev)
+static int touch_in_cgroup(int dev, __u64 unused)
 {
 	const size_t len = 8 << 20, touch = 2 << 20;
 	char pid[32];
@@ -1120,20 +1122,12 @@ static int touch_in_cgroup(int dev)
 
 TEST_F(ms, pages_are_charged_to_the_memcg_of_the_toucher)
 {
-	int status;
-	pid_t pid;
-
 	if (access(CGROOT "/cgroup.controllers", F_OK) ||
 	    write_file(CGROOT "/cgroup.subtree_control", "+memory"))
 		SKIP(return, "no cgroup2 memory controller");
 	rmdir(CGTEST);
 	ASSERT_EQ(0, mkdir(CGTEST, 0755));
-	pid = fork();
-	ASSERT_LE(0, pid);
-	if (pid == 0)
-		_exit(touch_in_cgroup(self->dev));
-	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
+	EXPECT_EQ(0, in_child(touch_in_cgroup, self->dev, 0));
 	/* Freed pages are uncharged: the cgroup can go. */
 	EXPECT_EQ(0, rmdir(CGTEST));
 }

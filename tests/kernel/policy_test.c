@@ -24,6 +24,7 @@
 #include <linux/llmos.h>
 
 #include "kselftest_harness.h"
+#include "child.h"
 #include "llmos_files.h"
 
 struct policy {
@@ -1308,7 +1309,7 @@ TEST_F(policy, a_policy_without_a_link_is_refused)
 	EXPECT_EQ(LLMOS_POLICY_BUILTIN, st.out_policy_state);
 }
 
-static int unprivileged_attach(void)
+static int unprivileged_attach(int unused, __u64 unused2)
 {
 	struct policy p;
 
@@ -1319,14 +1320,7 @@ static int unprivileged_attach(void)
 
 TEST_F(policy, only_root_attaches)
 {
-	int status;
-	pid_t pid = fork();
-
-	ASSERT_LE(0, pid);
-	if (pid == 0)
-		_exit(unprivileged_attach());
-	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
+	EXPECT_EQ(0, in_child(unprivileged_attach, -1, 0));
 }
 
 TEST_HARNESS_MAIN

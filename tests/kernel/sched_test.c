@@ -27,6 +27,7 @@
 #include <linux/llmos.h>
 
 #include "kselftest_harness.h"
+#include "child.h"
 #include "llmos_files.h"
 
 #define OTHER_UID 1000
@@ -673,8 +674,10 @@ TEST_F(sched, cancel_in_every_state)
 }
 
 /* As another user: may name @open (0666) in a request, not @closed (0600). */
-static int other_submits(int client, __u64 open, __u64 closed)
+static int other_submits(int client, __u64 open)
 {
+	const __u64 closed = test_ms;
+
 	struct llmos_submit s = {
 		.size = sizeof(s), .tenant = OTHER_UID, .cost = 1,
 		.prompt_len = 8,
@@ -701,9 +704,8 @@ TEST_F(sched, a_request_names_only_a_mindspace_its_submitter_may_write)
 		.size = sizeof(b), .entries_uptr = (__u64)(uintptr_t)e,
 		.entry_size = sizeof(e[0]), .count = 2,
 	};
-	int open_fd, status;
+	int open_fd;
 	__u64 open_id;
-	pid_t pid;
 
 	/* Each entry of a batch is checked on its own. */
 	ASSERT_EQ(0, ioctl(self->client, LLMOS_IOC_SUBMIT_BATCH, &b));
@@ -715,12 +717,7 @@ TEST_F(sched, a_request_names_only_a_mindspace_its_submitter_may_write)
 		SKIP(return, "needs root to switch users");
 	open_fd = ms_make(self->client, 4096, 0666, &open_id);
 	ASSERT_LE(0, open_fd);
-	pid = fork();
-	ASSERT_LE(0, pid);
-	if (pid == 0)
-		_exit(other_submits(self->client, open_id, test_ms));
-	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
+	EXPECT_EQ(0, in_child(other_submits, self->client, open_id));
 	close(open_fd);
 }
 
@@ -832,21 +829,6 @@ static int fsuid_names_the_tenant(int client, __u64 ms)
 	if (submit_as(client, ms, OTHER_UID + 1) != -EPERM)
 		return 13;
 	return 0;
-}
-
-/* Runs @fn(@client, @ms) in a child; its exit status. */
-static int in_child(int (*fn)(int, __u64), int client, __u64 ms)
-{
-	int status;
-	pid_t pid = fork();
-
-	if (pid < 0)
-		return -1;
-	if (pid == 0)
-		_exit(fn(client, ms));
-	if (waitpid(pid, &status, 0) != pid)
-		return -1;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 TEST_F(sched, a_uid_names_its_own_tenant_or_the_ones_granted_to_it)
@@ -1029,7 +1011,7 @@ TEST_F(sched, stats_show_a_user_the_tenants_it_may_name)
 		EXPECT_EQ(0, cancel(self->client, ids[i]));
 }
 
-static int other_cancels(int client, long long id)
+static int other_cancels(int client, __u64 id)
 {
 	if (setgid(OTHER_UID) || setuid(OTHER_UID))
 		return 10;
@@ -1038,21 +1020,14 @@ static int other_cancels(int client, long long id)
 
 TEST_F(sched, only_the_owner_or_an_admin_cancels)
 {
-	int other = dev_open(), status;
+	int other = dev_open();
 	long long id;
-	pid_t pid;
 
 	ASSERT_LE(0, other);
 	id = submit(self->client, 1);
 	ASSERT_LT(0, id);
-	if (getuid() == 0) {
-		pid = fork();
-		ASSERT_LE(0, pid);
-		if (pid == 0)
-			_exit(other_cancels(other, id));
-		ASSERT_EQ(pid, waitpid(pid, &status, 0));
-		EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
-	}
+	if (getuid() == 0)
+		EXPECT_EQ(0, in_child(other_cancels, other, id));
 	/* An administrator may. */
 	EXPECT_EQ(0, cancel(other, id));
 	EXPECT_EQ(0, wait_req(self->client, id, 0, 0, NULL));
@@ -1197,7 +1172,7 @@ TEST_F(sched, wait_checks_the_id)
 }
 
 /* A worker process that takes three requests, starts one, and dies. */
-static int crashing_worker(void)
+static int crashing_worker(int unused, __u64 unused2)
 {
 	struct llmos_req_desc d[3];
 	int fd = dev_open();
@@ -1217,17 +1192,11 @@ TEST_F(sched, a_dead_workers_requests_complete_exactly_once)
 	struct llmos_tenant_stats ts;
 	struct llmos_req_desc d[8];
 	long long ids[5];
-	int status, seen[5] = { 0 };
-	pid_t pid;
+	int seen[5] = { 0 };
 
 	for (int i = 0; i < 5; i++)
 		ids[i] = submit(self->client, 3);
-	pid = fork();
-	ASSERT_LE(0, pid);
-	if (pid == 0)
-		_exit(crashing_worker());
-	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	ASSERT_EQ(0, status); /* exited, with 0 (not killed) */
+	ASSERT_EQ(0, in_child(crashing_worker, -1, 0));
 
 	ASSERT_EQ(0, stats(self->client, &st, &ts, 0));
 	EXPECT_EQ(self->st0.out_requeued + 3, st.out_requeued);
@@ -1347,7 +1316,7 @@ TEST_F(sched, weights_divide_the_service)
 	/* The rest go when the client closes (teardown checks). */
 }
 
-static int other_sets_weight(int fd)
+static int other_sets_weight(int fd, __u64 unused)
 {
 	struct llmos_set_weight sw = { .size = sizeof(sw), .tenant = 1, .weight = 5 };
 
@@ -1360,17 +1329,9 @@ static int other_sets_weight(int fd)
 
 TEST_F(sched, setting_weights_needs_privilege)
 {
-	int status;
-	pid_t pid;
-
 	if (getuid() != 0)
 		SKIP(return, "needs root to switch users");
-	pid = fork();
-	ASSERT_LE(0, pid);
-	if (pid == 0)
-		_exit(other_sets_weight(self->client));
-	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
+	EXPECT_EQ(0, in_child(other_sets_weight, self->client, 0));
 }
 
 TEST_F(sched, batch_commands_report_each_entry)

@@ -23,6 +23,7 @@
 #include <linux/llmos.h>
 
 #include "kselftest_harness.h"
+#include "child.h"
 
 static int dev_open(void)
 {
@@ -272,7 +273,7 @@ TEST_F(ring, a_full_worker_s_dispatch_waits_for_room_and_work)
  * As uid 1000, through a ring of its own: SUBMIT and SUBMIT_BATCH name its
  * own tenant, and another gets EPERM, as with the ioctl.
  */
-static int ring_submits_as_another_user(int client)
+static int ring_submits_as_another_user(int client, __u64 unused)
 {
 	struct llmos_submit s[2] = {
 		{ .size = sizeof(s[0]), .tenant = 1000 },
@@ -313,17 +314,9 @@ static int ring_submits_as_another_user(int client)
 
 TEST_F(ring, a_user_submits_through_a_ring_as_its_own_tenant_only)
 {
-	int status;
-	pid_t pid;
-
 	if (getuid() != 0)
 		SKIP(return, "needs root to switch users");
-	pid = fork();
-	ASSERT_LE(0, pid);
-	if (pid == 0)
-		_exit(ring_submits_as_another_user(self->client));
-	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_EQ(0, status); /* exited, with 0 (not killed) */
+	EXPECT_EQ(0, in_child(ring_submits_as_another_user, self->client, 0));
 }
 
 TEST_F(ring, one_parked_dispatch_per_worker)
