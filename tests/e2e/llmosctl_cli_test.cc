@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 //
 // llmosctl as a user runs it: exit codes and the one-line errors.
+#include "../../tools/llmosctl/util.hh"
 #include "../support/paths.hh"
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <vector>
 
 namespace {
 
@@ -39,6 +41,11 @@ run_result run_with_env(const std::string& env, const std::string& args) {
 
 run_result run(const std::string& args) {
     return run_with_env("", args);
+}
+
+/// `cmd` as sh runs it, with its own redirections.
+run_result run_shell(const std::string& cmd) {
+    return run_with_env(cmd + " #", "");
 }
 
 TEST(llmosctl, no_subcommand_is_a_usage_error) {
@@ -516,8 +523,8 @@ TEST_F(llmosctl_local, a_save_keeps_the_file_s_permissions) {
         return ::stat(path.c_str(), &st) == 0 ? st.st_mode & 07777 : 0u;
     };
     // A new file: 0666 less the umask, as a plain create.
-    auto r = run("umask 022; " + env() + llmos::testing::llmosctl_bin +
-                 " --backend local ms save c " + file + " #");
+    auto r = run_shell("umask 022; " + env() + llmos::testing::llmosctl_bin +
+                       " --backend local ms save c " + file + " 2>&1");
     ASSERT_EQ(r.status, 0) << r.output;
     EXPECT_EQ(mode_of(file), 0644u);
     // Over an old one: its bits.
@@ -566,6 +573,156 @@ TEST_F(llmosctl_local, json_output_of_commands_that_print_no_table) {
     j = nlohmann::json::parse(r.output, nullptr, false);
     ASSERT_TRUE(j.is_object()) << r.output;
     EXPECT_EQ(j.value("removed", ""), "c");
+}
+
+} // namespace
+
+namespace {
+
+// bench's percentiles, by nearest rank: the p99 of 100 values is the 99th,
+// not the largest; the p50 of two is the smaller.
+TEST(llmosctl, percentiles_are_by_nearest_rank) {
+    std::vector<double> v;
+    for (int i = 1; i <= 100; ++i) {
+        v.push_back(i);
+    }
+    EXPECT_EQ(llmosctl::nearest_rank(v, 0.99), 99);
+    EXPECT_EQ(llmosctl::nearest_rank(v, 0.5), 50);
+    EXPECT_EQ(llmosctl::nearest_rank(v, 1.0), 100);
+    EXPECT_EQ(llmosctl::nearest_rank(v, 0.001), 1);
+    const std::vector<double> two{1, 2};
+    EXPECT_EQ(llmosctl::nearest_rank(two, 0.5), 1);
+    EXPECT_EQ(llmosctl::nearest_rank(two, 0.99), 2);
+    const std::vector<double> one{7};
+    EXPECT_EQ(llmosctl::nearest_rank(one, 0.5), 7);
+    EXPECT_EQ(llmosctl::nearest_rank(one, 0.99), 7);
+    EXPECT_EQ(llmosctl::nearest_rank(std::vector<double>{}, 0.5), 0);
+    // 1000 values: p99 is the 990th.
+    v.clear();
+    for (int i = 1; i <= 1000; ++i) {
+        v.push_back(i);
+    }
+    EXPECT_EQ(llmosctl::nearest_rank(v, 0.99), 990);
+}
+
+TEST_F(llmosctl_local, bench_p50_of_two_requests_is_the_smaller) {
+    auto r = ctl("--json bench --workers 1 --service exp:5 --arrival poisson:2000 --requests 2");
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto j = nlohmann::json::parse(r.output, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r.output;
+    for (const char* k : {"wait_ms", "sojourn_ms"}) {
+        const auto& t = j[k];
+        // Of two values, the smaller is at most their mean, the larger at least.
+        EXPECT_LE(t["p50"].get<double>(), t["mean"].get<double>()) << k << ": " << r.output;
+        EXPECT_GE(t["p99"].get<double>(), t["mean"].get<double>()) << k << ": " << r.output;
+    }
+    EXPECT_LT(j["sojourn_ms"]["p50"].get<double>(), j["sojourn_ms"]["p99"].get<double>())
+        << r.output;
+}
+
+// A bench that gives up stops its workers at once, whatever they hold (the
+// one request here is served for minutes), and says it timed out.
+TEST_F(llmosctl_local, a_bench_that_times_out_ends_at_once) {
+    auto r = ::run_with_env(env() + "timeout 100 ",
+                            "--backend local bench --requests 1 --workers 1 --service exp:60000 "
+                            "--seed 3 --timeout 1");
+    EXPECT_EQ(r.status, 1) << r.output; // 124: still serving after 100 s
+    EXPECT_NE(r.output.find("llmosctl: bench: timed out (no request finished in 1 s; --timeout): "
+                            "0 of 1 requests finished"),
+              std::string::npos)
+        << r.output;
+    for (const char* bad : {"--timeout 0", "--timeout -1", "--timeout nan", "--timeout 1e300"}) {
+        r = ctl(std::string("bench --requests 1 ") + bad);
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
+    }
+}
+
+// A load with no room for the mindspace's pages (a 1 MiB tmpfs under the
+// store, 4 MiB of data) fails with a clear line and keeps nothing, instead
+// of dying of SIGBUS with the mindspace half-loaded.
+TEST_F(llmosctl_local, a_load_that_runs_out_of_space_keeps_nothing) {
+    ASSERT_EQ(ctl("ms create big --size 4M").status, 0);
+    ASSERT_EQ(::system(("head -c 4194304 /dev/urandom >" + _dir + "/rand").c_str()), 0);
+    ASSERT_EQ(ctl("ms write big - <" + _dir + "/rand").status, 0);
+    const std::string file = _dir + "/big.llmosms";
+    ASSERT_EQ(ctl("ms save big " + file).status, 0);
+    ASSERT_EQ(::system(("mkdir " + _dir + "/small").c_str()), 0);
+    // A mount namespace of its own (as root, or in a user namespace).
+    const std::string small = "LLMOS_LOCAL_DIR=" + _dir + "/small/store ";
+    const std::string ctl_bin = std::string(llmos::testing::llmosctl_bin) + " --backend local ";
+    const std::string script = "mount -t tmpfs -o size=1M none " + _dir + "/small || exit 99; " +
+                               small + ctl_bin + "ms load " + file + "; echo rc=$?; " + small +
+                               ctl_bin + "--json ms list; ls -A " + _dir + "/small/store/ms";
+    auto r = run_shell("unshare -rm sh -c '" + script + "' 2>&1");
+    if (r.status == 99 || r.output.find("rc=") == std::string::npos) {
+        GTEST_SKIP() << "cannot mount a small tmpfs here: " << r.output;
+    }
+    EXPECT_NE(r.output.find("llmosctl: no space left while loading " + file +
+                            " into mindspace 'big' (4M): the local store " + _dir +
+                            "/small/store is full; nothing was kept\nrc=1\n"),
+              std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("rc=1\n[]\n"), std::string::npos) << "no mindspace left: " << r.output;
+    EXPECT_EQ(r.output.substr(r.output.find("[]\n") + 3), "") << "no file left: " << r.output;
+}
+
+TEST_F(llmosctl_local, bad_mindspace_ids_names_and_files_are_usage_errors) {
+    ASSERT_EQ(ctl("ms create a1 --size 8K").status, 0);
+    const std::string big_id = "18446744073709551616";
+    for (const std::string& cmd :
+         std::vector<std::string>{"ms info 0", "ms info 00", "ms info " + big_id, "ms rm 0",
+                                  "ms read 0", "ms write 0 x", "ms save 0 " + _dir + "/f"}) {
+        auto r = ctl(cmd);
+        EXPECT_EQ(r.status, 2) << cmd << ": " << r.output;
+        EXPECT_NE(r.output.find("no mindspace has the id"), std::string::npos)
+            << cmd << ": " << r.output;
+    }
+    for (const char* cmd : {"ms info a/b", "ms rm .x", "ms read ..", "ms info +1"}) {
+        auto r = ctl(cmd);
+        EXPECT_EQ(r.status, 2) << cmd << ": " << r.output;
+        EXPECT_NE(r.output.find("bad mindspace name"), std::string::npos)
+            << cmd << ": " << r.output;
+    }
+    auto r = ctl("ms info ''");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_EQ(r.output, "llmosctl: a mindspace's name has 1 to 63 characters\n");
+    // Well-formed, but not there: a failure, not a usage error.
+    r = ctl("ms info 424242");
+    EXPECT_EQ(r.status, 1) << r.output;
+    r = ctl("ms info " + big_id.substr(1));
+    EXPECT_EQ(r.status, 1) << r.output;
+    // ms load checks --name before anything else (the file is not there).
+    r = ctl("ms load " + _dir + "/nonexistent --name bad/name");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("bad mindspace name 'bad/name'"), std::string::npos) << r.output;
+    r = ctl("ms load " + _dir + "/nonexistent --name ''");
+    EXPECT_EQ(r.status, 2) << r.output;
+    ASSERT_EQ(ctl("ms save a1 " + _dir + "/a1.llmosms").status, 0);
+    r = ctl("ms load " + _dir + "/a1.llmosms --name 123");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("bad mindspace name '123'"), std::string::npos) << r.output;
+    r = ctl("ms save a1 ''");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("the file name is empty"), std::string::npos) << r.output;
+    // Larger than either backend holds: the limit, not "Invalid argument".
+    for (const char* size : {"32T", "17T", "17592186048512"}) {
+        r = ctl(std::string("ms create x --size ") + size);
+        EXPECT_EQ(r.status, 2) << size << ": " << r.output;
+        EXPECT_NE(r.output.find("is more than a mindspace holds (16T)"), std::string::npos)
+            << size << ": " << r.output;
+    }
+    EXPECT_EQ(ctl("ms info x").status, 1) << "not made";
+}
+
+// top prints its interval as given, and says whose scheduler the local
+// backend shows.
+TEST_F(llmosctl_local, top_prints_its_interval_and_whose_scheduler) {
+    auto r = ctl("top --interval 0.01 --iterations 1");
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(r.output.find("llmos top - local backend (this process's own, empty scheduler), "
+                            "every 0.01 s\n"),
+              0u)
+        << r.output;
 }
 
 } // namespace

@@ -34,8 +34,10 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
@@ -180,6 +182,45 @@ struct ms_args {
     std::optional<uint64_t> length; ///< ms read: nothing means to the end
 };
 
+// What a bad mindspace name is, after "bad mindspace name 'NAME'".
+constexpr const char* ms_name_rule = " (1 to 63 characters of A-Z a-z 0-9 . _ : -, starting with a "
+                                     "letter, a digit or _, not all digits)";
+
+// The most a mindspace holds: 16 TiB, with either backend (the module's
+// LLMOS_MS_MAX_LENGTH in kmod/mindspace.c, the local backend's max_length
+// in userspace/lib/local.cc; neither is in a public header).
+constexpr uint64_t max_ms_length = uint64_t{1} << 44;
+
+/// The mindspace argument `s` names: an id (decimal, 1 to 2^64 - 1) or a
+/// name (as ms create takes it). nullopt, having printed why (a usage
+/// error), for anything else: the backends would say only "Invalid
+/// argument".
+std::optional<llmos::ms_key> ms_key_arg(const std::string& s) {
+    if (s.empty()) {
+        llmosctl::usage("a mindspace's name has 1 to 63 characters");
+        return std::nullopt;
+    }
+    if (s.find_first_not_of("0123456789") == std::string::npos) {
+        std::string why;
+        auto id = llmosctl::parse_decimal<uint64_t>(s, false, why);
+        if (!id) {
+            llmosctl::usage("no mindspace has the id " + s + " (ids are 1 to " +
+                            std::to_string(UINT64_MAX) + ")");
+            return std::nullopt;
+        }
+        if (*id == 0) {
+            llmosctl::usage("no mindspace has the id " + s + " (ids start at 1)");
+            return std::nullopt;
+        }
+        return llmos::ms_key{*id, {}};
+    }
+    if (!llmos::valid_ms_name(s)) {
+        llmosctl::usage("bad mindspace name '" + s + "'" + ms_name_rule);
+        return std::nullopt;
+    }
+    return llmos::ms_key{0, s};
+}
+
 int cmd_ms_create(const options& o, const ms_args& a) {
     auto len = llmosctl::parse_size(a.size);
     if (!len) {
@@ -197,12 +238,14 @@ int cmd_ms_create(const options& o, const ms_args& a) {
         return llmosctl::usage("a mindspace's name has 1 to 63 characters");
     }
     if (!llmos::valid_ms_name(a.key)) {
-        return llmosctl::usage("bad mindspace name '" + a.key +
-                               "' (1 to 63 characters of A-Z a-z 0-9 . _ : -, starting with a "
-                               "letter, a digit or _, not all digits)");
+        return llmosctl::usage("bad mindspace name '" + a.key + "'" + ms_name_rule);
     }
     if (*len == 0) {
         return llmosctl::usage("--size must not be 0");
+    }
+    if (*len > max_ms_length) {
+        return llmosctl::usage("--size " + a.size + " is more than a mindspace holds (" +
+                               llmosctl::format_size(max_ms_length) + ")");
     }
     if (const uint64_t page = llmos::page_size(); *len % page) {
         return llmosctl::usage("--size " + a.size + " is not a multiple of the page size (" +
@@ -266,12 +309,16 @@ int cmd_ms_list(const options& o) {
 }
 
 int cmd_ms_info(const options& o, const ms_args& a) {
+    auto key = ms_key_arg(a.key);
+    if (!key) {
+        return llmosctl::exit_usage;
+    }
     auto dev = open_device(o);
     if (!dev) {
         return fail_open(o, dev.error());
     }
     bool local = dev->kind() == llmos::backend_kind::local; // no map/fd counts there
-    auto i = llmos::mindspace_info(*dev, llmos::ms_key::parse(a.key));
+    auto i = llmos::mindspace_info(*dev, *key);
     if (!i) {
         return fail("mindspace '" + a.key + "'", i.error());
     }
@@ -302,15 +349,18 @@ int cmd_ms_info(const options& o, const ms_args& a) {
 }
 
 int cmd_ms_rm(const options& o, const ms_args& a) {
+    auto key = ms_key_arg(a.key);
+    if (!key) {
+        return llmosctl::exit_usage;
+    }
     auto dev = open_device(o);
     if (!dev) {
         return fail_open(o, dev.error());
     }
-    auto key = llmos::ms_key::parse(a.key);
-    if (auto ec = llmos::destroy_mindspace(*dev, key)) {
+    if (auto ec = llmos::destroy_mindspace(*dev, *key)) {
         if (ec == std::errc::invalid_argument) {
             // The one EINVAL a well-formed key gets: not persistent.
-            auto i = llmos::mindspace_info(*dev, key);
+            auto i = llmos::mindspace_info(*dev, *key);
             if (i && !i->persistent()) {
                 std::fprintf(stderr,
                              "llmosctl: cannot remove mindspace '%s': it is not persistent "
@@ -330,11 +380,15 @@ int cmd_ms_rm(const options& o, const ms_args& a) {
 }
 
 int cmd_ms_write(const options& o, const ms_args& a) {
+    auto key = ms_key_arg(a.key);
+    if (!key) {
+        return llmosctl::exit_usage;
+    }
     auto dev = open_device(o);
     if (!dev) {
         return fail_open(o, dev.error());
     }
-    auto ms = llmos::mindspace::open(*dev, llmos::ms_key::parse(a.key));
+    auto ms = llmos::mindspace::open(*dev, *key);
     if (!ms) {
         return fail("cannot open mindspace '" + a.key + "'", ms.error());
     }
@@ -372,11 +426,15 @@ int cmd_ms_write(const options& o, const ms_args& a) {
 }
 
 int cmd_ms_read(const options& o, const ms_args& a) {
+    auto key = ms_key_arg(a.key);
+    if (!key) {
+        return llmosctl::exit_usage;
+    }
     auto dev = open_device(o);
     if (!dev) {
         return fail_open(o, dev.error());
     }
-    auto ms = llmos::mindspace::open(*dev, llmos::ms_key::parse(a.key), true);
+    auto ms = llmos::mindspace::open(*dev, *key, true);
     if (!ms) {
         return fail("cannot open mindspace '" + a.key + "'", ms.error());
     }
@@ -464,11 +522,18 @@ private:
 };
 
 int cmd_ms_save(const options& o, const ms_args& a) {
+    auto key = ms_key_arg(a.key);
+    if (!key) {
+        return llmosctl::exit_usage;
+    }
+    if (a.file.empty()) {
+        return llmosctl::usage("ms save: the file name is empty");
+    }
     auto dev = open_device(o);
     if (!dev) {
         return fail_open(o, dev.error());
     }
-    auto ms = llmos::mindspace::open(*dev, llmos::ms_key::parse(a.key), true);
+    auto ms = llmos::mindspace::open(*dev, *key, true);
     if (!ms) {
         return fail("cannot open mindspace '" + a.key + "'", ms.error());
     }
@@ -557,7 +622,13 @@ int cmd_ms_save(const options& o, const ms_args& a) {
     return 0;
 }
 
-int cmd_ms_load(const options& o, const ms_args& a) {
+int cmd_ms_load(const options& o, const ms_args& a, bool name_given) {
+    if (name_given && a.name.empty()) {
+        return llmosctl::usage("a mindspace's name has 1 to 63 characters");
+    }
+    if (!llmos::valid_ms_name(a.name)) {
+        return llmosctl::usage("bad mindspace name '" + a.name + "'" + ms_name_rule);
+    }
     llmos::unique_fd in{::open(a.file.c_str(), O_RDONLY | O_CLOEXEC)};
     if (!in) {
         return fail("cannot open " + a.file, llmos::last_error());
@@ -574,6 +645,10 @@ int cmd_ms_load(const options& o, const ms_args& a) {
     c.name = a.name.empty() ? meta->name : a.name;
     if (c.name.empty()) {
         return llmosctl::usage(a.file + " holds an anonymous mindspace: give it a --name");
+    }
+    if (!llmos::valid_ms_name(c.name)) {
+        return llmosctl::usage(a.file + " holds the mindspace name '" + c.name +
+                               "', which is not valid: give it a --name");
     }
     c.length = meta->length;
     c.mode = meta->mode;
@@ -601,6 +676,9 @@ int cmd_ms_load(const options& o, const ms_args& a) {
     if (!ms) {
         return fail("cannot create mindspace '" + c.name + "'", ms.error());
     }
+    // (Made persistent and named at once: the API can neither name a
+    // mindspace nor make it persistent later, so a SIGKILL during the
+    // copy leaves it, half-loaded, under its name.)
     auto m = ms->map();
     std::error_code ec = m ? llmos::load_ms_file_data(in.get(), *meta, m->bytes()) : m.error();
     if (ec || held.interrupted()) {
@@ -609,6 +687,17 @@ int cmd_ms_load(const options& o, const ms_args& a) {
         if (!ec) {
             std::fprintf(stderr, "llmosctl: interrupted: mindspace '%s' not loaded\n",
                          c.name.c_str());
+            return exit_failure;
+        }
+        if (m && ec == std::errc::no_space_on_device) {
+            const bool local = dev->kind() == llmos::backend_kind::local;
+            std::fprintf(stderr,
+                         "llmosctl: no %s left while loading %s into mindspace '%s' (%s): %s; "
+                         "nothing was kept\n",
+                         local ? "space" : "memory", a.file.c_str(), c.name.c_str(),
+                         llmosctl::format_size(meta->length).c_str(),
+                         local ? ("the local store " + dev->path() + " is full").c_str()
+                               : "the quota (llmosctl ms quota) or the machine's memory is spent");
             return exit_failure;
         }
         return fail("cannot load " + a.file, ec);
@@ -1145,6 +1234,24 @@ int cmd_sched_grant(const options& o, const std::string& user, const std::string
     return 0;
 }
 
+/// Of `n` tenants, how many rows top has room for on its terminal
+/// (standard output): n when they fit or the size is unknown; else one row
+/// fewer than fits, for the "... N more" line.
+size_t tenant_rows_that_fit(size_t n) {
+    // The lines above the rows (title, blank, three of totals, blank,
+    // column heads), and the one the cursor is left on.
+    constexpr size_t above = 7, below = 1;
+    winsize ws{};
+    if (::ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) != 0 || ws.ws_row == 0) {
+        return n;
+    }
+    const size_t room = ws.ws_row > above + below ? ws.ws_row - above - below : 0;
+    if (n <= room) {
+        return n;
+    }
+    return room > 0 ? room - 1 : 0;
+}
+
 int cmd_top(const options& o, double interval, int iterations) {
     if (!std::isfinite(interval) || interval < 0.01 || interval > 3600) {
         return llmosctl::usage("--interval must be from 0.01 to 3600 seconds");
@@ -1156,21 +1263,29 @@ int cmd_top(const options& o, double interval, int iterations) {
     if (!dev) {
         return fail_open(o, dev.error());
     }
+    using clock = std::chrono::steady_clock;
     auto prev = llmos::scheduler_stats(*dev);
+    auto prev_at = clock::now();
     if (!prev) {
         return fail("scheduler status", prev.error());
     }
+    const bool local = dev->kind() == llmos::backend_kind::local;
     bool tty = ::isatty(STDOUT_FILENO) && !o.json;
     for (int i = 0; iterations <= 0 || i < iterations; ++i) {
         std::this_thread::sleep_for(std::chrono::duration<double>(interval));
         auto st = llmos::scheduler_stats(*dev);
+        const auto at = clock::now();
         if (!st) {
             return fail("scheduler status", st.error());
         }
+        // Per second of the time that did pass between the two samples
+        // (a sleep runs over, printing takes time).
+        const double elapsed = std::chrono::duration<double>(at - prev_at).count();
         // A counter that went down (its tenant reclaimed, the module
         // reloaded) counts as nothing served, not as a wrapped delta.
         auto rate = [&](uint64_t now, uint64_t before) {
-            return static_cast<double>(llmosctl::counter_delta(now, before)) / interval;
+            return elapsed > 0 ? static_cast<double>(llmosctl::counter_delta(now, before)) / elapsed
+                               : 0.0;
         };
         std::unordered_map<uint32_t, uint64_t> tokens_before; // by tenant id
         for (const auto& t : prev->tenants) {
@@ -1196,12 +1311,15 @@ int cmd_top(const options& o, double interval, int iterations) {
             if (tty) {
                 std::printf("\x1b[H\x1b[2J");
             }
-            std::printf("llmos top - %s backend, every %.1f s\n\n"
+            std::printf("llmos top - %s backend%s, every %g s\n\n"
                         "workers %u  clients %u  queued %llu  dispatched %llu  running %llu\n"
                         "submitted %.0f/s  completed %.0f/s  tokens %.0f/s  requeued %llu\n"
                         "dispatch latency p50 < %llu us  p99 < %llu us\n\n",
-                        llmos::to_string(dev->kind()), interval, st->workers, st->clients,
-                        static_cast<unsigned long long>(st->nr[1]),
+                        llmos::to_string(dev->kind()),
+                        // Each process that uses the local backend has a
+                        // scheduler of its own: this one's runs nothing.
+                        local ? " (this process's own, empty scheduler)" : "", interval,
+                        st->workers, st->clients, static_cast<unsigned long long>(st->nr[1]),
                         static_cast<unsigned long long>(st->nr[2]),
                         static_cast<unsigned long long>(st->nr[3]),
                         rate(st->submitted, prev->submitted), rate(st->completed, prev->completed),
@@ -1209,7 +1327,15 @@ int cmd_top(const options& o, double interval, int iterations) {
                         static_cast<unsigned long long>(hist_quantile(st->lat_hist, 0.5)),
                         static_cast<unsigned long long>(hist_quantile(st->lat_hist, 0.99)));
             std::printf("%-10s %7s %8s %12s\n", "TENANT", "WEIGHT", "QUEUED", "TOKENS/S");
-            for (const auto& t : st->tenants) {
+            // On a terminal, no more rows than it has (read again each
+            // time: it may have been resized).
+            const size_t shown = tty ? tenant_rows_that_fit(st->tenants.size()) : SIZE_MAX;
+            for (size_t k = 0; k < st->tenants.size(); ++k) {
+                if (k == shown) {
+                    std::printf("... %zu more\n", st->tenants.size() - k);
+                    break;
+                }
+                const auto& t = st->tenants[k];
                 std::printf("%-10u %7u %8u %12.0f\n", t.tenant, t.weight, t.queued,
                             rate(served[t.tenant], 0));
             }
@@ -1221,6 +1347,7 @@ int cmd_top(const options& o, double interval, int iterations) {
             return 0;
         }
         prev = std::move(st);
+        prev_at = at;
     }
     return 0;
 }
@@ -1233,6 +1360,7 @@ struct bench_args {
     int requests = 1000;
     int tenants = 1;
     uint64_t seed = 1;
+    std::optional<double> timeout; ///< seconds without a request finishing
 };
 
 /// "exp:MEAN" (milliseconds) or "poisson:RATE" (per second): the number,
@@ -1270,6 +1398,14 @@ int cmd_bench(const options& o, const bench_args& b) {
         return llmosctl::usage("--workers 1..256, --requests and --tenants >= 1, --capacity 1.." +
                                std::to_string(LLMOS_MAX_CAPACITY));
     }
+    if (b.timeout && !(*b.timeout >= 0.001 && *b.timeout <= 1e7)) {
+        return llmosctl::usage("--timeout must be from 0.001 to 10000000 seconds");
+    }
+    // How long the collection waits for the next request to finish before
+    // it gives up: 30 s, or 20 mean service times where that is longer (a
+    // service that long or longer comes once in e^20, half a billion).
+    const auto patience = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::duration<double>(b.timeout.value_or(std::max(30.0, 20 * *service / 1e3))));
     auto dev = open_device(o);
     if (!dev) {
         return fail_open(o, dev.error());
@@ -1336,8 +1472,9 @@ int cmd_bench(const options& o, const bench_args& b) {
                 }
                 if (held.size() >= b.capacity) {
                     // Full: to the first end exactly (a whole millisecond
-                    // more would lengthen every service).
-                    auto first = held.front().first;
+                    // more would lengthen every service), but no more than
+                    // 50 ms at a time, to see a stop.
+                    auto first = now + std::chrono::milliseconds(50);
                     for (const auto& r : held) {
                         first = std::min(first, r.first);
                     }
@@ -1375,9 +1512,11 @@ int cmd_bench(const options& o, const bench_args& b) {
     std::exponential_distribution<double> gap(*rate);
     std::uniform_int_distribution<int> tenant(0, b.tenants - 1);
     auto next = std::chrono::steady_clock::now();
+    std::error_code wait_error; // why collect() last came back empty
     auto collect = [&](llmos::wait_for w) {
         auto f = client->wait(0, w);
         if (!f) {
+            wait_error = f.error();
             return false;
         }
         const double wait = static_cast<double>(f->dispatch_ns - f->submit_ns) / 1e6;
@@ -1406,15 +1545,27 @@ int cmd_bench(const options& o, const bench_args& b) {
         }
     }
     while (static_cast<int>(wait_ms.size()) < b.requests &&
-           collect(llmos::wait_for::at_most(std::chrono::seconds(30)))) {
+           collect(llmos::wait_for::at_most(patience))) {
     }
+    const bool timed_out =
+        static_cast<int>(wait_ms.size()) < b.requests && wait_error == std::errc::timed_out;
+    // The workers see it within 50 ms, whatever they hold.
     stop = true;
     for (auto& t : workers) {
         t.join();
     }
     if (static_cast<int>(wait_ms.size()) != b.requests || errors) {
-        std::fprintf(stderr, "llmosctl: bench: %zu of %d requests finished, %d errors\n",
-                     wait_ms.size(), b.requests, errors.load());
+        std::string why;
+        if (timed_out) {
+            char buf[96];
+            std::snprintf(buf, sizeof(buf), "timed out (no request finished in %g s; --timeout): ",
+                          std::chrono::duration<double>(patience).count());
+            why = buf;
+        } else if (static_cast<int>(wait_ms.size()) < b.requests && wait_error) {
+            why = "waiting for the requests: " + wait_error.message() + ": ";
+        }
+        std::fprintf(stderr, "llmosctl: bench: %s%zu of %d requests finished, %d errors\n",
+                     why.c_str(), wait_ms.size(), b.requests, errors.load());
         return exit_failure;
     }
     auto summary = [](std::vector<double>& v) {
@@ -1423,8 +1574,9 @@ int cmd_bench(const options& o, const bench_args& b) {
         for (double x : v) {
             sum += x;
         }
-        auto q = [&](double p) { return v[std::min(v.size() - 1, size_t(p * double(v.size())))]; };
-        return json{{"mean", sum / double(v.size())}, {"p50", q(0.5)}, {"p99", q(0.99)}};
+        return json{{"mean", sum / double(v.size())},
+                    {"p50", llmosctl::nearest_rank(v, 0.5)},
+                    {"p99", llmosctl::nearest_rank(v, 0.99)}};
     };
     auto st = llmos::scheduler_stats(*dev);
     std::string policy = st ? policy_words(*st) : "unknown";
@@ -1556,9 +1708,10 @@ int main(int argc, char** argv) {
     save->callback([&] { rc = cmd_ms_save(o, a); });
     auto* load = ms->add_subcommand("load", "create a persistent mindspace from a saved file");
     load->add_option("file", a.file, "file written by ms save")->required();
-    load->add_option("--name", a.name, "name to give it (default: the saved name)")
-        ->check(llmosctl::not_an_option());
-    load->callback([&] { rc = cmd_ms_load(o, a); });
+    auto* load_name =
+        load->add_option("--name", a.name, "name to give it (default: the saved name)")
+            ->check(llmosctl::not_an_option());
+    load->callback([&] { rc = cmd_ms_load(o, a, load_name->count() > 0); });
     auto* quota = ms->add_subcommand("quota", "show (or, as root, set) a uid's mindspace quota");
     quota->add_option("--uid", quota_uid, "uid (default: yours)");
     quota->add_option("--set", quota_set, "new limit: a size, 'unlimited' or 'default'");
@@ -1637,6 +1790,9 @@ int main(int argc, char** argv) {
         ->transform(llmosctl::decimal<int>(false));
     bench->add_option("--seed", ba.seed, "random seed (default 1)")
         ->transform(llmosctl::decimal<uint64_t>());
+    bench->add_option("--timeout", ba.timeout,
+                      "give up when no request has finished for this many seconds (default 30, "
+                      "or 20 mean service times where longer)");
     bench->callback([&] { rc = cmd_bench(o, ba); });
 
     llmosctl::add_server_commands(app, o.json, rc);

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <istream>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -28,6 +30,24 @@ std::string format_mode(uint32_t mode);
 /// (reset: a tenant reclaimed, the module reloaded), never a wrapped value.
 constexpr uint64_t counter_delta(uint64_t now, uint64_t before) {
     return now < before ? 0 : now - before;
+}
+
+/// The p-th quantile (0 < p <= 1) of `sorted` (ascending) by nearest
+/// rank: the smallest value with at least a fraction p of the values at or
+/// below it, v[ceil(p * n) - 1] (p99 of 100 values is the 99th, not the
+/// largest; p50 of two is the smaller). 0 when `sorted` is empty.
+inline double nearest_rank(std::span<const double> sorted, double p) {
+    const size_t n = sorted.size();
+    if (n == 0) {
+        return 0;
+    }
+    // Less a hair, so that 0.99 * 100 (98.99999999999999 or 99.00000000000001
+    // in binary) is rank 99 either way.
+    const double rank = std::ceil(p * static_cast<double>(n) - 1e-9);
+    if (!(rank >= 1)) {
+        return sorted.front();
+    }
+    return rank >= static_cast<double>(n) ? sorted.back() : sorted[static_cast<size_t>(rank) - 1];
 }
 
 /// What `in` holds, in blocks, up to `limit` bytes and one more to tell

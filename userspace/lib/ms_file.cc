@@ -4,6 +4,7 @@
 #include <cstring>
 #include <linux/llmos.h>
 #include <llmos/ms_file.hh>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
@@ -230,6 +231,34 @@ result<ms_file_meta> read_ms_file_meta(int fd) {
     return m;
 }
 
+namespace {
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 // Linux 5.14
+#endif
+
+// Makes the pages of [p, p + n) of a shared mapping writable now: an error
+// where touching them would raise SIGBUS (ENOSPC: no page could be had
+// for them, a full store or a spent quota) or find no memory (ENOMEM).
+// A kernel without MADV_POPULATE_WRITE leaves them to the writes.
+std::error_code populate(std::byte* p, size_t n) {
+    static const auto sys_page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto at = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t start = at - at % sys_page;
+    while (::madvise(reinterpret_cast<void*>(start), n + (at - start), MADV_POPULATE_WRITE) != 0) {
+        if (errno == EINVAL) {
+            return {};
+        }
+        if (errno != EINTR) {
+            return std::make_error_code(errno == EFAULT ? std::errc::no_space_on_device
+                                                        : static_cast<std::errc>(errno));
+        }
+    }
+    return {};
+}
+
+} // namespace
+
 std::error_code load_ms_file_data(int fd, const ms_file_meta& m, std::span<std::byte> dest) {
     if (dest.size() != m.length) {
         return std::make_error_code(std::errc::invalid_argument);
@@ -261,11 +290,25 @@ std::error_code load_ms_file_data(int fd, const ms_file_meta& m, std::span<std::
         }
         auto in = std::span{buf}.first(n);
         crc = crc32_update(crc, in);
-        for (size_t off = 0; off < n; off += page) {
-            auto p = in.subspan(off, std::min<size_t>(page, n - off));
-            if (!all_zero(p)) {
-                std::memcpy(dest.data() + pos + off, p.data(), p.size());
+        // Runs of pages that are not all zero: their pages are made first
+        // (a full store or a spent quota is an error here, where a write
+        // into the mapping would be SIGBUS), then written.
+        for (size_t off = 0; off < n;) {
+            auto page_at = [&](size_t o) { return in.subspan(o, std::min<size_t>(page, n - o)); };
+            if (all_zero(page_at(off))) {
+                off += page;
+                continue;
             }
+            size_t end = off + page;
+            while (end < n && !all_zero(page_at(end))) {
+                end += page;
+            }
+            end = std::min(end, n);
+            if (auto ec = populate(dest.data() + pos + off, end - off)) {
+                return ec;
+            }
+            std::memcpy(dest.data() + pos + off, in.data() + off, end - off);
+            off = end;
         }
         pos += n;
     }
