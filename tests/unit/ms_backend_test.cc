@@ -3,8 +3,10 @@
 // libllmos mindspaces, the same tests against every backend this machine
 // has: the local backend always, the kernel backend where /dev/llmos is (the
 // test VM runs this program there, as TAP).
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
@@ -12,6 +14,7 @@
 #include <functional>
 #include <grp.h>
 #include <gtest/gtest.h>
+#include <linux/llmos.h>
 #include <llmos/mindspace.hh>
 #include <llmos/ms_file.hh>
 #include <poll.h>
@@ -410,6 +413,77 @@ int in_child(std::optional<uid_t> uid, const std::function<int()>& body, unsigne
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+// A process that opens `file` with `flags` (as `uid` when given), locks it
+// with `lock` and keeps it so until the object goes: how another process,
+// or another user's, gets in the way. error(): 0 once it holds the lock,
+// else the errno that `lock` (or open) failed with.
+class lock_holder {
+public:
+    lock_holder(std::optional<uid_t> uid, const std::filesystem::path& file, int flags,
+                const std::function<int(int)>& lock) {
+        int p[2];
+        if (::pipe2(p, O_CLOEXEC) != 0) {
+            return;
+        }
+        _pid = ::fork();
+        if (_pid == 0) {
+            ::alarm(60);
+            int err = 0;
+            if (uid && (::setgroups(0, nullptr) != 0 || ::setresgid(*uid, *uid, *uid) != 0 ||
+                        ::setresuid(*uid, *uid, *uid) != 0)) {
+                err = EPERM;
+            }
+            int fd = err ? -1 : ::open(file.c_str(), flags | O_CLOEXEC);
+            if (!err && (fd < 0 || lock(fd) != 0)) {
+                err = errno;
+            }
+            _exit(::write(p[1], &err, sizeof(err)) == sizeof(err) && ::pause() ? 0 : 1);
+        }
+        ::close(p[1]);
+        pollfd pfd{p[0], POLLIN, 0};
+        if (_pid > 0 && ::poll(&pfd, 1, 10000) == 1 &&
+            ::read(p[0], &_error, sizeof(_error)) != sizeof(_error)) {
+            _error = -1;
+        }
+        ::close(p[0]);
+    }
+    lock_holder(const lock_holder&) = delete;
+    lock_holder& operator=(const lock_holder&) = delete;
+    ~lock_holder() {
+        if (_pid > 0) {
+            ::kill(_pid, SIGKILL);
+            ::waitpid(_pid, nullptr, 0);
+        }
+    }
+    int error() const { return _error; }
+
+private:
+    pid_t _pid = -1;
+    int _error = -1;
+};
+
+// An OFD lock (F_RDLCK, F_WRLCK) of a whole file, without waiting: the
+// locks the local backend holds its mindspaces with.
+int ofd_lock(int fd, short type) {
+    struct flock fl {};
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    return ::fcntl(fd, F_OFD_SETLK, &fl);
+}
+
+// The mindspace's header as a writer of its file may rewrite it.
+void rewrite_header(const std::filesystem::path& file,
+                    const std::function<void(llmos::ms_file_meta&)>& change) {
+    llmos::unique_fd f{::open(file.c_str(), O_RDWR | O_CLOEXEC)};
+    ASSERT_TRUE(f) << file;
+    llmos::ms_file_header h;
+    ASSERT_EQ(::pread(f.get(), h.data(), h.size(), 0), static_cast<ssize_t>(h.size()));
+    auto m = llmos::decode_ms_file_header(h).value();
+    change(m);
+    h = llmos::encode_ms_file_header(m);
+    ASSERT_EQ(::pwrite(f.get(), h.data(), h.size(), 0), static_cast<ssize_t>(h.size()));
+}
+
 mode_t mode_of(const std::filesystem::path& p) {
     struct stat st {};
     return ::lstat(p.c_str(), &st) == 0 ? st.st_mode & 07777 : 0;
@@ -622,10 +696,103 @@ TEST_F(local_store_dir, ids_are_taken_past_a_rewound_or_planted_counter) {
     auto third = mindspace::create(dev, {.length = 4096});
     ASSERT_TRUE(third) << third.error().message();
     EXPECT_GT(third->id(), second->id() + 1);
-    // An id that would wrap to 0 is refused.
-    set_counter(std::to_string(UINT64_MAX) + "\n");
-    EXPECT_EQ(mindspace::create(dev, {.length = 4096}).error(), std::errc::value_too_large);
+    // A counter far past the ids in use (one more would wrap to 0), or not
+    // a number: set back to the top of the ids in use, never failed on.
+    uint64_t top = third->id();
+    std::vector<mindspace> made;
+    for (const auto& junk : {std::to_string(UINT64_MAX) + "\n", std::string{"junk\n"},
+                             std::to_string(top + (uint64_t{1} << 40)) + "\n"}) {
+        set_counter(junk);
+        auto fresh = mindspace::create(dev, {.length = 4096});
+        ASSERT_TRUE(fresh) << junk << ": " << fresh.error().message();
+        EXPECT_EQ(fresh->id(), top + 1) << junk;
+        std::ifstream in(store / "next-id");
+        std::string counter;
+        in >> counter;
+        EXPECT_EQ(counter, std::to_string(top + 1)) << "the counter is set right";
+        top = fresh->id();
+        made.push_back(std::move(*fresh));
+    }
     EXPECT_FALSE(std::filesystem::exists(store / "ms" / "0"));
+}
+
+// Files put far up in ms/ (by another user, in a shared store) do not make
+// create jump to them and run out of ids: a collision moves on past the
+// run of ids in use that the taken one is part of.
+TEST_F(local_store_dir, files_far_up_in_ms_do_not_use_the_ids_up) {
+    const bool shared = root();
+    const auto store = _top / (shared ? "shared" : "store");
+    auto dev = device::open_local(store.string()).value();
+    const uint64_t first =
+        mindspace::create(dev, {.length = 4096, .persistent = true}).value().id();
+    const auto ms = store / "ms";
+    // Where the counter's next goes, and the last id there is.
+    const int rc = in_child(shared ? std::optional<uid_t>{user_a} : std::nullopt, [&] {
+        for (uint64_t id : {first + 1, UINT64_MAX}) {
+            llmos::unique_fd f{
+                ::open((ms / std::to_string(id)).c_str(), O_RDWR | O_CREAT | O_EXCL, 0600)};
+            if (!f) {
+                return 1;
+            }
+        }
+        return 0;
+    });
+    ASSERT_EQ(rc, 0);
+    auto next = mindspace::create(dev, {.length = 4096, .persistent = true});
+    ASSERT_TRUE(next) << next.error().message();
+    EXPECT_EQ(next->id(), first + 2);
+    // The next one too, from the counter.
+    auto after = mindspace::create(dev, {.length = 4096, .persistent = true});
+    ASSERT_TRUE(after) << after.error().message();
+    EXPECT_EQ(after->id(), first + 3);
+    // So too with no counter to go by (not the caller's to trust).
+    std::filesystem::remove(store / "next-id");
+    if (shared) {
+        ASSERT_EQ(in_child(user_b,
+                           [&] {
+                               auto d = device::open_local(store.string());
+                               if (!d) {
+                                   return 1;
+                               }
+                               auto m = mindspace::create(*d, {.length = 4096});
+                               return m && m->id() == first + 4 ? 0 : 2;
+                           }),
+                  0)
+            << "a user of the store while it has no counter";
+    } else {
+        auto m = mindspace::create(dev, {.length = 4096});
+        ASSERT_TRUE(m) << m.error().message();
+        EXPECT_EQ(m->id(), first + 4);
+    }
+}
+
+// Any user of a shared store may lock next-id: one who holds it for good
+// delays creates 2 s, then they go on without it.
+TEST_F(local_store_dir, a_counter_held_for_long_delays_creates_2_s_at_most) {
+    const auto store = _top / "store";
+    auto dev = device::open_local(store.string()).value();
+    const uint64_t first =
+        mindspace::create(dev, {.length = 4096, .persistent = true}).value().id();
+    llmos::unique_fd counter{::open((store / "next-id").c_str(), O_RDONLY | O_CLOEXEC)};
+    ASSERT_TRUE(counter);
+    ASSERT_EQ(::flock(counter.get(), LOCK_EX), 0);
+    // In a child with an alarm: a create that waits for good fails the test.
+    const int rc = in_child(
+        std::nullopt,
+        [&] {
+            const auto t0 = std::chrono::steady_clock::now();
+            auto ms = mindspace::create(dev, {.length = 4096, .persistent = true});
+            const auto took = std::chrono::steady_clock::now() - t0;
+            if (!ms) {
+                return 1;
+            }
+            if (ms->id() != first + 1) {
+                return 2;
+            }
+            return took >= std::chrono::milliseconds(1900) ? 0 : 3;
+        },
+        20);
+    EXPECT_EQ(rc, 0) << "the step of the child that failed";
 }
 
 TEST_F(local_store_dir, every_user_of_a_shared_store_takes_ids) {
@@ -681,8 +848,8 @@ TEST_F(local_store_dir, the_owner_lists_and_removes_theirs_whatever_the_mode) {
         if (std::filesystem::exists(store / "ms" / std::to_string(brief))) {
             return 5;
         }
-        if (mode_of(store / "ms" / std::to_string(kept)) != 0200) {
-            return 6; // left as it was
+        if (mode_of(store / "ms" / std::to_string(kept)) != (S_ISVTX | 0200)) {
+            return 6; // left as it was (the sticky bit: persistent)
         }
         if (mindspace::open(*d, ms_key{0, "wo"}, true).error() != std::errc::permission_denied) {
             return 7; // opening still checks the mode
@@ -878,6 +1045,257 @@ TEST_F(local_store_dir, of_racing_creators_of_one_name_one_wins) {
         EXPECT_TRUE(mindspace::open(dev, ms_key{0, i.name})) << i.name;
     }
     ::munmap(p, sizeof(shared_counts));
+}
+
+// A user who may only read a mindspace can take no lock that keeps others
+// from opening it (flock would let them take an exclusive one, and opens
+// waited for it for good); one who may write it can delay opens 2 s.
+TEST_F(local_store_dir, a_reader_cannot_keep_others_from_opening) {
+    const bool shared = root();
+    const auto store = _top / (shared ? "shared" : "store");
+    auto dev = device::open_local(store.string()).value();
+    // Nobody holds it (as after `llmosctl ms create`).
+    const uint64_t id =
+        mindspace::create(dev, {.length = 4096, .name = "s", .persistent = true, .mode = 0644})
+            .value()
+            .id();
+    const auto file = store / "ms" / std::to_string(id);
+    const auto reader = shared ? std::optional<uid_t>{user_a} : std::nullopt;
+    {
+        // Every lock a reader can take, held meanwhile.
+        lock_holder ex(reader, file, O_RDONLY, [](int fd) { return ::flock(fd, LOCK_EX); });
+        ASSERT_EQ(ex.error(), 0);
+        lock_holder rd(reader, file, O_RDONLY, [](int fd) { return ofd_lock(fd, F_RDLCK); });
+        ASSERT_EQ(rd.error(), 0);
+        lock_holder wr(reader, file, O_RDONLY, [](int fd) { return ofd_lock(fd, F_WRLCK); });
+        EXPECT_EQ(wr.error(), EBADF) << "a reader took the write lock";
+        // In a child with an alarm: an open that waits for good fails the test.
+        const int rc = in_child(
+            std::nullopt,
+            [&] {
+                const auto t0 = std::chrono::steady_clock::now();
+                for (bool ro : {false, true}) {
+                    for (const auto& key : {ms_key{0, "s"}, ms_key{id, {}}}) {
+                        if (!mindspace::open(dev, key, ro)) {
+                            return ro ? 2 : 1;
+                        }
+                    }
+                }
+                if (!mindspace::create(dev, {.length = 4096, .name = "t", .persistent = true})) {
+                    return 3;
+                }
+                return std::chrono::steady_clock::now() - t0 < std::chrono::seconds(1) ? 0 : 4;
+            },
+            20);
+        EXPECT_EQ(rc, 0) << "the step of the child that failed";
+    }
+    // A writer's write lock (a writer may cut the file short anyway): opens
+    // wait 2 s for it, then EBUSY.
+    lock_holder writer(std::nullopt, file, O_RDWR, [](int fd) { return ofd_lock(fd, F_WRLCK); });
+    ASSERT_EQ(writer.error(), 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto busy = mindspace::open(dev, ms_key{0, "s"}, true);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    ASSERT_FALSE(busy);
+    EXPECT_EQ(busy.error(), std::errc::device_or_resource_busy) << busy.error().message();
+    EXPECT_GE(took, std::chrono::milliseconds(1900));
+    EXPECT_LT(took, std::chrono::seconds(10));
+}
+
+// What holds a mindspace that is not persistent, and so keeps it: a handle,
+// a mapping with no handle left, a reader's read lock, and the shared flock
+// that processes of an earlier version hold.
+TEST_F(local_store_dir, what_holds_a_mindspace_keeps_it) {
+    const auto store = _top / "store";
+    auto dev = device::open_local(store.string()).value();
+    auto listed = [&](uint64_t id) {
+        auto all = llmos::list_mindspaces(dev).value();
+        return std::any_of(all.begin(), all.end(), [&](const auto& i) { return i.id == id; });
+    };
+    std::optional<llmos::mapping> view;
+    uint64_t mapped = 0;
+    {
+        auto ms = mindspace::create(dev, {.length = 4096, .mode = 0644}).value();
+        mapped = ms.id();
+        view.emplace(ms.map().value());
+    }
+    EXPECT_TRUE(listed(mapped)) << "its mapping holds it";
+    view.reset();
+    EXPECT_FALSE(listed(mapped));
+    EXPECT_FALSE(std::filesystem::exists(store / "ms" / std::to_string(mapped)));
+    for (int how : {0, 1}) {
+        const uint64_t id = mindspace::create(dev, {.length = 4096, .mode = 0644}).value().id();
+        const auto file = store / "ms" / std::to_string(id);
+        {
+            lock_holder h(std::nullopt, file, O_RDONLY, [how](int fd) {
+                return how ? ::flock(fd, LOCK_SH) : ofd_lock(fd, F_RDLCK);
+            });
+            ASSERT_EQ(h.error(), 0);
+            EXPECT_TRUE(listed(id)) << how;
+            EXPECT_TRUE(mindspace::open(dev, ms_key{id, {}}, true)) << how;
+        }
+        EXPECT_FALSE(listed(id)) << how;
+        EXPECT_FALSE(std::filesystem::exists(file)) << how;
+    }
+}
+
+// Persistence is in the file's mode (the sticky bit), which only its owner
+// may change: a writer who clears the header's flag does not make it
+// removable. One of an earlier version (the header's flag only) is kept,
+// and marked so by its owner's next list.
+TEST_F(local_store_dir, a_writer_cannot_make_a_persistent_mindspace_removable) {
+    const bool shared = root();
+    const auto store = _top / (shared ? "shared" : "store");
+    auto dev = device::open_local(store.string()).value();
+    uint64_t id = 0;
+    {
+        auto ms =
+            mindspace::create(dev, {.length = 4096, .name = "p", .persistent = true, .mode = 0666})
+                .value();
+        id = ms.id();
+        std::memcpy(ms.map().value().data(), "precious", 9);
+    }
+    const auto file = store / "ms" / std::to_string(id);
+    EXPECT_EQ(mode_of(file), S_ISVTX | 0666);
+    const int rc = in_child(shared ? std::optional<uid_t>{user_a} : std::nullopt, [&] {
+        rewrite_header(file, [](auto& m) { m.flags = 0; });
+        return ::testing::Test::HasFailure() ? 1 : 0;
+    });
+    ASSERT_EQ(rc, 0);
+    auto all = llmos::list_mindspaces(dev).value();
+    ASSERT_EQ(all.size(), 1u) << "removed as if it were not persistent";
+    EXPECT_TRUE(all[0].persistent());
+    EXPECT_EQ(all[0].mode, 0666u);
+    {
+        auto ms = mindspace::open(dev, ms_key{0, "p"}, true);
+        ASSERT_TRUE(ms) << ms.error().message();
+        EXPECT_STREQ(reinterpret_cast<const char*>(ms->map().value().data()), "precious");
+    }
+    EXPECT_TRUE(llmos::mindspace_info(dev, ms_key{0, "p"})) << "kept once nobody holds it";
+    // As an earlier version made it: persistent by its header's flag alone.
+    ASSERT_EQ(::chmod(file.c_str(), 0666), 0);
+    rewrite_header(file, [](auto& m) { m.flags = LLMOS_MS_PERSISTENT; });
+    ASSERT_EQ(llmos::list_mindspaces(dev).value().size(), 1u);
+    EXPECT_EQ(mode_of(file), S_ISVTX | 0666) << "marked persistent by its mode";
+    rewrite_header(file, [](auto& m) { m.flags = 0; });
+    EXPECT_EQ(llmos::list_mindspaces(dev).value().size(), 1u);
+    // Its owner still ends it.
+    EXPECT_FALSE(llmos::destroy_mindspace(dev, ms_key{0, "p"}));
+    EXPECT_FALSE(std::filesystem::exists(file));
+}
+
+// A writer who rewrites the name in the header does not make the name
+// lead elsewhere or free it, nor get the mindspace removed: opening it by
+// that name says it is damaged, its bytes stay, its owner removes it by id.
+TEST_F(local_store_dir, a_name_rewritten_in_the_header_is_refused_and_the_bytes_kept) {
+    const bool shared = root();
+    const auto store = _top / (shared ? "shared" : "store");
+    auto dev = device::open_local(store.string()).value();
+    uint64_t id = 0;
+    {
+        auto ms =
+            mindspace::create(dev, {.length = 4096, .name = "n", .persistent = true, .mode = 0666})
+                .value();
+        id = ms.id();
+        std::memcpy(ms.map().value().data(), "precious", 9);
+    }
+    auto other = mindspace::create(dev, {.length = 4096, .name = "o", .persistent = true}).value();
+    const auto file = store / "ms" / std::to_string(id);
+    for (const char* rewritten : {"o", "x", ""}) {
+        const int rc = in_child(shared ? std::optional<uid_t>{user_a} : std::nullopt, [&] {
+            rewrite_header(file, [&](auto& m) { m.name = rewritten; });
+            return ::testing::Test::HasFailure() ? 1 : 0;
+        });
+        ASSERT_EQ(rc, 0);
+        EXPECT_EQ(mindspace::open(dev, ms_key{0, "n"}).error(), llmos::errc::ms_file_corrupt)
+            << rewritten;
+        EXPECT_EQ(llmos::mindspace_info(dev, ms_key{0, "n"}).error(), llmos::errc::ms_file_corrupt)
+            << rewritten;
+        EXPECT_EQ(mindspace::create(dev, {.length = 4096, .name = "n"}).error(),
+                  std::errc::file_exists)
+            << rewritten << ": the name was taken from it";
+        EXPECT_EQ(llmos::destroy_mindspace(dev, ms_key{0, "n"}), llmos::errc::ms_file_corrupt)
+            << rewritten;
+        // The other name still leads to its own mindspace only.
+        EXPECT_EQ(mindspace::open(dev, ms_key{0, "o"}).value().id(), other.id()) << rewritten;
+        auto ms = mindspace::open(dev, ms_key{id, {}}, true);
+        ASSERT_TRUE(ms) << rewritten << ": " << ms.error().message();
+        EXPECT_STREQ(reinterpret_cast<const char*>(ms->map().value().data()), "precious");
+    }
+    // A header name that is no name at all is damaged whichever way.
+    rewrite_header(file, [](auto& m) { m.name = "../ms/1"; });
+    EXPECT_EQ(mindspace::open(dev, ms_key{id, {}}).error(), llmos::errc::ms_file_corrupt);
+    EXPECT_EQ(llmos::list_mindspaces(dev).value().size(), 1u);
+    EXPECT_TRUE(std::filesystem::exists(file));
+    // Its owner removes it, and its name with it.
+    rewrite_header(file, [](auto& m) { m.name = "x"; });
+    EXPECT_FALSE(llmos::destroy_mindspace(dev, ms_key{id, {}}));
+    EXPECT_FALSE(std::filesystem::exists(file));
+    EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(store / "by-name" / "n")));
+    EXPECT_TRUE(mindspace::create(dev, {.length = 4096, .name = "n"}));
+}
+
+// A create that died before it wrote the header leaves a file that its
+// mode says is unfinished: its owner's list removes it once it is a
+// minute old and nobody holds it. Nothing else without a header is.
+TEST_F(local_store_dir, a_create_that_died_leaves_nothing_behind) {
+    const bool shared = root();
+    const auto store = _top / (shared ? "shared" : "store");
+    auto dev = device::open_local(store.string()).value();
+    const uint64_t id = mindspace::create(dev, {.length = 4096, .persistent = true}).value().id();
+    EXPECT_EQ(mode_of(store / "ms" / std::to_string(id)) & S_ISGID, 0u) << "finished";
+    auto at = [&](uint64_t k) { return store / "ms" / std::to_string(id + k); };
+    const timespec long_ago[2] = {{::time(nullptr) - 120, 0}, {::time(nullptr) - 120, 0}};
+    // 1, 2: as a create leaves it (empty; its length set), a while ago.
+    // 3: the same, just now (its creator may be about to hold it).
+    for (uint64_t k : {1, 2, 3}) {
+        llmos::unique_fd f{::open(at(k).c_str(), O_RDWR | O_CREAT | O_EXCL, S_ISGID | 0600)};
+        ASSERT_TRUE(f);
+        if (k == 2) {
+            ASSERT_EQ(::ftruncate(f.get(), 8192), 0);
+        }
+        if (k != 3) {
+            ASSERT_EQ(::futimens(f.get(), long_ago), 0);
+        }
+    }
+    // 4: one a while ago that its creator holds (still writing).
+    llmos::unique_fd held{::open(at(4).c_str(), O_RDWR | O_CREAT | O_EXCL, S_ISGID | 0600)};
+    ASSERT_TRUE(held);
+    ASSERT_EQ(ofd_lock(held.get(), F_RDLCK), 0);
+    ASSERT_EQ(::futimens(held.get(), long_ago), 0);
+    // 5: a finished mindspace whose header a writer wiped: damaged, kept.
+    {
+        auto ms = mindspace::create(dev, {.length = 4096, .mode = 0666}).value();
+        ASSERT_EQ(ms.id(), id + 5);
+        ASSERT_EQ(mode_of(at(5)), 0666u);
+        llmos::unique_fd f{::open(at(5).c_str(), O_RDWR)};
+        const std::vector<char> zeros(4096);
+        ASSERT_EQ(::pwrite(f.get(), zeros.data(), zeros.size(), 0), 4096);
+        ASSERT_EQ(::futimens(f.get(), long_ago), 0);
+    }
+    // Another user leaves them (not theirs to remove).
+    if (shared) {
+        EXPECT_EQ(in_child(user_b,
+                           [&] {
+                               auto d = device::open_local(store.string());
+                               return d && llmos::list_mindspaces(*d) ? 0 : 1;
+                           }),
+                  0);
+        EXPECT_TRUE(std::filesystem::exists(at(1)));
+    }
+    auto all = llmos::list_mindspaces(dev).value();
+    ASSERT_EQ(all.size(), 1u);
+    EXPECT_EQ(all[0].id, id);
+    EXPECT_FALSE(std::filesystem::exists(at(1)));
+    EXPECT_FALSE(std::filesystem::exists(at(2)));
+    EXPECT_TRUE(std::filesystem::exists(at(3))) << "just made";
+    EXPECT_TRUE(std::filesystem::exists(at(4))) << "held";
+    EXPECT_TRUE(std::filesystem::exists(at(5))) << "its header is a writer's to damage";
+    EXPECT_EQ(llmos::destroy_mindspace(dev, ms_key{id + 4, {}}),
+              std::errc::device_or_resource_busy);
+    held.reset();
+    (void)llmos::list_mindspaces(dev).value();
+    EXPECT_FALSE(std::filesystem::exists(at(4))) << "once nobody holds it";
 }
 
 } // namespace

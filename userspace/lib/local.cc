@@ -23,6 +23,24 @@ constexpr int max_create_tries = 8;
 // How a mindspace's file is opened: never through a link, and never
 // blocking (a FIFO put in ms/ would block a reader).
 constexpr int ms_open_flags = O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
+// A lock another process holds is waited for this many tries, a
+// millisecond apart (2 s), then given up on: a holder that never lets go
+// stalls the caller, never for good.
+constexpr int lock_tries = 2000;
+// The widest gap between two ids in use that is taken for a run of ids
+// create handed out: an id further past the others (a file or a counter
+// value that somebody put there) is not built upon, so that nobody can
+// make create run out of ids.
+constexpr uint64_t max_id_gap = uint64_t{1} << 32;
+// A file create left unfinished (its mode still says so) that nobody
+// holds is removed by its owner once it is this old: its creator died.
+constexpr time_t unfinished_age_s = 60;
+// The mode bits of a mindspace's file that are not its mode: only its owner
+// (or root) may set them, unlike the header, which every writer may change.
+// Persistent: kept when nobody holds it. Unfinished: made by a create that
+// has not set its mode yet (without S_IXGRP, writing the file keeps it).
+constexpr mode_t persistent_bit = S_ISVTX;
+constexpr mode_t unfinished_bit = S_ISGID;
 
 std::error_code einval() {
     return std::make_error_code(std::errc::invalid_argument);
@@ -53,6 +71,81 @@ uint64_t now_ns() {
     timespec ts{};
     ::clock_gettime(CLOCK_REALTIME, &ts);
     return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+/// Calls `try_lock` (a lock taken without blocking: 0, or -1 and errno)
+/// until it succeeds, for 2 s at most. Errors: EBUSY past that, those of
+/// `try_lock` other than its lock being held.
+template <typename TryLock>
+std::error_code wait_for_lock(TryLock try_lock) {
+    for (int tries = 0; try_lock() != 0; ++tries) {
+        if (errno != EWOULDBLOCK && errno != EAGAIN && errno != EACCES && errno != EINTR) {
+            return last_error();
+        }
+        if (tries >= lock_tries) {
+            return sys_error(EBUSY);
+        }
+        ::usleep(1000);
+    }
+    return {};
+}
+
+// A mindspace's file is locked with open file description locks (fcntl
+// F_OFD_*: they belong to the open file, as flock's do, so a mapping keeps
+// them). Unlike flock, their write lock needs a descriptor open for
+// writing: a user who may only read a mindspace can take the read lock,
+// which keeps nobody from opening it, never the write lock.
+
+/// Takes an OFD lock (F_RDLCK, F_WRLCK) of all of `fd`'s file without
+/// blocking: 0, or -1 and errno (EAGAIN: another holds it).
+int ofd_lock(int fd, short type) {
+    struct flock fl {};
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    return ::fcntl(fd, F_OFD_SETLK, &fl);
+}
+
+/// Whether another open file than `fd`'s holds a lock of its file: an OFD
+/// lock, or a flock (an earlier version's holders hold a shared flock).
+/// True where it cannot tell. Takes an exclusive flock of `fd` meanwhile,
+/// which it keeps where nobody else holds the file.
+bool held_by_others(int fd) {
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (::fcntl(fd, F_OFD_GETLK, &fl) != 0 || fl.l_type != F_UNLCK) {
+        return true;
+    }
+    return ::flock(fd, LOCK_EX | LOCK_NB) != 0;
+}
+
+/// Holds the file at `fd` (a read lock, waited for 2 s at most: EBUSY),
+/// which keeps it from being removed while this open file or a mapping of
+/// it lasts. Also a shared flock where it can be had at once, which
+/// processes of an earlier version (which know only flock) see.
+std::error_code hold(int fd) {
+    if (auto ec = wait_for_lock([fd] { return ofd_lock(fd, F_RDLCK); })) {
+        return ec;
+    }
+    (void)::flock(fd, LOCK_SH | LOCK_NB);
+    return {};
+}
+
+/// Whether a mindspace's file is persistent: its mode says so, or (for
+/// files of an earlier version, which kept it there only) its header. A
+/// writer can set the header's flag, which only keeps a mindspace as
+/// holding it would; clearing the flag changes nothing the mode says.
+bool persistent(const struct stat& st, const ms_file_meta& m) {
+    return (st.st_mode & persistent_bit) || (m.flags & LLMOS_MS_PERSISTENT);
+}
+
+/// Whether a file of ms/ is one that a create left unfinished long enough
+/// ago that its creator is surely gone (its mtime: the creator's writes
+/// and the file's making set it, only its owner may set it back).
+bool unfinished_long_ago(const struct stat& st) {
+    timespec now{};
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    return (st.st_mode & unfinished_bit) && now.tv_sec - st.st_mtim.tv_sec > unfinished_age_s;
 }
 
 // Whether users other than the store's owner may add to it: root's store
@@ -121,7 +214,10 @@ std::error_code make_counter(int store, const struct stat& dir) {
     return {};
 }
 
-/// The highest id of the files in ms/ (0: none).
+/// The top of the ids in use: the highest id of the files in ms/ reached
+/// from 0 in steps of at most max_id_gap (0: none). Files further up (put
+/// there by hand, or by another user of a shared store) are left out: a
+/// file named 18446744073709551615 does not use the store's ids up.
 result<uint64_t> highest_id(int store) {
     unique_fd dfd{::openat(store, "ms", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)};
     DIR* d = dfd ? ::fdopendir(dfd.get()) : nullptr;
@@ -129,20 +225,43 @@ result<uint64_t> highest_id(int store) {
         return last_error();
     }
     (void)dfd.release(); // closedir closes it
-    uint64_t top = 0;
+    std::vector<uint64_t> ids;
     while (auto* e = ::readdir(d)) {
         if (auto id = parse_id(e->d_name)) {
-            top = std::max(top, *id);
+            ids.push_back(*id);
         }
     }
     ::closedir(d);
+    std::sort(ids.begin(), ids.end());
+    uint64_t top = 0;
+    for (uint64_t id : ids) {
+        if (id - top > max_id_gap) {
+            break;
+        }
+        top = id;
+    }
     return top;
 }
 
+/// The counter's value, where it is one this library wrote: a number and a
+/// newline (nothing: a counter just made).
+std::optional<uint64_t> parse_counter(std::string_view s) {
+    uint64_t v = 0;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc{} || std::string_view(end, s.data() + s.size()) != "\n") {
+        return std::nullopt;
+    }
+    return v;
+}
+
 /// An id to create, past `floor`: the counter's next, or, where the store
-/// has no counter the caller may trust, the one past the highest in use.
-/// Never 0: an id that would wrap is refused (EOVERFLOW).
-result<uint64_t> next_id(int store, uint64_t floor) {
+/// has no counter the caller may trust or another process holds its lock
+/// for more than 2 s, the one past the top of the ids in use. A counter
+/// that is not a number, or is far past the top of the ids in use, is set
+/// back to that top. Never 0: an id that would wrap is refused (EOVERFLOW).
+/// `counter`: whether to use the counter; set to false when its lock was
+/// held too long (the caller's next try does without it at once).
+result<uint64_t> next_id(int store, uint64_t floor, bool& counter) {
     struct stat dir;
     if (::fstat(store, &dir) != 0) {
         return last_error();
@@ -160,6 +279,9 @@ result<uint64_t> next_id(int store, uint64_t floor) {
         }
         return past(std::max(*top, floor));
     };
+    if (!counter) {
+        return past_highest();
+    }
     // Not through a link (symbolic or hard), only a plain file.
     unique_fd fd{::openat(store, "next-id", O_RDWR | ms_open_flags)};
     if (!fd && errno == ENOENT && dir.st_uid == ::geteuid()) {
@@ -184,17 +306,32 @@ result<uint64_t> next_id(int store, uint64_t floor) {
         // could keep the others from creating. Not used.
         return past_highest();
     }
-    if (::flock(fd.get(), LOCK_EX) != 0) {
-        return last_error();
+    // Every user of a shared store may lock it: one who holds it for long
+    // does not keep the others from creating (O_EXCL keeps ids apart).
+    if (auto ec = wait_for_lock([&] { return ::flock(fd.get(), LOCK_EX | LOCK_NB); })) {
+        if (ec != std::errc::device_or_resource_busy) {
+            return ec;
+        }
+        counter = false;
+        return past_highest();
     }
     char buf[32] = {};
     ssize_t n = ::pread(fd.get(), buf, sizeof(buf) - 1, 0);
     if (n < 0) {
         return last_error();
     }
-    uint64_t last = 0;
-    std::from_chars(buf, buf + n, last);
-    auto id = past(std::max(last, floor));
+    auto last = parse_counter({buf, static_cast<size_t>(n)});
+    // Checked against the ids in use only when it could be far past them.
+    if (!last || *last > max_id_gap) {
+        auto top = highest_id(store);
+        if (!top) {
+            return top.error();
+        }
+        if (!last || (*last > *top && *last - *top > max_id_gap)) {
+            last = *top;
+        }
+    }
+    auto id = past(std::max(*last, floor));
     if (!id) {
         return id.error();
     }
@@ -241,14 +378,15 @@ result<unique_fd> open_ms(int store, uint64_t id, int flags) {
     return checked_ms_file(std::move(fd));
 }
 
-/// Opens ms/ID to read its header, as open_ms, and also when it is the
-/// caller's and its mode does not let its owner read it: the module lets
-/// an owner list and destroy theirs whatever the mode, and the local
-/// backend must read the header to know whether it is persistent. The
-/// owner grants itself read (which nobody else gains from) for as long as
-/// opening takes, through the descriptor of the file checked.
-result<unique_fd> open_own_ms(int store, uint64_t id) {
-    auto fd = open_ms(store, id, O_RDONLY);
+/// Opens ms/ID with `flags` (O_RDONLY, or O_RDWR: to take its write
+/// lock), as open_ms, and also when it is the caller's and its mode does
+/// not let its owner do so: the module lets an owner list and destroy
+/// theirs whatever the mode, and the local backend must read the header
+/// (and lock the file) to know whether it may remove it. The owner grants
+/// itself the access (which nobody else gains from) for as long as opening
+/// takes, through the descriptor of the file checked.
+result<unique_fd> open_own_ms(int store, uint64_t id, int flags) {
+    auto fd = open_ms(store, id, flags);
     if (fd || fd.error() != std::errc::permission_denied) {
         return fd;
     }
@@ -259,19 +397,21 @@ result<unique_fd> open_own_ms(int store, uint64_t id) {
         return fd.error();
     }
     const std::string self = fd_path(path.get());
-    // A mode that lets its owner read is left as it is (another process of
-    // the owner may be granting itself read: its mode is not ours to keep).
-    const bool grant = !(st.st_mode & S_IRUSR);
-    if (grant && ::chmod(self.c_str(), (st.st_mode & 07777) | S_IRUSR) != 0) {
+    const mode_t want = flags == O_RDWR ? S_IRUSR | S_IWUSR : S_IRUSR;
+    // A mode that lets its owner in is left as it is (another process of
+    // the owner may be granting itself access: its mode is not ours to keep).
+    const mode_t was = st.st_mode & 07777;
+    const bool grant = (was & want) != want;
+    if (grant && ::chmod(self.c_str(), was | want) != 0) {
         return fd.error();
     }
     // (Not O_NOFOLLOW: the path is /proc's link to the file checked.)
-    unique_fd r{::open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)};
+    unique_fd r{::open(self.c_str(), flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)};
     const int err = errno;
     // Put back, unless its owner changed the mode meanwhile.
-    if (struct stat now; grant && ::fstat(path.get(), &now) == 0 &&
-                         (now.st_mode & 07777) == ((st.st_mode & 07777) | S_IRUSR)) {
-        (void)::chmod(self.c_str(), st.st_mode & 07777);
+    if (struct stat now;
+        grant && ::fstat(path.get(), &now) == 0 && (now.st_mode & 07777) == (was | want)) {
+        (void)::chmod(self.c_str(), was);
     }
     if (!r) {
         return sys_error(err);
@@ -291,7 +431,7 @@ result<ms_file_meta> read_header(int fd) {
     // Not a header of this format (whatever the reason: the file is not
     // one this library can serve, and its owner may remove it).
     auto m = decode_ms_file_header(h);
-    if (!m) {
+    if (!m || !valid_ms_name(m->name)) {
         return errc::ms_file_corrupt;
     }
     // Its bytes must all be there: mapping a shorter file gives SIGBUS
@@ -306,9 +446,11 @@ result<ms_file_meta> read_header(int fd) {
     return m;
 }
 
-/// A new, empty ms/ID file, held (a shared flock) before its header makes
-/// it a mindspace: another process that lists or opens meanwhile must not
-/// take it for a forgotten one, nor destroy it (EBUSY).
+/// A new, empty ms/ID file, held (a read lock) before its header makes it
+/// a mindspace: another process that lists or opens meanwhile must not
+/// take it for a forgotten one, nor destroy it (EBUSY). Made with the
+/// unfinished bit in its mode, which create clears when it sets the mode:
+/// one whose creator died before is removed by its owner later on.
 struct new_ms_file {
     unique_fd fd;
     uint64_t id = 0;
@@ -318,24 +460,29 @@ result<new_ms_file> make_ms_file(int store) {
     // Past ids taken by files that another user, or a counter set back,
     // put where the counter's next would go.
     uint64_t floor = 0;
+    bool counter = true;
     for (int tries = 1;; ++tries) {
-        auto id = next_id(store, floor);
+        auto id = next_id(store, floor, counter);
         if (!id) {
             return id.error();
         }
         const auto path = ms_path(*id);
-        unique_fd fd{::openat(store, path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)};
+        // (The umask leaves the unfinished bit: it takes only 0777's.)
+        unique_fd fd{::openat(store, path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
+                              unfinished_bit | 0600)};
         if (!fd) {
             if (errno != EEXIST || tries == max_create_tries) {
                 return last_error();
             }
+            // The next id past the one taken and the run of ids in use
+            // it is part of (not past files far further up).
             auto top = highest_id(store);
             floor = std::max(*id, top ? *top : 0);
             continue;
         }
         struct stat st;
-        if (::flock(fd.get(), LOCK_SH) != 0 || ::fstat(fd.get(), &st) != 0) {
-            int err = errno;
+        if (auto ec = hold(fd.get()); ec || ::fstat(fd.get(), &st) != 0) {
+            int err = ec ? ec.value() : errno;
             (void)::unlinkat(store, path.c_str(), 0);
             return sys_error(err);
         }
@@ -411,20 +558,42 @@ bool trusted_link(const resolved& r, uid_t file_owner) {
 
 /// Whether the mindspace at `fd` is the one `key` names: by id, any; by
 /// name, one whose header bears the name, through a link its owner or
-/// root made.
-bool is_named(int fd, const ms_key& key, const resolved& r, const std::string& header_name) {
+/// root made. Errors: ENOENT for a link of another user's, or one left to
+/// a mindspace that bears another name (its owner's link of that name
+/// leads to it); errc::ms_file_corrupt where the owner's link leads to a
+/// mindspace whose header bears another name that no link of the owner's
+/// confirms: a writer may have rewritten the header, and the name stays
+/// that mindspace's (never another's, never free) until its owner removes
+/// it by id.
+std::error_code check_named(int store, int fd, const ms_key& key, const resolved& r,
+                            const std::string& header_name) {
     if (!r.link_owner) {
-        return true;
+        return {};
     }
     struct stat st;
-    return ::fstat(fd, &st) == 0 && trusted_link(r, st.st_uid) && header_name == key.name;
+    if (::fstat(fd, &st) != 0) {
+        return last_error();
+    }
+    if (!trusted_link(r, st.st_uid)) {
+        return enoent();
+    }
+    if (header_name == key.name) {
+        return {};
+    }
+    if (!header_name.empty()) {
+        auto own = read_link(store, header_name);
+        if (own && own->id == r.id && trusted_link({own->id, own->owner}, st.st_uid)) {
+            return enoent();
+        }
+    }
+    return errc::ms_file_corrupt;
 }
 
 /// Holds the store's names lock: a flock on by-name/, which every change of
 /// a name (checking a link and removing it, making one) is made under, so
-/// that two processes cannot both take one name. No blocking flock of a
-/// mindspace's file may be taken while it is held (reap and destroy take
-/// theirs without blocking; open and create take theirs before it). In a
+/// that two processes cannot both take one name. No lock of a mindspace's
+/// file may be waited for while it is held (reap and destroy take theirs
+/// without waiting; open and create take theirs before it). In a
 /// shared store any user may take it too: it is waited for 2 s at most,
 /// then EBUSY (a holder that never lets go stalls name changes, never a
 /// caller for good).
@@ -433,14 +602,8 @@ result<unique_fd> lock_names(int store) {
     if (!fd) {
         return last_error();
     }
-    for (int tries = 0; ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0; ++tries) {
-        if (errno != EWOULDBLOCK && errno != EINTR) {
-            return last_error();
-        }
-        if (tries >= 2000) {
-            return sys_error(EBUSY);
-        }
-        ::usleep(1000);
+    if (auto ec = wait_for_lock([&] { return ::flock(fd.get(), LOCK_EX | LOCK_NB); })) {
+        return ec;
     }
     return fd;
 }
@@ -476,22 +639,53 @@ void unlink_names_of(uint64_t id, const unique_fd& names) {
     ::closedir(d);
 }
 
-/// Removes `id` if it is not persistent and no process holds it. Returns
+/// Removes `id` if it is not persistent and no process holds it, or if it
+/// is a file that a create which died long ago left unfinished. Returns
 /// whether it is gone: true also for one the caller may not remove (another
 /// user's, in a shared store), which is gone as far as opening, listing and
 /// naming are concerned, and is removed by its owner or root when they come
 /// across it. `names`: the names lock, if the caller holds it.
 bool reap_if_stale(int store, uint64_t id, const unique_fd* names = nullptr) {
-    auto fd = open_own_ms(store, id);
+    auto fd = open_own_ms(store, id, O_RDONLY);
     if (!fd) {
         return fd.error() == std::errc::no_such_file_or_directory;
     }
-    auto m = read_header(fd->get());
-    if (!m || (m->flags & LLMOS_MS_PERSISTENT)) {
+    struct stat st;
+    if (::fstat(fd->get(), &st) != 0) {
         return false;
     }
-    if (::flock(fd->get(), LOCK_EX | LOCK_NB) != 0) {
-        return false; // somebody holds it
+    const bool mine = ::geteuid() == 0 || st.st_uid == ::geteuid();
+    // Only what its mode says (its owner's say) can make a file removable
+    // whatever its header: writers may rewrite the header.
+    const bool dead_create = unfinished_long_ago(st);
+    auto m = read_header(fd->get());
+    if (!dead_create && !m) {
+        return false; // damaged: its owner removes it by id
+    }
+    if (!dead_create && persistent(st, *m)) {
+        // One of an earlier version, persistent by its header alone: its
+        // mode says so from now on, which its writers cannot undo.
+        if (mine && !(st.st_mode & (persistent_bit | unfinished_bit))) {
+            (void)::fchmod(fd->get(), (st.st_mode & 07777) | persistent_bit);
+        }
+        return false;
+    }
+    if (held_by_others(fd->get())) {
+        return false;
+    }
+    if (!mine) {
+        return true; // gone for the caller: its owner or root removes it
+    }
+    // Its write lock, which keeps anyone from holding it until it is gone,
+    // takes a descriptor open for writing (the owner's, or root's).
+    auto rw = open_own_ms(store, id, O_RDWR);
+    if (!rw) {
+        return rw.error() == std::errc::no_such_file_or_directory;
+    }
+    struct stat now;
+    if (::fstat(rw->get(), &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev ||
+        ofd_lock(rw->get(), F_WRLCK) != 0) {
+        return false; // another file now, or somebody holds it
     }
     unique_fd own_lock;
     if (!names) {
@@ -502,14 +696,13 @@ bool reap_if_stale(int store, uint64_t id, const unique_fd* names = nullptr) {
         own_lock = std::move(*l);
         names = &own_lock;
     }
-    struct stat st;
-    if (::fstat(fd->get(), &st) != 0) {
+    if (::fstat(rw->get(), &now) != 0) {
         return false;
     }
-    if (st.st_nlink == 0) {
+    if (now.st_nlink == 0) {
         return true; // reaped meanwhile
     }
-    if (!m->name.empty()) {
+    if (m && !m->name.empty()) {
         unlink_name(store, m->name, id, *names);
     }
     int rc = ::unlinkat(store, ms_path(id).c_str(), 0);
@@ -517,9 +710,9 @@ bool reap_if_stale(int store, uint64_t id, const unique_fd* names = nullptr) {
 }
 
 /// Whether the name's link keeps nobody's mindspace: it points to a file
-/// that is gone or reaped, or to a mindspace that does not bear the name,
-/// or it was put there by a user who does not own its target. Under the
-/// names lock.
+/// that is gone or reaped, or to a mindspace that bears another name (and
+/// its owner's link of that name), or it was put there by a user who does
+/// not own its target. Under the names lock.
 bool name_is_free(int store, const std::string& name, const unique_fd& names) {
     auto l = read_link(store, name);
     if (!l) {
@@ -538,12 +731,13 @@ bool name_is_free(int store, const std::string& name, const unique_fd& names) {
     if (!trusted_link(r, st.st_uid)) {
         return true;
     }
-    auto fd = open_own_ms(store, l->id);
+    auto fd = open_own_ms(store, l->id, O_RDONLY);
     if (!fd) {
         return false; // damaged (its owner removes it) or not the caller's to read
     }
     auto m = read_header(fd->get());
-    return m && !is_named(fd->get(), ms_key{0, name}, r, m->name);
+    return m && check_named(store, fd->get(), ms_key{0, name}, r, m->name) ==
+                    std::errc::no_such_file_or_directory;
 }
 
 } // namespace
@@ -620,7 +814,9 @@ result<ms_info> info(int fd, uint64_t id) {
     uint64_t blocks = static_cast<uint64_t>(st.st_blocks) * 512;
     i.resident = blocks > data_offset ? blocks - data_offset : 0;
     i.created_ns = m->created_ns;
-    i.flags = m->flags;
+    // Persistent as its mode says (writers may rewrite the header).
+    i.flags = (m->flags & ~uint32_t{LLMOS_MS_PERSISTENT}) |
+              (persistent(st, *m) ? LLMOS_MS_PERSISTENT : 0);
     i.mode = st.st_mode & 0777;
     i.uid = st.st_uid;
     i.gid = st.st_gid;
@@ -642,8 +838,11 @@ result<ms_info> info(int store, const ms_key& key) {
         return fd.error();
     }
     auto i = info(fd->get(), r->id);
-    if (i && !is_named(fd->get(), key, *r, i->name)) {
-        return enoent();
+    if (!i) {
+        return i.error();
+    }
+    if (auto ec = check_named(store, fd->get(), key, *r, i->name)) {
+        return ec;
     }
     return i;
 }
@@ -675,9 +874,11 @@ result<opened> create(int store, const ms_create_options& o) {
     m.name = o.name;
     auto h = encode_ms_file_header(m);
     // The mode last: until the header is whole, its owner may read it.
+    // Setting it clears the unfinished bit; persistence is kept there too,
+    // where only the owner may change it.
     if (::ftruncate(fd.get(), static_cast<off_t>(data_offset + o.length)) != 0 ||
         ::pwrite(fd.get(), h.data(), h.size(), 0) != static_cast<ssize_t>(h.size()) ||
-        ::fchmod(fd.get(), m.mode) != 0) {
+        ::fchmod(fd.get(), m.mode | (o.persistent ? persistent_bit : 0)) != 0) {
         return fail(last_error());
     }
     if (!o.name.empty()) {
@@ -722,8 +923,10 @@ result<opened> open(int store, const ms_key& key, bool read_only) {
     if (!fd) {
         return fd.error();
     }
-    if (::flock(fd->get(), LOCK_SH) != 0) {
-        return last_error();
+    // Waited for 2 s at most (EBUSY): only a writer can take the write lock
+    // that keeps it off, and no holder keeps others out for good.
+    if (auto ec = hold(fd->get())) {
+        return ec;
     }
     struct stat st;
     if (::fstat(fd->get(), &st) != 0) {
@@ -736,8 +939,8 @@ result<opened> open(int store, const ms_key& key, bool read_only) {
     if (!i) {
         return i.error();
     }
-    if (!is_named(fd->get(), key, *r, i->name)) {
-        return enoent();
+    if (auto ec = check_named(store, fd->get(), key, *r, i->name)) {
+        return ec;
     }
     return opened{std::move(*fd), std::move(*i)};
 }
@@ -762,11 +965,11 @@ std::error_code destroy(int store, const ms_key& key) {
     if (st.st_uid != ::geteuid() && ::geteuid() != 0) {
         return std::make_error_code(std::errc::operation_not_permitted);
     }
-    // Its owner may read it (open_own_ms); a damaged one (not a plain
-    // file, its header, a file cut short) can still be removed by its
-    // owner, once nobody holds it: one being made is held, and has no
-    // header yet.
-    auto fd = open_own_ms(store, r->id);
+    // Its owner may open it (open_own_ms: read-write, for the write lock
+    // that tells whether anyone holds it); a damaged one (not a plain file,
+    // its header, a file cut short) can still be removed by its owner, once
+    // nobody holds it: one being made is held, and has no header yet.
+    auto fd = open_own_ms(store, r->id, O_RDWR);
     if (!fd && fd.error() != errc::ms_file_corrupt) {
         return fd.error();
     }
@@ -774,14 +977,32 @@ std::error_code destroy(int store, const ms_key& key) {
     if (!m && m.error() != errc::ms_file_corrupt) {
         return m.error();
     }
-    if (m && !is_named(fd->get(), key, *r, m->name)) {
-        return enoent();
+    if (m) {
+        // A header whose name was rewritten: refused by name, kept.
+        if (auto ec = check_named(store, fd->get(), key, *r, m->name)) {
+            return ec;
+        }
     }
-    const bool held = fd && ::flock(fd->get(), LOCK_EX | LOCK_NB) != 0;
-    if (m && !(m->flags & LLMOS_MS_PERSISTENT)) {
+    struct stat now {};
+    if (fd && ::fstat(fd->get(), &now) != 0) {
+        return last_error();
+    }
+    const bool held =
+        fd && (ofd_lock(fd->get(), F_WRLCK) != 0 || ::flock(fd->get(), LOCK_EX | LOCK_NB) != 0);
+    // Its links: by name, that one (it names this mindspace); by id, or
+    // where its header is damaged, every link to it (its header's name may
+    // not be the one its owner gave it).
+    auto unlink_names = [&] {
+        if (r->link_owner && m) {
+            unlink_name(store, key.name, r->id, *names);
+        } else {
+            unlink_names_of(r->id, *names);
+        }
+    };
+    if (m && !persistent(now, *m)) {
         if (!held) {
             // Nobody holds it: gone already, as with the module.
-            unlink_name(store, m->name, r->id, *names);
+            unlink_names();
             (void)::unlinkat(store, path.c_str(), 0);
             return enoent();
         }
@@ -790,11 +1011,7 @@ std::error_code destroy(int store, const ms_key& key) {
     if (!m && held) {
         return std::make_error_code(std::errc::device_or_resource_busy);
     }
-    if (!m) {
-        unlink_names_of(r->id, *names); // its header, which names it, is damaged
-    } else if (!m->name.empty()) {
-        unlink_name(store, m->name, r->id, *names);
-    }
+    unlink_names();
     if (::unlinkat(store, path.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0) != 0) {
         return last_error();
     }
@@ -832,7 +1049,7 @@ result<std::vector<ms_info>> list(int store) {
             continue;
         }
         // The caller's own whatever their mode, as the module lists them.
-        auto fd = open_own_ms(store, id);
+        auto fd = open_own_ms(store, id, O_RDONLY);
         auto i = fd ? info(fd->get(), id) : result<ms_info>{fd.error()};
         if (i) {
             out.push_back(std::move(*i));
