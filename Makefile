@@ -126,8 +126,12 @@ INSTALL_DATA = install -D -m 0644
 
 .PHONY: install-packaging install-dkms install-kmod
 
-install: userspace install-packaging install-man
-	DESTDIR=$(DESTDIR) cmake --install $(BUILD)/default --prefix $(PREFIX)
+# Installs what `make build` (or `make`) built: it builds nothing itself, so
+# that `sudo make install` leaves no root-owned files in the build tree.
+install: install-packaging install-man
+	@test -f "$(BUILD)/default/cmake_install.cmake" || { echo "install: nothing built in" \
+		"$(BUILD)/default: run make first (as the user who builds)" >&2; exit 1; }
+	DESTDIR="$(DESTDIR)" cmake --install "$(BUILD)/default" --prefix "$(PREFIX)"
 
 # A real install (no DESTDIR) keeps an existing /etc/default/llmosd, then
 # makes the user, group and folders and has systemd and udev reread their
@@ -185,13 +189,16 @@ install-kmod: kmod
 	kver='$(KVER)'; [ -n "$$kver" ] || kver=$$built; \
 	[ "$$kver" = "$$built" ] || { echo "install-kmod: kmod/llmos.ko is built for $$built, not" \
 		"$$kver: build it against that kernel's headers" >&2; exit 1; }; \
-	if [ -z "$(DESTDIR)" ] && [ ! -d "$(MODULEDIR)/$$kver/kernel" ]; then \
-		echo "install-kmod: warning: kernel $$kver is not installed on this machine" >&2; fi; \
+	boot=1; if [ -z "$(DESTDIR)" ] && [ ! -d "$(MODULEDIR)/$$kver/kernel" ]; then boot=0; \
+		echo "install-kmod: warning: kernel $$kver is not installed on this machine:" \
+			"the module is not set to load at boot (that would fail the boot's module" \
+			"loading); once it runs that kernel, run make install-kmod again" >&2; fi; \
 	set -e; run() { echo "$$*"; "$$@"; }; \
 	run $(INSTALL_DATA) kmod/llmos.ko "$(DESTDIR)$(MODULEDIR)/$$kver/extra/llmos.ko"; \
-	run $(INSTALL_DATA) packaging/modules-load.conf "$(DESTDIR)$(MODULESLOADDIR)/llmos.conf"; \
-	run $(INSTALL_DATA) packaging/llmosd-device.conf \
-		"$(DESTDIR)$(UNITDIR)/llmosd.service.d/llmos-device.conf"; \
+	if [ $$boot = 1 ]; then \
+		run $(INSTALL_DATA) packaging/modules-load.conf "$(DESTDIR)$(MODULESLOADDIR)/llmos.conf"; \
+		run $(INSTALL_DATA) packaging/llmosd-device.conf \
+			"$(DESTDIR)$(UNITDIR)/llmosd.service.d/llmos-device.conf"; fi; \
 	if [ -z "$(DESTDIR)" ]; then run depmod -a "$$kver"; fi; \
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then run systemctl daemon-reload; fi
 

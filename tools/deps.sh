@@ -150,7 +150,7 @@ install_packages() {
 		# shellcheck disable=SC2086
 		log "installing:" $miss
 		# shellcheck disable=SC2086
-		$SUDO apt-get install -y -qq --no-install-recommends $miss \
+		$SUDO apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 $miss \
 			>/dev/null || die "apt-get install failed"
 	fi
 	setup_backports
@@ -160,7 +160,7 @@ install_packages() {
 		[ -n "$(missing_pkgs "${BPO_PKGS[@]}")" ]; then
 		apt_update
 		log "installing from bookworm-backports: ${BPO_PKGS[*]}"
-		$SUDO apt-get install -y -qq --no-install-recommends \
+		$SUDO apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 \
 			-t bookworm-backports "${BPO_PKGS[@]}" >/dev/null ||
 			die "install of ${BPO_PKGS[*]} from bookworm-backports failed"
 	fi
@@ -202,6 +202,7 @@ fetch_kernel() {
 		cd "$debs"
 		for p in "${kpkgs[@]}"; do
 			if ! ls "${p}"_*.deb >/dev/null 2>&1; then
+				apt_update # lists cleaned, or older than the kernel
 				log "downloading $p"
 				apt-get download -qq "$p" 2>/dev/null ||
 					die "apt-get download $p failed"
@@ -238,6 +239,13 @@ fetch_kernel() {
 
 main() {
 	mkdir -p "$CACHE" || die "cannot create cache folder $CACHE"
+	# One run at a time per cache (two would unpack into one folder); a
+	# user who cannot write the cache reads it, set up, without a lock.
+	local lock="$CACHE/.deps.lock"
+	if { [ -e "$lock" ] && [ -w "$lock" ]; } || { [ ! -e "$lock" ] && [ -w "$CACHE" ]; }; then
+		exec 9>>"$lock"
+		flock 9
+	fi
 	install_packages
 	local kver
 	if [ -n "${LLMOS_KVER:-}" ]; then

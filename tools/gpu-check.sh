@@ -16,8 +16,9 @@
 # summary.txt, whose last line is "gpu-check: N passed, N failed, N
 # skipped" (a test program that crashes or runs out of time, and a
 # benchmark that fails, count as failures; so does a usable GPU without
-# cuBLAS, on a "gpu-check: FAILED: ..." line above it). Exit status: 0 when nothing
-# failed. GPU_CHECK_NO_BENCH=1 skips the benchmark, GPU_CHECK_TIMEOUT
+# cuBLAS, on a "gpu-check: FAILED: ..." line above it, and a machine with
+# no GPU the build can use, unless GPU_CHECK_ALLOW_NO_GPU=1). Exit status:
+# 0 when nothing failed. GPU_CHECK_NO_BENCH=1 skips the benchmark, GPU_CHECK_TIMEOUT
 # (seconds, default 480) bounds the whole run: each test program gets up
 # to 300 s of what is left (30 s at least), the benchmark the rest.
 #
@@ -132,6 +133,12 @@ run() {
 	gpus=$(timeout 30 nvidia-smi -L 2>/dev/null || true)
 	if grep -q '^GPU ' <<<"$gpus" && grep -q 'usable=0' "$out/probe.txt"; then
 		notes+=("gpu-check: nvidia-smi lists a GPU, but this build cannot use it: $(sed -n "s/.*usable=0.*reason='\(.*\)'/\1/p" "$out/probe.txt")")
+		echo "${notes[-1]}" | tee -a "$out/tests.log"
+		failed=$((failed + 1))
+	elif ! grep -q 'usable=1' "$out/probe.txt" && [ "${GPU_CHECK_ALLOW_NO_GPU:-0}" != 1 ]; then
+		# No GPU at all (no driver, or none lent): every GPU test skips,
+		# and a run that tested nothing of the GPU path is no pass.
+		notes+=("gpu-check: FAILED: no GPU this build can use here, so nothing of the GPU path was tested (GPU_CHECK_ALLOW_NO_GPU=1 for a dry run)")
 		echo "${notes[-1]}" | tee -a "$out/tests.log"
 		failed=$((failed + 1))
 	fi

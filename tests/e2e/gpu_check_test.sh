@@ -26,7 +26,9 @@ done
 [ -f "$tmp/pack/lib/liburing.so.2" ] || fail "liburing is not in the pack"
 [ -f "$tmp/pack/testdata/llama-tiny-f32.gguf" ] || fail "the test data is not in the pack"
 rc=0
-OUT=$tmp/out GPU_CHECK_NO_BENCH=1 tools/gpu-check.sh run "$tmp/pack" >"$tmp/run.log" 2>&1 || rc=$?
+# (A dry run: this machine may have no GPU, which alone fails a run.)
+OUT=$tmp/out GPU_CHECK_NO_BENCH=1 GPU_CHECK_ALLOW_NO_GPU=1 tools/gpu-check.sh run "$tmp/pack" \
+	>"$tmp/run.log" 2>&1 || rc=$?
 last=$(tail -n 1 "$tmp/out/summary.txt" 2>/dev/null || true)
 [[ $last =~ ^gpu-check:\ ([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped$ ]] ||
 	fail "no summary line (status $rc): $(tail -n 20 "$tmp/run.log")"
@@ -71,4 +73,23 @@ grep -q '^gpu-check: FAILED: cuBLAS is not loaded, .*: libcublas.so.13: cannot o
 	"$tmp/fake-out/summary.txt" || fail "no cuBLAS line: $(cat "$tmp/fake-out/summary.txt")"
 [ "$(tail -n 1 "$tmp/fake-out/summary.txt")" = "gpu-check: 5 passed, 1 failed, 0 skipped" ] ||
 	fail "summary.txt: $(cat "$tmp/fake-out/summary.txt")"
+
+# No GPU the build can use, and no GPU_CHECK_ALLOW_NO_GPU: every GPU test
+# would skip, which is a failure of the run, not a pass.
+cat >"$fake/bin/stub" <<'STUB'
+#!/bin/sh
+case "$*" in
+*cuda_probe*) echo '[ info     ] no device: no CUDA driver' ;;
+*gpu_probe*) echo "[ probe    ] built_with_cuda=1 usable=0 device='' reason='no CUDA driver'" ;;
+*--gtest_list_tests*) ;;
+*) echo '[ SKIP     ] stub.skips (0 ms)' && exit 77 ;;
+esac
+STUB
+rc=0
+OUT=$tmp/nogpu-out GPU_CHECK_NO_BENCH=1 tools/gpu-check.sh run "$fake" >"$tmp/nogpu.log" 2>&1 ||
+	rc=$?
+[ "$rc" -ne 0 ] || fail "no GPU, yet status 0: $(cat "$tmp/nogpu.log")"
+grep -qE '^gpu-check: (FAILED: no GPU this build can use here|nvidia-smi lists a GPU, but)' \
+	"$tmp/nogpu-out/summary.txt" ||
+	fail "no 'no GPU' line: $(cat "$tmp/nogpu-out/summary.txt")"
 echo "gpu_check_test: $last"
