@@ -1004,6 +1004,15 @@ TEST_F(llmosd_test, a_session_s_store_follows_the_context_and_older_ones_carry_o
         auto h4 = h;
         h4.version = 4;
         std::memcpy(v4.map().value().data(), &h4, sizeof h4);
+        // A chat's conversation cut short (a crash while it was written).
+        auto torn = llmos::mindspace::create(
+                        dev, {.length = big.kv_off(), .name = "llmosd.s.torn", .persistent = true})
+                        .value();
+        auto tm = torn.map().value();
+        const std::string cut = R"([{"role": "user", "content": "Hi"},{"role": "assi)";
+        const auto ht = ss::make(0, "tiny", cut.size(), big, 0, ss::chat_text, 0);
+        std::memcpy(tm.data(), &ht, sizeof ht);
+        std::memcpy(tm.data() + ss::text_off, cut.data(), cut.size());
     }
     {
         server s(_dir);
@@ -1020,6 +1029,15 @@ TEST_F(llmosd_test, a_session_s_store_follows_the_context_and_older_ones_carry_o
         auto again = llmos::mindspace::open(dev, {0, "llmosd.s.later"}).value();
         EXPECT_EQ(ss::stamp(again.map(0, ss::page).value().bytes())->first, 4u) << "written over";
         EXPECT_EQ(c.Delete("/llmos/v1/sessions/later")->status, 200);
+        // A damaged conversation is refused, not taken for none.
+        const json chat = {{"model", "tiny"},
+                           {"session", "torn"},
+                           {"max_tokens", 2},
+                           {"messages", {{{"role", "user"}, {"content", "Again"}}}}};
+        auto torn = post(c, "/v1/chat/completions", chat, 409);
+        EXPECT_EQ(torn["error"]["code"], "session_unreadable") << torn;
+        EXPECT_EQ(c.Delete("/llmos/v1/sessions/torn")->status, 200);
+        post(c, "/v1/chat/completions", chat, 200);
         EXPECT_EQ(s.stop(), 0);
     }
     {

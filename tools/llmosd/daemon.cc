@@ -727,10 +727,13 @@ void daemon::let_go_of_models() {
 namespace {
 
 // The sessions among `all`: mindspaces named as a session's and of this
-// server's user (another user's is no session: check_session_store()).
+// server's user (another user's is no session: check_session_store()),
+// with a name a request can give (one made otherwise, llmosctl ms create
+// llmosd.s.a/b say, is no session: neither counted nor expired).
 void keep_sessions(std::vector<llmos::ms_info>& all) {
     std::erase_if(all, [uid = ::geteuid()](const llmos::ms_info& i) {
-        return !i.name.starts_with(session_ms_prefix) || i.uid != uid;
+        return !i.name.starts_with(session_ms_prefix) || i.uid != uid ||
+               !valid_session_name(i.name.substr(session_ms_prefix.size()));
     });
 }
 
@@ -1201,6 +1204,19 @@ void daemon::throw_device_lost() const {
     throw device_lost_error(device_lost());
 }
 
+// Once a drain ran out of time, or the GPU was lost, a request that waited
+// (for its session's turn, for the tokenizer) is not started: it is
+// answered at once, before anything of it is sent.
+void daemon::throw_if_abandoned() const {
+    if (!_abandon.load()) {
+        return;
+    }
+    if (!device_lost().empty()) {
+        throw_device_lost();
+    }
+    throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
+}
+
 daemon::admission daemon::admit(const job& j, uint32_t tenant) {
     if (_draining && !device_lost().empty()) {
         throw_device_lost();
@@ -1305,6 +1321,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         }
         auto gate = this->session_lock(j.session);
         while (!gate->enter_for(100ms)) {
+            throw_if_abandoned();
             if (still_wanted && !still_wanted()) {
                 _metrics.cancelled.fetch_add(1);
                 throw api_error{499, "the client went away", "invalid_request_error", "",
@@ -1319,6 +1336,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             }
         }
         turn = session_turn(std::move(gate));
+        throw_if_abandoned(); // (the turn came as the drain ran out)
     }
 
     const eng::model_params& p = m->model->params();
@@ -1399,7 +1417,14 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                 mp.reset();
                 o = std::error_code(ENOSPC, std::system_category());
                 room = std::unique_lock(_new_session_m);
-                llmos::destroy_mindspace(*_dev, llmos::ms_key{0, name});
+                if (auto e = llmos::destroy_mindspace(*_dev, llmos::ms_key{0, name})) {
+                    throw api_error{500,
+                                    "the session '" + j.session +
+                                        "' needs a larger store for this server's --ctx and "
+                                        "model, and the one it has could not be removed (" +
+                                        e.message() + "); it keeps its conversation",
+                                    "server_error", "session", "session_not_moved"};
+                }
             }
         }
         if (!o) {
@@ -1495,7 +1520,14 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         if (j.chat && !stored_text.empty()) {
             stored = json::parse(stored_text, nullptr, false);
             if (!is_conversation(stored)) {
-                stored = json::array(); // damaged: no conversation
+                // Damaged (a crash while it was written?): neither read
+                // as nothing nor written over; ending it starts afresh.
+                throw api_error{409,
+                                "the session '" + j.session +
+                                    "' holds a conversation this llmosd cannot read (damaged); "
+                                    "DELETE /llmos/v1/sessions/" +
+                                    j.session + " ends it",
+                                "invalid_request_error", "session", "session_unreadable"};
             }
         }
     }
@@ -1547,7 +1579,12 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     {
         // Others' prompts are tokenized meanwhile (a second or two for a
         // 1 MiB body): past a while, busy.
-        if (!_tokenizing.try_acquire_until(std::min(give_up, steady_now() + 30s))) {
+        const bool got = _tokenizing.try_acquire_until(std::min(give_up, steady_now() + 30s));
+        if (got && _abandon.load()) {
+            _tokenizing.release();
+            throw_if_abandoned();
+        }
+        if (!got) {
             if (steady_now() >= give_up) {
                 _metrics.timed_out.fetch_add(1);
                 throw api_error{504,
