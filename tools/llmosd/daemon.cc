@@ -1224,11 +1224,31 @@ daemon::admission daemon::admit(const job& j, uint32_t tenant) {
     if (_draining) {
         throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
     }
-    auto m = find_model(j.model);
-    if (!m) {
-        throw api_error{404, "the model '" + j.model + "' does not exist", "invalid_request_error",
-                        "model", "model_not_found"};
+    // The model, held (its in_flight counted) before it is looked up again:
+    // an unload or swap that took the name meanwhile either sees it held
+    // (and waits for it) or is seen here (and the one now named is taken).
+    std::shared_ptr<model_entry> m;
+    for (int tries = 0; !m; ++tries) {
+        auto found = find_model(j.model);
+        if (!found || tries == 8) {
+            throw api_error{404, "the model '" + j.model + "' does not exist",
+                            "invalid_request_error", "model", "model_not_found"};
+        }
+        found->in_flight.fetch_add(1);
+        if (find_model(j.model) == found) {
+            m = std::move(found);
+        } else {
+            found->in_flight.fetch_sub(1);
+        }
     }
+    struct held_model {
+        std::shared_ptr<model_entry>& m;
+        ~held_model() {
+            if (m) {
+                m->in_flight.fetch_sub(1); // refused: no longer held
+            }
+        }
+    } held{m};
     if (_in_flight.fetch_add(1) >= _o.max_queue) {
         _in_flight.fetch_sub(1);
         _metrics.rejected.fetch_add(1);
@@ -1262,8 +1282,7 @@ daemon::admission daemon::admit(const job& j, uint32_t tenant) {
         }
         ++mine;
     }
-    m->in_flight.fetch_add(1);
-    return admission(this, std::move(m), tenant);
+    return admission(this, std::move(m), tenant); // holds it from now
 }
 
 outcome daemon::run(const job& j, uint32_t tenant,
