@@ -1298,6 +1298,16 @@ outcome daemon::run(const job& j, uint32_t tenant,
 }
 
 daemon::submitted::~submitted() {
+    if (!finished && client && !j.session.empty()) {
+        // Never streamed (its client went before, or the server stops). A
+        // session's turn is let go only once its worker stopped writing
+        // the session's request area (or abandon_wait passed), as finish()
+        // does: finish() it for a client that is gone.
+        try {
+            (void)d->finish(*this, [](std::string_view) { return false; });
+        } catch (...) { // its answer goes to nobody
+        }
+    }
     if (!finished && client) {
         // Never streamed (its client went before): nobody waits for it.
         d->cancel(*client, id);
