@@ -1869,8 +1869,8 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     detach(id);
     auto f = fin ? llmos::result<llmos::finished_request>(*fin)
                  : client->wait(id, llmos::wait_for::at_most(10s));
-    if (f) {
-        _metrics.generated_tokens.fetch_add(f->tokens); // 0 for a cancelled one
+    if (f && f->state == LLMOS_REQ_COMPLETED) { // (a failed one may say some)
+        _metrics.generated_tokens.fetch_add(f->tokens);
     }
     if (stopped == stop::none && _abandon.load() && (!f || f->state != LLMOS_REQ_COMPLETED)) {
         stopped = stop::shutdown; // its worker stopped it first
@@ -1973,11 +1973,15 @@ std::string daemon::prometheus() const {
         o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n" + name +
              " " + b + "\n";
     };
-    counter("llmosd_requests_total", "generation requests submitted", _metrics.requests.load());
+    counter("llmosd_requests_total",
+            "generation requests submitted (those that ended waiting for their session or the "
+            "tokenizer count only as cancelled or timed out)",
+            _metrics.requests.load());
     counter("llmosd_requests_ok_total", "generation requests completed", _metrics.ok.load());
     counter("llmosd_requests_rejected_total", "requests refused with 429",
             _metrics.rejected.load());
-    counter("llmosd_requests_cancelled_total", "requests whose client went away",
+    counter("llmosd_requests_cancelled_total",
+            "requests whose client went away, or that a shutdown's drain ran out on",
             _metrics.cancelled.load());
     counter("llmosd_requests_failed_total", "requests that failed in a worker",
             _metrics.server_errors.load());
