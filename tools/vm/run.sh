@@ -160,8 +160,13 @@ for f in "$stage"/tests/*; do
 		not_programs+=" ${f##*/}"
 	fi
 done
+# Kernel complaints on the console that no check in the guest saw (after
+# its last look at the log, while it powered off): a failure too. (The
+# same patterns as tools/vm/init's BAD_KLOG.)
+console_bad=$(grep -cE 'BUG:|WARNING:|Oops|general protection|Call Trace:|kernel BUG|UBSAN|KFENCE|refcount_t:|list_(add|del) corruption' \
+	"$console" 2>/dev/null || true)
 read -r passed failed skipped < <(awk -v qemu_rc="$rc" -v staged="$staged" \
-	-v not_programs="$not_programs" '
+	-v not_programs="$not_programs" -v console_bad="${console_bad:-0}" '
 function problem(msg) { failed++; print "not ok - " msg > "/dev/stderr" }
 BEGIN {
 	n_staged = split(staged, programs, " ")
@@ -179,7 +184,7 @@ BEGIN {
 }
 /^### case ok / { passed++; next }
 /^### case fail / { problem(substr($0, 15)); next }
-/^### kernel-log-bad / { problem("kernel log after " $3 " shows BUG/WARNING/oops"); next }
+/^### kernel-log-bad / { klog_seen = 1; problem("kernel log after " $3 " shows BUG/WARNING/oops"); next }
 /^### done/ { done = 1; next }
 # A whole program skipped ("1..0 # SKIP why") is one skip, with its reason;
 # a program with no cases and no reason is a problem.
@@ -201,6 +206,8 @@ END {
 	for (i = 1; i <= n_staged; i++)
 		if (!(programs[i] in ran)) problem(programs[i] ": did not run")
 	if (!done) problem("guest did not finish the run")
+	if (console_bad + 0 > 0 && !klog_seen)
+		problem("the guest kernel log (console.log) shows BUG/WARNING/oops that no check in the guest saw")
 	if (qemu_rc != 3) problem("QEMU exit status " qemu_rc " (3 = guest reported success; 124 = timeout)")
 	printf "%d %d %d\n", passed, failed, skipped
 }' "$tap.clean")
