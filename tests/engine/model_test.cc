@@ -775,7 +775,40 @@ TEST(model_load, bad_hyperparameters_and_misaligned_tensors_are_refused) {
         refused(rewrite(arch + "rope.freq_base", bad), "must be finite and positive");
         refused(rewrite(arch + "attention.layer_norm_rms_epsilon", bad),
                 "must be finite and positive");
+        refused(rewrite(arch + "rope.scaling.factor", bad), "must be finite and positive");
     }
+    // Position scaling: a factor is linear without a type, and the older
+    // key rope.scale_linear is read too (a factor left out silently would
+    // run a long-context model at the wrong positions).
+    auto scale_of = [&](const std::vector<std::pair<std::string, gguf_value>>& keys) {
+        gguf_writer w;
+        for (auto& kv : f.kvs()) {
+            w.set(kv.key, kv.value);
+        }
+        for (auto& [k, v] : keys) {
+            w.set(k, v);
+        }
+        for (auto& t : f.tensors()) {
+            w.add_tensor(t.name, t.type, t.dims(), t.data);
+        }
+        auto g = gguf_file::parse(w.write());
+        return model::load(g).params().rope_scale;
+    };
+    EXPECT_EQ(1.0f, scale_of({}));
+    EXPECT_EQ(4.0f, scale_of({{arch + "rope.scaling.type", std::string("linear")},
+                              {arch + "rope.scaling.factor", 4.0f}}));
+    EXPECT_EQ(4.0f, scale_of({{arch + "rope.scaling.factor", 4.0f}}));
+    EXPECT_EQ(2.0f, scale_of({{arch + "rope.scale_linear", 2.0f}}));
+    EXPECT_EQ(1.0f, scale_of({{arch + "rope.scaling.type", std::string("none")},
+                              {arch + "rope.scaling.factor", 4.0f}}));
+    refused(rewrite(arch + "rope.scaling.type", std::string("yarn"),
+                    [&](gguf_writer& w) {
+                        w.set(arch + "rope.scaling.factor", 4.0f);
+                        for (auto& t : f.tensors()) {
+                            w.add_tensor(t.name, t.type, t.dims(), t.data);
+                        }
+                    }),
+            "rope scaling 'yarn' is not supported");
     // general.alignment 1 (llama.cpp and the reader take any power of two;
     // the writer keeps to GGUF's multiple of 8, so it is set in place
     // after) lets an F32 tensor start at any byte: the data section then

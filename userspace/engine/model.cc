@@ -155,12 +155,22 @@ model model::load(const gguf_file& f, simd_level kernels) {
                           " and attention.layer_norm_rms_epsilon " + std::to_string(p.rms_eps) +
                           " must be finite and positive");
     }
-    if (auto type = f.find_string(l.arch + ".rope.scaling.type")) {
-        float factor = f.find_f32(l.arch + ".rope.scaling.factor").value_or(1.0f);
-        if (*type == "linear") {
-            p.rope_scale = factor > 0 && std::isfinite(factor) ? factor : 1.0f;
-        } else if (*type != "none" && factor != 1.0f) {
-            throw model_error("model: rope scaling '" + std::string(*type) +
+    // Position scaling: rope.scaling.factor (or the older key
+    // rope.scale_linear), linear unless rope.scaling.type says otherwise:
+    // a factor without a type is linear, as other GGUF readers take it.
+    {
+        const auto factor_at = f.find_f32(l.arch + ".rope.scaling.factor");
+        const float factor =
+            factor_at ? *factor_at : f.find_f32(l.arch + ".rope.scale_linear").value_or(1.0f);
+        const std::string type(f.find_string(l.arch + ".rope.scaling.type").value_or("linear"));
+        if (!std::isfinite(factor) || factor <= 0) {
+            throw model_error("model: rope scaling factor " + std::to_string(factor) +
+                              " must be finite and positive");
+        }
+        if (type == "linear") {
+            p.rope_scale = factor;
+        } else if (type != "none" && factor != 1.0f) {
+            throw model_error("model: rope scaling '" + type +
                               "' is not supported (supported: none, linear)");
         }
     }
