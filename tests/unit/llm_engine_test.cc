@@ -702,6 +702,37 @@ TEST_F(llm_engine_test, malformed_requests_fail_alone_with_clear_statuses) {
     EXPECT_EQ(ok.f.tokens, 4u);
 }
 
+// Embedding rows past the vocabulary (padding) are never sampled: with a
+// vocabulary cut below every token greedy generation would pick, those
+// picks are out of reach and it picks tokens that make text.
+TEST_F(llm_engine_test, rows_past_the_vocabulary_are_never_sampled) {
+    if (on_gpu) {
+        GTEST_SKIP() << "the cut vocabulary below is tried on the CPU only";
+    }
+    auto want = expected_greedy("hello");
+    ASSERT_FALSE(want.empty());
+    const int32_t cut = *std::min_element(want.begin(), want.end());
+    ASSERT_GT(cut, 3) << "the greedy tokens start too low to cut below them";
+    eng::vocab_data d = eng::from_gguf(*file);
+    d.tokens.resize(size_t(cut));
+    if (!d.scores.empty()) {
+        d.scores.resize(size_t(cut));
+    }
+    if (!d.types.empty()) {
+        d.types.resize(size_t(cut));
+    }
+    const eng::vocab smaller(std::move(d));
+    ASSERT_EQ(smaller.n_tokens(), cut);
+    auto o = popts([&] { return std::make_unique<llmos::llm_engine>(*model, smaller, eopts()); });
+    auto pool = llmos::worker_pool::start(*_dev, std::move(o)).value();
+    auto c = llmos::sched_client::open(*_dev).value();
+    auto r = run(c, request(0, "Hello world", 8));
+    ASSERT_EQ(r.f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_EQ(r.f.tokens, 8u);
+    // Tokens the cut vocabulary has: each makes text.
+    EXPECT_FALSE(r.text.empty()) << "padding rows were sampled (they make no text)";
+}
+
 TEST_F(llm_engine_test, a_request_with_nothing_to_sample_fails_alone) {
     if (on_gpu) {
         GTEST_SKIP() << "the patched model below is loaded for the CPU only";

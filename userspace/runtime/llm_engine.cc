@@ -623,7 +623,10 @@ void llm_engine::impl::decode(std::span<sequence* const> batch) {
                 continue; // more prompt to come
             }
         }
-        int32_t tok = st->sampler->sample(st->logits);
+        // Only the vocabulary's tokens: rows of the embedding past it
+        // (padding) would give no text and use up the reply.
+        int32_t tok = st->sampler->sample(
+            std::span(st->logits).first(std::min(st->logits.size(), size_t(v.n_tokens()))));
         if (tok < 0) {
             // No token to sample (every logit NaN or -inf): this request
             // ends, failed; the others of the step go on.
