@@ -791,7 +791,8 @@ TEST(model_load, bad_hyperparameters_and_misaligned_tensors_are_refused) {
         for (auto& t : f.tensors()) {
             w.add_tensor(t.name, t.type, t.dims(), t.data);
         }
-        auto g = gguf_file::parse(w.write());
+        const auto bytes = w.write(); // what the parsed file points into
+        auto g = gguf_file::parse(bytes);
         return model::load(g).params().rope_scale;
     };
     EXPECT_EQ(1.0f, scale_of({}));

@@ -496,8 +496,17 @@ install_kmod() {
 		! find "$t" -name 'modules.dep*' | grep . &&
 		stubs && rm -f "$stage/calls" &&
 		PATH=$stage/stubs:$PATH mk -o kmod install-kmod DESTDIR= MODULEDIR="$t/real" \
-			MODULESLOADDIR="$t/real" UNITDIR="$t/real/system" &&
+			MODULESLOADDIR="$t/real" UNITDIR="$t/real/system" 2>"$stage/nokernel.err" &&
 		[ -f "$t/real/$kver/extra/llmos.ko" ] && grep -qx "depmod -a $kver" "$stage/calls" &&
+		# Its kernel is not installed there: not set to load at boot.
+		grep -q "is not installed on this machine: the module is not set to load at boot" \
+			"$stage/nokernel.err" &&
+		[ ! -e "$t/real/llmos.conf" ] &&
+		[ ! -e "$t/real/system/llmosd.service.d/llmos-device.conf" ] &&
+		mkdir -p "$t/real/$kver/kernel" &&
+		PATH=$stage/stubs:$PATH mk -o kmod install-kmod DESTDIR= MODULEDIR="$t/real" \
+			MODULESLOADDIR="$t/real" UNITDIR="$t/real/system" &&
+		grep -qx llmos "$t/real/llmos.conf" &&
 		[ -f "$t/real/system/llmosd.service.d/llmos-device.conf" ]
 }
 if [ -f "$src/kmod/llmos.ko" ]; then
