@@ -579,15 +579,20 @@ TEST(gguf_writer, set_replaces_in_place_and_erase) {
     EXPECT_EQ(nullptr, gguf_file::parse(w.write()).find("general.alignment"));
 }
 
+namespace {
+// What `fn` throws as a gguf_error, or "(no error)".
+template <typename Fn>
+std::string error(Fn fn) {
+    try {
+        fn();
+    } catch (const gguf_error& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+} // namespace
+
 TEST(gguf_writer, refuses_bad_input) {
-    auto error = [](auto fn) -> std::string {
-        try {
-            fn();
-        } catch (const gguf_error& e) {
-            return e.what();
-        }
-        return "(no error)";
-    };
     EXPECT_NE(std::string::npos, error([] { gguf_writer w(1); }).find("cannot write version 1"));
     gguf_writer w;
     auto f32 = pattern(16, 0);
@@ -634,14 +639,6 @@ TEST(gguf_writer, refuses_bad_input) {
 // and metadata and tensor counts within the reader's limits (shown here
 // with lower ones: the defaults take hundreds of MB to pass).
 TEST(gguf_writer, keeps_to_the_spec_and_the_readers_limits) {
-    auto error = [](auto fn) -> std::string {
-        try {
-            fn();
-        } catch (const gguf_error& e) {
-            return e.what();
-        }
-        return "(no error)";
-    };
     gguf_writer w;
     for (uint32_t a : {1u, 2u, 4u}) {
         EXPECT_EQ("gguf: general.alignment must be a power of two, 8 or more (GGUF wants a "

@@ -851,15 +851,19 @@ TEST(spm, defaults_and_flags) {
 // ===========================================================================
 // Construction errors
 
+namespace {
+// Why a vocab of `d` cannot be made, or "(no error)".
+std::string message(vocab_data d) {
+    try {
+        vocab v(std::move(d));
+    } catch (const std::invalid_argument& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+} // namespace
+
 TEST(vocab, rejects_bad_data_with_clear_errors) {
-    auto message = [](vocab_data d) -> std::string {
-        try {
-            vocab v(std::move(d));
-        } catch (const std::invalid_argument& e) {
-            return e.what();
-        }
-        return "(no error)";
-    };
     std::map<std::string, int32_t> id;
     vocab_data good = make_spm(id);
 
@@ -900,14 +904,6 @@ TEST(vocab, rejects_bad_data_with_clear_errors) {
 // (byte-level BPE's 128-byte tokens, mapped) and, for markers, tens of
 // bytes; a longer one would make every encode and chat pay for it.
 TEST(vocab, refuses_token_texts_longer_than_real_vocabularies_have) {
-    auto message = [](vocab_data d) -> std::string {
-        try {
-            vocab v(std::move(d));
-        } catch (const std::invalid_argument& e) {
-            return e.what();
-        }
-        return "(no error)";
-    };
     std::map<std::string, int32_t> id;
     const vocab_data good = make_spm(id);
     const std::string n = std::to_string(good.tokens.size());

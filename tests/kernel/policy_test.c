@@ -1047,10 +1047,25 @@ TEST_F(policy, a_request_queued_while_no_worker_asks_is_no_stall)
  * than half the timeout, starts waiting again when it comes back: the
  * time it was away is no stall, even for a request queued meanwhile.
  */
+/*
+ * Polls @worker (LLMOS_NONBLOCK) every @gap_ms until it serves a request,
+ * 5 s at most: how long that took (ms); the request's id, or -errno, in
+ * *@got.
+ */
+static double poll_until_served(int worker, unsigned int gap_ms, long long *got)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	while ((*got = serve_one(worker)) == -EAGAIN &&
+	       ms_since(CLOCK_MONOTONIC, &t) < 5000)
+		usleep(gap_ms * 1000);
+	return ms_since(CLOCK_MONOTONIC, &t);
+}
+
 TEST_F(policy, a_worker_back_from_a_long_step_waits_from_its_return)
 {
 	struct llmos_sched_stats st;
-	struct timespec t;
 	long long id, got;
 	double ms;
 
@@ -1063,11 +1078,7 @@ TEST_F(policy, a_worker_back_from_a_long_step_waits_from_its_return)
 	stats(self->client, &st);
 	EXPECT_EQ(LLMOS_POLICY_BPF, st.out_policy_state);
 	/* Back, it polls: the policy is ejected no sooner than 500 ms on. */
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	while ((got = serve_one(self->worker)) == -EAGAIN &&
-	       ms_since(CLOCK_MONOTONIC, &t) < 5000)
-		usleep(20 * 1000);
-	ms = ms_since(CLOCK_MONOTONIC, &t);
+	ms = poll_until_served(self->worker, 20, &got);
 	TH_LOG("the request came %.0f ms after the worker's return", ms);
 	EXPECT_EQ(id, got);
 	EXPECT_LE(450, ms);
@@ -1084,18 +1095,13 @@ TEST_F(policy, a_worker_back_from_a_long_step_waits_from_its_return)
 TEST_F(policy, a_worker_that_polls_between_its_steps_is_asking)
 {
 	struct llmos_sched_stats st;
-	struct timespec t;
 	long long id, got;
 	double ms;
 
 	ASSERT_EQ(0, attach(&self->p, "never_dispatch"));
 	id = submit(self->client, 0, 0, 1, 0);
 	ASSERT_LT(0, id);
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	while ((got = serve_one(self->worker)) == -EAGAIN &&
-	       ms_since(CLOCK_MONOTONIC, &t) < 5000)
-		usleep(200 * 1000);
-	ms = ms_since(CLOCK_MONOTONIC, &t);
+	ms = poll_until_served(self->worker, 200, &got);
 	TH_LOG("the request came after %.0f ms of polling", ms);
 	EXPECT_EQ(id, got);
 	EXPECT_LE(450, ms);

@@ -43,6 +43,15 @@ void wait_until_it_sleeps(llmos::event_loop& l) {
     std::this_thread::sleep_for(20ms);
 }
 
+// A channel's handler that appends each message's request to `got`.
+auto appending_to(std::vector<uint64_t>& got) {
+    return [&got](std::span<const descriptor> ds) {
+        for (auto& d : ds) {
+            got.push_back(d.request);
+        }
+    };
+}
+
 class event_loop_test : public ::testing::TestWithParam<doorbell_kind> {};
 
 std::string name_of(const ::testing::TestParamInfo<doorbell_kind>& i) {
@@ -100,11 +109,7 @@ TEST_P(event_loop_test, a_sleeping_loop_wakes_for_a_message) {
     ASSERT_TRUE(l);
     auto ring = std::make_unique<llmos::channel_ring<16>>();
     std::vector<uint64_t> got;
-    auto h = [&](std::span<const descriptor> ds) {
-        for (auto& d : ds) {
-            got.push_back(d.request);
-        }
-    };
+    auto h = appending_to(got);
     llmos::channel_source<16, decltype(h)> src(*ring, h);
     l->add_source(src);
     std::thread t([&] {
@@ -350,11 +355,7 @@ TEST_P(msg_ring_fault_test, a_doorbell_that_cannot_be_sent_still_wakes_the_loop)
     ASSERT_TRUE(l);
     auto ring = std::make_unique<llmos::channel_ring<16>>();
     std::vector<uint64_t> got;
-    auto h = [&](std::span<const descriptor> ds) {
-        for (auto& d : ds) {
-            got.push_back(d.request);
-        }
-    };
+    auto h = appending_to(got);
     llmos::channel_source<16, decltype(h)> src(*ring, h);
     l->add_source(src);
     std::thread t([&] {
@@ -393,11 +394,7 @@ TEST(msg_ring_fault, a_sender_blocked_on_a_full_channel_still_wakes_the_loop) {
     ASSERT_TRUE(l);
     auto ring = std::make_unique<llmos::channel_ring<4>>();
     std::vector<uint64_t> got;
-    auto h = [&](std::span<const descriptor> ds) {
-        for (auto& d : ds) {
-            got.push_back(d.request);
-        }
-    };
+    auto h = appending_to(got);
     llmos::channel_source<4, decltype(h)> src(*ring, h);
     l->add_source(src);
     std::atomic<bool> sent{false};

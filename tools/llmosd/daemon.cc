@@ -1204,25 +1204,27 @@ void daemon::throw_device_lost() const {
     throw device_lost_error(device_lost());
 }
 
-// Once a drain ran out of time, or the GPU was lost, a request that waited
-// (for its session's turn, for the tokenizer) is not started: it is
-// answered at once, before anything of it is sent.
-void daemon::throw_if_abandoned() const {
-    if (!_abandon.load()) {
-        return;
-    }
+// The answer to a request the server will not run as it stops: 503
+// device_lost when its GPU failed, else 503 draining.
+void daemon::throw_shutting_down() const {
     if (!device_lost().empty()) {
         throw_device_lost();
     }
     throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
 }
 
-daemon::admission daemon::admit(const job& j, uint32_t tenant) {
-    if (_draining && !device_lost().empty()) {
-        throw_device_lost();
+// Once a drain ran out of time, or the GPU was lost, a request that waited
+// (for its session's turn, for the tokenizer) is not started: it is
+// answered at once, before anything of it is sent.
+void daemon::throw_if_abandoned() const {
+    if (_abandon.load()) {
+        throw_shutting_down();
     }
+}
+
+daemon::admission daemon::admit(const job& j, uint32_t tenant) {
     if (_draining) {
-        throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
+        throw_shutting_down();
     }
     // The model, held (its in_flight counted) before it is looked up again:
     // an unload or swap that took the name meanwhile either sees it held
@@ -1259,10 +1261,7 @@ daemon::admission daemon::admit(const job& j, uint32_t tenant) {
     // either sees this one in flight (and waits for it) or is seen here.
     if (_draining) {
         _in_flight.fetch_sub(1);
-        if (!device_lost().empty()) {
-            throw_device_lost();
-        }
-        throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
+        throw_shutting_down();
     }
     {
         std::lock_guard lk(_tenants_m);
@@ -1889,10 +1888,7 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                         "server_error", "", "timeout"};
     case stop::shutdown:
         _metrics.cancelled.fetch_add(1);
-        if (!device_lost().empty()) {
-            throw_device_lost();
-        }
-        throw api_error{503, "the server is shutting down", "server_error", "", "draining"};
+        throw_shutting_down();
     }
     if (!f || fail_status || f->state != LLMOS_REQ_COMPLETED) {
         int32_t st = f ? f->status : 0;

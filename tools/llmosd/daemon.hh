@@ -431,6 +431,7 @@ private:
     /// At start: the default tenant, and which tenants the module will
     /// refuse llmosd's user (or, without keys, which any client may take).
     void check_tenant_grant();
+    [[noreturn]] void throw_shutting_down() const;
     void throw_if_abandoned() const;
     /// Ends the sessions no request used for --session-idle-timeout, by
     /// the steady clock: steps of the wall clock neither end nor keep one.
