@@ -294,6 +294,30 @@ TEST_F(cuda_kv_host, reserve_commit_and_resume) {
     EXPECT_TRUE(kv.reserve(236));
 }
 
+// The bookkeeping is a mindspace that other processes share, each with
+// its own device memory: a cache whose rows another region wrote starts
+// over, and records the rows it will write.
+TEST_F(cuda_kv_host, rows_written_to_other_device_memory_are_not_resumed) {
+    host_mem h(cuda_kv_cache::host_bytes_for(l->m->params(), o));
+    {
+        auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o, false, 7);
+        ASSERT_TRUE(kv.reserve(3));
+        kv.commit(std::vector<int32_t>{1, 2, 3});
+    }
+    EXPECT_TRUE(cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o, false, 7).resumed());
+    {
+        auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o, false, 8);
+        EXPECT_FALSE(kv.resumed());
+        EXPECT_EQ(kv.n_tokens(), 0u);
+        ASSERT_TRUE(kv.reserve(2));
+        kv.commit(std::vector<int32_t>{4, 5});
+    }
+    // The first region's rows are not those of the conversation now.
+    auto first = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o, false, 7);
+    EXPECT_FALSE(first.resumed());
+    EXPECT_EQ(first.n_tokens(), 0u);
+}
+
 TEST_F(cuda_kv_host, truncate_gives_blocks_back_for_reuse) {
     host_mem h(cuda_kv_cache::host_bytes_for(l->m->params(), o));
     auto kv = cuda_kv_cache::open(h.span(), dev(), dev_bytes(), *l->m, o);

@@ -39,9 +39,12 @@ bool holds(const llmos::kv_pool::lease& l, uint64_t bytes, unsigned char v) {
 TEST(kv_pool, a_conversation_finds_its_region_and_rows_again) {
     auto pool = host_pool(64 * unit);
     void* where = nullptr;
+    uint64_t tag = 0;
     {
         auto l = pool.acquire({7, 8192}, 8 * unit);
         EXPECT_TRUE(l.fresh());
+        tag = l.tag();
+        EXPECT_NE(tag, 0u);
         EXPECT_GE(l.reserved_bytes(), 8 * unit);
         EXPECT_EQ(l.mapped_bytes(), 0u);
         ASSERT_TRUE(l.grow(3 * unit));
@@ -52,10 +55,12 @@ TEST(kv_pool, a_conversation_finds_its_region_and_rows_again) {
     EXPECT_FALSE(l.fresh());
     EXPECT_EQ(l.data(), where);
     EXPECT_TRUE(holds(l, 3 * unit, 0x5a));
+    EXPECT_EQ(l.tag(), tag) << "the same rows";
     // Another offset in the same mindspace is another conversation.
     auto other = pool.acquire({7, 0}, 8 * unit);
     EXPECT_TRUE(other.fresh());
     EXPECT_NE(other.data(), where);
+    EXPECT_NE(other.tag(), tag);
     auto st = pool.stats();
     EXPECT_EQ(st.resumed, 1u);
     EXPECT_EQ(st.regions, 2u);
@@ -207,12 +212,15 @@ TEST(kv_pool, nothing_is_dropped_when_dropping_would_not_make_room) {
 
 TEST(kv_pool, a_region_made_for_a_smaller_cache_is_replaced) {
     auto pool = host_pool(64 * unit);
+    uint64_t tag = 0;
     {
         auto l = pool.acquire({1, 0}, 2 * unit);
         ASSERT_TRUE(l.grow(2 * unit));
+        tag = l.tag();
     }
     auto l = pool.acquire({1, 0}, 8 * unit);
     EXPECT_TRUE(l.fresh());
+    EXPECT_NE(l.tag(), tag) << "new rows, under the same key";
     EXPECT_GE(l.reserved_bytes(), 8 * unit);
     auto st = pool.stats();
     EXPECT_EQ(st.regions, 1u);

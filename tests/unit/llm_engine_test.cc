@@ -819,6 +819,48 @@ TEST_F(llm_engine_test, a_conversation_whose_gpu_rows_were_dropped_starts_over) 
     ASSERT_EQ(third.f.state, LLMOS_REQ_COMPLETED);
     EXPECT_GT(_last.load()->stats().cached_tokens, after.cached_tokens);
 }
+
+// Two processes (two pools of device memory) share a conversation's
+// mindspace: after the other one has continued it with rows in its own
+// memory, this one's rows are stale, and the conversation starts over
+// here instead of reading them.
+TEST_F(llm_engine_test, a_conversation_continued_elsewhere_starts_over) {
+    llmos::kv_pool elsewhere({.capacity = 1ull << 30, .make = [](uint64_t bytes) {
+                                  return llmos::make_gpu_region(bytes, 0);
+                              }});
+    auto c = llmos::sched_client::open(*_dev).value();
+    const uint64_t kv_off = 4 << 20;
+    // Serves one request with an engine whose rows are in `rows`; `cached`
+    // gets the prompt tokens it found in the cache.
+    auto serve = [&](llmos::kv_pool& rows, const llmos::submit_options& o, uint64_t* cached) {
+        auto pool = llmos::worker_pool::start(*_dev, popts([&] {
+                        auto e = std::make_unique<llmos::llm_engine>(*cuda, *vocab, rows, eopts());
+                        _last = e.get();
+                        return e;
+                    })).value();
+        auto out = run(c, o);
+        *cached = _last.load()->stats().cached_tokens;
+        return out;
+    };
+    uint64_t cached = 0;
+    auto first = serve(*kv_mem, request(0, "Hello world", 8, {}, kv_off, kv_bytes()), &cached);
+    ASSERT_EQ(first.f.state, LLMOS_REQ_COMPLETED);
+    std::string turn = "Hello world" + first.text + " and more";
+    auto second = serve(elsewhere, request(65536, turn, 8, {}, kv_off, kv_bytes()), &cached);
+    ASSERT_EQ(second.f.state, LLMOS_REQ_COMPLETED);
+    turn += second.text + " again";
+    auto fresh = serve(*kv_mem, request(131072, turn, 8), &cached);
+    ASSERT_EQ(fresh.f.state, LLMOS_REQ_COMPLETED);
+    auto third = serve(*kv_mem, request(196608, turn, 8, {}, kv_off, kv_bytes()), &cached);
+    ASSERT_EQ(third.f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_EQ(cached, 0u) << "resumed from rows written elsewhere";
+    EXPECT_EQ(third.text, fresh.text);
+    // Its own rows again from then on.
+    auto fourth =
+        serve(*kv_mem, request(262144, turn + third.text, 4, {}, kv_off, kv_bytes()), &cached);
+    ASSERT_EQ(fourth.f.state, LLMOS_REQ_COMPLETED);
+    EXPECT_GT(cached, 0u);
+}
 #endif
 
 #if defined(LLMOS_TEST_CUDA) && defined(LLMOS_CUDA_EMU)

@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: MIT
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <llmos/engine/cuda.hh>
 #include <llmos/engine/cuda_memory.hh>
 #include <llmos/kv_pool.hh>
 #include <optional>
 #include <stdexcept>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <unistd.h>
 #include <utility>
 
@@ -89,12 +92,32 @@ std::unique_ptr<growable_region> make_gpu_region(uint64_t max_bytes, int device)
     return std::make_unique<gpu_region>(engine::gpu_memory::reserve(max_bytes, device));
 }
 
+namespace {
+
+/// A number no region made before, in this process or another, is likely
+/// to have had: random (0 never, it is what memory never written holds).
+uint64_t new_tag() noexcept {
+    static std::atomic<uint64_t> counter{0};
+    uint64_t t = 0;
+    if (::getrandom(&t, sizeof t, GRND_NONBLOCK) != sizeof t) {
+        // No entropy yet (early boot): the process, the time and a count.
+        timespec ts{};
+        ::clock_gettime(CLOCK_REALTIME, &ts);
+        t = (uint64_t(::getpid()) << 40) ^ uint64_t(ts.tv_nsec) ^ (uint64_t(ts.tv_sec) << 20) ^
+            (counter.fetch_add(1, std::memory_order_relaxed) * 0x9e3779b97f4a7c15ull);
+    }
+    return t ? t : 1;
+}
+
+} // namespace
+
 struct kv_pool::entry {
     std::unique_ptr<growable_region> region;
     std::optional<kv_key> key; ///< none: a request's region
     bool leased = false;
     uint64_t last_used = 0;
     uint64_t counted = 0; ///< bytes of _mapped that are this region's
+    uint64_t tag = 0;     ///< names its contents (see lease::tag())
     /// on_give_back's, released with the entry. Only the lease holder
     /// touches it while leased; not protected by _mu.
     kv_keepsake keepsake;
@@ -124,6 +147,7 @@ kv_pool::entry* kv_pool::make_entry(uint64_t max_bytes, const kv_key* key) {
     auto region = _o.make(max_bytes); // may be slow (and throw): not under _mu
     auto e = std::make_unique<entry>();
     e->region = std::move(region);
+    e->tag = new_tag();
     e->leased = true;
     entry* raw = e.get();
     std::vector<std::unique_ptr<entry>> dropped;
@@ -283,6 +307,10 @@ void* kv_pool::lease::data() const noexcept {
 
 uint64_t kv_pool::lease::reserved_bytes() const noexcept {
     return _e ? _e->region->reserved_bytes() : 0;
+}
+
+uint64_t kv_pool::lease::tag() const noexcept {
+    return _e ? _e->tag : 0;
 }
 
 uint64_t kv_pool::lease::mapped_bytes() const noexcept {

@@ -404,10 +404,10 @@ public:
         const bool fresh = kv->rows.fresh();
         try {
             kv->kv.emplace(eng::cuda_kv_cache::open(mem, kv->rows.data(), kv->rows.reserved_bytes(),
-                                                    m, ko, fresh));
+                                                    m, ko, fresh, kv->rows.tag()));
         } catch (const eng::kv_error&) {
             kv->kv.emplace(eng::cuda_kv_cache::open(mem, kv->rows.data(), kv->rows.reserved_bytes(),
-                                                    m, ko, true));
+                                                    m, ko, true, kv->rows.tag()));
         }
         return {std::move(kv)};
     }

@@ -5,7 +5,8 @@
 //
 // Host layout (offsets fixed by the geometry):
 //   header     magic, version, geometry, model fingerprint, committed
-//              tokens, blocks ever taken, given-back blocks
+//              tokens, blocks ever taken, given-back blocks, the tag of
+//              the device memory that holds the rows
 //   tokens     int32[max_tokens]
 //   table      uint32[max_blocks]: logical block -> physical block
 //   free       uint32[max_blocks]: a stack of given-back physical blocks
@@ -64,7 +65,8 @@ struct cuda_kv_cache::header {
     uint64_t fingerprint;
     uint32_t next_block; // physical blocks ever taken
     uint32_t n_free;     // entries on the free stack
-    uint32_t reserved[20];
+    uint64_t rows_tag;   // whose device memory holds the rows (0: none named)
+    uint32_t reserved[18];
 };
 uint64_t cuda_kv_cache::host_bytes_for(const model_params& p, const cuda_kv_options& o) {
     return layout(p, o).host_total;
@@ -75,7 +77,8 @@ uint64_t cuda_kv_cache::device_bytes_for(const model_params& p, const cuda_kv_op
 }
 
 cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint64_t device_bytes,
-                                  const model& m, const cuda_kv_options& o, bool fresh) {
+                                  const model& m, const cuda_kv_options& o, bool fresh,
+                                  uint64_t rows_tag) {
     static_assert(sizeof(header) <= 128); // the tokens start at 128
     const model_params& p = m.params();
     if (!o.block_tokens || !o.max_tokens) {
@@ -121,7 +124,9 @@ cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint6
     c._tab.assign(g.max_blocks, no_block);
     // Every block can be free at once: truncate() (noexcept) never grows it.
     c._stack.reserve(g.max_blocks);
-    if (same && !fresh) {
+    // Rows another region wrote (another process's, or one dropped and
+    // made again) are not in this one: the cache starts over.
+    if (same && !fresh && h->rows_tag == rows_tag) {
         // The host memory is shared (a mindspace its owner can write at
         // any time): it is checked once, here, and kept; from then on it
         // is only written.
@@ -168,6 +173,7 @@ cuda_kv_cache cuda_kv_cache::open(std::span<std::byte> host, void* device, uint6
     h->n_layer = p.n_layer;
     h->kv_dim = p.kv_dim();
     h->fingerprint = m.fingerprint();
+    h->rows_tag = rows_tag;
     for (uint32_t i = 0; i < g.max_blocks; ++i) {
         c._table[i] = no_block;
     }

@@ -125,6 +125,12 @@ public:
         /// True when the region is new (or was dropped and made again):
         /// nothing written before is in it.
         bool fresh() const noexcept { return _fresh; }
+        /// Names the region's contents: a number given to each region
+        /// made, random, so that no other region (of this process or of
+        /// another sharing the mindspace) is likely to have it. A cache's
+        /// bookkeeping records the tag of the rows it speaks of, so a
+        /// region that did not write them does not resume from them.
+        uint64_t tag() const noexcept;
         /// Backs [0, bytes), dropping idle regions for room as needed.
         /// False (the region as before, `why` set) when even that is not
         /// enough or the memory cannot be had. Throws engine::device_lost

@@ -182,12 +182,17 @@ public:
     /// A cache over `host` (at least host_bytes_for(), 64-byte aligned)
     /// and `device`/`device_bytes` (at least device_bytes_for(), 256-byte
     /// aligned): resumes the one already there when it was made for this
-    /// model with these options, otherwise (or with `fresh`) starts an
-    /// empty one. Throws kv_error: memory too small or misaligned, a
-    /// cache of another model or geometry there (unless `fresh`), a
-    /// corrupt header. Any thread; one thread at a time per cache.
+    /// model with these options and its rows were written to device
+    /// memory of this `rows_tag` (kv_pool::lease::tag(): the host part is
+    /// a mindspace other processes may have continued with rows in their
+    /// own device memory), otherwise (or with `fresh`) starts an empty one
+    /// that records `rows_tag`. Throws kv_error: memory too small or
+    /// misaligned, a cache of another model or geometry there (unless
+    /// `fresh`), a corrupt header. Any thread; one thread at a time per
+    /// cache.
     static cuda_kv_cache open(std::span<std::byte> host, void* device, uint64_t device_bytes,
-                              const model& m, const cuda_kv_options& o, bool fresh = false);
+                              const model& m, const cuda_kv_options& o, bool fresh = false,
+                              uint64_t rows_tag = 0);
 
     bool resumed() const noexcept { return _resumed; }
     /// Committed positions.
