@@ -372,6 +372,35 @@ TEST_F(llmosctl_llmosd, an_error_event_or_a_cut_stream_fails) {
     EXPECT_NE(r.err.find("llmosd sent an event that is not JSON"), std::string::npos) << r.err;
 }
 
+// A 429 says which limit was hit: the server's --max-queue gets the hint,
+// a tenant's own limit speaks for itself.
+TEST_F(llmosctl_llmosd, a_full_queue_is_told_apart_from_a_tenant_s_limit) {
+    httplib::Server svr;
+    svr.Post("/v1/completions", [](const httplib::Request& req, httplib::Response& res) {
+        // The tenant comes from the key; here a priority marks the one.
+        const bool tenant = req.body.find("\"priority\"") != std::string::npos;
+        res.status = 429;
+        res.set_content(json{{"error",
+                              {{"message", tenant ? "tenant 3 is at its limit" : "too many"},
+                               {"type", "rate_limit_error"},
+                               {"param", nullptr},
+                               {"code", tenant ? "tenant_overloaded" : "overloaded"}}}}
+                            .dump(),
+                        "application/json");
+    });
+    const int port = svr.bind_to_any_port("127.0.0.1");
+    std::thread t([&] { svr.listen_after_bind(); });
+    const std::string url = "--server http://127.0.0.1:" + std::to_string(port);
+    auto full = ctl(url + " run --raw -m fake hi");
+    auto mine = ctl(url + " run --raw -m fake --priority 3 hi");
+    svr.stop();
+    t.join();
+    EXPECT_EQ(full.status, 1);
+    EXPECT_EQ(full.err, "llmosctl: model 'fake': too many (llmosd is at its --max-queue)\n");
+    EXPECT_EQ(mine.status, 1);
+    EXPECT_EQ(mine.err, "llmosctl: model 'fake': tenant 3 is at its limit\n");
+}
+
 TEST_F(llmosctl_llmosd, text_that_is_not_utf8_is_refused_with_the_reason) {
     server s(_dir + "/d");
     ASSERT_GT(s.port, 0) << s.log();

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include <cerrno>
 #include <fcntl.h>
+#include <filesystem>
 #include <gtest/gtest.h>
 #include <linux/llmos.h>
 #include <llmos/device.hh>
@@ -71,6 +72,31 @@ TEST(device, default_path_follows_the_environment) {
     ASSERT_EQ(::setenv("LLMOS_DEVICE", "/tmp/x", 1), 0);
     EXPECT_EQ(llmos::default_device_path(), "/tmp/x");
     ASSERT_EQ(::unsetenv("LLMOS_DEVICE"), 0);
+}
+
+// A node the user named is the one wanted: auto does not hand a typo
+// over to the local backend (with its own, per-process scheduler).
+TEST(device, auto_does_not_fall_back_from_a_named_device) {
+    char tmpl[] = "/tmp/llmos-auto-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    const std::string dir = tmpl;
+    ASSERT_EQ(::unsetenv("LLMOS_BACKEND"), 0);
+    ASSERT_EQ(::setenv("LLMOS_LOCAL_DIR", dir.c_str(), 1), 0);
+    ASSERT_EQ(::setenv("LLMOS_DEVICE", (dir + "/no-such-node").c_str(), 1), 0);
+    auto named = llmos::device::open_auto();
+    ASSERT_EQ(::unsetenv("LLMOS_DEVICE"), 0);
+    EXPECT_FALSE(named);
+    if (!named) {
+        EXPECT_EQ(named.error(), std::errc::no_such_file_or_directory);
+    }
+    // Unnamed and missing, it falls back (where /dev/llmos is not there).
+    if (::access("/dev/llmos", F_OK) != 0) {
+        auto dev = llmos::device::open_auto();
+        ASSERT_TRUE(dev) << dev.error().message();
+        EXPECT_EQ(dev->kind(), llmos::backend_kind::local);
+    }
+    ASSERT_EQ(::unsetenv("LLMOS_LOCAL_DIR"), 0);
+    std::filesystem::remove_all(dir);
 }
 
 TEST(device, feature_names_decode_known_and_unknown_bits) {

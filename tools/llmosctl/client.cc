@@ -340,16 +340,20 @@ int fail_reply(const std::string& what, const reply& r, const server_address& wh
                      r.transport_error.c_str(), where.text.c_str());
         return exit_failure;
     }
-    std::string message;
+    std::string message, code;
     if (r.body.is_object() && r.body.contains("error") && r.body["error"].is_object() &&
         r.body["error"].value("message", json()).is_string()) {
         message = r.body["error"]["message"].get<std::string>();
+        if (const json c = r.body["error"].value("code", json()); c.is_string()) {
+            code = c.get<std::string>();
+        }
     } else {
         message = "HTTP status " + std::to_string(r.status);
     }
     if (r.status == 401) {
         message += " (give the key with --api-key or LLMOSD_API_KEY)";
-    } else if (r.status == 429) {
+    } else if (r.status == 429 && code == "overloaded") {
+        // A tenant's own limit says so in its message.
         message += " (llmosd is at its --max-queue)";
     }
     std::fprintf(stderr, "llmosctl: %s: %s\n", what.c_str(), message.c_str());

@@ -440,6 +440,37 @@ void daemon::check_tenant_grant() {
     }
 }
 
+namespace {
+
+/// Why opening the backend `backend` (auto, kernel or local) failed with
+/// `ec`: which one was tried, and where.
+std::string open_failure(const std::string& backend, std::error_code ec) {
+    std::string which = backend;
+    if (which == "auto") {
+        const char* env = std::getenv("LLMOS_BACKEND");
+        which = env && *env ? env : "auto";
+        if (which != "auto" && which != "kernel" && which != "local") {
+            return "LLMOS_BACKEND must be auto, kernel or local, not '" + which + "'";
+        }
+        if (which == "auto") {
+            // auto falls back to the local store only when the node is
+            // missing and was not named.
+            const char* named = std::getenv("LLMOS_DEVICE");
+            which = (named && *named) || ::access(llmos::default_device_path().c_str(), F_OK) == 0
+                        ? "kernel"
+                        : "local";
+        }
+    }
+    if (which == "local") {
+        return "cannot open the local backend in " + llmos::default_local_dir() + ": " +
+               ec.message();
+    }
+    return "cannot open the llmos module's device " + llmos::default_device_path() + ": " +
+           ec.message();
+}
+
+} // namespace
+
 daemon::daemon(options o)
     : _o(std::move(o)) {
     choose_engine();
@@ -447,8 +478,7 @@ daemon::daemon(options o)
                : _o.backend == "kernel" ? llmos::device::open()
                                         : llmos::device::open_auto();
     if (!dev) {
-        throw std::runtime_error("cannot open the " + _o.backend +
-                                 " backend: " + dev.error().message());
+        throw std::runtime_error(open_failure(_o.backend, dev.error()));
     }
     _dev = std::make_unique<llmos::device>(std::move(*dev));
     if (_o.publish_gpu_kv) {

@@ -98,6 +98,11 @@ result<device> device::open_auto() {
     if (!want.empty() && want != "auto") {
         return std::make_error_code(std::errc::invalid_argument);
     }
+    // A device the user named is the one wanted: a wrong path is an
+    // error, not another backend.
+    if (const char* dev = std::getenv("LLMOS_DEVICE"); dev && *dev) {
+        return open();
+    }
     auto dev = open();
     if (dev || dev.error() != std::errc::no_such_file_or_directory) {
         return dev;

@@ -57,7 +57,8 @@ public:
     /// Opens (creating it if needed) the local backend in `dir`.
     static result<device> open_local(const std::string& dir = default_local_dir());
     /// $LLMOS_BACKEND = kernel or local picks one; unset (or auto), the
-    /// kernel backend when /dev/llmos exists, else the local one.
+    /// kernel backend when /dev/llmos exists, else the local one. A
+    /// device named by $LLMOS_DEVICE is opened with no fall back.
     static result<device> open_auto();
 
     /// Asks the module again (the answer at open time is version()).
