@@ -81,11 +81,12 @@ int llmos_dispatch_check(struct llmos_client *c,
 			 const struct llmos_dispatch *cmd);
 int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 			u32 max, u32 __user *count_uptr);
-int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd);
+int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd,
+			unsigned long deadline);
 int llmos_wait_collect(struct llmos_client *c, u64 id, struct llmos_wait *cmd,
 		       void __user *reply, u32 reply_size);
 int llmos_park_wait(struct llmos_client *c, struct io_uring_cmd *ioucmd,
-		    u64 id);
+		    u64 id, unsigned long deadline);
 int llmos_complete_batch(struct llmos_ucmd *ucmd);
 int llmos_submit_batch(struct llmos_ucmd *ucmd);
 int llmos_wait_batch(struct llmos_ucmd *ucmd);
@@ -107,6 +108,7 @@ void llmos_grants_exit(void);
 int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags);
 void llmos_uring_kick(struct io_uring_cmd *ioucmd);
 void llmos_uring_cancel(struct io_uring_cmd *ioucmd);
+void llmos_uring_timeout(struct io_uring_cmd *ioucmd);
 /* main.c: the ioctls of /dev/llmos, for io_uring commands too */
 long llmos_dev_ioctl(struct file *filp, unsigned int cmd, unsigned long arg);
 int llmos_sched_init(void);

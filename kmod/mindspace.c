@@ -629,10 +629,13 @@ static int llmos_ms_import(struct llmos_ms *ms, int fd, u64 length)
 	if (IS_ERR(dmabuf))
 		return PTR_ERR(dmabuf);
 	/*
-	 * A mindspace maps its dma-buf writable for anyone its mode lets in:
-	 * a dma-buf shared read-only must not become writable that way.
+	 * A mindspace maps its dma-buf readable and writable for anyone its
+	 * mode lets in: a dma-buf shared read-only must not become writable
+	 * that way, nor one shared write-only readable (mmap of the dma-buf
+	 * itself needs FMODE_READ; the mindspace's own fd is always readable).
 	 */
-	if (!(dmabuf->file->f_mode & FMODE_WRITE)) {
+	if ((dmabuf->file->f_mode & (FMODE_READ | FMODE_WRITE)) !=
+	    (FMODE_READ | FMODE_WRITE)) {
 		dma_buf_put(dmabuf);
 		return -EACCES;
 	}

@@ -25,6 +25,7 @@
 #include <linux/timekeeping.h>
 #include <linux/uaccess.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 
 #include <linux/llmos.h>
 
@@ -57,6 +58,9 @@ MODULE_PARM_DESC(max_tenants,
  * @park_node: in llmos_sched.parked while @park_dispatch is set
  * @park_wait: an io_uring WAIT waiting for a finished request, or NULL
  * @park_wait_id: the request @park_wait waits for (0: any)
+ * @park_deadline: jiffies when the parked DISPATCH ([0]) or WAIT ([1])
+ *	times out (0: never)
+ * @park_timeout: completes a parked command whose deadline passed
  * @dispatch_gen: llmos_sched.work_gen when a DISPATCH of it last found
  *	nothing: it waits for that to change
  * @t_short: ns since its DISPATCHes got fewer requests than they asked for
@@ -68,7 +72,7 @@ MODULE_PARM_DESC(max_tenants,
  * @sleepers: its ioctl DISPATCHes asleep waiting for work
  * @finished: requests of it that finished so far (their done_seq)
  *
- * All fields but @wq are under llmos_sched.lock.
+ * All fields but @wq and @park_timeout are under llmos_sched.lock.
  */
 struct llmos_client {
 	struct llmos_core_worker worker;
@@ -81,6 +85,8 @@ struct llmos_client {
 	struct list_head park_node;
 	struct io_uring_cmd *park_wait;
 	u64 park_wait_id;
+	unsigned long park_deadline[2];
+	struct delayed_work park_timeout[2];
 	u64 dispatch_gen;
 	u64 t_short;
 	u64 t_looked;
@@ -275,6 +281,63 @@ static void llmos_req_free(struct llmos_kreq *kr)
 	atomic_long_dec(&llmos_sched.nr_reqs);
 }
 
+/*
+ * Complete @c's parked DISPATCH (@slot 0) or WAIT (@slot 1) with
+ * -ETIMEDOUT when its deadline passed, or look again at its deadline: the
+ * work may be stale (the command it was armed for completed, another
+ * parked since with a deadline of its own).
+ */
+static void llmos_park_expire(struct llmos_client *c, int slot)
+{
+	struct io_uring_cmd **parked;
+	unsigned long deadline;
+
+	spin_lock(&llmos_sched.lock);
+	parked = slot ? &c->park_wait : &c->park_dispatch;
+	deadline = c->park_deadline[slot];
+	if (*parked && deadline) {
+		if (time_after_eq(jiffies, deadline)) {
+			if (!slot) {
+				list_del_init(&c->park_node);
+				c->t_asked = ktime_get_ns();
+			}
+			llmos_uring_timeout(*parked);
+			*parked = NULL;
+		} else {
+			mod_delayed_work(system_wq, &c->park_timeout[slot],
+					 deadline - jiffies);
+		}
+	}
+	spin_unlock(&llmos_sched.lock);
+}
+
+static void llmos_park_dispatch_expire(struct work_struct *work)
+{
+	llmos_park_expire(container_of(to_delayed_work(work),
+				       struct llmos_client, park_timeout[0]), 0);
+}
+
+static void llmos_park_wait_expire(struct work_struct *work)
+{
+	llmos_park_expire(container_of(to_delayed_work(work),
+				       struct llmos_client, park_timeout[1]), 1);
+}
+
+/*
+ * Give the command just parked in @slot its @deadline (jiffies, 0: none).
+ * Under the lock: the work is armed in the order commands park.
+ */
+static void llmos_park_arm(struct llmos_client *c, int slot,
+			   unsigned long deadline)
+{
+	lockdep_assert_held(&llmos_sched.lock);
+	c->park_deadline[slot] = deadline;
+	if (deadline)
+		mod_delayed_work(system_wq, &c->park_timeout[slot],
+				 time_after(deadline, jiffies) ?
+				 deadline - jiffies : 0);
+}
+
 /**
  * llmos_client_open() - open of /dev/llmos: a new client
  * @inode: the device inode
@@ -293,6 +356,8 @@ int llmos_client_open(struct inode *inode, struct file *file)
 	INIT_LIST_HEAD(&c->done);
 	INIT_LIST_HEAD(&c->park_node);
 	init_waitqueue_head(&c->wq);
+	INIT_DELAYED_WORK(&c->park_timeout[0], llmos_park_dispatch_expire);
+	INIT_DELAYED_WORK(&c->park_timeout[1], llmos_park_wait_expire);
 	file->private_data = c;
 	atomic_inc(&llmos_sched.nr_clients);
 	return 0;
@@ -334,6 +399,9 @@ int llmos_client_release(struct inode *inode, struct file *file)
 	if (requeued || held)
 		llmos_kick_workers();
 	spin_unlock(&llmos_sched.lock);
+	/* Nothing is parked (a parked command holds the file): only stale. */
+	cancel_delayed_work_sync(&c->park_timeout[0]);
+	cancel_delayed_work_sync(&c->park_timeout[1]);
 	kfree(c);
 	atomic_dec(&llmos_sched.nr_clients);
 	return 0;
@@ -926,12 +994,14 @@ u64 llmos_worker_short_since(const struct llmos_core_worker *w, u64 now,
  * llmos_park_dispatch() - park an io_uring DISPATCH until work comes
  * @c: the worker's client
  * @ioucmd: the command
+ * @deadline: jiffies when it completes with -ETIMEDOUT instead (0: never)
  *
  * Return: 0 (parked: llmos_uring_kick() will be called on it), -EBUSY
  * (one is parked already), or -EAGAIN (a kick came since its DISPATCH
  * found nothing: look again now).
  */
-int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd)
+int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd,
+			unsigned long deadline)
 {
 	int ret = 0;
 
@@ -950,6 +1020,7 @@ int llmos_park_dispatch(struct llmos_client *c, struct io_uring_cmd *ioucmd)
 	} else {
 		c->park_dispatch = ioucmd;
 		list_add_tail(&c->park_node, &llmos_sched.parked);
+		llmos_park_arm(c, 0, deadline);
 	}
 	spin_unlock(&llmos_sched.lock);
 	return ret;
@@ -1465,12 +1536,13 @@ int llmos_wait_batch(struct llmos_ucmd *ucmd)
  * @c: the client
  * @ioucmd: the command
  * @id: the request it waits for, or 0 for any
+ * @deadline: jiffies when it completes with -ETIMEDOUT instead (0: never)
  *
  * Return: 0 (parked), -EBUSY (one is parked already), -EAGAIN (one has
  * finished: collect it now) or -ENOENT (nothing to wait for).
  */
 int llmos_park_wait(struct llmos_client *c, struct io_uring_cmd *ioucmd,
-		    u64 id)
+		    u64 id, unsigned long deadline)
 {
 	struct llmos_kreq *kr;
 	int ret = 0;
@@ -1486,6 +1558,7 @@ int llmos_park_wait(struct llmos_client *c, struct io_uring_cmd *ioucmd,
 	} else {
 		c->park_wait = ioucmd;
 		c->park_wait_id = id;
+		llmos_park_arm(c, 1, deadline);
 	}
 	spin_unlock(&llmos_sched.lock);
 	return ret;

@@ -9,12 +9,13 @@
  * (one of each per file) and completed from the task that owns them, in
  * task work, when a request arrives or finishes: the descriptors are
  * copied into that task's memory. A parked command is cancelled (-ECANCELED)
- * when its ring goes away.
+ * when its ring goes away, and ends with -ETIMEDOUT after its timeout_ms.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/fs.h>
 #include <linux/io_uring/cmd.h>
+#include <linux/jiffies.h>
 #include <linux/sched.h>
 #include <linux/uaccess.h>
 
@@ -64,15 +65,18 @@ static int llmos_uring_read(u64 uptr, void *kbuf, size_t ksize, size_t min,
 	return copy_struct_from_user(kbuf, ksize, u, size);
 }
 
-static int llmos_uring_park_dispatch(struct io_uring_cmd *ioucmd)
+static int llmos_uring_park_dispatch(struct io_uring_cmd *ioucmd,
+				     unsigned long deadline)
 {
-	return llmos_park_dispatch(ioucmd->file->private_data, ioucmd);
+	return llmos_park_dispatch(ioucmd->file->private_data, ioucmd,
+				   deadline);
 }
 
-static int llmos_uring_park_wait(struct io_uring_cmd *ioucmd)
+static int llmos_uring_park_wait(struct io_uring_cmd *ioucmd,
+				 unsigned long deadline)
 {
 	return llmos_park_wait(ioucmd->file->private_data, ioucmd,
-			       llmos_pdu(ioucmd)->id);
+			       llmos_pdu(ioucmd)->id, deadline);
 }
 
 /*
@@ -91,7 +95,8 @@ static int llmos_uring_done(struct io_uring_cmd *ioucmd, int ret,
 /*
  * Reply at once when @reply has something (anything but @nothing) or the
  * command must not wait; otherwise park it with @park, which says -EAGAIN
- * when something arrived meanwhile.
+ * when something arrived meanwhile, for at most @timeout_ms (0: no limit)
+ * from now.
  *
  * A command that may park is marked cancelable first: once parked, a kick
  * from another task may complete it at once, and an io-wq issue (no ring
@@ -102,19 +107,23 @@ static int llmos_uring_done(struct io_uring_cmd *ioucmd, int ret,
  */
 static int llmos_uring_reply_or_park(struct io_uring_cmd *ioucmd,
 				     unsigned int issue_flags, bool nonblock,
-				     int nothing,
+				     u32 timeout_ms, int nothing,
 				     int (*reply)(struct io_uring_cmd *ioucmd),
-				     int (*park)(struct io_uring_cmd *ioucmd))
+				     int (*park)(struct io_uring_cmd *ioucmd,
+						 unsigned long deadline))
 {
+	unsigned long deadline = 0;
 	int ret;
 
+	if (timeout_ms)
+		deadline = (jiffies + msecs_to_jiffies(timeout_ms)) ?: 1;
 	if (!nonblock)
 		io_uring_cmd_mark_cancelable(ioucmd, issue_flags);
 	for (;;) {
 		ret = reply(ioucmd);
 		if (ret != nothing || nonblock)
 			break;
-		ret = park(ioucmd);
+		ret = park(ioucmd, deadline);
 		if (!ret)
 			return -EIOCBQUEUED;
 		if (ret != -EAGAIN)
@@ -251,7 +260,8 @@ static int llmos_uring_wait_batch(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 	pdu->max = cmd.max;
 	pdu->id = 0;
 	return llmos_uring_reply_or_park(ioucmd, issue_flags,
-					 cmd.flags & LLMOS_NONBLOCK, 0,
+					 cmd.flags & LLMOS_NONBLOCK,
+					 cmd.timeout_ms, 0,
 					 llmos_uring_wait_batch_reply,
 					 llmos_uring_park_wait);
 }
@@ -260,6 +270,25 @@ static void llmos_uring_cancel_tw(struct io_uring_cmd *ioucmd,
 				  unsigned int issue_flags)
 {
 	io_uring_cmd_done(ioucmd, -ECANCELED, 0, issue_flags);
+}
+
+static void llmos_uring_timeout_tw(struct io_uring_cmd *ioucmd,
+				   unsigned int issue_flags)
+{
+	io_uring_cmd_done(ioucmd, -ETIMEDOUT, 0, issue_flags);
+}
+
+/**
+ * llmos_uring_timeout() - complete a parked command with -ETIMEDOUT, in its
+ *	task
+ * @ioucmd: a command whose timeout_ms passed, taken back from its parking
+ *	place
+ *
+ * Called with the scheduler's spinlock held.
+ */
+void llmos_uring_timeout(struct io_uring_cmd *ioucmd)
+{
+	io_uring_cmd_complete_in_task(ioucmd, llmos_uring_timeout_tw);
 }
 
 /**
@@ -295,7 +324,8 @@ static int llmos_uring_dispatch(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 	pdu->max = cmd.max;
 	/* Through io_uring, LLMOS_NONBLOCK with nothing there is 0. */
 	return llmos_uring_reply_or_park(ioucmd, issue_flags,
-					 cmd.flags & LLMOS_NONBLOCK, 0,
+					 cmd.flags & LLMOS_NONBLOCK,
+					 cmd.timeout_ms, 0,
 					 llmos_uring_dispatch_now,
 					 llmos_uring_park_dispatch);
 }
@@ -316,9 +346,34 @@ static int llmos_uring_wait(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 	pdu->arg_uptr = arg_uptr;
 	pdu->id = cmd.id;
 	return llmos_uring_reply_or_park(ioucmd, issue_flags,
-					 cmd.flags & LLMOS_NONBLOCK, -EAGAIN,
+					 cmd.flags & LLMOS_NONBLOCK,
+					 cmd.timeout_ms, -EAGAIN,
 					 llmos_uring_wait_reply,
 					 llmos_uring_park_wait);
+}
+
+/*
+ * Whether SQE fields the command does not use are set: addr and len, and
+ * with SQE128 the command area past struct llmos_uring_sqe. They must be
+ * zero, so that they can be given a meaning later.
+ */
+static bool llmos_uring_sqe_unused(struct io_uring_cmd *ioucmd,
+				   unsigned int issue_flags)
+{
+	const struct io_uring_sqe *sqe = ioucmd->sqe;
+	const u8 *extra;
+	size_t i;
+
+	if (READ_ONCE(sqe->addr) || READ_ONCE(sqe->len))
+		return true;
+	if (!(issue_flags & IO_URING_F_SQE128))
+		return false;
+	extra = (const u8 *)io_uring_sqe_cmd(sqe) + sizeof(struct llmos_uring_sqe);
+	for (i = 0; i < 2 * sizeof(*sqe) - offsetof(struct io_uring_sqe, cmd) -
+			sizeof(struct llmos_uring_sqe); i++)
+		if (READ_ONCE(extra[i]))
+			return true;
+	return false;
 }
 
 /**
@@ -344,7 +399,7 @@ int llmos_uring_cmd(struct io_uring_cmd *ioucmd, unsigned int issue_flags)
 	 * rewrite meanwhile: each field is read once.
 	 */
 	sqe = io_uring_sqe_cmd(ioucmd->sqe);
-	if (READ_ONCE(sqe->__reserved))
+	if (READ_ONCE(sqe->__reserved) || llmos_uring_sqe_unused(ioucmd, issue_flags))
 		return -EINVAL;
 	arg = READ_ONCE(sqe->arg_uptr);
 	switch (ioucmd->cmd_op) {

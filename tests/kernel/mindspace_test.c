@@ -930,8 +930,9 @@ TEST_F(ms, dmabuf_from_udmabuf)
 }
 
 /*
- * A dma-buf of @len bytes from the system heap, opened with @mode (O_RDWR
- * or O_RDONLY): its fd, -ENOENT without the heap, or another -errno.
+ * A dma-buf of @len bytes from the system heap, opened with @mode (O_RDWR,
+ * O_RDONLY or O_WRONLY): its fd, -ENOENT without the heap, or another
+ * -errno.
  */
 static int heap_dmabuf(size_t len, int mode)
 {
@@ -971,7 +972,7 @@ TEST_F(ms, dmabuf_from_system_heap)
 	close(fd);
 }
 
-TEST_F(ms, a_read_only_dmabuf_is_refused)
+TEST_F(ms, a_read_only_or_write_only_dmabuf_is_refused)
 {
 	struct llmos_ms_create c = { .flags = LLMOS_MS_DMABUF };
 	int buf;
@@ -981,6 +982,13 @@ TEST_F(ms, a_read_only_dmabuf_is_refused)
 		SKIP(return, "no /dev/dma_heap/system in this kernel");
 	ASSERT_LE(0, buf);
 	/* Shared read-only: a mindspace over it would map it writable. */
+	c.dmabuf_fd = buf;
+	EXPECT_EQ(-EACCES, create_raw(self->dev, &c));
+	close(buf);
+	/* Write-only (its own mmap is refused): nor may it become readable. */
+	buf = heap_dmabuf(4 * PAGE, O_WRONLY);
+	ASSERT_LE(0, buf);
+	EXPECT_EQ(MAP_FAILED, mmap(NULL, 4 * PAGE, PROT_WRITE, MAP_SHARED, buf, 0));
 	c.dmabuf_fd = buf;
 	EXPECT_EQ(-EACCES, create_raw(self->dev, &c));
 	close(buf);

@@ -18,6 +18,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/llmos.h>
@@ -200,6 +201,77 @@ TEST_F(ring, dispatch_waits_in_the_ring_until_work_comes)
 	ASSERT_EQ(1, next_cqe(&self->wring, 5000, &res));
 	ASSERT_EQ(1, res);
 	EXPECT_EQ(id, desc.id);
+}
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+/*
+ * timeout_ms holds through a ring as through the ioctl: a parked DISPATCH
+ * or WAIT ends with -ETIMEDOUT, and what it waited for is still there.
+ */
+TEST_F(ring, parked_commands_end_after_their_timeout_and_lose_nothing)
+{
+	struct llmos_cancel cp = { .size = sizeof(cp), .flags = LLMOS_CANCEL_PENDING };
+	struct llmos_dispatch d = { .size = sizeof(d), .timeout_ms = 300 };
+	struct llmos_wait w = { .size = sizeof(w), .timeout_ms = 300 };
+	struct llmos_req_desc desc;
+	long long t0, id, id2;
+	int res;
+
+	ASSERT_EQ(0, reg(self->worker, 4));
+	d.descs_uptr = (__u64)(uintptr_t)&desc;
+	d.desc_size = sizeof(desc);
+	d.max = 1;
+	t0 = now_ms();
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 1));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	ASSERT_EQ(1, next_cqe(&self->wring, 20000, &res));
+	EXPECT_EQ(-ETIMEDOUT, res);
+	EXPECT_LE(300, now_ms() - t0);
+
+	/* A request nobody takes: its WAIT times out, the request stays. */
+	id = submit_ioctl(self->client, 1);
+	ASSERT_LT(0, id);
+	w.id = id;
+	t0 = now_ms();
+	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_WAIT, &w, 2));
+	ASSERT_EQ(1, io_uring_submit(&self->cring));
+	ASSERT_EQ(2, next_cqe(&self->cring, 20000, &res));
+	EXPECT_EQ(-ETIMEDOUT, res);
+	EXPECT_LE(300, now_ms() - t0);
+	d.timeout_ms = 0;
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 3));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	ASSERT_EQ(3, next_cqe(&self->wring, 5000, &res));
+	ASSERT_EQ(1, res);
+	EXPECT_EQ(id, desc.id);
+
+	/*
+	 * A command that got its answer in time leaves no timeout behind for
+	 * the next one, which waits with none.
+	 */
+	d.timeout_ms = 200;
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 4));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	EXPECT_EQ(-ETIME, next_cqe(&self->wring, 50, &res)); /* parked */
+	id2 = submit_ioctl(self->client, 1);
+	ASSERT_LT(0, id2);
+	ASSERT_EQ(4, next_cqe(&self->wring, 5000, &res));
+	ASSERT_EQ(1, res);
+	EXPECT_EQ(id2, desc.id);
+	d.timeout_ms = 0;
+	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 5));
+	ASSERT_EQ(1, io_uring_submit(&self->wring));
+	EXPECT_EQ(-ETIME, next_cqe(&self->wring, 600, &res));
+	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_CANCEL, &cp));
+	ASSERT_EQ(5, next_cqe(&self->wring, 5000, &res));
+	EXPECT_EQ(-ECANCELED, res);
 }
 
 struct churn {
@@ -792,6 +864,7 @@ TEST_F(ring, bad_commands_are_refused)
 {
 	struct llmos_version v = { .size = sizeof(v) };
 	struct llmos_submit s = { .size = sizeof(s) };
+	struct llmos_submit good = { .size = sizeof(good) };
 	struct llmos_wait w = { .size = 8192, .flags = LLMOS_NONBLOCK };
 	struct llmos_dispatch d = { .size = 8192, .flags = LLMOS_NONBLOCK };
 	struct io_uring_sqe *sqe;
@@ -807,8 +880,17 @@ TEST_F(ring, bad_commands_are_refused)
 	/* Sizes past a page, whatever lies beyond the struct. */
 	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_WAIT, &w, 5));
 	ASSERT_EQ(0, queue_cmd(&self->cring, self->worker, LLMOS_IOC_DISPATCH, &d, 6));
-	ASSERT_EQ(6, io_uring_submit(&self->cring));
-	for (int i = 0; i < 6; i++) {
+	/* SQE fields the commands do not use must be 0. */
+	sqe = io_uring_get_sqe(&self->cring);
+	ASSERT_NE(NULL, sqe);
+	prep_cmd(sqe, self->client, LLMOS_IOC_SUBMIT, &good, 7);
+	sqe->addr = 1;
+	sqe = io_uring_get_sqe(&self->cring);
+	ASSERT_NE(NULL, sqe);
+	prep_cmd(sqe, self->client, LLMOS_IOC_SUBMIT, &good, 8);
+	sqe->len = 1;
+	ASSERT_EQ(8, io_uring_submit(&self->cring));
+	for (int i = 0; i < 8; i++) {
 		long long ud = next_cqe(&self->cring, 5000, &res);
 
 		switch (ud) {
@@ -820,6 +902,8 @@ TEST_F(ring, bad_commands_are_refused)
 			break;
 		case 3:
 		case 4:
+		case 7:
+		case 8:
 			EXPECT_EQ(-EINVAL, res);
 			break;
 		case 5:

@@ -151,7 +151,10 @@ struct llmos_version {
  * Lifetime: a mindspace lives while a mindspace fd or a mapping of it
  * exists. A %LLMOS_MS_PERSISTENT one also lives with no fd at all, until
  * MS_DESTROY (or module unload); its memory is freed once the last fd and
- * mapping are gone.
+ * mapping are gone, and stays charged to its owner until then, whoever
+ * holds it. A dma-buf mindspace's mappings are the exporter's (mmap hands
+ * them to the dma-buf): they keep the dma-buf's memory, not the mindspace,
+ * which goes with its last fd unless it is persistent.
  *
  * Ids are never reused while the module is loaded. Names are unique
  * (one namespace for the whole system), 1 to %LLMOS_NAME_MAX - 1
@@ -181,7 +184,7 @@ struct llmos_version {
  * - EEXIST: the name is taken.
  * - ENOENT: no mindspace with that id or name.
  * - EACCES: the mode does not grant the access asked for; MS_CREATE with
- *   %LLMOS_MS_DMABUF of a dma-buf fd that was not opened for writing.
+ *   %LLMOS_MS_DMABUF of a dma-buf fd that was not opened read-write.
  * - EPERM: MS_DESTROY by someone other than the owner; QUOTA set, or read
  *   for another uid, without %CAP_SYS_ADMIN.
  * - EDQUOT: the owner's quota would be exceeded.
@@ -1090,7 +1093,9 @@ struct llmos_wait_batch {
  * one of %LLMOS_IOC_SUBMIT, %LLMOS_IOC_SUBMIT_BATCH, %LLMOS_IOC_START,
  * %LLMOS_IOC_COMPLETE, %LLMOS_IOC_COMPLETE_BATCH, %LLMOS_IOC_CANCEL,
  * %LLMOS_IOC_DISPATCH,
- * %LLMOS_IOC_WAIT, %LLMOS_IOC_WAIT_BATCH (others: EOPNOTSUPP). The CQE's
+ * %LLMOS_IOC_WAIT, %LLMOS_IOC_WAIT_BATCH (others: EOPNOTSUPP); addr, len
+ * and, in an SQE128 ring, the command area past this struct must be 0
+ * (EINVAL). The CQE's
  * res is the ioctl's result (0 or a negative errno) and, for DISPATCH and
  * WAIT_BATCH, the number of elements written. DISPATCH and the WAITs never
  * block the ring: with nothing ready they stay pending (at most one DISPATCH
@@ -1100,9 +1105,18 @@ struct llmos_wait_batch {
  * complete with 0 when another taker was first (a BPF policy gave the
  * request to another worker; a WAIT ioctl on the same file collected it),
  * and a pending WAIT with EAGAIN (submit it again) or, when nothing is
- * left to wait for, ENOENT. Pending commands complete with ECANCELED when
- * their ring is closed, or on CANCEL with %LLMOS_CANCEL_PENDING
+ * left to wait for, ENOENT. A pending command with a timeout_ms completes
+ * with ETIMEDOUT once that much time has passed since it was issued (what
+ * it waited for stays queued). Pending commands complete with ECANCELED
+ * when their ring is closed, or on CANCEL with %LLMOS_CANCEL_PENDING
  * (IORING_OP_ASYNC_CANCEL does not reach them in kernel 6.12).
+ *
+ * The argument struct is read when the command is issued. A command linked
+ * behind another (%IOSQE_IO_LINK) is issued later; kernels before the fix
+ * "io_uring/uring_cmd: unconditionally copy SQEs at prep time" (6.12 among
+ * them) read its SQE only then, from a ring slot the application may have
+ * filled again: set %IOSQE_ASYNC on linked llmos commands, which makes the
+ * kernel copy the SQE when it is submitted.
  */
 struct llmos_uring_sqe {
 	__aligned_u64 arg_uptr;
