@@ -1340,6 +1340,38 @@ TEST(cuda_context, a_recurring_prompt_shape_replays_with_dequantized_weights) {
     EXPECT_EQ(st.launched, 2u);
 }
 
+// A block-quantized matrix larger than the context's dequantization tile
+// (an 8B model's output head is a GB in F16) is dequantized and multiplied
+// a tile of rows at a time: the logits are those of the whole matrix at
+// once, whether the tiles divide its rows or not.
+TEST(cuda_context, quantized_weights_dequantized_in_row_tiles_give_the_same_logits) {
+    REQUIRE_DEVICE();
+    std::string why;
+    const std::string path = generated_model("llama_q8_0", SHAPE "--type q8_0", why);
+    ASSERT_FALSE(path.empty()) << why;
+    loaded l(path);
+    cuda_model cm(*l.m);
+    const uint32_t V = l.m->params().n_vocab;
+    const cuda_kv_options ko{.block_tokens = 16, .max_tokens = 128};
+    std::vector<int32_t> prompt(40); // 32 or more: the dequantized path
+    for (size_t i = 0; i < prompt.size(); ++i) {
+        prompt[i] = int32_t((i * 29 + 11) % V);
+    }
+    auto logits = [&](uint64_t tile_bytes) {
+        cuda_context ctx(cm, {.use_graphs = false, .dequant_tile_bytes = tile_bytes});
+        EXPECT_TRUE(ctx.uses_cublas()) << ctx.gemm_path();
+        gpu_kv kv(*l.m, ko);
+        std::vector<float> lg(V);
+        cuda_batch_entry e{.kv = &kv.kv, .tokens = prompt, .logits = lg.data()};
+        EXPECT_EQ(ctx.step({&e, 1}), step_status::ok);
+        return lg;
+    };
+    const std::vector<float> whole = logits(64ull << 20);
+    // 18 rows of the widest (512) matrices, 36 of the others: tiles that
+    // leave a remainder of every matrix.
+    expect_as_launched(logits(18 * 512 * 2 + 100), whole, true);
+}
+
 // Graphs are captured on one thread while another makes and frees device
 // memory and uploads a model, calls that synchronize the device (which a
 // device refuses during any thread's capture, invalidating it): neither

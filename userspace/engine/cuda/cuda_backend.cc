@@ -14,6 +14,8 @@
 #include <llmos/engine/types.hh>
 #include <map>
 #include <mutex>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <utility>
 
 #if !defined(LLMOS_CUDA_EMU) && __has_include(<cublas_api.h>)
@@ -353,11 +355,26 @@ public:
         return static_cast<const float*>(raw(v.data(), v.size_bytes(), what));
     }
 
+    /// Makes the mapped file's pages of [p, p + n) resident, where the
+    /// kernel can (best effort: the copy faults in whatever is left).
+    static void prefault(const void* p, size_t n) {
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 // Linux 5.14
+#endif
+        const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+        const auto start = reinterpret_cast<uintptr_t>(p) / page * page;
+        const auto end = reinterpret_cast<uintptr_t>(p) + n;
+        if (::madvise(reinterpret_cast<void*>(start), end - start, MADV_POPULATE_READ) != 0) {
+            (void)::madvise(reinterpret_cast<void*>(start), end - start, MADV_WILLNEED);
+        }
+    }
+
     dev_matrix matrix(const weight_view& w, const char* what) {
         dev_matrix m;
         m.rows = w.rows;
         m.cols = w.cols;
         const uint64_t packed = *row_bytes(w.type, static_cast<uint64_t>(w.cols));
+        m.row_bytes = packed;
         const size_t stride = w.row_stride ? w.row_stride : packed;
         const auto* src = static_cast<const std::byte*>(w.data);
         switch (w.type) {
@@ -403,6 +420,9 @@ public:
         _kinds[std::string(info(w.type)->name)]++;
         dev_buf b;
         b.ensure(packed * size_t(w.rows), what);
+        // Read in from the file before the lock: a copy from a cold page
+        // cache would hold up every other worker's guarded call meanwhile.
+        prefault(src, stride * size_t(w.rows - 1) + packed);
         device_sync_guard g;
         // Rows back to back (the usual case) go as one copy: a 2D copy
         // from pageable memory may be staged row by row.
@@ -416,6 +436,7 @@ public:
         _d.bufs.push_back(std::move(b));
         if (block_kind(m.kind)) {
             _d.max_quant_elems = std::max(_d.max_quant_elems, w.rows * w.cols);
+            _d.max_quant_cols = std::max(_d.max_quant_cols, w.cols);
         }
         return m;
     }

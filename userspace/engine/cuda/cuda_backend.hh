@@ -119,6 +119,7 @@ struct dev_matrix {
     const void* data = nullptr;
     int64_t rows = 0;
     int64_t cols = 0;
+    uint64_t row_bytes = 0; ///< one row's bytes, rows back to back
 };
 
 struct dev_layer {
@@ -142,6 +143,7 @@ struct cuda_model::impl {
     cuda_detail::dev_matrix output;
     const double* inv_freq = nullptr; ///< n_rot / 2 RoPE frequencies
     int64_t max_quant_elems = 0;      ///< largest block-quantized matrix (dequant scratch)
+    int64_t max_quant_cols = 0;       ///< widest block-quantized matrix (one dequantized row)
     std::string summary;
 };
 

@@ -156,15 +156,17 @@ struct cuda_context::impl {
         }
     }
 
+    /// `ldc`: the output's row stride in floats (0: `rows`), for a tile of
+    /// a matrix's rows written into the whole output.
     void gemm(const void* a, int a_type, const void* b, int b_type, float* c, int64_t rows,
-              int64_t cols, int64_t n_tokens) {
+              int64_t cols, int64_t n_tokens, int64_t ldc = 0) {
         // Row-major y (T x rows) = x (T x cols) W^T is column-major
         // y^T (rows x T) = W^T (W column-major is cols x rows) x^T.
         const float alpha = 1.0f, beta = 0.0f;
         const int st =
             blas().gemm_ex(blas_handle, blas_op_t, blas_op_n, int(rows), int(n_tokens), int(cols),
                            &alpha, a, a_type, int(cols), b, b_type, int(cols), &beta, c, blas_r_32f,
-                           int(rows), blas_compute_32f, blas_gemm_default);
+                           int(ldc ? ldc : rows), blas_compute_32f, blas_gemm_default);
         if (st != 0) {
             // A kernel that faulted before it fails cuBLAS too. cuBLAS
             // has a CUDA runtime of its own, so this one's last error may
@@ -227,13 +229,6 @@ struct cuda_context::impl {
                      n_tokens);
                 continue;
             }
-            const void* a = w.data;
-            if (quant) {
-                sized(w_f16, size_t(w.rows * w.cols) * 2, "dequantized weights");
-                check(dequant_f16(w.kind, w.data, w.rows, w.cols, w_f16.as<uint16_t>(), stream),
-                      "dequant_f16");
-                a = w_f16.get();
-            }
             if (have != act::f16) {
                 sized(act_f16, size_t(n_tokens * w.cols) * 2, "activations as F16");
                 sized(act_scale, size_t(n_tokens) * 4, "activation scales");
@@ -242,7 +237,25 @@ struct cuda_context::impl {
                       "to_f16");
                 have = act::f16;
             }
-            gemm(a, blas_r_16f, act_f16.get(), blas_r_16f, j.out, w.rows, w.cols, n_tokens);
+            if (!quant) {
+                gemm(w.data, blas_r_16f, act_f16.get(), blas_r_16f, j.out, w.rows, w.cols,
+                     n_tokens);
+            } else {
+                // Dequantized a tile of rows at a time into the scratch,
+                // each tile's GEMM after it on the stream.
+                const int64_t tile = std::min<int64_t>(
+                    w.rows, std::max<int64_t>(1, int64_t(w_f16.size() / 2) / w.cols));
+                sized(w_f16, size_t(tile * w.cols) * 2, "dequantized weights");
+                for (int64_t r0 = 0; r0 < w.rows; r0 += tile) {
+                    const int64_t n = std::min(tile, w.rows - r0);
+                    check(dequant_f16(w.kind,
+                                      static_cast<const std::byte*>(w.data) + r0 * w.row_bytes, n,
+                                      w.cols, w_f16.as<uint16_t>(), stream),
+                          "dequant_f16");
+                    gemm(w_f16.get(), blas_r_16f, act_f16.get(), blas_r_16f, j.out + r0, n, w.cols,
+                         n_tokens, w.rows);
+                }
+            }
             scaled.at(n_scaled++) = {j.out, w.rows};
         }
         if (n_scaled) {
@@ -568,10 +581,10 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
                                       c.multiprocessors);
     }
     if (parts > 1) {
-        // For any step it splits as much (it moves, and drops the graphs,
-        // only when the parts grow).
-        c.parts.ensure(size_t(max_attention_part_rows) * p.n_head * parts *
-                           (size_t(p.head_dim) + 2) * 4,
+        // For the most parts any step may split into, at once: the scratch
+        // moves (and the graphs go) once, not at each longer row.
+        c.parts.ensure(size_t(max_attention_part_rows) * p.n_head *
+                           std::max(parts, cuda_max_attention_parts) * (size_t(p.head_dim) + 2) * 4,
                        "attention parts");
     }
     c.k.ensure(Tcap * KV * 4, "keys");
@@ -590,11 +603,15 @@ step_status cuda_context::step(std::span<cuda_batch_entry> batch) {
         c.act_scale.ensure(rows_max * 4, "activation scales");
         if (int64_t(rows_max) >= blas_quant_tokens && d.max_quant_elems && !c.no_dequant) {
             try {
-                c.w_f16.ensure(size_t(d.max_quant_elems) * 2, "dequantized weights");
+                const int64_t tile_elems =
+                    std::max<int64_t>(d.max_quant_cols, int64_t(c.o.dequant_tile_bytes / 2) /
+                                                            d.max_quant_cols * d.max_quant_cols);
+                c.w_f16.ensure(size_t(std::min(d.max_quant_elems, tile_elems)) * 2,
+                               "dequantized weights");
             } catch (const cuda_error&) {
-                // No room to dequantize the largest matrix (the output
-                // head, a GB for an 8B model): quantized weights are read
-                // by the built-in kernel at every batch size instead.
+                // No room for a tile of dequantized rows: quantized
+                // weights are read by the built-in kernel at every batch
+                // size instead.
                 cudaGetLastError();
                 c.no_dequant = true;
             }

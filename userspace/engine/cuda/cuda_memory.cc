@@ -289,7 +289,7 @@ struct gpu_memory::state {
         prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
         prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
         prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-        prop.location.id = dev;
+        prop.location.id = device; // an ordinal (cuda.h), not a CUdevice handle
         // Peer devices (a NIC through the dma-buf) may reach it.
         prop.allocFlags.gpuDirectRDMACapable =
             attribute(*a, dev, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED,
@@ -335,7 +335,7 @@ struct gpu_memory::state {
         }
         CUmemAccessDesc access{};
         access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-        access.location.id = dev;
+        access.location.id = device;
         access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
         r = a->mem_set_access(at, size, &access, 1);
         if (r != CUDA_SUCCESS) {

@@ -298,6 +298,12 @@ struct cuda_context_options {
     /// more); 1 to cuda_max_attention_parts always that many (tests,
     /// tuning); more is refused (std::invalid_argument).
     uint32_t attention_parts = 0;
+    /// Device memory each context keeps for block-quantized weights
+    /// dequantized to F16 for cuBLAS (steps of 32 tokens or more): a larger
+    /// matrix is dequantized and multiplied a tile of rows at a time (an
+    /// 8B model's output head is a GB in F16, and every worker has a
+    /// context). At least one row is kept, whatever this says.
+    uint64_t dequant_tile_bytes = 64ull << 20;
 };
 
 /// Most parts cuda_context_options::attention_parts may name.
