@@ -64,7 +64,7 @@ export PKG_CONFIG_SYSROOT_DIR=$stage/root
 export PKG_CONFIG_PATH=$stage/root/usr/local/lib/pkgconfig
 # shellcheck disable=SC2086 # $flags is a list of words
 if flags=$(pkg-config --cflags --libs llmos 2>"$stage/log") &&
-	g++ -o "$stage/app/pc" "$stage/app/main.cc" $flags >"$stage/log" 2>&1 &&
+	g++ -std=c++20 -o "$stage/app/pc" "$stage/app/main.cc" $flags >"$stage/log" 2>&1 &&
 	"$stage/app/pc" >"$stage/log" 2>&1; then
 	ok "a program builds with pkg-config llmos and runs"
 else
@@ -74,7 +74,6 @@ fi
 cat >"$stage/app/CMakeLists.txt" <<'CM'
 cmake_minimum_required(VERSION 3.25)
 project(app CXX)
-set(CMAKE_CXX_STANDARD 20)
 find_package(llmos 0.1 REQUIRED)
 add_executable(app main.cc)
 target_link_libraries(app PRIVATE llmos::llmos llmos::llmos_engine)

@@ -3,6 +3,7 @@
 // The saved-mindspace file format: header encoding, validation of bad
 // files, and the save/load round trip (sparse, CRC-checked) on real files.
 #include <cstring>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <llmos/ms_file.hh>
 #include <random>
@@ -84,6 +85,26 @@ TEST(ms_file, bad_headers_are_refused_with_the_right_error) {
     bad = good;
     std::memset(bad.data() + 48, 'a', 64); // name without NUL
     EXPECT_EQ(llmos::decode_ms_file_header(bad).error(), llmos::errc::ms_file_corrupt);
+    // What no mindspace has: a name with a '/', bytes after the name's
+    // NUL, flags that are not a saved mindspace's, a node below -1.
+    auto m = sample_meta();
+    m.name = "bad/name!";
+    EXPECT_EQ(llmos::decode_ms_file_header(llmos::encode_ms_file_header(m)).error(),
+              llmos::errc::ms_file_corrupt);
+    bad = good;
+    bad[48 + 20] = std::byte{'x'}; // past "agent.ctx:7" and its NUL
+    EXPECT_EQ(llmos::decode_ms_file_header(bad).error(), llmos::errc::ms_file_corrupt);
+    m = sample_meta();
+    m.flags = 0xffffffff;
+    EXPECT_EQ(llmos::decode_ms_file_header(llmos::encode_ms_file_header(m)).error(),
+              llmos::errc::ms_file_corrupt);
+    m = sample_meta();
+    m.numa_node = -77;
+    EXPECT_EQ(llmos::decode_ms_file_header(llmos::encode_ms_file_header(m)).error(),
+              llmos::errc::ms_file_corrupt);
+    m = sample_meta();
+    m.name.clear(); // an anonymous mindspace's
+    EXPECT_TRUE(llmos::decode_ms_file_header(llmos::encode_ms_file_header(m)));
     EXPECT_EQ(llmos::decode_ms_file_header(std::span{good}.first(100)).error(),
               llmos::errc::not_ms_file);
 }
@@ -166,6 +187,12 @@ TEST(ms_file, crc_of_zeros_matches_the_bytewise_crc) {
         EXPECT_EQ(llmos::crc32_zeros(seed, n), llmos::crc32_update(seed, std::span{zeros}.first(n)))
             << n;
     }
+    // Any length, 2^63 and past it too (zlib's lengths are signed): in
+    // steps or at once, the same.
+    const uint64_t half = uint64_t{1} << 63;
+    EXPECT_EQ(llmos::crc32_zeros(7, half), llmos::crc32_zeros(llmos::crc32_zeros(7, half - 1), 1));
+    EXPECT_EQ(llmos::crc32_zeros(7, UINT64_MAX),
+              llmos::crc32_zeros(llmos::crc32_zeros(7, half), half - 1));
 }
 
 TEST(ms_file, save_reads_only_the_given_data_ranges) {
@@ -195,6 +222,51 @@ TEST(ms_file, save_reads_only_the_given_data_ranges) {
     bad = {{len - 4096, 8192}};
     EXPECT_EQ(llmos::save_ms_file(f.fd(), sample_meta(), src.span(), &bad),
               std::errc::invalid_argument);
+}
+
+// What would make a file that cannot be loaded is refused before the file
+// is touched: the one there still loads.
+TEST(ms_file, save_refuses_what_could_not_be_loaded_and_keeps_the_file) {
+    region src(16384);
+    std::memset(src.p, 0x33, 4096);
+    tmpfile f;
+    ASSERT_FALSE(llmos::save_ms_file(f.fd(), sample_meta(), src.span()));
+    auto still_loads = [&] {
+        auto m = llmos::read_ms_file_meta(f.fd());
+        ASSERT_TRUE(m) << m.error().message();
+        region dst(16384);
+        ASSERT_FALSE(llmos::load_ms_file_data(f.fd(), *m, dst.span()));
+        EXPECT_EQ(std::memcmp(src.p, dst.p, 16384), 0);
+    };
+    auto refused = [&](const llmos::ms_file_meta& m, std::span<const std::byte> data,
+                       const std::vector<llmos::byte_range>* ranges = nullptr) {
+        EXPECT_EQ(llmos::save_ms_file(f.fd(), m, data, ranges), std::errc::invalid_argument);
+        still_loads();
+    };
+    refused(sample_meta(), src.span().first(100));
+    refused(sample_meta(), {});
+    auto m = sample_meta();
+    m.mode = 01777;
+    refused(m, src.span());
+    m = sample_meta();
+    m.flags = 0x80;
+    refused(m, src.span());
+    m = sample_meta();
+    m.name = "bad/name";
+    refused(m, src.span());
+    m = sample_meta();
+    m.numa_node = -2;
+    refused(m, src.span());
+    const std::vector<llmos::byte_range> unsorted{{8192, 4096}, {0, 4096}};
+    refused(sample_meta(), src.span(), &unsorted);
+    // An O_APPEND fd would put every page at the end.
+    const int app = ::fcntl(f.fd(), F_DUPFD_CLOEXEC, 0);
+    ASSERT_GE(app, 0);
+    ASSERT_EQ(::fcntl(app, F_SETFL, O_APPEND), 0);
+    EXPECT_EQ(llmos::save_ms_file(app, sample_meta(), src.span()), std::errc::invalid_argument);
+    ASSERT_EQ(::fcntl(app, F_SETFL, 0), 0); // the file description is shared
+    ::close(app);
+    still_loads();
 }
 
 TEST(ms_file, destination_must_match_the_length) {

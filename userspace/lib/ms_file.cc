@@ -2,7 +2,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fcntl.h>
 #include <linux/llmos.h>
+#include <llmos/mindspace.hh>
 #include <llmos/ms_file.hh>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -18,6 +20,9 @@ constexpr char magic[8] = {'L', 'L', 'M', 'O', 'S', 'M', 'S', '1'};
 constexpr uint32_t format_version = 1;
 constexpr size_t chunk = 1 << 20;
 constexpr size_t page = 4096;
+/// The flags a saved mindspace keeps (the others are not its own: a
+/// dma-buf stays with its exporter).
+constexpr uint32_t saved_flags = LLMOS_MS_PERSISTENT | LLMOS_MS_NODE;
 
 // Field offsets in the header.
 enum : size_t {
@@ -114,11 +119,19 @@ uint32_t crc32_zeros(uint32_t crc, uint64_t n) noexcept {
         }
         return z;
     }();
+    // 2^63 is past z_off_t (zlib would loop forever on its negative
+    // length): that bit is done as two 2^62 steps.
+    const bool top = n >> 63;
+    n &= ~(uint64_t{1} << 63);
     for (size_t k = 0; n; ++k, n >>= 1) {
         if (n & 1) {
             crc = static_cast<uint32_t>(
                 ::crc32_combine(crc, zeros[k], static_cast<z_off_t>(uint64_t{1} << k)));
         }
+    }
+    for (int i = 0; top && i < 2; ++i) {
+        crc = static_cast<uint32_t>(
+            ::crc32_combine(crc, zeros[62], static_cast<z_off_t>(uint64_t{1} << 62)));
     }
     return crc;
 }
@@ -157,10 +170,16 @@ result<ms_file_meta> decode_ms_file_header(std::span<const std::byte> h) {
     size_t name_len = strnlen(name, LLMOS_NAME_MAX);
     if (get_le<uint32_t>(h, off_header_size) != ms_file_header_size || m.length == 0 ||
         m.length % page != 0 || name_len == LLMOS_NAME_MAX || (m.mode & ~0777u) ||
+        (m.flags & ~saved_flags) || m.numa_node < LLMOS_NUMA_ANY ||
+        !all_zero(h.subspan(off_name + name_len, LLMOS_NAME_MAX - name_len)) ||
         !all_zero(h.subspan(off_end, ms_file_header_size - off_end))) {
         return errc::ms_file_corrupt;
     }
     m.name.assign(name, name_len);
+    // A name no mindspace can have (a path, say) is no name to use.
+    if (!m.name.empty() && !valid_ms_name(m.name)) {
+        return errc::ms_file_corrupt;
+    }
     return m;
 }
 
@@ -170,15 +189,32 @@ std::error_code save_ms_file(int fd, ms_file_meta m, std::span<const std::byte> 
     if (!data_ranges) {
         data_ranges = &all;
     }
+    // Whatever would make a file that cannot be loaded is refused before
+    // the file is touched.
+    const auto bad = std::make_error_code(std::errc::invalid_argument);
+    if (data.empty() || data.size() % page != 0 || (m.mode & ~0777u) || (m.flags & ~saved_flags) ||
+        m.numa_node < LLMOS_NUMA_ANY || m.name.size() >= LLMOS_NAME_MAX ||
+        (!m.name.empty() && !valid_ms_name(m.name))) {
+        return bad;
+    }
+    for (uint64_t end = 0; const auto& r : *data_ranges) {
+        if (r.offset < end || r.offset > data.size() || r.length > data.size() - r.offset) {
+            return bad;
+        }
+        end = r.offset + r.length;
+    }
+    // pwrite() at an offset writes at the end of an O_APPEND file.
+    if (const int fl = ::fcntl(fd, F_GETFL); fl < 0) {
+        return last_error();
+    } else if (fl & O_APPEND) {
+        return bad;
+    }
     if (::ftruncate(fd, 0) != 0) {
         return last_error();
     }
     uint32_t crc = 0;
     uint64_t pos = 0;
     for (const auto& r : *data_ranges) {
-        if (r.offset < pos || r.offset > data.size() || r.length > data.size() - r.offset) {
-            return std::make_error_code(std::errc::invalid_argument);
-        }
         crc = crc32_zeros(crc, r.offset - pos);
         auto run = data.subspan(r.offset, r.length);
         // Page by page through a copy: the CRC is of the bytes written,

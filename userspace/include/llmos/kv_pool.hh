@@ -78,7 +78,7 @@ using kv_keepsake = std::shared_ptr<void>;
 
 struct kv_pool_options {
     uint64_t capacity = 0; ///< bytes all regions together may back
-    region_factory make;
+    region_factory make{};
     /// Called when a conversation's region is given back (not a request's
     /// region, not one given back to be dropped), on the thread that held
     /// it, before anyone else may take it. What it returns is kept with the

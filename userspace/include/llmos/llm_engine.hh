@@ -26,8 +26,8 @@
 namespace llmos {
 
 struct llm_engine_options {
-    engine::context_options context;
-    engine::kv_options kv; ///< geometry of every sequence's cache
+    engine::context_options context{};
+    engine::kv_options kv{}; ///< geometry of every sequence's cache
     /// A request's max_tokens when it gives 0. 0: no limit of its own, up
     /// to its cache's capacity (an end token, a stop string, a full output
     /// area or a full cache ends it).

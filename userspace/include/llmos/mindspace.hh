@@ -18,7 +18,7 @@ namespace llmos {
 /// Names a mindspace: by id, or by name.
 struct ms_key {
     uint64_t id = 0;
-    std::string name;
+    std::string name{};
 
     /// "123" is an id, anything else a name.
     static ms_key parse(std::string_view s);
@@ -38,19 +38,19 @@ struct ms_info {
     int32_t numa_node = -1;
     uint32_t map_count = 0;
     uint32_t open_count = 0;
-    std::string name;
+    std::string name{};
 
     bool persistent() const noexcept;
     bool dmabuf() const noexcept;
 };
 
 struct ms_create_options {
-    uint64_t length = 0;     ///< bytes, a multiple of the page size (0 with a dma-buf: its size)
-    std::string name;        ///< empty: anonymous
-    bool persistent = false; ///< outlives its fds until destroyed
-    uint32_t mode = 0;       ///< permission bits; 0 = 0600
-    std::optional<int> node; ///< NUMA node for host pages
-    int dmabuf_fd = -1;      ///< back it with this dma-buf (not consumed)
+    uint64_t length = 0;       ///< bytes, a multiple of the page size (0 with a dma-buf: its size)
+    std::string name{};        ///< empty: anonymous
+    bool persistent = false;   ///< outlives its fds until destroyed
+    uint32_t mode = 0;         ///< permission bits; 0 = 0600
+    std::optional<int> node{}; ///< NUMA node for host pages
+    int dmabuf_fd = -1;        ///< back it with this dma-buf (not consumed)
 };
 
 /// A mapping of (part of) a mindspace; unmapped when destroyed. Move-only.

@@ -33,12 +33,14 @@ using ms_file_header = std::array<std::byte, ms_file_header_size>;
 
 ms_file_header encode_ms_file_header(const ms_file_meta& m);
 /// Errors: errc::not_ms_file (magic), errc::ms_file_version,
-/// errc::ms_file_corrupt (sizes, name, reserved bytes).
+/// errc::ms_file_corrupt (sizes, a name no mindspace may have, mode or
+/// flags bits that are not a mindspace's, a NUMA node below -1, reserved
+/// bytes).
 result<ms_file_meta> decode_ms_file_header(std::span<const std::byte> h);
 
 /// CRC-32 (zlib's) of `data`, continuing from `crc` (start with 0).
 uint32_t crc32_update(uint32_t crc, std::span<const std::byte> data) noexcept;
-/// The same for `n` zero bytes, in O(log n).
+/// The same for `n` zero bytes, in O(log n), for any `n`.
 uint32_t crc32_zeros(uint32_t crc, uint64_t n) noexcept;
 
 /// A run of bytes: [offset, offset + length).
@@ -52,8 +54,13 @@ struct byte_range {
 /// With `data_ranges` (sorted, as mindspace::data_ranges() gives), only
 /// those parts of `data` are read: the rest is known to be zero and is
 /// never touched (reading it would allocate a mindspace's pages).
-std::error_code save_ms_file(int fd, ms_file_meta m, std::span<const std::byte> data,
-                             const std::vector<byte_range>* data_ranges = nullptr);
+/// EINVAL, with the file untouched, for what would make a file that cannot
+/// be loaded: `data` empty or not whole pages, m.mode past 0777, flags other
+/// than LLMOS_MS_PERSISTENT and LLMOS_MS_NODE, a name valid_ms_name()
+/// refuses, ranges unsorted or out of bounds, an O_APPEND fd. Other errors
+/// (a failed write) leave the file truncated.
+[[nodiscard]] std::error_code save_ms_file(int fd, ms_file_meta m, std::span<const std::byte> data,
+                                           const std::vector<byte_range>* data_ranges = nullptr);
 
 /// Reads the header of the file at `fd` and checks the file's size.
 result<ms_file_meta> read_ms_file_meta(int fd);
@@ -62,6 +69,7 @@ result<ms_file_meta> read_ms_file_meta(int fd);
 /// must be zero-filled already, as a new mindspace is): only the file's
 /// data regions are read and only non-zero pages are written, so a sparse
 /// mindspace stays sparse. Checks the CRC (errc::ms_file_corrupt).
-std::error_code load_ms_file_data(int fd, const ms_file_meta& m, std::span<std::byte> dest);
+[[nodiscard]] std::error_code load_ms_file_data(int fd, const ms_file_meta& m,
+                                                std::span<std::byte> dest);
 
 } // namespace llmos

@@ -57,7 +57,7 @@ enum class token_kind : uint8_t {
 /// One sequence's part of a step.
 struct batch_entry {
     kv_cache* kv = nullptr;
-    std::span<const int32_t> tokens; ///< new tokens, after kv->n_tokens()
+    std::span<const int32_t> tokens{}; ///< new tokens, after kv->n_tokens()
     /// n_vocab floats for the logits of its last token (nullptr: none).
     float* logits = nullptr;
     /// tokens.size() x n_vocab floats for every token's logits (tests).

@@ -330,9 +330,9 @@ struct cuda_graph_stats {
 /// One sequence's part of a step (as batch_entry, with a cuda_kv_cache).
 struct cuda_batch_entry {
     cuda_kv_cache* kv = nullptr;
-    std::span<const int32_t> tokens; ///< new tokens, after kv->n_tokens()
-    float* logits = nullptr;         ///< n_vocab floats for the last token's logits
-    float* all_logits = nullptr;     ///< tokens.size() x n_vocab floats (tests)
+    std::span<const int32_t> tokens{}; ///< new tokens, after kv->n_tokens()
+    float* logits = nullptr;           ///< n_vocab floats for the last token's logits
+    float* all_logits = nullptr;       ///< tokens.size() x n_vocab floats (tests)
 };
 
 class cuda_context {

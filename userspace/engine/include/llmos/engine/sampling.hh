@@ -59,8 +59,9 @@ struct sampling_params {
     float presence_penalty = 0.f;  ///< in [-2, 2] (OpenAI's range); 0: off
     float frequency_penalty = 0.f; ///< in [-2, 2]; 0: off
     uint64_t seed = 0;             ///< the server picks one when a request gives none
-    std::vector<std::string> stop; ///< at most max_stops strings, none empty or over max_stop_bytes
-    uint32_t max_tokens = 0;       ///< 0: no limit of its own (a stop, EOS or the context ends it)
+    std::vector<std::string>
+        stop{};              ///< at most max_stops strings, none empty or over max_stop_bytes
+    uint32_t max_tokens = 0; ///< 0: no limit of its own (a stop, EOS or the context ends it)
 
     static constexpr int32_t max_repeat_last_n = 1 << 20;
     static constexpr size_t max_stops = 16;
