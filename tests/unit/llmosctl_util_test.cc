@@ -15,6 +15,9 @@ TEST(llmosctl_util, parse_size_accepts_numbers_and_binary_suffixes) {
     EXPECT_EQ(parse_size("64K"), 65536u);
     EXPECT_EQ(parse_size("64k"), 65536u);
     EXPECT_EQ(parse_size("16M"), 16u << 20);
+    EXPECT_EQ(parse_size("16m"), 16u << 20); // every suffix in either case
+    EXPECT_EQ(parse_size("1g"), 1u << 30);
+    EXPECT_EQ(parse_size("2t"), uint64_t{2} << 40);
     EXPECT_EQ(parse_size("1G"), 1u << 30);
     EXPECT_EQ(parse_size("1GiB"), 1u << 30);
     EXPECT_EQ(parse_size("2TB"), uint64_t{2} << 40);

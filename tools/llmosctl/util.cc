@@ -35,12 +35,15 @@ std::optional<uint64_t> parse_size(std::string_view s, bool suffixes) {
         shift = 10;
         break;
     case 'M':
+    case 'm':
         shift = 20;
         break;
     case 'G':
+    case 'g':
         shift = 30;
         break;
     case 'T':
+    case 't':
         shift = 40;
         break;
     default:
