@@ -203,7 +203,11 @@ TEST_P(ms_backend, read_only_handles_cannot_write) {
     void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, ro.fd(), 0);
     EXPECT_EQ(p, MAP_FAILED);
     EXPECT_EQ(errno, EACCES);
-    EXPECT_TRUE(ro.map());
+    auto m = ro.map();
+    ASSERT_TRUE(m);
+    EXPECT_FALSE(m->writable()) << "a read-only handle's mapping says so";
+    EXPECT_EQ(m->view().size(), 4096u);
+    EXPECT_TRUE(ms.map().value().writable());
 }
 
 TEST_P(ms_backend, mode_keeps_other_users_out) {

@@ -107,7 +107,8 @@ size_t page_size() noexcept {
 
 mapping::mapping(mapping&& o) noexcept
     : _addr(std::exchange(o._addr, nullptr))
-    , _len(std::exchange(o._len, 0)) {
+    , _len(std::exchange(o._len, 0))
+    , _writable(o._writable) {
 }
 
 mapping& mapping::operator=(mapping&& o) noexcept {
@@ -117,6 +118,7 @@ mapping& mapping::operator=(mapping&& o) noexcept {
         }
         _addr = std::exchange(o._addr, nullptr);
         _len = std::exchange(o._len, 0);
+        _writable = o._writable;
     }
     return *this;
 }
@@ -208,7 +210,7 @@ result<mapping> mindspace::map(uint64_t offset, uint64_t length) const {
     if (p == MAP_FAILED) {
         return last_error();
     }
-    return mapping{static_cast<std::byte*>(p), length};
+    return mapping{static_cast<std::byte*>(p), length, _writable};
 }
 
 result<std::vector<byte_range>> mindspace::data_ranges() const {

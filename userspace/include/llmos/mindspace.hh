@@ -54,15 +54,20 @@ struct ms_create_options {
 };
 
 /// A mapping of (part of) a mindspace; unmapped when destroyed. Move-only.
+/// A mindspace opened read-only is mapped read-only: a write through
+/// bytes() or data() then faults (SIGSEGV); writable() says which it is,
+/// and view() is the read-only span either way.
 class mapping {
     std::byte* _addr = nullptr;
     size_t _len = 0;
+    bool _writable = true;
 
 public:
     mapping() noexcept = default;
-    mapping(std::byte* addr, size_t len) noexcept
+    mapping(std::byte* addr, size_t len, bool writable = true) noexcept
         : _addr(addr)
-        , _len(len) {}
+        , _len(len)
+        , _writable(writable) {}
     mapping(const mapping&) = delete;
     mapping& operator=(const mapping&) = delete;
     mapping(mapping&& o) noexcept;
@@ -70,8 +75,10 @@ public:
     ~mapping();
 
     std::span<std::byte> bytes() const noexcept { return {_addr, _len}; }
+    std::span<const std::byte> view() const noexcept { return {_addr, _len}; }
     std::byte* data() const noexcept { return _addr; }
     size_t size() const noexcept { return _len; }
+    bool writable() const noexcept { return _writable; }
 };
 
 /// An open mindspace (a mindspace fd). Move-only; closing it drops this
