@@ -2,6 +2,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <liburing.h>
 #include <llmos/channel.hh>
@@ -11,6 +12,7 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -301,6 +303,37 @@ TEST_P(event_loop_test, a_message_sent_just_before_the_sleep_is_seen) {
     }
     EXPECT_EQ(got, 3u);
     EXPECT_EQ(tx.stats().wakeups_sent, 0u);
+}
+
+// A read in flight as its loop goes is cancelled before the destructor
+// returns, and its completion (what it owns) freed: the kernel, which
+// tears a closed ring down later, must not complete it into memory that
+// may be gone. (Here the buffer outlives the loop, to look at it.)
+TEST(event_loop, destroying_a_loop_cancels_what_it_has_in_flight_first) {
+    int p[2];
+    ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+    char buf[8] = {};
+    auto owned = std::make_shared<int>(0);
+    auto l = make_loop(doorbell_kind::futex, 0);
+    ASSERT_TRUE(l);
+    io_uring_sqe* s = l->sqe([owned](int32_t, uint32_t) {});
+    ASSERT_NE(s, nullptr);
+    auto ud = s->user_data;
+    io_uring_prep_read(s, p[0], buf, sizeof(buf), 0);
+    s->user_data = ud;
+    EXPECT_EQ(l->run_once(0ns), 0u); // submitted; the pipe is empty
+    const auto t0 = std::chrono::steady_clock::now();
+    l.reset();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 150ms) << "it waited out its limit";
+    EXPECT_EQ(owned.use_count(), 1) << "its completion outlived the loop";
+    ASSERT_EQ(::write(p[1], "x", 1), 1);
+    std::this_thread::sleep_for(20ms);
+    ASSERT_EQ(::fcntl(p[0], F_SETFL, O_NONBLOCK), 0);
+    char got = 0;
+    EXPECT_EQ(::read(p[0], &got, 1), 1) << "the destroyed loop's read took it";
+    EXPECT_EQ(buf[0], 0);
+    ::close(p[0]);
+    ::close(p[1]);
 }
 
 // run_once(0) neither spins nor sleeps, and still submits what was

@@ -3,6 +3,8 @@
 // libllmos's scheduler API, the same tests against every backend this
 // machine has: the local one (the core in this process) always, the kernel
 // one where /dev/llmos is (the test VM runs this program, as TAP).
+#include "../support/test_new.hh"
+
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
@@ -13,8 +15,10 @@
 #include <llmos/sched.hh>
 #include <map>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <set>
+#include <string>
 #include <thread>
 #include <unistd.h>
 
@@ -140,6 +144,47 @@ TEST_P(sched_backend, nothing_to_take_fails_or_times_out) {
     EXPECT_EQ(c.wait(0, wait_for::at_most(50ms)).error(), std::errc::timed_out);
     EXPECT_FALSE(c.cancel(id));
     EXPECT_EQ(c.wait(id).value().state, static_cast<uint32_t>(LLMOS_REQ_CANCELLED));
+}
+
+// Memory runs out in DISPATCH, at each allocation it makes in turn (on
+// this thread: the local scheduler runs in it). It either fails having
+// taken nothing, so that the next DISPATCH takes the request, not
+// requeued, or takes it: never takes it and loses it (held by a worker
+// that never learned of it, until closing the worker gives it back,
+// counted).
+TEST_P(sched_backend, out_of_memory_in_dispatch_takes_nothing) {
+    using llmos::testing::news_to_fail_here;
+    using llmos::testing::news_to_skip_here;
+    auto c = client();
+    auto w = worker(1);
+    for (uint32_t skip = 0;; ++skip) {
+        ASSERT_LT(skip, 100u) << "DISPATCH allocates without end";
+        SCOPED_TRACE("allocation " + std::to_string(skip) + " fails");
+        const uint64_t id = c.submit({.tenant = 1, .cost = 1}).value();
+        std::optional<llmos::result<std::vector<llmos::request_desc>>> got;
+        news_to_skip_here = skip;
+        news_to_fail_here = 1;
+        try {
+            got.emplace(w.dispatch(1, wait_for::none()));
+        } catch (const std::bad_alloc&) {
+        }
+        const bool failed_one = news_to_fail_here == 0;
+        news_to_skip_here = 0;
+        news_to_fail_here = 0;
+        if (!got) {
+            got.emplace(w.dispatch(1, wait_for::none()));
+            ASSERT_TRUE(*got) << "taken and lost: " << got->error().message();
+            EXPECT_EQ((*got)->front().requeues, 0u);
+        }
+        ASSERT_TRUE(*got) << got->error().message();
+        ASSERT_EQ((*got)->size(), 1u);
+        EXPECT_EQ((*got)->front().id, id);
+        EXPECT_FALSE(w.complete(id, 0, 1));
+        EXPECT_EQ(c.wait(id, wait_for::at_most(5s)).value().state, LLMOS_REQ_COMPLETED);
+        if (!failed_one) {
+            break; // it made fewer allocations: each has failed once
+        }
+    }
 }
 
 TEST_P(sched_backend, bad_arguments_are_refused) {

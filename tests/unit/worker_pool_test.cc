@@ -22,6 +22,7 @@
 #include <mutex>
 #include <new>
 #include <numa.h>
+#include <optional>
 #include <sched.h>
 #include <set>
 #include <span>
@@ -60,6 +61,17 @@ struct refusing_endings {
     ~refusing_endings() { llmos::detail::refuse_endings(0, 0); }
     refusing_endings(const refusing_endings&) = delete;
     refusing_endings& operator=(const refusing_endings&) = delete;
+};
+
+// Has the scheduler refuse the STARTs of a request while it lives
+// (llmos::detail::refuse_starts), and none after.
+struct refusing_starts {
+    refusing_starts(uint64_t request, uint32_t times) {
+        llmos::detail::refuse_starts(request, times);
+    }
+    ~refusing_starts() { llmos::detail::refuse_starts(0, 0); }
+    refusing_starts(const refusing_starts&) = delete;
+    refusing_starts& operator=(const refusing_starts&) = delete;
 };
 
 std::vector<int> two_cpus() {
@@ -806,6 +818,173 @@ TEST_P(worker_pool_test, a_request_whose_client_went_away_ends_early) {
     EXPECT_LT(expect_failed(c, id, -ECANCELED).tokens, 2000u) << "it stopped before the end";
 }
 
+// A request cancelled through the scheduler while it runs (by its
+// client, or its client closing), which the pool's is_cancelled does not
+// know of: the worker notices within a few steps that it no longer holds
+// it, stops it, and streams a failure (counted failed, not served), as
+// its client sees it CANCELLED; not a `done` with all its output.
+TEST_P(worker_pool_test, a_request_cancelled_through_the_scheduler_stops_and_ends_as_a_failure) {
+    auto o = opts({.decode_step = 1ms, .bytes_per_token = 1});
+    o.cpus.resize(1);
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    const auto& info = (*pool)->info(0);
+    for (bool close : {false, true}) {
+        SCOPED_TRACE(close ? "its client closes" : "its client cancels it");
+        std::optional<llmos::sched_client> c(llmos::sched_client::open(dev()).value());
+        const uint64_t served = info.served.load();
+        const uint64_t failed = info.failed.load();
+        const uint64_t id = c->submit(prompt(0, 2000, 1)).value(); // 2 s of steps
+        // Running: it streamed something.
+        auto streamed_any = [&] {
+            std::lock_guard lk(_log.m);
+            return _log.by_req.count(id) != 0;
+        };
+        const auto deadline = std::chrono::steady_clock::now() + 10s;
+        while (!streamed_any() && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(1ms);
+        }
+        ASSERT_TRUE(streamed_any());
+        if (close) {
+            c.reset();
+        } else {
+            EXPECT_FALSE(c->cancel(id));
+            auto f = c->wait(id, llmos::wait_for::at_most(5s));
+            ASSERT_TRUE(f) << f.error().message();
+            EXPECT_EQ(f->state, LLMOS_REQ_CANCELLED);
+        }
+        while (info.failed.load() == failed && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(1ms);
+        }
+        EXPECT_EQ(info.failed.load(), failed + 1);
+        EXPECT_EQ(info.served.load(), served);
+        std::lock_guard lk(_log.m);
+        const auto& got = _log.by_req[id];
+        ASSERT_FALSE(got.empty());
+        EXPECT_EQ(got.back().kind, uint32_t(output_kind::failed));
+        EXPECT_EQ(got.back().length, 0u);
+        uint64_t streamed = 0;
+        for (auto& d : got) {
+            streamed += d.kind == uint32_t(output_kind::tokens) ? d.length : 0;
+        }
+        EXPECT_LT(streamed, 2000u) << "it ran to its end";
+    }
+}
+
+// A request cancelled through the scheduler just as it ends (here: as its
+// last bytes are streamed, before the worker completes it): its COMPLETE
+// finds it no longer held, and the worker streams a failure, as its
+// client sees it CANCELLED; not a `done`, counted served.
+TEST_P(worker_pool_test, a_request_cancelled_as_it_ends_is_streamed_as_a_failure) {
+    auto c = llmos::sched_client::open(dev()).value();
+    auto o = opts({.bytes_per_token = 8});
+    o.cpus.resize(1);
+    const auto p = prompt(0, 40, 1);
+    const uint64_t end = llmos::output_offset(p.prompt_off, p.prompt_len) + p.prompt_len;
+    o.on_output = [&](unsigned, const descriptor& d) {
+        if (d.kind == uint32_t(output_kind::tokens) && d.offset + d.length == end) {
+            EXPECT_FALSE(c.cancel(d.request));
+        }
+        _log.add(d);
+    };
+    const uint64_t id = c.submit(p).value();
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    auto f = c.wait(id, llmos::wait_for::at_most(10s));
+    ASSERT_TRUE(f) << f.error().message();
+    EXPECT_EQ(f->state, LLMOS_REQ_CANCELLED);
+    (*pool)->stop();
+    EXPECT_EQ((*pool)->info(0).served.load(), 0u);
+    EXPECT_EQ((*pool)->info(0).failed.load(), 1u);
+    std::lock_guard lk(_log.m);
+    const auto& got = _log.by_req[id];
+    ASSERT_FALSE(got.empty());
+    EXPECT_EQ(got.back().kind, uint32_t(output_kind::failed));
+    EXPECT_EQ(got.back().length, 0u);
+}
+
+// The scheduler refuses a request's START for another reason than its
+// cancel (EIO here): not the request's fault, nor a cancel. It goes back,
+// uncounted (with max_requeues 1, one counted requeue would fail it), and
+// is served.
+TEST_P(worker_pool_test, a_start_refused_for_another_reason_gives_the_request_back) {
+    auto o = opts({.bytes_per_token = 8});
+    o.cpus.resize(1);
+    o.max_requeues = 1;
+    auto c = llmos::sched_client::open(dev()).value();
+    auto ids = submit_prompts(c, 2, 40);
+    const uint64_t victim = ids.begin()->first;
+    const refusing_starts refuse(victim, 1);
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    expect_echoed(c, ids, 8);
+    EXPECT_NE((*pool)->info(0).last_error().find("start: "), std::string::npos)
+        << (*pool)->info(0).last_error();
+    std::lock_guard lk(_log.m);
+    for (auto& d : _log.by_req[victim]) {
+        EXPECT_NE(d.kind, uint32_t(output_kind::failed)) << "a failure was streamed";
+    }
+}
+
+// An engine whose idle(), the first time its worker waits for work, waits
+// until drain() has been called, and a while more.
+class draining_engine final : public llmos::inference_engine {
+public:
+    explicit draining_engine(std::atomic<bool>& waiting, std::atomic<bool>& drained)
+        : _waiting(waiting)
+        , _drained(drained)
+        , _echo({.bytes_per_token = 8}) {}
+    llmos::engine_status prefill(llmos::sequence& s) override { return _echo.prefill(s); }
+    void decode(std::span<llmos::sequence* const> batch) override { _echo.decode(batch); }
+    void release(llmos::sequence& s) noexcept override { _echo.release(s); }
+    void idle() noexcept override {
+        if (_waiting.exchange(true)) {
+            return;
+        }
+        while (!_drained.load()) {
+            std::this_thread::sleep_for(1ms);
+        }
+        std::this_thread::sleep_for(50ms); // drain() has begun
+    }
+
+private:
+    std::atomic<bool>& _waiting;
+    std::atomic<bool>& _drained;
+    llmos::echo_engine _echo;
+};
+
+// drain() comes while the worker is about to wait for work, after it
+// looked at the pool's state: it takes nothing new. (On the kernel
+// backend a DISPATCH sent then takes requests at once, before any cancel.)
+TEST_P(worker_pool_test, a_drain_as_a_worker_goes_to_wait_for_work_takes_nothing_new) {
+    std::atomic<bool> waiting{false};
+    std::atomic<bool> drained{false};
+    auto o = opts({});
+    o.cpus.resize(1);
+    o.engine = [&](unsigned) { return std::make_unique<draining_engine>(waiting, drained); };
+    auto c = llmos::sched_client::open(dev()).value();
+    auto ids = submit_prompts(c, 2, 40);
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
+    while (!waiting.load()) {
+        std::this_thread::sleep_for(1ms);
+    }
+    drained = true;
+    (*pool)->drain();
+    EXPECT_EQ((*pool)->info(0).served.load() + (*pool)->info(0).failed.load(), 0u);
+    EXPECT_EQ(c.wait(0, llmos::wait_for::none()).error(),
+              std::errc::resource_unavailable_try_again);
+    // Still queued, never taken: a worker takes them, not requeued.
+    auto w = llmos::sched_worker::open(dev(), 2).value();
+    auto got = w.dispatch(2, llmos::wait_for::at_most(5s));
+    ASSERT_TRUE(got) << got.error().message();
+    ASSERT_EQ(got->size(), 2u);
+    for (auto& d : *got) {
+        EXPECT_TRUE(ids.count(d.id));
+        EXPECT_EQ(d.requeues, 0u);
+    }
+}
+
 // An echo engine that notes a decode of a sequence it did not prefill.
 class checking_engine final : public llmos::inference_engine {
 public:
@@ -1102,13 +1281,16 @@ private:
 };
 
 // Memory runs out in the worker's own code, at each allocation it makes
-// from waiting for work to running the first request (outside any step):
-// the worker gives its registration up, as a dying one does, and serves
-// the requests again once registered anew; the process lives on.
+// from waiting for work to running the first request (outside any step,
+// some requests set up, some taken and not yet): the worker gives its
+// registration up and serves the requests again once registered anew;
+// the process lives on. What it held went back uncounted: with
+// max_requeues 1, one counted requeue would fail a request.
 TEST_P(worker_pool_test, out_of_memory_outside_the_engine_costs_a_registration_not_the_process) {
     auto run = [&](starving_engine::plan& p) {
         auto o = opts({});
         o.cpus.resize(1);
+        o.max_requeues = 1;
         o.engine = [&p](unsigned) { return std::make_unique<starving_engine>(p); };
         auto c = llmos::sched_client::open(dev()).value();
         auto ids = submit_prompts(c, 3, 40);

@@ -345,7 +345,12 @@ result<std::vector<request_desc>> dispatch(uint64_t cid, uint32_t max, wait_for 
     if (!c->is_worker) {
         return err(std::errc::invalid_argument);
     }
+    // All the memory first: once the core has marked requests taken by
+    // this worker, a throw would leave them held by a worker that never
+    // learns of them (only closing it gives them back, counted).
     std::vector<llmos_core_req*> got(max);
+    std::vector<request_desc> out;
+    out.reserve(max);
     uint32_t n = 0;
     auto take = [&] {
         n = llmos_core_dispatch(&s.core, &c->worker, got.data(), max, now_ns());
@@ -359,11 +364,10 @@ result<std::vector<request_desc>> dispatch(uint64_t cid, uint32_t max, wait_for 
             return err(std::errc::timed_out);
         }
     }
-    std::vector<request_desc> out(n);
     for (uint32_t i = 0; i < n; ++i) {
         const auto& r = *got[i];
-        out[i] = {r.id,          r.tenant, r.prio,       r.cost,       r.requeues,
-                  r.deadline_ns, r.ms_id,  r.prompt_off, r.prompt_len, r.t_submit};
+        out.push_back({r.id, r.tenant, r.prio, r.cost, r.requeues, r.deadline_ns, r.ms_id,
+                       r.prompt_off, r.prompt_len, r.t_submit}); // reserved
     }
     return out;
 }

@@ -12,6 +12,7 @@
 #include <llmos/sched.hh>
 #include <new>
 #include <sys/ioctl.h>
+#include <thread>
 
 namespace llmos {
 
@@ -186,7 +187,12 @@ result<std::vector<request_desc>> sched_worker::dispatch(uint32_t max, wait_for 
     if (!max || max > LLMOS_MAX_DISPATCH) {
         return std::make_error_code(std::errc::invalid_argument);
     }
+    // All the memory first: once the ioctl has taken requests for this
+    // worker, a throw would leave them held by a worker that never learns
+    // of them (only closing it gives them back, counted).
     std::vector<llmos_req_desc> buf(max);
+    std::vector<request_desc> out;
+    out.reserve(max);
     llmos_dispatch d{};
     d.size = sizeof(d);
     d.flags = flags_of(w);
@@ -206,11 +212,10 @@ result<std::vector<request_desc>> sched_worker::dispatch(uint32_t max, wait_for 
         }
         break;
     }
-    std::vector<request_desc> out(d.out_count);
-    for (uint32_t i = 0; i < d.out_count; ++i) {
+    for (uint32_t i = 0; i < std::min(d.out_count, max); ++i) {
         const auto& b = buf[i];
-        out[i] = {b.id,          b.tenant, b.priority,   b.cost,       b.requeues,
-                  b.deadline_ns, b.ms_id,  b.prompt_off, b.prompt_len, b.submit_ns};
+        out.push_back({b.id, b.tenant, b.priority, b.cost, b.requeues, b.deadline_ns, b.ms_id,
+                       b.prompt_off, b.prompt_len, b.submit_ns}); // reserved
     }
     return out;
 }
@@ -363,6 +368,7 @@ struct async_dispatch final : loop_source, std::enable_shared_from_this<async_di
     uint32_t max = 0;
     // kernel: the command's argument and descriptors, alive until its CQE
     int fd = -1;
+    uint64_t user_data = 0; // the command's, while it is in flight
     llmos_dispatch cmd{};
     std::vector<llmos_req_desc> buf;
     std::vector<request_desc> out; // reserved for `max`: on_cqe allocates nothing
@@ -387,6 +393,7 @@ struct async_dispatch final : loop_source, std::enable_shared_from_this<async_di
             return std::make_error_code(std::errc::resource_unavailable_try_again);
         }
         uint64_t ud = sqe->user_data;
+        user_data = ud;
         std::memset(sqe, 0, sizeof(*sqe));
         sqe->opcode = IORING_OP_URING_CMD;
         sqe->fd = fd;
@@ -441,6 +448,31 @@ struct async_dispatch final : loop_source, std::enable_shared_from_this<async_di
         finish(std::move(got));
     }
 
+    // Kernel: LLMOS_CANCEL_PENDING for this worker's file. It completes a
+    // parked command, not one still being issued (on io-wq): that one
+    // parks after it, and is cancelled by the next.
+    void send_cancel() const noexcept {
+        llmos_cancel c{};
+        c.size = sizeof(c);
+        c.flags = LLMOS_CANCEL_PENDING;
+        ::ioctl(fd, LLMOS_IOC_CANCEL, &c);
+    }
+    // Kernel: is the command's completion in the loop's ring, not reaped
+    // yet? (Its task work, which posts it, runs as this thread enters the
+    // kernel: io_uring_get_events() does.) Call on the loop's thread.
+    bool completion_posted() noexcept {
+        io_uring* r = loop->ring();
+        io_uring_get_events(r);
+        unsigned head = 0;
+        io_uring_cqe* cqe = nullptr;
+        io_uring_for_each_cqe(r, head, cqe) {
+            if (cqe->user_data == user_data) {
+                return true;
+            }
+        }
+        return false;
+    }
+
     // Local: the scheduler rings the loop when its work generation moves.
     size_t poll() override {
         uint64_t gen = local_sched::work_generation();
@@ -468,16 +500,34 @@ struct async_dispatch final : loop_source, std::enable_shared_from_this<async_di
 namespace llmos {
 
 sched_worker::~sched_worker() {
-    if (dispatch_pending()) {
-        cancel_dispatch();
+    end_dispatch();
+}
+
+void sched_worker::end_dispatch() noexcept {
+    if (!dispatch_pending()) {
+        return;
+    }
+    cancel_dispatch();
+    if (_c._kind != backend_kind::kernel) {
+        return; // ended at once
+    }
+    // The cancel again until the command's completion is in the ring: one
+    // sent while the command was being issued found nothing parked, and
+    // the command would stay parked, holding this worker's file open (and
+    // its requests, should it take some) and writing, if it ever took
+    // some, into memory its loop may have freed. Not reaped: the loop runs
+    // `done` later, as it does after cancel_dispatch(). (A few ms at most;
+    // given up after 2 s.)
+    auto& a = *_async;
+    for (int i = 0; i < 2000 && !a.completion_posted(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        a.send_cancel();
     }
 }
 
 sched_worker& sched_worker::operator=(sched_worker&& o) {
     if (this != &o) {
-        if (dispatch_pending()) {
-            cancel_dispatch();
-        }
+        end_dispatch();
         _c = std::move(o._c);
         _id = o._id;
         _capacity = o._capacity;
@@ -568,10 +618,7 @@ void sched_worker::cancel_dispatch() {
     // The pending command completes with ECANCELED, or with what it took
     // if it was just completing; either way its CQE reaches the callback.
     _async->cancelled = true;
-    llmos_cancel c{};
-    c.size = sizeof(c);
-    c.flags = LLMOS_CANCEL_PENDING;
-    ::ioctl(_c.fd(), LLMOS_IOC_CANCEL, &c);
+    _async->send_cancel();
 }
 
 } // namespace llmos

@@ -196,9 +196,59 @@ event_loop::event_loop(options o)
 }
 
 event_loop::~event_loop() {
-    // The ring first: commands still in it may write into what the
-    // completion callbacks keep alive (a DISPATCH's descriptors).
+    // Commands in flight may write into what their completions keep
+    // alive (a DISPATCH's descriptors), and the kernel tears a ring down
+    // after io_uring_queue_exit() returns, not before: a command it
+    // completes then would write into freed memory. So they are cancelled
+    // and reaped first; what is still in flight after that keeps its
+    // completion, and what it owns, for good (leaked, never freed under
+    // the kernel): a uring_cmd that IORING_OP_ASYNC_CANCEL does not reach,
+    // whose owner did not cancel it (sched_worker does).
+    if (_ring && !cancel_in_flight(std::chrono::milliseconds(200))) {
+        (void)_slots.release();
+    }
     _ring.reset();
+}
+
+bool event_loop::cancel_in_flight(std::chrono::milliseconds limit) noexcept {
+    io_uring* r = _ring.get();
+    // Slots taken and not reaped: what was sent, once the queue is submitted.
+    const auto in_flight = [this] { return _slots->size() - _free.size(); };
+    if (!in_flight()) {
+        return true;
+    }
+    io_uring_submit(r);
+    if (io_uring_sqe* s = sqe_making_room(r)) {
+        io_uring_prep_cancel64(s, 0, IORING_ASYNC_CANCEL_ANY);
+        s->user_data = 0; // its own completion is ignored
+        io_uring_submit(r);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (in_flight()) {
+        const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) {
+            return false;
+        }
+        __kernel_timespec ts{};
+        ts.tv_sec = left.count() / 1000000000;
+        ts.tv_nsec = left.count() % 1000000000;
+        io_uring_cqe* cqe = nullptr;
+        io_uring_wait_cqe_timeout(r, &cqe, &ts);
+        while (io_uring_peek_cqe(r, &cqe) == 0) {
+            const uint64_t ud = cqe->user_data;
+            io_uring_cqe_seen(r, cqe);
+            // The kernel is done with it: its completion goes, not run
+            // (the loop is going). _free has room for every slot.
+            const auto slot = static_cast<uint32_t>(ud - 1);
+            if (ud != 0 && ud <= _slots->size() &&
+                std::find(_free.begin(), _free.end(), slot) == _free.end()) {
+                (*_slots)[slot] = nullptr;
+                _free.push_back(slot);
+            }
+        }
+    }
+    return true;
 }
 
 result<std::unique_ptr<event_loop>> event_loop::create(options o) {
@@ -265,10 +315,11 @@ io_uring_sqe* event_loop::sqe(completion done) {
     // Memory first, so that a throw leaves no SQE taken and unprepared;
     // room in _free for every slot: reap() frees slots and must not
     // allocate (nor throw).
-    if (_free.empty() && _slots.size() == _slots.capacity()) {
-        _slots.reserve(std::max<size_t>(16, 2 * _slots.size()));
+    auto& slots = *_slots;
+    if (_free.empty() && slots.size() == slots.capacity()) {
+        slots.reserve(std::max<size_t>(16, 2 * slots.size()));
     }
-    _free.reserve(_slots.capacity());
+    _free.reserve(slots.capacity());
     io_uring_sqe* s = sqe_making_room(_ring.get());
     if (!s) {
         return nullptr;
@@ -277,10 +328,10 @@ io_uring_sqe* event_loop::sqe(completion done) {
     if (!_free.empty()) {
         slot = _free.back();
         _free.pop_back();
-        _slots[slot] = std::move(done);
+        slots[slot] = std::move(done);
     } else {
-        slot = static_cast<uint32_t>(_slots.size());
-        _slots.push_back(std::move(done));
+        slot = static_cast<uint32_t>(slots.size());
+        slots.push_back(std::move(done));
     }
     io_uring_sqe_set_data64(s, slot + 1);
     return s;
@@ -369,12 +420,12 @@ size_t event_loop::reap() {
             [[maybe_unused]] ssize_t got = ::read(_wake_fd.get(), &v, sizeof(v));
             continue;
         }
-        if (ud == 0 || ud > _slots.size()) {
+        if (ud == 0 || ud > _slots->size()) {
             continue;
         }
         uint32_t slot = static_cast<uint32_t>(ud - 1);
-        completion fn = std::move(_slots[slot]);
-        _slots[slot] = nullptr;
+        completion fn = std::move((*_slots)[slot]);
+        (*_slots)[slot] = nullptr;
         _free.push_back(slot);
         ++_stats.completions;
         ++handled;

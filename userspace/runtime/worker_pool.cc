@@ -101,26 +101,53 @@ public:
 // length says all of it (descriptor stays 24 bytes, its ABI).
 constexpr uint64_t max_output = UINT32_MAX;
 
-// detail::refuse_endings(): the request whose endings fail, how many more,
-// as one word (request, count) changed under a lock, so that refused()
-// never sees one's request with another's count.
-std::mutex refusals_m;
-uint64_t refused_request = 0; // under refusals_m
-uint32_t refusals_left = 0;   // under refusals_m
-std::atomic<bool> refusing{false};
+// detail::refuse_endings() and refuse_starts(): the request whose
+// endings (or STARTs) fail, how many more, as one word (request, count)
+// changed under a lock, so that take() never sees one's request with
+// another's count.
+struct refusals {
+    std::mutex m;
+    uint64_t request = 0; // under m
+    uint32_t left = 0;    // under m
+    std::atomic<bool> on{false};
+
+    void set(uint64_t id, uint32_t times) noexcept {
+        std::lock_guard lk(m);
+        request = id;
+        left = times;
+        on.store(times != 0);
+    }
+    bool take(uint64_t id) noexcept {
+        if (!on.load()) {
+            return false;
+        }
+        std::lock_guard lk(m);
+        if (request != id || left == 0) {
+            return false;
+        }
+        --left;
+        return true;
+    }
+};
+refusals endings;
+refusals starts;
 const std::error_code refusal(EIO, std::system_category());
 
 bool refused(uint64_t id) noexcept {
-    if (!refusing.load()) {
-        return false;
-    }
-    std::lock_guard lk(refusals_m);
-    if (refused_request != id || refusals_left == 0) {
-        return false;
-    }
-    --refusals_left;
-    return true;
+    return endings.take(id);
 }
+
+// What the scheduler answers about a request this worker no longer
+// holds: cancelled (by its client, or its client closing) or ended.
+bool not_held(std::error_code e) noexcept {
+    return e == std::errc::no_such_file_or_directory || e == std::errc::no_such_process;
+}
+
+// How often a worker asks the scheduler whether the requests it runs are
+// still its own (one START each, a system call on the kernel backend): a
+// cancel through the scheduler then stops one within this, not at its
+// end, for a few calls a second per request.
+constexpr auto held_check_every = std::chrono::milliseconds(100);
 
 // A mindspace a worker has open and mapped, for the requests using it.
 struct mapped_ms {
@@ -133,10 +160,10 @@ struct mapped_ms {
 
 namespace detail {
 void refuse_endings(uint64_t request, uint32_t times) noexcept {
-    std::lock_guard lk(refusals_m);
-    refused_request = request;
-    refusals_left = times;
-    refusing.store(times != 0);
+    endings.set(request, times);
+}
+void refuse_starts(uint64_t request, uint32_t times) noexcept {
+    starts.set(request, times);
 }
 } // namespace detail
 
@@ -314,6 +341,11 @@ result<std::vector<request_desc>> worker_pool::wait_for_work(sched_worker& w, ev
                                                              inference_engine& engine) {
     poke_source pokes(_pokes, engine);
     engine.idle();
+    // idle() may take a while: a drain() or stop() meanwhile takes nothing
+    // new (a DISPATCH sent now could take requests before it is cancelled).
+    if (_state.load() != state::running) {
+        return std::make_error_code(std::errc::operation_canceled);
+    }
     if (!loop) {
         return w.dispatch(max, wait_for::at_most(50ms));
     }
@@ -321,12 +353,14 @@ result<std::vector<request_desc>> worker_pool::wait_for_work(sched_worker& w, ev
     // dispatch is cancelled when `w` goes, and its callback may still run
     // (from the loop, on the kernel backend) after this frame is gone.
     auto got = std::make_shared<std::optional<result<std::vector<request_desc>>>>();
+    // Memory first: on the kernel backend the DISPATCH may take requests
+    // as it is sent, and a throw after it would leave them to `w`, which
+    // gives them back counted as it closes.
+    loop->add_source(pokes);
+    const at_exit added{[&] { loop->remove_source(pokes); }};
     if (auto ec = w.dispatch_async(*loop, max, [got](auto r) { got->emplace(std::move(r)); })) {
         return ec;
     }
-    loop->add_source(pokes);
-    const std::unique_ptr<poke_source, std::function<void(poke_source*)>> added(
-        &pokes, [loop](poke_source* s) { loop->remove_source(*s); });
     bool cancelled = false;
     while (!*got) {
         if (_state.load() != state::running && w.dispatch_pending()) {
@@ -507,9 +541,17 @@ void worker_pool::run_worker(unsigned i) {
             mark_ready();
             std::vector<slot> active;
             std::vector<sequence*> batch;
-            // Up front: fill_batch() then allocates nothing.
+            // What one DISPATCH took, the first `set_up` of them set up:
+            // out of memory setting up the others, they go back uncounted
+            // (`w` would give them back counted as it closes).
+            std::vector<uint64_t> taken;
+            size_t set_up = 0;
+            // Up front: fill_batch() then allocates nothing, nor does
+            // recording what a DISPATCH took.
             active.reserve(_o.slots);
             batch.reserve(_o.slots);
+            taken.reserve(std::min<uint32_t>(_o.slots, LLMOS_MAX_DISPATCH));
+            auto last_held_check = std::chrono::steady_clock::now();
             // A request that could be neither completed nor given back is
             // still held by `w`: only closing `w` gives it back (requeued,
             // as a dying worker's, counted), so the worker takes no more
@@ -520,10 +562,26 @@ void worker_pool::run_worker(unsigned i) {
             bool stuck = false;
             uint32_t left = 0;
 
-            // COMPLETE, unless a test has the scheduler refuse it.
+            // COMPLETE, give-back and START, unless a test has the
+            // scheduler refuse them.
             auto complete = [&](uint64_t id, int32_t status, uint32_t tokens, uint64_t off,
                                 uint64_t len) {
                 return refused(id) ? refusal : w.complete(id, status, tokens, off, len);
+            };
+            // A request this worker will not finish goes back, uncounted.
+            // One that cannot go back either is never left held here
+            // without a reason: `w` closes (counted), or, once it has used
+            // its max_requeues, it stays held, a slot less (`left`).
+            auto hand_back = [&](const request_desc& d) noexcept {
+                const std::error_code e = refused(d.id) ? refusal : w.give_back(d.id);
+                if (e && !not_held(e)) {
+                    if (d.requeues >= _o.max_requeues) {
+                        ++left;
+                    } else {
+                        stuck = true;
+                    }
+                }
+                return e;
             };
             // Ends a request: completes it with the scheduler, streams the
             // final descriptor, drops its mapping (`mapped`: setup() counted
@@ -532,16 +590,18 @@ void worker_pool::run_worker(unsigned i) {
                 if (release) {
                     engine->release(s);
                 }
-                const auto gone = [](std::error_code e) {
-                    return e == std::errc::no_such_file_or_directory ||
-                           e == std::errc::no_such_process; // not held (any more)
-                };
                 uint64_t len = s.status ? 0 : s.produced;
                 bool ended = true; // false: it went back to the queue, unended
                 try {
                     if (const std::error_code e =
                             complete(s.req.id, s.status, s.tokens, s.output_off, len);
-                        e && !gone(e)) {
+                        not_held(e)) {
+                        // Cancelled through the scheduler (by its client, or
+                        // its client closing) while it ran: its client sees
+                        // it CANCELLED, and so does whoever reads the stream.
+                        s.status = -ECANCELED;
+                        len = 0;
+                    } else if (e) {
                         // Refused (an output outside what the scheduler knows
                         // of the mindspace, a status that is no errno): it
                         // fails instead, or goes back; it is never left held
@@ -550,17 +610,9 @@ void worker_pool::run_worker(unsigned i) {
                         s.status = -EIO;
                         len = 0;
                         if (const std::error_code e2 = complete(s.req.id, -EIO, s.tokens, 0, 0);
-                            e2 && !gone(e2)) {
-                            const std::error_code e3 =
-                                refused(s.req.id) ? refusal : w.give_back(s.req.id);
-                            ended = e3 && gone(e3);
-                            if (e3 && !gone(e3)) {
-                                if (s.req.requeues >= _o.max_requeues) {
-                                    ++left;
-                                } else {
-                                    stuck = true;
-                                }
-                            }
+                            e2 && !not_held(e2)) {
+                            const std::error_code e3 = hand_back(s.req);
+                            ended = e3 && not_held(e3);
                         }
                     }
                 } catch (...) { // the scheduler's state unknown: `w` closes
@@ -598,10 +650,20 @@ void worker_pool::run_worker(unsigned i) {
             auto setup = [&](const request_desc& d) -> std::unique_ptr<sequence> {
                 auto s = std::make_unique<sequence>();
                 s->req = d;
-                if (w.start(d.id)) {
-                    // Cancelled since it was dispatched: not run; the final
-                    // descriptor tells whoever streams it.
-                    fail(*s, -ECANCELED, false, false);
+                if (const std::error_code e = starts.take(d.id) ? refusal : w.start(d.id)) {
+                    if (not_held(e) || not_held(hand_back(d))) {
+                        // Cancelled since it was dispatched: not run; the
+                        // final descriptor tells whoever streams it.
+                        fail(*s, -ECANCELED, false, false);
+                        return nullptr;
+                    }
+                    // Refused for another reason (EINVAL, a transient
+                    // error): not the request's fault; it went back,
+                    // uncounted. A pause, as after a failed DISPATCH, so
+                    // that a scheduler refusing every START is not asked
+                    // again at once, for ever.
+                    note_code("start: ", e);
+                    std::this_thread::sleep_for(10ms);
                     return nullptr;
                 }
                 if (d.requeues >= _o.max_requeues) {
@@ -744,17 +806,25 @@ void worker_pool::run_worker(unsigned i) {
                     // One DISPATCH takes at most LLMOS_MAX_DISPATCH (EINVAL past it).
                     uint32_t free = std::min<uint32_t>(
                         _o.slots - left - static_cast<uint32_t>(active.size()), LLMOS_MAX_DISPATCH);
-                    if (free && st == state::running && !stuck) {
+                    // Read again: a drain() since the top takes nothing new.
+                    if (free && !stuck && _state.load() == state::running) {
                         auto got = active.empty() ? wait_for_work(w, loop.get(), free, *engine)
                                                   : w.dispatch(free, wait_for::none());
                         if (got) {
                             for (auto& d : *got) {
-                                if (auto s = setup(d)) {
+                                taken.push_back(d.id); // reserved
+                            }
+                            for (auto& d : *got) {
+                                auto s = setup(d);
+                                ++set_up;
+                                if (s) {
                                     active.push_back({std::move(s)}); // reserved
                                     active.back().suspect = d.requeues > 0;
                                     active.back().streamed = 0;
                                 }
                             }
+                            taken.clear();
+                            set_up = 0;
                         } else if (got.error().value() != EAGAIN &&
                                    got.error().value() != ETIMEDOUT &&
                                    got.error().value() != EINTR &&
@@ -881,6 +951,20 @@ void worker_pool::run_worker(unsigned i) {
                             }
                         }
                     }
+                    // Cancelled through the scheduler: no longer held. START
+                    // asks without changing anything: a request this worker
+                    // runs is not DISPATCHED, so START says EINVAL while it
+                    // holds it, and ESRCH or ENOENT once it does not.
+                    if (const auto now = std::chrono::steady_clock::now();
+                        now - last_held_check >= held_check_every) {
+                        last_held_check = now;
+                        for (auto& sl : active) {
+                            if (!sl.s->done && not_held(w.start(sl.s->req.id))) {
+                                sl.s->done = true;
+                                sl.s->status = -ECANCELED;
+                            }
+                        }
+                    }
                     std::erase_if(active, [&](slot& sl) {
                         if (!sl.s->done) {
                             return false;
@@ -901,6 +985,11 @@ void worker_pool::run_worker(unsigned i) {
                     gave_up = true;
                     break;
                 }
+            }
+            // Taken and not set up (some started already): back as the
+            // set-up ones go below, uncounted.
+            for (size_t k = set_up; k < taken.size(); ++k) {
+                w.give_back(taken[k]);
             }
             for (auto& sl : active) {
                 if (engine) { // without one, recover() released them

@@ -128,6 +128,12 @@ public:
     /// unavailable), EOPNOTSUPP (futex doorbell on a kernel < 6.7).
     static result<std::unique_ptr<event_loop>> create(options o);
     static result<std::unique_ptr<event_loop>> create() { return create(options{}); }
+    /// Cancels what is in flight on its ring (IORING_OP_ASYNC_CANCEL) and
+    /// waits for it, 200 ms at most, without running its completions.
+    /// What is still in flight then (a uring_cmd its owner did not cancel)
+    /// keeps its completion, and what that owns, allocated for good: the
+    /// kernel, which tears a ring down after it is closed, may still write
+    /// into it.
     ~event_loop();
     event_loop(const event_loop&) = delete;
     event_loop& operator=(const event_loop&) = delete;
@@ -175,6 +181,9 @@ private:
     bool arm_futex();
     bool arm_fallback();
     void submit_queued();
+    /// The destructor's: cancels and reaps what is in flight; false if
+    /// some is still in flight after `limit`.
+    bool cancel_in_flight(std::chrono::milliseconds limit) noexcept;
     /// Writes the eventfd (msg_ring loops): the wake that cannot fail.
     void wake_by_fallback() noexcept;
 
@@ -188,7 +197,9 @@ private:
     unique_fd _wake_fd;
     bool _fallback_armed = false;
     std::vector<loop_source*> _sources;
-    std::vector<completion> _slots; // user_data - 1 indexes this
+    // user_data - 1 indexes this. Held by pointer: the destructor leaks it
+    // when the kernel may still write into what its completions own.
+    std::unique_ptr<std::vector<completion>> _slots = std::make_unique<std::vector<completion>>();
     std::vector<uint32_t> _free;
     std::function<void()> _idle_hook;
     event_loop_stats _stats;

@@ -123,6 +123,7 @@ class sched_worker {
         : _c(std::move(c))
         , _id(id)
         , _capacity(cap) {}
+    void end_dispatch() noexcept;
 
 public:
     sched_worker(sched_worker&&) noexcept = default;
@@ -130,7 +131,9 @@ public:
     /// destructor does.
     sched_worker& operator=(sched_worker&& o);
     /// Cancels a pending dispatch_async first (destroy it on the thread
-    /// of that loop).
+    /// of that loop). On the kernel backend it sends the cancel again
+    /// until the command's completion is in the loop's ring (2 s at most),
+    /// which the loop then reaps, running `done`.
     ~sched_worker();
 
     /// WORKER_REGISTER on a new client. Errors: EINVAL (capacity).

@@ -31,6 +31,14 @@
 // recovered from: the worker gives back what it holds, uncounted, says so
 // (on_device_lost) and ends.
 //
+// A request cancelled through the scheduler while a worker runs it (its
+// client cancels it, or closes) is no longer held by the worker: the
+// worker asks (a START, every 100 ms: EINVAL while it holds the request,
+// ESRCH or ENOENT once it does not), stops it, and streams `failed`,
+// counted failed, as its client sees it CANCELLED. A START refused for
+// another reason than a cancel is not the request's fault: it goes back,
+// uncounted.
+//
 // drain() stops taking requests and returns when every taken one is
 // finished; stop() hands what is held back to the scheduler at once,
 // unfinished but not as a crash (its requeues do not grow; a request that
@@ -42,8 +50,10 @@
 // streams; a request that cannot be copied fails with -EIO). Anything else
 // the worker's own code throws (no memory to set a request up, to take
 // one, to register) is no request's fault nor the engine's: the worker
-// gives back what it holds, uncounted, and registers again with the same
-// engine. A worker thread never ends the process.
+// gives back what it holds (what it took and had not set up yet too),
+// uncounted, and registers again with the same engine. DISPATCH takes its
+// memory before it takes requests: out of memory there takes none. A
+// worker thread never ends the process.
 //
 // A request that the scheduler would neither let it complete nor take
 // back is given back by closing the registration (a requeue, counted):
@@ -98,6 +108,9 @@ namespace detail {
 /// Tests: the scheduler refuses (EIO) the next `times` endings of
 /// `request` (COMPLETE and give-backs) by any worker. Any thread.
 void refuse_endings(uint64_t request, uint32_t times) noexcept;
+/// Tests: the scheduler refuses (EIO) the next `times` STARTs that set
+/// `request` up, by any worker. Any thread.
+void refuse_starts(uint64_t request, uint32_t times) noexcept;
 } // namespace detail
 
 struct worker_pool_options {
@@ -116,8 +129,10 @@ struct worker_pool_options {
     /// descriptor, and the worker's last_error says why.
     std::function<void(unsigned worker, const descriptor&)> on_output;
     /// Asked between steps for each request a worker runs: true ends it
-    /// with -ECANCELED (its client went away). Called on the worker's
-    /// thread; must be cheap. One that throws is taken as false.
+    /// with -ECANCELED (its client went away, and the scheduler does not
+    /// know yet: a cancel through the scheduler the worker notices by
+    /// itself). Called on the worker's thread; must be cheap. One that
+    /// throws is taken as false.
     std::function<bool(uint64_t request)> is_cancelled;
     /// Called once on a worker's thread when its engine, in a step or as
     /// it is made, throws engine::device_lost (its GPU cannot be used by
