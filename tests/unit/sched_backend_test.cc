@@ -146,6 +146,31 @@ TEST_P(sched_backend, nothing_to_take_fails_or_times_out) {
     EXPECT_EQ(c.wait(id).value().state, static_cast<uint32_t>(LLMOS_REQ_CANCELLED));
 }
 
+// A limit past any clock's reach (now + it overflows) is no limit: it
+// waits for the request instead of timing out at once.
+TEST_P(sched_backend, a_limit_past_the_clock_s_reach_waits) {
+    auto w = worker(1);
+    auto c = client();
+    std::optional<llmos::result<std::vector<llmos::request_desc>>> got;
+    std::thread t(
+        [&] { got.emplace(w.dispatch(1, wait_for::at_most(std::chrono::milliseconds::max()))); });
+    std::this_thread::sleep_for(100ms);
+    const uint64_t id = c.submit({}).value();
+    t.join();
+    ASSERT_TRUE(*got) << got->error().message();
+    ASSERT_EQ((*got)->size(), 1u);
+    EXPECT_EQ((*got)->front().id, id);
+    std::thread done([&] {
+        std::this_thread::sleep_for(100ms);
+        EXPECT_FALSE(w.start(id));
+        EXPECT_FALSE(w.complete(id, 0, 1));
+    });
+    auto f = c.wait(id, wait_for::at_most(std::chrono::hours(24 * 365 * 300)));
+    done.join();
+    ASSERT_TRUE(f) << f.error().message();
+    EXPECT_EQ(f->state, static_cast<uint32_t>(LLMOS_REQ_COMPLETED));
+}
+
 // Memory runs out in DISPATCH, at each allocation it makes in turn (on
 // this thread: the local scheduler runs in it). It either fails having
 // taken nothing, so that the next DISPATCH takes the request, not

@@ -34,6 +34,16 @@ uint32_t timeout_of(const wait_for& w) {
     return ms <= 0 ? 1 : static_cast<uint32_t>(std::min<int64_t>(ms, UINT32_MAX));
 }
 
+// A limit past any clock's reach (now + it would overflow) is no limit:
+// waiting "300 years" must not time out at once.
+wait_for bounded(wait_for w) {
+    constexpr auto far = std::chrono::hours(24 * 365 * 100);
+    if (w.limit && *w.limit > far) {
+        w.limit.reset();
+    }
+    return w;
+}
+
 // What is left of `w` at `deadline` (at least 1 ms, so a limit stays one).
 wait_for left_of(const wait_for& w, std::chrono::steady_clock::time_point deadline) {
     if (!w.block || !w.limit) {
@@ -130,6 +140,7 @@ std::error_code sched_client::cancel(uint64_t id) {
 }
 
 result<finished_request> sched_client::wait(uint64_t id, wait_for w) {
+    w = bounded(w);
     if (_kind == backend_kind::local) {
         return local_sched::wait(_local, id, w);
     }
@@ -145,6 +156,10 @@ result<finished_request> sched_client::wait(uint64_t id, wait_for w) {
         auto ec = ioctl_err(_fd.get(), LLMOS_IOC_WAIT, &c);
         if (ec == std::errc::interrupted) {
             continue; // a signal or task work came: wait on
+        }
+        if (ec == std::errc::timed_out && w.block &&
+            (!w.limit || std::chrono::steady_clock::now() < deadline)) {
+            continue; // the module's longest wait (49.7 days) ended first
         }
         if (ec) {
             return ec;
@@ -181,6 +196,7 @@ result<sched_worker> sched_worker::open(const device& dev, uint32_t capacity, in
 }
 
 result<std::vector<request_desc>> sched_worker::dispatch(uint32_t max, wait_for w) {
+    w = bounded(w);
     if (_c._kind == backend_kind::local) {
         return local_sched::dispatch(_c._local, max, w);
     }
@@ -206,6 +222,10 @@ result<std::vector<request_desc>> sched_worker::dispatch(uint32_t max, wait_for 
         auto ec = ioctl_err(_c.fd(), LLMOS_IOC_DISPATCH, &d);
         if (ec == std::errc::interrupted) {
             continue; // a signal or task work came: wait on
+        }
+        if (ec == std::errc::timed_out && w.block &&
+            (!w.limit || std::chrono::steady_clock::now() < deadline)) {
+            continue; // the module's longest wait (49.7 days) ended first
         }
         if (ec) {
             return ec;

@@ -218,8 +218,11 @@ public:
     /// 0: timed out, or the channel is closed and drained.
     size_t receive(std::span<descriptor> out,
                    std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
-        auto deadline = timeout ? std::chrono::steady_clock::now() + *timeout
-                                : std::chrono::steady_clock::time_point::max();
+        // A timeout past the clock's reach is none (now + it would wrap).
+        const auto now = std::chrono::steady_clock::now();
+        auto deadline = timeout && *timeout < std::chrono::steady_clock::time_point::max() - now
+                            ? now + *timeout
+                            : std::chrono::steady_clock::time_point::max();
         for (;;) {
             // Spinning while the sender shares our CPU only delays it.
             uint32_t spin =
