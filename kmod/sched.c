@@ -1246,7 +1246,9 @@ int llmos_cancel(struct llmos_ucmd *ucmd)
 	}
 	/*
 	 * Another client's request needs CAP_SYS_ADMIN, asked outside the
-	 * lock (security hooks may sleep); then it is looked up again.
+	 * lock (security hooks may sleep); then it is looked up again. To
+	 * anyone else it does not exist: ENOENT, as for an id never used, so
+	 * that ids cannot be probed (and without an audit record each try).
 	 */
 	admin = false;
 again:
@@ -1254,8 +1256,8 @@ again:
 	r = llmos_core_find(&llmos_sched.core, cmd->id);
 	if (r && llmos_kreq(r)->client != c && !admin) {
 		spin_unlock(&llmos_sched.lock);
-		if (!capable(CAP_SYS_ADMIN))
-			return -EPERM;
+		if (!ns_capable_noaudit(&init_user_ns, CAP_SYS_ADMIN))
+			return -ENOENT;
 		admin = true;
 		goto again;
 	}

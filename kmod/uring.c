@@ -15,8 +15,11 @@
 
 #include <linux/fs.h>
 #include <linux/io_uring/cmd.h>
+#include <linux/io_uring_types.h>
 #include <linux/jiffies.h>
+#include <linux/percpu-refcount.h>
 #include <linux/sched.h>
+#include <linux/sched/signal.h>
 #include <linux/uaccess.h>
 
 #include <linux/llmos.h>
@@ -42,6 +45,19 @@ struct llmos_uring_pdu {
 static struct llmos_uring_pdu *llmos_pdu(struct io_uring_cmd *ioucmd)
 {
 	return io_uring_cmd_to_pdu(ioucmd, struct llmos_uring_pdu);
+}
+
+/*
+ * Whether a woken command's task work runs for nobody: its task is dying,
+ * or its ring was closed since the wake-up (6.12 sets
+ * IO_URING_F_TASK_DEAD only for the first). It is cancelled then: what it
+ * would have taken stays where it is, for others.
+ */
+static bool llmos_uring_gone(struct io_uring_cmd *ioucmd,
+			     unsigned int issue_flags)
+{
+	return (issue_flags & IO_URING_F_TASK_DEAD) ||
+	       percpu_ref_is_dying(&cmd_to_io_kiocb(ioucmd)->ctx->refs);
 }
 
 /*
@@ -128,7 +144,20 @@ static int llmos_uring_reply_or_park(struct io_uring_cmd *ioucmd,
 			return -EIOCBQUEUED;
 		if (ret != -EAGAIN)
 			break;
-		cond_resched(); /* others' kicks may keep it looking */
+		/*
+		 * Others' kicks may keep it looking (a policy that gives this
+		 * worker nothing while work keeps changing): not past its
+		 * deadline, nor past a fatal signal.
+		 */
+		if (deadline && time_after_eq(jiffies, deadline)) {
+			ret = -ETIMEDOUT;
+			break;
+		}
+		if (fatal_signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
+		cond_resched();
 	}
 	return llmos_uring_done(ioucmd, ret, issue_flags);
 }
@@ -155,7 +184,7 @@ static void llmos_uring_dispatch_tw(struct io_uring_cmd *ioucmd,
 	 * A kick that finds nothing (another worker was faster, or the policy
 	 * gave the requests to another) gives 0.
 	 */
-	if (!(issue_flags & IO_URING_F_TASK_DEAD))
+	if (!llmos_uring_gone(ioucmd, issue_flags))
 		n = llmos_uring_dispatch_now(ioucmd);
 	io_uring_cmd_done(ioucmd, n, 0, issue_flags);
 	/*
@@ -189,7 +218,7 @@ static void llmos_uring_wait_tw(struct io_uring_cmd *ioucmd,
 {
 	int ret = -ECANCELED;
 
-	if (!(issue_flags & IO_URING_F_TASK_DEAD))
+	if (!llmos_uring_gone(ioucmd, issue_flags))
 		ret = llmos_uring_wait_reply(ioucmd);
 	io_uring_cmd_done(ioucmd, ret, 0, issue_flags);
 }
@@ -214,7 +243,7 @@ static void llmos_uring_wait_batch_tw(struct io_uring_cmd *ioucmd,
 {
 	int n = -ECANCELED;
 
-	if (!(issue_flags & IO_URING_F_TASK_DEAD))
+	if (!llmos_uring_gone(ioucmd, issue_flags))
 		n = llmos_uring_wait_batch_reply(ioucmd);
 	io_uring_cmd_done(ioucmd, n, 0, issue_flags);
 }

@@ -246,7 +246,7 @@ std::error_code cancel(uint64_t cid, uint64_t id) {
         return err(std::errc::no_such_file_or_directory);
     }
     if (r->owner->id != cid) {
-        return err(std::errc::operation_not_permitted);
+        return err(std::errc::no_such_file_or_directory); // as the module says
     }
     const bool held = r->core.worker; // its worker has room again
     auto node = scheduler::done_node(r);

@@ -509,14 +509,14 @@ enum llmos_req_state {
  *   SUBMIT of a prompt (prompt_off, prompt_len) not inside its mindspace.
  * - EBUSY: WORKER_REGISTER on a file that is a worker already.
  * - ENOENT: no request with that id (or not one of the caller's, for
- *   WAIT); WAIT for any request by a client that has none outstanding;
+ *   WAIT, and for CANCEL without %CAP_SYS_ADMIN); WAIT for any request by
+ *   a client that has none outstanding;
  *   SUBMIT naming a mindspace (ms_id) that does not exist.
  * - EACCES: SUBMIT naming a mindspace the caller may not open read-write
  *   (its worker will read the prompt there and write the output).
  * - ESRCH: START or COMPLETE of a request the calling worker does not hold.
  * - EALREADY: CANCEL of a finished request.
- * - EPERM: CANCEL of another client's request, SET_WEIGHT, SUBMIT
- *   naming a tenant the caller may not name, or WORKER_REGISTER by a uid
+ * - EPERM: SET_WEIGHT, SUBMIT naming a tenant the caller may not name, or WORKER_REGISTER by a uid
  *   not granted %LLMOS_GRANT_WORKER, without %CAP_SYS_ADMIN.
  * - EAGAIN: nothing ready with %LLMOS_NONBLOCK; SUBMIT past the per-client
  *   limit of unfinished and uncollected requests (module parameter
