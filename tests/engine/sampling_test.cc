@@ -166,6 +166,8 @@ TEST(sampling_params, validate_names_field_value_and_range) {
     EXPECT_EQ("frequency_penalty must be in [-2, 2], got -3",
               msg([](auto& p) { p.frequency_penalty = -3; }));
     EXPECT_EQ("stop[1] is empty", msg([](auto& p) { p.stop = {"a", ""}; }));
+    // Matched against the text, it would cut it inside a character.
+    EXPECT_EQ("stop[0] is not valid UTF-8", msg([](auto& p) { p.stop = {"\xA9"}; }));
     EXPECT_EQ("stop[0] is 513 bytes, more than 512",
               msg([](auto& p) { p.stop = {std::string(513, 'x')}; }));
     EXPECT_EQ("stop may hold at most 16 strings, got 17",

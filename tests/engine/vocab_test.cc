@@ -1067,6 +1067,37 @@ TEST(bpe, merges_lowest_rank_first) {
     EXPECT_EQ(v.encode("x", false, false), v.encode("x", true, false));
 }
 
+// An unused token (type 5: untrained, with no text of its own) is never
+// made of text, whatever the merges or scores say: its text would be lost.
+TEST(bpe, unused_tokens_are_never_made_of_text) {
+    std::map<std::string, int32_t> id;
+    vocab_data d = make_bpe(id, "gpt2");
+    d.types[static_cast<size_t>(id["aa"])] = 5;
+    d.types[static_cast<size_t>(id[G() + "zzz"])] = 5;
+    vocab v(std::move(d));
+    EXPECT_EQ((ids{id["a"], id["a"]}), v.encode("aa", false, false));
+    for (const char* text : {"aa", "aaa", " zzz", "llama aa zzz"}) {
+        EXPECT_EQ(v.decode(v.encode(text, false, false)), text) << text;
+    }
+    std::map<std::string, int32_t> id3;
+    vocab_data d3 = make_bpe(id3, "llama3"); // whole words first
+    d3.types[static_cast<size_t>(id3[G() + "zzz"])] = 5;
+    vocab v3(std::move(d3));
+    EXPECT_EQ(v3.decode(v3.encode("x zzz", false, false)), "x zzz");
+}
+
+TEST(spm, unused_tokens_are_never_made_of_text) {
+    std::map<std::string, int32_t> id;
+    vocab_data d = make_spm(id);
+    d.types[static_cast<size_t>(id["ll"])] = 5;
+    vocab v(std::move(d));
+    for (const char* text : {"ll", "hello", "all"}) {
+        const auto got = v.encode(text, false, false);
+        EXPECT_EQ(std::count(got.begin(), got.end(), id["ll"]), 0) << text;
+        EXPECT_EQ(v.decode(got), text);
+    }
+}
+
 TEST(bpe, llama3_whole_words_and_bos) {
     std::map<std::string, int32_t> id;
     vocab l3(make_bpe(id, "llama-bpe"));

@@ -106,7 +106,10 @@ LLMOS_AVX2 void quantize_act_q8_32(const float* x, void* dst, int64_t cols) {
         const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3));
         const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
         const __m128i s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
-        const int sum = _mm_cvtsi128_si32(s2) + _mm_extract_epi32(s2, 1);
+        // Wrapping, as the vector adds do: a NaN or infinite activation
+        // rounds to INT_MIN (its block is garbage then, but no UB).
+        const auto sum = static_cast<int32_t>(static_cast<uint32_t>(_mm_cvtsi128_si32(s2)) +
+                                              static_cast<uint32_t>(_mm_extract_epi32(s2, 1)));
         dd[b] = d;
         ds[b] = d * static_cast<float>(sum);
     }

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <limits>
 #include <llmos/engine/sampling.hh>
+#include <llmos/engine/unicode.hh>
 #include <stdexcept>
 #include <utility>
 
@@ -108,6 +109,10 @@ std::optional<std::string> sampling_params::validate() const {
         if (stop[i].size() > max_stop_bytes) {
             return "stop[" + std::to_string(i) + "] is " + std::to_string(stop[i].size()) +
                    " bytes, more than " + std::to_string(max_stop_bytes);
+        }
+        // Matched against the text, it would cut it inside a character.
+        if (!unicode::is_valid_utf8(stop[i])) {
+            return "stop[" + std::to_string(i) + "] is not valid UTF-8";
         }
     }
     return std::nullopt;

@@ -196,18 +196,21 @@ struct vocab::impl {
         auto it = token_to_id.find(s);
         return it == token_to_id.end() ? -1 : it->second;
     }
-    /// lookup() of a token plain text may become: not a control, unknown
-    /// or byte token (as SentencePiece keeps those out of its merges), so
-    /// that text spelling "</s>" or "<0x0A>" piece by piece is not that
-    /// token.
+    /// lookup() of a token plain text may become: not a control, unknown,
+    /// byte or unused token (as SentencePiece keeps those out of its
+    /// merges), so that text spelling "</s>" or "<0x0A>" piece by piece is
+    /// not that token, and text is never an unused token (untrained, with
+    /// no text of its own: the text would be lost).
     int32_t lookup_plain(std::string_view s) const {
         const int32_t id = lookup(s);
         if (id < 0) {
             return -1;
         }
         const token_type t = types[static_cast<size_t>(id)];
-        return t == token_type::control || t == token_type::unknown || t == token_type::byte ? -1
-                                                                                             : id;
+        return t == token_type::control || t == token_type::unknown || t == token_type::byte ||
+                       t == token_type::unused
+                   ? -1
+                   : id;
     }
     bool is_special(int32_t id) const {
         const token_type t = types[static_cast<size_t>(id)];
