@@ -19,6 +19,7 @@
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/uidgid.h>
+#include <linux/user_namespace.h>
 #include <linux/xarray.h>
 
 #include <linux/llmos.h>
@@ -67,6 +68,23 @@ static bool llmos_grant_get(kuid_t uid, u32 *first, u32 *last, bool *worker)
 	return granted;
 }
 
+/*
+ * Whose tenants and rights the caller has: its fsuid's, or, inside a user
+ * namespace, those of the user who made the outermost one. A user with a
+ * range of subordinate uids (/etc/subuid) would otherwise be as many
+ * users, and tenants, as it maps, each with a share of its own.
+ */
+static kuid_t llmos_caller_uid(void)
+{
+	const struct user_namespace *ns = current_user_ns();
+
+	if (ns == &init_user_ns)
+		return current_fsuid();
+	while (ns->parent != &init_user_ns)
+		ns = ns->parent;
+	return ns->owner;
+}
+
 /**
  * llmos_tenant_check() - whether the caller may name @tenant in a request
  * @tenant: the tenant
@@ -82,7 +100,7 @@ int llmos_tenant_check(u32 tenant, int *admin)
 	u32 first, last;
 	bool worker;
 
-	llmos_grant_get(current_fsuid(), &first, &last, &worker);
+	llmos_grant_get(llmos_caller_uid(), &first, &last, &worker);
 	if (tenant >= first && tenant <= last)
 		return 0;
 	if (*admin < 0)
@@ -107,7 +125,7 @@ void llmos_tenants_seen(u32 *first, u32 *last)
 		*last = U32_MAX;
 		return;
 	}
-	llmos_grant_get(current_fsuid(), first, last, &worker);
+	llmos_grant_get(llmos_caller_uid(), first, last, &worker);
 }
 
 /**
@@ -122,7 +140,7 @@ int llmos_worker_check(void)
 	u32 first, last;
 	bool worker;
 
-	llmos_grant_get(current_fsuid(), &first, &last, &worker);
+	llmos_grant_get(llmos_caller_uid(), &first, &last, &worker);
 	if (worker || capable(CAP_SYS_ADMIN))
 		return 0;
 	return -EPERM;
@@ -177,11 +195,11 @@ int llmos_tenant_grant(struct llmos_ucmd *ucmd)
 	    (set && cmd->first > cmd->last) ||
 	    (!set && (cmd->first || cmd->last)))
 		return -EINVAL;
-	uid = cmd->uid == LLMOS_UID_SELF ? current_fsuid() :
+	uid = cmd->uid == LLMOS_UID_SELF ? llmos_caller_uid() :
 		make_kuid(current_user_ns(), cmd->uid);
 	if (!uid_valid(uid))
 		return -EINVAL;
-	if ((set || reset || !uid_eq(uid, current_fsuid())) &&
+	if ((set || reset || !uid_eq(uid, llmos_caller_uid())) &&
 	    !capable(CAP_SYS_ADMIN))
 		return -EPERM;
 

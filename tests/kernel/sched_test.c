@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -1017,6 +1018,88 @@ static int other_cancels(int client, __u64 id)
 		return 10;
 	/* Not one of its requests: to it, none at all. */
 	return cancel(client, id) == -ENOENT ? 0 : 11;
+}
+
+/* Writes @text to /proc/@pid/@file; 0 or -errno. */
+static int write_proc(pid_t pid, const char *file, const char *text)
+{
+	char path[64];
+	int fd, ret = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+#define NS_BASE 300000
+
+/*
+ * In a user namespace that maps 100 uids from NS_BASE on, made by root:
+ * as uid 7 in it (global NS_BASE + 7), the caller is still root to the
+ * scheduler. Returns 0 when it checked out, else which check failed.
+ */
+static int ns_member_submits(int client, int go_fd)
+{
+	long long id;
+	char c;
+
+	if (read(go_fd, &c, 1) != 1)
+		return 10;
+	if (setresgid(7, 7, 7) || setresuid(7, 7, 7))
+		return 11;
+	test_ms = 0; /* root's mindspace is not its to use: none */
+	/* Its own global uid is no tenant of its own... */
+	if (submit(client, NS_BASE + 7) != -EPERM)
+		return 12;
+	/* ...the namespace's maker's is. */
+	id = submit(client, 0);
+	return id > 0 ? 0 : 13;
+}
+
+/*
+ * A user with a range of subordinate uids is one user to the scheduler:
+ * inside a user namespace, a caller's tenants are those of the user who
+ * made it, not one per uid it maps (which could fill max_tenants, each
+ * with a fair share of its own).
+ */
+TEST_F(sched, a_user_namespace_member_is_its_maker_to_the_scheduler)
+{
+	int ready[2], go[2], status;
+	char map[64];
+	pid_t pid;
+
+	if (getuid() != 0)
+		SKIP(return, "needs root to map a range of uids");
+	ASSERT_EQ(0, pipe(ready));
+	ASSERT_EQ(0, pipe(go));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		close(ready[0]);
+		close(go[1]);
+		if (unshare(CLONE_NEWUSER))
+			_exit(9);
+		if (write(ready[1], "r", 1) != 1)
+			_exit(8);
+		_exit(ns_member_submits(self->client, go[0]));
+	}
+	close(ready[1]);
+	close(go[0]);
+	ASSERT_EQ(1, read(ready[0], map, 1));
+	snprintf(map, sizeof(map), "0 %d 100\n", NS_BASE);
+	EXPECT_EQ(0, write_proc(pid, "uid_map", map));
+	EXPECT_EQ(0, write_proc(pid, "gid_map", map));
+	ASSERT_EQ(1, write(go[1], "g", 1));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_TRUE(WIFEXITED(status));
+	EXPECT_EQ(0, WEXITSTATUS(status));
+	close(ready[0]);
+	close(go[1]);
 }
 
 TEST_F(sched, only_the_owner_or_an_admin_cancels)

@@ -493,7 +493,10 @@ enum llmos_req_state {
  * tenants of its fsuid (as the initial user namespace numbers it): the one
  * tenant whose number is that uid, unless TENANT_GRANT gave the uid a range
  * of tenants instead (a service submitting for many tenants, such as an
- * HTTP server, gets one). Through io_uring, the credentials are those the
+ * HTTP server, gets one). Inside a user namespace, the uid is that of the
+ * user who made the outermost one, whatever uid the caller has in it: one
+ * user with many subordinate uids is one user here, for tenants and for
+ * the worker right alike. Through io_uring, the credentials are those the
  * command is issued with: the ring creator's under SQPOLL, a registered
  * personality's when the SQE names one.
  *
