@@ -68,13 +68,17 @@ static bool llmos_grant_get(kuid_t uid, u32 *first, u32 *last, bool *worker)
 	return granted;
 }
 
-/*
- * Whose tenants and rights the caller has: its fsuid's, or, inside a user
- * namespace, those of the user who made the outermost one. A user with a
- * range of subordinate uids (/etc/subuid) would otherwise be as many
+/**
+ * llmos_caller_uid() - who the caller is to the scheduler
+ *
+ * Its fsuid, or, inside a user namespace, the user who made the outermost
+ * one: whose tenants, worker right and request count it has. A user with
+ * a range of subordinate uids (/etc/subuid) would otherwise be as many
  * users, and tenants, as it maps, each with a share of its own.
+ *
+ * Return: the uid.
  */
-static kuid_t llmos_caller_uid(void)
+kuid_t llmos_caller_uid(void)
 {
 	const struct user_namespace *ns = current_user_ns();
 

@@ -6,6 +6,7 @@
 #define _LLMOS_H
 
 #include <linux/types.h>
+#include <linux/uidgid.h>
 
 #define LLMOS_MODULE_VERSION "0.1.0"
 
@@ -97,6 +98,7 @@ bool llmos_unpark(struct llmos_client *c, struct io_uring_cmd *ioucmd);
 void llmos_kick_again(void);
 
 /* grant.c: which tenants a caller may name, whether it may be a worker */
+kuid_t llmos_caller_uid(void);
 int llmos_tenant_check(u32 tenant, int *admin);
 int llmos_worker_check(void);
 void llmos_tenants_seen(u32 *first, u32 *last);

@@ -13,6 +13,7 @@
 
 #include <linux/capability.h>
 #include <linux/fs.h>
+#include <linux/hashtable.h>
 #include <linux/jiffies.h>
 #include <linux/list.h>
 #include <linux/module.h>
@@ -41,10 +42,36 @@ module_param(max_client_requests, uint, 0644);
 MODULE_PARM_DESC(max_client_requests,
 		 "unfinished and uncollected requests one open /dev/llmos may have");
 
+static unsigned int max_user_requests = 131072;
+module_param(max_user_requests, uint, 0644);
+MODULE_PARM_DESC(max_user_requests,
+		 "unfinished and uncollected requests of all the files one user opened (0: no limit)");
+
 static unsigned int max_tenants = 65536;
 module_param(max_tenants, uint, 0644);
 MODULE_PARM_DESC(max_tenants,
 		 "most tenants kept (0: no limit): past it a new one takes the place of the one idle the longest, or is refused (ENOSPC)");
+
+/**
+ * struct llmos_sched_user - the requests of the files one user opened
+ * @node: in llmos_sched_users
+ * @uid: the user (inside a user namespace, the one who made it)
+ * @files: open files of the user
+ * @nr_reqs: their unfinished and uncollected requests
+ *
+ * Under llmos_sched.lock.
+ */
+struct llmos_sched_user {
+	struct hlist_node node;
+	kuid_t uid;
+	u32 files;
+	u32 nr_reqs;
+};
+
+static DEFINE_HASHTABLE(llmos_sched_users, 6);
+
+/* Requests a closing file frees per hold of the scheduler's lock. */
+#define LLMOS_RELEASE_BATCH 1024
 
 /**
  * struct llmos_client - an open /dev/llmos
@@ -53,6 +80,7 @@ MODULE_PARM_DESC(max_tenants,
  * @reqs: every request it submitted and has not collected
  * @done: its finished requests, oldest first, not collected yet
  * @nr_reqs: length of @reqs
+ * @user: whose requests they count as (the opener)
  * @wq: WAIT and poll() sleep here
  * @park_dispatch: an io_uring DISPATCH waiting for work, or NULL
  * @park_node: in llmos_sched.parked while @park_dispatch is set
@@ -80,6 +108,7 @@ struct llmos_client {
 	struct list_head reqs;
 	struct list_head done;
 	u32 nr_reqs;
+	struct llmos_sched_user *user;
 	wait_queue_head_t wq;
 	struct io_uring_cmd *park_dispatch;
 	struct list_head park_node;
@@ -277,6 +306,7 @@ static void llmos_req_free(struct llmos_kreq *kr)
 	llmos_core_release(&llmos_sched.core, &kr->core);
 	list_del(&kr->node);
 	kr->client->nr_reqs--;
+	kr->client->user->nr_reqs--;
 	kmem_cache_free(llmos_req_cache, kr);
 	atomic_long_dec(&llmos_sched.nr_reqs);
 }
@@ -338,6 +368,44 @@ static void llmos_park_arm(struct llmos_client *c, int slot,
 				 deadline - jiffies : 0);
 }
 
+/*
+ * The user @uid, with one more file: found, or made (allocated outside the
+ * lock). NULL when memory is short.
+ */
+static struct llmos_sched_user *llmos_sched_user_get(kuid_t uid)
+{
+	struct llmos_sched_user *u, *spare;
+
+	spare = kzalloc(sizeof(*spare), GFP_KERNEL_ACCOUNT);
+	spin_lock(&llmos_sched.lock);
+	hash_for_each_possible(llmos_sched_users, u, node, __kuid_val(uid))
+		if (uid_eq(u->uid, uid))
+			goto found;
+	u = spare;
+	spare = NULL;
+	if (u) {
+		u->uid = uid;
+		hash_add(llmos_sched_users, &u->node, __kuid_val(uid));
+	}
+found:
+	if (u)
+		u->files++;
+	spin_unlock(&llmos_sched.lock);
+	kfree(spare);
+	return u;
+}
+
+/* One file of @u fewer, its requests gone; forgotten with its last. */
+static void llmos_sched_user_put(struct llmos_sched_user *u)
+{
+	lockdep_assert_held(&llmos_sched.lock);
+	if (--u->files)
+		return;
+	WARN_ON(u->nr_reqs);
+	hash_del(&u->node);
+	kfree(u);
+}
+
 /**
  * llmos_client_open() - open of /dev/llmos: a new client
  * @inode: the device inode
@@ -352,6 +420,11 @@ int llmos_client_open(struct inode *inode, struct file *file)
 	c = kzalloc(sizeof(*c), GFP_KERNEL_ACCOUNT);
 	if (!c)
 		return -ENOMEM;
+	c->user = llmos_sched_user_get(llmos_caller_uid());
+	if (!c->user) {
+		kfree(c);
+		return -ENOMEM;
+	}
 	INIT_LIST_HEAD(&c->reqs);
 	INIT_LIST_HEAD(&c->done);
 	INIT_LIST_HEAD(&c->park_node);
@@ -387,17 +460,39 @@ int llmos_client_release(struct inode *inode, struct file *file)
 		trace_sched_worker(c->worker.id, false, c->worker.capacity,
 				   requeued);
 	}
-	list_for_each_entry_safe(kr, tmp, &c->reqs, node) {
-		if (!llmos_req_finished(&kr->core)) {
-			held += !!kr->core.worker; /* room for its worker */
-			llmos_core_cancel(&llmos_sched.core, &kr->core,
-					  ktime_get_ns());
+	/*
+	 * In batches, the lock dropped between them: a file may hold
+	 * max_client_requests, and everyone else's calls wait for the lock.
+	 * Meanwhile a worker may finish one of them, or an administrator
+	 * cancel it: it is then on the done list, which it leaves here.
+	 */
+	for (;;) {
+		u32 n = 0;
+
+		list_for_each_entry_safe(kr, tmp, &c->reqs, node) {
+			if (n++ == LLMOS_RELEASE_BATCH)
+				break;
+			if (!llmos_req_finished(&kr->core)) {
+				held += !!kr->core.worker; /* room for its worker */
+				llmos_core_cancel(&llmos_sched.core, &kr->core,
+						  ktime_get_ns());
+			} else {
+				list_del(&kr->done_node);
+			}
+			llmos_req_free(kr);
 		}
-		llmos_req_free(kr);
+		llmos_bpf_check_fault(); /* dequeue callbacks ran */
+		if (requeued || held)
+			llmos_kick_workers();
+		requeued = 0;
+		held = 0;
+		if (list_empty(&c->reqs))
+			break;
+		spin_unlock(&llmos_sched.lock);
+		cond_resched();
+		spin_lock(&llmos_sched.lock);
 	}
-	llmos_bpf_check_fault(); /* dequeue callbacks ran */
-	if (requeued || held)
-		llmos_kick_workers();
+	llmos_sched_user_put(c->user);
 	spin_unlock(&llmos_sched.lock);
 	/* Nothing is parked (a parked command holds the file): only stale. */
 	cancel_delayed_work_sync(&c->park_timeout[0]);
@@ -528,7 +623,9 @@ static int llmos_kreq_submit(struct llmos_kreq *kr,
 	for (;;) {
 		spin_lock(&llmos_sched.lock);
 		llmos_sched_limits();
-		if (c->nr_reqs >= READ_ONCE(max_client_requests))
+		if (c->nr_reqs >= READ_ONCE(max_client_requests) ||
+		    (READ_ONCE(max_user_requests) &&
+		     c->user->nr_reqs >= READ_ONCE(max_user_requests)))
 			ret = -EAGAIN;
 		else
 			ret = llmos_core_submit(&llmos_sched.core, &kr->core,
@@ -538,6 +635,7 @@ static int llmos_kreq_submit(struct llmos_kreq *kr,
 			*id = kr->core.id;
 			list_add_tail(&kr->node, &c->reqs);
 			c->nr_reqs++;
+			c->user->nr_reqs++;
 			trace_req_submit(kr->core.id, kr->core.tenant,
 					 kr->core.prio, kr->core.cost,
 					 llmos_core_queued(&llmos_sched.core));

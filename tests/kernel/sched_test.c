@@ -1754,6 +1754,122 @@ TEST_F_TIMEOUT(sched, stress_every_request_completes_exactly_once, 900)
 	TH_LOG("%d clients x %d requests, %d workers", CLIENTS, s.per_client, WORKERS);
 }
 
+struct finisher {
+	int worker;
+	atomic_int stop;
+	long done;
+};
+
+/* Takes and completes requests until told to stop. */
+static void *finish_requests(void *arg)
+{
+	struct finisher *f = arg;
+	struct llmos_req_desc d[64];
+
+	while (!atomic_load(&f->stop)) {
+		int n = dispatch(f->worker, d, 64, 0, 20);
+
+		for (int i = 0; i < n; i++)
+			f->done += !complete(f->worker, d[i].id, 0, 1);
+	}
+	return NULL;
+}
+
+/*
+ * A file closing with thousands of requests lets go of them in batches,
+ * the scheduler's lock dropped between them, while a worker finishes
+ * some of them: each goes once, finished or cancelled, and nothing of the
+ * file is left (the guest's slub debugging watches the lists).
+ */
+TEST_F(sched, a_file_closing_with_many_requests_lets_them_go_in_batches)
+{
+	struct finisher f = { .worker = self->worker };
+	struct llmos_sched_stats st;
+	int c = dev_open();
+	pthread_t t;
+
+	ASSERT_LE(0, c);
+	ASSERT_EQ(0, reg(self->worker, 64));
+	for (int i = 0; i < 3000; i++)
+		ASSERT_LT(0, submit(c, 1));
+	ASSERT_EQ(0, pthread_create(&t, NULL, finish_requests, &f));
+	usleep(20000);
+	close(c);
+	usleep(20000);
+	atomic_store(&f.stop, 1);
+	pthread_join(t, NULL);
+	EXPECT_LT(0, f.done);
+	ASSERT_EQ(0, stats(self->client, &st, NULL, 0));
+	EXPECT_EQ(0, st.out_nr[LLMOS_REQ_QUEUED]);
+	EXPECT_EQ(0, st.out_nr[LLMOS_REQ_DISPATCHED]);
+	EXPECT_EQ(0, st.out_nr[LLMOS_REQ_RUNNING]);
+}
+
+#define MAX_USER_REQUESTS "/sys/module/llmos/parameters/max_user_requests"
+
+/* The per-user request limit, lowered for the test and put back after it. */
+FIXTURE(user_limit) {
+	int a, b;
+	long saved;
+};
+
+FIXTURE_SETUP(user_limit)
+{
+	self->saved = -1;
+	self->a = dev_open();
+	self->b = dev_open();
+	ASSERT_LE(0, self->a);
+	ASSERT_LE(0, self->b);
+	if (getuid() != 0)
+		SKIP(return, "needs root to change the module's max_user_requests");
+	self->saved = read_long(MAX_USER_REQUESTS);
+	ASSERT_LE(0, self->saved);
+	test_ms = 0; /* requests without a mindspace: only the counts matter */
+}
+
+FIXTURE_TEARDOWN(user_limit)
+{
+	if (self->a >= 0)
+		close(self->a);
+	close(self->b);
+	if (self->saved >= 0)
+		ASSERT_EQ(0, write_long(MAX_USER_REQUESTS, self->saved));
+}
+
+/*
+ * One user's files together hold at most max_user_requests unfinished
+ * and uncollected requests (EAGAIN past it, as at a file's own limit):
+ * opening more files is no way round it. Collecting one makes room, and
+ * so does closing a file.
+ */
+TEST_F(user_limit, a_user_s_files_share_one_request_limit)
+{
+	long long r0, r1;
+
+	ASSERT_EQ(0, write_long(MAX_USER_REQUESTS, 3));
+	r0 = submit(self->a, 1);
+	r1 = submit(self->a, 1);
+	ASSERT_LT(0, r0);
+	ASSERT_LT(0, r1);
+	ASSERT_LT(0, submit(self->b, 1));
+	EXPECT_EQ(-EAGAIN, submit(self->b, 1));
+	EXPECT_EQ(-EAGAIN, submit(self->a, 1));
+	/* Cancelled but not collected: still counted. */
+	ASSERT_EQ(0, cancel(self->a, r0));
+	EXPECT_EQ(-EAGAIN, submit(self->b, 1));
+	ASSERT_EQ(0, wait_req(self->a, r0, 0, 0, NULL));
+	EXPECT_LT(0, submit(self->b, 1));
+	EXPECT_EQ(-EAGAIN, submit(self->b, 1));
+	/* A closed file's requests go with it. */
+	close(self->a);
+	self->a = -1;
+	EXPECT_LT(0, submit(self->b, 1));
+	/* 0: no limit. */
+	ASSERT_EQ(0, write_long(MAX_USER_REQUESTS, 0));
+	for (int i = 0; i < 8; i++)
+		EXPECT_LT(0, submit(self->b, 1));
+}
+
 #define MAX_TENANTS "/sys/module/llmos/parameters/max_tenants"
 
 /* Whether the scheduler keeps tenant @id. */

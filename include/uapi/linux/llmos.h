@@ -519,11 +519,14 @@ enum llmos_req_state {
  *   (its worker will read the prompt there and write the output).
  * - ESRCH: START or COMPLETE of a request the calling worker does not hold.
  * - EALREADY: CANCEL of a finished request.
- * - EPERM: SET_WEIGHT, SUBMIT naming a tenant the caller may not name, or WORKER_REGISTER by a uid
- *   not granted %LLMOS_GRANT_WORKER, without %CAP_SYS_ADMIN.
+ * - EPERM: SET_WEIGHT, SUBMIT naming a tenant the caller may not name, or
+ *   WORKER_REGISTER by a uid not granted %LLMOS_GRANT_WORKER, without
+ *   %CAP_SYS_ADMIN.
  * - EAGAIN: nothing ready with %LLMOS_NONBLOCK; SUBMIT past the per-client
  *   limit of unfinished and uncollected requests (module parameter
- *   ``max_client_requests``).
+ *   ``max_client_requests``), or past the limit of those of all the files
+ *   the opener's user opened (``max_user_requests``; the user as for
+ *   tenants).
  * - ENOSPC: SUBMIT or SET_WEIGHT naming a new tenant when the scheduler
  *   keeps as many as it may (module parameter ``max_tenants``, 65536 by
  *   default) and none is idle. A tenant is idle when it has no unfinished
