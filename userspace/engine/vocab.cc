@@ -563,22 +563,44 @@ std::vector<int32_t> vocab::encode_with(std::string_view text, bool add_special,
                 }
                 size_t pos = f.off;
                 const size_t end = f.off + f.len;
-                for (size_t from = pos;;) {
-                    const size_t hit = text.substr(0, end).find(st, from);
-                    if (hit == std::string_view::npos) {
-                        break;
+                // Takes the occurrences in [from, hi) left to right.
+                auto search = [&](size_t from, size_t hi) {
+                    for (;;) {
+                        const size_t hit = text.substr(0, hi).find(st, from);
+                        if (hit == std::string_view::npos) {
+                            return;
+                        }
+                        if (g && !allowed(hit, st.size())) {
+                            from = hit + 1; // text here: look further on
+                            continue;
+                        }
+                        from = hit + st.size();
+                        changed = true;
+                        if (hit > pos) {
+                            next.push_back({-1, pos, hit - pos});
+                        }
+                        next.push_back({id, hit, st.size()});
+                        pos = hit + st.size();
                     }
-                    if (g && !allowed(hit, st.size())) {
-                        from = hit + 1; // text here: look further on
-                        continue;
+                };
+                if (!g) {
+                    search(pos, end);
+                } else {
+                    // Only inside a span may it be the token: the spans'
+                    // parts of the fragment are searched, not the text
+                    // between them, which a vocabulary of many nested
+                    // control texts would have each one scan again.
+                    auto sp =
+                        std::partition_point(only->begin(), only->end(), [&](const text_span& x) {
+                            return x.off + x.len <= f.off;
+                        });
+                    for (; sp != only->end() && sp->off < end; ++sp) {
+                        const size_t from = std::max(sp->off, pos);
+                        const size_t hi = std::min(sp->off + sp->len, end);
+                        if (from < hi) {
+                            search(from, hi);
+                        }
                     }
-                    from = hit + st.size();
-                    changed = true;
-                    if (hit > pos) {
-                        next.push_back({-1, pos, hit - pos});
-                    }
-                    next.push_back({id, hit, st.size()});
-                    pos = hit + st.size();
                 }
                 if (pos < end) {
                     next.push_back({-1, pos, end - pos});
