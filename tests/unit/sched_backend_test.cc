@@ -146,6 +146,27 @@ TEST_P(sched_backend, nothing_to_take_fails_or_times_out) {
     EXPECT_EQ(c.wait(id).value().state, static_cast<uint32_t>(LLMOS_REQ_CANCELLED));
 }
 
+// A client opens the device its `device` has open, not whatever the
+// device's path names by then (here a symbolic link changed since).
+TEST_P(sched_backend, a_client_opens_the_device_its_device_has_open) {
+    if (GetParam() != backend_kind::kernel) {
+        GTEST_SKIP() << "the local backend opens no device";
+    }
+    char tmpl[] = "/tmp/llmos-link-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    const std::string dir = tmpl, link = dir + "/llmos";
+    ASSERT_EQ(::symlink("/dev/llmos", link.c_str()), 0);
+    auto dev = llmos::device::open(link);
+    ASSERT_EQ(::unlink(link.c_str()), 0);
+    ASSERT_EQ(::symlink("/dev/null", link.c_str()), 0);
+    ASSERT_TRUE(dev) << dev.error().message();
+    auto c = llmos::sched_client::open(*dev);
+    ASSERT_TRUE(c) << c.error().message();
+    const uint64_t id = c->submit({}).value();
+    EXPECT_FALSE(c->cancel(id));
+    std::filesystem::remove_all(dir);
+}
+
 // A limit past any clock's reach (now + it overflows) is no limit: it
 // waits for the request instead of timing out at once.
 TEST_P(sched_backend, a_limit_past_the_clock_s_reach_waits) {

@@ -12,6 +12,7 @@
 #include <llmos/sched.hh>
 #include <new>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <thread>
 
 namespace llmos {
@@ -89,10 +90,25 @@ result<sched_client> sched_client::open(const device& dev) {
         }
         return sched_client{backend_kind::local, std::move(store), local_sched::open_client()};
     }
-    // A client of its own: requests belong to the open file.
-    unique_fd fd{::open(dev.path().c_str(), O_RDWR | O_CLOEXEC)};
+    // A client of its own: requests belong to the open file. The device
+    // `dev` has open, not whatever its path names now (a relative path
+    // after a chdir, a symbolic link changed since): through /proc when
+    // it is there, and checked to be the same device either way.
+    const std::string self = "/proc/self/fd/" + std::to_string(dev.fd());
+    unique_fd fd{::open(self.c_str(), O_RDWR | O_CLOEXEC)};
+    if (!fd && errno == ENOENT) {
+        fd = unique_fd{::open(dev.path().c_str(), O_RDWR | O_CLOEXEC)};
+    }
     if (!fd) {
         return last_error();
+    }
+    struct stat have {
+    }, got{};
+    if (::fstat(dev.fd(), &have) != 0 || ::fstat(fd.get(), &got) != 0) {
+        return last_error();
+    }
+    if (!S_ISCHR(got.st_mode) || got.st_rdev != have.st_rdev) {
+        return errc::not_llmos_device;
     }
     return sched_client{backend_kind::kernel, std::move(fd), 0};
 }
