@@ -312,6 +312,21 @@ static void llmos_req_free(struct llmos_kreq *kr)
 }
 
 /*
+ * Give the command just parked in @slot its @deadline (jiffies, 0: none).
+ * Under the lock: the work is armed in the order commands park.
+ */
+static void llmos_park_arm(struct llmos_client *c, int slot,
+			   unsigned long deadline)
+{
+	lockdep_assert_held(&llmos_sched.lock);
+	c->park_deadline[slot] = deadline;
+	if (deadline)
+		mod_delayed_work(system_wq, &c->park_timeout[slot],
+				 time_after(deadline, jiffies) ?
+				 deadline - jiffies : 0);
+}
+
+/*
  * Complete @c's parked DISPATCH (@slot 0) or WAIT (@slot 1) with
  * -ETIMEDOUT when its deadline passed, or look again at its deadline: the
  * work may be stale (the command it was armed for completed, another
@@ -334,8 +349,7 @@ static void llmos_park_expire(struct llmos_client *c, int slot)
 			llmos_uring_timeout(*parked);
 			*parked = NULL;
 		} else {
-			mod_delayed_work(system_wq, &c->park_timeout[slot],
-					 deadline - jiffies);
+			llmos_park_arm(c, slot, deadline);
 		}
 	}
 	spin_unlock(&llmos_sched.lock);
@@ -351,21 +365,6 @@ static void llmos_park_wait_expire(struct work_struct *work)
 {
 	llmos_park_expire(container_of(to_delayed_work(work),
 				       struct llmos_client, park_timeout[1]), 1);
-}
-
-/*
- * Give the command just parked in @slot its @deadline (jiffies, 0: none).
- * Under the lock: the work is armed in the order commands park.
- */
-static void llmos_park_arm(struct llmos_client *c, int slot,
-			   unsigned long deadline)
-{
-	lockdep_assert_held(&llmos_sched.lock);
-	c->park_deadline[slot] = deadline;
-	if (deadline)
-		mod_delayed_work(system_wq, &c->park_timeout[slot],
-				 time_after(deadline, jiffies) ?
-				 deadline - jiffies : 0);
 }
 
 /*
@@ -618,14 +617,15 @@ static int llmos_kreq_submit(struct llmos_kreq *kr,
 			     struct llmos_core_tenant **spare, u64 *id)
 {
 	struct llmos_client *c = kr->client;
+	unsigned int per_user;
 	int ret;
 
 	for (;;) {
 		spin_lock(&llmos_sched.lock);
 		llmos_sched_limits();
+		per_user = READ_ONCE(max_user_requests);
 		if (c->nr_reqs >= READ_ONCE(max_client_requests) ||
-		    (READ_ONCE(max_user_requests) &&
-		     c->user->nr_reqs >= READ_ONCE(max_user_requests)))
+		    (per_user && c->user->nr_reqs >= per_user))
 			ret = -EAGAIN;
 		else
 			ret = llmos_core_submit(&llmos_sched.core, &kr->core,

@@ -20,6 +20,7 @@
 #include <linux/percpu-refcount.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
+#include <linux/string.h>
 #include <linux/uaccess.h>
 
 #include <linux/llmos.h>
@@ -390,19 +391,15 @@ static bool llmos_uring_sqe_unused(struct io_uring_cmd *ioucmd,
 				   unsigned int issue_flags)
 {
 	const struct io_uring_sqe *sqe = ioucmd->sqe;
-	const u8 *extra;
-	size_t i;
+	const u8 *extra = (const u8 *)io_uring_sqe_cmd(sqe) +
+			  sizeof(struct llmos_uring_sqe);
 
 	if (READ_ONCE(sqe->addr) || READ_ONCE(sqe->len))
 		return true;
-	if (!(issue_flags & IO_URING_F_SQE128))
-		return false;
-	extra = (const u8 *)io_uring_sqe_cmd(sqe) + sizeof(struct llmos_uring_sqe);
-	for (i = 0; i < 2 * sizeof(*sqe) - offsetof(struct io_uring_sqe, cmd) -
-			sizeof(struct llmos_uring_sqe); i++)
-		if (READ_ONCE(extra[i]))
-			return true;
-	return false;
+	return (issue_flags & IO_URING_F_SQE128) &&
+	       memchr_inv(extra, 0, 2 * sizeof(*sqe) -
+			  offsetof(struct io_uring_sqe, cmd) -
+			  sizeof(struct llmos_uring_sqe));
 }
 
 /**

@@ -504,6 +504,16 @@ mode_t mode_of(const std::filesystem::path& p) {
     return ::lstat(p.c_str(), &st) == 0 ? st.st_mode & 07777 : 0;
 }
 
+// A persistent mindspace named `name` that anyone may write, holding
+// "precious": its id.
+uint64_t precious(const device& dev, const std::string& name) {
+    auto ms =
+        mindspace::create(dev, {.length = 4096, .name = name, .persistent = true, .mode = 0666})
+            .value();
+    std::memcpy(ms.map().value().data(), "precious", 9);
+    return ms.id();
+}
+
 class local_store_dir : public ::testing::Test {
 protected:
     std::filesystem::path _top; // 0755: other users may look in, not add
@@ -1162,14 +1172,7 @@ TEST_F(local_store_dir, a_writer_cannot_make_a_persistent_mindspace_removable) {
     const bool shared = root();
     const auto store = _top / (shared ? "shared" : "store");
     auto dev = device::open_local(store.string()).value();
-    uint64_t id = 0;
-    {
-        auto ms =
-            mindspace::create(dev, {.length = 4096, .name = "p", .persistent = true, .mode = 0666})
-                .value();
-        id = ms.id();
-        std::memcpy(ms.map().value().data(), "precious", 9);
-    }
+    const uint64_t id = precious(dev, "p");
     const auto file = store / "ms" / std::to_string(id);
     EXPECT_EQ(mode_of(file), S_ISVTX | 0666);
     const int rc = in_child(shared ? std::optional<uid_t>{user_a} : std::nullopt, [&] {
@@ -1206,14 +1209,7 @@ TEST_F(local_store_dir, a_name_rewritten_in_the_header_is_refused_and_the_bytes_
     const bool shared = root();
     const auto store = _top / (shared ? "shared" : "store");
     auto dev = device::open_local(store.string()).value();
-    uint64_t id = 0;
-    {
-        auto ms =
-            mindspace::create(dev, {.length = 4096, .name = "n", .persistent = true, .mode = 0666})
-                .value();
-        id = ms.id();
-        std::memcpy(ms.map().value().data(), "precious", 9);
-    }
+    const uint64_t id = precious(dev, "n");
     auto other = mindspace::create(dev, {.length = 4096, .name = "o", .persistent = true}).value();
     const auto file = store / "ms" / std::to_string(id);
     for (const char* rewritten : {"o", "x", ""}) {

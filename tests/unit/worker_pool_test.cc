@@ -52,27 +52,18 @@ std::vector<backend_kind> available_backends() {
     return v;
 }
 
-// Has the scheduler refuse the endings of a request while it lives
-// (llmos::detail::refuse_endings), and none after, however the test ends.
-struct refusing_endings {
-    refusing_endings(uint64_t request, uint32_t times) {
-        llmos::detail::refuse_endings(request, times);
-    }
-    ~refusing_endings() { llmos::detail::refuse_endings(0, 0); }
-    refusing_endings(const refusing_endings&) = delete;
-    refusing_endings& operator=(const refusing_endings&) = delete;
+// Has the scheduler refuse the endings (llmos::detail::refuse_endings) or
+// the STARTs (refuse_starts) of a request while it lives, and none after,
+// however the test ends.
+template <void (*Refuse)(uint64_t, uint32_t) noexcept>
+struct refusing {
+    refusing(uint64_t request, uint32_t times) { Refuse(request, times); }
+    ~refusing() { Refuse(0, 0); }
+    refusing(const refusing&) = delete;
+    refusing& operator=(const refusing&) = delete;
 };
-
-// Has the scheduler refuse the STARTs of a request while it lives
-// (llmos::detail::refuse_starts), and none after.
-struct refusing_starts {
-    refusing_starts(uint64_t request, uint32_t times) {
-        llmos::detail::refuse_starts(request, times);
-    }
-    ~refusing_starts() { llmos::detail::refuse_starts(0, 0); }
-    refusing_starts(const refusing_starts&) = delete;
-    refusing_starts& operator=(const refusing_starts&) = delete;
-};
+using refusing_endings = refusing<llmos::detail::refuse_endings>;
+using refusing_starts = refusing<llmos::detail::refuse_starts>;
 
 std::vector<int> two_cpus() {
     cpu_set_t set;

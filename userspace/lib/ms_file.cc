@@ -95,6 +95,16 @@ std::error_code read_all(int fd, std::byte* p, size_t n, off_t off) {
     return {};
 }
 
+// What a saved mindspace of `length` bytes may say of itself: whole
+// pages, permission bits, the flags it keeps, a node, a name a mindspace
+// may have (a path, say, is none) or none. Both ends check it: save
+// writes no file that load would refuse.
+bool meta_ok(const ms_file_meta& m, uint64_t length) {
+    return length && length % page == 0 && !(m.mode & ~0777u) && !(m.flags & ~saved_flags) &&
+           m.numa_node >= LLMOS_NUMA_ANY && m.name.size() < LLMOS_NAME_MAX &&
+           (m.name.empty() || valid_ms_name(m.name));
+}
+
 } // namespace
 
 uint32_t crc32_update(uint32_t crc, std::span<const std::byte> data) noexcept {
@@ -168,16 +178,13 @@ result<ms_file_meta> decode_ms_file_header(std::span<const std::byte> h) {
     m.created_ns = get_le<uint64_t>(h, off_created);
     auto name = reinterpret_cast<const char*>(h.data() + off_name);
     size_t name_len = strnlen(name, LLMOS_NAME_MAX);
-    if (get_le<uint32_t>(h, off_header_size) != ms_file_header_size || m.length == 0 ||
-        m.length % page != 0 || name_len == LLMOS_NAME_MAX || (m.mode & ~0777u) ||
-        (m.flags & ~saved_flags) || m.numa_node < LLMOS_NUMA_ANY ||
+    if (get_le<uint32_t>(h, off_header_size) != ms_file_header_size || name_len == LLMOS_NAME_MAX ||
         !all_zero(h.subspan(off_name + name_len, LLMOS_NAME_MAX - name_len)) ||
         !all_zero(h.subspan(off_end, ms_file_header_size - off_end))) {
         return errc::ms_file_corrupt;
     }
     m.name.assign(name, name_len);
-    // A name no mindspace can have (a path, say) is no name to use.
-    if (!m.name.empty() && !valid_ms_name(m.name)) {
+    if (!meta_ok(m, m.length)) {
         return errc::ms_file_corrupt;
     }
     return m;
@@ -192,9 +199,7 @@ std::error_code save_ms_file(int fd, ms_file_meta m, std::span<const std::byte> 
     // Whatever would make a file that cannot be loaded is refused before
     // the file is touched.
     const auto bad = std::make_error_code(std::errc::invalid_argument);
-    if (data.empty() || data.size() % page != 0 || (m.mode & ~0777u) || (m.flags & ~saved_flags) ||
-        m.numa_node < LLMOS_NUMA_ANY || m.name.size() >= LLMOS_NAME_MAX ||
-        (!m.name.empty() && !valid_ms_name(m.name))) {
+    if (!meta_ok(m, data.size())) {
         return bad;
     }
     for (uint64_t end = 0; const auto& r : *data_ranges) {

@@ -45,6 +45,16 @@ wait_for bounded(wait_for w) {
     return w;
 }
 
+// Whether a blocking ioctl that ended with `ec` waits on: a signal or
+// task work came, or the module's longest wait (49.7 days) ended before
+// `w`'s deadline.
+bool wait_on(std::error_code ec, const wait_for& w,
+             std::chrono::steady_clock::time_point deadline) {
+    return ec == std::errc::interrupted ||
+           (ec == std::errc::timed_out && w.block &&
+            (!w.limit || std::chrono::steady_clock::now() < deadline));
+}
+
 // What is left of `w` at `deadline` (at least 1 ms, so a limit stays one).
 wait_for left_of(const wait_for& w, std::chrono::steady_clock::time_point deadline) {
     if (!w.block || !w.limit) {
@@ -170,12 +180,8 @@ result<finished_request> sched_client::wait(uint64_t id, wait_for w) {
         c.flags = flags_of(w);
         c.timeout_ms = timeout_of(left_of(w, deadline));
         auto ec = ioctl_err(_fd.get(), LLMOS_IOC_WAIT, &c);
-        if (ec == std::errc::interrupted) {
-            continue; // a signal or task work came: wait on
-        }
-        if (ec == std::errc::timed_out && w.block &&
-            (!w.limit || std::chrono::steady_clock::now() < deadline)) {
-            continue; // the module's longest wait (49.7 days) ended first
+        if (wait_on(ec, w, deadline)) {
+            continue;
         }
         if (ec) {
             return ec;
@@ -236,12 +242,8 @@ result<std::vector<request_desc>> sched_worker::dispatch(uint32_t max, wait_for 
     for (;;) {
         d.timeout_ms = timeout_of(left_of(w, deadline));
         auto ec = ioctl_err(_c.fd(), LLMOS_IOC_DISPATCH, &d);
-        if (ec == std::errc::interrupted) {
-            continue; // a signal or task work came: wait on
-        }
-        if (ec == std::errc::timed_out && w.block &&
-            (!w.limit || std::chrono::steady_clock::now() < deadline)) {
-            continue; // the module's longest wait (49.7 days) ended first
+        if (wait_on(ec, w, deadline)) {
+            continue;
         }
         if (ec) {
             return ec;
