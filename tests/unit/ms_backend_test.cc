@@ -195,6 +195,34 @@ TEST_P(ms_backend, bad_input_is_refused) {
     EXPECT_TRUE(first.map(0, 4096));
 }
 
+// An offset inside a page maps from that page's start, as the local
+// backend's data does on a kernel with pages larger than its header; the
+// pages around it are unmapped with it.
+TEST_P(ms_backend, a_mapping_may_start_inside_a_page) {
+    auto ms = create(name("inside"), 4 * 4096);
+    auto whole = ms.map().value();
+    for (size_t i = 0; i < whole.size(); i++) {
+        whole.data()[i] = std::byte(i * 7 % 251);
+    }
+    const uint64_t off = 4096 + 100;
+    auto part = ms.map(off, 5000).value();
+    ASSERT_EQ(part.size(), 5000u);
+    EXPECT_EQ(std::memcmp(part.data(), whole.data() + off, 5000), 0);
+    part.data()[4999] = std::byte{0xee};
+    EXPECT_EQ(whole.data()[off + 4999], std::byte{0xee});
+    std::byte* const first_page = part.data() - 100;
+    part = ms.map(0, 4096).value();        // made while the old one was mapped: elsewhere
+    for (int page = 0; page < 2; page++) { // 100 + 5000 bytes: two pages
+        unsigned char in_core = 0;
+        EXPECT_EQ(::mincore(first_page + page * 4096, 4096, &in_core), -1)
+            << "page " << page << " is still mapped";
+        EXPECT_EQ(errno, ENOMEM);
+    }
+    // Past the end is refused wherever it starts.
+    EXPECT_EQ(ms.map(off, 3 * 4096 - 99).error(), std::errc::invalid_argument);
+    EXPECT_TRUE(ms.map(off, 3 * 4096 - 100));
+}
+
 TEST_P(ms_backend, read_only_handles_cannot_write) {
     const auto n = name("ro");
     auto ms = create(n, 4096);

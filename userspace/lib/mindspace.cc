@@ -113,9 +113,7 @@ mapping::mapping(mapping&& o) noexcept
 
 mapping& mapping::operator=(mapping&& o) noexcept {
     if (this != &o) {
-        if (_addr) {
-            ::munmap(_addr, _len);
-        }
+        unmap();
         _addr = std::exchange(o._addr, nullptr);
         _len = std::exchange(o._len, 0);
         _writable = o._writable;
@@ -123,10 +121,17 @@ mapping& mapping::operator=(mapping&& o) noexcept {
     return *this;
 }
 
-mapping::~mapping() {
+// A mapping may begin inside its first page (map() at an offset that is
+// not a page's start): what is unmapped starts at that page.
+void mapping::unmap() noexcept {
     if (_addr) {
-        ::munmap(_addr, _len);
+        const auto skip = reinterpret_cast<uintptr_t>(_addr) % page_size();
+        ::munmap(_addr - skip, _len + skip);
     }
+}
+
+mapping::~mapping() {
+    unmap();
 }
 
 result<mindspace> mindspace::create(const device& dev, const ms_create_options& o) {
@@ -204,13 +209,18 @@ result<mapping> mindspace::map(uint64_t offset, uint64_t length) const {
     if (length == 0) {
         length = _length - offset;
     }
+    // mmap maps whole pages from a page's start in the fd: an offset inside
+    // a page (given, or made by the local backend's 4096-byte header on a
+    // kernel with larger pages) maps from the start of that page.
+    const uint64_t pos = data_offset() + offset;
+    const uint64_t skip = pos % page_size();
     int prot = PROT_READ | (_writable ? PROT_WRITE : 0);
-    void* p = ::mmap(nullptr, length, prot, MAP_SHARED, _fd.get(),
-                     static_cast<off_t>(data_offset() + offset));
+    void* p =
+        ::mmap(nullptr, length + skip, prot, MAP_SHARED, _fd.get(), static_cast<off_t>(pos - skip));
     if (p == MAP_FAILED) {
         return last_error();
     }
-    return mapping{static_cast<std::byte*>(p), length, _writable};
+    return mapping{static_cast<std::byte*>(p) + skip, length, _writable};
 }
 
 result<std::vector<byte_range>> mindspace::data_ranges() const {

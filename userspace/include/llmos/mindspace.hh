@@ -62,6 +62,8 @@ class mapping {
     size_t _len = 0;
     bool _writable = true;
 
+    void unmap() noexcept;
+
 public:
     mapping() noexcept = default;
     mapping(std::byte* addr, size_t len, bool writable = true) noexcept
@@ -110,8 +112,9 @@ public:
 
     /// LLMOS_MSFD_IOC_INFO.
     result<ms_info> info() const;
-    /// Maps [offset, offset + length) (length 0: to the end); both
-    /// page-aligned. Writable unless the mindspace was opened read-only.
+    /// Maps [offset, offset + length) (length 0: to the end), any offset:
+    /// the pages holding the range are mapped, and the mapping's bytes
+    /// begin at offset. Writable unless the mindspace was opened read-only.
     result<mapping> map(uint64_t offset = 0, uint64_t length = 0) const;
     /// The touched parts of the mindspace (SEEK_DATA/SEEK_HOLE on its fd),
     /// sorted; what is outside them reads as zeros. Allocates nothing.
