@@ -35,8 +35,12 @@ char _license[] SEC("license") = "GPL";
 
 const volatile u64 steal_after_ns = 200 * 1000 * 1000;
 
+/*
+ * Least recently started mindspaces are forgotten past 65536 (ids only
+ * grow): their next request goes to the shared queue.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, u64);	/* mindspace id */
 	__type(value, u64);	/* worker id */

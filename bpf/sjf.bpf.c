@@ -5,10 +5,10 @@
  * One queue keyed by the request's expected cost in tokens: short requests
  * overtake long ones, which cuts the mean and tail wait of short requests
  * under a mixed load. With aging: the key is cost * 16 plus the submission
- * time in (about) milliseconds, so a request of cost C is overtaken only by
- * ones submitted less than about 16 * C ms after it: while short ones keep
- * coming, a long request waits that long behind them (65 s for a cost of
- * 4096), not for ever (which the watchdog would not see: its workers get
+ * time in units of 2^20 ns (about a millisecond), so a request of cost C is
+ * overtaken only by ones submitted less than about 16.8 * C ms after it:
+ * while short ones keep coming, a long request waits that long behind them
+ * (69 s for a cost of 4096), not for ever (which the watchdog would not see: its workers get
  * all they ask for). The cost is the client's to say.
  */
 #include "llmos.bpf.h"

@@ -9,12 +9,15 @@
  * shares follow weights closely); the single queue is ordered by start
  * tag. The virtual clock follows the start tag of the request dispatched
  * last: dispatch moves one request at a time, taking each one's key. A
- * tenant's weight is the one in the "weights" array (index: tenant,
+ * tenant's weight is the one in the "weights" hash map (key: tenant,
  * value: weight, taken as 10000 above that), which the user may update
  * while the policy runs (bpftool map update, or a loader of its own);
- * where that says 0 (the default), the module's weight of the tenant
- * (llmosctl sched weight, default 100). Arrays, not hash maps, keep
- * enqueue cheap: tenants are told apart modulo MAX_TENANTS.
+ * where that has none, or 0, the module's weight of the tenant (llmosctl
+ * sched weight, default 100). Tags are kept by whole tenant id (tenants
+ * are users' ids, so no two may share one), in an LRU map of
+ * MAX_TENANTS, the module's default max_tenants: past that, the tenant
+ * that enqueued least recently loses its tag, and starts at the clock
+ * when it comes back, as an idle one does.
  *
  * A cost counts up to 2^20 (a whole context's tokens). A request
  * cancelled while queued (dequeue; not one a worker took, which moved the
@@ -51,7 +54,7 @@ char _license[] SEC("license") = "GPL";
 #define WFQ_QUEUE 1
 #define DEFAULT_WEIGHT 100
 #define MAX_WEIGHT 10000 /* LLMOS_MAX_WEIGHT */
-#define MAX_TENANTS 4096
+#define MAX_TENANTS 65536 /* the module's max_tenants by default */
 #define WFQ_SCALE 1048576ULL /* 2^20, LLMOS_CORE_WFQ_SCALE */
 #define WFQ_MAX_COST 1048576ULL /* 2^20 tokens, the most a context holds */
 #define WFQ_MAX_STEP (WFQ_MAX_COST * WFQ_SCALE) /* 2^40, at weight 1 */
@@ -62,7 +65,7 @@ char _license[] SEC("license") = "GPL";
 #define WFQ_EOVERFLOW 75 /* EOVERFLOW: vmlinux.h has no errno macros */
 
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_TENANTS);
 	__type(key, u32);
 	__type(value, u32);
@@ -75,7 +78,7 @@ struct wfq_tag {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MAX_TENANTS);
 	__type(key, u32);
 	__type(value, struct wfq_tag);
@@ -92,9 +95,9 @@ s32 BPF_PROG(wfq_init)
 SEC("struct_ops/wfq_enqueue")
 s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 {
-	u32 tenant = req->tenant % MAX_TENANTS, weight = DEFAULT_WEIGHT, *w;
+	u32 tenant = req->tenant, weight = DEFAULT_WEIGHT, *w;
 	u64 start, step, cost = req->cost ? req->cost : 1;
-	struct wfq_tag *t;
+	struct wfq_tag *t, fresh = {};
 
 	/* No request costs more than a whole context's tokens. */
 	if (cost > WFQ_MAX_COST)
@@ -106,8 +109,16 @@ s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 	else if (req->ten && req->ten->weight)
 		weight = req->ten->weight;
 	t = bpf_map_lookup_elem(&tags, &tenant);
-	if (!t)
-		return -1;
+	if (!t) {
+		/* New (or its tag went): it starts at the clock. */
+		bpf_map_update_elem(&tags, &tenant, &fresh, BPF_NOEXIST);
+		t = bpf_map_lookup_elem(&tags, &tenant);
+	}
+	if (!t) {
+		/* No room at all: served at the clock, with no tag kept. */
+		req->policy_data = 0;
+		return llmos_queue_insert(req, WFQ_QUEUE, vclock);
+	}
 	if (t->finish < vclock) {
 		/* Behind the clock: it starts there, what it paid spent. */
 		start = vclock;
@@ -142,7 +153,7 @@ s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 SEC("struct_ops/wfq_dequeue")
 void BPF_PROG(wfq_dequeue, struct llmos_core_req *req)
 {
-	u32 tenant = req->tenant % MAX_TENANTS;
+	u32 tenant = req->tenant;
 	u64 step = req->policy_data;
 	struct wfq_tag *t;
 

@@ -47,6 +47,9 @@ static struct {
 	char name[LLMOS_POLICY_NAME_LEN];
 	u64 ejections;
 	unsigned long next_scan;	/* jiffies: the watchdog's next scan */
+	u64 scanned_ns;			/* when it last scanned */
+	u64 stall_req;			/* the oldest request at that scan */
+	u64 stall_ns;			/* how long a worker was short since */
 } llmos_bpf;
 
 static struct btf *llmos_bpf_btf;
@@ -352,10 +355,10 @@ static u64 llmos_short_since(struct llmos_core_sched *s, u64 now, u64 gap)
 
 /*
  * While a policy schedules: every period (timeout_ms / 4, 50 ms to 1 s),
- * eject it when a request waited in its queues past timeout_ms while a
- * worker asked for work and got less than it had room for (both at once,
- * for that long); and, while requests are queued and a worker waits,
- * kick the workers every LLMOS_BPF_POLL_MS, since a policy may hold
+ * eject it when a request waited in its queues past timeout_ms, in all,
+ * while a worker asked for work and got less than it had room for; and,
+ * while requests are queued and a worker waits, kick the workers every
+ * LLMOS_BPF_POLL_MS, since a policy may hold
  * requests back for a time (locality does) and tells nobody when that
  * ends. A worker that takes one request at a time and gets it, or has
  * stopped asking, does not wait: requests queued meanwhile are no stall.
@@ -403,9 +406,23 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 	since = llmos_short_since(s, now_ns, llmos_bpf_asking_gap());
 	if (time_after_eq(now, llmos_bpf.next_scan)) {
 		llmos_bpf.next_scan = now + period;
-		r = since ? llmos_core_policy_oldest(s) : NULL;
-		from = r ? max(r->t_submit, since) : 0;
-		if (r && now_ns > from && now_ns - from > timeout_ns)
+		r = llmos_core_policy_oldest(s);
+		if (!r || r->id != llmos_bpf.stall_req) {
+			llmos_bpf.stall_req = r ? r->id : 0;
+			llmos_bpf.stall_ns = 0;
+		}
+		/*
+		 * Shortness adds up: a request stranded while the others
+		 * flow keeps a worker short most of the time, never for
+		 * timeout_ms at once. Counted is what lies in the last
+		 * period of the shortness going on now.
+		 */
+		from = max3(r ? r->t_submit : now_ns, since,
+			    llmos_bpf.scanned_ns);
+		if (r && since && now_ns > from)
+			llmos_bpf.stall_ns += now_ns - from;
+		llmos_bpf.scanned_ns = now_ns;
+		if (r && llmos_bpf.stall_ns > timeout_ns)
 			llmos_bpf_eject(LLMOS_EXIT_STALL, 0, r->id);
 		if (!llmos_bpf.active)
 			goto out;
@@ -518,6 +535,9 @@ static int llmos_bpf_reg(void *kdata, struct bpf_link *link)
 	llmos_bpf.fault_kind = 0;
 	atomic_set(&llmos_bpf.stray, 0);
 	llmos_bpf.next_scan = jiffies;
+	llmos_bpf.scanned_ns = 0;
+	llmos_bpf.stall_req = 0;
+	llmos_bpf.stall_ns = 0;
 	strscpy(llmos_bpf.name, ops->name[0] ? ops->name : "unnamed",
 		sizeof(llmos_bpf.name));
 	memset(&llmos_bpf.exit, 0, sizeof(llmos_bpf.exit));

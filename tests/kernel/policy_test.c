@@ -348,6 +348,52 @@ TEST_F(policy, wfq_shares_follow_its_weights_map)
 }
 
 /*
+ * Tenants are users' ids: 1 and 4097 are two tenants with a share each,
+ * beside 2, and a weight is kept for any id.
+ */
+TEST_F(policy, wfq_tells_every_tenant_id_apart)
+{
+	const __u32 tenant[3] = { 1, 4097, 2 };
+	__u32 big = 70000, weight = 300;
+	int got[3] = { 0 }, from_big;
+	struct bpf_map *weights;
+
+	ASSERT_EQ(0, attach(&self->p, "wfq"));
+	for (int i = 0; i < 30; i++)
+		for (int t = 0; t < 3; t++)
+			ASSERT_LT(0, submit(self->client, tenant[t], 0, 1, 0));
+	for (int i = 0; i < 45; i++) {
+		struct llmos_req_desc d;
+		struct llmos_dispatch c = {
+			.size = sizeof(c), .descs_uptr = (__u64)(uintptr_t)&d,
+			.desc_size = sizeof(d), .max = 1,
+		};
+		struct llmos_complete done = { .size = sizeof(done) };
+
+		ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_DISPATCH, &c));
+		for (int t = 0; t < 3; t++)
+			got[t] += d.tenant == tenant[t];
+		done.id = d.id;
+		ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_COMPLETE, &done));
+	}
+	TH_LOG("served of tenants 1, 4097, 2: %d, %d, %d", got[0], got[1],
+	       got[2]);
+	for (int t = 0; t < 3; t++) {
+		EXPECT_LE(14, got[t]);
+		EXPECT_GE(16, got[t]);
+	}
+	while (serve_one(self->worker) > 0)
+		;
+	weights = bpf_object__find_map_by_name(self->p.obj, "weights");
+	ASSERT_NE(NULL, weights);
+	ASSERT_EQ(0, bpf_map__update_elem(weights, &big, sizeof(big),
+					  &weight, sizeof(weight), BPF_ANY));
+	from_big = served_of_200(self->client, self->worker, big, 3);
+	EXPECT_LE(145, from_big); /* three quarters of 200 */
+	EXPECT_GE(155, from_big);
+}
+
+/*
  * Weights past 512 keep their shares: 700 against 100 gets 7/8 of the
  * service, 2000 against 100 gets 20/21 (not all of it, nor the same as
  * 1000 against 100).
@@ -1108,6 +1154,52 @@ TEST_F(policy, a_worker_that_polls_between_its_steps_is_asking)
 	stats(self->client, &st);
 	EXPECT_EQ(LLMOS_POLICY_EJECTED, st.out_policy_state);
 	EXPECT_EQ(LLMOS_EXIT_STALL, st.out_exit_kind);
+}
+
+/*
+ * A request stranded while the others flow: the worker polls every 50 ms
+ * and gets one of the others every 150 ms, so it is short most of the
+ * time but never for strand_tenant's 500 ms at once. Shortness adds up:
+ * the policy is ejected and the stranded request comes.
+ */
+TEST_F(policy, a_request_stranded_while_others_flow_is_a_stall)
+{
+	struct llmos_sched_stats st;
+	long long id, got, flowed = 0;
+	struct timespec t, last;
+	double ms;
+
+	ASSERT_EQ(0, attach(&self->p, "strand_tenant"));
+	id = submit(self->client, 7, 0, 1, 0);
+	ASSERT_LT(0, id);
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	last = t;
+	ASSERT_LT(0, submit(self->client, 0, 0, 1, 0));
+	while ((got = serve_one(self->worker)) != id &&
+	       ms_since(CLOCK_MONOTONIC, &t) < 8000) {
+		ASSERT_TRUE(got > 0 || got == -EAGAIN);
+		flowed += got > 0;
+		if (ms_since(CLOCK_MONOTONIC, &last) >= 150) {
+			clock_gettime(CLOCK_MONOTONIC, &last);
+			ASSERT_LT(0, submit(self->client, 0, 0, 1, 0));
+		}
+		usleep(50 * 1000);
+	}
+	ms = ms_since(CLOCK_MONOTONIC, &t);
+	TH_LOG("stranded for %.0f ms while %lld others were served", ms,
+	       flowed);
+	ASSERT_EQ(id, got);
+	EXPECT_LE(450, ms);
+	EXPECT_LE(2, flowed);
+	stats(self->client, &st);
+	EXPECT_EQ(LLMOS_POLICY_EJECTED, st.out_policy_state);
+	EXPECT_EQ(LLMOS_EXIT_STALL, st.out_exit_kind);
+	EXPECT_EQ(id, (long long)st.out_exit_req);
+	/* What is left of the others is served by the built-in policy. */
+	while (serve_one(self->worker) > 0)
+		;
+	stats(self->client, &st);
+	EXPECT_EQ(0, st.out_nr[LLMOS_REQ_QUEUED]);
 }
 
 TEST_F(policy, a_kfunc_called_from_a_timer_callback_ejects_the_policy)
