@@ -9,10 +9,11 @@
 #   make install  libllmos (headers, libraries, pkg-config, CMake package) and
 #                 the tools under PREFIX (default /usr/local), the llmosd unit,
 #                 udev rule, sysusers entry and the manual pages; staged in
-#                 DESTDIR (the module: install-dkms or install-kmod)
+#                 DESTDIR (the module: install-dkms or install-kmod);
+#                 make uninstall takes them away
 #   make htmldocs the documentation in build/htmldocs (Sphinx; warnings fail)
 #   make man      check the manual pages in man/ (rendered text in build/man)
-#   make deps | build | kmod | lint | unit | vm-test | vm-shell | clean
+#   make deps | build | kmod [KDIR=...] | lint | unit | vm-test | vm-shell | clean
 #
 # LLMOS_CACHE (default /var/cache/llmos) holds downloaded packages, the
 # unpacked kernel and the compiler cache, outside the clone.
@@ -39,8 +40,15 @@ build: kmod userspace bpf
 bpf: kmod
 	@bash tools/build-bpf.sh
 
+# KDIR: other kernel headers than the cached 6.12 kernel's (make kmod
+# KDIR=/lib/modules/$(uname -r)/build: the running kernel's; no make deps).
+ifdef KDIR
+kmod:
+	@$(MAKE) -s -C "$(KDIR)" M="$(CURDIR)/kmod" modules
+else
 kmod: deps
 	@$(KENV) $(MAKE) -s -C "$$LLMOS_KDIR" M="$(CURDIR)/kmod" modules
+endif
 
 # One CMake build per lane: default (also builds the static guest
 # programs), asan (address + undefined) and tsan.
@@ -106,6 +114,8 @@ man: deps
 #   install-kmod       the built kmod/llmos.ko in MODULEDIR/KVER/extra (KVER:
 #                      the kernel release it was built for), loaded at boot
 #   install-man        the manual pages of man/ in MANDIR/manN
+#   uninstall          removes what these put in place but /etc/default/llmosd
+#                      and the user and group (as a package's remove would)
 # System files go where udev, systemd and dkms look for them, whatever PREFIX.
 PREFIX ?= /usr/local
 BINDIR = $(PREFIX)/bin
@@ -124,14 +134,21 @@ DKMSDIR = /usr/src/llmos-$(LLMOS_VERSION)
 KMOD_SRCS = $(filter-out %.mod.c,$(wildcard kmod/Kbuild kmod/*.[ch] kmod/core/*.[ch]))
 INSTALL_DATA = install -D -m 0644
 
-.PHONY: install-packaging install-dkms install-kmod
+.PHONY: install-packaging install-dkms install-kmod uninstall
 
 # Installs what `make build` (or `make`) built: it builds nothing itself, so
-# that `sudo make install` leaves no root-owned files in the build tree.
-install: install-packaging install-man
-	@test -f "$(BUILD)/default/cmake_install.cmake" || { echo "install: nothing built in" \
-		"$(BUILD)/default: run make first (as the user who builds)" >&2; exit 1; }
+# that `sudo make install` leaves no root-owned files in the build tree
+# (cmake --install writes its file list and llmos.pc there: given back to
+# the tree's owner). Nothing is installed when nothing was built.
+BUILT = $(BUILD)/default/tools/llmosd/llmosd
+install:
+	@test -x "$(BUILT)" || { echo "install: nothing built in $(BUILD)/default:" \
+		"run make first (as the user who builds)" >&2; exit 1; }
+	@$(MAKE) --no-print-directory install-packaging install-man
 	DESTDIR="$(DESTDIR)" cmake --install "$(BUILD)/default" --prefix "$(PREFIX)"
+	@$(GIVE_BACK)
+GIVE_BACK = if [ "$$(id -u)" = 0 ]; then chown --reference="$(BUILD)/default" \
+	"$(BUILD)/default/install_manifest.txt" "$(BUILD)/default/userspace/llmos.pc"; fi
 
 # A real install (no DESTDIR) keeps an existing /etc/default/llmosd, then
 # makes the user, group and folders and has systemd and udev reread their
@@ -183,7 +200,9 @@ install-man:
 # KVER defaults to the release in the module's vermagic, and may not name
 # another (that kernel would refuse the module). depmod runs only for a real
 # install (a staged tree is indexed where it is unpacked).
-install-kmod: kmod
+install-kmod:
+	@test -f kmod/llmos.ko || { echo "install-kmod: kmod/llmos.ko is not built: make kmod," \
+		"or make kmod KDIR=/lib/modules/$$(uname -r)/build for the running kernel" >&2; exit 1; }
 	@PATH=$$PATH:/usr/sbin:/sbin; built=$$(modinfo -F vermagic kmod/llmos.ko | cut -d' ' -f1); \
 	[ -n "$$built" ] || { echo "install-kmod: no kernel release in kmod/llmos.ko" >&2; exit 1; }; \
 	kver='$(KVER)'; [ -n "$$kver" ] || kver=$$built; \
@@ -200,6 +219,35 @@ install-kmod: kmod
 		run $(INSTALL_DATA) packaging/llmosd-device.conf \
 			"$(DESTDIR)$(UNITDIR)/llmosd.service.d/llmos-device.conf"; fi; \
 	if [ -z "$(DESTDIR)" ]; then run depmod -a "$$kver"; fi; \
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then run systemctl daemon-reload; fi
+
+# What cmake --install puts in place is listed by installing into a scratch
+# folder; so uninstall needs the build that was installed. A module DKMS
+# still has is left to `dkms remove llmos/VERSION --all`, which comes first.
+uninstall:
+	@test -f "$(BUILD)/default/cmake_install.cmake" || { echo "uninstall: no build in" \
+		"$(BUILD)/default: what it installed is what is removed" >&2; exit 1; }
+	@if [ -z "$(DESTDIR)" ] && command -v dkms >/dev/null && dkms status llmos | grep -q .; then \
+		echo "uninstall: DKMS still has llmos: dkms remove llmos/$(LLMOS_VERSION) --all first" >&2; \
+		exit 1; fi
+	@set -e; list=$$(mktemp -d); trap 'rm -rf "$$list"' EXIT; \
+	DESTDIR="$$list" cmake --install "$(BUILD)/default" --prefix "$(PREFIX)" >/dev/null; \
+	$(GIVE_BACK); \
+	run() { echo "$$*"; "$$@"; }; \
+	files=$$(cd "$$list" && find . ! -type d | sed 's|^\.||'); \
+	for f in $$files $(UDEVRULESDIR)/60-llmos.rules $(SYSUSERSDIR)/llmos.conf \
+		$(TMPFILESDIR)/llmos.conf $(UNITDIR)/llmosd.service \
+		$(UNITDIR)/llmosd.service.d/llmos-device.conf $(MODULESLOADDIR)/llmos.conf \
+		$(foreach m,$(wildcard man/*.[1-8]),$(MANDIR)/man$(subst .,,$(suffix $(m)))/$(notdir $(m))); do \
+		if [ -e "$(DESTDIR)$$f" ]; then run rm -f "$(DESTDIR)$$f"; fi; done; \
+	for d in $(PREFIX)/include/llmos $(PREFIX)/lib/cmake/llmos $(UNITDIR)/llmosd.service.d; do \
+		if [ -d "$(DESTDIR)$$d" ]; then run find "$(DESTDIR)$$d" -depth -type d -empty -delete; fi; \
+	done; \
+	if [ -d "$(DESTDIR)$(DKMSDIR)" ]; then run rm -rf "$(DESTDIR)$(DKMSDIR)"; fi; \
+	for ko in "$(DESTDIR)$(MODULEDIR)"/*/extra/llmos.ko; do \
+		[ -e "$$ko" ] || continue; run rm -f "$$ko"; kver=$${ko%/extra/llmos.ko}; \
+		if [ -z "$(DESTDIR)" ]; then PATH=$$PATH:/usr/sbin:/sbin run depmod -a "$${kver##*/}"; fi; \
+	done; \
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then run systemctl daemon-reload; fi
 
 clean:

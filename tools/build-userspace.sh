@@ -10,6 +10,12 @@ cd "$(dirname "$0")/.."
 lane=${1:-default}
 CACHE=${LLMOS_CACHE:-/var/cache/llmos}
 export CCACHE_DIR=${CCACHE_DIR:-$CACHE/ccache}
+# A user who builds after a root `make deps` cannot write the shared cache
+# (ccache would fail every compile): theirs is then in their own folder.
+if ! mkdir -p "$CCACHE_DIR" 2>/dev/null || [ ! -w "$CCACHE_DIR" ]; then
+	CCACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/llmos-ccache
+	echo "build-userspace: $CACHE/ccache is not writable; compiler cache in $CCACHE_DIR" >&2
+fi
 # Paths under the source tree are hashed relative to it, so that a clone in
 # another folder hits the cache too.
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}

@@ -37,8 +37,7 @@ PKGS=(
 	python3-sphinx groff-base man-db
 	curl git
 	# The install test checks the unit file, sysusers.d and tmpfiles.d
-	# entries with systemd's own tools, and the shell scripts with
-	# shellcheck.
+	# entries with systemd's own tools, and itself with shellcheck.
 	systemd shellcheck
 )
 # Packages that must come from bookworm-backports (libbpf >= 1.4 is needed
@@ -122,7 +121,15 @@ apt_updated=0
 apt_update() {
 	[ "$apt_updated" -eq 1 ] && return 0
 	log "apt-get update"
-	$SUDO apt-get update -qq >/dev/null || die "apt-get update failed"
+	# The lists' lock may be held a while (apt-daily on a fresh machine):
+	# try again for up to 5 minutes.
+	local try
+	for try in 1 2 3 4 5 6 7 8 9 10; do
+		$SUDO apt-get update -qq -o DPkg::Lock::Timeout=30 >/dev/null && break
+		[ "$try" -lt 10 ] || die "apt-get update failed"
+		log "apt-get update failed; trying again in 30 s"
+		sleep 30
+	done
 	apt_updated=1
 }
 
@@ -189,6 +196,20 @@ pick_kernel() {
 		done
 }
 
+# download_deb PKG DIR: PKG's .deb into DIR, whole or not at all (a download
+# cut short stays in DIR/.partial, which the next one empties).
+download_deb() {
+	local p=$1 dir=$2 part=$2/.partial
+	apt_update # lists cleaned, or older than the kernel
+	log "downloading $p"
+	rm -rf "$part"
+	mkdir -p "$part"
+	(cd "$part" && apt-get download -qq "$p" 2>/dev/null) ||
+		die "apt-get download $p failed"
+	mv "$part"/*.deb "$dir/" || die "apt-get download $p gave no .deb"
+	rmdir "$part"
+}
+
 fetch_kernel() {
 	local kver=$1 kdir="$CACHE/kernel/$1" debs="$CACHE/debs" p
 	local -a kpkgs=("linux-image-$kver-amd64-unsigned"
@@ -198,20 +219,18 @@ fetch_kernel() {
 		return 0
 	fi
 	mkdir -p "$debs" "$kdir/root"
-	(
-		cd "$debs"
-		for p in "${kpkgs[@]}"; do
-			if ! ls "${p}"_*.deb >/dev/null 2>&1; then
-				apt_update # lists cleaned, or older than the kernel
-				log "downloading $p"
-				apt-get download -qq "$p" 2>/dev/null ||
-					die "apt-get download $p failed"
-			fi
-		done
-	)
 	for p in "${kpkgs[@]}"; do
+		ls "$debs/${p}"_*.deb >/dev/null 2>&1 || download_deb "$p" "$debs"
 		log "unpacking $p"
-		dpkg -x "$(ls "$debs/${p}"_*.deb | sort -V | tail -n1)" "$kdir/root"
+		if ! dpkg -x "$(ls "$debs/${p}"_*.deb | sort -V | tail -n1)" "$kdir/root"; then
+			# Damaged in the cache (a copy from elsewhere, a full disk):
+			# fetched again once.
+			log "$p did not unpack: downloading it again"
+			rm -f "$debs/${p}"_*.deb
+			download_deb "$p" "$debs"
+			dpkg -x "$(ls "$debs/${p}"_*.deb | sort -V | tail -n1)" "$kdir/root" ||
+				die "$p does not unpack"
+		fi
 	done
 	local hdr="$kdir/root/usr/src/linux-headers-$kver-amd64"
 	# The arch headers include the common tree by absolute path.
@@ -238,7 +257,9 @@ fetch_kernel() {
 }
 
 main() {
-	mkdir -p "$CACHE" || die "cannot create cache folder $CACHE"
+	# A user with sudo gets a cache of their own making.
+	mkdir -p "$CACHE" 2>/dev/null || { [ -n "$SUDO" ] && sudo install -d -o "$(id -u)" -g "$(id -g)" "$CACHE"; } ||
+		die "cannot create cache folder $CACHE"
 	# One run at a time per cache (two would unpack into one folder); a
 	# user who cannot write the cache reads it, set up, without a lock.
 	local lock="$CACHE/.deps.lock"

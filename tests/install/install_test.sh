@@ -26,7 +26,7 @@ check() {
 	shift
 	if "$@" >"$stage/log" 2>&1; then ok "$what"; else notok "$what"; fi
 }
-echo "1..34"
+echo "1..40"
 
 if DESTDIR=$stage/root cmake --install "$build" --prefix /usr/local >"$stage/log" 2>&1 &&
 	[ -f "$stage/root/usr/local/include/llmos/worker_pool.hh" ] &&
@@ -477,7 +477,7 @@ else
 	fi
 fi
 
-# install-kmod, without rebuilding the module (-o kmod): into the release of
+# install-kmod (it builds nothing; -o kmod is left from when it did): into the release of
 # its vermagic (a KVER naming another is refused), with modules-load.d, and
 # no depmod in a staged tree.
 install_kmod() {
@@ -521,6 +521,34 @@ if [ -x "$build/tools/llmosd/llmosd" ]; then
 		test -x "$root$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit")"
 else
 	skip "the unit's ExecStart program is installed (cmake --install)" "llmosd is not built"
+fi
+
+# make install checks that something was built before it installs anything.
+nothing_built() {
+	! mk install DESTDIR="$stage/nb" BUILD="$stage/none" && [ ! -e "$stage/nb" ]
+}
+check "make install with nothing built installs nothing" nothing_built
+
+# make uninstall takes away what install, install-dkms and install-kmod put
+# in place, but the settings in /etc/default/llmosd.
+uninstall_all() {
+	local t=$stage/un left
+	mkdir -p "$stage/b" && ln -sfn "$build" "$stage/b/default" &&
+		mk install install-dkms DESTDIR="$t" BUILD="$stage/b" &&
+		{ [ ! -f "$src/kmod/llmos.ko" ] || mk install-kmod DESTDIR="$t"; } &&
+		[ -x "$t/usr/local/bin/llmosd" ] && [ -f "$t/usr/src/llmos-$version/dkms.conf" ] &&
+		mk uninstall DESTDIR="$t" BUILD="$stage/b" || return 1
+	left=$(cd "$t" && find . ! -type d)
+	echo "left: $left"
+	[ "$left" = ./etc/default/llmosd ] && [ ! -e "$t/usr/local/include/llmos" ] &&
+		[ ! -e "$t/usr/lib/systemd/system/llmosd.service.d" ]
+}
+if [ -x "$build/tools/llmosd/llmosd" ]; then
+	check "make uninstall removes what the install targets put in place, but the settings" \
+		uninstall_all
+else
+	skip "make uninstall removes what the install targets put in place, but the settings" \
+		"llmosd is not built"
 fi
 
 # The daemon as built: the options the example mentions exist, and systemd
