@@ -14,7 +14,12 @@ export CCACHE_DIR=${CCACHE_DIR:-$CACHE/ccache}
 # (ccache would fail every compile): theirs is then in their own folder.
 if ! mkdir -p "$CCACHE_DIR" 2>/dev/null || [ ! -w "$CCACHE_DIR" ]; then
 	CCACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/llmos-ccache
-	echo "build-userspace: $CACHE/ccache is not writable; compiler cache in $CCACHE_DIR" >&2
+	if mkdir -p "$CCACHE_DIR" 2>/dev/null && [ -w "$CCACHE_DIR" ]; then
+		echo "build-userspace: $CACHE/ccache is not writable; compiler cache in $CCACHE_DIR" >&2
+	else
+		export CCACHE_DISABLE=1
+		echo "build-userspace: no writable compiler cache; compiling without one" >&2
+	fi
 fi
 # Paths under the source tree are hashed relative to it, so that a clone in
 # another folder hits the cache too.
