@@ -1972,6 +1972,8 @@ public:
     bool send(const std::string& b) {
         return ::send(_fd, b.data(), b.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(b.size());
     }
+    /// Shuts this end's sending side (a TCP half-close).
+    void shut_write() { ::shutdown(_fd, SHUT_WR); }
     /// Everything until the server closes; `closed` says whether it did.
     std::string rest(bool* closed = nullptr) {
         std::string out;
@@ -2123,6 +2125,33 @@ TEST_F(llmosd_test, pipelined_requests_are_answered_in_order) {
     EXPECT_LT(second, third);
 }
 
+// A client that shuts its sending side after its request (nc -N, some
+// probes) gets its answer; empty lines before a request line are skipped
+// (RFC 9112 2.2), as after a body some clients send.
+TEST_F(llmosd_test, half_closes_and_empty_lines_before_a_request_are_taken) {
+    server s(_dir);
+    ASSERT_GT(s.port, 0) << s.log();
+    for (const char* path : {"/health", "/v1/models", "/metrics"}) {
+        raw_conn c(s.port);
+        c.send(std::string("GET ") + path + " HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        c.shut_write();
+        const std::string r = c.rest();
+        EXPECT_TRUE(r.starts_with("HTTP/1.1 200 ")) << path << ":\n" << r.substr(0, 300);
+    }
+    const std::string b = R"({"model": "tiny", "prompt": "x", "max_tokens": 2})";
+    raw_conn c(s.port);
+    c.send("\r\nPOST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: " +
+           std::to_string(b.size()) + "\r\n\r\n" + b +
+           "\r\nGET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    const std::string r = c.rest();
+    EXPECT_EQ(answers(r), 2u) << r;
+    EXPECT_NE(r.find("\"text_completion\""), std::string::npos) << r;
+    EXPECT_NE(r.find("\"status\":\"ok\""), std::string::npos) << r;
+    // A request line past the limit is called what it is.
+    auto a = raw_exchange(s.port, "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\n\r\n");
+    EXPECT_TRUE(a.text.starts_with("HTTP/1.1 414 URI Too Long\r\n")) << a.text.substr(0, 200);
+}
+
 TEST_F(llmosd_test, sigterm_does_not_wait_for_a_client_that_trickles) {
     server s(_dir, {"--drain-timeout", "1"});
     ASSERT_GT(s.port, 0) << s.log();
@@ -2229,9 +2258,20 @@ TEST_F(llmosd_test, hostile_bytes_and_numbers_get_client_errors) {
     auto stop = post(c, "/v1/completions",
                      {{"model", "tiny"}, {"prompt", "x"}, {"stop", std::string("f\0z", 3)}}, 400);
     expect_error(stop, "invalid_request_error", "stop");
-    auto session =
-        post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"session", ""}}, 400);
-    expect_error(session, "invalid_request_error", "session");
+    for (const char* name : {"", ".", ".."}) {
+        auto session = post(c, "/v1/completions",
+                            {{"model", "tiny"}, {"prompt", "x"}, {"session", name}}, 400);
+        expect_error(session, "invalid_request_error", "session");
+    }
+    check(
+        c.Post("/llmos/v1/models", json{{"name", ".."}, {"path", tiny}}.dump(), "application/json"),
+        400, "a model name of dots");
+    // The parser would stop at a NUL: what follows is not taken as read.
+    check(c.Post("/v1/completions",
+                 std::string(R"({"model":"tiny","prompt":"x","max_tokens":2})") +
+                     std::string("\0 and then {{{", 15),
+                 "application/json"),
+          400, "a body with a NUL and more after its JSON");
     // Still there, and its one model too.
     post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 2}}, 200);
 }
@@ -2446,6 +2486,10 @@ TEST_F(llmosd_test, bodies_past_max_body_are_refused_before_they_are_read) {
         {"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: "
          "chunked\r\n\r\n80000\r\n" +
              std::string(128 << 10, 'x'),
+         413, "payload_too_large"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: "
+         "chunked\r\n\r\nFFFFFFFFFFFFFFFF\r\n" +
+             body,
          413, "payload_too_large"},
     };
     for (auto& c : cases) {

@@ -104,6 +104,11 @@ public:
         return nullptr;
     }
 
+    /// The size of the chunk whose size line is being read, so far.
+    uint64_t chunk_size() const {
+        return _st == st::size || _st == st::ext || _st == st::size_lf ? _left : 0;
+    }
+
     /// One byte of the body: nullptr, or why it breaks the rules.
     const char* body(char c) {
         if (!_chunked) {
@@ -240,6 +245,7 @@ public:
         _in_headers = true;
         _in_body = false;
         _header_bytes = 0;
+        _skipped = 0;
         _body_bytes = 0;
         _framing.reset();
         _deadline = steady::now() + _l.header_time;
@@ -262,6 +268,21 @@ public:
             if (got <= 0) {
                 return got;
             }
+        }
+        // Empty lines before a request line are skipped (RFC 9112 2.2:
+        // some clients send a CRLF after a body), a few of them.
+        while (_in_headers && _header_bytes == 0 && _skipped < 16 &&
+               _buf[_pos] == "\r\n"[_skipped % 2]) {
+            ++_skipped;
+            if (++_pos == _len) {
+                const ssize_t got = fill();
+                if (got <= 0) {
+                    return got;
+                }
+            }
+        }
+        if (_in_headers && _header_bytes == 0 && _skipped % 2) {
+            return refuse_framing("a line of the request head must end in CRLF");
         }
         size_t n = std::min(size, _len - _pos);
         if (_in_headers) {
@@ -313,6 +334,16 @@ public:
                 if (const char* why = _framing.body(_buf[_pos + i])) {
                     return refuse_framing(why);
                 }
+                // A chunk larger than a whole body may be is refused as
+                // such, before its data.
+                if (_l.body_bytes && _framing.chunk_size() > _l.body_bytes) {
+                    _refusal = {413,
+                                "a chunk of the request body is larger than this server "
+                                "accepts (" +
+                                    std::to_string(_l.body_bytes) + " bytes)",
+                                "payload_too_large"};
+                    return -1;
+                }
             }
         }
         std::memcpy(ptr, _buf + _pos, n);
@@ -321,7 +352,10 @@ public:
     }
 
     ssize_t write(const char* ptr, size_t size) override {
-        if (!is_writable()) {
+        // Not is_writable(): a client that shut its sending side after its
+        // request (EOF to read) still takes the answer.
+        const short w = wait_for(_fd, POLLOUT, _write_t);
+        if (!(w & POLLOUT) || (w & (POLLERR | POLLHUP))) {
             return -1;
         }
         ssize_t r;
@@ -426,6 +460,7 @@ private:
     bool _in_headers = false;
     bool _in_body = false; ///< the headers read, until the next request begins
     size_t _header_bytes = 0;
+    unsigned _skipped = 0;  ///< empty-line bytes before the request line
     size_t _body_bytes = 0; ///< read since the headers ended
     steady::time_point _deadline;
     char _t1 = 0, _t2 = 0; ///< the last two header bytes
@@ -445,6 +480,7 @@ void answer_refusal(conn_stream& strm) {
                              (r.status == 400   ? " Bad Request"
                               : r.status == 408 ? " Request Timeout"
                               : r.status == 413 ? " Payload Too Large"
+                              : r.status == 414 ? " URI Too Long"
                                                 : " Request Header Fields Too Large") +
                              "\r\nConnection: close\r\nContent-Type: application/json\r\n"
                              "Content-Length: " +

@@ -675,9 +675,11 @@ std::shared_ptr<model_entry> daemon::open_model(const std::string& name, const s
 std::shared_ptr<model_entry> daemon::load_model(const std::string& name, const std::string& path) {
     const bool control = std::any_of(name.begin(), name.end(),
                                      [](char c) { return static_cast<unsigned char>(c) < 0x20; });
-    if (name.empty() || name.size() > 128 || name.find('/') != std::string::npos || control) {
+    if (name.empty() || name.size() > 128 || name.find('/') != std::string::npos || control ||
+        name.find_first_not_of('.') == std::string::npos) {
         throw api_error{400,
-                        "a model name is 1 to 128 characters, without '/' or control characters",
+                        "a model name is 1 to 128 characters, without '/' or control characters, "
+                        "not only dots",
                         "invalid_request_error", "name", ""};
     }
     {

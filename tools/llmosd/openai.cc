@@ -19,7 +19,8 @@ std::string to_text(const json& v) {
 }
 
 bool valid_session_name(const std::string& s) {
-    if (s.empty() || s.size() > 48) {
+    // "." and ".." are path steps to clients (curl folds them away).
+    if (s.empty() || s.size() > 48 || s.find_first_not_of('.') == std::string::npos) {
         return false;
     }
     for (char c : s) {
@@ -156,6 +157,11 @@ struct body_bounds final : nlohmann::json_sax<json> {
 };
 
 json parse_body(const std::string& body) {
+    // The parser takes a NUL for the end: what follows would go unread.
+    if (body.find('\0') != std::string::npos) {
+        throw api_error{400, "the body is not valid JSON: it holds a NUL byte",
+                        "invalid_request_error", "", ""};
+    }
     body_bounds b;
     if (!json::sax_parse(body, &b) && (b.too_deep || b.values > body_bounds::max_values)) {
         throw api_error{
@@ -337,7 +343,7 @@ job parse_job(const std::string& body, bool chat) {
     j.deadline_ms = static_cast<uint64_t>(integer(o, "deadline_ms", 0, 86400000, 0));
     j.session = string(o, "session", false);
     if (field(o, "session") && !valid_session_name(j.session)) {
-        bad("session", "'session' must be 1 to 48 characters of [A-Za-z0-9._-]");
+        bad("session", "'session' must be 1 to 48 characters of [A-Za-z0-9._-], not only dots");
     }
     j.user = string(o, "user", false);
     return j;
