@@ -102,6 +102,16 @@ TEST(llmosctl, ms_usage_errors_come_before_the_device) {
     EXPECT_EQ(r.status, 2) << r.output;
 }
 
+// Nothing attached: one line, ours (not libbpf's before it).
+TEST(llmosctl, sched_detach_with_nothing_attached_is_one_line) {
+    if (::access("/sys/fs/bpf/llmos_sched_policy", F_OK) == 0) {
+        GTEST_SKIP() << "a policy is attached here";
+    }
+    auto r = run("sched detach");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_EQ(r.output, "llmosctl: no policy is attached (no /sys/fs/bpf/llmos_sched_policy)\n");
+}
+
 TEST(llmosctl, ms_commands_name_the_missing_device) {
     for (const char* cmd : {"ms list", "ms info x", "ms rm x", "ms quota", "ms read x"}) {
         auto r = run(std::string{"--device /nonexistent/llmos "} + cmd);
@@ -188,6 +198,21 @@ TEST_F(llmosctl_local, a_save_replaces_a_file_whole_or_not_at_all) {
     EXPECT_EQ(ctl("ms read c --length 6").output, "second") << "the mindspace is intact";
     // Nothing is left beside the file.
     EXPECT_EQ(::system(("test $(ls " + _dir + " | wc -l) -eq 2").c_str()), 0);
+}
+
+// ms write - reads into the mindspace itself, not into memory first: with
+// less data memory (RLIMIT_DATA; the mindspace's shared mapping does not
+// count) than the input, it still goes in.
+TEST_F(llmosctl_local, standard_input_is_written_without_holding_it_in_memory) {
+    ASSERT_EQ(ctl("ms create big --size 256M").status, 0);
+    auto r = run_shell("head -c 100663296 /dev/zero | tr '\\0' x | (ulimit -d 65536 && " + env() +
+                       llmos::testing::llmosctl_bin +
+                       " --backend local --json ms write big --offset 4096 -) 2>&1");
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto j = nlohmann::json::parse(r.output, nullptr, false);
+    EXPECT_EQ(j.value("bytes", 0u), 100663296u) << r.output;
+    EXPECT_EQ(ctl("ms read big --offset 4095 --length 3").output, std::string("\0xx", 3));
+    EXPECT_EQ(ctl("ms read big --offset 100667391 --length 2").output, std::string("x\0", 2));
 }
 
 TEST_F(llmosctl_local, standard_input_is_read_no_further_than_fits) {
@@ -488,12 +513,23 @@ TEST_F(llmosctl_local, tenant_grants_are_shown_and_need_the_module_to_change) {
 TEST_F(llmosctl_local, a_name_option_does_not_take_the_next_option) {
     for (const char* bad :
          {"ms load /dev/null --name --json", "run --session --json hi", "run -m --json hi",
-          "chat --model --verbose", "--server --json run hi", "--device --json status"}) {
+          "chat --model --verbose", "--server --json run hi", "--device --json status",
+          "ms create x --size --json", "ms create x --size 8K --mode --json",
+          "ms quota --uid --json", "ms quota --set --json", "bench --service --json",
+          "bench --arrival --json", "--server http://127.0.0.1:1 run --system --json hi",
+          "--server http://127.0.0.1:1 chat --system --verbose"}) {
         auto r = ctl(bad);
         EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
         EXPECT_NE(r.output.find("needs a value, not the option '--"), std::string::npos)
             << bad << ": " << r.output;
     }
+}
+
+// A system message may still begin with "--" when it is more than a word.
+TEST_F(llmosctl_local, a_system_message_may_begin_with_dashes) {
+    auto r = ctl("--server http://127.0.0.1:1 run --system '-- be brief' hi");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("cannot reach llmosd"), std::string::npos) << r.output;
 }
 
 TEST_F(llmosctl_local, a_prompt_on_standard_input_is_capped) {
@@ -552,6 +588,33 @@ TEST_F(llmosctl_local, ms_create_checks_names_and_sizes_itself) {
     EXPECT_NE(r.output.find("not a multiple of the page size"), std::string::npos) << r.output;
     EXPECT_EQ(ctl("ms create c --size 0").status, 2);
     EXPECT_EQ(ctl("ms info c").status, 1) << "not made";
+}
+
+// A path or store directory need not be UTF-8: --json writes U+FFFD for
+// such bytes instead of failing after the work was done.
+TEST_F(llmosctl_local, json_output_of_bytes_that_are_not_utf8) {
+    ASSERT_EQ(ctl("ms create a1 --size 8K").status, 0);
+    auto r = ctl("--json ms save a1 \"$(printf '" + _dir + "/sv\\377.ms')\"");
+    ASSERT_EQ(r.status, 0) << r.output;
+    auto j = nlohmann::json::parse(r.output, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r.output;
+    EXPECT_EQ(j.value("file", ""), _dir + "/sv\xef\xbf\xbd.ms");
+    r = ::run_with_env("LLMOS_LOCAL_DIR=\"$(printf '" + _dir + "/st\\377')\" ",
+                       "--backend local --json status");
+    ASSERT_EQ(r.status, 0) << r.output;
+    j = nlohmann::json::parse(r.output, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r.output;
+    EXPECT_EQ(j.value("device", ""), _dir + "/st\xef\xbf\xbd");
+}
+
+// A well-formed name or id that names nothing.
+TEST_F(llmosctl_local, a_missing_mindspace_is_said_so) {
+    auto r = ctl("ms info 99");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_EQ(r.output, "llmosctl: mindspace '99': no such mindspace\n");
+    r = ctl("ms read nothere");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_EQ(r.output, "llmosctl: cannot open mindspace 'nothere': no such mindspace\n");
 }
 
 TEST_F(llmosctl_local, json_output_of_commands_that_print_no_table) {

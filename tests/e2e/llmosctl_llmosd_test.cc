@@ -14,6 +14,7 @@
 #include <fstream>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <sys/wait.h>
@@ -450,7 +451,7 @@ TEST_F(llmosctl_llmosd, chat_keeps_the_conversation_until_quit) {
     r = ctl(s, "chat --session 'no/slash'", "hi\n");
     EXPECT_EQ(r.status, 2);
     EXPECT_EQ(r.err, "llmosctl: bad --session 'no/slash' (1 to 48 characters of A-Z a-z 0-9 . _ "
-                     "-)\n");
+                     "-, not only dots)\n");
 
     // Listed: its name, model and kind, used just now.
     r = ctl(s, "session ls");
@@ -481,7 +482,7 @@ TEST_F(llmosctl_llmosd, chat_keeps_the_conversation_until_quit) {
     r = ctl(s, "session rm 'no/slash'");
     EXPECT_EQ(r.status, 2);
     EXPECT_EQ(r.err, "llmosctl: bad session name 'no/slash' (1 to 48 characters of A-Z a-z 0-9 . "
-                     "_ -)\n");
+                     "_ -, not only dots)\n");
 }
 
 // A line past 16 MiB is not read whole, nor sent: the chat goes on.
@@ -610,6 +611,233 @@ TEST_F(llmosctl_llmosd, a_unix_socket_server) {
     r = ctl(s, "model list");
     EXPECT_EQ(r.status, 0) << r.err;
     EXPECT_NE(r.out.find("\ntiny "), std::string::npos) << r.out;
+}
+
+namespace {
+
+// A stand-in for llmosd on loopback: set its routes, then start().
+class fake_server {
+public:
+    httplib::Server svr;
+    void start() {
+        _port = svr.bind_to_any_port("127.0.0.1");
+        _thread = std::thread([this] { svr.listen_after_bind(); });
+    }
+    ~fake_server() {
+        svr.stop();
+        if (_thread.joinable()) {
+            _thread.join();
+        }
+    }
+    std::string url() const { return "http://127.0.0.1:" + std::to_string(_port); }
+
+private:
+    int _port = 0;
+    std::thread _thread;
+};
+
+std::string sse(const json& ev) {
+    return "data: " + ev.dump() + "\n\n";
+}
+
+} // namespace
+
+// A reply of more than 64 MiB is not read to its end.
+TEST_F(llmosctl_llmosd, a_reply_past_64_mib_is_refused) {
+    fake_server f;
+    f.svr.Get("/llmos/v1/models", [](const httplib::Request&, httplib::Response& res) {
+        res.set_content("{\"models\":[\"" + std::string((64u << 20) + 1, 'x') + "\"]}",
+                        "application/json");
+    });
+    f.start();
+    auto r = ctl("--server " + f.url() + " model list");
+    EXPECT_EQ(r.status, 1) << r.err;
+    EXPECT_EQ(r.err, "llmosctl: cannot list models: the reply is larger than 64 MiB (llmosd at " +
+                         f.url() + ")\n");
+    EXPECT_EQ(r.out, "");
+}
+
+// JSON, but not as llmosd types it: the not-llmosd error, before any table.
+TEST_F(llmosctl_llmosd, a_session_list_of_odd_types_is_not_llmosd_s) {
+    for (const char* body : {R"({"data":[1]})", R"({"data":[{"id":"a","readable":"yes"}]})",
+                             R"({"data":[{"id":"a","full":null}]})"}) {
+        fake_server f;
+        f.svr.Get("/llmos/v1/sessions", [body](const httplib::Request&, httplib::Response& res) {
+            res.set_content(body, "application/json");
+        });
+        f.start();
+        auto r = ctl("--server " + f.url() + " session ls");
+        EXPECT_EQ(r.status, 1) << body << ": " << r.err;
+        EXPECT_EQ(r.err, "llmosctl: cannot list sessions: the reply from " + f.url() +
+                             " is not llmosd's (an entry of its list is not what llmosd sends)\n")
+            << body;
+        EXPECT_EQ(r.out, "") << body;
+    }
+}
+
+// Without --session, the oldest turns go once the conversation outgrows
+// the context (the system message stays); a line that does not fit even
+// alone is said so, and the chat goes on.
+TEST_F(llmosctl_llmosd, a_chat_that_outgrows_the_context_drops_its_oldest_turns) {
+    fake_server f;
+    std::vector<json> seen; // the messages of each request
+    std::mutex m;
+    f.svr.Post("/v1/chat/completions", [&](const httplib::Request& req, httplib::Response& res) {
+        const json msgs = json::parse(req.body)["messages"];
+        size_t chars = 0;
+        for (const auto& msg : msgs) {
+            chars += msg["content"].get<std::string>().size();
+        }
+        {
+            std::lock_guard lk(m);
+            seen.push_back(msgs);
+        }
+        if (chars > 40) { // the "context"
+            res.status = 400;
+            res.set_content(json{{"error",
+                                  {{"message", "the prompt is " + std::to_string(chars) +
+                                                   " tokens; this server's context holds 40"},
+                                   {"type", "invalid_request_error"},
+                                   {"param", "messages"},
+                                   {"code", "context_length_exceeded"}}}}
+                                .dump(),
+                            "application/json");
+            return;
+        }
+        res.set_content(sse({{"choices", {{{"index", 0}, {"delta", {{"content", "ok"}}}}}}}) +
+                            "data: [DONE]\n\n",
+                        "text/event-stream");
+    });
+    f.start();
+    // system 3 + each turn 8 + 2: four turns fit, the fifth drops.
+    auto r = ctl("--server " + f.url() + " chat -m fake --system sys", "",
+                 "line-one\nline-two\nline-3rd\nline-4th\nline-5th\n" + std::string(40, 'z') +
+                     "\nline-7th\n");
+    EXPECT_EQ(r.status, 1) << r.err;
+    EXPECT_EQ(r.out, "ok\nok\nok\nok\nok\nok\n");
+    EXPECT_EQ(r.err, "llmosctl: the conversation outgrew the model's context: dropped its "
+                     "oldest 2 of 3 turns\n"
+                     "llmosctl: the conversation outgrew the model's context: dropped its "
+                     "oldest 2 of 3 turns\n"
+                     "llmosctl: the conversation outgrew the model's context: dropped its "
+                     "oldest 1 of 1 turns\n"
+                     "llmosctl: model 'fake' (the line alone, without earlier turns): the prompt "
+                     "is 43 tokens; this server's context holds 40\n");
+    std::lock_guard lk(m);
+    ASSERT_FALSE(seen.empty());
+    // After the first drop: the system message, the third turn, the line.
+    const json want = {{{"role", "system"}, {"content", "sys"}},
+                       {{"role", "user"}, {"content", "line-3rd"}},
+                       {{"role", "assistant"}, {"content", "ok"}},
+                       {{"role", "user"}, {"content", "line-4th"}}};
+    EXPECT_NE(std::find(seen.begin(), seen.end(), want), seen.end());
+    EXPECT_EQ(seen.back().back()["content"], "line-7th");
+    EXPECT_EQ(seen.back().front()["content"], "sys");
+}
+
+// What a server says goes out on one line, without terminal controls.
+TEST_F(llmosctl_llmosd, a_server_s_text_is_printed_without_control_characters) {
+    fake_server f;
+    f.svr.Post("/v1/completions", [](const httplib::Request&, httplib::Response& res) {
+        res.status = 400;
+        res.set_content(R"({"error":{"message":"bad\nthing \u001b[31mred","code":null}})",
+                        "application/json");
+    });
+    f.svr.Get("/llmos/v1/models", [](const httplib::Request&, httplib::Response& res) {
+        res.set_content(R"({"models":[{"name":"evil\u001b]0;title\u0007","path":"/a\nb"}]})",
+                        "application/json");
+    });
+    f.svr.Get("/llmos/v1/sessions", [](const httplib::Request&, httplib::Response& res) {
+        res.set_content(R"({"data":[{"id":"s\r1","model":"m\u009b2J"}]})", "application/json");
+    });
+    f.start();
+    auto r = ctl("--server " + f.url() + " run --raw -m fake hi");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: model 'fake': bad\\x0athing \\x1b[31mred\n");
+    r = ctl("--server " + f.url() + " model list");
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out.find('\x1b'), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("\nevil\\x1b]0;title\\x07 "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("  /a\\x0ab\n"), std::string::npos) << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 2) << r.out;
+    r = ctl("--server " + f.url() + " session ls");
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("\ns\\x0d1 "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(" m\\u009b2J "), std::string::npos) << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 2) << r.out;
+}
+
+// An error event that says nothing, or a bare string; a 200 that is no
+// event stream.
+TEST_F(llmosctl_llmosd, odd_stream_replies_are_named_for_what_they_are) {
+    fake_stream_server bare("data: {\"error\":\"out of cheese\"}\n\ndata: [DONE]\n\n", true);
+    auto r = ctl("--server " + bare.url() + " run --raw -m fake hi");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: model 'fake': out of cheese\n");
+    fake_stream_server odd("data: {\"error\":5}\n\ndata: [DONE]\n\n", true);
+    r = ctl("--server " + odd.url() + " run --raw -m fake hi");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: model 'fake': the stream ended with an error event that says "
+                     "nothing more (llmosd at " +
+                         odd.url() + ")\n");
+
+    fake_server f;
+    f.svr.Post("/v1/completions", [](const httplib::Request&, httplib::Response& res) {
+        res.set_content(R"({"choices":[{"text":"hi"}]})", "application/json");
+    });
+    f.start();
+    r = ctl("--server " + f.url() + " run --raw -m fake hi");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: model 'fake': the reply from " + f.url() +
+                         " is not llmosd's (not an event stream)\n");
+}
+
+// A server that takes the connection and never answers: a timeout, said
+// so (after the 30 s a plain call waits).
+TEST_F(llmosctl_llmosd, a_silent_server_is_a_timeout) {
+    fake_server f;
+    f.svr.Get("/llmos/v1/models", [](const httplib::Request&, httplib::Response& res) {
+        std::this_thread::sleep_for(32s);
+        res.set_content("{}", "application/json");
+    });
+    f.start();
+    auto r = ctl("--server " + f.url() + " model list");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "llmosctl: cannot list models: timed out waiting for the reply (nothing "
+                     "came for 30 s) (llmosd at " +
+                         f.url() + ")\n");
+}
+
+TEST_F(llmosctl_llmosd, model_names_and_api_keys_llmosd_would_refuse_are_usage_errors) {
+    for (const char* args :
+         {"model unload ''", "model unload a/b", "model unload \"$(printf 'a\\033b')\"",
+          "model swap '' /tmp/x.gguf", "model load a/b /tmp/x.gguf", "model unload ..",
+          "model load . /tmp/x.gguf"}) {
+        auto r = ctl(std::string("--server http://127.0.0.1:1 ") + args);
+        EXPECT_EQ(r.status, 2) << args << ": " << r.err;
+        EXPECT_TRUE(r.err.starts_with("llmosctl: bad model name '")) << args << ": " << r.err;
+        EXPECT_NE(r.err.find("(1 to 128 characters, without '/' or control characters, not only "
+                             "dots)\n"),
+                  std::string::npos)
+            << args << ": " << r.err;
+    }
+    for (const char* args : {"session rm ..", "run --session . hi", "chat --session ..."}) {
+        auto r = ctl(std::string("--server http://127.0.0.1:1 ") + args);
+        EXPECT_EQ(r.status, 2) << args << ": " << r.err;
+        EXPECT_NE(r.err.find("not only dots)"), std::string::npos) << args << ": " << r.err;
+    }
+    for (const char* key : {"'a\\r\\nX-Evil: 1'", "'a b'", "'caf\\303\\251'", "'a\\tb'"}) {
+        auto r = ctl(std::string("--server http://127.0.0.1:1 --api-key \"$(printf ") + key +
+                     ")\" model list");
+        EXPECT_EQ(r.status, 2) << key << ": " << r.err;
+        EXPECT_EQ(r.err, "llmosctl: the API key (--api-key or LLMOSD_API_KEY) holds a space, a "
+                         "control character or a byte that is not ASCII: a key is printable "
+                         "ASCII only\n")
+            << key;
+        r = ctl("--server http://127.0.0.1:1 model list",
+                std::string("LLMOSD_API_KEY=\"$(printf ") + key + ")\"");
+        EXPECT_EQ(r.status, 2) << key << ": " << r.err;
+    }
 }
 
 #ifdef LLMOS_TEST_STATIC_LLMOSCTL

@@ -5,6 +5,10 @@
 #include <algorithm>
 #include <gtest/gtest.h>
 #include <llmos/mindspace.hh>
+#include <string>
+#include <thread>
+#include <unistd.h>
+#include <vector>
 
 namespace {
 
@@ -121,6 +125,86 @@ TEST(llmosctl_util, a_name_option_refuses_the_next_option) {
     args = {"-x", "--name"}; // one dash: a name may begin with it
     EXPECT_NO_THROW(ok.parse(args));
     EXPECT_EQ(name, "-x");
+}
+
+TEST(llmosctl_util, a_text_option_refuses_only_a_lone_option) {
+    for (const auto& [value, ok] : std::vector<std::pair<std::string, bool>>{
+             {"--json", false}, {"--verbose", false}, {"-- be brief", true}, {"be brief", true}}) {
+        CLI::App app;
+        std::string text;
+        bool json = false;
+        app.add_flag("--json,--verbose", json);
+        app.add_option("--system", text)->check(llmosctl::not_an_option_word());
+        std::vector<std::string> args = {value, "--system"};
+        if (ok) {
+            EXPECT_NO_THROW(app.parse(args)) << value;
+            EXPECT_EQ(text, value);
+        } else {
+            EXPECT_THROW(app.parse(args), CLI::ValidationError) << value;
+        }
+    }
+}
+
+// fill_from() with `input` on a pipe and a buffer of `room` bytes.
+llmosctl::fill_result fill_pipe(const std::string& input, size_t room, std::string& got) {
+    int p[2];
+    EXPECT_EQ(::pipe(p), 0);
+    // Written as it is read: more than the pipe holds at once.
+    std::thread writer([&] {
+        EXPECT_EQ(::write(p[1], input.data(), input.size()), static_cast<ssize_t>(input.size()));
+        ::close(p[1]);
+    });
+    std::vector<char> buf(room, '.');
+    const auto r = llmosctl::fill_from(p[0], buf);
+    if (r.more || r.error) {
+        std::vector<char> rest(input.size());
+        while (::read(p[0], rest.data(), rest.size()) > 0) {
+        }
+    }
+    writer.join();
+    ::close(p[0]);
+    got.assign(buf.begin(), buf.end());
+    return r;
+}
+
+TEST(llmosctl_util, fill_from_fills_the_buffer_and_tells_of_more) {
+    std::string got;
+    auto r = fill_pipe("abc", 3, got); // exactly
+    EXPECT_EQ(r.bytes, 3u);
+    EXPECT_FALSE(r.more);
+    EXPECT_FALSE(r.error);
+    EXPECT_EQ(got, "abc");
+    r = fill_pipe("abcd", 3, got); // a byte more
+    EXPECT_EQ(r.bytes, 3u);
+    EXPECT_TRUE(r.more);
+    EXPECT_EQ(got, "abc") << "the probe's byte goes nowhere";
+    r = fill_pipe("ab", 4, got); // less
+    EXPECT_EQ(r.bytes, 2u);
+    EXPECT_FALSE(r.more);
+    EXPECT_EQ(got, "ab..");
+    r = fill_pipe("a", 0, got); // no room
+    EXPECT_EQ(r.bytes, 0u);
+    EXPECT_TRUE(r.more);
+    r = fill_pipe("", 0, got);
+    EXPECT_FALSE(r.more);
+    r = fill_pipe(std::string(3u << 20, 'x'), 3u << 20, got); // several pieces
+    EXPECT_EQ(r.bytes, 3u << 20);
+    EXPECT_FALSE(r.more);
+    EXPECT_EQ(got, std::string(3u << 20, 'x'));
+    r = llmosctl::fill_from(-1, {});
+    EXPECT_EQ(r.error, std::errc::bad_file_descriptor);
+}
+
+TEST(llmosctl_util, printable_writes_out_control_characters) {
+    using llmosctl::printable;
+    EXPECT_EQ(printable("plain text, caf\xc3\xa9"), "plain text, caf\xc3\xa9");
+    EXPECT_EQ(printable("two\nlines\r"), "two\\x0alines\\x0d");
+    EXPECT_EQ(printable("\x1b[31mred\x7f"), "\\x1b[31mred\\x7f");
+    EXPECT_EQ(printable(std::string("nul\0", 4)), "nul\\x00");
+    // C1 controls as UTF-8 (U+009B is a CSI to some terminals).
+    EXPECT_EQ(printable("\xc2\x9b[2J"), "\\u009b[2J");
+    EXPECT_EQ(printable("\xc2\xa0"), "\xc2\xa0"); // U+00A0 is text
+    EXPECT_EQ(printable("\xc2"), "\xc2");
 }
 
 TEST(llmosctl_util, a_counter_that_went_down_grew_by_nothing) {

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 #include "client.hh"
 
+#include "json_text.hh"
 #include "util.hh"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <httplib.h>
 #include <sys/socket.h>
@@ -175,9 +177,7 @@ api_client::api_client(const server_address& where, const std::string& api_key)
         // An IPv6 address goes in brackets in Host (httplib leaves them
         // out at the scheme's own port).
         const bool own_port = where.port == (where.https ? 443 : 80);
-        _cli->set_default_headers(
-            {{"Host",
-              "[" + where.host + "]" + (own_port ? "" : ":" + std::to_string(where.port))}});
+        _host_header = "[" + where.host + "]" + (own_port ? "" : ":" + std::to_string(where.port));
     }
     _cli->set_connection_timeout(5, 0);
     // A plain call's; those that take a while (loading a large model, its
@@ -200,13 +200,26 @@ void api_client::set_read_timeout(int seconds) {
 
 namespace {
 
-std::string transport_words(httplib::Error e) {
+using clock_type = std::chrono::steady_clock;
+
+// The most a plain call's reply may hold: llmosd's lists of models and
+// sessions are far smaller.
+constexpr size_t max_reply = 64u << 20;
+
+// `e` in words; `silent_s`: how long the server had sent nothing when the
+// call ended, `timeout_s` the read timeout.
+std::string transport_words(httplib::Error e, double silent_s, int timeout_s) {
     switch (e) {
     case httplib::Error::Connection:
         return "could not connect";
     case httplib::Error::ConnectionTimeout:
         return "timed out connecting";
     case httplib::Error::Read:
+        // httplib says Read for a read that timed out too.
+        if (silent_s + 0.5 >= timeout_s) {
+            return "timed out waiting for the reply (nothing came for " +
+                   std::to_string(timeout_s) + " s)";
+        }
         return "the connection broke while reading the reply";
     case httplib::Error::Write:
         return "the connection broke while sending the request";
@@ -216,12 +229,14 @@ std::string transport_words(httplib::Error e) {
 }
 
 // The reply of a finished call; `body` replaces the response's own when
-// it was received separately.
-reply finish(const httplib::Result& res, const std::string& body) {
+// it was received separately. `last`: when the server last sent something.
+reply finish(const httplib::Result& res, const std::string& body, clock_type::time_point last,
+             int timeout_s) {
     reply r;
     if (!res) {
         auto e = res.error();
-        r.transport_error = transport_words(e);
+        r.transport_error = transport_words(
+            e, std::chrono::duration<double>(clock_type::now() - last).count(), timeout_s);
         r.unreachable = e == httplib::Error::Connection || e == httplib::Error::ConnectionTimeout ||
                         e == httplib::Error::SSLConnection ||
                         e == httplib::Error::SSLServerVerification;
@@ -238,19 +253,54 @@ reply finish(const httplib::Result& res, const std::string& body) {
 
 } // namespace
 
+reply api_client::call(const char* method, const std::string& path, const json* body) {
+    httplib::Request req;
+    req.method = method;
+    req.path = _where.base_path + path;
+    if (!_host_header.empty()) {
+        req.set_header("Host", _host_header);
+    }
+    if (body) {
+        req.body = json_text(*body);
+        req.set_header("Content-Type", "application/json");
+    }
+    // Received here, up to max_reply: a broken server's endless reply
+    // would take all memory.
+    std::string got;
+    bool too_large = false;
+    auto last = clock_type::now();
+    req.response_handler = [&](const httplib::Response&) {
+        last = clock_type::now();
+        return true;
+    };
+    req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
+        last = clock_type::now();
+        if (n > max_reply - got.size()) {
+            too_large = true;
+            return false;
+        }
+        got.append(d, n);
+        return true;
+    };
+    auto res = _cli->send(req);
+    if (too_large) {
+        reply r;
+        r.transport_error = "the reply is larger than 64 MiB";
+        return r;
+    }
+    return finish(res, got, last, _read_timeout);
+}
+
 reply api_client::get(const std::string& path) {
-    auto res = _cli->Get(_where.base_path + path);
-    return finish(res, {});
+    return call("GET", path, nullptr);
 }
 
 reply api_client::post(const std::string& path, const json& body) {
-    auto res = _cli->Post(_where.base_path + path, body.dump(), "application/json");
-    return finish(res, {});
+    return call("POST", path, &body);
 }
 
 reply api_client::del(const std::string& path) {
-    auto res = _cli->Delete(_where.base_path + path);
-    return finish(res, {});
+    return call("DELETE", path, nullptr);
 }
 
 reply api_client::stream(const std::string& path, const json& body,
@@ -271,7 +321,16 @@ reply api_client::stream(const std::string& path, const json& body,
             return false;
         }
         if (ev.contains("error")) {
-            error_event = std::move(ev);
+            // {"error": {"message": ...}}, or a bare string from others.
+            const json& e = ev["error"];
+            if (e.is_string()) {
+                error_event = {{"error", {{"message", e}}}};
+            } else if (e.is_object() && e.value("message", json()).is_string()) {
+                error_event = std::move(ev);
+            } else {
+                broken = "the stream ended with an error event that says nothing more";
+                return false;
+            }
             return true;
         }
         return on_event(ev);
@@ -279,14 +338,26 @@ reply api_client::stream(const std::string& path, const json& body,
     httplib::Request req;
     req.method = "POST";
     req.path = _where.base_path + path;
-    req.body = body.dump();
+    req.body = json_text(body);
+    if (!_host_header.empty()) {
+        req.set_header("Host", _host_header);
+    }
     req.set_header("Content-Type", "application/json");
     req.set_header("Accept", "text/event-stream");
+    auto last = clock_type::now();
+    std::string not_ours; // why a 2xx reply is not llmosd's stream
     req.response_handler = [&](const httplib::Response& res) {
+        last = clock_type::now();
         status = res.status;
+        if (status >= 200 && status < 300 &&
+            !res.get_header_value("Content-Type").starts_with("text/event-stream")) {
+            not_ours = "not an event stream";
+            return false;
+        }
         return true;
     };
     req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
+        last = clock_type::now();
         if (status < 200 || status >= 300) {
             // An error's body is a line of JSON: what is past 1 MiB is not.
             constexpr size_t most = 1u << 20;
@@ -304,6 +375,12 @@ reply api_client::stream(const std::string& path, const json& body,
     _cli->set_read_timeout(long_read_timeout, 0);
     auto res = _cli->send(req);
     _cli->set_read_timeout(_read_timeout, 0);
+    if (!not_ours.empty()) {
+        reply r;
+        r.status = status;
+        r.not_llmosd = not_ours;
+        return r;
+    }
     if (!broken.empty()) {
         reply r;
         r.transport_error = broken;
@@ -314,7 +391,7 @@ reply api_client::stream(const std::string& path, const json& body,
         r.status = status;
         return r;
     }
-    reply r = finish(res, error_body);
+    reply r = finish(res, error_body, last, long_read_timeout);
     if (!r.transport_error.empty() || !r.ok()) {
         return r;
     }
@@ -333,6 +410,11 @@ int fail_reply(const std::string& what, const reply& r, const server_address& wh
                      "llmosctl: cannot reach llmosd at %s: %s (is llmosd running? set --server "
                      "or LLMOSD_URL)\n",
                      where.text.c_str(), r.transport_error.c_str());
+        return exit_failure;
+    }
+    if (!r.not_llmosd.empty()) {
+        std::fprintf(stderr, "llmosctl: %s: the reply from %s is not llmosd's (%s)\n", what.c_str(),
+                     where.text.c_str(), r.not_llmosd.c_str());
         return exit_failure;
     }
     if (!r.transport_error.empty()) {
@@ -356,7 +438,8 @@ int fail_reply(const std::string& what, const reply& r, const server_address& wh
         // A tenant's own limit says so in its message.
         message += " (llmosd is at its --max-queue)";
     }
-    std::fprintf(stderr, "llmosctl: %s: %s\n", what.c_str(), message.c_str());
+    // The server's words, on one line and without terminal controls.
+    std::fprintf(stderr, "llmosctl: %s: %s\n", what.c_str(), printable(message).c_str());
     return exit_failure;
 }
 

@@ -66,11 +66,16 @@ private:
 struct reply {
     std::string transport_error; ///< non-empty: no usable answer
     bool unreachable = false;    ///< no connection could be made
+    /// Non-empty: a 2xx reply that is not llmosd's, and why ("not an event
+    /// stream").
+    std::string not_llmosd;
     int status = 0;
     nlohmann::json body; ///< the body as JSON (discarded if it was not)
     std::string retry_after;
 
-    bool ok() const { return transport_error.empty() && status >= 200 && status < 300; }
+    bool ok() const {
+        return transport_error.empty() && not_llmosd.empty() && status >= 200 && status < 300;
+    }
 };
 
 /// One connection's worth of llmosd: keep-alive across calls. Not
@@ -94,7 +99,8 @@ public:
     void set_read_timeout(int seconds);
 
     /// GET, POST (JSON body) and DELETE. Never throws for network errors:
-    /// they come back in reply::transport_error.
+    /// they come back in reply::transport_error, as does a reply of more
+    /// than 64 MiB (not read further).
     reply get(const std::string& path);
     reply post(const std::string& path, const nlohmann::json& body);
     reply del(const std::string& path);
@@ -102,15 +108,20 @@ public:
     /// event's parsed JSON to `on_event` as it arrives, until [DONE] (not
     /// passed on). A non-2xx status comes back with its error body and no
     /// events; an event that is not JSON ends the stream with a
-    /// transport_error. `on_event` returning false hangs up.
+    /// transport_error, a 2xx reply that is no event stream with
+    /// reply::not_llmosd. `on_event` returning false hangs up.
     reply stream(const std::string& path, const nlohmann::json& body,
                  const std::function<bool(const nlohmann::json&)>& on_event);
 
     const server_address& where() const { return _where; }
 
 private:
+    /// A plain call: `body` null for none.
+    reply call(const char* method, const std::string& path, const nlohmann::json* body);
+
     server_address _where;
     std::unique_ptr<httplib::ClientImpl> _cli;
+    std::string _host_header; ///< Host for an IPv6 address, or empty
     int _read_timeout = read_timeout;
 };
 

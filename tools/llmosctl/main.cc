@@ -7,6 +7,7 @@
 // Linked twice from the same objects: llmosctl (every command; with
 // server_http.cc, those that talk to llmosd) and llmosctl-static (linked
 // statically for the test VM's initramfs; no_http.cc says it cannot).
+#include "json_text.hh"
 #include "options.hh"
 #include "server.hh"
 #include "util.hh"
@@ -48,6 +49,7 @@ namespace {
 
 using llmosctl::exit_failure;
 using llmosctl::fail;
+using llmosctl::json_text;
 using nlohmann::json;
 
 struct options {
@@ -136,7 +138,7 @@ int cmd_status(const options& o) {
             {"abi", {{"major", v.major}, {"minor", v.minor}}},
             {"features", features},
         };
-        std::cout << j.dump(2) << '\n';
+        std::cout << json_text(j, 2) << '\n';
         return 0;
     }
     std::string list;
@@ -221,6 +223,15 @@ std::optional<llmos::ms_key> ms_key_arg(const std::string& s) {
     return llmos::ms_key{0, s};
 }
 
+/// fail() for a mindspace named by the user: ENOENT says there is none.
+int fail_ms(const std::string& what, std::error_code ec) {
+    if (ec == std::errc::no_such_file_or_directory) {
+        std::fprintf(stderr, "llmosctl: %s: no such mindspace\n", what.c_str());
+        return exit_failure;
+    }
+    return fail(what, ec);
+}
+
 int cmd_ms_create(const options& o, const ms_args& a) {
     auto len = llmosctl::parse_size(a.size);
     if (!len) {
@@ -268,7 +279,7 @@ int cmd_ms_create(const options& o, const ms_args& a) {
         return fail("cannot create mindspace '" + a.key + "'", ms.error());
     }
     if (o.json) {
-        std::cout << json{{"id", ms->id()}, {"name", a.key}, {"length", ms->length()}}.dump(2)
+        std::cout << json_text(json{{"id", ms->id()}, {"name", a.key}, {"length", ms->length()}}, 2)
                   << '\n';
     } else {
         std::printf("created mindspace %s (id %llu, %s)\n", a.key.c_str(),
@@ -292,7 +303,7 @@ int cmd_ms_list(const options& o) {
         for (const auto& i : *all) {
             j.push_back(to_json(i));
         }
-        std::cout << j.dump(2) << '\n';
+        std::cout << json_text(j, 2) << '\n';
         return 0;
     }
     std::printf("%-6s %-24s %10s %10s %-6s %-5s %6s %5s %4s %4s\n", "ID", "NAME", "SIZE",
@@ -320,10 +331,10 @@ int cmd_ms_info(const options& o, const ms_args& a) {
     bool local = dev->kind() == llmos::backend_kind::local; // no map/fd counts there
     auto i = llmos::mindspace_info(*dev, *key);
     if (!i) {
-        return fail("mindspace '" + a.key + "'", i.error());
+        return fail_ms("mindspace '" + a.key + "'", i.error());
     }
     if (o.json) {
-        std::cout << to_json(*i).dump(2) << '\n';
+        std::cout << json_text(to_json(*i), 2) << '\n';
         return 0;
     }
     std::printf(
@@ -369,12 +380,60 @@ int cmd_ms_rm(const options& o, const ms_args& a) {
                 return exit_failure;
             }
         }
-        return fail("cannot remove mindspace '" + a.key + "'", ec);
+        return fail_ms("cannot remove mindspace '" + a.key + "'", ec);
     }
     if (o.json) {
-        std::cout << json{{"ok", true}, {"removed", a.key}}.dump(2) << '\n';
+        std::cout << json_text(json{{"ok", true}, {"removed", a.key}}, 2) << '\n';
     } else {
         std::printf("removed mindspace %s\n", a.key.c_str());
+    }
+    return 0;
+}
+
+/// ms write NAME -: standard input read straight into the mapped range,
+/// a piece at a time (a mindspace may be larger than the memory here).
+int write_stdin(const options& o, const ms_args& a, const llmos::mindspace& ms) {
+    const uint64_t length = ms.length();
+    if (a.offset > length) {
+        return llmosctl::usage("offset " + std::to_string(a.offset) + " is past the end of a " +
+                               std::to_string(length) + "-byte mindspace");
+    }
+    const uint64_t room = length - a.offset;
+    llmos::result<llmos::mapping> m = std::make_error_code(std::errc::invalid_argument);
+    std::span<char> to;
+    if (room > 0) {
+        m = ms.map(a.offset, room);
+        if (!m) {
+            return fail("cannot map mindspace '" + a.key + "'", m.error());
+        }
+        to = {reinterpret_cast<char*>(m->data()), room};
+    }
+    const auto r = llmosctl::fill_from(STDIN_FILENO, to);
+    const std::string after = std::to_string(r.bytes) + " bytes";
+    if (r.error == std::errc::bad_address) {
+        // A page of the mapping could not be had.
+        std::fprintf(stderr,
+                     "llmosctl: cannot write standard input into mindspace '%s': no memory or "
+                     "space left for its pages after %s\n",
+                     a.key.c_str(), after.c_str());
+        return exit_failure;
+    }
+    if (r.error) {
+        return fail("cannot read standard input (after " + after + ")", r.error);
+    }
+    if (r.more) {
+        return llmosctl::usage("standard input holds more than the " + std::to_string(room) +
+                               " bytes that fit at offset " + std::to_string(a.offset) + " of a " +
+                               std::to_string(length) + "-byte mindspace (those " +
+                               std::to_string(room) + " were written)");
+    }
+    if (o.json) {
+        std::cout << json_text(json{{"ok", true},
+                                    {"mindspace", a.key},
+                                    {"offset", a.offset},
+                                    {"bytes", r.bytes}},
+                               2)
+                  << '\n';
     }
     return 0;
 }
@@ -390,24 +449,17 @@ int cmd_ms_write(const options& o, const ms_args& a) {
     }
     auto ms = llmos::mindspace::open(*dev, *key);
     if (!ms) {
-        return fail("cannot open mindspace '" + a.key + "'", ms.error());
+        return fail_ms("cannot open mindspace '" + a.key + "'", ms.error());
     }
-    std::string data = a.data;
-    if (data == "-") {
-        // No more than can fit (and one byte to tell that more came).
-        data = llmosctl::read_at_most(std::cin,
-                                      a.offset <= ms->length() ? ms->length() - a.offset : 0);
+    const uint64_t length = ms->length();
+    if (a.data == "-") {
+        return write_stdin(o, a, *ms);
     }
-    if (a.data == "-" && a.offset <= ms->length() && data.size() > ms->length() - a.offset) {
-        return llmosctl::usage("standard input holds more than the " +
-                               std::to_string(ms->length() - a.offset) +
-                               " bytes that fit at offset " + std::to_string(a.offset) + " of a " +
-                               std::to_string(ms->length()) + "-byte mindspace");
-    }
-    if (a.offset > ms->length() || data.size() > ms->length() - a.offset) {
+    const std::string& data = a.data;
+    if (a.offset > length || data.size() > length - a.offset) {
         return llmosctl::usage("data does not fit: " + std::to_string(data.size()) +
                                " bytes at offset " + std::to_string(a.offset) + " of a " +
-                               std::to_string(ms->length()) + "-byte mindspace");
+                               std::to_string(length) + "-byte mindspace");
     }
     auto m = ms->map();
     if (!m) {
@@ -415,11 +467,11 @@ int cmd_ms_write(const options& o, const ms_args& a) {
     }
     std::memcpy(m->data() + a.offset, data.data(), data.size());
     if (o.json) {
-        std::cout << json{{"ok", true},
-                          {"mindspace", a.key},
-                          {"offset", a.offset},
-                          {"bytes", data.size()}}
-                         .dump(2)
+        std::cout << json_text(json{{"ok", true},
+                                    {"mindspace", a.key},
+                                    {"offset", a.offset},
+                                    {"bytes", data.size()}},
+                               2)
                   << '\n';
     }
     return 0;
@@ -436,7 +488,7 @@ int cmd_ms_read(const options& o, const ms_args& a) {
     }
     auto ms = llmos::mindspace::open(*dev, *key, true);
     if (!ms) {
-        return fail("cannot open mindspace '" + a.key + "'", ms.error());
+        return fail_ms("cannot open mindspace '" + a.key + "'", ms.error());
     }
     if (a.offset > ms->length()) {
         return llmosctl::usage("offset " + std::to_string(a.offset) + " is past the end");
@@ -535,7 +587,7 @@ int cmd_ms_save(const options& o, const ms_args& a) {
     }
     auto ms = llmos::mindspace::open(*dev, *key, true);
     if (!ms) {
-        return fail("cannot open mindspace '" + a.key + "'", ms.error());
+        return fail_ms("cannot open mindspace '" + a.key + "'", ms.error());
     }
     auto info = ms->info();
     if (!info) {
@@ -609,11 +661,11 @@ int cmd_ms_save(const options& o, const ms_args& a) {
     }
     guard.kept = true;
     if (o.json) {
-        std::cout << json{{"ok", true},
-                          {"mindspace", a.key},
-                          {"length", info->length},
-                          {"file", a.file}}
-                         .dump(2)
+        std::cout << json_text(json{{"ok", true},
+                                    {"mindspace", a.key},
+                                    {"length", info->length},
+                                    {"file", a.file}},
+                               2)
                   << '\n';
     } else {
         std::printf("saved mindspace %s (%s) to %s\n", a.key.c_str(),
@@ -703,7 +755,8 @@ int cmd_ms_load(const options& o, const ms_args& a, bool name_given) {
         return fail("cannot load " + a.file, ec);
     }
     if (o.json) {
-        std::cout << json{{"id", ms->id()}, {"name", c.name}, {"length", ms->length()}}.dump(2)
+        std::cout << json_text(json{{"id", ms->id()}, {"name", c.name}, {"length", ms->length()}},
+                               2)
                   << '\n';
     } else {
         std::printf("loaded %s into mindspace %s (id %llu, %s)\n", a.file.c_str(), c.name.c_str(),
@@ -749,8 +802,9 @@ int cmd_ms_quota(const options& o, const std::string& uid_arg, const std::string
     }
     bool unlimited = q->limit == LLMOS_QUOTA_UNLIMITED;
     if (o.json) {
-        std::cout << json{{"used", q->used}, {"limit", unlimited ? json(nullptr) : json(q->limit)}}
-                         .dump(2)
+        std::cout << json_text(json{{"used", q->used},
+                                    {"limit", unlimited ? json(nullptr) : json(q->limit)}},
+                               2)
                   << '\n';
     } else {
         std::printf("used:  %s\nlimit: %s\n", llmosctl::format_size(q->used).c_str(),
@@ -850,7 +904,7 @@ int cmd_sched_status(const options& o) {
     }
     const char* backend = llmos::to_string(dev->kind());
     if (o.json) {
-        std::cout << stats_json(*st, backend).dump(2) << '\n';
+        std::cout << json_text(stats_json(*st, backend), 2) << '\n';
         return 0;
     }
     std::printf(
@@ -1033,11 +1087,11 @@ int cmd_sched_attach(const options& o, const std::string& file,
     bpf_link__disconnect(link);
     bpf_link__destroy(link);
     if (o.json) {
-        std::cout << json{{"ok", true},
-                          {"attached", bpf_map__name(ops)},
-                          {"file", file},
-                          {"pin", policy_pin}}
-                         .dump(2)
+        std::cout << json_text(json{{"ok", true},
+                                    {"attached", bpf_map__name(ops)},
+                                    {"file", file},
+                                    {"pin", policy_pin}},
+                               2)
                   << '\n';
     } else {
         std::printf("attached policy %s from %s\n", bpf_map__name(ops), file.c_str());
@@ -1046,10 +1100,14 @@ int cmd_sched_attach(const options& o, const std::string& file,
 }
 
 int cmd_sched_detach(const options& o) {
-    libbpf_set_print(libbpf_print); // its messages as ours
+    // Silent while it opens the pin: its own line for a missing one would
+    // come before ours.
+    libbpf_set_print(nullptr);
     bpf_link* link = bpf_link__open(policy_pin);
+    const auto open_error = llmos::last_error();
+    libbpf_set_print(libbpf_print); // its messages as ours
     if (!link) {
-        auto ec = llmos::last_error();
+        const auto ec = open_error;
         if (ec == std::errc::no_such_file_or_directory) {
             std::fprintf(stderr, "llmosctl: no policy is attached (no %s)\n", policy_pin);
             return exit_failure;
@@ -1067,7 +1125,7 @@ int cmd_sched_detach(const options& o) {
         return fail("cannot detach the policy", ec);
     }
     if (o.json) {
-        std::cout << json{{"ok", true}, {"detached", true}}.dump(2) << '\n';
+        std::cout << json_text(json{{"ok", true}, {"detached", true}}, 2) << '\n';
     } else {
         std::printf("detached the policy; the built-in one schedules\n");
     }
@@ -1090,7 +1148,8 @@ int cmd_sched_weight(const options& o, uint32_t tenant, uint32_t weight) {
         return fail("cannot set the weight of tenant " + std::to_string(tenant), ec);
     }
     if (o.json) {
-        std::cout << json{{"ok", true}, {"tenant", tenant}, {"weight", weight}}.dump(2) << '\n';
+        std::cout << json_text(json{{"ok", true}, {"tenant", tenant}, {"weight", weight}}, 2)
+                  << '\n';
     }
     return 0;
 }
@@ -1221,7 +1280,7 @@ int cmd_sched_grant(const options& o, const std::string& user, const std::string
         } else if (dev->kind() == llmos::backend_kind::kernel) {
             j["admin"] = g->admin; // the caller names any tenant
         }
-        std::cout << j.dump(2) << '\n';
+        std::cout << json_text(j, 2) << '\n';
     } else if (dev->kind() == llmos::backend_kind::local) {
         std::printf("%s: any tenant (the local backend keeps no users apart)\n", who.c_str());
     } else {
@@ -1306,7 +1365,7 @@ int cmd_top(const options& o, double interval, int iterations) {
             j["rates"] = {{"submitted_per_s", rate(st->submitted, prev->submitted)},
                           {"completed_per_s", rate(st->completed, prev->completed)},
                           {"tokens_per_s", rate(tokens, 0)}};
-            std::cout << j.dump() << '\n' << std::flush;
+            std::cout << json_text(j) << '\n' << std::flush;
         } else {
             if (tty) {
                 std::printf("\x1b[H\x1b[2J");
@@ -1616,7 +1675,7 @@ int cmd_bench(const options& o, const bench_args& b) {
         }
     }
     if (o.json) {
-        std::cout << j.dump(2) << '\n';
+        std::cout << json_text(j, 2) << '\n';
         return 0;
     }
     std::printf("%s backend, %s policy: %d requests, %d workers of capacity %u (at most %u "
@@ -1675,8 +1734,11 @@ int main(int argc, char** argv) {
     ms->require_subcommand(1);
     auto* create = ms->add_subcommand("create", "create a persistent mindspace");
     create->add_option("name", a.key, "its name")->required();
-    create->add_option("--size", a.size, "size (bytes; K, M, G, T suffixes)")->required();
-    create->add_option("--mode", a.mode, "permission bits, octal (default 0600)");
+    create->add_option("--size", a.size, "size (bytes; K, M, G, T suffixes)")
+        ->required()
+        ->check(llmosctl::not_an_option());
+    create->add_option("--mode", a.mode, "permission bits, octal (default 0600)")
+        ->check(llmosctl::not_an_option());
     create->add_option("--node", a.node, "NUMA node for its pages")
         ->transform(llmosctl::decimal<int>(false));
     create->callback([&] { rc = cmd_ms_create(o, a); });
@@ -1713,8 +1775,9 @@ int main(int argc, char** argv) {
             ->check(llmosctl::not_an_option());
     load->callback([&] { rc = cmd_ms_load(o, a, load_name->count() > 0); });
     auto* quota = ms->add_subcommand("quota", "show (or, as root, set) a uid's mindspace quota");
-    quota->add_option("--uid", quota_uid, "uid (default: yours)");
-    quota->add_option("--set", quota_set, "new limit: a size, 'unlimited' or 'default'");
+    quota->add_option("--uid", quota_uid, "uid (default: yours)")->check(llmosctl::not_an_option());
+    quota->add_option("--set", quota_set, "new limit: a size, 'unlimited' or 'default'")
+        ->check(llmosctl::not_an_option());
     quota->callback([&] { rc = cmd_ms_quota(o, quota_uid, quota_set); });
 
     auto* sched =
@@ -1782,8 +1845,10 @@ int main(int argc, char** argv) {
                      "requests each worker holds at once, 1.." +
                          std::to_string(LLMOS_MAX_CAPACITY) + " (default 1)")
         ->transform(llmosctl::decimal<uint32_t>());
-    bench->add_option("--service", ba.service, "service time: exp:MEAN_MS (default exp:5)");
-    bench->add_option("--arrival", ba.arrival, "arrivals: poisson:RATE/s (default poisson:200)");
+    bench->add_option("--service", ba.service, "service time: exp:MEAN_MS (default exp:5)")
+        ->check(llmosctl::not_an_option());
+    bench->add_option("--arrival", ba.arrival, "arrivals: poisson:RATE/s (default poisson:200)")
+        ->check(llmosctl::not_an_option());
     bench->add_option("--requests", ba.requests, "requests (default 1000)")
         ->transform(llmosctl::decimal<int>(false));
     bench->add_option("--tenants", ba.tenants, "tenants, chosen uniformly (default 1)")

@@ -80,4 +80,17 @@ inline CLI::Validator not_an_option() {
         "", "not an option");
 }
 
+/// The check for an option whose value is free text (--system): one word
+/// that begins with "--" is the next option, taken because the text was
+/// left out; text with a space in it ("-- be brief") is text.
+inline CLI::Validator not_an_option_word() {
+    return CLI::Validator(
+        [](std::string& s) {
+            return s.starts_with("--") && s.find_first_of(" \t\n") == std::string::npos
+                       ? "needs a value, not the option '" + s + "'"
+                       : std::string{};
+        },
+        "", "not an option");
+}
+
 } // namespace llmosctl

@@ -14,8 +14,9 @@ namespace llmosctl {
 
 namespace {
 
+// llmosd's rule: "." and ".." would be path steps in its URLs.
 bool valid_session(const std::string& s) {
-    if (s.empty() || s.size() > 48) {
+    if (s.empty() || s.size() > 48 || s.find_first_not_of('.') == std::string::npos) {
         return false;
     }
     for (char c : s) {
@@ -32,7 +33,8 @@ bool valid_session(const std::string& s) {
 void add_gen_options(CLI::App* cmd, gen_args& a) {
     cmd->add_option("-m,--model", a.model, "the model (default: the server's only one)")
         ->check(not_an_option());
-    cmd->add_option("--system", a.system, "a system message before the conversation");
+    cmd->add_option("--system", a.system, "a system message before the conversation")
+        ->check(not_an_option_word());
     cmd->add_option("--session", a.session,
                     "a server-side session ([A-Za-z0-9._-], up to 48): llmosd keeps the "
                     "conversation and its KV cache in a persistent mindspace")
@@ -111,9 +113,10 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
               "it starts afresh");
     session_rm->add_option("name", names->first, "the session")->required();
     session_rm->callback([&rc, opts, names] {
-        rc = valid_session(names->first) ? cmd_session_rm(opts(), names->first)
-                                         : usage("bad session name '" + names->first +
-                                                 "' (1 to 48 characters of A-Z a-z 0-9 . _ -)");
+        rc = valid_session(names->first)
+                 ? cmd_session_rm(opts(), names->first)
+                 : usage("bad session name '" + names->first +
+                         "' (1 to 48 characters of A-Z a-z 0-9 . _ -, not only dots)");
     });
 
     auto ga = std::make_shared<gen_args>();
@@ -125,7 +128,7 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
         }
         if (!ga->session.empty() && !valid_session(ga->session)) {
             return usage("bad --session '" + ga->session +
-                         "' (1 to 48 characters of A-Z a-z 0-9 . _ -)");
+                         "' (1 to 48 characters of A-Z a-z 0-9 . _ -, not only dots)");
         }
         return 0;
     };

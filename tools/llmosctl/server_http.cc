@@ -5,6 +5,7 @@
 // /v1/chat/completions (run --raw: /v1/completions) and print the pieces
 // as the server-sent events arrive.
 #include "client.hh"
+#include "json_text.hh"
 #include "server.hh"
 #include "util.hh"
 
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <iostream>
 #include <istream>
@@ -39,6 +41,13 @@ std::unique_ptr<api_client> connect(const server_options& o) {
     if (!where) {
         usage("bad --server '" + o.server +
               "' (http://HOST:PORT, https://HOST:PORT or unix:/PATH)");
+        return nullptr;
+    }
+    // It goes into a header line: a line break would end it there.
+    if (std::any_of(o.api_key.begin(), o.api_key.end(),
+                    [](unsigned char c) { return c <= ' ' || c >= 0x7f; })) {
+        usage("the API key (--api-key or LLMOSD_API_KEY) holds a space, a control character or "
+              "a byte that is not ASCII: a key is printable ASCII only");
         return nullptr;
     }
     return std::make_unique<api_client>(*where, o.api_key);
@@ -94,8 +103,9 @@ uint64_t num(const json& o, const char* key) {
 
 // "name (llama, Q4_0, 1.2G)"
 std::string model_words(const json& m) {
-    return str(m, "name") + " (" + str(m, "architecture") + ", " + main_type(str(m, "weights")) +
-           ", " + format_size(num(m, "weight_bytes")) + ")";
+    return printable(str(m, "name") + " (" + str(m, "architecture") + ", " +
+                     main_type(str(m, "weights")) + ", " + format_size(num(m, "weight_bytes")) +
+                     ")");
 }
 
 /// The model to use: `want`, or the server's only one. On failure prints
@@ -128,7 +138,7 @@ std::optional<std::string> pick_model(api_client& c, const std::string& want, in
     }
     std::string list;
     for (const auto& id : ids) {
-        list += (list.empty() ? "" : ", ") + id;
+        list += (list.empty() ? "" : ", ") + printable(id);
     }
     rc = usage("llmosd serves several models (" + list + "): choose one with --model");
     return std::nullopt;
@@ -282,6 +292,20 @@ int check_text(std::initializer_list<std::pair<const char*, const std::string&>>
     return 0;
 }
 
+/// 0, or a usage error for a model name llmosd would refuse (its rules: 1
+/// to 128 bytes, no '/', no control characters, not only dots); unload and
+/// swap would send it in the URL's path.
+int check_model_name(const std::string& name) {
+    if (name.empty() || name.size() > 128 || name.find('/') != std::string::npos ||
+        name.find_first_not_of('.') == std::string::npos ||
+        std::any_of(name.begin(), name.end(),
+                    [](char c) { return static_cast<unsigned char>(c) < 0x20; })) {
+        return usage("bad model name '" + printable(name) +
+                     "' (1 to 128 characters, without '/' or control characters, not only dots)");
+    }
+    return 0;
+}
+
 /// The most a prompt from standard input (run -, each line of chat) may
 /// hold: far more than llmosd takes (its --max-body, 1 MiB by default),
 /// and a bound on what is read from an input that never ends.
@@ -326,19 +350,23 @@ line_read read_line(std::istream& in, std::string& line) {
     return line_read::line;
 }
 
-/// A successful reply whose body is not the JSON object llmosd sends:
+/// A successful reply whose body is not what llmosd sends (`why`):
 /// something else answers at that address.
-int not_llmosd(const std::string& what, const server_address& where) {
-    std::fprintf(stderr, "llmosctl: %s: the reply from %s is not llmosd's (not a JSON object)\n",
-                 what.c_str(), where.text.c_str());
+int not_llmosd(const std::string& what, const server_address& where,
+               const char* why = "not a JSON object") {
+    std::fprintf(stderr, "llmosctl: %s: the reply from %s is not llmosd's (%s)\n", what.c_str(),
+                 where.text.c_str(), why);
     return exit_failure;
 }
 
 // GETs `path`, whose answer holds the array `key`, into `out`: the exit
 // status when that is all (it failed, or --json printed the array), or
-// nullopt for the caller to print `out` as a table.
+// nullopt for the caller to print `out` as a table. For the table, every
+// entry must pass `entry_ok` (an object whose fields the table reads have
+// their types), or nothing is printed.
 std::optional<int> fetch_list(const server_options& o, const std::string& path, const char* key,
-                              const std::string& what, json& out) {
+                              const std::string& what, json& out,
+                              const std::function<bool(const json&)>& entry_ok) {
     auto c = connect(o);
     if (!c) {
         return exit_usage;
@@ -352,33 +380,48 @@ std::optional<int> fetch_list(const server_options& o, const std::string& path, 
     }
     out = std::move(r.body[key]);
     if (o.json) {
-        std::cout << out.dump(2) << '\n';
+        std::cout << json_text(out, 2) << '\n';
         return 0;
     }
+    if (!std::all_of(out.begin(), out.end(), entry_ok)) {
+        return not_llmosd(what, c->where(), "an entry of its list is not what llmosd sends");
+    }
     return std::nullopt;
+}
+
+/// Text from the server for a table's cell: one line, no terminal controls.
+std::string cell(const json& o, const char* key) {
+    return printable(str(o, key));
+}
+
+/// Whether `o` has no `key` or true or false there.
+bool bool_or_absent(const json& o, const char* key) {
+    auto it = o.find(key);
+    return it == o.end() || it->is_boolean();
 }
 
 } // namespace
 
 int cmd_model_list(const server_options& o) {
     json models;
-    if (auto rc = fetch_list(o, "/llmos/v1/models", "models", "cannot list models", models)) {
+    if (auto rc = fetch_list(o, "/llmos/v1/models", "models", "cannot list models", models,
+                             [](const json& m) { return m.is_object(); })) {
         return *rc;
     }
     std::printf("%-16s %-8s %-8s %8s %-7s %6s %7s %7s %4s  %s\n", "NAME", "ARCH", "WEIGHTS", "SIZE",
                 "ENGINE", "LAYERS", "VOCAB", "CONTEXT", "BUSY", "PATH");
     for (const auto& m : models) {
         // "cpu (avx512)" or "cuda:0 (NVIDIA ...)": the engine, without its details.
-        const std::string engine = str(m, "engine");
+        const std::string engine = cell(m, "engine");
         std::printf("%-16s %-8s %-8s %8s %-7s %6llu %7llu %7llu %4llu  %s\n",
-                    str(m, "name").c_str(), str(m, "architecture").c_str(),
-                    main_type(str(m, "weights")).c_str(),
+                    cell(m, "name").c_str(), cell(m, "architecture").c_str(),
+                    main_type(cell(m, "weights")).c_str(),
                     format_size(num(m, "weight_bytes")).c_str(),
                     engine.empty() ? "-" : engine.substr(0, engine.find(' ')).c_str(),
                     static_cast<unsigned long long>(num(m, "n_layer")),
                     static_cast<unsigned long long>(num(m, "n_vocab")),
                     static_cast<unsigned long long>(num(m, "context")),
-                    static_cast<unsigned long long>(num(m, "in_flight")), str(m, "path").c_str());
+                    static_cast<unsigned long long>(num(m, "in_flight")), cell(m, "path").c_str());
     }
     return 0;
 }
@@ -386,6 +429,9 @@ int cmd_model_list(const server_options& o) {
 int cmd_model_load(const server_options& o, const std::string& name, const std::string& path) {
     const std::string file = absolute(path);
     if (int rc = check_text({{"the model name", name}, {"the path", file}})) {
+        return rc;
+    }
+    if (int rc = check_model_name(name)) {
         return rc;
     }
     auto c = connect(o);
@@ -404,7 +450,7 @@ int cmd_model_load(const server_options& o, const std::string& name, const std::
         return not_llmosd("cannot load model '" + name + "'", c->where());
     }
     if (o.json) {
-        std::cout << r.body.dump(2) << '\n';
+        std::cout << json_text(r.body, 2) << '\n';
     } else {
         std::printf("loaded model %s from %s in %.2f s\n", model_words(r.body).c_str(),
                     file.c_str(), seconds_since(t0));
@@ -414,6 +460,9 @@ int cmd_model_load(const server_options& o, const std::string& name, const std::
 
 int cmd_model_unload(const server_options& o, const std::string& name) {
     if (int rc = check_text({{"the model name", name}})) {
+        return rc;
+    }
+    if (int rc = check_model_name(name)) {
         return rc;
     }
     auto c = connect(o);
@@ -430,7 +479,7 @@ int cmd_model_unload(const server_options& o, const std::string& name) {
         return not_llmosd("cannot unload model '" + name + "'", c->where());
     }
     if (o.json) {
-        std::cout << r.body.dump(2) << '\n';
+        std::cout << json_text(r.body, 2) << '\n';
     } else {
         std::printf("unloaded model %s\n", name.c_str());
     }
@@ -439,7 +488,10 @@ int cmd_model_unload(const server_options& o, const std::string& name) {
 
 int cmd_session_list(const server_options& o) {
     json sessions;
-    if (auto rc = fetch_list(o, "/llmos/v1/sessions", "data", "cannot list sessions", sessions)) {
+    if (auto rc = fetch_list(
+            o, "/llmos/v1/sessions", "data", "cannot list sessions", sessions, [](const json& s) {
+                return s.is_object() && bool_or_absent(s, "readable") && bool_or_absent(s, "full");
+            })) {
         return *rc;
     }
     // Last use as an age ("12s", "5m", "3h", "2d"); "-" when not kept.
@@ -456,7 +508,7 @@ int cmd_session_list(const server_options& o) {
     };
     int width = 4; // the longest name's (up to 48)
     for (const auto& s : sessions) {
-        width = std::max(width, static_cast<int>(str(s, "id").size()));
+        width = std::max(width, static_cast<int>(cell(s, "id").size()));
     }
     std::printf("%-*s %10s %-16s %-10s %8s %8s %6s  %s\n", width, "NAME", "TENANT", "MODEL", "KIND",
                 "TEXT", "SIZE", "USED", "STATE");
@@ -467,8 +519,8 @@ int cmd_session_list(const server_options& o) {
         const char* state = !s.value("readable", true) ? "unreadable"
                             : s.value("full", false)   ? "full"
                                                        : "ok";
-        std::printf("%-*s %10s %-16s %-10s %8s %8s %6s  %s\n", width, str(s, "id").c_str(),
-                    tenant.c_str(), str(s, "model").c_str(), str(s, "kind").c_str(),
+        std::printf("%-*s %10s %-16s %-10s %8s %8s %6s  %s\n", width, cell(s, "id").c_str(),
+                    tenant.c_str(), cell(s, "model").c_str(), cell(s, "kind").c_str(),
                     format_size(num(s, "conversation_bytes")).c_str(),
                     format_size(num(s, "bytes")).c_str(), age(s).c_str(), state);
     }
@@ -488,7 +540,7 @@ int cmd_session_rm(const server_options& o, const std::string& name) {
         return not_llmosd("cannot end session '" + name + "'", c->where());
     }
     if (o.json) {
-        std::cout << r.body.dump(2) << '\n';
+        std::cout << json_text(r.body, 2) << '\n';
     } else {
         std::printf("ended session %s\n", name.c_str());
     }
@@ -498,6 +550,9 @@ int cmd_session_rm(const server_options& o, const std::string& name) {
 int cmd_model_swap(const server_options& o, const std::string& name, const std::string& path) {
     const std::string file = absolute(path);
     if (int rc = check_text({{"the model name", name}, {"the path", file}})) {
+        return rc;
+    }
+    if (int rc = check_model_name(name)) {
         return rc;
     }
     auto c = connect(o);
@@ -516,7 +571,7 @@ int cmd_model_swap(const server_options& o, const std::string& name, const std::
         return not_llmosd("cannot swap model '" + name + "'", c->where());
     }
     if (o.json) {
-        std::cout << r.body.dump(2) << '\n';
+        std::cout << json_text(r.body, 2) << '\n';
     } else {
         std::printf("swapped model %s to %s in %.2f s\n", model_words(r.body).c_str(), file.c_str(),
                     seconds_since(t0));
@@ -575,13 +630,31 @@ int cmd_run(const server_options& o, const gen_args& a) {
         return fail_reply("model '" + *model + "'", r, c->where());
     }
     if (o.json) {
-        std::cout << turn_json(*model, t).dump(2) << '\n';
+        std::cout << json_text(turn_json(*model, t), 2) << '\n';
     }
     if (a.verbose) {
         print_stats(t);
     }
     return 0;
 }
+
+namespace {
+
+/// Whether `r` is llmosd's refusal of a prompt longer than the model's
+/// context.
+bool context_overflow(const reply& r) {
+    const json& b = r.body;
+    return !r.ok() && r.transport_error.empty() && b.is_object() && b.contains("error") &&
+           b["error"].is_object() && b["error"].value("code", json()) == "context_length_exceeded";
+}
+
+/// Where the turns (user and assistant, in pairs) of a chat's `history`
+/// begin: after its system message, if any.
+size_t first_turn(const json& history) {
+    return !history.empty() && history[0].value("role", "") == "system" ? 1 : 0;
+}
+
+} // namespace
 
 int cmd_chat(const server_options& o, const gen_args& a) {
     if (int rc = check_text({{"the system prompt", a.system}, {"the model name", a.model}})) {
@@ -644,23 +717,50 @@ int cmd_chat(const server_options& o, const gen_args& a) {
             status = exit_failure;
             continue; // the conversation goes on
         }
-        json body = request_body(a, *model);
-        json msgs = a.session.empty() ? history : json::array();
-        for (const auto& m : pending) {
-            msgs.push_back(m);
-        }
-        msgs.push_back(message("user", line));
-        body["messages"] = msgs;
         turn t;
-        auto r = stream_turn(*c, body, true, !o.json, t);
+        reply r;
+        bool dropped_all = false; // the line did not fit even alone
+        while (true) {
+            json body = request_body(a, *model);
+            json msgs = a.session.empty() ? history : json::array();
+            for (const auto& m : pending) {
+                msgs.push_back(m);
+            }
+            msgs.push_back(message("user", line));
+            body["messages"] = msgs;
+            t = turn{};
+            r = stream_turn(*c, body, true, !o.json, t);
+            // Without a session, a conversation that outgrew the context
+            // loses its older half of turns (the system message stays),
+            // and goes again.
+            if (!a.session.empty() || !t.text.empty() || !context_overflow(r)) {
+                break;
+            }
+            const size_t turns = (history.size() - first_turn(history)) / 2;
+            if (turns == 0) {
+                break;
+            }
+            const size_t drop = (turns + 1) / 2;
+            const auto from = history.begin() + static_cast<std::ptrdiff_t>(first_turn(history));
+            history.erase(from, from + static_cast<std::ptrdiff_t>(2 * drop));
+            dropped_all = drop == turns;
+            std::fprintf(stderr,
+                         "llmosctl: the conversation outgrew the model's context: dropped its "
+                         "oldest %zu of %zu turns\n",
+                         drop, turns);
+        }
         if (!o.json && !t.text.empty()) {
             std::fputc('\n', stdout);
             std::fflush(stdout);
         }
         if (!r.ok()) {
-            status = fail_reply("model '" + *model + "'", r, c->where());
-            if (!r.transport_error.empty()) {
-                return status; // the server is gone
+            status = fail_reply("model '" + *model + "'" +
+                                    (dropped_all && context_overflow(r)
+                                         ? " (the line alone, without earlier turns)"
+                                         : ""),
+                                r, c->where());
+            if (!r.transport_error.empty() || !r.not_llmosd.empty()) {
+                return status; // the server is gone, or not llmosd
             }
             continue; // that message is dropped; the conversation goes on
         }
@@ -671,7 +771,7 @@ int cmd_chat(const server_options& o, const gen_args& a) {
         history.push_back(message("user", line));
         history.push_back(message("assistant", t.text));
         if (o.json) {
-            std::cout << turn_json(*model, t).dump() << '\n' << std::flush;
+            std::cout << json_text(turn_json(*model, t)) << '\n' << std::flush;
         }
         if (a.verbose) {
             print_stats(t);

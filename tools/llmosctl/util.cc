@@ -2,8 +2,10 @@
 #include "util.hh"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <limits>
+#include <unistd.h>
 #include <vector>
 
 namespace llmosctl {
@@ -134,6 +136,59 @@ std::string read_at_most(std::istream& in, uint64_t limit) {
                                    std::min<uint64_t>(buf.size(), limit + 1 - out.size())))
                    .gcount() > 0) {
         out.append(buf.data(), static_cast<size_t>(in.gcount()));
+    }
+    return out;
+}
+
+fill_result fill_from(int fd, std::span<char> to) {
+    // No more than this per read(): a signal or a slow pipe stops no more.
+    constexpr size_t piece = 1u << 20;
+    fill_result r;
+    while (r.bytes < to.size()) {
+        const size_t want = std::min<uint64_t>(piece, to.size() - r.bytes);
+        const ssize_t n = ::read(fd, to.data() + r.bytes, want);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            r.error = std::error_code(errno, std::system_category());
+            return r;
+        }
+        if (n == 0) {
+            return r;
+        }
+        r.bytes += static_cast<uint64_t>(n);
+    }
+    char probe;
+    ssize_t n;
+    while ((n = ::read(fd, &probe, 1)) < 0 && errno == EINTR) {
+    }
+    if (n < 0) {
+        r.error = std::error_code(errno, std::system_category());
+    }
+    r.more = n > 0;
+    return r;
+}
+
+std::string printable(std::string_view s) {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out;
+    out.reserve(s.size());
+    for (size_t i = 0; i < s.size(); ++i) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        const auto next = i + 1 < s.size() ? static_cast<unsigned char>(s[i + 1]) : 0;
+        if (c == 0xc2 && next >= 0x80 && next <= 0x9f) { // U+0080..U+009F
+            out += "\\u00";
+            out += hex[next >> 4];
+            out += hex[next & 15];
+            ++i;
+        } else if (c < 0x20 || c == 0x7f) {
+            out += "\\x";
+            out += hex[c >> 4];
+            out += hex[c & 15];
+        } else {
+            out += static_cast<char>(c);
+        }
     }
     return out;
 }

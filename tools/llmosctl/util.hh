@@ -54,6 +54,23 @@ inline double nearest_rank(std::span<const double> sorted, double p) {
 /// that more came (standard input may never end: /dev/zero).
 std::string read_at_most(std::istream& in, uint64_t limit);
 
+/// What fill_from() read.
+struct fill_result {
+    uint64_t bytes = 0;    ///< how much of the buffer it filled
+    bool more = false;     ///< the input held more than fits
+    std::error_code error; ///< a read failed (after `bytes` bytes)
+};
+
+/// Reads `fd` into `to` in pieces until it is full or the input ends; then
+/// tries one byte more (read into a byte of its own) to tell whether the
+/// input held more than fits.
+fill_result fill_from(int fd, std::span<char> to);
+
+/// `s` with its control characters (C0 and DEL as \xNN, C1 in its UTF-8
+/// form as \u00NN) written out: text from a server, safe to print on one
+/// line of a terminal.
+std::string printable(std::string_view s);
+
 /// The uid of the user `name`; nullopt when there is none or the lookup
 /// failed (`err`: 0, or the errno of the failure).
 std::optional<uint32_t> uid_of_user(const std::string& name, int& err);
