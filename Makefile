@@ -42,7 +42,7 @@ bpf: kmod
 
 # KDIR: other kernel headers than the cached 6.12 kernel's (make kmod
 # KDIR=/lib/modules/$(uname -r)/build: the running kernel's; no make deps).
-ifdef KDIR
+ifeq ($(origin KDIR),command line)
 kmod:
 	@$(MAKE) -s -C "$(KDIR)" M="$(CURDIR)/kmod" modules
 else
@@ -234,13 +234,16 @@ uninstall:
 	DESTDIR="$$list" cmake --install "$(BUILD)/default" --prefix "$(PREFIX)" >/dev/null; \
 	$(GIVE_BACK); \
 	run() { echo "$$*"; "$$@"; }; \
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && \
+		[ -e "$(UNITDIR)/llmosd.service" ]; then run systemctl disable --now llmosd.service; fi; \
 	files=$$(cd "$$list" && find . ! -type d | sed 's|^\.||'); \
+	dirs=$$(cd "$$list" && find . -depth -type d -name '*llmos*' | sed 's|^\.||'); \
 	for f in $$files $(UDEVRULESDIR)/60-llmos.rules $(SYSUSERSDIR)/llmos.conf \
 		$(TMPFILESDIR)/llmos.conf $(UNITDIR)/llmosd.service \
 		$(UNITDIR)/llmosd.service.d/llmos-device.conf $(MODULESLOADDIR)/llmos.conf \
 		$(foreach m,$(wildcard man/*.[1-8]),$(MANDIR)/man$(subst .,,$(suffix $(m)))/$(notdir $(m))); do \
 		if [ -e "$(DESTDIR)$$f" ]; then run rm -f "$(DESTDIR)$$f"; fi; done; \
-	for d in $(PREFIX)/include/llmos $(PREFIX)/lib/cmake/llmos $(UNITDIR)/llmosd.service.d; do \
+	for d in $$dirs $(UNITDIR)/llmosd.service.d; do \
 		if [ -d "$(DESTDIR)$$d" ]; then run find "$(DESTDIR)$$d" -depth -type d -empty -delete; fi; \
 	done; \
 	if [ -d "$(DESTDIR)$(DKMSDIR)" ]; then run rm -rf "$(DESTDIR)$(DKMSDIR)"; fi; \

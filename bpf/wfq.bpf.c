@@ -14,10 +14,11 @@
  * while the policy runs (bpftool map update, or a loader of its own);
  * where that has none, or 0, the module's weight of the tenant (llmosctl
  * sched weight, default 100). Tags are kept by whole tenant id (tenants
- * are users' ids, so no two may share one), in an LRU map of
- * MAX_TENANTS, the module's default max_tenants: past that, the tenant
- * that enqueued least recently loses its tag, and starts at the clock
- * when it comes back, as an idle one does.
+ * are users' ids, so no two may share one), in an LRU map of about
+ * MAX_TENANTS, the module's default max_tenants (an LRU map may evict a
+ * little before it is full): past that, the tenant that enqueued least
+ * recently loses its tag, and starts at the clock when it comes back, as
+ * an idle one does.
  *
  * A cost counts up to 2^20 (a whole context's tokens). A request
  * cancelled while queued (dequeue; not one a worker took, which moved the
@@ -97,7 +98,7 @@ s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 {
 	u32 tenant = req->tenant, weight = DEFAULT_WEIGHT, *w;
 	u64 start, step, cost = req->cost ? req->cost : 1;
-	struct wfq_tag *t, fresh = {};
+	struct wfq_tag *t;
 
 	/* No request costs more than a whole context's tokens. */
 	if (cost > WFQ_MAX_COST)
@@ -111,6 +112,8 @@ s32 BPF_PROG(wfq_enqueue, struct llmos_core_req *req, u64 enq_flags)
 	t = bpf_map_lookup_elem(&tags, &tenant);
 	if (!t) {
 		/* New (or its tag went): it starts at the clock. */
+		struct wfq_tag fresh = { .finish = vclock, .since = req->seq };
+
 		bpf_map_update_elem(&tags, &tenant, &fresh, BPF_NOEXIST);
 		t = bpf_map_lookup_elem(&tags, &tenant);
 	}

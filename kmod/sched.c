@@ -933,6 +933,7 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 	struct llmos_req_desc *descs;
 	u32 n, i, want;
 	u64 gen, now, seen;
+	bool paused;
 	int ret;
 
 	reqs = kcalloc(max, sizeof(*reqs), GFP_KERNEL);
@@ -959,9 +960,13 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 	 * than the gap, between looks that wait for nothing) starts again.
 	 */
 	seen = max(c->t_looked, c->t_asked);
-	if (n >= want || (c->t_short && !c->sleepers && !c->park_dispatch &&
-			  now > seen && now - seen > llmos_bpf_asking_gap()))
+	paused = c->t_short && !c->sleepers && !c->park_dispatch &&
+		 now > seen && now - seen > llmos_bpf_asking_gap();
+	if (c->t_short && (n >= want || paused)) {
+		/* Ended now, or at its last look before the pause. */
+		llmos_bpf_short_ended(c->t_short, paused ? seen : now);
 		c->t_short = 0;
+	}
 	if (n < want && !c->t_short)
 		c->t_short = now;
 	c->t_looked = now;

@@ -47,9 +47,9 @@ static struct {
 	char name[LLMOS_POLICY_NAME_LEN];
 	u64 ejections;
 	unsigned long next_scan;	/* jiffies: the watchdog's next scan */
-	u64 scanned_ns;			/* when it last scanned */
-	u64 stall_req;			/* the oldest request at that scan */
+	u64 stall_req;			/* the oldest request it holds */
 	u64 stall_ns;			/* how long a worker was short since */
+	u64 counted_ns;			/* shortness is counted up to here */
 } llmos_bpf;
 
 static struct btf *llmos_bpf_btf;
@@ -354,6 +354,46 @@ static u64 llmos_short_since(struct llmos_core_sched *s, u64 now, u64 gap)
 }
 
 /*
+ * A request's stalled time is the union of the workers' shortness while it
+ * is the oldest the policy holds: each spell counted when it ends, and the
+ * one going on at each watchdog scan up to then, what lies before
+ * counted_ns left out (already counted). So a request stranded while the
+ * others flow, which keeps a worker short between them and never for
+ * timeout_ms at once, adds up to a stall. Under the lock.
+ */
+static void llmos_bpf_count_short(u64 from, u64 to)
+{
+	struct llmos_core_req *r;
+
+	if (!llmos_bpf.active)
+		return;
+	r = llmos_core_policy_oldest(llmos_sched_core());
+	if (!r || r->id != llmos_bpf.stall_req) {
+		llmos_bpf.stall_req = r ? r->id : 0;
+		llmos_bpf.stall_ns = 0;
+	}
+	if (!r)
+		return;
+	from = max3(from, r->t_submit, llmos_bpf.counted_ns);
+	if (to > from) {
+		llmos_bpf.stall_ns += to - from;
+		llmos_bpf.counted_ns = to;
+	}
+}
+
+/**
+ * llmos_bpf_short_ended() - a worker's DISPATCHes stopped coming up short
+ * @from: when they began to (ns)
+ * @to: when that ended: now, or its last look before it stopped asking
+ *
+ * Under the lock.
+ */
+void llmos_bpf_short_ended(u64 from, u64 to)
+{
+	llmos_bpf_count_short(from, to);
+}
+
+/*
  * While a policy schedules: every period (timeout_ms / 4, 50 ms to 1 s),
  * eject it when a request waited in its queues past timeout_ms, in all,
  * while a worker asked for work and got less than it had room for; and,
@@ -391,7 +431,7 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 	struct llmos_core_sched *s = llmos_sched_core();
 	struct llmos_core_req *r;
 	unsigned long next = 0, period, now;
-	u64 timeout_ns, since, from, now_ns;
+	u64 timeout_ns, since, now_ns;
 
 	llmos_sched_lock();
 	/* Under the lock: no stamp the lock guards is later. */
@@ -406,22 +446,9 @@ static void llmos_bpf_watchdog(struct work_struct *work)
 	since = llmos_short_since(s, now_ns, llmos_bpf_asking_gap());
 	if (time_after_eq(now, llmos_bpf.next_scan)) {
 		llmos_bpf.next_scan = now + period;
+		/* The shortness going on now counts up to now. */
+		llmos_bpf_count_short(since ?: now_ns, now_ns);
 		r = llmos_core_policy_oldest(s);
-		if (!r || r->id != llmos_bpf.stall_req) {
-			llmos_bpf.stall_req = r ? r->id : 0;
-			llmos_bpf.stall_ns = 0;
-		}
-		/*
-		 * Shortness adds up: a request stranded while the others
-		 * flow keeps a worker short most of the time, never for
-		 * timeout_ms at once. Counted is what lies in the last
-		 * period of the shortness going on now.
-		 */
-		from = max3(r ? r->t_submit : now_ns, since,
-			    llmos_bpf.scanned_ns);
-		if (r && since && now_ns > from)
-			llmos_bpf.stall_ns += now_ns - from;
-		llmos_bpf.scanned_ns = now_ns;
 		if (r && llmos_bpf.stall_ns > timeout_ns)
 			llmos_bpf_eject(LLMOS_EXIT_STALL, 0, r->id);
 		if (!llmos_bpf.active)
@@ -535,9 +562,9 @@ static int llmos_bpf_reg(void *kdata, struct bpf_link *link)
 	llmos_bpf.fault_kind = 0;
 	atomic_set(&llmos_bpf.stray, 0);
 	llmos_bpf.next_scan = jiffies;
-	llmos_bpf.scanned_ns = 0;
 	llmos_bpf.stall_req = 0;
 	llmos_bpf.stall_ns = 0;
+	llmos_bpf.counted_ns = 0;
 	strscpy(llmos_bpf.name, ops->name[0] ? ops->name : "unnamed",
 		sizeof(llmos_bpf.name));
 	memset(&llmos_bpf.exit, 0, sizeof(llmos_bpf.exit));

@@ -121,8 +121,8 @@ apt_updated=0
 apt_update() {
 	[ "$apt_updated" -eq 1 ] && return 0
 	log "apt-get update"
-	# The lists' lock may be held a while (apt-daily on a fresh machine):
-	# try again for up to 5 minutes.
+	# The lists' lock may be held a while (apt-daily on a fresh machine), a
+	# mirror may be down for a moment: ten tries, about 10 minutes in all.
 	local try
 	for try in 1 2 3 4 5 6 7 8 9 10; do
 		$SUDO apt-get update -qq -o DPkg::Lock::Timeout=30 >/dev/null && break

@@ -2147,6 +2147,18 @@ TEST_F(llmosd_test, half_closes_and_empty_lines_before_a_request_are_taken) {
     EXPECT_EQ(answers(r), 2u) << r;
     EXPECT_NE(r.find("\"text_completion\""), std::string::npos) << r;
     EXPECT_NE(r.find("\"status\":\"ok\""), std::string::npos) << r;
+    {
+        // The CRLF after a body, then nothing: the connection is idle, and
+        // closes quietly at the keep-alive timeout (5 s), not with a 408.
+        raw_conn idle(s.port);
+        idle.send("POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: " +
+                  std::to_string(b.size()) + "\r\n\r\n" + b + "\r\n");
+        bool closed = false;
+        const std::string r = idle.rest(&closed);
+        EXPECT_TRUE(closed) << r;
+        EXPECT_EQ(answers(r), 1u) << r;
+        EXPECT_EQ(r.find("408"), std::string::npos) << r;
+    }
     // A request line past the limit is called what it is.
     auto a = raw_exchange(s.port, "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\n\r\n");
     EXPECT_TRUE(a.text.starts_with("HTTP/1.1 414 URI Too Long\r\n")) << a.text.substr(0, 200);

@@ -45,9 +45,9 @@ std::unique_ptr<api_client> connect(const server_options& o) {
     }
     // It goes into a header line: a line break would end it there.
     if (std::any_of(o.api_key.begin(), o.api_key.end(),
-                    [](unsigned char c) { return c <= ' ' || c >= 0x7f; })) {
-        usage("the API key (--api-key or LLMOSD_API_KEY) holds a space, a control character or "
-              "a byte that is not ASCII: a key is printable ASCII only");
+                    [](unsigned char c) { return c <= ' ' || c == 0x7f; })) {
+        usage("the API key (--api-key or LLMOSD_API_KEY) holds a space or a control character: "
+              "a key is one word, as in llmosd's key file");
         return nullptr;
     }
     return std::make_unique<api_client>(*where, o.api_key);

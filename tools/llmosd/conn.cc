@@ -224,7 +224,18 @@ public:
     /// arriving, or the peer's end); false when none came or `stopping`.
     template <typename Stop>
     bool wait_request(milliseconds idle, Stop stopping) {
-        if (_pos < _len) {
+        // The CRLF some clients send after a body is no request: while it
+        // is all that came, the connection stays idle.
+        size_t skipped = 0;
+        auto empty_lines_only = [&] {
+            while (_len - _pos >= 2 && skipped < 16 && _buf[_pos] == '\r' &&
+                   _buf[_pos + 1] == '\n') {
+                _pos += 2;
+                skipped += 2;
+            }
+            return _pos == _len;
+        };
+        if (!empty_lines_only()) {
             return true;
         }
         for (auto until = steady::now() + idle; !stopping();) {
@@ -233,7 +244,9 @@ public:
                 return false;
             }
             if (wait_for(_fd, POLLIN, std::min(left, milliseconds(100)))) {
-                return true;
+                if (fill() <= 0 || !empty_lines_only()) {
+                    return true; // a request, or the end (httplib reads it)
+                }
             }
         }
         return false;

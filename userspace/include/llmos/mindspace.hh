@@ -54,6 +54,9 @@ struct ms_create_options {
 };
 
 /// A mapping of (part of) a mindspace; unmapped when destroyed. Move-only.
+/// Made by mindspace::map(); one made by hand takes what mmap() returned,
+/// or an address inside its first page (the whole of that page, up to
+/// addr + len, is unmapped).
 /// A mindspace opened read-only is mapped read-only: a write through
 /// bytes() or data() then faults (SIGSEGV); writable() says which it is,
 /// and view() is the read-only span either way.
