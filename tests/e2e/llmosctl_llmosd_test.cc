@@ -795,13 +795,18 @@ TEST_F(llmosctl_llmosd, odd_stream_replies_are_named_for_what_they_are) {
 // A server that takes the connection and never answers: a timeout, said
 // so (after the 30 s a plain call waits).
 TEST_F(llmosctl_llmosd, a_silent_server_is_a_timeout) {
+    std::atomic<bool> gave_up{false}; // outlives the server's threads
     fake_server f;
-    f.svr.Get("/llmos/v1/models", [](const httplib::Request&, httplib::Response& res) {
-        std::this_thread::sleep_for(32s);
+    f.svr.Get("/llmos/v1/models", [&gave_up](const httplib::Request&, httplib::Response& res) {
+        // Silent until llmosctl has given up (a minute at most).
+        for (int i = 0; i < 600 && !gave_up; ++i) {
+            std::this_thread::sleep_for(100ms);
+        }
         res.set_content("{}", "application/json");
     });
     f.start();
     auto r = ctl("--server " + f.url() + " model list");
+    gave_up = true;
     EXPECT_EQ(r.status, 1);
     EXPECT_EQ(r.err, "llmosctl: cannot list models: timed out waiting for the reply (nothing "
                      "came for 30 s) (llmosd at " +

@@ -1757,7 +1757,7 @@ TEST_F_TIMEOUT(sched, stress_every_request_completes_exactly_once, 900)
 struct finisher {
 	int worker;
 	atomic_int stop;
-	long done;
+	atomic_long done;
 };
 
 /* Takes and completes requests until told to stop. */
@@ -1793,7 +1793,9 @@ TEST_F(sched, a_file_closing_with_many_requests_lets_them_go_in_batches)
 	for (int i = 0; i < 3000; i++)
 		ASSERT_LT(0, submit(c, 1));
 	ASSERT_EQ(0, pthread_create(&t, NULL, finish_requests, &f));
-	usleep(20000);
+	/* Close while it works: once it finished some (5 s at most). */
+	for (int i = 0; i < 500 && !atomic_load(&f.done); i++)
+		usleep(10000);
 	close(c);
 	usleep(20000);
 	atomic_store(&f.stop, 1);

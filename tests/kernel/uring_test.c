@@ -256,7 +256,7 @@ TEST_F(ring, parked_commands_end_after_their_timeout_and_lose_nothing)
 	 * A command that got its answer in time leaves no timeout behind for
 	 * the next one, which waits with none.
 	 */
-	d.timeout_ms = 200;
+	d.timeout_ms = 2000; /* room for a slow guest before the submit */
 	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 4));
 	ASSERT_EQ(1, io_uring_submit(&self->wring));
 	EXPECT_EQ(-ETIME, next_cqe(&self->wring, 50, &res)); /* parked */
@@ -268,7 +268,7 @@ TEST_F(ring, parked_commands_end_after_their_timeout_and_lose_nothing)
 	d.timeout_ms = 0;
 	ASSERT_EQ(0, queue_cmd(&self->wring, self->worker, LLMOS_IOC_DISPATCH, &d, 5));
 	ASSERT_EQ(1, io_uring_submit(&self->wring));
-	EXPECT_EQ(-ETIME, next_cqe(&self->wring, 600, &res));
+	EXPECT_EQ(-ETIME, next_cqe(&self->wring, 2500, &res)); /* past 2000 */
 	ASSERT_EQ(0, ioctl(self->worker, LLMOS_IOC_CANCEL, &cp));
 	ASSERT_EQ(5, next_cqe(&self->wring, 5000, &res));
 	EXPECT_EQ(-ECANCELED, res);

@@ -40,7 +40,7 @@ expect "write 64K of random bytes from stdin" sh -c 'llmosctl ms write conv --of
 expect "read all of it" sh -c 'llmosctl ms read conv >before && [ "$(wc -c <before)" -eq 1048576 ]'
 expect "save to a file" llmosctl ms save conv conv.llmosms
 expect "remove it" llmosctl ms rm conv
-refuse "it is gone" 1 "No such file or directory" llmosctl ms info conv
+refuse "it is gone" 1 "no such mindspace" llmosctl ms info conv
 expect "load the file" llmosctl ms load conv.llmosms
 expect "read all of the loaded one" sh -c \
 	'llmosctl ms read conv >after && [ "$(wc -c <after)" -eq 1048576 ]'
@@ -58,7 +58,7 @@ at=$((4096 + 65536 + 100))
 byte=$(dd if=bad.llmosms bs=1 skip=$at count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
 printf "\\$(printf %o $(((byte + 1) % 256)))" | dd of=bad.llmosms bs=1 seek=$at conv=notrunc 2>/dev/null
 refuse "a damaged file is refused" 1 "corrupt" llmosctl ms load bad.llmosms --name damaged
-refuse "and leaves nothing behind" 1 "No such file" llmosctl ms info damaged
+refuse "and leaves nothing behind" 1 "no such mindspace" llmosctl ms info damaged
 head -c 8192 conv.llmosms >short.llmosms
 refuse "a truncated file is refused" 1 "corrupt" llmosctl ms load short.llmosms --name short
 refuse "a file that is no mindspace is refused" 1 "not a saved llmos mindspace" \
@@ -89,7 +89,7 @@ refuse "an unaligned size is a usage error" 2 "not a multiple of the page size" 
 refuse "a bad name is a usage error" 2 "bad mindspace name" llmosctl ms create 'a/b' --size 4K
 refuse "writing past the end is a usage error" 2 "does not fit" \
 	llmosctl ms write conv --offset 1048570 "too long"
-refuse "removing what is not there" 1 "No such file or directory" llmosctl ms rm nosuch
+refuse "removing what is not there" 1 "no such mindspace" llmosctl ms rm nosuch
 expect "quota shows usage" sh -c 'llmosctl ms quota | grep -q "used:  1M"'
 expect "root sets a quota" llmosctl ms quota --uid 1000 --set 1M
 expect "and lifts it" sh -c 'llmosctl ms quota --uid 1000 --set default | grep -q unlimited'
