@@ -935,7 +935,9 @@ public:
         while (!_drained.load()) {
             std::this_thread::sleep_for(1ms);
         }
-        std::this_thread::sleep_for(50ms); // drain() has begun
+        // drain() has begun: the test calls it right after setting the
+        // flag (a loaded machine may hold its thread a while).
+        std::this_thread::sleep_for(500ms);
     }
 
 private:
