@@ -8,8 +8,8 @@
  * time in units of 2^20 ns (about a millisecond), so a request of cost C is
  * overtaken only by ones submitted less than about 16.8 * C ms after it:
  * while short ones keep coming, a long request waits that long behind them
- * (69 s for a cost of 4096), not for ever (which the watchdog would not see: its workers get
- * all they ask for). The cost is the client's to say.
+ * (69 s for a cost of 4096), not for ever (which the watchdog would not
+ * see: its workers get all they ask for). The cost is the client's to say.
  */
 #include "llmos.bpf.h"
 

@@ -398,10 +398,10 @@ void llmos_bpf_short_ended(u64 from, u64 to)
  * eject it when a request waited in its queues past timeout_ms, in all,
  * while a worker asked for work and got less than it had room for; and,
  * while requests are queued and a worker waits, kick the workers every
- * LLMOS_BPF_POLL_MS, since a policy may hold
- * requests back for a time (locality does) and tells nobody when that
- * ends. A worker that takes one request at a time and gets it, or has
- * stopped asking, does not wait: requests queued meanwhile are no stall.
+ * LLMOS_BPF_POLL_MS, since a policy may hold requests back for a time
+ * (locality does) and tells nobody when that ends. A worker that takes
+ * one request at a time and gets it, or has stopped asking, does not
+ * wait: requests queued meanwhile are no stall.
  */
 #define LLMOS_BPF_POLL_MS 10
 #define LLMOS_ASKING_MIN_MS 100
