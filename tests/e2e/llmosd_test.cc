@@ -2133,6 +2133,46 @@ TEST_F(llmosd_test, pipelined_requests_are_answered_in_order) {
     EXPECT_LT(second, third);
 }
 
+// A known path asked with a method it does not take: 405, with the methods
+// it takes in Allow; an unknown path: 404.
+TEST_F(llmosd_test, a_known_path_asked_with_another_method_is_405) {
+    server s(_dir);
+    ASSERT_GT(s.port, 0) << s.log();
+    struct {
+        const char* request;
+        int status;
+        const char* allow;
+    } cases[] = {
+        {"GET /v1/completions", 405, "POST"},
+        {"DELETE /v1/chat/completions", 405, "POST"},
+        {"DELETE /v1/models", 405, "GET, HEAD"},
+        {"DELETE /v1/models/tiny", 405, "GET, HEAD"},
+        {"DELETE /llmos/v1/models", 405, "GET, HEAD, POST"},
+        {"GET /llmos/v1/models/tiny/swap", 405, "POST"},
+        {"GET /llmos/v1/sessions/x", 405, "DELETE"},
+        {"DELETE /health", 405, "GET, HEAD"},
+        {"GET /v1/nothing", 404, nullptr},
+        {"GET /v1/models/a/b", 404, nullptr},
+        {"DELETE /llmos/v1/models/a/swap", 405, "POST"},
+        {"GET /llmos/v1/models/a/b/swap", 404, nullptr},
+    };
+    for (auto& c : cases) {
+        auto a =
+            raw_exchange(s.port, std::string(c.request) +
+                                     " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        EXPECT_EQ(a.status(), c.status) << c.request << "\n" << a.text;
+        EXPECT_EQ(a.body()["error"]["code"], c.status == 405 ? "method_not_allowed" : "not_found")
+            << a.text;
+        if (c.allow) {
+            EXPECT_NE(a.text.find(std::string("\r\nAllow: ") + c.allow + "\r\n"), std::string::npos)
+                << c.request << "\n"
+                << a.text;
+        } else {
+            EXPECT_EQ(a.text.find("\r\nAllow: "), std::string::npos) << a.text;
+        }
+    }
+}
+
 // A client that shuts its sending side after its request (nc -N, some
 // probes) gets its answer; empty lines before a request line are skipped
 // (RFC 9112 2.2), as after a body some clients send.
@@ -2490,9 +2530,9 @@ TEST_F(llmosd_test, bodies_past_max_body_are_refused_before_they_are_read) {
          "not_found"},
         {"POST /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4000\r\n\r\n" +
              std::string(40, 'a'),
-         404, "not_found"},
-        {"PUT /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n0123", 404,
-         "not_found"},
+         405, "method_not_allowed"},
+        {"PUT /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n0123", 405,
+         "method_not_allowed"},
         {"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Encoding: "
          "gzip\r\nContent-Length: " +
              std::to_string(body.size()) + "\r\n\r\n" + body,

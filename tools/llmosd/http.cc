@@ -46,6 +46,9 @@ void send_error(httplib::Response& res, const api_error& e, bool close = false) 
     if (e.status == 429) {
         res.set_header("Retry-After", "1");
     }
+    if (!e.allow.empty()) {
+        res.set_header("Allow", e.allow);
+    }
     res.set_content(to_text(error_body(e)), "application/json");
     if (!close && e.status != 429 && e.status != 503) {
         return;
@@ -167,6 +170,46 @@ std::optional<api_error> bad_framing(const httplib::Request& req) {
     return std::nullopt;
 }
 
+// The methods an endpoint takes ("GET, HEAD"), or "" for a path that is
+// none: a known path asked with another method gets 405, not 404.
+std::string allowed_methods(std::string_view p) {
+    // `prefix` NAME `suffix`, NAME one step of the path
+    auto named = [p](std::string_view prefix, std::string_view suffix) {
+        return p.size() > prefix.size() + suffix.size() && p.starts_with(prefix) &&
+               p.ends_with(suffix) &&
+               p.find('/', prefix.size()) == (suffix.empty() ? p.npos : p.size() - suffix.size());
+    };
+    if (p == "/health" || p == "/metrics" || p == "/v1/models" || p == "/llmos/v1/sessions" ||
+        named("/v1/models/", "")) {
+        return "GET, HEAD";
+    }
+    if (p == "/llmos/v1/models") {
+        return "GET, HEAD, POST";
+    }
+    if (p == "/v1/completions" || p == "/v1/chat/completions" ||
+        named("/llmos/v1/models/", "/swap")) {
+        return "POST";
+    }
+    if (named("/llmos/v1/models/", "") || named("/llmos/v1/sessions/", "")) {
+        return "DELETE";
+    }
+    return "";
+}
+
+// 405 for a known path asked with a method it does not take, else 404.
+api_error no_such_endpoint(const httplib::Request& req) {
+    if (std::string allow = allowed_methods(req.path); !allow.empty()) {
+        return api_error{405,
+                         req.method + " is not allowed on " + req.path + " (it takes " + allow +
+                             ")",
+                         "invalid_request_error",
+                         "",
+                         "method_not_allowed",
+                         allow};
+    }
+    return api_error{404, "no such endpoint", "invalid_request_error", "", "not_found"};
+}
+
 // Why a body is refused before a byte of it is read, or nothing: httplib
 // would read it whole (chunked, unbounded) for a route that takes none, or
 // inflate it (a 1 MiB gzip body can hold 1 GiB) past --max-body; and one
@@ -191,7 +234,7 @@ std::optional<api_error> unwanted_body(const httplib::Request& req, size_t max_b
     const std::string cl = req.get_header_value("Content-Length");
     if (!takes &&
         (req.has_header("Transfer-Encoding") || cl.find_first_not_of('0') != std::string::npos)) {
-        return api_error{404, "no such endpoint", "invalid_request_error", "", "not_found"};
+        return no_such_endpoint(req);
     }
     // bad_framing() has checked it: at most 19 digits.
     if (!cl.empty() && std::stoull(cl) > max_body) {
@@ -404,7 +447,7 @@ http_server::http_server(daemon& d)
     _svr.set_write_timeout(30, 0);
     // httplib's own refusals (413, 404 of unknown paths, 400 of broken
     // requests) as OpenAI error objects.
-    _svr.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    _svr.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty() || res.content_provider_) { // ours, from send_error()
             return;
         }
@@ -425,8 +468,11 @@ http_server::http_server(daemon& d)
             e.code = "payload_too_large";
             break;
         case 404:
-            e.message = "no such endpoint";
-            e.code = "not_found";
+            e = no_such_endpoint(req);
+            res.status = e.status;
+            if (!e.allow.empty()) {
+                res.set_header("Allow", e.allow);
+            }
             break;
         case 405:
             e.message = "method not allowed";

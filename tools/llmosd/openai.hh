@@ -19,6 +19,7 @@ struct api_error {
     std::string type = "invalid_request_error";
     std::string param;
     std::string code;
+    std::string allow{}; ///< 405: the methods the path takes (its Allow header)
 };
 
 nlohmann::json error_body(const api_error& e);
