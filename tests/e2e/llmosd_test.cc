@@ -477,6 +477,8 @@ TEST_F(llmosd_test, bad_requests_get_openai_errors_with_the_right_status) {
               400,
               "logit_bias"},
              {{{"model", "tiny"}, {"prompt", "x"}, {"logprobs", 5}}, 400, "logprobs"},
+             // A completion's 0 asks for the sampled tokens' own.
+             {{{"model", "tiny"}, {"prompt", "x"}, {"logprobs", 0}}, 400, "logprobs"},
              {{{"model", "tiny"}, {"prompt", "x"}, {"echo", true}}, 400, "echo"},
              {{{"model", "tiny"}, {"prompt", "x"}, {"best_of", 3}}, 400, "best_of"},
              {{{"model", "tiny"}, {"prompt", "x"}, {"response_format", {{"type", "json_object"}}}},

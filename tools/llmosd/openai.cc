@@ -184,7 +184,7 @@ json parse_body(const std::string& body) {
 // does not do: refused by name when they ask for something, rather than
 // answered as if they were not there (a banned token, JSON mode or a tool
 // call the client counts on). Their "off" values pass.
-void refuse_unsupported(const json& o) {
+void refuse_unsupported(const json& o, bool chat) {
     auto asks = [](const json& v) {
         return !(v.is_null() || (v.is_boolean() && !v.get<bool>()) ||
                  (v.is_number() && v.get<double>() == 0) || (v.is_string() && v.empty()) ||
@@ -195,6 +195,11 @@ void refuse_unsupported(const json& o) {
         if (const json* v = field(o, key); v && asks(*v)) {
             bad(key, std::string("'") + key + "' is not supported by this server");
         }
+    }
+    // A completion's logprobs of 0 still asks for the sampled tokens' own
+    // (a chat's is a boolean).
+    if (const json* v = field(o, "logprobs"); v && !chat && v->is_number()) {
+        bad("logprobs", "'logprobs' is not supported by this server");
     }
     if (const json* v = field(o, "response_format")) {
         const json* t = v->is_object() ? field(*v, "type") : nullptr;
@@ -303,7 +308,7 @@ job parse_job(const std::string& body, bool chat) {
     if (integer(o, "n", 1, 1, 1) != 1) {
         bad("n", "'n' must be 1");
     }
-    refuse_unsupported(o);
+    refuse_unsupported(o, chat);
     if (const json* s = field(o, "stop")) {
         if (s->is_string()) {
             j.stop.push_back(s->get<std::string>());
