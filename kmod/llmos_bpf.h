@@ -91,7 +91,7 @@ void llmos_bpf_stray(void);
 bool llmos_bpf_prog_is_policy(const struct bpf_prog *prog);
 void llmos_bpf_fault(u32 kind, s64 code, u64 req);
 u64 llmos_bpf_asking_gap(void);
-void llmos_bpf_short_ended(u64 from, u64 to);
+void llmos_bpf_count_short(u64 from, u64 to);
 
 /* kfuncs.c */
 int llmos_kfuncs_init(void);

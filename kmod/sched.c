@@ -964,7 +964,7 @@ int llmos_dispatch_into(struct llmos_client *c, u64 descs_uptr, u32 desc_size,
 		 now > seen && now - seen > llmos_bpf_asking_gap();
 	if (c->t_short && (n >= want || paused)) {
 		/* Ended now, or at its last look before the pause. */
-		llmos_bpf_short_ended(c->t_short, paused ? seen : now);
+		llmos_bpf_count_short(c->t_short, paused ? seen : now);
 		c->t_short = 0;
 	}
 	if (n < want && !c->t_short)

@@ -353,7 +353,13 @@ static u64 llmos_short_since(struct llmos_core_sched *s, u64 now, u64 gap)
 	return since;
 }
 
-/*
+/**
+ * llmos_bpf_count_short() - count a spell of a worker's DISPATCHes coming
+ *	up short toward the stall of the policy's oldest request
+ * @from: when the spell began (ns)
+ * @to: when it ended (now, or the worker's last look before it stopped
+ *	asking), or now for one the watchdog finds going on
+ *
  * A request's stalled time is the union of the workers' shortness while it
  * is the oldest the policy holds: each spell counted when it ends, and the
  * one going on at each watchdog scan up to then, what lies before
@@ -361,7 +367,7 @@ static u64 llmos_short_since(struct llmos_core_sched *s, u64 now, u64 gap)
  * others flow, which keeps a worker short between them and never for
  * timeout_ms at once, adds up to a stall. Under the lock.
  */
-static void llmos_bpf_count_short(u64 from, u64 to)
+void llmos_bpf_count_short(u64 from, u64 to)
 {
 	struct llmos_core_req *r;
 
@@ -379,18 +385,6 @@ static void llmos_bpf_count_short(u64 from, u64 to)
 		llmos_bpf.stall_ns += to - from;
 		llmos_bpf.counted_ns = to;
 	}
-}
-
-/**
- * llmos_bpf_short_ended() - a worker's DISPATCHes stopped coming up short
- * @from: when they began to (ns)
- * @to: when that ended: now, or its last look before it stopped asking
- *
- * Under the lock.
- */
-void llmos_bpf_short_ended(u64 from, u64 to)
-{
-	llmos_bpf_count_short(from, to);
 }
 
 /*

@@ -210,6 +210,11 @@ download_deb() {
 	rmdir "$part"
 }
 
+# unpack_deb PKG DIR ROOT: the newest of PKG's .debs in DIR, into ROOT.
+unpack_deb() {
+	dpkg -x "$(ls "$2/${1}"_*.deb | sort -V | tail -n1)" "$3"
+}
+
 fetch_kernel() {
 	local kver=$1 kdir="$CACHE/kernel/$1" debs="$CACHE/debs" p
 	local -a kpkgs=("linux-image-$kver-amd64-unsigned"
@@ -222,14 +227,13 @@ fetch_kernel() {
 	for p in "${kpkgs[@]}"; do
 		ls "$debs/${p}"_*.deb >/dev/null 2>&1 || download_deb "$p" "$debs"
 		log "unpacking $p"
-		if ! dpkg -x "$(ls "$debs/${p}"_*.deb | sort -V | tail -n1)" "$kdir/root"; then
+		if ! unpack_deb "$p" "$debs" "$kdir/root"; then
 			# Damaged in the cache (a copy from elsewhere, a full disk):
 			# fetched again once.
 			log "$p did not unpack: downloading it again"
 			rm -f "$debs/${p}"_*.deb
 			download_deb "$p" "$debs"
-			dpkg -x "$(ls "$debs/${p}"_*.deb | sort -V | tail -n1)" "$kdir/root" ||
-				die "$p does not unpack"
+			unpack_deb "$p" "$debs" "$kdir/root" || die "$p does not unpack"
 		fi
 	done
 	local hdr="$kdir/root/usr/src/linux-headers-$kver-amd64"

@@ -4,6 +4,7 @@
 // parse them the same way; only the full one (server_http.cc) runs them.
 #include "server.hh"
 
+#include "../names.hh"
 #include "options.hh"
 #include "util.hh"
 
@@ -13,21 +14,6 @@
 namespace llmosctl {
 
 namespace {
-
-// llmosd's rule: "." and ".." would be path steps in its URLs.
-bool valid_session(const std::string& s) {
-    if (s.empty() || s.size() > 48 || s.find_first_not_of('.') == std::string::npos) {
-        return false;
-    }
-    for (char c : s) {
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        if (!ok) {
-            return false;
-        }
-    }
-    return true;
-}
 
 // The options `run` and `chat` share.
 void add_gen_options(CLI::App* cmd, gen_args& a) {
@@ -113,7 +99,7 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
               "it starts afresh");
     session_rm->add_option("name", names->first, "the session")->required();
     session_rm->callback([&rc, opts, names] {
-        rc = valid_session(names->first)
+        rc = llmos::names::valid_session(names->first)
                  ? cmd_session_rm(opts(), names->first)
                  : usage("bad session name '" + names->first +
                          "' (1 to 48 characters of A-Z a-z 0-9 . _ -, not only dots)");
@@ -126,7 +112,7 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
         if (cmd->count("--temperature") && !(ga->temperature >= 0 && ga->temperature <= 2)) {
             return usage("--temperature must be a number from 0 to 2");
         }
-        if (!ga->session.empty() && !valid_session(ga->session)) {
+        if (!ga->session.empty() && !llmos::names::valid_session(ga->session)) {
             return usage("bad --session '" + ga->session +
                          "' (1 to 48 characters of A-Z a-z 0-9 . _ -, not only dots)");
         }

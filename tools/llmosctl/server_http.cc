@@ -4,6 +4,7 @@
 // Model management uses /llmos/v1/models; run and chat stream
 // /v1/chat/completions (run --raw: /v1/completions) and print the pieces
 // as the server-sent events arrive.
+#include "../names.hh"
 #include "client.hh"
 #include "json_text.hh"
 #include "server.hh"
@@ -296,10 +297,7 @@ int check_text(std::initializer_list<std::pair<const char*, const std::string&>>
 /// to 128 bytes, no '/', no control characters, not only dots); unload and
 /// swap would send it in the URL's path.
 int check_model_name(const std::string& name) {
-    if (name.empty() || name.size() > 128 || name.find('/') != std::string::npos ||
-        name.find_first_not_of('.') == std::string::npos ||
-        std::any_of(name.begin(), name.end(),
-                    [](char c) { return static_cast<unsigned char>(c) < 0x20; })) {
+    if (!llmos::names::valid_model(name)) {
         return usage("bad model name '" + printable(name) +
                      "' (1 to 128 characters, without '/' or control characters, not only dots)");
     }

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "daemon.hh"
 
+#include "../names.hh"
+
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
@@ -673,10 +675,7 @@ std::shared_ptr<model_entry> daemon::open_model(const std::string& name, const s
 }
 
 std::shared_ptr<model_entry> daemon::load_model(const std::string& name, const std::string& path) {
-    const bool control = std::any_of(name.begin(), name.end(),
-                                     [](char c) { return static_cast<unsigned char>(c) < 0x20; });
-    if (name.empty() || name.size() > 128 || name.find('/') != std::string::npos || control ||
-        name.find_first_not_of('.') == std::string::npos) {
+    if (!llmos::names::valid_model(name)) {
         throw api_error{400,
                         "a model name is 1 to 128 characters, without '/' or control characters, "
                         "not only dots",
@@ -765,7 +764,7 @@ namespace {
 void keep_sessions(std::vector<llmos::ms_info>& all) {
     std::erase_if(all, [uid = ::geteuid()](const llmos::ms_info& i) {
         return !i.name.starts_with(session_ms_prefix) || i.uid != uid ||
-               !valid_session_name(i.name.substr(session_ms_prefix.size()));
+               !llmos::names::valid_session(i.name.substr(session_ms_prefix.size()));
     });
 }
 
@@ -837,7 +836,7 @@ std::shared_ptr<session_gate> daemon::session_lock(const std::string& session) {
 
 bool daemon::end_session(const std::string& session, std::optional<uint32_t> tenant,
                          const std::function<bool(const llmos::mindspace&)>& still_to_go) {
-    if (!valid_session_name(session)) {
+    if (!llmos::names::valid_session(session)) {
         throw api_error{400, "a session name is 1 to 48 characters of [A-Za-z0-9._-]",
                         "invalid_request_error", "session", ""};
     }

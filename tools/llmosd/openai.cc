@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "openai.hh"
 
+#include "../names.hh"
+
 #include <cmath>
 
 namespace llmosd {
@@ -16,21 +18,6 @@ json error_body(const api_error& e) {
 
 std::string to_text(const json& v) {
     return v.dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
-bool valid_session_name(const std::string& s) {
-    // "." and ".." are path steps to clients (curl folds them away).
-    if (s.empty() || s.size() > 48 || s.find_first_not_of('.') == std::string::npos) {
-        return false;
-    }
-    for (char c : s) {
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        if (!ok) {
-            return false;
-        }
-    }
-    return true;
 }
 
 namespace {
@@ -347,7 +334,7 @@ job parse_job(const std::string& body, bool chat) {
     }
     j.deadline_ms = static_cast<uint64_t>(integer(o, "deadline_ms", 0, 86400000, 0));
     j.session = string(o, "session", false);
-    if (field(o, "session") && !valid_session_name(j.session)) {
+    if (field(o, "session") && !llmos::names::valid_session(j.session)) {
         bad("session", "'session' must be 1 to 48 characters of [A-Za-z0-9._-], not only dots");
     }
     j.user = string(o, "user", false);

@@ -68,7 +68,4 @@ nlohmann::json parse_body(const std::string& body);
 /// Throws api_error naming the field that is wrong.
 job parse_job(const std::string& body, bool chat);
 
-/// A session name as llmosd keeps it: [A-Za-z0-9._-], 1..48 bytes.
-bool valid_session_name(const std::string& s);
-
 } // namespace llmosd
