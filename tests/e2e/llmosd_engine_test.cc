@@ -10,7 +10,9 @@
 #include "../support/llmosd_process.hh"
 #include "../support/paths.hh"
 
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <llmos/engine/cuda.hh>
@@ -18,6 +20,7 @@
 #include <llmos/engine/quant.hh>
 #include <nlohmann/json.hpp>
 #include <sys/wait.h>
+#include <thread>
 
 using nlohmann::json;
 
@@ -377,6 +380,67 @@ TEST_F(gpu_llmosd, failed_graph_captures_are_logged_and_lose_nothing) {
                        "captures failed in a row; the last: "),
               std::string::npos)
         << log;
+}
+
+// A session's request cancelled in a step longer than llmosd waits for
+// its worker (10 s; the emulated device holds the step) keeps the
+// session's turn until the worker ends it: the worker writes its output
+// after the step, into the session's request area. The next turn, sent at
+// once with a longer prompt (whose bytes that output would land in),
+// waits for it and answers as it does in a session of its own.
+TEST_F(gpu_llmosd, a_long_step_of_a_cancelled_request_keeps_its_session_busy) {
+    const std::string hold = _dir + "/hold";
+    ::setenv("LLMOS_CUDA_EMU_HOLD", hold.c_str(), 1);
+    llmos::testing::llmosd_process d(llmos::testing::llmosd_bin, _dir + "/held",
+                                     {"--model", "tiny=" + tiny, "--engine", "cuda"});
+    ::unsetenv("LLMOS_CUDA_EMU_HOLD");
+    ASSERT_TRUE(d.ready()) << d.log();
+    std::string prompt2 = "Hello";
+    for (int i = 0; i < 40; ++i) {
+        prompt2 += " world";
+    }
+    const json turn2 = {{"model", "tiny"},
+                        {"prompt", prompt2},
+                        {"max_tokens", 8},
+                        {"temperature", 0},
+                        {"session", "held"}};
+    json alone = turn2;
+    alone["session"] = "alone";
+    const std::string want = text_of(complete(d, alone));
+    ASSERT_FALSE(want.empty()) << d.log();
+
+    // The first turn: its first piece comes, the device holds the next
+    // step, and its client goes.
+    {
+        auto c = d.client();
+        httplib::Request req;
+        req.method = "POST";
+        req.path = "/v1/completions";
+        req.body = json{{"model", "tiny"},  {"prompt", "Hello"}, {"max_tokens", 500},
+                        {"temperature", 0}, {"stream", true},    {"session", "held"}}
+                       .dump();
+        req.set_header("Content-Type", "application/json");
+        req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+            std::FILE* f = std::fopen(hold.c_str(), "w");
+            if (f) {
+                std::fclose(f);
+            }
+            return false;
+        };
+        (void)c.send(req);
+    }
+    ASSERT_TRUE(std::filesystem::exists(hold)) << "no piece came\n" << d.log();
+    // The step ends 13 s on: llmosd has waited 10 s for the worker by then.
+    std::thread let_go([&] {
+        std::this_thread::sleep_for(std::chrono::seconds(13));
+        std::filesystem::remove(hold);
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string got = text_of(complete(d, turn2));
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    let_go.join();
+    EXPECT_EQ(got, want) << d.log();
+    EXPECT_GE(waited, std::chrono::seconds(12)) << "the step was not held";
 }
 #endif
 

@@ -1219,14 +1219,17 @@ TEST_F(llmosd_test, finish_reason_says_what_ended_the_reply) {
 TEST_F(llmosd_test, repeat_last_n_is_the_window_the_penalties_count) {
     server s(_dir);
     auto c = s.client();
-    auto text = [&](std::optional<int> last_n, bool penalties, int max_tokens = 40) {
+    enum { none, all_three, repetition_only };
+    auto text = [&](std::optional<int> last_n, int penalties, int max_tokens = 40) {
         json req = {{"model", "tiny"},
                     {"prompt", "Hello world"},
                     {"max_tokens", max_tokens},
                     {"temperature", 0}};
-        if (penalties) {
+        if (penalties == all_three) {
             req["presence_penalty"] = 2;
             req["frequency_penalty"] = 2;
+        }
+        if (penalties != none) {
             req["repetition_penalty"] = 10;
         }
         if (last_n) {
@@ -1234,20 +1237,48 @@ TEST_F(llmosd_test, repeat_last_n_is_the_window_the_penalties_count) {
         }
         return post(c, "/v1/completions", req, 200)["choices"][0]["text"].get<std::string>();
     };
-    const std::string plain = text({}, false);
-    EXPECT_EQ(text(0, true), plain) << "a window of 0 turns the penalties off";
-    const std::string dflt = text({}, true);
+    const std::string plain = text({}, none);
+    EXPECT_EQ(text(0, all_three), plain) << "a window of 0 turns the penalties off";
+    const std::string dflt = text({}, all_three);
     EXPECT_NE(dflt, plain) << "the penalties change the greedy text";
-    // 40 tokens generated: a window of 40, 64 (the default) or every
+    // 40 tokens generated: a window of 40, 64 or every
     // token (-1) counts the same tokens.
-    EXPECT_EQ(text(64, true), dflt);
-    EXPECT_EQ(text(-1, true), dflt);
-    EXPECT_EQ(text(40, true), dflt);
-    EXPECT_NE(text(1, true), dflt) << "a window of one token counts fewer";
-    // 160 tokens: -1 counts all of them, not the default's 64.
-    const std::string all = text(-1, true, 160);
-    EXPECT_EQ(text(160, true, 160), all);
-    EXPECT_NE(text(64, true, 160), all);
+    EXPECT_EQ(text(64, all_three), dflt);
+    EXPECT_EQ(text(-1, all_three), dflt);
+    EXPECT_EQ(text(40, all_three), dflt);
+    EXPECT_NE(text(1, all_three), dflt) << "a window of one token counts fewer";
+    // 160 tokens: -1 counts all of them, not 64; with OpenAI's presence
+    // and frequency penalties so does the default.
+    const std::string all = text(-1, all_three, 160);
+    EXPECT_EQ(text(160, all_three, 160), all);
+    EXPECT_NE(text(64, all_three, 160), all);
+    EXPECT_EQ(text({}, all_three, 160), all) << "OpenAI's penalties count the whole reply";
+    // The repetition penalty alone: llama.cpp's 64 by default.
+    const std::string last64 = text(64, repetition_only, 160);
+    EXPECT_NE(text(-1, repetition_only, 160), last64);
+    EXPECT_EQ(text({}, repetition_only, 160), last64);
+}
+
+TEST_F(llmosd_test, content_parts_are_joined_by_a_line_break) {
+    server s(_dir);
+    auto c = s.client();
+    auto ask = [&](const json& content) {
+        return post(c, "/v1/chat/completions",
+                    {{"model", "tiny"},
+                     {"messages", {{{"role", "user"}, {"content", content}}}},
+                     {"max_tokens", 8},
+                     {"temperature", 0}},
+                    200);
+    };
+    const json parts = {{{"type", "text"}, {"text", "Hello"}},
+                        {{"type", "text"}, {"text", ""}},
+                        {{"type", "text"}, {"text", "world"}}};
+    const json joined = ask("Hello\nworld");
+    const json got = ask(parts);
+    EXPECT_EQ(got["usage"]["prompt_tokens"], joined["usage"]["prompt_tokens"]) << got;
+    EXPECT_EQ(got["choices"][0]["message"]["content"], joined["choices"][0]["message"]["content"]);
+    // Run together, the words would be another prompt.
+    EXPECT_NE(ask("Helloworld")["usage"]["prompt_tokens"], joined["usage"]["prompt_tokens"]);
 }
 
 TEST_F(llmosd_test, sessions_kept_at_once_are_bounded) {

@@ -194,6 +194,7 @@ TEST(chat, llama2_rejects_roles_out_of_turn) {
     EXPECT_THROW(llama2({{"assistant", "x"}}, false), std::invalid_argument);
     EXPECT_THROW(llama2({{"user", "a"}, {"user", "b"}}, false), std::invalid_argument);
     EXPECT_THROW(llama2({{"system", "s"}, {"assistant", "b"}}, false), std::invalid_argument);
+    // The template would drop this system message without a word.
     EXPECT_THROW(llama2({{"user", "a"}, {"system", "b"}}, false), std::invalid_argument);
     try {
         llama2({{"user", "a"}, {"user", "b"}}, false);

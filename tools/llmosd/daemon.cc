@@ -126,12 +126,23 @@ public:
                              : std::make_unique<llmos::llm_engine>(*m->model, *m->vocab, _eo);
             it = _engines.emplace(h.model, slot{m, std::move(e)}).first;
         }
-        auto st = it->second.e->prefill(s);
-        account(it->second);
-        if (st == llmos::engine_status::ok) {
-            _owner[&s] = h.model;
-            ++it->second.users;
+        // Its entry before the engine takes it: an engine holding it (its
+        // cache's lock, its GPU region) that release() would not find for
+        // want of memory here would keep it for good.
+        auto o = _owner.insert_or_assign(&s, h.model).first;
+        llmos::engine_status st;
+        try {
+            st = it->second.e->prefill(s);
+        } catch (...) {
+            _owner.erase(o);
+            throw;
         }
+        if (st == llmos::engine_status::ok) {
+            ++it->second.users;
+        } else {
+            _owner.erase(o);
+        }
+        account(it->second);
         return st;
     }
 
@@ -608,11 +619,16 @@ daemon::daemon(options o)
         _abandon = true;
     };
     po.is_cancelled = [this](uint64_t id) {
-        if (_abandon.load()) {
-            return true; // shutting down past --drain-timeout
-        }
         std::lock_guard lk(_streams_m);
-        return _cancelled.count(id) != 0;
+        if (_cancelled.count(id)) {
+            return true;
+        }
+        // Shutting down past --drain-timeout (or the GPU lost): this
+        // daemon's requests end; other clients' (the kernel backend's
+        // scheduler may give its workers those) go back to the queue as
+        // the workers stop, for another worker, not failed.
+        auto it = _streams.find(id);
+        return _abandon.load() && it != _streams.end() && !it->second->unclaimed_since;
     };
     auto pool = llmos::worker_pool::start(*_dev, std::move(po));
     if (!pool) {
@@ -622,7 +638,14 @@ daemon::daemon(options o)
     // The engine's threads are not pinned to the worker's CPU: let them
     // run anywhere this process may.
     if (_o.session_idle_timeout.count() > 0 || _dev->kind() == llmos::backend_kind::local) {
-        _upkeep = std::thread([this] { upkeep(); });
+        try {
+            _upkeep = std::thread([this] { upkeep(); });
+        } catch (...) {
+            // No destructor runs: the workers, which use the members
+            // declared after _pool, stop before those go.
+            _pool->stop();
+            throw;
+        }
     }
 }
 
@@ -864,6 +887,7 @@ bool daemon::end_session(const std::string& session, std::optional<uint32_t> ten
     auto ms = open_owned();
     // None of its requests may run while it goes.
     auto gate = session_lock(session);
+    let_go_lingering();
     if (!gate->try_enter()) {
         throw api_error{409, "a request of the session '" + session + "' is running",
                         "invalid_request_error", "session", "session_busy"};
@@ -947,17 +971,21 @@ void daemon::detach(uint64_t id) {
     // (deliver()): its client may be gone long before the worker looks.
 }
 
-void daemon::cancel(llmos::sched_client& client, uint64_t id) {
-    {
+void daemon::cancel(llmos::sched_client& client, uint64_t id) noexcept {
+    try {
         std::lock_guard lk(_streams_m);
         sweep_streams();
         _cancelled.emplace(id, steady_now());
+    } catch (const std::bad_alloc&) {
+        // Unmarked, a worker of this daemon runs it to its end (the
+        // scheduler's cancel below still ends it for its client).
     }
     client.cancel(id);
 }
 
 void daemon::deliver(const llmos::descriptor& d) {
     std::shared_ptr<stream_queue> q;
+    session_turn let_go; // left after _streams_m
     {
         std::lock_guard lk(_streams_m);
         const bool end = d.kind != uint32_t(llmos::output_kind::tokens);
@@ -965,6 +993,10 @@ void daemon::deliver(const llmos::descriptor& d) {
         if (c != _cancelled.end()) {
             if (end) {
                 _cancelled.erase(c); // its worker is done with it
+                if (auto l = _lingering.find(d.request); l != _lingering.end()) {
+                    let_go = std::move(l->second.turn); // its session's next turn may come
+                    _lingering.erase(l);
+                }
             }
             auto it = _streams.find(d.request);
             if (it == _streams.end()) {
@@ -984,6 +1016,30 @@ void daemon::deliver(const llmos::descriptor& d) {
     std::lock_guard lk(q->m);
     q->q.push_back(d);
     q->cv.notify_one();
+}
+
+void daemon::let_go_lingering() {
+    std::vector<std::pair<uint64_t, session_turn>> go;
+    {
+        std::lock_guard lk(_streams_m);
+        const auto now = steady_now();
+        for (auto it = _lingering.begin(); it != _lingering.end();) {
+            if (now - it->second.since <= linger_limit) {
+                ++it;
+                continue;
+            }
+            go.emplace_back(it->first, std::move(it->second.turn));
+            it = _lingering.erase(it);
+        }
+    }
+    for (const auto& [id, turn] : go) {
+        std::fprintf(
+            stderr,
+            "llmosd: request %llu, cancelled, has not ended in its worker for %lld "
+            "minutes: its session takes requests again\n",
+            static_cast<unsigned long long>(id),
+            static_cast<long long>((abandon_wait + linger_limit) / std::chrono::minutes(1)));
+    }
 }
 
 void daemon::drain(std::chrono::seconds limit) {
@@ -1328,7 +1384,7 @@ outcome daemon::run(const job& j, uint32_t tenant,
 }
 
 daemon::submitted::~submitted() {
-    if (!finished && client && !j.session.empty()) {
+    if (!finished && client && q && !j.session.empty()) {
         // Never streamed (its client went before, or the server stops). A
         // session's turn is let go only once its worker stopped writing
         // the session's request area (or abandon_wait passed), as finish()
@@ -1380,6 +1436,7 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         }
         auto gate = this->session_lock(j.session);
         while (!gate->enter_for(100ms)) {
+            let_go_lingering();
             throw_if_abandoned();
             if (still_wanted && !still_wanted()) {
                 _metrics.cancelled.fetch_add(1);
@@ -1462,6 +1519,9 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                 // or --engine): a larger one replaces it, with the
                 // conversation so far (the cache is of no use to this model
                 // or device anyway), and regions no smaller than it had.
+                if (_kv_pool) { // its K/V rows on the GPU go with it
+                    _kv_pool->forget({o->id(), lay.kv_off()});
+                }
                 if (auto r = session::read(mp->bytes())) {
                     old.length = o->length();
                     std::memcpy(&old.head, mp->data(), sizeof(old.head)); // as it was
@@ -1754,6 +1814,9 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
         so.deadline_ns = uint64_t(arrived.tv_sec) * 1000000000ull + uint64_t(arrived.tv_nsec) +
                          j.deadline_ms * 1000000ull;
     }
+    // Made before the request is: nothing that can fail comes between
+    // the scheduler taking it and its holder, which cancels it if it goes.
+    auto s = std::make_shared<submitted>(this, j, std::move(a));
     auto id = client->submit(so);
     if (!id && id.error() == std::errc::no_space_on_device) {
         // The scheduler keeps as many tenants as it may, none idle.
@@ -1772,16 +1835,18 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     if (!id) {
         throw server_error("scheduler: submit: " + id.error().message());
     }
+    s->id = *id;
+    s->client.emplace(std::move(*client));
+    s->q = attach(*id);
+    s->turn = std::move(turn);
+    s->ms = std::move(ms);
+    s->map = std::move(map);
     _metrics.requests.fetch_add(1);
     _metrics.prompt_tokens.fetch_add(prompt_tokens.size());
-    auto s = std::make_shared<submitted>(this, j, std::move(a));
     s->t0 = t0;
-    s->turn = std::move(turn);
     s->tenant = tenant;
     s->owner = owner;
     s->deadline = give_up;
-    s->ms = std::move(ms);
-    s->map = std::move(map);
     s->conv = std::move(conv);
     s->text = std::move(text);
     s->n_prompt = static_cast<uint32_t>(prompt_tokens.size());
@@ -1790,9 +1855,6 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     s->lay = lay;
     s->req_off = req_off;
     s->req_size = req.size();
-    s->id = *id;
-    s->q = attach(*id);
-    s->client.emplace(std::move(*client));
     return s;
 }
 
@@ -1811,7 +1873,7 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     out.prompt_tokens = s.n_prompt;
     // Why the request was cancelled, if it was.
     enum class stop { none, client_gone, timeout, shutdown } stopped = stop::none;
-    bool ended = false, first = true;
+    bool ended = false, first = true, worker_may_write = false;
     int32_t fail_status = 0;
     bool cut = false; // a limit ended it (the done descriptor says)
     const auto deadline = s.deadline;
@@ -1866,6 +1928,10 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                         }
                     }
                     if (steady_now() - cancelled_at > abandon_wait) {
+                        // A session's: its worker is in a long step, and
+                        // writes its output there after it. The session's
+                        // turn waits for its end (deliver()), or linger_limit.
+                        worker_may_write = !j.session.empty();
                         break;
                     }
                 }
@@ -1897,6 +1963,12 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
         }
     }
     detach(id);
+    if (worker_may_write) {
+        std::lock_guard lk(_streams_m);
+        if (_cancelled.count(id)) { // (else its worker ended it meanwhile)
+            _lingering.emplace(id, lingering{std::move(s.turn), steady_now()});
+        }
+    }
     auto f = fin ? llmos::result<llmos::finished_request>(*fin)
                  : client->wait(id, llmos::wait_for::at_most(10s));
     if (f && f->state == LLMOS_REQ_COMPLETED) { // (a failed one may say some)

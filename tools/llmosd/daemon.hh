@@ -199,6 +199,12 @@ struct outcome {
 /// (and drain() for the requests it cancelled).
 inline constexpr std::chrono::seconds abandon_wait{10};
 
+/// How long, past abandon_wait, a session's next turn waits for the worker
+/// still running its cancelled request (in a long step) to end it: until
+/// then the worker may write to the session's request area, which the
+/// next turn rewrites.
+inline constexpr std::chrono::minutes linger_limit{5};
+
 class daemon {
 public:
     /// Opens the backend, loads the models, starts the workers. Throws
@@ -364,7 +370,7 @@ private:
     std::shared_ptr<stream_queue> attach(uint64_t id);
     void detach(uint64_t id);
     /// Cancels `id` in the scheduler, and marks it for its worker.
-    void cancel(llmos::sched_client& client, uint64_t id);
+    void cancel(llmos::sched_client& client, uint64_t id) noexcept;
     void deliver(const llmos::descriptor& d);
 
     void choose_engine();
@@ -398,6 +404,17 @@ private:
     void sweep_streams();
     mutable std::mutex _sessions_m;
     std::map<std::string, std::weak_ptr<session_gate>> _session_locks;
+    /// Sessions' turns kept, past abandon_wait, for a worker still running
+    /// their cancelled request, by its id: let go at its end (deliver())
+    /// or past linger_limit (let_go_lingering()). Under _streams_m; after
+    /// _session_locks, whose entry a turn's last holder takes out.
+    struct lingering {
+        session_turn turn;
+        std::chrono::steady_clock::time_point since;
+    };
+    std::unordered_map<uint64_t, lingering> _lingering;
+    /// Lets go of the turns kept past linger_limit, saying so.
+    void let_go_lingering();
     std::map<std::string, api_key> _keys;
     uint32_t _default_tenant = 0;
     std::atomic<uint32_t> _in_flight{0};

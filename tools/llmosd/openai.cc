@@ -244,7 +244,13 @@ job parse_job(const std::string& body, bool chat) {
                         !part.contains("text") || !part["text"].is_string()) {
                         bad(at + ".content", "only text content parts are supported");
                     }
-                    text += part["text"].get<std::string>();
+                    // Parts are paragraphs: one line break between two
+                    // (as llama.cpp and vLLM join them), none around.
+                    const std::string& t = part["text"].get_ref<const std::string&>();
+                    if (!text.empty() && !t.empty()) {
+                        text += '\n';
+                    }
+                    text += t;
                 }
             } else if (content || r != "assistant") {
                 bad(at + ".content", "'" + at + ".content' must be a string");
@@ -282,7 +288,11 @@ job parse_job(const std::string& body, bool chat) {
     j.presence_penalty = static_cast<float>(number(o, "presence_penalty", -2, 2, 0));
     j.frequency_penalty = static_cast<float>(number(o, "frequency_penalty", -2, 2, 0));
     j.repeat_penalty = static_cast<float>(number(o, "repetition_penalty", 0.01, 10, 1.0));
-    j.repeat_last_n = static_cast<int32_t>(integer(o, "repeat_last_n", -1, 1 << 20, 64));
+    // OpenAI's presence and frequency penalties count the whole reply;
+    // llama.cpp's repetition penalty, alone, the last 64 tokens.
+    const bool openai_penalties = j.presence_penalty != 0 || j.frequency_penalty != 0;
+    j.repeat_last_n =
+        static_cast<int32_t>(integer(o, "repeat_last_n", -1, 1 << 20, openai_penalties ? -1 : 64));
     if (const json* v = field(o, "seed")) {
         // Any 64-bit integer, signed or not (as two's complement: -1 is
         // 2^64 - 1).

@@ -731,7 +731,18 @@ bool faulted() {
     return sticky() != cudaSuccess;
 }
 
+/// LLMOS_CUDA_EMU_HOLD: a file; while it exists, each kernel run waits
+/// (a step as long as a test wants, as a large model's would be).
+void held_while_the_file_is_there() {
+    static const char* const file = std::getenv("LLMOS_CUDA_EMU_HOLD");
+    struct stat st;
+    while (file && ::stat(file, &st) == 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
 bool injected_fault(const char* kernel) {
+    held_while_the_file_is_there();
     {
         std::lock_guard g(dev().mu);
         if (++dev().kernel_runs != dev().fault_at) {

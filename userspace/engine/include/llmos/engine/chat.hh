@@ -67,7 +67,9 @@ struct rendered_chat {
 /// with "[/INST]"). `bos` and `eos` are the texts the template knows as
 /// bos_token and eos_token. Throws std::invalid_argument for llama2 when
 /// the roles after an optional leading system message are not user,
-/// assistant, user, ... (the template raises there too).
+/// assistant, user, ... The template raises for a user message out of
+/// turn, and prints nothing for a later system message in an assistant's
+/// turn: here that is refused too, not dropped without a word.
 rendered_chat render_chat(chat_format f, std::span<const chat_message> messages,
                           bool add_generation_prompt, std::string_view bos, std::string_view eos);
 
