@@ -152,6 +152,7 @@ ctest_lane() {
 	junit="$root/build/$lane/junit.xml"
 	t0=$(date +%s)
 	rm -f "$junit"
+	rm -rf "build/$lane/test-counts"
 	# One test per CPU, four at most (a sanitized model test takes a GiB or
 	# two): each test has its own folders, sockets and ports.
 	local jobs
@@ -178,6 +179,18 @@ ctest_lane() {
 	# ctest failing with no failure in the report (a test that did not
 	# run): one failure, taken from what passed.
 	[ "$fails" -ne 0 ] || [ $rc -eq 0 ] || fails=1
+	# Shell tests of several cases wrote their counts ("PASSED FAILED
+	# SKIPPED", then each skip's reason): each case counts, not the one
+	# test the report has (a pass when none failed, else a failure).
+	local f p fl s extra_why=""
+	for f in "build/$lane/test-counts"/*; do
+		[ -f "$f" ] || continue
+		read -r p fl s <"$f" || continue
+		tests=$((tests + p + fl + s - 1))
+		[ "$fl" -eq 0 ] || fails=$((fails + fl - 1))
+		skips=$((skips + s))
+		extra_why+=$(sed -n "2,\$ s|^|$(basename "$f"): |p" "$f")$'\n'
+	done
 	say "ctest-$lane: $((tests - fails - skips)) passed, $fails failed, $skips skipped ($(($(date +%s) - t0)) s)"
 	if [ "$fails" -ne 0 ]; then
 		# The cases that failed, timed out or crashed (a sanitizer's
@@ -196,6 +209,7 @@ ctest_lane() {
 		skipped && /^skip: / { print substr($0, 7) }' "$junit" |
 		sed -e 's/&apos;/'"'"'/g' -e 's/&quot;/"/g' -e 's/&lt;/</g' -e 's/&gt;/>/g' \
 			-e 's/&amp;/\&/g')
+	why+=$'\n'$extra_why
 	if [ "$(printf '%s' "$why" | grep -c .)" -ge "$skips" ]; then
 		printf '%s\n' "$why" | grep . | sed 's/^/    skipped: /' || true
 	else
@@ -241,6 +255,16 @@ vm_tests() {
 	count vm "$p" "$f" "$s"
 }
 
+# The shared test data (a tiny llama model and its conformance vectors,
+# tests/CMakeLists.txt's LLMOS_TESTDATA_DIR) sits beside the clone.
+testdata_present() {
+	local f=$root/../shared/testdata/llama-tiny-f32.gguf
+	[ -f "$f" ] && return 0
+	echo "no $f: the shared test data must sit in ../shared/testdata beside this" \
+		"clone; the engine's, llmosd's and llmosctl's tests that read it fail without it"
+	return 1
+}
+
 summary() {
 	[ ${#failures[@]} -eq 0 ] || say "failed steps: ${failures[*]}"
 	if [ "$skipped" -gt 0 ]; then
@@ -263,6 +287,9 @@ main() {
 		summary
 		return
 	fi
+	# Counted (as a failure) only when it is missing: the tests that read
+	# it then fail (the VM's skip), and this says why first.
+	build_step testdata testdata_present
 	local kmod_ok=1 default_ok=1
 	build_step kmod bash -c '. "$LLMOS_CACHE/kernel.env" &&
 		make -C "$LLMOS_KDIR" M="$PWD/kmod" modules' || kmod_ok=0

@@ -51,7 +51,7 @@ show "$build/tools/mkmodel/llmos-mkmodel" --preset tiny --n-embd 256 --n-ff 512 
 
 say "llmosd serves it (OpenAI-compatible API on loopback, local backend)."
 start
-show curl -s "$url/v1/models"
+show curl -sS --fail-with-body "$url/v1/models"
 echo
 
 say "llmosctl talks to it: the models, then a prompt streamed to the terminal."
@@ -59,7 +59,7 @@ show "$build/tools/llmosctl" --server "$url" model list
 show "$build/tools/llmosctl" --server "$url" run "Tell me about mindspaces." -n 16 -t 0 --verbose
 
 say "The same over HTTP: a streamed chat completion (server-sent events):"
-show curl -s -N "$url/v1/chat/completions" -d '{"model": "demo", "max_tokens": 12,
+show curl -sS --fail-with-body -N "$url/v1/chat/completions" -d '{"model": "demo", "max_tokens": 12,
   "temperature": 0, "stream": true, "stream_options": {"include_usage": true},
   "messages": [{"role": "user", "content": "Tell me about mindspaces."}]}'
 
@@ -71,7 +71,8 @@ req() { # name priority max_tokens [session]
 	local body="{\"model\": \"demo\", \"priority\": $2, \"max_tokens\": $3, \"temperature\": 0,"
 	[ -n "${4:-}" ] && body+=" \"session\": \"$4\","
 	body+=" \"messages\": [{\"role\": \"user\", \"content\": \"Hello from $1\"}]}"
-	curl -s "$url/v1/chat/completions" -o "$work/$1.json" -d "$body"
+	curl -sS --fail-with-body "$url/v1/chat/completions" -o "$work/$1.json" -d "$body" ||
+		{ echo "demo: $1 was refused: $(cat "$work/$1.json")" >&2; return 1; }
 	echo "$1" >>"$work/order"
 }
 jobs=()
@@ -85,7 +86,10 @@ jobs+=($!)
 sleep 0.05
 req bob 200 40 bob &
 jobs+=($!)
-wait "${jobs[@]}"
+# Each one's status (a refused request ends the demo, saying so).
+for j in "${jobs[@]}"; do
+	wait "$j"
+done
 printf 'finished, in order: %s\n' "$(tr '\n' ' ' <"$work/order")"
 for name in alice bob; do
 	printf '%s replied: %s\n' "$name" "$(sed 's/.*"content":"\([^"]*\)".*/\1/' "$work/$name.json" | head -c 60)"
@@ -99,13 +103,13 @@ start
 show "$build/tools/llmosctl" --backend local ms list
 echo
 say "The next turn of bob's session sends only the new message; the server has the rest."
-show curl -s "$url/v1/chat/completions" -d '{"model": "demo", "session": "bob",
+show curl -sS --fail-with-body "$url/v1/chat/completions" -d '{"model": "demo", "session": "bob",
   "max_tokens": 8, "temperature": 0,
   "messages": [{"role": "user", "content": "And then?"}]}'
 echo
 
 say "Prometheus metrics:"
-curl -s "$url/metrics" | grep -E '^llmosd_(requests_total|generated_tokens_total|in_flight|queue_depth|mindspace_bytes|time_to_first_token_seconds_count) '
+curl -sS --fail-with-body "$url/metrics" | grep -E '^llmosd_(requests_total|generated_tokens_total|in_flight|queue_depth|mindspace_bytes|time_to_first_token_seconds_count) '
 
 kill "$pid"
 wait "$pid" || true

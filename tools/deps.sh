@@ -261,6 +261,18 @@ fetch_kernel() {
 }
 
 main() {
+	# The kernel's build system (make M=..., the headers' Makefile) and
+	# kernel.env take paths as words: a blank in one breaks them far
+	# from here.
+	local clone
+	clone=$(cd "$(dirname "$0")/.." && pwd)
+	case "$CACHE$clone" in
+	*[[:space:]]*)
+		die "a blank in the path of the cache ($CACHE) or of this clone ($clone):" \
+			"the kernel's build system cannot build the module there; use paths without" \
+			"blanks (LLMOS_CACHE for the cache)"
+		;;
+	esac
 	# A user with sudo gets a cache of their own making.
 	mkdir -p "$CACHE" 2>/dev/null || { [ -n "$SUDO" ] && sudo install -d -o "$(id -u)" -g "$(id -g)" "$CACHE"; } ||
 		die "cannot create cache folder $CACHE"

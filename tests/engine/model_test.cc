@@ -775,8 +775,16 @@ TEST(model_load, bad_hyperparameters_and_misaligned_tensors_are_refused) {
         refused(rewrite(arch + "rope.freq_base", bad), "must be finite and positive");
         refused(rewrite(arch + "attention.layer_norm_rms_epsilon", bad),
                 "must be finite and positive");
-        refused(rewrite(arch + "rope.scaling.factor", bad), "must be finite and positive");
+        if (bad != 0.0f) { // 0: no scaling (below)
+            refused(rewrite(arch + "rope.scaling.factor", bad), "must be finite and positive");
+        }
     }
+    // A head of another size than embedding / heads: its weights' shapes
+    // are not what this engine computes with, said as such.
+    const uint32_t head = f.find_u32(arch + "embedding_length").value() /
+                          f.find_u32(arch + "attention.head_count").value();
+    refused(rewrite(arch + "attention.key_length", head * 2), "attention.key_length is");
+    refused(rewrite(arch + "attention.value_length", head * 2), "attention.value_length is");
     // Position scaling: a factor is linear without a type, and the older
     // key rope.scale_linear is read too (a factor left out silently would
     // run a long-context model at the wrong positions).
@@ -800,6 +808,10 @@ TEST(model_load, bad_hyperparameters_and_misaligned_tensors_are_refused) {
                               {arch + "rope.scaling.factor", 4.0f}}));
     EXPECT_EQ(4.0f, scale_of({{arch + "rope.scaling.factor", 4.0f}}));
     EXPECT_EQ(2.0f, scale_of({{arch + "rope.scale_linear", 2.0f}}));
+    EXPECT_EQ(1.0f, scale_of({{arch + "rope.scaling.factor", 0.0f}})) << "0 is no scaling";
+    EXPECT_EQ(1.0f, scale_of({{arch + "attention.key_length", head},
+                              {arch + "attention.value_length", head}}))
+        << "the usual head size, said";
     EXPECT_EQ(1.0f, scale_of({{arch + "rope.scaling.type", std::string("none")},
                               {arch + "rope.scaling.factor", 4.0f}}));
     refused(rewrite(arch + "rope.scaling.type", std::string("yarn"),

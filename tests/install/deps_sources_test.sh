@@ -15,13 +15,14 @@ trap 'rm -rf "$tmp"' EXIT
 export LLMOS_APT_ETC=$tmp
 APT_ETC=$tmp
 mkdir -p "$tmp/sources.list.d"
-fails=0
+fails=0 passes=0
 expect() { # NAME WANT GOT
 	if [ "$2" != "$3" ]; then
 		printf 'not ok: %s: want "%s", got "%s"\n' "$1" "$2" "$3"
 		fails=$((fails + 1))
 	else
 		printf 'ok: %s\n' "$1"
+		passes=$((passes + 1))
 	fi
 }
 backports() { if have_backports; then echo yes; else echo no; fi; }
@@ -74,4 +75,9 @@ rm "$tmp/sources.list.d/debian.sources"
 echo "deb [trusted=yes] http://one.example/debian/ bookworm-backports main" \
 	>"$tmp/sources.list.d/bpo.list"
 expect "one-line backports with options" yes "$(backports)"
+# Each case counted by make check (tools/check.sh).
+if [ -n "${LLMOS_TEST_COUNTS:-}" ]; then
+	mkdir -p "$(dirname "$LLMOS_TEST_COUNTS")"
+	echo "$passes $fails 0" >"$LLMOS_TEST_COUNTS"
+fi
 [ "$fails" -eq 0 ]

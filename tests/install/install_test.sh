@@ -17,9 +17,14 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 n=0
 fail=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-notok() { n=$((n + 1)); fail=1; echo "not ok $n - $1"; sed 's/^/# /' "$stage/log"; }
-skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
+passes=0 fails=0 skips=() # for LLMOS_TEST_COUNTS
+ok() { n=$((n + 1)) passes=$((passes + 1)); echo "ok $n - $1"; }
+notok() {
+	n=$((n + 1)) fail=1 fails=$((fails + 1))
+	echo "not ok $n - $1"
+	sed 's/^/# /' "$stage/log"
+}
+skip() { n=$((n + 1)); skips+=("$1: $2"); echo "ok $n - $1 # SKIP $2"; }
 # check DESCRIPTION COMMAND...: one case, COMMAND's output shown on failure.
 check() {
 	local what=$1
@@ -580,5 +585,14 @@ if command -v shellcheck >/dev/null; then
 	check "shellcheck: this test" shellcheck "$src/tests/install/install_test.sh"
 else
 	skip "shellcheck: this test" "shellcheck is not installed"
+fi
+# Each case counted by make check (tools/check.sh): "PASSED FAILED
+# SKIPPED", then each skip with its reason.
+if [ -n "${LLMOS_TEST_COUNTS:-}" ]; then
+	mkdir -p "$(dirname "$LLMOS_TEST_COUNTS")"
+	{
+		echo "$passes $fails ${#skips[@]}"
+		[ ${#skips[@]} -eq 0 ] || printf '%s\n' "${skips[@]}"
+	} >"$LLMOS_TEST_COUNTS"
 fi
 exit $fail

@@ -12,7 +12,9 @@
 #include <cstring>
 #include <llmos/engine/context.hh>
 #include <llmos/engine/quant.hh>
+#include <new>
 #include <sched.h>
+#include <utility>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -779,18 +781,26 @@ bool context::mm_many(std::span<const mm_job> jobs, const float* x, size_t n_tok
             _pieces.push_back({&j, r, std::min(j.w->rows, r + rows_per)});
         }
     }
-    std::atomic<bool> ok{true};
+    std::atomic<bool> ok{true}, no_memory{false};
     _pool->parallel_for(static_cast<int64_t>(_pieces.size()), [&](int64_t b, int64_t e) {
         for (int64_t p = b; p < e; ++p) {
             const auto& pc = _pieces[size_t(p)];
             const weight_view sub = sub_rows(*pc.job->w, pc.r0, pc.r1);
-            // Inside the pool's loop, matmul runs on this thread alone.
-            if (matmul(sub, x, 1, pc.job->y + pc.r0, *_pool, _o.kernels, _o.activations) !=
-                matmul_status::ok) {
+            // Inside the pool's loop, matmul runs on this thread alone,
+            // with its thread's scratch, which may grow here: no memory
+            // for it fails the step (the loop may not throw).
+            try {
+                if (matmul(sub, x, 1, pc.job->y + pc.r0, *_pool, _o.kernels, _o.activations) !=
+                    matmul_status::ok) {
+                    ok = false;
+                }
+            } catch (const std::bad_alloc&) {
+                no_memory = true;
                 ok = false;
             }
         }
     });
+    _mm_no_memory = no_memory.load();
     return ok;
 }
 
@@ -887,12 +897,17 @@ step_status context::step(std::span<batch_entry> batch) {
         }
     };
 
+    // mm_many() failed: for want of memory, or a kernel refused.
+    auto mm_failed = [&] {
+        return std::exchange(_mm_no_memory, false) ? step_status::no_memory
+                                                   : step_status::compute_error;
+    };
     for (uint32_t l = 0; l < p.n_layer; ++l) {
         const layer_weights& w = _m.layers()[l];
         norm_all(w.attn_norm);
         const mm_job qkv[] = {{&w.wq, _q.data()}, {&w.wk, _k.data()}, {&w.wv, _v.data()}};
         if (!mm_many(qkv, _xn.data(), T)) {
-            return step_status::compute_error;
+            return mm_failed();
         }
         add_bias(_q.data(), w.bq, E);
         add_bias(_k.data(), w.bk, KV);
@@ -923,7 +938,7 @@ step_status context::step(std::span<batch_entry> batch) {
         norm_all(w.ffn_norm);
         const mm_job gate_up[] = {{&w.w_gate, _gate.data()}, {&w.w_up, _up.data()}};
         if (!mm_many(gate_up, _xn.data(), T)) {
-            return step_status::compute_error;
+            return mm_failed();
         }
         // Row by row: a row's elements fall on the same vector lanes (and
         // the same tail) whatever range of rows a thread is handed.

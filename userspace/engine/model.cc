@@ -142,6 +142,16 @@ model model::load(const gguf_file& f, simd_level kernels) {
                           ", ffn " + std::to_string(p.n_ff));
     }
     p.head_dim = p.n_embd / p.n_head;
+    // A head of another size than embedding / heads (Mistral Nemo's 128
+    // of 5120 / 32): its attention weights have other shapes.
+    for (const char* key : {".attention.key_length", ".attention.value_length"}) {
+        if (auto len = f.find_u32(l.arch + key); len && *len != p.head_dim) {
+            throw model_error("model: " + l.arch + key + " is " + std::to_string(*len) +
+                              ": heads of another size than embedding / heads (" +
+                              std::to_string(p.n_embd) + " / " + std::to_string(p.n_head) + " = " +
+                              std::to_string(p.head_dim) + ") are not supported");
+        }
+    }
     p.n_rot = f.find_u32(l.arch + ".rope.dimension_count").value_or(p.head_dim);
     if (p.n_rot > p.head_dim || p.n_rot % 2) {
         throw model_error("model: rope.dimension_count " + std::to_string(p.n_rot) +
@@ -160,8 +170,11 @@ model model::load(const gguf_file& f, simd_level kernels) {
     // a factor without a type is linear, as other GGUF readers take it.
     {
         const auto factor_at = f.find_f32(l.arch + ".rope.scaling.factor");
-        const float factor =
+        float factor =
             factor_at ? *factor_at : f.find_f32(l.arch + ".rope.scale_linear").value_or(1.0f);
+        if (factor == 0) {
+            factor = 1; // no scaling, as llama.cpp reads a factor of 0
+        }
         const std::string type(f.find_string(l.arch + ".rope.scaling.type").value_or("linear"));
         if (!std::isfinite(factor) || factor <= 0) {
             throw model_error("model: rope scaling factor " + std::to_string(factor) +

@@ -123,6 +123,7 @@ private:
         int64_t r0, r1;
     };
     std::vector<mm_piece> _pieces; // mm_many's row chunks
+    bool _mm_no_memory = false;    // mm_many's last failure: no memory for a scratch
     struct attn_job {
         uint32_t entry, kv_head, t0, t1;
         detail::attn_kernel kernel; ///< its entry's (detail::attention_kernel)
