@@ -223,7 +223,12 @@ fetch_kernel() {
 	if [ -f "$kdir/.ready" ]; then
 		return 0
 	fi
-	mkdir -p "$debs" "$kdir/root"
+	# (Another user's cache, set up part way: a run cut short, another
+	# kernel asked for.)
+	if ! mkdir -p "$debs" "$kdir/root" 2>/dev/null || [ ! -w "$debs" ] || [ ! -w "$kdir/root" ]; then
+		die "the kernel $kver is not set up in $CACHE, which this user cannot write:" \
+			"run make deps as its owner ($(stat -c %U "$CACHE")), or set LLMOS_CACHE"
+	fi
 	for p in "${kpkgs[@]}"; do
 		ls "$debs/${p}"_*.deb >/dev/null 2>&1 || download_deb "$p" "$debs"
 		log "unpacking $p"

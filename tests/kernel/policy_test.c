@@ -841,13 +841,22 @@ static long long take_start_complete(int worker, int flags)
 	return d.id;
 }
 
+static double ms_since(clockid_t clock, const struct timespec *a)
+{
+	struct timespec z;
+
+	clock_gettime(clock, &z);
+	return (z.tv_sec - a->tv_sec) * 1e3 + (z.tv_nsec - a->tv_nsec) / 1e6;
+}
+
 TEST_F(policy, locality_prefers_the_worker_that_ran_the_mindspace)
 {
 	struct llmos_worker_register r = {
 		.size = sizeof(r), .capacity = 1, .numa_node = -1,
 	};
 	struct llmos_sched_stats st;
-	long long r1, r2, r3;
+	long long r1, r2, r3, got;
+	struct timespec t;
 	int b, fd7, fd8;
 	__u64 ms7 = ms_new(self->client, &fd7), ms8 = ms_new(self->client, &fd8);
 
@@ -859,10 +868,21 @@ TEST_F(policy, locality_prefers_the_worker_that_ran_the_mindspace)
 	ASSERT_EQ(0, ioctl(b, LLMOS_IOC_WORKER_REGISTER, &r));
 	r1 = submit_ms(self->client, ms7);
 	ASSERT_EQ(r1, take_start_complete(self->worker, 0)); /* A runs ms7 */
+	clock_gettime(CLOCK_MONOTONIC, &t);
 	r2 = submit_ms(self->client, ms7);
 	/* B asks first, but r2 waits for A, whose cache holds ms7. */
-	EXPECT_EQ(-EAGAIN, take_start_complete(b, LLMOS_NONBLOCK));
-	EXPECT_EQ(r2, take_start_complete(self->worker, 0));
+	got = take_start_complete(b, LLMOS_NONBLOCK);
+	if (ms_since(CLOCK_MONOTONIC, &t) < 150) {
+		EXPECT_EQ(-EAGAIN, got);
+		EXPECT_EQ(r2, take_start_complete(self->worker, 0));
+	} else {
+		/* The emulated machine paused near steal_after_ns: B may. */
+		TH_LOG("%.0f ms from SUBMIT to B's DISPATCH: not checked",
+		       ms_since(CLOCK_MONOTONIC, &t));
+		if (got == -EAGAIN)
+			got = take_start_complete(self->worker, 0);
+		EXPECT_EQ(r2, got);
+	}
 	/* Past steal_after_ns, B may take A's request. */
 	r3 = submit_ms(self->client, ms7);
 	usleep(400 * 1000);
@@ -1003,14 +1023,6 @@ TEST_F(policy, locality_lets_the_queues_of_departed_workers_go)
 	close(fd7);
 }
 
-static double ms_since(clockid_t clock, const struct timespec *a)
-{
-	struct timespec z;
-
-	clock_gettime(clock, &z);
-	return (z.tv_sec - a->tv_sec) * 1e3 + (z.tv_nsec - a->tv_nsec) / 1e6;
-}
-
 TEST_F(policy, a_worker_waits_for_held_requests_without_spinning)
 {
 	struct llmos_worker_register r = {
@@ -1033,9 +1045,10 @@ TEST_F(policy, a_worker_waits_for_held_requests_without_spinning)
 	 * r2 is held for A (200 ms): B, with room and a request queued that
 	 * is not for it yet, sleeps in DISPATCH until the policy lets go.
 	 */
-	r2 = submit_ms(self->client, ms9);
+	/* (The hold starts in SUBMIT: the clocks before it.) */
 	clock_gettime(CLOCK_MONOTONIC, &wall);
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+	r2 = submit_ms(self->client, ms9);
 	EXPECT_EQ(r2, take_start_complete(b, 0));
 	cpu_ms = ms_since(CLOCK_THREAD_CPUTIME_ID, &cpu);
 	wall_ms = ms_since(CLOCK_MONOTONIC, &wall);
@@ -1134,9 +1147,10 @@ TEST_F(policy, a_worker_back_from_a_long_step_waits_from_its_return)
 }
 
 /*
- * A worker that polls between its steps (LLMOS_NONBLOCK, 200 ms apart:
- * less than half of never_dispatch's 500 ms timeout) asks all along: the
- * policy that gives it nothing is ejected, and the request comes.
+ * A worker that polls between its steps (LLMOS_NONBLOCK, 100 ms apart:
+ * well under half of never_dispatch's 500 ms timeout, with room for the
+ * emulated machine's pauses) asks all along: the policy that gives it
+ * nothing is ejected, and the request comes.
  */
 TEST_F(policy, a_worker_that_polls_between_its_steps_is_asking)
 {
@@ -1147,7 +1161,7 @@ TEST_F(policy, a_worker_that_polls_between_its_steps_is_asking)
 	ASSERT_EQ(0, attach(&self->p, "never_dispatch"));
 	id = submit(self->client, 0, 0, 1, 0);
 	ASSERT_LT(0, id);
-	ms = poll_until_served(self->worker, 200, &got);
+	ms = poll_until_served(self->worker, 100, &got);
 	TH_LOG("the request came after %.0f ms of polling", ms);
 	EXPECT_EQ(id, got);
 	EXPECT_LE(450, ms);

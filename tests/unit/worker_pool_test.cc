@@ -341,7 +341,9 @@ TEST_P(worker_pool_test, stop_gives_back_what_is_held_and_a_new_pool_serves_it) 
     auto c = llmos::sched_client::open(dev()).value();
     std::map<uint64_t, llmos::submit_options> ids;
     for (uint32_t i = 0; i < 8; ++i) {
-        auto p = prompt(i * 4096, 100, i);
+        // 4 s each: stop() comes long before they end, however late
+        // this thread gets there.
+        auto p = prompt(i * 8192, 2000, i);
         ids[c.submit(p).value()] = p;
     }
     while ((*pool)->info(0).active.load() == 0) {
@@ -936,8 +938,9 @@ public:
             std::this_thread::sleep_for(1ms);
         }
         // drain() has begun: the test calls it right after setting the
-        // flag (a loaded machine may hold its thread a while).
-        std::this_thread::sleep_for(500ms);
+        // flag (a loaded machine may hold its thread a while: 500 ms was
+        // not always enough).
+        std::this_thread::sleep_for(2s);
     }
 
 private:

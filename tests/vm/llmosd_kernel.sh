@@ -38,9 +38,9 @@ start 256 /tmp/llmosd.log
 expect "llmosd starts on the kernel backend" sh -c \
 	'[ -n "$1" ] && grep -q "(kernel backend, cpu (" /tmp/llmosd.log' sh "$port"
 expect "health answers" sh -c "wget -q -O - $url/health | grep -q '\"ok\"'"
-# Workers register a moment after llmosd listens: up to 5 s.
+# Workers register a moment after llmosd listens: up to 30 s.
 expect "the scheduler sees its worker" sh -c \
-	'for i in $(seq 50); do
+	'for i in $(seq 300); do
 		llmosctl --json sched status | tr -d " \n" | grep -q "\"workers\":1" && exit 0
 		sleep 0.1
 	done
@@ -148,12 +148,19 @@ served() { ask "$1" | grep -q '"choices"'; }
 # The 403's body: busybox wget shows none, so the request goes through nc.
 refused() {
 	body="{\"model\": \"tiny\", \"prompt\": \"Hi\", \"max_tokens\": 2, \"tenant\": $1}"
-	# (busybox nc stops reading once its input ends: that waits a moment)
+	# (busybox nc stops reading once its input ends: that waits for the
+	# answer's body, 30 s at most, and a moment for its end)
+	: >"$out.reply"
 	{
 		printf 'POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
 			"${#body}" "$body"
-		sleep 2
-	} | nc 127.0.0.1 "${url##*:}" >"$out.reply" 2>&1
+		i=0
+		while [ $i -lt 300 ] && ! grep -q -e '"error"' -e '"choices"' "$out.reply"; do
+			sleep 0.1
+			i=$((i + 1))
+		done
+		sleep 0.3
+	} | nc 127.0.0.1 "${url##*:}" >>"$out.reply" 2>&1
 	head -n 1 "$out.reply" | grep -q " 403 " && grep -q '"tenant_not_granted"' "$out.reply"
 }
 expect "llmosd of a user granted workers alone says which tenants it will be refused" \
