@@ -2261,6 +2261,53 @@ TEST_F(llmosd_test, half_closes_and_empty_lines_before_a_request_are_taken) {
     EXPECT_TRUE(a.text.starts_with("HTTP/1.1 414 URI Too Long\r\n")) << a.text.substr(0, 200);
 }
 
+// A request target in absolute form (a proxy's) is served as its path,
+// its authority standing for Host (a browser's rules look at it); another
+// HTTP than 1.x is 505, saying which.
+TEST_F(llmosd_test, absolute_form_targets_are_served_and_other_http_versions_are_505) {
+    server s(_dir);
+    const std::string port = std::to_string(s.port);
+    auto a = raw_exchange(s.port, "GET http://127.0.0.1:" + port +
+                                      "/health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                      "Connection: close\r\n\r\n");
+    EXPECT_EQ(a.status(), 200) << a.text;
+    EXPECT_EQ(a.body()["status"], "ok") << a.text;
+    const std::string body = R"({"model": "tiny", "prompt": "x", "max_tokens": 2})";
+    a = raw_exchange(s.port, "POST HTTP://localhost:" + port +
+                                 "/v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                 "Content-Type: application/json\r\nContent-Length: " +
+                                 std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" +
+                                 body);
+    EXPECT_EQ(a.status(), 200) << a.text;
+    EXPECT_TRUE(a.body().contains("choices")) << a.text;
+    // No path: the root, which is no endpoint.
+    a = raw_exchange(s.port, "GET http://localhost HTTP/1.1\r\nHost: localhost\r\n"
+                             "Connection: close\r\n\r\n");
+    EXPECT_EQ(a.status(), 404) << a.text;
+    // The authority is the host a browser's request is checked by, not
+    // the Host header: a browser's request naming another host is a
+    // foreign one.
+    a = raw_exchange(s.port, "GET http://attacker.example:" + port +
+                                 "/v1/models HTTP/1.1\r\nHost: localhost:" + port +
+                                 "\r\nSec-Fetch-Site: same-origin\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(a.status(), 403) << a.text;
+    EXPECT_EQ(a.body()["error"]["code"], "foreign_host") << a.text;
+    a = raw_exchange(s.port, "GET http://localhost:" + port +
+                                 "/v1/models HTTP/1.1\r\nHost: attacker.example:" + port +
+                                 "\r\nSec-Fetch-Site: same-origin\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(a.status(), 200) << a.text;
+    for (const char* v : {"HTTP/2.0", "HTTP/3"}) {
+        a = raw_exchange(s.port, std::string("GET /health ") + v + "\r\nHost: localhost\r\n\r\n");
+        EXPECT_EQ(a.status(), 505) << v << ": " << a.text;
+        EXPECT_EQ(a.body()["error"]["code"], "http_version_not_supported") << a.text;
+        EXPECT_NE(a.body()["error"]["message"].get<std::string>().find(v), std::string::npos)
+            << a.text;
+        EXPECT_TRUE(a.closed) << v;
+    }
+    a = raw_exchange(s.port, "GET /health FTP/1.1\r\nHost: localhost\r\n\r\n");
+    EXPECT_EQ(a.status(), 400) << a.text;
+}
+
 TEST_F(llmosd_test, sigterm_does_not_wait_for_a_client_that_trickles) {
     server s(_dir, {"--drain-timeout", "1"});
     ASSERT_GT(s.port, 0) << s.log();

@@ -105,6 +105,25 @@ struct origin_rules {
     }
 };
 
+// A request target in absolute form ("http://HOST/PATH", the scheme in
+// any case): {HOST, PATH} ("/" for none), or nothing.
+std::optional<std::pair<std::string, std::string>> absolute_form(const std::string& target) {
+    size_t at = 0;
+    if (starts_with_nocase(target, "http://")) {
+        at = 7;
+    } else if (starts_with_nocase(target, "https://")) {
+        at = 8;
+    } else {
+        return std::nullopt;
+    }
+    const size_t slash = target.find('/', at);
+    std::string host = target.substr(at, slash == std::string::npos ? slash : slash - at);
+    if (host.empty()) {
+        return std::nullopt;
+    }
+    return std::pair{std::move(host), slash == std::string::npos ? "/" : target.substr(slash)};
+}
+
 // Why a request's body framing cannot be trusted (RFC 9112 5.1, 6.1, 6.3),
 // or nothing. httplib would take the first Content-Length, or chunked over
 // it, skip a header whose name ends in a blank, read no body at all for
@@ -478,6 +497,17 @@ http_server::http_server(daemon& d)
             e.message = "method not allowed";
             break;
         default:
+            // A request line of another HTTP than 1.x (httplib keeps the
+            // version it read): 505, saying which.
+            if (req.version.starts_with("HTTP/") && req.version.size() <= 16 &&
+                !req.version.starts_with("HTTP/1.")) {
+                e.status = res.status = 505;
+                e.message =
+                    "'" + req.version + "' is not served here: llmosd speaks HTTP/1.1 (and 1.0)";
+                e.code = "http_version_not_supported";
+                send_error(res, e, true);
+                return;
+            }
             // A request line or headers httplib could not parse: what
             // follows cannot be told apart either, so the connection goes.
             e.message = "bad request";
@@ -496,6 +526,15 @@ http_server::http_server(daemon& d)
             // 9110 14.2), not applied to JSON or error bodies. httplib has
             // parsed it into the request, which it owns (not const there).
             const_cast<httplib::Request&>(req).ranges.clear();
+            // The absolute-form (RFC 9112 3.2.2: "http://host/path", what a
+            // client sends a proxy) is served as its path, and its
+            // authority stands for the Host header, which is ignored.
+            if (auto abs = absolute_form(req.path)) {
+                auto& r = const_cast<httplib::Request&>(req);
+                r.path = abs->second;
+                r.headers.erase("Host");
+                r.headers.emplace("Host", abs->first);
+            }
             // A listed origin's pages ask first (a CORS preflight) for what
             // a plain form could not send: JSON, an API key.
             const std::string origin = req.get_header_value("Origin");
