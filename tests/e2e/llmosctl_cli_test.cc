@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -299,8 +300,18 @@ TEST_F(llmosctl_local, a_save_cut_short_by_a_signal_leaves_nothing_beside_the_fi
         ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
         ::_exit(127);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    // Sent while the save runs (its temporary file is there: llmosctl has
+    // set up how it takes signals), not before nor after.
+    bool saving = false;
+    for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+         !saving && std::chrono::steady_clock::now() < until;) {
+        std::error_code ec;
+        for (const auto& e : std::filesystem::directory_iterator(_dir + "/out", ec)) {
+            saving |= e.path().filename() != "big.llmosms";
+        }
+    }
     ::kill(child, SIGHUP);
+    EXPECT_TRUE(saving) << "no temporary file was seen: the signal came outside the save";
     int st = 0;
     ASSERT_EQ(::waitpid(child, &st, 0), child);
     EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << cmd << ": status " << st;

@@ -1944,7 +1944,8 @@ TEST_F(llmosd_test, a_model_swapped_out_or_unloaded_after_serving_is_let_go) {
 
 TEST_F(llmosd_test, sigterm_drains_the_requests_in_flight) {
     // One slot, held by a long stream: a short request waits queued, in
-    // flight, for as long as the test needs (no race with its end).
+    // flight, while the stream lasts (60000 tokens: seconds optimized,
+    // far longer under a sanitizer).
     server s(_dir, {"--ctx", "65536", "--slots", "1", "--workers", "1", "--drain-timeout", "120"});
     held_stream busy(s); // the only slot
     std::string text;

@@ -294,16 +294,18 @@ TEST_P(worker_pool_test, a_batch_class_pool_runs_under_sched_batch) {
 TEST_P(worker_pool_test, continuous_batching_fills_the_slots) {
     auto o = opts({.decode_step = 1ms, .bytes_per_token = 8}, 4);
     o.cpus.resize(1);
-    auto pool = llmos::worker_pool::start(dev(), o);
-    ASSERT_TRUE(pool);
     auto c = llmos::sched_client::open(dev()).value();
     std::map<uint64_t, llmos::submit_options> ids;
     uint64_t tokens = 0;
+    // All queued before the worker starts: a pause of this thread does
+    // not leave it running them one at a time.
     for (uint32_t i = 0; i < 12; ++i) {
         auto p = prompt(i * 4096, 64 + 8 * i, i);
         tokens += p.prompt_len / 8;
         ids[c.submit(p).value()] = p;
     }
+    auto pool = llmos::worker_pool::start(dev(), o);
+    ASSERT_TRUE(pool);
     expect_echoed(c, ids, 8);
     auto steps = (*pool)->info(0).steps.load();
     // Alone, each token is a step; four at a time, about a quarter.

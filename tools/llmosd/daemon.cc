@@ -1018,6 +1018,16 @@ void daemon::deliver(const llmos::descriptor& d) {
     q->cv.notify_one();
 }
 
+void daemon::linger(uint64_t id, session_turn& turn) noexcept {
+    try {
+        std::lock_guard lk(_streams_m);
+        if (_cancelled.count(id)) { // (else its worker ended it meanwhile)
+            _lingering.emplace(id, lingering{std::move(turn), steady_now()});
+        }
+    } catch (const std::bad_alloc&) { // the turn goes now
+    }
+}
+
 void daemon::let_go_lingering() {
     std::vector<std::pair<uint64_t, session_turn>> go;
     {
@@ -1054,7 +1064,11 @@ void daemon::drain(std::chrono::seconds limit) {
         _abandon = true;
         wait_for_none(_in_flight, abandon_wait);
     }
-    if (_pool) {
+    if (_pool && _abandon.load()) {
+        // What the workers still run (other clients' requests, which a
+        // drain would run to their end) goes back to the queue.
+        _pool->stop();
+    } else if (_pool) {
         _pool->drain();
     }
 }
@@ -1398,6 +1412,11 @@ daemon::submitted::~submitted() {
         // Never streamed (its client went before): nobody waits for it.
         d->cancel(*client, id);
         d->detach(id);
+        if (!q && !j.session.empty()) {
+            // Not finish()ed (no queue to wait on): a worker may have it,
+            // and write to the session's request area until its end.
+            d->linger(id, turn);
+        }
     }
     if (j.session.empty() && ms && d->_dev->kind() == llmos::backend_kind::local) {
         // The request's mindspace goes with its last holder. The local
@@ -1519,8 +1538,9 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                 // or --engine): a larger one replaces it, with the
                 // conversation so far (the cache is of no use to this model
                 // or device anyway), and regions no smaller than it had.
-                if (_kv_pool) { // its K/V rows on the GPU go with it
-                    _kv_pool->forget({o->id(), lay.kv_off()});
+                if (_kv_pool) { // its K/V rows on the GPU go with it (where its header put them)
+                    const auto r = session::read(mp->bytes());
+                    _kv_pool->forget({o->id(), (r ? session::of(*r) : lay).kv_off()});
                 }
                 if (auto r = session::read(mp->bytes())) {
                     old.length = o->length();
@@ -1837,10 +1857,10 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
     }
     s->id = *id;
     s->client.emplace(std::move(*client));
-    s->q = attach(*id);
     s->turn = std::move(turn);
     s->ms = std::move(ms);
     s->map = std::move(map);
+    s->q = attach(*id);
     _metrics.requests.fetch_add(1);
     _metrics.prompt_tokens.fetch_add(prompt_tokens.size());
     s->t0 = t0;
@@ -1964,10 +1984,7 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     }
     detach(id);
     if (worker_may_write) {
-        std::lock_guard lk(_streams_m);
-        if (_cancelled.count(id)) { // (else its worker ended it meanwhile)
-            _lingering.emplace(id, lingering{std::move(s.turn), steady_now()});
-        }
+        linger(id, s.turn);
     }
     auto f = fin ? llmos::result<llmos::finished_request>(*fin)
                  : client->wait(id, llmos::wait_for::at_most(10s));

@@ -415,6 +415,9 @@ private:
     std::unordered_map<uint64_t, lingering> _lingering;
     /// Lets go of the turns kept past linger_limit, saying so.
     void let_go_lingering();
+    /// Keeps `turn` (of cancelled request `id`, which a worker may still
+    /// write the session's request area for) until the worker ends it.
+    void linger(uint64_t id, session_turn& turn) noexcept;
     std::map<std::string, api_key> _keys;
     uint32_t _default_tenant = 0;
     std::atomic<uint32_t> _in_flight{0};
