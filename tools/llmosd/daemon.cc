@@ -1140,6 +1140,7 @@ void daemon::upkeep() {
     std::unique_lock lk(_upkeep_m);
     while (!_upkeep_cv.wait_for(lk, period, [&] { return _upkeep_stop; })) {
         lk.unlock();
+        let_go_lingering(); // (so that an idle session kept past it can end)
         try {
             if (idle.count() > 0) {
                 expire_sessions(); // its listing removes what nobody holds too
