@@ -241,6 +241,18 @@ std::string metrics_once(httplib::Client& c, const std::string& name, double wan
     return m;
 }
 
+// Whether `done` holds within 60 s, looked at every 10 ms.
+bool within_a_minute(const std::function<bool()>& done) {
+    for (auto until = std::chrono::steady_clock::now() + 60s;
+         std::chrono::steady_clock::now() < until;) {
+        if (done()) {
+            return true;
+        }
+        std::this_thread::sleep_for(10ms);
+    }
+    return done();
+}
+
 class llmosd_test : public ::testing::Test {
 protected:
     std::string _dir;
@@ -1880,17 +1892,11 @@ TEST_F(llmosd_test, models_load_swap_and_unload_without_dropping_requests) {
         });
         // The new file is "second" (nothing in flight on it) while the
         // stream goes on on the old one.
-        for (auto until = std::chrono::steady_clock::now() + 60s;
-             second_in_flight() != 0 && std::chrono::steady_clock::now() < until;) {
-            std::this_thread::sleep_for(10ms);
-        }
-        EXPECT_EQ(second_in_flight(), 0) << "the swap did not come";
+        EXPECT_TRUE(within_a_minute([&] { return second_in_flight() == 0; }))
+            << "the swap did not come";
         const size_t at_swap = t.bytes();
-        for (auto until = std::chrono::steady_clock::now() + 60s;
-             t.bytes() < at_swap + 4096 && std::chrono::steady_clock::now() < until;) {
-            std::this_thread::sleep_for(10ms);
-        }
-        EXPECT_GE(t.bytes(), at_swap + 4096) << "the stream stopped at the swap";
+        EXPECT_TRUE(within_a_minute([&] { return t.bytes() >= at_swap + 4096; }))
+            << "the stream stopped at the swap";
         EXPECT_EQ(swapped.load(), 0) << "the swap did not wait for the request on the old file";
         t.release();
         sw.join();
@@ -1969,13 +1975,9 @@ TEST_F(llmosd_test, sigterm_drains_the_requests_in_flight) {
               std::string::npos)
         << "the short request was never in flight";
     ::kill(s.pid, SIGTERM);
-    bool said = false;
-    for (auto until = std::chrono::steady_clock::now() + 60s;
-         !said && std::chrono::steady_clock::now() < until;) {
-        said = s.log().find("draining 2 request(s) in flight") != std::string::npos;
-        std::this_thread::sleep_for(said ? 0ms : 10ms);
-    }
-    EXPECT_TRUE(said) << s.log();
+    EXPECT_TRUE(within_a_minute([&] {
+        return s.log().find("draining 2 request(s) in flight") != std::string::npos;
+    })) << s.log();
     // The stream's client goes; the queued request runs, and llmosd ends.
     busy.release();
     t.join();

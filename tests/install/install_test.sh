@@ -16,11 +16,10 @@ src=$2
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 n=0
-fail=0
-passes=0 fails=0 skips=() # for LLMOS_TEST_COUNTS
+passes=0 fails=0 skips=() # skips for LLMOS_TEST_COUNTS
 ok() { n=$((n + 1)) passes=$((passes + 1)); echo "ok $n - $1"; }
 notok() {
-	n=$((n + 1)) fail=1 fails=$((fails + 1))
+	n=$((n + 1)) fails=$((fails + 1))
 	echo "not ok $n - $1"
 	sed 's/^/# /' "$stage/log"
 }
@@ -595,4 +594,4 @@ if [ -n "${LLMOS_TEST_COUNTS:-}" ]; then
 		[ ${#skips[@]} -eq 0 ] || printf '%s\n' "${skips[@]}"
 	} >"$LLMOS_TEST_COUNTS"
 fi
-exit $fail
+[ "$fails" -eq 0 ]

@@ -1894,7 +1894,7 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
     out.prompt_tokens = s.n_prompt;
     // Why the request was cancelled, if it was.
     enum class stop { none, client_gone, timeout, shutdown } stopped = stop::none;
-    bool ended = false, first = true, worker_may_write = false;
+    bool ended = false, first = true;
     int32_t fail_status = 0;
     bool cut = false; // a limit ended it (the done descriptor says)
     const auto deadline = s.deadline;
@@ -1952,7 +1952,9 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
                         // A session's: its worker is in a long step, and
                         // writes its output there after it. The session's
                         // turn waits for its end (deliver()), or linger_limit.
-                        worker_may_write = !j.session.empty();
+                        if (!j.session.empty()) {
+                            linger(id, s.turn);
+                        }
                         break;
                     }
                 }
@@ -1984,9 +1986,6 @@ outcome daemon::finish(submitted& s, const std::function<bool(std::string_view)>
         }
     }
     detach(id);
-    if (worker_may_write) {
-        linger(id, s.turn);
-    }
     auto f = fin ? llmos::result<llmos::finished_request>(*fin)
                  : client->wait(id, llmos::wait_for::at_most(10s));
     if (f && f->state == LLMOS_REQ_COMPLETED) { // (a failed one may say some)
