@@ -898,6 +898,81 @@ TEST_P(worker_pool_test, a_request_cancelled_as_it_ends_is_streamed_as_a_failure
     EXPECT_EQ(got.back().length, 0u);
 }
 
+// A request cancelled through the scheduler while its worker runs it, and
+// before the worker looks (here: in the step that loses the device, or
+// crashes an engine that cannot be made again): the worker gives back
+// what it holds, and finds this one no longer held. Its end is streamed
+// all the same (a failure), or whoever streams it waits for ever; the
+// other one goes back and is served by the next pool.
+TEST_P(worker_pool_test, a_request_cancelled_before_its_worker_gives_it_back_ends_its_stream) {
+    for (bool lost : {true, false}) {
+        SCOPED_TRACE(lost ? "the device is lost" : "the engine crashes and cannot be made again");
+        _log.by_req.clear();
+        auto c = llmos::sched_client::open(dev()).value();
+        const auto x = c.submit(prompt(0, 400, 1)).value();    // cancelled
+        const auto y = c.submit(prompt(4096, 400, 2)).value(); // loses the device
+        std::atomic<int> made{0};
+        auto o = opts({});
+        o.cpus.resize(1);
+        o.slots = 2;
+        o.engine = [&](unsigned) -> std::unique_ptr<llmos::inference_engine> {
+            if (made.fetch_add(1) > 0) {
+                throw std::runtime_error("out of memory");
+            }
+            return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{
+                .bytes_per_token = 4, .on_step = [&, x, y](const llmos::sequence& s) {
+                    if (s.req.id == y && s.produced >= 8) {
+                        EXPECT_FALSE(c.cancel(x));
+                        if (lost) {
+                            throw llmos::engine::device_lost("kernel: cudaErrorIllegalAddress");
+                        }
+                        throw std::runtime_error("crash");
+                    }
+                }});
+        };
+        auto pool = llmos::worker_pool::start(dev(), o);
+        ASSERT_TRUE(pool);
+        const auto f = c.wait(x, llmos::wait_for::at_most(10s));
+        ASSERT_TRUE(f) << f.error().message();
+        EXPECT_EQ(f->state, LLMOS_REQ_CANCELLED);
+        auto ended = [&] {
+            std::lock_guard lk(_log.m);
+            auto it = _log.by_req.find(x);
+            return it != _log.by_req.end() &&
+                   it->second.back().kind != uint32_t(output_kind::tokens);
+        };
+        const auto until = std::chrono::steady_clock::now() + 10s;
+        while (!ended() && std::chrono::steady_clock::now() < until) {
+            std::this_thread::sleep_for(1ms);
+        }
+        ASSERT_TRUE(ended()) << "no end streamed for the cancelled request";
+        {
+            std::lock_guard lk(_log.m);
+            const auto& got = _log.by_req[x];
+            EXPECT_EQ(got.back().kind, uint32_t(output_kind::failed));
+            EXPECT_EQ(got.back().length, 0u);
+            EXPECT_EQ(got.back().offset, llmos::output_offset(0, 400));
+            EXPECT_EQ(std::count_if(got.begin(), got.end(),
+                                    [](const descriptor& d) {
+                                        return d.kind != uint32_t(output_kind::tokens);
+                                    }),
+                      1);
+            EXPECT_EQ(_log.by_req.count(y) ? _log.by_req[y].back().kind
+                                           : uint32_t(output_kind::tokens),
+                      uint32_t(output_kind::tokens))
+                << "y is not ended here: it goes back";
+        }
+        EXPECT_EQ((*pool)->info(0).failed.load(), 1u);
+        EXPECT_EQ((*pool)->info(0).served.load(), 0u);
+        (*pool)->stop();
+        auto again = llmos::worker_pool::start(dev(), opts({.bytes_per_token = 4}));
+        ASSERT_TRUE(again);
+        auto g = c.wait(y, llmos::wait_for::at_most(20s));
+        ASSERT_TRUE(g) << g.error().message();
+        EXPECT_EQ(g->state, LLMOS_REQ_COMPLETED);
+    }
+}
+
 // The scheduler refuses a request's START for another reason than its
 // cancel (EIO here): not the request's fault, nor a cancel. It goes back,
 // uncounted (with max_requeues 1, one counted requeue would fail it), and

@@ -986,10 +986,21 @@ void worker_pool::run_worker(unsigned i) {
                     break;
                 }
             }
+            // One cancelled through the scheduler meanwhile is no longer
+            // held: it goes back to no queue, and no worker will end it.
+            // Its end is streamed here, as finish() streams a cancelled
+            // one's, so that whoever streams it (llmosd, keeping the
+            // request's session for it) is not left waiting.
+            auto end_cancelled = [&](uint64_t id, uint64_t off) noexcept {
+                emit({id, off, 0, static_cast<uint32_t>(output_kind::failed)});
+                info.failed.fetch_add(1);
+            };
             // Taken and not set up (some started already): back as the
             // set-up ones go below, uncounted.
             for (size_t k = set_up; k < taken.size(); ++k) {
-                w.give_back(taken[k]);
+                if (not_held(w.give_back(taken[k]))) {
+                    end_cancelled(taken[k], 0);
+                }
             }
             for (auto& sl : active) {
                 if (engine) { // without one, recover() released them
@@ -999,9 +1010,11 @@ void worker_pool::run_worker(unsigned i) {
                 // no batch that crashed here goes back unfinished, not as a
                 // crash. The rest (all of it when aborted) `w` gives back as
                 // its end does, counting a requeue: the next worker runs it
-                // alone, and max_requeues of those fail it.
-                if (!aborted && !sl.crashed) {
-                    w.give_back(sl.s->req.id);
+                // alone, and max_requeues of those fail it. (START asks
+                // whether `w` still holds one: EINVAL while it does.)
+                const uint64_t id = sl.s->req.id;
+                if (not_held(!aborted && !sl.crashed ? w.give_back(id) : w.start(id))) {
+                    end_cancelled(id, sl.s->output_off);
                 }
             }
             maps.clear();
