@@ -804,13 +804,37 @@ TEST_F(llmosctl_llmosd, a_silent_server_is_a_timeout) {
         }
         res.set_content("{}", "application/json");
     });
+    for (const char* path : {"/v1/chat/completions", "/v1/completions"}) {
+        f.svr.Post(path, [&gave_up](const httplib::Request&, httplib::Response& res) {
+            for (int i = 0; i < 600 && !gave_up; ++i) { // a first token that never comes
+                std::this_thread::sleep_for(100ms);
+            }
+            res.set_content("{}", "application/json");
+        });
+    }
     f.start();
-    auto r = ctl("--server " + f.url() + " model list");
+    // A generation waits 15 minutes for its next piece by default; this
+    // long as --reply-timeout says.
+    for (const char* args : {"run --model m hi", "run --raw --model m hi"}) {
+        auto g = ctl("--server " + f.url() + " --reply-timeout 1 " + args);
+        EXPECT_EQ(g.status, 1) << args;
+        EXPECT_NE(g.err.find(": timed out waiting for the reply (nothing came for 1 s)"),
+                  std::string::npos)
+            << args << ": " << g.err;
+    }
+    // (30 s without --reply-timeout, which says the same with 30.)
+    auto r = ctl("--server " + f.url() + " --reply-timeout 2 model list");
     gave_up = true;
     EXPECT_EQ(r.status, 1);
     EXPECT_EQ(r.err, "llmosctl: cannot list models: timed out waiting for the reply (nothing "
-                     "came for 30 s) (llmosd at " +
+                     "came for 2 s) (llmosd at " +
                          f.url() + ")\n");
+    // Bad values are usage errors, before any call.
+    for (const char* v : {"0", "86401", "-1", "1.5", "x", "''"}) {
+        auto b = ctl("--server " + f.url() + " --reply-timeout " + v + " model list");
+        EXPECT_EQ(b.status, 2) << v << ": " << b.err;
+        EXPECT_NE(b.err.find("--reply-timeout"), std::string::npos) << v << ": " << b.err;
+    }
 }
 
 TEST_F(llmosctl_llmosd, model_names_and_api_keys_llmosd_would_refuse_are_usage_errors) {

@@ -157,8 +157,11 @@ bool sse_parser::line(std::string_view l) {
     return true;
 }
 
-api_client::api_client(const server_address& where, const std::string& api_key)
+api_client::api_client(const server_address& where, const std::string& api_key, int reply_timeout)
     : _where(where) {
+    if (reply_timeout > 0) {
+        _read_timeout = _long_read_timeout = reply_timeout;
+    }
     // Host and port apart: httplib's URL form reads no IPv6 address with
     // letters in it ("[fd00::2]").
     if (!where.unix_path.empty()) {
@@ -183,7 +186,7 @@ api_client::api_client(const server_address& where, const std::string& api_key)
     // A plain call's; those that take a while (loading a large model, its
     // first token) set long_read_timeout. A broken server still ends the
     // call through the socket.
-    _cli->set_read_timeout(read_timeout, 0);
+    _cli->set_read_timeout(_read_timeout, 0);
     _cli->set_write_timeout(30, 0);
     _cli->set_keep_alive(true);
     if (!api_key.empty()) {
@@ -193,9 +196,9 @@ api_client::api_client(const server_address& where, const std::string& api_key)
 
 api_client::~api_client() = default;
 
-void api_client::set_read_timeout(int seconds) {
-    _read_timeout = seconds;
-    _cli->set_read_timeout(seconds, 0);
+void api_client::expect_long_replies() {
+    _read_timeout = _long_read_timeout;
+    _cli->set_read_timeout(_read_timeout, 0);
 }
 
 namespace {
@@ -372,7 +375,7 @@ reply api_client::stream(const std::string& path, const json& body,
         }
         return true;
     };
-    _cli->set_read_timeout(long_read_timeout, 0);
+    _cli->set_read_timeout(_long_read_timeout, 0);
     auto res = _cli->send(req);
     _cli->set_read_timeout(_read_timeout, 0);
     if (!not_ours.empty()) {
@@ -391,7 +394,7 @@ reply api_client::stream(const std::string& path, const json& body,
         r.status = status;
         return r;
     }
-    reply r = finish(res, error_body, last, long_read_timeout);
+    reply r = finish(res, error_body, last, _long_read_timeout);
     if (!r.transport_error.empty() || !r.ok()) {
         return r;
     }

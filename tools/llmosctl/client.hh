@@ -82,8 +82,10 @@ struct reply {
 /// thread-safe: one thread at a time.
 class api_client {
 public:
-    /// `api_key` empty: no Authorization header.
-    api_client(const server_address& where, const std::string& api_key);
+    /// `api_key` empty: no Authorization header. `reply_timeout` > 0:
+    /// every call's read timeout (--reply-timeout), in place of
+    /// read_timeout and long_read_timeout.
+    api_client(const server_address& where, const std::string& api_key, int reply_timeout = 0);
     ~api_client();
     api_client(const api_client&) = delete;
     api_client& operator=(const api_client&) = delete;
@@ -94,9 +96,9 @@ public:
     /// and generation streams (the first token) may take minutes.
     static constexpr int read_timeout = 30;       ///< seconds, the default
     static constexpr int long_read_timeout = 900; ///< seconds
-    /// The read timeout of the calls after this one; stream() uses
-    /// long_read_timeout whatever this says.
-    void set_read_timeout(int seconds);
+    /// The calls after this one may take long_read_timeout (or
+    /// --reply-timeout's); stream() always may.
+    void expect_long_replies();
 
     /// GET, POST (JSON body) and DELETE. Never throws for network errors:
     /// they come back in reply::transport_error, as does a reply of more
@@ -123,6 +125,7 @@ private:
     std::unique_ptr<httplib::ClientImpl> _cli;
     std::string _host_header; ///< Host for an IPv6 address, or empty
     int _read_timeout = read_timeout;
+    int _long_read_timeout = long_read_timeout;
 };
 
 /// The one-line error for a failed reply, printed as

@@ -51,6 +51,12 @@ void add_server_commands(CLI::App& app, const bool& json, int& rc) {
     app.add_option("--api-key", so->api_key, "API key for llmosd (sent as a bearer token)")
         ->envname("LLMOSD_API_KEY")
         ->check(not_an_option());
+    app.add_option("--reply-timeout", so->reply_timeout,
+                   "seconds to wait for llmosd's reply, or the next part of a streamed one, "
+                   "before giving up (default: 30, and 900 for loading, swapping or unloading "
+                   "a model and for generation)")
+        ->transform(decimal<int>(false))
+        ->check(CLI::Range(1, max_reply_timeout));
     auto opts = [so, &json] {
         server_options o = *so;
         o.json = json;

@@ -22,9 +22,13 @@ namespace llmosctl {
 void add_server_commands(CLI::App& app, const bool& json, int& rc);
 
 /// Where and how to reach llmosd.
+/// --reply-timeout's largest value, in seconds (a day).
+constexpr int max_reply_timeout = 86400;
+
 struct server_options {
     std::string server = "http://127.0.0.1:8080";
     std::string api_key;
+    int reply_timeout = 0; ///< --reply-timeout; 0: the defaults (api_client)
     bool json = false;
 };
 

@@ -51,7 +51,7 @@ std::unique_ptr<api_client> connect(const server_options& o) {
               "a key is one word, as in llmosd's key file");
         return nullptr;
     }
-    return std::make_unique<api_client>(*where, o.api_key);
+    return std::make_unique<api_client>(*where, o.api_key, o.reply_timeout);
 }
 
 /// Runs `call` on another thread; on a terminal, shows a spinner and the
@@ -436,7 +436,7 @@ int cmd_model_load(const server_options& o, const std::string& name, const std::
     if (!c) {
         return exit_usage;
     }
-    c->set_read_timeout(api_client::long_read_timeout);
+    c->expect_long_replies();
     auto t0 = clock_type::now();
     auto r = with_progress("loading " + name, [&] {
         return c->post("/llmos/v1/models", {{"name", name}, {"path", file}});
@@ -467,7 +467,7 @@ int cmd_model_unload(const server_options& o, const std::string& name) {
     if (!c) {
         return exit_usage;
     }
-    c->set_read_timeout(api_client::long_read_timeout); // in-flight requests finish first
+    c->expect_long_replies(); // in-flight requests finish first
     auto r = with_progress("unloading " + name,
                            [&] { return c->del("/llmos/v1/models/" + path_segment(name)); });
     if (!r.ok()) {
@@ -557,7 +557,7 @@ int cmd_model_swap(const server_options& o, const std::string& name, const std::
     if (!c) {
         return exit_usage;
     }
-    c->set_read_timeout(api_client::long_read_timeout);
+    c->expect_long_replies();
     auto t0 = clock_type::now();
     auto r = with_progress("swapping " + name, [&] {
         return c->post("/llmos/v1/models/" + path_segment(name) + "/swap", {{"path", file}});
