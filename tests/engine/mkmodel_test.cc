@@ -404,10 +404,22 @@ void check_model(const spec& s, const std::string& path) {
 const std::vector<std::string> all_types = {"f32",  "f16",  "bf16", "q8_0", "q4_0", "q4_1",
                                             "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m"};
 
+// Under ThreadSanitizer (llmos-mkmodel five times slower, and its
+// quantizing threads the same for every file) each type is made once, the
+// architecture and vocabulary taking turns (each pair three times); the
+// other lanes make all 48.
 TEST(mkmodel, every_type_arch_and_vocab_loads_with_the_right_keys_shapes_and_types) {
+    size_t made = 0;
     for (std::string a : {"llama", "qwen2"}) {
         for (std::string v : {"spm", "bpe"}) {
-            for (const auto& t : all_types) {
+            for (size_t i = 0; i < all_types.size(); ++i) {
+                const auto& t = all_types[i];
+#if defined(__SANITIZE_THREAD__)
+                if (i % 4 != size_t(a == "qwen2") * 2 + size_t(v == "bpe")) {
+                    continue;
+                }
+#endif
+                ++made;
                 spec s;
                 s.arch = a;
                 s.vocab = v;
@@ -419,6 +431,11 @@ TEST(mkmodel, every_type_arch_and_vocab_loads_with_the_right_keys_shapes_and_typ
             }
         }
     }
+#if defined(__SANITIZE_THREAD__)
+    EXPECT_EQ(made, all_types.size());
+#else
+    EXPECT_EQ(made, 4 * all_types.size());
+#endif
 }
 
 #ifdef HAVE_ENGINE_VOCAB
