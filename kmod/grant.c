@@ -72,9 +72,12 @@ static bool llmos_grant_get(kuid_t uid, u32 *first, u32 *last, bool *worker)
  * llmos_caller_uid() - who the caller is to the scheduler
  *
  * Its fsuid, or, inside a user namespace, the user who made the outermost
- * one: whose tenants, worker right and request count it has. A user with
- * a range of subordinate uids (/etc/subuid) would otherwise be as many
- * users, and tenants, as it maps, each with a share of its own.
+ * one: whose tenants, worker right, request count and mindspace quota it
+ * has. A user with a range of subordinate uids (/etc/subuid) would
+ * otherwise be as many users, and tenants, as it maps, each with a share
+ * of its own. A namespace root made is not root's: it holds a container's
+ * users, each its own (as root in it has none of root's rights outside),
+ * so its members are their fsuids.
  *
  * Return: the uid.
  */
@@ -86,7 +89,7 @@ kuid_t llmos_caller_uid(void)
 		return current_fsuid();
 	while (ns->parent != &init_user_ns)
 		ns = ns->parent;
-	return ns->owner;
+	return uid_eq(ns->owner, GLOBAL_ROOT_UID) ? current_fsuid() : ns->owner;
 }
 
 /**

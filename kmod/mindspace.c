@@ -329,7 +329,8 @@ static int llmos_charge(struct llmos_ms *ms)
 	int ret = 0;
 
 	lockdep_assert_held(&llmos_ms_lock);
-	user = llmos_user_get(ms->uid, true);
+	/* The creator's account, its subordinate uids' included. */
+	user = llmos_user_get(llmos_caller_uid(), true);
 	if (IS_ERR(user))
 		return PTR_ERR(user);
 	limit = llmos_user_limit(user);
@@ -1069,11 +1070,11 @@ int llmos_quota(struct llmos_ucmd *ucmd)
 	if (cmd->flags & ~LLMOS_QUOTA_SET || cmd->__reserved ||
 	    (!set && cmd->limit))
 		return -EINVAL;
-	uid = cmd->uid == LLMOS_UID_SELF ? current_fsuid() :
+	uid = cmd->uid == LLMOS_UID_SELF ? llmos_caller_uid() :
 		make_kuid(current_user_ns(), cmd->uid);
 	if (!uid_valid(uid))
 		return -EINVAL;
-	if ((set || !uid_eq(uid, current_fsuid())) && !capable(CAP_SYS_ADMIN))
+	if ((set || !uid_eq(uid, llmos_caller_uid())) && !capable(CAP_SYS_ADMIN))
 		return -EPERM;
 
 	mutex_lock(&llmos_ms_lock);

@@ -383,9 +383,10 @@ static int llmos_uring_wait(struct io_uring_cmd *ioucmd, u64 arg_uptr,
 }
 
 /*
- * Whether SQE fields the command does not use are set: addr and len, and
- * with SQE128 the command area past struct llmos_uring_sqe. They must be
- * zero, so that they can be given a meaning later.
+ * Whether SQE fields the command does not use are set: addr, len, the
+ * registered-buffer flag, and with SQE128 the command area past struct
+ * llmos_uring_sqe. They must be zero, so that they can be given a meaning
+ * later.
  */
 static bool llmos_uring_sqe_unused(struct io_uring_cmd *ioucmd,
 				   unsigned int issue_flags)
@@ -394,7 +395,9 @@ static bool llmos_uring_sqe_unused(struct io_uring_cmd *ioucmd,
 	const u8 *extra = (const u8 *)io_uring_sqe_cmd(sqe) +
 			  sizeof(struct llmos_uring_sqe);
 
-	if (READ_ONCE(sqe->addr) || READ_ONCE(sqe->len))
+	/* No command takes a registered buffer: its flag is refused too. */
+	if (READ_ONCE(sqe->addr) || READ_ONCE(sqe->len) ||
+	    ioucmd->flags & IORING_URING_CMD_FIXED)
 		return true;
 	return (issue_flags & IO_URING_F_SQE128) &&
 	       memchr_inv(extra, 0, 2 * sizeof(*sqe) -

@@ -1038,68 +1038,148 @@ static int write_proc(pid_t pid, const char *file, const char *text)
 
 #define NS_BASE 300000
 
-/*
- * In a user namespace that maps 100 uids from NS_BASE on, made by root:
- * as uid 7 in it (global NS_BASE + 7), the caller is still root to the
- * scheduler. Returns 0 when it checked out, else which check failed.
- */
-static int ns_member_submits(int client, int go_fd)
+/* Who made the namespace: root, or a user with subordinate uids. */
+#define NS_MAKER 4242
+
+static int quota_used(int fd, __u32 uid, __u64 *used)
 {
-	long long id;
+	struct llmos_quota q = { .size = sizeof(q), .uid = uid };
+
+	if (ioctl(fd, LLMOS_IOC_QUOTA, &q))
+		return -errno;
+	*used = q.out_used;
+	return 0;
+}
+
+/*
+ * In a user namespace that maps 100 uids from NS_BASE on, as uid 7 in it
+ * (global NS_BASE + 7): submits as the tenant of @user, the user the
+ * scheduler should take it for, and not as the others; makes a 1 MiB
+ * mindspace, says so on @done_fd and waits on @go_fd for the parent to
+ * have read the quotas. Returns 0 when it checked out, else which check
+ * failed.
+ */
+static int ns_member(int client, __u32 user, int go_fd, int done_fd)
+{
+	__u32 others[] = { 0, NS_MAKER, NS_BASE + 7 };
+	__u64 id, used;
 	char c;
+	int ms;
 
 	if (read(go_fd, &c, 1) != 1)
 		return 10;
 	if (setresgid(7, 7, 7) || setresuid(7, 7, 7))
 		return 11;
 	test_ms = 0; /* root's mindspace is not its to use: none */
-	/* Its own global uid is no tenant of its own... */
-	if (submit(client, NS_BASE + 7) != -EPERM)
-		return 12;
-	/* ...the namespace's maker's is. */
-	id = submit(client, 0);
-	return id > 0 ? 0 : 13;
+	for (size_t i = 0; i < ARRAY_SIZE(others); ++i)
+		if (others[i] != user && submit(client, others[i]) != -EPERM)
+			return 12 + i;
+	if (submit(client, user) <= 0)
+		return 15;
+	ms = ms_make(client, 1 << 20, 0600, &id);
+	if (ms < 0)
+		return 16;
+	/* Its own quota is that user's. */
+	if (quota_used(client, LLMOS_UID_SELF, &used) || used < 1 << 20)
+		return 17;
+	if (write(done_fd, "d", 1) != 1 || read(go_fd, &c, 1) != 1)
+		return 18;
+	close(ms);
+	return 0;
 }
 
 /*
- * A user with a range of subordinate uids is one user to the scheduler:
- * inside a user namespace, a caller's tenants are those of the user who
- * made it, not one per uid it maps (which could fill max_tenants, each
- * with a fair share of its own).
+ * Makes a user namespace as @maker (0: root) mapping 100 uids from
+ * NS_BASE on, runs ns_member() in it, and checks whose quota its
+ * mindspace was charged to: the maker's, or, in one root made, the
+ * member's own. 0, or which check failed (-1: no user namespace for an
+ * unprivileged user here).
  */
-TEST_F(sched, a_user_namespace_member_is_its_maker_to_the_scheduler)
+static int in_user_namespace(int client, __u32 maker)
 {
-	int ready[2], go[2], status;
-	char map[64];
+	const __u32 user = maker ? maker : NS_BASE + 7;
+	int ready[2], go[2], done[2], status, ret = 0;
+	__u64 used = 0, other_used = 0;
+	char map[64], c;
 	pid_t pid;
 
-	if (getuid() != 0)
-		SKIP(return, "needs root to map a range of uids");
-	ASSERT_EQ(0, pipe(ready));
-	ASSERT_EQ(0, pipe(go));
+	if (pipe(ready) || pipe(go) || pipe(done))
+		return 1;
 	pid = fork();
-	ASSERT_LE(0, pid);
+	if (pid < 0)
+		return 2;
 	if (pid == 0) {
 		close(ready[0]);
 		close(go[1]);
+		close(done[0]);
+		if (maker && (setresgid(maker, maker, maker) ||
+			      setresuid(maker, maker, maker)))
+			_exit(8);
 		if (unshare(CLONE_NEWUSER))
 			_exit(9);
 		if (write(ready[1], "r", 1) != 1)
 			_exit(8);
-		_exit(ns_member_submits(self->client, go[0]));
+		_exit(ns_member(client, user, go[0], done[1]));
 	}
 	close(ready[1]);
 	close(go[0]);
-	ASSERT_EQ(1, read(ready[0], map, 1));
-	snprintf(map, sizeof(map), "0 %d 100\n", NS_BASE);
-	EXPECT_EQ(0, write_proc(pid, "uid_map", map));
-	EXPECT_EQ(0, write_proc(pid, "gid_map", map));
-	ASSERT_EQ(1, write(go[1], "g", 1));
-	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_TRUE(WIFEXITED(status));
-	EXPECT_EQ(0, WEXITSTATUS(status));
+	close(done[1]);
+	if (read(ready[0], &c, 1) == 1) {
+		snprintf(map, sizeof(map), "0 %d 100\n", NS_BASE);
+		if (write_proc(pid, "uid_map", map) ||
+		    write_proc(pid, "gid_map", map))
+			ret = 3;
+		if (write(go[1], "g", 1) != 1)
+			ret = 4;
+		/* Charged to the user the scheduler takes it for. */
+		if (read(done[0], &c, 1) == 1 &&
+		    (quota_used(client, user, &used) ||
+		     quota_used(client, NS_BASE + 7, &other_used) ||
+		     used < 1 << 20 || (maker && other_used)))
+			ret = 5;
+		if (write(go[1], "g", 1) != 1)
+			ret = 4;
+	}
+	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+		ret = 6;
+	else if (WEXITSTATUS(status) == 9 && maker)
+		ret = -1;
+	else if (WEXITSTATUS(status))
+		ret = 100 + WEXITSTATUS(status);
 	close(ready[0]);
 	close(go[1]);
+	close(done[0]);
+	return ret;
+}
+
+/*
+ * A user with a range of subordinate uids is one user to the scheduler:
+ * inside a user namespace it made, a caller's tenants and mindspace quota
+ * are the maker's, not one per uid it maps (which could fill max_tenants,
+ * each with a fair share of its own, and multiply its quota).
+ */
+TEST_F(sched, a_user_namespace_member_is_its_maker_to_the_scheduler)
+{
+	int ret;
+
+	if (getuid() != 0)
+		SKIP(return, "needs root to map a range of uids");
+	ret = in_user_namespace(self->client, NS_MAKER);
+	if (ret == -1)
+		SKIP(return, "unprivileged users may not make user namespaces here");
+	EXPECT_EQ(0, ret);
+}
+
+/*
+ * A namespace root made is a container's: its members are their own
+ * users (as root in it has none of root's rights outside), never root's
+ * tenant, grants or quota.
+ */
+TEST_F(sched, a_member_of_a_namespace_root_made_is_its_own_user)
+{
+	if (getuid() != 0)
+		SKIP(return, "needs root to map a range of uids");
+	EXPECT_EQ(0, in_user_namespace(self->client, 0));
 }
 
 TEST_F(sched, only_the_owner_or_an_admin_cancels)

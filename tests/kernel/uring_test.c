@@ -867,9 +867,13 @@ TEST_F(ring, bad_commands_are_refused)
 	struct llmos_submit good = { .size = sizeof(good) };
 	struct llmos_wait w = { .size = 8192, .flags = LLMOS_NONBLOCK };
 	struct llmos_dispatch d = { .size = 8192, .flags = LLMOS_NONBLOCK };
+	static char fixed[4096];
+	struct iovec iov = { .iov_base = fixed, .iov_len = sizeof(fixed) };
 	struct io_uring_sqe *sqe;
 	int res;
 
+	/* A registered buffer, for an SQE to name (no command takes one). */
+	ASSERT_EQ(0, io_uring_register_buffers(&self->cring, &iov, 1));
 	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_VERSION, &v, 1));
 	ASSERT_EQ(0, queue_cmd(&self->cring, self->client, LLMOS_IOC_SUBMIT, (void *)16, 2));
 	sqe = io_uring_get_sqe(&self->cring);
@@ -889,8 +893,13 @@ TEST_F(ring, bad_commands_are_refused)
 	ASSERT_NE(NULL, sqe);
 	prep_cmd(sqe, self->client, LLMOS_IOC_SUBMIT, &good, 8);
 	sqe->len = 1;
-	ASSERT_EQ(8, io_uring_submit(&self->cring));
-	for (int i = 0; i < 8; i++) {
+	sqe = io_uring_get_sqe(&self->cring);
+	ASSERT_NE(NULL, sqe);
+	prep_cmd(sqe, self->client, LLMOS_IOC_SUBMIT, &good, 9);
+	sqe->uring_cmd_flags = IORING_URING_CMD_FIXED;
+	sqe->buf_index = 0;
+	ASSERT_EQ(9, io_uring_submit(&self->cring));
+	for (int i = 0; i < 9; i++) {
 		long long ud = next_cqe(&self->cring, 5000, &res);
 
 		switch (ud) {
@@ -904,6 +913,7 @@ TEST_F(ring, bad_commands_are_refused)
 		case 4:
 		case 7:
 		case 8:
+		case 9:
 			EXPECT_EQ(-EINVAL, res);
 			break;
 		case 5:

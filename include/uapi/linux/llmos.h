@@ -167,9 +167,12 @@ struct llmos_version {
  * %LLMOS_MS_OPEN_RDONLY) permission; %CAP_SYS_ADMIN overrides. Only the
  * owner or %CAP_SYS_ADMIN may destroy.
  *
- * Limits: the bytes of all mindspaces a uid owns are bounded by its quota
- * (%LLMOS_IOC_QUOTA; default: module parameter ``user_quota_bytes``,
- * 0 = unlimited) and all mindspaces together by the module parameter
+ * Limits: the bytes of all mindspaces a user created are bounded by its
+ * quota (%LLMOS_IOC_QUOTA; default: module parameter ``user_quota_bytes``,
+ * 0 = unlimited), the user being the creator's fsuid, or, inside a user
+ * namespace, the user the scheduler takes it for (see the scheduler's
+ * tenants below: a user's subordinate uids share its quota), and all
+ * mindspaces together by the module parameter
  * ``total_limit_bytes`` (0 = unlimited). Both are charged at creation for
  * the full length, so a mindspace never fails on a later page fault
  * because of them.
@@ -425,13 +428,14 @@ enum llmos_quota_flags {
  * struct llmos_quota - ioctl(LLMOS_IOC_QUOTA)
  * @size: sizeof(struct llmos_quota)
  * @flags: &enum llmos_quota_flags
- * @uid: the uid, or %LLMOS_UID_SELF for the caller's; another uid than
- *	the caller's needs %CAP_SYS_ADMIN
+ * @uid: the uid, or %LLMOS_UID_SELF for the caller's (inside a user
+ *	namespace, the user the scheduler takes the caller for); another uid
+ *	than that needs %CAP_SYS_ADMIN
  * @__reserved: must be 0
  * @limit: with %LLMOS_QUOTA_SET: the new limit in bytes; 0 returns to
  *	the module default, %LLMOS_QUOTA_UNLIMITED lifts it; otherwise
  *	must be 0
- * @out_used: bytes of mindspaces the uid owns
+ * @out_used: bytes of the mindspaces charged to the uid
  * @out_limit: the limit in force (%LLMOS_QUOTA_UNLIMITED for none)
  */
 struct llmos_quota {
@@ -495,8 +499,10 @@ enum llmos_req_state {
  * of tenants instead (a service submitting for many tenants, such as an
  * HTTP server, gets one). Inside a user namespace, the uid is that of the
  * user who made the outermost one, whatever uid the caller has in it: one
- * user with many subordinate uids is one user here, for tenants and for
- * the worker right alike. Through io_uring, the credentials are those the
+ * user with many subordinate uids is one user here, for tenants, the
+ * worker right and mindspace quotas alike. A namespace root made (a
+ * container's) is the exception: its members are their own fsuids, not
+ * root. Through io_uring, the credentials are those the
  * command is issued with: the ring creator's under SQPOLL, a registered
  * personality's when the SQE names one.
  *
@@ -1099,9 +1105,9 @@ struct llmos_wait_batch {
  * one of %LLMOS_IOC_SUBMIT, %LLMOS_IOC_SUBMIT_BATCH, %LLMOS_IOC_START,
  * %LLMOS_IOC_COMPLETE, %LLMOS_IOC_COMPLETE_BATCH, %LLMOS_IOC_CANCEL,
  * %LLMOS_IOC_DISPATCH,
- * %LLMOS_IOC_WAIT, %LLMOS_IOC_WAIT_BATCH (others: EOPNOTSUPP); addr, len
- * and, in an SQE128 ring, the command area past this struct must be 0
- * (EINVAL). The CQE's
+ * %LLMOS_IOC_WAIT, %LLMOS_IOC_WAIT_BATCH (others: EOPNOTSUPP); addr, len,
+ * uring_cmd_flags (no command takes a registered buffer) and, in an SQE128
+ * ring, the command area past this struct must be 0 (EINVAL). The CQE's
  * res is the ioctl's result (0 or a negative errno) and, for DISPATCH and
  * WAIT_BATCH, the number of elements written. DISPATCH and the WAITs never
  * block the ring: with nothing ready they stay pending (at most one DISPATCH
