@@ -9,7 +9,9 @@
  * overtaken only by ones submitted less than about 16.8 * C ms after it:
  * while short ones keep coming, a long request waits that long behind them
  * (69 s for a cost of 4096), not for ever (which the watchdog would not
- * see: its workers get all they ask for). The cost is the client's to say.
+ * see: its workers get all they ask for). The cost is the client's to say;
+ * one above 2^20 tokens (more than a context holds) counts as 2^20, so
+ * that no request waits more than about five hours.
  */
 #include "llmos.bpf.h"
 
@@ -17,6 +19,7 @@ char _license[] SEC("license") = "GPL";
 
 #define SJF_QUEUE 1
 #define SJF_TOKEN_MS 16 /* a token of cost weighs this many ~ms of wait */
+#define SJF_MAX_COST 1048576ULL /* 2^20 tokens, the most a context holds */
 
 SEC("struct_ops/sjf_init")
 s32 BPF_PROG(sjf_init)
@@ -27,10 +30,13 @@ s32 BPF_PROG(sjf_init)
 SEC("struct_ops/sjf_enqueue")
 s32 BPF_PROG(sjf_enqueue, struct llmos_core_req *req, u64 enq_flags)
 {
-	/* cost < 2^32, t_submit >> 20 < 2^44: no overflow. */
+	u64 cost = req->cost;
+
+	if (cost > SJF_MAX_COST)
+		cost = SJF_MAX_COST;
+	/* cost <= 2^20, t_submit >> 20 < 2^44: no overflow. */
 	return llmos_queue_insert(req, SJF_QUEUE,
-				  (u64)req->cost * SJF_TOKEN_MS +
-				  (req->t_submit >> 20));
+				  cost * SJF_TOKEN_MS + (req->t_submit >> 20));
 }
 
 SEC("struct_ops/sjf_dispatch")

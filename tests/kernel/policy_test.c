@@ -272,6 +272,23 @@ TEST_F(policy, sjf_does_not_let_a_long_request_starve)
 	EXPECT_EQ(quick, serve_one(self->worker));
 }
 
+/*
+ * A cost past what a context holds (2^20 tokens) counts as 2^20: such a
+ * request is not overtaken by one of 2^20 submitted after it (it would
+ * be, unbounded, for 2.3 years).
+ */
+TEST_F(policy, sjf_bounds_the_cost_a_request_may_claim)
+{
+	long long huge, large;
+
+	ASSERT_EQ(0, attach(&self->p, "sjf"));
+	huge = submit(self->client, 0, 0, 0xffffffff, 0);
+	usleep(10 * 1000); /* a later submission time, in sjf's ~ms */
+	large = submit(self->client, 0, 0, 1 << 20, 0);
+	EXPECT_EQ(huge, serve_one(self->worker));
+	EXPECT_EQ(large, serve_one(self->worker));
+}
+
 TEST_F(policy, edf_serves_the_earliest_deadline_first)
 {
 	const __u32 prio[4] = { 0 }, cost[4] = { 1, 1, 1, 1 };
