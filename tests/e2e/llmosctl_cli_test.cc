@@ -473,6 +473,15 @@ TEST_F(llmosctl_local, bench_workers_hold_up_to_their_capacity) {
         EXPECT_EQ(j.value("capacity", 0u), capacity) << r.output;
         EXPECT_EQ(j.value("max_held", 0u), capacity) << r.output;
     }
+    // More than one DISPATCH takes (256): asked for at most that at a time
+    // (a worker asking for more got EINVAL, for ever).
+    auto r = ctl("--json bench --workers 1 --capacity 300 --service exp:50 --arrival "
+                 "poisson:2000 --requests 100 --timeout 20");
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto j = nlohmann::json::parse(r.output, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r.output;
+    EXPECT_EQ(j.value("capacity", 0u), 300u) << r.output;
+    EXPECT_GE(j.value("max_held", 0u), 2u) << r.output;
 }
 
 TEST_F(llmosctl_local, a_set_llmos_device_is_used_without_fallback) {
@@ -758,6 +767,32 @@ TEST_F(llmosctl_local, a_load_that_runs_out_of_space_keeps_nothing) {
         << r.output;
     EXPECT_NE(r.output.find("rc=1\n[]\n"), std::string::npos) << "no mindspace left: " << r.output;
     EXPECT_EQ(r.output.substr(r.output.find("[]\n") + 3), "") << "no file left: " << r.output;
+}
+
+// A write of command-line data with no room for its pages (a 64 KiB
+// tmpfs under the store) fails with a clear line, as one from standard
+// input does, instead of dying of SIGBUS.
+TEST_F(llmosctl_local, a_write_that_runs_out_of_space_says_so) {
+    ASSERT_EQ(::system(("mkdir " + _dir + "/small").c_str()), 0);
+    const std::string small = "LLMOS_LOCAL_DIR=" + _dir + "/small/store ";
+    const std::string ctl_bin = std::string(llmos::testing::llmosctl_bin) + " --backend local ";
+    const std::string script = "mount -t tmpfs -o size=64k none " + _dir + "/small || exit 99; " +
+                               small + ctl_bin + "ms create big --size 1M; " + small + ctl_bin +
+                               "ms write big \"$(head -c 100000 /dev/zero | tr \\\\0 a)\"; " +
+                               "echo rc=$?; " + small + ctl_bin + "ms write big - </dev/zero; " +
+                               "echo rc=$?";
+    auto r = run_shell("unshare -rm sh -c '" + script + "' 2>&1");
+    if (r.status == 99 || r.output.find("rc=") == std::string::npos) {
+        GTEST_SKIP() << "cannot mount a small tmpfs here: " << r.output;
+    }
+    EXPECT_NE(r.output.find("llmosctl: cannot write into mindspace 'big': no memory or space left "
+                            "for its pages (nothing written)\nrc=1\n"),
+              std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("llmosctl: cannot write standard input into mindspace 'big': no "
+                            "memory or space left for its pages after "),
+              std::string::npos)
+        << r.output;
 }
 
 TEST_F(llmosctl_local, bad_mindspace_ids_names_and_files_are_usage_errors) {

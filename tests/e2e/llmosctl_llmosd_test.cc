@@ -657,6 +657,31 @@ TEST_F(llmosctl_llmosd, a_reply_past_64_mib_is_refused) {
     EXPECT_EQ(r.out, "");
 }
 
+// The server's only model is used by name; a name with control characters
+// (not llmosd's) is printed with them written out, never raw.
+TEST_F(llmosctl_llmosd, a_model_name_from_the_server_is_printed_safely) {
+    fake_server f;
+    f.svr.Get("/v1/models", [](const httplib::Request&, httplib::Response& res) {
+        res.set_content(R"({"object":"list","data":[{"id":"evil\u001b[31mRED"}]})",
+                        "application/json");
+    });
+    for (const char* path : {"/v1/chat/completions", "/v1/completions"}) {
+        f.svr.Post(path, [](const httplib::Request&, httplib::Response& res) {
+            res.status = 400;
+            res.set_content(R"({"error":{"message":"no","type":"invalid_request_error"}})",
+                            "application/json");
+        });
+    }
+    f.start();
+    for (const char* args : {"run hi", "run --raw hi", "chat"}) {
+        auto r = ctl("--server " + f.url() + " " + args, "", "hi\n");
+        EXPECT_EQ(r.err.find('\x1b'), std::string::npos) << args << ": " << r.err;
+        EXPECT_EQ(r.out.find('\x1b'), std::string::npos) << args << ": " << r.out;
+        EXPECT_NE(r.err.find("model 'evil\\x1b[31mRED'"), std::string::npos)
+            << args << ": " << r.err;
+    }
+}
+
 // JSON, but not as llmosd types it: the not-llmosd error, before any table.
 TEST_F(llmosctl_llmosd, a_session_list_of_odd_types_is_not_llmosd_s) {
     for (const char* body : {R"({"data":[1]})", R"({"data":[{"id":"a","readable":"yes"}]})",

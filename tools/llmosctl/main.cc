@@ -465,6 +465,14 @@ int cmd_ms_write(const options& o, const ms_args& a) {
     if (!m) {
         return fail("cannot map mindspace '" + a.key + "'", m.error());
     }
+    if (llmosctl::make_writable({reinterpret_cast<char*>(m->data()) + a.offset, data.size()}) ==
+        std::errc::bad_address) {
+        std::fprintf(stderr,
+                     "llmosctl: cannot write into mindspace '%s': no memory or space left for "
+                     "its pages (nothing written)\n",
+                     a.key.c_str());
+        return exit_failure;
+    }
     std::memcpy(m->data() + a.offset, data.data(), data.size());
     if (o.json) {
         std::cout << json_text(json{{"ok", true},
@@ -1498,7 +1506,8 @@ int cmd_bench(const options& o, const bench_args& b) {
     }
     std::atomic<bool> stop{false};
     std::atomic<int> errors{0};
-    std::atomic<uint32_t> max_held{0}; // the most requests one worker held at once
+    std::atomic<bool> said_dispatch{false}; // a DISPATCH error, said once
+    std::atomic<uint32_t> max_held{0};      // the most requests one worker held at once
     std::vector<std::thread> workers;
     for (int i = 0; i < b.workers; ++i) {
         workers.emplace_back([&, i] {
@@ -1540,12 +1549,21 @@ int cmd_bench(const options& o, const bench_args& b) {
                     std::this_thread::sleep_until(first);
                     continue;
                 }
-                auto got = w->dispatch(static_cast<uint32_t>(b.capacity - held.size()),
-                                       wait.count() > 0 ? llmos::wait_for::at_most(wait)
-                                                        : llmos::wait_for::none());
+                // One DISPATCH takes at most LLMOS_MAX_DISPATCH.
+                auto got = w->dispatch(
+                    std::min<uint32_t>(b.capacity - held.size(), LLMOS_MAX_DISPATCH),
+                    wait.count() > 0 ? llmos::wait_for::at_most(wait) : llmos::wait_for::none());
                 if (!got) {
-                    errors += got.error() != std::errc::timed_out &&
-                              got.error() != std::errc::resource_unavailable_try_again;
+                    if (got.error() != std::errc::timed_out &&
+                        got.error() != std::errc::resource_unavailable_try_again) {
+                        // Counted, said once, and not asked again at once.
+                        errors++;
+                        if (!said_dispatch.exchange(true)) {
+                            std::fprintf(stderr, "llmosctl: bench: dispatch: %s\n",
+                                         got.error().message().c_str());
+                        }
+                        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+                    }
                     continue;
                 }
                 const auto start = clock::now();

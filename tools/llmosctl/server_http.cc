@@ -127,7 +127,7 @@ std::optional<std::string> pick_model(api_client& c, const std::string& want, in
         }
     }
     if (ids.size() == 1) {
-        return ids[0];
+        return ids[0]; // (sent back as it is; printed through printable())
     }
     if (ids.empty()) {
         std::fprintf(stderr,
@@ -625,7 +625,7 @@ int cmd_run(const server_options& o, const gen_args& a) {
         std::fflush(stdout);
     }
     if (!r.ok()) {
-        return fail_reply("model '" + *model + "'", r, c->where());
+        return fail_reply("model '" + printable(*model) + "'", r, c->where());
     }
     if (o.json) {
         std::cout << json_text(turn_json(*model, t), 2) << '\n';
@@ -670,7 +670,7 @@ int cmd_chat(const server_options& o, const gen_args& a) {
     const bool tty = ::isatty(STDIN_FILENO) && !o.json;
     if (tty) {
         std::fprintf(stderr, "llmosctl: chatting with %s at %s%s; /quit or Ctrl-D leaves\n",
-                     model->c_str(), c->where().text.c_str(),
+                     printable(*model).c_str(), c->where().text.c_str(),
                      a.session.empty() ? "" : (", session " + a.session).c_str());
     }
     // Without a session the conversation lives here and goes with each
@@ -752,7 +752,7 @@ int cmd_chat(const server_options& o, const gen_args& a) {
             std::fflush(stdout);
         }
         if (!r.ok()) {
-            status = fail_reply("model '" + *model + "'" +
+            status = fail_reply("model '" + printable(*model) + "'" +
                                     (dropped_all && context_overflow(r)
                                          ? " (the line alone, without earlier turns)"
                                          : ""),
