@@ -170,6 +170,13 @@ TEST_F(llmosctl_local, save_and_load_round_trip_bytes_exactly) {
     r = ctl("--json ms info conv");
     EXPECT_NE(r.output.find("\"mode\": \"0640\""), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("\"length\": 1048576"), std::string::npos) << r.output;
+    // Mappings and fds the local backend cannot count: unknown, not 0.
+    EXPECT_NE(r.output.find("\"maps\": null"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("\"fds\": null"), std::string::npos) << r.output;
+    r = ctl("--json ms list");
+    EXPECT_NE(r.output.find("\"maps\": null"), std::string::npos) << r.output;
+    r = ctl("ms list");
+    EXPECT_NE(r.output.find(" yes    -    -\n"), std::string::npos) << r.output;
     r = ctl("status");
     EXPECT_EQ(r.status, 0);
     EXPECT_NE(r.output.find("backend:  local"), std::string::npos) << r.output;

@@ -55,7 +55,10 @@ TEST(llmosctl_util, modes_are_octal_permission_bits) {
     EXPECT_FALSE(llmosctl::parse_mode("0800"));
     EXPECT_FALSE(llmosctl::parse_mode("1777"));
     EXPECT_FALSE(llmosctl::parse_mode("rw-"));
-    EXPECT_FALSE(llmosctl::parse_mode("00640"));
+    EXPECT_EQ(llmosctl::parse_mode("00640"), 0640u); // as chmod reads it
+    EXPECT_EQ(llmosctl::parse_mode("0000"), 0u);
+    EXPECT_FALSE(llmosctl::parse_mode("01777"));
+    EXPECT_FALSE(llmosctl::parse_mode("06400"));
     EXPECT_EQ(llmosctl::format_mode(0640), "0640");
 }
 

@@ -182,6 +182,10 @@ TEST_P(ms_backend, bad_input_is_refused) {
     EXPECT_EQ(err({.length = 4096, .name = "123"}), std::errc::invalid_argument);
     EXPECT_EQ(err({.length = 4096, .name = std::string(64, 'x')}), std::errc::invalid_argument);
     EXPECT_EQ(err({.length = 4096, .mode = 01000}), std::errc::invalid_argument);
+    // A NUMA node this machine does not have (node 0 it always has).
+    EXPECT_EQ(err({.length = 4096, .node = 1000}), std::errc::invalid_argument);
+    EXPECT_EQ(err({.length = 4096, .node = -1}), std::errc::invalid_argument);
+    EXPECT_TRUE(mindspace::create(dev(), {.length = 4096, .node = 0}));
     auto first = create(name("dup"), 4096);
     EXPECT_EQ(err({.length = 4096, .name = name("dup")}), std::errc::file_exists);
     EXPECT_EQ(mindspace::open(dev(), ms_key{0, name("nosuch")}).error(),
@@ -281,7 +285,7 @@ TEST_P(ms_backend, a_local_file_shorter_than_its_header_says_is_refused) {
     std::filesystem::resize_file(file, 4096 + 4096);
     auto ms = mindspace::open(dev(), ms_key{0, n});
     ASSERT_FALSE(ms);
-    EXPECT_EQ(ms.error(), llmos::errc::ms_file_corrupt) << ms.error().message();
+    EXPECT_EQ(ms.error(), llmos::errc::local_ms_damaged) << ms.error().message();
     EXPECT_FALSE(llmos::mindspace_info(dev(), ms_key{id, {}}));
     auto all = llmos::list_mindspaces(dev());
     ASSERT_TRUE(all) << "a damaged one does not break the list: " << all.error().message();
@@ -691,15 +695,15 @@ TEST_F(local_store_dir, things_in_ms_that_are_not_mindspaces_break_nothing) {
             }
             for (uint64_t k = 1; k <= 4; ++k) {
                 if (mindspace::open(dev, ms_key{id + k, {}}).error() !=
-                    llmos::errc::ms_file_corrupt) {
+                    llmos::errc::local_ms_damaged) {
                     return 10 + static_cast<int>(k);
                 }
                 if (llmos::mindspace_info(dev, ms_key{id + k, {}}).error() !=
-                    llmos::errc::ms_file_corrupt) {
+                    llmos::errc::local_ms_damaged) {
                     return 20 + static_cast<int>(k);
                 }
             }
-            if (mindspace::open(dev, ms_key{0, "fifo"}).error() != llmos::errc::ms_file_corrupt) {
+            if (mindspace::open(dev, ms_key{0, "fifo"}).error() != llmos::errc::local_ms_damaged) {
                 return 30;
             }
             if (mindspace::create(dev, {.length = 4096, .name = "fifo"}).error() !=
@@ -1246,14 +1250,14 @@ TEST_F(local_store_dir, a_name_rewritten_in_the_header_is_refused_and_the_bytes_
             return ::testing::Test::HasFailure() ? 1 : 0;
         });
         ASSERT_EQ(rc, 0);
-        EXPECT_EQ(mindspace::open(dev, ms_key{0, "n"}).error(), llmos::errc::ms_file_corrupt)
+        EXPECT_EQ(mindspace::open(dev, ms_key{0, "n"}).error(), llmos::errc::local_ms_damaged)
             << rewritten;
-        EXPECT_EQ(llmos::mindspace_info(dev, ms_key{0, "n"}).error(), llmos::errc::ms_file_corrupt)
+        EXPECT_EQ(llmos::mindspace_info(dev, ms_key{0, "n"}).error(), llmos::errc::local_ms_damaged)
             << rewritten;
         EXPECT_EQ(mindspace::create(dev, {.length = 4096, .name = "n"}).error(),
                   std::errc::file_exists)
             << rewritten << ": the name was taken from it";
-        EXPECT_EQ(llmos::destroy_mindspace(dev, ms_key{0, "n"}), llmos::errc::ms_file_corrupt)
+        EXPECT_EQ(llmos::destroy_mindspace(dev, ms_key{0, "n"}), llmos::errc::local_ms_damaged)
             << rewritten;
         // The other name still leads to its own mindspace only.
         EXPECT_EQ(mindspace::open(dev, ms_key{0, "o"}).value().id(), other.id()) << rewritten;
@@ -1263,7 +1267,7 @@ TEST_F(local_store_dir, a_name_rewritten_in_the_header_is_refused_and_the_bytes_
     }
     // A header name that is no name at all is damaged whichever way.
     rewrite_header_name(file, "../ms/1");
-    EXPECT_EQ(mindspace::open(dev, ms_key{id, {}}).error(), llmos::errc::ms_file_corrupt);
+    EXPECT_EQ(mindspace::open(dev, ms_key{id, {}}).error(), llmos::errc::local_ms_damaged);
     EXPECT_EQ(llmos::list_mindspaces(dev).value().size(), 1u);
     EXPECT_TRUE(std::filesystem::exists(file));
     // Its owner removes it, and its name with it.

@@ -154,7 +154,8 @@ int cmd_status(const options& o) {
     return 0;
 }
 
-json to_json(const llmos::ms_info& i) {
+/// `local`: the local backend, which cannot count mappings and fds (null).
+json to_json(const llmos::ms_info& i, bool local) {
     return {
         {"id", i.id},
         {"name", i.name},
@@ -166,8 +167,8 @@ json to_json(const llmos::ms_info& i) {
         {"uid", i.uid},
         {"gid", i.gid},
         {"numa_node", i.numa_node},
-        {"maps", i.map_count},
-        {"fds", i.open_count},
+        {"maps", local ? json(nullptr) : json(i.map_count)},
+        {"fds", local ? json(nullptr) : json(i.open_count)},
         {"created_ns", i.created_ns},
     };
 }
@@ -286,6 +287,7 @@ int cmd_ms_create(const options& o, const ms_args& a) {
                     static_cast<unsigned long long>(ms->id()),
                     llmosctl::format_size(ms->length()).c_str());
     }
+    std::fflush(stdout); // out before a held signal ends the process (as in ms save)
     return 0;
 }
 
@@ -298,10 +300,11 @@ int cmd_ms_list(const options& o) {
     if (!all) {
         return fail("cannot list mindspaces", all.error());
     }
+    const bool local = dev->kind() == llmos::backend_kind::local; // no map/fd counts there
     if (o.json) {
         json j = json::array();
         for (const auto& i : *all) {
-            j.push_back(to_json(i));
+            j.push_back(to_json(i, local));
         }
         std::cout << json_text(j, 2) << '\n';
         return 0;
@@ -309,12 +312,13 @@ int cmd_ms_list(const options& o) {
     std::printf("%-6s %-24s %10s %10s %-6s %-5s %6s %5s %4s %4s\n", "ID", "NAME", "SIZE",
                 "RESIDENT", "BACK", "MODE", "UID", "PERS", "MAPS", "FDS");
     for (const auto& i : *all) {
-        std::printf("%-6llu %-24s %10s %10s %-6s %-5s %6u %5s %4u %4u\n",
+        std::printf("%-6llu %-24s %10s %10s %-6s %-5s %6u %5s %4s %4s\n",
                     static_cast<unsigned long long>(i.id), i.name.empty() ? "-" : i.name.c_str(),
                     llmosctl::format_size(i.length).c_str(),
                     llmosctl::format_size(i.resident).c_str(), i.dmabuf() ? "dmabuf" : "host",
                     llmosctl::format_mode(i.mode).c_str(), i.uid, i.persistent() ? "yes" : "no",
-                    i.map_count, i.open_count);
+                    local ? "-" : std::to_string(i.map_count).c_str(),
+                    local ? "-" : std::to_string(i.open_count).c_str());
     }
     return 0;
 }
@@ -334,7 +338,7 @@ int cmd_ms_info(const options& o, const ms_args& a) {
         return fail_ms("mindspace '" + a.key + "'", i.error());
     }
     if (o.json) {
-        std::cout << json_text(to_json(*i), 2) << '\n';
+        std::cout << json_text(to_json(*i, local), 2) << '\n';
         return 0;
     }
     std::printf(
@@ -679,6 +683,9 @@ int cmd_ms_save(const options& o, const ms_args& a) {
         std::printf("saved mindspace %s (%s) to %s\n", a.key.c_str(),
                     llmosctl::format_size(info->length).c_str(), a.file.c_str());
     }
+    // Out before a signal held since the last look ends the process (as
+    // `held` goes): the file is saved, and the line says so.
+    std::fflush(stdout);
     return 0;
 }
 

@@ -85,7 +85,11 @@ std::optional<uint32_t> parse_mode(std::string_view s) {
     if (s.empty()) {
         return 0;
     }
-    if (s.size() > 4) {
+    // Leading zeros are octal's, as many as chmod takes ("00640").
+    while (s.size() > 1 && s[0] == '0') {
+        s.remove_prefix(1);
+    }
+    if (s.size() > 3) {
         return std::nullopt;
     }
     uint32_t m = 0;

@@ -20,6 +20,9 @@ public:
             return "saved mindspace of an unsupported format version";
         case errc::ms_file_corrupt:
             return "saved mindspace is truncated or corrupt";
+        case errc::local_ms_damaged:
+            return "the local store's file of this mindspace is damaged (not a plain file, its "
+                   "header rewritten, or cut short)";
         }
         return "unknown llmos error " + std::to_string(ev);
     }

@@ -352,7 +352,7 @@ result<unique_fd> checked_ms_file(unique_fd fd) {
         return last_error();
     }
     if (!S_ISREG(st.st_mode) || st.st_nlink > 1) {
-        return errc::ms_file_corrupt;
+        return errc::local_ms_damaged;
     }
     if (st.st_nlink == 0) {
         return enoent(); // just removed
@@ -365,13 +365,13 @@ result<unique_fd> checked_ms_file(unique_fd fd) {
 }
 
 /// Opens ms/ID with `flags` (O_RDONLY or O_RDWR). Errors: those of open(2)
-/// (ENOENT, EACCES), errc::ms_file_corrupt for anything but a plain file.
+/// (ENOENT, EACCES), errc::local_ms_damaged for anything but a plain file.
 result<unique_fd> open_ms(int store, uint64_t id, int flags) {
     unique_fd fd{::openat(store, ms_path(id).c_str(), flags | ms_open_flags)};
     if (!fd) {
         // A symbolic link, a socket, a folder opened for writing.
         if (errno == ELOOP || errno == ENXIO || errno == EISDIR) {
-            return errc::ms_file_corrupt;
+            return errc::local_ms_damaged;
         }
         return last_error();
     }
@@ -426,13 +426,13 @@ result<ms_file_meta> read_header(int fd) {
         return last_error();
     }
     if (static_cast<size_t>(n) != h.size()) {
-        return errc::ms_file_corrupt;
+        return errc::local_ms_damaged;
     }
     // Not a header of this format (whatever the reason: the file is not
     // one this library can serve, and its owner may remove it).
     auto m = decode_ms_file_header(h);
     if (!m || !valid_ms_name(m->name)) {
-        return errc::ms_file_corrupt;
+        return errc::local_ms_damaged;
     }
     // Its bytes must all be there: mapping a shorter file gives SIGBUS
     // (the header is writable by whoever may write the mindspace).
@@ -441,7 +441,7 @@ result<ms_file_meta> read_header(int fd) {
         return last_error();
     }
     if (m->length > max_length || static_cast<uint64_t>(st.st_size) < data_offset + m->length) {
-        return errc::ms_file_corrupt;
+        return errc::local_ms_damaged;
     }
     return m;
 }
@@ -514,7 +514,7 @@ result<name_link> read_link(int store, const std::string& name) {
         return last_error();
     }
     if (!S_ISLNK(st.st_mode)) {
-        return errc::ms_file_corrupt;
+        return errc::local_ms_damaged;
     }
     char target[64];
     ssize_t n = ::readlinkat(fd.get(), "", target, sizeof(target));
@@ -523,11 +523,11 @@ result<name_link> read_link(int store, const std::string& name) {
     }
     std::string_view t{target, static_cast<size_t>(n)};
     if (t.substr(0, 6) != "../ms/") {
-        return errc::ms_file_corrupt;
+        return errc::local_ms_damaged;
     }
     auto id = parse_id(t.substr(6));
     if (!id) {
-        return errc::ms_file_corrupt;
+        return errc::local_ms_damaged;
     }
     return name_link{*id, st.st_uid};
 }
@@ -560,7 +560,7 @@ bool trusted_link(const resolved& r, uid_t file_owner) {
 /// name, one whose header bears the name, through a link its owner or
 /// root made. Errors: ENOENT for a link of another user's, or one left to
 /// a mindspace that bears another name (its owner's link of that name
-/// leads to it); errc::ms_file_corrupt where the owner's link leads to a
+/// leads to it); errc::local_ms_damaged where the owner's link leads to a
 /// mindspace whose header bears another name that no link of the owner's
 /// confirms: a writer may have rewritten the header, and the name stays
 /// that mindspace's (never another's, never free) until its owner removes
@@ -586,7 +586,7 @@ std::error_code check_named(int store, int fd, const ms_key& key, const resolved
             return enoent();
         }
     }
-    return errc::ms_file_corrupt;
+    return errc::local_ms_damaged;
 }
 
 /// Holds the store's names lock: a flock on by-name/, which every change of
@@ -718,7 +718,7 @@ bool name_is_free(int store, const std::string& name, const unique_fd& names) {
     if (!l) {
         // Gone meanwhile, or not a link this library made.
         return l.error() == std::errc::no_such_file_or_directory ||
-               l.error() == errc::ms_file_corrupt;
+               l.error() == errc::local_ms_damaged;
     }
     if (reap_if_stale(store, l->id, &names)) {
         return true;
@@ -847,9 +847,21 @@ result<ms_info> info(int store, const ms_key& key) {
     return i;
 }
 
+namespace {
+
+// Whether this machine has NUMA node `node` online, as the module asks
+// (node 0 is there also without NUMA support, and its sysfs).
+bool node_online(int node) {
+    return node == 0 ||
+           (node > 0 &&
+            ::access(("/sys/devices/system/node/node" + std::to_string(node)).c_str(), F_OK) == 0);
+}
+
+} // namespace
+
 result<opened> create(int store, const ms_create_options& o) {
     if (o.length == 0 || o.length % page_size() != 0 || o.length > max_length ||
-        (o.mode & ~0777u) || !valid_ms_name(o.name) || (o.node && *o.node < 0)) {
+        (o.mode & ~0777u) || !valid_ms_name(o.name) || (o.node && !node_online(*o.node))) {
         return einval();
     }
     if (o.dmabuf_fd >= 0) {
@@ -970,11 +982,11 @@ std::error_code destroy(int store, const ms_key& key) {
     // its header, a file cut short) can still be removed by its owner, once
     // nobody holds it: one being made is held, and has no header yet.
     auto fd = open_own_ms(store, r->id, O_RDWR);
-    if (!fd && fd.error() != errc::ms_file_corrupt) {
+    if (!fd && fd.error() != errc::local_ms_damaged) {
         return fd.error();
     }
-    auto m = fd ? read_header(fd->get()) : result<ms_file_meta>{errc::ms_file_corrupt};
-    if (!m && m.error() != errc::ms_file_corrupt) {
+    auto m = fd ? read_header(fd->get()) : result<ms_file_meta>{errc::local_ms_damaged};
+    if (!m && m.error() != errc::local_ms_damaged) {
         return m.error();
     }
     if (m) {

@@ -15,6 +15,7 @@ enum class errc {
     not_ms_file,          ///< not a saved mindspace (bad magic)
     ms_file_version,      ///< a saved mindspace of an unknown format version
     ms_file_corrupt,      ///< a saved mindspace that is truncated or damaged
+    local_ms_damaged,     ///< the local store's file of a mindspace is damaged
 };
 
 const std::error_category& llmos_category() noexcept;
