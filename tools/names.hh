@@ -19,12 +19,23 @@ inline bool valid_session(std::string_view s) {
            });
 }
 
-/// A model: 1 to 128 bytes, no '/', no control characters, not only dots.
+/// A model: 1 to 128 bytes, no '/', no control characters (C0, DEL, and
+/// C1 in its UTF-8 form), not only dots.
 inline bool valid_model(std::string_view s) {
-    return !s.empty() && s.size() <= 128 && s.find('/') == s.npos &&
-           s.find_first_not_of('.') != s.npos && std::none_of(s.begin(), s.end(), [](char c) {
-               return static_cast<unsigned char>(c) < 0x20;
-           });
+    if (s.empty() || s.size() > 128 || s.find('/') != s.npos ||
+        s.find_first_not_of('.') == s.npos) {
+        return false;
+    }
+    for (size_t i = 0; i < s.size(); ++i) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        const bool c1 = c == 0xc2 && i + 1 < s.size() &&
+                        static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+                        static_cast<unsigned char>(s[i + 1]) <= 0x9f;
+        if (c < 0x20 || c == 0x7f || c1) {
+            return false;
+        }
+    }
+    return true;
 }
 
 } // namespace llmos::names

@@ -865,12 +865,13 @@ TEST_F(llmosctl_llmosd, a_silent_server_is_a_timeout) {
 TEST_F(llmosctl_llmosd, model_names_and_api_keys_llmosd_would_refuse_are_usage_errors) {
     for (const char* args :
          {"model unload ''", "model unload a/b", "model unload \"$(printf 'a\\033b')\"",
+          "model unload \"$(printf 'a\\177b')\"", "model unload \"$(printf 'a\\302\\233b')\"",
           "model swap '' /tmp/x.gguf", "model load a/b /tmp/x.gguf", "model unload ..",
           "model load . /tmp/x.gguf"}) {
         auto r = ctl(std::string("--server http://127.0.0.1:1 ") + args);
         EXPECT_EQ(r.status, 2) << args << ": " << r.err;
         EXPECT_TRUE(r.err.starts_with("llmosctl: bad model name '")) << args << ": " << r.err;
-        EXPECT_NE(r.err.find("(1 to 128 characters, without '/' or control characters, not only "
+        EXPECT_NE(r.err.find("(1 to 128 bytes, without '/' or control characters, not only "
                              "dots)\n"),
                   std::string::npos)
             << args << ": " << r.err;

@@ -732,6 +732,43 @@ TEST_F(llmosd_test, a_session_keeps_its_conversation_across_a_restart) {
         << "a fresh conversation";
 }
 
+// A request with an assistant message is a whole conversation: one that
+// differs from the stored one (an edited reply, its oldest turns dropped)
+// replaces it, as a stateless client means it, instead of coming after it.
+TEST_F(llmosd_test, a_whole_conversation_that_differs_replaces_the_stored_one) {
+    server s(_dir);
+    auto c = s.client();
+    auto msg = [](const char* role, const std::string& content) {
+        return json{{"role", role}, {"content", content}};
+    };
+    auto req = [](json messages, bool session) {
+        json r = {{"model", "tiny"},
+                  {"messages", std::move(messages)},
+                  {"max_tokens", 4},
+                  {"temperature", 0}};
+        if (session) {
+            r["session"] = "edits";
+        }
+        return r;
+    };
+    const std::string a1 = post(c, "/v1/chat/completions", req({msg("user", "Hello world")}, true),
+                                200)["choices"][0]["message"]["content"];
+    post(c, "/v1/chat/completions", req({msg("user", "And then?")}, true), 200);
+    for (const json& whole :
+         {json{msg("user", "Hello world"), msg("assistant", "Edited."), msg("user", "Why?")},
+          json{msg("user", "And then?"), msg("assistant", a1 + " more"), msg("user", "So?")}}) {
+        auto got = post(c, "/v1/chat/completions", req(whole, true), 200);
+        auto want = post(c, "/v1/chat/completions", req(whole, false), 200);
+        EXPECT_EQ(got["usage"]["prompt_tokens"], want["usage"]["prompt_tokens"]) << whole.dump();
+        EXPECT_EQ(got["choices"][0]["message"]["content"], want["choices"][0]["message"]["content"])
+            << whole.dump();
+    }
+    // New messages alone still come after the stored conversation.
+    auto next = post(c, "/v1/chat/completions", req({msg("user", "Yes.")}, true), 200);
+    auto alone = post(c, "/v1/chat/completions", req({msg("user", "Yes.")}, false), 200);
+    EXPECT_GT(next["usage"]["prompt_tokens"], alone["usage"]["prompt_tokens"]);
+}
+
 TEST_F(llmosd_test, a_request_waiting_for_its_busy_session_goes_with_its_client) {
     std::filesystem::create_directories(_dir);
     std::ofstream(_dir + "/keys") << "alice-key 1\nbob-key 2\n";
@@ -1621,13 +1658,16 @@ TEST_F(llmosd_test, requests_leave_no_mindspace_behind) {
 TEST_F(llmosd_test, sessions_belong_to_their_tenant_and_can_be_ended) {
     std::filesystem::create_directories(_dir);
     std::ofstream(_dir + "/keys") << "alice-key 1\nbob-key 2\nboss 9 admin\n";
+    uint64_t old_id = 0;
     {
         // A session kept before owners were (version 1): nobody's, so its
         // conversation is read by no tenant.
         auto dev = llmos::device::open_local(_dir + "/ms").value();
+        // (Large enough for this server's store: kept but for its owner.)
         auto old = llmos::mindspace::create(
-                       dev, {.length = 8192, .name = "llmosd.s.old", .persistent = true})
+                       dev, {.length = 256 << 20, .name = "llmosd.s.old", .persistent = true})
                        .value();
+        old_id = old.id();
         auto m = old.map().value();
         const std::string secret = "Hello world, the secret words are these";
         struct {
@@ -1664,6 +1704,11 @@ TEST_F(llmosd_test, sessions_belong_to_their_tenant_and_can_be_ended) {
     EXPECT_EQ(post(c, "/v1/completions", old, 200, bob)["usage"]["prompt_tokens"],
               post(c, "/v1/completions", plain, 200, bob)["usage"]["prompt_tokens"])
         << "the version-1 conversation was read";
+    {
+        // Nothing of it is kept (nor its cache): a store of bob's own.
+        auto dev = llmos::device::open_local(_dir + "/ms").value();
+        EXPECT_NE(llmos::mindspace_info(dev, llmos::ms_key{0, "llmosd.s.old"}).value().id, old_id);
+    }
     post(c, "/v1/completions", old, 403, alice); // and now it is bob's
     json later = old;
     later["session"] = "later";
@@ -2416,6 +2461,12 @@ TEST_F(llmosd_test, hostile_bytes_and_numbers_get_client_errors) {
     check(c.Post("/llmos/v1/models", json{{"name", std::string("a\0b", 3)}, {"path", tiny}}.dump(),
                  "application/json"),
           400, "a model name with a NUL");
+    check(c.Post("/llmos/v1/models", json{{"name", "a\x7f"}, {"path", tiny}}.dump(),
+                 "application/json"),
+          400, "a model name with a DEL");
+    check(c.Post("/llmos/v1/models", json{{"name", "a\u009b"}, {"path", tiny}}.dump(),
+                 "application/json"),
+          400, "a model name with a C1 control (CSI)");
     auto stop = post(c, "/v1/completions",
                      {{"model", "tiny"}, {"prompt", "x"}, {"stop", std::string("f\0z", 3)}}, 400);
     expect_error(stop, "invalid_request_error", "stop");

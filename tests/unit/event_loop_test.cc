@@ -130,6 +130,42 @@ TEST_P(event_loop_test, a_sleeping_loop_wakes_for_a_message) {
     EXPECT_GE(l->stats().doorbells, 1u);
 }
 
+// A handler that throws loses nothing: its batch stays on the ring and is
+// handed to it again at the next poll.
+TEST(channel_source, a_handler_that_throws_gets_its_batch_again) {
+    auto ring = std::make_unique<llmos::channel_ring<16>>();
+    llmos::channel_sender<16> tx(*ring);
+    for (uint64_t id = 1; id <= 5; ++id) {
+        ASSERT_TRUE(tx.send({id, 0, 0, 0}));
+    }
+    std::vector<std::vector<uint64_t>> batches;
+    bool fail = true;
+    auto h = [&](std::span<const llmos::descriptor> b) {
+        std::vector<uint64_t> ids;
+        for (const auto& d : b) {
+            ids.push_back(d.request);
+        }
+        batches.push_back(ids);
+        if (std::exchange(fail, false)) {
+            throw std::runtime_error("out of memory");
+        }
+    };
+    llmos::channel_source<16, decltype(h)> src(*ring, h);
+    EXPECT_THROW(src.poll(), std::runtime_error);
+    EXPECT_TRUE(src.pending());
+    EXPECT_EQ(src.poll(), 5u);
+    EXPECT_FALSE(src.pending());
+    EXPECT_EQ(src.poll(), 0u);
+    const std::vector<uint64_t> all{1, 2, 3, 4, 5};
+    ASSERT_EQ(batches.size(), 2u);
+    EXPECT_EQ(batches[0], all);
+    EXPECT_EQ(batches[1], all);
+    // Their slots went back to the sender: a full ring's worth fits again.
+    for (uint64_t id = 6; id < 6 + 16; ++id) {
+        EXPECT_TRUE(tx.try_send({id, 0, 0, 0})) << id;
+    }
+}
+
 // Four senders into one loop, one channel each: per-sender order, nothing
 // lost, credit-limited (small rings make the senders wait).
 TEST_P(event_loop_test, four_channels_into_one_loop_keep_order_and_lose_nothing) {

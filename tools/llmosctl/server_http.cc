@@ -299,7 +299,7 @@ int check_text(std::initializer_list<std::pair<const char*, const std::string&>>
 int check_model_name(const std::string& name) {
     if (!llmos::names::valid_model(name)) {
         return usage("bad model name '" + printable(name) +
-                     "' (1 to 128 characters, without '/' or control characters, not only dots)");
+                     "' (1 to 128 bytes, without '/' or control characters, not only dots)");
     }
     return 0;
 }

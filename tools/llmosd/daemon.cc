@@ -700,7 +700,7 @@ std::shared_ptr<model_entry> daemon::open_model(const std::string& name, const s
 std::shared_ptr<model_entry> daemon::load_model(const std::string& name, const std::string& path) {
     if (!llmos::names::valid_model(name)) {
         throw api_error{400,
-                        "a model name is 1 to 128 characters, without '/' or control characters, "
+                        "a model name is 1 to 128 bytes, without '/' or control characters, "
                         "not only dots",
                         "invalid_request_error", "name", ""};
     }
@@ -1527,14 +1527,18 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
                                     j.session + " ends it",
                                 "invalid_request_error", "session", "session_unreadable"};
             }
+            bool taken_over = false;
             if (h && h->version < 2 && !_keys.empty()) {
                 // Made before owners were kept (version 1): nobody's, so
                 // with API keys its conversation is not read (it could be
-                // any tenant's), and it becomes this tenant's.
+                // any tenant's), and it becomes this tenant's: in a store
+                // of its own, so that no tenant's cache is reused either
+                // (how long a prompt takes would tell what it shares).
                 h.reset();
+                taken_over = true;
             }
             lay = h ? session::of(*h) : want;
-            if (!lay.covers(want) || lay.kv_off() + kv_bytes > o->length()) {
+            if (taken_over || !lay.covers(want) || lay.kv_off() + kv_bytes > o->length()) {
                 // Made for a smaller context or cache (another model, --ctx
                 // or --engine): a larger one replaces it, with the
                 // conversation so far (the cache is of no use to this model
@@ -1687,7 +1691,16 @@ std::shared_ptr<daemon::submitted> daemon::submit(const job& j, uint32_t tenant,
             repeats = stored[i].value("role", "") == mine[i].role &&
                       stored[i].value("content", "") == mine[i].content;
         }
-        if (!repeats && stored.is_array()) {
+        // A request with an assistant message in it is a whole
+        // conversation (a new turn's messages are the user's, and a system
+        // message): one that differs from the stored one (its oldest turns
+        // dropped, a reply regenerated or edited, another system message)
+        // replaces it, instead of coming after it. The cache keeps what the
+        // two share.
+        const bool whole = std::any_of(mine.begin(), mine.end(), [](const eng::chat_message& msg) {
+            return msg.role == "assistant";
+        });
+        if (!repeats && !whole && stored.is_array()) {
             for (auto& s : stored) {
                 conv.push_back({s.value("role", ""), s.value("content", "")});
             }

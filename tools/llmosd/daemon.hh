@@ -54,7 +54,7 @@ struct options {
     uint32_t max_queue_per_tenant = 0;
     uint32_t max_connections = 1024; ///< HTTP connections served at once (a thread each)
     /// Sessions kept at once (each a persistent mindspace with a whole
-    /// context's cache): a new one past it gets 429 (0: no limit).
+    /// context's cache): a new one past it gets 403 (0: no limit).
     uint32_t max_sessions = 1024;
     /// Sessions one tenant may keep: its new one past them gets 403 (0: no
     /// limit of its own).

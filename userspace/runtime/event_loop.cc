@@ -92,16 +92,31 @@ void cpu_relax() noexcept {
 struct private_ring {
     io_uring ring{};
     bool ok = false;
-    private_ring() {
+    private_ring() { init(); }
+    ~private_ring() { tear_down(); }
+    private_ring(const private_ring&) = delete;
+    private_ring& operator=(const private_ring&) = delete;
+    // A fresh ring after a failed send: an SQE the kernel did not take
+    // (io_uring_enter failing with EAGAIN, say) would otherwise go with
+    // the next send, and its completion be read for that one's.
+    void renew() noexcept {
+        tear_down();
+        init();
+    }
+
+private:
+    void init() noexcept {
+        ring = io_uring{};
         ok = io_uring_queue_init(8, &ring, 0) == 0;
         if (ok) {
             sync_ring_pages(ring, ring_pages::acquire);
         }
     }
-    ~private_ring() {
+    void tear_down() noexcept {
         if (ok) {
             sync_ring_pages(ring, ring_pages::release);
             io_uring_queue_exit(&ring);
+            ok = false;
         }
     }
 };
@@ -178,9 +193,11 @@ void ring_doorbell(doorbell& b, event_loop* /* from */) {
     // a full channel does not reap), else by the eventfd.
     thread_local private_ring own;
     if (!own.ok ||
-        fault.load(std::memory_order_relaxed) == detail::msg_ring_fault::no_private_ring ||
-        !send_msg_ring(&own.ring, l.ring_fd())) {
+        fault.load(std::memory_order_relaxed) == detail::msg_ring_fault::no_private_ring) {
         l.wake_by_fallback();
+    } else if (!send_msg_ring(&own.ring, l.ring_fd())) {
+        l.wake_by_fallback();
+        own.renew();
     }
 }
 
@@ -277,9 +294,14 @@ result<std::unique_ptr<event_loop>> event_loop::create(options o) {
         io_uring_prep_rw(op_futex_wait, sqe, futex2_size_u32, &word, 0, 1);
         sqe->addr3 = futex_match_any;
         sqe->user_data = 0;
-        io_uring_submit(r);
-        io_uring_cqe* cqe = nullptr;
         int w = 0;
+        // (A submit that fails would leave the wait below waiting for ever.)
+        while ((w = io_uring_submit(r)) == -EINTR) {
+        }
+        if (w < 0) {
+            return std::error_code(-w, std::system_category());
+        }
+        io_uring_cqe* cqe = nullptr;
         while ((w = io_uring_wait_cqe(r, &cqe)) == -EINTR) { // a signal, not a failure
         }
         if (w < 0) {

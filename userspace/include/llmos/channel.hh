@@ -95,7 +95,8 @@ class channel_sender {
 public:
     /// A sender may attach to a ring that was used before (by an earlier
     /// sender): it starts at the ring's tail, and its credit is what the
-    /// receiver has not taken yet.
+    /// receiver has not taken yet. Not to one that was closed: close()
+    /// ends the channel, and a closed ring stays closed.
     explicit channel_sender(channel_ring<Capacity>& r)
         : _r(&r)
         , _tail(r.tail.load(std::memory_order_relaxed))
@@ -201,17 +202,30 @@ public:
 
     /// Up to out.size() descriptors without waiting (0: none).
     size_t try_receive(std::span<descriptor> out) noexcept {
-        uint64_t tail = _r->tail.load(std::memory_order_acquire);
+        const size_t n = peek(out);
+        consume(n);
+        return n;
+    }
+
+    /// Copies up to out.size() of the descriptors there into `out`
+    /// without taking them: the next peek or receive sees them again,
+    /// until consume() takes them (their slots go back to the sender).
+    size_t peek(std::span<descriptor> out) const noexcept {
+        const uint64_t tail = _r->tail.load(std::memory_order_acquire);
         size_t n = 0;
-        while (_head != tail && n < out.size()) {
-            out[n++] = _r->slots[_head & (Capacity - 1)];
-            ++_head;
+        for (uint64_t h = _head; h != tail && n < out.size(); ++h) {
+            out[n++] = _r->slots[h & (Capacity - 1)];
         }
+        return n;
+    }
+
+    /// Takes the first `n` descriptors peek() copied.
+    void consume(size_t n) noexcept {
         if (n) {
+            _head += n;
             _r->head.store(_head, std::memory_order_seq_cst);
             ring_sender();
         }
-        return n;
     }
 
     /// At least one descriptor, waiting (spin, then sleep) up to `timeout`.
@@ -294,7 +308,10 @@ namespace llmos {
 /// A channel's receiving end as an event loop source: each poll hands
 /// up to `Batch` descriptors at a time to `Handler` (void(std::span<const
 /// descriptor>)). The sender must ring the loop's doorbell (the
-/// channel_sender constructor that takes one).
+/// channel_sender constructor that takes one). A batch is taken off the
+/// ring once the handler has returned: one that throws (out of its poll)
+/// is handed the same batch again at the next poll, none lost (those it
+/// handled before it threw come again).
 template <size_t Capacity, typename Handler, size_t Batch = 32>
 class channel_source final : public loop_source {
     channel_receiver<Capacity> _rx;
@@ -309,8 +326,9 @@ public:
     size_t poll() override {
         descriptor buf[Batch];
         size_t total = 0;
-        while (size_t n = _rx.try_receive(buf)) {
+        while (size_t n = _rx.peek(buf)) {
             _h(std::span<const descriptor>(buf, n));
+            _rx.consume(n);
             total += n;
             if (n < Batch) {
                 break;
