@@ -159,6 +159,23 @@ protected:
         o.on_output = [this](unsigned, const descriptor& d) { _log.add(d); };
         return o;
     }
+    // One worker of two slots whose echo engine (4 bytes a token) calls
+    // `on_step` at each step and cannot be made a second time.
+    llmos::worker_pool_options
+    one_engine_then_none(std::function<void(const llmos::sequence&)> on_step) {
+        auto o = opts({});
+        o.cpus.resize(1);
+        o.slots = 2;
+        auto made = std::make_shared<std::atomic<int>>(0);
+        o.engine = [made, on_step](unsigned) -> std::unique_ptr<llmos::inference_engine> {
+            if (made->fetch_add(1) > 0) {
+                throw std::runtime_error("out of memory");
+            }
+            return std::make_unique<llmos::echo_engine>(
+                llmos::echo_engine::options{.bytes_per_token = 4, .on_step = on_step});
+        };
+        return o;
+    }
     // Waits for `ids` and checks each one echoed its prompt into its output.
     void expect_echoed(llmos::sched_client& c, const std::map<uint64_t, llmos::submit_options>& ids,
                        uint32_t bytes_per_token) {
@@ -382,21 +399,11 @@ TEST_P(worker_pool_test, a_lost_engine_counts_a_requeue_only_for_what_crashed_it
         auto dead = llmos::sched_worker::open(dev(), 2).value();
         ASSERT_EQ(dead.dispatch(2, llmos::wait_for::at_most(5s)).value().size(), 2u);
     } // both back, requeues 1: both suspects, run alone, y first
-    std::atomic<int> made{0};
-    auto o = opts({});
-    o.cpus.resize(1);
-    o.slots = 2;
-    o.engine = [&](unsigned) -> std::unique_ptr<llmos::inference_engine> {
-        if (made.fetch_add(1) > 0) {
-            throw std::runtime_error("out of memory");
+    auto o = one_engine_then_none([y](const llmos::sequence& s) {
+        if (s.req.id == y) {
+            throw std::runtime_error("crash");
         }
-        return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{
-            .bytes_per_token = 4, .on_step = [y](const llmos::sequence& s) {
-                if (s.req.id == y) {
-                    throw std::runtime_error("crash");
-                }
-            }});
-    };
+    });
     auto pool = llmos::worker_pool::start(dev(), o);
     ASSERT_TRUE(pool);
     const auto until = std::chrono::steady_clock::now() + 10s;
@@ -911,25 +918,15 @@ TEST_P(worker_pool_test, a_request_cancelled_before_its_worker_gives_it_back_end
         auto c = llmos::sched_client::open(dev()).value();
         const auto x = c.submit(prompt(0, 400, 1)).value();    // cancelled
         const auto y = c.submit(prompt(4096, 400, 2)).value(); // loses the device
-        std::atomic<int> made{0};
-        auto o = opts({});
-        o.cpus.resize(1);
-        o.slots = 2;
-        o.engine = [&](unsigned) -> std::unique_ptr<llmos::inference_engine> {
-            if (made.fetch_add(1) > 0) {
-                throw std::runtime_error("out of memory");
+        auto o = one_engine_then_none([&, x, y, lost](const llmos::sequence& s) {
+            if (s.req.id == y && s.produced >= 8) {
+                EXPECT_FALSE(c.cancel(x));
+                if (lost) {
+                    throw llmos::engine::device_lost("kernel: cudaErrorIllegalAddress");
+                }
+                throw std::runtime_error("crash");
             }
-            return std::make_unique<llmos::echo_engine>(llmos::echo_engine::options{
-                .bytes_per_token = 4, .on_step = [&, x, y](const llmos::sequence& s) {
-                    if (s.req.id == y && s.produced >= 8) {
-                        EXPECT_FALSE(c.cancel(x));
-                        if (lost) {
-                            throw llmos::engine::device_lost("kernel: cudaErrorIllegalAddress");
-                        }
-                        throw std::runtime_error("crash");
-                    }
-                }});
-        };
+        });
         auto pool = llmos::worker_pool::start(dev(), o);
         ASSERT_TRUE(pool);
         const auto f = c.wait(x, llmos::wait_for::at_most(10s));
