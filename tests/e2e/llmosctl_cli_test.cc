@@ -296,32 +296,47 @@ TEST_F(llmosctl_local, a_save_cut_short_by_a_signal_leaves_nothing_beside_the_fi
             ::unlink(file.c_str());
         }
     }
-    // An ignored signal (nohup's SIGHUP) is no interrupt: the save ends.
-    // (Ignored before the program starts, as nohup does: no race with it.)
-    const std::string cmd = "cd " + _dir + " && " + env() + "exec " + llmos::testing::llmosctl_bin +
-                            " --backend local ms save big " + file + " >/dev/null 2>&1";
-    const pid_t child = ::fork();
-    ASSERT_GE(child, 0);
-    if (child == 0) {
-        ::signal(SIGHUP, SIG_IGN);
-        ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-        ::_exit(127);
-    }
-    // Sent while the save runs (its temporary file is there: llmosctl has
-    // set up how it takes signals), not before nor after.
-    bool saving = false;
-    for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-         !saving && std::chrono::steady_clock::now() < until;) {
-        std::error_code ec;
-        for (const auto& e : std::filesystem::directory_iterator(_dir + "/out", ec)) {
-            saving |= e.path().filename() != "big.llmosms";
+    // A save sent `sig` while it runs (its temporary file is there:
+    // llmosctl has set up how it takes signals), not before nor after;
+    // `ignored`: as nohup does, before the program starts (no race with
+    // it). Its wait status.
+    auto signalled_while_saving = [&](int sig, bool ignored) {
+        const std::string cmd = "cd " + _dir + " && " + env() + "exec " +
+                                llmos::testing::llmosctl_bin + " --backend local ms save big " +
+                                file + " >/dev/null 2>&1";
+        const pid_t child = ::fork();
+        if (child == 0) {
+            if (ignored) {
+                ::signal(sig, SIG_IGN);
+            }
+            ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+            ::_exit(127);
         }
-    }
-    ::kill(child, SIGHUP);
-    EXPECT_TRUE(saving) << "no temporary file was seen: the signal came outside the save";
-    int st = 0;
-    ASSERT_EQ(::waitpid(child, &st, 0), child);
-    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << cmd << ": status " << st;
+        bool saving = false;
+        for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+             child > 0 && !saving && std::chrono::steady_clock::now() < until;) {
+            std::error_code ec;
+            for (const auto& e : std::filesystem::directory_iterator(_dir + "/out", ec)) {
+                saving |= e.path().filename() != "big.llmosms";
+            }
+        }
+        int st = -1;
+        if (child > 0) {
+            ::kill(child, sig);
+            ::waitpid(child, &st, 0);
+        }
+        EXPECT_TRUE(saving) << "no temporary file was seen: the signal came outside the save";
+        return st;
+    };
+    // Interrupted while saving: not saved, nothing left, and the process
+    // ends by the signal (its status says so to the shell).
+    int st = signalled_while_saving(SIGINT, false);
+    EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGINT) << "status " << st;
+    EXPECT_EQ(::system(("test -z \"$(ls -A " + _dir + "/out)\"").c_str()), 0)
+        << "an interrupted save left a file";
+    // An ignored signal (nohup's SIGHUP) is no interrupt: the save ends.
+    st = signalled_while_saving(SIGHUP, true);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "status " << st;
     ASSERT_EQ(ctl("ms load " + file + " --name copy").status, 0);
     ASSERT_EQ(ctl("ms read copy >" + _dir + "/copy").status, 0);
     EXPECT_EQ(::system(("cmp -s " + _dir + "/rand " + _dir + "/copy").c_str()), 0);

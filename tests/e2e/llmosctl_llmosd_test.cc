@@ -909,7 +909,7 @@ TEST_F(llmosctl_llmosd, the_static_build_says_it_has_no_http) {
     }
     auto r = run_program(llmos::testing::llmosctl_static_bin, "--version");
     EXPECT_EQ(r.status, 0);
-    EXPECT_EQ(r.out, "llmosctl 0.1.0 (static, without HTTP)\n");
+    EXPECT_EQ(r.out, "llmosctl " LLMOS_TEST_VERSION " (static, without HTTP)\n");
     r = run_program(llmos::testing::llmosctl_static_bin, "--backend local ms list",
                     "LLMOS_LOCAL_DIR=" + _dir + "/store");
     EXPECT_EQ(r.status, 0) << r.err;

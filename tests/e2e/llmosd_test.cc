@@ -1828,6 +1828,11 @@ TEST_F(llmosd_test, api_keys_are_enforced) {
     if (chunked) { // or the server closed on it while it wrote
         EXPECT_EQ(chunked->status, 401);
     }
+    // (The answer comes with the body unfinished: its last chunk never sent.)
+    auto unfinished = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                           "Transfer-Encoding: chunked\r\n\r\n1000\r\n" +
+                                               std::string(0x1000, ' '));
+    EXPECT_EQ(unfinished.status(), 401) << unfinished.text;
     EXPECT_EQ(c.Get("/health")->status, 200) << "health needs no key";
     auto raw = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
                                     "Content-Length: 2\r\n\r\n{}");
@@ -1874,6 +1879,12 @@ TEST_F(llmosd_test, api_keys_are_enforced) {
     if (big) {
         EXPECT_EQ(big->status, 403);
     }
+    // (The answer comes with the body unfinished: its last chunk never sent.)
+    unfinished = raw_exchange(s.port, "POST /llmos/v1/models HTTP/1.1\r\nHost: localhost\r\n"
+                                      "Authorization: Bearer secret-one\r\n"
+                                      "Transfer-Encoding: chunked\r\n\r\n1000\r\n" +
+                                          std::string(0x1000, ' '));
+    EXPECT_EQ(unfinished.status(), 403) << unfinished.text;
     for (const char* key : {"Bearer boss", "Bearer root"}) {
         const httplib::Headers admin = {{"Authorization", key}};
         EXPECT_EQ(c.Get("/llmos/v1/models", admin)->status, 200) << key;
@@ -2421,6 +2432,12 @@ TEST_F(llmosd_test, chunked_bodies_are_held_to_max_body) {
         EXPECT_EQ(big->status, 413) << big->body;
         expect_error(json::parse(big->body), "invalid_request_error", "");
     }
+    // Answered once the body passes the limit, before its end (never sent).
+    auto past = raw_exchange(s.port, "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                     "Transfer-Encoding: chunked\r\n\r\n2000\r\n" +
+                                         std::string(0x2000, 'a') + "\r\n");
+    EXPECT_EQ(past.status(), 413) << past.text;
+    expect_error(past.body(), "invalid_request_error", "");
     auto again = s.client().Get("/health");
     ASSERT_TRUE(again);
     EXPECT_EQ(again->status, 200);

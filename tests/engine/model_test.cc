@@ -34,6 +34,7 @@ const std::string tiny = std::string(llmos::testing::testdata_dir) + "/llama-tin
 
 using expected = llmos::testing::conformance_vector;
 
+using llmos::testing::expect_logits;
 using llmos::testing::load_conformance;
 using llmos::testing::max_abs_difference;
 
@@ -122,11 +123,7 @@ TEST_F(conformance, prompt_logits_and_greedy_tokens_match_the_other_implementati
             std::vector<float> first;
             auto got = greedy(ctx, kv, ex.tokens, static_cast<int>(ex.greedy.size()), &first);
             EXPECT_EQ(got, ex.greedy);
-            if (!ex.logits.empty()) {
-                ASSERT_EQ(ex.logits.size(), first.size());
-                EXPECT_LE(max_abs_difference(first, ex.logits), 1e-5f)
-                    << "max abs logit difference";
-            }
+            expect_logits(ex, name, first, 1e-5f);
         }
     }
 }

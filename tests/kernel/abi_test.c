@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,20 +342,112 @@ FIXTURE_TEARDOWN(dev)
 
 TEST_F(dev, version_reports_abi_1_3)
 {
-	struct llmos_version v = { .size = sizeof(v) };
+	/* Every part of the ABI this header describes, and nothing else. */
+	const __u64 all = LLMOS_FEATURE_VERSION | LLMOS_FEATURE_MINDSPACE |
+			  LLMOS_FEATURE_MS_DMABUF | LLMOS_FEATURE_SCHED |
+			  LLMOS_FEATURE_BPF_POLICY | LLMOS_FEATURE_SCHED_RETURN |
+			  LLMOS_FEATURE_TENANT_GRANT |
+			  LLMOS_FEATURE_WORKER_GRANT;
 
-	v.out_features = ~0ull;
-	ASSERT_EQ(0, ioctl(self->fd, LLMOS_IOC_VERSION, &v));
-	ASSERT_EQ(LLMOS_ABI_MAJOR, v.out_abi_major);
-	ASSERT_EQ(LLMOS_ABI_MINOR, v.out_abi_minor);
-	ASSERT_EQ(1u, v.out_abi_major);
-	ASSERT_EQ(3u, v.out_abi_minor);
-	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_VERSION);
-	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_SCHED_RETURN);
-	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_TENANT_GRANT);
-	ASSERT_NE(0ull, v.out_features & LLMOS_FEATURE_WORKER_GRANT);
-	ASSERT_EQ(sizeof(v), v.size);
-	ASSERT_EQ(0u, v.flags);
+	/* Written whatever the output fields held before. */
+	for (__u64 before = 0; before <= 1; before++) {
+		struct llmos_version v = { .size = sizeof(v) };
+
+		v.out_features = before ? ~0ull : 0;
+		v.out_abi_major = before ? ~0u : 0;
+		ASSERT_EQ(0, ioctl(self->fd, LLMOS_IOC_VERSION, &v));
+		ASSERT_EQ(LLMOS_ABI_MAJOR, v.out_abi_major);
+		ASSERT_EQ(LLMOS_ABI_MINOR, v.out_abi_minor);
+		ASSERT_EQ(all, v.out_features);
+		ASSERT_EQ(sizeof(v), v.size);
+		ASSERT_EQ(0u, v.flags);
+	}
+}
+
+/*
+ * An unknown flag is refused on a command that would succeed without it
+ * (an all-zero struct is refused for other reasons by most commands),
+ * and the command then still succeeds: the flags are checked, not the
+ * other fields alone.
+ */
+TEST_F(dev, unknown_flags_are_refused_where_the_command_would_succeed)
+{
+	const __u32 unknown = 1u << 31;
+	struct llmos_worker_register reg = {
+		.size = sizeof(reg), .flags = unknown, .capacity = 1,
+		.numa_node = -1,
+	};
+	struct llmos_set_weight sw = {
+		.size = sizeof(sw), .flags = unknown, .tenant = 7, .weight = 100,
+	};
+	struct llmos_ms_info info[2];
+	struct llmos_ms_list ml = {
+		.size = sizeof(ml), .flags = unknown,
+		.entries_uptr = (__u64)(uintptr_t)info,
+		.entry_size = sizeof(info[0]), .count = 2,
+	};
+	struct llmos_submit_entry se = { .cost = 1 };
+	struct llmos_submit_batch sb = {
+		.size = sizeof(sb), .flags = unknown,
+		.entries_uptr = (__u64)(uintptr_t)&se,
+		.entry_size = sizeof(se), .count = 1,
+	};
+	struct llmos_req_desc d;
+	struct llmos_dispatch dp = {
+		.size = sizeof(dp), .flags = LLMOS_NONBLOCK,
+		.descs_uptr = (__u64)(uintptr_t)&d, .desc_size = sizeof(d),
+		.max = 1,
+	};
+	struct llmos_start st = { .size = sizeof(st), .flags = unknown };
+	struct llmos_complete_entry ce = { .tokens = 1 };
+	struct llmos_complete_batch cb = {
+		.size = sizeof(cb), .flags = unknown,
+		.entries_uptr = (__u64)(uintptr_t)&ce,
+		.entry_size = sizeof(ce), .count = 1,
+	};
+	struct llmos_complete c = {
+		.size = sizeof(c), .flags = unknown, .tokens = 1,
+	};
+	int worker = open(LLMOS_DEV, O_RDWR | O_CLOEXEC);
+
+	ASSERT_LE(0, worker);
+	ASSERT_EQ(-1, ioctl(worker, LLMOS_IOC_WORKER_REGISTER, &reg));
+	ASSERT_EQ(EINVAL, errno);
+	reg.flags = 0;
+	ASSERT_EQ(0, ioctl(worker, LLMOS_IOC_WORKER_REGISTER, &reg));
+	if (getuid() == 0) { /* SET_WEIGHT is root's */
+		ASSERT_EQ(-1, ioctl(self->fd, LLMOS_IOC_SET_WEIGHT, &sw));
+		ASSERT_EQ(EINVAL, errno);
+		sw.flags = 0;
+		ASSERT_EQ(0, ioctl(self->fd, LLMOS_IOC_SET_WEIGHT, &sw));
+	}
+	ASSERT_EQ(-1, ioctl(self->fd, LLMOS_IOC_MS_LIST, &ml));
+	ASSERT_EQ(EINVAL, errno);
+	ml.flags = 0;
+	ASSERT_EQ(0, ioctl(self->fd, LLMOS_IOC_MS_LIST, &ml));
+	se.tenant = getuid();
+	ASSERT_EQ(-1, ioctl(self->fd, LLMOS_IOC_SUBMIT_BATCH, &sb));
+	ASSERT_EQ(EINVAL, errno);
+	sb.flags = 0;
+	ASSERT_EQ(0, ioctl(self->fd, LLMOS_IOC_SUBMIT_BATCH, &sb));
+	ASSERT_EQ(1u, sb.out_done);
+	ASSERT_EQ(0, ioctl(worker, LLMOS_IOC_DISPATCH, &dp));
+	ASSERT_EQ(1u, dp.out_count);
+	ASSERT_EQ(se.out_id, d.id);
+	st.id = ce.id = c.id = d.id;
+	ASSERT_EQ(-1, ioctl(worker, LLMOS_IOC_START, &st));
+	ASSERT_EQ(EINVAL, errno);
+	st.flags = 0;
+	ASSERT_EQ(0, ioctl(worker, LLMOS_IOC_START, &st));
+	ASSERT_EQ(-1, ioctl(worker, LLMOS_IOC_COMPLETE, &c));
+	ASSERT_EQ(EINVAL, errno);
+	ASSERT_EQ(-1, ioctl(worker, LLMOS_IOC_COMPLETE_BATCH, &cb));
+	ASSERT_EQ(EINVAL, errno);
+	cb.flags = 0;
+	ASSERT_EQ(0, ioctl(worker, LLMOS_IOC_COMPLETE_BATCH, &cb));
+	ASSERT_EQ(1u, cb.out_done);
+	ASSERT_EQ(0, ce.out_error);
+	close(worker);
 }
 
 TEST_F(dev, unknown_command_is_enotty)

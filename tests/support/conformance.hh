@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <gtest/gtest.h>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -23,6 +24,8 @@ struct conformance_vector {
     std::vector<int32_t> tokens;
     std::vector<int32_t> greedy;
     std::vector<float> logits; // empty when no .logits file
+    std::vector<float> head;   // the prompt's last position's first 16 logits (6 decimals)
+    int32_t argmax = -1;       // its top token
 };
 
 inline std::vector<int32_t> parse_ints(const std::string& s) {
@@ -63,6 +66,13 @@ inline conformance_vector load_conformance(const std::string& name) {
             e.tokens = parse_ints(val);
         } else if (key.starts_with("greedy_") && key != "greedy_text") {
             e.greedy = parse_ints(val);
+        } else if (key == "last_pos_logits[0:16]") {
+            std::istringstream vals(val);
+            for (float f; vals >> f;) {
+                e.head.push_back(f);
+            }
+        } else if (key == "argmax") {
+            e.argmax = std::stoi(val);
         }
     }
     std::ifstream lf(base + ".logits");
@@ -71,6 +81,28 @@ inline conformance_vector load_conformance(const std::string& name) {
         e.logits.push_back(f);
     }
     return e;
+}
+
+/// Checks `first` (the prompt's last position's logits) against what
+/// `ex` says of them: all of them within `tol` where its .logits file
+/// has them (hello, fox: they must), else the first 16 within `tol` and
+/// the top token (the .txt, every vector).
+inline void expect_logits(const conformance_vector& ex, const std::string& name,
+                          const std::vector<float>& first, float tol) {
+    if (name != "bytes") {
+        EXPECT_FALSE(ex.logits.empty()) << name << ": no .logits file";
+    }
+    if (!ex.logits.empty()) {
+        ASSERT_EQ(ex.logits.size(), first.size());
+        EXPECT_LE(max_abs_difference(first, ex.logits), tol) << "max abs logit difference";
+    }
+    ASSERT_EQ(ex.head.size(), 16u) << name << ": no last_pos_logits[0:16] line";
+    ASSERT_GE(first.size(), 16u);
+    EXPECT_LE(max_abs_difference({first.begin(), first.begin() + 16}, ex.head),
+              std::max(tol, 1e-6f))
+        << "the first 16 logits";
+    EXPECT_EQ(std::max_element(first.begin(), first.end()) - first.begin(), ex.argmax)
+        << "the top token";
 }
 
 } // namespace llmos::testing

@@ -27,7 +27,7 @@ check "fifo serves every request" 'bench 200 | grep -q "\"requests\": 200"'
 check "still attached after the run" 'status | grep -q "\"policy_state\":\"bpf\""'
 expect "detach" llmosctl sched detach
 check "the built-in policy is back, exit kind detach" 'status | grep -q "\"policy_state\":\"built-in\"" && status | grep -q "\"kind\":1"'
-check "detach twice is an error" '! llmosctl sched detach 2>/dev/null'
+check "detach twice is an error" 'llmosctl sched detach 2>/dev/null; [ $? -eq 1 ]'
 
 expect "attach error_exit" llmosctl sched attach /bpf/error_exit.bpf.o
 check "every request completes although it gives up" 'bench 50 | grep -q "\"requests\": 50"'
@@ -82,13 +82,13 @@ check "an unknown tunable is refused" \
 	'llmosctl sched attach /bpf/locality.bpf.o --opt nosuch=1 2>&1 | grep -q "no tunable"'
 check "a policy without tunables says so" \
 	'llmosctl sched attach /bpf/fifo.bpf.o --opt x=1 2>&1 | grep -q "no tunables"'
-check "a file that is no policy is refused" '! llmosctl sched attach /bin/busybox 2>/dev/null'
+check "a file that is no policy is refused" 'llmosctl sched attach /bin/busybox 2>/dev/null; [ $? -eq 1 ]'
 check "a struct_ops of another kind is refused, not loaded" \
-	'! llmosctl sched attach /bpf/not_a_policy.bpf.o >/tmp/nap.out 2>&1 &&
+	'llmosctl sched attach /bpf/not_a_policy.bpf.o >/tmp/nap.out 2>&1; [ $? -eq 2 ] &&
 	 grep -q "holds no struct llmos_sched_ops" /tmp/nap.out &&
 	 status | grep -q "\"policy_state\":\"built-in\""'
 check "a policy outside .struct_ops.link is refused" \
-	'! llmosctl sched attach /bpf/unlinked.bpf.o >/tmp/unl.out 2>&1 &&
+	'llmosctl sched attach /bpf/unlinked.bpf.o >/tmp/unl.out 2>&1; [ $? -eq 2 ] &&
 	 grep -q "struct_ops.link" /tmp/unl.out &&
 	 status | grep -q "\"policy_state\":\"built-in\""'
 echo "1..$n"
