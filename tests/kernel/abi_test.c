@@ -434,7 +434,9 @@ TEST_F(dev, unknown_flags_are_refused_where_the_command_would_succeed)
 	ASSERT_EQ(0, ioctl(worker, LLMOS_IOC_DISPATCH, &dp));
 	ASSERT_EQ(1u, dp.out_count);
 	ASSERT_EQ(se.out_id, d.id);
-	st.id = ce.id = c.id = d.id;
+	st.id = d.id;
+	ce.id = d.id;
+	c.id = d.id;
 	ASSERT_EQ(-1, ioctl(worker, LLMOS_IOC_START, &st));
 	ASSERT_EQ(EINVAL, errno);
 	st.flags = 0;
