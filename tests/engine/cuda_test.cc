@@ -802,6 +802,9 @@ TEST_P(cuda_conformance, attention_in_parts_gives_what_whole_rows_give) {
     }
     EXPECT_THROW(cuda_context(cm, {.attention_parts = cuda_max_attention_parts + 1}),
                  std::invalid_argument);
+    // A step's rows are one launch's grid: no more than it can hold.
+    EXPECT_THROW(cuda_context(cm, {.max_batch_tokens = cuda_max_batch_tokens + 1}),
+                 std::invalid_argument);
 }
 
 // 20 tokens, the context and cache object gone, a new context over the

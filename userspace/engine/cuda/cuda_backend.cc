@@ -422,7 +422,9 @@ public:
         b.ensure(packed * size_t(w.rows), what);
         // Read in from the file before the lock: a copy from a cold page
         // cache would hold up every other worker's guarded call meanwhile.
-        prefault(src, stride * size_t(w.rows - 1) + packed);
+        if (w.rows) {
+            prefault(src, stride * size_t(w.rows - 1) + packed);
+        }
         device_sync_guard g;
         // Rows back to back (the usual case) go as one copy: a 2D copy
         // from pageable memory may be staged row by row.

@@ -277,10 +277,13 @@ struct cuda_context::impl {
     /// off for the context); the caller launches it then.
     template <typename F>
     bool run_graph(size_t T, size_t B, size_t R, uint32_t parts, F& forward) {
-        if (!graphs_on() || T > cuda_graph_max_tokens) {
+        // (A batch may hold sequences that feed no token: B is bounded
+        // here, so that the key's fields stay 16 bits each.)
+        if (!graphs_on() || T > cuda_graph_max_tokens || B > cuda_graph_max_tokens ||
+            R > cuda_graph_max_tokens) {
             return false;
         }
-        // T, B and R are at most cuda_graph_max_tokens here.
+        static_assert(cuda_graph_max_tokens <= 0xffff);
         const uint64_t key =
             uint64_t(T) | uint64_t(B) << 16 | uint64_t(R) << 32 | uint64_t(parts) << 48;
         for (graph_entry& g : graphs) {
@@ -381,6 +384,12 @@ cuda_context::cuda_context(const cuda_model& m, cuda_context_options o)
     }
     if (!c.o.max_batch_tokens) {
         c.o.max_batch_tokens = 1;
+    }
+    if (c.o.max_batch_tokens > cuda_max_batch_tokens) {
+        throw std::invalid_argument("cuda context: max_batch_tokens " +
+                                    std::to_string(c.o.max_batch_tokens) + " is more than " +
+                                    std::to_string(cuda_max_batch_tokens) +
+                                    " (a step's rows are one launch's grid)");
     }
     c.device = m.device();
     check(cudaSetDevice(c.device), "cudaSetDevice");

@@ -279,8 +279,14 @@ private:
     std::unique_ptr<impl> _impl;
 };
 
+/// The most tokens one step of a cuda_context may hold: the matmul
+/// kernels' grid has one block row per 8 tokens, and CUDA at most 65535.
+inline constexpr uint32_t cuda_max_batch_tokens = 65535 * 8;
+
 struct cuda_context_options {
-    uint32_t max_batch_tokens = 512; ///< tokens of one step, all sequences together
+    /// Tokens of one step, all sequences together (1 to
+    /// cuda_max_batch_tokens; 0 is 1).
+    uint32_t max_batch_tokens = 512;
     /// Use cuBLAS when it loads; false: always the engine's own kernels.
     bool use_cublas = true;
     /// Replay steps of up to cuda_graph_max_tokens tokens as CUDA graphs;

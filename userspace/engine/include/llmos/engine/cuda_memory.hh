@@ -174,9 +174,12 @@ public:
 
     /// Copies host bytes to [offset, offset + src.size()) (synchronous,
     /// cudaMemcpy). Throws gpu_error: outside the mapped bytes, failed copy.
+    /// Synchronous with the caller, not with other streams: a context's
+    /// step that uses these bytes must have ended (cuda_context::step
+    /// returns after its stream synced), or the copy races it.
     void write(uint64_t offset, std::span<const std::byte> src);
-    /// Copies [offset, offset + dst.size()) to host memory (synchronous).
-    /// Throws gpu_error as write().
+    /// Copies [offset, offset + dst.size()) to host memory (synchronous,
+    /// ordered as write() is). Throws gpu_error as write().
     void read(uint64_t offset, std::span<std::byte> dst) const;
 
     /// A dma-buf fd for [offset, offset + length) (length 0: to the end of
