@@ -885,20 +885,32 @@ TEST_F(policy, locality_prefers_the_worker_that_ran_the_mindspace)
 	ASSERT_EQ(0, ioctl(b, LLMOS_IOC_WORKER_REGISTER, &r));
 	r1 = submit_ms(self->client, ms7);
 	ASSERT_EQ(r1, take_start_complete(self->worker, 0)); /* A runs ms7 */
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	r2 = submit_ms(self->client, ms7);
-	/* B asks first, but r2 waits for A, whose cache holds ms7. */
-	got = take_start_complete(b, LLMOS_NONBLOCK);
-	if (ms_since(CLOCK_MONOTONIC, &t) < 150) {
-		EXPECT_EQ(-EAGAIN, got);
-		EXPECT_EQ(r2, take_start_complete(self->worker, 0));
-	} else {
-		/* The emulated machine paused near steal_after_ns: B may. */
-		TH_LOG("%.0f ms from SUBMIT to B's DISPATCH: not checked",
-		       ms_since(CLOCK_MONOTONIC, &t));
-		if (got == -EAGAIN)
-			got = take_start_complete(self->worker, 0);
-		EXPECT_EQ(r2, got);
+	/*
+	 * B asks first, but r2 waits for A, whose cache holds ms7. Checked
+	 * where B asked within 150 ms of the SUBMIT: the emulated machine
+	 * may pause near steal_after_ns, and B may then; five tries.
+	 */
+	for (int tries = 0, checked = 0; !checked; tries++) {
+		ASSERT_LT(tries, 5) {
+			TH_LOG("SUBMIT to B's DISPATCH took 150 ms or more five times");
+		}
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		r2 = submit_ms(self->client, ms7);
+		got = take_start_complete(b, LLMOS_NONBLOCK);
+		checked = ms_since(CLOCK_MONOTONIC, &t) < 150;
+		if (checked) {
+			EXPECT_EQ(-EAGAIN, got);
+			EXPECT_EQ(r2, take_start_complete(self->worker, 0));
+		} else {
+			TH_LOG("%.0f ms from SUBMIT to B's DISPATCH: again",
+			       ms_since(CLOCK_MONOTONIC, &t));
+			if (got == -EAGAIN)
+				got = take_start_complete(self->worker, 0);
+			EXPECT_EQ(r2, got);
+			/* A runs ms7 again (past steal_after_ns, if B did). */
+			r1 = submit_ms(self->client, ms7);
+			ASSERT_EQ(r1, take_start_complete(self->worker, 0));
+		}
 	}
 	/* Past steal_after_ns, B may take A's request. */
 	r3 = submit_ms(self->client, ms7);
