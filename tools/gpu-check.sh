@@ -20,7 +20,9 @@
 # no GPU the build can use, unless GPU_CHECK_ALLOW_NO_GPU=1). Exit status:
 # 0 when nothing failed. GPU_CHECK_NO_BENCH=1 skips the benchmark, GPU_CHECK_TIMEOUT
 # (seconds, default 480) bounds the whole run: each test program gets up
-# to 300 s of what is left (30 s at least), the benchmark the rest.
+# to 150 s of what is left (one with less than 30 s left is not started,
+# and counts as a failure), the benchmark the rest. summary.txt is written
+# again after each step, so that a run killed from outside keeps its counts.
 #
 # The programs have their build's paths compiled in (the test data, llmosd,
 # llmos-mkmodel); run makes those paths lead into the pack where they do not
@@ -37,9 +39,12 @@ pack() {
 	# (Output captured, then searched: grep -q leaving a pipe early would
 	# make its writer fail, and pipefail the test.)
 	local probe=
-	[ ! -x "$build/tests/cuda_test" ] ||
-		probe=$("$build/tests/cuda_test" --gtest_filter='cuda_probe.says*' 2>&1 || true)
-	if ! [ -x "$build/tests/cuda_test" ] || grep -q 'built without CUDA' <<<"$probe"; then
+	if ! [ -x "$build/tests/cuda_test" ]; then
+		echo "gpu-check: $build/tests/cuda_test is not built (make build first)" >&2
+		return 1
+	fi
+	probe=$("$build/tests/cuda_test" --gtest_filter='cuda_probe.says*' 2>&1 || true)
+	if grep -q 'built without CUDA' <<<"$probe"; then
 		echo "gpu-check: $build has no CUDA backend (nvcc missing at configure time?)" >&2
 		return 1
 	fi
@@ -55,7 +60,15 @@ pack() {
 	done
 	# Every library they load but glibc's (the GPU machine's own glibc runs
 	# them); the C++ runtime apart, used only when the machine's is older.
-	for lib in $(ldd "$out"/bin/* | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do
+	# One this machine cannot find would be missing there too.
+	local ldd_out
+	ldd_out=$(ldd "$out"/bin/*)
+	if grep -q 'not found' <<<"$ldd_out"; then
+		echo "gpu-check: libraries the programs need are not found here:" >&2
+		grep 'not found' <<<"$ldd_out" | sort -u >&2
+		return 1
+	fi
+	for lib in $(awk '$2 == "=>" && $3 ~ /^\// { print $3 }' <<<"$ldd_out" | sort -u); do
 		case "$(basename "$lib")" in
 		libc.so.* | libm.so.* | libpthread.so.* | libdl.so.* | librt.so.* | ld-linux*) ;;
 		libstdc++.so.* | libgcc_s.so.*) cp -L "$lib" "$out/lib/std/" ;;
@@ -64,6 +77,8 @@ pack() {
 	done
 	cp ../shared/testdata/* "$out/testdata/"
 	cp tools/gpu-check.sh "$out/"
+	# The toolkit that built them, for the report (the driver must run it).
+	{ nvcc --version 2>/dev/null || echo "nvcc: not on PATH"; } | tail -n 2 >"$out/toolkit"
 	# The paths compiled into the programs.
 	{
 		echo "root=$PWD"
@@ -97,25 +112,50 @@ run() {
 		[ -e "$2" ] && return 0
 		mkdir -p "$(dirname "$2")" && ln -sfn "$1" "$2"
 	}
-	link "$p/testdata" "$testdata"
-	link "$p/bin/llmosd" "$build/tools/llmosd/llmosd"
-	link "$p/bin/llmos-mkmodel" "$build/tools/mkmodel/llmos-mkmodel"
+	# (A path that cannot be made is said, not fatal: the tests that need
+	# it fail, the others run.)
+	link "$p/testdata" "$testdata" || echo "gpu-check: cannot lead $testdata to the pack"
+	link "$p/bin/llmosd" "$build/tools/llmosd/llmosd" || echo "gpu-check: cannot lead $build to the pack"
+	link "$p/bin/llmos-mkmodel" "$build/tools/mkmodel/llmos-mkmodel" || true
 	export LLMOS_MKMODEL=$p/bin/llmos-mkmodel
-	local libs=$p/lib cublas
-	if ! LD_LIBRARY_PATH=$libs "$p/bin/cuda_memory_test" --gtest_list_tests >/dev/null 2>&1; then
+	local libs=$p/lib cublas missing
+	# Every program, not one: a C++ runtime older than any of them wants
+	# (GLIBCXX) takes the build's.
+	missing=$(LD_LIBRARY_PATH=$libs timeout 20 ldd "$p"/bin/* 2>&1 | grep -E 'not found|version .* not found' || true)
+	if [ -n "$missing" ]; then
 		libs=$libs:$p/lib/std # this machine's C++ runtime is older than the build's
 	fi
-	cublas=$(find /usr/local /usr/lib /opt -name 'libcublas.so.13*' 2>/dev/null | head -n 1 || true)
+	cublas=$(timeout 20 find /usr/local /usr/lib /opt -name 'libcublas.so.13*' 2>/dev/null | head -n 1 || true)
 	[ -n "$cublas" ] && libs=$libs:$(dirname "$cublas")
+	# The driver's library where a container mounts it, if the loader
+	# does not know the folder.
+	if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1'; then
+		for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu/nvidia; do
+			[ -e "$d/libcuda.so.1" ] && libs=$libs:$d
+		done
+	fi
 	export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+	local passed=0 failed=0 skipped=0 notes=()
+	# The counts so far, in summary.txt: a run killed from outside keeps them.
+	summary() {
+		{
+			[ "${#notes[@]}" -eq 0 ] || printf '%s\n' "${notes[@]}"
+			echo "gpu-check: $passed passed, $failed failed, $skipped skipped${1:-}"
+		} >"$out/summary.txt"
+	}
+	summary " (so far: the probe)"
 
 	{
 		echo "# $(date -u +%FT%TZ) on $(hostname), kernel $(uname -r), $(nproc) CPUs"
 		grep -m1 'model name' /proc/cpuinfo || true
-		ldd --version 2>&1 | sed -n 1p
-		nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 ||
-			echo "nvidia-smi: not there"
+		{ ldd --version 2>&1 || true; } | sed -n 1p
+		timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap \
+			--format=csv 2>&1 || echo "nvidia-smi: not there, or it failed"
+		echo "# built with: $(tr '\n' ' ' <"$p/toolkit" 2>/dev/null || echo unknown)"
 		echo "# libraries: $LD_LIBRARY_PATH"
+		[ -z "$missing" ] || echo "# with the pack's libraries alone: $missing"
+		echo "# the loader's CUDA libraries: $(ldconfig -p 2>/dev/null | grep -oE 'lib(cuda|cublas)[^ ]*' | sort -u | tr '\n' ' ')"
+		echo "# still missing: $(timeout 20 ldd "$p"/bin/* 2>&1 | grep 'not found' | sort -u | tr '\n' ' ')"
 		echo "# cuBLAS: ${cublas:-not found (the linear layers run on the built-in kernels)}"
 		# What the build's CUDA runtime makes of this driver and device.
 		timeout 60 "$p/bin/cuda_test" --gtest_filter='cuda_probe.*:cuda_blas.*' 2>&1 |
@@ -125,7 +165,7 @@ run() {
 	} >"$out/probe.txt" 2>&1
 	cat "$out/probe.txt"
 
-	local passed=0 failed=0 skipped=0 t x left notes=()
+	local t x left
 	: >"$out/tests.log"
 	# A GPU that this build cannot use (a driver older than CUDA 13 wants,
 	# R580): every GPU test would skip, which must not read as a pass.
@@ -150,15 +190,22 @@ run() {
 		echo "${notes[-1]}" | tee -a "$out/tests.log"
 		failed=$((failed + 1))
 	fi
+	summary " (so far: the probe)"
 	for t in "${tests[@]}"; do
 		echo "## $t" >>"$out/tests.log"
 		x=0
-		# Each test program gets up to 300 s, and no more than the run has
-		# left (30 s at least: a program cut short is a failure, below).
+		# Each test program gets up to 150 s, and no more than the run has
+		# left; with less than 30 s left it is not started (a failure).
 		left=$((limit - $(elapsed)))
-		[ "$left" -le 300 ] || left=300
-		[ "$left" -ge 30 ] || left=30
-		timeout "$left" "$p/bin/$t" --gtest_brief=0 >>"$out/tests.log" 2>&1 || x=$?
+		[ "$left" -le 150 ] || left=150
+		if [ "$left" -lt 30 ]; then
+			notes+=("gpu-check: FAILED: $t not run: ${left} s left of ${limit}")
+			echo "${notes[-1]}" | tee -a "$out/tests.log"
+			failed=$((failed + 1))
+			summary " (so far: to $t)"
+			continue
+		fi
+		timeout -k 5 "$left" "$p/bin/$t" --gtest_brief=0 >>"$out/tests.log" 2>&1 || x=$?
 		# The counts from gtest's own summary lines.
 		local res
 		res=$(awk -v t="$t" '/^## /{on = ($2 == t)} on' "$out/tests.log")
@@ -176,7 +223,8 @@ run() {
 			failed=$((failed + 1)) # it crashed or timed out
 			echo "gpu-check: $t ended with status $x" | tee -a "$out/tests.log"
 		fi
-		echo "gpu-check: $t done after $(elapsed) s"
+		echo "gpu-check: $t done after $(elapsed) s" | tee -a "$out/tests.log"
+		summary " (so far: to $t)"
 	done
 	grep -E '^\[(  FAILED  | SKIP     )\] .* \([0-9]+ ms\)$' "$out/tests.log" | sort -u |
 		head -n 40 || true
@@ -188,8 +236,9 @@ run() {
 		echo "gpu-check: benchmark not run: ${left} s left of ${limit}" | tee "$out/bench.log"
 	else
 		x=0
+		summary " (so far: the tests; the benchmark runs)"
 		LLMOS_BENCH_MODELS=${LLMOS_BENCH_MODELS:-/tmp/llmos-bench-models} \
-			timeout "$left" "$p/bin/engine_bench" --cuda >"$out/bench.log" 2>&1 || x=$?
+			timeout -k 5 "$left" "$p/bin/engine_bench" --cuda >"$out/bench.log" 2>&1 || x=$?
 		cat "$out/bench.log"
 		if [ "$x" -ne 0 ]; then
 			# A benchmark that fails or runs out of time is a failure.
@@ -198,10 +247,8 @@ run() {
 				tee -a "$out/bench.log"
 		fi
 	fi
-	{
-		[ "${#notes[@]}" -eq 0 ] || printf '%s\n' "${notes[@]}"
-		echo "gpu-check: $passed passed, $failed failed, $skipped skipped"
-	} | tee "$out/summary.txt"
+	summary
+	cat "$out/summary.txt"
 	[ "$failed" -eq 0 ]
 }
 

@@ -44,6 +44,7 @@
 #include <llmos/engine/thread_pool.hh>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -301,8 +302,7 @@ std::string ensure_model(const std::string& dir, const std::string& type,
                           " -o " + path + " >/dev/null";
         std::fprintf(stderr, "# generating %s\n", path.c_str());
         if (std::system(cmd.c_str()) != 0) {
-            std::fprintf(stderr, "engine_bench: %s failed\n", cmd.c_str());
-            std::exit(1);
+            throw std::runtime_error(cmd + " failed");
         }
     }
     return path;
@@ -360,8 +360,7 @@ double prefill(Ctx& ctx, Stream& s, const std::vector<int32_t>& prompt, size_t c
                                  .tokens = std::span<const int32_t>(prompt).subspan(at, n),
                                  .logits = at + n == prompt.size() ? s.logits.data() : nullptr};
         if (ctx.step({&e, 1}) != step_status::ok) {
-            std::fprintf(stderr, "prefill step failed\n");
-            std::exit(1);
+            throw std::runtime_error("a prefill step failed");
         }
     }
     s.next = argmax(s.logits);
@@ -380,8 +379,7 @@ double decode(Ctx& ctx, std::vector<Stream*> ss, int steps) {
                         .logits = ss[k]->logits.data()};
         }
         if (ctx.step(batch) != step_status::ok) {
-            std::fprintf(stderr, "decode step failed\n");
-            std::exit(1);
+            throw std::runtime_error("a decode step failed");
         }
         for (auto* s : ss) {
             s->next = argmax(s->logits);
@@ -414,11 +412,12 @@ double eight_streams(Ctx& ctx, const model& m, const Options& o, size_t chunk, i
 // The decode table's types on the GPU, with and without cuBLAS, each after
 // the same model's decode on this machine's CPU (all its threads), one
 // stream and 8 batched, measured back to back.
-void bench_cuda(const std::string& dir) {
+// The GPU part; how many of its parts failed.
+int bench_cuda(const std::string& dir) {
     const cuda_device_info di = cuda_probe();
     if (!di.available) {
         std::printf("# cuda: skipped: %s\n", di.reason.c_str());
-        return;
+        return 0;
     }
     std::printf("# cuda: %s (cc %d.%d, %.1f GiB), driver %d, runtime %d\n", di.name.c_str(),
                 di.cc_major, di.cc_minor, double(di.total_mem) / double(1ull << 30),
@@ -431,6 +430,17 @@ void bench_cuda(const std::string& dir) {
                 "CPU dec", "CPU 8str", "prefill", "decode", "eff GB/s", "8 streams", "x CPU",
                 "x CPU 8", "linear layers");
     const cuda_kv_options kvo{.block_tokens = 16, .max_tokens = 4096};
+    // Each part on its own: one that throws (a CUDA error) is said, counted,
+    // and the rest still run.
+    int failed = 0;
+    auto section = [&](const char* what, const auto& f) {
+        try {
+            f();
+        } catch (const std::exception& e) {
+            std::printf("# cuda: %s failed: %s\n", what, e.what());
+            ++failed;
+        }
+    };
     // The GPU on one context: a 256-token prefill (tokens/s), then decode
     // of one stream and of 8 (tokens/s), after a warm-up that sizes the
     // scratch and makes the first launches (and captures).
@@ -481,34 +491,38 @@ void bench_cuda(const std::string& dir) {
         }
     };
     for (const char* type : {"f16", "q8_0", "q4_0", "q4_k_m"}) {
-        row(type);
+        section(type, [&] { row(type); });
     }
 
     // Decode replayed as CUDA graphs against every kernel launched (the
     // rows above use graphs), the same model and cuBLAS, back to back.
-    for (const char* type : {"f16", "q4_0"}) {
-        auto file = gguf_file::open(ensure_model(dir, type));
-        auto m = model::load(file);
-        cuda_model cm(m);
-        const gpu_run g = run_gpu(cm, {.max_batch_tokens = 512});
-        const gpu_run l = run_gpu(cm, {.max_batch_tokens = 512, .use_graphs = false});
-        std::printf("# cuda: %s decode: %s %.1f tok/s, 8 streams %.1f tok/s (%llu of %llu steps "
-                    "replayed, %llu captured, %llu captures failed); %s %.1f tok/s, 8 streams "
-                    "%.1f tok/s: %.2fx, %.2fx\n",
-                    type, g.steps.c_str(), g.dec, g.agg,
-                    static_cast<unsigned long long>(g.graphs.replayed),
-                    static_cast<unsigned long long>(g.graphs.replayed + g.graphs.launched),
-                    static_cast<unsigned long long>(g.graphs.captured),
-                    static_cast<unsigned long long>(g.graphs.failed), l.steps.c_str(), l.dec, l.agg,
-                    g.dec / l.dec, g.agg / l.agg);
-        if (g.graphs.failed) {
-            std::printf("# cuda: %s: the last failed capture: %s\n", type, g.graph_failure.c_str());
+    section("graphs against launches", [&] {
+        for (const char* type : {"f16", "q4_0"}) {
+            auto file = gguf_file::open(ensure_model(dir, type));
+            auto m = model::load(file);
+            cuda_model cm(m);
+            const gpu_run g = run_gpu(cm, {.max_batch_tokens = 512});
+            const gpu_run l = run_gpu(cm, {.max_batch_tokens = 512, .use_graphs = false});
+            std::printf(
+                "# cuda: %s decode: %s %.1f tok/s, 8 streams %.1f tok/s (%llu of %llu steps "
+                "replayed, %llu captured, %llu captures failed); %s %.1f tok/s, 8 streams "
+                "%.1f tok/s: %.2fx, %.2fx\n",
+                type, g.steps.c_str(), g.dec, g.agg,
+                static_cast<unsigned long long>(g.graphs.replayed),
+                static_cast<unsigned long long>(g.graphs.replayed + g.graphs.launched),
+                static_cast<unsigned long long>(g.graphs.captured),
+                static_cast<unsigned long long>(g.graphs.failed), l.steps.c_str(), l.dec, l.agg,
+                g.dec / l.dec, g.agg / l.agg);
+            if (g.graphs.failed) {
+                std::printf("# cuda: %s: the last failed capture: %s\n", type,
+                            g.graph_failure.c_str());
+            }
         }
-    }
+    });
 
     // Decode at some 4k positions (Q8_0): attention in parts as the context
     // picks them against whole rows (one block per head), back to back.
-    {
+    section("attention in parts", [&] {
         auto file = gguf_file::open(ensure_model(dir, "q8_0"));
         auto m = model::load(file);
         cuda_model cm(m);
@@ -524,12 +538,12 @@ void bench_cuda(const std::string& dir) {
         std::printf("# cuda: decode at 3840 to 3972 positions (Q8_0): attention in parts %.1f "
                     "tok/s, whole rows %.1f tok/s: %.2fx\n",
                     parts, whole, parts / whole);
-    }
+    });
 
     // Resume vs re-prefill of a 2k-token conversation on the GPU (Q8_0): a
     // new model and context over the same host bookkeeping and device
     // blocks, as a restarted worker finds them.
-    {
+    section("resume vs re-prefill", [&] {
         auto file = gguf_file::open(ensure_model(dir, "q8_0"));
         auto m = model::load(file);
         auto conv = prompt_of(2048, m.params().n_vocab, 7);
@@ -554,18 +568,17 @@ void bench_cuda(const std::string& dir) {
                            .tokens = std::span<const int32_t>(&conv.back(), 1),
                            .logits = logits.data()};
         if (ctx.step({&e, 1}) != step_status::ok || argmax(logits) != first) {
-            std::fprintf(stderr, "gpu resume: different first token\n");
-            std::exit(1);
+            throw std::runtime_error("the resumed cache gave another first token");
         }
         double resume = secs_since(t0);
         std::printf("# cuda: time to first token, 2048-token conversation (Q8_0): re-prefill "
                     "%.1f ms, resumed from its KV cache %.2f ms: %.0fx faster\n",
                     reprefill * 1e3, resume * 1e3, reprefill / resume);
-    }
+    });
 
     // A larger model that fits (TinyLlama-1.1B's shape, all 22 layers, Q8_0):
     // decode, one stream and 8, CPU then GPU back to back.
-    {
+    section("a larger model (TinyLlama-1.1B's shape)", [&] {
         auto file = gguf_file::open(ensure_model(dir, "q8_0", "tinyllama", "--n-layer 22"));
         auto m = model::load(file);
         context cpu(m, {.n_threads = threads, .max_batch_tokens = 512});
@@ -586,16 +599,18 @@ void bench_cuda(const std::string& dir) {
                     "streams %.1f tok/s; GPU %.1f tok/s, 8 streams %.1f tok/s (%.1fx, %.1fx)\n",
                     m.type_summary().c_str(), double(m.weight_bytes()) / 1e6, threads, cpu_dec,
                     cpu_agg, gpu_dec, gpu_agg, gpu_dec / cpu_dec, gpu_agg / cpu_agg);
-    }
+    });
 
     // BF16 last: a run cut short by its time limit keeps the rows above.
     std::printf("# cuda: BF16 (cuBLAS with BF16 activations, and the built-in kernels)\n");
-    row("bf16");
+    section("BF16", [&] { row("bf16"); });
+    return failed;
 }
 
-} // namespace
-
-int main(int argc, char** argv) {
+int bench_main(int argc, char** argv) {
+    // A line at a time: a run cut short by its time limit keeps what it
+    // printed (a file's stdout is otherwise written in blocks).
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);
     const char* d = std::getenv("LLMOS_BENCH_MODELS");
     std::string dir = d ? d : "build/bench-models";
     if (argc > 1) {
@@ -603,8 +618,7 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "usage: engine_bench [--cuda]  (--cuda: the GPU part alone)\n");
             return 2;
         }
-        bench_cuda(dir);
-        return 0;
+        return bench_cuda(dir) ? 1 : 0;
     }
     const char* th = std::getenv("LLMOS_BENCH_THREADS");
     int threads = th ? std::max(1, std::atoi(th)) : 2;
@@ -802,6 +816,18 @@ int main(int argc, char** argv) {
                     kvo.block_tokens, 100.0 * (1.0 - double(used) / double(alloc)));
     }
 
-    bench_cuda(dir);
-    return 0;
+    return bench_cuda(dir) ? 1 : 0;
+}
+
+} // namespace
+
+// A step that fails (or a model that cannot be made) ends the benchmark
+// with its reason, status 1; --cuda's parts each go on past one.
+int main(int argc, char** argv) {
+    try {
+        return bench_main(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "engine_bench: %s\n", e.what());
+        return 1;
+    }
 }
