@@ -528,6 +528,12 @@ TEST_F(llmosctl_local, an_opt_takes_one_value_and_leaves_the_file) {
     auto r = ctl("sched attach --opt a=1 --opt b=2 /nonexistent/policy.bpf.o");
     EXPECT_EQ(r.status, 1) << r.output;
     EXPECT_NE(r.output.find("BPF policies need the llmos module"), std::string::npos) << r.output;
+    // One that is no NAME=VALUE is a usage error, before any backend.
+    for (const char* bad : {"--opt bogus", "--opt =1", "--opt a=1 --opt b"}) {
+        r = ctl(std::string("sched attach ") + bad + " /nonexistent/policy.bpf.o");
+        EXPECT_EQ(r.status, 2) << bad << ": " << r.output;
+        EXPECT_NE(r.output.find("(NAME=VALUE)"), std::string::npos) << bad << ": " << r.output;
+    }
 }
 
 TEST_F(llmosctl_local, weights_out_of_range_are_usage_errors) {

@@ -82,7 +82,9 @@ check "an unknown tunable is refused" \
 	'llmosctl sched attach /bpf/locality.bpf.o --opt nosuch=1 2>&1 | grep -q "no tunable"'
 check "a policy without tunables says so" \
 	'llmosctl sched attach /bpf/fifo.bpf.o --opt x=1 2>&1 | grep -q "no tunables"'
-check "a file that is no policy is refused" 'llmosctl sched attach /bin/busybox 2>/dev/null; [ $? -eq 1 ]'
+check "a file that is no policy is refused, in one line" \
+	'llmosctl sched attach /bin/busybox >/tmp/bb.out 2>&1; [ $? -eq 1 ] &&
+	 [ "$(wc -l </tmp/bb.out)" -eq 1 ] && grep -q "not a BPF object file" /tmp/bb.out'
 check "a struct_ops of another kind is refused, not loaded" \
 	'llmosctl sched attach /bpf/not_a_policy.bpf.o >/tmp/nap.out 2>&1; [ $? -eq 2 ] &&
 	 grep -q "holds no struct llmos_sched_ops" /tmp/nap.out &&

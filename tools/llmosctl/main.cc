@@ -829,8 +829,10 @@ int cmd_ms_quota(const options& o, const std::string& uid_arg, const std::string
 }
 
 /// The latency below which a fraction `q` of the histogram lies, in
-/// microseconds (the upper bound of its bucket), or 0 when empty.
+/// microseconds (the upper bound of its bucket, rounded up), or 0 when
+/// empty. The module's buckets are of 1024 ns units, not microseconds.
 uint64_t hist_quantile(const uint64_t (&h)[32], double q) {
+    auto us = [](int b) { return ((uint64_t{2} << b) * 1024 + 999) / 1000; };
     uint64_t total = 0;
     for (auto c : h) {
         total += c;
@@ -842,10 +844,10 @@ uint64_t hist_quantile(const uint64_t (&h)[32], double q) {
     for (int b = 0; b < 32; ++b) {
         seen += h[b];
         if (static_cast<double>(seen) >= q * static_cast<double>(total)) {
-            return uint64_t{2} << b;
+            return us(b);
         }
     }
-    return uint64_t{2} << 31;
+    return us(31);
 }
 
 const char* state_name(int s) {
@@ -959,11 +961,49 @@ int cmd_sched_status(const options& o) {
 
 constexpr const char* policy_pin = "/sys/fs/bpf/llmos_sched_policy";
 
+// Where libbpf's messages go while a step runs whose failure llmosctl
+// says in its own line (nullptr: standard error, as they come).
+std::string* libbpf_held = nullptr;
+
 int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list ap) {
     if (level == LIBBPF_DEBUG) {
         return 0;
     }
-    return std::vfprintf(stderr, fmt, ap);
+    if (!libbpf_held) {
+        return std::vfprintf(stderr, fmt, ap);
+    }
+    char line[1024];
+    const int n = std::vsnprintf(line, sizeof line, fmt, ap);
+    libbpf_held->append(line, n < 0 ? 0 : std::min<size_t>(size_t(n), sizeof line - 1));
+    return n;
+}
+
+// Holds libbpf's messages while it lives; say() prints them after all
+// (the verifier's log, warnings of a step that went well).
+class libbpf_holding {
+public:
+    libbpf_holding() { libbpf_held = &_text; }
+    ~libbpf_holding() { libbpf_held = nullptr; }
+    libbpf_holding(const libbpf_holding&) = delete;
+    libbpf_holding& operator=(const libbpf_holding&) = delete;
+    void say() {
+        libbpf_held = nullptr;
+        std::fputs(_text.c_str(), stderr);
+        _text.clear();
+    }
+
+private:
+    std::string _text;
+};
+
+// An error of libbpf's in words: its own codes (4000 on) are not errnos.
+std::string libbpf_words(std::error_code ec) {
+    if (ec.category() == std::system_category() && ec.value() >= 4000) {
+        char buf[128];
+        libbpf_strerror(ec.value(), buf, sizeof buf);
+        return buf;
+    }
+    return ec.message();
 }
 
 /// Sets the policy's `const volatile` integer NAME (in .rodata) to VALUE,
@@ -1026,6 +1066,12 @@ int needs_root(const std::string& what) {
 
 int cmd_sched_attach(const options& o, const std::string& file,
                      const std::vector<std::string>& opts) {
+    // A malformed --opt is a usage error before anything is opened.
+    for (const auto& opt : opts) {
+        if (const auto eq = opt.find('='); eq == std::string::npos || eq == 0) {
+            return llmosctl::usage("bad --opt '" + opt + "' (NAME=VALUE)");
+        }
+    }
     auto dev = open_device(o);
     if (!dev) {
         return fail_open(o, dev.error());
@@ -1036,10 +1082,20 @@ int cmd_sched_attach(const options& o, const std::string& file,
         return exit_failure;
     }
     libbpf_set_print(libbpf_print);
-    std::unique_ptr<bpf_object, void (*)(bpf_object*)> obj{
-        bpf_object__open_file(file.c_str(), nullptr), bpf_object__close};
-    if (!obj) {
-        return fail("cannot open " + file, llmos::last_error());
+    std::unique_ptr<bpf_object, void (*)(bpf_object*)> obj{nullptr, bpf_object__close};
+    {
+        // Failing, one line of ours says why (libbpf's would come first).
+        libbpf_holding held;
+        obj.reset(bpf_object__open_file(file.c_str(), nullptr));
+        if (!obj) {
+            const auto ec = llmos::last_error();
+            std::fprintf(stderr, "llmosctl: cannot open %s: %s\n", file.c_str(),
+                         ec.value() >= 4000
+                             ? ("not a BPF object file (" + libbpf_words(ec) + ")").c_str()
+                             : libbpf_words(ec).c_str());
+            return exit_failure;
+        }
+        held.say();
     }
     bpf_map* ops = nullptr;
     bpf_map* map;
@@ -1070,12 +1126,21 @@ int cmd_sched_attach(const options& o, const std::string& file,
             return llmosctl::usage(err);
         }
     }
-    if (bpf_object__load(obj.get())) {
-        auto ec = llmos::last_error();
-        if (ec == std::errc::operation_not_permitted) {
-            return needs_root("load " + file);
+    {
+        // Without the right, libbpf's lines (a memlock limit to raise) are
+        // beside the point; otherwise they are the verifier's reasons.
+        libbpf_holding held;
+        if (bpf_object__load(obj.get())) {
+            auto ec = llmos::last_error();
+            if (ec == std::errc::operation_not_permitted) {
+                return needs_root("load " + file);
+            }
+            held.say();
+            std::fprintf(stderr, "llmosctl: cannot load %s (the verifier says why above): %s\n",
+                         file.c_str(), libbpf_words(ec).c_str());
+            return exit_failure;
         }
-        return fail("cannot load " + file + " (the verifier says why above)", ec);
+        held.say();
     }
     bpf_link* link = bpf_map__attach_struct_ops(ops);
     if (!link) {
@@ -1091,14 +1156,24 @@ int cmd_sched_attach(const options& o, const std::string& file,
         return fail("cannot attach " + file, ec);
     }
     // The pin keeps the policy attached after llmosctl exits.
+    std::optional<libbpf_holding> pin_held(std::in_place); // our line says why it fails
     if (bpf_link__pin(link, policy_pin)) {
         auto ec = llmos::last_error();
+        pin_held.reset();
         bpf_link__destroy(link);
         if (ec == std::errc::operation_not_permitted || ec == std::errc::permission_denied) {
             return needs_root(std::string{"pin the policy at "} + policy_pin);
         }
+        if (ec == std::errc::file_exists) {
+            std::fprintf(stderr,
+                         "llmosctl: cannot pin the policy at %s: a pin is there already (a "
+                         "policy that was never detached: llmosctl sched detach)\n",
+                         policy_pin);
+            return exit_failure;
+        }
         return fail(std::string{"cannot pin the policy at "} + policy_pin, ec);
     }
+    pin_held.reset();
     bpf_link__disconnect(link);
     bpf_link__destroy(link);
     if (o.json) {

@@ -914,7 +914,8 @@ enum llmos_exit_kind {
  * @out_workers: workers registered now
  * @out_clients: open /dev/llmos files now
  * @out_lat_hist: dispatch latency (submission to first dispatch): element
- *	b counts latencies in [2^b, 2^(b+1)) microseconds (b = 0: also less)
+ *	b counts latencies in [2^b, 2^(b+1)) units of 1024 ns (about a
+ *	microsecond; b = 0: also less; the last one: also more)
  * @out_policy_state: &enum llmos_policy_state
  * @out_exit_kind: &enum llmos_exit_kind of the last BPF policy to stop
  * @out_exit_code: its error code (llmos_policy_error()), or 0

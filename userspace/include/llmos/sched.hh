@@ -197,7 +197,7 @@ struct sched_stats {
     uint64_t requeued = 0;
     uint32_t workers = 0;
     uint32_t clients = 0;
-    uint64_t lat_hist[32] = {}; ///< dispatch latency, log2 microseconds
+    uint64_t lat_hist[32] = {}; ///< dispatch latency, log2 units of 1024 ns
     std::vector<tenant_stats> tenants;
     uint32_t policy_state = 0; ///< enum llmos_policy_state
     std::string policy;        ///< the attached (or last) BPF policy
