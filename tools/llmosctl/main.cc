@@ -1014,9 +1014,11 @@ std::string set_rodata(bpf_object* obj, const std::string& opt) {
         return "bad --opt '" + opt + "' (NAME=VALUE)";
     }
     std::string name = opt.substr(0, eq);
-    auto value = llmosctl::parse_size(opt.substr(eq + 1), false);
-    if (!value) {
-        return "bad --opt '" + opt + "': the value must be a non-negative integer";
+    const std::string text = opt.substr(eq + 1);
+    const bool negative = text.starts_with('-');
+    auto magnitude = llmosctl::parse_size(negative ? text.substr(1) : text, false);
+    if (!magnitude) {
+        return "bad --opt '" + opt + "': the value must be an integer";
     }
     bpf_map* rodata = nullptr;
     bpf_map* map;
@@ -1032,27 +1034,54 @@ std::string set_rodata(bpf_object* obj, const std::string& opt) {
         return "the policy has no tunables (no const volatile globals)";
     }
     const btf_type* t = btf__type_by_id(b, static_cast<uint32_t>(sec));
+    const btf_var_secinfo* found = nullptr;
     const btf_var_secinfo* v = btf_var_secinfos(t);
     for (uint16_t i = 0; i < btf_vlen(t); ++i, ++v) {
         const btf_type* var = btf__type_by_id(b, v->type);
         if (name != btf__name_by_offset(b, var->name_off)) {
             continue;
         }
-        size_t size = 0;
-        auto* data = static_cast<unsigned char*>(bpf_map__initial_value(rodata, &size));
-        if (!data || v->offset + v->size > size || v->size > 8) {
-            return "cannot set '" + name + "' (not an integer tunable)";
+        if (found) {
+            return "cannot set '" + name + "': the policy has several variables of that name";
         }
-        if (v->size < 8 && *value >> (8 * v->size)) {
-            return "--opt " + name + ": " + std::to_string(*value) + " does not fit in " +
-                   std::to_string(v->size) + " bytes";
-        }
-        for (uint32_t k = 0; k < v->size; ++k) {
-            data[v->offset + k] = static_cast<unsigned char>(*value >> (8 * k));
-        }
-        return "";
+        found = v;
     }
-    return "the policy has no tunable '" + name + "'";
+    if (!found) {
+        return "the policy has no tunable '" + name + "'";
+    }
+    // An integer (or enum) under its const and volatile, of at most 8
+    // bytes; signed or not, as its type says.
+    const int type_id = btf__resolve_type(b, btf__type_by_id(b, found->type)->type);
+    const btf_type* ty = type_id < 0 ? nullptr : btf__type_by_id(b, static_cast<uint32_t>(type_id));
+    const bool is_int = ty && btf_is_int(ty);
+    if (!ty || !(is_int || btf_is_enum(ty) || btf_is_enum64(ty))) {
+        return "cannot set '" + name + "' (not an integer tunable)";
+    }
+    const bool is_signed = is_int ? (btf_int_encoding(ty) & BTF_INT_SIGNED) != 0 : btf_kflag(ty);
+    size_t size = 0;
+    auto* data = static_cast<unsigned char*>(bpf_map__initial_value(rodata, &size));
+    if (!data || found->offset + found->size > size || found->size > 8 || !found->size) {
+        return "cannot set '" + name + "' (not an integer tunable)";
+    }
+    const unsigned bits = 8 * found->size;
+    const std::string range =
+        is_signed ? "-2^" + std::to_string(bits - 1) + " to 2^" + std::to_string(bits - 1) + "-1"
+                  : "0 to 2^" + std::to_string(bits) + "-1";
+    // The two's-complement bits of the value, once it is known to fit.
+    uint64_t value = *magnitude;
+    if (negative) {
+        if (!is_signed || *magnitude > (uint64_t{1} << (bits - 1))) {
+            return "--opt " + name + ": " + text + " is out of its range (" + range + ")";
+        }
+        value = ~*magnitude + 1;
+    } else if ((is_signed && *magnitude >= (uint64_t{1} << (bits - 1))) ||
+               (bits < 64 && *magnitude >> bits)) {
+        return "--opt " + name + ": " + text + " is out of its range (" + range + ")";
+    }
+    for (uint32_t k = 0; k < found->size; ++k) {
+        data[found->offset + k] = static_cast<unsigned char>(value >> (8 * k));
+    }
+    return "";
 }
 
 /// EPERM from the bpf() syscall: not the policy's fault.
