@@ -96,9 +96,9 @@ struct private_ring {
     ~private_ring() { tear_down(); }
     private_ring(const private_ring&) = delete;
     private_ring& operator=(const private_ring&) = delete;
-    // A fresh ring after a failed send: an SQE the kernel did not take
-    // (io_uring_enter failing with EAGAIN, say) would otherwise go with
-    // the next send, and its completion be read for that one's.
+    // A fresh ring after a send that failed before the kernel took its SQE
+    // (io_uring_enter failing with EAGAIN, say): the SQE would otherwise go
+    // with the next send, and its completion be read for that one's.
     void renew() noexcept {
         tear_down();
         init();
@@ -135,8 +135,9 @@ io_uring_sqe* sqe_making_room(io_uring* r) {
 // Sends a MSG_RING from `from`, a ring nobody else reaps (a thread's
 // private one), to `target_fd`, and waits for its completion. False when
 // it could not be sent or failed: then the caller wakes the target
-// another way.
-bool send_msg_ring(io_uring* from, int target_fd) {
+// another way. `stale`: set when the SQE may still be in `from`'s queue
+// (the kernel did not take it), so that the ring must be renewed.
+bool send_msg_ring(io_uring* from, int target_fd, bool& stale) {
     const auto f = fault.load(std::memory_order_relaxed);
     io_uring_cq_advance(from, io_uring_cq_ready(from)); // none left, normally
     io_uring_sqe* sqe = f == detail::msg_ring_fault::no_sqe ? nullptr : io_uring_get_sqe(from);
@@ -162,6 +163,7 @@ bool send_msg_ring(io_uring* from, int target_fd) {
     } while (ret == -EINTR);
     io_uring_cqe* cqe = nullptr;
     if (ret < 0 || io_uring_peek_cqe(from, &cqe) != 0) {
+        stale = true;
         return false;
     }
     const bool sent = cqe->res >= 0;
@@ -195,9 +197,11 @@ void ring_doorbell(doorbell& b, event_loop* /* from */) {
     if (!own.ok ||
         fault.load(std::memory_order_relaxed) == detail::msg_ring_fault::no_private_ring) {
         l.wake_by_fallback();
-    } else if (!send_msg_ring(&own.ring, l.ring_fd())) {
+    } else if (bool stale = false; !send_msg_ring(&own.ring, l.ring_fd(), stale)) {
         l.wake_by_fallback();
-        own.renew();
+        if (stale) {
+            own.renew();
+        }
     }
 }
 
