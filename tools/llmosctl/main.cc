@@ -287,7 +287,6 @@ int cmd_ms_create(const options& o, const ms_args& a) {
                     static_cast<unsigned long long>(ms->id()),
                     llmosctl::format_size(ms->length()).c_str());
     }
-    std::fflush(stdout); // out before a held signal ends the process (as in ms save)
     return 0;
 }
 
@@ -778,6 +777,7 @@ int cmd_ms_load(const options& o, const ms_args& a, bool name_given) {
                     static_cast<unsigned long long>(ms->id()),
                     llmosctl::format_size(ms->length()).c_str());
     }
+    std::fflush(stdout); // out before a held signal ends the process (as in ms save)
     return 0;
 }
 
