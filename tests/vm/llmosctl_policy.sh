@@ -78,6 +78,10 @@ expect "weights back to 100, detach" sh -c \
 	'llmosctl sched weight 0 100 && llmosctl sched weight 1 100 && llmosctl sched detach'
 check "a tunable is set with --opt" \
 	'llmosctl sched attach /bpf/locality.bpf.o --opt steal_after_ns=1000 && llmosctl sched detach'
+check "a policy the verifier refuses: its log whole, then one line of ours" \
+	'llmosctl sched attach /bpf/write_field.bpf.o >/tmp/wf.out 2>&1; [ $? -eq 1 ] &&
+	 grep -q "END PROG LOAD LOG" /tmp/wf.out &&
+	 tail -n 1 /tmp/wf.out | grep -q "^llmosctl: cannot load .*(the verifier says why above)"'
 check "a negative value for an unsigned tunable is refused, a usage error" \
 	'llmosctl sched attach /bpf/locality.bpf.o --opt steal_after_ns=-1 >/tmp/neg.out 2>&1
 	 [ $? -eq 2 ] && grep -q "out of its range (0 to 2^64-1)" /tmp/neg.out &&

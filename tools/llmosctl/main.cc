@@ -972,9 +972,20 @@ int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list ap) {
     if (!libbpf_held) {
         return std::vfprintf(stderr, fmt, ap);
     }
-    char line[1024];
-    const int n = std::vsnprintf(line, sizeof line, fmt, ap);
-    libbpf_held->append(line, n < 0 ? 0 : std::min<size_t>(size_t(n), sizeof line - 1));
+    // Whole, however long (the verifier's log comes in one message); no
+    // exception may cross libbpf's C frames.
+    va_list again;
+    va_copy(again, ap);
+    const int n = std::vsnprintf(nullptr, 0, fmt, again);
+    va_end(again);
+    if (n > 0) {
+        try {
+            std::string text(size_t(n) + 1, '\0');
+            std::vsnprintf(text.data(), text.size(), fmt, ap);
+            libbpf_held->append(text.data(), size_t(n));
+        } catch (...) { // out of memory: this message is lost
+        }
+    }
     return n;
 }
 
