@@ -129,7 +129,9 @@ run() {
 	[ -n "$cublas" ] && libs=$libs:$(dirname "$cublas")
 	# The driver's library where a container mounts it, if the loader
 	# does not know the folder.
-	if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1'; then
+	local known
+	known=$(ldconfig -p 2>/dev/null || true) # (searched after: see pack's grep)
+	if ! grep -q 'libcuda\.so\.1' <<<"$known"; then
 		for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu/nvidia; do
 			[ -e "$d/libcuda.so.1" ] && libs=$libs:$d
 		done
@@ -154,7 +156,7 @@ run() {
 		echo "# built with: $(tr '\n' ' ' <"$p/toolkit" 2>/dev/null || echo unknown)"
 		echo "# libraries: $LD_LIBRARY_PATH"
 		[ -z "$missing" ] || echo "# with the pack's libraries alone: $missing"
-		echo "# the loader's CUDA libraries: $(ldconfig -p 2>/dev/null | grep -oE 'lib(cuda|cublas)[^ ]*' | sort -u | tr '\n' ' ')"
+		echo "# the loader's CUDA libraries: $(grep -oE 'lib(cuda|cublas)[^ ]*' <<<"$known" | sort -u | tr '\n' ' ')"
 		echo "# still missing: $(timeout 20 ldd "$p"/bin/* 2>&1 | grep 'not found' | sort -u | tr '\n' ' ')"
 		echo "# cuBLAS: ${cublas:-not found (the linear layers run on the built-in kernels)}"
 		# What the build's CUDA runtime makes of this driver and device.
