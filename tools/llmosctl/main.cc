@@ -468,8 +468,9 @@ int cmd_ms_write(const options& o, const ms_args& a) {
     if (!m) {
         return fail("cannot map mindspace '" + a.key + "'", m.error());
     }
-    if (llmosctl::make_writable({reinterpret_cast<char*>(m->data()) + a.offset, data.size()}) ==
-        std::errc::bad_address) {
+    // (ENOMEM and the rest: the copy finds out, as it always did.)
+    if (llmos::detail::make_pages_writable(m->bytes().subspan(a.offset, data.size())) ==
+        std::errc::no_space_on_device) {
         std::fprintf(stderr,
                      "llmosctl: cannot write into mindspace '%s': no memory or space left for "
                      "its pages (nothing written)\n",

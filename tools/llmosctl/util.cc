@@ -5,7 +5,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <limits>
-#include <sys/mman.h>
 #include <unistd.h>
 #include <vector>
 
@@ -173,29 +172,6 @@ fill_result fill_from(int fd, std::span<char> to) {
     }
     r.more = n > 0;
     return r;
-}
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23 // Linux 5.14
-#endif
-
-std::error_code make_writable(std::span<char> to) {
-    if (to.empty()) {
-        return {};
-    }
-    static const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const auto at = reinterpret_cast<uintptr_t>(to.data());
-    const uintptr_t start = at - at % page;
-    while (::madvise(reinterpret_cast<void*>(start), to.size() + (at - start),
-                     MADV_POPULATE_WRITE) != 0) {
-        if (errno == EFAULT) {
-            return std::make_error_code(std::errc::bad_address);
-        }
-        if (errno != EINTR) {
-            return {}; // not for this mapping or kernel (EINVAL), or ENOMEM: the copy tells
-        }
-    }
-    return {};
 }
 
 std::string printable(std::string_view s) {

@@ -66,13 +66,6 @@ struct fill_result {
 /// input held more than fits.
 fill_result fill_from(int fd, std::span<char> to);
 
-/// Has the pages of `to`, a shared mapping, made writable now (Linux 5.14's
-/// MADV_POPULATE_WRITE), so that a copy into them cannot die of SIGBUS (a
-/// full store, a spent quota): std::errc::bad_address where a page could
-/// not be had, as fill_from() says it; nothing where the kernel cannot
-/// tell (the copy then finds out).
-std::error_code make_writable(std::span<char> to);
-
 /// `s` with its control characters (C0 and DEL as \xNN, C1 in its UTF-8
 /// form as \u00NN) written out: text from a server, safe to print on one
 /// line of a terminal.

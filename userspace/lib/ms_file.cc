@@ -272,21 +272,16 @@ result<ms_file_meta> read_ms_file_meta(int fd) {
     return m;
 }
 
-namespace {
-
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 // Linux 5.14
 #endif
 
-// Makes the pages of [p, p + n) of a shared mapping writable now: an error
-// where touching them would raise SIGBUS (ENOSPC: no page could be had
-// for them, a full store or a spent quota) or find no memory (ENOMEM).
-// A kernel without MADV_POPULATE_WRITE leaves them to the writes.
-std::error_code populate(std::byte* p, size_t n) {
+std::error_code detail::make_pages_writable(std::span<std::byte> bytes) noexcept {
     static const auto sys_page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const auto at = reinterpret_cast<uintptr_t>(p);
+    const auto at = reinterpret_cast<uintptr_t>(bytes.data());
     const uintptr_t start = at - at % sys_page;
-    while (::madvise(reinterpret_cast<void*>(start), n + (at - start), MADV_POPULATE_WRITE) != 0) {
+    while (::madvise(reinterpret_cast<void*>(start), bytes.size() + (at - start),
+                     MADV_POPULATE_WRITE) != 0) {
         if (errno == EINVAL) {
             return {};
         }
@@ -297,8 +292,6 @@ std::error_code populate(std::byte* p, size_t n) {
     }
     return {};
 }
-
-} // namespace
 
 std::error_code load_ms_file_data(int fd, const ms_file_meta& m, std::span<std::byte> dest) {
     if (dest.size() != m.length) {
@@ -345,7 +338,7 @@ std::error_code load_ms_file_data(int fd, const ms_file_meta& m, std::span<std::
                 end += page;
             }
             end = std::min(end, n);
-            if (auto ec = populate(dest.data() + pos + off, end - off)) {
+            if (auto ec = detail::make_pages_writable(dest.subspan(pos + off, end - off))) {
                 return ec;
             }
             std::memcpy(dest.data() + pos + off, in.data() + off, end - off);

@@ -72,4 +72,13 @@ result<ms_file_meta> read_ms_file_meta(int fd);
 [[nodiscard]] std::error_code load_ms_file_data(int fd, const ms_file_meta& m,
                                                 std::span<std::byte> dest);
 
+namespace detail {
+/// Makes the pages of `bytes`, in a shared mapping, writable now (Linux
+/// 5.14's MADV_POPULATE_WRITE), so that writing them cannot raise SIGBUS:
+/// std::errc::no_space_on_device where no page could be had for them (a
+/// full store, a spent quota), the errno otherwise (ENOMEM); nothing where
+/// the kernel or the mapping cannot tell (the writes then find out).
+[[nodiscard]] std::error_code make_pages_writable(std::span<std::byte> bytes) noexcept;
+} // namespace detail
+
 } // namespace llmos
