@@ -722,11 +722,7 @@ int cmd_ms_load(const options& o, const ms_args& a, bool name_given) {
     c.persistent = true;
     if (meta->flags & LLMOS_MS_NODE) {
         // Its NUMA node, where this machine has it.
-        // (Node 0 is there also without NUMA support, and its sysfs.)
-        if (meta->numa_node == 0 ||
-            (meta->numa_node > 0 &&
-             ::access(("/sys/devices/system/node/node" + std::to_string(meta->numa_node)).c_str(),
-                      F_OK) == 0)) {
+        if (llmos::detail::numa_node_online(meta->numa_node)) {
             c.node = static_cast<int>(meta->numa_node);
         } else {
             std::fprintf(stderr,

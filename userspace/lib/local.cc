@@ -847,21 +847,10 @@ result<ms_info> info(int store, const ms_key& key) {
     return i;
 }
 
-namespace {
-
-// Whether this machine has NUMA node `node` online, as the module asks
-// (node 0 is there also without NUMA support, and its sysfs).
-bool node_online(int node) {
-    return node == 0 ||
-           (node > 0 &&
-            ::access(("/sys/devices/system/node/node" + std::to_string(node)).c_str(), F_OK) == 0);
-}
-
-} // namespace
-
 result<opened> create(int store, const ms_create_options& o) {
     if (o.length == 0 || o.length % page_size() != 0 || o.length > max_length ||
-        (o.mode & ~0777u) || !valid_ms_name(o.name) || (o.node && !node_online(*o.node))) {
+        (o.mode & ~0777u) || !valid_ms_name(o.name) ||
+        (o.node && !detail::numa_node_online(*o.node))) {
         return einval();
     }
     if (o.dmabuf_fd >= 0) {

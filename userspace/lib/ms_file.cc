@@ -276,6 +276,12 @@ result<ms_file_meta> read_ms_file_meta(int fd) {
 #define MADV_POPULATE_WRITE 23 // Linux 5.14
 #endif
 
+bool detail::numa_node_online(int node) {
+    return node == 0 ||
+           (node > 0 &&
+            ::access(("/sys/devices/system/node/node" + std::to_string(node)).c_str(), F_OK) == 0);
+}
+
 std::error_code detail::make_pages_writable(std::span<std::byte> bytes) noexcept {
     static const auto sys_page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
     const auto at = reinterpret_cast<uintptr_t>(bytes.data());

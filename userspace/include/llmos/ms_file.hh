@@ -79,6 +79,9 @@ namespace detail {
 /// full store, a spent quota), the errno otherwise (ENOMEM); nothing where
 /// the kernel or the mapping cannot tell (the writes then find out).
 [[nodiscard]] std::error_code make_pages_writable(std::span<std::byte> bytes) noexcept;
+/// Whether this machine has NUMA node `node` online, as the module asks
+/// of MS_CREATE (node 0 is there also without NUMA support, and its sysfs).
+bool numa_node_online(int node);
 } // namespace detail
 
 } // namespace llmos
